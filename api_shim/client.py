@@ -1,0 +1,114 @@
+"""A small HTTP client of the shim (standard library only), used by the demo and the tools."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+FINAL = ("succeeded", "failed")
+
+
+class ShimError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body = status, body
+
+
+class ShimClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8003", timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(self.base_url + path, data=body, method=method)
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                return exc.code, json.loads(payload)
+            except ValueError:
+                return exc.code, payload.decode(errors="replace")
+
+    def health(self) -> tuple[int, Any]:
+        return self._request("GET", "/health")
+
+    def submit_npy(
+        self,
+        iq: np.ndarray,
+        *,
+        sample_rate_hz: float,
+        frequency_mhz: float,
+        receivers: list[str],
+        job_id: str | None = None,
+        capture_time: str | None = None,
+    ) -> dict[str, Any]:
+        """POST a ``(3, n)`` complex64 array as ``application/x-npy``; returns the 202 body."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(iq, dtype=np.complex64), allow_pickle=False)
+        query = {
+            "sample_rate_hz": repr(float(sample_rate_hz)),
+            "frequency_mhz": repr(float(frequency_mhz)),
+            "receivers": ",".join(receivers),
+        }
+        if job_id:
+            query["job_id"] = job_id
+        if capture_time:
+            query["capture_time"] = capture_time
+        path = "/predict?" + urllib.parse.urlencode(query)
+        return self._accepted(*self._request("POST", path, buffer.getvalue(), "application/x-npy"))
+
+    def submit_json(self, document: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON submission as documented in the README; returns the 202 body."""
+        body = json.dumps(document).encode()
+        return self._accepted(*self._request("POST", "/predict", body, "application/json"))
+
+    @staticmethod
+    def json_document(
+        iq: np.ndarray, *, sample_rate_hz: float, frequency_mhz: float, receivers: list[str], **extra: Any
+    ) -> dict[str, Any]:
+        """A JSON submission carrying the IQ as base64 complex64 bytes."""
+        raw = np.ascontiguousarray(iq, dtype="<c8").tobytes()
+        return {
+            "iq_data": base64.b64encode(raw).decode(),
+            "sample_rate_hz": sample_rate_hz,
+            "frequency_mhz": frequency_mhz,
+            "receivers": receivers,
+            **extra,
+        }
+
+    @staticmethod
+    def _accepted(status: int, body: Any) -> dict[str, Any]:
+        if status != 202:
+            raise ShimError(status, body)
+        return dict(body)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        status, body = self._request("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}")
+        if status != 200:
+            raise ShimError(status, body)
+        return dict(body)
+
+    def wait(self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05) -> dict[str, Any]:
+        """Poll a job until it is final; raises TimeoutError if it is not within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.job(job_id)
+            if view["status"] in FINAL:
+                return view
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {view['status']} after {timeout_s:g} s")
+            time.sleep(interval_s)

@@ -1,0 +1,240 @@
+"""The capture contract: complex IQ from 3 receivers plus its metadata, validated and decoded.
+
+Pure numpy: used by the HTTP shim to check what clients send and by the worker to read the
+stored IQ bytes back. Every problem raises :class:`CaptureError` with a message meant for the
+client who made the mistake.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+RECEIVER_COUNT = 3
+IQ_DTYPE = np.dtype("<c8")
+"""IQ travels and is stored as little-endian complex64, C order, shape (3, n_samples)."""
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+RECEIVER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class CaptureError(ValueError):
+    """The capture or its metadata is invalid; the message says what is wrong."""
+
+
+class CaptureTooLarge(CaptureError):
+    """The capture is longer than the service accepts (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class CaptureLimits:
+    """Bounds a capture must respect (from the settings and the model's feature parameters)."""
+
+    min_samples: int = 512
+    max_samples: int = 480_000
+    min_sample_rate_hz: float = 1_000.0
+    max_sample_rate_hz: float = 10_000_000.0
+
+
+@dataclass(frozen=True)
+class CaptureMeta:
+    """Everything about a capture but its samples."""
+
+    sample_rate_hz: float
+    frequency_mhz: float
+    receivers: tuple[str, ...]
+    capture_time: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sample_rate_hz": self.sample_rate_hz,
+            "frequency_mhz": self.frequency_mhz,
+            "receivers": list(self.receivers),
+            "capture_time": self.capture_time.isoformat(),
+        }
+
+
+def iq_digest(iq: np.ndarray) -> str:
+    """sha256 of the IQ bytes as stored; the result cache and idempotency checks key on it."""
+    return hashlib.sha256(np.ascontiguousarray(iq, dtype=IQ_DTYPE).data).hexdigest()
+
+
+def validate_iq(iq: np.ndarray, limits: CaptureLimits) -> np.ndarray:
+    """Check shape, dtype, length and values of a decoded IQ array; return it C-contiguous."""
+    if iq.dtype != IQ_DTYPE:
+        raise CaptureError(
+            f"IQ must be complex64 (little-endian); got dtype {iq.dtype.name}"
+        )
+    if iq.ndim != 2 or iq.shape[0] != RECEIVER_COUNT:
+        raise CaptureError(
+            f"IQ must have shape ({RECEIVER_COUNT}, n_samples), one row per receiver; "
+            f"got shape {tuple(iq.shape)}"
+        )
+    n = iq.shape[1]
+    if n == 0:
+        raise CaptureError("IQ is empty")
+    if n < limits.min_samples:
+        raise CaptureError(
+            f"capture too short: {n} samples per receiver, at least {limits.min_samples} needed"
+        )
+    if n > limits.max_samples:
+        raise CaptureTooLarge(
+            f"capture too long: {n} samples per receiver, at most {limits.max_samples} accepted"
+        )
+    if not np.isfinite(iq.view(np.float32)).all():
+        raise CaptureError("IQ contains NaN or infinite values")
+    silent = [i for i in range(RECEIVER_COUNT) if not np.any(iq[i])]
+    if silent:
+        raise CaptureError(f"receiver channel(s) {silent} contain only zeros")
+    return np.ascontiguousarray(iq)
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    """Read a ``.npy`` body (no pickles); shape and dtype are checked by :func:`validate_iq`."""
+    if not body:
+        raise CaptureError("request body is empty; expected a .npy array")
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CaptureError(f"body is not a valid .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        raise CaptureError("body is not a single .npy array")
+    return array
+
+
+def decode_json_iq(value: object) -> np.ndarray:
+    """Decode the ``iq_data`` field of a JSON submission.
+
+    Two forms are accepted:
+      * a list of 3 lists of interleaved floats ``[re0, im0, re1, im1, ...]``, one per receiver;
+      * a base64 string of the raw little-endian complex64 bytes of a C-order ``(3, n)`` array.
+    """
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise CaptureError("iq_data is a string but not valid base64") from None
+        if len(raw) == 0 or len(raw) % (RECEIVER_COUNT * IQ_DTYPE.itemsize):
+            raise CaptureError(
+                f"base64 iq_data must hold {RECEIVER_COUNT} x n complex64 values "
+                f"({RECEIVER_COUNT * IQ_DTYPE.itemsize} bytes per sample instant); got {len(raw)} bytes"
+            )
+        return np.frombuffer(raw, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, -1)
+    if not isinstance(value, list):
+        raise CaptureError(
+            "iq_data must be a list of 3 interleaved [re, im, ...] float lists or a base64 string"
+        )
+    if len(value) != RECEIVER_COUNT:
+        raise CaptureError(f"iq_data must have one list per receiver ({RECEIVER_COUNT}); got {len(value)}")
+    lengths = {len(row) if isinstance(row, list) else -1 for row in value}
+    if -1 in lengths:
+        raise CaptureError("each iq_data entry must be a list of floats")
+    if len(lengths) != 1:
+        raise CaptureError(f"iq_data rows have different lengths: {sorted(lengths)}")
+    (length,) = lengths
+    if length % 2:
+        raise CaptureError("iq_data rows must interleave re and im, so their length must be even")
+    try:
+        floats = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise CaptureError("iq_data rows must contain only numbers") from None
+    return np.ascontiguousarray(floats).view(IQ_DTYPE)
+
+
+def parse_receivers(value: object, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Receiver ids in capture row order: a list of 3 strings or a comma-separated string."""
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",")]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise CaptureError("receivers must be a list of receiver ids (or 'a,b,c' in a query)")
+    if len(items) != RECEIVER_COUNT:
+        raise CaptureError(f"receivers must name {RECEIVER_COUNT} receivers; got {len(items)}")
+    for item in items:
+        if not isinstance(item, str) or not RECEIVER_ID_PATTERN.match(item):
+            raise CaptureError(f"invalid receiver id {item!r}")
+    if len(set(items)) != RECEIVER_COUNT:
+        raise CaptureError("receivers must be 3 different receivers")
+    if known is not None:
+        unknown = [r for r in items if r not in known]
+        if unknown:
+            raise CaptureError(
+                f"unknown receiver(s) {unknown}; the model knows {sorted(known)}"
+            )
+    return tuple(items)
+
+
+def parse_number(name: str, value: object, *, low: float, high: float) -> float:
+    """A finite number within [low, high], from JSON or a query string."""
+    if isinstance(value, bool) or value is None:
+        raise CaptureError(f"{name} is required and must be a number")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CaptureError(f"{name} must be a number; got {value!r}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise CaptureError(f"{name} must be between {low:g} and {high:g}; got {value!r}")
+    return number
+
+
+def parse_capture_time(value: object) -> datetime:
+    """ISO 8601 capture time (naive times are taken as UTC); missing means now."""
+    if value is None or value == "":
+        return datetime.now(UTC)
+    if not isinstance(value, str):
+        raise CaptureError("capture_time must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CaptureError(f"capture_time is not ISO 8601: {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_job_id(value: object) -> str | None:
+    """Optional client job id: resubmitting the same id never creates a second job."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not JOB_ID_PATTERN.match(value):
+        raise CaptureError(
+            "job_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def parse_meta(
+    fields: dict[str, Any], limits: CaptureLimits, known_receivers: Sequence[str] | None
+) -> CaptureMeta:
+    """Capture metadata from a JSON object or query parameters."""
+    return CaptureMeta(
+        sample_rate_hz=parse_number(
+            "sample_rate_hz",
+            fields.get("sample_rate_hz"),
+            low=limits.min_sample_rate_hz,
+            high=limits.max_sample_rate_hz,
+        ),
+        frequency_mhz=parse_number("frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0),
+        receivers=parse_receivers(fields.get("receivers"), known_receivers),
+        capture_time=parse_capture_time(fields.get("capture_time")),
+    )
+
+
+def channel_order(capture_receivers: Sequence[str], model_receivers: Sequence[str]) -> list[int]:
+    """Row indices that put a capture's receivers into the model's receiver order."""
+    try:
+        return [list(capture_receivers).index(r) for r in model_receivers]
+    except ValueError:
+        raise CaptureError(
+            f"capture receivers {list(capture_receivers)} do not match the model's "
+            f"{list(model_receivers)}"
+        ) from None

@@ -1,0 +1,194 @@
+"""The demo: the whole path on the local services, from simulated captures to printed estimates.
+
+Uses a running shim and worker when there are some; otherwise starts them and stops them after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+
+from api_shim.client import ShimClient, ShimError
+from inference_worker.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.settings import Settings
+from inference_worker.simulator import CaptureSimulator
+
+# (sample rate, duration, submission format): the rates real receivers deliver and the
+# handoff's 192 kHz, lengths from 0.1 s to 1 s.
+PLAN = [
+    (12_000.0, 1.0, "npy"),
+    (192_000.0, 0.25, "npy"),
+    (12_000.0, 0.1, "json"),
+    (48_000.0, 0.5, "json"),
+    (192_000.0, 1.0, "npy"),
+    (24_000.0, 0.25, "json"),
+]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _health(client: ShimClient) -> dict | None:
+    try:
+        status, body = client.health()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _wait_for(what: str, ready, timeout_s: float, process: subprocess.Popen | None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}; see its log above")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready within {timeout_s:g} s")
+        time.sleep(0.3)
+
+
+@contextmanager
+def _started(args: list[str], name: str) -> Iterator[subprocess.Popen]:
+    log_path = os.path.join(tempfile.gettempdir(), f"heimdall-demo-{args[0]}.log")
+    _say(f"starting {name}: heimdall-inference {' '.join(args)} (log: {log_path})")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference_worker.cli", *args],
+            env=os.environ.copy(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    except BaseException:
+        with open(log_path, "rb") as log_file:
+            tail = log_file.read()[-3000:].decode(errors="replace")
+        _say(f"--- last lines of {log_path} ---\n{tail}")
+        raise
+    finally:
+        if process.poll() is None:
+            _say(f"stopping {name}")
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) -> int:
+    from inference_worker.cli import _migrate, _require_services
+
+    _require_services(settings)
+    _migrate(settings)
+    client = ShimClient(f"http://{settings.api_host}:{settings.api_port}", timeout_s=10)
+
+    with ExitStack() as stack:
+        health = _health(client)
+        api_process = None
+        if health is None:
+            api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
+            _wait_for("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
+        else:
+            _say(f"using the HTTP shim already running at {client.base_url}")
+
+        def worker_ready() -> bool:
+            body = _health(client)
+            return bool(body and body["checks"]["model"]["ok"])
+
+        if not worker_ready():
+            worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))
+            _wait_for("the worker", worker_ready, 60, worker)
+        else:
+            _say("using the worker(s) already serving the queue")
+        return _locate_captures(client, captures, seed)
+
+
+def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int:
+    if seed is None:
+        seed = int(time.time() * 1000) % 1_000_000
+    _say(f"simulating {captures} captures with seed {seed} (--seed {seed} repeats them)")
+    simulator = CaptureSimulator()
+    rng = np.random.default_rng(seed)
+    submitted = []
+    for index in range(captures):
+        rate, duration, form = PLAN[index % len(PLAN)]
+        capture = simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration)
+        fields = {
+            "sample_rate_hz": capture.sample_rate_hz,
+            "frequency_mhz": capture.frequency_mhz,
+            "receivers": list(capture.receivers),
+        }
+        started = time.perf_counter()
+        if form == "npy":
+            accepted = client.submit_npy(capture.iq, **fields)  # type: ignore[arg-type]
+        else:
+            accepted = client.submit_json(ShimClient.json_document(capture.iq, **fields))  # type: ignore[arg-type]
+        submit_ms = (time.perf_counter() - started) * 1e3
+        submitted.append((accepted["job_id"], capture, f"{rate / 1e3:g} kHz {duration:g} s {form}", submit_ms))
+
+    # Resubmit the first capture unchanged: a duplicate is answered from the result cache.
+    first = submitted[0][1]
+    duplicate = client.submit_npy(
+        first.iq,
+        sample_rate_hz=first.sample_rate_hz,
+        frequency_mhz=first.frequency_mhz,
+        receivers=list(first.receivers),
+    )
+
+    _say("")
+    _say(
+        f"{'capture':<22} {'submit':>7} {'status':<9} {'estimate (lat, lon)':<21} "
+        f"{'error':>8} {'68% ellipse (a x b)':>20} {'95%':>5} {'cache':>5} {'total':>8}"
+    )
+    failures = 0
+    repeat_hit = False
+    rows = [*submitted, (duplicate["job_id"], first, "same as first (repeat)", float("nan"))]
+    for job_id, capture, label, submit_ms in rows:
+        try:
+            view = client.wait(job_id, timeout_s=60)
+        except (TimeoutError, ShimError) as exc:
+            _say(f"{label:<22} {'':>7} error: {exc}")
+            failures += 1
+            continue
+        if view["status"] != "succeeded":
+            _say(f"{label:<22} {'':>7} {view['status']:<9} {view['error']}")
+            failures += 1
+            continue
+        result = view["result"]
+        estimate = estimate_from_result(result)
+        error_km = distance_m(result["lat"], result["lon"], capture.lat, capture.lon) / 1e3
+        e68 = result["ellipses"]["68"]
+        inside = "in" if contains(estimate, capture.lat, capture.lon, 0.95) else "out"
+        end_to_end = view["timings"].get("end_to_end_ms", float("nan"))
+        repeat_hit = bool(view["cache_hit"]) if job_id == duplicate["job_id"] else repeat_hit
+        submit_text = "-" if submit_ms != submit_ms else f"{submit_ms:.1f}ms"
+        _say(
+            f"{label:<22} {submit_text:>7} {view['status']:<9} "
+            f"{result['lat']:9.5f}, {result['lon']:9.5f} {error_km:6.1f}km "
+            f"{e68['semi_major_m'] / 1e3:7.1f} x {e68['semi_minor_m'] / 1e3:5.1f} km "
+            f"{inside:>5} {str(view['cache_hit']).lower():>5} {end_to_end:6.1f}ms"
+        )
+    _say("")
+    _say(
+        "error: distance from the simulated true position; 95%: whether the truth lies inside "
+        "the 95% ellipse; total: submission to result."
+    )
+    if failures:
+        _say(f"{failures} capture(s) did not succeed")
+        return 1
+    if not repeat_hit:
+        _say("the repeated capture was not served from the result cache")
+        return 1
+    _say(f"all {len(rows)} captures located; the repeat was served from the result cache")
+    return 0

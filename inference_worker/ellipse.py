@@ -1,0 +1,186 @@
+"""Position estimates and their uncertainty ellipses (pure maths, no I/O).
+
+A model row is ``[lat°, lon°, σ_east m, σ_north m]`` or, with a fifth output, the east/north
+correlation ρ. Together they describe a 2-D Gaussian in a local east/north frame around the
+estimate. The ellipse that holds the true position with probability p has semi-axes
+``k·sqrt(λ)`` along the covariance eigenvectors, with ``k = sqrt(-2 ln(1 - p))``:
+a "1σ" ellipse (k = 1) holds only 39.3 %; 68 % needs k = 1.515 and 95 % needs k = 2.448.
+
+Orientation convention: ``orientation_deg`` is the compass bearing of the semi-major axis,
+degrees clockwise from true north, in [0, 180).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# WGS84
+_A = 6_378_137.0
+_E2 = 6.694_379_990_14e-3
+
+DEFAULT_LEVELS = (0.68, 0.95)
+
+
+class EstimateError(ValueError):
+    """The model produced an output that is not a usable estimate."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    lat: float
+    lon: float
+    sigma_east_m: float
+    sigma_north_m: float
+    rho: float = 0.0
+
+    def covariance(self) -> np.ndarray:
+        se, sn, r = self.sigma_east_m, self.sigma_north_m, self.rho
+        return np.array([[se * se, r * se * sn], [r * se * sn, sn * sn]])
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    confidence: float
+    scale: float
+    semi_major_m: float
+    semi_minor_m: float
+    orientation_deg: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "confidence": self.confidence,
+            "scale_k": round(self.scale, 6),
+            "semi_major_m": self.semi_major_m,
+            "semi_minor_m": self.semi_minor_m,
+            "orientation_deg": self.orientation_deg,
+        }
+
+
+def scale_for_confidence(p: float) -> float:
+    """k such that the k-scaled 1σ ellipse of a 2-D Gaussian holds probability p."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {p}")
+    return math.sqrt(-2.0 * math.log1p(-p))
+
+
+def decode_output(row: Sequence[float], layout: Sequence[str]) -> Estimate:
+    """Turn one model output row into an :class:`Estimate`, checking it makes sense."""
+    values = dict(zip(layout, (float(v) for v in row), strict=True))
+    if not all(math.isfinite(v) for v in values.values()):
+        raise EstimateError(f"model output is not finite: {values}")
+    lat, lon = values["lat_deg"], values["lon_deg"]
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise EstimateError(f"model output is not a position on Earth: lat={lat}, lon={lon}")
+    se, sn = values["sigma_east_m"], values["sigma_north_m"]
+    if se <= 0.0 or sn <= 0.0:
+        raise EstimateError(f"model output has non-positive sigma: east={se}, north={sn}")
+    rho = values.get("rho", 0.0)
+    if not -1.0 < rho < 1.0:
+        raise EstimateError(f"model output correlation rho={rho} is outside (-1, 1)")
+    return Estimate(lat, lon, se, sn, rho)
+
+
+def ellipse(estimate: Estimate, confidence: float) -> Ellipse:
+    """The ellipse holding the truth with probability ``confidence`` under the model's Gaussian."""
+    k = scale_for_confidence(confidence)
+    eigenvalues, eigenvectors = np.linalg.eigh(estimate.covariance())
+    minor_var, major_var = eigenvalues  # ascending
+    east, north = eigenvectors[:, 1]
+    bearing = math.degrees(math.atan2(east, north)) % 180.0
+    return Ellipse(
+        confidence=confidence,
+        scale=k,
+        semi_major_m=k * math.sqrt(max(major_var, 0.0)),
+        semi_minor_m=k * math.sqrt(max(minor_var, 0.0)),
+        orientation_deg=bearing,
+    )
+
+
+def metres_per_degree(lat_deg: float) -> tuple[float, float]:
+    """(metres per degree of latitude, metres per degree of longitude) on WGS84 at a latitude."""
+    phi = math.radians(lat_deg)
+    w = math.sqrt(1.0 - _E2 * math.sin(phi) ** 2)
+    meridional = _A * (1.0 - _E2) / w**3
+    prime_vertical = _A / w
+    return math.radians(1.0) * meridional, math.radians(1.0) * prime_vertical * math.cos(phi)
+
+
+def ellipse_polygon(estimate: Estimate, shape: Ellipse, vertices: int = 64) -> list[list[float]]:
+    """Closed GeoJSON ring ``[[lon, lat], ...]`` (counter-clockwise, RFC 7946) of an ellipse."""
+    m_per_deg_lat, m_per_deg_lon = metres_per_degree(estimate.lat)
+    theta = math.radians(shape.orientation_deg)
+    major = np.array([math.sin(theta), math.cos(theta)])  # unit vector (east, north)
+    minor = np.array([math.cos(theta), -math.sin(theta)])
+    t = np.linspace(0.0, 2.0 * math.pi, vertices, endpoint=False)
+    offsets = (
+        np.outer(np.cos(t) * shape.semi_major_m, major)
+        + np.outer(np.sin(t) * shape.semi_minor_m, minor)
+    )
+    # Parametrization above runs clockwise on a map (major then minor rotated -90°); reverse it.
+    offsets = offsets[::-1]
+    lons = estimate.lon + offsets[:, 0] / m_per_deg_lon
+    lats = estimate.lat + offsets[:, 1] / m_per_deg_lat
+    ring = [[round(float(lo), 7), round(float(la), 7)] for lo, la in zip(lons, lats, strict=True)]
+    ring.append(ring[0])
+    return ring
+
+
+def describe(estimate: Estimate, levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:
+    """The JSON result of a located capture: position, sigmas and one ellipse per level."""
+    ellipses = {}
+    for level in levels:
+        shape = ellipse(estimate, level)
+        ellipses[f"{round(level * 100)}"] = {
+            **shape.to_json(),
+            "polygon": {"type": "Polygon", "coordinates": [ellipse_polygon(estimate, shape)]},
+        }
+    return {
+        "lat": estimate.lat,
+        "lon": estimate.lon,
+        "sigma_x_m": estimate.sigma_east_m,
+        "sigma_y_m": estimate.sigma_north_m,
+        "rho": estimate.rho,
+        "ellipse_orientation_convention": "degrees clockwise from true north, semi-major axis",
+        "ellipses": ellipses,
+    }
+
+
+def offset_m(estimate: Estimate, lat: float, lon: float) -> tuple[float, float]:
+    """(east, north) metres from the estimate to a point, in the estimate's local frame."""
+    m_per_deg_lat, m_per_deg_lon = metres_per_degree(estimate.lat)
+    return (lon - estimate.lon) * m_per_deg_lon, (lat - estimate.lat) * m_per_deg_lat
+
+
+def mahalanobis_squared(estimate: Estimate, lat: float, lon: float) -> float:
+    """Squared Mahalanobis distance of a point under the estimate's Gaussian (χ² with 2 dof)."""
+    d = np.array(offset_m(estimate, lat, lon))
+    return float(d @ np.linalg.solve(estimate.covariance(), d))
+
+
+def contains(estimate: Estimate, lat: float, lon: float, confidence: float) -> bool:
+    """Whether a point lies inside the estimate's ellipse at ``confidence``."""
+    return mahalanobis_squared(estimate, lat, lon) <= scale_for_confidence(confidence) ** 2
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine, mean Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * 6_371_008.8 * math.asin(math.sqrt(h))
+
+
+def estimate_from_result(result: dict[str, Any]) -> Estimate:
+    """The :class:`Estimate` behind a job result produced by :func:`describe`."""
+    return Estimate(
+        float(result["lat"]),
+        float(result["lon"]),
+        float(result["sigma_x_m"]),
+        float(result["sigma_y_m"]),
+        float(result.get("rho", 0.0)),
+    )

@@ -1,0 +1,249 @@
+"""One inference job, from task message to recorded result: the plain function the task wraps.
+
+``run_job`` takes its services explicitly, so tests call it directly with the real stores and a
+real model, and the Celery task in :mod:`inference_worker.worker` is only a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+import pydantic
+import redis
+import sqlalchemy.exc
+
+from inference_worker.capture import IQ_DTYPE, RECEIVER_COUNT, channel_order
+from inference_worker.ellipse import EstimateError, decode_output, describe
+from inference_worker.features import log_mel_spectrogram
+from inference_worker.model import ModelMetadata
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.redis_store import RedisStore
+from tasks.contract import LocateMessage
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+"""Store errors worth retrying with backoff; anything about the input is never retried."""
+
+
+class Predictor(Protocol):
+    metadata: ModelMetadata
+
+    @property
+    def version(self) -> str: ...
+
+    def predict(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class JobServices:
+    jobs: JobStore
+    redis: RedisStore
+    model: Predictor
+    model_version_id: int | None
+    result_ttl_s: int
+    cache_ttl_s: int
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str | None
+    status: str
+    """succeeded, failed, duplicate (already final: nothing done) or unknown (no such job)."""
+    cache_hit: bool = False
+    error: str | None = None
+
+
+class BadJob(Exception):
+    """The job cannot succeed whatever we retry; the message is the reason recorded."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The public JSON of a job, as ``GET /jobs/<id>`` answers it and Redis caches it."""
+    view: dict[str, Any] = {
+        "job_id": row["job_id"],
+        "status": row["status"],
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "capture_time": _iso(row["capture_time"]),
+        "frequency_mhz": row["frequency_mhz"],
+        "sample_rate_hz": row["sample_rate_hz"],
+        "n_samples": row["n_samples"],
+        "receivers": list(row["receivers"]),
+        "attempts": row["attempts"],
+        "model_version": row["model_version"],
+        "cache_hit": row["cache_hit"],
+        "result": row["result"],
+        "error": row["error"],
+        "timings": row["timings"],
+    }
+    if row["finished_at"] is not None and row["created_at"] is not None:
+        elapsed = (row["finished_at"] - row["created_at"]).total_seconds() * 1000.0
+        view["timings"] = {**(row["timings"] or {}), "end_to_end_ms": round(elapsed, 3)}
+    return view
+
+
+def capture_fingerprint(message: LocateMessage) -> str:
+    """What makes two captures the same input: IQ bytes, sample rate and receiver order."""
+    text = f"{message.iq_sha256}|{message.sample_rate_hz!r}|{','.join(message.receivers)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
+    """The stored IQ of a job, checked against the message (size and sha256)."""
+    if blob is None:
+        raise BadJob("capture data is missing from Redis (expired or never stored)")
+    expected = RECEIVER_COUNT * message.n_samples * IQ_DTYPE.itemsize
+    if len(blob) != expected:
+        raise BadJob(f"capture data has {len(blob)} bytes, expected {expected}")
+    if hashlib.sha256(blob).hexdigest() != message.iq_sha256:
+        raise BadJob("capture data does not match its sha256")
+    iq = np.frombuffer(blob, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, message.n_samples)
+    if not np.isfinite(iq.view(np.float32)).all():
+        raise BadJob("capture data contains NaN or infinite values")
+    return iq
+
+
+def locate(iq: np.ndarray, message: LocateMessage, model: Predictor) -> tuple[dict[str, Any], dict[str, float]]:
+    """Features, inference and ellipses of one capture; returns the result and stage timings."""
+    metadata = model.metadata
+    try:
+        order = channel_order(message.receivers, metadata.receiver_ids)
+    except ValueError as exc:
+        raise BadJob(str(exc)) from None
+    t0 = time.perf_counter()
+    try:
+        features = log_mel_spectrogram(iq[order], message.sample_rate_hz, metadata.features)
+    except ValueError as exc:
+        raise BadJob(f"cannot compute features: {exc}") from None
+    t1 = time.perf_counter()
+    output = model.predict(features[None])
+    t2 = time.perf_counter()
+    try:
+        estimate = decode_output(output[0], metadata.outputs)
+    except EstimateError as exc:
+        raise BadJob(str(exc)) from None
+    result = describe(estimate)
+    t3 = time.perf_counter()
+    timings = {
+        "features_ms": (t1 - t0) * 1e3,
+        "inference_ms": (t2 - t1) * 1e3,
+        "ellipse_ms": (t3 - t2) * 1e3,
+    }
+    return result, timings
+
+
+def parse_message(payload: object) -> LocateMessage:
+    if not isinstance(payload, dict):
+        raise BadJob(f"task message must be a JSON object; got {type(payload).__name__}")
+    try:
+        return LocateMessage.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadJob(f"invalid task message: {details}") from None
+
+
+def run_job(payload: object, services: JobServices) -> JobOutcome:
+    """Turn one task message into a recorded result (or a recorded failure).
+
+    Safe to run twice for the same job: a job already final is left untouched, and the
+    conditional updates in :class:`JobStore` record one result however often it runs.
+
+    Raises:
+        One of :data:`TRANSIENT_ERRORS` when a store is unreachable; the caller retries.
+    """
+    started = time.perf_counter()
+    job_id = payload.get("job_id") if isinstance(payload, dict) else None
+    job_id = job_id if isinstance(job_id, str) and job_id else None
+    model = services.model
+    try:
+        message = parse_message(payload)
+    except BadJob as exc:
+        return _fail(services, job_id, str(exc), model.version)
+
+    row = services.jobs.start(message.job_id)
+    if row is None:
+        existing = services.jobs.get(message.job_id)
+        if existing is None:
+            log.warning("job %s: no such job; message dropped", message.job_id)
+            return JobOutcome(message.job_id, "unknown", error="no such job")
+        log.info("job %s already %s; redelivery ignored", message.job_id, existing["status"])
+        return JobOutcome(message.job_id, "duplicate")
+    queue_wait_ms = (
+        (datetime.now(row["created_at"].tzinfo) - row["created_at"]).total_seconds() * 1e3
+    )
+
+    try:
+        t0 = time.perf_counter()
+        iq = decode_blob(services.redis.get_blob(message.blob_key), message)
+        fetch_ms = (time.perf_counter() - t0) * 1e3
+        cache_key = services.redis.cache_key(model.version, capture_fingerprint(message))
+        cached = services.redis.cache_get(cache_key) if services.cache_ttl_s > 0 else None
+        if cached is not None:
+            result, stage_timings, cache_hit = cached, {}, True
+        else:
+            result, stage_timings = locate(iq, message, model)
+            cache_hit = False
+    except BadJob as exc:
+        outcome = _fail(services, message.job_id, str(exc), model.version)
+        services.redis.delete_blob(message.blob_key)
+        return outcome
+
+    timings = {
+        "queue_wait_ms": queue_wait_ms,
+        "fetch_ms": fetch_ms,
+        **stage_timings,
+        "worker_total_ms": (time.perf_counter() - started) * 1e3,
+    }
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    final = services.jobs.succeed(
+        message.job_id,
+        result=result,
+        model_version=model.version,
+        model_version_id=services.model_version_id,
+        cache_hit=cache_hit,
+        timings=timings,
+    )
+    if final is None:
+        log.info("job %s finished elsewhere first; this result is not recorded", message.job_id)
+        return JobOutcome(message.job_id, "duplicate")
+    services.redis.put_result(message.job_id, job_view(final), services.result_ttl_s)
+    if not cache_hit:
+        services.redis.cache_put(cache_key, result, services.cache_ttl_s)
+    services.redis.delete_blob(message.blob_key)
+    log.info(
+        "job %s succeeded: %.5f, %.5f (cache hit: %s)",
+        message.job_id,
+        result["lat"],
+        result["lon"],
+        cache_hit,
+    )
+    return JobOutcome(message.job_id, "succeeded", cache_hit=cache_hit)
+
+
+def _fail(services: JobServices, job_id: str | None, reason: str, model_version: str) -> JobOutcome:
+    log.warning("job %s failed: %s", job_id, reason)
+    if job_id is not None:
+        final = services.jobs.fail(job_id, reason, model_version=model_version)
+        if final is not None:
+            services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+    return JobOutcome(job_id, "failed", error=reason)

@@ -1,0 +1,55 @@
+"""Quick checks that the services the worker and shim need answer, with messages for people."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import kombu
+import redis
+import sqlalchemy as sa
+
+from inference_worker.settings import Settings
+
+
+def probe_broker(broker_url: str) -> None:
+    with kombu.Connection(broker_url, connect_timeout=2) as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+def probe_redis(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def probe_database(database_url: str) -> None:
+    engine = sa.create_engine(database_url, connect_args={"connect_timeout": 2}, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+def _redact(url: str) -> str:
+    """A URL safe to print: the password, if any, replaced."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
+
+def unreachable_services(settings: Settings) -> dict[str, str]:
+    """Name -> why, for each of RabbitMQ, Redis and PostgreSQL that does not answer."""
+    probes: dict[str, tuple[Callable[[str], None], str]] = {
+        "RabbitMQ": (probe_broker, settings.broker_url),
+        "Redis": (probe_redis, settings.redis_url),
+        "PostgreSQL": (probe_database, settings.database_url),
+    }
+    failures = {}
+    for name, (probe, url) in probes.items():
+        try:
+            probe(url)
+        except Exception as exc:  # any failure means "not reachable"; the message says which
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failures[name] = f"{name} at {_redact(url)} is not reachable: {first_line}"
+    return failures

@@ -1,0 +1,121 @@
+"""The one settings object of the service, built once from the environment.
+
+Every setting is read from an environment variable named ``HEIMDALL_`` + the field name in
+upper case (``HEIMDALL_BROKER_URL``, ``HEIMDALL_RESULT_TTL_S``, ...), or from a ``.env`` file in
+the working directory. Defaults run against the local services of a development machine.
+``.env.example`` at the repository root lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "centroid"
+
+
+class Settings(BaseSettings):
+    """Typed configuration shared by the worker, the HTTP shim and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEIMDALL_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- services -------------------------------------------------------------------------
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//", description="RabbitMQ URL (AMQP 0-9-1)."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding capture blobs, results and the result cache.",
+    )
+    database_url: str = Field(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+        description="PostgreSQL URL (SQLAlchemy form); the record of truth for every job.",
+    )
+    database_schema: str = Field(
+        "heimdall",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema holding the service's tables (created if missing).",
+    )
+    redis_prefix: str = Field(
+        "heimdall:", description="Prefix of every Redis key the service writes."
+    )
+    queue: str = Field(
+        "heimdall.inference", description="RabbitMQ queue the inference tasks travel on."
+    )
+
+    # --- model ----------------------------------------------------------------------------
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR,
+        description="Folder holding model.onnx and its metadata (model.json).",
+    )
+    onnx_intra_op_threads: int = Field(
+        1, ge=1, description="onnxruntime intra-op threads per worker process."
+    )
+    onnx_inter_op_threads: int = Field(
+        1, ge=1, description="onnxruntime inter-op threads per worker process."
+    )
+
+    # --- worker ---------------------------------------------------------------------------
+    worker_concurrency: int = Field(
+        2, ge=1, description="Worker processes (prefork pool) started by `heimdall-inference worker`."
+    )
+    worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    task_max_retries: int = Field(
+        5, ge=0, description="Retries of a job after a transient store error (never for bad input)."
+    )
+
+    # --- lifetimes ------------------------------------------------------------------------
+    blob_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        description="How long a submitted capture's IQ bytes are kept in Redis awaiting a worker.",
+    )
+    result_ttl_s: int = Field(3_600, ge=1, description="How long a job result stays in Redis.")
+    cache_ttl_s: int = Field(
+        3_600, ge=0, description="Result cache lifetime for identical captures; 0 disables it."
+    )
+
+    # --- limits ---------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted request body (HTTP 413 above)."
+    )
+    max_samples_per_receiver: int = Field(
+        480_000,
+        ge=1_000,
+        description="Longest accepted capture, in samples per receiver (2.5 s at 192 kHz).",
+    )
+    min_sample_rate_hz: float = Field(
+        1_000.0, gt=0, description="Lowest accepted sample rate."
+    )
+    max_sample_rate_hz: float = Field(
+        10_000_000.0, gt=0, description="Highest accepted sample rate."
+    )
+
+    # --- HTTP shim ------------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on.")
+    api_port: int = Field(8003, ge=1, le=65535, description="Port the HTTP shim listens on.")
+    api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the shim.")
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_ends_with_colon(cls, value: str) -> str:
+        return value if value.endswith(":") else value + ":"
+
+    @property
+    def model_file(self) -> Path:
+        return self.model_dir / "model.onnx"
+
+    @property
+    def model_metadata_file(self) -> Path:
+        return self.model_dir / "model.json"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (tests pass literals)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

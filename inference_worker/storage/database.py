@@ -1,0 +1,191 @@
+"""PostgreSQL access: engine, migrations and the job store (the record of truth for every job)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine, RowMapping
+
+from inference_worker.storage.schema import FINAL_STATUSES, inference_logs, jobs, model_versions
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def create_engine(database_url: str, schema: str, *, pool_size: int = 5) -> Engine:
+    """An engine whose connections use ``schema`` (tests use a schema of their own)."""
+    return sa.create_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=5,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 3},
+    )
+
+
+def migrate(engine: Engine, schema: str) -> None:
+    """Create the schema if needed and bring it to the newest revision.
+
+    Safe to call from many processes at once: a PostgreSQL advisory lock serializes them.
+    """
+    lock_id = zlib.crc32(f"heimdall-migrate:{schema}".encode())
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+        try:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            connection.commit()
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            config.attributes["schema"] = schema
+            command.upgrade(config, "head")
+            connection.commit()
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+            connection.commit()
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_id: str
+    capture_time: datetime
+    frequency_mhz: float
+    sample_rate_hz: float
+    n_samples: int
+    receivers: list[str]
+    iq_sha256: str
+
+
+class JobStore:
+    """Job rows in PostgreSQL. Every state change is a single conditional UPDATE, so a job
+    redelivered to several workers still ends with exactly one recorded result."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def create(self, job: NewJob) -> tuple[RowMapping, bool]:
+        """Insert a queued job; if the id exists already, return that row and ``False``."""
+        statement = (
+            pg_insert(jobs)
+            .values(status="queued", **job.__dict__)
+            .on_conflict_do_nothing(index_elements=["job_id"])
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as connection:
+            row = connection.execute(statement).mappings().first()
+            if row is not None:
+                return row, True
+            existing = connection.execute(
+                sa.select(jobs).where(jobs.c.job_id == job.job_id)
+            ).mappings().one()
+            return existing, False
+
+    def delete_queued(self, job_id: str) -> None:
+        """Withdraw a job that could not be enqueued (the client was told to retry)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "queued")
+            )
+
+    def get(self, job_id: str) -> RowMapping | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(jobs).where(jobs.c.job_id == job_id)
+            ).mappings().first()
+
+    def start(self, job_id: str) -> RowMapping | None:
+        """Mark a job running and count the attempt; ``None`` if it is unknown or already final."""
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
+            .values(status="running", started_at=sa.func.now(), attempts=jobs.c.attempts + 1)
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).mappings().first()
+
+    def succeed(
+        self,
+        job_id: str,
+        *,
+        result: dict[str, Any],
+        model_version: str,
+        model_version_id: int | None,
+        cache_hit: bool,
+        timings: dict[str, float],
+    ) -> RowMapping | None:
+        """Record the result unless the job is already final; returns the final row if recorded."""
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
+            .values(
+                status="succeeded",
+                finished_at=sa.func.now(),
+                result=result,
+                model_version=model_version,
+                cache_hit=cache_hit,
+                timings=timings,
+                error=None,
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as connection:
+            row = connection.execute(statement).mappings().first()
+            if row is not None:
+                connection.execute(
+                    sa.insert(inference_logs).values(
+                        job_id=job_id,
+                        model_version_id=model_version_id,
+                        inference_time_ms=timings.get("inference_ms"),
+                        cache_hit=cache_hit,
+                    )
+                )
+            return row
+
+    def fail(self, job_id: str, error: str, *, model_version: str | None = None) -> RowMapping | None:
+        """Mark a job failed with its reason unless it is already final."""
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
+            .values(
+                status="failed", finished_at=sa.func.now(), error=error, model_version=model_version
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).mappings().first()
+
+    def register_model(
+        self, *, name: str, version: str, onnx_path: str, sha256: str, metrics: dict[str, Any]
+    ) -> int:
+        """Upsert the ``model_versions`` row of a loaded model, mark it active, return its id."""
+        statement = (
+            pg_insert(model_versions)
+            .values(
+                name=name,
+                version=version,
+                onnx_path=onnx_path,
+                sha256=sha256,
+                metrics=metrics,
+                is_active=True,
+            )
+            .on_conflict_do_update(
+                constraint="model_versions_name_version",
+                set_={"onnx_path": onnx_path, "sha256": sha256, "metrics": metrics, "is_active": True},
+            )
+            .returning(model_versions.c.id)
+        )
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement).scalar_one())

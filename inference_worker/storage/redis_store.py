@@ -1,0 +1,73 @@
+"""Redis: capture blobs (the claim check), job results with a TTL, the result cache and
+worker heartbeats. Every key starts with the configured prefix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+
+def connect(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        redis_url, socket_connect_timeout=3, socket_timeout=5, health_check_interval=30
+    )
+
+
+class RedisStore:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    # --- claim check ----------------------------------------------------------------------
+    def blob_key(self, job_id: str) -> str:
+        return f"{self.prefix}blob:{job_id}"
+
+    def put_blob(self, key: str, data: bytes, ttl_s: int) -> None:
+        self.client.set(key, data, ex=ttl_s)
+
+    def get_blob(self, key: str) -> bytes | None:
+        value = self.client.get(key)
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
+
+    def delete_blob(self, key: str) -> None:
+        self.client.delete(key)
+
+    # --- results --------------------------------------------------------------------------
+    def result_key(self, job_id: str) -> str:
+        return f"{self.prefix}result:{job_id}"
+
+    def put_result(self, job_id: str, view: dict[str, Any], ttl_s: int) -> None:
+        self.client.set(self.result_key(job_id), json.dumps(view), ex=ttl_s)
+
+    def get_result(self, job_id: str) -> dict[str, Any] | None:
+        value = self.client.get(self.result_key(job_id))
+        return None if value is None else json.loads(value)  # type: ignore[arg-type]
+
+    # --- result cache for resubmitted identical captures ------------------------------------
+    def cache_key(self, model_version: str, fingerprint: str) -> str:
+        return f"{self.prefix}cache:{model_version}:{fingerprint}"
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        value = self.client.get(key)
+        return None if value is None else json.loads(value)  # type: ignore[arg-type]
+
+    def cache_put(self, key: str, result: dict[str, Any], ttl_s: int) -> None:
+        if ttl_s > 0:
+            self.client.set(key, json.dumps(result), ex=ttl_s)
+
+    # --- worker heartbeats ------------------------------------------------------------------
+    def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: int) -> None:
+        self.client.set(f"{self.prefix}worker:{worker_id}", json.dumps(info), ex=ttl_s)
+
+    def forget_worker(self, worker_id: str) -> None:
+        self.client.delete(f"{self.prefix}worker:{worker_id}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}worker:*", count=100))
+        values = self.client.mget(keys) if keys else []
+        return [json.loads(v) for v in values if v is not None]  # type: ignore[union-attr]
