@@ -1,0 +1,150 @@
+"""Integration fixtures: the real RabbitMQ, Redis and PostgreSQL of this machine, a real worker.
+
+Every test session gets its own PostgreSQL schema, Redis key prefix and RabbitMQ queue, and
+removes them afterwards. A service that does not answer skips these tests on a laptop and fails
+them when ``CI`` is set: never a silent skip in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kombu
+import pytest
+import redis
+import sqlalchemy as sa
+
+from api_shim.app import create_app
+from inference_worker.reachability import unreachable_services
+from inference_worker.settings import Settings, load_settings
+from inference_worker.storage.database import JobStore, create_engine, migrate
+from inference_worker.storage.redis_store import RedisStore, connect
+
+pytestmark = pytest.mark.integration
+WORKER_START_TIMEOUT_S = 60
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    base = load_settings()
+    failures = unreachable_services(base)
+    if failures:
+        message = "; ".join(failures.values())
+        if os.environ.get("CI"):
+            pytest.fail(f"integration services unavailable in CI: {message}")
+        pytest.skip(f"integration services unavailable: {message}")
+    tag = uuid.uuid4().hex[:10]
+    return load_settings(
+        database_schema=f"test_{tag}",
+        redis_prefix=f"heimdall-test:{tag}:",
+        queue=f"heimdall.test.{tag}",
+        worker_concurrency=1,
+    )
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = os.environ.copy()
+    env.update(
+        {
+            "HEIMDALL_BROKER_URL": settings.broker_url,
+            "HEIMDALL_REDIS_URL": settings.redis_url,
+            "HEIMDALL_DATABASE_URL": settings.database_url,
+            "HEIMDALL_DATABASE_SCHEMA": settings.database_schema,
+            "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
+            "HEIMDALL_QUEUE": settings.queue,
+            "HEIMDALL_MODEL_DIR": str(settings.model_dir),
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[sa.Engine]:
+    engine = create_engine(settings.database_url, settings.database_schema)
+    migrate(engine, settings.database_schema)
+    yield engine
+    engine.dispose()
+    cleanup = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with cleanup.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE'))
+    cleanup.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = connect(settings.redis_url)
+    yield client
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def stores(engine: sa.Engine, redis_client: redis.Redis, settings: Settings) -> tuple[JobStore, RedisStore]:
+    return JobStore(engine), RedisStore(redis_client, settings.redis_prefix)
+
+
+@pytest.fixture(scope="session")
+def queue_cleanup(settings: Settings) -> Iterator[None]:
+    yield
+    with kombu.Connection(settings.broker_url) as connection:
+        channel = connection.default_channel
+        for name in (settings.queue,):
+            channel.queue_delete(name)
+        channel.exchange_delete(settings.queue)
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, engine: sa.Engine, redis_client: redis.Redis, queue_cleanup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+    """A real ``heimdall-inference worker`` process (prefork, 1 child) on the test queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference_worker.cli", "worker", "--concurrency", "1"],
+            env=_worker_env(settings),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    store = RedisStore(redis_client, settings.redis_prefix)
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while not store.workers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"worker did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    # The child announced itself; give the consumer a moment to subscribe to the queue.
+    time.sleep(0.5)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, engine: sa.Engine, redis_client: redis.Redis, queue_cleanup: None):
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,147 @@
+"""Client mistakes get a 4xx that says what is wrong, and nothing is accepted."""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from inference_worker.storage.schema import jobs
+
+
+def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def good_query(capture) -> dict:
+    return {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": ",".join(capture.receivers),
+    }
+
+
+def post_npy(client, body: bytes, query: dict):
+    return client.post("/predict", data=body, content_type="application/x-npy", query_string=query)
+
+
+def job_count(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    ("mangle", "status", "fragment"),
+    [
+        (lambda iq: iq.astype(np.complex128), 422, "complex64"),
+        (lambda iq: iq.real.copy(), 422, "complex64"),
+        (lambda iq: iq[:2], 422, "shape"),
+        (lambda iq: np.concatenate([iq, iq[:1]]), 422, "shape"),
+        (lambda iq: iq[:, :0], 422, "empty"),
+        (lambda iq: iq[:, :100], 422, "too short"),
+        (lambda iq: np.where(np.arange(iq.shape[1]) == 5, np.nan, iq).astype(np.complex64), 422, "NaN"),
+        (lambda iq: np.vstack([iq[:2], np.zeros_like(iq[:1])]), 422, "only zeros"),
+        (lambda iq: np.tile(iq, (1, 41)), 413, "too long"),
+    ],
+    ids=["complex128", "real", "two-receivers", "four-receivers", "empty", "too-short", "nan",
+         "dead-channel", "too-many-samples"],
+)
+def test_bad_npy_capture_is_rejected_with_reason(client, engine, capture, mangle, status, fragment):
+    before = job_count(engine)
+    response = post_npy(client, npy(mangle(capture.iq)), good_query(capture))
+    assert response.status_code == status, response.get_json()
+    assert fragment in response.get_json()["error"]["message"]
+    assert job_count(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"receivers": "torino,montanaro"}, "3 receivers"),
+        ({"receivers": "torino,montanaro,nowhere"}, "unknown receiver"),
+        ({"receivers": "torino,torino,giaveno"}, "different"),
+        ({"frequency_mhz": None}, "frequency_mhz"),
+        ({"frequency_mhz": "abc"}, "frequency_mhz"),
+        ({"sample_rate_hz": "nan"}, "sample_rate_hz"),
+        ({"sample_rate_hz": 8000}, "sample_rate_hz"),
+        ({"capture_time": "yesterday"}, "capture_time"),
+        ({"job_id": "bad id with spaces"}, "job_id"),
+    ],
+)
+def test_bad_metadata_is_rejected_with_reason(client, capture, change, fragment):
+    query = {k: v for k, v in {**good_query(capture), **change}.items() if v is not None}
+    response = post_npy(client, npy(capture.iq), query)
+    assert response.status_code == 422, response.get_json()
+    assert fragment in response.get_json()["error"]["message"]
+
+
+def test_malformed_npy_is_400(client, capture):
+    response = post_npy(client, b"\x93NUMPY garbage", good_query(capture))
+    assert response.status_code == 400
+    assert "npy" in response.get_json()["error"]["message"]
+
+
+def test_pickled_npy_is_refused_and_never_unpickled(client, capture):
+    body = npy(np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    response = post_npy(client, body, good_query(capture))
+    assert response.status_code == 400
+    assert "pickle" in response.get_json()["error"]["message"].lower()
+    raw_pickle = post_npy(client, pickle.dumps(capture.iq), good_query(capture))
+    assert raw_pickle.status_code == 400
+
+
+def test_malformed_json_is_400(client):
+    response = client.post("/predict", data=b"{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("iq_data", "fragment"),
+    [
+        (None, "iq_data"),
+        ("not base64!", "base64"),
+        (base64.b64encode(b"\0" * 10).decode(), "bytes"),
+        ([[0.1, 0.2], [0.1, 0.2]], "one list per receiver"),
+        ([[0.1, 0.2], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2]], "different lengths"),
+        ([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3]], "even"),
+        ([["a", "b"], ["a", "b"], ["a", "b"]], "numbers"),
+        (42, "iq_data"),
+    ],
+)
+def test_bad_json_iq_is_rejected_with_reason(client, capture, iq_data, fragment):
+    body = {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+    }
+    if iq_data is not None:
+        body["iq_data"] = iq_data
+    response = client.post("/predict", json=body)
+    assert response.status_code == 422, response.get_json()
+    assert fragment in response.get_json()["error"]["message"]
+
+
+def test_body_over_the_limit_is_413(client, settings, capture):
+    body = b"\0" * (settings.max_body_bytes + 1)
+    response = post_npy(client, body, good_query(capture))
+    assert response.status_code == 413
+    assert str(settings.max_body_bytes) in response.get_json()["error"]["message"]
+
+
+def test_unsupported_media_type_is_415(client):
+    response = client.post("/predict", data=b"hello", content_type="text/plain")
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]["message"]
+
+
+def test_wrong_method_is_a_json_405(client):
+    response = client.get("/predict")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"

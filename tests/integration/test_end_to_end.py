@@ -1,0 +1,188 @@
+"""A capture submitted through the real Flask app is located by a real worker process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from inference_worker.ellipse import distance_m
+from inference_worker.storage.schema import inference_logs, jobs
+
+POLL_TIMEOUT_S = 30
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def submit_npy(client, capture, **query):
+    params = {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": ",".join(capture.receivers),
+        **query,
+    }
+    return client.post(
+        "/predict", data=npy_bytes(capture.iq), content_type="application/x-npy", query_string=params
+    )
+
+
+def json_body(capture, **extra):
+    return {
+        "iq_data": base64.b64encode(capture.iq.tobytes()).decode(),
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+        **extra,
+    }
+
+
+def wait_final(client, job_id: str) -> dict:
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.get_json()
+        view = response.get_json()
+        if view["status"] in ("succeeded", "failed"):
+            return view
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not final after {POLL_TIMEOUT_S} s: {view}")
+
+
+def assert_located(view: dict, capture) -> None:
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert np.isfinite([result["lat"], result["lon"], result["sigma_x_m"], result["sigma_y_m"]]).all()
+    assert set(result["ellipses"]) == {"68", "95"}
+    assert result["ellipses"]["95"]["semi_major_m"] > result["ellipses"]["68"]["semi_major_m"]
+    ring = result["ellipses"]["95"]["polygon"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) > 10
+    # The estimate is somewhere in the receivers' region, not at (0, 0).
+    assert distance_m(result["lat"], result["lon"], capture.lat, capture.lon) < 150_000
+
+
+def test_json_capture_is_located_and_recorded_in_postgres_and_redis(
+    client, worker, capture, engine, redis_client, settings
+):
+    response = client.post("/predict", json=json_body(capture))
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "queued"
+    assert body["status_url"] == f"/jobs/{body['job_id']}"
+
+    view = wait_final(client, body["job_id"])
+
+    assert_located(view, capture)
+    assert view["cache_hit"] is False
+    assert view["model_version"].startswith("centroid-")
+    assert {"queue_wait_ms", "features_ms", "inference_ms", "end_to_end_ms"} <= set(view["timings"])
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(jobs).where(jobs.c.job_id == body["job_id"])).mappings().one()
+        logs = connection.execute(
+            sa.select(inference_logs).where(inference_logs.c.job_id == body["job_id"])
+        ).mappings().all()
+    assert row["status"] == "succeeded" and row["result"]["lat"] == view["result"]["lat"]
+    assert len(logs) == 1 and logs[0]["cache_hit"] is False and logs[0]["model_version_id"]
+    stored = json.loads(redis_client.get(f"{settings.redis_prefix}result:{body['job_id']}"))
+    assert stored["result"] == view["result"]
+    # The claim-check blob is released once the result is recorded.
+    assert redis_client.exists(f"{settings.redis_prefix}blob:{body['job_id']}") == 0
+
+
+def test_json_capture_with_interleaved_float_lists_is_located(client, worker, simulator):
+    capture = simulator.simulate(np.random.default_rng(), sample_rate_hz=12_000.0, duration_s=0.1)
+    body = json_body(capture)
+    body["iq_data"] = [row.view(np.float32).tolist() for row in capture.iq]
+    response = client.post("/predict", json=body)
+    assert response.status_code == 202, response.get_json()
+    assert_located(wait_final(client, response.get_json()["job_id"]), capture)
+
+
+@pytest.mark.parametrize(("rate", "duration"), [(12_000.0, 0.1), (192_000.0, 1.0), (48_000.0, 0.3)])
+def test_npy_capture_at_any_rate_and_length_is_located(client, worker, simulator, rate, duration):
+    capture = simulator.simulate(np.random.default_rng(), sample_rate_hz=rate, duration_s=duration)
+    response = submit_npy(client, capture)
+    assert response.status_code == 202, response.get_json()
+    assert response.headers["Location"] == response.get_json()["status_url"]
+    assert_located(wait_final(client, response.get_json()["job_id"]), capture)
+
+
+def test_receivers_in_another_order_give_the_same_estimate(client, worker, capture):
+    first = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    order = [2, 0, 1]
+    shuffled = type(capture)(**{**capture.__dict__, "iq": np.ascontiguousarray(capture.iq[order]),
+                                "receivers": tuple(capture.receivers[i] for i in order)})
+    second = wait_final(client, submit_npy(client, shuffled).get_json()["job_id"])
+    assert second["result"]["lat"] == pytest.approx(first["result"]["lat"], abs=1e-6)
+    assert second["result"]["lon"] == pytest.approx(first["result"]["lon"], abs=1e-6)
+
+
+def test_resubmitted_capture_is_served_from_cache_without_running_the_model(
+    client, worker, capture, engine
+):
+    first = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    second = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+
+    assert first["job_id"] != second["job_id"]
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    assert second["result"] == first["result"]
+    assert "inference_ms" not in second["timings"]
+    with engine.connect() as connection:
+        hit = connection.execute(
+            sa.select(inference_logs.c.cache_hit).where(inference_logs.c.job_id == second["job_id"])
+        ).scalar_one()
+    assert hit is True
+
+
+def test_same_client_job_id_submitted_twice_gives_one_job(client, worker, capture, engine):
+    job_id = f"acq-{uuid.uuid4()}"
+    first = submit_npy(client, capture, job_id=job_id)
+    second = submit_npy(client, capture, job_id=job_id)
+
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["job_id"] == second.get_json()["job_id"] == job_id
+    assert first.get_json()["created"] is True and second.get_json()["created"] is False
+    wait_final(client, job_id)
+    time.sleep(0.3)  # any second task would have run by now
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(sa.func.count()).where(jobs.c.job_id == job_id)).scalar_one()
+        logs = connection.execute(
+            sa.select(sa.func.count()).where(inference_logs.c.job_id == job_id)
+        ).scalar_one()
+    assert rows == 1 and logs == 1
+
+
+def test_client_job_id_reused_for_another_capture_is_a_conflict(client, worker, simulator, capture):
+    job_id = f"acq-{uuid.uuid4()}"
+    assert submit_npy(client, capture, job_id=job_id).status_code == 202
+    other = simulator.simulate(np.random.default_rng(), sample_rate_hz=12_000.0, duration_s=1.0)
+    response = submit_npy(client, other, job_id=job_id)
+    assert response.status_code == 409
+    assert "different capture" in response.get_json()["error"]["message"]
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/jobs/no-such-job")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "job_not_found"
+
+
+def test_health_reports_each_service_and_the_serving_worker(client, worker, settings):
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    for name in ("broker", "redis", "database"):
+        assert body["checks"][name]["ok"] is True
+    model = body["checks"]["model"]
+    assert model["ok"] is True and model["workers"]
+    assert model["workers"][0]["model_version"] == model["configured_version"]
