@@ -76,7 +76,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     submitter = Submitter(jobs, store, publish, settings.blob_ttl_s)
-    app.extensions["heimdall"] = {"settings": settings, "jobs": jobs, "store": store, "celery": celery}
+    app.extensions["heimdall"] = {
+        "settings": settings,
+        "jobs": jobs,
+        "store": store,
+        "celery": celery,
+    }
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

@@ -78,7 +78,12 @@ class ShimClient:
 
     @staticmethod
     def json_document(
-        iq: np.ndarray, *, sample_rate_hz: float, frequency_mhz: float, receivers: list[str], **extra: Any
+        iq: np.ndarray,
+        *,
+        sample_rate_hz: float,
+        frequency_mhz: float,
+        receivers: list[str],
+        **extra: Any,
     ) -> dict[str, Any]:
         """A JSON submission carrying the IQ as base64 complex64 bytes."""
         raw = np.ascontiguousarray(iq, dtype="<c8").tobytes()
@@ -102,7 +107,9 @@ class ShimClient:
             raise ShimError(status, body)
         return dict(body)
 
-    def wait(self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05
+    ) -> dict[str, Any]:
         """Poll a job until it is final; raises TimeoutError if it is not within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -46,7 +46,9 @@ class Accepted:
 
 
 class Submitter:
-    def __init__(self, jobs: JobStore, store: RedisStore, publish: Publish, blob_ttl_s: int) -> None:
+    def __init__(
+        self, jobs: JobStore, store: RedisStore, publish: Publish, blob_ttl_s: int
+    ) -> None:
         self.jobs = jobs
         self.store = store
         self.publish = publish
@@ -87,7 +89,7 @@ class Submitter:
             n_samples=new_job.n_samples,
             sample_rate_hz=meta.sample_rate_hz,
             frequency_mhz=meta.frequency_mhz,
-            receivers=meta.receivers,  # type: ignore[arg-type]
+            receivers=meta.receivers,
             capture_time=meta.capture_time,
             iq_sha256=digest,
         )
@@ -102,7 +104,10 @@ class Submitter:
         return Accepted(job_id, "queued", created=True)
 
     def _withdraw(self, job_id: str, blob_key: str) -> None:
-        for undo in (lambda: self.store.delete_blob(blob_key), lambda: self.jobs.delete_queued(job_id)):
+        for undo in (
+            lambda: self.store.delete_blob(blob_key),
+            lambda: self.jobs.delete_queued(job_id),
+        ):
             try:
                 undo()
             except Exception as exc:  # best effort: the original failure is what the client hears

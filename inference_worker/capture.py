@@ -71,9 +71,7 @@ def iq_digest(iq: np.ndarray) -> str:
 def validate_iq(iq: np.ndarray, limits: CaptureLimits) -> np.ndarray:
     """Check shape, dtype, length and values of a decoded IQ array; return it C-contiguous."""
     if iq.dtype != IQ_DTYPE:
-        raise CaptureError(
-            f"IQ must be complex64 (little-endian); got dtype {iq.dtype.name}"
-        )
+        raise CaptureError(f"IQ must be complex64 (little-endian); got dtype {iq.dtype.name}")
     if iq.ndim != 2 or iq.shape[0] != RECEIVER_COUNT:
         raise CaptureError(
             f"IQ must have shape ({RECEIVER_COUNT}, n_samples), one row per receiver; "
@@ -126,7 +124,8 @@ def decode_json_iq(value: object) -> np.ndarray:
         if len(raw) == 0 or len(raw) % (RECEIVER_COUNT * IQ_DTYPE.itemsize):
             raise CaptureError(
                 f"base64 iq_data must hold {RECEIVER_COUNT} x n complex64 values "
-                f"({RECEIVER_COUNT * IQ_DTYPE.itemsize} bytes per sample instant); got {len(raw)} bytes"
+                f"({RECEIVER_COUNT * IQ_DTYPE.itemsize} bytes per sample instant); "
+                f"got {len(raw)} bytes"
             )
         return np.frombuffer(raw, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, -1)
     if not isinstance(value, list):
@@ -134,7 +133,9 @@ def decode_json_iq(value: object) -> np.ndarray:
             "iq_data must be a list of 3 interleaved [re, im, ...] float lists or a base64 string"
         )
     if len(value) != RECEIVER_COUNT:
-        raise CaptureError(f"iq_data must have one list per receiver ({RECEIVER_COUNT}); got {len(value)}")
+        raise CaptureError(
+            f"iq_data must have one list per receiver ({RECEIVER_COUNT}); got {len(value)}"
+        )
     lengths = {len(row) if isinstance(row, list) else -1 for row in value}
     if -1 in lengths:
         raise CaptureError("each iq_data entry must be a list of floats")
@@ -168,9 +169,7 @@ def parse_receivers(value: object, known: Sequence[str] | None = None) -> tuple[
     if known is not None:
         unknown = [r for r in items if r not in known]
         if unknown:
-            raise CaptureError(
-                f"unknown receiver(s) {unknown}; the model knows {sorted(known)}"
-            )
+            raise CaptureError(f"unknown receiver(s) {unknown}; the model knows {sorted(known)}")
     return tuple(items)
 
 
@@ -223,7 +222,9 @@ def parse_meta(
             low=limits.min_sample_rate_hz,
             high=limits.max_sample_rate_hz,
         ),
-        frequency_mhz=parse_number("frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0),
+        frequency_mhz=parse_number(
+            "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0
+        ),
         receivers=parse_receivers(fields.get("receivers"), known_receivers),
         capture_time=parse_capture_time(fields.get("capture_time")),
     )

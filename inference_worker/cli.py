@@ -88,7 +88,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     port = args.port or settings.api_port
     workers = args.workers or settings.api_workers
 
-    class ShimServer(BaseApplication):  # type: ignore[misc]
+    class ShimServer(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
@@ -96,7 +96,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", "-")
 
-        def load(self):  # type: ignore[no-untyped-def]
+        def load(self):  # the WSGI app gunicorn serves
             return create_app(settings)
 
     ShimServer().run()
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     demo = sub.add_parser(
-        "demo", help="start a worker and the shim if none run, locate simulated captures, print them"
+        "demo",
+        help="start a worker and the shim if none run, locate simulated captures, print them",
     )
     demo.add_argument("--captures", type=int, default=6, help="how many captures to submit")
     demo.add_argument("--seed", type=int, help="simulation seed (default: a new one each run)")

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
@@ -46,7 +46,9 @@ def _health(client: ShimClient) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def _wait_for(what: str, ready, timeout_s: float, process: subprocess.Popen | None) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(
+    what: str, ready: Callable[[], bool], timeout_s: float, process: subprocess.Popen | None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         if process is not None and process.poll() is not None:
@@ -135,7 +137,9 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int
         else:
             accepted = client.submit_json(ShimClient.json_document(capture.iq, **fields))  # type: ignore[arg-type]
         submit_ms = (time.perf_counter() - started) * 1e3
-        submitted.append((accepted["job_id"], capture, f"{rate / 1e3:g} kHz {duration:g} s {form}", submit_ms))
+        submitted.append(
+            (accepted["job_id"], capture, f"{rate / 1e3:g} kHz {duration:g} s {form}", submit_ms)
+        )
 
     # Resubmit the first capture unchanged: a duplicate is answered from the result cache.
     first = submitted[0][1]

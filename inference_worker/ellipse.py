@@ -117,9 +117,8 @@ def ellipse_polygon(estimate: Estimate, shape: Ellipse, vertices: int = 64) -> l
     major = np.array([math.sin(theta), math.cos(theta)])  # unit vector (east, north)
     minor = np.array([math.cos(theta), -math.sin(theta)])
     t = np.linspace(0.0, 2.0 * math.pi, vertices, endpoint=False)
-    offsets = (
-        np.outer(np.cos(t) * shape.semi_major_m, major)
-        + np.outer(np.sin(t) * shape.semi_minor_m, minor)
+    offsets = np.outer(np.cos(t) * shape.semi_major_m, major) + np.outer(
+        np.sin(t) * shape.semi_minor_m, minor
     )
     # Parametrization above runs clockwise on a map (major then minor rotated -90°); reverse it.
     offsets = offsets[::-1]

@@ -32,7 +32,7 @@ class FeatureParams:
     n_mels: int = 128
     n_frames: int = 32
     bandwidth_hz: float = 12_000.0
-    """Two-sided analysis bandwidth centred on the tuned frequency (must not exceed the sample rate)."""
+    """Two-sided analysis band around the tuned frequency; the sample rate must cover it."""
     mel_break_hz: float = 700.0
     """Corner of the mel scale ``2595 log10(1 + f / mel_break_hz)``, applied to |offset|."""
     max_bin_hz: float = 12.0
@@ -52,7 +52,9 @@ class FeatureParams:
     def from_metadata(cls, data: dict[str, Any]) -> FeatureParams:
         kind = data.get("kind", FEATURE_KIND)
         if kind != FEATURE_KIND:
-            raise ValueError(f"unsupported feature kind {kind!r}; this worker computes {FEATURE_KIND!r}")
+            raise ValueError(
+                f"unsupported feature kind {kind!r}; this worker computes {FEATURE_KIND!r}"
+            )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -69,7 +71,7 @@ def _mel_inverse(mel: np.ndarray, break_hz: float) -> np.ndarray:
 
 
 def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams) -> int:
-    """FFT size: a power of two at least the frame length and fine enough for the narrowest filter."""
+    """FFT size: a power of two, at least the frame length, fine enough for the narrowest filter."""
     needed = max(frame_samples, math.ceil(sample_rate_hz / params.max_bin_hz))
     return 1 << (needed - 1).bit_length()
 

@@ -74,7 +74,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
     """The public JSON of a job, as ``GET /jobs/<id>`` answers it and Redis caches it."""
     view: dict[str, Any] = {
         "job_id": row["job_id"],
@@ -121,7 +121,9 @@ def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
     return iq
 
 
-def locate(iq: np.ndarray, message: LocateMessage, model: Predictor) -> tuple[dict[str, Any], dict[str, float]]:
+def locate(
+    iq: np.ndarray, message: LocateMessage, model: Predictor
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Features, inference and ellipses of one capture; returns the result and stage timings."""
     metadata = model.metadata
     try:
@@ -189,8 +191,8 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
         log.info("job %s already %s; redelivery ignored", message.job_id, existing["status"])
         return JobOutcome(message.job_id, "duplicate")
     queue_wait_ms = (
-        (datetime.now(row["created_at"].tzinfo) - row["created_at"]).total_seconds() * 1e3
-    )
+        datetime.now(row["created_at"].tzinfo) - row["created_at"]
+    ).total_seconds() * 1e3
 
     try:
         t0 = time.perf_counter()
@@ -199,7 +201,8 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
         cache_key = services.redis.cache_key(model.version, capture_fingerprint(message))
         cached = services.redis.cache_get(cache_key) if services.cache_ttl_s > 0 else None
         if cached is not None:
-            result, stage_timings, cache_hit = cached, {}, True
+            result, cache_hit = cached, True
+            stage_timings: dict[str, float] = {}
         else:
             result, stage_timings = locate(iq, message, model)
             cache_hit = False

@@ -25,7 +25,9 @@ def probe_redis(redis_url: str) -> None:
 
 
 def probe_database(database_url: str) -> None:
-    engine = sa.create_engine(database_url, connect_args={"connect_timeout": 2}, poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        database_url, connect_args={"connect_timeout": 2}, poolclass=sa.pool.NullPool
+    )
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
@@ -50,6 +52,8 @@ def unreachable_services(settings: Settings) -> dict[str, str]:
         try:
             probe(url)
         except Exception as exc:  # any failure means "not reachable"; the message says which
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
             failures[name] = f"{name} at {_redact(url)} is not reachable: {first_line}"
     return failures

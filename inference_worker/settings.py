@@ -63,7 +63,9 @@ class Settings(BaseSettings):
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(
-        2, ge=1, description="Worker processes (prefork pool) started by `heimdall-inference worker`."
+        2,
+        ge=1,
+        description="Worker processes (prefork pool) started by `heimdall-inference worker`.",
     )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     task_max_retries: int = Field(
@@ -90,9 +92,7 @@ class Settings(BaseSettings):
         ge=1_000,
         description="Longest accepted capture, in samples per receiver (2.5 s at 192 kHz).",
     )
-    min_sample_rate_hz: float = Field(
-        1_000.0, gt=0, description="Lowest accepted sample rate."
-    )
+    min_sample_rate_hz: float = Field(1_000.0, gt=0, description="Lowest accepted sample rate.")
     max_sample_rate_hz: float = Field(
         10_000_000.0, gt=0, description="Highest accepted sample rate."
     )

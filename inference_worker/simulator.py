@@ -189,7 +189,7 @@ class CaptureSimulator:
             phase = beta * np.sin(2.0 * math.pi * tone_hz * t + rng.uniform(0, 2 * math.pi))
             return np.exp(1j * phase)
         keying_hz = rng.uniform(3.0, 10.0)
-        keyed = (np.sin(2.0 * math.pi * keying_hz * t + rng.uniform(0, 2 * math.pi)) > -0.3)
+        keyed = np.sin(2.0 * math.pi * keying_hz * t + rng.uniform(0, 2 * math.pi)) > -0.3
         return keyed.astype(np.float64) / math.sqrt(max(keyed.mean(), 1e-3)) + 0j
 
     def _fading(self, rng: np.random.Generator, t: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The JSON message of an inference task (claim check: IQ bytes live in Redis under ``blob_key``)."""
+"""The JSON message of an inference task (claim check: the IQ bytes wait in Redis)."""
 
 from __future__ import annotations
 

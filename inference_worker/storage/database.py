@@ -87,9 +87,11 @@ class JobStore:
             row = connection.execute(statement).mappings().first()
             if row is not None:
                 return row, True
-            existing = connection.execute(
-                sa.select(jobs).where(jobs.c.job_id == job.job_id)
-            ).mappings().one()
+            existing = (
+                connection.execute(sa.select(jobs).where(jobs.c.job_id == job.job_id))
+                .mappings()
+                .one()
+            )
             return existing, False
 
     def delete_queued(self, job_id: str) -> None:
@@ -101,9 +103,11 @@ class JobStore:
 
     def get(self, job_id: str) -> RowMapping | None:
         with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(jobs).where(jobs.c.job_id == job_id)
-            ).mappings().first()
+            return (
+                connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id))
+                .mappings()
+                .first()
+            )
 
     def start(self, job_id: str) -> RowMapping | None:
         """Mark a job running and count the attempt; ``None`` if it is unknown or already final."""
@@ -154,7 +158,9 @@ class JobStore:
                 )
             return row
 
-    def fail(self, job_id: str, error: str, *, model_version: str | None = None) -> RowMapping | None:
+    def fail(
+        self, job_id: str, error: str, *, model_version: str | None = None
+    ) -> RowMapping | None:
         """Mark a job failed with its reason unless it is already final."""
         statement = (
             sa.update(jobs)
@@ -183,7 +189,12 @@ class JobStore:
             )
             .on_conflict_do_update(
                 constraint="model_versions_name_version",
-                set_={"onnx_path": onnx_path, "sha256": sha256, "metrics": metrics, "is_active": True},
+                set_={
+                    "onnx_path": onnx_path,
+                    "sha256": sha256,
+                    "metrics": metrics,
+                    "is_active": True,
+                },
             )
             .returning(model_versions.c.id)
         )

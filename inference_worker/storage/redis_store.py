@@ -46,7 +46,7 @@ class RedisStore:
 
     def get_result(self, job_id: str) -> dict[str, Any] | None:
         value = self.client.get(self.result_key(job_id))
-        return None if value is None else json.loads(value)  # type: ignore[arg-type]
+        return None if value is None else json.loads(value)
 
     # --- result cache for resubmitted identical captures ------------------------------------
     def cache_key(self, model_version: str, fingerprint: str) -> str:
@@ -54,7 +54,7 @@ class RedisStore:
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         value = self.client.get(key)
-        return None if value is None else json.loads(value)  # type: ignore[arg-type]
+        return None if value is None else json.loads(value)
 
     def cache_put(self, key: str, result: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:
@@ -70,4 +70,4 @@ class RedisStore:
     def workers(self) -> list[dict[str, Any]]:
         keys = list(self.client.scan_iter(match=f"{self.prefix}worker:*", count=100))
         values = self.client.mget(keys) if keys else []
-        return [json.loads(v) for v in values if v is not None]  # type: ignore[union-attr]
+        return [json.loads(v) for v in values if v is not None]

@@ -15,7 +15,9 @@ jobs = sa.Table(
     metadata,
     sa.Column("job_id", sa.Text, primary_key=True),
     sa.Column("status", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("capture_time", sa.DateTime(timezone=True), nullable=False),

@@ -94,7 +94,9 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def stores(engine: sa.Engine, redis_client: redis.Redis, settings: Settings) -> tuple[JobStore, RedisStore]:
+def stores(
+    engine: sa.Engine, redis_client: redis.Redis, settings: Settings
+) -> tuple[JobStore, RedisStore]:
     return JobStore(engine), RedisStore(redis_client, settings.redis_prefix)
 
 
@@ -109,7 +111,13 @@ def queue_cleanup(settings: Settings) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def worker(settings: Settings, engine: sa.Engine, redis_client: redis.Redis, queue_cleanup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
+def worker(
+    settings: Settings,
+    engine: sa.Engine,
+    redis_client: redis.Redis,
+    queue_cleanup: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[subprocess.Popen]:
     """A real ``heimdall-inference worker`` process (prefork, 1 child) on the test queue."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with log_path.open("wb") as log_file:

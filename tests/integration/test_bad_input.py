@@ -45,12 +45,25 @@ def job_count(engine) -> int:
         (lambda iq: np.concatenate([iq, iq[:1]]), 422, "shape"),
         (lambda iq: iq[:, :0], 422, "empty"),
         (lambda iq: iq[:, :100], 422, "too short"),
-        (lambda iq: np.where(np.arange(iq.shape[1]) == 5, np.nan, iq).astype(np.complex64), 422, "NaN"),
+        (
+            lambda iq: np.where(np.arange(iq.shape[1]) == 5, np.nan, iq).astype(np.complex64),
+            422,
+            "NaN",
+        ),
         (lambda iq: np.vstack([iq[:2], np.zeros_like(iq[:1])]), 422, "only zeros"),
         (lambda iq: np.tile(iq, (1, 41)), 413, "too long"),
     ],
-    ids=["complex128", "real", "two-receivers", "four-receivers", "empty", "too-short", "nan",
-         "dead-channel", "too-many-samples"],
+    ids=[
+        "complex128",
+        "real",
+        "two-receivers",
+        "four-receivers",
+        "empty",
+        "too-short",
+        "nan",
+        "dead-channel",
+        "too-many-samples",
+    ],
 )
 def test_bad_npy_capture_is_rejected_with_reason(client, engine, capture, mangle, status, fragment):
     before = job_count(engine)

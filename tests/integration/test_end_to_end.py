@@ -32,7 +32,10 @@ def submit_npy(client, capture, **query):
         **query,
     }
     return client.post(
-        "/predict", data=npy_bytes(capture.iq), content_type="application/x-npy", query_string=params
+        "/predict",
+        data=npy_bytes(capture.iq),
+        content_type="application/x-npy",
+        query_string=params,
     )
 
 
@@ -61,7 +64,9 @@ def wait_final(client, job_id: str) -> dict:
 def assert_located(view: dict, capture) -> None:
     assert view["status"] == "succeeded", view
     result = view["result"]
-    assert np.isfinite([result["lat"], result["lon"], result["sigma_x_m"], result["sigma_y_m"]]).all()
+    assert np.isfinite(
+        [result["lat"], result["lon"], result["sigma_x_m"], result["sigma_y_m"]]
+    ).all()
     assert set(result["ellipses"]) == {"68", "95"}
     assert result["ellipses"]["95"]["semi_major_m"] > result["ellipses"]["68"]["semi_major_m"]
     ring = result["ellipses"]["95"]["polygon"]["coordinates"][0]
@@ -86,10 +91,18 @@ def test_json_capture_is_located_and_recorded_in_postgres_and_redis(
     assert view["model_version"].startswith("centroid-")
     assert {"queue_wait_ms", "features_ms", "inference_ms", "end_to_end_ms"} <= set(view["timings"])
     with engine.connect() as connection:
-        row = connection.execute(sa.select(jobs).where(jobs.c.job_id == body["job_id"])).mappings().one()
-        logs = connection.execute(
-            sa.select(inference_logs).where(inference_logs.c.job_id == body["job_id"])
-        ).mappings().all()
+        row = (
+            connection.execute(sa.select(jobs).where(jobs.c.job_id == body["job_id"]))
+            .mappings()
+            .one()
+        )
+        logs = (
+            connection.execute(
+                sa.select(inference_logs).where(inference_logs.c.job_id == body["job_id"])
+            )
+            .mappings()
+            .all()
+        )
     assert row["status"] == "succeeded" and row["result"]["lat"] == view["result"]["lat"]
     assert len(logs) == 1 and logs[0]["cache_hit"] is False and logs[0]["model_version_id"]
     stored = json.loads(redis_client.get(f"{settings.redis_prefix}result:{body['job_id']}"))
@@ -119,8 +132,13 @@ def test_npy_capture_at_any_rate_and_length_is_located(client, worker, simulator
 def test_receivers_in_another_order_give_the_same_estimate(client, worker, capture):
     first = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
     order = [2, 0, 1]
-    shuffled = type(capture)(**{**capture.__dict__, "iq": np.ascontiguousarray(capture.iq[order]),
-                                "receivers": tuple(capture.receivers[i] for i in order)})
+    shuffled = type(capture)(
+        **{
+            **capture.__dict__,
+            "iq": np.ascontiguousarray(capture.iq[order]),
+            "receivers": tuple(capture.receivers[i] for i in order),
+        }
+    )
     second = wait_final(client, submit_npy(client, shuffled).get_json()["job_id"])
     assert second["result"]["lat"] == pytest.approx(first["result"]["lat"], abs=1e-6)
     assert second["result"]["lon"] == pytest.approx(first["result"]["lon"], abs=1e-6)
@@ -154,7 +172,9 @@ def test_same_client_job_id_submitted_twice_gives_one_job(client, worker, captur
     wait_final(client, job_id)
     time.sleep(0.3)  # any second task would have run by now
     with engine.connect() as connection:
-        rows = connection.execute(sa.select(sa.func.count()).where(jobs.c.job_id == job_id)).scalar_one()
+        rows = connection.execute(
+            sa.select(sa.func.count()).where(jobs.c.job_id == job_id)
+        ).scalar_one()
         logs = connection.execute(
             sa.select(sa.func.count()).where(inference_logs.c.job_id == job_id)
         ).scalar_one()

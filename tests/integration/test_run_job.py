@@ -30,16 +30,27 @@ def queue_job(services: JobServices, capture, *, store_blob: bool = True) -> dic
     job_id = f"direct-{uuid.uuid4()}"
     digest = iq_digest(capture.iq)
     services.jobs.create(
-        NewJob(job_id, datetime.now(UTC), capture.frequency_mhz, capture.sample_rate_hz,
-               capture.iq.shape[1], list(capture.receivers), digest)
+        NewJob(
+            job_id,
+            datetime.now(UTC),
+            capture.frequency_mhz,
+            capture.sample_rate_hz,
+            capture.iq.shape[1],
+            list(capture.receivers),
+            digest,
+        )
     )
     key = services.redis.blob_key(job_id)
     if store_blob:
         services.redis.put_blob(key, capture.iq.tobytes(), 60)
     return {
-        "job_id": job_id, "blob_key": key, "n_samples": capture.iq.shape[1],
-        "sample_rate_hz": capture.sample_rate_hz, "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers), "capture_time": datetime.now(UTC).isoformat(),
+        "job_id": job_id,
+        "blob_key": key,
+        "n_samples": capture.iq.shape[1],
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+        "capture_time": datetime.now(UTC).isoformat(),
         "iq_sha256": digest,
     }
 

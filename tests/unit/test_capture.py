@@ -1,0 +1,109 @@
+"""Decoding and validating what clients send."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+
+from inference_worker.capture import (
+    CaptureError,
+    CaptureLimits,
+    CaptureTooLarge,
+    channel_order,
+    decode_json_iq,
+    decode_npy,
+    iq_digest,
+    parse_capture_time,
+    parse_job_id,
+    parse_receivers,
+    validate_iq,
+)
+
+LIMITS = CaptureLimits(min_samples=512, max_samples=10_000)
+KNOWN = ("torino", "montanaro", "giaveno")
+
+
+def iq(n: int = 1_000) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(3, n)) + 1j * rng.normal(size=(3, n))).astype(np.complex64)
+
+
+def test_base64_and_interleaved_json_forms_decode_to_the_same_array():
+    array = iq()
+    from_b64 = decode_json_iq(base64.b64encode(array.tobytes()).decode())
+    from_lists = decode_json_iq([row.view(np.float32).tolist() for row in array])
+    np.testing.assert_array_equal(from_b64, array)
+    np.testing.assert_array_equal(from_lists, array)
+
+
+def test_npy_round_trip_and_pickles_are_refused():
+    buffer = io.BytesIO()
+    np.save(buffer, iq())
+    np.testing.assert_array_equal(decode_npy(buffer.getvalue()), iq())
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(CaptureError, match="pickle"):
+        decode_npy(pickled.getvalue())
+    with pytest.raises(CaptureError, match="empty"):
+        decode_npy(b"")
+
+
+def test_valid_capture_passes_validation():
+    assert validate_iq(iq(), LIMITS).shape == (3, 1_000)
+
+
+def test_too_long_capture_is_its_own_error():
+    with pytest.raises(CaptureTooLarge):
+        validate_iq(iq(10_001), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("a,b", "3 receivers"),
+        ([1, 2, 3], "invalid receiver"),
+        ("torino,torino,giaveno", "different"),
+        ("torino,montanaro,paris", "unknown"),
+        (None, "list"),
+    ],
+)
+def test_bad_receivers_are_named(value, fragment):
+    with pytest.raises(CaptureError, match=fragment):
+        parse_receivers(value, KNOWN)
+
+
+def test_receivers_parse_from_query_or_json():
+    assert parse_receivers("giaveno, torino,montanaro", KNOWN) == ("giaveno", "torino", "montanaro")
+    assert parse_receivers(["torino", "montanaro", "giaveno"], KNOWN) == KNOWN
+
+
+def test_channel_order_puts_rows_in_the_model_order():
+    order = channel_order(("giaveno", "torino", "montanaro"), KNOWN)
+    assert [("giaveno", "torino", "montanaro")[i] for i in order] == list(KNOWN)
+
+
+def test_capture_time_defaults_to_now_and_naive_means_utc():
+    assert parse_capture_time(None).tzinfo is not None
+    assert parse_capture_time("2026-11-27T10:00:00").utcoffset().total_seconds() == 0
+    assert parse_capture_time("2026-11-27T10:00:00Z").hour == 10
+
+
+@pytest.mark.parametrize("value", ["ok-id_1", "acq:2026-11-27T10:00:00.5", "a" * 128])
+def test_reasonable_client_job_ids_are_accepted(value):
+    assert parse_job_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["has space", "-leading", "a" * 129, "slash/inside", 42])
+def test_unsafe_client_job_ids_are_refused(value):
+    with pytest.raises(CaptureError):
+        parse_job_id(value)
+
+
+def test_digest_depends_on_every_byte():
+    array = iq()
+    changed = array.copy()
+    changed[2, 999] += 1e-3
+    assert iq_digest(array) != iq_digest(changed)

@@ -1,0 +1,89 @@
+"""Features: a fixed shape for any rate and length, dB/Hz, receiver differences kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_worker.features import FeatureParams, log_mel_spectrogram, mel_filterbank
+
+PARAMS = FeatureParams()
+
+
+def tone(rate: float, duration: float, offset_hz: float, power: float, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = int(rate * duration)
+    t = np.arange(n) / rate
+    signal = np.sqrt(power) * np.exp(2j * np.pi * offset_hz * t)
+    noise_part = np.sqrt(noise * rate / 2) * (rng.normal(size=n) + 1j * rng.normal(size=n))
+    return (signal + noise_part).astype(np.complex64)
+
+
+@pytest.mark.parametrize("rate", [12_000.0, 24_000.0, 48_000.0, 192_000.0])
+@pytest.mark.parametrize("duration", [0.1, 0.25, 1.0])
+def test_any_rate_and_length_maps_to_the_fixed_shape(rate, duration):
+    iq = np.stack([tone(rate, duration, 1_000.0, 1e-6, 1e-14, s) for s in range(3)])
+    features = log_mel_spectrogram(iq, rate, PARAMS)
+    assert features.shape == (3, 128, 32)
+    assert features.dtype == np.float32
+    assert np.isfinite(features).all()
+
+
+def test_noise_floor_in_db_per_hz_does_not_depend_on_the_sample_rate():
+    """White noise of a given density reads the same at 12 kHz and 192 kHz."""
+    density = 1e-14
+    levels = []
+    for rate in (12_000.0, 192_000.0):
+        iq = np.stack([tone(rate, 0.5, 0.0, 0.0, density, s) for s in range(3)])
+        db = log_mel_spectrogram(iq, rate, PARAMS) * PARAMS.std_db + PARAMS.mean_db
+        levels.append(10 * np.log10(np.mean(10 ** (db / 10))))  # mean power, not mean of dB
+    assert levels[0] == pytest.approx(10 * np.log10(density), abs=0.5)
+    assert levels[1] == pytest.approx(levels[0], abs=0.5)
+
+
+def test_power_difference_between_receivers_survives_normalization():
+    """A receiver 20 dB weaker reads 20 dB lower: no per-channel z-score erases it."""
+    rate = 12_000.0
+    strong = tone(rate, 0.5, 500.0, 1e-6, 1e-16, 1)
+    iq = np.stack([strong, strong * 0.1, strong])
+    features = log_mel_spectrogram(iq, rate, PARAMS)
+    difference_db = (features[0] - features[1]).mean() * PARAMS.std_db
+    assert difference_db == pytest.approx(20.0, abs=0.01)
+    assert features[0].mean() == pytest.approx(features[2].mean())
+
+
+def test_a_tone_lights_the_mel_band_of_its_frequency_offset():
+    rate = 48_000.0
+    iq = np.stack(
+        [
+            tone(rate, 0.5, offset, 1e-6, 1e-16, i)
+            for i, offset in enumerate([-3_000.0, 0.0, 2_000.0])
+        ]
+    )
+    peaks = log_mel_spectrogram(iq, rate, PARAMS).mean(axis=2).argmax(axis=1)
+    assert peaks[0] < peaks[1] < peaks[2]
+    assert abs(peaks[1] - 63.5) < 2  # the carrier sits in the middle bands
+
+
+def test_every_mel_filter_covers_at_least_one_fft_bin():
+    for rate in (12_000.0, 192_000.0):
+        _, weights = mel_filterbank(rate, 1024 if rate == 12_000.0 else 16_384, PARAMS)
+        assert weights.sum(axis=0) == pytest.approx(1.0)
+
+
+def test_capture_too_short_for_the_frames_is_refused():
+    iq = np.ones((3, PARAMS.min_samples - 1), dtype=np.complex64)
+    with pytest.raises(ValueError, match="too short"):
+        log_mel_spectrogram(iq, 12_000.0, PARAMS)
+
+
+def test_sample_rate_narrower_than_the_analysis_band_is_refused():
+    iq = np.ones((3, 4_000), dtype=np.complex64)
+    with pytest.raises(ValueError, match="analysis bandwidth"):
+        log_mel_spectrogram(iq, 8_000.0, PARAMS)
+
+
+def test_parameters_round_trip_through_model_metadata():
+    assert FeatureParams.from_metadata(PARAMS.to_metadata()) == PARAMS
+    with pytest.raises(ValueError, match="unsupported feature kind"):
+        FeatureParams.from_metadata({"kind": "mfcc"})

@@ -1,0 +1,72 @@
+"""Pure pieces of a job: message parsing, blob checks, the cache fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from inference_worker.jobs import BadJob, capture_fingerprint, decode_blob, parse_message
+from tasks.contract import LocateMessage
+
+
+def message_for(iq: np.ndarray, **changes) -> LocateMessage:
+    data = {
+        "job_id": "j1",
+        "blob_key": "k",
+        "n_samples": iq.shape[1],
+        "sample_rate_hz": 12_000.0,
+        "frequency_mhz": 145.5,
+        "receivers": ["a", "b", "c"],
+        "capture_time": datetime.now(UTC),
+        "iq_sha256": hashlib.sha256(iq.tobytes()).hexdigest(),
+    }
+    return LocateMessage(**{**data, **changes})
+
+
+def test_fingerprint_changes_with_sample_rate_and_receiver_order():
+    iq = np.ones((3, 10), dtype=np.complex64)
+    base = capture_fingerprint(message_for(iq))
+    assert base == capture_fingerprint(message_for(iq, job_id="another"))
+    assert base != capture_fingerprint(message_for(iq, sample_rate_hz=24_000.0))
+    assert base != capture_fingerprint(message_for(iq, receivers=["b", "a", "c"]))
+
+
+def test_blob_is_checked_for_presence_size_and_hash():
+    iq = np.ones((3, 10), dtype=np.complex64)
+    message = message_for(iq)
+    np.testing.assert_array_equal(decode_blob(iq.tobytes(), message), iq)
+    with pytest.raises(BadJob, match="missing"):
+        decode_blob(None, message)
+    with pytest.raises(BadJob, match="bytes"):
+        decode_blob(iq.tobytes()[:-8], message)
+    with pytest.raises(BadJob, match="sha256"):
+        decode_blob((iq * 2).tobytes(), message)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ("text", "JSON object"),
+        ({"job_id": "x"}, "blob_key"),
+        (
+            {
+                "job_id": "x",
+                "blob_key": "k",
+                "n_samples": -1,
+                "sample_rate_hz": 1,
+                "frequency_mhz": 1,
+                "receivers": ["a", "b", "c"],
+                "capture_time": "2026-01-01T00:00:00Z",
+                "iq_sha256": "0" * 64,
+            },
+            "n_samples",
+        ),
+        ({"__reduce__": "os.system"}, "__reduce__"),
+    ],
+)
+def test_malformed_messages_are_named(payload, fragment):
+    with pytest.raises(BadJob, match=fragment):
+        parse_message(payload)

@@ -1,0 +1,40 @@
+"""The settings object: defaults for this machine, environment overrides, clear errors."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from inference_worker.settings import DEFAULT_MODEL_DIR, load_settings
+
+
+def test_defaults_point_at_the_local_services_and_the_packaged_model(monkeypatch):
+    for name in ("HEIMDALL_BROKER_URL", "HEIMDALL_REDIS_URL", "HEIMDALL_MODEL_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.broker_url.startswith("amqp://")
+    assert "127.0.0.1" in settings.redis_url
+    assert settings.model_dir == DEFAULT_MODEL_DIR
+    assert settings.model_file.name == "model.onnx"
+
+
+def test_environment_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_RESULT_TTL_S", "120")
+    monkeypatch.setenv("HEIMDALL_QUEUE", "other")
+    settings = load_settings()
+    assert settings.result_ttl_s == 120 and settings.queue == "other"
+
+
+def test_invalid_values_are_refused_with_the_variable_named(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_WORKER_CONCURRENCY", "0")
+    with pytest.raises(pydantic.ValidationError, match="worker_concurrency"):
+        load_settings()
+
+
+def test_redis_prefix_always_ends_with_a_colon():
+    assert load_settings(redis_prefix="svc").redis_prefix == "svc:"
+
+
+def test_schema_names_are_restricted_to_safe_identifiers():
+    with pytest.raises(pydantic.ValidationError):
+        load_settings(database_schema='x"; DROP TABLE jobs; --')
