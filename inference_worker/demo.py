@@ -5,20 +5,19 @@ Uses a running shim and worker when there are some; otherwise starts them and st
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from api_shim.client import ShimClient, ShimError
 from inference_worker.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.processes import cli_process, wait_until
 from inference_worker.settings import Settings
 from inference_worker.simulator import CaptureSimulator
 
@@ -46,46 +45,13 @@ def _health(client: ShimClient) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def _wait_for(
-    what: str, ready: Callable[[], bool], timeout_s: float, process: subprocess.Popen | None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}; see its log above")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not become ready within {timeout_s:g} s")
-        time.sleep(0.3)
-
-
 @contextmanager
 def _started(args: list[str], name: str) -> Iterator[subprocess.Popen]:
-    log_path = os.path.join(tempfile.gettempdir(), f"heimdall-demo-{args[0]}.log")
+    log_path = Path(tempfile.gettempdir()) / f"heimdall-demo-{args[0]}.log"
     _say(f"starting {name}: heimdall-inference {' '.join(args)} (log: {log_path})")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inference_worker.cli", *args],
-            env=os.environ.copy(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with cli_process(args, log_path) as process:
         yield process
-    except BaseException:
-        with open(log_path, "rb") as log_file:
-            tail = log_file.read()[-3000:].decode(errors="replace")
-        _say(f"--- last lines of {log_path} ---\n{tail}")
-        raise
-    finally:
-        if process.poll() is None:
-            _say(f"stopping {name}")
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        _say(f"stopping {name}")
 
 
 def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) -> int:
@@ -100,7 +66,7 @@ def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) 
         api_process = None
         if health is None:
             api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
-            _wait_for("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
+            wait_until("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
         else:
             _say(f"using the HTTP shim already running at {client.base_url}")
 
@@ -110,7 +76,7 @@ def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) 
 
         if not worker_ready():
             worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))
-            _wait_for("the worker", worker_ready, 60, worker)
+            wait_until("the worker", worker_ready, 60, worker)
         else:
             _say("using the worker(s) already serving the queue")
         return _locate_captures(client, captures, seed)

@@ -23,7 +23,8 @@ import numpy as np
 _A = 6_378_137.0
 _E2 = 6.694_379_990_14e-3
 
-DEFAULT_LEVELS = (0.68, 0.95)
+DEFAULT_LEVELS = (0.6827, 0.95)
+"""68.27 % (k = 1.515, the 1-D "1σ" probability) and 95 % (k = 2.448)."""
 
 
 class EstimateError(ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import redis
 import sqlalchemy as sa
 
 from api_shim.app import create_app
+from inference_worker.processes import cli_process, wait_until
 from inference_worker.reachability import unreachable_services
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine, migrate
@@ -120,30 +120,13 @@ def worker(
 ) -> Iterator[subprocess.Popen]:
     """A real ``heimdall-inference worker`` process (prefork, 1 child) on the test queue."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "inference_worker.cli", "worker", "--concurrency", "1"],
-            env=_worker_env(settings),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     store = RedisStore(redis_client, settings.redis_prefix)
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    while not store.workers():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"worker did not start:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.2)
-    # The child announced itself; give the consumer a moment to subscribe to the queue.
-    time.sleep(0.5)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    args = ["worker", "--concurrency", "1"]
+    with cli_process(args, log_path, _worker_env(settings)) as process:
+        wait_until("the worker", lambda: bool(store.workers()), WORKER_START_TIMEOUT_S, process)
+        # The child announced itself; give the consumer a moment to subscribe to the queue.
+        time.sleep(0.5)
+        yield process
 
 
 @pytest.fixture(scope="session")

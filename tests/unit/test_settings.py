@@ -38,3 +38,13 @@ def test_redis_prefix_always_ends_with_a_colon():
 def test_schema_names_are_restricted_to_safe_identifiers():
     with pytest.raises(pydantic.ValidationError):
         load_settings(database_schema='x"; DROP TABLE jobs; --')
+
+
+def test_env_example_lists_every_setting():
+    from pathlib import Path
+
+    from inference_worker.settings import Settings
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    missing = [f for f in Settings.model_fields if f"HEIMDALL_{f.upper()}=" not in text]
+    assert not missing, f".env.example lacks {missing}"

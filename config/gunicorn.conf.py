@@ -1,0 +1,15 @@
+"""gunicorn settings for the HTTP shim in containers.
+
+    gunicorn -c config/gunicorn.conf.py api_shim.wsgi:app
+
+``heimdall-inference api`` sets the same values itself from the HEIMDALL_* settings.
+"""
+
+import os
+
+host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
+bind = f"{host}:{os.environ.get('HEIMDALL_API_PORT', '8003')}"
+workers = int(os.environ.get("HEIMDALL_API_WORKERS", "2"))
+timeout = 60
+graceful_timeout = 30  # SIGTERM lets requests in flight finish
+accesslog = "-"

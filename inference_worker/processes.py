@@ -1,0 +1,67 @@
+"""Starting and stopping ``heimdall-inference`` processes (demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    timeout_s: float,
+    process: subprocess.Popen | None = None,
+    interval_s: float = 0.2,
+) -> None:
+    """Poll ``ready`` until true; fail early if ``process`` exits, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group (a warm shutdown), SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def cli_process(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run ``heimdall-inference ARGS`` in its own process group, output to ``log_path``.
+
+    On an error inside the block the log's tail is printed; the process is always stopped.
+    """
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference_worker.cli", *args],
+            env=env if env is not None else os.environ.copy(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    except BaseException:
+        tail = log_path.read_bytes()[-3000:].decode(errors="replace")
+        print(f"--- last lines of {log_path} ---\n{tail}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        stop(process)
