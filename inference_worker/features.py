@@ -70,6 +70,19 @@ def _mel_inverse(mel: np.ndarray, break_hz: float) -> np.ndarray:
     return break_hz * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def mel_points_hz(params: FeatureParams) -> np.ndarray:
+    """The ``n_mels + 2`` corner frequencies (Hz offsets) of the triangular filters."""
+    mel_edge = _mel(np.array(params.bandwidth_hz / 2.0), params.mel_break_hz)
+    signed_mel = np.linspace(-mel_edge, mel_edge, params.n_mels + 2)
+    return np.sign(signed_mel) * _mel_inverse(np.abs(signed_mel), params.mel_break_hz)
+
+
+def mel_band_widths_hz(params: FeatureParams) -> np.ndarray:
+    """Equivalent width of each triangular filter: mean PSD x width = power in the band."""
+    points = mel_points_hz(params)
+    return (points[2:] - points[:-2]) / 2.0
+
+
 def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams) -> int:
     """FFT size: a power of two, at least the frame length, fine enough for the narrowest filter."""
     needed = max(frame_samples, math.ceil(sample_rate_hz / params.max_bin_hz))
@@ -93,9 +106,7 @@ def mel_filterbank(
     band = slice(first, last)
     f = freqs[band]
 
-    mel_edge = _mel(np.array(half_band), params.mel_break_hz)
-    signed_mel = np.linspace(-mel_edge, mel_edge, params.n_mels + 2)
-    points = np.sign(signed_mel) * _mel_inverse(np.abs(signed_mel), params.mel_break_hz)
+    points = mel_points_hz(params)
     lower, centre, upper = points[:-2, None], points[1:-1, None], points[2:, None]
     rising = (f[None, :] - lower) / (centre - lower)
     falling = (upper - f[None, :]) / (upper - centre)

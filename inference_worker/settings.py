@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "centroid"
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "reference"
+CENTROID_MODEL_DIR = PACKAGE_DIR / "models" / "centroid"
 
 
 class Settings(BaseSettings):
@@ -72,6 +73,18 @@ class Settings(BaseSettings):
         5, ge=0, description="Retries of a job after a transient store error (never for bad input)."
     )
 
+    worker_metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Port of the worker's Prometheus metrics; 0 disables."
+    )
+
+    # --- Flower -----------------------------------------------------------------------------
+    flower_address: str = Field("127.0.0.1", description="Address Flower listens on.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")
+    flower_basic_auth: SecretStr = Field(
+        SecretStr(""),
+        description="'user:password' for Flower; empty: a password is generated and printed.",
+    )
+
     # --- lifetimes ------------------------------------------------------------------------
     blob_ttl_s: int = Field(
         86_400,
@@ -91,6 +104,9 @@ class Settings(BaseSettings):
         480_000,
         ge=1_000,
         description="Longest accepted capture, in samples per receiver (2.5 s at 192 kHz).",
+    )
+    max_batch_captures: int = Field(
+        32, ge=1, description="Most captures in one POST /predict-batch (HTTP 413 above)."
     )
     min_sample_rate_hz: float = Field(1_000.0, gt=0, description="Lowest accepted sample rate.")
     max_sample_rate_hz: float = Field(

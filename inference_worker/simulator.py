@@ -1,23 +1,27 @@
 """Simulated synchronized captures from a network of 3 receivers (pure numpy, seeded).
 
-Used by the demo, the tests and the tools. Physics, with typical values (see
-:class:`SimulatorConfig` for the references):
+Used by the demo, the tests, training, evaluation and load tests. The physics, with the typical
+values and their sources in :class:`SimulatorConfig`:
 
-* received power by log-distance path loss with log-normal shadowing, an unknown transmit
-  power drawn over a wide range and a fixed gain offset per receiver;
-* small-scale (Rayleigh/Rician) fading across the capture, a thermal noise floor, and a
-  frequency offset per receiver;
-* a narrowband signal (FM tone or CW keying) rendered as complex64 IQ at any sample rate.
+* received power by log-distance path loss with a receive-antenna height gain, log-normal
+  shadowing that is spatially correlated (a fixed random field per receiver over the emitter's
+  position: the "environment"), an unknown transmit power drawn over a wide range, and a fixed
+  gain offset per receiver (cable losses, antenna, calibration);
+* small-scale Rician/Rayleigh fading across the capture, a thermal noise floor, and a frequency
+  offset per receiver (local oscillator error);
+* a narrowband signal (FM voice-like tone or on/off-keyed CW) rendered as complex64 IQ at any
+  sample rate.
 
-Levels are expressed in dBFS with the receivers' ADC full scale at ``full_scale_dbm``, so a
-capture looks like what a WebSDR delivers: samples of magnitude well below 1.
+Levels are in dBFS with the receivers' ADC full scale at ``full_scale_dbm``, so a capture looks
+like what a WebSDR delivers. Positions live in a local east/north frame (metres) around the
+network's centre; at these distances the flat approximation is good to a few metres.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +42,14 @@ class ReceiverSite:
 
 
 def load_receivers(path: Path = RECEIVERS_FILE) -> tuple[ReceiverSite, ...]:
-    """The receiver network (ids, coordinates, antenna height, gain offset) from a JSON file."""
-    entries = json.loads(path.read_text())["receivers"]
+    """The receiver network (ids, coordinates, antenna height, gain offset) from a JSON file.
+
+    The file's order is the model's channel order. Replace the file (or pass another path) to
+    simulate another network; a model trained on one network only serves that network.
+    """
+    entries = json.loads(Path(path).read_text())["receivers"]
+    if len(entries) != 3:
+        raise ValueError(f"{path}: a network has exactly 3 receivers, found {len(entries)}")
     return tuple(
         ReceiverSite(
             id=e["id"],
@@ -55,25 +65,40 @@ def load_receivers(path: Path = RECEIVERS_FILE) -> tuple[ReceiverSite, ...]:
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """Simulation parameters with typical values.
+    """Every simulation parameter, with typical values.
 
-    Path-loss exponent 2.7-3.5 and shadowing 4-12 dB for suburban/rural VHF-UHF links
-    (Rappaport, *Wireless Communications*, 2nd ed., tables 4.2 and 4.3); thermal noise
-    -174 dBm/Hz plus a receiver noise figure of 6-10 dB for a WebSDR front end.
+    Sources: path-loss exponent 2.7-3.5 and shadowing 4-12 dB for VHF/UHF links over mixed
+    suburban and rural terrain (Rappaport, *Wireless Communications*, 2nd ed., tables 4.2-4.3);
+    shadowing decorrelation distance of the order of 500 m in suburban areas (Gudmundson,
+    Electronics Letters 27(23), 1991); receive height gain of 20 log10(h/h0) dB (two-ray ground
+    reflection model, Rappaport eq. 4.52); thermal noise -174 dBm/Hz plus a receiver noise
+    figure of 6-10 dB for a WebSDR front end; Doppler up to ~10 Hz at 145 MHz for a vehicle at
+    70 km/h; 2 m amateur FM with 2.5 kHz deviation (12.5 kHz channels); transmitters from a
+    0.1 W handheld to a 100 W base station.
     """
 
     frequency_mhz: float = 145.5
     path_loss_exponent: float = 3.0
     reference_distance_m: float = 1_000.0
+    reference_antenna_height_m: float = 10.0
     shadowing_sigma_db: float = 6.0
-    tx_power_dbm: tuple[float, float] = (27.0, 47.0)  # 0.5 W handheld .. 50 W base station
+    shadowing_correlation_m: float = 500.0
+    environment_seed: int = 2026
+    """Seed of the shadowing fields: the same seed is the same terrain."""
+    shadowing_components: int = 512
+    tx_power_dbm: tuple[float, float] = (20.0, 50.0)
     noise_figure_db: float = 8.0
     full_scale_dbm: float = -10.0
-    rician_k_db: tuple[float, float] = (-10.0, 10.0)  # from Rayleigh-like to line-of-sight
-    max_doppler_hz: float = 5.0
+    rician_k_db: tuple[float, float] = (-10.0, 10.0)
+    doppler_hz: tuple[float, float] = (0.5, 10.0)
     max_frequency_offset_hz: float = 300.0
     fm_deviation_hz: float = 2_500.0
-    region_margin_m: float = 20_000.0
+    fm_fraction: float = 0.7
+    region_margin_m: float = 10_000.0
+
+    @property
+    def noise_dbm_per_hz(self) -> float:
+        return -174.0 + self.noise_figure_db
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,33 @@ class SimulatedCapture:
     lon: float
     tx_power_dbm: float
     rx_power_dbm: tuple[float, ...]
+    """Mean received power per receiver after shadowing, before small-scale fading."""
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.iq.shape[1] / self.sample_rate_hz
+
+
+@dataclass(frozen=True)
+class HeldOutCells:
+    """A spatial split: square cells of ``cell_m`` metres, a ``fraction`` of them held out.
+
+    Emitters for evaluation are drawn only in held-out cells and emitters for training only in
+    the others, so evaluation never sees a position used in training. Cells are small against
+    the model's uncertainty (kilometres), so the holes they leave in the training positions do
+    not bias what the model learns about where emitters can be.
+    """
+
+    cell_m: float = 1_000.0
+    fraction: float = 0.2
+    seed: int = 11
+
+    def is_held_out(self, east_m: np.ndarray | float, north_m: np.ndarray | float) -> np.ndarray:
+        ix = np.floor(np.asarray(east_m) / self.cell_m).astype(np.int64)
+        iy = np.floor(np.asarray(north_m) / self.cell_m).astype(np.int64)
+        mixed = (ix * 73_856_093) ^ (iy * 19_349_663) ^ (self.seed * 83_492_791)
+        return (mixed % 1_000) < self.fraction * 1_000
 
 
 class CaptureSimulator:
@@ -101,44 +153,102 @@ class CaptureSimulator:
         lats = np.array([r.lat for r in self.receivers])
         lons = np.array([r.lon for r in self.receivers])
         self.origin = (float(lats.mean()), float(lons.mean()))
-        m_lat, m_lon = metres_per_degree(self.origin[0])
-        self._m_per_deg = (m_lat, m_lon)
-        self._rx_east = (lons - self.origin[1]) * m_lon
-        self._rx_north = (lats - self.origin[0]) * m_lat
+        self.m_per_deg = metres_per_degree(self.origin[0])
+        self.rx_east, self.rx_north = self.to_local(lats, lons)
+        heights = np.array([r.antenna_height_m for r in self.receivers])
+        self.fixed_gain_db = np.array([r.gain_offset_db for r in self.receivers]) + 20.0 * np.log10(
+            heights / self.config.reference_antenna_height_m
+        )
+        # Spatially correlated shadowing: one random field per receiver over the emitter
+        # position, with an exponential (Gudmundson) correlation, drawn as random Fourier
+        # features. Its spectral density is a 2-D Student-t with one degree of freedom.
+        env = np.random.default_rng(self.config.environment_seed)
+        m = self.config.shadowing_components
+        gauss = env.normal(size=(len(self.receivers), m, 2))
+        chi = np.sqrt(env.chisquare(1, size=(len(self.receivers), m, 1)))
+        self._omega = gauss / (chi * self.config.shadowing_correlation_m)
+        self._phase = env.uniform(0.0, 2.0 * math.pi, size=(len(self.receivers), m))
+
+    # --- geometry -----------------------------------------------------------------------------
+    def to_local(
+        self, lat: np.ndarray | float, lon: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(east, north) metres from the network's centre."""
+        m_lat, m_lon = self.m_per_deg
+        return (np.asarray(lon) - self.origin[1]) * m_lon, (
+            np.asarray(lat) - self.origin[0]
+        ) * m_lat
+
+    def to_geo(
+        self, east: np.ndarray | float, north: np.ndarray | float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(lat, lon) degrees of local (east, north) metres."""
+        m_lat, m_lon = self.m_per_deg
+        return self.origin[0] + np.asarray(north) / m_lat, self.origin[1] + np.asarray(east) / m_lon
+
+    def region_local(self) -> tuple[float, float, float, float]:
+        """(west, east, south, north) metres of the box emitters are drawn in."""
+        margin = self.config.region_margin_m
+        return (
+            float(self.rx_east.min() - margin),
+            float(self.rx_east.max() + margin),
+            float(self.rx_north.min() - margin),
+            float(self.rx_north.max() + margin),
+        )
 
     def region(self) -> tuple[float, float, float, float]:
         """(south, north, west, east) degrees of the box emitters are drawn in."""
-        margin = self.config.region_margin_m
-        m_lat, m_lon = self._m_per_deg
-        return (
-            self.origin[0] + (self._rx_north.min() - margin) / m_lat,
-            self.origin[0] + (self._rx_north.max() + margin) / m_lat,
-            self.origin[1] + (self._rx_east.min() - margin) / m_lon,
-            self.origin[1] + (self._rx_east.max() + margin) / m_lon,
-        )
+        west, east, south, north = self.region_local()
+        lat_s, lon_w = self.to_geo(west, south)
+        lat_n, lon_e = self.to_geo(east, north)
+        return float(lat_s), float(lat_n), float(lon_w), float(lon_e)
+
+    def draw_local(
+        self, rng: np.random.Generator, split: HeldOutCells | None = None, held_out: bool = False
+    ) -> tuple[float, float]:
+        """A uniform emitter position (east, north); with ``split``, only on one side of it."""
+        west, east, south, north = self.region_local()
+        while True:
+            x, y = float(rng.uniform(west, east)), float(rng.uniform(south, north))
+            if split is None or bool(split.is_held_out(x, y)) == held_out:
+                return x, y
 
     def draw_position(self, rng: np.random.Generator) -> tuple[float, float]:
-        south, north, west, east = self.region()
-        return float(rng.uniform(south, north)), float(rng.uniform(west, east))
+        lat, lon = self.to_geo(*self.draw_local(rng))
+        return float(lat), float(lon)
 
-    def distances_m(self, lat: float, lon: float) -> np.ndarray:
-        m_lat, m_lon = self._m_per_deg
-        east = (lon - self.origin[1]) * m_lon - self._rx_east
-        north = (lat - self.origin[0]) * m_lat - self._rx_north
-        return np.maximum(np.hypot(east, north), 10.0)
+    def distances_m(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
+        """Distance to each receiver, shape ``(..., 3)``."""
+        de = np.asarray(east)[..., None] - self.rx_east
+        dn = np.asarray(north)[..., None] - self.rx_north
+        return np.maximum(np.hypot(de, dn), 10.0)
 
-    def mean_rx_power_dbm(self, lat: float, lon: float, tx_power_dbm: float) -> np.ndarray:
-        """Received power before shadowing: transmit power - log-distance path loss + gains."""
+    # --- propagation --------------------------------------------------------------------------
+    def path_gain_db(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
+        """Mean gain to each receiver (fixed gains minus path loss), shape ``(..., 3)``."""
         cfg = self.config
         wavelength = 299.792_458 / cfg.frequency_mhz
         d0 = cfg.reference_distance_m
         free_space_d0 = 20.0 * math.log10(4.0 * math.pi * d0 / wavelength)
         loss = free_space_d0 + 10.0 * cfg.path_loss_exponent * np.log10(
-            self.distances_m(lat, lon) / d0
+            self.distances_m(east, north) / d0
         )
-        gains = np.array([r.gain_offset_db for r in self.receivers])
-        return tx_power_dbm - loss + gains
+        return self.fixed_gain_db - loss
 
+    def shadowing_db(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
+        """The terrain's shadowing towards each receiver from an emitter position, ``(..., 3)``."""
+        points = np.stack([np.asarray(east, float), np.asarray(north, float)], axis=-1)
+        # (..., receivers, components)
+        angles = np.einsum("...d,rmd->...rm", points, self._omega) + self._phase
+        scale = self.config.shadowing_sigma_db * math.sqrt(2.0 / self._omega.shape[1])
+        return scale * np.cos(angles).sum(axis=-1)
+
+    def mean_rx_power_dbm(self, lat: float, lon: float, tx_power_dbm: float) -> np.ndarray:
+        """Received power before shadowing and fading."""
+        east, north = self.to_local(lat, lon)
+        return tx_power_dbm + self.path_gain_db(east, north)
+
+    # --- captures -----------------------------------------------------------------------------
     def simulate(
         self,
         rng: np.random.Generator,
@@ -146,32 +256,36 @@ class CaptureSimulator:
         sample_rate_hz: float = 12_000.0,
         duration_s: float = 0.25,
         position: tuple[float, float] | None = None,
+        local: tuple[float, float] | None = None,
     ) -> SimulatedCapture:
+        """One capture. ``position`` (lat, lon) or ``local`` (east, north) fixes the emitter."""
         cfg = self.config
-        lat, lon = position if position is not None else self.draw_position(rng)
+        if local is not None:
+            east, north = local
+        elif position is not None:
+            east, north = (float(v) for v in self.to_local(*position))
+        else:
+            east, north = self.draw_local(rng)
+        lat, lon = (float(v) for v in self.to_geo(east, north))
         tx_power = float(rng.uniform(*cfg.tx_power_dbm))
-        shadowing = rng.normal(0.0, cfg.shadowing_sigma_db, len(self.receivers))
-        rx_power = self.mean_rx_power_dbm(lat, lon, tx_power) + shadowing
+        shadowing = self.shadowing_db(east, north)
+        rx_power = tx_power + self.path_gain_db(east, north) + shadowing
         n = int(round(sample_rate_hz * duration_s))
         t = np.arange(n) / sample_rate_hz
         baseband = self._signal(rng, t)
-        noise_dbm_per_hz = -174.0 + cfg.noise_figure_db
-        noise_var = 10.0 ** ((noise_dbm_per_hz - cfg.full_scale_dbm) / 10.0) * sample_rate_hz
+        noise_var = 10.0 ** ((cfg.noise_dbm_per_hz - cfg.full_scale_dbm) / 10.0) * sample_rate_hz
+        doppler = float(rng.uniform(*cfg.doppler_hz))
         rows = []
         for power_dbm in rx_power:
             amplitude = math.sqrt(10.0 ** ((power_dbm - cfg.full_scale_dbm) / 10.0))
             offset = rng.uniform(-cfg.max_frequency_offset_hz, cfg.max_frequency_offset_hz)
-            fading = self._fading(rng, t)
-            noise = rng.normal(0.0, math.sqrt(noise_var / 2.0), (2, n))
-            row = (
-                amplitude * fading * baseband * np.exp(2j * math.pi * offset * t)
-                + noise[0]
-                + 1j * noise[1]
-            )
-            rows.append(row)
-        iq = np.asarray(rows, dtype=np.complex64)
+            fading = self._fading(rng, t, doppler)
+            noise_std = np.float32(math.sqrt(noise_var / 2.0))
+            noise = rng.standard_normal((2, n), dtype=np.float32) * noise_std
+            carrier = np.exp(2j * math.pi * offset * t)
+            rows.append(amplitude * fading * baseband * carrier + (noise[0] + 1j * noise[1]))
         return SimulatedCapture(
-            iq=iq,
+            iq=np.asarray(rows, dtype=np.complex64),
             sample_rate_hz=float(sample_rate_hz),
             frequency_mhz=cfg.frequency_mhz,
             receivers=tuple(r.id for r in self.receivers),
@@ -179,11 +293,12 @@ class CaptureSimulator:
             lon=lon,
             tx_power_dbm=tx_power,
             rx_power_dbm=tuple(float(p) for p in rx_power),
+            extras={"east_m": east, "north_m": north, "doppler_hz": doppler},
         )
 
     def _signal(self, rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
         """Unit-power narrowband signal: an FM tone or on/off-keyed CW."""
-        if rng.random() < 0.7:
+        if rng.random() < self.config.fm_fraction:
             tone_hz = rng.uniform(400.0, 1_500.0)
             beta = self.config.fm_deviation_hz / tone_hz
             phase = beta * np.sin(2.0 * math.pi * tone_hz * t + rng.uniform(0, 2 * math.pi))
@@ -192,13 +307,16 @@ class CaptureSimulator:
         keyed = np.sin(2.0 * math.pi * keying_hz * t + rng.uniform(0, 2 * math.pi)) > -0.3
         return keyed.astype(np.float64) / math.sqrt(max(keyed.mean(), 1e-3)) + 0j
 
-    def _fading(self, rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
+    def _fading(self, rng: np.random.Generator, t: np.ndarray, doppler_hz: float) -> np.ndarray:
         """Unit-mean-power Rician fading: a line-of-sight term plus a sum-of-sinusoids scatter."""
         k = 10.0 ** (rng.uniform(*self.config.rician_k_db) / 10.0)
         paths = 8
-        doppler = self.config.max_doppler_hz * np.cos(rng.uniform(0, 2 * math.pi, paths))
+        doppler = doppler_hz * np.cos(rng.uniform(0, 2 * math.pi, paths))
         phases = rng.uniform(0, 2 * math.pi, paths)
-        scatter = np.exp(1j * (2 * math.pi * np.outer(t, doppler) + phases)).sum(axis=1)
+        # Fading changes at most at ~10 Hz: evaluate it at 2 kHz and interpolate.
+        coarse = np.arange(0.0, t[-1] + 1e-3, 5e-4) if t.size else t
+        scatter = np.exp(1j * (2 * math.pi * np.outer(coarse, doppler) + phases)).sum(axis=1)
         scatter /= math.sqrt(paths)
+        scatter = np.interp(t, coarse, scatter.real) + 1j * np.interp(t, coarse, scatter.imag)
         los = np.exp(1j * rng.uniform(0, 2 * math.pi))
         return math.sqrt(k / (k + 1.0)) * los + math.sqrt(1.0 / (k + 1.0)) * scatter

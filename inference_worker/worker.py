@@ -16,7 +16,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
+from threadpoolctl import threadpool_limits
 
+from inference_worker import observability
 from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, run_job
 from inference_worker.model import LocalizationModel
 from inference_worker.settings import Settings
@@ -57,6 +59,7 @@ class ProcessRuntime:
 
     def stop(self, **_: Any) -> None:
         self._stop.set()
+        observability.mark_process_dead(os.getpid())
         if self._services is not None:
             try:
                 self._services.redis.forget_worker(self.worker_id)
@@ -65,6 +68,9 @@ class ProcessRuntime:
 
     def _build(self) -> JobServices:
         settings = self.settings
+        # One worker process is one unit of concurrency: keep numpy's BLAS single-threaded,
+        # or concurrent processes oversubscribe the cores and small products slow down 30x.
+        threadpool_limits(1)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         model = LocalizationModel(
             settings.model_dir,
@@ -121,9 +127,9 @@ def create_worker_app(settings: Settings) -> Celery:
     app.conf.heimdall_runtime = runtime
 
     @app.task(name=TASK_NAME, bind=True, max_retries=settings.task_max_retries)
-    def locate(self: Any, payload: object) -> str:
+    def locate(self: Any, payload: object) -> dict[str, Any]:
         try:
-            return run_job(payload, runtime.services()).status
+            return run_job(payload, runtime.services()).to_json()
         except TRANSIENT_ERRORS as exc:
             log.warning(
                 "transient store error (attempt %d of %d): %s",
@@ -135,4 +141,5 @@ def create_worker_app(settings: Settings) -> Celery:
 
     worker_process_init.connect(runtime.start, weak=False)
     worker_process_shutdown.connect(runtime.stop, weak=False)
+    observability.connect_worker_signals()
     return app

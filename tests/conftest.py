@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.settings import DEFAULT_MODEL_DIR
+from inference_worker.settings import CENTROID_MODEL_DIR, DEFAULT_MODEL_DIR
 from inference_worker.simulator import CaptureSimulator, SimulatedCapture
 
 
@@ -23,3 +23,9 @@ def capture(simulator: CaptureSimulator) -> SimulatedCapture:
 @pytest.fixture(scope="session")
 def model_dir():
     return DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def centroid_model_dir():
+    """The hand-built centroid model (any model of the contract must work)."""
+    return CENTROID_MODEL_DIR

@@ -1,4 +1,4 @@
-"""Write the power-weighted centroid ONNX model the service uses until a trained model replaces it.
+"""Write the power-weighted centroid ONNX model, a hand-built alternative to the trained model.
 
 A real ONNX graph run by onnxruntime with the service's contract ``(B, 3, 128, 32) -> (B, 4)``:
 per receiver it takes the strongest mel band of each frame, averages over frames, turns the three

@@ -15,16 +15,17 @@ from inference_worker.model import LocalizationModel, ModelError, load_metadata
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_model_runs_the_service_contract(model_dir):
-    model = LocalizationModel(model_dir)
+@pytest.mark.parametrize("which", ["model_dir", "centroid_model_dir"])
+def test_model_runs_the_service_contract(which, request):
+    model = LocalizationModel(request.getfixturevalue(which))
     output = model.predict(np.zeros((5, 3, 128, 32), dtype=np.float32))
     assert output.shape == (5, len(model.metadata.outputs))
     assert model.input_name and model.output_name
     assert model.metadata.receiver_ids == ("torino", "montanaro", "giaveno")
 
 
-def test_louder_receiver_pulls_the_centroid_towards_it(model_dir):
-    model = LocalizationModel(model_dir)
+def test_louder_receiver_pulls_the_centroid_towards_it(centroid_model_dir):
+    model = LocalizationModel(centroid_model_dir)
     features = np.zeros((1, 3, 128, 32), dtype=np.float32)
     features[0, 1] += 3.0  # montanaro 60 dB louder
     lat, lon = model.predict(features)[0, :2]
@@ -52,14 +53,16 @@ def test_malformed_metadata_is_refused(model_dir, tmp_path):
         load_metadata(copy)
 
 
-def test_build_tool_reproduces_the_committed_model(model_dir, tmp_path):
+def test_build_tool_reproduces_the_committed_model(centroid_model_dir, tmp_path):
     spec = importlib.util.spec_from_file_location(
         "build", ROOT / "tools" / "build_centroid_model.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.write_model(tmp_path)
-    assert (tmp_path / "model.onnx").read_bytes() == (model_dir / "model.onnx").read_bytes()
+    assert (tmp_path / "model.onnx").read_bytes() == (
+        centroid_model_dir / "model.onnx"
+    ).read_bytes()
     assert json.loads((tmp_path / "model.json").read_text()) == json.loads(
-        (model_dir / "model.json").read_text()
+        (centroid_model_dir / "model.json").read_text()
     )

@@ -36,3 +36,25 @@ def test_emitters_are_drawn_inside_the_region(simulator):
     for _ in range(100):
         lat, lon = simulator.draw_position(rng)
         assert south <= lat <= north and west <= lon <= east
+
+
+def test_shadowing_is_spatially_correlated_with_the_configured_spread(simulator):
+    rng = np.random.default_rng(2)
+    east, north = rng.uniform(-30_000, 30_000, (2, 5_000))
+    here = simulator.shadowing_db(east, north)
+    near = simulator.shadowing_db(east + 50.0, north)
+    far = simulator.shadowing_db(east + 5_000.0, north)
+    assert here.std() == pytest.approx(simulator.config.shadowing_sigma_db, rel=0.1)
+    assert np.corrcoef(here[:, 0], near[:, 0])[0, 1] > 0.8
+    assert abs(np.corrcoef(here[:, 0], far[:, 0])[0, 1]) < 0.15
+
+
+def test_the_same_environment_seed_is_the_same_terrain():
+    a, b = CaptureSimulator(), CaptureSimulator()
+    assert a.shadowing_db(1_000.0, 2_000.0) == pytest.approx(b.shadowing_db(1_000.0, 2_000.0))
+
+
+def test_local_frame_round_trips(simulator):
+    lat, lon = simulator.to_geo(12_345.0, -6_789.0)
+    east, north = simulator.to_local(lat, lon)
+    assert (float(east), float(north)) == pytest.approx((12_345.0, -6_789.0), abs=1e-6)

@@ -1,0 +1,109 @@
+"""Evaluation metrics and baselines on synthetic cases whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inference_worker.evaluation.baselines import (
+    GridLocator,
+    crb_position_m,
+    measured_power_dbm,
+    weighted_centroid,
+)
+from inference_worker.evaluation.datasets import DatasetSpec, generate
+from inference_worker.evaluation.metrics import (
+    calibration_curve,
+    covariance_from_sigmas,
+    coverage,
+    error_summary,
+    gaussian_nll_km,
+)
+from inference_worker.simulator import HeldOutCells
+
+
+def gaussian_case(n: int = 20_000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-1e4, 1e4, (n, 2))
+    cov = covariance_from_sigmas(np.full(n, 3_000.0), np.full(n, 1_000.0), np.full(n, 0.5))
+    truths = means + np.einsum("nij,nj->ni", np.linalg.cholesky(cov), rng.normal(size=(n, 2)))
+    return means, cov, truths
+
+
+def test_coverage_of_a_true_gaussian_matches_its_levels():
+    means, cov, truths = gaussian_case()
+    for level, observed in coverage(means, cov, truths).items():
+        assert observed == pytest.approx(level, abs=0.01)
+
+
+def test_overconfident_ellipses_cover_less():
+    means, cov, truths = gaussian_case()
+    assert coverage(means, cov / 4.0, truths)[0.95] < 0.7
+
+
+def test_calibration_curve_of_a_true_gaussian_is_the_diagonal():
+    means, cov, truths = gaussian_case()
+    levels = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(calibration_curve(means, cov, truths, levels), levels, atol=0.015)
+
+
+def test_error_summary_in_kilometres():
+    means = np.zeros((4, 2))
+    truths = np.array([[3_000.0, 4_000.0], [0.0, 1_000.0], [0.0, 2_000.0], [0.0, 10_000.0]])
+    summary = error_summary(means, truths)
+    assert summary.median_km == pytest.approx(3.5)
+    assert summary.mean_km == pytest.approx(4.5)
+
+
+def test_nll_of_a_unit_gaussian_at_its_mean():
+    cov = covariance_from_sigmas(np.array([1_000.0]), np.array([1_000.0]), np.array([0.0]))
+    nll = gaussian_nll_km(np.zeros((1, 2)), cov, np.zeros((1, 2)))
+    assert nll == pytest.approx(math.log(2 * math.pi))
+
+
+def test_grid_search_finds_the_emitter_from_noise_free_powers(simulator):
+    grid = GridLocator(simulator)
+    truth = grid.points[[1234, 9876]]
+    powers = 35.0 + simulator.path_gain_db(truth[:, 0], truth[:, 1])
+    estimates = grid.locate(powers, sigma_db=6.0)
+    np.testing.assert_allclose(estimates.ml, truth)
+    assert np.all(np.linalg.eigvalsh(estimates.covariance) > 0)
+
+
+def test_centroid_of_equal_powers_is_the_centre_of_the_sites(simulator):
+    centre = weighted_centroid(simulator, np.full((1, 3), -80.0))[0]
+    assert centre == pytest.approx([simulator.rx_east.mean(), simulator.rx_north.mean()], abs=1e-6)
+
+
+def test_cramer_rao_bound_scales_with_the_power_error(simulator):
+    points = np.array([[0.0, 0.0], [15_000.0, -5_000.0]])
+    assert crb_position_m(simulator, points, 3.0) == pytest.approx(
+        crb_position_m(simulator, points, 6.0) / 2
+    )
+
+
+def test_measured_power_reads_the_received_power(simulator):
+    rng = np.random.default_rng(4)
+    errors = []
+    for _ in range(30):
+        capture = simulator.simulate(rng, sample_rate_hz=48_000.0, duration_s=1.0)
+        errors.append(measured_power_dbm(capture.iq, 48_000.0, simulator) - capture.rx_power_dbm)
+    assert abs(np.median(errors)) < 1.0  # fading averages out over a second
+
+
+def test_datasets_repeat_and_keep_to_their_side_of_the_split():
+    spec = DatasetSpec(
+        seed=9,
+        count=12,
+        rates_hz=(12_000.0,),
+        rate_weights=None,
+        durations_s=(0.1,),
+        continuous_duration=False,
+        held_out=True,
+    )
+    first, second = generate(spec, processes=1), generate(spec, processes=1)
+    np.testing.assert_array_equal(first.features_db, second.features_db)
+    assert first.features_db.shape == (12, 3, 128, 32)
+    assert HeldOutCells().is_held_out(first.truth_m[:, 0], first.truth_m[:, 1]).all()

@@ -1,0 +1,420 @@
+"""Evaluate a localization model on held-out simulated captures, against classical baselines.
+
+Emitters are drawn only in spatial cells never used for training. For every capture the model
+runs through the service's own path (features, onnxruntime, output decoding); on the same
+captures the tool runs a maximum-likelihood grid search over received power (under the
+simulator's own propagation model), the full grid posterior (mean and covariance) and a
+power-weighted centroid, and computes the Cramér-Rao bound at the true positions. Rows per
+sample rate and per capture length show the model holds across them.
+
+Writes a Markdown report and figures (error CDF, calibration curve, map) and records the
+figures in the model's metadata (``metrics``; the ONNX file and its sha256 are unchanged).
+
+    pip install -e '.[train]'
+    python tools/evaluate_model.py [--model inference_worker/models/reference] [--per-cell 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference_worker.ellipse import Estimate, decode_output, describe  # noqa: E402
+from inference_worker.evaluation.baselines import (  # noqa: E402
+    GridLocator,
+    crb_position_m,
+    weighted_centroid,
+)
+from inference_worker.evaluation.datasets import (  # noqa: E402
+    Dataset,
+    DatasetSpec,
+    concatenate,
+    generate,
+)
+from inference_worker.evaluation.metrics import (  # noqa: E402
+    calibration_curve,
+    coverage,
+    error_summary,
+    gaussian_nll_km,
+)
+from inference_worker.model import LocalizationModel  # noqa: E402
+from inference_worker.simulator import CaptureSimulator  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
+DEFAULT_REPORT = ROOT / "docs" / "evaluation"
+RATES = (12_000.0, 48_000.0, 192_000.0)
+DURATIONS = (0.1, 0.25, 0.5, 1.0)
+MEDIAN_RATIO_BAR = 1.10
+COVERAGE_BARS = {0.6827: 0.03, 0.95: 0.02}
+
+
+@dataclass
+class Method:
+    name: str
+    means: np.ndarray  # (n, 2) east/north m
+    covariances: np.ndarray | None  # (n, 2, 2) or None when the method states no uncertainty
+
+
+def run_model(model: LocalizationModel, data: Dataset, simulator: CaptureSimulator) -> Method:
+    params = model.metadata.features
+    means, covs = [], []
+    for start in range(0, len(data.rate_hz), 256):
+        raw = data.features_db[start : start + 256].astype(np.float32)
+        output = model.predict(((raw - params.mean_db) / params.std_db).astype(np.float32))
+        for row in output:
+            estimate = decode_output(row, model.metadata.outputs)
+            east, north = simulator.to_local(estimate.lat, estimate.lon)
+            means.append((float(east), float(north)))
+            covs.append(estimate.covariance())
+    return Method("model", np.asarray(means), np.asarray(covs))
+
+
+def fading_sigma_by_duration(simulator: CaptureSimulator, per_duration: int) -> dict[float, float]:
+    """Spread of measured power around the true mean received power, per capture length.
+
+    Measured on captures from the training cells: the baselines' likelihood then uses
+    σ² = σ_shadowing² + σ_measurement², i.e. the simulator's own model of the data.
+    """
+    sigmas = {}
+    for duration in DURATIONS:
+        spec = DatasetSpec(
+            seed=77,
+            count=per_duration,
+            rates_hz=(12_000.0,),
+            rate_weights=None,
+            durations_s=(duration,),
+            continuous_duration=False,
+            held_out=False,
+        )
+        data = generate(spec, processes=2)
+        sigmas[duration] = float(np.std(data.power_dbm - data.rx_power_dbm))
+    return sigmas
+
+
+def summarize(method: Method, truth: np.ndarray) -> dict:
+    errors = error_summary(method.means, truth)
+    row = {
+        "count": errors.count,
+        "median_km": errors.median_km,
+        "mean_km": errors.mean_km,
+        "p90_km": errors.p90_km,
+    }
+    if method.covariances is not None:
+        cover = coverage(method.means, method.covariances, truth)
+        row.update(
+            {
+                "coverage_39": cover[0.3935],
+                "coverage_68": cover[0.6827],
+                "coverage_95": cover[0.95],
+                "nll": gaussian_nll_km(method.means, method.covariances, truth),
+            }
+        )
+    return row
+
+
+def passes(model_row: dict, ml_row: dict) -> tuple[bool, float]:
+    ratio = model_row["median_km"] / ml_row["median_km"]
+    ok = ratio <= MEDIAN_RATIO_BAR
+    ok &= abs(model_row["coverage_68"] - 0.6827) <= COVERAGE_BARS[0.6827]
+    ok &= abs(model_row["coverage_95"] - 0.95) <= COVERAGE_BARS[0.95]
+    return bool(ok), ratio
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def pct(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.1f}" if key in row else "—"
+
+
+def write_report(
+    path: Path,
+    model: LocalizationModel,
+    groups: dict,
+    crb: dict,
+    figures: list[str],
+    seconds: float,
+    args: argparse.Namespace,
+) -> None:
+    meta = model.metadata
+    lines = [
+        f"# Evaluation of {meta.name} {meta.version}",
+        "",
+        "Held-out simulated captures: emitters only in 1 km cells never used in training, in "
+        f"{args.worlds} simulated terrains (spatially correlated shadowing fields), none of which "
+        f"training saw; {args.per_cell} captures for each of {len(RATES)} sample rates × "
+        f"{len(DURATIONS)} lengths, spread evenly over the terrains (seed {args.seed}). "
+        "One terrain's shadowing is correlated over ~500 m, so a single terrain is a small sample "
+        "of what the model meets; the terrain rows show how much the figures move from one to "
+        "another (the bar applies to the other rows). Errors are great-circle distances to the true position in **kilometres**. "
+        "Coverage: share of true positions inside the ellipse of that confidence (39.35 %, 68.27 %, 95 %). "
+        "NLL: mean Gaussian negative log-likelihood (per km²). Bar: model median ≤ "
+        f"{MEDIAN_RATIO_BAR:.2f} × ML grid median, 68 % coverage within ±3 points, 95 % within ±2 points.",
+        "",
+        "| rows | method | median km | mean km | p90 km | cov 39 % | cov 68 % | cov 95 % | NLL | model / ML | bar |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for group, rows in groups.items():
+        ok, ratio = passes(rows["model"], rows["ML grid"])
+        for name, row in rows.items():
+            mark = ("pass" if ok else "**FAIL**") if name == "model" else ""
+            if group.startswith("terrain") and name == "model":
+                mark = "spread"
+            ratio_text = f"{ratio:.3f}" if name == "model" else ""
+            lines.append(
+                f"| {group} | {name} | {fmt(row['median_km'], 2)} | {fmt(row['mean_km'], 2)} | "
+                f"{fmt(row['p90_km'], 2)} | {pct(row, 'coverage_39')} | {pct(row, 'coverage_68')} | "
+                f"{pct(row, 'coverage_95')} | {fmt(row.get('nll'), 2)} | {ratio_text} | {mark} |"
+            )
+    lines += [
+        "",
+        f"Cramér–Rao bound at the test positions (RMS position error, unbiased estimators, no "
+        f"prior): median {crb['median_km']:.1f} km, 10th percentile {crb['p10_km']:.1f} km. "
+        "It exceeds the observed errors because it ignores what every method here uses: the "
+        "region emitters come from and the range of transmit powers. Three received powers "
+        "with an unknown transmit power leave two independent power differences for two "
+        "coordinates, each blurred by ~6 dB of shadowing: that is why errors are kilometres, "
+        "not metres.",
+        "",
+        "Methods: **model** — the ONNX model through the service's feature and decoding code; "
+        "**ML grid** — maximum likelihood over a 500 m grid of the received powers under the "
+        "simulator's own propagation model (transmit power profiled out within its range); "
+        "**grid posterior** — mean and covariance of the same likelihood with uniform priors; "
+        "**centroid** — receiver sites weighted by linear received power (no uncertainty).",
+        "",
+        *[f"![{name}]({name})" for name in figures],
+        "",
+        f"Produced by `python tools/evaluate_model.py --per-cell {args.per_cell} --worlds {args.worlds} --seed {args.seed}` "
+        f"in {seconds / 60:.1f} min.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(
+    report_dir: Path,
+    methods: dict[str, Method],
+    truth: np.ndarray,
+    model: LocalizationModel,
+    simulator: CaptureSimulator,
+    data: Dataset,
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, method in methods.items():
+        errors = np.sort(np.hypot(*(method.means - truth).T) / 1e3)
+        ax.plot(errors, np.arange(1, len(errors) + 1) / len(errors), label=name)
+    ax.set_xlabel("position error (km)")
+    ax.set_ylabel("share of captures")
+    ax.set_title("Error CDF on held-out captures")
+    ax.set_xlim(0, np.percentile(np.hypot(*(methods["centroid"].means - truth).T) / 1e3, 99))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report_dir / "error_cdf.png", dpi=110)
+    names.append("error_cdf.png")
+    plt.close(fig)
+
+    levels = np.linspace(0.05, 0.99, 40)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect")
+    for name, method in methods.items():
+        if method.covariances is not None:
+            ax.plot(
+                levels,
+                calibration_curve(method.means, method.covariances, truth, levels),
+                label=name,
+            )
+    ax.set_xlabel("claimed confidence of the ellipse")
+    ax.set_ylabel("observed share of truths inside")
+    ax.set_title("Calibration")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report_dir / "calibration.png", dpi=110)
+    names.append("calibration.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.2, 5.6))
+    south, north, west, east = simulator.region()
+    ax.plot(
+        [west, east, east, west, west], [south, south, north, north, south], color="grey", lw=0.8
+    )
+    rng = np.random.default_rng(3)
+    chosen = rng.choice(len(truth), size=8, replace=False)
+    colours = plt.cm.tab10(np.arange(len(chosen)))
+    model_method = methods["model"]
+    for colour, index in zip(colours, chosen, strict=True):
+        t_lat, t_lon = simulator.to_geo(*truth[index])
+        e_lat, e_lon = simulator.to_geo(*model_method.means[index])
+        cov = model_method.covariances[index]
+        se, sn = np.sqrt(cov[0, 0]), np.sqrt(cov[1, 1])
+        result = describe(
+            Estimate(float(e_lat), float(e_lon), float(se), float(sn), float(cov[0, 1] / (se * sn)))
+        )
+        ring = np.asarray(result["ellipses"]["95"]["polygon"]["coordinates"][0])
+        ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=1)
+        ax.plot([t_lon, e_lon], [t_lat, e_lat], color=colour, lw=0.8, linestyle=":")
+        ax.scatter([t_lon], [t_lat], color=colour, marker="x", s=40)
+        ax.scatter([e_lon], [e_lat], color=colour, marker="o", s=18)
+    for receiver in simulator.receivers:
+        ax.scatter([receiver.lon], [receiver.lat], color="black", marker="^", s=70, zorder=5)
+        ax.annotate(
+            receiver.name, (receiver.lon, receiver.lat), textcoords="offset points", xytext=(5, 5)
+        )
+    ax.set_aspect(1.0 / np.cos(np.radians(simulator.origin[0])))
+    ax.set_xlabel("longitude (°)")
+    ax.set_ylabel("latitude (°)")
+    ax.set_title("Receivers (▲), truths (×), estimates (●) and 95 % ellipses")
+    fig.tight_layout()
+    fig.savefig(report_dir / "map.png", dpi=110)
+    names.append("map.png")
+    plt.close(fig)
+    return names
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--per-cell", type=int, default=500, help="captures per rate and length")
+    parser.add_argument(
+        "--worlds",
+        type=int,
+        default=4,
+        help="simulated terrains to evaluate in, none seen in training",
+    )
+    parser.add_argument("--seed", type=int, default=2027)
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT)
+    parser.add_argument("--no-record", action="store_true", help="leave model.json unchanged")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    simulator = CaptureSimulator()
+    model = LocalizationModel(args.model)
+    print(f"model {model.metadata.name} {model.version} ({args.model})")
+
+    parts, world_of = [], []
+    cells = [(rate, duration) for rate in RATES for duration in DURATIONS]
+    worlds = [simulator.config.environment_seed + w for w in range(args.worlds)]
+    per_world = args.per_cell // args.worlds
+    for w, world in enumerate(worlds):
+        for index, (rate, duration) in enumerate(cells):
+            spec = DatasetSpec(
+                seed=args.seed * 1000 + w * 100 + index,
+                count=per_world,
+                rates_hz=(rate,),
+                rate_weights=None,
+                durations_s=(duration,),
+                continuous_duration=False,
+                held_out=True,
+                environment_seed=world,
+                feature_dtype="float32",
+            )
+            parts.append(generate(spec, processes=2))
+            world_of += [w] * per_world
+        print(
+            f"  simulated terrain {w + 1}/{len(worlds)}: {per_world} captures in each of "
+            f"{len(cells)} rate × length cells ({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+    data = concatenate(parts)
+    truth = data.truth_m
+    world_index = np.asarray(world_of)
+
+    print("calibrating the baselines' measurement spread per capture length")
+    fading = fading_sigma_by_duration(simulator, 600)
+    shadow = simulator.config.shadowing_sigma_db
+    sigma_db = np.array([np.hypot(shadow, fading[float(d)]) for d in np.round(data.duration_s, 3)])
+    print("  " + ", ".join(f"{d:g} s: {s:.2f} dB" for d, s in fading.items()))
+
+    print("running the model and the baselines")
+    grid = GridLocator(simulator)
+    grid_estimates = grid.locate(data.power_dbm, sigma_db)
+    methods = {
+        "model": run_model(model, data, simulator),
+        "ML grid": Method("ML grid", grid_estimates.ml, None),
+        "grid posterior": Method("grid posterior", grid_estimates.mean, grid_estimates.covariance),
+        "centroid": Method("centroid", weighted_centroid(simulator, data.power_dbm), None),
+    }
+    crb_m = crb_position_m(simulator, truth, sigma_db)
+    crb = {
+        "median_km": float(np.median(crb_m) / 1e3),
+        "p10_km": float(np.percentile(crb_m, 10) / 1e3),
+    }
+
+    selections = {"all": np.ones(len(truth), bool)}
+    selections.update({f"{rate / 1e3:g} kHz": data.rate_hz == rate for rate in RATES})
+    selections.update(
+        {f"{duration:g} s": np.isclose(data.duration_s, duration) for duration in DURATIONS}
+    )
+    selections.update({f"terrain {w + 1}": world_index == w for w in range(len(worlds))})
+    groups = {}
+    for group, mask in selections.items():
+        groups[group] = {
+            name: summarize(
+                Method(name, m.means[mask], None if m.covariances is None else m.covariances[mask]),
+                truth[mask],
+            )
+            for name, m in methods.items()
+        }
+
+    all_pass = True
+    print(
+        f"\n{'rows':<10} {'median km':>9} {'ML km':>7} {'ratio':>6} {'cov68':>6} {'cov95':>6}  bar"
+    )
+    for group, rows in groups.items():
+        ok, ratio = passes(rows["model"], rows["ML grid"])
+        if not group.startswith("terrain"):  # terrain rows show the spread; the bar is on the rest
+            all_pass &= ok
+        print(
+            f"{group:<10} {rows['model']['median_km']:9.2f} {rows['ML grid']['median_km']:7.2f} "
+            f"{ratio:6.3f} {rows['model']['coverage_68']:6.3f} {rows['model']['coverage_95']:6.3f}  "
+            f"{'pass' if ok else 'FAIL'}"
+        )
+    print(f"Cramér–Rao bound: median {crb['median_km']:.1f} km")
+
+    args.report.mkdir(parents=True, exist_ok=True)
+    figures = plot(args.report, methods, truth, model, simulator, data)
+    seconds = time.monotonic() - started
+    write_report(args.report / "README.md", model, groups, crb, figures, seconds, args)
+    print(f"report: {args.report / 'README.md'} with {', '.join(figures)}")
+
+    if not args.no_record:
+        path = args.model / "model.json"
+        metadata = json.loads(path.read_text())
+        metadata["metrics"] = {
+            "evaluation": {
+                "held_out": "emitters in 1 km cells never used for training, in terrains never seen in training",
+                "terrains": args.worlds,
+                "per_cell": args.per_cell,
+                "seed": args.seed,
+                "rows": {
+                    group: {"model": rows["model"], "ml_grid": rows["ML grid"]}
+                    for group, rows in groups.items()
+                },
+                "cramer_rao_median_km": crb["median_km"],
+                "passes_bar": all_pass,
+            }
+        }
+        path.write_text(json.dumps(metadata, indent=2) + "\n")
+        print(f"recorded the figures in {path}")
+    return 0 if all_pass else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
