@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request, url_for
+import kombu
+import numpy as np
+from flask import Flask, Response, g, jsonify, request, url_for
+from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
-from api_shim.submission import JobConflict, ServiceUnavailable, Submitter, describe_accepted
+from api_shim.submission import (
+    Accepted,
+    JobConflict,
+    ServiceUnavailable,
+    Submitter,
+    describe_accepted,
+)
+from inference_worker import observability
 from inference_worker.capture import (
+    JOB_ID_PATTERN,
     CaptureError,
     CaptureLimits,
     CaptureTooLarge,
@@ -25,6 +38,7 @@ from inference_worker.capture import (
     parse_meta,
     validate_iq,
 )
+from inference_worker.ellipse import feature_collection
 from inference_worker.jobs import TRANSIENT_ERRORS, job_view
 from inference_worker.model import ModelError, load_metadata
 from inference_worker.reachability import probe_broker
@@ -37,6 +51,7 @@ from tasks.contract import TASK_NAME, LocateMessage
 log = logging.getLogger(__name__)
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 
 
 class ApiError(Exception):
@@ -83,6 +98,28 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": celery,
     }
 
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _record_submission(response: Response) -> Response:
+        if request.endpoint in ("predict", "predict_batch") and "started" in g:
+            elapsed = time.perf_counter() - g.started
+            observability.record_submission(request.endpoint, response.status_code, elapsed)
+        return response
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return Response(OPENAPI_FILE.read_bytes(), mimetype="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = observability.render(
+            (QueueDepth(settings.broker_url, settings.queue),)
+        )
+        return Response(body, content_type=content_type)
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
         return error_response(exc.status, exc.code, exc.message)
@@ -100,7 +137,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; the event was logged")
 
-    def accept(iq: Any, fields: dict[str, Any]) -> tuple[Response, int]:
+    def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> Accepted:
+        """Validate and accept one capture, or raise the ApiError that says why not."""
         try:
             job_id = parse_job_id(fields.get("job_id"))
             meta = parse_meta(fields, limits, metadata.receiver_ids)
@@ -110,15 +148,49 @@ def create_app(settings: Settings | None = None) -> Flask:
         except CaptureError as exc:
             raise ApiError(422, "invalid_capture", str(exc)) from None
         try:
-            accepted = submitter.submit(iq, meta, job_id)
+            return submitter.submit(iq, meta, job_id, batch_id)
         except JobConflict as exc:
             raise ApiError(409, "job_id_conflict", str(exc)) from None
         except ServiceUnavailable as exc:
             raise ApiError(503, "service_unavailable", str(exc)) from None
+
+    def accept(iq: Any, fields: dict[str, Any]) -> tuple[Response, int]:
+        accepted = submit_one(iq, fields)
         status_url = url_for("get_job", job_id=accepted.job_id)
         response = jsonify(describe_accepted(accepted, status_url))
         response.headers["Location"] = status_url
         return response, 202
+
+    def json_capture_iq(document: object) -> Any:
+        if not isinstance(document, dict):
+            raise ApiError(422, "invalid_capture", "a capture must be a JSON object")
+        if "iq_data" not in document:
+            raise ApiError(422, "invalid_capture", "iq_data is required")
+        try:
+            return decode_json_iq(document["iq_data"])
+        except CaptureError as exc:
+            raise ApiError(422, "invalid_capture", str(exc)) from None
+
+    def lookup_job(job_id: str) -> dict[str, Any]:
+        """A job's view: Redis first, PostgreSQL (the record of truth) when Redis has none."""
+        if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
+            raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+        try:
+            cached = store.get_result(job_id)
+        except TRANSIENT_ERRORS:
+            cached = None  # Redis is a cache here
+        if cached is not None:
+            return cached
+        try:
+            row = jobs.get(job_id)
+        except TRANSIENT_ERRORS:
+            raise ApiError(503, "service_unavailable", "the job database is unavailable") from None
+        if row is None:
+            raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+        return job_view(row)
+
+    def geojson(result: dict[str, Any]) -> dict[str, Any]:
+        return feature_collection(result, [(r.id, r.lat, r.lon) for r in metadata.receivers])
 
     @app.post("/predict")
     def predict() -> tuple[Response, int]:
@@ -127,13 +199,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             body = request.get_json(silent=True)
             if not isinstance(body, dict):
                 raise ApiError(400, "invalid_json", "body must be a JSON object")
-            if "iq_data" not in body:
-                raise ApiError(422, "invalid_capture", "iq_data is required")
-            try:
-                iq = decode_json_iq(body["iq_data"])
-            except CaptureError as exc:
-                raise ApiError(422, "invalid_capture", str(exc)) from None
-            return accept(iq, body)
+            return accept(json_capture_iq(body), body)
         if content_type in NPY_TYPES:
             try:
                 iq = decode_npy(request.get_data(cache=False))
@@ -146,21 +212,145 @@ def create_app(settings: Settings | None = None) -> Flask:
             "send application/json, or application/x-npy with metadata in the query string",
         )
 
-    @app.get("/jobs/<job_id>")
-    def get_job(job_id: str) -> tuple[Response, int]:
+    @app.post("/predict-batch")
+    def predict_batch() -> tuple[Response, int]:
+        content_type = (request.mimetype or "").lower()
+        items: list[tuple[Any, dict[str, Any]]] = []
+        if content_type == "application/json":
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict) or not isinstance(body.get("captures"), list):
+                raise ApiError(
+                    400, "invalid_json", 'body must be a JSON object {"captures": [...]}'
+                )
+            documents = body["captures"]
+            check_batch_size(len(documents))
+            for document in documents:
+                try:
+                    items.append((json_capture_iq(document), document))
+                except ApiError as exc:
+                    items.append((exc, {}))
+        elif content_type in NPY_TYPES:
+            try:
+                stack = decode_npy(request.get_data(cache=False))
+            except CaptureError as exc:
+                raise ApiError(400, "invalid_npy", str(exc)) from None
+            if stack.ndim != 3:
+                raise ApiError(
+                    422,
+                    "invalid_capture",
+                    f"batch array must be (k, 3, n); got {tuple(stack.shape)}",
+                )
+            check_batch_size(stack.shape[0])
+            fields = request.args.to_dict()
+            job_ids = [j for j in fields.pop("job_ids", "").split(",") if j]
+            if job_ids and len(job_ids) != stack.shape[0]:
+                raise ApiError(422, "invalid_capture", "job_ids must name one id per capture")
+            for index in range(stack.shape[0]):
+                extra = {"job_id": job_ids[index]} if job_ids else {}
+                items.append((np.ascontiguousarray(stack[index]), {**fields, **extra}))
+        else:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send application/json, or application/x-npy (k, 3, n)",
+            )
+        batch_id = str(uuid.uuid4())
+        results: list[dict[str, Any]] = []
+        for index, (iq, fields) in enumerate(items):
+            try:
+                if isinstance(iq, ApiError):
+                    raise iq
+                accepted = submit_one(iq, fields, batch_id)
+            except ApiError as exc:
+                if exc.status == 503:
+                    raise  # nothing more can be accepted now; the earlier ones stay accepted
+                results.append(
+                    {"index": index, "error": {"code": exc.code, "message": exc.message}}
+                )
+                continue
+            results.append(
+                {
+                    "index": index,
+                    **describe_accepted(accepted, url_for("get_job", job_id=accepted.job_id)),
+                }
+            )
+        accepted_count = sum("job_id" in r for r in results)
+        body = {
+            "batch_id": batch_id if accepted_count else None,
+            "status_url": url_for("get_batch", batch_id=batch_id) if accepted_count else None,
+            "accepted": accepted_count,
+            "rejected": len(results) - accepted_count,
+            "jobs": results,
+        }
+        if not accepted_count:
+            body["error"] = {
+                "code": "no_capture_accepted",
+                "message": f"none of the {len(results)} captures was accepted; see jobs[].error",
+            }
+            return jsonify(body), 422
+        return jsonify(body), 202
+
+    def check_batch_size(count: int) -> None:
+        if count == 0:
+            raise ApiError(422, "invalid_capture", "the batch holds no captures")
+        if count > settings.max_batch_captures:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"{count} captures in one batch; at most {settings.max_batch_captures} accepted",
+            )
+
+    @app.get("/batches/<batch_id>")
+    def get_batch(batch_id: str) -> tuple[Response, int]:
+        if not JOB_ID_PATTERN.match(batch_id):
+            raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
         try:
-            cached = store.get_result(job_id)
-        except TRANSIENT_ERRORS:
-            cached = None  # Redis is a cache here; PostgreSQL is the record of truth
-        if cached is not None:
-            return jsonify(cached), 200
-        try:
-            row = jobs.get(job_id)
+            rows = jobs.batch(batch_id)
         except TRANSIENT_ERRORS:
             raise ApiError(503, "service_unavailable", "the job database is unavailable") from None
-        if row is None:
-            raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
-        return jsonify(job_view(row)), 200
+        if not rows:
+            raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
+        views = [job_view(row) for row in rows]
+        counts: dict[str, int] = {}
+        for view in views:
+            counts[view["status"]] = counts.get(view["status"], 0) + 1
+        return jsonify({"batch_id": batch_id, "counts": counts, "jobs": views}), 200
+
+    @app.get("/jobs/<job_id>")
+    def get_job(job_id: str) -> tuple[Response, int]:
+        view = lookup_job(job_id)
+        includes = {part.strip() for part in request.args.get("include", "").split(",") if part}
+        if "geojson" in includes and view["status"] == "succeeded":
+            view = {**view, "geojson": geojson(view["result"])}
+        return jsonify(view), 200
+
+    @app.get("/uncertainty-ellipse")
+    def uncertainty_ellipse() -> tuple[Response, int]:
+        job_id = request.args.get("job_id", "")
+        if not job_id:
+            raise ApiError(400, "missing_job_id", "give the job as ?job_id=...")
+        view = lookup_job(job_id)
+        if view["status"] != "succeeded":
+            raise ApiError(
+                409, "job_not_succeeded", f"job {job_id!r} is {view['status']}; no ellipse to draw"
+            )
+        result = view["result"]
+        return jsonify(
+            {
+                "job_id": job_id,
+                "model_version": view["model_version"],
+                "center": {"lat": result["lat"], "lon": result["lon"]},
+                "sigma_east_m": result["sigma_x_m"],
+                "sigma_north_m": result["sigma_y_m"],
+                "rho": result.get("rho", 0.0),
+                "orientation_convention": result["ellipse_orientation_convention"],
+                "ellipses": {
+                    level: {k: v for k, v in shape.items() if k != "polygon"}
+                    for level, shape in result["ellipses"].items()
+                },
+                "geojson": geojson(result),
+            }
+        ), 200
 
     @app.get("/health")
     def health() -> tuple[Response, int]:
@@ -205,3 +395,28 @@ def _model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
     if not workers:
         body["error"] = "no worker is serving this queue"
     return body
+
+
+class QueueDepth:
+    """Collector of the queue's ready messages and consumers, asked of RabbitMQ at scrape time."""
+
+    def __init__(self, broker_url: str, queue: str) -> None:
+        self.broker_url, self.queue = broker_url, queue
+
+    def collect(self) -> Any:
+        try:
+            with kombu.Connection(self.broker_url, connect_timeout=1) as connection:
+                declared = connection.default_channel.queue_declare(self.queue, passive=True)
+        except Exception as exc:  # a scrape never fails because the broker is down
+            log.debug("queue depth unavailable: %s", exc)
+            return
+        messages = GaugeMetricFamily(
+            "heimdall_queue_messages", "Messages waiting in the inference queue.", labels=["queue"]
+        )
+        messages.add_metric([self.queue], declared.message_count)
+        consumers = GaugeMetricFamily(
+            "heimdall_queue_consumers", "Consumers of the inference queue.", labels=["queue"]
+        )
+        consumers.add_metric([self.queue], declared.consumer_count)
+        yield messages
+        yield consumers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-FINAL = ("succeeded", "failed")
+from tasks.contract import wait_until_final
 
 
 class ShimError(RuntimeError):
@@ -111,11 +110,4 @@ class ShimClient:
         self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05
     ) -> dict[str, Any]:
         """Poll a job until it is final; raises TimeoutError if it is not within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            view = self.job(job_id)
-            if view["status"] in FINAL:
-                return view
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {view['status']} after {timeout_s:g} s")
-            time.sleep(interval_s)
+        return wait_until_final(lambda: self.job(job_id), job_id, timeout_s, interval_s)

@@ -54,7 +54,9 @@ class Submitter:
         self.publish = publish
         self.blob_ttl_s = blob_ttl_s
 
-    def submit(self, iq: np.ndarray, meta: CaptureMeta, job_id: str | None) -> Accepted:
+    def submit(
+        self, iq: np.ndarray, meta: CaptureMeta, job_id: str | None, batch_id: str | None = None
+    ) -> Accepted:
         """Accept a validated capture. Once this returns, the job is queued and will finish.
 
         Raises:
@@ -71,6 +73,7 @@ class Submitter:
             n_samples=int(iq.shape[1]),
             receivers=list(meta.receivers),
             iq_sha256=digest,
+            batch_id=batch_id,
         )
         try:
             row, created = self.jobs.create(new_job)
@@ -92,6 +95,7 @@ class Submitter:
             receivers=meta.receivers,
             capture_time=meta.capture_time,
             iq_sha256=digest,
+            batch_id=batch_id,
         )
         try:
             self.store.put_blob(blob_key, np.ascontiguousarray(iq).tobytes(), self.blob_ttl_s)

@@ -145,8 +145,9 @@ def decode_json_iq(value: object) -> np.ndarray:
     if length % 2:
         raise CaptureError("iq_data rows must interleave re and im, so their length must be even")
     try:
-        floats = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
+        with np.errstate(over="ignore"):  # out-of-range values become inf, refused by validate_iq
+            floats = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
         raise CaptureError("iq_data rows must contain only numbers") from None
     return np.ascontiguousarray(floats).view(IQ_DTYPE)
 

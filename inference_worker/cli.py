@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from inference_worker.settings import Settings, load_settings
 
@@ -57,11 +60,19 @@ def _check_model(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker import observability
+
+    observability.prepare_multiprocess_dir("worker")
     from inference_worker.worker import create_worker_app
 
     _require_services(settings)
     _check_model(settings)
     _migrate(settings)
+    if settings.worker_metrics_port:
+        try:
+            observability.start_worker_exporter(settings.worker_metrics_port)
+        except OSError as exc:
+            log.warning("worker metrics not served on :%d: %s", settings.worker_metrics_port, exc)
     app = create_worker_app(settings)
     concurrency = args.concurrency or settings.worker_concurrency
     argv = [
@@ -78,6 +89,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker import observability
+
+    observability.prepare_multiprocess_dir("api")
     from gunicorn.app.base import BaseApplication
 
     from api_shim.app import create_app
@@ -95,11 +109,126 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", "-")
+            self.cfg.set(
+                "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)
+            )
 
         def load(self):  # the WSGI app gunicorn serves
             return create_app(settings)
 
     ShimServer().run()
+
+
+def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
+    import secrets
+
+    from tasks.app import create_celery
+
+    _require_services(settings)
+    credentials = settings.flower_basic_auth.get_secret_value()
+    if not credentials:
+        credentials = f"admin:{secrets.token_urlsafe(12)}"
+        print(f"Flower credentials (set HEIMDALL_FLOWER_BASIC_AUTH to choose): {credentials}")
+    elif ":" not in credentials:
+        print("error: HEIMDALL_FLOWER_BASIC_AUTH must be 'user:password'", file=sys.stderr)
+        raise SystemExit(2)
+    app = create_celery(settings.broker_url, settings.queue)
+    app.start(
+        [
+            "flower",
+            f"--address={args.address or settings.flower_address}",
+            f"--port={args.port or settings.flower_port}",
+            f"--basic-auth={credentials}",
+        ]
+    )
+
+
+def _read_capture(args: argparse.Namespace) -> Any:
+    import numpy as np
+
+    path = Path(args.file)
+    if args.raw:
+        raw = np.fromfile(path, dtype="<c8")
+        if raw.size % 3:
+            print(f"error: {path} holds {raw.size} complex64 values, not 3 x n", file=sys.stderr)
+            raise SystemExit(2)
+        return raw.reshape(3, -1)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {path} as .npy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _print_job(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    print(f"job {view['job_id']}: {view['status']}")
+    if view["status"] == "succeeded":
+        result = view["result"]
+        e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
+        print(
+            f"  position {result['lat']:.5f}, {result['lon']:.5f}  (model {view['model_version']}, "
+            f"cache hit: {str(view['cache_hit']).lower()})"
+        )
+        for label, shape in (("68%", e68), ("95%", e95)):
+            print(
+                f"  {label} ellipse: {shape['semi_major_m'] / 1e3:.1f} x "
+                f"{shape['semi_minor_m'] / 1e3:.1f} km, major axis {shape['orientation_deg']:.0f}° "
+                "from north"
+            )
+    elif view.get("error"):
+        print(f"  error: {view['error']}")
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.capture import CaptureError
+
+    iq = _read_capture(args)
+    fields = {
+        "sample_rate_hz": args.sample_rate,
+        "frequency_mhz": args.frequency_mhz,
+        "receivers": args.receivers.split(","),
+        "job_id": args.job_id,
+        "capture_time": args.capture_time,
+    }
+    if args.via == "queue":
+        from tasks.producer import CaptureProducer
+
+        with CaptureProducer() as producer:
+            try:
+                job_id = producer.submit(iq, **fields)
+            except CaptureError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            print(f"submitted job {job_id} to queue {settings.queue}")
+            if args.no_wait:
+                return
+            _print_job(producer.wait(job_id, timeout_s=args.timeout), args.json)
+        return
+    from api_shim.client import ShimClient, ShimError
+
+    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    try:
+        accepted = client.submit_npy(iq, **fields)
+    except ShimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"submitted job {accepted['job_id']} ({accepted['status_url']})")
+    if not args.no_wait:
+        _print_job(client.wait(accepted["job_id"], timeout_s=args.timeout), args.json)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
+    from api_shim.client import ShimClient, ShimError
+
+    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    try:
+        _print_job(client.job(args.job_id), args.json)
+    except ShimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -135,6 +264,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
     migrate.set_defaults(func=cmd_migrate)
+
+    flower = sub.add_parser("flower", help="start Flower (task and worker monitor) with basic auth")
+    flower.add_argument("--address")
+    flower.add_argument("--port", type=int)
+    flower.set_defaults(func=cmd_flower)
+
+    submit = sub.add_parser("submit", help="locate a capture from a file and print the result")
+    submit.add_argument(
+        "file", help=".npy of a (3, n) complex64 array, or raw complex64 with --raw"
+    )
+    submit.add_argument(
+        "--raw", action="store_true", help="file is raw little-endian complex64, (3, n) C order"
+    )
+    submit.add_argument("--sample-rate", type=float, required=True, help="Hz")
+    submit.add_argument("--frequency-mhz", type=float, required=True)
+    submit.add_argument("--receivers", required=True, help="receiver ids in row order, a,b,c")
+    submit.add_argument("--job-id")
+    submit.add_argument("--capture-time", help="ISO 8601")
+    submit.add_argument("--via", choices=["http", "queue"], default="http", help="shim or RabbitMQ")
+    submit.add_argument("--url", help="shim URL (default from settings)")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    submit.add_argument("--timeout", type=float, default=60.0)
+    submit.add_argument("--json", action="store_true", help="print the whole job as JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job's status and result")
+    status.add_argument("job_id")
+    status.add_argument("--url", help="shim URL (default from settings)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser(
         "demo",

@@ -184,3 +184,50 @@ def estimate_from_result(result: dict[str, Any]) -> Estimate:
         float(result["sigma_y_m"]),
         float(result.get("rho", 0.0)),
     )
+
+
+def feature_collection(
+    result: dict[str, Any], receivers: Sequence[tuple[str, float, float]] = ()
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection a web map draws as is: the estimate, its ellipses, receivers.
+
+    Args:
+        result: a job result made by :func:`describe`.
+        receivers: ``(id, lat, lon)`` of the receivers to show.
+    """
+    features: list[dict[str, Any]] = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [result["lon"], result["lat"]]},
+            "properties": {
+                "kind": "estimate",
+                "sigma_east_m": result["sigma_x_m"],
+                "sigma_north_m": result["sigma_y_m"],
+                "rho": result.get("rho", 0.0),
+            },
+        }
+    ]
+    for level, shape in sorted(result["ellipses"].items(), key=lambda item: -float(item[0])):
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": shape["polygon"],
+                "properties": {
+                    "kind": "ellipse",
+                    "confidence": shape["confidence"],
+                    "semi_major_m": shape["semi_major_m"],
+                    "semi_minor_m": shape["semi_minor_m"],
+                    "orientation_deg": shape["orientation_deg"],
+                    "label": f"{level}%",
+                },
+            }
+        )
+    for receiver_id, lat, lon in receivers:
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                "properties": {"kind": "receiver", "id": receiver_id},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from inference_worker.capture import IQ_DTYPE, RECEIVER_COUNT, channel_order
 from inference_worker.ellipse import EstimateError, decode_output, describe
 from inference_worker.features import log_mel_spectrogram
 from inference_worker.model import ModelMetadata
-from inference_worker.storage.database import JobStore
+from inference_worker.storage.database import JobStore, NewJob
 from inference_worker.storage.redis_store import RedisStore
 from tasks.contract import LocateMessage
 
@@ -61,9 +61,22 @@ class JobServices:
 class JobOutcome:
     job_id: str | None
     status: str
-    """succeeded, failed, duplicate (already final: nothing done) or unknown (no such job)."""
+    """succeeded, failed, or duplicate (already final: nothing done)."""
     cache_hit: bool = False
     error: str | None = None
+    model_version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the task returns: Celery hooks read it to record metrics."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "cache_hit": self.cache_hit,
+            "error": self.error,
+            "model_version": self.model_version,
+            "timings": self.timings,
+        }
 
 
 class BadJob(Exception):
@@ -93,6 +106,7 @@ def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "result": row["result"],
         "error": row["error"],
         "timings": row["timings"],
+        "batch_id": row["batch_id"],
     }
     if row["finished_at"] is not None and row["created_at"] is not None:
         elapsed = (row["finished_at"] - row["created_at"]).total_seconds() * 1000.0
@@ -152,6 +166,20 @@ def locate(
     return result, timings
 
 
+def new_job_from(message: LocateMessage) -> NewJob:
+    return NewJob(
+        job_id=message.job_id,
+        capture_time=message.capture_time,
+        frequency_mhz=message.frequency_mhz,
+        sample_rate_hz=message.sample_rate_hz,
+        n_samples=message.n_samples,
+        receivers=list(message.receivers),
+        iq_sha256=message.iq_sha256,
+        created_at=message.submitted_at,
+        batch_id=message.batch_id,
+    )
+
+
 def parse_message(payload: object) -> LocateMessage:
     if not isinstance(payload, dict):
         raise BadJob(f"task message must be a JSON object; got {type(payload).__name__}")
@@ -183,12 +211,12 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
         return _fail(services, job_id, str(exc), model.version)
 
     row = services.jobs.start(message.job_id)
+    if row is None and services.jobs.get(message.job_id) is None:
+        # Published straight to the queue by a producer: the message is the job's first record.
+        services.jobs.create(new_job_from(message))
+        row = services.jobs.start(message.job_id)
     if row is None:
-        existing = services.jobs.get(message.job_id)
-        if existing is None:
-            log.warning("job %s: no such job; message dropped", message.job_id)
-            return JobOutcome(message.job_id, "unknown", error="no such job")
-        log.info("job %s already %s; redelivery ignored", message.job_id, existing["status"])
+        log.info("job %s already final; redelivery ignored", message.job_id)
         return JobOutcome(message.job_id, "duplicate")
     queue_wait_ms = (
         datetime.now(row["created_at"].tzinfo) - row["created_at"]
@@ -240,7 +268,13 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
         result["lon"],
         cache_hit,
     )
-    return JobOutcome(message.job_id, "succeeded", cache_hit=cache_hit)
+    return JobOutcome(
+        message.job_id,
+        "succeeded",
+        cache_hit=cache_hit,
+        model_version=model.version,
+        timings=timings,
+    )
 
 
 def _fail(services: JobServices, job_id: str | None, reason: str, model_version: str) -> JobOutcome:
@@ -249,4 +283,4 @@ def _fail(services: JobServices, job_id: str | None, reason: str, model_version:
         final = services.jobs.fail(job_id, reason, model_version=model_version)
         if final is not None:
             services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
-    return JobOutcome(job_id, "failed", error=reason)
+    return JobOutcome(job_id, "failed", error=reason, model_version=model_version)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,3 +32,28 @@ class LocateMessage(BaseModel):
     receivers: tuple[str, str, str]
     capture_time: datetime
     iq_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    submitted_at: datetime | None = None
+    """When the producer accepted the capture (the worker records the job then if no row exists)."""
+    batch_id: str | None = Field(None, max_length=128)
+
+
+FINAL_STATUSES = ("succeeded", "failed")
+
+
+def wait_until_final(
+    fetch: Callable[[], dict[str, Any] | None], job_id: str, timeout_s: float, interval_s: float
+) -> dict[str, Any]:
+    """Call ``fetch`` until it returns a job in a final status (clients poll with this).
+
+    Raises:
+        TimeoutError: the job is not final within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = fetch()
+        if view is not None and view["status"] in FINAL_STATUSES:
+            return view
+        if time.monotonic() > deadline:
+            status = view["status"] if view else "not finished"
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:g} s")
+        time.sleep(interval_s)

@@ -62,6 +62,9 @@ class NewJob:
     n_samples: int
     receivers: list[str]
     iq_sha256: str
+    created_at: datetime | None = None
+    """Defaults to the time of the insert."""
+    batch_id: str | None = None
 
 
 class JobStore:
@@ -77,9 +80,10 @@ class JobStore:
 
     def create(self, job: NewJob) -> tuple[RowMapping, bool]:
         """Insert a queued job; if the id exists already, return that row and ``False``."""
+        values = {k: v for k, v in job.__dict__.items() if not (k == "created_at" and v is None)}
         statement = (
             pg_insert(jobs)
-            .values(status="queued", **job.__dict__)
+            .values(status="queued", **values)
             .on_conflict_do_nothing(index_elements=["job_id"])
             .returning(*jobs.c)
         )
@@ -107,6 +111,15 @@ class JobStore:
                 connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id))
                 .mappings()
                 .first()
+            )
+
+    def batch(self, batch_id: str) -> list[RowMapping]:
+        """The jobs of a batch, in submission order."""
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.select(jobs).where(jobs.c.batch_id == batch_id).order_by(jobs.c.created_at)
+                ).mappings()
             )
 
     def start(self, job_id: str) -> RowMapping | None:

@@ -32,6 +32,7 @@ jobs = sa.Table(
     sa.Column("result", JSONB),
     sa.Column("error", sa.Text),
     sa.Column("timings", JSONB),
+    sa.Column("batch_id", sa.Text),
     sa.CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
 )
 

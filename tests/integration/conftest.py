@@ -8,6 +8,7 @@ them when ``CI`` is set: never a silent skip in CI.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -53,6 +54,12 @@ def settings() -> Settings:
         queue=f"heimdall.test.{tag}",
         worker_concurrency=1,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -122,7 +129,11 @@ def worker(
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     store = RedisStore(redis_client, settings.redis_prefix)
     args = ["worker", "--concurrency", "1"]
-    with cli_process(args, log_path, _worker_env(settings)) as process:
+    env = _worker_env(settings)
+    metrics_port = _free_port()
+    env["HEIMDALL_WORKER_METRICS_PORT"] = str(metrics_port)
+    with cli_process(args, log_path, env) as process:
+        process.metrics_port = metrics_port  # type: ignore[attr-defined]
         wait_until("the worker", lambda: bool(store.workers()), WORKER_START_TIMEOUT_S, process)
         # The child announced itself; give the consumer a moment to subscribe to the queue.
         time.sleep(0.5)

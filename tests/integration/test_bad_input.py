@@ -158,3 +158,10 @@ def test_wrong_method_is_a_json_405(client):
     response = client.get("/predict")
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_ids_no_job_can_have_are_404_not_500(client):
+    for path in ("/jobs/a%00b", "/batches/a%00b", "/uncertainty-ellipse?job_id=%00"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "no " in response.get_json()["error"]["message"]

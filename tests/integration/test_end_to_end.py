@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from inference_worker.ellipse import distance_m
+from inference_worker.model import load_metadata
 from inference_worker.storage.schema import inference_logs, jobs
 
 POLL_TIMEOUT_S = 30
@@ -88,7 +89,7 @@ def test_json_capture_is_located_and_recorded_in_postgres_and_redis(
 
     assert_located(view, capture)
     assert view["cache_hit"] is False
-    assert view["model_version"].startswith("centroid-")
+    assert view["model_version"] == load_metadata(settings.model_dir).version
     assert {"queue_wait_ms", "features_ms", "inference_ms", "end_to_end_ms"} <= set(view["timings"])
     with engine.connect() as connection:
         row = (

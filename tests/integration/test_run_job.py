@@ -92,10 +92,11 @@ def test_malformed_message_fails_its_job_and_names_the_field(services, capture):
     assert services.jobs.get(message["job_id"])["status"] == "failed"
 
 
-def test_message_for_an_unknown_job_is_dropped(services, capture):
+def test_message_published_without_a_job_row_records_the_job(services, capture):
     message = queue_job(services, capture)
-    message["job_id"] = "never-submitted"
-    assert run_job(message, services).status == "unknown"
+    message["job_id"] = f"producer-{uuid.uuid4()}"
+    assert run_job(message, services).status == "succeeded"
+    assert services.jobs.get(message["job_id"])["status"] == "succeeded"
 
 
 def test_message_that_is_not_an_object_fails_without_a_job(services):

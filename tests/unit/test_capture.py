@@ -107,3 +107,9 @@ def test_digest_depends_on_every_byte():
     changed = array.copy()
     changed[2, 999] += 1e-3
     assert iq_digest(array) != iq_digest(changed)
+
+
+def test_out_of_range_json_numbers_are_refused_as_infinite():
+    huge = [[1e300, 0.0] * 600] * 3
+    with pytest.raises(CaptureError, match="infinite"):
+        validate_iq(decode_json_iq(huge), LIMITS)

@@ -1,0 +1,160 @@
+"""Prometheus metrics of the worker and the shim, recorded from hooks, not from task bodies.
+
+Both run several processes (Celery prefork children, gunicorn workers), so metrics use
+prometheus_client's multiprocess mode: each process writes its samples under
+``PROMETHEUS_MULTIPROC_DIR`` and one collector sums them when scraped. The worker's main
+process serves them on ``HEIMDALL_WORKER_METRICS_PORT``; the shim serves its own at ``/metrics``.
+:func:`prepare_multiprocess_dir` must run before prometheus_client is first imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def prepare_multiprocess_dir(name: str) -> Path:
+    """Point prometheus_client at a fresh per-service directory (before it is imported)."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = (
+        Path(configured)
+        if configured
+        else Path(tempfile.gettempdir()) / f"heimdall-metrics-{name}-{os.getpid()}"
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def _metrics() -> dict[str, Any]:
+    """The metric objects, created on first use (after the multiprocess directory is set)."""
+    global _METRICS
+    if _METRICS is None:
+        from prometheus_client import Counter, Histogram
+
+        _METRICS = {
+            "jobs": Counter(
+                "heimdall_jobs_total", "Jobs finished by the worker.", ["outcome", "model_version"]
+            ),
+            "cache": Counter(
+                "heimdall_cache_lookups_total", "Result cache lookups by the worker.", ["result"]
+            ),
+            "queue_wait": Histogram(
+                "heimdall_queue_wait_seconds",
+                "Time from submission to a worker taking the job.",
+                buckets=LATENCY_BUCKETS,
+            ),
+            "features": Histogram(
+                "heimdall_feature_seconds", "Feature extraction time.", buckets=LATENCY_BUCKETS
+            ),
+            "inference": Histogram(
+                "heimdall_inference_seconds",
+                "ONNX inference time.",
+                ["model_version"],
+                buckets=LATENCY_BUCKETS,
+            ),
+            "end_to_end": Histogram(
+                "heimdall_end_to_end_seconds",
+                "Time from submission to the recorded result.",
+                ["outcome"],
+                buckets=LATENCY_BUCKETS,
+            ),
+            "submission": Histogram(
+                "heimdall_submission_seconds",
+                "Time the shim takes to accept (or refuse) a submission.",
+                ["endpoint", "status"],
+                buckets=LATENCY_BUCKETS,
+            ),
+        }
+    return _METRICS
+
+
+_METRICS: dict[str, Any] | None = None
+
+
+def record_job(outcome: dict[str, Any]) -> None:
+    """Record a finished job from the dict the task returns (see ``JobOutcome.to_json``)."""
+    metrics = _metrics()
+    status = outcome.get("status", "unknown")
+    version = outcome.get("model_version") or "none"
+    metrics["jobs"].labels(status, version).inc()
+    if status == "duplicate":
+        return
+    timings = outcome.get("timings") or {}
+    if status == "succeeded":
+        metrics["cache"].labels("hit" if outcome.get("cache_hit") else "miss").inc()
+    if "queue_wait_ms" in timings:
+        metrics["queue_wait"].observe(timings["queue_wait_ms"] / 1e3)
+    if "features_ms" in timings:
+        metrics["features"].observe(timings["features_ms"] / 1e3)
+    if "inference_ms" in timings:
+        metrics["inference"].labels(version).observe(timings["inference_ms"] / 1e3)
+    if "queue_wait_ms" in timings and "worker_total_ms" in timings:
+        total = (timings["queue_wait_ms"] + timings["worker_total_ms"]) / 1e3
+        metrics["end_to_end"].labels(status).observe(total)
+
+
+def record_submission(endpoint: str, status: int, seconds: float) -> None:
+    _metrics()["submission"].labels(endpoint, str(status)).observe(seconds)
+
+
+def connect_worker_signals() -> None:
+    """Record every finished task from Celery's ``task_postrun`` hook."""
+    from celery.signals import task_postrun
+
+    def on_postrun(retval: Any = None, state: str | None = None, **_: Any) -> None:
+        if isinstance(retval, dict):
+            record_job(retval)
+        elif state == "FAILURE":
+            _metrics()["jobs"].labels("error", "none").inc()
+
+    task_postrun.connect(on_postrun, weak=False)
+
+
+def start_worker_exporter(port: int) -> None:
+    """Serve the summed metrics of all worker processes from the main process."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr="0.0.0.0", registry=registry)
+    log.info("worker metrics on :%d/metrics", port)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a finished process's live gauges (called when a pool child exits)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def render(extra_collectors: tuple[Any, ...] = ()) -> tuple[bytes, str]:
+    """The exposition text of this service's metrics (all its processes) and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    _metrics()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    for collector in extra_collectors:
+        registry.register(collector)
+    try:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    finally:
+        for collector in extra_collectors:
+            registry.unregister(collector)

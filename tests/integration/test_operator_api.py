@@ -1,0 +1,255 @@
+"""Batch submission, ellipses for maps, metrics, the producer client and the people's CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+
+from inference_worker.processes import cli_process, wait_until
+from tasks.producer import CaptureProducer
+from tests.integration.test_end_to_end import json_body, submit_npy, wait_final
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_json_batch_accepts_the_good_captures_and_names_what_is_wrong_with_the_others(
+    client, worker, simulator
+):
+    rng = np.random.default_rng()
+    good = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25) for _ in range(2)]
+    bad = json_body(good[0])
+    bad["receivers"] = ["torino", "montanaro", "nowhere"]
+    response = client.post(
+        "/predict-batch", json={"captures": [json_body(good[0]), bad, json_body(good[1])]}
+    )
+
+    body = response.get_json()
+    assert response.status_code == 202, body
+    assert body["accepted"] == 2 and body["rejected"] == 1
+    assert (
+        body["jobs"][1]["index"] == 1 and "unknown receiver" in body["jobs"][1]["error"]["message"]
+    )
+    for item in (body["jobs"][0], body["jobs"][2]):
+        assert wait_final(client, item["job_id"])["status"] == "succeeded"
+    batch = client.get(body["status_url"]).get_json()
+    assert batch["counts"] == {"succeeded": 2}
+    assert {j["job_id"] for j in batch["jobs"]} == {
+        body["jobs"][0]["job_id"],
+        body["jobs"][2]["job_id"],
+    }
+
+
+def test_binary_batch_of_k_captures_is_located(client, worker, simulator, capture):
+    rng = np.random.default_rng()
+    captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(3)]
+    stack = np.stack([c.iq for c in captures])
+    response = client.post(
+        "/predict-batch",
+        data=npy(stack),
+        content_type="application/x-npy",
+        query_string={
+            "sample_rate_hz": 12_000.0,
+            "frequency_mhz": 145.5,
+            "receivers": ",".join(capture.receivers),
+        },
+    )
+    body = response.get_json()
+    assert response.status_code == 202, body
+    assert body["accepted"] == 3
+    views = [wait_final(client, item["job_id"]) for item in body["jobs"]]
+    assert all(v["status"] == "succeeded" and v["batch_id"] == body["batch_id"] for v in views)
+
+
+def test_batch_over_the_limit_is_413_and_an_all_bad_batch_is_422(client, settings, capture):
+    too_many = {"captures": [{"iq_data": "AAAA"}] * (settings.max_batch_captures + 1)}
+    assert client.post("/predict-batch", json=too_many).status_code == 413
+    all_bad = client.post("/predict-batch", json={"captures": [{"iq_data": 5}, "nope"]})
+    assert all_bad.status_code == 422
+    assert all_bad.get_json()["accepted"] == 0 and all_bad.get_json()["batch_id"] is None
+
+
+def test_uncertainty_ellipse_is_ready_to_draw(client, worker, capture):
+    job_id = submit_npy(client, capture).get_json()["job_id"]
+    view = wait_final(client, job_id)
+
+    response = client.get("/uncertainty-ellipse", query_string={"job_id": job_id})
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert set(body["ellipses"]) == {"68", "95"}
+    assert (
+        body["ellipses"]["95"]["semi_major_m"] == view["result"]["ellipses"]["95"]["semi_major_m"]
+    )
+    kinds = [f["properties"]["kind"] for f in body["geojson"]["features"]]
+    assert kinds == ["estimate", "ellipse", "ellipse", "receiver", "receiver", "receiver"]
+    assert body["geojson"]["features"][0]["geometry"]["coordinates"] == [
+        view["result"]["lon"],
+        view["result"]["lat"],
+    ]
+    with_geojson = client.get(f"/jobs/{job_id}", query_string={"include": "geojson"}).get_json()
+    assert with_geojson["geojson"] == body["geojson"]
+
+
+def test_uncertainty_ellipse_errors_say_what_is_missing(client):
+    assert client.get("/uncertainty-ellipse").status_code == 400
+    assert client.get("/uncertainty-ellipse", query_string={"job_id": "nope"}).status_code == 404
+
+
+def test_shim_metrics_are_prometheus_text_with_submissions_and_queue_depth(client, worker, capture):
+    assert submit_npy(client, capture).status_code == 202
+    response = client.get("/metrics")
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    assert 'heimdall_submission_seconds_count{endpoint="predict",status="202"}' in text
+    assert "heimdall_queue_messages{" in text and "heimdall_queue_consumers{" in text
+
+
+def test_worker_serves_job_metrics_from_all_its_processes(client, worker, capture, settings):
+    wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    assert 'heimdall_jobs_total{model_version="' in text and 'outcome="succeeded"' in text
+    assert "heimdall_inference_seconds_bucket" in text
+    assert "heimdall_cache_lookups_total" in text
+
+
+def test_producer_enqueues_straight_onto_rabbitmq_and_waits_for_the_result(
+    worker, settings, capture, stores
+):
+    jobs, _ = stores
+    with CaptureProducer(
+        settings.broker_url,
+        settings.redis_url,
+        queue=settings.queue,
+        redis_prefix=settings.redis_prefix,
+    ) as producer:
+        job_id = producer.submit(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=capture.receivers,
+        )
+        view = producer.wait(job_id, timeout_s=30)
+    assert view["status"] == "succeeded"
+    row = jobs.get(job_id)
+    assert row is not None and row["status"] == "succeeded"
+
+
+def test_cli_submits_a_capture_file_and_prints_the_result(worker, settings, capture, tmp_path):
+    path = tmp_path / "capture.npy"
+    np.save(path, capture.iq)
+    raw = tmp_path / "capture.c64"
+    capture.iq.tofile(raw)
+    env = {
+        **os.environ,
+        "HEIMDALL_QUEUE": settings.queue,
+        "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
+        "HEIMDALL_DATABASE_SCHEMA": settings.database_schema,
+    }
+    common = [
+        "--sample-rate",
+        "12000",
+        "--frequency-mhz",
+        "145.5",
+        "--receivers",
+        ",".join(capture.receivers),
+    ]
+    for args in ([str(path)], [str(raw), "--raw"]):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "inference_worker.cli",
+                "submit",
+                *args,
+                *common,
+                "--via",
+                "queue",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "succeeded" in done.stdout and "95% ellipse" in done.stdout
+
+
+def test_openapi_document_is_served(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    assert {
+        "/predict",
+        "/predict-batch",
+        "/jobs/{job_id}",
+        "/uncertainty-ellipse",
+        "/health",
+    } <= set(document["paths"])
+
+
+def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth(
+    worker, settings, capture, client, tmp_path
+):
+    port = free_port()
+    password = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "HEIMDALL_QUEUE": settings.queue,
+        "HEIMDALL_FLOWER_PORT": str(port),
+        "HEIMDALL_FLOWER_BASIC_AUTH": f"operator:{password}",
+    }
+    base = f"http://127.0.0.1:{port}"
+    auth = "Basic " + base64.b64encode(f"operator:{password}".encode()).decode()
+
+    def get(path: str, with_auth: bool = True) -> bytes:
+        headers = {"Authorization": auth} if with_auth else {}
+        request = urllib.request.Request(base + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    def up() -> bool:
+        try:
+            get("/healthcheck")
+        except OSError:
+            return False
+        return True
+
+    with cli_process(["flower"], tmp_path / "flower.log", env) as flower:
+        wait_until("Flower", up, 30, flower)
+        job_id = submit_npy(client, capture).get_json()["job_id"]
+        wait_final(client, job_id)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get("/api/workers", with_auth=False)
+        assert refused.value.code == 401
+        refused.value.close()
+        workers = json.loads(get("/api/workers?refresh=1"))
+        assert any(name.startswith("heimdall-") for name in workers)
+        # Flower learns of tasks from the workers' events.
+        second = submit_npy(client, capture).get_json()["job_id"]
+        wait_final(client, second)
+        deadline = time.monotonic() + 15
+        while second not in json.loads(get("/api/tasks")):
+            assert time.monotonic() < deadline, "Flower never saw the task"
+            time.sleep(0.5)

@@ -1,0 +1,250 @@
+"""Load test of a running Heimdall inference service (local only).
+
+Concurrent clients submit simulated captures to the HTTP shim and poll each job to its end.
+Prints submission and end-to-end percentiles, throughput, cache hit rate and errors, with
+progress while it runs, and writes a JSON report. It stops by itself (after ``--count``
+captures or ``--seconds``) and refuses any address that is not on this machine.
+
+    heimdall-inference worker &  heimdall-inference api &
+    python tools/load_test_inference.py --clients 100 --preset 12k --count 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api_shim.client import ShimClient, ShimError  # noqa: E402
+from inference_worker.settings import load_settings  # noqa: E402
+from inference_worker.simulator import CaptureSimulator  # noqa: E402
+
+PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
+
+
+@dataclass
+class Tally:
+    submit_ms: list[float] = field(default_factory=list)
+    server_end_to_end_ms: list[float] = field(default_factory=list)
+    client_end_to_end_ms: list[float] = field(default_factory=list)
+    submitted: int = 0
+    succeeded: int = 0
+    failed_jobs: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def error(self, text: str) -> None:
+        with self.lock:
+            self.errors += 1
+            if len(self.error_samples) < 10:
+                self.error_samples.append(text)
+
+
+def require_local(url: str) -> None:
+    host = urllib.parse.urlparse(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise SystemExit(f"error: cannot resolve {host!r}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise SystemExit(
+            f"error: {url} is not on this machine; the load test only targets loopback"
+        )
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    array = np.asarray(values)
+    return {
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "p99": float(np.percentile(array, 99)),
+        "max": float(array.max()),
+    }
+
+
+def main() -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=f"http://{settings.api_host}:{settings.api_port}")
+    parser.add_argument("--clients", type=int, default=100, help="concurrent clients")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="12k",
+        help="12k: 12 kHz x 1 s; 192k: 192 kHz x 0.25 s",
+    )
+    parser.add_argument(
+        "--duplicates",
+        type=float,
+        default=0.1,
+        help="share of submissions that resend an earlier capture unchanged",
+    )
+    parser.add_argument("--count", type=int, default=1000, help="captures to submit in all")
+    parser.add_argument("--seconds", type=float, default=300.0, help="stop submitting after this")
+    parser.add_argument("--job-timeout", type=float, default=60.0)
+    parser.add_argument("--report", type=Path, default=ROOT / "var" / "load-test.json")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    require_local(args.url)
+
+    client = ShimClient(args.url, timeout_s=30)
+    try:
+        status, health = client.health()
+    except OSError as exc:
+        raise SystemExit(
+            f"error: no shim at {args.url} ({exc}); start `heimdall-inference api`"
+        ) from None
+    if status != 200 or not health["checks"]["model"]["ok"]:
+        raise SystemExit(f"error: the service is not ready: {json.dumps(health)[:400]}")
+
+    rate, duration = PRESETS[args.preset]
+    simulator = CaptureSimulator()
+    rng = np.random.default_rng(args.seed)
+    pool = [simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration) for _ in range(64)]
+    print(
+        f"{args.clients} clients, {args.count} captures of {rate / 1e3:g} kHz x {duration:g} s, "
+        f"{args.duplicates:.0%} duplicates, against {args.url}",
+        flush=True,
+    )
+
+    tally = Tally()
+    sent: list[int] = []
+    counter = iter(range(args.count))
+    counter_lock = threading.Lock()
+    started = time.monotonic()
+    deadline = started + args.seconds
+
+    def capture_bytes(number: int) -> np.ndarray:
+        """Capture ``number``: a pool capture made unique (as fresh noise would) by a tiny gain."""
+        return pool[number % len(pool)].iq * np.complex64(1.0 + 1e-6 * number)
+
+    def one_client(index: int) -> None:
+        local = random.Random(args.seed * 1000 + index)
+        own = ShimClient(args.url, timeout_s=30)
+        receivers = list(pool[0].receivers)
+        while time.monotonic() < deadline:
+            with counter_lock:
+                number = next(counter, None)
+                if number is None:
+                    return
+                if sent and local.random() < args.duplicates:
+                    number = local.choice(sent)  # resend an earlier capture unchanged
+                else:
+                    sent.append(number)
+            capture_iq = capture_bytes(number)
+            submit_started = time.perf_counter()
+            try:
+                accepted = own.submit_npy(
+                    capture_iq,
+                    sample_rate_hz=rate,
+                    frequency_mhz=pool[0].frequency_mhz,
+                    receivers=receivers,
+                )
+            except (ShimError, OSError) as exc:
+                tally.error(f"submit: {exc}")
+                continue
+            submit_ms = (time.perf_counter() - submit_started) * 1e3
+            with tally.lock:
+                tally.submitted += 1
+                tally.submit_ms.append(submit_ms)
+            try:
+                view = own.wait(accepted["job_id"], timeout_s=args.job_timeout, interval_s=0.05)
+            except (ShimError, OSError, TimeoutError) as exc:
+                tally.error(f"poll: {exc}")
+                continue
+            client_ms = (time.perf_counter() - submit_started) * 1e3
+            with tally.lock:
+                if view["status"] == "succeeded":
+                    tally.succeeded += 1
+                    tally.cache_hits += bool(view["cache_hit"])
+                    tally.server_end_to_end_ms.append(view["timings"]["end_to_end_ms"])
+                    tally.client_end_to_end_ms.append(client_ms)
+                else:
+                    tally.failed_jobs += 1
+                    if len(tally.error_samples) < 10:
+                        tally.error_samples.append(f"job failed: {view['error']}")
+
+    stop_progress = threading.Event()
+
+    def progress() -> None:
+        while not stop_progress.wait(2.0):
+            elapsed = time.monotonic() - started
+            with tally.lock:
+                print(
+                    f"  {elapsed:5.0f} s: {tally.submitted} submitted, {tally.succeeded} done, "
+                    f"{tally.errors + tally.failed_jobs} errors, {tally.succeeded / elapsed:.0f} jobs/s",
+                    flush=True,
+                )
+
+    reporter = threading.Thread(target=progress, daemon=True)
+    reporter.start()
+    with ThreadPoolExecutor(max_workers=args.clients) as executor:
+        list(executor.map(one_client, range(args.clients)))
+    stop_progress.set()
+    elapsed = time.monotonic() - started
+
+    report = {
+        "when": datetime.now(UTC).isoformat(),
+        "url": args.url,
+        "clients": args.clients,
+        "preset": args.preset,
+        "sample_rate_hz": rate,
+        "duration_s": duration,
+        "duplicates": args.duplicates,
+        "elapsed_s": elapsed,
+        "submitted": tally.submitted,
+        "succeeded": tally.succeeded,
+        "failed_jobs": tally.failed_jobs,
+        "errors": tally.errors,
+        "throughput_jobs_per_s": tally.succeeded / elapsed,
+        "cache_hit_rate": tally.cache_hits / max(tally.succeeded, 1),
+        "submission_ms": percentiles(tally.submit_ms),
+        "end_to_end_ms_server": percentiles(tally.server_end_to_end_ms),
+        "end_to_end_ms_client": percentiles(tally.client_end_to_end_ms),
+        "error_samples": tally.error_samples,
+        "tally": {k: v for k, v in asdict(tally).items() if isinstance(v, int)},
+    }
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+
+    def row(name: str, values: dict[str, float | None]) -> str:
+        cells = " ".join(
+            f"{values[k]:8.1f}" if values[k] is not None else f"{'-':>8}"
+            for k in ("p50", "p95", "p99", "max")
+        )
+        return f"{name:<28} {cells}"
+
+    print(f"\n{'latency (ms)':<28} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+    print(row("submission", report["submission_ms"]))
+    print(row("end to end (server clock)", report["end_to_end_ms_server"]))
+    print(row("end to end (client, polled)", report["end_to_end_ms_client"]))
+    print(
+        f"\nthroughput {report['throughput_jobs_per_s']:.1f} jobs/s over {elapsed:.1f} s; "
+        f"{tally.succeeded} succeeded, {tally.failed_jobs} failed, {tally.errors} errors; "
+        f"cache hit rate {report['cache_hit_rate']:.1%} (duplicates sent: {args.duplicates:.0%})"
+    )
+    print(f"report: {args.report}")
+    return 0 if tally.errors == 0 and tally.failed_jobs == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
