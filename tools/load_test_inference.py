@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,7 +102,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="stop submitting after this")
     parser.add_argument("--job-timeout", type=float, default=60.0)
     parser.add_argument("--report", type=Path, default=ROOT / "var" / "load-test.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, help="simulation seed (default: a new one, so no capture repeats an earlier run's)"
+    )
     args = parser.parse_args()
     require_local(args.url)
 
@@ -118,6 +120,8 @@ def main() -> int:
 
     rate, duration = PRESETS[args.preset]
     simulator = CaptureSimulator()
+    if args.seed is None:
+        args.seed = int(time.time() * 1000) % 1_000_000
     rng = np.random.default_rng(args.seed)
     pool = [simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration) for _ in range(64)]
     print(
@@ -221,7 +225,6 @@ def main() -> int:
         "end_to_end_ms_server": percentiles(tally.server_end_to_end_ms),
         "end_to_end_ms_client": percentiles(tally.client_end_to_end_ms),
         "error_samples": tally.error_samples,
-        "tally": {k: v for k, v in asdict(tally).items() if isinstance(v, int)},
     }
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
