@@ -17,6 +17,7 @@ import numpy as np
 
 from api_shim.client import ShimClient, ShimError
 from inference_worker.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.model import ModelError, load_metadata
 from inference_worker.processes import cli_process, wait_until
 from inference_worker.settings import Settings
 from inference_worker.simulator import CaptureSimulator
@@ -79,10 +80,23 @@ def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) 
             wait_until("the worker", worker_ready, 60, worker)
         else:
             _say("using the worker(s) already serving the queue")
-        return _locate_captures(client, captures, seed)
+        return _locate_captures(client, captures, seed, settings.model_dir)
 
 
-def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int:
+def reference_figures(model_dir: Path) -> str:
+    """The configured model's held-out evaluation, to compare the demo's errors with."""
+    try:
+        rows = load_metadata(model_dir, verify=False).metrics["evaluation"]["rows"]
+    except (ModelError, KeyError):
+        return "the model carries no evaluation figures"
+    overall = rows["all"]["model"]
+    return (
+        f"held-out evaluation of the model: median {overall['median_km']:.1f} km, "
+        f"90th percentile {overall['p90_km']:.1f} km (docs/evaluation)"
+    )
+
+
+def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_dir: Path) -> int:
     if seed is None:
         seed = int(time.time() * 1000) % 1_000_000
     _say(f"simulating {captures} captures with seed {seed} (--seed {seed} repeats them)")
@@ -123,6 +137,7 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int
     )
     failures = 0
     repeat_hit = False
+    errors_km: list[float] = []
     rows = [*submitted, (duplicate["job_id"], first, "same as first (repeat)", float("nan"))]
     for job_id, capture, label, submit_ms in rows:
         try:
@@ -138,6 +153,8 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int
         result = view["result"]
         estimate = estimate_from_result(result)
         error_km = distance_m(result["lat"], result["lon"], capture.lat, capture.lon) / 1e3
+        if job_id != duplicate["job_id"]:
+            errors_km.append(error_km)
         e68 = result["ellipses"]["68"]
         inside = "in" if contains(estimate, capture.lat, capture.lon, 0.95) else "out"
         end_to_end = view["timings"].get("end_to_end_ms", float("nan"))
@@ -154,6 +171,11 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None) -> int
         "error: distance from the simulated true position; 95%: whether the truth lies inside "
         "the 95% ellipse; total: submission to result."
     )
+    if errors_km:
+        _say(
+            f"median error of these captures: {float(np.median(errors_km)):.1f} km; "
+            + reference_figures(model_dir)
+        )
     if failures:
         _say(f"{failures} capture(s) did not succeed")
         return 1

@@ -103,7 +103,9 @@ def main() -> int:
     parser.add_argument("--job-timeout", type=float, default=60.0)
     parser.add_argument("--report", type=Path, default=ROOT / "var" / "load-test.json")
     parser.add_argument(
-        "--seed", type=int, help="simulation seed (default: a new one, so no capture repeats an earlier run's)"
+        "--seed",
+        type=int,
+        help="simulation seed (default: a new one, so no capture repeats an earlier run's)",
     )
     args = parser.parse_args()
     require_local(args.url)
