@@ -42,6 +42,7 @@ from inference_worker.ellipse import feature_collection
 from inference_worker.jobs import TRANSIENT_ERRORS, job_view
 from inference_worker.model import ModelError, load_metadata
 from inference_worker.reachability import probe_broker
+from inference_worker.registry import serving_model_dir
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    metadata = load_metadata(settings.model_dir, verify=False)
+    model_dir = serving_model_dir(settings)
+    metadata = load_metadata(model_dir, verify=False)
     limits = CaptureLimits(
         min_samples=metadata.features.min_samples,
         max_samples=settings.max_samples_per_receiver,
@@ -359,7 +361,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "redis": _check(store.ping),
             "database": _check(jobs.ping),
         }
-        model = _model_check(settings, store)
+        model = _model_check(settings, model_dir, store)
         stores_ok = all(c["ok"] for c in checks.values())
         status = "ok" if stores_ok and model["ok"] else ("degraded" if stores_ok else "unavailable")
         body = {"status": status, "checks": {**checks, "model": model}}
@@ -377,10 +379,10 @@ def _check(probe: Any) -> dict[str, Any]:
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
 
 
-def _model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
+def _model_check(settings: Settings, model_dir: Path, store: RedisStore) -> dict[str, Any]:
     """The configured model is intact and at least one worker on this queue has it loaded."""
     try:
-        metadata = load_metadata(settings.model_dir, verify=True)
+        metadata = load_metadata(model_dir, verify=True)
     except ModelError as exc:
         return {"ok": False, "error": str(exc), "workers": []}
     try:

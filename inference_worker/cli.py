@@ -48,15 +48,30 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
-def _check_model(settings: Settings) -> None:
-    from inference_worker.model import LocalizationModel, ModelError
+def _prepare_registry(settings: Settings) -> None:
+    """In registry mode, make sure the served alias exists (an empty registry gets the
+    reference model as champion) and its verified copy is cached."""
+    from inference_worker.model import ModelError
+    from inference_worker.registry import RegistryError, serving_model_dir
 
     try:
-        model = LocalizationModel(settings.model_dir)
-    except ModelError as exc:
-        print(f"error: cannot use the model in {settings.model_dir}: {exc}", file=sys.stderr)
+        serving_model_dir(settings, bootstrap=True)
+    except (ModelError, RegistryError) as exc:
+        print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"model {model.metadata.name} {model.version} verified ({settings.model_dir})")
+
+
+def _check_model(settings: Settings) -> None:
+    from inference_worker.model import LocalizationModel, ModelError
+    from inference_worker.registry import RegistryError, serving_model_dir
+
+    try:
+        model_dir = serving_model_dir(settings, bootstrap=True)
+        model = LocalizationModel(model_dir)
+    except (ModelError, RegistryError) as exc:
+        print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"model {model.metadata.name} {model.version} verified ({model_dir})")
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
@@ -98,6 +113,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     _require_services(settings)
     _migrate(settings)
+    _prepare_registry(settings)
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     workers = args.workers or settings.api_workers
@@ -231,6 +247,53 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.model import ModelError
+    from inference_worker.registry import RegistryError, open_registry
+
+    if args.action != "list" and not args.target:
+        print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+    if args.action == "promote" and not args.alias:
+        print(
+            "error: models promote VERSION needs --alias (champion, challenger, ...)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    registry = open_registry(settings)
+    try:
+        if args.action == "list":
+            versions = registry.versions()
+            if args.json:
+                print(json.dumps([v.to_json() for v in versions], indent=2))
+                return
+            if not versions:
+                print(f"no versions of {registry.name} registered")
+            for v in versions:
+                aliases = ", ".join(v.aliases) or "-"
+                print(
+                    f"{v.version:>4}  {v.model_version:<12} aliases: {aliases:<22} {v.description}"
+                )
+        elif args.action == "register":
+            registered = registry.register(Path(args.target), description=args.description or "")
+            print(f"registered {args.target} as version {registered.version}")
+            if args.alias:
+                registry.set_alias(args.alias, registered.version)
+                print(f"{args.alias} -> version {registered.version}")
+        elif args.action == "promote":
+            registry.set_alias(args.alias, args.target)
+            print(f"{args.alias} -> version {args.target}")
+        elif args.action == "demote":
+            registry.remove_alias(args.target)
+            print(f"alias {args.target} removed")
+        elif args.action == "verify":
+            found, model_dir = registry.fetch(args.target)
+            print(f"version {found.version} verified (sha256 {found.sha256[:12]}…): {model_dir}")
+    except (RegistryError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     _require_services(settings)
     _migrate(settings)
@@ -288,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=60.0)
     submit.add_argument("--json", action="store_true", help="print the whole job as JSON")
     submit.set_defaults(func=cmd_submit)
+
+    models = sub.add_parser(
+        "models",
+        help="the model registry: list, register, promote (set an alias), demote, verify",
+        description="list | register MODEL_DIR [--alias A] | promote VERSION --alias A | "
+        "demote ALIAS | verify VERSION_OR_ALIAS",
+    )
+    models.add_argument("action", choices=["list", "register", "promote", "demote", "verify"])
+    models.add_argument("target", nargs="?", help="model folder, version number or alias")
+    models.add_argument("--alias", help="alias to set (champion, challenger, ...)")
+    models.add_argument("--description")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
 
     status = sub.add_parser("status", help="show a job's status and result")
     status.add_argument("job_id")

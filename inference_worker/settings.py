@@ -51,9 +51,30 @@ class Settings(BaseSettings):
     )
 
     # --- model ----------------------------------------------------------------------------
+    model_source: Literal["dir", "registry"] = Field(
+        "dir",
+        description="Where the model comes from: 'dir' (model_dir) or 'registry' (MLflow, "
+        "the version under model_alias).",
+    )
     model_dir: Path = Field(
         DEFAULT_MODEL_DIR,
-        description="Folder holding model.onnx and its metadata (model.json).",
+        description="Folder holding model.onnx and its metadata (model.json); with the registry, "
+        "the model registered when the registry is empty.",
+    )
+    model_name: str = Field("heimdall-localization", description="Registered model name.")
+    model_alias: str = Field("champion", description="Registry alias the workers serve.")
+    data_dir: Path = Field(
+        Path("var"), description="Local data folder (embedded registry, model cache)."
+    )
+    registry_uri: str = Field(
+        "",
+        description="MLflow registry store, e.g. postgresql://... or http://mlflow:5000; "
+        "empty: an embedded SQLite registry in data_dir.",
+    )
+    registry_artifacts: str = Field(
+        "",
+        description="Where new versions' files are stored (s3://..., or empty for data_dir; "
+        "with an MLflow server, its artifact proxy).",
     )
     onnx_intra_op_threads: int = Field(
         1, ge=1, description="onnxruntime intra-op threads per worker process."
@@ -122,6 +143,22 @@ class Settings(BaseSettings):
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return (
+            self.registry_uri or f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+        )
+
+    @property
+    def resolved_registry_artifacts(self) -> str | None:
+        if self.registry_artifacts:
+            return self.registry_artifacts
+        return (
+            None
+            if self.registry_uri
+            else (self.data_dir / "mlflow" / "artifacts").resolve().as_uri()
+        )
 
     @property
     def model_file(self) -> Path:

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from inference_worker import observability
 from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, run_job
 from inference_worker.model import LocalizationModel
+from inference_worker.registry import serving_model_dir
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -72,8 +73,9 @@ class ProcessRuntime:
         # or concurrent processes oversubscribe the cores and small products slow down 30x.
         threadpool_limits(1)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        model_dir = serving_model_dir(settings)
         model = LocalizationModel(
-            settings.model_dir,
+            model_dir,
             intra_op_threads=settings.onnx_intra_op_threads,
             inter_op_threads=settings.onnx_inter_op_threads,
         )
@@ -82,7 +84,7 @@ class ProcessRuntime:
         model_version_id = jobs.register_model(
             name=meta.name,
             version=meta.version,
-            onnx_path=str(settings.model_file),
+            onnx_path=str(model_dir / "model.onnx"),
             sha256=meta.sha256,
             metrics=meta.metrics,
         )

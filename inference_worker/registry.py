@@ -1,0 +1,219 @@
+"""The model registry: MLflow model versions with aliases, and verified local copies.
+
+The only module that imports mlflow. Each registered version holds the model folder
+(``model.onnx`` + ``model.json``) as run artifacts and its sha256 as a tag. Aliases
+(``champion``, ``challenger``) name the versions in use; registry stages are deprecated.
+A version is downloaded once into a local cache and its sha256 checked before anyone uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference_worker.model import ModelError, file_sha256, load_metadata
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "heimdall-models"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (unknown version or alias, unreachable store)."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: str
+    """The registry's version number, as a string."""
+    model_version: str
+    """The version written in the model's own metadata."""
+    sha256: str
+    aliases: tuple[str, ...]
+    source: str
+    description: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model_version": self.model_version,
+            "sha256": self.sha256,
+            "aliases": list(self.aliases),
+            "description": self.description,
+        }
+
+
+class ModelRegistry:
+    def __init__(
+        self, uri: str, *, name: str, cache_dir: Path, artifact_location: str | None = None
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.name = name
+        self.cache_dir = cache_dir
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    # --- reading ----------------------------------------------------------------------------
+    def aliases(self) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            aliases = self.client.get_registered_model(self.name).aliases
+        except MlflowException:
+            return {}
+        return {alias: str(version) for alias, version in aliases.items()}
+
+    def versions(self) -> list[RegisteredVersion]:
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.aliases().items():
+            by_version.setdefault(str(version), []).append(alias)
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        return sorted(
+            (self._describe(v, by_version.get(str(v.version), [])) for v in found),
+            key=lambda v: int(v.version),
+        )
+
+    def resolve(self, reference: str) -> RegisteredVersion:
+        """A version from its number or one of its aliases."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if reference.isdigit():
+                found = self.client.get_model_version(self.name, reference)
+            else:
+                found = self.client.get_model_version_by_alias(self.name, reference)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"{self.name}: no version or alias {reference!r} ({exc.error_code})"
+            ) from None
+        aliases = [a for a, v in self.aliases().items() if str(v) == str(found.version)]
+        return self._describe(found, aliases)
+
+    @staticmethod
+    def _describe(found: Any, aliases: list[str]) -> RegisteredVersion:
+        tags = dict(found.tags or {})
+        return RegisteredVersion(
+            version=str(found.version),
+            model_version=tags.get("model_version", ""),
+            sha256=tags.get("sha256", ""),
+            aliases=tuple(sorted(aliases)),
+            source=found.source,
+            description=found.description or "",
+        )
+
+    # --- writing ----------------------------------------------------------------------------
+    def register(self, model_dir: Path, description: str = "") -> RegisteredVersion:
+        """Register a model folder as a new version (refused if its sha256 does not match)."""
+        from mlflow.exceptions import MlflowException
+
+        metadata = load_metadata(model_dir, verify=True)
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(EXPERIMENT, artifact_location=self.artifact_location)
+        )
+        run = self.client.create_run(experiment_id, tags={"model_version": metadata.version})
+        for name in ("model.onnx", "model.json"):
+            self.client.log_artifact(run.info.run_id, str(model_dir / name), artifact_path="model")
+        self.client.set_terminated(run.info.run_id)
+        try:
+            self.client.create_registered_model(self.name)
+        except MlflowException:
+            pass  # it exists already
+        created = self.client.create_model_version(
+            self.name,
+            f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={"sha256": metadata.sha256, "model_version": metadata.version},
+            description=description or f"{metadata.name} {metadata.version}",
+        )
+        log.info("registered %s %s as version %s", metadata.name, metadata.version, created.version)
+        return self._describe(created, [])
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.resolve(version)  # a clear error for an unknown version
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def remove_alias(self, alias: str) -> None:
+        if alias not in self.aliases():
+            raise RegistryError(f"{self.name}: no alias {alias!r}")
+        self.client.delete_registered_model_alias(self.name, alias)
+
+    def bootstrap(self, reference_dir: Path) -> None:
+        """With an empty registry, register the reference model and make it champion."""
+        if self.client.search_model_versions(f"name='{self.name}'"):
+            return
+        registered = self.register(
+            reference_dir, description="reference model shipped with the service"
+        )
+        self.set_alias(CHAMPION, registered.version)
+        log.info(
+            "empty registry: reference model registered as version %s (champion)",
+            registered.version,
+        )
+
+    # --- verified local copies --------------------------------------------------------------
+    def fetch(self, reference: str) -> tuple[RegisteredVersion, Path]:
+        """Resolve, download once into the cache, and verify a version before use.
+
+        Raises:
+            RegistryError: unknown version or alias.
+            ModelError: the files do not match the sha256 registered with the version, or are
+                malformed. The cached copy is removed so a fixed version can be fetched again.
+        """
+        import mlflow.artifacts
+
+        found = self.resolve(reference)
+        target = self.cache_dir / self.name / found.version
+        model_dir = target / "model"
+        if not (model_dir / "model.onnx").is_file():
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=str(target))
+        try:
+            actual = file_sha256(model_dir / "model.onnx")
+            if actual != found.sha256:
+                raise ModelError(
+                    f"version {found.version}: model.onnx has sha256 {actual}, "
+                    f"the registry says {found.sha256}"
+                )
+            load_metadata(model_dir, verify=True)
+        except (ModelError, FileNotFoundError) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise ModelError(f"{self.name} version {found.version} refused: {exc}") from None
+        return found, model_dir
+
+
+def open_registry(settings: Any) -> ModelRegistry:
+    """The registry the settings name (the embedded SQLite one by default)."""
+    if not settings.registry_uri:
+        (settings.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    return ModelRegistry(
+        settings.resolved_registry_uri,
+        name=settings.model_name,
+        cache_dir=settings.data_dir / "model-cache",
+        artifact_location=settings.resolved_registry_artifacts,
+    )
+
+
+def serving_model_dir(settings: Any, *, bootstrap: bool = False) -> Path:
+    """The model folder to serve: ``model_dir``, or the verified copy of the registry alias.
+
+    With ``bootstrap``, an empty registry first receives ``model_dir`` as its champion.
+    """
+    if settings.model_source != "registry":
+        return Path(settings.model_dir)
+    registry = open_registry(settings)
+    if bootstrap:
+        registry.bootstrap(Path(settings.model_dir))
+    found, model_dir = registry.fetch(settings.model_alias)
+    log.info("serving %s version %s (%s)", settings.model_name, found.version, settings.model_alias)
+    return model_dir
