@@ -7,7 +7,10 @@ mistakes and a 503 when a service it needs is down.
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -42,7 +45,7 @@ from inference_worker.ellipse import feature_collection
 from inference_worker.jobs import TRANSIENT_ERRORS, job_view
 from inference_worker.model import ModelError, load_metadata
 from inference_worker.reachability import probe_broker
-from inference_worker.registry import serving_model_dir
+from inference_worker.registry import RegistryError, open_registry, serving_model_dir
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -111,6 +114,96 @@ def create_app(settings: Settings | None = None) -> Flask:
             observability.record_submission(request.endpoint, response.status_code, elapsed)
         return response
 
+    @app.post("/model/reload")
+    def reload_model() -> tuple[Response, int]:
+        require_admin()
+        body = request.get_json(silent=True) if request.data else {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "body must be a JSON object (or empty)")
+        fraction = body.get("challenger_fraction")
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction <= 1
+        ):
+            raise ApiError(
+                422, "invalid_fraction", "challenger_fraction must be a number in [0, 1]"
+            )
+        try:
+            plan = reload_plan(settings)
+        except (ModelError, RegistryError) as exc:
+            raise ApiError(
+                409, "model_refused", f"reload refused, workers keep their models: {exc}"
+            ) from None
+        try:
+            generation = store.request_reload(None if fraction is None else float(fraction))
+            _, current_fraction = store.serving_state()
+        except TRANSIENT_ERRORS:
+            raise ApiError(503, "service_unavailable", "Redis is unavailable") from None
+        return jsonify(
+            {"generation": generation, "challenger_fraction": current_fraction, **plan}
+        ), 202
+
+    @app.get("/models")
+    def models() -> tuple[Response, int]:
+        generation, fraction = store.serving_state()
+        body: dict[str, Any] = {
+            "source": settings.model_source,
+            "name": settings.model_name if settings.model_source == "registry" else metadata.name,
+            "generation": generation,
+            "challenger_fraction": fraction,
+        }
+        if settings.model_source == "registry":
+            registry = open_registry(settings)
+            body["aliases"] = registry.aliases()
+            body["versions"] = [v.to_json() for v in registry.versions()]
+        else:
+            body["aliases"] = {"champion": metadata.version}
+            body["versions"] = [{"model_version": metadata.version, "sha256": metadata.sha256}]
+        body["workers"] = [_worker_models(w) for w in serving_workers(settings, store)]
+        return jsonify(body), 200
+
+    @app.get("/model/info")
+    def model_info() -> tuple[Response, int]:
+        info_dir = serving_model_dir(settings)
+        meta = load_metadata(info_dir, verify=False)
+        raw = json.loads((info_dir / "model.json").read_text())
+        return jsonify(
+            {
+                "name": meta.name,
+                "version": meta.version,
+                "architecture": meta.architecture,
+                "sha256": meta.sha256,
+                "input": raw.get(
+                    "input",
+                    {"shape": ["batch", *[3, meta.features.n_mels, meta.features.n_frames]]},
+                ),
+                "outputs": raw["outputs"],
+                "receivers": [r.__dict__ for r in meta.receivers],
+                "features": meta.features.to_metadata(),
+                "metrics": meta.metrics,
+                "training": raw.get("training", {}),
+            }
+        ), 200
+
+    @app.get("/health/model")
+    def health_model() -> tuple[Response, int]:
+        generation, _ = store.serving_state()
+        workers = serving_workers(settings, store)
+        problems = [
+            f"{w['worker_id']}: {w.get('last_error') or 'generation ' + str(w.get('generation'))}"
+            for w in workers
+            if w.get("last_error") or w.get("generation") != generation
+        ]
+        ok = bool(workers) and not problems
+        body = {
+            "ok": ok,
+            "generation": generation,
+            "workers": [_worker_models(w) for w in workers],
+            "problems": problems if workers else ["no worker is serving this queue"],
+        }
+        return jsonify(body), 200 if ok else 503
+
     @app.get("/openapi.json")
     def openapi() -> Response:
         return Response(OPENAPI_FILE.read_bytes(), mimetype="application/json")
@@ -149,12 +242,40 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise ApiError(413, "capture_too_large", str(exc)) from None
         except CaptureError as exc:
             raise ApiError(422, "invalid_capture", str(exc)) from None
+        model = check_model_request(fields.get("model"))
         try:
-            return submitter.submit(iq, meta, job_id, batch_id)
+            return submitter.submit(iq, meta, job_id, batch_id, model)
         except JobConflict as exc:
             raise ApiError(409, "job_id_conflict", str(exc)) from None
         except ServiceUnavailable as exc:
             raise ApiError(503, "service_unavailable", str(exc)) from None
+
+    def check_model_request(value: object) -> str | None:
+        """A client may name a registry version or alias instead of the A/B split."""
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not MODEL_REF_PATTERN.match(value):
+            raise ApiError(422, "invalid_model", "model must be a registry version number or alias")
+        if settings.model_source == "registry":
+            try:
+                open_registry(settings).resolve(value)
+            except RegistryError as exc:
+                raise ApiError(422, "unknown_model", str(exc)) from None
+        elif value not in ("champion", metadata.version):
+            raise ApiError(422, "unknown_model", f"this service serves only {metadata.version!r}")
+        return value
+
+    def require_admin() -> None:
+        token = settings.admin_token.get_secret_value()
+        if not token:
+            raise ApiError(
+                403, "admin_disabled", "admin endpoints are off: set HEIMDALL_ADMIN_TOKEN"
+            )
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer "):
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <admin token>")
+        if not hmac.compare_digest(given.removeprefix("Bearer ").encode(), token.encode()):
+            raise ApiError(403, "forbidden", "the admin token is not valid")
 
     def accept(iq: Any, fields: dict[str, Any]) -> tuple[Response, int]:
         accepted = submit_one(iq, fields)
@@ -386,7 +507,7 @@ def _model_check(settings: Settings, model_dir: Path, store: RedisStore) -> dict
     except ModelError as exc:
         return {"ok": False, "error": str(exc), "workers": []}
     try:
-        workers = [w for w in store.workers() if w.get("queue") == settings.queue]
+        workers = serving_workers(settings, store)
     except TRANSIENT_ERRORS as exc:
         return {"ok": False, "error": f"cannot read worker heartbeats: {exc}", "workers": []}
     body: dict[str, Any] = {
@@ -422,3 +543,34 @@ class QueueDepth:
         consumers.add_metric([self.queue], declared.consumer_count)
         yield messages
         yield consumers
+
+
+MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def serving_workers(settings: Settings, store: RedisStore) -> list[dict[str, Any]]:
+    return [w for w in store.workers() if w.get("queue") == settings.queue]
+
+
+def _worker_models(worker: dict[str, Any]) -> dict[str, Any]:
+    keys = ("worker_id", "generation", "challenger_fraction", "models", "last_error", "seen_at")
+    return {k: worker.get(k) for k in keys}
+
+
+def reload_plan(settings: Settings) -> dict[str, Any]:
+    """What a reload will serve, verified before any worker is asked (raises if refused)."""
+    if settings.model_source != "registry":
+        return {
+            "champion": load_metadata(Path(settings.model_dir), verify=True).version,
+            "challenger": None,
+        }
+    registry = open_registry(settings)
+    aliases = registry.aliases()
+    plan: dict[str, Any] = {"champion": None, "challenger": None}
+    for alias, key in ((settings.model_alias, "champion"), ("challenger", "challenger")):
+        if alias in aliases:
+            found, _ = registry.fetch(alias)
+            plan[key] = found.version
+    if plan["champion"] is None:
+        raise RegistryError(f"no version under alias {settings.model_alias!r}")
+    return plan

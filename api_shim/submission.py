@@ -55,7 +55,12 @@ class Submitter:
         self.blob_ttl_s = blob_ttl_s
 
     def submit(
-        self, iq: np.ndarray, meta: CaptureMeta, job_id: str | None, batch_id: str | None = None
+        self,
+        iq: np.ndarray,
+        meta: CaptureMeta,
+        job_id: str | None,
+        batch_id: str | None = None,
+        model: str | None = None,
     ) -> Accepted:
         """Accept a validated capture. Once this returns, the job is queued and will finish.
 
@@ -96,6 +101,7 @@ class Submitter:
             capture_time=meta.capture_time,
             iq_sha256=digest,
             batch_id=batch_id,
+            model=model,
         )
         try:
             self.store.put_blob(blob_key, np.ascontiguousarray(iq).tobytes(), self.blob_ttl_s)

@@ -251,7 +251,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     from inference_worker.model import ModelError
     from inference_worker.registry import RegistryError, open_registry
 
-    if args.action != "list" and not args.target:
+    if args.action not in ("list", "reload") and not args.target:
         print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)
         raise SystemExit(2)
     if args.action == "promote" and not args.alias:
@@ -286,6 +286,19 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
         elif args.action == "demote":
             registry.remove_alias(args.target)
             print(f"alias {args.target} removed")
+        elif args.action == "reload":
+            from api_shim.app import reload_plan
+            from inference_worker.storage.redis_store import RedisStore, connect
+
+            plan = reload_plan(settings)
+            store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+            generation = store.request_reload(args.challenger_fraction)
+            _, fraction = store.serving_state()
+            print(
+                f"reload requested (generation {generation}): champion version {plan['champion']}, "
+                f"challenger {plan['challenger'] or 'none'} with {fraction:.0%} of jobs; "
+                "each worker process swaps between jobs"
+            )
         elif args.action == "verify":
             found, model_dir = registry.fetch(args.target)
             print(f"version {found.version} verified (sha256 {found.sha256[:12]}…): {model_dir}")
@@ -354,15 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser(
         "models",
-        help="the model registry: list, register, promote (set an alias), demote, verify",
+        help="the model registry: list, register, promote (set an alias), demote, verify, reload",
         description="list | register MODEL_DIR [--alias A] | promote VERSION --alias A | "
-        "demote ALIAS | verify VERSION_OR_ALIAS",
+        "demote ALIAS | verify VERSION_OR_ALIAS | reload [--challenger-fraction F]",
     )
-    models.add_argument("action", choices=["list", "register", "promote", "demote", "verify"])
+    models.add_argument(
+        "action", choices=["list", "register", "promote", "demote", "verify", "reload"]
+    )
     models.add_argument("target", nargs="?", help="model folder, version number or alias")
     models.add_argument("--alias", help="alias to set (champion, challenger, ...)")
     models.add_argument("--description")
     models.add_argument("--json", action="store_true")
+    models.add_argument(
+        "--challenger-fraction", type=float, help="with reload: share of jobs for the challenger"
+    )
     models.set_defaults(func=cmd_models)
 
     status = sub.add_parser("status", help="show a job's status and result")

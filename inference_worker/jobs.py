@@ -277,6 +277,19 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
     )
 
 
+def fail_job(payload: object, services: JobServices, reason: str) -> JobOutcome:
+    """Record a job as failed without running it (e.g. it asked for a model nobody serves)."""
+    try:
+        message = parse_message(payload)
+    except BadJob as exc:
+        return _fail(services, None, str(exc), services.model.version)
+    if services.jobs.get(message.job_id) is None:
+        services.jobs.create(new_job_from(message))
+    outcome = _fail(services, message.job_id, reason, services.model.version)
+    services.redis.delete_blob(message.blob_key)
+    return outcome
+
+
 def _fail(services: JobServices, job_id: str | None, reason: str, model_version: str) -> JobOutcome:
     log.warning("job %s failed: %s", job_id, reason)
     if job_id is not None:

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         9808, ge=0, le=65535, description="Port of the worker's Prometheus metrics; 0 disables."
     )
 
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the admin endpoints (POST /model/reload); empty: off.",
+    )
+
     # --- Flower -----------------------------------------------------------------------------
     flower_address: str = Field("127.0.0.1", description="Address Flower listens on.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Port Flower listens on.")

@@ -12,6 +12,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery
@@ -19,9 +20,9 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from threadpoolctl import threadpool_limits
 
 from inference_worker import observability
-from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, run_job
-from inference_worker.model import LocalizationModel
-from inference_worker.registry import serving_model_dir
+from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, fail_job, run_job
+from inference_worker.registry import CHAMPION
+from inference_worker.serving import ModelUnavailable, ServedModels
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -30,8 +31,8 @@ from tasks.contract import TASK_NAME
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL_S = 10.0
-HEARTBEAT_TTL_S = 30
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
 
 
 def retry_delay_s(retries: int) -> float:
@@ -46,6 +47,8 @@ class ProcessRuntime:
         self.settings = settings
         self.worker_id = ""
         self._services: JobServices | None = None
+        self.served: ServedModels
+        self._started_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -73,50 +76,65 @@ class ProcessRuntime:
         # or concurrent processes oversubscribe the cores and small products slow down 30x.
         threadpool_limits(1)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        model_dir = serving_model_dir(settings)
-        model = LocalizationModel(
-            model_dir,
-            intra_op_threads=settings.onnx_intra_op_threads,
-            inter_op_threads=settings.onnx_inter_op_threads,
-        )
         jobs = JobStore(create_engine(settings.database_url, settings.database_schema, pool_size=2))
-        meta = model.metadata
-        model_version_id = jobs.register_model(
-            name=meta.name,
-            version=meta.version,
-            onnx_path=str(model_dir / "model.onnx"),
-            sha256=meta.sha256,
-            metrics=meta.metrics,
-        )
         store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+        self.served = ServedModels(settings, jobs, store)
+        self.served.refresh()
+        champion = self.served.by_alias[CHAMPION]
         services = JobServices(
             jobs=jobs,
             redis=store,
-            model=model,
-            model_version_id=model_version_id,
+            model=champion.model,
+            model_version_id=champion.model_version_id,
             result_ttl_s=settings.result_ttl_s,
             cache_ttl_s=settings.cache_ttl_s,
         )
-        info = {
-            "worker_id": self.worker_id,
-            "queue": settings.queue,
-            "model_name": meta.name,
-            "model_version": meta.version,
-            "model_sha256": meta.sha256,
-            "model_load_s": round(model.load_seconds, 4),
-            "model_warmup_s": round(model.warmup_seconds, 4),
-            "started_at": time.time(),
-        }
+        self._started_at = time.time()
         thread = threading.Thread(
-            target=self._beat, args=(store, info), name="heimdall-heartbeat", daemon=True
+            target=self._beat, args=(store,), name="heimdall-heartbeat", daemon=True
         )
         thread.start()
         return services
 
-    def _beat(self, store: RedisStore, info: dict[str, Any]) -> None:
+    def services_for(self, payload: object) -> tuple[JobServices, str | None]:
+        """The services for one job, with the model it should run on (reloading first if asked).
+
+        Returns the services and, when the job asked for a model nobody serves, the reason.
+        """
+        base = self.services()
+        self.served.refresh()
+        job_id = payload.get("job_id") if isinstance(payload, dict) else None
+        requested = payload.get("model") if isinstance(payload, dict) else None
+        try:
+            loaded = self.served.choose(
+                job_id if isinstance(job_id, str) else None,
+                requested if isinstance(requested, str) else None,
+            )
+        except ModelUnavailable as exc:
+            return base, str(exc)
+        return replace(base, model=loaded.model, model_version_id=loaded.model_version_id), None
+
+    def _info(self) -> dict[str, Any]:
+        served = self.served.describe()
+        champion = served["models"].get(CHAMPION, {})
+        return {
+            "worker_id": self.worker_id,
+            "queue": self.settings.queue,
+            "model_version": champion.get("model_version"),
+            "model_sha256": champion.get("sha256"),
+            "started_at": self._started_at,
+            "seen_at": time.time(),
+            **served,
+        }
+
+    def _beat(self, store: RedisStore) -> None:
         while not self._stop.is_set():
             try:
-                store.heartbeat(self.worker_id, {**info, "seen_at": time.time()}, HEARTBEAT_TTL_S)
+                self.served.refresh()  # idle processes follow a reload too
+            except Exception as exc:  # the process keeps its models; the heartbeat says why
+                log.error("reload failed: %s", exc)
+            try:
+                store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
             except TRANSIENT_ERRORS as exc:
                 log.warning("heartbeat to Redis failed: %s", exc)
             self._stop.wait(HEARTBEAT_INTERVAL_S)
@@ -131,7 +149,10 @@ def create_worker_app(settings: Settings) -> Celery:
     @app.task(name=TASK_NAME, bind=True, max_retries=settings.task_max_retries)
     def locate(self: Any, payload: object) -> dict[str, Any]:
         try:
-            return run_job(payload, runtime.services()).to_json()
+            services, unavailable = runtime.services_for(payload)
+            if unavailable is not None:
+                return fail_job(payload, services, unavailable).to_json()
+            return run_job(payload, services).to_json()
         except TRANSIENT_ERRORS as exc:
             log.warning(
                 "transient store error (attempt %d of %d): %s",

@@ -35,6 +35,8 @@ class LocateMessage(BaseModel):
     submitted_at: datetime | None = None
     """When the producer accepted the capture (the worker records the job then if no row exists)."""
     batch_id: str | None = Field(None, max_length=128)
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """A registry version number or alias to use instead of the champion/challenger split."""
 
 
 FINAL_STATUSES = ("succeeded", "failed")

@@ -60,6 +60,25 @@ class RedisStore:
         if ttl_s > 0:
             self.client.set(key, json.dumps(result), ex=ttl_s)
 
+    # --- what the workers serve (see inference_worker.serving) -------------------------------
+    def serving_key(self) -> str:
+        return f"{self.prefix}serving"
+
+    def serving_state(self) -> tuple[int, float]:
+        """(generation, challenger fraction) the operators last asked for."""
+        generation, fraction = self.client.hmget(
+            self.serving_key(), "generation", "challenger_fraction"
+        )
+        return int(generation or 0), float(fraction or 0.0)
+
+    def request_reload(self, challenger_fraction: float | None = None) -> int:
+        """Ask every worker process to reload between jobs; returns the new generation."""
+        pipeline = self.client.pipeline(transaction=True)
+        if challenger_fraction is not None:
+            pipeline.hset(self.serving_key(), "challenger_fraction", challenger_fraction)
+        pipeline.hincrby(self.serving_key(), "generation", 1)
+        return int(pipeline.execute()[-1])
+
     # --- worker heartbeats ------------------------------------------------------------------
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: int) -> None:
         self.client.set(f"{self.prefix}worker:{worker_id}", json.dumps(info), ex=ttl_s)

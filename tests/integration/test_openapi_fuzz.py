@@ -43,9 +43,11 @@ def test_every_operation_is_documented_and_fuzzed(live_schema):
             response = case.call()
             where = f"{case.method} {case.formatted_path}"
             status = response.status_code
-            if status == 503:  # a service was briefly unreachable: documented, never a crash
+            if status == 503:  # a service (or a worker) is not there: documented, never a crash
                 body = response.json()
-                assert body.get("error") or body.get("status") == "unavailable", where
+                assert body.get("error") or body.get("status") == "unavailable" or "ok" in body, (
+                    where
+                )
                 return
             assert status < 500, f"{where}: {status} {response.text[:300]}"
             if status >= 400:

@@ -1,0 +1,187 @@
+"""Which model serves a job, and reloading models between jobs without stopping a worker.
+
+Operators set the serving state in Redis (a generation number and the challenger's share of
+traffic, see ``RedisStore.request_reload``). Every worker process compares that generation
+with its own before each job; when it changed, it resolves the aliases again, fetches and
+verifies the versions, creates new sessions and only then swaps them in. A job already running
+keeps the model it started with, and a failed load keeps the models the process had.
+
+Celery's remote control would reach only the main process of a prefork worker, while the
+sessions live in its children; the shared generation reaches every child, including those
+that start later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference_worker.model import LocalizationModel, ModelError
+from inference_worker.registry import CHALLENGER, CHAMPION, RegistryError, open_registry
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+ON_DEMAND_LIMIT = 3
+
+
+class ModelUnavailable(Exception):
+    """A job asked for a model this worker cannot serve; the message is the job's error."""
+
+
+def challenger_share(job_id: str) -> float:
+    """A number in [0, 1) fixed by the job id: the same job always lands on the same side."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:15], 16) / 16**15
+
+
+def choose_alias(job_id: str, challenger_fraction: float, has_challenger: bool) -> str:
+    if has_challenger and challenger_share(job_id) < challenger_fraction:
+        return CHALLENGER
+    return CHAMPION
+
+
+@dataclass
+class Loaded:
+    model: LocalizationModel
+    registry_version: str | None
+    model_version_id: int | None
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.model.metadata
+        return {
+            "registry_version": self.registry_version,
+            "model_version": meta.version,
+            "sha256": meta.sha256,
+            "load_s": round(self.model.load_seconds, 4),
+            "warmup_s": round(self.model.warmup_seconds, 4),
+            "loaded_at": self.loaded_at,
+        }
+
+
+class ServedModels:
+    """The sessions one worker process serves, by alias."""
+
+    def __init__(self, settings: Settings, jobs: JobStore, store: RedisStore) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.store = store
+        self.by_alias: dict[str, Loaded] = {}
+        self.on_demand: dict[str, Loaded] = {}
+        self.generation = -1
+        self.challenger_fraction = 0.0
+        self.last_error: str | None = None
+        self._failed_generation: int | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Reload if operators asked since the last look.
+
+        Called before each job and by the heartbeat thread (so idle processes follow too);
+        the new sessions replace the old ones in one assignment, and a job already running
+        keeps the model it was given.
+        """
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        generation, fraction = self.store.serving_state()
+        if generation in (self.generation, self._failed_generation):
+            return
+        try:
+            by_alias = self._load_aliases()
+        except (ModelError, RegistryError, OSError) as exc:
+            self._failed_generation = generation
+            self.last_error = f"reload to generation {generation} refused: {exc}"
+            log.error("%s; keeping %s", self.last_error, self.summary())
+            if not self.by_alias:
+                raise
+            return
+        self.by_alias, self.on_demand = by_alias, {}
+        self.generation, self.challenger_fraction = generation, fraction
+        self.last_error, self._failed_generation = None, None
+        log.info("serving generation %d: %s", generation, self.summary())
+
+    def summary(self) -> str:
+        return (
+            ", ".join(
+                f"{alias}={loaded.model.version} (v{loaded.registry_version})"
+                for alias, loaded in self.by_alias.items()
+            )
+            or "nothing"
+        )
+
+    def _load(self, model_dir: Path, registry_version: str | None) -> Loaded:
+        model = LocalizationModel(
+            model_dir,
+            intra_op_threads=self.settings.onnx_intra_op_threads,
+            inter_op_threads=self.settings.onnx_inter_op_threads,
+        )
+        meta = model.metadata
+        version_id = self.jobs.register_model(
+            name=meta.name,
+            version=meta.version,
+            onnx_path=str(model_dir / "model.onnx"),
+            sha256=meta.sha256,
+            metrics=meta.metrics,
+        )
+        return Loaded(model, registry_version, version_id)
+
+    def _load_aliases(self) -> dict[str, Loaded]:
+        if self.settings.model_source != "registry":
+            return {CHAMPION: self._load(Path(self.settings.model_dir), None)}
+        registry = open_registry(self.settings)
+        aliases = registry.aliases()
+        loaded: dict[str, Loaded] = {}
+        by_version: dict[str, Loaded] = {}
+        for alias in (self.settings.model_alias, CHALLENGER):
+            if alias not in aliases or (alias == CHALLENGER and alias in loaded):
+                continue
+            found, model_dir = registry.fetch(alias)
+            if found.version not in by_version:
+                by_version[found.version] = self._load(model_dir, found.version)
+            loaded[CHAMPION if alias == self.settings.model_alias else alias] = by_version[
+                found.version
+            ]
+        if CHAMPION not in loaded:
+            raise RegistryError(f"no version under alias {self.settings.model_alias!r}")
+        return loaded
+
+    def choose(self, job_id: str | None, requested: str | None) -> Loaded:
+        """The model for a job: the one it asked for, else champion or challenger by its id."""
+        if requested:
+            return self._requested(requested)
+        alias = choose_alias(job_id or "", self.challenger_fraction, CHALLENGER in self.by_alias)
+        return self.by_alias[alias]
+
+    def _requested(self, requested: str) -> Loaded:
+        if requested in self.by_alias:
+            return self.by_alias[requested]
+        for loaded in (*self.by_alias.values(), *self.on_demand.values()):
+            if requested in (loaded.registry_version, loaded.model.version):
+                return loaded
+        if self.settings.model_source != "registry":
+            raise ModelUnavailable(f"model {requested!r} is not served here")
+        try:
+            found, model_dir = open_registry(self.settings).fetch(requested)
+            loaded = self._load(model_dir, found.version)
+        except (RegistryError, ModelError) as exc:
+            raise ModelUnavailable(f"model {requested!r} cannot be served: {exc}") from None
+        if len(self.on_demand) >= ON_DEMAND_LIMIT:
+            self.on_demand.pop(next(iter(self.on_demand)))
+        self.on_demand[found.version] = loaded
+        return loaded
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "challenger_fraction": self.challenger_fraction,
+            "models": {alias: loaded.describe() for alias, loaded in self.by_alias.items()},
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,215 @@
+"""Model lifecycle under load: a challenger takes its share, a promotion moves all traffic,
+a corrupted version is refused, and no job fails or is lost on the way.
+
+A real worker (prefork, 2 processes) serves the registry's aliases from an embedded MLflow
+store; a thread submits captures through the real Flask app the whole time.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kombu
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from api_shim.app import create_app
+from inference_worker.model import load_metadata
+from inference_worker.processes import cli_process, wait_until
+from inference_worker.registry import CHALLENGER, CHAMPION, open_registry
+from inference_worker.serving import choose_alias
+from inference_worker.storage.redis_store import RedisStore
+from inference_worker.storage.schema import jobs
+from tests.integration.conftest import _free_port, _worker_env
+
+ADMIN = "lifecycle-admin-token"
+SUBMIT_INTERVAL_S = 0.03
+
+
+@dataclass
+class Load:
+    """Submissions made by a background thread: (job id, monotonic time accepted)."""
+
+    accepted: list[tuple[str, float]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(settings, engine, redis_client, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("registry")
+    lc = settings.model_copy(
+        update={
+            "queue": settings.queue + ".lifecycle",
+            "redis_prefix": settings.redis_prefix + "lc:",
+            "model_source": "registry",
+            "data_dir": data_dir,
+            "admin_token": SecretStr(ADMIN),
+            "worker_concurrency": 2,
+        }
+    )
+    env = _worker_env(lc)
+    env.update(
+        {
+            "HEIMDALL_MODEL_SOURCE": "registry",
+            "HEIMDALL_DATA_DIR": str(data_dir),
+            "HEIMDALL_WORKER_METRICS_PORT": str(_free_port()),
+        }
+    )
+    log_path = data_dir / "worker.log"
+    store = RedisStore(redis_client, lc.redis_prefix)
+    with cli_process(["worker", "--concurrency", "2"], log_path, env) as process:
+        # The worker registers the reference model as champion in the empty registry.
+        wait_until("the registry worker", lambda: bool(store.workers()), 60, process)
+        app = create_app(lc)
+        client = app.test_client()
+
+        def all_workers_current() -> bool:
+            return client.get("/health/model").status_code == 200
+
+        wait_until("the registry worker", all_workers_current, 60, process)
+        yield lc, app, all_workers_current
+    with kombu.Connection(lc.broker_url) as connection:
+        connection.default_channel.queue_delete(lc.queue)
+        connection.default_channel.exchange_delete(lc.queue)
+
+
+def start_load(app, capture) -> tuple[Load, threading.Thread]:
+    load = Load()
+
+    def run() -> None:
+        client = app.test_client()
+        number = 0
+        while not load.stop.is_set():
+            number += 1
+            iq = capture.iq * np.complex64(1.0 + 1e-6 * number)  # a new capture each time
+            body = {
+                "iq_data": base64.b64encode(iq.tobytes()).decode(),
+                "sample_rate_hz": capture.sample_rate_hz,
+                "frequency_mhz": capture.frequency_mhz,
+                "receivers": list(capture.receivers),
+            }
+            response = client.post("/predict", json=body)
+            if response.status_code == 202:
+                load.accepted.append((response.get_json()["job_id"], time.monotonic()))
+            else:
+                load.refused.append(
+                    f"{response.status_code} {response.get_data(as_text=True)[:200]}"
+                )
+            time.sleep(SUBMIT_INTERVAL_S)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return load, thread
+
+
+def reload(client, **body) -> dict:
+    response = client.post("/model/reload", json=body, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code in (202, 409), response.get_json()
+    return {"status": response.status_code, **response.get_json()}
+
+
+def final_rows(engine, job_ids: list[str], timeout_s: float = 60.0) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with engine.connect() as connection:
+            rows = {
+                r["job_id"]: dict(r)
+                for r in connection.execute(
+                    sa.select(
+                        jobs.c.job_id, jobs.c.status, jobs.c.model_version, jobs.c.error
+                    ).where(jobs.c.job_id.in_(job_ids))
+                ).mappings()
+            }
+        pending = [
+            j for j in job_ids if rows.get(j, {}).get("status") not in ("succeeded", "failed")
+        ]
+        if not pending or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def test_challenger_share_promotion_and_refused_model_under_load(
+    lifecycle, engine, simulator, model_dir, centroid_model_dir
+):
+    settings, app, all_workers_current = lifecycle
+    client = app.test_client()
+    registry = open_registry(settings)
+    reference_version = load_metadata(model_dir, verify=False).version
+    centroid_version = load_metadata(centroid_model_dir, verify=False).version
+    capture = simulator.simulate(np.random.default_rng(5), sample_rate_hz=12_000.0, duration_s=0.25)
+    load, thread = start_load(app, capture)
+    try:
+        time.sleep(1.5)
+
+        # Given a challenger with 20 % of the traffic
+        challenger = registry.register(centroid_model_dir)
+        registry.set_alias(CHALLENGER, challenger.version)
+        answer = reload(client, challenger_fraction=0.2)
+        assert answer["status"] == 202 and answer["challenger"] == challenger.version
+        wait_until("workers on the challenger split", all_workers_current, 30)
+        split_started = time.monotonic()
+        time.sleep(7.0)
+        split_ended = time.monotonic()
+
+        # When it is promoted to champion and the challenger alias removed
+        registry.set_alias(CHAMPION, challenger.version)
+        registry.remove_alias(CHALLENGER)
+        assert reload(client, challenger_fraction=0.0)["status"] == 202
+        wait_until("workers on the new champion", all_workers_current, 30)
+        promoted_started = time.monotonic()
+        time.sleep(3.0)
+        promoted_ended = time.monotonic()
+
+        # And a corrupted version is offered as challenger
+        corrupted = registry.register(model_dir)
+        stored = Path(urllib.parse.urlparse(corrupted.source).path) / "model.onnx"
+        data = bytearray(stored.read_bytes())
+        data[200] ^= 0xFF
+        stored.write_bytes(bytes(data))
+        registry.set_alias(CHALLENGER, corrupted.version)
+        refused = reload(client, challenger_fraction=0.5)
+        assert refused["status"] == 409 and "sha256" in refused["error"]["message"]
+        # ... and even if a reload reaches the workers behind the shim's back
+        app.extensions["heimdall"]["store"].request_reload(0.5)
+        time.sleep(2.0)
+        health = client.get("/health/model")
+        assert health.status_code == 503 and "refused" in " ".join(health.get_json()["problems"])
+        after_refusal = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        load.stop.set()
+        thread.join(timeout=10)
+
+    accepted = load.accepted
+    rows = final_rows(engine, [job_id for job_id, _ in accepted])
+    statuses = Counter(rows.get(job_id, {}).get("status", "lost") for job_id, _ in accepted)
+    print(f"\nlifecycle: {len(accepted)} accepted, {dict(statuses)}, refused: {len(load.refused)}")
+    assert not load.refused
+    assert statuses == Counter({"succeeded": len(accepted)}), [
+        r for r in rows.values() if r["status"] != "succeeded"
+    ][:3]
+
+    def versions_between(start: float, end: float) -> list[tuple[str, str]]:
+        return [(j, rows[j]["model_version"]) for j, t in accepted if start <= t <= end]
+
+    split = versions_between(split_started, split_ended)
+    share = sum(v == centroid_version for _, v in split) / len(split)
+    print(f"challenger share over {len(split)} jobs: {share:.1%}")
+    assert 0.1 <= share <= 0.3
+    for job_id, version in split:  # sticky: the job id alone decides the side
+        expected = choose_alias(job_id, 0.2, True)
+        assert version == (centroid_version if expected == CHALLENGER else reference_version)
+
+    promoted = versions_between(promoted_started, promoted_ended)
+    assert promoted and all(v == centroid_version for _, v in promoted)
+    after = versions_between(after_refusal, time.monotonic())
+    assert after and all(v == centroid_version for _, v in after)  # the refused model never served
