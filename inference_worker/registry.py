@@ -153,6 +153,8 @@ class ModelRegistry:
         registered = self.register(
             reference_dir, description="reference model shipped with the service"
         )
+        if CHAMPION in self.aliases():  # another process bootstrapped at the same moment
+            return
         self.set_alias(CHAMPION, registered.version)
         log.info(
             "empty registry: reference model registered as version %s (champion)",
