@@ -135,6 +135,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise ApiError(
                 409, "model_refused", f"reload refused, workers keep their models: {exc}"
             ) from None
+        if settings.model_source == "registry":
+            try:
+                versions = [v.to_json() for v in open_registry(settings).versions()]
+                jobs.sync_registry(settings.model_name, versions)
+            except TRANSIENT_ERRORS:
+                raise ApiError(
+                    503, "service_unavailable", "the job database is unavailable"
+                ) from None
         try:
             generation = store.request_reload(None if fraction is None else float(fraction))
             _, current_fraction = store.serving_state()

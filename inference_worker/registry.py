@@ -37,6 +37,7 @@ class RegisteredVersion:
     aliases: tuple[str, ...]
     source: str
     description: str
+    run_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,8 @@ class RegisteredVersion:
             "sha256": self.sha256,
             "aliases": list(self.aliases),
             "description": self.description,
+            "source": self.source,
+            "run_id": self.run_id,
         }
 
 
@@ -105,6 +108,7 @@ class ModelRegistry:
             aliases=tuple(sorted(aliases)),
             source=found.source,
             description=found.description or "",
+            run_id=found.run_id,
         )
 
     # --- writing ----------------------------------------------------------------------------

@@ -213,3 +213,20 @@ class JobStore:
         )
         with self.engine.begin() as connection:
             return int(connection.execute(statement).scalar_one())
+
+    def sync_registry(self, name: str, versions: list[dict[str, Any]]) -> None:
+        """Mirror the registry into ``model_versions``: a row per model version, active when an
+        alias names it (``versions``: model_version, sha256, source, run_id, aliases)."""
+        with self.engine.begin() as connection:
+            for v in versions:
+                values = {
+                    "onnx_path": v["source"],
+                    "mlflow_run_id": v.get("run_id"),
+                    "sha256": v["sha256"],
+                    "is_active": bool(v["aliases"]),
+                }
+                connection.execute(
+                    pg_insert(model_versions)
+                    .values(name=name, version=v["model_version"], **values)
+                    .on_conflict_do_update(constraint="model_versions_name_version", set_=values)
+                )

@@ -213,3 +213,34 @@ def test_challenger_share_promotion_and_refused_model_under_load(
     assert promoted and all(v == centroid_version for _, v in promoted)
     after = versions_between(after_refusal, time.monotonic())
     assert after and all(v == centroid_version for _, v in after)  # the refused model never served
+
+
+def test_a_job_may_ask_for_a_registry_version_and_the_registry_is_mirrored(
+    lifecycle, engine, capture
+):
+    settings, app, all_workers_current = lifecycle
+    client = app.test_client()
+    versions = open_registry(settings).versions()
+    first = versions[0]
+    body = {
+        "iq_data": base64.b64encode(capture.iq.tobytes()).decode(),
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+        "model": first.version,
+    }
+    response = client.post("/predict", json=body)
+    assert response.status_code == 202, response.get_json()
+    rows = final_rows(engine, [response.get_json()["job_id"]])
+    (row,) = rows.values()
+    assert row["status"] == "succeeded" and row["model_version"] == first.model_version
+    unknown = client.post("/predict", json={**body, "model": "999"})
+    assert unknown.status_code == 422 and "999" in unknown.get_json()["error"]["message"]
+    with engine.connect() as connection:
+        mirrored = {
+            r["version"]: r["is_active"]
+            for r in connection.execute(
+                sa.text("SELECT version, is_active FROM model_versions")
+            ).mappings()
+        }
+    assert {v.model_version for v in versions} <= set(mirrored)
