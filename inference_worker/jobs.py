@@ -19,7 +19,7 @@ import pydantic
 import redis
 import sqlalchemy.exc
 
-from inference_worker.capture import IQ_DTYPE, RECEIVER_COUNT, channel_order
+from inference_worker.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
 from inference_worker.ellipse import EstimateError, decode_output, describe
 from inference_worker.features import log_mel_spectrogram
 from inference_worker.model import ModelMetadata
@@ -208,7 +208,7 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
     try:
         message = parse_message(payload)
     except BadJob as exc:
-        return _fail(services, job_id, str(exc), model.version)
+        return _reject(services, job_id, str(exc))
 
     row = services.jobs.start(message.job_id)
     if row is None and services.jobs.get(message.job_id) is None:
@@ -282,12 +282,22 @@ def fail_job(payload: object, services: JobServices, reason: str) -> JobOutcome:
     try:
         message = parse_message(payload)
     except BadJob as exc:
-        return _fail(services, None, str(exc), services.model.version)
+        return _reject(services, None, str(exc))
     if services.jobs.get(message.job_id) is None:
         services.jobs.create(new_job_from(message))
     outcome = _fail(services, message.job_id, reason, services.model.version)
     services.redis.delete_blob(message.blob_key)
     return outcome
+
+
+def _reject(services: JobServices, job_id: str | None, reason: str) -> JobOutcome:
+    """An unusable message: record its job as failed (creating the row if a producer sent it)."""
+    log.warning("job %s rejected: %s", job_id, reason)
+    if job_id is not None and JOB_ID_PATTERN.match(job_id):
+        final = services.jobs.record_rejected(job_id, reason)
+        if final is not None:
+            services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+    return JobOutcome(job_id, "failed", error=reason)
 
 
 def _fail(services: JobServices, job_id: str | None, reason: str, model_version: str) -> JobOutcome:

@@ -171,6 +171,39 @@ class JobStore:
                 )
             return row
 
+    def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
+        """Record a job whose message was unusable, so its producer can read why.
+
+        The capture fields are unknown (the message did not carry them in a usable form), so
+        they are left empty; an existing, unfinished job is failed with the reason instead.
+        """
+        placeholders = {
+            "capture_time": sa.func.now(),
+            "frequency_mhz": 0.0,
+            "sample_rate_hz": 0.0,
+            "n_samples": 0,
+            "receivers": [],
+            "iq_sha256": "",
+        }
+        statement = (
+            pg_insert(jobs)
+            .values(
+                job_id=job_id,
+                status="failed",
+                finished_at=sa.func.now(),
+                error=error,
+                **placeholders,
+            )
+            .on_conflict_do_update(
+                index_elements=["job_id"],
+                set_={"status": "failed", "finished_at": sa.func.now(), "error": error},
+                where=jobs.c.status.not_in(FINAL_STATUSES),
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as connection:
+            return connection.execute(statement).mappings().first()
+
     def fail(
         self, job_id: str, error: str, *, model_version: str | None = None
     ) -> RowMapping | None:

@@ -1,0 +1,110 @@
+"""Messages that bypass the shim: bad ones fail their job with the reason or are refused,
+nothing from the wire is executed, and the worker keeps serving."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import kombu
+import pytest
+
+from inference_worker.capture import iq_digest
+from tasks.contract import TASK_NAME
+from tests.integration.test_end_to_end import submit_npy, wait_final
+
+
+def publish(settings, body, *, serializer: str = "json", job_id: str | None = None) -> str:
+    """Publish a Celery-protocol task message by hand, as a careless producer would."""
+    task_id = job_id or str(uuid.uuid4())
+    with kombu.Connection(settings.broker_url) as connection:
+        producer = connection.Producer(serializer=serializer)
+        producer.publish(
+            [[body], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+            exchange=settings.queue,
+            routing_key=settings.queue,
+            headers={
+                "lang": "py",
+                "task": TASK_NAME,
+                "id": task_id,
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
+            declare=[
+                kombu.Queue(
+                    settings.queue,
+                    kombu.Exchange(settings.queue, "direct"),
+                    routing_key=settings.queue,
+                )
+            ],
+        )
+    return task_id
+
+
+def message(capture, job_id: str, blob_key: str) -> dict:
+    return {
+        "job_id": job_id,
+        "blob_key": blob_key,
+        "n_samples": capture.iq.shape[1],
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+        "capture_time": datetime.now(UTC).isoformat(),
+        "iq_sha256": iq_digest(capture.iq),
+    }
+
+
+def wait_row(stores, job_id: str, timeout_s: float = 20.0):
+    jobs, _ = stores
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = jobs.get(job_id)
+        if row is not None and row["status"] in ("succeeded", "failed"):
+            return row
+        time.sleep(0.1)
+    return jobs.get(job_id)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "store_blob", "fragment"),
+    [
+        (lambda m: {**m, "n_samples": "many"}, True, "n_samples"),
+        (lambda m: {**m, "receivers": ["a", "b"]}, True, "receivers"),
+        (lambda m: m, False, "missing"),
+        (lambda m: {**m, "iq_sha256": "0" * 64}, True, "sha256"),
+        (lambda m: {**m, "receivers": ["x1", "x2", "x3"]}, True, "receivers"),
+    ],
+    ids=["wrong-type", "two-receivers", "key-without-blob", "garbage-blob", "unknown-receivers"],
+)
+def test_bad_message_fails_its_job_with_the_reason(
+    worker, settings, stores, capture, mangle, store_blob, fragment
+):
+    _, store = stores
+    job_id = f"poison-{uuid.uuid4()}"
+    key = store.blob_key(job_id)
+    if store_blob:
+        store.put_blob(key, capture.iq.tobytes(), 60)
+    publish(settings, mangle(message(capture, job_id, key)), job_id=job_id)
+    row = wait_row(stores, job_id)
+    assert row is not None and row["status"] == "failed", row
+    assert fragment in row["error"]
+
+
+def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
+    worker, settings, client, capture, tmp_path
+):
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    publish(settings, Exploit(), serializer="pickle")
+    garbage_id = publish(settings, "not an object at all")
+    time.sleep(1.5)
+    assert not marker.exists()
+    assert worker.poll() is None
+    view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    assert view["status"] == "succeeded"
+    assert garbage_id
