@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 
 import kombu
 import pytest
 
-from inference_worker.capture import iq_digest
 from tasks.contract import TASK_NAME
 from tests.integration.test_end_to_end import submit_npy, wait_final
+from tests.integration.test_run_job import task_message
 
 
 def publish(settings, body, *, serializer: str = "json", job_id: str | None = None) -> str:
@@ -40,19 +39,6 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
             ],
         )
     return task_id
-
-
-def message(capture, job_id: str, blob_key: str) -> dict:
-    return {
-        "job_id": job_id,
-        "blob_key": blob_key,
-        "n_samples": capture.iq.shape[1],
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-        "capture_time": datetime.now(UTC).isoformat(),
-        "iq_sha256": iq_digest(capture.iq),
-    }
 
 
 def wait_row(stores, job_id: str, timeout_s: float = 20.0):
@@ -85,7 +71,7 @@ def test_bad_message_fails_its_job_with_the_reason(
     key = store.blob_key(job_id)
     if store_blob:
         store.put_blob(key, capture.iq.tobytes(), 60)
-    publish(settings, mangle(message(capture, job_id, key)), job_id=job_id)
+    publish(settings, mangle(task_message(capture, job_id, key)), job_id=job_id)
     row = wait_row(stores, job_id)
     assert row is not None and row["status"] == "failed", row
     assert fragment in row["error"]

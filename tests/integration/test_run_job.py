@@ -43,15 +43,20 @@ def queue_job(services: JobServices, capture, *, store_blob: bool = True) -> dic
     key = services.redis.blob_key(job_id)
     if store_blob:
         services.redis.put_blob(key, capture.iq.tobytes(), 60)
+    return task_message(capture, job_id, key)
+
+
+def task_message(capture, job_id: str, blob_key: str) -> dict:
+    """The JSON task message a producer sends for ``capture``."""
     return {
         "job_id": job_id,
-        "blob_key": key,
+        "blob_key": blob_key,
         "n_samples": capture.iq.shape[1],
         "sample_rate_hz": capture.sample_rate_hz,
         "frequency_mhz": capture.frequency_mhz,
         "receivers": list(capture.receivers),
         "capture_time": datetime.now(UTC).isoformat(),
-        "iq_sha256": digest,
+        "iq_sha256": iq_digest(capture.iq),
     }
 
 
