@@ -1,0 +1,98 @@
+"""A worker stopped with SIGTERM, or killed with SIGKILL, loses no accepted job: another worker
+finishes every one, and each job has exactly one recorded result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import kombu
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from api_shim.app import create_app
+from inference_worker.processes import cli_process, wait_until
+from inference_worker.storage.redis_store import RedisStore
+from inference_worker.storage.schema import inference_logs, jobs
+from tests.integration.conftest import _free_port, _worker_env
+from tests.integration.test_end_to_end import submit_npy
+
+
+@pytest.fixture
+def own_queue(settings, redis_client, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    local = settings.model_copy(
+        update={
+            "queue": f"{settings.queue}.restart{tag}",
+            "redis_prefix": f"{settings.redis_prefix}r{tag}:",
+        }
+    )
+    env = _worker_env(local)
+    store = RedisStore(redis_client, local.redis_prefix)
+
+    def start_worker(name: str):
+        env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(_free_port())}
+        return cli_process(["worker", "--concurrency", "1"], tmp_path / f"{name}.log", env_here)
+
+    yield local, store, start_worker
+    with kombu.Connection(local.broker_url) as connection:
+        connection.default_channel.queue_delete(local.queue)
+        connection.default_channel.exchange_delete(local.queue)
+
+
+def counts(engine, job_ids):
+    with engine.connect() as connection:
+        statuses = dict(
+            connection.execute(
+                sa.select(jobs.c.status, sa.func.count())
+                .where(jobs.c.job_id.in_(job_ids))
+                .group_by(jobs.c.status)
+            ).all()
+        )
+        results = connection.execute(
+            sa.select(inference_logs.c.job_id, sa.func.count())
+            .where(inference_logs.c.job_id.in_(job_ids))
+            .group_by(inference_logs.c.job_id)
+        ).all()
+    return statuses, {job_id: n for job_id, n in results}
+
+
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"]
+)
+def test_no_accepted_job_is_lost_when_a_worker_stops(own_queue, engine, simulator, stop_signal):
+    local, store, start_worker = own_queue
+    client = create_app(local).test_client()
+    rng = np.random.default_rng()
+    # 192 kHz x 1 s: slow enough that jobs are still queued and one is in hand at the stop
+    captures = [
+        simulator.simulate(rng, sample_rate_hz=192_000.0, duration_s=1.0) for _ in range(30)
+    ]
+
+    with start_worker("first") as first:
+        wait_until("the first worker", lambda: bool(store.workers()), 60, first)
+        job_ids = [submit_npy(client, c).get_json()["job_id"] for c in captures]
+        os.killpg(first.pid, stop_signal)  # while jobs are queued and one is in hand
+        first.wait(timeout=60)
+    done_before = counts(engine, job_ids)[0].get("succeeded", 0)
+    for key in store.client.scan_iter(match=f"{local.redis_prefix}worker:*"):
+        store.client.delete(key)  # a killed worker leaves its heartbeat behind
+    with start_worker("second") as second:
+        wait_until("the second worker", lambda: bool(store.workers()), 60, second)
+        deadline = time.monotonic() + 60
+        while (
+            counts(engine, job_ids)[0].get("succeeded", 0) < len(job_ids)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.3)
+
+    statuses, results = counts(engine, job_ids)
+    print(
+        f"\n{stop_signal.name}: {len(job_ids)} accepted, {done_before} finished before the stop, "
+        f"then {statuses}; results per job: {sorted(set(results.values()))}"
+    )
+    assert statuses == {"succeeded": len(job_ids)}
+    assert len(results) == len(job_ids) and set(results.values()) == {1}
