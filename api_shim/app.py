@@ -46,6 +46,7 @@ from inference_worker.jobs import TRANSIENT_ERRORS, job_view
 from inference_worker.model import ModelError, load_metadata
 from inference_worker.reachability import probe_broker
 from inference_worker.registry import RegistryError, open_registry, serving_model_dir
+from inference_worker.serving import reload_plan
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -563,22 +564,3 @@ def serving_workers(settings: Settings, store: RedisStore) -> list[dict[str, Any
 def _worker_models(worker: dict[str, Any]) -> dict[str, Any]:
     keys = ("worker_id", "generation", "challenger_fraction", "models", "last_error", "seen_at")
     return {k: worker.get(k) for k in keys}
-
-
-def reload_plan(settings: Settings) -> dict[str, Any]:
-    """What a reload will serve, verified before any worker is asked (raises if refused)."""
-    if settings.model_source != "registry":
-        return {
-            "champion": load_metadata(Path(settings.model_dir), verify=True).version,
-            "challenger": None,
-        }
-    registry = open_registry(settings)
-    aliases = registry.aliases()
-    plan: dict[str, Any] = {"champion": None, "challenger": None}
-    for alias, key in ((settings.model_alias, "champion"), ("challenger", "challenger")):
-        if alias in aliases:
-            found, _ = registry.fetch(alias)
-            plan[key] = found.version
-    if plan["champion"] is None:
-        raise RegistryError(f"no version under alias {settings.model_alias!r}")
-    return plan

@@ -287,7 +287,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             registry.remove_alias(args.target)
             print(f"alias {args.target} removed")
         elif args.action == "reload":
-            from api_shim.app import reload_plan
+            from inference_worker.serving import reload_plan
             from inference_worker.storage.redis_store import RedisStore, connect
 
             plan = reload_plan(settings)

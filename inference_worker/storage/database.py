@@ -14,7 +14,8 @@ from alembic.config import Config
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine, RowMapping
 
-from inference_worker.storage.schema import FINAL_STATUSES, inference_logs, jobs, model_versions
+from inference_worker.storage.schema import inference_logs, jobs, model_versions
+from tasks.contract import FINAL_STATUSES
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -8,7 +8,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = sa.MetaData()
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
-FINAL_STATUSES = ("succeeded", "failed")
 
 jobs = sa.Table(
     "jobs",
