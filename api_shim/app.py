@@ -84,7 +84,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         min_sample_rate_hz=max(settings.min_sample_rate_hz, metadata.features.bandwidth_hz),
         max_sample_rate_hz=settings.max_sample_rate_hz,
     )
-    celery = create_celery(settings.broker_url, settings.queue)
+    celery = create_celery(
+        settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
+    )
     jobs = JobStore(create_engine(settings.database_url, settings.database_schema))
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
 

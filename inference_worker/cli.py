@@ -48,6 +48,20 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
+def _declare_queues(settings: Settings) -> None:
+    """Declare the quorum queue and its dead-letter queue (replacing an empty older queue)."""
+    import kombu
+
+    from tasks.app import QueueMismatch, declare_queues
+
+    with kombu.Connection(settings.broker_url, connect_timeout=5) as connection:
+        try:
+            declare_queues(connection, settings.queue, settings.max_deliveries)
+        except QueueMismatch as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
 def _prepare_registry(settings: Settings) -> None:
     """In registry mode, make sure the served alias exists (an empty registry gets the
     reference model as champion) and its verified copy is cached."""
@@ -83,6 +97,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     _require_services(settings)
     _check_model(settings)
     _migrate(settings)
+    _declare_queues(settings)
     if settings.worker_metrics_port:
         try:
             observability.start_worker_exporter(settings.worker_metrics_port)
@@ -113,6 +128,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     _require_services(settings)
     _migrate(settings)
+    _declare_queues(settings)
     _prepare_registry(settings)
     host = args.host or settings.api_host
     port = args.port or settings.api_port
@@ -148,7 +164,7 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
     elif ":" not in credentials:
         print("error: HEIMDALL_FLOWER_BASIC_AUTH must be 'user:password'", file=sys.stderr)
         raise SystemExit(2)
-    app = create_celery(settings.broker_url, settings.queue)
+    app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     app.start(
         [
             "flower",
@@ -310,7 +326,11 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     _require_services(settings)
     _migrate(settings)
-    print(f"database schema {settings.database_schema!r} is up to date")
+    _declare_queues(settings)
+    print(
+        f"database schema {settings.database_schema!r} is up to date; queue {settings.queue!r} "
+        "and its dead-letter queue are declared"
+    )
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:

@@ -91,7 +91,17 @@ class Settings(BaseSettings):
     )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     task_max_retries: int = Field(
-        5, ge=0, description="Retries of a job after a transient store error (never for bad input)."
+        5,
+        ge=0,
+        description="Retries, with backoff, of a job in hand after a transient store error "
+        "before its message goes back to the queue (never for bad input).",
+    )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Delivery limit of the queue: after this many deliveries that ended without "
+        "an answer (the worker died), the message goes to the dead-letter queue and its job fails.",
     )
 
     worker_metrics_port: int = Field(

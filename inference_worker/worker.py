@@ -12,14 +12,16 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from threadpoolctl import threadpool_limits
 
 from inference_worker import observability
+from inference_worker.dead_letters import dead_letter_step
 from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, fail_job, run_job
 from inference_worker.registry import CHAMPION
 from inference_worker.serving import ModelUnavailable, ServedModels
@@ -33,11 +35,40 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
+T = TypeVar("T")
 
 
 def retry_delay_s(retries: int) -> float:
-    """Exponential backoff with full jitter, capped at a minute."""
-    return random.uniform(0.5, min(60.0, 2.0 ** (retries + 1)))
+    """Exponential backoff with full jitter, capped at half a minute."""
+    return random.uniform(0.5, min(30.0, 2.0 ** (retries + 1)))
+
+
+def with_store_retries(
+    run: Callable[[], T], attempts: int, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """Call ``run``; on a transient store error wait (backoff with jitter) and call it again.
+
+    The message stays in hand meanwhile, so nothing is lost if the process dies while waiting.
+
+    Raises:
+        The last transient error after ``attempts`` calls.
+    """
+    for attempt in range(attempts):
+        try:
+            return run()
+        except TRANSIENT_ERRORS as exc:
+            if attempt + 1 >= attempts:
+                raise
+            delay = retry_delay_s(attempt)
+            log.warning(
+                "transient store error (attempt %d of %d), retrying in %.1f s: %s",
+                attempt + 1,
+                attempts,
+                delay,
+                exc,
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class ProcessRuntime:
@@ -142,25 +173,41 @@ class ProcessRuntime:
 
 def create_worker_app(settings: Settings) -> Celery:
     """The worker's Celery app with the ``heimdall.locate`` task registered."""
-    app = create_celery(settings.broker_url, settings.queue)
+    app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     runtime = ProcessRuntime(settings)
     app.conf.heimdall_runtime = runtime
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=settings.task_max_retries)
+    def attempt(payload: object) -> dict[str, Any]:
+        services, unavailable = runtime.services_for(payload)
+        if unavailable is not None:
+            return fail_job(payload, services, unavailable).to_json()
+        return run_job(payload, services).to_json()
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)
     def locate(self: Any, payload: object) -> dict[str, Any]:
         try:
-            services, unavailable = runtime.services_for(payload)
-            if unavailable is not None:
-                return fail_job(payload, services, unavailable).to_json()
-            return run_job(payload, services).to_json()
+            return with_store_retries(lambda: attempt(payload), settings.task_max_retries + 1)
         except TRANSIENT_ERRORS as exc:
-            log.warning(
-                "transient store error (attempt %d of %d): %s",
-                self.request.retries + 1,
-                self.max_retries + 1,
-                exc,
+            # A long outage: put a fresh copy of the message at the back of the queue (its
+            # delivery count starts again, so an outage never dead-letters a job) and let the
+            # worker take other work meanwhile.
+            log.warning("stores still unavailable; job goes back to the queue: %s", exc)
+            raise self.retry(exc=exc, countdown=0) from None
+
+    def main_process_stores() -> tuple[JobStore, RedisStore]:
+        if not stores:
+            engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+            stores.append(
+                (JobStore(engine), RedisStore(connect(settings.redis_url), settings.redis_prefix))
             )
-            raise self.retry(exc=exc, countdown=retry_delay_s(self.request.retries)) from None
+        return stores[0]
+
+    stores: list[tuple[JobStore, RedisStore]] = []
+    app.steps["consumer"].add(
+        dead_letter_step(
+            settings.queue, settings.max_deliveries, main_process_stores, settings.result_ttl_s
+        )
+    )
 
     worker_process_init.connect(runtime.start, weak=False)
     worker_process_shutdown.connect(runtime.stop, weak=False)

@@ -1,11 +1,26 @@
-"""Celery app factory with the service's reliability settings; producers and workers share it."""
+"""Celery app factory with the service's reliability settings; producers and workers share it.
+
+The inference queue is a RabbitMQ *quorum* queue: replicated where the cluster has several nodes,
+durable, with a delivery limit. A message whose deliveries keep ending without an answer (the
+worker process running it dies, or loses its connection) is moved to the dead-letter queue
+``<queue>.dead`` after ``delivery_limit`` returns; workers consume that queue and record the job
+as failed with the reason (see :mod:`inference_worker.dead_letters`).
+"""
 
 from __future__ import annotations
 
+import logging
+
+import amqp.exceptions
+import kombu
 from celery import Celery
 from kombu import Exchange, Queue
 
 from tasks.contract import TASK_NAME
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DELIVERY_LIMIT = 5
 
 PUBLISH_RETRY_POLICY = {
     # Give the broker ~3 s to come back before a submission is answered with 503.
@@ -16,18 +31,100 @@ PUBLISH_RETRY_POLICY = {
 }
 
 
-def create_celery(broker_url: str, queue: str, *, main: str = "heimdall") -> Celery:
+class QueueMismatch(RuntimeError):
+    """The queue exists on the broker with other arguments and still holds messages."""
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+def inference_queue(queue: str, delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> Queue:
+    """The durable quorum queue of inference tasks, dead-lettering to ``<queue>.dead``."""
+    return Queue(
+        queue,
+        Exchange(queue, type="direct", durable=True),
+        routing_key=queue,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue_name(queue),
+            # At-least-once dead-lettering: a message leaves the queue only once the dead-letter
+            # queue has confirmed it (RabbitMQ requires reject-publish overflow for that).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queue(queue: str) -> Queue:
+    name = dead_letter_queue_name(queue)
+    return Queue(
+        name,
+        Exchange("", type="direct"),
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
+def declare_queues(
+    connection: kombu.Connection, queue: str, delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+) -> None:
+    """Declare the inference queue and its dead-letter queue.
+
+    An empty queue of the same name declared with other arguments (a classic queue of an older
+    release, another delivery limit) is replaced. One that still holds messages is left alone.
+
+    Raises:
+        QueueMismatch: the queue exists with other arguments and holds messages.
+    """
+    dead = dead_letter_queue(queue)
+    dead(connection.default_channel).declare()
+    wanted = inference_queue(queue, delivery_limit)
+    try:
+        wanted(connection.default_channel).declare()
+        return
+    except amqp.exceptions.PreconditionFailed:
+        pass  # the broker closed the channel; ask on a fresh one what is there
+    channel = connection.channel()
+    try:
+        _, messages, consumers = channel.queue_declare(queue, passive=True)
+        if messages or consumers:
+            raise QueueMismatch(
+                f"queue {queue!r} exists on the broker with other arguments (an older classic "
+                f"queue, or another delivery limit) and has {messages} message(s) and "
+                f"{consumers} consumer(s). Let the workers of the older release drain it, stop "
+                f"them, then delete it (rabbitmqctl delete_queue {queue}) and start again."
+            )
+        channel.queue_delete(queue, if_empty=True, if_unused=True)
+    finally:
+        channel.close()
+    log.warning("replaced the empty queue %r by a quorum queue with a delivery limit", queue)
+    wanted(connection.default_channel).declare()
+
+
+def create_celery(
+    broker_url: str,
+    queue: str,
+    *,
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    main: str = "heimdall",
+) -> Celery:
     """A Celery app bound to ``broker_url`` that routes inference tasks to ``queue``.
 
     JSON only (pickle is never accepted), late acks with requeue when a worker dies, prefetch 1,
-    a durable queue, persistent messages and publisher confirms. Results are not kept by Celery:
-    the worker writes them to PostgreSQL and Redis itself.
+    a durable quorum queue with a delivery limit and a dead-letter queue, persistent messages and
+    publisher confirms. Results are not kept by Celery: the worker writes them to PostgreSQL and
+    Redis itself.
     """
     app = Celery(main, set_as_current=False)
-    exchange = Exchange(queue, type="direct", durable=True)
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits for the broker, however long
         broker_transport_options={"confirm_publish": True},
         task_serializer="json",
         result_serializer="json",
@@ -36,13 +133,19 @@ def create_celery(broker_url: str, queue: str, *, main: str = "heimdall") -> Cel
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task that raises is rejected (dead-lettered, its job then failed with the reason),
+        # never acknowledged as if it had been handled.
+        task_acks_on_failure_or_timeout=False,
         task_default_delivery_mode="persistent",
         task_publish_retry=True,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_prefetch_multiplier=1,
+        # A job in hand when the broker connection drops is delivered again on the new
+        # connection; the job store records one result whichever copy finishes first.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_queues=[Queue(queue, exchange, routing_key=queue, durable=True)],
+        task_queues=[inference_queue(queue, delivery_limit)],
         task_default_queue=queue,
         task_default_exchange=queue,
         task_default_routing_key=queue,

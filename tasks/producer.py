@@ -52,7 +52,9 @@ class CaptureProducer:
         self.store = RedisStore(
             connect(redis_url or settings.redis_url), redis_prefix or settings.redis_prefix
         )
-        self.celery = create_celery(broker_url or settings.broker_url, self.queue)
+        self.celery = create_celery(
+            broker_url or settings.broker_url, self.queue, delivery_limit=settings.max_deliveries
+        )
         self.limits = limits or CaptureLimits(max_samples=settings.max_samples_per_receiver)
 
     def submit(

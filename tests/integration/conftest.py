@@ -26,6 +26,7 @@ from inference_worker.reachability import unreachable_services
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore, connect
+from tasks.app import dead_letter_queue_name
 
 pytestmark = pytest.mark.integration
 WORKER_START_TIMEOUT_S = 60
@@ -73,6 +74,8 @@ def _worker_env(settings: Settings) -> dict[str, str]:
             "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
             "HEIMDALL_QUEUE": settings.queue,
             "HEIMDALL_MODEL_DIR": str(settings.model_dir),
+            "HEIMDALL_MAX_DELIVERIES": str(settings.max_deliveries),
+            "HEIMDALL_TASK_MAX_RETRIES": str(settings.task_max_retries),
         }
     )
     return env
@@ -112,7 +115,7 @@ def queue_cleanup(settings: Settings) -> Iterator[None]:
     yield
     with kombu.Connection(settings.broker_url) as connection:
         channel = connection.default_channel
-        for name in (settings.queue,):
+        for name in (settings.queue, dead_letter_queue_name(settings.queue)):
             channel.queue_delete(name)
         channel.exchange_delete(settings.queue)
 
@@ -150,3 +153,48 @@ def app(settings: Settings, engine: sa.Engine, redis_client: redis.Redis, queue_
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def own_queue_factory(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
+    """Make settings with a queue and Redis prefix of their own (and any other overrides),
+    with a function that starts a real worker on them; the queues are deleted afterwards."""
+    made: list[Settings] = []
+
+    def make(**overrides: object):
+        tag = uuid.uuid4().hex[:6]
+        local = settings.model_copy(
+            update={
+                "queue": f"{settings.queue}.own{tag}",
+                "redis_prefix": f"{settings.redis_prefix}o{tag}:",
+                **overrides,
+            }
+        )
+        made.append(local)
+        env = _worker_env(local)
+        store = RedisStore(redis_client, local.redis_prefix)
+
+        def start_worker(name: str, concurrency: int = 1):
+            env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(_free_port())}
+            args = ["worker", "--concurrency", str(concurrency)]
+            return cli_process(args, tmp_path / f"{name}.log", env_here)
+
+        return local, store, start_worker
+
+    yield make
+    with kombu.Connection(settings.broker_url) as connection:
+        for local in made:
+            connection.default_channel.queue_delete(local.queue)
+            connection.default_channel.queue_delete(dead_letter_queue_name(local.queue))
+            connection.default_channel.exchange_delete(local.queue)
+
+
+@pytest.fixture
+def own_queue(own_queue_factory):
+    return own_queue_factory()
+
+
+def forget_workers(store: RedisStore) -> None:
+    """Drop heartbeats a killed worker left behind (they expire after a few seconds anyway)."""
+    for key in store.client.scan_iter(match=f"{store.prefix}worker:*"):
+        store.client.delete(key)

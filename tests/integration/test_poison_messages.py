@@ -9,6 +9,7 @@ import uuid
 import kombu
 import pytest
 
+from tasks.app import inference_queue
 from tasks.contract import TASK_NAME
 from tests.integration.test_end_to_end import submit_npy, wait_final
 from tests.integration.test_run_job import task_message
@@ -30,13 +31,7 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
                 "argsrepr": "",
                 "kwargsrepr": "",
             },
-            declare=[
-                kombu.Queue(
-                    settings.queue,
-                    kombu.Exchange(settings.queue, "direct"),
-                    routing_key=settings.queue,
-                )
-            ],
+            declare=[inference_queue(settings.queue, settings.max_deliveries)],
         )
     return task_id
 

@@ -6,41 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
-import kombu
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from api_shim.app import create_app
-from inference_worker.processes import cli_process, wait_until
-from inference_worker.storage.redis_store import RedisStore
+from inference_worker.processes import wait_until
 from inference_worker.storage.schema import inference_logs, jobs
-from tests.integration.conftest import _free_port, _worker_env
+from tests.integration.conftest import forget_workers
 from tests.integration.test_end_to_end import submit_npy
-
-
-@pytest.fixture
-def own_queue(settings, redis_client, tmp_path):
-    tag = uuid.uuid4().hex[:6]
-    local = settings.model_copy(
-        update={
-            "queue": f"{settings.queue}.restart{tag}",
-            "redis_prefix": f"{settings.redis_prefix}r{tag}:",
-        }
-    )
-    env = _worker_env(local)
-    store = RedisStore(redis_client, local.redis_prefix)
-
-    def start_worker(name: str):
-        env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(_free_port())}
-        return cli_process(["worker", "--concurrency", "1"], tmp_path / f"{name}.log", env_here)
-
-    yield local, store, start_worker
-    with kombu.Connection(local.broker_url) as connection:
-        connection.default_channel.queue_delete(local.queue)
-        connection.default_channel.exchange_delete(local.queue)
 
 
 def counts(engine, job_ids):
@@ -78,8 +53,7 @@ def test_no_accepted_job_is_lost_when_a_worker_stops(own_queue, engine, simulato
         os.killpg(first.pid, stop_signal)  # while jobs are queued and one is in hand
         first.wait(timeout=60)
     done_before = counts(engine, job_ids)[0].get("succeeded", 0)
-    for key in store.client.scan_iter(match=f"{local.redis_prefix}worker:*"):
-        store.client.delete(key)  # a killed worker leaves its heartbeat behind
+    forget_workers(store)  # a killed worker leaves its heartbeat behind
     with start_worker("second") as second:
         wait_until("the second worker", lambda: bool(store.workers()), 60, second)
         deadline = time.monotonic() + 60

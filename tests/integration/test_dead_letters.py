@@ -1,0 +1,132 @@
+"""A message that keeps killing the worker process running it stops being redelivered: after
+the queue's delivery limit it goes to the dead-letter queue, its job is recorded as failed with
+the reason, and the worker keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import kombu
+import pytest
+import sqlalchemy as sa
+
+from api_shim.app import create_app
+from inference_worker.processes import wait_until
+from inference_worker.storage.schema import inference_logs
+from tasks.app import QueueMismatch, declare_queues, inference_queue
+from tests.integration.test_end_to_end import submit_npy, wait_final
+
+DELIVERY_LIMIT = 2
+
+
+def pool_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str]]:
+    """Backends waiting, directly or behind another waiter, for a lock ``holder`` holds.
+
+    Asked in a transaction of its own: PostgreSQL freezes what pg_stat_activity shows for the
+    length of a transaction.
+    """
+    with engine.connect() as connection:
+        return [
+            (pid, query)
+            for pid, query in connection.execute(
+                sa.text(
+                    "WITH RECURSIVE waiting(pid) AS ("
+                    " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
+                    " UNION SELECT a.pid FROM pg_stat_activity a JOIN waiting w"
+                    " ON w.pid = ANY(pg_blocking_pids(a.pid)))"
+                    " SELECT a.pid, a.query FROM pg_stat_activity a JOIN waiting USING (pid)"
+                ),
+                {"holder": holder},
+            ).all()
+        ]
+
+
+def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(
+    own_queue_factory, engine, capture
+):
+    local, store, start_worker = own_queue_factory(max_deliveries=DELIVERY_LIMIT)
+    client = create_app(local).test_client()
+    job_id = submit_npy(client, capture).get_json()["job_id"]  # queued; no worker yet
+
+    kills = 0
+    with engine.connect() as locker, start_worker("poisoned") as worker:
+        # Hold the job's row: every worker that takes the job blocks on it in PostgreSQL, so
+        # the job is in hand at a known moment, and we kill that process as a crash would.
+        locker.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
+        holder = locker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        seen: set[int] = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            waiting = blocked_on(engine, holder)
+            takes = [pid for pid, query in waiting if "attempts + 1" in query]  # JobStore.start
+            if len(takes) < len(waiting):
+                break  # the dead-letter consumer is failing the job: let it
+            fresh = [pid for pid in takes if pid not in seen]
+            if fresh:
+                seen.update(fresh)
+                for child in pool_children(worker.pid):
+                    os.kill(child, signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05)
+        locker.rollback()  # release the row
+
+        row = wait_final(client, job_id)
+        print(f"\n{kills} deliveries killed their worker process; then: {row['error']}")
+        assert row["status"] == "failed"
+        assert "deliveries" in row["error"] and "dead-letter" in row["error"]
+        assert kills == DELIVERY_LIMIT + 1
+        with engine.connect() as connection:
+            results = connection.execute(
+                sa.select(sa.func.count()).where(inference_logs.c.job_id == job_id)
+            ).scalar_one()
+        assert results == 0
+
+        # The worker is still up and serves the next job; the dead-letter queue is empty.
+        assert worker.poll() is None
+        wait_until("a fresh pool process", lambda: bool(pool_children(worker.pid)), 30, worker)
+        after = submit_npy(client, capture).get_json()["job_id"]
+        assert wait_final(client, after)["status"] == "succeeded"
+    with kombu.Connection(local.broker_url) as connection:
+        dead = connection.default_channel.queue_declare(f"{local.queue}.dead", passive=True)
+    assert dead.message_count == 0
+
+
+def test_an_empty_classic_queue_of_an_older_release_is_replaced(settings):
+    name = f"{settings.queue}.classic"
+    classic = kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)
+    with kombu.Connection(settings.broker_url) as connection:
+        classic(connection.default_channel).declare()
+        try:
+            declare_queues(connection, name, 3)
+            # Declaring again with the quorum arguments now agrees with what is there.
+            inference_queue(name, 3)(connection.default_channel).declare()
+        finally:
+            connection.default_channel.queue_delete(name)
+            connection.default_channel.queue_delete(f"{name}.dead")
+            connection.default_channel.exchange_delete(name)
+
+
+def test_a_classic_queue_that_still_holds_messages_is_left_alone(settings):
+    name = f"{settings.queue}.busy"
+    classic = kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)
+    with kombu.Connection(settings.broker_url) as connection:
+        classic(connection.default_channel).declare()
+        connection.Producer().publish({"x": 1}, exchange=name, routing_key=name)
+        try:
+            with pytest.raises(QueueMismatch, match="1 message"):
+                declare_queues(connection, name, 3)
+            channel = connection.channel()
+            assert channel.queue_declare(name, passive=True).message_count == 1
+            channel.close()
+        finally:
+            connection.default_channel.queue_delete(name)
+            connection.default_channel.queue_delete(f"{name}.dead")
+            connection.default_channel.exchange_delete(name)

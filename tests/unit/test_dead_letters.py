@@ -1,0 +1,84 @@
+"""Reading dead-lettered task messages, and the worker's retries of transient store errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import redis
+
+from inference_worker.dead_letters import DeadLetter, failure_reason, read_dead_letter
+from inference_worker.worker import with_store_retries
+
+JOB = "acq-0001"
+
+
+def celery_body(payload: object) -> bytes:
+    return json.dumps([[payload], {}, {"callbacks": None}]).encode()
+
+
+def test_a_dead_celery_task_names_its_job_and_why_it_died():
+    headers = {"id": JOB, "x-death": [{"reason": "delivery_limit", "count": 1, "queue": "q"}]}
+    letter = read_dead_letter(
+        headers, celery_body({"job_id": JOB, "n_samples": 10}), "application/json"
+    )
+    assert letter.job_id == JOB
+    assert letter.reason == "delivery_limit"
+    assert letter.payload == {"job_id": JOB, "n_samples": 10}
+    assert "gave up after 6 deliveries" in failure_reason(letter, 5)
+
+
+def test_a_pickle_body_is_never_loaded_but_its_job_id_header_still_counts():
+    body = pickle.dumps({"job_id": "x"})
+    letter = read_dead_letter(
+        {"id": JOB, "x-first-death-reason": "rejected"}, body, "application/x-python-serialize"
+    )
+    assert letter.payload is None and letter.job_id == JOB
+    assert "rejected" in failure_reason(letter, 5)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [None, {}, {"id": "../../etc"}, {"id": 7}, {"x-death": "garbage"}],
+)
+def test_headers_without_a_usable_job_id_give_none(headers):
+    letter = read_dead_letter(headers, b"\xff\xfe not json", "application/json")
+    assert letter.job_id is None
+    assert isinstance(failure_reason(letter, 5), str)
+
+
+def test_other_reasons_are_named():
+    letter = DeadLetter(JOB, None, "expired", 1)
+    assert "(expired)" in failure_reason(letter, 5)
+
+
+def test_transient_errors_are_retried_then_raised():
+    calls, slept = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise redis.exceptions.ConnectionError("down")
+        return "done"
+
+    assert with_store_retries(flaky, 5, slept.append) == "done"
+    assert len(calls) == 3 and len(slept) == 2 and all(0.5 <= s <= 30 for s in slept)
+
+    def down() -> str:
+        raise redis.exceptions.ConnectionError("still down")
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        with_store_retries(down, 3, slept.append)
+
+
+def test_other_errors_are_not_retried():
+    calls = []
+
+    def bad() -> None:
+        calls.append(1)
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        with_store_retries(bad, 5, lambda _: None)
+    assert calls == [1]
