@@ -87,7 +87,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery = create_celery(
         settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
     )
-    jobs = JobStore(create_engine(settings.database_url, settings.database_schema))
+    jobs = JobStore(
+        create_engine(settings.database_url, settings.database_schema, role="heimdall-api")
+    )
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
 
     def publish(message: LocateMessage) -> None:

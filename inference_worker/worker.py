@@ -107,7 +107,11 @@ class ProcessRuntime:
         # or concurrent processes oversubscribe the cores and small products slow down 30x.
         threadpool_limits(1)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        jobs = JobStore(create_engine(settings.database_url, settings.database_schema, pool_size=2))
+        jobs = JobStore(
+            create_engine(
+                settings.database_url, settings.database_schema, pool_size=2, role="heimdall-worker"
+            )
+        )
         store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
         self.served = ServedModels(settings, jobs, store)
         self.served.refresh()
@@ -196,7 +200,9 @@ def create_worker_app(settings: Settings) -> Celery:
 
     def main_process_stores() -> tuple[JobStore, RedisStore]:
         if not stores:
-            engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+            engine = create_engine(
+                settings.database_url, settings.database_schema, pool_size=1, role="heimdall-worker"
+            )
             stores.append(
                 (JobStore(engine), RedisStore(connect(settings.redis_url), settings.redis_prefix))
             )

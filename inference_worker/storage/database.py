@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,15 +21,25 @@ from tasks.contract import FINAL_STATUSES
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def create_engine(database_url: str, schema: str, *, pool_size: int = 5) -> Engine:
-    """An engine whose connections use ``schema`` (tests use a schema of their own)."""
+def create_engine(
+    database_url: str, schema: str, *, pool_size: int = 5, role: str = "heimdall"
+) -> Engine:
+    """An engine whose connections use ``schema`` (tests use a schema of their own).
+
+    Connections name their process (``application_name``: role and pid), so an operator sees in
+    ``pg_stat_activity`` which worker or shim process holds which connection.
+    """
     return sa.create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=5,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"options": f"-csearch_path={schema}", "connect_timeout": 3},
+        connect_args={
+            "options": f"-csearch_path={schema}",
+            "connect_timeout": 3,
+            "application_name": f"{role} pid {os.getpid()}",
+        },
     )
 
 

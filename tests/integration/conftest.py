@@ -198,3 +198,27 @@ def forget_workers(store: RedisStore) -> None:
     """Drop heartbeats a killed worker left behind (they expire after a few seconds anyway)."""
     for key in store.client.scan_iter(match=f"{store.prefix}worker:*"):
         store.client.delete(key)
+
+
+def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str, str]]:
+    """Backends waiting, directly or behind another waiter, for a lock that backend ``holder``
+    holds: (pid, application_name, query).
+
+    Asked in a transaction of its own: PostgreSQL freezes what pg_stat_activity shows for the
+    length of a transaction.
+    """
+    with engine.connect() as connection:
+        return [
+            (pid, name, query)
+            for pid, name, query in connection.execute(
+                sa.text(
+                    "WITH RECURSIVE waiting(pid) AS ("
+                    " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
+                    " UNION SELECT a.pid FROM pg_stat_activity a JOIN waiting w"
+                    " ON w.pid = ANY(pg_blocking_pids(a.pid)))"
+                    " SELECT a.pid, a.application_name, a.query"
+                    " FROM pg_stat_activity a JOIN waiting USING (pid)"
+                ),
+                {"holder": holder},
+            ).all()
+        ]

@@ -17,6 +17,7 @@ from api_shim.app import create_app
 from inference_worker.processes import wait_until
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
+from tests.integration.conftest import blocked_on
 from tests.integration.test_end_to_end import submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
@@ -25,28 +26,6 @@ DELIVERY_LIMIT = 2
 def pool_children(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(child) for child in children]
-
-
-def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str]]:
-    """Backends waiting, directly or behind another waiter, for a lock ``holder`` holds.
-
-    Asked in a transaction of its own: PostgreSQL freezes what pg_stat_activity shows for the
-    length of a transaction.
-    """
-    with engine.connect() as connection:
-        return [
-            (pid, query)
-            for pid, query in connection.execute(
-                sa.text(
-                    "WITH RECURSIVE waiting(pid) AS ("
-                    " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
-                    " UNION SELECT a.pid FROM pg_stat_activity a JOIN waiting w"
-                    " ON w.pid = ANY(pg_blocking_pids(a.pid)))"
-                    " SELECT a.pid, a.query FROM pg_stat_activity a JOIN waiting USING (pid)"
-                ),
-                {"holder": holder},
-            ).all()
-        ]
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(
@@ -66,7 +45,7 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             waiting = blocked_on(engine, holder)
-            takes = [pid for pid, query in waiting if "attempts + 1" in query]  # JobStore.start
+            takes = [pid for pid, _, query in waiting if "attempts + 1" in query]  # JobStore.start
             if len(takes) < len(waiting):
                 break  # the dead-letter consumer is failing the job: let it
             fresh = [pid for pid in takes if pid not in seen]

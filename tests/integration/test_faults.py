@@ -1,0 +1,388 @@
+"""Fault injection under a steady stream of submissions: nothing accepted is lost or done twice.
+
+A real shim (gunicorn) and two real workers run against the machine's RabbitMQ, Redis and
+PostgreSQL while a client thread submits captures over HTTP without pause. Meanwhile the test
+kills a worker with SIGKILL while it holds a job and starts it again, restarts RabbitMQ (the
+whole server, not only its connections: about 15 s here), restarts Redis, and stops PostgreSQL
+for a few seconds. Every service it stops is started again by ``tools/local_services.sh``, also
+when the test fails. Afterwards every job that got a 202 must have exactly one recorded result,
+and every refusal must have been a prompt 503 that says which service is down.
+
+It needs the service commands of a development machine (rabbitmqctl, redis-cli, pg_ctlcluster)
+and services on loopback; it is skipped elsewhere, and fails in CI if it cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from inference_worker.capture import iq_digest
+from inference_worker.processes import cli_process, wait_until
+from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.storage.schema import inference_logs, jobs
+from tasks.producer import CaptureProducer
+from tests.integration.conftest import _free_port, _worker_env, blocked_on, forget_workers
+from tests.integration.test_end_to_end import npy_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+RESTORE = REPO / "tools" / "local_services.sh"
+CONTROL_COMMANDS = ("rabbitmqctl", "rabbitmq-server", "redis-cli", "redis-server", "pg_ctlcluster")
+SUBMIT_INTERVAL_S = 0.1
+CLIENT_TIMEOUT_S = 30.0
+PROMPT_S = 10.0
+"""A refusal must come within this: the shim gives the broker ~3 s, the stores 3 s to connect."""
+POSTGRES_DOWN_S = 5.0
+
+
+def restore_services() -> None:
+    subprocess.run([str(RESTORE)], check=True, timeout=180, capture_output=True)
+
+
+def run(*command: str, check: bool = True) -> None:
+    subprocess.run(command, check=check, timeout=120, capture_output=True)
+
+
+@pytest.fixture
+def services_under_our_control(settings):
+    missing = [c for c in CONTROL_COMMANDS if shutil.which(c) is None]
+    hosts = {
+        urllib.parse.urlsplit(url.replace("postgresql+psycopg2", "postgresql")).hostname
+        for url in (settings.broker_url, settings.redis_url, settings.database_url)
+    }
+    why = None
+    if missing:
+        why = f"service commands not installed: {', '.join(missing)}"
+    elif os.geteuid() != 0:
+        why = "stopping and starting the services needs root"
+    elif not hosts <= {"127.0.0.1", "localhost"}:
+        why = f"services are not all on loopback: {sorted(h or '?' for h in hosts)}"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"the fault-injection suite cannot run in CI: {why}")
+        pytest.skip(why)
+    try:
+        yield
+    finally:
+        restore_services()  # whatever happened, leave every service running
+
+
+def restart_rabbitmq() -> None:
+    try:
+        run("rabbitmqctl", "shutdown")
+    finally:
+        restore_services()  # rabbitmq-server -detached, then waits until it answers
+    run("rabbitmqctl", "await_startup")
+
+
+def restart_redis() -> None:
+    """A graceful restart, as an operator does one: Redis saves its data and loads it again.
+
+    The Redis of a development machine runs with persistence off; SHUTDOWN SAVE writes a
+    snapshot anyway, which is removed again once loaded so the machine stays as it was.
+    """
+    dump_dir = subprocess.run(
+        ["redis-cli", "config", "get", "dir"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    dump = Path(dump_dir) / "dump.rdb"
+    existed = dump.exists()
+    try:
+        run("redis-cli", "shutdown", "save", check=False)
+    finally:
+        restore_services()
+    if not existed:
+        dump.unlink(missing_ok=True)
+
+
+def stop_postgres_for(seconds: float) -> None:
+    cluster = sorted(os.listdir("/etc/postgresql"))[-1]
+    try:
+        run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
+        time.sleep(seconds)
+    finally:
+        restore_services()
+
+
+def kill_the_worker_holding_a_job(engine, local, capture, workers: dict[str, subprocess.Popen]):
+    """Send a job through the queue, hold its row so the worker that takes it waits there, and
+    SIGKILL that worker (its whole process group) with the job in hand. Returns (job id, name).
+    """
+    job_id = f"fault-{uuid.uuid4()}"
+    JobStore(engine).create(
+        NewJob(
+            job_id=job_id,
+            capture_time=datetime.now(UTC),
+            frequency_mhz=capture.frequency_mhz,
+            sample_rate_hz=capture.sample_rate_hz,
+            n_samples=capture.iq.shape[1],
+            receivers=list(capture.receivers),
+            iq_sha256=iq_digest(capture.iq),
+        )
+    )
+    with engine.connect() as locker:
+        locker.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
+        holder = locker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with CaptureProducer(
+            local.broker_url, local.redis_url, queue=local.queue, redis_prefix=local.redis_prefix
+        ) as producer:
+            producer.submit(
+                capture.iq,
+                sample_rate_hz=capture.sample_rate_hz,
+                frequency_mhz=capture.frequency_mhz,
+                receivers=capture.receivers,
+                job_id=job_id,
+            )
+        pids: list[int] = []
+
+        def in_hand() -> bool:
+            names = [name for _, name, _ in blocked_on(engine, holder)]
+            pids.extend(int(n.rsplit(" ", 1)[1]) for n in names if n.startswith("heimdall-worker"))
+            return bool(pids)
+
+        wait_until("a worker taking the held job", in_hand, 30)
+        group = os.getpgid(pids[0])
+        name = next(n for n, process in workers.items() if process.pid == group)
+        os.killpg(group, signal.SIGKILL)
+        workers[name].wait(timeout=30)
+        locker.rollback()
+    return job_id, name
+
+
+@dataclass
+class Answer:
+    phase: str
+    status: int
+    body: dict
+    seconds: float
+
+
+@dataclass
+class Load:
+    """A client thread that submits captures over HTTP until stopped."""
+
+    base_url: str
+    bodies: list[tuple[bytes, dict]]
+    phase: str = "steady"
+    answers: list[Answer] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def submit(self, index: int) -> Answer:
+        data, query = self.bodies[index % len(self.bodies)]
+        request = urllib.request.Request(
+            f"{self.base_url}/predict?{urllib.parse.urlencode(query)}",
+            data=data,
+            headers={"Content-Type": "application/x-npy"},
+            method="POST",
+        )
+        phase, started = self.phase, time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        except OSError as exc:  # no answer at all: a hang or a refused connection
+            status, raw = 0, json.dumps({"error": {"message": repr(exc)}}).encode()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"raw": raw[:200].decode(errors="replace")}
+        answer = Answer(phase, status, body, time.monotonic() - started)
+        self.answers.append(answer)
+        return answer
+
+    def run(self) -> None:
+        index = 0
+        while not self.stop.is_set():
+            self.submit(index)
+            index += 1
+            self.stop.wait(SUBMIT_INTERVAL_S)
+
+
+def test_nothing_accepted_is_lost_or_done_twice_through_faults(
+    services_under_our_control, own_queue, engine, simulator, tmp_path
+):
+    local, store, start_worker = own_queue
+    rng = np.random.default_rng()
+    captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(40)]
+    bodies = [
+        (
+            npy_bytes(c.iq),
+            {
+                "sample_rate_hz": c.sample_rate_hz,
+                "frequency_mhz": c.frequency_mhz,
+                "receivers": ",".join(c.receivers),
+            },
+        )
+        for c in captures
+    ]
+    port = _free_port()
+    env = {**_worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
+    api_args = ["api", "--port", str(port), "--workers", "2"]
+    load = Load(f"http://127.0.0.1:{port}", bodies)
+    log: list[str] = []
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{load.base_url}/health", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def settle(what: str) -> None:
+        """Wait until the shim reports every service healthy and a new job gets through."""
+        wait_until(f"the shim after {what}", healthy, 90)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            answer = load.submit(0)
+            if answer.status == 202:
+                job_id = answer.body["job_id"]
+                wait_until(
+                    f"a job after {what}",
+                    lambda: (jobs_store.get(job_id) or {}).get("status") == "succeeded",  # noqa: B023
+                    90,
+                )
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"no job accepted after {what}")
+
+    jobs_store = JobStore(engine)
+    with ExitStack() as stack:
+        api = stack.enter_context(cli_process(api_args, tmp_path / "api.log", env))
+        workers = {name: stack.enter_context(start_worker(name)) for name in ("A", "B")}
+        wait_until("the shim", healthy, 60, api)
+        wait_until("two workers", lambda: len(store.workers()) >= 2, 60, workers["B"])
+        thread = threading.Thread(target=load.run, name="load", daemon=True)
+        thread.start()
+        try:
+            time.sleep(3)
+
+            load.phase = "worker killed"
+            held, killed = kill_the_worker_holding_a_job(engine, local, captures[0], workers)
+            log.append(f"SIGKILL to worker {killed} while it held job {held}")
+            forget_workers(store)
+            time.sleep(2)
+            workers[killed] = stack.enter_context(start_worker(f"{killed}-again"))
+            wait_until(f"worker {killed} again", lambda: len(store.workers()) >= 2, 60)
+            load.phase = "steady"
+            settle("the worker restart")
+
+            load.phase = "RabbitMQ restart"
+            started = time.monotonic()
+            restart_rabbitmq()
+            log.append(f"RabbitMQ restarted in {time.monotonic() - started:.1f} s")
+            settle("the RabbitMQ restart")
+            load.phase = "steady"
+
+            load.phase = "Redis restart"
+            started = time.monotonic()
+            restart_redis()
+            log.append(f"Redis restarted in {time.monotonic() - started:.1f} s")
+            settle("the Redis restart")
+            load.phase = "steady"
+
+            load.phase = "PostgreSQL down"
+            started = time.monotonic()
+            stop_postgres_for(POSTGRES_DOWN_S)
+            log.append(f"PostgreSQL unreachable for {time.monotonic() - started:.1f} s")
+            settle("PostgreSQL coming back")
+            load.phase = "steady"
+            time.sleep(2)
+            load.stop.set()
+            thread.join(timeout=CLIENT_TIMEOUT_S + 5)
+
+            accepted = sorted({a.body["job_id"] for a in load.answers if a.status == 202} | {held})
+
+            def unfinished() -> int:
+                with engine.connect() as connection:
+                    return connection.execute(
+                        sa.select(sa.func.count()).where(
+                            jobs.c.job_id.in_(accepted),
+                            jobs.c.status.in_(("succeeded", "failed")),
+                        )
+                    ).scalar_one() - len(accepted)
+
+            deadline = time.monotonic() + 120
+            while unfinished() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            load.stop.set()
+
+    with engine.connect() as connection:
+        statuses = Counter(
+            dict(
+                connection.execute(
+                    sa.select(jobs.c.status, sa.func.count())
+                    .where(jobs.c.job_id.in_(accepted))
+                    .group_by(jobs.c.status)
+                ).all()
+            )
+        )
+        results_per_job = Counter(
+            n
+            for _, n in connection.execute(
+                sa.select(inference_logs.c.job_id, sa.func.count())
+                .where(inference_logs.c.job_id.in_(accepted))
+                .group_by(inference_logs.c.job_id)
+            ).all()
+        )
+        redelivered = connection.execute(
+            sa.select(sa.func.count()).where(jobs.c.job_id.in_(accepted), jobs.c.attempts > 1)
+        ).scalar_one()
+        failures = connection.execute(
+            sa.select(jobs.c.job_id, jobs.c.error).where(
+                jobs.c.job_id.in_(accepted), jobs.c.status == "failed"
+            )
+        ).all()
+
+    finished = statuses["succeeded"] + statuses["failed"]
+    lost = len(accepted) - finished
+    duplicated = sum(count for n, count in results_per_job.items() if n > 1)
+    by_phase: dict[str, Counter] = {}
+    for answer in load.answers:
+        by_phase.setdefault(answer.phase, Counter())[answer.status] += 1
+    refusals = [a for a in load.answers if a.status == 503]
+    messages = Counter(a.body.get("error", {}).get("message") for a in refusals)
+    slowest = max((a.seconds for a in refusals), default=0.0)
+    print("\n" + "\n".join(log))
+    for phase, counts in by_phase.items():
+        print(f"  {phase}: " + ", ".join(f"HTTP {s}: {n}" for s, n in sorted(counts.items())))
+    slowest_accept = max((a.seconds for a in load.answers if a.status == 202), default=0.0)
+    print(
+        f"  503 messages: {dict(messages)}; slowest refusal {slowest:.1f} s, "
+        f"slowest acceptance {slowest_accept:.1f} s"
+    )
+    print(
+        f"jobs accepted: {len(accepted)}, finished: {finished} (succeeded "
+        f"{statuses['succeeded']}, failed {statuses['failed']}), lost: {lost}, "
+        f"duplicated: {duplicated}; taken more than once: {redelivered}"
+    )
+
+    assert lost == 0
+    assert duplicated == 0
+    assert failures == [], failures
+    assert all(a.status in (202, 503) for a in load.answers), by_phase
+    assert all(
+        a.body.get("error", {}).get("code") == "service_unavailable"
+        and "unavailable" in a.body["error"]["message"]
+        for a in refusals
+    ), messages
+    assert slowest < PROMPT_S
+    assert by_phase["RabbitMQ restart"][503] > 0 and by_phase["PostgreSQL down"][503] > 0
