@@ -7,7 +7,6 @@ mistakes and a 503 when a service it needs is down.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -19,9 +18,12 @@ from typing import Any
 import kombu
 import numpy as np
 from flask import Flask, Response, g, jsonify, request, url_for
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
+from api_shim.auth import Access, Denied, KeyRing, Principal
 from api_shim.submission import (
     Accepted,
     JobConflict,
@@ -44,7 +46,7 @@ from inference_worker.capture import (
 from inference_worker.ellipse import feature_collection
 from inference_worker.jobs import TRANSIENT_ERRORS, job_view
 from inference_worker.model import ModelError, load_metadata
-from inference_worker.reachability import probe_broker
+from inference_worker.reachability import probe_broker, redact_secrets
 from inference_worker.registry import RegistryError, open_registry, serving_model_dir
 from inference_worker.serving import reload_plan
 from inference_worker.settings import Settings, load_settings
@@ -108,9 +110,55 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": celery,
     }
 
+    keyring = KeyRing(settings)
+    if not keyring.keys_required:
+        log.warning("no API keys configured (HEIMDALL_API_KEYS): submitting and polling are open")
+
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+
+    @app.before_request
+    def _authenticate() -> None:
+        """Who is asking (their key), and whether their role allows this endpoint."""
+        try:
+            principal = keyring.identify(
+                request.headers.get("Authorization"), request.headers.get("X-API-Key")
+            )
+            keyring.authorize(
+                principal,
+                ENDPOINT_ACCESS.get(request.endpoint or "", "client")
+                if request.endpoint
+                else "open",
+            )
+        except Denied as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        g.principal = principal
+
+    def rate_limited_key() -> str:
+        principal: Principal | None = g.get("principal")
+        return f"key:{principal.name}" if principal else f"addr:{get_remote_address()}"
+
+    limiter = Limiter(
+        key_func=rate_limited_key,
+        application_limits=[lambda: g.principal.rate_limit],
+        application_limits_exempt_when=lambda: g.get("principal") is None,
+        storage_uri=settings.redis_url,
+        key_prefix=f"{settings.redis_prefix}ratelimit",
+        strategy="fixed-window",
+        headers_enabled=True,
+        swallow_errors=True,  # Redis down: requests go on (the stores answer 503 themselves)
+        in_memory_fallback_enabled=True,
+    )
+    limiter.init_app(app)
+
+    def principal_tenant() -> str | None:
+        principal: Principal | None = g.get("principal")
+        return principal.tenant if principal else None
+
+    def readable(tenant: str | None) -> bool:
+        principal: Principal | None = g.get("principal")
+        return principal is None or principal.may_read(tenant)
 
     @app.after_request
     def _record_submission(response: Response) -> Response:
@@ -121,7 +169,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/model/reload")
     def reload_model() -> tuple[Response, int]:
-        require_admin()
         body = request.get_json(silent=True) if request.data else {}
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "body must be a JSON object (or empty)")
@@ -156,6 +203,58 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(
             {"generation": generation, "challenger_fraction": current_fraction, **plan}
         ), 202
+
+    def registry_for_changes() -> Any:
+        if settings.model_source != "registry":
+            raise ApiError(
+                409,
+                "no_registry",
+                "this service serves a model folder; registry changes need "
+                "HEIMDALL_MODEL_SOURCE=registry",
+            )
+        return open_registry(settings)
+
+    def mirror_registry(registry: Any) -> None:
+        try:
+            jobs.sync_registry(settings.model_name, [v.to_json() for v in registry.versions()])
+        except TRANSIENT_ERRORS:
+            log.warning("model_versions not mirrored now (database unavailable); next reload will")
+
+    @app.put("/models/aliases/<alias>")
+    def set_alias(alias: str) -> tuple[Response, int]:
+        if not MODEL_REF_PATTERN.match(alias) or alias.isdigit():
+            raise ApiError(
+                422, "invalid_alias", "an alias is 1-64 of A-Z a-z 0-9 . _ - (not a number)"
+            )
+        body = request.get_json(silent=True)
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str) or not version.isdigit():
+            raise ApiError(422, "invalid_version", 'send {"version": "<registry version number>"}')
+        registry = registry_for_changes()
+        try:
+            registry.set_alias(alias, version)
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_version", str(exc)) from None
+        mirror_registry(registry)
+        log.info("alias %s -> version %s (key %s)", alias, version, g.principal.name)
+        return jsonify({"alias": alias, "version": version, "aliases": registry.aliases()}), 200
+
+    @app.delete("/models/aliases/<alias>")
+    def remove_alias(alias: str) -> tuple[Response, int]:
+        registry = registry_for_changes()
+        if alias == settings.model_alias:
+            raise ApiError(
+                409, "alias_in_use", f"{alias!r} is the alias the workers serve; move it instead"
+            )
+        try:
+            registry.remove_alias(alias)
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_alias", str(exc)) from None
+        mirror_registry(registry)
+        log.info("alias %s removed (key %s)", alias, g.principal.name)
+        return jsonify({"alias": alias, "aliases": registry.aliases()}), 200
 
     @app.get("/models")
     def models() -> tuple[Response, int]:
@@ -230,7 +329,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message)
+        response, status = error_response(exc.status, exc.code, exc.message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="heimdall"'
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -238,6 +340,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         message = exc.description or exc.name
         if exc.code == 413:
             message = f"request body larger than {settings.max_body_bytes} bytes"
+        if exc.code == 429:
+            message = (
+                f"rate limit of this API key reached ({exc.description}); "
+                "retry after the seconds in the Retry-After header"
+            )
         return error_response(exc.code or 500, code, message)
 
     @app.errorhandler(Exception)
@@ -257,7 +364,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise ApiError(422, "invalid_capture", str(exc)) from None
         model = check_model_request(fields.get("model"))
         try:
-            return submitter.submit(iq, meta, job_id, batch_id, model)
+            return submitter.submit(iq, meta, job_id, batch_id, model, principal_tenant())
         except JobConflict as exc:
             raise ApiError(409, "job_id_conflict", str(exc)) from None
         except ServiceUnavailable as exc:
@@ -277,18 +384,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         elif value not in ("champion", metadata.version):
             raise ApiError(422, "unknown_model", f"this service serves only {metadata.version!r}")
         return value
-
-    def require_admin() -> None:
-        token = settings.admin_token.get_secret_value()
-        if not token:
-            raise ApiError(
-                403, "admin_disabled", "admin endpoints are off: set HEIMDALL_ADMIN_TOKEN"
-            )
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer "):
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <admin token>")
-        if not hmac.compare_digest(given.removeprefix("Bearer ").encode(), token.encode()):
-            raise ApiError(403, "forbidden", "the admin token is not valid")
 
     def accept(iq: Any, fields: dict[str, Any]) -> tuple[Response, int]:
         accepted = submit_one(iq, fields)
@@ -315,15 +410,21 @@ def create_app(settings: Settings | None = None) -> Flask:
             cached = store.get_result(job_id)
         except TRANSIENT_ERRORS:
             cached = None  # Redis is a cache here
-        if cached is not None:
-            return cached
-        try:
-            row = jobs.get(job_id)
-        except TRANSIENT_ERRORS:
-            raise ApiError(503, "service_unavailable", "the job database is unavailable") from None
-        if row is None:
+        if cached is not None and "tenant" in cached:
+            view = cached
+        else:
+            try:
+                row = jobs.get(job_id)
+            except TRANSIENT_ERRORS:
+                raise ApiError(
+                    503, "service_unavailable", "the job database is unavailable"
+                ) from None
+            if row is None:
+                raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+            view = job_view(row)
+        if not readable(view.get("tenant")):  # another tenant's job: as if there were none
             raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
-        return job_view(row)
+        return view
 
     def geojson(result: dict[str, Any]) -> dict[str, Any]:
         return feature_collection(result, [(r.id, r.lat, r.lon) for r in metadata.receivers])
@@ -444,6 +545,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             rows = jobs.batch(batch_id)
         except TRANSIENT_ERRORS:
             raise ApiError(503, "service_unavailable", "the job database is unavailable") from None
+        rows = [row for row in rows if readable(row["tenant"])]
         if not rows:
             raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
         views = [job_view(row) for row in rows]
@@ -509,7 +611,7 @@ def _check(probe: Any) -> dict[str, Any]:
     try:
         probe()
     except Exception as exc:  # a health check reports any failure, whatever its type
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "error": redact_secrets(f"{type(exc).__name__}: {exc}")}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
 
 
@@ -522,7 +624,11 @@ def _model_check(settings: Settings, model_dir: Path, store: RedisStore) -> dict
     try:
         workers = serving_workers(settings, store)
     except TRANSIENT_ERRORS as exc:
-        return {"ok": False, "error": f"cannot read worker heartbeats: {exc}", "workers": []}
+        return {
+            "ok": False,
+            "error": redact_secrets(f"cannot read worker heartbeats: {exc}"),
+            "workers": [],
+        }
     body: dict[str, Any] = {
         "ok": bool(workers),
         "configured_version": metadata.version,
@@ -559,6 +665,16 @@ class QueueDepth:
 
 
 MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ENDPOINT_ACCESS: dict[str, Access] = {
+    "health": "open",
+    "metrics": "open",
+    "openapi": "open",
+    "static": "open",
+    "reload_model": "admin",
+    "set_alias": "admin",
+    "remove_alias": "admin",
+}
+"""What each endpoint needs; every other endpoint needs a client (or admin) key."""
 
 
 def serving_workers(settings: Settings, store: RedisStore) -> list[dict[str, Any]]:

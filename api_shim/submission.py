@@ -61,6 +61,7 @@ class Submitter:
         job_id: str | None,
         batch_id: str | None = None,
         model: str | None = None,
+        tenant: str | None = None,
     ) -> Accepted:
         """Accept a validated capture. Once this returns, the job is queued and will finish.
 
@@ -79,6 +80,7 @@ class Submitter:
             receivers=list(meta.receivers),
             iq_sha256=digest,
             batch_id=batch_id,
+            tenant=tenant,
         )
         try:
             row, created = self.jobs.create(new_job)
@@ -86,6 +88,8 @@ class Submitter:
             log.error("database unavailable while accepting a job: %s", exc)
             raise ServiceUnavailable("the job database is unavailable; retry later") from None
         if not created:
+            if row["tenant"] != tenant:  # say nothing about another tenant's job
+                raise JobConflict(f"job_id {job_id!r} is taken; choose another")
             if row["iq_sha256"] != digest:
                 raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
             return Accepted(job_id, row["status"], created=False)
@@ -102,6 +106,7 @@ class Submitter:
             iq_sha256=digest,
             batch_id=batch_id,
             model=model,
+            tenant=tenant,
         )
         try:
             self.store.put_blob(blob_key, np.ascontiguousarray(iq).tobytes(), self.blob_ttl_s)

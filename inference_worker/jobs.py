@@ -107,6 +107,7 @@ def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "error": row["error"],
         "timings": row["timings"],
         "batch_id": row["batch_id"],
+        "tenant": row["tenant"],
     }
     if row["finished_at"] is not None and row["created_at"] is not None:
         elapsed = (row["finished_at"] - row["created_at"]).total_seconds() * 1000.0
@@ -177,6 +178,7 @@ def new_job_from(message: LocateMessage) -> NewJob:
         iq_sha256=message.iq_sha256,
         created_at=message.submitted_at,
         batch_id=message.batch_id,
+        tenant=message.tenant,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import kombu
@@ -33,6 +34,14 @@ def probe_database(database_url: str) -> None:
             connection.execute(sa.text("SELECT 1"))
     finally:
         engine.dispose()
+
+
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials of any URL in it replaced (for logs and error bodies)."""
+    return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def _redact(url: str) -> str:

@@ -8,15 +8,69 @@ the working directory. Defaults run against the local services of a development 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "reference"
 CENTROID_MODEL_DIR = PACKAGE_DIR / "models" / "centroid"
+
+
+NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+class ApiKey(BaseModel):
+    """One API key of the HTTP shim (``HEIMDALL_API_KEYS`` is a JSON list of these)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="Who holds the key (logs, rate limits).")
+    key: SecretStr | None = Field(None, description="The key itself (at least 16 characters).")
+    key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Or its sha256, hex: no secret in config."
+    )
+    role: Literal["client", "admin"] = Field(
+        "client", description="client: submit and poll; admin: also reload and registry changes."
+    )
+    tenant: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Jobs it submits belong to this tenant."
+    )
+    rate_limit: str | None = Field(
+        None, description="Requests allowed, e.g. '20/second;1000/hour'; default: api_rate_limit."
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of key and key_sha256")
+        if self.key is not None and len(self.key.get_secret_value()) < 16:
+            raise ValueError(f"API key {self.name!r}: a key needs at least 16 characters")
+        if self.rate_limit is not None:
+            _check_rate_limit(self.rate_limit)
+        return self
+
+    @property
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256
+
+
+def _check_rate_limit(value: str) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"invalid rate limit {value!r}: write e.g. '20/second' or '20/second;1000/hour'"
+        ) from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -110,7 +164,16 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr = Field(
         SecretStr(""),
-        description="Bearer token of the admin endpoints (POST /model/reload); empty: off.",
+        description="A bearer token with the admin role, besides api_keys; empty: none.",
+    )
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="API keys of the HTTP shim, a JSON list of {name, key or key_sha256, role, "
+        "tenant, rate_limit}; empty: submitting and polling need no key.",
+    )
+    api_rate_limit: str = Field(
+        "50/second",
+        description="Requests allowed per API key (all endpoints together) unless the key says.",
     )
 
     # --- Flower -----------------------------------------------------------------------------
@@ -153,6 +216,19 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on.")
     api_port: int = Field(8003, ge=1, le=65535, description="Port the HTTP shim listens on.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the shim.")
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        return _check_rate_limit(value)
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> Settings:
+        names = [k.name for k in self.api_keys]
+        digests = [k.digest for k in self.api_keys]
+        if len(set(names)) != len(names) or len(set(digests)) != len(digests):
+            raise ValueError("API key names and keys must be distinct")
+        return self
 
     @field_validator("redis_prefix")
     @classmethod

@@ -37,6 +37,8 @@ class LocateMessage(BaseModel):
     batch_id: str | None = Field(None, max_length=128)
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     """A registry version number or alias to use instead of the champion/challenger split."""
+    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    """The tenant the job belongs to (only API keys of that tenant read it)."""
 
 
 FINAL_STATUSES = ("succeeded", "failed")

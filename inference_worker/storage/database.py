@@ -77,6 +77,7 @@ class NewJob:
     created_at: datetime | None = None
     """Defaults to the time of the insert."""
     batch_id: str | None = None
+    tenant: str | None = None
 
 
 class JobStore:

@@ -32,6 +32,7 @@ jobs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("timings", JSONB),
     sa.Column("batch_id", sa.Text),
+    sa.Column("tenant", sa.Text),
     sa.CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
 )
 

@@ -28,6 +28,7 @@ from inference_worker.registry import CHALLENGER, CHAMPION, open_registry
 from inference_worker.serving import choose_alias
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.schema import jobs
+from tasks.app import dead_letter_queue_name
 from tests.integration.conftest import _free_port, _worker_env
 
 ADMIN = "lifecycle-admin-token"
@@ -79,6 +80,7 @@ def lifecycle(settings, engine, redis_client, tmp_path_factory):
         yield lc, app, all_workers_current
     with kombu.Connection(lc.broker_url) as connection:
         connection.default_channel.queue_delete(lc.queue)
+        connection.default_channel.queue_delete(dead_letter_queue_name(lc.queue))
         connection.default_channel.exchange_delete(lc.queue)
 
 
@@ -244,3 +246,22 @@ def test_a_job_may_ask_for_a_registry_version_and_the_registry_is_mirrored(
             ).mappings()
         }
     assert {v.model_version for v in versions} <= set(mirrored)
+
+
+def test_an_admin_moves_and_removes_registry_aliases_over_http(lifecycle):
+    settings, app, _ = lifecycle
+    client = app.test_client()
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    registry = open_registry(settings)
+    version = registry.versions()[0].version
+    assert client.put("/models/aliases/shadow", json={"version": version}).status_code == 401
+    moved = client.put("/models/aliases/shadow", json={"version": version}, headers=admin)
+    assert moved.status_code == 200, moved.get_json()
+    assert registry.aliases()["shadow"] == version
+    unknown = client.put("/models/aliases/shadow", json={"version": "999"}, headers=admin)
+    assert unknown.status_code == 404 and "999" in unknown.get_json()["error"]["message"]
+    serving = client.delete(f"/models/aliases/{settings.model_alias}", headers=admin)
+    assert serving.status_code == 409
+    removed = client.delete("/models/aliases/shadow", headers=admin)
+    assert removed.status_code == 200 and "shadow" not in registry.aliases()
+    assert client.delete("/models/aliases/shadow", headers=admin).status_code == 404
