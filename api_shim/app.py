@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
 import kombu
 import numpy as np
 from flask import Flask, Response, g, jsonify, request, url_for
@@ -52,7 +53,7 @@ from inference_worker.serving import reload_plan
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine
 from inference_worker.storage.redis_store import RedisStore, connect
-from tasks.app import create_celery
+from tasks.app import create_celery, dead_letter_queue_name
 from tasks.contract import TASK_NAME, LocateMessage
 
 log = logging.getLogger(__name__)
@@ -640,26 +641,37 @@ def _model_check(settings: Settings, model_dir: Path, store: RedisStore) -> dict
 
 
 class QueueDepth:
-    """Collector of the queue's ready messages and consumers, asked of RabbitMQ at scrape time."""
+    """Collector of the ready messages and consumers of the inference queue and its dead-letter
+    queue, asked of RabbitMQ at scrape time."""
 
     def __init__(self, broker_url: str, queue: str) -> None:
         self.broker_url, self.queue = broker_url, queue
 
     def collect(self) -> Any:
+        messages = GaugeMetricFamily(
+            "heimdall_queue_messages",
+            "Messages waiting in the inference queue and its dead-letter queue.",
+            labels=["queue"],
+        )
+        consumers = GaugeMetricFamily(
+            "heimdall_queue_consumers", "Consumers of each queue.", labels=["queue"]
+        )
         try:
             with kombu.Connection(self.broker_url, connect_timeout=1) as connection:
-                declared = connection.default_channel.queue_declare(self.queue, passive=True)
+                for name in (self.queue, dead_letter_queue_name(self.queue)):
+                    channel = connection.channel()
+                    try:
+                        declared = channel.queue_declare(name, passive=True)
+                    except amqp.exceptions.NotFound:
+                        continue  # not declared yet (no worker has started)
+                    finally:
+                        if channel.is_open:
+                            channel.close()
+                    messages.add_metric([name], declared.message_count)
+                    consumers.add_metric([name], declared.consumer_count)
         except Exception as exc:  # a scrape never fails because the broker is down
-            log.debug("queue depth unavailable: %s", exc)
+            log.debug("queue depth unavailable: %s", redact_secrets(str(exc)))
             return
-        messages = GaugeMetricFamily(
-            "heimdall_queue_messages", "Messages waiting in the inference queue.", labels=["queue"]
-        )
-        messages.add_metric([self.queue], declared.message_count)
-        consumers = GaugeMetricFamily(
-            "heimdall_queue_consumers", "Consumers of the inference queue.", labels=["queue"]
-        )
-        consumers.add_metric([self.queue], declared.consumer_count)
         yield messages
         yield consumers
 

@@ -1,0 +1,60 @@
+"""SIGTERM to the shim (gunicorn) lets a request in flight finish: its capture is accepted and
+answered, then the server exits."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.parse
+
+from inference_worker.processes import cli_process, wait_until
+from tests.integration.conftest import _free_port, _worker_env
+from tests.integration.test_end_to_end import npy_bytes
+
+
+def test_sigterm_lets_the_request_in_flight_finish(
+    settings, engine, queue_cleanup, capture, tmp_path
+):
+    port = _free_port()
+    env = {**_worker_env(settings), "HEIMDALL_API_PORT": str(port)}
+    body = npy_bytes(capture.iq)
+    query = urllib.parse.urlencode(
+        {
+            "sample_rate_hz": capture.sample_rate_hz,
+            "frequency_mhz": capture.frequency_mhz,
+            "receivers": ",".join(capture.receivers),
+        }
+    )
+    head = (
+        f"POST /predict?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        wait_until("the shim", listening, 60, api)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(head + body[: len(body) // 2])  # the request is in flight
+            time.sleep(0.5)
+            api.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert api.poll() is None, "the shim exited with a request in flight"
+            conn.sendall(body[len(body) // 2 :])
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert b" 202 " in status_line, answer[:300]
+        job = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert job["status"] == "queued"
+        api.wait(timeout=35)  # then it stops (gunicorn's graceful timeout is 30 s)
+    assert not listening()
