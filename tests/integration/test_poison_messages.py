@@ -73,7 +73,7 @@ def test_bad_message_fails_its_job_with_the_reason(
 
 
 def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
-    worker, settings, client, capture, tmp_path
+    worker, settings, stores, client, capture, tmp_path
 ):
     marker = tmp_path / "executed"
 
@@ -81,9 +81,12 @@ def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    publish(settings, Exploit(), serializer="pickle")
+    pickle_id = publish(settings, Exploit(), serializer="pickle")
     garbage_id = publish(settings, "not an object at all")
-    time.sleep(1.5)
+    # The worker refuses the pickle unread; the dead-letter consumer fails its job.
+    refused = wait_row(stores, pickle_id)
+    assert refused is not None and refused["status"] == "failed", refused
+    assert "rejected" in refused["error"]
     assert not marker.exists()
     assert worker.poll() is None
     view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
