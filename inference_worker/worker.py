@@ -197,6 +197,12 @@ def create_worker_app(settings: Settings) -> Celery:
             # worker take other work meanwhile.
             log.warning("stores still unavailable; job goes back to the queue: %s", exc)
             raise self.retry(exc=exc, countdown=0) from None
+        except Exception as exc:  # a bug, not the input: record it rather than retry forever
+            log.exception("job failed with an unexpected error")
+            reason = f"internal error in the worker: {type(exc).__name__}: {exc}"
+            # If even this cannot be recorded, the task raises: its message is rejected to the
+            # dead-letter queue, whose consumer fails the job.
+            return fail_job(payload, runtime.services(), reason).to_json()
 
     def main_process_stores() -> tuple[JobStore, RedisStore]:
         if not stores:
