@@ -47,10 +47,10 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def submit_as(client, capture, key: str, **query):
+def submit_as(client, capture, key: str, *, path: str = "/predict", iq=None, **query):
     return client.post(
-        "/predict",
-        data=npy_bytes(capture.iq),
+        path,
+        data=npy_bytes(capture.iq if iq is None else iq),
         content_type="application/x-npy",
         headers=auth(key),
         query_string={
@@ -124,17 +124,7 @@ def test_a_batch_is_readable_only_by_its_tenant(keyed, capture):
     import numpy as np
 
     stack = np.stack([capture.iq, capture.iq])
-    response = keyed.post(
-        "/predict-batch",
-        data=npy_bytes(stack),
-        content_type="application/x-npy",
-        headers=auth(SITE_B),
-        query_string={
-            "sample_rate_hz": capture.sample_rate_hz,
-            "frequency_mhz": capture.frequency_mhz,
-            "receivers": ",".join(capture.receivers),
-        },
-    )
+    response = submit_as(keyed, capture, SITE_B, path="/predict-batch", iq=stack)
     assert response.status_code == 202, response.get_json()
     batch_url = response.get_json()["status_url"]
     assert keyed.get(batch_url, headers=auth(SITE_B)).get_json()["counts"]

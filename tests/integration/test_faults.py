@@ -284,25 +284,22 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
             load.phase = "steady"
             settle("the worker restart")
 
-            load.phase = "RabbitMQ restart"
-            started = time.monotonic()
-            restart_rabbitmq()
-            log.append(f"RabbitMQ restarted in {time.monotonic() - started:.1f} s")
-            settle("the RabbitMQ restart")
-            load.phase = "steady"
-
-            load.phase = "Redis restart"
-            started = time.monotonic()
-            restart_redis()
-            log.append(f"Redis restarted in {time.monotonic() - started:.1f} s")
-            settle("the Redis restart")
-            load.phase = "steady"
-
-            load.phase = "PostgreSQL down"
-            started = time.monotonic()
-            stop_postgres_for(POSTGRES_DOWN_S)
-            log.append(f"PostgreSQL unreachable for {time.monotonic() - started:.1f} s")
-            settle("PostgreSQL coming back")
+            faults = (
+                ("RabbitMQ restart", restart_rabbitmq, "RabbitMQ restarted in"),
+                ("Redis restart", restart_redis, "Redis restarted in"),
+                (
+                    "PostgreSQL down",
+                    lambda: stop_postgres_for(POSTGRES_DOWN_S),
+                    "PostgreSQL unreachable for",
+                ),
+            )
+            for phase, inject, done in faults:
+                load.phase = phase
+                started = time.monotonic()
+                inject()
+                log.append(f"{done} {time.monotonic() - started:.1f} s")
+                settle(f"the {phase}")
+                load.phase = "steady"
             load.phase = "steady"
             time.sleep(2)
             load.stop.set()
