@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,9 +23,18 @@ class ShimError(RuntimeError):
 
 
 class ShimClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8003", timeout_s: float = 30.0) -> None:
+    """A small client of the shim. ``api_key`` defaults to the ``HEIMDALL_API_KEY`` variable
+    (needed when the shim has API keys configured)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8003",
+        timeout_s: float = 30.0,
+        api_key: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.api_key = api_key if api_key is not None else os.environ.get("HEIMDALL_API_KEY")
 
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
@@ -32,6 +42,8 @@ class ShimClient:
         request = urllib.request.Request(self.base_url + path, data=body, method=method)
         if content_type:
             request.add_header("Content-Type", content_type)
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.status, json.loads(response.read() or b"null")

@@ -168,3 +168,31 @@ def test_without_keys_submitting_is_open_and_admin_endpoints_are_off(client):
     response = client.post("/model/reload")
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "admin_disabled"
+
+
+def test_the_python_client_sends_its_key(keyed, capture, monkeypatch):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from api_shim.client import ShimClient, ShimError
+
+    server = make_server("127.0.0.1", 0, keyed.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        fields = {
+            "sample_rate_hz": capture.sample_rate_hz,
+            "frequency_mhz": capture.frequency_mhz,
+            "receivers": list(capture.receivers),
+        }
+        monkeypatch.delenv("HEIMDALL_API_KEY", raising=False)
+        with pytest.raises(ShimError) as refused:
+            ShimClient(url).submit_npy(capture.iq, **fields)
+        assert refused.value.status == 401
+        assert ShimClient(url, api_key=SITE_A).submit_npy(capture.iq, **fields)["job_id"]
+        monkeypatch.setenv("HEIMDALL_API_KEY", SITE_B)
+        assert ShimClient(url).submit_npy(capture.iq, **fields)["job_id"]
+    finally:
+        server.shutdown()
