@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import celery.worker.consumer
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from threadpoolctl import threadpool_limits
@@ -175,11 +176,28 @@ class ProcessRuntime:
             self._stop.wait(HEARTBEAT_INTERVAL_S)
 
 
+class Consumer(celery.worker.consumer.Consumer):
+    """Celery's consumer without native delayed delivery.
+
+    Celery sets that up whenever it sees a quorum queue: 28 extra queues and exchanges on the
+    broker, and a warning, since it does not work with direct exchanges. This service never
+    publishes a task with a countdown or an ETA, so it has no use for them.
+    """
+
+    class Blueprint(celery.worker.consumer.Consumer.Blueprint):
+        default_steps = [
+            step
+            for step in celery.worker.consumer.Consumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+
 def create_worker_app(settings: Settings) -> Celery:
     """The worker's Celery app with the ``heimdall.locate`` task registered."""
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     runtime = ProcessRuntime(settings)
     app.conf.heimdall_runtime = runtime
+    app.conf.worker_consumer = f"{__name__}:Consumer"
 
     def attempt(payload: object) -> dict[str, Any]:
         services, unavailable = runtime.services_for(payload)
