@@ -67,8 +67,11 @@ class CaptureProducer:
         capture_time: datetime | str | None = None,
         job_id: str | None = None,
         batch_id: str | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Validate and enqueue one ``(3, n)`` complex64 capture; returns its job id.
+
+        ``tenant``, if given, makes the job readable over HTTP only by keys of that tenant.
 
         Raises:
             inference_worker.capture.CaptureError: the capture is invalid (nothing was sent).
@@ -90,6 +93,7 @@ class CaptureProducer:
             iq_sha256=iq_digest(iq),
             submitted_at=datetime.now(UTC),
             batch_id=batch_id,
+            tenant=tenant,
         )
         self.store.put_blob(key, iq.tobytes(), self.blob_ttl_s)
         self.celery.send_task(

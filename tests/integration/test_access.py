@@ -196,3 +196,39 @@ def test_the_python_client_sends_its_key(keyed, capture, monkeypatch):
         assert ShimClient(url).submit_npy(capture.iq, **fields)["job_id"]
     finally:
         server.shutdown()
+
+
+def test_a_job_from_the_producer_client_belongs_to_the_tenant_it_names(
+    keyed, worker, settings, capture
+):
+    from tasks.producer import CaptureProducer
+
+    with CaptureProducer(
+        settings.broker_url,
+        settings.redis_url,
+        queue=settings.queue,
+        redis_prefix=settings.redis_prefix + "keys:",
+    ) as producer:
+        job_id = producer.submit(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=capture.receivers,
+            tenant="site-b",
+        )
+    # The worker records the job when it takes it; poll as its tenant until it is final.
+    view = wait_final_as(keyed, job_id, SITE_B)
+    assert view["tenant"] == "site-b"
+    assert keyed.get(f"/jobs/{job_id}", headers=auth(SITE_A)).status_code == 404
+
+
+def wait_final_as(client, job_id: str, key: str, timeout_s: float = 30.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get(f"/jobs/{job_id}", headers=auth(key))
+        if response.status_code == 200 and response.get_json()["status"] in ("succeeded", "failed"):
+            return response.get_json()
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not final within {timeout_s} s")
