@@ -222,3 +222,22 @@ def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str, str]]:
                 {"holder": holder},
             ).all()
         ]
+
+
+def produce(settings: Settings, capture, **extra: object) -> str:
+    """Enqueue ``capture`` straight onto the queue of ``settings`` with the producer client."""
+    from tasks.producer import CaptureProducer
+
+    with CaptureProducer(
+        settings.broker_url,
+        settings.redis_url,
+        queue=settings.queue,
+        redis_prefix=settings.redis_prefix,
+    ) as producer:
+        return producer.submit(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=capture.receivers,
+            **extra,  # type: ignore[arg-type]
+        )

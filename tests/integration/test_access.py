@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from api_shim.app import create_app
 from inference_worker.settings import ApiKey
+from tests.integration.conftest import produce
 from tests.integration.test_end_to_end import npy_bytes, submit_npy
 
 SITE_A = "key-of-site-a-0123456789"
@@ -201,21 +202,7 @@ def test_the_python_client_sends_its_key(keyed, capture, monkeypatch):
 def test_a_job_from_the_producer_client_belongs_to_the_tenant_it_names(
     keyed, worker, settings, capture
 ):
-    from tasks.producer import CaptureProducer
-
-    with CaptureProducer(
-        settings.broker_url,
-        settings.redis_url,
-        queue=settings.queue,
-        redis_prefix=settings.redis_prefix + "keys:",
-    ) as producer:
-        job_id = producer.submit(
-            capture.iq,
-            sample_rate_hz=capture.sample_rate_hz,
-            frequency_mhz=capture.frequency_mhz,
-            receivers=capture.receivers,
-            tenant="site-b",
-        )
+    job_id = produce(settings, capture, tenant="site-b")
     # The worker records the job when it takes it; poll as its tenant until it is final.
     view = wait_final_as(keyed, job_id, SITE_B)
     assert view["tenant"] == "site-b"

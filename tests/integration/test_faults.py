@@ -39,8 +39,13 @@ from inference_worker.capture import iq_digest
 from inference_worker.processes import cli_process, wait_until
 from inference_worker.storage.database import JobStore, NewJob
 from inference_worker.storage.schema import inference_logs, jobs
-from tasks.producer import CaptureProducer
-from tests.integration.conftest import _free_port, _worker_env, blocked_on, forget_workers
+from tests.integration.conftest import (
+    _free_port,
+    _worker_env,
+    blocked_on,
+    forget_workers,
+    produce,
+)
 from tests.integration.test_end_to_end import npy_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,16 +145,7 @@ def kill_the_worker_holding_a_job(engine, local, capture, workers: dict[str, sub
     with engine.connect() as locker:
         locker.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
         holder = locker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        with CaptureProducer(
-            local.broker_url, local.redis_url, queue=local.queue, redis_prefix=local.redis_prefix
-        ) as producer:
-            producer.submit(
-                capture.iq,
-                sample_rate_hz=capture.sample_rate_hz,
-                frequency_mhz=capture.frequency_mhz,
-                receivers=capture.receivers,
-                job_id=job_id,
-            )
+        produce(local, capture, job_id=job_id)
         pids: list[int] = []
 
         def in_hand() -> bool:

@@ -19,6 +19,7 @@ import pytest
 
 from inference_worker.processes import cli_process, wait_until
 from tasks.producer import CaptureProducer
+from tests.integration.conftest import produce
 from tests.integration.test_end_to_end import json_body, submit_npy, wait_final
 
 
@@ -139,19 +140,11 @@ def test_producer_enqueues_straight_onto_rabbitmq_and_waits_for_the_result(
     worker, settings, capture, stores
 ):
     jobs, _ = stores
+    job_id = produce(settings, capture)
     with CaptureProducer(
-        settings.broker_url,
-        settings.redis_url,
-        queue=settings.queue,
-        redis_prefix=settings.redis_prefix,
-    ) as producer:
-        job_id = producer.submit(
-            capture.iq,
-            sample_rate_hz=capture.sample_rate_hz,
-            frequency_mhz=capture.frequency_mhz,
-            receivers=capture.receivers,
-        )
-        view = producer.wait(job_id, timeout_s=30)
+        redis_url=settings.redis_url, redis_prefix=settings.redis_prefix
+    ) as client:
+        view = client.wait(job_id, timeout_s=30)
     assert view["status"] == "succeeded"
     row = jobs.get(job_id)
     assert row is not None and row["status"] == "succeeded"
