@@ -122,18 +122,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def _authenticate() -> None:
         """Who is asking (their key), and whether their role allows this endpoint."""
-        try:
-            principal = keyring.identify(
-                request.headers.get("Authorization"), request.headers.get("X-API-Key")
-            )
-            keyring.authorize(
-                principal,
-                ENDPOINT_ACCESS.get(request.endpoint or "", "client")
-                if request.endpoint
-                else "open",
-            )
-        except Denied as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
+        principal = keyring.identify(
+            request.headers.get("Authorization"), request.headers.get("X-API-Key")
+        )
+        access = ENDPOINT_ACCESS.get(request.endpoint, "client") if request.endpoint else "open"
+        keyring.authorize(principal, access)
         g.principal = principal
 
     def rate_limited_key() -> str:
@@ -329,7 +322,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         return Response(body, content_type=content_type)
 
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> tuple[Response, int]:
+    @app.errorhandler(Denied)
+    def _api_error(exc: ApiError | Denied) -> tuple[Response, int]:
         response, status = error_response(exc.status, exc.code, exc.message)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="heimdall"'

@@ -6,6 +6,7 @@ prefork fork (``worker_process_init``), never at import time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -54,12 +55,10 @@ def with_store_retries(
     Raises:
         The last transient error after ``attempts`` calls.
     """
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return run()
         except TRANSIENT_ERRORS as exc:
-            if attempt + 1 >= attempts:
-                raise
             delay = retry_delay_s(attempt)
             log.warning(
                 "transient store error (attempt %d of %d), retrying in %.1f s: %s",
@@ -69,7 +68,7 @@ def with_store_retries(
                 exc,
             )
             sleep(delay)
-    raise AssertionError("unreachable")
+    return run()
 
 
 class ProcessRuntime:
@@ -222,17 +221,13 @@ def create_worker_app(settings: Settings) -> Celery:
             # dead-letter queue, whose consumer fails the job.
             return fail_job(payload, runtime.services(), reason).to_json()
 
+    @functools.cache
     def main_process_stores() -> tuple[JobStore, RedisStore]:
-        if not stores:
-            engine = create_engine(
-                settings.database_url, settings.database_schema, pool_size=1, role="heimdall-worker"
-            )
-            stores.append(
-                (JobStore(engine), RedisStore(connect(settings.redis_url), settings.redis_prefix))
-            )
-        return stores[0]
+        engine = create_engine(
+            settings.database_url, settings.database_schema, pool_size=1, role="heimdall-worker"
+        )
+        return JobStore(engine), RedisStore(connect(settings.redis_url), settings.redis_prefix)
 
-    stores: list[tuple[JobStore, RedisStore]] = []
     app.steps["consumer"].add(
         dead_letter_step(
             settings.queue, settings.max_deliveries, main_process_stores, settings.result_ttl_s

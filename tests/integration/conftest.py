@@ -200,6 +200,13 @@ def forget_workers(store: RedisStore) -> None:
         store.client.delete(key)
 
 
+def hold_row(connection: sa.Connection, job_id: str) -> int:
+    """Lock a job's row in ``connection``'s transaction (every worker taking the job waits on it
+    until the transaction ends); returns this backend's pid, for :func:`blocked_on`."""
+    connection.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
+    return int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
 def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str, str]]:
     """Backends waiting, directly or behind another waiter, for a lock that backend ``holder``
     holds: (pid, application_name, query).

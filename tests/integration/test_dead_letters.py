@@ -17,7 +17,7 @@ from api_shim.app import create_app
 from inference_worker.processes import wait_until
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
-from tests.integration.conftest import blocked_on
+from tests.integration.conftest import blocked_on, hold_row
 from tests.integration.test_end_to_end import submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
@@ -39,8 +39,7 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
     with engine.connect() as locker, start_worker("poisoned") as worker:
         # Hold the job's row: every worker that takes the job blocks on it in PostgreSQL, so
         # the job is in hand at a known moment, and we kill that process as a crash would.
-        locker.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
-        holder = locker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        holder = hold_row(locker, job_id)
         seen: set[int] = set()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     _worker_env,
     blocked_on,
     forget_workers,
+    hold_row,
     produce,
 )
 from tests.integration.test_end_to_end import npy_bytes
@@ -143,8 +144,7 @@ def kill_the_worker_holding_a_job(engine, local, capture, workers: dict[str, sub
         )
     )
     with engine.connect() as locker:
-        locker.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
-        holder = locker.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        holder = hold_row(locker, job_id)
         produce(local, capture, job_id=job_id)
         pids: list[int] = []
 
