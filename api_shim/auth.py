@@ -4,13 +4,18 @@ Keys come from the settings (``HEIMDALL_API_KEYS``), as the key or only its sha2
 names its key with ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. With no keys
 configured, submitting and polling are open (a development setup) and only the admin token, if
 set, opens the admin endpoints.
+
+Access is declared per blueprint (:class:`Audience`): every route of a blueprint needs its
+audience's access, and a route outside any audience needs an admin key, so access fails closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from flask import Blueprint, Flask, g, request
 
 from inference_worker.settings import Settings
 
@@ -95,3 +100,48 @@ class KeyRing:
             return
         if principal is None and self.keys_required:
             raise Denied(401, "unauthorized", "send Authorization: Bearer <key> or X-API-Key")
+
+
+class Audience(Blueprint):
+    """A blueprint for one audience of the shim; every route in it needs ``access``."""
+
+    def __init__(self, name: str, import_name: str, *, access: Access, **kwargs: Any) -> None:
+        super().__init__(name, import_name, **kwargs)
+        self.access: Access = access
+
+
+def required_access(app: Flask) -> Access:
+    """The access the current request's route needs: its audience's, else admin."""
+    if request.endpoint is None:
+        return "open"  # no route matched: the answer is a 404 or 405 with nothing in it
+    blueprint = app.blueprints.get(request.blueprint) if request.blueprint else None
+    return blueprint.access if isinstance(blueprint, Audience) else "admin"
+
+
+def install_access(app: Flask, keyring: KeyRing) -> None:
+    """Check every request's key against the access its route needs (before the view runs)."""
+
+    @app.before_request
+    def _authenticate() -> None:
+        principal = keyring.identify(
+            request.headers.get("Authorization"), request.headers.get("X-API-Key")
+        )
+        keyring.authorize(principal, required_access(app))
+        g.principal = principal
+
+
+def current_principal() -> Principal | None:
+    """The key of the request being served (``None`` when it sent none)."""
+    principal: Principal | None = g.get("principal")
+    return principal
+
+
+def current_tenant() -> str | None:
+    principal = current_principal()
+    return principal.tenant if principal else None
+
+
+def may_read(tenant: str | None) -> bool:
+    """Whether the current request may see a job of ``tenant``."""
+    principal = current_principal()
+    return principal is None or principal.may_read(tenant)

@@ -4,19 +4,20 @@ The inference queue is a RabbitMQ *quorum* queue: replicated where the cluster h
 durable, with a delivery limit. A message whose deliveries keep ending without an answer (the
 worker process running it dies, or loses its connection) is moved to the dead-letter queue
 ``<queue>.dead`` after ``delivery_limit`` returns; workers consume that queue and record the job
-as failed with the reason (see :mod:`inference_worker.dead_letters`).
+as failed with the reason (see :mod:`inference_worker.serving.dead_letters`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import amqp.exceptions
 import kombu
 from celery import Celery
 from kombu import Exchange, Queue
 
-from tasks.contract import TASK_NAME
+from tasks.contract import TASK_NAME, LocateMessage
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +155,15 @@ def create_celery(
         enable_utc=True,
     )
     return app
+
+
+def publisher(app: Celery, queue: str) -> Callable[[LocateMessage], None]:
+    """Publish a task message on ``queue`` (persistent, with publisher confirms); the message's
+    job id is the task id, so Flower and the broker's tools name tasks by job."""
+
+    def publish(message: LocateMessage) -> None:
+        app.send_task(
+            TASK_NAME, args=[message.model_dump(mode="json")], task_id=message.job_id, queue=queue
+        )
+
+    return publish

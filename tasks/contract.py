@@ -7,7 +7,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field
+
+from inference_worker.storage.statuses import FINAL_STATUSES
 
 TASK_NAME = "heimdall.locate"
 MESSAGE_VERSION = 1
@@ -41,7 +44,25 @@ class LocateMessage(BaseModel):
     """The tenant the job belongs to (only API keys of that tenant read it)."""
 
 
-FINAL_STATUSES = ("succeeded", "failed")
+class MessageError(ValueError):
+    """A task message that does not follow the contract; the text says what is wrong."""
+
+
+def read_message(payload: object) -> LocateMessage:
+    """The task message in ``payload`` (the task's JSON argument), checked field by field.
+
+    Raises:
+        MessageError: ``payload`` is not a valid message; the text names each bad field.
+    """
+    if not isinstance(payload, dict):
+        raise MessageError(f"task message must be a JSON object; got {type(payload).__name__}")
+    try:
+        return LocateMessage.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+        )
+        raise MessageError(f"invalid task message: {details}") from None
 
 
 def wait_until_final(

@@ -13,24 +13,17 @@ confirms; the worker records the job in PostgreSQL when it takes it. Nothing her
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from inference_worker.capture import (
-    CaptureLimits,
-    iq_digest,
-    parse_capture_time,
-    parse_job_id,
-    parse_receivers,
-    validate_iq,
-)
+from inference_worker.core.capture import CaptureLimits
 from inference_worker.storage.redis_store import RedisStore, connect
-from tasks.app import create_celery
-from tasks.contract import TASK_NAME, LocateMessage, wait_until_final
+from tasks.app import create_celery, publisher
+from tasks.contract import wait_until_final
+from tasks.intake import Intake, ServedModelCache
 
 
 class CaptureProducer:
@@ -46,16 +39,26 @@ class CaptureProducer:
     ) -> None:
         from inference_worker.settings import load_settings
 
-        settings = load_settings()
-        self.queue = queue or settings.queue
-        self.blob_ttl_s = blob_ttl_s or settings.blob_ttl_s
-        self.store = RedisStore(
-            connect(redis_url or settings.redis_url), redis_prefix or settings.redis_prefix
-        )
+        overrides: dict[str, Any] = {
+            "broker_url": broker_url,
+            "redis_url": redis_url,
+            "queue": queue,
+            "redis_prefix": redis_prefix,
+            "blob_ttl_s": blob_ttl_s,
+        }
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        self.queue = settings.queue
+        self.store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
         self.celery = create_celery(
-            broker_url or settings.broker_url, self.queue, delivery_limit=settings.max_deliveries
+            settings.broker_url, self.queue, delivery_limit=settings.max_deliveries
         )
-        self.limits = limits or CaptureLimits(max_samples=settings.max_samples_per_receiver)
+        self.intake = Intake(
+            settings,
+            self.store,
+            publisher(self.celery, self.queue),
+            ServedModelCache(self.store),
+            limits=limits,
+        )
 
     def submit(
         self,
@@ -68,38 +71,31 @@ class CaptureProducer:
         job_id: str | None = None,
         batch_id: str | None = None,
         tenant: str | None = None,
+        model: str | None = None,
     ) -> str:
         """Validate and enqueue one ``(3, n)`` complex64 capture; returns its job id.
 
-        ``tenant``, if given, makes the job readable over HTTP only by keys of that tenant.
+        The checks are the shim's (:class:`tasks.intake.Intake`): sample-rate and length bounds
+        from the settings and the served model, the model's receivers. ``tenant``, if given,
+        makes the job readable over HTTP only by keys of that tenant; ``model`` names a registry
+        version or alias instead of the champion/challenger split.
 
         Raises:
-            inference_worker.capture.CaptureError: the capture is invalid (nothing was sent).
+            inference_worker.core.capture.CaptureError: the capture is invalid (nothing sent).
+            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down (nothing accepted).
         """
-        iq = validate_iq(np.ascontiguousarray(iq), self.limits)
-        when = (
-            capture_time if isinstance(capture_time, datetime) else parse_capture_time(capture_time)
-        )
-        job_id = parse_job_id(job_id) or str(uuid.uuid4())
-        key = self.store.blob_key(job_id)
-        message = LocateMessage(
-            job_id=job_id,
-            blob_key=key,
-            n_samples=int(iq.shape[1]),
-            sample_rate_hz=float(sample_rate_hz),
-            frequency_mhz=float(frequency_mhz),
-            receivers=parse_receivers(list(receivers)),
-            capture_time=when,
-            iq_sha256=iq_digest(iq),
-            submitted_at=datetime.now(UTC),
-            batch_id=batch_id,
-            tenant=tenant,
-        )
-        self.store.put_blob(key, iq.tobytes(), self.blob_ttl_s)
-        self.celery.send_task(
-            TASK_NAME, args=[message.model_dump(mode="json")], task_id=job_id, queue=self.queue
-        )
-        return job_id
+        fields = {
+            "sample_rate_hz": sample_rate_hz,
+            "frequency_mhz": frequency_mhz,
+            "receivers": list(receivers),
+            "capture_time": (
+                capture_time.isoformat() if isinstance(capture_time, datetime) else capture_time
+            ),
+            "job_id": job_id,
+            "model": model,
+        }
+        capture = self.intake.check(np.asarray(iq), fields)
+        return self.intake.accept(capture, batch_id=batch_id, tenant=tenant).job_id
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         """The finished job, or ``None`` while it is not finished (or its result expired)."""

@@ -26,9 +26,9 @@ import redis
 import sqlalchemy as sa
 
 from api_shim.client import ShimClient
-from inference_worker.processes import cli_process, wait_until
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.settings import load_settings
-from inference_worker.simulator import CaptureSimulator
 
 
 def free_port() -> int:

@@ -28,26 +28,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.ellipse import Estimate, decode_output, describe  # noqa: E402
-from inference_worker.evaluation.baselines import (  # noqa: E402
+from inference_worker.core.ellipse import Estimate, decode_output, describe  # noqa: E402
+from inference_worker.science.baselines import (  # noqa: E402
     GridLocator,
     crb_position_m,
     weighted_centroid,
 )
-from inference_worker.evaluation.datasets import (  # noqa: E402
+from inference_worker.science.datasets import (  # noqa: E402
     Dataset,
     DatasetSpec,
     concatenate,
     generate,
 )
-from inference_worker.evaluation.metrics import (  # noqa: E402
+from inference_worker.science.metrics import (  # noqa: E402
     calibration_curve,
     coverage,
     error_summary,
     gaussian_nll_km,
 )
-from inference_worker.model import LocalizationModel  # noqa: E402
-from inference_worker.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 DEFAULT_REPORT = ROOT / "docs" / "evaluation"

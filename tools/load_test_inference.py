@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api_shim.client import ShimClient, ShimError  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
-from inference_worker.simulator import CaptureSimulator  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
 

@@ -37,20 +37,20 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.evaluation.datasets import (  # noqa: E402
+from inference_worker.core.features import FeatureParams, mel_band_widths_hz  # noqa: E402
+from inference_worker.science.datasets import (  # noqa: E402
     RAW_DB,
     Dataset,
     DatasetSpec,
     generate,
     print_progress,
 )
-from inference_worker.evaluation.metrics import (  # noqa: E402
+from inference_worker.science.metrics import (  # noqa: E402
     covariance_from_sigmas,
     coverage,
     error_summary,
 )
-from inference_worker.features import FeatureParams, mel_band_widths_hz  # noqa: E402
-from inference_worker.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
 CACHE_DIR = ROOT / "var" / "datasets"

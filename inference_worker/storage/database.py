@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine, RowMapping
 
 from inference_worker.storage.schema import inference_logs, jobs, model_versions
-from tasks.contract import FINAL_STATUSES
+from inference_worker.storage.statuses import FINAL_STATUSES
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

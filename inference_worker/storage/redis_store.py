@@ -60,7 +60,7 @@ class RedisStore:
         if ttl_s > 0:
             self.client.set(key, json.dumps(result), ex=ttl_s)
 
-    # --- what the workers serve (see inference_worker.serving) -------------------------------
+    # --- what the workers serve (see inference_worker.serving.models) -----------------------
     def serving_key(self) -> str:
         return f"{self.prefix}serving"
 
@@ -71,11 +71,28 @@ class RedisStore:
         )
         return int(generation or 0), float(fraction or 0.0)
 
-    def request_reload(self, challenger_fraction: float | None = None) -> int:
-        """Ask every worker process to reload between jobs; returns the new generation."""
+    def served_model(self) -> dict[str, Any] | None:
+        """The champion's summary (receivers, feature minimums) last announced, if any."""
+        value = self.client.hget(self.serving_key(), "champion")
+        return None if value is None else json.loads(value)
+
+    def announce_model(self, summary: dict[str, Any]) -> None:
+        """Say which champion submissions are checked against (without asking for a reload)."""
+        self.client.hset(self.serving_key(), "champion", json.dumps(summary))
+
+    def request_reload(
+        self, challenger_fraction: float | None = None, champion: dict[str, Any] | None = None
+    ) -> int:
+        """Ask every worker process to reload between jobs; returns the new generation.
+
+        ``champion``, the summary of the model the reload serves, replaces the announced one in
+        the same transaction, so shims and producers check submissions against it.
+        """
         pipeline = self.client.pipeline(transaction=True)
         if challenger_fraction is not None:
             pipeline.hset(self.serving_key(), "challenger_fraction", challenger_fraction)
+        if champion is not None:
+            pipeline.hset(self.serving_key(), "champion", json.dumps(champion))
         pipeline.hincrby(self.serving_key(), "generation", 1)
         return int(pipeline.execute()[-1])
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from inference_worker.evaluation.baselines import measured_power_dbm
-from inference_worker.features import FeatureParams, log_mel_spectrogram
-from inference_worker.simulator import CaptureSimulator, HeldOutCells
+from inference_worker.core.features import FeatureParams, log_mel_spectrogram
+from inference_worker.science.baselines import measured_power_dbm
+from inference_worker.science.simulator import CaptureSimulator, HeldOutCells
 
 RAW_DB = replace(FeatureParams(), mean_db=0.0, std_db=1.0)
 """Feature parameters that leave the features in dB/Hz (normalization comes later)."""

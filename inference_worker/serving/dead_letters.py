@@ -20,10 +20,13 @@ from typing import Any
 import kombu
 from celery import bootsteps
 
-from inference_worker.capture import JOB_ID_PATTERN
-from inference_worker.jobs import TRANSIENT_ERRORS, BadJob, job_view, new_job_from, parse_message
+from inference_worker.core.capture import JOB_ID_PATTERN
 from inference_worker.storage.database import JobStore
+from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.redis_store import RedisStore
+from inference_worker.storage.views import job_view
+from tasks.contract import MessageError, read_message
+from tasks.intake import record_job
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +89,16 @@ def record_dead_letter(
     """Fail the letter's job with ``reason`` unless it is already final; True if recorded.
 
     Raises:
-        One of :data:`inference_worker.jobs.TRANSIENT_ERRORS` when a store is unreachable.
+        One of :data:`~inference_worker.storage.errors.TRANSIENT_ERRORS` when a store is
+        unreachable.
     """
     if letter.job_id is None:
         log.error("dead-lettered message with no usable job id dropped (%s)", letter.reason)
         return False
     if jobs.get(letter.job_id) is None:
         try:
-            jobs.create(new_job_from(parse_message(letter.payload)))
-        except BadJob:
+            record_job(jobs, read_message(letter.payload))
+        except MessageError:
             pass  # record_rejected below keeps the reason without the capture's fields
     final = jobs.fail(letter.job_id, reason)
     if final is None and jobs.get(letter.job_id) is None:
@@ -117,7 +121,7 @@ def dead_letter_step(
 
     ``stores`` is a callable returning ``(JobStore, RedisStore)``, built on first use.
     """
-    from inference_worker import observability
+    from inference_worker.serving import observability
     from tasks.app import dead_letter_queue
 
     class DeadLetters(bootsteps.ConsumerStep):

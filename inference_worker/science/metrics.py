@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference_worker.ellipse import scale_for_confidence
+from inference_worker.core.ellipse import scale_for_confidence
 
 COVERAGE_LEVELS = (0.3935, 0.6827, 0.95)
 

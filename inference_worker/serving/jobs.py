@@ -1,7 +1,7 @@
 """One inference job, from task message to recorded result: the plain function the task wraps.
 
 ``run_job`` takes its services explicitly, so tests call it directly with the real stores and a
-real model, and the Celery task in :mod:`inference_worker.worker` is only a thin wrapper.
+real model, and the Celery task in :mod:`inference_worker.serving.worker` is only a thin wrapper.
 """
 
 from __future__ import annotations
@@ -9,33 +9,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
-import pydantic
-import redis
-import sqlalchemy.exc
 
-from inference_worker.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
-from inference_worker.ellipse import EstimateError, decode_output, describe
-from inference_worker.features import log_mel_spectrogram
-from inference_worker.model import ModelMetadata
-from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.core.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
+from inference_worker.core.contract import ModelMetadata
+from inference_worker.core.ellipse import EstimateError, decode_output, describe
+from inference_worker.core.features import log_mel_spectrogram
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
-from tasks.contract import LocateMessage
+from inference_worker.storage.views import job_view
+from tasks.contract import LocateMessage, MessageError, read_message
+from tasks.intake import record_job
 
 log = logging.getLogger(__name__)
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-)
-"""Store errors worth retrying with backoff; anything about the input is never retried."""
 
 
 class Predictor(Protocol):
@@ -81,38 +71,6 @@ class JobOutcome:
 
 class BadJob(Exception):
     """The job cannot succeed whatever we retry; the message is the reason recorded."""
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """The public JSON of a job, as ``GET /jobs/<id>`` answers it and Redis caches it."""
-    view: dict[str, Any] = {
-        "job_id": row["job_id"],
-        "status": row["status"],
-        "created_at": _iso(row["created_at"]),
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "capture_time": _iso(row["capture_time"]),
-        "frequency_mhz": row["frequency_mhz"],
-        "sample_rate_hz": row["sample_rate_hz"],
-        "n_samples": row["n_samples"],
-        "receivers": list(row["receivers"]),
-        "attempts": row["attempts"],
-        "model_version": row["model_version"],
-        "cache_hit": row["cache_hit"],
-        "result": row["result"],
-        "error": row["error"],
-        "timings": row["timings"],
-        "batch_id": row["batch_id"],
-        "tenant": row["tenant"],
-    }
-    if row["finished_at"] is not None and row["created_at"] is not None:
-        elapsed = (row["finished_at"] - row["created_at"]).total_seconds() * 1000.0
-        view["timings"] = {**(row["timings"] or {}), "end_to_end_ms": round(elapsed, 3)}
-    return view
 
 
 def capture_fingerprint(message: LocateMessage) -> str:
@@ -167,45 +125,33 @@ def locate(
     return result, timings
 
 
-def new_job_from(message: LocateMessage) -> NewJob:
-    return NewJob(
-        job_id=message.job_id,
-        capture_time=message.capture_time,
-        frequency_mhz=message.frequency_mhz,
-        sample_rate_hz=message.sample_rate_hz,
-        n_samples=message.n_samples,
-        receivers=list(message.receivers),
-        iq_sha256=message.iq_sha256,
-        created_at=message.submitted_at,
-        batch_id=message.batch_id,
-        tenant=message.tenant,
-    )
-
-
 def parse_message(payload: object) -> LocateMessage:
-    if not isinstance(payload, dict):
-        raise BadJob(f"task message must be a JSON object; got {type(payload).__name__}")
+    """The task message, or :class:`BadJob` saying what is wrong with it."""
     try:
-        return LocateMessage.model_validate(payload)
-    except pydantic.ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
-        )
-        raise BadJob(f"invalid task message: {details}") from None
+        return read_message(payload)
+    except MessageError as exc:
+        raise BadJob(str(exc)) from None
 
 
-def run_job(payload: object, services: JobServices) -> JobOutcome:
+def message_job_id(payload: object, task_id: str | None) -> str | None:
+    """The job a message is about: its ``job_id``, else the task id it travelled under (producers
+    publish each job as the task of the same id), so even an unreadable message fails its job."""
+    job_id = payload.get("job_id") if isinstance(payload, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else task_id
+
+
+def run_job(payload: object, services: JobServices, task_id: str | None = None) -> JobOutcome:
     """Turn one task message into a recorded result (or a recorded failure).
 
     Safe to run twice for the same job: a job already final is left untouched, and the
     conditional updates in :class:`JobStore` record one result however often it runs.
 
     Raises:
-        One of :data:`TRANSIENT_ERRORS` when a store is unreachable; the caller retries.
+        One of :data:`~inference_worker.storage.errors.TRANSIENT_ERRORS` when a store is
+        unreachable; the caller retries.
     """
     started = time.perf_counter()
-    job_id = payload.get("job_id") if isinstance(payload, dict) else None
-    job_id = job_id if isinstance(job_id, str) and job_id else None
+    job_id = message_job_id(payload, task_id)
     model = services.model
     try:
         message = parse_message(payload)
@@ -215,7 +161,7 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
     row = services.jobs.start(message.job_id)
     if row is None and services.jobs.get(message.job_id) is None:
         # Published straight to the queue by a producer: the message is the job's first record.
-        services.jobs.create(new_job_from(message))
+        record_job(services.jobs, message)
         row = services.jobs.start(message.job_id)
     if row is None:
         log.info("job %s already final; redelivery ignored", message.job_id)
@@ -279,14 +225,16 @@ def run_job(payload: object, services: JobServices) -> JobOutcome:
     )
 
 
-def fail_job(payload: object, services: JobServices, reason: str) -> JobOutcome:
+def fail_job(
+    payload: object, services: JobServices, reason: str, task_id: str | None = None
+) -> JobOutcome:
     """Record a job as failed without running it (e.g. it asked for a model nobody serves)."""
     try:
         message = parse_message(payload)
     except BadJob as exc:
-        return _reject(services, None, str(exc))
+        return _reject(services, message_job_id(payload, task_id), str(exc))
     if services.jobs.get(message.job_id) is None:
-        services.jobs.create(new_job_from(message))
+        record_job(services.jobs, message)
     outcome = _fail(services, message.job_id, reason, services.model.version)
     services.redis.delete_blob(message.blob_key)
     return outcome

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from api_shim.client import ShimClient, ShimError
-from inference_worker.ellipse import contains, distance_m, estimate_from_result
-from inference_worker.model import ModelError, load_metadata
-from inference_worker.processes import cli_process, wait_until
+from inference_worker.cli import bootstrap
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.settings import Settings
-from inference_worker.simulator import CaptureSimulator
 
 # (sample rate, duration, submission format): the rates real receivers deliver and the
 # handoff's 192 kHz, lengths from 0.1 s to 1 s.
@@ -56,10 +57,8 @@ def _started(args: list[str], name: str) -> Iterator[subprocess.Popen]:
 
 
 def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) -> int:
-    from inference_worker.cli import _migrate, _require_services
-
-    _require_services(settings)
-    _migrate(settings)
+    bootstrap.require_services(settings)
+    bootstrap.migrate_database(settings)
     client = ShimClient(f"http://{settings.api_host}:{settings.api_port}", timeout_s=10)
 
     with ExitStack() as stack:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference_worker.model import ModelError, file_sha256, load_metadata
+from inference_worker.core.contract import ModelError, file_sha256, load_metadata
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_worker.model import LocalizationModel, ModelError, load_metadata
-from inference_worker.registry import CHALLENGER, CHAMPION, RegistryError, open_registry
+from inference_worker.core.contract import ModelError
+from inference_worker.serving.onnx_model import LocalizationModel
+from inference_worker.serving.registry import CHALLENGER, CHAMPION, RegistryError, open_registry
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
@@ -185,22 +186,3 @@ class ServedModels:
             "models": {alias: loaded.describe() for alias, loaded in self.by_alias.items()},
             "last_error": self.last_error,
         }
-
-
-def reload_plan(settings: Settings) -> dict[str, Any]:
-    """What a reload will serve, verified before any worker is asked (raises if refused)."""
-    if settings.model_source != "registry":
-        return {
-            "champion": load_metadata(Path(settings.model_dir), verify=True).version,
-            "challenger": None,
-        }
-    registry = open_registry(settings)
-    aliases = registry.aliases()
-    plan: dict[str, Any] = {"champion": None, "challenger": None}
-    for alias, key in ((settings.model_alias, "champion"), ("challenger", "challenger")):
-        if alias in aliases:
-            found, _ = registry.fetch(alias)
-            plan[key] = found.version
-    if plan["champion"] is None:
-        raise RegistryError(f"no version under alias {settings.model_alias!r}")
-    return plan

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inference_worker.ellipse import metres_per_degree
+from inference_worker.core.ellipse import metres_per_degree
 
-RECEIVERS_FILE = Path(__file__).resolve().parent / "data" / "receivers.json"
+RECEIVERS_FILE = Path(__file__).resolve().parents[1] / "data" / "receivers.json"
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from threadpoolctl import threadpool_limits
 
-from inference_worker import observability
-from inference_worker.dead_letters import dead_letter_step
-from inference_worker.jobs import TRANSIENT_ERRORS, JobServices, fail_job, run_job
-from inference_worker.registry import CHAMPION
-from inference_worker.serving import ModelUnavailable, ServedModels
+from inference_worker.serving import observability
+from inference_worker.serving.dead_letters import dead_letter_step
+from inference_worker.serving.jobs import JobServices, fail_job, run_job
+from inference_worker.serving.models import ModelUnavailable, ServedModels
+from inference_worker.serving.registry import CHAMPION
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore, create_engine
+from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery
 from tasks.contract import TASK_NAME
@@ -198,16 +199,18 @@ def create_worker_app(settings: Settings) -> Celery:
     app.conf.heimdall_runtime = runtime
     app.conf.worker_consumer = f"{__name__}:Consumer"
 
-    def attempt(payload: object) -> dict[str, Any]:
+    def attempt(payload: object, task_id: str | None) -> dict[str, Any]:
         services, unavailable = runtime.services_for(payload)
         if unavailable is not None:
-            return fail_job(payload, services, unavailable).to_json()
-        return run_job(payload, services).to_json()
+            return fail_job(payload, services, unavailable, task_id).to_json()
+        return run_job(payload, services, task_id).to_json()
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None)
     def locate(self: Any, payload: object) -> dict[str, Any]:
         try:
-            return with_store_retries(lambda: attempt(payload), settings.task_max_retries + 1)
+            return with_store_retries(
+                lambda: attempt(payload, self.request.id), settings.task_max_retries + 1
+            )
         except TRANSIENT_ERRORS as exc:
             # A long outage: put a fresh copy of the message at the back of the queue (its
             # delivery count starts again, so an outage never dead-letters a job) and let the
@@ -219,7 +222,7 @@ def create_worker_app(settings: Settings) -> Celery:
             reason = f"internal error in the worker: {type(exc).__name__}: {exc}"
             # If even this cannot be recorded, the task raises: its message is rejected to the
             # dead-letter queue, whose consumer fails the job.
-            return fail_job(payload, runtime.services(), reason).to_json()
+            return fail_job(payload, runtime.services(), reason, self.request.id).to_json()
 
     @functools.cache
     def main_process_stores() -> tuple[JobStore, RedisStore]:

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import log_ndtr
 
-from inference_worker.simulator import CaptureSimulator
+from inference_worker.science.simulator import CaptureSimulator
 
 
 def measured_power_dbm(

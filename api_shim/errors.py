@@ -1,0 +1,60 @@
+"""JSON errors: ``{"error": {"code": ..., "message": ...}}`` with a 4xx for the client's mistakes
+and a 503 when a service the shim needs is down."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from api_shim.auth import Denied
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def unavailable(service: str) -> ApiError:
+    """The 503 for a store that does not answer; the client retries later."""
+    return ApiError(503, "service_unavailable", f"{service} is unavailable")
+
+
+def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def _api_error(exc: ApiError | Denied) -> tuple[Response, int]:
+    response, status = error_response(exc.status, exc.code, exc.message)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="heimdall"'
+    return response, status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    message = exc.description or exc.name
+    if exc.code == 413:
+        message = f"request body larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    if exc.code == 429:
+        message = (
+            f"rate limit of this API key reached ({exc.description}); "
+            "retry after the seconds in the Retry-After header"
+        )
+    return error_response(exc.code or 500, code, message)
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "internal error; the event was logged")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(Denied, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,161 @@
+"""Infrastructure (open to all): health, the model's health across workers, Prometheus metrics
+and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp.exceptions
+import kombu
+from flask import Response, jsonify
+from prometheus_client.core import GaugeMetricFamily
+
+from api_shim.auth import Audience
+from api_shim.services import services
+from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.serving import observability
+from inference_worker.serving.registry import serving_model_dir
+from inference_worker.settings import Settings
+from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.reachability import probe_broker, redact_secrets
+from inference_worker.storage.redis_store import RedisStore
+from tasks.app import dead_letter_queue_name
+
+log = logging.getLogger(__name__)
+
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+
+
+def create_blueprint() -> Audience:
+    blueprint = Audience("infra", __name__, access="open")
+    blueprint.add_url_rule("/health", view_func=health)
+    blueprint.add_url_rule("/health/model", view_func=health_model)
+    blueprint.add_url_rule("/metrics", view_func=metrics)
+    blueprint.add_url_rule("/openapi.json", view_func=openapi)
+    return blueprint
+
+
+def serving_workers(settings: Settings, store: RedisStore) -> list[dict[str, Any]]:
+    """The heartbeats of the worker processes serving this shim's queue."""
+    return [w for w in store.workers() if w.get("queue") == settings.queue]
+
+
+def worker_models(worker: dict[str, Any]) -> dict[str, Any]:
+    keys = ("worker_id", "generation", "challenger_fraction", "models", "last_error", "seen_at")
+    return {k: worker.get(k) for k in keys}
+
+
+def health() -> tuple[Response, int]:
+    shim = services()
+    checks = {
+        "broker": timed_check(lambda: probe_broker(shim.settings.broker_url)),
+        "redis": timed_check(shim.store.ping),
+        "database": timed_check(shim.jobs.ping),
+    }
+    model = model_check(shim.settings, shim.store)
+    stores_ok = all(c["ok"] for c in checks.values())
+    status = "ok" if stores_ok and model["ok"] else ("degraded" if stores_ok else "unavailable")
+    body = {"status": status, "checks": {**checks, "model": model}}
+    return jsonify(body), 200 if stores_ok else 503
+
+
+def health_model() -> tuple[Response, int]:
+    shim = services()
+    generation, _ = shim.store.serving_state()
+    workers = serving_workers(shim.settings, shim.store)
+    problems = [
+        f"{w['worker_id']}: {w.get('last_error') or 'generation ' + str(w.get('generation'))}"
+        for w in workers
+        if w.get("last_error") or w.get("generation") != generation
+    ]
+    ok = bool(workers) and not problems
+    body = {
+        "ok": ok,
+        "generation": generation,
+        "workers": [worker_models(w) for w in workers],
+        "problems": problems if workers else ["no worker is serving this queue"],
+    }
+    return jsonify(body), 200 if ok else 503
+
+
+def openapi() -> Response:
+    return Response(OPENAPI_FILE.read_bytes(), mimetype="application/json")
+
+
+def metrics() -> Response:
+    settings = services().settings
+    body, content_type = observability.render((QueueDepth(settings.broker_url, settings.queue),))
+    return Response(body, content_type=content_type)
+
+
+def timed_check(probe: Callable[[], Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        probe()
+    except Exception as exc:  # a health check reports any failure, whatever its type
+        return {"ok": False, "error": redact_secrets(f"{type(exc).__name__}: {exc}")}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
+
+
+def model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
+    """The configured model is intact and at least one worker on this queue has it loaded."""
+    try:
+        metadata = load_metadata(serving_model_dir(settings), verify=True)
+    except ModelError as exc:
+        return {"ok": False, "error": str(exc), "workers": []}
+    try:
+        workers = serving_workers(settings, store)
+    except TRANSIENT_ERRORS as exc:
+        return {
+            "ok": False,
+            "error": redact_secrets(f"cannot read worker heartbeats: {exc}"),
+            "workers": [],
+        }
+    body: dict[str, Any] = {
+        "ok": bool(workers),
+        "configured_version": metadata.version,
+        "workers": workers,
+    }
+    if not workers:
+        body["error"] = "no worker is serving this queue"
+    return body
+
+
+class QueueDepth:
+    """Collector of the ready messages and consumers of the inference queue and its dead-letter
+    queue, asked of RabbitMQ at scrape time."""
+
+    def __init__(self, broker_url: str, queue: str) -> None:
+        self.broker_url, self.queue = broker_url, queue
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        messages = GaugeMetricFamily(
+            "heimdall_queue_messages",
+            "Messages waiting in the inference queue and its dead-letter queue.",
+            labels=["queue"],
+        )
+        consumers = GaugeMetricFamily(
+            "heimdall_queue_consumers", "Consumers of each queue.", labels=["queue"]
+        )
+        try:
+            with kombu.Connection(self.broker_url, connect_timeout=1) as connection:
+                for name in (self.queue, dead_letter_queue_name(self.queue)):
+                    channel = connection.channel()
+                    try:
+                        declared = channel.queue_declare(name, passive=True)
+                    except amqp.exceptions.NotFound:
+                        continue  # not declared yet (no worker has started)
+                    finally:
+                        if channel.is_open:
+                            channel.close()
+                    messages.add_metric([name], declared.message_count)
+                    consumers.add_metric([name], declared.consumer_count)
+        except Exception as exc:  # a scrape never fails because the broker is down
+            log.debug("queue depth unavailable: %s", redact_secrets(str(exc)))
+            return
+        yield messages
+        yield consumers

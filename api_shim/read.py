@@ -1,0 +1,138 @@
+"""Reading results (client keys): jobs, batches, ellipses and the served model's description.
+
+A job is read from Redis first and from PostgreSQL, the record of truth, when Redis has none. A
+client key sees the jobs of its own tenant only; another tenant's job answers 404, as if there
+were none.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, jsonify, request
+
+from api_shim.auth import Audience, may_read
+from api_shim.errors import ApiError, unavailable
+from api_shim.services import services
+from inference_worker.core.capture import JOB_ID_PATTERN
+from inference_worker.core.contract import load_metadata
+from inference_worker.core.ellipse import feature_collection
+from inference_worker.serving.registry import serving_model_dir
+from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.views import job_view
+
+
+def create_blueprint() -> Audience:
+    blueprint = Audience("read", __name__, access="client")
+    blueprint.add_url_rule("/jobs/<job_id>", view_func=get_job)
+    blueprint.add_url_rule("/batches/<batch_id>", view_func=get_batch)
+    blueprint.add_url_rule("/uncertainty-ellipse", view_func=uncertainty_ellipse)
+    blueprint.add_url_rule("/model/info", view_func=model_info)
+    return blueprint
+
+
+def lookup_job(job_id: str) -> dict[str, Any]:
+    """A job's view: Redis first, PostgreSQL (the record of truth) when Redis has none."""
+    if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
+        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    shim = services()
+    try:
+        cached = shim.store.get_result(job_id)
+    except TRANSIENT_ERRORS:
+        cached = None  # Redis is a cache here
+    if cached is not None and "tenant" in cached:
+        view = cached
+    else:
+        try:
+            row = shim.jobs.get(job_id)
+        except TRANSIENT_ERRORS:
+            raise unavailable("the job database") from None
+        if row is None:
+            raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+        view = job_view(row)
+    if not may_read(view.get("tenant")):  # another tenant's job: as if there were none
+        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    return view
+
+
+def geojson(result: dict[str, Any]) -> dict[str, Any]:
+    receivers = services().model.receivers
+    return feature_collection(result, [(r.id, r.lat, r.lon) for r in receivers])
+
+
+def get_job(job_id: str) -> tuple[Response, int]:
+    view = lookup_job(job_id)
+    includes = {part.strip() for part in request.args.get("include", "").split(",") if part}
+    if "geojson" in includes and view["status"] == "succeeded":
+        view = {**view, "geojson": geojson(view["result"])}
+    return jsonify(view), 200
+
+
+def get_batch(batch_id: str) -> tuple[Response, int]:
+    if not JOB_ID_PATTERN.match(batch_id):
+        raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
+    try:
+        rows = services().jobs.batch(batch_id)
+    except TRANSIENT_ERRORS:
+        raise unavailable("the job database") from None
+    rows = [row for row in rows if may_read(row["tenant"])]
+    if not rows:
+        raise ApiError(404, "batch_not_found", f"no batch with id {batch_id!r}")
+    views = [job_view(row) for row in rows]
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[view["status"]] = counts.get(view["status"], 0) + 1
+    return jsonify({"batch_id": batch_id, "counts": counts, "jobs": views}), 200
+
+
+def uncertainty_ellipse() -> tuple[Response, int]:
+    job_id = request.args.get("job_id", "")
+    if not job_id:
+        raise ApiError(400, "missing_job_id", "give the job as ?job_id=...")
+    view = lookup_job(job_id)
+    if view["status"] != "succeeded":
+        raise ApiError(
+            409, "job_not_succeeded", f"job {job_id!r} is {view['status']}; no ellipse to draw"
+        )
+    result = view["result"]
+    return jsonify(
+        {
+            "job_id": job_id,
+            "model_version": view["model_version"],
+            "center": {"lat": result["lat"], "lon": result["lon"]},
+            "sigma_east_m": result["sigma_x_m"],
+            "sigma_north_m": result["sigma_y_m"],
+            "rho": result.get("rho", 0.0),
+            "orientation_convention": result["ellipse_orientation_convention"],
+            "ellipses": {
+                level: {k: v for k, v in shape.items() if k != "polygon"}
+                for level, shape in result["ellipses"].items()
+            },
+            "geojson": geojson(result),
+        }
+    ), 200
+
+
+def model_info() -> tuple[Response, int]:
+    """The champion's contract: what a client needs to build captures and draw results."""
+    info_dir = serving_model_dir(services().settings)
+    meta = load_metadata(info_dir, verify=False)
+    raw = json.loads((info_dir / "model.json").read_text())
+    return jsonify(
+        {
+            "name": meta.name,
+            "version": meta.version,
+            "architecture": meta.architecture,
+            "sha256": meta.sha256,
+            "input": raw.get(
+                "input",
+                {"shape": ["batch", *[3, meta.features.n_mels, meta.features.n_frames]]},
+            ),
+            "outputs": raw["outputs"],
+            "receivers": [r.__dict__ for r in meta.receivers],
+            "features": meta.features.to_metadata(),
+            "metrics": meta.metrics,
+            "training": raw.get("training", {}),
+        }
+    ), 200

@@ -1,0 +1,82 @@
+"""What the shim's views use: the settings, the stores, the intake path and the served model.
+
+Built once by :func:`api_shim.app.create_app`; connections open lazily, on the first request
+that needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+
+from inference_worker.core.contract import ModelSummary, load_metadata
+from inference_worker.serving.registry import RegistryError, open_registry, serving_model_dir
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore, create_engine
+from inference_worker.storage.redis_store import RedisStore, connect
+from tasks.app import create_celery, publisher
+from tasks.intake import Intake, ModelRequestError, ResolveModel, ServedModelCache
+
+
+@dataclass(frozen=True)
+class ShimServices:
+    settings: Settings
+    jobs: JobStore
+    store: RedisStore
+    celery: Celery
+    served: ServedModelCache
+    intake: Intake
+
+    @property
+    def model(self) -> ModelSummary:
+        """The champion submissions are checked against (as the last reload announced it)."""
+        summary = self.served.current()
+        assert summary is not None  # the cache falls back to the model found at start
+        return summary
+
+
+def build_services(settings: Settings) -> ShimServices:
+    started_with = ModelSummary.of(load_metadata(serving_model_dir(settings), verify=False))
+    celery = create_celery(
+        settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
+    )
+    jobs = JobStore(
+        create_engine(settings.database_url, settings.database_schema, role="heimdall-api")
+    )
+    store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+    served = ServedModelCache(store, fallback=started_with)
+    intake = Intake(
+        settings,
+        store,
+        publisher(celery, settings.queue),
+        served,
+        jobs=jobs,
+        resolve_model=model_resolver(settings, served),
+    )
+    return ShimServices(settings, jobs, store, celery, served, intake)
+
+
+def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel:
+    """Refuse a requested model that the registry (or the served folder) does not have."""
+
+    def resolve(reference: str) -> None:
+        if settings.model_source == "registry":
+            try:
+                open_registry(settings).resolve(reference)
+            except RegistryError as exc:
+                raise ModelRequestError("unknown_model", str(exc)) from None
+            return
+        summary = served.current()
+        version = summary.version if summary else None
+        if reference not in ("champion", version):
+            raise ModelRequestError("unknown_model", f"this service serves only {version!r}")
+
+    return resolve
+
+
+def services() -> ShimServices:
+    """The services of the app serving the current request."""
+    found: ShimServices = current_app.extensions["heimdall"]
+    return found

@@ -1,0 +1,185 @@
+"""Submitting captures (client keys): ``POST /predict`` and ``POST /predict-batch``.
+
+The views decode the body and hand each capture to the intake path (:mod:`tasks.intake`), which
+checks it, records the job, stores the IQ and publishes the task.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from flask import Response, g, jsonify, request, url_for
+
+from api_shim.auth import Audience, current_tenant
+from api_shim.errors import ApiError
+from api_shim.services import services
+from inference_worker.core.capture import (
+    CaptureError,
+    CaptureTooLarge,
+    decode_json_iq,
+    decode_npy,
+)
+from inference_worker.serving import observability
+from tasks.intake import Accepted, JobConflict, ModelRequestError, ServiceUnavailable
+
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+
+
+def create_blueprint() -> Audience:
+    blueprint = Audience("submit", __name__, access="client")
+    blueprint.before_request(_start_timer)
+    blueprint.after_request(_record_submission)
+    blueprint.add_url_rule("/predict", view_func=predict, methods=["POST"])
+    blueprint.add_url_rule("/predict-batch", view_func=predict_batch, methods=["POST"])
+    return blueprint
+
+
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def _record_submission(response: Response) -> Response:
+    if "started" in g and request.endpoint:
+        elapsed = time.perf_counter() - g.started
+        endpoint = request.endpoint.rpartition(".")[2]
+        observability.record_submission(endpoint, response.status_code, elapsed)
+    return response
+
+
+def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> Accepted:
+    """Check and accept one capture, or raise the ApiError that says why not."""
+    intake = services().intake
+    try:
+        capture = intake.check(iq, fields)
+    except CaptureTooLarge as exc:
+        raise ApiError(413, "capture_too_large", str(exc)) from None
+    except ModelRequestError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    except CaptureError as exc:
+        raise ApiError(422, "invalid_capture", str(exc)) from None
+    try:
+        return intake.accept(capture, batch_id=batch_id, tenant=current_tenant())
+    except JobConflict as exc:
+        raise ApiError(409, "job_id_conflict", str(exc)) from None
+    except ServiceUnavailable as exc:
+        raise ApiError(503, "service_unavailable", str(exc)) from None
+
+
+def json_capture_iq(document: object) -> Any:
+    if not isinstance(document, dict):
+        raise ApiError(422, "invalid_capture", "a capture must be a JSON object")
+    if "iq_data" not in document:
+        raise ApiError(422, "invalid_capture", "iq_data is required")
+    try:
+        return decode_json_iq(document["iq_data"])
+    except CaptureError as exc:
+        raise ApiError(422, "invalid_capture", str(exc)) from None
+
+
+def npy_body() -> np.ndarray:
+    try:
+        return decode_npy(request.get_data(cache=False))
+    except CaptureError as exc:
+        raise ApiError(400, "invalid_npy", str(exc)) from None
+
+
+def predict() -> tuple[Response, int]:
+    content_type = (request.mimetype or "").lower()
+    if content_type == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "body must be a JSON object")
+        accepted = submit_one(json_capture_iq(body), body)
+    elif content_type in NPY_TYPES:
+        accepted = submit_one(npy_body(), request.args.to_dict())
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send application/json, or application/x-npy with metadata in the query string",
+        )
+    status_url = url_for("read.get_job", job_id=accepted.job_id)
+    response = jsonify(accepted.describe(status_url))
+    response.headers["Location"] = status_url
+    return response, 202
+
+
+def batch_items() -> list[tuple[Any, dict[str, Any]]]:
+    """The batch's captures as (IQ or the ApiError that refuses it, fields)."""
+    content_type = (request.mimetype or "").lower()
+    items: list[tuple[Any, dict[str, Any]]] = []
+    if content_type == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("captures"), list):
+            raise ApiError(400, "invalid_json", 'body must be a JSON object {"captures": [...]}')
+        documents = body["captures"]
+        check_batch_size(len(documents))
+        for document in documents:
+            try:
+                items.append((json_capture_iq(document), document))
+            except ApiError as exc:
+                items.append((exc, {}))
+        return items
+    if content_type not in NPY_TYPES:
+        raise ApiError(
+            415, "unsupported_media_type", "send application/json, or application/x-npy (k, 3, n)"
+        )
+    stack = npy_body()
+    if stack.ndim != 3:
+        raise ApiError(
+            422, "invalid_capture", f"batch array must be (k, 3, n); got {tuple(stack.shape)}"
+        )
+    check_batch_size(stack.shape[0])
+    fields = request.args.to_dict()
+    job_ids = [j for j in fields.pop("job_ids", "").split(",") if j]
+    if job_ids and len(job_ids) != stack.shape[0]:
+        raise ApiError(422, "invalid_capture", "job_ids must name one id per capture")
+    for index in range(stack.shape[0]):
+        extra = {"job_id": job_ids[index]} if job_ids else {}
+        items.append((np.ascontiguousarray(stack[index]), {**fields, **extra}))
+    return items
+
+
+def check_batch_size(count: int) -> None:
+    limit = services().settings.max_batch_captures
+    if count == 0:
+        raise ApiError(422, "invalid_capture", "the batch holds no captures")
+    if count > limit:
+        raise ApiError(
+            413, "batch_too_large", f"{count} captures in one batch; at most {limit} accepted"
+        )
+
+
+def predict_batch() -> tuple[Response, int]:
+    batch_id = str(uuid.uuid4())
+    results: list[dict[str, Any]] = []
+    for index, (iq, fields) in enumerate(batch_items()):
+        try:
+            if isinstance(iq, ApiError):
+                raise iq
+            accepted = submit_one(iq, fields, batch_id)
+        except ApiError as exc:
+            if exc.status == 503:
+                raise  # nothing more can be accepted now; the earlier ones stay accepted
+            results.append({"index": index, "error": {"code": exc.code, "message": exc.message}})
+            continue
+        status_url = url_for("read.get_job", job_id=accepted.job_id)
+        results.append({"index": index, **accepted.describe(status_url)})
+    accepted_count = sum("job_id" in r for r in results)
+    body: dict[str, Any] = {
+        "batch_id": batch_id if accepted_count else None,
+        "status_url": url_for("read.get_batch", batch_id=batch_id) if accepted_count else None,
+        "accepted": accepted_count,
+        "rejected": len(results) - accepted_count,
+        "jobs": results,
+    }
+    if not accepted_count:
+        body["error"] = {
+            "code": "no_capture_accepted",
+            "message": f"none of the {len(results)} captures was accepted; see jobs[].error",
+        }
+        return jsonify(body), 422
+    return jsonify(body), 202

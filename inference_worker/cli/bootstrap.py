@@ -1,0 +1,98 @@
+"""What every command does before it serves: check the services answer, migrate the database,
+declare the queues, make sure the model to serve exists and is intact.
+
+Public, so that the commands, the demo and the tools share one start-up procedure.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from inference_worker.settings import Settings
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def require_services(settings: Settings) -> None:
+    from inference_worker.storage.reachability import unreachable_services
+
+    failures = unreachable_services(settings)
+    if failures:
+        for message in failures.values():
+            print(f"error: {message}", file=sys.stderr)
+        print(
+            "Start the missing service(s) or point HEIMDALL_BROKER_URL / HEIMDALL_REDIS_URL / "
+            "HEIMDALL_DATABASE_URL at running ones.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def migrate_database(settings: Settings) -> None:
+    from inference_worker.storage.database import create_engine, migrate
+
+    engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+    try:
+        migrate(engine, settings.database_schema)
+    finally:
+        engine.dispose()
+
+
+def declare_queues(settings: Settings) -> None:
+    """Declare the quorum queue and its dead-letter queue (replacing an empty older queue)."""
+    import kombu
+
+    from tasks.app import QueueMismatch
+    from tasks.app import declare_queues as declare
+
+    with kombu.Connection(settings.broker_url, connect_timeout=5) as connection:
+        try:
+            declare(connection, settings.queue, settings.max_deliveries)
+        except QueueMismatch as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def prepare_registry(settings: Settings) -> None:
+    """In registry mode, make sure the served alias exists (an empty registry gets the
+    reference model as champion) and its verified copy is cached."""
+    from inference_worker.core.contract import ModelError
+    from inference_worker.serving.registry import RegistryError, serving_model_dir
+
+    try:
+        serving_model_dir(settings, bootstrap=True)
+    except (ModelError, RegistryError) as exc:
+        print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_model(settings: Settings) -> None:
+    from inference_worker.core.contract import ModelError
+    from inference_worker.serving.onnx_model import LocalizationModel
+    from inference_worker.serving.registry import RegistryError, serving_model_dir
+
+    try:
+        model_dir = serving_model_dir(settings, bootstrap=True)
+        model = LocalizationModel(model_dir)
+    except (ModelError, RegistryError) as exc:
+        print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"model {model.metadata.name} {model.version} verified ({model_dir})")
+
+
+def announce_model(settings: Settings) -> None:
+    """Tell shims and producers which champion to check submissions against (Redis)."""
+    from inference_worker.serving.reload import announce_serving_model
+    from inference_worker.storage.redis_store import RedisStore, connect
+
+    store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+    try:
+        announce_serving_model(settings, store)
+    finally:
+        store.client.close()

@@ -1,0 +1,99 @@
+"""The commands for jobs: submit a capture from a file, show a job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from inference_worker.settings import Settings
+
+
+def read_capture(args: argparse.Namespace) -> Any:
+    import numpy as np
+
+    path = Path(args.file)
+    if args.raw:
+        raw = np.fromfile(path, dtype="<c8")
+        if raw.size % 3:
+            print(f"error: {path} holds {raw.size} complex64 values, not 3 x n", file=sys.stderr)
+            raise SystemExit(2)
+        return raw.reshape(3, -1)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {path} as .npy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def print_job(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    print(f"job {view['job_id']}: {view['status']}")
+    if view["status"] == "succeeded":
+        result = view["result"]
+        e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
+        print(
+            f"  position {result['lat']:.5f}, {result['lon']:.5f}  (model {view['model_version']}, "
+            f"cache hit: {str(view['cache_hit']).lower()})"
+        )
+        for label, shape in (("68%", e68), ("95%", e95)):
+            print(
+                f"  {label} ellipse: {shape['semi_major_m'] / 1e3:.1f} x "
+                f"{shape['semi_minor_m'] / 1e3:.1f} km, major axis {shape['orientation_deg']:.0f}° "
+                "from north"
+            )
+    elif view.get("error"):
+        print(f"  error: {view['error']}")
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.core.capture import CaptureError
+
+    iq = read_capture(args)
+    fields = {
+        "sample_rate_hz": args.sample_rate,
+        "frequency_mhz": args.frequency_mhz,
+        "receivers": args.receivers.split(","),
+        "job_id": args.job_id,
+        "capture_time": args.capture_time,
+    }
+    if args.via == "queue":
+        from tasks.producer import CaptureProducer
+
+        with CaptureProducer() as producer:
+            try:
+                job_id = producer.submit(iq, **fields)
+            except CaptureError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+            print(f"submitted job {job_id} to queue {settings.queue}")
+            if args.no_wait:
+                return
+            print_job(producer.wait(job_id, timeout_s=args.timeout), args.json)
+        return
+    from api_shim.client import ShimClient, ShimError
+
+    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    try:
+        accepted = client.submit_npy(iq, **fields)
+    except ShimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"submitted job {accepted['job_id']} ({accepted['status_url']})")
+    if not args.no_wait:
+        print_job(client.wait(accepted["job_id"], timeout_s=args.timeout), args.json)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
+    from api_shim.client import ShimClient, ShimError
+
+    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    try:
+        print_job(client.job(args.job_id), args.json)
+    except ShimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,111 @@
+"""``heimdall-inference``: start the worker or the HTTP shim, migrate the database, submit and
+read jobs, manage models, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from inference_worker.cli import bootstrap
+from inference_worker.cli.jobs import cmd_status, cmd_submit
+from inference_worker.cli.models import cmd_models
+from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
+from inference_worker.settings import Settings, load_settings
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.cli.demo import run_demo
+
+    raise SystemExit(run_demo(settings, captures=args.captures, seed=args.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heimdall-inference",
+        description="Heimdall inference: locate transmitters from 3-receiver IQ captures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="start a Celery worker (one ONNX session per process)")
+    worker.add_argument("--concurrency", type=int, help="worker processes (default: settings)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    worker.add_argument("--hostname", help="Celery node name (default heimdall-<pid>@<host>)")
+    worker.set_defaults(func=cmd_worker)
+
+    api = sub.add_parser("api", help="start the HTTP shim under gunicorn")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int)
+    api.set_defaults(func=cmd_api)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
+    migrate.set_defaults(func=cmd_migrate)
+
+    flower = sub.add_parser("flower", help="start Flower (task and worker monitor) with basic auth")
+    flower.add_argument("--address")
+    flower.add_argument("--port", type=int)
+    flower.set_defaults(func=cmd_flower)
+
+    submit = sub.add_parser("submit", help="locate a capture from a file and print the result")
+    submit.add_argument(
+        "file", help=".npy of a (3, n) complex64 array, or raw complex64 with --raw"
+    )
+    submit.add_argument(
+        "--raw", action="store_true", help="file is raw little-endian complex64, (3, n) C order"
+    )
+    submit.add_argument("--sample-rate", type=float, required=True, help="Hz")
+    submit.add_argument("--frequency-mhz", type=float, required=True)
+    submit.add_argument("--receivers", required=True, help="receiver ids in row order, a,b,c")
+    submit.add_argument("--job-id")
+    submit.add_argument("--capture-time", help="ISO 8601")
+    submit.add_argument("--via", choices=["http", "queue"], default="http", help="shim or RabbitMQ")
+    submit.add_argument("--url", help="shim URL (default from settings)")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    submit.add_argument("--timeout", type=float, default=60.0)
+    submit.add_argument("--json", action="store_true", help="print the whole job as JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    models = sub.add_parser(
+        "models",
+        help="the model registry: list, register, promote (set an alias), demote, verify, reload",
+        description="list | register MODEL_DIR [--alias A] | promote VERSION --alias A | "
+        "demote ALIAS | verify VERSION_OR_ALIAS | reload [--challenger-fraction F]",
+    )
+    models.add_argument(
+        "action", choices=["list", "register", "promote", "demote", "verify", "reload"]
+    )
+    models.add_argument("target", nargs="?", help="model folder, version number or alias")
+    models.add_argument("--alias", help="alias to set (champion, challenger, ...)")
+    models.add_argument("--description")
+    models.add_argument("--json", action="store_true")
+    models.add_argument(
+        "--challenger-fraction", type=float, help="with reload: share of jobs for the challenger"
+    )
+    models.set_defaults(func=cmd_models)
+
+    status = sub.add_parser("status", help="show a job's status and result")
+    status.add_argument("job_id")
+    status.add_argument("--url", help="shim URL (default from settings)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start a worker and the shim if none run, locate simulated captures, print them",
+    )
+    demo.add_argument("--captures", type=int, default=6, help="how many captures to submit")
+    demo.add_argument("--seed", type=int, help="simulation seed (default: a new one each run)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as exc:  # pydantic's ValidationError lists every bad variable
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    bootstrap.configure_logging(settings.worker_loglevel)
+    args.func(settings, args)

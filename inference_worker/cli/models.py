@@ -1,0 +1,95 @@
+"""The ``models`` command: the model registry and reloads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from inference_worker.serving.reload import mirror_registry, request_reload
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore, create_engine
+from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.redis_store import RedisStore, connect
+
+T = TypeVar("T")
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.core.contract import ModelError
+    from inference_worker.serving.registry import RegistryError, open_registry
+
+    if args.action not in ("list", "reload") and not args.target:
+        print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+    if args.action == "promote" and not args.alias:
+        print(
+            "error: models promote VERSION needs --alias (champion, challenger, ...)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    registry = open_registry(settings)
+    try:
+        if args.action == "list":
+            versions = registry.versions()
+            if args.json:
+                print(json.dumps([v.to_json() for v in versions], indent=2))
+                return
+            if not versions:
+                print(f"no versions of {registry.name} registered")
+            for v in versions:
+                aliases = ", ".join(v.aliases) or "-"
+                print(
+                    f"{v.version:>4}  {v.model_version:<12} aliases: {aliases:<22} {v.description}"
+                )
+        elif args.action == "register":
+            registered = registry.register(Path(args.target), description=args.description or "")
+            print(f"registered {args.target} as version {registered.version}")
+            if args.alias:
+                registry.set_alias(args.alias, registered.version)
+                print(f"{args.alias} -> version {registered.version}")
+        elif args.action == "promote":
+            registry.set_alias(args.alias, args.target)
+            print(f"{args.alias} -> version {args.target}")
+            with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
+        elif args.action == "demote":
+            registry.remove_alias(args.target)
+            print(f"alias {args.target} removed")
+            with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
+        elif args.action == "reload":
+            reload(settings, args.challenger_fraction)
+        elif args.action == "verify":
+            found, model_dir = registry.fetch(args.target)
+            print(f"version {found.version} verified (sha256 {found.sha256[:12]}…): {model_dir}")
+    except (RegistryError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) -> T:
+    """Call ``use`` with the job store and Redis; a store that does not answer ends the command."""
+    engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+    store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+    try:
+        return use(JobStore(engine), store)
+    except TRANSIENT_ERRORS as exc:
+        print(f"error: a store is unavailable: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        store.client.close()
+        engine.dispose()
+
+
+def reload(settings: Settings, challenger_fraction: float | None) -> None:
+    """The reload ``POST /model/reload`` does: verify, mirror the registry, ask the workers."""
+    asked = with_stores(
+        settings, lambda jobs, store: request_reload(settings, jobs, store, challenger_fraction)
+    )
+    print(
+        f"reload requested (generation {asked['generation']}): champion version "
+        f"{asked['champion']}, challenger {asked['challenger'] or 'none'} with "
+        f"{asked['challenger_fraction']:.0%} of jobs; each worker process swaps between jobs"
+    )

@@ -1,0 +1,112 @@
+"""The commands that run the service's processes: worker, api, flower, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from inference_worker.cli import bootstrap
+from inference_worker.settings import Settings
+
+log = logging.getLogger("heimdall")
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.serving import observability
+
+    observability.prepare_multiprocess_dir("worker")
+    from inference_worker.serving.worker import create_worker_app
+
+    bootstrap.require_services(settings)
+    bootstrap.check_model(settings)
+    bootstrap.migrate_database(settings)
+    bootstrap.declare_queues(settings)
+    bootstrap.announce_model(settings)
+    if settings.worker_metrics_port:
+        try:
+            observability.start_worker_exporter(settings.worker_metrics_port)
+        except OSError as exc:
+            log.warning("worker metrics not served on :%d: %s", settings.worker_metrics_port, exc)
+    app = create_worker_app(settings)
+    concurrency = args.concurrency or settings.worker_concurrency
+    argv = [
+        "worker",
+        f"--pool={args.pool}",
+        f"--concurrency={concurrency}",
+        f"--queues={settings.queue}",
+        f"--loglevel={settings.worker_loglevel}",
+        f"--hostname={args.hostname or f'heimdall-{os.getpid()}@%h'}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.serving import observability
+
+    observability.prepare_multiprocess_dir("api")
+    from gunicorn.app.base import BaseApplication
+
+    from api_shim.app import create_app
+
+    bootstrap.require_services(settings)
+    bootstrap.migrate_database(settings)
+    bootstrap.declare_queues(settings)
+    bootstrap.prepare_registry(settings)
+    bootstrap.announce_model(settings)
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    workers = args.workers or settings.api_workers
+
+    class ShimServer(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set(
+                "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)
+            )
+
+        def load(self):  # the WSGI app gunicorn serves
+            return create_app(settings)
+
+    ShimServer().run()
+
+
+def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
+    import secrets
+
+    from tasks.app import create_celery
+
+    bootstrap.require_services(settings)
+    credentials = settings.flower_basic_auth.get_secret_value()
+    if not credentials:
+        credentials = f"admin:{secrets.token_urlsafe(12)}"
+        print(f"Flower credentials (set HEIMDALL_FLOWER_BASIC_AUTH to choose): {credentials}")
+    elif ":" not in credentials:
+        print("error: HEIMDALL_FLOWER_BASIC_AUTH must be 'user:password'", file=sys.stderr)
+        raise SystemExit(2)
+    app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
+    app.start(
+        [
+            "flower",
+            f"--address={args.address or settings.flower_address}",
+            f"--port={args.port or settings.flower_port}",
+            f"--basic-auth={credentials}",
+        ]
+    )
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    bootstrap.require_services(settings)
+    bootstrap.migrate_database(settings)
+    bootstrap.declare_queues(settings)
+    print(
+        f"database schema {settings.database_schema!r} is up to date; queue {settings.queue!r} "
+        "and its dead-letter queue are declared"
+    )

@@ -1,0 +1,161 @@
+"""The model contract: a model folder's metadata and its integrity check (no onnxruntime).
+
+A model is a folder with ``model.onnx`` and ``model.json`` (its metadata: version, receivers in
+channel order, feature parameters, output layout and units, evaluation metrics, sha256 of the
+ONNX file). :mod:`inference_worker.serving.onnx_model` runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference_worker.core.features import FeatureParams
+
+OUTPUT_LAYOUTS = {
+    4: ("lat_deg", "lon_deg", "sigma_east_m", "sigma_north_m"),
+    5: ("lat_deg", "lon_deg", "sigma_east_m", "sigma_north_m", "rho"),
+}
+
+
+class ModelError(RuntimeError):
+    """The model folder is missing, malformed, or does not match its metadata."""
+
+
+@dataclass(frozen=True)
+class Receiver:
+    id: str
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    version: str
+    receivers: tuple[Receiver, ...]
+    features: FeatureParams
+    outputs: tuple[str, ...]
+    sha256: str
+    architecture: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def receiver_ids(self) -> tuple[str, ...]:
+        return tuple(r.id for r in self.receivers)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelMetadata:
+        try:
+            outputs = tuple(data["outputs"]["layout"])
+            if outputs not in OUTPUT_LAYOUTS.values():
+                raise ModelError(f"unsupported output layout {list(outputs)}")
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                receivers=tuple(
+                    Receiver(str(r["id"]), float(r["lat"]), float(r["lon"]))
+                    for r in data["receivers"]
+                ),
+                features=FeatureParams.from_metadata(data["features"]),
+                outputs=outputs,
+                sha256=str(data["sha256"]),
+                architecture=str(data.get("architecture", "")),
+                metrics=dict(data.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model metadata is malformed: {exc!r}") from None
+
+    @classmethod
+    def load(cls, path: Path) -> ModelMetadata:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"model metadata not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
+        return cls.from_json(data)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_metadata(model_dir: Path, *, verify: bool = True) -> ModelMetadata:
+    """Read a model folder's metadata; with ``verify`` also check the ONNX file's sha256."""
+    metadata = ModelMetadata.load(model_dir / "model.json")
+    if verify:
+        onnx_file = model_dir / "model.onnx"
+        if not onnx_file.is_file():
+            raise ModelError(f"model file not found: {onnx_file}")
+        actual = file_sha256(onnx_file)
+        if actual != metadata.sha256:
+            raise ModelError(
+                f"model file {onnx_file} has sha256 {actual}, metadata says {metadata.sha256}"
+            )
+    return metadata
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a submission is checked against: the served model's receivers and feature minimums.
+
+    Small and JSON-friendly, so that the serving state in Redis carries it to every shim
+    process and producer after a reload.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    receivers: tuple[Receiver, ...]
+    min_samples: int
+    bandwidth_hz: float
+
+    @property
+    def receiver_ids(self) -> tuple[str, ...]:
+        return tuple(r.id for r in self.receivers)
+
+    @classmethod
+    def of(cls, metadata: ModelMetadata) -> ModelSummary:
+        return cls(
+            name=metadata.name,
+            version=metadata.version,
+            sha256=metadata.sha256,
+            receivers=metadata.receivers,
+            min_samples=metadata.features.min_samples,
+            bandwidth_hz=metadata.features.bandwidth_hz,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "receivers": [{"id": r.id, "lat": r.lat, "lon": r.lon} for r in self.receivers],
+            "min_samples": self.min_samples,
+            "bandwidth_hz": self.bandwidth_hz,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSummary:
+        try:
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                sha256=str(data["sha256"]),
+                receivers=tuple(
+                    Receiver(str(r["id"]), float(r["lat"]), float(r["lon"]))
+                    for r in data["receivers"]
+                ),
+                min_samples=int(data["min_samples"]),
+                bandwidth_hz=float(data["bandwidth_hz"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model summary is malformed: {exc!r}") from None

@@ -1,0 +1,84 @@
+"""The onnxruntime session of a localization model: the only module that imports onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference_worker.core.contract import ModelError, load_metadata
+
+log = logging.getLogger(__name__)
+
+
+class LocalizationModel:
+    """An onnxruntime session with its metadata; create one per worker process, after fork."""
+
+    def __init__(
+        self, model_dir: Path, *, intra_op_threads: int = 1, inter_op_threads: int = 1
+    ) -> None:
+        import onnxruntime as ort
+
+        self.metadata = load_metadata(model_dir, verify=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        started = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(
+                str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"onnxruntime cannot load {model_dir / 'model.onnx'}: {exc}") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"model must have one input; it has {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self._check_contract(inputs[0].shape, outputs[0].shape)
+        self.load_seconds = time.perf_counter() - started
+        self.warmup_seconds = self._warm_up()
+        log.info(
+            "model %s %s loaded in %.3f s, warm-up %.3f s",
+            self.metadata.name,
+            self.metadata.version,
+            self.load_seconds,
+            self.warmup_seconds,
+        )
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        params = self.metadata.features
+        return (len(self.metadata.receivers), params.n_mels, params.n_frames)
+
+    def _check_contract(self, input_shape: list[Any], output_shape: list[Any]) -> None:
+        expected = list(self.input_shape)
+        fixed = [d for d in input_shape[1:]]
+        if len(input_shape) != 4 or any(
+            isinstance(d, int) and d != e for d, e in zip(fixed, expected, strict=True)
+        ):
+            raise ModelError(f"model input shape {input_shape} does not match (batch, {expected})")
+        width = output_shape[-1] if output_shape else None
+        if isinstance(width, int) and width != len(self.metadata.outputs):
+            raise ModelError(
+                f"model output width {width} does not match the metadata layout "
+                f"{list(self.metadata.outputs)}"
+            )
+
+    def _warm_up(self) -> float:
+        started = time.perf_counter()
+        self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
+        return time.perf_counter() - started
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Run the model on ``(batch, 3, 128, 32)`` float32 features; returns ``(batch, 4|5)``."""
+        (output,) = self._session.run([self.output_name], {self.input_name: features})
+        return np.asarray(output, dtype=np.float64)

@@ -1,0 +1,318 @@
+"""Accepting a capture: the one intake path of the HTTP shim and the producer client.
+
+Both run the same checks (limits from the settings and from the served model), compute the same
+digest and build the task message the same way, and the job row is copied from that message by
+:func:`new_job`, the only place a capture's fields become a row.
+
+Who writes the job row (:func:`record_job`, in every case): the shim, before it publishes, so
+that a poll right after its 202 finds the job; for a message that reached the queue any other
+way (the producer client talks to no database), the worker or the dead-letter consumer that
+first sees the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import amqp.exceptions
+import kombu.exceptions
+import numpy as np
+from sqlalchemy.engine import RowMapping
+
+from inference_worker.core.capture import (
+    CaptureError,
+    CaptureLimits,
+    CaptureMeta,
+    iq_digest,
+    parse_job_id,
+    parse_meta,
+    validate_iq,
+)
+from inference_worker.core.contract import ModelError, ModelSummary
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
+from inference_worker.storage.redis_store import RedisStore
+from tasks.contract import LocateMessage
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[LocateMessage], None]
+ResolveModel = Callable[[str], None]
+"""Checks that a requested model (registry version or alias) is served; raises
+:class:`ModelRequestError`."""
+
+MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+UNAVAILABLE_ERRORS = (
+    *TRANSIENT_ERRORS,
+    kombu.exceptions.KombuError,
+    amqp.exceptions.AMQPError,
+    OSError,
+)
+"""What a submission meets when a store or the broker is down: nothing is accepted (503)."""
+
+
+class ModelRequestError(CaptureError):
+    """The model a submission asks for is malformed (``invalid_model``) or not served
+    (``unknown_model``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServiceUnavailable(RuntimeError):
+    """A store or the broker cannot take the job now; nothing was accepted (HTTP 503)."""
+
+
+class JobConflict(RuntimeError):
+    """A client job id was reused for a different capture (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    status: str
+    created: bool
+    """False when the client job id existed already and the earlier job is returned."""
+
+    def describe(self, status_url: str) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "status_url": status_url,
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A submission that passed every check: IQ, metadata, and what the client asked for."""
+
+    iq: np.ndarray
+    meta: CaptureMeta
+    job_id: str | None
+    model: str | None
+
+
+def capture_limits(settings: Settings, model: ModelSummary | None) -> CaptureLimits:
+    """The bounds a capture must respect: the settings', tightened by the served model's."""
+    return CaptureLimits(
+        min_samples=model.min_samples if model else CaptureLimits.min_samples,
+        max_samples=settings.max_samples_per_receiver,
+        min_sample_rate_hz=max(settings.min_sample_rate_hz, model.bandwidth_hz if model else 0.0),
+        max_sample_rate_hz=settings.max_sample_rate_hz,
+    )
+
+
+def parse_model_request(value: object) -> str | None:
+    """A registry version number or alias a client asks for instead of the A/B split."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not MODEL_REF_PATTERN.match(value):
+        raise ModelRequestError("invalid_model", "model must be a registry version number or alias")
+    return value
+
+
+def build_message(
+    capture: Capture,
+    *,
+    job_id: str,
+    digest: str,
+    blob_key: str,
+    batch_id: str | None,
+    tenant: str | None,
+) -> LocateMessage:
+    """The task message of an accepted capture: the one description its job row is built from."""
+    meta = capture.meta
+    return LocateMessage(
+        job_id=job_id,
+        blob_key=blob_key,
+        n_samples=int(capture.iq.shape[1]),
+        sample_rate_hz=meta.sample_rate_hz,
+        frequency_mhz=meta.frequency_mhz,
+        receivers=meta.receivers,  # three, checked by parse_meta
+        capture_time=meta.capture_time,
+        iq_sha256=digest,
+        submitted_at=datetime.now(UTC),
+        batch_id=batch_id,
+        model=capture.model,
+        tenant=tenant,
+    )
+
+
+def new_job(message: LocateMessage) -> NewJob:
+    """The job row a task message describes."""
+    return NewJob(
+        job_id=message.job_id,
+        capture_time=message.capture_time,
+        frequency_mhz=message.frequency_mhz,
+        sample_rate_hz=message.sample_rate_hz,
+        n_samples=message.n_samples,
+        receivers=list(message.receivers),
+        iq_sha256=message.iq_sha256,
+        created_at=message.submitted_at,
+        batch_id=message.batch_id,
+        tenant=message.tenant,
+    )
+
+
+def record_job(jobs: JobStore, message: LocateMessage) -> tuple[RowMapping, bool]:
+    """Write the job row of ``message`` unless it exists; returns the row and whether it is new.
+
+    Raises:
+        One of :data:`TRANSIENT_ERRORS` when PostgreSQL is unreachable.
+    """
+    return jobs.create(new_job(message))
+
+
+class ServedModelCache:
+    """The served model's summary as the serving state in Redis announces it, asked at most once
+    every ``max_age_s`` (a reload reaches every shim process and producer within that time).
+
+    ``fallback`` answers while Redis has no announcement or cannot be reached.
+    """
+
+    def __init__(
+        self, store: RedisStore, fallback: ModelSummary | None = None, max_age_s: float = 1.0
+    ) -> None:
+        self.store = store
+        self.max_age_s = max_age_s
+        self._summary = fallback
+        self._asked_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def current(self) -> ModelSummary | None:
+        now = time.monotonic()
+        if now - self._asked_at < self.max_age_s:
+            return self._summary
+        with self._lock:
+            self._asked_at = now
+            try:
+                announced = self.store.served_model()
+            except TRANSIENT_ERRORS:
+                return self._summary  # Redis down: the submission itself will say so
+            if announced is not None:
+                try:
+                    self._summary = ModelSummary.from_json(announced)
+                except ModelError as exc:
+                    log.error("ignoring the served model announced in Redis: %s", exc)
+            return self._summary
+
+
+class Intake:
+    """Validate and accept captures: the same checks and the same records for every caller.
+
+    With a ``jobs`` store (the shim) the job row is written before the task is published; without
+    one (the producer client) the worker writes it from the message.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        publish: Publish,
+        served: ServedModelCache,
+        *,
+        jobs: JobStore | None = None,
+        resolve_model: ResolveModel | None = None,
+        limits: CaptureLimits | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publish = publish
+        self.served = served
+        self.jobs = jobs
+        self.resolve_model = resolve_model
+        self.fixed_limits = limits
+
+    def limits(self) -> CaptureLimits:
+        return self.fixed_limits or capture_limits(self.settings, self.served.current())
+
+    def check(self, iq: np.ndarray, fields: Mapping[str, Any]) -> Capture:
+        """Check a decoded capture and its fields (as JSON or a query string gives them).
+
+        Raises:
+            CaptureTooLarge: longer than the service accepts.
+            CaptureError: anything else wrong; the text says what.
+        """
+        limits = self.limits()
+        model = self.served.current()
+        job_id = parse_job_id(fields.get("job_id"))
+        meta = parse_meta(dict(fields), limits, model.receiver_ids if model else None)
+        iq = validate_iq(iq, limits)
+        requested = parse_model_request(fields.get("model"))
+        if requested is not None and self.resolve_model is not None:
+            self.resolve_model(requested)
+        return Capture(iq=iq, meta=meta, job_id=job_id, model=requested)
+
+    def accept(
+        self, capture: Capture, *, batch_id: str | None = None, tenant: str | None = None
+    ) -> Accepted:
+        """Accept a checked capture. Once this returns, the job is queued and will finish.
+
+        Raises:
+            JobConflict: the client's job id exists with different IQ (or another tenant).
+            ServiceUnavailable: a store or the broker is down; nothing is left behind.
+        """
+        job_id = capture.job_id or str(uuid.uuid4())
+        digest = iq_digest(capture.iq)
+        blob_key = self.store.blob_key(job_id)
+        message = build_message(
+            capture,
+            job_id=job_id,
+            digest=digest,
+            blob_key=blob_key,
+            batch_id=batch_id,
+            tenant=tenant,
+        )
+        if self.jobs is not None:
+            earlier = self._record(message)
+            if earlier is not None:
+                return earlier
+        try:
+            self.store.put_blob(blob_key, capture.iq.tobytes(), self.settings.blob_ttl_s)
+            self.publish(message)
+        except UNAVAILABLE_ERRORS as exc:
+            self._withdraw(job_id, blob_key)
+            transient = isinstance(exc, TRANSIENT_ERRORS)
+            which = unavailable_store(exc) if transient else "the message broker"
+            log.error("could not accept job %s, %s unavailable: %r", job_id, which, exc)
+            raise ServiceUnavailable(f"{which} is unavailable; retry later") from None
+        return Accepted(job_id, "queued", created=True)
+
+    def _record(self, message: LocateMessage) -> Accepted | None:
+        """Write the job row; the earlier job when the client's id exists already."""
+        assert self.jobs is not None
+        try:
+            row, created = record_job(self.jobs, message)
+        except TRANSIENT_ERRORS as exc:
+            log.error("database unavailable while accepting a job: %s", exc)
+            raise ServiceUnavailable("the job database is unavailable; retry later") from None
+        if created:
+            return None
+        job_id = message.job_id
+        if row["tenant"] != message.tenant:  # say nothing about another tenant's job
+            raise JobConflict(f"job_id {job_id!r} is taken; choose another")
+        if row["iq_sha256"] != message.iq_sha256:
+            raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
+        return Accepted(job_id, row["status"], created=False)
+
+    def _withdraw(self, job_id: str, blob_key: str) -> None:
+        undo: list[Callable[[], None]] = [lambda: self.store.delete_blob(blob_key)]
+        if self.jobs is not None:
+            jobs = self.jobs
+            undo.append(lambda: jobs.delete_queued(job_id))
+        for step in undo:
+            try:
+                step()
+            except Exception as exc:  # best effort: the original failure is what the client hears
+                log.warning("could not withdraw job %s: %r", job_id, exc)
