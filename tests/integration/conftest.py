@@ -8,9 +8,7 @@ them when ``CI`` is set: never a silent skip in CI.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +19,13 @@ import redis
 import sqlalchemy as sa
 
 from api_shim.app import create_app
-from inference_worker.processes import cli_process, wait_until
-from inference_worker.reachability import unreachable_services
+from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore, create_engine, migrate
+from inference_worker.storage.reachability import unreachable_services
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import dead_letter_queue_name
+from tests.integration.helpers import free_port, queue_consumers, worker_env
 
 pytestmark = pytest.mark.integration
 WORKER_START_TIMEOUT_S = 60
@@ -55,30 +54,6 @@ def settings() -> Settings:
         queue=f"heimdall.test.{tag}",
         worker_concurrency=1,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    env = os.environ.copy()
-    env.update(
-        {
-            "HEIMDALL_BROKER_URL": settings.broker_url,
-            "HEIMDALL_REDIS_URL": settings.redis_url,
-            "HEIMDALL_DATABASE_URL": settings.database_url,
-            "HEIMDALL_DATABASE_SCHEMA": settings.database_schema,
-            "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
-            "HEIMDALL_QUEUE": settings.queue,
-            "HEIMDALL_MODEL_DIR": str(settings.model_dir),
-            "HEIMDALL_MAX_DELIVERIES": str(settings.max_deliveries),
-            "HEIMDALL_TASK_MAX_RETRIES": str(settings.task_max_retries),
-        }
-    )
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -132,14 +107,18 @@ def worker(
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     store = RedisStore(redis_client, settings.redis_prefix)
     args = ["worker", "--concurrency", "1"]
-    env = _worker_env(settings)
-    metrics_port = _free_port()
+    env = worker_env(settings)
+    metrics_port = free_port()
     env["HEIMDALL_WORKER_METRICS_PORT"] = str(metrics_port)
     with cli_process(args, log_path, env) as process:
         process.metrics_port = metrics_port  # type: ignore[attr-defined]
         wait_until("the worker", lambda: bool(store.workers()), WORKER_START_TIMEOUT_S, process)
-        # The child announced itself; give the consumer a moment to subscribe to the queue.
-        time.sleep(0.5)
+        wait_until(
+            "the worker's consumer",
+            lambda: queue_consumers(settings.broker_url, settings.queue) > 0,
+            WORKER_START_TIMEOUT_S,
+            process,
+        )
         yield process
 
 
@@ -171,11 +150,11 @@ def own_queue_factory(settings: Settings, redis_client: redis.Redis, tmp_path: P
             }
         )
         made.append(local)
-        env = _worker_env(local)
+        env = worker_env(local)
         store = RedisStore(redis_client, local.redis_prefix)
 
         def start_worker(name: str, concurrency: int = 1):
-            env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(_free_port())}
+            env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(free_port())}
             args = ["worker", "--concurrency", str(concurrency)]
             return cli_process(args, tmp_path / f"{name}.log", env_here)
 
@@ -192,59 +171,3 @@ def own_queue_factory(settings: Settings, redis_client: redis.Redis, tmp_path: P
 @pytest.fixture
 def own_queue(own_queue_factory):
     return own_queue_factory()
-
-
-def forget_workers(store: RedisStore) -> None:
-    """Drop heartbeats a killed worker left behind (they expire after a few seconds anyway)."""
-    for key in store.client.scan_iter(match=f"{store.prefix}worker:*"):
-        store.client.delete(key)
-
-
-def hold_row(connection: sa.Connection, job_id: str) -> int:
-    """Lock a job's row in ``connection``'s transaction (every worker taking the job waits on it
-    until the transaction ends); returns this backend's pid, for :func:`blocked_on`."""
-    connection.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
-    return int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-
-
-def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str, str]]:
-    """Backends waiting, directly or behind another waiter, for a lock that backend ``holder``
-    holds: (pid, application_name, query).
-
-    Asked in a transaction of its own: PostgreSQL freezes what pg_stat_activity shows for the
-    length of a transaction.
-    """
-    with engine.connect() as connection:
-        return [
-            (pid, name, query)
-            for pid, name, query in connection.execute(
-                sa.text(
-                    "WITH RECURSIVE waiting(pid) AS ("
-                    " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
-                    " UNION SELECT a.pid FROM pg_stat_activity a JOIN waiting w"
-                    " ON w.pid = ANY(pg_blocking_pids(a.pid)))"
-                    " SELECT a.pid, a.application_name, a.query"
-                    " FROM pg_stat_activity a JOIN waiting USING (pid)"
-                ),
-                {"holder": holder},
-            ).all()
-        ]
-
-
-def produce(settings: Settings, capture, **extra: object) -> str:
-    """Enqueue ``capture`` straight onto the queue of ``settings`` with the producer client."""
-    from tasks.producer import CaptureProducer
-
-    with CaptureProducer(
-        settings.broker_url,
-        settings.redis_url,
-        queue=settings.queue,
-        redis_prefix=settings.redis_prefix,
-    ) as producer:
-        return producer.submit(
-            capture.iq,
-            sample_rate_hz=capture.sample_rate_hz,
-            frequency_mhz=capture.frequency_mhz,
-            receivers=capture.receivers,
-            **extra,  # type: ignore[arg-type]
-        )

@@ -8,10 +8,11 @@ import logging
 import pytest
 from pydantic import SecretStr
 
+from api_shim import operate
 from api_shim.app import create_app
 from inference_worker.settings import ApiKey
-from tests.integration.conftest import produce
-from tests.integration.test_end_to_end import npy_bytes, submit_npy
+from tests.helpers import npy_bytes
+from tests.integration.helpers import produce, submit_npy, wait_final
 
 SITE_A = "key-of-site-a-0123456789"
 SITE_B = "key-of-site-b-0123456789"
@@ -22,8 +23,8 @@ SECRETS = (SITE_A, SITE_B, NO_TENANT, ADMIN, SLOW)
 
 
 @pytest.fixture(scope="module")
-def keyed(settings, engine, redis_client, queue_cleanup):
-    keyed_settings = settings.model_copy(
+def keyed_settings(settings):
+    return settings.model_copy(
         update={
             "redis_prefix": settings.redis_prefix + "keys:",
             "api_keys": [
@@ -39,6 +40,10 @@ def keyed(settings, engine, redis_client, queue_cleanup):
             ],
         }
     )
+
+
+@pytest.fixture(scope="module")
+def keyed(keyed_settings, engine, redis_client, queue_cleanup):
     app = create_app(keyed_settings)
     app.config["TESTING"] = True
     return app.test_client()
@@ -61,6 +66,29 @@ def submit_as(client, capture, key: str, *, path: str = "/predict", iq=None, **q
             **query,
         },
     )
+
+
+def test_a_route_added_to_the_operating_blueprint_needs_an_admin_key_without_saying_so(
+    keyed_settings, engine, redis_client, queue_cleanup, monkeypatch
+):
+    # Given a new operating route that declares no access of its own
+    original = operate.create_blueprint
+
+    def with_a_new_route():
+        blueprint = original()
+        blueprint.add_url_rule("/models/compact", "compact", lambda: {"compacted": True})
+        return blueprint
+
+    monkeypatch.setattr(operate, "create_blueprint", with_a_new_route)
+    app = create_app(keyed_settings)
+    # and a route registered outside any audience blueprint
+    app.add_url_rule("/outside", "outside", lambda: {"outside": True})
+    client = app.test_client()
+
+    for path in ("/models/compact", "/outside"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=auth(SITE_A)).status_code == 403
+        assert client.get(path, headers=auth(ADMIN)).status_code == 200
 
 
 def assert_no_secret(response) -> None:
@@ -204,18 +232,6 @@ def test_a_job_from_the_producer_client_belongs_to_the_tenant_it_names(
 ):
     job_id = produce(settings, capture, tenant="site-b")
     # The worker records the job when it takes it; poll as its tenant until it is final.
-    view = wait_final_as(keyed, job_id, SITE_B)
+    view = wait_final(keyed, job_id, headers=auth(SITE_B))
     assert view["tenant"] == "site-b"
     assert keyed.get(f"/jobs/{job_id}", headers=auth(SITE_A)).status_code == 404
-
-
-def wait_final_as(client, job_id: str, key: str, timeout_s: float = 30.0) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get(f"/jobs/{job_id}", headers=auth(key))
-        if response.status_code == 200 and response.get_json()["status"] in ("succeeded", "failed"):
-            return response.get_json()
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not final within {timeout_s} s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import pickle
 
 import numpy as np
@@ -11,20 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from inference_worker.storage.schema import jobs
-
-
-def npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def good_query(capture) -> dict:
-    return {
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": ",".join(capture.receivers),
-    }
+from tests.helpers import capture_query, npy_bytes
 
 
 def post_npy(client, body: bytes, query: dict):
@@ -67,7 +53,7 @@ def job_count(engine) -> int:
 )
 def test_bad_npy_capture_is_rejected_with_reason(client, engine, capture, mangle, status, fragment):
     before = job_count(engine)
-    response = post_npy(client, npy(mangle(capture.iq)), good_query(capture))
+    response = post_npy(client, npy_bytes(mangle(capture.iq)), capture_query(capture))
     assert response.status_code == status, response.get_json()
     assert fragment in response.get_json()["error"]["message"]
     assert job_count(engine) == before
@@ -88,24 +74,24 @@ def test_bad_npy_capture_is_rejected_with_reason(client, engine, capture, mangle
     ],
 )
 def test_bad_metadata_is_rejected_with_reason(client, capture, change, fragment):
-    query = {k: v for k, v in {**good_query(capture), **change}.items() if v is not None}
-    response = post_npy(client, npy(capture.iq), query)
+    query = {k: v for k, v in {**capture_query(capture), **change}.items() if v is not None}
+    response = post_npy(client, npy_bytes(capture.iq), query)
     assert response.status_code == 422, response.get_json()
     assert fragment in response.get_json()["error"]["message"]
 
 
 def test_malformed_npy_is_400(client, capture):
-    response = post_npy(client, b"\x93NUMPY garbage", good_query(capture))
+    response = post_npy(client, b"\x93NUMPY garbage", capture_query(capture))
     assert response.status_code == 400
     assert "npy" in response.get_json()["error"]["message"]
 
 
 def test_pickled_npy_is_refused_and_never_unpickled(client, capture):
-    body = npy(np.array([{"payload": 1}], dtype=object), allow_pickle=True)
-    response = post_npy(client, body, good_query(capture))
+    body = npy_bytes(np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    response = post_npy(client, body, capture_query(capture))
     assert response.status_code == 400
     assert "pickle" in response.get_json()["error"]["message"].lower()
-    raw_pickle = post_npy(client, pickle.dumps(capture.iq), good_query(capture))
+    raw_pickle = post_npy(client, pickle.dumps(capture.iq), capture_query(capture))
     assert raw_pickle.status_code == 400
 
 
@@ -143,7 +129,7 @@ def test_bad_json_iq_is_rejected_with_reason(client, capture, iq_data, fragment)
 
 def test_body_over_the_limit_is_413(client, settings, capture):
     body = b"\0" * (settings.max_body_bytes + 1)
-    response = post_npy(client, body, good_query(capture))
+    response = post_npy(client, body, capture_query(capture))
     assert response.status_code == 413
     assert str(settings.max_body_bytes) in response.get_json()["error"]["message"]
 

@@ -14,11 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from api_shim.app import create_app
-from inference_worker.processes import wait_until
+from inference_worker.cli.processes import wait_until
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
-from tests.integration.conftest import blocked_on, hold_row
-from tests.integration.test_end_to_end import submit_npy, wait_final
+from tests.integration.helpers import blocked_on, hold_row, submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
 

@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import time
 import uuid
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from inference_worker.ellipse import distance_m
-from inference_worker.model import load_metadata
+from inference_worker.core.contract import load_metadata
+from inference_worker.core.ellipse import distance_m
 from inference_worker.storage.schema import inference_logs, jobs
-
-POLL_TIMEOUT_S = 30
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def submit_npy(client, capture, **query):
-    params = {
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": ",".join(capture.receivers),
-        **query,
-    }
-    return client.post(
-        "/predict",
-        data=npy_bytes(capture.iq),
-        content_type="application/x-npy",
-        query_string=params,
-    )
-
-
-def json_body(capture, **extra):
-    return {
-        "iq_data": base64.b64encode(capture.iq.tobytes()).decode(),
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-        **extra,
-    }
-
-
-def wait_final(client, job_id: str) -> dict:
-    deadline = time.monotonic() + POLL_TIMEOUT_S
-    while time.monotonic() < deadline:
-        response = client.get(f"/jobs/{job_id}")
-        assert response.status_code == 200, response.get_json()
-        view = response.get_json()
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not final after {POLL_TIMEOUT_S} s: {view}")
+from tests.helpers import json_body
+from tests.integration.helpers import submit_npy, wait_final
 
 
 def assert_located(view: dict, capture) -> None:
@@ -112,8 +66,8 @@ def test_json_capture_is_located_and_recorded_in_postgres_and_redis(
     assert redis_client.exists(f"{settings.redis_prefix}blob:{body['job_id']}") == 0
 
 
-def test_json_capture_with_interleaved_float_lists_is_located(client, worker, simulator):
-    capture = simulator.simulate(np.random.default_rng(), sample_rate_hz=12_000.0, duration_s=0.1)
+def test_json_capture_with_interleaved_float_lists_is_located(client, worker, simulator, rng):
+    capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.1)
     body = json_body(capture)
     body["iq_data"] = [row.view(np.float32).tolist() for row in capture.iq]
     response = client.post("/predict", json=body)
@@ -122,8 +76,10 @@ def test_json_capture_with_interleaved_float_lists_is_located(client, worker, si
 
 
 @pytest.mark.parametrize(("rate", "duration"), [(12_000.0, 0.1), (192_000.0, 1.0), (48_000.0, 0.3)])
-def test_npy_capture_at_any_rate_and_length_is_located(client, worker, simulator, rate, duration):
-    capture = simulator.simulate(np.random.default_rng(), sample_rate_hz=rate, duration_s=duration)
+def test_npy_capture_at_any_rate_and_length_is_located(
+    client, worker, simulator, rng, rate, duration
+):
+    capture = simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration)
     response = submit_npy(client, capture)
     assert response.status_code == 202, response.get_json()
     assert response.headers["Location"] == response.get_json()["status_url"]
@@ -162,7 +118,9 @@ def test_resubmitted_capture_is_served_from_cache_without_running_the_model(
     assert hit is True
 
 
-def test_same_client_job_id_submitted_twice_gives_one_job(client, worker, capture, engine):
+def test_same_client_job_id_submitted_twice_gives_one_job(
+    client, worker, capture, engine, simulator, rng
+):
     job_id = f"acq-{uuid.uuid4()}"
     first = submit_npy(client, capture, job_id=job_id)
     second = submit_npy(client, capture, job_id=job_id)
@@ -171,7 +129,10 @@ def test_same_client_job_id_submitted_twice_gives_one_job(client, worker, captur
     assert first.get_json()["job_id"] == second.get_json()["job_id"] == job_id
     assert first.get_json()["created"] is True and second.get_json()["created"] is False
     wait_final(client, job_id)
-    time.sleep(0.3)  # any second task would have run by now
+    # One worker takes tasks in order: once a later job is final, any second task of this
+    # job would have run.
+    marker = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.1)
+    wait_final(client, submit_npy(client, marker).get_json()["job_id"])
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(sa.func.count()).where(jobs.c.job_id == job_id)
@@ -182,10 +143,12 @@ def test_same_client_job_id_submitted_twice_gives_one_job(client, worker, captur
     assert rows == 1 and logs == 1
 
 
-def test_client_job_id_reused_for_another_capture_is_a_conflict(client, worker, simulator, capture):
+def test_client_job_id_reused_for_another_capture_is_a_conflict(
+    client, worker, simulator, capture, rng
+):
     job_id = f"acq-{uuid.uuid4()}"
     assert submit_npy(client, capture, job_id=job_id).status_code == 202
-    other = simulator.simulate(np.random.default_rng(), sample_rate_hz=12_000.0, duration_s=1.0)
+    other = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
     response = submit_npy(client, other, job_id=job_id)
     assert response.status_code == 409
     assert "different capture" in response.get_json()["error"]["message"]

@@ -8,8 +8,10 @@ for a few seconds. Every service it stops is started again by ``tools/local_serv
 when the test fails. Afterwards every job that got a 202 must have exactly one recorded result,
 and every refusal must have been a prompt 503 that says which service is down.
 
-It needs the service commands of a development machine (rabbitmqctl, redis-cli, pg_ctlcluster)
-and services on loopback; it is skipped elsewhere, and fails in CI if it cannot run.
+It stops and starts the machine's real services, so it runs only when asked for:
+``HEIMDALL_FAULT_TESTS=1`` (``.ci/run`` sets it). It also needs the service commands of a
+development machine (rabbitmqctl, redis-cli, pg_ctlcluster), root, and services on loopback; asked
+for but unable to run, it fails in CI and is skipped elsewhere.
 """
 
 from __future__ import annotations
@@ -28,34 +30,36 @@ import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from inference_worker.capture import iq_digest
-from inference_worker.processes import cli_process, wait_until
-from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import inference_logs, jobs
-from tests.integration.conftest import (
-    _free_port,
-    _worker_env,
+from tasks.contract import read_message
+from tasks.intake import record_job
+from tests.helpers import capture_message, capture_query, npy_bytes
+from tests.integration.helpers import (
     blocked_on,
     forget_workers,
+    free_port,
     hold_row,
     produce,
+    worker_env,
 )
-from tests.integration.test_end_to_end import npy_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 RESTORE = REPO / "tools" / "local_services.sh"
 CONTROL_COMMANDS = ("rabbitmqctl", "rabbitmq-server", "redis-cli", "redis-server", "pg_ctlcluster")
 SUBMIT_INTERVAL_S = 0.1
 CLIENT_TIMEOUT_S = 30.0
-PROMPT_S = 10.0
-"""A refusal must come within this: the shim gives the broker ~3 s, the stores 3 s to connect."""
+"""A submission unanswered this long counts as a hang (status 0), which fails the test; how long
+refusals take is reported, not asserted (the shim gives the broker ~3 s, the stores 3 s)."""
+OPT_IN = "HEIMDALL_FAULT_TESTS"
+SEED = 20261127
 POSTGRES_DOWN_S = 5.0
 
 
@@ -69,6 +73,8 @@ def run(*command: str, check: bool = True) -> None:
 
 @pytest.fixture
 def services_under_our_control(settings):
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"restarts this machine's RabbitMQ, Redis and PostgreSQL: set {OPT_IN}=1")
     missing = [c for c in CONTROL_COMMANDS if shutil.which(c) is None]
     hosts = {
         urllib.parse.urlsplit(url.replace("postgresql+psycopg2", "postgresql")).hostname
@@ -132,17 +138,8 @@ def kill_the_worker_holding_a_job(engine, local, capture, workers: dict[str, sub
     SIGKILL that worker (its whole process group) with the job in hand. Returns (job id, name).
     """
     job_id = f"fault-{uuid.uuid4()}"
-    JobStore(engine).create(
-        NewJob(
-            job_id=job_id,
-            capture_time=datetime.now(UTC),
-            frequency_mhz=capture.frequency_mhz,
-            sample_rate_hz=capture.sample_rate_hz,
-            n_samples=capture.iq.shape[1],
-            receivers=list(capture.receivers),
-            iq_sha256=iq_digest(capture.iq),
-        )
-    )
+    message = capture_message(capture, job_id, f"{local.redis_prefix}blob:{job_id}")
+    record_job(JobStore(engine), read_message(message))
     with engine.connect() as locker:
         holder = hold_row(locker, job_id)
         produce(local, capture, job_id=job_id)
@@ -204,6 +201,9 @@ class Load:
         self.answers.append(answer)
         return answer
 
+    def accepted(self) -> int:
+        return sum(a.status == 202 for a in list(self.answers))
+
     def run(self) -> None:
         index = 0
         while not self.stop.is_set():
@@ -216,21 +216,11 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
     services_under_our_control, own_queue, engine, simulator, tmp_path
 ):
     local, store, start_worker = own_queue
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(SEED)
     captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(40)]
-    bodies = [
-        (
-            npy_bytes(c.iq),
-            {
-                "sample_rate_hz": c.sample_rate_hz,
-                "frequency_mhz": c.frequency_mhz,
-                "receivers": ",".join(c.receivers),
-            },
-        )
-        for c in captures
-    ]
-    port = _free_port()
-    env = {**_worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
+    bodies = [(npy_bytes(c.iq), capture_query(c)) for c in captures]
+    port = free_port()
+    env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
     api_args = ["api", "--port", str(port), "--workers", "2"]
     load = Load(f"http://127.0.0.1:{port}", bodies)
     log: list[str] = []
@@ -268,13 +258,13 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
         thread = threading.Thread(target=load.run, name="load", daemon=True)
         thread.start()
         try:
-            time.sleep(3)
+            wait_until("steady submissions", lambda: load.accepted() >= 20, 60)
 
             load.phase = "worker killed"
             held, killed = kill_the_worker_holding_a_job(engine, local, captures[0], workers)
             log.append(f"SIGKILL to worker {killed} while it held job {held}")
             forget_workers(store)
-            time.sleep(2)
+            wait_until("the surviving worker's heartbeat", lambda: len(store.workers()) >= 1, 30)
             workers[killed] = stack.enter_context(start_worker(f"{killed}-again"))
             wait_until(f"worker {killed} again", lambda: len(store.workers()) >= 2, 60)
             load.phase = "steady"
@@ -297,7 +287,8 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
                 settle(f"the {phase}")
                 load.phase = "steady"
             load.phase = "steady"
-            time.sleep(2)
+            before = load.accepted()
+            wait_until("submissions after the faults", lambda: load.accepted() >= before + 10, 60)
             load.stop.set()
             thread.join(timeout=CLIENT_TIMEOUT_S + 5)
 
@@ -312,9 +303,10 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
                         )
                     ).scalar_one() - len(accepted)
 
-            deadline = time.monotonic() + 120
-            while unfinished() and time.monotonic() < deadline:
-                time.sleep(0.5)
+            try:
+                wait_until("every accepted job final", lambda: unfinished() == 0, 120)
+            except RuntimeError:
+                pass  # counted and reported below
         finally:
             load.stop.set()
 
@@ -377,5 +369,4 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
         and "unavailable" in a.body["error"]["message"]
         for a in refusals
     ), messages
-    assert slowest < PROMPT_S
     assert by_phase["RabbitMQ restart"][503] > 0 and by_phase["PostgreSQL down"][503] > 0

@@ -22,14 +22,16 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from api_shim.app import create_app
-from inference_worker.model import load_metadata
-from inference_worker.processes import cli_process, wait_until
-from inference_worker.registry import CHALLENGER, CHAMPION, open_registry
-from inference_worker.serving import choose_alias
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.core.contract import load_metadata
+from inference_worker.serving.models import choose_alias
+from inference_worker.serving.registry import CHALLENGER, CHAMPION, open_registry
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.schema import jobs
+from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.app import dead_letter_queue_name
-from tests.integration.conftest import _free_port, _worker_env
+from tests.helpers import json_body
+from tests.integration.helpers import free_port, worker_env
 
 ADMIN = "lifecycle-admin-token"
 SUBMIT_INTERVAL_S = 0.03
@@ -57,12 +59,12 @@ def lifecycle(settings, engine, redis_client, tmp_path_factory):
             "worker_concurrency": 2,
         }
     )
-    env = _worker_env(lc)
+    env = worker_env(lc)
     env.update(
         {
             "HEIMDALL_MODEL_SOURCE": "registry",
             "HEIMDALL_DATA_DIR": str(data_dir),
-            "HEIMDALL_WORKER_METRICS_PORT": str(_free_port()),
+            "HEIMDALL_WORKER_METRICS_PORT": str(free_port()),
         }
     )
     log_path = data_dir / "worker.log"
@@ -93,12 +95,7 @@ def start_load(app, capture) -> tuple[Load, threading.Thread]:
         while not load.stop.is_set():
             number += 1
             iq = capture.iq * np.complex64(1.0 + 1e-6 * number)  # a new capture each time
-            body = {
-                "iq_data": base64.b64encode(iq.tobytes()).decode(),
-                "sample_rate_hz": capture.sample_rate_hz,
-                "frequency_mhz": capture.frequency_mhz,
-                "receivers": list(capture.receivers),
-            }
+            body = {**json_body(capture), "iq_data": base64.b64encode(iq.tobytes()).decode()}
             response = client.post("/predict", json=body)
             if response.status_code == 202:
                 load.accepted.append((response.get_json()["job_id"], time.monotonic()))
@@ -120,10 +117,11 @@ def reload(client, **body) -> dict:
 
 
 def final_rows(engine, job_ids: list[str], timeout_s: float = 60.0) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The rows of ``job_ids`` once all are final (or as they are after ``timeout_s``)."""
+
+    def rows() -> dict[str, dict]:
         with engine.connect() as connection:
-            rows = {
+            return {
                 r["job_id"]: dict(r)
                 for r in connection.execute(
                     sa.select(
@@ -131,12 +129,34 @@ def final_rows(engine, job_ids: list[str], timeout_s: float = 60.0) -> dict[str,
                     ).where(jobs.c.job_id.in_(job_ids))
                 ).mappings()
             }
-        pending = [
-            j for j in job_ids if rows.get(j, {}).get("status") not in ("succeeded", "failed")
-        ]
-        if not pending or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.3)
+
+    def all_final() -> bool:
+        found = rows()
+        return all(found.get(j, {}).get("status") in FINAL_STATUSES for j in job_ids)
+
+    try:
+        wait_until("every job final", all_final, timeout_s)
+    except RuntimeError:
+        pass  # the caller asserts on what is there
+    return rows()
+
+
+def submit_numbered(client, capture, prefix: str, count: int) -> list[str]:
+    """Submit ``count`` distinct captures with the fixed job ids ``<prefix>-000`` and on (the
+    A/B side of a job depends on its id only, so the counts below are the same every run)."""
+    job_ids = [f"{prefix}-{n:03d}" for n in range(count)]
+    for n, job_id in enumerate(job_ids):
+        iq = capture.iq * np.complex64(1.0 - 1e-6 * (n + 1))
+        body = {**json_body(capture), "iq_data": base64.b64encode(iq.tobytes()).decode()}
+        response = client.post("/predict", json={**body, "job_id": job_id})
+        assert response.status_code == 202, response.get_json()
+    return job_ids
+
+
+def served_versions(engine, job_ids: list[str]) -> dict[str, str]:
+    rows = final_rows(engine, job_ids)
+    assert all(rows[j]["status"] == "succeeded" for j in job_ids), list(rows.values())[:3]
+    return {j: rows[j]["model_version"] for j in job_ids}
 
 
 def test_challenger_share_promotion_and_refused_model_under_load(
@@ -150,7 +170,7 @@ def test_challenger_share_promotion_and_refused_model_under_load(
     capture = simulator.simulate(np.random.default_rng(5), sample_rate_hz=12_000.0, duration_s=0.25)
     load, thread = start_load(app, capture)
     try:
-        time.sleep(1.5)
+        wait_until("steady submissions", lambda: len(load.accepted) >= 20, 60)
 
         # Given a challenger with 20 % of the traffic
         challenger = registry.register(centroid_model_dir)
@@ -158,18 +178,14 @@ def test_challenger_share_promotion_and_refused_model_under_load(
         answer = reload(client, challenger_fraction=0.2)
         assert answer["status"] == 202 and answer["challenger"] == challenger.version
         wait_until("workers on the challenger split", all_workers_current, 30)
-        split_started = time.monotonic()
-        time.sleep(7.0)
-        split_ended = time.monotonic()
+        split = served_versions(engine, submit_numbered(client, capture, "split", 150))
 
         # When it is promoted to champion and the challenger alias removed
         registry.set_alias(CHAMPION, challenger.version)
         registry.remove_alias(CHALLENGER)
         assert reload(client, challenger_fraction=0.0)["status"] == 202
         wait_until("workers on the new champion", all_workers_current, 30)
-        promoted_started = time.monotonic()
-        time.sleep(3.0)
-        promoted_ended = time.monotonic()
+        promoted = served_versions(engine, submit_numbered(client, capture, "promoted", 20))
 
         # And a corrupted version is offered as challenger
         corrupted = registry.register(model_dir)
@@ -181,12 +197,15 @@ def test_challenger_share_promotion_and_refused_model_under_load(
         refused = reload(client, challenger_fraction=0.5)
         assert refused["status"] == 409 and "sha256" in refused["error"]["message"]
         # ... and even if a reload reaches the workers behind the shim's back
-        app.extensions["heimdall"]["store"].request_reload(0.5)
-        time.sleep(2.0)
-        health = client.get("/health/model")
-        assert health.status_code == 503 and "refused" in " ".join(health.get_json()["problems"])
-        after_refusal = time.monotonic()
-        time.sleep(2.0)
+        app.extensions["heimdall"].store.request_reload(0.5)
+
+        def refusal_reported() -> bool:
+            health = client.get("/health/model")
+            problems = " ".join(health.get_json()["problems"])
+            return health.status_code == 503 and "refused" in problems
+
+        wait_until("the workers reporting the refused model", refusal_reported, 30)
+        after = served_versions(engine, submit_numbered(client, capture, "after-refusal", 20))
     finally:
         load.stop.set()
         thread.join(timeout=10)
@@ -200,21 +219,14 @@ def test_challenger_share_promotion_and_refused_model_under_load(
         r for r in rows.values() if r["status"] != "succeeded"
     ][:3]
 
-    def versions_between(start: float, end: float) -> list[tuple[str, str]]:
-        return [(j, rows[j]["model_version"]) for j, t in accepted if start <= t <= end]
-
-    split = versions_between(split_started, split_ended)
-    share = sum(v == centroid_version for _, v in split) / len(split)
+    share = sum(v == centroid_version for v in split.values()) / len(split)
     print(f"challenger share over {len(split)} jobs: {share:.1%}")
     assert 0.1 <= share <= 0.3
-    for job_id, version in split:  # sticky: the job id alone decides the side
+    for job_id, version in split.items():  # sticky: the job id alone decides the side
         expected = choose_alias(job_id, 0.2, True)
         assert version == (centroid_version if expected == CHALLENGER else reference_version)
-
-    promoted = versions_between(promoted_started, promoted_ended)
-    assert promoted and all(v == centroid_version for _, v in promoted)
-    after = versions_between(after_refusal, time.monotonic())
-    assert after and all(v == centroid_version for _, v in after)  # the refused model never served
+    assert all(v == centroid_version for v in promoted.values())
+    assert all(v == centroid_version for v in after.values())  # the refused model never served
 
 
 def test_a_job_may_ask_for_a_registry_version_and_the_registry_is_mirrored(
@@ -224,13 +236,7 @@ def test_a_job_may_ask_for_a_registry_version_and_the_registry_is_mirrored(
     client = app.test_client()
     versions = open_registry(settings).versions()
     first = versions[0]
-    body = {
-        "iq_data": base64.b64encode(capture.iq.tobytes()).decode(),
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-        "model": first.version,
-    }
+    body = json_body(capture, model=first.version)
     response = client.post("/predict", json=body)
     assert response.status_code == 202, response.get_json()
     rows = final_rows(engine, [response.get_json()["job_id"]])

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,28 +15,15 @@ import uuid
 import numpy as np
 import pytest
 
-from inference_worker.processes import cli_process, wait_until
+from inference_worker.cli.processes import cli_process, wait_until
 from tasks.producer import CaptureProducer
-from tests.integration.conftest import produce
-from tests.integration.test_end_to_end import json_body, submit_npy, wait_final
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers import json_body, npy_bytes
+from tests.integration.helpers import free_port, produce, submit_npy, wait_final
 
 
 def test_json_batch_accepts_the_good_captures_and_names_what_is_wrong_with_the_others(
-    client, worker, simulator
+    client, worker, simulator, rng
 ):
-    rng = np.random.default_rng()
     good = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25) for _ in range(2)]
     bad = json_body(good[0])
     bad["receivers"] = ["torino", "montanaro", "nowhere"]
@@ -62,13 +47,12 @@ def test_json_batch_accepts_the_good_captures_and_names_what_is_wrong_with_the_o
     }
 
 
-def test_binary_batch_of_k_captures_is_located(client, worker, simulator, capture):
-    rng = np.random.default_rng()
+def test_binary_batch_of_k_captures_is_located(client, worker, simulator, capture, rng):
     captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(3)]
     stack = np.stack([c.iq for c in captures])
     response = client.post(
         "/predict-batch",
-        data=npy(stack),
+        data=npy_bytes(stack),
         content_type="application/x-npy",
         query_string={
             "sample_rate_hz": 12_000.0,

@@ -3,7 +3,6 @@ nothing from the wire is executed, and the worker keeps serving."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import kombu
@@ -11,8 +10,8 @@ import pytest
 
 from tasks.app import inference_queue
 from tasks.contract import TASK_NAME
-from tests.integration.test_end_to_end import submit_npy, wait_final
-from tests.integration.test_run_job import task_message
+from tests.helpers import capture_message
+from tests.integration.helpers import submit_npy, wait_final, wait_final_row
 
 
 def publish(settings, body, *, serializer: str = "json", job_id: str | None = None) -> str:
@@ -36,17 +35,6 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
     return task_id
 
 
-def wait_row(stores, job_id: str, timeout_s: float = 20.0):
-    jobs, _ = stores
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        row = jobs.get(job_id)
-        if row is not None and row["status"] in ("succeeded", "failed"):
-            return row
-        time.sleep(0.1)
-    return jobs.get(job_id)
-
-
 @pytest.mark.parametrize(
     ("mangle", "store_blob", "fragment"),
     [
@@ -66,8 +54,8 @@ def test_bad_message_fails_its_job_with_the_reason(
     key = store.blob_key(job_id)
     if store_blob:
         store.put_blob(key, capture.iq.tobytes(), 60)
-    publish(settings, mangle(task_message(capture, job_id, key)), job_id=job_id)
-    row = wait_row(stores, job_id)
+    publish(settings, mangle(capture_message(capture, job_id, key)), job_id=job_id)
+    row = wait_final_row(stores[0], job_id)
     assert row is not None and row["status"] == "failed", row
     assert fragment in row["error"]
 
@@ -84,11 +72,13 @@ def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
     pickle_id = publish(settings, Exploit(), serializer="pickle")
     garbage_id = publish(settings, "not an object at all")
     # The worker refuses the pickle unread; the dead-letter consumer fails its job.
-    refused = wait_row(stores, pickle_id)
+    refused = wait_final_row(stores[0], pickle_id)
     assert refused is not None and refused["status"] == "failed", refused
     assert "rejected" in refused["error"]
     assert not marker.exists()
     assert worker.poll() is None
     view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
     assert view["status"] == "succeeded"
-    assert garbage_id
+    # The garbage message carries no job id; its job is the task id it travelled under.
+    garbage = wait_final_row(stores[0], garbage_id)
+    assert garbage["status"] == "failed" and "must be a JSON object" in garbage["error"], garbage

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from inference_worker.capture import iq_digest
-from inference_worker.jobs import JobServices, run_job
-from inference_worker.model import LocalizationModel
-from inference_worker.storage.database import NewJob
+from inference_worker.serving.jobs import JobServices, run_job
+from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.storage.schema import inference_logs
+from tasks.contract import read_message
+from tasks.intake import record_job
+from tests.helpers import capture_message
 
 
 @pytest.fixture(scope="module")
@@ -27,37 +27,14 @@ def services(stores, settings) -> JobServices:
 
 
 def queue_job(services: JobServices, capture, *, store_blob: bool = True) -> dict:
+    """Record a job as the shim does and return its task message."""
     job_id = f"direct-{uuid.uuid4()}"
-    digest = iq_digest(capture.iq)
-    services.jobs.create(
-        NewJob(
-            job_id,
-            datetime.now(UTC),
-            capture.frequency_mhz,
-            capture.sample_rate_hz,
-            capture.iq.shape[1],
-            list(capture.receivers),
-            digest,
-        )
-    )
     key = services.redis.blob_key(job_id)
+    message = capture_message(capture, job_id, key)
+    record_job(services.jobs, read_message(message))
     if store_blob:
         services.redis.put_blob(key, capture.iq.tobytes(), 60)
-    return task_message(capture, job_id, key)
-
-
-def task_message(capture, job_id: str, blob_key: str) -> dict:
-    """The JSON task message a producer sends for ``capture``."""
-    return {
-        "job_id": job_id,
-        "blob_key": blob_key,
-        "n_samples": capture.iq.shape[1],
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-        "capture_time": datetime.now(UTC).isoformat(),
-        "iq_sha256": iq_digest(capture.iq),
-    }
+    return message
 
 
 def test_redelivered_message_records_one_result(services, capture, engine):

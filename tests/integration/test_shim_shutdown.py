@@ -9,16 +9,16 @@ import socket
 import time
 import urllib.parse
 
-from inference_worker.processes import cli_process, wait_until
-from tests.integration.conftest import _free_port, _worker_env
-from tests.integration.test_end_to_end import npy_bytes
+from inference_worker.cli.processes import cli_process, wait_until
+from tests.helpers import npy_bytes
+from tests.integration.helpers import free_port, worker_env
 
 
 def test_sigterm_lets_the_request_in_flight_finish(
     settings, engine, queue_cleanup, capture, tmp_path
 ):
-    port = _free_port()
-    env = {**_worker_env(settings), "HEIMDALL_API_PORT": str(port)}
+    port = free_port()
+    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port)}
     body = npy_bytes(capture.iq)
     query = urllib.parse.urlencode(
         {

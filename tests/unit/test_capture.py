@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from inference_worker.capture import (
+from inference_worker.core.capture import (
     CaptureError,
     CaptureLimits,
     CaptureTooLarge,

@@ -8,8 +8,8 @@ import pickle
 import pytest
 import redis
 
-from inference_worker.dead_letters import DeadLetter, failure_reason, read_dead_letter
-from inference_worker.worker import with_store_retries
+from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
+from inference_worker.serving.worker import with_store_retries
 
 JOB = "acq-0001"
 

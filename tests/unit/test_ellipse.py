@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from inference_worker.ellipse import (
+from inference_worker.core.ellipse import (
     Estimate,
     EstimateError,
     contains,

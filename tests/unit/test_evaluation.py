@@ -7,21 +7,21 @@ import math
 import numpy as np
 import pytest
 
-from inference_worker.evaluation.baselines import (
+from inference_worker.science.baselines import (
     GridLocator,
     crb_position_m,
     measured_power_dbm,
     weighted_centroid,
 )
-from inference_worker.evaluation.datasets import DatasetSpec, generate
-from inference_worker.evaluation.metrics import (
+from inference_worker.science.datasets import DatasetSpec, generate
+from inference_worker.science.metrics import (
     calibration_curve,
     covariance_from_sigmas,
     coverage,
     error_summary,
     gaussian_nll_km,
 )
-from inference_worker.simulator import HeldOutCells
+from inference_worker.science.simulator import HeldOutCells
 
 
 def gaussian_case(n: int = 20_000, seed: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.features import FeatureParams, log_mel_spectrogram, mel_filterbank
+from inference_worker.core.features import FeatureParams, log_mel_spectrogram, mel_filterbank
 
 PARAMS = FeatureParams()
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from inference_worker.jobs import BadJob, capture_fingerprint, decode_blob, parse_message
+from inference_worker.serving.jobs import BadJob, capture_fingerprint, decode_blob, parse_message
 from tasks.contract import LocateMessage
 
 

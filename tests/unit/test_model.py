@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference_worker.model import LocalizationModel, ModelError, load_metadata
+from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.serving.onnx_model import LocalizationModel
 
 ROOT = Path(__file__).resolve().parents[2]
 

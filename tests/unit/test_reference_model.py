@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.ellipse import decode_output, distance_m
-from inference_worker.features import log_mel_spectrogram
-from inference_worker.model import LocalizationModel, file_sha256
+from inference_worker.core.contract import file_sha256
+from inference_worker.core.ellipse import decode_output, distance_m
+from inference_worker.core.features import log_mel_spectrogram
+from inference_worker.science.simulator import CaptureSimulator, HeldOutCells
+from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.settings import DEFAULT_MODEL_DIR
-from inference_worker.simulator import CaptureSimulator, HeldOutCells
 
 
 @pytest.fixture(scope="module")

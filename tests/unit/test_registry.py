@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inference_worker.model import ModelError
-from inference_worker.registry import (
+from inference_worker.core.contract import ModelError
+from inference_worker.serving.registry import (
     CHALLENGER,
     CHAMPION,
     ModelRegistry,

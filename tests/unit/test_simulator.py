@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.simulator import CaptureSimulator
+from inference_worker.science.simulator import CaptureSimulator
 
 
 def test_seeded_runs_repeat(simulator):

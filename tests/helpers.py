@@ -1,0 +1,69 @@
+"""Helpers shared by the unit and the integration tests: bodies and task messages."""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from inference_worker.core.capture import iq_digest
+
+
+def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    """``array`` as the body of an ``application/x-npy`` request."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def capture_query(capture, **extra: object) -> dict[str, Any]:
+    """The query string of an npy submission of ``capture``."""
+    return {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": ",".join(capture.receivers),
+        **extra,
+    }
+
+
+def json_body(capture, **extra: object) -> dict[str, Any]:
+    """A JSON submission of ``capture`` (IQ in base64)."""
+    return {
+        "iq_data": base64.b64encode(capture.iq.tobytes()).decode(),
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+        **extra,
+    }
+
+
+def task_message(iq: np.ndarray, job_id: str, blob_key: str, **changes: object) -> dict[str, Any]:
+    """The JSON task message a producer sends for a 12 kHz capture of ``iq`` (override fields
+    with ``changes``)."""
+    message: dict[str, Any] = {
+        "job_id": job_id,
+        "blob_key": blob_key,
+        "n_samples": int(iq.shape[1]),
+        "sample_rate_hz": 12_000.0,
+        "frequency_mhz": 145.5,
+        "receivers": ["torino", "montanaro", "giaveno"],
+        "capture_time": datetime.now(UTC).isoformat(),
+        "iq_sha256": iq_digest(iq),
+    }
+    return {**message, **changes}
+
+
+def capture_message(capture, job_id: str, blob_key: str, **changes: object) -> dict[str, Any]:
+    """The task message of a simulated ``capture``."""
+    return task_message(
+        capture.iq,
+        job_id,
+        blob_key,
+        sample_rate_hz=capture.sample_rate_hz,
+        frequency_mhz=capture.frequency_mhz,
+        receivers=list(capture.receivers),
+        **changes,
+    )

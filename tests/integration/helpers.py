@@ -1,0 +1,145 @@
+"""Helpers of the integration tests: one way to submit, to wait for a final job, to produce,
+to hold a job's row, and the environment of a worker process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import amqp.exceptions
+import kombu
+import sqlalchemy as sa
+
+from inference_worker.settings import Settings
+from inference_worker.storage.redis_store import RedisStore
+from tasks.contract import wait_until_final
+from tests.helpers import capture_query, npy_bytes
+
+FINAL_WAIT_S = 60.0
+"""How long a job may take before a test calls it stuck (a hang, not a speed goal)."""
+
+
+def submit_npy(client, capture, headers: dict[str, str] | None = None, **query: object):
+    """POST ``capture`` to the Flask test client as ``application/x-npy``."""
+    return client.post(
+        "/predict",
+        data=npy_bytes(capture.iq),
+        content_type="application/x-npy",
+        query_string=capture_query(capture, **query),
+        headers=headers or {},
+    )
+
+
+def wait_final(
+    client, job_id: str, headers: dict[str, str] | None = None, timeout_s: float = FINAL_WAIT_S
+) -> dict[str, Any]:
+    """Poll ``GET /jobs/<id>`` until the job is final; a 404 counts as not yet recorded (a
+    producer's job exists once a worker takes it)."""
+
+    def fetch() -> dict[str, Any] | None:
+        response = client.get(f"/jobs/{job_id}", headers=headers or {})
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    return wait_until_final(fetch, job_id, timeout_s, interval_s=0.02)
+
+
+def wait_final_row(jobs, job_id: str, timeout_s: float = FINAL_WAIT_S):
+    """Wait until the job's PostgreSQL row is final; returns the row."""
+    return wait_until_final(lambda: jobs.get(job_id), job_id, timeout_s, interval_s=0.05)
+
+
+def queue_consumers(broker_url: str, queue: str) -> int:
+    """How many consumers RabbitMQ has on ``queue`` (0 while it is not declared)."""
+    with kombu.Connection(broker_url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).consumer_count)
+        except amqp.exceptions.NotFound:
+            return 0
+        finally:
+            if channel.is_open:
+                channel.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = os.environ.copy()
+    env.update(
+        {
+            "HEIMDALL_BROKER_URL": settings.broker_url,
+            "HEIMDALL_REDIS_URL": settings.redis_url,
+            "HEIMDALL_DATABASE_URL": settings.database_url,
+            "HEIMDALL_DATABASE_SCHEMA": settings.database_schema,
+            "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
+            "HEIMDALL_QUEUE": settings.queue,
+            "HEIMDALL_MODEL_DIR": str(settings.model_dir),
+            "HEIMDALL_MAX_DELIVERIES": str(settings.max_deliveries),
+            "HEIMDALL_TASK_MAX_RETRIES": str(settings.task_max_retries),
+        }
+    )
+    return env
+
+
+def forget_workers(store: RedisStore) -> None:
+    """Drop heartbeats a killed worker left behind (they expire after a few seconds anyway)."""
+    for key in store.client.scan_iter(match=f"{store.prefix}worker:*"):
+        store.client.delete(key)
+
+
+def hold_row(connection: sa.Connection, job_id: str) -> int:
+    """Lock a job's row in ``connection``'s transaction (every worker taking the job waits on it
+    until the transaction ends); returns this backend's pid, for :func:`blocked_on`."""
+    connection.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
+    return int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def blocked_on(engine: sa.Engine, holder: int) -> list[tuple[int, str, str]]:
+    """Backends waiting, directly or behind another waiter, for a lock that backend ``holder``
+    holds: (pid, application_name, query).
+
+    Asked in a transaction of its own: PostgreSQL freezes what pg_stat_activity shows for the
+    length of a transaction.
+    """
+    with engine.connect() as connection:
+        return [
+            (pid, name, query)
+            for pid, name, query in connection.execute(
+                sa.text(
+                    "WITH RECURSIVE waiting(pid) AS ("
+                    " SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
+                    " UNION SELECT a.pid FROM pg_stat_activity a JOIN waiting w"
+                    " ON w.pid = ANY(pg_blocking_pids(a.pid)))"
+                    " SELECT a.pid, a.application_name, a.query"
+                    " FROM pg_stat_activity a JOIN waiting USING (pid)"
+                ),
+                {"holder": holder},
+            ).all()
+        ]
+
+
+def produce(settings: Settings, capture, **extra: object) -> str:
+    """Enqueue ``capture`` straight onto the queue of ``settings`` with the producer client."""
+    from tasks.producer import CaptureProducer
+
+    with CaptureProducer(
+        settings.broker_url,
+        settings.redis_url,
+        queue=settings.queue,
+        redis_prefix=settings.redis_prefix,
+    ) as producer:
+        return producer.submit(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=capture.receivers,
+            **extra,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,121 @@
+"""The packages form a DAG, and the pure core imports no broker, database, web or model runtime."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("inference_worker", "api_shim", "tasks")
+IO_LIBRARIES = ("sqlalchemy", "redis", "celery", "kombu", "amqp", "flask", "onnxruntime", "mlflow")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def unit_of(module: str) -> str:
+    """The unit a module belongs to: a sub-package of a top-level package, or the top-level
+    package itself for its own modules (``inference_worker.settings`` -> ``inference_worker``)."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (ROOT / parts[0] / parts[1]).is_dir()):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def imports_of(path: Path, known: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """Every module ``path`` imports, at the top or inside functions (``from package import
+    module`` counts as importing that module of ``known``, not the package's ``__init__``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names}
+            found.update(submodules & known or {node.module})
+    return found
+
+
+def project_modules() -> dict[str, Path]:
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts
+    }
+
+
+def graph(key) -> dict[str, set[str]]:
+    modules = project_modules()
+    edges: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for target in imports_of(path, set(modules)):
+            if target in modules and key(target) != key(name):
+                edges[key(name)].add(key(target))
+    return edges
+
+
+def cycle_in(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == 1:
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+@pytest.mark.parametrize("key", [lambda m: m, unit_of], ids=["between-modules", "between-packages"])
+def test_imports_form_no_circle(key):
+    assert cycle_in(graph(key)) is None
+
+
+def test_the_core_imports_no_io_library():
+    core = [p for name, p in project_modules().items() if name.startswith("inference_worker.core")]
+    assert core
+    for path in core:
+        bad = {m for m in imports_of(path) if m.split(".")[0] in IO_LIBRARIES}
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_the_shim_never_imports_the_job_runner_and_nothing_imports_the_cli():
+    edges = graph(lambda m: m)
+    shim = {
+        target
+        for name, targets in edges.items()
+        if name.startswith("api_shim")
+        for target in targets
+    }
+    assert "inference_worker.serving.jobs" not in shim
+    assert "inference_worker.serving.worker" not in shim
+    importers_of_cli = {
+        name
+        for name, targets in edges.items()
+        if not name.startswith("inference_worker.cli")
+        and any(t.startswith("inference_worker.cli") for t in targets)
+    }
+    assert not importers_of_cli
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle_in({"a": {"b"}, "b": {"c"}}) is None
