@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from api_shim.app import create_app
+from inference_worker.core.contract import ModelSummary, Receiver, load_metadata
 from inference_worker.storage.schema import jobs
 from tests.helpers import capture_query, npy_bytes
 
@@ -151,3 +154,34 @@ def test_ids_no_job_can_have_are_404_not_500(client):
         response = client.get(path)
         assert response.status_code == 404, path
         assert "no " in response.get_json()["error"]["message"]
+
+
+def test_after_a_reload_the_shim_checks_receivers_against_the_announced_champion(
+    settings, engine, redis_client, queue_cleanup, capture
+):
+    # Given a shim of its own (own Redis prefix) that started with the reference model
+    local = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "announce:"})
+    app = create_app(local)
+    shim = app.extensions["heimdall"]
+    shim.served.max_age_s = 0.0  # look at the serving state on every request
+    query = {**capture_query(capture), "receivers": "east,west,north"}
+    before = post_npy(app.test_client(), npy_bytes(capture.iq), query)
+    assert before.status_code == 422 and "torino" in before.get_json()["error"]["message"]
+
+    # When a reload announces a champion for another network
+    other = ModelSummary.of(load_metadata(local.model_dir, verify=False))
+    other = replace(
+        other,
+        receivers=tuple(
+            Receiver(r, 45.0, 7.0 + i) for i, r in enumerate(("east", "west", "north"))
+        ),
+    )
+    shim.store.request_reload(champion=other.to_json())
+
+    # Then the shim takes that network's receivers and refuses the old ones
+    accepted = post_npy(
+        app.test_client(), npy_bytes(capture.iq), {**query, "job_id": "announced-1"}
+    )
+    assert accepted.status_code == 202, accepted.get_json()
+    refused = post_npy(app.test_client(), npy_bytes(capture.iq), capture_query(capture))
+    assert refused.status_code == 422 and "east" in refused.get_json()["error"]["message"]
