@@ -14,13 +14,14 @@ import kombu
 from flask import Response, jsonify
 from prometheus_client.core import GaugeMetricFamily
 
-from api_shim.auth import Audience
+from api_shim.auth import Audience, current_principal
 from api_shim.services import services
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving import observability
 from inference_worker.serving.registry import serving_model_dir
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.reachability import probe_broker, redact_secrets
 from inference_worker.storage.redis_store import RedisStore
 from tasks.app import dead_letter_queue_name
@@ -60,7 +61,7 @@ def health() -> tuple[Response, int]:
     stores_ok = all(c["ok"] for c in checks.values())
     status = "ok" if stores_ok and model["ok"] else ("degraded" if stores_ok else "unavailable")
     body = {"status": status, "checks": {**checks, "model": model}}
-    return jsonify(body), 200 if stores_ok else 503
+    return jsonify(for_whom(body, "status")), 200 if stores_ok else 503
 
 
 def health_model() -> tuple[Response, int]:
@@ -79,7 +80,16 @@ def health_model() -> tuple[Response, int]:
         "workers": [worker_models(w) for w in workers],
         "problems": problems if workers else ["no worker is serving this queue"],
     }
-    return jsonify(body), 200 if ok else 503
+    return jsonify(for_whom(body, "ok")), 200 if ok else 503
+
+
+def for_whom(body: dict[str, Any], summary: str) -> dict[str, Any]:
+    """The whole health body for a caller with a key (or when no keys are configured); only its
+    ``summary`` field for an anonymous caller: worker ids, process ids, model hashes and service
+    latencies are not for everyone."""
+    if services().settings.api_keys and current_principal() is None:
+        return {summary: body[summary]}
+    return body
 
 
 def openapi() -> Response:
@@ -87,8 +97,13 @@ def openapi() -> Response:
 
 
 def metrics() -> Response:
-    settings = services().settings
-    body, content_type = observability.render((QueueDepth(settings.broker_url, settings.queue),))
+    shim = services()
+    settings = shim.settings
+    collectors = (
+        QueueDepth(settings.broker_url, settings.queue),
+        StuckJobs(shim.maintenance, settings.stuck_after_s),
+    )
+    body, content_type = observability.render(collectors)
     return Response(body, content_type=content_type)
 
 
@@ -159,3 +174,23 @@ class QueueDepth:
             return
         yield messages
         yield consumers
+
+
+class StuckJobs:
+    """Collector of the jobs not final ``stuck_after_s`` after submission, asked of PostgreSQL at
+    scrape time (an index on unfinished jobs keeps it cheap)."""
+
+    def __init__(self, maintenance: JobMaintenance, stuck_after_s: float) -> None:
+        self.maintenance, self.stuck_after_s = maintenance, stuck_after_s
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            count = self.maintenance.count_not_final(self.stuck_after_s)
+        except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down
+            log.debug("stuck jobs unavailable: %s", redact_secrets(str(exc)))
+            return
+        yield GaugeMetricFamily(
+            "heimdall_jobs_stuck",
+            f"Jobs not final {self.stuck_after_s:g} s after submission (HEIMDALL_STUCK_AFTER_S).",
+            value=count,
+        )

@@ -14,7 +14,8 @@ from flask import current_app
 from inference_worker.core.contract import ModelSummary, load_metadata
 from inference_worker.serving.registry import RegistryError, open_registry, serving_model_dir
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, create_engine
+from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery, publisher
 from tasks.intake import Intake, ModelRequestError, ResolveModel, ServedModelCache
@@ -24,6 +25,7 @@ from tasks.intake import Intake, ModelRequestError, ResolveModel, ServedModelCac
 class ShimServices:
     settings: Settings
     jobs: JobStore
+    maintenance: JobMaintenance
     store: RedisStore
     celery: Celery
     served: ServedModelCache
@@ -42,20 +44,19 @@ def build_services(settings: Settings) -> ShimServices:
     celery = create_celery(
         settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
     )
-    jobs = JobStore(
-        create_engine(settings.database_url, settings.database_schema, role="heimdall-api")
-    )
+    engine = engine_for(settings, role="heimdall-api")
+    jobs = JobStore(engine)
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     served = ServedModelCache(store, fallback=started_with)
     intake = Intake(
         settings,
         store,
-        publisher(celery, settings.queue),
+        publisher(celery, settings.queue, settings.publish_confirm_timeout_s),
         served,
         jobs=jobs,
         resolve_model=model_resolver(settings, served),
     )
-    return ShimServices(settings, jobs, store, celery, served, intake)
+    return ShimServices(settings, jobs, JobMaintenance(engine), store, celery, served, intake)
 
 
 def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel:

@@ -157,6 +157,46 @@ class Settings(BaseSettings):
         description="Delivery limit of the queue: after this many deliveries that ended without "
         "an answer (the worker died), the message goes to the dead-letter queue and its job fails.",
     )
+    task_soft_time_limit_s: float = Field(
+        30.0,
+        ge=0,
+        description="A job still running after this long is stopped and failed with the reason "
+        "(0: no soft limit). The slowest accepted capture takes well under a second.",
+    )
+    task_time_limit_s: float = Field(
+        60.0,
+        gt=0,
+        description="Hard limit: a job still running after this long (stuck in a model or a "
+        "store call) has its worker process replaced and is failed with the reason.",
+    )
+    outbox_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="A submission whose task was not confirmed published this long after it was "
+        "recorded (its shim died mid-way) is published by a worker, or failed if its capture is "
+        "gone.",
+    )
+    relay_interval_s: float = Field(
+        5.0, gt=0, description="How often a worker looks for such submissions."
+    )
+    stuck_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="A job not final this long after submission counts as stuck (metric, "
+        "alert and `heimdall-inference jobs stuck`).",
+    )
+    retention_days: float = Field(
+        14.0,
+        ge=0,
+        description="Final jobs (and their inference logs) older than this are deleted by the "
+        "workers, hourly; 0 keeps them forever. `heimdall-inference jobs prune` does it by hand.",
+    )
+    database_statement_timeout_s: float = Field(
+        15.0, gt=0, description="Longest a PostgreSQL statement may run before it is cancelled."
+    )
+    publish_confirm_timeout_s: float = Field(
+        5.0, gt=0, description="Longest a publish waits for RabbitMQ's confirm."
+    )
 
     worker_metrics_port: int = Field(
         9808, ge=0, le=65535, description="Port of the worker's Prometheus metrics; 0 disables."
@@ -228,6 +268,12 @@ class Settings(BaseSettings):
         digests = [k.digest for k in self.api_keys]
         if len(set(names)) != len(names) or len(set(digests)) != len(digests):
             raise ValueError("API key names and keys must be distinct")
+        return self
+
+    @model_validator(mode="after")
+    def _hard_limit_above_soft(self) -> Settings:
+        if self.task_soft_time_limit_s and self.task_time_limit_s <= self.task_soft_time_limit_s:
+            raise ValueError("task_time_limit_s must be above task_soft_time_limit_s")
         return self
 
     @field_validator("redis_prefix")

@@ -137,6 +137,10 @@ def create_celery(
         # A task that raises is rejected (dead-lettered, its job then failed with the reason),
         # never acknowledged as if it had been handled.
         task_acks_on_failure_or_timeout=False,
+        # A job past its hard time limit has been failed with the reason by the worker's main
+        # process (see inference_worker.serving.worker): acknowledge it rather than deliver it
+        # again into the same limit.
+        task_acks_on_timeout=True,
         task_default_delivery_mode="persistent",
         task_publish_retry=True,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
@@ -157,13 +161,20 @@ def create_celery(
     return app
 
 
-def publisher(app: Celery, queue: str) -> Callable[[LocateMessage], None]:
-    """Publish a task message on ``queue`` (persistent, with publisher confirms); the message's
-    job id is the task id, so Flower and the broker's tools name tasks by job."""
+def publisher(
+    app: Celery, queue: str, confirm_timeout_s: float = 5.0
+) -> Callable[[LocateMessage], None]:
+    """Publish a task message on ``queue`` (persistent, with publisher confirms, waiting at most
+    ``confirm_timeout_s`` for the confirm); the message's job id is the task id, so Flower and
+    the broker's tools name tasks by job."""
 
     def publish(message: LocateMessage) -> None:
         app.send_task(
-            TASK_NAME, args=[message.model_dump(mode="json")], task_id=message.job_id, queue=queue
+            TASK_NAME,
+            args=[message.model_dump(mode="json")],
+            task_id=message.job_id,
+            queue=queue,
+            confirm_timeout=confirm_timeout_s,
         )
 
     return publish

@@ -39,9 +39,10 @@ from inference_worker.core.capture import (
 from inference_worker.core.contract import ModelError, ModelSummary
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore, NewJob
-from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
+from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
-from tasks.contract import LocateMessage
+from inference_worker.storage.statuses import FINAL_STATUSES
+from tasks.contract import LocateMessage, MessageError, read_message
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ ResolveModel = Callable[[str], None]
 
 MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 UNAVAILABLE_ERRORS = (
-    *TRANSIENT_ERRORS,
+    *STORE_ERRORS,
     kombu.exceptions.KombuError,
     amqp.exceptions.AMQPError,
     OSError,
@@ -149,8 +150,8 @@ def build_message(
     )
 
 
-def new_job(message: LocateMessage) -> NewJob:
-    """The job row a task message describes."""
+def new_job(message: LocateMessage, *, published: bool = True) -> NewJob:
+    """The job row a task message describes (``published``: the message is on the queue)."""
     return NewJob(
         job_id=message.job_id,
         capture_time=message.capture_time,
@@ -162,16 +163,31 @@ def new_job(message: LocateMessage) -> NewJob:
         created_at=message.submitted_at,
         batch_id=message.batch_id,
         tenant=message.tenant,
+        message=message.model_dump(mode="json"),
+        published=published,
     )
 
 
-def record_job(jobs: JobStore, message: LocateMessage) -> tuple[RowMapping, bool]:
+def record_job(
+    jobs: JobStore, message: LocateMessage, *, published: bool = True
+) -> tuple[RowMapping, bool]:
     """Write the job row of ``message`` unless it exists; returns the row and whether it is new.
+
+    ``published`` is False only for the shim, which writes the row before it publishes; a
+    worker or the dead-letter consumer records a message it took from the broker.
 
     Raises:
         One of :data:`TRANSIENT_ERRORS` when PostgreSQL is unreachable.
     """
-    return jobs.create(new_job(message))
+    return jobs.create(new_job(message, published=published))
+
+
+def stored_message(row: Mapping[Any, Any]) -> LocateMessage | None:
+    """The task message kept in a job's row (None for rows of releases that kept none)."""
+    try:
+        return read_message(row["message"]) if row["message"] is not None else None
+    except MessageError:
+        return None
 
 
 class ServedModelCache:
@@ -259,52 +275,68 @@ class Intake:
     ) -> Accepted:
         """Accept a checked capture. Once this returns, the job is queued and will finish.
 
+        With a job store, the row (holding the task message) is written first and marked
+        published once RabbitMQ confirmed the message; a submission that dies in between is
+        finished by a worker's relay, or by the client retrying with the same job id.
+
         Raises:
             JobConflict: the client's job id exists with different IQ (or another tenant).
-            ServiceUnavailable: a store or the broker is down; nothing is left behind.
+            ServiceUnavailable: a store or the broker is down or full; nothing is left behind.
         """
         job_id = capture.job_id or str(uuid.uuid4())
-        digest = iq_digest(capture.iq)
         blob_key = self.store.blob_key(job_id)
         message = build_message(
             capture,
             job_id=job_id,
-            digest=digest,
+            digest=iq_digest(capture.iq),
             blob_key=blob_key,
             batch_id=batch_id,
             tenant=tenant,
         )
+        status, created = "queued", True
         if self.jobs is not None:
-            earlier = self._record(message)
-            if earlier is not None:
-                return earlier
+            row, created = self._record(message)
+            status = row["status"]
+            if not created:
+                if status in FINAL_STATUSES or row["published_at"] is not None:
+                    return Accepted(job_id, status, created=False)
+                # An earlier submission of this job never had its task confirmed (its shim died
+                # mid-way, or is still at it): finish that submission now. A second message for
+                # the job is harmless: the job store records one result.
+                message = stored_message(row) or message
         try:
             self.store.put_blob(blob_key, capture.iq.tobytes(), self.settings.blob_ttl_s)
             self.publish(message)
         except UNAVAILABLE_ERRORS as exc:
-            self._withdraw(job_id, blob_key)
-            transient = isinstance(exc, TRANSIENT_ERRORS)
-            which = unavailable_store(exc) if transient else "the message broker"
-            log.error("could not accept job %s, %s unavailable: %r", job_id, which, exc)
-            raise ServiceUnavailable(f"{which} is unavailable; retry later") from None
-        return Accepted(job_id, "queued", created=True)
+            if created:
+                self._withdraw(job_id, blob_key)
+            reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
+            reason = reason or "the message broker is unavailable"
+            log.error("could not accept job %s, %s: %r", job_id, reason, exc)
+            raise ServiceUnavailable(f"{reason}; retry later") from None
+        if self.jobs is not None:
+            try:
+                self.jobs.mark_published(job_id)
+            except TRANSIENT_ERRORS as exc:  # published all the same: a relay may send it again
+                log.warning("job %s published but not marked so: %s", job_id, exc)
+        return Accepted(job_id, status, created=created)
 
-    def _record(self, message: LocateMessage) -> Accepted | None:
-        """Write the job row; the earlier job when the client's id exists already."""
+    def _record(self, message: LocateMessage) -> tuple[RowMapping, bool]:
+        """Write the job row (with its message, not yet published); the existing row and False
+        when the client's id exists already for the same capture."""
         assert self.jobs is not None
         try:
-            row, created = record_job(self.jobs, message)
+            row, created = record_job(self.jobs, message, published=False)
         except TRANSIENT_ERRORS as exc:
             log.error("database unavailable while accepting a job: %s", exc)
             raise ServiceUnavailable("the job database is unavailable; retry later") from None
-        if created:
-            return None
-        job_id = message.job_id
-        if row["tenant"] != message.tenant:  # say nothing about another tenant's job
-            raise JobConflict(f"job_id {job_id!r} is taken; choose another")
-        if row["iq_sha256"] != message.iq_sha256:
-            raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
-        return Accepted(job_id, row["status"], created=False)
+        if not created:
+            job_id = message.job_id
+            if row["tenant"] != message.tenant:  # say nothing about another tenant's job
+                raise JobConflict(f"job_id {job_id!r} is taken; choose another")
+            if row["iq_sha256"] != message.iq_sha256:
+                raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
+        return row, created
 
     def _withdraw(self, job_id: str, blob_key: str) -> None:
         undo: list[Callable[[], None]] = [lambda: self.store.delete_blob(blob_key)]

@@ -55,7 +55,7 @@ class CaptureProducer:
         self.intake = Intake(
             settings,
             self.store,
-            publisher(self.celery, self.queue),
+            publisher(self.celery, self.queue, settings.publish_confirm_timeout_s),
             ServedModelCache(self.store),
             limits=limits,
         )

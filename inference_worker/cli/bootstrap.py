@@ -11,6 +11,8 @@ import sys
 
 from inference_worker.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -35,9 +37,9 @@ def require_services(settings: Settings) -> None:
 
 
 def migrate_database(settings: Settings) -> None:
-    from inference_worker.storage.database import create_engine, migrate
+    from inference_worker.storage.database import engine_for, migrate
 
-    engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+    engine = engine_for(settings, pool_size=1)
     try:
         migrate(engine, settings.database_schema)
     finally:
@@ -89,10 +91,17 @@ def check_model(settings: Settings) -> None:
 def announce_model(settings: Settings) -> None:
     """Tell shims and producers which champion to check submissions against (Redis)."""
     from inference_worker.serving.reload import announce_serving_model
+    from inference_worker.storage.errors import STORE_ERRORS
     from inference_worker.storage.redis_store import RedisStore, connect
 
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     try:
         announce_serving_model(settings, store)
+    except STORE_ERRORS as exc:  # a full Redis must not keep a worker from draining it
+        log.warning(
+            "served model not announced in Redis (submissions are checked against the "
+            "last announcement until the next reload): %s",
+            exc,
+        )
     finally:
         store.client.close()

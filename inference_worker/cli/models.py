@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, create_engine
+from inference_worker.storage.database import JobStore, engine_for
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.redis_store import RedisStore, connect
 
@@ -71,7 +71,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
 
 def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) -> T:
     """Call ``use`` with the job store and Redis; a store that does not answer ends the command."""
-    engine = create_engine(settings.database_url, settings.database_schema, pool_size=1)
+    engine = engine_for(settings, pool_size=1)
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     try:
         return use(JobStore(engine), store)

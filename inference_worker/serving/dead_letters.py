@@ -119,7 +119,8 @@ def dead_letter_step(
 ) -> type[bootsteps.ConsumerStep]:
     """A Celery consumer step that drains ``<queue>.dead`` in the worker's main process.
 
-    ``stores`` is a callable returning ``(JobStore, RedisStore)``, built on first use.
+    ``stores`` is a callable returning the main process's stores (``.jobs``, ``.redis``), built
+    on first use.
     """
     from inference_worker.serving import observability
     from tasks.app import dead_letter_queue
@@ -140,7 +141,8 @@ def dead_letter_step(
         def on_message(self, message: kombu.Message) -> None:
             letter = read_dead_letter(message.headers, message.body, message.content_type)
             try:
-                jobs, redis = stores()
+                found = stores()
+                jobs, redis = found.jobs, found.redis
                 if record_dead_letter(
                     jobs, redis, letter, failure_reason(letter, delivery_limit), result_ttl_s
                 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from inference_worker.core.contract import ModelMetadata
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
 from inference_worker.core.features import log_mel_spectrogram
 from inference_worker.storage.database import JobStore
+from inference_worker.storage.errors import STORE_FULL_ERRORS
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.views import job_view
 from tasks.contract import LocateMessage, MessageError, read_message
@@ -205,10 +207,12 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     if final is None:
         log.info("job %s finished elsewhere first; this result is not recorded", message.job_id)
         return JobOutcome(message.job_id, "duplicate")
-    services.redis.put_result(message.job_id, job_view(final), services.result_ttl_s)
+    services.redis.delete_blob(message.blob_key)  # first: it frees the most memory
+    if_room(
+        lambda: services.redis.put_result(message.job_id, job_view(final), services.result_ttl_s)
+    )
     if not cache_hit:
-        services.redis.cache_put(cache_key, result, services.cache_ttl_s)
-    services.redis.delete_blob(message.blob_key)
+        if_room(lambda: services.redis.cache_put(cache_key, result, services.cache_ttl_s))
     log.info(
         "job %s succeeded: %.5f, %.5f (cache hit: %s)",
         message.job_id,
@@ -240,13 +244,24 @@ def fail_job(
     return outcome
 
 
+def if_room(write: Callable[[], None]) -> None:
+    """Write to a Redis cache (results, the result cache) unless Redis is full: PostgreSQL
+    holds the record, and a full Redis must not fail a job that is done."""
+    try:
+        write()
+    except STORE_FULL_ERRORS as exc:
+        log.warning("Redis is full; a cached copy is skipped: %s", exc)
+
+
 def _reject(services: JobServices, job_id: str | None, reason: str) -> JobOutcome:
     """An unusable message: record its job as failed (creating the row if a producer sent it)."""
     log.warning("job %s rejected: %s", job_id, reason)
     if job_id is not None and JOB_ID_PATTERN.match(job_id):
         final = services.jobs.record_rejected(job_id, reason)
         if final is not None:
-            services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+            if_room(
+                lambda: services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+            )
     return JobOutcome(job_id, "failed", error=reason)
 
 
@@ -255,5 +270,7 @@ def _fail(services: JobServices, job_id: str | None, reason: str, model_version:
     if job_id is not None:
         final = services.jobs.fail(job_id, reason, model_version=model_version)
         if final is not None:
-            services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+            if_room(
+                lambda: services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
+            )
     return JobOutcome(job_id, "failed", error=reason, model_version=model_version)

@@ -15,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine, RowMapping
 
+from inference_worker.settings import Settings
 from inference_worker.storage.schema import inference_logs, jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
 
@@ -22,13 +23,20 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def create_engine(
-    database_url: str, schema: str, *, pool_size: int = 5, role: str = "heimdall"
+    database_url: str,
+    schema: str,
+    *,
+    pool_size: int = 5,
+    role: str = "heimdall",
+    statement_timeout_s: float = 15.0,
 ) -> Engine:
     """An engine whose connections use ``schema`` (tests use a schema of their own).
 
     Connections name their process (``application_name``: role and pid), so an operator sees in
-    ``pg_stat_activity`` which worker or shim process holds which connection.
+    ``pg_stat_activity`` which worker or shim process holds which connection. No statement runs
+    longer than ``statement_timeout_s``: a hung database turns into an error that is retried.
     """
+    timeout_ms = statement_timeout_s * 1e3
     return sa.create_engine(
         database_url,
         pool_size=pool_size,
@@ -36,10 +44,21 @@ def create_engine(
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
-            "options": f"-csearch_path={schema}",
+            "options": f"-csearch_path={schema} -cstatement_timeout={round(timeout_ms)}",
             "connect_timeout": 3,
             "application_name": f"{role} pid {os.getpid()}",
         },
+    )
+
+
+def engine_for(settings: Settings, *, role: str = "heimdall", pool_size: int = 5) -> Engine:
+    """The engine of the settings' database and schema, with their statement timeout."""
+    return create_engine(
+        settings.database_url,
+        settings.database_schema,
+        pool_size=pool_size,
+        role=role,
+        statement_timeout_s=settings.database_statement_timeout_s,
     )
 
 
@@ -78,6 +97,10 @@ class NewJob:
     """Defaults to the time of the insert."""
     batch_id: str | None = None
     tenant: str | None = None
+    message: dict[str, Any] | None = None
+    """The task message, kept with the row (the outbox) until RabbitMQ confirms it."""
+    published: bool = True
+    """False while the task message is not confirmed published (the shim's submissions)."""
 
 
 class JobStore:
@@ -94,9 +117,10 @@ class JobStore:
     def create(self, job: NewJob) -> tuple[RowMapping, bool]:
         """Insert a queued job; if the id exists already, return that row and ``False``."""
         values = {k: v for k, v in job.__dict__.items() if not (k == "created_at" and v is None)}
+        published = values.pop("published")
         statement = (
             pg_insert(jobs)
-            .values(status="queued", **values)
+            .values(status="queued", published_at=sa.func.now() if published else None, **values)
             .on_conflict_do_nothing(index_elements=["job_id"])
             .returning(*jobs.c)
         )
@@ -110,6 +134,15 @@ class JobStore:
                 .one()
             )
             return existing, False
+
+    def mark_published(self, job_id: str) -> None:
+        """Record that RabbitMQ confirmed the job's task message (the outbox entry is done)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.update(jobs)
+                .where(jobs.c.job_id == job_id, jobs.c.published_at.is_(None))
+                .values(published_at=sa.func.now())
+            )
 
     def delete_queued(self, job_id: str) -> None:
         """Withdraw a job that could not be enqueued (the client was told to retry)."""

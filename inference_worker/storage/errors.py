@@ -14,7 +14,19 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 """Store errors worth retrying with backoff (the service is down or unreachable); an error about
 the input is never retried."""
 
+STORE_FULL_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError,)
+"""Redis at its maxmemory (noeviction): writes fail until workers consume what waits there."""
+STORE_ERRORS = (*TRANSIENT_ERRORS, *STORE_FULL_ERRORS)
+"""Every store failure a caller answers with "retry later"."""
+
 
 def unavailable_store(exc: BaseException) -> str:
     """Which store a transient error came from, as messages name it."""
     return "Redis" if isinstance(exc, redis.exceptions.RedisError) else "the job database"
+
+
+def describe_unavailable(exc: BaseException) -> str:
+    """What a client is told when a store fails: "Redis is full", "... is unavailable"."""
+    if isinstance(exc, STORE_FULL_ERRORS):
+        return "Redis is full"
+    return f"{unavailable_store(exc)} is unavailable"

@@ -34,6 +34,9 @@ class RedisStore:
         value = self.client.get(key)
         return None if value is None else bytes(value)  # type: ignore[arg-type]
 
+    def has_blob(self, key: str) -> bool:
+        return bool(self.client.exists(key))
+
     def delete_blob(self, key: str) -> None:
         self.client.delete(key)
 

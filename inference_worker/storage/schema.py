@@ -33,6 +33,10 @@ jobs = sa.Table(
     sa.Column("timings", JSONB),
     sa.Column("batch_id", sa.Text),
     sa.Column("tenant", sa.Text),
+    # The task message the job was accepted with: the outbox a relay publishes from.
+    sa.Column("message", JSONB),
+    # When RabbitMQ confirmed the task message (null: not confirmed yet).
+    sa.Column("published_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
 )
 

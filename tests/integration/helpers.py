@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import amqp.exceptions
@@ -72,21 +73,19 @@ def free_port() -> int:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a ``heimdall-inference`` process the same plain settings (URLs,
+    names, numbers, folders) as ``settings``; keys and secrets are left out."""
     env = os.environ.copy()
-    env.update(
-        {
-            "HEIMDALL_BROKER_URL": settings.broker_url,
-            "HEIMDALL_REDIS_URL": settings.redis_url,
-            "HEIMDALL_DATABASE_URL": settings.database_url,
-            "HEIMDALL_DATABASE_SCHEMA": settings.database_schema,
-            "HEIMDALL_REDIS_PREFIX": settings.redis_prefix,
-            "HEIMDALL_QUEUE": settings.queue,
-            "HEIMDALL_MODEL_DIR": str(settings.model_dir),
-            "HEIMDALL_MAX_DELIVERIES": str(settings.max_deliveries),
-            "HEIMDALL_TASK_MAX_RETRIES": str(settings.task_max_retries),
-        }
-    )
+    for name, value in settings.model_dump().items():
+        if isinstance(value, str | int | float | Path) and not isinstance(value, bool):
+            env[f"HEIMDALL_{name.upper()}"] = str(value)
     return env
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (a prefork pool's or gunicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
 
 
 def forget_workers(store: RedisStore) -> None:

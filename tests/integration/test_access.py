@@ -235,3 +235,13 @@ def test_a_job_from_the_producer_client_belongs_to_the_tenant_it_names(
     view = wait_final(keyed, job_id, headers=auth(SITE_B))
     assert view["tenant"] == "site-b"
     assert keyed.get(f"/jobs/{job_id}", headers=auth(SITE_A)).status_code == 404
+
+
+def test_an_anonymous_caller_sees_only_the_health_status(keyed):
+    anonymous = keyed.get("/health")
+    assert set(anonymous.get_json()) == {"status"}
+    assert set(keyed.get("/health/model").get_json()) == {"ok"}
+    detailed = keyed.get("/health", headers=auth(SITE_A)).get_json()
+    assert {"broker", "redis", "database", "model"} <= set(detailed["checks"])
+    assert "latency_ms" in detailed["checks"]["database"]
+    assert "workers" in keyed.get("/health/model", headers=auth(SITE_A)).get_json()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import kombu
 import pytest
@@ -17,14 +16,9 @@ from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
-from tests.integration.helpers import blocked_on, hold_row, submit_npy, wait_final
+from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
-
-
-def pool_children(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(child) for child in children]
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(
@@ -49,7 +43,7 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
             fresh = [pid for pid in takes if pid not in seen]
             if fresh:
                 seen.update(fresh)
-                for child in pool_children(worker.pid):
+                for child in child_pids(worker.pid):
                     os.kill(child, signal.SIGKILL)
                 kills += 1
             time.sleep(0.05)
@@ -68,7 +62,7 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
 
         # The worker is still up and serves the next job; the dead-letter queue is empty.
         assert worker.poll() is None
-        wait_until("a fresh pool process", lambda: bool(pool_children(worker.pid)), 30, worker)
+        wait_until("a fresh pool process", lambda: bool(child_pids(worker.pid)), 30, worker)
         after = submit_npy(client, capture).get_json()["job_id"]
         assert wait_final(client, after)["status"] == "succeeded"
     with kombu.Connection(local.broker_url) as connection:

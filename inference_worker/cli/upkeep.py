@@ -1,0 +1,111 @@
+"""The ``jobs`` command: stuck jobs (list, requeue, fail) and retention (prune)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from inference_worker.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    jobs = sub.add_parser(
+        "jobs",
+        help="operators' tools: list stuck jobs, requeue or fail them, prune old jobs",
+        description="stuck [--older-than S] | requeue JOB_ID... | fail JOB_ID... --reason TEXT "
+        "| prune [--older-than-days D]; requeue and fail take --all-stuck instead of ids",
+    )
+    jobs.add_argument("action", choices=["stuck", "requeue", "fail", "prune"])
+    jobs.add_argument("job_ids", nargs="*", help="jobs to requeue or fail")
+    jobs.add_argument(
+        "--older-than",
+        type=float,
+        help="seconds since submission that make a job stuck (default HEIMDALL_STUCK_AFTER_S)",
+    )
+    jobs.add_argument("--all-stuck", action="store_true", help="requeue or fail every stuck job")
+    jobs.add_argument("--reason", help="with fail: the error recorded on the job")
+    jobs.add_argument(
+        "--older-than-days",
+        type=float,
+        help="with prune: delete final jobs older than this (default HEIMDALL_RETENTION_DAYS)",
+    )
+    jobs.add_argument("--json", action="store_true", help="with stuck: print JSON")
+    jobs.set_defaults(func=cmd_jobs)
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
+    from inference_worker.serving import recovery
+    from inference_worker.storage.errors import STORE_ERRORS
+
+    older_than = args.older_than if args.older_than is not None else settings.stuck_after_s
+    stores = recovery.open_stores(settings, role="heimdall-cli")
+    try:
+        if args.action == "stuck":
+            print_stuck(recovery.stuck_jobs(stores, older_than), older_than, args.json)
+        elif args.action == "prune":
+            days = args.older_than_days
+            days = settings.retention_days if days is None else days
+            if days <= 0:
+                fail("nothing to prune: give --older-than-days (retention is off)")
+            deleted = stores.maintenance.prune(days)
+            print(f"deleted {deleted} final job(s) older than {days:g} days")
+        else:
+            job_ids = list(args.job_ids)
+            if args.all_stuck:
+                job_ids += [j["job_id"] for j in recovery.stuck_jobs(stores, older_than)]
+            if not job_ids:
+                fail(f"jobs {args.action} needs job ids or --all-stuck")
+            if args.action == "requeue":
+                requeue(settings, stores, job_ids)
+            else:
+                if not args.reason:
+                    fail("jobs fail needs --reason (it is recorded on each job)")
+                reason = f"failed by an operator: {args.reason}"
+                for job_id in job_ids:
+                    done = recovery.record_failure(stores, job_id, reason, settings.result_ttl_s)
+                    print(f"{job_id}: {'failed' if done else 'not changed (unknown or final)'}")
+    except STORE_ERRORS as exc:
+        fail(f"a store is unavailable: {exc}")
+    finally:
+        stores.redis.client.close()
+        stores.jobs.engine.dispose()
+
+
+def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> None:
+    from inference_worker.serving import recovery
+    from tasks.app import create_celery, publisher
+
+    app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
+    publish = publisher(app, settings.queue, settings.publish_confirm_timeout_s)
+    try:
+        for job_id in job_ids:
+            print(f"{job_id}: {recovery.requeue(stores, job_id, publish)}")
+    finally:
+        app.close()
+
+
+def print_stuck(found: list[dict[str, Any]], older_than: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        print(f"no job is unfinished {older_than:g} s after submission")
+        return
+    print(f"{'job':<40} {'status':<8} {'age':>8} {'published':>9} {'capture':>7} {'starts':>6}")
+    for job in found:
+        print(
+            f"{job['job_id']:<40} {job['status']:<8} {job['age_s']:>7.0f}s "
+            f"{'yes' if job['published'] else 'no':>9} "
+            f"{'yes' if job['capture_present'] else 'gone':>7} {job['deliveries_started']:>6}"
+        )
+    print(
+        "published: RabbitMQ confirmed the task; capture: its IQ is still in Redis; starts: how "
+        "often a worker began it. Requeue jobs whose capture is present; fail the others."
+    )
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

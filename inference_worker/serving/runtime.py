@@ -1,0 +1,130 @@
+"""What one worker process holds: its model sessions, its store connections and its heartbeat.
+
+Created once per process after the prefork fork (``worker_process_init``), never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from inference_worker.serving import observability
+from inference_worker.serving.jobs import JobServices
+from inference_worker.serving.models import ModelUnavailable, ServedModels
+from inference_worker.serving.registry import CHAMPION
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.errors import STORE_ERRORS
+from inference_worker.storage.redis_store import RedisStore, connect
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
+
+
+class ProcessRuntime:
+    """What one worker process holds: the model session, the stores and its heartbeat."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = ""
+        self._services: JobServices | None = None
+        self.served: ServedModels
+        self._started_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def services(self) -> JobServices:
+        with self._lock:
+            if self._services is None:
+                self._services = self._build()
+            return self._services
+
+    def start(self, **_: Any) -> None:
+        self.services()
+
+    def stop(self, **_: Any) -> None:
+        self._stop.set()
+        observability.mark_process_dead(os.getpid())
+        if self._services is not None:
+            try:
+                self._services.redis.forget_worker(self.worker_id)
+            except STORE_ERRORS:
+                pass
+
+    def _build(self) -> JobServices:
+        settings = self.settings
+        # One worker process is one unit of concurrency: keep numpy's BLAS single-threaded,
+        # or concurrent processes oversubscribe the cores and small products slow down 30x.
+        threadpool_limits(1)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        jobs = JobStore(engine_for(settings, role="heimdall-worker", pool_size=2))
+        store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+        self.served = ServedModels(settings, jobs, store)
+        self.served.refresh()
+        champion = self.served.by_alias[CHAMPION]
+        services = JobServices(
+            jobs=jobs,
+            redis=store,
+            model=champion.model,
+            model_version_id=champion.model_version_id,
+            result_ttl_s=settings.result_ttl_s,
+            cache_ttl_s=settings.cache_ttl_s,
+        )
+        self._started_at = time.time()
+        thread = threading.Thread(
+            target=self._beat, args=(store,), name="heimdall-heartbeat", daemon=True
+        )
+        thread.start()
+        return services
+
+    def services_for(self, payload: object) -> tuple[JobServices, str | None]:
+        """The services for one job, with the model it should run on (reloading first if asked).
+
+        Returns the services and, when the job asked for a model nobody serves, the reason.
+        """
+        base = self.services()
+        self.served.refresh()
+        job_id = payload.get("job_id") if isinstance(payload, dict) else None
+        requested = payload.get("model") if isinstance(payload, dict) else None
+        try:
+            loaded = self.served.choose(
+                job_id if isinstance(job_id, str) else None,
+                requested if isinstance(requested, str) else None,
+            )
+        except ModelUnavailable as exc:
+            return base, str(exc)
+        return replace(base, model=loaded.model, model_version_id=loaded.model_version_id), None
+
+    def _info(self) -> dict[str, Any]:
+        served = self.served.describe()
+        champion = served["models"].get(CHAMPION, {})
+        return {
+            "worker_id": self.worker_id,
+            "queue": self.settings.queue,
+            "model_version": champion.get("model_version"),
+            "model_sha256": champion.get("sha256"),
+            "started_at": self._started_at,
+            "seen_at": time.time(),
+            **served,
+        }
+
+    def _beat(self, store: RedisStore) -> None:
+        while not self._stop.is_set():
+            try:
+                self.served.refresh()  # idle processes follow a reload too
+            except Exception as exc:  # the process keeps its models; the heartbeat says why
+                log.error("reload failed: %s", exc)
+            try:
+                store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
+            except STORE_ERRORS as exc:  # Redis down or full: beat again next time
+                log.warning("heartbeat to Redis failed: %s", exc)
+            self._stop.wait(HEARTBEAT_INTERVAL_S)

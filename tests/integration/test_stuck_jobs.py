@@ -1,0 +1,88 @@
+"""Operators see stuck jobs with what is known about them, requeue or fail them, and prune old
+ones; anonymous callers see only the health status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from inference_worker.cli.processes import wait_until
+from inference_worker.storage.database import JobStore, create_engine, migrate
+from tasks.contract import read_message
+from tasks.intake import record_job
+from tests.helpers import capture_message
+from tests.integration.helpers import wait_final_row, worker_env
+
+
+@pytest.fixture
+def own_schema(own_queue_factory, settings):
+    """A queue, Redis prefix and PostgreSQL schema of this test's own (pruning touches a whole
+    table), dropped afterwards."""
+    schema = f"{settings.database_schema}_{uuid.uuid4().hex[:6]}"
+    local, store, start_worker = own_queue_factory(database_schema=schema)
+    engine = create_engine(local.database_url, schema)
+    migrate(engine, schema)
+    yield local, store, start_worker, engine
+    engine.dispose()
+    cleanup = sa.create_engine(local.database_url, poolclass=sa.pool.NullPool)
+    with cleanup.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    cleanup.dispose()
+
+
+def cli(local, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", *args],
+        env=worker_env(local),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, capture):
+    local, store, start_worker, engine = own_schema
+    jobs = JobStore(engine)
+    # Given two submissions whose shim died before publishing: one after storing the capture
+    for job_id, stored in (("stuck-with-capture", True), ("stuck-without-capture", False)):
+        message = capture_message(capture, job_id, store.blob_key(job_id))
+        record_job(jobs, read_message(message), published=False)
+        if stored:
+            store.put_blob(store.blob_key(job_id), capture.iq.tobytes(), 600)
+
+    # When an operator lists the stuck jobs
+    listed = {
+        j["job_id"]: j
+        for j in json.loads(cli(local, "jobs", "stuck", "--older-than", "0", "--json"))
+    }
+    assert set(listed) == {"stuck-with-capture", "stuck-without-capture"}
+    assert listed["stuck-with-capture"]["capture_present"] is True
+    assert listed["stuck-without-capture"]["capture_present"] is False
+    assert not any(j["published"] for j in listed.values())
+    print("\n" + cli(local, "jobs", "stuck", "--older-than", "0"))
+
+    # and requeues the one whose capture is there, fails the other
+    assert "published again" in cli(local, "jobs", "requeue", "stuck-with-capture")
+    assert "failed" in cli(
+        local, "jobs", "fail", "stuck-without-capture", "--reason", "capture lost in a crash"
+    )
+
+    # Then the requeued job runs, the failed one says why
+    with start_worker("stuck") as worker:
+        wait_until("the worker", lambda: bool(store.workers()), 60, worker)
+        assert wait_final_row(jobs, "stuck-with-capture")["status"] == "succeeded"
+    failed = jobs.get("stuck-without-capture")
+    assert failed["status"] == "failed" and "capture lost in a crash" in failed["error"]
+    assert "no job is unfinished" in cli(local, "jobs", "stuck", "--older-than", "0")
+
+    # And retention deletes final jobs, never one that is not final
+    record_job(jobs, read_message(capture_message(capture, "still-queued", "k")), published=True)
+    assert "deleted 2" in cli(local, "jobs", "prune", "--older-than-days", "0.000001")
+    assert jobs.get("stuck-with-capture") is None and jobs.get("still-queued") is not None
