@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g
+from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -38,11 +38,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not keyring.keys_required:
         log.warning("no API keys configured (HEIMDALL_API_KEYS): submitting and polling are open")
     install_access(app, keyring)
-    install_rate_limits(app, settings)
+    if keyring.keys_required or keyring.admin_possible:
+        install_rate_limits(app, settings)  # limits are per key: without keys there are none
     register_error_handlers(app)
     for module in (submit, read, operate, infra):
         app.register_blueprint(module.create_blueprint())
     return app
+
+
+def principal_limit(settings: Settings) -> str:
+    principal = current_principal()
+    return principal.rate_limit if principal else settings.api_rate_limit
 
 
 def install_rate_limits(app: Flask, settings: Settings) -> None:
@@ -54,7 +60,7 @@ def install_rate_limits(app: Flask, settings: Settings) -> None:
 
     limiter = Limiter(
         key_func=rate_limited_key,
-        application_limits=[lambda: g.principal.rate_limit],
+        application_limits=[lambda: principal_limit(settings)],
         application_limits_exempt_when=lambda: current_principal() is None,
         storage_uri=settings.redis_url,
         key_prefix=f"{settings.redis_prefix}ratelimit",

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from tasks.contract import wait_until_final
+
+LONG_POLL_S = 25.0
+"""Longest single ?wait= the client asks for (the shim allows up to HEIMDALL_MAX_WAIT_S)."""
 
 
 class ShimError(RuntimeError):
@@ -112,14 +116,24 @@ class ShimClient:
             raise ShimError(status, body)
         return dict(body)
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        status, body = self._request("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}")
+    def job(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """The job as ``GET /jobs/<id>`` shows it; with ``wait_s``, once it is final or after that
+        many seconds (the shim holds the request: no polling)."""
+        path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
+        if wait_s > 0:
+            path += f"?wait={wait_s:g}"
+        status, body = self._request("GET", path)
         if status != 200:
             raise ShimError(status, body)
         return dict(body)
 
-    def wait(
-        self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05
-    ) -> dict[str, Any]:
-        """Poll a job until it is final; raises TimeoutError if it is not within ``timeout_s``."""
-        return wait_until_final(lambda: self.job(job_id), job_id, timeout_s, interval_s)
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until the job is final (long-poll); raises TimeoutError after ``timeout_s``."""
+        longest = max(1.0, min(LONG_POLL_S, self.timeout_s - 5.0))
+        deadline = time.monotonic() + timeout_s
+
+        def fetch() -> dict[str, Any]:
+            left = deadline - time.monotonic()
+            return self.job(job_id, wait_s=max(0.0, min(longest, left)))
+
+        return wait_until_final(fetch, job_id, timeout_s, interval_s=0.0)

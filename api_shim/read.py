@@ -20,6 +20,7 @@ from inference_worker.core.contract import load_metadata
 from inference_worker.core.ellipse import feature_collection
 from inference_worker.serving.registry import serving_model_dir
 from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
 
 
@@ -61,8 +62,35 @@ def geojson(result: dict[str, Any]) -> dict[str, Any]:
     return feature_collection(result, [(r.id, r.lat, r.lon) for r in receivers])
 
 
+def wait_seconds() -> float:
+    """``?wait=S``: how long the caller will wait for the job to finish (0 without it)."""
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    most = services().settings.max_wait_s
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= most:
+        raise ApiError(400, "invalid_wait", f"wait must be a number of seconds from 0 to {most:g}")
+    return seconds
+
+
 def get_job(job_id: str) -> tuple[Response, int]:
     view = lookup_job(job_id)
+    wait_s = wait_seconds()
+    if wait_s and view["status"] not in FINAL_STATUSES:
+        shim = services()
+
+        def announced() -> bool:
+            try:
+                return shim.store.get_result(job_id) is not None
+            except TRANSIENT_ERRORS:
+                return False
+
+        shim.finished.wait(job_id, wait_s, announced)
+        view = lookup_job(job_id)
     includes = {part.strip() for part in request.args.get("include", "").split(",") if part}
     if "geojson" in includes and view["status"] == "succeeded":
         view = {**view, "geojson": geojson(view["result"])}

@@ -14,11 +14,15 @@ from flask import current_app
 from inference_worker.core.contract import ModelSummary, load_metadata
 from inference_worker.serving.registry import RegistryError, open_registry, serving_model_dir
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import engine_for
 from inference_worker.storage.maintenance import JobMaintenance
+from inference_worker.storage.notifications import FinishedJobs
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery, publisher
-from tasks.intake import Intake, ModelRequestError, ResolveModel, ServedModelCache
+from tasks.intake import Intake, ModelRequestError, ResolveModel
+from tasks.outbox import DeferredMarks
+from tasks.served import ServedModelCache
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ShimServices:
     celery: Celery
     served: ServedModelCache
     intake: Intake
+    finished: FinishedJobs
 
     @property
     def model(self) -> ModelSummary:
@@ -54,9 +59,12 @@ def build_services(settings: Settings) -> ShimServices:
         publisher(celery, settings.queue, settings.publish_confirm_timeout_s),
         served,
         jobs=jobs,
+        mark_published=DeferredMarks(jobs),
         resolve_model=model_resolver(settings, served),
     )
-    return ShimServices(settings, jobs, JobMaintenance(engine), store, celery, served, intake)
+    return ShimServices(
+        settings, jobs, JobMaintenance(engine), store, celery, served, intake, FinishedJobs(store)
+    )
 
 
 def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel:

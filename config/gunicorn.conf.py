@@ -10,6 +10,8 @@ import os
 host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
 bind = f"{host}:{os.environ.get('HEIMDALL_API_PORT', '8003')}"
 workers = int(os.environ.get("HEIMDALL_API_WORKERS", "2"))
+threads = int(os.environ.get("HEIMDALL_API_THREADS", "16"))
+worker_class = "gthread" if threads > 1 else "sync"
 timeout = 60
 graceful_timeout = 30  # SIGTERM lets requests in flight finish
 accesslog = "-"

@@ -256,6 +256,18 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on.")
     api_port: int = Field(8003, ge=1, le=65535, description="Port the HTTP shim listens on.")
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the shim.")
+    max_wait_s: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        description="Longest a client may wait on GET /jobs/<id>?wait=S for its job to finish.",
+    )
+    api_threads: int = Field(
+        16,
+        ge=1,
+        description="Threads per shim process (gunicorn gthread): while one request waits on "
+        "PostgreSQL, Redis, RabbitMQ or a job (?wait=), another runs. 1: synchronous workers.",
+    )
 
     @field_validator("api_rate_limit")
     @classmethod

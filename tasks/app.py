@@ -148,8 +148,10 @@ def create_celery(
         # A job in hand when the broker connection drops is delivered again on the new
         # connection; the job store records one result whichever copy finishes first.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost the worker three publishes a job (with confirms): off unless a monitor
+        # asks. Flower turns them on in the workers it watches (its enable_events option).
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         task_queues=[inference_queue(queue, delivery_limit)],
         task_default_queue=queue,
         task_default_exchange=queue,

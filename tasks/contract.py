@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -42,6 +43,18 @@ class LocateMessage(BaseModel):
     """A registry version number or alias to use instead of the champion/challenger split."""
     tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     """The tenant the job belongs to (only API keys of that tenant read it)."""
+
+
+def capture_fingerprint(message: LocateMessage) -> str:
+    """What makes two captures the same input: IQ bytes, sample rate and receiver order."""
+    text = f"{message.iq_sha256}|{message.sample_rate_hz!r}|{','.join(message.receivers)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def challenger_share(job_id: str) -> float:
+    """A number in [0, 1) fixed by the job id: the same job always lands on the same side of the
+    champion/challenger split (``< challenger fraction``: the challenger)."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:15], 16) / 16**15
 
 
 class MessageError(ValueError):

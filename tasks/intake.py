@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,17 +35,23 @@ from inference_worker.core.capture import (
     parse_meta,
     validate_iq,
 )
-from inference_worker.core.contract import ModelError, ModelSummary
+from inference_worker.core.contract import ModelSummary
+from inference_worker.core.features import min_samples_at
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
-from tasks.contract import LocateMessage, MessageError, read_message
+from inference_worker.storage.views import job_view
+from tasks.contract import LocateMessage, capture_fingerprint, challenger_share
+from tasks.outbox import record_job, stored_message
+from tasks.served import ServedModelCache
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[LocateMessage], None]
+MarkPublished = Callable[[str], None]
+"""Records that RabbitMQ confirmed a job's message (at once, or batched: ``DeferredMarks``)."""
 ResolveModel = Callable[[str], None]
 """Checks that a requested model (registry version or alias) is served; raises
 :class:`ModelRequestError`."""
@@ -150,80 +155,6 @@ def build_message(
     )
 
 
-def new_job(message: LocateMessage, *, published: bool = True) -> NewJob:
-    """The job row a task message describes (``published``: the message is on the queue)."""
-    return NewJob(
-        job_id=message.job_id,
-        capture_time=message.capture_time,
-        frequency_mhz=message.frequency_mhz,
-        sample_rate_hz=message.sample_rate_hz,
-        n_samples=message.n_samples,
-        receivers=list(message.receivers),
-        iq_sha256=message.iq_sha256,
-        created_at=message.submitted_at,
-        batch_id=message.batch_id,
-        tenant=message.tenant,
-        message=message.model_dump(mode="json"),
-        published=published,
-    )
-
-
-def record_job(
-    jobs: JobStore, message: LocateMessage, *, published: bool = True
-) -> tuple[RowMapping, bool]:
-    """Write the job row of ``message`` unless it exists; returns the row and whether it is new.
-
-    ``published`` is False only for the shim, which writes the row before it publishes; a
-    worker or the dead-letter consumer records a message it took from the broker.
-
-    Raises:
-        One of :data:`TRANSIENT_ERRORS` when PostgreSQL is unreachable.
-    """
-    return jobs.create(new_job(message, published=published))
-
-
-def stored_message(row: Mapping[Any, Any]) -> LocateMessage | None:
-    """The task message kept in a job's row (None for rows of releases that kept none)."""
-    try:
-        return read_message(row["message"]) if row["message"] is not None else None
-    except MessageError:
-        return None
-
-
-class ServedModelCache:
-    """The served model's summary as the serving state in Redis announces it, asked at most once
-    every ``max_age_s`` (a reload reaches every shim process and producer within that time).
-
-    ``fallback`` answers while Redis has no announcement or cannot be reached.
-    """
-
-    def __init__(
-        self, store: RedisStore, fallback: ModelSummary | None = None, max_age_s: float = 1.0
-    ) -> None:
-        self.store = store
-        self.max_age_s = max_age_s
-        self._summary = fallback
-        self._asked_at = -float("inf")
-        self._lock = threading.Lock()
-
-    def current(self) -> ModelSummary | None:
-        now = time.monotonic()
-        if now - self._asked_at < self.max_age_s:
-            return self._summary
-        with self._lock:
-            self._asked_at = now
-            try:
-                announced = self.store.served_model()
-            except TRANSIENT_ERRORS:
-                return self._summary  # Redis down: the submission itself will say so
-            if announced is not None:
-                try:
-                    self._summary = ModelSummary.from_json(announced)
-                except ModelError as exc:
-                    log.error("ignoring the served model announced in Redis: %s", exc)
-            return self._summary
-
-
 class Intake:
     """Validate and accept captures: the same checks and the same records for every caller.
 
@@ -239,6 +170,7 @@ class Intake:
         served: ServedModelCache,
         *,
         jobs: JobStore | None = None,
+        mark_published: MarkPublished | None = None,
         resolve_model: ResolveModel | None = None,
         limits: CaptureLimits | None = None,
     ) -> None:
@@ -247,6 +179,7 @@ class Intake:
         self.publish = publish
         self.served = served
         self.jobs = jobs
+        self.mark_published = mark_published or (jobs.mark_published if jobs else None)
         self.resolve_model = resolve_model
         self.fixed_limits = limits
 
@@ -264,6 +197,9 @@ class Intake:
         model = self.served.current()
         job_id = parse_job_id(fields.get("job_id"))
         meta = parse_meta(dict(fields), limits, model.receiver_ids if model else None)
+        if model is not None:  # a fast rate is decimated first, which needs a few more samples
+            shortest = min_samples_at(meta.sample_rate_hz, model.min_samples, model.bandwidth_hz)
+            limits = replace(limits, min_samples=max(limits.min_samples, shortest))
         iq = validate_iq(iq, limits)
         requested = parse_model_request(fields.get("model"))
         if requested is not None and self.resolve_model is not None:
@@ -297,6 +233,8 @@ class Intake:
         if self.jobs is not None:
             row, created = self._record(message)
             status = row["status"]
+            if created and (answered := self._answer_from_cache(message)) is not None:
+                return answered
             if not created:
                 if status in FINAL_STATUSES or row["published_at"] is not None:
                     return Accepted(job_id, status, created=False)
@@ -314,12 +252,48 @@ class Intake:
             reason = reason or "the message broker is unavailable"
             log.error("could not accept job %s, %s: %r", job_id, reason, exc)
             raise ServiceUnavailable(f"{reason}; retry later") from None
-        if self.jobs is not None:
+        if self.mark_published is not None:
             try:
-                self.jobs.mark_published(job_id)
+                self.mark_published(job_id)
             except TRANSIENT_ERRORS as exc:  # published all the same: a relay may send it again
                 log.warning("job %s published but not marked so: %s", job_id, exc)
         return Accepted(job_id, status, created=created)
+
+    def _answer_from_cache(self, message: LocateMessage) -> Accepted | None:
+        """A capture the serving model has located already is answered now: its job is recorded
+        as succeeded from the result cache, without a trip through the queue and a worker."""
+        summary = self.served.current()
+        if self.jobs is None or summary is None or message.model or self.settings.cache_ttl_s <= 0:
+            return None
+        started = time.perf_counter()
+        key = self.store.cache_key(summary.version, capture_fingerprint(message))
+        try:
+            fraction, cached = self.store.cached_answer(key)
+        except STORE_ERRORS:
+            return None  # the usual path says what is down
+        if cached is None or challenger_share(message.job_id) < fraction:
+            return None  # not seen, or this job goes to the challenger
+        lookup_ms = round((time.perf_counter() - started) * 1e3, 3)
+        try:
+            final = self.jobs.succeed(
+                message.job_id,
+                result=cached,
+                model_version=summary.version,
+                model_version_id=None,
+                cache_hit=True,
+                timings={"answered_at_submission_ms": lookup_ms},
+            )
+        except TRANSIENT_ERRORS:
+            return None
+        if final is None:
+            return None
+        try:
+            self.store.put_result(message.job_id, job_view(final), self.settings.result_ttl_s)
+        except STORE_ERRORS as exc:  # PostgreSQL holds the record
+            log.warning(
+                "job %s answered from the cache, not cached itself: %s", message.job_id, exc
+            )
+        return Accepted(message.job_id, final["status"], created=True)
 
     def _record(self, message: LocateMessage) -> tuple[RowMapping, bool]:
         """Write the job row (with its message, not yet published); the existing row and False

@@ -13,6 +13,7 @@ confirms; the worker records the job in PostgreSQL when it takes it. Nothing her
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from inference_worker.core.capture import CaptureLimits
+from inference_worker.storage.notifications import FinishedJobs
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery, publisher
 from tasks.contract import wait_until_final
-from tasks.intake import Intake, ServedModelCache
+from tasks.intake import Intake
+from tasks.served import ServedModelCache
 
 
 class CaptureProducer:
@@ -52,6 +55,7 @@ class CaptureProducer:
         self.celery = create_celery(
             settings.broker_url, self.queue, delivery_limit=settings.max_deliveries
         )
+        self.finished = FinishedJobs(self.store)
         self.intake = Intake(
             settings,
             self.store,
@@ -101,11 +105,20 @@ class CaptureProducer:
         """The finished job, or ``None`` while it is not finished (or its result expired)."""
         return self.store.get_result(job_id)
 
-    def wait(
-        self, job_id: str, timeout_s: float = 60.0, interval_s: float = 0.05
-    ) -> dict[str, Any]:
-        """Block until the job is final; raises ``TimeoutError`` after ``timeout_s``."""
-        return wait_until_final(lambda: self.result(job_id), job_id, timeout_s, interval_s)
+    def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Block until the job is final, woken by the worker that finishes it (no polling);
+        raises ``TimeoutError`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+
+        def fetch() -> dict[str, Any] | None:
+            view = self.result(job_id)
+            if view is None:
+                left = max(0.0, min(5.0, deadline - time.monotonic()))
+                self.finished.wait(job_id, left, lambda: self.result(job_id) is not None)
+                view = self.result(job_id)
+            return view
+
+        return wait_until_final(fetch, job_id, timeout_s, interval_s=0.0)
 
     def close(self) -> None:
         self.store.client.close()

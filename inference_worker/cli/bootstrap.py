@@ -19,6 +19,11 @@ def configure_logging(level: str) -> None:
         level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Celery logs every task's return value at INFO: the job runner logs each job already, and
+    # formatting those lines cost the worker's main process about a millisecond a job.
+    logging.getLogger("celery.app.trace").setLevel(
+        max(logging.WARNING, logging.getLevelName(level))
+    )
 
 
 def require_services(settings: Settings) -> None:
@@ -37,7 +42,7 @@ def require_services(settings: Settings) -> None:
 
 
 def migrate_database(settings: Settings) -> None:
-    from inference_worker.storage.database import engine_for, migrate
+    from inference_worker.storage.engine import engine_for, migrate
 
     engine = engine_for(settings, pool_size=1)
     try:

@@ -11,7 +11,8 @@ from typing import TypeVar
 
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import engine_for
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.redis_store import RedisStore, connect
 

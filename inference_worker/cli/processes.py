@@ -11,6 +11,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from inference_worker.settings import Settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with the plain settings of ``settings`` (URLs, names, numbers,
+    folders) as ``HEIMDALL_*`` variables, for a child ``heimdall-inference`` process; keys and
+    secrets are left out."""
+    env = os.environ.copy()
+    for name, value in settings.model_dump().items():
+        if isinstance(value, str | int | float | Path) and not isinstance(value, bool):
+            env[f"HEIMDALL_{name.upper()}"] = str(value)
+    return env
+
 
 def wait_until(
     what: str,

@@ -65,6 +65,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
+            self.cfg.set("threads", settings.api_threads)
+            self.cfg.set("worker_class", "gthread" if settings.api_threads > 1 else "sync")
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", "-")

@@ -83,6 +83,72 @@ def mel_band_widths_hz(params: FeatureParams) -> np.ndarray:
     return (points[2:] - points[:-2]) / 2.0
 
 
+DECIMATED_RATE_RATIO = 2.0
+"""Captures sampled faster than this many times the analysis band are decimated to it first."""
+DECIMATION_TAPS = 48
+"""Least anti-alias filter length (taps of the input rate): at least 6 output samples long."""
+
+
+def taps_per_phase(factor: int) -> int:
+    return max(6, -(-DECIMATION_TAPS // factor))
+
+
+def decimation_factor(sample_rate_hz: float, params: FeatureParams) -> int:
+    """By how much a capture is decimated before its spectrogram: the largest integer that keeps
+    the rate at least :data:`DECIMATED_RATE_RATIO` times the analysis band (1: not at all)."""
+    return max(1, int(sample_rate_hz // (DECIMATED_RATE_RATIO * params.bandwidth_hz)))
+
+
+def min_samples_at(sample_rate_hz: float, min_samples: int, bandwidth_hz: float) -> int:
+    """Shortest capture, in samples per receiver at ``sample_rate_hz``, that yields the fixed
+    number of frames (``min_samples`` at the analysis rate) once decimated: the decimation
+    filter's first outputs are dropped."""
+    factor = max(1, int(sample_rate_hz // (DECIMATED_RATE_RATIO * bandwidth_hz)))
+    if factor == 1:
+        return min_samples
+    return (min_samples + taps_per_phase(factor) - 1) * factor
+
+
+@lru_cache(maxsize=32)
+def decimation_filter(sample_rate_hz: float, factor: int, params: FeatureParams) -> np.ndarray:
+    """The anti-alias FIR of a decimation by ``factor``, as a ``(factor, taps per phase)``
+    matrix (column ``l`` weighs the block of input ``l`` blocks back): it passes the analysis
+    band and stops what would fold into it (from the new rate minus half the band)."""
+    per_phase = taps_per_phase(factor)
+    taps = per_phase * factor
+    out_rate = sample_rate_hz / factor
+    nyquist = sample_rate_hz / 2.0
+    edge = (params.bandwidth_hz / 2.0 + (out_rate - params.bandwidth_hz / 2.0)) / 2.0
+    h = scipy.signal.firwin(taps, edge / nyquist, window=("kaiser", 6.0))
+    # y[m] = sum_j h[j] x[m f + f - 1 - j]: block m-l contributes its samples reversed.
+    return np.ascontiguousarray(h.reshape(per_phase, factor)[:, ::-1].T)
+
+
+def decimate(iq: np.ndarray, factor: int, weights: np.ndarray) -> np.ndarray:
+    """Low-pass and keep every ``factor``-th sample: one matrix product over the capture, so the
+    cost is a few operations a sample whatever the factor. The first outputs, before the filter
+    has a whole history, are dropped."""
+    n_rx, n = iq.shape
+    blocks = n // factor
+    lags = weights.shape[1]
+    x = iq[:, : blocks * factor].reshape(n_rx, blocks, factor)
+    partial = x @ weights.astype(np.complex64)  # (receivers, blocks, taps per phase)
+    out = partial[:, lags - 1 :, 0].copy()
+    for lag in range(1, lags):
+        out += partial[:, lags - 1 - lag : blocks - lag, lag]
+    return out
+
+
+def decimation_gain(
+    sample_rate_hz: float, factor: int, params: FeatureParams, freqs: np.ndarray
+) -> np.ndarray:
+    """Power gain of the decimation filter at ``freqs`` (Hz offsets in the band), to undo."""
+    weights = decimation_filter(sample_rate_hz, factor, params)
+    h = weights[::-1, :].T.ravel()  # back to h[j]: weights[r, l] holds h[l f + f - 1 - r]
+    _, response = scipy.signal.freqz(h, worN=freqs, fs=sample_rate_hz)
+    return np.abs(response) ** 2
+
+
 def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams) -> int:
     """FFT size: a power of two, at least the frame length, fine enough for the narrowest filter."""
     needed = max(frame_samples, math.ceil(sample_rate_hz / params.max_bin_hz))
@@ -91,9 +157,16 @@ def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams)
 
 @lru_cache(maxsize=32)
 def mel_filterbank(
-    sample_rate_hz: float, nfft: int, params: FeatureParams
+    sample_rate_hz: float,
+    nfft: int,
+    params: FeatureParams,
+    full_rate_hz: float | None = None,
+    factor: int = 1,
 ) -> tuple[slice, np.ndarray]:
     """Triangular two-sided mel filters over the centred FFT bins of the analysis band.
+
+    After a decimation by ``factor`` from ``full_rate_hz`` the weights also undo the
+    decimation filter's gain at each bin, so the mel PSD is the full-rate capture's.
 
     Returns:
         The slice of centred (fftshift-ed) bins inside the band, and the weights
@@ -114,7 +187,10 @@ def mel_filterbank(
     sums = weights.sum(axis=1, keepdims=True)
     if np.any(sums == 0):
         raise ValueError("FFT too coarse for the mel filters; lower max_bin_hz")
-    return band, np.ascontiguousarray((weights / sums).T)
+    weights = weights / sums
+    if factor > 1 and full_rate_hz is not None:
+        weights = weights / decimation_gain(full_rate_hz, factor, params, f)[None, :]
+    return band, np.ascontiguousarray(weights.T)
 
 
 def log_mel_spectrogram(
@@ -141,6 +217,11 @@ def log_mel_spectrogram(
             f"sample rate {sample_rate_hz:g} Hz is below the model's analysis bandwidth "
             f"{params.bandwidth_hz:g} Hz"
         )
+    factor = decimation_factor(sample_rate_hz, params)
+    full_rate = sample_rate_hz
+    if factor > 1:
+        iq = decimate(iq, factor, decimation_filter(float(sample_rate_hz), factor, params))
+        sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape
     frame = n // params.n_frames
     if frame < params.min_frame_samples:
@@ -153,7 +234,7 @@ def log_mel_spectrogram(
     nfft = fft_length(sample_rate_hz, frame, params)
     spectrum = scipy.fft.fft(frames.astype(np.complex64) * window, n=nfft, axis=-1)
     spectrum = scipy.fft.fftshift(spectrum, axes=-1)
-    band, weights = mel_filterbank(float(sample_rate_hz), nfft, params)
+    band, weights = mel_filterbank(float(sample_rate_hz), nfft, params, full_rate, factor)
     in_band = spectrum[..., band]
     # Periodogram scaled to a power spectral density (power per Hz).
     psd = (in_band.real**2 + in_band.imag**2) / (sample_rate_hz * float(np.sum(window**2)))

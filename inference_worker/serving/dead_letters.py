@@ -26,7 +26,7 @@ from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.views import job_view
 from tasks.contract import MessageError, read_message
-from tasks.intake import record_job
+from tasks.outbox import record_job
 
 log = logging.getLogger(__name__)
 

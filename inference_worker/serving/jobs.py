@@ -24,8 +24,8 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_FULL_ERRORS
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.views import job_view
-from tasks.contract import LocateMessage, MessageError, read_message
-from tasks.intake import record_job
+from tasks.contract import LocateMessage, MessageError, capture_fingerprint, read_message
+from tasks.outbox import record_job, start_job
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,6 @@ class JobOutcome:
 
 class BadJob(Exception):
     """The job cannot succeed whatever we retry; the message is the reason recorded."""
-
-
-def capture_fingerprint(message: LocateMessage) -> str:
-    """What makes two captures the same input: IQ bytes, sample rate and receiver order."""
-    text = f"{message.iq_sha256}|{message.sample_rate_hz!r}|{','.join(message.receivers)}"
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
@@ -160,11 +154,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     except BadJob as exc:
         return _reject(services, job_id, str(exc))
 
-    row = services.jobs.start(message.job_id)
-    if row is None and services.jobs.get(message.job_id) is None:
-        # Published straight to the queue by a producer: the message is the job's first record.
-        record_job(services.jobs, message)
-        row = services.jobs.start(message.job_id)
+    row = start_job(services.jobs, message)
     if row is None:
         log.info("job %s already final; redelivery ignored", message.job_id)
         return JobOutcome(message.job_id, "duplicate")
@@ -174,10 +164,12 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
 
     try:
         t0 = time.perf_counter()
-        iq = decode_blob(services.redis.get_blob(message.blob_key), message)
-        fetch_ms = (time.perf_counter() - t0) * 1e3
         cache_key = services.redis.cache_key(model.version, capture_fingerprint(message))
-        cached = services.redis.cache_get(cache_key) if services.cache_ttl_s > 0 else None
+        blob, cached = services.redis.fetch_capture(
+            message.blob_key, cache_key if services.cache_ttl_s > 0 else None
+        )
+        iq = decode_blob(blob, message)
+        fetch_ms = (time.perf_counter() - t0) * 1e3
         if cached is not None:
             result, cache_hit = cached, True
             stage_timings: dict[str, float] = {}
@@ -207,12 +199,11 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     if final is None:
         log.info("job %s finished elsewhere first; this result is not recorded", message.job_id)
         return JobOutcome(message.job_id, "duplicate")
-    services.redis.delete_blob(message.blob_key)  # first: it frees the most memory
-    if_room(
-        lambda: services.redis.put_result(message.job_id, job_view(final), services.result_ttl_s)
+    services.redis.finish(
+        message.blob_key,
+        (message.job_id, job_view(final), services.result_ttl_s),
+        None if cache_hit else (cache_key, result, services.cache_ttl_s),
     )
-    if not cache_hit:
-        if_room(lambda: services.redis.cache_put(cache_key, result, services.cache_ttl_s))
     log.info(
         "job %s succeeded: %.5f, %.5f (cache hit: %s)",
         message.job_id,

@@ -13,7 +13,6 @@ that start later.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from inference_worker.serving.registry import CHALLENGER, CHAMPION, RegistryErro
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
+from tasks.contract import challenger_share
 
 log = logging.getLogger(__name__)
 ON_DEMAND_LIMIT = 3
@@ -34,11 +34,6 @@ ON_DEMAND_LIMIT = 3
 
 class ModelUnavailable(Exception):
     """A job asked for a model this worker cannot serve; the message is the job's error."""
-
-
-def challenger_share(job_id: str) -> float:
-    """A number in [0, 1) fixed by the job id: the same job always lands on the same side."""
-    return int(hashlib.sha256(job_id.encode()).hexdigest()[:15], 16) / 16**15
 
 
 def choose_alias(job_id: str, challenger_fraction: float, has_challenger: bool) -> str:

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import engine_for
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
 from tasks.contract import LocateMessage
-from tasks.intake import stored_message
+from tasks.outbox import stored_message
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from inference_worker.serving.jobs import JobServices
 from inference_worker.serving.models import ModelUnavailable, ServedModels
 from inference_worker.serving.registry import CHAMPION
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore, engine_for
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import engine_for
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.redis_store import RedisStore, connect
 

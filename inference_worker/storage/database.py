@@ -1,87 +1,20 @@
-"""PostgreSQL access: engine, migrations and the job store (the record of truth for every job)."""
+"""The job store: job rows in PostgreSQL, the record of truth for every job."""
 
 from __future__ import annotations
 
-import os
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from inference_worker.settings import Settings
 from inference_worker.storage.schema import inference_logs, jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-
-def create_engine(
-    database_url: str,
-    schema: str,
-    *,
-    pool_size: int = 5,
-    role: str = "heimdall",
-    statement_timeout_s: float = 15.0,
-) -> Engine:
-    """An engine whose connections use ``schema`` (tests use a schema of their own).
-
-    Connections name their process (``application_name``: role and pid), so an operator sees in
-    ``pg_stat_activity`` which worker or shim process holds which connection. No statement runs
-    longer than ``statement_timeout_s``: a hung database turns into an error that is retried.
-    """
-    timeout_ms = statement_timeout_s * 1e3
-    return sa.create_engine(
-        database_url,
-        pool_size=pool_size,
-        max_overflow=5,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args={
-            "options": f"-csearch_path={schema} -cstatement_timeout={round(timeout_ms)}",
-            "connect_timeout": 3,
-            "application_name": f"{role} pid {os.getpid()}",
-        },
-    )
-
-
-def engine_for(settings: Settings, *, role: str = "heimdall", pool_size: int = 5) -> Engine:
-    """The engine of the settings' database and schema, with their statement timeout."""
-    return create_engine(
-        settings.database_url,
-        settings.database_schema,
-        pool_size=pool_size,
-        role=role,
-        statement_timeout_s=settings.database_statement_timeout_s,
-    )
-
-
-def migrate(engine: Engine, schema: str) -> None:
-    """Create the schema if needed and bring it to the newest revision.
-
-    Safe to call from many processes at once: a PostgreSQL advisory lock serializes them.
-    """
-    lock_id = zlib.crc32(f"heimdall-migrate:{schema}".encode())
-    with engine.connect() as connection:
-        connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
-        try:
-            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            connection.commit()
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = connection
-            config.attributes["schema"] = schema
-            command.upgrade(config, "head")
-            connection.commit()
-        finally:
-            connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
-            connection.commit()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,81 +36,105 @@ class NewJob:
     """False while the task message is not confirmed published (the shim's submissions)."""
 
 
+def _row_values(job: NewJob) -> dict[str, Any]:
+    """The columns of a new job's row (``published`` becomes ``published_at``)."""
+    values = {k: v for k, v in job.__dict__.items() if not (k == "created_at" and v is None)}
+    values["published_at"] = sa.func.now() if values.pop("published") else None
+    return values
+
+
 class JobStore:
-    """Job rows in PostgreSQL. Every state change is a single conditional UPDATE, so a job
-    redelivered to several workers still ends with exactly one recorded result."""
+    """Job rows in PostgreSQL. Every state change is a single conditional statement, so a job
+    redelivered to several workers still ends with exactly one recorded result; each runs in
+    autocommit, one round trip (a single statement is atomic on its own)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def ping(self) -> None:
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a pooled connection, and once more on a fresh one if the pooled one
+        turned out dead (the database restarted since it was used): every statement here is
+        safe to repeat, and no ping is paid on each checkout."""
+        try:
+            with self.engine.connect() as connection:
+                return work(connection)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
         with self.engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+            return work(connection)
+
+    def _one(self, statement: sa.Executable) -> RowMapping | None:
+        return self._run(lambda connection: connection.execute(statement).mappings().first())
+
+    def ping(self) -> None:
+        self._run(lambda connection: connection.execute(sa.text("SELECT 1")))
 
     def create(self, job: NewJob) -> tuple[RowMapping, bool]:
         """Insert a queued job; if the id exists already, return that row and ``False``."""
-        values = {k: v for k, v in job.__dict__.items() if not (k == "created_at" and v is None)}
-        published = values.pop("published")
         statement = (
             pg_insert(jobs)
-            .values(status="queued", published_at=sa.func.now() if published else None, **values)
+            .values(status="queued", **_row_values(job))
             .on_conflict_do_nothing(index_elements=["job_id"])
             .returning(*jobs.c)
         )
-        with self.engine.begin() as connection:
+
+        def insert(connection: Connection) -> tuple[RowMapping, bool]:
             row = connection.execute(statement).mappings().first()
             if row is not None:
                 return row, True
-            existing = (
-                connection.execute(sa.select(jobs).where(jobs.c.job_id == job.job_id))
-                .mappings()
-                .one()
-            )
-            return existing, False
+            existing = connection.execute(sa.select(jobs).where(jobs.c.job_id == job.job_id))
+            return existing.mappings().one(), False
 
-    def mark_published(self, job_id: str) -> None:
-        """Record that RabbitMQ confirmed the job's task message (the outbox entry is done)."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.update(jobs)
-                .where(jobs.c.job_id == job_id, jobs.c.published_at.is_(None))
-                .values(published_at=sa.func.now())
-            )
+        return self._run(insert)
+
+    def mark_published(self, *job_ids: str) -> None:
+        """Record that RabbitMQ confirmed these jobs' task messages (their outbox entries are
+        done)."""
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.job_id.in_(job_ids), jobs.c.published_at.is_(None))
+            .values(published_at=sa.func.now())
+        )
+        self._run(lambda connection: connection.execute(statement))
 
     def delete_queued(self, job_id: str) -> None:
         """Withdraw a job that could not be enqueued (the client was told to retry)."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                sa.delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "queued")
-            )
+        statement = sa.delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "queued")
+        self._run(lambda connection: connection.execute(statement))
 
     def get(self, job_id: str) -> RowMapping | None:
-        with self.engine.connect() as connection:
-            return (
-                connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id))
-                .mappings()
-                .first()
-            )
+        return self._one(sa.select(jobs).where(jobs.c.job_id == job_id))
 
     def batch(self, batch_id: str) -> list[RowMapping]:
         """The jobs of a batch, in submission order."""
-        with self.engine.connect() as connection:
-            return list(
-                connection.execute(
-                    sa.select(jobs).where(jobs.c.batch_id == batch_id).order_by(jobs.c.created_at)
-                ).mappings()
-            )
+        statement = sa.select(jobs).where(jobs.c.batch_id == batch_id).order_by(jobs.c.created_at)
+        return self._run(lambda connection: list(connection.execute(statement).mappings()))
 
-    def start(self, job_id: str) -> RowMapping | None:
-        """Mark a job running and count the attempt; ``None`` if it is unknown or already final."""
+    def start(self, job: NewJob) -> RowMapping | None:
+        """Mark a job running and count the attempt, writing its row first if it has none (a
+        producer's message, taken from the queue); ``None`` if the job is already final.
+
+        Returns the job's id, status, creation time and attempts (not the whole row).
+        """
+        now = sa.func.now()
         statement = (
-            sa.update(jobs)
-            .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
-            .values(status="running", started_at=sa.func.now(), attempts=jobs.c.attempts + 1)
-            .returning(*jobs.c)
+            pg_insert(jobs)
+            .values(status="running", started_at=now, attempts=1, **_row_values(job))
+            .on_conflict_do_update(
+                index_elements=["job_id"],
+                set_={
+                    "status": "running",
+                    "started_at": now,
+                    "attempts": jobs.c.attempts + 1,
+                    # taken from the queue, so its message was published whatever the row says
+                    "published_at": sa.func.coalesce(jobs.c.published_at, now),
+                },
+                where=jobs.c.status.not_in(FINAL_STATUSES),
+            )
+            .returning(jobs.c.job_id, jobs.c.status, jobs.c.created_at, jobs.c.attempts)
         )
-        with self.engine.begin() as connection:
-            return connection.execute(statement).mappings().first()
+        return self._one(statement)
 
     def succeed(
         self,
@@ -189,8 +146,11 @@ class JobStore:
         cache_hit: bool,
         timings: dict[str, float],
     ) -> RowMapping | None:
-        """Record the result unless the job is already final; returns the final row if recorded."""
-        statement = (
+        """Record the result unless the job is already final; returns the final row if recorded.
+
+        One statement: the job's UPDATE and its ``inference_logs`` row commit together.
+        """
+        done = (
             sa.update(jobs)
             .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
             .values(
@@ -203,19 +163,22 @@ class JobStore:
                 error=None,
             )
             .returning(*jobs.c)
+            .cte("done")
         )
-        with self.engine.begin() as connection:
-            row = connection.execute(statement).mappings().first()
-            if row is not None:
-                connection.execute(
-                    sa.insert(inference_logs).values(
-                        job_id=job_id,
-                        model_version_id=model_version_id,
-                        inference_time_ms=timings.get("inference_ms"),
-                        cache_hit=cache_hit,
-                    )
-                )
-            return row
+        logged = (
+            sa.insert(inference_logs)
+            .from_select(
+                ["job_id", "model_version_id", "inference_time_ms", "cache_hit"],
+                sa.select(
+                    done.c.job_id,
+                    sa.literal(model_version_id, sa.Integer),
+                    sa.literal(timings.get("inference_ms"), sa.Float),
+                    sa.literal(cache_hit, sa.Boolean),
+                ),
+            )
+            .cte("logged")
+        )
+        return self._one(sa.select(done).add_cte(logged))
 
     def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
         """Record a job whose message was unusable, so its producer can read why.
@@ -247,8 +210,7 @@ class JobStore:
             )
             .returning(*jobs.c)
         )
-        with self.engine.begin() as connection:
-            return connection.execute(statement).mappings().first()
+        return self._one(statement)
 
     def fail(
         self, job_id: str, error: str, *, model_version: str | None = None
@@ -262,8 +224,7 @@ class JobStore:
             )
             .returning(*jobs.c)
         )
-        with self.engine.begin() as connection:
-            return connection.execute(statement).mappings().first()
+        return self._one(statement)
 
     def register_model(
         self, *, name: str, version: str, onnx_path: str, sha256: str, metrics: dict[str, Any]

@@ -40,12 +40,60 @@ class RedisStore:
     def delete_blob(self, key: str) -> None:
         self.client.delete(key)
 
+    def fetch_capture(
+        self, blob_key: str, cache_key: str | None
+    ) -> tuple[bytes | None, dict[str, Any] | None]:
+        """A job's stored IQ and, if ``cache_key``, the cached result of the same capture, in one
+        round trip."""
+        if cache_key is None:
+            return self.get_blob(blob_key), None
+        blob, cached = self.client.mget([blob_key, cache_key])
+        return (
+            None if blob is None else bytes(blob),  # type: ignore[arg-type]
+            None if cached is None else json.loads(cached),
+        )
+
+    def finish(
+        self,
+        blob_key: str,
+        result: tuple[str, dict[str, Any], int],
+        cache: tuple[str, dict[str, Any], int] | None,
+    ) -> None:
+        """After a job's result is recorded, in one round trip: drop its IQ (first, it frees the
+        most), cache the result (``(job_id, view, ttl)``) and, if given, the result cache entry
+        (``(key, result, ttl)``). The copies are skipped when Redis is full: PostgreSQL holds
+        the record.
+
+        Raises:
+            Any error but Redis being full.
+        """
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.delete(blob_key)
+        job_id, view, result_ttl_s = result
+        pipeline.set(self.result_key(job_id), json.dumps(view), ex=result_ttl_s)
+        if cache is not None and cache[2] > 0:
+            pipeline.set(cache[0], json.dumps(cache[1]), ex=cache[2])
+        pipeline.publish(self.done_channel(), job_id)
+        for outcome in pipeline.execute(raise_on_error=False):
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, redis.exceptions.OutOfMemoryError
+            ):
+                raise outcome
+
     # --- results --------------------------------------------------------------------------
     def result_key(self, job_id: str) -> str:
         return f"{self.prefix}result:{job_id}"
 
+    def done_channel(self) -> str:
+        """The channel on which every finished job's id is published (long-polls wait on it)."""
+        return f"{self.prefix}done"
+
     def put_result(self, job_id: str, view: dict[str, Any], ttl_s: int) -> None:
-        self.client.set(self.result_key(job_id), json.dumps(view), ex=ttl_s)
+        """Cache a final job's view and announce that it is final, in one round trip."""
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.set(self.result_key(job_id), json.dumps(view), ex=ttl_s)
+        pipeline.publish(self.done_channel(), job_id)
+        pipeline.execute()
 
     def get_result(self, job_id: str) -> dict[str, Any] | None:
         value = self.client.get(self.result_key(job_id))
@@ -58,6 +106,15 @@ class RedisStore:
     def cache_get(self, key: str) -> dict[str, Any] | None:
         value = self.client.get(key)
         return None if value is None else json.loads(value)
+
+    def cached_answer(self, key: str) -> tuple[float, dict[str, Any] | None]:
+        """The challenger's share of traffic and the cached result under ``key``, in one round
+        trip (a shim answers a duplicate capture at submission with them)."""
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.hget(self.serving_key(), "challenger_fraction")
+        pipeline.get(key)
+        fraction, cached = pipeline.execute()
+        return float(fraction or 0.0), None if cached is None else json.loads(cached)
 
     def cache_put(self, key: str, result: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.settings import Settings, load_settings
-from inference_worker.storage.database import JobStore, create_engine, migrate
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.reachability import unreachable_services
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import dead_letter_queue_name

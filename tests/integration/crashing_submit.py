@@ -72,8 +72,8 @@ def main(via: str, step: str, job_id: str, seed: int) -> None:
             intake.store.put_blob = die  # type: ignore[method-assign]
         elif step == "after_capture":
             intake.publish = die
-        elif step == "after_confirm":
-            intake.jobs.mark_published = die  # type: ignore[method-assign]
+        elif step == "after_confirm":  # confirmed, not yet marked published in the row
+            intake.publish = then_die(intake.publish)
         intake.accept(intake.check(capture.iq, fields))
         return
     from tasks.producer import CaptureProducer

@@ -3,7 +3,6 @@ to hold a job's row, and the environment of a worker process."""
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import amqp.exceptions
 import kombu
 import sqlalchemy as sa
 
+from inference_worker.cli.processes import settings_env
 from inference_worker.settings import Settings
 from inference_worker.storage.redis_store import RedisStore
 from tasks.contract import wait_until_final
@@ -39,7 +39,8 @@ def wait_final(
     producer's job exists once a worker takes it)."""
 
     def fetch() -> dict[str, Any] | None:
-        response = client.get(f"/jobs/{job_id}", headers=headers or {})
+        # a long-poll: the shim answers when the job is final (or after 5 s)
+        response = client.get(f"/jobs/{job_id}?wait=5", headers=headers or {})
         if response.status_code == 404:
             return None
         assert response.status_code == 200, response.get_json()
@@ -73,13 +74,8 @@ def free_port() -> int:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a ``heimdall-inference`` process the same plain settings (URLs,
-    names, numbers, folders) as ``settings``; keys and secrets are left out."""
-    env = os.environ.copy()
-    for name, value in settings.model_dump().items():
-        if isinstance(value, str | int | float | Path) and not isinstance(value, bool):
-            env[f"HEIMDALL_{name.upper()}"] = str(value)
-    return env
+    """The environment that gives a ``heimdall-inference`` process the settings of ``settings``."""
+    return settings_env(settings)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -97,6 +93,7 @@ def forget_workers(store: RedisStore) -> None:
 def hold_row(connection: sa.Connection, job_id: str) -> int:
     """Lock a job's row in ``connection``'s transaction (every worker taking the job waits on it
     until the transaction ends); returns this backend's pid, for :func:`blocked_on`."""
+    connection.execution_options(isolation_level="READ COMMITTED")  # a transaction to hold it in
     connection.execute(sa.text("SELECT 1 FROM jobs WHERE job_id = :id FOR UPDATE"), {"id": job_id})
     return int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
 from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
@@ -27,6 +28,8 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
     local, store, start_worker = own_queue_factory(max_deliveries=DELIVERY_LIMIT)
     client = create_app(local).test_client()
     job_id = submit_npy(client, capture).get_json()["job_id"]  # queued; no worker yet
+    jobs = JobStore(engine)
+    wait_until("the job marked published", lambda: jobs.get(job_id)["published_at"] is not None, 10)
 
     kills = 0
     with engine.connect() as locker, start_worker("poisoned") as worker:
@@ -37,8 +40,10 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             waiting = blocked_on(engine, holder)
-            takes = [pid for pid, _, query in waiting if "attempts + 1" in query]  # JobStore.start
-            if len(takes) < len(waiting):
+            # JobStore.start: an upsert of the job's row (its text is cut at 1 kB in
+            # pg_stat_activity, before its "attempts + 1")
+            takes = [pid for pid, _, query in waiting if query.startswith("INSERT INTO jobs")]
+            if any("status='failed'" in query for _, _, query in waiting):
                 break  # the dead-letter consumer is failing the job: let it
             fresh = [pid for pid in takes if pid not in seen]
             if fresh:

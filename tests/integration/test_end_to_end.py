@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from api_shim.app import create_app
 from inference_worker.core.contract import load_metadata
 from inference_worker.core.ellipse import distance_m
 from inference_worker.storage.schema import inference_logs, jobs
@@ -105,8 +106,11 @@ def test_resubmitted_capture_is_served_from_cache_without_running_the_model(
     client, worker, capture, engine
 ):
     first = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
-    second = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    answer = submit_npy(client, capture).get_json()
+    second = wait_final(client, answer["job_id"])
 
+    assert answer["status"] == "succeeded"  # answered at submission, no trip through the queue
+    assert "answered_at_submission_ms" in second["timings"]
     assert first["job_id"] != second["job_id"]
     assert first["cache_hit"] is False and second["cache_hit"] is True
     assert second["result"] == first["result"]
@@ -170,3 +174,25 @@ def test_health_reports_each_service_and_the_serving_worker(client, worker, sett
     model = body["checks"]["model"]
     assert model["ok"] is True and model["workers"]
     assert model["workers"][0]["model_version"] == model["configured_version"]
+
+
+def test_a_client_waits_for_its_job_in_one_request(client, worker, capture):
+    job_id = submit_npy(client, capture).get_json()["job_id"]
+    response = client.get(f"/jobs/{job_id}?wait=20")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "succeeded"  # woken by the worker, not polled
+
+
+def test_a_wait_longer_than_the_limit_is_refused(client, worker, capture):
+    job_id = submit_npy(client, capture).get_json()["job_id"]
+    refused = client.get(f"/jobs/{job_id}?wait=3600")
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_wait"
+    assert client.get(f"/jobs/{job_id}?wait=soon").status_code == 400
+
+
+def test_a_wait_ends_after_its_seconds_when_no_worker_finishes_the_job(own_queue, capture):
+    local, _, _ = own_queue  # no worker consumes this queue
+    client = create_app(local).test_client()
+    job_id = submit_npy(client, capture).get_json()["job_id"]
+    view = client.get(f"/jobs/{job_id}?wait=0.5").get_json()
+    assert view["status"] == "queued"

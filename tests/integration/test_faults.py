@@ -40,7 +40,7 @@ from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import inference_logs, jobs
 from tasks.contract import read_message
-from tasks.intake import record_job
+from tasks.outbox import record_job
 from tests.helpers import capture_message, capture_query, npy_bytes
 from tests.integration.helpers import (
     blocked_on,
@@ -72,7 +72,7 @@ def run(*command: str, check: bool = True) -> None:
 
 
 @pytest.fixture
-def services_under_our_control(settings):
+def services_under_our_control(settings, engine):
     if os.environ.get(OPT_IN) != "1":
         pytest.skip(f"restarts this machine's RabbitMQ, Redis and PostgreSQL: set {OPT_IN}=1")
     missing = [c for c in CONTROL_COMMANDS if shutil.which(c) is None]
@@ -95,6 +95,7 @@ def services_under_our_control(settings):
         yield
     finally:
         restore_services()  # whatever happened, leave every service running
+        engine.dispose()  # the tests after this one start with fresh connections
 
 
 def restart_rabbitmq() -> None:
@@ -172,13 +173,17 @@ class Load:
     """A client thread that submits captures over HTTP until stopped."""
 
     base_url: str
-    bodies: list[tuple[bytes, dict]]
+    captures: list
     phase: str = "steady"
     answers: list[Answer] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def submit(self, index: int) -> Answer:
-        data, query = self.bodies[index % len(self.bodies)]
+        # A new capture every time (a repeated one would be answered from the result cache
+        # without touching the broker).
+        capture = self.captures[index % len(self.captures)]
+        data = npy_bytes(capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
+        query = capture_query(capture)
         request = urllib.request.Request(
             f"{self.base_url}/predict?{urllib.parse.urlencode(query)}",
             data=data,
@@ -218,11 +223,10 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
     local, store, start_worker = own_queue
     rng = np.random.default_rng(SEED)
     captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(40)]
-    bodies = [(npy_bytes(c.iq), capture_query(c)) for c in captures]
     port = free_port()
     env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
     api_args = ["api", "--port", str(port), "--workers", "2"]
-    load = Load(f"http://127.0.0.1:{port}", bodies)
+    load = Load(f"http://127.0.0.1:{port}", captures)
     log: list[str] = []
 
     def healthy() -> bool:
@@ -237,7 +241,7 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
         wait_until(f"the shim after {what}", healthy, 90)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            answer = load.submit(0)
+            answer = load.submit(100_000 + len(load.answers))  # a new capture
             if answer.status == 202:
                 job_id = answer.body["job_id"]
                 wait_until(

@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -223,10 +223,15 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth(
         refused.value.close()
         workers = json.loads(get("/api/workers?refresh=1"))
         assert any(name.startswith("heimdall-") for name in workers)
-        # Flower learns of tasks from the workers' events.
-        second = submit_npy(client, capture).get_json()["job_id"]
-        wait_final(client, second)
-        deadline = time.monotonic() + 15
-        while second not in json.loads(get("/api/tasks")):
-            assert time.monotonic() < deadline, "Flower never saw the task"
-            time.sleep(0.5)
+
+        # Flower learns of tasks from the workers' events, which it turns on in the workers (every
+        # 5 s): a task run once they are on shows up.
+        ran: list[str] = []
+
+        def seen_by_flower() -> bool:
+            fresh = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-6 * (len(ran) + 1)))
+            ran.append(wait_final(client, submit_npy(client, fresh).get_json()["job_id"])["job_id"])
+            tasks = json.loads(get("/api/tasks"))
+            return any(job_id in tasks for job_id in ran)
+
+        wait_until("Flower seeing a task", seen_by_flower, 60, interval_s=0.5)

@@ -11,7 +11,7 @@ from inference_worker.serving.jobs import JobServices, run_job
 from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.storage.schema import inference_logs
 from tasks.contract import read_message
-from tasks.intake import record_job
+from tasks.outbox import record_job
 from tests.helpers import capture_message
 
 

@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from inference_worker.cli.processes import wait_until
-from inference_worker.storage.database import JobStore, create_engine, migrate
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import create_engine, migrate
 from tasks.contract import read_message
-from tasks.intake import record_job
+from tasks.outbox import record_job
 from tests.helpers import capture_message
 from tests.integration.helpers import wait_final_row, worker_env
 

@@ -87,3 +87,37 @@ def test_parameters_round_trip_through_model_metadata():
     assert FeatureParams.from_metadata(PARAMS.to_metadata()) == PARAMS
     with pytest.raises(ValueError, match="unsupported feature kind"):
         FeatureParams.from_metadata({"kind": "mfcc"})
+
+
+@pytest.mark.parametrize("offset_hz", [0.0, 2_500.0, -5_000.0])
+def test_a_fast_capture_is_decimated_without_changing_what_it_measures(offset_hz):
+    """A tone and its noise read the same at 12 kHz and 192 kHz (decimated by 8 first)."""
+    levels = []
+    for rate in (12_000.0, 192_000.0):
+        iq = np.stack([tone(rate, 1.0, offset_hz, 1e-9, 1e-15, s) for s in range(3)])
+        db = log_mel_spectrogram(iq, rate, PARAMS) * PARAMS.std_db + PARAMS.mean_db
+        levels.append(db.mean(axis=(0, 2)))  # per mel band, over receivers and frames
+    peak = int(np.argmax(levels[0]))
+    assert int(np.argmax(levels[1])) == peak
+    assert levels[1][peak] == pytest.approx(levels[0][peak], abs=0.5)
+    assert np.median(np.abs(levels[1] - levels[0])) < 0.5  # the noise floor too
+
+
+def test_what_lies_outside_the_band_does_not_fold_into_it():
+    rate = 192_000.0
+    quiet = np.stack([tone(rate, 0.5, 0.0, 0.0, 1e-15, s) for s in range(3)])
+    # a strong station 30 kHz off: after decimation to 24 kHz it would alias to +6 kHz
+    loud = quiet + np.stack([tone(rate, 0.5, 30_000.0, 1e-7, 0.0, s) for s in range(3)])
+    difference = log_mel_spectrogram(loud, rate, PARAMS) - log_mel_spectrogram(quiet, rate, PARAMS)
+    assert np.abs(difference).max() * PARAMS.std_db < 1.0  # dB, 50 dB above the noise floor
+
+
+def test_a_short_fast_capture_needs_the_samples_its_decimation_drops():
+    from inference_worker.core.features import min_samples_at
+
+    assert min_samples_at(12_000.0, PARAMS.min_samples, PARAMS.bandwidth_hz) == PARAMS.min_samples
+    needed = min_samples_at(192_000.0, PARAMS.min_samples, PARAMS.bandwidth_hz)
+    iq = np.stack([tone(192_000.0, needed / 192_000.0, 0.0, 1e-9, 1e-15, s) for s in range(3)])
+    assert log_mel_spectrogram(iq, 192_000.0, PARAMS).shape == (3, 128, 32)
+    with pytest.raises(ValueError, match="too short"):
+        log_mel_spectrogram(iq[:, : needed - 8], 192_000.0, PARAMS)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from inference_worker.serving.jobs import BadJob, capture_fingerprint, decode_blob, parse_message
-from tasks.contract import LocateMessage
+from inference_worker.serving.jobs import BadJob, decode_blob, parse_message
+from tasks.contract import LocateMessage, capture_fingerprint
 
 
 def message_for(iq: np.ndarray, **changes) -> LocateMessage:

@@ -1,0 +1,87 @@
+"""PostgreSQL connections and migrations."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+from inference_worker.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def create_engine(
+    database_url: str,
+    schema: str,
+    *,
+    pool_size: int = 5,
+    role: str = "heimdall",
+    statement_timeout_s: float = 15.0,
+) -> Engine:
+    """An engine whose connections use ``schema`` (tests use a schema of their own).
+
+    Connections name their process (``application_name``: role and pid), so an operator sees in
+    ``pg_stat_activity`` which worker or shim process holds which connection. No statement runs
+    longer than ``statement_timeout_s``: a hung database turns into an error that is retried.
+
+    Connections run in autocommit: every state change of a job is one statement, so BEGIN and
+    COMMIT would only add round trips. Code that needs a transaction asks for one
+    (``connection.execution_options(isolation_level="READ COMMITTED")``).
+    """
+    timeout_ms = statement_timeout_s * 1e3
+    return sa.create_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=5,
+        # No ping on every checkout (a round trip per transaction): a connection that died is
+        # noticed on use, invalidated, and the operation retried as a transient error.
+        pool_pre_ping=False,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,  # nothing to roll back in autocommit
+        pool_recycle=1800,
+        connect_args={
+            "options": f"-csearch_path={schema} -cstatement_timeout={round(timeout_ms)}",
+            "connect_timeout": 3,
+            "application_name": f"{role} pid {os.getpid()}",
+        },
+    )
+
+
+def engine_for(settings: Settings, *, role: str = "heimdall", pool_size: int = 5) -> Engine:
+    """The engine of the settings' database and schema, with their statement timeout."""
+    return create_engine(
+        settings.database_url,
+        settings.database_schema,
+        pool_size=pool_size,
+        role=role,
+        statement_timeout_s=settings.database_statement_timeout_s,
+    )
+
+
+def migrate(engine: Engine, schema: str) -> None:
+    """Create the schema if needed and bring it to the newest revision.
+
+    Safe to call from many processes at once: a PostgreSQL advisory lock serializes them.
+    """
+    lock_id = zlib.crc32(f"heimdall-migrate:{schema}".encode())
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="READ COMMITTED")
+        connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+        try:
+            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            connection.commit()
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = connection
+            config.attributes["schema"] = schema
+            command.upgrade(config, "head")
+            connection.commit()
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+            connection.commit()

@@ -1,0 +1,86 @@
+"""Waiting for jobs to finish without polling: workers publish each finished job's id on a Redis
+channel, and one subscriber thread per process wakes the requests that wait for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from inference_worker.storage.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+RECONNECT_PAUSE_S = 1.0
+
+
+class FinishedJobs:
+    """Wakes waiters when a job's id is published on the store's done channel.
+
+    The thread starts on first use in each process (after a fork) and reconnects by itself; while
+    Redis is down a waiter simply waits out its timeout, then reads the job as it is.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._waiting: dict[str, list[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._subscribed = threading.Event()
+
+    def wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
+        """Block until ``job_id`` is announced final, ``is_final()`` says so, or the timeout;
+        returns whether it was announced (or found) final."""
+        self._ensure_listening()
+        event = threading.Event()
+        with self._lock:
+            self._waiting.setdefault(job_id, []).append(event)
+        try:
+            # Subscribed before looking: a job finishing in between is not missed.
+            self._subscribed.wait(min(timeout_s, 1.0))
+            return is_final() or event.wait(timeout_s)
+        finally:
+            with self._lock:
+                events = self._waiting.get(job_id, [])
+                if event in events:
+                    events.remove(event)
+                if not events:
+                    self._waiting.pop(job_id, None)
+
+    def _ensure_listening(self) -> None:
+        with self._lock:
+            if self._owner == os.getpid():
+                return
+            self._owner = os.getpid()
+            self._subscribed.clear()
+        threading.Thread(target=self._listen, name="heimdall-finished-jobs", daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.store.done_channel())
+                self._subscribed.set()
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._wake(message)
+            except Exception as exc:  # a dropped connection shows as several error types
+                self._subscribed.clear()
+                log.warning("listening for finished jobs failed, reconnecting: %r", exc)
+                threading.Event().wait(RECONNECT_PAUSE_S)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # already broken
+                    pass
+
+    def _wake(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        job_id = data.decode() if isinstance(data, bytes) else str(data)
+        with self._lock:
+            events = list(self._waiting.get(job_id, ()))
+        for event in events:
+            event.set()

@@ -1,0 +1,481 @@
+"""Benchmark: the service's throughput against its bare pipeline, measured in one run.
+
+Four stages, each on a queue, Redis prefix and PostgreSQL schema of its own (removed at the end),
+on this machine's real RabbitMQ, Redis and PostgreSQL:
+
+1. **bare pipeline**: decode ``.npy`` + sha256 + features + onnxruntime + ellipse in a loop, in
+   as many processes as the worker has (BLAS pinned to one thread, as in the worker);
+2. **worker path**: a queue filled by the producer client (no HTTP), then drained by a real
+   ``heimdall-inference worker``; jobs/s from the jobs' own start and finish times;
+3. **shim**: a real ``heimdall-inference api`` with no worker consuming, closed-loop clients
+   submitting; submissions/s and CPU seconds of the shim's processes per accepted submission;
+4. **service**: shim and worker together, closed-loop clients that submit and wait for the
+   result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles.
+
+For stages 2-4 it prints the CPU seconds per job of every process group: shim, workers,
+RabbitMQ, Redis, PostgreSQL and the benchmark's own clients.
+
+    python tools/bench_throughput.py [--preset 12k|192k] [--jobs 3000] [--clients 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference_worker.cli import bootstrap  # noqa: E402
+from inference_worker.cli.processes import cli_process, settings_env, wait_until  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.settings import Settings, load_settings  # noqa: E402
+
+PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- CPU accounting from /proc ---------------------------------------------------------------
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, living or reaped."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    own = sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    return own + sum(tree_cpu_s(child) for child in _children(pid))
+
+
+def pids_of(command_part: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if command_part in command:
+                found.append(int(entry.name))
+    return found
+
+
+def service_roots() -> dict[str, list[int]]:
+    """The top processes of RabbitMQ, Redis and PostgreSQL (their children are counted in)."""
+    postgres = [
+        p for p in pids_of("bin/postgres") if "-D" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    return {
+        "RabbitMQ": pids_of("beam.smp"),
+        "Redis": pids_of("redis-server"),
+        "PostgreSQL": postgres,
+    }
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per process group between :meth:`start` and :meth:`stop`."""
+
+    groups: dict[str, list[int]]
+    before: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _now(self) -> dict[str, float]:
+        now = {name: sum(tree_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
+        now["benchmark (clients)"] = sum(int(v) for v in _stat(os.getpid())[11:13]) / TICKS
+        return now
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> None:
+        after = self._now()
+        self.used = {name: after[name] - self.before.get(name, 0.0) for name in after}
+
+    def per_job_ms(self, jobs: int) -> str:
+        return ", ".join(f"{name} {1e3 * s / max(jobs, 1):.2f}" for name, s in self.used.items())
+
+
+# --- stage 1: the bare pipeline ----------------------------------------------------------------
+_MODEL: Any = None
+
+
+def _init_bare(model_dir: str) -> None:
+    global _MODEL
+    from threadpoolctl import threadpool_limits
+
+    from inference_worker.serving.onnx_model import LocalizationModel
+
+    threadpool_limits(1)
+    _MODEL = LocalizationModel(Path(model_dir))
+
+
+def _bare_jobs(args: tuple[list[bytes], float]) -> int:
+    from inference_worker.core.capture import decode_npy, iq_digest
+    from inference_worker.core.ellipse import decode_output, describe
+    from inference_worker.core.features import log_mel_spectrogram
+
+    bodies, rate = args
+    meta = _MODEL.metadata
+    for body in bodies:
+        iq = decode_npy(body)
+        iq_digest(iq)
+        features = log_mel_spectrogram(iq, rate, meta.features)
+        describe(decode_output(_MODEL.predict(features[None])[0], meta.outputs))
+    return len(bodies)
+
+
+def bare_pipeline(settings: Settings, bodies: list[bytes], rate: float, processes: int) -> float:
+    """Jobs per second of ``processes`` processes running the bare pipeline."""
+    share = [bodies[i::processes] for i in range(processes)]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes, _init_bare, (str(settings.model_dir),)) as pool:
+        pool.map(_bare_jobs, [(b[:4], rate) for b in share])  # warm up
+        started = time.perf_counter()
+        done = sum(pool.map(_bare_jobs, [(b, rate) for b in share]))
+        return done / (time.perf_counter() - started)
+
+
+# --- HTTP clients ----------------------------------------------------------------------------
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@dataclass
+class Load:
+    """Closed-loop clients against the shim: each submits, (optionally) waits, submits again."""
+
+    port: int
+    bodies: list[bytes]
+    query: str
+    wait_results: bool
+    jobs: int
+    submit_ms: list[float] = field(default_factory=list)
+    end_to_end_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.done >= self.jobs:
+                return None
+            self.done += 1
+            return self.done
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            headers = {"Content-Type": "application/x-npy"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def client(self) -> None:
+        import json
+
+        while (number := self._take()) is not None:
+            body = self.bodies[number % len(self.bodies)]
+            started = time.perf_counter()
+            status, raw = self._request("POST", f"/predict?{self.query}&job_id=b-{number}", body)
+            submitted = time.perf_counter()
+            if status != 202:
+                self.errors.append(f"{status} {raw[:120]!r}")
+                continue
+            self.submit_ms.append((submitted - started) * 1e3)
+            if not self.wait_results:
+                continue
+            while True:
+                status, raw = self._request("GET", f"/jobs/b-{number}?wait=10")
+                view = json.loads(raw) if status == 200 else {}
+                if view.get("status") in ("succeeded", "failed"):
+                    break
+                time.sleep(0.002)  # a shim without long-poll answers at once
+            self.end_to_end_ms.append((time.perf_counter() - started) * 1e3)
+
+    def run(self, clients: int) -> float:
+        threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "-"
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return f"p50 {p50:.1f} / p95 {p95:.1f} / p99 {p99:.1f} ms"
+
+
+# --- the run -----------------------------------------------------------------------------------
+def own_settings(base: Settings, stage: str) -> Settings:
+    tag = f"{stage}{uuid.uuid4().hex[:6]}"
+    return base.model_copy(
+        update={
+            "queue": f"heimdall.bench.{tag}",
+            "redis_prefix": f"heimdall-bench:{tag}:",
+            "database_schema": f"bench_{tag}",
+            "worker_metrics_port": 0,
+            "cache_ttl_s": 0,  # every capture is new here; duplicates are measured elsewhere
+        }
+    )
+
+
+def drop(settings: Settings) -> None:
+    import kombu
+    import redis
+    import sqlalchemy as sa
+
+    from tasks.app import dead_letter_queue_name
+
+    with kombu.Connection(settings.broker_url) as connection:
+        for name in (settings.queue, dead_letter_queue_name(settings.queue)):
+            connection.default_channel.queue_delete(name)
+    client = redis.Redis.from_url(settings.redis_url)
+    for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+        client.delete(key)
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE'))
+    engine.dispose()
+
+
+def prepare(settings: Settings) -> None:
+    bootstrap.migrate_database(settings)
+    bootstrap.declare_queues(settings)
+    bootstrap.announce_model(settings)
+
+
+def span_jobs_per_s(settings: Settings) -> tuple[int, float]:
+    import sqlalchemy as sa
+
+    from inference_worker.storage.engine import engine_for
+
+    engine = engine_for(settings, pool_size=1)
+    with engine.connect() as connection:
+        count, first, last = connection.execute(
+            sa.text(
+                "SELECT count(*), min(started_at), max(finished_at) FROM jobs "
+                "WHERE status = 'succeeded'"
+            )
+        ).one()
+    engine.dispose()
+    if not count:
+        return 0, 0.0
+    return count, count / max((last - first).total_seconds(), 1e-9)
+
+
+def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_dir: Path) -> dict:
+    from tasks.producer import CaptureProducer
+
+    settings = own_settings(base, "w")
+    prepare(settings)
+    env = settings_env(settings)
+    try:
+        with CaptureProducer(
+            settings.broker_url,
+            settings.redis_url,
+            queue=settings.queue,
+            redis_prefix=settings.redis_prefix,
+        ) as producer:
+            for n in range(jobs):
+                c = captures[n % len(captures)]
+                producer.submit(
+                    c.iq,
+                    sample_rate_hz=c.sample_rate_hz,
+                    frequency_mhz=c.frequency_mhz,
+                    receivers=c.receivers,
+                )
+        meter = CpuMeter({})
+        with cli_process(
+            ["worker", "--concurrency", str(processes)], log_dir / "worker.log", env
+        ) as worker:
+            meter.groups = {"workers": [worker.pid], **service_roots()}
+            meter.start()
+            wait_until(
+                "the queue drained", lambda: span_jobs_per_s(settings)[0] >= jobs, 900, worker, 0.5
+            )
+            meter.stop()
+        done, rate = span_jobs_per_s(settings)
+        return {"jobs": done, "jobs_per_s": rate, "cpu": meter}
+    finally:
+        drop(settings)
+
+
+def shim_and_service(
+    base: Settings,
+    captures: list,
+    jobs: int,
+    clients: int,
+    api_workers: int,
+    processes: int,
+    log_dir: Path,
+    with_worker: bool,
+) -> dict:
+    settings = own_settings(base, "s" if with_worker else "a")
+    prepare(settings)
+    port = int(settings.api_port) + 100 + (1 if with_worker else 0)
+    env = {**settings_env(settings), "HEIMDALL_API_PORT": str(port)}
+    c = captures[0]
+    query = f"sample_rate_hz={c.sample_rate_hz}&frequency_mhz={c.frequency_mhz}&receivers={','.join(c.receivers)}"
+    load = Load(port, [npy(x.iq) for x in captures], query, with_worker, jobs)
+    try:
+        with ExitStack() as stack:
+            api = stack.enter_context(
+                cli_process(
+                    ["api", "--workers", str(api_workers), "--port", str(port)],
+                    log_dir / "api.log",
+                    env,
+                )
+            )
+            groups = {"shim": [api.pid]}
+            if with_worker:
+                worker = stack.enter_context(
+                    cli_process(
+                        ["worker", "--concurrency", str(processes)], log_dir / "worker2.log", env
+                    )
+                )
+                groups["workers"] = [worker.pid]
+
+            def up() -> bool:
+                try:
+                    status, raw = load._request("GET", "/health")
+                    return status == 200 and (
+                        not with_worker or b'"ok": true' in raw.replace(b'"ok":true', b'"ok": true')
+                    )
+                except OSError:
+                    return False
+
+            wait_until("the service", up, 120, api, 0.5)
+            warm = replace(
+                load,
+                jobs=min(50, jobs),
+                submit_ms=[],
+                end_to_end_ms=[],
+                errors=[],
+                done=0,
+                lock=threading.Lock(),
+            )
+            warm.query = query
+            warm.run(min(clients, 4))
+            meter = CpuMeter({**groups, **service_roots()})
+            meter.start()
+            elapsed = load.run(clients)
+            meter.stop()
+        return {
+            "jobs": len(load.submit_ms),
+            "per_s": len(load.submit_ms) / elapsed,
+            "load": load,
+            "cpu": meter,
+        }
+    finally:
+        drop(settings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="12k")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per stage")
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop HTTP clients")
+    parser.add_argument("--processes", type=int, help="worker processes (default: settings)")
+    parser.add_argument("--api-workers", type=int, help="shim processes (default: settings)")
+    parser.add_argument("--stages", default="bare,worker,shim,service")
+    args = parser.parse_args()
+
+    base = load_settings()
+    processes = args.processes or base.worker_concurrency
+    api_workers = args.api_workers or base.api_workers
+    rate, duration = PRESETS[args.preset]
+    rng = np.random.default_rng(7)
+    simulator = CaptureSimulator()
+    captures = [
+        simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration) for _ in range(16)
+    ]
+    stages = set(args.stages.split(","))
+    print(
+        f"preset {args.preset}: 3 receivers x {captures[0].iq.shape[1]} samples; {args.jobs} jobs "
+        f"a stage; {processes} worker processes, {api_workers} shim processes, "
+        f"{args.clients} clients; {os.cpu_count()} cores",
+        flush=True,
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="heimdall-bench-"))
+    bare = None
+    if "bare" in stages:
+        bodies = [npy(c.iq) for c in captures] * (args.jobs // len(captures) + 1)
+        bare = bare_pipeline(base, bodies[: args.jobs], rate, processes)
+        print(f"bare pipeline ({processes} processes): {bare:.1f} jobs/s", flush=True)
+
+    def ratio(value: float) -> str:
+        return f" = {value / bare:.2f}x the bare pipeline" if bare else ""
+
+    if "worker" in stages:
+        found = worker_path(base, captures, args.jobs, processes, log_dir)
+        print(
+            f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
+            f"{ratio(found['jobs_per_s'])}",
+            flush=True,
+        )
+        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    if "shim" in stages:
+        found = shim_and_service(
+            base, captures, args.jobs, args.clients, api_workers, processes, log_dir, False
+        )
+        load = found["load"]
+        shim_ms = 1e3 * found["cpu"].used["shim"] / max(found["jobs"], 1)
+        print(
+            f"shim alone (no worker): {found['per_s']:.1f} submissions/s accepted, "
+            f"{shim_ms:.2f} ms shim CPU per submission; submission {pct(load.submit_ms)}; "
+            f"errors {len(load.errors)}",
+            flush=True,
+        )
+        print(f"  CPU ms per submission: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    if "service" in stages:
+        found = shim_and_service(
+            base, captures, args.jobs, args.clients, api_workers, processes, log_dir, True
+        )
+        load = found["load"]
+        print(
+            f"service (shim + workers, {args.clients} clients): {found['per_s']:.1f} jobs/s"
+            f"{ratio(found['per_s'])}; submission {pct(load.submit_ms)}; "
+            f"end to end {pct(load.end_to_end_ms)}; errors {len(load.errors)}",
+            flush=True,
+        )
+        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    print(f"logs: {log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
