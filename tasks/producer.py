@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inference_worker.core.capture import CaptureLimits
+from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.notifications import FinishedJobs
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery, publisher
@@ -39,9 +40,9 @@ class CaptureProducer:
         redis_prefix: str | None = None,
         blob_ttl_s: int | None = None,
         limits: CaptureLimits | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        from inference_worker.settings import load_settings
-
+        """Settings from ``HEIMDALL_*`` (or ``settings``), the arguments given overriding them."""
         overrides: dict[str, Any] = {
             "broker_url": broker_url,
             "redis_url": redis_url,
@@ -49,7 +50,8 @@ class CaptureProducer:
             "redis_prefix": redis_prefix,
             "blob_ttl_s": blob_ttl_s,
         }
-        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        settings = settings.model_copy(update=overrides) if settings else load_settings(**overrides)
         self.queue = settings.queue
         self.store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
         self.celery = create_celery(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import json
 import multiprocessing
 import os
 import sys
@@ -31,7 +32,7 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ class Load:
     query: str
     wait_results: bool
     jobs: int
+    id_prefix: str = "b"
     submit_ms: list[float] = field(default_factory=list)
     end_to_end_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -201,12 +203,12 @@ class Load:
             connection.close()
 
     def client(self) -> None:
-        import json
-
         while (number := self._take()) is not None:
             body = self.bodies[number % len(self.bodies)]
             started = time.perf_counter()
-            status, raw = self._request("POST", f"/predict?{self.query}&job_id=b-{number}", body)
+            status, raw = self._request(
+                "POST", f"/predict?{self.query}&job_id={self.id_prefix}-{number}", body
+            )
             submitted = time.perf_counter()
             if status != 202:
                 self.errors.append(f"{status} {raw[:120]!r}")
@@ -215,7 +217,7 @@ class Load:
             if not self.wait_results:
                 continue
             while True:
-                status, raw = self._request("GET", f"/jobs/b-{number}?wait=10")
+                status, raw = self._request("GET", f"/jobs/{self.id_prefix}-{number}?wait=10")
                 view = json.loads(raw) if status == 200 else {}
                 if view.get("status") in ("succeeded", "failed"):
                     break
@@ -304,12 +306,7 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
     prepare(settings)
     env = settings_env(settings)
     try:
-        with CaptureProducer(
-            settings.broker_url,
-            settings.redis_url,
-            queue=settings.queue,
-            redis_prefix=settings.redis_prefix,
-        ) as producer:
+        with CaptureProducer(settings=settings) as producer:
             for n in range(jobs):
                 c = captures[n % len(captures)]
                 producer.submit(
@@ -372,23 +369,15 @@ def shim_and_service(
             def up() -> bool:
                 try:
                     status, raw = load._request("GET", "/health")
-                    return status == 200 and (
-                        not with_worker or b'"ok": true' in raw.replace(b'"ok":true', b'"ok": true')
-                    )
                 except OSError:
                     return False
+                return status == 200 and (
+                    not with_worker or json.loads(raw)["checks"]["model"]["ok"]
+                )
 
             wait_until("the service", up, 120, api, 0.5)
-            warm = replace(
-                load,
-                jobs=min(50, jobs),
-                submit_ms=[],
-                end_to_end_ms=[],
-                errors=[],
-                done=0,
-                lock=threading.Lock(),
-            )
-            warm.query = query
+            # warm-up submissions (job ids of their own), not counted
+            warm = Load(port, load.bodies, query, with_worker, min(50, jobs), id_prefix="warm")
             warm.run(min(clients, 4))
             meter = CpuMeter({**groups, **service_roots()})
             meter.start()

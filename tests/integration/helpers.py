@@ -126,12 +126,7 @@ def produce(settings: Settings, capture, **extra: object) -> str:
     """Enqueue ``capture`` straight onto the queue of ``settings`` with the producer client."""
     from tasks.producer import CaptureProducer
 
-    with CaptureProducer(
-        settings.broker_url,
-        settings.redis_url,
-        queue=settings.queue,
-        redis_prefix=settings.redis_prefix,
-    ) as producer:
+    with CaptureProducer(settings=settings) as producer:
         return producer.submit(
             capture.iq,
             sample_rate_hz=capture.sample_rate_hz,
