@@ -8,13 +8,61 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from inference_worker.storage.schema import inference_logs, jobs, model_versions
+from inference_worker.storage.schema import jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 T = TypeVar("T")
+_FINAL = ", ".join(f"'{status}'" for status in FINAL_STATUSES)
+
+# The two statements every job runs, written once: building them with the SQL expression
+# language on each call cost more Python than the round trip itself.
+START = sa.text(
+    "INSERT INTO jobs (job_id, status, created_at, started_at, capture_time, frequency_mhz,"
+    " sample_rate_hz, n_samples, receivers, iq_sha256, attempts, batch_id, tenant, message,"
+    " published_at)"
+    " VALUES (:job_id, 'running', coalesce(:created_at, now()), now(), :capture_time,"
+    " :frequency_mhz, :sample_rate_hz, :n_samples, :receivers, :iq_sha256, 1, :batch_id,"
+    " :tenant, :message, now())"
+    " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
+    " attempts = jobs.attempts + 1, published_at = coalesce(jobs.published_at, now())"
+    f" WHERE jobs.status NOT IN ({_FINAL})"
+    " RETURNING job_id, status, created_at, attempts"
+).bindparams(
+    sa.bindparam("receivers", type_=JSONB),
+    sa.bindparam("message", type_=JSONB),
+    sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
+)
+CREATE = sa.text(
+    "INSERT INTO jobs (job_id, status, created_at, capture_time, frequency_mhz, sample_rate_hz,"
+    " n_samples, receivers, iq_sha256, batch_id, tenant, message, published_at)"
+    " VALUES (:job_id, 'queued', coalesce(:created_at, now()), :capture_time, :frequency_mhz,"
+    " :sample_rate_hz, :n_samples, :receivers, :iq_sha256, :batch_id, :tenant, :message,"
+    " CASE WHEN :published THEN now() END)"
+    " ON CONFLICT (job_id) DO NOTHING"
+    " RETURNING job_id, status, tenant, iq_sha256, message, published_at"
+).bindparams(
+    sa.bindparam("receivers", type_=JSONB),
+    sa.bindparam("message", type_=JSONB),
+    sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("published", type_=sa.Boolean),
+)
+SUCCEED = sa.text(
+    "WITH done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = :result,"
+    " model_version = :model_version, cache_hit = :cache_hit, timings = :timings, error = NULL"
+    f" WHERE job_id = :job_id AND status NOT IN ({_FINAL}) RETURNING *),"
+    " logged AS (INSERT INTO inference_logs (job_id, model_version_id, inference_time_ms,"
+    " cache_hit) SELECT job_id, :model_version_id, :inference_ms, :cache_hit FROM done)"
+    " SELECT * FROM done"
+).bindparams(
+    sa.bindparam("result", type_=JSONB),
+    sa.bindparam("timings", type_=JSONB),
+    sa.bindparam("model_version_id", type_=sa.Integer),
+    sa.bindparam("inference_ms", type_=sa.Float),
+)
 
 
 @dataclass(frozen=True)
@@ -34,13 +82,6 @@ class NewJob:
     """The task message, kept with the row (the outbox) until RabbitMQ confirms it."""
     published: bool = True
     """False while the task message is not confirmed published (the shim's submissions)."""
-
-
-def _row_values(job: NewJob) -> dict[str, Any]:
-    """The columns of a new job's row (``published`` becomes ``published_at``)."""
-    values = {k: v for k, v in job.__dict__.items() if not (k == "created_at" and v is None)}
-    values["published_at"] = sa.func.now() if values.pop("published") else None
-    return values
 
 
 class JobStore:
@@ -71,16 +112,14 @@ class JobStore:
         self._run(lambda connection: connection.execute(sa.text("SELECT 1")))
 
     def create(self, job: NewJob) -> tuple[RowMapping, bool]:
-        """Insert a queued job; if the id exists already, return that row and ``False``."""
-        statement = (
-            pg_insert(jobs)
-            .values(status="queued", **_row_values(job))
-            .on_conflict_do_nothing(index_elements=["job_id"])
-            .returning(*jobs.c)
-        )
+        """Insert a queued job; if the id exists already, return that row and ``False``.
+
+        A new row comes back as its id, status, tenant, digest, message and publication time.
+        """
+        params = dict(job.__dict__)
 
         def insert(connection: Connection) -> tuple[RowMapping, bool]:
-            row = connection.execute(statement).mappings().first()
+            row = connection.execute(CREATE, params).mappings().first()
             if row is not None:
                 return row, True
             existing = connection.execute(sa.select(jobs).where(jobs.c.job_id == job.job_id))
@@ -117,24 +156,9 @@ class JobStore:
 
         Returns the job's id, status, creation time and attempts (not the whole row).
         """
-        now = sa.func.now()
-        statement = (
-            pg_insert(jobs)
-            .values(status="running", started_at=now, attempts=1, **_row_values(job))
-            .on_conflict_do_update(
-                index_elements=["job_id"],
-                set_={
-                    "status": "running",
-                    "started_at": now,
-                    "attempts": jobs.c.attempts + 1,
-                    # taken from the queue, so its message was published whatever the row says
-                    "published_at": sa.func.coalesce(jobs.c.published_at, now),
-                },
-                where=jobs.c.status.not_in(FINAL_STATUSES),
-            )
-            .returning(jobs.c.job_id, jobs.c.status, jobs.c.created_at, jobs.c.attempts)
-        )
-        return self._one(statement)
+        params = {**job.__dict__}
+        params.pop("published")
+        return self._run(lambda c: c.execute(START, params).mappings().first())
 
     def succeed(
         self,
@@ -150,35 +174,16 @@ class JobStore:
 
         One statement: the job's UPDATE and its ``inference_logs`` row commit together.
         """
-        done = (
-            sa.update(jobs)
-            .where(jobs.c.job_id == job_id, jobs.c.status.not_in(FINAL_STATUSES))
-            .values(
-                status="succeeded",
-                finished_at=sa.func.now(),
-                result=result,
-                model_version=model_version,
-                cache_hit=cache_hit,
-                timings=timings,
-                error=None,
-            )
-            .returning(*jobs.c)
-            .cte("done")
-        )
-        logged = (
-            sa.insert(inference_logs)
-            .from_select(
-                ["job_id", "model_version_id", "inference_time_ms", "cache_hit"],
-                sa.select(
-                    done.c.job_id,
-                    sa.literal(model_version_id, sa.Integer),
-                    sa.literal(timings.get("inference_ms"), sa.Float),
-                    sa.literal(cache_hit, sa.Boolean),
-                ),
-            )
-            .cte("logged")
-        )
-        return self._one(sa.select(done).add_cte(logged))
+        params = {
+            "job_id": job_id,
+            "result": result,
+            "model_version": model_version,
+            "model_version_id": model_version_id,
+            "cache_hit": cache_hit,
+            "timings": timings,
+            "inference_ms": timings.get("inference_ms"),
+        }
+        return self._run(lambda c: c.execute(SUCCEED, params).mappings().first())
 
     def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
         """Record a job whose message was unusable, so its producer can read why.
