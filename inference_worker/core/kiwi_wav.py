@@ -1,0 +1,255 @@
+"""KiwiSDR IQ recordings with GPS time, as ``kiwirecorder.py -m iq --kiwi-wav`` writes them.
+
+RIFF/WAVE with a ``fmt `` chunk (PCM, 2 channels I and Q, 16-bit, nominally 12 000 Hz), then,
+repeated: a ``kiwi`` chunk of 10 bytes — ``u8`` GPS fix age (255: never had a fix, 254: no recent
+fix), ``u8`` padding, ``u32`` GPS seconds of the week, ``u32`` nanoseconds: the GPS time of the
+next block's first sample — and a ``data`` chunk of 512 I/Q pairs of little-endian int16.
+
+The reader takes what real files hold: a RIFF size that is wrong or zero (a recording cut short),
+a last block cut mid-way, chunks it does not know, a first block stamped 0 (no time yet). The true
+sample rate differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
+(:func:`timebase`), which also finds the consistent part of a file whose stamps jump. The writer
+makes test data.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+BLOCK_SAMPLES = 512
+NOMINAL_RATE_HZ = 12_000
+NEVER_HAD_FIX = 255
+NO_RECENT_FIX = 254
+GPS_WEEK_S = 604_800
+FULL_SCALE = 32_768.0
+_KIWI = struct.Struct("<BBII")
+_FILENAME = re.compile(r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)_(?P<station>[^_]+)_iq", re.I)
+
+
+class KiwiWavError(ValueError):
+    """The file is not a usable KiwiSDR IQ recording; the message says why."""
+
+
+@dataclass(frozen=True)
+class KiwiRecording:
+    """The samples of one recording and the GPS stamp of each block."""
+
+    iq: np.ndarray
+    """complex64 samples, full scale 1.0."""
+    header_rate_hz: int
+    """The rate the header claims; the true one comes from :func:`timebase`."""
+    block_start: np.ndarray
+    """Index in ``iq`` of each stamped block's first sample."""
+    gps_s: np.ndarray
+    """GPS seconds of the week of each block's first sample; NaN where the block has no time."""
+    fix_age: np.ndarray
+    """The ``last`` byte of each block: 255 never had a fix, 254 no recent fix."""
+
+
+@dataclass(frozen=True)
+class Timebase:
+    """Sample index -> GPS time over the consistent part of a recording."""
+
+    rate_hz: float
+    t0_s: float
+    """GPS seconds of the week of sample 0 (unwrapped: may pass one week)."""
+    first_sample: int
+    end_sample: int
+    """The samples ``[first_sample, end_sample)`` lie on this timebase."""
+    rejected_blocks: int
+    """Stamped blocks off the line (jumps, no time, no fix), left out."""
+    residual_s: float
+    """RMS distance of the kept stamps from the line."""
+
+    def time_of(self, sample: np.ndarray | float) -> np.ndarray | float:
+        return self.t0_s + np.asarray(sample) / self.rate_hz
+
+
+def read_kiwi_wav(data: bytes) -> KiwiRecording:
+    """Read a KiwiSDR IQ WAV file.
+
+    Raises:
+        KiwiWavError: not a RIFF/WAVE file, not 16-bit 2-channel PCM, or no GPS stamps at all.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise KiwiWavError("not a WAV file (no RIFF/WAVE header)")
+    position, rate = 12, None
+    blocks: list[bytes] = []
+    stamps: list[tuple[int, int, int]] = []
+    stamp_of_block: list[int] = []
+    pending: tuple[int, int, int] | None = None
+    while position + 8 <= len(data):  # the RIFF size is not trusted: real files lie
+        chunk_id, size = (
+            data[position : position + 4],
+            struct.unpack_from("<I", data, position + 4)[0],
+        )
+        body = data[position + 8 : position + 8 + size]
+        position += 8 + size + (size & 1)
+        if chunk_id == b"fmt ":
+            rate = _check_format(body)
+        elif chunk_id == b"kiwi" and len(body) >= _KIWI.size:
+            last, _, seconds, nanoseconds = _KIWI.unpack_from(body)
+            pending = (last, seconds, nanoseconds)
+        elif chunk_id == b"data":
+            whole = len(body) // 4 * 4  # a recording cut mid-block keeps its whole samples
+            if whole:
+                blocks.append(body[:whole])
+                stamps.append(pending if pending is not None else (NEVER_HAD_FIX, 0, 0))
+                stamp_of_block.append(pending is not None)
+            pending = None
+    if rate is None:
+        raise KiwiWavError("the WAV file has no fmt chunk")
+    if not blocks:
+        raise KiwiWavError("the WAV file holds no samples")
+    if not any(stamp_of_block):
+        raise KiwiWavError(
+            "the recording has no GPS timestamps: record it with kiwirecorder.py -m iq --kiwi-wav"
+        )
+    raw = np.frombuffer(b"".join(blocks), dtype="<i2").astype(np.float32) / FULL_SCALE
+    lengths = np.array([len(b) // 4 for b in blocks])
+    fix_age = np.array([s[0] for s in stamps], dtype=np.uint8)
+    seconds = np.array([s[1] for s in stamps], dtype=np.float64)
+    nanoseconds = np.array([s[2] for s in stamps], dtype=np.float64)
+    gps = seconds + nanoseconds * 1e-9
+    no_time = (seconds == 0) & (nanoseconds == 0) | (fix_age == NEVER_HAD_FIX)
+    gps[no_time | ~np.array(stamp_of_block)] = np.nan
+    return KiwiRecording(
+        iq=raw.view(np.complex64),
+        header_rate_hz=rate,
+        block_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        gps_s=gps,
+        fix_age=fix_age,
+    )
+
+
+def _check_format(body: bytes) -> int:
+    if len(body) < 16:
+        raise KiwiWavError("the fmt chunk is too short")
+    audio_format, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+    if audio_format != 1 or channels != 2 or bits != 16:
+        raise KiwiWavError(
+            f"not a KiwiSDR IQ recording: format {audio_format}, {channels} channel(s), {bits} "
+            "bits (expected PCM, 2 channels I/Q, 16 bits)"
+        )
+    return int(rate)
+
+
+def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
+    """The sample rate and GPS time of sample 0, fitted to the stamps that agree with each other.
+
+    Stamps of 0 or without a fix are left out, and so are blocks whose stamps jump away from the
+    rest: the longest run of blocks whose stamps step by their sample count at one rate (within
+    ``tolerance_s``) is kept, as its own recording would be, instead of dropping the receiver.
+
+    Raises:
+        KiwiWavError: fewer than two consistent stamped blocks.
+    """
+    gps = _unwrap_weeks(recording.gps_s)
+    start = recording.block_start.astype(np.float64)
+    usable = np.isfinite(gps) & (recording.fix_age != NO_RECENT_FIX)
+    index = np.flatnonzero(usable)
+    if len(index) < 2:
+        raise KiwiWavError("the recording has fewer than two blocks with a usable GPS time")
+    # Rate between neighbouring stamped blocks; the consistent run shares one rate and offset.
+    steps = np.diff(gps[index]) / np.diff(start[index])
+    rate = (
+        1.0 / float(np.median(steps[(steps > 0) & np.isfinite(steps)]))
+        if np.any(steps > 0)
+        else 0.0
+    )
+    if not 1_000.0 < rate < 1_000_000.0:
+        raise KiwiWavError("the GPS stamps do not advance with the samples")
+    offsets = gps[index] - start[index] / rate  # t0 implied by each stamp
+    reference = float(np.median(offsets))
+    keep = index[np.abs(offsets - reference) < max(tolerance_s, 50.0 / rate)]
+    keep = _longest_run(keep, index)
+    if len(keep) < 2:
+        raise KiwiWavError("the recording has fewer than two consistent GPS stamps")
+    slope, intercept = np.polyfit(start[keep], gps[keep], 1)
+    residual = gps[keep] - (intercept + slope * start[keep])
+    last = int(keep[-1])
+    end = int(recording.block_start[last + 1]) if last + 1 < len(start) else len(recording.iq)
+    return Timebase(
+        rate_hz=float(1.0 / slope),
+        t0_s=float(intercept),
+        first_sample=int(recording.block_start[keep[0]]),
+        end_sample=end,
+        rejected_blocks=int(np.count_nonzero(usable) - len(keep) + np.count_nonzero(~usable)),
+        residual_s=float(np.sqrt(np.mean(residual**2))),
+    )
+
+
+def _unwrap_weeks(gps: np.ndarray) -> np.ndarray:
+    """Seconds of the week continued past a week boundary (a recording across Sunday 00:00)."""
+    out = gps.copy()
+    finite = np.isfinite(out)
+    jumps = np.zeros(len(out))
+    jumps[finite] = np.concatenate([[0.0], np.diff(out[finite])])
+    out[finite] += GPS_WEEK_S * np.cumsum(jumps[finite] < -GPS_WEEK_S / 2)
+    return out
+
+
+def _longest_run(keep: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The longest stretch of ``keep`` with no usable block left out in between."""
+    kept = np.isin(index, keep)
+    best, run = (0, 0), None
+    for position, good in enumerate(kept):
+        if good and run is None:
+            run = position
+        if (not good or position == len(kept) - 1) and run is not None:
+            stop = position + 1 if good else position
+            if stop - run > best[1] - best[0]:
+                best = (run, stop)
+            run = None
+    return index[best[0] : best[1]]
+
+
+def write_kiwi_wav(
+    iq: np.ndarray,
+    gps_s: np.ndarray,
+    *,
+    header_rate_hz: int = NOMINAL_RATE_HZ,
+    fix_age: np.ndarray | None = None,
+) -> bytes:
+    """A KiwiSDR IQ WAV file of ``iq`` (complex, full scale 1.0) in blocks of 512 samples, block
+    ``k`` stamped ``gps_s[k]`` (GPS seconds of the week; NaN writes a 0 stamp)."""
+    samples = np.clip(np.round(np.stack([iq.real, iq.imag], axis=-1) * FULL_SCALE), -32768, 32767)
+    pcm = samples.astype("<i2").tobytes()
+    blocks = -(-len(iq) // BLOCK_SAMPLES)
+    if len(gps_s) < blocks:
+        raise ValueError(f"{blocks} blocks need {blocks} stamps; got {len(gps_s)}")
+    ages = np.zeros(blocks, np.uint8) if fix_age is None else np.asarray(fix_age, np.uint8)
+    body = bytearray(b"WAVE")
+    body += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 2, header_rate_hz, header_rate_hz * 4, 4, 16)
+    for k in range(blocks):
+        stamp = gps_s[k]
+        seconds, nanoseconds = (
+            (0, 0) if not np.isfinite(stamp) else divmod(round(stamp * 1e9), 10**9)
+        )
+        body += b"kiwi" + struct.pack("<I", _KIWI.size)
+        body += _KIWI.pack(int(ages[k]), 0, int(seconds) % GPS_WEEK_S, int(nanoseconds))
+        chunk = pcm[k * BLOCK_SAMPLES * 4 : (k + 1) * BLOCK_SAMPLES * 4]
+        body += b"data" + struct.pack("<I", len(chunk)) + chunk
+    return b"RIFF" + struct.pack("<I", len(body)) + bytes(body)
+
+
+@dataclass(frozen=True)
+class KiwiFileName:
+    start: datetime
+    frequency_hz: int
+    station: str
+
+
+def parse_file_name(name: str) -> KiwiFileName | None:
+    """What a kiwirecorder file name says (``20200813T065220Z_77500_HB9ODP_iq.wav``), if it
+    has that form."""
+    found = _FILENAME.search(name)
+    if found is None:
+        return None
+    start = datetime.strptime(found["start"].upper(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return KiwiFileName(start, int(found["frequency"]), found["station"])

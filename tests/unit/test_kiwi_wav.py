@@ -1,0 +1,149 @@
+"""KiwiSDR IQ WAV files: what the writer writes the reader reads, and the reader copes with what
+real recordings contain (a first block stamped 0, stamps that jump, a wrong RIFF size, a file cut
+mid-block, a receiver whose rate is not the header's)."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from inference_worker.core.kiwi_wav import (
+    BLOCK_SAMPLES,
+    GPS_WEEK_S,
+    NEVER_HAD_FIX,
+    KiwiWavError,
+    parse_file_name,
+    read_kiwi_wav,
+    timebase,
+    write_kiwi_wav,
+)
+
+TRUE_RATE_HZ = 12_001.17
+T0_S = 345_600.25  # GPS seconds of the week of the first sample
+
+
+def recording(blocks: int = 60, seed: int = 0, jitter_s: float = 1e-6):
+    """A noisy tone and its block stamps from a receiver clocked at TRUE_RATE_HZ."""
+    rng = np.random.default_rng(seed)
+    n = blocks * BLOCK_SAMPLES
+    t = np.arange(n) / TRUE_RATE_HZ
+    iq = 0.3 * np.exp(2j * np.pi * 1_000.0 * t) + 0.01 * (
+        rng.normal(size=n) + 1j * rng.normal(size=n)
+    )
+    starts = np.arange(blocks) * BLOCK_SAMPLES
+    stamps = T0_S + starts / TRUE_RATE_HZ + rng.normal(0.0, jitter_s, blocks)
+    return iq.astype(np.complex64), stamps
+
+
+def test_what_the_writer_writes_the_reader_reads():
+    iq, stamps = recording()
+    read = read_kiwi_wav(write_kiwi_wav(iq, stamps))
+    assert read.header_rate_hz == 12_000
+    assert np.abs(read.iq - iq).max() < 2 / 32_768  # 16-bit quantization
+    assert np.allclose(read.gps_s, stamps, atol=1e-9)
+    assert list(read.block_start[:3]) == [0, BLOCK_SAMPLES, 2 * BLOCK_SAMPLES]
+
+
+def test_the_rate_comes_from_the_stamps_not_the_header():
+    iq, stamps = recording()
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.01)
+    assert base.t0_s == pytest.approx(T0_S, abs=2e-6)
+    assert base.residual_s < 3e-6
+
+
+def test_a_first_block_stamped_zero_is_left_out():
+    iq, stamps = recording()
+    stamps[0] = 0.0
+    read = read_kiwi_wav(write_kiwi_wav(iq, stamps))
+    assert np.isnan(read.gps_s[0])
+    base = timebase(read)
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.01)
+    assert base.first_sample == BLOCK_SAMPLES
+
+
+def test_stamps_that_jump_keep_the_consistent_part_of_the_file():
+    iq, stamps = recording(blocks=80)
+    stamps[50:] += 0.37  # the receiver's time jumps two thirds of the way through
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.end_sample == 50 * BLOCK_SAMPLES
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.02)
+    assert base.rejected_blocks == 30
+
+
+def test_a_single_wild_stamp_is_left_out():
+    iq, stamps = recording(blocks=60)
+    stamps[20] += 12.0
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.02)
+    assert base.end_sample - base.first_sample >= 39 * BLOCK_SAMPLES
+
+
+def test_a_recording_across_the_gps_week_boundary_stays_continuous():
+    iq, _ = recording(blocks=40)
+    stamps = GPS_WEEK_S - 0.5 + np.arange(40) * BLOCK_SAMPLES / TRUE_RATE_HZ
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.01)
+
+
+def test_a_wrong_riff_size_and_a_file_cut_mid_block_are_read_anyway():
+    iq, stamps = recording(blocks=10)
+    data = bytearray(write_kiwi_wav(iq, stamps))
+    data[4:8] = struct.pack("<I", 0)  # a recorder killed before it wrote the size
+    cut = bytes(data[: len(data) - 1000])  # and the last block half written
+    read = read_kiwi_wav(cut)
+    assert 9 * BLOCK_SAMPLES < len(read.iq) < 10 * BLOCK_SAMPLES
+    assert timebase(read).rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.05)
+
+
+def test_unknown_chunks_are_skipped():
+    iq, stamps = recording(blocks=4)
+    data = write_kiwi_wav(iq, stamps)
+    extra = b"LIST" + struct.pack("<I", 5) + b"hello" + b"\0"
+    spliced = data[:36] + extra + data[36:]
+    assert len(read_kiwi_wav(spliced).iq) == 4 * BLOCK_SAMPLES
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"not a wav file at all", "not a WAV file"),
+        (b"RIFF\0\0\0\0WAVE", "no fmt chunk"),
+    ],
+)
+def test_what_is_not_a_recording_says_so(data, fragment):
+    with pytest.raises(KiwiWavError, match=fragment):
+        read_kiwi_wav(data)
+
+
+def test_a_plain_wav_without_gps_stamps_is_refused():
+    iq, stamps = recording(blocks=3)
+    plain = write_kiwi_wav(iq, stamps).replace(b"kiwi", b"junk")
+    with pytest.raises(KiwiWavError, match="--kiwi-wav"):
+        read_kiwi_wav(plain)
+
+
+def test_a_mono_or_8_bit_file_is_refused():
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 12_000, 24_000, 2, 16)
+    with pytest.raises(KiwiWavError, match="2 channels"):
+        read_kiwi_wav(b"RIFF" + struct.pack("<I", 28) + b"WAVE" + fmt)
+
+
+def test_a_receiver_that_never_had_a_fix_has_no_usable_time():
+    iq, stamps = recording(blocks=6)
+    ages = np.full(6, NEVER_HAD_FIX)
+    read = read_kiwi_wav(write_kiwi_wav(iq, stamps, fix_age=ages))
+    assert np.isnan(read.gps_s).all()
+    with pytest.raises(KiwiWavError, match="GPS time"):
+        timebase(read)
+
+
+def test_the_file_name_gives_start_frequency_and_station():
+    found = parse_file_name("/data/20200813T065220Z_77500_HB9ODP_iq.wav")
+    assert found is not None
+    assert found.start == datetime(2020, 8, 13, 6, 52, 20, tzinfo=UTC)
+    assert found.frequency_hz == 77_500 and found.station == "HB9ODP"
+    assert parse_file_name("capture.wav") is None
