@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import Estimate, metres_per_degree
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording, Timebase
 
@@ -37,13 +38,6 @@ interpolation onto GPS time): added to every receiver's time-base uncertainty.""
 
 class TdoaError(ValueError):
     """The recordings cannot be located together; the message says why."""
-
-
-@dataclass(frozen=True)
-class Station:
-    id: str
-    lat: float
-    lon: float
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,7 @@ def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) 
 def pair_delays(
     recordings: Sequence[KiwiRecording],
     timebases: Sequence[Timebase],
-    stations: Sequence[Station],
+    stations: Sequence[Receiver],
     *,
     window_s: float = 0.5,
     rate_hz: float = 12_000.0,
@@ -178,7 +172,7 @@ class Likelihood:
 
 
 def _log_likelihood(
-    stations: Sequence[Station], delays: Sequence[PairDelay], lats: np.ndarray, lons: np.ndarray
+    stations: Sequence[Receiver], delays: Sequence[PairDelay], lats: np.ndarray, lons: np.ndarray
 ) -> np.ndarray:
     grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
     travel = [
@@ -191,7 +185,7 @@ def _log_likelihood(
 
 
 def locate(
-    stations: Sequence[Station],
+    stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
     *,
     margin_m: float = 300_000.0,

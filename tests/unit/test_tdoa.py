@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.tdoa import (
     SPEED_OF_LIGHT_M_S,
-    Station,
     TdoaError,
     great_circle_m,
     locate,
@@ -18,14 +18,14 @@ from inference_worker.core.tdoa import (
 )
 
 STATIONS = (
-    Station("north", 47.4, 8.5),  # about 300-700 km apart
-    Station("west", 45.2, 5.7),
-    Station("east", 45.4, 11.0),
+    Receiver("north", 47.4, 8.5),  # about 300-700 km apart
+    Receiver("west", 45.2, 5.7),
+    Receiver("east", 45.4, 11.0),
 )
 EMITTER = (46.1, 8.2)
 
 
-def record(station: Station, seed: int, *, start_s: float, rate_hz: float, seconds: float):
+def record(station: Receiver, seed: int, *, start_s: float, rate_hz: float, seconds: float):
     """What a receiver clocked at ``rate_hz`` records from GPS time ``start_s``: a noise-like
     signal 2.5 kHz wide arriving after the great-circle delay, plus receiver noise, with 1 µs
     jitter on its block stamps."""
