@@ -1,4 +1,5 @@
-"""A small HTTP client of the shim (standard library only), used by the demo and the tools."""
+"""A small HTTP client of the shim (standard library and urllib3), used by the demo, the CLI and
+the tools."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import urllib.request
 from typing import Any
 
 import numpy as np
+from urllib3 import encode_multipart_formdata
 
 from tasks.contract import wait_until_final
 
@@ -91,6 +93,42 @@ class ShimClient:
         body = json.dumps(document).encode()
         return self._accepted(*self._request("POST", "/predict", body, "application/json"))
 
+    def submit_tdoa(
+        self,
+        files: list[tuple[str, bytes]],
+        *,
+        receivers: list[dict[str, Any]],
+        frequency_mhz: float,
+        job_id: str | None = None,
+        capture_time: str | None = None,
+    ) -> dict[str, Any]:
+        """POST KiwiSDR IQ WAV files ``(file name, bytes)``, one per receiver in the order of
+        ``receivers`` (``{"id", "lat", "lon"}``), as ``multipart/form-data``; returns the 202
+        body. The job locates by time differences of arrival."""
+        fields: list[tuple[str, Any]] = [
+            ("receivers", json.dumps(receivers)),
+            ("frequency_mhz", repr(float(frequency_mhz))),
+        ]
+        if job_id:
+            fields.append(("job_id", job_id))
+        if capture_time:
+            fields.append(("capture_time", capture_time))
+        fields += [("capture", (name, data, "audio/wav")) for name, data in files]
+        body, content_type = encode_multipart_formdata(fields)
+        return self._accepted(*self._request("POST", "/predict", body, content_type))
+
+    def job_map(self, job_id: str) -> bytes:
+        """The PNG of a TDoA job's likelihood (``GET /jobs/<id>/map.png``)."""
+        url = f"{self.base_url}/jobs/{urllib.parse.quote(job_id, safe='')}/map.png"
+        request = urllib.request.Request(url)
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            raise ShimError(exc.code, exc.read().decode(errors="replace")) from None
+
     @staticmethod
     def json_document(
         iq: np.ndarray,
@@ -116,12 +154,16 @@ class ShimClient:
             raise ShimError(status, body)
         return dict(body)
 
-    def job(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+    def job(self, job_id: str, wait_s: float = 0.0, include: str | None = None) -> dict[str, Any]:
         """The job as ``GET /jobs/<id>`` shows it; with ``wait_s``, once it is final or after that
-        many seconds (the shim holds the request: no polling)."""
+        many seconds (the shim holds the request: no polling); ``include="geojson"`` adds the
+        result as GeoJSON."""
         path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
-        if wait_s > 0:
-            path += f"?wait={wait_s:g}"
+        query = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
+        if include:
+            query["include"] = include
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
         status, body = self._request("GET", path)
         if status != 200:
             raise ShimError(status, body)

@@ -27,6 +27,7 @@ from inference_worker.storage.views import job_view
 def create_blueprint() -> Audience:
     blueprint = Audience("read", __name__, access="client")
     blueprint.add_url_rule("/jobs/<job_id>", view_func=get_job)
+    blueprint.add_url_rule("/jobs/<job_id>/map.png", view_func=get_map)
     blueprint.add_url_rule("/batches/<batch_id>", view_func=get_batch)
     blueprint.add_url_rule("/uncertainty-ellipse", view_func=uncertainty_ellipse)
     blueprint.add_url_rule("/model/info", view_func=model_info)
@@ -58,8 +59,40 @@ def lookup_job(job_id: str) -> dict[str, Any]:
 
 
 def geojson(result: dict[str, Any]) -> dict[str, Any]:
+    """The result as a GeoJSON FeatureCollection: estimate, ellipses and receivers, and for a
+    TDoA result its alternatives and the likelihood's contours."""
+    if result.get("method") == "tdoa":
+        stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
+        collection = feature_collection(result, stations)
+        for other in result.get("alternatives", []):
+            alternative = feature_collection(other)["features"]
+            for feature in alternative:
+                feature["properties"] = {
+                    **feature["properties"],
+                    "alternative": True,
+                    "weight": other["weight"],
+                }
+            collection["features"] += alternative
+        collection["features"] += result.get("likelihood_contours", [])
+        return collection
     receivers = services().model.receivers
     return feature_collection(result, [(r.id, r.lat, r.lon) for r in receivers])
+
+
+def get_map(job_id: str) -> Response:
+    """``GET /jobs/<id>/map.png``: the likelihood around a TDoA job's estimate."""
+    view = lookup_job(job_id)
+    if view["status"] != "succeeded" or (view["result"] or {}).get("method") != "tdoa":
+        raise ApiError(
+            404, "no_map", f"job {job_id!r} has no likelihood map (succeeded TDoA jobs have one)"
+        )
+    try:
+        picture = services().store.get_map(job_id)
+    except TRANSIENT_ERRORS:
+        raise unavailable("Redis") from None
+    if picture is None:
+        raise ApiError(404, "no_map", f"the map of job {job_id!r} has expired")
+    return Response(picture, mimetype="image/png")
 
 
 def wait_seconds() -> float:

@@ -68,6 +68,36 @@ def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> 
         raise ApiError(503, "service_unavailable", str(exc)) from None
 
 
+def submit_tdoa() -> Accepted:
+    """A TDoA submission: ``multipart/form-data`` with one ``capture`` file part per receiver
+    (KiwiSDR IQ WAV) and the fields ``receivers`` (JSON list of {id, lat, lon}, in the order of
+    the files), ``frequency_mhz`` and optional ``job_id`` and ``capture_time``."""
+    uploads = request.files.getlist("capture")
+    if not uploads:
+        raise ApiError(
+            422,
+            "invalid_capture",
+            "send one file part named 'capture' per receiver (KiwiSDR IQ WAV files)",
+        )
+    try:
+        files = [upload.read() for upload in uploads]
+    finally:  # large parts are spooled to temporary files: give them back now
+        for upload in uploads:
+            upload.close()
+    names = [upload.filename or "" for upload in uploads]
+    intake = services().intake
+    try:
+        capture = intake.check_tdoa(files, names, request.form.to_dict())
+    except CaptureError as exc:
+        raise ApiError(422, "invalid_capture", str(exc)) from None
+    try:
+        return intake.accept(capture, tenant=current_tenant())
+    except JobConflict as exc:
+        raise ApiError(409, "job_id_conflict", str(exc)) from None
+    except ServiceUnavailable as exc:
+        raise ApiError(503, "service_unavailable", str(exc)) from None
+
+
 def json_capture_iq(document: object) -> Any:
     if not isinstance(document, dict):
         raise ApiError(422, "invalid_capture", "a capture must be a JSON object")
@@ -95,11 +125,14 @@ def predict() -> tuple[Response, int]:
         accepted = submit_one(json_capture_iq(body), body)
     elif content_type in NPY_TYPES:
         accepted = submit_one(npy_body(), request.args.to_dict())
+    elif content_type == "multipart/form-data":
+        accepted = submit_tdoa()
     else:
         raise ApiError(
             415,
             "unsupported_media_type",
-            "send application/json, or application/x-npy with metadata in the query string",
+            "send application/json, application/x-npy with metadata in the query string, or "
+            "multipart/form-data with KiwiSDR IQ WAV files (time differences of arrival)",
         )
     status_url = url_for("read.get_job", job_id=accepted.job_id)
     response = jsonify(accepted.describe(status_url))

@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     max_batch_captures: int = Field(
         32, ge=1, description="Most captures in one POST /predict-batch (HTTP 413 above)."
     )
+    tdoa_max_receivers: int = Field(
+        12, ge=3, le=64, description="Most receivers (WAV files) in one TDoA submission."
+    )
+    tdoa_min_overlap_s: float = Field(
+        2.0, gt=0, description="Shortest GPS time span all of a TDoA submission's files share."
+    )
     min_sample_rate_hz: float = Field(1_000.0, gt=0, description="Lowest accepted sample rate.")
     max_sample_rate_hz: float = Field(
         10_000_000.0, gt=0, description="Highest accepted sample rate."

@@ -173,7 +173,7 @@ def publisher(
     def publish(message: LocateMessage) -> None:
         app.send_task(
             TASK_NAME,
-            args=[message.model_dump(mode="json")],
+            args=[message.to_json()],
             task_id=message.job_id,
             queue=queue,
             confirm_timeout=confirm_timeout_s,

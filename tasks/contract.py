@@ -6,10 +6,10 @@ import hashlib
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference_worker.storage.statuses import FINAL_STATUSES
 
@@ -17,12 +17,25 @@ TASK_NAME = "heimdall.locate"
 MESSAGE_VERSION = 1
 
 
+class Station(BaseModel):
+    """Where a receiver of a TDoA capture stands."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    height_m: float | None = None
+
+
 class LocateMessage(BaseModel):
     """Body of a ``heimdall.locate`` task, passed as its single positional argument.
 
-    The IQ samples are not in the message: they are stored in Redis under ``blob_key`` as
+    The capture is not in the message: it is stored in Redis under ``blob_key`` and
+    ``iq_sha256`` is the sha256 of what is stored. For ``method="model"`` that is the
     little-endian complex64 bytes of a C-order ``(3, n_samples)`` array, rows in the order of
-    ``receivers``, and ``iq_sha256`` is their sha256.
+    ``receivers``; for ``method="tdoa"`` it is one KiwiSDR IQ WAV file per receiver, one after
+    another, of the byte lengths in ``parts``, in the order of ``stations``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,7 +46,7 @@ class LocateMessage(BaseModel):
     n_samples: int = Field(gt=0)
     sample_rate_hz: float = Field(gt=0)
     frequency_mhz: float = Field(gt=0)
-    receivers: tuple[str, str, str]
+    receivers: tuple[str, ...] = Field(min_length=3)
     capture_time: datetime
     iq_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     submitted_at: datetime | None = None
@@ -43,6 +56,36 @@ class LocateMessage(BaseModel):
     """A registry version number or alias to use instead of the champion/challenger split."""
     tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     """The tenant the job belongs to (only API keys of that tenant read it)."""
+    method: Literal["model", "tdoa"] = "model"
+    """``model``: the served ONNX model on received power; ``tdoa``: time differences of
+    arrival from GPS-stamped recordings."""
+    stations: tuple[Station, ...] | None = None
+    """The receivers' positions (``tdoa`` only), in the order of ``receivers``."""
+    parts: tuple[int, ...] | None = None
+    """Byte length of each receiver's file in the stored blob (``tdoa`` only)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as sent: a model capture's is what releases before TDoA sent, so that
+        workers of either release read it."""
+        tdoa_only = {"method", "stations", "parts"} if self.method == "model" else set()
+        return self.model_dump(mode="json", exclude=tdoa_only)
+
+    @model_validator(mode="after")
+    def _fits_its_method(self) -> LocateMessage:
+        if self.method == "model":
+            if len(self.receivers) != 3:
+                raise ValueError("a model capture names exactly 3 receivers")
+            if self.stations is not None or self.parts is not None:
+                raise ValueError("stations and parts belong to tdoa captures")
+            return self
+        count = len(self.receivers)
+        if self.stations is None or self.parts is None:
+            raise ValueError("a tdoa capture needs stations and parts")
+        if [s.id for s in self.stations] != list(self.receivers) or len(self.parts) != count:
+            raise ValueError("stations and parts must follow receivers, one each")
+        if self.model is not None:
+            raise ValueError("a tdoa capture uses no model")
+        return self
 
 
 def capture_fingerprint(message: LocateMessage) -> str:

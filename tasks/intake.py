@@ -12,11 +12,12 @@ first sees the message.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,23 +28,24 @@ import numpy as np
 from sqlalchemy.engine import RowMapping
 
 from inference_worker.core.capture import (
+    IQ_DTYPE,
     CaptureError,
     CaptureLimits,
     CaptureMeta,
-    iq_digest,
     parse_job_id,
     parse_meta,
     validate_iq,
 )
 from inference_worker.core.contract import ModelSummary
 from inference_worker.core.features import min_samples_at
+from inference_worker.core.tdoa_capture import TdoaCapture, TdoaLimits, check_tdoa
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
-from tasks.contract import LocateMessage, capture_fingerprint, challenger_share
+from tasks.contract import LocateMessage, Station, capture_fingerprint, challenger_share
 from tasks.outbox import record_job, stored_message
 from tasks.served import ServedModelCache
 
@@ -108,6 +110,22 @@ class Capture:
     job_id: str | None
     model: str | None
 
+    def payload(self) -> bytes:
+        """What is stored for the worker (its sha256 is the capture's digest)."""
+        return np.ascontiguousarray(self.iq, dtype=IQ_DTYPE).tobytes()
+
+
+@dataclass(frozen=True)
+class TdoaJob:
+    """A TDoA submission that passed every check, and the job id the client asked for."""
+
+    capture: TdoaCapture
+    job_id: str | None
+    model: None = None
+
+    def payload(self) -> bytes:
+        return self.capture.payload()
+
 
 def capture_limits(settings: Settings, model: ModelSummary | None) -> CaptureLimits:
     """The bounds a capture must respect: the settings', tightened by the served model's."""
@@ -129,7 +147,7 @@ def parse_model_request(value: object) -> str | None:
 
 
 def build_message(
-    capture: Capture,
+    capture: Capture | TdoaJob,
     *,
     job_id: str,
     digest: str,
@@ -138,20 +156,39 @@ def build_message(
     tenant: str | None,
 ) -> LocateMessage:
     """The task message of an accepted capture: the one description its job row is built from."""
+    common = {
+        "job_id": job_id,
+        "blob_key": blob_key,
+        "iq_sha256": digest,
+        "submitted_at": datetime.now(UTC),
+        "batch_id": batch_id,
+        "tenant": tenant,
+    }
+    if isinstance(capture, TdoaJob):
+        tdoa = capture.capture
+        return LocateMessage(
+            **common,
+            n_samples=tdoa.n_samples,
+            sample_rate_hz=tdoa.sample_rate_hz,
+            frequency_mhz=tdoa.frequency_mhz,
+            receivers=tuple(s.id for s in tdoa.stations),
+            capture_time=tdoa.capture_time,
+            method="tdoa",
+            stations=tuple(
+                Station(id=s.id, lat=s.lat, lon=s.lon, height_m=h)
+                for s, h in zip(tdoa.stations, tdoa.heights_m, strict=True)
+            ),
+            parts=tdoa.parts(),
+        )
     meta = capture.meta
     return LocateMessage(
-        job_id=job_id,
-        blob_key=blob_key,
+        **common,
         n_samples=int(capture.iq.shape[1]),
         sample_rate_hz=meta.sample_rate_hz,
         frequency_mhz=meta.frequency_mhz,
         receivers=meta.receivers,  # three, checked by parse_meta
         capture_time=meta.capture_time,
-        iq_sha256=digest,
-        submitted_at=datetime.now(UTC),
-        batch_id=batch_id,
         model=capture.model,
-        tenant=tenant,
     )
 
 
@@ -206,8 +243,23 @@ class Intake:
             self.resolve_model(requested)
         return Capture(iq=iq, meta=meta, job_id=job_id, model=requested)
 
+    def check_tdoa(
+        self, files: Sequence[bytes], names: Sequence[str], fields: Mapping[str, Any]
+    ) -> TdoaJob:
+        """Check a TDoA submission: one KiwiSDR IQ WAV file per receiver and their positions.
+
+        Raises:
+            CaptureError: what is wrong, naming the receiver.
+        """
+        job_id = parse_job_id(fields.get("job_id"))
+        limits = TdoaLimits(
+            max_receivers=self.settings.tdoa_max_receivers,
+            min_overlap_s=self.settings.tdoa_min_overlap_s,
+        )
+        return TdoaJob(check_tdoa(files, names, fields, limits), job_id)
+
     def accept(
-        self, capture: Capture, *, batch_id: str | None = None, tenant: str | None = None
+        self, capture: Capture | TdoaJob, *, batch_id: str | None = None, tenant: str | None = None
     ) -> Accepted:
         """Accept a checked capture. Once this returns, the job is queued and will finish.
 
@@ -221,10 +273,11 @@ class Intake:
         """
         job_id = capture.job_id or str(uuid.uuid4())
         blob_key = self.store.blob_key(job_id)
+        payload = capture.payload()
         message = build_message(
             capture,
             job_id=job_id,
-            digest=iq_digest(capture.iq),
+            digest=hashlib.sha256(payload).hexdigest(),
             blob_key=blob_key,
             batch_id=batch_id,
             tenant=tenant,
@@ -243,7 +296,7 @@ class Intake:
                 # the job is harmless: the job store records one result.
                 message = stored_message(row) or message
         try:
-            self.store.put_blob(blob_key, capture.iq.tobytes(), self.settings.blob_ttl_s)
+            self.store.put_blob(blob_key, payload, self.settings.blob_ttl_s)
             self.publish(message)
         except UNAVAILABLE_ERRORS as exc:
             if created:
@@ -263,7 +316,13 @@ class Intake:
         """A capture the serving model has located already is answered now: its job is recorded
         as succeeded from the result cache, without a trip through the queue and a worker."""
         summary = self.served.current()
-        if self.jobs is None or summary is None or message.model or self.settings.cache_ttl_s <= 0:
+        if (
+            self.jobs is None
+            or summary is None
+            or message.model
+            or message.method != "model"
+            or self.settings.cache_ttl_s <= 0
+        ):
             return None
         started = time.perf_counter()
         key = self.store.cache_key(summary.version, capture_fingerprint(message))

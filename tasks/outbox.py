@@ -39,7 +39,7 @@ def new_job(message: LocateMessage, *, published: bool = True) -> NewJob:
         created_at=message.submitted_at,
         batch_id=message.batch_id,
         tenant=message.tenant,
-        message=message.model_dump(mode="json"),
+        message=message.to_json(),
         published=published,
     )
 

@@ -56,29 +56,34 @@ def _started(args: list[str], name: str) -> Iterator[subprocess.Popen]:
         _say(f"stopping {name}")
 
 
-def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) -> int:
+def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
+    """A client of the shim, starting the shim and a worker (stopped when ``stack`` closes)
+    when none run."""
     bootstrap.require_services(settings)
     bootstrap.migrate_database(settings)
     client = ShimClient(f"http://{settings.api_host}:{settings.api_port}", timeout_s=10)
+    health = _health(client)
+    if health is None:
+        api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
+        wait_until("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
+    else:
+        _say(f"using the HTTP shim already running at {client.base_url}")
 
+    def worker_ready() -> bool:
+        body = _health(client)
+        return bool(body and body["checks"]["model"]["ok"])
+
+    if not worker_ready():
+        worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))
+        wait_until("the worker", worker_ready, 60, worker)
+    else:
+        _say("using the worker(s) already serving the queue")
+    return client
+
+
+def run_demo(settings: Settings, *, captures: int = 6, seed: int | None = None) -> int:
     with ExitStack() as stack:
-        health = _health(client)
-        api_process = None
-        if health is None:
-            api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
-            wait_until("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
-        else:
-            _say(f"using the HTTP shim already running at {client.base_url}")
-
-        def worker_ready() -> bool:
-            body = _health(client)
-            return bool(body and body["checks"]["model"]["ok"])
-
-        if not worker_ready():
-            worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))
-            wait_until("the worker", worker_ready, 60, worker)
-        else:
-            _say("using the worker(s) already serving the queue")
+        client = running_service(settings, stack)
         return _locate_captures(client, captures, seed, settings.model_dir)
 
 

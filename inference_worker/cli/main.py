@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from inference_worker.cli import bootstrap, upkeep
+from inference_worker.cli import bootstrap, tdoa, upkeep
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     upkeep.add_parser(sub)
+    tdoa.add_parser(sub)
 
     status = sub.add_parser("status", help="show a job's status and result")
     status.add_argument("job_id")

@@ -22,15 +22,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.ndimage
+import scipy.optimize
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import Estimate, metres_per_degree
-from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording, Timebase
+from inference_worker.core.ellipse import (
+    Estimate,
+    contains,
+    describe,
+    distance_m,
+    metres_per_degree,
+)
+from inference_worker.core.kiwi_wav import (
+    BLOCK_SAMPLES,
+    KiwiRecording,
+    KiwiWavError,
+    Timebase,
+    read_kiwi_wav,
+    timebase,
+)
+from inference_worker.core.likelihood_map import contour_features
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
 EARTH_RADIUS_M = 6_371_008.8
 UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
+_MARGIN = 256
+"""Samples on each side of a window that are shifted with it and then dropped."""
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
@@ -66,18 +84,30 @@ def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: i
     position = (centre_s - base.t0_s) * base.rate_hz - length / 2
     first = int(math.floor(position))
     fraction = position - first
-    samples = recording.iq[first : first + length].astype(np.complex128)
-    if len(samples) < length:
+    # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
+    # middle, or the ringing, at the same place in both windows of a pair, pulls their
+    # correlation's peak towards the lag the windows were cut at.
+    samples = recording.iq[first - _MARGIN : first + length + _MARGIN].astype(np.complex128)
+    if first < _MARGIN or len(samples) < length + 2 * _MARGIN:
         raise TdoaError("a window reaches past the end of a recording")
     spectrum = np.fft.fft(samples)
-    frequencies = np.fft.fftfreq(length)
-    return np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
+    frequencies = np.fft.fftfreq(len(samples))
+    shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
+    return shifted[_MARGIN : _MARGIN + length]
 
 
 def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) -> float:
-    """Delay of ``x`` behind ``y`` (seconds) at the peak of their cross-correlation."""
-    n = len(x)
-    cross = np.fft.fft(x) * np.conj(np.fft.fft(y))
+    """Delay of ``x`` behind ``y`` (seconds) at the peak of their cross-correlation.
+
+    ``y`` is longer than ``x`` by the same number of samples on each side (at least the
+    largest lag searched), so at every lag searched each sample of ``x`` meets a sample of
+    ``y``. Correlating two windows of one length would not: the part they share shrinks with
+    the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag.
+    """
+    n, margin = len(y), (len(y) - len(x)) // 2
+    padded_x = np.zeros(n, dtype=complex)
+    padded_x[margin : margin + len(x)] = x
+    cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y))
     padded = np.zeros(n * UPSAMPLE, dtype=complex)
     half = n // 2
     padded[:half] = cross[:half]
@@ -85,7 +115,7 @@ def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) 
     correlation = np.abs(np.fft.ifft(padded))
     step = 1.0 / (rate_hz * UPSAMPLE)
     lags = np.fft.fftfreq(n * UPSAMPLE, d=1.0 / (n * UPSAMPLE)) * step
-    allowed = np.abs(lags) <= max_lag_s
+    allowed = np.abs(lags) <= min(max_lag_s, margin / rate_hz)
     index = int(np.argmax(np.where(allowed, correlation, -1.0)))
     left, right = correlation[index - 1], correlation[(index + 1) % len(correlation)]
     centre = correlation[index]
@@ -134,8 +164,17 @@ def pair_delays(
         )
         max_lag = baseline / SPEED_OF_LIGHT_M_S + 1e-3
         pair_rate = (timebases[a].rate_hz + timebases[b].rate_hz) / 2
+        margin = int(math.ceil(max_lag * pair_rate)) + 2
         per_window = np.array(
-            [_peak_delay(windows[a][k], windows[b][k], pair_rate, max_lag) for k in range(count)]
+            [
+                _peak_delay(
+                    windows[a][k],
+                    _window(recordings[b], timebases[b], centres[k], length + 2 * margin),
+                    pair_rate,
+                    max_lag,
+                )
+                for k in range(count)
+            ]
         )
         centre = float(np.median(per_window))
         spread = 1.4826 * float(np.median(np.abs(per_window - centre)))
@@ -169,57 +208,138 @@ class Likelihood:
     lons: np.ndarray
     log_likelihood: np.ndarray
     """``(len(lats), len(lons))``; 0 at the peak."""
+    chi2: float
+    """How badly the best position fits the delays (about the number of receivers minus 3 when
+    the delays and their uncertainties are right)."""
+    weight: float = 1.0
+    """The share of the likelihood's mass around the estimate (below 1 when there are
+    alternatives)."""
+    alternatives: tuple[tuple[Estimate, float], ...] = ()
+    """Other places that explain the delays too, each with its share of the likelihood's mass
+    (at least 1 %). Three receivers can be met by two positions; a fourth settles it. The union
+    of every place's 95 % ellipse holds the emitter 95 % of the time."""
 
 
-def _log_likelihood(
-    stations: Sequence[Receiver], delays: Sequence[PairDelay], lats: np.ndarray, lons: np.ndarray
+def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
+    """The inverse covariance (µs⁻²) of the pairs' delays, for ``r @ P @ r``.
+
+    Pairs share receivers, so their errors are not independent: with every pair measured, only
+    ``stations - 1`` of them carry information. Each pair's variance is split into the shares of
+    its two receivers (least squares), and the pairs' covariance is built from those shares; its
+    pseudo-inverse counts each receiver's error once.
+    """
+    design = np.zeros((len(delays), stations))
+    for k, pair in enumerate(delays):
+        design[k, pair.a], design[k, pair.b] = 1.0, -1.0
+    variance = np.array([(pair.sigma_s * 1e6) ** 2 for pair in delays])
+    shares, _ = scipy.optimize.nnls(np.abs(design), variance)
+    shares = np.maximum(shares, 0.05 * float(variance.min()))
+    covariance = design @ np.diag(shares) @ design.T
+    return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
+
+
+def log_likelihood_grid(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    lats: np.ndarray,
+    lons: np.ndarray,
+    precision: np.ndarray | None = None,
 ) -> np.ndarray:
+    """``-chi2/2`` of the delays at every point of a latitude × longitude grid."""
+    if precision is None:
+        precision = delay_precision(delays, len(stations))
     grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
     travel = [
         great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S for s in stations
     ]
-    chi2 = np.zeros_like(grid_lat)
-    for pair in delays:
-        chi2 += ((travel[pair.a] - travel[pair.b] - pair.delay_s) / pair.sigma_s) ** 2
-    return -0.5 * chi2
+    residual = np.stack([(travel[pair.a] - travel[pair.b] - pair.delay_s) * 1e6 for pair in delays])
+    return -0.5 * np.einsum("i...,ij,j...->...", residual, precision, residual)
 
 
 def locate(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
     *,
-    margin_m: float = 300_000.0,
+    margin_m: float = 600_000.0,
     coarse: int = 241,
     fine: int = 161,
+    candidates: int = 4,
 ) -> tuple[Estimate, Likelihood]:
     """The position that best explains the delays, with its covariance from the likelihood.
 
-    Searched over the stations' bounding box widened by ``margin_m``, then on a fine grid around
-    the coarse peak.
+    Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
+    coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
+    points and favour a broader wrong one), and the best refined peak is the estimate.
     """
+    precision = delay_precision(delays, len(stations))
     lat_values = [s.lat for s in stations]
     lon_values = [s.lon for s in stations]
-    centre_lat = float(np.mean(lat_values))
-    per_deg_lat, per_deg_lon = metres_per_degree(centre_lat)
+    per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
     lats = np.linspace(
         min(lat_values) - margin_m / per_deg_lat, max(lat_values) + margin_m / per_deg_lat, coarse
     )
     lons = np.linspace(
         min(lon_values) - margin_m / per_deg_lon, max(lon_values) + margin_m / per_deg_lon, coarse
     )
-    coarse_ll = _log_likelihood(stations, delays, lats, lons)
-    i, j = np.unravel_index(int(np.argmax(coarse_ll)), coarse_ll.shape)
-    centre = (float(lats[i]), float(lons[j]))
-    half = (3 * float(lats[1] - lats[0]), 3 * float(lons[1] - lons[0]))
-    # Zoom until the grid spans about six standard deviations of the likelihood each way, so
-    # its mean and covariance are those of the likelihood, not of the grid.
-    for _ in range(6):
+    coarse_ll = log_likelihood_grid(stations, delays, lats, lons, precision)
+    peaks = scipy.ndimage.maximum_filter(coarse_ll, size=5, mode="nearest") == coarse_ll
+    order = np.argsort(coarse_ll[peaks])[::-1][:candidates]
+    step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
+    refined = [
+        _refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+        for i, j in np.argwhere(peaks)[order]
+    ]
+    # Each peak's mass: its height times the area of its Gaussian.
+    masses = [
+        peak + math.log(e.sigma_east_m * e.sigma_north_m * math.sqrt(1 - e.rho**2))
+        for peak, e, _ in refined
+    ]
+    ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
+    best_peak, estimate, (grid_lats, grid_lons, grid_ll) = refined[ranked[0]]
+    top = max(masses)
+    weights = [math.exp(m - top) for m in masses]
+    kept = [ranked[0]]
+    for k in ranked[1:]:
+        other = refined[k][1]
+        if all(
+            distance_m(refined[c][1].lat, refined[c][1].lon, other.lat, other.lon)
+            > 3 * max(other.sigma_east_m, other.sigma_north_m, refined[c][1].sigma_east_m)
+            for c in kept
+        ):
+            kept.append(k)  # a distinct peak, not the same one found from two grid points
+    total = sum(weights[k] for k in kept)
+    alternatives = tuple(
+        (refined[k][1], weights[k] / total) for k in kept[1:] if weights[k] / total >= 0.01
+    )
+    return estimate, Likelihood(
+        grid_lats,
+        grid_lons,
+        grid_ll,
+        chi2=-2 * best_peak,
+        weight=weights[ranked[0]] / total,
+        alternatives=alternatives,
+    )
+
+
+def _refine(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    precision: np.ndarray,
+    centre: tuple[float, float],
+    step: tuple[float, float],
+    fine: int,
+) -> tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Zoom on one peak until the grid spans about six standard deviations of the likelihood
+    each way, so its mean and covariance are those of the likelihood, not of the grid.
+    Returns the peak's log-likelihood, the estimate, and the grid (peak at 0)."""
+    half = (3 * step[0], 3 * step[1])
+    for _ in range(8):
         fine_lats = np.linspace(centre[0] - half[0], centre[0] + half[0], fine)
         fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
-        fine_ll = _log_likelihood(stations, delays, fine_lats, fine_lons)
-        fine_ll -= fine_ll.max()
-        moments = _moments(fine_lats, fine_lons, fine_ll)
-        mean_lat, mean_lon, sd_lat, sd_lon = moments[:4]
+        fine_ll = log_likelihood_grid(stations, delays, fine_lats, fine_lons, precision)
+        peak = float(fine_ll.max())
+        fine_ll -= peak
+        mean_lat, mean_lon, sd_lat, sd_lon = _moments(fine_lats, fine_lons, fine_ll)[:4]
         wanted = (max(6 * sd_lat, 1e-5), max(6 * sd_lon, 1e-5))
         if all(0.5 < w / h < 1.5 for w, h in zip(wanted, half, strict=True)):
             break
@@ -233,7 +353,7 @@ def locate(
         sigma_north_m=sigma_n,
         rho=float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999)),
     )
-    return estimate, Likelihood(fine_lats, fine_lons, fine_ll)
+    return peak, estimate, (fine_lats, fine_lons, fine_ll)
 
 
 def _moments(
@@ -259,3 +379,84 @@ def _moments(
         var_lat * per_deg_lat**2,
         cov,
     )
+
+
+@dataclass(frozen=True)
+class Solution:
+    estimate: Estimate
+    likelihood: Likelihood
+    pairs: list[PairDelay]
+    timebases: list[Timebase]
+    overlap_s: float
+
+    def holds(self, lat: float, lon: float, confidence: float) -> bool:
+        """Whether a point lies in the ellipse at ``confidence`` of the estimate or of one of
+        its alternatives (their union is the confidence region)."""
+        places = [self.estimate, *(other for other, _ in self.likelihood.alternatives)]
+        return any(contains(place, lat, lon, confidence) for place in places)
+
+
+def solve(
+    files: Sequence[bytes], stations: Sequence[Receiver], *, min_overlap_s: float = 2.0
+) -> Solution:
+    """Locate the emitter heard in one KiwiSDR IQ WAV file per station (in the same order).
+
+    Raises:
+        TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording), fewer than 3
+            receivers, or too short a common span; the message names the receiver.
+    """
+    if len(files) != len(stations):
+        raise TdoaError(f"{len(files)} recordings for {len(stations)} receivers")
+    recordings, bases = [], []
+    for data, station in zip(files, stations, strict=True):
+        try:
+            recording = read_kiwi_wav(data)
+            bases.append(timebase(recording))
+        except KiwiWavError as exc:
+            raise TdoaError(f"receiver {station.id}: {exc}") from None
+        recordings.append(recording)
+    pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
+    estimate, likelihood = locate(stations, pairs)
+    start, end = overlap(bases)
+    return Solution(estimate, likelihood, pairs, bases, end - start)
+
+
+def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, object]:
+    """The JSON result of a TDoA job: the position and ellipses as for a model, the receivers'
+    time bases, each pair's time difference, and the likelihood's contours."""
+    likelihood = solution.likelihood
+    return {
+        **describe(solution.estimate),
+        "method": "tdoa",
+        "overlap_s": round(solution.overlap_s, 3),
+        "receivers": [
+            {
+                "id": station.id,
+                "lat": station.lat,
+                "lon": station.lon,
+                "sample_rate_hz": round(base.rate_hz, 4),
+                "stamp_residual_us": round(base.residual_s * 1e6, 3),
+                "rejected_blocks": base.rejected_blocks,
+            }
+            for station, base in zip(stations, solution.timebases, strict=True)
+        ],
+        "pairs": [
+            {
+                "receivers": [stations[pair.a].id, stations[pair.b].id],
+                "delay_us": round(pair.delay_s * 1e6, 4),
+                "sigma_us": round(pair.sigma_s * 1e6, 4),
+                "windows_used": pair.windows_used,
+                "windows_total": pair.windows_total,
+            }
+            for pair in solution.pairs
+        ],
+        "fit_chi2": round(likelihood.chi2, 3),
+        "weight": round(likelihood.weight, 4),
+        "alternatives": [
+            {**describe(other), "weight": round(weight, 4)}
+            for other, weight in likelihood.alternatives
+        ],
+        "likelihood_contours": contour_features(
+            likelihood.lats, likelihood.lons, likelihood.log_likelihood
+        ),
+    }

@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from inference_worker.core.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
-from inference_worker.core.contract import ModelMetadata
+from inference_worker.core.contract import ModelMetadata, Receiver
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
 from inference_worker.core.features import log_mel_spectrogram
+from inference_worker.core.likelihood_map import render_png
+from inference_worker.core.tdoa import TdoaError, describe_solution, solve
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_FULL_ERRORS
 from inference_worker.storage.redis_store import RedisStore
@@ -28,6 +30,9 @@ from tasks.contract import LocateMessage, MessageError, capture_fingerprint, rea
 from tasks.outbox import record_job, start_job
 
 log = logging.getLogger(__name__)
+
+TDOA_VERSION = "tdoa-1"
+"""What a TDoA job records as its model version: the estimator's, not a registry model's."""
 
 
 class Predictor(Protocol):
@@ -58,6 +63,7 @@ class JobOutcome:
     error: str | None = None
     model_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    method: str = "model"
 
     def to_json(self) -> dict[str, Any]:
         """What the task returns: Celery hooks read it to record metrics."""
@@ -68,6 +74,7 @@ class JobOutcome:
             "error": self.error,
             "model_version": self.model_version,
             "timings": self.timings,
+            "method": self.method,
         }
 
 
@@ -88,6 +95,39 @@ def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
     if not np.isfinite(iq.view(np.float32)).all():
         raise BadJob("capture data contains NaN or infinite values")
     return iq
+
+
+def decode_recordings(blob: bytes | None, message: LocateMessage) -> list[bytes]:
+    """The stored WAV files of a TDoA job, checked against the message (sizes and sha256)."""
+    if blob is None:
+        raise BadJob("capture data is missing from Redis (expired or never stored)")
+    parts = message.parts or ()
+    if len(blob) != sum(parts):
+        raise BadJob(f"capture data has {len(blob)} bytes, expected {sum(parts)}")
+    if hashlib.sha256(blob).hexdigest() != message.iq_sha256:
+        raise BadJob("capture data does not match its sha256")
+    ends = np.cumsum(parts)
+    return [blob[end - size : end] for end, size in zip(ends, parts, strict=True)]
+
+
+def locate_tdoa(
+    files: list[bytes], message: LocateMessage
+) -> tuple[dict[str, Any], dict[str, float], bytes]:
+    """Time differences and position of a TDoA job; returns the result, the stage timing and a
+    PNG of the likelihood around the estimate."""
+    stations = [Receiver(s.id, s.lat, s.lon) for s in message.stations or ()]
+    t0 = time.perf_counter()
+    try:
+        solution = solve(files, stations)
+    except TdoaError as exc:
+        raise BadJob(str(exc)) from None
+    t1 = time.perf_counter()
+    result = describe_solution(solution, stations)
+    estimate, likelihood = solution.estimate, solution.likelihood
+    marks = [(estimate.lat, estimate.lon, "estimate")]
+    marks += [(s.lat, s.lon, s.id) for s in stations]
+    picture = render_png(likelihood.lats, likelihood.lons, likelihood.log_likelihood, points=marks)
+    return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
 
 
 def locate(
@@ -153,31 +193,41 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
         message = parse_message(payload)
     except BadJob as exc:
         return _reject(services, job_id, str(exc))
+    tdoa = message.method == "tdoa"
+    version = TDOA_VERSION if tdoa else model.version
 
     row = start_job(services.jobs, message)
     if row is None:
         log.info("job %s already final; redelivery ignored", message.job_id)
-        return JobOutcome(message.job_id, "duplicate")
+        return JobOutcome(message.job_id, "duplicate", method=message.method)
     queue_wait_ms = (
         datetime.now(row["created_at"].tzinfo) - row["created_at"]
     ).total_seconds() * 1e3
 
+    cache_key = services.redis.cache_key(version, capture_fingerprint(message))
+    use_cache = services.cache_ttl_s > 0 and not tdoa
+    cached: dict[str, Any] | None
     try:
         t0 = time.perf_counter()
-        cache_key = services.redis.cache_key(model.version, capture_fingerprint(message))
         blob, cached = services.redis.fetch_capture(
-            message.blob_key, cache_key if services.cache_ttl_s > 0 else None
+            message.blob_key, cache_key if use_cache else None
         )
-        iq = decode_blob(blob, message)
-        fetch_ms = (time.perf_counter() - t0) * 1e3
-        if cached is not None:
-            result, cache_hit = cached, True
-            stage_timings: dict[str, float] = {}
+        stage_timings: dict[str, float] = {}
+        if tdoa:
+            files = decode_recordings(blob, message)
+            fetch_ms = (time.perf_counter() - t0) * 1e3
+            result, stage_timings, picture = locate_tdoa(files, message)
+            if_room(lambda: services.redis.put_map(message.job_id, picture, services.result_ttl_s))
         else:
-            result, stage_timings = locate(iq, message, model)
-            cache_hit = False
+            iq = decode_blob(blob, message)
+            fetch_ms = (time.perf_counter() - t0) * 1e3
+            if cached is None:
+                result, stage_timings = locate(iq, message, model)
+        cache_hit = cached is not None
+        if cached is not None:
+            result = cached
     except BadJob as exc:
-        outcome = _fail(services, message.job_id, str(exc), model.version)
+        outcome = _fail(services, message.job_id, str(exc), version, message.method)
         services.redis.delete_blob(message.blob_key)
         return outcome
 
@@ -191,32 +241,34 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     final = services.jobs.succeed(
         message.job_id,
         result=result,
-        model_version=model.version,
-        model_version_id=services.model_version_id,
+        model_version=version,
+        model_version_id=None if tdoa else services.model_version_id,
         cache_hit=cache_hit,
         timings=timings,
     )
     if final is None:
         log.info("job %s finished elsewhere first; this result is not recorded", message.job_id)
-        return JobOutcome(message.job_id, "duplicate")
+        return JobOutcome(message.job_id, "duplicate", method=message.method)
     services.redis.finish(
         message.blob_key,
         (message.job_id, job_view(final), services.result_ttl_s),
-        None if cache_hit else (cache_key, result, services.cache_ttl_s),
+        None if cache_hit or not use_cache else (cache_key, result, services.cache_ttl_s),
     )
     log.info(
-        "job %s succeeded: %.5f, %.5f (cache hit: %s)",
+        "job %s succeeded: %.5f, %.5f (%s, cache hit: %s)",
         message.job_id,
         result["lat"],
         result["lon"],
+        message.method,
         cache_hit,
     )
     return JobOutcome(
         message.job_id,
         "succeeded",
         cache_hit=cache_hit,
-        model_version=model.version,
+        model_version=version,
         timings=timings,
+        method=message.method,
     )
 
 
@@ -230,7 +282,8 @@ def fail_job(
         return _reject(services, message_job_id(payload, task_id), str(exc))
     if services.jobs.get(message.job_id) is None:
         record_job(services.jobs, message)
-    outcome = _fail(services, message.job_id, reason, services.model.version)
+    version = TDOA_VERSION if message.method == "tdoa" else services.model.version
+    outcome = _fail(services, message.job_id, reason, version, message.method)
     services.redis.delete_blob(message.blob_key)
     return outcome
 
@@ -256,7 +309,13 @@ def _reject(services: JobServices, job_id: str | None, reason: str) -> JobOutcom
     return JobOutcome(job_id, "failed", error=reason)
 
 
-def _fail(services: JobServices, job_id: str | None, reason: str, model_version: str) -> JobOutcome:
+def _fail(
+    services: JobServices,
+    job_id: str | None,
+    reason: str,
+    model_version: str,
+    method: str = "model",
+) -> JobOutcome:
     log.warning("job %s failed: %s", job_id, reason)
     if job_id is not None:
         final = services.jobs.fail(job_id, reason, model_version=model_version)
@@ -264,4 +323,4 @@ def _fail(services: JobServices, job_id: str | None, reason: str, model_version:
             if_room(
                 lambda: services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
             )
-    return JobOutcome(job_id, "failed", error=reason, model_version=model_version)
+    return JobOutcome(job_id, "failed", error=reason, model_version=model_version, method=method)

@@ -44,7 +44,9 @@ def _metrics() -> dict[str, Any]:
 
         _METRICS = {
             "jobs": Counter(
-                "heimdall_jobs_total", "Jobs finished by the worker.", ["outcome", "model_version"]
+                "heimdall_jobs_total",
+                "Jobs finished by the worker.",
+                ["outcome", "model_version", "method"],
             ),
             "cache": Counter(
                 "heimdall_cache_lookups_total", "Result cache lookups by the worker.", ["result"]
@@ -66,7 +68,12 @@ def _metrics() -> dict[str, Any]:
             "end_to_end": Histogram(
                 "heimdall_end_to_end_seconds",
                 "Time from submission to the recorded result.",
-                ["outcome"],
+                ["outcome", "method"],
+                buckets=LATENCY_BUCKETS,
+            ),
+            "tdoa": Histogram(
+                "heimdall_tdoa_seconds",
+                "Time to read a TDoA job's recordings, find the time differences and locate.",
                 buckets=LATENCY_BUCKETS,
             ),
             "submission": Histogram(
@@ -87,11 +94,12 @@ def record_job(outcome: dict[str, Any]) -> None:
     metrics = _metrics()
     status = outcome.get("status", "unknown")
     version = outcome.get("model_version") or "none"
-    metrics["jobs"].labels(status, version).inc()
+    method = outcome.get("method") or "model"
+    metrics["jobs"].labels(status, version, method).inc()
     if status == "duplicate":
         return
     timings = outcome.get("timings") or {}
-    if status == "succeeded":
+    if status == "succeeded" and method == "model":
         metrics["cache"].labels("hit" if outcome.get("cache_hit") else "miss").inc()
     if "queue_wait_ms" in timings:
         metrics["queue_wait"].observe(timings["queue_wait_ms"] / 1e3)
@@ -101,7 +109,9 @@ def record_job(outcome: dict[str, Any]) -> None:
         metrics["inference"].labels(version).observe(timings["inference_ms"] / 1e3)
     if "queue_wait_ms" in timings and "worker_total_ms" in timings:
         total = (timings["queue_wait_ms"] + timings["worker_total_ms"]) / 1e3
-        metrics["end_to_end"].labels(status).observe(total)
+        metrics["end_to_end"].labels(status, method).observe(total)
+    if "tdoa_ms" in timings:
+        metrics["tdoa"].observe(timings["tdoa_ms"] / 1e3)
 
 
 def record_submission(endpoint: str, status: int, seconds: float) -> None:

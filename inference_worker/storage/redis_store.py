@@ -100,6 +100,17 @@ class RedisStore:
         return None if value is None else json.loads(value)
 
     # --- result cache for resubmitted identical captures ------------------------------------
+    def map_key(self, job_id: str) -> str:
+        return f"{self.prefix}map:{job_id}"
+
+    def put_map(self, job_id: str, png: bytes, ttl_s: int) -> None:
+        """A picture of a job's likelihood (TDoA jobs), kept as long as its result."""
+        self.client.set(self.map_key(job_id), png, ex=ttl_s)
+
+    def get_map(self, job_id: str) -> bytes | None:
+        value = self.client.get(self.map_key(job_id))
+        return value if isinstance(value, bytes) else None
+
     def cache_key(self, model_version: str, fingerprint: str) -> str:
         return f"{self.prefix}cache:{model_version}:{fingerprint}"
 

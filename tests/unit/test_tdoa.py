@@ -9,13 +9,17 @@ import pytest
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
+from inference_worker.core.likelihood_map import contour_features, render_png
 from inference_worker.core.tdoa import (
     SPEED_OF_LIGHT_M_S,
     TdoaError,
+    describe_solution,
     great_circle_m,
     locate,
     pair_delays,
+    solve,
 )
+from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
 
 STATIONS = (
     Receiver("north", 47.4, 8.5),  # about 300-700 km apart
@@ -86,3 +90,57 @@ def test_two_receivers_are_not_enough():
     recs, bases = recordings()
     with pytest.raises(TdoaError, match="at least 3"):
         pair_delays(recs[:2], bases[:2], STATIONS[:2])
+
+
+def test_a_slowly_keyed_signal_gives_unbiased_delays():
+    """A keyed signal's correlation peak is broad: correlating two windows of one length would
+    pull it towards zero lag by several microseconds; at 60 dB SNR the delays must be exact."""
+    recording = synthetic_set(
+        np.random.default_rng(3),
+        receivers=3,
+        seconds=8.0,
+        signal="keyed",
+        quirks=False,
+        snr_db=(60.0, 60.0),
+        clock_error_s=0.0,
+    )
+    recs = [read_kiwi_wav(f) for f in recording.files]
+    bases = [timebase(r) for r in recs]
+    truth = [
+        great_circle_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
+        for s in recording.stations
+    ]
+    for pair in pair_delays(recs, bases, recording.stations):
+        assert pair.delay_s == pytest.approx(truth[pair.a] - truth[pair.b], abs=1e-6)
+
+
+def test_a_set_with_every_quirk_is_located_within_its_region():
+    recording = synthetic_set(
+        np.random.default_rng(11), receivers=4, seconds=12.0, signal="modulated", quirks=QUIRKS
+    )
+    assert set(recording.quirks) == set(QUIRKS)
+    solution = solve(recording.files, recording.stations)
+    assert distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter) < 2_000
+    assert solution.holds(*recording.emitter, 0.95)
+    described = describe_solution(solution, recording.stations)
+    assert described["method"] == "tdoa" and len(described["pairs"]) == 6
+    contours = described["likelihood_contours"]
+    assert [c["properties"]["confidence"] for c in contours] == [0.68, 0.95]
+    assert all(c["geometry"]["coordinates"] for c in contours)
+
+
+def test_the_likelihood_contours_of_a_gaussian_are_its_ellipses():
+    lats = np.linspace(45.0 - 0.05, 45.0 + 0.05, 201)
+    lons = np.linspace(9.0 - 0.05, 9.0 + 0.05, 201)
+    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+    sigma_deg = 0.01
+    log_likelihood = -0.5 * (((grid_lat - 45.0) ** 2 + (grid_lon - 9.0) ** 2) / sigma_deg**2)
+    features = contour_features(lats, lons, log_likelihood)
+    for feature, level in zip(features, (0.68, 0.95), strict=True):
+        (ring,) = feature["geometry"]["coordinates"][0:1]
+        points = np.array(ring[0])
+        radius = np.hypot(points[:, 0] - 9.0, points[:, 1] - 45.0)
+        expected = sigma_deg * np.sqrt(-2 * np.log(1 - level))
+        assert radius == pytest.approx(expected, rel=0.02)
+    png = render_png(lats, lons, log_likelihood, points=[(45.0, 9.0, "peak")])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

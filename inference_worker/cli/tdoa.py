@@ -1,0 +1,263 @@
+"""The ``tdoa`` command: locate by time differences of arrival from KiwiSDR IQ WAV files.
+
+``submit`` sends a set of recordings with a positions file to the shim and prints the result;
+``demo`` writes synthetic sets, locates them through the service and prints each estimate's
+error, whether its 95 % region holds the truth, and writes maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from api_shim.client import ShimClient, ShimError
+from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import (
+    contains,
+    distance_m,
+    estimate_from_result,
+    metres_per_degree,
+)
+from inference_worker.core.kiwi_wav import parse_file_name
+from inference_worker.core.likelihood_map import render_png
+from inference_worker.core.tdoa import PairDelay, log_likelihood_grid
+from inference_worker.settings import Settings
+
+
+def add_parser(sub: Any) -> None:
+    tdoa = sub.add_parser(
+        "tdoa",
+        help="locate by time differences of arrival: submit KiwiSDR IQ WAV files, or the demo",
+        description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] | "
+        "demo [--sets N] [--out DIR]. The positions file is a JSON list of "
+        '{"id", "lat", "lon"} in the order of the files, or an object {"STATION": {"lat", '
+        '"lon"}} matched to kiwirecorder file names (DATE_FREQUENCY_STATION_iq.wav).',
+    )
+    tdoa.add_argument("action", choices=["submit", "demo"])
+    tdoa.add_argument("files", nargs="*", help="with submit: one KiwiSDR IQ WAV file per receiver")
+    tdoa.add_argument("--receivers", type=Path, help="with submit: the positions file")
+    tdoa.add_argument(
+        "--frequency-mhz", type=float, help="tuned frequency (default: from the file names)"
+    )
+    tdoa.add_argument("--job-id")
+    tdoa.add_argument("--url", help="shim URL (default from settings)")
+    tdoa.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    tdoa.add_argument("--timeout", type=float, default=120.0)
+    tdoa.add_argument("--json", action="store_true", help="print the whole job as JSON")
+    tdoa.add_argument("--geojson", type=Path, help="write the result as GeoJSON here")
+    tdoa.add_argument("--map", type=Path, help="write the likelihood map (PNG) here")
+    tdoa.add_argument("--sets", type=int, default=4, help="with demo: how many sets")
+    tdoa.add_argument("--seed", type=int, help="with demo: first set's seed")
+    tdoa.add_argument("--out", type=Path, default=Path("tdoa-demo"), help="with demo: folder")
+    tdoa.set_defaults(func=cmd_tdoa)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "demo":
+        raise SystemExit(run_demo(settings, args.sets, args.seed, args.out))
+    if len(args.files) < 3 or args.receivers is None:
+        fail("tdoa submit needs 3 or more WAV files and --receivers POSITIONS.json")
+    paths = [Path(f) for f in args.files]
+    for path in paths:
+        if not path.is_file():
+            fail(f"no such file: {path}")
+    try:
+        positions = json.loads(args.receivers.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the positions file {args.receivers}: {exc}")
+    receivers = match_positions(positions, [p.name for p in paths])
+    frequency = args.frequency_mhz or frequency_from_names([p.name for p in paths])
+    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    try:
+        accepted = client.submit_tdoa(
+            [(p.name, p.read_bytes()) for p in paths],
+            receivers=receivers,
+            frequency_mhz=frequency,
+            job_id=args.job_id,
+        )
+    except ShimError as exc:
+        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else exc.body
+        fail(f"refused (HTTP {exc.status}): {body}")
+    except OSError as exc:
+        fail(f"cannot reach the shim at {client.base_url}: {exc}")
+    job_id = accepted["job_id"]
+    print(f"job {job_id} accepted", file=sys.stderr)
+    if args.no_wait:
+        print(job_id)
+        return
+    view = client.wait(job_id, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        print_result(view)
+    if view["status"] != "succeeded":
+        raise SystemExit(1)
+    if args.geojson:
+        args.geojson.write_text(json.dumps(client.job(job_id, include="geojson")["geojson"]))
+        print(f"GeoJSON written to {args.geojson}", file=sys.stderr)
+    if args.map:
+        args.map.write_bytes(client.job_map(job_id))
+        print(f"likelihood map written to {args.map}", file=sys.stderr)
+
+
+def match_positions(positions: Any, names: list[str]) -> list[dict[str, Any]]:
+    """The ``receivers`` field for files ``names``: a list is taken in file order; an object
+    is matched by the station in each kiwirecorder file name (or the file's stem)."""
+    if isinstance(positions, list):
+        if len(positions) != len(names):
+            fail(f"the positions file lists {len(positions)} receivers for {len(names)} files")
+        return positions
+    if not isinstance(positions, dict):
+        fail("the positions file must hold a JSON list or object")
+    receivers = []
+    for name in names:
+        parsed = parse_file_name(name)
+        station = parsed.station if parsed else Path(name).stem
+        place = positions.get(station)
+        if place is None:
+            fail(f"the positions file has no receiver {station!r} (for {name})")
+        if isinstance(place, list | tuple) and len(place) >= 2:
+            place = {"lat": place[0], "lon": place[1]}
+        receivers.append({"id": station, **place})
+    return receivers
+
+
+def frequency_from_names(names: list[str]) -> float:
+    frequencies = {p.frequency_hz for n in names if (p := parse_file_name(n))}
+    if len(frequencies) != 1:
+        fail("give --frequency-mhz (the file names do not name one tuned frequency)")
+    return frequencies.pop() / 1e6
+
+
+def print_result(view: dict[str, Any]) -> None:
+    if view["status"] != "succeeded":
+        print(f"job {view['job_id']} {view['status']}: {view.get('error')}")
+        return
+    result = view["result"]
+    e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
+    print(f"position      {result['lat']:.5f}, {result['lon']:.5f}")
+    print(
+        f"68% ellipse   {e68['semi_major_m']:,.0f} x {e68['semi_minor_m']:,.0f} m; "
+        f"95%: {e95['semi_major_m']:,.0f} x {e95['semi_minor_m']:,.0f} m"
+    )
+    print(f"common span   {result['overlap_s']:.1f} s; fit chi2 {result['fit_chi2']:.2f}")
+    for pair in result["pairs"]:
+        a, b = pair["receivers"]
+        print(
+            f"  {a:>10} - {b:<10} {pair['delay_us']:12.2f} us ± {pair['sigma_us']:.2f} "
+            f"({pair['windows_used']}/{pair['windows_total']} windows)"
+        )
+    for other in result["alternatives"]:
+        print(
+            f"also possible {other['lat']:.5f}, {other['lon']:.5f} "
+            f"(weight {other['weight']:.2f}): add a receiver to decide"
+        )
+
+
+def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = None) -> bytes:
+    """A map of the whole region: the likelihood from the result's time differences, the
+    receivers, the estimate and (in the demo) the truth."""
+    stations = [Receiver(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
+    index = {s.id: k for k, s in enumerate(stations)}
+    pairs = [
+        PairDelay(
+            index[p["receivers"][0]],
+            index[p["receivers"][1]],
+            p["delay_us"] * 1e-6,
+            p["sigma_us"] * 1e-6,
+            p["windows_used"],
+            p["windows_total"],
+        )
+        for p in result["pairs"]
+    ]
+    lats_all = [s.lat for s in stations] + [result["lat"]]
+    lons_all = [s.lon for s in stations] + [result["lon"]]
+    per_lat, per_lon = metres_per_degree(float(np.mean(lats_all)))
+    margin = 100e3
+    lats = np.linspace(min(lats_all) - margin / per_lat, max(lats_all) + margin / per_lat, 400)
+    lons = np.linspace(min(lons_all) - margin / per_lon, max(lons_all) + margin / per_lon, 400)
+    # Widen the likelihood so that the region it allows shows at this scale.
+    surface = log_likelihood_grid(stations, pairs, lats, lons) / 1e4
+    points = [(s.lat, s.lon, s.id) for s in stations]
+    points.append((result["lat"], result["lon"], "estimate"))
+    if truth:
+        points.append((truth[0], truth[1], "truth"))
+    return render_png(lats, lons, surface, points=points, size=640)
+
+
+def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
+    from inference_worker.cli.demo import running_service
+    from inference_worker.science.kiwi_sets import synthetic_set
+
+    seed = int(time.time()) % 100_000 if seed is None else seed
+    print(f"writing {sets} synthetic sets to {out}/ (seed {seed}; --seed {seed} repeats them)")
+    with ExitStack() as stack:
+        client = running_service(settings, stack)
+        client.timeout_s = 60
+        rows, failures = [], 0
+        for k in range(sets):
+            recording = synthetic_set(
+                np.random.default_rng(seed + k), receivers=3 + k % 3, signal=None
+            )
+            folder = out / f"set-{seed + k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in zip(recording.names, recording.files, strict=True):
+                (folder / name).write_bytes(data)
+            (folder / "receivers.json").write_text(json.dumps(recording.positions(), indent=1))
+            (folder / "truth.json").write_text(
+                json.dumps({"lat": recording.emitter[0], "lon": recording.emitter[1]})
+            )
+            accepted = client.submit_tdoa(
+                list(zip(recording.names, recording.files, strict=True)),
+                receivers=recording.positions(),
+                frequency_mhz=recording.frequency_hz / 1e6,
+            )
+            rows.append((accepted["job_id"], recording, folder))
+        print(
+            f"\n{'set':<10} {'rx':>2} {'signal':<9} {'outside':>7} {'estimate (lat, lon)':<21} "
+            f"{'error':>8} {'68% ellipse':>17} {'95%':>4} {'time':>7}"
+        )
+        errors = []
+        for job_id, recording, folder in rows:
+            view = client.wait(job_id, timeout_s=120)
+            if view["status"] != "succeeded":
+                print(f"{folder.name:<10} {view['status']}: {view['error']}")
+                failures += 1
+                continue
+            result = view["result"]
+            error_m = distance_m(result["lat"], result["lon"], *recording.emitter)
+            errors.append(error_m)
+            places = [estimate_from_result(result)]
+            places += [estimate_from_result(o) for o in result["alternatives"]]
+            held = any(contains(p, *recording.emitter, 0.95) for p in places)
+            e68 = result["ellipses"]["68"]
+            (folder / "likelihood.png").write_bytes(client.job_map(job_id))
+            (folder / "map.png").write_bytes(overview_png(result, recording.emitter))
+            print(
+                f"{folder.name:<10} {len(recording.stations):>2} {recording.signal:<9} "
+                f"{recording.outside_km:>5.0f}km {result['lat']:9.5f}, {result['lon']:9.5f} "
+                f"{error_m:7.0f}m {e68['semi_major_m']:7.0f} x {e68['semi_minor_m']:5.0f} m "
+                f"{'in' if held else 'out':>4} {view['timings']['end_to_end_ms'] / 1e3:6.2f}s"
+                + (" (ambiguous)" if result["alternatives"] else "")
+            )
+        print(
+            "\nerror: distance from the simulated emitter; 95%: whether the truth lies in the 95% "
+            "region (the union with any alternative's); outside: how far the emitter is outside "
+            "the receivers' region."
+        )
+        if errors:
+            print(f"median error of these sets: {float(np.median(errors)):,.0f} m")
+        print(f"maps: {out}/set-*/map.png (region) and likelihood.png (around the estimate)")
+    return 1 if failures else 0

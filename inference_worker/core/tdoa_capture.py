@@ -1,0 +1,162 @@
+"""A TDoA submission checked before it is accepted: one KiwiSDR IQ WAV file per receiver, the
+receivers' positions, the tuned frequency.
+
+Every refusal is a :class:`~inference_worker.core.capture.CaptureError` whose text names the
+receiver and says what is wrong: no usable GPS time, too short a common span, frequencies that
+do not match, positions that are not positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from inference_worker.core.capture import (
+    RECEIVER_ID_PATTERN,
+    CaptureError,
+    parse_capture_time,
+    parse_number,
+)
+from inference_worker.core.contract import Receiver
+from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
+from inference_worker.core.tdoa import overlap
+
+FREQUENCY_TOLERANCE_HZ = 500.0
+"""How far the tuned frequency in a file's name may be from the submission's."""
+
+
+@dataclass(frozen=True)
+class TdoaLimits:
+    max_receivers: int = 12
+    min_overlap_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class TdoaCapture:
+    """A checked TDoA submission: the files as sent, in the order of ``stations``."""
+
+    files: tuple[bytes, ...]
+    stations: tuple[Receiver, ...]
+    heights_m: tuple[float | None, ...]
+    frequency_mhz: float
+    capture_time: datetime
+    n_samples: int
+    """Samples of the longest recording."""
+    sample_rate_hz: float
+    """The rate the files' headers claim (the true rates come from the GPS stamps)."""
+    overlap_s: float
+
+    def payload(self) -> bytes:
+        """What is stored for the worker: the files one after another."""
+        return b"".join(self.files)
+
+    def parts(self) -> tuple[int, ...]:
+        return tuple(len(f) for f in self.files)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.payload()).hexdigest()
+
+
+def parse_stations(value: object, limits: TdoaLimits) -> tuple[list[Receiver], list[float | None]]:
+    """``receivers``: a JSON list (or its text) of ``{"id", "lat", "lon", "height_m"?}``."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise CaptureError("receivers must be a JSON list of {id, lat, lon}") from None
+    if not isinstance(value, list):
+        raise CaptureError("receivers must be a JSON list of {id, lat, lon}")
+    if not 3 <= len(value) <= limits.max_receivers:
+        raise CaptureError(
+            f"time differences need 3 to {limits.max_receivers} receivers; got {len(value)}"
+        )
+    stations, heights = [], []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise CaptureError(f"receivers[{index}] must be an object {{id, lat, lon}}")
+        name = item.get("id")
+        if not isinstance(name, str) or not RECEIVER_ID_PATTERN.match(name):
+            raise CaptureError(
+                f"receivers[{index}].id must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        lat = _coordinate(f"receivers[{index}].lat", item.get("lat"), 90.0)
+        lon = _coordinate(f"receivers[{index}].lon", item.get("lon"), 180.0)
+        height = item.get("height_m")
+        if height is not None:
+            height = parse_number(f"receivers[{index}].height_m", height, low=-500, high=10_000)
+        stations.append(Receiver(name, lat, lon))
+        heights.append(height)
+    if len({s.id for s in stations}) != len(stations):
+        raise CaptureError("receivers must have different ids")
+    return stations, heights
+
+
+def _coordinate(name: str, value: object, bound: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CaptureError(f"{name} must be a number")
+    if not -bound <= value <= bound:
+        raise CaptureError(f"{name} must be between -{bound:g} and {bound:g}")
+    return float(value)
+
+
+def check_tdoa(
+    files: Sequence[bytes],
+    names: Sequence[str],
+    fields: Mapping[str, Any],
+    limits: TdoaLimits,
+) -> TdoaCapture:
+    """Check one TDoA submission: its positions, and that every file holds GPS-timed IQ that
+    overlaps the others' for long enough, at the submission's frequency.
+
+    Raises:
+        CaptureError: what is wrong, naming the receiver.
+    """
+    stations, heights = parse_stations(fields.get("receivers"), limits)
+    if len(files) != len(stations):
+        raise CaptureError(
+            f"{len(files)} capture file(s) for {len(stations)} receivers: send one file part "
+            "named 'capture' per receiver, in the order of 'receivers'"
+        )
+    frequency_mhz = parse_number(
+        "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0
+    )
+    bases, lengths, rates = [], [], set()
+    for data, name, station in zip(files, names, stations, strict=True):
+        label = f"receiver {station.id}" + (f" ({name})" if name else "")
+        tuned = parse_file_name(name or "")
+        if tuned and abs(tuned.frequency_hz - frequency_mhz * 1e6) > FREQUENCY_TOLERANCE_HZ:
+            raise CaptureError(
+                f"{label} was tuned to {tuned.frequency_hz / 1e3:g} kHz, not the "
+                f"{frequency_mhz * 1e3:g} kHz of this submission: every recording must be of "
+                "the same frequency"
+            )
+        try:
+            recording = read_kiwi_wav(data)
+            bases.append(timebase(recording))
+        except KiwiWavError as exc:
+            raise CaptureError(f"{label}: {exc}") from None
+        lengths.append(len(recording.iq))
+        rates.add(recording.header_rate_hz)
+    start, end = overlap(bases)
+    if end - start < limits.min_overlap_s:
+        raise CaptureError(
+            f"the recordings overlap for {max(0.0, end - start):.1f} s of GPS time; at least "
+            f"{limits.min_overlap_s:g} s are needed (record them at the same time)"
+        )
+    if len(rates) != 1:
+        raise CaptureError(f"the recordings' sample rates differ: {sorted(rates)} Hz")
+    return TdoaCapture(
+        files=tuple(files),
+        stations=tuple(stations),
+        heights_m=tuple(heights),
+        frequency_mhz=frequency_mhz,
+        capture_time=parse_capture_time(fields.get("capture_time")),
+        n_samples=max(lengths),
+        sample_rate_hz=float(rates.pop()),
+        overlap_s=end - start,
+    )

@@ -1,0 +1,221 @@
+"""Synthetic sets of GPS-stamped KiwiSDR recordings of one emitter, for tests, demos and the
+TDoA evaluation.
+
+A set is 3 or more receivers 300-1 000 km apart, an emitter inside their region or up to 300 km
+outside it, and one KiwiSDR IQ WAV file per receiver as ``kiwirecorder.py -m iq --kiwi-wav``
+writes them: the emitter's signal delayed by its great-circle travel time, at 10-30 dB SNR,
+sampled by each receiver's own clock (12 001.0-12 001.3 Hz), blocks stamped with ~1 µs jitter
+and a fixed error of each receiver's GPS time (0.3 µs rms, what the estimator allows for),
+and the quirks real files show: receivers that start at different times and overlap in part, a
+first block stamped 0, a receiver whose stamps jump part-way, a fix lost for a block, a file cut
+mid-block with a wrong RIFF size.
+
+The transmitted signal is made once on a fine grid (96 kHz) and read by every receiver at its
+own sample times (linear interpolation, 16 times finer than the signal's bandwidth), so delays
+are not rounded to samples.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, NO_RECENT_FIX, write_kiwi_wav
+from inference_worker.core.tdoa import CLOCK_FLOOR_S, SPEED_OF_LIGHT_M_S, great_circle_m
+
+FINE_RATE_HZ = 96_000.0
+SIGNALS = ("keyed", "modulated")
+"""The signals of the evaluation sets; ``morse`` (a slowly keyed carrier) can be asked for."""
+QUIRKS = ("zero_first_stamp", "stamp_jump", "lost_fix", "cut_short")
+GPS_START_S = 200_000.0
+"""GPS seconds of the week the recordings start near."""
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    stations: tuple[Receiver, ...]
+    files: tuple[bytes, ...]
+    names: tuple[str, ...]
+    """kiwirecorder-style file names (start, tuned frequency, station)."""
+    emitter: tuple[float, float]
+    frequency_hz: int
+    signal: str
+    snr_db: tuple[float, ...]
+    quirks: dict[str, str] = field(default_factory=dict)
+    """Quirk -> the station that has it."""
+    outside_km: float = 0.0
+    """How far the emitter is outside the receivers' bounding region (0: inside)."""
+
+    def positions(self) -> list[dict[str, float | str]]:
+        """The ``receivers`` field of a submission."""
+        return [{"id": s.id, "lat": s.lat, "lon": s.lon} for s in self.stations]
+
+
+def destination(
+    lat: float, lon: float, bearing_deg: float, distance_m: float
+) -> tuple[float, float]:
+    """The point ``distance_m`` from (lat, lon) along ``bearing_deg`` on the sphere."""
+    p1, l1, b = math.radians(lat), math.radians(lon), math.radians(bearing_deg)
+    d = distance_m / 6_371_008.8
+    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
+    l2 = l1 + math.atan2(
+        math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2)
+    )
+    return math.degrees(p2), (math.degrees(l2) + 540.0) % 360.0 - 180.0
+
+
+def place_receivers(rng: np.random.Generator, count: int) -> tuple[Receiver, ...]:
+    """``count`` receivers around a random centre in Europe, every pair 300-1 000 km apart."""
+    centre = (rng.uniform(40.0, 56.0), rng.uniform(-5.0, 25.0))
+    while True:
+        bearings = np.sort(rng.uniform(0.0, 360.0, count))
+        points = [
+            destination(*centre, float(b), float(rng.uniform(200e3, 550e3))) for b in bearings
+        ]
+        distances = [
+            great_circle_m(a[0], a[1], b[0], b[1])
+            for i, a in enumerate(points)
+            for b in points[i + 1 :]
+        ]
+        if all(300e3 <= float(d) <= 1_000e3 for d in distances):
+            return tuple(
+                Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
+                for i, (lat, lon) in enumerate(points)
+            )
+
+
+def place_emitter(
+    rng: np.random.Generator, stations: tuple[Receiver, ...], outside_share: float = 0.3
+) -> tuple[tuple[float, float], float]:
+    """An emitter inside the receivers' region, or (``outside_share`` of the time) up to 300 km
+    outside it; returns it and how far outside it is (km)."""
+    lats = [s.lat for s in stations]
+    lons = [s.lon for s in stations]
+    centre = (float(np.mean(lats)), float(np.mean(lons)))
+    if rng.uniform() >= outside_share:
+        weights = rng.dirichlet(np.ones(len(stations)))
+        return (float(weights @ lats), float(weights @ lons)), 0.0
+    farthest = max(float(great_circle_m(*centre, s.lat, s.lon)) for s in stations)
+    outside_m = float(rng.uniform(20e3, 300e3))
+    return destination(*centre, float(rng.uniform(0, 360)), farthest + outside_m), outside_m / 1e3
+
+
+def transmitted(rng: np.random.Generator, kind: str, seconds: float) -> np.ndarray:
+    """The emitter's complex baseband on the fine grid: ``keyed`` (a carrier phase-keyed by
+    random data, 100-500 baud, raised-cosine shaped, as many utility and time-signal stations
+    send), ``modulated`` (FM by a voice-like noise, ±2.5 kHz deviation) or ``morse`` (a carrier
+    keyed on and off at 15-30 words a minute, 6 ms edges: its timing lies in its few edges)."""
+    n = int(seconds * FINE_RATE_HZ)
+    t = np.arange(n) / FINE_RATE_HZ
+    offset_hz = rng.uniform(-1_000.0, 1_000.0)
+    carrier = np.exp(2j * np.pi * offset_hz * t)
+    if kind == "keyed":
+        symbol = int(FINE_RATE_HZ / rng.uniform(100.0, 500.0))
+        bits = rng.choice([-1.0, 1.0], size=n // symbol + 2)
+        shape = np.hanning(symbol)
+        keyed = np.convolve(np.repeat(bits, symbol)[:n], shape / shape.sum(), mode="same")
+        return keyed * carrier
+    if kind == "morse":
+        dot_s = rng.uniform(0.04, 0.08)
+        elements = rng.choice([0.0, 1.0], size=int(seconds / dot_s) + 2, p=[0.45, 0.55])
+        keying = np.repeat(elements, int(dot_s * FINE_RATE_HZ))[:n]
+        edge = np.hanning(int(0.006 * FINE_RATE_HZ))
+        return np.convolve(keying, edge / edge.sum(), mode="same") * carrier
+    if kind == "modulated":
+        voice = rng.normal(size=n)
+        spectrum = np.fft.rfft(voice)
+        frequencies = np.fft.rfftfreq(n, 1.0 / FINE_RATE_HZ)
+        spectrum[(frequencies < 300.0) | (frequencies > 3_000.0)] = 0.0
+        voice = np.fft.irfft(spectrum, n)
+        voice /= np.max(np.abs(voice))
+        phase = 2 * np.pi * np.cumsum(offset_hz + 2_500.0 * voice) / FINE_RATE_HZ
+        return np.exp(1j * phase)
+    raise ValueError(f"unknown signal {kind!r}; expected keyed, modulated or morse")
+
+
+def synthetic_set(
+    rng: np.random.Generator,
+    *,
+    receivers: int = 3,
+    seconds: float = 30.0,
+    signal: str | None = None,
+    quirks: bool | Collection[str] = True,
+    frequency_hz: int = 77_500,
+    snr_db: tuple[float, float] = (10.0, 30.0),
+    clock_error_s: float = CLOCK_FLOOR_S,
+) -> SyntheticSet:
+    """One set of recordings of one emitter; see the module docstring for what varies.
+    ``quirks``: True draws each with probability one half, or name the ones wanted."""
+    stations = place_receivers(rng, receivers)
+    emitter, outside_km = place_emitter(rng, stations)
+    kind = signal or str(rng.choice(SIGNALS))
+    starts = GPS_START_S + rng.uniform(0.0, 5.0, receivers)
+    longest_s = seconds + float(starts.max() - starts.min()) + 0.1
+    source = transmitted(rng, kind, longest_s)
+    source_t0 = GPS_START_S - 0.05  # GPS time of the fine grid's first sample at the emitter
+    fine_t = source_t0 + np.arange(len(source)) / FINE_RATE_HZ
+    if isinstance(quirks, bool):
+        chosen = _choose_quirks(rng, receivers) if quirks else {}
+    else:  # these quirks, each for one receiver
+        unknown = set(quirks) - set(QUIRKS)
+        if unknown:
+            raise ValueError(f"unknown quirks {sorted(unknown)}; known: {', '.join(QUIRKS)}")
+        chosen = {quirk: int(rng.integers(receivers)) for quirk in quirks}
+    files, names, snrs = [], [], []
+    for index, station in enumerate(stations):
+        rate = float(rng.uniform(12_001.0, 12_001.3))
+        n = int(seconds * rate) // BLOCK_SAMPLES * BLOCK_SAMPLES
+        delay = float(great_circle_m(station.lat, station.lon, *emitter)) / SPEED_OF_LIGHT_M_S
+        at = starts[index] + np.arange(n) / rate - delay
+        received = np.interp(at, fine_t, source.real) + 1j * np.interp(at, fine_t, source.imag)
+        received *= np.exp(1j * rng.uniform(0, 2 * np.pi))  # each receiver's own carrier phase
+        snr = float(rng.uniform(*snr_db))
+        power = float(np.mean(np.abs(received) ** 2))
+        noise_sd = math.sqrt(power / 10 ** (snr / 10) / 2)
+        received += noise_sd * (rng.normal(size=n) + 1j * rng.normal(size=n))
+        received *= 0.25 / max(1e-9, float(np.max(np.abs(received))))
+        stamps = starts[index] + np.arange(n // BLOCK_SAMPLES) * BLOCK_SAMPLES / rate
+        # ~1 µs jitter on every stamp, and a fixed error of the receiver's GPS time
+        stamps = stamps + rng.normal(0.0, 1e-6, len(stamps)) + rng.normal(0.0, clock_error_s)
+        ages = np.zeros(len(stamps), np.uint8)
+        mine = {quirk for quirk, who in chosen.items() if who == index}
+        if "zero_first_stamp" in mine:
+            stamps[0] = np.nan
+        if "lost_fix" in mine:
+            ages[int(rng.integers(1, len(stamps)))] = NO_RECENT_FIX
+        if "stamp_jump" in mine:  # a late stretch off by a fraction of a second
+            jump_at = int(len(stamps) * rng.uniform(0.8, 0.9))
+            stamps[jump_at:] += rng.uniform(0.05, 0.5)
+        data = write_kiwi_wav(received.astype(np.complex64), stamps, fix_age=ages)
+        if "cut_short" in mine:
+            data = _cut_mid_block(data, rng)
+        files.append(data)
+        names.append(f"20261130T120000Z_{frequency_hz}_{station.id}_iq.wav")
+        snrs.append(round(snr, 1))
+    return SyntheticSet(
+        stations=stations,
+        files=tuple(files),
+        names=tuple(names),
+        emitter=emitter,
+        frequency_hz=frequency_hz,
+        signal=kind,
+        snr_db=tuple(snrs),
+        quirks={q: stations[i].id for q, i in chosen.items()},
+        outside_km=round(outside_km, 1),
+    )
+
+
+def _choose_quirks(rng: np.random.Generator, receivers: int) -> dict[str, int]:
+    """Each quirk, with probability one half, for one receiver."""
+    return {quirk: int(rng.integers(receivers)) for quirk in QUIRKS if rng.uniform() < 0.5}
+
+
+def _cut_mid_block(data: bytes, rng: np.random.Generator) -> bytes:
+    """A recording stopped part-way through its last block, its RIFF size left as 0."""
+    cut = len(data) - int(rng.integers(100, 2_000))
+    return data[:4] + struct.pack("<I", 0) + data[8:cut]

@@ -1,0 +1,174 @@
+"""TDoA jobs through the real shim, queue and worker: KiwiSDR IQ WAV files posted as multipart
+are located by time differences, recorded like any job, and drawn as GeoJSON and PNG; bad sets
+are refused with 422 and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from urllib3 import encode_multipart_formdata
+
+from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.core.kiwi_wav import write_kiwi_wav
+from inference_worker.science.kiwi_sets import synthetic_set
+from inference_worker.storage.schema import jobs
+from tests.integration.helpers import wait_final
+
+
+@pytest.fixture(scope="module")
+def recordings():
+    """Four receivers, a modulated signal, every quirk of real files, 10 s."""
+    return synthetic_set(
+        np.random.default_rng(2026),
+        receivers=4,
+        seconds=10.0,
+        signal="modulated",
+        quirks=("zero_first_stamp", "stamp_jump", "lost_fix", "cut_short"),
+    )
+
+
+def post_tdoa(client, recordings, files=None, names=None, **fields):
+    files = recordings.files if files is None else files
+    names = recordings.names if names is None else names
+    form = {
+        "receivers": json.dumps(recordings.positions()),
+        "frequency_mhz": str(recordings.frequency_hz / 1e6),
+        **fields,
+    }
+    parts: list[tuple[str, object]] = list(form.items())
+    parts += [("capture", (n, f, "audio/wav")) for f, n in zip(files, names, strict=True)]
+    body, content_type = encode_multipart_formdata(parts)
+    return client.post("/predict", data=body, content_type=content_type)
+
+
+def count_jobs(engine, job_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count()).where(jobs.c.job_id == job_id)
+        ).scalar_one()
+
+
+def test_a_tdoa_set_is_located_and_recorded_like_any_job(
+    client, worker, recordings, engine, redis_client, settings
+):
+    response = post_tdoa(client, recordings)
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["job_id"]
+
+    view = wait_final(client, job_id)
+
+    assert view["status"] == "succeeded", view
+    assert view["model_version"] == "tdoa-1"
+    assert view["receivers"] == [s.id for s in recordings.stations]
+    result = view["result"]
+    assert result["method"] == "tdoa"
+    assert len(result["pairs"]) == 6 and all(p["sigma_us"] > 0 for p in result["pairs"])
+    assert distance_m(result["lat"], result["lon"], *recordings.emitter) < 2_000
+    assert contains(estimate_from_result(result), *recordings.emitter, 0.95)
+    assert "tdoa_ms" in view["timings"]
+    # The stamp jump left that receiver's consistent part, not the whole receiver, out.
+    jumped = recordings.quirks["stamp_jump"]
+    assert next(r for r in result["receivers"] if r["id"] == jumped)["rejected_blocks"] > 0
+
+    with_geojson = client.get(f"/jobs/{job_id}?include=geojson").get_json()
+    kinds = [f["properties"]["kind"] for f in with_geojson["geojson"]["features"]]
+    assert kinds.count("receiver") == 4 and kinds.count("likelihood_contour") == 2
+    picture = client.get(f"/jobs/{job_id}/map.png")
+    assert picture.status_code == 200 and picture.mimetype == "image/png"
+    assert picture.data[:4] == b"\x89PNG"
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).mappings().one()
+    assert row["status"] == "succeeded" and row["message"]["method"] == "tdoa"
+    assert redis_client.exists(f"{settings.redis_prefix}blob:{job_id}") == 0
+
+
+def test_a_model_job_has_no_map(client, worker, capture):
+    from tests.helpers import json_body
+
+    job_id = client.post("/predict", json=json_body(capture)).get_json()["job_id"]
+    wait_final(client, job_id)
+    response = client.get(f"/jobs/{job_id}/map.png")
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_map"
+
+
+def test_a_client_job_id_is_idempotent_for_tdoa_sets(client, worker, recordings):
+    job_id = f"tdoa-{uuid.uuid4()}"
+    first = post_tdoa(client, recordings, job_id=job_id)
+    again = post_tdoa(client, recordings, job_id=job_id)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["created"] is False
+    other = list(recordings.files)
+    other[0] = other[0][:-4096]  # a different recording under the same id
+    conflict = post_tdoa(client, recordings, files=other, job_id=job_id)
+    assert conflict.status_code == 409
+    assert wait_final(client, job_id)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("case", ["no_gps", "too_few_files", "other_frequency", "bad_positions"])
+def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
+    job_id = f"refused-{uuid.uuid4()}"
+    files, names = list(recordings.files), list(recordings.names)
+    fields: dict[str, str] = {"job_id": job_id}
+    if case == "no_gps":
+        files[1] = write_kiwi_wav(np.zeros(8192, np.complex64), np.full(16, np.nan))
+        expected = "GPS"
+    elif case == "too_few_files":
+        files, names = files[:3], names[:3]
+        expected = "3 capture file"
+    elif case == "other_frequency":
+        names[0] = names[0].replace(f"_{recordings.frequency_hz}_", "_10000000_")
+        expected = "same frequency"
+    else:
+        fields["receivers"] = '[{"id": "a", "lat": 100, "lon": 0}]'
+        expected = "3 to"
+    response = post_tdoa(client, recordings, files=files, names=names, **fields)
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_capture"
+    assert expected in response.get_json()["error"]["message"]
+    assert count_jobs(engine, job_id) == 0
+
+
+def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, settings, app):
+    """``heimdall-inference tdoa submit`` against a real shim process."""
+    from inference_worker.cli.processes import cli_process, wait_until
+    from tests.integration.helpers import free_port, worker_env
+
+    for name, data in zip(recordings.names, recordings.files, strict=True):
+        (tmp_path / name).write_bytes(data)
+    positions = {s.id: {"lat": s.lat, "lon": s.lon} for s in recordings.stations}
+    (tmp_path / "positions.json").write_text(json.dumps(positions))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = worker_env(settings)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    with cli_process(
+        ["api", "--port", str(port), "--workers", "1"], tmp_path / "api.log", env
+    ) as api:
+        wait_until("the shim", healthy, 60, api)
+        args = [
+            "tdoa", "submit", *[str(tmp_path / n) for n in reversed(recordings.names)],
+            "--receivers", str(tmp_path / "positions.json"),
+            "--url", url, "--json",
+            "--map", str(tmp_path / "map.png"), "--geojson", str(tmp_path / "result.geojson"),
+        ]  # fmt: skip
+        with cli_process(args, tmp_path / "submit.log", env) as submit:
+            assert submit.wait(timeout=120) == 0, (tmp_path / "submit.log").read_text()
+    output = (tmp_path / "submit.log").read_text()
+    view, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])
+    assert view["status"] == "succeeded"
+    assert view["receivers"] == [s.id for s in reversed(recordings.stations)]
+    assert distance_m(view["result"]["lat"], view["result"]["lon"], *recordings.emitter) < 2_000
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "result.geojson").read_text())["type"] == "FeatureCollection"

@@ -1,0 +1,121 @@
+"""A TDoA submission is checked before it is accepted: positions, files with usable GPS time, a
+long enough common span, one tuned frequency; each refusal names the receiver and the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from inference_worker.core.capture import CaptureError
+from inference_worker.core.kiwi_wav import write_kiwi_wav
+from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa, parse_stations
+from inference_worker.science.kiwi_sets import synthetic_set
+from tasks.contract import MessageError, read_message
+from tests.helpers import task_message
+
+LIMITS = TdoaLimits(max_receivers=6, min_overlap_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def recordings():
+    return synthetic_set(np.random.default_rng(7), receivers=3, seconds=6.0, quirks=False)
+
+
+def fields(recordings, **changes):
+    return {
+        "receivers": json.dumps(recordings.positions()),
+        "frequency_mhz": recordings.frequency_hz / 1e6,
+        **changes,
+    }
+
+
+def test_a_good_set_is_accepted_with_its_positions_and_common_span(recordings):
+    capture = check_tdoa(recordings.files, recordings.names, fields(recordings), LIMITS)
+    assert [s.id for s in capture.stations] == [s.id for s in recordings.stations]
+    assert capture.parts() == tuple(len(f) for f in recordings.files)
+    assert capture.payload() == b"".join(recordings.files)
+    assert 0.5 < capture.overlap_s <= 6.0
+    assert capture.sample_rate_hz == 12_000.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not json", "JSON list"),
+        ('{"id": "a"}', "JSON list"),
+        ('[{"id": "a", "lat": 1, "lon": 2}, {"id": "b", "lat": 1, "lon": 3}]', "3 to 6"),
+        (
+            '[{"id": "a", "lat": 91, "lon": 2}, {"id": "b", "lat": 1, "lon": 3}, '
+            '{"id": "c", "lat": 1, "lon": 4}]',
+            "receivers[0].lat must be between",
+        ),
+        (
+            '[{"id": "a b", "lat": 1, "lon": 2}, {"id": "b", "lat": 1, "lon": 3}, '
+            '{"id": "c", "lat": 1, "lon": 4}]',
+            "receivers[0].id",
+        ),
+        (
+            '[{"id": "a", "lat": 1, "lon": 2}, {"id": "a", "lat": 1, "lon": 3}, '
+            '{"id": "c", "lat": 1, "lon": "x"}]',
+            "receivers[2].lon must be a number",
+        ),
+    ],
+)
+def test_bad_positions_are_refused_with_what_is_wrong(value, message):
+    with pytest.raises(CaptureError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_stations(value, LIMITS)
+
+
+def test_one_file_per_receiver_is_required(recordings):
+    with pytest.raises(CaptureError, match="2 capture file"):
+        check_tdoa(recordings.files[:2], recordings.names[:2], fields(recordings), LIMITS)
+
+
+def test_a_recording_without_gps_time_is_refused_naming_its_receiver(recordings):
+    silent = write_kiwi_wav(np.zeros(4096, np.complex64), np.full(8, np.nan))
+    files = (recordings.files[0], silent, recordings.files[2])
+    with pytest.raises(CaptureError, match=f"receiver {recordings.stations[1].id}.*GPS"):
+        check_tdoa(files, recordings.names, fields(recordings), LIMITS)
+
+
+def test_recordings_that_do_not_overlap_long_enough_are_refused(recordings):
+    with pytest.raises(CaptureError, match="overlap"):
+        check_tdoa(
+            recordings.files,
+            recordings.names,
+            fields(recordings),
+            TdoaLimits(min_overlap_s=30.0),
+        )
+
+
+def test_recordings_of_another_frequency_are_refused(recordings):
+    names = list(recordings.names)
+    names[2] = names[2].replace(f"_{recordings.frequency_hz}_", "_198000_")
+    with pytest.raises(CaptureError, match="198 kHz.*same frequency"):
+        check_tdoa(recordings.files, names, fields(recordings), LIMITS)
+
+
+def test_a_tdoa_message_must_carry_positions_and_parts():
+    base = task_message(np.zeros((3, 10), np.complex64), "j", "k")
+    tdoa = {
+        **base,
+        "method": "tdoa",
+        "stations": [
+            {"id": r, "lat": 1.0, "lon": float(i)} for i, r in enumerate(base["receivers"])
+        ],
+        "parts": [10, 10, 10],
+    }
+    assert read_message(tdoa).method == "tdoa"
+    with pytest.raises(MessageError, match="stations and parts"):
+        read_message({**tdoa, "parts": None})
+    with pytest.raises(MessageError, match="follow receivers"):
+        read_message({**tdoa, "parts": [10, 10]})
+    with pytest.raises(MessageError, match="exactly 3"):
+        read_message({**base, "receivers": ["a", "b", "c", "d"]})
+
+
+def test_a_model_message_is_sent_as_before_tdoa():
+    message = read_message(task_message(np.zeros((3, 10), np.complex64), "j", "k"))
+    assert not {"method", "stations", "parts"} & set(message.to_json())
