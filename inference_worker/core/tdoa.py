@@ -3,11 +3,12 @@
 1. Align: every receiver's samples are put on GPS time through its own fitted time base
    (:func:`inference_worker.core.kiwi_wav.timebase`); only the span all receivers cover is used.
 2. Delays: each pair is cross-correlated over short windows, each window's peak refined below a
-   sample (FFT interpolation, then a parabola), windows far from the pair's median are rejected,
-   and the rest give the pair's delay and its uncertainty.
+   sample (FFT interpolation, then a parabola), windows far from the pair's median (gross
+   outliers) are rejected, and the rest give the pair's delay and its uncertainty.
 3. Position: a likelihood over positions on the sphere (great-circle paths, ground wave at the
-   speed of light), searched on a coarse grid and refined around its peak; its mean and
-   covariance give the estimate and the ellipses.
+   speed of light) that counts each receiver's error once, searched on a coarse grid whose best
+   peaks are refined; the best peak's mean and covariance give the estimate and the ellipses,
+   and other peaks that explain the delays too are reported as alternatives.
 
 Skywave (ionospheric) paths are longer than the great circle by an amount that depends on the
 layer height and the hop count: this model assumes ground wave, or skywave with similar
@@ -47,6 +48,9 @@ SPEED_OF_LIGHT_M_S = 299_792_458.0
 EARTH_RADIUS_M = 6_371_008.8
 UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
+OUTLIER_MADS = 5.0
+"""A window whose delay is this many robust standard deviations from the pair's median is an
+outlier."""
 _MARGIN = 256
 """Samples on each side of a window that are shifted with it and then dropped."""
 CLOCK_FLOOR_S = 0.3e-6
@@ -178,7 +182,9 @@ def pair_delays(
         )
         centre = float(np.median(per_window))
         spread = 1.4826 * float(np.median(np.abs(per_window - centre)))
-        kept = per_window[np.abs(per_window - centre) <= max(3 * spread, 1e-7)]
+        # Only gross outliers go (a window where noise or a fade moved the peak); trimming
+        # closer would shrink the spread below what the mean really carries.
+        kept = per_window[np.abs(per_window - centre) <= max(OUTLIER_MADS * spread, 1e-7)]
         spread_s = float(np.std(kept, ddof=1) / math.sqrt(len(kept))) if len(kept) > 1 else 1e-5
         clock_s = [_clock_sigma(timebases[k], clock_floor_s) for k in (a, b)]
         sigma = math.sqrt(spread_s**2 + clock_s[0] ** 2 + clock_s[1] ** 2)

@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from urllib3 import encode_multipart_formdata
 
 from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.science.kiwi_sets import synthetic_set
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import inference_logs, jobs
 from tasks.contract import read_message
@@ -166,14 +168,21 @@ class Answer:
     status: int
     body: dict
     seconds: float
+    tdoa: bool = False
+
+
+TDOA_EVERY = 6
+"""Every this many submissions is a TDoA set (KiwiSDR WAV files) instead of a model capture."""
 
 
 @dataclass
 class Load:
-    """A client thread that submits captures over HTTP until stopped."""
+    """A client thread that submits captures over HTTP until stopped: model captures, and every
+    ``TDOA_EVERY``-th a TDoA set, so both methods go through the same faults."""
 
     base_url: str
     captures: list
+    tdoa_sets: list = field(default_factory=list)
     phase: str = "steady"
     answers: list[Answer] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -181,15 +190,18 @@ class Load:
     def submit(self, index: int) -> Answer:
         # A new capture every time (a repeated one would be answered from the result cache
         # without touching the broker).
-        capture = self.captures[index % len(self.captures)]
-        data = npy_bytes(capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
-        query = capture_query(capture)
-        request = urllib.request.Request(
-            f"{self.base_url}/predict?{urllib.parse.urlencode(query)}",
-            data=data,
-            headers={"Content-Type": "application/x-npy"},
-            method="POST",
-        )
+        if self.tdoa_sets and index % TDOA_EVERY == TDOA_EVERY - 1:
+            request = self.tdoa_request(self.tdoa_sets[index % len(self.tdoa_sets)])
+        else:
+            capture = self.captures[index % len(self.captures)]
+            data = npy_bytes(capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
+            query = capture_query(capture)
+            request = urllib.request.Request(
+                f"{self.base_url}/predict?{urllib.parse.urlencode(query)}",
+                data=data,
+                headers={"Content-Type": "application/x-npy"},
+                method="POST",
+            )
         phase, started = self.phase, time.monotonic()
         try:
             with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
@@ -202,9 +214,27 @@ class Load:
             body = json.loads(raw)
         except ValueError:
             body = {"raw": raw[:200].decode(errors="replace")}
-        answer = Answer(phase, status, body, time.monotonic() - started)
+        tdoa = request.get_header("Content-type", "").startswith("multipart/")
+        answer = Answer(phase, status, body, time.monotonic() - started, tdoa)
         self.answers.append(answer)
         return answer
+
+    def tdoa_request(self, recordings) -> urllib.request.Request:
+        fields: list[tuple[str, object]] = [
+            ("receivers", json.dumps(recordings.positions())),
+            ("frequency_mhz", str(recordings.frequency_hz / 1e6)),
+        ]
+        fields += [
+            ("capture", (name, data, "audio/wav"))
+            for name, data in zip(recordings.names, recordings.files, strict=True)
+        ]
+        body, content_type = encode_multipart_formdata(fields)
+        return urllib.request.Request(
+            f"{self.base_url}/predict",
+            data=body,
+            headers={"Content-Type": content_type},
+            method="POST",
+        )
 
     def accepted(self) -> int:
         return sum(a.status == 202 for a in list(self.answers))
@@ -226,7 +256,11 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
     port = free_port()
     env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
     api_args = ["api", "--port", str(port), "--workers", "2"]
-    load = Load(f"http://127.0.0.1:{port}", captures)
+    tdoa_sets = [
+        synthetic_set(np.random.default_rng(SEED + k), receivers=3 + k, seconds=5.0)
+        for k in range(2)
+    ]
+    load = Load(f"http://127.0.0.1:{port}", captures, tdoa_sets)
     log: list[str] = []
 
     def healthy() -> bool:
@@ -364,6 +398,9 @@ def test_nothing_accepted_is_lost_or_done_twice_through_faults(
         f"duplicated: {duplicated}; taken more than once: {redelivered}"
     )
 
+    tdoa = [a.body["job_id"] for a in load.answers if a.status == 202 and a.tdoa]
+    print(f"TDoA sets among them: {len(tdoa)}")
+    assert tdoa, "no TDoA set was accepted"
     assert lost == 0
     assert duplicated == 0
     assert failures == [], failures
