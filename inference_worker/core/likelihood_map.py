@@ -92,12 +92,13 @@ def render_png(
     draw = ImageDraw.Draw(image)
     to_x = lambda lon: (lon - lons[0]) / (lons[-1] - lons[0]) * (size - 1)  # noqa: E731
     to_y = lambda lat: (lats[-1] - lat) / (lats[-1] - lats[0]) * (size - 1)  # noqa: E731
-    for lat, lon, label in points:
+    for index, (lat, lon, label) in enumerate(points):
         x, y = to_x(lon), to_y(lat)
         if not (0 <= x < size and 0 <= y < size):
             continue
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=(255, 255, 255), width=2)
-        draw.text((x + 6, y - 6), label, fill=(255, 255, 255))
+        # labels alternate above and below their mark, so that close points stay readable
+        draw.text((x + 6, y - 14 if index % 2 else y + 2), label, fill=(255, 255, 255))
     draw.text(
         (6, size - 16),
         f"{lats[0]:.4f}..{lats[-1]:.4f} N  {lons[0]:.4f}..{lons[-1]:.4f} E",

@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import scipy.ndimage
@@ -51,6 +52,11 @@ UPSAMPLE = 16
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
 outlier."""
+INCOHERENT_SHARE = 0.15
+INCOHERENT_RATIO = 30.0
+"""A pair has no common signal when its windows' delays scatter over more than
+``INCOHERENT_SHARE`` of the lags searched (unrelated signals scatter over most of them), or
+more than ``INCOHERENT_RATIO`` times as much as the pair that agrees best."""
 _MARGIN = 256
 """Samples on each side of a window that are shifted with it and then dropped."""
 CLOCK_FLOOR_S = 0.3e-6
@@ -128,6 +134,32 @@ def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) 
     return float(lags[index] + offset * step)
 
 
+class Delays(Sequence[PairDelay]):
+    """Every pair's delay, and the covariance of their errors (pairs share receivers and
+    windows, so their errors are not independent)."""
+
+    def __init__(self, pairs: list[PairDelay], covariance_us2: np.ndarray) -> None:
+        self.pairs = pairs
+        self.covariance_us2 = covariance_us2
+        """``(pairs, pairs)``, in µs²."""
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @overload
+    def __getitem__(self, index: int) -> PairDelay: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[PairDelay]: ...
+
+    def __getitem__(self, index: int | slice) -> PairDelay | list[PairDelay]:
+        return self.pairs[index]
+
+    def precision(self) -> np.ndarray:
+        """The inverse covariance (µs⁻²), for ``r @ P @ r``."""
+        return np.linalg.pinv(self.covariance_us2, rcond=1e-10, hermitian=True)
+
+
 def pair_delays(
     recordings: Sequence[KiwiRecording],
     timebases: Sequence[Timebase],
@@ -137,11 +169,13 @@ def pair_delays(
     rate_hz: float = 12_000.0,
     min_overlap_s: float = 2.0,
     clock_floor_s: float = CLOCK_FLOOR_S,
-) -> list[PairDelay]:
-    """Each pair's delay and its uncertainty, from windows over the common span.
+) -> Delays:
+    """Each pair's delay and the covariance of their errors, from windows over the common span.
 
-    The uncertainty adds the spread of the windows' delays to each receiver's time-base
-    uncertainty (its stamps' scatter over their number, and ``clock_floor_s``).
+    The covariance is that of the windows' mean delays, estimated from how the windows' delays
+    scatter together (so that it holds whether a receiver's noise moves all its pairs alike or
+    each pair's own), plus each receiver's time-base uncertainty (its stamps' scatter over their
+    number, and ``clock_floor_s``), which moves every pair of that receiver alike.
 
     Raises:
         TdoaError: fewer than 3 receivers, or too short a common span.
@@ -161,35 +195,71 @@ def pair_delays(
         [_window(r, tb, centre, length) for centre in centres]
         for r, tb in zip(recordings, timebases, strict=True)
     ]
-    delays = []
-    for a, b in itertools.combinations(range(len(recordings)), 2):
+    pairs = list(itertools.combinations(range(len(recordings)), 2))
+    per_window = np.empty((len(pairs), count))
+    max_lags = np.empty(len(pairs))
+    for row, (a, b) in enumerate(pairs):
         baseline = great_circle_m(
             stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon
         )
-        max_lag = baseline / SPEED_OF_LIGHT_M_S + 1e-3
+        max_lag = max_lags[row] = float(baseline / SPEED_OF_LIGHT_M_S + 1e-3)
         pair_rate = (timebases[a].rate_hz + timebases[b].rate_hz) / 2
         margin = int(math.ceil(max_lag * pair_rate)) + 2
-        per_window = np.array(
-            [
-                _peak_delay(
-                    windows[a][k],
-                    _window(recordings[b], timebases[b], centres[k], length + 2 * margin),
-                    pair_rate,
-                    max_lag,
-                )
-                for k in range(count)
-            ]
+        per_window[row] = [
+            _peak_delay(
+                windows[a][k],
+                _window(recordings[b], timebases[b], centres[k], length + 2 * margin),
+                pair_rate,
+                max_lag,
+            )
+            for k in range(count)
+        ]
+    # A pair whose windows agree on no delay hears no common signal (one receiver's time or
+    # frequency is off): its windows' peaks scatter over the lags searched, hundreds of times
+    # more than a pair that shares the signal.
+    scatter_s = 1.4826 * np.median(
+        np.abs(per_window - np.median(per_window, axis=1, keepdims=True)), axis=1
+    )
+    coherent = (scatter_s < INCOHERENT_SHARE * max_lags) & (
+        scatter_s < INCOHERENT_RATIO * max(float(scatter_s.min()), 1e-6)
+    )
+    deaf = [
+        stations[k].id
+        for k in range(len(recordings))
+        if not any(coherent[row] for row, pair in enumerate(pairs) if k in pair)
+    ]
+    if deaf:
+        raise TdoaError(
+            f"receiver(s) {', '.join(deaf)}: no signal in common with the others at the same GPS "
+            "time (is the recording's time, or its frequency, right?)"
         )
-        centre = float(np.median(per_window))
-        spread = 1.4826 * float(np.median(np.abs(per_window - centre)))
-        # Only gross outliers go (a window where noise or a fade moved the peak); trimming
-        # closer would shrink the spread below what the mean really carries.
-        kept = per_window[np.abs(per_window - centre) <= max(OUTLIER_MADS * spread, 1e-7)]
-        spread_s = float(np.std(kept, ddof=1) / math.sqrt(len(kept))) if len(kept) > 1 else 1e-5
-        clock_s = [_clock_sigma(timebases[k], clock_floor_s) for k in (a, b)]
-        sigma = math.sqrt(spread_s**2 + clock_s[0] ** 2 + clock_s[1] ** 2)
-        delays.append(PairDelay(a, b, float(np.mean(kept)), sigma, len(kept), count))
-    return delays
+    pairs = [pair for pair, ok in zip(pairs, coherent, strict=True) if ok]
+    per_window = per_window[coherent]
+    centre = np.median(per_window, axis=1, keepdims=True)
+    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
+    # Only gross outliers go (a window where noise or a fade moved a peak far); trimming closer
+    # would shrink the scatter below what the means really carry. A window off in any pair
+    # goes for all, so that every pair's mean and the covariance use the same windows.
+    good = np.all(np.abs(per_window - centre) <= np.maximum(OUTLIER_MADS * spread, 1e-7), axis=0)
+    if np.count_nonzero(good) < 3:
+        good[:] = True
+    kept = per_window[:, good] * 1e6
+    used = kept.shape[1]
+    scatter = np.atleast_2d(np.cov(kept))
+    # Few windows for many pairs make a noisy covariance: shrink it towards its diagonal.
+    shrink = min(1.0, len(pairs) / (len(pairs) + used))
+    scatter = (1 - shrink) * scatter + shrink * np.diag(np.diag(scatter))
+    design = np.zeros((len(pairs), len(recordings)))
+    for row, (a, b) in enumerate(pairs):
+        design[row, a], design[row, b] = 1.0, -1.0
+    clocks = np.array([_clock_sigma(tb, clock_floor_s) * 1e6 for tb in timebases])
+    covariance = scatter / used + design @ np.diag(clocks**2) @ design.T
+    means = kept.mean(axis=1) * 1e-6
+    delays = [
+        PairDelay(a, b, float(means[row]), math.sqrt(covariance[row, row]) * 1e-6, used, count)
+        for row, (a, b) in enumerate(pairs)
+    ]
+    return Delays(delays, covariance)
 
 
 def _clock_sigma(base: Timebase, floor_s: float) -> float:
@@ -215,8 +285,9 @@ class Likelihood:
     log_likelihood: np.ndarray
     """``(len(lats), len(lons))``; 0 at the peak."""
     chi2: float
-    """How badly the best position fits the delays (about the number of receivers minus 3 when
-    the delays and their uncertainties are right)."""
+    """How badly the best position fits the delays: about the number of pairs minus 2 when the
+    delays and their uncertainties are right; far more means a receiver's time or position, or
+    the propagation, is not what the model assumes."""
     weight: float = 1.0
     """The share of the likelihood's mass around the estimate (below 1 when there are
     alternatives)."""
@@ -227,7 +298,8 @@ class Likelihood:
 
 
 def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
-    """The inverse covariance (µs⁻²) of the pairs' delays, for ``r @ P @ r``.
+    """The inverse covariance (µs⁻²) of pairs' delays known only by their sigmas (a result
+    read back), for ``r @ P @ r``.
 
     Pairs share receivers, so their errors are not independent: with every pair measured, only
     ``stations - 1`` of them carry information. Each pair's variance is split into the shares of
@@ -253,7 +325,11 @@ def log_likelihood_grid(
 ) -> np.ndarray:
     """``-chi2/2`` of the delays at every point of a latitude × longitude grid."""
     if precision is None:
-        precision = delay_precision(delays, len(stations))
+        precision = (
+            delays.precision()
+            if isinstance(delays, Delays)
+            else delay_precision(delays, len(stations))
+        )
     grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
     travel = [
         great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S for s in stations
@@ -277,7 +353,9 @@ def locate(
     coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
     points and favour a broader wrong one), and the best refined peak is the estimate.
     """
-    precision = delay_precision(delays, len(stations))
+    precision = (
+        delays.precision() if isinstance(delays, Delays) else delay_precision(delays, len(stations))
+    )
     lat_values = [s.lat for s in stations]
     lon_values = [s.lon for s in stations]
     per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
@@ -391,7 +469,7 @@ def _moments(
 class Solution:
     estimate: Estimate
     likelihood: Likelihood
-    pairs: list[PairDelay]
+    pairs: Delays
     timebases: list[Timebase]
     overlap_s: float
 

@@ -144,3 +144,16 @@ def test_the_likelihood_contours_of_a_gaussian_are_its_ellipses():
         assert radius == pytest.approx(expected, rel=0.02)
     png = render_png(lats, lons, log_likelihood, points=[(45.0, 9.0, "peak")])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_receiver_whose_time_is_off_is_named_not_located_against():
+    """A receiver whose GPS time is wrong by most of a second shares no signal with the others
+    at the same GPS time: the set is refused naming it, rather than located from noise."""
+    recording = synthetic_set(
+        np.random.default_rng(5), receivers=3, seconds=8.0, signal="modulated", quirks=False
+    )
+    wrong = read_kiwi_wav(recording.files[1])
+    shifted = write_kiwi_wav(wrong.iq, wrong.gps_s + 0.8)
+    files = (recording.files[0], shifted, recording.files[2])
+    with pytest.raises(TdoaError, match=f"{recording.stations[1].id}: no signal in common"):
+        solve(files, recording.stations)
