@@ -5,7 +5,9 @@ inside their region or up to 300 km outside, a keyed or modulated signal at 10-3
 receivers' own clock rates, ~1 µs stamp jitter and the quirks of real files. Every set goes
 through the same reader and estimator the worker runs. Prints the median error, how often the
 68 % and 95 % regions hold the truth (with a 95 % binomial interval), rows by signal, receiver
-count and inside/outside, and checks the bars: median error <= 2 km, 95 % regions hold 95 ± 3 %.
+count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
+each is refused with a message naming it. Bars: median error <= 2 km, 95 % regions hold
+95 ± 3 %, every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026]
 """
@@ -25,8 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference_worker.core.capture import CaptureError  # noqa: E402
 from inference_worker.core.ellipse import distance_m  # noqa: E402
+from inference_worker.core.kiwi_wav import NEVER_HAD_FIX, read_kiwi_wav, write_kiwi_wav  # noqa: E402
 from inference_worker.core.tdoa import TdoaError, solve  # noqa: E402
+from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
 
 MEDIAN_BAR_M = 2_000.0
@@ -57,6 +62,36 @@ def one_set(seed: int) -> dict[str, object]:
         "ambiguous": bool(solution.likelihood.alternatives),
         "solve_s": time.perf_counter() - started,
     }
+
+
+BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
+
+
+def one_bad_set(seed: int) -> dict[str, object]:
+    """A set with one receiver's GPS time missing or wrong: it must be refused, naming it."""
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=int(rng.integers(3, 6)), seconds=10.0)
+    kind = BAD_KINDS[seed % len(BAD_KINDS)]
+    victim = int(rng.integers(len(recording.stations)))
+    original = read_kiwi_wav(recording.files[victim])
+    if kind == "no GPS time":
+        bad = write_kiwi_wav(original.iq, np.full(len(original.gps_s), np.nan))
+    elif kind == "fix never acquired":
+        ages = np.full(len(original.gps_s), NEVER_HAD_FIX)
+        bad = write_kiwi_wav(original.iq, np.nan_to_num(original.gps_s), fix_age=ages)
+    else:
+        bad = write_kiwi_wav(original.iq, original.gps_s + 0.8)
+    files = list(recording.files)
+    files[victim] = bad
+    fields = {"receivers": recording.positions(), "frequency_mhz": recording.frequency_hz / 1e6}
+    name = recording.stations[victim].id
+    try:
+        check_tdoa(files, recording.names, fields, TdoaLimits())
+        solve(files, recording.stations)
+    except (CaptureError, TdoaError) as exc:
+        stage = "submission (422)" if isinstance(exc, CaptureError) else "worker (job failed)"
+        return {"kind": kind, "refused_at": stage, "names_receiver": name in str(exc)}
+    return {"kind": kind, "refused_at": None, "names_receiver": False}
 
 
 def interval(hits: int, n: int) -> tuple[float, float]:
@@ -103,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=300)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026, help="first set's seed")
+    parser.add_argument(
+        "--bad-sets", type=int, default=30, help="sets with one receiver's GPS time broken"
+    )
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)
 
@@ -143,13 +181,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  seed {r['seed']}: {r['refused']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
+    bad_ok = True
+    if args.bad_sets:
+        with ProcessPoolExecutor(args.processes) as pool:
+            bad = list(pool.map(one_bad_set, range(args.seed, args.seed + args.bad_sets)))
+        print(f"\nsets with one receiver's GPS time broken: {len(bad)}")
+        for kind in BAD_KINDS:
+            mine = [b for b in bad if b["kind"] == kind]
+            stages = sorted({str(b["refused_at"]) for b in mine})
+            named = sum(bool(b["names_receiver"]) for b in mine)
+            print(
+                f"  {kind}: {len(mine)} sets, refused at {', '.join(stages)}; message names "
+                f"the receiver in {named}"
+            )
+        bad_ok = all(b["refused_at"] and b["names_receiver"] for b in bad)
     median_ok = overall["median_m"] <= MEDIAN_BAR_M  # type: ignore[operator]
     coverage_ok = COVERAGE_95_BAND[0] <= overall["held_95"] <= COVERAGE_95_BAND[1]  # type: ignore[operator]
     print(
         f"median error <= {MEDIAN_BAR_M:,.0f} m: {'PASS' if median_ok else 'FAIL'}; "
-        f"95 % regions hold 95 ± 3 %: {'PASS' if coverage_ok else 'FAIL'}"
+        f"95 % regions hold 95 ± 3 %: {'PASS' if coverage_ok else 'FAIL'}; "
+        f"broken GPS time refused with the receiver named: {'PASS' if bad_ok else 'FAIL'}"
     )
-    return 0 if median_ok and coverage_ok else 1
+    return 0 if median_ok and coverage_ok and bad_ok else 1
 
 
 if __name__ == "__main__":

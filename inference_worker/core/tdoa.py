@@ -253,7 +253,11 @@ def pair_delays(
     for row, (a, b) in enumerate(pairs):
         design[row, a], design[row, b] = 1.0, -1.0
     clocks = np.array([_clock_sigma(tb, clock_floor_s) * 1e6 for tb in timebases])
-    covariance = scatter / used + design @ np.diag(clocks**2) @ design.T
+    # The scatter is itself estimated from the windows: with few windows for many pairs it
+    # errs low as often as high, and what it misses widens the error of the means
+    # (Hotelling's T²: about (n - 1) / (n - p - 1) for n windows and p pairs).
+    inflation = (used - 1) / (used - len(pairs) - 1) if used > len(pairs) + 2 else used - 1.0
+    covariance = inflation * scatter / used + design @ np.diag(clocks**2) @ design.T
     means = kept.mean(axis=1) * 1e-6
     delays = [
         PairDelay(a, b, float(means[row]), math.sqrt(covariance[row, row]) * 1e-6, used, count)

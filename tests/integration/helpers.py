@@ -4,6 +4,8 @@ to hold a job's row, and the environment of a worker process."""
 from __future__ import annotations
 
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,17 @@ def queue_consumers(broker_url: str, queue: str) -> int:
         finally:
             if channel.is_open:
                 channel.close()
+
+
+def shim_answers(base_url: str) -> bool:
+    """Whether a shim process answers ``GET /health`` (with any status) at ``base_url``."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:

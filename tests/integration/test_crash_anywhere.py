@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     child_pids,
     free_port,
     produce,
+    shim_answers,
     submit_npy,
     wait_final_row,
     worker_env,
@@ -194,14 +195,7 @@ def test_killing_shim_processes_during_a_burst_leaves_no_job_unfinished(
     ):
         wait_until("the worker", lambda: bool(store.workers()), 60, worker)
 
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5):
-                    return True
-            except OSError:
-                return False
-
-        wait_until("the shim", up, 60, api)
+        wait_until("the shim", lambda: shim_answers(base), 60, api)
         threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(8)]
         for thread in threads:
             thread.start()

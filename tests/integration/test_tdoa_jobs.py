@@ -5,7 +5,6 @@ are refused with 422 and leave nothing behind."""
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 
 import numpy as np
@@ -136,7 +135,7 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
 def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, settings, app):
     """``heimdall-inference tdoa submit`` against a real shim process."""
     from inference_worker.cli.processes import cli_process, wait_until
-    from tests.integration.helpers import free_port, worker_env
+    from tests.integration.helpers import free_port, shim_answers, worker_env
 
     for name, data in zip(recordings.names, recordings.files, strict=True):
         (tmp_path / name).write_bytes(data)
@@ -146,17 +145,10 @@ def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, 
     url = f"http://127.0.0.1:{port}"
     env = worker_env(settings)
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return True
-        except OSError:
-            return False
-
     with cli_process(
         ["api", "--port", str(port), "--workers", "1"], tmp_path / "api.log", env
     ) as api:
-        wait_until("the shim", healthy, 60, api)
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
         args = [
             "tdoa", "submit", *[str(tmp_path / n) for n in reversed(recordings.names)],
             "--receivers", str(tmp_path / "positions.json"),
