@@ -17,6 +17,7 @@ geometry to every receiver.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -113,25 +114,36 @@ def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) 
     largest lag searched), so at every lag searched each sample of ``x`` meets a sample of
     ``y``. Correlating two windows of one length would not: the part they share shrinks with
     the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag.
+
+    The peak is found on whole samples, then the band-limited correlation is evaluated
+    ``UPSAMPLE`` times finer within a sample either side of it and a parabola fitted to the
+    finest peak: the same values as interpolating the whole correlation, for a fraction of the
+    work.
     """
     n, margin = len(y), (len(y) - len(x)) // 2
     padded_x = np.zeros(n, dtype=complex)
     padded_x[margin : margin + len(x)] = x
     cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y))
-    padded = np.zeros(n * UPSAMPLE, dtype=complex)
-    half = n // 2
-    padded[:half] = cross[:half]
-    padded[-(n - half) :] = cross[half:]
-    correlation = np.abs(np.fft.ifft(padded))
-    step = 1.0 / (rate_hz * UPSAMPLE)
-    lags = np.fft.fftfreq(n * UPSAMPLE, d=1.0 / (n * UPSAMPLE)) * step
-    allowed = np.abs(lags) <= min(max_lag_s, margin / rate_hz)
-    index = int(np.argmax(np.where(allowed, correlation, -1.0)))
-    left, right = correlation[index - 1], correlation[(index + 1) % len(correlation)]
-    centre = correlation[index]
+    coarse = np.abs(np.fft.ifft(cross))
+    lags = np.fft.fftfreq(n, d=1.0 / n)  # whole samples, signed
+    allowed = np.abs(lags) <= min(max_lag_s * rate_hz, margin)
+    peak = float(lags[int(np.argmax(np.where(allowed, coarse, -1.0)))])
+    frequencies, kernel = _fine_kernel(n)
+    fine = np.abs(kernel @ (cross * np.exp(2j * np.pi * frequencies * peak)))
+    index = int(np.clip(np.argmax(fine), 1, len(fine) - 2))
+    left, centre, right = fine[index - 1], fine[index], fine[index + 1]
     denominator = left - 2 * centre + right
     offset = 0.5 * (left - right) / denominator if denominator != 0 else 0.0
-    return float(lags[index] + offset * step)
+    return (peak + (index - UPSAMPLE + offset) / UPSAMPLE) / rate_hz
+
+
+@functools.lru_cache(maxsize=16)
+def _fine_kernel(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies of an ``n``-point FFT, and the matrix that turns a cross-spectrum into its
+    correlation at lags ``-1, -1 + 1/UPSAMPLE, ..., +1`` samples."""
+    frequencies = np.fft.fftfreq(n)
+    steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
+    return frequencies, np.exp(2j * np.pi * np.outer(steps, frequencies))
 
 
 class Delays(Sequence[PairDelay]):

@@ -69,24 +69,37 @@ def destination(
     return math.degrees(p2), (math.degrees(l2) + 540.0) % 360.0 - 180.0
 
 
-def place_receivers(rng: np.random.Generator, count: int) -> tuple[Receiver, ...]:
-    """``count`` receivers around a random centre in Europe, every pair 300-1 000 km apart."""
+def place_receivers(
+    rng: np.random.Generator,
+    count: int,
+    spacing_m: tuple[float, float] = (300e3, 1_000e3),
+    tries: int = 10_000,
+) -> tuple[Receiver, ...]:
+    """``count`` receivers around a random centre in Europe, every pair ``spacing_m`` apart.
+
+    Raises:
+        ValueError: no such placement found in ``tries`` draws (too many receivers for the
+            spacing).
+    """
     centre = (rng.uniform(40.0, 56.0), rng.uniform(-5.0, 25.0))
-    while True:
+    radius = (spacing_m[0] * 2 / 3, spacing_m[1] * 0.55)
+    for _ in range(tries):
         bearings = np.sort(rng.uniform(0.0, 360.0, count))
-        points = [
-            destination(*centre, float(b), float(rng.uniform(200e3, 550e3))) for b in bearings
-        ]
+        points = [destination(*centre, float(b), float(rng.uniform(*radius))) for b in bearings]
         distances = [
             great_circle_m(a[0], a[1], b[0], b[1])
             for i, a in enumerate(points)
             for b in points[i + 1 :]
         ]
-        if all(300e3 <= float(d) <= 1_000e3 for d in distances):
+        if all(spacing_m[0] <= float(d) <= spacing_m[1] for d in distances):
             return tuple(
                 Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
                 for i, (lat, lon) in enumerate(points)
             )
+    raise ValueError(
+        f"could not place {count} receivers {spacing_m[0] / 1e3:g}-{spacing_m[1] / 1e3:g} km "
+        "apart; widen the spacing"
+    )
 
 
 def place_emitter(
@@ -148,10 +161,11 @@ def synthetic_set(
     frequency_hz: int = 77_500,
     snr_db: tuple[float, float] = (10.0, 30.0),
     clock_error_s: float = CLOCK_FLOOR_S,
+    spacing_m: tuple[float, float] = (300e3, 1_000e3),
 ) -> SyntheticSet:
     """One set of recordings of one emitter; see the module docstring for what varies.
     ``quirks``: True draws each with probability one half, or name the ones wanted."""
-    stations = place_receivers(rng, receivers)
+    stations = place_receivers(rng, receivers, spacing_m)
     emitter, outside_km = place_emitter(rng, stations)
     kind = signal or str(rng.choice(SIGNALS))
     starts = GPS_START_S + rng.uniform(0.0, 5.0, receivers)
