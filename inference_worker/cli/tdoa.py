@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from api_shim.client import ShimClient, ShimError
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import (
     contains,
@@ -29,6 +28,9 @@ from inference_worker.core.kiwi_wav import parse_file_name
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import PairDelay, log_likelihood_grid
 from inference_worker.settings import Settings
+
+# The shim's client is imported where it is used: importing the shim package loads
+# prometheus_client, which must not happen before a worker has set up its metrics directory.
 
 
 def add_parser(sub: Any) -> None:
@@ -65,6 +67,8 @@ def fail(message: str) -> None:
 
 
 def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
+    from api_shim.client import ShimClient, ShimError
+
     if args.action == "demo":
         raise SystemExit(run_demo(settings, args.sets, args.seed, args.out))
     if len(args.files) < 3 or args.receivers is None:

@@ -3,12 +3,12 @@ TDoA evaluation.
 
 A set is 3 or more receivers 300-1 000 km apart, an emitter inside their region or up to 300 km
 outside it, and one KiwiSDR IQ WAV file per receiver as ``kiwirecorder.py -m iq --kiwi-wav``
-writes them: the emitter's signal delayed by its great-circle travel time, at 10-30 dB SNR,
-sampled by each receiver's own clock (12 001.0-12 001.3 Hz), blocks stamped with ~1 µs jitter
-and a fixed error of each receiver's GPS time (0.3 µs rms, what the estimator allows for),
-and the quirks real files show: receivers that start at different times and overlap in part, a
-first block stamped 0, a receiver whose stamps jump part-way, a fix lost for a block, a file cut
-mid-block with a wrong RIFF size.
+writes them: the emitter's signal delayed by its travel time along the WGS84 geodesic, at
+10-30 dB SNR, sampled by each receiver's own clock (12 001.0-12 001.3 Hz), blocks stamped with
+~1 µs jitter and a fixed error of each receiver's GPS time (0.3 µs rms, what the estimator
+allows for), and the quirks real files show: receivers that start at different times and
+overlap in part, a first block stamped 0, a receiver whose stamps jump part-way, a fix lost
+for a block, a file cut mid-block with a wrong RIFF size.
 
 The transmitted signal is made once on a fine grid (96 kHz) and read by every receiver at its
 own sample times (linear interpolation, 16 times finer than the signal's bandwidth), so delays
@@ -26,7 +26,12 @@ import numpy as np
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, NO_RECENT_FIX, write_kiwi_wav
-from inference_worker.core.tdoa import CLOCK_FLOOR_S, SPEED_OF_LIGHT_M_S, great_circle_m
+from inference_worker.core.tdoa import (
+    CLOCK_FLOOR_S,
+    SPEED_OF_LIGHT_M_S,
+    geodesic_m,
+    great_circle_m,
+)
 
 FINE_RATE_HZ = 96_000.0
 SIGNALS = ("keyed", "modulated")
@@ -184,7 +189,7 @@ def synthetic_set(
     for index, station in enumerate(stations):
         rate = float(rng.uniform(12_001.0, 12_001.3))
         n = int(seconds * rate) // BLOCK_SAMPLES * BLOCK_SAMPLES
-        delay = float(great_circle_m(station.lat, station.lon, *emitter)) / SPEED_OF_LIGHT_M_S
+        delay = geodesic_m(station.lat, station.lon, *emitter) / SPEED_OF_LIGHT_M_S
         at = starts[index] + np.arange(n) / rate - delay
         received = np.interp(at, fine_t, source.real) + 1j * np.interp(at, fine_t, source.imag)
         received *= np.exp(1j * rng.uniform(0, 2 * np.pi))  # each receiver's own carrier phase

@@ -126,7 +126,7 @@ def connect_worker_signals() -> None:
         if isinstance(retval, dict):
             record_job(retval)
         elif state == "FAILURE":
-            _metrics()["jobs"].labels("error", "none").inc()
+            _metrics()["jobs"].labels("error", "none", "unknown").inc()
 
     task_postrun.connect(on_postrun, weak=False)
 

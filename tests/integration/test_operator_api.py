@@ -113,9 +113,18 @@ def test_shim_metrics_are_prometheus_text_with_submissions_and_queue_depth(clien
 def test_worker_serves_job_metrics_from_all_its_processes(client, worker, capture, settings):
     wait_final(client, submit_npy(client, capture).get_json()["job_id"])
     url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    assert 'heimdall_jobs_total{model_version="' in text and 'outcome="succeeded"' in text
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def counted() -> bool:
+        # the pool process counts a job after its result is recorded: wait for it
+        jobs = [line for line in scrape().splitlines() if line.startswith("heimdall_jobs_total{")]
+        return any('method="model"' in j and 'outcome="succeeded"' in j for j in jobs)
+
+    wait_until("the worker to count the job", counted, 30)
+    text = scrape()
     assert "heimdall_inference_seconds_bucket" in text
     assert "heimdall_cache_lookups_total" in text
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -119,3 +121,11 @@ def test_the_shim_never_imports_the_job_runner_and_nothing_imports_the_cli():
 def test_cycle_finder_finds_a_cycle():
     assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle_in({"a": {"b"}, "b": {"c"}}) is None
+
+
+def test_the_cli_entry_point_does_not_load_prometheus_client():
+    """A worker must point prometheus_client at its multiprocess directory before the library
+    is first imported; a command module that imports the shim at the top would load it first,
+    and the worker's pool processes would then count jobs in memory that no scrape sees."""
+    code = "import sys, inference_worker.cli.main; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -14,7 +14,7 @@ from inference_worker.core.tdoa import (
     SPEED_OF_LIGHT_M_S,
     TdoaError,
     describe_solution,
-    great_circle_m,
+    geodesic_m,
     locate,
     pair_delays,
     solve,
@@ -38,7 +38,7 @@ def record(station: Receiver, seed: int, *, start_s: float, rate_hz: float, seco
     frequencies = tones.uniform(-1_250.0, 1_250.0, 150)
     phases = tones.uniform(0, 2 * np.pi, 150)
     n = int(seconds * rate_hz) // BLOCK_SAMPLES * BLOCK_SAMPLES
-    delay = great_circle_m(station.lat, station.lon, *EMITTER) / SPEED_OF_LIGHT_M_S
+    delay = geodesic_m(station.lat, station.lon, *EMITTER) / SPEED_OF_LIGHT_M_S
     t = start_s + np.arange(n) / rate_hz - delay
     signal = np.zeros(n, complex)
     for f, p in zip(frequencies, phases, strict=True):
@@ -64,7 +64,7 @@ def recordings(seconds: float = 6.0):
 
 def test_pair_delays_are_the_true_propagation_differences():
     recs, bases = recordings()
-    truth = [great_circle_m(s.lat, s.lon, *EMITTER) / SPEED_OF_LIGHT_M_S for s in STATIONS]
+    truth = [geodesic_m(s.lat, s.lon, *EMITTER) / SPEED_OF_LIGHT_M_S for s in STATIONS]
     for pair in pair_delays(recs, bases, STATIONS):
         expected = truth[pair.a] - truth[pair.b]
         assert pair.delay_s == pytest.approx(expected, abs=max(4 * pair.sigma_s, 2e-6))
@@ -107,7 +107,7 @@ def test_a_slowly_keyed_signal_gives_unbiased_delays():
     recs = [read_kiwi_wav(f) for f in recording.files]
     bases = [timebase(r) for r in recs]
     truth = [
-        great_circle_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
+        geodesic_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
         for s in recording.stations
     ]
     for pair in pair_delays(recs, bases, recording.stations):
