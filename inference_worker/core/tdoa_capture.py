@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from inference_worker.core.capture import (
     RECEIVER_ID_PATTERN,
     CaptureError,
@@ -125,7 +127,7 @@ def check_tdoa(
     frequency_mhz = parse_number(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0
     )
-    bases, lengths, rates = [], [], set()
+    bases, lengths, rates = [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")
         tuned = parse_file_name(name or "")
@@ -141,15 +143,18 @@ def check_tdoa(
         except KiwiWavError as exc:
             raise CaptureError(f"{label}: {exc}") from None
         lengths.append(len(recording.iq))
-        rates.add(recording.header_rate_hz)
+        rates.append(recording.header_rate_hz)
     start, end = overlap(bases)
     if end - start < limits.min_overlap_s:
         raise CaptureError(
             f"the recordings overlap for {max(0.0, end - start):.1f} s of GPS time; at least "
             f"{limits.min_overlap_s:g} s are needed (record them at the same time)"
         )
-    if len(rates) != 1:
-        raise CaptureError(f"the recordings' sample rates differ: {sorted(rates)} Hz")
+    if max(rates) > 1.01 * min(rates):  # 12 000 and 12 001 both occur in real headers
+        raise CaptureError(
+            f"the recordings' sample rates differ: {sorted(rates)} Hz (record every receiver "
+            "in the same IQ mode)"
+        )
     return TdoaCapture(
         files=tuple(files),
         stations=tuple(stations),
@@ -157,6 +162,6 @@ def check_tdoa(
         frequency_mhz=frequency_mhz,
         capture_time=parse_capture_time(fields.get("capture_time")),
         n_samples=max(lengths),
-        sample_rate_hz=float(rates.pop()),
+        sample_rate_hz=float(np.median(rates)),
         overlap_s=end - start,
     )

@@ -119,3 +119,12 @@ def test_a_tdoa_message_must_carry_positions_and_parts():
 def test_a_model_message_is_sent_as_before_tdoa():
     message = read_message(task_message(np.zeros((3, 10), np.complex64), "j", "k"))
     assert not {"method", "stations", "parts"} & set(message.to_json())
+
+
+def test_header_rates_of_12000_and_12001_are_both_accepted_but_other_modes_are_not(recordings):
+    files = list(recordings.files)
+    files[0] = files[0][:24] + (12_001).to_bytes(4, "little") + files[0][28:]
+    assert check_tdoa(files, recordings.names, fields(recordings), LIMITS).n_samples > 0
+    files[0] = files[0][:24] + (20_250).to_bytes(4, "little") + files[0][28:]
+    with pytest.raises(CaptureError, match="sample rates differ"):
+        check_tdoa(files, recordings.names, fields(recordings), LIMITS)
