@@ -46,7 +46,7 @@ from inference_worker.cli.processes import cli_process, settings_env, wait_until
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
 
-PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
+PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -71,6 +71,17 @@ def tree_cpu_s(pid: int) -> float:
         return 0.0
     own = sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
     return own + sum(tree_cpu_s(child) for child in _children(pid))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process (MB), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def pids_of(command_part: str) -> list[int]:
@@ -321,12 +332,19 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
         ) as worker:
             meter.groups = {"workers": [worker.pid], **service_roots()}
             meter.start()
-            wait_until(
-                "the queue drained", lambda: span_jobs_per_s(settings)[0] >= jobs, 900, worker, 0.5
-            )
+            memory: list[tuple[int, float]] = []  # (jobs done, largest pool process RSS)
+
+            def drained() -> bool:
+                done = span_jobs_per_s(settings)[0]
+                pool = _children(worker.pid)
+                if pool:
+                    memory.append((done, max(rss_mb(child) for child in pool)))
+                return done >= jobs
+
+            wait_until("the queue drained", drained, 3600, worker, 0.5)
             meter.stop()
         done, rate = span_jobs_per_s(settings)
-        return {"jobs": done, "jobs_per_s": rate, "cpu": meter}
+        return {"jobs": done, "jobs_per_s": rate, "cpu": meter, "memory": memory}
     finally:
         drop(settings)
 
@@ -437,6 +455,15 @@ def main() -> int:
             flush=True,
         )
         print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+        memory = [m for m in found["memory"] if m[0] > 0]
+        if len(memory) >= 2:
+            early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])
+            print(
+                f"  largest pool process RSS: {early[1]:.0f} MB after {early[0]} jobs, "
+                f"{memory[-1][1]:.0f} MB after {memory[-1][0]}; peak "
+                f"{max(m[1] for m in memory):.0f} MB",
+                flush=True,
+            )
     if "shim" in stages:
         found = shim_and_service(
             base, captures, args.jobs, args.clients, api_workers, processes, log_dir, False
