@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import amqp.exceptions
@@ -28,24 +27,22 @@ import numpy as np
 from sqlalchemy.engine import RowMapping
 
 from inference_worker.core.capture import (
-    IQ_DTYPE,
     CaptureError,
     CaptureLimits,
-    CaptureMeta,
     parse_job_id,
     parse_meta,
     validate_iq,
 )
-from inference_worker.core.contract import ModelSummary
 from inference_worker.core.features import min_samples_at
-from inference_worker.core.tdoa_capture import TdoaCapture, TdoaLimits, check_tdoa
+from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
-from tasks.contract import LocateMessage, Station, capture_fingerprint, challenger_share
+from tasks.captures import Capture, TdoaJob, build_message, capture_limits
+from tasks.contract import LocateMessage, capture_fingerprint, challenger_share
 from tasks.outbox import record_job, stored_message
 from tasks.served import ServedModelCache
 
@@ -101,42 +98,6 @@ class Accepted:
         }
 
 
-@dataclass(frozen=True)
-class Capture:
-    """A submission that passed every check: IQ, metadata, and what the client asked for."""
-
-    iq: np.ndarray
-    meta: CaptureMeta
-    job_id: str | None
-    model: str | None
-
-    def payload(self) -> bytes:
-        """What is stored for the worker (its sha256 is the capture's digest)."""
-        return np.ascontiguousarray(self.iq, dtype=IQ_DTYPE).tobytes()
-
-
-@dataclass(frozen=True)
-class TdoaJob:
-    """A TDoA submission that passed every check, and the job id the client asked for."""
-
-    capture: TdoaCapture
-    job_id: str | None
-    model: None = None
-
-    def payload(self) -> bytes:
-        return self.capture.payload()
-
-
-def capture_limits(settings: Settings, model: ModelSummary | None) -> CaptureLimits:
-    """The bounds a capture must respect: the settings', tightened by the served model's."""
-    return CaptureLimits(
-        min_samples=model.min_samples if model else CaptureLimits.min_samples,
-        max_samples=settings.max_samples_per_receiver,
-        min_sample_rate_hz=max(settings.min_sample_rate_hz, model.bandwidth_hz if model else 0.0),
-        max_sample_rate_hz=settings.max_sample_rate_hz,
-    )
-
-
 def parse_model_request(value: object) -> str | None:
     """A registry version number or alias a client asks for instead of the A/B split."""
     if value is None or value == "":
@@ -144,52 +105,6 @@ def parse_model_request(value: object) -> str | None:
     if not isinstance(value, str) or not MODEL_REF_PATTERN.match(value):
         raise ModelRequestError("invalid_model", "model must be a registry version number or alias")
     return value
-
-
-def build_message(
-    capture: Capture | TdoaJob,
-    *,
-    job_id: str,
-    digest: str,
-    blob_key: str,
-    batch_id: str | None,
-    tenant: str | None,
-) -> LocateMessage:
-    """The task message of an accepted capture: the one description its job row is built from."""
-    common = {
-        "job_id": job_id,
-        "blob_key": blob_key,
-        "iq_sha256": digest,
-        "submitted_at": datetime.now(UTC),
-        "batch_id": batch_id,
-        "tenant": tenant,
-    }
-    if isinstance(capture, TdoaJob):
-        tdoa = capture.capture
-        return LocateMessage(
-            **common,
-            n_samples=tdoa.n_samples,
-            sample_rate_hz=tdoa.sample_rate_hz,
-            frequency_mhz=tdoa.frequency_mhz,
-            receivers=tuple(s.id for s in tdoa.stations),
-            capture_time=tdoa.capture_time,
-            method="tdoa",
-            stations=tuple(
-                Station(id=s.id, lat=s.lat, lon=s.lon, height_m=h)
-                for s, h in zip(tdoa.stations, tdoa.heights_m, strict=True)
-            ),
-            parts=tdoa.parts(),
-        )
-    meta = capture.meta
-    return LocateMessage(
-        **common,
-        n_samples=int(capture.iq.shape[1]),
-        sample_rate_hz=meta.sample_rate_hz,
-        frequency_mhz=meta.frequency_mhz,
-        receivers=meta.receivers,  # three, checked by parse_meta
-        capture_time=meta.capture_time,
-        model=capture.model,
-    )
 
 
 class Intake:

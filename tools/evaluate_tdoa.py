@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.core.capture import CaptureError  # noqa: E402
 from inference_worker.core.ellipse import distance_m  # noqa: E402
 from inference_worker.core.kiwi_wav import NEVER_HAD_FIX, read_kiwi_wav, write_kiwi_wav  # noqa: E402
-from inference_worker.core.tdoa import TdoaError, solve  # noqa: E402
+from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
+from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
 
 MEDIAN_BAR_M = 2_000.0

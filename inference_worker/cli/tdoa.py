@@ -26,7 +26,8 @@ from inference_worker.core.ellipse import (
 )
 from inference_worker.core.kiwi_wav import parse_file_name
 from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import PairDelay, log_likelihood_grid
+from inference_worker.core.tdoa import log_likelihood_grid
+from inference_worker.core.time_differences import PairDelay
 from inference_worker.settings import Settings
 
 # The shim's client is imported where it is used: importing the shim package loads

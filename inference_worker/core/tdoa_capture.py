@@ -26,7 +26,7 @@ from inference_worker.core.capture import (
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
-from inference_worker.core.tdoa import overlap
+from inference_worker.core.time_differences import overlap
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""

@@ -25,13 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference_worker.core.contract import Receiver
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, great_circle_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, NO_RECENT_FIX, write_kiwi_wav
-from inference_worker.core.tdoa import (
-    CLOCK_FLOOR_S,
-    SPEED_OF_LIGHT_M_S,
-    geodesic_m,
-    great_circle_m,
-)
+from inference_worker.core.time_differences import CLOCK_FLOOR_S
 
 FINE_RATE_HZ = 96_000.0
 SIGNALS = ("keyed", "modulated")

@@ -21,7 +21,8 @@ from inference_worker.core.contract import ModelMetadata, Receiver
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
 from inference_worker.core.features import log_mel_spectrogram
 from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import TdoaError, describe_solution, solve
+from inference_worker.core.tdoa import describe_solution, solve
+from inference_worker.core.time_differences import TdoaError
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_FULL_ERRORS
 from inference_worker.storage.redis_store import RedisStore

@@ -8,17 +8,11 @@ import pytest
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
-from inference_worker.core.tdoa import (
-    SPEED_OF_LIGHT_M_S,
-    TdoaError,
-    describe_solution,
-    geodesic_m,
-    locate,
-    pair_delays,
-    solve,
-)
+from inference_worker.core.tdoa import describe_solution, locate, solve
+from inference_worker.core.time_differences import TdoaError, pair_delays
 from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
 
 STATIONS = (

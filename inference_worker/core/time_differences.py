@@ -1,0 +1,258 @@
+"""Time differences of arrival between GPS-stamped recordings: pure numpy.
+
+Every receiver's samples are put on GPS time through its own fitted time base
+(:func:`inference_worker.core.kiwi_wav.timebase`), and only the span all receivers cover is used.
+Each pair is cross-correlated over short windows, each window's peak refined below a sample (band-
+limited interpolation, then a parabola); windows grossly off a pair's median are dropped, and the
+rest give the pairs' delays and the covariance of their errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import overload
+
+import numpy as np
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording, Timebase
+
+UPSAMPLE = 16
+"""The cross-correlation is interpolated this many times finer than a sample."""
+OUTLIER_MADS = 5.0
+"""A window whose delay is this many robust standard deviations from the pair's median is an
+outlier."""
+INCOHERENT_SHARE = 0.15
+INCOHERENT_RATIO = 30.0
+"""A pair has no common signal when its windows' delays scatter over more than
+``INCOHERENT_SHARE`` of the lags searched (unrelated signals scatter over most of them), or
+more than ``INCOHERENT_RATIO`` times as much as the pair that agrees best."""
+_MARGIN = 256
+"""Samples on each side of a window that are shifted with it and then dropped."""
+CLOCK_FLOOR_S = 0.3e-6
+"""Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
+interpolation onto GPS time): added to every receiver's time-base uncertainty."""
+
+
+class TdoaError(ValueError):
+    """The recordings cannot be located together; the message says why."""
+
+
+@dataclass(frozen=True)
+class PairDelay:
+    a: int
+    b: int
+    delay_s: float
+    """Arrival at ``a`` minus arrival at ``b``."""
+    sigma_s: float
+    windows_used: int
+    windows_total: int
+
+
+def overlap(timebases: Sequence[Timebase]) -> tuple[float, float]:
+    """The GPS time span every receiver covers."""
+    start = max(float(tb.time_of(tb.first_sample)) for tb in timebases)
+    end = min(float(tb.time_of(tb.end_sample - 1)) for tb in timebases)
+    return start, end
+
+
+def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
+    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
+    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
+    matters: receivers' rates differ by parts per million, which would skew windows that start
+    together by microseconds at their far end; centred, the skew averages out."""
+    position = (centre_s - base.t0_s) * base.rate_hz - length / 2
+    first = int(math.floor(position))
+    fraction = position - first
+    # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
+    # middle, or the ringing, at the same place in both windows of a pair, pulls their
+    # correlation's peak towards the lag the windows were cut at.
+    samples = recording.iq[first - _MARGIN : first + length + _MARGIN].astype(np.complex128)
+    if first < _MARGIN or len(samples) < length + 2 * _MARGIN:
+        raise TdoaError("a window reaches past the end of a recording")
+    spectrum = np.fft.fft(samples)
+    frequencies = np.fft.fftfreq(len(samples))
+    shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
+    return shifted[_MARGIN : _MARGIN + length]
+
+
+def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) -> float:
+    """Delay of ``x`` behind ``y`` (seconds) at the peak of their cross-correlation.
+
+    ``y`` is longer than ``x`` by the same number of samples on each side (at least the
+    largest lag searched), so at every lag searched each sample of ``x`` meets a sample of
+    ``y``. Correlating two windows of one length would not: the part they share shrinks with
+    the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag.
+
+    The peak is found on whole samples, then the band-limited correlation is evaluated
+    ``UPSAMPLE`` times finer within a sample either side of it and a parabola fitted to the
+    finest peak: the same values as interpolating the whole correlation, for a fraction of the
+    work.
+    """
+    n, margin = len(y), (len(y) - len(x)) // 2
+    padded_x = np.zeros(n, dtype=complex)
+    padded_x[margin : margin + len(x)] = x
+    cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y))
+    coarse = np.abs(np.fft.ifft(cross))
+    lags = np.fft.fftfreq(n, d=1.0 / n)  # whole samples, signed
+    allowed = np.abs(lags) <= min(max_lag_s * rate_hz, margin)
+    peak = float(lags[int(np.argmax(np.where(allowed, coarse, -1.0)))])
+    frequencies, kernel = _fine_kernel(n)
+    fine = np.abs(kernel @ (cross * np.exp(2j * np.pi * frequencies * peak)))
+    index = int(np.clip(np.argmax(fine), 1, len(fine) - 2))
+    left, centre, right = fine[index - 1], fine[index], fine[index + 1]
+    denominator = left - 2 * centre + right
+    offset = 0.5 * (left - right) / denominator if denominator != 0 else 0.0
+    return (peak + (index - UPSAMPLE + offset) / UPSAMPLE) / rate_hz
+
+
+@functools.lru_cache(maxsize=16)
+def _fine_kernel(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies of an ``n``-point FFT, and the matrix that turns a cross-spectrum into its
+    correlation at lags ``-1, -1 + 1/UPSAMPLE, ..., +1`` samples."""
+    frequencies = np.fft.fftfreq(n)
+    steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
+    return frequencies, np.exp(2j * np.pi * np.outer(steps, frequencies))
+
+
+class Delays(Sequence[PairDelay]):
+    """Every pair's delay, and the covariance of their errors (pairs share receivers and
+    windows, so their errors are not independent)."""
+
+    def __init__(self, pairs: list[PairDelay], covariance_us2: np.ndarray) -> None:
+        self.pairs = pairs
+        self.covariance_us2 = covariance_us2
+        """``(pairs, pairs)``, in µs²."""
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @overload
+    def __getitem__(self, index: int) -> PairDelay: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[PairDelay]: ...
+
+    def __getitem__(self, index: int | slice) -> PairDelay | list[PairDelay]:
+        return self.pairs[index]
+
+    def precision(self) -> np.ndarray:
+        """The inverse covariance (µs⁻²), for ``r @ P @ r``."""
+        return np.linalg.pinv(self.covariance_us2, rcond=1e-10, hermitian=True)
+
+
+def pair_delays(
+    recordings: Sequence[KiwiRecording],
+    timebases: Sequence[Timebase],
+    stations: Sequence[Receiver],
+    *,
+    window_s: float = 0.5,
+    rate_hz: float = 12_000.0,
+    min_overlap_s: float = 2.0,
+    clock_floor_s: float = CLOCK_FLOOR_S,
+) -> Delays:
+    """Each pair's delay and the covariance of their errors, from windows over the common span.
+
+    The covariance is that of the windows' mean delays, estimated from how the windows' delays
+    scatter together (so that it holds whether a receiver's noise moves all its pairs alike or
+    each pair's own), plus each receiver's time-base uncertainty (its stamps' scatter over their
+    number, and ``clock_floor_s``), which moves every pair of that receiver alike.
+
+    Raises:
+        TdoaError: fewer than 3 receivers, or too short a common span.
+    """
+    if len(recordings) < 3:
+        raise TdoaError("time differences need at least 3 receivers")
+    start, end = overlap(timebases)
+    if end - start < min_overlap_s:
+        raise TdoaError(
+            f"the recordings overlap for {max(0.0, end - start):.1f} s; at least "
+            f"{min_overlap_s:g} s are needed"
+        )
+    length = int(window_s * rate_hz)
+    count = int((end - start) / window_s) - 1
+    centres = [start + (k + 1) * window_s for k in range(count)]
+    windows = [
+        [_window(r, tb, centre, length) for centre in centres]
+        for r, tb in zip(recordings, timebases, strict=True)
+    ]
+    pairs = list(itertools.combinations(range(len(recordings)), 2))
+    per_window = np.empty((len(pairs), count))
+    max_lags = np.empty(len(pairs))
+    for row, (a, b) in enumerate(pairs):
+        baseline = great_circle_m(
+            stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon
+        )
+        max_lag = max_lags[row] = float(baseline / SPEED_OF_LIGHT_M_S + 1e-3)
+        pair_rate = (timebases[a].rate_hz + timebases[b].rate_hz) / 2
+        margin = int(math.ceil(max_lag * pair_rate)) + 2
+        per_window[row] = [
+            _peak_delay(
+                windows[a][k],
+                _window(recordings[b], timebases[b], centres[k], length + 2 * margin),
+                pair_rate,
+                max_lag,
+            )
+            for k in range(count)
+        ]
+    # A pair whose windows agree on no delay hears no common signal (one receiver's time or
+    # frequency is off): its windows' peaks scatter over the lags searched, hundreds of times
+    # more than a pair that shares the signal.
+    scatter_s = 1.4826 * np.median(
+        np.abs(per_window - np.median(per_window, axis=1, keepdims=True)), axis=1
+    )
+    coherent = (scatter_s < INCOHERENT_SHARE * max_lags) & (
+        scatter_s < INCOHERENT_RATIO * max(float(scatter_s.min()), 1e-6)
+    )
+    deaf = [
+        stations[k].id
+        for k in range(len(recordings))
+        if not any(coherent[row] for row, pair in enumerate(pairs) if k in pair)
+    ]
+    if deaf:
+        raise TdoaError(
+            f"receiver(s) {', '.join(deaf)}: no signal in common with the others at the same GPS "
+            "time (is the recording's time, or its frequency, right?)"
+        )
+    pairs = [pair for pair, ok in zip(pairs, coherent, strict=True) if ok]
+    per_window = per_window[coherent]
+    centre = np.median(per_window, axis=1, keepdims=True)
+    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
+    # Only gross outliers go (a window where noise or a fade moved a peak far); trimming closer
+    # would shrink the scatter below what the means really carry. A window off in any pair
+    # goes for all, so that every pair's mean and the covariance use the same windows.
+    good = np.all(np.abs(per_window - centre) <= np.maximum(OUTLIER_MADS * spread, 1e-7), axis=0)
+    if np.count_nonzero(good) < 3:
+        good[:] = True
+    kept = per_window[:, good] * 1e6
+    used = kept.shape[1]
+    scatter = np.atleast_2d(np.cov(kept))
+    # Few windows for many pairs make a noisy covariance: shrink it towards its diagonal.
+    shrink = min(1.0, len(pairs) / (len(pairs) + used))
+    scatter = (1 - shrink) * scatter + shrink * np.diag(np.diag(scatter))
+    design = np.zeros((len(pairs), len(recordings)))
+    for row, (a, b) in enumerate(pairs):
+        design[row, a], design[row, b] = 1.0, -1.0
+    clocks = np.array([_clock_sigma(tb, clock_floor_s) * 1e6 for tb in timebases])
+    # The scatter is itself estimated from the windows: with few windows for many pairs it
+    # errs low as often as high, and what it misses widens the error of the means
+    # (Hotelling's T²: about (n - 1) / (n - p - 1) for n windows and p pairs).
+    inflation = (used - 1) / (used - len(pairs) - 1) if used > len(pairs) + 2 else used - 1.0
+    covariance = inflation * scatter / used + design @ np.diag(clocks**2) @ design.T
+    means = kept.mean(axis=1) * 1e-6
+    delays = [
+        PairDelay(a, b, float(means[row]), math.sqrt(covariance[row, row]) * 1e-6, used, count)
+        for row, (a, b) in enumerate(pairs)
+    ]
+    return Delays(delays, covariance)
+
+
+def _clock_sigma(base: Timebase, floor_s: float) -> float:
+    """Uncertainty of a receiver's time base in the middle of its fitted span."""
+    blocks = max(1, (base.end_sample - base.first_sample) // BLOCK_SAMPLES)
+    return math.sqrt((base.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2)
