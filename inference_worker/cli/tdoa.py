@@ -257,6 +257,12 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
                 f"{'in' if held else 'out':>4} {view['timings']['end_to_end_ms'] / 1e3:6.2f}s"
                 + (" (ambiguous)" if result["alternatives"] else "")
             )
+            for other in result["alternatives"]:
+                other_m = distance_m(other["lat"], other["lon"], *recording.emitter)
+                print(
+                    f"{'':<10} {'':>2} {'also possible:':<17} {other['lat']:9.5f}, "
+                    f"{other['lon']:9.5f} {other_m:7.0f}m  weight {other['weight']:.2f}"
+                )
         print(
             "\nerror: distance from the simulated emitter; 95%: whether the truth lies in the 95% "
             "region (the union with any alternative's); outside: how far the emitter is outside "
