@@ -39,6 +39,7 @@ from inference_worker.core.time_differences import (
     TdoaError,
     overlap,
     pair_delays,
+    pair_design,
 )
 
 
@@ -72,9 +73,7 @@ def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
     its two receivers (least squares), and the pairs' covariance is built from those shares; its
     pseudo-inverse counts each receiver's error once.
     """
-    design = np.zeros((len(delays), stations))
-    for k, pair in enumerate(delays):
-        design[k, pair.a], design[k, pair.b] = 1.0, -1.0
+    design = pair_design([(pair.a, pair.b) for pair in delays], stations)
     variance = np.array([(pair.sigma_s * 1e6) ** 2 for pair in delays])
     shares, _ = scipy.optimize.nnls(np.abs(design), variance)
     shares = np.maximum(shares, 0.05 * float(variance.min()))

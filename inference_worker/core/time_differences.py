@@ -203,9 +203,9 @@ def pair_delays(
     # A pair whose windows agree on no delay hears no common signal (one receiver's time or
     # frequency is off): its windows' peaks scatter over the lags searched, hundreds of times
     # more than a pair that shares the signal.
-    scatter_s = 1.4826 * np.median(
-        np.abs(per_window - np.median(per_window, axis=1, keepdims=True)), axis=1
-    )
+    centre = np.median(per_window, axis=1, keepdims=True)
+    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
+    scatter_s = spread[:, 0]
     coherent = (scatter_s < INCOHERENT_SHARE * max_lags) & (
         scatter_s < INCOHERENT_RATIO * max(float(scatter_s.min()), 1e-6)
     )
@@ -220,9 +220,7 @@ def pair_delays(
             "time (is the recording's time, or its frequency, right?)"
         )
     pairs = [pair for pair, ok in zip(pairs, coherent, strict=True) if ok]
-    per_window = per_window[coherent]
-    centre = np.median(per_window, axis=1, keepdims=True)
-    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
+    per_window, centre, spread = per_window[coherent], centre[coherent], spread[coherent]
     # Only gross outliers go (a window where noise or a fade moved a peak far); trimming closer
     # would shrink the scatter below what the means really carry. A window off in any pair
     # goes for all, so that every pair's mean and the covariance use the same windows.
@@ -235,9 +233,7 @@ def pair_delays(
     # Few windows for many pairs make a noisy covariance: shrink it towards its diagonal.
     shrink = min(1.0, len(pairs) / (len(pairs) + used))
     scatter = (1 - shrink) * scatter + shrink * np.diag(np.diag(scatter))
-    design = np.zeros((len(pairs), len(recordings)))
-    for row, (a, b) in enumerate(pairs):
-        design[row, a], design[row, b] = 1.0, -1.0
+    design = pair_design(pairs, len(recordings))
     clocks = np.array([_clock_sigma(tb, clock_floor_s) * 1e6 for tb in timebases])
     # The scatter is itself estimated from the windows: with few windows for many pairs it
     # errs low as often as high, and what it misses widens the error of the means
@@ -250,6 +246,15 @@ def pair_delays(
         for row, (a, b) in enumerate(pairs)
     ]
     return Delays(delays, covariance)
+
+
+def pair_design(pairs: Sequence[tuple[int, int]], stations: int) -> np.ndarray:
+    """``(pairs, stations)``: +1 for a pair's first receiver, -1 for its second (a pair's delay
+    is its first receiver's arrival minus its second's)."""
+    design = np.zeros((len(pairs), stations))
+    for row, (a, b) in enumerate(pairs):
+        design[row, a], design[row, b] = 1.0, -1.0
+    return design
 
 
 def _clock_sigma(base: Timebase, floor_s: float) -> float:

@@ -83,16 +83,23 @@ class BadJob(Exception):
     """The job cannot succeed whatever we retry; the message is the reason recorded."""
 
 
-def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
-    """The stored IQ of a job, checked against the message (size and sha256)."""
+def _checked_blob(blob: bytes | None, message: LocateMessage, expected: int) -> bytes:
+    """A job's stored capture, checked against the message: present, ``expected`` bytes long,
+    and matching its sha256."""
     if blob is None:
         raise BadJob("capture data is missing from Redis (expired or never stored)")
-    expected = RECEIVER_COUNT * message.n_samples * IQ_DTYPE.itemsize
     if len(blob) != expected:
         raise BadJob(f"capture data has {len(blob)} bytes, expected {expected}")
     if hashlib.sha256(blob).hexdigest() != message.iq_sha256:
         raise BadJob("capture data does not match its sha256")
-    iq = np.frombuffer(blob, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, message.n_samples)
+    return blob
+
+
+def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
+    """The stored IQ of a job, checked against the message (size and sha256)."""
+    expected = RECEIVER_COUNT * message.n_samples * IQ_DTYPE.itemsize
+    data = _checked_blob(blob, message, expected)
+    iq = np.frombuffer(data, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, message.n_samples)
     if not np.isfinite(iq.view(np.float32)).all():
         raise BadJob("capture data contains NaN or infinite values")
     return iq
@@ -100,15 +107,15 @@ def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
 
 def decode_recordings(blob: bytes | None, message: LocateMessage) -> list[bytes]:
     """The stored WAV files of a TDoA job, checked against the message (sizes and sha256)."""
-    if blob is None:
-        raise BadJob("capture data is missing from Redis (expired or never stored)")
     parts = message.parts or ()
-    if len(blob) != sum(parts):
-        raise BadJob(f"capture data has {len(blob)} bytes, expected {sum(parts)}")
-    if hashlib.sha256(blob).hexdigest() != message.iq_sha256:
-        raise BadJob("capture data does not match its sha256")
+    data = _checked_blob(blob, message, sum(parts))
     ends = np.cumsum(parts)
-    return [blob[end - size : end] for end, size in zip(ends, parts, strict=True)]
+    return [data[end - size : end] for end, size in zip(ends, parts, strict=True)]
+
+
+def served_version(message: LocateMessage, model: Predictor) -> str:
+    """The version a job records: the estimator's for TDoA, the serving model's otherwise."""
+    return TDOA_VERSION if message.method == "tdoa" else model.version
 
 
 def locate_tdoa(
@@ -195,7 +202,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     except BadJob as exc:
         return _reject(services, job_id, str(exc))
     tdoa = message.method == "tdoa"
-    version = TDOA_VERSION if tdoa else model.version
+    version = served_version(message, model)
 
     row = start_job(services.jobs, message)
     if row is None:
@@ -224,9 +231,9 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
             fetch_ms = (time.perf_counter() - t0) * 1e3
             if cached is None:
                 result, stage_timings = locate(iq, message, model)
+            else:
+                result = cached
         cache_hit = cached is not None
-        if cached is not None:
-            result = cached
     except BadJob as exc:
         outcome = _fail(services, message.job_id, str(exc), version, message.method)
         services.redis.delete_blob(message.blob_key)
@@ -283,7 +290,7 @@ def fail_job(
         return _reject(services, message_job_id(payload, task_id), str(exc))
     if services.jobs.get(message.job_id) is None:
         record_job(services.jobs, message)
-    version = TDOA_VERSION if message.method == "tdoa" else services.model.version
+    version = served_version(message, services.model)
     outcome = _fail(services, message.job_id, reason, version, message.method)
     services.redis.delete_blob(message.blob_key)
     return outcome
