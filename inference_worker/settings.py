@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Worker processes (prefork pool) started by `heimdall-inference worker`.",
     )
+    worker_batch_size: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most jobs a worker process takes at once (one start statement, one Redis "
+        "fetch, one ONNX run, one result statement for them all). A job never waits for company: "
+        "batches form only while every process is busy. 1 turns batching off.",
+    )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     task_max_retries: int = Field(
         5,

@@ -1,6 +1,6 @@
 """Benchmark: the service's throughput against its bare pipeline, measured in one run.
 
-Four stages, each on a queue, Redis prefix and PostgreSQL schema of its own (removed at the end),
+Five stages, each on a queue, Redis prefix and PostgreSQL schema of its own (removed at the end),
 on this machine's real RabbitMQ, Redis and PostgreSQL:
 
 1. **bare pipeline**: decode ``.npy`` + sha256 + features + onnxruntime + ellipse in a loop, in
@@ -10,12 +10,16 @@ on this machine's real RabbitMQ, Redis and PostgreSQL:
 3. **shim**: a real ``heimdall-inference api`` with no worker consuming, closed-loop clients
    submitting; submissions/s and CPU seconds of the shim's processes per accepted submission;
 4. **service**: shim and worker together, closed-loop clients that submit and wait for the
-   result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles.
+   result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles;
+5. **idle**: one client and an otherwise idle service: new captures submitted and waited for
+   (end-to-end latency as the client sees it), then captures already answered (resubmitted
+   unchanged: answered in the ``202`` from the result cache).
 
 For stages 2-4 it prints the CPU seconds per job of every process group: shim, workers,
 RabbitMQ, Redis, PostgreSQL and the benchmark's own clients.
 
-    python tools/bench_throughput.py [--preset 12k|192k] [--jobs 3000] [--clients 16]
+    python tools/bench_throughput.py [--preset 12k|12k-short|192k] [--jobs 2000] [--clients 16]
+        [--stages bare,worker,shim,service,idle]
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +199,8 @@ class Load:
     end_to_end_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     done: int = 0
+    answered: int = 0
+    """Submissions whose 202 already carried the final result (a cached capture)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _take(self) -> int | None:
@@ -226,6 +233,9 @@ class Load:
                 continue
             self.submit_ms.append((submitted - started) * 1e3)
             if not self.wait_results:
+                if json.loads(raw).get("status") == "succeeded":
+                    with self.lock:
+                        self.answered += 1
                 continue
             while True:
                 status, raw = self._request("GET", f"/jobs/{self.id_prefix}-{number}?wait=10")
@@ -349,6 +359,50 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
         drop(settings)
 
 
+@contextmanager
+def running_service(
+    settings: Settings, api_workers: int, processes: int, log_dir: Path, with_worker: bool
+) -> Iterator[tuple[int, dict[str, list[int]]]]:
+    """A shim (and a worker) on the stage's own queue, prefix and schema, ready; yields the
+    shim's port and the process groups to meter."""
+    port = int(settings.api_port) + 100 + (1 if with_worker else 0)
+    env = {**settings_env(settings), "HEIMDALL_API_PORT": str(port)}
+    probe = Load(port, [], "", False, 0)
+    with ExitStack() as stack:
+        api = stack.enter_context(
+            cli_process(
+                ["api", "--workers", str(api_workers), "--port", str(port)],
+                log_dir / "api.log",
+                env,
+            )
+        )
+        groups = {"shim": [api.pid]}
+        if with_worker:
+            worker = stack.enter_context(
+                cli_process(
+                    ["worker", "--concurrency", str(processes)], log_dir / "worker2.log", env
+                )
+            )
+            groups["workers"] = [worker.pid]
+
+        def up() -> bool:
+            try:
+                status, raw = probe._request("GET", "/health")
+            except OSError:
+                return False
+            return status == 200 and (not with_worker or json.loads(raw)["checks"]["model"]["ok"])
+
+        wait_until("the service", up, 120, api, 0.5)
+        yield port, groups
+
+
+def capture_query(capture: Any) -> str:
+    return (
+        f"sample_rate_hz={capture.sample_rate_hz}&frequency_mhz={capture.frequency_mhz}"
+        f"&receivers={','.join(capture.receivers)}"
+    )
+
+
 def shim_and_service(
     base: Settings,
     captures: list,
@@ -361,42 +415,17 @@ def shim_and_service(
 ) -> dict:
     settings = own_settings(base, "s" if with_worker else "a")
     prepare(settings)
-    port = int(settings.api_port) + 100 + (1 if with_worker else 0)
-    env = {**settings_env(settings), "HEIMDALL_API_PORT": str(port)}
-    c = captures[0]
-    query = f"sample_rate_hz={c.sample_rate_hz}&frequency_mhz={c.frequency_mhz}&receivers={','.join(c.receivers)}"
-    load = Load(port, [npy(x.iq) for x in captures], query, with_worker, jobs)
+    query = capture_query(captures[0])
+    bodies = [npy(x.iq) for x in captures]
     try:
-        with ExitStack() as stack:
-            api = stack.enter_context(
-                cli_process(
-                    ["api", "--workers", str(api_workers), "--port", str(port)],
-                    log_dir / "api.log",
-                    env,
-                )
-            )
-            groups = {"shim": [api.pid]}
-            if with_worker:
-                worker = stack.enter_context(
-                    cli_process(
-                        ["worker", "--concurrency", str(processes)], log_dir / "worker2.log", env
-                    )
-                )
-                groups["workers"] = [worker.pid]
-
-            def up() -> bool:
-                try:
-                    status, raw = load._request("GET", "/health")
-                except OSError:
-                    return False
-                return status == 200 and (
-                    not with_worker or json.loads(raw)["checks"]["model"]["ok"]
-                )
-
-            wait_until("the service", up, 120, api, 0.5)
+        with running_service(settings, api_workers, processes, log_dir, with_worker) as (
+            port,
+            groups,
+        ):
             # warm-up submissions (job ids of their own), not counted
-            warm = Load(port, load.bodies, query, with_worker, min(50, jobs), id_prefix="warm")
+            warm = Load(port, bodies, query, with_worker, min(50, jobs), id_prefix="warm")
             warm.run(min(clients, 4))
+            load = Load(port, bodies, query, with_worker, jobs)
             meter = CpuMeter({**groups, **service_roots()})
             meter.start()
             elapsed = load.run(clients)
@@ -411,6 +440,31 @@ def shim_and_service(
         drop(settings)
 
 
+def idle_latency(
+    base: Settings, captures: list, jobs: int, api_workers: int, processes: int, log_dir: Path
+) -> dict:
+    """One client and an otherwise idle service: new captures (each submitted, then waited for
+    with ``?wait=``), then captures already answered (answered in the ``202`` itself)."""
+    settings = own_settings(base, "i").model_copy(update={"cache_ttl_s": 600})
+    prepare(settings)
+    query = capture_query(captures[0])
+    # Every capture new, as fresh noise makes them: a tiny gain per job.
+    fresh = [
+        npy(captures[n % len(captures)].iq * np.complex64(1.0 + 1e-6 * n)) for n in range(jobs)
+    ]
+    try:
+        with running_service(settings, api_workers, processes, log_dir, True) as (port, _):
+            Load(port, fresh[:20], query, True, 20, id_prefix="warm").run(1)
+            new = Load(port, fresh, query, True, jobs, id_prefix="new")
+            new.run(1)
+            # The captures of the first jobs again: their results are cached.
+            again = Load(port, fresh[: min(50, jobs)], query, False, jobs, id_prefix="again")
+            again.run(1)
+        return {"new": new, "again": again}
+    finally:
+        drop(settings)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="12k")
@@ -418,7 +472,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="closed-loop HTTP clients")
     parser.add_argument("--processes", type=int, help="worker processes (default: settings)")
     parser.add_argument("--api-workers", type=int, help="shim processes (default: settings)")
-    parser.add_argument("--stages", default="bare,worker,shim,service")
+    parser.add_argument(
+        "--stages",
+        default="bare,worker,shim,service,idle",
+        help="comma-separated: bare, worker, shim, service, idle (one client)",
+    )
     args = parser.parse_args()
 
     base = load_settings()
@@ -489,6 +547,19 @@ def main() -> int:
             flush=True,
         )
         print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    if "idle" in stages:
+        found = idle_latency(base, captures, args.jobs // 5, api_workers, processes, log_dir)
+        new, again = found["new"], found["again"]
+        print(
+            f"one client, idle service: new capture submission {pct(new.submit_ms)}; end to "
+            f"end (?wait=) {pct(new.end_to_end_ms)}; errors {len(new.errors)}",
+            flush=True,
+        )
+        print(
+            f"  same capture again: answered in the 202 for {again.answered} of "
+            f"{len(again.submit_ms)}; {pct(again.submit_ms)}; errors {len(again.errors)}",
+            flush=True,
+        )
     print(f"logs: {log_dir}")
     return 0
 

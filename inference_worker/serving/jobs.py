@@ -138,28 +138,37 @@ def locate_tdoa(
     return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
 
 
+def capture_features(iq: np.ndarray, message: LocateMessage, metadata: ModelMetadata) -> np.ndarray:
+    """The model's input features of one capture, receivers in the model's order."""
+    try:
+        order = channel_order(message.receivers, metadata.receiver_ids)
+    except ValueError as exc:
+        raise BadJob(str(exc)) from None
+    try:
+        return log_mel_spectrogram(iq[order], message.sample_rate_hz, metadata.features)
+    except ValueError as exc:
+        raise BadJob(f"cannot compute features: {exc}") from None
+
+
+def describe_output(output: Any, metadata: ModelMetadata) -> dict[str, Any]:
+    """The result of one capture (position and ellipses) from its row of model output."""
+    try:
+        return describe(decode_output(output, metadata.outputs))
+    except EstimateError as exc:
+        raise BadJob(str(exc)) from None
+
+
 def locate(
     iq: np.ndarray, message: LocateMessage, model: Predictor
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Features, inference and ellipses of one capture; returns the result and stage timings."""
     metadata = model.metadata
-    try:
-        order = channel_order(message.receivers, metadata.receiver_ids)
-    except ValueError as exc:
-        raise BadJob(str(exc)) from None
     t0 = time.perf_counter()
-    try:
-        features = log_mel_spectrogram(iq[order], message.sample_rate_hz, metadata.features)
-    except ValueError as exc:
-        raise BadJob(f"cannot compute features: {exc}") from None
+    features = capture_features(iq, message, metadata)
     t1 = time.perf_counter()
     output = model.predict(features[None])
     t2 = time.perf_counter()
-    try:
-        estimate = decode_output(output[0], metadata.outputs)
-    except EstimateError as exc:
-        raise BadJob(str(exc)) from None
-    result = describe(estimate)
+    result = describe_output(output[0], metadata)
     t3 = time.perf_counter()
     timings = {
         "features_ms": (t1 - t0) * 1e3,
@@ -235,7 +244,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
                 result = cached
         cache_hit = cached is not None
     except BadJob as exc:
-        outcome = _fail(services, message.job_id, str(exc), version, message.method)
+        outcome = fail_started(services, message.job_id, str(exc), version, message.method)
         services.redis.delete_blob(message.blob_key)
         return outcome
 
@@ -291,7 +300,7 @@ def fail_job(
     if services.jobs.get(message.job_id) is None:
         record_job(services.jobs, message)
     version = served_version(message, services.model)
-    outcome = _fail(services, message.job_id, reason, version, message.method)
+    outcome = fail_started(services, message.job_id, reason, version, message.method)
     services.redis.delete_blob(message.blob_key)
     return outcome
 
@@ -317,7 +326,7 @@ def _reject(services: JobServices, job_id: str | None, reason: str) -> JobOutcom
     return JobOutcome(job_id, "failed", error=reason)
 
 
-def _fail(
+def fail_started(
     services: JobServices,
     job_id: str | None,
     reason: str,

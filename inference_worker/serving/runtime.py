@@ -87,13 +87,17 @@ class ProcessRuntime:
         thread.start()
         return services
 
-    def services_for(self, payload: object) -> tuple[JobServices, str | None]:
-        """The services for one job, with the model it should run on (reloading first if asked).
+    def services_for(
+        self, payload: object, *, refresh: bool = True
+    ) -> tuple[JobServices, str | None]:
+        """The services for one job, with the model it should run on (reloading first if asked
+        and ``refresh``: once a batch is enough).
 
         Returns the services and, when the job asked for a model nobody serves, the reason.
         """
         base = self.services()
-        self.served.refresh()
+        if refresh:
+            self.served.refresh()
         job_id = payload.get("job_id") if isinstance(payload, dict) else None
         requested = payload.get("model") if isinstance(payload, dict) else None
         try:

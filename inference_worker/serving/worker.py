@@ -15,20 +15,29 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import celery
 import celery.worker.consumer
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, bootsteps
-from celery.signals import task_failure, worker_process_init, worker_process_shutdown
+from celery.signals import task_postrun, worker_process_init, worker_process_shutdown
 
 from inference_worker.serving import observability
+from inference_worker.serving.batching import (
+    BatchingStrategy,
+    BatchLimits,
+    Item,
+    Verdict,
+    install_handler,
+)
 from inference_worker.serving.dead_letters import dead_letter_step
-from inference_worker.serving.jobs import fail_job, message_job_id, run_job
+from inference_worker.serving.job_batches import run_jobs
+from inference_worker.serving.jobs import JobServices, fail_job, message_job_id
 from inference_worker.serving.recovery import Stores, Upkeep, open_stores, record_failure
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from tasks.app import create_celery, publisher
-from tasks.contract import TASK_NAME
+from tasks.contract import TASK_NAME, read_message
 
 log = logging.getLogger(__name__)
 
@@ -89,78 +98,135 @@ class Consumer(celery.worker.consumer.Consumer):
         ]
 
 
+class BatchedTask(celery.Task):
+    """A task whose messages reach the pool in batches (see :mod:`.batching`)."""
+
+    batch_limits: BatchLimits
+    on_hard_limit: Callable[[Item], None]
+
+    def Strategy(self, task: Any, app: Celery, consumer: Any) -> BatchingStrategy:  # noqa: N802
+        return BatchingStrategy(consumer, task.name, self.batch_limits, self.on_hard_limit)
+
+
 def create_worker_app(settings: Settings) -> Celery:
     """The worker's Celery app with the ``heimdall.locate`` task registered."""
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     runtime = ProcessRuntime(settings)
     app.conf.heimdall_runtime = runtime
     app.conf.worker_consumer = f"{__name__}:Consumer"
+    # Enough messages in hand to fill a batch for every process while the others run.
+    app.conf.worker_prefetch_multiplier = settings.worker_batch_size
     soft_limit = settings.task_soft_time_limit_s or None
-    # Store outages are waited out within half the soft limit, then the message goes back to
+    # Store outages are waited out within half the soft limit, then the messages go back to
     # the queue: only a job stuck in its own work meets the limit.
     retry_budget_s = (soft_limit or settings.task_time_limit_s) / 2
+    republish = publisher(app, settings.queue, settings.publish_confirm_timeout_s)
 
-    def attempt(payload: object, task_id: str | None) -> dict[str, Any]:
-        services, unavailable = runtime.services_for(payload)
-        if unavailable is not None:
-            return fail_job(payload, services, unavailable, task_id).to_json()
-        return run_job(payload, services, task_id).to_json()
+    def run_batch_jobs(items: list[Item]) -> list[dict[str, Any]]:
+        """The jobs of a batch, grouped by the model each is served by."""
+        outcomes: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[int, tuple[JobServices, list[int]]] = {}
+        for index, (payload, task_id) in enumerate(items):
+            services, unavailable = runtime.services_for(payload, refresh=index == 0)
+            if unavailable is not None:
+                outcomes[index] = fail_job(payload, services, unavailable, task_id).to_json()
+            else:
+                groups.setdefault(id(services.model), (services, []))[1].append(index)
+        for services, indices in groups.values():
+            done = run_jobs([items[i] for i in indices], services)
+            for index, outcome in zip(indices, done, strict=True):
+                outcomes[index] = outcome.to_json()
+        return [outcome or {} for outcome in outcomes]
 
-    @app.task(
-        name=TASK_NAME,
-        bind=True,
-        max_retries=None,
-        soft_time_limit=soft_limit,
-        time_limit=settings.task_time_limit_s,
-    )
-    def locate(self: Any, payload: object) -> dict[str, Any]:
+    def send_back(items: list[Item], exc: BaseException) -> list[Verdict]:
+        """A long outage: publish a fresh copy of each message at the back of the queue (its
+        delivery count starts again, so an outage never dead-letters a job) and acknowledge
+        the old one; the worker takes other work meanwhile."""
+        log.warning("stores still unavailable; %d jobs go back to the queue: %s", len(items), exc)
+        verdicts: list[Verdict] = []
+        for payload, _ in items:
+            try:
+                republish(read_message(payload))
+                verdicts.append(("ack", None))
+            except Exception as error:  # the broker too: RabbitMQ delivers it again
+                log.warning("could not send a job back to the queue: %s", error)
+                verdicts.append(("requeue", None))
+        return verdicts
+
+    def stopped(items: list[Item]) -> list[Verdict]:
+        if len(items) > 1:  # delivered again, each alone: only the stuck job meets the limit
+            return [("requeue", None)] * len(items)
+        payload, task_id = items[0]
+        reason = f"stopped after {soft_limit:g} s, the job time limit; not retried"
+        log.error("job %s %s", message_job_id(payload, task_id), reason)
+        return [("ack", fail_job(payload, runtime.services(), reason, task_id).to_json())]
+
+    def one_by_one(items: list[Item], exc: Exception) -> list[Verdict]:
+        """A bug, not the input: record it on each job rather than retry forever."""
+        log.error("batch failed (%s: %s); its jobs are recorded one by one", type(exc), exc)
+        verdicts: list[Verdict] = []
+        for payload, task_id in items:
+            try:
+                verdicts.append(("ack", run_batch_jobs([(payload, task_id)])[0]))
+            except Exception as error:
+                log.exception("job failed with an unexpected error")
+                reason = f"internal error in the worker: {type(error).__name__}: {error}"
+                try:
+                    outcome = fail_job(payload, runtime.services(), reason, task_id)
+                    verdicts.append(("ack", outcome.to_json()))
+                except Exception:  # not even recorded: the dead-letter consumer fails the job
+                    verdicts.append(("dead", None))
+        return verdicts
+
+    def handle_batch(items: list[Item]) -> list[Verdict]:
+        """In a pool process: the jobs of a batch, and what to do with each message."""
         try:
-            return with_store_retries(
-                lambda: attempt(payload, self.request.id),
+            outcomes = with_store_retries(
+                lambda: run_batch_jobs(items),
                 settings.task_max_retries + 1,
                 deadline=time.monotonic() + retry_budget_s,
             )
+            verdicts: list[Verdict] = [("ack", outcome) for outcome in outcomes]
         except TRANSIENT_ERRORS as exc:
-            # A long outage: put a fresh copy of the message at the back of the queue (its
-            # delivery count starts again, so an outage never dead-letters a job) and let the
-            # worker take other work meanwhile.
-            log.warning("stores still unavailable; job goes back to the queue: %s", exc)
-            raise self.retry(exc=exc, countdown=0) from None
+            verdicts = send_back(items, exc)
         except SoftTimeLimitExceeded:
-            reason = f"stopped after {soft_limit:g} s, the job time limit; not retried"
-            log.error("job %s %s", self.request.id, reason)
-            return fail_job(payload, runtime.services(), reason, self.request.id).to_json()
-        except Exception as exc:  # a bug, not the input: record it rather than retry forever
-            log.exception("job failed with an unexpected error")
-            reason = f"internal error in the worker: {type(exc).__name__}: {exc}"
-            # If even this cannot be recorded, the task raises: its message is rejected to the
-            # dead-letter queue, whose consumer fails the job.
-            return fail_job(payload, runtime.services(), reason, self.request.id).to_json()
+            verdicts = stopped(items)
+        except Exception as exc:
+            verdicts = one_by_one(items, exc)
+        for _, outcome in verdicts:
+            if outcome:
+                task_postrun.send(sender=locate, retval=outcome, state="SUCCESS")
+        return verdicts
 
     @functools.cache
     def main_process_stores() -> Stores:
         return open_stores(settings, role="heimdall-worker")
 
-    def on_hard_time_limit(
-        sender: Any = None,
-        task_id: str | None = None,
-        exception: Any = None,
-        args: Any = None,
-        **_: Any,
-    ) -> None:
+    def on_hard_limit(item: Item) -> None:
         """In the main process, after the pool replaced a process stuck past the hard limit."""
-        if getattr(sender, "name", None) != TASK_NAME or not isinstance(
-            exception, TimeLimitExceeded
-        ):
-            return
-        job_id = message_job_id(args[0] if args else None, task_id)
+        job_id = message_job_id(*item)
         reason = (
             f"stopped after {settings.task_time_limit_s:g} s, the hard job time limit (the "
             "worker process was replaced); not retried"
         )
+        log.error("job %s %s", job_id, reason)
         if job_id is not None:
             record_failure(main_process_stores(), job_id, reason, settings.result_ttl_s)
 
+    @app.task(
+        name=TASK_NAME,
+        base=BatchedTask,
+        bind=True,
+        batch_limits=BatchLimits(
+            settings.worker_batch_size, soft_limit, settings.task_time_limit_s
+        ),
+        on_hard_limit=staticmethod(on_hard_limit),  # a plain function, not a method
+    )
+    def locate(self: Any, payload: object) -> list[Verdict]:
+        """One message run in place (``apply``); the worker itself runs batches."""
+        return handle_batch([(payload, self.request.id)])
+
+    install_handler(handle_batch)
     app.steps["consumer"].add(
         dead_letter_step(
             settings.queue, settings.max_deliveries, main_process_stores, settings.result_ttl_s
@@ -175,7 +241,6 @@ def create_worker_app(settings: Settings) -> Celery:
             )
         )
     )
-    task_failure.connect(on_hard_time_limit, weak=False)
     worker_process_init.connect(runtime.start, weak=False)
     worker_process_shutdown.connect(runtime.stop, weak=False)
     observability.connect_worker_signals()

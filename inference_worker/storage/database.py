@@ -64,6 +64,43 @@ SUCCEED = sa.text(
     sa.bindparam("inference_ms", type_=sa.Float),
 )
 
+# The same two statements for several jobs at once: one parameter, a JSON array of the jobs'
+# values, turned into rows by PostgreSQL (a batch costs one round trip, whatever its size).
+_START_COLUMNS = (
+    "job_id text, created_at timestamptz, capture_time timestamptz, frequency_mhz float8,"
+    " sample_rate_hz float8, n_samples int, receivers jsonb, iq_sha256 text, batch_id text,"
+    " tenant text, message jsonb"
+)
+START_MANY = sa.text(
+    "INSERT INTO jobs AS j (job_id, status, created_at, started_at, capture_time, frequency_mhz,"
+    " sample_rate_hz, n_samples, receivers, iq_sha256, attempts, batch_id, tenant, message,"
+    " published_at)"
+    " SELECT job_id, 'running', coalesce(created_at, now()), now(), capture_time,"
+    " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, 1, batch_id, tenant,"
+    f" message, now() FROM jsonb_to_recordset(:jobs) AS r({_START_COLUMNS})"
+    " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
+    " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
+    f" WHERE j.status NOT IN ({_FINAL})"
+    " RETURNING job_id, status, created_at, attempts"
+).bindparams(sa.bindparam("jobs", type_=JSONB))
+SUCCEED_MANY = sa.text(
+    "WITH given AS (SELECT * FROM jsonb_to_recordset(:results) AS r(job_id text, result jsonb,"
+    " model_version text, model_version_id int, cache_hit bool, timings jsonb,"
+    " inference_ms float8)),"
+    " done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = g.result,"
+    " model_version = g.model_version, cache_hit = g.cache_hit, timings = g.timings,"
+    f" error = NULL FROM given g WHERE jobs.job_id = g.job_id AND jobs.status NOT IN ({_FINAL})"
+    # Not the result, timings or message: the caller has them, and parsing them back costs.
+    " RETURNING jobs.job_id, jobs.status, jobs.created_at, jobs.started_at, jobs.finished_at,"
+    " jobs.capture_time, jobs.frequency_mhz, jobs.sample_rate_hz, jobs.n_samples,"
+    " jobs.receivers, jobs.attempts, jobs.model_version, jobs.cache_hit, jobs.error,"
+    " jobs.batch_id, jobs.tenant),"
+    " logged AS (INSERT INTO inference_logs (job_id, model_version_id, inference_time_ms,"
+    " cache_hit) SELECT d.job_id, g.model_version_id, g.inference_ms, d.cache_hit"
+    " FROM done d JOIN given g USING (job_id))"
+    " SELECT * FROM done"
+).bindparams(sa.bindparam("results", type_=JSONB))
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -184,6 +221,40 @@ class JobStore:
             "inference_ms": timings.get("inference_ms"),
         }
         return self._run(lambda c: c.execute(SUCCEED, params).mappings().first())
+
+    def start_many(self, new_jobs: list[NewJob]) -> dict[str, RowMapping]:
+        """:meth:`start` for several jobs (distinct ids) in one statement; returns the started
+        rows by job id (a job already final is absent)."""
+        if not new_jobs:
+            return {}
+        rows = []
+        for job in new_jobs:
+            row = {**job.__dict__}
+            row.pop("published")
+            for name in ("capture_time", "created_at"):
+                row[name] = None if row[name] is None else row[name].isoformat()
+            rows.append(row)
+        result = self._run(lambda c: list(c.execute(START_MANY, {"jobs": rows}).mappings()))
+        return {row["job_id"]: row for row in result}
+
+    def succeed_many(self, results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """:meth:`succeed` for several jobs in one statement. Each entry holds the keyword
+        arguments of :meth:`succeed` and ``job_id``; returns the final rows of the jobs whose
+        result was recorded, by job id (with the result and timings given, not read back).
+        The jobs' updates and log rows commit together."""
+        if not results:
+            return {}
+        given = [{**r, "inference_ms": r["timings"].get("inference_ms")} for r in results]
+        rows = self._run(lambda c: list(c.execute(SUCCEED_MANY, {"results": given}).mappings()))
+        by_id = {r["job_id"]: r for r in results}
+        return {
+            row["job_id"]: {
+                **row,
+                "result": by_id[row["job_id"]]["result"],
+                "timings": by_id[row["job_id"]]["timings"],
+            }
+            for row in rows
+        }
 
     def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
         """Record a job whose message was unusable, so its producer can read why.

@@ -53,6 +53,20 @@ class RedisStore:
             None if cached is None else json.loads(cached),
         )
 
+    def fetch_captures(
+        self, blob_keys: list[str], cache_keys: list[str] | None
+    ) -> list[tuple[bytes | None, dict[str, Any] | None]]:
+        """:meth:`fetch_capture` for several jobs, in one round trip."""
+        values: list[Any] = self.client.mget(blob_keys + (cache_keys or []))
+        blobs, cached = values[: len(blob_keys)], values[len(blob_keys) :]
+        return [
+            (
+                None if blob is None else bytes(blob),
+                None if not cached or cached[i] is None else json.loads(cached[i]),
+            )
+            for i, blob in enumerate(blobs)
+        ]
+
     def finish(
         self,
         blob_key: str,
@@ -67,13 +81,24 @@ class RedisStore:
         Raises:
             Any error but Redis being full.
         """
+        self.finish_many([(blob_key, result, cache)])
+
+    def finish_many(
+        self,
+        finished: list[
+            tuple[str, tuple[str, dict[str, Any], int], tuple[str, dict[str, Any], int] | None]
+        ],
+    ) -> None:
+        """:meth:`finish` for several jobs (``(blob_key, result, cache)`` each), in one round
+        trip."""
         pipeline = self.client.pipeline(transaction=False)
-        pipeline.delete(blob_key)
-        job_id, view, result_ttl_s = result
-        pipeline.set(self.result_key(job_id), json.dumps(view), ex=result_ttl_s)
-        if cache is not None and cache[2] > 0:
-            pipeline.set(cache[0], json.dumps(cache[1]), ex=cache[2])
-        pipeline.publish(self.done_channel(), job_id)
+        for blob_key, _, _ in finished:
+            pipeline.delete(blob_key)
+        for _, (job_id, view, result_ttl_s), cache in finished:
+            pipeline.set(self.result_key(job_id), json.dumps(view), ex=result_ttl_s)
+            if cache is not None and cache[2] > 0:
+                pipeline.set(cache[0], json.dumps(cache[1]), ex=cache[2])
+            pipeline.publish(self.done_channel(), job_id)
         for outcome in pipeline.execute(raise_on_error=False):
             if isinstance(outcome, Exception) and not isinstance(
                 outcome, redis.exceptions.OutOfMemoryError

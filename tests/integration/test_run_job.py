@@ -1,12 +1,15 @@
-"""The plain job function, called directly with the real stores and the real ONNX model."""
+"""The plain job functions, one job and several at once, called directly with the real stores
+and the real ONNX model."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
 
+from inference_worker.serving.job_batches import run_jobs
 from inference_worker.serving.jobs import JobServices, run_job
 from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.storage.schema import inference_logs
@@ -84,3 +87,87 @@ def test_message_published_without_a_job_row_records_the_job(services, capture):
 def test_message_that_is_not_an_object_fails_without_a_job(services):
     outcome = run_job(["not", "a", "dict"], services)
     assert outcome.status == "failed" and outcome.job_id is None
+
+
+# --- several jobs at once: the same results and the same guarantees ------------------------
+def log_rows(engine, job_id: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count()).where(inference_logs.c.job_id == job_id)
+        ).scalar_one()
+
+
+def test_a_batch_gives_each_job_the_result_it_gets_alone(services, simulator, rng, engine):
+    captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(5)]
+    alone = [run_job(queue_job(services, c), services) for c in captures]
+    messages = [queue_job(services, c) for c in captures]
+
+    outcomes = run_jobs([(m, m["job_id"]) for m in messages], services)
+
+    assert [o.status for o in outcomes] == ["succeeded"] * 5
+    assert [o.job_id for o in outcomes] == [m["job_id"] for m in messages]
+    for message, single in zip(messages, alone, strict=True):
+        row = services.jobs.get(message["job_id"])
+        reference = services.jobs.get(single.job_id)
+        assert row["status"] == "succeeded" and row["attempts"] == 1
+        assert row["result"]["lat"] == pytest.approx(reference["result"]["lat"], abs=1e-9)
+        assert row["result"]["lon"] == pytest.approx(reference["result"]["lon"], abs=1e-9)
+        assert row["timings"]["batch_size"] == 5
+        assert log_rows(engine, message["job_id"]) == 1
+        cached = services.redis.get_result(message["job_id"])
+        assert cached is not None and cached["status"] == "succeeded"
+        assert cached["result"] == row["result"]
+        assert services.redis.get_blob(message["blob_key"]) is None
+
+
+def test_a_batch_delivered_twice_records_one_result_per_job(services, simulator, rng, engine):
+    messages = [
+        queue_job(services, simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0))
+        for _ in range(3)
+    ]
+    items = [(m, m["job_id"]) for m in messages]
+    # The same message twice in one batch, then the whole batch again.
+    first = run_jobs([*items, items[0]], services)
+    second = run_jobs(items, services)
+    assert [o.status for o in first[1:3]] == ["succeeded"] * 2
+    assert sorted([first[0].status, first[3].status]) == ["duplicate", "succeeded"]
+    assert [o.status for o in second] == ["duplicate"] * 3
+    for message in messages:
+        assert log_rows(engine, message["job_id"]) == 1
+
+
+def test_bad_jobs_fail_alone_and_the_rest_of_the_batch_succeeds(services, simulator, rng):
+    good = queue_job(services, simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0))
+    missing = queue_job(
+        services,
+        simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0),
+        store_blob=False,
+    )
+    tampered_capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
+    tampered = queue_job(services, tampered_capture)
+    services.redis.put_blob(tampered["blob_key"], tampered_capture.iq[:, ::-1].copy().tobytes(), 60)
+    unreadable = {**queue_job(services, tampered_capture), "n_samples": "many"}
+
+    outcomes = run_jobs([(m, m["job_id"]) for m in (good, missing, tampered, unreadable)], services)
+
+    assert [o.status for o in outcomes] == ["succeeded", "failed", "failed", "failed"]
+    assert "missing" in outcomes[1].error
+    assert "sha256" in outcomes[2].error
+    assert "n_samples" in outcomes[3].error
+    for message in (missing, tampered, unreadable):
+        assert services.jobs.get(message["job_id"])["status"] == "failed"
+
+
+def test_a_capture_already_answered_comes_from_the_result_cache(services, simulator, rng):
+    cached = replace(services, cache_ttl_s=60)
+    capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
+    first = queue_job(cached, capture)
+    assert run_jobs([(first, first["job_id"])], cached)[0].cache_hit is False
+    again = [queue_job(cached, capture), queue_job(cached, capture)]
+
+    outcomes = run_jobs([(m, m["job_id"]) for m in again], cached)
+
+    assert [(o.status, o.cache_hit) for o in outcomes] == [("succeeded", True)] * 2
+    reference = cached.jobs.get(first["job_id"])["result"]
+    for message in again:
+        assert cached.jobs.get(message["job_id"])["result"] == reference

@@ -1,0 +1,182 @@
+"""Micro-batching in the worker's main process: a Celery task strategy that hands the pool
+several waiting messages at once.
+
+Celery runs one message per pool call; each job then pays its own store round trips and its own
+trip through the pool. This strategy keeps the messages it receives (up to the prefetch window)
+and gives each idle pool process the waiting ones together (at most ``max_batch``); a message
+that arrives while a process is idle goes at once, alone. Each message is acknowledged only
+after the pool process reports its job recorded, so the guarantees of a lone task hold:
+
+* the pool process dies (SIGKILL, out of memory): every message of its batch is rejected with
+  requeue, so RabbitMQ delivers it again and counts the delivery (the queue's delivery limit
+  dead-letters a message that keeps killing workers);
+* the batch passes the hard time limit: a lone job is failed with the reason and acknowledged
+  (as Celery does with ``task_acks_on_timeout``); a batch's messages are requeued, and a message
+  delivered again always travels alone, so only the job that is really stuck meets the limit;
+* the worker loses its connection: unacknowledged messages go back to the queue by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+from inference_worker.core.batching import take_batches
+
+log = logging.getLogger(__name__)
+
+Item = tuple[object, str | None]
+"""One message's ``(payload, task id)``, as the pool process receives it."""
+Verdict = tuple[str, dict[str, Any] | None]
+"""What the pool process says of one message: ``ack``, ``requeue`` or ``dead`` (reject to the
+dead-letter queue), with its job's outcome when there is one."""
+
+_handler: Callable[[list[Item]], list[Verdict]] | None = None
+
+
+def install_handler(handler: Callable[[list[Item]], list[Verdict]]) -> None:
+    """Set what a pool process runs for a batch (before the pool forks: the processes inherit
+    it, and only the module-level :func:`run_batch` travels through the pool's pipe)."""
+    global _handler
+    _handler = handler
+
+
+def run_batch(items: list[Item]) -> list[Verdict]:
+    """The pool's target: the installed handler on one batch."""
+    if _handler is None:
+        raise RuntimeError("no batch handler installed in this worker process")
+    return _handler(items)
+
+
+@dataclass
+class Delivery:
+    """A received message waiting for, or in, a batch."""
+
+    item: Item
+    ack: Callable[..., Any]
+    reject: Callable[..., Any]
+    alone: bool
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch: int
+    soft_time_limit_s: float | None
+    time_limit_s: float | None
+
+
+class BatchingStrategy:
+    """Celery calls this for every message of the task it is attached to (``Task.Strategy``)."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        task_name: str,
+        limits: BatchLimits,
+        on_hard_limit: Callable[[Item], None],
+    ) -> None:
+        self.pool = consumer.pool
+        self.connection_errors = consumer.connection_errors
+        self.events = consumer.event_dispatcher
+        self.task_name = task_name
+        self.slots = max(1, int(getattr(self.pool, "limit", 1) or 1))
+        self.limits = limits
+        self.on_hard_limit = on_hard_limit
+        self.waiting: list[Delivery] = []
+        self.in_flight = 0
+
+    def __call__(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+    ) -> None:
+        # Decoding checks the content type: a message that is not JSON raises here, and
+        # Celery's consumer rejects it unread (to the dead-letter queue).
+        decoded = message.decode()
+        args = decoded[0] if isinstance(decoded, list | tuple) and decoded else None
+        payload = args[0] if isinstance(args, list | tuple) and args else None
+        task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
+        method = payload.get("method") if isinstance(payload, dict) else None
+        # A TDoA job is long; a message delivered again may be the one that stopped a batch.
+        alone = method not in (None, "model") or bool(message.delivery_info.get("redelivered"))
+        self.waiting.append(Delivery((payload, task_id), ack, reject, alone, time.monotonic()))
+        self._event("task-received", task_id, name=self.task_name, args="", kwargs="{}")
+        self.dispatch()
+
+    def _event(self, kind: str, task_id: str | None, **fields: Any) -> None:
+        """Flower's view of each job (sent only while a monitor turned events on)."""
+        if self.events is not None and self.events.enabled and task_id is not None:
+            try:
+                self.events.send(kind, uuid=task_id, **fields)
+            except Exception as exc:  # monitoring must never stop the worker
+                log.warning("could not send a %s event: %s", kind, exc)
+
+    def dispatch(self) -> None:
+        batches = take_batches(
+            self.waiting, self.slots - self.in_flight, self.limits.max_batch, lambda d: d.alone
+        )
+        for batch in batches:
+            self.in_flight += 1
+            for delivery in batch:
+                self._event("task-started", delivery.item[1])
+            self.pool.apply_async(
+                run_batch,
+                args=([d.item for d in batch],),
+                callback=partial(self._done, batch),
+                error_callback=partial(self._lost, batch),
+                soft_timeout=self.limits.soft_time_limit_s,
+                timeout=self.limits.time_limit_s,
+            )
+
+    def _settle(self, delivery: Delivery, verdict: str) -> None:
+        task_id = delivery.item[1]
+        if verdict == "ack":
+            delivery.ack(log, self.connection_errors)
+            runtime = time.monotonic() - delivery.received_at
+            self._event("task-succeeded", task_id, result="", runtime=runtime)
+        else:
+            requeue = verdict == "requeue"
+            delivery.reject(log, self.connection_errors, requeue)
+            fate = "delivered again" if requeue else "dead-lettered"
+            self._event("task-failed", task_id, exception=f"message {fate}", traceback="")
+
+    def _done(self, batch: list[Delivery], verdicts: Any) -> None:
+        self.in_flight -= 1
+        try:
+            if not isinstance(verdicts, list) or len(verdicts) != len(batch):
+                log.error("batch handler answered %r; its messages go back to the queue", verdicts)
+                verdicts = [("requeue", None)] * len(batch)
+            for delivery, (verdict, _) in zip(batch, verdicts, strict=True):
+                self._settle(delivery, verdict)
+        finally:
+            self.dispatch()
+
+    def _lost(self, batch: list[Delivery], failure: Any) -> None:
+        """The pool lost the batch: its process died, or passed the hard time limit."""
+        self.in_flight -= 1
+        exception = getattr(failure, "exception", failure)
+        exception = getattr(exception, "exc", exception)  # billiard's ExceptionWithTraceback
+        try:
+            if isinstance(exception, TimeLimitExceeded) and len(batch) == 1:
+                try:
+                    self.on_hard_limit(batch[0].item)
+                except Exception:  # acknowledged anyway: the operators' stuck-job tools see it
+                    log.exception("could not record a job stopped at the hard time limit")
+                self._settle(batch[0], "ack")
+                return
+            requeue = isinstance(exception, TimeLimitExceeded | WorkerLostError)
+            log.error(
+                "a batch of %d jobs was lost (%r); its messages are %s",
+                len(batch),
+                exception,
+                "delivered again" if requeue else "dead-lettered",
+            )
+            for delivery in batch:
+                self._settle(delivery, "requeue" if requeue else "dead")
+        finally:
+            self.dispatch()
