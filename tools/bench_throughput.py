@@ -202,6 +202,7 @@ class Load:
     answered: int = 0
     """Submissions whose 202 already carried the final result (a cached capture)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
 
     def _take(self) -> int | None:
         with self.lock:
@@ -211,14 +212,24 @@ class Load:
             return self.done
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            headers = {"Content-Type": "application/x-npy"} if body is not None else {}
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        """One request on this client thread's kept-alive connection (opened again if the
+        shim closed it), as an HTTP client library with a connection pool sends it."""
+        headers = {"Content-Type": "application/x-npy"} if body is not None else {}
+        for attempt in (1, 2):
+            connection = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                self._local.connection = connection
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                connection.close()
+                self._local.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def client(self) -> None:
         while (number := self._take()) is not None:

@@ -69,7 +69,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set("worker_class", "gthread" if settings.api_threads > 1 else "sync")
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 30)
-            self.cfg.set("accesslog", "-")
+            self.cfg.set("accesslog", "-" if settings.api_access_log else None)
             self.cfg.set(
                 "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import math
@@ -88,25 +89,57 @@ def validate_iq(iq: np.ndarray, limits: CaptureLimits) -> np.ndarray:
         raise CaptureTooLarge(
             f"capture too long: {n} samples per receiver, at most {limits.max_samples} accepted"
         )
+    iq = np.ascontiguousarray(iq)  # a Fortran-order .npy is accepted too
     if not np.isfinite(iq.view(np.float32)).all():
         raise CaptureError("IQ contains NaN or infinite values")
     silent = [i for i in range(RECEIVER_COUNT) if not np.any(iq[i])]
     if silent:
         raise CaptureError(f"receiver channel(s) {silent} contain only zeros")
-    return np.ascontiguousarray(iq)
+    return iq
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_layout(preamble: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of a ``.npy`` preamble (magic, version, header).
+
+    Submissions of one kind repeat the same header byte for byte, so each is parsed once.
+    """
+    stream = io.BytesIO(preamble)
+    major, _ = np.lib.format.read_magic(stream)
+    if major == 1:
+        return np.lib.format.read_array_header_1_0(stream)
+    if major == 2:
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"unsupported .npy format version {major}")
 
 
 def decode_npy(body: bytes) -> np.ndarray:
-    """Read a ``.npy`` body (no pickles); shape and dtype are checked by :func:`validate_iq`."""
+    """Read a ``.npy`` body (no pickles) without copying its data; shape and dtype are checked
+    by :func:`validate_iq`."""
     if not body:
         raise CaptureError("request body is empty; expected a .npy array")
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if body[:6] != NPY_MAGIC or len(body) < 12:
+            raise ValueError("it does not start with the .npy magic string")
+        size_bytes = 2 if body[6] == 1 else 4
+        start = 8 + size_bytes
+        end = start + int.from_bytes(body[8:start], "little")
+        shape, fortran, dtype = _npy_layout(bytes(body[:end]))
+        if dtype.hasobject:
+            raise ValueError("object arrays (pickles) are not accepted")
+        count = math.prod(shape)
+        if len(body) - end != count * dtype.itemsize:
+            raise ValueError(
+                f"{len(body) - end} data bytes for shape {shape} of {dtype}, expected "
+                f"{count * dtype.itemsize}"
+            )
+        array = np.frombuffer(body, dtype=dtype, count=count, offset=end)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as exc:
         raise CaptureError(f"body is not a valid .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise CaptureError("body is not a single .npy array")
-    return array
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def decode_json_iq(value: object) -> np.ndarray:

@@ -7,6 +7,7 @@ ONNX file). :mod:`inference_worker.serving.onnx_model` runs it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class ModelMetadata:
     architecture: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def receiver_ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.receivers)
 
@@ -118,7 +119,7 @@ class ModelSummary:
     min_samples: int
     bandwidth_hz: float
 
-    @property
+    @functools.cached_property
     def receiver_ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.receivers)
 

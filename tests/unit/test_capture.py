@@ -51,6 +51,33 @@ def test_npy_round_trip_and_pickles_are_refused():
         decode_npy(b"")
 
 
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_npy_of_either_format_version_and_order_reads_back_the_same(version):
+    array = np.asfortranarray(iq())
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    decoded = decode_npy(buffer.getvalue())
+    np.testing.assert_array_equal(decoded, array)
+    np.testing.assert_array_equal(validate_iq(decoded, LIMITS), iq())
+
+
+@pytest.mark.parametrize(
+    ("mangle", "fragment"),
+    [
+        (lambda body: body[:-8], "data bytes"),
+        (lambda body: body + b"\0" * 8, "data bytes"),
+        (lambda body: b"PK\x03\x04" + body[4:], "magic"),
+        (lambda body: body[:20], "not a valid .npy"),
+    ],
+    ids=["truncated", "trailing-bytes", "not-npy", "header-cut"],
+)
+def test_a_damaged_npy_body_is_refused_with_the_reason(mangle, fragment):
+    buffer = io.BytesIO()
+    np.save(buffer, iq())
+    with pytest.raises(CaptureError, match=fragment):
+        decode_npy(mangle(buffer.getvalue()))
+
+
 def test_valid_capture_passes_validation():
     assert validate_iq(iq(), LIMITS).shape == (3, 1_000)
 
