@@ -8,12 +8,11 @@ import io
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import numpy as np
+import urllib3
 from urllib3 import encode_multipart_formdata
 
 from tasks.contract import wait_until_final
@@ -41,24 +40,37 @@ class ShimClient:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.api_key = api_key if api_key is not None else os.environ.get("HEIMDALL_API_KEY")
+        # Kept-alive connections: a connection per request would cost both sides a handshake.
+        self._http = urllib3.PoolManager(maxsize=8, retries=False)
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout_s: float | None = None,
     ) -> tuple[int, Any]:
-        request = urllib.request.Request(self.base_url + path, data=body, method=method)
+        headers = {}
         if content_type:
-            request.add_header("Content-Type", content_type)
+            headers["Content-Type"] = content_type
         if self.api_key:
-            request.add_header("Authorization", f"Bearer {self.api_key}")
+            headers["Authorization"] = f"Bearer {self.api_key}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            payload = exc.read()
-            try:
-                return exc.code, json.loads(payload)
-            except ValueError:
-                return exc.code, payload.decode(errors="replace")
+            response = self._http.request(
+                method,
+                self.base_url + path,
+                body=body,
+                headers=headers,
+                timeout=timeout_s or self.timeout_s,
+            )
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out
+            raise ConnectionError(f"{method} {self.base_url}{path}: {exc}") from exc
+        payload = response.data
+        try:
+            return response.status, json.loads(payload or b"null")
+        except ValueError:
+            return response.status, payload.decode(errors="replace")
 
     def health(self) -> tuple[int, Any]:
         return self._request("GET", "/health")
@@ -120,14 +132,14 @@ class ShimClient:
     def job_map(self, job_id: str) -> bytes:
         """The PNG of a TDoA job's likelihood (``GET /jobs/<id>/map.png``)."""
         url = f"{self.base_url}/jobs/{urllib.parse.quote(job_id, safe='')}/map.png"
-        request = urllib.request.Request(url)
-        if self.api_key:
-            request.add_header("Authorization", f"Bearer {self.api_key}")
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return bytes(response.read())
-        except urllib.error.HTTPError as exc:
-            raise ShimError(exc.code, exc.read().decode(errors="replace")) from None
+            response = self._http.request("GET", url, headers=headers, timeout=self.timeout_s)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionError(f"GET {url}: {exc}") from exc
+        if response.status != 200:
+            raise ShimError(response.status, response.data.decode(errors="replace"))
+        return bytes(response.data)
 
     @staticmethod
     def json_document(

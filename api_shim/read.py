@@ -36,23 +36,39 @@ def create_blueprint() -> Audience:
 
 def lookup_job(job_id: str) -> dict[str, Any]:
     """A job's view: Redis first, PostgreSQL (the record of truth) when Redis has none."""
+    return _lookup(job_id)[0]
+
+
+def _lookup(job_id: str) -> tuple[dict[str, Any], bytes | None]:
+    """A job's view, and its JSON as Redis holds it when it came from there."""
     if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     shim = services()
     try:
-        cached = shim.store.get_result(job_id)
+        cached = shim.store.get_result_json(job_id)
     except TRANSIENT_ERRORS:
         cached = None  # Redis is a cache here
-    if cached is not None and "tenant" in cached:
-        view = cached
-    else:
-        try:
-            row = shim.jobs.get(job_id)
-        except TRANSIENT_ERRORS:
-            raise unavailable("the job database") from None
-        if row is None:
-            raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
-        view = job_view(row)
+    found = _readable(job_id, cached)
+    if found is not None:
+        return found, cached
+    try:
+        row = shim.jobs.get(job_id)
+    except TRANSIENT_ERRORS:
+        raise unavailable("the job database") from None
+    if row is None:
+        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    return _checked(job_id, job_view(row)), None
+
+
+def _readable(job_id: str, cached: bytes | None) -> dict[str, Any] | None:
+    """The view in a cached JSON (None if there is none, or one of a release without tenants)."""
+    view = None if cached is None else json.loads(cached)
+    if view is None or "tenant" not in view:
+        return None
+    return _checked(job_id, view)
+
+
+def _checked(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
     if not may_read(view.get("tenant")):  # another tenant's job: as if there were none
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     return view
@@ -111,22 +127,32 @@ def wait_seconds() -> float:
 
 
 def get_job(job_id: str) -> tuple[Response, int]:
-    view = lookup_job(job_id)
+    view, cached = _lookup(job_id)
     wait_s = wait_seconds()
     if wait_s and view["status"] not in FINAL_STATUSES:
         shim = services()
+        seen: list[bytes] = []
 
         def announced() -> bool:
             try:
-                return shim.store.get_result(job_id) is not None
+                value = shim.store.get_result_json(job_id)
             except TRANSIENT_ERRORS:
                 return False
+            if value is not None:
+                seen.append(value)
+            return value is not None
 
         shim.finished.wait(job_id, wait_s, announced)
-        view = lookup_job(job_id)
+        if seen or announced():  # woken: the view is in Redis (unless Redis is full or down)
+            readable = _readable(job_id, seen[-1])
+            view, cached = (readable, seen[-1]) if readable else _lookup(job_id)
+        else:
+            view, cached = _lookup(job_id)
     includes = {part.strip() for part in request.args.get("include", "").split(",") if part}
     if "geojson" in includes and view["status"] == "succeeded":
-        view = {**view, "geojson": geojson(view["result"])}
+        return jsonify({**view, "geojson": geojson(view["result"])}), 200
+    if cached is not None:  # as stored: no need to encode it again
+        return Response(cached, mimetype="application/json"), 200
     return jsonify(view), 200
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,54 +40,62 @@ def prepare_multiprocess_dir(name: str) -> Path:
 def _metrics() -> dict[str, Any]:
     """The metric objects, created on first use (after the multiprocess directory is set)."""
     global _METRICS
-    if _METRICS is None:
-        from prometheus_client import Counter, Histogram
-
-        _METRICS = {
-            "jobs": Counter(
-                "heimdall_jobs_total",
-                "Jobs finished by the worker.",
-                ["outcome", "model_version", "method"],
-            ),
-            "cache": Counter(
-                "heimdall_cache_lookups_total", "Result cache lookups by the worker.", ["result"]
-            ),
-            "queue_wait": Histogram(
-                "heimdall_queue_wait_seconds",
-                "Time from submission to a worker taking the job.",
-                buckets=LATENCY_BUCKETS,
-            ),
-            "features": Histogram(
-                "heimdall_feature_seconds", "Feature extraction time.", buckets=LATENCY_BUCKETS
-            ),
-            "inference": Histogram(
-                "heimdall_inference_seconds",
-                "ONNX inference time.",
-                ["model_version"],
-                buckets=LATENCY_BUCKETS,
-            ),
-            "end_to_end": Histogram(
-                "heimdall_end_to_end_seconds",
-                "Time from submission to the recorded result.",
-                ["outcome", "method"],
-                buckets=LATENCY_BUCKETS,
-            ),
-            "tdoa": Histogram(
-                "heimdall_tdoa_seconds",
-                "Time to read a TDoA job's recordings, find the time differences and locate.",
-                buckets=LATENCY_BUCKETS,
-            ),
-            "submission": Histogram(
-                "heimdall_submission_seconds",
-                "Time the shim takes to accept (or refuse) a submission.",
-                ["endpoint", "status"],
-                buckets=LATENCY_BUCKETS,
-            ),
-        }
+    if _METRICS is not None:
+        return _METRICS
+    with _METRICS_LOCK:  # the shim's threads may all meet their first request at once
+        if _METRICS is None:
+            _METRICS = _create_metrics()
     return _METRICS
 
 
+def _create_metrics() -> dict[str, Any]:
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "jobs": Counter(
+            "heimdall_jobs_total",
+            "Jobs finished by the worker.",
+            ["outcome", "model_version", "method"],
+        ),
+        "cache": Counter(
+            "heimdall_cache_lookups_total", "Result cache lookups by the worker.", ["result"]
+        ),
+        "queue_wait": Histogram(
+            "heimdall_queue_wait_seconds",
+            "Time from submission to a worker taking the job.",
+            buckets=LATENCY_BUCKETS,
+        ),
+        "features": Histogram(
+            "heimdall_feature_seconds", "Feature extraction time.", buckets=LATENCY_BUCKETS
+        ),
+        "inference": Histogram(
+            "heimdall_inference_seconds",
+            "ONNX inference time.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        "end_to_end": Histogram(
+            "heimdall_end_to_end_seconds",
+            "Time from submission to the recorded result.",
+            ["outcome", "method"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        "tdoa": Histogram(
+            "heimdall_tdoa_seconds",
+            "Time to read a TDoA job's recordings, find the time differences and locate.",
+            buckets=LATENCY_BUCKETS,
+        ),
+        "submission": Histogram(
+            "heimdall_submission_seconds",
+            "Time the shim takes to accept (or refuse) a submission.",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+        ),
+    }
+
+
 _METRICS: dict[str, Any] | None = None
+_METRICS_LOCK = threading.Lock()
 
 
 def record_job(outcome: dict[str, Any]) -> None:

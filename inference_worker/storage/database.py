@@ -49,6 +49,7 @@ CREATE = (
     " ON CONFLICT (job_id) DO NOTHING"
     " RETURNING job_id, status, tenant, iq_sha256, message, published_at"
 )
+GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
 MARK_PUBLISHED = (
     "UPDATE jobs SET published_at = now() WHERE job_id = ANY(%(ids)s) AND published_at IS NULL"
 )
@@ -180,7 +181,8 @@ class JobStore:
         self._run(lambda connection: connection.execute(statement))
 
     def get(self, job_id: str) -> RowMapping | None:
-        return self._one(sa.select(jobs).where(jobs.c.job_id == job_id))
+        ids = {"job_id": job_id}
+        return self._run(lambda c: c.exec_driver_sql(GET, ids).mappings().first())
 
     def batch(self, batch_id: str) -> list[RowMapping]:
         """The jobs of a batch, in submission order."""

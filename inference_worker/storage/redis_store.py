@@ -121,8 +121,13 @@ class RedisStore:
         pipeline.execute()
 
     def get_result(self, job_id: str) -> dict[str, Any] | None:
-        value = self.client.get(self.result_key(job_id))
+        value = self.get_result_json(job_id)
         return None if value is None else json.loads(value)
+
+    def get_result_json(self, job_id: str) -> bytes | None:
+        """A final job's cached view as stored (JSON), to answer with as it is."""
+        value = self.client.get(self.result_key(job_id))
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
 
     # --- result cache for resubmitted identical captures ------------------------------------
     def map_key(self, job_id: str) -> str:

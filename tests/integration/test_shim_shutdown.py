@@ -1,5 +1,5 @@
-"""SIGTERM to the shim (gunicorn) lets a request in flight finish: its capture is accepted and
-answered, then the server exits."""
+"""The shim as gunicorn runs it: SIGTERM lets a request in flight finish (its capture is accepted
+and answered, then the server exits), and a burst of first requests on every thread is served."""
 
 from __future__ import annotations
 
@@ -58,3 +58,40 @@ def test_sigterm_lets_the_request_in_flight_finish(
         assert job["status"] == "queued"
         api.wait(timeout=35)  # then it stops (gunicorn's graceful timeout is 30 s)
     assert not listening()
+
+
+def test_a_burst_of_first_requests_on_every_thread_is_answered(
+    settings, engine, queue_cleanup, capture, tmp_path
+):
+    """The shim's threads all meet their first request at once: each is answered (202), none
+    fails while the process sets itself up (its metrics, its connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api_shim.client import ShimClient
+
+    port = free_port()
+    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "HEIMDALL_API_THREADS": "16"}
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        client = ShimClient(f"http://127.0.0.1:{port}")
+        wait_until("the shim", lambda: _answers(client), 60, api)
+
+        def submit(_: int) -> str:
+            return str(
+                client.submit_npy(
+                    capture.iq,
+                    sample_rate_hz=capture.sample_rate_hz,
+                    frequency_mhz=capture.frequency_mhz,
+                    receivers=list(capture.receivers),
+                )["status"]
+            )
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(submit, range(32)))
+    assert len(statuses) == 32 and set(statuses) <= {"queued", "succeeded"}, statuses
+
+
+def _answers(client) -> bool:
+    try:
+        return client.health()[0] in (200, 503)
+    except OSError:
+        return False
