@@ -167,15 +167,21 @@ def _bare_jobs(args: tuple[list[bytes], float]) -> int:
     return len(bodies)
 
 
-def bare_pipeline(settings: Settings, bodies: list[bytes], rate: float, processes: int) -> float:
-    """Jobs per second of ``processes`` processes running the bare pipeline."""
+def bare_pipeline(
+    settings: Settings, bodies: list[bytes], rate: float, processes: int, rounds: int = 3
+) -> float:
+    """Jobs per second of ``processes`` processes running the bare pipeline: the median of
+    ``rounds`` rounds (a round lasts a few seconds, and single rounds here vary by ±10 %)."""
     share = [bodies[i::processes] for i in range(processes)]
     context = multiprocessing.get_context("fork")
+    rates = []
     with context.Pool(processes, _init_bare, (str(settings.model_dir),)) as pool:
         pool.map(_bare_jobs, [(b[:4], rate) for b in share])  # warm up
-        started = time.perf_counter()
-        done = sum(pool.map(_bare_jobs, [(b, rate) for b in share]))
-        return done / (time.perf_counter() - started)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            done = sum(pool.map(_bare_jobs, [(b, rate) for b in share]))
+            rates.append(done / (time.perf_counter() - started))
+    return float(np.median(rates))
 
 
 # --- HTTP clients ----------------------------------------------------------------------------
@@ -511,7 +517,10 @@ def main() -> int:
     if "bare" in stages:
         bodies = [npy(c.iq) for c in captures] * (args.jobs // len(captures) + 1)
         bare = bare_pipeline(base, bodies[: args.jobs], rate, processes)
-        print(f"bare pipeline ({processes} processes): {bare:.1f} jobs/s", flush=True)
+        print(
+            f"bare pipeline ({processes} processes): {bare:.1f} jobs/s (median of 3 rounds)",
+            flush=True,
+        )
 
     def ratio(value: float) -> str:
         return f" = {value / bare:.2f}x the bare pipeline" if bare else ""

@@ -8,6 +8,7 @@ recorded result per job, every statement conditional on the job not being final 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from inference_worker.serving.jobs import (
     parse_message,
     run_job,
 )
-from inference_worker.storage.views import job_view
+from inference_worker.storage.views import job_view, with_json
 from tasks.contract import LocateMessage, capture_fingerprint
 from tasks.outbox import new_job
 
@@ -116,7 +117,7 @@ def _run_model_jobs(
             outputs[entry[0]] = output
 
     results: list[dict[str, Any]] = []
-    answers: dict[str, tuple[int, LocateMessage, str, dict[str, Any], bool]] = {}
+    answers: dict[str, tuple[int, LocateMessage, str, bool]] = {}
     now = time.perf_counter()
     for index, message, key, cached, _, timings in ready:
         if cached is None:
@@ -141,28 +142,29 @@ def _run_model_jobs(
         results.append(
             {
                 "job_id": message.job_id,
-                "result": result,
+                "result_json": json.dumps(result),
                 "model_version": version,
                 "model_version_id": services.model_version_id,
                 "cache_hit": cached is not None,
                 "timings": {k: round(v, 3) for k, v in timings.items()},
             }
         )
-        answers[message.job_id] = (index, message, key, result, cached is not None)
+        answers[message.job_id] = (index, message, key, cached is not None)
 
     finals = services.jobs.succeed_many(results)
     finished = []
     for recorded in results:
-        index, message, key, result, cache_hit = answers[recorded["job_id"]]
+        index, message, key, cache_hit = answers[recorded["job_id"]]
         final = finals.get(message.job_id)
         if final is None:
             log.info("job %s finished elsewhere first; result not recorded", message.job_id)
             outcomes[index] = JobOutcome(message.job_id, "duplicate")
             continue
-        cache = None if cache_hit or not use_cache else (key, result, services.cache_ttl_s)
-        finished.append(
-            (message.blob_key, (message.job_id, job_view(final), services.result_ttl_s), cache)
-        )
+        encoded = recorded["result_json"]
+        row = {**final, "result": None, "timings": recorded["timings"]}
+        view = with_json(job_view(row), "result", encoded)
+        cache = None if cache_hit or not use_cache else (key, encoded, services.cache_ttl_s)
+        finished.append((message.blob_key, (message.job_id, view, services.result_ttl_s), cache))
         outcomes[index] = JobOutcome(
             message.job_id,
             "succeeded",

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from inference_worker.storage.schema import jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
+from inference_worker.storage.views import with_json
 
 T = TypeVar("T")
 _FINAL = ", ".join(f"'{status}'" for status in FINAL_STATUSES)
@@ -86,9 +87,9 @@ START_MANY = sa.text(
     f" WHERE j.status NOT IN ({_FINAL})"
     " RETURNING job_id, status, created_at, attempts"
 ).bindparams(sa.bindparam("jobs", type_=JSONB))
-SUCCEED_MANY = sa.text(
-    "WITH given AS (SELECT * FROM jsonb_to_recordset(:results) AS r(job_id text, result jsonb,"
-    " model_version text, model_version_id int, cache_hit bool, timings jsonb,"
+SUCCEED_MANY = (
+    "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"
+    " result jsonb, model_version text, model_version_id int, cache_hit bool, timings jsonb,"
     " inference_ms float8)),"
     " done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = g.result,"
     " model_version = g.model_version, cache_hit = g.cache_hit, timings = g.timings,"
@@ -102,7 +103,7 @@ SUCCEED_MANY = sa.text(
     " cache_hit) SELECT d.job_id, g.model_version_id, g.inference_ms, d.cache_hit"
     " FROM done d JOIN given g USING (job_id))"
     " SELECT * FROM done"
-).bindparams(sa.bindparam("results", type_=JSONB))
+)
 
 
 @dataclass(frozen=True)
@@ -241,22 +242,26 @@ class JobStore:
 
     def succeed_many(self, results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """:meth:`succeed` for several jobs in one statement. Each entry holds the keyword
-        arguments of :meth:`succeed` and ``job_id``; returns the final rows of the jobs whose
-        result was recorded, by job id (with the result and timings given, not read back).
-        The jobs' updates and log rows commit together."""
+        arguments of :meth:`succeed` and ``job_id``, with the result as encoded JSON
+        (``result_json``); returns the final rows of the jobs whose result was recorded, by job
+        id, without their result (the caller has it). The jobs' updates and log rows commit
+        together."""
         if not results:
             return {}
-        given = [{**r, "inference_ms": r["timings"].get("inference_ms")} for r in results]
-        rows = self._run(lambda c: list(c.execute(SUCCEED_MANY, {"results": given}).mappings()))
-        by_id = {r["job_id"]: r for r in results}
-        return {
-            row["job_id"]: {
-                **row,
-                "result": by_id[row["job_id"]]["result"],
-                "timings": by_id[row["job_id"]]["timings"],
-            }
-            for row in rows
-        }
+        encoded = ", ".join(
+            with_json(
+                {
+                    **{k: v for k, v in r.items() if k != "result_json"},
+                    "inference_ms": r["timings"].get("inference_ms"),
+                },
+                "result",
+                r["result_json"],
+            )
+            for r in results
+        )
+        given = {"results": f"[{encoded}]"}
+        rows = self._run(lambda c: list(c.exec_driver_sql(SUCCEED_MANY, given).mappings()))
+        return {row["job_id"]: dict(row) for row in rows}
 
     def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
         """Record a job whose message was unusable, so its producer can read why.

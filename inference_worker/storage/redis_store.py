@@ -4,6 +4,7 @@ worker heartbeats. Every key starts with the configured prefix."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -13,6 +14,14 @@ def connect(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(
         redis_url, socket_connect_timeout=3, socket_timeout=5, health_check_interval=30
     )
+
+
+JsonValue = dict[str, Any] | str
+"""A document, or its JSON already encoded."""
+
+
+def _encoded(value: JsonValue) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class RedisStore:
@@ -85,19 +94,19 @@ class RedisStore:
 
     def finish_many(
         self,
-        finished: list[
-            tuple[str, tuple[str, dict[str, Any], int], tuple[str, dict[str, Any], int] | None]
+        finished: Sequence[
+            tuple[str, tuple[str, JsonValue, int], tuple[str, JsonValue, int] | None]
         ],
     ) -> None:
-        """:meth:`finish` for several jobs (``(blob_key, result, cache)`` each), in one round
-        trip."""
+        """:meth:`finish` for several jobs (``(blob_key, result, cache)`` each; a view or cached
+        result may come encoded as JSON already), in one round trip."""
         pipeline = self.client.pipeline(transaction=False)
         for blob_key, _, _ in finished:
             pipeline.delete(blob_key)
         for _, (job_id, view, result_ttl_s), cache in finished:
-            pipeline.set(self.result_key(job_id), json.dumps(view), ex=result_ttl_s)
+            pipeline.set(self.result_key(job_id), _encoded(view), ex=result_ttl_s)
             if cache is not None and cache[2] > 0:
-                pipeline.set(cache[0], json.dumps(cache[1]), ex=cache[2])
+                pipeline.set(cache[0], _encoded(cache[1]), ex=cache[2])
             pipeline.publish(self.done_channel(), job_id)
         for outcome in pipeline.execute(raise_on_error=False):
             if isinstance(outcome, Exception) and not isinstance(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -37,3 +38,10 @@ def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         elapsed = (row["finished_at"] - row["created_at"]).total_seconds() * 1000.0
         view["timings"] = {**(row["timings"] or {}), "end_to_end_ms": round(elapsed, 3)}
     return view
+
+
+def with_json(document: dict[str, Any], key: str, encoded: str) -> str:
+    """``document`` as JSON with ``key`` set to the already encoded JSON ``encoded``: a result
+    written to several places is encoded once."""
+    rest = json.dumps({k: v for k, v in document.items() if k != key})
+    return f'{rest[:-1]}, "{key}": {encoded}}}' if len(rest) > 2 else f'{{"{key}": {encoded}}}'

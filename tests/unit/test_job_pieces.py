@@ -70,3 +70,17 @@ def test_blob_is_checked_for_presence_size_and_hash():
 def test_malformed_messages_are_named(payload, fragment):
     with pytest.raises(BadJob, match=fragment):
         parse_message(payload)
+
+
+def test_a_document_with_an_encoded_part_reads_back_as_one_document():
+    import json
+
+    from inference_worker.storage.views import with_json
+
+    result = {"lat": 44.5, "ellipses": {"95": [[8.9, 44.4]]}}
+    document = {"job_id": "j", "status": "succeeded", "result": None}
+    assert json.loads(with_json(document, "result", json.dumps(result))) == {
+        **document,
+        "result": result,
+    }
+    assert json.loads(with_json({}, "result", "[1]")) == {"result": [1]}
