@@ -144,8 +144,10 @@ def capture_features(iq: np.ndarray, message: LocateMessage, metadata: ModelMeta
         order = channel_order(message.receivers, metadata.receiver_ids)
     except ValueError as exc:
         raise BadJob(str(exc)) from None
+    if order != sorted(order):  # already in order: no copy of the capture
+        iq = iq[order]
     try:
-        return log_mel_spectrogram(iq[order], message.sample_rate_hz, metadata.features)
+        return log_mel_spectrogram(iq, message.sample_rate_hz, metadata.features)
     except ValueError as exc:
         raise BadJob(f"cannot compute features: {exc}") from None
 
