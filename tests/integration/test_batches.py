@@ -1,0 +1,39 @@
+"""A real worker takes a waiting queue in batches: every job recorded once, with the batch it ran
+in, and a lone job is not held back for company."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import sqlalchemy as sa
+
+from inference_worker.storage.schema import inference_logs
+from tests.integration.helpers import produce, wait_final_row
+
+
+def test_a_waiting_queue_is_taken_in_batches_and_each_job_recorded_once(
+    own_queue_factory, stores, engine, simulator, rng
+):
+    local, _, start_worker = own_queue_factory(worker_batch_size=8)
+    jobs = stores[0]
+    base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+    # Every capture new (a tiny gain each), all waiting before the worker starts.
+    job_ids = [
+        produce(local, replace(base, iq=base.iq * np.complex64(1.0 + 1e-6 * n))) for n in range(30)
+    ]
+    with start_worker("batches", concurrency=1):
+        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
+        # Then one job alone, on an idle worker: it runs in a batch of one.
+        lone = wait_final_row(jobs, produce(local, base))
+    assert [row["status"] for row in rows] == ["succeeded"] * 30, rows
+    sizes = [row["timings"]["batch_size"] for row in rows]
+    assert max(sizes) > 1 and max(sizes) <= 8, sizes
+    assert lone["status"] == "succeeded" and lone["timings"]["batch_size"] == 1
+    with engine.connect() as connection:
+        logged = connection.execute(
+            sa.select(inference_logs.c.job_id, sa.func.count())
+            .where(inference_logs.c.job_id.in_(job_ids))
+            .group_by(inference_logs.c.job_id)
+        ).all()
+    assert sorted(count for _, count in logged) == [1] * 30
