@@ -125,7 +125,7 @@ def ellipse_polygon(estimate: Estimate, shape: Ellipse, vertices: int = 64) -> l
     offsets = offsets[::-1]
     lons = estimate.lon + offsets[:, 0] / m_per_deg_lon
     lats = estimate.lat + offsets[:, 1] / m_per_deg_lat
-    ring = [[round(float(lo), 7), round(float(la), 7)] for lo, la in zip(lons, lats, strict=True)]
+    ring: list[list[float]] = np.round(np.column_stack([lons, lats]), 7).tolist()
     ring.append(ring[0])
     return ring
 

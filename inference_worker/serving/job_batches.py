@@ -8,7 +8,6 @@ recorded result per job, every statement conditional on the job not being final 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inference_worker.serving.jobs import (
     BadJob,
@@ -142,7 +142,7 @@ def _run_model_jobs(
         results.append(
             {
                 "job_id": message.job_id,
-                "result_json": json.dumps(result),
+                "result_json": orjson.dumps(result).decode(),
                 "model_version": version,
                 "model_version_id": services.model_version_id,
                 "cache_hit": cached is not None,

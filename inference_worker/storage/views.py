@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -43,5 +44,5 @@ def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
 def with_json(document: dict[str, Any], key: str, encoded: str) -> str:
     """``document`` as JSON with ``key`` set to the already encoded JSON ``encoded``: a result
     written to several places is encoded once."""
-    rest = json.dumps({k: v for k, v in document.items() if k != key})
-    return f'{rest[:-1]}, "{key}": {encoded}}}' if len(rest) > 2 else f'{{"{key}": {encoded}}}'
+    rest = orjson.dumps({k: v for k, v in document.items() if k != key}).decode()
+    return f'{rest[:-1]},"{key}":{encoded}}}' if len(rest) > 2 else f'{{"{key}":{encoded}}}'
