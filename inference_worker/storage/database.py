@@ -51,8 +51,12 @@ CREATE = (
     " RETURNING job_id, status, tenant, iq_sha256, message, published_at"
 )
 GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
+# Statements that change several rows lock them in job id order, so that two of them (a worker's
+# batch, a shim's published marks) never wait on each other in a cycle: a deadlock would cost the
+# loser a retry after a backoff.
 MARK_PUBLISHED = (
-    "UPDATE jobs SET published_at = now() WHERE job_id = ANY(%(ids)s) AND published_at IS NULL"
+    "UPDATE jobs SET published_at = now() WHERE job_id IN (SELECT job_id FROM jobs"
+    " WHERE job_id = ANY(%(ids)s) AND published_at IS NULL ORDER BY job_id FOR UPDATE)"
 )
 SUCCEED = sa.text(
     "WITH done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = :result,"
@@ -81,7 +85,7 @@ START_MANY = sa.text(
     " published_at)"
     " SELECT job_id, 'running', coalesce(created_at, now()), now(), capture_time,"
     " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, 1, batch_id, tenant,"
-    f" message, now() FROM jsonb_to_recordset(:jobs) AS r({_START_COLUMNS})"
+    f" message, now() FROM jsonb_to_recordset(:jobs) AS r({_START_COLUMNS}) ORDER BY job_id"
     " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
     " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
     f" WHERE j.status NOT IN ({_FINAL})"
@@ -91,9 +95,12 @@ SUCCEED_MANY = (
     "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"
     " result jsonb, model_version text, model_version_id int, cache_hit bool, timings jsonb,"
     " inference_ms float8)),"
+    " locked AS (SELECT job_id FROM jobs WHERE job_id IN (SELECT job_id FROM given)"
+    f" AND status NOT IN ({_FINAL}) ORDER BY job_id FOR UPDATE),"
     " done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = g.result,"
     " model_version = g.model_version, cache_hit = g.cache_hit, timings = g.timings,"
-    f" error = NULL FROM given g WHERE jobs.job_id = g.job_id AND jobs.status NOT IN ({_FINAL})"
+    " error = NULL FROM given g WHERE jobs.job_id = g.job_id"
+    f" AND jobs.job_id IN (SELECT job_id FROM locked) AND jobs.status NOT IN ({_FINAL})"
     # Not the result, timings or message: the caller has them, and parsing them back costs.
     " RETURNING jobs.job_id, jobs.status, jobs.created_at, jobs.started_at, jobs.finished_at,"
     " jobs.capture_time, jobs.frequency_mhz, jobs.sample_rate_hz, jobs.n_samples,"

@@ -171,3 +171,43 @@ def test_a_capture_already_answered_comes_from_the_result_cache(services, simula
     reference = cached.jobs.get(first["job_id"])["result"]
     for message in again:
         assert cached.jobs.get(message["job_id"])["result"] == reference
+
+
+def test_a_batch_and_published_marks_on_the_same_jobs_never_deadlock(services, capture):
+    """A worker's batch and a shim's published marks both change many rows: they lock them in
+    the same order, so neither waits on the other in a cycle (PostgreSQL would abort one)."""
+    import random
+    import threading
+
+    from tasks.contract import read_message
+    from tasks.outbox import new_job
+
+    messages = [read_message(queue_job(services, capture)) for _ in range(40)]
+    errors: list[BaseException] = []
+
+    def run(work) -> None:
+        try:
+            for round_ in range(25):
+                work(random.Random(round_))
+        except BaseException as exc:  # noqa: BLE001 (reported by the assert below)
+            errors.append(exc)
+
+    def start(rng: random.Random) -> None:
+        services.jobs.start_many([new_job(m) for m in rng.sample(messages, len(messages))])
+
+    def mark(rng: random.Random) -> None:
+        ids = [m.job_id for m in rng.sample(messages, len(messages))]
+        with services.jobs.engine.begin() as connection:  # unmark, so the next mark writes
+            connection.exec_driver_sql(
+                "UPDATE jobs SET published_at = NULL WHERE job_id IN (SELECT job_id FROM jobs"
+                " WHERE job_id = ANY(%(ids)s) ORDER BY job_id FOR UPDATE)",
+                {"ids": ids},
+            )
+        services.jobs.mark_published(*ids)
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in (start, mark, start, mark)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
