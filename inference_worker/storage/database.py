@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,24 +21,6 @@ from inference_worker.storage.views import with_json
 T = TypeVar("T")
 _FINAL = ", ".join(f"'{status}'" for status in FINAL_STATUSES)
 
-# The two statements every job runs, written once: building them with the SQL expression
-# language on each call cost more Python than the round trip itself.
-START = sa.text(
-    "INSERT INTO jobs (job_id, status, created_at, started_at, capture_time, frequency_mhz,"
-    " sample_rate_hz, n_samples, receivers, iq_sha256, attempts, batch_id, tenant, message,"
-    " published_at)"
-    " VALUES (:job_id, 'running', coalesce(:created_at, now()), now(), :capture_time,"
-    " :frequency_mhz, :sample_rate_hz, :n_samples, :receivers, :iq_sha256, 1, :batch_id,"
-    " :tenant, :message, now())"
-    " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
-    " attempts = jobs.attempts + 1, published_at = coalesce(jobs.published_at, now())"
-    f" WHERE jobs.status NOT IN ({_FINAL})"
-    " RETURNING job_id, status, created_at, attempts"
-).bindparams(
-    sa.bindparam("receivers", type_=JSONB),
-    sa.bindparam("message", type_=JSONB),
-    sa.bindparam("created_at", type_=sa.DateTime(timezone=True)),
-)
 # Run at the driver's level (one per submission, where SQLAlchemy's statement compilation cost
 # more CPU than the insert): JSON values travel as text and are cast in the statement.
 CREATE = (
@@ -58,22 +41,8 @@ MARK_PUBLISHED = (
     "UPDATE jobs SET published_at = now() WHERE job_id IN (SELECT job_id FROM jobs"
     " WHERE job_id = ANY(%(ids)s) AND published_at IS NULL ORDER BY job_id FOR UPDATE)"
 )
-SUCCEED = sa.text(
-    "WITH done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = :result,"
-    " model_version = :model_version, cache_hit = :cache_hit, timings = :timings, error = NULL"
-    f" WHERE job_id = :job_id AND status NOT IN ({_FINAL}) RETURNING *),"
-    " logged AS (INSERT INTO inference_logs (job_id, model_version_id, inference_time_ms,"
-    " cache_hit) SELECT job_id, :model_version_id, :inference_ms, :cache_hit FROM done)"
-    " SELECT * FROM done"
-).bindparams(
-    sa.bindparam("result", type_=JSONB),
-    sa.bindparam("timings", type_=JSONB),
-    sa.bindparam("model_version_id", type_=sa.Integer),
-    sa.bindparam("inference_ms", type_=sa.Float),
-)
-
-# The same two statements for several jobs at once: one parameter, a JSON array of the jobs'
-# values, turned into rows by PostgreSQL (a batch costs one round trip, whatever its size).
+# The two statements every job runs, for one job or a batch: one parameter, a JSON array of the
+# jobs' values, turned into rows by PostgreSQL (a batch costs one round trip, whatever its size).
 _START_COLUMNS = (
     "job_id text, created_at timestamptz, capture_time timestamptz, frequency_mhz float8,"
     " sample_rate_hz float8, n_samples int, receivers jsonb, iq_sha256 text, batch_id text,"
@@ -203,9 +172,7 @@ class JobStore:
 
         Returns the job's id, status, creation time and attempts (not the whole row).
         """
-        params = {**job.__dict__}
-        params.pop("published")
-        return self._run(lambda c: c.execute(START, params).mappings().first())
+        return self.start_many([job]).get(job.job_id)
 
     def succeed(
         self,
@@ -216,21 +183,24 @@ class JobStore:
         model_version_id: int | None,
         cache_hit: bool,
         timings: dict[str, float],
-    ) -> RowMapping | None:
+    ) -> dict[str, Any] | None:
         """Record the result unless the job is already final; returns the final row if recorded.
 
         One statement: the job's UPDATE and its ``inference_logs`` row commit together.
         """
-        params = {
-            "job_id": job_id,
-            "result": result,
-            "model_version": model_version,
-            "model_version_id": model_version_id,
-            "cache_hit": cache_hit,
-            "timings": timings,
-            "inference_ms": timings.get("inference_ms"),
-        }
-        return self._run(lambda c: c.execute(SUCCEED, params).mappings().first())
+        recorded = self.succeed_many(
+            [
+                {
+                    "job_id": job_id,
+                    "result_json": orjson.dumps(result).decode(),
+                    "model_version": model_version,
+                    "model_version_id": model_version_id,
+                    "cache_hit": cache_hit,
+                    "timings": timings,
+                }
+            ]
+        ).get(job_id)
+        return None if recorded is None else {**recorded, "result": result, "timings": timings}
 
     def start_many(self, new_jobs: list[NewJob]) -> dict[str, RowMapping]:
         """:meth:`start` for several jobs (distinct ids) in one statement; returns the started
