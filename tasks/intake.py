@@ -150,7 +150,9 @@ class Intake:
         job_id = parse_job_id(fields.get("job_id"))
         meta = parse_meta(dict(fields), limits, model.receiver_ids if model else None)
         if model is not None:  # a fast rate is decimated first, which needs a few more samples
-            shortest = min_samples_at(meta.sample_rate_hz, model.min_samples, model.bandwidth_hz)
+            shortest = min_samples_at(
+                meta.sample_rate_hz, model.min_samples, model.bandwidth_hz, model.follow_carrier_hz
+            )
             limits = replace(limits, min_samples=max(limits.min_samples, shortest))
         iq = validate_iq(iq, limits)
         requested = parse_model_request(fields.get("model"))

@@ -22,6 +22,14 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
+from inference_worker.core.decimation import (
+    decimate,
+    decimation_factor,
+    decimation_filter,
+    decimation_gain,
+    taps_per_phase,
+)
+
 FEATURE_KIND = "log_mel_psd_db_per_hz"
 
 
@@ -35,6 +43,12 @@ class FeatureParams:
     """Two-sided analysis band around the tuned frequency; the sample rate must cover it."""
     mel_break_hz: float = 700.0
     """Corner of the mel scale ``2595 log10(1 + f / mel_break_hz)``, applied to |offset|."""
+    edge_shoulders: bool = True
+    """The outermost filters stay flat out to the band's edges, so every offset in the band is
+    counted at its full power (without them the outermost ~230 Hz read 2-3.6 dB low)."""
+    follow_carrier_hz: float = 7_500.0
+    """How far the band may move to follow each receiver's carrier (oscillator errors of
+    ±50 ppm at 145 MHz are ±7.3 kHz); 0 keeps the band on the tuned frequency."""
     max_bin_hz: float = 12.0
     """Coarsest FFT bin spacing allowed; frames are zero-padded to reach it."""
     min_frame_samples: int = 16
@@ -42,6 +56,11 @@ class FeatureParams:
     """Powers below this (e.g. an all-zero channel) are clipped to it before normalization."""
     mean_db: float = -140.0
     std_db: float = 20.0
+
+    @property
+    def reach_hz(self) -> float:
+        """The farthest offset from the tuned frequency the features may read."""
+        return self.bandwidth_hz / 2.0 + self.follow_carrier_hz
 
     @property
     def min_samples(self) -> int:
@@ -56,10 +75,16 @@ class FeatureParams:
                 f"unsupported feature kind {kind!r}; this worker computes {FEATURE_KIND!r}"
             )
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # models trained before these parameters existed computed features without them
+        values = {**LEGACY_VALUES, **{k: v for k, v in data.items() if k in known}}
+        return cls(**values)
 
     def to_metadata(self) -> dict[str, Any]:
         return {"kind": FEATURE_KIND, **asdict(self)}
+
+
+LEGACY_VALUES = {"edge_shoulders": False, "follow_carrier_hz": 0.0}
+"""What a model's metadata that does not name these parameters was trained with."""
 
 
 def _mel(f_hz: np.ndarray, break_hz: float) -> np.ndarray:
@@ -78,75 +103,26 @@ def mel_points_hz(params: FeatureParams) -> np.ndarray:
 
 
 def mel_band_widths_hz(params: FeatureParams) -> np.ndarray:
-    """Equivalent width of each triangular filter: mean PSD x width = power in the band."""
+    """Equivalent width of each filter: mean PSD x width = power in the band."""
     points = mel_points_hz(params)
-    return (points[2:] - points[:-2]) / 2.0
+    widths = (points[2:] - points[:-2]) / 2.0
+    if params.edge_shoulders:  # the outer halves are flat: a whole rectangle, not a triangle
+        widths[0] += (points[1] - points[0]) / 2.0
+        widths[-1] += (points[-1] - points[-2]) / 2.0
+    return widths
 
 
-DECIMATED_RATE_RATIO = 2.0
-"""Captures sampled faster than this many times the analysis band are decimated to it first."""
-DECIMATION_TAPS = 48
-"""Least anti-alias filter length (taps of the input rate): at least 6 output samples long."""
-
-
-def taps_per_phase(factor: int) -> int:
-    return max(6, -(-DECIMATION_TAPS // factor))
-
-
-def decimation_factor(sample_rate_hz: float, params: FeatureParams) -> int:
-    """By how much a capture is decimated before its spectrogram: the largest integer that keeps
-    the rate at least :data:`DECIMATED_RATE_RATIO` times the analysis band (1: not at all)."""
-    return max(1, int(sample_rate_hz // (DECIMATED_RATE_RATIO * params.bandwidth_hz)))
-
-
-def min_samples_at(sample_rate_hz: float, min_samples: int, bandwidth_hz: float) -> int:
+def min_samples_at(
+    sample_rate_hz: float, min_samples: int, bandwidth_hz: float, follow_carrier_hz: float = 0.0
+) -> int:
     """Shortest capture, in samples per receiver at ``sample_rate_hz``, that yields the fixed
     number of frames (``min_samples`` at the analysis rate) once decimated: the decimation
     filter's first outputs are dropped."""
-    factor = max(1, int(sample_rate_hz // (DECIMATED_RATE_RATIO * bandwidth_hz)))
+    reach = bandwidth_hz / 2.0 + follow_carrier_hz
+    factor = decimation_factor(sample_rate_hz, reach, bandwidth_hz)
     if factor == 1:
         return min_samples
-    return (min_samples + taps_per_phase(factor) - 1) * factor
-
-
-@lru_cache(maxsize=32)
-def decimation_filter(sample_rate_hz: float, factor: int, params: FeatureParams) -> np.ndarray:
-    """The anti-alias FIR of a decimation by ``factor``, as a ``(factor, taps per phase)``
-    matrix (column ``l`` weighs the block of input ``l`` blocks back): it passes the analysis
-    band and stops what would fold into it (from the new rate minus half the band)."""
-    per_phase = taps_per_phase(factor)
-    taps = per_phase * factor
-    out_rate = sample_rate_hz / factor
-    nyquist = sample_rate_hz / 2.0
-    edge = (params.bandwidth_hz / 2.0 + (out_rate - params.bandwidth_hz / 2.0)) / 2.0
-    h = scipy.signal.firwin(taps, edge / nyquist, window=("kaiser", 6.0))
-    # y[m] = sum_j h[j] x[m f + f - 1 - j]: block m-l contributes its samples reversed.
-    return np.ascontiguousarray(h.reshape(per_phase, factor)[:, ::-1].T)
-
-
-def decimate(iq: np.ndarray, factor: int, weights: np.ndarray) -> np.ndarray:
-    """Low-pass and keep every ``factor``-th sample: one matrix product over the capture, so the
-    cost is a few operations a sample whatever the factor. The first outputs, before the filter
-    has a whole history, are dropped."""
-    n_rx, n = iq.shape
-    blocks = n // factor
-    lags = weights.shape[1]
-    x = iq[:, : blocks * factor].reshape(n_rx, blocks, factor)
-    partial = x @ weights.astype(np.complex64)  # (receivers, blocks, taps per phase)
-    out = partial[:, lags - 1 :, 0].copy()
-    for lag in range(1, lags):
-        out += partial[:, lags - 1 - lag : blocks - lag, lag]
-    return out
-
-
-def decimation_gain(
-    sample_rate_hz: float, factor: int, params: FeatureParams, freqs: np.ndarray
-) -> np.ndarray:
-    """Power gain of the decimation filter at ``freqs`` (Hz offsets in the band), to undo."""
-    weights = decimation_filter(sample_rate_hz, factor, params)
-    h = weights[::-1, :].T.ravel()  # back to h[j]: weights[r, l] holds h[l f + f - 1 - r]
-    _, response = scipy.signal.freqz(h, worN=freqs, fs=sample_rate_hz)
-    return np.abs(response) ** 2
+    return (min_samples + taps_per_phase(factor, follow_carrier_hz > 0) - 1) * factor
 
 
 def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams) -> int:
@@ -155,48 +131,106 @@ def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams)
     return 1 << (needed - 1).bit_length()
 
 
+def band_bins(sample_rate_hz: float, nfft: int, half_width_hz: float) -> slice:
+    """The centred (fftshift-ed) bins within ``±half_width_hz`` of the tuned frequency."""
+    freqs = (np.arange(nfft) - nfft // 2) * (sample_rate_hz / nfft)
+    first = int(np.searchsorted(freqs, -half_width_hz, side="left"))
+    last = int(np.searchsorted(freqs, half_width_hz, side="right"))
+    return slice(first, last)
+
+
 @lru_cache(maxsize=32)
 def mel_filterbank(
-    sample_rate_hz: float,
-    nfft: int,
-    params: FeatureParams,
-    full_rate_hz: float | None = None,
-    factor: int = 1,
+    sample_rate_hz: float, nfft: int, params: FeatureParams
 ) -> tuple[slice, np.ndarray]:
     """Triangular two-sided mel filters over the centred FFT bins of the analysis band.
-
-    After a decimation by ``factor`` from ``full_rate_hz`` the weights also undo the
-    decimation filter's gain at each bin, so the mel PSD is the full-rate capture's.
 
     Returns:
         The slice of centred (fftshift-ed) bins inside the band, and the weights
         ``(bins, n_mels)``, each column summing to 1 so a filter yields a mean PSD.
     """
-    half_band = params.bandwidth_hz / 2.0
-    freqs = (np.arange(nfft) - nfft // 2) * (sample_rate_hz / nfft)
-    first = int(np.searchsorted(freqs, -half_band, side="left"))
-    last = int(np.searchsorted(freqs, half_band, side="right"))
-    band = slice(first, last)
-    f = freqs[band]
-
+    band = band_bins(sample_rate_hz, nfft, params.bandwidth_hz / 2.0)
+    f = (np.arange(band.start, band.stop) - nfft // 2) * (sample_rate_hz / nfft)
     points = mel_points_hz(params)
     lower, centre, upper = points[:-2, None], points[1:-1, None], points[2:, None]
     rising = (f[None, :] - lower) / (centre - lower)
     falling = (upper - f[None, :]) / (upper - centre)
+    if params.edge_shoulders:
+        rising[0] = 1.0  # flat from the band's lower edge to the first centre
+        falling[-1] = 1.0  # and from the last centre to the upper edge
     weights = np.clip(np.minimum(rising, falling), 0.0, None)  # (n_mels, bins)
+    weights[:, (f < points[0]) | (f > points[-1])] = 0.0
     sums = weights.sum(axis=1, keepdims=True)
     if np.any(sums == 0):
         raise ValueError("FFT too coarse for the mel filters; lower max_bin_hz")
-    weights = weights / sums
-    if factor > 1 and full_rate_hz is not None:
-        weights = weights / decimation_gain(full_rate_hz, factor, params, f)[None, :]
-    return band, np.ascontiguousarray(weights.T)
+    return band, np.ascontiguousarray((weights / sums).T)
+
+
+@lru_cache(maxsize=32)
+def inverse_decimation_gain(
+    full_rate_hz: float, factor: int, following: bool, sample_rate_hz: float, nfft: int
+) -> np.ndarray:
+    """Per centred FFT bin of the decimated capture: what undoes the decimation filter's gain."""
+    freqs = (np.arange(nfft) - nfft // 2) * (sample_rate_hz / nfft)
+    gain = decimation_gain(full_rate_hz, factor, following, freqs)
+    return (1.0 / np.maximum(gain, 1e-6)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BandReport:
+    """What the spectrum says about each receiver's signal, beside the features."""
+
+    carrier_offset_hz: np.ndarray
+    """Where the band was centred: the signal's power centroid, within the reach allowed."""
+    signal_offset_hz: np.ndarray
+    """The signal's power centroid, wherever it lies in the searched span (0: none detected)."""
+    off_band_share: np.ndarray
+    """Share of the signal's excess power over the noise that lies outside the band read."""
+    reach_hz: float
+    """How far the band could move at this sample rate."""
+
+
+def follow_reach_hz(sample_rate_hz: float, params: FeatureParams) -> float:
+    """How far the band can follow a carrier at this (analysis) rate: the band must stay clear
+    of the capture's own edges (the receiver's anti-alias filter rolls off there)."""
+    room = 0.45 * sample_rate_hz - params.bandwidth_hz / 2.0
+    return float(min(params.follow_carrier_hz, max(room, 0.0)))
+
+
+def find_carriers(
+    power: np.ndarray, sample_rate_hz: float, nfft: int, params: FeatureParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Each receiver's signal centroid from its mean power spectrum ``(receivers, nfft)``
+    (centred bins): the band is moved onto it, in whole bins, within the reach allowed."""
+    reach = follow_reach_hz(sample_rate_hz, params)
+    half_band = params.bandwidth_hz / 2.0
+    span = band_bins(sample_rate_hz, nfft, max(half_band, min(params.reach_hz, sample_rate_hz / 2)))
+    bin_hz = sample_rate_hz / nfft
+    f = (np.arange(span.start, span.stop) - nfft // 2) * bin_hz
+    searched = power[:, span]
+    noise = np.median(searched, axis=1, keepdims=True)
+    excess = np.clip(searched - 2.0 * noise, 0.0, None)
+    total = excess.sum(axis=1)
+    found = total > 0
+    centroid = np.where(found, excess @ f / np.where(found, total, 1.0), 0.0)
+    shift_bins = np.rint(np.clip(centroid, -reach, reach) / bin_hz).astype(np.int64)
+    carrier = shift_bins * bin_hz
+    inside = np.abs(f[None, :] - carrier[:, None]) <= params.bandwidth_hz / 2.0
+    off_band = np.where(found, (excess * ~inside).sum(axis=1) / np.where(found, total, 1.0), 0.0)
+    return shift_bins, centroid, off_band, reach
 
 
 def log_mel_spectrogram(
     iq: np.ndarray, sample_rate_hz: float, params: FeatureParams | None = None
 ) -> np.ndarray:
-    """Features of one capture.
+    """Features of one capture (see :func:`analyse`)."""
+    return analyse(iq, sample_rate_hz, params)[0]
+
+
+def analyse(
+    iq: np.ndarray, sample_rate_hz: float, params: FeatureParams | None = None
+) -> tuple[np.ndarray, BandReport]:
+    """Features of one capture, and where each receiver's signal was found.
 
     Args:
         iq: complex array ``(receivers, n_samples)``, one row per receiver in the model's order.
@@ -204,7 +238,8 @@ def log_mel_spectrogram(
         params: feature parameters of the model (defaults to the reference parameters).
 
     Returns:
-        float32 ``(receivers, n_mels, n_frames)``, normalized with the model's fixed statistics.
+        float32 ``(receivers, n_mels, n_frames)``, normalized with the model's fixed statistics,
+        and the band report.
 
     Raises:
         ValueError: the capture is too short or its sample rate narrower than the analysis band.
@@ -217,10 +252,11 @@ def log_mel_spectrogram(
             f"sample rate {sample_rate_hz:g} Hz is below the model's analysis bandwidth "
             f"{params.bandwidth_hz:g} Hz"
         )
-    factor = decimation_factor(sample_rate_hz, params)
-    full_rate = sample_rate_hz
+    following = params.follow_carrier_hz > 0
+    factor = decimation_factor(sample_rate_hz, params.reach_hz, params.bandwidth_hz)
+    full_rate = float(sample_rate_hz)
     if factor > 1:
-        iq = decimate(iq, factor, decimation_filter(float(sample_rate_hz), factor, params))
+        iq = decimate(iq, factor, decimation_filter(full_rate, factor, following))
         sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape
     frame = n // params.n_frames
@@ -234,11 +270,32 @@ def log_mel_spectrogram(
     nfft = fft_length(sample_rate_hz, frame, params)
     spectrum = scipy.fft.fft(frames.astype(np.complex64) * window, n=nfft, axis=-1)
     spectrum = scipy.fft.fftshift(spectrum, axes=-1)
-    band, weights = mel_filterbank(float(sample_rate_hz), nfft, params, full_rate, factor)
-    in_band = spectrum[..., band]
     # Periodogram scaled to a power spectral density (power per Hz).
-    psd = (in_band.real**2 + in_band.imag**2) / (sample_rate_hz * float(np.sum(window**2)))
+    scale = 1.0 / (sample_rate_hz * float(np.sum(window**2)))
+    band, weights = mel_filterbank(float(sample_rate_hz), nfft, params)
+    if following:
+        power = (spectrum.real**2 + spectrum.imag**2).mean(axis=1)
+        shift, centroid, off_band, reach = find_carriers(power, sample_rate_hz, nfft, params)
+        bins = band.start + shift[:, None] + np.arange(band.stop - band.start)[None, :]
+        in_band = np.take_along_axis(spectrum, bins[:, None, :], axis=-1)
+    else:
+        bins = np.broadcast_to(np.arange(band.start, band.stop), (n_rx, band.stop - band.start))
+        in_band = spectrum[..., band]
+        shift = np.zeros(n_rx, np.int64)
+        centroid = off_band = np.zeros(n_rx)
+        reach = 0.0
+    psd = (in_band.real**2 + in_band.imag**2) * np.float32(scale)
+    if factor > 1:
+        undo = inverse_decimation_gain(full_rate, factor, following, float(sample_rate_hz), nfft)
+        psd *= undo[bins][:, None, :]
     mel_psd = psd @ weights.astype(np.float32)  # (receivers, frames, n_mels)
     db = 10.0 * np.log10(np.maximum(mel_psd, 10.0 ** (params.floor_db / 10.0)))
     normalized = (db - params.mean_db) / params.std_db
-    return np.ascontiguousarray(normalized.transpose(0, 2, 1), dtype=np.float32)
+    features = np.ascontiguousarray(normalized.transpose(0, 2, 1), dtype=np.float32)
+    report = BandReport(
+        carrier_offset_hz=shift * (sample_rate_hz / nfft),
+        signal_offset_hz=np.asarray(centroid, dtype=float),
+        off_band_share=np.asarray(off_band, dtype=float),
+        reach_hz=reach,
+    )
+    return features, report

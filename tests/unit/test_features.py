@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from inference_worker.core.features import FeatureParams, log_mel_spectrogram, mel_filterbank
+from inference_worker.core.features import (
+    FeatureParams,
+    analyse,
+    log_mel_spectrogram,
+    mel_band_widths_hz,
+    mel_filterbank,
+)
 
 PARAMS = FeatureParams()
+FIXED_BAND = replace(PARAMS, follow_carrier_hz=0.0)
 
 
 def tone(rate: float, duration: float, offset_hz: float, power: float, noise: float, seed: int = 0):
@@ -60,7 +69,7 @@ def test_a_tone_lights_the_mel_band_of_its_frequency_offset():
             for i, offset in enumerate([-3_000.0, 0.0, 2_000.0])
         ]
     )
-    peaks = log_mel_spectrogram(iq, rate, PARAMS).mean(axis=2).argmax(axis=1)
+    peaks = log_mel_spectrogram(iq, rate, FIXED_BAND).mean(axis=2).argmax(axis=1)
     assert peaks[0] < peaks[1] < peaks[2]
     assert abs(peaks[1] - 63.5) < 2  # the carrier sits in the middle bands
 
@@ -85,6 +94,14 @@ def test_sample_rate_narrower_than_the_analysis_band_is_refused():
 
 def test_parameters_round_trip_through_model_metadata():
     assert FeatureParams.from_metadata(PARAMS.to_metadata()) == PARAMS
+    legacy = {
+        k: v
+        for k, v in PARAMS.to_metadata().items()
+        if k not in ("edge_shoulders", "follow_carrier_hz")
+    }
+    assert FeatureParams.from_metadata(legacy) == replace(
+        PARAMS, edge_shoulders=False, follow_carrier_hz=0.0
+    )
     with pytest.raises(ValueError, match="unsupported feature kind"):
         FeatureParams.from_metadata({"kind": "mfcc"})
 
@@ -95,7 +112,7 @@ def test_a_fast_capture_is_decimated_without_changing_what_it_measures(offset_hz
     levels = []
     for rate in (12_000.0, 192_000.0):
         iq = np.stack([tone(rate, 1.0, offset_hz, 1e-9, 1e-15, s) for s in range(3)])
-        db = log_mel_spectrogram(iq, rate, PARAMS) * PARAMS.std_db + PARAMS.mean_db
+        db = log_mel_spectrogram(iq, rate, FIXED_BAND) * PARAMS.std_db + PARAMS.mean_db
         levels.append(db.mean(axis=(0, 2)))  # per mel band, over receivers and frames
     peak = int(np.argmax(levels[0]))
     assert int(np.argmax(levels[1])) == peak
@@ -115,9 +132,56 @@ def test_what_lies_outside_the_band_does_not_fold_into_it():
 def test_a_short_fast_capture_needs_the_samples_its_decimation_drops():
     from inference_worker.core.features import min_samples_at
 
-    assert min_samples_at(12_000.0, PARAMS.min_samples, PARAMS.bandwidth_hz) == PARAMS.min_samples
-    needed = min_samples_at(192_000.0, PARAMS.min_samples, PARAMS.bandwidth_hz)
+    shortest = (PARAMS.min_samples, PARAMS.bandwidth_hz, PARAMS.follow_carrier_hz)
+    assert min_samples_at(12_000.0, *shortest) == PARAMS.min_samples
+    needed = min_samples_at(192_000.0, *shortest)
     iq = np.stack([tone(192_000.0, needed / 192_000.0, 0.0, 1e-9, 1e-15, s) for s in range(3)])
     assert log_mel_spectrogram(iq, 192_000.0, PARAMS).shape == (3, 128, 32)
     with pytest.raises(ValueError, match="too short"):
         log_mel_spectrogram(iq[:, : needed - 8], 192_000.0, PARAMS)
+
+
+def band_power(features: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """In-band power per receiver read back from the features (as the model's power branch does)."""
+    db = features.astype(np.float64) * params.std_db + params.mean_db
+    return (
+        (10.0 ** (db / 10.0) * mel_band_widths_hz(params)[None, :, None]).sum(axis=1).mean(axis=1)
+    )
+
+
+@pytest.mark.parametrize("error_hz", [7_000.0, -7_000.0])
+def test_the_band_follows_a_receivers_carrier(error_hz):
+    """A tone 5 kHz off the tuned frequency, heard through a 7 kHz oscillator error (12 kHz or
+    2 kHz off in all), is still measured at its true power; a fixed band loses it."""
+    rate, power = 48_000.0, 1e-6
+    iq = np.stack([tone(rate, 0.5, 5_000.0 + error_hz, power, 1e-16, s) for s in range(3)])
+    features, report = analyse(iq, rate, PARAMS)
+    assert 10 * np.log10(band_power(features, PARAMS) / power) == pytest.approx(0.0, abs=0.3)
+    # the band moves as far as it may (7.5 kHz), which keeps a tone 12 kHz off inside it
+    assert np.all(np.abs(report.carrier_offset_hz - (5_000.0 + error_hz)) < 6_000.0 - 150.0)
+    assert report.signal_offset_hz == pytest.approx(5_000.0 + error_hz, abs=10.0)
+    assert report.off_band_share == pytest.approx(0.0, abs=0.01)
+    if abs(5_000.0 + error_hz) > 6_000.0:
+        fixed = band_power(log_mel_spectrogram(iq, rate, FIXED_BAND), FIXED_BAND)
+        assert np.all(10 * np.log10(fixed / power) < -20.0)
+
+
+def test_a_signal_beyond_the_reach_is_reported_off_band():
+    rate = 12_000.0  # no room to follow: the band is the whole capture
+    iq = np.stack([tone(rate, 0.5, 5_000.0, 1e-6, 1e-16, s) for s in range(3)])
+    _, report = analyse(iq, rate, PARAMS)
+    assert report.reach_hz == 0.0
+    assert report.signal_offset_hz == pytest.approx(5_000.0, abs=50.0)
+
+
+@pytest.mark.parametrize("offset_hz", [-5_950.0, -5_900.0, 5_850.0])
+def test_offsets_at_the_band_edge_are_counted_at_full_power(offset_hz):
+    """The outermost filters are flat out to the edge: a tone in the outer 230 Hz reads its
+    power (it read 2-3.6 dB low when the last triangle was never completed)."""
+    rate, power = 48_000.0, 1e-6  # 1 s: frames long enough that the tone's own width is ~100 Hz
+    iq = np.stack([tone(rate, 1.0, offset_hz, power, 1e-16, s) for s in range(3)])
+    measured = band_power(log_mel_spectrogram(iq, rate, FIXED_BAND), FIXED_BAND)
+    assert 10 * np.log10(measured / power) == pytest.approx(0.0, abs=0.3)
+    legacy = replace(FIXED_BAND, edge_shoulders=False)
+    old = band_power(log_mel_spectrogram(iq, rate, legacy), legacy)
+    assert np.all(10 * np.log10(old / power) < -1.0)
