@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference_worker.core.domain import Domain
 from inference_worker.core.features import FeatureParams
 
 OUTPUT_LAYOUTS = {
@@ -43,6 +44,8 @@ class ModelMetadata:
     sha256: str
     architecture: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    domain: Domain | None = None
+    """The world the model was trained for; ``None`` for models that do not record it."""
 
     @functools.cached_property
     def receiver_ids(self) -> tuple[str, ...]:
@@ -66,6 +69,7 @@ class ModelMetadata:
                 sha256=str(data["sha256"]),
                 architecture=str(data.get("architecture", "")),
                 metrics=dict(data.get("metrics", {})),
+                domain=Domain.from_metadata(data["domain"]) if data.get("domain") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model metadata is malformed: {exc!r}") from None
@@ -118,6 +122,7 @@ class ModelSummary:
     receivers: tuple[Receiver, ...]
     min_samples: int
     bandwidth_hz: float
+    follow_carrier_hz: float = 0.0
 
     @functools.cached_property
     def receiver_ids(self) -> tuple[str, ...]:
@@ -132,6 +137,7 @@ class ModelSummary:
             receivers=metadata.receivers,
             min_samples=metadata.features.min_samples,
             bandwidth_hz=metadata.features.bandwidth_hz,
+            follow_carrier_hz=metadata.features.follow_carrier_hz,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +148,7 @@ class ModelSummary:
             "receivers": [{"id": r.id, "lat": r.lat, "lon": r.lon} for r in self.receivers],
             "min_samples": self.min_samples,
             "bandwidth_hz": self.bandwidth_hz,
+            "follow_carrier_hz": self.follow_carrier_hz,
         }
 
     @classmethod
@@ -157,6 +164,7 @@ class ModelSummary:
                 ),
                 min_samples=int(data["min_samples"]),
                 bandwidth_hz=float(data["bandwidth_hz"]),
+                follow_carrier_hz=float(data.get("follow_carrier_hz", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model summary is malformed: {exc!r}") from None

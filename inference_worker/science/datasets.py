@@ -14,9 +14,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from inference_worker.core.features import FeatureParams, log_mel_spectrogram
+from inference_worker.core.domain import clipped_share
+from inference_worker.core.features import FeatureParams, analyse
 from inference_worker.science.baselines import measured_power_dbm
-from inference_worker.science.simulator import CaptureSimulator, HeldOutCells
+from inference_worker.science.simulator import (
+    CaptureSimulator,
+    HeldOutCells,
+    Network,
+    SimulatorConfig,
+    World,
+    load_network,
+)
 
 RAW_DB = replace(FeatureParams(), mean_db=0.0, std_db=1.0)
 """Feature parameters that leave the features in dB/Hz (normalization comes later)."""
@@ -42,6 +50,16 @@ class DatasetSpec:
     """The terrain to simulate in (default: the simulator's); ignored when randomized."""
     feature_dtype: str = "float16"
     """float16 halves the memory of large training sets (0.06 dB steps); evaluation uses float32."""
+    network: Network | None = None
+    """The receivers and region (default: the packaged network file)."""
+    config: SimulatorConfig | None = None
+    """The nominal simulator configuration (default: the simulator's)."""
+    world: World | None = None
+    """Draw each capture's world around the nominal one (robust training)."""
+    features: FeatureParams = RAW_DB
+    """Feature parameters, normalization left out (the model's, with mean 0 and std 1)."""
+    baseline_band_hz: float = 12_000.0
+    """Band over which the baselines' received power is measured around the tuned frequency."""
 
 
 @dataclass
@@ -52,6 +70,12 @@ class Dataset:
     duration_s: np.ndarray  # (n,)
     power_dbm: np.ndarray  # (n, 3) measured signal power (for the baselines)
     rx_power_dbm: np.ndarray  # (n, 3) true mean received power (after shadowing)
+    outside_m: np.ndarray  # (n,) how far the emitter lies outside the region (0 inside)
+    clipped: np.ndarray  # (n, 3) share of samples at full scale
+    carrier_hz: np.ndarray  # (n, 3) where the features' band was centred
+    signal_hz: np.ndarray  # (n, 3) the signal's power centroid
+    off_band: np.ndarray  # (n, 3) share of the signal's power outside the band read
+    reach_hz: np.ndarray  # (n,) how far the band could move
 
     def save(self, path: str) -> None:
         np.savez(path, **self.__dict__)
@@ -68,13 +92,12 @@ def _chunk(args: tuple[DatasetSpec, int, int]) -> Dataset:
     # small filterbank product from under a millisecond into hundreds.
     threadpool_limits(1)
     rng = np.random.default_rng([spec.seed, index])
-    simulator = CaptureSimulator()
-    receivers, config = simulator.receivers, simulator.config
+    nominal = CaptureSimulator.of(spec.network or load_network(), spec.config)
+    config = nominal.config
     if spec.environment_seed is not None:
-        simulator = CaptureSimulator(
-            receivers, replace(config, environment_seed=spec.environment_seed)
-        )
-    features, truth, rates, durations, powers, rx = [], [], [], [], [], []
+        config = replace(config, environment_seed=spec.environment_seed)
+    simulator = nominal.with_config(config)
+    rows: dict[str, list] = {k: [] for k in Dataset.__annotations__}
     weights = None
     if spec.rate_weights is not None:
         weights = np.asarray(spec.rate_weights) / sum(spec.rate_weights)
@@ -85,25 +108,29 @@ def _chunk(args: tuple[DatasetSpec, int, int]) -> Dataset:
             duration = float(rng.uniform(low, high))
         else:
             duration = float(rng.choice(spec.durations_s))
-        if spec.randomize_environment:
-            terrain = int(rng.integers(2**31))
-            simulator = CaptureSimulator(receivers, replace(config, environment_seed=terrain))
+        if spec.randomize_environment or spec.world is not None:
+            drawn = spec.world.draw(rng, config) if spec.world is not None else config
+            if spec.randomize_environment:
+                drawn = replace(drawn, environment_seed=int(rng.integers(2**31)))
+            simulator = nominal.with_config(drawn)
         local = simulator.draw_local(rng, spec.split, spec.held_out)
         capture = simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration, local=local)
-        features.append(log_mel_spectrogram(capture.iq, rate, RAW_DB).astype(spec.feature_dtype))
-        truth.append(local)
-        rates.append(rate)
-        durations.append(capture.duration_s)
-        powers.append(measured_power_dbm(capture.iq, rate, simulator))
-        rx.append(capture.rx_power_dbm)
-    return Dataset(
-        np.stack(features),
-        np.asarray(truth),
-        np.asarray(rates),
-        np.asarray(durations),
-        np.asarray(powers),
-        np.asarray(rx),
-    )
+        features, band = analyse(capture.iq, rate, spec.features)
+        rows["features_db"].append(features.astype(spec.feature_dtype))
+        rows["truth_m"].append(local)
+        rows["rate_hz"].append(rate)
+        rows["duration_s"].append(capture.duration_s)
+        rows["power_dbm"].append(
+            measured_power_dbm(capture.iq, rate, simulator, min(spec.baseline_band_hz, rate))
+        )
+        rows["rx_power_dbm"].append(capture.rx_power_dbm)
+        rows["outside_m"].append(float(simulator.outside_distance_m(*local)))
+        rows["clipped"].append(clipped_share(capture.iq))
+        rows["carrier_hz"].append(band.carrier_offset_hz)
+        rows["signal_hz"].append(band.signal_offset_hz)
+        rows["off_band"].append(band.off_band_share)
+        rows["reach_hz"].append(band.reach_hz)
+    return Dataset(**{k: np.asarray(v) for k, v in rows.items()})
 
 
 def generate(

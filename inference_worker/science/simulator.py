@@ -10,7 +10,10 @@ values and their sources in :class:`SimulatorConfig`:
 * small-scale Rician/Rayleigh fading across the capture, a thermal noise floor, and a frequency
   offset per receiver (local oscillator error);
 * a narrowband signal (FM voice-like tone or on/off-keyed CW) rendered as complex64 IQ at any
-  sample rate.
+  sample rate, through the receiver's anti-alias filter (what lies beyond the capture's band is
+  filtered out, not folded in) and its ADC (I and Q clip at full scale);
+* optionally what the world adds beyond the nominal model (:class:`World`): emitters outside
+  the region, other propagation, oscillator errors in ppm, overloaded receivers, interference.
 
 Levels are in dBFS with the receivers' ADC full scale at ``full_scale_dbm``, so a capture looks
 like what a WebSDR delivers. Positions live in a local east/north frame (metres) around the
@@ -21,14 +24,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 
+from inference_worker.core.domain import Domain, DomainReceiver, path_gain_db
 from inference_worker.core.ellipse import metres_per_degree
 
 RECEIVERS_FILE = Path(__file__).resolve().parents[1] / "data" / "receivers.json"
+SIGNAL_HALF_WIDTH_HZ = 5_000.0
+"""How far the simulated signals reach from their carrier (FM: deviation plus tone, with room)."""
 
 
 @dataclass(frozen=True)
@@ -41,26 +48,74 @@ class ReceiverSite:
     gain_offset_db: float
 
 
-def load_receivers(path: Path = RECEIVERS_FILE) -> tuple[ReceiverSite, ...]:
-    """The receiver network (ids, coordinates, antenna height, gain offset) from a JSON file.
+@dataclass(frozen=True)
+class Network:
+    """A receiver network file: the receivers in the model's channel order and the region of
+    interest emitters are expected in (``(south, north, west, east)`` degrees; ``None``: the
+    receivers' bounding box grown by the simulator's ``region_margin_m``)."""
 
-    The file's order is the model's channel order. Replace the file (or pass another path) to
-    simulate another network; a model trained on one network only serves that network.
+    receivers: tuple[ReceiverSite, ...]
+    region: tuple[float, float, float, float] | None = None
+    name: str = ""
+
+
+def load_network(path: Path = RECEIVERS_FILE) -> Network:
+    """Read a network file (see ``inference_worker/data/receivers.json`` and the README).
+
+    Raises:
+        ValueError: the file is not a network of 3 receivers with coordinates, or its region
+            is not a box that holds them; the text names the file and what is wrong.
     """
-    entries = json.loads(Path(path).read_text())["receivers"]
-    if len(entries) != 3:
-        raise ValueError(f"{path}: a network has exactly 3 receivers, found {len(entries)}")
-    return tuple(
-        ReceiverSite(
-            id=e["id"],
-            name=e.get("name", e["id"]),
-            lat=float(e["lat"]),
-            lon=float(e["lon"]),
-            antenna_height_m=float(e.get("antenna_height_m", 10.0)),
-            gain_offset_db=float(e.get("gain_offset_db", 0.0)),
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the network file: {exc}") from None
+    entries = data.get("receivers") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or len(entries) != 3:
+        found = len(entries) if isinstance(entries, list) else "no list of"
+        raise ValueError(f"{path}: a network has exactly 3 receivers, found {found}")
+    try:
+        receivers = tuple(
+            ReceiverSite(
+                id=str(e["id"]),
+                name=str(e.get("name", e["id"])),
+                lat=float(e["lat"]),
+                lon=float(e["lon"]),
+                antenna_height_m=float(e.get("antenna_height_m", 10.0)),
+                gain_offset_db=float(e.get("gain_offset_db", 0.0)),
+            )
+            for e in entries
         )
-        for e in entries
-    )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: every receiver needs an id, lat and lon ({exc!r})") from None
+    if len({r.id for r in receivers}) != 3:
+        raise ValueError(f"{path}: receiver ids must differ")
+    for r in receivers:
+        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0) or r.antenna_height_m <= 0:
+            raise ValueError(f"{path}: receiver {r.id!r} has an impossible position or height")
+    region = None
+    if data.get("region") is not None:
+        try:
+            box = data["region"]
+            region = (
+                float(box["south"]),
+                float(box["north"]),
+                float(box["west"]),
+                float(box["east"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: region needs south, north, west, east ({exc!r})") from None
+        south, north, west, east = region
+        if not (south < north and west < east):
+            raise ValueError(f"{path}: region must have south < north and west < east")
+        if any(not (south <= r.lat <= north and west <= r.lon <= east) for r in receivers):
+            raise ValueError(f"{path}: the region must hold the receivers")
+    return Network(receivers, region, str(data.get("name", Path(path).stem)))
+
+
+def load_receivers(path: Path = RECEIVERS_FILE) -> tuple[ReceiverSite, ...]:
+    """The receivers of a network file, in the model's channel order."""
+    return load_network(path).receivers
 
 
 @dataclass(frozen=True)
@@ -95,10 +150,74 @@ class SimulatorConfig:
     fm_deviation_hz: float = 2_500.0
     fm_fraction: float = 0.7
     region_margin_m: float = 10_000.0
+    oscillator_ppm: float = 0.0
+    """Each receiver's oscillator error, drawn within ±this many ppm of the carrier (cheap SDRs:
+    up to ±50 ppm, ±7.3 kHz at 145 MHz), on top of ``max_frequency_offset_hz``."""
+    interference_probability: float = 0.0
+    """Chance that one receiver of a capture hears an interfering burst in its band."""
+    outside_fraction: float = 0.0
+    """Share of emitters drawn outside the region, with a density decaying with the distance
+    to it (``outside_scale_m``) up to ``outside_max_m``."""
+    outside_scale_m: float = 15_000.0
+    outside_max_m: float = 60_000.0
 
     @property
     def noise_dbm_per_hz(self) -> float:
         return -174.0 + self.noise_figure_db
+
+
+@dataclass(frozen=True)
+class World:
+    """A wider world than the nominal simulator, drawn capture by capture for robust training:
+    each departure from the nominal model is present in a share of the captures, so the model
+    meets it, alone or with others, and widens its ellipses where the evidence is weak."""
+
+    outside: float = 0.25
+    """Share of emitters outside the region (density decaying with the distance to it)."""
+    outside_scale_m: float = 15_000.0
+    outside_max_m: float = 60_000.0
+    propagation: float = 0.35
+    """Share with another path-loss exponent and shadowing spread, drawn in the ranges below."""
+    path_loss_exponent: tuple[float, float] = (2.6, 3.8)
+    shadowing_sigma_db: tuple[float, float] = (4.0, 10.0)
+    oscillators: float = 0.25
+    """Share whose receivers' oscillators are off by up to ``oscillator_ppm``."""
+    oscillator_ppm: float = 50.0
+    wide_power: float = 0.25
+    """Share with transmit powers drawn from the wider ``tx_power_dbm``."""
+    tx_power_dbm: tuple[float, float] = (10.0, 60.0)
+    overload: float = 0.08
+    """Share whose receivers' ADC full scale is low enough for strong signals to clip."""
+    full_scale_dbm: tuple[float, float] = (-75.0, -50.0)
+    interference: float = 0.08
+    """Share in which one receiver hears an interfering burst."""
+
+    def draw(self, rng: np.random.Generator, nominal: SimulatorConfig) -> SimulatorConfig:
+        """The configuration of one capture's world."""
+        changes: dict[str, object] = {}
+        if rng.random() < self.outside:
+            changes.update(
+                outside_fraction=1.0,
+                outside_scale_m=self.outside_scale_m,
+                outside_max_m=self.outside_max_m,
+            )
+        if rng.random() < self.propagation:
+            changes.update(
+                path_loss_exponent=float(rng.uniform(*self.path_loss_exponent)),
+                shadowing_sigma_db=float(rng.uniform(*self.shadowing_sigma_db)),
+            )
+        if rng.random() < self.oscillators:
+            changes["oscillator_ppm"] = float(rng.uniform(0.0, self.oscillator_ppm))
+        if rng.random() < self.wide_power:
+            changes["tx_power_dbm"] = self.tx_power_dbm
+        if rng.random() < self.overload:
+            changes["full_scale_dbm"] = float(rng.uniform(*self.full_scale_dbm))
+        if rng.random() < self.interference:
+            changes["interference_probability"] = 1.0
+        return replace(nominal, **changes)  # type: ignore[arg-type]
+
+    def to_metadata(self) -> dict[str, object]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -147,8 +266,13 @@ class CaptureSimulator:
         self,
         receivers: tuple[ReceiverSite, ...] | None = None,
         config: SimulatorConfig | None = None,
+        region: tuple[float, float, float, float] | None = None,
     ) -> None:
-        self.receivers = receivers or load_receivers()
+        if receivers is None:
+            network = load_network()
+            receivers, region = network.receivers, region or network.region
+        self.receivers = receivers
+        self.region_deg = region
         self.config = config or SimulatorConfig()
         lats = np.array([r.lat for r in self.receivers])
         lons = np.array([r.lon for r in self.receivers])
@@ -186,8 +310,19 @@ class CaptureSimulator:
         m_lat, m_lon = self.m_per_deg
         return self.origin[0] + np.asarray(north) / m_lat, self.origin[1] + np.asarray(east) / m_lon
 
+    @classmethod
+    def of(cls, network: Network, config: SimulatorConfig | None = None) -> CaptureSimulator:
+        return cls(network.receivers, config, network.region)
+
+    def with_config(self, config: SimulatorConfig) -> CaptureSimulator:
+        return CaptureSimulator(self.receivers, config, self.region_deg)
+
     def region_local(self) -> tuple[float, float, float, float]:
-        """(west, east, south, north) metres of the box emitters are drawn in."""
+        """(west, east, south, north) metres of the region of interest."""
+        if self.region_deg is not None:
+            south, north, west, east = self.region_deg
+            (w, e), (s, n) = self.to_local(np.array([south, north]), np.array([west, east]))
+            return float(w), float(e), float(s), float(n)
         margin = self.config.region_margin_m
         return (
             float(self.rx_east.min() - margin),
@@ -203,13 +338,29 @@ class CaptureSimulator:
         lat_n, lon_e = self.to_geo(east, north)
         return float(lat_s), float(lat_n), float(lon_w), float(lon_e)
 
+    def outside_distance_m(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
+        """How far a position lies outside the region (0 inside)."""
+        west, east_edge, south, north_edge = self.region_local()
+        dx = np.maximum(np.maximum(west - np.asarray(east), np.asarray(east) - east_edge), 0.0)
+        dy = np.maximum(np.maximum(south - np.asarray(north), np.asarray(north) - north_edge), 0.0)
+        return np.hypot(dx, dy)
+
     def draw_local(
         self, rng: np.random.Generator, split: HeldOutCells | None = None, held_out: bool = False
     ) -> tuple[float, float]:
-        """A uniform emitter position (east, north); with ``split``, only on one side of it."""
+        """An emitter position (east, north): uniform in the region, or outside it for a share
+        ``outside_fraction`` of draws; with ``split``, only on one side of it."""
+        cfg = self.config
         west, east, south, north = self.region_local()
+        outside = cfg.outside_fraction > 0 and rng.random() < cfg.outside_fraction
+        grow = cfg.outside_max_m if outside else 0.0
         while True:
-            x, y = float(rng.uniform(west, east)), float(rng.uniform(south, north))
+            x = float(rng.uniform(west - grow, east + grow))
+            y = float(rng.uniform(south - grow, north + grow))
+            if outside:
+                d = float(self.outside_distance_m(x, y))
+                if not 0.0 < d <= grow or rng.random() > math.exp(-d / cfg.outside_scale_m):
+                    continue
             if split is None or bool(split.is_held_out(x, y)) == held_out:
                 return x, y
 
@@ -227,13 +378,57 @@ class CaptureSimulator:
     def path_gain_db(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
         """Mean gain to each receiver (fixed gains minus path loss), shape ``(..., 3)``."""
         cfg = self.config
-        wavelength = 299.792_458 / cfg.frequency_mhz
-        d0 = cfg.reference_distance_m
-        free_space_d0 = 20.0 * math.log10(4.0 * math.pi * d0 / wavelength)
-        loss = free_space_d0 + 10.0 * cfg.path_loss_exponent * np.log10(
-            self.distances_m(east, north) / d0
+        return path_gain_db(
+            self.distances_m(east, north),
+            frequency_mhz=cfg.frequency_mhz,
+            path_loss_exponent=cfg.path_loss_exponent,
+            reference_distance_m=cfg.reference_distance_m,
+            fixed_gain_db=self.fixed_gain_db,
         )
-        return self.fixed_gain_db - loss
+
+    def domain(self, world: World | None = None) -> Domain:
+        """The domain a model trained here (in ``world``, or the nominal one) is meant for."""
+        cfg = self.config
+        south, north, west, east = self.region()
+        sigma, ple, tx = (
+            (cfg.shadowing_sigma_db,) * 2,
+            (cfg.path_loss_exponent,) * 2,
+            cfg.tx_power_dbm,
+        )
+        if world is not None and world.propagation > 0:
+            ple = (
+                min(ple[0], world.path_loss_exponent[0]),
+                max(ple[1], world.path_loss_exponent[1]),
+            )
+            sigma = (
+                min(sigma[0], world.shadowing_sigma_db[0]),
+                max(sigma[1], world.shadowing_sigma_db[1]),
+            )
+        if world is not None and world.wide_power > 0:
+            tx = (min(tx[0], world.tx_power_dbm[0]), max(tx[1], world.tx_power_dbm[1]))
+        outside = (
+            (0.0, 15_000.0, 0.0)
+            if world is None
+            else (world.outside, world.outside_scale_m, world.outside_max_m)
+        )
+        return Domain(
+            receivers=tuple(
+                DomainReceiver(r.id, r.lat, r.lon, r.antenna_height_m, r.gain_offset_db)
+                for r in self.receivers
+            ),
+            region=(south, north, west, east),
+            frequency_mhz=cfg.frequency_mhz,
+            tx_power_dbm=(float(tx[0]), float(tx[1])),
+            path_loss_exponent=(float(ple[0]), float(ple[1])),
+            shadowing_sigma_db=(float(sigma[0]), float(sigma[1])),
+            reference_distance_m=cfg.reference_distance_m,
+            reference_antenna_height_m=cfg.reference_antenna_height_m,
+            noise_dbm_per_hz=cfg.noise_dbm_per_hz,
+            full_scale_dbm=cfg.full_scale_dbm,
+            outside_share=outside[0],
+            outside_scale_m=outside[1],
+            outside_max_m=outside[2],
+        )
 
     def shadowing_db(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:
         """The terrain's shadowing towards each receiver from an emitter position, ``(..., 3)``."""
@@ -271,21 +466,38 @@ class CaptureSimulator:
         shadowing = self.shadowing_db(east, north)
         rx_power = tx_power + self.path_gain_db(east, north) + shadowing
         n = int(round(sample_rate_hz * duration_s))
-        t = np.arange(n) / sample_rate_hz
+        n_rx = len(self.receivers)
+        offsets = rng.uniform(-cfg.max_frequency_offset_hz, cfg.max_frequency_offset_hz, n_rx)
+        offsets += rng.uniform(-1.0, 1.0, n_rx) * cfg.oscillator_ppm * cfg.frequency_mhz
+        # Render fast enough for every offset, then through the receiver's anti-alias filter:
+        # what lies beyond the capture's band is removed, as a real receiver does, not folded.
+        reach = float(np.abs(offsets).max()) + SIGNAL_HALF_WIDTH_HZ
+        oversample = (
+            1 if reach <= 0.45 * sample_rate_hz else math.ceil(reach / (0.4 * sample_rate_hz))
+        )
+        rate = sample_rate_hz * oversample
+        t = np.arange(n * oversample) / rate
         baseband = self._signal(rng, t)
-        noise_var = 10.0 ** ((cfg.noise_dbm_per_hz - cfg.full_scale_dbm) / 10.0) * sample_rate_hz
         doppler = float(rng.uniform(*cfg.doppler_hz))
         rows = []
-        for power_dbm in rx_power:
+        for power_dbm, offset in zip(rx_power, offsets, strict=True):
             amplitude = math.sqrt(10.0 ** ((power_dbm - cfg.full_scale_dbm) / 10.0))
-            offset = rng.uniform(-cfg.max_frequency_offset_hz, cfg.max_frequency_offset_hz)
             fading = self._fading(rng, t, doppler)
-            noise_std = np.float32(math.sqrt(noise_var / 2.0))
-            noise = rng.standard_normal((2, n), dtype=np.float32) * noise_std
-            carrier = np.exp(2j * math.pi * offset * t)
-            rows.append(amplitude * fading * baseband * carrier + (noise[0] + 1j * noise[1]))
+            rows.append(amplitude * fading * baseband * np.exp(2j * math.pi * offset * t))
+        signal = np.asarray(rows)
+        if oversample > 1:
+            signal = scipy.signal.resample_poly(
+                signal, 1, oversample, axis=1, window=("kaiser", 8.0)
+            )
+        noise_var = 10.0 ** ((cfg.noise_dbm_per_hz - cfg.full_scale_dbm) / 10.0) * sample_rate_hz
+        noise = rng.standard_normal((2, n_rx, n), dtype=np.float32)
+        iq = signal + (noise[0] + 1j * noise[1]) * np.float32(math.sqrt(noise_var / 2.0))
+        if cfg.interference_probability > 0 and rng.random() < cfg.interference_probability:
+            self._interfere(rng, iq, sample_rate_hz, noise_var)
+        # The ADC: I and Q clip at full scale.
+        iq = np.clip(iq.real, -1.0, 1.0) + 1j * np.clip(iq.imag, -1.0, 1.0)
         return SimulatedCapture(
-            iq=np.asarray(rows, dtype=np.complex64),
+            iq=np.asarray(iq, dtype=np.complex64),
             sample_rate_hz=float(sample_rate_hz),
             frequency_mhz=cfg.frequency_mhz,
             receivers=tuple(r.id for r in self.receivers),
@@ -293,8 +505,30 @@ class CaptureSimulator:
             lon=lon,
             tx_power_dbm=tx_power,
             rx_power_dbm=tuple(float(p) for p in rx_power),
-            extras={"east_m": east, "north_m": north, "doppler_hz": doppler},
+            extras={
+                "east_m": east,
+                "north_m": north,
+                "doppler_hz": doppler,
+                **{f"offset_hz_{i}": float(o) for i, o in enumerate(offsets)},
+            },
         )
+
+    def _interfere(
+        self, rng: np.random.Generator, iq: np.ndarray, rate: float, noise_var: float
+    ) -> None:
+        """One receiver hears a burst (another station keying up, a switching supply): a tone or
+        band of noise 10-40 dB over the noise in a 1 kHz band, for 10-40 % of the capture."""
+        n = iq.shape[1]
+        row = int(rng.integers(iq.shape[0]))
+        length = max(1, int(n * rng.uniform(0.1, 0.4)))
+        start = int(rng.integers(0, n - length + 1))
+        t = np.arange(length) / rate
+        power = noise_var / rate * 1_000.0 * 10.0 ** (rng.uniform(10.0, 40.0) / 10.0)
+        offset = rng.uniform(-0.45, 0.45) * min(rate, 12_000.0)
+        burst = np.exp(2j * math.pi * offset * t)
+        if rng.random() < 0.5:  # noise-like: a random walk of the phase spreads it over ~kHz
+            burst = np.exp(1j * np.cumsum(rng.normal(0.0, 0.3, length))) * burst
+        iq[row, start : start + length] += math.sqrt(power) * burst
 
     def _signal(self, rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
         """Unit-power narrowband signal: an FM tone or on/off-keyed CW."""

@@ -89,7 +89,7 @@ def _run_model_jobs(
     fetched = redis.fetch_captures([m.blob_key for _, m in live], cache_keys if use_cache else None)
     fetch_ms = (time.perf_counter() - t0) * 1e3
 
-    # Per job: (index, message, cache key, cached result, features, stage timings).
+    # Per job: (index, message, cache key, cached result, (features, quality), stage timings).
     ready: list[tuple[int, LocateMessage, str, dict[str, Any] | None, Any, dict[str, float]]] = []
     for (index, message), key, (blob, cached) in zip(live, cache_keys, fetched, strict=True):
         try:
@@ -110,7 +110,7 @@ def _run_model_jobs(
     outputs: dict[int, np.ndarray] = {}
     if to_run:
         t2 = time.perf_counter()
-        predicted = model.predict(np.stack([entry[4] for entry in to_run]))
+        predicted = model.predict(np.stack([entry[4][0] for entry in to_run]))
         share_ms = (time.perf_counter() - t2) * 1e3 / len(to_run)
         for entry, output in zip(to_run, predicted, strict=True):
             entry[5]["inference_ms"] = share_ms
@@ -119,11 +119,11 @@ def _run_model_jobs(
     results: list[dict[str, Any]] = []
     answers: dict[str, tuple[int, LocateMessage, str, bool]] = {}
     now = time.perf_counter()
-    for index, message, key, cached, _, timings in ready:
+    for index, message, key, cached, computed, timings in ready:
         if cached is None:
             t3 = time.perf_counter()
             try:
-                result = describe_output(outputs[index], model.metadata)
+                result = describe_output(outputs[index], model.metadata, computed[1])
             except BadJob as exc:
                 outcomes[index] = fail_started(services, message.job_id, str(exc), version)
                 redis.delete_blob(message.blob_key)

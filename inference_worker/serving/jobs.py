@@ -18,8 +18,9 @@ import numpy as np
 
 from inference_worker.core.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
 from inference_worker.core.contract import ModelMetadata, Receiver
+from inference_worker.core.domain import assess, clipped_share
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
-from inference_worker.core.features import log_mel_spectrogram
+from inference_worker.core.features import analyse
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import describe_solution, solve
 from inference_worker.core.time_differences import TdoaError
@@ -138,8 +139,11 @@ def locate_tdoa(
     return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
 
 
-def capture_features(iq: np.ndarray, message: LocateMessage, metadata: ModelMetadata) -> np.ndarray:
-    """The model's input features of one capture, receivers in the model's order."""
+def capture_features(
+    iq: np.ndarray, message: LocateMessage, metadata: ModelMetadata
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The model's input features of one capture, receivers in the model's order, and the
+    capture's quality block (checked against the model's domain)."""
     try:
         order = channel_order(message.receivers, metadata.receiver_ids)
     except ValueError as exc:
@@ -147,15 +151,21 @@ def capture_features(iq: np.ndarray, message: LocateMessage, metadata: ModelMeta
     if order != sorted(order):  # already in order: no copy of the capture
         iq = iq[order]
     try:
-        return log_mel_spectrogram(iq, message.sample_rate_hz, metadata.features)
+        features, band = analyse(iq, message.sample_rate_hz, metadata.features)
     except ValueError as exc:
         raise BadJob(f"cannot compute features: {exc}") from None
+    quality = assess(
+        features, band, clipped_share(iq), metadata.features, metadata.receiver_ids, metadata.domain
+    )
+    return features, quality
 
 
-def describe_output(output: Any, metadata: ModelMetadata) -> dict[str, Any]:
-    """The result of one capture (position and ellipses) from its row of model output."""
+def describe_output(
+    output: Any, metadata: ModelMetadata, quality: dict[str, Any]
+) -> dict[str, Any]:
+    """The result of one capture (position, ellipses, quality) from its row of model output."""
     try:
-        return describe(decode_output(output, metadata.outputs))
+        return {**describe(decode_output(output, metadata.outputs)), "quality": quality}
     except EstimateError as exc:
         raise BadJob(str(exc)) from None
 
@@ -166,11 +176,11 @@ def locate(
     """Features, inference and ellipses of one capture; returns the result and stage timings."""
     metadata = model.metadata
     t0 = time.perf_counter()
-    features = capture_features(iq, message, metadata)
+    features, quality = capture_features(iq, message, metadata)
     t1 = time.perf_counter()
     output = model.predict(features[None])
     t2 = time.perf_counter()
-    result = describe_output(output[0], metadata)
+    result = describe_output(output[0], metadata, quality)
     t3 = time.perf_counter()
     timings = {
         "features_ms": (t1 - t0) * 1e3,

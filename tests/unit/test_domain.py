@@ -1,0 +1,125 @@
+"""The model's domain and each capture's quality block: what the worker can tell without truth."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from inference_worker.core.domain import Domain, assess, clipped_share
+from inference_worker.core.features import FeatureParams, analyse
+from inference_worker.science.simulator import CaptureSimulator, SimulatorConfig, World
+
+PARAMS = replace(FeatureParams(), mean_db=-140.0, std_db=20.0)
+
+
+@pytest.fixture(scope="module")
+def domain(simulator) -> Domain:
+    return simulator.domain(World())
+
+
+def quality(capture, domain, params=PARAMS):
+    features, band = analyse(capture.iq, capture.sample_rate_hz, params)
+    return assess(features, band, clipped_share(capture.iq), params, capture.receivers, domain)
+
+
+def codes(block) -> set[str]:
+    return {reason["code"] for reason in block["reasons"]}
+
+
+def test_the_domain_round_trips_through_model_metadata(domain):
+    assert Domain.from_metadata(domain.to_metadata()) == domain
+    assert domain.tx_power_dbm == (10.0, 60.0)
+    assert domain.path_loss_exponent == (2.6, 3.8)
+
+
+def test_a_nominal_capture_inside_the_region_is_in_domain(simulator, domain):
+    rng = np.random.default_rng(1)
+    blocks = [
+        quality(simulator.simulate(rng, sample_rate_hz=48_000.0, duration_s=0.5), domain)
+        for _ in range(40)
+    ]
+    in_domain = np.mean([b["in_domain"] for b in blocks])
+    assert in_domain >= 0.6  # the weak outside-region evidence flags ~20 % of these
+    assert not any(codes(b) - {"outside_region"} for b in blocks)
+    assert all(len(b["signal_power_dbm"]) == 3 for b in blocks)
+
+
+def test_an_overloaded_receiver_is_flagged_as_clipping(simulator, domain):
+    overloaded = CaptureSimulator(config=replace(simulator.config, full_scale_dbm=-95.0))
+    capture = overloaded.simulate(np.random.default_rng(2), sample_rate_hz=12_000.0, duration_s=0.5)
+    block = quality(capture, domain)
+    assert "clipping" in codes(block) and block["in_domain"] is False
+    clipping = next(r for r in block["reasons"] if r["code"] == "clipping")
+    assert set(clipping["receivers"]) <= set(capture.receivers) and clipping["receivers"]
+
+
+def test_a_signal_beyond_the_band_at_12_khz_is_flagged_off_band(simulator, domain):
+    config = replace(simulator.config, max_frequency_offset_hz=4_800.0)
+    capture = CaptureSimulator(config=config).simulate(
+        np.random.default_rng(3),
+        sample_rate_hz=12_000.0,
+        duration_s=0.5,
+        local=(0.0, 0.0),
+    )
+    offsets = np.array([capture.extras[f"offset_hz_{i}"] for i in range(3)])
+    block = quality(capture, domain)
+    if (np.abs(offsets) > 3_600.0).any():
+        assert "off_band" in codes(block)
+
+
+def test_the_same_offsets_at_48_khz_are_followed_and_in_band(simulator, domain):
+    config = replace(simulator.config, oscillator_ppm=50.0)
+    rng = np.random.default_rng(4)
+    blocks = [
+        quality(
+            CaptureSimulator(config=config).simulate(
+                rng, sample_rate_hz=48_000.0, duration_s=0.5, local=(0.0, 0.0)
+            ),
+            domain,
+        )
+        for _ in range(10)
+    ]
+    assert not any("off_band" in codes(b) for b in blocks)
+
+
+def test_emitters_far_outside_the_region_are_flagged_more_than_those_inside(simulator, domain):
+    config = replace(
+        simulator.config, outside_fraction=1.0, outside_scale_m=1e12, outside_max_m=40_000.0
+    )
+    outside = CaptureSimulator(config=config)
+    rng = np.random.default_rng(5)
+    flagged = []
+    while len(flagged) < 40:
+        local = outside.draw_local(rng)
+        if outside.outside_distance_m(*local) < 20_000.0:
+            continue
+        capture = outside.simulate(rng, sample_rate_hz=48_000.0, duration_s=0.5, local=local)
+        flagged.append("outside_region" in codes(quality(capture, domain)))
+    inside = [
+        "outside_region" in codes(quality(simulator.simulate(rng, sample_rate_hz=48_000.0), domain))
+        for _ in range(40)
+    ]
+    assert np.mean(flagged) >= 0.4 and np.mean(flagged) > np.mean(inside) + 0.15
+
+
+def test_without_a_domain_the_checks_that_need_none_still_run(simulator):
+    overloaded = CaptureSimulator(config=replace(simulator.config, full_scale_dbm=-95.0))
+    capture = overloaded.simulate(np.random.default_rng(6), sample_rate_hz=12_000.0, duration_s=0.5)
+    block = quality(capture, None)
+    assert block["in_domain"] is None and "clipping" in codes(block)
+    assert "outside_probability" not in block
+
+
+def test_silence_is_flagged_as_no_signal(domain):
+    rng = np.random.default_rng(7)
+    noise_var = 10 ** ((domain.noise_dbm_per_hz - domain.full_scale_dbm) / 10) * 12_000.0
+    iq = (rng.normal(size=(3, 6_000)) + 1j * rng.normal(size=(3, 6_000))) * np.sqrt(noise_var / 2)
+    features, band = analyse(iq.astype(np.complex64), 12_000.0, PARAMS)
+    block = assess(features, band, np.zeros(3), PARAMS, ("a", "b", "c"), domain)
+    assert "no_signal" in codes(block)
+
+
+def test_nominal_config_is_the_default_world():
+    assert SimulatorConfig().outside_fraction == 0.0 and SimulatorConfig().oscillator_ppm == 0.0
