@@ -57,8 +57,11 @@ class GridEstimates:
 class GridLocator:
     """Likelihood of every grid position given the 3 received powers."""
 
-    def __init__(self, simulator: CaptureSimulator, spacing_m: float = 500.0) -> None:
+    def __init__(
+        self, simulator: CaptureSimulator, spacing_m: float = 500.0, grow_m: float = 0.0
+    ) -> None:
         west, east, south, north = simulator.region_local()
+        west, east, south, north = west - grow_m, east + grow_m, south - grow_m, north + grow_m
         es = np.arange(west + spacing_m / 2, east, spacing_m)
         ns = np.arange(south + spacing_m / 2, north, spacing_m)
         grid_e, grid_n = np.meshgrid(es, ns)

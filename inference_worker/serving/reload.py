@@ -50,8 +50,18 @@ def reload_plan(settings: Settings) -> ReloadPlan:
     if settings.model_alias not in aliases:
         raise RegistryError(f"no version under alias {settings.model_alias!r}")
     found, champion_dir = registry.fetch(settings.model_alias)
-    challenger = registry.fetch("challenger")[0].version if "challenger" in aliases else None
     summary = ModelSummary.of(load_metadata(champion_dir, verify=False))
+    challenger = None
+    if "challenger" in aliases:
+        other, challenger_dir = registry.fetch("challenger")
+        other_ids = load_metadata(challenger_dir, verify=False).receiver_ids
+        if other_ids != summary.receiver_ids:  # its share of the jobs could not be served
+            raise RegistryError(
+                f"the challenger (version {other.version}) serves receivers "
+                f"{', '.join(other_ids)}, the champion {', '.join(summary.receiver_ids)}: "
+                "both must serve the same network (demote the challenger first)"
+            )
+        challenger = other.version
     return ReloadPlan(found.version, challenger, summary)
 
 

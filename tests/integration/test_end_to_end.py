@@ -29,6 +29,13 @@ def assert_located(view: dict, capture) -> None:
     assert ring[0] == ring[-1] and len(ring) > 10
     # The estimate is somewhere in the receivers' region, not at (0, 0).
     assert distance_m(result["lat"], result["lon"], capture.lat, capture.lon) < 150_000
+    # Every result says whether its capture lies in the model's domain, and why not.
+    quality = result["quality"]
+    assert isinstance(quality["reasons"], list) and quality["in_domain"] in (True, False, None)
+    assert {r["code"] for r in quality["reasons"]} <= {
+        "clipping", "off_band", "no_signal", "power_inconsistent", "outside_region"
+    }
+    assert len(quality["carrier_offset_hz"]) == 3
 
 
 def test_json_capture_is_located_and_recorded_in_postgres_and_redis(

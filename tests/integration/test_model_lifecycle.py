@@ -8,6 +8,8 @@ store; a thread submits captures through the real Flask app the whole time.
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 import threading
 import time
 import urllib.parse
@@ -271,3 +273,22 @@ def test_an_admin_moves_and_removes_registry_aliases_over_http(lifecycle):
     removed = client.delete("/models/aliases/shadow", headers=admin)
     assert removed.status_code == 200 and "shadow" not in registry.aliases()
     assert client.delete("/models/aliases/shadow", headers=admin).status_code == 404
+
+
+def test_a_challenger_for_another_network_is_refused(lifecycle, centroid_model_dir, tmp_path):
+    """Its share of the jobs could not be served: the reload is refused and nothing changes."""
+    settings, app, _ = lifecycle
+    client = app.test_client()
+    other = tmp_path / "other-network"
+    shutil.copytree(centroid_model_dir, other)
+    metadata = json.loads((other / "model.json").read_text())
+    metadata["receivers"][0]["id"] = "elsewhere"
+    (other / "model.json").write_text(json.dumps(metadata))
+    registry = open_registry(settings)
+    registry.set_alias(CHALLENGER, registry.register(other).version)
+    try:
+        refused = reload(client, challenger_fraction=0.1)
+        assert refused["status"] == 409
+        assert "same network" in refused["error"]["message"]
+    finally:
+        registry.remove_alias(CHALLENGER)
