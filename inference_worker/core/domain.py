@@ -166,8 +166,15 @@ class DomainGrid:
 
 def clipped_share(iq: np.ndarray) -> np.ndarray:
     """Per receiver: the share of samples whose I or Q sits at the ADC's full scale."""
-    parts = np.abs(iq.view(np.float32).reshape(iq.shape[0], -1, 2)).max(axis=-1)
-    return np.count_nonzero(parts >= FULL_SCALE, axis=1) / max(iq.shape[1], 1)
+    parts = iq.view(np.float32).reshape(iq.shape[0], -1)
+    shares = np.zeros(iq.shape[0])
+    # Most captures are far from full scale: the extremes alone tell, without a temporary array.
+    for row in np.flatnonzero(
+        (parts.max(axis=1) >= FULL_SCALE) | (parts.min(axis=1) <= -FULL_SCALE)
+    ):
+        pairs = np.abs(parts[row].reshape(-1, 2)).max(axis=1)
+        shares[row] = np.count_nonzero(pairs >= FULL_SCALE) / max(iq.shape[1], 1)
+    return shares
 
 
 def band_power_dbfs(features: np.ndarray, params: FeatureParams) -> np.ndarray:

@@ -53,7 +53,9 @@ CONDITIONS = (
         {"oscillator_ppm": 50.0},
         baseline_band_hz=12_000.0 + 2 * 50.0 * 145.5,
     ),
-    Condition("tx_power", "transmit power 10-60 dBm instead of 20-50", {"tx_power_dbm": (10.0, 60.0)}),
+    Condition(
+        "tx_power", "transmit power 10-60 dBm instead of 20-50", {"tx_power_dbm": (10.0, 60.0)}
+    ),
     Condition(
         "overload",
         "receivers overloaded: ADC full scale at -70 dBm, strong signals clip",

@@ -33,7 +33,11 @@ def assert_located(view: dict, capture) -> None:
     quality = result["quality"]
     assert isinstance(quality["reasons"], list) and quality["in_domain"] in (True, False, None)
     assert {r["code"] for r in quality["reasons"]} <= {
-        "clipping", "off_band", "no_signal", "power_inconsistent", "outside_region"
+        "clipping",
+        "off_band",
+        "no_signal",
+        "power_inconsistent",
+        "outside_region",
     }
     assert len(quality["carrier_offset_hz"]) == 3
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_worker.core.contract import ModelError
+from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving.registry import (
     CHALLENGER,
     CHAMPION,
@@ -33,7 +33,7 @@ def test_empty_registry_receives_the_reference_model_as_champion_once(registry, 
     registry.bootstrap(model_dir)
     versions = registry.versions()
     assert [v.version for v in versions] == ["1"] and versions[0].aliases == (CHAMPION,)
-    assert registry.resolve(CHAMPION).model_version == "1.0.0"
+    assert registry.resolve(CHAMPION).model_version == load_metadata(model_dir).version
 
 
 def test_a_second_version_can_be_challenger_then_champion(registry, model_dir, centroid_model_dir):
