@@ -19,11 +19,18 @@ LEAST_TAPS_FOLLOWING = 64
 """The same when the band follows the carrier: the transition left to the filter is narrower."""
 
 
-def decimation_factor(sample_rate_hz: float, reach_hz: float, bandwidth_hz: float) -> int:
+def decimation_factor(sample_rate_hz: float, reach_hz: float, transition_hz: float) -> int:
     """By how much a capture is decimated: the largest integer that keeps the new rate at least
-    twice ``reach_hz`` (the farthest offset the features look at) plus one analysis band of
-    transition for the filter (1: not at all)."""
-    return max(1, int(sample_rate_hz // (2.0 * reach_hz + bandwidth_hz)))
+    twice ``reach_hz`` (the farthest offset the features look at) plus ``transition_hz`` for the
+    filter to fall from pass to stop (1: not at all)."""
+    return max(1, int(sample_rate_hz // (2.0 * reach_hz + transition_hz)))
+
+
+def transition_hz(bandwidth_hz: float, following: bool) -> float:
+    """Room left to the anti-alias filter: a whole analysis band for a fixed band; half of one
+    when the band follows the carrier (the filter is longer, and a larger factor keeps the
+    polyphase product efficient)."""
+    return bandwidth_hz / 2.0 if following else bandwidth_hz
 
 
 def taps_per_phase(factor: int, following: bool) -> int:
@@ -52,10 +59,12 @@ def decimate(iq: np.ndarray, factor: int, weights: np.ndarray) -> np.ndarray:
     blocks = n // factor
     lags = weights.shape[1]
     x = iq[:, : blocks * factor].reshape(n_rx, blocks, factor)
-    partial = x @ weights.astype(np.complex64)  # (receivers, blocks, taps per phase)
-    out = partial[:, lags - 1 :, 0].copy()
+    # (receivers, taps per phase, blocks): each lag's row is contiguous, so the sum over lags
+    # below reads memory in order (summing strided columns cost three times the product).
+    partial = weights.T.astype(np.complex64) @ x.transpose(0, 2, 1)
+    out = partial[:, 0, lags - 1 :].copy()
     for lag in range(1, lags):
-        out += partial[:, lags - 1 - lag : blocks - lag, lag]
+        out += partial[:, lag, lags - 1 - lag : blocks - lag]
     return out
 
 

@@ -28,6 +28,7 @@ from inference_worker.core.decimation import (
     decimation_filter,
     decimation_gain,
     taps_per_phase,
+    transition_hz,
 )
 
 FEATURE_KIND = "log_mel_psd_db_per_hz"
@@ -119,7 +120,9 @@ def min_samples_at(
     number of frames (``min_samples`` at the analysis rate) once decimated: the decimation
     filter's first outputs are dropped."""
     reach = bandwidth_hz / 2.0 + follow_carrier_hz
-    factor = decimation_factor(sample_rate_hz, reach, bandwidth_hz)
+    factor = decimation_factor(
+        sample_rate_hz, reach, transition_hz(bandwidth_hz, follow_carrier_hz > 0)
+    )
     if factor == 1:
         return min_samples
     return (min_samples + taps_per_phase(factor, follow_carrier_hz > 0) - 1) * factor
@@ -253,7 +256,9 @@ def analyse(
             f"{params.bandwidth_hz:g} Hz"
         )
     following = params.follow_carrier_hz > 0
-    factor = decimation_factor(sample_rate_hz, params.reach_hz, params.bandwidth_hz)
+    factor = decimation_factor(
+        sample_rate_hz, params.reach_hz, transition_hz(params.bandwidth_hz, following)
+    )
     full_rate = float(sample_rate_hz)
     if factor > 1:
         iq = decimate(iq, factor, decimation_filter(full_rate, factor, following))
