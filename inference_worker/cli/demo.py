@@ -137,7 +137,7 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
     _say("")
     _say(
         f"{'capture':<22} {'submit':>7} {'status':<9} {'estimate (lat, lon)':<21} "
-        f"{'error':>8} {'68% ellipse (a x b)':>20} {'95%':>5} {'cache':>5} {'total':>8}"
+        f"{'error':>8} {'68% ellipse (a x b)':>20} {'95%':>5} {'cache':>5} {'total':>8}  domain"
     )
     failures = 0
     repeat_hit = False
@@ -168,12 +168,14 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
             f"{label:<22} {submit_text:>7} {view['status']:<9} "
             f"{result['lat']:9.5f}, {result['lon']:9.5f} {error_km:6.1f}km "
             f"{e68['semi_major_m'] / 1e3:7.1f} x {e68['semi_minor_m'] / 1e3:5.1f} km "
-            f"{inside:>5} {str(view['cache_hit']).lower():>5} {end_to_end:6.1f}ms"
+            f"{inside:>5} {str(view['cache_hit']).lower():>5} {end_to_end:6.1f}ms  "
+            f"{domain_text(result.get('quality'))}"
         )
     _say("")
     _say(
         "error: distance from the simulated true position; 95%: whether the truth lies inside "
-        "the 95% ellipse; total: submission to result."
+        "the 95% ellipse; total: submission to result; domain: the result's quality block "
+        "(in, or why not)."
     )
     if errors_km:
         _say(
@@ -188,3 +190,13 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
         return 1
     _say(f"all {len(rows)} captures located; the repeat was served from the result cache")
     return 0
+
+
+def domain_text(quality: dict | None) -> str:
+    """A result's quality block in a word: ``in``, ``-`` (the model records no domain), or the
+    reasons' codes."""
+    if not quality or quality.get("in_domain") is None and not quality.get("reasons"):
+        return "-"
+    if quality.get("in_domain"):
+        return "in"
+    return ",".join(reason["code"] for reason in quality.get("reasons", []))
