@@ -154,13 +154,18 @@ class DomainGrid:
             np.hypot(points[:, None, 0] - rx_e[None, :], points[:, None, 1] - rx_n[None, :]), 10.0
         )
         ple = float(np.mean(domain.path_loss_exponent))
-        self.gain_db = path_gain_db(
+        gain_db = path_gain_db(
             distance,
             frequency_mhz=domain.frequency_mhz,
             path_loss_exponent=ple,
             reference_distance_m=domain.reference_distance_m,
             fixed_gain_db=fixed,
         )
+        # Per point: the gains' mean and their spread about it, so that a capture's misfit is
+        # one small matrix product (see _position_evidence).
+        self.mean_gain_db = gain_db.mean(axis=1)
+        self.centred_gain_db = gain_db - self.mean_gain_db[:, None]
+        self.centred_gain_sq = (self.centred_gain_db**2).sum(axis=1)
         self.points = points
 
 
@@ -179,9 +184,10 @@ def clipped_share(iq: np.ndarray) -> np.ndarray:
 
 def band_power_dbfs(features: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Per receiver: mean in-band power (signal and noise) in dBFS, read back from features."""
-    db = features.astype(np.float64) * params.std_db + params.mean_db
-    power = (10.0 ** (db / 10.0) * mel_band_widths_hz(params)[None, :, None]).sum(axis=1)
-    return 10.0 * np.log10(np.maximum(power.mean(axis=1), 1e-30))
+    scale = math.log(10.0) / 10.0  # dB to natural log of power
+    linear = np.exp((features * np.float32(params.std_db * scale)) + np.float32(params.mean_db * scale))
+    power = np.einsum("rmf,m->r", linear, mel_band_widths_hz(params).astype(np.float32)) / features.shape[2]
+    return 10.0 * np.log10(np.maximum(power.astype(np.float64), 1e-30))
 
 
 def assess(
@@ -260,9 +266,11 @@ def _position_evidence(power_dbm: np.ndarray, domain: Domain) -> tuple[float, fl
     region) of the received powers, under the domain's path-loss law and priors."""
     grid = domain.frame
     sigma = math.hypot(max(domain.shadowing_sigma_db), MEASUREMENT_SIGMA_DB)
-    implied = power_dbm[None, :] - grid.gain_db  # the transmit power each receiver implies
-    centre = implied.mean(axis=1)
-    sse = ((implied - centre[:, None]) ** 2).sum(axis=1)
+    # The transmit power each receiver implies is power - gain; per point, its mean (the fitted
+    # transmit power) and the squared spread about it, expanded so no (points, 3) array is made.
+    centred = power_dbm - power_dbm.mean()
+    centre = power_dbm.mean() - grid.mean_gain_db
+    sse = grid.centred_gain_sq - 2.0 * (grid.centred_gain_db @ centred) + centred @ centred
     lo, hi = domain.tx_power_dbm
     beyond = np.maximum(lo - centre, 0.0) + np.maximum(centre - hi, 0.0)
     cost = (sse + 3.0 * beyond**2) / sigma**2

@@ -282,7 +282,10 @@ def analyse(
         power = (spectrum.real**2 + spectrum.imag**2).mean(axis=1)
         shift, centroid, off_band, reach = find_carriers(power, sample_rate_hz, nfft, params)
         bins = band.start + shift[:, None] + np.arange(band.stop - band.start)[None, :]
-        in_band = np.take_along_axis(spectrum, bins[:, None, :], axis=-1)
+        if shift.any():
+            in_band = np.take_along_axis(spectrum, bins[:, None, :], axis=-1)
+        else:  # nothing to move (always so where the band is the whole capture): no copy
+            in_band = spectrum[..., band]
     else:
         bins = np.broadcast_to(np.arange(band.start, band.stop), (n_rx, band.stop - band.start))
         in_band = spectrum[..., band]
