@@ -154,15 +154,17 @@ def _init_bare(model_dir: str) -> None:
 
 def _bare_jobs(args: tuple[list[bytes], float]) -> int:
     from inference_worker.core.capture import decode_npy, iq_digest
+    from inference_worker.core.domain import assess, clipped_share
     from inference_worker.core.ellipse import decode_output, describe
-    from inference_worker.core.features import log_mel_spectrogram
+    from inference_worker.core.features import analyse
 
     bodies, rate = args
     meta = _MODEL.metadata
     for body in bodies:
         iq = decode_npy(body)
         iq_digest(iq)
-        features = log_mel_spectrogram(iq, rate, meta.features)
+        features, band = analyse(iq, rate, meta.features)  # the worker's maths, quality included
+        assess(features, band, clipped_share(iq), meta.features, meta.receiver_ids, meta.domain)
         describe(decode_output(_MODEL.predict(features[None])[0], meta.outputs))
     return len(bodies)
 
