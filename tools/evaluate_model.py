@@ -157,6 +157,14 @@ def passes(model_row: dict, posterior_row: dict) -> tuple[bool, float]:
     return bool(ok), ratio
 
 
+def shown(path: Path) -> str:
+    """A path as a reader of the report would type it: relative to the project when inside."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -232,7 +240,8 @@ def write_report(
         "",
         *[f"![{name}]({name})" for name in figures],
         "",
-        f"Produced by `python tools/evaluate_model.py --model {args.model} --network {args.network} "
+        f"Produced by `python tools/evaluate_model.py --model {shown(args.model)} "
+        f"--network {shown(args.network)} "
         f"--per-cell {args.per_cell} --per-condition {args.per_condition} --worlds {args.worlds} --seed {args.seed}` "
         f"in {seconds / 60:.1f} min.",
         "",
