@@ -8,6 +8,8 @@ outside the region. For every capture the worker checks what can be checked with
 * ``clipping``: samples at the ADC's full scale (the received power is then a lower bound);
 * ``off_band``: the signal lies (partly) where the features cannot follow it;
 * ``no_signal``: no receiver hears anything above its noise;
+* ``frequency``: the capture's carrier is far from the frequency the model was trained at (path
+  loss and antenna gains change with it);
 * ``power_inconsistent``: no position and transmit power in the domain explain the powers;
 * ``outside_region``: the powers favour, under the domain's propagation model, a position
   outside the region (Bayes factor of outside against inside above ``OUTSIDE_EVIDENCE``).
@@ -45,6 +47,8 @@ of emitters inside (the received powers say little more than that about range)."
 MISFIT_LIMIT = 13.8
 """Squared misfit (in units of the expected spread) past which powers are inconsistent:
 chi-square with 2 degrees of freedom at 0.1 %."""
+FREQUENCY_TOLERANCE = 0.1
+"""Relative distance of a capture's carrier from the domain's beyond which it is flagged."""
 GRID_SPACING_M = 2_000.0
 MEASUREMENT_SIGMA_DB = 2.0
 
@@ -185,8 +189,13 @@ def clipped_share(iq: np.ndarray) -> np.ndarray:
 def band_power_dbfs(features: np.ndarray, params: FeatureParams) -> np.ndarray:
     """Per receiver: mean in-band power (signal and noise) in dBFS, read back from features."""
     scale = math.log(10.0) / 10.0  # dB to natural log of power
-    linear = np.exp((features * np.float32(params.std_db * scale)) + np.float32(params.mean_db * scale))
-    power = np.einsum("rmf,m->r", linear, mel_band_widths_hz(params).astype(np.float32)) / features.shape[2]
+    linear = np.exp(
+        (features * np.float32(params.std_db * scale)) + np.float32(params.mean_db * scale)
+    )
+    power = (
+        np.einsum("rmf,m->r", linear, mel_band_widths_hz(params).astype(np.float32))
+        / features.shape[2]
+    )
     return 10.0 * np.log10(np.maximum(power.astype(np.float64), 1e-30))
 
 
@@ -197,6 +206,7 @@ def assess(
     params: FeatureParams,
     receiver_ids: tuple[str, ...],
     domain: Domain | None,
+    frequency_mhz: float | None = None,
 ) -> dict[str, Any]:
     """The ``quality`` block of a result: in or out of the model's domain, and why."""
     reasons: list[dict[str, Any]] = []
@@ -222,6 +232,13 @@ def assess(
             off,
         )
     block: dict[str, Any] = {"in_domain": None, "reasons": reasons}
+    if domain is not None and frequency_mhz is not None:
+        if abs(frequency_mhz / domain.frequency_mhz - 1.0) > FREQUENCY_TOLERANCE:
+            flag(
+                "frequency",
+                f"captured at {frequency_mhz:g} MHz; the model was trained at "
+                f"{domain.frequency_mhz:g} MHz",
+            )
     if domain is not None:
         noise_dbfs = domain.noise_dbm_per_hz - domain.full_scale_dbm
         noise = 10.0 ** (noise_dbfs / 10.0) * params.bandwidth_hz

@@ -155,7 +155,13 @@ def capture_features(
     except ValueError as exc:
         raise BadJob(f"cannot compute features: {exc}") from None
     quality = assess(
-        features, band, clipped_share(iq), metadata.features, metadata.receiver_ids, metadata.domain
+        features,
+        band,
+        clipped_share(iq),
+        metadata.features,
+        metadata.receiver_ids,
+        metadata.domain,
+        message.frequency_mhz,
     )
     return features, quality
 

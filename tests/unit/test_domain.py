@@ -123,3 +123,11 @@ def test_silence_is_flagged_as_no_signal(domain):
 
 def test_nominal_config_is_the_default_world():
     assert SimulatorConfig().outside_fraction == 0.0 and SimulatorConfig().oscillator_ppm == 0.0
+
+
+def test_a_capture_far_from_the_models_frequency_is_flagged(simulator, domain):
+    capture = simulator.simulate(np.random.default_rng(8), sample_rate_hz=48_000.0, duration_s=0.3)
+    features, band = analyse(capture.iq, 48_000.0, PARAMS)
+    args = (features, band, np.zeros(3), PARAMS, capture.receivers, domain)
+    assert "frequency" in codes(assess(*args, frequency_mhz=433.5))
+    assert "frequency" not in codes(assess(*args, frequency_mhz=145.2))
