@@ -43,6 +43,7 @@ from inference_worker.science.baselines import (  # noqa: E402
     crb_position_m,
     weighted_centroid,
 )
+from inference_worker.science.calibration import COVERAGE_TOLERANCES  # noqa: E402
 from inference_worker.science.datasets import (  # noqa: E402
     Dataset,
     DatasetSpec,
@@ -71,7 +72,7 @@ RATES = (12_000.0, 48_000.0, 192_000.0)
 DURATIONS = (0.1, 0.25, 0.5, 1.0)
 MEDIAN_RATIO_BAR = 1.05
 """Model median error over the grid posterior's (Bayes under the simulator's own model)."""
-COVERAGE_BARS = {0.3935: 0.03, 0.6827: 0.02, 0.95: 0.015}
+COVERAGE_BARS = COVERAGE_TOLERANCES
 STRESS_BARS = {0.6827: 0.60, 0.95: 0.90}
 """Least coverage under each stress condition: ellipses may widen, not lie."""
 STRESS_RATES = (48_000.0,)

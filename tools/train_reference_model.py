@@ -48,6 +48,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from inference_worker.core.features import FeatureParams, mel_band_widths_hz  # noqa: E402
+from inference_worker.science.calibration import fit_sigma_scale  # noqa: E402
 from inference_worker.science.datasets import (  # noqa: E402
     RAW_DB,
     Dataset,
@@ -59,6 +60,7 @@ from inference_worker.science.metrics import (  # noqa: E402
     covariance_from_sigmas,
     coverage,
     error_summary,
+    mahalanobis_squared,
 )
 from inference_worker.science.simulator import (  # noqa: E402
     RECEIVERS_FILE,
@@ -237,16 +239,11 @@ def report(
     return {"median_km": errors.median_km, "coverage_68": cover[0.6827], "coverage_95": cover[0.95]}
 
 
-def fit_sigma_scale(outputs: tuple[np.ndarray, ...], truth: np.ndarray) -> float:
-    """The sigma scale that brings the 68 % and 95 % coverages closest to their levels."""
+def fit_scale(outputs: tuple[np.ndarray, ...], truth: np.ndarray) -> float:
+    """The sigma scale that brings the 39/68/95 % coverages closest to their levels."""
     position, se, sn, rho = outputs
-    best, best_cost = 1.0, float("inf")
-    for scale in np.arange(0.5, 3.0, 0.0025):
-        cover = coverage(position, covariance_from_sigmas(se * scale, sn * scale, rho), truth)
-        cost = (cover[0.6827] - 0.6827) ** 2 + (cover[0.95] - 0.95) ** 2
-        if cost < best_cost:
-            best, best_cost = float(scale), cost
-    return best
+    d2 = mahalanobis_squared(position, covariance_from_sigmas(se, sn, rho), truth)
+    return fit_sigma_scale(d2)
 
 
 # --- export --------------------------------------------------------------------------------
@@ -349,6 +346,14 @@ def main() -> int:
         default="robust",
         help="robust: train over a wider world than the nominal simulator (default)",
     )
+    parser.add_argument(
+        "--calibrate",
+        choices=("nominal", "robust"),
+        default="nominal",
+        help="the world whose captures the sigma scale is fitted on at the end: nominal (the "
+        "ellipses hold their levels where the model is used; default) or robust (the training "
+        "world: wider ellipses)",
+    )
     parser.add_argument("--name", default=MODEL_NAME, help="model name written to model.json")
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
@@ -427,7 +432,7 @@ def main() -> int:
             report("validation", predict(net, val, params), val.truth_m)
 
     outputs = predict(net, val, params)
-    sigma_scale = fit_sigma_scale(outputs, val.truth_m)
+    sigma_scale = fit_scale(outputs, val.truth_m)
     print(f"sigma scale fitted on validation: {sigma_scale:.4f}")
     validation = report("validation (calibrated)", outputs, val.truth_m, sigma_scale)
 
@@ -467,6 +472,10 @@ def main() -> int:
     ):
         print("error: the exported model does not reproduce PyTorch", file=sys.stderr)
         return 1
+    if args.calibrate == "nominal" and world is not None:
+        from tools.recalibrate_model import recalibrate
+
+        recalibrate(out, network, "nominal", 9_600)
     print(
         f"wrote {out / 'model.onnx'} ({(out / 'model.onnx').stat().st_size / 1e6:.2f} MB) and model.json "
         f"in {(time.monotonic() - started) / 60:.1f} min"

@@ -13,6 +13,7 @@ from inference_worker.science.baselines import (
     measured_power_dbm,
     weighted_centroid,
 )
+from inference_worker.science.calibration import coverage_at, fit_sigma_scale
 from inference_worker.science.datasets import DatasetSpec, generate
 from inference_worker.science.metrics import (
     calibration_curve,
@@ -20,6 +21,7 @@ from inference_worker.science.metrics import (
     coverage,
     error_summary,
     gaussian_nll_km,
+    mahalanobis_squared,
 )
 from inference_worker.science.simulator import HeldOutCells
 
@@ -107,3 +109,11 @@ def test_datasets_repeat_and_keep_to_their_side_of_the_split():
     np.testing.assert_array_equal(first.features_db, second.features_db)
     assert first.features_db.shape == (12, 3, 128, 32)
     assert HeldOutCells().is_held_out(first.truth_m[:, 0], first.truth_m[:, 1]).all()
+
+
+def test_the_fitted_sigma_scale_undoes_a_known_miscalibration():
+    """Ellipses twice too wide are brought back by a scale of one half."""
+    means, cov, truths = gaussian_case()
+    d2 = mahalanobis_squared(means, cov * 4.0, truths)
+    assert fit_sigma_scale(d2) == pytest.approx(0.5, abs=0.01)
+    assert coverage_at(d2, 0.5) == pytest.approx([0.3935, 0.6827, 0.95], abs=0.01)

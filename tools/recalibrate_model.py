@@ -1,0 +1,188 @@
+"""Fit a model's sigma scale again, on captures of the world it should be calibrated for.
+
+Simulates calibration captures (never the evaluation's: other seeds, the training cells), runs
+the model through the service's own feature and decoding code, fits one scale on its sigmas so
+the 39/68/95 % ellipses hold their levels, and writes it into the ONNX graph (the constants that
+carry the current scale) and ``model.json`` (new sha256, the scale, how it was fitted).
+
+    pip install -e '.[train]'
+    python tools/recalibrate_model.py [--model inference_worker/models/reference]
+        [--network inference_worker/data/receivers.json] [--world nominal|robust] [--count 3000]
+
+About a minute on 2 cores. Then run tools/evaluate_model.py again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools.requirements import require  # noqa: E402
+
+require("onnx", "train", "rewriting the ONNX graph")
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from inference_worker.core.contract import file_sha256  # noqa: E402
+from inference_worker.science.calibration import coverage_at, fit_sigma_scale  # noqa: E402
+from inference_worker.science.datasets import DatasetSpec, concatenate, generate  # noqa: E402
+from inference_worker.science.metrics import mahalanobis_squared  # noqa: E402
+from inference_worker.science.simulator import (  # noqa: E402
+    RECEIVERS_FILE,
+    CaptureSimulator,
+    World,
+    load_network,
+)
+from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
+CALIBRATION_SEED = 31_337
+CALIBRATION_TERRAIN = 5_000
+"""Seed of the first calibration terrain (the evaluation's terrains start at 2026)."""
+TERRAINS = 4
+
+
+def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.ndarray:
+    """Squared Mahalanobis distance of each calibration capture's truth under the model."""
+    from tools.evaluate_model import run_model
+
+    started, parts = time.monotonic(), []
+    for index, spec in enumerate(specs):
+        parts.append(generate(spec, processes=2))
+        if (index + 1) % 12 == 0 or index + 1 == len(specs):
+            seconds = time.monotonic() - started
+            left = seconds / (index + 1) * (len(specs) - index - 1)
+            print(
+                f"  calibration: {index + 1}/{len(specs)} sets ({seconds:.0f} s; ~{left:.0f} s left)",
+                flush=True,
+            )
+    data = concatenate(parts)
+    network = specs[0].network
+    assert network is not None
+    method = run_model(model, data, CaptureSimulator.of(network))
+    assert method.covariances is not None
+    return mahalanobis_squared(method.means, method.covariances, data.truth_m)
+
+
+def calibration_specs(network, features, world: str, count: int) -> list[DatasetSpec]:
+    """Captures drawn as the evaluation draws them (each of its sample rates and lengths, in
+    four fixed terrains), from other terrains, other seeds and the training cells."""
+    from tools.evaluate_model import DURATIONS, RATES
+
+    cells = [(rate, duration) for rate in RATES for duration in DURATIONS]
+    per_set = max(1, count // (TERRAINS * len(cells)))
+    return [
+        DatasetSpec(
+            seed=CALIBRATION_SEED + terrain * 100 + index,
+            count=per_set,
+            rates_hz=(rate,),
+            rate_weights=None,
+            durations_s=(duration,),
+            continuous_duration=False,
+            held_out=False,
+            environment_seed=CALIBRATION_TERRAIN + terrain,
+            feature_dtype="float32",
+            network=network,
+            world=World() if world == "robust" else None,
+            features=features,
+        )
+        for terrain in range(TERRAINS)
+        for index, (rate, duration) in enumerate(cells)
+    ]
+
+
+def rescale_graph(path: Path, current: float, factor: float) -> int:
+    """Multiply the scalar constants equal to ``current`` (the sigma scale) by ``factor``."""
+    graph = onnx.load(str(path))
+    changed = 0
+    for node in graph.graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attribute in node.attribute:
+            if attribute.name != "value" or list(attribute.t.dims):
+                continue
+            value = numpy_helper.to_array(attribute.t)
+            if value.dtype.kind == "f" and abs(float(value) - current) <= 1e-6 * max(1.0, current):
+                scaled = np.asarray(float(value) * factor, dtype=value.dtype)
+                attribute.t.CopyFrom(numpy_helper.from_array(scaled, attribute.t.name))
+                changed += 1
+    if changed != 2:
+        raise SystemExit(
+            f"error: expected the sigma scale {current} in 2 constants of {path}, found {changed}"
+        )
+    onnx.save(graph, str(path))
+    return changed
+
+
+def recalibrate(model_dir: Path, network, world: str, count: int) -> float:
+    """Fit the sigma scale of the model in ``model_dir`` on ``count`` captures of the ``world``
+    (``nominal`` or ``robust``) and write it into its ONNX graph and metadata; returns the factor
+    applied to the previous scale."""
+    model = LocalizationModel(model_dir)
+    metadata_path = model_dir / "model.json"
+    metadata = json.loads(metadata_path.read_text())
+    current = float(metadata["training"]["sigma_scale"])
+    features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
+    specs = calibration_specs(network, features, world, count)
+    d2 = squared_distances(model, specs)
+    factor = fit_sigma_scale(d2)
+    before, after = coverage_at(d2, 1.0), coverage_at(d2, factor)
+    print(
+        f"calibration on the {world} world, {count} captures: ellipses held "
+        f"{' / '.join(f'{100 * c:.1f}' for c in before)} % (39/68/95); scale x{factor:.4f} -> "
+        f"{' / '.join(f'{100 * c:.1f}' for c in after)} %",
+        flush=True,
+    )
+    rescale_graph(model_dir / "model.onnx", current, factor)
+    metadata["sha256"] = file_sha256(model_dir / "model.onnx")
+    metadata["training"]["sigma_scale"] = current * factor
+    metadata["training"]["calibration"] = {
+        "world": world,
+        "captures": count,
+        "seed": CALIBRATION_SEED,
+        "factor": factor,
+        "coverage_before": before,
+        "coverage_after": after,
+    }
+    metadata["metrics"] = {}  # measured with the old scale: evaluate again
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return factor
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--network", type=Path, default=RECEIVERS_FILE)
+    parser.add_argument(
+        "--world",
+        choices=("nominal", "robust"),
+        default="nominal",
+        help="the world the ellipses should hold their levels in (default: nominal)",
+    )
+    parser.add_argument("--count", type=int, default=9_600, help="calibration captures")
+    args = parser.parse_args()
+    try:
+        network = load_network(args.network)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    recalibrate(args.model, network, args.world, args.count)
+    print(
+        f"wrote {args.model / 'model.onnx'} and model.json in {time.monotonic() - started:.0f} s; "
+        f"next: python tools/evaluate_model.py --model {args.model} --network {args.network}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
