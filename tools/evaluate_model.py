@@ -56,12 +56,8 @@ from inference_worker.science.metrics import (  # noqa: E402
     error_summary,
     gaussian_nll_km,
 )
-from inference_worker.science.simulator import (  # noqa: E402
-    RECEIVERS_FILE,
-    CaptureSimulator,
-    Network,
-    load_network,
-)
+from inference_worker.science.network import RECEIVERS_FILE, Network, load_network  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.stress import CONDITIONS, Condition  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
 from tools.requirements import require  # noqa: E402

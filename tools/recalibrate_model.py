@@ -36,12 +36,9 @@ from inference_worker.core.contract import file_sha256  # noqa: E402
 from inference_worker.science.calibration import coverage_at, fit_sigma_scale  # noqa: E402
 from inference_worker.science.datasets import DatasetSpec, concatenate, generate  # noqa: E402
 from inference_worker.science.metrics import mahalanobis_squared  # noqa: E402
-from inference_worker.science.simulator import (  # noqa: E402
-    RECEIVERS_FILE,
-    CaptureSimulator,
-    World,
-    load_network,
-)
+from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"

@@ -62,12 +62,9 @@ from inference_worker.science.metrics import (  # noqa: E402
     error_summary,
     mahalanobis_squared,
 )
-from inference_worker.science.simulator import (  # noqa: E402
-    RECEIVERS_FILE,
-    CaptureSimulator,
-    World,
-    load_network,
-)
+from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.science.world import World, domain_of  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
 CACHE_DIR = ROOT / "var" / "datasets"
@@ -437,7 +434,7 @@ def main() -> int:
     validation = report("validation (calibrated)", outputs, val.truth_m, sigma_scale)
 
     contract = ServiceContract(net, simulator, sigma_scale)
-    sample = next(batches(val, params, np.arange(256), 256))[0]
+    sample = next(batches(val, params, np.arange(min(256, len(val.rate_hz))), 256))[0]
     training = {
         "name": args.name,
         "version": args.version,
@@ -458,7 +455,7 @@ def main() -> int:
         "python": platform.python_version(),
         "minutes": round((time.monotonic() - started) / 60.0, 1),
     }
-    domain = simulator.domain(world).to_metadata()
+    domain = domain_of(simulator, world).to_metadata()
     out = export(contract, args.out, params, simulator, sample, training, domain)
     difference = check_onnx_agrees(out, contract, sample, simulator)
     print(

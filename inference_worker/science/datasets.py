@@ -17,14 +17,9 @@ from threadpoolctl import threadpool_limits
 from inference_worker.core.domain import clipped_share
 from inference_worker.core.features import FeatureParams, analyse
 from inference_worker.science.baselines import measured_power_dbm
-from inference_worker.science.simulator import (
-    CaptureSimulator,
-    HeldOutCells,
-    Network,
-    SimulatorConfig,
-    World,
-    load_network,
-)
+from inference_worker.science.network import Network, load_network
+from inference_worker.science.simulator import CaptureSimulator, HeldOutCells, SimulatorConfig
+from inference_worker.science.world import World
 
 RAW_DB = replace(FeatureParams(), mean_db=0.0, std_db=1.0)
 """Feature parameters that leave the features in dB/Hz (normalization comes later)."""

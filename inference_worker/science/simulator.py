@@ -22,100 +22,18 @@ network's centre; at these distances the flat approximation is good to a few met
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.signal
 
-from inference_worker.core.domain import Domain, DomainReceiver, path_gain_db
+from inference_worker.core.domain import path_gain_db
 from inference_worker.core.ellipse import metres_per_degree
+from inference_worker.science.network import Network, ReceiverSite, load_network
 
-RECEIVERS_FILE = Path(__file__).resolve().parents[1] / "data" / "receivers.json"
 SIGNAL_HALF_WIDTH_HZ = 5_000.0
 """How far the simulated signals reach from their carrier (FM: deviation plus tone, with room)."""
-
-
-@dataclass(frozen=True)
-class ReceiverSite:
-    id: str
-    name: str
-    lat: float
-    lon: float
-    antenna_height_m: float
-    gain_offset_db: float
-
-
-@dataclass(frozen=True)
-class Network:
-    """A receiver network file: the receivers in the model's channel order and the region of
-    interest emitters are expected in (``(south, north, west, east)`` degrees; ``None``: the
-    receivers' bounding box grown by the simulator's ``region_margin_m``)."""
-
-    receivers: tuple[ReceiverSite, ...]
-    region: tuple[float, float, float, float] | None = None
-    name: str = ""
-
-
-def load_network(path: Path = RECEIVERS_FILE) -> Network:
-    """Read a network file (see ``inference_worker/data/receivers.json`` and the README).
-
-    Raises:
-        ValueError: the file is not a network of 3 receivers with coordinates, or its region
-            is not a box that holds them; the text names the file and what is wrong.
-    """
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the network file: {exc}") from None
-    entries = data.get("receivers") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or len(entries) != 3:
-        found = len(entries) if isinstance(entries, list) else "no list of"
-        raise ValueError(f"{path}: a network has exactly 3 receivers, found {found}")
-    try:
-        receivers = tuple(
-            ReceiverSite(
-                id=str(e["id"]),
-                name=str(e.get("name", e["id"])),
-                lat=float(e["lat"]),
-                lon=float(e["lon"]),
-                antenna_height_m=float(e.get("antenna_height_m", 10.0)),
-                gain_offset_db=float(e.get("gain_offset_db", 0.0)),
-            )
-            for e in entries
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: every receiver needs an id, lat and lon ({exc!r})") from None
-    if len({r.id for r in receivers}) != 3:
-        raise ValueError(f"{path}: receiver ids must differ")
-    for r in receivers:
-        if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0) or r.antenna_height_m <= 0:
-            raise ValueError(f"{path}: receiver {r.id!r} has an impossible position or height")
-    region = None
-    if data.get("region") is not None:
-        try:
-            box = data["region"]
-            region = (
-                float(box["south"]),
-                float(box["north"]),
-                float(box["west"]),
-                float(box["east"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: region needs south, north, west, east ({exc!r})") from None
-        south, north, west, east = region
-        if not (south < north and west < east):
-            raise ValueError(f"{path}: region must have south < north and west < east")
-        if any(not (south <= r.lat <= north and west <= r.lon <= east) for r in receivers):
-            raise ValueError(f"{path}: the region must hold the receivers")
-    return Network(receivers, region, str(data.get("name", Path(path).stem)))
-
-
-def load_receivers(path: Path = RECEIVERS_FILE) -> tuple[ReceiverSite, ...]:
-    """The receivers of a network file, in the model's channel order."""
-    return load_network(path).receivers
 
 
 @dataclass(frozen=True)
@@ -164,60 +82,6 @@ class SimulatorConfig:
     @property
     def noise_dbm_per_hz(self) -> float:
         return -174.0 + self.noise_figure_db
-
-
-@dataclass(frozen=True)
-class World:
-    """A wider world than the nominal simulator, drawn capture by capture for robust training:
-    each departure from the nominal model is present in a share of the captures, so the model
-    meets it, alone or with others, and widens its ellipses where the evidence is weak."""
-
-    outside: float = 0.25
-    """Share of emitters outside the region (density decaying with the distance to it)."""
-    outside_scale_m: float = 15_000.0
-    outside_max_m: float = 60_000.0
-    propagation: float = 0.35
-    """Share with another path-loss exponent and shadowing spread, drawn in the ranges below."""
-    path_loss_exponent: tuple[float, float] = (2.6, 3.8)
-    shadowing_sigma_db: tuple[float, float] = (4.0, 10.0)
-    oscillators: float = 0.25
-    """Share whose receivers' oscillators are off by up to ``oscillator_ppm``."""
-    oscillator_ppm: float = 50.0
-    wide_power: float = 0.25
-    """Share with transmit powers drawn from the wider ``tx_power_dbm``."""
-    tx_power_dbm: tuple[float, float] = (10.0, 60.0)
-    overload: float = 0.08
-    """Share whose receivers' ADC full scale is low enough for strong signals to clip."""
-    full_scale_dbm: tuple[float, float] = (-75.0, -50.0)
-    interference: float = 0.08
-    """Share in which one receiver hears an interfering burst."""
-
-    def draw(self, rng: np.random.Generator, nominal: SimulatorConfig) -> SimulatorConfig:
-        """The configuration of one capture's world."""
-        changes: dict[str, object] = {}
-        if rng.random() < self.outside:
-            changes.update(
-                outside_fraction=1.0,
-                outside_scale_m=self.outside_scale_m,
-                outside_max_m=self.outside_max_m,
-            )
-        if rng.random() < self.propagation:
-            changes.update(
-                path_loss_exponent=float(rng.uniform(*self.path_loss_exponent)),
-                shadowing_sigma_db=float(rng.uniform(*self.shadowing_sigma_db)),
-            )
-        if rng.random() < self.oscillators:
-            changes["oscillator_ppm"] = float(rng.uniform(0.0, self.oscillator_ppm))
-        if rng.random() < self.wide_power:
-            changes["tx_power_dbm"] = self.tx_power_dbm
-        if rng.random() < self.overload:
-            changes["full_scale_dbm"] = float(rng.uniform(*self.full_scale_dbm))
-        if rng.random() < self.interference:
-            changes["interference_probability"] = 1.0
-        return replace(nominal, **changes)  # type: ignore[arg-type]
-
-    def to_metadata(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -384,50 +248,6 @@ class CaptureSimulator:
             path_loss_exponent=cfg.path_loss_exponent,
             reference_distance_m=cfg.reference_distance_m,
             fixed_gain_db=self.fixed_gain_db,
-        )
-
-    def domain(self, world: World | None = None) -> Domain:
-        """The domain a model trained here (in ``world``, or the nominal one) is meant for."""
-        cfg = self.config
-        south, north, west, east = self.region()
-        sigma, ple, tx = (
-            (cfg.shadowing_sigma_db,) * 2,
-            (cfg.path_loss_exponent,) * 2,
-            cfg.tx_power_dbm,
-        )
-        if world is not None and world.propagation > 0:
-            ple = (
-                min(ple[0], world.path_loss_exponent[0]),
-                max(ple[1], world.path_loss_exponent[1]),
-            )
-            sigma = (
-                min(sigma[0], world.shadowing_sigma_db[0]),
-                max(sigma[1], world.shadowing_sigma_db[1]),
-            )
-        if world is not None and world.wide_power > 0:
-            tx = (min(tx[0], world.tx_power_dbm[0]), max(tx[1], world.tx_power_dbm[1]))
-        outside = (
-            (0.0, 15_000.0, 0.0)
-            if world is None
-            else (world.outside, world.outside_scale_m, world.outside_max_m)
-        )
-        return Domain(
-            receivers=tuple(
-                DomainReceiver(r.id, r.lat, r.lon, r.antenna_height_m, r.gain_offset_db)
-                for r in self.receivers
-            ),
-            region=(south, north, west, east),
-            frequency_mhz=cfg.frequency_mhz,
-            tx_power_dbm=(float(tx[0]), float(tx[1])),
-            path_loss_exponent=(float(ple[0]), float(ple[1])),
-            shadowing_sigma_db=(float(sigma[0]), float(sigma[1])),
-            reference_distance_m=cfg.reference_distance_m,
-            reference_antenna_height_m=cfg.reference_antenna_height_m,
-            noise_dbm_per_hz=cfg.noise_dbm_per_hz,
-            full_scale_dbm=cfg.full_scale_dbm,
-            outside_share=outside[0],
-            outside_scale_m=outside[1],
-            outside_max_m=outside[2],
         )
 
     def shadowing_db(self, east: np.ndarray | float, north: np.ndarray | float) -> np.ndarray:

@@ -9,14 +9,15 @@ import pytest
 
 from inference_worker.core.domain import Domain, assess, clipped_share
 from inference_worker.core.features import FeatureParams, analyse
-from inference_worker.science.simulator import CaptureSimulator, SimulatorConfig, World
+from inference_worker.science.simulator import CaptureSimulator, SimulatorConfig
+from inference_worker.science.world import World, domain_of
 
 PARAMS = replace(FeatureParams(), mean_db=-140.0, std_db=20.0)
 
 
 @pytest.fixture(scope="module")
 def domain(simulator) -> Domain:
-    return simulator.domain(World())
+    return domain_of(simulator, World())
 
 
 def quality(capture, domain, params=PARAMS):

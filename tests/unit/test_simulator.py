@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from inference_worker.core.domain import clipped_share
+from inference_worker.science.network import load_network
 from inference_worker.science.simulator import (
     SIGNAL_HALF_WIDTH_HZ,
     CaptureSimulator,
     SimulatorConfig,
-    World,
-    load_network,
 )
+from inference_worker.science.world import World
 
 
 def test_seeded_runs_repeat(simulator):
