@@ -252,6 +252,8 @@ def export(
     sample: torch.Tensor,
     training: dict,
     domain: dict,
+    name: str = MODEL_NAME,
+    version: str = VERSION,
 ) -> Path:
     contract.eval()
     buffer = io.BytesIO()
@@ -271,8 +273,8 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(data)
     metadata = {
-        "name": training["name"],
-        "version": training["version"],
+        "name": name,
+        "version": version,
         "architecture": (
             "compact ConvNeXt (3 stages 32/64/128, one block each) + received-power branch, "
             "Gaussian NLL in a local metric frame, sigma scale fitted on validation"
@@ -436,8 +438,6 @@ def main() -> int:
     contract = ServiceContract(net, simulator, sigma_scale)
     sample = next(batches(val, params, np.arange(min(256, len(val.rate_hz))), 256))[0]
     training = {
-        "name": args.name,
-        "version": args.version,
         "seed": args.seed,
         "train_captures": args.train,
         "validation_captures": args.validation,
@@ -456,7 +456,9 @@ def main() -> int:
         "minutes": round((time.monotonic() - started) / 60.0, 1),
     }
     domain = domain_of(simulator, world).to_metadata()
-    out = export(contract, args.out, params, simulator, sample, training, domain)
+    out = export(
+        contract, args.out, params, simulator, sample, training, domain, args.name, args.version
+    )
     difference = check_onnx_agrees(out, contract, sample, simulator)
     print(
         f"PyTorch vs onnxruntime on 256 inputs: position within {difference['position_m']:.2f} m, "

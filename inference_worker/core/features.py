@@ -103,8 +103,10 @@ def mel_points_hz(params: FeatureParams) -> np.ndarray:
     return np.sign(signed_mel) * _mel_inverse(np.abs(signed_mel), params.mel_break_hz)
 
 
+@lru_cache(maxsize=32)
 def mel_band_widths_hz(params: FeatureParams) -> np.ndarray:
-    """Equivalent width of each filter: mean PSD x width = power in the band."""
+    """Equivalent width of each filter: mean PSD x width = power in the band (cached: read on
+    every job by the quality check; callers copy before changing it)."""
     points = mel_points_hz(params)
     widths = (points[2:] - points[:-2]) / 2.0
     if params.edge_shoulders:  # the outer halves are flat: a whole rectangle, not a triangle

@@ -31,6 +31,7 @@ import scipy.signal
 from inference_worker.core.domain import path_gain_db
 from inference_worker.core.ellipse import metres_per_degree
 from inference_worker.science.network import Network, ReceiverSite, load_network
+from inference_worker.science.signals import add_interference, narrowband_signal, rician_fading
 
 SIGNAL_HALF_WIDTH_HZ = 5_000.0
 """How far the simulated signals reach from their carrier (FM: deviation plus tone, with room)."""
@@ -297,12 +298,12 @@ class CaptureSimulator:
         )
         rate = sample_rate_hz * oversample
         t = np.arange(n * oversample) / rate
-        baseband = self._signal(rng, t)
+        baseband = narrowband_signal(rng, t, cfg.fm_fraction, cfg.fm_deviation_hz)
         doppler = float(rng.uniform(*cfg.doppler_hz))
         rows = []
         for power_dbm, offset in zip(rx_power, offsets, strict=True):
             amplitude = math.sqrt(10.0 ** ((power_dbm - cfg.full_scale_dbm) / 10.0))
-            fading = self._fading(rng, t, doppler)
+            fading = rician_fading(rng, t, doppler, cfg.rician_k_db)
             rows.append(amplitude * fading * baseband * np.exp(2j * math.pi * offset * t))
         signal = np.asarray(rows)
         if oversample > 1:
@@ -313,7 +314,7 @@ class CaptureSimulator:
         noise = rng.standard_normal((2, n_rx, n), dtype=np.float32)
         iq = signal + (noise[0] + 1j * noise[1]) * np.float32(math.sqrt(noise_var / 2.0))
         if cfg.interference_probability > 0 and rng.random() < cfg.interference_probability:
-            self._interfere(rng, iq, sample_rate_hz, noise_var)
+            add_interference(rng, iq, sample_rate_hz, noise_var)
         # The ADC: I and Q clip at full scale.
         iq = np.clip(iq.real, -1.0, 1.0) + 1j * np.clip(iq.imag, -1.0, 1.0)
         return SimulatedCapture(
@@ -332,45 +333,3 @@ class CaptureSimulator:
                 **{f"offset_hz_{i}": float(o) for i, o in enumerate(offsets)},
             },
         )
-
-    def _interfere(
-        self, rng: np.random.Generator, iq: np.ndarray, rate: float, noise_var: float
-    ) -> None:
-        """One receiver hears a burst (another station keying up, a switching supply): a tone or
-        band of noise 10-40 dB over the noise in a 1 kHz band, for 10-40 % of the capture."""
-        n = iq.shape[1]
-        row = int(rng.integers(iq.shape[0]))
-        length = max(1, int(n * rng.uniform(0.1, 0.4)))
-        start = int(rng.integers(0, n - length + 1))
-        t = np.arange(length) / rate
-        power = noise_var / rate * 1_000.0 * 10.0 ** (rng.uniform(10.0, 40.0) / 10.0)
-        offset = rng.uniform(-0.45, 0.45) * min(rate, 12_000.0)
-        burst = np.exp(2j * math.pi * offset * t)
-        if rng.random() < 0.5:  # noise-like: a random walk of the phase spreads it over ~kHz
-            burst = np.exp(1j * np.cumsum(rng.normal(0.0, 0.3, length))) * burst
-        iq[row, start : start + length] += math.sqrt(power) * burst
-
-    def _signal(self, rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
-        """Unit-power narrowband signal: an FM tone or on/off-keyed CW."""
-        if rng.random() < self.config.fm_fraction:
-            tone_hz = rng.uniform(400.0, 1_500.0)
-            beta = self.config.fm_deviation_hz / tone_hz
-            phase = beta * np.sin(2.0 * math.pi * tone_hz * t + rng.uniform(0, 2 * math.pi))
-            return np.exp(1j * phase)
-        keying_hz = rng.uniform(3.0, 10.0)
-        keyed = np.sin(2.0 * math.pi * keying_hz * t + rng.uniform(0, 2 * math.pi)) > -0.3
-        return keyed.astype(np.float64) / math.sqrt(max(keyed.mean(), 1e-3)) + 0j
-
-    def _fading(self, rng: np.random.Generator, t: np.ndarray, doppler_hz: float) -> np.ndarray:
-        """Unit-mean-power Rician fading: a line-of-sight term plus a sum-of-sinusoids scatter."""
-        k = 10.0 ** (rng.uniform(*self.config.rician_k_db) / 10.0)
-        paths = 8
-        doppler = doppler_hz * np.cos(rng.uniform(0, 2 * math.pi, paths))
-        phases = rng.uniform(0, 2 * math.pi, paths)
-        # Fading changes at most at ~10 Hz: evaluate it at 2 kHz and interpolate.
-        coarse = np.arange(0.0, t[-1] + 1e-3, 5e-4) if t.size else t
-        scatter = np.exp(1j * (2 * math.pi * np.outer(coarse, doppler) + phases)).sum(axis=1)
-        scatter /= math.sqrt(paths)
-        scatter = np.interp(t, coarse, scatter.real) + 1j * np.interp(t, coarse, scatter.imag)
-        los = np.exp(1j * rng.uniform(0, 2 * math.pi))
-        return math.sqrt(k / (k + 1.0)) * los + math.sqrt(1.0 / (k + 1.0)) * scatter

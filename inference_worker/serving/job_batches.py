@@ -18,16 +18,13 @@ import numpy as np
 import orjson
 
 from inference_worker.serving.jobs import (
-    BadJob,
     JobOutcome,
     JobServices,
-    capture_features,
-    decode_blob,
-    describe_output,
     fail_started,
     parse_message,
     run_job,
 )
+from inference_worker.serving.locating import BadJob, capture_features, decode_blob, describe_output
 from inference_worker.storage.views import job_view, with_json
 from tasks.contract import LocateMessage, capture_fingerprint
 from tasks.outbox import new_job

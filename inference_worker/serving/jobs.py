@@ -6,24 +6,22 @@ real model, and the Celery task in :mod:`inference_worker.serving.worker` is onl
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from inference_worker.core.capture import IQ_DTYPE, JOB_ID_PATTERN, RECEIVER_COUNT, channel_order
-from inference_worker.core.contract import ModelMetadata, Receiver
-from inference_worker.core.domain import assess, clipped_share
-from inference_worker.core.ellipse import EstimateError, decode_output, describe
-from inference_worker.core.features import analyse
-from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import describe_solution, solve
-from inference_worker.core.time_differences import TdoaError
+from inference_worker.core.capture import JOB_ID_PATTERN
+from inference_worker.serving.locating import (
+    BadJob,
+    Predictor,
+    decode_blob,
+    decode_recordings,
+    locate,
+    locate_tdoa,
+)
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_FULL_ERRORS
 from inference_worker.storage.redis_store import RedisStore
@@ -35,15 +33,6 @@ log = logging.getLogger(__name__)
 
 TDOA_VERSION = "tdoa-1"
 """What a TDoA job records as its model version: the estimator's, not a registry model's."""
-
-
-class Predictor(Protocol):
-    metadata: ModelMetadata
-
-    @property
-    def version(self) -> str: ...
-
-    def predict(self, features: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -80,120 +69,9 @@ class JobOutcome:
         }
 
 
-class BadJob(Exception):
-    """The job cannot succeed whatever we retry; the message is the reason recorded."""
-
-
-def _checked_blob(blob: bytes | None, message: LocateMessage, expected: int) -> bytes:
-    """A job's stored capture, checked against the message: present, ``expected`` bytes long,
-    and matching its sha256."""
-    if blob is None:
-        raise BadJob("capture data is missing from Redis (expired or never stored)")
-    if len(blob) != expected:
-        raise BadJob(f"capture data has {len(blob)} bytes, expected {expected}")
-    if hashlib.sha256(blob).hexdigest() != message.iq_sha256:
-        raise BadJob("capture data does not match its sha256")
-    return blob
-
-
-def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
-    """The stored IQ of a job, checked against the message (size and sha256)."""
-    expected = RECEIVER_COUNT * message.n_samples * IQ_DTYPE.itemsize
-    data = _checked_blob(blob, message, expected)
-    iq = np.frombuffer(data, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, message.n_samples)
-    if not np.isfinite(iq.view(np.float32)).all():
-        raise BadJob("capture data contains NaN or infinite values")
-    return iq
-
-
-def decode_recordings(blob: bytes | None, message: LocateMessage) -> list[bytes]:
-    """The stored WAV files of a TDoA job, checked against the message (sizes and sha256)."""
-    parts = message.parts or ()
-    data = _checked_blob(blob, message, sum(parts))
-    ends = np.cumsum(parts)
-    return [data[end - size : end] for end, size in zip(ends, parts, strict=True)]
-
-
 def served_version(message: LocateMessage, model: Predictor) -> str:
     """The version a job records: the estimator's for TDoA, the serving model's otherwise."""
     return TDOA_VERSION if message.method == "tdoa" else model.version
-
-
-def locate_tdoa(
-    files: list[bytes], message: LocateMessage
-) -> tuple[dict[str, Any], dict[str, float], bytes]:
-    """Time differences and position of a TDoA job; returns the result, the stage timing and a
-    PNG of the likelihood around the estimate."""
-    stations = [Receiver(s.id, s.lat, s.lon) for s in message.stations or ()]
-    t0 = time.perf_counter()
-    try:
-        solution = solve(files, stations)
-    except TdoaError as exc:
-        raise BadJob(str(exc)) from None
-    t1 = time.perf_counter()
-    result = describe_solution(solution, stations)
-    estimate, likelihood = solution.estimate, solution.likelihood
-    marks = [(estimate.lat, estimate.lon, "estimate")]
-    marks += [(s.lat, s.lon, s.id) for s in stations]
-    picture = render_png(likelihood.lats, likelihood.lons, likelihood.log_likelihood, points=marks)
-    return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
-
-
-def capture_features(
-    iq: np.ndarray, message: LocateMessage, metadata: ModelMetadata
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The model's input features of one capture, receivers in the model's order, and the
-    capture's quality block (checked against the model's domain)."""
-    try:
-        order = channel_order(message.receivers, metadata.receiver_ids)
-    except ValueError as exc:
-        raise BadJob(str(exc)) from None
-    if order != sorted(order):  # already in order: no copy of the capture
-        iq = iq[order]
-    try:
-        features, band = analyse(iq, message.sample_rate_hz, metadata.features)
-    except ValueError as exc:
-        raise BadJob(f"cannot compute features: {exc}") from None
-    quality = assess(
-        features,
-        band,
-        clipped_share(iq),
-        metadata.features,
-        metadata.receiver_ids,
-        metadata.domain,
-        message.frequency_mhz,
-    )
-    return features, quality
-
-
-def describe_output(
-    output: Any, metadata: ModelMetadata, quality: dict[str, Any]
-) -> dict[str, Any]:
-    """The result of one capture (position, ellipses, quality) from its row of model output."""
-    try:
-        return {**describe(decode_output(output, metadata.outputs)), "quality": quality}
-    except EstimateError as exc:
-        raise BadJob(str(exc)) from None
-
-
-def locate(
-    iq: np.ndarray, message: LocateMessage, model: Predictor
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Features, inference and ellipses of one capture; returns the result and stage timings."""
-    metadata = model.metadata
-    t0 = time.perf_counter()
-    features, quality = capture_features(iq, message, metadata)
-    t1 = time.perf_counter()
-    output = model.predict(features[None])
-    t2 = time.perf_counter()
-    result = describe_output(output[0], metadata, quality)
-    t3 = time.perf_counter()
-    timings = {
-        "features_ms": (t1 - t0) * 1e3,
-        "inference_ms": (t2 - t1) * 1e3,
-        "ellipse_ms": (t3 - t2) * 1e3,
-    }
-    return result, timings
 
 
 def parse_message(payload: object) -> LocateMessage:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from inference_worker.serving.jobs import BadJob, decode_blob, parse_message
+from inference_worker.serving.jobs import parse_message
+from inference_worker.serving.locating import BadJob, decode_blob
 from tasks.contract import LocateMessage, capture_fingerprint
 
 
