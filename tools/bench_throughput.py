@@ -53,6 +53,8 @@ from inference_worker.settings import Settings, load_settings  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
 TICKS = os.sysconf("SC_CLK_TCK")
+CLIENTS = "benchmark (clients)"
+"""The meter's name for this process's own CPU (the load it generates, not the service's)."""
 
 
 # --- CPU accounting from /proc ---------------------------------------------------------------
@@ -124,7 +126,7 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         now = {name: sum(tree_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
-        now["benchmark (clients)"] = sum(int(v) for v in _stat(os.getpid())[11:13]) / TICKS
+        now[CLIENTS] = sum(int(v) for v in _stat(os.getpid())[11:13]) / TICKS
         return now
 
     def start(self) -> None:
@@ -171,19 +173,22 @@ def _bare_jobs(args: tuple[list[bytes], float]) -> int:
 
 def bare_pipeline(
     settings: Settings, bodies: list[bytes], rate: float, processes: int, rounds: int = 3
-) -> float:
-    """Jobs per second of ``processes`` processes running the bare pipeline: the median of
-    ``rounds`` rounds (a round lasts a few seconds, and single rounds here vary by ±10 %)."""
+) -> tuple[float, float]:
+    """Jobs per second of ``processes`` processes running the bare pipeline, and their CPU
+    milliseconds per job: medians of ``rounds`` rounds (a round lasts a few seconds, and single
+    rounds here vary by ±10 %)."""
     share = [bodies[i::processes] for i in range(processes)]
     context = multiprocessing.get_context("fork")
-    rates = []
+    rates, cpu_ms = [], []
     with context.Pool(processes, _init_bare, (str(settings.model_dir),)) as pool:
+        pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
         pool.map(_bare_jobs, [(b[:4], rate) for b in share])  # warm up
         for _ in range(rounds):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), sum(tree_cpu_s(p) for p in pids)
             done = sum(pool.map(_bare_jobs, [(b, rate) for b in share]))
             rates.append(done / (time.perf_counter() - started))
-    return float(np.median(rates))
+            cpu_ms.append(1e3 * (sum(tree_cpu_s(p) for p in pids) - cpu) / done)
+    return float(np.median(rates)), float(np.median(cpu_ms))
 
 
 # --- HTTP clients ----------------------------------------------------------------------------
@@ -360,20 +365,29 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
             ["worker", "--concurrency", str(processes)], log_dir / "worker.log", env
         ) as worker:
             meter.groups = {"workers": [worker.pid], **service_roots()}
-            meter.start()
             memory: list[tuple[int, float]] = []  # (jobs done, largest pool process RSS)
+            metered_from: list[int] = []  # jobs done when the meter started
 
             def drained() -> bool:
                 done = span_jobs_per_s(settings)[0]
+                if done and not metered_from:  # booted and working: start the CPU meter
+                    meter.start()
+                    metered_from.append(done)
                 pool = _children(worker.pid)
                 if pool:
                     memory.append((done, max(rss_mb(child) for child in pool)))
                 return done >= jobs
 
-            wait_until("the queue drained", drained, 3600, worker, 0.5)
+            wait_until("the queue drained", drained, 3600, worker, 0.1)
             meter.stop()
         done, rate = span_jobs_per_s(settings)
-        return {"jobs": done, "jobs_per_s": rate, "cpu": meter, "memory": memory}
+        return {
+            "jobs": done,
+            "jobs_per_s": rate,
+            "cpu": meter,
+            "metered_jobs": done - metered_from[0],
+            "memory": memory,
+        }
     finally:
         drop(settings)
 
@@ -515,12 +529,13 @@ def main() -> int:
         flush=True,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="heimdall-bench-"))
-    bare = None
+    bare, bare_cpu_ms = None, 0.0
     if "bare" in stages:
         bodies = [npy(c.iq) for c in captures] * (args.jobs // len(captures) + 1)
-        bare = bare_pipeline(base, bodies[: args.jobs], rate, processes)
+        bare, bare_cpu_ms = bare_pipeline(base, bodies[: args.jobs], rate, processes)
         print(
-            f"bare pipeline ({processes} processes): {bare:.1f} jobs/s (median of 3 rounds)",
+            f"bare pipeline ({processes} processes): {bare:.1f} jobs/s, {bare_cpu_ms:.2f} ms CPU "
+            "per job (medians of 3 rounds)",
             flush=True,
         )
 
@@ -534,7 +549,21 @@ def main() -> int:
             f"{ratio(found['jobs_per_s'])}",
             flush=True,
         )
-        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+        metered = found["metered_jobs"]
+        print(
+            f"  CPU ms per job (while draining, boot excluded): {found['cpu'].per_job_ms(metered)}",
+            flush=True,
+        )
+        if bare:
+            used = found["cpu"].used
+            all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
+            cores = os.cpu_count() or 1
+            print(
+                f"  in all {all_ms:.2f} ms CPU per job against the bare pipeline's "
+                f"{bare_cpu_ms:.2f}: with every core busy the worker path could reach at most "
+                f"{1e3 * cores / all_ms:.0f} jobs/s = {1e3 * cores / all_ms / bare:.2f}x",
+                flush=True,
+            )
         memory = [m for m in found["memory"] if m[0] > 0]
         if len(memory) >= 2:
             early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])
