@@ -152,7 +152,8 @@ def mel_filterbank(
 
     Returns:
         The slice of centred (fftshift-ed) bins inside the band, and the weights
-        ``(bins, n_mels)``, each column summing to 1 so a filter yields a mean PSD.
+        ``(bins, n_mels)`` (float32, as the spectrum), each column summing to 1 so a filter yields
+        a mean PSD.
     """
     band = band_bins(sample_rate_hz, nfft, params.bandwidth_hz / 2.0)
     f = (np.arange(band.start, band.stop) - nfft // 2) * (sample_rate_hz / nfft)
@@ -168,7 +169,7 @@ def mel_filterbank(
     sums = weights.sum(axis=1, keepdims=True)
     if np.any(sums == 0):
         raise ValueError("FFT too coarse for the mel filters; lower max_bin_hz")
-    return band, np.ascontiguousarray((weights / sums).T)
+    return band, np.ascontiguousarray((weights / sums).T, dtype=np.float32)
 
 
 @lru_cache(maxsize=32)
@@ -276,29 +277,33 @@ def analyse(
     window = scipy.signal.get_window("hann", frame).astype(np.float32)
     nfft = fft_length(sample_rate_hz, frame, params)
     spectrum = scipy.fft.fft(frames.astype(np.complex64) * window, n=nfft, axis=-1)
-    spectrum = scipy.fft.fftshift(spectrum, axes=-1)
     # Periodogram scaled to a power spectral density (power per Hz).
-    scale = 1.0 / (sample_rate_hz * float(np.sum(window**2)))
+    scale = np.float32(1.0 / (sample_rate_hz * float(np.sum(window**2))))
     band, weights = mel_filterbank(float(sample_rate_hz), nfft, params)
+    width = band.stop - band.start
     if following:
-        power = (spectrum.real**2 + spectrum.imag**2).mean(axis=1)
-        shift, centroid, off_band, reach = find_carriers(power, sample_rate_hz, nfft, params)
-        bins = band.start + shift[:, None] + np.arange(band.stop - band.start)[None, :]
-        if shift.any():
-            in_band = np.take_along_axis(spectrum, bins[:, None, :], axis=-1)
-        else:  # nothing to move (always so where the band is the whole capture): no copy
-            in_band = spectrum[..., band]
+        # Every bin's power once (float32: half the bytes of the spectrum to centre and cut).
+        power = scipy.fft.fftshift(spectrum.real**2 + spectrum.imag**2, axes=-1)
+        shift, centroid, off_band, reach = find_carriers(
+            power.mean(axis=1), sample_rate_hz, nfft, params
+        )
+        starts = band.start + shift
+        bins = starts[:, None] + np.arange(width)[None, :]
+        if shift.any():  # each receiver's band is a contiguous run of bins
+            psd = np.stack([power[r, :, s : s + width] for r, s in enumerate(starts)]) * scale
+        else:  # nothing to move (always so where the band is the whole capture)
+            psd = power[..., band] * scale
     else:
-        bins = np.broadcast_to(np.arange(band.start, band.stop), (n_rx, band.stop - band.start))
-        in_band = spectrum[..., band]
+        in_band = scipy.fft.fftshift(spectrum, axes=-1)[..., band]
+        psd = (in_band.real**2 + in_band.imag**2) * scale
+        bins = np.broadcast_to(np.arange(band.start, band.stop), (n_rx, width))
         shift = np.zeros(n_rx, np.int64)
         centroid = off_band = np.zeros(n_rx)
         reach = 0.0
-    psd = (in_band.real**2 + in_band.imag**2) * np.float32(scale)
     if factor > 1:
         undo = inverse_decimation_gain(full_rate, factor, following, float(sample_rate_hz), nfft)
         psd *= undo[bins][:, None, :]
-    mel_psd = psd @ weights.astype(np.float32)  # (receivers, frames, n_mels)
+    mel_psd = psd @ weights  # (receivers, frames, n_mels)
     db = 10.0 * np.log10(np.maximum(mel_psd, 10.0 ** (params.floor_db / 10.0)))
     normalized = (db - params.mean_db) / params.std_db
     features = np.ascontiguousarray(normalized.transpose(0, 2, 1), dtype=np.float32)
