@@ -1,15 +1,20 @@
 """Fit a model's sigma scale again, on captures of the world it should be calibrated for.
 
-Simulates calibration captures (never the evaluation's: other seeds, the training cells), runs
-the model through the service's own feature and decoding code, fits one scale on its sigmas so
-the 39/68/95 % ellipses hold their levels, and writes it into the ONNX graph (the constants that
-carry the current scale) and ``model.json`` (new sha256, the scale, how it was fitted).
+Either simulates calibration captures (never the evaluation's: other seeds, the training cells)
+or reads the deployment's own captures of transmitters at known positions (``--captures``, a CSV
+described in :mod:`inference_worker.science.known_captures`), runs the model through the
+service's own feature and decoding code, fits one scale on its sigmas so the 39/68/95 % ellipses
+hold their levels, and writes it into the ONNX graph (the constants that carry the current
+scale) and ``model.json`` (new sha256, the scale, how it was fitted). ``--check`` only reports
+how the ellipses hold on the captures and the scale that would fit, writing nothing.
 
     pip install -e '.[train]'
     python tools/recalibrate_model.py [--model inference_worker/models/reference]
         [--network inference_worker/data/receivers.json] [--world nominal|robust] [--count 3000]
+    python tools/recalibrate_model.py --model DIR --captures known/captures.csv [--check]
 
-About a minute on 2 cores. Then run tools/evaluate_model.py again.
+About a minute on 2 cores for simulated captures; a few seconds per thousand known captures.
+Then run tools/evaluate_model.py again.
 """
 
 from __future__ import annotations
@@ -33,8 +38,20 @@ import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from inference_worker.core.contract import file_sha256  # noqa: E402
-from inference_worker.science.calibration import coverage_at, fit_sigma_scale  # noqa: E402
+from inference_worker.science.calibration import (  # noqa: E402
+    coverage_at,
+    fit_sigma_scale,
+    scale_spread,
+)
 from inference_worker.science.datasets import DatasetSpec, concatenate, generate  # noqa: E402
+from inference_worker.science.known_captures import (  # noqa: E402
+    FEW_CAPTURES,
+    KnownCapturesError,
+    load_known_captures,
+)
+from inference_worker.science.known_captures import (  # noqa: E402
+    squared_distances as known_distances,
+)
 from inference_worker.science.metrics import mahalanobis_squared  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
@@ -120,38 +137,87 @@ def rescale_graph(path: Path, current: float, factor: float) -> int:
     return changed
 
 
+def levels(coverage: list[float]) -> str:
+    return " / ".join(f"{100 * c:.1f}" for c in coverage)
+
+
+def fit(d2: np.ndarray, source: str) -> tuple[float, dict]:
+    """The scale that makes the ellipses hold their levels on ``d2``, with what it changes and
+    how far it would move on other captures of the same world (bootstrap, 5-95 %)."""
+    factor = fit_sigma_scale(d2)
+    before, after = coverage_at(d2, 1.0), coverage_at(d2, factor)
+    low, high = scale_spread(d2)
+    print(
+        f"on {source} ({len(d2)} captures) the ellipses hold {levels(before)} % (39/68/95); "
+        f"scale x{factor:.4f} (5-95 % over resamples: x{low:.3f} to x{high:.3f}) -> "
+        f"{levels(after)} %",
+        flush=True,
+    )
+    if len(d2) < FEW_CAPTURES:
+        print(
+            f"warning: {len(d2)} captures measure coverage only roughly (under {FEW_CAPTURES}, "
+            "the 95 % level is measured no better than ±1.5 points): record more if you can",
+            flush=True,
+        )
+    info = {
+        "captures": int(len(d2)),
+        "factor": factor,
+        "factor_spread": [low, high],
+        "coverage_before": before,
+        "coverage_after": after,
+    }
+    return factor, info
+
+
+def write_scale(model_dir: Path, factor: float, calibration: dict) -> None:
+    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``."""
+    metadata_path = model_dir / "model.json"
+    metadata = json.loads(metadata_path.read_text())
+    current = float(metadata["training"]["sigma_scale"])
+    rescale_graph(model_dir / "model.onnx", current, factor)
+    metadata["sha256"] = file_sha256(model_dir / "model.onnx")
+    metadata["training"]["sigma_scale"] = current * factor
+    metadata["training"]["calibration"] = calibration
+    metadata["metrics"] = {}  # measured with the old scale: evaluate again
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+
+
 def recalibrate(model_dir: Path, network, world: str, count: int) -> float:
     """Fit the sigma scale of the model in ``model_dir`` on ``count`` captures of the ``world``
     (``nominal`` or ``robust``) and write it into its ONNX graph and metadata; returns the factor
     applied to the previous scale."""
     model = LocalizationModel(model_dir)
-    metadata_path = model_dir / "model.json"
-    metadata = json.loads(metadata_path.read_text())
-    current = float(metadata["training"]["sigma_scale"])
     features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
     specs = calibration_specs(network, features, world, count)
-    d2 = squared_distances(model, specs)
-    factor = fit_sigma_scale(d2)
-    before, after = coverage_at(d2, 1.0), coverage_at(d2, factor)
+    factor, info = fit(squared_distances(model, specs), f"the simulated {world} world")
+    write_scale(model_dir, factor, {"world": world, "seed": CALIBRATION_SEED, **info})
+    return factor
+
+
+def recalibrate_on_known(model_dir: Path, captures_csv: Path, check: bool) -> float:
+    """Fit the sigma scale on the deployment's captures at known positions (and write it,
+    unless ``check``); returns the factor."""
+    captures = load_known_captures(captures_csv)
+    model = LocalizationModel(model_dir)
+    print(f"{len(captures)} captures at known positions in {captures_csv}", flush=True)
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        left = seconds / done * (total - done)
+        print(f"  {done}/{total} located ({seconds:.0f} s; ~{left:.0f} s left)", flush=True)
+
+    found = known_distances(model, captures, progress)
     print(
-        f"calibration on the {world} world, {count} captures: ellipses held "
-        f"{' / '.join(f'{100 * c:.1f}' for c in before)} % (39/68/95); scale x{factor:.4f} -> "
-        f"{' / '.join(f'{100 * c:.1f}' for c in after)} %",
+        f"median error {np.median(found.error_km):.2f} km; "
+        f"{100 * found.out_of_domain.mean():.1f} % flagged out of the model's domain",
         flush=True,
     )
-    rescale_graph(model_dir / "model.onnx", current, factor)
-    metadata["sha256"] = file_sha256(model_dir / "model.onnx")
-    metadata["training"]["sigma_scale"] = current * factor
-    metadata["training"]["calibration"] = {
-        "world": world,
-        "captures": count,
-        "seed": CALIBRATION_SEED,
-        "factor": factor,
-        "coverage_before": before,
-        "coverage_after": after,
-    }
-    metadata["metrics"] = {}  # measured with the old scale: evaluate again
-    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    factor, info = fit(found.d2, str(captures_csv))
+    if not check:
+        write_scale(
+            model_dir,
+            factor,
+            {"world": "known captures", "file": str(captures_csv), **info},
+        )
     return factor
 
 
@@ -166,7 +232,35 @@ def main() -> int:
         help="the world the ellipses should hold their levels in (default: nominal)",
     )
     parser.add_argument("--count", type=int, default=9_600, help="calibration captures")
+    parser.add_argument(
+        "--captures",
+        type=Path,
+        help="calibrate on these captures at known positions (CSV) instead of simulating",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --captures: report how the ellipses hold and the scale that would fit; "
+        "change nothing",
+    )
     args = parser.parse_args()
+    if args.check and args.captures is None:
+        parser.error("--check needs --captures")
+    if args.captures is not None:
+        started = time.monotonic()
+        try:
+            recalibrate_on_known(args.model, args.captures, args.check)
+        except KnownCapturesError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not args.check:
+            print(
+                f"wrote {args.model / 'model.onnx'} and model.json in "
+                f"{time.monotonic() - started:.0f} s; check it on other captures of the same "
+                f"world: python tools/recalibrate_model.py --model {args.model} --captures "
+                "OTHER.csv --check"
+            )
+        return 0
     try:
         network = load_network(args.network)
     except ValueError as exc:

@@ -44,3 +44,14 @@ def fit_sigma_scale(d2: np.ndarray, tolerances: dict[float, float] = COVERAGE_TO
         if cost < best_cost:
             best, best_cost = float(scale), cost
     return best
+
+
+def scale_spread(
+    d2: np.ndarray, resamples: int = 100, seed: int = 0, quantiles: tuple[float, float] = (5, 95)
+) -> tuple[float, float]:
+    """How far the fitted scale moves when the captures are drawn again (bootstrap): the
+    ``quantiles`` (percent) of :func:`fit_sigma_scale` over ``resamples`` resamples of ``d2``."""
+    rng = np.random.default_rng(seed)
+    fits = [fit_sigma_scale(rng.choice(d2, size=len(d2))) for _ in range(resamples)]
+    low, high = np.percentile(fits, quantiles)
+    return float(low), float(high)

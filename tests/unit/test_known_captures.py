@@ -1,0 +1,125 @@
+"""Captures at known positions: the CSV, its checks, and calibrating a real model on them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from inference_worker.core.contract import file_sha256
+from inference_worker.science.calibration import coverage_at, scale_spread
+from inference_worker.science.known_captures import (
+    KnownCapturesError,
+    load_known_captures,
+    squared_distances,
+    write_known_captures,
+)
+from inference_worker.science.simulator import CaptureSimulator
+from inference_worker.serving.onnx_model import LocalizationModel
+
+
+def simulated(simulator: CaptureSimulator, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        c = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+        yield c.iq, c.sample_rate_hz, c.frequency_mhz, c.lat, c.lon, c.receivers
+
+
+@pytest.fixture(scope="module")
+def harsh_world(tmp_path_factory, simulator):
+    """A deployment whose shadowing is harsher than the simulator's: 9 dB, exponent 3.5."""
+    harsh = simulator.with_config(
+        replace(simulator.config, shadowing_sigma_db=9.0, path_loss_exponent=3.5)
+    )
+    root = tmp_path_factory.mktemp("known")
+    return (
+        write_known_captures(root / "calibration", simulated(harsh, 150, 1)),
+        write_known_captures(root / "check", simulated(harsh, 150, 2)),
+    )
+
+
+def test_written_captures_read_back_with_their_truth(tmp_path, simulator):
+    path = write_known_captures(tmp_path, simulated(simulator, 3, 0))
+    captures = load_known_captures(path)
+    first = next(simulated(simulator, 1, 0))
+    assert len(captures) == 3 and captures[0].line == 2
+    assert captures[0].lat == pytest.approx(first[3], abs=1e-6)
+    assert captures[0].receivers == tuple(first[5])
+    np.testing.assert_array_equal(np.load(captures[0].file), first[0])
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "message"),
+    [
+        ("file,sample_rate_hz,lat,lon", "a.npy,12000,45,7", "missing column\\(s\\) frequency_mhz"),
+        ("file,sample_rate_hz,frequency_mhz,lat,lon", "gone.npy,12000,145.5,45,7", ":2: capture"),
+        ("file,sample_rate_hz,frequency_mhz,lat,lon", "a.npy,12000,145.5,95,7", "not on Earth"),
+        ("file,sample_rate_hz,frequency_mhz,lat,lon", "a.npy,fast,145.5,45,7", "not a number"),
+        ("file,sample_rate_hz,frequency_mhz,lat,lon", "a.npy,-1,145.5,45,7", "must be positive"),
+        ("file,sample_rate_hz,frequency_mhz,lat,lon", "", "no captures"),
+    ],
+)
+def test_a_bad_captures_file_is_refused_naming_the_line(tmp_path, header, row, message):
+    np.save(tmp_path / "a.npy", np.ones((3, 1024), np.complex64))
+    path = tmp_path / "captures.csv"
+    path.write_text(f"{header}\n{row}\n" if row else f"{header}\n")
+    with pytest.raises(KnownCapturesError, match=message):
+        load_known_captures(path)
+
+
+def test_a_capture_the_service_would_refuse_is_named(tmp_path, model_dir):
+    np.save(tmp_path / "two.npy", np.ones((2, 4096), np.complex64))
+    path = tmp_path / "captures.csv"
+    path.write_text("file,sample_rate_hz,frequency_mhz,lat,lon\ntwo.npy,12000,145.5,45,7.5\n")
+    with pytest.raises(KnownCapturesError, match="line 2 \\(two.npy\\): IQ must have shape"):
+        squared_distances(LocalizationModel(model_dir), load_known_captures(path))
+
+
+def test_receivers_in_another_order_are_put_in_the_models(tmp_path, simulator, model_dir):
+    model = LocalizationModel(model_dir)
+    iq, rate, frequency, lat, lon, receivers = next(simulated(simulator, 1, 4))
+    in_order = write_known_captures(tmp_path / "a", [(iq, rate, frequency, lat, lon, receivers)])
+    swapped = (iq[[2, 0, 1]], rate, frequency, lat, lon, [receivers[i] for i in (2, 0, 1)])
+    reordered = write_known_captures(tmp_path / "b", [swapped])
+    a = squared_distances(model, load_known_captures(in_order)).d2
+    b = squared_distances(model, load_known_captures(reordered)).d2
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_calibrating_on_a_harsher_world_makes_its_other_captures_hold(
+    tmp_path, harsh_world, model_dir
+):
+    from tools.recalibrate_model import recalibrate_on_known
+
+    calibration, check = harsh_world
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    before = squared_distances(LocalizationModel(copy), load_known_captures(check)).d2
+    onnx_before = file_sha256(copy / "model.onnx")
+
+    factor = recalibrate_on_known(copy, calibration, check=True)  # a check changes nothing
+    assert file_sha256(copy / "model.onnx") == onnx_before
+    assert factor > 1.05  # the packaged ellipses are too small for 9 dB of shadowing
+
+    assert recalibrate_on_known(copy, calibration, check=False) == factor
+    metadata = json.loads((copy / "model.json").read_text())
+    assert metadata["sha256"] == file_sha256(copy / "model.onnx") != onnx_before
+    assert metadata["training"]["calibration"]["world"] == "known captures"
+    after = squared_distances(LocalizationModel(copy), load_known_captures(check)).d2
+    # the model's sigmas grew by the factor, so each distance shrank by its square
+    np.testing.assert_allclose(after, before / factor**2, rtol=1e-3)
+    held_before, held_after = coverage_at(before, 1.0), coverage_at(after, 1.0)
+    assert held_after[2] > held_before[2] and abs(held_after[2] - 0.95) < abs(held_before[2] - 0.95)
+
+
+def test_the_scale_spread_narrows_with_more_captures():
+    rng = np.random.default_rng(0)
+    few = rng.chisquare(2, 100)
+    many = rng.chisquare(2, 2_000)
+    low_few, high_few = scale_spread(few, resamples=40)
+    low_many, high_many = scale_spread(many, resamples=40)
+    assert low_many <= 1.0 + 0.05 and high_many >= 1.0 - 0.05
+    assert high_many - low_many < high_few - low_few
