@@ -10,12 +10,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference_worker.core.domain import Domain
-from inference_worker.core.features import FeatureParams
+import numpy as np
+
+from inference_worker.core.capture import channel_order
+from inference_worker.core.domain import Domain, assess, clipped_share
+from inference_worker.core.features import FeatureParams, analyse
 
 OUTPUT_LAYOUTS = {
     4: ("lat_deg", "lon_deg", "sigma_east_m", "sigma_north_m"),
@@ -168,3 +172,33 @@ class ModelSummary:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model summary is malformed: {exc!r}") from None
+
+
+def model_input(
+    iq: np.ndarray,
+    sample_rate_hz: float,
+    receivers: Sequence[str],
+    metadata: ModelMetadata,
+    frequency_mhz: float | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A capture's input features for the model (its rows, named by ``receivers``, put in the
+    model's receiver order) and its quality block, checked against the model's domain.
+
+    Raises:
+        CaptureError: the capture's receivers are not the model's.
+        ValueError: no features can be computed (capture too short, rate below the band).
+    """
+    order = channel_order(receivers, metadata.receiver_ids)
+    if order != sorted(order):  # already in order: no copy of the capture
+        iq = iq[order]
+    features, band = analyse(iq, sample_rate_hz, metadata.features)
+    quality = assess(
+        features,
+        band,
+        clipped_share(iq),
+        metadata.features,
+        metadata.receiver_ids,
+        metadata.domain,
+        frequency_mhz,
+    )
+    return features, quality

@@ -32,19 +32,16 @@ import numpy as np
 from inference_worker.core.capture import (
     CaptureError,
     CaptureLimits,
-    channel_order,
     decode_npy,
     validate_iq,
 )
-from inference_worker.core.contract import ModelMetadata
-from inference_worker.core.domain import assess, clipped_share
+from inference_worker.core.contract import ModelMetadata, model_input
 from inference_worker.core.ellipse import (
     EstimateError,
     decode_output,
     distance_m,
     mahalanobis_squared,
 )
-from inference_worker.core.features import analyse
 
 COLUMNS = ("file", "sample_rate_hz", "frequency_mhz", "lat", "lon")
 """Required columns of a known-captures CSV (``receivers`` is optional)."""
@@ -171,16 +168,11 @@ def squared_distances(
         where = f"line {capture.line} ({capture.file.name})"
         try:
             iq = validate_iq(decode_npy(capture.file.read_bytes()), limits)
-            order = channel_order(capture.receivers or metadata.receiver_ids, metadata.receiver_ids)
-            iq = iq[order]
-            features, band = analyse(iq, capture.sample_rate_hz, metadata.features)
-            quality = assess(
-                features,
-                band,
-                clipped_share(iq),
-                metadata.features,
-                metadata.receiver_ids,
-                metadata.domain,
+            features, quality = model_input(
+                iq,
+                capture.sample_rate_hz,
+                capture.receivers or metadata.receiver_ids,
+                metadata,
                 capture.frequency_mhz,
             )
             estimate = decode_output(model.predict(features[None])[0], metadata.outputs)

@@ -14,11 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT, channel_order
-from inference_worker.core.contract import ModelMetadata, Receiver
-from inference_worker.core.domain import assess, clipped_share
+from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT, CaptureError
+from inference_worker.core.contract import ModelMetadata, Receiver, model_input
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
-from inference_worker.core.features import analyse
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import describe_solution, solve
 from inference_worker.core.time_differences import TdoaError
@@ -94,25 +92,13 @@ def capture_features(
     """The model's input features of one capture, receivers in the model's order, and the
     capture's quality block (checked against the model's domain)."""
     try:
-        order = channel_order(message.receivers, metadata.receiver_ids)
-    except ValueError as exc:
+        return model_input(
+            iq, message.sample_rate_hz, message.receivers, metadata, message.frequency_mhz
+        )
+    except CaptureError as exc:
         raise BadJob(str(exc)) from None
-    if order != sorted(order):  # already in order: no copy of the capture
-        iq = iq[order]
-    try:
-        features, band = analyse(iq, message.sample_rate_hz, metadata.features)
     except ValueError as exc:
         raise BadJob(f"cannot compute features: {exc}") from None
-    quality = assess(
-        features,
-        band,
-        clipped_share(iq),
-        metadata.features,
-        metadata.receiver_ids,
-        metadata.domain,
-        message.frequency_mhz,
-    )
-    return features, quality
 
 
 def describe_output(
