@@ -134,8 +134,8 @@ def write_known_captures(
             writer.writerow(
                 [
                     name,
-                    f"{rate:g}",
-                    f"{frequency:g}",
+                    f"{rate:.10g}",
+                    f"{frequency:.10g}",
                     f"{lat:.6f}",
                     f"{lon:.6f}",
                     ";".join(receivers),
