@@ -143,7 +143,8 @@ def box_centre(simulator: CaptureSimulator, count: int) -> Method:
 
 
 def quality_flags(model: LocalizationModel, data: Dataset, params) -> tuple[np.ndarray, np.ndarray]:
-    """Per capture: out of the model's domain (any reason), and flagged ``outside_region``."""
+    """Per capture: out of the model's domain (any reason), and flagged ``outside_region`` (a
+    caution)."""
     out_of_domain, outside = [], []
     ids = model.metadata.receiver_ids
     for i in range(len(data.rate_hz)):
@@ -153,7 +154,7 @@ def quality_flags(model: LocalizationModel, data: Dataset, params) -> tuple[np.n
         block = assess(
             data.features_db[i], band, data.clipped[i], params, ids, model.metadata.domain
         )
-        codes = {reason["code"] for reason in block["reasons"]}
+        codes = {entry["code"] for entry in block["reasons"] + block["cautions"]}
         out_of_domain.append(block["in_domain"] is False)
         outside.append("outside_region" in codes)
     return np.asarray(out_of_domain), np.asarray(outside)

@@ -124,7 +124,8 @@ def write_report(
         "**box centre** — the region's centre, every time.",
         "",
         f"Quality block: {100 * out_of_domain:.1f} % of these in-distribution captures are flagged "
-        "out of the model's domain (mostly the weak `outside_region` evidence).",
+        "out of the model's domain (the weak `outside_region` evidence is a caution, not "
+        "counted here).",
         "",
         *robustness_lines(stress, args),
         "",
@@ -242,7 +243,7 @@ def robustness_lines(rows: dict[str, dict], args: argparse.Namespace) -> list[st
         f"Bar: 95 % ellipses hold ≥ {100 * STRESS_BARS[0.95]:.0f} %, 68 % ellipses ≥ "
         f"{100 * STRESS_BARS[0.6827]:.0f} %. **out of domain**: captures whose quality block says "
         "so (any reason); **far outside flagged**: emitters more than 20 km outside the region "
-        "whose quality block says `outside_region`.",
+        "whose quality block says `outside_region` (a caution).",
         "",
         "| condition | model median km | grid posterior km | model / posterior | box centre km | cov 39 % | cov 68 % | cov 95 % | out of domain | far outside flagged | bar |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",

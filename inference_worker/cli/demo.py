@@ -194,9 +194,9 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
 
 def domain_text(quality: dict | None) -> str:
     """A result's quality block in a word: ``in``, ``-`` (the model records no domain), or the
-    reasons' codes."""
+    reasons' codes; cautions follow with a ``?`` (``in,outside_region?``)."""
     if not quality or quality.get("in_domain") is None and not quality.get("reasons"):
         return "-"
-    if quality.get("in_domain"):
-        return "in"
-    return ",".join(reason["code"] for reason in quality.get("reasons", []))
+    words = ["in"] if quality.get("in_domain") else [r["code"] for r in quality.get("reasons", [])]
+    words += [f"{c['code']}?" for c in quality.get("cautions", [])]
+    return ",".join(words)

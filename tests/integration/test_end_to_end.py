@@ -37,8 +37,9 @@ def assert_located(view: dict, capture) -> None:
         "off_band",
         "no_signal",
         "power_inconsistent",
-        "outside_region",
     }
+    assert {c["code"] for c in quality["cautions"]} <= {"outside_region"}
+    assert quality["in_domain"] is (not quality["reasons"])
     assert len(quality["carrier_offset_hz"]) == 3
 
 
