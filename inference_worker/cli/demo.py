@@ -175,7 +175,7 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
     _say(
         "error: distance from the simulated true position; 95%: whether the truth lies inside "
         "the 95% ellipse; total: submission to result; domain: the result's quality block "
-        "(in, or why not)."
+        "(in, or why not; a caution ends in ?)."
     )
     if errors_km:
         _say(
