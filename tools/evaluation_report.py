@@ -140,6 +140,18 @@ def write_report(
     path.write_text("\n".join(lines))
 
 
+def _save(fig, ax, path: Path) -> str:
+    """Grid, legend and layout of a chart, written to ``path``; returns its file name."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plot(
     report_dir: Path,
     methods: dict[str, Method],
@@ -162,12 +174,7 @@ def plot(
     ax.set_ylabel("share of captures")
     ax.set_title("Error CDF on held-out captures")
     ax.set_xlim(0, np.percentile(np.hypot(*(methods["centroid"].means - truth).T) / 1e3, 99))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(report_dir / "error_cdf.png", dpi=110)
-    names.append("error_cdf.png")
-    plt.close(fig)
+    names.append(_save(fig, ax, report_dir / "error_cdf.png"))
 
     levels = np.linspace(0.05, 0.99, 40)
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
@@ -182,12 +189,7 @@ def plot(
     ax.set_xlabel("claimed confidence of the ellipse")
     ax.set_ylabel("observed share of truths inside")
     ax.set_title("Calibration")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(report_dir / "calibration.png", dpi=110)
-    names.append("calibration.png")
-    plt.close(fig)
+    names.append(_save(fig, ax, report_dir / "calibration.png"))
 
     fig, ax = plt.subplots(figsize=(7.2, 5.6))
     south, north, west, east = simulator.region()
