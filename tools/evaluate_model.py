@@ -54,7 +54,7 @@ from inference_worker.science.metrics import (  # noqa: E402
     error_summary,
     gaussian_nll_km,
 )
-from inference_worker.science.network import RECEIVERS_FILE, Network, load_network  # noqa: E402
+from inference_worker.science.network import RECEIVERS_FILE, Network  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.stress import CONDITIONS, Condition  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
@@ -65,7 +65,7 @@ from tools.evaluation_report import (  # noqa: E402
     stress_passes,
     write_report,
 )
-from tools.requirements import require  # noqa: E402
+from tools.requirements import network_or_exit, require  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 DEFAULT_REPORT = ROOT / "docs" / "evaluation"
@@ -248,11 +248,7 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true", help="leave model.json unchanged")
     args = parser.parse_args()
     require("matplotlib", "train", "drawing the report's figures")  # checked before minutes of work
-    try:
-        network = load_network(args.network)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    network = network_or_exit(args.network)
 
     started = time.monotonic()
     simulator = CaptureSimulator.of(network)

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import require  # noqa: E402
+from tools.requirements import network_or_exit, require  # noqa: E402
 
 require("onnx", "train", "rewriting the ONNX graph")
 import onnx  # noqa: E402
@@ -53,7 +53,7 @@ from inference_worker.science.known_captures import (  # noqa: E402
     squared_distances as known_distances,
 )
 from inference_worker.science.metrics import mahalanobis_squared  # noqa: E402
-from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
+from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
@@ -261,11 +261,7 @@ def main() -> int:
                 "OTHER.csv --check"
             )
         return 0
-    try:
-        network = load_network(args.network)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    network = network_or_exit(args.network)
     started = time.monotonic()
     recalibrate(args.model, network, args.world, args.count)
     print(

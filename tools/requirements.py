@@ -1,9 +1,15 @@
-"""Checks, at a tool's start, that the optional packages it needs are installed."""
+"""Checks a tool makes at its start, before any work: the optional packages it needs are
+installed, and the files it is given are usable."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inference_worker.science.network import Network
 
 
 def require(module: str, extra: str, purpose: str) -> None:
@@ -16,3 +22,14 @@ def require(module: str, extra: str, purpose: str) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+
+
+def network_or_exit(path: Path) -> Network:
+    """The network file at ``path``, or exit saying what is wrong with it."""
+    from inference_worker.science.network import load_network
+
+    try:
+        return load_network(path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference_worker.science.known_captures import write_known_captures  # noqa: E402
-from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
+from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatedCapture  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
+from tools.requirements import network_or_exit  # noqa: E402
 
 TERRAIN = 9_000
 """Default terrain: none of training's, the evaluation's or the calibration's."""
@@ -51,11 +52,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
-    try:
-        network = load_network(args.network)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    network = network_or_exit(args.network)
     simulator = CaptureSimulator.of(network)
     condition = next(c for c in CONDITIONS if c.name == args.condition)
     west, east, south, north = simulator.region_local()

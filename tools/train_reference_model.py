@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import require  # noqa: E402
+from tools.requirements import network_or_exit, require  # noqa: E402
 
 require("torch", "train", "training")
 import torch  # noqa: E402
@@ -62,7 +62,7 @@ from inference_worker.science.metrics import (  # noqa: E402
     error_summary,
     mahalanobis_squared,
 )
-from inference_worker.science.network import RECEIVERS_FILE, load_network  # noqa: E402
+from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World, domain_of  # noqa: E402
 
@@ -357,11 +357,7 @@ def main() -> int:
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
     args = parser.parse_args()
-    try:
-        network = load_network(args.network)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    network = network_or_exit(args.network)
 
     started = time.monotonic()
     torch.manual_seed(args.seed)
