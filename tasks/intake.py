@@ -242,7 +242,7 @@ class Intake:
         ):
             return None
         started = time.perf_counter()
-        key = self.store.cache_key(summary.version, capture_fingerprint(message))
+        key = self.store.cache_key(summary.version, summary.sha256, capture_fingerprint(message))
         try:
             fraction, cached = self.store.cached_answer(key)
         except STORE_ERRORS:

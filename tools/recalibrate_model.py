@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -169,34 +170,71 @@ def fit(d2: np.ndarray, source: str) -> tuple[float, dict]:
     return factor, info
 
 
-def write_scale(model_dir: Path, factor: float, calibration: dict) -> None:
-    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``."""
+def calibrated_version(version: str, sha256: str) -> str:
+    """The version label of a model calibrated again: its own, with ``-cal.`` and the first
+    8 hex digits of its new file's sha256 (replacing an earlier such suffix)."""
+    base = re.sub(r"-cal\.[0-9a-f]{8}$", "", version)
+    return f"{base}-cal.{sha256[:8]}"
+
+
+def write_scale(
+    model_dir: Path,
+    factor: float,
+    calibration: dict,
+    *,
+    relabel: bool = False,
+    version: str | None = None,
+) -> str:
+    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``;
+    with ``relabel``, give it a version of its own (``version``, else
+    :func:`calibrated_version`) so that results, job records and the result cache never mix it
+    with the model it was made from. Returns the version written."""
     metadata_path = model_dir / "model.json"
     metadata = json.loads(metadata_path.read_text())
     current = float(metadata["training"]["sigma_scale"])
     rescale_graph(model_dir / "model.onnx", current, factor)
     metadata["sha256"] = file_sha256(model_dir / "model.onnx")
+    if relabel:
+        metadata["version"] = version or calibrated_version(metadata["version"], metadata["sha256"])
     metadata["training"]["sigma_scale"] = current * factor
     metadata["training"]["calibration"] = calibration
     metadata["metrics"] = {}  # measured with the old scale: evaluate again
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return str(metadata["version"])
 
 
-def recalibrate(model_dir: Path, network, world: str, count: int) -> float:
+def recalibrate(
+    model_dir: Path,
+    network,
+    world: str,
+    count: int,
+    *,
+    relabel: bool = False,
+    version: str | None = None,
+) -> float:
     """Fit the sigma scale of the model in ``model_dir`` on ``count`` captures of the ``world``
-    (``nominal`` or ``robust``) and write it into its ONNX graph and metadata; returns the factor
-    applied to the previous scale."""
+    (``nominal`` or ``robust``) and write it into its ONNX graph and metadata (relabelled as in
+    :func:`write_scale`); returns the factor applied to the previous scale."""
     model = LocalizationModel(model_dir)
     features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
     specs = calibration_specs(network, features, world, count)
     factor, info = fit(squared_distances(model, specs), f"the simulated {world} world")
-    write_scale(model_dir, factor, {"world": world, "seed": CALIBRATION_SEED, **info})
+    written = write_scale(
+        model_dir,
+        factor,
+        {"world": world, "seed": CALIBRATION_SEED, **info},
+        relabel=relabel,
+        version=version,
+    )
+    print(f"model version: {written}", flush=True)
     return factor
 
 
-def recalibrate_on_known(model_dir: Path, captures_csv: Path, check: bool) -> float:
-    """Fit the sigma scale on the deployment's captures at known positions (and write it,
-    unless ``check``); returns the factor."""
+def recalibrate_on_known(
+    model_dir: Path, captures_csv: Path, check: bool, version: str | None = None
+) -> float:
+    """Fit the sigma scale on the deployment's captures at known positions (and write it with a
+    version of its own, unless ``check``); returns the factor."""
     captures = load_known_captures(captures_csv)
     model = LocalizationModel(model_dir)
     print(f"{len(captures)} captures at known positions in {captures_csv}", flush=True)
@@ -213,11 +251,14 @@ def recalibrate_on_known(model_dir: Path, captures_csv: Path, check: bool) -> fl
     )
     factor, info = fit(found.d2, str(captures_csv))
     if not check:
-        write_scale(
+        written = write_scale(
             model_dir,
             factor,
             {"world": "known captures", "file": str(captures_csv), **info},
+            relabel=True,
+            version=version,
         )
+        print(f"model version: {written}", flush=True)
     return factor
 
 
@@ -243,13 +284,21 @@ def main() -> int:
         help="with --captures: report how the ellipses hold and the scale that would fit; "
         "change nothing",
     )
+    parser.add_argument(
+        "--version",
+        help="version label of the recalibrated model (default: its own with -cal. and the "
+        "first 8 hex digits of its new sha256, so results and the result cache never mix it "
+        "with the model it was made from)",
+    )
     args = parser.parse_args()
+    if args.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.version):
+        parser.error("--version: letters, digits, '.', '_' and '-' only, at most 64")
     if args.check and args.captures is None:
         parser.error("--check needs --captures")
     if args.captures is not None:
         started = time.monotonic()
         try:
-            recalibrate_on_known(args.model, args.captures, args.check)
+            recalibrate_on_known(args.model, args.captures, args.check, args.version)
         except KnownCapturesError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -263,7 +312,7 @@ def main() -> int:
         return 0
     network = network_or_exit(args.network)
     started = time.monotonic()
-    recalibrate(args.model, network, args.world, args.count)
+    recalibrate(args.model, network, args.world, args.count, relabel=True, version=args.version)
     print(
         f"wrote {args.model / 'model.onnx'} and model.json in {time.monotonic() - started:.0f} s; "
         f"next: python tools/evaluate_model.py --model {args.model} --network {args.network}"

@@ -81,7 +81,8 @@ def _run_model_jobs(
         return outcomes
 
     use_cache = services.cache_ttl_s > 0
-    cache_keys = [redis.cache_key(version, capture_fingerprint(m)) for _, m in live]
+    digest = model.metadata.sha256
+    cache_keys = [redis.cache_key(version, digest, capture_fingerprint(m)) for _, m in live]
     t0 = time.perf_counter()
     fetched = redis.fetch_captures([m.blob_key for _, m in live], cache_keys if use_cache else None)
     fetch_ms = (time.perf_counter() - t0) * 1e3

@@ -117,7 +117,9 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
         datetime.now(row["created_at"].tzinfo) - row["created_at"]
     ).total_seconds() * 1e3
 
-    cache_key = services.redis.cache_key(version, capture_fingerprint(message))
+    cache_key = services.redis.cache_key(
+        version, model.metadata.sha256, capture_fingerprint(message)
+    )
     use_cache = services.cache_ttl_s > 0 and not tdoa
     cached: dict[str, Any] | None
     try:

@@ -150,8 +150,11 @@ class RedisStore:
         value = self.client.get(self.map_key(job_id))
         return value if isinstance(value, bytes) else None
 
-    def cache_key(self, model_version: str, fingerprint: str) -> str:
-        return f"{self.prefix}cache:{model_version}:{fingerprint}"
+    def cache_key(self, model_version: str, model_sha256: str, fingerprint: str) -> str:
+        """Where the result of a capture (``fingerprint``) by a model is cached: by the model's
+        version *and* its file's digest, so a model whose weights or calibration changed under
+        the same version label never answers with the old one's results."""
+        return f"{self.prefix}cache:{model_version}:{model_sha256[:16]}:{fingerprint}"
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         value = self.client.get(key)

@@ -108,6 +108,9 @@ def test_calibrating_on_a_harsher_world_makes_its_other_captures_hold(
     metadata = json.loads((copy / "model.json").read_text())
     assert metadata["sha256"] == file_sha256(copy / "model.onnx") != onnx_before
     assert metadata["training"]["calibration"]["world"] == "known captures"
+    # a version of its own: results, job records and the result cache never mix the two
+    original = json.loads((model_dir / "model.json").read_text())["version"]
+    assert metadata["version"] == f"{original}-cal.{metadata['sha256'][:8]}"
     after = squared_distances(LocalizationModel(copy), load_known_captures(check)).d2
     # the model's sigmas grew by the factor, so each distance shrank by its square
     np.testing.assert_allclose(after, before / factor**2, rtol=1e-3)
@@ -123,3 +126,19 @@ def test_the_scale_spread_narrows_with_more_captures():
     low_many, high_many = scale_spread(many, resamples=40)
     assert low_many <= 1.0 + 0.05 and high_many >= 1.0 - 0.05
     assert high_many - low_many < high_few - low_few
+
+
+def test_a_model_calibrated_again_replaces_its_calibration_suffix():
+    from tools.recalibrate_model import calibrated_version
+
+    once = calibrated_version("2.0.0", "ab" * 32)
+    assert once == "2.0.0-cal.abababab"
+    assert calibrated_version(once, "cd" * 32) == "2.0.0-cal.cdcdcdcd"
+    assert calibrated_version("2.0.0-calm", "ef" * 32) == "2.0.0-calm-cal.efefefef"
+
+
+def test_two_models_under_one_version_label_never_share_cached_results():
+    from inference_worker.storage.redis_store import RedisStore
+
+    store = RedisStore(client=None, prefix="p:")  # type: ignore[arg-type]
+    assert store.cache_key("2.0.0", "a" * 64, "f") != store.cache_key("2.0.0", "b" * 64, "f")
