@@ -118,7 +118,7 @@ def create_celery(
 ) -> Celery:
     """A Celery app bound to ``broker_url`` that routes inference tasks to ``queue``.
 
-    JSON only (pickle is never accepted), late acks with requeue when a worker dies, prefetch 1
+    JSON only (nothing else is accepted), late acks with requeue when a worker dies, prefetch 1
     (the worker raises it to fill its batches), a durable quorum queue with a delivery limit and
     a dead-letter queue, persistent messages and publisher confirms. Results are not kept by
     Celery: the worker writes them to PostgreSQL and Redis itself.
