@@ -325,23 +325,25 @@ def prepare(settings: Settings) -> None:
     bootstrap.announce_model(settings)
 
 
-def span_jobs_per_s(settings: Settings) -> tuple[int, float]:
+def succeeded_jobs(settings: Settings) -> tuple[int, float, float]:
+    """Jobs succeeded so far, their rate from the first start to the last finish, and the
+    mean size of the batches they ran in (as each job's timings record it)."""
     import sqlalchemy as sa
 
     from inference_worker.storage.engine import engine_for
 
     engine = engine_for(settings, pool_size=1)
     with engine.connect() as connection:
-        count, first, last = connection.execute(
+        count, first, last, batch = connection.execute(
             sa.text(
-                "SELECT count(*), min(started_at), max(finished_at) FROM jobs "
-                "WHERE status = 'succeeded'"
+                "SELECT count(*), min(started_at), max(finished_at),"
+                " avg((timings->>'batch_size')::float8) FROM jobs WHERE status = 'succeeded'"
             )
         ).one()
     engine.dispose()
     if not count:
-        return 0, 0.0
-    return count, count / max((last - first).total_seconds(), 1e-9)
+        return 0, 0.0, 0.0
+    return count, count / max((last - first).total_seconds(), 1e-9), batch or 0.0
 
 
 def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_dir: Path) -> dict:
@@ -369,7 +371,7 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
             metered_from: list[int] = []  # jobs done when the meter started
 
             def drained() -> bool:
-                done = span_jobs_per_s(settings)[0]
+                done = succeeded_jobs(settings)[0]
                 if done and not metered_from:  # booted and working: start the CPU meter
                     meter.start()
                     metered_from.append(done)
@@ -380,10 +382,11 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
 
             wait_until("the queue drained", drained, 3600, worker, 0.1)
             meter.stop()
-        done, rate = span_jobs_per_s(settings)
+        done, rate, batch = succeeded_jobs(settings)
         return {
             "jobs": done,
             "jobs_per_s": rate,
+            "batch": batch,
             "cpu": meter,
             "metered_jobs": done - metered_from[0],
             "memory": memory,
@@ -546,7 +549,7 @@ def main() -> int:
         found = worker_path(base, captures, args.jobs, processes, log_dir)
         print(
             f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
-            f"{ratio(found['jobs_per_s'])}",
+            f"{ratio(found['jobs_per_s'])}; jobs per batch {found['batch']:.1f} on average",
             flush=True,
         )
         metered = found["metered_jobs"]

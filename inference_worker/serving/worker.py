@@ -114,8 +114,10 @@ def create_worker_app(settings: Settings) -> Celery:
     runtime = ProcessRuntime(settings)
     app.conf.heimdall_runtime = runtime
     app.conf.worker_consumer = f"{__name__}:Consumer"
-    # Enough messages in hand to fill a batch for every process while the others run.
-    app.conf.worker_prefetch_multiplier = settings.worker_batch_size
+    # Two batches in hand for every process: the one it runs and a full one waiting, so a
+    # process that finishes starts again at once instead of idling while its acks travel and
+    # RabbitMQ sends more (one batch in hand measured 0.54x of the bare pipeline, two 0.60x).
+    app.conf.worker_prefetch_multiplier = 2 * settings.worker_batch_size
     soft_limit = settings.task_soft_time_limit_s or None
     # Store outages are waited out within half the soft limit, then the messages go back to
     # the queue: only a job stuck in its own work meets the limit.
