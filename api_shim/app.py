@@ -21,6 +21,7 @@ from api_shim import infra, operate, read, submit
 from api_shim.auth import KeyRing, current_principal, install_access
 from api_shim.errors import register_error_handlers
 from api_shim.services import build_services
+from inference_worker.serving.memory import retain_freed_memory
 from inference_worker.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the shim. Connections are opened lazily, on the first request that needs them."""
     settings = settings or load_settings()
+    retain_freed_memory(settings.retain_freed_mb)  # this process and those forked from it
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

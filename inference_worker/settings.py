@@ -136,6 +136,16 @@ class Settings(BaseSettings):
     onnx_inter_op_threads: int = Field(
         1, ge=1, description="onnxruntime inter-op threads per worker process."
     )
+    retain_freed_mb: int = Field(
+        256,
+        ge=0,
+        le=1024,
+        description="Freed memory a worker or shim process keeps for its next requests instead "
+        "of giving it back to the system (glibc only): without it every batch of large captures, "
+        "and every large upload, faults its pages in again (at 192 kHz a fifth of a worker "
+        "process's CPU, a third of a shim process's). A process then holds the memory of its "
+        "busiest moment. 0 keeps the C library's defaults.",
+    )
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(
@@ -150,15 +160,6 @@ class Settings(BaseSettings):
         description="Most jobs a worker process takes at once (one start statement, one Redis "
         "fetch, one ONNX run, one result statement for them all). A job never waits for company: "
         "batches form only while every process is busy. 1 turns batching off.",
-    )
-    worker_retain_freed_mb: int = Field(
-        256,
-        ge=0,
-        le=1024,
-        description="Freed memory a worker process keeps for its next batches instead of giving "
-        "it back to the system (glibc only): without it each batch of large captures faults its "
-        "pages in again (at 192 kHz a fifth of the process's CPU). A process then holds its "
-        "largest batch's memory. 0 keeps the C library's defaults.",
     )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     task_max_retries: int = Field(

@@ -148,8 +148,8 @@ def _init_bare(model_dir: str, retain_freed_mb: int) -> None:
     global _MODEL
     from threadpoolctl import threadpool_limits
 
+    from inference_worker.serving.memory import retain_freed_memory
     from inference_worker.serving.onnx_model import LocalizationModel
-    from inference_worker.serving.runtime import retain_freed_memory
 
     threadpool_limits(1)  # as a worker process is set up
     retain_freed_memory(retain_freed_mb)
@@ -182,7 +182,7 @@ def bare_pipeline(
     share = [bodies[i::processes] for i in range(processes)]
     context = multiprocessing.get_context("fork")
     rates, cpu_ms = [], []
-    init = (str(settings.model_dir), settings.worker_retain_freed_mb)
+    init = (str(settings.model_dir), settings.retain_freed_mb)
     with context.Pool(processes, _init_bare, init) as pool:
         pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
         pool.map(_bare_jobs, [(b[:4], rate) for b in share])  # warm up

@@ -5,7 +5,6 @@ Created once per process after the prefork fork (``worker_process_init``), never
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import socket
@@ -18,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from inference_worker.serving import observability
 from inference_worker.serving.jobs import JobServices
+from inference_worker.serving.memory import retain_freed_memory
 from inference_worker.serving.models import ModelUnavailable, ServedModels
 from inference_worker.serving.registry import CHAMPION
 from inference_worker.settings import Settings
@@ -30,35 +30,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
-
-# glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
-
-
-def retain_freed_memory(megabytes: int) -> bool:
-    """Have the C allocator keep up to ``megabytes`` of freed memory for the next allocations
-    and serve blocks up to 32 MB from it, instead of returning them to the system.
-
-    By default glibc maps each block above 128 kB afresh and gives a freed heap top back, so
-    every batch of 1 MB captures (and their features' temporaries) faults its pages in again:
-    at 192 kHz a fifth of a worker process's CPU went to page faults. The cost is that a
-    process keeps its largest batch's memory. Returns whether it took effect (only with glibc;
-    0 leaves the defaults).
-    """
-    if megabytes <= 0:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-        and mallopt(_M_TRIM_THRESHOLD, megabytes * 1024 * 1024)
-    )
 
 
 class ProcessRuntime:
@@ -96,7 +67,7 @@ class ProcessRuntime:
         # One worker process is one unit of concurrency: keep numpy's BLAS single-threaded,
         # or concurrent processes oversubscribe the cores and small products slow down 30x.
         threadpool_limits(1)
-        retain_freed_memory(settings.worker_retain_freed_mb)
+        retain_freed_memory(settings.retain_freed_mb)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         jobs = JobStore(engine_for(settings, role="heimdall-worker", pool_size=2))
         store = RedisStore(connect(settings.redis_url), settings.redis_prefix)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(
 _PROBE = """
 import resource, sys
 import numpy as np
-from inference_worker.serving.runtime import retain_freed_memory
+from inference_worker.serving.memory import retain_freed_memory
 
 took = retain_freed_memory(int(sys.argv[1]))
 
