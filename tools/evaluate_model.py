@@ -87,7 +87,9 @@ def run_model(model: LocalizationModel, data: Dataset, simulator: CaptureSimulat
             east, north = simulator.to_local(estimate.lat, estimate.lon)
             means.append((float(east), float(north)))
             covs.append(estimate.covariance())
-    return Method("model", np.asarray(means), np.asarray(covs))
+    return Method(
+        "model", np.asarray(means), np.asarray(covs), model.metadata.ellipse_radius_scales
+    )
 
 
 def fading_sigma_by_duration(
@@ -124,7 +126,9 @@ def summarize(method: Method, truth: np.ndarray) -> dict:
         "p90_km": errors.p90_km,
     }
     if method.covariances is not None:
-        cover = coverage(method.means, method.covariances, truth)
+        cover = coverage(
+            method.means, method.covariances, truth, radius_scales=method.radius_scales
+        )
         row.update(
             {
                 "coverage_39": cover[0.3935],
@@ -334,7 +338,12 @@ def main() -> int:
     for group, mask in selections.items():
         groups[group] = {
             name: summarize(
-                Method(name, m.means[mask], None if m.covariances is None else m.covariances[mask]),
+                Method(
+                    name,
+                    m.means[mask],
+                    None if m.covariances is None else m.covariances[mask],
+                    m.radius_scales,
+                ),
                 truth[mask],
             )
             for name, m in methods.items()

@@ -15,7 +15,7 @@ import numpy as np
 from inference_worker.core.ellipse import Estimate, describe
 from inference_worker.science.calibration import COVERAGE_TOLERANCES
 from inference_worker.science.datasets import Dataset
-from inference_worker.science.metrics import calibration_curve
+from inference_worker.science.metrics import calibration_curve, coverage
 from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.serving.onnx_model import LocalizationModel
 
@@ -32,6 +32,7 @@ class Method:
     name: str
     means: np.ndarray  # (n, 2) east/north m
     covariances: np.ndarray | None  # (n, 2, 2) or None when the method states no uncertainty
+    radius_scales: dict[float, float] | None = None  # a model's per-level ellipse factors
 
 
 def passes(model_row: dict, posterior_row: dict) -> tuple[bool, float]:
@@ -186,6 +187,15 @@ def plot(
                 calibration_curve(method.means, method.covariances, truth, levels),
                 label=name,
             )
+        if method.covariances is not None and method.radius_scales:  # calibrated level by level
+            drawn = coverage(
+                method.means,
+                method.covariances,
+                truth,
+                tuple(method.radius_scales),
+                method.radius_scales,
+            )
+            ax.scatter(list(drawn), list(drawn.values()), zorder=5, label=f"{name}, drawn ellipses")
     ax.set_xlabel("claimed confidence of the ellipse")
     ax.set_ylabel("observed share of truths inside")
     ax.set_title("Calibration")
@@ -206,7 +216,10 @@ def plot(
         cov = model_method.covariances[index]
         se, sn = np.sqrt(cov[0, 0]), np.sqrt(cov[1, 1])
         result = describe(
-            Estimate(float(e_lat), float(e_lon), float(se), float(sn), float(cov[0, 1] / (se * sn)))
+            Estimate(
+                float(e_lat), float(e_lon), float(se), float(sn), float(cov[0, 1] / (se * sn))
+            ),
+            radius_scales=model_method.radius_scales,
         )
         ring = np.asarray(result["ellipses"]["95"]["polygon"]["coordinates"][0])
         ax.plot(ring[:, 0], ring[:, 1], color=colour, lw=1)

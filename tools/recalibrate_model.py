@@ -1,16 +1,20 @@
-"""Fit a model's sigma scale again, on captures of the world it should be calibrated for.
+"""Fit a model's ellipses again, on captures of the world it should be calibrated for.
 
 Either simulates calibration captures (never the evaluation's: other seeds, the training cells)
 or reads the deployment's own captures of transmitters at known positions (``--captures``, a CSV
 described in :mod:`inference_worker.science.known_captures`), runs the model through the
-service's own feature and decoding code, fits one scale on its sigmas so the 39/68/95 % ellipses
-hold their levels, and writes it into the ONNX graph (the constants that carry the current
-scale) and ``model.json`` (new sha256, the scale, how it was fitted). ``--check`` only reports
-how the ellipses hold on the captures and the scale that would fit, writing nothing.
+service's own feature and decoding code, and fits the ellipses so they hold their levels: by
+default level by level (the sigma scale that makes the 1σ ellipse hold 39.35 %, and a factor on
+the radii of each drawn ellipse, 68 % and 95 %, that makes it hold its level), or with
+``--radii single`` one scale on the sigmas for all three. Writes the scale into the ONNX graph
+(the constants that carry the current scale) and ``model.json`` (new sha256, the scale, the
+radius factors, how they were fitted). ``--check`` only reports how the ellipses hold on the
+captures and what would fit, writing nothing.
 
     pip install -e '.[train]'
     python tools/recalibrate_model.py [--model inference_worker/models/reference]
         [--network inference_worker/data/receivers.json] [--world nominal|robust] [--count 3000]
+        [--radii levels|single]
     python tools/recalibrate_model.py --model DIR --captures known/captures.csv [--check]
 
 About a minute on 2 cores for simulated captures; a few seconds per thousand known captures.
@@ -41,7 +45,9 @@ from onnx import numpy_helper  # noqa: E402
 from inference_worker.core.contract import file_sha256  # noqa: E402
 from inference_worker.science.calibration import (  # noqa: E402
     coverage_at,
+    fit_levels,
     fit_sigma_scale,
+    level_spread,
     scale_spread,
 )
 from inference_worker.science.datasets import DatasetSpec, concatenate, generate  # noqa: E402
@@ -142,16 +148,47 @@ def levels(coverage: list[float]) -> str:
     return " / ".join(f"{100 * c:.1f}" for c in coverage)
 
 
-def fit(d2: np.ndarray, source: str) -> tuple[float, dict]:
-    """The scale that makes the ellipses hold their levels on ``d2``, with what it changes and
-    how far it would move on other captures of the same world (bootstrap, 5-95 %)."""
-    factor = fit_sigma_scale(d2)
-    before, after = coverage_at(d2, 1.0), coverage_at(d2, factor)
-    low, high = scale_spread(d2)
+RADII = ("levels", "single")
+"""How the ellipses are fitted: level by level (the default), or one scale on the sigmas."""
+
+
+def label(level: float) -> str:
+    return f"{round(level * 100)}"
+
+
+def fit(
+    d2: np.ndarray, source: str, radii: str = "levels", current: dict[float, float] | None = None
+) -> tuple[float, dict[float, float], dict]:
+    """The scale on the sigmas and the factors on the drawn ellipses' radii that make the
+    ellipses hold their levels on ``d2`` (``current``: the model's factors now), with what they
+    change and how far they would move on other captures of the same world (bootstrap, 5-95 %).
+    Returns the scale, the radius factors by level (none with ``radii="single"``) and the record
+    of the fit."""
+    if radii == "single":
+        factor, scales = fit_sigma_scale(d2), {}
+        low, high = scale_spread(d2)
+        spread: dict = {"factor_spread": [low, high]}
+        fitted = f"scale x{factor:.4f} ({low:.3f}-{high:.3f})"
+    else:
+        found = fit_levels(d2)
+        factor, scales = found.scale, found.radius_scales
+        ranges = level_spread(d2)
+        spread = {
+            "factor_spread": list(ranges["scale"]),
+            "radius_scale_spread": {k: list(v) for k, v in ranges.items() if k != "scale"},
+        }
+        fitted = (
+            f"scale x{factor:.4f} ({ranges['scale'][0]:.3f}-{ranges['scale'][1]:.3f})"
+            + "".join(
+                f", {label(p)} % radii x{f:.3f} ({ranges[label(p)][0]:.3f}-{ranges[label(p)][1]:.3f})"
+                for p, f in scales.items()
+            )
+        )
+    before = coverage_at(d2, 1.0, radius_scales=current)
+    after = coverage_at(d2, factor, radius_scales=scales)
     print(
         f"on {source} ({len(d2)} captures) the ellipses hold {levels(before)} % (39/68/95); "
-        f"scale x{factor:.4f} (5-95 % over resamples: x{low:.3f} to x{high:.3f}) -> "
-        f"{levels(after)} %",
+        f"{fitted} -> {levels(after)} % (in brackets: 5-95 % over resamples of the captures)",
         flush=True,
     )
     if len(d2) < FEW_CAPTURES:
@@ -162,12 +199,13 @@ def fit(d2: np.ndarray, source: str) -> tuple[float, dict]:
         )
     info = {
         "captures": int(len(d2)),
+        "radii": radii,
         "factor": factor,
-        "factor_spread": [low, high],
+        **spread,
         "coverage_before": before,
         "coverage_after": after,
     }
-    return factor, info
+    return factor, scales, info
 
 
 def calibrated_version(version: str, sha256: str) -> str:
@@ -182,17 +220,25 @@ def write_scale(
     factor: float,
     calibration: dict,
     *,
+    radius_scales: dict[float, float] | None = None,
     relabel: bool = False,
     version: str | None = None,
 ) -> str:
-    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``;
-    with ``relabel``, give it a version of its own (``version``, else
-    :func:`calibrated_version`) so that results, job records and the result cache never mix it
-    with the model it was made from. Returns the version written."""
+    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``, and
+    set its drawn ellipses' radius factors (none: drawn from the sigmas alone); with
+    ``relabel``, give it a version of its own (``version``, else :func:`calibrated_version`) so
+    that results, job records and the result cache never mix it with the model it was made
+    from. Returns the version written."""
     metadata_path = model_dir / "model.json"
     metadata = json.loads(metadata_path.read_text())
     current = float(metadata["training"]["sigma_scale"])
     rescale_graph(model_dir / "model.onnx", current, factor)
+    if radius_scales:
+        metadata["outputs"]["ellipse_radius_scales"] = {
+            label(p): round(f, 5) for p, f in radius_scales.items()
+        }
+    else:
+        metadata["outputs"].pop("ellipse_radius_scales", None)
     metadata["sha256"] = file_sha256(model_dir / "model.onnx")
     if relabel:
         metadata["version"] = version or calibrated_version(metadata["version"], metadata["sha256"])
@@ -209,20 +255,28 @@ def recalibrate(
     world: str,
     count: int,
     *,
+    radii: str = "levels",
     relabel: bool = False,
     version: str | None = None,
 ) -> float:
-    """Fit the sigma scale of the model in ``model_dir`` on ``count`` captures of the ``world``
-    (``nominal`` or ``robust``) and write it into its ONNX graph and metadata (relabelled as in
-    :func:`write_scale`); returns the factor applied to the previous scale."""
+    """Fit the ellipses of the model in ``model_dir`` (``radii``: see :data:`RADII`) on
+    ``count`` captures of the ``world`` (``nominal`` or ``robust``) and write them into its ONNX
+    graph and metadata (relabelled as in :func:`write_scale`); returns the factor applied to the
+    previous sigma scale."""
     model = LocalizationModel(model_dir)
     features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
     specs = calibration_specs(network, features, world, count)
-    factor, info = fit(squared_distances(model, specs), f"the simulated {world} world")
+    factor, scales, info = fit(
+        squared_distances(model, specs),
+        f"the simulated {world} world",
+        radii,
+        model.metadata.ellipse_radius_scales,
+    )
     written = write_scale(
         model_dir,
         factor,
         {"world": world, "seed": CALIBRATION_SEED, **info},
+        radius_scales=scales,
         relabel=relabel,
         version=version,
     )
@@ -231,10 +285,14 @@ def recalibrate(
 
 
 def recalibrate_on_known(
-    model_dir: Path, captures_csv: Path, check: bool, version: str | None = None
+    model_dir: Path,
+    captures_csv: Path,
+    check: bool,
+    version: str | None = None,
+    radii: str = "levels",
 ) -> float:
-    """Fit the sigma scale on the deployment's captures at known positions (and write it with a
-    version of its own, unless ``check``); returns the factor."""
+    """Fit the ellipses on the deployment's captures at known positions (and write them with a
+    version of its own, unless ``check``); returns the factor on the sigma scale."""
     captures = load_known_captures(captures_csv)
     model = LocalizationModel(model_dir)
     print(f"{len(captures)} captures at known positions in {captures_csv}", flush=True)
@@ -249,12 +307,15 @@ def recalibrate_on_known(
         f"{100 * found.out_of_domain.mean():.1f} % flagged out of the model's domain",
         flush=True,
     )
-    factor, info = fit(found.d2, str(captures_csv))
+    factor, scales, info = fit(
+        found.d2, str(captures_csv), radii, model.metadata.ellipse_radius_scales
+    )
     if not check:
         written = write_scale(
             model_dir,
             factor,
             {"world": "known captures", "file": str(captures_csv), **info},
+            radius_scales=scales,
             relabel=True,
             version=version,
         )
@@ -273,6 +334,13 @@ def main() -> int:
         help="the world the ellipses should hold their levels in (default: nominal)",
     )
     parser.add_argument("--count", type=int, default=9_600, help="calibration captures")
+    parser.add_argument(
+        "--radii",
+        choices=RADII,
+        default="levels",
+        help="levels: the sigmas fitted to the 39 %% level and each drawn ellipse's radii to its "
+        "own (default); single: one scale on the sigmas for all three levels",
+    )
     parser.add_argument(
         "--captures",
         type=Path,
@@ -298,7 +366,7 @@ def main() -> int:
     if args.captures is not None:
         started = time.monotonic()
         try:
-            recalibrate_on_known(args.model, args.captures, args.check, args.version)
+            recalibrate_on_known(args.model, args.captures, args.check, args.version, args.radii)
         except KnownCapturesError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -312,7 +380,15 @@ def main() -> int:
         return 0
     network = network_or_exit(args.network)
     started = time.monotonic()
-    recalibrate(args.model, network, args.world, args.count, relabel=True, version=args.version)
+    recalibrate(
+        args.model,
+        network,
+        args.world,
+        args.count,
+        radii=args.radii,
+        relabel=True,
+        version=args.version,
+    )
     print(
         f"wrote {args.model / 'model.onnx'} and model.json in {time.monotonic() - started:.0f} s; "
         f"next: python tools/evaluate_model.py --model {args.model} --network {args.network}"

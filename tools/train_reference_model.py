@@ -353,6 +353,13 @@ def main() -> int:
         "ellipses hold their levels where the model is used; default) or robust (the training "
         "world: wider ellipses)",
     )
+    parser.add_argument(
+        "--radii",
+        choices=("levels", "single"),
+        default="levels",
+        help="how the final calibration fits the ellipses: levels (the sigmas to the 39 %% level, "
+        "each drawn ellipse's radii to its own; default) or single (one scale on the sigmas)",
+    )
     parser.add_argument("--name", default=MODEL_NAME, help="model name written to model.json")
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
@@ -470,7 +477,7 @@ def main() -> int:
     if args.calibrate == "nominal" and world is not None:
         from tools.recalibrate_model import recalibrate
 
-        recalibrate(out, network, "nominal", 9_600)
+        recalibrate(out, network, "nominal", 9_600, radii=args.radii)
     print(
         f"wrote {out / 'model.onnx'} ({(out / 'model.onnx').stat().st_size / 1e6:.2f} MB) and model.json "
         f"in {(time.monotonic() - started) / 60:.1f} min"

@@ -19,7 +19,7 @@ from api_shim.client import ShimClient, ShimError
 from inference_worker.cli import bootstrap
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import ModelError, load_metadata
-from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
+from inference_worker.core.ellipse import distance_m, inside_drawn_ellipse
 from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.settings import Settings
 
@@ -155,12 +155,11 @@ def _locate_captures(client: ShimClient, captures: int, seed: int | None, model_
             failures += 1
             continue
         result = view["result"]
-        estimate = estimate_from_result(result)
         error_km = distance_m(result["lat"], result["lon"], capture.lat, capture.lon) / 1e3
         if job_id != duplicate["job_id"]:
             errors_km.append(error_km)
         e68 = result["ellipses"]["68"]
-        inside = "in" if contains(estimate, capture.lat, capture.lon, 0.95) else "out"
+        inside = "in" if inside_drawn_ellipse(result, capture.lat, capture.lon, "95") else "out"
         end_to_end = view["timings"].get("end_to_end_ms", float("nan"))
         repeat_hit = bool(view["cache_hit"]) if job_id == duplicate["job_id"] else repeat_hit
         submit_text = "-" if submit_ms != submit_ms else f"{submit_ms:.1f}ms"

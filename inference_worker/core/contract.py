@@ -19,6 +19,7 @@ import numpy as np
 
 from inference_worker.core.capture import channel_order
 from inference_worker.core.domain import Domain, assess, clipped_share
+from inference_worker.core.ellipse import DEFAULT_LEVELS, scale_for_confidence
 from inference_worker.core.features import FeatureParams, analyse
 
 OUTPUT_LAYOUTS = {
@@ -50,6 +51,9 @@ class ModelMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     domain: Domain | None = None
     """The world the model was trained for; ``None`` for models that do not record it."""
+    ellipse_radius_scales: dict[float, float] = field(default_factory=dict)
+    """Per result level (0.6827, 0.95), the factor on that ellipse's radii found when the model
+    was calibrated level by level; a level without one is drawn from the sigmas alone."""
 
     @functools.cached_property
     def receiver_ids(self) -> tuple[str, ...]:
@@ -74,6 +78,7 @@ class ModelMetadata:
                 architecture=str(data.get("architecture", "")),
                 metrics=dict(data.get("metrics", {})),
                 domain=Domain.from_metadata(data["domain"]) if data.get("domain") else None,
+                ellipse_radius_scales=radius_scales(data["outputs"].get("ellipse_radius_scales")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model metadata is malformed: {exc!r}") from None
@@ -87,6 +92,24 @@ class ModelMetadata:
         except json.JSONDecodeError as exc:
             raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
         return cls.from_json(data)
+
+
+def radius_scales(given: Any) -> dict[float, float]:
+    """The ``outputs.ellipse_radius_scales`` of a model's metadata (``{"68": 0.97, "95": 1.02}``:
+    result level label to factor) by level; refused unless every label is a result level and
+    the ellipses stay nested."""
+    if not given:
+        return {}
+    labels = {f"{round(level * 100)}": level for level in DEFAULT_LEVELS}
+    if not isinstance(given, dict) or not set(given) <= set(labels):
+        raise ValueError(f"ellipse_radius_scales must map some of {sorted(labels)} to factors")
+    scales = {labels[label]: float(factor) for label, factor in given.items()}
+    if not all(0.25 <= f <= 4.0 for f in scales.values()):
+        raise ValueError(f"ellipse_radius_scales must lie within 0.25..4: {given}")
+    radii = [1.0] + [scale_for_confidence(p) * scales.get(p, 1.0) for p in DEFAULT_LEVELS]
+    if any(inner >= outer for inner, outer in zip(radii, radii[1:], strict=False)):
+        raise ValueError(f"ellipse_radius_scales would not keep the ellipses nested: {given}")
+    return scales
 
 
 def file_sha256(path: Path) -> str:

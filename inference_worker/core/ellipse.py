@@ -6,6 +6,10 @@ estimate. The ellipse that holds the true position with probability p has semi-a
 ``k·sqrt(λ)`` along the covariance eigenvectors, with ``k = sqrt(-2 ln(1 - p))``:
 a "1σ" ellipse (k = 1) holds only 39.3 %; 68 % needs k = 1.515 and 95 % needs k = 2.448.
 
+A model calibrated level by level (``ellipse_radius_scales`` in its metadata) draws its 68 % and
+95 % ellipses at ``k·r`` instead: ``r`` fitted so each holds its level on calibration captures,
+where the model's errors are not quite Gaussian (the sigmas still give the 39 % ellipse).
+
 Orientation convention: ``orientation_deg`` is the compass bearing of the semi-major axis,
 degrees clockwise from true north, in [0, 180).
 """
@@ -13,7 +17,7 @@ degrees clockwise from true north, in [0, 180).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +90,10 @@ def decode_output(row: Sequence[float], layout: Sequence[str]) -> Estimate:
     return Estimate(lat, lon, se, sn, rho)
 
 
-def ellipse(estimate: Estimate, confidence: float) -> Ellipse:
-    """The ellipse holding the truth with probability ``confidence`` under the model's Gaussian."""
-    k = scale_for_confidence(confidence)
+def ellipse(estimate: Estimate, confidence: float, radius_scale: float = 1.0) -> Ellipse:
+    """The ellipse holding the truth with probability ``confidence`` under the model's Gaussian,
+    its radii multiplied by ``radius_scale`` (a level's calibration)."""
+    k = scale_for_confidence(confidence) * radius_scale
     eigenvalues, eigenvectors = np.linalg.eigh(estimate.covariance())
     minor_var, major_var = eigenvalues  # ascending
     east, north = eigenvectors[:, 1]
@@ -130,11 +135,16 @@ def ellipse_polygon(estimate: Estimate, shape: Ellipse, vertices: int = 64) -> l
     return ring
 
 
-def describe(estimate: Estimate, levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:
-    """The JSON result of a located capture: position, sigmas and one ellipse per level."""
+def describe(
+    estimate: Estimate,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    radius_scales: Mapping[float, float] | None = None,
+) -> dict[str, Any]:
+    """The JSON result of a located capture: position, sigmas and one ellipse per level (its
+    radii times the level's ``radius_scales`` entry, if any)."""
     ellipses = {}
     for level in levels:
-        shape = ellipse(estimate, level)
+        shape = ellipse(estimate, level, (radius_scales or {}).get(level, 1.0))
         ellipses[f"{round(level * 100)}"] = {
             **shape.to_json(),
             "polygon": {"type": "Polygon", "coordinates": [ellipse_polygon(estimate, shape)]},
@@ -162,9 +172,21 @@ def mahalanobis_squared(estimate: Estimate, lat: float, lon: float) -> float:
     return float(d @ np.linalg.solve(estimate.covariance(), d))
 
 
-def contains(estimate: Estimate, lat: float, lon: float, confidence: float) -> bool:
-    """Whether a point lies inside the estimate's ellipse at ``confidence``."""
-    return mahalanobis_squared(estimate, lat, lon) <= scale_for_confidence(confidence) ** 2
+def contains(
+    estimate: Estimate, lat: float, lon: float, confidence: float, radius_scale: float = 1.0
+) -> bool:
+    """Whether a point lies inside the estimate's ellipse at ``confidence`` (radii times
+    ``radius_scale``)."""
+    limit = scale_for_confidence(confidence) * radius_scale
+    return mahalanobis_squared(estimate, lat, lon) <= limit**2
+
+
+def inside_drawn_ellipse(result: dict[str, Any], lat: float, lon: float, label: str) -> bool:
+    """Whether a point lies inside the ellipse a result draws at ``label`` (``"68"``, ``"95"``),
+    at that ellipse's own ``scale_k`` (a model calibrated level by level draws it apart from
+    the sigmas)."""
+    k = float(result["ellipses"][label]["scale_k"])
+    return mahalanobis_squared(estimate_from_result(result), lat, lon) <= k * k
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

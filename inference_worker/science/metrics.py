@@ -7,7 +7,7 @@ Estimates are arrays in a local east/north frame in metres: means ``(n, 2)`` and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,10 +41,15 @@ def coverage(
     covariances: np.ndarray,
     truths: np.ndarray,
     levels: Sequence[float] = COVERAGE_LEVELS,
+    radius_scales: Mapping[float, float] | None = None,
 ) -> dict[float, float]:
-    """Share of truths inside the ellipse of each confidence level."""
+    """Share of truths inside the ellipse of each confidence level (its radii times the level's
+    ``radius_scales`` entry, as the model draws it)."""
     d2 = mahalanobis_squared(means, covariances, truths)
-    return {p: float(np.mean(d2 <= scale_for_confidence(p) ** 2)) for p in levels}
+    scales = radius_scales or {}
+    return {
+        p: float(np.mean(d2 <= (scale_for_confidence(p) * scales.get(p, 1.0)) ** 2)) for p in levels
+    }
 
 
 def gaussian_nll_km(means: np.ndarray, covariances: np.ndarray, truths: np.ndarray) -> float:

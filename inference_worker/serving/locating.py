@@ -106,7 +106,11 @@ def describe_output(
 ) -> dict[str, Any]:
     """The result of one capture (position, ellipses, quality) from its row of model output."""
     try:
-        return {**describe(decode_output(output, metadata.outputs)), "quality": quality}
+        estimate = decode_output(output, metadata.outputs)
+        return {
+            **describe(estimate, radius_scales=metadata.ellipse_radius_scales),
+            "quality": quality,
+        }
     except EstimateError as exc:
         raise BadJob(str(exc)) from None
 

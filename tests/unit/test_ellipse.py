@@ -16,6 +16,7 @@ from inference_worker.core.ellipse import (
     distance_m,
     ellipse,
     ellipse_polygon,
+    inside_drawn_ellipse,
     metres_per_degree,
     scale_for_confidence,
 )
@@ -88,6 +89,23 @@ def test_describe_gives_68_and_95_percent_ellipses_with_geojson():
     assert result["ellipses"]["95"]["scale_k"] == pytest.approx(2.448, abs=1e-3)
     assert result["ellipses"]["68"]["polygon"]["type"] == "Polygon"
     assert result["sigma_x_m"] == 4_000.0 and result["sigma_y_m"] == 2_000.0
+
+
+def test_a_level_calibrated_apart_draws_its_ellipse_at_its_own_radius():
+    estimate = Estimate(45.0, 7.5, 4_000.0, 2_000.0, 0.2)
+    plain = describe(estimate)["ellipses"]
+    scaled = describe(estimate, radius_scales={0.95: 1.1})["ellipses"]
+    assert scaled["68"] == plain["68"]  # a level without a factor: from the sigmas alone
+    assert scaled["95"]["scale_k"] == pytest.approx(1.1 * plain["95"]["scale_k"], rel=1e-6)
+    for axis in ("semi_major_m", "semi_minor_m"):
+        assert scaled["95"][axis] == pytest.approx(1.1 * plain["95"][axis])
+    tall = Estimate(45.0, 7.5, 1_000.0, 4_000.0)
+    # 2.2 sigmas north: inside k = 2.448, outside 0.85 x 2.448 = 2.08
+    point = (45.0 + 2.2 * 4_000.0 / metres_per_degree(45.0)[0], 7.5)
+    assert contains(tall, *point, 0.95)
+    assert not contains(tall, *point, 0.95, radius_scale=0.85)
+    assert inside_drawn_ellipse(describe(tall), *point, "95")
+    assert not inside_drawn_ellipse(describe(tall, radius_scales={0.95: 0.85}), *point, "95")
 
 
 def test_decode_output_reads_four_and_five_wide_rows():

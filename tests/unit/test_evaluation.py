@@ -13,7 +13,7 @@ from inference_worker.science.baselines import (
     measured_power_dbm,
     weighted_centroid,
 )
-from inference_worker.science.calibration import coverage_at, fit_sigma_scale
+from inference_worker.science.calibration import coverage_at, fit_levels, fit_sigma_scale
 from inference_worker.science.datasets import DatasetSpec, generate
 from inference_worker.science.metrics import (
     calibration_curve,
@@ -117,3 +117,24 @@ def test_the_fitted_sigma_scale_undoes_a_known_miscalibration():
     d2 = mahalanobis_squared(means, cov * 4.0, truths)
     assert fit_sigma_scale(d2) == pytest.approx(0.5, abs=0.01)
     assert coverage_at(d2, 0.5) == pytest.approx([0.3935, 0.6827, 0.95], abs=0.01)
+
+
+def test_a_level_by_level_fit_puts_every_level_on_its_mark():
+    """Errors that are not Gaussian (a Student-t radius): one scale cannot hold all three
+    levels, a fit level by level does."""
+    rng = np.random.default_rng(5)
+    offsets = rng.standard_t(4, size=(20_000, 2))
+    d2 = 9.0 * np.sum(offsets**2, axis=1)  # sigmas three times too small, tails too heavy
+    single = coverage_at(d2, fit_sigma_scale(d2))
+    assert max(abs(c - p) for c, p in zip(single, (0.3935, 0.6827, 0.95), strict=True)) > 0.01
+    found = fit_levels(d2)
+    held = coverage_at(d2, found.scale, radius_scales=found.radius_scales)
+    assert held == pytest.approx([0.3935, 0.6827, 0.95], abs=0.002)
+    assert found.radius_scales[0.95] > 1.0  # heavy tails: the 95 % ellipse drawn wider
+
+
+def test_a_level_by_level_fit_of_gaussian_errors_is_one_scale():
+    d2 = 4.0 * np.random.default_rng(6).chisquare(2, 20_000)  # sigmas half the truth
+    found = fit_levels(d2)
+    assert found.scale == pytest.approx(2.0, rel=0.03)
+    assert all(f == pytest.approx(1.0, abs=0.03) for f in found.radius_scales.values())

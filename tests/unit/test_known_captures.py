@@ -111,11 +111,18 @@ def test_calibrating_on_a_harsher_world_makes_its_other_captures_hold(
     # a version of its own: results, job records and the result cache never mix the two
     original = json.loads((model_dir / "model.json").read_text())["version"]
     assert metadata["version"] == f"{original}-cal.{metadata['sha256'][:8]}"
-    after = squared_distances(LocalizationModel(copy), load_known_captures(check)).d2
+    calibrated = LocalizationModel(copy)
+    after = squared_distances(calibrated, load_known_captures(check)).d2
     # the model's sigmas grew by the factor, so each distance shrank by its square
     np.testing.assert_allclose(after, before / factor**2, rtol=1e-3)
-    held_before, held_after = coverage_at(before, 1.0), coverage_at(after, 1.0)
+    # and its drawn ellipses were fitted level by level
+    radii = calibrated.metadata.ellipse_radius_scales
+    assert set(radii) == {0.6827, 0.95}
+    assert set(metadata["outputs"]["ellipse_radius_scales"]) == {"68", "95"}
+    held_before = coverage_at(before, 1.0)
+    held_after = coverage_at(after, 1.0, radius_scales=radii)
     assert held_after[2] > held_before[2] and abs(held_after[2] - 0.95) < abs(held_before[2] - 0.95)
+    assert abs(held_after[0] - 0.3935) < abs(held_before[0] - 0.3935)
 
 
 def test_the_scale_spread_narrows_with_more_captures():

@@ -67,3 +67,41 @@ def test_build_tool_reproduces_the_committed_model(centroid_model_dir, tmp_path)
     assert json.loads((tmp_path / "model.json").read_text()) == json.loads(
         (centroid_model_dir / "model.json").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"50": 1.0}, "must map some of"),
+        ({"95": 0.1}, "within 0.25..4"),
+        ({"68": 1.7}, "nested"),  # the 68 % ellipse would reach beyond the 95 % one
+        ({"68": 0.6}, "nested"),  # ... or inside the 1-sigma ellipse
+    ],
+)
+def test_ellipse_radius_scales_that_make_no_sense_are_refused(model_dir, tmp_path, given, message):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    metadata = json.loads((copy / "model.json").read_text())
+    metadata["outputs"]["ellipse_radius_scales"] = given
+    (copy / "model.json").write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match=message):
+        load_metadata(copy)
+
+
+def test_ellipse_radius_scales_reach_the_results(model_dir, tmp_path):
+    from inference_worker.serving.locating import describe_output
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    metadata = json.loads((copy / "model.json").read_text())
+    plain = load_metadata(copy)
+    metadata["outputs"]["ellipse_radius_scales"] = {"68": 0.97, "95": 1.02}
+    (copy / "model.json").write_text(json.dumps(metadata))
+    scaled = load_metadata(copy)
+    assert scaled.ellipse_radius_scales == {0.6827: 0.97, 0.95: 1.02}
+    assert plain.ellipse_radius_scales == {}
+    row = np.array([45.0, 7.5, 3_000.0, 2_000.0, 0.1][: len(plain.outputs)])
+    before = describe_output(row, plain, {})["ellipses"]
+    after = describe_output(row, scaled, {})["ellipses"]
+    for label, factor in (("68", 0.97), ("95", 1.02)):
+        assert after[label]["semi_major_m"] == pytest.approx(factor * before[label]["semi_major_m"])
