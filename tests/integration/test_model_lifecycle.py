@@ -187,6 +187,10 @@ def test_challenger_share_promotion_and_refused_model_under_load(
         registry.remove_alias(CHALLENGER)
         assert reload(client, challenger_fraction=0.0)["status"] == 202
         wait_until("workers on the new champion", all_workers_current, 30)
+        # The shim learns of a reload within a second (it answers captures already located from
+        # the result cache of the model it believes serves): these captures repeat the split's.
+        shim = app.extensions["heimdall"]
+        wait_until("the shim on the champion", lambda: shim.model.version == centroid_version, 5)
         promoted = served_versions(engine, submit_numbered(client, capture, "promoted", 20))
 
         # And a corrupted version is offered as challenger
