@@ -6,7 +6,10 @@ physical location cue) and its spread over the capture. The head predicts the po
 local east/north frame and a 2-D Gaussian (σ_east, σ_north, ρ), trained with the Gaussian
 negative log-likelihood in kilometres. After training, one scale on the sigmas is fitted on a
 validation set so the 68 % and 95 % ellipses hold what they claim, then the network is exported
-with the service's contract ``(B, 3, 128, 32) -> (B, 5) = [lat°, lon°, σ_east m, σ_north m, ρ]``.
+with the service's contract ``(B, 3, 128, 32) -> (B, 5) = [lat°, lon°, σ_east m, σ_north m, ρ]``
+and (``--calibrate nominal``, the default, after robust training) its ellipses are fitted again
+on captures of the nominal world by ``tools/recalibrate_model.py``: level by level unless
+``--radii single``.
 
 Training draws each capture's world around the nominal simulator (``--world robust``, the
 default): emitters outside the region, other path-loss exponents and shadowing, oscillator
