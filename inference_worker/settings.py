@@ -140,11 +140,8 @@ class Settings(BaseSettings):
         256,
         ge=0,
         le=1024,
-        description="Freed memory a worker or shim process keeps for its next requests instead "
-        "of giving it back to the system (glibc only): without it every batch of large captures, "
-        "and every large upload, faults its pages in again (at 192 kHz a fifth of a worker "
-        "process's CPU, a third of a shim process's). A process then holds the memory of its "
-        "busiest moment. 0 keeps the C library's defaults.",
+        description="Freed memory (MB) a worker or shim process keeps for its "
+        "next batches and uploads (glibc; see serving/memory.py); 0: the C library's defaults.",
     )
 
     # --- worker ---------------------------------------------------------------------------
