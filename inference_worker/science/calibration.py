@@ -17,30 +17,13 @@ level: the empirical quantiles of the squared distances.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from inference_worker.core.ellipse import DEFAULT_LEVELS, scale_for_confidence
-from inference_worker.science.metrics import COVERAGE_LEVELS
-
-
-def coverage_at(
-    d2: np.ndarray,
-    scale: float,
-    levels: Sequence[float] = COVERAGE_LEVELS,
-    radius_scales: Mapping[float, float] | None = None,
-) -> list[float]:
-    """Share of truths inside each level's ellipse once the sigmas are multiplied by ``scale``
-    and each level's radii by its ``radius_scales`` entry (``d2``: squared Mahalanobis
-    distances at scale 1)."""
-    factors = radius_scales or {}
-    return [
-        float(np.mean(d2 <= (scale * factors.get(p, 1.0) * scale_for_confidence(p)) ** 2))
-        for p in levels
-    ]
-
+from inference_worker.science.metrics import coverage_at
 
 COVERAGE_TOLERANCES = {0.3935: 0.03, 0.6827: 0.02, 0.95: 0.015}
 """How far each level's coverage may stray from the level (the evaluation's bar)."""

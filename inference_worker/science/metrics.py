@@ -46,10 +46,23 @@ def coverage(
     """Share of truths inside the ellipse of each confidence level (its radii times the level's
     ``radius_scales`` entry, as the model draws it)."""
     d2 = mahalanobis_squared(means, covariances, truths)
-    scales = radius_scales or {}
-    return {
-        p: float(np.mean(d2 <= (scale_for_confidence(p) * scales.get(p, 1.0)) ** 2)) for p in levels
-    }
+    return dict(zip(levels, coverage_at(d2, 1.0, levels, radius_scales), strict=True))
+
+
+def coverage_at(
+    d2: np.ndarray,
+    scale: float,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+    radius_scales: Mapping[float, float] | None = None,
+) -> list[float]:
+    """Share of truths inside each level's ellipse once the sigmas are multiplied by ``scale``
+    and each level's radii by its ``radius_scales`` entry (``d2``: squared Mahalanobis
+    distances at scale 1)."""
+    factors = radius_scales or {}
+    return [
+        float(np.mean(d2 <= (scale * factors.get(p, 1.0) * scale_for_confidence(p)) ** 2))
+        for p in levels
+    ]
 
 
 def gaussian_nll_km(means: np.ndarray, covariances: np.ndarray, truths: np.ndarray) -> float:
