@@ -65,7 +65,7 @@ from tools.evaluation_report import (  # noqa: E402
     stress_passes,
     write_report,
 )
-from tools.requirements import network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 DEFAULT_REPORT = ROOT / "docs" / "evaluation"
@@ -251,6 +251,7 @@ def main() -> int:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT)
     parser.add_argument("--no-record", action="store_true", help="leave model.json unchanged")
     args = parser.parse_args()
+    keep_freed_memory()
     require("matplotlib", "train", "drawing the report's figures")  # checked before minutes of work
     network = network_or_exit(args.network)
 

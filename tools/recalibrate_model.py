@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
 
 require("onnx", "train", "rewriting the ONNX graph")
 import onnx  # noqa: E402
@@ -359,6 +359,7 @@ def main() -> int:
         "with the model it was made from)",
     )
     args = parser.parse_args()
+    keep_freed_memory()
     if args.version is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.version):
         parser.error("--version: letters, digits, '.', '_' and '-' only, at most 64")
     if args.check and args.captures is None:

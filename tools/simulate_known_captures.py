@@ -28,7 +28,7 @@ from inference_worker.science.known_captures import write_known_captures  # noqa
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatedCapture  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
-from tools.requirements import network_or_exit  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit  # noqa: E402
 
 TERRAIN = 9_000
 """Default terrain: none of training's, the evaluation's or the calibration's."""
@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--terrain", type=int, default=TERRAIN, help="shadowing field's seed")
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     args = parser.parse_args()
+    keep_freed_memory()
     if args.count < 1:
         parser.error("--count must be at least 1")
     network = network_or_exit(args.network)

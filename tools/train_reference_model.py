@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
 
 require("torch", "train", "training")
 import torch  # noqa: E402
@@ -367,6 +367,7 @@ def main() -> int:
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
     args = parser.parse_args()
+    keep_freed_memory()
     network = network_or_exit(args.network)
 
     started = time.monotonic()
