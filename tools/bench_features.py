@@ -1,0 +1,125 @@
+"""Benchmark: what the features and the quality checks cost per capture, by sample rate and length.
+
+One process set up as a worker process is (BLAS pinned to one thread; freed memory kept, as
+``HEIMDALL_RETAIN_FREED_MB`` sets it), the served model's feature parameters, simulated
+captures of the packaged network (a different capture each call, so nothing is cached but what
+the worker caches too). For each kind of capture it prints the median and the 10th-90th
+percentiles of the features' time, the quality checks' time (clipping scan and domain check),
+the peak of numpy's allocations, and the ratio of the features' median to that of 12 kHz × 1 s;
+then the same for a fixed band (the band not following the carrier), for comparison.
+
+    python tools/bench_features.py [--calls 60] [--retain-mb 256] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference_worker.core.contract import load_metadata  # noqa: E402
+from inference_worker.core.domain import assess, clipped_share  # noqa: E402
+from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.serving.memory import retain_freed_memory  # noqa: E402
+
+KINDS = (
+    ("12 kHz × 1 s", 12_000.0, 12_000),
+    ("12 kHz × 0.25 s", 12_000.0, 3_000),
+    ("48 kHz × 1 s", 48_000.0, 48_000),
+    ("192 kHz × 0.25 s", 192_000.0, 48_000),
+    ("192 kHz × 1 s", 192_000.0, 192_000),
+    ("10 MHz × 480 000 samples (the largest accepted)", 10_000_000.0, 480_000),
+)
+REFERENCE = "12 kHz × 1 s"
+DISTINCT = 8
+"""Distinct captures of each kind, taken in turn."""
+
+
+def captures(rate: float, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``DISTINCT`` simulated captures of ``samples`` per receiver at ``rate``."""
+    simulator = CaptureSimulator()
+    return [
+        simulator.simulate(rng, sample_rate_hz=rate, duration_s=samples / rate).iq
+        for _ in range(DISTINCT)
+    ]
+
+
+def measure(iqs: list[np.ndarray], rate: float, params: FeatureParams, meta, calls: int) -> dict:
+    """Median and 10th-90th percentiles (ms) of the features and of the quality checks, and the
+    peak of numpy's allocations (MB) during one call of each."""
+    for iq in iqs[:2]:  # warm up: the filters and filterbanks the worker caches
+        analyse(iq, rate, params)
+    features_ms, quality_ms = [], []
+    for call in range(calls):
+        iq = iqs[call % len(iqs)]
+        started = time.perf_counter()
+        features, band = analyse(iq, rate, params)
+        between = time.perf_counter()
+        assess(features, band, clipped_share(iq), params, meta.receiver_ids, meta.domain)
+        quality_ms.append(1e3 * (time.perf_counter() - between))
+        features_ms.append(1e3 * (between - started))
+    tracemalloc.start()
+    features, band = analyse(iqs[0], rate, params)
+    assess(features, band, clipped_share(iqs[0]), params, meta.receiver_ids, meta.domain)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    return {"features": features_ms, "quality": quality_ms, "peak_mb": peak_mb}
+
+
+def spread(values: list[float]) -> str:
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return f"{p50:6.2f} ms ({p10:.2f}-{p90:.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=60, help="calls per kind of capture")
+    parser.add_argument(
+        "--retain-mb", type=int, default=256, help="freed memory kept (0: the C library's)"
+    )
+    parser.add_argument("--model", type=Path, default=ROOT / "inference_worker/models/reference")
+    args = parser.parse_args()
+    if args.calls < 1:
+        parser.error("--calls must be at least 1")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # as a worker process is set up
+    kept = retain_freed_memory(args.retain_mb)
+    meta = load_metadata(args.model, verify=False)
+    following = meta.features
+    fixed = replace(following, follow_carrier_hz=0.0)
+    print(
+        f"model {meta.name} {meta.version}; one thread; freed memory kept: "
+        f"{f'{args.retain_mb} MB' if kept else 'no (the C library defaults)'}; "
+        f"{args.calls} calls per kind, median (10th-90th percentile)",
+        flush=True,
+    )
+    rng = np.random.default_rng(11)
+    for label, params in (("band following the carrier", following), ("fixed band", fixed)):
+        print(f"\n{label} (follow_carrier_hz {params.follow_carrier_hz:g}):")
+        reference = None
+        for name, rate, samples in KINDS:
+            found = measure(captures(rate, samples, rng), rate, params, meta, args.calls)
+            median = float(np.median(found["features"]))
+            reference = median if name == REFERENCE else reference
+            ratio = f"{median / reference:5.2f}x {REFERENCE}" if reference else ""
+            print(
+                f"  {name:<48} features {spread(found['features'])}  {ratio}\n"
+                f"  {'':<48} quality  {spread(found['quality'])}  "
+                f"peak allocations {found['peak_mb']:.1f} MB",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
