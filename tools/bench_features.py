@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.core.contract import load_metadata  # noqa: E402
+from inference_worker.core.contract import ModelError, load_metadata  # noqa: E402
 from inference_worker.core.domain import assess, clipped_share  # noqa: E402
 from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
@@ -94,7 +94,10 @@ def main() -> int:
 
     threadpool_limits(1)  # as a worker process is set up
     kept = retain_freed_memory(args.retain_mb)
-    meta = load_metadata(args.model, verify=False)
+    try:
+        meta = load_metadata(args.model, verify=False)
+    except ModelError as exc:
+        parser.error(str(exc))
     following = meta.features
     fixed = replace(following, follow_carrier_hz=0.0)
     print(
