@@ -21,6 +21,15 @@ LONG_POLL_S = 25.0
 """Longest single ?wait= the client asks for (the shim allows up to HEIMDALL_MAX_WAIT_S)."""
 
 
+def _wait_query(wait_s: float) -> dict[str, str]:
+    return {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
+
+
+def _timeout(wait_s: float) -> float | None:
+    """A request that waits ``wait_s`` on the shim needs that much more time to answer."""
+    return None if wait_s <= 0 else wait_s + 10.0
+
+
 class ShimError(RuntimeError):
     def __init__(self, status: int, body: Any) -> None:
         super().__init__(f"HTTP {status}: {body}")
@@ -84,8 +93,10 @@ class ShimClient:
         receivers: list[str],
         job_id: str | None = None,
         capture_time: str | None = None,
+        wait_s: float = 0.0,
     ) -> dict[str, Any]:
-        """POST a ``(3, n)`` complex64 array as ``application/x-npy``; returns the 202 body."""
+        """POST a ``(3, n)`` complex64 array as ``application/x-npy``; returns the 202 body, or
+        with ``wait_s`` the job's view once it is final (see :meth:`_accepted`)."""
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(iq, dtype=np.complex64), allow_pickle=False)
         query = {
@@ -97,13 +108,19 @@ class ShimClient:
             query["job_id"] = job_id
         if capture_time:
             query["capture_time"] = capture_time
-        path = "/predict?" + urllib.parse.urlencode(query)
-        return self._accepted(*self._request("POST", path, buffer.getvalue(), "application/x-npy"))
+        path = "/predict?" + urllib.parse.urlencode({**query, **_wait_query(wait_s)})
+        return self._accepted(
+            *self._request("POST", path, buffer.getvalue(), "application/x-npy", _timeout(wait_s))
+        )
 
-    def submit_json(self, document: dict[str, Any]) -> dict[str, Any]:
-        """POST a JSON submission as documented in the README; returns the 202 body."""
+    def submit_json(self, document: dict[str, Any], wait_s: float = 0.0) -> dict[str, Any]:
+        """POST a JSON submission as documented in the README; returns the 202 body, or with
+        ``wait_s`` the job's view once it is final (see :meth:`_accepted`)."""
         body = json.dumps(document).encode()
-        return self._accepted(*self._request("POST", "/predict", body, "application/json"))
+        path = "/predict?" + urllib.parse.urlencode(_wait_query(wait_s))
+        return self._accepted(
+            *self._request("POST", path.rstrip("?"), body, "application/json", _timeout(wait_s))
+        )
 
     def submit_tdoa(
         self,
@@ -162,7 +179,10 @@ class ShimClient:
 
     @staticmethod
     def _accepted(status: int, body: Any) -> dict[str, Any]:
-        if status != 202:
+        """The 202 body (``status`` queued, or final for a capture answered from the result
+        cache), or after a submission with ``wait_s`` that finished in time, the 200 body: the
+        job's view as :meth:`job` returns it. Both carry ``job_id`` and ``status``."""
+        if status not in (200, 202):
             raise ShimError(status, body)
         return dict(body)
 

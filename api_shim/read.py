@@ -36,11 +36,11 @@ def create_blueprint() -> Audience:
 
 def lookup_job(job_id: str) -> dict[str, Any]:
     """A job's view: Redis first, PostgreSQL (the record of truth) when Redis has none."""
-    return _lookup(job_id)[0]
+    return find_job(job_id)[0]
 
 
-def _lookup(job_id: str) -> tuple[dict[str, Any], bytes | None]:
-    """A job's view, and its JSON as Redis holds it when it came from there."""
+def find_job(job_id: str) -> tuple[dict[str, Any], bytes | None]:
+    """A job's view, and its JSON as Redis holds it when it came from there (404 if none)."""
     if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     shim = services()
@@ -127,33 +127,43 @@ def wait_seconds() -> float:
 
 
 def get_job(job_id: str) -> tuple[Response, int]:
-    view, cached = _lookup(job_id)
+    view, cached = find_job(job_id)
     wait_s = wait_seconds()
     if wait_s and view["status"] not in FINAL_STATUSES:
-        shim = services()
-        seen: list[bytes] = []
+        view, cached = wait_for_final(job_id, wait_s)
+    return job_response(view, cached), 200
 
-        def announced() -> bool:
-            try:
-                value = shim.store.get_result_json(job_id)
-            except TRANSIENT_ERRORS:
-                return False
-            if value is not None:
-                seen.append(value)
-            return value is not None
 
-        shim.finished.wait(job_id, wait_s, announced)
-        if seen or announced():  # woken: the view is in Redis (unless Redis is full or down)
-            readable = _readable(job_id, seen[-1])
-            view, cached = (readable, seen[-1]) if readable else _lookup(job_id)
-        else:
-            view, cached = _lookup(job_id)
+def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | None]:
+    """Hold until the job is final (woken by the worker's announcement) or ``wait_s`` passes;
+    then its view as :func:`_lookup` gives it."""
+    shim = services()
+    seen: list[bytes] = []
+
+    def announced() -> bool:
+        try:
+            value = shim.store.get_result_json(job_id)
+        except TRANSIENT_ERRORS:
+            return False
+        if value is not None:
+            seen.append(value)
+        return value is not None
+
+    shim.finished.wait(job_id, wait_s, announced)
+    if seen or announced():  # woken: the view is in Redis (unless Redis is full or down)
+        readable = _readable(job_id, seen[-1])
+        return (readable, seen[-1]) if readable else find_job(job_id)
+    return find_job(job_id)
+
+
+def job_response(view: dict[str, Any], cached: bytes | None) -> Response:
+    """A job's view as ``GET /jobs/<id>`` answers it (``?include=geojson`` adds the map)."""
     includes = {part.strip() for part in request.args.get("include", "").split(",") if part}
     if "geojson" in includes and view["status"] == "succeeded":
-        return jsonify({**view, "geojson": geojson(view["result"])}), 200
+        return jsonify({**view, "geojson": geojson(view["result"])})
     if cached is not None:  # as stored: no need to encode it again
-        return Response(cached, mimetype="application/json"), 200
-    return jsonify(view), 200
+        return Response(cached, mimetype="application/json")
+    return jsonify(view)
 
 
 def get_batch(batch_id: str) -> tuple[Response, int]:

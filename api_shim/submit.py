@@ -15,6 +15,7 @@ from flask import Response, g, jsonify, request, url_for
 
 from api_shim.auth import Audience, current_tenant
 from api_shim.errors import ApiError
+from api_shim.read import find_job, job_response, wait_for_final, wait_seconds
 from api_shim.services import services
 from inference_worker.core.capture import (
     CaptureError,
@@ -23,6 +24,7 @@ from inference_worker.core.capture import (
     decode_npy,
 )
 from inference_worker.serving import observability
+from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.intake import Accepted, JobConflict, ModelRequestError, ServiceUnavailable
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
@@ -117,6 +119,7 @@ def npy_body() -> np.ndarray:
 
 
 def predict() -> tuple[Response, int]:
+    wait_s = wait_seconds()  # checked before anything is accepted
     content_type = (request.mimetype or "").lower()
     if content_type == "application/json":
         body = request.get_json(silent=True)
@@ -135,9 +138,30 @@ def predict() -> tuple[Response, int]:
             "multipart/form-data with KiwiSDR IQ WAV files (time differences of arrival)",
         )
     status_url = url_for("read.get_job", job_id=accepted.job_id)
+    if wait_s:
+        final = finished_view(accepted, wait_s)
+        if final is not None:
+            response = job_response(*final)
+            response.headers["Location"] = status_url
+            return response, 200
     response = jsonify(accepted.describe(status_url))
     response.headers["Location"] = status_url
     return response, 202
+
+
+def finished_view(accepted: Accepted, wait_s: float) -> tuple[dict[str, Any], bytes | None] | None:
+    """``?wait=S`` on a submission: the job's view once it is final (at once for a capture
+    answered from the result cache or a job that was final already), or None when ``wait_s``
+    passed first, or the view could not be read (the job stays accepted: the 202 says where to
+    ask)."""
+    try:
+        if accepted.status in FINAL_STATUSES:
+            view, cached = find_job(accepted.job_id)
+        else:
+            view, cached = wait_for_final(accepted.job_id, wait_s)
+    except ApiError:  # a store is down: the job is accepted all the same
+        return None
+    return (view, cached) if view["status"] in FINAL_STATUSES else None
 
 
 def batch_items() -> list[tuple[Any, dict[str, Any]]]:

@@ -211,6 +211,8 @@ class Load:
     wait_results: bool
     jobs: int
     id_prefix: str = "b"
+    submit_waits: bool = False
+    """Wait in the submission itself (``POST /predict?wait=``): one request a job."""
     submit_ms: list[float] = field(default_factory=list)
     end_to_end_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -251,10 +253,14 @@ class Load:
         while (number := self._take()) is not None:
             body = self.bodies[number % len(self.bodies)]
             started = time.perf_counter()
+            wait = "&wait=10" if self.submit_waits else ""
             status, raw = self._request(
-                "POST", f"/predict?{self.query}&job_id={self.id_prefix}-{number}", body
+                "POST", f"/predict?{self.query}&job_id={self.id_prefix}-{number}{wait}", body
             )
             submitted = time.perf_counter()
+            if status == 200 and self.submit_waits:  # answered final
+                self.end_to_end_ms.append((submitted - started) * 1e3)
+                continue
             if status != 202:
                 self.errors.append(f"{status} {raw[:120]!r}")
                 continue
@@ -451,6 +457,7 @@ def shim_and_service(
     processes: int,
     log_dir: Path,
     with_worker: bool,
+    submit_waits: bool = False,
 ) -> dict:
     settings = own_settings(base, "s" if with_worker else "a")
     prepare(settings)
@@ -462,16 +469,17 @@ def shim_and_service(
             groups,
         ):
             # warm-up submissions (job ids of their own), not counted
-            warm = Load(port, bodies, query, with_worker, min(50, jobs), id_prefix="warm")
+            warm = Load(port, bodies, query, with_worker, min(50, jobs), "warm", submit_waits)
             warm.run(min(clients, 4))
-            load = Load(port, bodies, query, with_worker, jobs)
+            load = Load(port, bodies, query, with_worker, jobs, submit_waits=submit_waits)
             meter = CpuMeter({**groups, **service_roots()})
             meter.start()
             elapsed = load.run(clients)
             meter.stop()
+        finished = len(load.end_to_end_ms) if with_worker else len(load.submit_ms)
         return {
-            "jobs": len(load.submit_ms),
-            "per_s": len(load.submit_ms) / elapsed,
+            "jobs": finished,
+            "per_s": finished / elapsed,
             "load": load,
             "cpu": meter,
         }
@@ -514,7 +522,8 @@ def main() -> int:
     parser.add_argument(
         "--stages",
         default="bare,worker,shim,service,idle",
-        help="comma-separated: bare, worker, shim, service, idle (one client)",
+        help="comma-separated: bare, worker, shim, service, service-wait (one request a job: "
+        "POST /predict?wait=), idle (one client)",
     )
     args = parser.parse_args()
 
@@ -601,6 +610,18 @@ def main() -> int:
             f"service (shim + workers, {args.clients} clients): {found['per_s']:.1f} jobs/s"
             f"{ratio(found['per_s'])}; submission {pct(load.submit_ms)}; "
             f"end to end {pct(load.end_to_end_ms)}; errors {len(load.errors)}",
+            flush=True,
+        )
+        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    if "service-wait" in stages:
+        found = shim_and_service(
+            base, captures, args.jobs, args.clients, api_workers, processes, log_dir, True, True
+        )
+        load = found["load"]
+        print(
+            f"service, one request a job (POST /predict?wait=, {args.clients} clients): "
+            f"{found['per_s']:.1f} jobs/s{ratio(found['per_s'])}; end to end "
+            f"{pct(load.end_to_end_ms)}; errors {len(load.errors)}",
             flush=True,
         )
         print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)

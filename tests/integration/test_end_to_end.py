@@ -10,11 +10,18 @@ import pytest
 import sqlalchemy as sa
 
 from api_shim.app import create_app
+from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import load_metadata
 from inference_worker.core.ellipse import distance_m
 from inference_worker.storage.schema import inference_logs, jobs
 from tests.helpers import json_body
-from tests.integration.helpers import submit_npy, wait_final
+from tests.integration.helpers import (
+    free_port,
+    shim_answers,
+    submit_npy,
+    wait_final,
+    worker_env,
+)
 
 
 def assert_located(view: dict, capture) -> None:
@@ -200,6 +207,60 @@ def test_a_wait_longer_than_the_limit_is_refused(client, worker, capture):
     refused = client.get(f"/jobs/{job_id}?wait=3600")
     assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_wait"
     assert client.get(f"/jobs/{job_id}?wait=soon").status_code == 400
+
+
+def test_a_submission_can_wait_for_its_result_in_the_same_request(client, worker, capture):
+    response = submit_npy(client, capture, wait=20)
+    assert response.status_code == 200, response.get_json()
+    view = response.get_json()
+    assert_located(view, capture)  # the job's view, as GET /jobs/<id> gives it
+    assert response.headers["Location"] == f"/jobs/{view['job_id']}"
+    again = submit_npy(client, capture, wait=20)  # answered from the result cache at once
+    assert again.status_code == 200 and again.get_json()["cache_hit"] is True
+
+
+def test_the_python_client_submits_and_waits_in_one_request_to_a_real_shim(
+    worker, settings, capture, tmp_path
+):
+    from api_shim.client import ShimClient
+
+    port = free_port()
+    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port)}
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        client = ShimClient(f"http://127.0.0.1:{port}")
+        wait_until("the shim", lambda: shim_answers(client.base_url), 60, api)
+        view = client.submit_npy(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=list(capture.receivers),
+            wait_s=20,
+        )
+        assert_located(view, capture)
+        document = ShimClient.json_document(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=list(capture.receivers),
+        )
+        again = client.submit_json(document, wait_s=20)  # the same capture: from the cache
+        assert again["status"] == "succeeded" and again["cache_hit"] is True
+
+
+def test_a_bad_wait_on_a_submission_accepts_nothing(client, worker, capture, engine):
+    job_id = f"acq-{uuid.uuid4()}"
+    refused = submit_npy(client, capture, job_id=job_id, wait=3600)
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_wait"
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_a_submission_that_waits_past_its_seconds_is_accepted_as_usual(own_queue, capture):
+    local, _, _ = own_queue  # no worker consumes this queue
+    client = create_app(local).test_client()
+    response = submit_npy(client, capture, wait=0.5)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued" and body["status_url"] == f"/jobs/{body['job_id']}"
 
 
 def test_a_wait_ends_after_its_seconds_when_no_worker_finishes_the_job(own_queue, capture):

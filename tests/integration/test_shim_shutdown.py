@@ -11,7 +11,7 @@ import urllib.parse
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import npy_bytes
-from tests.integration.helpers import free_port, worker_env
+from tests.integration.helpers import free_port, shim_answers, worker_env
 
 
 def test_sigterm_lets_the_request_in_flight_finish(
@@ -73,7 +73,7 @@ def test_a_burst_of_first_requests_on_every_thread_is_answered(
     env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "HEIMDALL_API_THREADS": "16"}
     with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
         client = ShimClient(f"http://127.0.0.1:{port}")
-        wait_until("the shim", lambda: _answers(client), 60, api)
+        wait_until("the shim", lambda: shim_answers(client.base_url), 60, api)
 
         def submit(_: int) -> str:
             return str(
@@ -88,10 +88,3 @@ def test_a_burst_of_first_requests_on_every_thread_is_answered(
         with ThreadPoolExecutor(32) as pool:
             statuses = list(pool.map(submit, range(32)))
     assert len(statuses) == 32 and set(statuses) <= {"queued", "succeeded"}, statuses
-
-
-def _answers(client) -> bool:
-    try:
-        return client.health()[0] in (200, 503)
-    except OSError:
-        return False
