@@ -1,6 +1,6 @@
 """Benchmark: the service's throughput against its bare pipeline, measured in one run.
 
-Five stages, each on a queue, Redis prefix and PostgreSQL schema of its own (removed at the end),
+Five stages (and a variant of the fourth), each on a queue, Redis prefix and PostgreSQL schema of its own (removed at the end),
 on this machine's real RabbitMQ, Redis and PostgreSQL:
 
 1. **bare pipeline**: decode ``.npy`` + sha256 + features + onnxruntime + ellipse in a loop, in
@@ -11,6 +11,8 @@ on this machine's real RabbitMQ, Redis and PostgreSQL:
    submitting; submissions/s and CPU seconds of the shim's processes per accepted submission;
 4. **service**: shim and worker together, closed-loop clients that submit and wait for the
    result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles;
+   **service-wait**: the same, each client submitting and waiting in one request
+   (``POST /predict?wait=``);
 5. **idle**: one client and an otherwise idle service: new captures submitted and waited for
    (end-to-end latency as the client sees it), then captures already answered (resubmitted
    unchanged: answered in the ``202`` from the result cache).
@@ -19,7 +21,7 @@ For stages 2-4 it prints the CPU seconds per job of every process group: shim, w
 RabbitMQ, Redis, PostgreSQL and the benchmark's own clients.
 
     python tools/bench_throughput.py [--preset 12k|12k-short|192k] [--jobs 2000] [--clients 16]
-        [--stages bare,worker,shim,service,idle]
+        [--stages bare,worker,shim,service,service-wait,idle]
 """
 
 from __future__ import annotations
