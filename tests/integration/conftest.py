@@ -136,9 +136,12 @@ def client(app):
 
 
 @pytest.fixture
-def own_queue_factory(settings: Settings, redis_client: redis.Redis, tmp_path: Path):
+def own_queue_factory(
+    settings: Settings, engine: sa.Engine, redis_client: redis.Redis, tmp_path: Path
+):
     """Make settings with a queue and Redis prefix of their own (and any other overrides),
-    with a function that starts a real worker on them; the queues are deleted afterwards."""
+    with a function that starts a real worker on them; the queues are deleted afterwards. The
+    job schema exists (``engine``), so a test of its own runs alone too."""
     made: list[Settings] = []
 
     def make(**overrides: object):
