@@ -45,9 +45,11 @@ def _start_timer() -> None:
 
 def _record_submission(response: Response) -> Response:
     if "started" in g and request.endpoint:
-        elapsed = time.perf_counter() - g.started
+        # A submission that then waits for its result (?wait=) counts until it was accepted.
+        elapsed = g.get("accepted", time.perf_counter()) - g.started
+        status = 202 if "accepted" in g else response.status_code
         endpoint = request.endpoint.rpartition(".")[2]
-        observability.record_submission(endpoint, response.status_code, elapsed)
+        observability.record_submission(endpoint, status, elapsed)
     return response
 
 
@@ -139,6 +141,7 @@ def predict() -> tuple[Response, int]:
         )
     status_url = url_for("read.get_job", job_id=accepted.job_id)
     if wait_s:
+        g.accepted = time.perf_counter()
         final = finished_view(accepted, wait_s)
         if final is not None:
             response = job_response(*final)

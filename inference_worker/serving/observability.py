@@ -87,7 +87,8 @@ def _create_metrics() -> dict[str, Any]:
         ),
         "submission": Histogram(
             "heimdall_submission_seconds",
-            "Time the shim takes to accept (or refuse) a submission.",
+            "Time the shim takes to accept (or refuse) a submission (one that waits for its "
+            "result with ?wait= counts until it was accepted, as 202).",
             ["endpoint", "status"],
             buckets=LATENCY_BUCKETS,
         ),

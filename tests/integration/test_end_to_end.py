@@ -257,10 +257,26 @@ def test_a_bad_wait_on_a_submission_accepts_nothing(client, worker, capture, eng
 def test_a_submission_that_waits_past_its_seconds_is_accepted_as_usual(own_queue, capture):
     local, _, _ = own_queue  # no worker consumes this queue
     client = create_app(local).test_client()
-    response = submit_npy(client, capture, wait=0.5)
+    before = submission_seconds(client)
+    response = submit_npy(client, capture, wait=2)
     assert response.status_code == 202
     body = response.get_json()
     assert body["status"] == "queued" and body["status_url"] == f"/jobs/{body['job_id']}"
+    # The submission metric counts until the capture was accepted, not the wait after it.
+    (count, total), (count_before, total_before) = submission_seconds(client), before
+    assert count - count_before == 1 and total - total_before < 2.0
+
+
+def submission_seconds(client) -> tuple[float, float]:
+    """The shim's ``heimdall_submission_seconds`` count and sum for accepted predictions."""
+    found = {}
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(
+                f'heimdall_submission_seconds_{part}{{endpoint="predict",status="202"}}'
+            ):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found.get("count", 0.0), found.get("sum", 0.0)
 
 
 def test_a_wait_ends_after_its_seconds_when_no_worker_finishes_the_job(own_queue, capture):
