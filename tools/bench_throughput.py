@@ -493,23 +493,28 @@ def idle_latency(
     base: Settings, captures: list, jobs: int, api_workers: int, processes: int, log_dir: Path
 ) -> dict:
     """One client and an otherwise idle service: new captures (each submitted, then waited for
-    with ``?wait=``), then captures already answered (answered in the ``202`` itself)."""
+    with ``GET /jobs/<id>?wait=``), other new captures submitted and waited for in one request,
+    then captures already answered (answered in the ``202`` itself)."""
     settings = own_settings(base, "i").model_copy(update={"cache_ttl_s": 600})
     prepare(settings)
     query = capture_query(captures[0])
     # Every capture new, as fresh noise makes them: a tiny gain per job.
     fresh = [
-        npy(captures[n % len(captures)].iq * np.complex64(1.0 + 1e-6 * n)) for n in range(jobs)
+        npy(captures[n % len(captures)].iq * np.complex64(1.0 + 1e-6 * n))
+        for n in range(2 * jobs + 20)
     ]
     try:
         with running_service(settings, api_workers, processes, log_dir, True) as (port, _):
-            Load(port, fresh[:20], query, True, 20, id_prefix="warm").run(1)
-            new = Load(port, fresh, query, True, jobs, id_prefix="new")
+            Load(port, fresh[2 * jobs :], query, True, 20, id_prefix="warm").run(1)
+            new = Load(port, fresh[:jobs], query, True, jobs, id_prefix="new")
             new.run(1)
+            # Other new captures, each submitted and waited for in one request.
+            one = Load(port, fresh[jobs:], query, True, jobs, "one", submit_waits=True)
+            one.run(1)
             # The captures of the first jobs again: their results are cached.
             again = Load(port, fresh[: min(50, jobs)], query, False, jobs, id_prefix="again")
             again.run(1)
-        return {"new": new, "again": again}
+        return {"new": new, "one": one, "again": again}
     finally:
         drop(settings)
 
@@ -633,6 +638,12 @@ def main() -> int:
         print(
             f"one client, idle service: new capture submission {pct(new.submit_ms)}; end to "
             f"end (?wait=) {pct(new.end_to_end_ms)}; errors {len(new.errors)}",
+            flush=True,
+        )
+        one = found["one"]
+        print(
+            f"  new capture in one request (POST /predict?wait=): end to end "
+            f"{pct(one.end_to_end_ms)}; errors {len(one.errors)}",
             flush=True,
         )
         print(
