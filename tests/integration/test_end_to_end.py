@@ -210,13 +210,17 @@ def test_a_wait_longer_than_the_limit_is_refused(client, worker, capture):
 
 
 def test_a_submission_can_wait_for_its_result_in_the_same_request(client, worker, capture):
-    response = submit_npy(client, capture, wait=20)
+    job_id = f"acq-{uuid.uuid4()}"
+    response = submit_npy(client, capture, job_id=job_id, wait=20)
     assert response.status_code == 200, response.get_json()
     view = response.get_json()
     assert_located(view, capture)  # the job's view, as GET /jobs/<id> gives it
-    assert response.headers["Location"] == f"/jobs/{view['job_id']}"
-    again = submit_npy(client, capture, wait=20)  # answered from the result cache at once
+    assert view["job_id"] == job_id and response.headers["Location"] == f"/jobs/{job_id}"
+    retried = submit_npy(client, capture, job_id=job_id, wait=20)  # the same job, final
+    assert retried.status_code == 200 and retried.get_json() == view
+    again = submit_npy(client, capture, wait=20)  # a new job, answered from the result cache
     assert again.status_code == 200 and again.get_json()["cache_hit"] is True
+    assert again.get_json()["job_id"] != job_id
 
 
 def test_the_python_client_submits_and_waits_in_one_request_to_a_real_shim(
