@@ -478,12 +478,14 @@ def shim_and_service(
             meter.start()
             elapsed = load.run(clients)
             meter.stop()
+        batch = succeeded_jobs(settings)[2] if with_worker else 0.0
         finished = len(load.end_to_end_ms) if with_worker else len(load.submit_ms)
         return {
             "jobs": finished,
             "per_s": finished / elapsed,
             "load": load,
             "cpu": meter,
+            "batch": batch,
         }
     finally:
         drop(settings)
@@ -619,7 +621,11 @@ def main() -> int:
             f"end to end {pct(load.end_to_end_ms)}; errors {len(load.errors)}",
             flush=True,
         )
-        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+        print(
+            f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}; "
+            f"jobs per batch {found['batch']:.1f} on average",
+            flush=True,
+        )
     if "service-wait" in stages:
         found = shim_and_service(
             base, captures, args.jobs, args.clients, api_workers, processes, log_dir, True, True
@@ -631,7 +637,11 @@ def main() -> int:
             f"{pct(load.end_to_end_ms)}; errors {len(load.errors)}",
             flush=True,
         )
-        print(f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+        print(
+            f"  CPU ms per job: {found['cpu'].per_job_ms(found['jobs'])}; "
+            f"jobs per batch {found['batch']:.1f} on average",
+            flush=True,
+        )
     if "idle" in stages:
         found = idle_latency(base, captures, args.jobs // 5, api_workers, processes, log_dir)
         new, again = found["new"], found["again"]
