@@ -21,8 +21,11 @@ LONG_POLL_S = 25.0
 """Longest single ?wait= the client asks for (the shim allows up to HEIMDALL_MAX_WAIT_S)."""
 
 
-def _wait_query(wait_s: float) -> dict[str, str]:
-    return {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
+def _predict_path(query: dict[str, str], wait_s: float) -> str:
+    """``/predict`` with its query string, ``wait`` added when the submission waits."""
+    if wait_s > 0:
+        query = {**query, "wait": f"{wait_s:g}"}
+    return "/predict" + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
 
 def _timeout(wait_s: float) -> float | None:
@@ -108,7 +111,7 @@ class ShimClient:
             query["job_id"] = job_id
         if capture_time:
             query["capture_time"] = capture_time
-        path = "/predict?" + urllib.parse.urlencode({**query, **_wait_query(wait_s)})
+        path = _predict_path(query, wait_s)
         return self._accepted(
             *self._request("POST", path, buffer.getvalue(), "application/x-npy", _timeout(wait_s))
         )
@@ -117,9 +120,9 @@ class ShimClient:
         """POST a JSON submission as documented in the README; returns the 202 body, or with
         ``wait_s`` the job's view once it is final (see :meth:`_accepted`)."""
         body = json.dumps(document).encode()
-        path = "/predict?" + urllib.parse.urlencode(_wait_query(wait_s))
+        path = _predict_path({}, wait_s)
         return self._accepted(
-            *self._request("POST", path.rstrip("?"), body, "application/json", _timeout(wait_s))
+            *self._request("POST", path, body, "application/json", _timeout(wait_s))
         )
 
     def submit_tdoa(

@@ -136,7 +136,7 @@ def get_job(job_id: str) -> tuple[Response, int]:
 
 def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | None]:
     """Hold until the job is final (woken by the worker's announcement) or ``wait_s`` passes;
-    then its view as :func:`_lookup` gives it."""
+    then its view as :func:`find_job` gives it."""
     shim = services()
     seen: list[bytes] = []
 
