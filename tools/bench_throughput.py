@@ -27,19 +27,15 @@ RabbitMQ, Redis, PostgreSQL and the benchmark's own clients.
 from __future__ import annotations
 
 import argparse
-import http.client
-import io
 import json
 import multiprocessing
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,94 +48,17 @@ from inference_worker.cli import bootstrap  # noqa: E402
 from inference_worker.cli.processes import cli_process, settings_env, wait_until  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
+from tools.bench_clients import Load, npy, pct  # noqa: E402
+from tools.process_meter import (  # noqa: E402
+    CLIENTS,
+    CpuMeter,
+    children,
+    rss_mb,
+    service_roots,
+    tree_cpu_s,
+)
 
 PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
-TICKS = os.sysconf("SC_CLK_TCK")
-CLIENTS = "benchmark (clients)"
-"""The meter's name for this process's own CPU (the load it generates, not the service's)."""
-
-
-# --- CPU accounting from /proc ---------------------------------------------------------------
-def _stat(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and all its descendants, living or reaped."""
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return 0.0
-    own = sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
-    return own + sum(tree_cpu_s(child) for child in _children(pid))
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process (MB), 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def pids_of(command_part: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if command_part in command:
-                found.append(int(entry.name))
-    return found
-
-
-def service_roots() -> dict[str, list[int]]:
-    """The top processes of RabbitMQ, Redis and PostgreSQL (their children are counted in)."""
-    postgres = [
-        p for p in pids_of("bin/postgres") if "-D" in Path(f"/proc/{p}/cmdline").read_text()
-    ]
-    return {
-        "RabbitMQ": pids_of("beam.smp"),
-        "Redis": pids_of("redis-server"),
-        "PostgreSQL": postgres,
-    }
-
-
-@dataclass
-class CpuMeter:
-    """CPU seconds per process group between :meth:`start` and :meth:`stop`."""
-
-    groups: dict[str, list[int]]
-    before: dict[str, float] = field(default_factory=dict)
-    used: dict[str, float] = field(default_factory=dict)
-
-    def _now(self) -> dict[str, float]:
-        now = {name: sum(tree_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
-        now[CLIENTS] = sum(int(v) for v in _stat(os.getpid())[11:13]) / TICKS
-        return now
-
-    def start(self) -> None:
-        self.before = self._now()
-
-    def stop(self) -> None:
-        after = self._now()
-        self.used = {name: after[name] - self.before.get(name, 0.0) for name in after}
-
-    def per_job_ms(self, jobs: int) -> str:
-        return ", ".join(f"{name} {1e3 * s / max(jobs, 1):.2f}" for name, s in self.used.items())
 
 
 # --- stage 1: the bare pipeline ----------------------------------------------------------------
@@ -194,107 +113,6 @@ def bare_pipeline(
             rates.append(done / (time.perf_counter() - started))
             cpu_ms.append(1e3 * (sum(tree_cpu_s(p) for p in pids) - cpu) / done)
     return float(np.median(rates)), float(np.median(cpu_ms))
-
-
-# --- HTTP clients ----------------------------------------------------------------------------
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-@dataclass
-class Load:
-    """Closed-loop clients against the shim: each submits, (optionally) waits, submits again."""
-
-    port: int
-    bodies: list[bytes]
-    query: str
-    wait_results: bool
-    jobs: int
-    id_prefix: str = "b"
-    submit_waits: bool = False
-    """Wait in the submission itself (``POST /predict?wait=``): one request a job."""
-    submit_ms: list[float] = field(default_factory=list)
-    end_to_end_ms: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    done: int = 0
-    answered: int = 0
-    """Submissions whose 202 already carried the final result (a cached capture)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _local: threading.local = field(default_factory=threading.local)
-
-    def _take(self) -> int | None:
-        with self.lock:
-            if self.done >= self.jobs:
-                return None
-            self.done += 1
-            return self.done
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """One request on this client thread's kept-alive connection (opened again if the
-        shim closed it), as an HTTP client library with a connection pool sends it."""
-        headers = {"Content-Type": "application/x-npy"} if body is not None else {}
-        for attempt in (1, 2):
-            connection = getattr(self._local, "connection", None)
-            if connection is None:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                self._local.connection = connection
-            try:
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-                return response.status, response.read()
-            except (http.client.HTTPException, ConnectionError):
-                connection.close()
-                self._local.connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def client(self) -> None:
-        while (number := self._take()) is not None:
-            body = self.bodies[number % len(self.bodies)]
-            started = time.perf_counter()
-            wait = "&wait=10" if self.submit_waits else ""
-            status, raw = self._request(
-                "POST", f"/predict?{self.query}&job_id={self.id_prefix}-{number}{wait}", body
-            )
-            submitted = time.perf_counter()
-            if status == 200 and self.submit_waits:  # answered final
-                self.end_to_end_ms.append((submitted - started) * 1e3)
-                continue
-            if status != 202:
-                self.errors.append(f"{status} {raw[:120]!r}")
-                continue
-            self.submit_ms.append((submitted - started) * 1e3)
-            if not self.wait_results:
-                if json.loads(raw).get("status") == "succeeded":
-                    with self.lock:
-                        self.answered += 1
-                continue
-            while True:
-                status, raw = self._request("GET", f"/jobs/{self.id_prefix}-{number}?wait=10")
-                view = json.loads(raw) if status == 200 else {}
-                if view.get("status") in ("succeeded", "failed"):
-                    break
-                time.sleep(0.002)  # a shim without long-poll answers at once
-            self.end_to_end_ms.append((time.perf_counter() - started) * 1e3)
-
-    def run(self, clients: int) -> float:
-        threads = [threading.Thread(target=self.client) for _ in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return time.perf_counter() - started
-
-
-def pct(values: list[float]) -> str:
-    if not values:
-        return "-"
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return f"p50 {p50:.1f} / p95 {p95:.1f} / p99 {p99:.1f} ms"
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -386,7 +204,7 @@ def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_d
                 if done and not metered_from:  # booted and working: start the CPU meter
                     meter.start()
                     metered_from.append(done)
-                pool = _children(worker.pid)
+                pool = children(worker.pid)
                 if pool:
                     memory.append((done, max(rss_mb(child) for child in pool)))
                 return done >= jobs
@@ -530,7 +348,7 @@ def main() -> int:
     parser.add_argument("--api-workers", type=int, help="shim processes (default: settings)")
     parser.add_argument(
         "--stages",
-        default="bare,worker,shim,service,idle",
+        default="bare,worker,shim,service,service-wait,idle",
         help="comma-separated: bare, worker, shim, service, service-wait (one request a job: "
         "POST /predict?wait=), idle (one client)",
     )

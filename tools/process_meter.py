@@ -1,0 +1,95 @@
+"""CPU and memory of this machine's processes, read from ``/proc`` (Linux): what the throughput
+benchmark meters its stages with."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+CLIENTS = "benchmark (clients)"
+"""The meter's name for this process's own CPU (the load it generates, not the service's)."""
+
+
+def _stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (none once it is gone)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, living or reaped."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    own = sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    return own + sum(tree_cpu_s(child) for child in children(pid))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process (MB), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def pids_of(command_part: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if command_part in command:
+                found.append(int(entry.name))
+    return found
+
+
+def service_roots() -> dict[str, list[int]]:
+    """The top processes of RabbitMQ, Redis and PostgreSQL (their children are counted in)."""
+    postgres = [
+        p for p in pids_of("bin/postgres") if "-D" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    return {
+        "RabbitMQ": pids_of("beam.smp"),
+        "Redis": pids_of("redis-server"),
+        "PostgreSQL": postgres,
+    }
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per process group between :meth:`start` and :meth:`stop`."""
+
+    groups: dict[str, list[int]]
+    before: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _now(self) -> dict[str, float]:
+        now = {name: sum(tree_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
+        now[CLIENTS] = sum(int(v) for v in _stat(os.getpid())[11:13]) / TICKS
+        return now
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def stop(self) -> None:
+        after = self._now()
+        self.used = {name: after[name] - self.before.get(name, 0.0) for name in after}
+
+    def per_job_ms(self, jobs: int) -> str:
+        return ", ".join(f"{name} {1e3 * s / max(jobs, 1):.2f}" for name, s in self.used.items())
