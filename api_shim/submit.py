@@ -113,9 +113,30 @@ def json_capture_iq(document: object) -> Any:
         raise ApiError(422, "invalid_capture", str(exc)) from None
 
 
+def request_body() -> bytes:
+    """The request's body, read in one step where its length is known.
+
+    ``request.get_data`` reads 64 KiB at a time, and under gunicorn every step copies what the
+    server still holds: for a 288 kB capture that was about an eighth of the shim's CPU. The
+    stream still refuses a body over ``MAX_CONTENT_LENGTH`` (413) or cut short (400).
+    """
+    length = request.content_length
+    if not length:
+        return request.get_data(cache=False)
+    stream = request.stream
+    parts = []
+    while length > 0:
+        part = stream.read(length)
+        if not part:
+            break
+        parts.append(part)
+        length -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def npy_body() -> np.ndarray:
     try:
-        return decode_npy(request.get_data(cache=False))
+        return decode_npy(request_body())
     except CaptureError as exc:
         raise ApiError(400, "invalid_npy", str(exc)) from None
 
