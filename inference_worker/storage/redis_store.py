@@ -8,11 +8,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.connection import Encoder, PythonRespSerializer
+
+# Commands are packed by redis-py's own serializer, which sends a large value (a capture) as it
+# is; hiredis's packer copies it into one new buffer first: ~75 us for a 288 kB capture in a
+# threaded shim against ~7 us. Replies are still parsed by hiredis.
+_PACKER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 
 
 def connect(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        redis_url, socket_connect_timeout=3, socket_timeout=5, health_check_interval=30
+        redis_url,
+        socket_connect_timeout=3,
+        socket_timeout=5,
+        health_check_interval=30,
+        command_packer=_PACKER,
     )
 
 
