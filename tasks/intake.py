@@ -24,7 +24,6 @@ from typing import Any
 import amqp.exceptions
 import kombu.exceptions
 import numpy as np
-from sqlalchemy.engine import RowMapping
 
 from inference_worker.core.capture import (
     CaptureError,
@@ -271,7 +270,7 @@ class Intake:
             )
         return Accepted(message.job_id, final["status"], created=True)
 
-    def _record(self, message: LocateMessage) -> tuple[RowMapping, bool]:
+    def _record(self, message: LocateMessage) -> tuple[Mapping[str, Any], bool]:
         """Write the job row (with its message, not yet published); the existing row and False
         when the client's id exists already for the same capture."""
         assert self.jobs is not None

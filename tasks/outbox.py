@@ -46,7 +46,7 @@ def new_job(message: LocateMessage, *, published: bool = True) -> NewJob:
 
 def record_job(
     jobs: JobStore, message: LocateMessage, *, published: bool = True
-) -> tuple[RowMapping, bool]:
+) -> tuple[Mapping[str, Any], bool]:
     """Write the job row of ``message`` unless it exists; returns the row and whether it is new.
 
     ``published`` is False only for the shim, which writes the row before it publishes; a

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -31,7 +30,8 @@ CREATE = (
     " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(message)s::jsonb,"
     " CASE WHEN %(published)s THEN now() END)"
     " ON CONFLICT (job_id) DO NOTHING"
-    " RETURNING job_id, status, tenant, iq_sha256, message, published_at"
+    # Not the message: the caller has it, and parsing it back costs.
+    " RETURNING job_id, status, tenant, iq_sha256, published_at"
 )
 GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
 # Statements that change several rows lock them in job id order, so that two of them (a worker's
@@ -122,29 +122,73 @@ class JobStore:
         with self.engine.connect() as connection:
             return work(connection)
 
+    def _driver_row(self, statement: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The first row of one statement run on a pooled driver connection, with errors as
+        SQLAlchemy's. For the statements of every submission and poll, where SQLAlchemy's
+        connection and result objects cost more CPU than the driver's own work (0.22 against
+        0.14 ms a submission's insert).
+
+        A pooled connection found dead (the database restarted since it was used) is discarded
+        and the statement run on the next, until a live or new one answers: each pooled
+        connection may be dead, and every statement here is safe to repeat."""
+        dialect = self.engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        pool = self.engine.pool
+        pooled = pool.size() if isinstance(pool, sa.pool.QueuePool) else 0
+        for attempt in range(1, pooled + 2):
+            raw = cursor = None
+            try:
+                raw = self.engine.raw_connection()
+                cursor = raw.cursor()
+                cursor.execute(statement, params)
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                return dict(zip([column[0] for column in cursor.description], row, strict=True))
+            except dbapi_error as exc:
+                if raw is None:  # no connection to be had
+                    raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
+                dead = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+                if dead:
+                    raw.invalidate(exc)
+                if dead and attempt <= pooled:
+                    continue
+                raise sa.exc.DBAPIError.instance(
+                    statement, params, exc, dbapi_error, connection_invalidated=dead
+                ) from exc
+            finally:
+                if cursor is not None and not cursor.closed:
+                    try:
+                        cursor.close()
+                    except dbapi_error:
+                        pass
+                if raw is not None:
+                    raw.close()
+        raise AssertionError("unreachable")
+
     def _one(self, statement: sa.Executable) -> RowMapping | None:
         return self._run(lambda connection: connection.execute(statement).mappings().first())
 
     def ping(self) -> None:
         self._run(lambda connection: connection.execute(sa.text("SELECT 1")))
 
-    def create(self, job: NewJob) -> tuple[RowMapping, bool]:
+    def create(self, job: NewJob) -> tuple[Mapping[str, Any], bool]:
         """Insert a queued job; if the id exists already, return that row and ``False``.
 
-        A new row comes back as its id, status, tenant, digest, message and publication time.
+        A new row comes back as its id, status, tenant, digest and publication time; an
+        existing one whole (its stored message included).
         """
         params = dict(job.__dict__)
-        params["receivers"] = json.dumps(params["receivers"])
-        params["message"] = None if job.message is None else json.dumps(job.message)
-
-        def insert(connection: Connection) -> tuple[RowMapping, bool]:
-            row = connection.exec_driver_sql(CREATE, params).mappings().first()
+        params["receivers"] = orjson.dumps(params["receivers"]).decode()
+        params["message"] = None if job.message is None else orjson.dumps(job.message).decode()
+        for _ in range(2):  # twice: the existing row may be withdrawn before it is read
+            row = self._driver_row(CREATE, params)
             if row is not None:
                 return row, True
-            existing = connection.execute(sa.select(jobs).where(jobs.c.job_id == job.job_id))
-            return existing.mappings().one(), False
-
-        return self._run(insert)
+            existing = self.get(job.job_id)
+            if existing is not None:
+                return existing, False
+        raise RuntimeError(f"job {job.job_id} kept being withdrawn while it was recorded")
 
     def mark_published(self, *job_ids: str) -> None:
         """Record that RabbitMQ confirmed these jobs' task messages (their outbox entries are
@@ -157,9 +201,8 @@ class JobStore:
         statement = sa.delete(jobs).where(jobs.c.job_id == job_id, jobs.c.status == "queued")
         self._run(lambda connection: connection.execute(statement))
 
-    def get(self, job_id: str) -> RowMapping | None:
-        ids = {"job_id": job_id}
-        return self._run(lambda c: c.exec_driver_sql(GET, ids).mappings().first())
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self._driver_row(GET, {"job_id": job_id})
 
     def batch(self, batch_id: str) -> list[RowMapping]:
         """The jobs of a batch, in submission order."""

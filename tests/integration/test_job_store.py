@@ -1,0 +1,93 @@
+"""The job store keeps answering when PostgreSQL dropped its pooled connections, and says a
+database it cannot reach is unavailable (an error the shim answers with 503)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from inference_worker.storage.database import JobStore, NewJob
+from inference_worker.storage.engine import create_engine
+from inference_worker.storage.errors import TRANSIENT_ERRORS
+
+ROLE = f"store-test-{uuid.uuid4().hex[:8]}"
+
+
+def queued_job(**changes: object) -> NewJob:
+    fields: dict[str, object] = {
+        "job_id": str(uuid.uuid4()),
+        "capture_time": datetime.now(UTC),
+        "frequency_mhz": 145.5,
+        "sample_rate_hz": 12_000.0,
+        "n_samples": 12_000,
+        "receivers": ["a", "b", "c"],
+        "iq_sha256": "0" * 64,
+        "message": {"job_id": "kept with the row"},
+        "published": False,
+    }
+    return NewJob(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def own_engine(settings, engine):
+    """An engine of three pooled connections, named so that only they are dropped."""
+    own = create_engine(settings.database_url, settings.database_schema, pool_size=3, role=ROLE)
+    yield own
+    own.dispose()
+
+
+def fill_pool(engine: sa.Engine) -> None:
+    held = [engine.raw_connection() for _ in range(3)]
+    for connection in held:
+        connection.close()
+
+
+def drop_connections(engine: sa.Engine, role: str) -> int:
+    with engine.connect() as connection:
+        return len(
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name LIKE :name"
+                ),
+                {"name": f"{role} pid %"},
+            ).all()
+        )
+
+
+def test_a_job_is_recorded_and_read_after_the_database_dropped_every_pooled_connection(
+    own_engine, engine
+):
+    store = JobStore(own_engine)
+    fill_pool(own_engine)
+    assert drop_connections(engine, ROLE) == 3
+
+    job = queued_job()
+    row, created = store.create(job)
+    assert created and row["status"] == "queued" and row["published_at"] is None
+
+    assert drop_connections(engine, ROLE) >= 1
+    read = store.get(job.job_id)
+    assert read is not None and read["message"] == {"job_id": "kept with the row"}
+
+
+def test_the_same_job_id_again_returns_the_existing_row_with_its_message(own_engine):
+    store = JobStore(own_engine)
+    job = queued_job()
+    store.create(job)
+    row, created = store.create(queued_job(job_id=job.job_id, iq_sha256="1" * 64))
+    assert not created
+    assert row["iq_sha256"] == "0" * 64 and row["message"] == {"job_id": "kept with the row"}
+
+
+def test_an_unreachable_database_is_a_transient_error(settings):
+    unreachable = create_engine("postgresql+psycopg2://heimdall@127.0.0.1:1/x", "s", role=ROLE)
+    store = JobStore(unreachable)
+    with pytest.raises(TRANSIENT_ERRORS):
+        store.create(queued_job())
+    with pytest.raises(TRANSIENT_ERRORS):
+        store.get("any")
+    unreachable.dispose()
