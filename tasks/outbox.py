@@ -17,8 +17,6 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.engine import RowMapping
-
 from inference_worker.storage.database import JobStore, NewJob
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from tasks.contract import LocateMessage, MessageError, read_message
@@ -58,7 +56,7 @@ def record_job(
     return jobs.create(new_job(message, published=published))
 
 
-def start_job(jobs: JobStore, message: LocateMessage) -> RowMapping | None:
+def start_job(jobs: JobStore, message: LocateMessage) -> dict[str, Any] | None:
     """Mark the job of a message taken from the queue running, in one statement; its row is
     written from the message first if it has none (a producer's). ``None``: already final.
 
