@@ -18,10 +18,12 @@ of its own (removed at the end), on this machine's real RabbitMQ, Redis and Post
    unchanged: answered in the ``202`` from the result cache).
 
 For stages 2-4 it prints the CPU seconds per job of every process group: shim, workers,
-RabbitMQ, Redis, PostgreSQL and the benchmark's own clients.
+RabbitMQ, Redis, PostgreSQL and the benchmark's own clients. ``--rounds N`` runs stages 1 and 2
+N times, alternating, and prints the median of their ratios (this machine's speed drifts from
+one minute to the next).
 
     python tools/bench_throughput.py [--preset 12k|12k-short|192k] [--jobs 2000] [--clients 16]
-        [--stages bare,worker,shim,service,service-wait,idle]
+        [--stages bare,worker,shim,service,service-wait,idle] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -339,6 +342,40 @@ def idle_latency(
         drop(settings)
 
 
+def print_worker_path(found: dict[str, Any], bare: float | None, bare_cpu_ms: float) -> None:
+    """The worker path's lines: jobs/s and ratio, CPU per job, the ceiling, pool memory."""
+    share = f" = {found['jobs_per_s'] / bare:.2f}x the bare pipeline" if bare else ""
+    print(
+        f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
+        f"{share}; jobs per batch {found['batch']:.1f} on average",
+        flush=True,
+    )
+    metered = found["metered_jobs"]
+    print(
+        f"  CPU ms per job (while draining, boot excluded): {found['cpu'].per_job_ms(metered)}",
+        flush=True,
+    )
+    if bare:
+        used = found["cpu"].used
+        all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
+        cores = os.cpu_count() or 1
+        print(
+            f"  in all {all_ms:.2f} ms CPU per job against the bare pipeline's "
+            f"{bare_cpu_ms:.2f}: with every core busy the worker path could reach at most "
+            f"{1e3 * cores / all_ms:.0f} jobs/s = {1e3 * cores / all_ms / bare:.2f}x",
+            flush=True,
+        )
+    memory = [m for m in found["memory"] if m[0] > 0]
+    if len(memory) >= 2:
+        early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])
+        print(
+            f"  largest pool process RSS: {early[1]:.0f} MB after {early[0]} jobs, "
+            f"{memory[-1][1]:.0f} MB after {memory[-1][0]}; peak "
+            f"{max(m[1] for m in memory):.0f} MB",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="12k")
@@ -352,7 +389,16 @@ def main() -> int:
         help="comma-separated: bare, worker, shim, service, service-wait (one request a job: "
         "POST /predict?wait=), idle (one client)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the bare and worker stages this many times, alternating, and print the median "
+        "ratio (the machine's speed drifts between runs)",
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     base = load_settings()
     processes = args.processes or base.worker_concurrency
@@ -372,49 +418,33 @@ def main() -> int:
     )
     log_dir = Path(tempfile.mkdtemp(prefix="heimdall-bench-"))
     bare, bare_cpu_ms = None, 0.0
-    if "bare" in stages:
-        bodies = [npy(c.iq) for c in captures] * (args.jobs // len(captures) + 1)
-        bare, bare_cpu_ms = bare_pipeline(base, bodies[: args.jobs], rate, processes)
+    ratios: list[float] = []
+    for round_no in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"round {round_no} of {args.rounds}:", flush=True)
+        if "bare" in stages:
+            bodies = [npy(c.iq) for c in captures] * (args.jobs // len(captures) + 1)
+            bare, bare_cpu_ms = bare_pipeline(base, bodies[: args.jobs], rate, processes)
+            print(
+                f"bare pipeline ({processes} processes): {bare:.1f} jobs/s, {bare_cpu_ms:.2f} ms "
+                "CPU per job (medians of 3 rounds)",
+                flush=True,
+            )
+        if "worker" in stages:
+            found = worker_path(base, captures, args.jobs, processes, log_dir)
+            print_worker_path(found, bare, bare_cpu_ms)
+            if bare:
+                ratios.append(found["jobs_per_s"] / bare)
+    if len(ratios) > 1:
         print(
-            f"bare pipeline ({processes} processes): {bare:.1f} jobs/s, {bare_cpu_ms:.2f} ms CPU "
-            "per job (medians of 3 rounds)",
+            f"worker path over {len(ratios)} rounds, each against the bare pipeline of its round: "
+            f"median {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x)",
             flush=True,
         )
 
     def ratio(value: float) -> str:
         return f" = {value / bare:.2f}x the bare pipeline" if bare else ""
 
-    if "worker" in stages:
-        found = worker_path(base, captures, args.jobs, processes, log_dir)
-        print(
-            f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
-            f"{ratio(found['jobs_per_s'])}; jobs per batch {found['batch']:.1f} on average",
-            flush=True,
-        )
-        metered = found["metered_jobs"]
-        print(
-            f"  CPU ms per job (while draining, boot excluded): {found['cpu'].per_job_ms(metered)}",
-            flush=True,
-        )
-        if bare:
-            used = found["cpu"].used
-            all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
-            cores = os.cpu_count() or 1
-            print(
-                f"  in all {all_ms:.2f} ms CPU per job against the bare pipeline's "
-                f"{bare_cpu_ms:.2f}: with every core busy the worker path could reach at most "
-                f"{1e3 * cores / all_ms:.0f} jobs/s = {1e3 * cores / all_ms / bare:.2f}x",
-                flush=True,
-            )
-        memory = [m for m in found["memory"] if m[0] > 0]
-        if len(memory) >= 2:
-            early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])
-            print(
-                f"  largest pool process RSS: {early[1]:.0f} MB after {early[0]} jobs, "
-                f"{memory[-1][1]:.0f} MB after {memory[-1][0]}; peak "
-                f"{max(m[1] for m in memory):.0f} MB",
-                flush=True,
-            )
     if "shim" in stages:
         found = shim_and_service(
             base, captures, args.jobs, args.clients, api_workers, processes, log_dir, False
