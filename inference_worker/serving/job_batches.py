@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,7 @@ def _run_model_jobs(
     version = model.version
     outcomes: dict[int, JobOutcome] = {}
     rows = services.jobs.start_many([new_job(message) for _, message in batch])
+    started_at = datetime.now(UTC)  # the jobs' queue wait ends here, as a single job's does
     live: list[tuple[int, LocateMessage]] = []
     for index, message in batch:
         if message.job_id in rows:
@@ -131,7 +132,7 @@ def _run_model_jobs(
             result = cached
         created = rows[message.job_id]["created_at"]
         timings = {
-            "queue_wait_ms": (datetime.now(created.tzinfo) - created).total_seconds() * 1e3,
+            "queue_wait_ms": (started_at - created).total_seconds() * 1e3,
             "fetch_ms": fetch_ms,
             **timings,
             "worker_total_ms": (now - started) * 1e3,
