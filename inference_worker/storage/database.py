@@ -12,74 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from inference_worker.storage.job_sql import CREATE, GET, MARK_PUBLISHED, START_MANY, SUCCEED_MANY
+from inference_worker.storage.pooled import driver_rows, run
 from inference_worker.storage.schema import jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import with_json
 
 T = TypeVar("T")
-_FINAL = ", ".join(f"'{status}'" for status in FINAL_STATUSES)
-
-# Run at the driver's level (one per submission, where SQLAlchemy's statement compilation cost
-# more CPU than the insert): JSON values travel as text and are cast in the statement.
-CREATE = (
-    "INSERT INTO jobs (job_id, status, created_at, capture_time, frequency_mhz, sample_rate_hz,"
-    " n_samples, receivers, iq_sha256, batch_id, tenant, message, published_at)"
-    " VALUES (%(job_id)s, 'queued', coalesce(%(created_at)s, now()), %(capture_time)s,"
-    " %(frequency_mhz)s, %(sample_rate_hz)s, %(n_samples)s, %(receivers)s::jsonb,"
-    " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(message)s::jsonb,"
-    " CASE WHEN %(published)s THEN now() END)"
-    " ON CONFLICT (job_id) DO NOTHING"
-    # Not the message: the caller has it, and parsing it back costs.
-    " RETURNING job_id, status, tenant, iq_sha256, published_at"
-)
-GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
-# Statements that change several rows lock them in job id order, so that two of them (a worker's
-# batch, a shim's published marks) never wait on each other in a cycle: a deadlock would cost the
-# loser a retry after a backoff.
-MARK_PUBLISHED = (
-    "UPDATE jobs SET published_at = now() WHERE job_id IN (SELECT job_id FROM jobs"
-    " WHERE job_id = ANY(%(ids)s) AND published_at IS NULL ORDER BY job_id FOR UPDATE)"
-)
-# The two statements every job runs, for one job or a batch: one parameter, a JSON array of the
-# jobs' values, turned into rows by PostgreSQL (a batch costs one round trip, whatever its size).
-_START_COLUMNS = (
-    "job_id text, created_at timestamptz, capture_time timestamptz, frequency_mhz float8,"
-    " sample_rate_hz float8, n_samples int, receivers jsonb, iq_sha256 text, batch_id text,"
-    " tenant text, message jsonb"
-)
-START_MANY = (
-    "INSERT INTO jobs AS j (job_id, status, created_at, started_at, capture_time, frequency_mhz,"
-    " sample_rate_hz, n_samples, receivers, iq_sha256, attempts, batch_id, tenant, message,"
-    " published_at)"
-    " SELECT job_id, 'running', coalesce(created_at, now()), now(), capture_time,"
-    " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, 1, batch_id, tenant,"
-    f" message, now() FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r({_START_COLUMNS})"
-    " ORDER BY job_id"
-    " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
-    " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
-    f" WHERE j.status NOT IN ({_FINAL})"
-    " RETURNING job_id, status, created_at, attempts"
-)
-SUCCEED_MANY = (
-    "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"
-    " result jsonb, model_version text, model_version_id int, cache_hit bool, timings jsonb,"
-    " inference_ms float8)),"
-    " locked AS (SELECT job_id FROM jobs WHERE job_id IN (SELECT job_id FROM given)"
-    f" AND status NOT IN ({_FINAL}) ORDER BY job_id FOR UPDATE),"
-    " done AS (UPDATE jobs SET status = 'succeeded', finished_at = now(), result = g.result,"
-    " model_version = g.model_version, cache_hit = g.cache_hit, timings = g.timings,"
-    " error = NULL FROM given g WHERE jobs.job_id = g.job_id"
-    f" AND jobs.job_id IN (SELECT job_id FROM locked) AND jobs.status NOT IN ({_FINAL})"
-    # Not the result, timings or message: the caller has them, and parsing them back costs.
-    " RETURNING jobs.job_id, jobs.status, jobs.created_at, jobs.started_at, jobs.finished_at,"
-    " jobs.capture_time, jobs.frequency_mhz, jobs.sample_rate_hz, jobs.n_samples,"
-    " jobs.receivers, jobs.attempts, jobs.model_version, jobs.cache_hit, jobs.error,"
-    " jobs.batch_id, jobs.tenant),"
-    " logged AS (INSERT INTO inference_logs (job_id, model_version_id, inference_time_ms,"
-    " cache_hit) SELECT d.job_id, g.model_version_id, g.inference_ms, d.cache_hit"
-    " FROM done d JOIN given g USING (job_id))"
-    " SELECT * FROM done"
-)
 
 
 @dataclass(frozen=True)
@@ -110,69 +49,14 @@ class JobStore:
         self.engine = engine
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` on a pooled connection, and once more on a fresh one if the pooled one
-        turned out dead (the database restarted since it was used): every statement here is
-        safe to repeat, and no ping is paid on each checkout."""
-        try:
-            with self.engine.connect() as connection:
-                return work(connection)
-        except sa.exc.DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        with self.engine.connect() as connection:
-            return work(connection)
+        return run(self.engine, work)
 
     def _driver_row(self, statement: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        """The first row :meth:`_driver_rows` returns, or None."""
-        rows = self._driver_rows(statement, params, first_only=True)
+        rows = driver_rows(self.engine, statement, params, first_only=True)
         return rows[0] if rows else None
 
-    def _driver_rows(
-        self, statement: str, params: dict[str, Any], *, first_only: bool = False
-    ) -> list[dict[str, Any]]:
-        """The rows of one statement run on a pooled driver connection, with errors as
-        SQLAlchemy's. For the statements every job runs (a submission's insert, a poll's read,
-        a batch's start and results), where SQLAlchemy's connection and result objects cost
-        more CPU than the driver's own work (0.22 against 0.14 ms a submission's insert).
-
-        A pooled connection found dead (the database restarted since it was used) is discarded
-        and the statement run on the next, until a live or new one answers: each pooled
-        connection may be dead, and every statement here is safe to repeat."""
-        dialect = self.engine.dialect
-        dbapi_error = dialect.loaded_dbapi.Error
-        pool = self.engine.pool
-        pooled = pool.size() if isinstance(pool, sa.pool.QueuePool) else 0
-        for attempt in range(1, pooled + 2):
-            raw = cursor = None
-            try:
-                raw = self.engine.raw_connection()
-                cursor = raw.cursor()
-                cursor.execute(statement, params)
-                rows = cursor.fetchmany(1) if first_only else cursor.fetchall()
-                if not rows:
-                    return []
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in rows]
-            except dbapi_error as exc:
-                if raw is None:  # no connection to be had
-                    raise sa.exc.DBAPIError.instance(None, None, exc, dbapi_error) from exc
-                dead = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
-                if dead:
-                    raw.invalidate(exc)
-                if dead and attempt <= pooled:
-                    continue
-                raise sa.exc.DBAPIError.instance(
-                    statement, params, exc, dbapi_error, connection_invalidated=dead
-                ) from exc
-            finally:
-                if cursor is not None and not cursor.closed:
-                    try:
-                        cursor.close()
-                    except dbapi_error:
-                        pass
-                if raw is not None:
-                    raw.close()
-        raise AssertionError("unreachable")
+    def _driver_rows(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return driver_rows(self.engine, statement, params)
 
     def _one(self, statement: sa.Executable) -> RowMapping | None:
         return self._run(lambda connection: connection.execute(statement).mappings().first())
