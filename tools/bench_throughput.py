@@ -342,12 +342,16 @@ def idle_latency(
         drop(settings)
 
 
+def ratio_to(bare: float | None, value: float) -> str:
+    """`` = 0.67x the bare pipeline`` when the bare pipeline ran in this run, else nothing."""
+    return f" = {value / bare:.2f}x the bare pipeline" if bare else ""
+
+
 def print_worker_path(found: dict[str, Any], bare: float | None, bare_cpu_ms: float) -> None:
     """The worker path's lines: jobs/s and ratio, CPU per job, the ceiling, pool memory."""
-    share = f" = {found['jobs_per_s'] / bare:.2f}x the bare pipeline" if bare else ""
     print(
         f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
-        f"{share}; jobs per batch {found['batch']:.1f} on average",
+        f"{ratio_to(bare, found['jobs_per_s'])}; jobs per batch {found['batch']:.1f} on average",
         flush=True,
     )
     metered = found["metered_jobs"]
@@ -442,9 +446,6 @@ def main() -> int:
             flush=True,
         )
 
-    def ratio(value: float) -> str:
-        return f" = {value / bare:.2f}x the bare pipeline" if bare else ""
-
     if "shim" in stages:
         found = shim_and_service(
             base, captures, args.jobs, args.clients, api_workers, processes, log_dir, False
@@ -465,7 +466,7 @@ def main() -> int:
         load = found["load"]
         print(
             f"service (shim + workers, {args.clients} clients): {found['per_s']:.1f} jobs/s"
-            f"{ratio(found['per_s'])}; submission {pct(load.submit_ms)}; "
+            f"{ratio_to(bare, found['per_s'])}; submission {pct(load.submit_ms)}; "
             f"end to end {pct(load.end_to_end_ms)}; errors {len(load.errors)}",
             flush=True,
         )
@@ -481,7 +482,7 @@ def main() -> int:
         load = found["load"]
         print(
             f"service, one request a job (POST /predict?wait=, {args.clients} clients): "
-            f"{found['per_s']:.1f} jobs/s{ratio(found['per_s'])}; end to end "
+            f"{found['per_s']:.1f} jobs/s{ratio_to(bare, found['per_s'])}; end to end "
             f"{pct(load.end_to_end_ms)}; errors {len(load.errors)}",
             flush=True,
         )
