@@ -91,3 +91,30 @@ def test_an_unreachable_database_is_a_transient_error(settings):
     with pytest.raises(TRANSIENT_ERRORS):
         store.get("any")
     unreachable.dispose()
+
+
+def test_a_recorded_result_is_stored_compressed_with_lz4(engine):
+    store = JobStore(engine)
+    job = queued_job(published=True)
+    store.start_many([job])
+    ring = [[7.0 + i * 1e-4, 45.0 + i * 1e-4] for i in range(73)]
+    result = {"lat": 45.0, "lon": 7.0, "ellipses": {level: ring for level in ("39", "68", "95")}}
+    recorded = store.succeed(
+        job.job_id,
+        result=result,
+        model_version="1",
+        model_version_id=None,
+        cache_hit=False,
+        timings={"inference_ms": 1.0},
+    )
+    assert recorded is not None and recorded["status"] == "succeeded"
+    with engine.connect() as connection:
+        server = connection.dialect.server_version_info
+        method = connection.execute(
+            sa.text("SELECT pg_column_compression(result) FROM jobs WHERE job_id = :id"),
+            {"id": job.job_id},
+        ).scalar_one()
+    if server < (14,):
+        pytest.skip("PostgreSQL before 14 compresses with pglz only")
+    assert method == "lz4"
+    assert store.get(job.job_id)["result"] == result
