@@ -160,19 +160,8 @@ class JobStore:
         together."""
         if not results:
             return {}
-        encoded = ", ".join(
-            with_json(
-                {
-                    **{k: v for k, v in r.items() if k != "result_json"},
-                    "inference_ms": r["timings"].get("inference_ms"),
-                },
-                "result",
-                r["result_json"],
-            )
-            for r in results
-        )
-        given = {"results": f"[{encoded}]"}
-        return {row["job_id"]: row for row in self._driver_rows(SUCCEED_MANY, given)}
+        rows = self._driver_rows(SUCCEED_MANY, succeed_parameters(results))
+        return {row["job_id"]: row for row in rows}
 
     def record_rejected(self, job_id: str, error: str) -> RowMapping | None:
         """Record a job whose message was unusable, so its producer can read why.
@@ -264,3 +253,20 @@ class JobStore:
                     .values(name=name, version=v["model_version"], **values)
                     .on_conflict_do_update(constraint="model_versions_name_version", set_=values)
                 )
+
+
+def succeed_parameters(results: list[dict[str, Any]]) -> dict[str, str]:
+    """The parameter of the results statement (``SUCCEED_MANY``): one JSON array of the jobs'
+    values, each result spliced in as the JSON it was encoded to."""
+    encoded = ", ".join(
+        with_json(
+            {
+                **{k: v for k, v in r.items() if k != "result_json"},
+                "inference_ms": r["timings"].get("inference_ms"),
+            },
+            "result",
+            r["result_json"],
+        )
+        for r in results
+    )
+    return {"results": f"[{encoded}]"}

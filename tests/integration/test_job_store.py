@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from inference_worker.storage.database import JobStore, NewJob
-from inference_worker.storage.engine import create_engine
+from inference_worker.storage.database import JobStore, NewJob, succeed_parameters
+from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.job_sql import SUCCEED_MANY
 
 ROLE = f"store-test-{uuid.uuid4().hex[:8]}"
 
@@ -81,6 +82,58 @@ def test_the_same_job_id_again_returns_the_existing_row_with_its_message(own_eng
     row, created = store.create(queued_job(job_id=job.job_id, iq_sha256="1" * 64))
     assert not created
     assert row["iq_sha256"] == "0" * 64 and row["message"] == {"job_id": "kept with the row"}
+
+
+def finished_result(job_id: str) -> dict[str, object]:
+    return {
+        "job_id": job_id,
+        "result_json": '{"lat": 45.0, "lon": 7.0}',
+        "model_version": "1",
+        "model_version_id": None,
+        "cache_hit": False,
+        "timings": {"inference_ms": 1.0},
+    }
+
+
+@pytest.fixture
+def crowded_store(settings):
+    """A job store on a schema of its own whose table already holds 20 000 finished jobs, as a
+    service's does within its retention."""
+    schema = f"crowded_{uuid.uuid4().hex[:8]}"
+    own = create_engine(settings.database_url, schema, pool_size=1, role=ROLE)
+    migrate(own, schema)
+    with own.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
+                " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256)"
+                " SELECT 'old-' || g, 'succeeded', now(), now(), now(), 145.5, 12000, 12000,"
+                " '[]', '' FROM generate_series(1, 20000) AS g"
+            )
+        )
+        connection.execute(sa.text("ANALYZE jobs"))
+    yield JobStore(own)
+    with own.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    own.dispose()
+
+
+def test_recording_a_batch_reads_its_jobs_by_key_whatever_the_table_holds(crowded_store):
+    jobs = [queued_job(published=True) for _ in range(8)]
+    crowded_store.start_many(jobs)
+    results = [finished_result(job.job_id) for job in jobs]
+    raw = crowded_store.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("EXPLAIN " + SUCCEED_MANY, succeed_parameters(results))
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    finally:
+        raw.rollback()
+        raw.close()
+    assert "Seq Scan on jobs" not in plan, plan
+    recorded = crowded_store.succeed_many(results)
+    assert sorted(recorded) == sorted(job.job_id for job in jobs)
+    assert crowded_store.succeed_many(results) == {}  # already final: recorded once
 
 
 def test_an_unreachable_database_is_a_transient_error(settings):
