@@ -99,12 +99,18 @@ class Settings(BaseSettings):
         description="Worker processes (prefork pool) started by `heimdall-inference worker`.",
     )
     worker_batch_size: int = Field(
-        16,
+        64,
         ge=1,
         le=256,
         description="Most jobs a worker process takes at once (one start statement, one Redis "
         "fetch, one ONNX run, one result statement for them all). A job never waits for company: "
         "batches form only while every process is busy. 1 turns batching off.",
+    )
+    worker_batch_mb: int = Field(
+        24,
+        ge=1,
+        description="Most capture data (MB) in one batch: large captures make smaller batches "
+        "(a capture larger than this still runs, alone).",
     )
     worker_loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     task_max_retries: int = Field(

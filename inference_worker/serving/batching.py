@@ -28,6 +28,7 @@ from typing import Any
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
 from inference_worker.core.batching import take_batches
+from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,26 @@ class Delivery:
     reject: Callable[..., Any]
     alone: bool
     received_at: float = 0.0
+    size: int = 0
+    """Bytes of the capture the message refers to (0 when it does not say)."""
 
 
 @dataclass(frozen=True)
 class BatchLimits:
     max_batch: int
+    max_bytes: int
+    """Capture data in one batch at most (a larger capture still runs, alone)."""
     soft_time_limit_s: float | None
     time_limit_s: float | None
+
+
+def capture_bytes(payload: object) -> int:
+    """Bytes of the capture a task message refers to, from its sample count (0 when the message
+    does not say: its job fails on its own in the pool, whatever batch it is in)."""
+    n_samples = payload.get("n_samples") if isinstance(payload, dict) else None
+    if isinstance(n_samples, int) and n_samples > 0:
+        return RECEIVER_COUNT * n_samples * IQ_DTYPE.itemsize
+    return 0
 
 
 class BatchingStrategy:
@@ -104,7 +118,11 @@ class BatchingStrategy:
         method = payload.get("method") if isinstance(payload, dict) else None
         # A TDoA job is long; a message delivered again may be the one that stopped a batch.
         alone = method not in (None, "model") or bool(message.delivery_info.get("redelivered"))
-        self.waiting.append(Delivery((payload, task_id), ack, reject, alone, time.monotonic()))
+        self.waiting.append(
+            Delivery(
+                (payload, task_id), ack, reject, alone, time.monotonic(), capture_bytes(payload)
+            )
+        )
         self._event("task-received", task_id, name=self.task_name, args="", kwargs="{}")
         self.dispatch()
 
@@ -118,7 +136,12 @@ class BatchingStrategy:
 
     def dispatch(self) -> None:
         batches = take_batches(
-            self.waiting, self.slots - self.in_flight, self.limits.max_batch, lambda d: d.alone
+            self.waiting,
+            self.slots - self.in_flight,
+            self.limits.max_batch,
+            lambda d: d.alone,
+            size=lambda d: d.size,
+            budget=self.limits.max_bytes,
         )
         for batch in batches:
             self.in_flight += 1

@@ -220,7 +220,10 @@ def create_worker_app(settings: Settings) -> Celery:
         base=BatchedTask,
         bind=True,
         batch_limits=BatchLimits(
-            settings.worker_batch_size, soft_limit, settings.task_time_limit_s
+            settings.worker_batch_size,
+            settings.worker_batch_mb * 1024 * 1024,
+            soft_limit,
+            settings.task_time_limit_s,
         ),
         on_hard_limit=staticmethod(on_hard_limit),  # a plain function, not a method
     )

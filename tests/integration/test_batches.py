@@ -37,3 +37,20 @@ def test_a_waiting_queue_is_taken_in_batches_and_each_job_recorded_once(
             .group_by(inference_logs.c.job_id)
         ).all()
     assert sorted(count for _, count in logged) == [1] * 30
+
+
+def test_batches_of_large_captures_stay_within_the_data_budget(
+    own_queue_factory, stores, simulator, rng
+):
+    # 12 kHz x 1 s: 288 000 bytes a capture, so a 1 MB budget holds three of them.
+    local, _, start_worker = own_queue_factory(worker_batch_size=8, worker_batch_mb=1)
+    jobs = stores[0]
+    base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
+    job_ids = [
+        produce(local, replace(base, iq=base.iq * np.complex64(1.0 + 1e-6 * n))) for n in range(12)
+    ]
+    with start_worker("budget", concurrency=1):
+        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
+    assert [row["status"] for row in rows] == ["succeeded"] * 12, rows
+    sizes = [row["timings"]["batch_size"] for row in rows]
+    assert max(sizes) == 3, sizes

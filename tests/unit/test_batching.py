@@ -33,3 +33,20 @@ def test_a_job_that_must_go_alone_gets_a_batch_of_its_own():
     waiting = ["T", "a"]
     assert take_batches(waiting, 1, 16, lambda x: x == "T") == [["T"]]
     assert waiting == ["a"]
+
+
+def test_a_batch_stops_before_its_captures_pass_the_budget_and_keeps_the_order():
+    waiting = [5, 5, 5, 20, 1, 1]
+    batches = take_batches(waiting, 1, limit=16, alone=lambda _: False, size=int, budget=16)
+    assert batches == [[5, 5, 5]]  # 20 would pass the budget; the small ones behind it wait
+    assert waiting == [20, 1, 1]
+    batches = take_batches(waiting, 2, limit=16, alone=lambda _: False, size=int, budget=16)
+    assert batches == [[20], [1, 1]]  # larger than the budget: it still runs, alone
+    assert waiting == []
+
+
+def test_the_budget_and_the_limit_both_hold():
+    waiting = [1] * 10
+    batches = take_batches(waiting, 3, limit=4, alone=lambda _: False, size=int, budget=3)
+    assert batches == [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
+    assert waiting == [1]
