@@ -12,16 +12,21 @@ from inference_worker.storage.schema import inference_logs
 from tests.integration.helpers import produce, wait_final_row
 
 
+def produce_new_captures(local, base, count: int) -> list[str]:
+    """``count`` new captures (each a tiny gain from ``base``), queued; their job ids."""
+    return [
+        produce(local, replace(base, iq=base.iq * np.complex64(1.0 + 1e-6 * n)))
+        for n in range(count)
+    ]
+
+
 def test_a_waiting_queue_is_taken_in_batches_and_each_job_recorded_once(
     own_queue_factory, stores, engine, simulator, rng
 ):
     local, _, start_worker = own_queue_factory(worker_batch_size=8)
     jobs = stores[0]
     base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
-    # Every capture new (a tiny gain each), all waiting before the worker starts.
-    job_ids = [
-        produce(local, replace(base, iq=base.iq * np.complex64(1.0 + 1e-6 * n))) for n in range(30)
-    ]
+    job_ids = produce_new_captures(local, base, 30)  # all waiting before the worker starts
     with start_worker("batches", concurrency=1):
         rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
         # Then one job alone, on an idle worker: it runs in a batch of one.
@@ -46,9 +51,7 @@ def test_batches_of_large_captures_stay_within_the_data_budget(
     local, _, start_worker = own_queue_factory(worker_batch_size=8, worker_batch_mb=1)
     jobs = stores[0]
     base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
-    job_ids = [
-        produce(local, replace(base, iq=base.iq * np.complex64(1.0 + 1e-6 * n))) for n in range(12)
-    ]
+    job_ids = produce_new_captures(local, base, 12)
     with start_worker("budget", concurrency=1):
         rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
     assert [row["status"] for row in rows] == ["succeeded"] * 12, rows
