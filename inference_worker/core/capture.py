@@ -24,6 +24,13 @@ import numpy as np
 RECEIVER_COUNT = 3
 IQ_DTYPE = np.dtype("<c8")
 """IQ travels and is stored as little-endian complex64, C order, shape (3, n_samples)."""
+
+
+def capture_nbytes(n_samples: int) -> int:
+    """Bytes of a stored capture of ``n_samples`` per receiver."""
+    return RECEIVER_COUNT * n_samples * IQ_DTYPE.itemsize
+
+
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 RECEIVER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -28,7 +28,7 @@ from typing import Any
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
 from inference_worker.core.batching import take_batches
-from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT
+from inference_worker.core.capture import capture_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def capture_bytes(payload: object) -> int:
     does not say: its job fails on its own in the pool, whatever batch it is in)."""
     n_samples = payload.get("n_samples") if isinstance(payload, dict) else None
     if isinstance(n_samples, int) and n_samples > 0:
-        return RECEIVER_COUNT * n_samples * IQ_DTYPE.itemsize
+        return capture_nbytes(n_samples)
     return 0
 
 

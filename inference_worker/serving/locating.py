@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT, CaptureError
+from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT, CaptureError, capture_nbytes
 from inference_worker.core.contract import ModelMetadata, Receiver, model_input
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
 from inference_worker.core.likelihood_map import render_png
@@ -50,7 +50,7 @@ def _checked_blob(blob: bytes | None, message: LocateMessage, expected: int) -> 
 
 def decode_blob(blob: bytes | None, message: LocateMessage) -> np.ndarray:
     """The stored IQ of a job, checked against the message (size and sha256)."""
-    expected = RECEIVER_COUNT * message.n_samples * IQ_DTYPE.itemsize
+    expected = capture_nbytes(message.n_samples)
     data = _checked_blob(blob, message, expected)
     iq = np.frombuffer(data, dtype=IQ_DTYPE).reshape(RECEIVER_COUNT, message.n_samples)
     if not np.isfinite(iq.view(np.float32)).all():

@@ -22,11 +22,10 @@ from api_shim.app import create_app
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.reachability import unreachable_services
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import dead_letter_queue_name
-from tests.integration.helpers import free_port, queue_consumers, worker_env
+from tests.integration.helpers import free_port, migrated_schema, queue_consumers, worker_env
 
 pytestmark = pytest.mark.integration
 WORKER_START_TIMEOUT_S = 60
@@ -59,14 +58,8 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def engine(settings: Settings) -> Iterator[sa.Engine]:
-    engine = create_engine(settings.database_url, settings.database_schema)
-    migrate(engine, settings.database_schema)
-    yield engine
-    engine.dispose()
-    cleanup = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
-    with cleanup.begin() as connection:
-        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE'))
-    cleanup.dispose()
+    with migrated_schema(settings.database_url, settings.database_schema) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 
 from inference_worker.cli.processes import settings_env
 from inference_worker.settings import Settings
+from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore
 from tasks.contract import wait_until_final
 from tests.helpers import capture_query, npy_bytes
@@ -78,6 +81,21 @@ def shim_answers(base_url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def migrated_schema(database_url: str, schema: str, **engine_options: Any) -> Iterator[sa.Engine]:
+    """An engine on ``schema``, migrated to the newest revision; the schema is dropped after."""
+    engine = create_engine(database_url, schema, **engine_options)
+    migrate(engine, schema)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        cleanup = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+        with cleanup.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        cleanup.dispose()
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from inference_worker.storage.database import JobStore, NewJob, succeed_parameters
-from inference_worker.storage.engine import create_engine, migrate
+from inference_worker.storage.engine import create_engine
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.job_sql import SUCCEED_MANY
+from tests.integration.helpers import migrated_schema
 
 ROLE = f"store-test-{uuid.uuid4().hex[:8]}"
 
@@ -100,22 +101,18 @@ def crowded_store(settings):
     """A job store on a schema of its own whose table already holds 20 000 finished jobs, as a
     service's does within its retention."""
     schema = f"crowded_{uuid.uuid4().hex[:8]}"
-    own = create_engine(settings.database_url, schema, pool_size=1, role=ROLE)
-    migrate(own, schema)
-    with own.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
-                " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256)"
-                " SELECT 'old-' || g, 'succeeded', now(), now(), now(), 145.5, 12000, 12000,"
-                " '[]', '' FROM generate_series(1, 20000) AS g"
+    with migrated_schema(settings.database_url, schema, pool_size=1, role=ROLE) as own:
+        with own.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
+                    " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256)"
+                    " SELECT 'old-' || g, 'succeeded', now(), now(), now(), 145.5, 12000, 12000,"
+                    " '[]', '' FROM generate_series(1, 20000) AS g"
+                )
             )
-        )
-        connection.execute(sa.text("ANALYZE jobs"))
-    yield JobStore(own)
-    with own.begin() as connection:
-        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    own.dispose()
+            connection.execute(sa.text("ANALYZE jobs"))
+        yield JobStore(own)
 
 
 def test_recording_a_batch_reads_its_jobs_by_key_whatever_the_table_holds(crowded_store):
