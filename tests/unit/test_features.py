@@ -10,9 +10,12 @@ import pytest
 from inference_worker.core.features import (
     FeatureParams,
     analyse,
+    band_psd_rows,
     log_mel_spectrogram,
     mel_band_widths_hz,
     mel_filterbank,
+    mel_pooling,
+    pool_mel,
 )
 
 PARAMS = FeatureParams()
@@ -78,6 +81,17 @@ def test_every_mel_filter_covers_at_least_one_fft_bin():
     for rate in (12_000.0, 192_000.0):
         _, weights = mel_filterbank(rate, 1024 if rate == 12_000.0 else 16_384, PARAMS)
         assert weights.sum(axis=0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("rate", "nfft"), [(12_000.0, 1024), (38_400.0, 4096), (24_000.0, 2048)])
+def test_sparse_mel_pooling_equals_the_filterbank_product(rate, nfft):
+    band, weights = mel_filterbank(rate, nfft, PARAMS)
+    width = band.stop - band.start
+    psd = band_psd_rows(3, PARAMS.n_frames, width)  # padded rows, as analyse fills them
+    psd[...] = np.random.default_rng(0).random((3, PARAMS.n_frames, width), dtype=np.float32)
+    pooled = pool_mel(psd, mel_pooling(rate, nfft, PARAMS))
+    assert pooled.shape == (3, PARAMS.n_mels, PARAMS.n_frames)
+    np.testing.assert_allclose(pooled, (psd @ weights).transpose(0, 2, 1), rtol=1e-5)
 
 
 def test_capture_too_short_for_the_frames_is_refused():
