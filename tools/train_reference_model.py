@@ -50,7 +50,8 @@ require("torch", "train", "training")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from inference_worker.core.features import FeatureParams, mel_band_widths_hz  # noqa: E402
+from inference_worker.core.features import FeatureParams  # noqa: E402
+from inference_worker.core.mel import mel_band_widths_hz  # noqa: E402
 from inference_worker.science.calibration import fit_sigma_scale  # noqa: E402
 from inference_worker.science.datasets import (  # noqa: E402
     RAW_DB,

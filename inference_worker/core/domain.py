@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from inference_worker.core.ellipse import metres_per_degree
-from inference_worker.core.features import BandReport, FeatureParams, mel_band_widths_hz
+from inference_worker.core.features import BandReport, FeatureParams
+from inference_worker.core.mel import mel_band_widths_hz
 
 FULL_SCALE = 0.999
 """|I| or |Q| at or above this (full scale is 1.0) counts as a clipped sample."""

@@ -7,11 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from inference_worker.core.features import (
-    FeatureParams,
-    analyse,
+from inference_worker.core.features import FeatureParams, analyse, log_mel_spectrogram
+from inference_worker.core.mel import (
     band_psd_rows,
-    log_mel_spectrogram,
     mel_band_widths_hz,
     mel_filterbank,
     mel_pooling,
