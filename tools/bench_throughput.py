@@ -397,6 +397,14 @@ def print_worker_path(found: dict[str, Any], bare: float | None, bare_cpu_ms: fl
             f"{1e3 * cores / all_ms:.0f} jobs/s = {1e3 * cores / all_ms / bare:.2f}x",
             flush=True,
         )
+    machine = found["cpu"].machine
+    if machine:
+        print(
+            f"  the machine while draining: cores idle {100 * machine['idle']:.1f} % (I/O wait "
+            f"included), kernel interrupt work no process is charged for "
+            f"{100 * machine['interrupts']:.1f} %",
+            flush=True,
+        )
     memory = [m for m in found["memory"] if m[0] > 0]
     if len(memory) >= 2:
         early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])

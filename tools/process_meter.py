@@ -71,13 +71,29 @@ def service_roots() -> dict[str, list[int]]:
     }
 
 
+def machine_times() -> dict[str, int]:
+    """The machine's CPU time so far, all cores together (ticks), by kind: ``idle`` (I/O wait
+    included), ``interrupts`` (the kernel's interrupt and softirq work, which no process is
+    charged for: on loopback, most of the network stack) and ``total``."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {
+        "idle": idle + iowait,
+        "interrupts": irq + softirq,
+        "total": user + nice + system + idle + iowait + irq + softirq + steal,
+    }
+
+
 @dataclass
 class CpuMeter:
-    """CPU seconds per process group between :meth:`start` and :meth:`stop`."""
+    """CPU seconds per process group between :meth:`start` and :meth:`stop`, and the shares of
+    the machine's time that were idle or interrupt work (:attr:`machine`)."""
 
     groups: dict[str, list[int]]
     before: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
+    machine_before: dict[str, int] = field(default_factory=dict)
+    machine: dict[str, float] = field(default_factory=dict)
 
     def _now(self) -> dict[str, float]:
         now = {name: sum(tree_cpu_s(p) for p in pids) for name, pids in self.groups.items()}
@@ -86,10 +102,15 @@ class CpuMeter:
 
     def start(self) -> None:
         self.before = self._now()
+        self.machine_before = machine_times()
 
     def stop(self) -> None:
         after = self._now()
         self.used = {name: after[name] - self.before.get(name, 0.0) for name in after}
+        now = machine_times()
+        spent = {kind: now[kind] - self.machine_before.get(kind, 0) for kind in now}
+        total = max(spent["total"], 1)
+        self.machine = {kind: spent[kind] / total for kind in ("idle", "interrupts")}
 
     def per_job_ms(self, jobs: int) -> str:
         return ", ".join(f"{name} {1e3 * s / max(jobs, 1):.2f}" for name, s in self.used.items())
