@@ -1,6 +1,6 @@
 """Benchmark: the service's throughput against its bare pipeline, measured in one run.
 
-Five stages (and a variant of the fourth), each on a queue, Redis prefix and PostgreSQL schema
+Five stages (and a variant of the third and of the fourth), each on a queue, Redis prefix and PostgreSQL schema
 of its own (removed at the end), on this machine's real RabbitMQ, Redis and PostgreSQL:
 
 1. **bare pipeline**: decode ``.npy`` + sha256 + features + onnxruntime + ellipse in a loop, in
@@ -9,6 +9,9 @@ of its own (removed at the end), on this machine's real RabbitMQ, Redis and Post
    ``heimdall-inference worker``; jobs/s from the jobs' own start and finish times;
 3. **shim**: a real ``heimdall-inference api`` with no worker consuming, closed-loop clients
    submitting; submissions/s and CPU seconds of the shim's processes per accepted submission;
+   **minimal**: the same for ``tools/minimal_shim.py``, a minimal Flask handler doing a
+   submission's work and round trips and nothing else, under gunicorn with the shim's processes
+   and threads: the shim's figure read against what this machine needs for the bare work today;
 4. **service**: shim and worker together, closed-loop clients that submit and wait for the
    result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles;
    **service-wait**: the same, each client submitting and waiting in one request
@@ -23,7 +26,7 @@ N times, alternating, and prints the median of their ratios (this machine's spee
 one minute to the next).
 
     python tools/bench_throughput.py [--preset 12k|12k-short|192k] [--jobs 2000] [--clients 16]
-        [--stages bare,worker,shim,service,service-wait,idle] [--rounds 1]
+        [--stages bare,worker,shim,minimal,service,service-wait,idle] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -48,7 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference_worker.cli import bootstrap  # noqa: E402
-from inference_worker.cli.processes import cli_process, settings_env, wait_until  # noqa: E402
+from inference_worker.cli.processes import (  # noqa: E402
+    cli_process,
+    managed_process,
+    settings_env,
+    wait_until,
+)
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
 from tools.bench_clients import Load, npy, pct  # noqa: E402
@@ -340,6 +348,67 @@ def shim_and_service(
         drop(settings)
 
 
+def minimal_handler(
+    base: Settings, captures: list, jobs: int, clients: int, api_workers: int, log_dir: Path
+) -> dict:
+    """The shim's yardstick (``tools/minimal_shim.py``: the same work and round trips as a
+    submission, nothing else) under gunicorn with the shim's processes and threads, driven and
+    metered as the shim alone is."""
+    import sqlalchemy as sa
+
+    from tools.minimal_shim import create_table
+
+    settings = own_settings(base, "m")
+    bootstrap.declare_queues(settings)
+    database_url = sa.engine.make_url(settings.database_url).set(drivername="postgresql")
+    libpq_url = database_url.render_as_string(hide_password=False)
+    create_table(libpq_url, settings.database_schema)
+    port = int(settings.api_port) + 102
+    env = {
+        **os.environ,
+        "MINIMAL_DATABASE_URL": libpq_url,
+        "MINIMAL_SCHEMA": settings.database_schema,
+        "MINIMAL_REDIS_URL": settings.redis_url,
+        "MINIMAL_REDIS_PREFIX": settings.redis_prefix,
+        "MINIMAL_BROKER_URL": settings.broker_url,
+        "MINIMAL_QUEUE": settings.queue,
+        "PYTHONPATH": str(ROOT),
+    }
+    threads = settings.api_threads
+    command = [
+        *(sys.executable, "-m", "gunicorn", "--workers", str(api_workers)),
+        *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
+        *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
+    ]
+    query = capture_query(captures[0])
+    bodies = [npy(x.iq) for x in captures]
+    probe = Load(port, [], "", False, 0)
+
+    def up() -> bool:
+        try:
+            return probe._request("GET", "/health")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        with managed_process(command, log_dir / "minimal.log", env) as handler:
+            wait_until("the minimal handler", up, 60, handler, 0.3)
+            Load(port, bodies, query, False, min(50, jobs), "warm").run(min(clients, 4))
+            load = Load(port, bodies, query, False, jobs)
+            meter = CpuMeter({"handler": [handler.pid], **service_roots()})
+            meter.start()
+            elapsed = load.run(clients)
+            meter.stop()
+        return {
+            "jobs": len(load.submit_ms),
+            "per_s": len(load.submit_ms) / elapsed,
+            "load": load,
+            "cpu": meter,
+        }
+    finally:
+        drop(settings)
+
+
 def idle_latency(
     base: Settings, captures: list, jobs: int, api_workers: int, processes: int, log_dir: Path
 ) -> dict:
@@ -425,9 +494,10 @@ def main() -> int:
     parser.add_argument("--api-workers", type=int, help="shim processes (default: settings)")
     parser.add_argument(
         "--stages",
-        default="bare,worker,shim,service,service-wait,idle",
-        help="comma-separated: bare, worker, shim, service, service-wait (one request a job: "
-        "POST /predict?wait=), idle (one client)",
+        default="bare,worker,shim,minimal,service,service-wait,idle",
+        help="comma-separated: bare, worker, shim, minimal (the shim's yardstick: the same work "
+        "in a minimal handler), service, service-wait (one request a job: POST /predict?wait=), "
+        "idle (one client)",
     )
     parser.add_argument(
         "--rounds",
@@ -495,6 +565,25 @@ def main() -> int:
             flush=True,
         )
         print(f"  CPU ms per submission: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
+    if "minimal" in stages:
+        found_minimal = minimal_handler(
+            base, captures, args.jobs, args.clients, api_workers, log_dir
+        )
+        load = found_minimal["load"]
+        minimal_ms = 1e3 * found_minimal["cpu"].used["handler"] / max(found_minimal["jobs"], 1)
+        against = (
+            f"; the shim's CPU per submission = {shim_ms / minimal_ms:.2f}x it"
+            if ("shim" in stages)
+            else ""
+        )
+        print(
+            f"minimal handler (the same work, gunicorn as the shim's): {found_minimal['per_s']:.1f}"
+            f" submissions/s, {minimal_ms:.2f} ms CPU per submission{against}; submission "
+            f"{pct(load.submit_ms)}; errors {len(load.errors)}",
+            flush=True,
+        )
+        jobs = found_minimal["jobs"]
+        print(f"  CPU ms per submission: {found_minimal['cpu'].per_job_ms(jobs)}", flush=True)
     if "service" in stages:
         found = shim_and_service(
             base, captures, args.jobs, args.clients, api_workers, processes, log_dir, True

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from inference_worker.settings import Settings
@@ -54,17 +54,24 @@ def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
         process.wait()
 
 
-@contextmanager
 def cli_process(
     args: list[str], log_path: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen]:
+) -> AbstractContextManager[subprocess.Popen]:
     """Run ``heimdall-inference ARGS`` in its own process group, output to ``log_path``.
 
     On an error inside the block the log's tail is printed; the process is always stopped.
     """
+    return managed_process([sys.executable, "-m", "inference_worker.cli", *args], log_path, env)
+
+
+@contextmanager
+def managed_process(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run ``command`` as :func:`cli_process` runs ``heimdall-inference``."""
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "inference_worker.cli", *args],
+            command,
             env=env if env is not None else os.environ.copy(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
