@@ -1,7 +1,8 @@
 """Benchmark: the service's throughput against its bare pipeline, measured in one run.
 
-Five stages (and a variant of the third and of the fourth), each on a queue, Redis prefix and PostgreSQL schema
-of its own (removed at the end), on this machine's real RabbitMQ, Redis and PostgreSQL:
+Five stages (and a variant of the third and of the fourth), each on a queue, Redis prefix and
+PostgreSQL schema of its own (removed at the end), on this machine's real RabbitMQ, Redis and
+PostgreSQL:
 
 1. **bare pipeline**: decode ``.npy`` + sha256 + features + onnxruntime + ellipse in a loop, in
    as many processes as the worker has (BLAS pinned to one thread, as in the worker);
