@@ -7,7 +7,8 @@ digest and build the task message the same way, and the job row is copied from t
 Who writes the job row (:func:`record_job`, in every case): the shim, before it publishes, so
 that a poll right after its 202 finds the job; for a message that reached the queue any other
 way (the producer client talks to no database), the worker or the dead-letter consumer that
-first sees the message.
+first sees the message. A capture the serving model has located already (the result cache) is
+never published: the shim writes its row final at once (``JobStore.create_answered``).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
-from inference_worker.storage.views import job_view
+from inference_worker.storage.views import job_view, with_json
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage, capture_fingerprint, challenger_share
-from tasks.outbox import record_job, stored_message
+from tasks.outbox import new_job, record_job, stored_message
 from tasks.served import ServedModelCache
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,15 @@ class Accepted:
             "status_url": status_url,
             "created": self.created,
         }
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """The serving model's result for a capture it has located already."""
+
+    model_version: str
+    result_json: str
+    timings: dict[str, float]
 
 
 def parse_model_request(value: object) -> str | None:
@@ -200,10 +210,12 @@ class Intake:
         )
         status, created = "queued", True
         if self.jobs is not None:
-            row, created = self._record(message)
+            answer = self._cached_answer(message)
+            row, created = self._record(message, answer)
             status = row["status"]
-            if created and (answered := self._answer_from_cache(message)) is not None:
-                return answered
+            if created and answer is not None:
+                self._announce_answered(row, answer)
+                return Accepted(job_id, status, created=True)
             if not created:
                 if status in FINAL_STATUSES or row["published_at"] is not None:
                     return Accepted(job_id, status, created=False)
@@ -228,13 +240,13 @@ class Intake:
                 log.warning("job %s published but not marked so: %s", job_id, exc)
         return Accepted(job_id, status, created=created)
 
-    def _answer_from_cache(self, message: LocateMessage) -> Accepted | None:
-        """A capture the serving model has located already is answered now: its job is recorded
-        as succeeded from the result cache, without a trip through the queue and a worker."""
+    def _cached_answer(self, message: LocateMessage) -> CachedAnswer | None:
+        """The serving model's cached result for this capture, if it has located it already:
+        the job is then recorded as succeeded at once, without a trip through the queue and a
+        worker."""
         summary = self.served.current()
         if (
-            self.jobs is None
-            or summary is None
+            summary is None
             or message.model
             or message.method != "model"
             or self.settings.cache_ttl_s <= 0
@@ -249,33 +261,37 @@ class Intake:
         if cached is None or challenger_share(message.job_id) < fraction:
             return None  # not seen, or this job goes to the challenger
         lookup_ms = round((time.perf_counter() - started) * 1e3, 3)
-        try:
-            final = self.jobs.succeed(
-                message.job_id,
-                result=cached,
-                model_version=summary.version,
-                model_version_id=None,
-                cache_hit=True,
-                timings={"answered_at_submission_ms": lookup_ms},
-            )
-        except TRANSIENT_ERRORS:
-            return None
-        if final is None:
-            return None
-        try:
-            self.store.put_result(message.job_id, job_view(final), self.settings.result_ttl_s)
-        except STORE_ERRORS as exc:  # PostgreSQL holds the record
-            log.warning(
-                "job %s answered from the cache, not cached itself: %s", message.job_id, exc
-            )
-        return Accepted(message.job_id, final["status"], created=True)
+        return CachedAnswer(summary.version, cached, {"answered_at_submission_ms": lookup_ms})
 
-    def _record(self, message: LocateMessage) -> tuple[Mapping[str, Any], bool]:
-        """Write the job row (with its message, not yet published); the existing row and False
-        when the client's id exists already for the same capture."""
+    def _announce_answered(self, row: Mapping[str, Any], answer: CachedAnswer) -> None:
+        """Cache the view of a job answered at submission, and announce it final."""
+        view = job_view({**row, "result": None, "timings": answer.timings})
+        try:
+            self.store.put_result(
+                row["job_id"],
+                with_json(view, "result", answer.result_json),
+                self.settings.result_ttl_s,
+            )
+        except STORE_ERRORS as exc:  # PostgreSQL holds the record
+            log.warning("job %s answered from the cache, not cached itself: %s", row["job_id"], exc)
+
+    def _record(
+        self, message: LocateMessage, answer: CachedAnswer | None = None
+    ) -> tuple[Mapping[str, Any], bool]:
+        """Write the job row (with its message, not yet published; or already succeeded with
+        ``answer``); the existing row and False when the client's id exists already for the
+        same capture."""
         assert self.jobs is not None
         try:
-            row, created = record_job(self.jobs, message, published=False)
+            if answer is None:
+                row, created = record_job(self.jobs, message, published=False)
+            else:
+                row, created = self.jobs.create_answered(
+                    new_job(message),
+                    result_json=answer.result_json,
+                    model_version=answer.model_version,
+                    timings=answer.timings,
+                )
         except TRANSIENT_ERRORS as exc:
             log.error("database unavailable while accepting a job: %s", exc)
             raise ServiceUnavailable("the job database is unavailable; retry later") from None

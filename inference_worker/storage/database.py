@@ -12,7 +12,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from inference_worker.storage.job_sql import CREATE, GET, MARK_PUBLISHED, START_MANY, SUCCEED_MANY
+from inference_worker.storage.job_sql import (
+    CREATE,
+    CREATE_ANSWERED,
+    GET,
+    MARK_PUBLISHED,
+    START_MANY,
+    SUCCEED_MANY,
+)
 from inference_worker.storage.pooled import driver_rows, run
 from inference_worker.storage.schema import jobs, model_versions
 from inference_worker.storage.statuses import FINAL_STATUSES
@@ -71,16 +78,36 @@ class JobStore:
         existing one whole (its stored message included).
         """
         params = dict(job.__dict__)
-        params["receivers"] = orjson.dumps(params["receivers"]).decode()
         params["message"] = None if job.message is None else orjson.dumps(job.message).decode()
+        return self._insert_unless_exists(CREATE, params)
+
+    def create_answered(
+        self, job: NewJob, *, result_json: str, model_version: str, timings: dict[str, float]
+    ) -> tuple[Mapping[str, Any], bool]:
+        """Insert a job already succeeded with a result the cache held (encoded JSON), and its
+        log row, in one statement; if the id exists already, return that row and ``False``.
+
+        A new row comes back whole but for its result, timings and message (it keeps none)."""
+        params = {
+            **{k: v for k, v in job.__dict__.items() if k not in ("message", "published")},
+            "result": result_json,
+            "model_version": model_version,
+            "timings": orjson.dumps(timings).decode(),
+        }
+        return self._insert_unless_exists(CREATE_ANSWERED, params)
+
+    def _insert_unless_exists(
+        self, statement: str, params: dict[str, Any]
+    ) -> tuple[Mapping[str, Any], bool]:
+        params["receivers"] = orjson.dumps(params["receivers"]).decode()
         for _ in range(2):  # twice: the existing row may be withdrawn before it is read
-            row = self._driver_row(CREATE, params)
+            row = self._driver_row(statement, params)
             if row is not None:
                 return row, True
-            existing = self.get(job.job_id)
+            existing = self.get(params["job_id"])
             if existing is not None:
                 return existing, False
-        raise RuntimeError(f"job {job.job_id} kept being withdrawn while it was recorded")
+        raise RuntimeError(f"job {params['job_id']} kept being withdrawn while it was recorded")
 
     def mark_published(self, *job_ids: str) -> None:
         """Record that RabbitMQ confirmed these jobs' task messages (their outbox entries are

@@ -20,6 +20,24 @@ CREATE = (
     # Not the message: the caller has it, and parsing it back costs.
     " RETURNING job_id, status, tenant, iq_sha256, published_at"
 )
+# A submission answered from the result cache: the row written final at once, with its log row,
+# in one statement (no message: it is never published).
+CREATE_ANSWERED = (
+    "WITH made AS (INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
+    " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, batch_id, tenant,"
+    " model_version, cache_hit, result, timings)"
+    " VALUES (%(job_id)s, 'succeeded', coalesce(%(created_at)s, now()), now(), %(capture_time)s,"
+    " %(frequency_mhz)s, %(sample_rate_hz)s, %(n_samples)s, %(receivers)s::jsonb,"
+    " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(model_version)s, true, %(result)s::jsonb,"
+    " %(timings)s::jsonb)"
+    " ON CONFLICT (job_id) DO NOTHING"
+    # Not the result or timings: the caller has them.
+    " RETURNING job_id, status, created_at, started_at, finished_at, capture_time,"
+    " frequency_mhz, sample_rate_hz, n_samples, receivers, attempts, model_version, cache_hit,"
+    " error, batch_id, tenant, iq_sha256, published_at),"
+    " logged AS (INSERT INTO inference_logs (job_id, cache_hit) SELECT job_id, true FROM made)"
+    " SELECT * FROM made"
+)
 GET = "SELECT * FROM jobs WHERE job_id = %(job_id)s"
 # Statements that change several rows lock them in job id order, so that two of them (a worker's
 # batch, a shim's published marks) never wait on each other in a cycle: a deadlock would cost the

@@ -132,10 +132,11 @@ class RedisStore:
         """The channel on which every finished job's id is published (long-polls wait on it)."""
         return f"{self.prefix}done"
 
-    def put_result(self, job_id: str, view: dict[str, Any], ttl_s: int) -> None:
-        """Cache a final job's view and announce that it is final, in one round trip."""
+    def put_result(self, job_id: str, view: JsonValue, ttl_s: int) -> None:
+        """Cache a final job's view (or its JSON) and announce that it is final, in one round
+        trip."""
         pipeline = self.client.pipeline(transaction=False)
-        pipeline.set(self.result_key(job_id), json.dumps(view), ex=ttl_s)
+        pipeline.set(self.result_key(job_id), _encoded(view), ex=ttl_s)
         pipeline.publish(self.done_channel(), job_id)
         pipeline.execute()
 
@@ -170,14 +171,15 @@ class RedisStore:
         value = self.client.get(key)
         return None if value is None else json.loads(value)
 
-    def cached_answer(self, key: str) -> tuple[float, dict[str, Any] | None]:
-        """The challenger's share of traffic and the cached result under ``key``, in one round
-        trip (a shim answers a duplicate capture at submission with them)."""
+    def cached_answer(self, key: str) -> tuple[float, str | None]:
+        """The challenger's share of traffic and the cached result under ``key`` (its JSON, as
+        stored), in one round trip (a shim answers a duplicate capture at submission with
+        them)."""
         pipeline = self.client.pipeline(transaction=False)
         pipeline.hget(self.serving_key(), "challenger_fraction")
         pipeline.get(key)
         fraction, cached = pipeline.execute()
-        return float(fraction or 0.0), None if cached is None else json.loads(cached)
+        return float(fraction or 0.0), None if cached is None else bytes(cached).decode()
 
     def cache_put(self, key: str, result: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:

@@ -14,6 +14,7 @@ from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import load_metadata
 from inference_worker.core.ellipse import distance_m
 from inference_worker.storage.schema import inference_logs, jobs
+from inference_worker.storage.views import job_view
 from tests.helpers import json_body
 from tests.integration.helpers import (
     free_port,
@@ -139,6 +140,50 @@ def test_resubmitted_capture_is_served_from_cache_without_running_the_model(
             sa.select(inference_logs.c.cache_hit).where(inference_logs.c.job_id == second["job_id"])
         ).scalar_one()
     assert hit is True
+
+
+def test_capture_answered_at_submission_is_recorded_once_and_keeps_its_job_id(
+    client, worker, capture, engine, stores
+):
+    """A cached capture's job is written final in one statement: its row, its log row and its
+    view in Redis agree; its client job id is honoured like any other."""
+    job_store, redis_store = stores
+    wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    job_id = f"acq-{uuid.uuid4()}"
+    answer = submit_npy(client, capture, job_id=job_id)
+    assert answer.status_code == 202
+    assert answer.get_json()["status"] == "succeeded" and answer.get_json()["created"] is True
+
+    row = job_store.get(job_id)
+    assert row is not None and row["status"] == "succeeded" and row["cache_hit"] is True
+    assert row["message"] is None and row["published_at"] is None  # never queued
+    assert row["finished_at"] >= row["created_at"]
+    assert redis_store.get_result(job_id) == job_view(row)  # the view as PostgreSQL gives it
+    with engine.connect() as connection:
+        logs = connection.execute(
+            sa.select(inference_logs.c.cache_hit).where(inference_logs.c.job_id == job_id)
+        ).all()
+    assert [hit for (hit,) in logs] == [True]
+
+    again = submit_npy(client, capture, job_id=job_id)  # the same id and capture: the same job
+    assert again.status_code == 202
+    assert again.get_json() | {"status_url": None} == {
+        "job_id": job_id,
+        "status": "succeeded",
+        "created": False,
+        "status_url": None,
+    }
+    other = capture.iq.copy()
+    other[0, 0] += 1.0
+    conflict = submit_npy(client, type(capture)(**{**capture.__dict__, "iq": other}), job_id=job_id)
+    assert conflict.status_code == 409
+    with engine.connect() as connection:
+        count = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(inference_logs)
+            .where(inference_logs.c.job_id == job_id)
+        ).scalar_one()
+    assert count == 1
 
 
 def test_same_client_job_id_submitted_twice_gives_one_job(
