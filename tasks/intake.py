@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,9 +39,9 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
-from inference_worker.storage.views import job_view, with_json
+from tasks.answers import CachedAnswer, announce_answered, cached_answer
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
-from tasks.contract import LocateMessage, capture_fingerprint, challenger_share
+from tasks.contract import LocateMessage
 from tasks.outbox import new_job, record_job, stored_message
 from tasks.served import ServedModelCache
 
@@ -96,15 +95,6 @@ class Accepted:
             "status_url": status_url,
             "created": self.created,
         }
-
-
-@dataclass(frozen=True)
-class CachedAnswer:
-    """The serving model's result for a capture it has located already."""
-
-    model_version: str
-    result_json: str
-    timings: dict[str, float]
 
 
 def parse_model_request(value: object) -> str | None:
@@ -210,11 +200,11 @@ class Intake:
         )
         status, created = "queued", True
         if self.jobs is not None:
-            answer = self._cached_answer(message)
+            answer = cached_answer(self.store, self.served, message, self.settings.cache_ttl_s)
             row, created = self._record(message, answer)
             status = row["status"]
             if created and answer is not None:
-                self._announce_answered(row, answer)
+                announce_answered(self.store, row, answer, self.settings.result_ttl_s)
                 return Accepted(job_id, status, created=True)
             if not created:
                 if status in FINAL_STATUSES or row["published_at"] is not None:
@@ -239,41 +229,6 @@ class Intake:
             except TRANSIENT_ERRORS as exc:  # published all the same: a relay may send it again
                 log.warning("job %s published but not marked so: %s", job_id, exc)
         return Accepted(job_id, status, created=created)
-
-    def _cached_answer(self, message: LocateMessage) -> CachedAnswer | None:
-        """The serving model's cached result for this capture, if it has located it already:
-        the job is then recorded as succeeded at once, without a trip through the queue and a
-        worker."""
-        summary = self.served.current()
-        if (
-            summary is None
-            or message.model
-            or message.method != "model"
-            or self.settings.cache_ttl_s <= 0
-        ):
-            return None
-        started = time.perf_counter()
-        key = self.store.cache_key(summary.version, summary.sha256, capture_fingerprint(message))
-        try:
-            fraction, cached = self.store.cached_answer(key)
-        except STORE_ERRORS:
-            return None  # the usual path says what is down
-        if cached is None or challenger_share(message.job_id) < fraction:
-            return None  # not seen, or this job goes to the challenger
-        lookup_ms = round((time.perf_counter() - started) * 1e3, 3)
-        return CachedAnswer(summary.version, cached, {"answered_at_submission_ms": lookup_ms})
-
-    def _announce_answered(self, row: Mapping[str, Any], answer: CachedAnswer) -> None:
-        """Cache the view of a job answered at submission, and announce it final."""
-        view = job_view({**row, "result": None, "timings": answer.timings})
-        try:
-            self.store.put_result(
-                row["job_id"],
-                with_json(view, "result", answer.result_json),
-                self.settings.result_ttl_s,
-            )
-        except STORE_ERRORS as exc:  # PostgreSQL holds the record
-            log.warning("job %s answered from the cache, not cached itself: %s", row["job_id"], exc)
 
     def _record(
         self, message: LocateMessage, answer: CachedAnswer | None = None
