@@ -111,3 +111,13 @@ def pct(values: list[float]) -> str:
         return "-"
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
     return f"p50 {p50:.1f} / p95 {p95:.1f} / p99 {p99:.1f} ms"
+
+
+def answers_health(probe: Load, model_ready: bool = False) -> bool:
+    """Whether the server behind ``probe`` answers ``GET /health`` with 200 (and, if asked,
+    reports a worker with its model loaded)."""
+    try:
+        status, raw = probe._request("GET", "/health")
+    except OSError:
+        return False
+    return status == 200 and (not model_ready or json.loads(raw)["checks"]["model"]["ok"])

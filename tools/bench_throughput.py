@@ -33,7 +33,6 @@ one minute to the next).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -60,7 +59,7 @@ from inference_worker.cli.processes import (  # noqa: E402
 )
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
-from tools.bench_clients import Load, npy, pct  # noqa: E402
+from tools.bench_clients import Load, answers_health, npy, pct  # noqa: E402
 from tools.process_meter import (  # noqa: E402
     CLIENTS,
     CpuMeter,
@@ -286,14 +285,7 @@ def running_service(
             )
             groups["workers"] = [worker.pid]
 
-        def up() -> bool:
-            try:
-                status, raw = probe._request("GET", "/health")
-            except OSError:
-                return False
-            return status == 200 and (not with_worker or json.loads(raw)["checks"]["model"]["ok"])
-
-        wait_until("the service", up, 120, api, 0.5)
+        wait_until("the service", lambda: answers_health(probe, with_worker), 120, api, 0.5)
         yield port, groups
 
 
@@ -355,14 +347,12 @@ def minimal_handler(
     """The shim's yardstick (``tools/minimal_shim.py``: the same work and round trips as a
     submission, nothing else) under gunicorn with the shim's processes and threads, driven and
     metered as the shim alone is."""
-    import sqlalchemy as sa
 
-    from tools.minimal_shim import create_table
+    from tools.minimal_shim import create_table, libpq_form
 
     settings = own_settings(base, "m")
     bootstrap.declare_queues(settings)
-    database_url = sa.engine.make_url(settings.database_url).set(drivername="postgresql")
-    libpq_url = database_url.render_as_string(hide_password=False)
+    libpq_url = libpq_form(settings.database_url)
     create_table(libpq_url, settings.database_schema)
     port = int(settings.api_port) + 102
     env = {
@@ -384,16 +374,9 @@ def minimal_handler(
     query = capture_query(captures[0])
     bodies = [npy(x.iq) for x in captures]
     probe = Load(port, [], "", False, 0)
-
-    def up() -> bool:
-        try:
-            return probe._request("GET", "/health")[0] == 200
-        except OSError:
-            return False
-
     try:
         with managed_process(command, log_dir / "minimal.log", env) as handler:
-            wait_until("the minimal handler", up, 60, handler, 0.3)
+            wait_until("the minimal handler", lambda: answers_health(probe), 60, handler, 0.3)
             Load(port, bodies, query, False, min(50, jobs), "warm").run(min(clients, 4))
             load = Load(port, bodies, query, False, jobs)
             meter = CpuMeter({"handler": [handler.pid], **service_roots()})

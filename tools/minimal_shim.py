@@ -42,6 +42,13 @@ _redis = redis.Redis.from_url(os.environ.get("MINIMAL_REDIS_URL", "redis://127.0
 _local = threading.local()
 
 
+def libpq_form(database_url: str) -> str:
+    """A SQLAlchemy database URL (``postgresql+psycopg2://...``) as libpq reads it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def create_table(database_url: str, schema: str) -> None:
     """The handler's one table, in ``schema`` (run once, before gunicorn starts)."""
     connection = psycopg2.connect(database_url)

@@ -12,9 +12,9 @@ import kombu
 import numpy as np
 import psycopg2
 import pytest
-import sqlalchemy as sa
 
 from inference_worker.cli import bootstrap
+from tools.minimal_shim import libpq_form
 
 
 @pytest.fixture
@@ -22,8 +22,7 @@ def minimal(own_queue, redis_client, monkeypatch):
     settings, _, _ = own_queue
     bootstrap.declare_queues(settings)
     schema = f"minimal_{uuid.uuid4().hex[:8]}"
-    url = sa.engine.make_url(settings.database_url).set(drivername="postgresql")
-    libpq_url = url.render_as_string(hide_password=False)
+    libpq_url = libpq_form(settings.database_url)
     for name, value in {
         "MINIMAL_DATABASE_URL": libpq_url,
         "MINIMAL_SCHEMA": schema,
