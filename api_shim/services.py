@@ -49,7 +49,10 @@ def build_services(settings: Settings) -> ShimServices:
     celery = create_celery(
         settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
     )
-    engine = engine_for(settings, role="heimdall-api")
+    # A connection for each request thread and one for the thread that marks jobs published:
+    # with fewer, the pool's overflow connections were closed on return and opened again for
+    # the next request (a new PostgreSQL backend every few jobs under load).
+    engine = engine_for(settings, role="heimdall-api", pool_size=settings.api_threads + 1)
     jobs = JobStore(engine)
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     served = ServedModelCache(store, fallback=started_with)

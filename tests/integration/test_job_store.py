@@ -3,6 +3,7 @@ database it cannot reach is unavailable (an error the shim answers with 503)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -168,3 +169,38 @@ def test_a_recorded_result_is_stored_compressed_with_lz4(engine):
         pytest.skip("PostgreSQL before 14 compresses with pglz only")
     assert method == "lz4"
     assert store.get(job.job_id)["result"] == result
+
+
+def test_the_shim_keeps_a_database_connection_for_each_request_thread(settings, engine):
+    """Every request thread of a shim process holding a connection at once, round after round,
+    reuses the same PostgreSQL sessions: a pool smaller than the threads closed its overflow
+    connections on return and opened new ones (a new backend) for the next requests."""
+    from api_shim.services import build_services
+
+    threads = 8
+    services = build_services(settings.model_copy(update={"api_threads": threads}))
+    together = threading.Barrier(threads)
+    backends: set[int] = set()
+    failures: list[BaseException] = []
+
+    def requests() -> None:
+        try:
+            for _ in range(4):
+                with services.jobs.engine.connect() as connection:
+                    together.wait(timeout=10)  # every thread holds a connection now
+                    backends.add(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+                    together.wait(timeout=10)
+                together.wait(timeout=10)  # every thread has given its connection back
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+
+    try:
+        running = [threading.Thread(target=requests) for _ in range(threads)]
+        for thread in running:
+            thread.start()
+        for thread in running:
+            thread.join(timeout=30)
+    finally:
+        services.jobs.engine.dispose()
+    assert not failures
+    assert len(backends) == threads
