@@ -14,6 +14,7 @@ from inference_worker.storage.database import JobStore, NewJob, succeed_paramete
 from inference_worker.storage.engine import create_engine
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.job_sql import SUCCEED_MANY
+from inference_worker.storage.pooled import prepared_form
 from tests.integration.helpers import migrated_schema
 
 ROLE = f"store-test-{uuid.uuid4().hex[:8]}"
@@ -125,10 +126,18 @@ def test_recording_a_batch_reads_its_jobs_by_key_whatever_the_table_holds(crowde
         cursor = raw.cursor()
         cursor.execute("EXPLAIN " + SUCCEED_MANY, succeed_parameters(results))
         plan = "\n".join(line for (line,) in cursor.fetchall())
+        # The store runs it prepared: the plan made once for any batch must read by key too.
+        form = prepared_form(SUCCEED_MANY)
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute(form.prepare)
+        parameters = succeed_parameters(results)
+        cursor.execute("EXPLAIN " + form.execute, [parameters[n] for n in form.params])
+        generic = "\n".join(line for (line,) in cursor.fetchall())
     finally:
         raw.rollback()
-        raw.close()
+        raw.invalidate()  # it holds the statement outside the store's bookkeeping
     assert "Seq Scan on jobs" not in plan, plan
+    assert "Seq Scan on jobs" not in generic, generic
     recorded = crowded_store.succeed_many(results)
     assert sorted(recorded) == sorted(job.job_id for job in jobs)
     assert crowded_store.succeed_many(results) == {}  # already final: recorded once
@@ -204,3 +213,21 @@ def test_the_shim_keeps_a_database_connection_for_each_request_thread(settings, 
         services.jobs.engine.dispose()
     assert not failures
     assert len(backends) == threads
+
+
+def test_a_statement_prepared_before_the_table_changed_shape_is_prepared_again(settings):
+    """The store's statements are prepared once per connection; a migration that adds a column
+    while the service runs makes a prepared ``SELECT *`` stale ("cached plan must not change
+    result type"): the store prepares it again and answers, on the same connection."""
+    schema = f"reshaped_{uuid.uuid4().hex[:8]}"
+    with migrated_schema(settings.database_url, schema, pool_size=1, role=ROLE) as own:
+        store = JobStore(own)
+        job = queued_job()
+        store.create(job)
+        backend = store._driver_row("SELECT pg_backend_pid() AS pid", {})
+        assert store.get(job.job_id) is not None  # prepared on the pooled connection
+        with own.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE jobs ADD COLUMN added_later int"))
+        row = store.get(job.job_id)
+        assert row is not None and "added_later" in row
+        assert store._driver_row("SELECT pg_backend_pid() AS pid", {}) == backend
