@@ -88,3 +88,13 @@ SUCCEED_MANY = (
     " FROM done d JOIN given g USING (job_id))"
     " SELECT * FROM done"
 )
+
+# What the statements run on the driver are prepared as on each connection (``heimdall_<name>``:
+# an operator reads ``EXECUTE heimdall_start_many(...)`` in pg_stat_activity).
+PREPARED_NAMES = {
+    CREATE: "create",
+    CREATE_ANSWERED: "create_answered",
+    GET: "get",
+    START_MANY: "start_many",
+    SUCCEED_MANY: "succeed_many",
+}

@@ -47,9 +47,11 @@ class Prepared:
 
 
 @lru_cache(maxsize=64)
-def prepared_form(statement: str) -> Prepared:
+def prepared_form(statement: str, name: str | None = None) -> Prepared:
     """The ``PREPARE`` and ``EXECUTE`` of a statement (each named parameter becomes ``$n``, in the
-    order of first use); its name comes from its text, so every process names it alike."""
+    order of first use), as ``heimdall_<name>`` (what operators then read in
+    ``pg_stat_activity``: ``EXECUTE heimdall_start_many(...)``), or without a name after a digest
+    of its text."""
     names: list[str] = []
 
     def positional(match: re.Match[str]) -> str:
@@ -58,15 +60,15 @@ def prepared_form(statement: str) -> Prepared:
         return f"${names.index(match.group(1)) + 1}"
 
     text = re.sub(r"%\((\w+)\)s", positional, statement).replace("%%", "%")
-    name = "heimdall_" + hashlib.sha1(statement.encode()).hexdigest()[:16]
+    label = "heimdall_" + (name or hashlib.sha1(statement.encode()).hexdigest()[:16])
     arguments = f"({', '.join(['%s'] * len(names))})" if names else ""
-    return Prepared(name, f"PREPARE {name} AS {text}", f"EXECUTE {name}{arguments}", tuple(names))
+    prepare, execute = f"PREPARE {label} AS {text}", f"EXECUTE {label}{arguments}"
+    return Prepared(label, prepare, execute, tuple(names))
 
 
-def execute_prepared(raw: Any, cursor: Any, statement: str, params: dict[str, Any]) -> None:
-    """Run ``statement`` on a pooled driver connection as a prepared statement, preparing it first
+def execute_prepared(raw: Any, cursor: Any, form: Prepared, params: dict[str, Any]) -> None:
+    """Run a statement on a pooled driver connection as a prepared statement, preparing it first
     if this connection has not yet."""
-    form = prepared_form(statement)
     done: set[str] = raw.info.setdefault(PREPARED_KEY, set())
     if form.name not in done:
         try:
@@ -78,10 +80,9 @@ def execute_prepared(raw: Any, cursor: Any, statement: str, params: dict[str, An
     cursor.execute(form.execute, [params[name] for name in form.params])
 
 
-def forget_prepared(raw: Any, cursor: Any, statement: str) -> None:
+def forget_prepared(raw: Any, cursor: Any, form: Prepared) -> None:
     """Drop a statement prepared on this connection (its plan went stale), so the next call
     prepares it again."""
-    form = prepared_form(statement)
     raw.info.setdefault(PREPARED_KEY, set()).discard(form.name)
     cursor.execute(f"DEALLOCATE {form.name}")
 
@@ -100,7 +101,12 @@ def run(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 
 def driver_rows(
-    engine: Engine, statement: str, params: dict[str, Any], *, first_only: bool = False
+    engine: Engine,
+    statement: str,
+    params: dict[str, Any],
+    *,
+    first_only: bool = False,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of one statement run on a pooled driver connection, prepared (see the module's
     notes), with errors as SQLAlchemy's. For the statements every job runs (a submission's
@@ -109,8 +115,10 @@ def driver_rows(
 
     A pooled connection found dead is discarded and the statement run on the next, until a live
     or new one answers: each pooled connection may be dead. A statement whose prepared plan went
-    stale (the table changed shape since) is prepared again and run once more.
+    stale (the table changed shape since) is prepared again and run once more. ``name`` names
+    the prepared statement (see :func:`prepared_form`).
     """
+    form = prepared_form(statement, name)
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     pool = engine.pool
@@ -121,7 +129,7 @@ def driver_rows(
         try:
             raw = engine.raw_connection()
             cursor = raw.cursor()
-            execute_prepared(raw, cursor, statement, params)
+            execute_prepared(raw, cursor, form, params)
             rows = cursor.fetchmany(1) if first_only else cursor.fetchall()
             if not rows:
                 return []
@@ -133,7 +141,7 @@ def driver_rows(
             if getattr(exc, "pgcode", None) == STALE_PLAN and not stale_retried:
                 stale_retried = True
                 try:
-                    forget_prepared(raw, cursor, statement)
+                    forget_prepared(raw, cursor, form)
                 except dbapi_error as again:
                     raw.invalidate(again)  # a new connection prepares it afresh
                 continue

@@ -15,11 +15,14 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
+from inference_worker.storage.job_sql import PREPARED_NAMES, START_MANY
+from inference_worker.storage.pooled import prepared_form
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
 from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
+STARTING = prepared_form(START_MANY, PREPARED_NAMES[START_MANY]).execute.split("(")[0]
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(
@@ -40,9 +43,9 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             waiting = blocked_on(engine, holder)
-            # JobStore.start: an upsert of the job's row (its text is cut at 1 kB in
-            # pg_stat_activity, before its "attempts + 1")
-            takes = [pid for pid, _, query in waiting if query.startswith("INSERT INTO jobs")]
+            # A batch's start (JobStore.start_many, an upsert of the job's row), run as the
+            # prepared statement it is on the worker's connections
+            takes = [pid for pid, _, query in waiting if query.startswith(STARTING)]
             if any("status='failed'" in query for _, _, query in waiting):
                 break  # the dead-letter consumer is failing the job: let it
             fresh = [pid for pid in takes if pid not in seen]

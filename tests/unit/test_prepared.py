@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inference_worker.storage.job_sql import CREATE, START_MANY, SUCCEED_MANY
+from inference_worker.storage.job_sql import CREATE, PREPARED_NAMES, START_MANY, SUCCEED_MANY
 from inference_worker.storage.pooled import prepared_form
 
 
@@ -13,7 +13,13 @@ def test_named_parameters_become_positional_in_the_order_of_first_use():
     assert form.execute == f"EXECUTE {form.name}(%s, %s)"
 
 
-def test_each_statement_has_its_own_stable_name():
+def test_the_job_stores_statements_are_prepared_under_names_an_operator_can_read():
+    form = prepared_form(START_MANY, PREPARED_NAMES[START_MANY])
+    assert form.execute == "EXECUTE heimdall_start_many(%s)"
+    assert len(set(PREPARED_NAMES.values())) == len(PREPARED_NAMES)
+
+
+def test_an_unnamed_statement_is_named_after_its_text_alike_in_every_process():
     names = {prepared_form(s).name for s in (CREATE, START_MANY, SUCCEED_MANY)}
     assert len(names) == 3
     before = prepared_form(CREATE).name
