@@ -17,7 +17,6 @@ from inference_worker.storage.job_sql import (
     CREATE_ANSWERED,
     GET,
     MARK_PUBLISHED,
-    PREPARED_NAMES,
     START_MANY,
     SUCCEED_MANY,
 )
@@ -60,12 +59,11 @@ class JobStore:
         return run(self.engine, work)
 
     def _driver_row(self, statement: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        name = PREPARED_NAMES.get(statement)
-        rows = driver_rows(self.engine, statement, params, first_only=True, name=name)
+        rows = driver_rows(self.engine, statement, params, first_only=True)
         return rows[0] if rows else None
 
     def _driver_rows(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return driver_rows(self.engine, statement, params, name=PREPARED_NAMES.get(statement))
+        return driver_rows(self.engine, statement, params)
 
     def _one(self, statement: sa.Executable) -> RowMapping | None:
         return self._run(lambda connection: connection.execute(statement).mappings().first())

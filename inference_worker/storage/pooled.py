@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from inference_worker.storage.job_sql import PREPARED_NAMES
+
 T = TypeVar("T")
 
 PREPARED_KEY = "heimdall_prepared"
@@ -47,11 +49,11 @@ class Prepared:
 
 
 @lru_cache(maxsize=64)
-def prepared_form(statement: str, name: str | None = None) -> Prepared:
+def prepared_form(statement: str) -> Prepared:
     """The ``PREPARE`` and ``EXECUTE`` of a statement (each named parameter becomes ``$n``, in the
-    order of first use), as ``heimdall_<name>`` (what operators then read in
-    ``pg_stat_activity``: ``EXECUTE heimdall_start_many(...)``), or without a name after a digest
-    of its text."""
+    order of first use), as ``heimdall_<name>`` for the job store's statements
+    (``job_sql.PREPARED_NAMES``: operators then read ``EXECUTE heimdall_start_many(...)`` in
+    ``pg_stat_activity``), after a digest of its text for any other."""
     names: list[str] = []
 
     def positional(match: re.Match[str]) -> str:
@@ -60,7 +62,8 @@ def prepared_form(statement: str, name: str | None = None) -> Prepared:
         return f"${names.index(match.group(1)) + 1}"
 
     text = re.sub(r"%\((\w+)\)s", positional, statement).replace("%%", "%")
-    label = "heimdall_" + (name or hashlib.sha1(statement.encode()).hexdigest()[:16])
+    name = PREPARED_NAMES.get(statement) or hashlib.sha1(statement.encode()).hexdigest()[:16]
+    label = f"heimdall_{name}"
     arguments = f"({', '.join(['%s'] * len(names))})" if names else ""
     prepare, execute = f"PREPARE {label} AS {text}", f"EXECUTE {label}{arguments}"
     return Prepared(label, prepare, execute, tuple(names))
@@ -101,12 +104,7 @@ def run(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 
 def driver_rows(
-    engine: Engine,
-    statement: str,
-    params: dict[str, Any],
-    *,
-    first_only: bool = False,
-    name: str | None = None,
+    engine: Engine, statement: str, params: dict[str, Any], *, first_only: bool = False
 ) -> list[dict[str, Any]]:
     """The rows of one statement run on a pooled driver connection, prepared (see the module's
     notes), with errors as SQLAlchemy's. For the statements every job runs (a submission's
@@ -115,10 +113,9 @@ def driver_rows(
 
     A pooled connection found dead is discarded and the statement run on the next, until a live
     or new one answers: each pooled connection may be dead. A statement whose prepared plan went
-    stale (the table changed shape since) is prepared again and run once more. ``name`` names
-    the prepared statement (see :func:`prepared_form`).
+    stale (the table changed shape since) is prepared again and run once more.
     """
-    form = prepared_form(statement, name)
+    form = prepared_form(statement)
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     pool = engine.pool

@@ -15,14 +15,14 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.job_sql import PREPARED_NAMES, START_MANY
+from inference_worker.storage.job_sql import START_MANY
 from inference_worker.storage.pooled import prepared_form
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
 from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
-STARTING = prepared_form(START_MANY, PREPARED_NAMES[START_MANY]).execute.split("(")[0]
+STARTING = prepared_form(START_MANY).execute.split("(")[0]
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from inference_worker.storage.database import JobStore, NewJob, succeed_parameters
 from inference_worker.storage.engine import create_engine
 from inference_worker.storage.errors import TRANSIENT_ERRORS
-from inference_worker.storage.job_sql import PREPARED_NAMES, SUCCEED_MANY
+from inference_worker.storage.job_sql import SUCCEED_MANY
 from inference_worker.storage.pooled import prepared_form
 from tests.integration.helpers import migrated_schema
 
@@ -127,7 +127,7 @@ def test_recording_a_batch_reads_its_jobs_by_key_whatever_the_table_holds(crowde
         cursor.execute("EXPLAIN " + SUCCEED_MANY, succeed_parameters(results))
         plan = "\n".join(line for (line,) in cursor.fetchall())
         # The store runs it prepared: the plan made once for any batch must read by key too.
-        form = prepared_form(SUCCEED_MANY, PREPARED_NAMES[SUCCEED_MANY])
+        form = prepared_form(SUCCEED_MANY)
         cursor.execute("SET plan_cache_mode = force_generic_plan")
         cursor.execute(form.prepare)
         parameters = succeed_parameters(results)

@@ -14,7 +14,7 @@ def test_named_parameters_become_positional_in_the_order_of_first_use():
 
 
 def test_the_job_stores_statements_are_prepared_under_names_an_operator_can_read():
-    form = prepared_form(START_MANY, PREPARED_NAMES[START_MANY])
+    form = prepared_form(START_MANY)
     assert form.execute == "EXECUTE heimdall_start_many(%s)"
     assert len(set(PREPARED_NAMES.values())) == len(PREPARED_NAMES)
 
