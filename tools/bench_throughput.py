@@ -347,7 +347,6 @@ def minimal_handler(
     """The shim's yardstick (``tools/minimal_shim.py``: the same work and round trips as a
     submission, nothing else) under gunicorn with the shim's processes and threads, driven and
     metered as the shim alone is."""
-
     from tools.minimal_shim import create_table, libpq_form
 
     settings = own_settings(base, "m")

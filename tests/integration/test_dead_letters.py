@@ -22,7 +22,7 @@ from tasks.app import QueueMismatch, declare_queues, inference_queue
 from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
 
 DELIVERY_LIMIT = 2
-STARTING = prepared_form(START_MANY).execute.split("(")[0]
+STARTING = f"EXECUTE {prepared_form(START_MANY).name}("
 
 
 def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails(
