@@ -8,6 +8,7 @@ may follow a receiver's carrier) and stops what would fold into it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -17,6 +18,12 @@ LEAST_TAPS = 48
 """Least anti-alias filter length (taps of the input rate) for a fixed analysis band."""
 LEAST_TAPS_FOLLOWING = 64
 """The same when the band follows the carrier: the transition left to the filter is narrower."""
+ROW_SAMPLES = 64
+"""About how many input samples make one row of the decimation's matrix product: rows of a few
+samples (a small factor) leave the product little to sum and many partial sums to add up."""
+LEAST_OUTPUTS_PER_ROW = 7
+"""Rows of fewer outputs than this (factors above 9) do not repay copying the capture into
+planes of real and imaginary parts: such a capture is read in rows of one output, in place."""
 
 
 def decimation_factor(sample_rate_hz: float, reach_hz: float, transition_hz: float) -> int:
@@ -40,31 +47,94 @@ def taps_per_phase(factor: int, following: bool) -> int:
 
 @lru_cache(maxsize=32)
 def decimation_filter(sample_rate_hz: float, factor: int, following: bool) -> np.ndarray:
-    """The anti-alias FIR of a decimation by ``factor``, as a ``(factor, taps per phase)``
-    matrix (column ``l`` weighs the block of input ``l`` blocks back), cut at half the new
-    rate: it passes the offsets the features read and stops what would fold onto them."""
-    per_phase = taps_per_phase(factor, following)
-    taps = per_phase * factor
+    """The anti-alias FIR ``h`` of a decimation by ``factor`` (``taps_per_phase × factor`` taps,
+    read-only), cut at half the new rate: it passes the offsets the features read and stops what
+    would fold onto them."""
+    taps = taps_per_phase(factor, following) * factor
     out_rate = sample_rate_hz / factor
     h = scipy.signal.firwin(taps, (out_rate / 2.0) / (sample_rate_hz / 2.0), window=("kaiser", 6.0))
-    # y[m] = sum_j h[j] x[m f + f - 1 - j]: block m-l contributes its samples reversed.
-    return np.ascontiguousarray(h.reshape(per_phase, factor)[:, ::-1].T)
+    h.flags.writeable = False
+    return h
 
 
-def decimate(iq: np.ndarray, factor: int, weights: np.ndarray) -> np.ndarray:
-    """Low-pass and keep every ``factor``-th sample: one matrix product over the capture, so the
-    cost is a few operations a sample whatever the factor. The first outputs, before the filter
-    has a whole history, are dropped."""
+@dataclass(frozen=True)
+class Decimator:
+    """A decimation by ``factor`` as one matrix product: the capture is cut into rows of
+    ``outputs_per_row × factor`` samples, and ``weights[c, s, i]`` weighs sample ``c`` of the
+    row ``s`` rows back in output ``i`` of the current row."""
+
+    factor: int
+    taps: int
+    outputs_per_row: int
+    weights: np.ndarray
+
+    @property
+    def rows_back(self) -> int:
+        return self.weights.shape[1]
+
+
+@lru_cache(maxsize=32)
+def decimator(sample_rate_hz: float, factor: int, following: bool) -> Decimator:
+    """The decimation by ``factor`` of :func:`decimation_filter`, laid out for
+    :func:`decimate`."""
+    h = decimation_filter(sample_rate_hz, factor, following)
+    per_row = round(ROW_SAMPLES / factor)
+    if per_row < LEAST_OUTPUTS_PER_ROW:
+        per_row = 1
+    row = per_row * factor
+    rows_back = (h.size - 1 - factor + row) // row + 1
+    # Output m = q·per_row + i reads y[m] = sum_j h[j] x[m·factor + factor - 1 - j]; sample c of
+    # row q - s is x[(q - s)·row + c], so its tap is j = s·row + i·factor + factor - 1 - c.
+    c = np.arange(row)[:, None, None]
+    s = np.arange(rows_back)[None, :, None]
+    i = np.arange(per_row)[None, None, :]
+    j = s * row + i * factor + factor - 1 - c
+    inside = (j >= 0) & (j < h.size)
+    weights = np.where(inside, h[np.clip(j, 0, h.size - 1)], 0.0).astype(np.float32)
+    weights.flags.writeable = False
+    return Decimator(factor, h.size, per_row, weights)
+
+
+def decimate(iq: np.ndarray, plan: Decimator) -> np.ndarray:
+    """Low-pass and keep every ``factor``-th sample: one matrix product over the capture and a
+    few sums of its partial results, so the cost is a few operations a sample whatever the
+    factor. The first outputs, before the filter has a whole history, are dropped."""
     n_rx, n = iq.shape
-    blocks = n // factor
-    lags = weights.shape[1]
-    x = iq[:, : blocks * factor].reshape(n_rx, blocks, factor)
-    # (receivers, taps per phase, blocks): each lag's row is contiguous, so the sum over lags
-    # below reads memory in order (summing strided columns cost three times the product).
-    partial = weights.T.astype(np.complex64) @ x.transpose(0, 2, 1)
+    factor, per_row, rows_back = plan.factor, plan.outputs_per_row, plan.rows_back
+    row = per_row * factor
+    first = plan.taps // factor - 1  # the first output with a whole history
+    count = n // factor - first
+    if per_row == 1:
+        return _decimate_rows_of_one(iq[:, : n // factor * factor], plan, count)
+    rows = -(-(count + (rows_back - 1) * per_row) // per_row)
+    start = (first - (rows_back - 1) * per_row) * factor  # where row 0 starts (< 0: padded)
+    # Real and imaginary parts as rows of single floats (the copy also pads the ends).
+    planes = np.zeros((2, n_rx, rows * row), np.float32)
+    lo, skip = max(start, 0), max(-start, 0)
+    taken = min(n - lo, rows * row - skip)
+    planes[0, :, skip : skip + taken] = iq.real[:, lo : lo + taken]
+    planes[1, :, skip : skip + taken] = iq.imag[:, lo : lo + taken]
+    partial = planes.reshape(-1, row) @ plan.weights.reshape(row, -1)
+    partial = partial.reshape(2 * n_rx, rows, rows_back, per_row)
+    out = partial[:, rows_back - 1 :, 0, :].copy()
+    for back in range(1, rows_back):
+        out += partial[:, rows_back - 1 - back : rows - back, back, :]
+    out = out.reshape(2, n_rx, -1)[:, :, :count]
+    decimated = np.empty((n_rx, count), np.complex64)
+    decimated.real, decimated.imag = out[0], out[1]
+    return decimated
+
+
+def _decimate_rows_of_one(iq: np.ndarray, plan: Decimator, count: int) -> np.ndarray:
+    """Large factors: rows of one output each, taken straight from the complex capture (no
+    copy), each lag's partial sums contiguous so that adding them up reads memory in order."""
+    n_rx, n = iq.shape
+    lags = plan.rows_back
+    x = iq.reshape(n_rx, n // plan.factor, plan.factor)
+    partial = plan.weights[:, :, 0].T.astype(np.complex64) @ x.transpose(0, 2, 1)
     out = partial[:, 0, lags - 1 :].copy()
     for lag in range(1, lags):
-        out += partial[:, lag, lags - 1 - lag : blocks - lag]
+        out += partial[:, lag, lags - 1 - lag : lags - 1 - lag + count]
     return out
 
 
@@ -72,7 +142,6 @@ def decimation_gain(
     sample_rate_hz: float, factor: int, following: bool, freqs: np.ndarray
 ) -> np.ndarray:
     """Power gain of the decimation filter at ``freqs`` (Hz offsets), to undo."""
-    weights = decimation_filter(sample_rate_hz, factor, following)
-    h = weights[::-1, :].T.ravel()  # back to h[j]: weights[r, l] holds h[l f + f - 1 - r]
+    h = decimation_filter(sample_rate_hz, factor, following)
     _, response = scipy.signal.freqz(h, worN=freqs, fs=sample_rate_hz)
     return np.abs(response) ** 2

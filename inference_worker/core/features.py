@@ -25,8 +25,8 @@ import scipy.signal
 from inference_worker.core.decimation import (
     decimate,
     decimation_factor,
-    decimation_filter,
     decimation_gain,
+    decimator,
     taps_per_phase,
     transition_hz,
 )
@@ -218,7 +218,7 @@ def analyse(
     )
     full_rate = float(sample_rate_hz)
     if factor > 1:
-        iq = decimate(iq, factor, decimation_filter(full_rate, factor, following))
+        iq = decimate(iq, decimator(full_rate, factor, following))
         sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape
     frame = n // params.n_frames
