@@ -48,3 +48,30 @@ def test_small_factors_take_rows_of_several_outputs_and_large_ones_rows_of_one()
     assert decimator(96_000.0, 2, True).outputs_per_row > 1
     assert decimator(192_000.0, 5, True).outputs_per_row > 1
     assert decimator(2_400_000.0, 72, True).outputs_per_row == 1
+
+
+@pytest.mark.parametrize("follow_carrier_hz", [7_500.0, 0.0])
+def test_no_accepted_capture_makes_its_features_allocate_more_than_100_mb(follow_carrier_hz):
+    """The longest accepted capture at any accepted rate: one decimation factor's product once
+    allocated 190 MB for its partial sums (66-99 kHz, band following)."""
+    import tracemalloc
+
+    from inference_worker.core.capture import CaptureLimits
+    from inference_worker.core.features import FeatureParams, analyse
+
+    limits = CaptureLimits()
+    params = FeatureParams(follow_carrier_hz=follow_carrier_hz)
+    rng = np.random.default_rng(5)
+    n = limits.max_samples
+    iq = (rng.standard_normal((3, n)) + 1j * rng.standard_normal((3, n))).astype(np.complex64)
+    peaks = {}
+    for rate in (12e3, 24e3, 48e3, 66e3, 96e3, 132e3, 192e3, 384e3, 1e6, limits.max_sample_rate_hz):
+        tracemalloc.start()
+        try:
+            analyse(iq, rate, params)
+            peaks[rate] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert max(peaks.values()) <= 100e6, {
+        rate: f"{peak / 1e6:.0f} MB" for rate, peak in peaks.items()
+    }
