@@ -57,7 +57,7 @@ def decimation_filter(sample_rate_hz: float, factor: int, following: bool) -> np
     return h
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds an array: compared by identity
 class Decimator:
     """A decimation by ``factor`` as one matrix product: the capture is cut into rows of
     ``outputs_per_row × factor`` samples, and ``weights[c, s, i]`` weighs sample ``c`` of the
@@ -70,7 +70,8 @@ class Decimator:
 
     @property
     def rows_back(self) -> int:
-        return self.weights.shape[1]
+        """How many rows back a row's outputs still read."""
+        return int(self.weights.shape[1])
 
 
 @lru_cache(maxsize=32)
@@ -104,6 +105,8 @@ def decimate(iq: np.ndarray, plan: Decimator) -> np.ndarray:
     row = per_row * factor
     first = plan.taps // factor - 1  # the first output with a whole history
     count = n // factor - first
+    if count <= 0:  # shorter than the filter: nothing whole to keep (the caller says too short)
+        return np.empty((n_rx, 0), np.complex64)
     if per_row == 1:
         return _decimate_rows_of_one(iq[:, : n // factor * factor], plan, count)
     rows = -(-(count + (rows_back - 1) * per_row) // per_row)

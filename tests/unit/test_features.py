@@ -151,6 +151,9 @@ def test_a_short_fast_capture_needs_the_samples_its_decimation_drops():
     assert log_mel_spectrogram(iq, 192_000.0, PARAMS).shape == (3, 128, 32)
     with pytest.raises(ValueError, match="too short"):
         log_mel_spectrogram(iq[:, : needed - 8], 192_000.0, PARAMS)
+    for shorter_than_the_filter in (0, 3, 40):
+        with pytest.raises(ValueError, match="too short"):
+            log_mel_spectrogram(iq[:, :shorter_than_the_filter], 96_000.0, PARAMS)
 
 
 def band_power(features: np.ndarray, params: FeatureParams) -> np.ndarray:
