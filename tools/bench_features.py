@@ -7,8 +7,11 @@ the worker caches too). For each kind of capture it prints the median and the 10
 percentiles of the features' time, the quality checks' time (clipping scan and domain check),
 the peak of numpy's allocations, and the ratio of the features' median to that of 12 kHz × 1 s;
 then the same for a fixed band (the band not following the carrier), for comparison.
+``--longest`` measures instead the longest capture the service accepts
+(``HEIMDALL_MAX_SAMPLES_PER_RECEIVER``) at rates from 12 kHz to the highest accepted: the
+dearest request a worker can be handed, by rate.
 
-    python tools/bench_features.py [--calls 60] [--retain-mb 256] [--model DIR]
+    python tools/bench_features.py [--calls 60] [--retain-mb 256] [--model DIR] [--longest]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from inference_worker.core.domain import assess, clipped_share  # noqa: E402
 from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.serving.memory import retain_freed_memory  # noqa: E402
+from inference_worker.settings import load_settings  # noqa: E402
 
 KINDS = (
     ("12 kHz × 1 s", 12_000.0, 12_000),
@@ -43,15 +47,33 @@ KINDS = (
 REFERENCE = "12 kHz × 1 s"
 DISTINCT = 8
 """Distinct captures of each kind, taken in turn."""
+LONGEST_RATES = (12e3, 24e3, 48e3, 66e3, 96e3, 132e3, 192e3, 384e3, 1e6, 2.4e6, 10e6)
+"""Rates at which ``--longest`` measures the longest accepted capture: each decimation factor's
+regime (none below ~33 kHz, small factors to ~300 kHz, large ones above)."""
 
 
-def captures(rate: float, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``DISTINCT`` simulated captures of ``samples`` per receiver at ``rate``."""
+def captures(
+    rate: float, samples: int, rng: np.random.Generator, distinct: int = DISTINCT
+) -> list[np.ndarray]:
+    """``distinct`` simulated captures of ``samples`` per receiver at ``rate``."""
     simulator = CaptureSimulator()
     return [
         simulator.simulate(rng, sample_rate_hz=rate, duration_s=samples / rate).iq
-        for _ in range(DISTINCT)
+        for _ in range(distinct)
     ]
+
+
+def longest_kinds() -> list[tuple[str, float, int]]:
+    """The longest accepted capture at each of ``LONGEST_RATES`` the service accepts."""
+    settings = load_settings()
+    samples = settings.max_samples_per_receiver
+    rates = [r for r in LONGEST_RATES if settings.min_sample_rate_hz <= r]
+    rates = [r for r in rates if r < settings.max_sample_rate_hz] + [settings.max_sample_rate_hz]
+    return [(f"{rate_label(rate)} × {samples} samples", rate, samples) for rate in rates]
+
+
+def rate_label(rate: float) -> str:
+    return f"{rate / 1e6:g} MHz" if rate >= 1e6 else f"{rate / 1e3:g} kHz"
 
 
 def measure(iqs: list[np.ndarray], rate: float, params: FeatureParams, meta, calls: int) -> dict:
@@ -88,6 +110,11 @@ def main() -> int:
         "--retain-mb", type=int, default=256, help="freed memory kept (0: the C library's)"
     )
     parser.add_argument("--model", type=Path, default=ROOT / "inference_worker/models/reference")
+    parser.add_argument(
+        "--longest",
+        action="store_true",
+        help="the longest accepted capture at rates from 12 kHz to the highest accepted",
+    )
     args = parser.parse_args()
     if args.calls < 1:
         parser.error("--calls must be at least 1")
@@ -111,8 +138,10 @@ def main() -> int:
     for label, params in (("band following the carrier", following), ("fixed band", fixed)):
         print(f"\n{label} (follow_carrier_hz {params.follow_carrier_hz:g}):")
         reference = None
-        for name, rate, samples in KINDS:
-            found = measure(captures(rate, samples, rng), rate, params, meta, args.calls)
+        kinds = longest_kinds() if args.longest else KINDS
+        for name, rate, samples in kinds:
+            iqs = captures(rate, samples, rng, 2 if args.longest else DISTINCT)
+            found = measure(iqs, rate, params, meta, args.calls)
             median = float(np.median(found["features"]))
             reference = median if name == REFERENCE else reference
             ratio = f"{median / reference:5.2f}x {REFERENCE}" if reference else ""
