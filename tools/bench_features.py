@@ -67,8 +67,8 @@ def longest_kinds() -> list[tuple[str, float, int]]:
     """The longest accepted capture at each of ``LONGEST_RATES`` the service accepts."""
     settings = load_settings()
     samples = settings.max_samples_per_receiver
-    rates = [r for r in LONGEST_RATES if settings.min_sample_rate_hz <= r]
-    rates = [r for r in rates if r < settings.max_sample_rate_hz] + [settings.max_sample_rate_hz]
+    low, high = settings.min_sample_rate_hz, settings.max_sample_rate_hz
+    rates = [r for r in LONGEST_RATES if low <= r < high] + [high]
     return [(f"{rate_label(rate)} × {samples} samples", rate, samples) for rate in rates]
 
 

@@ -4,10 +4,14 @@ of one for large ones), from the first output with a whole history to the last."
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from inference_worker.core.capture import CaptureLimits
 from inference_worker.core.decimation import decimate, decimation_filter, decimator
+from inference_worker.core.features import FeatureParams, analyse
 
 
 def filtered_directly(iq: np.ndarray, h: np.ndarray, factor: int) -> np.ndarray:
@@ -54,11 +58,6 @@ def test_small_factors_take_rows_of_several_outputs_and_large_ones_rows_of_one()
 def test_no_accepted_capture_makes_its_features_allocate_more_than_100_mb(follow_carrier_hz):
     """The longest accepted capture at any accepted rate: one decimation factor's product once
     allocated 190 MB for its partial sums (66-99 kHz, band following)."""
-    import tracemalloc
-
-    from inference_worker.core.capture import CaptureLimits
-    from inference_worker.core.features import FeatureParams, analyse
-
     limits = CaptureLimits()
     params = FeatureParams(follow_carrier_hz=follow_carrier_hz)
     rng = np.random.default_rng(5)
