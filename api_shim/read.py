@@ -39,8 +39,13 @@ def lookup_job(job_id: str) -> dict[str, Any]:
     return find_job(job_id)[0]
 
 
-def find_job(job_id: str) -> tuple[dict[str, Any], bytes | None]:
-    """A job's view, and its JSON as Redis holds it when it came from there (404 if none)."""
+def find_job(job_id: str, pending: bool = False) -> tuple[dict[str, Any], bytes | None]:
+    """A job's view, and its JSON as Redis holds it when it came from there (404 if none).
+
+    Redis answers for a final job. A job that is not final yet is read from its row, unless
+    ``pending``: then the view it was given when the shim accepted it will do (it says the job
+    exists and whose it is, which is all a request about to wait for it needs).
+    """
     if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
         raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
     shim = services()
@@ -48,9 +53,11 @@ def find_job(job_id: str) -> tuple[dict[str, Any], bytes | None]:
         cached = shim.store.get_result_json(job_id)
     except TRANSIENT_ERRORS:
         cached = None  # Redis is a cache here
-    found = _readable(job_id, cached)
-    if found is not None:
-        return found, cached
+    view = _cached_view(cached)
+    if view is not None and view["status"] in FINAL_STATUSES:
+        return _checked(job_id, view), cached
+    if view is not None and pending and may_read(view.get("tenant")):
+        return view, None
     try:
         row = shim.jobs.get(job_id)
     except TRANSIENT_ERRORS:
@@ -60,12 +67,12 @@ def find_job(job_id: str) -> tuple[dict[str, Any], bytes | None]:
     return _checked(job_id, job_view(row)), None
 
 
-def _readable(job_id: str, cached: bytes | None) -> dict[str, Any] | None:
+def _cached_view(cached: bytes | None) -> dict[str, Any] | None:
     """The view in a cached JSON (None if there is none, or one of a release without tenants)."""
     view = None if cached is None else json.loads(cached)
     if view is None or "tenant" not in view:
         return None
-    return _checked(job_id, view)
+    return view
 
 
 def _checked(job_id: str, view: dict[str, Any]) -> dict[str, Any]:
@@ -127,8 +134,8 @@ def wait_seconds() -> float:
 
 
 def get_job(job_id: str) -> tuple[Response, int]:
-    view, cached = find_job(job_id)
     wait_s = wait_seconds()
+    view, cached = find_job(job_id, pending=wait_s > 0)
     if wait_s and view["status"] not in FINAL_STATUSES:
         view, cached = wait_for_final(job_id, wait_s)
     return job_response(view, cached), 200
@@ -138,21 +145,26 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
     """Hold until the job is final (woken by the worker's announcement) or ``wait_s`` passes;
     then its view as :func:`find_job` gives it."""
     shim = services()
-    seen: list[bytes] = []
+    seen: list[tuple[dict[str, Any] | None, bytes]] = []
 
     def announced() -> bool:
         try:
             value = shim.store.get_result_json(job_id)
         except TRANSIENT_ERRORS:
             return False
-        if value is not None:
-            seen.append(value)
-        return value is not None
+        if value is None:
+            return False
+        view = _cached_view(value)
+        if view is not None and view["status"] not in FINAL_STATUSES:
+            return False  # the view it was accepted with: not final yet
+        seen.append((view, value))
+        return True
 
     shim.finished.wait(job_id, wait_s, announced)
-    if seen or announced():  # woken: the view is in Redis (unless Redis is full or down)
-        readable = _readable(job_id, seen[-1])
-        return (readable, seen[-1]) if readable else find_job(job_id)
+    if seen or announced():  # woken: the final view is in Redis (unless Redis is full or down)
+        view, value = seen[-1]
+        if view is not None:
+            return _checked(job_id, view), value
     return find_job(job_id)
 
 

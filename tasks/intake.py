@@ -199,6 +199,7 @@ class Intake:
             tenant=tenant,
         )
         status, created = "queued", True
+        pending = None  # the new job's view while it waits, stored beside its capture
         if self.jobs is not None:
             answer = cached_answer(self.store, self.served, message, self.settings.cache_ttl_s)
             row, created = self._record(message, answer)
@@ -213,8 +214,14 @@ class Intake:
                 # mid-way, or is still at it): finish that submission now. A second message for
                 # the job is harmless: the job store records one result.
                 message = stored_message(row) or message
+            else:
+                note = {"job_id": job_id, "status": status, "tenant": row["tenant"]}
+                pending = (job_id, note, self.settings.result_ttl_s)
         try:
-            self.store.put_blob(blob_key, payload, self.settings.blob_ttl_s)
+            if pending is not None:
+                self.store.put_blob_and_note(blob_key, payload, self.settings.blob_ttl_s, pending)
+            else:
+                self.store.put_blob(blob_key, payload, self.settings.blob_ttl_s)
             self.publish(message)
         except UNAVAILABLE_ERRORS as exc:
             if created:
@@ -259,7 +266,10 @@ class Intake:
         return row, created
 
     def _withdraw(self, job_id: str, blob_key: str) -> None:
-        undo: list[Callable[[], None]] = [lambda: self.store.delete_blob(blob_key)]
+        undo: list[Callable[[], None]] = [
+            lambda: self.store.delete_blob(blob_key),
+            lambda: self.store.delete_pending_note(job_id),
+        ]
         if self.jobs is not None:
             jobs = self.jobs
             undo.append(lambda: jobs.delete_queued(job_id))

@@ -10,6 +10,8 @@ from typing import Any
 import redis
 from redis.connection import Encoder, PythonRespSerializer
 
+from inference_worker.storage.statuses import FINAL_STATUSES
+
 # Commands are packed by redis-py's own serializer, which sends a large value (a capture) as it
 # is; hiredis's packer copies it into one new buffer first: ~75 us for a 288 kB capture in a
 # threaded shim against ~7 us. Replies are still parsed by hiredis.
@@ -48,6 +50,26 @@ class RedisStore:
 
     def put_blob(self, key: str, data: bytes, ttl_s: int) -> None:
         self.client.set(key, data, ex=ttl_s)
+
+    def put_blob_and_note(
+        self, key: str, data: bytes, ttl_s: int, pending: tuple[str, JsonValue, int]
+    ) -> None:
+        """Store a new job's capture and, where its final view will go, a note of the job while
+        it waits (``(job_id, {"job_id", "status", "tenant"}, ttl)``), in one round trip. The
+        note tells a request about to wait for the job (``?wait=``) that it exists and whose it
+        is without reading its row; it is never answered with, never replaces what is there
+        already, and is skipped when Redis is full (the row says the same).
+
+        Raises:
+            Any error storing the capture.
+        """
+        job_id, view, view_ttl_s = pending
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.set(key, data, ex=ttl_s)
+        pipeline.set(self.result_key(job_id), _encoded(view), ex=view_ttl_s, nx=True)
+        stored = pipeline.execute(raise_on_error=False)[0]
+        if isinstance(stored, Exception):
+            raise stored
 
     def get_blob(self, key: str) -> bytes | None:
         value = self.client.get(key)
@@ -128,6 +150,15 @@ class RedisStore:
     def result_key(self, job_id: str) -> str:
         return f"{self.prefix}result:{job_id}"
 
+    def delete_pending_note(self, job_id: str) -> None:
+        """Drop the note a job was given when it was accepted (see :meth:`put_blob_and_note`),
+        unless its final view replaced it (a submission withdrawn after its capture was
+        stored)."""
+        key = self.result_key(job_id)
+        value = self.client.get(key)
+        if value is not None and json.loads(value).get("status") not in FINAL_STATUSES:
+            self.client.delete(key)
+
     def done_channel(self) -> str:
         """The channel on which every finished job's id is published (long-polls wait on it)."""
         return f"{self.prefix}done"
@@ -141,11 +172,15 @@ class RedisStore:
         pipeline.execute()
 
     def get_result(self, job_id: str) -> dict[str, Any] | None:
+        """A final job's cached view (None while it is not final, or not cached)."""
         value = self.get_result_json(job_id)
-        return None if value is None else json.loads(value)
+        view = None if value is None else json.loads(value)
+        return view if view is not None and view.get("status") in FINAL_STATUSES else None
 
     def get_result_json(self, job_id: str) -> bytes | None:
-        """A final job's cached view as stored (JSON), to answer with as it is."""
+        """What Redis holds under a job's result key, as stored (JSON): a final job's view, to
+        answer with as it is, or the note a job accepted by the shim has while it waits (see
+        :meth:`put_blob_and_note`)."""
         value = self.client.get(self.result_key(job_id))
         return None if value is None else bytes(value)  # type: ignore[arg-type]
 
