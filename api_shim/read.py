@@ -43,7 +43,7 @@ def find_job(job_id: str, pending: bool = False) -> tuple[dict[str, Any], bytes 
     """A job's view, and its JSON as Redis holds it when it came from there (404 if none).
 
     Redis answers for a final job. A job that is not final yet is read from its row, unless
-    ``pending``: then the view it was given when the shim accepted it will do (it says the job
+    ``pending``: then the note the shim left when it accepted the job will do (it says the job
     exists and whose it is, which is all a request about to wait for it needs).
     """
     if not JOB_ID_PATTERN.match(job_id):  # no job can have such an id (NUL bytes and the like)
@@ -156,7 +156,7 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
             return False
         view = _cached_view(value)
         if view is not None and view["status"] not in FINAL_STATUSES:
-            return False  # the view it was accepted with: not final yet
+            return False  # the note it was accepted with: not final yet
         seen.append((view, value))
         return True
 

@@ -199,7 +199,7 @@ class Intake:
             tenant=tenant,
         )
         status, created = "queued", True
-        pending = None  # the new job's view while it waits, stored beside its capture
+        pending = None  # a note of the new job while it waits, stored beside its capture
         if self.jobs is not None:
             answer = cached_answer(self.store, self.served, message, self.settings.cache_ttl_s)
             row, created = self._record(message, answer)

@@ -52,7 +52,7 @@ class RedisStore:
         self.client.set(key, data, ex=ttl_s)
 
     def put_blob_and_note(
-        self, key: str, data: bytes, ttl_s: int, pending: tuple[str, JsonValue, int]
+        self, key: str, data: bytes, ttl_s: int, note: tuple[str, JsonValue, int]
     ) -> None:
         """Store a new job's capture and, where its final view will go, a note of the job while
         it waits (``(job_id, {"job_id", "status", "tenant"}, ttl)``), in one round trip. The
@@ -63,10 +63,10 @@ class RedisStore:
         Raises:
             Any error storing the capture.
         """
-        job_id, view, view_ttl_s = pending
+        job_id, what, note_ttl_s = note
         pipeline = self.client.pipeline(transaction=False)
         pipeline.set(key, data, ex=ttl_s)
-        pipeline.set(self.result_key(job_id), _encoded(view), ex=view_ttl_s, nx=True)
+        pipeline.set(self.result_key(job_id), _encoded(what), ex=note_ttl_s, nx=True)
         stored = pipeline.execute(raise_on_error=False)[0]
         if isinstance(stored, Exception):
             raise stored
