@@ -68,8 +68,8 @@ def main(via: str, step: str, job_id: str, seed: int) -> None:
 
         intake = build_services(load_settings()).intake
         assert intake.jobs is not None
-        if step == "after_row":
-            intake.store.put_blob = die  # type: ignore[method-assign]
+        if step == "after_row":  # a new job's capture goes with its note, in one round trip
+            intake.store.put_blob_and_note = die  # type: ignore[method-assign]
         elif step == "after_capture":
             intake.publish = die
         elif step == "after_confirm":  # confirmed, not yet marked published in the row
