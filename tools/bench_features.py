@@ -135,12 +135,13 @@ def main() -> int:
         flush=True,
     )
     rng = np.random.default_rng(11)
+    kinds = longest_kinds() if args.longest else KINDS
+    distinct = 2 if args.longest else DISTINCT
     for label, params in (("band following the carrier", following), ("fixed band", fixed)):
         print(f"\n{label} (follow_carrier_hz {params.follow_carrier_hz:g}):")
         reference = None
-        kinds = longest_kinds() if args.longest else KINDS
         for name, rate, samples in kinds:
-            iqs = captures(rate, samples, rng, 2 if args.longest else DISTINCT)
+            iqs = captures(rate, samples, rng, distinct)
             found = measure(iqs, rate, params, meta, args.calls)
             median = float(np.median(found["features"]))
             reference = median if name == REFERENCE else reference
