@@ -49,3 +49,48 @@ def take_batches(
         waiting[:] = kept
         batches.append(batch)
     return batches
+
+
+class AckRanges:
+    """Which acknowledgements of one AMQP channel can travel as one ``multiple`` ack.
+
+    A ``basic.ack`` with ``multiple`` set settles every unsettled delivery tag up to its own, so
+    one frame can stand for a whole batch, but only when no older delivery still waits for its
+    outcome. Tags on a channel count up from 1; this object is told of each delivery
+    (:meth:`received`) and of each one settled (:meth:`plan`, :meth:`forget`). A tag it was
+    never told of belongs to a message handled elsewhere and may still be unsettled, so no
+    ``multiple`` ack reaches over it: acks above it travel one by one.
+    """
+
+    def __init__(self) -> None:
+        self.unsettled: set[int] = set()
+        self.last_seen = 0
+        self.first_unseen: int | None = None
+        """The oldest tag delivered to something else: a ``multiple`` ack could settle it."""
+
+    def received(self, tag: int) -> None:
+        if tag > self.last_seen + 1 and self.first_unseen is None:
+            self.first_unseen = self.last_seen + 1
+        self.last_seen = max(self.last_seen, tag)
+        self.unsettled.add(tag)
+
+    def forget(self, tag: int) -> None:
+        """A delivery settled one by one elsewhere (a message refused as it arrived)."""
+        self.unsettled.discard(tag)
+
+    def plan(self, acks: list[int], rejects: list[int]) -> tuple[int | None, list[int]]:
+        """Settle ``acks`` and ``rejects`` (the rejects to be sent first): the tag of one
+        ``multiple`` ack standing for as many of ``acks`` as it safely can (None when that is
+        fewer than two), and the acks to send one by one."""
+        self.unsettled.difference_update(rejects)
+        self.unsettled.difference_update(acks)
+        # The oldest delivery still waiting for its outcome bounds the range (a tag already
+        # settled inside it is passed over by the broker).
+        bound = min(self.unsettled) if self.unsettled else self.last_seen + 1
+        if self.first_unseen is not None:
+            bound = min(bound, self.first_unseen)
+        covered = [tag for tag in acks if tag < bound]
+        if len(covered) < 2:
+            return None, list(acks)
+        top = max(covered)
+        return top, [tag for tag in acks if tag > top]

@@ -14,10 +14,14 @@ after the pool process reports its job recorded, so the guarantees of a lone tas
   (as Celery does with ``task_acks_on_timeout``); a batch's messages are requeued, and a message
   delivered again always travels alone, so only the job that is really stuck meets the limit;
 * the worker loses its connection: unacknowledged messages go back to the queue by themselves.
+
+A batch's acknowledgements travel as one ``multiple`` ack where no older message of the channel
+still waits for its outcome (:class:`~inference_worker.core.batching.AckRanges`), else one by one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +30,9 @@ from functools import partial
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from kombu.utils.json import object_hook
 
-from inference_worker.core.batching import take_batches
+from inference_worker.core.batching import AckRanges, take_batches
 from inference_worker.core.capture import capture_nbytes
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,31 @@ Verdict = tuple[str, dict[str, Any] | None]
 dead-letter queue), with its job's outcome when there is one."""
 
 _handler: Callable[[list[Item]], list[Verdict]] | None = None
+
+_JSON = json.JSONDecoder(object_hook=object_hook)
+"""kombu's JSON decoding, built once: kombu builds a decoder for every message it decodes."""
+
+
+def decode_body(message: Any) -> Any:
+    """The message's body as kombu's ``message.decode()`` reads it.
+
+    JSON, the service's only format, is read by one decoder kept for the process (building one
+    a message was half the decoding's cost in the worker's main process); anything else, and
+    JSON that does not parse, goes to kombu, which refuses a content type the app does not
+    accept and raises its own error for a bad body.
+    """
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    if (
+        message.content_type == "application/json"
+        and message.content_encoding in ("utf-8", "utf8")
+        and "compression" not in headers
+    ):
+        body = message.body
+        try:
+            return _JSON.decode(body if isinstance(body, str) else bytes(body).decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError: kombu says what is wrong
+            pass
+    return message.decode()
 
 
 def install_handler(handler: Callable[[list[Item]], list[Verdict]]) -> None:
@@ -60,8 +90,10 @@ class Delivery:
     """A received message waiting for, or in, a batch."""
 
     item: Item
-    ack: Callable[..., Any]
-    reject: Callable[..., Any]
+    message: Any
+    """The kombu message, settled by the strategy once its job's outcome is known."""
+    ranges: AckRanges
+    """The acknowledgements of the message's channel."""
     alone: bool
     received_at: float = 0.0
     size: int = 0
@@ -105,13 +137,20 @@ class BatchingStrategy:
         self.on_hard_limit = on_hard_limit
         self.waiting: list[Delivery] = []
         self.in_flight = 0
+        self.channel: Any = None
+        self.ranges = AckRanges()
 
     def __call__(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
     ) -> None:
-        # Decoding checks the content type: a message that is not JSON raises here, and
-        # Celery's consumer rejects it unread (to the dead-letter queue).
-        decoded = message.decode()
+        ranges = self._ranges_of(message)
+        try:
+            # Decoding checks the content type: a message that is not JSON raises here, and
+            # Celery's consumer rejects it unread (to the dead-letter queue).
+            decoded = decode_body(message)
+        except Exception:
+            ranges.forget(message.delivery_tag)
+            raise
         args = decoded[0] if isinstance(decoded, list | tuple) and decoded else None
         payload = args[0] if isinstance(args, list | tuple) and args else None
         task_id = message.headers.get("id") if isinstance(message.headers, dict) else None
@@ -120,7 +159,12 @@ class BatchingStrategy:
         alone = method not in (None, "model") or bool(message.delivery_info.get("redelivered"))
         self.waiting.append(
             Delivery(
-                (payload, task_id), ack, reject, alone, time.monotonic(), capture_bytes(payload)
+                (payload, task_id),
+                message,
+                ranges,
+                alone,
+                time.monotonic(),
+                capture_bytes(payload),
             )
         )
         self._event("task-received", task_id, name=self.task_name, args="", kwargs="{}")
@@ -156,17 +200,49 @@ class BatchingStrategy:
                 timeout=self.limits.time_limit_s,
             )
 
-    def _settle(self, delivery: Delivery, verdict: str) -> None:
-        task_id = delivery.item[1]
-        if verdict == "ack":
-            delivery.ack(log, self.connection_errors)
-            runtime = time.monotonic() - delivery.received_at
-            self._event("task-succeeded", task_id, result="", runtime=runtime)
-        else:
-            requeue = verdict == "requeue"
-            delivery.reject(log, self.connection_errors, requeue)
-            fate = "delivered again" if requeue else "dead-lettered"
-            self._event("task-failed", task_id, exception=f"message {fate}", traceback="")
+    def _ranges_of(self, message: Any) -> AckRanges:
+        """The acknowledgements of the message's channel, told of this delivery."""
+        if message.channel is not self.channel:  # first message, or a new channel
+            self.channel, self.ranges = message.channel, AckRanges()
+        self.ranges.received(message.delivery_tag)
+        return self.ranges
+
+    def _settle(self, settled: list[tuple[Delivery, str]]) -> None:
+        """Send each message's verdict to the broker, in order: the rejects, then the acks, as
+        one ``multiple`` ack where the channel allows it (one frame instead of one a job).
+
+        The frames are written here, in the order chosen, rather than through Celery's ack
+        callbacks, which the event loop runs in no set order: a ``multiple`` ack sent before a
+        reject it reaches over would acknowledge that message and close the channel.
+        """
+        errors = self.connection_errors
+        acks = [d for d, verdict in settled if verdict == "ack"]
+        rejects = [(d, verdict) for d, verdict in settled if verdict != "ack"]
+        try:
+            for delivery, verdict in rejects:
+                requeue = verdict == "requeue"
+                delivery.message.reject_log_error(log, errors, requeue)
+                fate = "delivered again" if requeue else "dead-lettered"
+                self._event(
+                    "task-failed", delivery.item[1], exception=f"message {fate}", traceback=""
+                )
+            for ranges in {id(d.ranges): d.ranges for d in acks}.values():
+                own = [d for d in acks if d.ranges is ranges]
+                top, alone = ranges.plan(
+                    [d.message.delivery_tag for d in own],
+                    [d.message.delivery_tag for d, _ in rejects if d.ranges is ranges],
+                )
+                by_tag = {d.message.delivery_tag: d for d in own}
+                if top is not None:
+                    by_tag[top].message.ack_log_error(log, errors, multiple=True)
+                for tag in alone:
+                    by_tag[tag].message.ack_log_error(log, errors)
+            now = time.monotonic()
+            for delivery in acks:
+                runtime = now - delivery.received_at
+                self._event("task-succeeded", delivery.item[1], result="", runtime=runtime)
+        except BrokenPipeError:  # the connection is gone: the broker delivers them again
+            log.warning("lost the broker connection while settling %d messages", len(settled))
 
     def _done(self, batch: list[Delivery], verdicts: Any) -> None:
         self.in_flight -= 1
@@ -174,8 +250,7 @@ class BatchingStrategy:
             if not isinstance(verdicts, list) or len(verdicts) != len(batch):
                 log.error("batch handler answered %r; its messages go back to the queue", verdicts)
                 verdicts = [("requeue", None)] * len(batch)
-            for delivery, (verdict, _) in zip(batch, verdicts, strict=True):
-                self._settle(delivery, verdict)
+            self._settle([(d, v) for d, (v, _) in zip(batch, verdicts, strict=True)])
         finally:
             self.dispatch()
 
@@ -190,7 +265,7 @@ class BatchingStrategy:
                     self.on_hard_limit(batch[0].item)
                 except Exception:  # acknowledged anyway: the operators' stuck-job tools see it
                     log.exception("could not record a job stopped at the hard time limit")
-                self._settle(batch[0], "ack")
+                self._settle([(batch[0], "ack")])
                 return
             requeue = isinstance(exception, TimeLimitExceeded | WorkerLostError)
             log.error(
@@ -199,7 +274,6 @@ class BatchingStrategy:
                 exception,
                 "delivered again" if requeue else "dead-lettered",
             )
-            for delivery in batch:
-                self._settle(delivery, "requeue" if requeue else "dead")
+            self._settle([(d, "requeue" if requeue else "dead") for d in batch])
         finally:
             self.dispatch()

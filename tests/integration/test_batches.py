@@ -3,13 +3,20 @@ in, and a lone job is not held back for company."""
 
 from __future__ import annotations
 
+import os
+import signal
+import uuid
 from dataclasses import replace
 
 import numpy as np
 import sqlalchemy as sa
 
+from inference_worker.cli.processes import wait_until
 from inference_worker.storage.schema import inference_logs
-from tests.integration.helpers import produce, wait_final_row
+from tasks.contract import read_message
+from tasks.outbox import record_job
+from tests.helpers import capture_message
+from tests.integration.helpers import blocked_on, hold_row, produce, wait_final_row
 
 
 def produce_new_captures(local, base, count: int) -> list[str]:
@@ -57,3 +64,36 @@ def test_batches_of_large_captures_stay_within_the_data_budget(
     assert [row["status"] for row in rows] == ["succeeded"] * 12, rows
     sizes = [row["timings"]["batch_size"] for row in rows]
     assert max(sizes) == 3, sizes
+
+
+def test_a_batch_acknowledged_at_once_never_acknowledges_an_older_job_still_running(
+    own_queue_factory, stores, engine, simulator, rng
+):
+    """Batches are acknowledged with one ``multiple`` ack, which settles every older message of
+    the channel too. The oldest job here is held in one pool process while the other runs the
+    later ones in batches; that process is then killed: the held job must come back."""
+    local, _, start_worker = own_queue_factory(worker_batch_size=4)
+    jobs = stores[0]
+    base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+    held = f"held-{uuid.uuid4()}"
+    record_job(jobs, read_message(capture_message(base, held, f"{local.redis_prefix}blob:{held}")))
+    with engine.connect() as locker:
+        holder = hold_row(locker, held)
+        produce(local, base, job_id=held)  # the oldest message: the first delivery tag
+        later = produce_new_captures(local, base, 12)
+        with start_worker("ranges", concurrency=2) as worker:
+            pids: list[int] = []
+
+            def in_hand() -> bool:
+                names = [name for _, name, _ in blocked_on(engine, holder)]
+                pids.extend(int(n.rsplit(" ", 1)[1]) for n in names if "worker" in n)
+                return bool(pids)
+
+            wait_until("a pool process taking the held job", in_hand, 60, worker)
+            rows = [wait_final_row(jobs, job_id) for job_id in later]
+            assert [row["status"] for row in rows] == ["succeeded"] * 12, rows
+            assert max(row["timings"]["batch_size"] for row in rows) > 1  # acked as batches
+            os.kill(pids[0], signal.SIGKILL)  # its message goes back to the queue, if unsettled
+            locker.rollback()
+            row = wait_final_row(jobs, held)
+    assert row["status"] == "succeeded" and row["attempts"] == 2, row

@@ -1,6 +1,15 @@
 """Batch formation: nothing waits for company, batches stay within their limit and order."""
 
-from inference_worker.core.batching import take_batches
+import pickle
+from datetime import datetime
+
+import kombu.utils.json
+import pytest
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.message import Message
+
+from inference_worker.core.batching import AckRanges, take_batches
+from inference_worker.serving.batching import decode_body
 
 
 def test_a_lone_job_goes_at_once_when_a_process_is_free():
@@ -50,3 +59,68 @@ def test_the_budget_and_the_limit_both_hold():
     batches = take_batches(waiting, 3, limit=4, alone=lambda _: False, size=int, budget=3)
     assert batches == [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
     assert waiting == [1]
+
+
+def received(*tags: int) -> AckRanges:
+    ranges = AckRanges()
+    for tag in tags:
+        ranges.received(tag)
+    return ranges
+
+
+def test_a_batch_with_no_older_message_waiting_is_acknowledged_in_one_frame():
+    ranges = received(1, 2, 3, 4)
+    assert ranges.plan([1, 2, 3], []) == (3, [])
+    assert ranges.unsettled == {4}
+
+
+def test_a_multiple_ack_never_reaches_over_a_message_still_in_another_batch():
+    ranges = received(*range(1, 9))  # batch A holds 1-4, batch B 5-8
+    assert ranges.plan([5, 6, 7, 8], []) == (None, [5, 6, 7, 8])  # A still waits
+    assert ranges.plan([1, 2, 3, 4], []) == (4, [])  # nothing older waits now
+
+
+def test_the_part_of_a_batch_above_an_older_waiting_message_is_acknowledged_one_by_one():
+    ranges = received(*range(1, 7))
+    assert ranges.plan([1, 2, 4, 5], []) == (2, [4, 5])  # 3 still waits
+    assert ranges.unsettled == {3, 6}
+
+
+def test_a_reject_sent_first_does_not_stop_the_range_and_a_waiting_one_does():
+    ranges = received(1, 2, 3, 4)
+    assert ranges.plan([1, 3, 4], [2]) == (4, [])  # 2 rejected before the ack: settled
+    ranges = received(1, 2, 3, 4)
+    ranges.forget(1)  # refused on arrival, settled elsewhere
+    assert ranges.plan([2, 3], []) == (3, [])
+    assert ranges.plan([], [4]) == (None, [])
+
+
+def test_a_lone_ack_travels_alone():
+    assert received(1, 2).plan([1], []) == (None, [1])
+    assert received(1, 2).plan([2], []) == (None, [2])
+
+
+def test_no_multiple_ack_reaches_over_a_delivery_handled_elsewhere():
+    ranges = received(1, 2, 4, 5)  # tag 3 was handled elsewhere and may still be unsettled
+    assert ranges.plan([4, 5], []) == (None, [4, 5])
+    assert ranges.plan([1, 2], []) == (2, [])
+    ranges.received(6)
+    ranges.received(7)
+    assert ranges.plan([6, 7], []) == (None, [6, 7])
+
+
+def kombu_message(body: bytes, content_type: str = "application/json") -> Message:
+    return Message(body=body, content_type=content_type, content_encoding="utf-8", accept={"application/json"})
+
+
+def test_a_json_task_body_decodes_as_kombu_decodes_it_typed_values_included():
+    body = kombu.utils.json.dumps([[{"job_id": "a", "at": datetime(2026, 1, 2)}], {}, {}])
+    assert decode_body(kombu_message(body.encode())) == kombu_message(body.encode()).decode()
+    assert decode_body(kombu_message(body.encode()))[0][0]["at"] == datetime(2026, 1, 2)
+
+
+def test_a_body_kombu_refuses_is_refused_the_same_way():
+    with pytest.raises(ContentDisallowed):
+        decode_body(kombu_message(pickle.dumps([1]), "application/x-python-serialize"))
+    with pytest.raises(DecodeError):
+        decode_body(kombu_message(b"[1, 2"))
