@@ -1,4 +1,5 @@
-"""Batch formation: nothing waits for company, batches stay within their limit and order."""
+"""Batch formation (nothing waits for company, batches stay within their limit and order), which
+acknowledgements travel as one `multiple` ack, and task bodies decoded as kombu decodes them."""
 
 import pickle
 from datetime import datetime
@@ -110,7 +111,9 @@ def test_no_multiple_ack_reaches_over_a_delivery_handled_elsewhere():
 
 
 def kombu_message(body: bytes, content_type: str = "application/json") -> Message:
-    return Message(body=body, content_type=content_type, content_encoding="utf-8", accept={"application/json"})
+    return Message(
+        body=body, content_type=content_type, content_encoding="utf-8", accept={"application/json"}
+    )
 
 
 def test_a_json_task_body_decodes_as_kombu_decodes_it_typed_values_included():
