@@ -79,10 +79,12 @@ def install_handler(handler: Callable[[list[Item]], list[Verdict]]) -> None:
 
 
 def run_batch(items: list[Item]) -> list[Verdict]:
-    """The pool's target: the installed handler on one batch."""
+    """The pool's target: the installed handler on one batch, answered without the jobs'
+    outcomes (already recorded; the main process reads only what to do with each message, and
+    carrying them through the pool's pipe cost a pickle and an unpickle a job)."""
     if _handler is None:
         raise RuntimeError("no batch handler installed in this worker process")
-    return _handler(items)
+    return [(verdict, None) for verdict, _ in _handler(items)]
 
 
 @dataclass
