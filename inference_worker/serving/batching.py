@@ -228,7 +228,9 @@ class BatchingStrategy:
                 self._event(
                     "task-failed", delivery.item[1], exception=f"message {fate}", traceback=""
                 )
-            for ranges in {id(d.ranges): d.ranges for d in acks}.values():
+            # Every channel the batch touched learns of its rejects, acks or not: a tag left
+            # unsettled there would stop every later range.
+            for ranges in {id(d.ranges): d.ranges for d, _ in settled}.values():
                 own = [d for d in acks if d.ranges is ranges]
                 top, alone = ranges.plan(
                     [d.message.delivery_tag for d in own],

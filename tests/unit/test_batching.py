@@ -3,14 +3,16 @@ acknowledgements travel as one `multiple` ack, and task bodies decoded as kombu 
 
 import pickle
 from datetime import datetime
+from types import SimpleNamespace
 
 import kombu.utils.json
 import pytest
+from billiard.exceptions import WorkerLostError
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 
 from inference_worker.core.batching import AckRanges, take_batches
-from inference_worker.serving.batching import decode_body
+from inference_worker.serving.batching import BatchingStrategy, BatchLimits, decode_body
 
 
 def test_a_lone_job_goes_at_once_when_a_process_is_free():
@@ -127,3 +129,43 @@ def test_a_body_kombu_refuses_is_refused_the_same_way():
         decode_body(kombu_message(pickle.dumps([1]), "application/x-python-serialize"))
     with pytest.raises(DecodeError):
         decode_body(kombu_message(b"[1, 2"))
+
+
+class FakeChannel:
+    """Records the frames the strategy sends (pure logic: no broker)."""
+
+    no_ack_consumers = None
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    def basic_reject(self, tag: int, requeue: bool) -> None:
+        self.frames.append(("reject", tag, requeue))
+
+
+class FakePool:
+    limit = 1
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def apply_async(self, target, args, callback, error_callback, **_):
+        self.calls.append({"items": args[0], "done": callback, "lost": error_callback})
+
+
+def test_a_lost_batch_rejected_whole_does_not_stop_later_batches_travelling_in_one_frame():
+    channel, pool = FakeChannel(), FakePool()
+    consumer = SimpleNamespace(pool=pool, connection_errors=(), event_dispatcher=None)
+    strategy = BatchingStrategy(consumer, "t", BatchLimits(8, 1 << 30, None, None), print)
+    body = kombu.utils.json.dumps([[{"job_id": "j"}], {}, {}]).encode()
+    for tag in range(1, 6):
+        message = kombu_message(body)
+        message.channel, message.delivery_tag = channel, tag
+        strategy(message, None, None, None, None)
+    # tag 1 went alone to the idle process; 2-5 wait for it
+    pool.calls[0]["lost"](WorkerLostError("killed"))  # 1 rejected; 2-5 start together
+    pool.calls[1]["done"]([("ack", None)] * 4)
+    assert channel.frames == [("reject", 1, True), ("ack", 5, True)]
