@@ -111,10 +111,13 @@ def decimate(iq: np.ndarray, plan: Decimator) -> np.ndarray:
         return _decimate_rows_of_one(iq[:, : n // factor * factor], plan, count)
     rows = -(-(count + (rows_back - 1) * per_row) // per_row)
     start = (first - (rows_back - 1) * per_row) * factor  # where row 0 starts (< 0: padded)
-    # Real and imaginary parts as rows of single floats (the copy also pads the ends).
-    planes = np.zeros((2, n_rx, rows * row), np.float32)
+    # Real and imaginary parts as rows of single floats, the ends padded with zeros (only the
+    # pads are cleared: zeroing the whole array first cost as much as a third of the copy).
+    planes = np.empty((2, n_rx, rows * row), np.float32)
     lo, skip = max(start, 0), max(-start, 0)
     taken = min(n - lo, rows * row - skip)
+    planes[:, :, :skip] = 0.0
+    planes[:, :, skip + taken :] = 0.0
     planes[0, :, skip : skip + taken] = iq.real[:, lo : lo + taken]
     planes[1, :, skip : skip + taken] = iq.imag[:, lo : lo + taken]
     partial = planes.reshape(-1, row) @ plan.weights.reshape(row, -1)

@@ -136,6 +136,39 @@ def inverse_decimation_gain(
     return (1.0 / np.maximum(gain, 1e-6)).astype(np.float32)
 
 
+def windowed_spectrum(frames: np.ndarray, window: np.ndarray, nfft: int) -> np.ndarray:
+    """The FFT (complex64, bins in the FFT's order) of each windowed frame ``(..., frame)``
+    zero-padded to ``nfft``: the frames are windowed straight into the padded buffer, which the
+    FFT then overwrites (no other copy of the capture)."""
+    if frames.dtype != np.complex64:
+        frames = frames.astype(np.complex64)
+    padded = np.zeros((*frames.shape[:-1], nfft), np.complex64)
+    np.multiply(frames, window, out=padded[..., : frames.shape[-1]])
+    return scipy.fft.fft(padded, axis=-1, overwrite_x=True)
+
+
+def bin_power(spectrum: np.ndarray) -> np.ndarray:
+    """``|X|²`` of a complex64 spectrum as float32, squaring the spectrum in place (it is not
+    read afterwards)."""
+    parts = spectrum.view(np.float32)
+    np.square(parts, out=parts)
+    return np.add(parts[..., 0::2], parts[..., 1::2])
+
+
+def take_centred(
+    power: np.ndarray, start: int, nfft: int, scale: np.float32, out: np.ndarray
+) -> None:
+    """``out = scale × power`` over the centred (fftshift-ed) bins ``start … start + width - 1``
+    of ``power`` ``(..., nfft)`` kept in the FFT's order: one run of bins, or two where it
+    wraps past the last bin, without shifting the whole spectrum."""
+    width = out.shape[-1]
+    first = (start + nfft // 2) % nfft  # nfft is even: centred bin c is FFT bin c + nfft/2
+    head = min(width, nfft - first)
+    np.multiply(power[..., first : first + head], scale, out=out[..., :head])
+    if head < width:
+        np.multiply(power[..., : width - head], scale, out=out[..., head:])
+
+
 @dataclass(frozen=True)
 class BandReport:
     """What the spectrum says about each receiver's signal, beside the features."""
@@ -157,6 +190,17 @@ def follow_reach_hz(sample_rate_hz: float, params: FeatureParams) -> float:
     return float(min(params.follow_carrier_hz, max(room, 0.0)))
 
 
+def row_medians(values: np.ndarray) -> np.ndarray:
+    """``np.median(values, axis=1, keepdims=True)`` for a 2-D float array, from one partition
+    of each row (np.median costs twice as much on the rows a spectrum gives)."""
+    n = values.shape[1]
+    middle = n // 2
+    if n % 2:
+        return np.partition(values, middle, axis=1)[:, middle : middle + 1]
+    part = np.partition(values, (middle - 1, middle), axis=1)
+    return (part[:, middle - 1 : middle] + part[:, middle : middle + 1]) / values.dtype.type(2)
+
+
 def find_carriers(
     power: np.ndarray, sample_rate_hz: float, nfft: int, params: FeatureParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -168,7 +212,7 @@ def find_carriers(
     bin_hz = sample_rate_hz / nfft
     f = (np.arange(span.start, span.stop) - nfft // 2) * bin_hz
     searched = power[:, span]
-    noise = np.median(searched, axis=1, keepdims=True)
+    noise = row_medians(searched)
     excess = np.clip(searched - 2.0 * noise, 0.0, None)
     total = excess.sum(axis=1)
     found = total > 0
@@ -230,32 +274,25 @@ def analyse(
     frames = iq[:, : frame * params.n_frames].reshape(n_rx, params.n_frames, frame)
     window, window_power = frame_window(frame)
     nfft = fft_length(sample_rate_hz, frame, params)
-    spectrum = scipy.fft.fft(frames.astype(np.complex64) * window, n=nfft, axis=-1)
+    power = bin_power(windowed_spectrum(frames, window, nfft))  # in the FFT's order
     # Periodogram scaled to a power spectral density (power per Hz).
     scale = np.float32(1.0 / (sample_rate_hz * window_power))
     band = mel_filterbank(float(sample_rate_hz), nfft, params)[0]
     width = band.stop - band.start
     if following:
-        # Every bin's power once (float32: half the bytes of the spectrum to centre and cut).
-        power = scipy.fft.fftshift(spectrum.real**2 + spectrum.imag**2, axes=-1)
-        shift, centroid, off_band, reach = find_carriers(
-            power.mean(axis=1), sample_rate_hz, nfft, params
-        )
-        starts = band.start + shift
-        bins = starts[:, None] + np.arange(width)[None, :]
-        psd = band_psd_rows(n_rx, params.n_frames, width)
-        for r, s in enumerate(starts):  # each receiver's band is a contiguous run of bins
-            np.multiply(power[r, :, s : s + width], scale, out=psd[r])
+        mean_power = scipy.fft.fftshift(power.mean(axis=1), axes=-1)
+        shift, centroid, off_band, reach = find_carriers(mean_power, sample_rate_hz, nfft, params)
     else:
-        in_band = scipy.fft.fftshift(spectrum, axes=-1)[..., band]
-        psd = band_psd_rows(n_rx, params.n_frames, width)
-        np.multiply(in_band.real**2 + in_band.imag**2, scale, out=psd)
-        bins = np.broadcast_to(np.arange(band.start, band.stop), (n_rx, width))
         shift = np.zeros(n_rx, np.int64)
         centroid = off_band = np.zeros(n_rx)
         reach = 0.0
+    starts = band.start + shift
+    psd = band_psd_rows(n_rx, params.n_frames, width)
+    for r, s in enumerate(starts):  # each receiver's band is a contiguous run of centred bins
+        take_centred(power[r], int(s), nfft, scale, psd[r])
     if factor > 1:
         undo = inverse_decimation_gain(full_rate, factor, following, float(sample_rate_hz), nfft)
+        bins = starts[:, None] + np.arange(width)[None, :]
         psd *= undo[bins][:, None, :]
     mel_psd = pool_mel(psd, mel_pooling(float(sample_rate_hz), nfft, params))
     db = 10.0 * np.log10(np.maximum(mel_psd, 10.0 ** (params.floor_db / 10.0)))

@@ -57,8 +57,10 @@ def mel_band_widths_hz(params: MelParams) -> np.ndarray:
     return widths
 
 
+@lru_cache(maxsize=64)
 def band_bins(sample_rate_hz: float, nfft: int, half_width_hz: float) -> slice:
-    """The centred (fftshift-ed) bins within ``±half_width_hz`` of the tuned frequency."""
+    """The centred (fftshift-ed) bins within ``±half_width_hz`` of the tuned frequency (cached:
+    read on every capture)."""
     freqs = (np.arange(nfft) - nfft // 2) * (sample_rate_hz / nfft)
     first = int(np.searchsorted(freqs, -half_width_hz, side="left"))
     last = int(np.searchsorted(freqs, half_width_hz, side="right"))

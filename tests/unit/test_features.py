@@ -6,8 +6,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.fft
 
-from inference_worker.core.features import FeatureParams, analyse, log_mel_spectrogram
+from inference_worker.core.features import (
+    FeatureParams,
+    analyse,
+    bin_power,
+    log_mel_spectrogram,
+    row_medians,
+    take_centred,
+    windowed_spectrum,
+)
 from inference_worker.core.mel import (
     band_psd_rows,
     mel_band_widths_hz,
@@ -200,3 +209,36 @@ def test_offsets_at_the_band_edge_are_counted_at_full_power(offset_hz):
     legacy = replace(FIXED_BAND, edge_shoulders=False)
     old = band_power(log_mel_spectrogram(iq, rate, legacy), legacy)
     assert np.all(10 * np.log10(old / power) < -1.0)
+
+
+@pytest.mark.parametrize("start", [0, 5, 400, 1000, 1024 - 300, 1024 - 1])
+def test_a_run_of_centred_bins_is_read_from_the_unshifted_spectrum(start):
+    """The band is copied from the spectrum in the FFT's order, wrapping where the run of
+    centred bins crosses the unshifted array's end, exactly as from the shifted spectrum."""
+    nfft, width = 1024, 300
+    power = np.random.default_rng(1).random((2, nfft)).astype(np.float32)
+    scale = np.float32(0.37)
+    out = np.empty((2, min(width, nfft - start)), np.float32)
+    take_centred(power, start, nfft, scale, out)
+    expected = np.fft.fftshift(power, axes=-1)[:, start : start + out.shape[-1]] * scale
+    assert np.array_equal(out, expected)
+
+
+def test_the_spectrum_and_its_power_match_the_textbook_forms():
+    rng = np.random.default_rng(2)
+    frames = (rng.standard_normal((3, 4, 100)) + 1j * rng.standard_normal((3, 4, 100))).astype(
+        np.complex64
+    )
+    window = rng.random(100).astype(np.float32)
+    spectrum = windowed_spectrum(frames, window, 256)
+    expected = scipy.fft.fft(frames * window, n=256, axis=-1)
+    assert np.array_equal(spectrum, expected)
+    assert np.array_equal(bin_power(spectrum.copy()), expected.real**2 + expected.imag**2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 2900, 2901])
+def test_row_medians_equal_numpys(n):
+    values = np.random.default_rng(n).random((3, n)).astype(np.float32)
+    medians = row_medians(values)
+    assert medians.dtype == np.float32
+    assert np.array_equal(medians, np.median(values, axis=1, keepdims=True))
