@@ -21,10 +21,15 @@ def read_capture(args: argparse.Namespace) -> Any:
             print(f"error: {path} holds {raw.size} complex64 values, not 3 x n", file=sys.stderr)
             raise SystemExit(2)
         return raw.reshape(3, -1)
+    from inference_worker.core.capture import CaptureError, decode_npy
+
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read {path} as .npy: {exc}", file=sys.stderr)
+        return decode_npy(path.read_bytes())  # the shim's own reader: the same errors
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except CaptureError as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import math
 import re
+import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,11 +117,17 @@ def _npy_layout(preamble: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """
     stream = io.BytesIO(preamble)
     major, _ = np.lib.format.read_magic(stream)
-    if major == 1:
-        return np.lib.format.read_array_header_1_0(stream)
-    if major == 2:
-        return np.lib.format.read_array_header_2_0(stream)
-    raise ValueError(f"unsupported .npy format version {major}")
+    if major not in (1, 2):
+        raise ValueError(f"unsupported .npy format version {major}")
+    read_header = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
+    try:
+        return read_header(stream)
+    except tokenize.TokenError as exc:  # numpy's fallback parser of old headers, on a cut header
+        raise ValueError(f"the header is not a Python literal ({exc.args[0]})") from None
+    except RecursionError:  # e.g. thousands of nested signs: Python's parser gives up
+        raise ValueError("the header is nested too deeply to parse") from None
 
 
 def decode_npy(body: bytes) -> np.ndarray:

@@ -83,9 +83,21 @@ def test_bad_metadata_is_rejected_with_reason(client, capture, change, fragment)
     assert fragment in response.get_json()["error"]["message"]
 
 
-def test_malformed_npy_is_400(client, capture):
-    response = post_npy(client, b"\x93NUMPY garbage", capture_query(capture))
-    assert response.status_code == 400
+CUT_HEADER = b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), \n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x93NUMPY garbage",
+        # a header cut before its closing brace: numpy's parser raises tokenize's own error
+        b"\x93NUMPY\x01\x00" + len(CUT_HEADER).to_bytes(2, "little") + CUT_HEADER + b"\0" * 48,
+    ],
+    ids=["garbage", "unclosed-header"],
+)
+def test_malformed_npy_is_400(client, capture, body):
+    response = post_npy(client, body, capture_query(capture))
+    assert response.status_code == 400, response.get_json()
     assert "npy" in response.get_json()["error"]["message"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -78,6 +79,28 @@ def test_a_damaged_npy_body_is_refused_with_the_reason(mangle, fragment):
         decode_npy(mangle(buffer.getvalue()))
 
 
+def npy_with_header(header: bytes) -> bytes:
+    """A version 1.0 ``.npy`` body with this header text (padded as numpy pads it)."""
+    padded = header + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + b"\0" * 48
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), ",
+        b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), 'x': \"\"\"}",
+        b"{'descr': '<c8', 'fortran_order': False, 'shape': (" + b"-" * 4000 + b"3, 2), }",
+    ],
+    ids=["unclosed-brace", "unclosed-string", "nested-too-deep"],
+)
+def test_a_header_python_cannot_parse_is_refused_as_a_bad_npy(header):
+    """numpy's header parser lets tokenize's and the compiler's own errors through; a client's
+    broken header is still the client's mistake (a 400), not the service's."""
+    with pytest.raises(CaptureError, match="not a valid .npy"):
+        decode_npy(npy_with_header(header))
+
+
 def test_valid_capture_passes_validation():
     assert validate_iq(iq(), LIMITS).shape == (3, 1_000)
 
@@ -140,3 +163,19 @@ def test_out_of_range_json_numbers_are_refused_as_infinite():
     huge = [[1e300, 0.0] * 600] * 3
     with pytest.raises(CaptureError, match="infinite"):
         validate_iq(decode_json_iq(huge), LIMITS)
+
+
+def test_the_submit_command_reads_a_file_as_the_shim_reads_a_body(tmp_path, capsys):
+    """``heimdall-inference submit`` refuses a damaged file with the shim's reason and exit
+    status 2, before contacting any service; a good file reads back whole."""
+    from inference_worker.cli.jobs import read_capture
+
+    good, cut = tmp_path / "good.npy", tmp_path / "cut.npy"
+    np.save(good, iq())
+    cut.write_bytes(npy_with_header(b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), "))
+    np.testing.assert_array_equal(read_capture(Namespace(file=str(good), raw=False)), iq())
+    for path, fragment in ((cut, "not a valid .npy"), (tmp_path / "none.npy", "cannot read")):
+        with pytest.raises(SystemExit) as exit_info:
+            read_capture(Namespace(file=str(path), raw=False))
+        assert exit_info.value.code == 2
+        assert fragment in capsys.readouterr().err
