@@ -77,6 +77,8 @@ class FeatureParams:
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> FeatureParams:
+        if not isinstance(data, dict):
+            raise ValueError(f"feature parameters must be an object, not {type(data).__name__}")
         kind = data.get("kind", FEATURE_KIND)
         if kind != FEATURE_KIND:
             raise ValueError(

@@ -44,11 +44,20 @@ def test_model_whose_sha256_does_not_match_is_refused(model_dir, tmp_path):
         LocalizationModel(copy)
 
 
-def test_malformed_metadata_is_refused(model_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("receivers", None), ("features", [12_000]), ("domain", [1]), ("outputs", "mean")],
+    ids=["missing-receivers", "features-not-an-object", "domain-a-list", "outputs-a-string"],
+)
+def test_malformed_metadata_is_refused(model_dir, tmp_path, field, value):
+    """Whatever shape a field has, a broken model.json says so (never a bare traceback)."""
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     metadata = json.loads((copy / "model.json").read_text())
-    del metadata["receivers"]
+    if value is None:
+        del metadata[field]
+    else:
+        metadata[field] = value
     (copy / "model.json").write_text(json.dumps(metadata))
     with pytest.raises(ModelError, match="malformed"):
         load_metadata(copy)
