@@ -71,7 +71,9 @@ class Model(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray: ...
 
 
-def _number(text: str, name: str, where: str) -> float:
+def _number(text: str | None, name: str, where: str) -> float:
+    if text is None:  # csv gives None to the columns a short row lacks
+        raise KnownCapturesError(f"{where}: {name} is missing (the row has too few fields)")
     try:
         value = float(text)
     except ValueError:
@@ -85,7 +87,15 @@ def load_known_captures(path: Path) -> list[KnownCapture]:
     """Read and check a known-captures CSV (see the module docstring); the files must exist."""
     if not path.is_file():
         raise KnownCapturesError(f"{path}: no such file")
-    with path.open(newline="") as handle:
+    try:
+        return _read_known_captures(path)
+    except UnicodeDecodeError as exc:
+        raise KnownCapturesError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+
+
+def _read_known_captures(path: Path) -> list[KnownCapture]:
+    # utf-8-sig: a spreadsheet's export may start with a byte-order mark
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
         if missing:

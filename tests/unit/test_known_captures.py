@@ -60,6 +60,11 @@ def test_written_captures_read_back_with_their_truth(tmp_path, simulator):
         ("file,sample_rate_hz,frequency_mhz,lat,lon", "a.npy,fast,145.5,45,7", "not a number"),
         ("file,sample_rate_hz,frequency_mhz,lat,lon", "a.npy,-1,145.5,45,7", "must be positive"),
         ("file,sample_rate_hz,frequency_mhz,lat,lon", "", "no captures"),
+        (
+            "file,sample_rate_hz,frequency_mhz,lat,lon",
+            "a.npy,12000",
+            ":2: frequency_mhz is missing",
+        ),
     ],
 )
 def test_a_bad_captures_file_is_refused_naming_the_line(tmp_path, header, row, message):
@@ -67,6 +72,19 @@ def test_a_bad_captures_file_is_refused_naming_the_line(tmp_path, header, row, m
     path = tmp_path / "captures.csv"
     path.write_text(f"{header}\n{row}\n" if row else f"{header}\n")
     with pytest.raises(KnownCapturesError, match=message):
+        load_known_captures(path)
+
+
+def test_a_spreadsheets_export_reads_and_a_binary_file_is_refused(tmp_path):
+    """A byte-order mark before the header (as spreadsheets write UTF-8 CSV) is not part of
+    the first column's name; a file that is not UTF-8 text says so."""
+    np.save(tmp_path / "a.npy", np.ones((3, 1024), np.complex64))
+    path = tmp_path / "captures.csv"
+    text = "file,sample_rate_hz,frequency_mhz,lat,lon\r\na.npy,12000,145.5,45,7\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [c.lat for c in load_known_captures(path)] == [45.0]
+    path.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+    with pytest.raises(KnownCapturesError, match="not a UTF-8 text file"):
         load_known_captures(path)
 
 
