@@ -40,8 +40,9 @@ def load_network(path: Path = RECEIVERS_FILE) -> Network:
             is not a box that holds them; the text names the file and what is wrong.
     """
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        # From bytes: json detects UTF-8 (with or without a byte-order mark), -16 and -32.
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the network file: {exc}") from None
     entries = data.get("receivers") if isinstance(data, dict) else None
     if not isinstance(entries, list) or len(entries) != 3:

@@ -119,6 +119,15 @@ def test_a_wrong_network_file_is_refused_with_what_is_wrong(tmp_path, receivers,
         load_network(write_network(tmp_path, receivers, region))
 
 
+def test_a_network_file_saved_with_a_byte_order_mark_reads_and_binary_says_which_file(tmp_path):
+    path = write_network(tmp_path, MILANO)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some editors save UTF-8
+    assert [r.id for r in load_network(path).receivers] == ["milano", "genova", "giovi"]
+    path.write_bytes(b"\x00\xff\x00{")
+    with pytest.raises(ValueError, match=f"{path.name}: cannot read the network file"):
+        load_network(path)
+
+
 def test_the_anti_alias_filter_removes_what_lies_beyond_the_band():
     """A carrier 13-25 kHz off at 12 kHz would fold into the capture without the receiver's
     filter (25 kHz onto +1 kHz); with it the receiver hears its noise only."""
