@@ -91,6 +91,8 @@ def load_known_captures(path: Path) -> list[KnownCapture]:
         return _read_known_captures(path)
     except UnicodeDecodeError as exc:
         raise KnownCapturesError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:  # e.g. a field past the csv module's size limit
+        raise KnownCapturesError(f"{path}: not a readable CSV file ({exc})") from None
 
 
 def _read_known_captures(path: Path) -> list[KnownCapture]:

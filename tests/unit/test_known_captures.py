@@ -75,9 +75,10 @@ def test_a_bad_captures_file_is_refused_naming_the_line(tmp_path, header, row, m
         load_known_captures(path)
 
 
-def test_a_spreadsheets_export_reads_and_a_binary_file_is_refused(tmp_path):
+def test_a_spreadsheets_export_reads_and_what_is_no_csv_text_is_refused(tmp_path):
     """A byte-order mark before the header (as spreadsheets write UTF-8 CSV) is not part of
-    the first column's name; a file that is not UTF-8 text says so."""
+    the first column's name; a file that is not UTF-8 text, or a field past the csv module's
+    limit, says so."""
     np.save(tmp_path / "a.npy", np.ones((3, 1024), np.complex64))
     path = tmp_path / "captures.csv"
     text = "file,sample_rate_hz,frequency_mhz,lat,lon\r\na.npy,12000,145.5,45,7\r\n"
@@ -85,6 +86,9 @@ def test_a_spreadsheets_export_reads_and_a_binary_file_is_refused(tmp_path):
     assert [c.lat for c in load_known_captures(path)] == [45.0]
     path.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
     with pytest.raises(KnownCapturesError, match="not a UTF-8 text file"):
+        load_known_captures(path)
+    path.write_text(f'file,sample_rate_hz,frequency_mhz,lat,lon\n"{"x" * 200_000}",1,2,3,4\n')
+    with pytest.raises(KnownCapturesError, match="not a readable CSV file"):
         load_known_captures(path)
 
 
