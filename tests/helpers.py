@@ -19,6 +19,13 @@ def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def npy_with_header(header: bytes) -> bytes:
+    """A version 1.0 ``.npy`` body with this header text, however broken (padded as numpy pads
+    it), and 48 bytes of data."""
+    padded = header + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + b"\0" * 48
+
+
 def capture_query(capture, **extra: object) -> dict[str, Any]:
     """The query string of an npy submission of ``capture``."""
     return {

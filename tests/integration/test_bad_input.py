@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.core.contract import ModelSummary, Receiver, load_metadata
 from inference_worker.storage.schema import jobs
-from tests.helpers import capture_query, npy_bytes
+from tests.helpers import capture_query, npy_bytes, npy_with_header
 
 
 def post_npy(client, body: bytes, query: dict):
@@ -83,15 +83,12 @@ def test_bad_metadata_is_rejected_with_reason(client, capture, change, fragment)
     assert fragment in response.get_json()["error"]["message"]
 
 
-CUT_HEADER = b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), \n"
-
-
 @pytest.mark.parametrize(
     "body",
     [
         b"\x93NUMPY garbage",
         # a header cut before its closing brace: numpy's parser raises tokenize's own error
-        b"\x93NUMPY\x01\x00" + len(CUT_HEADER).to_bytes(2, "little") + CUT_HEADER + b"\0" * 48,
+        npy_with_header(b"{'descr': '<c8', 'fortran_order': False, 'shape': (3, 2), "),
     ],
     ids=["garbage", "unclosed-header"],
 )

@@ -22,6 +22,7 @@ from inference_worker.core.capture import (
     parse_receivers,
     validate_iq,
 )
+from tests.helpers import npy_with_header
 
 LIMITS = CaptureLimits(min_samples=512, max_samples=10_000)
 KNOWN = ("torino", "montanaro", "giaveno")
@@ -77,12 +78,6 @@ def test_a_damaged_npy_body_is_refused_with_the_reason(mangle, fragment):
     np.save(buffer, iq())
     with pytest.raises(CaptureError, match=fragment):
         decode_npy(mangle(buffer.getvalue()))
-
-
-def npy_with_header(header: bytes) -> bytes:
-    """A version 1.0 ``.npy`` body with this header text (padded as numpy pads it)."""
-    padded = header + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + b"\0" * 48
 
 
 @pytest.mark.parametrize(
