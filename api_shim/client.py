@@ -39,6 +39,17 @@ class ShimError(RuntimeError):
         self.status, self.body = status, body
 
 
+class ShimUnreachable(ConnectionError):
+    """The shim did not answer: refused, reset or timed out (``base_url``, ``reason``)."""
+
+    def __init__(self, base_url: str, request: str, reason: object) -> None:
+        super().__init__(
+            f"cannot reach the shim at {base_url} ({request}): {reason}; "
+            "is `heimdall-inference api` running there?"
+        )
+        self.base_url, self.reason = base_url, reason
+
+
 class ShimClient:
     """A small client of the shim. ``api_key`` defaults to the ``HEIMDALL_API_KEY`` variable
     (needed when the shim has API keys configured)."""
@@ -55,6 +66,31 @@ class ShimClient:
         # Kept-alive connections: a connection per request would cost both sides a handshake.
         self._http = urllib3.PoolManager(maxsize=8, retries=False)
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout_s: float | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            return self._http.request(
+                method,
+                self.base_url + path,
+                body=body,
+                headers=headers,
+                timeout=timeout_s or self.timeout_s,
+            )
+        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out
+            reason = getattr(exc, "reason", None) or exc  # urllib3 wraps the socket's error
+            raise ShimUnreachable(self.base_url, f"{method} {path.split('?')[0]}", reason) from exc
+
     def _request(
         self,
         method: str,
@@ -63,21 +99,8 @@ class ShimClient:
         content_type: str | None = None,
         timeout_s: float | None = None,
     ) -> tuple[int, Any]:
-        headers = {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        try:
-            response = self._http.request(
-                method,
-                self.base_url + path,
-                body=body,
-                headers=headers,
-                timeout=timeout_s or self.timeout_s,
-            )
-        except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out
-            raise ConnectionError(f"{method} {self.base_url}{path}: {exc}") from exc
+        """Status and JSON body (the text where the body is not JSON) of one request."""
+        response = self._send(method, path, body, content_type, timeout_s)
         payload = response.data
         try:
             return response.status, json.loads(payload or b"null")
@@ -151,12 +174,7 @@ class ShimClient:
 
     def job_map(self, job_id: str) -> bytes:
         """The PNG of a TDoA job's likelihood (``GET /jobs/<id>/map.png``)."""
-        url = f"{self.base_url}/jobs/{urllib.parse.quote(job_id, safe='')}/map.png"
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        try:
-            response = self._http.request("GET", url, headers=headers, timeout=self.timeout_s)
-        except urllib3.exceptions.HTTPError as exc:
-            raise ConnectionError(f"GET {url}: {exc}") from exc
+        response = self._send("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/map.png")
         if response.status != 200:
             raise ShimError(response.status, response.data.decode(errors="replace"))
         return bytes(response.data)

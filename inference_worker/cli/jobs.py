@@ -67,12 +67,13 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
         "capture_time": args.capture_time,
     }
     if args.via == "queue":
+        from tasks.intake import JobConflict, ServiceUnavailable
         from tasks.producer import CaptureProducer
 
         with CaptureProducer() as producer:
             try:
                 job_id = producer.submit(iq, **fields)
-            except CaptureError as exc:
+            except (CaptureError, JobConflict, ServiceUnavailable) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
             print(f"submitted job {job_id} to queue {settings.queue}")

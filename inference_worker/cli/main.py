@@ -111,4 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     bootstrap.configure_logging(settings.worker_loglevel)
-    args.func(settings, args)
+    try:
+        args.func(settings, args)
+    except ConnectionError as exc:  # the shim did not answer (its client says where and why)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TimeoutError as exc:  # a wait for a job ran out; the job goes on
+        print(f"error: {exc} (it goes on: `heimdall-inference status` shows it)", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -84,19 +84,20 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
         fail(f"cannot read the positions file {args.receivers}: {exc}")
     receivers = match_positions(positions, [p.name for p in paths])
     frequency = args.frequency_mhz or frequency_from_names([p.name for p in paths])
+    files = []
+    for path in paths:
+        try:
+            files.append((path.name, path.read_bytes()))
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc}")
     client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
-    try:
+    try:  # an unreachable shim is reported by the command line's entry point
         accepted = client.submit_tdoa(
-            [(p.name, p.read_bytes()) for p in paths],
-            receivers=receivers,
-            frequency_mhz=frequency,
-            job_id=args.job_id,
+            files, receivers=receivers, frequency_mhz=frequency, job_id=args.job_id
         )
     except ShimError as exc:
         body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else exc.body
         fail(f"refused (HTTP {exc.status}): {body}")
-    except OSError as exc:
-        fail(f"cannot reach the shim at {client.base_url}: {exc}")
     job_id = accepted["job_id"]
     print(f"job {job_id} accepted", file=sys.stderr)
     if args.no_wait:

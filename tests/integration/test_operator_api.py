@@ -183,6 +183,49 @@ def test_cli_submits_a_capture_file_and_prints_the_result(worker, settings, capt
         assert "succeeded" in done.stdout and "95% ellipse" in done.stdout
 
 
+def test_cli_says_what_it_cannot_reach_or_wait_for_without_a_traceback(
+    own_queue, capture, tmp_path
+):
+    """An operator's mistakes and outages read as one line and an exit code, not a stack."""
+    local, _, _ = own_queue
+    path = tmp_path / "capture.npy"
+    np.save(path, capture.iq)
+    closed = free_port()  # nothing listens there
+    env = {
+        **os.environ,
+        "HEIMDALL_QUEUE": local.queue,  # no worker consumes it
+        "HEIMDALL_REDIS_PREFIX": local.redis_prefix,
+        "HEIMDALL_DATABASE_SCHEMA": local.database_schema,
+    }
+    submit = ["submit", str(path), "--sample-rate", "12000", "--frequency-mhz", "145.5"]
+    submit += ["--receivers", ",".join(capture.receivers)]
+
+    def cli(*args: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "inference_worker.cli", *args],
+            env={**env, **more_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    shim_down = f"http://127.0.0.1:{closed}"
+    for args in (["status", "some-job", "--url", shim_down], [*submit, "--url", shim_down]):
+        done = cli(*args)
+        assert done.returncode == 2
+        assert f"cannot reach the shim at {shim_down}" in done.stderr
+    broker_down = cli(
+        *submit, "--via", "queue", HEIMDALL_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{closed}//"
+    )
+    assert broker_down.returncode == 2
+    assert "error: the message broker is unavailable; retry later" in broker_down.stderr
+    waited = cli(*submit, "--via", "queue", "--timeout", "0.5")
+    assert waited.returncode == 1
+    assert "submitted job" in waited.stdout and "still not finished after 0.5 s" in waited.stderr
+
+
 def test_openapi_document_is_served(client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
