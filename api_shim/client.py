@@ -34,8 +34,16 @@ def _timeout(wait_s: float) -> float | None:
 
 
 class ShimError(RuntimeError):
+    """The shim answered with an error: ``status`` and the decoded ``body``, read as the error's
+    message, code and status (``no job with id 'x' (HTTP 404, job_not_found)``)."""
+
     def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"HTTP {status}: {body}")
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and "message" in error:
+            text = f"{error['message']} (HTTP {status}, {error.get('code', 'error')})"
+        else:
+            text = f"HTTP {status}: {body}"
+        super().__init__(text)
         self.status, self.body = status, body
 
 

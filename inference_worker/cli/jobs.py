@@ -51,8 +51,22 @@ def print_job(view: dict[str, Any], as_json: bool) -> None:
                 f"{shape['semi_minor_m'] / 1e3:.1f} km, major axis {shape['orientation_deg']:.0f}° "
                 "from north"
             )
+        print_quality(result.get("quality"))
     elif view.get("error"):
         print(f"  error: {view['error']}")
+
+
+def print_quality(quality: dict[str, Any] | None) -> None:
+    """The result's verdict on its capture: a position from outside the model's domain is
+    printed with the reasons not to trust it, and any caution after it."""
+    if not quality:
+        return
+    if quality.get("in_domain") is False:
+        print("  outside the model's domain: do not trust this position or its ellipses")
+    for kind, items in (("reason", quality.get("reasons")), ("caution", quality.get("cautions"))):
+        for item in items or []:
+            where = f" ({', '.join(item['receivers'])})" if item.get("receivers") else ""
+            print(f"  {kind} {item['code']}{where}: {item['detail']}")
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:

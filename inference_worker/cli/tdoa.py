@@ -96,8 +96,7 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
             files, receivers=receivers, frequency_mhz=frequency, job_id=args.job_id
         )
     except ShimError as exc:
-        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else exc.body
-        fail(f"refused (HTTP {exc.status}): {body}")
+        fail(f"refused: {exc}")
     job_id = accepted["job_id"]
     print(f"job {job_id} accepted", file=sys.stderr)
     if args.no_wait:
