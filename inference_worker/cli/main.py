@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from inference_worker.cli import bootstrap, tdoa, upkeep
+from inference_worker.cli.arguments import number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--description")
     models.add_argument("--json", action="store_true")
     models.add_argument(
-        "--challenger-fraction", type=float, help="with reload: share of jobs for the challenger"
+        "--challenger-fraction",
+        type=number(0.0, 1.0),
+        help="with reload: share of jobs for the challenger, 0 to 1",
     )
     models.set_defaults(func=cmd_models)
 

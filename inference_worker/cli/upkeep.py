@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from inference_worker.cli.arguments import number
 from inference_worker.settings import Settings
 
 
@@ -21,14 +22,14 @@ def add_parser(sub: Any) -> None:
     jobs.add_argument("job_ids", nargs="*", help="jobs to requeue or fail")
     jobs.add_argument(
         "--older-than",
-        type=float,
+        type=number(0.0),
         help="seconds since submission that make a job stuck (default HEIMDALL_STUCK_AFTER_S)",
     )
     jobs.add_argument("--all-stuck", action="store_true", help="requeue or fail every stuck job")
     jobs.add_argument("--reason", help="with fail: the error recorded on the job")
     jobs.add_argument(
         "--older-than-days",
-        type=float,
+        type=number(0.0, above=True),
         help="with prune: delete final jobs older than this (default HEIMDALL_RETENTION_DAYS)",
     )
     jobs.add_argument("--json", action="store_true", help="with stuck: print JSON")
@@ -58,14 +59,18 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
             if not job_ids:
                 fail(f"jobs {args.action} needs job ids or --all-stuck")
             if args.action == "requeue":
-                requeue(settings, stores, job_ids)
+                changed = requeue(settings, stores, job_ids)
             else:
                 if not args.reason:
                     fail("jobs fail needs --reason (it is recorded on each job)")
                 reason = f"failed by an operator: {args.reason}"
+                changed = 0
                 for job_id in job_ids:
                     done = recovery.record_failure(stores, job_id, reason, settings.result_ttl_s)
+                    changed += done
                     print(f"{job_id}: {'failed' if done else 'not changed (unknown or final)'}")
+            if changed < len(job_ids):  # scripts learn that some job was left as it was
+                raise SystemExit(1)
     except STORE_ERRORS as exc:
         fail(f"a store is unavailable: {exc}")
     finally:
@@ -73,17 +78,22 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
         stores.jobs.engine.dispose()
 
 
-def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> None:
+def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> int:
+    """Publish each job's task again, printing what happened to each; returns how many were."""
     from inference_worker.serving import recovery
     from tasks.app import create_celery, publisher
 
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     publish = publisher(app, settings.queue, settings.publish_confirm_timeout_s)
+    published = 0
     try:
         for job_id in job_ids:
-            print(f"{job_id}: {recovery.requeue(stores, job_id, publish)}")
+            outcome = recovery.requeue(stores, job_id, publish)
+            published += outcome == recovery.PUBLISHED_AGAIN
+            print(f"{job_id}: {outcome}")
     finally:
         app.close()
+    return published
 
 
 def print_stuck(found: list[dict[str, Any]], older_than: float, as_json: bool) -> None:

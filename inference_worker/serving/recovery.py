@@ -37,6 +37,8 @@ CAPTURE_GONE = (
     "longer in Redis; submit the capture again"
 )
 PRUNE_EVERY_S = 3_600.0
+PUBLISHED_AGAIN = "published again"
+"""What :func:`requeue` answers when it published the job's task again."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def requeue(stores: Stores, job_id: str, publish: Publish) -> str:
     if not stores.redis.has_blob(message.blob_key):
         return "its capture is gone from Redis: fail it and resubmit the capture"
     republish(stores, message, publish)
-    return "published again"
+    return PUBLISHED_AGAIN
 
 
 class Upkeep:

@@ -36,7 +36,7 @@ def own_schema(own_queue_factory, settings):
     cleanup.dispose()
 
 
-def cli(local, *args: str) -> str:
+def cli(local, *args: str, code: int = 0) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "inference_worker.cli", *args],
         env=worker_env(local),
@@ -44,7 +44,7 @@ def cli(local, *args: str) -> str:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == code, done.stderr[-2000:]
     return done.stdout
 
 
@@ -82,6 +82,11 @@ def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, 
     failed = jobs.get("stuck-without-capture")
     assert failed["status"] == "failed" and "capture lost in a crash" in failed["error"]
     assert "no job is unfinished" in cli(local, "jobs", "stuck", "--older-than", "0")
+    # and a job that was left as it was makes the command exit 1, naming it
+    again = cli(local, "jobs", "requeue", "stuck-with-capture", "no-such-job", code=1)
+    assert "stuck-with-capture: already succeeded" in again and "no-such-job: no such job" in again
+    failed_again = cli(local, "jobs", "fail", "no-such-job", "--reason", "x", code=1)
+    assert "no-such-job: not changed (unknown or final)" in failed_again
 
     # And retention deletes final jobs, never one that is not final
     record_job(jobs, read_message(capture_message(capture, "still-queued", "k")), published=True)

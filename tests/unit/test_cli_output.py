@@ -1,9 +1,17 @@
-"""What the command line prints of a job and of the shim's errors (pure formatting)."""
+"""What the command line prints of a job and of the shim's errors, and the arguments it refuses
+(pure logic)."""
 
 from __future__ import annotations
 
+import argparse
+import re
+
+import pytest
+
 from api_shim.client import ShimError
+from inference_worker.cli.arguments import number
 from inference_worker.cli.jobs import print_job
+from inference_worker.cli.main import build_parser
 
 
 def succeeded(quality: dict | None) -> dict:
@@ -51,3 +59,26 @@ def test_a_shim_error_reads_as_its_message_code_and_status():
     assert str(ShimError(404, body)) == "no job with id 'x' (HTTP 404, job_not_found)"
     assert str(ShimError(502, "<html>Bad Gateway</html>")) == "HTTP 502: <html>Bad Gateway</html>"
     assert ShimError(404, body).body == body
+
+
+def test_number_arguments_are_refused_outside_their_range_naming_it():
+    share, days = number(0.0, 1.0), number(0.0, above=True)
+    assert share("0") == 0.0 and share("1") == 1.0 and share("0.25") == 0.25
+    assert days("0.000001") == 1e-6
+    for parse, text, why in (
+        (share, "2", "2 is out of range: give a number from 0 to 1"),
+        (share, "nan", "nan is out of range: give a number from 0 to 1"),
+        (share, "-0.1", "-0.1 is out of range"),
+        (days, "0", "0 is out of range: give a number more than 0"),
+        (days, "inf", "inf is out of range"),
+        (days, "ten", "'ten' is not a number"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
+            parse(text)
+
+
+def test_the_command_line_refuses_a_challenger_share_above_one(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["models", "reload", "--challenger-fraction", "2"])
+    assert exited.value.code == 2
+    assert "--challenger-fraction: 2 is out of range" in capsys.readouterr().err

@@ -1,0 +1,28 @@
+"""Argument types of the command line: numbers refused by argparse, naming the bound, before
+any command runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def number(least: float, most: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number from ``least`` (excluded with ``above``) to
+    ``most``; anything else is refused with the range it must lie in."""
+    bound = f"more than {least:g}" if above else f"at least {least:g}"
+    if math.isfinite(most):
+        bound = f"from {least:g} to {most:g}" if not above else f"{bound} and at most {most:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (value > least if above else value >= least) and value <= most
+        if not (math.isfinite(value) and inside):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {bound}")
+        return value
+
+    return parse
