@@ -99,16 +99,10 @@ class ShimClient:
             reason = getattr(exc, "reason", None) or exc  # urllib3 wraps the socket's error
             raise ShimUnreachable(self.base_url, f"{method} {path.split('?')[0]}", reason) from exc
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        content_type: str | None = None,
-        timeout_s: float | None = None,
-    ) -> tuple[int, Any]:
-        """Status and JSON body (the text where the body is not JSON) of one request."""
-        response = self._send(method, path, body, content_type, timeout_s)
+    def _request(self, method: str, path: str, *more: Any) -> tuple[int, Any]:
+        """Status and JSON body (the text where the body is not JSON) of one request (``more``:
+        :meth:`_send`'s body, content type and timeout)."""
+        response = self._send(method, path, *more)
         payload = response.data
         try:
             return response.status, json.loads(payload or b"null")
