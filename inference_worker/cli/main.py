@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--via", choices=["http", "queue"], default="http", help="shim or RabbitMQ")
     submit.add_argument("--url", help="shim URL (default from settings)")
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    submit.add_argument("--timeout", type=float, default=60.0)
+    submit.add_argument(
+        "--timeout", type=number(0.0, above=True), default=60.0, help="seconds to wait (60)"
+    )
     submit.add_argument("--json", action="store_true", help="print the whole job as JSON")
     submit.set_defaults(func=cmd_submit)
 

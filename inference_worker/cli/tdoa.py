@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from inference_worker.cli.arguments import number
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import (
     contains,
@@ -52,7 +53,9 @@ def add_parser(sub: Any) -> None:
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
     tdoa.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    tdoa.add_argument("--timeout", type=float, default=120.0)
+    tdoa.add_argument(
+        "--timeout", type=number(0.0, above=True), default=120.0, help="seconds to wait (120)"
+    )
     tdoa.add_argument("--json", action="store_true", help="print the whole job as JSON")
     tdoa.add_argument("--geojson", type=Path, help="write the result as GeoJSON here")
     tdoa.add_argument("--map", type=Path, help="write the likelihood map (PNG) here")
