@@ -26,3 +26,18 @@ def number(least: float, most: float = math.inf, *, above: bool = False) -> Call
         return value
 
     return parse
+
+
+def count(least: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text} is too few: give at least {least}")
+        return value
+
+    return parse

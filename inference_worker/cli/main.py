@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from inference_worker.cli import bootstrap, tdoa, upkeep
-from inference_worker.cli.arguments import number
+from inference_worker.cli.arguments import count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="start a worker and the shim if none run, locate simulated captures, print them",
     )
-    demo.add_argument("--captures", type=int, default=6, help="how many captures to submit")
+    demo.add_argument("--captures", type=count(1), default=6, help="how many captures to submit")
     demo.add_argument("--seed", type=int, help="simulation seed (default: a new one each run)")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.cli.arguments import number
+from inference_worker.cli.arguments import count, number
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import (
     contains,
@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
     tdoa.add_argument("--json", action="store_true", help="print the whole job as JSON")
     tdoa.add_argument("--geojson", type=Path, help="write the result as GeoJSON here")
     tdoa.add_argument("--map", type=Path, help="write the likelihood map (PNG) here")
-    tdoa.add_argument("--sets", type=int, default=4, help="with demo: how many sets")
+    tdoa.add_argument("--sets", type=count(1), default=4, help="with demo: how many sets")
     tdoa.add_argument("--seed", type=int, help="with demo: first set's seed")
     tdoa.add_argument("--out", type=Path, default=Path("tdoa-demo"), help="with demo: folder")
     tdoa.set_defaults(func=cmd_tdoa)

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from api_shim.client import ShimError
-from inference_worker.cli.arguments import number
+from inference_worker.cli.arguments import count, number
 from inference_worker.cli.jobs import print_job
 from inference_worker.cli.main import build_parser
 
@@ -82,3 +82,10 @@ def test_the_command_line_refuses_a_challenger_share_above_one(capsys):
         build_parser().parse_args(["models", "reload", "--challenger-fraction", "2"])
     assert exited.value.code == 2
     assert "--challenger-fraction: 2 is out of range" in capsys.readouterr().err
+
+
+def test_counts_are_whole_numbers_of_at_least_their_least():
+    assert count(1)("6") == 6
+    for text, why in (("0", "0 is too few: give at least 1"), ("2.5", "'2.5' is not a whole")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
+            count(1)(text)
