@@ -17,7 +17,7 @@ from api_shim.errors import ApiError, unavailable
 from api_shim.services import services
 from inference_worker.core.capture import JOB_ID_PATTERN
 from inference_worker.core.contract import load_metadata
-from inference_worker.core.ellipse import feature_collection
+from inference_worker.core.ellipse import feature_collection, tdoa_feature_collection
 from inference_worker.serving.registry import serving_model_dir
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.statuses import FINAL_STATUSES
@@ -85,19 +85,7 @@ def geojson(result: dict[str, Any]) -> dict[str, Any]:
     """The result as a GeoJSON FeatureCollection: estimate, ellipses and receivers, and for a
     TDoA result its alternatives and the likelihood's contours."""
     if result.get("method") == "tdoa":
-        stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
-        collection = feature_collection(result, stations)
-        for other in result.get("alternatives", []):
-            alternative = feature_collection(other)["features"]
-            for feature in alternative:
-                feature["properties"] = {
-                    **feature["properties"],
-                    "alternative": True,
-                    "weight": other["weight"],
-                }
-            collection["features"] += alternative
-        collection["features"] += result.get("likelihood_contours", [])
-        return collection
+        return tdoa_feature_collection(result)
     receivers = services().model.receivers
     return feature_collection(result, [(r.id, r.lat, r.lon) for r in receivers])
 

@@ -28,6 +28,7 @@ import numpy as np
 from inference_worker.core.capture import (
     CaptureError,
     CaptureLimits,
+    CaptureTooLarge,
     parse_job_id,
     parse_meta,
     validate_iq,
@@ -165,9 +166,16 @@ class Intake:
         """Check a TDoA submission: one KiwiSDR IQ WAV file per receiver and their positions.
 
         Raises:
+            CaptureTooLarge: the files add up to more than ``HEIMDALL_MAX_BODY_BYTES``.
             CaptureError: what is wrong, naming the receiver.
         """
         job_id = parse_job_id(fields.get("job_id"))
+        size = sum(len(data) for data in files)
+        if size > self.settings.max_body_bytes:  # the shim's body bound, for producers too
+            raise CaptureTooLarge(
+                f"the recordings add up to {size / 2**20:.1f} MiB; one job takes at most "
+                f"{self.settings.max_body_bytes / 2**20:g} MiB (HEIMDALL_MAX_BODY_BYTES)"
+            )
         limits = TdoaLimits(
             max_receivers=self.settings.tdoa_max_receivers,
             min_overlap_s=self.settings.tdoa_min_overlap_s,

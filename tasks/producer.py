@@ -14,7 +14,7 @@ confirms; the worker records the job in PostgreSQL when it takes it. Nothing her
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,10 @@ from tasks.app import create_celery, publisher
 from tasks.contract import wait_until_final
 from tasks.intake import Intake
 from tasks.served import ServedModelCache
+
+
+def _iso(capture_time: datetime | str | None) -> str | None:
+    return capture_time.isoformat() if isinstance(capture_time, datetime) else capture_time
 
 
 class CaptureProducer:
@@ -94,14 +98,46 @@ class CaptureProducer:
             "sample_rate_hz": sample_rate_hz,
             "frequency_mhz": frequency_mhz,
             "receivers": list(receivers),
-            "capture_time": (
-                capture_time.isoformat() if isinstance(capture_time, datetime) else capture_time
-            ),
+            "capture_time": _iso(capture_time),
             "job_id": job_id,
             "model": model,
         }
         capture = self.intake.check(np.asarray(iq), fields)
         return self.intake.accept(capture, batch_id=batch_id, tenant=tenant).job_id
+
+    def submit_tdoa(
+        self,
+        recordings: Sequence[tuple[str, bytes]],
+        *,
+        receivers: Sequence[Mapping[str, Any]],
+        frequency_mhz: float,
+        capture_time: datetime | str | None = None,
+        job_id: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
+        """Validate and enqueue a set to locate by time differences of arrival: one KiwiSDR IQ
+        WAV file per receiver, as ``(file name, bytes)`` (the name may be empty; a kiwirecorder
+        name is checked against ``frequency_mhz``), and ``receivers`` in the same order
+        (``{"id", "lat", "lon", "height_m"?}``); returns the job id.
+
+        The checks are the shim's for a multipart TDoA submission: every file read, its GPS
+        time usable, a common span of ``HEIMDALL_TDOA_MIN_OVERLAP_S``, 3 to
+        ``HEIMDALL_TDOA_MAX_RECEIVERS`` receivers, at most ``HEIMDALL_MAX_BODY_BYTES`` in all.
+
+        Raises:
+            inference_worker.core.capture.CaptureError: the set is refused, naming the receiver
+                (nothing sent).
+            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down (nothing accepted).
+        """
+        fields = {
+            "receivers": [dict(r) for r in receivers],
+            "frequency_mhz": frequency_mhz,
+            "capture_time": _iso(capture_time),
+            "job_id": job_id,
+        }
+        names = [name for name, _ in recordings]
+        job = self.intake.check_tdoa([data for _, data in recordings], names, fields)
+        return self.intake.accept(job, tenant=tenant).job_id
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         """The finished job, or ``None`` while it is not finished (or its result expired)."""

@@ -11,9 +11,11 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from inference_worker.core.ellipse import (
     distance_m,
     estimate_from_result,
     metres_per_degree,
+    tdoa_feature_collection,
 )
 from inference_worker.core.kiwi_wav import parse_file_name
 from inference_worker.core.likelihood_map import render_png
@@ -52,6 +55,12 @@ def add_parser(sub: Any) -> None:
     )
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
+    tdoa.add_argument(
+        "--via",
+        choices=["http", "queue"],
+        default="http",
+        help="with submit: the shim, or straight onto RabbitMQ with the producer client",
+    )
     tdoa.add_argument("--no-wait", action="store_true", help="print the job id and return")
     tdoa.add_argument(
         "--timeout", type=number(0.0, above=True), default=120.0, help="seconds to wait (120)"
@@ -65,14 +74,12 @@ def add_parser(sub: Any) -> None:
     tdoa.set_defaults(func=cmd_tdoa)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
 def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
-    from api_shim.client import ShimClient, ShimError
-
     if args.action == "demo":
         raise SystemExit(run_demo(settings, args.sets, args.seed, args.out))
     if len(args.files) < 3 or args.receivers is None:
@@ -93,31 +100,93 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
             files.append((path.name, path.read_bytes()))
         except OSError as exc:
             fail(f"cannot read {path}: {exc}")
+    with ExitStack() as stack:
+        route = _queue(settings, stack) if args.via == "queue" else _shim(settings, args)
+        job_id = route.submit(files, receivers, frequency, args.job_id)
+        print(f"job {job_id} accepted", file=sys.stderr)
+        if args.no_wait:
+            print(job_id)
+            return
+        view = route.wait(job_id, args.timeout)
+        if args.json:
+            print(json.dumps(view, indent=2))
+        else:
+            print_result(view)
+        if view["status"] != "succeeded":
+            raise SystemExit(1)
+        if args.geojson:
+            args.geojson.write_text(json.dumps(tdoa_feature_collection(view["result"])))
+            print(f"GeoJSON written to {args.geojson}", file=sys.stderr)
+        if args.map:
+            picture = route.picture(job_id)
+            if picture is None:
+                fail(f"the likelihood map of job {job_id} has expired")
+            args.map.write_bytes(picture)
+            print(f"likelihood map written to {args.map}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a set goes: the shim over HTTP, or the queue with the producer client."""
+
+    submit: Callable[[list[tuple[str, bytes]], list[dict[str, Any]], float, str | None], str]
+    wait: Callable[[str, float], dict[str, Any]]
+    picture: Callable[[str], bytes | None]
+
+
+def _shim(settings: Settings, args: argparse.Namespace) -> Route:
+    from api_shim.client import ShimClient, ShimError
+
     client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
-    try:  # an unreachable shim is reported by the command line's entry point
-        accepted = client.submit_tdoa(
-            files, receivers=receivers, frequency_mhz=frequency, job_id=args.job_id
-        )
-    except ShimError as exc:
-        fail(f"refused: {exc}")
-    job_id = accepted["job_id"]
-    print(f"job {job_id} accepted", file=sys.stderr)
-    if args.no_wait:
-        print(job_id)
-        return
-    view = client.wait(job_id, timeout_s=args.timeout)
-    if args.json:
-        print(json.dumps(view, indent=2))
-    else:
-        print_result(view)
-    if view["status"] != "succeeded":
-        raise SystemExit(1)
-    if args.geojson:
-        args.geojson.write_text(json.dumps(client.job(job_id, include="geojson")["geojson"]))
-        print(f"GeoJSON written to {args.geojson}", file=sys.stderr)
-    if args.map:
-        args.map.write_bytes(client.job_map(job_id))
-        print(f"likelihood map written to {args.map}", file=sys.stderr)
+
+    def submit(
+        files: list[tuple[str, bytes]],
+        receivers: list[dict[str, Any]],
+        frequency_mhz: float,
+        job_id: str | None,
+    ) -> str:
+        try:  # an unreachable shim is reported by the command line's entry point
+            accepted = client.submit_tdoa(
+                files, receivers=receivers, frequency_mhz=frequency_mhz, job_id=job_id
+            )
+        except ShimError as exc:
+            fail(f"refused: {exc}")
+        return str(accepted["job_id"])
+
+    def picture(job_id: str) -> bytes | None:
+        try:
+            return client.job_map(job_id)
+        except ShimError as exc:
+            if exc.status == 404:
+                return None
+            fail(f"the likelihood map: {exc}")
+
+    return Route(submit, lambda job_id, s: client.wait(job_id, timeout_s=s), picture)
+
+
+def _queue(settings: Settings, stack: ExitStack) -> Route:
+    from inference_worker.core.capture import CaptureError
+    from tasks.intake import JobConflict, ServiceUnavailable
+    from tasks.producer import CaptureProducer
+
+    producer = stack.enter_context(CaptureProducer(settings=settings))
+
+    def submit(
+        files: list[tuple[str, bytes]],
+        receivers: list[dict[str, Any]],
+        frequency_mhz: float,
+        job_id: str | None,
+    ) -> str:
+        try:
+            return producer.submit_tdoa(
+                files, receivers=receivers, frequency_mhz=frequency_mhz, job_id=job_id
+            )
+        except (CaptureError, JobConflict, ServiceUnavailable) as exc:
+            fail(f"refused: {exc}")
+
+    return Route(
+        submit, lambda job_id, s: producer.wait(job_id, timeout_s=s), producer.store.get_map
+    )
 
 
 def match_positions(positions: Any, names: list[str]) -> list[dict[str, Any]]:

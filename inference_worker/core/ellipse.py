@@ -253,3 +253,21 @@ def feature_collection(
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
+    """A TDoA result as GeoJSON: estimate, ellipses and receivers (from the result itself), any
+    alternative crossing (``alternative``, ``weight``) and the likelihood's contours."""
+    stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
+    collection = feature_collection(result, stations)
+    for other in result.get("alternatives", []):
+        alternative = feature_collection(other)["features"]
+        for feature in alternative:
+            feature["properties"] = {
+                **feature["properties"],
+                "alternative": True,
+                "weight": other["weight"],
+            }
+        collection["features"] += alternative
+    collection["features"] += result.get("likelihood_contours", [])
+    return collection

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from urllib3 import encode_multipart_formdata
 
+from inference_worker.core.capture import CaptureError, CaptureTooLarge
 from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
 from inference_worker.core.kiwi_wav import write_kiwi_wav
 from inference_worker.science.kiwi_sets import synthetic_set
@@ -84,6 +85,44 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
         row = connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).mappings().one()
     assert row["status"] == "succeeded" and row["message"]["method"] == "tdoa"
     assert redis_client.exists(f"{settings.redis_prefix}blob:{job_id}") == 0
+
+
+def test_a_producer_enqueues_a_set_without_http_and_it_is_located(
+    client, worker, recordings, engine, settings
+):
+    from tasks.producer import CaptureProducer
+
+    files = list(zip(recordings.names, recordings.files, strict=True))
+    bad = [("", b"RIFF-but-not-a-wav"), *files[1:]]
+    with CaptureProducer(settings=settings) as producer:
+        job_id = producer.submit_tdoa(
+            files,
+            receivers=recordings.positions(),
+            frequency_mhz=recordings.frequency_hz / 1e6,
+            job_id=f"tdoa-queue-{uuid.uuid4()}",
+        )
+        view = producer.wait(job_id, timeout_s=60)
+        # A set the shim would refuse is refused here too, naming the receiver; nothing is sent.
+        refused_id = f"refused-{uuid.uuid4()}"
+        first = recordings.stations[0].id
+        with pytest.raises(CaptureError, match=f"receiver {first}"):
+            producer.submit_tdoa(
+                bad,
+                receivers=recordings.positions(),
+                frequency_mhz=recordings.frequency_hz / 1e6,
+                job_id=refused_id,
+            )
+        # as is a set larger than one request to the shim may be
+    small = settings.model_copy(update={"max_body_bytes": 1024})
+    with CaptureProducer(settings=small) as producer, pytest.raises(CaptureTooLarge, match="MiB"):
+        producer.submit_tdoa(
+            files, receivers=recordings.positions(), frequency_mhz=recordings.frequency_hz / 1e6
+        )
+    assert view["status"] == "succeeded", view
+    assert view["model_version"] == "tdoa-1" and view["result"]["method"] == "tdoa"
+    assert distance_m(view["result"]["lat"], view["result"]["lon"], *recordings.emitter) < 2_000
+    assert client.get(f"/jobs/{job_id}").get_json()["result"]["method"] == "tdoa"
+    assert count_jobs(engine, refused_id) == 0
 
 
 def test_a_model_job_has_no_map(client, worker, capture):
@@ -164,3 +203,18 @@ def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, 
     assert distance_m(view["result"]["lat"], view["result"]["lon"], *recordings.emitter) < 2_000
     assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "result.geojson").read_text())["type"] == "FeatureCollection"
+
+    # And straight onto the queue, without the shim, with the same output
+    args = [
+        "tdoa", "submit", *[str(tmp_path / n) for n in recordings.names],
+        "--receivers", str(tmp_path / "positions.json"), "--via", "queue",
+        "--map", str(tmp_path / "queued.png"), "--geojson", str(tmp_path / "queued.geojson"),
+    ]  # fmt: skip
+    with cli_process(args, tmp_path / "queued.log", env) as submit:
+        assert submit.wait(timeout=120) == 0, (tmp_path / "queued.log").read_text()
+    printed = (tmp_path / "queued.log").read_text()
+    assert "accepted" in printed and "likelihood map written" in printed
+    assert (tmp_path / "queued.png").read_bytes()[:4] == b"\x89PNG"
+    queued = json.loads((tmp_path / "queued.geojson").read_text())
+    kinds = [f["properties"]["kind"] for f in queued["features"]]
+    assert kinds.count("receiver") == 4 and kinds.count("likelihood_contour") == 2
