@@ -121,13 +121,21 @@ def read_message(payload: object) -> LocateMessage:
         raise MessageError(f"invalid task message: {details}") from None
 
 
+class JobWaitTimeout(TimeoutError):
+    """A wait for a job ran out before the job was final; the job goes on (``job_id``)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 def wait_until_final(
     fetch: Callable[[], dict[str, Any] | None], job_id: str, timeout_s: float, interval_s: float
 ) -> dict[str, Any]:
     """Call ``fetch`` until it returns a job in a final status (clients poll with this).
 
     Raises:
-        TimeoutError: the job is not final within ``timeout_s``.
+        JobWaitTimeout: the job is not final within ``timeout_s`` (a ``TimeoutError``).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -136,5 +144,5 @@ def wait_until_final(
             return view
         if time.monotonic() > deadline:
             status = view["status"] if view else "not finished"
-            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:g} s")
+            raise JobWaitTimeout(job_id, f"job {job_id} still {status} after {timeout_s:g} s")
         time.sleep(interval_s)

@@ -121,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConnectionError as exc:  # the shim did not answer (its client says where and why)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except TimeoutError as exc:  # a wait for a job ran out; the job goes on
-        print(f"error: {exc} (it goes on: `heimdall-inference status` shows it)", file=sys.stderr)
+    except TimeoutError as exc:  # a wait for a job ran out (the job goes on), or a socket's
+        from tasks.contract import JobWaitTimeout
+
+        later = ""
+        if isinstance(exc, JobWaitTimeout):
+            later = f" (it goes on: `heimdall-inference status {exc.job_id}` shows it)"
+        print(f"error: {exc}{later}", file=sys.stderr)
         raise SystemExit(1) from None

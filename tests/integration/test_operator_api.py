@@ -224,6 +224,8 @@ def test_cli_says_what_it_cannot_reach_or_wait_for_without_a_traceback(
     waited = cli(*submit, "--via", "queue", "--timeout", "0.5")
     assert waited.returncode == 1
     assert "submitted job" in waited.stdout and "still not finished after 0.5 s" in waited.stderr
+    job_id = waited.stdout.split()[2]
+    assert f"`heimdall-inference status {job_id}` shows it" in waited.stderr
 
 
 def test_openapi_document_is_served(client):
