@@ -84,7 +84,7 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
         from tasks.intake import JobConflict, ServiceUnavailable
         from tasks.producer import CaptureProducer
 
-        with CaptureProducer() as producer:
+        with CaptureProducer(settings=settings) as producer:
             try:
                 job_id = producer.submit(iq, **fields)
             except (CaptureError, JobConflict, ServiceUnavailable) as exc:
