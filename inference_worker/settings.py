@@ -206,7 +206,10 @@ class Settings(BaseSettings):
 
     # --- limits ---------------------------------------------------------------------------
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest accepted request body (HTTP 413 above)."
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted request body (HTTP 413 above), and the most the files of "
+        "a TDoA set may add up to through the producer client.",
     )
     max_samples_per_receiver: int = Field(
         480_000,
