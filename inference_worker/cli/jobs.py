@@ -47,13 +47,20 @@ def print_job(view: dict[str, Any], as_json: bool) -> None:
         )
         for label, shape in (("68%", e68), ("95%", e95)):
             print(
-                f"  {label} ellipse: {shape['semi_major_m'] / 1e3:.1f} x "
-                f"{shape['semi_minor_m'] / 1e3:.1f} km, major axis {shape['orientation_deg']:.0f}° "
-                "from north"
+                f"  {label} ellipse: {axes_text(shape['semi_major_m'], shape['semi_minor_m'])}, "
+                f"major axis {shape['orientation_deg']:.0f}° from north"
             )
         print_quality(result.get("quality"))
     elif view.get("error"):
         print(f"  error: {view['error']}")
+
+
+def axes_text(major_m: float, minor_m: float) -> str:
+    """An ellipse's semi-axes in km, or in metres when they are under 2 km (TDoA's are often
+    a few hundred metres)."""
+    if major_m < 2_000:
+        return f"{major_m:.0f} x {minor_m:.0f} m"
+    return f"{major_m / 1e3:.1f} x {minor_m / 1e3:.1f} km"
 
 
 def print_quality(quality: dict[str, Any] | None) -> None:

@@ -89,3 +89,11 @@ def test_counts_are_whole_numbers_of_at_least_their_least():
     for text, why in (("0", "0 is too few: give at least 1"), ("2.5", "'2.5' is not a whole")):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
             count(1)(text)
+
+
+def test_small_ellipses_print_in_metres(capsys):
+    view = succeeded(None)
+    small = {"semi_major_m": 175.4, "semi_minor_m": 99.6, "orientation_deg": 136.0}
+    view["result"]["ellipses"] = {"68": small, "95": small}
+    print_job(view, as_json=False)
+    assert "  68% ellipse: 175 x 100 m, major axis 136° from north" in capsys.readouterr().out
