@@ -494,6 +494,9 @@ def main() -> int:
         parser.error("--rounds must be at least 1")
 
     base = load_settings()
+    stages = set(args.stages.split(","))
+    if stages - {"bare"}:  # every other stage runs against the stores and the broker
+        bootstrap.require_services(base)
     processes = args.processes or base.worker_concurrency
     api_workers = args.api_workers or base.api_workers
     rate, duration = PRESETS[args.preset]
@@ -502,7 +505,6 @@ def main() -> int:
     captures = [
         simulator.simulate(rng, sample_rate_hz=rate, duration_s=duration) for _ in range(16)
     ]
-    stages = set(args.stages.split(","))
     print(
         f"preset {args.preset}: 3 receivers x {captures[0].iq.shape[1]} samples; {args.jobs} jobs "
         f"a stage; {processes} worker processes, {api_workers} shim processes, "

@@ -121,10 +121,8 @@ def main() -> int:
     client = ShimClient(args.url, timeout_s=30)
     try:
         status, health = client.health()
-    except OSError as exc:
-        raise SystemExit(
-            f"error: no shim at {args.url} ({exc}); start `heimdall-inference api`"
-        ) from None
+    except OSError as exc:  # the client's error names the address and the command to start
+        raise SystemExit(f"error: {exc}") from None
     if status != 200 or not health["checks"]["model"]["ok"]:
         raise SystemExit(f"error: the service is not ready: {json.dumps(health)[:400]}")
 
