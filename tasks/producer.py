@@ -107,7 +107,7 @@ class CaptureProducer:
 
     def submit_tdoa(
         self,
-        recordings: Sequence[tuple[str, bytes]],
+        files: Sequence[tuple[str, bytes]],
         *,
         receivers: Sequence[Mapping[str, Any]],
         frequency_mhz: float,
@@ -116,8 +116,8 @@ class CaptureProducer:
         tenant: str | None = None,
     ) -> str:
         """Validate and enqueue a set to locate by time differences of arrival: one KiwiSDR IQ
-        WAV file per receiver, as ``(file name, bytes)`` (the name may be empty; a kiwirecorder
-        name is checked against ``frequency_mhz``), and ``receivers`` in the same order
+        WAV file per receiver in ``files``, as ``(file name, bytes)`` (the name may be empty; a
+        kiwirecorder name is checked against ``frequency_mhz``), and ``receivers`` in that order
         (``{"id", "lat", "lon", "height_m"?}``); returns the job id.
 
         The checks are the shim's for a multipart TDoA submission: every file read, its GPS
@@ -135,8 +135,8 @@ class CaptureProducer:
             "capture_time": _iso(capture_time),
             "job_id": job_id,
         }
-        names = [name for name, _ in recordings]
-        job = self.intake.check_tdoa([data for _, data in recordings], names, fields)
+        names = [name for name, _ in files]
+        job = self.intake.check_tdoa([data for _, data in files], names, fields)
         return self.intake.accept(job, tenant=tenant).job_id
 
     def result(self, job_id: str) -> dict[str, Any] | None:

@@ -102,7 +102,8 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
             fail(f"cannot read {path}: {exc}")
     with ExitStack() as stack:
         route = _queue(settings, stack) if args.via == "queue" else _shim(settings, args)
-        job_id = route.submit(files, receivers, frequency, args.job_id)
+        fields = {"receivers": receivers, "frequency_mhz": frequency, "job_id": args.job_id}
+        job_id = route.submit(files, fields)
         print(f"job {job_id} accepted", file=sys.stderr)
         if args.no_wait:
             print(job_id)
@@ -129,7 +130,8 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
 class Route:
     """Where a set goes: the shim over HTTP, or the queue with the producer client."""
 
-    submit: Callable[[list[tuple[str, bytes]], list[dict[str, Any]], float, str | None], str]
+    submit: Callable[[list[tuple[str, bytes]], dict[str, Any]], str]
+    """Files (name, bytes) and the fields ``receivers``, ``frequency_mhz``, ``job_id`` → job id."""
     wait: Callable[[str, float], dict[str, Any]]
     picture: Callable[[str], bytes | None]
 
@@ -139,16 +141,9 @@ def _shim(settings: Settings, args: argparse.Namespace) -> Route:
 
     client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
 
-    def submit(
-        files: list[tuple[str, bytes]],
-        receivers: list[dict[str, Any]],
-        frequency_mhz: float,
-        job_id: str | None,
-    ) -> str:
+    def submit(files: list[tuple[str, bytes]], fields: dict[str, Any]) -> str:
         try:  # an unreachable shim is reported by the command line's entry point
-            accepted = client.submit_tdoa(
-                files, receivers=receivers, frequency_mhz=frequency_mhz, job_id=job_id
-            )
+            accepted = client.submit_tdoa(files, **fields)
         except ShimError as exc:
             fail(f"refused: {exc}")
         return str(accepted["job_id"])
@@ -171,16 +166,9 @@ def _queue(settings: Settings, stack: ExitStack) -> Route:
 
     producer = stack.enter_context(CaptureProducer(settings=settings))
 
-    def submit(
-        files: list[tuple[str, bytes]],
-        receivers: list[dict[str, Any]],
-        frequency_mhz: float,
-        job_id: str | None,
-    ) -> str:
+    def submit(files: list[tuple[str, bytes]], fields: dict[str, Any]) -> str:
         try:
-            return producer.submit_tdoa(
-                files, receivers=receivers, frequency_mhz=frequency_mhz, job_id=job_id
-            )
+            return producer.submit_tdoa(files, **fields)
         except (CaptureError, JobConflict, ServiceUnavailable) as exc:
             fail(f"refused: {exc}")
 
