@@ -1,8 +1,8 @@
 """The ``tdoa`` command: locate by time differences of arrival from KiwiSDR IQ WAV files.
 
-``submit`` sends a set of recordings with a positions file to the shim and prints the result;
-``demo`` writes synthetic sets, locates them through the service and prints each estimate's
-error, whether its 95 % region holds the truth, and writes maps.
+``submit`` sends a set of recordings with a positions file to the shim (or straight onto the
+queue) and prints the result; ``demo`` (in :mod:`~inference_worker.cli.tdoa_demo`) writes
+synthetic sets, locates them through the service and prints each estimate's error.
 """
 
 from __future__ import annotations
@@ -10,28 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
 from inference_worker.cli.arguments import count, number
-from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import (
-    contains,
-    distance_m,
-    estimate_from_result,
-    metres_per_degree,
-    tdoa_feature_collection,
-)
+from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_wav import parse_file_name
-from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import log_likelihood_grid
-from inference_worker.core.time_differences import PairDelay
 from inference_worker.settings import Settings
 
 # The shim's client is imported where it is used: importing the shim package loads
@@ -81,6 +68,8 @@ def fail(message: str) -> NoReturn:
 
 def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "demo":
+        from inference_worker.cli.tdoa_demo import run_demo
+
         raise SystemExit(run_demo(settings, args.sets, args.seed, args.out))
     if len(args.files) < 3 or args.receivers is None:
         fail("tdoa submit needs 3 or more WAV files and --receivers POSITIONS.json")
@@ -229,106 +218,3 @@ def print_result(view: dict[str, Any]) -> None:
             f"also possible {other['lat']:.5f}, {other['lon']:.5f} "
             f"(weight {other['weight']:.2f}): add a receiver to decide"
         )
-
-
-def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = None) -> bytes:
-    """A map of the whole region: the likelihood from the result's time differences, the
-    receivers, the estimate and (in the demo) the truth."""
-    stations = [Receiver(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
-    index = {s.id: k for k, s in enumerate(stations)}
-    pairs = [
-        PairDelay(
-            index[p["receivers"][0]],
-            index[p["receivers"][1]],
-            p["delay_us"] * 1e-6,
-            p["sigma_us"] * 1e-6,
-            p["windows_used"],
-            p["windows_total"],
-        )
-        for p in result["pairs"]
-    ]
-    lats_all = [s.lat for s in stations] + [result["lat"]]
-    lons_all = [s.lon for s in stations] + [result["lon"]]
-    per_lat, per_lon = metres_per_degree(float(np.mean(lats_all)))
-    margin = 100e3
-    lats = np.linspace(min(lats_all) - margin / per_lat, max(lats_all) + margin / per_lat, 400)
-    lons = np.linspace(min(lons_all) - margin / per_lon, max(lons_all) + margin / per_lon, 400)
-    # Widen the likelihood so that the region it allows shows at this scale.
-    surface = log_likelihood_grid(stations, pairs, lats, lons) / 1e4
-    points = [(s.lat, s.lon, s.id) for s in stations]
-    points.append((result["lat"], result["lon"], "estimate"))
-    if truth:
-        points.append((truth[0], truth[1], "truth"))
-    return render_png(lats, lons, surface, points=points, size=640)
-
-
-def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
-    from inference_worker.cli.demo import running_service
-    from inference_worker.science.kiwi_sets import synthetic_set
-
-    seed = int(time.time()) % 100_000 if seed is None else seed
-    print(f"writing {sets} synthetic sets to {out}/ (seed {seed}; --seed {seed} repeats them)")
-    with ExitStack() as stack:
-        client = running_service(settings, stack)
-        client.timeout_s = 60
-        rows, failures = [], 0
-        for k in range(sets):
-            recording = synthetic_set(
-                np.random.default_rng(seed + k), receivers=3 + k % 3, signal=None
-            )
-            folder = out / f"set-{seed + k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, data in zip(recording.names, recording.files, strict=True):
-                (folder / name).write_bytes(data)
-            (folder / "receivers.json").write_text(json.dumps(recording.positions(), indent=1))
-            (folder / "truth.json").write_text(
-                json.dumps({"lat": recording.emitter[0], "lon": recording.emitter[1]})
-            )
-            accepted = client.submit_tdoa(
-                list(zip(recording.names, recording.files, strict=True)),
-                receivers=recording.positions(),
-                frequency_mhz=recording.frequency_hz / 1e6,
-            )
-            rows.append((accepted["job_id"], recording, folder))
-        print(
-            f"\n{'set':<10} {'rx':>2} {'signal':<9} {'outside':>7} {'estimate (lat, lon)':<21} "
-            f"{'error':>8} {'68% ellipse':>17} {'95%':>4} {'time':>7}"
-        )
-        errors = []
-        for job_id, recording, folder in rows:
-            view = client.wait(job_id, timeout_s=120)
-            if view["status"] != "succeeded":
-                print(f"{folder.name:<10} {view['status']}: {view['error']}")
-                failures += 1
-                continue
-            result = view["result"]
-            error_m = distance_m(result["lat"], result["lon"], *recording.emitter)
-            errors.append(error_m)
-            places = [estimate_from_result(result)]
-            places += [estimate_from_result(o) for o in result["alternatives"]]
-            held = any(contains(p, *recording.emitter, 0.95) for p in places)
-            e68 = result["ellipses"]["68"]
-            (folder / "likelihood.png").write_bytes(client.job_map(job_id))
-            (folder / "map.png").write_bytes(overview_png(result, recording.emitter))
-            print(
-                f"{folder.name:<10} {len(recording.stations):>2} {recording.signal:<9} "
-                f"{recording.outside_km:>5.0f}km {result['lat']:9.5f}, {result['lon']:9.5f} "
-                f"{error_m:7.0f}m {e68['semi_major_m']:7.0f} x {e68['semi_minor_m']:5.0f} m "
-                f"{'in' if held else 'out':>4} {view['timings']['end_to_end_ms'] / 1e3:6.2f}s"
-                + (" (ambiguous)" if result["alternatives"] else "")
-            )
-            for other in result["alternatives"]:
-                other_m = distance_m(other["lat"], other["lon"], *recording.emitter)
-                print(
-                    f"{'':<10} {'':>2} {'also possible:':<17} {other['lat']:9.5f}, "
-                    f"{other['lon']:9.5f} {other_m:7.0f}m  weight {other['weight']:.2f}"
-                )
-        print(
-            "\nerror: distance from the simulated emitter; 95%: whether the truth lies in the 95% "
-            "region (the union with any alternative's); outside: how far the emitter is outside "
-            "the receivers' region."
-        )
-        if errors:
-            print(f"median error of these sets: {float(np.median(errors)):,.0f} m")
-        print(f"maps: {out}/set-*/map.png (region) and likelihood.png (around the estimate)")
-    return 1 if failures else 0

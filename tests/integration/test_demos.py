@@ -1,0 +1,57 @@
+"""The two demos a new user runs first, as they run them: each starts a shim and a worker of its
+own (none answers on its port or serves its queue), locates what it simulated, prints it and
+stops what it started."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.integration.helpers import free_port, worker_env
+
+
+def run_cli(local, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **worker_env(local),
+        "HEIMDALL_API_PORT": str(free_port()),  # nothing answers there: the demo starts a shim
+        "HEIMDALL_WORKER_METRICS_PORT": str(free_port()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_demo_locates_simulated_captures_and_answers_the_repeat_from_the_cache(
+    own_queue, tmp_path
+):
+    local, _, _ = own_queue
+    done = run_cli(local, tmp_path, "demo", "--captures", "2", "--seed", "7")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "starting the HTTP shim" in out and "starting a worker" in out
+    assert "simulating 2 captures with seed 7" in out
+    assert out.count("succeeded") >= 3  # two captures and the repeat of the first
+    assert "stopping a worker" in out and "stopping the HTTP shim" in out
+
+
+def test_the_tdoa_demo_writes_its_sets_locates_them_and_draws_their_maps(own_queue, tmp_path):
+    local, _, _ = own_queue
+    done = run_cli(local, tmp_path, "tdoa", "demo", "--sets", "1", "--seed", "40000")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = tmp_path / "tdoa-demo" / "set-40000"
+    assert len(list(folder.glob("*_iq.wav"))) == 3
+    truth = json.loads((folder / "truth.json").read_text())
+    assert {"lat", "lon"} <= set(truth)
+    for picture in ("map.png", "likelihood.png"):
+        assert (folder / picture).read_bytes()[:4] == b"\x89PNG"
+    row = next(line for line in done.stdout.splitlines() if line.startswith("set-40000"))
+    assert " in " in row or " out " in row  # the 95 % column, whichever way it fell
+    assert "median error of these sets" in done.stdout
