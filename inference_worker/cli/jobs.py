@@ -38,7 +38,11 @@ def print_job(view: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(view, indent=2))
         return
     print(f"job {view['job_id']}: {view['status']}")
-    if view["status"] == "succeeded":
+    if view["status"] == "succeeded" and view["result"].get("method") == "tdoa":
+        from inference_worker.cli.tdoa import print_result  # pairs, span, alternatives
+
+        print_result(view)
+    elif view["status"] == "succeeded":
         result = view["result"]
         e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
         print(

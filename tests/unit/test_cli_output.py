@@ -97,3 +97,27 @@ def test_small_ellipses_print_in_metres(capsys):
     view["result"]["ellipses"] = {"68": small, "95": small}
     print_job(view, as_json=False)
     assert "  68% ellipse: 175 x 100 m, major axis 136° from north" in capsys.readouterr().out
+
+
+def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
+    view = succeeded(None)
+    view["result"].update(
+        method="tdoa",
+        overlap_s=26.4,
+        fit_chi2=0.8,
+        pairs=[
+            {
+                "receivers": ["A", "B"],
+                "delay_us": -412.73,
+                "sigma_us": 0.44,
+                "windows_used": 52,
+                "windows_total": 52,
+            }
+        ],
+        alternatives=[{"lat": 48.49, "lon": 7.39, "weight": 0.07}],
+    )
+    print_job(view, as_json=False)
+    out = capsys.readouterr().out
+    assert out.startswith("job j1: succeeded\nposition      45.10000, 7.50000\n")
+    assert "A - B" in out and "-412.73 us ± 0.44 (52/52 windows)" in out
+    assert "also possible 48.49000, 7.39000 (weight 0.07)" in out
