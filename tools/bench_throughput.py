@@ -33,13 +33,10 @@ one minute to the next).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -60,205 +57,14 @@ from inference_worker.cli.processes import (  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
 from tools.bench_clients import Load, answers_health, npy, pct  # noqa: E402
-from tools.process_meter import (  # noqa: E402
-    CLIENTS,
-    CpuMeter,
-    children,
-    rss_mb,
-    service_roots,
-    tree_cpu_s,
-)
+from tools.bench_pipeline import bare_pipeline, print_worker_path, worker_path  # noqa: E402
+from tools.bench_stages import JobCounts, drop, own_settings, prepare, ratio_to  # noqa: E402
+from tools.process_meter import CpuMeter, service_roots  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
 
 
-# --- stage 1: the bare pipeline ----------------------------------------------------------------
-_MODEL: Any = None
-
-
-def _init_bare(model_dir: str, retain_freed_mb: int) -> None:
-    global _MODEL
-    from threadpoolctl import threadpool_limits
-
-    from inference_worker.serving.memory import retain_freed_memory
-    from inference_worker.serving.onnx_model import LocalizationModel
-
-    threadpool_limits(1)  # as a worker process is set up
-    retain_freed_memory(retain_freed_mb)
-    _MODEL = LocalizationModel(Path(model_dir))
-
-
-def _bare_jobs(args: tuple[list[bytes], float]) -> int:
-    from inference_worker.core.capture import decode_npy, iq_digest
-    from inference_worker.core.domain import assess, clipped_share
-    from inference_worker.core.ellipse import decode_output, describe
-    from inference_worker.core.features import analyse
-
-    bodies, rate = args
-    meta = _MODEL.metadata
-    for body in bodies:
-        iq = decode_npy(body)
-        iq_digest(iq)
-        features, band = analyse(iq, rate, meta.features)  # the worker's maths, quality included
-        assess(features, band, clipped_share(iq), meta.features, meta.receiver_ids, meta.domain)
-        describe(decode_output(_MODEL.predict(features[None])[0], meta.outputs))
-    return len(bodies)
-
-
-def bare_pipeline(
-    settings: Settings, bodies: list[bytes], rate: float, processes: int, rounds: int = 3
-) -> tuple[float, float]:
-    """Jobs per second of ``processes`` processes running the bare pipeline, and their CPU
-    milliseconds per job: medians of ``rounds`` rounds (a round lasts a few seconds, and single
-    rounds here vary by ±10 %)."""
-    share = [bodies[i::processes] for i in range(processes)]
-    context = multiprocessing.get_context("fork")
-    rates, cpu_ms = [], []
-    init = (str(settings.model_dir), settings.retain_freed_mb)
-    with context.Pool(processes, _init_bare, init) as pool:
-        pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
-        pool.map(_bare_jobs, [(b[:4], rate) for b in share])  # warm up
-        for _ in range(rounds):
-            started, cpu = time.perf_counter(), sum(tree_cpu_s(p) for p in pids)
-            done = sum(pool.map(_bare_jobs, [(b, rate) for b in share]))
-            rates.append(done / (time.perf_counter() - started))
-            cpu_ms.append(1e3 * (sum(tree_cpu_s(p) for p in pids) - cpu) / done)
-    return float(np.median(rates)), float(np.median(cpu_ms))
-
-
-# --- the run -----------------------------------------------------------------------------------
-def own_settings(base: Settings, stage: str) -> Settings:
-    tag = f"{stage}{uuid.uuid4().hex[:6]}"
-    return base.model_copy(
-        update={
-            "queue": f"heimdall.bench.{tag}",
-            "redis_prefix": f"heimdall-bench:{tag}:",
-            "database_schema": f"bench_{tag}",
-            "worker_metrics_port": 0,
-            "cache_ttl_s": 0,  # every capture is new here; duplicates are measured elsewhere
-        }
-    )
-
-
-def drop(settings: Settings) -> None:
-    import kombu
-    import redis
-    import sqlalchemy as sa
-
-    from tasks.app import dead_letter_queue_name
-
-    with kombu.Connection(settings.broker_url) as connection:
-        for name in (settings.queue, dead_letter_queue_name(settings.queue)):
-            connection.default_channel.queue_delete(name)
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
-        client.delete(key)
-    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE'))
-    engine.dispose()
-
-
-def prepare(settings: Settings) -> None:
-    bootstrap.migrate_database(settings)
-    bootstrap.declare_queues(settings)
-    bootstrap.announce_model(settings)
-
-
-class JobCounts:
-    """Reads the stage's succeeded jobs over one pooled connection. Polling must cost the
-    machine next to nothing: a new engine and connection per poll, with an aggregate over the
-    jobs' JSON timings, cost about 11 ms of CPU (PostgreSQL's and this process's) every 0.1 s,
-    taken from the cores the worker path is measured on."""
-
-    def __init__(self, settings: Settings) -> None:
-        from inference_worker.storage.engine import engine_for
-
-        self.engine = engine_for(settings, pool_size=1)
-
-    def __enter__(self) -> JobCounts:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.engine.dispose()
-
-    def done(self) -> int:
-        """How many jobs succeeded so far (counted on the status index)."""
-        import sqlalchemy as sa
-
-        with self.engine.connect() as connection:
-            query = "SELECT count(*) FROM jobs WHERE status = 'succeeded'"
-            return int(connection.execute(sa.text(query)).scalar_one())
-
-    def summary(self) -> tuple[int, float, float]:
-        """Jobs succeeded, their rate from the first start to the last finish, and the mean
-        size of the batches they ran in (as each job's timings record it)."""
-        import sqlalchemy as sa
-
-        with self.engine.connect() as connection:
-            count, first, last, batch = connection.execute(
-                sa.text(
-                    "SELECT count(*), min(started_at), max(finished_at),"
-                    " avg((timings->>'batch_size')::float8) FROM jobs WHERE status = 'succeeded'"
-                )
-            ).one()
-        if not count:
-            return 0, 0.0, 0.0
-        return count, count / max((last - first).total_seconds(), 1e-9), batch or 0.0
-
-
-def worker_path(base: Settings, captures: list, jobs: int, processes: int, log_dir: Path) -> dict:
-    from tasks.producer import CaptureProducer
-
-    settings = own_settings(base, "w")
-    prepare(settings)
-    env = settings_env(settings)
-    try:
-        with CaptureProducer(settings=settings) as producer:
-            for n in range(jobs):
-                c = captures[n % len(captures)]
-                producer.submit(
-                    c.iq,
-                    sample_rate_hz=c.sample_rate_hz,
-                    frequency_mhz=c.frequency_mhz,
-                    receivers=c.receivers,
-                )
-        meter = CpuMeter({})
-        with (
-            JobCounts(settings) as counts,
-            cli_process(
-                ["worker", "--concurrency", str(processes)], log_dir / "worker.log", env
-            ) as worker,
-        ):
-            meter.groups = {"workers": [worker.pid], **service_roots()}
-            memory: list[tuple[int, float]] = []  # (jobs done, largest pool process RSS)
-            metered_from: list[int] = []  # jobs done when the meter started
-
-            def drained() -> bool:
-                done = counts.done()
-                if done and not metered_from:  # booted and working: start the CPU meter
-                    meter.start()
-                    metered_from.append(done)
-                pool = children(worker.pid)
-                if pool:
-                    memory.append((done, max(rss_mb(child) for child in pool)))
-                return done >= jobs
-
-            wait_until("the queue drained", drained, 3600, worker, 0.1)
-            meter.stop()
-            done, rate, batch = counts.summary()
-        return {
-            "jobs": done,
-            "jobs_per_s": rate,
-            "batch": batch,
-            "cpu": meter,
-            "metered_jobs": done - metered_from[0],
-            "memory": memory,
-        }
-    finally:
-        drop(settings)
-
-
+# --- stages 3-5: the shim, the service, one client (stages 1-2 in tools/bench_pipeline.py) ----
 @contextmanager
 def running_service(
     settings: Settings, api_workers: int, processes: int, log_dir: Path, with_worker: bool
@@ -420,52 +226,6 @@ def idle_latency(
         return {"new": new, "one": one, "again": again}
     finally:
         drop(settings)
-
-
-def ratio_to(bare: float | None, value: float) -> str:
-    """`` = 0.67x the bare pipeline`` when the bare pipeline ran in this run, else nothing."""
-    return f" = {value / bare:.2f}x the bare pipeline" if bare else ""
-
-
-def print_worker_path(found: dict[str, Any], bare: float | None, bare_cpu_ms: float) -> None:
-    """The worker path's lines: jobs/s and ratio, CPU per job, the ceiling, pool memory."""
-    print(
-        f"worker path (producer-filled queue, drained): {found['jobs_per_s']:.1f} jobs/s"
-        f"{ratio_to(bare, found['jobs_per_s'])}; jobs per batch {found['batch']:.1f} on average",
-        flush=True,
-    )
-    metered = found["metered_jobs"]
-    print(
-        f"  CPU ms per job (while draining, boot excluded): {found['cpu'].per_job_ms(metered)}",
-        flush=True,
-    )
-    if bare:
-        used = found["cpu"].used
-        all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
-        cores = os.cpu_count() or 1
-        print(
-            f"  in all {all_ms:.2f} ms CPU per job against the bare pipeline's "
-            f"{bare_cpu_ms:.2f}: with every core busy the worker path could reach at most "
-            f"{1e3 * cores / all_ms:.0f} jobs/s = {1e3 * cores / all_ms / bare:.2f}x",
-            flush=True,
-        )
-    machine = found["cpu"].machine
-    if machine:
-        print(
-            f"  the machine while draining: cores idle {100 * machine['idle']:.1f} % (I/O wait "
-            f"included), kernel interrupt work no process is charged for "
-            f"{100 * machine['interrupts']:.1f} %",
-            flush=True,
-        )
-    memory = [m for m in found["memory"] if m[0] > 0]
-    if len(memory) >= 2:
-        early = next((m for m in memory if m[0] >= found["jobs"] // 10), memory[0])
-        print(
-            f"  largest pool process RSS: {early[1]:.0f} MB after {early[0]} jobs, "
-            f"{memory[-1][1]:.0f} MB after {memory[-1][0]}; peak "
-            f"{max(m[1] for m in memory):.0f} MB",
-            flush=True,
-        )
 
 
 def main() -> int:
