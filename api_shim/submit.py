@@ -92,6 +92,8 @@ def submit_tdoa() -> Accepted:
     intake = services().intake
     try:
         capture = intake.check_tdoa(files, names, request.form.to_dict())
+    except CaptureTooLarge as exc:  # a body under the shim's bound holds less than it
+        raise ApiError(413, "capture_too_large", str(exc)) from None
     except CaptureError as exc:
         raise ApiError(422, "invalid_capture", str(exc)) from None
     try:
