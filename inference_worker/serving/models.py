@@ -107,7 +107,8 @@ class ServedModels:
     def summary(self) -> str:
         return (
             ", ".join(
-                f"{alias}={loaded.model.version} (v{loaded.registry_version})"
+                f"{alias}={loaded.model.version}"
+                + (f" (registry v{loaded.registry_version})" if loaded.registry_version else "")
                 for alias, loaded in self.by_alias.items()
             )
             or "nothing"
