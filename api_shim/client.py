@@ -33,6 +33,14 @@ def _timeout(wait_s: float) -> float | None:
     return None if wait_s <= 0 else wait_s + 10.0
 
 
+def _decoded(payload: bytes) -> Any:
+    """A response body as JSON, or as text where it is not JSON."""
+    try:
+        return json.loads(payload or b"null")
+    except ValueError:
+        return payload.decode(errors="replace")
+
+
 class ShimError(RuntimeError):
     """The shim answered with an error: ``status`` and the decoded ``body``, read as the error's
     message, code and status (``no job with id 'x' (HTTP 404, job_not_found)``)."""
@@ -103,11 +111,7 @@ class ShimClient:
         """Status and JSON body (the text where the body is not JSON) of one request (``more``:
         :meth:`_send`'s body, content type and timeout)."""
         response = self._send(method, path, *more)
-        payload = response.data
-        try:
-            return response.status, json.loads(payload or b"null")
-        except ValueError:
-            return response.status, payload.decode(errors="replace")
+        return response.status, _decoded(response.data)
 
     def health(self) -> tuple[int, Any]:
         return self._request("GET", "/health")
@@ -178,7 +182,7 @@ class ShimClient:
         """The PNG of a TDoA job's likelihood (``GET /jobs/<id>/map.png``)."""
         response = self._send("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/map.png")
         if response.status != 200:
-            raise ShimError(response.status, response.data.decode(errors="replace"))
+            raise ShimError(response.status, _decoded(response.data))
         return bytes(response.data)
 
     @staticmethod

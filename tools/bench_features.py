@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core.contract import ModelError, load_metadata  # noqa: E402
 from inference_worker.core.domain import assess, clipped_share  # noqa: E402
 from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
@@ -105,7 +106,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=60, help="calls per kind of capture")
+    parser.add_argument("--calls", type=count(1), default=60, help="calls per kind of capture")
     parser.add_argument(
         "--retain-mb", type=int, default=256, help="freed memory kept (0: the C library's)"
     )
@@ -116,8 +117,6 @@ def main() -> int:
         help="the longest accepted capture at rates from 12 kHz to the highest accepted",
     )
     args = parser.parse_args()
-    if args.calls < 1:
-        parser.error("--calls must be at least 1")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # as a worker process is set up

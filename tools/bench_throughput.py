@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference_worker.cli import bootstrap  # noqa: E402
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.cli.processes import (  # noqa: E402
     cli_process,
     managed_process,
@@ -244,14 +245,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=count(1),
         default=1,
         help="run the bare and worker stages this many times, alternating, and print the median "
         "ratio (the machine's speed drifts between runs)",
     )
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
 
     base = load_settings()
     stages = set(args.stages.split(","))

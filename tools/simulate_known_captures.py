@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.known_captures import write_known_captures  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatedCapture  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> int:
         default="nominal",
         help="the world of the deployment: the simulator's, changed by this stress condition",
     )
-    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--count", type=count(1), default=400)
     parser.add_argument("--rate", type=float, default=12_000.0, help="sample rate, Hz")
     parser.add_argument("--duration", type=float, default=0.5, help="capture length, s")
     parser.add_argument("--seed", type=int, default=1)
@@ -51,8 +52,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     args = parser.parse_args()
     keep_freed_memory()
-    if args.count < 1:
-        parser.error("--count must be at least 1")
     network = network_or_exit(args.network)
     simulator = CaptureSimulator.of(network)
     condition = next(c for c in CONDITIONS if c.name == args.condition)
