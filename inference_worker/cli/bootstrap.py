@@ -41,6 +41,30 @@ def require_services(settings: Settings) -> None:
         raise SystemExit(2)
 
 
+def require_free_address(host: str, port: int, server: str) -> None:
+    """Refuse, in one line with exit code 2, to start ``server`` on an address another process
+    listens on: gunicorn would retry for five seconds and give up, Flower would end in a
+    traceback."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        print(f"error: {server} cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            print(
+                f"error: {server} cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(another process holds it? choose another with --port)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+
+
 def migrate_database(settings: Settings) -> None:
     from inference_worker.storage.engine import engine_for, migrate
 

@@ -11,6 +11,7 @@ from inference_worker.cli import bootstrap, tdoa, upkeep
 from inference_worker.cli.arguments import count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
+from inference_worker.cli.processes import ProcessFailed
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
 from inference_worker.settings import Settings, load_settings
 
@@ -119,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.func(settings, args)
     except ConnectionError as exc:  # the shim did not answer (its client says where and why)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ProcessFailed as exc:  # a shim or worker a demo started (its log's tail is printed)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except TimeoutError as exc:  # a wait for a job ran out (the job goes on), or a socket's

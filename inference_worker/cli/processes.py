@@ -25,6 +25,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+class ProcessFailed(RuntimeError):
+    """A process started for a command exited, or did not become ready in time."""
+
+
 def wait_until(
     what: str,
     ready: Callable[[], bool],
@@ -32,13 +36,17 @@ def wait_until(
     process: subprocess.Popen | None = None,
     interval_s: float = 0.2,
 ) -> None:
-    """Poll ``ready`` until true; fail early if ``process`` exits, or after ``timeout_s``."""
+    """Poll ``ready`` until true; fail early if ``process`` exits, or after ``timeout_s``.
+
+    Raises:
+        ProcessFailed: ``process`` exited, or ``ready`` stayed false for ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
     while not ready():
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
+            raise ProcessFailed(f"{what} exited with code {process.returncode}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not become ready within {timeout_s:g} s")
+            raise ProcessFailed(f"{what} did not become ready within {timeout_s:g} s")
         time.sleep(interval_s)
 
 

@@ -52,14 +52,15 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     from api_shim.app import create_app
 
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    workers = args.workers or settings.api_workers
+    bootstrap.require_free_address(host, port, "the shim")
     bootstrap.require_services(settings)
     bootstrap.migrate_database(settings)
     bootstrap.declare_queues(settings)
     bootstrap.prepare_registry(settings)
     bootstrap.announce_model(settings)
-    host = args.host or settings.api_host
-    port = args.port or settings.api_port
-    workers = args.workers or settings.api_workers
 
     class ShimServer(BaseApplication):
         def load_config(self) -> None:
@@ -85,6 +86,9 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
 
     from tasks.app import create_celery
 
+    address = args.address or settings.flower_address
+    port = args.port or settings.flower_port
+    bootstrap.require_free_address(address, port, "Flower")
     bootstrap.require_services(settings)
     credentials = settings.flower_basic_auth.get_secret_value()
     if not credentials:
@@ -97,8 +101,8 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
     app.start(
         [
             "flower",
-            f"--address={args.address or settings.flower_address}",
-            f"--port={args.port or settings.flower_port}",
+            f"--address={address}",
+            f"--port={port}",
             f"--basic-auth={credentials}",
         ]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -226,6 +227,45 @@ def test_cli_says_what_it_cannot_reach_or_wait_for_without_a_traceback(
     assert "submitted job" in waited.stdout and "still not finished after 0.5 s" in waited.stderr
     job_id = waited.stdout.split()[2]
     assert f"`heimdall-inference status {job_id}` shows it" in waited.stderr
+
+
+def test_servers_refuse_an_address_in_use_in_one_line(own_queue):
+    """The shim and Flower started on a port another process holds say so and exit 2 (gunicorn
+    retried for five seconds, Flower ended in a traceback); a demo that needed the shim there
+    says that it could not start it."""
+    local, _, _ = own_queue
+    env = {
+        **os.environ,
+        "HEIMDALL_QUEUE": local.queue,
+        "HEIMDALL_REDIS_PREFIX": local.redis_prefix,
+        "HEIMDALL_DATABASE_SCHEMA": local.database_schema,
+    }
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for args, server in ((["api"], "the shim"), (["flower"], "Flower")):
+            done = subprocess.run(
+                [sys.executable, "-m", "inference_worker.cli", *args, "--port", str(port)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            assert f"error: {server} cannot listen on 127.0.0.1:{port}" in done.stderr
+            assert "Traceback" not in done.stderr
+        demo = subprocess.run(
+            [sys.executable, "-m", "inference_worker.cli", "demo", "--captures", "1"],
+            env={**env, "HEIMDALL_API_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert demo.returncode == 2, demo.stderr
+    assert "error: the HTTP shim exited with code 2" in demo.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in demo.stderr  # the shim's log, shown
+    assert "Traceback" not in demo.stderr
 
 
 def test_openapi_document_is_served(client):
