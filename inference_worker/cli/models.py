@@ -52,14 +52,15 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             if args.alias:
                 registry.set_alias(args.alias, registered.version)
                 print(f"{args.alias} -> version {registered.version}")
+            mirror(settings)
         elif args.action == "promote":
             registry.set_alias(args.alias, args.target)
             print(f"{args.alias} -> version {args.target}")
-            with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
+            mirror(settings)
         elif args.action == "demote":
             registry.remove_alias(args.target)
             print(f"alias {args.target} removed")
-            with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
+            mirror(settings)
         elif args.action == "reload":
             reload(settings, args.challenger_fraction)
         elif args.action == "verify":
@@ -82,6 +83,11 @@ def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) ->
     finally:
         store.client.close()
         engine.dispose()
+
+
+def mirror(settings: Settings) -> None:
+    """After a change to the registry: its versions and aliases into ``model_versions``."""
+    with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
 
 
 def reload(settings: Settings, challenger_fraction: float | None) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,3 +299,42 @@ def test_a_challenger_for_another_network_is_refused(lifecycle, centroid_model_d
         assert "same network" in refused["error"]["message"]
     finally:
         registry.remove_alias(CHALLENGER)
+
+
+def test_a_version_registered_from_the_command_line_is_mirrored_with_its_alias(
+    lifecycle, engine, centroid_model_dir, tmp_path
+):
+    """`models register DIR --alias A` changes the registry as `promote` does: the new version
+    and its alias reach ``model_versions`` at once, not at the next reload."""
+    settings, _, _ = lifecycle
+    folder = tmp_path / "cli-registered"
+    shutil.copytree(centroid_model_dir, folder)
+    metadata = json.loads((folder / "model.json").read_text())
+    metadata["version"] = f"cli-{uuid.uuid4().hex[:8]}"
+    (folder / "model.json").write_text(json.dumps(metadata))
+    env = {
+        **worker_env(settings),
+        "HEIMDALL_MODEL_SOURCE": "registry",
+        "HEIMDALL_DATA_DIR": str(settings.data_dir),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", "models", "register", str(folder)]
+        + ["--alias", "cli-registered"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        assert done.returncode == 0, done.stderr
+        assert "cli-registered -> version" in done.stdout
+        with engine.connect() as connection:
+            active = connection.execute(
+                sa.text("SELECT is_active FROM model_versions WHERE version = :v"),
+                {"v": metadata["version"]},
+            ).scalar_one_or_none()
+        assert active is True
+    finally:
+        registry = open_registry(settings)
+        if "cli-registered" in registry.aliases():
+            registry.remove_alias("cli-registered")
