@@ -8,16 +8,19 @@ may follow a receiver's carrier) and stops what would fold into it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import scipy.signal
 
-LEAST_TAPS = 48
-"""Least anti-alias filter length (taps of the input rate) for a fixed analysis band."""
-LEAST_TAPS_FOLLOWING = 64
-"""The same when the band follows the carrier: the transition left to the filter is narrower."""
+ALIAS_REJECTION_DB = 58.0
+"""Everything that folds onto the offsets the features read is kept at least this far below
+its true level: the filter is made long enough to be in its stopband (a Kaiser window of β 6,
+sidelobes ~63 dB down) where the first alias begins."""
+KAISER_BETA = 6.0
+LEAST_TAPS_PER_PHASE = 6
 ROW_SAMPLES = 64
 """About how many input samples make one row of the decimation's matrix product: rows of a few
 samples (a small factor) leave the product little to sum and many partial sums to add up."""
@@ -40,19 +43,56 @@ def transition_hz(bandwidth_hz: float, following: bool) -> float:
     return bandwidth_hz / 2.0 if following else bandwidth_hz
 
 
-def taps_per_phase(factor: int, following: bool) -> int:
-    least = LEAST_TAPS_FOLLOWING if following else LEAST_TAPS
-    return max(6, -(-least // factor))
+@lru_cache(maxsize=64)
+def taps_per_phase(sample_rate_hz: float, factor: int, reach_hz: float) -> int:
+    """Filter taps per output of a decimation by ``factor``: the fewest whose low-pass keeps what
+    folds onto ``±reach_hz`` :data:`ALIAS_REJECTION_DB` down. The room between the band read and
+    its first alias decides: at 192 kHz (factor 5, band following) 13, at 96 kHz 10, at 2.4 MHz
+    20, where a fixed length left aliases 12 dB down."""
+    room = sample_rate_hz / factor - 2.0 * reach_hz
+    # Start from Kaiser's estimate of the length for the window's attenuation (within a tap or
+    # two a phase of the answer), then step to the fewest that hold.
+    attenuation = KAISER_BETA / 0.1102 + 8.7
+    estimate = (attenuation - 7.95) / (14.36 * room / sample_rate_hz) + 1.0
+    count = max(LEAST_TAPS_PER_PHASE, math.ceil(estimate / factor) - 2)
+
+    def holds(taps: int) -> bool:
+        return _alias_gain_db(sample_rate_hz, factor, taps, reach_hz) <= -ALIAS_REJECTION_DB
+
+    if holds(count):
+        while count > LEAST_TAPS_PER_PHASE and holds(count - 1):
+            count -= 1
+        return count
+    while not holds(count):
+        count += 1
+    return count
+
+
+def _lowpass(sample_rate_hz: float, factor: int, count: int) -> np.ndarray:
+    """``count × factor`` taps of a Kaiser-windowed low-pass cut at half the new rate."""
+    cutoff = (sample_rate_hz / factor / 2.0) / (sample_rate_hz / 2.0)
+    return scipy.signal.firwin(count * factor, cutoff, window=("kaiser", KAISER_BETA))
+
+
+def _alias_gain_db(sample_rate_hz: float, factor: int, count: int, reach_hz: float) -> float:
+    """The filter's largest gain over the first band that folds onto ``±reach_hz`` (the nearest
+    to its passband, so the worst: further alias bands lie deeper in the decaying sidelobes),
+    read from one FFT fine enough to put ~256 points in that band."""
+    h = _lowpass(sample_rate_hz, factor, count)
+    out_rate = sample_rate_hz / factor
+    points = 1 << math.ceil(math.log2(max(h.size, 128.0 * sample_rate_hz / reach_hz)))
+    gain = np.abs(np.fft.rfft(h, points))
+    freqs = np.arange(gain.size) * (sample_rate_hz / points)
+    band = (freqs >= out_rate - reach_hz) & (freqs <= out_rate + reach_hz)
+    return float(20.0 * np.log10(gain[band].max() + 1e-300))
 
 
 @lru_cache(maxsize=32)
-def decimation_filter(sample_rate_hz: float, factor: int, following: bool) -> np.ndarray:
-    """The anti-alias FIR ``h`` of a decimation by ``factor`` (``taps_per_phase × factor`` taps,
-    read-only), cut at half the new rate: it passes the offsets the features read and stops what
-    would fold onto them."""
-    taps = taps_per_phase(factor, following) * factor
-    out_rate = sample_rate_hz / factor
-    h = scipy.signal.firwin(taps, (out_rate / 2.0) / (sample_rate_hz / 2.0), window=("kaiser", 6.0))
+def decimation_filter(sample_rate_hz: float, factor: int, reach_hz: float) -> np.ndarray:
+    """The anti-alias FIR ``h`` of a decimation by ``factor`` (:func:`taps_per_phase` ×
+    ``factor`` taps, read-only), cut at half the new rate: it passes the offsets the features
+    read (``±reach_hz``) and stops what would fold onto them."""
+    h = _lowpass(sample_rate_hz, factor, taps_per_phase(sample_rate_hz, factor, reach_hz))
     h.flags.writeable = False
     return h
 
@@ -75,10 +115,10 @@ class Decimator:
 
 
 @lru_cache(maxsize=32)
-def decimator(sample_rate_hz: float, factor: int, following: bool) -> Decimator:
+def decimator(sample_rate_hz: float, factor: int, reach_hz: float) -> Decimator:
     """The decimation by ``factor`` of :func:`decimation_filter`, laid out for
     :func:`decimate`."""
-    h = decimation_filter(sample_rate_hz, factor, following)
+    h = decimation_filter(sample_rate_hz, factor, reach_hz)
     per_row = round(ROW_SAMPLES / factor)
     if per_row < LEAST_OUTPUTS_PER_ROW:
         per_row = 1
@@ -145,9 +185,9 @@ def _decimate_rows_of_one(iq: np.ndarray, plan: Decimator, count: int) -> np.nda
 
 
 def decimation_gain(
-    sample_rate_hz: float, factor: int, following: bool, freqs: np.ndarray
+    sample_rate_hz: float, factor: int, reach_hz: float, freqs: np.ndarray
 ) -> np.ndarray:
     """Power gain of the decimation filter at ``freqs`` (Hz offsets), to undo."""
-    h = decimation_filter(sample_rate_hz, factor, following)
+    h = decimation_filter(sample_rate_hz, factor, reach_hz)
     _, response = scipy.signal.freqz(h, worN=freqs, fs=sample_rate_hz)
     return np.abs(response) ** 2

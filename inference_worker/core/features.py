@@ -119,7 +119,7 @@ def min_samples_at(
     )
     if factor == 1:
         return min_samples
-    return (min_samples + taps_per_phase(factor, follow_carrier_hz > 0) - 1) * factor
+    return (min_samples + taps_per_phase(float(sample_rate_hz), factor, reach) - 1) * factor
 
 
 def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams) -> int:
@@ -130,11 +130,11 @@ def fft_length(sample_rate_hz: float, frame_samples: int, params: FeatureParams)
 
 @lru_cache(maxsize=32)
 def inverse_decimation_gain(
-    full_rate_hz: float, factor: int, following: bool, sample_rate_hz: float, nfft: int
+    full_rate_hz: float, factor: int, reach_hz: float, sample_rate_hz: float, nfft: int
 ) -> np.ndarray:
     """Per centred FFT bin of the decimated capture: what undoes the decimation filter's gain."""
     freqs = (np.arange(nfft) - nfft // 2) * (sample_rate_hz / nfft)
-    gain = decimation_gain(full_rate_hz, factor, following, freqs)
+    gain = decimation_gain(full_rate_hz, factor, reach_hz, freqs)
     return (1.0 / np.maximum(gain, 1e-6)).astype(np.float32)
 
 
@@ -264,7 +264,7 @@ def analyse(
     )
     full_rate = float(sample_rate_hz)
     if factor > 1:
-        iq = decimate(iq, decimator(full_rate, factor, following))
+        iq = decimate(iq, decimator(full_rate, factor, params.reach_hz))
         sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape
     frame = n // params.n_frames
@@ -293,7 +293,9 @@ def analyse(
     for r, s in enumerate(starts):  # each receiver's band is a contiguous run of centred bins
         take_centred(power[r], int(s), nfft, scale, psd[r])
     if factor > 1:
-        undo = inverse_decimation_gain(full_rate, factor, following, float(sample_rate_hz), nfft)
+        undo = inverse_decimation_gain(
+            full_rate, factor, params.reach_hz, float(sample_rate_hz), nfft
+        )
         bins = starts[:, None] + np.arange(width)[None, :]
         psd *= undo[bins][:, None, :]
     mel_psd = pool_mel(psd, mel_pooling(float(sample_rate_hz), nfft, params))

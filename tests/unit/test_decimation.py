@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from inference_worker.core.capture import CaptureLimits
-from inference_worker.core.decimation import decimate, decimation_filter, decimator
+from inference_worker.core.decimation import (
+    ALIAS_REJECTION_DB,
+    decimate,
+    decimation_factor,
+    decimation_filter,
+    decimator,
+)
 from inference_worker.core.features import FeatureParams, analyse
 
 
@@ -22,22 +28,26 @@ def filtered_directly(iq: np.ndarray, h: np.ndarray, factor: int) -> np.ndarray:
     return full[:, ends]
 
 
+FOLLOWING = FeatureParams().reach_hz  # the band follows the carrier: ±13.5 kHz read
+FIXED = FeatureParams().bandwidth_hz / 2.0  # a fixed band: ±6 kHz
+
+
 @pytest.mark.parametrize(
-    ("rate", "factor", "following"),
+    ("rate", "factor", "reach"),
     [
-        (48_000.0, 2, False),
-        (96_000.0, 2, True),
-        (72_000.0, 3, False),
-        (192_000.0, 5, True),
-        (192_000.0, 8, False),
-        (384_000.0, 16, False),
-        (2_400_000.0, 72, True),
+        (48_000.0, 2, FIXED),
+        (96_000.0, 2, FOLLOWING),
+        (72_000.0, 3, FIXED),
+        (192_000.0, 5, FOLLOWING),
+        (192_000.0, 8, FIXED),
+        (384_000.0, 16, FIXED),
+        (2_400_000.0, 72, FOLLOWING),
     ],
 )
 @pytest.mark.parametrize("extra", [0, 1, 37, 1_001])
-def test_a_decimation_is_its_filter_applied_directly(rate, factor, following, extra):
-    h = decimation_filter(rate, factor, following)
-    plan = decimator(rate, factor, following)
+def test_a_decimation_is_its_filter_applied_directly(rate, factor, reach, extra):
+    h = decimation_filter(rate, factor, reach)
+    plan = decimator(rate, factor, reach)
     n = h.size + 40 * factor + extra  # ragged lengths: rows padded at both ends
     rng = np.random.default_rng(factor * 1_000 + extra)
     iq = (rng.standard_normal((3, n)) + 1j * rng.standard_normal((3, n))).astype(np.complex64)
@@ -49,9 +59,30 @@ def test_a_decimation_is_its_filter_applied_directly(rate, factor, following, ex
 
 
 def test_small_factors_take_rows_of_several_outputs_and_large_ones_rows_of_one():
-    assert decimator(96_000.0, 2, True).outputs_per_row > 1
-    assert decimator(192_000.0, 5, True).outputs_per_row > 1
-    assert decimator(2_400_000.0, 72, True).outputs_per_row == 1
+    assert decimator(96_000.0, 2, FOLLOWING).outputs_per_row > 1
+    assert decimator(192_000.0, 5, FOLLOWING).outputs_per_row > 1
+    assert decimator(2_400_000.0, 72, FOLLOWING).outputs_per_row == 1
+
+
+@pytest.mark.parametrize("reach", [FOLLOWING, FIXED])
+@pytest.mark.parametrize(
+    "rate", [96_000.0, 128_000.0, 192_000.0, 256_000.0, 1_024_000.0, 2_400_000.0, 1e7]
+)
+def test_every_alias_band_stays_below_the_rejection_at_every_rate(rate, reach):
+    """Everything the decimation folds onto ``±reach`` — every alias band, not only the first
+    the filter's length is chosen by — is at least ``ALIAS_REJECTION_DB`` down."""
+    transition = 2.0 * FIXED if reach == FIXED else FIXED
+    factor = decimation_factor(rate, reach, transition)
+    h = decimation_filter(rate, factor, reach)
+    points = 1 << int(np.ceil(np.log2(512.0 * rate / reach)))
+    gain_db = 20.0 * np.log10(np.abs(np.fft.fft(h, points)) + 1e-300)
+    freqs = np.fft.fftfreq(points, 1.0 / rate)
+    out_rate = rate / factor
+    folded = (freqs + out_rate / 2.0) % out_rate - out_rate / 2.0  # where each lands after
+    aliased = (np.abs(folded) <= reach) & (np.abs(freqs) >= out_rate - reach)
+    assert gain_db[aliased].max() <= -ALIAS_REJECTION_DB
+    passband = np.abs(freqs) <= reach
+    assert gain_db[passband].min() > -3.0  # what is read is kept (its gain is undone after)
 
 
 @pytest.mark.parametrize("follow_carrier_hz", [7_500.0, 0.0])
