@@ -6,6 +6,7 @@ checks it, records the job, stores the IQ and publishes the task.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -115,6 +116,18 @@ def json_capture_iq(document: object) -> Any:
         raise ApiError(422, "invalid_capture", str(exc)) from None
 
 
+def json_object_body(shape: str) -> dict[str, Any]:
+    """The JSON body as an object; a 400 ``invalid_json`` says whether the body is not JSON at
+    all (with the parser's reason) or JSON of another ``shape``."""
+    try:
+        body = json.loads(request_body())
+    except ValueError as exc:  # a JSONDecodeError, or a UnicodeDecodeError of a body not UTF-8
+        raise ApiError(400, "invalid_json", f"body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", f"body must be {shape}")
+    return body
+
+
 def request_body() -> bytes:
     """The request's body, read in one step where its length is known.
 
@@ -147,9 +160,7 @@ def predict() -> tuple[Response, int]:
     wait_s = wait_seconds()  # checked before anything is accepted
     content_type = (request.mimetype or "").lower()
     if content_type == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "body must be a JSON object")
+        body = json_object_body("a JSON object")
         accepted = submit_one(json_capture_iq(body), body)
     elif content_type in NPY_TYPES:
         accepted = submit_one(npy_body(), request.args.to_dict())
@@ -195,9 +206,10 @@ def batch_items() -> list[tuple[Any, dict[str, Any]]]:
     content_type = (request.mimetype or "").lower()
     items: list[tuple[Any, dict[str, Any]]] = []
     if content_type == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("captures"), list):
-            raise ApiError(400, "invalid_json", 'body must be a JSON object {"captures": [...]}')
+        shape = 'a JSON object {"captures": [...]}'
+        body = json_object_body(shape)
+        if not isinstance(body.get("captures"), list):
+            raise ApiError(400, "invalid_json", f"body must be {shape}")
         documents = body["captures"]
         check_batch_size(len(documents))
         for document in documents:

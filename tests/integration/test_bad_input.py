@@ -107,10 +107,19 @@ def test_pickled_npy_is_refused_and_never_unpickled(client, capture):
     assert raw_pickle.status_code == 400
 
 
-def test_malformed_json_is_400(client):
-    response = client.post("/predict", data=b"{not json", content_type="application/json")
-    assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == "invalid_json"
+def test_malformed_json_is_400_and_says_whether_it_is_json_at_all(client):
+    for path in ("/predict", "/predict-batch"):
+        response = client.post(path, data=b"{not json", content_type="application/json")
+        assert response.status_code == 400
+        error = response.get_json()["error"]
+        assert error["code"] == "invalid_json"
+        assert error["message"].startswith("body is not valid JSON (Expecting property name")
+        response = client.post(path, data=b"[1, 2]", content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"]["message"].startswith("body must be a JSON object")
+    not_utf8 = client.post("/predict", data=b'{"a": "\xff"}', content_type="application/json")
+    assert not_utf8.status_code == 400
+    assert "not valid JSON" in not_utf8.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
