@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from inference_worker.storage.database import JobStore, NewJob
-from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.errors import DATABASE_ERRORS
 from tasks.contract import LocateMessage, MessageError, read_message
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,10 @@ class DeferredMarks:
     def _run(self) -> None:
         while True:
             threading.Event().wait(self.interval_s)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the thread outlives any one flush: unmarked rows are the relay's
+                log.exception("marks of published jobs not written; the relay publishes them again")
 
     def flush(self) -> None:
         with self._lock:
@@ -110,5 +113,5 @@ class DeferredMarks:
             return
         try:
             self.jobs.mark_published(*batch)
-        except TRANSIENT_ERRORS as exc:  # left to the relay: it publishes them again
+        except DATABASE_ERRORS as exc:  # left to the relay: it publishes them again
             log.warning("%d jobs published but not marked so: %s", len(batch), exc)

@@ -14,6 +14,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 """Store errors worth retrying with backoff (the service is down or unreachable); an error about
 the input is never retried."""
 
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.SQLAlchemyError,)
+"""Any failure of a statement (the transient ones and the rest: a missing table, a constraint),
+for work that may be left undone and is done again elsewhere."""
+
 STORE_FULL_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError,)
 """Redis at its maxmemory (noeviction): writes fail until workers consume what waits there."""
 STORE_ERRORS = (*TRANSIENT_ERRORS, *STORE_FULL_ERRORS)
