@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import logging
-import threading
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-import sqlalchemy.exc
 
 from inference_worker.serving.jobs import parse_message
 from inference_worker.serving.locating import BadJob, decode_blob
 from tasks.contract import LocateMessage, capture_fingerprint
-from tasks.outbox import DeferredMarks
 
 
 def message_for(iq: np.ndarray, **changes) -> LocateMessage:
@@ -89,29 +85,3 @@ def test_a_document_with_an_encoded_part_reads_back_as_one_document():
         "result": result,
     }
     assert json.loads(with_json({}, "result", "[1]")) == {"result": [1]}
-
-
-def test_publish_marks_go_on_after_a_flush_the_database_refuses(caplog):
-    """A flush that fails (here a table gone) leaves its rows to the relay, which publishes them
-    again; the flushing thread lives on and marks the jobs that come after. It used to die with
-    any error but a lost connection, leaving every later job to be published twice."""
-    failed, marked = threading.Event(), threading.Event()
-    written: list[tuple[str, ...]] = []
-
-    class Jobs:  # a job store whose first statement fails
-        def mark_published(self, *job_ids: str) -> None:
-            if not failed.is_set():
-                failed.set()
-                cause = Exception('relation "jobs" does not exist')
-                raise sqlalchemy.exc.ProgrammingError("UPDATE jobs", {}, cause)
-            written.append(job_ids)
-            marked.set()
-
-    marks = DeferredMarks(Jobs(), interval_s=0.01)  # type: ignore[arg-type]
-    with caplog.at_level(logging.WARNING, logger="tasks.outbox"):
-        marks("first")
-        assert failed.wait(5)
-        marks("second")
-        assert marked.wait(5)
-    assert written == [("second",)]
-    assert "1 jobs published but not marked so" in caplog.text

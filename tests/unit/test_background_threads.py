@@ -1,0 +1,69 @@
+"""The service's background threads outlive a failure of any one round: a thread that ended
+would stop its work for the rest of the process's life without a sign."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import SimpleNamespace
+
+import redis.exceptions
+import sqlalchemy.exc
+
+from inference_worker.serving import runtime
+from inference_worker.serving.runtime import ProcessRuntime
+from inference_worker.settings import load_settings
+from tasks.outbox import DeferredMarks
+
+
+def test_publish_marks_go_on_after_a_flush_the_database_refuses(caplog):
+    """A flush that fails (here a table gone) leaves its rows to the relay, which publishes them
+    again; the flushing thread lives on and marks the jobs that come after. It used to die with
+    any error but a lost connection, leaving every later job to be published twice."""
+    failed, marked = threading.Event(), threading.Event()
+    written: list[tuple[str, ...]] = []
+
+    class Jobs:  # a job store whose first statement fails
+        def mark_published(self, *job_ids: str) -> None:
+            if not failed.is_set():
+                failed.set()
+                cause = Exception('relation "jobs" does not exist')
+                raise sqlalchemy.exc.ProgrammingError("UPDATE jobs", {}, cause)
+            written.append(job_ids)
+            marked.set()
+
+    marks = DeferredMarks(Jobs(), interval_s=0.01)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="tasks.outbox"):
+        marks("first")
+        assert failed.wait(5)
+        marks("second")
+        assert marked.wait(5)
+    assert written == [("second",)]
+    assert "1 jobs published but not marked so" in caplog.text
+
+
+def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog):
+    """A Redis that refuses a write for another reason than a lost connection (read-only,
+    MISCONF) used to end the heartbeat thread: the process went on working, counted as gone."""
+    monkeypatch.setattr(runtime, "HEARTBEAT_INTERVAL_S", 0.01)
+    refused, beaten = threading.Event(), threading.Event()
+
+    class Store:
+        def heartbeat(self, worker_id: str, info: dict, ttl_s: int) -> None:
+            if not refused.is_set():
+                refused.set()
+                raise redis.exceptions.ResponseError("MISCONF Redis is unable to persist")
+            beaten.set()
+
+    process = ProcessRuntime(load_settings())
+    process.worker_id = "host:1"
+    process.served = SimpleNamespace(  # type: ignore[assignment]
+        refresh=lambda: None, describe=lambda: {"models": {}}
+    )
+    thread = threading.Thread(target=process._beat, args=(Store(),), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="inference_worker.serving.runtime"):
+        thread.start()
+        assert beaten.wait(5)
+    process._stop.set()
+    thread.join(5)
+    assert "heartbeat to Redis failed" in caplog.text
