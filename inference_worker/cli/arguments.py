@@ -28,8 +28,8 @@ def number(least: float, most: float = math.inf, *, above: bool = False) -> Call
     return parse
 
 
-def count(least: int = 1) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number of at least ``least``."""
+def count(least: int = 1, most: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``least`` (and at most ``most``)."""
 
     def parse(text: str) -> int:
         try:
@@ -38,6 +38,12 @@ def count(least: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"{text} is too few: give at least {least}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is too many: give at most {most}")
         return value
 
     return parse
+
+
+PORT = count(1, 65535)
+"""A TCP port to listen on."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from inference_worker.cli import bootstrap, tdoa, upkeep
-from inference_worker.cli.arguments import count, number
+from inference_worker.cli.arguments import PORT, count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.processes import ProcessFailed
@@ -30,15 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="start a Celery worker (one ONNX session per process)")
-    worker.add_argument("--concurrency", type=int, help="worker processes (default: settings)")
+    worker.add_argument("--concurrency", type=count(), help="worker processes (default: settings)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
     worker.add_argument("--hostname", help="Celery node name (default heimdall-<pid>@<host>)")
     worker.set_defaults(func=cmd_worker)
 
     api = sub.add_parser("api", help="start the HTTP shim under gunicorn")
     api.add_argument("--host")
-    api.add_argument("--port", type=int)
-    api.add_argument("--workers", type=int)
+    api.add_argument("--port", type=PORT)
+    api.add_argument("--workers", type=count(), help="gunicorn processes (default: settings)")
     api.set_defaults(func=cmd_api)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     flower = sub.add_parser("flower", help="start Flower (task and worker monitor) with basic auth")
     flower.add_argument("--address")
-    flower.add_argument("--port", type=int)
+    flower.add_argument("--port", type=PORT)
     flower.set_defaults(func=cmd_flower)
 
     submit = sub.add_parser("submit", help="locate a capture from a file and print the result")

@@ -91,6 +91,24 @@ def test_counts_are_whole_numbers_of_at_least_their_least():
             count(1)(text)
 
 
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        (["api", "--port", "70000"], "--port: 70000 is too many: give at most 65535"),
+        (["flower", "--port", "0"], "--port: 0 is too few: give at least 1"),
+        (["api", "--workers", "0"], "--workers: 0 is too few"),
+        (["worker", "--concurrency", "-2"], "--concurrency: -2 is too few"),
+    ],
+)
+def test_servers_refuse_ports_and_process_counts_they_cannot_use(capsys, args, refusal):
+    """A port past 65535 reached gunicorn's bind as a traceback; a count of 0 processes fell
+    back to the settings' without a word."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    assert refusal in capsys.readouterr().err
+
+
 def test_small_ellipses_print_in_metres(capsys):
     view = succeeded(None)
     small = {"semi_major_m": 175.4, "semi_minor_m": 99.6, "orientation_deg": 136.0}
