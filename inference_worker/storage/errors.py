@@ -8,6 +8,7 @@ import sqlalchemy.exc
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica, until a failover promotes it
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
 )

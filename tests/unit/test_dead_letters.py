@@ -72,6 +72,19 @@ def test_transient_errors_are_retried_then_raised():
         with_store_retries(down, 3, slept.append)
 
 
+def test_a_redis_refusing_writes_as_a_replica_is_retried_as_a_redis_that_is_down():
+    calls = []
+
+    def replica() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+        return "done"
+
+    assert with_store_retries(replica, 3, lambda _: None) == "done"
+    assert len(calls) == 2
+
+
 def test_other_errors_are_not_retried():
     calls = []
 
