@@ -134,7 +134,7 @@ class ProcessRuntime:
                 store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
             except STORE_ERRORS as exc:  # Redis down or full: beat again next time
                 log.warning("heartbeat to Redis failed: %s", exc)
-            except Exception:  # any other refusal (a read-only or misconfigured Redis) passes too:
+            except Exception:  # any other refusal (MISCONF: a Redis that cannot persist) too:
                 # a heartbeat thread that ended would leave a working process counted as gone
                 log.exception("heartbeat to Redis failed")
             self._stop.wait(HEARTBEAT_INTERVAL_S)

@@ -43,8 +43,9 @@ def test_publish_marks_go_on_after_a_flush_the_database_refuses(caplog):
 
 
 def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog):
-    """A Redis that refuses a write for another reason than a lost connection (read-only,
-    MISCONF) used to end the heartbeat thread: the process went on working, counted as gone."""
+    """A Redis that refuses a write for another reason than a lost connection (MISCONF: it
+    cannot persist) used to end the heartbeat thread: the process went on working, counted as
+    gone."""
     monkeypatch.setattr(runtime, "HEARTBEAT_INTERVAL_S", 0.01)
     refused, beaten = threading.Event(), threading.Event()
 
