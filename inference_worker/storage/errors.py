@@ -9,6 +9,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica, until a failover promotes it
+    redis.exceptions.MasterDownError,  # a replica that serves nothing while its primary is gone
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
 )

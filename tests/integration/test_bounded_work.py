@@ -79,6 +79,8 @@ def private_redis(folder: Path, *options: str) -> Iterator[str]:
             return bool(client.ping())
         except redis.exceptions.ConnectionError:
             return False
+        except redis.exceptions.ResponseError:  # up, and refusing (a replica without a primary)
+            return True
 
     try:
         wait_until(f"a Redis on port {port}", answers, 30, process)
@@ -143,6 +145,28 @@ def test_a_full_redis_refuses_submissions_cleanly_and_accepted_jobs_still_finish
         again = submit_npy(client, capture, job_id=refused_id)
         assert again.status_code == 202, again.get_json()
         assert wait_final_row(jobs, refused_id)["status"] == "succeeded"
+
+
+@pytest.fixture
+def masterless_redis(tmp_path):
+    """A replica whose primary is gone, set not to serve stale data: it answers MASTERDOWN."""
+    gone = str(free_port())
+    options = ("--replicaof", "127.0.0.1", gone, "--replica-serve-stale-data", "no")
+    with private_redis(tmp_path, *options) as replica:
+        yield replica
+
+
+def test_a_replica_without_its_primary_is_a_store_unavailable_for_reads_too(
+    own_queue_factory, masterless_redis, capture
+):
+    """Reads of the result cache answered MASTERDOWN (a 500): the shim reads the job's row
+    instead, as when Redis is down, and a submission is a 503."""
+    local, _, _ = own_queue_factory(redis_url=masterless_redis)
+    client = create_app(local).test_client()
+    unknown = client.get("/jobs/no-such-job")
+    assert unknown.status_code == 404, unknown.get_json()
+    refused = submit_npy(client, capture, job_id="masterless-1")
+    assert refused.status_code == 503, refused.get_json()
 
 
 def test_a_read_only_redis_is_a_store_unavailable_not_an_internal_error(
