@@ -12,6 +12,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.MasterDownError,  # a replica that serves nothing while its primary is gone
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.InternalError,  # a read-only transaction (a standby), the server's own faults
 )
 """Store errors worth retrying with backoff (the service is down or unreachable); an error about
 the input is never retried."""

@@ -1,9 +1,11 @@
 """Helpers of the integration tests: one way to submit, to wait for a final job, to produce,
-to hold a job's row, and the environment of a worker process."""
+to hold a job's row, the environment of a worker process, and a Redis server of a test's own."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,9 +15,11 @@ from typing import Any
 
 import amqp.exceptions
 import kombu
+import pytest
+import redis
 import sqlalchemy as sa
 
-from inference_worker.cli.processes import settings_env
+from inference_worker.cli.processes import settings_env, wait_until
 from inference_worker.settings import Settings
 from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore
@@ -165,3 +169,33 @@ def produce(settings: Settings, capture, **extra: object) -> str:
             receivers=capture.receivers,
             **extra,  # type: ignore[arg-type]
         )
+
+
+@contextmanager
+def private_redis(folder: Path, *options: str) -> Iterator[str]:
+    """A Redis server of this test's own (no snapshots), with ``options``; its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(folder), *options]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+        except redis.exceptions.ResponseError:  # up, and refusing (a replica without a primary)
+            return True
+
+    try:
+        wait_until(f"a Redis on port {port}", answers, 30, process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=30)

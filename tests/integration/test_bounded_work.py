@@ -3,13 +3,8 @@ Redis refuses submissions cleanly and still lets accepted jobs finish."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +14,7 @@ from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
 from tests.integration.helpers import (
-    free_port,
+    private_redis,
     queue_consumers,
     submit_npy,
     wait_final,
@@ -61,50 +56,11 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_worker_serves_t
     assert wait_final(client, slow_job)["attempts"] == 1  # not delivered again
 
 
-@contextmanager
-def private_redis(folder: Path, *options: str) -> Iterator[str]:
-    """A Redis server of this test's own (no snapshots), with ``options``; its URL."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(folder), *options]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-        except redis.exceptions.ResponseError:  # up, and refusing (a replica without a primary)
-            return True
-
-    try:
-        wait_until(f"a Redis on port {port}", answers, 30, process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @pytest.fixture
 def small_redis(tmp_path):
     """A Redis of this test's own, 4 MB at most and refusing writes when full."""
     with private_redis(tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction") as url:
         yield url
-
-
-@pytest.fixture
-def read_only_redis(tmp_path):
-    """A replica (of a Redis of this test's own): it answers reads and refuses writes."""
-    with private_redis(tmp_path / "primary") as primary:
-        replica_of = ("--replicaof", "127.0.0.1", primary.rsplit(":", 1)[1].split("/")[0])
-        with private_redis(tmp_path / "replica", *replica_of) as replica:
-            yield replica
 
 
 def test_a_full_redis_refuses_submissions_cleanly_and_accepted_jobs_still_finish(
@@ -145,39 +101,3 @@ def test_a_full_redis_refuses_submissions_cleanly_and_accepted_jobs_still_finish
         again = submit_npy(client, capture, job_id=refused_id)
         assert again.status_code == 202, again.get_json()
         assert wait_final_row(jobs, refused_id)["status"] == "succeeded"
-
-
-@pytest.fixture
-def masterless_redis(tmp_path):
-    """A replica whose primary is gone, set not to serve stale data: it answers MASTERDOWN."""
-    gone = str(free_port())
-    options = ("--replicaof", "127.0.0.1", gone, "--replica-serve-stale-data", "no")
-    with private_redis(tmp_path, *options) as replica:
-        yield replica
-
-
-def test_a_replica_without_its_primary_is_a_store_unavailable_for_reads_too(
-    own_queue_factory, masterless_redis, capture
-):
-    """Reads of the result cache answered MASTERDOWN (a 500): the shim reads the job's row
-    instead, as when Redis is down, and a submission is a 503."""
-    local, _, _ = own_queue_factory(redis_url=masterless_redis)
-    client = create_app(local).test_client()
-    unknown = client.get("/jobs/no-such-job")
-    assert unknown.status_code == 404, unknown.get_json()
-    refused = submit_npy(client, capture, job_id="masterless-1")
-    assert refused.status_code == 503, refused.get_json()
-
-
-def test_a_read_only_redis_is_a_store_unavailable_not_an_internal_error(
-    own_queue_factory, read_only_redis, engine, capture
-):
-    """A replica refuses writes (READONLY), as during a failover until it is promoted: the shim
-    answers 503 and keeps nothing of the submission (it answered 500), and the worker's store
-    retries treat it as a Redis that is down rather than failing the batch's jobs."""
-    local, _, _ = own_queue_factory(redis_url=read_only_redis)
-    client = create_app(local).test_client()
-    response = submit_npy(client, capture, job_id="read-only-1")
-    assert response.status_code == 503, response.get_json()
-    assert response.get_json()["error"]["message"].startswith("Redis is unavailable")
-    assert JobStore(engine).get("read-only-1") is None
