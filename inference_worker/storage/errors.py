@@ -14,8 +14,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.InternalError,  # a read-only transaction (a standby), the server's own faults
 )
-"""Store errors worth retrying with backoff (the service is down or unreachable); an error about
-the input is never retried."""
+"""Store errors worth retrying with backoff (the service is down, unreachable, or refusing work
+for a while); an error about the input is never retried."""
 
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.SQLAlchemyError,)
 """Any failure of a statement (the transient ones and the rest: a missing table, a constraint),
