@@ -236,7 +236,9 @@ class Intake:
                 self._withdraw(job_id, blob_key)
             reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
             reason = reason or "the message broker is unavailable"
-            log.error("could not accept job %s, %s: %r", job_id, reason, exc)
+            log.error(
+                "could not accept job %s, %s: %s: %s", job_id, reason, type(exc).__name__, exc
+            )
             raise ServiceUnavailable(f"{reason}; retry later") from None
         if self.mark_published is not None:
             try:
@@ -285,4 +287,4 @@ class Intake:
             try:
                 step()
             except Exception as exc:  # best effort: the original failure is what the client hears
-                log.warning("could not withdraw job %s: %r", job_id, exc)
+                log.warning("could not withdraw job %s: %s: %s", job_id, type(exc).__name__, exc)

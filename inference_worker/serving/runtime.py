@@ -51,7 +51,12 @@ class ProcessRuntime:
             return self._services
 
     def start(self, **_: Any) -> None:
-        self.services()
+        try:
+            self.services()
+        except STORE_ERRORS as exc:  # built at the first batch instead, whose retries wait
+            log.warning(
+                "worker process started without its stores: %s: %s", type(exc).__name__, exc
+            )
 
     def stop(self, **_: Any) -> None:
         self._stop.set()

@@ -5,11 +5,19 @@ from __future__ import annotations
 import redis
 import sqlalchemy.exc
 
+
+class PersistenceError(redis.exceptions.ResponseError):
+    """Redis refusing writes because its last snapshot failed (``MISCONF``, with
+    ``stop-writes-on-bgsave-error``: a full or unwritable disk) until a snapshot succeeds.
+    redis-py has no class of its own for it; the store's parser raises this one."""
+
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica, until a failover promotes it
     redis.exceptions.MasterDownError,  # a replica that serves nothing while its primary is gone
+    PersistenceError,  # a Redis that cannot save to disk, until it can
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.InternalError,  # a read-only transaction (a standby), the server's own faults

@@ -69,7 +69,11 @@ class FinishedJobs:
                         self._wake(message)
             except Exception as exc:  # a dropped connection shows as several error types
                 self._subscribed.clear()
-                log.warning("listening for finished jobs failed, reconnecting: %r", exc)
+                log.warning(
+                    "listening for finished jobs failed, reconnecting: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
                 threading.Event().wait(RECONNECT_PAUSE_S)
             finally:
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -10,6 +11,10 @@ import redis
 import sqlalchemy as sa
 
 from inference_worker.settings import Settings
+from inference_worker.storage.errors import PersistenceError
+from inference_worker.storage.redis_store import ReplyParser
+
+log = logging.getLogger(__name__)
 
 
 def probe_broker(broker_url: str) -> None:
@@ -18,9 +23,16 @@ def probe_broker(broker_url: str) -> None:
 
 
 def probe_redis(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    """Redis answers. One that cannot save to disk answers ``MISCONF`` even to a ping: it is
+    up, and refuses writes until a snapshot succeeds, so a process may start and wait it out as
+    it would while running (the shim answers 503, workers retry)."""
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=2, socket_timeout=2, parser_class=ReplyParser
+    )
     try:
         client.ping()
+    except PersistenceError as exc:
+        log.warning("Redis at %s refuses writes for now: %s", _redact(redis_url), exc)
     finally:
         client.close()
 

@@ -8,14 +8,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.connection import Encoder, PythonRespSerializer
+from redis.connection import DefaultParser, Encoder, PythonRespSerializer
 
+from inference_worker.storage.errors import PersistenceError
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 # Commands are packed by redis-py's own serializer, which sends a large value (a capture) as it
 # is; hiredis's packer copies it into one new buffer first: ~75 us for a 288 kB capture in a
 # threaded shim against ~7 us. Replies are still parsed by hiredis.
 _PACKER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+
+
+class ReplyParser(DefaultParser):  # type: ignore[misc,valid-type]  # hiredis or RESP2
+    """redis-py's reply parser (hiredis where installed), telling a Redis that cannot persist
+    (``MISCONF``) apart from other refusals: it is a store unavailable for a while, not a
+    fault in the request."""
+
+    EXCEPTION_CLASSES = {**DefaultParser.EXCEPTION_CLASSES, "MISCONF": PersistenceError}
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -25,6 +34,7 @@ def connect(redis_url: str) -> redis.Redis:
         socket_timeout=5,
         health_check_interval=30,
         command_packer=_PACKER,
+        parser_class=ReplyParser,
     )
 
 

@@ -1,18 +1,22 @@
 """Stores in a passing state that refuse work — a Redis replica until a failover promotes it, a
-replica whose primary is gone, a PostgreSQL that takes no writes — are a store unavailable, as
+replica whose primary is gone, a Redis that cannot save to disk, a PostgreSQL that takes no
+writes — are a store unavailable, as
 a store that is down: a 503 and nothing kept at the shim, retries and a batch handed back in a
 worker, never a 500 or a job failed for it."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from api_shim.app import create_app
+from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
-from tests.integration.helpers import free_port, private_redis, submit_npy
+from tests.integration.helpers import free_port, private_redis, submit_npy, wait_final
 
 
 @pytest.fixture
@@ -31,6 +35,64 @@ def masterless_redis(tmp_path):
     options = ("--replicaof", "127.0.0.1", gone, "--replica-serve-stale-data", "no")
     with private_redis(tmp_path, *options) as replica:
         yield replica
+
+
+@pytest.fixture
+def redis_that_cannot_persist(tmp_path):
+    """A Redis set to snapshot to a folder that is then removed, and a function that makes its
+    next snapshot fail: from then on it answers writes with MISCONF (its default
+    ``stop-writes-on-bgsave-error``), as when its disk is full or unwritable."""
+    folder = tmp_path / "snapshots"
+    with private_redis(folder, "--save", "3600 1") as url:
+        client = redis.Redis.from_url(url)
+
+        def break_persistence() -> None:
+            shutil.rmtree(folder)
+            client.bgsave()
+            wait_until(
+                "the snapshot failed",
+                lambda: client.info("persistence")["rdb_last_bgsave_status"] == "err",
+                30,
+            )
+
+        try:
+            yield url, client, break_persistence
+        finally:  # no snapshot at shutdown either: it would fail, and Redis would not stop
+            client.config_set("save", "")
+            client.close()
+
+
+def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
+    own_queue_factory, redis_that_cannot_persist, engine, capture, tmp_path
+):
+    """MISCONF was an internal error: the shim answered 500 and a worker failed the jobs it held.
+    Now a submission is a 503 that keeps nothing, and a job accepted before waits in the queue
+    (the worker retries, then hands it back) until Redis takes writes again."""
+    url, redis_client, break_persistence = redis_that_cannot_persist
+    local, _, start_worker = own_queue_factory(redis_url=url)
+    client = create_app(local).test_client()
+    accepted = submit_npy(client, capture, job_id="persist-1")
+    assert accepted.status_code == 202, accepted.get_json()
+    break_persistence()
+
+    refused = submit_npy(client, capture, job_id="persist-2")
+    assert refused.status_code == 503, refused.get_json()
+    assert refused.get_json()["error"]["message"].startswith("Redis is unavailable")
+    assert JobStore(engine).get("persist-2") is None
+
+    log = tmp_path / "worker.log"
+    with start_worker("worker") as worker:
+        wait_until(
+            "the worker retrying its batch",
+            lambda: log.exists() and "transient store error" in log.read_text(),
+            90,
+            worker,
+        )
+        row = JobStore(engine).get("persist-1")
+        assert row is not None and row["status"] != "failed", row
+        redis_client.config_set("stop-writes-on-bgsave-error", "no")  # the disk is back
+        view = wait_final(client, "persist-1")
+    assert view["status"] == "succeeded", view
 
 
 def test_a_replica_without_its_primary_is_a_store_unavailable_for_reads_too(

@@ -10,6 +10,7 @@ import redis
 
 from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
 from inference_worker.serving.worker import with_store_retries
+from inference_worker.storage.redis_store import ReplyParser
 
 JOB = "acq-0001"
 
@@ -72,17 +73,37 @@ def test_transient_errors_are_retried_then_raised():
         with_store_retries(down, 3, slept.append)
 
 
-def test_a_redis_refusing_writes_as_a_replica_is_retried_as_a_redis_that_is_down():
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        ReplyParser.parse_error("MISCONF Redis is configured to save RDB snapshots, but it's …"),
+    ],
+    ids=["replica", "cannot-persist"],
+)
+def test_a_redis_refusing_writes_for_a_while_is_retried_as_a_redis_that_is_down(refusal):
     calls = []
 
-    def replica() -> str:
+    def refusing() -> str:
         calls.append(1)
         if len(calls) < 2:
-            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+            raise refusal
         return "done"
 
-    assert with_store_retries(replica, 3, lambda _: None) == "done"
+    assert with_store_retries(refusing, 3, lambda _: None) == "done"
     assert len(calls) == 2
+
+
+def test_other_refusals_of_redis_are_not_retried():
+    calls = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise ReplyParser.parse_error("WRONGTYPE Operation against a key holding the wrong kind")
+
+    with pytest.raises(redis.exceptions.ResponseError):
+        with_store_retries(refused, 5, lambda _: None)
+    assert calls == [1]
 
 
 def test_other_errors_are_not_retried():
