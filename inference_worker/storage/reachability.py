@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import kombu
 import redis
@@ -33,8 +33,28 @@ def probe_redis(redis_url: str) -> None:
         client.ping()
     except PersistenceError as exc:
         log.warning("Redis at %s refuses writes for now: %s", _redact(redis_url), exc)
+    try:
+        config = client.config_get("maxmemory*")
+    except redis.exceptions.ResponseError:  # CONFIG renamed or not allowed (managed Redis)
+        config = {}
     finally:
         client.close()
+    warning = eviction_warning(config)
+    if warning:
+        log.warning("Redis at %s %s", _redact(redis_url), warning)
+
+
+def eviction_warning(config: Mapping[str, str]) -> str | None:
+    """What is wrong with a Redis whose ``CONFIG GET maxmemory*`` is ``config``: one that evicts
+    keys when full can evict a waiting capture, and its job then fails for want of it (a full
+    Redis must refuse new work instead). None when it cannot evict."""
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy == "noeviction" or int(config.get("maxmemory", "0") or 0) == 0:
+        return None
+    return (
+        f"evicts keys when full (maxmemory-policy {policy}): a waiting capture may be evicted "
+        "and its job fail; run it with maxmemory-policy noeviction"
+    )
 
 
 def probe_database(database_url: str) -> None:

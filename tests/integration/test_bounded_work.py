@@ -1,5 +1,6 @@
 """Bounded work: a job past its time limit fails with the reason and the worker serves on; a full
-Redis refuses submissions cleanly and still lets accepted jobs finish."""
+Redis refuses submissions cleanly and still lets accepted jobs finish, and one that would evict
+waiting captures instead is named at start."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
+from inference_worker.storage.reachability import probe_redis
 from tests.integration.helpers import (
     private_redis,
     queue_consumers,
@@ -54,6 +56,28 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_worker_serves_t
     assert view["status"] == "failed" and expected in view["error"], view
     assert after["status"] == "succeeded", after
     assert wait_final(client, slow_job)["attempts"] == 1  # not delivered again
+
+
+@pytest.mark.parametrize(
+    ("options", "warned"),
+    [
+        (("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"), True),
+        (("--maxmemory", "4mb", "--maxmemory-policy", "volatile-ttl"), True),  # captures have TTLs
+        (("--maxmemory", "4mb", "--maxmemory-policy", "noeviction"), False),
+        (("--maxmemory", "0", "--maxmemory-policy", "allkeys-lru"), False),  # never full
+    ],
+)
+def test_a_redis_that_would_evict_waiting_captures_is_named_at_start(
+    tmp_path, caplog, options, warned
+):
+    """Every command checks Redis before it serves; one that evicts keys when full would drop a
+    waiting capture (its job then fails) where it must refuse new work."""
+    with private_redis(tmp_path, *options) as url, caplog.at_level("WARNING"):
+        probe_redis(url)
+    warnings = [r.getMessage() for r in caplog.records if "evicts keys" in r.getMessage()]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert "run it with maxmemory-policy noeviction" in warnings[0]
 
 
 @pytest.fixture
