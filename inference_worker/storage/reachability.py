@@ -44,12 +44,12 @@ def probe_redis(redis_url: str) -> None:
         log.warning("Redis at %s %s", _redact(redis_url), warning)
 
 
-def eviction_warning(config: Mapping[str, str]) -> str | None:
+def eviction_warning(config: Mapping[str | None, str | None]) -> str | None:
     """What is wrong with a Redis whose ``CONFIG GET maxmemory*`` is ``config``: one that evicts
     keys when full can evict a waiting capture, and its job then fails for want of it (a full
     Redis must refuse new work instead). None when it cannot evict."""
-    policy = config.get("maxmemory-policy", "noeviction")
-    if policy == "noeviction" or int(config.get("maxmemory", "0") or 0) == 0:
+    policy = config.get("maxmemory-policy") or "noeviction"
+    if policy == "noeviction" or int(config.get("maxmemory") or 0) == 0:
         return None
     return (
         f"evicts keys when full (maxmemory-policy {policy}): a waiting capture may be evicted "
