@@ -65,6 +65,18 @@ UNAVAILABLE_ERRORS = (
 """What a submission meets when a store or the broker is down: nothing is accepted (503)."""
 
 
+def describe_broker_refusal(exc: BaseException) -> str:
+    """What a client is told when a publish fails: the broker is unreachable, or it nacked the
+    message (kombu raises its own error from py-amqp's ``MessageNacked``): a queue at its
+    ``max-length`` rejecting publishes, a quorum queue without a majority."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, amqp.exceptions.MessageNacked):
+            return "the message broker refused the job (its queue may be full)"
+        cause = cause.__cause__ or cause.__context__
+    return "the message broker is unavailable"
+
+
 class ModelRequestError(CaptureError):
     """The model a submission asks for is malformed (``invalid_model``) or not served
     (``unknown_model``)."""
@@ -235,7 +247,7 @@ class Intake:
             if created:
                 self._withdraw(job_id, blob_key)
             reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
-            reason = reason or "the message broker is unavailable"
+            reason = reason or describe_broker_refusal(exc)
             log.error(
                 "could not accept job %s, %s: %s: %s", job_id, reason, type(exc).__name__, exc
             )

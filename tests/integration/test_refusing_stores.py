@@ -1,14 +1,20 @@
-"""Stores in a passing state that refuse work — a Redis replica until a failover promotes it, a
-replica whose primary is gone, a Redis that cannot save to disk, a PostgreSQL that takes no
-writes — are a store unavailable, as
-a store that is down: a 503 and nothing kept at the shim, retries and a batch handed back in a
-worker, never a 500 or a job failed for it."""
+"""Services in a passing state that refuse work — a Redis replica until a failover promotes it,
+a replica whose primary is gone, a Redis that cannot save to disk, a PostgreSQL that takes no
+writes, a queue at its length limit — are a service unavailable, as one that is down: a 503 and
+nothing kept at the shim, retries and a batch handed back in a worker, never a 500 or a job
+failed for it."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import subprocess
 import uuid
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import redis
 import sqlalchemy as sa
@@ -158,5 +164,67 @@ def test_a_database_that_takes_no_writes_is_a_store_unavailable(
         assert response.status_code == 503, response.get_json()
         assert "the job database is unavailable" in response.get_json()["error"]["message"]
         assert JobStore(engine).get("read-only-db-1") is None
+    finally:
+        app.extensions["heimdall"].jobs.engine.dispose()
+
+
+RUN = {"check": True, "capture_output": True, "text": True, "timeout": 60}
+
+
+@pytest.fixture
+def full_queue_policy(own_queue_factory):
+    """Settings with a queue of their own that RabbitMQ holds to one message (a policy, as an
+    operator would set ``max-length``; the queue rejects publishes beyond it), and a function
+    that lifts the limit. The policy is removed afterwards."""
+    local, _, _ = own_queue_factory()
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:  # a laptop without it skips; CI must have it
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("rabbitmqctl is not installed")
+    name = f"heimdall-test-{uuid.uuid4().hex[:8]}"
+
+    def policies() -> str:
+        listing = subprocess.run([rabbitmqctl, "-q", "list_queues", "name", "policy"], **RUN)
+        return listing.stdout
+
+    def lift() -> None:
+        subprocess.run([rabbitmqctl, "clear_policy", name], **RUN)
+
+    pattern, limit = f"^{re.escape(local.queue)}$", json.dumps({"max-length": 1})
+    subprocess.run([rabbitmqctl, "set_policy", "--apply-to", "queues", name, pattern, limit], **RUN)
+    try:
+        yield local, lift, lambda: name in policies()
+    finally:
+        subprocess.run([rabbitmqctl, "clear_policy", name], **{**RUN, "check": False})
+
+
+def test_a_full_queue_refusing_a_task_is_a_broker_unavailable_and_keeps_nothing(
+    full_queue_policy, engine, capture
+):
+    """RabbitMQ nacks a publish its queue cannot take (reject-publish at max-length): a 503
+    that withdraws the row and says so (it said the broker was unavailable), and the same
+    submission is accepted once the queue has room."""
+    local, lift, limited = full_queue_policy
+    app = create_app(local)
+    client = app.test_client()
+    try:
+        first = submit_npy(client, capture, job_id="queue-full-0")
+        assert first.status_code == 202, first.get_json()  # the queue declared, the policy on it
+        wait_until("the policy applied to the queue", limited, 60)
+        refusal = None
+        for n in range(1, 6):  # a quorum queue may take one past its limit before it refuses
+            variant = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-4 * n))
+            response = submit_npy(client, variant, job_id=f"queue-full-{n}")
+            if response.status_code != 202:
+                refusal = (f"queue-full-{n}", variant, response)
+                break
+        assert refusal is not None, "the queue never refused a task"
+        refused_id, variant, response = refusal
+        assert response.status_code == 503, response.get_json()
+        message = response.get_json()["error"]["message"]
+        assert message.startswith("the message broker refused the job (its queue may be full)")
+        assert JobStore(engine).get(refused_id) is None
+        lift()
+        accepted = submit_npy(client, variant, job_id=refused_id)
+        assert accepted.status_code == 202, accepted.get_json()
     finally:
         app.extensions["heimdall"].jobs.engine.dispose()
