@@ -68,6 +68,15 @@ def redis_that_cannot_persist(tmp_path):
             client.close()
 
 
+def refused_submissions(client) -> float:
+    """The shim's count of submissions answered 503 (``HeimdallSubmissionsRefused`` reads it)."""
+    metric = 'heimdall_submission_seconds_count{endpoint="predict",status="503"}'
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(metric):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
     own_queue_factory, redis_that_cannot_persist, engine, capture, tmp_path
 ):
@@ -81,10 +90,12 @@ def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
     assert accepted.status_code == 202, accepted.get_json()
     break_persistence()
 
+    refusals_before = refused_submissions(client)
     refused = submit_npy(client, capture, job_id="persist-2")
     assert refused.status_code == 503, refused.get_json()
     assert refused.get_json()["error"]["message"].startswith("Redis is unavailable")
     assert JobStore(engine).get("persist-2") is None
+    assert refused_submissions(client) == refusals_before + 1  # what the refusals alert reads
 
     log = tmp_path / "worker.log"
     with start_worker("worker") as worker:
