@@ -58,3 +58,15 @@ def test_alerting_rules_pass_promtool():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
+
+
+def test_alerting_rules_fire_as_their_tests_expect():
+    """``config/prometheus/alerts_test.yml``: series in, alerts out, as promtool evaluates them."""
+    promtool = _tool_or_skip(["promtool"])
+    done = subprocess.run(
+        [*promtool, "test", "rules", str(ROOT / "config/prometheus/alerts_test.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
