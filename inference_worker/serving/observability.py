@@ -85,6 +85,12 @@ def _create_metrics() -> dict[str, Any]:
             "Time to read a TDoA job's recordings, find the time differences and locate.",
             buckets=LATENCY_BUCKETS,
         ),
+        "store_retries": Counter(
+            "heimdall_store_retries_total",
+            "Store calls a worker process waited out and tried again (the store down or "
+            "refusing work for a while).",
+            ["store"],
+        ),
         "submission": Histogram(
             "heimdall_submission_seconds",
             "Time the shim takes to accept (or refuse) a submission (one that waits for its "
@@ -122,6 +128,11 @@ def record_job(outcome: dict[str, Any]) -> None:
         metrics["end_to_end"].labels(status, method).observe(total)
     if "tdoa_ms" in timings:
         metrics["tdoa"].observe(timings["tdoa_ms"] / 1e3)
+
+
+def record_store_retry(store: str) -> None:
+    """A worker is about to try a store call again (``store``: ``redis`` or ``postgresql``)."""
+    _metrics()["store_retries"].labels(store).inc()
 
 
 def record_submission(endpoint: str, status: int, seconds: float) -> None:

@@ -35,7 +35,7 @@ from inference_worker.serving.jobs import JobServices, fail_job, message_job_id
 from inference_worker.serving.recovery import Stores, Upkeep, open_stores, record_failure
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
-from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
 from tasks.app import create_celery, publisher
 from tasks.contract import TASK_NAME, read_message
 
@@ -78,6 +78,7 @@ def with_store_retries(
                 delay,
                 exc,
             )
+            observability.record_store_retry(store_name(exc))
             sleep(delay)
     return run()
 

@@ -35,9 +35,14 @@ STORE_ERRORS = (*TRANSIENT_ERRORS, *STORE_FULL_ERRORS)
 """Every store failure a caller answers with "retry later"."""
 
 
+def store_name(exc: BaseException) -> str:
+    """Which store an error came from: ``redis`` or ``postgresql`` (a metric's label)."""
+    return "redis" if isinstance(exc, redis.exceptions.RedisError) else "postgresql"
+
+
 def unavailable_store(exc: BaseException) -> str:
     """Which store a transient error came from, as messages name it."""
-    return "Redis" if isinstance(exc, redis.exceptions.RedisError) else "the job database"
+    return {"redis": "Redis", "postgresql": "the job database"}[store_name(exc)]
 
 
 def describe_unavailable(exc: BaseException) -> str:

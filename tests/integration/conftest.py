@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import kombu
@@ -150,10 +151,14 @@ def own_queue_factory(
         env = worker_env(local)
         store = RedisStore(redis_client, local.redis_prefix)
 
-        def start_worker(name: str, concurrency: int = 1):
-            env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(free_port())}
+        @contextmanager
+        def start_worker(name: str, concurrency: int = 1) -> Iterator[subprocess.Popen]:
+            metrics_port = free_port()
+            env_here = {**env, "HEIMDALL_WORKER_METRICS_PORT": str(metrics_port)}
             args = ["worker", "--concurrency", str(concurrency)]
-            return cli_process(args, tmp_path / f"{name}.log", env_here)
+            with cli_process(args, tmp_path / f"{name}.log", env_here) as process:
+                process.metrics_port = metrics_port  # type: ignore[attr-defined]
+                yield process
 
         return local, store, start_worker
 

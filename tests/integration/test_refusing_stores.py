@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from dataclasses import replace
 
@@ -77,6 +78,18 @@ def refused_submissions(client) -> float:
     return 0.0
 
 
+def worker_retries(worker) -> float:
+    """The worker's ``heimdall_store_retries_total{store="redis"}`` (what the alert on waiting
+    workers reads), summed over its processes."""
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    metric = 'heimdall_store_retries_total{store="redis"}'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric)
+    )
+
+
 def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
     own_queue_factory, redis_that_cannot_persist, engine, capture, tmp_path
 ):
@@ -107,6 +120,7 @@ def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
         )
         row = JobStore(engine).get("persist-1")
         assert row is not None and row["status"] != "failed", row
+        wait_until("the retry counted", lambda: worker_retries(worker) > 0, 30, worker)
         redis_client.config_set("stop-writes-on-bgsave-error", "no")  # the disk is back
         view = wait_final(client, "persist-1")
     assert view["status"] == "succeeded", view

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
 from inference_worker.serving.worker import with_store_retries
@@ -54,8 +55,13 @@ def test_other_reasons_are_named():
     assert "(expired)" in failure_reason(letter, 5)
 
 
+def retries_counted(store: str) -> float:
+    return REGISTRY.get_sample_value("heimdall_store_retries_total", {"store": store}) or 0.0
+
+
 def test_transient_errors_are_retried_then_raised():
     calls, slept = [], []
+    counted_before = retries_counted("redis")
 
     def flaky() -> str:
         calls.append(1)
@@ -65,6 +71,7 @@ def test_transient_errors_are_retried_then_raised():
 
     assert with_store_retries(flaky, 5, slept.append) == "done"
     assert len(calls) == 3 and len(slept) == 2 and all(0.5 <= s <= 30 for s in slept)
+    assert retries_counted("redis") == counted_before + 2  # heimdall_store_retries_total
 
     def down() -> str:
         raise redis.exceptions.ConnectionError("still down")
