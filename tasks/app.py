@@ -92,21 +92,47 @@ def declare_queues(
         return
     except amqp.exceptions.PreconditionFailed:
         pass  # the broker closed the channel; ask on a fresh one what is there
-    channel = connection.channel()
-    try:
-        _, messages, consumers = channel.queue_declare(queue, passive=True)
-        if messages or consumers:
-            raise QueueMismatch(
-                f"queue {queue!r} exists on the broker with other arguments (an older classic "
-                f"queue, or another delivery limit) and has {messages} message(s) and "
-                f"{consumers} consumer(s). Let the workers of the older release drain it, stop "
-                f"them, then delete it (rabbitmqctl delete_queue {queue}) and start again."
-            )
-        channel.queue_delete(queue, if_empty=True, if_unused=True)
-    finally:
-        channel.close()
-    log.warning("replaced the empty queue %r by a quorum queue with a delivery limit", queue)
+    _delete_if_idle(connection, queue)
+    log.warning(
+        "replaced the empty queue %r by a quorum queue with a delivery limit of %d",
+        queue,
+        delivery_limit,
+    )
     wanted(connection.default_channel).declare()
+
+
+def _delete_if_idle(connection: kombu.Connection, queue: str) -> None:
+    """Delete ``queue`` if it holds no message and has no consumer.
+
+    A classic queue is deleted on those conditions by the broker. A quorum queue (one of
+    another delivery limit) takes neither condition — the broker closes the connection that
+    asks — so it is deleted right after a check that it is idle: a publish in between would be
+    lost with it, so its publishers are expected to be stopped, as for any change of its
+    arguments. Each attempt has a connection of its own, so ``connection`` stays usable.
+
+    Raises:
+        QueueMismatch: the queue holds messages or has consumers.
+    """
+    for conditional in (True, False):
+        with connection.clone() as own:
+            channel = own.channel()
+            _, messages, consumers = channel.queue_declare(queue, passive=True)
+            if messages or consumers:
+                raise QueueMismatch(
+                    f"queue {queue!r} exists on the broker with other arguments (an older "
+                    f"classic queue, or another delivery limit) and has {messages} message(s) "
+                    f"and {consumers} consumer(s). Let the workers of the older release drain "
+                    f"it, stop them, then delete it (rabbitmqctl delete_queue {queue}) and "
+                    "start again."
+                )
+            try:
+                if conditional:
+                    channel.queue_delete(queue, if_empty=True, if_unused=True)
+                else:
+                    channel.queue_delete(queue)
+                return
+            except amqp.exceptions.AMQPNotImplementedError:  # a quorum queue
+                continue
 
 
 def create_celery(

@@ -93,6 +93,50 @@ def test_an_empty_classic_queue_of_an_older_release_is_replaced(settings):
             connection.default_channel.exchange_delete(name)
 
 
+def test_an_empty_queue_of_another_delivery_limit_is_replaced(settings):
+    """``HEIMDALL_MAX_DELIVERIES`` changed: the quorum queue of the old limit is replaced while
+    it is empty (a quorum queue takes no conditional delete: the broker closed the connection
+    that asked, and the command ended in a traceback)."""
+    name = f"{settings.queue}.limit"
+    with kombu.Connection(settings.broker_url) as connection:
+        declare_queues(connection, name, 5)
+        try:
+            declare_queues(connection, name, 7)
+            # Declaring again with the new limit now agrees with what is there, on the same
+            # connection: the replacement did not spend it.
+            inference_queue(name, 7)(connection.default_channel).declare()
+        finally:
+            connection.default_channel.queue_delete(name)
+            connection.default_channel.queue_delete(f"{name}.dead")
+            connection.default_channel.exchange_delete(name)
+
+
+def test_a_queue_of_another_delivery_limit_holding_messages_is_left_alone(settings):
+    name = f"{settings.queue}.limit-busy"
+    with kombu.Connection(settings.broker_url) as connection:
+        declare_queues(connection, name, 5)
+        connection.Producer().publish({"x": 1}, exchange=name, routing_key=name)
+
+        def held() -> bool:  # the quorum queue counts the message once its log has it
+            channel = connection.channel()
+            try:
+                return channel.queue_declare(name, passive=True).message_count == 1
+            finally:
+                channel.close()
+
+        try:
+            wait_until("the message in the queue", held, 30)
+            with pytest.raises(QueueMismatch, match="1 message"):
+                declare_queues(connection, name, 7)
+            channel = connection.channel()
+            assert channel.queue_declare(name, passive=True).message_count == 1
+            channel.close()
+        finally:
+            connection.default_channel.queue_delete(name)
+            connection.default_channel.queue_delete(f"{name}.dead")
+            connection.default_channel.exchange_delete(name)
+
+
 def test_a_classic_queue_that_still_holds_messages_is_left_alone(settings):
     name = f"{settings.queue}.busy"
     classic = kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)
