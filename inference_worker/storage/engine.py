@@ -74,7 +74,13 @@ def migrate(engine: Engine, schema: str) -> None:
         connection.execution_options(isolation_level="READ COMMITTED")
         connection.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
         try:
-            connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            # Only when missing: PostgreSQL checks the right to create a schema even when it
+            # exists, and a service's role may have none where its schema was made for it.
+            exists = connection.execute(
+                sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+            ).first()
+            if exists is None:
+                connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             connection.commit()
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -83,5 +89,7 @@ def migrate(engine: Engine, schema: str) -> None:
             command.upgrade(config, "head")
             connection.commit()
         finally:
+            if connection.in_transaction():  # a step failed: its transaction is aborted
+                connection.rollback()
             connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
             connection.commit()

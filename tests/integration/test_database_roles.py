@@ -1,0 +1,69 @@
+"""The service's database role need not own its database: a role with only the rights on tables
+made for it starts, and one without the rights to make them is told so in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.helpers import migrated_schema, worker_env
+
+
+@pytest.fixture
+def bare_role(settings, engine):
+    """A login role of this test's own with no rights at all; its database URL. Dropped after."""
+    role = f"heimdall_bare_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        yield (
+            role,
+            sa.make_url(settings.database_url)
+            .set(username=role)
+            .render_as_string(hide_password=False),
+        )
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            connection.execute(sa.text(f'DROP ROLE "{role}"'))
+
+
+def run_migrate(settings, database_url: str, schema: str) -> subprocess.CompletedProcess:
+    env = {
+        **worker_env(settings),
+        "HEIMDALL_DATABASE_URL": database_url,
+        "HEIMDALL_DATABASE_SCHEMA": schema,
+    }
+    command = [sys.executable, "-m", "inference_worker.cli", "migrate"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_role_without_rights_to_make_the_schema_is_told_so_in_one_line(settings, bare_role):
+    """It ended in a traceback whose last error hid the refusal (the advisory unlock, run in
+    the aborted transaction)."""
+    _, url = bare_role
+    done = run_migrate(settings, url, f"{settings.database_schema}_bare")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "permission denied for database" in done.stderr
+    assert "grant the role CREATE on the database" in done.stderr
+
+
+def test_a_role_with_rights_on_its_tables_only_starts_on_a_schema_made_for_it(settings, bare_role):
+    """An administrator migrated the schema and granted the service's role what it uses: the
+    role's start (which migrates) failed, since creating a schema that exists still needs the
+    right to create one."""
+    role, url = bare_role
+    schema = f"{settings.database_schema}_granted"
+    with migrated_schema(settings.database_url, schema) as admin:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+            rights = "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES"
+            connection.execute(sa.text(f'GRANT {rights} IN SCHEMA "{schema}" TO "{role}"'))
+        done = run_migrate(settings, url, schema)
+        assert done.returncode == 0, done.stderr
+        assert f"database schema '{schema}' is up to date" in done.stdout
