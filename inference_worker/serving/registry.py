@@ -57,6 +57,9 @@ class ModelRegistry:
     ) -> None:
         from mlflow import MlflowClient
 
+        # MLflow announces creating and upgrading its own tables at INFO on a store's first use,
+        # in every command that opens the registry: a store's housekeeping, not the command's.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.name = name
         self.cache_dir = cache_dir
         self.artifact_location = artifact_location
