@@ -34,6 +34,7 @@ NPY_TYPES = ("application/x-npy", "application/octet-stream")
 def create_blueprint() -> Audience:
     blueprint = Audience("submit", __name__, access="client")
     blueprint.before_request(_start_timer)
+    blueprint.before_request(_refuse_encoded_bodies)
     blueprint.after_request(_record_submission)
     blueprint.add_url_rule("/predict", view_func=predict, methods=["POST"])
     blueprint.add_url_rule("/predict-batch", view_func=predict_batch, methods=["POST"])
@@ -42,6 +43,18 @@ def create_blueprint() -> Audience:
 
 def _start_timer() -> None:
     g.started = time.perf_counter()
+
+
+def _refuse_encoded_bodies() -> None:
+    """A compressed body would be read as it is (a gzip-ed ``.npy`` was refused as "not a valid
+    .npy array"): say what is wrong instead."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
+        )
 
 
 def _record_submission(response: Response) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import pickle
 from dataclasses import replace
 
@@ -159,6 +160,32 @@ def test_unsupported_media_type_is_415(client):
     response = client.post("/predict", data=b"hello", content_type="text/plain")
     assert response.status_code == 415
     assert "application/json" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict-batch"])
+def test_a_compressed_body_is_415_saying_so(client, capture, path):
+    """A gzip-ed ``.npy`` was read as it came and refused as "not a valid .npy array"."""
+    body = gzip.compress(npy_bytes(capture.iq))
+    response = client.post(
+        path,
+        data=body,
+        content_type="application/x-npy",
+        query_string=capture_query(capture),
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 415, response.get_json()
+    error = response.get_json()["error"]
+    assert (
+        error["code"] == "unsupported_encoding" and "send the body uncompressed" in error["message"]
+    )
+    plain = client.post(
+        "/predict",
+        data=npy_bytes(capture.iq),
+        content_type="application/x-npy",
+        query_string=capture_query(capture),
+        headers={"Content-Encoding": "identity"},
+    )
+    assert plain.status_code == 202, plain.get_json()
 
 
 def test_wrong_method_is_a_json_405(client):
