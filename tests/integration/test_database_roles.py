@@ -42,6 +42,11 @@ def run_migrate(settings, database_url: str, schema: str) -> subprocess.Complete
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture(autouse=True)
+def _queue_removed_after(queue_cleanup):
+    """``migrate`` declares the test queue too."""
+
+
 def test_a_role_without_rights_to_make_the_schema_is_told_so_in_one_line(settings, bare_role):
     """It ended in a traceback whose last error hid the refusal (the advisory unlock, run in
     the aborted transaction)."""
