@@ -8,10 +8,11 @@ the working directory. Defaults run against the local services of a development 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_worker.api_keys import ApiKey, check_rate_limit
@@ -264,13 +265,15 @@ class Settings(BaseSettings):
         names = [k.name for k in self.api_keys]
         digests = [k.digest for k in self.api_keys]
         if len(set(names)) != len(names) or len(set(digests)) != len(digests):
-            raise ValueError("API key names and keys must be distinct")
+            raise ValueError("HEIMDALL_API_KEYS: key names and keys must be distinct")
         return self
 
     @model_validator(mode="after")
     def _hard_limit_above_soft(self) -> Settings:
         if self.task_soft_time_limit_s and self.task_time_limit_s <= self.task_soft_time_limit_s:
-            raise ValueError("task_time_limit_s must be above task_soft_time_limit_s")
+            raise ValueError(
+                "HEIMDALL_TASK_TIME_LIMIT_S must be above HEIMDALL_TASK_SOFT_TIME_LIMIT_S"
+            )
         return self
 
     @field_validator("redis_prefix")
@@ -301,6 +304,35 @@ class Settings(BaseSettings):
     @property
     def model_metadata_file(self) -> Path:
         return self.model_dir / "model.json"
+
+
+def describe_invalid(exc: ValidationError) -> list[str]:
+    """One line per invalid setting, named by the environment variable that sets it, with the
+    plain value given; pydantic names fields, which nobody sets."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings names them itself
+            lines.append(f"invalid settings: {message}")
+            continue
+        field, *inner = (str(part) for part in error["loc"])
+        name = f"HEIMDALL_{field.upper()}" + "".join(f"[{part}]" for part in inner)
+        given = error.get("input")  # a plain value; an API key's entry (a secret) is not shown
+        shown = f" (got {given!r:.60})" if isinstance(given, str | int | float) else ""
+        lines.append(f"invalid setting {name}: {message}{shown}")
+    return lines
+
+
+def describe_unparsable(exc: Exception) -> str:
+    """A value pydantic-settings could not even parse (the JSON of a list): the variable named
+    as it is set, and the parser's reason."""
+    text = re.sub(
+        r'error parsing value for field "(\w+)" from source "\w+"',
+        lambda found: f"HEIMDALL_{found.group(1).upper()} is not valid JSON",
+        str(exc),
+    )
+    cause = exc.__cause__
+    return f"invalid settings: {text}" + (f" ({cause})" if cause else "")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -7,13 +7,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from inference_worker.cli import bootstrap, tdoa, upkeep
 from inference_worker.cli.arguments import PORT, count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.processes import ProcessFailed
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
-from inference_worker.settings import Settings, load_settings
+from inference_worker.settings import (
+    Settings,
+    describe_invalid,
+    describe_unparsable,
+    load_settings,
+)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -113,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-    except Exception as exc:  # pydantic's ValidationError lists every bad variable
-        print(f"error: invalid settings: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # every bad variable, one line each
+        for line in describe_invalid(exc):
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:  # a value pydantic-settings cannot even parse (JSON of a list)
+        print(f"error: {describe_unparsable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
     bootstrap.configure_logging(settings.worker_loglevel)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from inference_worker.cli.main import main
 from inference_worker.settings import DEFAULT_MODEL_DIR, load_settings
 
 
@@ -29,6 +30,45 @@ def test_invalid_values_are_refused_with_the_variable_named(monkeypatch):
     monkeypatch.setenv("HEIMDALL_WORKER_CONCURRENCY", "0")
     with pytest.raises(pydantic.ValidationError, match="worker_concurrency"):
         load_settings()
+
+
+def test_the_command_line_names_each_bad_variable_as_it_is_set(monkeypatch, capsys):
+    """pydantic's report named fields (``worker_batch_size``), which nobody sets, over four
+    lines a variable with a link; an API key's entry (it holds the key) is not repeated."""
+    monkeypatch.setenv("HEIMDALL_WORKER_BATCH_SIZE", "abc")
+    monkeypatch.setenv("HEIMDALL_MAX_DELIVERIES", "0")
+    monkeypatch.setenv("HEIMDALL_API_KEYS", '[{"name": "lab", "key": "short-s3cret"}]')
+    with pytest.raises(SystemExit) as exit_:
+        main(["migrate"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == [
+        "error: invalid setting HEIMDALL_WORKER_BATCH_SIZE: Input should be a valid integer, "
+        "unable to parse string as an integer (got 'abc')",
+        "error: invalid setting HEIMDALL_MAX_DELIVERIES: Input should be greater than or equal "
+        "to 1 (got '0')",
+    ]
+    assert lines[2:] == [
+        "error: invalid setting HEIMDALL_API_KEYS[0]: API key 'lab': a key needs at least 16 "
+        "characters"
+    ]
+
+
+def test_settings_checked_together_and_unparsable_lists_are_named_as_set(monkeypatch, capsys):
+    monkeypatch.setenv("HEIMDALL_TASK_TIME_LIMIT_S", "10")
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    assert capsys.readouterr().err == (
+        "error: invalid settings: HEIMDALL_TASK_TIME_LIMIT_S must be above "
+        "HEIMDALL_TASK_SOFT_TIME_LIMIT_S\n"
+    )
+    monkeypatch.delenv("HEIMDALL_TASK_TIME_LIMIT_S")
+    monkeypatch.setenv("HEIMDALL_API_KEYS", "not json")
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    assert capsys.readouterr().err.startswith(
+        "error: invalid settings: HEIMDALL_API_KEYS is not valid JSON (Expecting value"
+    )
 
 
 def test_redis_prefix_always_ends_with_a_colon():
