@@ -66,8 +66,8 @@ def require_free_address(host: str, port: int, server: str) -> None:
 
 
 def migrate_database(settings: Settings) -> None:
-    """Bring the job schema to the newest revision; a role the database refuses it to (no
-    right to create the schema or its tables) is told so in one line, exit code 2."""
+    """Bring the job schema to the newest revision; a refusal (a role without the right to
+    create the schema or its tables, a standby that takes no writes) is one line, exit code 2."""
     import sqlalchemy.exc
 
     from inference_worker.storage.engine import engine_for, migrate
@@ -77,10 +77,15 @@ def migrate_database(settings: Settings) -> None:
         migrate(engine, settings.database_schema)
     except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.InternalError) as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        remedy = ""
+        if "permission denied" in reason:
+            remedy = (
+                " (grant the role CREATE on the database, or run `heimdall-inference migrate` "
+                "once as one that has it)"
+            )
         print(
             f"error: cannot migrate the job schema {settings.database_schema!r} as "
-            f"{engine.url.username or 'this role'}: {reason} (grant the role CREATE on the "
-            "database, or run `heimdall-inference migrate` once as one that has it)",
+            f"{engine.url.username or 'this role'}: {reason}{remedy}",
             file=sys.stderr,
         )
         raise SystemExit(2) from None

@@ -72,3 +72,16 @@ def test_a_role_with_rights_on_its_tables_only_starts_on_a_schema_made_for_it(se
         done = run_migrate(settings, url, schema)
         assert done.returncode == 0, done.stderr
         assert f"database schema '{schema}' is up to date" in done.stdout
+
+
+def test_a_database_that_takes_no_writes_is_named_without_a_wrong_remedy(
+    settings, bare_role, engine
+):
+    """A standby (here: a role whose transactions are read-only) refuses the migration for
+    another reason than rights: the line says so, and does not advise a grant."""
+    role, url = bare_role
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'ALTER ROLE "{role}" SET default_transaction_read_only = on'))
+    done = run_migrate(settings, url, f"{settings.database_schema}_standby")
+    assert done.returncode == 2, done.stderr
+    assert "read-only transaction" in done.stderr and "grant" not in done.stderr
