@@ -70,9 +70,11 @@ def describe_broker_refusal(exc: BaseException) -> str:
     message (kombu raises its own error from py-amqp's ``MessageNacked``): a queue at its
     ``max-length`` rejecting publishes, a quorum queue without a majority."""
     cause: BaseException | None = exc
-    while cause is not None:
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:  # a chain may loop back on itself
         if isinstance(cause, amqp.exceptions.MessageNacked):
             return "the message broker refused the job (its queue may be full)"
+        seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return "the message broker is unavailable"
 
