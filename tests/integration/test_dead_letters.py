@@ -78,78 +78,65 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
     assert dead.message_count == 0
 
 
-def test_an_empty_classic_queue_of_an_older_release_is_replaced(settings):
-    name = f"{settings.queue}.classic"
-    classic = kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)
+def declare_classic(connection: kombu.Connection, name: str) -> None:
+    """The queue as a release before the quorum queue declared it."""
+    kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)(
+        connection.default_channel
+    ).declare()
+
+
+def declare_other_limit(connection: kombu.Connection, name: str) -> None:
+    """The quorum queue as it was before ``HEIMDALL_MAX_DELIVERIES`` changed (a quorum queue
+    takes no conditional delete: the broker closed the connection that asked for one, and
+    every start ended in a traceback)."""
+    declare_queues(connection, name, 5)
+
+
+OLDER_QUEUES = pytest.mark.parametrize(
+    "declare_older", [declare_classic, declare_other_limit], ids=["classic", "other-limit"]
+)
+
+
+@pytest.fixture
+def queue_of_this_test(settings, request):
+    """A connection and a queue name of this test's own; the queue, its dead-letter queue and
+    its exchange are deleted afterwards."""
+    name = f"{settings.queue}.{request.node.callspec.id}"
     with kombu.Connection(settings.broker_url) as connection:
-        classic(connection.default_channel).declare()
         try:
-            declare_queues(connection, name, 3)
-            # Declaring again with the quorum arguments now agrees with what is there.
-            inference_queue(name, 3)(connection.default_channel).declare()
+            yield connection, name
         finally:
             connection.default_channel.queue_delete(name)
             connection.default_channel.queue_delete(f"{name}.dead")
             connection.default_channel.exchange_delete(name)
 
 
-def test_an_empty_queue_of_another_delivery_limit_is_replaced(settings):
-    """``HEIMDALL_MAX_DELIVERIES`` changed: the quorum queue of the old limit is replaced while
-    it is empty (a quorum queue takes no conditional delete: the broker closed the connection
-    that asked, and the command ended in a traceback)."""
-    name = f"{settings.queue}.limit"
-    with kombu.Connection(settings.broker_url) as connection:
-        declare_queues(connection, name, 5)
+@OLDER_QUEUES
+def test_an_empty_queue_of_other_arguments_is_replaced(queue_of_this_test, declare_older):
+    connection, name = queue_of_this_test
+    declare_older(connection, name)
+    declare_queues(connection, name, 7)
+    # Declaring again with the arguments asked for now agrees with what is there, on the same
+    # connection: the replacement did not spend it.
+    inference_queue(name, 7)(connection.default_channel).declare()
+
+
+@OLDER_QUEUES
+def test_a_queue_of_other_arguments_that_holds_messages_is_left_alone(
+    queue_of_this_test, declare_older
+):
+    connection, name = queue_of_this_test
+    declare_older(connection, name)
+    connection.Producer().publish({"x": 1}, exchange=name, routing_key=name)
+
+    def held() -> int:  # a quorum queue counts the message once its log has it
+        channel = connection.channel()
         try:
-            declare_queues(connection, name, 7)
-            # Declaring again with the new limit now agrees with what is there, on the same
-            # connection: the replacement did not spend it.
-            inference_queue(name, 7)(connection.default_channel).declare()
+            return int(channel.queue_declare(name, passive=True).message_count)
         finally:
-            connection.default_channel.queue_delete(name)
-            connection.default_channel.queue_delete(f"{name}.dead")
-            connection.default_channel.exchange_delete(name)
-
-
-def test_a_queue_of_another_delivery_limit_holding_messages_is_left_alone(settings):
-    name = f"{settings.queue}.limit-busy"
-    with kombu.Connection(settings.broker_url) as connection:
-        declare_queues(connection, name, 5)
-        connection.Producer().publish({"x": 1}, exchange=name, routing_key=name)
-
-        def held() -> bool:  # the quorum queue counts the message once its log has it
-            channel = connection.channel()
-            try:
-                return channel.queue_declare(name, passive=True).message_count == 1
-            finally:
-                channel.close()
-
-        try:
-            wait_until("the message in the queue", held, 30)
-            with pytest.raises(QueueMismatch, match="1 message"):
-                declare_queues(connection, name, 7)
-            channel = connection.channel()
-            assert channel.queue_declare(name, passive=True).message_count == 1
             channel.close()
-        finally:
-            connection.default_channel.queue_delete(name)
-            connection.default_channel.queue_delete(f"{name}.dead")
-            connection.default_channel.exchange_delete(name)
 
-
-def test_a_classic_queue_that_still_holds_messages_is_left_alone(settings):
-    name = f"{settings.queue}.busy"
-    classic = kombu.Queue(name, kombu.Exchange(name, "direct"), routing_key=name)
-    with kombu.Connection(settings.broker_url) as connection:
-        classic(connection.default_channel).declare()
-        connection.Producer().publish({"x": 1}, exchange=name, routing_key=name)
-        try:
-            with pytest.raises(QueueMismatch, match="1 message"):
-                declare_queues(connection, name, 3)
-            channel = connection.channel()
-            assert channel.queue_declare(name, passive=True).message_count == 1
-            channel.close()
-        finally:
-            connection.default_channel.queue_delete(name)
-            connection.default_channel.queue_delete(f"{name}.dead")
-            connection.default_channel.exchange_delete(name)
+    wait_until("the message in the queue", lambda: held() == 1, 30)
+    with pytest.raises(QueueMismatch, match="1 message"):
+        declare_queues(connection, name, 7)
+    assert held() == 1

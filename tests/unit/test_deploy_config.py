@@ -49,24 +49,19 @@ def test_compose_runs_every_part_of_the_service():
     assert "noeviction" in text  # waiting captures are never evicted
 
 
-def test_alerting_rules_pass_promtool():
-    promtool = _tool_or_skip(["promtool"])
-    done = subprocess.run(
-        [*promtool, "check", "rules", str(ROOT / "config/prometheus/alerts.yml")],
-        capture_output=True,
-        text=True,
-    )
+def promtool(*args: str) -> str:
+    """Run ``promtool ARGS`` on the deployment's files; its output, which must say SUCCESS."""
+    command = _tool_or_skip(["promtool"])
+    done = subprocess.run([*command, *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout
+    return done.stdout
+
+
+def test_alerting_rules_pass_promtool():
+    promtool("check", "rules", str(ROOT / "config/prometheus/alerts.yml"))
 
 
 def test_alerting_rules_fire_as_their_tests_expect():
     """``config/prometheus/alerts_test.yml``: series in, alerts out, as promtool evaluates them."""
-    promtool = _tool_or_skip(["promtool"])
-    done = subprocess.run(
-        [*promtool, "test", "rules", str(ROOT / "config/prometheus/alerts_test.yml")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS" in done.stdout
+    promtool("test", "rules", str(ROOT / "config/prometheus/alerts_test.yml"))
