@@ -95,7 +95,9 @@ def migrate_database(settings: Settings) -> None:
 
 def declare_queues(settings: Settings) -> None:
     """Declare the quorum queue and its dead-letter queue (replacing an empty older queue)."""
+    import amqp.exceptions
     import kombu
+    import kombu.utils.url
 
     from tasks.app import QueueMismatch
     from tasks.app import declare_queues as declare
@@ -105,6 +107,17 @@ def declare_queues(settings: Settings) -> None:
             declare(connection, settings.queue, settings.max_deliveries)
         except QueueMismatch as exc:
             print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except amqp.exceptions.AccessRefused as exc:  # the user may not configure the queues
+            user = kombu.utils.url.url_to_parts(settings.broker_url).username or "guest"
+            pattern = "^" + settings.queue.replace(".", "\\.")
+            print(
+                f"error: RabbitMQ refused to declare the queues: {exc.reply_text}. The service "
+                "declares its queues (and every publisher and worker does again on connecting), "
+                f"so its user needs the configure permission on them, e.g. `rabbitmqctl "
+                f"set_permissions -p {connection.virtual_host} {user} '{pattern}' '.*' '.*'`",
+                file=sys.stderr,
+            )
             raise SystemExit(2) from None
 
 

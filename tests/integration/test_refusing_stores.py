@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 from dataclasses import replace
@@ -23,7 +24,13 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
-from tests.integration.helpers import free_port, private_redis, submit_npy, wait_final
+from tests.integration.helpers import (
+    free_port,
+    private_redis,
+    submit_npy,
+    wait_final,
+    worker_env,
+)
 
 
 @pytest.fixture
@@ -253,3 +260,33 @@ def test_a_full_queue_refusing_a_task_is_a_broker_unavailable_and_keeps_nothing(
         assert accepted.status_code == 202, accepted.get_json()
     finally:
         app.extensions["heimdall"].jobs.engine.dispose()
+
+
+@pytest.fixture
+def broker_user_without_configure(settings):
+    """A RabbitMQ user of this test's own that may read and write but not declare (configure)
+    anything; its broker URL. Deleted afterwards."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:  # a laptop without it skips; CI must have it
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("rabbitmqctl is not installed")
+    user, password = f"heimdall-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    subprocess.run([rabbitmqctl, "add_user", user, password], **RUN)
+    try:
+        subprocess.run([rabbitmqctl, "set_permissions", "-p", "/", user, "^$", ".*", ".*"], **RUN)
+        yield f"amqp://{user}:{password}@127.0.0.1:5672//", user
+    finally:
+        subprocess.run([rabbitmqctl, "delete_user", user], **{**RUN, "check": False})
+
+
+def test_a_broker_user_that_may_not_declare_the_queues_is_told_which_permission(
+    settings, broker_user_without_configure
+):
+    """RabbitMQ's ACCESS_REFUSED ended `migrate` (and every start) in a traceback."""
+    url, user = broker_user_without_configure
+    env = {**worker_env(settings), "HEIMDALL_BROKER_URL": url}
+    command = [sys.executable, "-m", "inference_worker.cli", "migrate"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "RabbitMQ refused to declare the queues: ACCESS_REFUSED" in done.stderr
+    assert f"rabbitmqctl set_permissions -p / {user} '^" in done.stderr
