@@ -29,6 +29,7 @@ class FinishedJobs:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._subscribed = threading.Event()
+        self._closed = threading.Event()
 
     def wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
         """Block until ``job_id`` is announced final, ``is_final()`` says so, or the timeout;
@@ -57,13 +58,17 @@ class FinishedJobs:
             self._subscribed.clear()
         threading.Thread(target=self._listen, name="heimdall-finished-jobs", daemon=True).start()
 
+    def close(self) -> None:
+        """Stop listening (within a second): for an app that ends before its process does."""
+        self._closed.set()
+
     def _listen(self) -> None:
-        while True:
+        while not self._closed.is_set():
             pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.store.done_channel())
                 self._subscribed.set()
-                while True:
+                while not self._closed.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._wake(message)
@@ -74,7 +79,7 @@ class FinishedJobs:
                     type(exc).__name__,
                     exc,
                 )
-                threading.Event().wait(RECONNECT_PAUSE_S)
+                self._closed.wait(RECONNECT_PAUSE_S)
             finally:
                 try:
                     pubsub.close()

@@ -105,7 +105,8 @@ def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
     (the worker retries, then hands it back) until Redis takes writes again."""
     url, redis_client, break_persistence = redis_that_cannot_persist
     local, _, start_worker = own_queue_factory(redis_url=url)
-    client = create_app(local).test_client()
+    app = create_app(local)
+    client = app.test_client()
     accepted = submit_npy(client, capture, job_id="persist-1")
     assert accepted.status_code == 202, accepted.get_json()
     break_persistence()
@@ -131,6 +132,7 @@ def test_a_redis_that_cannot_persist_is_a_store_unavailable_and_loses_nothing(
         redis_client.config_set("stop-writes-on-bgsave-error", "no")  # the disk is back
         view = wait_final(client, "persist-1")
     assert view["status"] == "succeeded", view
+    app.extensions["heimdall"].finished.close()  # its Redis goes with the test
 
 
 def test_a_replica_without_its_primary_is_a_store_unavailable_for_reads_too(
