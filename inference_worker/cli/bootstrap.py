@@ -71,11 +71,16 @@ def migrate_database(settings: Settings) -> None:
     import sqlalchemy.exc
 
     from inference_worker.storage.engine import engine_for, migrate
+    from inference_worker.storage.errors import DatabaseReadOnly
 
     engine = engine_for(settings, pool_size=1)
     try:
         migrate(engine, settings.database_schema)
-    except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.InternalError) as exc:
+    except (
+        sqlalchemy.exc.ProgrammingError,  # a right refused
+        sqlalchemy.exc.InternalError,  # the server's own fault
+        DatabaseReadOnly,  # a standby
+    ) as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         remedy = ""
         if "permission denied" in reason:

@@ -22,7 +22,7 @@ from celery import bootsteps
 
 from inference_worker.core.capture import JOB_ID_PATTERN
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
+from inference_worker.storage.errors import DATABASE_ERRORS, TRANSIENT_ERRORS, store_name
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.views import job_view
 from tasks.contract import MessageError, read_message
@@ -147,7 +147,8 @@ def dead_letter_step(
                     jobs, redis, letter, failure_reason(letter, delivery_limit), result_ttl_s
                 ):
                     observability.record_job({"status": "dead_lettered"})
-            except TRANSIENT_ERRORS as exc:
+            except (*TRANSIENT_ERRORS, *DATABASE_ERRORS) as exc:  # a job must end recorded:
+                # whatever keeps the stores from it is waited out (an outage, a server fault)
                 log.warning("cannot record dead-lettered job %s yet: %s", letter.job_id, exc)
                 observability.record_store_retry(store_name(exc))
                 time.sleep(STORE_RETRY_PAUSE_S)  # the stores are down: do not spin

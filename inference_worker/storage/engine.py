@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from inference_worker.settings import Settings
+from inference_worker.storage.errors import as_read_only
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -35,7 +36,7 @@ def create_engine(
     (``connection.execution_options(isolation_level="READ COMMITTED")``).
     """
     timeout_ms = statement_timeout_s * 1e3
-    return sa.create_engine(
+    engine = sa.create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=5,
@@ -51,6 +52,18 @@ def create_engine(
             "application_name": f"{role} pid {os.getpid()}",
         },
     )
+    sa.event.listen(engine, "handle_error", _read_only_is_unavailable)
+    return engine
+
+
+def _read_only_is_unavailable(context: sa.engine.ExceptionContext) -> Exception | None:
+    """A write refused in a read-only transaction raises :class:`DatabaseReadOnly` (retried,
+    as a database that is down) instead of an ``InternalError`` (not retried)."""
+    error = context.sqlalchemy_exception
+    if not isinstance(error, sa.exc.StatementError):
+        return None
+    replaced = as_read_only(error)
+    return None if replaced is error else replaced
 
 
 def engine_for(settings: Settings, *, role: str = "heimdall", pool_size: int = 5) -> Engine:

@@ -12,15 +12,38 @@ class PersistenceError(redis.exceptions.ResponseError):
     redis-py has no class of its own for it; the store's parser raises this one."""
 
 
+class DatabaseReadOnly(sqlalchemy.exc.OperationalError):
+    """PostgreSQL refusing a write in a read-only transaction (SQLSTATE 25006: a standby, a
+    database switched read-only) until a failover or its operator lifts it. The engine raises it
+    in place of SQLAlchemy's ``InternalError``, which also stands for the server's own faults
+    (``XX000``), which waiting does not mend."""
+
+
+READ_ONLY_TRANSACTION = "25006"
+"""SQLSTATE of a write refused in a read-only transaction."""
+
+
+def as_read_only(error: sqlalchemy.exc.StatementError) -> sqlalchemy.exc.StatementError:
+    """``error`` as :class:`DatabaseReadOnly` when the driver's error is a write refused in a
+    read-only transaction; otherwise ``error`` itself."""
+    if getattr(error.orig, "pgcode", None) != READ_ONLY_TRANSACTION:
+        return error
+    return DatabaseReadOnly(
+        error.statement,
+        error.params,
+        error.orig,  # type: ignore[arg-type]
+        connection_invalidated=getattr(error, "connection_invalidated", False),
+    )
+
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica, until a failover promotes it
     redis.exceptions.MasterDownError,  # a replica that serves nothing while its primary is gone
     PersistenceError,  # a Redis that cannot save to disk, until it can
-    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.OperationalError,  # DatabaseReadOnly too: a standby, until a failover
     sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.InternalError,  # a read-only transaction (a standby), the server's own faults
 )
 """Store errors worth retrying with backoff (the service is down, unreachable, or refusing work
 for a while); an error about the input is never retried."""

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from inference_worker.storage.errors import as_read_only
 from inference_worker.storage.job_sql import PREPARED_NAMES
 
 T = TypeVar("T")
@@ -147,8 +148,10 @@ def driver_rows(
                 raw.invalidate(exc)
             if dead and attempt <= pooled:
                 continue
-            raise sa.exc.DBAPIError.instance(
-                statement, params, exc, dbapi_error, connection_invalidated=dead
+            raise as_read_only(
+                sa.exc.DBAPIError.instance(
+                    statement, params, exc, dbapi_error, connection_invalidated=dead
+                )
             ) from exc
         finally:
             if cursor is not None and not cursor.closed:

@@ -7,10 +7,12 @@ import pickle
 
 import pytest
 import redis
+import sqlalchemy.exc
 from prometheus_client import REGISTRY
 
 from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
 from inference_worker.serving.worker import with_store_retries
+from inference_worker.storage.errors import DatabaseReadOnly, as_read_only
 from inference_worker.storage.redis_store import ReplyParser
 
 JOB = "acq-0001"
@@ -99,6 +101,39 @@ def test_a_redis_refusing_writes_for_a_while_is_retried_as_a_redis_that_is_down(
 
     assert with_store_retries(refusing, 3, lambda _: None) == "done"
     assert len(calls) == 2
+
+
+class DriverError(Exception):
+    """A driver's error with its SQLSTATE, as psycopg2 gives it."""
+
+    def __init__(self, pgcode: str, message: str) -> None:
+        super().__init__(message)
+        self.pgcode = pgcode
+
+
+def test_a_database_refusing_writes_is_retried_and_its_own_faults_are_not():
+    """SQLAlchemy raises ``InternalError`` for a write in a read-only transaction (a standby:
+    wait for the failover) and for the server's own faults (``XX000``: waiting mends nothing);
+    the store tells the first apart as ``DatabaseReadOnly``."""
+    standby = sqlalchemy.exc.InternalError(
+        "INSERT ...", {}, DriverError("25006", "cannot execute INSERT in a read-only transaction")
+    )
+    fault = sqlalchemy.exc.InternalError("INSERT ...", {}, DriverError("XX000", "internal"))
+    assert isinstance(as_read_only(standby), DatabaseReadOnly)
+    assert as_read_only(fault) is fault
+    calls = []
+
+    def refusing(error: Exception) -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise error
+        return "done"
+
+    assert with_store_retries(lambda: refusing(as_read_only(standby)), 3, lambda _: None) == "done"
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.InternalError):
+        with_store_retries(lambda: refusing(as_read_only(fault)), 3, lambda _: None)
+    assert calls == [1]
 
 
 def test_other_refusals_of_redis_are_not_retried():
