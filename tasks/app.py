@@ -38,6 +38,10 @@ class QueueMismatch(RuntimeError):
     """The queue exists on the broker with other arguments and still holds messages."""
 
 
+class Unroutable(kombu.exceptions.KombuError):
+    """RabbitMQ had no queue to route a task to, even after the queue was declared again."""
+
+
 def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dead"
 
@@ -205,6 +209,12 @@ def publisher(
     """
     origin = anon_nodename()
     queues = list(app.conf.task_queues or ())
+    returned: set[str] = set()
+    """Job ids of tasks RabbitMQ returned unrouted (the publishing threads share the set)."""
+
+    def on_return(_: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        # Called while the publish waits for its confirm: a return comes before the ack.
+        returned.add(message.properties.get("correlation_id", ""))
 
     def publish(message: LocateMessage) -> None:
         job_id = message.job_id
@@ -232,23 +242,39 @@ def publisher(
             {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
         )
         with app.producer_or_acquire() as producer:
-            # Declared once per connection (kombu remembers), without binding a copy of the
-            # queue to the channel on every publish as a declare list would.
-            known = producer.connection.declared_entities
-            declare = [q for q in queues if hash(q) not in known]
-            producer.publish(
-                body,
-                exchange=queue,
-                routing_key=queue,
-                serializer="json",
-                headers=headers,
-                correlation_id=job_id,
-                reply_to="",
-                delivery_mode=2,
-                declare=declare,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-                confirm_timeout=confirm_timeout_s,
-            )
+            # Heard on this channel, and on any a reconnection inside the publish opens
+            # (kombu adds a producer's ``on_return`` to each channel it revives on).
+            producer.on_return = on_return
+            producer.channel.events["basic_return"].add(on_return)
+            for _ in range(2):
+                # Declared once per connection (kombu remembers), without binding a copy of the
+                # queue to the channel on every publish as a declare list would.
+                known = producer.connection.declared_entities
+                declare = [q for q in queues if hash(q) not in known]
+                producer.publish(
+                    body,
+                    exchange=queue,
+                    routing_key=queue,
+                    serializer="json",
+                    headers=headers,
+                    correlation_id=job_id,
+                    reply_to="",
+                    delivery_mode=2,
+                    # Unroutable (the queue deleted since this connection declared it): returned
+                    # rather than confirmed and dropped, which would leave a job no one runs.
+                    mandatory=True,
+                    declare=declare,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                    confirm_timeout=confirm_timeout_s,
+                )
+                if job_id not in returned:
+                    return
+                returned.discard(job_id)
+                log.warning(
+                    "task of job %s was returned unrouted; declaring %r again", job_id, queue
+                )
+                known.difference_update(hash(q) for q in queues)
+        raise Unroutable(f"RabbitMQ has no queue {queue!r} to route the job to")
 
     return publish

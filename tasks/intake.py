@@ -41,6 +41,7 @@ from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, desc
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.answers import CachedAnswer, announce_answered, cached_answer
+from tasks.app import Unroutable
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage
 from tasks.outbox import new_job, record_job, stored_message
@@ -74,6 +75,8 @@ def describe_broker_refusal(exc: BaseException) -> str:
     while cause is not None and id(cause) not in seen:  # a chain may loop back on itself
         if isinstance(cause, amqp.exceptions.MessageNacked):
             return "the message broker refused the job (its queue may be full)"
+        if isinstance(cause, Unroutable):
+            return "the message broker has no queue for the job"
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return "the message broker is unavailable"

@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from dataclasses import replace
 
+import kombu
 import numpy as np
 import pytest
 import redis
@@ -292,3 +293,31 @@ def test_a_broker_user_that_may_not_declare_the_queues_is_told_which_permission(
     assert "Traceback" not in done.stderr
     assert "RabbitMQ refused to declare the queues: ACCESS_REFUSED" in done.stderr
     assert f"rabbitmqctl set_permissions -p / {user} '^" in done.stderr
+
+
+def test_a_queue_deleted_under_a_running_shim_is_declared_again_and_loses_no_task(
+    own_queue_factory, capture
+):
+    """The shim declares the queue once a connection; deleted since (an operator's
+    `rabbitmqctl delete_queue`), a task was routed nowhere and confirmed all the same: a `202`
+    for a job no worker would ever see. Now the publish is mandatory, RabbitMQ returns it,
+    and the shim declares the queue again and publishes once more."""
+    local, _, _ = own_queue_factory()
+    app = create_app(local)
+    client = app.test_client()
+    try:
+        first = submit_npy(client, capture, job_id="deleted-queue-1")
+        assert first.status_code == 202, first.get_json()
+        with kombu.Connection(local.broker_url) as connection:
+            connection.default_channel.queue_delete(local.queue)
+        second = replace(capture, iq=capture.iq * np.complex64(1.0001))
+        accepted = submit_npy(client, second, job_id="deleted-queue-2")
+        assert accepted.status_code == 202, accepted.get_json()
+
+        def held() -> int:
+            with kombu.Connection(local.broker_url) as connection:
+                return int(connection.default_channel.queue_declare(local.queue, passive=True)[1])
+
+        wait_until("the task in the declared queue", lambda: held() == 1, 30)
+    finally:
+        app.extensions["heimdall"].jobs.engine.dispose()
