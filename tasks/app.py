@@ -205,7 +205,12 @@ def publisher(
     The message is Celery's task protocol 2, built here rather than by ``send_task``: the same
     headers and body, without the generic argument checks and ``repr`` of the arguments that
     cost a submission more CPU than the publish itself. It retries like ``send_task`` would
-    (``PUBLISH_RETRY_POLICY``) and declares the queue once per connection.
+    (``PUBLISH_RETRY_POLICY``) and declares the queue once per connection. It publishes as
+    mandatory: a task RabbitMQ returns unrouted (the queue deleted since) makes it declare the
+    queue again and publish once more.
+
+    Raises:
+        Unroutable: the task came back a second time.
     """
     origin = anon_nodename()
     queues = list(app.conf.task_queues or ())
@@ -241,6 +246,7 @@ def publisher(
             {},
             {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
         )
+        returned.discard(job_id)  # left by an earlier publish of this job that then failed
         with app.producer_or_acquire() as producer:
             # Heard on this channel, and on any a reconnection inside the publish opens
             # (kombu adds a producer's ``on_return`` to each channel it revives on).
