@@ -137,9 +137,9 @@ class ProcessRuntime:
                 log.error("reload failed: %s", exc)
             try:
                 store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
-            except STORE_ERRORS as exc:  # Redis down or full: beat again next time
+            except STORE_ERRORS as exc:  # Redis down, full or refusing writes: beat again next time
                 log.warning("heartbeat to Redis failed: %s", exc)
-            except Exception:  # any other refusal (MISCONF: a Redis that cannot persist) too:
+            except Exception:  # any other refusal (NOPERM: an ACL that denies the command) too:
                 # a heartbeat thread that ended would leave a working process counted as gone
                 log.exception("heartbeat to Redis failed")
             self._stop.wait(HEARTBEAT_INTERVAL_S)

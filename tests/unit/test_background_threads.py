@@ -43,9 +43,9 @@ def test_publish_marks_go_on_after_a_flush_the_database_refuses(caplog):
 
 
 def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog):
-    """A Redis that refuses a write for another reason than a lost connection (MISCONF: it
-    cannot persist) used to end the heartbeat thread: the process went on working, counted as
-    gone."""
+    """A Redis that refuses a write for a reason that is not a store unavailable (NOPERM: an
+    ACL that denies the command) used to end the heartbeat thread: the process went on working,
+    counted as gone."""
     monkeypatch.setattr(runtime, "HEARTBEAT_INTERVAL_S", 0.01)
     refused, beaten = threading.Event(), threading.Event()
 
@@ -53,7 +53,9 @@ def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog)
         def heartbeat(self, worker_id: str, info: dict, ttl_s: int) -> None:
             if not refused.is_set():
                 refused.set()
-                raise redis.exceptions.ResponseError("MISCONF Redis is unable to persist")
+                raise redis.exceptions.ResponseError(
+                    "NOPERM this user has no permissions to run it"
+                )
             beaten.set()
 
     process = ProcessRuntime(load_settings())
