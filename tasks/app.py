@@ -19,6 +19,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, Queue
 
+from tasks.alarm import BrokerAlarm, BrokerBlocked
 from tasks.contract import TASK_NAME, LocateMessage
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,19 @@ def create_celery(
     Celery: the worker writes them to PostgreSQL and Redis itself.
     """
     app = Celery(main, set_as_current=False)
+    alarm = BrokerAlarm(broker_url)
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker waits for the broker, however long
-        broker_transport_options={"confirm_publish": True},
+        broker_transport_options={
+            "confirm_publish": True,
+            # Every connection says when RabbitMQ blocks it (a memory or disk alarm), so that a
+            # publish stops waiting for a confirm that comes only once the alarm clears.
+            "on_blocked": alarm.heard_blocked,
+            "on_unblocked": alarm.heard_unblocked,
+        },
+        heimdall_broker_alarm=alarm,
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
@@ -195,6 +204,13 @@ def create_celery(
     return app
 
 
+def broker_alarm(app: Celery) -> BrokerAlarm:
+    """What the process's connections of ``app`` (made by :func:`create_celery`) heard of
+    RabbitMQ's resource alarms."""
+    alarm: BrokerAlarm = app.conf.heimdall_broker_alarm
+    return alarm
+
+
 def publisher(
     app: Celery, queue: str, confirm_timeout_s: float = 5.0
 ) -> Callable[[LocateMessage], None]:
@@ -209,10 +225,16 @@ def publisher(
     mandatory: a task RabbitMQ returns unrouted (the queue deleted since) makes it declare the
     queue again and publish once more.
 
+    While RabbitMQ blocks publishing (a memory or disk alarm) it refuses at once rather than
+    wait for a confirm that comes only when the alarm clears (:mod:`tasks.alarm`).
+
     Raises:
         Unroutable: the task came back a second time.
+        BrokerBlocked: RabbitMQ blocks publishing; ``sent`` says whether the message had been
+            written (it is then delivered once the alarm clears, unconfirmed).
     """
     origin = anon_nodename()
+    alarm = broker_alarm(app)
     queues = list(app.conf.task_queues or ())
     returned: set[str] = set()
     """Job ids of tasks RabbitMQ returned unrouted (the publishing threads share the set)."""
@@ -247,6 +269,7 @@ def publisher(
             {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
         )
         returned.discard(job_id)  # left by an earlier publish of this job that then failed
+        alarm.check()
         with app.producer_or_acquire() as producer:
             # Heard on this channel, and on any a reconnection inside the publish opens
             # (kombu adds a producer's ``on_return`` to each channel it revives on).
@@ -257,23 +280,32 @@ def publisher(
                 # queue to the channel on every publish as a declare list would.
                 known = producer.connection.declared_entities
                 declare = [q for q in queues if hash(q) not in known]
-                producer.publish(
-                    body,
-                    exchange=queue,
-                    routing_key=queue,
-                    serializer="json",
-                    headers=headers,
-                    correlation_id=job_id,
-                    reply_to="",
-                    delivery_mode=2,
-                    # Unroutable (the queue deleted since this connection declared it): returned
-                    # rather than confirmed and dropped, which would leave a job no one runs.
-                    mandatory=True,
-                    declare=declare,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
-                    confirm_timeout=confirm_timeout_s,
-                )
+                alarm.listen(producer.connection.connection)
+                try:
+                    with alarm.publishing():
+                        producer.publish(
+                            body,
+                            exchange=queue,
+                            routing_key=queue,
+                            serializer="json",
+                            headers=headers,
+                            correlation_id=job_id,
+                            reply_to="",
+                            delivery_mode=2,
+                            # Unroutable (the queue deleted since this connection declared
+                            # it): returned rather than confirmed and dropped, which would
+                            # leave a job no one runs.
+                            mandatory=True,
+                            declare=declare,
+                            retry=True,
+                            retry_policy=PUBLISH_RETRY_POLICY,
+                            confirm_timeout=confirm_timeout_s,
+                        )
+                except BrokerBlocked:
+                    # The confirm this channel waits for comes when the alarm clears: a later
+                    # publish on it would take that confirm for its own. Drop the connection.
+                    producer.connection.collect()
+                    raise
                 if job_id not in returned:
                     return
                 returned.discard(job_id)

@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import amqp.exceptions
 import kombu.exceptions
@@ -40,6 +40,7 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_ERRORS, TRANSIENT_ERRORS, describe_unavailable
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
+from tasks.alarm import BrokerBlocked
 from tasks.answers import CachedAnswer, announce_answered, cached_answer
 from tasks.app import Unroutable
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
@@ -69,7 +70,8 @@ UNAVAILABLE_ERRORS = (
 def describe_broker_refusal(exc: BaseException) -> str:
     """What a client is told when a publish fails: the broker is unreachable, or it nacked the
     message (kombu raises its own error from py-amqp's ``MessageNacked``): a queue at its
-    ``max-length`` rejecting publishes, a quorum queue without a majority."""
+    ``max-length`` rejecting publishes, a quorum queue without a majority), or it blocks
+    publishing (a memory or disk alarm)."""
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:  # a chain may loop back on itself
@@ -77,6 +79,11 @@ def describe_broker_refusal(exc: BaseException) -> str:
             return "the message broker refused the job (its queue may be full)"
         if isinstance(cause, Unroutable):
             return "the message broker has no queue for the job"
+        if isinstance(cause, BrokerBlocked):
+            return (
+                "the message broker refuses new messages while it is low on memory or disk "
+                "(a RabbitMQ resource alarm)"
+            )
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return "the message broker is unavailable"
@@ -248,15 +255,21 @@ class Intake:
             else:
                 self.store.put_blob(blob_key, payload, self.settings.blob_ttl_s)
             self.publish(message)
-        except UNAVAILABLE_ERRORS as exc:
-            if created:
-                self._withdraw(job_id, blob_key)
-            reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
-            reason = reason or describe_broker_refusal(exc)
-            log.error(
-                "could not accept job %s, %s: %s: %s", job_id, reason, type(exc).__name__, exc
+        except BrokerBlocked as exc:
+            if not (exc.sent and self.jobs is not None):
+                # Not sent: nothing of it reached the broker. Sent, with no row to relay it
+                # from (a producer): the capture stays for the task that may still arrive.
+                self._refuse(job_id, blob_key, created and not exc.sent, exc)
+            # Written before RabbitMQ blocked it: the task is delivered when the alarm clears,
+            # and its row, unconfirmed, is the relay's to publish again if it is not.
+            log.warning(
+                "job %s: RabbitMQ blocked its task before confirming it (a resource alarm); "
+                "it runs once the alarm clears",
+                job_id,
             )
-            raise ServiceUnavailable(f"{reason}; retry later") from None
+            return Accepted(job_id, status, created=created)
+        except UNAVAILABLE_ERRORS as exc:
+            self._refuse(job_id, blob_key, created, exc)
         if self.mark_published is not None:
             try:
                 self.mark_published(job_id)
@@ -291,6 +304,16 @@ class Intake:
             if row["iq_sha256"] != message.iq_sha256:
                 raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
         return row, created
+
+    def _refuse(self, job_id: str, blob_key: str, withdraw: bool, exc: BaseException) -> NoReturn:
+        """Answer a submission the stores or the broker could not take, having withdrawn what
+        it left (``withdraw``: its row and capture are this submission's own)."""
+        if withdraw:
+            self._withdraw(job_id, blob_key)
+        reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
+        reason = reason or describe_broker_refusal(exc)
+        log.error("could not accept job %s, %s: %s: %s", job_id, reason, type(exc).__name__, exc)
+        raise ServiceUnavailable(f"{reason}; retry later") from None
 
     def _withdraw(self, job_id: str, blob_key: str) -> None:
         undo: list[Callable[[], None]] = [

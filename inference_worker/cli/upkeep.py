@@ -81,14 +81,27 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
 def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> int:
     """Publish each job's task again, printing what happened to each; returns how many were."""
     from inference_worker.serving import recovery
+    from inference_worker.storage.errors import STORE_ERRORS
+    from tasks.alarm import BrokerBlocked
     from tasks.app import create_celery, publisher
+    from tasks.intake import UNAVAILABLE_ERRORS, describe_broker_refusal
 
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     publish = publisher(app, settings.queue, settings.publish_confirm_timeout_s)
     published = 0
     try:
         for job_id in job_ids:
-            outcome = recovery.requeue(stores, job_id, publish)
+            try:
+                outcome = recovery.requeue(stores, job_id, publish)
+            except STORE_ERRORS:
+                raise
+            except UNAVAILABLE_ERRORS as exc:  # the broker: the rest would meet it too
+                refusal = describe_broker_refusal(exc)
+                if isinstance(exc, BrokerBlocked) and exc.sent:
+                    print(f"{job_id}: sent, not confirmed: {refusal}; it runs once that is over")
+                else:
+                    print(f"{job_id}: not published: {refusal}")
+                break
             published += outcome == recovery.PUBLISHED_AGAIN
             print(f"{job_id}: {outcome}")
     finally:

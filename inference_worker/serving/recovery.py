@@ -27,6 +27,7 @@ from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
 from tasks.contract import LocateMessage
+from tasks.intake import UNAVAILABLE_ERRORS, describe_broker_refusal
 from tasks.outbox import stored_message
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class Upkeep:
                 self.run_once()
             except STORE_ERRORS as exc:
                 log.warning("upkeep postponed, a store is unavailable: %s", exc)
+            except UNAVAILABLE_ERRORS as exc:  # the broker: down, or blocking in an alarm
+                log.warning("upkeep postponed, %s: %s", describe_broker_refusal(exc), exc)
             except Exception:  # the thread must outlive any bug in one round
                 log.exception("upkeep round failed")
 

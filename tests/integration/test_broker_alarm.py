@@ -1,0 +1,162 @@
+"""A RabbitMQ memory or disk alarm: every submission is answered, none is held for the alarm.
+
+In an alarm RabbitMQ stops reading from each connection that publishes, and the confirm a
+publisher waits for comes only when the alarm clears. The shim hears that its connection is
+blocked and answers at once: a job whose task RabbitMQ had already read is accepted (it runs
+once the alarm clears), every later one is refused with a 503 that says why and keeps nothing.
+Afterwards every accepted job finishes, and a refused job id submitted again is accepted.
+
+It sets the machine's RabbitMQ memory watermark so low that the alarm goes off, which blocks
+every publisher on the machine for a few seconds, so it runs only when asked for, as the
+fault-injection suite does: ``HEIMDALL_FAULT_TESTS=1`` (``.ci/run`` sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.storage.database import JobStore
+from tests.helpers import capture_query, npy_bytes
+from tests.integration.helpers import free_port, worker_env
+
+OPT_IN = "HEIMDALL_FAULT_TESTS"
+CLIENT_TIMEOUT_S = 30.0
+"""A submission unanswered this long counts as held (status 0), which fails the test."""
+DURING = 8
+"""Submissions made while the alarm lasts."""
+
+
+def rabbit_eval(expression: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "eval", expression], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+
+def memory_alarm() -> bool:
+    return "memory" in rabbit_eval("rabbit_alarm:get_alarms().")
+
+
+def set_watermark(value: str) -> None:
+    """``value`` as ``vm_memory_monitor`` prints it: a fraction, or ``{absolute,N}``."""
+    args = ["absolute", value.strip("{}").split(",")[1]] if value.startswith("{") else [value]
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", *args],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def memory_alarm_switch():
+    """A function that sets off a memory alarm on this machine's RabbitMQ; the watermark is
+    set back afterwards, whatever happens."""
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"sets off a memory alarm on this machine's RabbitMQ: set {OPT_IN}=1")
+    if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
+        why = "setting RabbitMQ's memory watermark needs rabbitmqctl and root"
+        if os.environ.get("CI"):
+            pytest.fail(f"the broker alarm test cannot run in CI: {why}")
+        pytest.skip(why)
+    original = rabbit_eval("vm_memory_monitor:get_vm_memory_high_watermark().")
+    switched = []
+
+    def switch(on: bool) -> None:
+        set_watermark("0.000001" if on else original)
+        switched.append(on)
+        wait_until(f"the memory alarm {'on' if on else 'off'}", lambda: memory_alarm() == on, 30)
+
+    try:
+        yield switch
+    finally:
+        if switched:
+            set_watermark(original)
+
+
+def post(base_url: str, capture, job_id: str) -> tuple[int, dict, float]:
+    query = urllib.parse.urlencode(capture_query(capture, job_id=job_id))
+    request = urllib.request.Request(
+        f"{base_url}/predict?{query}",
+        data=npy_bytes(capture.iq),
+        headers={"Content-Type": "application/x-npy"},
+        method="POST",
+    )
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError as exc:  # no answer in time: held
+        status, raw = 0, json.dumps({"error": {"message": repr(exc)}}).encode()
+    return status, json.loads(raw), time.monotonic() - started
+
+
+def test_an_alarm_is_answered_at_once_and_loses_nothing(
+    memory_alarm_switch, own_queue, engine, simulator, tmp_path
+):
+    local, _, start_worker = own_queue
+    rng = np.random.default_rng(20261202)
+    captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(4)]
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
+    jobs = JobStore(engine)
+    tag = uuid.uuid4().hex[:8]
+
+    def final(job_id: str) -> bool:
+        return (jobs.get(job_id) or {}).get("status") in ("succeeded", "failed")
+
+    with (
+        cli_process(["api", "--port", str(port), "--workers", "1"], tmp_path / "api.log", env),
+        start_worker("A"),
+    ):
+        wait_until("the shim", lambda: post(base_url, captures[0], f"alarm-{tag}-0")[0] == 202, 60)
+        wait_until("the first job", lambda: final(f"alarm-{tag}-0"), 60)
+
+        memory_alarm_switch(True)
+        during = []
+        for index in range(DURING):
+            job_id = f"alarm-{tag}-during-{index}"
+            # A new capture each time (a repeated one is answered from the result cache).
+            capture = captures[1 + index % 3]
+            capture = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
+            during.append((job_id, capture, *post(base_url, capture, job_id)))
+        memory_alarm_switch(False)
+
+        for job_id, _, status, body, seconds in during:
+            print(f"{job_id}: HTTP {status} in {seconds * 1e3:.0f} ms {body.get('error', '')}")
+        statuses = [status for _, _, status, _, _ in during]
+        assert set(statuses) <= {202, 503}, statuses  # 0: held until the client gave up
+        refused = [
+            (job_id, capture, body) for job_id, capture, status, body, _ in during if status == 503
+        ]
+        assert refused, "no submission was refused during the alarm"
+        for job_id, _, body in refused:
+            assert body["error"]["code"] == "service_unavailable"
+            assert "low on memory or disk" in body["error"]["message"]
+            assert jobs.get(job_id) is None  # nothing kept
+
+        accepted = [job_id for job_id, _, status, _, _ in during if status == 202]
+        for job_id, capture, _ in refused:  # the same job id, once the alarm is over
+            wait_until(
+                f"{job_id} accepted again",
+                lambda: post(base_url, capture, job_id)[0] == 202,  # noqa: B023
+                30,
+            )
+            accepted.append(job_id)
+        wait_until("every accepted job final", lambda: all(map(final, accepted)), 120)
+        assert {jobs.get(job_id)["status"] for job_id in accepted} == {"succeeded"}
