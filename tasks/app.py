@@ -280,8 +280,8 @@ def publisher(
                 # queue to the channel on every publish as a declare list would.
                 known = producer.connection.declared_entities
                 declare = [q for q in queues if hash(q) not in known]
-                alarm.listen(producer.connection.connection)
                 try:
+                    alarm.listen(producer.connection.connection)
                     with alarm.publishing():
                         producer.publish(
                             body,
@@ -302,8 +302,9 @@ def publisher(
                             confirm_timeout=confirm_timeout_s,
                         )
                 except BrokerBlocked:
-                    # The confirm this channel waits for comes when the alarm clears: a later
-                    # publish on it would take that confirm for its own. Drop the connection.
+                    # RabbitMQ reads nothing more from this connection until the alarm clears:
+                    # closing it would wait that long for the handshake, and a confirm it still
+                    # waits for would be taken by a later publish for its own. Drop it.
                     producer.connection.collect()
                     raise
                 if job_id not in returned:

@@ -36,7 +36,8 @@ from inference_worker.serving.recovery import Stores, Upkeep, open_stores, recor
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
-from tasks.app import create_celery, publisher
+from tasks.alarm import BrokerBlocked
+from tasks.app import broker_alarm, create_celery, publisher
 from tasks.contract import TASK_NAME, read_message
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,41 @@ def with_store_retries(
 
 
 class Consumer(celery.worker.consumer.Consumer):
-    """Celery's consumer without native delayed delivery.
+    """Celery's consumer without native delayed delivery, sending its events unconfirmed.
 
-    Celery sets that up whenever it sees a quorum queue: 28 extra queues and exchanges on the
-    broker, and a warning, since it does not work with direct exchanges. This service never
-    publishes a task with a countdown or an ETA, so it has no use for them.
+    Celery sets delayed delivery up whenever it sees a quorum queue: 28 extra queues and
+    exchanges on the broker, and a warning, since it does not work with direct exchanges. This
+    service never publishes a task with a countdown or an ETA, so it has no use for them.
+
+    Events (the heartbeat every 2 s, task events while a monitor asks for them) are sent from
+    the consumer's event loop. Waiting for their confirms stopped the loop, and with it every
+    delivery, for as long as a RabbitMQ memory or disk alarm lasted, since RabbitMQ reads
+    nothing from a blocked connection: workers could not drain the backlog that had set the
+    alarm off. An event is worth no wait: its connection publishes without confirms.
     """
+
+    def shutdown(self) -> None:
+        # A connection RabbitMQ blocks in an alarm reads no closing handshake: the events
+        # connection, blocked since its last event, is dropped instead, or the worker would not
+        # stop until the alarm cleared.
+        dispatcher = self.event_dispatcher
+        events = getattr(dispatcher, "connection", None)
+        if events is not None and events.connected:
+            try:
+                broker_alarm(self.app).listen(events.connection)
+            except BrokerBlocked:
+                events.collect()
+            except Exception as exc:  # already gone: nothing to close
+                log.debug("events connection at shutdown: %s", exc)
+        super().shutdown()
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        # Only the events step asks the consumer for a connection to write on.
+        return self.ensure_connected(
+            self.app.connection_for_write(
+                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            )
+        )
 
     class Blueprint(celery.worker.consumer.Consumer.Blueprint):
         default_steps = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -27,10 +28,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.cli.processes import cli_process, stop, wait_until
 from inference_worker.storage.database import JobStore
 from tests.helpers import capture_query, npy_bytes
-from tests.integration.helpers import free_port, worker_env
+from tests.integration.helpers import free_port, produce, worker_env
 
 OPT_IN = "HEIMDALL_FAULT_TESTS"
 CLIENT_TIMEOUT_S = 30.0
@@ -160,3 +161,33 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
             accepted.append(job_id)
         wait_until("every accepted job final", lambda: all(map(final, accepted)), 120)
         assert {jobs.get(job_id)["status"] for job_id in accepted} == {"succeeded"}
+
+
+def test_workers_drain_the_queue_while_an_alarm_lasts(
+    memory_alarm_switch, own_queue, engine, simulator
+):
+    """Consuming is not blocked in an alarm, and draining the backlog is what ends one: a worker
+    (started during the alarm here) takes every waiting job meanwhile, and stops when told to.
+    Its event loop sent heartbeats with confirms, and stopped at the first one until the alarm
+    was over."""
+    local, _, start_worker = own_queue
+    rng = np.random.default_rng(20261203)
+    capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
+    waiting = [
+        produce(local, replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-6 * (k + 1))))
+        for k in range(20)
+    ]
+    jobs = JobStore(engine)
+
+    def finished() -> int:
+        return sum((jobs.get(job_id) or {}).get("status") == "succeeded" for job_id in waiting)
+
+    memory_alarm_switch(True)
+    with start_worker("A") as worker:
+        wait_until("the waiting jobs done during the alarm", lambda: finished() == 20, 60)
+        # A warm shutdown meanwhile: it closed its events connection with a handshake that
+        # RabbitMQ, reading nothing from it, never answered, until SIGKILL 30 s later.
+        stop(worker)
+        assert worker.returncode != -signal.SIGKILL
+        assert memory_alarm()  # still on: nothing here waited for its end
+    memory_alarm_switch(False)
