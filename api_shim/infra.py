@@ -11,6 +11,7 @@ from typing import Any
 
 import amqp.exceptions
 import kombu
+from celery import Celery
 from flask import Response, jsonify
 from prometheus_client.core import GaugeMetricFamily
 
@@ -24,7 +25,7 @@ from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.reachability import probe_broker, redact_secrets
 from inference_worker.storage.redis_store import RedisStore
-from tasks.app import dead_letter_queue_name
+from tasks.app import broker_alarm, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def worker_models(worker: dict[str, Any]) -> dict[str, Any]:
 def health() -> tuple[Response, int]:
     shim = services()
     checks = {
-        "broker": timed_check(lambda: probe_broker(shim.settings.broker_url)),
+        "broker": timed_check(lambda: broker_takes_messages(shim.settings, shim.celery)),
         "redis": timed_check(shim.store.ping),
         "database": timed_check(shim.jobs.ping),
     }
@@ -105,6 +106,13 @@ def metrics() -> Response:
     )
     body, content_type = observability.render(collectors)
     return Response(body, content_type=content_type)
+
+
+def broker_takes_messages(settings: Settings, celery: Celery) -> None:
+    """RabbitMQ answers, and this process has not heard it block publishing (a memory or disk
+    alarm), having asked the alarm's probe: health checks also learn when an alarm is over."""
+    probe_broker(settings.broker_url)
+    broker_alarm(celery).check()
 
 
 def timed_check(probe: Callable[[], Any]) -> dict[str, Any]:

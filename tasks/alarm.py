@@ -35,7 +35,7 @@ class BrokerBlocked(kombu.exceptions.KombuError):
     """
 
     def __init__(self, reason: str, *, sent: bool) -> None:
-        super().__init__(reason)
+        super().__init__(f"RabbitMQ blocks publishing, low on memory or disk ({reason})")
         self.reason = reason
         self.sent = sent
 

@@ -4,7 +4,8 @@ In an alarm RabbitMQ stops reading from each connection that publishes, and the 
 publisher waits for comes only when the alarm clears. The shim hears that its connection is
 blocked and answers at once: a job whose task RabbitMQ had already read is accepted (it runs
 once the alarm clears), every later one is refused with a 503 that says why and keeps nothing.
-Afterwards every accepted job finishes, and a refused job id submitted again is accepted.
+Meanwhile ``/health`` says why. Afterwards every accepted job finishes, and a refused job id
+submitted again is accepted.
 
 It sets the machine's RabbitMQ memory watermark so low that the alarm goes off, which blocks
 every publisher on the machine for a few seconds, so it runs only when asked for, as the
@@ -106,6 +107,14 @@ def post(base_url: str, capture, job_id: str) -> tuple[int, dict, float]:
     return status, json.loads(raw), time.monotonic() - started
 
 
+def health(base_url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=CLIENT_TIMEOUT_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_an_alarm_is_answered_at_once_and_loses_nothing(
     memory_alarm_switch, own_queue, engine, simulator, tmp_path
 ):
@@ -136,7 +145,12 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
             capture = captures[1 + index % 3]
             capture = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
             during.append((job_id, capture, *post(base_url, capture, job_id)))
+        status, body = health(base_url)
+        assert status == 503 and not body["checks"]["broker"]["ok"], body
+        assert "blocks publishing" in body["checks"]["broker"]["error"]
         memory_alarm_switch(False)
+        # The shim's health checks ask the alarm's probe too: the alarm is heard to be over.
+        wait_until("the shim healthy again", lambda: health(base_url)[0] == 200, 30)
 
         for job_id, _, status, body, seconds in during:
             print(f"{job_id}: HTTP {status} in {seconds * 1e3:.0f} ms {body.get('error', '')}")
