@@ -92,7 +92,9 @@ class CaptureProducer:
 
         Raises:
             inference_worker.core.capture.CaptureError: the capture is invalid (nothing sent).
-            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down (nothing accepted).
+            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down or refusing work
+                (nothing accepted; in a RabbitMQ memory or disk alarm, a task already read by
+                RabbitMQ still arrives after it: submit again with the same ``job_id``).
         """
         fields = {
             "sample_rate_hz": sample_rate_hz,
@@ -127,7 +129,9 @@ class CaptureProducer:
         Raises:
             inference_worker.core.capture.CaptureError: the set is refused, naming the receiver
                 (nothing sent).
-            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down (nothing accepted).
+            tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down or refusing work
+                (nothing accepted; in a RabbitMQ memory or disk alarm, a task already read by
+                RabbitMQ still arrives after it: submit again with the same ``job_id``).
         """
         fields = {
             "receivers": [dict(r) for r in receivers],
