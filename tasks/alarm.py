@@ -80,17 +80,23 @@ class BrokerAlarm:
             log.warning("RabbitMQ takes messages again: its alarm is over")
         self.reason = None
 
-    def listen(self, connection: amqp.Connection) -> None:
+    def listen(self, connection: kombu.Connection) -> None:
         """Read what the broker has said on ``connection`` (a block, its end), without waiting.
+
+        A connection found gone (the broker restarted, or closed it) is left to the publish,
+        whose retries reconnect.
 
         Raises:
             BrokerBlocked: (``sent`` False) RabbitMQ blocks publishing.
         """
         try:
+            transport_connection = connection.connection
             while True:
-                connection.drain_events(timeout=0)
+                transport_connection.drain_events(timeout=0)
         except TimeoutError:
             pass
+        except connection.connection_errors + connection.channel_errors as exc:
+            log.debug("the connection is gone; the publish reconnects: %s", exc)
         if self.reason is not None:
             raise BrokerBlocked(self.reason, sent=False)
 

@@ -281,7 +281,7 @@ def publisher(
                 known = producer.connection.declared_entities
                 declare = [q for q in queues if hash(q) not in known]
                 try:
-                    alarm.listen(producer.connection.connection)
+                    alarm.listen(producer.connection)
                     with alarm.publishing():
                         producer.publish(
                             body,

@@ -106,7 +106,7 @@ class Consumer(celery.worker.consumer.Consumer):
         events = getattr(dispatcher, "connection", None)
         if events is not None and events.connected:
             try:
-                broker_alarm(self.app).listen(events.connection)
+                broker_alarm(self.app).listen(events)
             except BrokerBlocked:
                 events.collect()
             except Exception as exc:  # already gone: nothing to close

@@ -7,9 +7,10 @@ once the alarm clears), every later one is refused with a 503 that says why and 
 Meanwhile ``/health`` says why. Afterwards every accepted job finishes, and a refused job id
 submitted again is accepted.
 
-It sets the machine's RabbitMQ memory watermark so low that the alarm goes off, which blocks
-every publisher on the machine for a few seconds, so it runs only when asked for, as the
-fault-injection suite does: ``HEIMDALL_FAULT_TESTS=1`` (``.ci/run`` sets it).
+The alarm tests set the machine's RabbitMQ memory watermark so low that the alarm goes off,
+which blocks every publisher on the machine for a few seconds, so they run only when asked for,
+as the fault-injection suite does: ``HEIMDALL_FAULT_TESTS=1`` (``.ci/run`` sets it). The last
+test, of a connection the broker closed, closes only a connection of its own.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import urllib.request
 import uuid
 from dataclasses import replace
 
+import kombu
 import numpy as np
 import pytest
 
 from inference_worker.cli.processes import cli_process, stop, wait_until
 from inference_worker.storage.database import JobStore
-from tests.helpers import capture_query, npy_bytes
+from tasks.app import create_celery, dead_letter_queue_name, publisher
+from tasks.contract import read_message
+from tests.helpers import capture_query, npy_bytes, task_message
 from tests.integration.helpers import free_port, produce, worker_env
 
 OPT_IN = "HEIMDALL_FAULT_TESTS"
@@ -205,3 +209,43 @@ def test_workers_drain_the_queue_while_an_alarm_lasts(
         assert worker.returncode != -signal.SIGKILL
         assert memory_alarm()  # still on: nothing here waited for its end
     memory_alarm_switch(False)
+
+
+def test_a_publish_on_a_connection_the_broker_closed_reconnects(settings):
+    """A pooled connection RabbitMQ has closed (a restart, an operator's ``close_connection``)
+    is found gone when a publish first listens to it for an alarm; the publish's own retries
+    reconnect, as they did before it listened. Only this test's own connection is closed."""
+    if shutil.which("rabbitmqctl") is None:  # a laptop without it skips; CI must have it
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("rabbitmqctl is not installed")
+    queue = f"{settings.queue}.reconnect{uuid.uuid4().hex[:6]}"
+    app = create_celery(settings.broker_url, queue)
+    publish = publisher(app, queue)
+    try:
+        publish(read_message(task_message(np.ones((3, 4), np.complex64), "first", "blob:first")))
+        with app.producer_or_acquire() as producer:
+            port = producer.connection.connection.sock.getsockname()[1]
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
+            check=True,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        ).stdout
+        ours = [line.split()[0] for line in listing.splitlines() if line.split()[1:] == [str(port)]]
+        assert len(ours) == 1, listing
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", ours[0], "closed by a test"],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        publish(read_message(task_message(np.ones((3, 4), np.complex64), "second", "blob:2nd")))
+        with kombu.Connection(settings.broker_url) as connection:
+            waiting = connection.default_channel.queue_declare(queue, passive=True).message_count
+        assert waiting == 2
+    finally:
+        with kombu.Connection(settings.broker_url) as connection:
+            connection.default_channel.queue_delete(queue)
+            connection.default_channel.queue_delete(dead_letter_queue_name(queue))
+            connection.default_channel.exchange_delete(queue)
+        app.close()
