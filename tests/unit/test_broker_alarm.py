@@ -1,0 +1,71 @@
+"""What a process makes of RabbitMQ's blocked and unblocked notices (no broker: a connection
+stand-in that replays frames; the real alarm is ``tests/integration/test_broker_alarm.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tasks.alarm import BrokerAlarm, BrokerBlocked
+
+
+class ReplayedConnection:
+    """A kombu connection's stand-in: each ``drain_events`` runs the next notice, then there is
+    nothing more to read (``TimeoutError``), or the connection is gone."""
+
+    connection_errors = (ConnectionResetError,)
+    channel_errors = ()
+
+    def __init__(self, notices: list[Callable[[], None]], gone: bool = False) -> None:
+        self.notices = list(notices)
+        self.gone = gone
+        self.connection = self
+
+    def drain_events(self, timeout: float) -> None:
+        assert timeout == 0  # never waits
+        if self.gone:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        if not self.notices:
+            raise TimeoutError
+        self.notices.pop(0)()
+
+
+def test_a_block_heard_outside_a_publish_is_remembered_not_raised():
+    alarm = BrokerAlarm("amqp://unused")
+    alarm.heard_blocked("low on memory")
+    assert alarm.reason == "low on memory"
+    alarm.heard_unblocked()
+    assert alarm.reason is None
+
+
+def test_a_block_heard_while_a_publish_waits_for_its_confirm_interrupts_it():
+    alarm = BrokerAlarm("amqp://unused")
+    with pytest.raises(BrokerBlocked) as raised, alarm.publishing():
+        alarm.heard_blocked("low on disk")
+    assert raised.value.sent
+    assert "low on disk" in str(raised.value)
+    alarm.heard_blocked("still")  # the publish is over: no longer raised
+    assert alarm.reason == "still"
+
+
+def test_a_block_waiting_on_the_connection_refuses_the_publish_before_it_is_sent():
+    alarm = BrokerAlarm("amqp://unused")
+    connection = ReplayedConnection([lambda: alarm.heard_blocked("low on memory")])
+    with pytest.raises(BrokerBlocked) as raised:
+        alarm.listen(connection)  # type: ignore[arg-type]
+    assert not raised.value.sent
+
+
+def test_an_unblock_waiting_on_the_connection_lets_the_publish_go():
+    alarm = BrokerAlarm("amqp://unused")
+    alarm.heard_blocked("low on memory")
+    alarm.listen(ReplayedConnection([alarm.heard_unblocked]))  # type: ignore[arg-type]
+    assert alarm.reason is None
+
+
+def test_a_connection_found_gone_is_left_to_the_publish_to_reconnect():
+    alarm = BrokerAlarm("amqp://unused")
+    alarm.listen(ReplayedConnection([], gone=True))  # type: ignore[arg-type]
+    assert alarm.reason is None
+
