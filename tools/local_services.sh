@@ -32,3 +32,17 @@ if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
 wait_for RabbitMQ rabbitmq-diagnostics -q check_port_connectivity
+
+# A run of tests/integration/test_broker_alarm.py killed while its memory alarm was on leaves
+# the watermark at its 1e-6, and every publisher on the machine blocked: set the configured one
+# back (what a restart of RabbitMQ would do).
+if [ "$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().')" = "1.0e-6" ]; then
+  configured=$(rabbitmqctl -q eval 'case application:get_env(rabbit, vm_memory_high_watermark) of {ok, {relative, W}} -> W; {ok, W} -> W; undefined -> 0.4 end.')
+  echo "services: RabbitMQ's memory watermark was left at a test's 1e-6; setting $configured back"
+  if [[ $configured == "{absolute,"* ]]; then
+    configured=${configured#\{absolute,}
+    rabbitmqctl -q set_vm_memory_high_watermark absolute "${configured%\}}"
+  else
+    rabbitmqctl -q set_vm_memory_high_watermark "$configured"
+  fi
+fi

@@ -55,8 +55,19 @@ def memory_alarm() -> bool:
     return "memory" in rabbit_eval("rabbit_alarm:get_alarms().")
 
 
+ALARM_WATERMARK = "0.000001"
+"""The watermark that sets the alarm off (``tools/local_services.sh`` knows it: a run killed
+while it is set leaves the machine's publishers blocked, and the script sets it back)."""
+CONFIGURED_WATERMARK = (
+    "case application:get_env(rabbit, vm_memory_high_watermark) of"
+    " {ok, {relative, W}} -> W; {ok, W} -> W; undefined -> 0.4 end."
+)
+"""The watermark RabbitMQ's configuration gives (what a restart would set), however the running
+one was changed."""
+
+
 def set_watermark(value: str) -> None:
-    """``value`` as ``vm_memory_monitor`` prints it: a fraction, or ``{absolute,N}``."""
+    """``value`` as ``rabbitmqctl eval`` prints it: a fraction, or ``{absolute,N}``."""
     args = ["absolute", value.strip("{}").split(",")[1]] if value.startswith("{") else [value]
     subprocess.run(
         ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", *args],
@@ -77,11 +88,13 @@ def memory_alarm_switch():
         if os.environ.get("CI"):
             pytest.fail(f"the broker alarm test cannot run in CI: {why}")
         pytest.skip(why)
-    original = rabbit_eval("vm_memory_monitor:get_vm_memory_high_watermark().")
+    # The configured watermark, not the running one: a run killed with the alarm on would
+    # otherwise hand its own watermark on as the one to set back.
+    original = rabbit_eval(CONFIGURED_WATERMARK)
     switched = []
 
     def switch(on: bool) -> None:
-        set_watermark("0.000001" if on else original)
+        set_watermark(ALARM_WATERMARK if on else original)
         switched.append(on)
         wait_until(f"the memory alarm {'on' if on else 'off'}", lambda: memory_alarm() == on, 30)
 

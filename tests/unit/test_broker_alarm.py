@@ -68,4 +68,3 @@ def test_a_connection_found_gone_is_left_to_the_publish_to_reconnect():
     alarm = BrokerAlarm("amqp://unused")
     alarm.listen(ReplayedConnection([], gone=True))  # type: ignore[arg-type]
     assert alarm.reason is None
-
