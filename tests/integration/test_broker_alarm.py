@@ -15,27 +15,25 @@ test, of a connection the broker closed, closes only a connection of its own.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import kombu
 import numpy as np
 import pytest
 
+from api_shim.client import ShimClient, ShimError, ShimUnreachable
 from inference_worker.cli.processes import cli_process, stop, wait_until
 from inference_worker.storage.database import JobStore
 from tasks.app import create_celery, dead_letter_queue_name, publisher
 from tasks.contract import read_message
-from tests.helpers import capture_query, npy_bytes, task_message
+from tests.helpers import task_message
 from tests.integration.helpers import free_port, produce, worker_env
 
 OPT_IN = "HEIMDALL_FAULT_TESTS"
@@ -43,6 +41,13 @@ CLIENT_TIMEOUT_S = 30.0
 """A submission unanswered this long counts as held (status 0), which fails the test."""
 DURING = 8
 """Submissions made while the alarm lasts."""
+
+
+ALARM_WATERMARK = "0.000001"
+"""The watermark that sets the alarm off. ``tools/local_services.sh`` knows it and sets the
+configured one back, here and after a run killed while it was set (every publisher on the
+machine would stay blocked)."""
+RESTORE = Path(__file__).resolve().parents[2] / "tools" / "local_services.sh"
 
 
 def rabbit_eval(expression: str) -> str:
@@ -55,26 +60,9 @@ def memory_alarm() -> bool:
     return "memory" in rabbit_eval("rabbit_alarm:get_alarms().")
 
 
-ALARM_WATERMARK = "0.000001"
-"""The watermark that sets the alarm off (``tools/local_services.sh`` knows it: a run killed
-while it is set leaves the machine's publishers blocked, and the script sets it back)."""
-CONFIGURED_WATERMARK = (
-    "case application:get_env(rabbit, vm_memory_high_watermark) of"
-    " {ok, {relative, W}} -> W; {ok, W} -> W; undefined -> 0.4 end."
-)
-"""The watermark RabbitMQ's configuration gives (what a restart would set), however the running
-one was changed."""
-
-
-def set_watermark(value: str) -> None:
-    """``value`` as ``rabbitmqctl eval`` prints it: a fraction, or ``{absolute,N}``."""
-    args = ["absolute", value.strip("{}").split(",")[1]] if value.startswith("{") else [value]
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", *args],
-        check=True,
-        timeout=60,
-        capture_output=True,
-    )
+def set_watermark(on: bool) -> None:
+    command = ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", ALARM_WATERMARK]
+    subprocess.run(command if on else [str(RESTORE)], check=True, timeout=180, capture_output=True)
 
 
 @pytest.fixture
@@ -88,13 +76,10 @@ def memory_alarm_switch():
         if os.environ.get("CI"):
             pytest.fail(f"the broker alarm test cannot run in CI: {why}")
         pytest.skip(why)
-    # The configured watermark, not the running one: a run killed with the alarm on would
-    # otherwise hand its own watermark on as the one to set back.
-    original = rabbit_eval(CONFIGURED_WATERMARK)
     switched = []
 
     def switch(on: bool) -> None:
-        set_watermark(ALARM_WATERMARK if on else original)
+        set_watermark(on)
         switched.append(on)
         wait_until(f"the memory alarm {'on' if on else 'off'}", lambda: memory_alarm() == on, 30)
 
@@ -102,34 +87,26 @@ def memory_alarm_switch():
         yield switch
     finally:
         if switched:
-            set_watermark(original)
+            set_watermark(False)
 
 
-def post(base_url: str, capture, job_id: str) -> tuple[int, dict, float]:
-    query = urllib.parse.urlencode(capture_query(capture, job_id=job_id))
-    request = urllib.request.Request(
-        f"{base_url}/predict?{query}",
-        data=npy_bytes(capture.iq),
-        headers={"Content-Type": "application/x-npy"},
-        method="POST",
-    )
+def post(shim: ShimClient, capture, job_id: str) -> tuple[int, dict, float]:
+    """Submit ``capture``: the status (0: held until the client gave up), the body, seconds."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except OSError as exc:  # no answer in time: held
-        status, raw = 0, json.dumps({"error": {"message": repr(exc)}}).encode()
-    return status, json.loads(raw), time.monotonic() - started
-
-
-def health(base_url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=CLIENT_TIMEOUT_S) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        accepted = shim.submit_npy(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=list(capture.receivers),
+            job_id=job_id,
+        )
+        status, body = 202, accepted
+    except ShimError as exc:
+        status, body = exc.status, exc.body
+    except ShimUnreachable as exc:  # no answer in time: held
+        status, body = 0, {"error": {"message": str(exc)}}
+    return status, body, time.monotonic() - started
 
 
 def test_an_alarm_is_answered_at_once_and_loses_nothing(
@@ -139,7 +116,7 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
     rng = np.random.default_rng(20261202)
     captures = [simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0) for _ in range(4)]
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    shim = ShimClient(f"http://127.0.0.1:{port}", timeout_s=CLIENT_TIMEOUT_S)
     env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
     jobs = JobStore(engine)
     tag = uuid.uuid4().hex[:8]
@@ -151,7 +128,7 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
         cli_process(["api", "--port", str(port), "--workers", "1"], tmp_path / "api.log", env),
         start_worker("A"),
     ):
-        wait_until("the shim", lambda: post(base_url, captures[0], f"alarm-{tag}-0")[0] == 202, 60)
+        wait_until("the shim", lambda: post(shim, captures[0], f"alarm-{tag}-0")[0] == 202, 60)
         wait_until("the first job", lambda: final(f"alarm-{tag}-0"), 60)
 
         memory_alarm_switch(True)
@@ -161,13 +138,13 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
             # A new capture each time (a repeated one is answered from the result cache).
             capture = captures[1 + index % 3]
             capture = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-6 * (index + 1)))
-            during.append((job_id, capture, *post(base_url, capture, job_id)))
-        status, body = health(base_url)
+            during.append((job_id, capture, *post(shim, capture, job_id)))
+        status, body = shim.health()
         assert status == 503 and not body["checks"]["broker"]["ok"], body
         assert "blocks publishing" in body["checks"]["broker"]["error"]
         memory_alarm_switch(False)
         # The shim's health checks ask the alarm's probe too: the alarm is heard to be over.
-        wait_until("the shim healthy again", lambda: health(base_url)[0] == 200, 30)
+        wait_until("the shim healthy again", lambda: shim.health()[0] == 200, 30)
 
         for job_id, _, status, body, seconds in during:
             print(f"{job_id}: HTTP {status} in {seconds * 1e3:.0f} ms {body.get('error', '')}")
@@ -186,7 +163,7 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
         for job_id, capture, _ in refused:  # the same job id, once the alarm is over
             wait_until(
                 f"{job_id} accepted again",
-                lambda: post(base_url, capture, job_id)[0] == 202,  # noqa: B023
+                lambda: post(shim, capture, job_id)[0] == 202,  # noqa: B023
                 30,
             )
             accepted.append(job_id)
