@@ -281,6 +281,16 @@ class Settings(BaseSettings):
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
 
+    @field_validator("database_url")
+    @classmethod
+    def _job_store_driver(cls, value: str) -> str:
+        return postgresql_url(value, driver_required=True)
+
+    @field_validator("registry_uri")
+    @classmethod
+    def _registry_driver(cls, value: str) -> str:
+        return postgresql_url(value, driver_required=False)
+
     @property
     def resolved_registry_uri(self) -> str:
         return (
@@ -306,6 +316,33 @@ class Settings(BaseSettings):
         return self.model_dir / "model.json"
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+_POSTGRESQL_SCHEME = re.compile(r"^(postgres|postgresql)(\+[\w]+)?://", re.IGNORECASE)
+
+
+def postgresql_url(url: str, *, driver_required: bool) -> str:
+    """A PostgreSQL URL in the driver the service installs (psycopg2).
+
+    ``postgresql://`` and libpq's ``postgres://`` are the forms operators copy from elsewhere;
+    SQLAlchemy 2.1 takes the first for psycopg 3, which is not installed, and knows no
+    ``postgres`` at all. Both mean ``postgresql+psycopg2://``. The job store speaks psycopg2
+    itself (``driver_required``), so another named driver is refused; any other URL (SQLite or
+    an MLflow server for the registry) is left as it is.
+    """
+    found = _POSTGRESQL_SCHEME.match(url)
+    if found is None:
+        if driver_required:
+            raise ValueError("must be a PostgreSQL URL (postgresql://user@host:5432/database)")
+        return url
+    driver = (found.group(2) or "+psycopg2").lower()
+    if driver != "+psycopg2":
+        raise ValueError(
+            f"the driver {driver[1:]!r} is not installed: the service talks to PostgreSQL "
+            "through psycopg2 (write postgresql://... or postgresql+psycopg2://...)"
+        )
+    return "postgresql+psycopg2://" + url[found.end() :]
+
+
 def describe_invalid(exc: ValidationError) -> list[str]:
     """One line per invalid setting, named by the environment variable that sets it, with the
     plain value given; pydantic names fields, which nobody sets."""
@@ -318,6 +355,8 @@ def describe_invalid(exc: ValidationError) -> list[str]:
         field, *inner = (str(part) for part in error["loc"])
         name = f"HEIMDALL_{field.upper()}" + "".join(f"[{part}]" for part in inner)
         given = error.get("input")  # a plain value; an API key's entry (a secret) is not shown
+        if isinstance(given, str):  # a URL's password is not repeated either
+            given = _URL_PASSWORD.sub(r"\1***@", given)
         shown = f" (got {given!r:.60})" if isinstance(given, str | int | float) else ""
         lines.append(f"invalid setting {name}: {message}{shown}")
     return lines

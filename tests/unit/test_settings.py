@@ -71,6 +71,45 @@ def test_settings_checked_together_and_unparsable_lists_are_named_as_set(monkeyp
     )
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        "postgresql://svc:pw@db.example:5432/heimdall",
+        "postgres://svc:pw@db.example:5432/heimdall",
+        "PostgreSQL://svc:pw@db.example:5432/heimdall",
+        "postgresql+psycopg2://svc:pw@db.example:5432/heimdall",
+    ],
+)
+def test_postgresql_urls_in_their_common_forms_mean_the_installed_driver(given):
+    """SQLAlchemy 2.1 reads ``postgresql://`` as psycopg 3 (not installed) and knows no
+    ``postgres://``: each was a traceback at the first statement."""
+    settings = load_settings(database_url=given, registry_uri=given)
+    expected = "postgresql+psycopg2://svc:pw@db.example:5432/heimdall"
+    assert settings.database_url == expected and settings.registry_uri == expected
+
+
+def test_registry_uris_of_other_stores_are_left_as_they_are():
+    for uri in ("", "http://mlflow:5000", "sqlite:////srv/mlflow.db", "databricks"):
+        assert load_settings(registry_uri=uri).registry_uri == uri
+
+
+def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatch, capsys):
+    monkeypatch.setenv("HEIMDALL_DATABASE_URL", "postgresql+psycopg://svc:s3cret@db/heimdall")
+    monkeypatch.setenv("HEIMDALL_REGISTRY_URI", "mysql://svc:s3cret@db/mlflow")
+    with pytest.raises(SystemExit) as exit_:
+        main(["migrate"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: invalid setting HEIMDALL_DATABASE_URL: the driver 'psycopg' is not installed: the "
+        "service talks to PostgreSQL through psycopg2 (write postgresql://... or "
+        "postgresql+psycopg2://...) (got 'postgresql+psycopg://svc:***@db/heimdall')\n"
+    )
+    monkeypatch.setenv("HEIMDALL_DATABASE_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    assert "HEIMDALL_DATABASE_URL: must be a PostgreSQL URL" in capsys.readouterr().err
+
+
 def test_redis_prefix_always_ends_with_a_colon():
     assert load_settings(redis_prefix="svc").redis_prefix == "svc:"
 
