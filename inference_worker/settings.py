@@ -316,7 +316,14 @@ class Settings(BaseSettings):
         return self.model_dir / "model.json"
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials of any URL in it replaced (for logs and error bodies)."""
+    return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
 _POSTGRESQL_SCHEME = re.compile(r"^(postgres|postgresql)(\+[\w]+)?://", re.IGNORECASE)
 
 
@@ -355,8 +362,8 @@ def describe_invalid(exc: ValidationError) -> list[str]:
         field, *inner = (str(part) for part in error["loc"])
         name = f"HEIMDALL_{field.upper()}" + "".join(f"[{part}]" for part in inner)
         given = error.get("input")  # a plain value; an API key's entry (a secret) is not shown
-        if isinstance(given, str):  # a URL's password is not repeated either
-            given = _URL_PASSWORD.sub(r"\1***@", given)
+        if isinstance(given, str):  # a URL's credentials are not repeated either
+            given = redact_secrets(given)
         shown = f" (got {given!r:.60})" if isinstance(given, str | int | float) else ""
         lines.append(f"invalid setting {name}: {message}{shown}")
     return lines

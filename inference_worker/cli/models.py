@@ -72,7 +72,14 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) -> T:
-    """Call ``use`` with the job store and Redis; a store that does not answer ends the command."""
+    """Call ``use`` with the job store and Redis; a store that does not answer ends the command.
+
+    The job schema is brought up to date first, as the worker and the shim do when they start:
+    a model registered before the service ever ran is mirrored like any other.
+    """
+    from inference_worker.cli.bootstrap import migrate_database
+
+    migrate_database(settings)
     engine = engine_for(settings, pool_size=1)
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     try:

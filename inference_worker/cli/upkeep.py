@@ -37,8 +37,10 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
+    import sqlalchemy.exc
+
     from inference_worker.serving import recovery
-    from inference_worker.storage.errors import STORE_ERRORS
+    from inference_worker.storage.errors import STORE_ERRORS, describe_missing_schema
 
     older_than = args.older_than if args.older_than is not None else settings.stuck_after_s
     stores = recovery.open_stores(settings, role="heimdall-cli")
@@ -73,6 +75,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
                 raise SystemExit(1)
     except STORE_ERRORS as exc:
         fail(f"a store is unavailable: {exc}")
+    except sqlalchemy.exc.ProgrammingError as exc:
+        missing = describe_missing_schema(exc, settings.database_schema)
+        if missing is None:
+            raise
+        fail(missing)
     finally:
         stores.redis.client.close()
         stores.jobs.engine.dispose()

@@ -58,6 +58,22 @@ STORE_ERRORS = (*TRANSIENT_ERRORS, *STORE_FULL_ERRORS)
 """Every store failure a caller answers with "retry later"."""
 
 
+MISSING_SCHEMA_CODES = ("42P01", "3F000")
+"""SQLSTATEs of a table or schema that does not exist: a job database the service has not
+migrated yet."""
+
+
+def describe_missing_schema(exc: sqlalchemy.exc.StatementError, schema: str) -> str | None:
+    """What to do about a job database without the service's tables; ``None`` for any other
+    error."""
+    if getattr(exc.orig, "pgcode", None) not in MISSING_SCHEMA_CODES:
+        return None
+    return (
+        f"the job database has no tables in schema {schema!r} yet: run `heimdall-inference "
+        "migrate` (the worker and the api do at start)"
+    )
+
+
 def store_name(exc: BaseException) -> str:
     """Which store an error came from: ``redis`` or ``postgresql`` (a metric's label)."""
     return "redis" if isinstance(exc, redis.exceptions.RedisError) else "postgresql"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 
 import kombu
@@ -66,14 +65,6 @@ def probe_database(database_url: str) -> None:
             connection.execute(sa.text("SELECT 1"))
     finally:
         engine.dispose()
-
-
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with the credentials of any URL in it replaced (for logs and error bodies)."""
-    return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def _redact(url: str) -> str:

@@ -102,7 +102,7 @@ def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatc
     assert capsys.readouterr().err == (
         "error: invalid setting HEIMDALL_DATABASE_URL: the driver 'psycopg' is not installed: the "
         "service talks to PostgreSQL through psycopg2 (write postgresql://... or "
-        "postgresql+psycopg2://...) (got 'postgresql+psycopg://svc:***@db/heimdall')\n"
+        "postgresql+psycopg2://...) (got 'postgresql+psycopg://***@db/heimdall')\n"
     )
     monkeypatch.setenv("HEIMDALL_DATABASE_URL", "redis://127.0.0.1:6379/0")
     with pytest.raises(SystemExit):
