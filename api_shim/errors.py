@@ -9,6 +9,7 @@ from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from api_shim.auth import Denied
+from inference_worker.serving.registry import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     return error_response(exc.code or 500, code, message)
 
 
+def _registry_unavailable(exc: RegistryUnavailable) -> tuple[Response, int]:
+    """The model registry's store is down: whatever asked it waits for it, as for a store."""
+    log.warning("%s", exc)
+    return error_response(503, "registry_unavailable", str(exc))
+
+
 def _unexpected(exc: Exception) -> tuple[Response, int]:
     log.exception("unhandled error")
     return error_response(500, "internal_error", "internal error; the event was logged")
@@ -57,4 +64,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(Denied, _api_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RegistryUnavailable, _registry_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -19,7 +19,7 @@ from api_shim.auth import Audience, current_principal
 from api_shim.services import services
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving import observability
-from inference_worker.serving.registry import serving_model_dir
+from inference_worker.serving.registry import RegistryError, serving_model_dir
 from inference_worker.settings import Settings, redact_secrets
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
@@ -128,7 +128,7 @@ def model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
     """The configured model is intact and at least one worker on this queue has it loaded."""
     try:
         metadata = load_metadata(serving_model_dir(settings), verify=True)
-    except ModelError as exc:
+    except (ModelError, RegistryError) as exc:
         return {"ok": False, "error": str(exc), "workers": []}
     try:
         workers = serving_workers(settings, store)

@@ -16,7 +16,12 @@ from api_shim.errors import ApiError, unavailable
 from api_shim.infra import serving_workers, worker_models
 from api_shim.services import services
 from inference_worker.core.contract import ModelError
-from inference_worker.serving.registry import ModelRegistry, RegistryError, open_registry
+from inference_worker.serving.registry import (
+    ModelRegistry,
+    RegistryError,
+    RegistryUnavailable,
+    open_registry,
+)
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
 from tasks.intake import MODEL_REF_PATTERN
@@ -54,6 +59,8 @@ def reload_model() -> tuple[Response, int]:
         asked = request_reload(
             shim.settings, shim.jobs, shim.store, None if fraction is None else float(fraction)
         )
+    except RegistryUnavailable:
+        raise  # 503: nothing is wrong with the request
     except (ModelError, RegistryError) as exc:
         raise ApiError(
             409, "model_refused", f"reload refused, workers keep their models: {exc}"
@@ -96,6 +103,8 @@ def set_alias(alias: str) -> tuple[Response, int]:
     registry = registry_for_changes()
     try:
         registry.set_alias(alias, version)
+    except RegistryUnavailable:
+        raise
     except RegistryError as exc:
         raise ApiError(404, "unknown_version", str(exc)) from None
     mirror()
@@ -111,6 +120,8 @@ def remove_alias(alias: str) -> tuple[Response, int]:
         )
     try:
         registry.remove_alias(alias)
+    except RegistryUnavailable:
+        raise
     except RegistryError as exc:
         raise ApiError(404, "unknown_alias", str(exc)) from None
     mirror()

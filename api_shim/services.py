@@ -12,7 +12,12 @@ from celery import Celery
 from flask import current_app
 
 from inference_worker.core.contract import ModelSummary, load_metadata
-from inference_worker.serving.registry import RegistryError, open_registry, serving_model_dir
+from inference_worker.serving.registry import (
+    RegistryError,
+    RegistryUnavailable,
+    open_registry,
+    serving_model_dir,
+)
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import engine_for
@@ -77,6 +82,8 @@ def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel
         if settings.model_source == "registry":
             try:
                 open_registry(settings).resolve(reference)
+            except RegistryUnavailable:
+                raise  # a 503: the submission may be sent again
             except RegistryError as exc:
                 raise ModelRequestError("unknown_model", str(exc)) from None
             return

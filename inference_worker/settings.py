@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     )
     registry_artifacts: str = Field(
         "",
-        description="Where new versions' files are stored (s3://..., or empty for data_dir; "
-        "with an MLflow server, its artifact proxy).",
+        description="Where new versions' files are stored (s3://..., a folder every worker "
+        "reads, or empty: data_dir/mlflow/artifacts; with an MLflow server, its artifact proxy).",
     )
     onnx_intra_op_threads: int = Field(
         1, ge=1, description="onnxruntime intra-op threads per worker process."
@@ -301,11 +301,12 @@ class Settings(BaseSettings):
     def resolved_registry_artifacts(self) -> str | None:
         if self.registry_artifacts:
             return self.registry_artifacts
-        return (
-            None
-            if self.registry_uri
-            else (self.data_dir / "mlflow" / "artifacts").resolve().as_uri()
-        )
+        uri = self.registry_uri
+        if uri.startswith(("http://", "https://")) or (uri and "://" not in uri):
+            return None  # a tracking server keeps the files itself (its artifact proxy)
+        # A database store has no place of its own for files: MLflow's default is ./mlruns,
+        # wherever the command happened to run.
+        return (self.data_dir / "mlflow" / "artifacts").resolve().as_uri()
 
     @property
     def model_file(self) -> Path:

@@ -32,8 +32,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    registry = open_registry(settings)
     try:
+        registry = open_registry(settings)
         if args.action == "list":
             versions = registry.versions()
             if args.json:

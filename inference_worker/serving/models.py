@@ -22,7 +22,13 @@ from typing import Any
 
 from inference_worker.core.contract import ModelError
 from inference_worker.serving.onnx_model import LocalizationModel
-from inference_worker.serving.registry import CHALLENGER, CHAMPION, RegistryError, open_registry
+from inference_worker.serving.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    RegistryUnavailable,
+    open_registry,
+)
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
@@ -61,6 +67,10 @@ class Loaded:
         }
 
 
+REGISTRY_RETRY_S = 10.0
+"""How long a process that found the registry down waits before it tries a reload again."""
+
+
 class ServedModels:
     """The sessions one worker process serves, by alias."""
 
@@ -74,6 +84,7 @@ class ServedModels:
         self.challenger_fraction = 0.0
         self.last_error: str | None = None
         self._failed_generation: int | None = None
+        self._registry_retry_at = 0.0
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -90,8 +101,19 @@ class ServedModels:
         generation, fraction = self.store.serving_state()
         if generation in (self.generation, self._failed_generation):
             return
+        if time.monotonic() < self._registry_retry_at:
+            return
         try:
             by_alias = self._load_aliases()
+        except RegistryUnavailable as exc:
+            # Nothing is wrong with the versions: the reload is tried again once the pause is
+            # over (not before every job, each of which would wait for the registry's answer).
+            self._registry_retry_at = time.monotonic() + REGISTRY_RETRY_S
+            self.last_error = f"reload to generation {generation} waits for the registry: {exc}"
+            log.warning("%s; keeping %s", self.last_error, self.summary())
+            if not self.by_alias:
+                raise
+            return
         except (ModelError, RegistryError, OSError) as exc:
             self._failed_generation = generation
             self.last_error = f"reload to generation {generation} refused: {exc}"
@@ -168,6 +190,8 @@ class ServedModels:
         try:
             found, model_dir = open_registry(self.settings).fetch(requested)
             loaded = self._load(model_dir, found.version)
+        except RegistryUnavailable:
+            raise  # waited out with the job in hand, as a store would be
         except (RegistryError, ModelError) as exc:
             raise ModelUnavailable(f"model {requested!r} cannot be served: {exc}") from None
         if len(self.on_demand) >= ON_DEMAND_LIMIT:

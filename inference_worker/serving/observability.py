@@ -131,7 +131,8 @@ def record_job(outcome: dict[str, Any]) -> None:
 
 
 def record_store_retry(store: str) -> None:
-    """A worker is about to try a store call again (``store``: ``redis`` or ``postgresql``)."""
+    """A worker is about to try a store call again (``store``: ``redis``, ``postgresql``, or
+    ``registry`` when a job asked for a version and the model registry did not answer)."""
     _metrics()["store_retries"].labels(store).inc()
 
 

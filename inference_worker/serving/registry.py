@@ -8,13 +8,21 @@ A version is downloaded once into a local cache and its sha256 checked before an
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
+import re
 import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from inference_worker.core.contract import ModelError, file_sha256, load_metadata
+from inference_worker.settings import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,77 @@ CHALLENGER = "challenger"
 
 class RegistryError(RuntimeError):
     """The registry cannot do what was asked (unknown version or alias, unreachable store)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry's store (its database or MLflow server) does not answer: try again later.
+    Nothing about the request is wrong."""
+
+
+PROBE_TIMEOUT_S = 3.0
+"""How long the registry's store may take to accept a connection before it counts as down."""
+
+HTTP_LIMITS = {
+    # MLflow's own defaults retry a server that does not answer 7 times with a backoff factor
+    # of 2 and wait 120 s for each reply: `models list` against a stopped MLflow server took
+    # more than five minutes to fail, and a shim request waited as long. An operator's
+    # setting wins.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def probe_store(uri: str) -> None:
+    """Raise :class:`RegistryUnavailable` unless the registry's store accepts a connection
+    within :data:`PROBE_TIMEOUT_S`. MLflow itself retries a database that does not answer ten
+    times over ~100 s before its first statement, and a server longer still."""
+    shown = redact_secrets(uri)
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return  # it answers (a proxy may want credentials for /health: MLflow will send them)
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RegistryUnavailable(
+                f"the model registry at {shown} does not answer: {reason}"
+            ) from None
+    elif uri.startswith("postgresql"):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(
+            uri,
+            connect_args={"connect_timeout": int(PROBE_TIMEOUT_S)},
+            poolclass=sa.pool.NullPool,
+        )
+        try:
+            engine.connect().close()
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise RegistryUnavailable(
+                f"the model registry at {shown} does not answer: {reason}"
+            ) from None
+        finally:
+            engine.dispose()
+
+
+def _store_failure(exc: Exception) -> bool:
+    """Whether an error of MLflow's is its store not answering (rather than the request)."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return True
+    # MLflow's REST client wraps a connection that failed or timed out in a plain
+    # MlflowException worded so; a gateway's 502-504 (the server behind it is down) comes
+    # with its status.
+    return isinstance(exc, MlflowException) and (_REST_FAILURE.match(str(exc)) is not None)
+
+
+_REST_FAILURE = re.compile(
+    r"API request to \S+ failed with (exception|timeout exception|error code 50[234]) "
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +130,23 @@ class RegisteredVersion:
         }
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_call(method: Callable[P, R]) -> Callable[P, R]:
+    """A registry method whose store failures are :class:`RegistryUnavailable`."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        registry = args[0]
+        assert isinstance(registry, ModelRegistry)
+        with registry.answering():
+            return method(*args, **kwargs)
+
+    return call
+
+
 class ModelRegistry:
     def __init__(
         self, uri: str, *, name: str, cache_dir: Path, artifact_location: str | None = None
@@ -60,21 +156,47 @@ class ModelRegistry:
         # MLflow announces creating and upgrading its own tables at INFO on a store's first use,
         # in every command that opens the registry: a store's housekeeping, not the command's.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        for variable, value in HTTP_LIMITS.items():
+            os.environ.setdefault(variable, value)
         self.name = name
         self.cache_dir = cache_dir
         self.artifact_location = artifact_location
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.shown_uri = redact_secrets(uri)
+        probe_store(uri)
+        with self.answering():
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """MLflow's errors of a store that stopped answering as :class:`RegistryUnavailable`."""
+        try:
+            yield
+        except RegistryError:
+            raise
+        except Exception as exc:
+            reason = redact_secrets(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+            if _store_failure(exc):
+                raise RegistryUnavailable(
+                    f"the model registry at {self.shown_uri} does not answer: {reason}"
+                ) from None
+            if reason.startswith("API request to "):  # something answered, but not as MLflow
+                raise RegistryError(f"the model registry at {self.shown_uri}: {reason}") from None
+            raise
 
     # --- reading ----------------------------------------------------------------------------
+    @_store_call
     def aliases(self) -> dict[str, str]:
         from mlflow.exceptions import MlflowException
 
         try:
             aliases = self.client.get_registered_model(self.name).aliases
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # not an empty registry: a failure
+                raise
             return {}
         return {alias: str(version) for alias, version in aliases.items()}
 
+    @_store_call
     def versions(self) -> list[RegisteredVersion]:
         by_version: dict[str, list[str]] = {}
         for alias, version in self.aliases().items():
@@ -85,6 +207,7 @@ class ModelRegistry:
             key=lambda v: int(v.version),
         )
 
+    @_store_call
     def resolve(self, reference: str) -> RegisteredVersion:
         """A version from its number or one of its aliases."""
         from mlflow.exceptions import MlflowException
@@ -95,6 +218,8 @@ class ModelRegistry:
             else:
                 found = self.client.get_model_version_by_alias(self.name, reference)
         except MlflowException as exc:
+            if _store_failure(exc):
+                raise
             raise RegistryError(
                 f"{self.name}: no version or alias {reference!r} ({exc.error_code})"
             ) from None
@@ -115,6 +240,7 @@ class ModelRegistry:
         )
 
     # --- writing ----------------------------------------------------------------------------
+    @_store_call
     def register(self, model_dir: Path, description: str = "") -> RegisteredVersion:
         """Register a model folder as a new version (refused if its sha256 does not match)."""
         from mlflow.exceptions import MlflowException
@@ -132,8 +258,9 @@ class ModelRegistry:
         self.client.set_terminated(run.info.run_id)
         try:
             self.client.create_registered_model(self.name)
-        except MlflowException:
-            pass  # it exists already
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
         created = self.client.create_model_version(
             self.name,
             f"{run.info.artifact_uri}/model",
@@ -144,15 +271,18 @@ class ModelRegistry:
         log.info("registered %s %s as version %s", metadata.name, metadata.version, created.version)
         return self._describe(created, [])
 
+    @_store_call
     def set_alias(self, alias: str, version: str) -> None:
         self.resolve(version)  # a clear error for an unknown version
         self.client.set_registered_model_alias(self.name, alias, version)
 
+    @_store_call
     def remove_alias(self, alias: str) -> None:
         if alias not in self.aliases():
             raise RegistryError(f"{self.name}: no alias {alias!r}")
         self.client.delete_registered_model_alias(self.name, alias)
 
+    @_store_call
     def bootstrap(self, reference_dir: Path) -> None:
         """With an empty registry, register the reference model and make it champion."""
         if self.client.search_model_versions(f"name='{self.name}'"):
@@ -169,6 +299,7 @@ class ModelRegistry:
         )
 
     # --- verified local copies --------------------------------------------------------------
+    @_store_call
     def fetch(self, reference: str) -> tuple[RegisteredVersion, Path]:
         """Resolve, download once into the cache, and verify a version before use.
 

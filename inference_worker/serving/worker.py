@@ -33,6 +33,7 @@ from inference_worker.serving.dead_letters import dead_letter_step
 from inference_worker.serving.job_batches import run_jobs
 from inference_worker.serving.jobs import JobServices, fail_job, message_job_id
 from inference_worker.serving.recovery import Stores, Upkeep, open_stores, record_failure
+from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
@@ -43,6 +44,10 @@ from tasks.contract import TASK_NAME, read_message
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+WAITED_OUT: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, RegistryUnavailable)
+"""What a job in hand waits out: a store, or the model registry a job's requested version is
+fetched from, not answering for a while."""
 
 
 def retry_delay_s(retries: int) -> float:
@@ -68,7 +73,7 @@ def with_store_retries(
     for attempt in range(attempts - 1):
         try:
             return run()
-        except TRANSIENT_ERRORS as exc:
+        except WAITED_OUT as exc:
             delay = retry_delay_s(attempt)
             if time.monotonic() + delay > deadline:
                 raise
@@ -79,7 +84,9 @@ def with_store_retries(
                 delay,
                 exc,
             )
-            observability.record_store_retry(store_name(exc))
+            observability.record_store_retry(
+                "registry" if isinstance(exc, RegistryUnavailable) else store_name(exc)
+            )
             sleep(delay)
     return run()
 
@@ -220,7 +227,7 @@ def create_worker_app(settings: Settings) -> Celery:
                 deadline=time.monotonic() + retry_budget_s,
             )
             verdicts: list[Verdict] = [("ack", outcome) for outcome in outcomes]
-        except TRANSIENT_ERRORS as exc:
+        except WAITED_OUT as exc:
             verdicts = send_back(items, exc)
         except SoftTimeLimitExceeded:
             verdicts = stopped(items)

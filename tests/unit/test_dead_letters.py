@@ -11,6 +11,7 @@ import sqlalchemy.exc
 from prometheus_client import REGISTRY
 
 from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
+from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.serving.worker import with_store_retries
 from inference_worker.storage.errors import DatabaseReadOnly, as_read_only
 from inference_worker.storage.redis_store import ReplyParser
@@ -80,6 +81,22 @@ def test_transient_errors_are_retried_then_raised():
 
     with pytest.raises(redis.exceptions.ConnectionError):
         with_store_retries(down, 3, slept.append)
+
+
+def test_a_job_waits_out_a_model_registry_that_does_not_answer():
+    """A job asking for a version no process had loaded failed for good while the registry's
+    store was down; it is waited out with its message in hand now, as a store is."""
+    calls = []
+    counted_before = retries_counted("registry")
+
+    def fetching() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise RegistryUnavailable("the model registry at http://mlflow:5000 does not answer")
+        return "done"
+
+    assert with_store_retries(fetching, 3, lambda _: None) == "done"
+    assert retries_counted("registry") == counted_before + 1
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,243 @@
+"""The model registry on a PostgreSQL database and when its store does not answer.
+
+Before: a registry named as the README shows it (``postgresql://...``) was a traceback (SQLAlchemy
+2.1 reads that form as psycopg 3); one whose database or MLflow server was down held every
+command for 100 s to more than five minutes before a traceback, and the shim's requests as long;
+files of a database registry went to ``./mlruns`` wherever the command ran.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from api_shim.app import create_app
+from inference_worker.serving.models import ServedModels
+from inference_worker.serving.registry import CHAMPION, RegistryUnavailable, open_registry
+from inference_worker.serving.reload import request_reload
+from inference_worker.settings import Settings, postgresql_url
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.redis_store import RedisStore
+from tests.helpers import json_body
+from tests.integration.helpers import migrated_schema, worker_env
+
+ADMIN = "registry-admin-token"
+COMMAND_TIMEOUT_S = 60  # far above a refusal's few seconds, far below MLflow's own retries
+
+
+@pytest.fixture
+def registry_database(settings: Settings, engine: sa.Engine) -> Iterator[tuple[str, sa.Engine]]:
+    """A database of this test's own for the registry; its URL in the plain ``postgresql://``
+    form operators copy, and an engine on the server's maintenance database to switch it off."""
+    name = f"heimdall_registry_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(
+        sa.make_url(settings.database_url).set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = (
+        sa.make_url(settings.database_url)
+        .set(drivername="postgresql", database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url, admin
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def switch(admin: sa.Engine, url: str, *, on: bool) -> None:
+    """Let the registry's database take connections, or refuse every new one (an outage as
+    clients see it: "database ... is not currently accepting connections")."""
+    name = sa.make_url(url).database
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(on).lower()}'))
+        if not on:
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
+                ),
+                {"name": name},
+            )
+
+
+def run_cli(settings: Settings, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "inference_worker.cli", *args]
+    return subprocess.run(
+        command,
+        env={**worker_env(settings), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+    )
+
+
+def registry_env(data_dir: Path, registry_uri: str) -> dict[str, str]:
+    return {
+        "HEIMDALL_MODEL_SOURCE": "registry",
+        "HEIMDALL_DATA_DIR": str(data_dir),
+        "HEIMDALL_REGISTRY_URI": registry_uri,
+    }
+
+
+def closed_port() -> Iterator[int]:
+    """A port on this machine that refuses connections while the socket is held."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: a connection is refused
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    yield from closed_port()
+
+
+def test_a_registry_on_postgresql_registers_promotes_and_verifies(
+    settings, registry_database, centroid_model_dir, tmp_path
+):
+    url, _ = registry_database
+    data_dir = tmp_path / "data"
+    env = registry_env(data_dir, url)
+    registered = run_cli(
+        settings, tmp_path, "models", "register", str(centroid_model_dir), "--alias", "challenger",
+        **env,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    assert "registered" in registered.stdout and "challenger -> version 1" in registered.stdout
+    promoted = run_cli(settings, tmp_path, "models", "promote", "1", "--alias", CHAMPION, **env)
+    assert promoted.returncode == 0, promoted.stderr
+    listed = run_cli(settings, tmp_path, "models", "list", "--json", **env)
+    assert [v["aliases"] for v in json.loads(listed.stdout)] == [["challenger", CHAMPION]]
+    verified = run_cli(settings, tmp_path, "models", "verify", CHAMPION, **env)
+    assert verified.returncode == 0 and "version 1 verified" in verified.stdout
+    # The files lie in the data folder, not in ./mlruns of wherever the command ran.
+    assert not (tmp_path / "mlruns").exists()
+    assert list((data_dir / "mlflow" / "artifacts").rglob("model.onnx"))
+
+
+@pytest.mark.parametrize("store", ["postgresql", "mlflow server"])
+def test_a_registry_that_does_not_answer_is_named_in_one_line(
+    settings, store, refusing_port, tmp_path
+):
+    """MLflow retried a stopped database ten times (~100 s) and a stopped server for more than
+    five minutes before a traceback; the worker's start waited as long."""
+    uri = (
+        f"postgresql://postgres@127.0.0.1:{refusing_port}/registry"
+        if store == "postgresql"
+        else f"http://127.0.0.1:{refusing_port}"
+    )
+    env = registry_env(tmp_path / "data", uri)
+    listed = run_cli(settings, tmp_path, "models", "list", **env)
+    assert listed.returncode == 2
+    assert listed.stderr.startswith("error: the model registry at ")
+    assert "does not answer" in listed.stderr and "Connection refused" in listed.stderr
+    assert "Traceback" not in listed.stderr and len(listed.stderr.splitlines()) == 1
+    started = run_cli(settings, tmp_path, "worker", "--concurrency", "1", **env)
+    assert started.returncode == 2
+    assert "cannot use the model (registry): the model registry at" in started.stderr
+
+
+def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
+    settings, engine, redis_client, registry_database, capture, tmp_path
+):
+    """Every request that asked the registry waited for MLflow's retries, then answered 500
+    (or 404 "no version": a failure read as an empty registry)."""
+    url, admin = registry_database
+    shim_settings = settings.model_copy(
+        update={
+            "model_source": "registry",
+            "registry_uri": postgresql_url(url, driver_required=False),  # as loaded
+            "data_dir": tmp_path / "data",
+            "admin_token": SecretStr(ADMIN),
+            "redis_prefix": settings.redis_prefix + "registry:",
+        }
+    )
+    open_registry(shim_settings).bootstrap(shim_settings.model_dir)
+    client = create_app(shim_settings).test_client()
+    admin_headers = {"Authorization": f"Bearer {ADMIN}"}
+    assert client.get("/models", headers=admin_headers).status_code == 200
+    body = {**json_body(capture), "model": "1"}
+    switch(admin, url, on=False)
+    try:
+        answers = {
+            "models": client.get("/models", headers=admin_headers),
+            "alias": client.put(
+                "/models/aliases/challenger", json={"version": "1"}, headers=admin_headers
+            ),
+            "reload": client.post("/model/reload", headers=admin_headers),
+            "info": client.get("/model/info"),
+            "submission": client.post("/predict", json=body),
+        }
+        for name, answer in answers.items():
+            assert answer.status_code == 503, (name, answer.get_data(as_text=True))
+            error = answer.get_json()["error"]
+            assert error["code"] == "registry_unavailable", (name, error)
+            assert "does not answer" in error["message"] and "***@" in error["message"]
+        health = client.get("/health", headers=admin_headers).get_json()
+        assert health["status"] == "degraded"  # a 500 before; submissions need no registry
+        assert "does not answer" in health["checks"]["model"]["error"]
+    finally:
+        switch(admin, url, on=True)
+    assert (
+        client.put(
+            "/models/aliases/challenger", json={"version": "1"}, headers=admin_headers
+        ).status_code
+        == 200
+    )
+    accepted = client.post("/predict", json=body)
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+
+
+def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
+    settings, redis_client, registry_database, tmp_path, centroid_model_dir
+):
+    """A reload that met the registry down was marked refused for good: the process served the
+    old champion until the next reload an operator asked for."""
+    url, admin = registry_database
+    process_settings = settings.model_copy(
+        update={
+            "model_source": "registry",
+            "registry_uri": postgresql_url(url, driver_required=False),  # as loaded
+            "data_dir": tmp_path / "data",
+            "database_schema": settings.database_schema + "_reg",
+            "redis_prefix": settings.redis_prefix + "registry-reload:",
+        }
+    )
+    registry = open_registry(process_settings)
+    registry.bootstrap(process_settings.model_dir)
+    store = RedisStore(redis_client, process_settings.redis_prefix)
+    with migrated_schema(settings.database_url, process_settings.database_schema) as jobs_engine:
+        jobs = JobStore(jobs_engine)
+        served = ServedModels(process_settings, jobs, store)
+        served.refresh()
+        reference = served.by_alias[CHAMPION].model.version
+        second = registry.register(centroid_model_dir)
+        registry.set_alias(CHAMPION, second.version)
+        request_reload(process_settings, jobs, store, None)
+        switch(admin, url, on=False)
+        try:
+            served.refresh()
+            assert served.by_alias[CHAMPION].model.version == reference
+            assert served.last_error and "waits for the registry" in served.last_error
+            with pytest.raises(RegistryUnavailable):  # a job asking for it waits, not fails
+                served.choose("job", second.version)
+        finally:
+            switch(admin, url, on=True)
+        served._registry_retry_at = 0.0  # the pause is over
+        served.refresh()
+        assert served.by_alias[CHAMPION].model.version.startswith("centroid-")
+        assert served.last_error is None
