@@ -21,6 +21,7 @@ from inference_worker.serving.registry import (
     RegistryError,
     RegistryUnavailable,
     open_registry,
+    served_alias_refusal,
 )
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
@@ -114,10 +115,9 @@ def set_alias(alias: str) -> tuple[Response, int]:
 
 def remove_alias(alias: str) -> tuple[Response, int]:
     registry = registry_for_changes()
-    if alias == services().settings.model_alias:
-        raise ApiError(
-            409, "alias_in_use", f"{alias!r} is the alias the workers serve; move it instead"
-        )
+    refusal = served_alias_refusal(services().settings, alias)
+    if refusal is not None:
+        raise ApiError(409, "alias_in_use", refusal)
     try:
         registry.remove_alias(alias)
     except RegistryUnavailable:

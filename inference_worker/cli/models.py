@@ -21,7 +21,11 @@ T = TypeVar("T")
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     from inference_worker.core.contract import ModelError
-    from inference_worker.serving.registry import RegistryError, open_registry
+    from inference_worker.serving.registry import (
+        RegistryError,
+        open_registry,
+        served_alias_refusal,
+    )
 
     if args.action not in ("list", "reload") and not args.target:
         print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)
@@ -58,6 +62,9 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             print(f"{args.alias} -> version {args.target}")
             mirror(settings)
         elif args.action == "demote":
+            refusal = served_alias_refusal(settings, args.target)
+            if refusal is not None:
+                raise RegistryError(refusal)
             registry.remove_alias(args.target)
             print(f"alias {args.target} removed")
             mirror(settings)

@@ -332,6 +332,17 @@ class ModelRegistry:
         return found, model_dir
 
 
+def served_alias_refusal(settings: Any, alias: str) -> str | None:
+    """Why ``alias`` may not be removed (the one the workers serve: a worker starting or
+    reloading would find nothing under it), or ``None``."""
+    if alias != settings.model_alias:
+        return None
+    return (
+        f"{alias!r} is the alias the workers serve; move it instead "
+        f"(models promote VERSION --alias {alias})"
+    )
+
+
 def open_registry(settings: Any) -> ModelRegistry:
     """The registry the settings name (the embedded SQLite one by default)."""
     if not settings.registry_uri:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from inference_worker.cli.main import main
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving.registry import (
     CHALLENGER,
@@ -96,3 +97,21 @@ def test_registry_mode_serves_the_verified_copy_of_the_alias(tmp_path, model_dir
         and (local / "model.onnx").read_bytes() == (model_dir / "model.onnx").read_bytes()
     )
     assert serving_model_dir(load_settings(model_dir=model_dir)) == model_dir
+
+
+def test_the_command_line_keeps_the_alias_the_workers_serve(
+    tmp_path, model_dir, monkeypatch, capsys
+):
+    """`models demote champion` removed it (the HTTP endpoint refused): the next worker to start
+    or reload found no version to serve."""
+    monkeypatch.setenv("HEIMDALL_MODEL_SOURCE", "registry")
+    monkeypatch.setenv("HEIMDALL_DATA_DIR", str(tmp_path / "var"))
+    serving_model_dir(load_settings(), bootstrap=True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["models", "demote", CHAMPION])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: 'champion' is the alias the workers serve; move it instead "
+        "(models promote VERSION --alias champion)\n"
+    )
+    assert serving_model_dir(load_settings()).is_dir()
