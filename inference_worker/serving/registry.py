@@ -9,13 +9,16 @@ A version is downloaded once into a local cache and its sha256 checked before an
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import re
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,38 +57,82 @@ HTTP_LIMITS = {
 }
 
 
-def probe_store(uri: str) -> None:
-    """Raise :class:`RegistryUnavailable` unless the registry's store accepts a connection
-    within :data:`PROBE_TIMEOUT_S`. MLflow itself retries a database that does not answer ten
-    times over ~100 s before its first statement, and a server longer still."""
+@contextlib.contextmanager
+def store_set_up(uri: str, *, hold: bool = True) -> Iterator[None]:
+    """Reach the registry's store and, with ``hold``, hold it for this process while MLflow sets
+    its tables up.
+
+    Raises :class:`RegistryUnavailable` unless a database or server accepts a connection within
+    :data:`PROBE_TIMEOUT_S` (MLflow itself retries a database ten times over ~100 s before its
+    first statement, and a server longer still). MLflow creates and upgrades its tables when a
+    client first opens a store, with no lock of its own: processes starting together on a new
+    store (a worker and a shim) ran its migrations at once, and all but one failed ("table
+    already exists", "duplicate key"). A file lock beside a SQLite store, or a PostgreSQL
+    advisory lock, makes them take turns; the later ones find the tables made.
+    """
+    import sqlalchemy as sa
+
     shown = redact_secrets(uri)
-    if uri.startswith(("http://", "https://")):
+    if uri.startswith(("http://", "https://")):  # the server sets its own store up
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
         except urllib.error.HTTPError:
-            return  # it answers (a proxy may want credentials for /health: MLflow will send them)
+            pass  # it answers (a proxy may want credentials for /health: MLflow will send them)
         except OSError as exc:
             reason = getattr(exc, "reason", exc)
             raise RegistryUnavailable(
                 f"the model registry at {shown} does not answer: {reason}"
             ) from None
+        yield
+    elif not hold:  # the engine MLflow keeps gives up on a connection after PROBE_TIMEOUT_S
+        yield
+    elif uri.startswith("sqlite:") and sa.make_url(uri).database not in (None, "", ":memory:"):
+        database = Path(str(sa.make_url(uri).database))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            yield
     elif uri.startswith("postgresql"):
-        import sqlalchemy as sa
-
         engine = sa.create_engine(
             uri,
             connect_args={"connect_timeout": int(PROBE_TIMEOUT_S)},
             poolclass=sa.pool.NullPool,
+            isolation_level="AUTOCOMMIT",
         )
         try:
-            engine.connect().close()
+            connection = engine.connect()
         except sa.exc.DBAPIError as exc:
+            engine.dispose()
             reason = str(exc.orig).strip().splitlines()[0]
             raise RegistryUnavailable(
                 f"the model registry at {shown} does not answer: {reason}"
             ) from None
+        try:
+            if hold:  # a session lock: its connection's end (this process's, too) releases it
+                connection.execute(sa.text(f"SET lock_timeout = '{SET_UP_WAIT_S}s'"))
+                try:
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_lock(:id)"), {"id": SET_UP_LOCK_ID}
+                    )
+                except sa.exc.DBAPIError:
+                    raise RegistryUnavailable(
+                        f"the model registry at {shown} does not answer: another process has "
+                        f"been setting it up for {SET_UP_WAIT_S} s"
+                    ) from None
+            yield
         finally:
+            connection.close()
             engine.dispose()
+    else:
+        yield
+
+
+_SET_UP: set[str] = set()
+"""Stores this process has opened once: MLflow set their tables up then."""
+SET_UP_LOCK_ID = zlib.crc32(b"heimdall-model-registry-set-up")
+"""The PostgreSQL advisory lock processes take turns on while MLflow sets a store up."""
+SET_UP_WAIT_S = 60
+"""Longest a process waits for its turn (MLflow's migrations of a new store take seconds)."""
 
 
 def _store_failure(exc: Exception) -> bool:
@@ -95,10 +142,12 @@ def _store_failure(exc: Exception) -> bool:
 
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
         return True
-    # MLflow's REST client wraps a connection that failed or timed out in a plain
-    # MlflowException worded so; a gateway's 502-504 (the server behind it is down) comes
-    # with its status.
-    return isinstance(exc, MlflowException) and (_REST_FAILURE.match(str(exc)) is not None)
+    if not isinstance(exc, MlflowException):
+        return False
+    # MLflow's database stores wrap a connection's failure as TEMPORARILY_UNAVAILABLE; its REST
+    # client wraps one that failed or timed out in a plain MlflowException worded so, and a
+    # gateway's 502-504 (the server behind it is down) comes with its status.
+    return exc.error_code == "TEMPORARILY_UNAVAILABLE" or _REST_FAILURE.match(str(exc)) is not None
 
 
 _REST_FAILURE = re.compile(
@@ -162,9 +211,22 @@ class ModelRegistry:
         self.cache_dir = cache_dir
         self.artifact_location = artifact_location
         self.shown_uri = redact_secrets(uri)
-        probe_store(uri)
-        with self.answering():
+        if uri.startswith("postgresql"):  # MLflow's engine, too, stops waiting for a connection
+            import sqlalchemy as sa
+
+            url = sa.make_url(uri)
+            if "connect_timeout" not in url.query:
+                timeout = str(int(PROBE_TIMEOUT_S))
+                uri = url.update_query_dict({"connect_timeout": timeout}).render_as_string(
+                    hide_password=False
+                )
+        self.uri = uri
+        first = uri not in _SET_UP  # MLflow keeps a store's engine for the process's life
+        with store_set_up(uri, hold=first), self.answering():
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if first:  # the registry's half is set up on its first call: one here, in turn
+                self.client.search_registered_models(max_results=1)
+        _SET_UP.add(uri)
 
     @contextlib.contextmanager
     def answering(self) -> Iterator[None]:
@@ -284,15 +346,16 @@ class ModelRegistry:
 
     @_store_call
     def bootstrap(self, reference_dir: Path) -> None:
-        """With an empty registry, register the reference model and make it champion."""
-        if self.client.search_model_versions(f"name='{self.name}'"):
-            return
-        registered = self.register(
-            reference_dir, description="reference model shipped with the service"
-        )
-        if CHAMPION in self.aliases():  # another process bootstrapped at the same moment
-            return
-        self.set_alias(CHAMPION, registered.version)
+        """With an empty registry, register the reference model and make it champion.
+
+        Processes starting together take turns, so the reference is registered once."""
+        with store_set_up(self.uri):
+            if self.client.search_model_versions(f"name='{self.name}'"):
+                return
+            registered = self.register(
+                reference_dir, description="reference model shipped with the service"
+            )
+            self.set_alias(CHAMPION, registered.version)
         log.info(
             "empty registry: reference model registered as version %s (champion)",
             registered.version,
@@ -314,10 +377,23 @@ class ModelRegistry:
         target = self.cache_dir / self.name / found.version
         model_dir = target / "model"
         if not (model_dir / "model.onnx").is_file():
-            if target.exists():
-                shutil.rmtree(target)
-            target.mkdir(parents=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=found.source, dst_path=str(target))
+            # Downloaded beside the cache, then moved in whole: processes fetching the same
+            # version at once (a worker's pool processes on a reload) each read either nothing
+            # or a complete copy, never another's half-written file.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
+            try:
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=found.source, dst_path=str(download)
+                )
+                try:
+                    download.rename(target)
+                except OSError:  # a copy is there: another process's, or an interrupted one
+                    if not (model_dir / "model.onnx").is_file():
+                        shutil.rmtree(target)
+                        download.rename(target)
+            finally:
+                shutil.rmtree(download, ignore_errors=True)
         try:
             actual = file_sha256(model_dir / "model.onnx")
             if actual != found.sha256:

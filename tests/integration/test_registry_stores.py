@@ -241,3 +241,21 @@ def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
         served.refresh()
         assert served.by_alias[CHAMPION].model.version.startswith("centroid-")
         assert served.last_error is None
+
+
+def test_processes_starting_together_on_a_new_postgresql_registry_take_turns(
+    settings, registry_database, tmp_path
+):
+    """MLflow's migrations of a new store ran in each process at once: all but one failed with
+    a duplicate key in PostgreSQL's catalogue."""
+    url, _ = registry_database
+    env = {**worker_env(settings), **registry_env(tmp_path / "data", url)}
+    command = [sys.executable, "-m", "inference_worker.cli", "models", "list"]
+    started = [
+        subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]  # fmt: skip
+    outcomes = [(p.communicate(timeout=COMMAND_TIMEOUT_S)[1], p) for p in started]
+    outcomes = [(p.returncode, err) for err, p in outcomes]
+    assert [code for code, _ in outcomes] == [0, 0, 0], [err[-400:] for _, err in outcomes]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from inference_worker.serving.registry import (
     CHAMPION,
     ModelRegistry,
     RegistryError,
+    open_registry,
     serving_model_dir,
 )
 from inference_worker.settings import load_settings
@@ -115,3 +119,59 @@ def test_the_command_line_keeps_the_alias_the_workers_serve(
         "(models promote VERSION --alias champion)\n"
     )
     assert serving_model_dir(load_settings()).is_dir()
+
+
+def run_together(count: int, script: str, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """``count`` Python processes started at once, each running ``script``."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    done = []
+    for process in started:
+        out, err = process.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done
+
+
+SERVE = """
+from inference_worker.serving.registry import serving_model_dir
+from inference_worker.settings import load_settings
+print(serving_model_dir(load_settings(), bootstrap=True))
+"""
+
+
+def test_processes_starting_together_on_a_new_registry_all_serve_one_version(tmp_path):
+    """MLflow sets a new store's tables up with no lock of its own: of three processes starting
+    together (a worker and two shim processes, say), all failed ("table _alembic_tmp_...
+    already exists", "Online migration expected to match one row")."""
+    env = {"HEIMDALL_MODEL_SOURCE": "registry", "HEIMDALL_DATA_DIR": str(tmp_path / "var")}
+    done = run_together(3, SERVE, env)
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr[-500:] for d in done]
+    assert len({d.stdout for d in done}) == 1
+    registry = open_registry(load_settings(data_dir=tmp_path / "var"))
+    assert [(v.version, v.aliases) for v in registry.versions()] == [("1", (CHAMPION,))]
+
+
+def test_processes_fetching_a_version_together_each_get_a_verified_copy(tmp_path, model_dir):
+    """A process that found another's half-downloaded model.onnx refused the version (its
+    sha256 did not match) and removed the copy under the other's feet."""
+    settings = load_settings(model_source="registry", data_dir=tmp_path / "var")
+    open_registry(settings).bootstrap(model_dir)
+    fetch = (
+        "from inference_worker.serving.registry import open_registry\n"
+        "from inference_worker.settings import load_settings\n"
+        "print(open_registry(load_settings()).fetch('champion')[1])\n"
+    )
+    env = {"HEIMDALL_MODEL_SOURCE": "registry", "HEIMDALL_DATA_DIR": str(tmp_path / "var")}
+    done = run_together(4, fetch, env)
+    assert [d.returncode for d in done] == [0] * 4, [d.stderr[-500:] for d in done]
+    local = Path(done[0].stdout.strip())
+    assert (local / "model.onnx").read_bytes() == (model_dir / "model.onnx").read_bytes()
+    assert [p.name for p in local.parent.parent.iterdir()] == ["1"]  # no download left behind
