@@ -94,6 +94,22 @@ def registry_env(data_dir: Path, registry_uri: str) -> dict[str, str]:
     }
 
 
+def in_registry_mode(
+    settings: Settings, url: str, tmp_path: Path, redis_prefix: str, **more: object
+) -> Settings:
+    """This session's settings serving the registry at ``url`` (as the settings load it), with
+    a data folder and Redis keys of the test's own."""
+    return settings.model_copy(
+        update={
+            "model_source": "registry",
+            "registry_uri": postgresql_url(url, driver_required=False),
+            "data_dir": tmp_path / "data",
+            "redis_prefix": settings.redis_prefix + redis_prefix,
+            **more,
+        }
+    )
+
+
 def closed_port() -> Iterator[int]:
     """A port on this machine that refuses connections while the socket is held."""
     with socket.socket() as sock:
@@ -157,14 +173,8 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
     """Every request that asked the registry waited for MLflow's retries, then answered 500
     (or 404 "no version": a failure read as an empty registry)."""
     url, admin = registry_database
-    shim_settings = settings.model_copy(
-        update={
-            "model_source": "registry",
-            "registry_uri": postgresql_url(url, driver_required=False),  # as loaded
-            "data_dir": tmp_path / "data",
-            "admin_token": SecretStr(ADMIN),
-            "redis_prefix": settings.redis_prefix + "registry:",
-        }
+    shim_settings = in_registry_mode(
+        settings, url, tmp_path, admin_token=SecretStr(ADMIN), redis_prefix="registry:"
     )
     open_registry(shim_settings).bootstrap(shim_settings.model_dir)
     client = create_app(shim_settings).test_client()
@@ -208,14 +218,12 @@ def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
     """A reload that met the registry down was marked refused for good: the process served the
     old champion until the next reload an operator asked for."""
     url, admin = registry_database
-    process_settings = settings.model_copy(
-        update={
-            "model_source": "registry",
-            "registry_uri": postgresql_url(url, driver_required=False),  # as loaded
-            "data_dir": tmp_path / "data",
-            "database_schema": settings.database_schema + "_reg",
-            "redis_prefix": settings.redis_prefix + "registry-reload:",
-        }
+    process_settings = in_registry_mode(
+        settings,
+        url,
+        tmp_path,
+        database_schema=settings.database_schema + "_reg",
+        redis_prefix="registry-reload:",
     )
     registry = open_registry(process_settings)
     registry.bootstrap(process_settings.model_dir)
