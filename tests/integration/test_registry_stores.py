@@ -168,7 +168,7 @@ def test_a_registry_that_does_not_answer_is_named_in_one_line(
 
 
 def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
-    settings, engine, redis_client, registry_database, capture, tmp_path
+    settings, engine, redis_client, queue_cleanup, registry_database, capture, tmp_path
 ):
     """Every request that asked the registry waited for MLflow's retries, then answered 500
     (or 404 "no version": a failure read as an empty registry)."""
