@@ -46,15 +46,18 @@ class RegistryUnavailable(RegistryError):
 PROBE_TIMEOUT_S = 3.0
 """How long the registry's store may take to accept a connection before it counts as down."""
 
-HTTP_LIMITS = {
+MLFLOW_DEFAULTS = {
     # MLflow's own defaults retry a server that does not answer 7 times with a backoff factor
     # of 2 and wait 120 s for each reply: `models list` against a stopped MLflow server took
-    # more than five minutes to fail, and a shim request waited as long. An operator's
-    # setting wins.
+    # more than five minutes to fail, and a shim request waited as long.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # A server's runs are announced on stdout ("View run ... at: http://..."): the commands
+    # say what they registered themselves.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+"""MLflow's settings this service chooses (environment variables); an operator's setting wins."""
 
 
 @contextlib.contextmanager
@@ -205,7 +208,7 @@ class ModelRegistry:
         # MLflow announces creating and upgrading its own tables at INFO on a store's first use,
         # in every command that opens the registry: a store's housekeeping, not the command's.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        for variable, value in HTTP_LIMITS.items():
+        for variable, value in MLFLOW_DEFAULTS.items():
             os.environ.setdefault(variable, value)
         self.name = name
         self.cache_dir = cache_dir
@@ -383,8 +386,13 @@ class ModelRegistry:
             target.parent.mkdir(parents=True, exist_ok=True)
             download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
             try:
+                # The registry's own URI: an MLflow server's `mlflow-artifacts:` sources resolve
+                # against it, not against MLflow's process-wide default (a local SQLite file).
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=found.source, dst_path=str(download)
+                    artifact_uri=found.source,
+                    dst_path=str(download),
+                    tracking_uri=self.uri,
+                    registry_uri=self.uri,
                 )
                 try:
                     download.rename(target)
