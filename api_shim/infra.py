@@ -20,11 +20,12 @@ from api_shim.services import services
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving import observability
 from inference_worker.serving.registry import RegistryError, serving_model_dir
-from inference_worker.settings import Settings, redact_secrets
+from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.reachability import probe_broker
 from inference_worker.storage.redis_store import RedisStore
+from inference_worker.urls import redact_secrets
 from tasks.app import broker_alarm, dead_letter_queue_name
 
 log = logging.getLogger(__name__)

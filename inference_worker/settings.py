@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_worker.api_keys import ApiKey, check_rate_limit
+from inference_worker.urls import postgresql_url, redact_secrets
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "reference"
@@ -315,40 +316,6 @@ class Settings(BaseSettings):
     @property
     def model_metadata_file(self) -> Path:
         return self.model_dir / "model.json"
-
-
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with the credentials of any URL in it replaced (for logs and error bodies)."""
-    return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-
-
-_POSTGRESQL_SCHEME = re.compile(r"^(postgres|postgresql)(\+[\w]+)?://", re.IGNORECASE)
-
-
-def postgresql_url(url: str, *, driver_required: bool) -> str:
-    """A PostgreSQL URL in the driver the service installs (psycopg2).
-
-    ``postgresql://`` and libpq's ``postgres://`` are the forms operators copy from elsewhere;
-    SQLAlchemy 2.1 takes the first for psycopg 3, which is not installed, and knows no
-    ``postgres`` at all. Both mean ``postgresql+psycopg2://``. The job store speaks psycopg2
-    itself (``driver_required``), so another named driver is refused; any other URL (SQLite or
-    an MLflow server for the registry) is left as it is.
-    """
-    found = _POSTGRESQL_SCHEME.match(url)
-    if found is None:
-        if driver_required:
-            raise ValueError("must be a PostgreSQL URL (postgresql://user@host:5432/database)")
-        return url
-    driver = (found.group(2) or "+psycopg2").lower()
-    if driver != "+psycopg2":
-        raise ValueError(
-            f"the driver {driver[1:]!r} is not installed: the service talks to PostgreSQL "
-            "through psycopg2 (write postgresql://... or postgresql+psycopg2://...)"
-        )
-    return "postgresql+psycopg2://" + url[found.end() :]
 
 
 def describe_invalid(exc: ValidationError) -> list[str]:

@@ -1,6 +1,7 @@
 """The model registry: MLflow model versions with aliases, and verified local copies.
 
-The only module that imports mlflow. Each registered version holds the model folder
+The only module that imports mlflow, with :mod:`~inference_worker.serving.registry_store`
+(reaching the registry's store). Each registered version holds the model folder
 (``model.onnx`` + ``model.json``) as run artifacts and its sha256 as a tag. Aliases
 (``champion``, ``challenger``) name the versions in use; registry stages are deprecated.
 A version is downloaded once into a local cache and its sha256 checked before anyone uses it.
@@ -9,153 +10,35 @@ A version is downloaded once into a local cache and its sha256 checked before an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
-import os
-import re
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from inference_worker.core.contract import ModelError, file_sha256, load_metadata
-from inference_worker.settings import redact_secrets
+from inference_worker.serving.registry_store import (
+    RegistryError,
+    apply_mlflow_defaults,
+    is_store_failure,
+    opening,
+    store_failures,
+    store_set_up,
+    store_uri,
+)
+from inference_worker.serving.registry_store import (
+    RegistryUnavailable as RegistryUnavailable,  # raised through here: callers import it here
+)
+from inference_worker.urls import redact_secrets
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "heimdall-models"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-class RegistryError(RuntimeError):
-    """The registry cannot do what was asked (unknown version or alias, unreachable store)."""
-
-
-class RegistryUnavailable(RegistryError):
-    """The registry's store (its database or MLflow server) does not answer: try again later.
-    Nothing about the request is wrong."""
-
-
-PROBE_TIMEOUT_S = 3.0
-"""How long the registry's store may take to accept a connection before it counts as down."""
-
-MLFLOW_DEFAULTS = {
-    # MLflow's own defaults retry a server that does not answer 7 times with a backoff factor
-    # of 2 and wait 120 s for each reply: `models list` against a stopped MLflow server took
-    # more than five minutes to fail, and a shim request waited as long.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    # A server's runs are announced on stdout ("View run ... at: http://..."): the commands
-    # say what they registered themselves.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-"""MLflow's settings this service chooses (environment variables); an operator's setting wins."""
-
-
-@contextlib.contextmanager
-def store_set_up(uri: str, *, hold: bool = True) -> Iterator[None]:
-    """Reach the registry's store and, with ``hold``, hold it for this process while MLflow sets
-    its tables up.
-
-    Raises :class:`RegistryUnavailable` unless a database or server accepts a connection within
-    :data:`PROBE_TIMEOUT_S` (MLflow itself retries a database ten times over ~100 s before its
-    first statement, and a server longer still). MLflow creates and upgrades its tables when a
-    client first opens a store, with no lock of its own: processes starting together on a new
-    store (a worker and a shim) ran its migrations at once, and all but one failed ("table
-    already exists", "duplicate key"). A file lock beside a SQLite store, or a PostgreSQL
-    advisory lock, makes them take turns; the later ones find the tables made.
-    """
-    import sqlalchemy as sa
-
-    shown = redact_secrets(uri)
-    if uri.startswith(("http://", "https://")):  # the server sets its own store up
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # it answers (a proxy may want credentials for /health: MLflow will send them)
-        except OSError as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RegistryUnavailable(
-                f"the model registry at {shown} does not answer: {reason}"
-            ) from None
-        yield
-    elif not hold:  # the engine MLflow keeps gives up on a connection after PROBE_TIMEOUT_S
-        yield
-    elif uri.startswith("sqlite:") and sa.make_url(uri).database not in (None, "", ":memory:"):
-        database = Path(str(sa.make_url(uri).database))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{database}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            yield
-    elif uri.startswith("postgresql"):
-        engine = sa.create_engine(
-            uri,
-            connect_args={"connect_timeout": int(PROBE_TIMEOUT_S)},
-            poolclass=sa.pool.NullPool,
-            isolation_level="AUTOCOMMIT",
-        )
-        try:
-            connection = engine.connect()
-        except sa.exc.DBAPIError as exc:
-            engine.dispose()
-            reason = str(exc.orig).strip().splitlines()[0]
-            raise RegistryUnavailable(
-                f"the model registry at {shown} does not answer: {reason}"
-            ) from None
-        try:
-            if hold:  # a session lock: its connection's end (this process's, too) releases it
-                connection.execute(sa.text(f"SET lock_timeout = '{SET_UP_WAIT_S}s'"))
-                try:
-                    connection.execute(
-                        sa.text("SELECT pg_advisory_lock(:id)"), {"id": SET_UP_LOCK_ID}
-                    )
-                except sa.exc.DBAPIError:
-                    raise RegistryUnavailable(
-                        f"the model registry at {shown} does not answer: another process has "
-                        f"been setting it up for {SET_UP_WAIT_S} s"
-                    ) from None
-            yield
-        finally:
-            connection.close()
-            engine.dispose()
-    else:
-        yield
-
-
-_SET_UP: set[str] = set()
-"""Stores this process has opened once: MLflow set their tables up then."""
-SET_UP_LOCK_ID = zlib.crc32(b"heimdall-model-registry-set-up")
-"""The PostgreSQL advisory lock processes take turns on while MLflow sets a store up."""
-SET_UP_WAIT_S = 60
-"""Longest a process waits for its turn (MLflow's migrations of a new store take seconds)."""
-
-
-def _store_failure(exc: Exception) -> bool:
-    """Whether an error of MLflow's is its store not answering (rather than the request)."""
-    import sqlalchemy.exc
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-        return True
-    if not isinstance(exc, MlflowException):
-        return False
-    # MLflow's database stores wrap a connection's failure as TEMPORARILY_UNAVAILABLE; its REST
-    # client wraps one that failed or timed out in a plain MlflowException worded so, and a
-    # gateway's 502-504 (the server behind it is down) comes with its status.
-    return exc.error_code == "TEMPORARILY_UNAVAILABLE" or _REST_FAILURE.match(str(exc)) is not None
-
-
-_REST_FAILURE = re.compile(
-    r"API request to \S+ failed with (exception|timeout exception|error code 50[234]) "
-)
 
 
 @dataclass(frozen=True)
@@ -208,45 +91,20 @@ class ModelRegistry:
         # MLflow announces creating and upgrading its own tables at INFO on a store's first use,
         # in every command that opens the registry: a store's housekeeping, not the command's.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        for variable, value in MLFLOW_DEFAULTS.items():
-            os.environ.setdefault(variable, value)
+        apply_mlflow_defaults()
         self.name = name
         self.cache_dir = cache_dir
         self.artifact_location = artifact_location
         self.shown_uri = redact_secrets(uri)
-        if uri.startswith("postgresql"):  # MLflow's engine, too, stops waiting for a connection
-            import sqlalchemy as sa
-
-            url = sa.make_url(uri)
-            if "connect_timeout" not in url.query:
-                timeout = str(int(PROBE_TIMEOUT_S))
-                uri = url.update_query_dict({"connect_timeout": timeout}).render_as_string(
-                    hide_password=False
-                )
-        self.uri = uri
-        first = uri not in _SET_UP  # MLflow keeps a store's engine for the process's life
-        with store_set_up(uri, hold=first), self.answering():
-            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.uri = store_uri(uri)
+        with opening(self.uri) as first, self.answering():
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             if first:  # the registry's half is set up on its first call: one here, in turn
                 self.client.search_registered_models(max_results=1)
-        _SET_UP.add(uri)
 
-    @contextlib.contextmanager
-    def answering(self) -> Iterator[None]:
+    def answering(self) -> contextlib.AbstractContextManager[None]:
         """MLflow's errors of a store that stopped answering as :class:`RegistryUnavailable`."""
-        try:
-            yield
-        except RegistryError:
-            raise
-        except Exception as exc:
-            reason = redact_secrets(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
-            if _store_failure(exc):
-                raise RegistryUnavailable(
-                    f"the model registry at {self.shown_uri} does not answer: {reason}"
-                ) from None
-            if reason.startswith("API request to "):  # something answered, but not as MLflow
-                raise RegistryError(f"the model registry at {self.shown_uri}: {reason}") from None
-            raise
+        return store_failures(self.shown_uri)
 
     # --- reading ----------------------------------------------------------------------------
     @_store_call
@@ -283,7 +141,7 @@ class ModelRegistry:
             else:
                 found = self.client.get_model_version_by_alias(self.name, reference)
         except MlflowException as exc:
-            if _store_failure(exc):
+            if is_store_failure(exc):
                 raise
             raise RegistryError(
                 f"{self.name}: no version or alias {reference!r} ({exc.error_code})"

@@ -24,9 +24,10 @@ from api_shim.app import create_app
 from inference_worker.serving.models import ServedModels
 from inference_worker.serving.registry import CHAMPION, RegistryUnavailable, open_registry
 from inference_worker.serving.reload import request_reload
-from inference_worker.settings import Settings, postgresql_url
+from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
+from inference_worker.urls import postgresql_url
 from tests.helpers import json_body
 from tests.integration.helpers import migrated_schema, worker_env
 
