@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 import zlib
@@ -79,6 +80,7 @@ def store_set_up(uri: str, *, hold: bool = True) -> Iterator[None]:
     elif uri.startswith("sqlite:") and sa.make_url(uri).database not in (None, "", ":memory:"):
         database = Path(str(sa.make_url(uri).database))
         database.parent.mkdir(parents=True, exist_ok=True)
+        _probe_sqlite(database, shown)
         with open(f"{database}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             yield
@@ -115,6 +117,19 @@ def store_set_up(uri: str, *, hold: bool = True) -> Iterator[None]:
             engine.dispose()
     else:
         yield
+
+
+def _probe_sqlite(database: Path, shown: str) -> None:
+    """A SQLite store MLflow could not open (a folder in its place, a file that is not a
+    database, no permission) was retried for ~100 s like a database server."""
+    try:
+        probe = sqlite3.connect(database, timeout=PROBE_TIMEOUT_S)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.Error as exc:
+        raise RegistryUnavailable(f"the model registry at {shown} does not answer: {exc}") from None
 
 
 _SET_UP: set[str] = set()

@@ -146,22 +146,25 @@ def test_a_registry_on_postgresql_registers_promotes_and_verifies(
     assert list((data_dir / "mlflow" / "artifacts").rglob("model.onnx"))
 
 
-@pytest.mark.parametrize("store", ["postgresql", "mlflow server"])
+@pytest.mark.parametrize("store", ["postgresql", "mlflow server", "sqlite"])
 def test_a_registry_that_does_not_answer_is_named_in_one_line(
     settings, store, refusing_port, tmp_path
 ):
     """MLflow retried a stopped database ten times (~100 s) and a stopped server for more than
-    five minutes before a traceback; the worker's start waited as long."""
-    uri = (
-        f"postgresql://postgres@127.0.0.1:{refusing_port}/registry"
-        if store == "postgresql"
-        else f"http://127.0.0.1:{refusing_port}"
-    )
-    env = registry_env(tmp_path / "data", uri)
+    five minutes before a traceback; the worker's start waited as long. An embedded store's file
+    that cannot be opened was retried as long as a database server."""
+    uris = {
+        "postgresql": f"postgresql://postgres@127.0.0.1:{refusing_port}/registry",
+        "mlflow server": f"http://127.0.0.1:{refusing_port}",
+        "sqlite": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    (tmp_path / "mlflow.db").mkdir()  # a folder where the embedded store's file should be
+    env = registry_env(tmp_path / "data", uris[store])
     listed = run_cli(settings, tmp_path, "models", "list", **env)
     assert listed.returncode == 2
     assert listed.stderr.startswith("error: the model registry at ")
-    assert "does not answer" in listed.stderr and "Connection refused" in listed.stderr
+    reason = "unable to open database file" if store == "sqlite" else "Connection refused"
+    assert "does not answer" in listed.stderr and reason in listed.stderr
     assert "Traceback" not in listed.stderr and len(listed.stderr.splitlines()) == 1
     started = run_cli(settings, tmp_path, "worker", "--concurrency", "1", **env)
     assert started.returncode == 2
