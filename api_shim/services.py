@@ -50,7 +50,11 @@ class ShimServices:
 
 
 def build_services(settings: Settings) -> ShimServices:
-    started_with = ModelSummary.of(load_metadata(serving_model_dir(settings), verify=False))
+    # Only until Redis holds the announced champion: a registry down at start leaves the
+    # copy of what it named when this host last read it.
+    started_with = ModelSummary.of(
+        load_metadata(serving_model_dir(settings, fall_back=True), verify=False)
+    )
     celery = create_celery(
         settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries
     )

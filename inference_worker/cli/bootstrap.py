@@ -128,12 +128,13 @@ def declare_queues(settings: Settings) -> None:
 
 def prepare_registry(settings: Settings) -> None:
     """In registry mode, make sure the served alias exists (an empty registry gets the
-    reference model as champion) and its verified copy is cached."""
+    reference model as champion) and its verified copy is cached (or, while the registry does
+    not answer, that this host holds a copy of what it last named)."""
     from inference_worker.core.contract import ModelError
     from inference_worker.serving.registry import RegistryError, serving_model_dir
 
     try:
-        serving_model_dir(settings, bootstrap=True)
+        serving_model_dir(settings, bootstrap=True, fall_back=True)
     except (ModelError, RegistryError) as exc:
         print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -145,7 +146,7 @@ def check_model(settings: Settings) -> None:
     from inference_worker.serving.registry import RegistryError, serving_model_dir
 
     try:
-        model_dir = serving_model_dir(settings, bootstrap=True)
+        model_dir = serving_model_dir(settings, bootstrap=True, fall_back=True)
         model = LocalizationModel(model_dir)
     except (ModelError, RegistryError) as exc:
         print(f"error: cannot use the model ({settings.model_source}): {exc}", file=sys.stderr)
@@ -155,6 +156,7 @@ def check_model(settings: Settings) -> None:
 
 def announce_model(settings: Settings) -> None:
     """Tell shims and producers which champion to check submissions against (Redis)."""
+    from inference_worker.serving.registry import RegistryUnavailable
     from inference_worker.serving.reload import announce_serving_model
     from inference_worker.storage.errors import STORE_ERRORS
     from inference_worker.storage.redis_store import RedisStore, connect
@@ -168,5 +170,7 @@ def announce_model(settings: Settings) -> None:
             "last announcement until the next reload): %s",
             exc,
         )
+    except RegistryUnavailable as exc:  # what this host last knew may be older: not announced
+        log.warning("served model not announced while the registry does not answer: %s", exc)
     finally:
         store.client.close()

@@ -16,17 +16,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from inference_worker.core.contract import ModelError
+from inference_worker.serving.local_copies import RegisteredVersion
 from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.serving.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
     RegistryUnavailable,
+    last_known_copy,
     open_registry,
 )
 from inference_worker.settings import Settings
@@ -109,10 +112,19 @@ class ServedModels:
             # Nothing is wrong with the versions: the reload is tried again once the pause is
             # over (not before every job, each of which would wait for the registry's answer).
             self._registry_retry_at = time.monotonic() + REGISTRY_RETRY_S
-            self.last_error = f"reload to generation {generation} waits for the registry: {exc}"
-            log.warning("%s; keeping %s", self.last_error, self.summary())
-            if not self.by_alias:
-                raise
+            if self.by_alias:
+                self.last_error = f"reload to generation {generation} waits for the registry: {exc}"
+                log.warning("%s; keeping %s", self.last_error, self.summary())
+                return
+            # A process starting in the outage (one replacing a pool process that died) serves
+            # what the aliases named when this host last read them, until the registry answers.
+            self.by_alias, self.on_demand = self._last_known(exc), {}
+            self.challenger_fraction = fraction
+            self.last_error = (
+                f"{exc}; serving {self.summary()} as this host last read the registry's "
+                "aliases, until it answers"
+            )
+            log.warning("%s", self.last_error)
             return
         except (ModelError, RegistryError, OSError) as exc:
             self._failed_generation = generation
@@ -157,12 +169,35 @@ class ServedModels:
             return {CHAMPION: self._load(Path(self.settings.model_dir), None)}
         registry = open_registry(self.settings)
         aliases = registry.aliases()
+        return self._load_each(
+            [alias for alias in (self.settings.model_alias, CHALLENGER) if alias in aliases],
+            registry.fetch,
+        )
+
+    def _last_known(self, outage: RegistryUnavailable) -> dict[str, Loaded]:
+        """The copies of what the aliases named when this host last read them.
+
+        Raises:
+            RegistryUnavailable: ``outage``, when this host holds no copy of the champion.
+        """
+        known: dict[str, tuple[RegisteredVersion, Path]] = {}
+        for alias in (self.settings.model_alias, CHALLENGER):
+            try:
+                known[alias] = last_known_copy(self.settings, alias, outage)
+            except RegistryUnavailable:
+                if alias == self.settings.model_alias:
+                    raise
+                # no challenger known here: the champion takes every job
+        return self._load_each(list(known), known.__getitem__)
+
+    def _load_each(
+        self, aliases: list[str], fetch: Callable[[str], tuple[RegisteredVersion, Path]]
+    ) -> dict[str, Loaded]:
+        """Sessions for ``aliases`` (the served alias as champion), one for each version."""
         loaded: dict[str, Loaded] = {}
         by_version: dict[str, Loaded] = {}
-        for alias in (self.settings.model_alias, CHALLENGER):
-            if alias not in aliases or (alias == CHALLENGER and alias in loaded):
-                continue
-            found, model_dir = registry.fetch(alias)
+        for alias in dict.fromkeys(aliases):
+            found, model_dir = fetch(alias)
             if found.version not in by_version:
                 by_version[found.version] = self._load(model_dir, found.version)
             loaded[CHAMPION if alias == self.settings.model_alias else alias] = by_version[
@@ -188,7 +223,10 @@ class ServedModels:
         if self.settings.model_source != "registry":
             raise ModelUnavailable(f"model {requested!r} is not served here")
         try:
-            found, model_dir = open_registry(self.settings).fetch(requested)
+            try:
+                found, model_dir = open_registry(self.settings).fetch(requested)
+            except RegistryUnavailable as outage:  # a copy here serves; else the job waits
+                found, model_dir = last_known_copy(self.settings, requested, outage)
             loaded = self._load(model_dir, found.version)
         except RegistryUnavailable:
             raise  # waited out with the job in hand, as a store would be

@@ -4,7 +4,9 @@ The only module that imports mlflow, with :mod:`~inference_worker.serving.regist
 (reaching the registry's store). Each registered version holds the model folder
 (``model.onnx`` + ``model.json``) as run artifacts and its sha256 as a tag. Aliases
 (``champion``, ``challenger``) name the versions in use; registry stages are deprecated.
-A version is downloaded once into a local cache and its sha256 checked before anyone uses it.
+A version is downloaded once into a local cache and its sha256 checked before anyone uses it;
+while the registry does not answer, worker processes serve from those copies
+(:mod:`~inference_worker.serving.local_copies`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from inference_worker.core.contract import ModelError, file_sha256, load_metadata
+from inference_worker.core.contract import load_metadata
+from inference_worker.serving.local_copies import LocalCopies, NotKnownHere, RegisteredVersion
 from inference_worker.serving.registry_store import (
     RegistryError,
     apply_mlflow_defaults,
@@ -39,30 +41,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "heimdall-models"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    version: str
-    """The registry's version number, as a string."""
-    model_version: str
-    """The version written in the model's own metadata."""
-    sha256: str
-    aliases: tuple[str, ...]
-    source: str
-    description: str
-    run_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "model_version": self.model_version,
-            "sha256": self.sha256,
-            "aliases": list(self.aliases),
-            "description": self.description,
-            "source": self.source,
-            "run_id": self.run_id,
-        }
 
 
 P = ParamSpec("P")
@@ -97,6 +75,7 @@ class ModelRegistry:
         self.artifact_location = artifact_location
         self.shown_uri = redact_secrets(uri)
         self.uri = store_uri(uri)
+        self.copies = LocalCopies(cache_dir / name, self.shown_uri)
         with opening(self.uri) as first, self.answering():
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             if first:  # the registry's half is set up on its first call: one here, in turn
@@ -116,8 +95,10 @@ class ModelRegistry:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # not an empty registry: a failure
                 raise
-            return {}
-        return {alias: str(version) for alias, version in aliases.items()}
+            aliases = {}
+        named = {alias: str(version) for alias, version in aliases.items()}
+        self.copies.remember_aliases(named)
+        return named
 
     @_store_call
     def versions(self) -> list[RegisteredVersion]:
@@ -235,7 +216,7 @@ class ModelRegistry:
         import mlflow.artifacts
 
         found = self.resolve(reference)
-        target = self.cache_dir / self.name / found.version
+        target = self.copies.target(found.version)
         model_dir = target / "model"
         if not (model_dir / "model.onnx").is_file():
             # Downloaded beside the cache, then moved in whole: processes fetching the same
@@ -260,17 +241,8 @@ class ModelRegistry:
                         download.rename(target)
             finally:
                 shutil.rmtree(download, ignore_errors=True)
-        try:
-            actual = file_sha256(model_dir / "model.onnx")
-            if actual != found.sha256:
-                raise ModelError(
-                    f"version {found.version}: model.onnx has sha256 {actual}, "
-                    f"the registry says {found.sha256}"
-                )
-            load_metadata(model_dir, verify=True)
-        except (ModelError, FileNotFoundError) as exc:
-            shutil.rmtree(target, ignore_errors=True)
-            raise ModelError(f"{self.name} version {found.version} refused: {exc}") from None
+        model_dir = self.copies.verify(found.version, found.sha256)
+        self.copies.remember_version(found)
         return found, model_dir
 
 
@@ -292,21 +264,58 @@ def open_registry(settings: Any) -> ModelRegistry:
     return ModelRegistry(
         settings.resolved_registry_uri,
         name=settings.model_name,
-        cache_dir=settings.data_dir / "model-cache",
+        cache_dir=cache_dir(settings),
         artifact_location=settings.resolved_registry_artifacts,
     )
 
 
-def serving_model_dir(settings: Any, *, bootstrap: bool = False) -> Path:
+def cache_dir(settings: Any) -> Path:
+    return Path(settings.data_dir) / "model-cache"
+
+
+def last_known_copy(
+    settings: Any, reference: str, outage: RegistryUnavailable
+) -> tuple[RegisteredVersion, Path]:
+    """While the registry does not answer: the version ``reference`` named when this host last
+    read the registry, and its copy, verified again.
+
+    Raises:
+        RegistryUnavailable: ``outage``, when this host holds no copy for ``reference``.
+        ModelError: the copy no longer matches its sha256 (it is removed).
+    """
+    copies = LocalCopies(
+        cache_dir(settings) / settings.model_name, redact_secrets(settings.resolved_registry_uri)
+    )
+    try:
+        return copies.last_known(reference)
+    except NotKnownHere:
+        raise outage from None
+
+
+def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool = False) -> Path:
     """The model folder to serve: ``model_dir``, or the verified copy of the registry alias.
 
-    With ``bootstrap``, an empty registry first receives ``model_dir`` as its champion.
+    With ``bootstrap``, an empty registry first receives ``model_dir`` as its champion; with
+    ``fall_back``, a registry that does not answer leaves the copy of what the alias named
+    when this host last read it (:func:`last_known_copy`).
     """
     if settings.model_source != "registry":
         return Path(settings.model_dir)
-    registry = open_registry(settings)
-    if bootstrap:
-        registry.bootstrap(Path(settings.model_dir))
-    found, model_dir = registry.fetch(settings.model_alias)
+    try:
+        registry = open_registry(settings)
+        if bootstrap:
+            registry.bootstrap(Path(settings.model_dir))
+        found, model_dir = registry.fetch(settings.model_alias)
+    except RegistryUnavailable as outage:
+        if not fall_back:
+            raise
+        found, model_dir = last_known_copy(settings, settings.model_alias, outage)
+        log.warning(
+            "%s; using the copy of version %s, which %r named when this host last read the registry",
+            outage,
+            found.version,
+            settings.model_alias,
+        )
+        return model_dir
     log.info("serving %s version %s (%s)", settings.model_name, found.version, settings.model_alias)
     return model_dir

@@ -21,15 +21,22 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from api_shim.app import create_app
+from inference_worker.core.contract import load_metadata
 from inference_worker.serving.models import ServedModels
-from inference_worker.serving.registry import CHAMPION, RegistryUnavailable, open_registry
+from inference_worker.serving.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryUnavailable,
+    open_registry,
+    serving_model_dir,
+)
 from inference_worker.serving.reload import request_reload
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import postgresql_url
 from tests.helpers import json_body
-from tests.integration.helpers import migrated_schema, worker_env
+from tests.integration.helpers import migrated_schema, produce, wait_final_row, worker_env
 
 ADMIN = "registry-admin-token"
 COMMAND_TIMEOUT_S = 60  # far above a refusal's few seconds, far below MLflow's own retries
@@ -245,8 +252,8 @@ def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
             served.refresh()
             assert served.by_alias[CHAMPION].model.version == reference
             assert served.last_error and "waits for the registry" in served.last_error
-            with pytest.raises(RegistryUnavailable):  # a job asking for it waits, not fails
-                served.choose("job", second.version)
+            # A job asking for it is served from the copy verified when the reload was asked.
+            assert served.choose("job", second.version).registry_version == second.version
         finally:
             switch(admin, url, on=True)
         served._registry_retry_at = 0.0  # the pause is over
@@ -271,3 +278,95 @@ def test_processes_starting_together_on_a_new_postgresql_registry_take_turns(
     outcomes = [(p.communicate(timeout=COMMAND_TIMEOUT_S)[1], p) for p in started]
     outcomes = [(p.returncode, err) for err, p in outcomes]
     assert [code for code, _ in outcomes] == [0, 0, 0], [err[-400:] for _, err in outcomes]
+
+
+def test_a_process_starting_while_the_registry_is_down_serves_what_this_host_last_read(
+    settings, redis_client, registry_database, tmp_path, centroid_model_dir
+):
+    """A pool process that replaced one which died while the registry did not answer had no
+    model: its start logged a traceback and its jobs waited for the registry, though the
+    champion's verified copy lay on disk."""
+    url, admin = registry_database
+    process_settings = in_registry_mode(
+        settings,
+        url,
+        tmp_path,
+        database_schema=settings.database_schema + "_last",
+        redis_prefix="registry-last:",
+    )
+    registry = open_registry(process_settings)
+    registry.bootstrap(process_settings.model_dir)
+    challenger = registry.register(centroid_model_dir)
+    registry.set_alias(CHALLENGER, challenger.version)
+    unfetched = registry.register(centroid_model_dir)
+    store = RedisStore(redis_client, process_settings.redis_prefix)
+    with migrated_schema(settings.database_url, process_settings.database_schema) as jobs_engine:
+        jobs = JobStore(jobs_engine)
+        first = ServedModels(process_settings, jobs, store)
+        first.refresh()  # this host reads the aliases and keeps verified copies
+        switch(admin, url, on=False)
+        try:
+            replacement = ServedModels(process_settings, jobs, store)
+            replacement.refresh()
+            served = {
+                alias: loaded.registry_version for alias, loaded in replacement.by_alias.items()
+            }
+            assert served == {CHAMPION: "1", CHALLENGER: challenger.version}
+            assert replacement.last_error and "does not answer" in replacement.last_error
+            assert "as this host last read the registry's aliases" in replacement.last_error
+            # A job naming a version this host holds is served; one it never fetched waits.
+            assert replacement.choose("job", "1").registry_version == "1"
+            with pytest.raises(RegistryUnavailable):
+                replacement.choose("job", unfetched.version)
+        finally:
+            switch(admin, url, on=True)
+        replacement._registry_retry_at = 0.0  # the pause is over: the registry is read again
+        replacement.refresh()
+        assert replacement.last_error is None
+        assert replacement.generation == first.generation
+
+
+def test_a_worker_started_while_the_registry_is_down_drains_its_queue(
+    own_queue_factory, stores, registry_database, capture, tmp_path
+):
+    """`heimdall-inference worker` refused to start (exit 2) while the registry did not answer,
+    and so did a pool process replacing one that died: jobs waited for the registry."""
+    url, admin = registry_database
+    local, _, start_worker = own_queue_factory(
+        model_source="registry",
+        registry_uri=postgresql_url(url, driver_required=False),
+        data_dir=tmp_path / "data",
+    )
+    jobs = stores[0]
+    served_before = serving_model_dir(local, bootstrap=True)  # this host read the registry once
+    switch(admin, url, on=False)
+    try:
+        with start_worker("registry-down"):
+            row = wait_final_row(jobs, produce(local, capture))
+            heartbeats = RedisStore(stores[1].client, local.redis_prefix).workers()
+    finally:
+        switch(admin, url, on=True)
+    assert row["status"] == "succeeded", row
+    assert row["model_version"] == load_metadata(served_before).version
+    assert heartbeats and all("does not answer" in (h["last_error"] or "") for h in heartbeats)
+    log = (tmp_path / "registry-down.log").read_text()
+    assert "named when this host last read the registry" in log  # the main process's check
+    assert "Traceback" not in log
+
+
+def test_a_shim_starting_while_the_registry_is_down_accepts_submissions(
+    settings, engine, redis_client, queue_cleanup, registry_database, capture, tmp_path
+):
+    """A shim process that started while the registry did not answer failed to start."""
+    url, admin = registry_database
+    shim_settings = in_registry_mode(settings, url, tmp_path, redis_prefix="registry-shim:")
+    serving_model_dir(shim_settings, bootstrap=True)  # this host read the registry once
+    switch(admin, url, on=False)
+    try:
+        client = create_app(shim_settings).test_client()
+        accepted = client.post("/predict", json=json_body(capture))
+        named = client.post("/predict", json={**json_body(capture), "model": "1"})
+    finally:
+        switch(admin, url, on=True)
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    assert named.status_code == 503  # checking a named version needs the registry

@@ -1,0 +1,174 @@
+"""A host's verified copies of registry versions, and what each alias named when it last looked.
+
+Every version fetched from the registry is kept under ``<data_dir>/model-cache/<name>/<version>``
+with the registry's record of it (``version.json``: its sha256 among others), and every reading
+of the aliases leaves ``aliases.json`` beside them. A worker process that starts while the
+registry does not answer (a pool process replacing one that died, a worker restarted during the
+registry's maintenance) serves from these: the versions the aliases named when this host last
+read them, each copy verified again against its sha256 before use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference_worker.core.contract import ModelError, file_sha256, load_metadata
+
+log = logging.getLogger(__name__)
+
+ALIASES_FILE = "aliases.json"
+VERSION_FILE = "version.json"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registry version as the registry describes it (kept beside its copy as well)."""
+
+    version: str
+    """The registry's version number, as a string."""
+    model_version: str
+    """The version written in the model's own metadata."""
+    sha256: str
+    aliases: tuple[str, ...]
+    source: str
+    description: str
+    run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model_version": self.model_version,
+            "sha256": self.sha256,
+            "aliases": list(self.aliases),
+            "description": self.description,
+            "source": self.source,
+            "run_id": self.run_id,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], aliases: tuple[str, ...] = ()) -> RegisteredVersion:
+        return cls(
+            version=str(record["version"]),
+            model_version=str(record.get("model_version", "")),
+            sha256=str(record["sha256"]),
+            aliases=aliases,
+            source=str(record.get("source", "")),
+            description=str(record.get("description", "")),
+            run_id=record.get("run_id"),
+        )
+
+
+class NotKnownHere(LookupError):
+    """This host holds no verified copy for the reference (never fetched, or for another
+    registry)."""
+
+
+class LocalCopies:
+    """The copies of one registered model kept on this host, for the registry at ``registry``.
+
+    Args:
+        root: the model's folder in the cache (``<data_dir>/model-cache/<name>``).
+        registry: the registry's URI as shown (secrets redacted); what the aliases named in
+            another registry is never served for this one.
+    """
+
+    def __init__(self, root: Path, registry: str) -> None:
+        self.root = root
+        self.registry = registry
+
+    def target(self, version: str) -> Path:
+        """Where ``version`` is kept; its model folder is ``target(version) / "model"``."""
+        return self.root / version
+
+    def remember_aliases(self, aliases: dict[str, str]) -> None:
+        """Keep what the registry's aliases name (written only when that changed)."""
+        self._keep(self.root / ALIASES_FILE, {"aliases": aliases})
+
+    def remember_version(self, found: RegisteredVersion) -> None:
+        """Keep the registry's record of a version whose copy was just verified."""
+        record = {k: v for k, v in found.to_json().items() if k != "aliases"}  # aliases move
+        _write_if_changed(
+            self.target(found.version) / VERSION_FILE, {"registry": self.registry, **record}
+        )
+
+    def verify(self, version: str, sha256: str) -> Path:
+        """The copy of ``version`` checked against ``sha256`` and its own metadata.
+
+        Raises:
+            ModelError: the files do not match; the copy is removed, so a sound one can be
+                fetched again.
+        """
+        model_dir = self.target(version) / "model"
+        try:
+            actual = file_sha256(model_dir / "model.onnx")
+            if actual != sha256:
+                raise ModelError(
+                    f"version {version}: model.onnx has sha256 {actual}, the registry says {sha256}"
+                )
+            load_metadata(model_dir, verify=True)
+        except (ModelError, FileNotFoundError) as exc:
+            shutil.rmtree(self.target(version), ignore_errors=True)
+            raise ModelError(f"{self.root.name} version {version} refused: {exc}") from None
+        return model_dir
+
+    def last_known(self, reference: str) -> tuple[RegisteredVersion, Path]:
+        """The version ``reference`` names (a number, or an alias as this host last read it)
+        and its copy, verified again.
+
+        Raises:
+            NotKnownHere: no record or no copy of it on this host for this registry.
+            ModelError: the copy no longer matches its sha256 (it is removed).
+        """
+        version = reference
+        if not reference.isdigit():
+            aliases = self._read(self.root / ALIASES_FILE).get("aliases", {})
+            if reference not in aliases:
+                raise NotKnownHere(f"no alias {reference!r} read on this host")
+            version = str(aliases[reference])
+        record = self._read(self.target(version) / VERSION_FILE)
+        if "sha256" not in record:
+            raise NotKnownHere(f"no verified copy of version {version} on this host")
+        found = RegisteredVersion.from_json(record, () if reference.isdigit() else (reference,))
+        return found, self.verify(version, found.sha256)
+
+    def _keep(self, path: Path, content: dict[str, Any]) -> None:
+        try:
+            _write_if_changed(path, {"registry": self.registry, **content})
+        except OSError as exc:  # the caller's work is done; only serving through an outage is lost
+            log.warning(
+                "cannot keep %s (needed to serve while the registry is down): %s", path, exc
+            )
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):  # never written, or not by this code: nothing known
+            return {}
+        if not isinstance(content, dict) or content.get("registry") != self.registry:
+            return {}
+        return content
+
+
+def _write_if_changed(path: Path, content: dict[str, Any]) -> None:
+    """Write ``content`` as JSON in one step (readers see the old file or the new one)."""
+    try:
+        if json.loads(path.read_text()) == content:
+            return
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(content, file, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,120 @@
+"""What a host keeps of the registry to serve while it does not answer (a real embedded store).
+
+Before: a worker process that started while the registry did not answer (a pool process
+replacing one that died, a worker restarted during the registry's maintenance) had no model and
+held its jobs until the registry came back, though a verified copy of the champion lay on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference_worker.core.contract import ModelError
+from inference_worker.serving.local_copies import LocalCopies, NotKnownHere
+from inference_worker.serving.registry import (
+    CHALLENGER,
+    CHAMPION,
+    ModelRegistry,
+    RegistryUnavailable,
+    last_known_copy,
+    serving_model_dir,
+)
+from inference_worker.settings import load_settings
+
+
+@pytest.fixture
+def registry(tmp_path: Path, model_dir: Path) -> ModelRegistry:
+    registry = ModelRegistry(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        name="heimdall-test",
+        cache_dir=tmp_path / "cache",
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
+    registry.bootstrap(model_dir)
+    return registry
+
+
+def test_a_fetched_version_is_known_here_by_its_number_and_its_alias(registry):
+    found, model_dir = registry.fetch(CHAMPION)
+    for reference in (CHAMPION, found.version):
+        known, known_dir = registry.copies.last_known(reference)
+        assert known_dir == model_dir
+        assert (known.version, known.sha256, known.model_version) == (
+            found.version,
+            found.sha256,
+            found.model_version,
+        )
+
+
+def test_an_alias_is_known_as_the_registry_last_named_it(registry, centroid_model_dir):
+    registry.fetch(CHAMPION)
+    second = registry.register(centroid_model_dir)
+    registry.set_alias(CHALLENGER, second.version)
+    registry.fetch(CHALLENGER)
+    assert registry.copies.last_known(CHALLENGER)[0].version == second.version
+    registry.remove_alias(CHALLENGER)
+    registry.aliases()  # the next reading (a reload's) finds it gone: so does this host
+    with pytest.raises(NotKnownHere, match="'challenger'"):
+        registry.copies.last_known(CHALLENGER)
+    assert registry.copies.last_known(second.version)[0].version == second.version
+
+
+def test_nothing_is_known_of_a_version_never_fetched_or_of_another_registry(registry):
+    registry.aliases()
+    with pytest.raises(NotKnownHere, match="version 1"):
+        registry.copies.last_known(CHAMPION)  # named, never fetched here
+    registry.fetch(CHAMPION)
+    other = LocalCopies(registry.copies.root, "sqlite:////elsewhere/mlflow.db")
+    with pytest.raises(NotKnownHere):
+        other.last_known(CHAMPION)
+    with pytest.raises(NotKnownHere):
+        other.last_known("1")
+
+
+def test_a_copy_changed_on_disk_is_refused_and_removed(registry):
+    _, model_dir = registry.fetch(CHAMPION)
+    data = bytearray((model_dir / "model.onnx").read_bytes())
+    data[100] ^= 0xFF
+    (model_dir / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        registry.copies.last_known(CHAMPION)
+    assert not model_dir.exists()
+    with pytest.raises(NotKnownHere):
+        registry.copies.last_known(CHAMPION)
+
+
+def test_a_registry_that_does_not_answer_leaves_the_copy_only_where_asked(tmp_path, model_dir):
+    settings = load_settings(
+        model_source="registry", data_dir=tmp_path / "var", model_dir=model_dir
+    )
+    served = serving_model_dir(settings, bootstrap=True)
+    outage = RegistryUnavailable("the model registry at sqlite:///... does not answer")
+    assert last_known_copy(settings, CHAMPION, outage)[1] == served
+    with pytest.raises(RegistryUnavailable) as raised:
+        last_known_copy(settings, CHALLENGER, outage)
+    assert raised.value is outage
+    # A process of its own: the registry's file is gone and a folder stands in its place.
+    database = tmp_path / "var" / "mlflow" / "mlflow.db"
+    database.rename(database.with_suffix(".away"))
+    database.mkdir()
+    script = (
+        "import sys\n"
+        "from inference_worker.settings import load_settings\n"
+        "from inference_worker.serving.registry import RegistryUnavailable, serving_model_dir\n"
+        f"settings = load_settings(model_source='registry', data_dir={str(tmp_path / 'var')!r})\n"
+        "print(serving_model_dir(settings, fall_back=True))\n"
+        "try:\n"
+        "    serving_model_dir(settings)\n"
+        "except RegistryUnavailable:\n"
+        "    print('unavailable')\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == [str(served), "unavailable"]
+    assert "named when this host last read the registry" in ran.stderr
