@@ -16,9 +16,7 @@ from api_shim.auth import Audience, may_read
 from api_shim.errors import ApiError, unavailable
 from api_shim.services import services
 from inference_worker.core.capture import JOB_ID_PATTERN
-from inference_worker.core.contract import load_metadata
 from inference_worker.core.ellipse import feature_collection, tdoa_feature_collection
-from inference_worker.serving.registry import serving_model_dir
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
@@ -213,23 +211,4 @@ def uncertainty_ellipse() -> tuple[Response, int]:
 
 def model_info() -> tuple[Response, int]:
     """The champion's contract: what a client needs to build captures and draw results."""
-    info_dir = serving_model_dir(services().settings)
-    meta = load_metadata(info_dir, verify=False)
-    raw = json.loads((info_dir / "model.json").read_text())
-    return jsonify(
-        {
-            "name": meta.name,
-            "version": meta.version,
-            "architecture": meta.architecture,
-            "sha256": meta.sha256,
-            "input": raw.get(
-                "input",
-                {"shape": ["batch", *[3, meta.features.n_mels, meta.features.n_frames]]},
-            ),
-            "outputs": raw["outputs"],
-            "receivers": [r.__dict__ for r in meta.receivers],
-            "features": meta.features.to_metadata(),
-            "metrics": meta.metrics,
-            "training": raw.get("training", {}),
-        }
-    ), 200
+    return jsonify(services().model_info.current()), 200

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
+from api_shim.model_info import ModelInfo
 from inference_worker.core.contract import ModelSummary, load_metadata
 from inference_worker.serving.registry import (
     RegistryError,
@@ -40,6 +41,7 @@ class ShimServices:
     served: ServedModelCache
     intake: Intake
     finished: FinishedJobs
+    model_info: ModelInfo
 
     @property
     def model(self) -> ModelSummary:
@@ -75,7 +77,15 @@ def build_services(settings: Settings) -> ShimServices:
         resolve_model=model_resolver(settings, served),
     )
     return ShimServices(
-        settings, jobs, JobMaintenance(engine), store, celery, served, intake, FinishedJobs(store)
+        settings,
+        jobs,
+        JobMaintenance(engine),
+        store,
+        celery,
+        served,
+        intake,
+        FinishedJobs(store),
+        ModelInfo(settings, store),
     )
 
 

@@ -188,6 +188,7 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
         settings, url, tmp_path, admin_token=SecretStr(ADMIN), redis_prefix="registry:"
     )
     open_registry(shim_settings).bootstrap(shim_settings.model_dir)
+    served_sha256 = load_metadata(shim_settings.model_dir).sha256
     client = create_app(shim_settings).test_client()
     admin_headers = {"Authorization": f"Bearer {ADMIN}"}
     assert client.get("/models", headers=admin_headers).status_code == 200
@@ -200,7 +201,6 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
                 "/models/aliases/challenger", json={"version": "1"}, headers=admin_headers
             ),
             "reload": client.post("/model/reload", headers=admin_headers),
-            "info": client.get("/model/info"),
             "submission": client.post("/predict", json=body),
         }
         for name, answer in answers.items():
@@ -208,6 +208,9 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
             error = answer.get_json()["error"]
             assert error["code"] == "registry_unavailable", (name, error)
             assert "does not answer" in error["message"] and "***@" in error["message"]
+        # The champion's description is what the workers go on serving through the outage.
+        info = client.get("/model/info")
+        assert info.status_code == 200 and info.get_json()["sha256"] == served_sha256
         health = client.get("/health", headers=admin_headers).get_json()
         assert health["status"] == "degraded"  # a 500 before; submissions need no registry
         assert "does not answer" in health["checks"]["model"]["error"]
@@ -370,3 +373,30 @@ def test_a_shim_starting_while_the_registry_is_down_accepts_submissions(
         switch(admin, url, on=True)
     assert accepted.status_code == 202, accepted.get_data(as_text=True)
     assert named.status_code == 503  # checking a named version needs the registry
+
+
+def test_model_info_describes_what_the_last_reload_serves(
+    settings, redis_client, queue_cleanup, registry_database, centroid_model_dir, tmp_path
+):
+    """`/model/info` opened the registry on every call (7-10 ms) and described the alias's
+    version before any reload had asked the workers to serve it."""
+    url, _ = registry_database
+    shim_settings = in_registry_mode(
+        settings,
+        url,
+        tmp_path,
+        admin_token=SecretStr(ADMIN),
+        database_schema=settings.database_schema + "_info",
+        redis_prefix="registry-info:",
+    )
+    registry = open_registry(shim_settings)
+    registry.bootstrap(shim_settings.model_dir)
+    client = create_app(shim_settings).test_client()
+    reference = client.get("/model/info").get_json()["version"]
+    second = registry.register(centroid_model_dir)
+    registry.set_alias(CHAMPION, second.version)
+    assert client.get("/model/info").get_json()["version"] == reference  # not reloaded yet
+    with migrated_schema(settings.database_url, shim_settings.database_schema) as jobs_engine:
+        request_reload(shim_settings, JobStore(jobs_engine), RedisStore(redis_client,
+                       shim_settings.redis_prefix), None)  # fmt: skip
+    assert client.get("/model/info").get_json()["version"] == second.model_version
