@@ -311,7 +311,8 @@ def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool
             raise
         found, model_dir = last_known_copy(settings, settings.model_alias, outage)
         log.warning(
-            "%s; using the copy of version %s, which %r named when this host last read the registry",
+            "%s; using the copy of version %s, which %r named when this host last read the "
+            "registry",
             outage,
             found.version,
             settings.model_alias,
