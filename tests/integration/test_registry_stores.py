@@ -26,6 +26,7 @@ from inference_worker.serving.models import ServedModels
 from inference_worker.serving.registry import (
     CHALLENGER,
     CHAMPION,
+    ModelRegistry,
     RegistryUnavailable,
     open_registry,
     serving_model_dir,
@@ -116,6 +117,24 @@ def in_registry_mode(
             **more,
         }
     )
+
+
+def bootstrapped(
+    settings: Settings, url: str, tmp_path: Path, tag: str, **more: object
+) -> tuple[Settings, ModelRegistry]:
+    """:func:`in_registry_mode` settings with a job schema and Redis keys named by ``tag``, and
+    their registry holding the reference model as champion."""
+    local = in_registry_mode(
+        settings,
+        url,
+        tmp_path,
+        database_schema=f"{settings.database_schema}_{tag}",
+        redis_prefix=f"registry-{tag}:",
+        **more,
+    )
+    registry = open_registry(local)
+    registry.bootstrap(local.model_dir)
+    return local, registry
 
 
 def closed_port() -> Iterator[int]:
@@ -232,15 +251,7 @@ def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
     """A reload that met the registry down was marked refused for good: the process served the
     old champion until the next reload an operator asked for."""
     url, admin = registry_database
-    process_settings = in_registry_mode(
-        settings,
-        url,
-        tmp_path,
-        database_schema=settings.database_schema + "_reg",
-        redis_prefix="registry-reload:",
-    )
-    registry = open_registry(process_settings)
-    registry.bootstrap(process_settings.model_dir)
+    process_settings, registry = bootstrapped(settings, url, tmp_path, "reg")
     store = RedisStore(redis_client, process_settings.redis_prefix)
     with migrated_schema(settings.database_url, process_settings.database_schema) as jobs_engine:
         jobs = JobStore(jobs_engine)
@@ -290,15 +301,7 @@ def test_a_process_starting_while_the_registry_is_down_serves_what_this_host_las
     model: its start logged a traceback and its jobs waited for the registry, though the
     champion's verified copy lay on disk."""
     url, admin = registry_database
-    process_settings = in_registry_mode(
-        settings,
-        url,
-        tmp_path,
-        database_schema=settings.database_schema + "_last",
-        redis_prefix="registry-last:",
-    )
-    registry = open_registry(process_settings)
-    registry.bootstrap(process_settings.model_dir)
+    process_settings, registry = bootstrapped(settings, url, tmp_path, "last")
     challenger = registry.register(centroid_model_dir)
     registry.set_alias(CHALLENGER, challenger.version)
     unfetched = registry.register(centroid_model_dir)
@@ -381,16 +384,7 @@ def test_model_info_describes_what_the_last_reload_serves(
     """`/model/info` opened the registry on every call (7-10 ms) and described the alias's
     version before any reload had asked the workers to serve it."""
     url, _ = registry_database
-    shim_settings = in_registry_mode(
-        settings,
-        url,
-        tmp_path,
-        admin_token=SecretStr(ADMIN),
-        database_schema=settings.database_schema + "_info",
-        redis_prefix="registry-info:",
-    )
-    registry = open_registry(shim_settings)
-    registry.bootstrap(shim_settings.model_dir)
+    shim_settings, registry = bootstrapped(settings, url, tmp_path, "info")
     client = create_app(shim_settings).test_client()
     reference = client.get("/model/info").get_json()["version"]
     second = registry.register(centroid_model_dir)
