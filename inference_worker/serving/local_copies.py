@@ -94,9 +94,7 @@ class LocalCopies:
     def remember_version(self, found: RegisteredVersion) -> None:
         """Keep the registry's record of a version whose copy was just verified."""
         record = {k: v for k, v in found.to_json().items() if k != "aliases"}  # aliases move
-        _write_if_changed(
-            self.target(found.version) / VERSION_FILE, {"registry": self.registry, **record}
-        )
+        self._keep(self.target(found.version) / VERSION_FILE, record)
 
     def verify(self, version: str, sha256: str) -> Path:
         """The copy of ``version`` checked against ``sha256`` and its own metadata.

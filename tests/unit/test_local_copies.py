@@ -118,3 +118,24 @@ def test_a_registry_that_does_not_answer_leaves_the_copy_only_where_asked(tmp_pa
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == [str(served), "unavailable"]
     assert "named when this host last read the registry" in ran.stderr
+
+
+def test_a_folder_that_cannot_be_written_loses_only_the_serving_through_an_outage(
+    registry, caplog
+):
+    """Keeping the records is not the command's work: a cache that refuses them is a warning."""
+    kept = registry.copies.root / "aliases.json"
+    kept.unlink(missing_ok=True)
+    kept.mkdir(parents=True)  # a folder where the file should be replaced
+    assert registry.aliases() == {CHAMPION: "1"}
+    assert "cannot keep" in caplog.text
+    with pytest.raises(NotKnownHere):
+        registry.copies.last_known(CHAMPION)
+    registry.fetch("1")
+    record = registry.copies.target("1") / "version.json"
+    record.unlink()
+    record.mkdir()
+    found, model_dir = registry.fetch("1")  # served; only its record is not kept
+    assert found.version == "1" and (model_dir / "model.onnx").is_file()
+    with pytest.raises(NotKnownHere):
+        registry.copies.last_known("1")
