@@ -120,9 +120,7 @@ def test_a_registry_that_does_not_answer_leaves_the_copy_only_where_asked(tmp_pa
     assert "named when this host last read the registry" in ran.stderr
 
 
-def test_a_folder_that_cannot_be_written_loses_only_the_serving_through_an_outage(
-    registry, caplog
-):
+def test_a_folder_that_cannot_be_written_loses_only_the_serving_through_an_outage(registry, caplog):
     """Keeping the records is not the command's work: a cache that refuses them is a warning."""
     kept = registry.copies.root / "aliases.json"
     kept.unlink(missing_ok=True)
