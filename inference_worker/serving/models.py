@@ -88,15 +88,21 @@ class ServedModels:
         self.last_error: str | None = None
         self._failed_generation: int | None = None
         self._registry_retry_at = 0.0
+        self._outage: RegistryUnavailable | None = None
+        """The registry's failure while it is known not to answer."""
         self._lock = threading.Lock()
 
-    def refresh(self) -> None:
+    def refresh(self, *, before_job: bool = False) -> None:
         """Reload if operators asked since the last look.
 
-        Called before each job and by the heartbeat thread (so idle processes follow too);
-        the new sessions replace the old ones in one assignment, and a job already running
-        keeps the model it was given.
+        Called before each batch (``before_job``) and by the heartbeat thread (so idle
+        processes follow too); the new sessions replace the old ones in one assignment, and a
+        job already running keeps the model it was given. While the registry is known not to
+        answer, only the heartbeat thread asks it again: a registry that drops connections
+        rather than refusing them takes seconds to fail, which a batch would wait for.
         """
+        if before_job and self._outage is not None and self.by_alias:
+            return
         with self._lock:
             self._refresh()
 
@@ -112,6 +118,7 @@ class ServedModels:
             # Nothing is wrong with the versions: the reload is tried again once the pause is
             # over (not before every job, each of which would wait for the registry's answer).
             self._registry_retry_at = time.monotonic() + REGISTRY_RETRY_S
+            self._outage = exc
             if self.by_alias:
                 self.last_error = f"reload to generation {generation} waits for the registry: {exc}"
                 log.warning("%s; keeping %s", self.last_error, self.summary())
@@ -135,7 +142,7 @@ class ServedModels:
             return
         self.by_alias, self.on_demand = by_alias, {}
         self.generation, self.challenger_fraction = generation, fraction
-        self.last_error, self._failed_generation = None, None
+        self.last_error, self._failed_generation, self._outage = None, None, None
         log.info("serving generation %d: %s", generation, self.summary())
 
     def summary(self) -> str:
@@ -224,6 +231,8 @@ class ServedModels:
             raise ModelUnavailable(f"model {requested!r} is not served here")
         try:
             try:
+                if self._outage is not None:  # known down: not asked before the heartbeat's try
+                    raise RegistryUnavailable(str(self._outage))
                 found, model_dir = open_registry(self.settings).fetch(requested)
             except RegistryUnavailable as outage:  # a copy here serves; else the job waits
                 found, model_dir = last_known_copy(self.settings, requested, outage)

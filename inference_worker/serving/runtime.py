@@ -104,7 +104,7 @@ class ProcessRuntime:
         """
         base = self.services()
         if refresh:
-            self.served.refresh()
+            self.served.refresh(before_job=True)
         job_id = payload.get("job_id") if isinstance(payload, dict) else None
         requested = payload.get("model") if isinstance(payload, dict) else None
         try:
