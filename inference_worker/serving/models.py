@@ -95,10 +95,10 @@ class ServedModels:
     def refresh(self, *, before_job: bool = False) -> None:
         """Reload if operators asked since the last look.
 
-        Called before each batch (``before_job``) and by the heartbeat thread (so idle
+        Called before each batch (``before_job``) and by the reload thread (so idle
         processes follow too); the new sessions replace the old ones in one assignment, and a
         job already running keeps the model it was given. While the registry is known not to
-        answer, only the heartbeat thread asks it again: a registry that drops connections
+        answer, only the reload thread asks it again: a registry that drops connections
         rather than refusing them takes seconds to fail, which a batch would wait for.
         """
         if before_job and self._outage is not None and self.by_alias:
@@ -231,7 +231,7 @@ class ServedModels:
             raise ModelUnavailable(f"model {requested!r} is not served here")
         try:
             try:
-                if self._outage is not None:  # known down: not asked before the heartbeat's try
+                if self._outage is not None:  # known down: not asked before the reload thread's try
                     raise RegistryUnavailable(str(self._outage))
                 found, model_dir = open_registry(self.settings).fetch(requested)
             except RegistryUnavailable as outage:  # a copy here serves; else the job waits

@@ -88,10 +88,11 @@ class ProcessRuntime:
             cache_ttl_s=settings.cache_ttl_s,
         )
         self._started_at = time.time()
-        thread = threading.Thread(
-            target=self._beat, args=(store,), name="heimdall-heartbeat", daemon=True
-        )
-        thread.start()
+        for target, args, name in (
+            (self._beat, (store,), "heimdall-heartbeat"),
+            (self._follow, (), "heimdall-reload"),
+        ):
+            threading.Thread(target=target, args=args, name=name, daemon=True).start()
         return services
 
     def services_for(
@@ -129,12 +130,19 @@ class ProcessRuntime:
             **served,
         }
 
-    def _beat(self, store: RedisStore) -> None:
+    def _follow(self) -> None:
+        """Follow reloads in an idle process too. A thread of its own: a reload that takes
+        longer than the heartbeat's lifetime (a large version downloaded, a registry that
+        drops connections) held the heartbeat, and the process looked gone meanwhile."""
         while not self._stop.is_set():
             try:
-                self.served.refresh()  # idle processes follow a reload too
+                self.served.refresh()
             except Exception as exc:  # the process keeps its models; the heartbeat says why
                 log.error("reload failed: %s", exc)
+            self._stop.wait(HEARTBEAT_INTERVAL_S)
+
+    def _beat(self, store: RedisStore) -> None:
+        while not self._stop.is_set():
             try:
                 store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
             except STORE_ERRORS as exc:  # Redis down, full or refusing writes: beat again next time

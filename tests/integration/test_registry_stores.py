@@ -324,12 +324,12 @@ def test_a_process_starting_while_the_registry_is_down_serves_what_this_host_las
             assert replacement.choose("job", "1").registry_version == "1"
             with pytest.raises(RegistryUnavailable):
                 replacement.choose("job", unfetched.version)
-            # Before a batch, a registry known to be down is left to the heartbeat thread: one
+            # Before a batch, a registry known to be down is left to the reload thread: one
             # that drops connections held each batch for its 3 s connection timeout.
             replacement._registry_retry_at = 0.0
             replacement.refresh(before_job=True)
             assert replacement._registry_retry_at == 0.0  # not asked
-            replacement.refresh()  # the heartbeat's call asks, and pauses again
+            replacement.refresh()  # the reload thread's call asks, and pauses again
             assert replacement._registry_retry_at > 0.0
         finally:
             switch(admin, url, on=True)

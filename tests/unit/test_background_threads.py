@@ -70,3 +70,38 @@ def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog)
     process._stop.set()
     thread.join(5)
     assert "heartbeat to Redis failed" in caplog.text
+
+
+def test_a_long_reload_does_not_hold_the_heartbeat(monkeypatch):
+    """Idle processes followed reloads in the heartbeat thread: a reload longer than the
+    heartbeat's 10 s lifetime (a large version downloaded, a registry dropping connections)
+    stopped the beats, and the process looked gone meanwhile."""
+    monkeypatch.setattr(runtime, "HEARTBEAT_INTERVAL_S", 0.01)
+    reloading, reloaded, beat_during = threading.Event(), threading.Event(), threading.Event()
+
+    def refresh() -> None:  # a reload that lasts until the test ends it
+        reloading.set()
+        reloaded.wait(10)
+
+    class Store:
+        def heartbeat(self, worker_id: str, info: dict, ttl_s: int) -> None:
+            if reloading.is_set() and not reloaded.is_set():
+                beat_during.set()
+
+    process = ProcessRuntime(load_settings())
+    process.worker_id = "host:1"
+    process.served = SimpleNamespace(  # type: ignore[assignment]
+        refresh=refresh, describe=lambda: {"models": {}}
+    )
+    threads = [
+        threading.Thread(target=process._follow, daemon=True),
+        threading.Thread(target=process._beat, args=(Store(),), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    assert reloading.wait(5)
+    assert beat_during.wait(5)  # beats go on while the reload lasts
+    reloaded.set()
+    process._stop.set()
+    for thread in threads:
+        thread.join(5)
