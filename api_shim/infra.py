@@ -19,7 +19,12 @@ from api_shim.auth import Audience, current_principal
 from api_shim.services import services
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving import observability
-from inference_worker.serving.registry import RegistryError, serving_model_dir
+from inference_worker.serving.registry import (
+    RegistryError,
+    RegistryUnavailable,
+    last_known_copy,
+    serving_model_dir,
+)
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
@@ -126,13 +131,27 @@ def timed_check(probe: Callable[[], Any]) -> dict[str, Any]:
 
 
 def model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
-    """The configured model is intact and at least one worker on this queue has it loaded."""
+    """The configured model is intact and at least one worker on this queue has it loaded.
+
+    While the registry does not answer the check fails naming it, and still lists the workers
+    serving (from the copies on their hosts) and the version this host last knew.
+    """
+    outage: str | None = None
     try:
-        metadata = load_metadata(serving_model_dir(settings), verify=True)
+        model_dir = serving_model_dir(settings)
+    except RegistryUnavailable as exc:
+        outage = str(exc)
+        try:
+            model_dir = last_known_copy(settings, settings.model_alias, exc)[1]
+        except (ModelError, RegistryError):
+            return {"ok": False, "error": outage, "workers": []}
     except (ModelError, RegistryError) as exc:
         return {"ok": False, "error": str(exc), "workers": []}
     try:
+        metadata = load_metadata(model_dir, verify=True)
         workers = serving_workers(settings, store)
+    except ModelError as exc:
+        return {"ok": False, "error": str(exc), "workers": []}
     except TRANSIENT_ERRORS as exc:
         return {
             "ok": False,
@@ -140,11 +159,13 @@ def model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
             "workers": [],
         }
     body: dict[str, Any] = {
-        "ok": bool(workers),
+        "ok": bool(workers) and outage is None,
         "configured_version": metadata.version,
         "workers": workers,
     }
-    if not workers:
+    if outage is not None:
+        body["error"] = outage
+    elif not workers:
         body["error"] = "no worker is serving this queue"
     return body
 

@@ -69,9 +69,9 @@ def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
     else:
         _say(f"using the HTTP shim already running at {client.base_url}")
 
-    def worker_ready() -> bool:
+    def worker_ready() -> bool:  # serving, if from its host's copies while the registry is down
         body = _health(client)
-        return bool(body and body["checks"]["model"]["ok"])
+        return bool(body and body["checks"]["model"]["workers"])
 
     if not worker_ready():
         worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from api_shim.app import create_app
+from api_shim.infra import model_check
 from inference_worker.core.contract import load_metadata
 from inference_worker.serving.models import ServedModels
 from inference_worker.serving.registry import (
@@ -357,11 +358,15 @@ def test_a_worker_started_while_the_registry_is_down_drains_its_queue(
         with start_worker("registry-down"):
             row = wait_final_row(jobs, produce(local, capture))
             heartbeats = RedisStore(stores[1].client, local.redis_prefix).workers()
+            # /health's model check fails naming the registry, yet shows who serves what.
+            check = model_check(local, RedisStore(stores[1].client, local.redis_prefix))
     finally:
         switch(admin, url, on=True)
     assert row["status"] == "succeeded", row
     assert row["model_version"] == load_metadata(served_before).version
     assert heartbeats and all("does not answer" in (h["last_error"] or "") for h in heartbeats)
+    assert not check["ok"] and "does not answer" in check["error"]
+    assert check["workers"] and check["configured_version"] == row["model_version"]
     log = (tmp_path / "registry-down.log").read_text()
     assert "named when this host last read the registry" in log  # the main process's check
     assert "Traceback" not in log
