@@ -9,11 +9,14 @@ files of a database registry went to ``./mlruns`` wherever the command ran.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from pydantic import SecretStr
 
 from api_shim.app import create_app
 from api_shim.infra import model_check
+from inference_worker.cli.processes import wait_until
 from inference_worker.core.contract import load_metadata
 from inference_worker.serving.models import ServedModels
 from inference_worker.serving.registry import (
@@ -38,7 +42,13 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import postgresql_url
 from tests.helpers import json_body
-from tests.integration.helpers import migrated_schema, produce, wait_final_row, worker_env
+from tests.integration.helpers import (
+    child_pids,
+    migrated_schema,
+    produce,
+    wait_final_row,
+    worker_env,
+)
 
 ADMIN = "registry-admin-token"
 COMMAND_TIMEOUT_S = 60  # far above a refusal's few seconds, far below MLflow's own retries
@@ -355,15 +365,22 @@ def test_a_worker_started_while_the_registry_is_down_drains_its_queue(
     served_before = serving_model_dir(local, bootstrap=True)  # this host read the registry once
     switch(admin, url, on=False)
     try:
-        with start_worker("registry-down"):
+        with start_worker("registry-down") as worker:
             row = wait_final_row(jobs, produce(local, capture))
             heartbeats = RedisStore(stores[1].client, local.redis_prefix).workers()
+            # The pool process dies; the one replacing it starts in the outage too.
+            (first,) = child_pids(worker.pid)
+            os.kill(first, signal.SIGKILL)
+            wait_until("a new pool process", lambda: child_pids(worker.pid) not in ([], [first]),
+                       60, worker)  # fmt: skip
+            again = wait_final_row(jobs, produce(local, replace(capture, iq=capture.iq * 1.01)))
             # /health's model check fails naming the registry, yet shows who serves what.
             check = model_check(local, RedisStore(stores[1].client, local.redis_prefix))
     finally:
         switch(admin, url, on=True)
-    assert row["status"] == "succeeded", row
-    assert row["model_version"] == load_metadata(served_before).version
+    for finished in (row, again):
+        assert finished["status"] == "succeeded", finished
+        assert finished["model_version"] == load_metadata(served_before).version
     assert heartbeats and all("does not answer" in (h["last_error"] or "") for h in heartbeats)
     assert not check["ok"] and "does not answer" in check["error"]
     assert check["workers"] and check["configured_version"] == row["model_version"]
