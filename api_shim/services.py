@@ -12,10 +12,11 @@ from celery import Celery
 from flask import current_app
 
 from api_shim.model_info import ModelInfo
-from inference_worker.core.contract import ModelSummary, load_metadata
+from inference_worker.core.contract import ModelError, ModelSummary, load_metadata
 from inference_worker.serving.registry import (
     RegistryError,
     RegistryUnavailable,
+    last_known_copy,
     open_registry,
     serving_model_dir,
 )
@@ -90,16 +91,31 @@ def build_services(settings: Settings) -> ShimServices:
 
 
 def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel:
-    """Refuse a requested model that the registry (or the served folder) does not have."""
+    """Refuse a requested model that the registry (or the served folder) does not have.
+
+    A version number the registry once answered for is not asked again (a version is not
+    renumbered; opening the registry cost a submission ~8 ms); while the registry does not
+    answer, a version or alias with a verified copy on this host is accepted, as a worker
+    would serve it.
+    """
+    known: set[str] = set()
 
     def resolve(reference: str) -> None:
         if settings.model_source == "registry":
+            if reference in known:
+                return
             try:
                 open_registry(settings).resolve(reference)
-            except RegistryUnavailable:
-                raise  # a 503: the submission may be sent again
+            except RegistryUnavailable as outage:
+                try:
+                    last_known_copy(settings, reference, outage)
+                except ModelError:
+                    raise outage from None  # a 503: the submission may be sent again
             except RegistryError as exc:
                 raise ModelRequestError("unknown_model", str(exc)) from None
+            else:
+                if reference.isdigit():
+                    known.add(reference)
             return
         summary = served.current()
         version = summary.version if summary else None

@@ -231,7 +231,8 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
                 "/models/aliases/challenger", json={"version": "1"}, headers=admin_headers
             ),
             "reload": client.post("/model/reload", headers=admin_headers),
-            "submission": client.post("/predict", json=body),
+            # a version with no copy here: whether the registry knows it cannot be told
+            "submission": client.post("/predict", json={**json_body(capture), "model": "7"}),
         }
         for name, answer in answers.items():
             assert answer.status_code == 503, (name, answer.get_data(as_text=True))
@@ -241,6 +242,9 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
         # The champion's description is what the workers go on serving through the outage.
         info = client.get("/model/info")
         assert info.status_code == 200 and info.get_json()["sha256"] == served_sha256
+        # A version this host holds a verified copy of is accepted, as a worker would serve it.
+        named = client.post("/predict", json=body)
+        assert named.status_code == 202, named.get_data(as_text=True)
         health = client.get("/health", headers=admin_headers).get_json()
         assert health["status"] == "degraded"  # a 500 before; submissions need no registry
         assert "does not answer" in health["checks"]["model"]["error"]
@@ -400,11 +404,11 @@ def test_a_shim_starting_while_the_registry_is_down_accepts_submissions(
     try:
         client = create_app(shim_settings).test_client()
         accepted = client.post("/predict", json=json_body(capture))
-        named = client.post("/predict", json={**json_body(capture), "model": "1"})
+        unknown = client.post("/predict", json={**json_body(capture), "model": "7"})
     finally:
         switch(admin, url, on=True)
     assert accepted.status_code == 202, accepted.get_data(as_text=True)
-    assert named.status_code == 503  # checking a named version needs the registry
+    assert unknown.status_code == 503  # no copy here: checking it needs the registry
 
 
 def test_model_info_describes_what_the_last_reload_serves(
