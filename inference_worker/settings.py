@@ -8,15 +8,14 @@ the working directory. Defaults run against the local services of a development 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_worker.api_keys import ApiKey, check_rate_limit
-from inference_worker.urls import postgresql_url, redact_secrets
+from inference_worker.urls import postgresql_url
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "reference"
@@ -316,37 +315,6 @@ class Settings(BaseSettings):
     @property
     def model_metadata_file(self) -> Path:
         return self.model_dir / "model.json"
-
-
-def describe_invalid(exc: ValidationError) -> list[str]:
-    """One line per invalid setting, named by the environment variable that sets it, with the
-    plain value given; pydantic names fields, which nobody sets."""
-    lines = []
-    for error in exc.errors(include_url=False):
-        message = error["msg"].removeprefix("Value error, ")
-        if not error["loc"]:  # a check across settings names them itself
-            lines.append(f"invalid settings: {message}")
-            continue
-        field, *inner = (str(part) for part in error["loc"])
-        name = f"HEIMDALL_{field.upper()}" + "".join(f"[{part}]" for part in inner)
-        given = error.get("input")  # a plain value; an API key's entry (a secret) is not shown
-        if isinstance(given, str):  # a URL's credentials are not repeated either
-            given = redact_secrets(given)
-        shown = f" (got {given!r:.60})" if isinstance(given, str | int | float) else ""
-        lines.append(f"invalid setting {name}: {message}{shown}")
-    return lines
-
-
-def describe_unparsable(exc: Exception) -> str:
-    """A value pydantic-settings could not even parse (the JSON of a list): the variable named
-    as it is set, and the parser's reason."""
-    text = re.sub(
-        r'error parsing value for field "(\w+)" from source "\w+"',
-        lambda found: f"HEIMDALL_{found.group(1).upper()} is not valid JSON",
-        str(exc),
-    )
-    cause = exc.__cause__
-    return f"invalid settings: {text}" + (f" ({cause})" if cause else "")
 
 
 def load_settings(**overrides: object) -> Settings:

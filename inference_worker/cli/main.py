@@ -15,12 +15,8 @@ from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
 from inference_worker.cli.processes import ProcessFailed
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
-from inference_worker.settings import (
-    Settings,
-    describe_invalid,
-    describe_unparsable,
-    load_settings,
-)
+from inference_worker.cli.settings_errors import describe_invalid, describe_unparsable
+from inference_worker.settings import Settings, load_settings
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
