@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from inference_worker.cli import bootstrap, tdoa, upkeep
+from inference_worker.cli import bootstrap, check, tdoa, upkeep
 from inference_worker.cli.arguments import PORT, count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
 from inference_worker.cli.models import cmd_models
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     upkeep.add_parser(sub)
+    check.add_parser(sub)
     tdoa.add_parser(sub)
 
     status = sub.add_parser("status", help="show a job's status and result")

@@ -106,3 +106,23 @@ def migrate(engine: Engine, schema: str) -> None:
                 connection.rollback()
             connection.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
             connection.commit()
+
+
+def schema_revision(engine: Engine, schema: str) -> str | None:
+    """The migration the job schema ``schema`` is at; None when it was never migrated."""
+    with engine.connect() as connection:
+        table = connection.execute(
+            sa.text("SELECT to_regclass(:table)"), {"table": f'"{schema}".alembic_version'}
+        ).scalar()
+        if table is None:
+            return None
+        found = connection.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version'))
+        return found.scalar()
+
+
+def known_revisions() -> list[str]:
+    """This release's migrations, oldest first: the last is the one ``migrate`` brings to."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(str(MIGRATIONS_DIR))
+    return [script.revision for script in reversed(list(scripts.walk_revisions()))]

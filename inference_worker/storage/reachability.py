@@ -31,7 +31,7 @@ def probe_redis(redis_url: str) -> None:
     try:
         client.ping()
     except PersistenceError as exc:
-        log.warning("Redis at %s refuses writes for now: %s", _redact(redis_url), exc)
+        log.warning("Redis at %s refuses writes for now: %s", redact_url(redis_url), exc)
     try:
         config = client.config_get("maxmemory*")
     except redis.exceptions.ResponseError:  # CONFIG renamed or not allowed (managed Redis)
@@ -40,7 +40,7 @@ def probe_redis(redis_url: str) -> None:
         client.close()
     warning = eviction_warning(config)
     if warning:
-        log.warning("Redis at %s %s", _redact(redis_url), warning)
+        log.warning("Redis at %s %s", redact_url(redis_url), warning)
 
 
 def eviction_warning(config: Mapping[str | None, str | None]) -> str | None:
@@ -56,6 +56,24 @@ def eviction_warning(config: Mapping[str | None, str | None]) -> str | None:
     )
 
 
+def persistence_warning(config: Mapping[str | None, str | None]) -> str | None:
+    """What a Redis whose ``CONFIG GET appendonly`` and ``CONFIG GET save`` are ``config`` loses
+    when it stops: the captures waiting for a worker (their jobs then fail). None when it keeps
+    each write (an append-only file)."""
+    if (config.get("appendonly") or "no") == "yes":
+        return None
+    save = (config.get("save") or "").strip()
+    if save:
+        return (
+            f"keeps only snapshots (save {save}): captures accepted since the last one are "
+            "lost when it stops, and their jobs fail; run it with appendonly yes"
+        )
+    return (
+        "keeps nothing on disk (appendonly no, no snapshots): every waiting capture is lost "
+        "when it restarts, and its job fails; run it with appendonly yes on a volume"
+    )
+
+
 def probe_database(database_url: str) -> None:
     engine = sa.create_engine(
         database_url, connect_args={"connect_timeout": 2}, poolclass=sa.pool.NullPool
@@ -67,7 +85,7 @@ def probe_database(database_url: str) -> None:
         engine.dispose()
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """A URL safe to print: the password, if any, replaced."""
     return sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
 
@@ -87,5 +105,5 @@ def unreachable_services(settings: Settings) -> dict[str, str]:
             first_line = (
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             )
-            failures[name] = f"{name} at {_redact(url)} is not reachable: {first_line}"
+            failures[name] = f"{name} at {redact_url(url)} is not reachable: {first_line}"
     return failures

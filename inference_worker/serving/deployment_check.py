@@ -1,0 +1,194 @@
+"""What ``heimdall-inference check`` looks at: whether a deployment keeps the work it accepts and
+can serve it.
+
+Each store answers and is set up to keep accepted work (:mod:`store_checks`: Redis neither evicts
+nor forgets waiting captures, the job schema is this release's, the queues have the arguments
+this release declares, nothing waits in the dead-letter queue or sits stuck), the model to serve
+is intact, and worker processes serve the queue. The checks read: they create, migrate, replace
+and delete nothing — but as any reading of the registry does, they keep the aliases read on this
+host, and while the registry does not answer a copy on this host that no longer matches its
+sha256 is removed. Each answers within a few seconds whatever is down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from inference_worker.serving.store_checks import (
+    Finding,
+    check_broker,
+    check_database,
+    check_redis,
+    guarded,
+)
+from inference_worker.settings import Settings
+
+__all__ = ["Finding", "check_deployment"]
+
+LOW_DISK_BYTES = 1 << 30
+
+
+def check_deployment(settings: Settings) -> list[Finding]:
+    """Every finding, in the order the areas are listed above."""
+    findings = guarded("rabbitmq", lambda: check_broker(settings))
+    redis_findings = guarded("redis", lambda: check_redis(settings))
+    findings += redis_findings
+    findings += guarded("postgresql", lambda: check_database(settings))
+    findings += guarded("model", lambda: check_model(settings))
+    if not any(f.level == "fail" for f in redis_findings):
+        findings += guarded("workers", lambda: check_workers(settings))
+    findings += guarded("host", lambda: check_host(settings))
+    return findings
+
+
+# --- the model --------------------------------------------------------------------------------
+def check_model(settings: Settings) -> list[Finding]:
+    from inference_worker.core.contract import ModelError, file_sha256, load_metadata
+    from inference_worker.serving.registry import (
+        RegistryError,
+        RegistryUnavailable,
+        last_known_copy,
+        open_registry,
+    )
+
+    if settings.model_source != "registry":
+        try:
+            metadata = load_metadata(Path(settings.model_dir), verify=True)
+        except ModelError as exc:
+            return [Finding("model", "fail", str(exc))]
+        return [
+            Finding(
+                "model",
+                "ok",
+                f"{metadata.name} {metadata.version} in {settings.model_dir}, files intact",
+            )
+        ]
+    alias = settings.model_alias
+    try:
+        registry = open_registry(settings)
+        found = registry.resolve(alias)
+    except RegistryUnavailable as outage:
+        try:
+            known, _ = last_known_copy(settings, alias, outage)
+        except RegistryUnavailable:
+            return [Finding("model", "fail", f"{outage}; this host holds no copy to serve")]
+        except ModelError as exc:
+            return [Finding("model", "fail", f"{outage}; {exc}")]
+        return [
+            Finding(
+                "model",
+                "warn",
+                f"{outage}; processes starting on this host serve version {known.version}, "
+                f"which {alias!r} named when this host last read the registry",
+            )
+        ]
+    except RegistryError as exc:
+        if not open_registry(settings).versions():
+            return [
+                Finding(
+                    "model",
+                    "warn",
+                    f"the registry holds no version of {settings.model_name} yet: the first "
+                    f"worker or api start registers the packaged model as {alias!r}",
+                )
+            ]
+        return [
+            Finding(
+                "model",
+                "fail",
+                f"{exc}: `heimdall-inference models promote VERSION --alias {alias}`",
+            )
+        ]
+    described = f"{settings.model_name} version {found.version} ({alias!r})"
+    copy = registry.copies.target(found.version) / "model"
+    if not (copy / "model.onnx").exists():
+        return [Finding("model", "ok", f"{described}; no copy on this host yet (fetched at start)")]
+    actual = file_sha256(copy / "model.onnx")
+    if actual != found.sha256:
+        return [
+            Finding(
+                "model",
+                "warn",
+                f"{described}: this host's copy has sha256 {actual}, the registry says "
+                f"{found.sha256}; the next process to load it fetches a sound one",
+            )
+        ]
+    return [Finding("model", "ok", f"{described}; this host's copy verified")]
+
+
+# --- workers ----------------------------------------------------------------------------------
+def check_workers(settings: Settings) -> list[Finding]:
+    from inference_worker.storage.redis_store import RedisStore, connect
+
+    store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
+    try:
+        generation, _ = store.serving_state()
+        workers = [w for w in store.workers() if w.get("queue") == settings.queue]
+    finally:
+        store.client.close()
+    if not workers:
+        return [Finding("workers", "warn", f"no worker process serves queue {settings.queue!r}")]
+    findings = []
+    for worker in workers:
+        if worker.get("last_error"):
+            findings.append(
+                Finding("workers", "warn", f"{worker['worker_id']}: {worker['last_error']}")
+            )
+        elif worker.get("generation") != generation:
+            findings.append(
+                Finding(
+                    "workers",
+                    "warn",
+                    f"{worker['worker_id']} serves reload {worker.get('generation')}, the "
+                    f"operators asked for {generation} (it reloads between jobs)",
+                )
+            )
+    hosts = sorted({str(w["worker_id"]).rsplit(":", 1)[0] for w in workers})
+    versions = sorted({str(w.get("model_version")) for w in workers})
+    findings.insert(
+        0,
+        Finding(
+            "workers",
+            "ok",
+            f"{len(workers)} worker process(es) on {', '.join(hosts)} serve queue "
+            f"{settings.queue!r}, champion version {', '.join(versions)}",
+        ),
+    )
+    return findings
+
+
+# --- this host --------------------------------------------------------------------------------
+def check_host(settings: Settings) -> list[Finding]:
+    findings = []
+    folder = Path(settings.data_dir)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        findings.append(
+            Finding(
+                "host",
+                "warn",
+                f"the data folder {folder} cannot be written: the registry's copies cannot be "
+                "kept, nor served from while the registry does not answer",
+            )
+        )
+    free = shutil.disk_usage(existing).free
+    if free < LOW_DISK_BYTES:
+        findings.append(
+            Finding("host", "warn", f"{free / 2**20:.0f} MiB free where the data folder is")
+        )
+    if not settings.api_keys and settings.api_host not in ("127.0.0.1", "localhost", "::1"):
+        findings.append(
+            Finding(
+                "host",
+                "warn",
+                f"the api listens on {settings.api_host} without keys (HEIMDALL_API_KEYS): "
+                "whoever reaches it may submit and read every job",
+            )
+        )
+    if not findings:
+        findings.append(
+            Finding("host", "ok", f"data folder {folder} writable, {free / 2**30:.1f} GiB free")
+        )
+    return findings

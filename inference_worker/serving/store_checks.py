@@ -1,0 +1,236 @@
+"""The stores' part of ``heimdall-inference check`` (:mod:`deployment_check`): RabbitMQ's
+queues as this release declares them and what waits in them, a Redis that keeps what it is given
+and does not evict it, and a job schema of this release's migrations with nothing stuck."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import amqp.exceptions
+import kombu
+import redis
+import sqlalchemy.exc
+
+from inference_worker.settings import Settings
+from inference_worker.storage.reachability import (
+    eviction_warning,
+    persistence_warning,
+    redact_url,
+)
+from inference_worker.urls import redact_secrets
+
+Level = Literal["ok", "warn", "fail"]
+FULL_FRACTION = 0.8
+"""Redis this full of its ``maxmemory`` is worth a warning: a full one refuses submissions."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    area: str
+    """What was looked at: rabbitmq, redis, postgresql, model, workers, host."""
+    level: Level
+    message: str
+
+
+def guarded(area: str, check: Callable[[], list[Finding]]) -> list[Finding]:
+    """A check's findings; a check that could not finish is one failure saying why."""
+    try:
+        return check()
+    except Exception as exc:  # whatever stopped it is what the operator needs to read
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        return [Finding(area, "fail", redact_secrets(first_line))]
+
+
+# --- RabbitMQ ---------------------------------------------------------------------------------
+def check_broker(settings: Settings) -> list[Finding]:
+    from tasks.app import dead_letter_queue_name, inference_queue
+
+    where = redact_url(settings.broker_url)
+    with kombu.Connection(settings.broker_url, connect_timeout=2) as connection:
+        try:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:  # kombu raises what the transport raised
+            return [Finding("rabbitmq", "fail", f"{where} is not reachable: {exc}")]
+        queue = settings.queue
+        counts = _queue_counts(connection, queue)
+        if counts is None:
+            return [
+                Finding(
+                    "rabbitmq",
+                    "warn",
+                    f"{where}: queue {queue!r} is not declared yet: a worker or the api "
+                    "declares it at start (`heimdall-inference migrate` does too)",
+                )
+            ]
+        findings = [_queue_finding(where, queue, *counts)]
+        wanted = inference_queue(queue, settings.max_deliveries)
+        with connection.clone() as own:  # a refused declaration closes its channel
+            try:
+                wanted(own.channel()).queue_declare()  # same arguments: changes nothing
+            except amqp.exceptions.PreconditionFailed as exc:
+                findings.append(
+                    Finding(
+                        "rabbitmq",
+                        "fail",
+                        f"queue {queue!r} has other arguments than this release declares "
+                        f"(an older classic queue, or a delivery limit other than "
+                        f"HEIMDALL_MAX_DELIVERIES={settings.max_deliveries}): {exc.reply_text}. "
+                        "A worker's start replaces it once it is empty (README, upgrading)",
+                    )
+                )
+        dead = dead_letter_queue_name(queue)
+        dead_counts = _queue_counts(connection, dead)
+        if dead_counts is not None and dead_counts[0]:
+            findings.append(
+                Finding(
+                    "rabbitmq",
+                    "warn",
+                    f"{dead_counts[0]} message(s) in the dead-letter queue {dead!r}: workers "
+                    "record each as a failed job when they can (README, when the dead-letter "
+                    "queue fills)",
+                )
+            )
+        return findings
+
+
+def _queue_counts(connection: kombu.Connection, name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of queue ``name``; None when it is not declared."""
+    with connection.clone() as own:
+        try:
+            _, messages, consumers = own.channel().queue_declare(name, passive=True)
+        except amqp.exceptions.NotFound:
+            return None
+        return messages, consumers
+
+
+def _queue_finding(where: str, queue: str, messages: int, consumers: int) -> Finding:
+    text = f"{where}: queue {queue!r}: {messages} waiting, {consumers} consumer(s)"
+    if consumers == 0:
+        return Finding("rabbitmq", "warn", f"{text}: no worker takes its jobs")
+    return Finding("rabbitmq", "ok", text)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+def check_redis(settings: Settings) -> list[Finding]:
+    from inference_worker.storage.errors import PersistenceError
+    from inference_worker.storage.redis_store import ReplyParser
+
+    where = redact_url(settings.redis_url)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=2, parser_class=ReplyParser
+    )
+    try:
+        try:
+            client.ping()
+        except PersistenceError as exc:
+            return [Finding("redis", "fail", f"{where} refuses writes: {exc}")]
+        except redis.exceptions.RedisError as exc:
+            return [Finding("redis", "fail", f"{where} is not reachable: {exc}")]
+        try:
+            config = {
+                **client.config_get("maxmemory*"),
+                **client.config_get("appendonly"),
+                **client.config_get("save"),
+            }
+        except redis.exceptions.ResponseError:  # CONFIG renamed or refused (a managed Redis)
+            return [
+                Finding(
+                    "redis",
+                    "warn",
+                    f"{where} answers; its configuration cannot be read (CONFIG refused): make "
+                    "sure it keeps an append-only file and does not evict keys",
+                )
+            ]
+        used = int(client.info("memory").get("used_memory", 0))
+    finally:
+        client.close()
+    findings = [
+        Finding("redis", "warn", f"{where} {problem}")
+        for problem in (persistence_warning(config), eviction_warning(config))
+        if problem
+    ]
+    limit = int(config.get("maxmemory") or 0)
+    if limit and used >= FULL_FRACTION * limit:
+        findings.append(
+            Finding(
+                "redis",
+                "warn",
+                f"{where} holds {used / limit:.0%} of its maxmemory: when full, submissions "
+                "are refused (503) until workers consume what waits there",
+            )
+        )
+    if not findings:
+        findings.append(Finding("redis", "ok", f"{where} keeps each write and never evicts"))
+    return findings
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+def check_database(settings: Settings) -> list[Finding]:
+    from inference_worker.storage.engine import engine_for, known_revisions, schema_revision
+    from inference_worker.storage.maintenance import JobMaintenance
+
+    schema = settings.database_schema
+    engine = engine_for(settings, role="heimdall-check", pool_size=1)
+    try:
+        try:
+            revision = schema_revision(engine, schema)
+        except sqlalchemy.exc.OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            where = redact_url(settings.database_url)
+            return [Finding("postgresql", "fail", f"{where} is not reachable: {reason}")]
+        known = known_revisions()
+        if revision is None:
+            return [
+                Finding(
+                    "postgresql",
+                    "fail",
+                    f"the job schema {schema!r} has no tables yet: run `heimdall-inference "
+                    "migrate` (a worker or the api does at start)",
+                )
+            ]
+        if revision not in known:
+            return [
+                Finding(
+                    "postgresql",
+                    "fail",
+                    f"the job schema {schema!r} is at migration {revision}, which this release "
+                    f"does not know (its newest is {known[-1]}): a newer release migrated it; "
+                    "run that release here",
+                )
+            ]
+        findings = []
+        if revision != known[-1]:
+            findings.append(
+                Finding(
+                    "postgresql",
+                    "warn",
+                    f"the job schema {schema!r} is at migration {revision}, this release's is "
+                    f"{known[-1]}: run `heimdall-inference migrate` (a worker or the api does "
+                    "at start)",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "postgresql",
+                    "ok",
+                    f"{redact_url(settings.database_url)}: the job schema {schema!r} is at "
+                    f"migration {revision}",
+                )
+            )
+            stuck = JobMaintenance(engine).count_not_final(settings.stuck_after_s)
+            if stuck:
+                findings.append(
+                    Finding(
+                        "postgresql",
+                        "warn",
+                        f"{stuck} job(s) not final {settings.stuck_after_s:g} s after "
+                        "submission: `heimdall-inference jobs stuck` says what is known of each",
+                    )
+                )
+        return findings
+    finally:
+        engine.dispose()

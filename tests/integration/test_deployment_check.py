@@ -1,0 +1,227 @@
+"""``heimdall-inference check`` against the real stores: what would lose accepted work or keep it
+from being served is named, with what to do, and a sound deployment passes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import kombu
+import pytest
+import redis
+import sqlalchemy as sa
+
+from inference_worker.serving.deployment_check import Finding, check_deployment
+from inference_worker.serving.registry import serving_model_dir
+from inference_worker.serving.store_checks import check_broker, check_database, check_redis
+from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore
+from inference_worker.storage.engine import known_revisions
+from inference_worker.storage.redis_store import RedisStore
+from tasks.app import dead_letter_queue_name, declare_queues
+from tasks.contract import read_message
+from tasks.outbox import record_job
+from tests.helpers import capture_message
+from tests.integration.helpers import migrated_schema, private_redis, worker_env
+
+
+def of(findings: list[Finding], area: str) -> list[tuple[str, str]]:
+    return [(f.level, f.message) for f in findings if f.area == area]
+
+
+def test_a_served_deployment_passes(settings: Settings, worker: subprocess.Popen) -> None:
+    findings = check_deployment(settings)
+    assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 5, findings
+    rabbitmq, postgresql, model, workers = (
+        of(findings, area)[0][1] for area in ("rabbitmq", "postgresql", "model", "workers")
+    )
+    assert f"queue {settings.queue!r}" in rabbitmq and "0 consumer" not in rabbitmq
+    assert "guest:***@" in rabbitmq  # the password is never printed
+    assert f"at migration {known_revisions()[-1]}" in postgresql
+    assert "files intact" in model
+    assert "1 worker process(es)" in workers and "champion version 2.1.0" in workers
+
+
+@pytest.mark.parametrize(
+    ("options", "level", "words"),
+    [
+        (("--appendonly", "yes"), "ok", "keeps each write and never evicts"),
+        ((), "warn", "keeps nothing on disk (appendonly no, no snapshots)"),
+        (("--save", "60 1"), "warn", "keeps only snapshots (save 60 1)"),
+        (
+            ("--appendonly", "yes", "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"),
+            "warn",
+            "evicts keys when full (maxmemory-policy allkeys-lru)",
+        ),
+    ],
+)
+def test_redis_that_would_lose_captures_is_named(
+    settings: Settings, tmp_path: Path, options: tuple[str, ...], level: str, words: str
+) -> None:
+    with private_redis(tmp_path / "redis", *options) as url:
+        findings = check_redis(settings.model_copy(update={"redis_url": url}))
+    assert [(f.level, words in f.message) for f in findings] == [(level, True)], findings
+
+
+def test_a_nearly_full_redis_is_named(settings: Settings, tmp_path: Path) -> None:
+    with private_redis(tmp_path / "redis", "--appendonly", "yes", "--maxmemory", "10mb") as url:
+        client = redis.Redis.from_url(url)
+        for n in range(80):  # 8 MB in values small enough for a full Redis's query buffer
+            client.set(f"filler{n}", b"x" * 100_000)
+        client.close()
+        findings = check_redis(settings.model_copy(update={"redis_url": url}))
+    assert len(findings) == 1 and findings[0].level == "warn", findings
+    assert "of its maxmemory: when full, submissions are refused (503)" in findings[0].message
+
+
+def test_schema_missing_behind_ahead_and_stuck_jobs(settings: Settings, capture) -> None:
+    schema = f"{settings.database_schema}_chk{uuid.uuid4().hex[:6]}"
+    local = settings.model_copy(update={"database_schema": schema, "stuck_after_s": 0.0})
+    [(level, message)] = of(check_database(local), "postgresql")
+    assert level == "fail" and "has no tables yet: run `heimdall-inference migrate`" in message
+
+    with migrated_schema(local.database_url, schema) as engine:
+        assert of(check_database(local), "postgresql")[0][0] == "ok"
+        record_job(JobStore(engine), read_message(capture_message(capture, "waits", "k")))
+        time.sleep(0.01)
+        [_, (level, message)] = of(check_database(local), "postgresql")
+        assert level == "warn" and message.startswith("1 job(s) not final 0 s after submission")
+
+        older, newest = known_revisions()[-2:]
+        with engine.connect() as connection:
+            update = sa.text("UPDATE alembic_version SET version_num = :v")
+            connection.execute(update, {"v": older})
+            [(level, message)] = of(check_database(local), "postgresql")
+            assert level == "warn"
+            assert f"at migration {older}, this release's is {newest}: run" in message
+            connection.execute(update, {"v": "9999"})
+            [(level, message)] = of(check_database(local), "postgresql")
+            assert level == "fail" and "which this release does not know" in message
+
+
+def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Settings) -> None:
+    queue = f"{settings.queue}.chk{uuid.uuid4().hex[:6]}"
+    local = settings.model_copy(update={"queue": queue, "max_deliveries": 5})
+    [(level, message)] = of(check_broker(local), "rabbitmq")
+    assert level == "warn" and "is not declared yet" in message
+    with kombu.Connection(settings.broker_url) as connection:
+        try:
+            declare_queues(connection, queue, 3)
+            [(level, message)] = of(check_broker(local), "rabbitmq")[1:]
+            assert level == "fail" and "HEIMDALL_MAX_DELIVERIES=5" in message
+            [(level, message)] = of(
+                check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq"
+            )
+            assert level == "warn" and message.endswith("0 consumer(s): no worker takes its jobs")
+
+            connection.default_channel.basic_publish(
+                connection.default_channel.prepare_message(b"{}"),
+                exchange="",
+                routing_key=dead_letter_queue_name(queue),
+            )
+            time.sleep(0.5)
+            findings = of(check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq")
+            assert findings[0][0] == "warn" and "0 waiting, 0 consumer(s)" in findings[0][1]
+            assert findings[1][0] == "warn"
+            assert (
+                f"1 message(s) in the dead-letter queue {dead_letter_queue_name(queue)!r}"
+                in (findings[1][1])
+            )
+        finally:
+            for name in (queue, dead_letter_queue_name(queue)):
+                connection.default_channel.queue_delete(name)
+            connection.default_channel.exchange_delete(queue)
+
+
+def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Redis) -> None:
+    local = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}chk:"})
+    store = RedisStore(redis_client, local.redis_prefix)
+    assert of(check_deployment(local), "workers") == [
+        ("warn", f"no worker process serves queue {settings.queue!r}")
+    ]
+    generation = store.request_reload()
+    beat = {"queue": settings.queue, "model_version": "2.1.0", "generation": generation}
+    store.heartbeat("h1:1", {**beat, "worker_id": "h1:1"}, 30)
+    store.heartbeat("h2:2", {**beat, "worker_id": "h2:2", "last_error": "reload failed: x"}, 30)
+    store.heartbeat("h2:3", {**beat, "worker_id": "h2:3", "generation": generation - 1}, 30)
+    store.heartbeat("h3:4", {**beat, "worker_id": "h3:4", "queue": "another"}, 30)
+    findings = of(check_deployment(local), "workers")
+    assert findings[0] == (
+        "ok",
+        f"3 worker process(es) on h1, h2 serve queue {settings.queue!r}, champion version 2.1.0",
+    )
+    assert sorted(findings[1:]) == [
+        ("warn", "h2:2: reload failed: x"),
+        (
+            "warn",
+            f"h2:3 serves reload {generation - 1}, the operators asked for {generation} "
+            "(it reloads between jobs)",
+        ),
+    ]
+
+
+def test_the_registry_champion_and_its_outage(settings: Settings, tmp_path: Path) -> None:
+    local = settings.model_copy(update={"model_source": "registry", "data_dir": tmp_path})
+    [(level, message)] = of(check_deployment(local), "model")
+    assert level == "warn" and "the registry holds no version of heimdall-localization" in message
+
+    serving_model_dir(local, bootstrap=True)  # a worker's start: registers and fetches
+    [(level, message)] = of(check_deployment(local), "model")
+    assert (level, message) == (
+        "ok",
+        "heimdall-localization version 1 ('champion'); this host's copy verified",
+    )
+    [(level, message)] = of(
+        check_deployment(local.model_copy(update={"model_alias": "missing"})), "model"
+    )
+    assert level == "fail" and "models promote VERSION --alias missing" in message
+
+    # MLflow keeps the store it opened for the process: the outage is seen by a new one
+    database = tmp_path / "mlflow" / "mlflow.db"  # the embedded registry cannot be opened
+    database.rename(tmp_path / "kept.db")
+    database.mkdir()
+    [(level, message)] = of(run_check(local), "model")
+    assert level == "warn" and "does not answer" in message
+    assert "processes starting on this host serve version 1" in message
+    shutil.rmtree(tmp_path / "model-cache" / "heimdall-localization" / "1")
+    [(level, message)] = of(run_check(local), "model")
+    assert level == "fail" and message.endswith("this host holds no copy to serve")
+
+
+def run_check(local: Settings, *options: str) -> list[Finding]:
+    """``heimdall-inference check --json`` in a process of its own; its findings (its exit code
+    and ``ok`` agree)."""
+    command = [sys.executable, "-m", "inference_worker.cli", "check", "--json", *options]
+    done = subprocess.run(
+        command, env=worker_env(local), capture_output=True, text=True, timeout=60
+    )
+    body = json.loads(done.stdout)
+    assert done.returncode == (0 if body["ok"] else 1), done.stderr
+    return [Finding(**finding) for finding in body["findings"]]
+
+
+def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
+    settings: Settings, engine: sa.Engine
+) -> None:
+    broken = settings.model_copy(update={"database_schema": f"none_{uuid.uuid4().hex[:6]}"})
+    command = [sys.executable, "-m", "inference_worker.cli", "check"]
+    done = subprocess.run(
+        command, env=worker_env(broken), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "\nFAIL  postgresql the job schema" in done.stdout and "1 failure(s)" in done.stderr
+    assert [f.level for f in run_check(broken) if f.area == "postgresql"] == ["fail"]
+
+    alone = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}alone:"})
+    sound = run_check(alone)  # the session's schema is migrated; no worker beats here
+    assert not [f for f in sound if f.level == "fail"]
+    assert ("workers", "warn") in [(f.area, f.level) for f in sound]
+    strict = subprocess.run(
+        [*command, "--strict"], env=worker_env(alone), capture_output=True, timeout=60
+    )
+    assert strict.returncode == 1

@@ -1,0 +1,79 @@
+"""The pure parts of ``heimdall-inference check``: what a Redis's configuration loses, what this
+host's settings expose, and the command's exit codes and output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from inference_worker.cli import check
+from inference_worker.serving import deployment_check
+from inference_worker.serving.deployment_check import Finding, check_host
+from inference_worker.settings import load_settings
+from inference_worker.storage.reachability import persistence_warning
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"appendonly": "yes", "save": ""}, None),
+        ({"appendonly": "yes", "save": "3600 1"}, None),
+        ({"appendonly": "no", "save": "3600 1 300 100"}, "keeps only snapshots (save 3600 1 300"),
+        ({"appendonly": "no", "save": ""}, "keeps nothing on disk"),
+        ({}, "keeps nothing on disk"),
+    ],
+)
+def test_what_a_redis_loses_when_it_stops(config: dict[str, str], words: str | None) -> None:
+    warning = persistence_warning(config)
+    assert (warning is None) if words is None else (warning is not None and words in warning)
+
+
+def test_an_open_api_on_every_address_is_named(tmp_path: Path) -> None:
+    local = load_settings(data_dir=tmp_path, api_host="127.0.0.1")
+    assert [f.level for f in check_host(local)] == ["ok"]
+    exposed = check_host(load_settings(data_dir=tmp_path, api_host="0.0.0.0"))
+    assert [(f.level, "without keys (HEIMDALL_API_KEYS)" in f.message) for f in exposed] == [
+        ("warn", True)
+    ]
+    # a data folder not made yet is judged by the folder it would be made in
+    assert [f.level for f in check_host(load_settings(data_dir=tmp_path / "a" / "b"))] == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("levels", "strict", "code"),
+    [
+        (["ok", "ok"], False, 0),
+        (["ok", "warn"], False, 0),
+        (["ok", "warn"], True, 1),
+        (["fail", "ok"], False, 1),
+    ],
+)
+def test_exit_code_and_output(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    levels: list[str],
+    strict: bool,
+    code: int,
+) -> None:
+    findings = [Finding(f"area{n}", level, f"said {n}") for n, level in enumerate(levels)]  # type: ignore[arg-type]
+    monkeypatch.setattr(deployment_check, "check_deployment", lambda settings: findings)
+    for as_json in (False, True):
+        args = argparse.Namespace(json=as_json, strict=strict)
+        if code:
+            with pytest.raises(SystemExit) as exited:
+                check.cmd_check(load_settings(), args)
+            assert exited.value.code == code
+        else:
+            check.cmd_check(load_settings(), args)
+        out, err = capsys.readouterr()
+        if as_json:
+            body = json.loads(out)
+            assert body["ok"] is (code == 0)
+            assert body["findings"][1] == {"area": "area1", "level": levels[1], "message": "said 1"}
+        else:
+            word = {"ok": "ok   ", "warn": "warn ", "fail": "FAIL "}[levels[0]]
+            assert out.splitlines()[0] == f"{word} area0      said 0"
+            assert err.startswith(f"check: {levels.count('ok')} ok,")
