@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from inference_worker.serving.registry import CHAMPION
 from inference_worker.serving.store_checks import (
     Finding,
     check_broker,
@@ -31,20 +33,23 @@ LOW_DISK_BYTES = 1 << 30
 
 
 def check_deployment(settings: Settings) -> list[Finding]:
-    """Every finding, in the order the areas are listed above."""
+    """Every finding: rabbitmq, redis, postgresql, model, workers, host, in that order."""
     findings = guarded("rabbitmq", lambda: check_broker(settings))
     redis_findings = guarded("redis", lambda: check_redis(settings))
     findings += redis_findings
     findings += guarded("postgresql", lambda: check_database(settings))
-    findings += guarded("model", lambda: check_model(settings))
+    named: list[str] = []  # the registry version the alias names, when the registry answers
+    findings += guarded("model", lambda: check_model(settings, named))
     if not any(f.level == "fail" for f in redis_findings):
-        findings += guarded("workers", lambda: check_workers(settings))
+        findings += guarded("workers", lambda: check_workers(settings, next(iter(named), None)))
     findings += guarded("host", lambda: check_host(settings))
     return findings
 
 
 # --- the model --------------------------------------------------------------------------------
-def check_model(settings: Settings) -> list[Finding]:
+def check_model(settings: Settings, named: list[str] | None = None) -> list[Finding]:
+    """The model to serve is intact; in registry mode, the version its alias names (appended
+    to ``named``) and this host's copy of it."""
     from inference_worker.core.contract import ModelError, file_sha256, load_metadata
     from inference_worker.serving.registry import (
         RegistryError,
@@ -101,6 +106,8 @@ def check_model(settings: Settings) -> list[Finding]:
                 f"{exc}: `heimdall-inference models promote VERSION --alias {alias}`",
             )
         ]
+    if named is not None:
+        named.append(found.version)
     described = f"{settings.model_name} version {found.version} ({alias!r})"
     copy = registry.copies.target(found.version) / "model"
     if not (copy / "model.onnx").exists():
@@ -119,7 +126,9 @@ def check_model(settings: Settings) -> list[Finding]:
 
 
 # --- workers ----------------------------------------------------------------------------------
-def check_workers(settings: Settings) -> list[Finding]:
+def check_workers(settings: Settings, named: str | None = None) -> list[Finding]:
+    """Worker processes serve the queue, without errors, at the reload asked for, and (when
+    ``named``, the registry version the alias names) that version."""
     from inference_worker.storage.redis_store import RedisStore, connect
 
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
@@ -145,18 +154,46 @@ def check_workers(settings: Settings) -> list[Finding]:
                     f"operators asked for {generation} (it reloads between jobs)",
                 )
             )
+    behind = sorted(
+        {str(served) for w in workers if (served := _champion_version(w)) not in (None, named)}
+    )
+    if named is not None and behind:
+        findings.append(
+            Finding(
+                "workers",
+                "warn",
+                f"worker processes serve registry version {', '.join(behind)} where "
+                f"{settings.model_alias!r} names {named}: `heimdall-inference models reload` "
+                "moves them to it",
+            )
+        )
     hosts = sorted({str(w["worker_id"]).rsplit(":", 1)[0] for w in workers})
-    versions = sorted({str(w.get("model_version")) for w in workers})
+    versions = sorted({_served(w) for w in workers})
     findings.insert(
         0,
         Finding(
             "workers",
             "ok",
             f"{len(workers)} worker process(es) on {', '.join(hosts)} serve queue "
-            f"{settings.queue!r}, champion version {', '.join(versions)}",
+            f"{settings.queue!r}, champion {', '.join(versions)}",
         ),
     )
     return findings
+
+
+def _served(worker: dict[str, Any]) -> str:
+    """What a worker serves as champion, in words: the model's version, and the registry's."""
+    model = f"model {worker.get('model_version')}"
+    version = _champion_version(worker)
+    return model if version is None else f"registry version {version} ({model})"
+
+
+def _champion_version(worker: dict[str, Any]) -> str | None:
+    """The registry version a worker's heartbeat says it serves as champion (None from a
+    model folder)."""
+    champion = (worker.get("models") or {}).get(CHAMPION) or {}
+    version = champion.get("registry_version")
+    return None if version is None else str(version)
 
 
 # --- this host --------------------------------------------------------------------------------

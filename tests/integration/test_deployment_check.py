@@ -16,7 +16,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from inference_worker.serving.deployment_check import Finding, check_deployment
+from inference_worker.serving.deployment_check import Finding, check_deployment, check_workers
 from inference_worker.serving.registry import serving_model_dir
 from inference_worker.serving.store_checks import check_broker, check_database, check_redis
 from inference_worker.settings import Settings
@@ -44,7 +44,7 @@ def test_a_served_deployment_passes(settings: Settings, worker: subprocess.Popen
     assert "guest:***@" in rabbitmq  # the password is never printed
     assert f"at migration {known_revisions()[-1]}" in postgresql
     assert "files intact" in model
-    assert "1 worker process(es)" in workers and "champion version 2.1.0" in workers
+    assert "1 worker process(es)" in workers and "champion model 2.1.0" in workers
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Re
     findings = of(check_deployment(local), "workers")
     assert findings[0] == (
         "ok",
-        f"3 worker process(es) on h1, h2 serve queue {settings.queue!r}, champion version 2.1.0",
+        f"3 worker process(es) on h1, h2 serve queue {settings.queue!r}, champion model 2.1.0",
     )
     assert sorted(findings[1:]) == [
         ("warn", "h2:2: reload failed: x"),
@@ -162,6 +162,25 @@ def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Re
             f"h2:3 serves reload {generation - 1}, the operators asked for {generation} "
             "(it reloads between jobs)",
         ),
+    ]
+
+
+def test_workers_behind_the_registry_alias_are_named(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    local = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}chv:"})
+    store = RedisStore(redis_client, local.redis_prefix)
+    for worker_id, version in (("h1:1", "1"), ("h1:2", "2")):
+        served = {"champion": {"registry_version": version, "model_version": "2.1.0"}}
+        beat = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
+        store.heartbeat(worker_id, {**beat, "models": served}, 30)
+    assert [f.level for f in check_workers(local, named=None)] == ["ok"]
+    assert [(f.level, f.message) for f in check_workers(local, named="2")][1:] == [
+        (
+            "warn",
+            "worker processes serve registry version 1 where 'champion' names 2: "
+            "`heimdall-inference models reload` moves them to it",
+        )
     ]
 
 
