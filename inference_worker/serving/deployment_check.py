@@ -12,6 +12,7 @@ sha256 is removed. Each answers within a few seconds whatever is down.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 from pathlib import Path
@@ -181,6 +182,16 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
     return findings
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to any address
+        return False
+
+
 def _served(worker: dict[str, Any]) -> str:
     """What a worker serves as champion, in words: the model's version, and the registry's."""
     model = f"model {worker.get('model_version')}"
@@ -215,7 +226,7 @@ def check_host(settings: Settings) -> list[Finding]:
         findings.append(
             Finding("host", "warn", f"{free / 2**20:.0f} MiB free where the data folder is")
         )
-    if not settings.api_keys and settings.api_host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.api_keys and not _loopback(settings.api_host):
         findings.append(
             Finding(
                 "host",

@@ -32,8 +32,10 @@ def test_what_a_redis_loses_when_it_stops(config: dict[str, str], words: str | N
 
 
 def test_an_open_api_on_every_address_is_named(tmp_path: Path) -> None:
-    local = load_settings(data_dir=tmp_path, api_host="127.0.0.1")
-    assert [f.level for f in check_host(local)] == ["ok"]
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert [
+            f.level for f in check_host(load_settings(data_dir=tmp_path, api_host=loopback))
+        ] == ["ok"], loopback
     exposed = check_host(load_settings(data_dir=tmp_path, api_host="0.0.0.0"))
     assert [(f.level, "without keys (HEIMDALL_API_KEYS)" in f.message) for f in exposed] == [
         ("warn", True)
