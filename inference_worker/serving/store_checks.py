@@ -17,6 +17,7 @@ from inference_worker.settings import Settings
 from inference_worker.storage.reachability import (
     eviction_warning,
     persistence_warning,
+    probe_client,
     redact_url,
 )
 from inference_worker.urls import redact_secrets
@@ -116,12 +117,9 @@ def _queue_finding(where: str, queue: str, messages: int, consumers: int) -> Fin
 # --- Redis ------------------------------------------------------------------------------------
 def check_redis(settings: Settings) -> list[Finding]:
     from inference_worker.storage.errors import PersistenceError
-    from inference_worker.storage.redis_store import ReplyParser
 
     where = redact_url(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=2, parser_class=ReplyParser
-    )
+    client = probe_client(settings.redis_url)
     try:
         try:
             client.ping()

@@ -25,9 +25,7 @@ def probe_redis(redis_url: str) -> None:
     """Redis answers. One that cannot save to disk answers ``MISCONF`` even to a ping: it is
     up, and refuses writes until a snapshot succeeds, so a process may start and wait it out as
     it would while running (the shim answers 503, workers retry)."""
-    client = redis.Redis.from_url(
-        redis_url, socket_connect_timeout=2, socket_timeout=2, parser_class=ReplyParser
-    )
+    client = probe_client(redis_url)
     try:
         client.ping()
     except PersistenceError as exc:
@@ -41,6 +39,14 @@ def probe_redis(redis_url: str) -> None:
     warning = eviction_warning(config)
     if warning:
         log.warning("Redis at %s %s", redact_url(redis_url), warning)
+
+
+def probe_client(redis_url: str) -> redis.Redis:
+    """A client for a quick look at Redis: 2 s to connect and to answer, ``MISCONF`` raised as
+    :class:`PersistenceError`."""
+    return redis.Redis.from_url(
+        redis_url, socket_connect_timeout=2, socket_timeout=2, parser_class=ReplyParser
+    )
 
 
 def eviction_warning(config: Mapping[str | None, str | None]) -> str | None:
