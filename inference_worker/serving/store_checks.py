@@ -25,6 +25,8 @@ from inference_worker.urls import redact_secrets
 Level = Literal["ok", "warn", "fail"]
 FULL_FRACTION = 0.8
 """Redis this full of its ``maxmemory`` is worth a warning: a full one refuses submissions."""
+ALARM_PROBE_TIMEOUT_S = 2.0
+"""How long the broker has to confirm the probe's message or say that it blocks it."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,10 @@ def check_broker(settings: Settings) -> list[Finding]:
         except Exception as exc:  # kombu raises what the transport raised
             return [Finding("rabbitmq", "fail", f"{where} is not reachable: {exc}")]
         queue = settings.queue
+        blocked = _alarm_findings(settings.broker_url, where)
         counts = _queue_counts(connection, queue)
         if counts is None:
-            return [
+            return blocked + [
                 Finding(
                     "rabbitmq",
                     "warn",
@@ -66,7 +69,7 @@ def check_broker(settings: Settings) -> list[Finding]:
                     "declares it at start (`heimdall-inference migrate` does too)",
                 )
             ]
-        findings = [_queue_finding(where, queue, *counts)]
+        findings = [*blocked, _queue_finding(where, queue, *counts)]
         wanted = inference_queue(queue, settings.max_deliveries)
         with connection.clone() as own:  # a refused declaration closes its channel
             try:
@@ -95,6 +98,34 @@ def check_broker(settings: Settings) -> list[Finding]:
                 )
             )
         return findings
+
+
+def _alarm_findings(broker_url: str, where: str) -> list[Finding]:
+    """A memory or disk alarm in effect (a failure), or a broker too slow to tell (a warning)."""
+    from tasks.alarm import blocked_reason
+
+    try:
+        reason = blocked_reason(broker_url, timeout=ALARM_PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return [
+            Finding(
+                "rabbitmq",
+                "warn",
+                f"{where} did not confirm a message in {ALARM_PROBE_TIMEOUT_S:g} s: it is "
+                "overloaded, and submissions wait as long",
+            )
+        ]
+    if reason is None:
+        return []
+    return [
+        Finding(
+            "rabbitmq",
+            "fail",
+            f"{where} blocks publishing ({reason}): a memory or disk alarm; every submission "
+            "is refused (503) until it clears: give the broker memory or disk, or let workers "
+            "drain its queues",
+        )
+    ]
 
 
 def _queue_counts(connection: kombu.Connection, name: str) -> tuple[int, int] | None:

@@ -30,6 +30,7 @@ import pytest
 
 from api_shim.client import ShimClient, ShimError, ShimUnreachable
 from inference_worker.cli.processes import cli_process, stop, wait_until
+from inference_worker.serving.store_checks import check_broker
 from inference_worker.storage.database import JobStore
 from tasks.app import create_celery, dead_letter_queue_name, publisher
 from tasks.contract import read_message
@@ -199,6 +200,22 @@ def test_workers_drain_the_queue_while_an_alarm_lasts(
         assert worker.returncode != -signal.SIGKILL
         assert memory_alarm()  # still on: nothing here waited for its end
     memory_alarm_switch(False)
+
+
+def test_the_deployment_check_names_an_alarm(memory_alarm_switch, settings):
+    """``heimdall-inference check`` hears the alarm, which only a connection that publishes is
+    told of, and is quiet again once it clears."""
+
+    def alarm_findings():
+        return [f for f in check_broker(settings) if "blocks publishing" in f.message]
+
+    assert alarm_findings() == []
+    memory_alarm_switch(True)
+    [finding] = alarm_findings()
+    assert finding.level == "fail" and "memory or disk alarm" in finding.message, finding
+    assert "refused (503) until it clears" in finding.message
+    memory_alarm_switch(False)
+    assert alarm_findings() == []
 
 
 def test_a_publish_on_a_connection_the_broker_closed_reconnects(settings):
