@@ -39,7 +39,7 @@ def check_deployment(settings: Settings) -> list[Finding]:
     redis_findings = guarded("redis", lambda: check_redis(settings))
     findings += redis_findings
     findings += guarded("postgresql", lambda: check_database(settings))
-    named: list[str] = []  # the registry version the alias names, when the registry answers
+    named: list[str] = []  # the champion workers should serve, when the model check knows it
     findings += guarded("model", lambda: check_model(settings, named))
     if not any(f.level == "fail" for f in redis_findings):
         findings += guarded("workers", lambda: check_workers(settings, next(iter(named), None)))
@@ -49,8 +49,9 @@ def check_deployment(settings: Settings) -> list[Finding]:
 
 # --- the model --------------------------------------------------------------------------------
 def check_model(settings: Settings, named: list[str] | None = None) -> list[Finding]:
-    """The model to serve is intact; in registry mode, the version its alias names (appended
-    to ``named``) and this host's copy of it."""
+    """The model to serve is intact; in registry mode, the version its alias names and this
+    host's copy of it. What workers should serve is appended to ``named``: the registry version
+    the alias names, or the model folder's sha256."""
     from inference_worker.core.contract import ModelError, file_sha256, load_metadata
     from inference_worker.serving.registry import (
         RegistryError,
@@ -64,6 +65,8 @@ def check_model(settings: Settings, named: list[str] | None = None) -> list[Find
             metadata = load_metadata(Path(settings.model_dir), verify=True)
         except ModelError as exc:
             return [Finding("model", "fail", str(exc))]
+        if named is not None:
+            named.append(metadata.sha256)
         return [
             Finding(
                 "model",
@@ -129,7 +132,8 @@ def check_model(settings: Settings, named: list[str] | None = None) -> list[Find
 # --- workers ----------------------------------------------------------------------------------
 def check_workers(settings: Settings, named: str | None = None) -> list[Finding]:
     """Worker processes serve the queue, without errors, at the reload asked for, and (when
-    ``named``, the registry version the alias names) that version."""
+    ``named``: the registry version the alias names, or the model folder's sha256) that
+    champion."""
     from inference_worker.storage.redis_store import RedisStore, connect
 
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
@@ -155,10 +159,27 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
                     f"operators asked for {generation} (it reloads between jobs)",
                 )
             )
+    from_folder = settings.model_source != "registry"
     behind = sorted(
-        {str(served) for w in workers if (served := _champion_version(w)) not in (None, named)}
+        {
+            served
+            for w in workers
+            if (served := _champion_sha256(w) if from_folder else _champion_version(w))
+            not in (None, named)
+        }
     )
-    if named is not None and behind:
+    if named is not None and behind and from_folder:
+        findings.append(
+            Finding(
+                "workers",
+                "warn",
+                f"worker processes serve a model of sha256 {', '.join(s[:12] for s in behind)}… "
+                f"where {settings.model_dir} holds {named[:12]}… (the folder changed since they "
+                "loaded it, or their hosts' folders differ): `heimdall-inference models reload` "
+                "loads the folder again",
+            )
+        )
+    elif named is not None and behind:
         findings.append(
             Finding(
                 "workers",
@@ -202,9 +223,18 @@ def _served(worker: dict[str, Any]) -> str:
 def _champion_version(worker: dict[str, Any]) -> str | None:
     """The registry version a worker's heartbeat says it serves as champion (None from a
     model folder)."""
-    champion = (worker.get("models") or {}).get(CHAMPION) or {}
-    version = champion.get("registry_version")
+    version = _champion(worker).get("registry_version")
     return None if version is None else str(version)
+
+
+def _champion_sha256(worker: dict[str, Any]) -> str | None:
+    """The sha256 of the model a worker's heartbeat says it serves as champion."""
+    sha256 = _champion(worker).get("sha256")
+    return None if sha256 is None else str(sha256)
+
+
+def _champion(worker: dict[str, Any]) -> dict[str, Any]:
+    return dict((worker.get("models") or {}).get(CHAMPION) or {})
 
 
 # --- this host --------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from inference_worker.serving.deployment_check import Finding, check_deployment, check_workers
+from inference_worker.serving.deployment_check import (
+    Finding,
+    check_deployment,
+    check_model,
+    check_workers,
+)
 from inference_worker.serving.registry import serving_model_dir
 from inference_worker.serving.store_checks import check_broker, check_database, check_redis
 from inference_worker.settings import Settings
@@ -168,7 +173,9 @@ def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Re
 def test_workers_behind_the_registry_alias_are_named(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    local = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}chv:"})
+    local = settings.model_copy(
+        update={"redis_prefix": f"{settings.redis_prefix}chv:", "model_source": "registry"}
+    )
     store = RedisStore(redis_client, local.redis_prefix)
     for worker_id, version in (("h1:1", "1"), ("h1:2", "2")):
         served = {"champion": {"registry_version": version, "model_version": "2.1.0"}}
@@ -182,6 +189,46 @@ def test_workers_behind_the_registry_alias_are_named(
             "`heimdall-inference models reload` moves them to it",
         )
     ]
+
+
+def test_workers_on_another_model_than_the_folder_are_named(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A model folder replaced without a reload: the workers' sha256 is not the folder's."""
+    local = settings.model_copy(
+        update={"redis_prefix": f"{settings.redis_prefix}chs:", "model_source": "dir"}
+    )
+    named: list[str] = []
+    [model] = check_model(local, named)
+    assert model.level == "ok" and len(named) == 1 and len(named[0]) == 64
+    folder = named[0]
+    store = RedisStore(redis_client, local.redis_prefix)
+    for worker_id, sha256 in (("h1:1", folder), ("h1:2", "ab" * 32)):
+        served = {
+            "champion": {"registry_version": None, "model_version": "2.1.0", "sha256": sha256}
+        }
+        beat = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
+        store.heartbeat(worker_id, {**beat, "models": served}, 30)
+    assert [f.level for f in check_workers(local, named=None)] == ["ok"]
+    assert [f.level for f in check_workers(local, named=folder)] == ["ok", "warn"]
+    warning = check_workers(local, named=folder)[1].message
+    assert warning == (
+        f"worker processes serve a model of sha256 {'ab' * 6}… where {local.model_dir} holds "
+        f"{folder[:12]}… (the folder changed since they loaded it, or their hosts' folders "
+        "differ): `heimdall-inference models reload` loads the folder again"
+    )
+    store.heartbeat(
+        "h1:2",
+        {
+            **beat,
+            "worker_id": "h1:2",
+            "models": {
+                "champion": {"registry_version": None, "model_version": "2.1.0", "sha256": folder}
+            },
+        },
+        30,
+    )
+    assert [f.level for f in check_workers(local, named=folder)] == ["ok"]
 
 
 def test_the_registry_champion_and_its_outage(settings: Settings, tmp_path: Path) -> None:
