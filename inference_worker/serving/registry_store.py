@@ -47,6 +47,11 @@ MLFLOW_DEFAULTS = {
 }
 """MLflow's settings this service chooses (environment variables); an operator's setting wins."""
 
+MLFLOW_QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+"""In place of :data:`MLFLOW_DEFAULTS`' waits, for a command that must answer within seconds
+whatever is down (``check``): a server that answers ``/health`` but hangs on its API held it
+37 s with the defaults."""
+
 
 @contextlib.contextmanager
 def store_set_up(uri: str, *, hold: bool = True) -> Iterator[None]:
@@ -160,9 +165,10 @@ _REST_FAILURE = re.compile(
 )
 
 
-def apply_mlflow_defaults() -> None:
-    """Set :data:`MLFLOW_DEFAULTS` in this process's environment where the operator has not."""
-    for variable, value in MLFLOW_DEFAULTS.items():
+def apply_mlflow_defaults(*, quick: bool = False) -> None:
+    """Set :data:`MLFLOW_DEFAULTS` (with ``quick``, :data:`MLFLOW_QUICK` first) in this
+    process's environment where the operator has not."""
+    for variable, value in {**MLFLOW_DEFAULTS, **(MLFLOW_QUICK if quick else {})}.items():
         os.environ.setdefault(variable, value)
 
 

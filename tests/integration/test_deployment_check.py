@@ -7,8 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import kombu
@@ -291,3 +293,39 @@ def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
         [*command, "--strict"], env=worker_env(alone), capture_output=True, timeout=60
     )
     assert strict.returncode == 1
+
+
+def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
+    """A server that answers ``/health`` but never its API (a stuck one): the check gives it
+    one 3 s read, not MLflow's retries of 10 s each, and says it does not answer."""
+    released = threading.Event()
+
+    class Stuck(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/health"):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+            else:
+                released.wait(60)
+
+        do_POST = do_GET
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    local = settings.model_copy(
+        update={"model_source": "registry", "registry_uri": uri, "data_dir": tmp_path}
+    )
+    try:
+        [(level, message)] = of(run_check(local), "model")
+    finally:
+        released.set()
+        server.shutdown()
+        server.server_close()
+    assert level == "fail" and message.startswith(f"the model registry at {uri} does not answer")
+    assert "read timeout=3)" in message and message.endswith("this host holds no copy to serve")
