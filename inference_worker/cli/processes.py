@@ -17,8 +17,10 @@ from inference_worker.settings import Settings
 def settings_env(settings: Settings) -> dict[str, str]:
     """This process's environment with the plain settings of ``settings`` (URLs, names, numbers,
     folders) as ``HEIMDALL_*`` variables, for a child ``heimdall-inference`` process; keys and
-    secrets are left out."""
-    env = os.environ.copy()
+    secrets are left out, as are MLflow's waits this process chose for itself."""
+    from inference_worker.serving.registry_store import without_applied_defaults
+
+    env = without_applied_defaults(dict(os.environ))
     for name, value in settings.model_dump().items():
         if isinstance(value, str | int | float | Path) and not isinstance(value, bool):
             env[f"HEIMDALL_{name.upper()}"] = str(value)

@@ -3,7 +3,9 @@
 MLflow's client retries a store that does not answer for minutes and sets a new store's tables
 up without a lock; this module bounds the one and serialises the other, and tells a store that
 stopped answering (:class:`RegistryUnavailable`) from a request the registry refuses
-(:class:`RegistryError`). :mod:`inference_worker.serving.registry` is its only user.
+(:class:`RegistryError`). :mod:`inference_worker.serving.registry` is its user; the ``check``
+command sets MLflow's waits shorter, and child processes are started without the ones a parent
+chose (:func:`without_applied_defaults`).
 """
 
 from __future__ import annotations
@@ -165,11 +167,39 @@ _REST_FAILURE = re.compile(
 )
 
 
+_REST_CAUSE = re.compile(
+    r"API request to (?P<url>[^?\s]+)\S* failed with (?:timeout )?exception .*"
+    r"\(Caused by \w+\((?P<cause>.*)\)\)\s*$"
+)
+
+
+def short_rest_reason(reason: str) -> str:
+    """MLflow's words for a request that failed, without urllib3's pool, query string and
+    exception names: "API request to URL failed: Read timed out. (read timeout=3)"."""
+    found = _REST_CAUSE.match(reason)
+    if found is None:
+        return reason
+    cause = found["cause"].strip("'\"")
+    cause = re.split(r"(?:\)|>): ", cause)[-1]  # after "HTTPConnectionPool(...)" or "<... at 0x…>"
+    return f"API request to {found['url']} failed: {cause}"
+
+
+_APPLIED: dict[str, str] = {}
+"""The variables :func:`apply_mlflow_defaults` set in this process: not the operator's."""
+
+
 def apply_mlflow_defaults(*, quick: bool = False) -> None:
     """Set :data:`MLFLOW_DEFAULTS` (with ``quick``, :data:`MLFLOW_QUICK` first) in this
     process's environment where the operator has not."""
     for variable, value in {**MLFLOW_DEFAULTS, **(MLFLOW_QUICK if quick else {})}.items():
-        os.environ.setdefault(variable, value)
+        if variable not in os.environ:
+            os.environ[variable] = _APPLIED[variable] = value
+
+
+def without_applied_defaults(env: dict[str, str]) -> dict[str, str]:
+    """``env`` less the MLflow settings this process chose for itself, for a child process,
+    which chooses its own: inherited, they would pass for the operator's."""
+    return {name: value for name, value in env.items() if _APPLIED.get(name) != value}
 
 
 def store_uri(uri: str) -> str:
@@ -206,6 +236,7 @@ def store_failures(shown_uri: str) -> Iterator[None]:
         raise
     except Exception as exc:
         reason = redact_secrets(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
+        reason = short_rest_reason(reason)
         if is_store_failure(exc):
             raise RegistryUnavailable(
                 f"the model registry at {shown_uri} does not answer: {reason}"

@@ -20,6 +20,7 @@ from inference_worker.serving.registry import (
     open_registry,
     serving_model_dir,
 )
+from inference_worker.serving.registry_store import short_rest_reason
 from inference_worker.settings import load_settings
 
 
@@ -176,3 +177,54 @@ def test_processes_fetching_a_version_together_each_get_a_verified_copy(tmp_path
     assert (local / "model.onnx").read_bytes() == (model_dir / "model.onnx").read_bytes()
     kept = sorted(p.name for p in local.parent.parent.iterdir())
     assert kept == ["1", "aliases.json"]  # no download left behind
+
+
+@pytest.mark.parametrize(
+    ("said", "shown"),
+    [
+        (
+            "API request to http://r:5000/api/2.0/mlflow/registered-models/search failed with "
+            "exception HTTPConnectionPool(host='r', port=5000): Max retries exceeded with url: "
+            "/api/2.0/mlflow/registered-models/search?filter=x&max_results=1 (Caused by "
+            "ReadTimeoutError(\"HTTPConnectionPool(host='r', port=5000): Read timed out. "
+            '(read timeout=3)"))',
+            "API request to http://r:5000/api/2.0/mlflow/registered-models/search failed: "
+            "Read timed out. (read timeout=3)",
+        ),
+        (
+            "API request to http://r:5000/api/2.0/mlflow/model-versions/get failed with "
+            "exception HTTPConnectionPool(host='r', port=5000): Max retries exceeded with url: "
+            "/api/2.0/mlflow/model-versions/get?name=m (Caused by NewConnectionError('<urllib3."
+            "connection.HTTPConnection object at 0x7f3a>: Failed to establish a new connection: "
+            "[Errno 111] Connection refused'))",
+            "API request to http://r:5000/api/2.0/mlflow/model-versions/get failed: "
+            "Failed to establish a new connection: [Errno 111] Connection refused",
+        ),
+        ("(psycopg2.OperationalError) connection refused", None),
+        ("API request to http://r/x failed with error code 502 != 200", None),
+    ],
+)
+def test_a_failed_rest_request_is_said_in_few_words(said: str, shown: str | None) -> None:
+    assert short_rest_reason(said) == (shown or said)
+
+
+def test_a_child_process_chooses_its_own_mlflow_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What this process chose for MLflow is not passed on as if an operator had set it; what
+    the operator set is."""
+    from inference_worker.serving import registry_store
+
+    monkeypatch.setattr(registry_store, "_APPLIED", {})
+    for variable in registry_store.MLFLOW_DEFAULTS:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the operator's
+    registry_store.apply_mlflow_defaults()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    child = registry_store.without_applied_defaults(dict(os.environ))
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in child
+    assert child["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    monkeypatch.setattr(registry_store, "_APPLIED", {})
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    registry_store.apply_mlflow_defaults(quick=True)  # the check's
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
