@@ -4,7 +4,8 @@ can serve it.
 Each store answers and is set up to keep accepted work (:mod:`store_checks`: Redis neither evicts
 nor forgets waiting captures, the job schema is this release's, the queues have the arguments
 this release declares, nothing waits in the dead-letter queue or sits stuck), the model to serve
-is intact, and worker processes serve the queue. The checks read: they create, migrate, replace
+is intact, worker processes serve the queue, and the api on this host answers and sees the
+stores (its settings may differ from the check's). The checks read: they create, migrate, replace
 and delete nothing — but as any reading of the registry does, they keep the aliases read on this
 host, and while the registry does not answer a copy on this host that no longer matches its
 sha256 is removed. Each answers within a few seconds whatever is down.
@@ -13,14 +14,19 @@ sha256 is removed. Each answers within a few seconds whatever is down.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from inference_worker.serving.registry import CHAMPION
 from inference_worker.serving.store_checks import (
     Finding,
+    Level,
     check_broker,
     check_database,
     check_redis,
@@ -28,22 +34,31 @@ from inference_worker.serving.store_checks import (
 )
 from inference_worker.settings import Settings
 
-__all__ = ["Finding", "check_deployment"]
+__all__ = ["AREAS", "Finding", "check_deployment"]
 
+AREAS = ("rabbitmq", "redis", "postgresql", "model", "workers", "api", "host")
+"""What the check looks at, in the order it reports."""
 LOW_DISK_BYTES = 1 << 30
+API_TIMEOUT_S = 5.0
+"""How long the api has to answer ``/health``, which asks every store and the registry."""
 
 
-def check_deployment(settings: Settings) -> list[Finding]:
-    """Every finding: rabbitmq, redis, postgresql, model, workers, host, in that order."""
-    findings = guarded("rabbitmq", lambda: check_broker(settings))
-    redis_findings = guarded("redis", lambda: check_redis(settings))
+def check_deployment(settings: Settings, skip: Collection[str] = ()) -> list[Finding]:
+    """Every finding of the :data:`AREAS` not in ``skip``, in their order."""
+
+    def run(area: str, check: Callable[[], list[Finding]]) -> list[Finding]:
+        return [] if area in skip else guarded(area, check)
+
+    findings = run("rabbitmq", lambda: check_broker(settings))
+    redis_findings = run("redis", lambda: check_redis(settings))
     findings += redis_findings
-    findings += guarded("postgresql", lambda: check_database(settings))
+    findings += run("postgresql", lambda: check_database(settings))
     named: list[str] = []  # the champion workers should serve, when the model check knows it
-    findings += guarded("model", lambda: check_model(settings, named))
+    findings += run("model", lambda: check_model(settings, named))
     if not any(f.level == "fail" for f in redis_findings):
-        findings += guarded("workers", lambda: check_workers(settings, next(iter(named), None)))
-    findings += guarded("host", lambda: check_host(settings))
+        findings += run("workers", lambda: check_workers(settings, next(iter(named), None)))
+    findings += run("api", lambda: check_api(settings))
+    findings += run("host", lambda: check_host(settings))
     return findings
 
 
@@ -235,6 +250,48 @@ def _champion_sha256(worker: dict[str, Any]) -> str | None:
 
 def _champion(worker: dict[str, Any]) -> dict[str, Any]:
     return dict((worker.get("models") or {}).get(CHAMPION) or {})
+
+
+# --- the api on this host ---------------------------------------------------------------------
+def check_api(settings: Settings) -> list[Finding]:
+    """The HTTP shim this host's settings describe answers ``/health``, and how it sees the
+    stores and the model (its settings may differ from the check's)."""
+    host = settings.api_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: loopback reaches it
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.api_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=API_TIMEOUT_S) as reply:
+            status, raw = reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        return [
+            Finding(
+                "api",
+                "warn",
+                f"no api answers at {url} ({reason}): start `heimdall-inference api` on this "
+                "host, or look where it runs (HEIMDALL_API_HOST and HEIMDALL_API_PORT)",
+            )
+        ]
+    try:
+        body = json.loads(raw)
+        state = body["status"]
+    except (ValueError, KeyError, TypeError):
+        return [Finding("api", "warn", f"{url} answers {status}, but not as this service's api")]
+    failing = [
+        f"{name}: {check.get('error') or check.get('problems') or 'not ok'}"
+        for name, check in (body.get("checks") or {}).items()
+        if isinstance(check, dict) and not check.get("ok", True)
+    ]
+    said = f" ({'; '.join(str(f) for f in failing)})" if failing else ""
+    if state == "ok":
+        return [Finding("api", "ok", f"{url} answers: ok")]
+    level: Level = "fail" if status >= 500 else "warn"
+    return [Finding("api", level, f"{url} answers {state}{said}")]
 
 
 # --- this host --------------------------------------------------------------------------------

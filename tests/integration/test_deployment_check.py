@@ -18,8 +18,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.serving.deployment_check import (
     Finding,
+    check_api,
     check_deployment,
     check_model,
     check_workers,
@@ -34,19 +36,26 @@ from tasks.app import dead_letter_queue_name, declare_queues
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message
-from tests.integration.helpers import migrated_schema, private_redis, worker_env
+from tests.integration.helpers import free_port, migrated_schema, private_redis, worker_env
 
 
 def of(findings: list[Finding], area: str) -> list[tuple[str, str]]:
     return [(f.level, f.message) for f in findings if f.area == area]
 
 
-def test_a_served_deployment_passes(settings: Settings, worker: subprocess.Popen) -> None:
-    findings = check_deployment(settings)
-    assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 5, findings
-    rabbitmq, postgresql, model, workers = (
-        of(findings, area)[0][1] for area in ("rabbitmq", "postgresql", "model", "workers")
+def test_a_served_deployment_passes(
+    settings: Settings, worker: subprocess.Popen, tmp_path: Path
+) -> None:
+    local = settings.model_copy(update={"api_port": free_port()})
+    api = ["api", "--port", str(local.api_port), "--workers", "1"]
+    with cli_process(api, tmp_path / "api.log", worker_env(local)) as process:
+        wait_until("the api", lambda: check_api(local)[0].level == "ok", 60, process)
+        findings = check_deployment(local)
+    assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 6, findings
+    rabbitmq, postgresql, model, workers, api_said = (
+        of(findings, area)[0][1] for area in ("rabbitmq", "postgresql", "model", "workers", "api")
     )
+    assert api_said == f"http://127.0.0.1:{local.api_port}/health answers: ok"
     assert f"queue {settings.queue!r}" in rabbitmq and "0 consumer" not in rabbitmq
     assert "guest:***@" in rabbitmq  # the password is never printed
     assert f"at migration {known_revisions()[-1]}" in postgresql
@@ -293,6 +302,8 @@ def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
         [*command, "--strict"], env=worker_env(alone), capture_output=True, timeout=60
     )
     assert strict.returncode == 1
+    areas = [f.area for f in run_check(alone, "--skip", "api", "--skip", "workers")]
+    assert areas and not {"api", "workers"} & set(areas)  # a host that runs no api, say
 
 
 def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
@@ -329,3 +340,48 @@ def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp
         server.server_close()
     assert level == "fail" and message.startswith(f"the model registry at {uri} does not answer")
     assert "read timeout=3)" in message and message.endswith("this host holds no copy to serve")
+
+
+def test_the_api_on_this_host_says_how_it_sees_the_deployment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """None listening, something else listening, the api serving, the api without its Redis."""
+    port = free_port()
+    local = settings.model_copy(update={"api_port": port, "api_host": "0.0.0.0"})
+    url = f"http://127.0.0.1:{port}/health"
+    [(level, message)] = of(check_api(local), "api")
+    assert level == "warn" and message.startswith(f"no api answers at {url} (")
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", port), Other) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            assert of(check_api(local), "api") == [
+                ("warn", f"{url} answers 200, but not as this service's api")
+            ]
+        finally:
+            other.shutdown()
+
+    with private_redis(tmp_path / "redis") as redis_url:
+        shim = local.model_copy(update={"redis_url": redis_url, "api_host": "127.0.0.1"})
+        api = ["api", "--port", str(port), "--workers", "1"]
+        with cli_process(api, tmp_path / "api.log", worker_env(shim)) as process:
+            wait_until(
+                "the api", lambda: "no api answers" not in check_api(local)[0].message, 60, process
+            )
+            [(level, message)] = of(check_api(local), "api")  # its Redis: no worker beats there
+            assert (level, message) == (
+                "warn",
+                f"{url} answers degraded (model: no worker is serving this queue)",
+            )
+            redis.Redis.from_url(redis_url).shutdown(nosave=True)
+            [(level, message)] = of(check_api(local), "api")
+            assert level == "fail" and message.startswith(f"{url} answers unavailable (redis: ")

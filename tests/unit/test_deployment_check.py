@@ -61,9 +61,9 @@ def test_exit_code_and_output(
     code: int,
 ) -> None:
     findings = [Finding(f"area{n}", level, f"said {n}") for n, level in enumerate(levels)]  # type: ignore[arg-type]
-    monkeypatch.setattr(deployment_check, "check_deployment", lambda settings: findings)
+    monkeypatch.setattr(deployment_check, "check_deployment", lambda settings, skip: findings)
     for as_json in (False, True):
-        args = argparse.Namespace(json=as_json, strict=strict)
+        args = argparse.Namespace(json=as_json, strict=strict, skip=[])
         if code:
             with pytest.raises(SystemExit) as exited:
                 check.cmd_check(load_settings(), args)
