@@ -6,9 +6,10 @@ nor forgets waiting captures, the job schema is this release's, the queues have 
 this release declares, nothing waits in the dead-letter queue or sits stuck), the model to serve
 is intact, worker processes serve the queue, and the api on this host answers and sees the
 stores (its settings may differ from the check's). The checks read: they create, migrate, replace
-and delete nothing — but as any reading of the registry does, they keep the aliases read on this
-host, and while the registry does not answer a copy on this host that no longer matches its
-sha256 is removed. Each answers within a few seconds whatever is down.
+and delete nothing — but RabbitMQ tells of an alarm only a connection that publishes, so they
+publish two empty messages that no queue takes; and as any reading of the registry does, they
+keep the aliases read on this host, and while the registry does not answer a copy on this host
+that no longer matches its sha256 is removed. Each answers within a few seconds whatever is down.
 """
 
 from __future__ import annotations
