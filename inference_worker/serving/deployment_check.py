@@ -263,8 +263,13 @@ def check_api(settings: Settings) -> list[Finding]:
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"
     url = f"http://{host}:{settings.api_port}/health"
+    request = urllib.request.Request(url)
+    key = _a_key(settings)
+    if key:  # the reasons of an unhealthy answer are shown to a caller with a key only
+        request.add_header("Authorization", f"Bearer {key}")
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # this host
     try:
-        with urllib.request.urlopen(url, timeout=API_TIMEOUT_S) as reply:
+        with no_proxy.open(request, timeout=API_TIMEOUT_S) as reply:
             status, raw = reply.status, reply.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -289,10 +294,19 @@ def check_api(settings: Settings) -> list[Finding]:
         if isinstance(check, dict) and not check.get("ok", True)
     ]
     said = f" ({'; '.join(str(f) for f in failing)})" if failing else ""
+    if not said and key is None and settings.api_keys:
+        said = " (its reasons are shown to a caller with a key: set HEIMDALL_ADMIN_TOKEN)"
     if state == "ok":
         return [Finding("api", "ok", f"{url} answers: ok")]
     level: Level = "fail" if status >= 500 else "warn"
     return [Finding("api", level, f"{url} answers {state}{said}")]
+
+
+def _a_key(settings: Settings) -> str | None:
+    """A key the api takes, from this host's settings: the admin token, or a plain key."""
+    if settings.admin_token.get_secret_value():
+        return settings.admin_token.get_secret_value()
+    return next((k.key.get_secret_value() for k in settings.api_keys if k.key is not None), None)
 
 
 # --- this host --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from being served is named, with what to do, and a sound deployment passes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from inference_worker.api_keys import ApiKey
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.serving.deployment_check import (
     Finding,
@@ -370,18 +372,31 @@ def test_the_api_on_this_host_says_how_it_sees_the_deployment(
         finally:
             other.shutdown()
 
+    key = "check-" + uuid.uuid4().hex  # the shim shows why it is unhealthy to a key only
+    keys = json.dumps([{"name": "ops", "key": key, "role": "admin"}])
+    with_key = local.model_copy(update={"api_keys": [ApiKey(name="ops", key=key)]})
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    hashed = local.model_copy(update={"api_keys": [ApiKey(name="ops", key_sha256=digest)]})
     with private_redis(tmp_path / "redis") as redis_url:
         shim = local.model_copy(update={"redis_url": redis_url, "api_host": "127.0.0.1"})
         api = ["api", "--port", str(port), "--workers", "1"]
-        with cli_process(api, tmp_path / "api.log", worker_env(shim)) as process:
+        env = {**worker_env(shim), "HEIMDALL_API_KEYS": keys}
+        with cli_process(api, tmp_path / "api.log", env) as process:
             wait_until(
                 "the api", lambda: "no api answers" not in check_api(local)[0].message, 60, process
             )
-            [(level, message)] = of(check_api(local), "api")  # its Redis: no worker beats there
+            [(level, message)] = of(check_api(with_key), "api")  # no worker beats in its Redis
             assert (level, message) == (
                 "warn",
                 f"{url} answers degraded (model: no worker is serving this queue)",
             )
+            assert of(check_api(hashed), "api") == [
+                (
+                    "warn",
+                    f"{url} answers degraded (its reasons are shown to a caller with a key: set "
+                    "HEIMDALL_ADMIN_TOKEN)",
+                )
+            ]
             redis.Redis.from_url(redis_url).shutdown(nosave=True)
-            [(level, message)] = of(check_api(local), "api")
+            [(level, message)] = of(check_api(with_key), "api")
             assert level == "fail" and message.startswith(f"{url} answers unavailable (redis: ")
