@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -216,12 +218,14 @@ def test_workers_on_another_model_than_the_folder_are_named(
     assert model.level == "ok" and len(named) == 1 and len(named[0]) == 64
     folder = named[0]
     store = RedisStore(redis_client, local.redis_prefix)
-    for worker_id, sha256 in (("h1:1", folder), ("h1:2", "ab" * 32)):
-        served = {
-            "champion": {"registry_version": None, "model_version": "2.1.0", "sha256": sha256}
-        }
-        beat = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
-        store.heartbeat(worker_id, {**beat, "models": served}, 30)
+
+    def beat(worker_id: str, sha256: str) -> None:
+        served = {"registry_version": None, "model_version": "2.1.0", "sha256": sha256}
+        fields = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
+        store.heartbeat(worker_id, {**fields, "models": {"champion": served}}, 30)
+
+    beat("h1:1", folder)
+    beat("h1:2", "ab" * 32)
     assert [f.level for f in check_workers(local, named=None)] == ["ok"]
     assert [f.level for f in check_workers(local, named=folder)] == ["ok", "warn"]
     warning = check_workers(local, named=folder)[1].message
@@ -230,17 +234,7 @@ def test_workers_on_another_model_than_the_folder_are_named(
         f"{folder[:12]}… (the folder changed since they loaded it, or their hosts' folders "
         "differ): `heimdall-inference models reload` loads the folder again"
     )
-    store.heartbeat(
-        "h1:2",
-        {
-            **beat,
-            "worker_id": "h1:2",
-            "models": {
-                "champion": {"registry_version": None, "model_version": "2.1.0", "sha256": folder}
-            },
-        },
-        30,
-    )
+    beat("h1:2", folder)  # reloaded
     assert [f.level for f in check_workers(local, named=folder)] == ["ok"]
 
 
@@ -308,38 +302,44 @@ def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
     assert areas and not {"api", "workers"} & set(areas)  # a host that runs no api, say
 
 
-def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
-    """A server that answers ``/health`` but never its API (a stuck one): the check gives it
-    one 3 s read, not MLflow's retries of 10 s each, and says it does not answer."""
-    released = threading.Event()
+@contextmanager
+def http_server(port: int, hang: threading.Event | None = None) -> Iterator[str]:
+    """A plain HTTP server on ``port`` (0: any) that answers ``/health`` with 200 ``OK``; with
+    ``hang``, every other path waits for it to be set (a stuck MLflow server). Its URL."""
 
-    class Stuck(BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.startswith("/health"):
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"OK")
-            else:
-                released.wait(60)
+            if hang is not None and not self.path.startswith("/health"):
+                hang.wait(60)
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
 
         do_POST = do_GET
 
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    uri = f"http://127.0.0.1:{server.server_port}"
-    local = settings.model_copy(
-        update={"model_source": "registry", "registry_uri": uri, "data_dir": tmp_path}
-    )
-    try:
+    with ThreadingHTTPServer(("127.0.0.1", port), Handler) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            if hang is not None:
+                hang.set()
+            server.shutdown()
+
+
+def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
+    """A server that answers ``/health`` but never its API (a stuck one): the check gives it
+    one 3 s read, not MLflow's retries of 10 s each, and says it does not answer."""
+    with http_server(0, hang=threading.Event()) as uri:
+        local = settings.model_copy(
+            update={"model_source": "registry", "registry_uri": uri, "data_dir": tmp_path}
+        )
         [(level, message)] = of(run_check(local), "model")
-    finally:
-        released.set()
-        server.shutdown()
-        server.server_close()
     assert level == "fail" and message.startswith(f"the model registry at {uri} does not answer")
     assert "read timeout=3)" in message and message.endswith("this host holds no copy to serve")
 
@@ -354,23 +354,10 @@ def test_the_api_on_this_host_says_how_it_sees_the_deployment(
     [(level, message)] = of(check_api(local), "api")
     assert level == "warn" and message.startswith(f"no api answers at {url} (")
 
-    class Other(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    with ThreadingHTTPServer(("127.0.0.1", port), Other) as other:
-        threading.Thread(target=other.serve_forever, daemon=True).start()
-        try:
-            assert of(check_api(local), "api") == [
-                ("warn", f"{url} answers 200, but not as this service's api")
-            ]
-        finally:
-            other.shutdown()
+    with http_server(port):  # something else listens there
+        assert of(check_api(local), "api") == [
+            ("warn", f"{url} answers 200, but not as this service's api")
+        ]
 
     key = "check-" + uuid.uuid4().hex  # the shim shows why it is unhealthy to a key only
     keys = json.dumps([{"name": "ops", "key": key, "role": "admin"}])
