@@ -28,14 +28,16 @@ from inference_worker.serving.registry import (
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
-from inference_worker.storage.reachability import probe_broker
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import redact_secrets
+from tasks.alarm import blocked_reason
 from tasks.app import broker_alarm, dead_letter_queue_name
 
 log = logging.getLogger(__name__)
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+HEALTH_PUBLISH_TIMEOUT_S = 2.0
+"""How long RabbitMQ has to confirm a health check's message (or say it blocks it)."""
 
 
 def create_blueprint() -> Audience:
@@ -115,10 +117,17 @@ def metrics() -> Response:
 
 
 def broker_takes_messages(settings: Settings, celery: Celery) -> None:
-    """RabbitMQ answers, and this process has not heard it block publishing (a memory or disk
-    alarm), having asked the alarm's probe: health checks also learn when an alarm is over."""
-    probe_broker(settings.broker_url)
-    broker_alarm(celery).check()
+    """RabbitMQ answers and takes publishes. It tells of a memory or disk alarm only a
+    connection that publishes, so a health check publishes (two empty messages no queue takes)
+    while this process knows of no alarm: a load balancer learns of one before a submission
+    meets it, and the submissions that follow are refused at once. During an alarm the
+    alarm's probe is asked instead: health checks also learn when it is over."""
+    alarm = broker_alarm(celery)
+    if alarm.reason is None:
+        reason = blocked_reason(settings.broker_url, timeout=HEALTH_PUBLISH_TIMEOUT_S)
+        if reason is not None:
+            alarm.heard_blocked(reason)
+    alarm.check()
 
 
 def timed_check(probe: Callable[[], Any]) -> dict[str, Any]:

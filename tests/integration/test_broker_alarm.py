@@ -202,6 +202,39 @@ def test_workers_drain_the_queue_while_an_alarm_lasts(
     memory_alarm_switch(False)
 
 
+def test_health_hears_an_alarm_before_a_submission_meets_it(
+    memory_alarm_switch, own_queue, engine, simulator, tmp_path
+):
+    """``/health`` publishes, so a load balancer learns of an alarm before any submission is
+    caught by it; the submission that follows is refused at once and keeps nothing, and is
+    accepted once the alarm is over."""
+    local, _, _ = own_queue
+    rng = np.random.default_rng(20261204)
+    capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
+    port = free_port()
+    shim = ShimClient(f"http://127.0.0.1:{port}", timeout_s=CLIENT_TIMEOUT_S)
+    env = {**worker_env(local), "HEIMDALL_WORKER_METRICS_PORT": "0"}
+    job_id = f"alarm-health-{uuid.uuid4().hex[:8]}"
+
+    def health() -> int:
+        try:
+            return shim.health()[0]
+        except ShimUnreachable:
+            return 0
+
+    with cli_process(["api", "--port", str(port), "--workers", "1"], tmp_path / "api.log", env):
+        wait_until("the shim", lambda: health() == 200, 60)
+        memory_alarm_switch(True)
+        status, body = shim.health()  # nothing submitted since the alarm began
+        assert status == 503 and "blocks publishing" in body["checks"]["broker"]["error"], body
+        status, body, _ = post(shim, capture, job_id)
+        assert status == 503 and body["error"]["code"] == "service_unavailable", body
+        assert JobStore(engine).get(job_id) is None  # nothing kept
+        memory_alarm_switch(False)
+        wait_until("the shim healthy again", lambda: health() == 200, 30)
+        assert post(shim, capture, job_id)[0] == 202
+
+
 def test_the_deployment_check_names_an_alarm(memory_alarm_switch, settings):
     """``heimdall-inference check`` hears the alarm, which only a connection that publishes is
     told of, and is quiet again once it clears."""
