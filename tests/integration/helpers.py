@@ -3,10 +3,12 @@ to hold a job's row, the environment of a worker process, and a Redis server of 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import redis
 import sqlalchemy as sa
 
 from inference_worker.cli.processes import settings_env, wait_until
+from inference_worker.serving.store_checks import Finding
 from inference_worker.settings import Settings
 from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore
@@ -200,3 +203,20 @@ def private_redis(folder: Path, *options: str) -> Iterator[str]:
         client.close()
         process.terminate()
         process.wait(timeout=30)
+
+
+def in_area(findings: list[Finding], area: str) -> list[tuple[str, str]]:
+    """The (level, message) of ``heimdall-inference check``'s findings in ``area``."""
+    return [(f.level, f.message) for f in findings if f.area == area]
+
+
+def run_check(local: Settings, *options: str) -> list[Finding]:
+    """``heimdall-inference check --json`` in a process of its own; its findings (its exit code
+    and ``ok`` agree)."""
+    command = [sys.executable, "-m", "inference_worker.cli", "check", "--json", *options]
+    done = subprocess.run(
+        command, env=worker_env(local), capture_output=True, text=True, timeout=60
+    )
+    body = json.loads(done.stdout)
+    assert done.returncode == (0 if body["ok"] else 1), done.stderr
+    return [Finding(**finding) for finding in body["findings"]]

@@ -3,17 +3,11 @@ from being served is named, with what to do, and a sound deployment passes."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import kombu
@@ -21,10 +15,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from inference_worker.api_keys import ApiKey
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.serving.deployment_check import (
-    Finding,
     check_api,
     check_deployment,
     check_model,
@@ -40,11 +32,14 @@ from tasks.app import dead_letter_queue_name, declare_queues
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message
-from tests.integration.helpers import free_port, migrated_schema, private_redis, worker_env
-
-
-def of(findings: list[Finding], area: str) -> list[tuple[str, str]]:
-    return [(f.level, f.message) for f in findings if f.area == area]
+from tests.integration.helpers import (
+    free_port,
+    in_area,
+    migrated_schema,
+    private_redis,
+    run_check,
+    worker_env,
+)
 
 
 def test_a_served_deployment_passes(
@@ -57,7 +52,8 @@ def test_a_served_deployment_passes(
         findings = check_deployment(local)
     assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 6, findings
     rabbitmq, postgresql, model, workers, api_said = (
-        of(findings, area)[0][1] for area in ("rabbitmq", "postgresql", "model", "workers", "api")
+        in_area(findings, area)[0][1]
+        for area in ("rabbitmq", "postgresql", "model", "workers", "api")
     )
     assert api_said == f"http://127.0.0.1:{local.api_port}/health answers: ok"
     assert f"queue {settings.queue!r}" in rabbitmq and "0 consumer" not in rabbitmq
@@ -102,39 +98,39 @@ def test_a_nearly_full_redis_is_named(settings: Settings, tmp_path: Path) -> Non
 def test_schema_missing_behind_ahead_and_stuck_jobs(settings: Settings, capture) -> None:
     schema = f"{settings.database_schema}_chk{uuid.uuid4().hex[:6]}"
     local = settings.model_copy(update={"database_schema": schema, "stuck_after_s": 0.0})
-    [(level, message)] = of(check_database(local), "postgresql")
+    [(level, message)] = in_area(check_database(local), "postgresql")
     assert level == "fail" and "has no tables yet: run `heimdall-inference migrate`" in message
 
     with migrated_schema(local.database_url, schema) as engine:
-        assert of(check_database(local), "postgresql")[0][0] == "ok"
+        assert in_area(check_database(local), "postgresql")[0][0] == "ok"
         record_job(JobStore(engine), read_message(capture_message(capture, "waits", "k")))
         time.sleep(0.01)
-        [_, (level, message)] = of(check_database(local), "postgresql")
+        [_, (level, message)] = in_area(check_database(local), "postgresql")
         assert level == "warn" and message.startswith("1 job(s) not final 0 s after submission")
 
         older, newest = known_revisions()[-2:]
         with engine.connect() as connection:
             update = sa.text("UPDATE alembic_version SET version_num = :v")
             connection.execute(update, {"v": older})
-            [(level, message)] = of(check_database(local), "postgresql")
+            [(level, message)] = in_area(check_database(local), "postgresql")
             assert level == "warn"
             assert f"at migration {older}, this release's is {newest}: run" in message
             connection.execute(update, {"v": "9999"})
-            [(level, message)] = of(check_database(local), "postgresql")
+            [(level, message)] = in_area(check_database(local), "postgresql")
             assert level == "fail" and "which this release does not know" in message
 
 
 def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Settings) -> None:
     queue = f"{settings.queue}.chk{uuid.uuid4().hex[:6]}"
     local = settings.model_copy(update={"queue": queue, "max_deliveries": 5})
-    [(level, message)] = of(check_broker(local), "rabbitmq")
+    [(level, message)] = in_area(check_broker(local), "rabbitmq")
     assert level == "warn" and "is not declared yet" in message
     with kombu.Connection(settings.broker_url) as connection:
         try:
             declare_queues(connection, queue, 3)
-            [(level, message)] = of(check_broker(local), "rabbitmq")[1:]
+            [(level, message)] = in_area(check_broker(local), "rabbitmq")[1:]
             assert level == "fail" and "HEIMDALL_MAX_DELIVERIES=5" in message
-            [(level, message)] = of(
+            [(level, message)] = in_area(
                 check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq"
             )
             assert level == "warn" and message.endswith("0 consumer(s): no worker takes its jobs")
@@ -145,7 +141,9 @@ def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Setting
                 routing_key=dead_letter_queue_name(queue),
             )
             time.sleep(0.5)
-            findings = of(check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq")
+            findings = in_area(
+                check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq"
+            )
             assert findings[0][0] == "warn" and "0 waiting, 0 consumer(s)" in findings[0][1]
             assert findings[1][0] == "warn"
             assert (
@@ -161,7 +159,7 @@ def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Setting
 def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Redis) -> None:
     local = settings.model_copy(update={"redis_prefix": f"{settings.redis_prefix}chk:"})
     store = RedisStore(redis_client, local.redis_prefix)
-    assert of(check_deployment(local), "workers") == [
+    assert in_area(check_deployment(local), "workers") == [
         ("warn", f"no worker process serves queue {settings.queue!r}")
     ]
     generation = store.request_reload()
@@ -170,7 +168,7 @@ def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Re
     store.heartbeat("h2:2", {**beat, "worker_id": "h2:2", "last_error": "reload failed: x"}, 30)
     store.heartbeat("h2:3", {**beat, "worker_id": "h2:3", "generation": generation - 1}, 30)
     store.heartbeat("h3:4", {**beat, "worker_id": "h3:4", "queue": "another"}, 30)
-    findings = of(check_deployment(local), "workers")
+    findings = in_area(check_deployment(local), "workers")
     assert findings[0] == (
         "ok",
         f"3 worker process(es) on h1, h2 serve queue {settings.queue!r}, champion model 2.1.0",
@@ -240,16 +238,16 @@ def test_workers_on_another_model_than_the_folder_are_named(
 
 def test_the_registry_champion_and_its_outage(settings: Settings, tmp_path: Path) -> None:
     local = settings.model_copy(update={"model_source": "registry", "data_dir": tmp_path})
-    [(level, message)] = of(check_deployment(local), "model")
+    [(level, message)] = in_area(check_deployment(local), "model")
     assert level == "warn" and "the registry holds no version of heimdall-localization" in message
 
     serving_model_dir(local, bootstrap=True)  # a worker's start: registers and fetches
-    [(level, message)] = of(check_deployment(local), "model")
+    [(level, message)] = in_area(check_deployment(local), "model")
     assert (level, message) == (
         "ok",
         "heimdall-localization version 1 ('champion'); this host's copy verified",
     )
-    [(level, message)] = of(
+    [(level, message)] = in_area(
         check_deployment(local.model_copy(update={"model_alias": "missing"})), "model"
     )
     assert level == "fail" and "models promote VERSION --alias missing" in message
@@ -258,24 +256,12 @@ def test_the_registry_champion_and_its_outage(settings: Settings, tmp_path: Path
     database = tmp_path / "mlflow" / "mlflow.db"  # the embedded registry cannot be opened
     database.rename(tmp_path / "kept.db")
     database.mkdir()
-    [(level, message)] = of(run_check(local), "model")
+    [(level, message)] = in_area(run_check(local), "model")
     assert level == "warn" and "does not answer" in message
     assert "processes starting on this host serve version 1" in message
     shutil.rmtree(tmp_path / "model-cache" / "heimdall-localization" / "1")
-    [(level, message)] = of(run_check(local), "model")
+    [(level, message)] = in_area(run_check(local), "model")
     assert level == "fail" and message.endswith("this host holds no copy to serve")
-
-
-def run_check(local: Settings, *options: str) -> list[Finding]:
-    """``heimdall-inference check --json`` in a process of its own; its findings (its exit code
-    and ``ok`` agree)."""
-    command = [sys.executable, "-m", "inference_worker.cli", "check", "--json", *options]
-    done = subprocess.run(
-        command, env=worker_env(local), capture_output=True, text=True, timeout=60
-    )
-    body = json.loads(done.stdout)
-    assert done.returncode == (0 if body["ok"] else 1), done.stderr
-    return [Finding(**finding) for finding in body["findings"]]
 
 
 def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
@@ -300,90 +286,3 @@ def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
     assert strict.returncode == 1
     areas = [f.area for f in run_check(alone, "--skip", "api", "--skip", "workers")]
     assert areas and not {"api", "workers"} & set(areas)  # a host that runs no api, say
-
-
-@contextmanager
-def http_server(port: int, hang: threading.Event | None = None) -> Iterator[str]:
-    """A plain HTTP server on ``port`` (0: any) that answers ``/health`` with 200 ``OK``; with
-    ``hang``, every other path waits for it to be set (a stuck MLflow server). Its URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if hang is not None and not self.path.startswith("/health"):
-                hang.wait(60)
-                return
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        do_POST = do_GET
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    with ThreadingHTTPServer(("127.0.0.1", port), Handler) as server:
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}"
-        finally:
-            if hang is not None:
-                hang.set()
-            server.shutdown()
-
-
-def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
-    """A server that answers ``/health`` but never its API (a stuck one): the check gives it
-    one 3 s read, not MLflow's retries of 10 s each, and says it does not answer."""
-    with http_server(0, hang=threading.Event()) as uri:
-        local = settings.model_copy(
-            update={"model_source": "registry", "registry_uri": uri, "data_dir": tmp_path}
-        )
-        [(level, message)] = of(run_check(local), "model")
-    assert level == "fail" and message.startswith(f"the model registry at {uri} does not answer")
-    assert "read timeout=3)" in message and message.endswith("this host holds no copy to serve")
-
-
-def test_the_api_on_this_host_says_how_it_sees_the_deployment(
-    settings: Settings, tmp_path: Path
-) -> None:
-    """None listening, something else listening, the api serving, the api without its Redis."""
-    port = free_port()
-    local = settings.model_copy(update={"api_port": port, "api_host": "0.0.0.0"})
-    url = f"http://127.0.0.1:{port}/health"
-    [(level, message)] = of(check_api(local), "api")
-    assert level == "warn" and message.startswith(f"no api answers at {url} (")
-
-    with http_server(port):  # something else listens there
-        assert of(check_api(local), "api") == [
-            ("warn", f"{url} answers 200, but not as this service's api")
-        ]
-
-    key = "check-" + uuid.uuid4().hex  # the shim shows why it is unhealthy to a key only
-    keys = json.dumps([{"name": "ops", "key": key, "role": "admin"}])
-    with_key = local.model_copy(update={"api_keys": [ApiKey(name="ops", key=key)]})
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    hashed = local.model_copy(update={"api_keys": [ApiKey(name="ops", key_sha256=digest)]})
-    with private_redis(tmp_path / "redis") as redis_url:
-        shim = local.model_copy(update={"redis_url": redis_url, "api_host": "127.0.0.1"})
-        api = ["api", "--port", str(port), "--workers", "1"]
-        env = {**worker_env(shim), "HEIMDALL_API_KEYS": keys}
-        with cli_process(api, tmp_path / "api.log", env) as process:
-            wait_until(
-                "the api", lambda: "no api answers" not in check_api(local)[0].message, 60, process
-            )
-            [(level, message)] = of(check_api(with_key), "api")  # no worker beats in its Redis
-            assert (level, message) == (
-                "warn",
-                f"{url} answers degraded (model: no worker is serving this queue)",
-            )
-            assert of(check_api(hashed), "api") == [
-                (
-                    "warn",
-                    f"{url} answers degraded (its reasons are shown to a caller with a key: set "
-                    "HEIMDALL_ADMIN_TOKEN)",
-                )
-            ]
-            redis.Redis.from_url(redis_url).shutdown(nosave=True)
-            [(level, message)] = of(check_api(with_key), "api")
-            assert level == "fail" and message.startswith(f"{url} answers unavailable (redis: ")

@@ -1,0 +1,108 @@
+"""``heimdall-inference check`` over HTTP: the api this host's settings describe, as it answers
+and as it sees the stores, and an MLflow server that answers ``/health`` but hangs on its API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import redis
+
+from inference_worker.api_keys import ApiKey
+from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.serving.deployment_check import check_api
+from inference_worker.settings import Settings
+from tests.integration.helpers import free_port, in_area, private_redis, run_check, worker_env
+
+
+@contextmanager
+def http_server(port: int, hang: threading.Event | None = None) -> Iterator[str]:
+    """A plain HTTP server on ``port`` (0: any) that answers ``/health`` with 200 ``OK``; with
+    ``hang``, every other path waits for it to be set (a stuck MLflow server). Its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if hang is not None and not self.path.startswith("/health"):
+                hang.wait(60)
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_POST = do_GET
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", port), Handler) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            if hang is not None:
+                hang.set()
+            server.shutdown()
+
+
+def test_an_mlflow_server_that_hangs_gets_one_short_wait(settings: Settings, tmp_path: Path):
+    """A server that answers ``/health`` but never its API (a stuck one): the check gives it
+    one 3 s read, not MLflow's retries of 10 s each, and says it does not answer."""
+    with http_server(0, hang=threading.Event()) as uri:
+        local = settings.model_copy(
+            update={"model_source": "registry", "registry_uri": uri, "data_dir": tmp_path}
+        )
+        [(level, message)] = in_area(run_check(local), "model")
+    assert level == "fail" and message.startswith(f"the model registry at {uri} does not answer")
+    assert "read timeout=3)" in message and message.endswith("this host holds no copy to serve")
+
+
+def test_the_api_on_this_host_says_how_it_sees_the_deployment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """None listening, something else listening, the api serving, the api without its Redis."""
+    port = free_port()
+    local = settings.model_copy(update={"api_port": port, "api_host": "0.0.0.0"})
+    url = f"http://127.0.0.1:{port}/health"
+    [(level, message)] = in_area(check_api(local), "api")
+    assert level == "warn" and message.startswith(f"no api answers at {url} (")
+
+    with http_server(port):  # something else listens there
+        assert in_area(check_api(local), "api") == [
+            ("warn", f"{url} answers 200, but not as this service's api")
+        ]
+
+    key = "check-" + uuid.uuid4().hex  # the shim shows why it is unhealthy to a key only
+    keys = json.dumps([{"name": "ops", "key": key, "role": "admin"}])
+    with_key = local.model_copy(update={"api_keys": [ApiKey(name="ops", key=key)]})
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    hashed = local.model_copy(update={"api_keys": [ApiKey(name="ops", key_sha256=digest)]})
+    with private_redis(tmp_path / "redis") as redis_url:
+        shim = local.model_copy(update={"redis_url": redis_url, "api_host": "127.0.0.1"})
+        api = ["api", "--port", str(port), "--workers", "1"]
+        env = {**worker_env(shim), "HEIMDALL_API_KEYS": keys}
+        with cli_process(api, tmp_path / "api.log", env) as process:
+            wait_until(
+                "the api", lambda: "no api answers" not in check_api(local)[0].message, 60, process
+            )
+            [(level, message)] = in_area(check_api(with_key), "api")  # no worker beats in its Redis
+            assert (level, message) == (
+                "warn",
+                f"{url} answers degraded (model: no worker is serving this queue)",
+            )
+            assert in_area(check_api(hashed), "api") == [
+                (
+                    "warn",
+                    f"{url} answers degraded (its reasons are shown to a caller with a key: set "
+                    "HEIMDALL_ADMIN_TOKEN)",
+                )
+            ]
+            redis.Redis.from_url(redis_url).shutdown(nosave=True)
+            [(level, message)] = in_area(check_api(with_key), "api")
+            assert level == "fail" and message.startswith(f"{url} answers unavailable (redis: ")
