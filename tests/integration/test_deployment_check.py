@@ -183,6 +183,14 @@ def test_workers_in_trouble_are_named(settings: Settings, redis_client: redis.Re
     ]
 
 
+def beat_champion(store: RedisStore, queue: str, worker_id: str, **champion: str | None) -> None:
+    """A worker's heartbeat on ``queue``, serving model 2.1.0 as champion with ``champion``'s
+    fields (its registry version, its sha256)."""
+    served = {"model_version": "2.1.0", **champion}
+    fields = {"worker_id": worker_id, "queue": queue, "generation": 0}
+    store.heartbeat(worker_id, {**fields, "models": {"champion": served}}, 30)
+
+
 def test_workers_behind_the_registry_alias_are_named(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
@@ -190,10 +198,8 @@ def test_workers_behind_the_registry_alias_are_named(
         update={"redis_prefix": f"{settings.redis_prefix}chv:", "model_source": "registry"}
     )
     store = RedisStore(redis_client, local.redis_prefix)
-    for worker_id, version in (("h1:1", "1"), ("h1:2", "2")):
-        served = {"champion": {"registry_version": version, "model_version": "2.1.0"}}
-        beat = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
-        store.heartbeat(worker_id, {**beat, "models": served}, 30)
+    beat_champion(store, settings.queue, "h1:1", registry_version="1")
+    beat_champion(store, settings.queue, "h1:2", registry_version="2")
     assert [f.level for f in check_workers(local, named=None)] == ["ok"]
     assert [(f.level, f.message) for f in check_workers(local, named="2")][1:] == [
         (
@@ -216,14 +222,8 @@ def test_workers_on_another_model_than_the_folder_are_named(
     assert model.level == "ok" and len(named) == 1 and len(named[0]) == 64
     folder = named[0]
     store = RedisStore(redis_client, local.redis_prefix)
-
-    def beat(worker_id: str, sha256: str) -> None:
-        served = {"registry_version": None, "model_version": "2.1.0", "sha256": sha256}
-        fields = {"worker_id": worker_id, "queue": settings.queue, "generation": 0}
-        store.heartbeat(worker_id, {**fields, "models": {"champion": served}}, 30)
-
-    beat("h1:1", folder)
-    beat("h1:2", "ab" * 32)
+    beat_champion(store, settings.queue, "h1:1", registry_version=None, sha256=folder)
+    beat_champion(store, settings.queue, "h1:2", registry_version=None, sha256="ab" * 32)
     assert [f.level for f in check_workers(local, named=None)] == ["ok"]
     assert [f.level for f in check_workers(local, named=folder)] == ["ok", "warn"]
     warning = check_workers(local, named=folder)[1].message
@@ -232,7 +232,7 @@ def test_workers_on_another_model_than_the_folder_are_named(
         f"{folder[:12]}… (the folder changed since they loaded it, or their hosts' folders "
         "differ): `heimdall-inference models reload` loads the folder again"
     )
-    beat("h1:2", folder)  # reloaded
+    beat_champion(store, settings.queue, "h1:2", registry_version=None, sha256=folder)  # reloaded
     assert [f.level for f in check_workers(local, named=folder)] == ["ok"]
 
 
