@@ -51,6 +51,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
     from api_shim.app import create_app
+    from api_shim.presence import start_beating, stop_beating
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
@@ -74,6 +75,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set(
                 "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)
             )
+            # each process beats in Redis, so `check` on any host finds it
+            self.cfg.set("post_worker_init", lambda worker: start_beating(worker.wsgi, host, port))
+            self.cfg.set("worker_exit", lambda _server, worker: stop_beating(worker.wsgi))
 
         def load(self):  # the WSGI app gunicorn serves
             return create_app(settings)

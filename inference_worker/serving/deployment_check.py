@@ -4,30 +4,26 @@ can serve it.
 Each store answers and is set up to keep accepted work (:mod:`store_checks`: Redis neither evicts
 nor forgets waiting captures, the job schema is this release's, the queues have the arguments
 this release declares, nothing waits in the dead-letter queue or sits stuck), the model to serve
-is intact, worker processes serve the queue, and the api on this host answers and sees the
-stores (its settings may differ from the check's). The checks read: they create, migrate, replace
-and delete nothing — but RabbitMQ tells of an alarm only a connection that publishes, so they
-publish two empty messages that no queue takes; and as any reading of the registry does, they
-keep the aliases read on this host, and while the registry does not answer a copy on this host
-that no longer matches its sha256 is removed. Each answers within a few seconds whatever is down.
+is intact, worker processes serve the queue, and the apis answer and see the stores
+(:mod:`api_check`). The checks read: they create, migrate, replace and delete nothing — but
+RabbitMQ tells of an alarm only a connection that publishes, so they publish two empty messages
+that no queue takes; and as any reading of the registry does, they keep the aliases read on this
+host, and while the registry does not answer a copy on this host that no longer matches its
+sha256 is removed. Each answers within a few seconds whatever is down.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from inference_worker.serving.api_check import check_api, loopback
 from inference_worker.serving.registry import CHAMPION
 from inference_worker.serving.store_checks import (
     Finding,
-    Level,
     check_broker,
     check_database,
     check_redis,
@@ -35,13 +31,11 @@ from inference_worker.serving.store_checks import (
 )
 from inference_worker.settings import Settings
 
-__all__ = ["AREAS", "Finding", "check_deployment"]
+__all__ = ["AREAS", "Finding", "check_api", "check_deployment"]
 
 AREAS = ("rabbitmq", "redis", "postgresql", "model", "workers", "api", "host")
 """What the check looks at, in the order it reports."""
 LOW_DISK_BYTES = 1 << 30
-API_TIMEOUT_S = 5.0
-"""How long the api has to answer ``/health``, which asks every store and the registry."""
 
 
 def check_deployment(settings: Settings, skip: Collection[str] = ()) -> list[Finding]:
@@ -219,16 +213,6 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
     return findings
 
 
-def _loopback(host: str) -> bool:
-    """Whether ``host`` is an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a name: it may resolve to any address
-        return False
-
-
 def _served(worker: dict[str, Any]) -> str:
     """What a worker serves as champion, in words: the model's version, and the registry's."""
     model = f"model {worker.get('model_version')}"
@@ -253,62 +237,6 @@ def _champion(worker: dict[str, Any]) -> dict[str, Any]:
     return dict((worker.get("models") or {}).get(CHAMPION) or {})
 
 
-# --- the api on this host ---------------------------------------------------------------------
-def check_api(settings: Settings) -> list[Finding]:
-    """The HTTP shim this host's settings describe answers ``/health``, and how it sees the
-    stores and the model (its settings may differ from the check's)."""
-    host = settings.api_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: loopback reaches it
-        host = "127.0.0.1"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    url = f"http://{host}:{settings.api_port}/health"
-    request = urllib.request.Request(url)
-    key = _a_key(settings)
-    if key:  # the reasons of an unhealthy answer are shown to a caller with a key only
-        request.add_header("Authorization", f"Bearer {key}")
-    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # this host
-    try:
-        with no_proxy.open(request, timeout=API_TIMEOUT_S) as reply:
-            status, raw = reply.status, reply.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except OSError as exc:
-        reason = getattr(exc, "reason", exc)
-        return [
-            Finding(
-                "api",
-                "warn",
-                f"no api answers at {url} ({reason}): start `heimdall-inference api` on this "
-                "host, or look where it runs (HEIMDALL_API_HOST and HEIMDALL_API_PORT)",
-            )
-        ]
-    try:
-        body = json.loads(raw)
-        state = body["status"]
-    except (ValueError, KeyError, TypeError):
-        return [Finding("api", "warn", f"{url} answers {status}, but not as this service's api")]
-    failing = [
-        f"{name}: {check.get('error') or check.get('problems') or 'not ok'}"
-        for name, check in (body.get("checks") or {}).items()
-        if isinstance(check, dict) and not check.get("ok", True)
-    ]
-    said = f" ({'; '.join(str(f) for f in failing)})" if failing else ""
-    if not said and key is None and settings.api_keys:
-        said = " (its reasons are shown to a caller with a key: set HEIMDALL_ADMIN_TOKEN)"
-    if state == "ok":
-        return [Finding("api", "ok", f"{url} answers: ok")]
-    level: Level = "fail" if status >= 500 else "warn"
-    return [Finding("api", level, f"{url} answers {state}{said}")]
-
-
-def _a_key(settings: Settings) -> str | None:
-    """A key the api takes, from this host's settings: the admin token, or a plain key."""
-    if settings.admin_token.get_secret_value():
-        return settings.admin_token.get_secret_value()
-    return next((k.key.get_secret_value() for k in settings.api_keys if k.key is not None), None)
-
-
 # --- this host --------------------------------------------------------------------------------
 def check_host(settings: Settings) -> list[Finding]:
     findings = []
@@ -328,7 +256,7 @@ def check_host(settings: Settings) -> list[Finding]:
         findings.append(
             Finding("host", "warn", f"{free / 2**20:.0f} MiB free where the data folder is")
         )
-    if not settings.api_keys and not _loopback(settings.api_host):
+    if not settings.api_keys and not loopback(settings.api_host):
         findings.append(
             Finding(
                 "host",

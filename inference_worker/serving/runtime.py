@@ -16,6 +16,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from inference_worker.serving import observability
+from inference_worker.serving.heartbeat import beat_until
 from inference_worker.serving.jobs import JobServices
 from inference_worker.serving.memory import retain_freed_memory
 from inference_worker.serving.models import ModelUnavailable, ServedModels
@@ -24,12 +25,14 @@ from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import engine_for
 from inference_worker.storage.errors import STORE_ERRORS
-from inference_worker.storage.redis_store import RedisStore, connect
+from inference_worker.storage.redis_store import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_TTL_S,
+    RedisStore,
+    connect,
+)
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL_S = 2.0
-HEARTBEAT_TTL_S = 10
 
 
 class ProcessRuntime:
@@ -142,12 +145,9 @@ class ProcessRuntime:
             self._stop.wait(HEARTBEAT_INTERVAL_S)
 
     def _beat(self, store: RedisStore) -> None:
-        while not self._stop.is_set():
-            try:
-                store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S)
-            except STORE_ERRORS as exc:  # Redis down, full or refusing writes: beat again next time
-                log.warning("heartbeat to Redis failed: %s", exc)
-            except Exception:  # any other refusal (NOPERM: an ACL that denies the command) too:
-                # a heartbeat thread that ended would leave a working process counted as gone
-                log.exception("heartbeat to Redis failed")
-            self._stop.wait(HEARTBEAT_INTERVAL_S)
+        beat_until(
+            self._stop,
+            lambda: store.heartbeat(self.worker_id, self._info(), HEARTBEAT_TTL_S),
+            HEARTBEAT_INTERVAL_S,
+            log,
+        )

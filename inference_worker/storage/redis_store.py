@@ -1,5 +1,5 @@
-"""Redis: capture blobs (the claim check), job results with a TTL, the result cache and
-worker heartbeats. Every key starts with the configured prefix."""
+"""Redis: capture blobs (the claim check), job results with a TTL, the result cache and the
+heartbeats of worker and api processes. Every key starts with the configured prefix."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class ReplyParser(DefaultParser):  # type: ignore[misc,valid-type]  # hiredis or
     fault in the request."""
 
     EXCEPTION_CLASSES = {**DefaultParser.EXCEPTION_CLASSES, "MISCONF": PersistenceError}
+
+
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
+"""A process beats every ``HEARTBEAT_INTERVAL_S``; one silent for ``HEARTBEAT_TTL_S`` is gone."""
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -266,14 +271,29 @@ class RedisStore:
         pipeline.hincrby(self.serving_key(), "generation", 1)
         return int(pipeline.execute()[-1])
 
-    # --- worker heartbeats ------------------------------------------------------------------
+    # --- heartbeats of worker and api processes --------------------------------------------
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: int) -> None:
-        self.client.set(f"{self.prefix}worker:{worker_id}", json.dumps(info), ex=ttl_s)
+        self._beat("worker", worker_id, info, ttl_s)
 
     def forget_worker(self, worker_id: str) -> None:
         self.client.delete(f"{self.prefix}worker:{worker_id}")
 
     def workers(self) -> list[dict[str, Any]]:
-        keys = list(self.client.scan_iter(match=f"{self.prefix}worker:*", count=100))
+        return self._beating("worker")
+
+    def api_heartbeat(self, api_id: str, info: dict[str, Any], ttl_s: int) -> None:
+        self._beat("api", api_id, info, ttl_s)
+
+    def forget_api(self, api_id: str) -> None:
+        self.client.delete(f"{self.prefix}api:{api_id}")
+
+    def apis(self) -> list[dict[str, Any]]:
+        return self._beating("api")
+
+    def _beat(self, kind: str, member: str, info: dict[str, Any], ttl_s: int) -> None:
+        self.client.set(f"{self.prefix}{kind}:{member}", json.dumps(info), ex=ttl_s)
+
+    def _beating(self, kind: str) -> list[dict[str, Any]]:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}{kind}:*", count=100))
         values = self.client.mget(keys) if keys else []
         return [json.loads(v) for v in values if v is not None]

@@ -4,6 +4,7 @@ from being served is named, with what to do, and a sound deployment passes."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -48,14 +49,16 @@ def test_a_served_deployment_passes(
     local = settings.model_copy(update={"api_port": free_port()})
     api = ["api", "--port", str(local.api_port), "--workers", "1"]
     with cli_process(api, tmp_path / "api.log", worker_env(local)) as process:
-        wait_until("the api", lambda: check_api(local)[0].level == "ok", 60, process)
+        wait_until("the api", lambda: check_api(local)[-1].level == "ok", 60, process)
         findings = check_deployment(local)
-    assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 6, findings
-    rabbitmq, postgresql, model, workers, api_said = (
-        in_area(findings, area)[0][1]
-        for area in ("rabbitmq", "postgresql", "model", "workers", "api")
+    assert [f.level for f in findings if f.area != "redis"] == ["ok"] * 7, findings
+    rabbitmq, postgresql, model, workers = (
+        in_area(findings, area)[0][1] for area in ("rabbitmq", "postgresql", "model", "workers")
     )
-    assert api_said == f"http://127.0.0.1:{local.api_port}/health answers: ok"
+    assert [message for _, message in in_area(findings, "api")] == [
+        f"1 api process(es) on {socket.gethostname()} serve queue {settings.queue!r}",
+        f"http://127.0.0.1:{local.api_port}/health answers: ok",
+    ]
     assert f"queue {settings.queue!r}" in rabbitmq and "0 consumer" not in rabbitmq
     assert "guest:***@" in rabbitmq  # the password is never printed
     assert f"at migration {known_revisions()[-1]}" in postgresql

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from inference_worker.api_keys import ApiKey
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.serving.deployment_check import check_api
 from inference_worker.settings import Settings
+from inference_worker.storage.redis_store import RedisStore, connect
 from tests.integration.helpers import free_port, in_area, private_redis, run_check, worker_env
 
 
@@ -89,7 +91,7 @@ def test_the_api_on_this_host_says_how_it_sees_the_deployment(
         env = {**worker_env(shim), "HEIMDALL_API_KEYS": keys}
         with cli_process(api, tmp_path / "api.log", env) as process:
             wait_until(
-                "the api", lambda: "no api answers" not in check_api(local)[0].message, 60, process
+                "the api", lambda: "no api answers" not in check_api(local)[-1].message, 60, process
             )
             [(level, message)] = in_area(check_api(with_key), "api")  # no worker beats in its Redis
             assert (level, message) == (
@@ -106,3 +108,54 @@ def test_the_api_on_this_host_says_how_it_sees_the_deployment(
             redis.Redis.from_url(redis_url).shutdown(nosave=True)
             [(level, message)] = in_area(check_api(with_key), "api")
             assert level == "fail" and message.startswith(f"{url} answers unavailable (redis: ")
+
+
+def test_the_check_asks_every_api_that_beats(settings: Settings, tmp_path: Path) -> None:
+    """Each api process beats in Redis while it serves, and is forgotten when it stops; the
+    check names the hosts the apis run on and asks each address another host's api beats from,
+    except its loopback; a host without an api of its own is then no warning."""
+    here, port = socket.gethostname(), free_port()
+    with private_redis(tmp_path / "redis") as redis_url:
+        shim = settings.model_copy(
+            update={"redis_url": redis_url, "api_host": "0.0.0.0", "api_port": port}
+        )
+        store = RedisStore(connect(redis_url), shim.redis_prefix)
+        gone = free_port()  # nothing listens there
+        for host, url in (
+            ("elsewhere-a", f"http://{here}:{port}"),  # reaches the api below, by this host's name
+            ("elsewhere-b", "http://127.0.0.1:1"),
+            ("elsewhere-c", f"http://{here}:{gone}"),
+        ):
+            info = {"api_id": f"{host}:1", "host": host, "url": url, "queue": shim.queue}
+            store.api_heartbeat(info["api_id"], info, ttl_s=300)
+        api = ["api", "--workers", "2"]
+        with cli_process(api, tmp_path / "api.log", worker_env(shim)) as process:
+            wait_until("the api's beats", lambda: len(store.apis()) == 5, 60, process)
+            assert {a["url"] for a in store.apis() if a["host"] == here} == {
+                f"http://{here}:{port}"
+            }
+            findings = in_area(check_api(shim), "api")
+            elsewhere = shim.model_copy(update={"api_port": gone})  # this host runs none there
+            without_one = in_area(check_api(elsewhere), "api")
+        wait_until("the api forgotten", lambda: len(store.apis()) == 3, 30)
+        store.client.close()
+    degraded = "answers degraded (model: no worker is serving this queue)"
+    assert findings == [
+        (
+            "ok",
+            f"5 api process(es) on elsewhere-a, elsewhere-b, elsewhere-c, {here} serve queue "
+            f"{shim.queue!r}",
+        ),
+        ("warn", f"http://127.0.0.1:{port}/health {degraded}"),
+        ("warn", f"http://{here}:{port}/health {degraded}"),
+        ("ok", "http://127.0.0.1:1 (on elsewhere-b) listens on its loopback: not asked"),
+        findings[4],
+    ]
+    level, message = findings[4]
+    assert level == "warn" and message.startswith(
+        f"http://{here}:{gone}/health, where an api on elsewhere-c beats from, does not answer"
+    )
+    level, message = without_one[1]
+    assert level == "ok" and message.startswith(f"no api answers at http://127.0.0.1:{gone}/")
+    assert message.endswith("the apis run on elsewhere-a, elsewhere-b, elsewhere-c")
+    assert f"http://{here}:{port}/health {degraded}" in [m for _, m in without_one]

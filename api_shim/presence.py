@@ -1,0 +1,86 @@
+"""Each shim process beats in Redis, as worker processes do, so that ``heimdall-inference check``
+on any host finds every api of the deployment and asks each one's ``/health``.
+
+Started by ``heimdall-inference api`` in each gunicorn process once it has loaded the app, and
+forgotten when the process exits; an app served otherwise (a test client, a WSGI server of the
+operator's) does not beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from flask import Flask
+
+from api_shim.services import ShimServices
+from inference_worker.serving.api_check import base_url
+from inference_worker.serving.heartbeat import beat_until
+from inference_worker.storage.errors import STORE_ERRORS
+from inference_worker.storage.redis_store import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
+
+log = logging.getLogger(__name__)
+EXTENSION = "heimdall-presence"
+
+
+class ApiPresence:
+    """The heartbeat of one shim process: where it answers, its queue and the champion it
+    checks submissions against."""
+
+    def __init__(self, shim: ShimServices, url: str) -> None:
+        self.shim = shim
+        self.url = url
+        self.host = socket.gethostname()
+        self.api_id = f"{self.host}:{os.getpid()}"
+        self.started_at = time.time()
+        self._stop = threading.Event()
+
+    def info(self) -> dict[str, Any]:
+        model = self.shim.served.current()
+        return {
+            "api_id": self.api_id,
+            "host": self.host,
+            "url": self.url,
+            "queue": self.shim.settings.queue,
+            "model_version": model.version if model else None,
+            "started_at": self.started_at,
+            "seen_at": time.time(),
+        }
+
+    def start(self) -> None:
+        def beat() -> None:
+            self.shim.store.api_heartbeat(self.api_id, self.info(), HEARTBEAT_TTL_S)
+
+        threading.Thread(
+            target=beat_until,
+            args=(self._stop, beat, HEARTBEAT_INTERVAL_S, log),
+            name="heimdall-api-heartbeat",
+            daemon=True,
+        ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.shim.store.forget_api(self.api_id)
+        except STORE_ERRORS:  # its beat lapses by itself
+            pass
+
+
+def start_beating(app: object, host: str, port: int) -> None:
+    """Beat for the shim process serving ``app`` on ``host:port`` (one listening everywhere is
+    named by this host's name); not for an app that failed to load (gunicorn serves its error)."""
+    if not isinstance(app, Flask):
+        return
+    presence = ApiPresence(app.extensions["heimdall"], base_url(host, port, socket.gethostname()))
+    app.extensions[EXTENSION] = presence
+    presence.start()
+
+
+def stop_beating(app: object) -> None:
+    presence = app.extensions.get(EXTENSION) if isinstance(app, Flask) else None
+    if isinstance(presence, ApiPresence):
+        presence.stop()

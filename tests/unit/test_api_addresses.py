@@ -1,0 +1,40 @@
+"""The addresses an api is asked at and beats from, as ``heimdall-inference check`` builds them."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference_worker.serving.api_check import base_url, loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("0.0.0.0", "http://vm:8000"),  # listening everywhere: reached by the name given
+        ("", "http://vm:8000"),
+        ("::", "http://vm:8000"),
+        ("10.1.2.3", "http://10.1.2.3:8000"),
+        ("fd00::5", "http://[fd00::5]:8000"),
+        ("[fd00::5]", "http://[fd00::5]:8000"),
+        ("api.example.org", "http://api.example.org:8000"),
+    ],
+)
+def test_an_api_is_reached_at_the_address_it_listens_on(host: str, expected: str) -> None:
+    assert base_url(host, 8000, wildcard_as="vm") == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "only_here"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.0.1.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("10.1.2.3", False),
+        ("vm", False),
+        ("0.0.0.0", False),
+    ],
+)
+def test_loopback_addresses_reach_only_their_own_host(host: str, only_here: bool) -> None:
+    assert loopback(host) is only_here
