@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from inference_worker.serving.store_checks import Finding, Level
 from inference_worker.settings import Settings
-from inference_worker.storage.errors import STORE_ERRORS
 
 API_TIMEOUT_S = 5.0
 """How long an api has to answer ``/health``, which asks every store and the registry."""
@@ -108,14 +107,16 @@ def check_api(settings: Settings) -> list[Finding]:
 
 
 def _beating_apis(settings: Settings) -> list[dict[str, Any]]:
-    """The heartbeats of the api processes of this queue; none where Redis does not answer
-    (its own check says why)."""
+    """The heartbeats of the api processes of this queue; none where Redis does not answer or
+    refuses to list them (an ACL): the check's ``redis`` area says why."""
+    from redis import RedisError
+
     from inference_worker.storage.redis_store import RedisStore, connect
 
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     try:
         return [a for a in store.apis() if a.get("queue") == settings.queue]
-    except STORE_ERRORS:
+    except RedisError:
         return []
     finally:
         store.client.close()

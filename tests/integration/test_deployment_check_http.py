@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import redis
 
 from inference_worker.api_keys import ApiKey
@@ -159,3 +160,18 @@ def test_the_check_asks_every_api_that_beats(settings: Settings, tmp_path: Path)
     assert level == "ok" and message.startswith(f"no api answers at http://127.0.0.1:{gone}/")
     assert message.endswith("the apis run on elsewhere-a, elsewhere-b, elsewhere-c")
     assert f"http://{here}:{port}/health {degraded}" in [m for _, m in without_one]
+
+
+def test_a_redis_that_refuses_to_list_heartbeats_leaves_the_api_asked(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An ACL that denies SCAN (the heartbeats cannot be listed) is the ``redis`` area's to
+    tell: the api area still asks this host's api, and fails for nothing else."""
+    port = free_port()
+    refusing = ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-scan")
+    with private_redis(tmp_path / "redis", *refusing) as redis_url:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            redis.Redis.from_url(redis_url).scan()
+        local = settings.model_copy(update={"redis_url": redis_url, "api_port": port})
+        [(level, message)] = in_area(check_api(local), "api")
+    assert level == "warn" and message.startswith(f"no api answers at http://127.0.0.1:{port}/")
