@@ -1,9 +1,9 @@
 """Each shim process beats in Redis, as worker processes do, so that ``heimdall-inference check``
 on any host finds every api of the deployment and asks each one's ``/health``.
 
-Started by ``heimdall-inference api`` in each gunicorn process once it has loaded the app, and
-forgotten when the process exits; an app served otherwise (a test client, a WSGI server of the
-operator's) does not beat.
+Started in each gunicorn process once it has loaded the app, and forgotten when the process
+exits, by ``heimdall-inference api`` and by ``config/gunicorn.conf.py``; an app served otherwise
+(a test client, another WSGI server) does not beat.
 """
 
 from __future__ import annotations
@@ -71,11 +71,14 @@ class ApiPresence:
 
 
 def start_beating(app: object, host: str, port: int) -> None:
-    """Beat for the shim process serving ``app`` on ``host:port`` (one listening everywhere is
-    named by this host's name); not for an app that failed to load (gunicorn serves its error)."""
+    """Beat for the shim process serving ``app`` on ``host:port``, announcing the settings'
+    ``api_public_url`` or that address (one listening everywhere named by this host's name); not
+    for an app that failed to load (gunicorn serves its error)."""
     if not isinstance(app, Flask):
         return
-    presence = ApiPresence(app.extensions["heimdall"], base_url(host, port, socket.gethostname()))
+    shim: ShimServices = app.extensions["heimdall"]
+    url = shim.settings.api_public_url or base_url(host, port, socket.gethostname())
+    presence = ApiPresence(shim, url)
     app.extensions[EXTENSION] = presence
     presence.start()
 

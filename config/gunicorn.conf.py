@@ -15,3 +15,15 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = 60
 graceful_timeout = 30  # SIGTERM lets requests in flight finish
 accesslog = "-"
+
+
+def post_worker_init(worker):  # each process beats in Redis: `heimdall-inference check` finds it
+    from api_shim.presence import start_beating
+
+    start_beating(worker.wsgi, host, int(bind.rsplit(":", 1)[1]))
+
+
+def worker_exit(server, worker):
+    from api_shim.presence import stop_beating
+
+    stop_beating(worker.wsgi)

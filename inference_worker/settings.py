@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -234,6 +235,12 @@ class Settings(BaseSettings):
     # --- HTTP shim ------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on.")
     api_port: int = Field(8003, ge=1, le=65535, description="Port the HTTP shim listens on.")
+    api_public_url: str = Field(
+        "",
+        description="Where other hosts reach the HTTP shim (http://host:port, or a proxy's "
+        "https://host/path), as its processes announce it in Redis for `heimdall-inference "
+        "check`; empty: the address it listens on, this host's name where that is every address.",
+    )
     api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the shim.")
     max_wait_s: float = Field(
         30.0,
@@ -275,6 +282,14 @@ class Settings(BaseSettings):
                 "HEIMDALL_TASK_TIME_LIMIT_S must be above HEIMDALL_TASK_SOFT_TIME_LIMIT_S"
             )
         return self
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        return value.rstrip("/")
 
     @field_validator("redis_prefix")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from inference_worker.api_keys import ApiKey
-from inference_worker.cli.processes import cli_process, wait_until
+from inference_worker.cli.processes import cli_process, managed_process, wait_until
 from inference_worker.serving.deployment_check import check_api
 from inference_worker.settings import Settings
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -175,3 +176,27 @@ def test_a_redis_that_refuses_to_list_heartbeats_leaves_the_api_asked(
         local = settings.model_copy(update={"redis_url": redis_url, "api_port": port})
         [(level, message)] = in_area(check_api(local), "api")
     assert level == "warn" and message.startswith(f"no api answers at http://127.0.0.1:{port}/")
+
+
+def test_a_shim_under_the_containers_gunicorn_config_beats_its_public_address(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``gunicorn -c config/gunicorn.conf.py api_shim.wsgi:app`` (the containers' way) beats as
+    ``heimdall-inference api`` does, announcing ``HEIMDALL_API_PUBLIC_URL`` (behind a proxy or
+    NAT the address it listens on is not the one other hosts reach); gone once it stops."""
+    port, public = free_port(), "https://heimdall.example.org/api"
+    with private_redis(tmp_path / "redis") as redis_url:
+        shim = settings.model_copy(
+            update={"redis_url": redis_url, "api_port": port, "api_public_url": public}
+        )
+        store = RedisStore(connect(redis_url), shim.redis_prefix)
+        config = Path(__file__).parents[2] / "config" / "gunicorn.conf.py"
+        command = [sys.executable, "-m", "gunicorn", "-c", str(config), "api_shim.wsgi:app"]
+        env = {**worker_env(shim), "HEIMDALL_API_WORKERS": "1"}
+        with managed_process(command, tmp_path / "gunicorn.log", env) as process:
+            wait_until("the shim's beat", lambda: bool(store.apis()), 60, process)
+            [beat] = store.apis()
+        wait_until("its beat forgotten", lambda: not store.apis(), 30)
+        store.client.close()
+    assert (beat["url"], beat["host"], beat["queue"]) == (public, socket.gethostname(), shim.queue)
+    assert beat["model_version"] == "2.1.0"

@@ -114,6 +114,16 @@ def test_redis_prefix_always_ends_with_a_colon():
     assert load_settings(redis_prefix="svc").redis_prefix == "svc:"
 
 
+def test_the_public_url_of_the_api_is_an_http_url_without_a_trailing_slash():
+    assert load_settings(api_public_url="https://h.example/api/").api_public_url == (
+        "https://h.example/api"
+    )
+    assert load_settings(api_public_url="").api_public_url == ""
+    for wrong in ("h.example:8003", "ftp://h.example", "http://"):
+        with pytest.raises(pydantic.ValidationError, match="not an http:// or https:// URL"):
+            load_settings(api_public_url=wrong)
+
+
 def test_schema_names_are_restricted_to_safe_identifiers():
     with pytest.raises(pydantic.ValidationError):
         load_settings(database_schema='x"; DROP TABLE jobs; --')
