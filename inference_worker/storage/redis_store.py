@@ -276,7 +276,7 @@ class RedisStore:
         self._beat("worker", worker_id, info, ttl_s)
 
     def forget_worker(self, worker_id: str) -> None:
-        self.client.delete(f"{self.prefix}worker:{worker_id}")
+        self.client.delete(self._beat_key("worker", worker_id))
 
     def workers(self) -> list[dict[str, Any]]:
         return self._beating("worker")
@@ -285,15 +285,18 @@ class RedisStore:
         self._beat("api", api_id, info, ttl_s)
 
     def forget_api(self, api_id: str) -> None:
-        self.client.delete(f"{self.prefix}api:{api_id}")
+        self.client.delete(self._beat_key("api", api_id))
 
     def apis(self) -> list[dict[str, Any]]:
         return self._beating("api")
 
+    def _beat_key(self, kind: str, member: str) -> str:
+        return f"{self.prefix}{kind}:{member}"
+
     def _beat(self, kind: str, member: str, info: dict[str, Any], ttl_s: int) -> None:
-        self.client.set(f"{self.prefix}{kind}:{member}", json.dumps(info), ex=ttl_s)
+        self.client.set(self._beat_key(kind, member), json.dumps(info), ex=ttl_s)
 
     def _beating(self, kind: str) -> list[dict[str, Any]]:
-        keys = list(self.client.scan_iter(match=f"{self.prefix}{kind}:*", count=100))
+        keys = list(self.client.scan_iter(match=self._beat_key(kind, "*"), count=100))
         values = self.client.mget(keys) if keys else []
         return [json.loads(v) for v in values if v is not None]
