@@ -27,6 +27,7 @@ from inference_worker.storage.reachability import unreachable_services
 from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import dead_letter_queue_name
 from tests.integration.helpers import free_port, migrated_schema, queue_consumers, worker_env
+from tests.integration.registry_helpers import closed_port, own_registry_database
 
 pytestmark = pytest.mark.integration
 WORKER_START_TIMEOUT_S = 60
@@ -173,3 +174,16 @@ def own_queue_factory(
 @pytest.fixture
 def own_queue(own_queue_factory):
     return own_queue_factory()
+
+
+@pytest.fixture
+def registry_database(settings: Settings, engine: sa.Engine) -> Iterator[tuple[str, sa.Engine]]:
+    """A registry database of the test's own: its URL, and an engine that switches it off."""
+    with own_registry_database(settings) as database:
+        yield database
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    with closed_port() as port:
+        yield port
