@@ -22,7 +22,6 @@ import subprocess
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import kombu
 import numpy as np
@@ -36,8 +35,8 @@ from tasks.app import create_celery, dead_letter_queue_name, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
 from tests.integration.helpers import free_port, produce, worker_env
+from tests.integration.service_control import cannot_run, require_opt_in, restore_services
 
-OPT_IN = "HEIMDALL_FAULT_TESTS"
 CLIENT_TIMEOUT_S = 30.0
 """A submission unanswered this long counts as held (status 0), which fails the test."""
 DURING = 8
@@ -48,7 +47,6 @@ ALARM_WATERMARK = "0.000001"
 """The watermark that sets the alarm off. ``tools/local_services.sh`` knows it and sets the
 configured one back, here and after a run killed while it was set (every publisher on the
 machine would stay blocked)."""
-RESTORE = Path(__file__).resolve().parents[2] / "tools" / "local_services.sh"
 
 
 def rabbit_eval(expression: str) -> str:
@@ -63,20 +61,20 @@ def memory_alarm() -> bool:
 
 def set_watermark(on: bool) -> None:
     command = ["rabbitmqctl", "-q", "set_vm_memory_high_watermark", ALARM_WATERMARK]
-    subprocess.run(command if on else [str(RESTORE)], check=True, timeout=180, capture_output=True)
+    if on:
+        subprocess.run(command, check=True, timeout=180, capture_output=True)
+    else:
+        restore_services()
 
 
 @pytest.fixture
 def memory_alarm_switch():
     """A function that sets off a memory alarm on this machine's RabbitMQ; the watermark is
     set back afterwards, whatever happens."""
-    if os.environ.get(OPT_IN) != "1":
-        pytest.skip(f"sets off a memory alarm on this machine's RabbitMQ: set {OPT_IN}=1")
+    require_opt_in("sets off a memory alarm on this machine's RabbitMQ")
     if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
         why = "setting RabbitMQ's memory watermark needs rabbitmqctl and root"
-        if os.environ.get("CI"):
-            pytest.fail(f"the broker alarm test cannot run in CI: {why}")
-        pytest.skip(why)
+        cannot_run("the broker alarm test", why)
     switched = []
 
     def switch(on: bool) -> None:

@@ -19,18 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,125 +37,47 @@ from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.science.kiwi_sets import synthetic_set
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import inference_logs, jobs
-from tasks.contract import read_message
-from tasks.outbox import record_job
-from tests.helpers import capture_message, capture_query, npy_bytes
-from tests.integration.helpers import (
-    blocked_on,
-    forget_workers,
-    free_port,
-    hold_row,
-    produce,
-    worker_env,
+from tests.helpers import capture_query, npy_bytes
+from tests.integration.helpers import forget_workers, free_port, worker_env
+from tests.integration.service_control import (
+    cannot_run,
+    kill_the_worker_holding_a_job,
+    require_opt_in,
+    restart_rabbitmq,
+    restart_redis,
+    restore_services,
+    stop_postgres_for,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-RESTORE = REPO / "tools" / "local_services.sh"
+SUITE = "the fault-injection suite"
 CONTROL_COMMANDS = ("rabbitmqctl", "rabbitmq-server", "redis-cli", "redis-server", "pg_ctlcluster")
 SUBMIT_INTERVAL_S = 0.1
 CLIENT_TIMEOUT_S = 30.0
 """A submission unanswered this long counts as a hang (status 0), which fails the test; how long
 refusals take is reported, not asserted (the shim gives the broker ~3 s, the stores 3 s)."""
-OPT_IN = "HEIMDALL_FAULT_TESTS"
 SEED = 20261127
 POSTGRES_DOWN_S = 5.0
 
 
-def restore_services() -> None:
-    subprocess.run([str(RESTORE)], check=True, timeout=180, capture_output=True)
-
-
-def run(*command: str, check: bool = True) -> None:
-    subprocess.run(command, check=check, timeout=120, capture_output=True)
-
-
 @pytest.fixture
 def services_under_our_control(settings, engine):
-    if os.environ.get(OPT_IN) != "1":
-        pytest.skip(f"restarts this machine's RabbitMQ, Redis and PostgreSQL: set {OPT_IN}=1")
+    require_opt_in("restarts this machine's RabbitMQ, Redis and PostgreSQL")
     missing = [c for c in CONTROL_COMMANDS if shutil.which(c) is None]
     hosts = {
         urllib.parse.urlsplit(url.replace("postgresql+psycopg2", "postgresql")).hostname
         for url in (settings.broker_url, settings.redis_url, settings.database_url)
     }
-    why = None
     if missing:
-        why = f"service commands not installed: {', '.join(missing)}"
-    elif os.geteuid() != 0:
-        why = "stopping and starting the services needs root"
-    elif not hosts <= {"127.0.0.1", "localhost"}:
-        why = f"services are not all on loopback: {sorted(h or '?' for h in hosts)}"
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"the fault-injection suite cannot run in CI: {why}")
-        pytest.skip(why)
+        cannot_run(SUITE, f"service commands not installed: {', '.join(missing)}")
+    if os.geteuid() != 0:
+        cannot_run(SUITE, "stopping and starting the services needs root")
+    if not hosts <= {"127.0.0.1", "localhost"}:
+        cannot_run(SUITE, f"services are not all on loopback: {sorted(h or '?' for h in hosts)}")
     try:
         yield
     finally:
         restore_services()  # whatever happened, leave every service running
         engine.dispose()  # the tests after this one start with fresh connections
-
-
-def restart_rabbitmq() -> None:
-    try:
-        run("rabbitmqctl", "shutdown")
-    finally:
-        restore_services()  # rabbitmq-server -detached, then waits until it answers
-    run("rabbitmqctl", "await_startup")
-
-
-def restart_redis() -> None:
-    """A graceful restart, as an operator does one: Redis saves its data and loads it again.
-
-    The Redis of a development machine runs with persistence off; SHUTDOWN SAVE writes a
-    snapshot anyway, which is removed again once loaded so the machine stays as it was.
-    """
-    dump_dir = subprocess.run(
-        ["redis-cli", "config", "get", "dir"], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
-    dump = Path(dump_dir) / "dump.rdb"
-    existed = dump.exists()
-    try:
-        run("redis-cli", "shutdown", "save", check=False)
-    finally:
-        restore_services()
-    if not existed:
-        dump.unlink(missing_ok=True)
-
-
-def stop_postgres_for(seconds: float) -> None:
-    cluster = sorted(os.listdir("/etc/postgresql"))[-1]
-    try:
-        run("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast")
-        time.sleep(seconds)
-    finally:
-        restore_services()
-
-
-def kill_the_worker_holding_a_job(engine, local, capture, workers: dict[str, subprocess.Popen]):
-    """Send a job through the queue, hold its row so the worker that takes it waits there, and
-    SIGKILL that worker (its whole process group) with the job in hand. Returns (job id, name).
-    """
-    job_id = f"fault-{uuid.uuid4()}"
-    message = capture_message(capture, job_id, f"{local.redis_prefix}blob:{job_id}")
-    record_job(JobStore(engine), read_message(message))
-    with engine.connect() as locker:
-        holder = hold_row(locker, job_id)
-        produce(local, capture, job_id=job_id)
-        pids: list[int] = []
-
-        def in_hand() -> bool:
-            names = [name for _, name, _ in blocked_on(engine, holder)]
-            pids.extend(int(n.rsplit(" ", 1)[1]) for n in names if n.startswith("heimdall-worker"))
-            return bool(pids)
-
-        wait_until("a worker taking the held job", in_hand, 30)
-        group = os.getpgid(pids[0])
-        name = next(n for n, process in workers.items() if process.pid == group)
-        os.killpg(group, signal.SIGKILL)
-        workers[name].wait(timeout=30)
-        locker.rollback()
-    return job_id, name
 
 
 @dataclass
