@@ -74,7 +74,7 @@ TERRAINS = 4
 
 def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.ndarray:
     """Squared Mahalanobis distance of each calibration capture's truth under the model."""
-    from tools.evaluate_model import run_model
+    from tools.evaluation_methods import run_model
 
     started, parts = time.monotonic(), []
     for index, spec in enumerate(specs):
