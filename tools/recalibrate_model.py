@@ -24,7 +24,6 @@ Then run tools/evaluate_model.py again.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -39,10 +38,7 @@ sys.path.insert(0, str(ROOT))
 from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
 
 require("onnx", "train", "rewriting the ONNX graph")
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
 
-from inference_worker.core.contract import file_sha256  # noqa: E402
 from inference_worker.science.calibration import (  # noqa: E402
     coverage_at,
     fit_levels,
@@ -64,6 +60,7 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
+from tools.model_calibration import label, write_scale  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 CALIBRATION_SEED = 31_337
@@ -121,39 +118,12 @@ def calibration_specs(network, features, world: str, count: int) -> list[Dataset
     ]
 
 
-def rescale_graph(path: Path, current: float, factor: float) -> int:
-    """Multiply the scalar constants equal to ``current`` (the sigma scale) by ``factor``."""
-    graph = onnx.load(str(path))
-    changed = 0
-    for node in graph.graph.node:
-        if node.op_type != "Constant":
-            continue
-        for attribute in node.attribute:
-            if attribute.name != "value" or list(attribute.t.dims):
-                continue
-            value = numpy_helper.to_array(attribute.t)
-            if value.dtype.kind == "f" and abs(float(value) - current) <= 1e-6 * max(1.0, current):
-                scaled = np.asarray(float(value) * factor, dtype=value.dtype)
-                attribute.t.CopyFrom(numpy_helper.from_array(scaled, attribute.t.name))
-                changed += 1
-    if changed != 2:
-        raise SystemExit(
-            f"error: expected the sigma scale {current} in 2 constants of {path}, found {changed}"
-        )
-    onnx.save(graph, str(path))
-    return changed
-
-
 def levels(coverage: list[float]) -> str:
     return " / ".join(f"{100 * c:.1f}" for c in coverage)
 
 
 RADII = ("levels", "single")
 """How the ellipses are fitted: level by level (the default), or one scale on the sigmas."""
-
-
-def label(level: float) -> str:
-    return f"{round(level * 100)}"
 
 
 def fit(
@@ -206,47 +176,6 @@ def fit(
         "coverage_after": after,
     }
     return factor, scales, info
-
-
-def calibrated_version(version: str, sha256: str) -> str:
-    """The version label of a model calibrated again: its own, with ``-cal.`` and the first
-    8 hex digits of its new file's sha256 (replacing an earlier such suffix)."""
-    base = re.sub(r"-cal\.[0-9a-f]{8}$", "", version)
-    return f"{base}-cal.{sha256[:8]}"
-
-
-def write_scale(
-    model_dir: Path,
-    factor: float,
-    calibration: dict,
-    *,
-    radius_scales: dict[float, float] | None = None,
-    relabel: bool = False,
-    version: str | None = None,
-) -> str:
-    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``, and
-    set its drawn ellipses' radius factors (none: drawn from the sigmas alone); with
-    ``relabel``, give it a version of its own (``version``, else :func:`calibrated_version`) so
-    that results, job records and the result cache never mix it with the model it was made
-    from. Returns the version written."""
-    metadata_path = model_dir / "model.json"
-    metadata = json.loads(metadata_path.read_text())
-    current = float(metadata["training"]["sigma_scale"])
-    rescale_graph(model_dir / "model.onnx", current, factor)
-    if radius_scales:
-        metadata["outputs"]["ellipse_radius_scales"] = {
-            label(p): round(f, 5) for p, f in radius_scales.items()
-        }
-    else:
-        metadata["outputs"].pop("ellipse_radius_scales", None)
-    metadata["sha256"] = file_sha256(model_dir / "model.onnx")
-    if relabel:
-        metadata["version"] = version or calibrated_version(metadata["version"], metadata["sha256"])
-    metadata["training"]["sigma_scale"] = current * factor
-    metadata["training"]["calibration"] = calibration
-    metadata["metrics"] = {}  # measured with the old scale: evaluate again
-    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-    return str(metadata["version"])
 
 
 def recalibrate(

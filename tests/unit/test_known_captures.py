@@ -158,7 +158,7 @@ def test_the_scale_spread_narrows_with_more_captures():
 
 
 def test_a_model_calibrated_again_replaces_its_calibration_suffix():
-    from tools.recalibrate_model import calibrated_version
+    from tools.model_calibration import calibrated_version
 
     once = calibrated_version("2.0.0", "ab" * 32)
     assert once == "2.0.0-cal.abababab"

@@ -1,0 +1,83 @@
+"""Writing a new calibration into a model folder: the sigma scale in the constants of its ONNX
+graph, the drawn ellipses' radius factors and the fit's record in ``model.json``, and, for a
+model calibrated again, a version of its own."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from inference_worker.core.contract import file_sha256
+
+
+def rescale_graph(path: Path, current: float, factor: float) -> int:
+    """Multiply the scalar constants equal to ``current`` (the sigma scale) by ``factor``."""
+    graph = onnx.load(str(path))
+    changed = 0
+    for node in graph.graph.node:
+        if node.op_type != "Constant":
+            continue
+        for attribute in node.attribute:
+            if attribute.name != "value" or list(attribute.t.dims):
+                continue
+            value = numpy_helper.to_array(attribute.t)
+            if value.dtype.kind == "f" and abs(float(value) - current) <= 1e-6 * max(1.0, current):
+                scaled = np.asarray(float(value) * factor, dtype=value.dtype)
+                attribute.t.CopyFrom(numpy_helper.from_array(scaled, attribute.t.name))
+                changed += 1
+    if changed != 2:
+        raise SystemExit(
+            f"error: expected the sigma scale {current} in 2 constants of {path}, found {changed}"
+        )
+    onnx.save(graph, str(path))
+    return changed
+
+
+def label(level: float) -> str:
+    return f"{round(level * 100)}"
+
+
+def calibrated_version(version: str, sha256: str) -> str:
+    """The version label of a model calibrated again: its own, with ``-cal.`` and the first
+    8 hex digits of its new file's sha256 (replacing an earlier such suffix)."""
+    base = re.sub(r"-cal\.[0-9a-f]{8}$", "", version)
+    return f"{base}-cal.{sha256[:8]}"
+
+
+def write_scale(
+    model_dir: Path,
+    factor: float,
+    calibration: dict,
+    *,
+    radius_scales: dict[float, float] | None = None,
+    relabel: bool = False,
+    version: str | None = None,
+) -> str:
+    """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``, and
+    set its drawn ellipses' radius factors (none: drawn from the sigmas alone); with
+    ``relabel``, give it a version of its own (``version``, else :func:`calibrated_version`) so
+    that results, job records and the result cache never mix it with the model it was made
+    from. Returns the version written."""
+    metadata_path = model_dir / "model.json"
+    metadata = json.loads(metadata_path.read_text())
+    current = float(metadata["training"]["sigma_scale"])
+    rescale_graph(model_dir / "model.onnx", current, factor)
+    if radius_scales:
+        metadata["outputs"]["ellipse_radius_scales"] = {
+            label(p): round(f, 5) for p, f in radius_scales.items()
+        }
+    else:
+        metadata["outputs"].pop("ellipse_radius_scales", None)
+    metadata["sha256"] = file_sha256(model_dir / "model.onnx")
+    if relabel:
+        metadata["version"] = version or calibrated_version(metadata["version"], metadata["sha256"])
+    metadata["training"]["sigma_scale"] = current * factor
+    metadata["training"]["calibration"] = calibration
+    metadata["metrics"] = {}  # measured with the old scale: evaluate again
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return str(metadata["version"])
