@@ -3,7 +3,8 @@ on any host finds every api of the deployment and asks each one's ``/health``.
 
 Started in each gunicorn process once it has loaded the app, and forgotten when the process
 exits, by ``heimdall-inference api`` and by ``config/gunicorn.conf.py``; an app served otherwise
-(a test client, another WSGI server) does not beat.
+(a test client, another WSGI server) beats only where its server calls :func:`start_beating`
+after the fork and :func:`stop_beating` at exit.
 """
 
 from __future__ import annotations
