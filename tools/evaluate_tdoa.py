@@ -21,6 +21,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -126,8 +127,8 @@ def summarize(rows: list[dict[str, object]]) -> dict[str, object]:
 
 
 def line(name: str, s: dict[str, object]) -> str:
-    lo68, hi68 = s["held_68_interval"]  # type: ignore[misc]
-    lo95, hi95 = s["held_95_interval"]  # type: ignore[misc]
+    lo68, hi68 = cast(tuple[float, float], s["held_68_interval"])
+    lo95, hi95 = cast(tuple[float, float], s["held_95_interval"])
     return (
         f"| {name} | {s['located']} | {s['median_m']:,.0f} | {s['p90_m']:,.0f} | "
         f"{s['held_68']:.1%} ({lo68:.0%}-{hi68:.0%}) | {s['held_95']:.1%} ({lo95:.0%}-{hi95:.0%})"

@@ -210,6 +210,7 @@ def plot(
     chosen = rng.choice(len(truth), size=8, replace=False)
     colours = plt.cm.tab10(np.arange(len(chosen)))
     model_method = methods["model"]
+    assert model_method.covariances is not None  # the model always has its ellipses
     for colour, index in zip(colours, chosen, strict=True):
         t_lat, t_lon = simulator.to_geo(*truth[index])
         e_lat, e_lon = simulator.to_geo(*model_method.means[index])

@@ -65,7 +65,7 @@ def require_local(url: str) -> None:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except socket.gaierror:
         raise SystemExit(f"error: cannot resolve {host!r}") from None
-    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+    if not all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses):
         raise SystemExit(
             f"error: {url} is not on this machine; the load test only targets loopback"
         )

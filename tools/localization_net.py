@@ -55,6 +55,10 @@ class ConvNeXtBlock(nn.Module):
 class LocalizationNet(nn.Module):
     """Normalized features -> 5 raw outputs (east, north, σ_east, σ_north, ρ before squashing)."""
 
+    mean_db: torch.Tensor  # buffers, registered in __init__
+    std_db: torch.Tensor
+    band_widths: torch.Tensor
+
     def __init__(self, params: FeatureParams, dims: tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()
         layers: list[nn.Module] = [
@@ -116,6 +120,9 @@ def gaussian_nll(raw: torch.Tensor, truth_m: torch.Tensor) -> torch.Tensor:
 
 class ServiceContract(nn.Module):
     """The exported graph: normalized features -> [lat°, lon°, σ_east m, σ_north m, ρ]."""
+
+    origin: torch.Tensor  # buffers, registered in __init__
+    per_metre: torch.Tensor
 
     def __init__(
         self, net: LocalizationNet, simulator: CaptureSimulator, sigma_scale: float

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import warnings
 from pathlib import Path
@@ -31,22 +30,20 @@ def export(
     """Write ``model.onnx`` and its ``model.json`` (network, domain, features, training) to
     ``out``."""
     contract.eval()
-    buffer = io.BytesIO()
+    out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
             contract,
             (sample[:2],),
-            buffer,
+            out / "model.onnx",
             dynamo=False,
             input_names=["features"],
             output_names=["estimate"],
             dynamic_axes={"features": {0: "batch"}, "estimate": {0: "batch"}},
             opset_version=17,
         )
-    data = buffer.getvalue()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.onnx").write_bytes(data)
+    data = (out / "model.onnx").read_bytes()
     metadata = {
         "name": name,
         "version": version,

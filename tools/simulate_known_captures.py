@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     started = time.monotonic()
 
-    def captures():
+    def captures() -> Iterator[tuple[np.ndarray, float, float, float, float, Sequence[str]]]:
         for index in range(args.count):
             capture: SimulatedCapture = simulator.simulate(
                 rng, sample_rate_hz=args.rate, duration_s=args.duration

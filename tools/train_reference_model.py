@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def main() -> int:
         f"network {network.name}: {', '.join(r.id for r in network.receivers)}; region "
         f"{', '.join(f'{v:.3f}' for v in simulator.region())} (S, N, W, E); world {args.world}"
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         network=network,
         world=world,
         rates_hz=TRAIN_RATES,

@@ -117,14 +117,15 @@ def weighted_centroid(simulator: CaptureSimulator, powers_dbm: np.ndarray) -> np
 
 
 def crb_position_m(
-    simulator: CaptureSimulator, positions: np.ndarray, sigma_db: float
+    simulator: CaptureSimulator, positions: np.ndarray, sigma_db: float | np.ndarray
 ) -> np.ndarray:
     """Cramér-Rao bound on RMS position error (metres) at ``(n, 2)`` emitter positions.
 
     Unknowns: east, north and the transmit power; measurements: the 3 received powers in dB with
-    independent Gaussian errors of ``sigma_db``. Bound = sqrt(trace of the position block of the
-    inverse Fisher information). It holds for unbiased estimators and ignores the region and
-    transmit-power limits, so it is a reference, not a promise.
+    independent Gaussian errors of ``sigma_db`` (one for all, or one per position). Bound =
+    sqrt(trace of the position block of the inverse Fisher information). It holds for unbiased
+    estimators and ignores the region and transmit-power limits, so it is a reference, not a
+    promise.
     """
     n_exp = simulator.config.path_loss_exponent
     de = positions[:, None, 0] - simulator.rx_east[None, :]
