@@ -61,7 +61,7 @@ def main(via: str, step: str, job_id: str, seed: int) -> None:
         "job_id": job_id,
     }
     if step == "during_publish":
-        amqp.channel.Channel.basic_publish_confirm = send_without_confirm_then_die  # type: ignore[method-assign]
+        amqp.channel.Channel.basic_publish_confirm = send_without_confirm_then_die
     if via == "shim":
         from api_shim.services import build_services
         from inference_worker.settings import load_settings

@@ -138,7 +138,7 @@ class Load:
         return answer
 
     def tdoa_request(self, recordings) -> urllib.request.Request:
-        fields: list[tuple[str, object]] = [
+        fields: list[tuple[str, str | tuple[str, bytes, str]]] = [
             ("receivers", json.dumps(recordings.positions())),
             ("frequency_mhz", str(recordings.frequency_hz / 1e6)),
         ]

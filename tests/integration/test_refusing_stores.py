@@ -15,6 +15,7 @@ import sys
 import urllib.request
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import kombu
 import numpy as np
@@ -203,7 +204,7 @@ def test_a_database_that_takes_no_writes_is_a_store_unavailable(
         app.extensions["heimdall"].jobs.engine.dispose()
 
 
-RUN = {"check": True, "capture_output": True, "text": True, "timeout": 60}
+RUN: dict[str, Any] = {"check": True, "capture_output": True, "text": True, "timeout": 60}
 
 
 @pytest.fixture

@@ -53,18 +53,18 @@ def test_a_block_waiting_on_the_connection_refuses_the_publish_before_it_is_sent
     alarm = BrokerAlarm("amqp://unused")
     connection = ReplayedConnection([lambda: alarm.heard_blocked("low on memory")])
     with pytest.raises(BrokerBlocked) as raised:
-        alarm.listen(connection)  # type: ignore[arg-type]
+        alarm.listen(connection)
     assert not raised.value.sent
 
 
 def test_an_unblock_waiting_on_the_connection_lets_the_publish_go():
     alarm = BrokerAlarm("amqp://unused")
     alarm.heard_blocked("low on memory")
-    alarm.listen(ReplayedConnection([alarm.heard_unblocked]))  # type: ignore[arg-type]
+    alarm.listen(ReplayedConnection([alarm.heard_unblocked]))
     assert alarm.reason is None
 
 
 def test_a_connection_found_gone_is_left_to_the_publish_to_reconnect():
     alarm = BrokerAlarm("amqp://unused")
-    alarm.listen(ReplayedConnection([], gone=True))  # type: ignore[arg-type]
+    alarm.listen(ReplayedConnection([], gone=True))
     assert alarm.reason is None

@@ -26,7 +26,9 @@ from inference_worker.storage.reachability import persistence_warning
         ({}, "keeps nothing on disk"),
     ],
 )
-def test_what_a_redis_loses_when_it_stops(config: dict[str, str], words: str | None) -> None:
+def test_what_a_redis_loses_when_it_stops(
+    config: dict[str | None, str | None], words: str | None
+) -> None:
     warning = persistence_warning(config)
     assert (warning is None) if words is None else (warning is not None and words in warning)
 

@@ -169,5 +169,5 @@ def test_a_model_calibrated_again_replaces_its_calibration_suffix():
 def test_two_models_under_one_version_label_never_share_cached_results():
     from inference_worker.storage.redis_store import RedisStore
 
-    store = RedisStore(client=None, prefix="p:")  # type: ignore[arg-type]
+    store = RedisStore(client=None, prefix="p:")
     assert store.cache_key("2.0.0", "a" * 64, "f") != store.cache_key("2.0.0", "b" * 64, "f")
