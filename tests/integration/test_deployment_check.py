@@ -143,10 +143,13 @@ def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Setting
                 exchange="",
                 routing_key=dead_letter_queue_name(queue),
             )
-            time.sleep(0.5)
-            findings = in_area(
-                check_broker(local.model_copy(update={"max_deliveries": 3})), "rabbitmq"
-            )
+            checked = local.model_copy(update={"max_deliveries": 3})
+
+            def counted() -> bool:  # RabbitMQ counts a published message a moment later
+                return len(in_area(check_broker(checked), "rabbitmq")) == 2
+
+            wait_until("the dead letter counted", counted, 10)
+            findings = in_area(check_broker(checked), "rabbitmq")
             assert findings[0][0] == "warn" and "0 waiting, 0 consumer(s)" in findings[0][1]
             assert findings[1][0] == "warn"
             assert (
