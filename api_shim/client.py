@@ -113,8 +113,10 @@ class ShimClient:
         response = self._send(method, path, *more)
         return response.status, _decoded(response.data)
 
-    def health(self) -> tuple[int, Any]:
-        return self._request("GET", "/health")
+    def health(self, timeout_s: float | None = None) -> tuple[int, Any]:
+        """``GET /health``: its status and body (``timeout_s``: this request's, else the
+        client's)."""
+        return self._request("GET", "/health", None, None, timeout_s)
 
     def submit_npy(
         self,

@@ -39,9 +39,15 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+HEALTH_PROBE_S = 5.0
+"""How long the demo waits for ``/health`` before taking the address for one no shim answers
+at: an idle shim answers in milliseconds, one whose registry does not answer within ~3 s; a
+process holding the port without answering HTTP cost 10 s a probe before."""
+
+
 def _health(client: ShimClient) -> dict | None:
     try:
-        status, body = client.health()
+        status, body = client.health(timeout_s=HEALTH_PROBE_S)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return None
     return body if isinstance(body, dict) else None
@@ -65,7 +71,12 @@ def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
     health = _health(client)
     if health is None:
         api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
-        wait_until("the HTTP shim", lambda: _health(client) is not None, 30, api_process)
+        wait_until(
+            "the HTTP shim",  # a shim that exited is not probed again (a probe may wait)
+            lambda: api_process.poll() is None and _health(client) is not None,
+            30,
+            api_process,
+        )
     else:
         _say(f"using the HTTP shim already running at {client.base_url}")
 
