@@ -7,14 +7,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import engine_for
-from inference_worker.storage.errors import TRANSIENT_ERRORS
-from inference_worker.storage.redis_store import RedisStore, connect
+
+if TYPE_CHECKING:  # the command's modules load when it runs: `heimdall-inference --help` is quick
+    from inference_worker.storage.database import JobStore
+    from inference_worker.storage.redis_store import RedisStore
 
 T = TypeVar("T")
 
@@ -85,6 +84,10 @@ def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) ->
     a model registered before the service ever ran is mirrored like any other.
     """
     from inference_worker.cli.bootstrap import migrate_database
+    from inference_worker.storage.database import JobStore
+    from inference_worker.storage.engine import engine_for
+    from inference_worker.storage.errors import TRANSIENT_ERRORS
+    from inference_worker.storage.redis_store import RedisStore, connect
 
     migrate_database(settings)
     engine = engine_for(settings, pool_size=1)
@@ -101,11 +104,15 @@ def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) ->
 
 def mirror(settings: Settings) -> None:
     """After a change to the registry: its versions and aliases into ``model_versions``."""
+    from inference_worker.serving.reload import mirror_registry
+
     with_stores(settings, lambda jobs, _: mirror_registry(settings, jobs))
 
 
 def reload(settings: Settings, challenger_fraction: float | None) -> None:
     """The reload ``POST /model/reload`` does: verify, mirror the registry, ask the workers."""
+    from inference_worker.serving.reload import request_reload
+
     asked = with_stores(
         settings, lambda jobs, store: request_reload(settings, jobs, store, challenger_fraction)
     )

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.signal
 
 ALIAS_REJECTION_DB = 58.0
 """Everything that folds onto the offsets the features read is kept at least this far below
@@ -70,6 +69,8 @@ def taps_per_phase(sample_rate_hz: float, factor: int, reach_hz: float) -> int:
 
 def _lowpass(sample_rate_hz: float, factor: int, count: int) -> np.ndarray:
     """``count × factor`` taps of a Kaiser-windowed low-pass cut at half the new rate."""
+    import scipy.signal  # loaded when first needed (see ``features.frame_window``)
+
     cutoff = (sample_rate_hz / factor / 2.0) / (sample_rate_hz / 2.0)
     return scipy.signal.firwin(count * factor, cutoff, window=("kaiser", KAISER_BETA))
 
@@ -188,6 +189,8 @@ def decimation_gain(
     sample_rate_hz: float, factor: int, reach_hz: float, freqs: np.ndarray
 ) -> np.ndarray:
     """Power gain of the decimation filter at ``freqs`` (Hz offsets), to undo."""
+    import scipy.signal  # loaded when first needed (see ``features.frame_window``)
+
     h = decimation_filter(sample_rate_hz, factor, reach_hz)
     _, response = scipy.signal.freqz(h, worN=freqs, fs=sample_rate_hz)
     return np.abs(response) ** 2

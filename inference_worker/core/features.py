@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 
 from inference_worker.core.decimation import (
     decimate,
@@ -101,7 +100,11 @@ LEGACY_VALUES = {"edge_shoulders": False, "follow_carrier_hz": 0.0}
 def frame_window(frame: int) -> tuple[np.ndarray, float]:
     """The Hann window of a frame (float32, read-only) and the sum of its squares (cached:
     scipy builds a window in tens of microseconds, a sizeable share of a 12 kHz capture's
-    features)."""
+    features). scipy.signal is imported here, not with the module: it costs ~0.5 s to load, which
+    the shim, the producer and the command line, importing this module for its limits, need not
+    pay; the worker loads it before its pool forks (:mod:`inference_worker.serving.locating`)."""
+    import scipy.signal
+
     window = scipy.signal.get_window("hann", frame).astype(np.float32)
     window.flags.writeable = False
     return window, float(np.sum(window**2))

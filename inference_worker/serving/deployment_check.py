@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from inference_worker.serving.api_check import check_api, loopback
-from inference_worker.serving.registry import CHAMPION
 from inference_worker.serving.store_checks import (
     Finding,
     check_broker,
@@ -234,6 +233,8 @@ def _champion_sha256(worker: dict[str, Any]) -> str | None:
 
 
 def _champion(worker: dict[str, Any]) -> dict[str, Any]:
+    from inference_worker.serving.registry import CHAMPION
+
     return dict((worker.get("models") or {}).get(CHAMPION) or {})
 
 

@@ -129,3 +129,18 @@ def test_the_cli_entry_point_does_not_load_prometheus_client():
     and the worker's pool processes would then count jobs in memory that no scrape sees."""
     code = "import sys, inference_worker.cli.main; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("modules", "loaded"),
+    [
+        # ~0.5 s of scipy.signal (and scipy.stats behind it) that neither needs: the shim
+        # processes, the producer client and every command line start without it
+        (("api_shim.app", "tasks.producer", "api_shim.client", "inference_worker.cli.main"), False),
+        # the worker's main process loads it before the pool forks: no first job waits for it
+        (("inference_worker.serving.worker",), True),
+    ],
+)
+def test_the_feature_maths_loads_scipy_signal_only_where_features_are_computed(modules, loaded):
+    code = f"import sys, {', '.join(modules)}; sys.exit('scipy.signal' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == int(loaded)
