@@ -51,6 +51,8 @@ from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
 from tools.evaluation_methods import (  # noqa: E402
+    DURATIONS,
+    RATES,
     box_centre,
     fading_sigma_by_duration,
     quality_flags,
@@ -69,8 +71,6 @@ from tools.robustness_table import print_table, robustness  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 DEFAULT_REPORT = ROOT / "docs" / "evaluation"
-RATES = (12_000.0, 48_000.0, 192_000.0)
-DURATIONS = (0.1, 0.25, 0.5, 1.0)
 
 
 def held_out_set(

@@ -17,6 +17,11 @@ from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.serving.onnx_model import LocalizationModel
 from tools.evaluation_report import Method
 
+RATES = (12_000.0, 48_000.0, 192_000.0)
+"""The sample rates the evaluation draws its held-out captures at (the calibration too)."""
+DURATIONS = (0.1, 0.25, 0.5, 1.0)
+"""The capture lengths, in seconds, it draws them with."""
+
 
 def run_model(model: LocalizationModel, data: Dataset, simulator: CaptureSimulator) -> Method:
     params = model.metadata.features

@@ -60,6 +60,7 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
+from tools.evaluation_methods import DURATIONS, RATES, run_model  # noqa: E402
 from tools.model_calibration import label, write_scale  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
@@ -71,8 +72,6 @@ TERRAINS = 4
 
 def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.ndarray:
     """Squared Mahalanobis distance of each calibration capture's truth under the model."""
-    from tools.evaluation_methods import run_model
-
     started, parts = time.monotonic(), []
     for index, spec in enumerate(specs):
         parts.append(generate(spec, processes=2))
@@ -94,8 +93,6 @@ def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.
 def calibration_specs(network, features, world: str, count: int) -> list[DatasetSpec]:
     """Captures drawn as the evaluation draws them (each of its sample rates and lengths, in
     four fixed terrains), from other terrains, other seeds and the training cells."""
-    from tools.evaluate_model import DURATIONS, RATES
-
     cells = [(rate, duration) for rate in RATES for duration in DURATIONS]
     per_set = max(1, count // (TERRAINS * len(cells)))
     return [
