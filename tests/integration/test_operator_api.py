@@ -315,8 +315,15 @@ def test_flower_shows_the_worker_and_its_tasks_behind_basic_auth(
             get("/api/workers", with_auth=False)
         assert refused.value.code == 401
         refused.value.close()
-        workers = json.loads(get("/api/workers?refresh=1"))
-        assert any(name.startswith("heimdall-") for name in workers)
+
+        # Flower waits a second for the workers' replies when it inspects them (a refresh made
+        # while its own inspection at start runs joins that one); a worker on a busy host may
+        # answer later, and a later refresh finds it.
+        def worker_listed() -> bool:
+            workers = json.loads(get("/api/workers?refresh=1"))
+            return any(name.startswith("heimdall-") for name in workers)
+
+        wait_until("Flower listing the worker", worker_listed, 30, flower)
 
         # Flower learns of tasks from the workers' events, which it turns on in the workers (every
         # 5 s): a task run once they are on shows up.
