@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.ndimage
@@ -277,7 +278,7 @@ def solve(
     return Solution(estimate, likelihood, pairs, bases, end - start)
 
 
-def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, object]:
+def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
     """The JSON result of a TDoA job: the position and ellipses as for a model, the receivers'
     time bases, each pair's time difference, and the likelihood's contours."""
     likelihood = solution.likelihood

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from inference_worker.cli.processes import settings_env, wait_until
 from inference_worker.serving.store_checks import Finding
 from inference_worker.settings import Settings
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore
 from tasks.contract import wait_until_final
@@ -65,6 +66,13 @@ def wait_final(
 def wait_final_row(jobs, job_id: str, timeout_s: float = FINAL_WAIT_S):
     """Wait until the job's PostgreSQL row is final; returns the row."""
     return wait_until_final(lambda: jobs.get(job_id), job_id, timeout_s, interval_s=0.05)
+
+
+def job_row(jobs: JobStore, job_id: str) -> dict[str, Any]:
+    """The job's PostgreSQL row, which the test expects to exist."""
+    row = jobs.get(job_id)
+    assert row is not None, f"no row for job {job_id}"
+    return row
 
 
 def queue_consumers(broker_url: str, queue: str) -> int:

@@ -34,7 +34,7 @@ from inference_worker.storage.database import JobStore
 from tasks.app import create_celery, dead_letter_queue_name, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
-from tests.integration.helpers import free_port, produce, worker_env
+from tests.integration.helpers import free_port, job_row, produce, worker_env
 from tests.integration.service_control import cannot_run, require_opt_in, restore_services
 
 CLIENT_TIMEOUT_S = 30.0
@@ -167,7 +167,7 @@ def test_an_alarm_is_answered_at_once_and_loses_nothing(
             )
             accepted.append(job_id)
         wait_until("every accepted job final", lambda: all(map(final, accepted)), 120)
-        assert {jobs.get(job_id)["status"] for job_id in accepted} == {"succeeded"}
+        assert {job_row(jobs, job_id)["status"] for job_id in accepted} == {"succeeded"}
 
 
 def test_workers_drain_the_queue_while_an_alarm_lasts(

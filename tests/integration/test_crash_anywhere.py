@@ -29,6 +29,7 @@ from tests.integration.crashing_submit import KILLED, STEPS, capture_for
 from tests.integration.helpers import (
     child_pids,
     free_port,
+    job_row,
     produce,
     shim_answers,
     submit_npy,
@@ -136,7 +137,7 @@ def test_a_submission_killed_at_any_step_ends_final_with_one_result_at_most(
         if retried:  # a client that retried with its job id gets a job that finishes
             assert row["status"] == "succeeded", (job_id, row["error"])
     # A shim killed before it stored the capture: the relay fails the job with the reason.
-    alone = job_store.get("crash-shim-after_row-alone")
+    alone = job_row(job_store, "crash-shim-after_row-alone")
     assert alone["status"] == "failed" and "interrupted" in alone["error"]
 
 

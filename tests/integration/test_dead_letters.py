@@ -19,7 +19,14 @@ from inference_worker.storage.job_sql import START_MANY
 from inference_worker.storage.pooled import prepared_form
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
-from tests.integration.helpers import blocked_on, child_pids, hold_row, submit_npy, wait_final
+from tests.integration.helpers import (
+    blocked_on,
+    child_pids,
+    hold_row,
+    job_row,
+    submit_npy,
+    wait_final,
+)
 
 DELIVERY_LIMIT = 2
 STARTING = f"EXECUTE {prepared_form(START_MANY).name}("
@@ -32,7 +39,9 @@ def test_a_message_that_keeps_killing_workers_is_dead_lettered_and_its_job_fails
     client = create_app(local).test_client()
     job_id = submit_npy(client, capture).get_json()["job_id"]  # queued; no worker yet
     jobs = JobStore(engine)
-    wait_until("the job marked published", lambda: jobs.get(job_id)["published_at"] is not None, 10)
+    wait_until(
+        "the job marked published", lambda: job_row(jobs, job_id)["published_at"] is not None, 10
+    )
 
     kills = 0
     with engine.connect() as locker, start_worker("poisoned") as worker:

@@ -15,7 +15,7 @@ from inference_worker.storage.engine import create_engine
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.job_sql import SUCCEED_MANY
 from inference_worker.storage.pooled import prepared_form
-from tests.integration.helpers import migrated_schema
+from tests.integration.helpers import job_row, migrated_schema
 
 ROLE = f"store-test-{uuid.uuid4().hex[:8]}"
 
@@ -177,7 +177,7 @@ def test_a_recorded_result_is_stored_compressed_with_lz4(engine):
     if server < (14,):
         pytest.skip("PostgreSQL before 14 compresses with pglz only")
     assert method == "lz4"
-    assert store.get(job.job_id)["result"] == result
+    assert job_row(store, job.job_id)["result"] == result
 
 
 def test_the_shim_keeps_a_database_connection_for_each_request_thread(settings, engine):
@@ -197,7 +197,7 @@ def test_the_shim_keeps_a_database_connection_for_each_request_thread(settings, 
             for _ in range(4):
                 with services.jobs.engine.connect() as connection:
                     together.wait(timeout=10)  # every thread holds a connection now
-                    backends.add(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+                    backends.add(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
                     together.wait(timeout=10)
                 together.wait(timeout=10)  # every thread has given its connection back
         except BaseException as exc:  # noqa: BLE001 - reported by the test below

@@ -81,6 +81,6 @@ def test_processes_starting_together_on_a_new_postgresql_registry_take_turns(
                          stderr=subprocess.PIPE, text=True)
         for _ in range(3)
     ]  # fmt: skip
-    outcomes = [(p.communicate(timeout=COMMAND_TIMEOUT_S)[1], p) for p in started]
-    outcomes = [(p.returncode, err) for err, p in outcomes]
+    errors = [p.communicate(timeout=COMMAND_TIMEOUT_S)[1] for p in started]
+    outcomes = [(p.returncode, err) for p, err in zip(started, errors, strict=True)]
     assert [code for code, _ in outcomes] == [0, 0, 0], [err[-400:] for _, err in outcomes]

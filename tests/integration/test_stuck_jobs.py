@@ -17,7 +17,7 @@ from inference_worker.storage.engine import create_engine, migrate
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message
-from tests.integration.helpers import wait_final_row, worker_env
+from tests.integration.helpers import job_row, wait_final_row, worker_env
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, 
     with start_worker("stuck") as worker:
         wait_until("the worker", lambda: bool(store.workers()), 60, worker)
         assert wait_final_row(jobs, "stuck-with-capture")["status"] == "succeeded"
-    failed = jobs.get("stuck-without-capture")
+    failed = job_row(jobs, "stuck-without-capture")
     assert failed["status"] == "failed" and "capture lost in a crash" in failed["error"]
     assert "no job is unfinished" in cli(local, "jobs", "stuck", "--older-than", "0")
     # and a job that was left as it was makes the command exit 1, naming it

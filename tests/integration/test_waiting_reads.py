@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from typing import Any
 
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
@@ -28,7 +29,12 @@ def test_a_new_job_waits_on_its_note_in_redis_and_reads_no_row(own_queue, captur
 
     reads: list[str] = []
     row_of = JobStore.get
-    monkeypatch.setattr(JobStore, "get", lambda jobs, job: reads.append(job) or row_of(jobs, job))
+
+    def counted_get(jobs: JobStore, job: str) -> dict[str, Any] | None:
+        reads.append(job)
+        return row_of(jobs, job)
+
+    monkeypatch.setattr(JobStore, "get", counted_get)
     answers: list = []
     waiting = threading.Thread(
         target=lambda: answers.append(client.get(f"/jobs/{job_id}?wait=30")), daemon=True
@@ -36,7 +42,7 @@ def test_a_new_job_waits_on_its_note_in_redis_and_reads_no_row(own_queue, captur
     started = time.monotonic()
     waiting.start()
     with start_worker("worker") as worker:
-        wait_until("the waiting read answered", lambda: answers, 90, worker)
+        wait_until("the waiting read answered", lambda: bool(answers), 90, worker)
     view = answers[0].get_json()
     assert answers[0].status_code == 200 and view["status"] == "succeeded", view
     assert reads == []  # woken by the worker's announcement; the note said the job exists

@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import threading
 from types import SimpleNamespace
+from typing import cast
 
 import redis.exceptions
 import sqlalchemy.exc
 
 from inference_worker.serving import runtime
+from inference_worker.serving.models import ServedModels
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import load_settings
+from inference_worker.storage.database import JobStore
 from tasks.outbox import DeferredMarks
 
 
@@ -32,7 +35,7 @@ def test_publish_marks_go_on_after_a_flush_the_database_refuses(caplog):
             written.append(job_ids)
             marked.set()
 
-    marks = DeferredMarks(Jobs(), interval_s=0.01)
+    marks = DeferredMarks(cast(JobStore, Jobs()), interval_s=0.01)
     with caplog.at_level(logging.WARNING, logger="tasks.outbox"):
         marks("first")
         assert failed.wait(5)
@@ -60,7 +63,9 @@ def test_a_worker_heartbeat_goes_on_after_redis_refuses_one(monkeypatch, caplog)
 
     process = ProcessRuntime(load_settings())
     process.worker_id = "host:1"
-    process.served = SimpleNamespace(refresh=lambda: None, describe=lambda: {"models": {}})
+    process.served = cast(
+        ServedModels, SimpleNamespace(refresh=lambda: None, describe=lambda: {"models": {}})
+    )
     thread = threading.Thread(target=process._beat, args=(Store(),), daemon=True)
     with caplog.at_level(logging.ERROR, logger="inference_worker.serving.runtime"):
         thread.start()
@@ -88,7 +93,9 @@ def test_a_long_reload_does_not_hold_the_heartbeat(monkeypatch):
 
     process = ProcessRuntime(load_settings())
     process.worker_id = "host:1"
-    process.served = SimpleNamespace(refresh=refresh, describe=lambda: {"models": {}})
+    process.served = cast(
+        ServedModels, SimpleNamespace(refresh=refresh, describe=lambda: {"models": {}})
+    )
     threads = [
         threading.Thread(target=process._follow, daemon=True),
         threading.Thread(target=process._beat, args=(Store(),), daemon=True),

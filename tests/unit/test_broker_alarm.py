@@ -4,7 +4,9 @@ stand-in that replays frames; the real alarm is ``tests/integration/test_broker_
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
+import kombu
 import pytest
 
 from tasks.alarm import BrokerAlarm, BrokerBlocked
@@ -31,6 +33,11 @@ class ReplayedConnection:
         self.notices.pop(0)()
 
 
+def replayed(notices: list[Callable[[], None]], gone: bool = False) -> kombu.Connection:
+    """A :class:`ReplayedConnection`, handed over where a kombu connection goes."""
+    return cast(kombu.Connection, ReplayedConnection(notices, gone))
+
+
 def test_a_block_heard_outside_a_publish_is_remembered_not_raised():
     alarm = BrokerAlarm("amqp://unused")
     alarm.heard_blocked("low on memory")
@@ -51,7 +58,7 @@ def test_a_block_heard_while_a_publish_waits_for_its_confirm_interrupts_it():
 
 def test_a_block_waiting_on_the_connection_refuses_the_publish_before_it_is_sent():
     alarm = BrokerAlarm("amqp://unused")
-    connection = ReplayedConnection([lambda: alarm.heard_blocked("low on memory")])
+    connection = replayed([lambda: alarm.heard_blocked("low on memory")])
     with pytest.raises(BrokerBlocked) as raised:
         alarm.listen(connection)
     assert not raised.value.sent
@@ -60,11 +67,11 @@ def test_a_block_waiting_on_the_connection_refuses_the_publish_before_it_is_sent
 def test_an_unblock_waiting_on_the_connection_lets_the_publish_go():
     alarm = BrokerAlarm("amqp://unused")
     alarm.heard_blocked("low on memory")
-    alarm.listen(ReplayedConnection([alarm.heard_unblocked]))
+    alarm.listen(replayed([alarm.heard_unblocked]))
     assert alarm.reason is None
 
 
 def test_a_connection_found_gone_is_left_to_the_publish_to_reconnect():
     alarm = BrokerAlarm("amqp://unused")
-    alarm.listen(ReplayedConnection([], gone=True))
+    alarm.listen(replayed([], gone=True))
     assert alarm.reason is None

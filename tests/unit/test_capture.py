@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from argparse import Namespace
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_channel_order_puts_rows_in_the_model_order():
 
 def test_capture_time_defaults_to_now_and_naive_means_utc():
     assert parse_capture_time(None).tzinfo is not None
-    assert parse_capture_time("2026-11-27T10:00:00").utcoffset().total_seconds() == 0
+    assert parse_capture_time("2026-11-27T10:00:00").utcoffset() == timedelta(0)
     assert parse_capture_time("2026-11-27T10:00:00Z").hour == 10
 
 

@@ -63,7 +63,8 @@ def retries_counted(store: str) -> float:
 
 
 def test_transient_errors_are_retried_then_raised():
-    calls, slept = [], []
+    calls: list[int] = []
+    slept: list[float] = []
     counted_before = retries_counted("redis")
 
     def flaky() -> str:

@@ -93,7 +93,7 @@ def test_emitters_far_outside_the_region_are_flagged_more_than_those_inside(simu
     )
     outside = CaptureSimulator(config=config)
     rng = np.random.default_rng(5)
-    flagged = []
+    flagged: list[bool] = []
     while len(flagged) < 40:
         local = outside.draw_local(rng)
         if outside.outside_distance_m(*local) < 20_000.0:

@@ -167,7 +167,9 @@ def test_a_model_calibrated_again_replaces_its_calibration_suffix():
 
 
 def test_two_models_under_one_version_label_never_share_cached_results():
+    import redis
+
     from inference_worker.storage.redis_store import RedisStore
 
-    store = RedisStore(client=None, prefix="p:")
+    store = RedisStore(client=redis.Redis(), prefix="p:")  # never connects: keys only
     assert store.cache_key("2.0.0", "a" * 64, "f") != store.cache_key("2.0.0", "b" * 64, "f")

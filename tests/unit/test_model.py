@@ -67,6 +67,7 @@ def test_build_tool_reproduces_the_committed_model(centroid_model_dir, tmp_path)
     spec = importlib.util.spec_from_file_location(
         "build", ROOT / "tools" / "build_centroid_model.py"
     )
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.write_model(tmp_path)
