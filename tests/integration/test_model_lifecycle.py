@@ -193,7 +193,7 @@ def test_challenger_share_promotion_and_refused_model_under_load(
         # The shim learns of a reload within a second (it answers captures already located from
         # the result cache of the model it believes serves): these captures repeat the split's.
         shim = app.extensions["heimdall"]
-        wait_until("the shim on the champion", lambda: shim.model.version == centroid_version, 5)
+        wait_until("the shim on the champion", lambda: shim.model.version == centroid_version, 30)
         promoted = served_versions(engine, submit_numbered(client, capture, "promoted", 20))
 
         # And a corrupted version is offered as challenger
