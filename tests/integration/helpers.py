@@ -63,7 +63,7 @@ def wait_final(
     return wait_until_final(fetch, job_id, timeout_s, interval_s=0.02)
 
 
-def wait_final_row(jobs, job_id: str, timeout_s: float = FINAL_WAIT_S):
+def wait_final_row(jobs: JobStore, job_id: str, timeout_s: float = FINAL_WAIT_S) -> dict[str, Any]:
     """Wait until the job's PostgreSQL row is final; returns the row."""
     return wait_until_final(lambda: jobs.get(job_id), job_id, timeout_s, interval_s=0.05)
 
