@@ -144,3 +144,14 @@ def test_the_cli_entry_point_does_not_load_prometheus_client():
 def test_the_feature_maths_loads_scipy_signal_only_where_features_are_computed(modules, loaded):
     code = f"import sys, {', '.join(modules)}; sys.exit('scipy.signal' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == int(loaded)
+
+
+def test_an_intake_loads_scipy_signal_when_built_not_on_a_first_fast_capture():
+    """A shim process's first submission at a rate the features decimate took ~1 s: its checks
+    design the decimation filter, and scipy.signal loaded in that request."""
+    code = (
+        "import sys; from tasks.intake import Intake; from inference_worker.settings import "
+        "load_settings; Intake(load_settings(), None, None, None); "
+        "sys.exit('scipy.signal' not in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
