@@ -41,7 +41,9 @@ def test_sigterm_lets_the_request_in_flight_finish(
         return True
 
     with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
-        wait_until("the shim", listening, 60, api)
+        # Its worker ready, not only gunicorn's socket: a connection waiting in the listen
+        # backlog of a worker still booting is not a request in flight, and the SIGTERM ends it.
+        wait_until("the shim", lambda: shim_answers(f"http://127.0.0.1:{port}"), 60, api)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(head + body[: len(body) // 2])  # the request is in flight
             time.sleep(0.5)
