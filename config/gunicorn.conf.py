@@ -7,6 +7,10 @@
 
 import os
 
+# The intake's checks need scipy.signal (~0.5 s to load): loaded here, in the master before it
+# forks, every process inherits it and boots without it.
+import scipy.signal  # noqa: F401
+
 host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
 bind = f"{host}:{os.environ.get('HEIMDALL_API_PORT', '8003')}"
 workers = int(os.environ.get("HEIMDALL_API_WORKERS", "2"))
