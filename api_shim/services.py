@@ -53,6 +53,12 @@ class ShimServices:
 
 
 def build_services(settings: Settings) -> ShimServices:
+    # The intake's checks of a capture at a rate the features decimate design its filter with
+    # scipy.signal (~0.5 s to load, which the feature maths defers): loaded as the shim process
+    # is built, so that no first submission at such a rate waits for it (under
+    # `heimdall-inference api` gunicorn's master has loaded it before it forked).
+    import scipy.signal  # noqa: F401
+
     # Only until Redis holds the announced champion: a registry down at start leaves the
     # copy of what it named when this host last read it.
     started_with = ModelSummary.of(

@@ -158,11 +158,6 @@ class Intake:
         self.mark_published = mark_published or (jobs.mark_published if jobs else None)
         self.resolve_model = resolve_model
         self.fixed_limits = limits
-        # The checks of a capture at a rate the features decimate design its filter with
-        # scipy.signal (~0.5 s to load, which the feature maths defers): loaded as the intake is
-        # built (a shim process's start, a producer's construction), so that no first submission
-        # at such a rate waits for it.
-        import scipy.signal  # noqa: F401
 
     def limits(self) -> CaptureLimits:
         return self.fixed_limits or capture_limits(self.settings, self.served.current())

@@ -62,8 +62,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     bootstrap.declare_queues(settings)
     bootstrap.prepare_registry(settings)
     bootstrap.announce_model(settings)
-    # The intake's checks need scipy.signal (~0.5 s to load; see ``tasks.intake``): loaded once
-    # here, before gunicorn binds and forks, every process inherits it and boots without it.
+    # The intake's checks need scipy.signal (~0.5 s to load; see ``api_shim.services``): loaded
+    # once here, before gunicorn binds and forks, every process inherits it and boots without it.
     import scipy.signal  # noqa: F401
 
     class ShimServer(BaseApplication):

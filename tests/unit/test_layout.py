@@ -146,12 +146,11 @@ def test_the_feature_maths_loads_scipy_signal_only_where_features_are_computed(m
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == int(loaded)
 
 
-def test_an_intake_loads_scipy_signal_when_built_not_on_a_first_fast_capture():
+def test_a_shim_process_loads_scipy_signal_when_built_not_on_a_first_fast_capture():
     """A shim process's first submission at a rate the features decimate took ~1 s: its checks
     design the decimation filter, and scipy.signal loaded in that request."""
     code = (
-        "import sys; from tasks.intake import Intake; from inference_worker.settings import "
-        "load_settings; Intake(load_settings(), None, None, None); "
+        "import sys; from api_shim.app import create_app; create_app(); "
         "sys.exit('scipy.signal' not in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
