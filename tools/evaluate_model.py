@@ -85,13 +85,11 @@ def held_out_set(
     per_world = args.per_cell // args.worlds
     for w, world in enumerate(worlds):
         for index, (rate, duration) in enumerate(cells):
-            spec = DatasetSpec(
-                seed=args.seed * 1000 + w * 100 + index,
-                count=per_world,
-                rates_hz=(rate,),
-                rate_weights=None,
-                durations_s=(duration,),
-                continuous_duration=False,
+            spec = DatasetSpec.cell(
+                args.seed * 1000 + w * 100 + index,
+                per_world,
+                rate,
+                duration,
                 held_out=True,
                 environment_seed=world,
                 feature_dtype="float32",

@@ -49,16 +49,7 @@ def fading_sigma_by_duration(
     """
     sigmas = {}
     for duration in durations:
-        spec = DatasetSpec(
-            seed=77,
-            count=per_duration,
-            rates_hz=(rate,),
-            rate_weights=None,
-            durations_s=(duration,),
-            continuous_duration=False,
-            held_out=False,
-            network=network,
-        )
+        spec = DatasetSpec.cell(77, per_duration, rate, duration, held_out=False, network=network)
         data = generate(spec, processes=2)
         sigmas[duration] = float(np.std(data.power_dbm - data.rx_power_dbm))
     return sigmas

@@ -96,13 +96,11 @@ def calibration_specs(network, features, world: str, count: int) -> list[Dataset
     cells = [(rate, duration) for rate in RATES for duration in DURATIONS]
     per_set = max(1, count // (TERRAINS * len(cells)))
     return [
-        DatasetSpec(
-            seed=CALIBRATION_SEED + terrain * 100 + index,
-            count=per_set,
-            rates_hz=(rate,),
-            rate_weights=None,
-            durations_s=(duration,),
-            continuous_duration=False,
+        DatasetSpec.cell(
+            CALIBRATION_SEED + terrain * 100 + index,
+            per_set,
+            rate,
+            duration,
             held_out=False,
             environment_seed=CALIBRATION_TERRAIN + terrain,
             feature_dtype="float32",

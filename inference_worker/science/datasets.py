@@ -10,6 +10,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -55,6 +56,30 @@ class DatasetSpec:
     """Feature parameters, normalization left out (the model's, with mean 0 and std 1)."""
     baseline_band_hz: float = 12_000.0
     """Band over which the baselines' received power is measured around the tuned frequency."""
+
+    @classmethod
+    def cell(
+        cls,
+        seed: int,
+        count: int,
+        rate_hz: float,
+        duration_s: float,
+        *,
+        held_out: bool,
+        **fields: Any,
+    ) -> DatasetSpec:
+        """Captures of one sample rate and one length (a cell of an evaluation or calibration);
+        ``fields`` sets any other field."""
+        return cls(
+            seed=seed,
+            count=count,
+            rates_hz=(rate_hz,),
+            rate_weights=None,
+            durations_s=(duration_s,),
+            continuous_duration=False,
+            held_out=held_out,
+            **fields,
+        )
 
 
 @dataclass

@@ -96,15 +96,7 @@ def test_measured_power_reads_the_received_power(simulator):
 
 
 def test_datasets_repeat_and_keep_to_their_side_of_the_split():
-    spec = DatasetSpec(
-        seed=9,
-        count=12,
-        rates_hz=(12_000.0,),
-        rate_weights=None,
-        durations_s=(0.1,),
-        continuous_duration=False,
-        held_out=True,
-    )
+    spec = DatasetSpec.cell(9, 12, 12_000.0, 0.1, held_out=True)
     first, second = generate(spec, processes=1), generate(spec, processes=1)
     np.testing.assert_array_equal(first.features_db, second.features_db)
     assert first.features_db.shape == (12, 3, 128, 32)
