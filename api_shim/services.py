@@ -13,6 +13,7 @@ from flask import current_app
 
 from api_shim.model_info import ModelInfo
 from inference_worker.core.contract import ModelError, ModelSummary, load_metadata
+from inference_worker.core.features import load_signal_maths
 from inference_worker.serving.registry import (
     RegistryError,
     RegistryUnavailable,
@@ -53,12 +54,7 @@ class ShimServices:
 
 
 def build_services(settings: Settings) -> ShimServices:
-    # The intake's checks of a capture at a rate the features decimate design its filter with
-    # scipy.signal (~0.5 s to load, which the feature maths defers): loaded as the shim process
-    # is built, so that no first submission at such a rate waits for it (under
-    # `heimdall-inference api` gunicorn's master has loaded it before it forked).
-    import scipy.signal  # noqa: F401
-
+    load_signal_maths()  # no first fast submission waits for it (a no-op after gunicorn's fork)
     # Only until Redis holds the announced champion: a registry down at start leaves the
     # copy of what it named when this host last read it.
     started_with = ModelSummary.of(

@@ -7,9 +7,9 @@
 
 import os
 
-# The intake's checks need scipy.signal (~0.5 s to load): loaded here, in the master before it
-# forks, every process inherits it and boots without it.
-import scipy.signal  # noqa: F401
+from inference_worker.core.features import load_signal_maths
+
+load_signal_maths()  # in the master, before it forks: every process inherits it
 
 host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
 bind = f"{host}:{os.environ.get('HEIMDALL_API_PORT', '8003')}"

@@ -52,6 +52,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     from api_shim.app import create_app
     from api_shim.presence import start_beating, stop_beating
+    from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
@@ -62,9 +63,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     bootstrap.declare_queues(settings)
     bootstrap.prepare_registry(settings)
     bootstrap.announce_model(settings)
-    # The intake's checks need scipy.signal (~0.5 s to load; see ``api_shim.services``): loaded
-    # once here, before gunicorn binds and forks, every process inherits it and boots without it.
-    import scipy.signal  # noqa: F401
+    load_signal_maths()  # once, before gunicorn binds and forks: every process inherits it
 
     class ShimServer(BaseApplication):
         def load_config(self) -> None:

@@ -96,13 +96,24 @@ LEGACY_VALUES = {"edge_shoulders": False, "follow_carrier_hz": 0.0}
 """What a model's metadata that does not name these parameters was trained with."""
 
 
+def load_signal_maths() -> None:
+    """Load scipy.signal now (~0.5 s, scipy.stats behind it), which the windows and the
+    decimation filters here import when first built.
+
+    Importing this module does not load it: the producer and the command line, which import it
+    for its limits, need not pay. A process that serves calls this before serving (the worker
+    before its pool forks, the shim before gunicorn forks, each shim process as it is built), so
+    that no first job or first fast submission (whose checks design the decimation filter)
+    waits for it.
+    """
+    import scipy.signal  # noqa: F401
+
+
 @lru_cache(maxsize=32)
 def frame_window(frame: int) -> tuple[np.ndarray, float]:
     """The Hann window of a frame (float32, read-only) and the sum of its squares (cached:
     scipy builds a window in tens of microseconds, a sizeable share of a 12 kHz capture's
-    features). scipy.signal is imported here, not with the module: it costs ~0.5 s to load, which
-    the shim, the producer and the command line, importing this module for its limits, need not
-    pay; the worker loads it before its pool forks (:mod:`inference_worker.serving.locating`)."""
+    features). scipy.signal is loaded here, when first needed (see :func:`load_signal_maths`)."""
     import scipy.signal
 
     window = scipy.signal.get_window("hann", frame).astype(np.float32)

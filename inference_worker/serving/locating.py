@@ -14,18 +14,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# The feature maths imports scipy.signal when it first builds a window or a filter (the shim and
-# the command line, which import it for its limits only, skip its ~0.5 s); loaded here, in the
-# worker's main process before the pool forks, its pages are shared and no first job waits.
-import scipy.signal  # noqa: F401, I001
-
 from inference_worker.core.capture import IQ_DTYPE, RECEIVER_COUNT, CaptureError, capture_nbytes
 from inference_worker.core.contract import ModelMetadata, Receiver, model_input
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
+from inference_worker.core.features import load_signal_maths
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import describe_solution, solve
 from inference_worker.core.time_differences import TdoaError
 from tasks.contract import LocateMessage
+
+load_signal_maths()  # in the worker's main process, before its pool forks: the pages are shared
 
 
 class Predictor(Protocol):
