@@ -110,11 +110,23 @@ def shim_and_service(
         drop(settings)
 
 
+MINIMAL_SERVERS = ("gunicorn", "granian")
+"""WSGI servers the minimal handler can run under: the shim's own (gunicorn's threaded
+workers), and granian (HTTP in Rust, the app on threads of its own; the ``dev`` extra) to weigh
+what the server costs."""
+
+
 def minimal_handler(
-    base: Settings, captures: list, jobs: int, clients: int, api_workers: int, log_dir: Path
+    base: Settings,
+    captures: list,
+    jobs: int,
+    clients: int,
+    api_workers: int,
+    log_dir: Path,
+    server: str = "gunicorn",
 ) -> dict:
     """The shim's yardstick (``tools/minimal_shim.py``: the same work and round trips as a
-    submission, nothing else) under gunicorn with the shim's processes and threads, driven and
+    submission, nothing else) under ``server`` with the shim's processes and threads, driven and
     metered as the shim alone is."""
     from tools.minimal_shim import create_table, libpq_form
 
@@ -133,17 +145,12 @@ def minimal_handler(
         "MINIMAL_QUEUE": settings.queue,
         "PYTHONPATH": str(ROOT),
     }
-    threads = settings.api_threads
-    command = [
-        *(sys.executable, "-m", "gunicorn", "--workers", str(api_workers)),
-        *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
-        *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
-    ]
+    command = server_command(server, api_workers, settings.api_threads, port)
     query = capture_query(captures[0])
     bodies = [npy(x.iq) for x in captures]
     probe = Load(port, [], "", False, 0)
     try:
-        with managed_process(command, log_dir / "minimal.log", env) as handler:
+        with managed_process(command, log_dir / f"minimal-{server}.log", env) as handler:
             wait_until("the minimal handler", lambda: answers_health(probe), 60, handler, 0.3)
             Load(port, bodies, query, False, min(50, jobs), "warm").run(min(clients, 4))
             load = Load(port, bodies, query, False, jobs)
@@ -159,6 +166,21 @@ def minimal_handler(
         }
     finally:
         drop(settings)
+
+
+def server_command(server: str, workers: int, threads: int, port: int) -> list[str]:
+    """The command serving the minimal handler under ``server`` (one of ``MINIMAL_SERVERS``)."""
+    if server == "granian":
+        return [
+            *(sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", str(workers)),
+            *("--blocking-threads", str(threads), "--host", "127.0.0.1", "--port", str(port)),
+            *("--log-level", "warning", "tools.minimal_shim:app"),
+        ]
+    return [
+        *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
+        *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
+        *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
+    ]
 
 
 def idle_latency(

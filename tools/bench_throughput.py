@@ -12,7 +12,8 @@ PostgreSQL:
    submitting; submissions/s and CPU seconds of the shim's processes per accepted submission;
    **minimal**: the same for ``tools/minimal_shim.py``, a minimal Flask handler doing a
    submission's work and round trips and nothing else, under gunicorn with the shim's processes
-   and threads: the shim's figure read against what this machine needs for the bare work today;
+   and threads: the shim's figure read against what this machine needs for the bare work today
+   (``--minimal-servers gunicorn,granian,...`` runs it under each server listed, in turn);
 4. **service**: shim and worker together, closed-loop clients that submit and wait for the
    result (``GET /jobs/<id>?wait=``); jobs/s, submission and end-to-end percentiles;
    **service-wait**: the same, each client submitting and waiting in one request
@@ -28,6 +29,7 @@ one minute to the next).
 
     python tools/bench_throughput.py [--preset 12k|12k-short|192k] [--jobs 2000] [--clients 16]
         [--stages bare,worker,shim,minimal,service,service-wait,idle] [--rounds 1]
+        [--minimal-servers gunicorn]
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
 from tools.bench_clients import npy, pct  # noqa: E402
 from tools.bench_pipeline import bare_pipeline, print_worker_path, worker_path  # noqa: E402
-from tools.bench_service import idle_latency, minimal_handler, shim_and_service  # noqa: E402
+from tools.bench_service import (  # noqa: E402
+    MINIMAL_SERVERS,
+    idle_latency,
+    minimal_handler,
+    shim_and_service,
+)
 from tools.bench_stages import ratio_to  # noqa: E402
+from tools.requirements import require  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
 
@@ -77,7 +85,19 @@ def main() -> int:
         help="run the bare and worker stages this many times, alternating, and print the median "
         "ratio (the machine's speed drifts between runs)",
     )
+    parser.add_argument(
+        "--minimal-servers",
+        default="gunicorn",
+        help="comma-separated servers to run the minimal stage under, in turn (repeat them to "
+        "alternate): gunicorn (the shim's), granian (the 'dev' extra)",
+    )
     args = parser.parse_args()
+    servers = args.minimal_servers.split(",")
+    unknown = sorted(set(servers) - set(MINIMAL_SERVERS))
+    if unknown:
+        parser.error(f"unknown --minimal-servers {', '.join(unknown)}; known: gunicorn, granian")
+    if "granian" in servers:
+        require("granian", "dev", "serving the minimal handler with granian")
 
     base = load_settings()
     stages = set(args.stages.split(","))
@@ -136,9 +156,9 @@ def main() -> int:
             flush=True,
         )
         print(f"  CPU ms per submission: {found['cpu'].per_job_ms(found['jobs'])}", flush=True)
-    if "minimal" in stages:
+    for server in servers if "minimal" in stages else []:
         found_minimal = minimal_handler(
-            base, captures, args.jobs, args.clients, api_workers, log_dir
+            base, captures, args.jobs, args.clients, api_workers, log_dir, server
         )
         load = found_minimal["load"]
         minimal_ms = 1e3 * found_minimal["cpu"].used["handler"] / max(found_minimal["jobs"], 1)
@@ -147,8 +167,11 @@ def main() -> int:
             if ("shim" in stages)
             else ""
         )
+        under = (
+            "gunicorn as the shim's" if server == "gunicorn" else f"{server}, the shim's threads"
+        )
         print(
-            f"minimal handler (the same work, gunicorn as the shim's): {found_minimal['per_s']:.1f}"
+            f"minimal handler (the same work, {under}): {found_minimal['per_s']:.1f}"
             f" submissions/s, {minimal_ms:.2f} ms CPU per submission{against}; submission "
             f"{pct(load.submit_ms)}; errors {len(load.errors)}",
             flush=True,

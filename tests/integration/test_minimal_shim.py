@@ -6,7 +6,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 
 import kombu
 import numpy as np
@@ -14,6 +18,9 @@ import psycopg2
 import pytest
 
 from inference_worker.cli import bootstrap
+from inference_worker.cli.processes import managed_process, wait_until
+from tests.integration.helpers import free_port
+from tools.bench_service import MINIMAL_SERVERS, ROOT, server_command
 from tools.minimal_shim import libpq_form
 
 
@@ -89,4 +96,42 @@ def test_refuses_what_is_not_a_capture(minimal) -> None:
     with connection, connection.cursor() as cursor:
         cursor.execute(f'SELECT count(*) FROM "{schema}".jobs')
         assert cursor.fetchone() == (0,)
+    connection.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@pytest.mark.parametrize("server", MINIMAL_SERVERS)
+def test_each_server_the_benchmark_weighs_serves_a_submission(
+    minimal, server: str, tmp_path: Path
+) -> None:
+    """``--minimal-servers``: the handler served as the benchmark serves it accepts a capture
+    over HTTP (the server hands it the whole body) and records it."""
+    module, settings, libpq_url, schema = minimal
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    iq = (np.random.default_rng(2).standard_normal((3, 12_000)) * (1 + 1j)).astype(np.complex64)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict?sample_rate_hz=12000&frequency_mhz=145.5"
+        f"&receivers=a,b,c&job_id=s-{server}",
+        data=npy(iq),
+        headers={"Content-Type": "application/x-npy"},
+        method="POST",
+    )
+    command = server_command(server, 1, 2, port)
+    with managed_process(command, tmp_path / "server.log", env) as process:
+        wait_until(server, lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, process, 0.2)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 202
+            assert json.loads(answer.read()) == {"job_id": f"s-{server}", "status": "queued"}
+    connection = psycopg2.connect(libpq_url)
+    with connection, connection.cursor() as cursor:
+        cursor.execute(f'SELECT job_id, status FROM "{schema}".jobs')
+        assert cursor.fetchall() == [(f"s-{server}", "queued")]
     connection.close()
