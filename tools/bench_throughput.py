@@ -95,7 +95,8 @@ def main() -> int:
     servers = args.minimal_servers.split(",")
     unknown = sorted(set(servers) - set(MINIMAL_SERVERS))
     if unknown:
-        parser.error(f"unknown --minimal-servers {', '.join(unknown)}; known: gunicorn, granian")
+        known = ", ".join(MINIMAL_SERVERS)
+        parser.error(f"unknown --minimal-servers {', '.join(unknown)}; known: {known}")
     if "granian" in servers:
         require("granian", "dev", "serving the minimal handler with granian")
 

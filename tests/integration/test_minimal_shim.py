@@ -7,7 +7,6 @@ import importlib
 import io
 import json
 import os
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from inference_worker.cli import bootstrap
 from inference_worker.cli.processes import managed_process, wait_until
-from tests.integration.helpers import free_port
+from tests.integration.helpers import free_port, shim_answers
 from tools.bench_service import MINIMAL_SERVERS, ROOT, server_command
 from tools.minimal_shim import libpq_form
 
@@ -99,14 +98,6 @@ def test_refuses_what_is_not_a_capture(minimal) -> None:
     connection.close()
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return answer.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 @pytest.mark.parametrize("server", MINIMAL_SERVERS)
 def test_each_server_the_benchmark_weighs_serves_a_submission(
     minimal, server: str, tmp_path: Path
@@ -126,7 +117,7 @@ def test_each_server_the_benchmark_weighs_serves_a_submission(
     )
     command = server_command(server, 1, 2, port)
     with managed_process(command, tmp_path / "server.log", env) as process:
-        wait_until(server, lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, process, 0.2)
+        wait_until(server, lambda: shim_answers(f"http://127.0.0.1:{port}"), 60, process, 0.2)
         with urllib.request.urlopen(request, timeout=30) as answer:
             assert answer.status == 202
             assert json.loads(answer.read()) == {"job_id": f"s-{server}", "status": "queued"}
