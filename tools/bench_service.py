@@ -169,18 +169,24 @@ def minimal_handler(
 
 
 def server_command(server: str, workers: int, threads: int, port: int) -> list[str]:
-    """The command serving the minimal handler under ``server`` (one of ``MINIMAL_SERVERS``)."""
+    """The command serving the minimal handler under ``server`` (one of ``MINIMAL_SERVERS``).
+
+    Raises:
+        ValueError: a server the benchmark does not know.
+    """
+    if server == "gunicorn":
+        return [
+            *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
+            *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
+            *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
+        ]
     if server == "granian":
         return [
             *(sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", str(workers)),
             *("--blocking-threads", str(threads), "--host", "127.0.0.1", "--port", str(port)),
             *("--log-level", "warning", "tools.minimal_shim:app"),
         ]
-    return [
-        *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
-        *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
-        *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
-    ]
+    raise ValueError(f"unknown server {server!r}; known: {', '.join(MINIMAL_SERVERS)}")
 
 
 def idle_latency(
