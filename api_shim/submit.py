@@ -262,21 +262,35 @@ def check_batch_size(count: int) -> None:
 
 
 def predict_batch() -> tuple[Response, int]:
+    """Each capture accepted or refused on its own. A service that becomes unavailable part way
+    (a store down, a full queue) ends the batch: the captures accepted before it stay accepted
+    and are listed (``202``), the rest carry ``service_unavailable`` — the one that met it and
+    every later one, which is not tried — so the client submits just those again. Only when
+    nothing was accepted is the answer a ``503``."""
     batch_id = str(uuid.uuid4())
     results: list[dict[str, Any]] = []
+    unavailable: ApiError | None = None
     for index, (iq, fields) in enumerate(batch_items()):
         try:
             if isinstance(iq, ApiError):
                 raise iq
+            if unavailable is not None:
+                raise ApiError(
+                    503,
+                    unavailable.code,
+                    f"not tried: {unavailable.message}; submit this capture again",
+                )
             accepted = submit_one(iq, fields, batch_id)
         except ApiError as exc:
-            if exc.status == 503:
-                raise  # nothing more can be accepted now; the earlier ones stay accepted
+            if exc.status == 503 and unavailable is None:
+                unavailable = exc
             results.append({"index": index, "error": {"code": exc.code, "message": exc.message}})
             continue
         status_url = url_for("read.get_job", job_id=accepted.job_id)
         results.append({"index": index, **accepted.describe(status_url)})
     accepted_count = sum("job_id" in r for r in results)
+    if unavailable is not None and not accepted_count:
+        raise unavailable  # the whole batch can be submitted again
     body: dict[str, Any] = {
         "batch_id": batch_id if accepted_count else None,
         "status_url": url_for("read.get_batch", batch_id=batch_id) if accepted_count else None,

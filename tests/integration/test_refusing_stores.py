@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
+from tests.helpers import capture_query, npy_bytes
 from tests.integration.helpers import (
     free_port,
     private_redis,
@@ -262,6 +263,69 @@ def test_a_full_queue_refusing_a_task_is_a_broker_unavailable_and_keeps_nothing(
         lift()
         accepted = submit_npy(client, variant, job_id=refused_id)
         assert accepted.status_code == 202, accepted.get_json()
+    finally:
+        app.extensions["heimdall"].jobs.engine.dispose()
+
+
+def test_a_batch_the_queue_fills_up_keeps_and_lists_what_it_accepted(
+    full_queue_policy, engine, capture
+):
+    """A full queue part way through a batch answered the whole batch 503, though its first
+    captures were accepted: their job ids were lost to the client. Now the 202 lists them, the
+    capture that met the full queue and every later one (not tried) say so, and just those are
+    submitted again; a batch whose first capture meets it is a 503 that keeps nothing."""
+    local, lift, limited = full_queue_policy
+    app = create_app(local)
+    client = app.test_client()
+    tag = uuid.uuid4().hex[:8]
+
+    def post_batch(ids: list[str], scales: list[int]):
+        stack = np.stack([capture.iq * np.complex64(1.0 + 1e-4 * n) for n in scales])
+        query = capture_query(capture, job_ids=",".join(ids))
+        return client.post(
+            "/predict-batch",
+            data=npy_bytes(stack),
+            content_type="application/x-npy",
+            query_string=query,
+        )
+
+    try:
+        first = submit_npy(client, capture, job_id=f"batch-full-{tag}")
+        assert first.status_code == 202, first.get_json()  # the queue declared, the policy on it
+        wait_until("the policy applied to the queue", limited, 60)
+        with kombu.Connection(local.broker_url) as connection:  # room for one again
+            connection.default_channel.queue_purge(local.queue)
+
+        ids = [f"batch-full-{tag}-{n}" for n in range(6)]
+        response = post_batch(ids, list(range(1, 7)))
+        assert response.status_code == 202, response.get_json()
+        jobs = response.get_json()["jobs"]
+        accepted = [job["index"] for job in jobs if "job_id" in job]
+        refused = [job for job in jobs if "error" in job]
+        cut = refused[0]["index"] if refused else len(jobs)
+        assert accepted == list(range(cut)) and 0 < cut < len(jobs), jobs
+        assert {job["error"]["code"] for job in refused} == {"service_unavailable"}
+        broker = "the message broker refused the job (its queue may be full)"
+        assert refused[0]["error"]["message"].startswith(broker), refused
+        assert all(
+            job["error"]["message"].startswith(f"not tried: {broker}") for job in refused[1:]
+        ), refused
+        store = JobStore(engine)
+        assert all(store.get(job_id) is not None for job_id in ids[:cut])
+        assert all(store.get(job_id) is None for job_id in ids[cut:])
+        listed = client.get(response.get_json()["status_url"]).get_json()["jobs"]
+        assert sorted(job["job_id"] for job in listed) == ids[:cut]
+
+        nothing = post_batch([f"batch-full-{tag}-late-{n}" for n in range(2)], [7, 8])
+        assert nothing.status_code == 503, nothing.get_json()
+        assert nothing.get_json()["error"]["code"] == "service_unavailable"
+        assert store.get(f"batch-full-{tag}-late-0") is None
+
+        lift()
+        again = post_batch(ids[cut:], list(range(cut + 1, 7)))
+        assert again.status_code == 202, again.get_json()
+        assert again.get_json()["accepted"] == len(ids) - cut
+        assert all(store.get(job_id) is not None for job_id in ids)
     finally:
         app.extensions["heimdall"].jobs.engine.dispose()
 
