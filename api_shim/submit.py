@@ -275,11 +275,7 @@ def predict_batch() -> tuple[Response, int]:
             if isinstance(iq, ApiError):
                 raise iq
             if unavailable is not None:
-                raise ApiError(
-                    503,
-                    unavailable.code,
-                    f"not tried: {unavailable.message}; submit this capture again",
-                )
+                raise ApiError(503, unavailable.code, f"not tried: {unavailable.message}")
             accepted = submit_one(iq, fields, batch_id)
         except ApiError as exc:
             if exc.status == 503 and unavailable is None:
