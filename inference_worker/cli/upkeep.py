@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from inference_worker.cli.arguments import number
@@ -52,7 +53,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
             days = settings.retention_days if days is None else days
             if days <= 0:
                 fail("nothing to prune: give --older-than-days (retention is off)")
-            deleted = stores.maintenance.prune(days)
+            deleted = stores.maintenance.prune(days, progress=PruneProgress())
             print(f"deleted {deleted} final job(s) older than {days:g} days")
         else:
             job_ids = list(args.job_ids)
@@ -134,6 +135,22 @@ def print_stuck(found: list[dict[str, Any]], older_than: float, as_json: bool) -
         "published: RabbitMQ confirmed the task; capture: its IQ is still in Redis; starts: how "
         "often a worker began it. Requeue jobs whose capture is present; fail the others."
     )
+
+
+class PruneProgress:
+    """Says on stderr, at most once a second, how many jobs a long prune has deleted so far
+    (a retention first set on a large table deletes in batches for minutes)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.started = self.shown = time.monotonic()
+        self.every_s = every_s
+
+    def __call__(self, deleted: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= self.every_s:
+            self.shown = now
+            rate = deleted / max(now - self.started, 1e-9)
+            print(f"  deleted {deleted} so far ({rate:.0f} a second)", file=sys.stderr, flush=True)
 
 
 def fail(message: str) -> None:

@@ -38,6 +38,11 @@ CAPTURE_GONE = (
     "longer in Redis; submit the capture again"
 )
 PRUNE_EVERY_S = 3_600.0
+PRUNE_BATCH = 5_000
+PRUNE_BATCHES_A_ROUND = 20
+"""An upkeep round deletes at most this many batches (~1 s here), so the relay is not held up;
+while more are left it goes on the next round instead of an hour later, so retention keeps up
+with any rate (about 100 000 jobs every ``relay_interval_s``)."""
 PUBLISHED_AGAIN = "published again"
 """What :func:`requeue` answers when it published the job's task again."""
 
@@ -132,7 +137,8 @@ def requeue(stores: Stores, job_id: str, publish: Publish) -> str:
 
 class Upkeep:
     """A thread in each worker's main process: the relay every ``relay_interval_s`` and the
-    retention every hour. Workers take turns through an advisory lock."""
+    retention every hour (every round while old jobs are left over). Workers take turns through
+    an advisory lock."""
 
     def __init__(self, settings: Settings, stores: Callable[[], Stores], publish: Publish) -> None:
         self.settings = settings
@@ -173,11 +179,16 @@ class Upkeep:
                 log.warning("relay: %s", report)
             now = time.monotonic()
             if settings.retention_days and now - self._pruned_at > PRUNE_EVERY_S:
-                self._pruned_at = now
-                deleted = stores.maintenance.prune(settings.retention_days)
+                deleted = stores.maintenance.prune(
+                    settings.retention_days, PRUNE_BATCH, PRUNE_BATCHES_A_ROUND
+                )
+                caught_up = deleted < PRUNE_BATCH * PRUNE_BATCHES_A_ROUND
+                if caught_up:  # else the rest goes in the next round
+                    self._pruned_at = now
                 if deleted:
                     log.info(
-                        "retention: deleted %d jobs older than %g days",
+                        "retention: deleted %d jobs older than %g days%s",
                         deleted,
                         settings.retention_days,
+                        "" if caught_up else "; more in the next round",
                     )

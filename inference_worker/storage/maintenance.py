@@ -3,8 +3,9 @@ confirmed (the outbox), jobs that are not final long after submission, and reten
 
 from __future__ import annotations
 
+import itertools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
@@ -86,10 +87,20 @@ class JobMaintenance:
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
-    def prune(self, older_than_days: float, batch: int = 5_000, max_batches: int = 200) -> int:
+    def prune(
+        self,
+        older_than_days: float,
+        batch: int = 5_000,
+        max_batches: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Delete final jobs (their inference logs go with them) that finished more than
         ``older_than_days`` ago, a batch at a time; never a job that is not final. Returns how
-        many were deleted."""
+        many were deleted.
+
+        ``max_batches`` bounds one call (the workers' upkeep deletes a bounded share a round);
+        by default it goes on until none is left. ``progress`` hears the count deleted so far after
+        each batch."""
         seconds = older_than_days * 86_400.0
         cutoff = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
         doomed = (
@@ -99,10 +110,12 @@ class JobMaintenance:
             .scalar_subquery()
         )
         deleted = 0
-        for _ in range(max_batches):
+        for _ in itertools.count() if max_batches is None else range(max_batches):
             with self.engine.begin() as connection:
                 count = connection.execute(sa.delete(jobs).where(jobs.c.job_id.in_(doomed)))
             deleted += count.rowcount
+            if progress is not None:
+                progress(deleted)
             if count.rowcount < batch:
                 break
         return deleted

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from inference_worker.cli.processes import wait_until
+from inference_worker.serving import recovery
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import create_engine, migrate
 from tasks.contract import read_message
@@ -92,3 +94,36 @@ def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, 
     record_job(jobs, read_message(capture_message(capture, "still-queued", "k")), published=True)
     assert "deleted 2" in cli(local, "jobs", "prune", "--older-than-days", "0.000001")
     assert jobs.get("stuck-with-capture") is None and jobs.get("still-queued") is not None
+
+
+def test_retention_goes_on_round_after_round_until_it_has_caught_up(own_schema, monkeypatch):
+    """A worker's upkeep deleted at most a million jobs and then waited an hour: above ~280
+    jobs/s the table grew without bound. Now a round deletes a bounded share, and the next round
+    goes on while old jobs are left; once caught up it looks again an hour later."""
+    local, _, _, engine = own_schema
+    jobs = JobStore(engine)
+    for n in range(25):
+        jobs.record_rejected(f"old-{n}", "made final for the test")
+    time.sleep(0.2)  # older than the retention below
+    monkeypatch.setattr(recovery, "PRUNE_BATCH", 10)
+    monkeypatch.setattr(recovery, "PRUNE_BATCHES_A_ROUND", 1)
+    settings = local.model_copy(update={"retention_days": 1e-6})  # 86 ms
+    stores = recovery.open_stores(settings, role="heimdall-test")
+
+    def publish(message):
+        raise AssertionError(f"nothing to relay, yet {message.job_id} was published")
+
+    upkeep = recovery.Upkeep(settings, lambda: stores, publish)
+    try:
+        left = []
+        for _ in range(4):
+            upkeep.run_once()
+            left.append(sum(jobs.get(f"old-{n}") is not None for n in range(25)))
+        assert left == [15, 5, 0, 0]
+        jobs.record_rejected("old-late", "made final for the test")
+        time.sleep(0.2)
+        upkeep.run_once()  # caught up: the next look is an hour away
+        assert jobs.get("old-late") is not None
+    finally:
+        stores.redis.client.close()
+        stores.jobs.engine.dispose()

@@ -12,6 +12,7 @@ from api_shim.client import ShimError
 from inference_worker.cli.arguments import count, number
 from inference_worker.cli.jobs import print_job
 from inference_worker.cli.main import build_parser
+from inference_worker.cli.upkeep import PruneProgress
 
 
 def succeeded(quality: dict | None) -> dict:
@@ -139,3 +140,14 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
     assert out.startswith("job j1: succeeded\nposition      45.10000, 7.50000\n")
     assert "A - B" in out and "-412.73 us ± 0.44 (52/52 windows)" in out
     assert "also possible 48.49000, 7.39000 (weight 0.07)" in out
+
+
+def test_a_prune_by_hand_says_how_far_it_has_come(capsys):
+    progress = PruneProgress(every_s=0.0)
+    progress(5_000)
+    progress(10_000)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" so far")[0].strip() for line in lines] == [
+        "deleted 5000",
+        "deleted 10000",
+    ]
