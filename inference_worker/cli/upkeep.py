@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from inference_worker.cli.arguments import number
+from inference_worker.cli.arguments import count, number
 from inference_worker.settings import Settings
 
 
@@ -27,6 +27,12 @@ def add_parser(sub: Any) -> None:
         help="seconds since submission that make a job stuck (default HEIMDALL_STUCK_AFTER_S)",
     )
     jobs.add_argument("--all-stuck", action="store_true", help="requeue or fail every stuck job")
+    jobs.add_argument(
+        "--limit",
+        type=count(1),
+        default=1_000,
+        help="with stuck: list at most this many, the oldest (default 1000)",
+    )
     jobs.add_argument("--reason", help="with fail: the error recorded on the job")
     jobs.add_argument(
         "--older-than-days",
@@ -47,7 +53,15 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
     stores = recovery.open_stores(settings, role="heimdall-cli")
     try:
         if args.action == "stuck":
-            print_stuck(recovery.stuck_jobs(stores, older_than), older_than, args.json)
+            found = recovery.stuck_jobs(stores, older_than, args.limit)
+            print_stuck(found, older_than, args.json)
+            total = stores.maintenance.count_not_final(older_than) if found else 0
+            if total > len(found):  # on stderr: the JSON on stdout stays a list
+                print(
+                    f"the oldest {len(found)} of {total} stuck jobs are listed (--limit); "
+                    "requeue and fail take --all-stuck for all of them",
+                    file=sys.stderr,
+                )
         elif args.action == "prune":
             days = args.older_than_days
             days = settings.retention_days if days is None else days
@@ -58,7 +72,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
         else:
             job_ids = list(args.job_ids)
             if args.all_stuck:
-                job_ids += [j["job_id"] for j in recovery.stuck_jobs(stores, older_than)]
+                job_ids += stores.maintenance.not_final_ids(older_than)
             if not job_ids:
                 fail(f"jobs {args.action} needs job ids or --all-stuck")
             if args.action == "requeue":

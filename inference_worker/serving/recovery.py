@@ -99,10 +99,11 @@ def relay_unconfirmed(
     return report
 
 
-def stuck_jobs(stores: Stores, older_than_s: float) -> list[dict[str, Any]]:
-    """Every job not final ``older_than_s`` after submission, with what is known about it."""
+def stuck_jobs(stores: Stores, older_than_s: float, limit: int) -> list[dict[str, Any]]:
+    """The oldest ``limit`` jobs not final ``older_than_s`` after submission, with what is known
+    about each (``maintenance.count_not_final`` says how many there are in all)."""
     found = []
-    for row in stores.maintenance.not_final(older_than_s):
+    for row in stores.maintenance.not_final(older_than_s, limit):
         message = stored_message(row)
         blob_key = message.blob_key if message else stores.redis.blob_key(row["job_id"])
         found.append(

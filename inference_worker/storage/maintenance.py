@@ -80,6 +80,17 @@ class JobMaintenance:
         with self.engine.connect() as connection:
             return list(connection.execute(statement).mappings())
 
+    def not_final_ids(self, older_than_s: float) -> list[str]:
+        """The ids of every job submitted more than ``older_than_s`` ago that is still queued
+        or running, oldest first (no limit: what ``--all-stuck`` acts on)."""
+        statement = (
+            sa.select(jobs.c.job_id)
+            .where(jobs.c.status.in_(NOT_FINAL), _older_than(older_than_s))
+            .order_by(jobs.c.created_at)
+        )
+        with self.engine.connect() as connection:
+            return list(connection.execute(statement).scalars())
+
     def count_not_final(self, older_than_s: float) -> int:
         statement = sa.select(sa.func.count()).where(
             jobs.c.status.in_(NOT_FINAL), _older_than(older_than_s)

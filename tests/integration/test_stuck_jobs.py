@@ -38,7 +38,7 @@ def own_schema(own_queue_factory, settings):
     cleanup.dispose()
 
 
-def cli(local, *args: str, code: int = 0) -> str:
+def run_cli(local, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "inference_worker.cli", *args],
         env=worker_env(local),
@@ -47,7 +47,11 @@ def cli(local, *args: str, code: int = 0) -> str:
         timeout=120,
     )
     assert done.returncode == code, done.stderr[-2000:]
-    return done.stdout
+    return done
+
+
+def cli(local, *args: str, code: int = 0) -> str:
+    return run_cli(local, *args, code=code).stdout
 
 
 def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, capture):
@@ -127,3 +131,23 @@ def test_retention_goes_on_round_after_round_until_it_has_caught_up(own_schema, 
     finally:
         stores.redis.client.close()
         stores.jobs.engine.dispose()
+
+
+def test_more_stuck_jobs_than_a_listing_shows_are_counted_and_all_acted_on(own_schema, capture):
+    """The listing stopped at the oldest 1 000 without saying so, and `--all-stuck` acted on
+    those alone: after a large outage the operator could not tell that more were left."""
+    local, _, _, engine = own_schema
+    jobs = JobStore(engine)
+    ids = [f"stuck-many-{n:04d}" for n in range(1_001)]
+    for job_id in ids:
+        record_job(jobs, read_message(capture_message(capture, job_id, "gone")), published=True)
+
+    done = run_cli(local, "jobs", "stuck", "--older-than", "0", "--json")
+    assert [j["job_id"] for j in json.loads(done.stdout)] == ids[:1_000]  # the oldest
+    assert "the oldest 1000 of 1001 stuck jobs are listed" in done.stderr
+    fewer = run_cli(local, "jobs", "stuck", "--older-than", "0", "--limit", "2")
+    assert "the oldest 2 of 1001" in fewer.stderr
+
+    out = cli(local, "jobs", "fail", "--all-stuck", "--reason", "test", "--older-than", "0")
+    assert out.count(": failed") == 1_001, out[-500:]
+    assert "no job is unfinished" in cli(local, "jobs", "stuck", "--older-than", "0")
