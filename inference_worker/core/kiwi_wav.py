@@ -8,8 +8,8 @@ next block's first sample — and a ``data`` chunk of 512 I/Q pairs of little-en
 The reader takes what real files hold: a RIFF size that is wrong or zero (a recording cut short),
 a last block cut mid-way, chunks it does not know, a first block stamped 0 (no time yet). The true
 sample rate differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
-(:func:`timebase`), which also finds the consistent part of a file whose stamps jump. The writer
-makes test data.
+(:func:`timebase`), which also leaves out single bad stamps and finds the consistent part of a
+file whose stamps jump. The writer makes test data.
 """
 
 from __future__ import annotations
@@ -142,9 +142,14 @@ def _check_format(body: bytes) -> int:
 def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     """The sample rate and GPS time of sample 0, fitted to the stamps that agree with each other.
 
-    Stamps of 0 or without a fix are left out, and so are blocks whose stamps jump away from the
-    rest: the longest run of blocks whose stamps step by their sample count at one rate (within
-    ``tolerance_s``) is kept, as its own recording would be, instead of dropping the receiver.
+    Stamps of 0 or without a fix are left out. The stamps are walked in order: one that leaves
+    the line and comes back to it within a few blocks is a bad stamp, left out of the fit while
+    its samples stay (the line agreeing on both sides says none were lost); one after which the
+    line does not come back is a jump (lost samples, the receiver's time set again), and the
+    longest stretch between jumps is kept, as its own recording would be, instead of dropping
+    the receiver. "On the line" means within ``tolerance_s`` or five times the stamps' own
+    jitter, whichever is larger, so a stamp off by a tenth of a millisecond no longer pulls the
+    fit by microseconds (hundreds of metres of range).
 
     Raises:
         KiwiWavError: fewer than two consistent stamped blocks.
@@ -155,7 +160,7 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     index = np.flatnonzero(usable)
     if len(index) < 2:
         raise KiwiWavError("the recording has fewer than two blocks with a usable GPS time")
-    # Rate between neighbouring stamped blocks; the consistent run shares one rate and offset.
+    # Rate between neighbouring stamped blocks: the median is that of the consistent stretches.
     steps = np.diff(gps[index]) / np.diff(start[index])
     rate = (
         1.0 / float(np.median(steps[(steps > 0) & np.isfinite(steps)]))
@@ -164,24 +169,54 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     )
     if not 1_000.0 < rate < 1_000_000.0:
         raise KiwiWavError("the GPS stamps do not advance with the samples")
-    offsets = gps[index] - start[index] / rate  # t0 implied by each stamp
-    reference = float(np.median(offsets))
-    keep = index[np.abs(offsets - reference) < max(tolerance_s, 50.0 / rate)]
-    keep = _longest_run(keep, index)
+    offsets = gps[index] - start[index] / rate  # t0 implied by each stamp: flat on the line
+    jitter = 1.4826 * float(np.median(np.abs(np.diff(offsets)))) / np.sqrt(2.0)
+    inliers, stretch = _consistent_stretch(offsets, max(tolerance_s, 5.0 * jitter))
+    keep = index[inliers]
     if len(keep) < 2:
         raise KiwiWavError("the recording has fewer than two consistent GPS stamps")
     slope, intercept = np.polyfit(start[keep], gps[keep], 1)
     residual = gps[keep] - (intercept + slope * start[keep])
-    last = int(keep[-1])
+    first, last = int(index[stretch[0]]), int(index[stretch[1] - 1])
     end = int(recording.block_start[last + 1]) if last + 1 < len(start) else len(recording.iq)
     return Timebase(
         rate_hz=float(1.0 / slope),
         t0_s=float(intercept),
-        first_sample=int(recording.block_start[keep[0]]),
+        first_sample=int(recording.block_start[first]),
         end_sample=end,
-        rejected_blocks=int(np.count_nonzero(usable) - len(keep) + np.count_nonzero(~usable)),
+        rejected_blocks=len(start) - len(keep),
         residual_s=float(np.sqrt(np.mean(residual**2))),
     )
+
+
+LOOK_AHEAD_BLOCKS = 8
+"""How many blocks a stamp off the line may be followed by others off it before the line is
+taken as having jumped, rather than those stamps as bad."""
+
+
+def _consistent_stretch(offsets: np.ndarray, gate_s: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stamps (positions in ``offsets``) of the longest stretch on one line, and the
+    stretch's first and end position: stamps off the line that it comes back to are left out,
+    one it does not come back to after ``LOOK_AHEAD_BLOCKS`` ends the stretch."""
+    stretches: list[list[int]] = []
+    current: list[int] = []
+    position = 0
+    while position < len(offsets):
+        level = offsets[current[-1]] if current else None
+        if level is None or abs(offsets[position] - level) < gate_s:
+            current.append(position)
+            position += 1
+            continue
+        ahead = offsets[position + 1 : position + 1 + LOOK_AHEAD_BLOCKS]
+        back = np.flatnonzero(np.abs(ahead - level) < gate_s)
+        if len(back):  # bad stamps: the line goes on after them
+            position += 1 + int(back[0])
+            continue
+        stretches.append(current)  # a jump: a new stretch starts here
+        current = []
+    stretches.append(current)
+    best = max(stretches, key=lambda kept: kept[-1] - kept[0] if kept else -1)
+    return np.asarray(best, dtype=np.int64), (best[0], best[-1] + 1)
 
 
 def _unwrap_weeks(gps: np.ndarray) -> np.ndarray:
@@ -192,21 +227,6 @@ def _unwrap_weeks(gps: np.ndarray) -> np.ndarray:
     jumps[finite] = np.concatenate([[0.0], np.diff(out[finite])])
     out[finite] += GPS_WEEK_S * np.cumsum(jumps[finite] < -GPS_WEEK_S / 2)
     return out
-
-
-def _longest_run(keep: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The longest stretch of ``keep`` with no usable block left out in between."""
-    kept = np.isin(index, keep)
-    best, run = (0, 0), None
-    for position, good in enumerate(kept):
-        if good and run is None:
-            run = position
-        if (not good or position == len(kept) - 1) and run is not None:
-            stop = position + 1 if good else position
-            if stop - run > best[1] - best[0]:
-                best = (run, stop)
-            run = None
-    return index[best[0] : best[1]]
 
 
 def write_kiwi_wav(

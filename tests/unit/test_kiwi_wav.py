@@ -79,7 +79,49 @@ def test_a_single_wild_stamp_is_left_out():
     stamps[20] += 12.0
     base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
     assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.02)
-    assert base.end_sample - base.first_sample >= 39 * BLOCK_SAMPLES
+    assert (base.first_sample, base.end_sample) == (0, len(iq))  # its samples stay
+
+
+@pytest.mark.parametrize("off_s", [1e-4, 5e-4, 3e-3])
+def test_a_stamp_off_by_a_fraction_of_a_millisecond_does_not_pull_the_time(off_s):
+    """Within the old gate of 50 samples (4 ms), such a stamp was fitted: 0.5 ms moved the time
+    of the file's middle by 8 µs (2.4 km of range)."""
+    iq, stamps = recording(blocks=60)
+    stamps[20] += off_s
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    middle = 30 * BLOCK_SAMPLES
+    assert base.time_of(middle) == pytest.approx(T0_S + middle / TRUE_RATE_HZ, abs=1e-6)
+    assert base.rejected_blocks == 1
+    assert (base.first_sample, base.end_sample) == (0, len(iq))
+
+
+def test_a_small_jump_ends_the_stretch_instead_of_bending_the_fit():
+    """A jump of 1 ms was inside the old gate: both sides were fitted as one line, 144 µs off
+    and 4.9 Hz off in rate."""
+    iq, stamps = recording(blocks=80)
+    stamps[50:] += 1e-3
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.end_sample == 50 * BLOCK_SAMPLES
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.02)
+    assert base.t0_s == pytest.approx(T0_S, abs=2e-6)
+
+
+def test_a_few_bad_stamps_in_a_row_keep_the_samples_around_them():
+    """The line comes back after them, so no sample was lost: the whole file stays (the first
+    20 blocks were dropped)."""
+    iq, stamps = recording(blocks=60)
+    stamps[20:25] += 0.3
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert (base.first_sample, base.end_sample) == (0, len(iq))
+    assert base.rejected_blocks == 5
+    assert base.t0_s == pytest.approx(T0_S, abs=2e-6)
+
+
+def test_a_receiver_with_jittery_stamps_keeps_them_all():
+    iq, stamps = recording(blocks=200, jitter_s=30e-6)
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert base.rejected_blocks == 0
+    assert base.rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.05)
 
 
 def test_a_recording_across_the_gps_week_boundary_stays_continuous():
