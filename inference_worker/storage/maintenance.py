@@ -21,6 +21,11 @@ def _older_than(seconds: float) -> sa.ColumnElement[bool]:
     return jobs.c.created_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
+def _not_final_since(seconds: float) -> sa.ColumnElement[bool]:
+    """Still queued or running ``seconds`` after submission: what makes a job stuck."""
+    return sa.and_(jobs.c.status.in_(NOT_FINAL), _older_than(seconds))
+
+
 class JobMaintenance:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -60,7 +65,7 @@ class JobMaintenance:
         with self.engine.connect() as connection:
             return list(connection.execute(statement).mappings())
 
-    def not_final(self, older_than_s: float, limit: int = 1000) -> list[RowMapping]:
+    def not_final(self, older_than_s: float, limit: int) -> list[RowMapping]:
         """Jobs submitted more than ``older_than_s`` ago that are still queued or running."""
         statement = (
             sa.select(
@@ -73,7 +78,7 @@ class JobMaintenance:
                 jobs.c.message,
                 (sa.func.extract("epoch", sa.func.now() - jobs.c.created_at)).label("age_s"),
             )
-            .where(jobs.c.status.in_(NOT_FINAL), _older_than(older_than_s))
+            .where(_not_final_since(older_than_s))
             .order_by(jobs.c.created_at)
             .limit(limit)
         )
@@ -85,16 +90,14 @@ class JobMaintenance:
         or running, oldest first (no limit: what ``--all-stuck`` acts on)."""
         statement = (
             sa.select(jobs.c.job_id)
-            .where(jobs.c.status.in_(NOT_FINAL), _older_than(older_than_s))
+            .where(_not_final_since(older_than_s))
             .order_by(jobs.c.created_at)
         )
         with self.engine.connect() as connection:
             return list(connection.execute(statement).scalars())
 
     def count_not_final(self, older_than_s: float) -> int:
-        statement = sa.select(sa.func.count()).where(
-            jobs.c.status.in_(NOT_FINAL), _older_than(older_than_s)
-        )
+        statement = sa.select(sa.func.count()).where(_not_final_since(older_than_s))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
