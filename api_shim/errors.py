@@ -49,10 +49,14 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     return error_response(exc.code or 500, code, message)
 
 
-def _registry_unavailable(exc: RegistryUnavailable) -> tuple[Response, int]:
+def registry_unavailable(exc: RegistryUnavailable) -> ApiError:
     """The model registry's store is down: whatever asked it waits for it, as for a store."""
     log.warning("%s", exc)
-    return error_response(503, "registry_unavailable", str(exc))
+    return ApiError(503, "registry_unavailable", str(exc))
+
+
+def _registry_unavailable(exc: RegistryUnavailable) -> tuple[Response, int]:
+    return _api_error(registry_unavailable(exc))
 
 
 def _unexpected(exc: Exception) -> tuple[Response, int]:

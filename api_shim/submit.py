@@ -7,15 +7,16 @@ checks it, records the job, stores the IQ and publishes the task.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from flask import Response, g, jsonify, request, url_for
 
 from api_shim.auth import Audience, current_tenant
-from api_shim.errors import ApiError
+from api_shim.errors import ApiError, registry_unavailable
 from api_shim.read import find_job, job_response, wait_for_final, wait_seconds
 from api_shim.services import services
 from inference_worker.core.capture import (
@@ -25,10 +26,14 @@ from inference_worker.core.capture import (
     decode_npy,
 )
 from inference_worker.serving import observability
+from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.storage.statuses import FINAL_STATUSES
+from tasks.captures import Capture
 from tasks.intake import Accepted, JobConflict, ModelRequestError, ServiceUnavailable
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
+
+log = logging.getLogger(__name__)
 
 
 def create_blueprint() -> Audience:
@@ -69,21 +74,27 @@ def _record_submission(response: Response) -> Response:
 
 def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> Accepted:
     """Check and accept one capture, or raise the ApiError that says why not."""
-    intake = services().intake
+    capture = checked(iq, fields)
     try:
-        capture = intake.check(iq, fields)
+        return services().intake.accept(capture, batch_id=batch_id, tenant=current_tenant())
+    except JobConflict as exc:
+        raise ApiError(409, "job_id_conflict", str(exc)) from None
+    except ServiceUnavailable as exc:
+        raise ApiError(503, "service_unavailable", str(exc)) from None
+
+
+def checked(iq: Any, fields: dict[str, Any], look_up_model: bool = True) -> Capture:
+    """The capture checked by the intake path, or the ApiError that says what is wrong."""
+    try:
+        return services().intake.check(iq, fields, look_up_model=look_up_model)
+    except RegistryUnavailable as exc:  # a model named while the registry does not answer
+        raise registry_unavailable(exc) from None
     except CaptureTooLarge as exc:
         raise ApiError(413, "capture_too_large", str(exc)) from None
     except ModelRequestError as exc:
         raise ApiError(422, exc.code, str(exc)) from None
     except CaptureError as exc:
         raise ApiError(422, "invalid_capture", str(exc)) from None
-    try:
-        return intake.accept(capture, batch_id=batch_id, tenant=current_tenant())
-    except JobConflict as exc:
-        raise ApiError(409, "job_id_conflict", str(exc)) from None
-    except ServiceUnavailable as exc:
-        raise ApiError(503, "service_unavailable", str(exc)) from None
 
 
 def submit_tdoa() -> Accepted:
@@ -263,30 +274,31 @@ def check_batch_size(count: int) -> None:
 
 def predict_batch() -> tuple[Response, int]:
     """Each capture accepted or refused on its own. A service that becomes unavailable part way
-    (a store down, a full queue) ends the batch: the captures accepted before it stay accepted
-    and are listed (``202``), the rest carry ``service_unavailable`` — the one that met it and
-    every later one, which is not tried — so the client submits just those again. Only when
-    nothing was accepted is the answer a ``503``."""
+    (a store down, a full queue, the registry for a named model) or an unexpected error ends the
+    batch: the captures accepted before it stay accepted and are listed (``202``), the one that
+    met it carries its error and every later one is checked but not tried — its own error if it
+    is invalid, else ``not tried`` with the outage's code — so the client submits just those
+    again. Only when nothing was accepted is the answer the outage's ``503`` (or ``500``)."""
     batch_id = str(uuid.uuid4())
     results: list[dict[str, Any]] = []
-    unavailable: ApiError | None = None
+    stopped: ApiError | None = None
     for index, (iq, fields) in enumerate(batch_items()):
         try:
             if isinstance(iq, ApiError):
                 raise iq
-            if unavailable is not None:
-                raise ApiError(503, unavailable.code, f"not tried: {unavailable.message}")
-            accepted = submit_one(iq, fields, batch_id)
+            if stopped is not None:
+                not_tried(iq, fields, stopped)
+            accepted = batch_capture(iq, fields, batch_id)
         except ApiError as exc:
-            if exc.status == 503 and unavailable is None:
-                unavailable = exc
+            if exc.status >= 500 and stopped is None:
+                stopped = exc
             results.append({"index": index, "error": {"code": exc.code, "message": exc.message}})
             continue
         status_url = url_for("read.get_job", job_id=accepted.job_id)
         results.append({"index": index, **accepted.describe(status_url)})
     accepted_count = sum("job_id" in r for r in results)
-    if unavailable is not None and not accepted_count:
-        raise unavailable  # the whole batch can be submitted again
+    if stopped is not None and not accepted_count:
+        raise stopped  # the whole batch can be submitted again
     body: dict[str, Any] = {
         "batch_id": batch_id if accepted_count else None,
         "status_url": url_for("read.get_batch", batch_id=batch_id) if accepted_count else None,
@@ -301,3 +313,22 @@ def predict_batch() -> tuple[Response, int]:
         }
         return jsonify(body), 422
     return jsonify(body), 202
+
+
+def batch_capture(iq: Any, fields: dict[str, Any], batch_id: str) -> Accepted:
+    """One capture of a batch; an unexpected error is logged and refuses this capture alone, so
+    the answer still lists the captures accepted before it."""
+    try:
+        return submit_one(iq, fields, batch_id)
+    except ApiError:
+        raise
+    except Exception:
+        log.exception("unhandled error accepting a batch's capture")
+        raise ApiError(500, "internal_error", "internal error; the event was logged") from None
+
+
+def not_tried(iq: Any, fields: dict[str, Any], stopped: ApiError) -> NoReturn:
+    """A capture after the batch was stopped: refused with what is wrong with it, if anything
+    (checked without asking the model registry), else as not tried."""
+    checked(iq, fields, look_up_model=False)
+    raise ApiError(stopped.status, stopped.code, f"not tried: {stopped.message}")

@@ -162,8 +162,11 @@ class Intake:
     def limits(self) -> CaptureLimits:
         return self.fixed_limits or capture_limits(self.settings, self.served.current())
 
-    def check(self, iq: np.ndarray, fields: Mapping[str, Any]) -> Capture:
-        """Check a decoded capture and its fields (as JSON or a query string gives them).
+    def check(
+        self, iq: np.ndarray, fields: Mapping[str, Any], look_up_model: bool = True
+    ) -> Capture:
+        """Check a decoded capture and its fields (as JSON or a query string gives them); a
+        named model is looked up only when ``look_up_model`` (it may ask the registry).
 
         Raises:
             CaptureTooLarge: longer than the service accepts.
@@ -180,7 +183,7 @@ class Intake:
             limits = replace(limits, min_samples=max(limits.min_samples, shortest))
         iq = validate_iq(iq, limits)
         requested = parse_model_request(fields.get("model"))
-        if requested is not None and self.resolve_model is not None:
+        if requested is not None and look_up_model and self.resolve_model is not None:
             self.resolve_model(requested)
         return Capture(iq=iq, meta=meta, job_id=job_id, model=requested)
 

@@ -122,7 +122,8 @@ def worker(
 def app(settings: Settings, engine: sa.Engine, redis_client: redis.Redis, queue_cleanup: None):
     app = create_app(settings)
     app.config["TESTING"] = True
-    return app
+    yield app
+    app.extensions["heimdall"].intake.mark_published.flush()  # while the job schema is there
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import pickle
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -13,8 +14,9 @@ import sqlalchemy as sa
 
 from api_shim.app import create_app
 from inference_worker.core.contract import ModelSummary, Receiver, load_metadata
+from inference_worker.storage.database import JobStore
 from inference_worker.storage.schema import jobs
-from tests.helpers import capture_query, npy_bytes, npy_with_header
+from tests.helpers import capture_query, json_body, npy_bytes, npy_with_header
 
 
 def post_npy(client, body: bytes, query: dict):
@@ -230,3 +232,33 @@ def test_after_a_reload_the_shim_checks_receivers_against_the_announced_champion
     assert accepted.status_code == 202, accepted.get_json()
     refused = post_npy(app.test_client(), npy_bytes(capture.iq), capture_query(capture))
     assert refused.status_code == 422 and "east" in refused.get_json()["error"]["message"]
+
+
+def test_an_unexpected_error_part_way_through_a_batch_keeps_what_it_accepted(
+    app, client, engine, capture, monkeypatch
+):
+    """An error nobody expected (a bug) met by the second capture of a batch answered 500 for
+    the whole batch, and the first capture's job id was lost to the client."""
+    intake = app.extensions["heimdall"].intake
+    accept = intake.accept
+    calls: list[str] = []
+
+    def failing_second(capture, **more):
+        calls.append(capture.job_id)
+        if len(calls) == 2:
+            raise RuntimeError("an unexpected error")
+        return accept(capture, **more)
+
+    monkeypatch.setattr(intake, "accept", failing_second)
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"batch-bug-{tag}-{n}" for n in range(3)]
+    captures = [json_body(capture, job_id=job_id) for job_id in ids]
+    response = client.post("/predict-batch", json={"captures": captures})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    jobs = response.get_json()["jobs"]
+    assert jobs[0]["job_id"] == ids[0]
+    assert [job["error"]["code"] for job in jobs[1:]] == ["internal_error", "internal_error"]
+    assert jobs[2]["error"]["message"].startswith("not tried: ")
+    assert calls == ids[:2]  # the capture after the error was not tried
+    rows = JobStore(engine).batch(response.get_json()["batch_id"])
+    assert [row["job_id"] for row in rows] == ids[:1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -85,6 +86,46 @@ def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(
     )
     accepted = client.post("/predict", json=body)
     assert accepted.status_code == 202, accepted.get_data(as_text=True)
+
+
+def test_a_batch_naming_a_model_in_a_registry_outage_keeps_what_it_accepted(
+    settings, engine, queue_cleanup, registry_database, capture, tmp_path
+):
+    """A batch capture naming a version while the registry did not answer raised out of the
+    batch: a 503 for the whole batch, though the captures before it were accepted (their job
+    ids lost to the client). A capture after the outage that was itself invalid was told only
+    "not tried", and learnt what was wrong when sent again."""
+    url, admin = registry_database
+    shim_settings = in_registry_mode(settings, url, tmp_path, redis_prefix="registry-batch:")
+    open_registry(shim_settings).bootstrap(shim_settings.model_dir)
+    app = create_app(shim_settings)
+    client = app.test_client()
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"registry-batch-{tag}-{n}" for n in range(4)]
+    captures = [
+        json_body(capture, job_id=ids[0]),
+        json_body(capture, job_id=ids[1], model="7"),  # no copy here: the registry must answer
+        json_body(capture, job_id=ids[2], sample_rate_hz=-1),
+        json_body(capture, job_id=ids[3]),
+    ]
+    switch(admin, url, on=False)
+    try:
+        response = client.post("/predict-batch", json={"captures": captures})
+    finally:
+        switch(admin, url, on=True)
+        app.extensions["heimdall"].jobs.engine.dispose()
+    assert response.status_code == 202, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["accepted"], body["rejected"]) == (1, 3)
+    jobs = body["jobs"]
+    assert jobs[0]["job_id"] == ids[0]
+    codes = [job.get("error", {}).get("code") for job in jobs]
+    assert codes == [None, "registry_unavailable", "invalid_capture", "registry_unavailable"]
+    assert "sample_rate_hz" in jobs[2]["error"]["message"]
+    assert jobs[3]["error"]["message"] == f"not tried: {jobs[1]['error']['message']}"
+    store = JobStore(engine)
+    assert store.get(ids[0]) is not None
+    assert all(store.get(job_id) is None for job_id in ids[1:])
 
 
 def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
