@@ -281,6 +281,7 @@ def predict_batch() -> tuple[Response, int]:
     again. Only when nothing was accepted is the answer the outage's ``503`` (or ``500``)."""
     batch_id = str(uuid.uuid4())
     results: list[dict[str, Any]] = []
+    statuses: list[int] = []  # each capture's, as it would have been answered alone
     stopped: ApiError | None = None
     for index, (iq, fields) in enumerate(batch_items()):
         try:
@@ -293,10 +294,13 @@ def predict_batch() -> tuple[Response, int]:
             if exc.status >= 500 and stopped is None:
                 stopped = exc
             results.append({"index": index, "error": {"code": exc.code, "message": exc.message}})
+            statuses.append(exc.status)
             continue
         status_url = url_for("read.get_job", job_id=accepted.job_id)
         results.append({"index": index, **accepted.describe(status_url)})
+        statuses.append(202)
     accepted_count = sum("job_id" in r for r in results)
+    observability.record_batch_captures(statuses)
     if stopped is not None and not accepted_count:
         raise stopped  # the whole batch can be submitted again
     body: dict[str, Any] = {

@@ -9,11 +9,13 @@ process serves them on ``HEIMDALL_WORKER_METRICS_PORT``; the shim serves its own
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,12 @@ def _create_metrics() -> dict[str, Any]:
             ["endpoint", "status"],
             buckets=LATENCY_BUCKETS,
         ),
+        "batch_captures": Counter(
+            "heimdall_batch_captures_total",
+            "Captures of POST /predict-batch by the status each would have had alone (a batch "
+            "that accepted some answers 202 while later captures meet an outage: 503).",
+            ["status"],
+        ),
     }
 
 
@@ -138,6 +146,13 @@ def record_store_retry(store: str) -> None:
 
 def record_submission(endpoint: str, status: int, seconds: float) -> None:
     _metrics()["submission"].labels(endpoint, str(status)).observe(seconds)
+
+
+def record_batch_captures(statuses: Iterable[int]) -> None:
+    """Count a batch's captures by the status each would have had alone (202 when accepted)."""
+    counter = _metrics()["batch_captures"]
+    for status, count in collections.Counter(statuses).items():
+        counter.labels(str(status)).inc(count)
 
 
 def connect_worker_signals() -> None:

@@ -108,12 +108,19 @@ def test_a_batch_naming_a_model_in_a_registry_outage_keeps_what_it_accepted(
         json_body(capture, job_id=ids[2], sample_rate_hz=-1),
         json_body(capture, job_id=ids[3]),
     ]
+    before = batch_captures(client)
     switch(admin, url, on=False)
     try:
         response = client.post("/predict-batch", json={"captures": captures})
     finally:
         switch(admin, url, on=True)
         app.extensions["heimdall"].jobs.engine.dispose()
+    counted = batch_captures(client)  # what HeimdallSubmissionsRefused reads, beside the 503s
+    assert {status: counted[status] - before.get(status, 0) for status in counted} == {
+        "202": 1,
+        "422": 1,
+        "503": 2,
+    }
     assert response.status_code == 202, response.get_data(as_text=True)
     body = response.get_json()
     assert (body["accepted"], body["rejected"]) == (1, 3)
@@ -126,6 +133,17 @@ def test_a_batch_naming_a_model_in_a_registry_outage_keeps_what_it_accepted(
     store = JobStore(engine)
     assert store.get(ids[0]) is not None
     assert all(store.get(job_id) is None for job_id in ids[1:])
+
+
+def batch_captures(client) -> dict[str, float]:
+    """The shim's ``heimdall_batch_captures_total`` by status."""
+    prefix = 'heimdall_batch_captures_total{status="'
+    counts = {}
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(prefix):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels[len(prefix) : -2]] = float(value)
+    return counts
 
 
 def test_a_worker_process_waits_out_a_registry_outage_during_a_reload(
