@@ -9,8 +9,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inference_worker.core.capture import time_in_range
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 TASK_NAME = "heimdall.locate"
@@ -69,6 +70,12 @@ class LocateMessage(BaseModel):
         workers of either release read it."""
         tdoa_only = {"method", "stations", "parts"} if self.method == "model" else set()
         return self.model_dump(mode="json", exclude=tdoa_only)
+
+    @field_validator("capture_time", "submitted_at")
+    @classmethod
+    def _readable_time(cls, moment: datetime | None, info: pydantic.ValidationInfo) -> Any:
+        """A time the stores can give back (a naive one is taken as UTC, as the shim does)."""
+        return None if moment is None else time_in_range(str(info.field_name), moment)
 
     @model_validator(mode="after")
     def _fits_its_method(self) -> LocateMessage:

@@ -234,6 +234,27 @@ def parse_number(name: str, value: object, *, low: float, high: float) -> float:
     return number
 
 
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+"""The times a job accepts: PostgreSQL stores any year, but a time whose UTC date falls in year
+0 or 10000 (``0001-01-01T00:00+05:00``) could not be read back into Python."""
+
+
+def time_in_range(name: str, moment: datetime) -> datetime:
+    """``moment`` (a naive one taken as UTC) if it lies within [EARLIEST_TIME, LATEST_TIME].
+
+    Raises:
+        ValueError: outside; the text names ``name`` and the range.
+    """
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if not EARLIEST_TIME <= aware <= LATEST_TIME:
+        raise ValueError(
+            f"{name} must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} UTC; "
+            f"got {moment.isoformat()}"
+        )
+    return aware
+
+
 def parse_capture_time(value: object) -> datetime:
     """ISO 8601 capture time (naive times are taken as UTC); missing means now."""
     if value is None or value == "":
@@ -244,7 +265,10 @@ def parse_capture_time(value: object) -> datetime:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise CaptureError(f"capture_time is not ISO 8601: {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return time_in_range("capture_time", moment)
+    except ValueError as exc:
+        raise CaptureError(str(exc)) from None
 
 
 def parse_job_id(value: object) -> str | None:

@@ -76,6 +76,9 @@ def test_bad_npy_capture_is_rejected_with_reason(client, engine, capture, mangle
         ({"sample_rate_hz": "nan"}, "sample_rate_hz"),
         ({"sample_rate_hz": 8000}, "sample_rate_hz"),
         ({"capture_time": "yesterday"}, "capture_time"),
+        # Accepted before, then unreadable: year 10000 in UTC, as every read of the row met it.
+        ({"capture_time": "9999-12-31T23:59:59-05:00"}, "capture_time must lie between"),
+        ({"capture_time": "0001-01-01T00:00:00+05:00"}, "capture_time must lie between"),
         ({"job_id": "bad id with spaces"}, "job_id"),
     ],
 )

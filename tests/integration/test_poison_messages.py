@@ -43,8 +43,17 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
         (lambda m: m, False, "missing"),
         (lambda m: {**m, "iq_sha256": "0" * 64}, True, "sha256"),
         (lambda m: {**m, "receivers": ["x1", "x2", "x3"]}, True, "receivers"),
+        # year 10000 in UTC: PostgreSQL stored it, and no read of the row could give it back
+        (lambda m: {**m, "capture_time": "9999-12-31T23:59:59-05:00"}, True, "capture_time"),
     ],
-    ids=["wrong-type", "two-receivers", "key-without-blob", "garbage-blob", "unknown-receivers"],
+    ids=[
+        "wrong-type",
+        "two-receivers",
+        "key-without-blob",
+        "garbage-blob",
+        "unknown-receivers",
+        "unreadable-time",
+    ],
 )
 def test_bad_message_fails_its_job_with_the_reason(
     worker, settings, stores, capture, mangle, store_blob, fragment

@@ -131,6 +131,16 @@ def test_channel_order_puts_rows_in_the_model_order():
     assert [("giaveno", "torino", "montanaro")[i] for i in order] == list(KNOWN)
 
 
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z"]
+)
+def test_a_capture_time_outside_what_the_stores_give_back_is_refused(text):
+    """Year 1 at +05:00 is year 0 in UTC: PostgreSQL kept it, and every read of the row failed."""
+    with pytest.raises(CaptureError, match="capture_time must lie between 1970-01-01"):
+        parse_capture_time(text)
+    assert parse_capture_time("9999-12-30T18:59:59-05:00").year == 9999
+
+
 def test_capture_time_defaults_to_now_and_naive_means_utc():
     assert parse_capture_time(None).tzinfo is not None
     assert parse_capture_time("2026-11-27T10:00:00").utcoffset() == timedelta(0)
