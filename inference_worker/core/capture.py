@@ -234,6 +234,9 @@ def parse_number(name: str, value: object, *, low: float, high: float) -> float:
     return number
 
 
+MAX_FREQUENCY_MHZ = 300_000.0
+"""The highest tuned frequency a capture may name (300 GHz: the top of the radio spectrum)."""
+
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 """The times a job accepts: PostgreSQL stores any year, but a time whose UTC date falls in year
@@ -295,7 +298,7 @@ def parse_meta(
             high=limits.max_sample_rate_hz,
         ),
         frequency_mhz=parse_number(
-            "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0
+            "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
         ),
         receivers=parse_receivers(fields.get("receivers"), known_receivers),
         capture_time=parse_capture_time(fields.get("capture_time")),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from inference_worker.core.capture import (
+    MAX_FREQUENCY_MHZ,
     RECEIVER_ID_PATTERN,
     CaptureError,
     parse_capture_time,
@@ -125,7 +126,7 @@ def check_tdoa(
             "named 'capture' per receiver, in the order of 'receivers'"
         )
     frequency_mhz = parse_number(
-        "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=300_000.0
+        "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
     bases, lengths, rates = [], [], []
     for data, name, station in zip(files, names, stations, strict=True):

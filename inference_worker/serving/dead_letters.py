@@ -22,7 +22,12 @@ from celery import bootsteps
 
 from inference_worker.core.capture import JOB_ID_PATTERN
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.errors import DATABASE_ERRORS, TRANSIENT_ERRORS, store_name
+from inference_worker.storage.errors import (
+    DATABASE_ERRORS,
+    INPUT_ERRORS,
+    TRANSIENT_ERRORS,
+    store_name,
+)
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.views import job_view
 from tasks.contract import MessageError, read_message
@@ -100,6 +105,8 @@ def record_dead_letter(
             record_job(jobs, read_message(letter.payload))
         except MessageError:
             pass  # record_rejected below keeps the reason without the capture's fields
+        except INPUT_ERRORS as exc:  # the message's values, not the store: the same again
+            log.warning("dead-lettered job %s recorded without its fields: %s", letter.job_id, exc)
     final = jobs.fail(letter.job_id, reason)
     if final is None and jobs.get(letter.job_id) is None:
         final = jobs.record_rejected(letter.job_id, reason)
@@ -147,6 +154,13 @@ def dead_letter_step(
                     jobs, redis, letter, failure_reason(letter, delivery_limit), result_ttl_s
                 ):
                     observability.record_job({"status": "dead_lettered"})
+            except INPUT_ERRORS as exc:  # waiting cannot mend it; it would hold every letter
+                log.error(
+                    "dead-lettered job %s cannot be recorded (the same values would fail "
+                    "again); the letter is dropped: %s",
+                    letter.job_id,
+                    exc,
+                )
             except (*TRANSIENT_ERRORS, *DATABASE_ERRORS) as exc:  # a job must end recorded:
                 # whatever keeps the stores from it is waited out (an outage, a server fault)
                 log.warning("cannot record dead-lettered job %s yet: %s", letter.job_id, exc)

@@ -52,6 +52,14 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlalchemy.exc.SQLAlchemyErr
 """Any failure of a statement (the transient ones and the rest: a missing table, a constraint),
 for work that may be left undone and is done again elsewhere."""
 
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.DataError,
+    sqlalchemy.exc.IntegrityError,
+)
+"""PostgreSQL refusing a statement for the values it was given (a number out of range, text it
+cannot hold, a NULL where a value is required): the same values fail again, however long one
+waits."""
+
 STORE_FULL_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError,)
 """Redis at its maxmemory (noeviction): writes fail until workers consume what waits there."""
 STORE_ERRORS = (*TRANSIENT_ERRORS, *STORE_FULL_ERRORS)

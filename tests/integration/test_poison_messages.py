@@ -8,8 +8,10 @@ import uuid
 import kombu
 import pytest
 
+from inference_worker.serving import dead_letters
+from inference_worker.serving.dead_letters import DeadLetter, record_dead_letter
 from tasks.app import inference_queue
-from tasks.contract import TASK_NAME
+from tasks.contract import TASK_NAME, read_message
 from tests.helpers import capture_message
 from tests.integration.helpers import submit_npy, wait_final, wait_final_row
 
@@ -45,6 +47,10 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
         (lambda m: {**m, "receivers": ["x1", "x2", "x3"]}, True, "receivers"),
         # year 10000 in UTC: PostgreSQL stored it, and no read of the row could give it back
         (lambda m: {**m, "capture_time": "9999-12-31T23:59:59-05:00"}, True, "capture_time"),
+        (lambda m: {**m, "n_samples": 2**40}, True, "n_samples"),
+        (lambda m: {**m, "sample_rate_hz": 1e308 * 10}, True, "sample_rate_hz"),
+        (lambda m: {**m, "frequency_mhz": 1e300}, True, "frequency_mhz"),
+        (lambda m: {**m, "receivers": ["torino", "montanaro", "gia\x00veno"]}, True, "receivers"),
     ],
     ids=[
         "wrong-type",
@@ -53,6 +59,10 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
         "garbage-blob",
         "unknown-receivers",
         "unreadable-time",
+        "huge-n",
+        "inf-rate",
+        "huge-frequency",
+        "nul-receiver",
     ],
 )
 def test_bad_message_fails_its_job_with_the_reason(
@@ -91,3 +101,20 @@ def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
     # The garbage message carries no job id; its job is the task id it travelled under.
     garbage = wait_final_row(stores[0], garbage_id)
     assert garbage["status"] == "failed" and "must be a JSON object" in garbage["error"], garbage
+
+
+def test_a_dead_letter_whose_values_the_database_refuses_is_recorded_without_them(
+    stores, capture, monkeypatch
+):
+    """A dead letter whose values PostgreSQL refused (a number past its column) was retried
+    every second for ever, and every later dead letter waited behind it."""
+    jobs, store = stores
+    job_id = f"dead-values-{uuid.uuid4()}"
+    valid = read_message(capture_message(capture, job_id, store.blob_key(job_id)))
+    # as if the contract let it through: PostgreSQL is what refuses it
+    unchecked = valid.model_copy(update={"n_samples": 2**40})
+    monkeypatch.setattr(dead_letters, "read_message", lambda payload: unchecked)
+    letter = DeadLetter(job_id=job_id, payload={}, reason="rejected", count=1)
+    assert record_dead_letter(jobs, store, letter, "rejected by a worker", 60)
+    row = jobs.get(job_id)
+    assert row is not None and (row["status"], row["error"]) == ("failed", "rejected by a worker")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import pickle
+from typing import Any, cast
 
 import pytest
 import redis
 import sqlalchemy.exc
 from prometheus_client import REGISTRY
 
-from inference_worker.serving.dead_letters import DeadLetter, failure_reason, read_dead_letter
+from inference_worker.serving.dead_letters import (
+    DeadLetter,
+    dead_letter_step,
+    failure_reason,
+    read_dead_letter,
+)
 from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.serving.worker import with_store_retries
 from inference_worker.storage.errors import DatabaseReadOnly, as_read_only
@@ -176,3 +182,44 @@ def test_other_errors_are_not_retried():
     with pytest.raises(ValueError):
         with_store_retries(bad, 5, lambda _: None)
     assert calls == [1]
+
+
+class Letter:
+    """What the dead-letter consumer reads of a kombu message, and how it settled it."""
+
+    headers = {"id": "job-1", "x-death": [{"reason": "rejected", "count": 1}]}
+    body = b"[]"
+    content_type = "application/json"
+    settled: str | None = None
+
+    def ack(self) -> None:
+        self.settled = "ack"
+
+    def requeue(self) -> None:
+        self.settled = "requeue"
+
+
+def consume_with(error: Exception) -> str | None:
+    """Hand one letter to the dead-letter consumer whose job store raises ``error``."""
+
+    class Jobs:
+        def get(self, job_id):
+            raise error
+
+    class Found:
+        jobs, redis = Jobs(), None
+
+    step = dead_letter_step("q", 2, lambda: Found(), 60)
+    letter = Letter()
+    step.on_message(cast(Any, None), cast(Any, letter))
+    return letter.settled
+
+
+def test_a_letter_the_database_refuses_for_its_values_does_not_hold_the_queue(monkeypatch):
+    """A letter whose values PostgreSQL refused was requeued every second for ever, and every
+    later letter waited behind it; an outage is still waited out."""
+    monkeypatch.setattr("inference_worker.serving.dead_letters.STORE_RETRY_PAUSE_S", 0)
+    refused = sqlalchemy.exc.DataError("INSERT", {}, Exception("integer out of range"))
+    down = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+    assert consume_with(refused) == "ack"
+    assert consume_with(down) == "requeue"
