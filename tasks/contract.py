@@ -69,7 +69,7 @@ class LocateMessage(BaseModel):
     arrival from GPS-stamped recordings."""
     stations: tuple[Station, ...] | None = None
     """The receivers' positions (``tdoa`` only), in the order of ``receivers``."""
-    parts: tuple[int, ...] | None = None
+    parts: tuple[Annotated[int, Field(gt=0)], ...] | None = None
     """Byte length of each receiver's file in the stored blob (``tdoa`` only)."""
 
     def to_json(self) -> dict[str, Any]:

@@ -114,6 +114,8 @@ def test_a_tdoa_message_must_carry_positions_and_parts():
         read_message({**tdoa, "parts": [10, 10]})
     with pytest.raises(MessageError, match="exactly 3"):
         read_message({**base, "receivers": ["a", "b", "c", "d"]})
+    with pytest.raises(MessageError, match="parts.0"):  # a file cannot be -5 bytes long
+        read_message({**tdoa, "parts": [-5, 20, 15]})
 
 
 def test_a_model_message_is_sent_as_before_tdoa():
