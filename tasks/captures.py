@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import pydantic
 
-from inference_worker.core.capture import IQ_DTYPE, CaptureLimits, CaptureMeta
+from inference_worker.core.capture import IQ_DTYPE, CaptureError, CaptureLimits, CaptureMeta
 from inference_worker.core.contract import ModelSummary
 from inference_worker.core.tdoa_capture import TdoaCapture
 from inference_worker.settings import Settings
-from tasks.contract import LocateMessage, Station
+from tasks.contract import LocateMessage, Station, invalid_fields
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,25 @@ def build_message(
     batch_id: str | None,
     tenant: str | None,
 ) -> LocateMessage:
-    """The task message of an accepted capture: the one description its job row is built from."""
+    """The task message of an accepted capture: the one description its job row is built from.
+
+    Raises:
+        CaptureError: a value the contract refuses (a producer's ``batch_id`` or ``tenant``).
+    """
+    try:
+        return _message(capture, job_id, digest, blob_key, batch_id, tenant)
+    except pydantic.ValidationError as exc:
+        raise CaptureError(invalid_fields(exc)) from None
+
+
+def _message(
+    capture: Capture | TdoaJob,
+    job_id: str,
+    digest: str,
+    blob_key: str,
+    batch_id: str | None,
+    tenant: str | None,
+) -> LocateMessage:
     common = {
         "job_id": job_id,
         "blob_key": blob_key,

@@ -161,10 +161,14 @@ def read_message(payload: object) -> LocateMessage:
     try:
         return LocateMessage.model_validate(payload)
     except pydantic.ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
-        )
-        raise MessageError(f"invalid task message: {details}") from None
+        raise MessageError(f"invalid task message: {invalid_fields(exc)}") from None
+
+
+def invalid_fields(exc: pydantic.ValidationError) -> str:
+    """What a validation error says, one ``field: reason`` a field."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 class JobWaitTimeout(TimeoutError):

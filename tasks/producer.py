@@ -91,7 +91,8 @@ class CaptureProducer:
         version or alias instead of the champion/challenger split.
 
         Raises:
-            inference_worker.core.capture.CaptureError: the capture is invalid (nothing sent).
+            inference_worker.core.capture.CaptureError: the capture is invalid, or the
+                ``batch_id`` or ``tenant`` (letters, digits, "._:-"; nothing sent).
             tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down or refusing work
                 (nothing accepted; in a RabbitMQ memory or disk alarm, a task already read by
                 RabbitMQ still arrives after it: submit again with the same ``job_id``).

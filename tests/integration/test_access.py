@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 
 import pytest
 from pydantic import SecretStr
 
 from api_shim import operate
 from api_shim.app import create_app
+from inference_worker.core.capture import CaptureError
 from inference_worker.settings import ApiKey
+from inference_worker.storage.database import JobStore
 from tests.helpers import npy_bytes
 from tests.integration.helpers import produce, submit_npy, wait_final
 
@@ -235,6 +238,20 @@ def test_a_job_from_the_producer_client_belongs_to_the_tenant_it_names(
     view = wait_final(keyed, job_id, headers=auth(SITE_B))
     assert view["tenant"] == "site-b"
     assert keyed.get(f"/jobs/{job_id}", headers=auth(SITE_A)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"), [({"tenant": "site b"}, "tenant"), ({"batch_id": "my batch!"}, "batch_id")]
+)
+def test_a_producer_naming_a_tenant_or_batch_the_contract_refuses_gets_a_capture_error(
+    settings, engine, capture, extra, field
+):
+    """A tenant the contract refuses raised pydantic's own error out of ``submit``, not the
+    ``CaptureError`` it documents; the job row was not written, nothing was sent."""
+    job_id = f"refused-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(CaptureError, match=field):
+        produce(settings, capture, job_id=job_id, **extra)
+    assert JobStore(engine).get(job_id) is None
 
 
 def test_an_anonymous_caller_sees_only_the_health_status(keyed):
