@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pydantic
@@ -66,20 +67,6 @@ def build_message(
     Raises:
         CaptureError: a value the contract refuses (a producer's ``batch_id`` or ``tenant``).
     """
-    try:
-        return _message(capture, job_id, digest, blob_key, batch_id, tenant)
-    except pydantic.ValidationError as exc:
-        raise CaptureError(invalid_fields(exc)) from None
-
-
-def _message(
-    capture: Capture | TdoaJob,
-    job_id: str,
-    digest: str,
-    blob_key: str,
-    batch_id: str | None,
-    tenant: str | None,
-) -> LocateMessage:
     common = {
         "job_id": job_id,
         "blob_key": blob_key,
@@ -88,6 +75,13 @@ def _message(
         "batch_id": batch_id,
         "tenant": tenant,
     }
+    try:
+        return _message(capture, common)
+    except pydantic.ValidationError as exc:
+        raise CaptureError(invalid_fields(exc)) from None
+
+
+def _message(capture: Capture | TdoaJob, common: dict[str, Any]) -> LocateMessage:
     if isinstance(capture, TdoaJob):
         tdoa = capture.capture
         return LocateMessage(

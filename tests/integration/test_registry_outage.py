@@ -116,7 +116,8 @@ def test_a_batch_naming_a_model_in_a_registry_outage_keeps_what_it_accepted(
         switch(admin, url, on=True)
         app.extensions["heimdall"].jobs.engine.dispose()
     counted = batch_captures(client)  # what HeimdallSubmissionsRefused reads, beside the 503s
-    assert {status: counted[status] - before.get(status, 0) for status in counted} == {
+    added = {status: counted[status] - before.get(status, 0) for status in counted}
+    assert {status: count for status, count in added.items() if count} == {
         "202": 1,
         "422": 1,
         "503": 2,
