@@ -156,6 +156,24 @@ def decode_npy(body: bytes) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
+def _base64_bytes(text: str) -> bytes:
+    """Standard base64, also as encoders wrap it in lines (``base64`` without ``-w 0``, MIME)."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    unwrapped = "".join(text.split())  # whitespace is never part of base64
+    try:
+        if unwrapped != text:
+            return base64.b64decode(unwrapped, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    raise CaptureError(
+        "iq_data is a string but not valid base64 (the standard alphabet A-Z a-z 0-9 + /, "
+        "padded with =)"
+    )
+
+
 def decode_json_iq(value: object) -> np.ndarray:
     """Decode the ``iq_data`` field of a JSON submission.
 
@@ -164,10 +182,7 @@ def decode_json_iq(value: object) -> np.ndarray:
       * a base64 string of the raw little-endian complex64 bytes of a C-order ``(3, n)`` array.
     """
     if isinstance(value, str):
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise CaptureError("iq_data is a string but not valid base64") from None
+        raw = _base64_bytes(value)
         if len(raw) == 0 or len(raw) % (RECEIVER_COUNT * IQ_DTYPE.itemsize):
             raise CaptureError(
                 f"base64 iq_data must hold {RECEIVER_COUNT} x n complex64 values "

@@ -42,6 +42,20 @@ def test_base64_and_interleaved_json_forms_decode_to_the_same_array():
     np.testing.assert_array_equal(from_lists, array)
 
 
+def test_base64_wrapped_in_lines_decodes_and_another_alphabet_is_refused():
+    """``base64`` in a shell (and MIME encoders) wrap at 76 characters: that was refused as
+    "not valid base64"."""
+    array = iq()
+    wrapped = base64.encodebytes(array.tobytes()).decode()  # lines of 76 characters
+    assert "\n" in wrapped
+    np.testing.assert_array_equal(decode_json_iq(wrapped), array)
+    np.testing.assert_array_equal(decode_json_iq(wrapped.replace("\n", "\r\n")), array)
+    with pytest.raises(CaptureError, match="not valid base64"):
+        decode_json_iq(base64.urlsafe_b64encode(b"\xfb\xff" * 12).decode())
+    with pytest.raises(CaptureError, match="not valid base64"):
+        decode_json_iq("not base64 at all!")
+
+
 def test_npy_round_trip_and_pickles_are_refused():
     buffer = io.BytesIO()
     np.save(buffer, iq())
