@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.core.capture import channel_order
+from inference_worker.core.capture import CaptureError, channel_order
 from inference_worker.core.domain import Domain, assess, clipped_share
 from inference_worker.core.ellipse import DEFAULT_LEVELS, scale_for_confidence
 from inference_worker.core.features import FeatureParams, analyse
@@ -208,13 +208,21 @@ def model_input(
     model's receiver order) and its quality block, checked against the model's domain.
 
     Raises:
-        CaptureError: the capture's receivers are not the model's.
+        CaptureError: the capture's receivers are not the model's, or its samples are so large
+            that their power overflows.
         ValueError: no features can be computed (capture too short, rate below the band).
     """
     order = channel_order(receivers, metadata.receiver_ids)
     if order != sorted(order):  # already in order: no copy of the capture
         iq = iq[order]
-    features, band = analyse(iq, sample_rate_hz, metadata.features)
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, saying why
+        features, band = analyse(iq, sample_rate_hz, metadata.features)
+    if not np.isfinite(features).all():  # else the model answers NaN, and the job fails for it
+        raise CaptureError(
+            "the capture's power overflows single precision (samples of magnitude up to "
+            f"{float(np.abs(iq.view(np.float32)).max()):.3g}): IQ is expected in full-scale units, "
+            "within about ±1"
+        )
     quality = assess(
         features,
         band,

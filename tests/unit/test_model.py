@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.core.capture import CaptureError
+from inference_worker.core.contract import ModelError, load_metadata, model_input
 from inference_worker.serving.onnx_model import LocalizationModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +118,15 @@ def test_ellipse_radius_scales_reach_the_results(model_dir, tmp_path):
     after = describe_output(row, scaled, {})["ellipses"]
     for label, factor in (("68", 0.97), ("95", 1.02)):
         assert after[label]["semi_major_m"] == pytest.approx(factor * before[label]["semi_major_m"])
+
+
+def test_a_capture_whose_power_overflows_is_refused_saying_why(model_dir):
+    """Samples of magnitude 1e30 made every feature infinite; the model answered NaN and the job
+    failed as "model output is not finite", which said nothing of the capture."""
+    metadata = load_metadata(model_dir)
+    rng = np.random.default_rng(0)
+    iq = (rng.normal(size=(3, 12_000)) + 1j * rng.normal(size=(3, 12_000))).astype(np.complex64)
+    features, _ = model_input(iq, 12_000.0, metadata.receiver_ids, metadata)
+    assert np.isfinite(features).all()
+    with pytest.raises(CaptureError, match=r"overflows single precision .* up to \d\.\d\de\+30"):
+        model_input(iq * np.complex64(1e30), 12_000.0, metadata.receiver_ids, metadata)
