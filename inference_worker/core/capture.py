@@ -80,11 +80,13 @@ def iq_digest(iq: np.ndarray) -> str:
 def validate_iq(iq: np.ndarray, limits: CaptureLimits) -> np.ndarray:
     """Check shape, dtype, length and values of a decoded IQ array; return it C-contiguous."""
     if iq.dtype != IQ_DTYPE:
-        raise CaptureError(f"IQ must be complex64 (little-endian); got dtype {iq.dtype.name}")
+        hint = " (convert it: array.astype(numpy.complex64))" if iq.dtype.kind == "c" else ""
+        raise CaptureError(f"IQ must be complex64 (little-endian); got dtype {iq.dtype.name}{hint}")
     if iq.ndim != 2 or iq.shape[0] != RECEIVER_COUNT:
+        turned = iq.ndim == 2 and iq.shape[1] == RECEIVER_COUNT
         raise CaptureError(
             f"IQ must have shape ({RECEIVER_COUNT}, n_samples), one row per receiver; "
-            f"got shape {tuple(iq.shape)}"
+            f"got shape {tuple(iq.shape)}" + (" (transpose it: array.T)" if turned else "")
         )
     n = iq.shape[1]
     if n == 0:

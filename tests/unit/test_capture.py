@@ -115,6 +115,22 @@ def test_valid_capture_passes_validation():
     assert validate_iq(iq(), LIMITS).shape == (3, 1_000)
 
 
+@pytest.mark.parametrize(
+    ("array", "hint"),
+    [
+        (iq().astype(np.complex128), r"astype\(numpy.complex64\)"),  # numpy's default complex
+        (iq().T.copy(), r"transpose it: array.T"),  # samples in rows
+    ],
+    ids=["complex128", "n-by-3"],
+)
+def test_the_two_commonest_array_mistakes_are_told_how_to_mend(array, hint):
+    with pytest.raises(CaptureError, match=hint):
+        validate_iq(array, LIMITS)
+    with pytest.raises(CaptureError) as plain:
+        validate_iq(iq().real.astype(np.float32), LIMITS)
+    assert "astype" not in str(plain.value)
+
+
 def test_too_long_capture_is_its_own_error():
     with pytest.raises(CaptureTooLarge):
         validate_iq(iq(10_001), LIMITS)
