@@ -4,11 +4,13 @@ Both run the same checks (limits from the settings and from the served model), c
 digest and build the task message the same way, and the job row is copied from that message by
 :func:`new_job`, the only place a capture's fields become a row.
 
-Who writes the job row (:func:`record_job`, in every case): the shim, before it publishes, so
-that a poll right after its 202 finds the job; for a message that reached the queue any other
-way (the producer client talks to no database), the worker or the dead-letter consumer that
-first sees the message. A capture the serving model has located already (the result cache) is
-never published: the shim writes its row final at once (``JobStore.create_answered``).
+Who writes the job row: the shim, before it publishes, so that a poll right after its 202 finds
+the job (created on the database's clock); for a message that reached the queue any other way
+(the producer client talks to no database), the worker or the dead-letter consumer that first
+sees the message (:func:`record_job`; created when the message says it was submitted, unless
+that is ahead of the database's clock). A capture the serving model has located already (the
+result cache) is never published: the shim writes its row final at once
+(``JobStore.create_answered``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tasks.answers import CachedAnswer, announce_answered, cached_answer
 from tasks.app import Unroutable
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage
-from tasks.outbox import new_job, record_job, stored_message
+from tasks.outbox import new_job, stored_message
 from tasks.served import ServedModelCache
 
 log = logging.getLogger(__name__)
@@ -287,12 +289,15 @@ class Intake:
         ``answer``); the existing row and False when the client's id exists already for the
         same capture."""
         assert self.jobs is not None
+        # Created now on the database's clock, as its start and finish will be: the shim's own
+        # clock may be ahead or behind the database's.
+        job = replace(new_job(message, published=False), created_at=None)
         try:
             if answer is None:
-                row, created = record_job(self.jobs, message, published=False)
+                row, created = self.jobs.create(job)
             else:
                 row, created = self.jobs.create_answered(
-                    new_job(message),
+                    job,
                     result_json=answer.result_json,
                     model_version=answer.model_version,
                     timings=answer.timings,

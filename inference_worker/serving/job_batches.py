@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from inference_worker.serving.jobs import (
     JobServices,
     fail_started,
     parse_message,
+    queue_wait_ms,
     run_job,
 )
 from inference_worker.serving.locating import BadJob, capture_features, decode_blob, describe_output
@@ -70,7 +70,6 @@ def _run_model_jobs(
     version = model.version
     outcomes: dict[int, JobOutcome] = {}
     rows = services.jobs.start_many([new_job(message) for _, message in batch])
-    started_at = datetime.now(UTC)  # the jobs' queue wait ends here, as a single job's does
     live: list[tuple[int, LocateMessage]] = []
     for index, message in batch:
         if message.job_id in rows:
@@ -130,9 +129,8 @@ def _run_model_jobs(
             timings["ellipse_ms"] = (time.perf_counter() - t3) * 1e3
         else:
             result = cached
-        created = rows[message.job_id]["created_at"]
         timings = {
-            "queue_wait_ms": (started_at - created).total_seconds() * 1e3,
+            "queue_wait_ms": queue_wait_ms(rows[message.job_id]),
             "fetch_ms": fetch_ms,
             **timings,
             "worker_total_ms": (now - started) * 1e3,

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from inference_worker.core.capture import JOB_ID_PATTERN
@@ -82,6 +81,12 @@ def parse_message(payload: object) -> LocateMessage:
         raise BadJob(str(exc)) from None
 
 
+def queue_wait_ms(row: Mapping[str, Any]) -> float:
+    """How long a started job waited, from its creation to its start, both on the database's
+    clock (the hosts' clocks may differ: a shim's a few milliseconds ahead made waits negative)."""
+    return float((row["started_at"] - row["created_at"]).total_seconds() * 1e3)
+
+
 def message_job_id(payload: object, task_id: str | None) -> str | None:
     """The job a message is about: its ``job_id``, else the task id it travelled under (producers
     publish each job as the task of the same id), so even an unreadable message fails its job."""
@@ -113,9 +118,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     if row is None:
         log.info("job %s already final; redelivery ignored", message.job_id)
         return JobOutcome(message.job_id, "duplicate", method=message.method)
-    queue_wait_ms = (
-        datetime.now(row["created_at"].tzinfo) - row["created_at"]
-    ).total_seconds() * 1e3
+    waited_ms = queue_wait_ms(row)
 
     cache_key = services.redis.cache_key(
         version, model.metadata.sha256, capture_fingerprint(message)
@@ -147,7 +150,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
         return outcome
 
     timings = {
-        "queue_wait_ms": queue_wait_ms,
+        "queue_wait_ms": waited_ms,
         "fetch_ms": fetch_ms,
         **stage_timings,
         "worker_total_ms": (time.perf_counter() - started) * 1e3,

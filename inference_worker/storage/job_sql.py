@@ -8,11 +8,15 @@ from inference_worker.storage.statuses import FINAL_STATUSES
 
 FINAL_LIST = ", ".join(f"'{status}'" for status in FINAL_STATUSES)
 
+# A job's creation time is the one it was given (a producer's clock) unless that lies ahead of
+# the database's: least() skips a NULL, and takes the database's now() over a time to come, so
+# a queue wait (its start less its creation, on the database's clock) is never negative.
+
 # One per submission.
 CREATE = (
     "INSERT INTO jobs (job_id, status, created_at, capture_time, frequency_mhz, sample_rate_hz,"
     " n_samples, receivers, iq_sha256, batch_id, tenant, message, published_at)"
-    " VALUES (%(job_id)s, 'queued', coalesce(%(created_at)s, now()), %(capture_time)s,"
+    " VALUES (%(job_id)s, 'queued', least(%(created_at)s, now()), %(capture_time)s,"
     " %(frequency_mhz)s, %(sample_rate_hz)s, %(n_samples)s, %(receivers)s::jsonb,"
     " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(message)s::jsonb,"
     " CASE WHEN %(published)s THEN now() END)"
@@ -26,7 +30,7 @@ CREATE_ANSWERED = (
     "WITH made AS (INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
     " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, batch_id, tenant,"
     " model_version, cache_hit, result, timings)"
-    " VALUES (%(job_id)s, 'succeeded', coalesce(%(created_at)s, now()), now(), %(capture_time)s,"
+    " VALUES (%(job_id)s, 'succeeded', least(%(created_at)s, now()), now(), %(capture_time)s,"
     " %(frequency_mhz)s, %(sample_rate_hz)s, %(n_samples)s, %(receivers)s::jsonb,"
     " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(model_version)s, true, %(result)s::jsonb,"
     " %(timings)s::jsonb)"
@@ -57,14 +61,14 @@ START_MANY = (
     "INSERT INTO jobs AS j (job_id, status, created_at, started_at, capture_time, frequency_mhz,"
     " sample_rate_hz, n_samples, receivers, iq_sha256, attempts, batch_id, tenant, message,"
     " published_at)"
-    " SELECT job_id, 'running', coalesce(created_at, now()), now(), capture_time,"
+    " SELECT job_id, 'running', least(created_at, now()), now(), capture_time,"
     " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, 1, batch_id, tenant,"
     f" message, now() FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r({_START_COLUMNS})"
     " ORDER BY job_id"
     " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
     " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
     f" WHERE j.status NOT IN ({FINAL_LIST})"
-    " RETURNING job_id, status, created_at, attempts"
+    " RETURNING job_id, status, created_at, started_at, attempts"
 )
 SUCCEED_MANY = (
     "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -29,12 +30,16 @@ def services(stores, settings) -> JobServices:
     return JobServices(jobs, store, model, version_id, result_ttl_s=60, cache_ttl_s=0)
 
 
-def queue_job(services: JobServices, capture, *, store_blob: bool = True) -> dict:
-    """Record a job as the shim does and return its task message."""
+def queue_job(
+    services: JobServices, capture, *, store_blob: bool = True, record: bool = True
+) -> dict:
+    """Record a job as the shim does (without ``record``: as a producer leaves it, no row) and
+    return its task message."""
     job_id = f"direct-{uuid.uuid4()}"
     key = services.redis.blob_key(job_id)
     message = capture_message(capture, job_id, key)
-    record_job(services.jobs, read_message(message))
+    if record:
+        record_job(services.jobs, read_message(message))
     if store_blob:
         services.redis.put_blob(key, capture.iq.tobytes(), 60)
     return message
@@ -82,6 +87,26 @@ def test_message_published_without_a_job_row_records_the_job(services, capture):
     message["job_id"] = f"producer-{uuid.uuid4()}"
     assert run_job(message, services).status == "succeeded"
     assert services.jobs.get(message["job_id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one-job", "batch"])
+def test_a_producer_clock_ahead_of_the_database_gives_no_negative_queue_wait(
+    services, capture, alone
+):
+    """A producer (or a shim) whose clock ran ahead of the worker's recorded a job created in
+    the future, and its queue wait came out negative; every time is now the database's."""
+    message = queue_job(services, capture, record=False)
+    ahead = datetime.now(UTC) + timedelta(seconds=30)
+    message["submitted_at"] = ahead.isoformat()
+    if alone:
+        outcome = run_job(message, services)
+    else:
+        outcome = run_jobs([(message, message["job_id"])], services)[0]
+    assert outcome.status == "succeeded"
+    row = services.jobs.get(message["job_id"])
+    assert row["created_at"] <= row["started_at"] <= row["finished_at"]
+    assert row["created_at"] < ahead - timedelta(seconds=20)
+    assert 0 <= row["timings"]["queue_wait_ms"] < 10_000
 
 
 def test_message_that_is_not_an_object_fails_without_a_job(services):
