@@ -47,8 +47,10 @@ class LocateMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: int = Field(MESSAGE_VERSION, ge=1, le=MESSAGE_VERSION)
+    # Every text has a pattern without NUL (PostgreSQL cannot store it; pydantic refuses text
+    # that is not UTF-8 itself): a value the job's row cannot hold would fail its every write.
     job_id: str = Field(pattern=JOB_ID_PATTERN.pattern)
-    blob_key: str = Field(min_length=1, max_length=512)
+    blob_key: str = Field(max_length=512, pattern=r"^[^\x00]+$")
     n_samples: int = Field(gt=0, le=2**31 - 1)  # the job table's integer column
     sample_rate_hz: float = Field(gt=0, allow_inf_nan=False)
     frequency_mhz: float = Field(gt=0, le=MAX_FREQUENCY_MHZ)
@@ -118,33 +120,6 @@ class MessageError(ValueError):
     """A task message that does not follow the contract; the text says what is wrong."""
 
 
-def unstorable_text(value: object, path: str = "") -> str | None:
-    """Where in ``value`` (a decoded JSON document) a text lies that PostgreSQL cannot store —
-    a NUL character, or a lone surrogate that is not UTF-8 — as a dotted path; None if none."""
-    if isinstance(value, str):
-        if "\x00" in value or (not value.isascii() and not _is_utf8(value)):
-            return path or "message"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found = unstorable_text(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = unstorable_text(item, f"{path}.{index}")
-            if found is not None:
-                return found
-    return None
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def read_message(payload: object) -> LocateMessage:
     """The task message in ``payload`` (the task's JSON argument), checked field by field.
 
@@ -153,11 +128,6 @@ def read_message(payload: object) -> LocateMessage:
     """
     if not isinstance(payload, dict):
         raise MessageError(f"task message must be a JSON object; got {type(payload).__name__}")
-    where = unstorable_text(payload)
-    if where is not None:  # the job database cannot hold it: every write of the row would fail
-        raise MessageError(
-            f"invalid task message: {where}: holds a NUL character or is not valid UTF-8"
-        )
     try:
         return LocateMessage.model_validate(payload)
     except pydantic.ValidationError as exc:
