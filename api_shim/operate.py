@@ -39,13 +39,22 @@ def create_blueprint() -> Audience:
     return blueprint
 
 
+def json_body() -> Any:
+    """The request's JSON, or None when it is not JSON (arrays or objects nested past the
+    parser's depth included: Flask's ``silent`` let that error through, a 500)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def who() -> str:
     principal = current_principal()
     return principal.name if principal else "none"
 
 
 def reload_model() -> tuple[Response, int]:
-    body = request.get_json(silent=True) if request.data else {}
+    body = json_body() if request.data else {}
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object (or empty)")
     fraction = body.get("challenger_fraction")
@@ -95,7 +104,7 @@ def mirror() -> None:
 def set_alias(alias: str) -> tuple[Response, int]:
     if not MODEL_REF_PATTERN.match(alias) or alias.isdigit():
         raise ApiError(422, "invalid_alias", "an alias is 1-64 of A-Z a-z 0-9 . _ - (not a number)")
-    body = request.get_json(silent=True)
+    body = json_body()
     version = body.get("version") if isinstance(body, dict) else None
     if isinstance(version, int) and not isinstance(version, bool):
         version = str(version)

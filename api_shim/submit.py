@@ -147,6 +147,8 @@ def json_object_body(shape: str) -> dict[str, Any]:
         body = json.loads(request_body())
     except ValueError as exc:  # a JSONDecodeError, or a UnicodeDecodeError of a body not UTF-8
         raise ApiError(400, "invalid_json", f"body is not valid JSON ({exc})") from None
+    except RecursionError:  # arrays or objects nested past the parser's depth: a 500 before
+        raise ApiError(400, "invalid_json", "body is not valid JSON (nested too deeply)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", f"body must be {shape}")
     return body

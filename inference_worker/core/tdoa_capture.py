@@ -70,7 +70,7 @@ def parse_stations(value: object, limits: TdoaLimits) -> tuple[list[Receiver], l
     if isinstance(value, str | bytes):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             raise CaptureError("receivers must be a JSON list of {id, lat, lon}") from None
     if not isinstance(value, list):
         raise CaptureError("receivers must be a JSON list of {id, lat, lon}")

@@ -57,7 +57,7 @@ def read_dead_letter(
     if content_type == "application/json":
         try:
             decoded = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             decoded = None
         if isinstance(decoded, list) and decoded and isinstance(decoded[0], list) and decoded[0]:
             payload = decoded[0][0]

@@ -254,6 +254,15 @@ def test_a_producer_naming_a_tenant_or_batch_the_contract_refuses_gets_a_capture
     assert JobStore(engine).get(job_id) is None
 
 
+def test_operator_bodies_nested_too_deeply_are_bad_input_not_a_500(keyed):
+    deep = b"[" * 50_000 + b"]" * 50_000
+    headers = {**auth(ADMIN), "Content-Type": "application/json"}
+    reload = keyed.post("/model/reload", data=deep, headers=headers)
+    assert reload.status_code == 400, reload.get_json()
+    alias = keyed.put("/models/aliases/challenger", data=deep, headers=headers)
+    assert alias.status_code == 422, alias.get_json()
+
+
 def test_an_anonymous_caller_sees_only_the_health_status(keyed):
     anonymous = keyed.get("/health")
     assert set(anonymous.get_json()) == {"status"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import pickle
 import uuid
 from dataclasses import replace
@@ -111,6 +112,23 @@ def test_pickled_npy_is_refused_and_never_unpickled(client, capture):
     assert "pickle" in response.get_json()["error"]["message"].lower()
     raw_pickle = post_npy(client, pickle.dumps(capture.iq), capture_query(capture))
     assert raw_pickle.status_code == 400
+
+
+DEEP = b"[" * 50_000 + b"]" * 50_000  # nested past the JSON parser's depth
+
+
+def test_json_nested_too_deeply_is_refused_as_bad_input_not_a_500(client, capture):
+    """The parser's RecursionError was no ValueError: an internal error, logged with a trace."""
+    for path in ("/predict", "/predict-batch"):
+        response = client.post(path, data=DEEP, content_type="application/json")
+        assert response.status_code == 400, (path, response.get_json())
+        assert response.get_json()["error"]["message"] == (
+            "body is not valid JSON (nested too deeply)"
+        )
+    form = {"receivers": DEEP.decode(), "frequency_mhz": "14.1", "capture": (io.BytesIO(), "a")}
+    tdoa = client.post("/predict", data=form, content_type="multipart/form-data")
+    assert tdoa.status_code == 422, tdoa.get_json()
+    assert "receivers must be a JSON list" in tdoa.get_json()["error"]["message"]
 
 
 def test_malformed_json_is_400_and_says_whether_it_is_json_at_all(client):

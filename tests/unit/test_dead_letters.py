@@ -59,6 +59,12 @@ def test_headers_without_a_usable_job_id_give_none(headers):
     assert isinstance(failure_reason(letter, 5), str)
 
 
+def test_a_body_nested_past_the_parsers_depth_is_read_as_no_payload():
+    """It raised RecursionError out of the dead-letter consumer."""
+    letter = read_dead_letter({"id": JOB}, b"[" * 50_000 + b"]" * 50_000, "application/json")
+    assert letter.payload is None and letter.job_id == JOB
+
+
 def test_other_reasons_are_named():
     letter = DeadLetter(JOB, None, "expired", 1)
     assert "(expired)" in failure_reason(letter, 5)
