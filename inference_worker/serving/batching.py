@@ -66,8 +66,8 @@ def decode_body(message: Any) -> Any:
         body = message.body
         try:
             return _JSON.decode(body if isinstance(body, str) else bytes(body).decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError: kombu says what is wrong
-            pass
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's
+            pass  # depth (a RecursionError stopped the whole worker): kombu says what is wrong
     return message.decode()
 
 

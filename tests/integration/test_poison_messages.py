@@ -118,3 +118,23 @@ def test_a_dead_letter_whose_values_the_database_refuses_is_recorded_without_the
     assert record_dead_letter(jobs, store, letter, "rejected by a worker", 60)
     row = jobs.get(job_id)
     assert row is not None and (row["status"], row["error"]) == ("failed", "rejected by a worker")
+
+
+def test_a_body_nested_past_the_parsers_depth_leaves_the_worker_serving(
+    worker, settings, client, capture
+):
+    """The decoder's RecursionError stopped the whole worker ("Unrecoverable error"), and each
+    worker after it on the queue; Celery now drops the body it cannot decode, with a log line."""
+    task_id = str(uuid.uuid4())
+    with kombu.Connection(settings.broker_url) as connection:
+        connection.Producer().publish(
+            b"[" * 50_000 + b"]" * 50_000,
+            content_type="application/json",
+            content_encoding="utf-8",
+            exchange=settings.queue,
+            routing_key=settings.queue,
+            headers={"lang": "py", "task": TASK_NAME, "id": task_id},
+            declare=[inference_queue(settings.queue, settings.max_deliveries)],
+        )
+    view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
+    assert view["status"] == "succeeded" and worker.poll() is None
