@@ -5,10 +5,10 @@ digest and build the task message the same way, and the job row is copied from t
 :func:`new_job`, the only place a capture's fields become a row.
 
 Who writes the job row: the shim, before it publishes, so that a poll right after its 202 finds
-the job (created on the database's clock); for a message that reached the queue any other way
-(the producer client talks to no database), the worker or the dead-letter consumer that first
-sees the message (:func:`record_job`; created when the message says it was submitted, unless
-that is ahead of the database's clock). A capture the serving model has located already (the
+the job; for a message that reached the queue any other way (the producer client talks to no
+database), the worker or the dead-letter consumer that first sees the message
+(:func:`record_job`). Either way the job is created when the message says it was submitted,
+unless that lies ahead of the database's clock. A capture the serving model has located already (the
 result cache) is never published: the shim writes its row final at once
 (``JobStore.create_answered``).
 """
@@ -289,9 +289,7 @@ class Intake:
         ``answer``); the existing row and False when the client's id exists already for the
         same capture."""
         assert self.jobs is not None
-        # Created now on the database's clock, as its start and finish will be: the shim's own
-        # clock may be ahead or behind the database's.
-        job = replace(new_job(message, published=False), created_at=None)
+        job = new_job(message, published=False)
         try:
             if answer is None:
                 row, created = self.jobs.create(job)
