@@ -6,10 +6,11 @@ checks it, records the job, stores the IQ and publishes the task.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import numpy as np
@@ -24,11 +25,12 @@ from inference_worker.core.capture import (
     CaptureTooLarge,
     decode_json_iq,
     decode_npy,
+    parse_json,
 )
 from inference_worker.serving import observability
 from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.storage.statuses import FINAL_STATUSES
-from tasks.captures import Capture
+from tasks.captures import Capture, TdoaJob
 from tasks.intake import Accepted, JobConflict, ModelRequestError, ServiceUnavailable
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
@@ -74,7 +76,11 @@ def _record_submission(response: Response) -> Response:
 
 def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> Accepted:
     """Check and accept one capture, or raise the ApiError that says why not."""
-    capture = checked(iq, fields)
+    return accepted(checked(iq, fields), batch_id)
+
+
+def accepted(capture: Capture | TdoaJob, batch_id: str | None = None) -> Accepted:
+    """A checked capture accepted by the intake path, or the ApiError that says why not."""
     try:
         return services().intake.accept(capture, batch_id=batch_id, tenant=current_tenant())
     except JobConflict as exc:
@@ -83,10 +89,11 @@ def submit_one(iq: Any, fields: dict[str, Any], batch_id: str | None = None) -> 
         raise ApiError(503, "service_unavailable", str(exc)) from None
 
 
-def checked(iq: Any, fields: dict[str, Any], look_up_model: bool = True) -> Capture:
-    """The capture checked by the intake path, or the ApiError that says what is wrong."""
+@contextmanager
+def refusals() -> Iterator[None]:
+    """A capture's check: its errors as the ApiErrors that answer them."""
     try:
-        return services().intake.check(iq, fields, look_up_model=look_up_model)
+        yield
     except RegistryUnavailable as exc:  # a model named while the registry does not answer
         raise registry_unavailable(exc) from None
     except CaptureTooLarge as exc:
@@ -95,6 +102,12 @@ def checked(iq: Any, fields: dict[str, Any], look_up_model: bool = True) -> Capt
         raise ApiError(422, exc.code, str(exc)) from None
     except CaptureError as exc:
         raise ApiError(422, "invalid_capture", str(exc)) from None
+
+
+def checked(iq: Any, fields: dict[str, Any], look_up_model: bool = True) -> Capture:
+    """The capture checked by the intake path, or the ApiError that says what is wrong."""
+    with refusals():
+        return services().intake.check(iq, fields, look_up_model=look_up_model)
 
 
 def submit_tdoa() -> Accepted:
@@ -114,19 +127,9 @@ def submit_tdoa() -> Accepted:
         for upload in uploads:
             upload.close()
     names = [upload.filename or "" for upload in uploads]
-    intake = services().intake
-    try:
-        capture = intake.check_tdoa(files, names, request.form.to_dict())
-    except CaptureTooLarge as exc:  # a body under the shim's bound holds less than it
-        raise ApiError(413, "capture_too_large", str(exc)) from None
-    except CaptureError as exc:
-        raise ApiError(422, "invalid_capture", str(exc)) from None
-    try:
-        return intake.accept(capture, tenant=current_tenant())
-    except JobConflict as exc:
-        raise ApiError(409, "job_id_conflict", str(exc)) from None
-    except ServiceUnavailable as exc:
-        raise ApiError(503, "service_unavailable", str(exc)) from None
+    with refusals():  # too large: a body under the shim's bound holds less than the files
+        capture = services().intake.check_tdoa(files, names, request.form.to_dict())
+    return accepted(capture)
 
 
 def json_capture_iq(document: object) -> Any:
@@ -144,11 +147,9 @@ def json_object_body(shape: str) -> dict[str, Any]:
     """The JSON body as an object; a 400 ``invalid_json`` says whether the body is not JSON at
     all (with the parser's reason) or JSON of another ``shape``."""
     try:
-        body = json.loads(request_body())
-    except ValueError as exc:  # a JSONDecodeError, or a UnicodeDecodeError of a body not UTF-8
+        body = parse_json(request_body())
+    except ValueError as exc:  # not JSON, not UTF-8, or nested past the parser's depth
         raise ApiError(400, "invalid_json", f"body is not valid JSON ({exc})") from None
-    except RecursionError:  # arrays or objects nested past the parser's depth: a 500 before
-        raise ApiError(400, "invalid_json", "body is not valid JSON (nested too deeply)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", f"body must be {shape}")
     return body

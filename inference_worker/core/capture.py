@@ -12,6 +12,7 @@ import binascii
 import functools
 import hashlib
 import io
+import json
 import math
 import re
 import tokenize
@@ -214,6 +215,19 @@ def decode_json_iq(value: object) -> np.ndarray:
     except (TypeError, ValueError, OverflowError):
         raise CaptureError("iq_data rows must contain only numbers") from None
     return np.ascontiguousarray(floats).view(IQ_DTYPE)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON text as Python values.
+
+    Raises:
+        ValueError: not JSON, not UTF-8, or nested past the parser's depth (whose
+            ``RecursionError`` is no ``ValueError``: it reached callers as an internal error).
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def parse_receivers(value: object, known: Sequence[str] | None = None) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ do not match, positions that are not positions.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from inference_worker.core.capture import (
     RECEIVER_ID_PATTERN,
     CaptureError,
     parse_capture_time,
+    parse_json,
     parse_number,
 )
 from inference_worker.core.contract import Receiver
@@ -69,8 +69,8 @@ def parse_stations(value: object, limits: TdoaLimits) -> tuple[list[Receiver], l
     """``receivers``: a JSON list (or its text) of ``{"id", "lat", "lon", "height_m"?}``."""
     if isinstance(value, str | bytes):
         try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+            value = parse_json(value)
+        except ValueError:
             raise CaptureError("receivers must be a JSON list of {id, lat, lon}") from None
     if not isinstance(value, list):
         raise CaptureError("receivers must be a JSON list of {id, lat, lon}")

@@ -10,7 +10,6 @@ to look into it. Nothing from the message body is executed: it is read as JSON, 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from typing import Any
 import kombu
 from celery import bootsteps
 
-from inference_worker.core.capture import JOB_ID_PATTERN
+from inference_worker.core.capture import JOB_ID_PATTERN, parse_json
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import (
     DATABASE_ERRORS,
@@ -56,8 +55,8 @@ def read_dead_letter(
     payload: object = None
     if content_type == "application/json":
         try:
-            decoded = json.loads(body)
-        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            decoded = parse_json(body)
+        except ValueError:
             decoded = None
         if isinstance(decoded, list) and decoded and isinstance(decoded[0], list) and decoded[0]:
             payload = decoded[0][0]
