@@ -75,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser(
         "models",
-        help="the model registry: list, register, promote (set an alias), demote, verify, reload",
+        help="the model registry: list, register, promote (set an alias), demote, verify, "
+        "reload; prune this host's copies",
         description="list | register MODEL_DIR [--alias A] | promote VERSION --alias A | "
-        "demote ALIAS | verify VERSION_OR_ALIAS | reload [--challenger-fraction F]",
+        "demote ALIAS | verify VERSION_OR_ALIAS | reload [--challenger-fraction F] | "
+        "prune-cache [--keep N] [--dry-run]",
     )
     models.add_argument(
-        "action", choices=["list", "register", "promote", "demote", "verify", "reload"]
+        "action",
+        choices=["list", "register", "promote", "demote", "verify", "reload", "prune-cache"],
     )
     models.add_argument("target", nargs="?", help="model folder, version number or alias")
     models.add_argument("--alias", help="alias to set (champion, challenger, ...)")
@@ -90,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--challenger-fraction",
         type=number(0.0, 1.0),
         help="with reload: share of jobs for the challenger, 0 to 1",
+    )
+    models.add_argument(
+        "--keep",
+        type=count(0),
+        default=2,
+        help="with prune-cache: copies kept beyond the versions the aliases name, the newest (2)",
+    )
+    models.add_argument(
+        "--dry-run", action="store_true", help="with prune-cache: say what would be removed"
     )
     models.set_defaults(func=cmd_models)
 

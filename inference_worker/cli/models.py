@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from inference_worker.settings import Settings
 
 if TYPE_CHECKING:  # the command's modules load when it runs: `heimdall-inference --help` is quick
+    from inference_worker.serving.local_copies import Pruned
     from inference_worker.storage.database import JobStore
     from inference_worker.storage.redis_store import RedisStore
 
@@ -26,7 +27,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
         served_alias_refusal,
     )
 
-    if args.action not in ("list", "reload") and not args.target:
+    if args.action not in ("list", "reload", "prune-cache") and not args.target:
         print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)
         raise SystemExit(2)
     if args.action == "promote" and not args.alias:
@@ -69,12 +70,40 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             mirror(settings)
         elif args.action == "reload":
             reload(settings, args.challenger_fraction)
+        elif args.action == "prune-cache":
+            print_pruned(*registry.prune_cache(args.keep, dry_run=args.dry_run), args.dry_run)
         elif args.action == "verify":
             found, model_dir = registry.fetch(args.target)
             print(f"version {found.version} verified (sha256 {found.sha256[:12]}…): {model_dir}")
     except (RegistryError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def print_pruned(pruned: Pruned, named: set[str], dry_run: bool) -> None:
+    """One line a removed folder, then what stays."""
+    verb = "would remove" if dry_run else "removed"
+    for copy in pruned.removed:
+        what = (
+            f"an interrupted download ({copy.name})"
+            if copy.name.startswith(".")
+            else f"version {copy.name}"
+        )
+        print(f"{verb} {what}: {megabytes(copy.size_bytes)}")
+    kept = ", ".join(
+        f"{c.name} (an alias names it)" if c.name in named else c.name for c in pruned.kept
+    )
+    freed = megabytes(sum(c.size_bytes for c in pruned.removed))
+    copies = f"{len(pruned.kept)} cop{'y' if len(pruned.kept) == 1 else 'ies'}"
+    held = megabytes(sum(c.size_bytes for c in pruned.kept))
+    print(
+        f"{'would free' if dry_run else 'freed'} {freed}; kept {copies} ({held})"
+        + (f": versions {kept}" if kept else "")
+    )
+
+
+def megabytes(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB"
 
 
 def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) -> T:

@@ -10,12 +10,15 @@ read them, each copy verified again against its sha256 before use.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ALIASES_FILE = "aliases.json"
 VERSION_FILE = "version.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,23 @@ class RegisteredVersion:
             description=str(record.get("description", "")),
             run_id=record.get("run_id"),
         )
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    """A folder of the cache: a version's copy, or a download a killed process left behind."""
+
+    name: str
+    path: Path
+    size_bytes: int
+
+
+@dataclass
+class Pruned:
+    """What a prune removed (or, on a dry run, would remove) and what it kept."""
+
+    removed: list[CachedCopy] = field(default_factory=list)
+    kept: list[CachedCopy] = field(default_factory=list)
 
 
 class NotKnownHere(LookupError):
@@ -136,6 +157,55 @@ class LocalCopies:
         found = RegisteredVersion.from_json(record, () if reference.isdigit() else (reference,))
         return found, self.verify(version, found.sha256)
 
+    @contextlib.contextmanager
+    def locked(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold the model folder's lock: shared while fetching a copy, exclusive to prune."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield  # closing the file releases the lock
+
+    def last_read_aliases(self) -> dict[str, str]:
+        """What the aliases named when this host last read them (empty if never)."""
+        aliases = self._read(self.root / ALIASES_FILE).get("aliases", {})
+        return {str(a): str(v) for a, v in aliases.items()} if isinstance(aliases, dict) else {}
+
+    def prune(self, keep: set[str], keep_newest: int, *, dry_run: bool = False) -> Pruned:
+        """Remove the copies of versions not in ``keep`` beyond the ``keep_newest`` highest
+        others, and downloads that killed processes left half done. Copies fetched from
+        another registry (their ``version.json`` names it) are kept: its aliases are not known.
+
+        Holds the exclusive lock: no process is fetching or verifying meanwhile, so every
+        hidden download folder (``.<version>-…``) is a leftover.
+        """
+        pruned = Pruned()
+        with self.locked(exclusive=True):
+            folders = sorted(p for p in self.root.iterdir() if p.is_dir())
+            versions = sorted(
+                (p for p in folders if p.name.isdigit()), key=lambda p: int(p.name), reverse=True
+            )
+            others = [p for p in versions if p.name not in keep and not self._elsewhere(p)]
+            for path in sorted(folders, key=_listed):
+                if not path.name.startswith(".") and not path.name.isdigit():
+                    continue  # not the cache's: left alone
+                copy = CachedCopy(path.name, path, _size(path))
+                leftover = path.name.startswith(".")
+                if leftover or (path in others[keep_newest:]):
+                    pruned.removed.append(copy)
+                    if not dry_run:
+                        shutil.rmtree(path, ignore_errors=True)
+                else:
+                    pruned.kept.append(copy)
+        return pruned
+
+    def _elsewhere(self, folder: Path) -> bool:
+        """A copy fetched from another registry (its versions are numbered on their own)."""
+        try:
+            record = json.loads((folder / VERSION_FILE).read_text())
+        except (OSError, ValueError):
+            return False  # no record: it cannot serve an outage, and is this cache's
+        return isinstance(record, dict) and record.get("registry") != self.registry
+
     def _keep(self, path: Path, content: dict[str, Any]) -> None:
         try:
             _write_if_changed(path, {"registry": self.registry, **content})
@@ -152,6 +222,15 @@ class LocalCopies:
         if not isinstance(content, dict) or content.get("registry") != self.registry:
             return {}
         return content
+
+
+def _listed(folder: Path) -> tuple[int, str]:
+    """Leftover downloads first, then versions by number."""
+    return (int(folder.name), "") if folder.name.isdigit() else (-1, folder.name)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _write_if_changed(path: Path, content: dict[str, Any]) -> None:

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from inference_worker.core.contract import load_metadata
-from inference_worker.serving.local_copies import LocalCopies, NotKnownHere, RegisteredVersion
+from inference_worker.serving.local_copies import (
+    LocalCopies,
+    NotKnownHere,
+    Pruned,
+    RegisteredVersion,
+)
 from inference_worker.serving.registry_store import (
     RegistryError,
     apply_mlflow_defaults,
@@ -213,9 +218,13 @@ class ModelRegistry:
             ModelError: the files do not match the sha256 registered with the version, or are
                 malformed. The cached copy is removed so a fixed version can be fetched again.
         """
+        found = self.resolve(reference)
+        with self.copies.locked():  # no prune removes the copy meanwhile
+            return found, self._fetched(found)
+
+    def _fetched(self, found: RegisteredVersion) -> Path:
         import mlflow.artifacts
 
-        found = self.resolve(reference)
         target = self.copies.target(found.version)
         model_dir = target / "model"
         if not (model_dir / "model.onnx").is_file():
@@ -243,7 +252,19 @@ class ModelRegistry:
                 shutil.rmtree(download, ignore_errors=True)
         model_dir = self.copies.verify(found.version, found.sha256)
         self.copies.remember_version(found)
-        return found, model_dir
+        return model_dir
+
+    @_store_call
+    def prune_cache(self, keep_newest: int, *, dry_run: bool = False) -> tuple[Pruned, set[str]]:
+        """Remove this host's copies of versions no alias names, beyond the ``keep_newest``
+        highest others; the versions kept for their aliases are returned with what was done.
+
+        The aliases are read from the registry (a registry that does not answer raises
+        :class:`RegistryUnavailable`: what it names is not known) and as this host last read
+        them: processes that have not reloaded since an alias moved may still load those.
+        """
+        named = set(self.copies.last_read_aliases().values()) | set(self.aliases().values())
+        return self.copies.prune(named, keep_newest, dry_run=dry_run), named
 
 
 def served_alias_refusal(settings: Any, alias: str) -> str | None:
