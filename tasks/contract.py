@@ -31,7 +31,8 @@ class Station(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    height_m: float | None = None
+    height_m: float | None = Field(default=None, ge=-500, le=10_000)
+    """Metres above the ellipsoid, bounded as the shim bounds it (not used by the solver)."""
 
 
 class LocateMessage(BaseModel):

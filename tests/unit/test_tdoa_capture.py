@@ -116,6 +116,10 @@ def test_a_tdoa_message_must_carry_positions_and_parts():
         read_message({**base, "receivers": ["a", "b", "c", "d"]})
     with pytest.raises(MessageError, match="parts.0"):  # a file cannot be -5 bytes long
         read_message({**tdoa, "parts": [-5, 20, 15]})
+    high = [{**tdoa["stations"][0], "height_m": 1e300}, *tdoa["stations"][1:]]
+    with pytest.raises(MessageError, match="stations.0.height_m"):  # bounded as the shim does
+        read_message({**tdoa, "stations": high})
+    assert read_message({**tdoa, "stations": [{**high[0], "height_m": 250.0}, *high[1:]]})
 
 
 def test_a_model_message_is_sent_as_before_tdoa():
