@@ -30,6 +30,8 @@ from functools import partial
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.exceptions import InvalidTaskError
+from kombu.exceptions import DecodeError
 from kombu.utils.json import object_hook
 
 from inference_worker.core.batching import AckRanges, take_batches
@@ -148,8 +150,13 @@ class BatchingStrategy:
         ranges = self._ranges_of(message)
         try:
             # Decoding checks the content type: a message that is not JSON raises here, and
-            # Celery's consumer rejects it unread (to the dead-letter queue).
+            # Celery's consumer rejects it unread (to the dead-letter queue, whose consumer
+            # fails the job its task id names). A body that does not decode Celery would
+            # acknowledge and drop, its job never recorded: it is rejected the same way.
             decoded = decode_body(message)
+        except DecodeError as exc:
+            ranges.forget(message.delivery_tag)
+            raise InvalidTaskError(f"the task body cannot be decoded: {exc}") from exc
         except Exception:
             ranges.forget(message.delivery_tag)
             raise

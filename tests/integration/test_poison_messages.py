@@ -120,15 +120,19 @@ def test_a_dead_letter_whose_values_the_database_refuses_is_recorded_without_the
     assert row is not None and (row["status"], row["error"]) == ("failed", "rejected by a worker")
 
 
-def test_a_body_nested_past_the_parsers_depth_leaves_the_worker_serving(
-    worker, settings, client, capture
+@pytest.mark.parametrize(
+    "body", [b"[" * 50_000 + b"]" * 50_000, b'[["not json'], ids=["nested-deep", "cut-short"]
+)
+def test_a_body_that_does_not_decode_fails_its_job_and_leaves_the_worker_serving(
+    worker, settings, stores, client, capture, body
 ):
     """The decoder's RecursionError stopped the whole worker ("Unrecoverable error"), and each
-    worker after it on the queue; Celery now drops the body it cannot decode, with a log line."""
-    task_id = str(uuid.uuid4())
+    worker after it on the queue; then Celery dropped a body it could not decode, its job never
+    recorded. The worker rejects it: the dead-letter consumer fails the job its task id names."""
+    task_id = f"undecodable-{uuid.uuid4()}"
     with kombu.Connection(settings.broker_url) as connection:
         connection.Producer().publish(
-            b"[" * 50_000 + b"]" * 50_000,
+            body,
             content_type="application/json",
             content_encoding="utf-8",
             exchange=settings.queue,
@@ -136,5 +140,8 @@ def test_a_body_nested_past_the_parsers_depth_leaves_the_worker_serving(
             headers={"lang": "py", "task": TASK_NAME, "id": task_id},
             declare=[inference_queue(settings.queue, settings.max_deliveries)],
         )
+    refused = wait_final_row(stores[0], task_id)
+    assert refused is not None and refused["status"] == "failed", refused
+    assert "rejected" in refused["error"]
     view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
     assert view["status"] == "succeeded" and worker.poll() is None
