@@ -20,12 +20,12 @@ from inference_worker.serving.registry import (
     ModelRegistry,
     RegistryError,
     RegistryUnavailable,
+    alias_refusal,
     open_registry,
     served_alias_refusal,
 )
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
-from tasks.intake import MODEL_REF_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ def mirror() -> None:
 
 
 def set_alias(alias: str) -> tuple[Response, int]:
-    if not MODEL_REF_PATTERN.match(alias) or alias.isdigit():
-        raise ApiError(422, "invalid_alias", "an alias is 1-64 of A-Z a-z 0-9 . _ - (not a number)")
+    refusal = alias_refusal(alias)
+    if refusal is not None:
+        raise ApiError(422, "invalid_alias", refusal)
     body = json_body()
     version = body.get("version") if isinstance(body, dict) else None
     if isinstance(version, int) and not isinstance(version, bool):

@@ -23,6 +23,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     from inference_worker.core.contract import ModelError
     from inference_worker.serving.registry import (
         RegistryError,
+        alias_refusal,
         open_registry,
         served_alias_refusal,
     )
@@ -35,6 +36,10 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
             "error: models promote VERSION needs --alias (champion, challenger, ...)",
             file=sys.stderr,
         )
+        raise SystemExit(2)
+    refusal = alias_refusal(args.alias) if args.alias else None
+    if refusal is not None:  # before registering: a version left without its alias otherwise
+        print(f"error: {refusal}", file=sys.stderr)
         raise SystemExit(2)
     try:
         registry = open_registry(settings)

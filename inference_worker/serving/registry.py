@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "heimdall-models"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What MLflow takes as an alias (ASCII here), no longer than a job's model reference."""
+RESERVED_ALIAS = re.compile(r"latest|v[0-9]+", re.IGNORECASE)
+"""Names MLflow keeps for itself: the newest version, and a version by number."""
 
 
 P = ParamSpec("P")
@@ -182,6 +187,9 @@ class ModelRegistry:
 
     @_store_call
     def set_alias(self, alias: str, version: str) -> None:
+        refusal = alias_refusal(alias)
+        if refusal is not None:  # MLflow's own refusal was a traceback
+            raise RegistryError(refusal)
         self.resolve(version)  # a clear error for an unknown version
         self.client.set_registered_model_alias(self.name, alias, version)
 
@@ -265,6 +273,15 @@ class ModelRegistry:
         """
         named = set(self.copies.last_read_aliases().values()) | set(self.aliases().values())
         return self.copies.prune(named, keep_newest, dry_run=dry_run), named
+
+
+def alias_refusal(alias: str) -> str | None:
+    """Why ``alias`` cannot name a version, or ``None``."""
+    if not ALIAS_PATTERN.fullmatch(alias) or alias.isdigit():
+        return f"alias {alias!r}: an alias is 1-64 of A-Z a-z 0-9 _ - (not a number)"
+    if RESERVED_ALIAS.fullmatch(alias):
+        return f"alias {alias!r} is reserved by the registry (latest, v<number>)"
+    return None
 
 
 def served_alias_refusal(settings: Any, alias: str) -> str | None:

@@ -273,6 +273,9 @@ def test_an_admin_moves_and_removes_registry_aliases_over_http(lifecycle):
     moved = client.put("/models/aliases/shadow", json={"version": version}, headers=admin)
     assert moved.status_code == 200, moved.get_json()
     assert registry.aliases()["shadow"] == version
+    for bad in ("a.b", "v2", "latest"):  # MLflow refuses them: the shim answered 500
+        refused = client.put(f"/models/aliases/{bad}", json={"version": version}, headers=admin)
+        assert refused.get_json()["error"]["code"] == "invalid_alias", bad
     unknown = client.put("/models/aliases/shadow", json={"version": "999"}, headers=admin)
     assert unknown.status_code == 404 and "999" in unknown.get_json()["error"]["message"]
     serving = client.delete(f"/models/aliases/{settings.model_alias}", headers=admin)

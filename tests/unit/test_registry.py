@@ -122,6 +122,24 @@ def test_the_command_line_keeps_the_alias_the_workers_serve(
     assert serving_model_dir(load_settings()).is_dir()
 
 
+@pytest.mark.parametrize("alias", ["bad alias!", "a.b", "V7", "latest", "42"])
+def test_an_alias_the_registry_cannot_hold_is_refused_in_one_line(
+    alias, tmp_path, model_dir, monkeypatch, capsys
+):
+    """MLflow's refusal was a traceback."""
+    monkeypatch.setenv("HEIMDALL_MODEL_SOURCE", "registry")
+    monkeypatch.setenv("HEIMDALL_DATA_DIR", str(tmp_path / "var"))
+    serving_model_dir(load_settings(), bootstrap=True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["models", "promote", "1", "--alias", alias])
+    assert exit_.value.code == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"error: alias {alias!r}") and said.count("\n") == 1, said
+    with pytest.raises(SystemExit):  # refused before the version is registered
+        main(["models", "register", str(model_dir), "--alias", alias])
+    assert [v.version for v in open_registry(load_settings()).versions()] == ["1"]
+
+
 def run_together(count: int, script: str, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
     """``count`` Python processes started at once, each running ``script``."""
     started = [
