@@ -253,9 +253,15 @@ def check_host(settings: Settings) -> list[Finding]:
             )
         )
     free = shutil.disk_usage(existing).free
+    copies = cached_copies(folder / "model-cache")
     if free < LOW_DISK_BYTES:
         findings.append(
-            Finding("host", "warn", f"{free / 2**20:.0f} MiB free where the data folder is")
+            Finding(
+                "host",
+                "warn",
+                f"{free / 2**20:.0f} MiB free where the data folder is"
+                + (f"; {copies} (`heimdall-inference models prune-cache`)" if copies else ""),
+            )
         )
     if not settings.api_keys and not loopback(settings.api_host):
         findings.append(
@@ -268,6 +274,21 @@ def check_host(settings: Settings) -> list[Finding]:
         )
     if not findings:
         findings.append(
-            Finding("host", "ok", f"data folder {folder} writable, {free / 2**30:.1f} GiB free")
+            Finding(
+                "host",
+                "ok",
+                f"data folder {folder} writable, {free / 2**30:.1f} GiB free"
+                + (f"; {copies}" if copies else ""),
+            )
         )
     return findings
+
+
+def cached_copies(cache: Path) -> str | None:
+    """How many registry copies this host keeps and their size, or ``None`` for none."""
+    versions = [p for p in cache.glob("*/*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        return None
+    size = sum(f.stat().st_size for p in versions for f in p.rglob("*") if f.is_file())
+    kept = f"{len(versions)} registry cop{'y' if len(versions) == 1 else 'ies'}"
+    return f"{kept} kept ({size / 1e6:.1f} MB)"

@@ -46,6 +46,22 @@ def test_an_open_api_on_every_address_is_named(tmp_path: Path) -> None:
     assert [f.level for f in check_host(load_settings(data_dir=tmp_path / "a" / "b"))] == ["ok"]
 
 
+def test_the_registry_copies_kept_are_counted_and_named_when_the_disk_runs_low(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for version in ("1", "2"):
+        copy = tmp_path / "model-cache" / "heimdall-localization" / version / "model"
+        copy.mkdir(parents=True)
+        (copy / "model.onnx").write_bytes(b"x" * 1_500_000)
+    (tmp_path / "model-cache" / "heimdall-localization" / ".3-cut").mkdir()  # not a copy
+    settings = load_settings(data_dir=tmp_path)
+    [found] = check_host(settings)
+    assert found.message.endswith("; 2 registry copies kept (3.0 MB)"), found.message
+    monkeypatch.setattr("inference_worker.serving.deployment_check.LOW_DISK_BYTES", 2**62)
+    [low] = check_host(settings)
+    assert low.level == "warn" and "`heimdall-inference models prune-cache`" in low.message
+
+
 @pytest.mark.parametrize(
     ("levels", "strict", "code"),
     [
