@@ -161,9 +161,13 @@ class LocalCopies:
     def locked(self, *, exclusive: bool = False) -> Iterator[None]:
         """Hold the model folder's lock: shared while fetching a copy, exclusive to prune."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a") as lock:
+        # Opened for reading: a lock file another user made (an operator's command) still locks.
+        lock = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield  # closing the file releases the lock
+            yield
+        finally:
+            os.close(lock)  # releases the lock
 
     def last_read_aliases(self) -> dict[str, str]:
         """What the aliases named when this host last read them (empty if never)."""
