@@ -121,14 +121,21 @@ def test_a_dead_letter_whose_values_the_database_refuses_is_recorded_without_the
 
 
 @pytest.mark.parametrize(
-    "body", [b"[" * 50_000 + b"]" * 50_000, b'[["not json'], ids=["nested-deep", "cut-short"]
+    ("body", "task"),
+    [
+        (b"[" * 50_000 + b"]" * 50_000, TASK_NAME),
+        (b'[["not json', TASK_NAME),
+        (b"[[{}], {}, {}]", "heimdall.no-such-task"),
+    ],
+    ids=["nested-deep", "cut-short", "unknown-task"],
 )
 def test_a_body_that_does_not_decode_fails_its_job_and_leaves_the_worker_serving(
-    worker, settings, stores, client, capture, body
+    worker, settings, stores, client, capture, body, task
 ):
     """The decoder's RecursionError stopped the whole worker ("Unrecoverable error"), and each
     worker after it on the queue; then Celery dropped a body it could not decode, its job never
-    recorded. The worker rejects it: the dead-letter consumer fails the job its task id names."""
+    recorded. The worker rejects it: the dead-letter consumer fails the job its task id names
+    (as it does for a task of a name no worker knows)."""
     task_id = f"undecodable-{uuid.uuid4()}"
     with kombu.Connection(settings.broker_url) as connection:
         connection.Producer().publish(
@@ -137,7 +144,7 @@ def test_a_body_that_does_not_decode_fails_its_job_and_leaves_the_worker_serving
             content_encoding="utf-8",
             exchange=settings.queue,
             routing_key=settings.queue,
-            headers={"lang": "py", "task": TASK_NAME, "id": task_id},
+            headers={"lang": "py", "task": task, "id": task_id},
             declare=[inference_queue(settings.queue, settings.max_deliveries)],
         )
     refused = wait_final_row(stores[0], task_id)
