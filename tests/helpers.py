@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import io
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inference_worker.core.capture import iq_digest
+
+if TYPE_CHECKING:  # the registry's modules load MLflow: only the tests that use it pay
+    from inference_worker.serving.registry import ModelRegistry
 
 
 def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -73,4 +77,17 @@ def capture_message(capture, job_id: str, blob_key: str, **changes: object) -> d
         frequency_mhz=capture.frequency_mhz,
         receivers=list(capture.receivers),
         **changes,
+    )
+
+
+def embedded_registry(folder: Path) -> ModelRegistry:
+    """A registry of a test's own: an embedded MLflow store, its artifacts and this host's
+    copies all in ``folder``."""
+    from inference_worker.serving.registry import ModelRegistry
+
+    return ModelRegistry(
+        f"sqlite:///{folder / 'mlflow.db'}",
+        name="heimdall-test",
+        cache_dir=folder / "cache",
+        artifact_location=(folder / "artifacts").as_uri(),
     )

@@ -18,17 +18,13 @@ import pytest
 from inference_worker.cli.main import main
 from inference_worker.serving.registry import CHALLENGER, CHAMPION, ModelRegistry
 from inference_worker.settings import load_settings
+from tests.helpers import embedded_registry
 
 
 @pytest.fixture
 def registry(tmp_path: Path, model_dir: Path) -> ModelRegistry:
     """Six versions of the reference model, each fetched to this host; champion 3."""
-    registry = ModelRegistry(
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        name="heimdall-test",
-        cache_dir=tmp_path / "cache",
-        artifact_location=(tmp_path / "artifacts").as_uri(),
-    )
+    registry = embedded_registry(tmp_path)
     for _ in range(6):
         registry.register(model_dir)
     registry.set_alias(CHAMPION, "3")

@@ -24,16 +24,12 @@ from inference_worker.serving.registry import (
     serving_model_dir,
 )
 from inference_worker.settings import load_settings
+from tests.helpers import embedded_registry
 
 
 @pytest.fixture
 def registry(tmp_path: Path, model_dir: Path) -> ModelRegistry:
-    registry = ModelRegistry(
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        name="heimdall-test",
-        cache_dir=tmp_path / "cache",
-        artifact_location=(tmp_path / "artifacts").as_uri(),
-    )
+    registry = embedded_registry(tmp_path)
     registry.bootstrap(model_dir)
     return registry
 

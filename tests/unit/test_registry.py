@@ -22,16 +22,12 @@ from inference_worker.serving.registry import (
 )
 from inference_worker.serving.registry_store import short_rest_reason
 from inference_worker.settings import load_settings
+from tests.helpers import embedded_registry
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
-    return ModelRegistry(
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        name="heimdall-test",
-        cache_dir=tmp_path / "cache",
-        artifact_location=(tmp_path / "artifacts").as_uri(),
-    )
+    return embedded_registry(tmp_path)
 
 
 def test_empty_registry_receives_the_reference_model_as_champion_once(registry, model_dir):
