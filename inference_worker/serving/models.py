@@ -233,10 +233,12 @@ class ServedModels:
             try:
                 if self._outage is not None:  # known down: not asked before the reload thread's try
                     raise RegistryUnavailable(str(self._outage))
-                found, model_dir = open_registry(self.settings).fetch(requested)
+                # Loaded before a prune (`models prune-cache`) may take a copy no alias names.
+                with open_registry(self.settings).using(requested) as (found, model_dir):
+                    loaded = self._load(model_dir, found.version)
             except RegistryUnavailable as outage:  # a copy here serves; else the job waits
                 found, model_dir = last_known_copy(self.settings, requested, outage)
-            loaded = self._load(model_dir, found.version)
+                loaded = self._load(model_dir, found.version)
         except RegistryUnavailable:
             raise  # waited out with the job in hand, as a store would be
         except (RegistryError, ModelError) as exc:

@@ -17,7 +17,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -217,7 +217,6 @@ class ModelRegistry:
         )
 
     # --- verified local copies --------------------------------------------------------------
-    @_store_call
     def fetch(self, reference: str) -> tuple[RegisteredVersion, Path]:
         """Resolve, download once into the cache, and verify a version before use.
 
@@ -226,9 +225,17 @@ class ModelRegistry:
             ModelError: the files do not match the sha256 registered with the version, or are
                 malformed. The cached copy is removed so a fixed version can be fetched again.
         """
+        with self.using(reference) as fetched:
+            return fetched
+
+    @contextlib.contextmanager
+    def using(self, reference: str) -> Iterator[tuple[RegisteredVersion, Path]]:
+        """:meth:`fetch`, the copy kept from a prune until the block ends (while it loads)."""
         found = self.resolve(reference)
-        with self.copies.locked():  # no prune removes the copy meanwhile
-            return found, self._fetched(found)
+        with self.copies.locked():
+            with self.answering():
+                model_dir = self._fetched(found)
+            yield found, model_dir
 
     def _fetched(self, found: RegisteredVersion) -> Path:
         import mlflow.artifacts

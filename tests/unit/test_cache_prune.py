@@ -66,19 +66,20 @@ def test_a_dry_run_removes_nothing(registry):
     assert cached(registry) == before
 
 
-def test_a_prune_waits_for_a_fetch_in_progress(registry):
-    """A copy is not removed under a process downloading or verifying it."""
+def test_a_prune_waits_for_a_copy_being_fetched_or_loaded(registry):
+    """A copy is not removed under a process downloading, verifying or loading it (a job
+    naming version 5 while an operator prunes)."""
     done = threading.Event()
 
     def prune() -> None:
         registry.prune_cache(keep_newest=0)
         done.set()
 
-    with registry.copies.locked():  # as a fetch holds it
+    with registry.using("5") as (found, model_dir):
         pruning = threading.Thread(target=prune)
         pruning.start()
         assert not done.wait(0.5)
-        assert "5" in cached(registry)
+        assert found.version == "5" and (model_dir / "model.onnx").is_file()
     pruning.join(timeout=30)
     assert done.is_set() and cached(registry) == ["3"]
 
