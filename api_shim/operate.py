@@ -16,13 +16,12 @@ from api_shim.errors import ApiError, unavailable
 from api_shim.infra import serving_workers, worker_models
 from api_shim.services import services
 from inference_worker.core.contract import ModelError
+from inference_worker.serving.aliases import alias_refusal, served_alias_refusal
 from inference_worker.serving.registry import (
     ModelRegistry,
     RegistryError,
     RegistryUnavailable,
-    alias_refusal,
     open_registry,
-    served_alias_refusal,
 )
 from inference_worker.serving.reload import mirror_registry, request_reload
 from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store

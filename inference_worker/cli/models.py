@@ -21,12 +21,8 @@ T = TypeVar("T")
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
     from inference_worker.core.contract import ModelError
-    from inference_worker.serving.registry import (
-        RegistryError,
-        alias_refusal,
-        open_registry,
-        served_alias_refusal,
-    )
+    from inference_worker.serving.aliases import alias_refusal, served_alias_refusal
+    from inference_worker.serving.registry import RegistryError, open_registry
 
     if args.action not in ("list", "reload", "prune-cache") and not args.target:
         print(f"error: models {args.action} needs a target (see --help)", file=sys.stderr)

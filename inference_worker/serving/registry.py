@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from inference_worker.core.contract import load_metadata
+from inference_worker.serving.aliases import CHALLENGER as CHALLENGER  # callers import them here
+from inference_worker.serving.aliases import CHAMPION, alias_refusal
 from inference_worker.serving.local_copies import (
     LocalCopies,
     NotKnownHere,
@@ -45,12 +46,6 @@ from inference_worker.urls import redact_secrets
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "heimdall-models"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""What MLflow takes as an alias (ASCII here), no longer than a job's model reference."""
-RESERVED_ALIAS = re.compile(r"latest|v[0-9]+", re.IGNORECASE)
-"""Names MLflow keeps for itself: the newest version, and a version by number."""
 
 
 P = ParamSpec("P")
@@ -280,26 +275,6 @@ class ModelRegistry:
         """
         named = set(self.copies.last_read_aliases().values()) | set(self.aliases().values())
         return self.copies.prune(named, keep_newest, dry_run=dry_run), named
-
-
-def alias_refusal(alias: str) -> str | None:
-    """Why ``alias`` cannot name a version, or ``None``."""
-    if not ALIAS_PATTERN.fullmatch(alias) or alias.isdigit():
-        return f"alias {alias!r}: an alias is 1-64 of A-Z a-z 0-9 _ - (not a number)"
-    if RESERVED_ALIAS.fullmatch(alias):
-        return f"alias {alias!r} is reserved by the registry (latest, v<number>)"
-    return None
-
-
-def served_alias_refusal(settings: Any, alias: str) -> str | None:
-    """Why ``alias`` may not be removed (the one the workers serve: a worker starting or
-    reloading would find nothing under it), or ``None``."""
-    if alias != settings.model_alias:
-        return None
-    return (
-        f"{alias!r} is the alias the workers serve; move it instead "
-        f"(models promote VERSION --alias {alias})"
-    )
 
 
 def open_registry(settings: Any) -> ModelRegistry:
