@@ -86,7 +86,7 @@ def print_pruned(pruned: Pruned, named: set[str], dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for copy in pruned.removed:
         what = (
-            f"an interrupted download ({copy.name})"
+            f"a folder a killed download or prune left ({copy.name})"
             if copy.name.startswith(".")
             else f"version {copy.name}"
         )

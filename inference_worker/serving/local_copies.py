@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ class LocalCopies:
         another registry (their ``version.json`` names it) are kept: its aliases are not known.
 
         Holds the exclusive lock: no process is fetching or verifying meanwhile, so every
-        hidden download folder (``.<version>-…``) is a leftover.
+        hidden folder (a download's ``.<version>-…``, a prune's ``.pruned-…``) is a leftover.
         """
         pruned = Pruned()
         with self.locked(exclusive=True):
@@ -197,7 +198,7 @@ class LocalCopies:
                 if leftover or (path in others[keep_newest:]):
                     pruned.removed.append(copy)
                     if not dry_run:
-                        shutil.rmtree(path, ignore_errors=True)
+                        _remove_whole(path)
                 else:
                     pruned.kept.append(copy)
         return pruned
@@ -231,6 +232,18 @@ class LocalCopies:
 def _listed(folder: Path) -> tuple[int, str]:
     """Leftover downloads first, then versions by number."""
     return (int(folder.name), "") if folder.name.isdigit() else (-1, folder.name)
+
+
+def _remove_whole(folder: Path) -> None:
+    """Remove ``folder`` so that no half of it is left where it was: renamed to a hidden
+    leftover first (a prune killed meanwhile leaves that, which the next prune removes),
+    instead of a copy without its ``model.json`` that a fetch would refuse."""
+    doomed = folder.with_name(f".pruned-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.rename(doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _size(folder: Path) -> int:

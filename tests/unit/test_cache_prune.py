@@ -44,6 +44,7 @@ def test_copies_no_alias_names_go_beyond_the_newest_kept(registry):
     leftover = registry.copies.root / ".7-interrupted"
     (leftover / "model").mkdir(parents=True)
     (leftover / "model" / "model.onnx").write_bytes(b"half")
+    (registry.copies.root / ".pruned-2-killed" / "model").mkdir(parents=True)  # a prune's
     elsewhere = registry.copies.root / "9"  # another registry's version 9: its aliases unknown
     (elsewhere / "model").mkdir(parents=True)
     (elsewhere / "version.json").write_text(json.dumps({"registry": "sqlite:////other.db"}))
@@ -51,7 +52,7 @@ def test_copies_no_alias_names_go_beyond_the_newest_kept(registry):
     pruned, named = registry.prune_cache(keep_newest=1)
 
     assert named == {"1", "3", "4"}
-    assert [c.name for c in pruned.removed] == [".7-interrupted", "2", "5"]
+    assert [c.name for c in pruned.removed] == [".7-interrupted", ".pruned-2-killed", "2", "5"]
     assert [c.name for c in pruned.kept] == ["1", "3", "4", "6", "9"]
     assert cached(registry) == ["1", "3", "4", "6", "9"]
     assert all(c.size_bytes > 1_000_000 for c in pruned.kept if c.name != "9")
@@ -127,3 +128,21 @@ def test_nothing_is_removed_while_the_registry_does_not_answer(tmp_path, model_d
     assert "does not answer" in refused.stderr and refused.stdout == ""
     root = tmp_path / "var" / "model-cache" / "heimdall-localization"
     assert (root / "2" / "model" / "model.onnx").is_file()
+
+
+def test_a_prune_killed_midway_leaves_no_half_copy(registry, monkeypatch):
+    """A copy deleted file by file and stopped midway (its model.json gone, model.onnx still
+    there) was refused by the next fetch, failing that job; it is moved aside whole first."""
+
+    def killed(path, ignore_errors=False):
+        (Path(path) / "model" / "model.json").unlink()
+        raise SystemExit("killed")
+
+    monkeypatch.setattr("inference_worker.serving.local_copies.shutil.rmtree", killed)
+    with pytest.raises(SystemExit):
+        registry.prune_cache(keep_newest=4)  # 1 and 2 go; killed during the first
+    monkeypatch.undo()
+    found, model_dir = registry.fetch("1")  # fetched again whole, not refused
+    assert found.version == "1" and (model_dir / "model.json").is_file()
+    pruned, _ = registry.prune_cache(keep_newest=5)
+    assert [c.name for c in pruned.removed if c.name.startswith(".pruned-1-")]
