@@ -21,9 +21,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference_worker.core.contract import ModelError, file_sha256, load_metadata
+from inference_worker.urls import redact_secrets
+
+if TYPE_CHECKING:
+    from inference_worker.serving.registry_store import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,29 @@ class LocalCopies:
         if not isinstance(content, dict) or content.get("registry") != self.registry:
             return {}
         return content
+
+
+def cache_dir(settings: Any) -> Path:
+    return Path(settings.data_dir) / "model-cache"
+
+
+def last_known_copy(
+    settings: Any, reference: str, outage: RegistryUnavailable
+) -> tuple[RegisteredVersion, Path]:
+    """While the registry does not answer: the version ``reference`` named when this host last
+    read the registry, and its copy, verified again.
+
+    Raises:
+        RegistryUnavailable: ``outage``, when this host holds no copy for ``reference``.
+        ModelError: the copy no longer matches its sha256 (it is removed).
+    """
+    copies = LocalCopies(
+        cache_dir(settings) / settings.model_name, redact_secrets(settings.resolved_registry_uri)
+    )
+    try:
+        return copies.last_known(reference)
+    except NotKnownHere:
+        raise outage from None
 
 
 def _listed(folder: Path) -> tuple[int, str]:

@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from inference_worker.core.contract import load_metadata
+from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.serving.aliases import CHALLENGER as CHALLENGER  # callers import them here
 from inference_worker.serving.aliases import CHAMPION, alias_refusal
+from inference_worker.serving.local_copies import LocalCopies, Pruned, RegisteredVersion
+from inference_worker.serving.local_copies import (  # callers import them here
+    cache_dir as cache_dir,
+)
 from inference_worker.serving.local_copies import (
-    LocalCopies,
-    NotKnownHere,
-    Pruned,
-    RegisteredVersion,
+    last_known_copy as last_known_copy,
 )
 from inference_worker.serving.registry_store import (
     RegistryError,
@@ -233,36 +234,47 @@ class ModelRegistry:
             yield found, model_dir
 
     def _fetched(self, found: RegisteredVersion) -> Path:
-        import mlflow.artifacts
-
         target = self.copies.target(found.version)
-        model_dir = target / "model"
-        if not (model_dir / "model.onnx").is_file():
-            # Downloaded beside the cache, then moved in whole: processes fetching the same
-            # version at once (a worker's pool processes on a reload) each read either nothing
-            # or a complete copy, never another's half-written file.
-            target.parent.mkdir(parents=True, exist_ok=True)
-            download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
-            try:
-                # The registry's own URI: an MLflow server's `mlflow-artifacts:` sources resolve
-                # against it, not against MLflow's process-wide default (a local SQLite file).
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=found.source,
-                    dst_path=str(download),
-                    tracking_uri=self.uri,
-                    registry_uri=self.uri,
-                )
-                try:
-                    download.rename(target)
-                except OSError:  # a copy is there: another process's, or an interrupted one
-                    if not (model_dir / "model.onnx").is_file():
-                        shutil.rmtree(target)
-                        download.rename(target)
-            finally:
-                shutil.rmtree(download, ignore_errors=True)
-        model_dir = self.copies.verify(found.version, found.sha256)
+        had_copy = (target / "model" / "model.onnx").is_file()
+        if not had_copy:
+            self._download(found, target)
+        try:
+            model_dir = self.copies.verify(found.version, found.sha256)
+        except ModelError as exc:
+            if not had_copy:
+                raise  # the registry's own files are wrong
+            # This host's copy was damaged (and is removed): a sound one is fetched once more.
+            log.warning("%s; fetching version %s again", exc, found.version)
+            self._download(found, target)
+            model_dir = self.copies.verify(found.version, found.sha256)
         self.copies.remember_version(found)
         return model_dir
+
+    def _download(self, found: RegisteredVersion, target: Path) -> None:
+        """Download beside the cache, then move in whole: processes fetching the same version
+        at once (a worker's pool processes on a reload) each read either nothing or a complete
+        copy, never another's half-written file."""
+        import mlflow.artifacts
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
+        try:
+            # The registry's own URI: an MLflow server's `mlflow-artifacts:` sources resolve
+            # against it, not against MLflow's process-wide default (a local SQLite file).
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=found.source,
+                dst_path=str(download),
+                tracking_uri=self.uri,
+                registry_uri=self.uri,
+            )
+            try:
+                download.rename(target)
+            except OSError:  # a copy is there: another process's, or an interrupted one
+                if not (target / "model" / "model.onnx").is_file():
+                    shutil.rmtree(target)
+                    download.rename(target)
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
 
     @_store_call
     def prune_cache(self, keep_newest: int, *, dry_run: bool = False) -> tuple[Pruned, set[str]]:
@@ -287,29 +299,6 @@ def open_registry(settings: Any) -> ModelRegistry:
         cache_dir=cache_dir(settings),
         artifact_location=settings.resolved_registry_artifacts,
     )
-
-
-def cache_dir(settings: Any) -> Path:
-    return Path(settings.data_dir) / "model-cache"
-
-
-def last_known_copy(
-    settings: Any, reference: str, outage: RegistryUnavailable
-) -> tuple[RegisteredVersion, Path]:
-    """While the registry does not answer: the version ``reference`` named when this host last
-    read the registry, and its copy, verified again.
-
-    Raises:
-        RegistryUnavailable: ``outage``, when this host holds no copy for ``reference``.
-        ModelError: the copy no longer matches its sha256 (it is removed).
-    """
-    copies = LocalCopies(
-        cache_dir(settings) / settings.model_name, redact_secrets(settings.resolved_registry_uri)
-    )
-    try:
-        return copies.last_known(reference)
-    except NotKnownHere:
-        raise outage from None
 
 
 def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool = False) -> Path:
