@@ -135,9 +135,7 @@ def test_a_folder_that_cannot_be_written_loses_only_the_serving_through_an_outag
         registry.copies.last_known("1")
 
 
-def test_a_copy_damaged_on_this_host_is_fetched_again_while_the_registry_answers(
-    registry, caplog
-):
+def test_a_copy_damaged_on_this_host_is_fetched_again_while_the_registry_answers(registry, caplog):
     """The fetch refused it (and removed it): the job or reload that met it failed once."""
     _, model_dir = registry.fetch(CHAMPION)
     sound = (model_dir / "model.onnx").read_bytes()
