@@ -255,26 +255,32 @@ class ModelRegistry:
         at once (a worker's pool processes on a reload) each read either nothing or a complete
         copy, never another's half-written file."""
         import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
         try:
-            # The registry's own URI: an MLflow server's `mlflow-artifacts:` sources resolve
-            # against it, not against MLflow's process-wide default (a local SQLite file).
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=found.source,
-                dst_path=str(download),
-                tracking_uri=self.uri,
-                registry_uri=self.uri,
-            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download = Path(tempfile.mkdtemp(prefix=f".{found.version}-", dir=target.parent))
             try:
-                download.rename(target)
-            except OSError:  # a copy is there: another process's, or an interrupted one
-                if not (target / "model" / "model.onnx").is_file():
-                    shutil.rmtree(target)
+                # The registry's own URI: an MLflow server's `mlflow-artifacts:` sources resolve
+                # against it, not against MLflow's process-wide default (a local SQLite file).
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=found.source,
+                    dst_path=str(download),
+                    tracking_uri=self.uri,
+                    registry_uri=self.uri,
+                )
+                try:
                     download.rename(target)
-        finally:
-            shutil.rmtree(download, ignore_errors=True)
+                except OSError:  # a copy is there: another process's, or an interrupted one
+                    if not (target / "model" / "model.onnx").is_file():
+                        shutil.rmtree(target)
+                        download.rename(target)
+            finally:
+                shutil.rmtree(download, ignore_errors=True)
+        except (OSError, MlflowException) as exc:  # this host's disk, not the registry
+            if is_store_failure(exc):
+                raise
+            raise RegistryError(copy_refusal(found.version, target.parent, exc)) from None
 
     @_store_call
     def prune_cache(self, keep_newest: int, *, dry_run: bool = False) -> tuple[Pruned, set[str]]:
@@ -299,6 +305,16 @@ def open_registry(settings: Any) -> ModelRegistry:
         cache_dir=cache_dir(settings),
         artifact_location=settings.resolved_registry_artifacts,
     )
+
+
+def copy_refusal(version: str, folder: Path, exc: Exception) -> str:
+    """One line for a download that could not be kept on this host (MLflow lists each file's
+    failure on lines of its own: the last says why)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    said = f"version {version} cannot be kept in {folder}: {lines[-1] if lines else exc}"
+    if "No space left" in said:
+        said += " (`heimdall-inference models prune-cache` frees this host's older copies)"
+    return said
 
 
 def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool = False) -> Path:

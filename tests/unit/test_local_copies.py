@@ -7,6 +7,7 @@ held its jobs until the registry came back, though a verified copy of the champi
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from inference_worker.serving.registry import (
     CHALLENGER,
     CHAMPION,
     ModelRegistry,
+    RegistryError,
     RegistryUnavailable,
     last_known_copy,
     serving_model_dir,
@@ -143,3 +145,20 @@ def test_a_copy_damaged_on_this_host_is_fetched_again_while_the_registry_answers
     _, again = registry.fetch(CHAMPION)
     assert again == model_dir and (again / "model.onnx").read_bytes() == sound
     assert "fetching version 1 again" in caplog.text
+
+
+def test_a_copy_this_host_cannot_keep_is_refused_in_one_line(registry, monkeypatch):
+    """A full disk raised MLflow's own multi-line error through every caller (a traceback from
+    the command line; a job naming the version failed with an internal error)."""
+    import mlflow.artifacts
+
+    def full(**_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", full)
+    with pytest.raises(RegistryError) as refused:
+        registry.fetch(CHAMPION)
+    said = str(refused.value)
+    assert said.startswith("version 1 cannot be kept in ") and "\n" not in said
+    assert "No space left on device" in said and "models prune-cache" in said
+    assert not [p for p in registry.copies.root.iterdir() if p.is_dir()]  # nothing half kept
