@@ -289,6 +289,8 @@ def cached_copies(cache: Path) -> str | None:
     versions = [p for p in cache.glob("*/*") if p.is_dir() and p.name.isdigit()]
     if not versions:
         return None
-    size = sum(f.stat().st_size for p in versions for f in p.rglob("*") if f.is_file())
+    from inference_worker.serving.local_copies import folder_size
+
+    size = sum(folder_size(p) for p in versions)
     kept = f"{len(versions)} registry cop{'y' if len(versions) == 1 else 'ies'}"
     return f"{kept} kept ({size / 1e6:.1f} MB)"

@@ -197,7 +197,7 @@ class LocalCopies:
             for path in sorted(folders, key=_listed):
                 if not path.name.startswith(".") and not path.name.isdigit():
                     continue  # not the cache's: left alone
-                copy = CachedCopy(path.name, path, _size(path))
+                copy = CachedCopy(path.name, path, folder_size(path))
                 leftover = path.name.startswith(".")
                 if leftover or (path in others[keep_newest:]):
                     pruned.removed.append(copy)
@@ -273,7 +273,8 @@ def _remove_whole(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _size(folder: Path) -> int:
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (links not followed)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
