@@ -12,7 +12,7 @@ from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
 from inference_worker.core.tdoa import describe_solution, locate, solve
-from inference_worker.core.time_differences import TdoaError, pair_delays
+from inference_worker.core.time_differences import PairDelay, TdoaError, pair_delays
 from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
 
 STATIONS = (
@@ -72,6 +72,27 @@ def test_the_emitter_is_found_and_lies_in_its_95_percent_ellipse():
     assert error_m < 2_000.0
     assert contains(estimate, EMITTER[0], EMITTER[1], 0.95)
     assert likelihood.log_likelihood.max() == 0.0
+
+
+@pytest.mark.parametrize("emitter", [(56.159, 24.371), (56.16, 24.0), (56.2, 25.0), (56.3, 23.5)])
+def test_a_narrow_peak_off_the_coarse_grid_is_followed_to_its_top(emitter):
+    # Three receivers to the emitter's west: their crossing is a narrow peak several coarse
+    # steps from the coarse grid's best point, which used to be refined where it stood (5-16 km
+    # off, chi2 5-38 for exact delays).
+    stations = (
+        Receiver("RX1", 56.0189, 18.1761),
+        Receiver("RX2", 52.93443, 18.58981),
+        Receiver("RX3", 52.60684, 8.96856),
+    )
+    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
+    delays = [
+        PairDelay(a, b, arrival[a] - arrival[b], 0.5e-6, 10, 10)
+        for a, b in ((0, 1), (0, 2), (1, 2))
+    ]
+    estimate, likelihood = locate(stations, delays)
+    assert distance_m(estimate.lat, estimate.lon, *emitter) < 500.0
+    assert likelihood.chi2 < 0.1
+    assert contains(estimate, *emitter, 0.95)
 
 
 def test_too_short_an_overlap_is_refused():
