@@ -92,7 +92,7 @@ def test_a_narrow_peak_off_the_coarse_grid_is_followed_to_its_top(emitter):
     estimate, likelihood = locate(stations, delays)
     assert distance_m(estimate.lat, estimate.lon, *emitter) < 500.0
     assert likelihood.chi2 < 0.1
-    assert contains(estimate, *emitter, 0.95)
+    assert contains(estimate, emitter[0], emitter[1], 0.95)
 
 
 def test_too_short_an_overlap_is_refused():
