@@ -191,7 +191,7 @@ def _refine(
     grid's point can be several of its steps from a narrow peak along a ridge.
     Returns the peak's log-likelihood, the estimate, and the grid (peak at 0)."""
     half = (3 * step[0], 3 * step[1])
-    walking, walks, zooms = True, 0, 0
+    walks = zooms = 0
     while zooms < 8:
         fine_lats = np.linspace(centre[0] - half[0], centre[0] + half[0], fine)
         fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
@@ -200,12 +200,11 @@ def _refine(
         peak = float(fine_ll.max())
         fine_ll -= peak
         row, column = np.unravel_index(int(np.argmax(fine_ll)), fine_ll.shape)
-        if walking and walks < 4 and (row in (0, fine - 1) or column in (0, fine - 1)):
+        if zooms == 0 and walks < 4 and (row in (0, fine - 1) or column in (0, fine - 1)):
             centre = (float(fine_lats[row]), float(fine_lons[column]))  # the peak is beyond
             walks += 1
             continue
-        walking = False  # zoomed grids are sized by the likelihood's own spread
-        zooms += 1
+        zooms += 1  # zoomed grids are sized by the likelihood's own spread: never moved
         mean_lat, mean_lon, sd_lat, sd_lon = _moments(fine_lats, fine_lons, fine_ll)[:4]
         wanted = (max(6 * sd_lat, 1e-5), max(6 * sd_lon, 1e-5))
         if all(0.5 < w / h < 1.5 for w, h in zip(wanted, half, strict=True)):
