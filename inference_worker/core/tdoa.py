@@ -197,9 +197,9 @@ def _refine(
         fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
         offsets = ellipsoid_offsets(stations, *centre)
         fine_ll = log_likelihood_grid(stations, delays, fine_lats, fine_lons, precision, offsets)
-        peak = float(fine_ll.max())
-        fine_ll -= peak
         row, column = np.unravel_index(int(np.argmax(fine_ll)), fine_ll.shape)
+        peak = float(fine_ll[row, column])
+        fine_ll -= peak
         if zooms == 0 and walks < 4 and (row in (0, fine - 1) or column in (0, fine - 1)):
             centre = (float(fine_lats[row]), float(fine_lons[column]))  # the peak is beyond
             walks += 1
