@@ -29,6 +29,7 @@ from inference_worker.core.ellipse import (
     contains,
     describe,
     distance_m,
+    ellipse,
     metres_per_degree,
 )
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, ellipsoid_offsets, great_circle_m
@@ -124,6 +125,10 @@ def locate(
     Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
     coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
     points and favour a broader wrong one), and the best refined peak is the estimate.
+
+    Raises:
+        TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
+            reaches further than ``margin_m``): the delays fix a line, not a position.
     """
     precision = (
         delays.precision() if isinstance(delays, Delays) else delay_precision(delays, len(stations))
@@ -152,6 +157,14 @@ def locate(
     ]
     ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
     best_peak, estimate, (grid_lats, grid_lons, grid_ll) = refined[ranked[0]]
+    reach_m = ellipse(estimate, 0.95).semi_major_m
+    if reach_m > margin_m:
+        raise TdoaError(
+            f"the delays do not fix a position: the likelihood stretches {reach_m / 1e3:,.0f} km "
+            f"(its 95 % ellipse's semi-major axis), further than the {margin_m / 1e3:,.0f} km "
+            "searched around the receivers; receivers close together or nearly on one line, or "
+            "an emitter far outside them, give a line of positions rather than a point"
+        )
     top = max(masses)
     weights = [math.exp(m - top) for m in masses]
     kept = [ranked[0]]

@@ -3,7 +3,7 @@ receivers' positions, the tuned frequency.
 
 Every refusal is a :class:`~inference_worker.core.capture.CaptureError` whose text names the
 receiver and says what is wrong: no usable GPS time, too short a common span, frequencies that
-do not match, positions that are not positions.
+do not match, positions that are not positions or fewer than three places.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from inference_worker.core.capture import (
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
-from inference_worker.core.time_differences import overlap
+from inference_worker.core.time_differences import overlap, too_few_sites
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""
@@ -96,6 +96,9 @@ def parse_stations(value: object, limits: TdoaLimits) -> tuple[list[Receiver], l
         heights.append(height)
     if len({s.id for s in stations}) != len(stations):
         raise CaptureError("receivers must have different ids")
+    problem = too_few_sites(stations)
+    if problem:
+        raise CaptureError(problem)
     return stations, heights
 
 

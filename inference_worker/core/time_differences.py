@@ -37,10 +37,37 @@ _MARGIN = 256
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
+SAME_SITE_M = 300.0
+"""Receivers closer than this (1 µs of light travel, about their GPS stamps' jitter) are on one
+site: the delay between them says nothing of where the emitter is."""
 
 
 class TdoaError(ValueError):
     """The recordings cannot be located together; the message says why."""
+
+
+def too_few_sites(stations: Sequence[Receiver]) -> str | None:
+    """Why these receivers cannot fix a position, or None: time differences need receivers at
+    three or more places (receivers within :data:`SAME_SITE_M` of one another are one place)."""
+    site = list(range(len(stations)))
+    for a, b in itertools.combinations(range(len(stations)), 2):
+        near = great_circle_m(stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon)
+        if near < SAME_SITE_M and site[b] != site[a]:
+            old = site[b]
+            site = [site[a] if s == old else s for s in site]
+    places = sorted(set(site))
+    if len(places) >= 3:
+        return None
+    shared = "; ".join(
+        ", ".join(stations[k].id for k in range(len(stations)) if site[k] == place)
+        for place in places
+        if site.count(place) > 1
+    )
+    return (
+        f"the {len(stations)} receivers are at {len(places)} place(s) ({shared}: within "
+        f"{SAME_SITE_M:g} m of one another): time differences need receivers at 3 or more "
+        "places; add a receiver at another site"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,10 +191,13 @@ def pair_delays(
     number, and ``clock_floor_s``), which moves every pair of that receiver alike.
 
     Raises:
-        TdoaError: fewer than 3 receivers, or too short a common span.
+        TdoaError: fewer than 3 receivers or places, or too short a common span.
     """
     if len(recordings) < 3:
         raise TdoaError("time differences need at least 3 receivers")
+    problem = too_few_sites(stations)
+    if problem:
+        raise TdoaError(problem)
     start, end = overlap(timebases)
     if end - start < min_overlap_s:
         raise TdoaError(

@@ -148,7 +148,9 @@ def test_a_client_job_id_is_idempotent_for_tdoa_sets(client, worker, recordings)
     assert wait_final(client, job_id)["status"] == "succeeded"
 
 
-@pytest.mark.parametrize("case", ["no_gps", "too_few_files", "other_frequency", "bad_positions"])
+@pytest.mark.parametrize(
+    "case", ["no_gps", "too_few_files", "other_frequency", "bad_positions", "one_site"]
+)
 def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
     job_id = f"refused-{uuid.uuid4()}"
     files, names = list(recordings.files), list(recordings.names)
@@ -162,9 +164,15 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     elif case == "other_frequency":
         names[0] = names[0].replace(f"_{recordings.frequency_hz}_", "_10000000_")
         expected = "same frequency"
-    else:
+    elif case == "bad_positions":
         fields["receivers"] = '[{"id": "a", "lat": 100, "lon": 0}]'
         expected = "3 to"
+    else:  # three of the four receivers given one site's position
+        positions = recordings.positions()
+        for k in (1, 2):
+            positions[k] = {**positions[k], "lat": positions[0]["lat"], "lon": positions[0]["lon"]}
+        fields["receivers"] = json.dumps(positions)
+        expected = "at 2 place(s)"
     response = post_tdoa(client, recordings, files=files, names=names, **fields)
     assert response.status_code == 422, response.get_json()
     assert response.get_json()["error"]["code"] == "invalid_capture"

@@ -95,6 +95,26 @@ def test_a_narrow_peak_off_the_coarse_grid_is_followed_to_its_top(emitter):
     assert contains(estimate, emitter[0], emitter[1], 0.95)
 
 
+def test_delays_that_fix_only_a_line_are_refused_not_located():
+    # Two receivers 500 m apart and a third 450 km away: the likelihood is a long ridge; its
+    # moments used to be reported as a position thousands of km off.
+    stations = (Receiver("A", 50.0, 10.0), Receiver("B", 50.0045, 10.0), Receiver("C", 51.5, 16.0))
+    emitter = (50.6, 12.9)
+    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
+    delays = [
+        PairDelay(a, b, arrival[a] - arrival[b], 1e-6, 10, 10) for a, b in ((0, 1), (0, 2), (1, 2))
+    ]
+    with pytest.raises(TdoaError, match="do not fix a position.*further than the 600 km"):
+        locate(stations, delays)
+
+
+def test_receivers_on_one_site_are_refused_before_correlating():
+    recs, bases = recordings()
+    one_site = (STATIONS[0], Receiver("twin", STATIONS[0].lat, STATIONS[0].lon), STATIONS[2])
+    with pytest.raises(TdoaError, match="at 2 place.*north, twin"):
+        pair_delays(recs, bases, one_site)
+
+
 def test_too_short_an_overlap_is_refused():
     recs, bases = recordings(seconds=2.5)
     with pytest.raises(TdoaError, match="overlap"):

@@ -68,6 +68,19 @@ def test_bad_positions_are_refused_with_what_is_wrong(value, message):
         parse_stations(value, LIMITS)
 
 
+def test_receivers_on_fewer_than_three_sites_are_refused_naming_them():
+    # Two receivers of one site (100 m apart) and a third far away: one useful baseline.
+    one_site = [
+        {"id": "kiwi-a", "lat": 52.0, "lon": 5.0},
+        {"id": "kiwi-b", "lat": 52.0009, "lon": 5.0},
+        {"id": "far", "lat": 50.0, "lon": 10.0},
+    ]
+    with pytest.raises(CaptureError, match=r"3 receivers are at 2 place\(s\) \(kiwi-a, kiwi-b"):
+        parse_stations(json.dumps(one_site), LIMITS)
+    one_site[1]["lat"] = 52.01  # 1.1 km apart: two places
+    assert len(parse_stations(json.dumps(one_site), LIMITS)[0]) == 3
+
+
 def test_one_file_per_receiver_is_required(recordings):
     with pytest.raises(CaptureError, match="2 capture file"):
         check_tdoa(recordings.files[:2], recordings.names[:2], fields(recordings), LIMITS)
