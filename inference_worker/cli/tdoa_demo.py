@@ -21,7 +21,7 @@ from inference_worker.core.ellipse import (
     metres_per_degree,
 )
 from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import log_likelihood_grid
+from inference_worker.core.tdoa_search import log_likelihood_grid
 from inference_worker.core.time_differences import PairDelay
 from inference_worker.settings import Settings
 

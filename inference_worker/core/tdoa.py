@@ -4,7 +4,8 @@ A likelihood over positions on the Earth (paths along the WGS84 ellipsoid, groun
 speed of light) that counts each receiver's error once, searched on a coarse grid (great circles
 on a sphere) whose best peaks are refined with the ellipsoid's paths; the best peak's mean and
 covariance give the estimate and the ellipses, and other peaks that explain the delays too are
-reported as alternatives. :func:`solve` runs the whole method on KiwiSDR files
+reported as alternatives (:mod:`inference_worker.core.tdoa_search` holds the search).
+:func:`solve` runs the whole method on KiwiSDR files
 (:mod:`inference_worker.core.time_differences` finds the delays).
 
 Skywave (ionospheric) paths are longer than the ground path by an amount that depends on the
@@ -20,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.ndimage
-import scipy.optimize
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import (
@@ -32,16 +31,21 @@ from inference_worker.core.ellipse import (
     ellipse,
     metres_per_degree,
 )
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, ellipsoid_offsets, great_circle_m
 from inference_worker.core.kiwi_wav import KiwiWavError, Timebase, read_kiwi_wav, timebase
 from inference_worker.core.likelihood_map import contour_features
+from inference_worker.core.tdoa_search import (
+    coarse_peaks,
+    delay_precision,
+    plausible_chi2,
+    refine,
+    widened,
+)
 from inference_worker.core.time_differences import (
     Delays,
     PairDelay,
     TdoaError,
     overlap,
     pair_delays,
-    pair_design,
 )
 
 
@@ -66,51 +70,6 @@ class Likelihood:
     of every place's 95 % ellipse holds the emitter 95 % of the time."""
 
 
-def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
-    """The inverse covariance (µs⁻²) of pairs' delays known only by their sigmas (a result
-    read back), for ``r @ P @ r``.
-
-    Pairs share receivers, so their errors are not independent: with every pair measured, only
-    ``stations - 1`` of them carry information. Each pair's variance is split into the shares of
-    its two receivers (least squares), and the pairs' covariance is built from those shares; its
-    pseudo-inverse counts each receiver's error once.
-    """
-    design = pair_design([(pair.a, pair.b) for pair in delays], stations)
-    variance = np.array([(pair.sigma_s * 1e6) ** 2 for pair in delays])
-    shares, _ = scipy.optimize.nnls(np.abs(design), variance)
-    shares = np.maximum(shares, 0.05 * float(variance.min()))
-    covariance = design @ np.diag(shares) @ design.T
-    return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
-
-
-def log_likelihood_grid(
-    stations: Sequence[Receiver],
-    delays: Sequence[PairDelay],
-    lats: np.ndarray,
-    lons: np.ndarray,
-    precision: np.ndarray | None = None,
-    offsets_s: Sequence[float] | None = None,
-) -> np.ndarray:
-    """``-chi2/2`` of the delays at every point of a latitude × longitude grid.
-
-    Travel times are great-circle distances over the speed of light, plus ``offsets_s`` (one per
-    station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
-    if precision is None:
-        precision = (
-            delays.precision()
-            if isinstance(delays, Delays)
-            else delay_precision(delays, len(stations))
-        )
-    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
-    offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
-    travel = [
-        great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S + offset
-        for s, offset in zip(stations, offsets, strict=True)
-    ]
-    residual = np.stack([(travel[pair.a] - travel[pair.b] - pair.delay_s) * 1e6 for pair in delays])
-    return -0.5 * np.einsum("i...,ij,j...->...", residual, precision, residual)
-
-
 def locate(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
@@ -124,7 +83,9 @@ def locate(
 
     Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
     coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
-    points and favour a broader wrong one), and the best refined peak is the estimate.
+    points and favour a broader wrong one), and the best refined peak is the estimate. While no
+    refined peak fits the delays plausibly, the search goes on from the peaks of the likelihood
+    widened by the coarse grid's reach (:func:`~inference_worker.core.tdoa_search.widened`).
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
@@ -142,14 +103,25 @@ def locate(
     lons = np.linspace(
         min(lon_values) - margin_m / per_deg_lon, max(lon_values) + margin_m / per_deg_lon, coarse
     )
-    coarse_ll = log_likelihood_grid(stations, delays, lats, lons, precision)
-    peaks = scipy.ndimage.maximum_filter(coarse_ll, size=5, mode="nearest") == coarse_ll
-    order = np.argsort(coarse_ll[peaks])[::-1][:candidates]
     step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
+    starts = coarse_peaks(stations, delays, precision, lats, lons, candidates)
     refined = [
-        _refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
-        for i, j in np.argwhere(peaks)[order]
+        refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+        for i, j in starts
     ]
+    if -2 * max(peak for peak, _, _ in refined) > plausible_chi2(precision):
+        # No peak fits: the crossing may be narrower than the grid's step and lie between its
+        # points, each far enough off it to rank below broad wrong peaks. Start again from the
+        # peaks of the likelihood widened by half a cell's diagonal, until one fits.
+        reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
+        wide = widened(stations, delays, precision, reach_m)
+        more = [p for p in coarse_peaks(stations, delays, wide, lats, lons, 32) if p not in starts]
+        while more and -2 * max(peak for peak, _, _ in refined) > plausible_chi2(precision):
+            refined += [
+                refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+                for i, j in more[:candidates]
+            ]
+            more = more[candidates:]
     # Each peak's mass: its height times the area of its Gaussian.
     masses = [
         peak + math.log(e.sigma_east_m * e.sigma_north_m * math.sqrt(1 - e.rho**2))
@@ -187,76 +159,6 @@ def locate(
         chi2=-2 * best_peak,
         weight=weights[ranked[0]] / total,
         alternatives=alternatives,
-    )
-
-
-def _refine(
-    stations: Sequence[Receiver],
-    delays: Sequence[PairDelay],
-    precision: np.ndarray,
-    centre: tuple[float, float],
-    step: tuple[float, float],
-    fine: int,
-) -> tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Zoom on one peak until the grid spans about six standard deviations of the likelihood
-    each way, so its mean and covariance are those of the likelihood, not of the grid. The first
-    grid (the coarse grid's steps) is moved while its best point is on its border: the coarse
-    grid's point can be several of its steps from a narrow peak along a ridge.
-    Returns the peak's log-likelihood, the estimate, and the grid (peak at 0)."""
-    half = (3 * step[0], 3 * step[1])
-    walks = zooms = 0
-    while zooms < 8:
-        fine_lats = np.linspace(centre[0] - half[0], centre[0] + half[0], fine)
-        fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
-        offsets = ellipsoid_offsets(stations, *centre)
-        fine_ll = log_likelihood_grid(stations, delays, fine_lats, fine_lons, precision, offsets)
-        row, column = np.unravel_index(int(np.argmax(fine_ll)), fine_ll.shape)
-        peak = float(fine_ll[row, column])
-        fine_ll -= peak
-        if zooms == 0 and walks < 4 and (row in (0, fine - 1) or column in (0, fine - 1)):
-            centre = (float(fine_lats[row]), float(fine_lons[column]))  # the peak is beyond
-            walks += 1
-            continue
-        zooms += 1  # zoomed grids are sized by the likelihood's own spread: never moved
-        mean_lat, mean_lon, sd_lat, sd_lon = _moments(fine_lats, fine_lons, fine_ll)[:4]
-        wanted = (max(6 * sd_lat, 1e-5), max(6 * sd_lon, 1e-5))
-        if all(0.5 < w / h < 1.5 for w, h in zip(wanted, half, strict=True)):
-            break
-        centre, half = (mean_lat, mean_lon), wanted
-    mean_lat, mean_lon, _, _, var_e, var_n, cov = _moments(fine_lats, fine_lons, fine_ll)
-    sigma_e, sigma_n = math.sqrt(max(var_e, 1.0)), math.sqrt(max(var_n, 1.0))
-    estimate = Estimate(
-        lat=mean_lat,
-        lon=mean_lon,
-        sigma_east_m=sigma_e,
-        sigma_north_m=sigma_n,
-        rho=float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999)),
-    )
-    return peak, estimate, (fine_lats, fine_lons, fine_ll)
-
-
-def _moments(
-    lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray
-) -> tuple[float, float, float, float, float, float, float]:
-    """Mean (degrees), standard deviations (degrees) and east/north covariance (m²) of the
-    normalized likelihood on a grid."""
-    weights = np.exp(log_likelihood - log_likelihood.max())
-    weights /= weights.sum()
-    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
-    mean_lat = float((weights * grid_lat).sum())
-    mean_lon = float((weights * grid_lon).sum())
-    d_lat, d_lon = grid_lat - mean_lat, grid_lon - mean_lon
-    var_lat, var_lon = float((weights * d_lat**2).sum()), float((weights * d_lon**2).sum())
-    per_deg_lat, per_deg_lon = metres_per_degree(mean_lat)
-    cov = float((weights * d_lat * d_lon).sum()) * per_deg_lat * per_deg_lon
-    return (
-        mean_lat,
-        mean_lon,
-        math.sqrt(var_lat),
-        math.sqrt(var_lon),
-        var_lon * per_deg_lon**2,
-        var_lat * per_deg_lat**2,
-        cov,
     )
 
 

@@ -23,6 +23,16 @@ STATIONS = (
 EMITTER = (46.1, 8.2)
 
 
+def exact_delays(stations, emitter, sigma_s: float) -> list[PairDelay]:
+    """Every pair's true delay from ``emitter``, claimed to within ``sigma_s``."""
+    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
+    return [
+        PairDelay(a, b, arrival[a] - arrival[b], sigma_s, 10, 10)
+        for a in range(len(stations))
+        for b in range(a + 1, len(stations))
+    ]
+
+
 def record(station: Receiver, seed: int, *, start_s: float, rate_hz: float, seconds: float):
     """What a receiver clocked at ``rate_hz`` records from GPS time ``start_s``: a noise-like
     signal 2.5 kHz wide arriving after the great-circle delay, plus receiver noise, with 1 µs
@@ -84,14 +94,27 @@ def test_a_narrow_peak_off_the_coarse_grid_is_followed_to_its_top(emitter):
         Receiver("RX2", 52.93443, 18.58981),
         Receiver("RX3", 52.60684, 8.96856),
     )
-    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
-    delays = [
-        PairDelay(a, b, arrival[a] - arrival[b], 0.5e-6, 10, 10)
-        for a, b in ((0, 1), (0, 2), (1, 2))
-    ]
+    delays = exact_delays(stations, emitter, 0.5e-6)
     estimate, likelihood = locate(stations, delays)
     assert distance_m(estimate.lat, estimate.lon, *emitter) < 500.0
     assert likelihood.chi2 < 0.1
+    assert contains(estimate, emitter[0], emitter[1], 0.95)
+
+
+def test_a_crossing_between_the_coarse_points_is_found_when_nothing_else_fits():
+    # Two receivers 20 km apart and a third 450 km away: the crossing is narrower than the
+    # coarse grid's step, and every coarse point near it ranked below a broad ridge near the
+    # grid's edge, which was reported (964 km off, chi2 39 for exact delays).
+    stations = (
+        Receiver("RX1", 46.76865, 15.47840),
+        Receiver("RX2", 46.75697, 15.21639),
+        Receiver("RX3", 43.47538, 19.82042),
+    )
+    emitter = (45.6438, 16.8103)
+    delays = exact_delays(stations, emitter, 0.5e-6)
+    estimate, likelihood = locate(stations, delays)
+    assert distance_m(estimate.lat, estimate.lon, *emitter) < 200.0
+    assert likelihood.chi2 < 1.0
     assert contains(estimate, emitter[0], emitter[1], 0.95)
 
 
@@ -100,10 +123,7 @@ def test_delays_that_fix_only_a_line_are_refused_not_located():
     # moments used to be reported as a position thousands of km off.
     stations = (Receiver("A", 50.0, 10.0), Receiver("B", 50.0045, 10.0), Receiver("C", 51.5, 16.0))
     emitter = (50.6, 12.9)
-    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
-    delays = [
-        PairDelay(a, b, arrival[a] - arrival[b], 1e-6, 10, 10) for a, b in ((0, 1), (0, 2), (1, 2))
-    ]
+    delays = exact_delays(stations, emitter, 1e-6)
     with pytest.raises(TdoaError, match="do not fix a position.*further than the 600 km"):
         locate(stations, delays)
 

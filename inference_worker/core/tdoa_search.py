@@ -1,0 +1,175 @@
+"""The search for a TDoA likelihood's peaks: pure numpy and scipy.
+
+The likelihood of the pairs' delays on a latitude × longitude grid; the coarse grid's peaks
+where the search starts (and, while no peak fits the delays plausibly, the peaks of the same
+likelihood with every receiver's time widened by the grid's reach); each peak zoomed on until
+its grid spans the likelihood's own spread, whose moments give the estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage
+import scipy.optimize
+import scipy.stats
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import Estimate, metres_per_degree
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, ellipsoid_offsets, great_circle_m
+from inference_worker.core.time_differences import Delays, PairDelay, pair_design
+
+Peak = tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""A refined peak: its log-likelihood, the estimate, and its grid (peak at 0)."""
+
+
+def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
+    """The inverse covariance (µs⁻²) of pairs' delays known only by their sigmas (a result
+    read back), for ``r @ P @ r``.
+
+    Pairs share receivers, so their errors are not independent: with every pair measured, only
+    ``stations - 1`` of them carry information. Each pair's variance is split into the shares of
+    its two receivers (least squares), and the pairs' covariance is built from those shares; its
+    pseudo-inverse counts each receiver's error once.
+    """
+    design = pair_design([(pair.a, pair.b) for pair in delays], stations)
+    variance = np.array([(pair.sigma_s * 1e6) ** 2 for pair in delays])
+    shares, _ = scipy.optimize.nnls(np.abs(design), variance)
+    shares = np.maximum(shares, 0.05 * float(variance.min()))
+    covariance = design @ np.diag(shares) @ design.T
+    return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
+
+
+def log_likelihood_grid(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    lats: np.ndarray,
+    lons: np.ndarray,
+    precision: np.ndarray | None = None,
+    offsets_s: Sequence[float] | None = None,
+) -> np.ndarray:
+    """``-chi2/2`` of the delays at every point of a latitude × longitude grid.
+
+    Travel times are great-circle distances over the speed of light, plus ``offsets_s`` (one per
+    station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
+    if precision is None:
+        precision = (
+            delays.precision()
+            if isinstance(delays, Delays)
+            else delay_precision(delays, len(stations))
+        )
+    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+    offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
+    travel = [
+        great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S + offset
+        for s, offset in zip(stations, offsets, strict=True)
+    ]
+    residual = np.stack([(travel[pair.a] - travel[pair.b] - pair.delay_s) * 1e6 for pair in delays])
+    return -0.5 * np.einsum("i...,ij,j...->...", residual, precision, residual)
+
+
+def coarse_peaks(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    weights: np.ndarray,
+    lats: np.ndarray,
+    lons: np.ndarray,
+    count: int,
+) -> list[tuple[int, int]]:
+    """The grid points of the ``count`` highest local maxima of the likelihood under the
+    delays' inverse covariance ``weights``, highest first."""
+    grid_ll = log_likelihood_grid(stations, delays, lats, lons, weights)
+    peaks = scipy.ndimage.maximum_filter(grid_ll, size=5, mode="nearest") == grid_ll
+    order = np.argsort(grid_ll[peaks])[::-1][:count]
+    return [(int(i), int(j)) for i, j in np.argwhere(peaks)[order]]
+
+
+def widened(
+    stations: Sequence[Receiver], delays: Sequence[PairDelay], precision: np.ndarray, by_m: float
+) -> np.ndarray:
+    """The inverse covariance of the delays with every receiver's time widened by ``by_m`` of
+    light travel: a grid whose points lie up to ``by_m`` from a crossing narrower than its step
+    sees that crossing as high as it is."""
+    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
+    blur_us = by_m / SPEED_OF_LIGHT_M_S * 1e6
+    covariance = np.linalg.pinv(precision, hermitian=True) + blur_us**2 * design @ design.T
+    return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
+
+
+def plausible_chi2(precision: np.ndarray) -> float:
+    """The chi2 a correct position's fit exceeds one time in a thousand: the delays' own
+    degrees of freedom, less the position's two."""
+    freedom = max(1, int(np.linalg.matrix_rank(precision, hermitian=True)) - 2)
+    return float(scipy.stats.chi2.ppf(0.999, freedom))
+
+
+def refine(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    precision: np.ndarray,
+    centre: tuple[float, float],
+    step: tuple[float, float],
+    fine: int,
+) -> Peak:
+    """Zoom on one peak until the grid spans about six standard deviations of the likelihood
+    each way, so its mean and covariance are those of the likelihood, not of the grid. The first
+    grid (the coarse grid's steps) is moved while its best point is on its border: the coarse
+    grid's point can be several of its steps from a narrow peak along a ridge.
+    Returns the peak's log-likelihood, the estimate, and the grid (peak at 0)."""
+    half = (3 * step[0], 3 * step[1])
+    walks = zooms = 0
+    while zooms < 8:
+        fine_lats = np.linspace(centre[0] - half[0], centre[0] + half[0], fine)
+        fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
+        offsets = ellipsoid_offsets(stations, *centre)
+        fine_ll = log_likelihood_grid(stations, delays, fine_lats, fine_lons, precision, offsets)
+        row, column = np.unravel_index(int(np.argmax(fine_ll)), fine_ll.shape)
+        peak = float(fine_ll[row, column])
+        fine_ll -= peak
+        if zooms == 0 and walks < 4 and (row in (0, fine - 1) or column in (0, fine - 1)):
+            centre = (float(fine_lats[row]), float(fine_lons[column]))  # the peak is beyond
+            walks += 1
+            continue
+        zooms += 1  # zoomed grids are sized by the likelihood's own spread: never moved
+        mean_lat, mean_lon, sd_lat, sd_lon = moments(fine_lats, fine_lons, fine_ll)[:4]
+        wanted = (max(6 * sd_lat, 1e-5), max(6 * sd_lon, 1e-5))
+        if all(0.5 < w / h < 1.5 for w, h in zip(wanted, half, strict=True)):
+            break
+        centre, half = (mean_lat, mean_lon), wanted
+    mean_lat, mean_lon, _, _, var_e, var_n, cov = moments(fine_lats, fine_lons, fine_ll)
+    sigma_e, sigma_n = math.sqrt(max(var_e, 1.0)), math.sqrt(max(var_n, 1.0))
+    estimate = Estimate(
+        lat=mean_lat,
+        lon=mean_lon,
+        sigma_east_m=sigma_e,
+        sigma_north_m=sigma_n,
+        rho=float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999)),
+    )
+    return peak, estimate, (fine_lats, fine_lons, fine_ll)
+
+
+def moments(
+    lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray
+) -> tuple[float, float, float, float, float, float, float]:
+    """Mean (degrees), standard deviations (degrees) and east/north covariance (m²) of the
+    normalized likelihood on a grid."""
+    weights = np.exp(log_likelihood - log_likelihood.max())
+    weights /= weights.sum()
+    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+    mean_lat = float((weights * grid_lat).sum())
+    mean_lon = float((weights * grid_lon).sum())
+    d_lat, d_lon = grid_lat - mean_lat, grid_lon - mean_lon
+    var_lat, var_lon = float((weights * d_lat**2).sum()), float((weights * d_lon**2).sum())
+    per_deg_lat, per_deg_lon = metres_per_degree(mean_lat)
+    cov = float((weights * d_lat * d_lon).sum()) * per_deg_lat * per_deg_lon
+    return (
+        mean_lat,
+        mean_lon,
+        math.sqrt(var_lat),
+        math.sqrt(var_lon),
+        var_lon * per_deg_lon**2,
+        var_lat * per_deg_lat**2,
+        cov,
+    )
