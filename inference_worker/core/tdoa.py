@@ -109,14 +109,15 @@ def locate(
         refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
         for i, j in starts
     ]
-    if -2 * max(peak for peak, _, _ in refined) > plausible_chi2(precision):
+    limit = plausible_chi2(precision)
+    if -2 * max(peak for peak, _, _ in refined) > limit:
         # No peak fits: the crossing may be narrower than the grid's step and lie between its
         # points, each far enough off it to rank below broad wrong peaks. Start again from the
         # peaks of the likelihood widened by half a cell's diagonal, until one fits.
         reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
         wide = widened(stations, delays, precision, reach_m)
         more = [p for p in coarse_peaks(stations, delays, wide, lats, lons, 32) if p not in starts]
-        while more and -2 * max(peak for peak, _, _ in refined) > plausible_chi2(precision):
+        while more and -2 * max(peak for peak, _, _ in refined) > limit:
             refined += [
                 refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
                 for i, j in more[:candidates]

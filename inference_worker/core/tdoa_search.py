@@ -91,7 +91,7 @@ def widened(
 ) -> np.ndarray:
     """The inverse covariance of the delays with every receiver's time widened by ``by_m`` of
     light travel: a grid whose points lie up to ``by_m`` from a crossing narrower than its step
-    sees that crossing as high as it is."""
+    sees that crossing about as high as it is."""
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     blur_us = by_m / SPEED_OF_LIGHT_M_S * 1e6
     covariance = np.linalg.pinv(precision, hermitian=True) + blur_us**2 * design @ design.T
