@@ -41,15 +41,20 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> None:
         registry = open_registry(settings)
         if args.action == "list":
             versions = registry.versions()
+            held = {v.version: registry.copies.held(v.version) for v in versions}
             if args.json:
-                print(json.dumps([v.to_json() for v in versions], indent=2))
+                listed = [{**v.to_json(), "copy_bytes": held[v.version]} for v in versions]
+                print(json.dumps(listed, indent=2))
                 return
             if not versions:
                 print(f"no versions of {registry.name} registered")
             for v in versions:
                 aliases = ", ".join(v.aliases) or "-"
+                size = held[v.version]
+                here = f"{size / 1e6:.1f} MB" if size is not None else "-"
                 print(
-                    f"{v.version:>4}  {v.model_version:<12} aliases: {aliases:<22} {v.description}"
+                    f"{v.version:>4}  {v.model_version:<12} aliases: {aliases:<22} "
+                    f"copy here: {here:<9} {v.description}"
                 )
         elif args.action == "register":
             registered = registry.register(Path(args.target), description=args.description or "")

@@ -174,6 +174,14 @@ class LocalCopies:
         finally:
             os.close(lock)  # releases the lock
 
+    def held(self, version: str) -> int | None:
+        """Bytes of this host's verified copy of ``version`` fetched from this registry, or
+        None when it holds none (never fetched, pruned, or a download cut short)."""
+        folder = self.target(version)
+        if "sha256" not in self._read(folder / VERSION_FILE):
+            return None
+        return folder_size(folder) if (folder / "model" / "model.onnx").is_file() else None
+
     def last_read_aliases(self) -> dict[str, str]:
         """What the aliases named when this host last read them (empty if never)."""
         aliases = self._read(self.root / ALIASES_FILE).get("aliases", {})

@@ -36,8 +36,14 @@ def test_a_registry_on_postgresql_registers_promotes_and_verifies(
     assert promoted.returncode == 0, promoted.stderr
     listed = run_cli(settings, tmp_path, "models", "list", "--json", **env)
     assert [v["aliases"] for v in json.loads(listed.stdout)] == [["challenger", CHAMPION]]
+    assert json.loads(listed.stdout)[0]["copy_bytes"] is None  # nothing fetched on this host
     verified = run_cli(settings, tmp_path, "models", "verify", CHAMPION, **env)
     assert verified.returncode == 0 and "version 1 verified" in verified.stdout
+    listed = run_cli(settings, tmp_path, "models", "list", "--json", **env)
+    copy = data_dir / "model-cache" / settings.model_name / "1"
+    held = sum(p.stat().st_size for p in copy.rglob("*") if p.is_file())
+    assert json.loads(listed.stdout)[0]["copy_bytes"] == held > 0
+    assert "copy here: " in run_cli(settings, tmp_path, "models", "list", **env).stdout
     # The files lie in the data folder, not in ./mlruns of wherever the command ran.
     assert not (tmp_path / "mlruns").exists()
     assert list((data_dir / "mlflow" / "artifacts").rglob("model.onnx"))

@@ -71,6 +71,16 @@ def test_nothing_is_known_of_a_version_never_fetched_or_of_another_registry(regi
         other.last_known(CHAMPION)
     with pytest.raises(NotKnownHere):
         other.last_known("1")
+    assert other.held("1") is None
+
+
+def test_a_copy_is_held_here_only_when_whole_and_verified(registry):
+    assert registry.copies.held("1") is None  # never fetched
+    _, model_dir = registry.fetch(CHAMPION)
+    size = registry.copies.held("1")
+    assert size is not None and size > (model_dir / "model.onnx").stat().st_size
+    (model_dir / "model.onnx").unlink()  # a copy damaged on the host
+    assert registry.copies.held("1") is None
 
 
 def test_a_copy_changed_on_disk_is_refused_and_removed(registry):
