@@ -207,6 +207,15 @@ def print_result(view: dict[str, Any]) -> None:
         f"95%: {e95['semi_major_m']:,.0f} x {e95['semi_minor_m']:,.0f} m"
     )
     print(f"common span   {result['overlap_s']:.1f} s; fit chi2 {result['fit_chi2']:.2f}")
+    bound = result.get("fit_chi2_bound")
+    if bound is not None and result["fit_chi2"] > bound:
+        print(
+            f"  beyond {bound:.1f}: the delays agree with no one position (a receiver's time or "
+            "position, or the propagation, is not what the method assumes); the ellipses are "
+            "too small"
+        )
+    for left_out in result.get("excluded", []):
+        print(f"left out      {left_out['id']}: {left_out['reason']}")
     for pair in result["pairs"]:
         a, b = pair["receivers"]
         print(

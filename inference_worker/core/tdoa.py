@@ -15,6 +15,7 @@ geometry to every receiver.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -163,6 +164,20 @@ def locate(
     )
 
 
+DECISIVE_CHI2 = 2 * math.log(100.0)
+"""How much worse (in chi2) another receiver's exclusion must fit for one to be left out: a
+likelihood 100 times smaller."""
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A receiver left out because the others agree without it and not with it."""
+
+    index: int
+    chi2_with: float
+    bound_with: float
+
+
 @dataclass(frozen=True)
 class Solution:
     estimate: Estimate
@@ -170,6 +185,9 @@ class Solution:
     pairs: Delays
     timebases: list[Timebase]
     overlap_s: float
+    chi2_bound: float = math.inf
+    """The fit's chi2 that a right position exceeds one time in a thousand."""
+    excluded: Excluded | None = None
 
     def holds(self, lat: float, lon: float, confidence: float) -> bool:
         """Whether a point lies in the ellipse at ``confidence`` of the estimate or of one of
@@ -199,14 +217,44 @@ def solve(
         recordings.append(recording)
     pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
     estimate, likelihood = locate(stations, pairs)
+    bound = plausible_chi2(pairs.precision())
     start, end = overlap(bases)
-    return Solution(estimate, likelihood, pairs, bases, end - start)
+    solution = Solution(estimate, likelihood, pairs, bases, end - start, bound)
+    if likelihood.chi2 > bound and len(stations) >= 5:
+        return _without_the_odd_one(solution, stations)
+    return solution
+
+
+def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> Solution:
+    """The solution without the one receiver whose delays disagree with the others': the
+    others fit a position plausibly without it, and leaving out any other receiver fits
+    implausibly or at least 100 times less likely (a receiver's time or position wrong).
+    Otherwise ``solution`` as it is. Four or more must remain: any three fit some position."""
+    fits = []
+    for k in range(len(stations)):
+        rest = [s for i, s in enumerate(stations) if i != k]
+        subset = solution.pairs.without(k)
+        try:
+            estimate, likelihood = locate(rest, subset)
+        except TdoaError:
+            continue
+        fits.append((likelihood.chi2, plausible_chi2(subset.precision()), k, estimate, likelihood))
+    fits.sort(key=lambda fit: fit[0])
+    if not fits or fits[0][0] > fits[0][1]:
+        return solution
+    if any(chi2 <= bound and chi2 - fits[0][0] < DECISIVE_CHI2 for chi2, bound, *_ in fits[1:]):
+        return solution
+    _, bound, k, estimate, likelihood = fits[0]
+    odd = Excluded(k, solution.likelihood.chi2, solution.chi2_bound)
+    return dataclasses.replace(
+        solution, estimate=estimate, likelihood=likelihood, chi2_bound=bound, excluded=odd
+    )
 
 
 def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
     """The JSON result of a TDoA job: the position and ellipses as for a model, the receivers'
     time bases, each pair's time difference, and the likelihood's contours."""
-    likelihood = solution.likelihood
+    likelihood, odd = solution.likelihood, solution.excluded
     return {
         **describe(solution.estimate),
         "method": "tdoa",
@@ -233,6 +281,20 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
             for pair in solution.pairs
         ],
         "fit_chi2": round(likelihood.chi2, 3),
+        "fit_chi2_bound": round(solution.chi2_bound, 3),
+        "excluded": []
+        if odd is None
+        else [
+            {
+                "id": stations[odd.index].id,
+                "reason": (
+                    f"its delays disagree with the others': the fit's chi2 was "
+                    f"{odd.chi2_with:,.1f} with it (a right position exceeds "
+                    f"{odd.bound_with:.1f} one time in a thousand), {likelihood.chi2:.1f} "
+                    "without it; is its GPS time or its position right?"
+                ),
+            }
+        ],
         "weight": round(likelihood.weight, 4),
         "alternatives": [
             {**describe(other), "weight": round(weight, 4)}

@@ -13,7 +13,7 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
@@ -171,6 +171,20 @@ class Delays(Sequence[PairDelay]):
     def precision(self) -> np.ndarray:
         """The inverse covariance (µs⁻²), for ``r @ P @ r``."""
         return np.linalg.pinv(self.covariance_us2, rcond=1e-10, hermitian=True)
+
+    def without(self, receiver: int) -> Delays:
+        """The pairs that do not involve ``receiver``, the receivers after it numbered one
+        lower (as in the list of stations without it)."""
+        rows = [row for row, pair in enumerate(self.pairs) if receiver not in (pair.a, pair.b)]
+        pairs = [
+            replace(
+                self.pairs[row],
+                a=self.pairs[row].a - (self.pairs[row].a > receiver),
+                b=self.pairs[row].b - (self.pairs[row].b > receiver),
+            )
+            for row in rows
+        ]
+        return Delays(pairs, self.covariance_us2[np.ix_(rows, rows)])
 
 
 def pair_delays(

@@ -140,6 +140,18 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
     assert out.startswith("job j1: succeeded\nposition      45.10000, 7.50000\n")
     assert "A - B" in out and "-412.73 us ± 0.44 (52/52 windows)" in out
     assert "also possible 48.49000, 7.39000 (weight 0.07)" in out
+    assert "beyond" not in out and "left out" not in out
+
+
+def test_a_tdoa_fit_beyond_its_bound_and_a_receiver_left_out_are_said(capsys):
+    view = succeeded(None)
+    view["result"].update(method="tdoa", overlap_s=9.5, fit_chi2=22.4, fit_chi2_bound=18.5)
+    view["result"].update(pairs=[], alternatives=[])
+    view["result"]["excluded"] = [{"id": "RX2", "reason": "its delays disagree"}]
+    print_job(view, as_json=False)
+    out = capsys.readouterr().out
+    assert "beyond 18.5: the delays agree with no one position" in out
+    assert "left out      RX2: its delays disagree" in out
 
 
 def test_a_prune_by_hand_says_how_far_it_has_come(capsys):

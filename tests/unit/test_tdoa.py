@@ -3,6 +3,8 @@ true propagation differences, and the position search finds the emitter with an 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
 from inference_worker.core.tdoa import describe_solution, locate, solve
-from inference_worker.core.time_differences import PairDelay, TdoaError, pair_delays
+from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_delays
 from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
 
 STATIONS = (
@@ -214,3 +216,46 @@ def test_a_receiver_whose_time_is_off_is_named_not_located_against():
     files = (recording.files[0], shifted, recording.files[2])
     with pytest.raises(TdoaError, match=f"{recording.stations[1].id}: no signal in common"):
         solve(files, recording.stations)
+
+
+def shifted_by(recording, receiver: int, seconds: float) -> list[bytes]:
+    """The set's files with one receiver's GPS stamps ``seconds`` off."""
+    files = list(recording.files)
+    wrong = read_kiwi_wav(files[receiver])
+    files[receiver] = write_kiwi_wav(wrong.iq, wrong.gps_s + seconds, fix_age=wrong.fix_age)
+    return files
+
+
+def test_a_receiver_whose_delays_disagree_is_left_out_when_the_others_agree_without_it():
+    # RX2's time 10 µs off: five receivers located with it fit no position (chi2 ~250 against a
+    # bound of 26) and the ellipse missed the emitter; only without it do the other four agree.
+    recording = synthetic_set(np.random.default_rng(902), receivers=5, seconds=10.0)
+    solution = solve(shifted_by(recording, 1, 10e-6), recording.stations)
+    assert solution.excluded is not None and solution.excluded.index == 1
+    assert solution.excluded.chi2_with > solution.excluded.bound_with
+    assert solution.likelihood.chi2 <= solution.chi2_bound
+    assert solution.holds(*recording.emitter, 0.95)
+    described = describe_solution(solution, recording.stations)
+    (left_out,) = described["excluded"]
+    assert left_out["id"] == "RX2" and "disagree with the others'" in left_out["reason"]
+    assert described["fit_chi2"] <= described["fit_chi2_bound"]
+
+
+def test_with_four_receivers_a_disagreeing_one_is_shown_by_the_fit_not_guessed():
+    # Any three receivers fit some position, so which of four is wrong cannot be told apart.
+    recording = synthetic_set(np.random.default_rng(902), receivers=4, seconds=10.0)
+    solution = solve(shifted_by(recording, 1, 10e-6), recording.stations)
+    assert solution.excluded is None
+    described = describe_solution(solution, recording.stations)
+    assert described["fit_chi2"] > described["fit_chi2_bound"] and described["excluded"] == []
+
+
+def test_delays_without_a_receiver_keep_the_others_pairs_and_their_covariance():
+    pairs = [
+        PairDelay(a, b, float(a + b), 1e-6, 10, 10) for a, b in itertools.combinations(range(4), 2)
+    ]
+    covariance = np.arange(36.0).reshape(6, 6)
+    rest = Delays(pairs, covariance).without(1)
+    assert [(p.a, p.b, p.delay_s) for p in rest] == [(0, 1, 2.0), (0, 2, 3.0), (1, 2, 5.0)]
+    kept = [1, 2, 5]  # the pairs (0, 2), (0, 3) and (2, 3) of the four receivers
+    assert (rest.covariance_us2 == covariance[np.ix_(kept, kept)]).all()
