@@ -256,8 +256,9 @@ def feature_collection(
 
 
 def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
-    """A TDoA result as GeoJSON: estimate, ellipses and receivers (from the result itself), any
-    alternative crossing (``alternative``, ``weight``) and the likelihood's contours."""
+    """A TDoA result as GeoJSON: estimate, ellipses and receivers (from the result itself; one
+    left out has ``excluded`` and its ``reason``), any alternative crossing (``alternative``,
+    ``weight``) and the likelihood's contours."""
     stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
     collection = feature_collection(result, stations)
     for other in result.get("alternatives", []):
@@ -269,5 +270,10 @@ def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
                 "weight": other["weight"],
             }
         collection["features"] += alternative
+    left_out = {item["id"]: item["reason"] for item in result.get("excluded", [])}
+    for feature in collection["features"]:
+        name = feature["properties"].get("id")
+        if feature["properties"]["kind"] == "receiver" and name in left_out:
+            feature["properties"].update(excluded=True, reason=left_out[name])
     collection["features"] += result.get("likelihood_contours", [])
     return collection

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import contains, distance_m
+from inference_worker.core.ellipse import contains, distance_m, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
@@ -239,6 +239,12 @@ def test_a_receiver_whose_delays_disagree_is_left_out_when_the_others_agree_with
     (left_out,) = described["excluded"]
     assert left_out["id"] == "RX2" and "disagree with the others'" in left_out["reason"]
     assert described["fit_chi2"] <= described["fit_chi2_bound"]
+    receivers = [
+        f["properties"]
+        for f in tdoa_feature_collection(described)["features"]
+        if f["properties"]["kind"] == "receiver"
+    ]
+    assert [r["id"] for r in receivers if r.get("excluded")] == ["RX2"]
 
 
 def test_with_four_receivers_a_disagreeing_one_is_shown_by_the_fit_not_guessed():
