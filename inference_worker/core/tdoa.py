@@ -185,7 +185,7 @@ class Solution:
     pairs: Delays
     timebases: list[Timebase]
     overlap_s: float
-    chi2_bound: float = math.inf
+    chi2_bound: float
     """The fit's chi2 that a right position exceeds one time in a thousand."""
     excluded: Excluded | None = None
 
