@@ -6,10 +6,12 @@ receivers' own clock rates, ~1 µs stamp jitter and the quirks of real files. Ev
 through the same reader and estimator the worker runs. Prints the median error, how often the
 68 % and 95 % regions hold the truth (with a 95 % binomial interval), rows by signal, receiver
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
-each is refused with a message naming it. Bars: median error <= 2 km, 95 % regions hold
-95 ± 3 %, every broken set refused.
+each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
+of five, counting fits beyond their bound, receivers left out (and whether each was the one
+off) and regions that hold the emitter. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
+every broken set refused.
 
-    python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026]
+    python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core.capture import CaptureError  # noqa: E402
-from inference_worker.core.ellipse import distance_m  # noqa: E402
+from inference_worker.core.ellipse import contains, distance_m  # noqa: E402
 from inference_worker.core.kiwi_wav import NEVER_HAD_FIX, read_kiwi_wav, write_kiwi_wav  # noqa: E402
-from inference_worker.core.tdoa import solve  # noqa: E402
+from inference_worker.core.tdoa import locate, solve  # noqa: E402
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
@@ -97,6 +99,34 @@ def one_bad_set(seed: int) -> dict[str, object]:
     return {"kind": kind, "refused_at": None, "names_receiver": False}
 
 
+ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)
+
+
+def one_odd_set(job: tuple[int, float]) -> dict[str, object]:
+    """Five receivers, one of them (drawn) with its GPS time ``offset`` off: is the fit beyond
+    its bound, which receiver is left out, and does the region hold the emitter, with every
+    receiver used as before and now."""
+    seed, offset = job
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=5, seconds=10.0)
+    victim = int(rng.integers(5))
+    files = list(recording.files)
+    wrong = read_kiwi_wav(files[victim])
+    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
+    solution = solve(files, recording.stations)
+    odd = solution.excluded
+    everyone, likelihood = locate(recording.stations, solution.pairs)
+    places = [everyone, *(other for other, _ in likelihood.alternatives)]
+    return {
+        "offset": offset,
+        "beyond": likelihood.chi2 > (odd.bound_with if odd else solution.chi2_bound),
+        "excluded": odd is not None,
+        "right_one": odd is not None and odd.index == victim,
+        "held_before": any(contains(p, *recording.emitter, 0.95) for p in places),
+        "held": solution.holds(*recording.emitter, 0.95),
+    }
+
+
 def interval(hits: int, n: int) -> tuple[float, float]:
     """95 % Wilson interval of a proportion."""
     if n == 0:
@@ -144,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bad-sets", type=count(0), default=30, help="sets with one receiver's GPS time broken"
     )
+    parser.add_argument(
+        "--odd-sets", type=count(0), default=20, help="sets of five with one receiver's time off"
+    )
+    parser.add_argument("--odd-seed", type=int, default=7100, help="first odd set's seed")
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)
 
@@ -198,6 +232,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"the receiver in {named}"
             )
         bad_ok = all(b["refused_at"] and b["names_receiver"] for b in bad)
+    if args.odd_sets:
+        jobs = [
+            (seed, offset)
+            for offset in ODD_OFFSETS_S
+            for seed in range(args.odd_seed, args.odd_seed + args.odd_sets)
+        ]
+        with ProcessPoolExecutor(args.processes) as pool:
+            odd = list(pool.map(one_odd_set, jobs))
+        print(f"\nsets of five with one receiver's GPS time off: {args.odd_sets} for each offset")
+        for offset in ODD_OFFSETS_S:
+            mine = [o for o in odd if o["offset"] == offset]
+            count_of = {key: sum(bool(o[key]) for o in mine) for key in mine[0]}
+            print(
+                f"  {offset * 1e6:2.0f} µs: fit beyond its bound {count_of['beyond']}, a "
+                f"receiver left out {count_of['excluded']} (the one off: "
+                f"{count_of['right_one']}); regions holding the emitter {count_of['held']} "
+                f"({count_of['held_before']} with every receiver)"
+            )
     median_ok = overall["median_m"] <= MEDIAN_BAR_M  # type: ignore[operator]
     coverage_ok = COVERAGE_95_BAND[0] <= overall["held_95"] <= COVERAGE_95_BAND[1]  # type: ignore[operator]
     print(
