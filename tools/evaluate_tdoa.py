@@ -115,7 +115,11 @@ def one_odd_set(job: tuple[int, float]) -> dict[str, object]:
     files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
     solution = solve(files, recording.stations)
     odd = solution.excluded
-    everyone, likelihood = locate(recording.stations, solution.pairs)
+    everyone, likelihood = (
+        locate(recording.stations, solution.pairs)
+        if odd
+        else (solution.estimate, solution.likelihood)  # already located with everyone
+    )
     places = [everyone, *(other for other, _ in likelihood.alternatives)]
     return {
         "offset": offset,

@@ -62,6 +62,8 @@ class Likelihood:
     """How badly the best position fits the delays: about the number of pairs minus 2 when the
     delays and their uncertainties are right; far more means a receiver's time or position, or
     the propagation, is not what the model assumes."""
+    chi2_bound: float
+    """The ``chi2`` that a right position exceeds one time in a thousand."""
     weight: float = 1.0
     """The share of the likelihood's mass around the estimate (below 1 when there are
     alternatives)."""
@@ -159,6 +161,7 @@ def locate(
         grid_lons,
         grid_ll,
         chi2=-2 * best_peak,
+        chi2_bound=limit,
         weight=weights[ranked[0]] / total,
         alternatives=alternatives,
     )
@@ -185,9 +188,12 @@ class Solution:
     pairs: Delays
     timebases: list[Timebase]
     overlap_s: float
-    chi2_bound: float
-    """The fit's chi2 that a right position exceeds one time in a thousand."""
     excluded: Excluded | None = None
+
+    @property
+    def chi2_bound(self) -> float:
+        """The fit's chi2 that a right position exceeds one time in a thousand."""
+        return self.likelihood.chi2_bound
 
     def holds(self, lat: float, lon: float, confidence: float) -> bool:
         """Whether a point lies in the ellipse at ``confidence`` of the estimate or of one of
@@ -217,10 +223,9 @@ def solve(
         recordings.append(recording)
     pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
     estimate, likelihood = locate(stations, pairs)
-    bound = plausible_chi2(pairs.precision())
     start, end = overlap(bases)
-    solution = Solution(estimate, likelihood, pairs, bases, end - start, bound)
-    if likelihood.chi2 > bound and len(stations) >= 5:
+    solution = Solution(estimate, likelihood, pairs, bases, end - start)
+    if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
         return _without_the_odd_one(solution, stations)
     return solution
 
@@ -235,20 +240,18 @@ def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> So
         rest = [s for i, s in enumerate(stations) if i != k]
         subset = solution.pairs.without(k)
         try:
-            estimate, likelihood = locate(rest, subset)
+            fits.append((k, *locate(rest, subset)))
         except TdoaError:
             continue
-        fits.append((likelihood.chi2, plausible_chi2(subset.precision()), k, estimate, likelihood))
-    fits.sort(key=lambda fit: fit[0])
-    if not fits or fits[0][0] > fits[0][1]:
+    fits.sort(key=lambda fit: fit[2].chi2)
+    if not fits or fits[0][2].chi2 > fits[0][2].chi2_bound:
         return solution
-    if any(chi2 <= bound and chi2 - fits[0][0] < DECISIVE_CHI2 for chi2, bound, *_ in fits[1:]):
+    best = fits[0][2].chi2
+    if any(f.chi2 <= f.chi2_bound and f.chi2 - best < DECISIVE_CHI2 for _, _, f in fits[1:]):
         return solution
-    _, bound, k, estimate, likelihood = fits[0]
+    k, estimate, likelihood = fits[0]
     odd = Excluded(k, solution.likelihood.chi2, solution.chi2_bound)
-    return dataclasses.replace(
-        solution, estimate=estimate, likelihood=likelihood, chi2_bound=bound, excluded=odd
-    )
+    return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood, excluded=odd)
 
 
 def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
