@@ -7,8 +7,8 @@ through the same reader and estimator the worker runs. Prints the median error, 
 68 % and 95 % regions hold the truth (with a 95 % binomial interval), rows by signal, receiver
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
 each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
-of five, counting fits beyond their bound, receivers left out (and whether each was the one
-off) and regions that hold the emitter. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
+of four and five, counting fits beyond their bound, receivers left out (and whether each was
+the one off), uncertainties widened to fit and regions that hold the emitter. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
@@ -102,30 +102,36 @@ def one_bad_set(seed: int) -> dict[str, object]:
 ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)
 
 
-def one_odd_set(job: tuple[int, float]) -> dict[str, object]:
-    """Five receivers, one of them (drawn) with its GPS time ``offset`` off: is the fit beyond
-    its bound, which receiver is left out, and does the region hold the emitter, with every
-    receiver used as before and now."""
-    seed, offset = job
+def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
+    """Four or five receivers, one of them (drawn) with its GPS time ``offset`` off: is the fit
+    beyond its bound, is a receiver left out (the right one?) or are the delays' uncertainties
+    widened, and does the region hold the emitter, as the delays were measured and now."""
+    seed, receivers, offset = job
     rng = np.random.default_rng(seed)
-    recording = synthetic_set(rng, receivers=5, seconds=10.0)
-    victim = int(rng.integers(5))
+    recording = synthetic_set(rng, receivers=receivers, seconds=10.0)
+    victim = int(rng.integers(receivers))
     files = list(recording.files)
     wrong = read_kiwi_wav(files[victim])
     files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
-    solution = solve(files, recording.stations)
-    odd = solution.excluded
+    try:
+        solution = solve(files, recording.stations)
+    except TdoaError:
+        return {"receivers": receivers, "offset": offset, "failed": True}
+    odd, widened = solution.excluded, solution.likelihood.widened > 1
     everyone, likelihood = (
         locate(recording.stations, solution.pairs)
-        if odd
-        else (solution.estimate, solution.likelihood)  # already located with everyone
+        if odd or widened
+        else (solution.estimate, solution.likelihood)  # already located with everyone as is
     )
     places = [everyone, *(other for other, _ in likelihood.alternatives)]
     return {
+        "receivers": receivers,
         "offset": offset,
-        "beyond": likelihood.chi2 > (odd.bound_with if odd else solution.chi2_bound),
+        "failed": False,
+        "beyond": likelihood.chi2 > likelihood.chi2_bound,
         "excluded": odd is not None,
         "right_one": odd is not None and odd.index == victim,
+        "widened": widened,
         "held_before": any(contains(p, *recording.emitter, 0.95) for p in places),
         "held": solution.holds(*recording.emitter, 0.95),
     }
@@ -179,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         "--bad-sets", type=count(0), default=30, help="sets with one receiver's GPS time broken"
     )
     parser.add_argument(
-        "--odd-sets", type=count(0), default=20, help="sets of five with one receiver's time off"
+        "--odd-sets",
+        type=count(0),
+        default=20,
+        help="sets of four and of five with one receiver's time off",
     )
     parser.add_argument("--odd-seed", type=int, default=7100, help="first odd set's seed")
     parser.add_argument("--json", type=Path, help="also write every set's row here")
@@ -238,22 +247,29 @@ def main(argv: list[str] | None = None) -> int:
         bad_ok = all(b["refused_at"] and b["names_receiver"] for b in bad)
     if args.odd_sets:
         jobs = [
-            (seed, offset)
+            (seed, receivers, offset)
+            for receivers in (4, 5)
             for offset in ODD_OFFSETS_S
             for seed in range(args.odd_seed, args.odd_seed + args.odd_sets)
         ]
         with ProcessPoolExecutor(args.processes) as pool:
             odd = list(pool.map(one_odd_set, jobs))
-        print(f"\nsets of five with one receiver's GPS time off: {args.odd_sets} for each offset")
-        for offset in ODD_OFFSETS_S:
-            mine = [o for o in odd if o["offset"] == offset]
-            count_of = {key: sum(bool(o[key]) for o in mine) for key in mine[0]}
-            print(
-                f"  {offset * 1e6:2.0f} µs: fit beyond its bound {count_of['beyond']}, a "
-                f"receiver left out {count_of['excluded']} (the one off: "
-                f"{count_of['right_one']}); regions holding the emitter {count_of['held']} "
-                f"({count_of['held_before']} with every receiver)"
-            )
+        print(f"\nsets with one receiver's GPS time off: {args.odd_sets} for each count and offset")
+        for receivers in (4, 5):
+            for offset in ODD_OFFSETS_S:
+                mine = [o for o in odd if o["receivers"] == receivers and o["offset"] == offset]
+                count_of = {
+                    key: sum(bool(o.get(key)) for o in mine)
+                    for key in ("failed", "beyond", "excluded", "right_one", "widened")
+                    + ("held", "held_before")
+                }
+                print(
+                    f"  {receivers} receivers, {offset * 1e6:2.0f} µs: fit beyond its bound "
+                    f"{count_of['beyond']}, a receiver left out {count_of['excluded']} (the one "
+                    f"off: {count_of['right_one']}), uncertainties widened "
+                    f"{count_of['widened']}, failed {count_of['failed']}; regions holding the "
+                    f"emitter {count_of['held']} ({count_of['held_before']} as measured)"
+                )
     median_ok = overall["median_m"] <= MEDIAN_BAR_M  # type: ignore[operator]
     coverage_ok = COVERAGE_95_BAND[0] <= overall["held_95"] <= COVERAGE_95_BAND[1]  # type: ignore[operator]
     print(

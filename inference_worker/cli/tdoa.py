@@ -209,10 +209,15 @@ def print_result(view: dict[str, Any]) -> None:
     print(f"common span   {result['overlap_s']:.1f} s; fit chi2 {result['fit_chi2']:.2f}")
     bound = result.get("fit_chi2_bound")
     if bound is not None and result["fit_chi2"] > bound:
+        scale = result.get("sigma_scale", 1.0)
         print(
             f"  beyond {bound:.1f}: the delays agree with no one position (a receiver's time or "
-            "position, or the propagation, is not what the method assumes); the ellipses are "
-            "too small"
+            "position, or the propagation, is not what the method assumes); "
+            + (
+                f"their uncertainties were widened ×{scale:.1f} to fit, the ellipses with them"
+                if scale > 1
+                else "the ellipses are too small"
+            )
         )
     for left_out in result.get("excluded", []):
         print(f"left out      {left_out['id']}: {left_out['reason']}")

@@ -37,6 +37,7 @@ from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa_search import (
     coarse_peaks,
     delay_precision,
+    misfit_factor,
     plausible_chi2,
     refine,
     widened,
@@ -64,6 +65,9 @@ class Likelihood:
     the propagation, is not what the model assumes."""
     chi2_bound: float
     """The ``chi2`` that a right position exceeds one time in a thousand."""
+    widened: float = 1.0
+    """What every delay's variance was multiplied by for the likelihood, above 1 when the
+    delays agree with no one position (``chi2`` stays their fit as measured)."""
     weight: float = 1.0
     """The share of the likelihood's mass around the estimate (below 1 when there are
     alternatives)."""
@@ -81,6 +85,7 @@ def locate(
     coarse: int = 241,
     fine: int = 161,
     candidates: int = 4,
+    precision: np.ndarray | None = None,
 ) -> tuple[Estimate, Likelihood]:
     """The position that best explains the delays, with its covariance from the likelihood.
 
@@ -89,14 +94,18 @@ def locate(
     points and favour a broader wrong one), and the best refined peak is the estimate. While no
     refined peak fits the delays plausibly, the search goes on from the peaks of the likelihood
     widened by the coarse grid's reach (:func:`~inference_worker.core.tdoa_search.widened`).
+    ``precision``: the delays' inverse covariance (µs⁻²) when not their own.
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
             reaches further than ``margin_m``): the delays fix a line, not a position.
     """
-    precision = (
-        delays.precision() if isinstance(delays, Delays) else delay_precision(delays, len(stations))
-    )
+    if precision is None:
+        precision = (
+            delays.precision()
+            if isinstance(delays, Delays)
+            else delay_precision(delays, len(stations))
+        )
     lat_values = [s.lat for s in stations]
     lon_values = [s.lon for s in stations]
     per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
@@ -226,8 +235,31 @@ def solve(
     start, end = overlap(bases)
     solution = Solution(estimate, likelihood, pairs, bases, end - start)
     if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
-        return _without_the_odd_one(solution, stations)
+        solution = _without_the_odd_one(solution, stations)
+    if solution.likelihood.chi2 > solution.chi2_bound:
+        return _widened_to_fit(solution, stations)
     return solution
+
+
+def _widened_to_fit(solution: Solution, stations: Sequence[Receiver]) -> Solution:
+    """The solution with every delay's variance multiplied by how much worse the delays fit
+    than their uncertainties allow, so that delays agreeing with no one position (and no one
+    receiver to blame) give regions as wide as their disagreement, not falsely small ones
+    (:func:`~inference_worker.core.tdoa_search.misfit_factor`)."""
+    chi2, bound, at = solution.likelihood.chi2, solution.chi2_bound, solution.estimate
+    measured = solution.pairs.precision()
+    factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon)
+    try:
+        estimate, likelihood = locate(stations, solution.pairs, precision=measured / factor)
+    except TdoaError as exc:
+        raise TdoaError(
+            f"the delays agree with no one position (the fit's chi2 {chi2:,.1f}; a right "
+            f"position exceeds {bound:.1f} one time in a thousand) and no one receiver's "
+            f"exclusion explains it; their uncertainties widened ×{math.sqrt(factor):.1f} to "
+            f"fit, {exc}"
+        ) from None
+    likelihood = dataclasses.replace(likelihood, chi2=chi2, widened=factor)
+    return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood)
 
 
 def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> Solution:
@@ -285,6 +317,7 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
         ],
         "fit_chi2": round(likelihood.chi2, 3),
         "fit_chi2_bound": round(solution.chi2_bound, 3),
+        "sigma_scale": round(math.sqrt(likelihood.widened), 3),
         "excluded": []
         if odd is None
         else [

@@ -18,7 +18,12 @@ import scipy.stats
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import Estimate, metres_per_degree
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, ellipsoid_offsets, great_circle_m
+from inference_worker.core.geodesy import (
+    SPEED_OF_LIGHT_M_S,
+    ellipsoid_offsets,
+    geodesic_m,
+    great_circle_m,
+)
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
 
 Peak = tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -98,11 +103,38 @@ def widened(
     return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
 
 
+def freedom(precision: np.ndarray) -> int:
+    """The fit's degrees of freedom: the delays' own, less the position's two (at least 1)."""
+    return max(1, int(np.linalg.matrix_rank(precision, hermitian=True)) - 2)
+
+
 def plausible_chi2(precision: np.ndarray) -> float:
-    """The chi2 a correct position's fit exceeds one time in a thousand: the delays' own
-    degrees of freedom, less the position's two."""
-    freedom = max(1, int(np.linalg.matrix_rank(precision, hermitian=True)) - 2)
-    return float(scipy.stats.chi2.ppf(0.999, freedom))
+    """The chi2 a correct position's fit exceeds one time in a thousand."""
+    return float(scipy.stats.chi2.ppf(0.999, freedom(precision)))
+
+
+def misfit_factor(
+    stations: Sequence[Receiver],
+    delays: Sequence[PairDelay],
+    precision: np.ndarray,
+    lat: float,
+    lon: float,
+) -> float:
+    """How many times the delays' variance must grow for them to fit the position as well as
+    their uncertainties allow: Birge's ratio, the chi2 over its degrees of freedom, or, when
+    larger, the part of the chi2 that shifting the receivers' times would remove over the few
+    degrees of freedom those times have beyond the position (receivers less three). One
+    receiver's time off shows in those alone; Birge's ratio dilutes it with the pairs' many
+    others (delays round a triangle of receivers that need not add up)."""
+    travel = [geodesic_m(s.lat, s.lon, lat, lon) / SPEED_OF_LIGHT_M_S for s in stations]
+    residual = np.array([(travel[p.a] - travel[p.b] - p.delay_s) * 1e6 for p in delays])
+    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
+    normal = design.T @ precision @ design
+    shift = np.linalg.pinv(normal, hermitian=True) @ design.T @ precision @ residual
+    rest = residual - design @ shift
+    chi2 = float(residual @ precision @ residual)
+    timing = chi2 - float(rest @ precision @ rest)
+    return max(1.0, chi2 / freedom(precision), timing / max(1, len(stations) - 3))
 
 
 def refine(

@@ -73,6 +73,7 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
     assert contains(estimate_from_result(result), lat, lon, 0.95)
     assert "tdoa_ms" in view["timings"]
     assert result["fit_chi2"] <= result["fit_chi2_bound"] and result["excluded"] == []
+    assert result["sigma_scale"] == 1.0  # delays that fit are not widened
     # The stamp jump left that receiver's consistent part, not the whole receiver, out.
     jumped = recordings.quirks["stamp_jump"]
     assert next(r for r in result["receivers"] if r["id"] == jumped)["rejected_blocks"] > 0

@@ -152,6 +152,17 @@ def test_a_tdoa_fit_beyond_its_bound_and_a_receiver_left_out_are_said(capsys):
     out = capsys.readouterr().out
     assert "beyond 18.5: the delays agree with no one position" in out
     assert "left out      RX2: its delays disagree" in out
+    assert "widened" not in out
+
+
+def test_a_tdoa_fit_widened_to_fit_says_so(capsys):
+    view = succeeded(None)
+    view["result"].update(method="tdoa", overlap_s=9.5, fit_chi2=248.2, fit_chi2_bound=18.5)
+    view["result"].update(sigma_scale=7.9, pairs=[], alternatives=[])
+    print_job(view, as_json=False)
+    out = capsys.readouterr().out
+    assert "their uncertainties were widened ×7.9 to fit, the ellipses with them" in out
+    assert "too small" not in out
 
 
 def test_a_prune_by_hand_says_how_far_it_has_come(capsys):

@@ -4,6 +4,7 @@ true propagation differences, and the position search finds the emitter with an 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -247,13 +248,28 @@ def test_a_receiver_whose_delays_disagree_is_left_out_when_the_others_agree_with
     assert [r["id"] for r in receivers if r.get("excluded")] == ["RX2"]
 
 
-def test_with_four_receivers_a_disagreeing_one_is_shown_by_the_fit_not_guessed():
-    # Any three receivers fit some position, so which of four is wrong cannot be told apart.
+def test_with_four_receivers_a_disagreeing_one_widens_the_regions_rather_than_being_guessed():
+    # Any three receivers fit some position, so which of four is wrong cannot be told apart:
+    # the delays' uncertainties are widened until they fit (chi2 248, nearly all of it the
+    # receivers' times, which have one degree of freedom beyond the position: ×15.8), and the
+    # region that missed the emitter 1.6 km off now holds it.
     recording = synthetic_set(np.random.default_rng(902), receivers=4, seconds=10.0)
     solution = solve(shifted_by(recording, 1, 10e-6), recording.stations)
     assert solution.excluded is None
     described = describe_solution(solution, recording.stations)
     assert described["fit_chi2"] > described["fit_chi2_bound"] and described["excluded"] == []
+    assert described["sigma_scale"] == pytest.approx(math.sqrt(described["fit_chi2"]), rel=0.02)
+    as_measured, _ = locate(recording.stations, solution.pairs)
+    assert not contains(as_measured, *recording.emitter, 0.95)
+    assert solution.holds(*recording.emitter, 0.95)
+    assert solution.estimate.sigma_east_m > 5 * as_measured.sigma_east_m
+
+
+def test_delays_that_agree_are_not_widened():
+    recording = synthetic_set(np.random.default_rng(902), receivers=4, seconds=10.0)
+    solution = solve(recording.files, recording.stations)
+    assert solution.likelihood.widened == 1.0
+    assert describe_solution(solution, recording.stations)["sigma_scale"] == 1.0
 
 
 def test_delays_without_a_receiver_keep_the_others_pairs_and_their_covariance():

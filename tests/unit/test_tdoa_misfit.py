@@ -1,0 +1,72 @@
+"""How much delays that fit no one position widen their uncertainties: a receiver's time off
+shows in the few degrees of freedom the receivers' times have, pairs that do not add up round a
+triangle in the pairs' own."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.tdoa_search import freedom, misfit_factor
+from inference_worker.core.time_differences import Delays, PairDelay, pair_design
+
+FIVE = (
+    Receiver("A", 47.4, 8.5),
+    Receiver("B", 45.2, 5.7),
+    Receiver("C", 45.4, 11.0),
+    Receiver("D", 48.8, 2.3),
+    Receiver("E", 43.3, 5.4),
+)
+EMITTER = (46.1, 8.2)
+PAIRS = list(itertools.combinations(range(len(FIVE)), 2))
+# 1 µs a receiver's time, and 0.1 µs of each pair's own (its correlation): full rank.
+DESIGN = pair_design(PAIRS, len(FIVE))
+COVARIANCE = DESIGN @ DESIGN.T + 0.01 * np.eye(len(PAIRS))
+
+
+def delays(times_us: list[float], pair_errors_us: dict[int, float] | None = None) -> Delays:
+    """Every pair's delay from ``EMITTER`` with receivers' times and pairs' delays off."""
+    arrival = [geodesic_m(s.lat, s.lon, *EMITTER) / SPEED_OF_LIGHT_M_S for s in FIVE]
+    errors = pair_errors_us or {}
+    pairs = [
+        PairDelay(
+            a,
+            b,
+            arrival[a] - arrival[b] + (times_us[a] - times_us[b] + errors.get(row, 0)) * 1e-6,
+            1e-6,
+            10,
+            10,
+        )
+        for row, (a, b) in enumerate(PAIRS)
+    ]
+    return Delays(pairs, COVARIANCE)
+
+
+def factor(measured: Delays) -> float:
+    return misfit_factor(FIVE, measured, measured.precision(), *EMITTER)
+
+
+def chi2(measured: Delays) -> float:
+    arrival = [geodesic_m(s.lat, s.lon, *EMITTER) / SPEED_OF_LIGHT_M_S for s in FIVE]
+    residual = np.array([(arrival[p.a] - arrival[p.b] - p.delay_s) * 1e6 for p in measured])
+    return float(residual @ measured.precision() @ residual)
+
+
+def test_delays_that_fit_are_not_widened():
+    assert factor(delays([0.0] * 5)) == 1.0
+
+
+def test_one_receivers_time_off_is_counted_against_the_receivers_redundancy():
+    off = delays([0.0, 10.0, 0.0, 0.0, 0.0])
+    assert freedom(off.precision()) == 8  # ten pairs less the position's two
+    assert factor(off) == pytest.approx(chi2(off) / 2, rel=1e-6)  # five receivers less three
+
+
+def test_pairs_that_do_not_add_up_are_counted_against_the_fits_freedom():
+    off = delays([0.0] * 5, {row: 0.5 * (-1) ** row for row in range(len(PAIRS))})
+    assert factor(off) == pytest.approx(chi2(off) / 8, rel=1e-6)
+    assert factor(off) > 5
