@@ -8,8 +8,8 @@ through the same reader and estimator the worker runs. Prints the median error, 
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
 each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
 of four and five, counting fits beyond their bound, receivers left out (and whether each was
-the one off), uncertainties widened to fit and regions that hold the emitter. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
-every broken set refused.
+the one off), uncertainties widened to fit and regions that hold the emitter. Bars: median
+error <= 2 km, 95 % regions hold 95 ± 3 %, every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
 """
@@ -100,6 +100,7 @@ def one_bad_set(seed: int) -> dict[str, object]:
 
 
 ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)
+ODD_COUNTS = ("failed", "beyond", "excluded", "right_one", "widened", "held", "held_before")
 
 
 def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
@@ -258,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         for receivers in (4, 5):
             for offset in ODD_OFFSETS_S:
                 mine = [o for o in odd if o["receivers"] == receivers and o["offset"] == offset]
-                count_of = {
-                    key: sum(bool(o.get(key)) for o in mine)
-                    for key in ("failed", "beyond", "excluded", "right_one", "widened")
-                    + ("held", "held_before")
-                }
+                count_of = {key: sum(bool(o.get(key)) for o in mine) for key in ODD_COUNTS}
                 print(
                     f"  {receivers} receivers, {offset * 1e6:2.0f} µs: fit beyond its bound "
                     f"{count_of['beyond']}, a receiver left out {count_of['excluded']} (the one "

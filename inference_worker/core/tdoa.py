@@ -216,9 +216,13 @@ def solve(
 ) -> Solution:
     """Locate the emitter heard in one KiwiSDR IQ WAV file per station (in the same order).
 
+    Delays that agree with no one position leave out the one receiver to blame when there is
+    one, and otherwise widen their uncertainties until they fit.
+
     Raises:
-        TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording), fewer than 3
-            receivers, or too short a common span; the message names the receiver.
+        TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
+            names the receiver), fewer than 3 receivers or places, too short a common span, or
+            delays that fix a line rather than a point.
     """
     if len(files) != len(stations):
         raise TdoaError(f"{len(files)} recordings for {len(stations)} receivers")
