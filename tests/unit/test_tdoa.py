@@ -259,6 +259,12 @@ def test_with_four_receivers_a_disagreeing_one_widens_the_regions_rather_than_be
     described = describe_solution(solution, recording.stations)
     assert described["fit_chi2"] > described["fit_chi2_bound"] and described["excluded"] == []
     assert described["sigma_scale"] == pytest.approx(math.sqrt(described["fit_chi2"]), rel=0.02)
+    (estimate,) = [
+        f["properties"]
+        for f in tdoa_feature_collection(described)["features"]
+        if f["properties"]["kind"] == "estimate" and not f["properties"].get("alternative")
+    ]
+    assert estimate["sigma_scale"] == described["sigma_scale"]
     as_measured, _ = locate(recording.stations, solution.pairs)
     assert not contains(as_measured, *recording.emitter, 0.95)
     assert solution.holds(*recording.emitter, 0.95)
