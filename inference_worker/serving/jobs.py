@@ -20,6 +20,7 @@ from inference_worker.serving.locating import (
     decode_recordings,
     locate,
     locate_tdoa,
+    tdoa_fit,
 )
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.errors import STORE_FULL_ERRORS
@@ -54,6 +55,8 @@ class JobOutcome:
     model_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     method: str = "model"
+    tdoa_fit: str | None = None
+    """How a located TDoA job's delays fitted (:func:`locating.tdoa_fit`)."""
 
     def to_json(self) -> dict[str, Any]:
         """What the task returns: Celery hooks read it to record metrics."""
@@ -65,6 +68,7 @@ class JobOutcome:
             "model_version": self.model_version,
             "timings": self.timings,
             "method": self.method,
+            "tdoa_fit": self.tdoa_fit,
         }
 
 
@@ -187,6 +191,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
         model_version=version,
         timings=timings,
         method=message.method,
+        tdoa_fit=tdoa_fit(result) if tdoa else None,
     )
 
 

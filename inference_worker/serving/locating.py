@@ -89,6 +89,15 @@ def locate_tdoa(
     return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
 
 
+def tdoa_fit(result: dict[str, Any]) -> str:
+    """How a TDoA result's delays fitted: ``plausible``; ``left_out`` (one receiver's delays
+    disagreed with the others' and were left out); ``widened`` (they agreed with no one
+    position, and their uncertainties were widened to fit)."""
+    if result.get("excluded"):
+        return "left_out"
+    return "widened" if result.get("sigma_scale", 1.0) > 1.0 else "plausible"
+
+
 def capture_features(
     iq: np.ndarray, message: LocateMessage, metadata: ModelMetadata
 ) -> tuple[np.ndarray, dict[str, Any]]:

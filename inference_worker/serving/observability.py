@@ -87,6 +87,13 @@ def _create_metrics() -> dict[str, Any]:
             "Time to read a TDoA job's recordings, find the time differences and locate.",
             buckets=LATENCY_BUCKETS,
         ),
+        "tdoa_fits": Counter(
+            "heimdall_tdoa_fits_total",
+            "TDoA jobs located, by how their delays fitted: plausible, left_out (one "
+            "receiver's disagreed and was left out) or widened (they agreed with no one "
+            "position; their uncertainties were widened to fit).",
+            ["fit"],
+        ),
         "store_retries": Counter(
             "heimdall_store_retries_total",
             "Store calls a worker process waited out and tried again (the store down or "
@@ -136,6 +143,8 @@ def record_job(outcome: dict[str, Any]) -> None:
         metrics["end_to_end"].labels(status, method).observe(total)
     if "tdoa_ms" in timings:
         metrics["tdoa"].observe(timings["tdoa_ms"] / 1e3)
+    if status == "succeeded" and outcome.get("tdoa_fit"):
+        metrics["tdoa_fits"].labels(outcome["tdoa_fit"]).inc()
 
 
 def record_store_retry(store: str) -> None:

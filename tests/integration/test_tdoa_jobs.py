@@ -5,6 +5,7 @@ are refused with 422 and leave nothing behind."""
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 
 import numpy as np
@@ -12,9 +13,10 @@ import pytest
 import sqlalchemy as sa
 from urllib3 import encode_multipart_formdata
 
+from inference_worker.cli.processes import wait_until
 from inference_worker.core.capture import CaptureError, CaptureTooLarge
 from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
-from inference_worker.core.kiwi_wav import write_kiwi_wav
+from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
 from inference_worker.science.kiwi_sets import synthetic_set
 from inference_worker.storage.schema import jobs
 from tests.integration.helpers import wait_final
@@ -88,6 +90,29 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
         row = connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).mappings().one()
     assert row["status"] == "succeeded" and row["message"]["method"] == "tdoa"
     assert redis_client.exists(f"{settings.redis_prefix}blob:{job_id}") == 0
+
+
+def test_delays_that_fit_no_one_position_are_widened_and_counted(client, worker, recordings):
+    # One receiver's time 10 µs off: four receivers cannot say which, so the job's delays are
+    # widened to fit, and the worker counts the fit for the operators' alert.
+    files = list(recordings.files)
+    wrong = read_kiwi_wav(files[0])
+    files[0] = write_kiwi_wav(wrong.iq, wrong.gps_s + 10e-6, fix_age=wrong.fix_age)
+    view = wait_final(client, post_tdoa(client, recordings, files=files).get_json()["job_id"])
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert result["fit_chi2"] > result["fit_chi2_bound"] and result["sigma_scale"] > 1
+    url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+
+    def widened_counted() -> bool:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return any(
+            line.startswith('heimdall_tdoa_fits_total{fit="widened"}') and float(line.split()[-1])
+            for line in text.splitlines()
+        )
+
+    wait_until("the worker to count the widened fit", widened_counted, 30)
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(

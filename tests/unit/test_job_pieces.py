@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference_worker.serving.jobs import parse_message
-from inference_worker.serving.locating import BadJob, decode_blob
+from inference_worker.serving.locating import BadJob, decode_blob, tdoa_fit
 from tasks.contract import LocateMessage, capture_fingerprint
 
 
@@ -85,3 +85,16 @@ def test_a_document_with_an_encoded_part_reads_back_as_one_document():
         "result": result,
     }
     assert json.loads(with_json({}, "result", "[1]")) == {"result": [1]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "fit"),
+    [
+        ({"excluded": [], "sigma_scale": 1.0}, "plausible"),
+        ({"excluded": [{"id": "RX2", "reason": "…"}], "sigma_scale": 1.0}, "left_out"),
+        ({"excluded": [], "sigma_scale": 15.1}, "widened"),
+        ({}, "plausible"),  # a result recorded before either field
+    ],
+)
+def test_a_tdoa_results_fit_is_named_for_the_metrics(fields, fit):
+    assert tdoa_fit(fields) == fit
