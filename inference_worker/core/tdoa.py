@@ -255,12 +255,13 @@ def _widened_to_fit(solution: Solution, stations: Sequence[Receiver]) -> Solutio
     factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon)
     try:
         estimate, likelihood = locate(stations, solution.pairs, precision=measured / factor)
-    except TdoaError as exc:
+    except TdoaError:
         raise TdoaError(
             f"the delays agree with no one position (the fit's chi2 {chi2:,.1f}; a right "
             f"position exceeds {bound:.1f} one time in a thousand) and no one receiver's "
             f"exclusion explains it; their uncertainties widened ×{math.sqrt(factor):.1f} to "
-            f"fit, {exc}"
+            "fit leave a region wider than the area searched: is each receiver's GPS time and "
+            "position right?"
         ) from None
     likelihood = dataclasses.replace(likelihood, chi2=chi2, widened=factor)
     return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood)

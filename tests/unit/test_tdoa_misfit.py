@@ -11,8 +11,9 @@ import pytest
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.tdoa import Solution, _widened_to_fit, locate
 from inference_worker.core.tdoa_search import freedom, misfit_factor
-from inference_worker.core.time_differences import Delays, PairDelay, pair_design
+from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
 
 FIVE = (
     Receiver("A", 47.4, 8.5),
@@ -70,3 +71,13 @@ def test_pairs_that_do_not_add_up_are_counted_against_the_fits_freedom():
     off = delays([0.0] * 5, {row: 0.5 * (-1) ** row for row in range(len(PAIRS))})
     assert factor(off) == pytest.approx(chi2(off) / 8, rel=1e-6)
     assert factor(off) > 5
+
+
+def test_delays_too_far_apart_to_fit_once_widened_fail_saying_so():
+    # A receiver's time 1 ms off (300 km of light travel): widened to fit, the region spans
+    # tens of thousands of km, no position.
+    off = delays([0.0, 0.0, 0.0, 1000.0, 0.0])
+    estimate, likelihood = locate(FIVE, off)
+    assert likelihood.chi2 > likelihood.chi2_bound
+    with pytest.raises(TdoaError, match=r"agree with no one position .* GPS time and position"):
+        _widened_to_fit(Solution(estimate, likelihood, off, [], 0.0), FIVE)
