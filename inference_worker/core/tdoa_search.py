@@ -99,7 +99,9 @@ def widened(
     sees that crossing about as high as it is."""
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     blur_us = by_m / SPEED_OF_LIGHT_M_S * 1e6
-    covariance = np.linalg.pinv(precision, hermitian=True) + blur_us**2 * design @ design.T
+    covariance = (
+        np.linalg.pinv(precision, rcond=1e-9, hermitian=True) + blur_us**2 * design @ design.T
+    )
     return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
 
 
@@ -130,7 +132,8 @@ def misfit_factor(
     residual = np.array([(travel[p.a] - travel[p.b] - p.delay_s) * 1e6 for p in delays])
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     normal = design.T @ precision @ design
-    shift = np.linalg.pinv(normal, hermitian=True) @ design.T @ precision @ residual
+    # A common shift of every time changes no delay: cut that null direction, not invert it.
+    shift = np.linalg.pinv(normal, rcond=1e-9, hermitian=True) @ design.T @ precision @ residual
     rest = residual - design @ shift
     chi2 = float(residual @ precision @ residual)
     timing = chi2 - float(rest @ precision @ rest)
