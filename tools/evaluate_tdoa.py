@@ -8,10 +8,15 @@ through the same reader and estimator the worker runs. Prints the median error, 
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
 each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
 of four and five, counting fits beyond their bound, receivers left out (and whether each was
-the one off), uncertainties widened to fit and regions that hold the emitter. Bars: median
-error <= 2 km, 95 % regions hold 95 ± 3 %, every broken set refused.
+the one off), uncertainties widened to fit and regions that hold the emitter. Last,
+three-receiver likelihoods of delays drawn from their own model
+(``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
+crossings, and how each place's share bears out, for emitters placed as the sets place them
+and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
+every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
+        [--share-trials 1500]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from inference_worker.core.tdoa import locate, solve  # noqa: E402
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
+from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
 
 MEDIAN_BAR_M = 2_000.0
 COVERAGE_95_BAND = (0.92, 0.98)
@@ -138,6 +144,10 @@ def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
     }
 
 
+def one_share_trial(job: tuple[int, str]) -> Places | None:
+    return trial(*job)
+
+
 def interval(hits: int, n: int) -> tuple[float, float]:
     """95 % Wilson interval of a proportion."""
     if n == 0:
@@ -192,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sets of four and of five with one receiver's time off",
     )
     parser.add_argument("--odd-seed", type=int, default=7100, help="first odd set's seed")
+    parser.add_argument(
+        "--share-trials",
+        type=count(0),
+        default=1500,
+        help="three-receiver trials per placement of emitters for the mass shares' section",
+    )
+    parser.add_argument("--share-seed", type=int, default=1000, help="first share trial's seed")
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)
 
@@ -266,6 +283,34 @@ def main(argv: list[str] | None = None) -> int:
                     f"off: {count_of['right_one']}), uncertainties widened "
                     f"{count_of['widened']}, failed {count_of['failed']}; regions holding the "
                     f"emitter {count_of['held']} ({count_of['held_before']} as measured)"
+                )
+    if args.share_trials:
+        print(
+            f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "
+            "trials for each placement of emitters; fits with two places or more:"
+        )
+        for prior in PRIORS:
+            share_jobs = [
+                (seed, prior)
+                for seed in range(args.share_seed, args.share_seed + args.share_trials)
+            ]
+            with ProcessPoolExecutor(args.processes) as pool:
+                trials = [t for t in pool.map(one_share_trial, share_jobs, chunksize=8) if t]
+            shares = reliability(trials)
+            right = shares.estimate_right
+            print(
+                f"  emitters {prior}: {shares.fits} fits; the estimate is the place nearest the "
+                f"emitter in {right} ({right / max(1, shares.fits):.0%}), its mean share "
+                f"{shares.mean_estimate_share:.2f}"
+            )
+            print(
+                f"    one place among the receivers (inside their triangle) in {shares.one_among}: "
+                f"the right one in {shares.one_among_right}"
+            )
+            for low, high, places, share, hits in shares.bins:
+                print(
+                    f"    places with shares {low:.1f}-{high:.1f}: {places}, mean share "
+                    f"{share:.2f}, the emitter nearest them {hits:.0%}"
                 )
     median_ok = overall["median_m"] <= MEDIAN_BAR_M  # type: ignore[operator]
     coverage_ok = COVERAGE_95_BAND[0] <= overall["held_95"] <= COVERAGE_95_BAND[1]  # type: ignore[operator]

@@ -201,7 +201,14 @@ def print_result(view: dict[str, Any]) -> None:
         return
     result = view["result"]
     e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
-    print(f"position      {result['lat']:.5f}, {result['lon']:.5f}")
+    print(
+        f"position      {result['lat']:.5f}, {result['lon']:.5f}"
+        + (
+            f" (weight {result['weight']:.2f}; also possible below)"
+            if result["alternatives"]
+            else ""
+        )
+    )
     print(
         f"68% ellipse   {e68['semi_major_m']:,.0f} x {e68['semi_minor_m']:,.0f} m; "
         f"95%: {e95['semi_major_m']:,.0f} x {e95['semi_minor_m']:,.0f} m"
@@ -228,7 +235,10 @@ def print_result(view: dict[str, Any]) -> None:
             f"({pair['windows_used']}/{pair['windows_total']} windows)"
         )
     for other in result["alternatives"]:
+        reach = other.get("ellipses", {}).get("95", {}).get("semi_major_m")
         print(
             f"also possible {other['lat']:.5f}, {other['lon']:.5f} "
-            f"(weight {other['weight']:.2f}): add a receiver to decide"
+            f"(weight {other['weight']:.2f}"
+            + (f", its 95% ellipse reaching {reach / 1e3:,.1f} km" if reach is not None else "")
+            + "): add a receiver to decide"
         )

@@ -37,6 +37,7 @@ from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa_search import (
     coarse_peaks,
     delay_precision,
+    log_mass,
     misfit_factor,
     plausible_chi2,
     refine,
@@ -91,7 +92,8 @@ def locate(
 
     Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
     coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
-    points and favour a broader wrong one), and the best refined peak is the estimate. While no
+    points and favour a broader wrong one), and the best refined peak that closes within the
+    area searched is the estimate. While no
     refined peak fits the delays plausibly, the search goes on from the peaks of the likelihood
     widened by the coarse grid's reach (:func:`~inference_worker.core.tdoa_search.widened`).
     ``precision``: the delays' inverse covariance (µs⁻²) when not their own.
@@ -135,25 +137,25 @@ def locate(
                 for i, j in more[:candidates]
             ]
             more = more[candidates:]
-    # Each peak's mass: its height times the area of its Gaussian.
-    masses = [
-        peak + math.log(e.sigma_east_m * e.sigma_north_m * math.sqrt(1 - e.rho**2))
-        for peak, e, _ in refined
-    ]
+    # The estimate is the highest closed peak (a peak reaching beyond the area searched is a
+    # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
+    # emitter rests on where emitters are expected, so both are reported with their shares.
+    masses = [peak + log_mass(*grid) for peak, _, grid in refined]
     ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
-    best_peak, estimate, (grid_lats, grid_lons, grid_ll) = refined[ranked[0]]
-    reach_m = ellipse(estimate, 0.95).semi_major_m
-    if reach_m > margin_m:
+    closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
+    if not closed:
+        reach_m = ellipse(refined[ranked[0]][1], 0.95).semi_major_m
         raise TdoaError(
             f"the delays do not fix a position: the likelihood stretches {reach_m / 1e3:,.0f} km "
             f"(its 95 % ellipse's semi-major axis), further than the {margin_m / 1e3:,.0f} km "
             "searched around the receivers; receivers close together or nearly on one line, or "
             "an emitter far outside them, give a line of positions rather than a point"
         )
+    _, estimate, (grid_lats, grid_lons, grid_ll) = refined[closed[0]]
     top = max(masses)
     weights = [math.exp(m - top) for m in masses]
-    kept = [ranked[0]]
-    for k in ranked[1:]:
+    kept = [closed[0]]
+    for k in ranked:
         other = refined[k][1]
         if all(
             distance_m(refined[c][1].lat, refined[c][1].lon, other.lat, other.lon)
@@ -169,9 +171,9 @@ def locate(
         grid_lats,
         grid_lons,
         grid_ll,
-        chi2=-2 * best_peak,
+        chi2=-2 * refined[ranked[0]][0],
         chi2_bound=limit,
-        weight=weights[ranked[0]] / total,
+        weight=weights[closed[0]] / total,
         alternatives=alternatives,
     )
 

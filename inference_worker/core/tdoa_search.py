@@ -185,6 +185,16 @@ def refine(
     return peak, estimate, (fine_lats, fine_lons, fine_ll)
 
 
+def log_mass(lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray) -> float:
+    """The log of the likelihood's integral over a grid (m², the likelihood 1 where its log is
+    0): a peak's mass as it is, where the area of a Gaussian of its moments would misjudge a
+    curved or lopsided one."""
+    per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lats)))
+    cell_m2 = float(lats[1] - lats[0]) * per_deg_lat * float(lons[1] - lons[0]) * per_deg_lon
+    top = float(log_likelihood.max())
+    return top + math.log(float(np.exp(log_likelihood - top).sum()) * abs(cell_m2))
+
+
 def moments(
     lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray
 ) -> tuple[float, float, float, float, float, float, float]:

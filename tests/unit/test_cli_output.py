@@ -133,13 +133,20 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
                 "windows_total": 52,
             }
         ],
-        alternatives=[{"lat": 48.49, "lon": 7.39, "weight": 0.07}],
+        weight=0.93,
+        alternatives=[
+            {"lat": 48.49, "lon": 7.39, "weight": 0.07},
+            {"lat": 46.0, "lon": 3.0, "weight": 0.01, "ellipses": {"95": {"semi_major_m": 2.4e6}}},
+        ],
     )
     print_job(view, as_json=False)
     out = capsys.readouterr().out
-    assert out.startswith("job j1: succeeded\nposition      45.10000, 7.50000\n")
+    assert out.startswith(
+        "job j1: succeeded\nposition      45.10000, 7.50000 (weight 0.93; also possible below)\n"
+    )
     assert "A - B" in out and "-412.73 us ± 0.44 (52/52 windows)" in out
-    assert "also possible 48.49000, 7.39000 (weight 0.07)" in out
+    assert "also possible 48.49000, 7.39000 (weight 0.07): add a receiver" in out
+    assert "46.00000, 3.00000 (weight 0.01, its 95% ellipse reaching 2,400.0 km): add" in out
     assert "beyond" not in out and "left out" not in out
 
 

@@ -1,0 +1,83 @@
+"""Three receivers' two crossings: every place's share of the likelihood, a line never the
+estimate, and shares that bear out where emitters are spread as the likelihood assumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_worker.core.ellipse import ellipse
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.tdoa import locate
+from inference_worker.core.time_differences import TdoaError
+from inference_worker.science.kiwi_sets import place_receivers
+from inference_worker.science.tdoa_shares import (
+    PRIORS,
+    Places,
+    even_emitter,
+    noisy_delays,
+    reliability,
+    trial,
+)
+
+
+def test_noisy_delays_without_errors_are_the_arrivals_and_count_each_receiver_once():
+    rng = np.random.default_rng(5)
+    stations = place_receivers(rng, 4)
+    emitter = even_emitter(rng, stations)
+    delays = noisy_delays(rng, stations, emitter, [0.0, 0.0, 0.0, 0.0])
+    arrival = [geodesic_m(s.lat, s.lon, *emitter) / SPEED_OF_LIGHT_M_S for s in stations]
+    assert [p.delay_s for p in delays] == pytest.approx(
+        [arrival[p.a] - arrival[p.b] for p in delays], abs=1e-12
+    )
+    with_errors = noisy_delays(rng, stations, emitter, [1.0, 2.0, 1.0, 1.0])
+    assert np.linalg.matrix_rank(with_errors.covariance_us2) == 3  # receivers less one
+    assert with_errors[0].sigma_s == pytest.approx(np.sqrt(5.0) * 1e-6)
+
+
+def test_the_shares_of_every_place_add_up_and_the_estimate_closes():
+    seen = 0
+    for seed in range(1000, 1060):
+        rng = np.random.default_rng(seed)
+        stations = place_receivers(rng, 3)
+        delays = noisy_delays(rng, stations, even_emitter(rng, stations), [1.0, 1.0, 1.0])
+        try:
+            estimate, likelihood = locate(stations, delays)
+        except TdoaError:
+            continue
+        seen += bool(likelihood.alternatives)
+        assert ellipse(estimate, 0.95).semi_major_m <= 6e5
+        assert likelihood.weight + sum(w for _, w in likelihood.alternatives) <= 1 + 1e-9
+        assert all(w >= 0.01 for _, w in likelihood.alternatives)
+    assert seen >= 5
+
+
+def test_a_line_heavier_than_a_crossing_stays_an_alternative():
+    # The crossing holds the emitter; the other "place" stretches beyond the area searched.
+    places = trial(1004, PRIORS[0])
+    assert places is not None
+    assert places.nearest == 0
+    assert places.weights[1] > places.weights[0]
+
+
+def test_with_emitters_spread_evenly_a_places_share_is_how_often_it_is_right():
+    # Shares from the peaks' heights alone (both crossings fit exactly) would be near a half.
+    trials = [t for seed in range(2000, 2200) if (t := trial(seed, PRIORS[1]))]
+    summary = reliability(trials)
+    assert summary.fits >= 25
+    bands = {(low, high): hits for low, high, _, _, hits in summary.bins}
+    assert bands[(0.8, 1.0)] >= 0.7
+    assert bands[(0.0, 0.2)] <= 0.3
+
+
+def test_reliability_bins_each_place_by_its_share():
+    summary = reliability(
+        [Places((0.9, 0.1), 0), Places((0.85, 0.15), 1), Places((0.6, 0.3, 0.1), 2)]
+    )
+    assert summary.fits == 3 and summary.estimate_right == 1
+    assert summary.mean_estimate_share == pytest.approx((0.9 + 0.85 + 0.6) / 3)
+    by_band = {(low, high): (n, share, hits) for low, high, n, share, hits in summary.bins}
+    assert by_band[(0.0, 0.2)] == (3, pytest.approx(0.35 / 3), pytest.approx(2 / 3))
+    assert by_band[(0.2, 0.5)] == (1, pytest.approx(0.3), 0.0)
+    assert by_band[(0.5, 0.8)] == (1, pytest.approx(0.6), 0.0)
+    assert by_band[(0.8, 1.0)] == (2, pytest.approx(0.875), 0.5)
