@@ -195,6 +195,12 @@ def frequency_from_names(names: list[str]) -> float:
     return frequencies.pop() / 1e6
 
 
+def among(place: dict[str, Any]) -> str:
+    """ ", among the receivers" for a place inside the receivers' hull (where an emitter among
+    them is: of two crossings, at most one lies there)."""
+    return ", among the receivers" if place.get("among_receivers") else ""
+
+
 def print_result(view: dict[str, Any]) -> None:
     if view["status"] != "succeeded":
         print(f"job {view['job_id']} {view['status']}: {view.get('error')}")
@@ -204,7 +210,7 @@ def print_result(view: dict[str, Any]) -> None:
     print(
         f"position      {result['lat']:.5f}, {result['lon']:.5f}"
         + (
-            f" (weight {result['weight']:.2f}; also possible below)"
+            f" (weight {result['weight']:.2f}{among(result)}; also possible below)"
             if result["alternatives"]
             else ""
         )
@@ -238,7 +244,7 @@ def print_result(view: dict[str, Any]) -> None:
         reach = other.get("ellipses", {}).get("95", {}).get("semi_major_m")
         print(
             f"also possible {other['lat']:.5f}, {other['lon']:.5f} "
-            f"(weight {other['weight']:.2f}"
+            f"(weight {other['weight']:.2f}{among(other)}"
             + (f", its 95% ellipse reaching {reach / 1e3:,.1f} km" if reach is not None else "")
             + "): add a receiver to decide"
         )

@@ -117,6 +117,7 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
                 print(
                     f"{'':<10} {'':>2} {'also possible:':<17} {other['lat']:9.5f}, "
                     f"{other['lon']:9.5f} {other_m:7.0f}m  weight {other['weight']:.2f}"
+                    + (" (among the receivers)" if other.get("among_receivers") else "")
                 )
         print(
             "\nerror: distance from the simulated emitter; 95%: whether the truth lies in the 95% "

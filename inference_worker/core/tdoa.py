@@ -35,6 +35,7 @@ from inference_worker.core.ellipse import (
 from inference_worker.core.kiwi_wav import KiwiWavError, Timebase, read_kiwi_wav, timebase
 from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa_search import (
+    among,
     coarse_peaks,
     delay_precision,
     log_mass,
@@ -70,8 +71,7 @@ class Likelihood:
     """What every delay's variance was multiplied by for the likelihood, above 1 when the
     delays agree with no one position (``chi2`` stays their fit as measured)."""
     weight: float = 1.0
-    """The share of the likelihood's mass around the estimate (below 1 when there are
-    alternatives)."""
+    """The share of the likelihood's mass around the estimate (below 1 with alternatives)."""
     alternatives: tuple[tuple[Estimate, float], ...] = ()
     """Other places that explain the delays too, each with its share of the likelihood's mass
     (at least 1 %). Three receivers can be met by two positions; a fourth settles it. The union
@@ -108,8 +108,7 @@ def locate(
             if isinstance(delays, Delays)
             else delay_precision(delays, len(stations))
         )
-    lat_values = [s.lat for s in stations]
-    lon_values = [s.lon for s in stations]
+    lat_values, lon_values = [s.lat for s in stations], [s.lon for s in stations]
     per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
     lats = np.linspace(
         min(lat_values) - margin_m / per_deg_lat, max(lat_values) + margin_m / per_deg_lat, coarse
@@ -294,11 +293,13 @@ def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> So
 
 
 def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
-    """The JSON result of a TDoA job: the position and ellipses as for a model, the receivers'
-    time bases, each pair's time difference, and the likelihood's contours."""
+    """The JSON result of a TDoA job: the places (each saying whether it lies among the
+    receivers) and ellipses as for a model, the receivers' time bases, each pair's time
+    difference, and the likelihood's contours."""
     likelihood, odd = solution.likelihood, solution.excluded
     return {
         **describe(solution.estimate),
+        "among_receivers": among(stations, solution.estimate.lat, solution.estimate.lon),
         "method": "tdoa",
         "overlap_s": round(solution.overlap_s, 3),
         "receivers": [
@@ -340,8 +341,8 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
         ],
         "weight": round(likelihood.weight, 4),
         "alternatives": [
-            {**describe(other), "weight": round(weight, 4)}
-            for other, weight in likelihood.alternatives
+            {**describe(o), "weight": round(w, 4), "among_receivers": among(stations, o.lat, o.lon)}
+            for o, w in likelihood.alternatives
         ],
         "likelihood_contours": contour_features(
             likelihood.lats, likelihood.lons, likelihood.log_likelihood

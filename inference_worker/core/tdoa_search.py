@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 import scipy.optimize
+import scipy.spatial
 import scipy.stats
 
 from inference_worker.core.contract import Receiver
@@ -183,6 +184,18 @@ def refine(
         rho=float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999)),
     )
     return peak, estimate, (fine_lats, fine_lons, fine_ll)
+
+
+def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:
+    """Whether a point lies among the receivers: inside their convex hull (on a local plane).
+    Of three receivers' two crossings, at most one is among them when the emitter is."""
+    per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean([s.lat for s in stations])))
+    corners = np.array([[s.lon * per_deg_lon, s.lat * per_deg_lat] for s in stations])
+    try:
+        hull = scipy.spatial.Delaunay(corners)
+    except scipy.spatial.QhullError:  # receivers on one line or one site: no inside
+        return False
+    return bool(hull.find_simplex(np.array([lon * per_deg_lon, lat * per_deg_lat])) >= 0)
 
 
 def log_mass(lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray) -> float:

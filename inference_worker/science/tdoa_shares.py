@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.spatial
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import distance_m, metres_per_degree
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.tdoa import locate
+from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
 from inference_worker.science.kiwi_sets import place_emitter, place_receivers
 
@@ -75,15 +75,6 @@ def even_emitter(rng: np.random.Generator, stations: Sequence[Receiver]) -> tupl
     )
 
 
-def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:
-    """Whether a point lies among the receivers: inside their convex hull (on a local plane)."""
-    centre = float(np.mean([s.lat for s in stations]))
-    per_deg_lat, per_deg_lon = metres_per_degree(centre)
-    corners = np.array([[s.lon * per_deg_lon, s.lat * per_deg_lat] for s in stations])
-    hull = scipy.spatial.Delaunay(corners)
-    return bool(hull.find_simplex(np.array([lon * per_deg_lon, lat * per_deg_lat])) >= 0)
-
-
 @dataclass(frozen=True)
 class Places:
     """One ambiguous trial: every place's share (the estimate first) and which place lies
@@ -92,7 +83,7 @@ class Places:
     weights: tuple[float, ...]
     nearest: int
     among: tuple[bool, ...] = ()
-    """Whether each place lies among the receivers (:func:`among`)."""
+    """Whether each place lies among the receivers (inside their convex hull)."""
 
 
 def trial(seed: int, prior: str) -> Places | None:

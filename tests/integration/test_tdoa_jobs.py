@@ -76,6 +76,7 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
     assert "tdoa_ms" in view["timings"]
     assert result["fit_chi2"] <= result["fit_chi2_bound"] and result["excluded"] == []
     assert result["sigma_scale"] == 1.0  # delays that fit are not widened
+    assert result["among_receivers"] is (recordings.outside_km == 0)  # inside their hull
     # The stamp jump left that receiver's consistent part, not the whole receiver, out.
     jumped = recordings.quirks["stamp_jump"]
     assert next(r for r in result["receivers"] if r["id"] == jumped)["rejected_blocks"] > 0

@@ -134,15 +134,17 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
             }
         ],
         weight=0.93,
+        among_receivers=True,
         alternatives=[
-            {"lat": 48.49, "lon": 7.39, "weight": 0.07},
+            {"lat": 48.49, "lon": 7.39, "weight": 0.07, "among_receivers": False},
             {"lat": 46.0, "lon": 3.0, "weight": 0.01, "ellipses": {"95": {"semi_major_m": 2.4e6}}},
         ],
     )
     print_job(view, as_json=False)
     out = capsys.readouterr().out
     assert out.startswith(
-        "job j1: succeeded\nposition      45.10000, 7.50000 (weight 0.93; also possible below)\n"
+        "job j1: succeeded\nposition      45.10000, 7.50000 (weight 0.93, among the receivers; "
+        "also possible below)\n"
     )
     assert "A - B" in out and "-412.73 us ± 0.44 (52/52 windows)" in out
     assert "also possible 48.49000, 7.39000 (weight 0.07): add a receiver" in out

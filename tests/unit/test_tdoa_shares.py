@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.core.ellipse import ellipse
+from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import Estimate, describe, ellipse, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.tdoa import locate
+from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import place_receivers
 from inference_worker.science.tdoa_shares import (
@@ -81,3 +83,31 @@ def test_reliability_bins_each_place_by_its_share():
     assert by_band[(0.2, 0.5)] == (1, pytest.approx(0.3), 0.0)
     assert by_band[(0.5, 0.8)] == (1, pytest.approx(0.6), 0.0)
     assert by_band[(0.8, 1.0)] == (2, pytest.approx(0.875), 0.5)
+
+
+TRIANGLE = (Receiver("A", 45.0, 7.0), Receiver("B", 45.0, 11.0), Receiver("C", 48.0, 9.0))
+
+
+def test_a_place_is_among_the_receivers_inside_their_hull_only():
+    assert among(TRIANGLE, 46.0, 9.0)
+    assert not among(TRIANGLE, 47.5, 7.5)  # inside their box, outside the triangle
+    assert not among(TRIANGLE, 44.0, 9.0)
+    on_a_line = (Receiver("A", 45.0, 7.0), Receiver("B", 45.0, 8.0), Receiver("C", 45.0, 9.0))
+    assert not among(on_a_line, 45.0, 8.5)
+
+
+def test_the_geojson_says_which_place_is_among_the_receivers():
+    inside, outside = Estimate(46.0, 9.0, 900.0, 700.0, 0.2), Estimate(50.0, 9.0, 4e3, 2e3, 0.5)
+    result = {
+        **describe(inside),
+        "receivers": [{"id": s.id, "lat": s.lat, "lon": s.lon} for s in TRIANGLE],
+        "sigma_scale": 1.0,
+        "among_receivers": True,
+        "alternatives": [{**describe(outside), "weight": 0.4, "among_receivers": False}],
+    }
+    places = [
+        (f["properties"].get("alternative", False), f["properties"]["among_receivers"])
+        for f in tdoa_feature_collection(result)["features"]
+        if f["properties"]["kind"] == "estimate"
+    ]
+    assert places == [(False, True), (True, False)]
