@@ -41,6 +41,7 @@ from inference_worker.core.ellipse import contains, distance_m  # noqa: E402
 from inference_worker.core.kiwi_wav import NEVER_HAD_FIX, read_kiwi_wav, write_kiwi_wav  # noqa: E402
 from inference_worker.core.tdoa import locate, solve  # noqa: E402
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
+from inference_worker.core.tdoa_search import among  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
@@ -65,12 +66,18 @@ def one_set(seed: int) -> dict[str, object]:
     except TdoaError as exc:
         return {**row, "refused": str(exc)}
     estimate = solution.estimate
+    places = [estimate, *(other for other, _ in solution.likelihood.alternatives)]
+    nearest = int(np.argmin([distance_m(p.lat, p.lon, *recording.emitter) for p in places]))
+    flags = [among(recording.stations, p.lat, p.lon) for p in places]
     return {
         **row,
         "error_m": distance_m(estimate.lat, estimate.lon, *recording.emitter),
         "held_68": solution.holds(*recording.emitter, 0.6827),
         "held_95": solution.holds(*recording.emitter, 0.95),
-        "ambiguous": bool(solution.likelihood.alternatives),
+        "ambiguous": len(places) > 1,
+        "estimate_right": nearest == 0,
+        "one_among": sum(flags) == 1,
+        "among_right": flags[nearest],
         "solve_s": time.perf_counter() - started,
     }
 
@@ -243,8 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, group in groups:
         print(line(name, summarize(group)))
+    ambiguous = [r for r in rows if r.get("ambiguous")]
+    single = [r for r in ambiguous if r["one_among"]]
+    print(
+        f"\nambiguous: {len(ambiguous)}, the estimate the emitter's place in "
+        f"{sum(bool(r['estimate_right']) for r in ambiguous)}; exactly one place among the "
+        f"receivers in {len(single)}, the emitter's in {sum(bool(r['among_right']) for r in single)}"
+    )
     solve_s = [float(r["solve_s"]) for r in rows if "solve_s" in r]  # type: ignore[arg-type]
-    print(f"\nrefused: {len(refused)}; solve time median {np.median(solve_s):.2f} s")
+    print(f"refused: {len(refused)}; solve time median {np.median(solve_s):.2f} s")
     for r in refused:
         print(f"  seed {r['seed']}: {r['refused']}")
     if args.json:

@@ -196,8 +196,8 @@ def frequency_from_names(names: list[str]) -> float:
 
 
 def among(place: dict[str, Any]) -> str:
-    """ ", among the receivers" for a place inside the receivers' hull (where an emitter among
-    them is: of two crossings, at most one lies there)."""
+    """What marks a place inside the receivers' hull, where an emitter among them lies (of two
+    crossings, at most one lies there)."""
     return ", among the receivers" if place.get("among_receivers") else ""
 
 

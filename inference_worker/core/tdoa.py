@@ -155,11 +155,11 @@ def locate(
     weights = [math.exp(m - top) for m in masses]
     kept = [closed[0]]
     for k in ranked:
-        other = refined[k][1]
+        one = refined[k][1]
         if all(
-            distance_m(refined[c][1].lat, refined[c][1].lon, other.lat, other.lon)
-            > 3 * max(other.sigma_east_m, other.sigma_north_m, refined[c][1].sigma_east_m)
-            for c in kept
+            distance_m(e.lat, e.lon, one.lat, one.lon)
+            > 3 * max(one.sigma_east_m, one.sigma_north_m, e.sigma_east_m, e.sigma_north_m)
+            for e in (refined[c][1] for c in kept)
         ):
             kept.append(k)  # a distinct peak, not the same one found from two grid points
     total = sum(weights[k] for k in kept)
