@@ -187,15 +187,29 @@ def refine(
 
 
 def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:
-    """Whether a point lies among the receivers: inside their convex hull (on a local plane).
+    """Whether a point lies among the receivers: inside their convex hull, drawn with great
+    circles for edges (a gnomonic projection about their centre makes great circles straight).
     Of three receivers' two crossings, at most one is among them when the emitter is."""
-    per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean([s.lat for s in stations])))
-    corners = np.array([[s.lon * per_deg_lon, s.lat * per_deg_lat] for s in stations])
-    try:
-        hull = scipy.spatial.Delaunay(corners)
-    except scipy.spatial.QhullError:  # receivers on one line or one site: no inside
+    corners = np.array([_unit(s.lat, s.lon) for s in stations])
+    centre = corners.sum(axis=0)
+    centre /= np.linalg.norm(centre)
+    east = np.cross([0.0, 0.0, 1.0], centre)
+    east = east / np.linalg.norm(east) if np.linalg.norm(east) > 1e-9 else np.array([1.0, 0, 0])
+    north = np.cross(centre, east)
+    point = _unit(lat, lon)
+    if point @ centre <= 0:  # the far side of the Earth
         return False
-    return bool(hull.find_simplex(np.array([lon * per_deg_lon, lat * per_deg_lat])) >= 0)
+    plane = np.array([[v @ east, v @ north] / (v @ centre) for v in [*corners, point]])
+    try:
+        hull = scipy.spatial.Delaunay(plane[:-1])
+    except scipy.spatial.QhullError:  # receivers on one great circle or one site: no inside
+        return False
+    return bool(hull.find_simplex(plane[-1]) >= 0)
+
+
+def _unit(lat: float, lon: float) -> np.ndarray:
+    phi, lam = math.radians(lat), math.radians(lon)
+    return np.array([math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)])
 
 
 def log_mass(lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray) -> float:

@@ -92,8 +92,17 @@ def test_a_place_is_among_the_receivers_inside_their_hull_only():
     assert among(TRIANGLE, 46.0, 9.0)
     assert not among(TRIANGLE, 47.5, 7.5)  # inside their box, outside the triangle
     assert not among(TRIANGLE, 44.0, 9.0)
-    on_a_line = (Receiver("A", 45.0, 7.0), Receiver("B", 45.0, 8.0), Receiver("C", 45.0, 9.0))
-    assert not among(on_a_line, 45.0, 8.5)
+    on_a_line = (Receiver("A", 0.0, 7.0), Receiver("B", 0.0, 8.0), Receiver("C", 0.0, 9.0))
+    assert not among(on_a_line, 0.0, 8.5)
+
+
+def test_the_hulls_edges_are_great_circles_and_it_may_span_the_antimeridian():
+    # The great circle from A to B bulges to 62.4° N between them; the parallel would not.
+    north = (Receiver("A", 60.0, 0.0), Receiver("B", 60.0, 40.0), Receiver("C", 50.0, 20.0))
+    assert among(north, 61.0, 20.0) and not among(north, 63.0, 20.0)
+    pacific = (Receiver("A", 45.0, 179.0), Receiver("B", 47.0, -178.0), Receiver("C", 43.0, -177.0))
+    assert among(pacific, 45.0, -178.5) and not among(pacific, 45.0, 170.0)
+    assert not among(pacific, -45.0, 1.5)  # the far side of the Earth
 
 
 def test_the_geojson_says_which_place_is_among_the_receivers():
