@@ -28,7 +28,8 @@ from inference_worker.settings import Settings
 
 def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = None) -> bytes:
     """A map of the whole region: the likelihood from the result's time differences, the
-    receivers, the estimate and (in the demo) the truth."""
+    receivers, the estimate and any other place that explains the delays, and (in the demo)
+    the truth."""
     stations = [Receiver(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
     index = {s.id: k for k, s in enumerate(stations)}
     pairs = [
@@ -42,8 +43,9 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
         )
         for p in result["pairs"]
     ]
-    lats_all = [s.lat for s in stations] + [result["lat"]]
-    lons_all = [s.lon for s in stations] + [result["lon"]]
+    places = [result, *result.get("alternatives", [])]
+    lats_all = [s.lat for s in stations] + [p["lat"] for p in places]
+    lons_all = [s.lon for s in stations] + [p["lon"] for p in places]
     per_lat, per_lon = metres_per_degree(float(np.mean(lats_all)))
     margin = 100e3
     lats = np.linspace(min(lats_all) - margin / per_lat, max(lats_all) + margin / per_lat, 400)
@@ -52,6 +54,7 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
     surface = log_likelihood_grid(stations, pairs, lats, lons) / 1e4
     points = [(s.lat, s.lon, s.id) for s in stations]
     points.append((result["lat"], result["lon"], "estimate"))
+    points += [(p["lat"], p["lon"], f"also possible ({p['weight']:.2f})") for p in places[1:]]
     if truth:
         points.append((truth[0], truth[1], "truth"))
     return render_png(lats, lons, surface, points=points, size=640)

@@ -97,8 +97,11 @@ def render_png(
         if not (0 <= x < size and 0 <= y < size):
             continue
         draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=(255, 255, 255), width=2)
-        # labels alternate above and below their mark, so that close points stay readable
-        draw.text((x + 6, y - 14 if index % 2 else y + 2), label, fill=(255, 255, 255))
+        # labels alternate above and below their mark, so that close points stay readable, and
+        # go left of a mark near the right edge rather than off the picture
+        width = draw.textlength(label)
+        left = x + 6 if x + 6 + width < size else x - 6 - width
+        draw.text((left, y - 14 if index % 2 else y + 2), label, fill=(255, 255, 255))
     draw.text(
         (6, size - 16),
         f"{lats[0]:.4f}..{lats[-1]:.4f} N  {lons[0]:.4f}..{lons[-1]:.4f} E",

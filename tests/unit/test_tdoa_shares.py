@@ -3,12 +3,17 @@ estimate, and shares that bear out where emitters are spread as the likelihood a
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
+from inference_worker.cli.tdoa_demo import overview_png
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import Estimate, describe, ellipse, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import locate
 from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import TdoaError
@@ -120,3 +125,40 @@ def test_the_geojson_says_which_place_is_among_the_receivers():
         if f["properties"]["kind"] == "estimate"
     ]
     assert places == [(False, True), (True, False)]
+
+
+def white_pixels(png: bytes) -> np.ndarray:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return (pixels > 200).all(axis=-1)  # no colour of the likelihood is near white
+
+
+def test_a_label_near_the_right_edge_stays_on_the_picture():
+    lats, lons = np.linspace(44.0, 46.0, 50), np.linspace(8.0, 10.0, 50)
+    flat = np.zeros((50, 50))
+    png = render_png(lats, lons, flat, points=[(45.0, 9.93, "also possible (0.92)")], size=480)
+    assert not white_pixels(png)[:, -8:].any()
+    assert white_pixels(png)[:, 300:460].any()  # drawn to the left of its mark
+
+
+def test_the_demos_overview_marks_each_alternative():
+    rng = np.random.default_rng(3)
+    delays = noisy_delays(rng, TRIANGLE, (46.0, 9.0), [1.0, 1.0, 1.0])
+    result = {
+        "lat": 46.0,
+        "lon": 9.0,
+        "receivers": [{"id": s.id, "lat": s.lat, "lon": s.lon} for s in TRIANGLE],
+        "pairs": [
+            {
+                "receivers": [TRIANGLE[p.a].id, TRIANGLE[p.b].id],
+                "delay_us": p.delay_s * 1e6,
+                "sigma_us": p.sigma_s * 1e6,
+                "windows_used": 1,
+                "windows_total": 1,
+            }
+            for p in delays
+        ],
+        "alternatives": [],
+    }
+    alone = white_pixels(overview_png(result)).sum()
+    result["alternatives"] = [{"lat": 46.5, "lon": 8.0, "weight": 0.3}]
+    assert white_pixels(overview_png(result)).sum() > alone + 20  # its ring and label
