@@ -129,7 +129,7 @@ def test_the_geojson_says_which_place_is_among_the_receivers():
 
 def white_pixels(png: bytes) -> np.ndarray:
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-    return (pixels > 200).all(axis=-1)  # no colour of the likelihood is near white
+    return np.asarray((pixels > 200).all(axis=-1))  # no colour of the likelihood is near white
 
 
 def test_a_label_near_the_right_edge_stays_on_the_picture():
