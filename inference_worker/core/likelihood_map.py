@@ -80,10 +80,12 @@ def render_png(
     log_likelihood: np.ndarray,
     *,
     points: Sequence[tuple[float, float, str]] = (),
+    notes: Sequence[str] = (),
     size: int = 480,
 ) -> bytes:
-    """A PNG of the likelihood (north up), with ``(lat, lon, label)`` points marked: the
-    likelihood's 68 % and 95 % regions in colour, the rest dark."""
+    """A PNG of the likelihood (north up), with ``(lat, lon, label)`` points marked and
+    ``notes`` written along its top: the likelihood's 68 % and 95 % regions in colour, the rest
+    dark."""
     peak = log_likelihood - log_likelihood.max()
     floor = -0.5 * scale_for_confidence(0.999) ** 2
     shade = 1.0 - np.clip(peak / floor, 0.0, 1.0)
@@ -102,6 +104,8 @@ def render_png(
         width = draw.textlength(label)
         left = x + 6 if x + 6 + width < size else x - 6 - width
         draw.text((left, y - 14 if index % 2 else y + 2), label, fill=(255, 255, 255))
+    for row, note in enumerate(notes):
+        draw.text((6, 4 + 14 * row), note, fill=(255, 255, 255))
     draw.text(
         (6, size - 16),
         f"{lats[0]:.4f}..{lats[-1]:.4f} N  {lons[0]:.4f}..{lons[-1]:.4f} E",

@@ -85,7 +85,14 @@ def locate_tdoa(
     estimate, likelihood = solution.estimate, solution.likelihood
     marks = [(estimate.lat, estimate.lon, "estimate")]
     marks += [(s.lat, s.lon, s.id) for s in stations]
-    picture = render_png(likelihood.lats, likelihood.lons, likelihood.log_likelihood, points=marks)
+    elsewhere = [
+        f"also possible {o['lat']:.4f}, {o['lon']:.4f} (weight {o['weight']:.2f}"
+        + (", among the receivers)" if o["among_receivers"] else ")")
+        for o in result["alternatives"]
+    ]
+    picture = render_png(
+        likelihood.lats, likelihood.lons, likelihood.log_likelihood, points=marks, notes=elsewhere
+    )
     return result, {"tdoa_ms": (t1 - t0) * 1e3}, picture
 
 

@@ -162,3 +162,12 @@ def test_the_demos_overview_marks_each_alternative():
     alone = white_pixels(overview_png(result)).sum()
     result["alternatives"] = [{"lat": 46.5, "lon": 8.0, "weight": 0.3}]
     assert white_pixels(overview_png(result)).sum() > alone + 20  # its ring and label
+
+
+def test_the_job_maps_notes_name_the_places_beyond_it():
+    lats, lons = np.linspace(44.0, 46.0, 50), np.linspace(8.0, 10.0, 50)
+    peak = -((np.arange(50)[:, None] - 25.0) ** 2 + (np.arange(50)[None, :] - 25.0) ** 2) / 50
+    plain = render_png(lats, lons, peak)
+    noted = render_png(lats, lons, peak, notes=["also possible 48.1000, 3.2000 (weight 0.40)"])
+    assert not white_pixels(plain)[:20].any()
+    assert white_pixels(noted)[:20].sum() > 50
