@@ -93,9 +93,9 @@ def locate(
     Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
     coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
     points and favour a broader wrong one), and the best refined peak that closes within the
-    area searched is the estimate. While no
-    refined peak fits the delays plausibly, the search goes on from the peaks of the likelihood
-    widened by the coarse grid's reach (:func:`~inference_worker.core.tdoa_search.widened`).
+    area searched is the estimate. The best peaks of the likelihood widened by the coarse grid's
+    reach (:func:`~inference_worker.core.tdoa_search.widened`) are refined too, and more of
+    them while no refined peak fits the delays plausibly.
     ``precision``: the delays' inverse covariance (µs⁻²) when not their own.
 
     Raises:
@@ -123,19 +123,18 @@ def locate(
         for i, j in starts
     ]
     limit = plausible_chi2(precision)
-    if -2 * max(peak for peak, _, _ in refined) > limit:
-        # No peak fits: the crossing may be narrower than the grid's step and lie between its
-        # points, each far enough off it to rank below broad wrong peaks. Start again from the
-        # peaks of the likelihood widened by half a cell's diagonal, until one fits.
-        reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
-        wide = widened(stations, delays, precision, reach_m)
-        more = [p for p in coarse_peaks(stations, delays, wide, lats, lons, 32) if p not in starts]
-        while more and -2 * max(peak for peak, _, _ in refined) > limit:
-            refined += [
-                refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
-                for i, j in more[:candidates]
-            ]
-            more = more[candidates:]
+    # A crossing narrower than the grid's step can lie between its points, ranked below broad
+    # peaks: the widened likelihood's best peaks are refined too, more while no peak fits.
+    reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
+    wide = widened(stations, delays, precision, reach_m)
+    more = coarse_peaks(stations, delays, wide, lats, lons, 32)
+    more = [p for p in more if all(max(abs(p[0] - i), abs(p[1] - j)) > 2 for i, j in starts)]
+    while more:
+        refined += [
+            refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+            for i, j in more[:candidates]
+        ]
+        more = more[candidates:] if -2 * max(peak for peak, _, _ in refined) > limit else []
     # The estimate is the highest closed peak (a peak reaching beyond the area searched is a
     # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
     # emitter rests on where emitters are expected, so both are reported with their shares.

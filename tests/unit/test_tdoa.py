@@ -123,6 +123,20 @@ def test_a_narrow_crossing_off_the_coarse_grid_is_found_and_followed_to_its_top(
     assert contains(estimate, emitter[0], emitter[1], 0.95)
 
 
+def test_both_crossings_are_found_when_the_broad_one_fits_as_well():
+    # Three receivers nearly on a line: the emitter's crossing, among them, is narrower than the
+    # coarse grid's step and ranked below the broad other one, which fits exactly too, so the
+    # search for what fits never looked further: only the crossing 357 km off was reported.
+    line = (Receiver("RX1", 53.41643, 24.54186), Receiver("RX2", 53.12096, 19.68788))
+    stations = (*line, Receiver("RX3", 53.89539, 14.38982))
+    emitter = (53.40538, 23.16941)
+    estimate, likelihood = locate(stations, exact_delays(stations, emitter, 1e-6))
+    places = [estimate, *(other for other, _ in likelihood.alternatives)]
+    assert len(places) == 2
+    assert any(contains(place, *emitter, 0.95) for place in places)
+    assert min(distance_m(p.lat, p.lon, *emitter) for p in places) < 500.0
+
+
 def test_delays_that_fix_only_a_line_are_refused_not_located():
     # Two receivers 500 m apart and a third 450 km away: the likelihood is a long ridge; its
     # moments used to be reported as a position thousands of km off.
