@@ -37,9 +37,9 @@ from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa_search import (
     among,
     coarse_peaks,
-    delay_precision,
     log_mass,
     misfit_factor,
+    own_precision,
     plausible_chi2,
     refine,
     widened,
@@ -103,11 +103,7 @@ def locate(
             reaches further than ``margin_m``): the delays fix a line, not a position.
     """
     if precision is None:
-        precision = (
-            delays.precision()
-            if isinstance(delays, Delays)
-            else delay_precision(delays, len(stations))
-        )
+        precision = own_precision(delays, len(stations))
     lat_values, lon_values = [s.lat for s in stations], [s.lon for s in stations]
     per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
     lats = np.linspace(
@@ -153,7 +149,7 @@ def locate(
     top = max(masses)
     weights = [math.exp(m - top) for m in masses]
     kept = [closed[0]]
-    for k in ranked:
+    for k in (k for k in ranked if k != closed[0]):
         one = refined[k][1]
         if all(
             distance_m(e.lat, e.lon, one.lat, one.lon)

@@ -48,6 +48,12 @@ def delay_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
     return np.linalg.pinv(covariance, rcond=1e-9, hermitian=True)
 
 
+def own_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
+    """The delays' inverse covariance (µs⁻²): their own when measured together (:class:`Delays`),
+    else built from their sigmas (:func:`delay_precision`)."""
+    return delays.precision() if isinstance(delays, Delays) else delay_precision(delays, stations)
+
+
 def log_likelihood_grid(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
@@ -61,11 +67,7 @@ def log_likelihood_grid(
     Travel times are great-circle distances over the speed of light, plus ``offsets_s`` (one per
     station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
     if precision is None:
-        precision = (
-            delays.precision()
-            if isinstance(delays, Delays)
-            else delay_precision(delays, len(stations))
-        )
+        precision = own_precision(delays, len(stations))
     grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
     offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
     travel = [
