@@ -113,7 +113,8 @@ def checked(iq: Any, fields: dict[str, Any], look_up_model: bool = True) -> Capt
 def submit_tdoa() -> Accepted:
     """A TDoA submission: ``multipart/form-data`` with one ``capture`` file part per receiver
     (KiwiSDR IQ WAV) and the fields ``receivers`` (JSON list of {id, lat, lon}, in the order of
-    the files), ``frequency_mhz`` and optional ``job_id`` and ``capture_time``."""
+    the files), ``frequency_mhz`` and optional ``job_id``, ``capture_time`` and
+    ``expect_emitter``."""
     uploads = request.files.getlist("capture")
     if not uploads:
         raise ApiError(

@@ -97,6 +97,7 @@ def _message(capture: Capture | TdoaJob, common: dict[str, Any]) -> LocateMessag
                 for s, h in zip(tdoa.stations, tdoa.heights_m, strict=True)
             ),
             parts=tdoa.parts(),
+            expect_emitter=tdoa.expect_emitter,
         )
     meta = capture.meta
     return LocateMessage(

@@ -17,6 +17,7 @@ from inference_worker.core.capture import (
     RECEIVER_ID_PATTERN,
     time_in_range,
 )
+from inference_worker.core.tdoa_search import Expectation
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 TASK_NAME = "heimdall.locate"
@@ -74,12 +75,18 @@ class LocateMessage(BaseModel):
     """The receivers' positions (``tdoa`` only), in the order of ``receivers``."""
     parts: tuple[Annotated[int, Field(gt=0)], ...] | None = None
     """Byte length of each receiver's file in the stored blob (``tdoa`` only)."""
+    expect_emitter: Expectation = "anywhere"
+    """Where the emitter is expected (``tdoa`` only): ``among_receivers`` makes the one place
+    among the receivers the estimate when the delays leave several. Left out of the message
+    when ``anywhere``, so that workers of releases before it read the message."""
 
     def to_json(self) -> dict[str, Any]:
         """The message as sent: a model capture's is what releases before TDoA sent, so that
         workers of either release read it."""
-        tdoa_only = {"method", "stations", "parts"} if self.method == "model" else set()
-        return self.model_dump(mode="json", exclude=tdoa_only)
+        left_out = {"method", "stations", "parts"} if self.method == "model" else set()
+        if self.expect_emitter == "anywhere":
+            left_out.add("expect_emitter")
+        return self.model_dump(mode="json", exclude=left_out)
 
     @field_validator("capture_time", "submitted_at")
     @classmethod
@@ -94,6 +101,8 @@ class LocateMessage(BaseModel):
                 raise ValueError("a model capture names exactly 3 receivers")
             if self.stations is not None or self.parts is not None:
                 raise ValueError("stations and parts belong to tdoa captures")
+            if self.expect_emitter != "anywhere":
+                raise ValueError("expect_emitter belongs to tdoa captures")
             return self
         count = len(self.receivers)
         if self.stations is None or self.parts is None:

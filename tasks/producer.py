@@ -117,11 +117,14 @@ class CaptureProducer:
         capture_time: datetime | str | None = None,
         job_id: str | None = None,
         tenant: str | None = None,
+        expect_emitter: str = "anywhere",
     ) -> str:
         """Validate and enqueue a set to locate by time differences of arrival: one KiwiSDR IQ
         WAV file per receiver in ``files``, as ``(file name, bytes)`` (the name may be empty; a
         kiwirecorder name is checked against ``frequency_mhz``), and ``receivers`` in that order
-        (``{"id", "lat", "lon", "height_m"?}``); returns the job id.
+        (``{"id", "lat", "lon", "height_m"?}``); returns the job id. ``expect_emitter``:
+        ``among_receivers`` when the emitter is expected inside the receivers' hull (of two
+        places that explain the delays alike, the one among them becomes the estimate).
 
         The checks are the shim's for a multipart TDoA submission: every file read, its GPS
         time usable, a common span of ``HEIMDALL_TDOA_MIN_OVERLAP_S``, 3 to
@@ -139,6 +142,7 @@ class CaptureProducer:
             "frequency_mhz": frequency_mhz,
             "capture_time": _iso(capture_time),
             "job_id": job_id,
+            "expect_emitter": expect_emitter,
         }
         names = [name for name, _ in files]
         job = self.intake.check_tdoa([data for _, data in files], names, fields)

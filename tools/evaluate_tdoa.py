@@ -11,7 +11,8 @@ of four and five, counting fits beyond their bound, receivers left out (and whet
 the one off), uncertainties widened to fit and regions that hold the emitter. Last,
 three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
-crossings, and how each place's share bears out, for emitters placed as the sets place them
+crossings (and with the emitter expected among the receivers), and how each place's share
+bears out, for emitters placed as the sets place them
 and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
@@ -252,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line(name, summarize(group)))
     ambiguous = [r for r in rows if r.get("ambiguous")]
     single = [r for r in ambiguous if r["one_among"]]
+    expected = [r["among_right"] if r["one_among"] else r["estimate_right"] for r in ambiguous]
     print(
         f"\nambiguous: {len(ambiguous)}, the estimate the emitter's place in "
         f"{sum(bool(r['estimate_right']) for r in ambiguous)}; exactly one place among the "
-        f"receivers in {len(single)}, the emitter's in {sum(bool(r['among_right']) for r in single)}"
+        f"receivers in {len(single)}, the emitter's in "
+        f"{sum(bool(r['among_right']) for r in single)}; so with the emitter expected among "
+        f"them (expect_emitter) the estimate would be in {sum(map(bool, expected))}"
     )
     solve_s = [float(r["solve_s"]) for r in rows if "solve_s" in r]  # type: ignore[arg-type]
     print(f"refused: {len(refused)}; solve time median {np.median(solve_s):.2f} s")
@@ -319,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"    one place among the receivers (inside their triangle) in {shares.one_among}: "
-                f"the right one in {shares.one_among_right}"
+                f"the right one in {shares.one_among_right}; the estimate with the emitter "
+                f"expected among them (expect_emitter) right in {shares.expected_right} "
+                f"({shares.expected_right / max(1, shares.fits):.0%})"
             )
             for low, high, places, share, hits in shares.bins:
                 print(

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from inference_worker.cli.arguments import count, number
 from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_wav import parse_file_name
+from inference_worker.core.tdoa_search import EXPECTATIONS
 from inference_worker.settings import Settings
 
 # The shim's client is imported where it is used: importing the shim package loads
@@ -29,7 +30,8 @@ def add_parser(sub: Any) -> None:
     tdoa = sub.add_parser(
         "tdoa",
         help="locate by time differences of arrival: submit KiwiSDR IQ WAV files, or the demo",
-        description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] | "
+        description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] "
+        "[--expect-emitter among_receivers] | "
         "demo [--sets N] [--out DIR]. The positions file is a JSON list of "
         '{"id", "lat", "lon"} in the order of the files, or an object {"STATION": {"lat", '
         '"lon"}} matched to kiwirecorder file names (DATE_FREQUENCY_STATION_iq.wav).',
@@ -39,6 +41,13 @@ def add_parser(sub: Any) -> None:
     tdoa.add_argument("--receivers", type=Path, help="with submit: the positions file")
     tdoa.add_argument(
         "--frequency-mhz", type=float, help="tuned frequency (default: from the file names)"
+    )
+    tdoa.add_argument(
+        "--expect-emitter",
+        choices=list(EXPECTATIONS),
+        default="anywhere",
+        help="with submit: where the emitter is expected; among_receivers makes the place among "
+        "them the estimate when the delays leave two (default: anywhere, the likelihood decides)",
     )
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
@@ -91,7 +100,12 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
             fail(f"cannot read {path}: {exc}")
     with ExitStack() as stack:
         route = _queue(settings, stack) if args.via == "queue" else _shim(settings, args)
-        fields = {"receivers": receivers, "frequency_mhz": frequency, "job_id": args.job_id}
+        fields = {
+            "receivers": receivers,
+            "frequency_mhz": frequency,
+            "job_id": args.job_id,
+            "expect_emitter": args.expect_emitter,
+        }
         job_id = route.submit(files, fields)
         print(f"job {job_id} accepted", file=sys.stderr)
         if args.no_wait:
@@ -120,7 +134,8 @@ class Route:
     """Where a set goes: the shim over HTTP, or the queue with the producer client."""
 
     submit: Callable[[list[tuple[str, bytes]], dict[str, Any]], str]
-    """Files (name, bytes) and the fields ``receivers``, ``frequency_mhz``, ``job_id`` → job id."""
+    """Files (name, bytes) and the fields ``receivers``, ``frequency_mhz``, ``job_id``,
+    ``expect_emitter`` → job id."""
     wait: Callable[[str, float], dict[str, Any]]
     picture: Callable[[str], bytes | None]
 
@@ -207,10 +222,15 @@ def print_result(view: dict[str, Any]) -> None:
         return
     result = view["result"]
     e68, e95 = result["ellipses"]["68"], result["ellipses"]["95"]
+    chosen = (
+        ", taken as the emitter was expected there"
+        if result.get("chosen_by") == "among_receivers"
+        else ""
+    )
     print(
         f"position      {result['lat']:.5f}, {result['lon']:.5f}"
         + (
-            f" (weight {result['weight']:.2f}{among(result)}; also possible below)"
+            f" (weight {result['weight']:.2f}{among(result)}{chosen}; also possible below)"
             if result["alternatives"]
             else ""
         )

@@ -256,10 +256,10 @@ def feature_collection(
 
 
 def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
-    """A TDoA result as GeoJSON: estimate (with ``sigma_scale``, ``among_receivers``), ellipses
-    and receivers (from the result itself; one left out has ``excluded`` and its ``reason``),
-    any alternative crossing (``alternative``, ``weight``, ``among_receivers``) and the
-    likelihood's contours."""
+    """A TDoA result as GeoJSON: estimate (with ``sigma_scale``, ``among_receivers``,
+    ``chosen_by``), ellipses and receivers (from the result itself; one left out has
+    ``excluded`` and its ``reason``), any alternative crossing (``alternative``, ``weight``,
+    ``among_receivers``) and the likelihood's contours."""
     stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
     collection = feature_collection(result, stations)
     for other in result.get("alternatives", []):
@@ -278,8 +278,9 @@ def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
         name = feature["properties"].get("id")
         if feature["properties"]["kind"] == "estimate" and "sigma_scale" in result:
             feature["properties"]["sigma_scale"] = result["sigma_scale"]
-            if "among_receivers" in result and not feature["properties"].get("alternative"):
-                feature["properties"]["among_receivers"] = result["among_receivers"]
+            if not feature["properties"].get("alternative"):
+                said = ("among_receivers", "chosen_by")
+                feature["properties"].update({k: result[k] for k in said if k in result})
         if feature["properties"]["kind"] == "receiver" and name in left_out:
             feature["properties"].update(excluded=True, reason=left_out[name])
     collection["features"] += result.get("likelihood_contours", [])

@@ -6,7 +6,8 @@ on a sphere) whose best peaks are refined with the ellipsoid's paths; the best p
 covariance give the estimate and the ellipses, and other peaks that explain the delays too are
 reported as alternatives (:mod:`inference_worker.core.tdoa_search` holds the search).
 :func:`solve` runs the whole method on KiwiSDR files
-(:mod:`inference_worker.core.time_differences` finds the delays).
+(:mod:`inference_worker.core.time_differences` finds the delays;
+:mod:`inference_worker.core.tdoa_results` describes the solution as a job's result).
 
 Skywave (ionospheric) paths are longer than the ground path by an amount that depends on the
 layer height and the hop count: this model assumes ground wave, or skywave with similar
@@ -19,7 +20,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -27,14 +27,13 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import (
     Estimate,
     contains,
-    describe,
     distance_m,
     ellipse,
     metres_per_degree,
 )
 from inference_worker.core.kiwi_wav import KiwiWavError, Timebase, read_kiwi_wav, timebase
-from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa_search import (
+    Expectation,
     among,
     coarse_peaks,
     log_mass,
@@ -76,6 +75,10 @@ class Likelihood:
     """Other places that explain the delays too, each with its share of the likelihood's mass
     (at least 1 %). Three receivers can be met by two positions; a fourth settles it. The union
     of every place's 95 % ellipse holds the emitter 95 % of the time."""
+    chosen_by: str = "likelihood"
+    """Why the estimate is the place it is: ``likelihood`` (the highest peak that closes), or
+    ``among_receivers`` (the emitter was expected among the receivers, and of the places it alone
+    lies there)."""
 
 
 def locate(
@@ -87,6 +90,7 @@ def locate(
     fine: int = 161,
     candidates: int = 4,
     precision: np.ndarray | None = None,
+    expect: Expectation = "anywhere",
 ) -> tuple[Estimate, Likelihood]:
     """The position that best explains the delays, with its covariance from the likelihood.
 
@@ -96,7 +100,10 @@ def locate(
     area searched is the estimate. The best peaks of the likelihood widened by the coarse grid's
     reach (:func:`~inference_worker.core.tdoa_search.widened`) are refined too, and more of
     them while no refined peak fits the delays plausibly.
-    ``precision``: the delays' inverse covariance (µs⁻²) when not their own.
+    ``precision``: the delays' inverse covariance (µs⁻²) when not their own. ``expect``:
+    ``among_receivers`` makes the estimate the one place among the receivers (inside their hull)
+    when the delays leave several and exactly one lies there (and closes); the shares stay the
+    likelihood's.
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
@@ -133,7 +140,8 @@ def locate(
         more = more[candidates:] if -2 * max(peak for peak, _, _ in refined) > limit else []
     # The estimate is the highest closed peak (a peak reaching beyond the area searched is a
     # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
-    # emitter rests on where emitters are expected, so both are reported with their shares.
+    # emitter rests on where emitters are expected, so both are reported with their shares, and
+    # an emitter expected among the receivers makes the place among them the estimate.
     masses = [peak + log_mass(*grid) for peak, _, grid in refined]
     ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
     closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
@@ -145,7 +153,6 @@ def locate(
             "searched around the receivers; receivers close together or nearly on one line, or "
             "an emitter far outside them, give a line of positions rather than a point"
         )
-    _, estimate, (grid_lats, grid_lons, grid_ll) = refined[closed[0]]
     top = max(masses)
     weights = [math.exp(m - top) for m in masses]
     kept = [closed[0]]
@@ -158,17 +165,23 @@ def locate(
         ):
             kept.append(k)  # a distinct peak, not the same one found from two grid points
     total = sum(weights[k] for k in kept)
-    alternatives = tuple(
-        (refined[k][1], weights[k] / total) for k in kept[1:] if weights[k] / total >= 0.01
-    )
+    places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
+    chosen, chosen_by = kept[0], "likelihood"
+    if expect == "among_receivers":
+        inside = [k for k in places if among(stations, refined[k][1].lat, refined[k][1].lon)]
+        if len(inside) == 1 and inside[0] in closed:
+            chosen, chosen_by = inside[0], "among_receivers"
+    _, estimate, (grid_lats, grid_lons, grid_ll) = refined[chosen]
+    alternatives = tuple((refined[k][1], weights[k] / total) for k in places if k != chosen)
     return estimate, Likelihood(
         grid_lats,
         grid_lons,
         grid_ll,
         chi2=-2 * refined[ranked[0]][0],
         chi2_bound=limit,
-        weight=weights[closed[0]] / total,
+        weight=weights[chosen] / total,
         alternatives=alternatives,
+        chosen_by=chosen_by,
     )
 
 
@@ -208,12 +221,17 @@ class Solution:
 
 
 def solve(
-    files: Sequence[bytes], stations: Sequence[Receiver], *, min_overlap_s: float = 2.0
+    files: Sequence[bytes],
+    stations: Sequence[Receiver],
+    *,
+    min_overlap_s: float = 2.0,
+    expect: Expectation = "anywhere",
 ) -> Solution:
     """Locate the emitter heard in one KiwiSDR IQ WAV file per station (in the same order).
 
     Delays that agree with no one position leave out the one receiver to blame when there is
-    one, and otherwise widen their uncertainties until they fit.
+    one, and otherwise widen their uncertainties until they fit. ``expect``: where the emitter
+    is expected, which decides between places that explain the delays alike (:func:`locate`).
 
     Raises:
         TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
@@ -231,17 +249,19 @@ def solve(
             raise TdoaError(f"receiver {station.id}: {exc}") from None
         recordings.append(recording)
     pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
-    estimate, likelihood = locate(stations, pairs)
+    estimate, likelihood = locate(stations, pairs, expect=expect)
     start, end = overlap(bases)
     solution = Solution(estimate, likelihood, pairs, bases, end - start)
     if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
-        solution = _without_the_odd_one(solution, stations)
+        solution = _without_the_odd_one(solution, stations, expect)
     if solution.likelihood.chi2 > solution.chi2_bound:
-        return _widened_to_fit(solution, stations)
+        return _widened_to_fit(solution, stations, expect)
     return solution
 
 
-def _widened_to_fit(solution: Solution, stations: Sequence[Receiver]) -> Solution:
+def _widened_to_fit(
+    solution: Solution, stations: Sequence[Receiver], expect: Expectation = "anywhere"
+) -> Solution:
     """The solution with every delay's variance multiplied by how much worse the delays fit
     than their uncertainties allow, so that delays agreeing with no one position (and no one
     receiver to blame) give regions as wide as their disagreement, not falsely small ones
@@ -250,7 +270,9 @@ def _widened_to_fit(solution: Solution, stations: Sequence[Receiver]) -> Solutio
     measured = solution.pairs.precision()
     factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon)
     try:
-        estimate, likelihood = locate(stations, solution.pairs, precision=measured / factor)
+        estimate, likelihood = locate(
+            stations, solution.pairs, precision=measured / factor, expect=expect
+        )
     except TdoaError:
         raise TdoaError(
             f"the delays agree with no one position (the fit's chi2 {chi2:,.1f}; a right "
@@ -263,7 +285,9 @@ def _widened_to_fit(solution: Solution, stations: Sequence[Receiver]) -> Solutio
     return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood)
 
 
-def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> Solution:
+def _without_the_odd_one(
+    solution: Solution, stations: Sequence[Receiver], expect: Expectation = "anywhere"
+) -> Solution:
     """The solution without the one receiver whose delays disagree with the others': the
     others fit a position plausibly without it, and leaving out any other receiver fits
     implausibly or at least 100 times less likely (a receiver's time or position wrong).
@@ -273,7 +297,7 @@ def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> So
         rest = [s for i, s in enumerate(stations) if i != k]
         subset = solution.pairs.without(k)
         try:
-            fits.append((k, *locate(rest, subset)))
+            fits.append((k, *locate(rest, subset, expect=expect)))
         except TdoaError:
             continue
     fits.sort(key=lambda fit: fit[2].chi2)
@@ -285,61 +309,3 @@ def _without_the_odd_one(solution: Solution, stations: Sequence[Receiver]) -> So
     k, estimate, likelihood = fits[0]
     odd = Excluded(k, solution.likelihood.chi2, solution.chi2_bound)
     return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood, excluded=odd)
-
-
-def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
-    """The JSON result of a TDoA job: the places (each saying whether it lies among the
-    receivers) and ellipses as for a model, the receivers' time bases, each pair's time
-    difference, and the likelihood's contours."""
-    likelihood, odd = solution.likelihood, solution.excluded
-    return {
-        **describe(solution.estimate),
-        "among_receivers": among(stations, solution.estimate.lat, solution.estimate.lon),
-        "method": "tdoa",
-        "overlap_s": round(solution.overlap_s, 3),
-        "receivers": [
-            {
-                "id": station.id,
-                "lat": station.lat,
-                "lon": station.lon,
-                "sample_rate_hz": round(base.rate_hz, 4),
-                "stamp_residual_us": round(base.residual_s * 1e6, 3),
-                "rejected_blocks": base.rejected_blocks,
-            }
-            for station, base in zip(stations, solution.timebases, strict=True)
-        ],
-        "pairs": [
-            {
-                "receivers": [stations[pair.a].id, stations[pair.b].id],
-                "delay_us": round(pair.delay_s * 1e6, 4),
-                "sigma_us": round(pair.sigma_s * 1e6, 4),
-                "windows_used": pair.windows_used,
-                "windows_total": pair.windows_total,
-            }
-            for pair in solution.pairs
-        ],
-        "fit_chi2": round(likelihood.chi2, 3),
-        "fit_chi2_bound": round(solution.chi2_bound, 3),
-        "sigma_scale": round(math.sqrt(likelihood.widened), 3),
-        "excluded": []
-        if odd is None
-        else [
-            {
-                "id": stations[odd.index].id,
-                "reason": (
-                    f"its delays disagree with the others': the fit's chi2 was "
-                    f"{odd.chi2_with:,.1f} with it (a right position exceeds "
-                    f"{odd.bound_with:.1f} one time in a thousand), {likelihood.chi2:.1f} "
-                    "without it; is its GPS time or its position right?"
-                ),
-            }
-        ],
-        "weight": round(likelihood.weight, 4),
-        "alternatives": [
-            {**describe(o), "weight": round(w, 4), "among_receivers": among(stations, o.lat, o.lon)}
-            for o, w in likelihood.alternatives
-        ],
-        "likelihood_contours": contour_features(
-            likelihood.lats, likelihood.lons, likelihood.log_likelihood
-        ),
-    }

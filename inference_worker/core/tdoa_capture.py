@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from inference_worker.core.capture import (
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
+from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
 from inference_worker.core.time_differences import overlap, too_few_sites
 
 FREQUENCY_TOLERANCE_HZ = 500.0
@@ -53,6 +54,8 @@ class TdoaCapture:
     sample_rate_hz: float
     """The rate the files' headers claim (the true rates come from the GPS stamps)."""
     overlap_s: float
+    expect_emitter: Expectation = "anywhere"
+    """Where the emitter is expected (:data:`~inference_worker.core.tdoa_search.Expectation`)."""
 
     def payload(self) -> bytes:
         """What is stored for the worker: the files one after another."""
@@ -110,6 +113,17 @@ def _coordinate(name: str, value: object, bound: float) -> float:
     return float(value)
 
 
+def parse_expectation(value: object) -> Expectation:
+    """``expect_emitter``: ``anywhere`` (when absent or empty) or ``among_receivers``."""
+    if value is None or value == "":
+        return "anywhere"
+    if isinstance(value, str) and value in EXPECTATIONS:
+        return cast(Expectation, value)
+    raise CaptureError(
+        f"expect_emitter must be one of {', '.join(repr(e) for e in EXPECTATIONS)}; got {value!r}"
+    )
+
+
 def check_tdoa(
     files: Sequence[bytes],
     names: Sequence[str],
@@ -131,6 +145,7 @@ def check_tdoa(
     frequency_mhz = parse_number(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
+    expectation = parse_expectation(fields.get("expect_emitter"))
     bases, lengths, rates = [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")
@@ -168,4 +183,5 @@ def check_tdoa(
         n_samples=max(lengths),
         sample_rate_hz=float(np.median(rates)),
         overlap_s=end - start,
+        expect_emitter=expectation,
     )

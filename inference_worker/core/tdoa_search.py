@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.ndimage
@@ -26,6 +27,12 @@ from inference_worker.core.geodesy import (
     great_circle_m,
 )
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
+
+Expectation = Literal["anywhere", "among_receivers"]
+"""Where the emitter is expected: ``anywhere`` (the likelihood alone decides between places
+that explain the delays alike), or ``among_receivers`` (inside their hull: of such places, the
+one among the receivers is taken when exactly one lies there)."""
+EXPECTATIONS: tuple[str, ...] = get_args(Expectation)
 
 Peak = tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]
 """A refined peak: its log-likelihood, the estimate, and its grid (peak at 0)."""

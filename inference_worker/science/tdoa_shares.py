@@ -84,16 +84,28 @@ class Places:
     nearest: int
     among: tuple[bool, ...] = ()
     """Whether each place lies among the receivers (inside their convex hull)."""
+    expected_right: bool = False
+    """Whether the estimate of the same delays with the emitter expected among the receivers
+    (``expect="among_receivers"``) is the place nearest the emitter."""
 
 
-def trial(seed: int, prior: str) -> Places | None:
-    """Three receivers, an emitter drawn by ``prior``, delays from the likelihood's own model
-    (receivers' times off by 0.5-3 µs rms): the places of an ambiguous fit, or None when the fit
-    names one place or none."""
+def drawn(seed: int, prior: str) -> tuple[tuple[Receiver, ...], tuple[float, float], Delays]:
+    """Three receivers, an emitter drawn by ``prior``, and delays from the likelihood's own
+    model (receivers' times off by 0.5-3 µs rms)."""
     rng = np.random.default_rng(seed)
     stations = place_receivers(rng, 3)
     emitter = place_emitter(rng, stations)[0] if prior == PRIORS[0] else even_emitter(rng, stations)
-    delays = noisy_delays(rng, stations, emitter, rng.uniform(0.5, 3.0, 3).tolist())
+    return (
+        stations,
+        emitter,
+        noisy_delays(rng, stations, emitter, rng.uniform(0.5, 3.0, 3).tolist()),
+    )
+
+
+def trial(seed: int, prior: str) -> Places | None:
+    """The places of an ambiguous fit of a :func:`drawn` set, or None when the fit names one
+    place or none."""
+    stations, emitter, delays = drawn(seed, prior)
     try:
         estimate, likelihood = locate(stations, delays)
     except TdoaError:
@@ -102,10 +114,12 @@ def trial(seed: int, prior: str) -> Places | None:
         return None
     places = [(estimate, likelihood.weight), *likelihood.alternatives]
     distances = [distance_m(place.lat, place.lon, *emitter) for place, _ in places]
+    expected = locate(stations, delays, expect="among_receivers")[0]
     return Places(
         tuple(weight for _, weight in places),
         int(np.argmin(distances)),
         tuple(among(stations, place.lat, place.lon) for place, _ in places),
+        distance_m(expected.lat, expected.lon, *emitter) <= min(distances) + 1.0,
     )
 
 
@@ -124,6 +138,9 @@ class Reliability:
     """Fits with exactly one place among the receivers."""
     one_among_right: int = 0
     """Of those, fits whose place among the receivers is the one nearest the emitter."""
+    expected_right: int = 0
+    """Fits whose estimate with the emitter expected among the receivers is the place nearest
+    the emitter."""
 
 
 SHARE_BANDS = ((0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.0))
@@ -143,6 +160,7 @@ def reliability(trials: Sequence[Places]) -> Reliability:
     return Reliability(
         one_among=len(single),
         one_among_right=sum(t.among[t.nearest] for t in single),
+        expected_right=sum(t.expected_right for t in trials),
         fits=len(trials),
         estimate_right=sum(t.nearest == 0 for t in trials),
         mean_estimate_share=float(np.mean([t.weights[0] for t in trials])) if trials else math.nan,

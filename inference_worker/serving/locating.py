@@ -19,7 +19,8 @@ from inference_worker.core.contract import ModelMetadata, Receiver, model_input
 from inference_worker.core.ellipse import EstimateError, decode_output, describe
 from inference_worker.core.features import load_signal_maths
 from inference_worker.core.likelihood_map import render_png
-from inference_worker.core.tdoa import describe_solution, solve
+from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.time_differences import TdoaError
 from tasks.contract import LocateMessage
 
@@ -77,7 +78,7 @@ def locate_tdoa(
     stations = [Receiver(s.id, s.lat, s.lon) for s in message.stations or ()]
     t0 = time.perf_counter()
     try:
-        solution = solve(files, stations)
+        solution = solve(files, stations, expect=message.expect_emitter)
     except TdoaError as exc:
         raise BadJob(str(exc)) from None
     t1 = time.perf_counter()

@@ -176,8 +176,32 @@ def test_a_client_job_id_is_idempotent_for_tdoa_sets(client, worker, recordings)
     assert wait_final(client, job_id)["status"] == "succeeded"
 
 
+def test_an_emitter_expected_among_the_receivers_takes_the_place_there(client, worker):
+    # Three receivers, two crossings; the higher lies 580 km outside, the emitter inside.
+    ambiguous = synthetic_set(
+        np.random.default_rng(39), receivers=3, seconds=10.0, signal="modulated", quirks=False
+    )
+    plain = wait_final(client, post_tdoa(client, ambiguous).get_json()["job_id"])["result"]
+    response = post_tdoa(client, ambiguous, expect_emitter="among_receivers")
+    assert response.status_code == 202, response.get_json()
+    view = wait_final(client, response.get_json()["job_id"])
+    assert view["status"] == "succeeded", view
+    told = view["result"]
+    assert plain["chosen_by"] == "likelihood" and not plain["among_receivers"]
+    assert told["chosen_by"] == "among_receivers" and told["among_receivers"]
+    assert distance_m(told["lat"], told["lon"], *ambiguous.emitter) < 2_000
+    assert distance_m(plain["lat"], plain["lon"], *ambiguous.emitter) > 100_000
+    [other] = told["alternatives"]
+    assert (other["lat"], other["lon"], other["weight"]) == (
+        plain["lat"],
+        plain["lon"],
+        plain["weight"],
+    )
+
+
 @pytest.mark.parametrize(
-    "case", ["no_gps", "too_few_files", "other_frequency", "bad_positions", "one_site"]
+    "case",
+    ["no_gps", "too_few_files", "other_frequency", "bad_positions", "one_site", "expectation"],
 )
 def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
     job_id = f"refused-{uuid.uuid4()}"
@@ -195,6 +219,9 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     elif case == "bad_positions":
         fields["receivers"] = '[{"id": "a", "lat": 100, "lon": 0}]'
         expected = "3 to"
+    elif case == "expectation":
+        fields["expect_emitter"] = "inside"
+        expected = "expect_emitter must be one of"
     else:  # three of the four receivers given one site's position
         positions = recordings.positions()
         for k in (1, 2):
@@ -245,6 +272,7 @@ def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, 
     args = [
         "tdoa", "submit", *[str(tmp_path / n) for n in recordings.names],
         "--receivers", str(tmp_path / "positions.json"), "--via", "queue",
+        "--expect-emitter", "among_receivers",
         "--map", str(tmp_path / "queued.png"), "--geojson", str(tmp_path / "queued.geojson"),
     ]  # fmt: skip
     with cli_process(args, tmp_path / "queued.log", env) as submit:
@@ -255,3 +283,6 @@ def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, 
     queued = json.loads((tmp_path / "queued.geojson").read_text())
     kinds = [f["properties"]["kind"] for f in queued["features"]]
     assert kinds.count("receiver") == 4 and kinds.count("likelihood_contour") == 2
+    [estimate] = [f for f in queued["features"] if f["properties"]["kind"] == "estimate"]
+    inside = recordings.outside_km == 0  # one place, taken by the expectation when inside
+    assert estimate["properties"]["chosen_by"] == ("among_receivers" if inside else "likelihood")

@@ -14,7 +14,8 @@ from inference_worker.core.ellipse import contains, distance_m, tdoa_feature_col
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
-from inference_worker.core.tdoa import describe_solution, locate, solve
+from inference_worker.core.tdoa import locate, solve
+from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_delays
 from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
 

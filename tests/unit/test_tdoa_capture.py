@@ -137,7 +137,35 @@ def test_a_tdoa_message_must_carry_positions_and_parts():
 
 def test_a_model_message_is_sent_as_before_tdoa():
     message = read_message(task_message(np.zeros((3, 10), np.complex64), "j", "k"))
-    assert not {"method", "stations", "parts"} & set(message.to_json())
+    assert not {"method", "stations", "parts", "expect_emitter"} & set(message.to_json())
+
+
+def test_where_the_emitter_is_expected_is_checked_and_sent_only_when_said(recordings):
+    plain = check_tdoa(recordings.files, recordings.names, fields(recordings), LIMITS)
+    assert plain.expect_emitter == "anywhere"
+    among = fields(recordings, expect_emitter="among_receivers")
+    assert check_tdoa(recordings.files, recordings.names, among, LIMITS).expect_emitter == (
+        "among_receivers"
+    )
+    with pytest.raises(CaptureError, match="expect_emitter must be one of 'anywhere', 'among_"):
+        check_tdoa(
+            recordings.files, recordings.names, fields(recordings, expect_emitter="in"), LIMITS
+        )
+    base = task_message(np.zeros((3, 10), np.complex64), "j", "k")
+    tdoa = {
+        **base,
+        "method": "tdoa",
+        "stations": [
+            {"id": r, "lat": 1.0, "lon": float(i)} for i, r in enumerate(base["receivers"])
+        ],
+        "parts": [10, 10, 10],
+    }
+    # A worker of a release before the field reads what it is not told (extra fields refused).
+    assert "expect_emitter" not in read_message(tdoa).to_json()
+    told = read_message({**tdoa, "expect_emitter": "among_receivers"})
+    assert told.to_json()["expect_emitter"] == "among_receivers"
+    with pytest.raises(MessageError, match="expect_emitter belongs to tdoa"):
+        read_message({**base, "expect_emitter": "among_receivers"})
 
 
 def test_header_rates_of_12000_and_12001_are_both_accepted_but_other_modes_are_not(recordings):

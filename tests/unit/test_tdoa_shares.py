@@ -11,7 +11,13 @@ from PIL import Image
 
 from inference_worker.cli.tdoa_demo import overview_png
 from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import Estimate, describe, ellipse, tdoa_feature_collection
+from inference_worker.core.ellipse import (
+    Estimate,
+    describe,
+    distance_m,
+    ellipse,
+    tdoa_feature_collection,
+)
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import locate
@@ -21,6 +27,7 @@ from inference_worker.science.kiwi_sets import place_receivers
 from inference_worker.science.tdoa_shares import (
     PRIORS,
     Places,
+    drawn,
     even_emitter,
     noisy_delays,
     reliability,
@@ -67,6 +74,40 @@ def test_a_line_heavier_than_a_crossing_stays_an_alternative():
     assert places.weights[1] > places.weights[0]
 
 
+def test_an_emitter_expected_among_the_receivers_makes_the_place_there_the_estimate():
+    stations, emitter, delays = drawn(1016, PRIORS[0])  # the higher crossing lies outside
+    estimate, likelihood = locate(stations, delays)
+    expected, chosen = locate(stations, delays, expect="among_receivers")
+    assert likelihood.chosen_by == "likelihood" and not among(stations, estimate.lat, estimate.lon)
+    assert chosen.chosen_by == "among_receivers" and among(stations, expected.lat, expected.lon)
+    assert distance_m(expected.lat, expected.lon, *emitter) < 0.1 * distance_m(
+        estimate.lat, estimate.lon, *emitter
+    )
+    # The same two places with the likelihood's shares; the grid drawn is the chosen place's.
+    (other, share), *_ = chosen.alternatives
+    assert (other.lat, other.lon, share) == (estimate.lat, estimate.lon, likelihood.weight)
+    assert chosen.weight == likelihood.alternatives[0][1]
+    assert chosen.lats[0] < expected.lat < chosen.lats[-1]
+    assert chosen.lons[0] < expected.lon < chosen.lons[-1]
+
+
+def test_an_expectation_decides_nothing_where_no_one_place_lies_among_the_receivers():
+    for seed in range(2000, 2200):  # emitters spread evenly: both crossings often outside
+        stations, _, delays = drawn(seed, PRIORS[1])
+        try:
+            estimate, likelihood = locate(stations, delays)
+        except TdoaError:
+            continue
+        places = [estimate, *(p for p, _ in likelihood.alternatives)]
+        if len(places) > 1 and not any(among(stations, p.lat, p.lon) for p in places):
+            break
+    else:
+        pytest.fail("no ambiguous fit with both places outside the receivers")
+    same, told = locate(stations, delays, expect="among_receivers")
+    assert told.chosen_by == "likelihood"
+    assert (same.lat, same.lon, told.weight) == (estimate.lat, estimate.lon, likelihood.weight)
+
+
 def test_with_emitters_spread_evenly_a_places_share_is_how_often_it_is_right():
     # Shares from the peaks' heights alone (both crossings fit exactly) would be near a half.
     trials = [t for seed in range(2000, 2200) if (t := trial(seed, PRIORS[1]))]
@@ -79,9 +120,14 @@ def test_with_emitters_spread_evenly_a_places_share_is_how_often_it_is_right():
 
 def test_reliability_bins_each_place_by_its_share():
     summary = reliability(
-        [Places((0.9, 0.1), 0), Places((0.85, 0.15), 1), Places((0.6, 0.3, 0.1), 2)]
+        [
+            Places((0.9, 0.1), 0),
+            Places((0.85, 0.15), 1, (False, True), expected_right=True),
+            Places((0.6, 0.3, 0.1), 2),
+        ]
     )
     assert summary.fits == 3 and summary.estimate_right == 1
+    assert summary.one_among == summary.one_among_right == summary.expected_right == 1
     assert summary.mean_estimate_share == pytest.approx((0.9 + 0.85 + 0.6) / 3)
     by_band = {(low, high): (n, share, hits) for low, high, n, share, hits in summary.bins}
     assert by_band[(0.0, 0.2)] == (3, pytest.approx(0.35 / 3), pytest.approx(2 / 3))

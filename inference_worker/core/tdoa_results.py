@@ -1,0 +1,72 @@
+"""The JSON result of a TDoA job, from a :class:`~inference_worker.core.tdoa.Solution`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import describe
+from inference_worker.core.likelihood_map import contour_features
+from inference_worker.core.tdoa import Solution
+from inference_worker.core.tdoa_search import among
+
+
+def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
+    """The JSON result of a TDoA job: the places (each saying whether it lies among the
+    receivers; the estimate, why it is the one chosen) and ellipses as for a model, the
+    receivers' time bases, each pair's time difference, and the likelihood's contours."""
+    likelihood, odd = solution.likelihood, solution.excluded
+    return {
+        **describe(solution.estimate),
+        "among_receivers": among(stations, solution.estimate.lat, solution.estimate.lon),
+        "method": "tdoa",
+        "overlap_s": round(solution.overlap_s, 3),
+        "receivers": [
+            {
+                "id": station.id,
+                "lat": station.lat,
+                "lon": station.lon,
+                "sample_rate_hz": round(base.rate_hz, 4),
+                "stamp_residual_us": round(base.residual_s * 1e6, 3),
+                "rejected_blocks": base.rejected_blocks,
+            }
+            for station, base in zip(stations, solution.timebases, strict=True)
+        ],
+        "pairs": [
+            {
+                "receivers": [stations[pair.a].id, stations[pair.b].id],
+                "delay_us": round(pair.delay_s * 1e6, 4),
+                "sigma_us": round(pair.sigma_s * 1e6, 4),
+                "windows_used": pair.windows_used,
+                "windows_total": pair.windows_total,
+            }
+            for pair in solution.pairs
+        ],
+        "fit_chi2": round(likelihood.chi2, 3),
+        "fit_chi2_bound": round(solution.chi2_bound, 3),
+        "sigma_scale": round(math.sqrt(likelihood.widened), 3),
+        "excluded": []
+        if odd is None
+        else [
+            {
+                "id": stations[odd.index].id,
+                "reason": (
+                    f"its delays disagree with the others': the fit's chi2 was "
+                    f"{odd.chi2_with:,.1f} with it (a right position exceeds "
+                    f"{odd.bound_with:.1f} one time in a thousand), {likelihood.chi2:.1f} "
+                    "without it; is its GPS time or its position right?"
+                ),
+            }
+        ],
+        "weight": round(likelihood.weight, 4),
+        "chosen_by": likelihood.chosen_by,
+        "alternatives": [
+            {**describe(o), "weight": round(w, 4), "among_receivers": among(stations, o.lat, o.lon)}
+            for o, w in likelihood.alternatives
+        ],
+        "likelihood_contours": contour_features(
+            likelihood.lats, likelihood.lons, likelihood.log_likelihood
+        ),
+    }
