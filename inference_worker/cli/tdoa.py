@@ -216,6 +216,10 @@ def among(place: dict[str, Any]) -> str:
     return ", among the receivers" if place.get("among_receivers") else ""
 
 
+STALE_FIX_S = 60
+"""A GPS solution this old (seconds) or older is pointed out: its time was the receiver's own."""
+
+
 def print_result(view: dict[str, Any]) -> None:
     if view["status"] != "succeeded":
         print(f"job {view['job_id']} {view['status']}: {view.get('error')}")
@@ -254,6 +258,13 @@ def print_result(view: dict[str, Any]) -> None:
         )
     for left_out in result.get("excluded", []):
         print(f"left out      {left_out['id']}: {left_out['reason']}")
+    for receiver in result.get("receivers", []):
+        if receiver.get("gps_fix_age_s", 0) >= STALE_FIX_S:
+            print(
+                f"stale GPS     {receiver['id']}: its GPS solution was up to "
+                f"{receiver['gps_fix_age_s']} s old; its time was carried by its own clock "
+                "meanwhile, an error its stamps do not show"
+            )
     for pair in result["pairs"]:
         a, b = pair["receivers"]
         print(

@@ -1,9 +1,10 @@
 """KiwiSDR IQ recordings with GPS time, as ``kiwirecorder.py -m iq --kiwi-wav`` writes them.
 
 RIFF/WAVE with a ``fmt `` chunk (PCM, 2 channels I and Q, 16-bit, nominally 12 000 Hz), then,
-repeated: a ``kiwi`` chunk of 10 bytes — ``u8`` GPS fix age (255: never had a fix, 254: no recent
-fix), ``u8`` padding, ``u32`` GPS seconds of the week, ``u32`` nanoseconds: the GPS time of the
-next block's first sample — and a ``data`` chunk of 512 I/Q pairs of little-endian int16.
+repeated: a ``kiwi`` chunk of 10 bytes — ``u8`` seconds since the receiver's last GPS solution
+(254: that long or longer, 255: never had one), ``u8`` padding, ``u32`` GPS seconds of the
+week, ``u32`` nanoseconds: the GPS time of the next block's first sample — and a ``data`` chunk
+of 512 I/Q pairs of little-endian int16.
 
 The reader takes what real files hold: a RIFF size that is wrong or zero (a recording cut short),
 a last block cut mid-way, chunks it does not know, a first block stamped 0 (no time yet). The true
@@ -48,7 +49,8 @@ class KiwiRecording:
     gps_s: np.ndarray
     """GPS seconds of the week of each block's first sample; NaN where the block has no time."""
     fix_age: np.ndarray
-    """The ``last`` byte of each block: 255 never had a fix, 254 no recent fix."""
+    """The ``last`` byte of each block: seconds since the last GPS solution (254: 254 or more,
+    255: never had one)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class Timebase:
     """Stamped blocks off the line (jumps, no time, no fix), left out."""
     residual_s: float
     """RMS distance of the kept stamps from the line."""
+    fix_age_s: int = 0
+    """The oldest GPS solution among the kept stamps (seconds, the blocks' ``last`` byte; 253
+    at most). Between solutions a KiwiSDR carries its time on its own sample clock: the stamps
+    stay on their line, so an error that grows with that age does not show in ``residual_s``."""
 
     def time_of(self, sample: np.ndarray | float) -> np.ndarray | float:
         return self.t0_s + np.asarray(sample) / self.rate_hz
@@ -186,6 +192,7 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
         end_sample=end,
         rejected_blocks=len(start) - len(keep),
         residual_s=float(np.sqrt(np.mean(residual**2))),
+        fix_age_s=int(recording.fix_age[keep].max()),
     )
 
 

@@ -31,6 +31,7 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
                 "sample_rate_hz": round(base.rate_hz, 4),
                 "stamp_residual_us": round(base.residual_s * 1e6, 3),
                 "rejected_blocks": base.rejected_blocks,
+                "gps_fix_age_s": base.fix_age_s,
             }
             for station, base in zip(stations, solution.timebases, strict=True)
         ],

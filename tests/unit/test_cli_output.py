@@ -135,6 +135,7 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
         ],
         weight=0.93,
         among_receivers=True,
+        receivers=[{"id": "A", "gps_fix_age_s": 2}, {"id": "B", "gps_fix_age_s": 180}],
         alternatives=[
             {"lat": 48.49, "lon": 7.39, "weight": 0.07, "among_receivers": False},
             {"lat": 46.0, "lon": 3.0, "weight": 0.01, "ellipses": {"95": {"semi_major_m": 2.4e6}}},
@@ -150,6 +151,13 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
     assert "also possible 48.49000, 7.39000 (weight 0.07): add a receiver" in out
     assert "46.00000, 3.00000 (weight 0.01, its 95% ellipse reaching 2,400.0 km): add" in out
     assert "beyond" not in out and "left out" not in out
+    assert "stale GPS     B: its GPS solution was up to 180 s old" in out
+    assert "stale GPS     A" not in out and "expected there" not in out
+    view["result"]["chosen_by"] = "among_receivers"
+    print_job(view, as_json=False)
+    assert "(weight 0.93, among the receivers, taken as the emitter was expected there; also" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_tdoa_fit_beyond_its_bound_and_a_receiver_left_out_are_said(capsys):

@@ -14,6 +14,7 @@ from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
     GPS_WEEK_S,
     NEVER_HAD_FIX,
+    NO_RECENT_FIX,
     KiwiWavError,
     parse_file_name,
     read_kiwi_wav,
@@ -181,6 +182,17 @@ def test_a_receiver_that_never_had_a_fix_has_no_usable_time():
     assert np.isnan(read.gps_s).all()
     with pytest.raises(KiwiWavError, match="GPS time"):
         timebase(read)
+
+
+def test_the_oldest_gps_solution_among_the_kept_stamps_is_told():
+    iq, stamps = recording()
+    ages = np.full(60, 3, np.uint8)
+    ages[20:30] = np.arange(10, 110, 10)  # the solution lapsed, the time carried by the clock
+    ages[40] = NO_RECENT_FIX  # left out: no age of it counts
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps, fix_age=ages)))
+    assert base.fix_age_s == 100
+    assert base.rejected_blocks == 1
+    assert timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps))).fix_age_s == 0
 
 
 def test_the_file_name_gives_start_frequency_and_station():
