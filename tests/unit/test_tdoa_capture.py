@@ -110,16 +110,15 @@ def test_recordings_of_another_frequency_are_refused(recordings):
         check_tdoa(recordings.files, names, fields(recordings), LIMITS)
 
 
-def test_a_tdoa_message_must_carry_positions_and_parts():
+def messages() -> tuple[dict, dict]:
+    """A model capture's task message and a TDoA set's built on it."""
     base = task_message(np.zeros((3, 10), np.complex64), "j", "k")
-    tdoa = {
-        **base,
-        "method": "tdoa",
-        "stations": [
-            {"id": r, "lat": 1.0, "lon": float(i)} for i, r in enumerate(base["receivers"])
-        ],
-        "parts": [10, 10, 10],
-    }
+    stations = [{"id": r, "lat": 1.0, "lon": float(i)} for i, r in enumerate(base["receivers"])]
+    return base, {**base, "method": "tdoa", "stations": stations, "parts": [10, 10, 10]}
+
+
+def test_a_tdoa_message_must_carry_positions_and_parts():
+    base, tdoa = messages()
     assert read_message(tdoa).method == "tdoa"
     with pytest.raises(MessageError, match="stations and parts"):
         read_message({**tdoa, "parts": None})
@@ -151,15 +150,7 @@ def test_where_the_emitter_is_expected_is_checked_and_sent_only_when_said(record
         check_tdoa(
             recordings.files, recordings.names, fields(recordings, expect_emitter="in"), LIMITS
         )
-    base = task_message(np.zeros((3, 10), np.complex64), "j", "k")
-    tdoa = {
-        **base,
-        "method": "tdoa",
-        "stations": [
-            {"id": r, "lat": 1.0, "lon": float(i)} for i, r in enumerate(base["receivers"])
-        ],
-        "parts": [10, 10, 10],
-    }
+    base, tdoa = messages()
     # A worker of a release before the field reads what it is not told (extra fields refused).
     assert "expect_emitter" not in read_message(tdoa).to_json()
     told = read_message({**tdoa, "expect_emitter": "among_receivers"})
