@@ -20,6 +20,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from inference_worker.core.time_differences import (
     pair_delays,
 )
 
+Choice = Literal["likelihood", "among_receivers"]
+"""Why an estimate is the place it is (:attr:`Likelihood.chosen_by`)."""
+
 
 @dataclass(frozen=True)
 class Likelihood:
@@ -75,7 +79,7 @@ class Likelihood:
     """Other places that explain the delays too, each with its share of the likelihood's mass
     (at least 1 %). Three receivers can be met by two positions; a fourth settles it. The union
     of every place's 95 % ellipse holds the emitter 95 % of the time."""
-    chosen_by: str = "likelihood"
+    chosen_by: Choice = "likelihood"
     """Why the estimate is the place it is: ``likelihood`` (the highest peak that closes), or
     ``among_receivers`` (the emitter was expected among the receivers, and of the places it alone
     lies there)."""
@@ -166,7 +170,8 @@ def locate(
             kept.append(k)  # a distinct peak, not the same one found from two grid points
     total = sum(weights[k] for k in kept)
     places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
-    chosen, chosen_by = kept[0], "likelihood"
+    chosen: int = kept[0]
+    chosen_by: Choice = "likelihood"
     if expect == "among_receivers":
         inside = [k for k in places if among(stations, refined[k][1].lat, refined[k][1].lon)]
         if len(inside) == 1 and inside[0] in closed:
