@@ -8,7 +8,9 @@ through the same reader and estimator the worker runs. Prints the median error, 
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
 each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
 of four and five, counting fits beyond their bound, receivers left out (and whether each was
-the one off), uncertainties widened to fit and regions that hold the emitter. Last,
+the one off), uncertainties widened to fit and regions that hold the emitter; and leaves one
+receiver's GPS solution lapsed 100 or 200 s in sets of three to five, its time off by what the
+lapse allows (``CLOCK_DRIFT``), the lapse in its fix ages or hidden. Last,
 three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share
@@ -17,7 +19,7 @@ and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
-        [--share-trials 1500]
+        [--lapsed-sets 20] [--share-trials 1500]
 """
 
 from __future__ import annotations
@@ -37,14 +39,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference_worker.cli.arguments import count  # noqa: E402
-from inference_worker.core.capture import CaptureError  # noqa: E402
-from inference_worker.core.ellipse import contains, distance_m  # noqa: E402
-from inference_worker.core.kiwi_wav import NEVER_HAD_FIX, read_kiwi_wav, write_kiwi_wav  # noqa: E402
-from inference_worker.core.tdoa import locate, solve  # noqa: E402
-from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa  # noqa: E402
+from inference_worker.core.ellipse import distance_m  # noqa: E402
+from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.tdoa_search import among  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
+from inference_worker.science.tdoa_faults import (  # noqa: E402
+    BAD_KINDS,
+    LAPSE_COUNTS,
+    LAPSES_S,
+    ODD_COUNTS,
+    ODD_OFFSETS_S,
+    one_bad_set,
+    one_lapsed_set,
+    one_odd_set,
+)
 from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
 
 MEDIAN_BAR_M = 2_000.0
@@ -80,75 +89,6 @@ def one_set(seed: int) -> dict[str, object]:
         "one_among": sum(flags) == 1,
         "among_right": flags[nearest],
         "solve_s": time.perf_counter() - started,
-    }
-
-
-BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
-
-
-def one_bad_set(seed: int) -> dict[str, object]:
-    """A set with one receiver's GPS time missing or wrong: it must be refused, naming it."""
-    rng = np.random.default_rng(seed)
-    recording = synthetic_set(rng, receivers=int(rng.integers(3, 6)), seconds=10.0)
-    kind = BAD_KINDS[seed % len(BAD_KINDS)]
-    victim = int(rng.integers(len(recording.stations)))
-    original = read_kiwi_wav(recording.files[victim])
-    if kind == "no GPS time":
-        bad = write_kiwi_wav(original.iq, np.full(len(original.gps_s), np.nan))
-    elif kind == "fix never acquired":
-        ages = np.full(len(original.gps_s), NEVER_HAD_FIX)
-        bad = write_kiwi_wav(original.iq, np.nan_to_num(original.gps_s), fix_age=ages)
-    else:
-        bad = write_kiwi_wav(original.iq, original.gps_s + 0.8)
-    files = list(recording.files)
-    files[victim] = bad
-    fields = {"receivers": recording.positions(), "frequency_mhz": recording.frequency_hz / 1e6}
-    name = recording.stations[victim].id
-    try:
-        check_tdoa(files, recording.names, fields, TdoaLimits())
-        solve(files, recording.stations)
-    except (CaptureError, TdoaError) as exc:
-        stage = "submission (422)" if isinstance(exc, CaptureError) else "worker (job failed)"
-        return {"kind": kind, "refused_at": stage, "names_receiver": name in str(exc)}
-    return {"kind": kind, "refused_at": None, "names_receiver": False}
-
-
-ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)
-ODD_COUNTS = ("failed", "beyond", "excluded", "right_one", "widened", "held", "held_before")
-
-
-def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
-    """Four or five receivers, one of them (drawn) with its GPS time ``offset`` off: is the fit
-    beyond its bound, is a receiver left out (the right one?) or are the delays' uncertainties
-    widened, and does the region hold the emitter, as the delays were measured and now."""
-    seed, receivers, offset = job
-    rng = np.random.default_rng(seed)
-    recording = synthetic_set(rng, receivers=receivers, seconds=10.0)
-    victim = int(rng.integers(receivers))
-    files = list(recording.files)
-    wrong = read_kiwi_wav(files[victim])
-    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
-    try:
-        solution = solve(files, recording.stations)
-    except TdoaError:
-        return {"receivers": receivers, "offset": offset, "failed": True}
-    odd, widened = solution.excluded, solution.likelihood.widened > 1
-    everyone, likelihood = (
-        locate(recording.stations, solution.pairs)
-        if odd or widened
-        else (solution.estimate, solution.likelihood)  # already located with everyone as is
-    )
-    places = [everyone, *(other for other, _ in likelihood.alternatives)]
-    return {
-        "receivers": receivers,
-        "offset": offset,
-        "failed": False,
-        "beyond": likelihood.chi2 > likelihood.chi2_bound,
-        "excluded": odd is not None,
-        "right_one": odd is not None and odd.index == victim,
-        "widened": widened,
-        "held_before": any(contains(p, *recording.emitter, 0.95) for p in places),
-        "held": solution.holds(*recording.emitter, 0.95),
     }
 
 
@@ -210,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sets of four and of five with one receiver's time off",
     )
     parser.add_argument("--odd-seed", type=int, default=7100, help="first odd set's seed")
+    parser.add_argument(
+        "--lapsed-sets",
+        type=count(0),
+        default=20,
+        help="sets of three, four and five with one receiver's GPS solution lapsed",
+    )
+    parser.add_argument("--lapsed-seed", type=int, default=7200, help="first lapsed set's seed")
     parser.add_argument(
         "--share-trials",
         type=count(0),
@@ -302,6 +249,30 @@ def main(argv: list[str] | None = None) -> int:
                     f"{count_of['widened']}, failed {count_of['failed']}; regions holding the "
                     f"emitter {count_of['held']} ({count_of['held_before']} as measured)"
                 )
+    if args.lapsed_sets:
+        cases = [
+            (r, lapse, told) for r in (3, 4, 5) for lapse in LAPSES_S for told in (False, True)
+        ]
+        seeds = range(args.lapsed_seed, args.lapsed_seed + args.lapsed_sets)
+        with ProcessPoolExecutor(args.processes) as pool:
+            lapsed = list(pool.map(one_lapsed_set, [(s, *c) for c in cases for s in seeds]))
+        print(
+            f"\nsets with one receiver's GPS solution lapsed, its time off by what the lapse "
+            f"allows: {args.lapsed_sets} for each count and lapse"
+        )
+        for receivers, lapse, told in cases:
+            mine = [
+                o
+                for o in lapsed
+                if (o["receivers"], o["lapse"], o["told"]) == (receivers, lapse, told)
+            ]
+            n = {key: sum(bool(o.get(key)) for o in mine) for key in LAPSE_COUNTS}
+            ages = "as recorded" if told else "hidden"
+            print(
+                f"  {receivers} receivers, {lapse} s, fix ages {ages}: regions holding the "
+                f"emitter {n['held']}; fit beyond its bound {n['beyond']}, widened "
+                f"{n['widened']}, a receiver left out {n['excluded']}, failed {n['failed']}"
+            )
     if args.share_trials:
         print(
             f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "

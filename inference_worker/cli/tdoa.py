@@ -263,7 +263,7 @@ def print_result(view: dict[str, Any]) -> None:
             print(
                 f"stale GPS     {receiver['id']}: its GPS solution was up to "
                 f"{receiver['gps_fix_age_s']} s old; its time was carried by its own clock "
-                "meanwhile, an error its stamps do not show"
+                "meanwhile (its stamps counted, and its time's uncertainty grew, by that age)"
             )
     for pair in result["pairs"]:
         a, b = pair["receivers"]

@@ -27,6 +27,10 @@ NOMINAL_RATE_HZ = 12_000
 NEVER_HAD_FIX = 255
 NO_RECENT_FIX = 254
 GPS_WEEK_S = 604_800
+CLOCK_DRIFT = 1e-7
+"""How fast a KiwiSDR's time may drift from GPS time between GPS solutions (seconds a second:
+0.1 ppm, an assumed bound on its sample clock's frequency error once corrections stop). A stamp
+whose solution is ``a`` seconds old may be off by ``CLOCK_DRIFT * a``, 6 µs after a minute."""
 FULL_SCALE = 32_768.0
 _KIWI = struct.Struct("<BBII")
 _FILENAME = re.compile(r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)_(?P<station>[^_]+)_iq", re.I)
@@ -71,6 +75,10 @@ class Timebase:
     """The oldest GPS solution among the kept stamps (seconds, the blocks' ``last`` byte; 253
     at most). Between solutions a KiwiSDR carries its time on its own sample clock: the stamps
     stay on their line, so an error that grows with that age does not show in ``residual_s``."""
+    freshest_fix_s: int = 0
+    """The newest GPS solution among the kept stamps (seconds): the fit leans on the stamps of
+    fresh solutions, and where none is fresh, ``CLOCK_DRIFT`` times this age is how far the
+    whole time base may be off."""
 
     def time_of(self, sample: np.ndarray | float) -> np.ndarray | float:
         return self.t0_s + np.asarray(sample) / self.rate_hz
@@ -155,7 +163,9 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     longest stretch between jumps is kept, as its own recording would be, instead of dropping
     the receiver. "On the line" means within ``tolerance_s`` or five times the stamps' own
     jitter, whichever is larger, so a stamp off by a tenth of a millisecond no longer pulls the
-    fit by microseconds (hundreds of metres of range).
+    fit by microseconds (hundreds of metres of range). The line is fitted with each stamp
+    weighted by how far its GPS solution's age lets it drift (``CLOCK_DRIFT``), so the stamps of
+    a lapsed solution, on their line but drifting off GPS time, give way to fresh ones.
 
     Raises:
         KiwiWavError: fewer than two consistent stamped blocks.
@@ -181,7 +191,10 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     keep = index[inliers]
     if len(keep) < 2:
         raise KiwiWavError("the recording has fewer than two consistent GPS stamps")
-    slope, intercept = np.polyfit(start[keep], gps[keep], 1)
+    ages = recording.fix_age[keep].astype(np.float64)
+    drift = np.hypot(max(jitter, 1e-7), CLOCK_DRIFT * ages)  # each stamp's own uncertainty
+    weights = None if np.all(ages == ages[0]) else 1.0 / drift  # equal ages: a plain fit
+    slope, intercept = np.polyfit(start[keep], gps[keep], 1, w=weights)
     residual = gps[keep] - (intercept + slope * start[keep])
     first, last = int(index[stretch[0]]), int(index[stretch[1] - 1])
     end = int(recording.block_start[last + 1]) if last + 1 < len(start) else len(recording.iq)
@@ -192,7 +205,8 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
         end_sample=end,
         rejected_blocks=len(start) - len(keep),
         residual_s=float(np.sqrt(np.mean(residual**2))),
-        fix_age_s=int(recording.fix_age[keep].max()),
+        fix_age_s=int(ages.max()),
+        freshest_fix_s=int(ages.min()),
     )
 
 

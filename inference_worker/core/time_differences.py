@@ -20,7 +20,7 @@ import numpy as np
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
-from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording, Timebase
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
 
 UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
@@ -302,6 +302,9 @@ def pair_design(pairs: Sequence[tuple[int, int]], stations: int) -> np.ndarray:
 
 
 def _clock_sigma(base: Timebase, floor_s: float) -> float:
-    """Uncertainty of a receiver's time base in the middle of its fitted span."""
+    """Uncertainty of a receiver's time base in the middle of its fitted span: its stamps'
+    scatter, the floor, and how far its time may have drifted since its freshest GPS solution
+    (:data:`~inference_worker.core.kiwi_wav.CLOCK_DRIFT`)."""
     blocks = max(1, (base.end_sample - base.first_sample) // BLOCK_SAMPLES)
-    return math.sqrt((base.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2)
+    lapse = CLOCK_DRIFT * base.freshest_fix_s
+    return math.sqrt((base.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2 + lapse**2)

@@ -12,6 +12,7 @@ import pytest
 
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
+    CLOCK_DRIFT,
     GPS_WEEK_S,
     NEVER_HAD_FIX,
     NO_RECENT_FIX,
@@ -21,6 +22,7 @@ from inference_worker.core.kiwi_wav import (
     timebase,
     write_kiwi_wav,
 )
+from inference_worker.core.time_differences import CLOCK_FLOOR_S, _clock_sigma
 
 TRUE_RATE_HZ = 12_001.17
 T0_S = 345_600.25  # GPS seconds of the week of the first sample
@@ -193,6 +195,31 @@ def test_the_oldest_gps_solution_among_the_kept_stamps_is_told():
     assert base.fix_age_s == 100
     assert base.rejected_blocks == 1
     assert timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps))).fix_age_s == 0
+
+
+def test_stamps_of_a_lapsed_gps_solution_give_way_to_fresh_ones():
+    """The solution lapsed 100 s before the recording: the receiver's own clock carried its
+    time 10 µs off (within the line's gate, so one stretch), until a fresh solution set it
+    right half-way. A plain fit met the two halves in the middle, 5 µs off."""
+    iq, stamps = recording(blocks=80)
+    ages = np.zeros(80, np.uint8)
+    ages[:40] = 100 + np.arange(40) * BLOCK_SAMPLES // TRUE_RATE_HZ
+    stamps[:40] += CLOCK_DRIFT * ages[:40]
+    base = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps, fix_age=ages)))
+    assert base.rejected_blocks == 0 and (base.fix_age_s, base.freshest_fix_s) == (101, 0)
+    for block in (20, 60):  # right on the fresh half, and carried back over the lapsed one
+        sample = block * BLOCK_SAMPLES
+        assert base.time_of(sample) == pytest.approx(T0_S + sample / TRUE_RATE_HZ, abs=1.5e-6)
+
+
+def test_a_time_base_without_a_fresh_solution_is_as_uncertain_as_its_drift():
+    iq, stamps = recording()
+    stale = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps, fix_age=np.full(60, 200))))
+    fresh = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
+    assert stale.freshest_fix_s == 200 and fresh.freshest_fix_s == 0
+    assert stale.t0_s == fresh.t0_s  # equal ages: the same plain fit
+    assert _clock_sigma(fresh, CLOCK_FLOOR_S) < 0.5e-6
+    assert _clock_sigma(stale, CLOCK_FLOOR_S) == pytest.approx(200 * CLOCK_DRIFT, rel=0.01)
 
 
 def test_the_file_name_gives_start_frequency_and_station():

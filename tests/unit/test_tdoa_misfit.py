@@ -14,6 +14,7 @@ from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.tdoa import Solution, _widened_to_fit, locate
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
+from inference_worker.science.tdoa_faults import one_lapsed_set
 
 FIVE = (
     Receiver("A", 47.4, 8.5),
@@ -81,3 +82,12 @@ def test_delays_too_far_apart_to_fit_once_widened_fail_saying_so():
     assert likelihood.chi2 > likelihood.chi2_bound
     with pytest.raises(TdoaError, match=r"agree with no one position .* GPS time and position"):
         _widened_to_fit(Solution(estimate, likelihood, off, [], 0.0), FIVE)
+
+
+def test_a_lapsed_receivers_fix_ages_keep_its_region_honest():
+    # Three receivers, one 100 s without a GPS solution and 10 µs off: any three delays fit some
+    # position, so only the fix ages can tell that its time is loose.
+    hidden = one_lapsed_set((7200, 3, 100, False))
+    told = one_lapsed_set((7200, 3, 100, True))
+    assert not hidden["beyond"] and not hidden["held"]
+    assert told["held"] and not told.get("failed")

@@ -1,0 +1,124 @@
+"""TDoA sets with one receiver's GPS time at fault, for the evaluation
+(``tools/evaluate_tdoa.py``): broken (no time, no fix ever, 0.8 s off), which must be refused
+naming the receiver; off by microseconds, which the fit must notice or widen for; and a lapsed
+GPS solution, off by what its age allows, which the fix ages must account for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inference_worker.core.capture import CaptureError
+from inference_worker.core.ellipse import contains
+from inference_worker.core.kiwi_wav import (
+    CLOCK_DRIFT,
+    NEVER_HAD_FIX,
+    NO_RECENT_FIX,
+    read_kiwi_wav,
+    write_kiwi_wav,
+)
+from inference_worker.core.tdoa import locate, solve
+from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
+from inference_worker.core.time_differences import TdoaError
+from inference_worker.science.kiwi_sets import synthetic_set
+
+BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
+
+
+def one_bad_set(seed: int) -> dict[str, object]:
+    """A set with one receiver's GPS time missing or wrong: it must be refused, naming it."""
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=int(rng.integers(3, 6)), seconds=10.0)
+    kind = BAD_KINDS[seed % len(BAD_KINDS)]
+    victim = int(rng.integers(len(recording.stations)))
+    original = read_kiwi_wav(recording.files[victim])
+    if kind == "no GPS time":
+        bad = write_kiwi_wav(original.iq, np.full(len(original.gps_s), np.nan))
+    elif kind == "fix never acquired":
+        ages = np.full(len(original.gps_s), NEVER_HAD_FIX)
+        bad = write_kiwi_wav(original.iq, np.nan_to_num(original.gps_s), fix_age=ages)
+    else:
+        bad = write_kiwi_wav(original.iq, original.gps_s + 0.8)
+    files = list(recording.files)
+    files[victim] = bad
+    fields = {"receivers": recording.positions(), "frequency_mhz": recording.frequency_hz / 1e6}
+    name = recording.stations[victim].id
+    try:
+        check_tdoa(files, recording.names, fields, TdoaLimits())
+        solve(files, recording.stations)
+    except (CaptureError, TdoaError) as exc:
+        stage = "submission (422)" if isinstance(exc, CaptureError) else "worker (job failed)"
+        return {"kind": kind, "refused_at": stage, "names_receiver": name in str(exc)}
+    return {"kind": kind, "refused_at": None, "names_receiver": False}
+
+
+ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)
+ODD_COUNTS = ("failed", "beyond", "excluded", "right_one", "widened", "held", "held_before")
+
+
+def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
+    """Four or five receivers, one of them (drawn) with its GPS time ``offset`` off: is the fit
+    beyond its bound, is a receiver left out (the right one?) or are the delays' uncertainties
+    widened, and does the region hold the emitter, as the delays were measured and now."""
+    seed, receivers, offset = job
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=receivers, seconds=10.0)
+    victim = int(rng.integers(receivers))
+    files = list(recording.files)
+    wrong = read_kiwi_wav(files[victim])
+    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
+    try:
+        solution = solve(files, recording.stations)
+    except TdoaError:
+        return {"receivers": receivers, "offset": offset, "failed": True}
+    odd, widened = solution.excluded, solution.likelihood.widened > 1
+    everyone, likelihood = (
+        locate(recording.stations, solution.pairs)
+        if odd or widened
+        else (solution.estimate, solution.likelihood)  # already located with everyone as is
+    )
+    places = [everyone, *(other for other, _ in likelihood.alternatives)]
+    return {
+        "receivers": receivers,
+        "offset": offset,
+        "failed": False,
+        "beyond": likelihood.chi2 > likelihood.chi2_bound,
+        "excluded": odd is not None,
+        "right_one": odd is not None and odd.index == victim,
+        "widened": widened,
+        "held_before": any(contains(p, *recording.emitter, 0.95) for p in places),
+        "held": solution.holds(*recording.emitter, 0.95),
+    }
+
+
+LAPSES_S = (100, 200)
+"""How old one receiver's GPS solution is in the lapsed sets (seconds)."""
+LAPSE_COUNTS = ("failed", "beyond", "widened", "excluded", "held")
+
+
+def one_lapsed_set(job: tuple[int, int, int, bool]) -> dict[str, object]:
+    """Three to five receivers, one of them (drawn) without a GPS solution for ``lapse`` seconds
+    and its time off by as much as that lapse allows (``CLOCK_DRIFT``, either way): located with
+    the lapse in its blocks' fix ages (``told``) or with ages of 0, as a file that hid it."""
+    seed, receivers, lapse, told = job
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=receivers, seconds=10.0)
+    victim = int(rng.integers(receivers))
+    off = CLOCK_DRIFT * lapse * (1 if rng.random() < 0.5 else -1)
+    wrong = read_kiwi_wav(recording.files[victim])
+    no_fix = wrong.fix_age >= NO_RECENT_FIX
+    ages = np.where(no_fix, wrong.fix_age, lapse if told else 0).astype(np.uint8)
+    files = list(recording.files)
+    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + off, fix_age=ages)
+    row: dict[str, object] = {"receivers": receivers, "lapse": lapse, "told": told}
+    try:
+        solution = solve(files, recording.stations)
+    except TdoaError:
+        return {**row, "failed": True}
+    return {
+        **row,
+        "beyond": solution.likelihood.chi2 > solution.chi2_bound,
+        "widened": solution.likelihood.widened > 1,
+        "excluded": solution.excluded is not None,
+        "held": solution.holds(*recording.emitter, 0.95),
+    }
