@@ -32,9 +32,10 @@ def add_parser(sub: Any) -> None:
         help="locate by time differences of arrival: submit KiwiSDR IQ WAV files, or the demo",
         description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] "
         "[--expect-emitter among_receivers] | "
-        "demo [--sets N] [--out DIR]. The positions file is a JSON list of "
-        '{"id", "lat", "lon"} in the order of the files, or an object {"STATION": {"lat", '
-        '"lon"}} matched to kiwirecorder file names (DATE_FREQUENCY_STATION_iq.wav).',
+        "demo [--sets N] [--out DIR] [--expect-emitter among_receivers]. The positions file is "
+        'a JSON list of {"id", "lat", "lon"} in the order of the files, or an object '
+        '{"STATION": {"lat", "lon"}} matched to kiwirecorder file names '
+        "(DATE_FREQUENCY_STATION_iq.wav).",
     )
     tdoa.add_argument("action", choices=["submit", "demo"])
     tdoa.add_argument("files", nargs="*", help="with submit: one KiwiSDR IQ WAV file per receiver")
@@ -46,8 +47,8 @@ def add_parser(sub: Any) -> None:
         "--expect-emitter",
         choices=list(EXPECTATIONS),
         default="anywhere",
-        help="with submit: where the emitter is expected; among_receivers makes the place among "
-        "them the estimate when the delays leave two (default: anywhere, the likelihood decides)",
+        help="where the emitter is expected; among_receivers makes the place among them the "
+        "estimate when the delays leave two (default: anywhere, the likelihood decides)",
     )
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
@@ -79,7 +80,7 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "demo":
         from inference_worker.cli.tdoa_demo import run_demo
 
-        raise SystemExit(run_demo(settings, args.sets, args.seed, args.out))
+        raise SystemExit(run_demo(settings, args.sets, args.seed, args.out, args.expect_emitter))
     if len(args.files) < 3 or args.receivers is None:
         fail("tdoa submit needs 3 or more WAV files and --receivers POSITIONS.json")
     paths = [Path(f) for f in args.files]

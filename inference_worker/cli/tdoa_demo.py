@@ -60,7 +60,9 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
     return render_png(lats, lons, surface, points=points, size=640)
 
 
-def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
+def run_demo(
+    settings: Settings, sets: int, seed: int | None, out: Path, expect: str = "anywhere"
+) -> int:
     from inference_worker.cli.demo import running_service
     from inference_worker.science.kiwi_sets import synthetic_set
 
@@ -86,13 +88,14 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
                 list(zip(recording.names, recording.files, strict=True)),
                 receivers=recording.positions(),
                 frequency_mhz=recording.frequency_hz / 1e6,
+                expect_emitter=expect,
             )
             rows.append((accepted["job_id"], recording, folder))
         print(
             f"\n{'set':<10} {'rx':>2} {'signal':<9} {'outside':>7} {'estimate (lat, lon)':<21} "
             f"{'error':>8} {'68% ellipse':>17} {'95%':>4} {'time':>7}"
         )
-        errors = []
+        errors, ambiguous = [], False
         for job_id, recording, folder in rows:
             view = client.wait(job_id, timeout_s=120)
             if view["status"] != "succeeded":
@@ -102,6 +105,7 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
             result = view["result"]
             error_m = distance_m(result["lat"], result["lon"], *recording.emitter)
             errors.append(error_m)
+            ambiguous = ambiguous or bool(result["alternatives"])
             places = [estimate_from_result(result)]
             places += [estimate_from_result(o) for o in result["alternatives"]]
             held = any(contains(p, *recording.emitter, 0.95) for p in places)
@@ -114,6 +118,11 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
                 f"{error_m:7.0f}m {e68['semi_major_m']:7.0f} x {e68['semi_minor_m']:5.0f} m "
                 f"{'in' if held else 'out':>4} {view['timings']['end_to_end_ms'] / 1e3:6.2f}s"
                 + (" (ambiguous)" if result["alternatives"] else "")
+                + (
+                    ", taken among the receivers"
+                    if result.get("chosen_by") == "among_receivers"
+                    else ""
+                )
             )
             for other in result["alternatives"]:
                 other_m = distance_m(other["lat"], other["lon"], *recording.emitter)
@@ -129,5 +138,11 @@ def run_demo(settings: Settings, sets: int, seed: int | None, out: Path) -> int:
         )
         if errors:
             print(f"median error of these sets: {float(np.median(errors)):,.0f} m")
+        if ambiguous and expect == "anywhere":
+            print(
+                "ambiguous: three receivers' hyperbolas can cross twice and the delays cannot say "
+                "which crossing is the emitter's; these emitters lie among their receivers, and "
+                "--expect-emitter among_receivers takes the place there"
+            )
         print(f"maps: {out}/set-*/map.png (region) and likelihood.png (around the estimate)")
     return 1 if failures else 0

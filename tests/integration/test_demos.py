@@ -43,15 +43,18 @@ def test_the_demo_locates_simulated_captures_and_answers_the_repeat_from_the_cac
 
 def test_the_tdoa_demo_writes_its_sets_locates_them_and_draws_their_maps(own_queue, tmp_path):
     local, _, _ = own_queue
-    done = run_cli(local, tmp_path, "tdoa", "demo", "--sets", "1", "--seed", "40000")
+    # Three receivers whose hyperbolas cross twice, the higher peak 205 km from the emitter.
+    args = ["tdoa", "demo", "--sets", "1", "--seed", "75218"]
+    done = run_cli(local, tmp_path, *args, "--expect-emitter", "among_receivers")
 
     assert done.returncode == 0, done.stdout + done.stderr
-    folder = tmp_path / "tdoa-demo" / "set-40000"
+    folder = tmp_path / "tdoa-demo" / "set-75218"
     assert len(list(folder.glob("*_iq.wav"))) == 3
     truth = json.loads((folder / "truth.json").read_text())
     assert {"lat", "lon"} <= set(truth)
     for picture in ("map.png", "likelihood.png"):
         assert (folder / picture).read_bytes()[:4] == b"\x89PNG"
-    row = next(line for line in done.stdout.splitlines() if line.startswith("set-40000"))
-    assert " in " in row or " out " in row  # the 95 % column, whichever way it fell
+    row = next(line for line in done.stdout.splitlines() if line.startswith("set-75218"))
+    assert " in " in row and "(ambiguous), taken among the receivers" in row
+    assert float(row.split()[6].rstrip("m")) < 2_000  # the error column
     assert "median error of these sets" in done.stdout
