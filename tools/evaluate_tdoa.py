@@ -143,27 +143,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bad-sets", type=count(0), default=30, help="sets with one receiver's GPS time broken"
     )
-    parser.add_argument(
-        "--odd-sets",
-        type=count(0),
-        default=20,
-        help="sets of four and of five with one receiver's time off",
+    sections = (
+        (
+            "--odd-sets",
+            20,
+            "--odd-seed",
+            7100,
+            "sets of four and of five with one receiver's time off",
+        ),
+        (
+            "--lapsed-sets",
+            20,
+            "--lapsed-seed",
+            7200,
+            "sets of three, four and five with one receiver's GPS solution lapsed",
+        ),
+        (
+            "--share-trials",
+            1500,
+            "--share-seed",
+            1000,
+            "three-receiver trials per placement of emitters for the mass shares' section",
+        ),
     )
-    parser.add_argument("--odd-seed", type=int, default=7100, help="first odd set's seed")
-    parser.add_argument(
-        "--lapsed-sets",
-        type=count(0),
-        default=20,
-        help="sets of three, four and five with one receiver's GPS solution lapsed",
-    )
-    parser.add_argument("--lapsed-seed", type=int, default=7200, help="first lapsed set's seed")
-    parser.add_argument(
-        "--share-trials",
-        type=count(0),
-        default=1500,
-        help="three-receiver trials per placement of emitters for the mass shares' section",
-    )
-    parser.add_argument("--share-seed", type=int, default=1000, help="first share trial's seed")
+    for option, many, seed_option, first, what in sections:
+        parser.add_argument(option, type=count(0), default=many, help=what)
+        parser.add_argument(
+            seed_option, type=int, default=first, help=f"first seed of those {what}"
+        )
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)
 
