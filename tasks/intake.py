@@ -47,7 +47,7 @@ from tasks.answers import CachedAnswer, announce_answered, cached_answer
 from tasks.app import Unroutable
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage
-from tasks.outbox import new_job, stored_message
+from tasks.outbox import asked_otherwise, new_job, stored_message
 from tasks.served import ServedModelCache
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ class ServiceUnavailable(RuntimeError):
 
 
 class JobConflict(RuntimeError):
-    """A client job id was reused for a different capture (HTTP 409)."""
+    """A client job id was reused for a different capture, or for the same one asking otherwise
+    (HTTP 409)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,9 @@ class Intake:
         finished by a worker's relay, or by the client retrying with the same job id.
 
         Raises:
-            JobConflict: the client's job id exists with different IQ (or another tenant).
+            JobConflict: the client's job id exists with different IQ, or the same IQ asking
+                otherwise (another model, frequency, receivers or expectation), or another
+                tenant's.
             ServiceUnavailable: a store or the broker is down or full; nothing is left behind.
         """
         job_id = capture.job_id or str(uuid.uuid4())
@@ -309,6 +312,13 @@ class Intake:
                 raise JobConflict(f"job_id {job_id!r} is taken; choose another")
             if row["iq_sha256"] != message.iq_sha256:
                 raise JobConflict(f"job_id {job_id!r} was already used for a different capture")
+            first = stored_message(row)
+            changed = [] if first is None else asked_otherwise(first, message)
+            if changed:
+                raise JobConflict(
+                    f"job_id {job_id!r} was already used for this capture asking otherwise: "
+                    f"{'; '.join(changed)}; resubmit it as first sent, or choose another job_id"
+                )
         return row, created
 
     def _refuse(self, job_id: str, blob_key: str, withdraw: bool, exc: BaseException) -> NoReturn:

@@ -77,9 +77,7 @@ class JobStore:
         A new row comes back as its id, status, tenant, digest and publication time; an
         existing one whole (its stored message included).
         """
-        params = dict(job.__dict__)
-        params["message"] = None if job.message is None else orjson.dumps(job.message).decode()
-        return self._insert_unless_exists(CREATE, params)
+        return self._insert_unless_exists(CREATE, dict(job.__dict__))
 
     def create_answered(
         self, job: NewJob, *, result_json: str, model_version: str, timings: dict[str, float]
@@ -87,9 +85,9 @@ class JobStore:
         """Insert a job already succeeded with a result the cache held (encoded JSON), and its
         log row, in one statement; if the id exists already, return that row and ``False``.
 
-        A new row comes back whole but for its result, timings and message (it keeps none)."""
+        A new row comes back whole but for its result, timings and message."""
         params = {
-            **{k: v for k, v in job.__dict__.items() if k not in ("message", "published")},
+            **{k: v for k, v in job.__dict__.items() if k != "published"},
             "result": result_json,
             "model_version": model_version,
             "timings": orjson.dumps(timings).decode(),
@@ -100,6 +98,8 @@ class JobStore:
         self, statement: str, params: dict[str, Any]
     ) -> tuple[Mapping[str, Any], bool]:
         params["receivers"] = orjson.dumps(params["receivers"]).decode()
+        message = params["message"]
+        params["message"] = None if message is None else orjson.dumps(message).decode()
         for _ in range(2):  # twice: the existing row may be withdrawn before it is read
             row = self._driver_row(statement, params)
             if row is not None:

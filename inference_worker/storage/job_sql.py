@@ -25,17 +25,18 @@ CREATE = (
     " RETURNING job_id, status, tenant, iq_sha256, published_at"
 )
 # A submission answered from the result cache: the row written final at once, with its log row,
-# in one statement (no message: it is never published).
+# in one statement (its message kept, never published: it says what the job asked, which a
+# resubmission with the job's id must ask too).
 CREATE_ANSWERED = (
     "WITH made AS (INSERT INTO jobs (job_id, status, created_at, finished_at, capture_time,"
     " frequency_mhz, sample_rate_hz, n_samples, receivers, iq_sha256, batch_id, tenant,"
-    " model_version, cache_hit, result, timings)"
+    " model_version, cache_hit, result, timings, message)"
     " VALUES (%(job_id)s, 'succeeded', least(%(created_at)s, now()), now(), %(capture_time)s,"
     " %(frequency_mhz)s, %(sample_rate_hz)s, %(n_samples)s, %(receivers)s::jsonb,"
     " %(iq_sha256)s, %(batch_id)s, %(tenant)s, %(model_version)s, true, %(result)s::jsonb,"
-    " %(timings)s::jsonb)"
+    " %(timings)s::jsonb, %(message)s::jsonb)"
     " ON CONFLICT (job_id) DO NOTHING"
-    # Not the result or timings: the caller has them.
+    # Not the result, timings or message: the caller has them.
     " RETURNING job_id, status, created_at, started_at, finished_at, capture_time,"
     " frequency_mhz, sample_rate_hz, n_samples, receivers, attempts, model_version, cache_hit,"
     " error, batch_id, tenant, iq_sha256, published_at),"

@@ -156,7 +156,7 @@ def test_capture_answered_at_submission_is_recorded_once_and_keeps_its_job_id(
 
     row = job_store.get(job_id)
     assert row is not None and row["status"] == "succeeded" and row["cache_hit"] is True
-    assert row["message"] is None and row["published_at"] is None  # never queued
+    assert row["message"]["job_id"] == job_id and row["published_at"] is None  # never queued
     assert row["finished_at"] >= row["created_at"]
     assert redis_store.get_result(job_id) == job_view(row)  # the view as PostgreSQL gives it
     with engine.connect() as connection:
@@ -177,6 +177,12 @@ def test_capture_answered_at_submission_is_recorded_once_and_keeps_its_job_id(
     other[0, 0] += 1.0
     conflict = submit_npy(client, type(capture)(**{**capture.__dict__, "iq": other}), job_id=job_id)
     assert conflict.status_code == 409
+    # The same capture asking for another model or frequency is another job: refused, named.
+    asked = submit_npy(client, capture, job_id=job_id, model="champion", frequency_mhz=433.92)
+    assert asked.status_code == 409
+    refusal = asked.get_json()["error"]["message"]
+    assert "asking otherwise" in refusal and "model (first: not given, now: 'champion')" in refusal
+    assert f"frequency_mhz (first: {capture.frequency_mhz}, now: 433.92)" in refusal
     with engine.connect() as connection:
         count = connection.execute(
             sa.select(sa.func.count())

@@ -11,6 +11,7 @@ import pytest
 from inference_worker.serving.jobs import parse_message
 from inference_worker.serving.locating import BadJob, decode_blob, tdoa_fit
 from tasks.contract import LocateMessage, capture_fingerprint
+from tasks.outbox import asked_otherwise
 
 
 def message_for(iq: np.ndarray, **changes) -> LocateMessage:
@@ -33,6 +34,19 @@ def test_fingerprint_changes_with_sample_rate_and_receiver_order():
     assert base == capture_fingerprint(message_for(iq, job_id="another"))
     assert base != capture_fingerprint(message_for(iq, sample_rate_hz=24_000.0))
     assert base != capture_fingerprint(message_for(iq, receivers=["b", "a", "c"]))
+
+
+def test_a_resubmission_asking_otherwise_is_named_field_by_field():
+    iq = np.ones((3, 10), dtype=np.complex64)
+    first = message_for(iq)
+    # Another time, submission, batch or id asks the same: a retry may differ in those.
+    same = {"job_id": "j2", "capture_time": datetime(2026, 1, 1, tzinfo=UTC), "batch_id": "b"}
+    assert asked_otherwise(first, message_for(iq, submitted_at=datetime.now(UTC), **same)) == []
+    assert asked_otherwise(first, message_for(iq, model="3", frequency_mhz=145.6)) == [
+        "frequency_mhz (first: 145.5, now: 145.6)",
+        "model (first: not given, now: '3')",
+    ]
+    assert asked_otherwise(first, message_for(iq, receivers=["b", "a", "c"])) == ["receivers"]
 
 
 def test_blob_is_checked_for_presence_size_and_hash():

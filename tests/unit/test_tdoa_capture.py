@@ -13,6 +13,7 @@ from inference_worker.core.kiwi_wav import write_kiwi_wav
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa, parse_stations
 from inference_worker.science.kiwi_sets import synthetic_set
 from tasks.contract import MessageError, read_message
+from tasks.outbox import asked_otherwise
 from tests.helpers import task_message
 
 LIMITS = TdoaLimits(max_receivers=6, min_overlap_s=2.0)
@@ -155,6 +156,10 @@ def test_where_the_emitter_is_expected_is_checked_and_sent_only_when_said(record
     assert "expect_emitter" not in read_message(tdoa).to_json()
     told = read_message({**tdoa, "expect_emitter": "among_receivers"})
     assert told.to_json()["expect_emitter"] == "among_receivers"
+    # The same files and job id sent expecting otherwise ask for another job.
+    assert asked_otherwise(read_message(tdoa), told) == [
+        "expect_emitter (first: 'anywhere', now: 'among_receivers')"
+    ]
     with pytest.raises(MessageError, match="expect_emitter belongs to tdoa"):
         read_message({**base, "expect_emitter": "among_receivers"})
 
