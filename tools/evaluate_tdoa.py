@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core.ellipse import distance_m  # noqa: E402
 from inference_worker.core.tdoa import solve  # noqa: E402
-from inference_worker.core.tdoa_search import among  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import (  # noqa: E402
@@ -78,7 +77,7 @@ def one_set(seed: int) -> dict[str, object]:
     estimate = solution.estimate
     places = [estimate, *(other for other, _ in solution.likelihood.alternatives)]
     nearest = int(np.argmin([distance_m(p.lat, p.lon, *recording.emitter) for p in places]))
-    flags = [among(recording.stations, p.lat, p.lon) for p in places]
+    flags = solution.likelihood.among
     return {
         **row,
         "error_m": distance_m(estimate.lat, estimate.lon, *recording.emitter),

@@ -83,6 +83,9 @@ class Likelihood:
     """Why the estimate is the place it is: ``likelihood`` (the highest peak that closes), or
     ``among_receivers`` (the emitter was expected among the receivers, and of the places it alone
     lies there)."""
+    among: tuple[bool, ...] = ()
+    """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
+    every receiver of the job, any left out for their delays included."""
 
 
 def locate(
@@ -95,6 +98,7 @@ def locate(
     candidates: int = 4,
     precision: np.ndarray | None = None,
     expect: Expectation = "anywhere",
+    hull: Sequence[Receiver] | None = None,
 ) -> tuple[Estimate, Likelihood]:
     """The position that best explains the delays, with its covariance from the likelihood.
 
@@ -107,7 +111,8 @@ def locate(
     ``precision``: the delays' inverse covariance (µs⁻²) when not their own. ``expect``:
     ``among_receivers`` makes the estimate the one place among the receivers (inside their hull)
     when the delays leave several and exactly one lies there (and closes); the shares stay the
-    likelihood's.
+    likelihood's. ``hull``: the receivers among which a place is judged to lie (``stations``
+    when None; all of a job's receivers where some are left out of ``stations``).
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
@@ -172,12 +177,12 @@ def locate(
     places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
     chosen: int = kept[0]
     chosen_by: Choice = "likelihood"
-    if expect == "among_receivers":
-        inside = [k for k in places if among(stations, refined[k][1].lat, refined[k][1].lon)]
-        if len(inside) == 1 and inside[0] in closed:
-            chosen, chosen_by = inside[0], "among_receivers"
+    inside = {k for k in places if among(hull or stations, refined[k][1].lat, refined[k][1].lon)}
+    if expect == "among_receivers" and len(inside) == 1 and min(inside) in closed:
+        chosen, chosen_by = min(inside), "among_receivers"
     _, estimate, (grid_lats, grid_lons, grid_ll) = refined[chosen]
-    alternatives = tuple((refined[k][1], weights[k] / total) for k in places if k != chosen)
+    others = [k for k in places if k != chosen]
+    alternatives = tuple((refined[k][1], weights[k] / total) for k in others)
     return estimate, Likelihood(
         grid_lats,
         grid_lons,
@@ -187,6 +192,7 @@ def locate(
         weight=weights[chosen] / total,
         alternatives=alternatives,
         chosen_by=chosen_by,
+        among=tuple(k in inside for k in [chosen, *others]),
     )
 
 
@@ -302,7 +308,7 @@ def _without_the_odd_one(
         rest = [s for i, s in enumerate(stations) if i != k]
         subset = solution.pairs.without(k)
         try:
-            fits.append((k, *locate(rest, subset, expect=expect)))
+            fits.append((k, *locate(rest, subset, expect=expect, hull=stations)))
         except TdoaError:
             continue
     fits.sort(key=lambda fit: fit[2].chi2)

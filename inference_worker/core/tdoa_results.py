@@ -10,7 +10,6 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import describe
 from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa import Solution
-from inference_worker.core.tdoa_search import among
 
 
 def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
@@ -20,7 +19,7 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
     likelihood, odd = solution.likelihood, solution.excluded
     return {
         **describe(solution.estimate),
-        "among_receivers": among(stations, solution.estimate.lat, solution.estimate.lon),
+        "among_receivers": likelihood.among[0],
         "method": "tdoa",
         "overlap_s": round(solution.overlap_s, 3),
         "receivers": [
@@ -64,8 +63,8 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
         "weight": round(likelihood.weight, 4),
         "chosen_by": likelihood.chosen_by,
         "alternatives": [
-            {**describe(o), "weight": round(w, 4), "among_receivers": among(stations, o.lat, o.lon)}
-            for o, w in likelihood.alternatives
+            {**describe(o), "weight": round(w, 4), "among_receivers": inside}
+            for (o, w), inside in zip(likelihood.alternatives, likelihood.among[1:], strict=True)
         ],
         "likelihood_contours": contour_features(
             likelihood.lats, likelihood.lons, likelihood.log_likelihood

@@ -21,7 +21,6 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import distance_m, metres_per_degree
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.tdoa import locate
-from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
 from inference_worker.science.kiwi_sets import place_emitter, place_receivers
 
@@ -118,7 +117,7 @@ def trial(seed: int, prior: str) -> Places | None:
     return Places(
         tuple(weight for _, weight in places),
         int(np.argmin(distances)),
-        tuple(among(stations, place.lat, place.lon) for place, _ in places),
+        likelihood.among,
         distance_m(expected.lat, expected.lon, *emitter) <= min(distances) + 1.0,
     )
 

@@ -91,6 +91,20 @@ def test_an_emitter_expected_among_the_receivers_makes_the_place_there_the_estim
     assert chosen.lons[0] < expected.lon < chosen.lons[-1]
 
 
+def test_places_are_judged_among_every_receiver_of_the_job_those_left_out_included():
+    stations, _, delays = drawn(1016, PRIORS[0])
+    expected, chosen = locate(stations, delays, expect="among_receivers")
+    (other, _), *_ = chosen.alternatives
+    assert chosen.among == (True, False)
+    # A receiver left out of the delays, beyond the other crossing from the three's middle,
+    # puts that crossing among the job's receivers too: the expectation then decides nothing.
+    middle = np.mean([[s.lat, s.lon] for s in stations], axis=0)
+    far = Receiver("far", 2 * other.lat - middle[0], 2 * other.lon - middle[1])
+    same, told = locate(stations, delays, expect="among_receivers", hull=(*stations, far))
+    assert told.among == (True, True) and told.chosen_by == "likelihood"
+    assert (same.lat, same.lon) == (other.lat, other.lon)  # the higher peak, as without
+
+
 def test_an_expectation_decides_nothing_where_no_one_place_lies_among_the_receivers():
     for seed in range(2000, 2200):  # emitters spread evenly: both crossings often outside
         stations, _, delays = drawn(seed, PRIORS[1])
