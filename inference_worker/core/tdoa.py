@@ -50,6 +50,7 @@ from inference_worker.core.time_differences import (
     TdoaError,
     overlap,
     pair_delays,
+    repeated_recording,
 )
 
 Choice = Literal["likelihood", "among_receivers"]
@@ -246,11 +247,14 @@ def solve(
 
     Raises:
         TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
-            names the receiver), fewer than 3 receivers or places, too short a common span, or
-            delays that fix a line rather than a point.
+            names the receiver), one file sent for two receivers, fewer than 3 receivers or
+            places, too short a common span, or delays that fix a line rather than a point.
     """
     if len(files) != len(stations):
         raise TdoaError(f"{len(files)} recordings for {len(stations)} receivers")
+    problem = repeated_recording(stations, files)
+    if problem:
+        raise TdoaError(problem)
     recordings, bases = [], []
     for data, station in zip(files, stations, strict=True):
         try:

@@ -3,7 +3,8 @@ receivers' positions, the tuned frequency.
 
 Every refusal is a :class:`~inference_worker.core.capture.CaptureError` whose text names the
 receiver and says what is wrong: no usable GPS time, too short a common span, frequencies that
-do not match, positions that are not positions or fewer than three places.
+do not match, one file sent for two receivers, positions that are not positions or fewer than
+three places.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from inference_worker.core.capture import (
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
 from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
-from inference_worker.core.time_differences import overlap, too_few_sites
+from inference_worker.core.time_differences import overlap, repeated_recording, too_few_sites
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""
@@ -146,6 +147,9 @@ def check_tdoa(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
     expectation = parse_expectation(fields.get("expect_emitter"))
+    problem = repeated_recording(stations, files)
+    if problem:
+        raise CaptureError(problem)
     bases, lengths, rates = [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")

@@ -70,6 +70,20 @@ def too_few_sites(stations: Sequence[Receiver]) -> str | None:
     )
 
 
+def repeated_recording(stations: Sequence[Receiver], files: Sequence[bytes]) -> str | None:
+    """Why these files cannot be the receivers' recordings, or None: two receivers were sent
+    the same file, byte for byte (no two receivers record the same noise), which would fix
+    their delay at exactly 0 and the emitter on the line halfway between them."""
+    for a, b in itertools.combinations(range(len(files)), 2):
+        if files[a] == files[b]:  # unequal files differ within their first blocks' stamps
+            return (
+                f"receivers {stations[a].id} and {stations[b].id} were sent the same "
+                "recording, byte for byte: each receiver's own recording is needed (was one "
+                "file sent twice?)"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class PairDelay:
     a: int

@@ -202,7 +202,15 @@ def test_an_emitter_expected_among_the_receivers_takes_the_place_there(client, w
 
 @pytest.mark.parametrize(
     "case",
-    ["no_gps", "too_few_files", "other_frequency", "bad_positions", "one_site", "expectation"],
+    [
+        "no_gps",
+        "too_few_files",
+        "other_frequency",
+        "bad_positions",
+        "one_site",
+        "expectation",
+        "one_file_twice",
+    ],
 )
 def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
     job_id = f"refused-{uuid.uuid4()}"
@@ -223,6 +231,9 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     elif case == "expectation":
         fields["expect_emitter"] = "inside"
         expected = "expect_emitter must be one of"
+    elif case == "one_file_twice":
+        files[2] = files[0]
+        expected = "were sent the same recording"
     else:  # three of the four receivers given one site's position
         positions = recordings.positions()
         for k in (1, 2):

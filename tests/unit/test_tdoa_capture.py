@@ -10,7 +10,9 @@ import pytest
 
 from inference_worker.core.capture import CaptureError
 from inference_worker.core.kiwi_wav import write_kiwi_wav
+from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa, parse_stations
+from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import synthetic_set
 from tasks.contract import MessageError, read_message
 from tasks.outbox import asked_otherwise
@@ -85,6 +87,15 @@ def test_receivers_on_fewer_than_three_sites_are_refused_naming_them():
 def test_one_file_per_receiver_is_required(recordings):
     with pytest.raises(CaptureError, match="2 capture file"):
         check_tdoa(recordings.files[:2], recordings.names[:2], fields(recordings), LIMITS)
+
+
+def test_one_file_sent_for_two_receivers_is_refused_naming_them(recordings):
+    files = (recordings.files[0], recordings.files[1], recordings.files[0])
+    ids = [s.id for s in recordings.stations]
+    with pytest.raises(CaptureError, match=f"receivers {ids[0]} and {ids[2]} were sent the same"):
+        check_tdoa(files, recordings.names, fields(recordings), LIMITS)
+    with pytest.raises(TdoaError, match=f"receivers {ids[0]} and {ids[2]} were sent the same"):
+        solve(files, recordings.stations)  # a producer's job meets it at the worker
 
 
 def test_a_recording_without_gps_time_is_refused_naming_its_receiver(recordings):
