@@ -10,6 +10,7 @@ three places.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from inference_worker.core.capture import (
     parse_capture_time,
     parse_json,
     parse_number,
+    time_in_range,
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
@@ -150,7 +152,7 @@ def check_tdoa(
     problem = repeated_recording(stations, files)
     if problem:
         raise CaptureError(problem)
-    bases, lengths, rates = [], [], []
+    bases, lengths, rates, named = [], [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")
         tuned = parse_file_name(name or "")
@@ -167,6 +169,11 @@ def check_tdoa(
             raise CaptureError(f"{label}: {exc}") from None
         lengths.append(len(recording.iq))
         rates.append(recording.header_rate_hz)
+        if tuned:
+            named.append((label, tuned.start, len(recording.iq) / recording.header_rate_hz))
+    problem = apart_in_time(named)
+    if problem:
+        raise CaptureError(problem)
     start, end = overlap(bases)
     if end - start < limits.min_overlap_s:
         raise CaptureError(
@@ -183,9 +190,43 @@ def check_tdoa(
         stations=tuple(stations),
         heights_m=tuple(heights),
         frequency_mhz=frequency_mhz,
-        capture_time=parse_capture_time(fields.get("capture_time")),
+        capture_time=_capture_time(fields.get("capture_time"), named),
         n_samples=max(lengths),
         sample_rate_hz=float(np.median(rates)),
         overlap_s=end - start,
         expect_emitter=expectation,
     )
+
+
+CLOCK_SLACK_S = 300.0
+"""How far a kiwirecorder file name's start (the recording computer's clock, not GPS time) may
+be off for recordings that overlap in GPS time."""
+
+
+def apart_in_time(named: Sequence[tuple[str, datetime, float]]) -> str | None:
+    """Why recordings cannot have been made together, or None: of ``(label, start, seconds)``
+    from their kiwirecorder file names, one starts after another has ended (by more than
+    :data:`CLOCK_SLACK_S`). A KiwiSDR's GPS stamps give the time within the GPS week only, so
+    recordings a week apart at the same hour would otherwise seem simultaneous."""
+    in_order = sorted(named, key=lambda one: one[1])
+    for (first, begun, length), (then, later, _) in itertools.combinations(in_order, 2):
+        if (later - begun).total_seconds() > length + CLOCK_SLACK_S:
+            return (
+                f"{first} and {then} were recorded at different times by their file names "
+                f"({begun:%Y-%m-%d %H:%M:%S} and {later:%Y-%m-%d %H:%M:%S} UTC): a KiwiSDR's GPS "
+                "stamps give the time within the week only, so recordings made apart could "
+                "seem simultaneous; send recordings made at the same time"
+            )
+    return None
+
+
+def _capture_time(value: object, named: Sequence[tuple[str, datetime, float]]) -> datetime:
+    """The submission's ``capture_time``; left out, the earliest start the file names give
+    (kiwirecorder's names carry it), else now."""
+    if value not in (None, "") or not named:
+        return parse_capture_time(value)
+    earliest = min(start for _, start, _ in named)
+    try:
+        return time_in_range("capture_time", earliest)
+    except ValueError:
+        return parse_capture_time(None)  # a name's date no clock could mean: now, as unnamed

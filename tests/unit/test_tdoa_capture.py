@@ -4,6 +4,7 @@ long enough common span, one tuned frequency; each refusal names the receiver an
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -120,6 +121,22 @@ def test_recordings_of_another_frequency_are_refused(recordings):
     names[2] = names[2].replace(f"_{recordings.frequency_hz}_", "_198000_")
     with pytest.raises(CaptureError, match="198 kHz.*same frequency"):
         check_tdoa(recordings.files, names, fields(recordings), LIMITS)
+
+
+def test_recordings_made_apart_by_their_names_are_refused_and_names_date_a_set(recordings):
+    # The stamps give seconds of the GPS week: a week apart at the same hour, they would match.
+    capture = check_tdoa(recordings.files, recordings.names, fields(recordings), LIMITS)
+    assert capture.capture_time == datetime(2026, 11, 30, 12, tzinfo=UTC)  # the names' start
+    told = fields(recordings, capture_time="2026-11-30T12:00:03Z")
+    assert check_tdoa(recordings.files, recordings.names, told, LIMITS).capture_time.second == 3
+    names = list(recordings.names)
+    names[1] = names[1].replace("20261130T120000Z", "20261123T120000Z")
+    label = f"receiver {recordings.stations[1].id} \\({names[1]}\\) and receiver"
+    with pytest.raises(CaptureError, match=f"{label}.*at different times.*2026-11-23 12:00:00"):
+        check_tdoa(recordings.files, names, fields(recordings), LIMITS)
+    # A computer's clock a few minutes off is not taken for recordings made apart.
+    names[1] = names[1].replace("20261123T120000Z", "20261130T120400Z")
+    assert check_tdoa(recordings.files, names, fields(recordings), LIMITS).overlap_s > 0
 
 
 def messages() -> tuple[dict, dict]:
