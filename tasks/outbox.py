@@ -74,19 +74,25 @@ def stored_message(row: Mapping[Any, Any]) -> LocateMessage | None:
         return None
 
 
-ASKED = ("method", "receivers", "stations", "frequency_mhz", "sample_rate_hz", "model")
-ASKED_TDOA = ("expect_emitter",)
+ASKED = (
+    "method",
+    "receivers",
+    "stations",
+    "frequency_mhz",
+    "sample_rate_hz",
+    "model",
+    "expect_emitter",
+)
 """What a job asks beyond its capture's bytes: the same job id resubmitted with the same capture
 but any of these otherwise asks for another job. Not ``capture_time``: left out of a
-submission, it is the time of that submission."""
+submission, it is the time of that submission (or of a TDoA set's file names)."""
 
 
 def asked_otherwise(first: LocateMessage, again: LocateMessage) -> list[str]:
     """How ``again`` asks otherwise than ``first`` for the same capture: one ``name (first:
-    value, now: value)`` per field of :data:`ASKED` (and of :data:`ASKED_TDOA` for a TDoA job)
-    that differs; empty when it asks the same."""
-    names = ASKED + (ASKED_TDOA if "tdoa" in (first.method, again.method) else ())
-    changed = [name for name in names if getattr(first, name) != getattr(again, name)]
+    value, now: value)`` per field of :data:`ASKED` that differs (positions and receivers by
+    name only); empty when it asks the same."""
+    changed = [name for name in ASKED if getattr(first, name) != getattr(again, name)]
     return [
         name
         if name in ("receivers", "stations")
