@@ -141,8 +141,9 @@ def run_demo(
         if ambiguous and expect == "anywhere":
             print(
                 "ambiguous: three receivers' hyperbolas can cross twice and the delays cannot say "
-                "which crossing is the emitter's; these emitters lie among their receivers, and "
-                "--expect-emitter among_receivers takes the place there"
+                "which crossing is the emitter's; --expect-emitter among_receivers takes the "
+                "place among the receivers, right where the emitter lies there (7 in 10 of these "
+                "sets; 'outside' shows the others, for which it can take the wrong crossing)"
             )
         print(f"maps: {out}/set-*/map.png (region) and likelihood.png (around the estimate)")
     return 1 if failures else 0
