@@ -82,8 +82,8 @@ class Likelihood:
     of every place's 95 % ellipse holds the emitter 95 % of the time."""
     chosen_by: Choice = "likelihood"
     """Why the estimate is the place it is: ``likelihood`` (the highest peak that closes), or
-    ``among_receivers`` (the emitter was expected among the receivers, and of the places it alone
-    lies there)."""
+    ``among_receivers`` (the emitter was expected among the receivers, and of the several places
+    the delays leave it alone lies there)."""
     among: tuple[bool, ...] = ()
     """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
     every receiver of the job, any left out for their delays included."""
@@ -179,7 +179,13 @@ def locate(
     chosen: int = kept[0]
     chosen_by: Choice = "likelihood"
     inside = {k for k in places if among(hull or stations, refined[k][1].lat, refined[k][1].lon)}
-    if expect == "among_receivers" and len(inside) == 1 and min(inside) in closed:
+    # Only where the delays leave several places: one place is the likelihood's choice alone.
+    if (
+        expect == "among_receivers"
+        and len(places) > 1
+        and len(inside) == 1
+        and min(inside) in closed
+    ):
         chosen, chosen_by = min(inside), "among_receivers"
     _, estimate, (grid_lats, grid_lons, grid_ll) = refined[chosen]
     others = [k for k in places if k != chosen]

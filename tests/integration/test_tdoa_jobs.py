@@ -247,7 +247,9 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     assert count_jobs(engine, job_id) == 0
 
 
-def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, settings, app):
+def test_the_cli_submits_a_set_and_writes_its_map(
+    worker, recordings, tmp_path, settings, app, engine
+):
     """``heimdall-inference tdoa submit`` against a real shim process."""
     from inference_worker.cli.processes import cli_process, wait_until
     from tests.integration.helpers import free_port, shim_answers, worker_env
@@ -296,5 +298,11 @@ def test_the_cli_submits_a_set_and_writes_its_map(worker, recordings, tmp_path, 
     kinds = [f["properties"]["kind"] for f in queued["features"]]
     assert kinds.count("receiver") == 4 and kinds.count("likelihood_contour") == 2
     [estimate] = [f for f in queued["features"] if f["properties"]["kind"] == "estimate"]
-    inside = recordings.outside_km == 0  # one place, taken by the expectation when inside
-    assert estimate["properties"]["chosen_by"] == ("among_receivers" if inside else "likelihood")
+    # One place: the likelihood's alone, whatever is expected; the expectation went with the job.
+    assert estimate["properties"]["chosen_by"] == "likelihood"
+    job_id = printed.split("job ", 1)[1].split(" accepted", 1)[0]
+    with engine.connect() as connection:
+        message = connection.execute(
+            sa.select(jobs.c.message).where(jobs.c.job_id == job_id)
+        ).scalar_one()
+    assert message["expect_emitter"] == "among_receivers"

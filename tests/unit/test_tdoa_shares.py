@@ -91,6 +91,17 @@ def test_an_emitter_expected_among_the_receivers_makes_the_place_there_the_estim
     assert chosen.lons[0] < expected.lon < chosen.lons[-1]
 
 
+def test_an_expectation_says_it_chose_only_where_the_delays_leave_several_places():
+    stations, _, delays = drawn(1001, PRIORS[0])  # one place, among the receivers
+    plain, _ = locate(stations, delays)
+    estimate, likelihood = locate(stations, delays, expect="among_receivers")
+    assert likelihood.alternatives == () and likelihood.among == (True,)
+    assert likelihood.chosen_by == "likelihood" and (estimate.lat, estimate.lon) == (
+        plain.lat,
+        plain.lon,
+    )
+
+
 def test_places_are_judged_among_every_receiver_of_the_job_those_left_out_included():
     stations, _, delays = drawn(1016, PRIORS[0])
     expected, chosen = locate(stations, delays, expect="among_receivers")
