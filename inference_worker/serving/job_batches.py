@@ -22,6 +22,7 @@ from inference_worker.serving.jobs import (
     fail_started,
     parse_message,
     queue_wait_ms,
+    reused_id,
     run_job,
 )
 from inference_worker.serving.locating import BadJob, capture_features, decode_blob, describe_output
@@ -72,11 +73,13 @@ def _run_model_jobs(
     rows = services.jobs.start_many([new_job(message) for _, message in batch])
     live: list[tuple[int, LocateMessage]] = []
     for index, message in batch:
-        if message.job_id in rows:
-            live.append((index, message))
-        else:
+        if message.job_id not in rows:
             log.info("job %s already final; redelivery ignored", message.job_id)
             outcomes[index] = JobOutcome(message.job_id, "duplicate")
+        elif reused_id(rows[message.job_id], message):
+            outcomes[index] = JobOutcome(message.job_id, "reused_id")
+        else:
+            live.append((index, message))
     if not live:
         return outcomes
 

@@ -49,7 +49,8 @@ class JobServices:
 class JobOutcome:
     job_id: str | None
     status: str
-    """succeeded, failed, or duplicate (already final: nothing done)."""
+    """succeeded, failed, duplicate (already final: nothing done), or reused_id (the job is of
+    another capture: nothing done, :func:`reused_id`)."""
     cache_hit: bool = False
     error: str | None = None
     model_version: str | None = None
@@ -122,6 +123,8 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     if row is None:
         log.info("job %s already final; redelivery ignored", message.job_id)
         return JobOutcome(message.job_id, "duplicate", method=message.method)
+    if reused_id(row, message):
+        return JobOutcome(message.job_id, "reused_id", method=message.method)
     waited_ms = queue_wait_ms(row)
 
     cache_key = services.redis.cache_key(
@@ -247,3 +250,21 @@ def fail_started(
                 lambda: services.redis.put_result(job_id, job_view(final), services.result_ttl_s)
             )
     return JobOutcome(job_id, "failed", error=reason, model_version=model_version, method=method)
+
+
+def reused_id(row: Mapping[str, Any], message: LocateMessage) -> bool:
+    """Whether the job's row is of another capture than ``message``: a producer sent two
+    captures under one job id while the first was unfinished. The row's capture is the job's;
+    this message is left out (logged), so that no job records the result of a capture that is
+    not its own. The job's own message then finds the capture stored under its key replaced,
+    and fails saying so."""
+    if row["iq_sha256"] == message.iq_sha256:
+        return False
+    log.error(
+        "job %s is of the capture with sha256 %s, this message of %s: its producer reused the "
+        "job id for another capture; this message is left out",
+        message.job_id,
+        row["iq_sha256"][:12],
+        message.iq_sha256[:12],
+    )
+    return True

@@ -127,7 +127,7 @@ def record_job(outcome: dict[str, Any]) -> None:
     version = outcome.get("model_version") or "none"
     method = outcome.get("method") or "model"
     metrics["jobs"].labels(status, version, method).inc()
-    if status == "duplicate":
+    if status in ("duplicate", "reused_id"):
         return
     timings = outcome.get("timings") or {}
     if status == "succeeded" and method == "model":

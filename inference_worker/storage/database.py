@@ -132,7 +132,8 @@ class JobStore:
         """Mark a job running and count the attempt, writing its row first if it has none (a
         producer's message, taken from the queue); ``None`` if the job is already final.
 
-        Returns the job's id, status, creation time and attempts (not the whole row).
+        Returns the job's id, status, creation and start times, attempts and capture digest
+        (not the whole row).
         """
         return self.start_many([job]).get(job.job_id)
 

@@ -69,7 +69,7 @@ START_MANY = (
     " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
     " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
     f" WHERE j.status NOT IN ({FINAL_LIST})"
-    " RETURNING job_id, status, created_at, started_at, attempts"
+    " RETURNING job_id, status, created_at, started_at, attempts, iq_sha256"
 )
 SUCCEED_MANY = (
     "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"

@@ -74,6 +74,23 @@ def test_job_whose_bytes_do_not_match_their_hash_fails(services, capture, simula
     assert outcome.status == "failed" and "sha256" in str(outcome.error)
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["one-job", "batch"])
+def test_a_job_id_reused_for_another_capture_never_records_that_captures_result(
+    services, capture, simulator, rng, alone
+):
+    """A producer sends a second capture under an unfinished job's id: its message is left
+    out, and the job's own, finding its capture replaced, fails saying so."""
+    first = queue_job(services, capture)
+    other = simulator.simulate(rng, sample_rate_hz=capture.sample_rate_hz, duration_s=1.0)
+    second = capture_message(other, first["job_id"], first["blob_key"])
+    services.redis.put_blob(first["blob_key"], other.iq.tobytes(), 60)  # as its producer does
+    outcome = run_job(second, services) if alone else run_jobs([(second, None)], services)[0]
+    assert outcome.status == "reused_id"
+    assert services.jobs.get(first["job_id"])["status"] == "running"  # no result of the other
+    failed = run_job(first, services)
+    assert failed.status == "failed" and "sha256" in str(failed.error)
+
+
 def test_malformed_message_fails_its_job_and_names_the_field(services, capture):
     message = queue_job(services, capture)
     del message["sample_rate_hz"]
