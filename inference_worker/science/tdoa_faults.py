@@ -6,10 +6,11 @@ GPS solution, off by what its age allows, which the fix ages must account for.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from inference_worker.core.capture import CaptureError
-from inference_worker.core.ellipse import contains
 from inference_worker.core.kiwi_wav import (
     CLOCK_DRIFT,
     NEVER_HAD_FIX,
@@ -72,21 +73,20 @@ def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
     except TdoaError:
         return {"receivers": receivers, "offset": offset, "failed": True}
     odd, widened = solution.excluded, solution.likelihood.widened > 1
-    everyone, likelihood = (
-        locate(recording.stations, solution.pairs)
-        if odd or widened
-        else (solution.estimate, solution.likelihood)  # already located with everyone as is
-    )
-    places = [everyone, *(other for other, _ in likelihood.alternatives)]
+    if odd or widened:  # otherwise already located with everyone as measured
+        everyone, likelihood = locate(recording.stations, solution.pairs)
+        before = dataclasses.replace(solution, estimate=everyone, likelihood=likelihood)
+    else:
+        before = solution
     return {
         "receivers": receivers,
         "offset": offset,
         "failed": False,
-        "beyond": likelihood.chi2 > likelihood.chi2_bound,
+        "beyond": before.likelihood.chi2 > before.chi2_bound,
         "excluded": odd is not None,
         "right_one": odd is not None and odd.index == victim,
         "widened": widened,
-        "held_before": any(contains(p, *recording.emitter, 0.95) for p in places),
+        "held_before": before.holds(*recording.emitter, 0.95),
         "held": solution.holds(*recording.emitter, 0.95),
     }
 
