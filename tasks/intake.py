@@ -228,12 +228,13 @@ class Intake:
             ServiceUnavailable: a store or the broker is down or full; nothing is left behind.
         """
         job_id = capture.job_id or str(uuid.uuid4())
-        blob_key = self.store.blob_key(job_id)
         payload = capture.payload()
+        digest = hashlib.sha256(payload).hexdigest()
+        blob_key = self.store.blob_key(job_id, digest)
         message = build_message(
             capture,
             job_id=job_id,
-            digest=hashlib.sha256(payload).hexdigest(),
+            digest=digest,
             blob_key=blob_key,
             batch_id=batch_id,
             tenant=tenant,
@@ -254,6 +255,7 @@ class Intake:
                 # mid-way, or is still at it): finish that submission now. A second message for
                 # the job is harmless: the job store records one result.
                 message = stored_message(row) or message
+                blob_key = message.blob_key  # an earlier release's key, for its message
             else:
                 note = {"job_id": job_id, "status": status, "tenant": row["tenant"]}
                 pending = (job_id, note, self.settings.result_ttl_s)

@@ -58,7 +58,8 @@ def record_job(
 
 def start_job(jobs: JobStore, message: LocateMessage) -> dict[str, Any] | None:
     """Mark the job of a message taken from the queue running, in one statement; its row is
-    written from the message first if it has none (a producer's). ``None``: already final.
+    written from the message first if it has none (a producer's). ``None``: already final, or
+    of another capture (a producer reused its id), and left as it is.
 
     Raises:
         One of :data:`TRANSIENT_ERRORS` when PostgreSQL is unreachable.

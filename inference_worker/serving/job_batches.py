@@ -20,9 +20,9 @@ from inference_worker.serving.jobs import (
     JobOutcome,
     JobServices,
     fail_started,
+    left_out,
     parse_message,
     queue_wait_ms,
-    reused_id,
     run_job,
 )
 from inference_worker.serving.locating import BadJob, capture_features, decode_blob, describe_output
@@ -74,10 +74,7 @@ def _run_model_jobs(
     live: list[tuple[int, LocateMessage]] = []
     for index, message in batch:
         if message.job_id not in rows:
-            log.info("job %s already final; redelivery ignored", message.job_id)
-            outcomes[index] = JobOutcome(message.job_id, "duplicate")
-        elif reused_id(rows[message.job_id], message):
-            outcomes[index] = JobOutcome(message.job_id, "reused_id")
+            outcomes[index] = left_out(services.jobs, message)
         else:
             live.append((index, message))
     if not live:

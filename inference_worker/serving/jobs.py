@@ -50,7 +50,7 @@ class JobOutcome:
     job_id: str | None
     status: str
     """succeeded, failed, duplicate (already final: nothing done), or reused_id (the job is of
-    another capture: nothing done, :func:`reused_id`)."""
+    another capture: nothing done, :func:`left_out`)."""
     cache_hit: bool = False
     error: str | None = None
     model_version: str | None = None
@@ -121,10 +121,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
 
     row = start_job(services.jobs, message)
     if row is None:
-        log.info("job %s already final; redelivery ignored", message.job_id)
-        return JobOutcome(message.job_id, "duplicate", method=message.method)
-    if reused_id(row, message):
-        return JobOutcome(message.job_id, "reused_id", method=message.method)
+        return left_out(services.jobs, message)
     waited_ms = queue_wait_ms(row)
 
     cache_key = services.redis.cache_key(
@@ -252,19 +249,21 @@ def fail_started(
     return JobOutcome(job_id, "failed", error=reason, model_version=model_version, method=method)
 
 
-def reused_id(row: Mapping[str, Any], message: LocateMessage) -> bool:
-    """Whether the job's row is of another capture than ``message``: a producer sent two
-    captures under one job id while the first was unfinished. The row's capture is the job's;
-    this message is left out (logged), so that no job records the result of a capture that is
-    not its own. The job's own message then finds the capture stored under its key replaced,
-    and fails saying so."""
-    if row["iq_sha256"] == message.iq_sha256:
-        return False
-    log.error(
-        "job %s is of the capture with sha256 %s, this message of %s: its producer reused the "
-        "job id for another capture; this message is left out",
-        message.job_id,
-        row["iq_sha256"][:12],
-        message.iq_sha256[:12],
-    )
-    return True
+def left_out(jobs: JobStore, message: LocateMessage) -> JobOutcome:
+    """The outcome of a message whose job the start statement left as it is: a redelivery of a
+    job already final (``duplicate``), or a message of another capture under the job's id
+    (``reused_id``: a producer reused the id; logged as an error). The row is the job's and
+    stays so: its own message locates its own capture, stored under a key of its digest, and
+    no job records the result of a capture that is not its own."""
+    row = jobs.get(message.job_id)
+    if row is not None and row["iq_sha256"] != message.iq_sha256:
+        log.error(
+            "job %s is of the capture with sha256 %s, this message of %s: its producer reused "
+            "the job id for another capture; this message is left out",
+            message.job_id,
+            row["iq_sha256"][:12],
+            message.iq_sha256[:12],
+        )
+        return JobOutcome(message.job_id, "reused_id", method=message.method)
+    log.info("job %s already final; redelivery ignored", message.job_id)
+    return JobOutcome(message.job_id, "duplicate", method=message.method)

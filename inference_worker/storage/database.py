@@ -130,10 +130,10 @@ class JobStore:
 
     def start(self, job: NewJob) -> dict[str, Any] | None:
         """Mark a job running and count the attempt, writing its row first if it has none (a
-        producer's message, taken from the queue); ``None`` if the job is already final.
+        producer's message, taken from the queue); ``None`` if the job is already final or of
+        another capture (its row is then left as it is).
 
-        Returns the job's id, status, creation and start times, attempts and capture digest
-        (not the whole row).
+        Returns the job's id, status, creation and start times and attempts (not the whole row).
         """
         return self.start_many([job]).get(job.job_id)
 
@@ -167,7 +167,7 @@ class JobStore:
 
     def start_many(self, new_jobs: list[NewJob]) -> dict[str, dict[str, Any]]:
         """:meth:`start` for several jobs (distinct ids) in one statement; returns the started
-        rows by job id (a job already final is absent)."""
+        rows by job id (a job already final, or of another capture, is absent)."""
         if not new_jobs:
             return {}
         rows = []

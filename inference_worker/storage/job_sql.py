@@ -68,8 +68,10 @@ START_MANY = (
     " ORDER BY job_id"
     " ON CONFLICT (job_id) DO UPDATE SET status = 'running', started_at = now(),"
     " attempts = j.attempts + 1, published_at = coalesce(j.published_at, now())"
-    f" WHERE j.status NOT IN ({FINAL_LIST})"
-    " RETURNING job_id, status, created_at, started_at, attempts, iq_sha256"
+    # A message of another capture under the job's id (a producer reusing it) leaves the job
+    # as it is, as a final job's redelivery does: the worker tells the two apart.
+    f" WHERE j.status NOT IN ({FINAL_LIST}) AND j.iq_sha256 = excluded.iq_sha256"
+    " RETURNING job_id, status, created_at, started_at, attempts"
 )
 SUCCEED_MANY = (
     "WITH given AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(job_id text,"

@@ -60,8 +60,10 @@ class RedisStore:
         self.client.ping()
 
     # --- claim check ----------------------------------------------------------------------
-    def blob_key(self, job_id: str) -> str:
-        return f"{self.prefix}blob:{job_id}"
+    def blob_key(self, job_id: str, digest: str) -> str:
+        """Where a job's capture waits for its worker: by job id and the capture's sha256, so
+        that a producer sending another capture under a job id cannot replace the job's own."""
+        return f"{self.prefix}blob:{job_id}:{digest[:16]}"
 
     def put_blob(self, key: str, data: bytes, ttl_s: int) -> None:
         self.client.set(key, data, ex=ttl_s)

@@ -110,7 +110,7 @@ def test_a_full_redis_refuses_submissions_cleanly_and_accepted_jobs_still_finish
     )
     # Nothing is left of the refused submission
     assert jobs.get(refused_id) is None
-    assert not redis.Redis.from_url(small_redis).exists(f"{local.redis_prefix}blob:{refused_id}")
+    assert not redis.Redis.from_url(small_redis).keys(f"{local.redis_prefix}blob:{refused_id}:*")
 
     with start_worker("full") as worker:
         wait_until(

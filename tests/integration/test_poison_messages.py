@@ -12,7 +12,7 @@ from inference_worker.serving import dead_letters
 from inference_worker.serving.dead_letters import DeadLetter, record_dead_letter
 from tasks.app import inference_queue
 from tasks.contract import TASK_NAME, read_message
-from tests.helpers import capture_message
+from tests.helpers import capture_message, iq_digest
 from tests.integration.helpers import submit_npy, wait_final, wait_final_row
 
 
@@ -70,7 +70,7 @@ def test_bad_message_fails_its_job_with_the_reason(
 ):
     _, store = stores
     job_id = f"poison-{uuid.uuid4()}"
-    key = store.blob_key(job_id)
+    key = store.blob_key(job_id, iq_digest(capture.iq))
     if store_blob:
         store.put_blob(key, capture.iq.tobytes(), 60)
     publish(settings, mangle(capture_message(capture, job_id, key)), job_id=job_id)
@@ -110,7 +110,9 @@ def test_a_dead_letter_whose_values_the_database_refuses_is_recorded_without_the
     every second for ever, and every later dead letter waited behind it."""
     jobs, store = stores
     job_id = f"dead-values-{uuid.uuid4()}"
-    valid = read_message(capture_message(capture, job_id, store.blob_key(job_id)))
+    valid = read_message(
+        capture_message(capture, job_id, store.blob_key(job_id, iq_digest(capture.iq)))
+    )
     # as if the contract let it through: PostgreSQL is what refuses it
     unchecked = valid.model_copy(update={"n_samples": 2**40})
     monkeypatch.setattr(dead_letters, "read_message", lambda payload: unchecked)

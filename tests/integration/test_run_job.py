@@ -16,7 +16,7 @@ from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.storage.schema import inference_logs
 from tasks.contract import read_message
 from tasks.outbox import record_job
-from tests.helpers import capture_message
+from tests.helpers import capture_message, iq_digest
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def queue_job(
     """Record a job as the shim does (without ``record``: as a producer leaves it, no row) and
     return its task message."""
     job_id = f"direct-{uuid.uuid4()}"
-    key = services.redis.blob_key(job_id)
+    key = services.redis.blob_key(job_id, iq_digest(capture.iq))
     message = capture_message(capture, job_id, key)
     if record:
         record_job(services.jobs, read_message(message))
@@ -75,20 +75,30 @@ def test_job_whose_bytes_do_not_match_their_hash_fails(services, capture, simula
 
 
 @pytest.mark.parametrize("alone", [True, False], ids=["one-job", "batch"])
-def test_a_job_id_reused_for_another_capture_never_records_that_captures_result(
+def test_a_job_id_reused_for_another_capture_leaves_the_job_to_its_own(
     services, capture, simulator, rng, alone
 ):
-    """A producer sends a second capture under an unfinished job's id: its message is left
-    out, and the job's own, finding its capture replaced, fails saying so."""
+    """A producer sends a second capture under a job's id: its message is left out, before
+    the job ran and after it finished, and the job's own message locates the job's own capture
+    (each capture waits under a key of its digest: the second replaced nothing)."""
     first = queue_job(services, capture)
     other = simulator.simulate(rng, sample_rate_hz=capture.sample_rate_hz, duration_s=1.0)
-    second = capture_message(other, first["job_id"], first["blob_key"])
-    services.redis.put_blob(first["blob_key"], other.iq.tobytes(), 60)  # as its producer does
-    outcome = run_job(second, services) if alone else run_jobs([(second, None)], services)[0]
-    assert outcome.status == "reused_id"
-    assert services.jobs.get(first["job_id"])["status"] == "running"  # no result of the other
-    failed = run_job(first, services)
-    assert failed.status == "failed" and "sha256" in str(failed.error)
+    key = services.redis.blob_key(first["job_id"], iq_digest(other.iq))
+    second = capture_message(other, first["job_id"], key)
+    services.redis.put_blob(key, other.iq.tobytes(), 60)  # as its producer does
+    assert key != first["blob_key"]
+
+    def run(message):
+        return run_job(message, services) if alone else run_jobs([(message, None)], services)[0]
+
+    assert run(second).status == "reused_id"
+    row = services.jobs.get(first["job_id"])
+    assert row["status"] == "queued" and row["attempts"] == 0  # left as it was
+    assert run(first).status == "succeeded"
+    located = services.jobs.get(first["job_id"])
+    assert run(second).status == "reused_id"  # after it finished: told, not a redelivery
+    assert run(first).status == "duplicate"
+    assert services.jobs.get(first["job_id"]) == located
 
 
 def test_malformed_message_fails_its_job_and_names_the_field(services, capture):

@@ -18,7 +18,7 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import create_engine, migrate
 from tasks.contract import read_message
 from tasks.outbox import record_job
-from tests.helpers import capture_message
+from tests.helpers import capture_message, iq_digest
 from tests.integration.helpers import job_row, wait_final_row, worker_env
 
 
@@ -59,10 +59,10 @@ def test_operators_list_requeue_and_fail_stuck_jobs_then_prune_them(own_schema, 
     jobs = JobStore(engine)
     # Given two submissions whose shim died before publishing: one after storing the capture
     for job_id, stored in (("stuck-with-capture", True), ("stuck-without-capture", False)):
-        message = capture_message(capture, job_id, store.blob_key(job_id))
+        message = capture_message(capture, job_id, store.blob_key(job_id, iq_digest(capture.iq)))
         record_job(jobs, read_message(message), published=False)
         if stored:
-            store.put_blob(store.blob_key(job_id), capture.iq.tobytes(), 600)
+            store.put_blob(message["blob_key"], capture.iq.tobytes(), 600)
 
     # When an operator lists the stuck jobs
     listed = {

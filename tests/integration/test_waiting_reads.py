@@ -60,7 +60,7 @@ def test_a_submission_the_broker_refuses_leaves_no_note(own_queue, capture, redi
         refused = submit_npy(client, capture, job_id=job_id)
         assert refused.status_code == 503, refused.get_json()
         assert store.get_result_json(job_id) is None
-        assert not redis_client.exists(store.blob_key(job_id))
+        assert not redis_client.keys(f"{store.blob_key(job_id, '')}*")
         assert client.get(f"/jobs/{job_id}?wait=1").status_code == 404
     finally:  # this app's connections, closed rather than left to the garbage collector
         app.extensions["heimdall"].store.client.close()
