@@ -207,11 +207,11 @@ def pair_delays(
     stations: Sequence[Receiver],
     *,
     window_s: float = 0.5,
-    rate_hz: float = 12_000.0,
     min_overlap_s: float = 2.0,
     clock_floor_s: float = CLOCK_FLOOR_S,
 ) -> Delays:
-    """Each pair's delay and the covariance of their errors, from windows over the common span.
+    """Each pair's delay and the covariance of their errors, from windows of ``window_s`` (at
+    the recordings' rate) over the common span.
 
     The covariance is that of the windows' mean delays, estimated from how the windows' delays
     scatter together (so that it holds whether a receiver's noise moves all its pairs alike or
@@ -232,7 +232,7 @@ def pair_delays(
             f"the recordings overlap for {max(0.0, end - start):.1f} s; at least "
             f"{min_overlap_s:g} s are needed"
         )
-    length = int(window_s * rate_hz)
+    length = int(window_s * float(np.median([base.rate_hz for base in timebases])))
     count = int((end - start) / window_s) - 1
     centres = [start + (k + 1) * window_s for k in range(count)]
     windows = [

@@ -163,9 +163,12 @@ def synthetic_set(
     snr_db: tuple[float, float] = (10.0, 30.0),
     clock_error_s: float = CLOCK_FLOOR_S,
     spacing_m: tuple[float, float] = (300e3, 1_000e3),
+    sample_rate_hz: int = 12_000,
 ) -> SyntheticSet:
     """One set of recordings of one emitter; see the module docstring for what varies.
-    ``quirks``: True draws each with probability one half, or name the ones wanted."""
+    ``quirks``: True draws each with probability one half, or name the ones wanted.
+    ``sample_rate_hz``: the headers' rate (a KiwiSDR records 12 000 or 20 250); each
+    receiver's true rate lies 1.0–1.3 Hz above it."""
     stations = place_receivers(rng, receivers, spacing_m)
     emitter, outside_km = place_emitter(rng, stations)
     kind = signal or str(rng.choice(SIGNALS))
@@ -183,7 +186,7 @@ def synthetic_set(
         chosen = {quirk: int(rng.integers(receivers)) for quirk in quirks}
     files, names, snrs = [], [], []
     for index, station in enumerate(stations):
-        rate = float(rng.uniform(12_001.0, 12_001.3))
+        rate = float(rng.uniform(sample_rate_hz + 1.0, sample_rate_hz + 1.3))
         n = int(seconds * rate) // BLOCK_SAMPLES * BLOCK_SAMPLES
         delay = geodesic_m(station.lat, station.lon, *emitter) / SPEED_OF_LIGHT_M_S
         at = starts[index] + np.arange(n) / rate - delay
@@ -206,7 +209,9 @@ def synthetic_set(
         if "stamp_jump" in mine:  # a late stretch off by a fraction of a second
             jump_at = int(len(stamps) * rng.uniform(0.8, 0.9))
             stamps[jump_at:] += rng.uniform(0.05, 0.5)
-        data = write_kiwi_wav(received.astype(np.complex64), stamps, fix_age=ages)
+        data = write_kiwi_wav(
+            received.astype(np.complex64), stamps, fix_age=ages, header_rate_hz=sample_rate_hz
+        )
         if "cut_short" in mine:
             data = _cut_mid_block(data, rng)
         files.append(data)

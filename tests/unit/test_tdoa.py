@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from inference_worker.core import time_differences
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
@@ -77,6 +78,37 @@ def test_pair_delays_are_the_true_propagation_differences():
         expected = truth[pair.a] - truth[pair.b]
         assert pair.delay_s == pytest.approx(expected, abs=max(4 * pair.sigma_s, 2e-6))
         assert pair.windows_used >= pair.windows_total - 2
+
+
+def test_a_20_25_khz_set_is_correlated_over_half_second_windows(monkeypatch):
+    """A KiwiSDR records at 20.25 kHz too: its windows span 0.5 s as at 12 kHz (they were
+    6 000 samples whatever the rate: 0.3 s), and its delays are the true ones."""
+    recording = synthetic_set(
+        np.random.default_rng(5),
+        receivers=3,
+        seconds=6.0,
+        quirks=False,
+        snr_db=(60.0, 60.0),
+        clock_error_s=0.0,
+        sample_rate_hz=20_250,
+    )
+    recs = [read_kiwi_wav(f) for f in recording.files]
+    bases = [timebase(r) for r in recs]
+    lengths: list[int] = []
+    cut = time_differences._window
+
+    def counted(*args):
+        lengths.append(args[-1])
+        return cut(*args)
+
+    monkeypatch.setattr(time_differences, "_window", counted)
+    truth = [
+        geodesic_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
+        for s in recording.stations
+    ]
+    for pair in pair_delays(recs, bases, recording.stations):
+        assert pair.delay_s == pytest.approx(truth[pair.a] - truth[pair.b], abs=1e-6)
+    assert 10_120 <= min(lengths) <= 10_130  # 0.5 s at 20 251 Hz
 
 
 def test_the_emitter_is_found_and_lies_in_its_95_percent_ellipse():
