@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
+import scipy.fft
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
@@ -112,14 +113,17 @@ def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: i
     fraction = position - first
     # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
     # middle, or the ringing, at the same place in both windows of a pair, pulls their
-    # correlation's peak towards the lag the windows were cut at.
-    samples = recording.iq[first - _MARGIN : first + length + _MARGIN].astype(np.complex128)
-    if first < _MARGIN or len(samples) < length + 2 * _MARGIN:
+    # correlation's peak towards the lag the windows were cut at. The stretch is at least
+    # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
+    before = (scipy.fft.next_fast_len(length + 2 * _MARGIN) - length) // 2
+    after = scipy.fft.next_fast_len(length + 2 * _MARGIN) - length - before
+    samples = recording.iq[first - before : first + length + after].astype(np.complex128)
+    if first < before or len(samples) < length + before + after:
         raise TdoaError("a window reaches past the end of a recording")
     spectrum = np.fft.fft(samples)
     frequencies = np.fft.fftfreq(len(samples))
     shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
-    return shifted[_MARGIN : _MARGIN + length]
+    return shifted[before : before + length]
 
 
 def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) -> float:
@@ -135,10 +139,12 @@ def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) 
     finest peak: the same values as interpolating the whole correlation, for a fraction of the
     work.
     """
-    n, margin = len(y), (len(y) - len(x)) // 2
+    margin = (len(y) - len(x)) // 2
+    # Zeros after both, to a length whose FFT is quick: no lag searched wraps around.
+    n = scipy.fft.next_fast_len(len(y))
     padded_x = np.zeros(n, dtype=complex)
     padded_x[margin : margin + len(x)] = x
-    cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y))
+    cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y, n))
     coarse = np.abs(np.fft.ifft(cross))
     lags = np.fft.fftfreq(n, d=1.0 / n)  # whole samples, signed
     allowed = np.abs(lags) <= min(max_lag_s * rate_hz, margin)

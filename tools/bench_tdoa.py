@@ -1,0 +1,94 @@
+"""Benchmark: what locating one set of KiwiSDR recordings by time differences costs a worker.
+
+One process on one core (BLAS pinned to one thread), synthetic sets of the evaluation's kind
+(``inference_worker.science.kiwi_sets``) made before the clock starts: the quirks of real files
+left out, so that every set is located, and more than five receivers placed 100-1 200 km apart
+(twelve do not fit 300-1 000 km). Each set is timed through the estimator a worker runs for a
+TDoA job (:func:`inference_worker.core.tdoa.solve`: reading the files, their time bases, every
+pair's correlations and the position search). For each sample rate and receiver count it prints
+the median and the range of a set's time, and how much of the median the correlations took.
+
+    python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
+        [--seconds 30] [--seed 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference_worker.cli.arguments import count  # noqa: E402
+from inference_worker.core import tdoa  # noqa: E402
+from inference_worker.core.contract import Receiver  # noqa: E402
+from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
+
+
+def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[float, float]:
+    """Seconds for the whole estimate, and of them those spent in the pairs' correlations."""
+    spent = [0.0]
+    correlate = tdoa.pair_delays
+
+    def counted(*args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return correlate(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    with mock.patch.object(tdoa, "pair_delays", counted):
+        t0 = time.perf_counter()
+        tdoa.solve(files, stations)
+        return time.perf_counter() - t0, spent[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=count(1), default=5, help="sets per row")
+    parser.add_argument("--receivers", type=count(3), nargs="+", default=[3, 5, 12])
+    parser.add_argument("--rates", type=int, nargs="+", default=[12_000, 20_250])
+    parser.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
+    parser.add_argument("--seed", type=int, default=3000, help="first set's seed")
+    args = parser.parse_args(argv)
+
+    print(
+        f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} {'correlations':>13}"
+    )
+    with threadpool_limits(limits=1):
+        for rate in args.rates:
+            for receivers in args.receivers:
+                sets = [
+                    synthetic_set(
+                        np.random.default_rng(args.seed + k),
+                        receivers=receivers,
+                        seconds=args.seconds,
+                        quirks=False,
+                        sample_rate_hz=rate,
+                        spacing_m=(300e3, 1_000e3) if receivers <= 5 else (100e3, 1_200e3),
+                    )
+                    for k in range(args.sets)
+                ]
+                timed_solve(sets[0].files, sets[0].stations)  # caches filled, as in a worker
+                times = np.array([timed_solve(s.files, s.stations) for s in sets])
+                median = float(np.median(times[:, 0]))
+                share = float(np.median(times[:, 1] / times[:, 0]))
+                print(
+                    f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "
+                    f"{median:>9.2f} {times[:, 0].min():>6.2f}–{times[:, 0].max():<6.2f} "
+                    f"{share:>12.0%}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
