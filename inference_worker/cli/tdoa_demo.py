@@ -117,7 +117,7 @@ def run_demo(
                 f"{recording.outside_km:>5.0f}km {result['lat']:9.5f}, {result['lon']:9.5f} "
                 f"{error_m:7.0f}m {e68['semi_major_m']:7.0f} x {e68['semi_minor_m']:5.0f} m "
                 f"{'in' if held else 'out':>4} {view['timings']['end_to_end_ms'] / 1e3:6.2f}s"
-                + (" (ambiguous)" if result["alternatives"] else "")
+                + (f" (ambiguous: weight {result['weight']:.2f})" if result["alternatives"] else "")
                 + (
                     ", taken among the receivers"
                     if result.get("chosen_by") == "among_receivers"
@@ -141,7 +141,9 @@ def run_demo(
         if ambiguous and expect == "anywhere":
             print(
                 "ambiguous: three receivers' hyperbolas can cross twice and the delays cannot say "
-                "which crossing is the emitter's; --expect-emitter among_receivers takes the "
+                "which crossing is the emitter's (weight: each place's share of the likelihood, "
+                "not the chance that it is the emitter's; the estimate is the higher peak, not "
+                "always the heavier one); --expect-emitter among_receivers takes the "
                 "place among the receivers, right where the emitter lies there (7 in 10 of these "
                 "sets; 'outside' shows the others, for which it can take the wrong crossing)"
             )
