@@ -3,17 +3,19 @@ nothing from the wire is executed, and the worker keeps serving."""
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 
 import kombu
 import pytest
 
+from inference_worker.cli.processes import wait_until
 from inference_worker.serving import dead_letters
 from inference_worker.serving.dead_letters import DeadLetter, record_dead_letter
 from tasks.app import inference_queue
 from tasks.contract import TASK_NAME, read_message
 from tests.helpers import capture_message, iq_digest
-from tests.integration.helpers import submit_npy, wait_final, wait_final_row
+from tests.integration.helpers import produce, submit_npy, wait_final, wait_final_row
 
 
 def publish(settings, body, *, serializer: str = "json", job_id: str | None = None) -> str:
@@ -154,3 +156,34 @@ def test_a_body_that_does_not_decode_fails_its_job_and_leaves_the_worker_serving
     assert "rejected" in refused["error"]
     view = wait_final(client, submit_npy(client, capture).get_json()["job_id"])
     assert view["status"] == "succeeded" and worker.poll() is None
+
+
+def test_a_producer_reusing_a_job_id_leaves_the_job_to_its_first_capture(
+    own_queue, stores, capture, simulator, rng
+):
+    """Two captures under one job id, queued before a real worker starts, then the second once
+    more after the job finished: the job is located from the first and stays so, and the
+    worker counts each left-out message."""
+    local, _, start_worker = own_queue
+    jobs, _ = stores
+    other = simulator.simulate(rng, sample_rate_hz=capture.sample_rate_hz, duration_s=1.0)
+    job_id = produce(local, capture, job_id=f"reused-{uuid.uuid4()}")
+    assert produce(local, other, job_id=job_id) == job_id
+    with start_worker("reused") as worker:
+        row = wait_final_row(jobs, job_id)
+        assert row["status"] == "succeeded", row.get("error")
+        assert row["iq_sha256"] == iq_digest(capture.iq) and row["attempts"] == 1
+        produce(local, other, job_id=job_id)
+        url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+
+        def left_out() -> int:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                lines = response.read().decode().splitlines()
+            return sum(
+                int(float(line.rsplit(" ", 1)[1]))
+                for line in lines
+                if line.startswith("heimdall_jobs_total{") and 'outcome="reused_id"' in line
+            )
+
+        wait_until("the worker to leave out both messages", lambda: left_out() == 2, 30)
+    assert jobs.get(job_id) == row
