@@ -6,7 +6,8 @@ left out, so that every set is located, and more than five receivers placed 100-
 (twelve do not fit 300-1 000 km). Each set is timed through the estimator a worker runs for a
 TDoA job (:func:`inference_worker.core.tdoa.solve`: reading the files, their time bases, every
 pair's correlations and the position search). For each sample rate and receiver count it prints
-the median and the range of a set's time, and how much of the median the correlations took.
+the median and the range of a set's time, how much of it the correlations took, and the peak
+of the allocations (numpy's included) while locating the first set, measured apart.
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
         [--seconds 30] [--seed 3000]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from unittest import mock
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(
-        f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} {'correlations':>13}"
+        f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
+        f"{'correlations':>13} {'peak MB':>8}"
     )
     with threadpool_limits(limits=1):
         for rate in args.rates:
@@ -77,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     for k in range(args.sets)
                 ]
+                tracemalloc.start()  # on a call of its own: tracing slows every allocation
                 timed_solve(sets[0].files, sets[0].stations)  # caches filled, as in a worker
+                peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
+                tracemalloc.stop()
                 times = np.array([timed_solve(s.files, s.stations) for s in sets])
                 median = float(np.median(times[:, 0]))
                 share = float(np.median(times[:, 1] / times[:, 0]))
                 print(
                     f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "
                     f"{median:>9.2f} {times[:, 0].min():>6.2f}–{times[:, 0].max():<6.2f} "
-                    f"{share:>12.0%}",
+                    f"{share:>12.0%} {peak_mb:>8.0f}",
                     flush=True,
                 )
     return 0

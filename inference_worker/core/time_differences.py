@@ -126,36 +126,48 @@ def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: i
     return shifted[before : before + length]
 
 
-def _peak_delay(x: np.ndarray, y: np.ndarray, rate_hz: float, max_lag_s: float) -> float:
-    """Delay of ``x`` behind ``y`` (seconds) at the peak of their cross-correlation.
+def _peak_delays(
+    stretches: Sequence[np.ndarray],
+    pairs: Sequence[tuple[int, int]],
+    margin: int,
+    rates_hz: np.ndarray,
+    max_lags_s: np.ndarray,
+) -> np.ndarray:
+    """Each pair ``(a, b)``'s delay of ``a`` behind ``b`` (seconds) at the peak of their
+    cross-correlation over one window, from every receiver's ``stretch`` of the window and
+    ``margin`` samples either side.
 
-    ``y`` is longer than ``x`` by the same number of samples on each side (at least the
-    largest lag searched), so at every lag searched each sample of ``x`` meets a sample of
-    ``y``. Correlating two windows of one length would not: the part they share shrinks with
-    the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag.
+    ``a``'s window (its stretch's middle) is correlated against ``b``'s whole stretch, so at
+    every lag searched (at most ``margin``) each sample of the window meets a sample of the
+    other. Correlating two windows of one length would not: the part they share shrinks with
+    the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag. Each receiver's
+    two spectra are taken once for all its pairs.
 
     The peak is found on whole samples, then the band-limited correlation is evaluated
     ``UPSAMPLE`` times finer within a sample either side of it and a parabola fitted to the
     finest peak: the same values as interpolating the whole correlation, for a fraction of the
     work.
     """
-    margin = (len(y) - len(x)) // 2
+    whole = np.asarray(stretches)
     # Zeros after both, to a length whose FFT is quick: no lag searched wraps around.
-    n = scipy.fft.next_fast_len(len(y))
-    padded_x = np.zeros(n, dtype=complex)
-    padded_x[margin : margin + len(x)] = x
-    cross = np.fft.fft(padded_x) * np.conj(np.fft.fft(y, n))
+    n = scipy.fft.next_fast_len(whole.shape[1])
+    middles = np.zeros((len(whole), n), dtype=complex)
+    middles[:, margin : whole.shape[1] - margin] = whole[:, margin:-margin]
+    first, second = np.asarray(pairs).T
+    cross = np.fft.fft(middles)[first] * np.conj(np.fft.fft(whole, n))[second]
     coarse = np.abs(np.fft.ifft(cross))
     lags = np.fft.fftfreq(n, d=1.0 / n)  # whole samples, signed
-    allowed = np.abs(lags) <= min(max_lag_s * rate_hz, margin)
-    peak = float(lags[int(np.argmax(np.where(allowed, coarse, -1.0)))])
+    allowed = np.abs(lags) <= np.minimum(max_lags_s * rates_hz, margin)[:, None]
+    peaks = lags[np.argmax(np.where(allowed, coarse, -1.0), axis=1)]
     frequencies, kernel = _fine_kernel(n)
-    fine = np.abs(kernel @ (cross * np.exp(2j * np.pi * frequencies * peak)))
-    index = int(np.clip(np.argmax(fine), 1, len(fine) - 2))
-    left, centre, right = fine[index - 1], fine[index], fine[index + 1]
+    fine = np.abs((cross * np.exp(2j * np.pi * np.outer(peaks, frequencies))) @ kernel.T)
+    rows = np.arange(len(pairs))
+    index = np.clip(np.argmax(fine, axis=1), 1, fine.shape[1] - 2)
+    left, centre, right = fine[rows, index - 1], fine[rows, index], fine[rows, index + 1]
     denominator = left - 2 * centre + right
-    offset = 0.5 * (left - right) / denominator if denominator != 0 else 0.0
-    return (peak + (index - UPSAMPLE + offset) / UPSAMPLE) / rate_hz
+    flat = denominator == 0
+    offset = np.where(flat, 0.0, 0.5 * (left - right) / np.where(flat, 1.0, denominator))
+    return (peaks + (index - UPSAMPLE + offset) / UPSAMPLE) / rates_hz
 
 
 @functools.lru_cache(maxsize=16)
@@ -241,29 +253,24 @@ def pair_delays(
     length = int(window_s * float(np.median([base.rate_hz for base in timebases])))
     count = int((end - start) / window_s) - 1
     centres = [start + (k + 1) * window_s for k in range(count)]
-    windows = [
-        [_window(r, tb, centre, length) for centre in centres]
-        for r, tb in zip(recordings, timebases, strict=True)
-    ]
     pairs = list(itertools.combinations(range(len(recordings)), 2))
-    per_window = np.empty((len(pairs), count))
-    max_lags = np.empty(len(pairs))
-    for row, (a, b) in enumerate(pairs):
-        baseline = great_circle_m(
-            stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon
-        )
-        max_lag = max_lags[row] = float(baseline / SPEED_OF_LIGHT_M_S + 1e-3)
-        pair_rate = (timebases[a].rate_hz + timebases[b].rate_hz) / 2
-        margin = int(math.ceil(max_lag * pair_rate)) + 2
-        per_window[row] = [
-            _peak_delay(
-                windows[a][k],
-                _window(recordings[b], timebases[b], centres[k], length + 2 * margin),
-                pair_rate,
-                max_lag,
-            )
-            for k in range(count)
+    max_lags = np.array(
+        [
+            great_circle_m(stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon)
+            / SPEED_OF_LIGHT_M_S
+            + 1e-3
+            for a, b in pairs
         ]
+    )
+    pair_rates = np.array([(timebases[a].rate_hz + timebases[b].rate_hz) / 2 for a, b in pairs])
+    margin = int(math.ceil(float(np.max(max_lags * pair_rates)))) + 2  # the longest pair's
+    per_window = np.empty((len(pairs), count))
+    for k, centre_s in enumerate(centres):
+        stretches = [
+            _window(r, tb, centre_s, length + 2 * margin)
+            for r, tb in zip(recordings, timebases, strict=True)
+        ]
+        per_window[:, k] = _peak_delays(stretches, pairs, margin, pair_rates, max_lags)
     # A pair whose windows agree on no delay hears no common signal (one receiver's time or
     # frequency is off): its windows' peaks scatter over the lags searched, hundreds of times
     # more than a pair that shares the signal.

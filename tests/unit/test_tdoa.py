@@ -95,13 +95,13 @@ def test_a_20_25_khz_set_is_correlated_over_half_second_windows(monkeypatch):
     recs = [read_kiwi_wav(f) for f in recording.files]
     bases = [timebase(r) for r in recs]
     lengths: list[int] = []
-    cut = time_differences._window
+    correlate = time_differences._peak_delays
 
-    def counted(*args):
-        lengths.append(args[-1])
-        return cut(*args)
+    def counted(stretches, pairs, margin, *args):
+        lengths.append(len(stretches[0]) - 2 * margin)  # the window itself
+        return correlate(stretches, pairs, margin, *args)
 
-    monkeypatch.setattr(time_differences, "_window", counted)
+    monkeypatch.setattr(time_differences, "_peak_delays", counted)
     truth = [
         geodesic_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
         for s in recording.stations
