@@ -77,12 +77,25 @@ def log_likelihood_grid(
         precision = own_precision(delays, len(stations))
     grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
     offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
-    travel = [
-        great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S + offset
-        for s, offset in zip(stations, offsets, strict=True)
-    ]
-    residual = np.stack([(travel[pair.a] - travel[pair.b] - pair.delay_s) * 1e6 for pair in delays])
-    return -0.5 * np.einsum("i...,ij,j...->...", residual, precision, residual)
+    travel_us = np.stack(
+        [
+            (great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S + offset) * 1e6
+            for s, offset in zip(stations, offsets, strict=True)
+        ]
+    )
+    # chi2 = |F r|² with F the precision's square root, r = (D t - d) the residuals of the pairs
+    # (D: pairs × receivers, t: every receiver's travel time, d: the delays). F D is a few rows
+    # (the precision's rank: a pseudo-inverse, the receivers less one) × the receivers, so no
+    # array of every pair at every point is made: 66 pairs (12 receivers) took most of a set's
+    # search and its memory.
+    values, vectors = np.linalg.eigh(precision)
+    kept = values > 1e-12 * float(values.max())
+    root = (vectors[:, kept] * np.sqrt(values[kept])).T
+    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
+    measured = root @ np.array([pair.delay_s * 1e6 for pair in delays])
+    projected = np.tensordot(root @ design, travel_us, axes=(1, 0))
+    projected -= measured.reshape(-1, *([1] * grid_lat.ndim))
+    return -0.5 * np.sum(projected**2, axis=0)
 
 
 def coarse_peaks(

@@ -154,13 +154,13 @@ def _peak_delays(
     middles = np.zeros((len(whole), n), dtype=complex)
     middles[:, margin : whole.shape[1] - margin] = whole[:, margin:-margin]
     first, second = np.asarray(pairs).T
-    cross = np.fft.fft(middles)[first] * np.conj(np.fft.fft(whole, n))[second]
-    coarse = np.abs(np.fft.ifft(cross))
-    lags = np.fft.fftfreq(n, d=1.0 / n)  # whole samples, signed
+    correlation = np.fft.ifft(np.fft.fft(middles)[first] * np.conj(np.fft.fft(whole, n))[second])
+    lags = np.fft.fftfreq(n, d=1.0 / n).astype(int)  # whole samples, signed
     allowed = np.abs(lags) <= np.minimum(max_lags_s * rates_hz, margin)[:, None]
-    peaks = lags[np.argmax(np.where(allowed, coarse, -1.0), axis=1)]
-    frequencies, kernel = _fine_kernel(n)
-    fine = np.abs((cross * np.exp(2j * np.pi * np.outer(peaks, frequencies))) @ kernel.T)
+    peaks = lags[np.argmax(np.where(allowed, np.abs(correlation), -1.0), axis=1)]
+    # Each pair's correlation turned so that its peak comes first, then the fine lags' values.
+    turned = np.stack([np.roll(c, -peak) for c, peak in zip(correlation, peaks, strict=True)])
+    fine = np.abs(turned @ _fine_kernel(n).T)
     rows = np.arange(len(pairs))
     index = np.clip(np.argmax(fine, axis=1), 1, fine.shape[1] - 2)
     left, centre, right = fine[rows, index - 1], fine[rows, index], fine[rows, index + 1]
@@ -171,12 +171,13 @@ def _peak_delays(
 
 
 @functools.lru_cache(maxsize=16)
-def _fine_kernel(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frequencies of an ``n``-point FFT, and the matrix that turns a cross-spectrum into its
-    correlation at lags ``-1, -1 + 1/UPSAMPLE, ..., +1`` samples."""
-    frequencies = np.fft.fftfreq(n)
+def _fine_kernel(n: int) -> np.ndarray:
+    """The matrix that turns an ``n``-point correlation, its peak first, into its band-limited
+    values at lags ``-1, -1 + 1/UPSAMPLE, ..., +1`` samples from the peak: row ``s`` is the
+    transform of the phase ramp of lag ``s``, so that each value is the cross-spectrum's
+    ``sum(C[f] exp(2 pi i f (peak + s)))`` without a ramp to compute for every peak."""
     steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
-    return frequencies, np.exp(2j * np.pi * np.outer(steps, frequencies))
+    return np.fft.fft(np.exp(2j * np.pi * np.outer(steps, np.fft.fftfreq(n))), axis=1)
 
 
 class Delays(Sequence[PairDelay]):
