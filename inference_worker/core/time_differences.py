@@ -35,6 +35,8 @@ INCOHERENT_RATIO = 30.0
 more than ``INCOHERENT_RATIO`` times as much as the pair that agrees best."""
 _MARGIN = 256
 """Samples on each side of a window that are shifted with it and then dropped."""
+_PAIRS_AT_ONCE = 64
+"""Pairs correlated together (the 2 016 pairs of 64 receivers at once would hold gigabytes)."""
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
@@ -115,8 +117,9 @@ def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: i
     # middle, or the ringing, at the same place in both windows of a pair, pulls their
     # correlation's peak towards the lag the windows were cut at. The stretch is at least
     # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
-    before = (scipy.fft.next_fast_len(length + 2 * _MARGIN) - length) // 2
-    after = scipy.fft.next_fast_len(length + 2 * _MARGIN) - length - before
+    stretch = scipy.fft.next_fast_len(length + 2 * _MARGIN)
+    before = (stretch - length) // 2
+    after = stretch - length - before
     samples = recording.iq[first - before : first + length + after].astype(np.complex128)
     if first < before or len(samples) < length + before + after:
         raise TdoaError("a window reaches past the end of a recording")
@@ -133,41 +136,50 @@ def _peak_delays(
     rates_hz: np.ndarray,
     max_lags_s: np.ndarray,
 ) -> np.ndarray:
-    """Each pair ``(a, b)``'s delay of ``a`` behind ``b`` (seconds) at the peak of their
-    cross-correlation over one window, from every receiver's ``stretch`` of the window and
-    ``margin`` samples either side.
+    """Each pair ``(a, b)``'s delay of ``a`` behind ``b`` (seconds) over one window, from every
+    receiver's ``stretch``: the window and ``margin`` samples either side.
 
     ``a``'s window (its stretch's middle) is correlated against ``b``'s whole stretch, so at
-    every lag searched (at most ``margin``) each sample of the window meets a sample of the
-    other. Correlating two windows of one length would not: the part they share shrinks with
-    the lag, which pulls a broad peak (a slowly keyed signal) towards zero lag. Each receiver's
-    two spectra are taken once for all its pairs.
-
-    The peak is found on whole samples, then the band-limited correlation is evaluated
-    ``UPSAMPLE`` times finer within a sample either side of it and a parabola fitted to the
-    finest peak: the same values as interpolating the whole correlation, for a fraction of the
-    work.
+    every lag searched (at most ``margin``) each sample of the window meets one of the other;
+    two windows of one length would share less the larger the lag, pulling a broad peak (a
+    slowly keyed signal) towards zero. Each receiver's spectra are taken once for all its pairs,
+    the correlations :data:`_PAIRS_AT_ONCE` pairs at a time.
     """
     whole = np.asarray(stretches)
     # Zeros after both, to a length whose FFT is quick: no lag searched wraps around.
     n = scipy.fft.next_fast_len(whole.shape[1])
     middles = np.zeros((len(whole), n), dtype=complex)
-    middles[:, margin : whole.shape[1] - margin] = whole[:, margin:-margin]
+    middles[:, margin : whole.shape[1] - margin] = whole[:, margin : whole.shape[1] - margin]
+    spectra, others = np.fft.fft(middles), np.conj(np.fft.fft(whole, n))
     first, second = np.asarray(pairs).T
-    correlation = np.fft.ifft(np.fft.fft(middles)[first] * np.conj(np.fft.fft(whole, n))[second])
+    delays = np.empty(len(pairs))
+    for at in range(0, len(pairs), _PAIRS_AT_ONCE):
+        some = slice(at, at + _PAIRS_AT_ONCE)
+        correlation = np.fft.ifft(spectra[first[some]] * others[second[some]])
+        limits = np.minimum(max_lags_s[some] * rates_hz[some], margin)
+        delays[some] = _refined_peaks(correlation, limits) / rates_hz[some]
+    return delays
+
+
+def _refined_peaks(correlation: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Each row's lag (samples) at its correlation's peak within ``limits``: found on whole
+    samples, then the band-limited correlation evaluated ``UPSAMPLE`` times finer within a
+    sample either side and a parabola fitted to the finest peak (the values of interpolating the
+    whole correlation, for a fraction of the work)."""
+    n = correlation.shape[1]
     lags = np.fft.fftfreq(n, d=1.0 / n).astype(int)  # whole samples, signed
-    allowed = np.abs(lags) <= np.minimum(max_lags_s * rates_hz, margin)[:, None]
+    allowed = np.abs(lags) <= limits[:, None]
     peaks = lags[np.argmax(np.where(allowed, np.abs(correlation), -1.0), axis=1)]
     # Each pair's correlation turned so that its peak comes first, then the fine lags' values.
     turned = np.stack([np.roll(c, -peak) for c, peak in zip(correlation, peaks, strict=True)])
     fine = np.abs(turned @ _fine_kernel(n).T)
-    rows = np.arange(len(pairs))
+    rows = np.arange(len(correlation))
     index = np.clip(np.argmax(fine, axis=1), 1, fine.shape[1] - 2)
     left, centre, right = fine[rows, index - 1], fine[rows, index], fine[rows, index + 1]
     denominator = left - 2 * centre + right
     flat = denominator == 0
     offset = np.where(flat, 0.0, 0.5 * (left - right) / np.where(flat, 1.0, denominator))
-    return (peaks + (index - UPSAMPLE + offset) / UPSAMPLE) / rates_hz
+    return peaks + (index - UPSAMPLE + offset) / UPSAMPLE
 
 
 @functools.lru_cache(maxsize=16)

@@ -105,9 +105,7 @@ def stuck_jobs(stores: Stores, older_than_s: float, limit: int) -> list[dict[str
     found = []
     for row in stores.maintenance.not_final(older_than_s, limit):
         message = stored_message(row)
-        blob_key = (
-            message.blob_key if message else stores.redis.blob_key(row["job_id"], row["iq_sha256"])
-        )
+        blob_key = message.blob_key if message else stores.redis.earlier_blob_key(row["job_id"])
         found.append(
             {
                 "job_id": row["job_id"],

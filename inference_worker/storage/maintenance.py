@@ -75,7 +75,6 @@ class JobMaintenance:
                 jobs.c.started_at,
                 jobs.c.published_at,
                 jobs.c.attempts,
-                jobs.c.iq_sha256,
                 jobs.c.message,
                 (sa.func.extract("epoch", sa.func.now() - jobs.c.created_at)).label("age_s"),
             )

@@ -65,6 +65,10 @@ class RedisStore:
         that a producer sending another capture under a job id cannot replace the job's own."""
         return f"{self.prefix}blob:{job_id}:{digest[:16]}"
 
+    def earlier_blob_key(self, job_id: str) -> str:
+        """Where releases that kept no task message in a job's row stored its capture."""
+        return f"{self.prefix}blob:{job_id}"
+
     def put_blob(self, key: str, data: bytes, ttl_s: int) -> None:
         self.client.set(key, data, ex=ttl_s)
 

@@ -111,6 +111,14 @@ def test_a_20_25_khz_set_is_correlated_over_half_second_windows(monkeypatch):
     assert 10_120 <= min(lengths) <= 10_130  # 0.5 s at 20 251 Hz
 
 
+def test_pairs_correlated_a_few_at_a_time_give_the_same_delays(monkeypatch):
+    recs, bases = recordings(seconds=3.0)
+    together = pair_delays(recs, bases, STATIONS)
+    monkeypatch.setattr(time_differences, "_PAIRS_AT_ONCE", 2)  # three pairs: two batches
+    apart = pair_delays(recs, bases, STATIONS)
+    assert [p.delay_s for p in apart] == pytest.approx([p.delay_s for p in together], abs=1e-15)
+
+
 def test_the_emitter_is_found_and_lies_in_its_95_percent_ellipse():
     recs, bases = recordings()
     estimate, likelihood = locate(STATIONS, pair_delays(recs, bases, STATIONS))
