@@ -59,3 +59,16 @@ def test_the_tdoa_demo_writes_its_sets_locates_them_and_draws_their_maps(own_que
     assert " in " in row and re.search(r"\(ambiguous: weight 0\.\d\d\), taken among the", row)
     assert float(row.split()[6].rstrip("m")) < 2_000  # the error column
     assert "median error of these sets" in done.stdout
+
+
+def test_the_tdoa_demo_prints_a_set_it_cannot_locate_as_the_service_answered_it(
+    own_queue, tmp_path
+):
+    local, _, _ = own_queue
+    # Three receivers nearly on one line, the emitter 198 km beyond its end: a line, no point.
+    done = run_cli(local, tmp_path, "tdoa", "demo", "--sets", "1", "--seed", "91858")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("set-91858"))
+    assert "failed: the delays do not fix a position" in row
+    assert "failed: the service's answer for a set it cannot locate" in done.stdout
