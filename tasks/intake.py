@@ -255,7 +255,8 @@ class Intake:
                 # mid-way, or is still at it): finish that submission now. A second message for
                 # the job is harmless: the job store records one result.
                 message = stored_message(row) or message
-                blob_key = message.blob_key  # an earlier release's key, for its message
+                blob_key = message.blob_key  # the key its message names (an earlier release's
+                # differs: its capture must be where its message looks)
             else:
                 note = {"job_id": job_id, "status": status, "tenant": row["tenant"]}
                 pending = (job_id, note, self.settings.result_ttl_s)

@@ -36,7 +36,7 @@ more than ``INCOHERENT_RATIO`` times as much as the pair that agrees best."""
 _MARGIN = 256
 """Samples on each side of a window that are shifted with it and then dropped."""
 _PAIRS_AT_ONCE = 64
-"""Pairs correlated together (the 2 016 pairs of 64 receivers at once would hold gigabytes)."""
+"""Pairs correlated together (the 2 016 pairs of 64 receivers at once held about a gigabyte)."""
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
