@@ -194,7 +194,7 @@ def match_positions(positions: Any, names: list[str]) -> list[dict[str, Any]]:
     receivers = []
     for name in names:
         parsed = parse_file_name(name)
-        station = parsed.station if parsed else Path(name).stem
+        station = parsed.station if parsed and parsed.station else Path(name).stem
         place = positions.get(station)
         if place is None:
             fail(f"the positions file has no receiver {station!r} (for {name})")

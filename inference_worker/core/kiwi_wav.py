@@ -33,7 +33,9 @@ CLOCK_DRIFT = 1e-7
 whose solution is ``a`` seconds old may be off by ``CLOCK_DRIFT * a``, 6 µs after a minute."""
 FULL_SCALE = 32_768.0
 _KIWI = struct.Struct("<BBII")
-_FILENAME = re.compile(r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)_(?P<station>[^_]+)_iq", re.I)
+_FILENAME = re.compile(
+    r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)(?:_(?P<station>[^/\\]+?))?_iq\b", re.I
+)
 
 
 class KiwiWavError(ValueError):
@@ -283,12 +285,14 @@ def write_kiwi_wav(
 class KiwiFileName:
     start: datetime
     frequency_hz: int
-    station: str
+    station: str | None
+    """The ``--station`` part (it may hold underscores); None where the recorder was given
+    none."""
 
 
 def parse_file_name(name: str) -> KiwiFileName | None:
-    """What a kiwirecorder file name says (``20200813T065220Z_77500_HB9ODP_iq.wav``), if it
-    has that form."""
+    """What a kiwirecorder file name says (``20200813T065220Z_77500_HB9ODP_iq.wav``, or
+    ``20200813T065220Z_77500_iq.wav`` recorded without ``--station``), if it has that form."""
     found = _FILENAME.search(name)
     if found is None:
         return None

@@ -12,6 +12,7 @@ from api_shim.client import ShimError
 from inference_worker.cli.arguments import count, number
 from inference_worker.cli.jobs import print_job
 from inference_worker.cli.main import build_parser
+from inference_worker.cli.tdoa import match_positions
 from inference_worker.cli.upkeep import PruneProgress
 
 
@@ -190,4 +191,14 @@ def test_a_prune_by_hand_says_how_far_it_has_come(capsys):
     assert [line.split(" so far")[0].strip() for line in lines] == [
         "deleted 5000",
         "deleted 10000",
+    ]
+
+
+def test_positions_are_matched_by_station_or_by_the_name_of_a_file_without_one():
+    names = ["20200813T065220Z_77500_HB9_ODP_iq.wav", "rec/20200813T065220Z_77500_iq.wav"]
+    positions = {"HB9_ODP": {"lat": 47.0, "lon": 8.0}, "20200813T065220Z_77500_iq": [45.0, 9.0]}
+    receivers = match_positions(positions, names)
+    assert receivers == [
+        {"id": "HB9_ODP", "lat": 47.0, "lon": 8.0},
+        {"id": "20200813T065220Z_77500_iq", "lat": 45.0, "lon": 9.0},
     ]

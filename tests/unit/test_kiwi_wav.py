@@ -228,3 +228,18 @@ def test_the_file_name_gives_start_frequency_and_station():
     assert found.start == datetime(2020, 8, 13, 6, 52, 20, tzinfo=UTC)
     assert found.frequency_hz == 77_500 and found.station == "HB9ODP"
     assert parse_file_name("capture.wav") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "station"),
+    [
+        ("20200813T065220Z_77500_iq.wav", None),  # kiwirecorder without --station
+        ("20200813T065220Z_77500_HB9_ODP_iq.wav", "HB9_ODP"),
+        ("rec/20200813T065220Z_77500_A_iq (1).wav", "A"),  # a browser's second download
+    ],
+)
+def test_every_form_kiwirecorder_names_a_file_gives_its_start_and_frequency(name, station):
+    found = parse_file_name(name)
+    assert found is not None and found.station == station
+    assert found.start == datetime(2020, 8, 13, 6, 52, 20, tzinfo=UTC)
+    assert found.frequency_hz == 77_500
