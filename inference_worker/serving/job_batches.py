@@ -74,7 +74,7 @@ def _run_model_jobs(
     live: list[tuple[int, LocateMessage]] = []
     for index, message in batch:
         if message.job_id not in rows:
-            outcomes[index] = left_out(services.jobs, message)
+            outcomes[index] = left_out(services, message)
         else:
             live.append((index, message))
     if not live:

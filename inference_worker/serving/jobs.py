@@ -121,7 +121,7 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
 
     row = start_job(services.jobs, message)
     if row is None:
-        return left_out(services.jobs, message)
+        return left_out(services, message)
     waited_ms = queue_wait_ms(row)
 
     cache_key = services.redis.cache_key(
@@ -249,13 +249,15 @@ def fail_started(
     return JobOutcome(job_id, "failed", error=reason, model_version=model_version, method=method)
 
 
-def left_out(jobs: JobStore, message: LocateMessage) -> JobOutcome:
+def left_out(services: JobServices, message: LocateMessage) -> JobOutcome:
     """The outcome of a message whose job the start statement left as it is: a redelivery of a
     job already final (``duplicate``), or a message of another capture under the job's id
     (``reused_id``: a producer reused the id; logged as an error). The row is the job's and
     stays so: its own message locates its own capture, stored under a key of its digest, and
-    no job records the result of a capture that is not its own."""
-    row = jobs.get(message.job_id)
+    no job records the result of a capture that is not its own. The left-out capture is
+    deleted where its key is of its own digest (no message of the job's capture names that
+    key); an earlier release's key, the job id alone, may be the job's own and stays."""
+    row = services.jobs.get(message.job_id)
     if row is not None and row["iq_sha256"] != message.iq_sha256:
         log.error(
             "job %s is of the capture with sha256 %s, this message of %s: its producer reused "
@@ -264,6 +266,8 @@ def left_out(jobs: JobStore, message: LocateMessage) -> JobOutcome:
             row["iq_sha256"][:12],
             message.iq_sha256[:12],
         )
+        if message.blob_key == services.redis.blob_key(message.job_id, message.iq_sha256):
+            services.redis.delete_blob(message.blob_key)
         return JobOutcome(message.job_id, "reused_id", method=message.method)
     log.info("job %s already final; redelivery ignored", message.job_id)
     return JobOutcome(message.job_id, "duplicate", method=message.method)

@@ -162,13 +162,15 @@ def test_a_producer_reusing_a_job_id_leaves_the_job_to_its_first_capture(
     own_queue, stores, capture, simulator, rng
 ):
     """Two captures under one job id, queued before a real worker starts, then the second once
-    more after the job finished: the job is located from the first and stays so, and the
-    worker counts each left-out message."""
-    local, _, start_worker = own_queue
+    more after the job finished: the job is located from the first and stays so, the worker
+    counts each left-out message, and the left-out capture does not wait out its TTL."""
+    local, store, start_worker = own_queue
     jobs, _ = stores
     other = simulator.simulate(rng, sample_rate_hz=capture.sample_rate_hz, duration_s=1.0)
     job_id = produce(local, capture, job_id=f"reused-{uuid.uuid4()}")
     assert produce(local, other, job_id=job_id) == job_id
+    other_key = store.blob_key(job_id, iq_digest(other.iq))
+    assert store.has_blob(other_key)
     with start_worker("reused") as worker:
         row = wait_final_row(jobs, job_id)
         assert row["status"] == "succeeded", row.get("error")
@@ -187,3 +189,4 @@ def test_a_producer_reusing_a_job_id_leaves_the_job_to_its_first_capture(
 
         wait_until("the worker to leave out both messages", lambda: left_out() == 2, 30)
     assert jobs.get(job_id) == row
+    assert not store.has_blob(other_key)
