@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
         "demo [--sets N] [--out DIR] [--expect-emitter among_receivers]. The positions file is "
         'a JSON list of {"id", "lat", "lon"} in the order of the files, or an object '
         '{"STATION": {"lat", "lon"}} matched to kiwirecorder file names '
-        "(DATE_FREQUENCY_STATION_iq.wav).",
+        "(DATE_FREQUENCY_STATION_iq.wav; a file without a station by its name less .wav).",
     )
     tdoa.add_argument("action", choices=["submit", "demo"])
     tdoa.add_argument("files", nargs="*", help="with submit: one KiwiSDR IQ WAV file per receiver")
