@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inference_worker.core.capture import iq_digest
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, write_kiwi_wav
 
 if TYPE_CHECKING:  # the registry's modules load MLflow: only the tests that use it pay
     from inference_worker.serving.registry import ModelRegistry
@@ -91,3 +92,13 @@ def embedded_registry(folder: Path) -> ModelRegistry:
         cache_dir=folder / "cache",
         artifact_location=(folder / "artifacts").as_uri(),
     )
+
+
+def piece_of(data: bytes, first_block: int, blocks: int) -> bytes:
+    """Blocks of a KiwiSDR recording as a file of their own, stamped as they were (one recording
+    cut in pieces)."""
+    recording = read_kiwi_wav(data)
+    start = int(recording.block_start[first_block])
+    samples = recording.iq[start : start + blocks * BLOCK_SAMPLES]
+    stamps = recording.gps_s[first_block : first_block + blocks]
+    return write_kiwi_wav(samples, stamps, fix_age=recording.fix_age[first_block:])

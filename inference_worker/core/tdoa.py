@@ -33,6 +33,7 @@ from inference_worker.core.ellipse import (
     metres_per_degree,
 )
 from inference_worker.core.kiwi_wav import KiwiWavError, Timebase, read_kiwi_wav, timebase
+from inference_worker.core.recording_sets import block_prints, repeated_recording
 from inference_worker.core.tdoa_search import (
     Expectation,
     among,
@@ -50,7 +51,6 @@ from inference_worker.core.time_differences import (
     TdoaError,
     overlap,
     pair_delays,
-    repeated_recording,
 )
 
 Choice = Literal["likelihood", "among_receivers"]
@@ -253,14 +253,11 @@ def solve(
 
     Raises:
         TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
-            names the receiver), one file sent for two receivers, fewer than 3 receivers or
+            names the receiver), one recording sent for two receivers, fewer than 3 receivers or
             places, too short a common span, or delays that fix a line rather than a point.
     """
     if len(files) != len(stations):
         raise TdoaError(f"{len(files)} recordings for {len(stations)} receivers")
-    problem = repeated_recording(stations, files)
-    if problem:
-        raise TdoaError(problem)
     recordings, bases = [], []
     for data, station in zip(files, stations, strict=True):
         try:
@@ -269,6 +266,9 @@ def solve(
         except KiwiWavError as exc:
             raise TdoaError(f"receiver {station.id}: {exc}") from None
         recordings.append(recording)
+    problem = repeated_recording(stations, [block_prints(r) for r in recordings])
+    if problem:
+        raise TdoaError(problem)
     pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
     estimate, likelihood = locate(stations, pairs, expect=expect)
     start, end = overlap(bases)

@@ -3,8 +3,8 @@ receivers' positions, the tuned frequency.
 
 Every refusal is a :class:`~inference_worker.core.capture.CaptureError` whose text names the
 receiver and says what is wrong: no usable GPS time, too short a common span, frequencies that
-do not match, one file sent for two receivers, positions that are not positions or fewer than
-three places.
+do not match, one recording sent for two receivers (the same file, or pieces of it), positions
+that are not positions or fewer than three places.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from inference_worker.core.capture import (
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
+from inference_worker.core.recording_sets import block_prints, repeated_recording, too_few_sites
 from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
-from inference_worker.core.time_differences import overlap, repeated_recording, too_few_sites
+from inference_worker.core.time_differences import overlap
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""
@@ -149,10 +150,7 @@ def check_tdoa(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
     expectation = parse_expectation(fields.get("expect_emitter"))
-    problem = repeated_recording(stations, files)
-    if problem:
-        raise CaptureError(problem)
-    bases, lengths, rates, named = [], [], [], []
+    bases, lengths, rates, named, prints = [], [], [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")
         tuned = parse_file_name(name or "")
@@ -169,9 +167,10 @@ def check_tdoa(
             raise CaptureError(f"{label}: {exc}") from None
         lengths.append(len(recording.iq))
         rates.append(recording.header_rate_hz)
+        prints.append(block_prints(recording))
         if tuned:
             named.append((label, tuned.start, len(recording.iq) / recording.header_rate_hz))
-    problem = apart_in_time(named)
+    problem = repeated_recording(stations, prints) or apart_in_time(named)
     if problem:
         raise CaptureError(problem)
     start, end = overlap(bases)

@@ -22,6 +22,7 @@ import scipy.fft
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
+from inference_worker.core.recording_sets import too_few_sites
 
 UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
@@ -40,51 +41,10 @@ _PAIRS_AT_ONCE = 64
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
-SAME_SITE_M = 300.0
-"""Receivers closer than this (1 µs of light travel, about their GPS stamps' jitter) are on one
-site: the delay between them says nothing of where the emitter is."""
 
 
 class TdoaError(ValueError):
     """The recordings cannot be located together; the message says why."""
-
-
-def too_few_sites(stations: Sequence[Receiver]) -> str | None:
-    """Why these receivers cannot fix a position, or None: time differences need receivers at
-    three or more places (receivers within :data:`SAME_SITE_M` of one another are one place)."""
-    site = list(range(len(stations)))
-    for a, b in itertools.combinations(range(len(stations)), 2):
-        near = great_circle_m(stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon)
-        if near < SAME_SITE_M and site[b] != site[a]:
-            old = site[b]
-            site = [site[a] if s == old else s for s in site]
-    places = sorted(set(site))
-    if len(places) >= 3:
-        return None
-    shared = "; ".join(
-        ", ".join(stations[k].id for k in range(len(stations)) if site[k] == place)
-        for place in places
-        if site.count(place) > 1
-    )
-    return (
-        f"the {len(stations)} receivers are at {len(places)} place(s) ({shared}: within "
-        f"{SAME_SITE_M:g} m of one another): time differences need receivers at 3 or more "
-        "places; add a receiver at another site"
-    )
-
-
-def repeated_recording(stations: Sequence[Receiver], files: Sequence[bytes]) -> str | None:
-    """Why these files cannot be the receivers' recordings, or None: two receivers were sent
-    the same file, byte for byte (no two receivers record the same noise), which would fix
-    their delay at exactly 0 and the emitter on the line halfway between them."""
-    for a, b in itertools.combinations(range(len(files)), 2):
-        if files[a] == files[b]:  # unequal files differ within their first blocks' stamps
-            return (
-                f"receivers {stations[a].id} and {stations[b].id} were sent the same "
-                "recording, byte for byte: each receiver's own recording is needed (was one "
-                "file sent twice?)"
-            )
-    return None
 
 
 @dataclass(frozen=True)

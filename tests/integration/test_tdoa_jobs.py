@@ -19,6 +19,7 @@ from inference_worker.core.ellipse import contains, distance_m, estimate_from_re
 from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
 from inference_worker.science.kiwi_sets import synthetic_set
 from inference_worker.storage.schema import jobs
+from tests.helpers import piece_of
 from tests.integration.helpers import wait_final
 
 
@@ -210,6 +211,7 @@ def test_an_emitter_expected_among_the_receivers_takes_the_place_there(client, w
         "one_site",
         "expectation",
         "one_file_twice",
+        "one_recording_cut_in_two",
     ],
 )
 def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
@@ -231,8 +233,8 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     elif case == "expectation":
         fields["expect_emitter"] = "inside"
         expected = "expect_emitter must be one of"
-    elif case == "one_file_twice":
-        files[2] = files[0]
+    elif case in ("one_file_twice", "one_recording_cut_in_two"):
+        files[2] = files[0] if case == "one_file_twice" else piece_of(files[0], 0, 200)
         expected = "were sent the same recording"
     else:  # three of the four receivers given one site's position
         positions = recordings.positions()

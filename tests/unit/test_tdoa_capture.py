@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from inference_worker.core.capture import CaptureError
-from inference_worker.core.kiwi_wav import write_kiwi_wav
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, FULL_SCALE, read_kiwi_wav, write_kiwi_wav
+from inference_worker.core.recording_sets import block_prints, repeated_recording
 from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa, parse_stations
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import synthetic_set
 from tasks.contract import MessageError, read_message
 from tasks.outbox import asked_otherwise
-from tests.helpers import task_message
+from tests.helpers import piece_of, task_message
 
 LIMITS = TdoaLimits(max_receivers=6, min_overlap_s=2.0)
 
@@ -90,13 +91,31 @@ def test_one_file_per_receiver_is_required(recordings):
         check_tdoa(recordings.files[:2], recordings.names[:2], fields(recordings), LIMITS)
 
 
-def test_one_file_sent_for_two_receivers_is_refused_naming_them(recordings):
-    files = (recordings.files[0], recordings.files[1], recordings.files[0])
+@pytest.mark.parametrize("copy", ["the same file", "a piece of it"])
+def test_one_recording_sent_for_two_receivers_is_refused_naming_them(recordings, copy):
+    first = recordings.files[0]
+    other = first if copy == "the same file" else piece_of(first, 20, 80)
+    assert other == first or other not in recordings.files
+    files = (first, recordings.files[1], other)
     ids = [s.id for s in recordings.stations]
     with pytest.raises(CaptureError, match=f"receivers {ids[0]} and {ids[2]} were sent the same"):
         check_tdoa(files, recordings.names, fields(recordings), LIMITS)
     with pytest.raises(TdoaError, match=f"receivers {ids[0]} and {ids[2]} were sent the same"):
         solve(files, recordings.stations)  # a producer's job meets it at the worker
+
+
+def test_recordings_sharing_only_silence_are_not_taken_for_copies(recordings):
+    """Blocks that hardly vary (a dropout's zeros) may match in any two recordings."""
+    prints = []
+    for data in recordings.files:
+        recording = read_kiwi_wav(data)
+        iq = recording.iq.copy()
+        iq[: 4 * BLOCK_SAMPLES] = 0.0
+        iq[4 * BLOCK_SAMPLES : 8 * BLOCK_SAMPLES] = (3 + 2j) / FULL_SCALE
+        quiet = read_kiwi_wav(write_kiwi_wav(iq, recording.gps_s, fix_age=recording.fix_age))
+        prints.append(block_prints(quiet))
+        assert len(prints[-1]) == len(quiet.block_start) - 8  # the rest are compared
+    assert repeated_recording(recordings.stations, prints) is None
 
 
 def test_a_recording_without_gps_time_is_refused_naming_its_receiver(recordings):

@@ -1,0 +1,86 @@
+"""What makes recordings unusable together as one TDoA set, whatever each is alone: receivers
+at fewer than three places, and one receiver's recording sent for two receivers.
+
+Pure numpy: the shim and the producer client check a set before it is accepted, the worker
+again before it locates one (its message may come from anywhere).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.geodesy import great_circle_m
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording
+
+SAME_SITE_M = 300.0
+"""Receivers closer than this (1 µs of light travel, about their GPS stamps' jitter) are on one
+site: the delay between them says nothing of where the emitter is."""
+_MIX = np.random.default_rng(0x4B495749).integers(1, 2**63, BLOCK_SAMPLES, dtype=np.uint64) | 1
+"""Odd 64-bit weights of a block's fingerprint: a sum of its samples' bits times these,
+modulo 2**64."""
+
+
+def too_few_sites(stations: Sequence[Receiver]) -> str | None:
+    """Why these receivers cannot fix a position, or None: time differences need receivers at
+    three or more places (receivers within :data:`SAME_SITE_M` of one another are one place)."""
+    site = list(range(len(stations)))
+    for a, b in itertools.combinations(range(len(stations)), 2):
+        near = great_circle_m(stations[a].lat, stations[a].lon, stations[b].lat, stations[b].lon)
+        if near < SAME_SITE_M and site[b] != site[a]:
+            old = site[b]
+            site = [site[a] if s == old else s for s in site]
+    places = sorted(set(site))
+    if len(places) >= 3:
+        return None
+    shared = "; ".join(
+        ", ".join(stations[k].id for k in range(len(stations)) if site[k] == place)
+        for place in places
+        if site.count(place) > 1
+    )
+    return (
+        f"the {len(stations)} receivers are at {len(places)} place(s) ({shared}: within "
+        f"{SAME_SITE_M:g} m of one another): time differences need receivers at 3 or more "
+        "places; add a receiver at another site"
+    )
+
+
+def block_prints(recording: KiwiRecording) -> np.ndarray:
+    """A 64-bit fingerprint (uint64) of each whole block of ``recording`` whose samples are not
+    all the same (a dropout's zeros may match in any two recordings), distinct: two recordings
+    that share one share samples."""
+    starts = recording.block_start
+    ends = np.append(starts[1:], len(recording.iq))
+    starts = starts[ends - starts >= BLOCK_SAMPLES]
+    samples = recording.iq.view(np.uint64)  # a sample's I and Q bits
+    if np.array_equal(starts, np.arange(len(starts)) * BLOCK_SAMPLES):  # as kiwirecorder writes
+        blocks = samples[: len(starts) * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES)
+    else:
+        blocks = samples[starts[:, None] + np.arange(BLOCK_SAMPLES)]
+    varied = (blocks != blocks[:, :1]).any(axis=1)
+    return np.unique((blocks * _MIX).sum(axis=1)[varied])
+
+
+def repeated_recording(stations: Sequence[Receiver], prints: Sequence[np.ndarray]) -> str | None:
+    """Why these recordings (their :func:`block_prints`, in the order of ``stations``) cannot
+    be the receivers' own, or None: two of them share a block of samples — one file sent for
+    two receivers, or two pieces of one recording (no two receivers record the same noise) —
+    which would fix their delay at exactly 0 and the emitter on the line halfway between
+    them."""
+    if len(prints) < 2:
+        return None
+    values = np.concatenate(prints)
+    owners = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
+    order = np.argsort(values, kind="stable")
+    shared = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if len(shared) == 0:
+        return None
+    a, b = sorted(int(owners[order[k]]) for k in (shared[0], shared[0] + 1))
+    return (
+        f"receivers {stations[a].id} and {stations[b].id} were sent the same recording (their "
+        "files share samples): each receiver's own recording is needed (was one file sent "
+        "twice, or one recording cut in two?)"
+    )
