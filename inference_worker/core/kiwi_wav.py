@@ -258,12 +258,13 @@ def write_kiwi_wav(
     *,
     header_rate_hz: int = NOMINAL_RATE_HZ,
     fix_age: np.ndarray | None = None,
+    block_samples: int = BLOCK_SAMPLES,
 ) -> bytes:
-    """A KiwiSDR IQ WAV file of ``iq`` (complex, full scale 1.0) in blocks of 512 samples, block
-    ``k`` stamped ``gps_s[k]`` (GPS seconds of the week; NaN writes a 0 stamp)."""
+    """A KiwiSDR IQ WAV file of ``iq`` (complex, full scale 1.0) in blocks of ``block_samples``
+    samples, block ``k`` stamped ``gps_s[k]`` (GPS seconds of the week; NaN writes a 0 stamp)."""
     samples = np.clip(np.round(np.stack([iq.real, iq.imag], axis=-1) * FULL_SCALE), -32768, 32767)
     pcm = samples.astype("<i2").tobytes()
-    blocks = -(-len(iq) // BLOCK_SAMPLES)
+    blocks = -(-len(iq) // block_samples)
     if len(gps_s) < blocks:
         raise ValueError(f"{blocks} blocks need {blocks} stamps; got {len(gps_s)}")
     ages = np.zeros(blocks, np.uint8) if fix_age is None else np.asarray(fix_age, np.uint8)
@@ -276,7 +277,7 @@ def write_kiwi_wav(
         )
         body += b"kiwi" + struct.pack("<I", _KIWI.size)
         body += _KIWI.pack(int(ages[k]), 0, int(seconds) % GPS_WEEK_S, int(nanoseconds))
-        chunk = pcm[k * BLOCK_SAMPLES * 4 : (k + 1) * BLOCK_SAMPLES * 4]
+        chunk = pcm[k * block_samples * 4 : (k + 1) * block_samples * 4]
         body += b"data" + struct.pack("<I", len(chunk)) + chunk
     return b"RIFF" + struct.pack("<I", len(body)) + bytes(body)
 

@@ -48,20 +48,28 @@ def too_few_sites(stations: Sequence[Receiver]) -> str | None:
     )
 
 
+SHORTEST_BLOCK = 64
+"""Recordings whose blocks are shorter than this (samples) are not compared."""
+
+
 def block_prints(recording: KiwiRecording) -> np.ndarray:
     """A 64-bit fingerprint (uint64) of each whole block of ``recording`` whose samples are not
     all the same (a dropout's zeros may match in any two recordings), distinct: two recordings
-    that share one share samples."""
+    that share one share samples. A block is the file's own (512 samples as kiwirecorder writes
+    them; of longer ones the first 512, of shorter ones as many as most blocks hold)."""
     starts = recording.block_start
-    ends = np.append(starts[1:], len(recording.iq))
-    starts = starts[ends - starts >= BLOCK_SAMPLES]
+    lengths = np.append(starts[1:], len(recording.iq)) - starts
+    size = min(BLOCK_SAMPLES, int(np.median(lengths)))
+    if size < SHORTEST_BLOCK:
+        return np.zeros(0, np.uint64)
+    starts = starts[lengths >= size]
     samples = recording.iq.view(np.uint64)  # a sample's I and Q bits
-    if np.array_equal(starts, np.arange(len(starts)) * BLOCK_SAMPLES):  # as kiwirecorder writes
-        blocks = samples[: len(starts) * BLOCK_SAMPLES].reshape(-1, BLOCK_SAMPLES)
+    if np.array_equal(starts, np.arange(len(starts)) * size):  # every block of one size
+        blocks = samples[: len(starts) * size].reshape(-1, size)
     else:
-        blocks = samples[starts[:, None] + np.arange(BLOCK_SAMPLES)]
+        blocks = samples[starts[:, None] + np.arange(size)]
     varied = (blocks != blocks[:, :1]).any(axis=1)
-    return np.unique((blocks * _MIX).sum(axis=1)[varied])
+    return np.unique((blocks * _MIX[:size]).sum(axis=1)[varied])
 
 
 def repeated_recording(stations: Sequence[Receiver], prints: Sequence[np.ndarray]) -> str | None:

@@ -104,6 +104,28 @@ def test_one_recording_sent_for_two_receivers_is_refused_naming_them(recordings,
         solve(files, recordings.stations)  # a producer's job meets it at the worker
 
 
+@pytest.mark.parametrize("block_samples", [200, 512, 1024])
+def test_pieces_of_one_recording_share_blocks_of_whatever_size_it_has(recordings, block_samples):
+    recording = read_kiwi_wav(recordings.files[0])
+    blocks = -(-len(recording.iq) // block_samples)
+    stamps = recording.gps_s[1] + np.arange(blocks) * block_samples / 12_001.0
+    whole = read_kiwi_wav(write_kiwi_wav(recording.iq, stamps, block_samples=block_samples))
+    piece = read_kiwi_wav(
+        write_kiwi_wav(
+            recording.iq[7 * block_samples : 20 * block_samples],
+            stamps[7:],
+            block_samples=block_samples,
+        )
+    )
+    others = [block_prints(read_kiwi_wav(data)) for data in recordings.files[1:]]
+    ids = [s.id for s in recordings.stations]
+    assert repeated_recording(recordings.stations, [block_prints(whole), *others]) is None
+    found = repeated_recording(
+        recordings.stations, [block_prints(whole), others[0], block_prints(piece)]
+    )
+    assert found is not None and f"receivers {ids[0]} and {ids[2]}" in found
+
+
 def test_recordings_sharing_only_silence_are_not_taken_for_copies(recordings):
     """Blocks that hardly vary (a dropout's zeros) may match in any two recordings."""
     prints = []
