@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
-from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
+from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
 
 
 def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[float, float]:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                         seconds=args.seconds,
                         quirks=False,
                         sample_rate_hz=rate,
-                        spacing_m=(300e3, 1_000e3) if receivers <= 5 else (100e3, 1_200e3),
+                        spacing_m=spacing_for(receivers),
                     )
                     for k in range(args.sets)
                 ]

@@ -19,7 +19,10 @@ and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
-        [--lapsed-sets 20] [--share-trials 1500]
+        [--lapsed-sets 20] [--share-trials 1500] [--receivers 3-5] [--seconds 30]
+
+``--receivers`` and ``--seconds`` set the main sets' receiver count and length (the other
+sections keep theirs).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.cli.arguments import count  # noqa: E402
+from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.core.ellipse import distance_m  # noqa: E402
 from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
-from inference_worker.science.kiwi_sets import synthetic_set  # noqa: E402
+from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import (  # noqa: E402
     BAD_KINDS,
     LAPSE_COUNTS,
@@ -59,9 +62,13 @@ MEDIAN_BAR_M = 2_000.0
 COVERAGE_95_BAND = (0.92, 0.98)
 
 
-def one_set(seed: int) -> dict[str, object]:
+def one_set(job: tuple[int, int, int, float]) -> dict[str, object]:
+    seed, fewest, most, seconds = job
     rng = np.random.default_rng(seed)
-    recording = synthetic_set(rng, receivers=int(rng.integers(3, 6)))
+    receivers = int(rng.integers(fewest, most + 1))
+    recording = synthetic_set(
+        rng, receivers=receivers, seconds=seconds, spacing_m=spacing_for(receivers)
+    )
     row: dict[str, object] = {
         "seed": seed,
         "signal": recording.signal,
@@ -89,6 +96,18 @@ def one_set(seed: int) -> dict[str, object]:
         "among_right": flags[nearest],
         "solve_s": time.perf_counter() - started,
     }
+
+
+def receiver_range(text: str) -> tuple[int, int]:
+    """``N`` or ``LO-HI`` receivers a set, 3 to 64."""
+    low, _, high = text.partition("-")
+    try:
+        fewest, most = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI receivers, got {text!r}") from None
+    if not 3 <= fewest <= most <= 64:
+        raise argparse.ArgumentTypeError(f"receivers must lie within 3-64, low first; got {text!r}")
+    return fewest, most
 
 
 def one_share_trial(job: tuple[int, str]) -> Places | None:
@@ -140,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=count(1), default=2)
     parser.add_argument("--seed", type=int, default=2026, help="first set's seed")
     parser.add_argument(
+        "--receivers",
+        type=receiver_range,
+        default=(3, 5),
+        help="receivers a set: N, or LO-HI drawn evenly (default 3-5; more than five lie "
+        "100-1 200 km apart)",
+    )
+    parser.add_argument(
+        "--seconds", type=number(2.5, 600.0), default=30.0, help="length of each recording"
+    )
+    parser.add_argument(
         "--bad-sets", type=count(0), default=30, help="sets with one receiver's GPS time broken"
     )
     sections = (
@@ -177,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     seeds = range(args.seed, args.seed + args.sets)
     with ProcessPoolExecutor(args.processes) as pool:
-        for row in pool.map(one_set, seeds):
+        jobs = [(seed, *args.receivers, args.seconds) for seed in seeds]
+        for row in pool.map(one_set, jobs):
             rows.append(row)
             done = len(rows)
             if done % 20 == 0 or done == args.sets:

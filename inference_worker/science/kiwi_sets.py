@@ -70,6 +70,12 @@ def destination(
     return math.degrees(p2), (math.degrees(l2) + 540.0) % 360.0 - 180.0
 
 
+def spacing_for(receivers: int) -> tuple[float, float]:
+    """How far apart (m) the evaluation and the benchmark place ``receivers``: 300-1 000 km for
+    up to five, 100-1 200 km for more (more cannot all lie 300 km apart within 1 000 km)."""
+    return (300e3, 1_000e3) if receivers <= 5 else (100e3, 1_200e3)
+
+
 def place_receivers(
     rng: np.random.Generator,
     count: int,
