@@ -1,19 +1,25 @@
 """How much delays that fit no one position widen their uncertainties: a receiver's time off
 shows in the few degrees of freedom the receivers' times have, pairs that do not add up round a
-triangle in the pairs' own."""
+triangle in the pairs' own; and whole sets with one receiver's time off: refused, that receiver
+left out, or the regions widened."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import contains, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
-from inference_worker.core.tdoa import Solution, _widened_to_fit, locate
+from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
+from inference_worker.core.tdoa import Solution, _widened_to_fit, locate, solve
+from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
+from inference_worker.science.kiwi_sets import synthetic_set
 from inference_worker.science.tdoa_faults import one_lapsed_set
 
 FIVE = (
@@ -91,3 +97,62 @@ def test_a_lapsed_receivers_fix_ages_keep_its_region_honest():
     told = one_lapsed_set((7200, 3, 100, True))
     assert not hidden["beyond"] and not hidden["held"]
     assert told["held"] and not told.get("failed")
+
+
+def shifted_by(recording, receiver: int, seconds: float) -> list[bytes]:
+    """The set's files with one receiver's GPS stamps ``seconds`` off."""
+    files = list(recording.files)
+    wrong = read_kiwi_wav(files[receiver])
+    files[receiver] = write_kiwi_wav(wrong.iq, wrong.gps_s + seconds, fix_age=wrong.fix_age)
+    return files
+
+
+def test_a_receiver_whose_delays_disagree_is_left_out_when_the_others_agree_without_it():
+    # RX2's time 10 µs off: five receivers located with it fit no position (chi2 ~250 against a
+    # bound of 26) and the ellipse missed the emitter; only without it do the other four agree.
+    recording = synthetic_set(np.random.default_rng(902), receivers=5, seconds=10.0)
+    solution = solve(shifted_by(recording, 1, 10e-6), recording.stations)
+    assert solution.excluded is not None and solution.excluded.index == 1
+    assert solution.excluded.chi2_with > solution.excluded.bound_with
+    assert solution.likelihood.chi2 <= solution.chi2_bound
+    assert solution.holds(*recording.emitter, 0.95)
+    described = describe_solution(solution, recording.stations)
+    (left_out,) = described["excluded"]
+    assert left_out["id"] == "RX2" and "disagree with the others'" in left_out["reason"]
+    assert described["fit_chi2"] <= described["fit_chi2_bound"]
+    receivers = [
+        f["properties"]
+        for f in tdoa_feature_collection(described)["features"]
+        if f["properties"]["kind"] == "receiver"
+    ]
+    assert [r["id"] for r in receivers if r.get("excluded")] == ["RX2"]
+
+
+def test_with_four_receivers_a_disagreeing_one_widens_the_regions_rather_than_being_guessed():
+    # Any three receivers fit some position, so which of four is wrong cannot be told apart:
+    # the delays' uncertainties are widened until they fit (chi2 248, nearly all of it the
+    # receivers' times, which have one degree of freedom beyond the position: ×15.8), and the
+    # region that missed the emitter 1.6 km off now holds it.
+    recording = synthetic_set(np.random.default_rng(902), receivers=4, seconds=10.0)
+    solution = solve(shifted_by(recording, 1, 10e-6), recording.stations)
+    assert solution.excluded is None
+    described = describe_solution(solution, recording.stations)
+    assert described["fit_chi2"] > described["fit_chi2_bound"] and described["excluded"] == []
+    assert described["sigma_scale"] == pytest.approx(math.sqrt(described["fit_chi2"]), rel=0.02)
+    (estimate,) = [
+        f["properties"]
+        for f in tdoa_feature_collection(described)["features"]
+        if f["properties"]["kind"] == "estimate" and not f["properties"].get("alternative")
+    ]
+    assert estimate["sigma_scale"] == described["sigma_scale"]
+    as_measured, _ = locate(recording.stations, solution.pairs)
+    assert not contains(as_measured, *recording.emitter, 0.95)
+    assert solution.holds(*recording.emitter, 0.95)
+    assert solution.estimate.sigma_east_m > 5 * as_measured.sigma_east_m
+
+
+def test_delays_that_agree_are_not_widened():
+    recording = synthetic_set(np.random.default_rng(902), receivers=4, seconds=10.0)
+    solution = solve(recording.files, recording.stations)
+    assert solution.likelihood.widened == 1.0
+    assert describe_solution(solution, recording.stations)["sigma_scale"] == 1.0
