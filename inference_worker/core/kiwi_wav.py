@@ -34,7 +34,7 @@ whose solution is ``a`` seconds old may be off by ``CLOCK_DRIFT * a``, 6 µs aft
 FULL_SCALE = 32_768.0
 _KIWI = struct.Struct("<BBII")
 _FILENAME = re.compile(
-    r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)(?:_(?P<station>[^/\\]+?))?_iq\b", re.I
+    r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)(?:_(?P<station>[^/\\]+?))?_iq", re.I
 )
 
 

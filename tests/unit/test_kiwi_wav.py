@@ -236,6 +236,8 @@ def test_the_file_name_gives_start_frequency_and_station():
         ("20200813T065220Z_77500_iq.wav", None),  # kiwirecorder without --station
         ("20200813T065220Z_77500_HB9_ODP_iq.wav", "HB9_ODP"),
         ("rec/20200813T065220Z_77500_A_iq (1).wav", "A"),  # a browser's second download
+        ("20200813T065220Z_77500_A_iq_trimmed.wav", "A"),
+        ("20200813T065220Z_77500_iq_trimmed.wav", None),
     ],
 )
 def test_every_form_kiwirecorder_names_a_file_gives_its_start_and_frequency(name, station):
