@@ -83,19 +83,26 @@ def log_likelihood_grid(
             for s, offset in zip(stations, offsets, strict=True)
         ]
     )
-    # chi2 = |F r|² with F the precision's square root, r = (D t - d) the residuals of the pairs
-    # (D: pairs × receivers, t: every receiver's travel time, d: the delays). F D is a few rows
-    # (the precision's rank: a pseudo-inverse, the receivers less one) × the receivers, so no
-    # array of every pair at every point is made: 66 pairs (12 receivers) took most of a set's
-    # search and its memory.
-    values, vectors = np.linalg.eigh(precision)
+    # chi2 = r' W r for the pairs' residuals r = D t - d (D: pairs × receivers, t: every
+    # receiver's travel time, d: the delays, W: the precision) is, with A = D' W D and t0 any
+    # solution of A t0 = D' W d, |R (t - t0)|² + r0' W r0, R a square root of A and r0 the
+    # residuals at t0: a few rows (A's rank, the receivers less one) × the receivers at every
+    # point, so no array of every pair at every point is made (2 016 pairs of 64 receivers
+    # held gigabytes).
+    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
+    measured_us = np.array([pair.delay_s * 1e6 for pair in delays])
+    normal = design.T @ precision @ design
+    values, vectors = np.linalg.eigh(normal)
     kept = values > 1e-12 * float(values.max())
     root = (vectors[:, kept] * np.sqrt(values[kept])).T
-    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
-    measured = root @ np.array([pair.delay_s * 1e6 for pair in delays])
-    projected = np.tensordot(root @ design, travel_us, axes=(1, 0))
-    projected -= measured.reshape(-1, *([1] * grid_lat.ndim))
-    return -0.5 * np.sum(projected**2, axis=0)
+    t0 = vectors[:, kept] @ (
+        (vectors[:, kept].T @ (design.T @ precision @ measured_us)) / values[kept]
+    )
+    residual = design @ t0 - measured_us
+    floor = float(residual @ precision @ residual)
+    projected = np.tensordot(root, travel_us, axes=(1, 0))
+    projected -= (root @ t0).reshape(-1, *([1] * grid_lat.ndim))
+    return -0.5 * (np.sum(projected**2, axis=0) + floor)
 
 
 def coarse_peaks(
