@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.cli.arguments import count, number  # noqa: E402
+from inference_worker.cli.arguments import count, count_range, number  # noqa: E402
 from inference_worker.core.ellipse import distance_m  # noqa: E402
 from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
@@ -98,18 +98,6 @@ def one_set(job: tuple[int, int, int, float]) -> dict[str, object]:
     }
 
 
-def receiver_range(text: str) -> tuple[int, int]:
-    """``N`` or ``LO-HI`` receivers a set, 3 to 64."""
-    low, _, high = text.partition("-")
-    try:
-        fewest, most = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or LO-HI receivers, got {text!r}") from None
-    if not 3 <= fewest <= most <= 64:
-        raise argparse.ArgumentTypeError(f"receivers must lie within 3-64, low first; got {text!r}")
-    return fewest, most
-
-
 def one_share_trial(job: tuple[int, str]) -> Places | None:
     return trial(*job)
 
@@ -160,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026, help="first set's seed")
     parser.add_argument(
         "--receivers",
-        type=receiver_range,
+        type=count_range(3, 64),
         default=(3, 5),
         help="receivers a set: N, or LO-HI drawn evenly (default 3-5; more than five lie "
         "100-1 200 km apart)",

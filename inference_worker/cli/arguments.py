@@ -47,3 +47,22 @@ def count(least: int = 1, most: int | None = None) -> Callable[[str], int]:
 
 PORT = count(1, 65535)
 """A TCP port to listen on."""
+
+
+def count_range(least: int, most: int) -> Callable[[str], tuple[int, int]]:
+    """An argparse ``type``: ``N`` or ``LO-HI``, whole numbers from ``least`` to ``most``, low
+    first; returned as ``(LO, HI)``."""
+
+    def parse(text: str) -> tuple[int, int]:
+        low, _, high = text.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected N or LO-HI, got {text!r}") from None
+        if not least <= first <= last <= most:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must lie within {least}-{most}, the lower first"
+            )
+        return first, last
+
+    return parse

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from api_shim.client import ShimError
-from inference_worker.cli.arguments import count, number
+from inference_worker.cli.arguments import count, count_range, number
 from inference_worker.cli.jobs import print_job
 from inference_worker.cli.main import build_parser
 from inference_worker.cli.tdoa import match_positions
@@ -91,6 +91,13 @@ def test_counts_are_whole_numbers_of_at_least_their_least():
     for text, why in (("0", "0 is too few: give at least 1"), ("2.5", "'2.5' is not a whole")):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
             count(1)(text)
+
+
+def test_a_count_range_is_one_number_or_the_lower_first_within_its_bounds():
+    assert count_range(3, 64)("5") == (5, 5) and count_range(3, 64)("3-5") == (3, 5)
+    for text, why in (("7-5", "the lower first"), ("2-5", "within 3-64"), ("x", "N or LO-HI")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            count_range(3, 64)(text)
 
 
 @pytest.mark.parametrize(
