@@ -91,13 +91,12 @@ def log_likelihood_grid(
     # held gigabytes).
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     measured_us = np.array([pair.delay_s * 1e6 for pair in delays])
-    normal = design.T @ precision @ design
-    values, vectors = np.linalg.eigh(normal)
+    weighed = design.T @ precision  # receivers × pairs: the one product with every pair
+    values, vectors = np.linalg.eigh(weighed @ design)
     kept = values > 1e-12 * float(values.max())
-    root = (vectors[:, kept] * np.sqrt(values[kept])).T
-    t0 = vectors[:, kept] @ (
-        (vectors[:, kept].T @ (design.T @ precision @ measured_us)) / values[kept]
-    )
+    basis, values = vectors[:, kept], values[kept]
+    root = (basis * np.sqrt(values)).T
+    t0 = basis @ ((basis.T @ (weighed @ measured_us)) / values)
     residual = design @ t0 - measured_us
     floor = float(residual @ precision @ residual)
     projected = np.tensordot(root, travel_us, axes=(1, 0))
