@@ -76,6 +76,13 @@ def spacing_for(receivers: int) -> tuple[float, float]:
     return (300e3, 1_000e3) if receivers <= 5 else (100e3, 1_200e3)
 
 
+WHOLE_SETS_MOST = 16
+"""Up to this many receivers are drawn as a whole set until every pair fits the spacing (the
+draws of earlier releases, so that their evaluations repeat); more are placed one at a time,
+each redrawn until it fits those already placed (a whole set of 24 or more 100 km apart almost
+never fits at once)."""
+
+
 def place_receivers(
     rng: np.random.Generator,
     count: int,
@@ -90,15 +97,27 @@ def place_receivers(
     """
     centre = (rng.uniform(40.0, 56.0), rng.uniform(-5.0, 25.0))
     radius = (spacing_m[0] * 2 / 3, spacing_m[1] * 0.55)
+
+    def fits(point: tuple[float, float], others: list[tuple[float, float]]) -> bool:
+        return all(
+            spacing_m[0] <= float(great_circle_m(*point, *other)) <= spacing_m[1]
+            for other in others
+        )
+
+    points: list[tuple[float, float]] = []
     for _ in range(tries):
-        bearings = np.sort(rng.uniform(0.0, 360.0, count))
-        points = [destination(*centre, float(b), float(rng.uniform(*radius))) for b in bearings]
-        distances = [
-            great_circle_m(a[0], a[1], b[0], b[1])
-            for i, a in enumerate(points)
-            for b in points[i + 1 :]
-        ]
-        if all(spacing_m[0] <= float(d) <= spacing_m[1] for d in distances):
+        if count <= WHOLE_SETS_MOST:
+            bearings = np.sort(rng.uniform(0.0, 360.0, count))
+            drawn = [destination(*centre, float(b), float(rng.uniform(*radius))) for b in bearings]
+            if all(fits(p, drawn[i + 1 :]) for i, p in enumerate(drawn)):
+                points = drawn
+        else:
+            point = destination(
+                *centre, float(rng.uniform(0.0, 360.0)), float(rng.uniform(*radius))
+            )
+            if fits(point, points):
+                points.append(point)
+        if len(points) == count:
             return tuple(
                 Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
                 for i, (lat, lon) in enumerate(points)

@@ -23,7 +23,7 @@ from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import locate
 from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import TdoaError
-from inference_worker.science.kiwi_sets import place_receivers
+from inference_worker.science.kiwi_sets import place_receivers, spacing_for
 from inference_worker.science.tdoa_shares import (
     PRIORS,
     Places,
@@ -47,6 +47,19 @@ def test_noisy_delays_without_errors_are_the_arrivals_and_count_each_receiver_on
     with_errors = noisy_delays(rng, stations, emitter, [1.0, 2.0, 1.0, 1.0])
     assert np.linalg.matrix_rank(with_errors.covariance_us2) == 3  # receivers less one
     assert with_errors[0].sigma_s == pytest.approx(np.sqrt(5.0) * 1e-6)
+
+
+@pytest.mark.parametrize("count", [12, 24, 64])
+def test_receivers_are_placed_as_spaced_up_to_the_most_a_set_may_have(count):
+    # A whole set of 24 or more drawn at once never fitted: the benchmark and the evaluation
+    # died after minutes of draws when asked for 64.
+    least, most = spacing_for(count)
+    stations = place_receivers(np.random.default_rng(count), count, (least, most), tries=2_000)
+    distances = [
+        geodesic_m(a.lat, a.lon, b.lat, b.lon) for i, a in enumerate(stations) for b in stations[:i]
+    ]
+    assert len(stations) == count == len({s.id for s in stations})
+    assert least * 0.99 <= min(distances) and max(distances) <= most * 1.01
 
 
 def test_the_shares_of_every_place_add_up_and_the_estimate_closes():
