@@ -119,8 +119,10 @@ def locate(
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
             reaches further than ``margin_m``): the delays fix a line, not a position.
     """
+    rank = None
     if precision is None:
         precision = own_precision(delays, len(stations))
+        rank = delays.rank() if isinstance(delays, Delays) else None
     lat_values, lon_values = [s.lat for s in stations], [s.lon for s in stations]
     per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
     lats = np.linspace(
@@ -135,7 +137,7 @@ def locate(
         refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
         for i, j in starts
     ]
-    limit = plausible_chi2(precision)
+    limit = plausible_chi2(precision, rank)
     # A crossing narrower than the grid's step can lie between its points, ranked below broad
     # peaks: the widened likelihood's best peaks are refined too, more while no peak fits.
     reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)

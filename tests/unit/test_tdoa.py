@@ -3,24 +3,19 @@ true propagation differences, and the position search finds the emitter with an 
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
 from inference_worker.core import time_differences
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, great_circle_m
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
 from inference_worker.core.tdoa import locate, solve
 from inference_worker.core.tdoa_results import describe_solution
-from inference_worker.core.tdoa_search import log_likelihood_grid
 from inference_worker.core.time_differences import (
     FEWEST_WINDOWS,
-    Delays,
     PairDelay,
     TdoaError,
     pair_delays,
@@ -292,40 +287,3 @@ def test_a_receiver_whose_time_is_off_is_named_not_located_against():
     files = (recording.files[0], shifted, recording.files[2])
     with pytest.raises(TdoaError, match=f"{recording.stations[1].id}: no signal in common"):
         solve(files, recording.stations)
-
-
-def test_delays_without_a_receiver_keep_the_others_pairs_and_their_covariance():
-    pairs = [
-        PairDelay(a, b, float(a + b), 1e-6, 10, 10) for a, b in itertools.combinations(range(4), 2)
-    ]
-    covariance = np.arange(36.0).reshape(6, 6)
-    rest = Delays(pairs, covariance).without(1)
-    assert [(p.a, p.b, p.delay_s) for p in rest] == [(0, 1, 2.0), (0, 2, 3.0), (1, 2, 5.0)]
-    kept = [1, 2, 5]  # the pairs (0, 2), (0, 3) and (2, 3) of the four receivers
-    assert (rest.covariance_us2 == covariance[np.ix_(kept, kept)]).all()
-
-
-@pytest.mark.parametrize("rank", ["full", "receivers less one"])
-def test_the_grid_likelihood_is_every_pair_weighed_at_every_point(rank):
-    """Taken through the receivers' travel times, the grid's -chi2/2 is r' W r of every pair's
-    residual at every point, for a full-rank precision and for a rank-deficient one."""
-    stations = (*STATIONS, Receiver("south", 43.9, 7.4), Receiver("far", 48.6, 12.9))
-    delays = exact_delays(stations, EMITTER, 1e-6)
-    pairs = [(p.a, p.b) for p in delays]
-    design = time_differences.pair_design(pairs, len(stations))
-    rng = np.random.default_rng(3)
-    mixed = rng.normal(size=(len(pairs), len(pairs)))
-    precision = (
-        mixed @ mixed.T if rank == "full" else design @ np.diag([1.0, 2, 3, 4, 5]) @ design.T
-    )
-    noisy = [replace(p, delay_s=p.delay_s + 3e-6 * rng.normal()) for p in delays]
-    lats, lons = np.linspace(45.0, 47.0, 5), np.linspace(7.0, 9.5, 6)
-    grid = log_likelihood_grid(stations, noisy, lats, lons, precision)
-    for i, j in itertools.product(range(5), range(6)):
-        travel = [
-            great_circle_m(s.lat, s.lon, lats[i], lons[j]) / SPEED_OF_LIGHT_M_S for s in stations
-        ]
-        residual = (design @ travel - [p.delay_s for p in noisy]) * 1e6
-        assert grid[i, j] == pytest.approx(
-            -0.5 * residual @ precision @ residual, rel=1e-9, abs=1e-6
-        )

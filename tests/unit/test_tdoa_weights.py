@@ -1,0 +1,91 @@
+"""The delays' weights: the precision of a set without one receiver, the widened weights of
+the coarse search, and the grid's likelihood through the receivers' travel times, each against
+the direct inversion or sum it stands for."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from inference_worker.core.contract import Receiver
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
+from inference_worker.core.tdoa_search import log_likelihood_grid, widened
+from inference_worker.core.time_differences import Delays, PairDelay, pair_design
+
+from .test_tdoa import EMITTER, STATIONS, exact_delays
+
+
+def test_delays_without_a_receiver_keep_the_others_pairs_and_their_covariance():
+    pairs = [
+        PairDelay(a, b, float(a + b), 1e-6, 10, 10) for a, b in itertools.combinations(range(4), 2)
+    ]
+    covariance = np.arange(36.0).reshape(6, 6)
+    rest = Delays(pairs, covariance).without(1)
+    assert [(p.a, p.b, p.delay_s) for p in rest] == [(0, 1, 2.0), (0, 2, 3.0), (1, 2, 5.0)]
+    kept = [1, 2, 5]  # the pairs (0, 2), (0, 3) and (2, 3) of the four receivers
+    assert (rest.covariance_us2 == covariance[np.ix_(kept, kept)]).all()
+
+
+def test_the_precision_without_a_receiver_is_the_inverse_of_the_kept_covariance():
+    """Taken from the whole precision (a block of an inverse), not inverted again."""
+    rng = np.random.default_rng(3)
+    pairs = list(itertools.combinations(range(6), 2))
+    spread = rng.normal(size=(len(pairs), len(pairs)))
+    covariance = spread @ spread.T / len(pairs) + np.eye(len(pairs)) * 0.01
+    delays = Delays([PairDelay(a, b, 0.0, 1e-6, 10, 10) for a, b in pairs], covariance)
+    assert delays.rank() == len(pairs)
+    for receiver in range(6):
+        rest = delays.without(receiver)
+        expected = np.linalg.inv(rest.covariance_us2)
+        assert rest.precision() == pytest.approx(expected, rel=1e-8, abs=1e-8 * abs(expected).max())
+        assert rest.rank() == len(rest)
+
+
+@pytest.mark.parametrize("rank", ["full", "receivers less one"])
+def test_widened_weights_are_the_inverse_of_the_widened_covariance(rank):
+    """Woodbury's identity, W - W D (I/b² + D'WD)⁻¹ D'W, is (C + b² D D')⁺ for a full
+    covariance and for one of the receivers' errors alone (rank the receivers less one)."""
+    rng = np.random.default_rng(4)
+    stations = [Receiver(f"R{k}", 45.0 + k, 9.0 + k * k / 3) for k in range(5)]
+    pairs = list(itertools.combinations(range(5), 2))
+    design = pair_design(pairs, 5)
+    covariance = design @ np.diag(rng.uniform(0.2, 1.0, 5)) @ design.T
+    if rank == "full":
+        spread = rng.normal(size=(len(pairs), len(pairs)))
+        covariance += spread @ spread.T / 100
+    precision = np.linalg.pinv(covariance, rcond=1e-10, hermitian=True)
+    delays = [PairDelay(a, b, 0.0, 1e-6, 10, 10) for a, b in pairs]
+    blur_us = 250.0 / SPEED_OF_LIGHT_M_S * 1e6
+    expected = np.linalg.pinv(covariance + blur_us**2 * design @ design.T, hermitian=True)
+    assert widened(stations, delays, precision, 250.0) == pytest.approx(
+        expected, abs=1e-9 * abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize("rank", ["full", "receivers less one"])
+def test_the_grid_likelihood_is_every_pair_weighed_at_every_point(rank):
+    """Taken through the receivers' travel times, the grid's -chi2/2 is r' W r of every pair's
+    residual at every point, for a full-rank precision and for a rank-deficient one."""
+    stations = (*STATIONS, Receiver("south", 43.9, 7.4), Receiver("far", 48.6, 12.9))
+    delays = exact_delays(stations, EMITTER, 1e-6)
+    pairs = [(p.a, p.b) for p in delays]
+    design = pair_design(pairs, len(stations))
+    rng = np.random.default_rng(3)
+    mixed = rng.normal(size=(len(pairs), len(pairs)))
+    precision = (
+        mixed @ mixed.T if rank == "full" else design @ np.diag([1.0, 2, 3, 4, 5]) @ design.T
+    )
+    noisy = [replace(p, delay_s=p.delay_s + 3e-6 * rng.normal()) for p in delays]
+    lats, lons = np.linspace(45.0, 47.0, 5), np.linspace(7.0, 9.5, 6)
+    grid = log_likelihood_grid(stations, noisy, lats, lons, precision)
+    for i, j in itertools.product(range(5), range(6)):
+        travel = [
+            great_circle_m(s.lat, s.lon, lats[i], lons[j]) / SPEED_OF_LIGHT_M_S for s in stations
+        ]
+        residual = (design @ travel - [p.delay_s for p in noisy]) * 1e6
+        assert grid[i, j] == pytest.approx(
+            -0.5 * residual @ precision @ residual, rel=1e-9, abs=1e-6
+        )
