@@ -115,12 +115,12 @@ def _peak_delays(
     n = scipy.fft.next_fast_len(whole.shape[1])
     middles = np.zeros((len(whole), n), dtype=complex)
     middles[:, margin : whole.shape[1] - margin] = whole[:, margin : whole.shape[1] - margin]
-    spectra, others = np.fft.fft(middles), np.conj(np.fft.fft(whole, n))
+    spectra, others = scipy.fft.fft(middles), np.conj(scipy.fft.fft(whole, n))
     first, second = np.asarray(pairs).T
     delays = np.empty(len(pairs))
     for at in range(0, len(pairs), _PAIRS_AT_ONCE):
         some = slice(at, at + _PAIRS_AT_ONCE)
-        correlation = np.fft.ifft(spectra[first[some]] * others[second[some]])
+        correlation = scipy.fft.ifft(spectra[first[some]] * others[second[some]])
         limits = np.minimum(max_lags_s[some] * rates_hz[some], margin)
         delays[some] = _refined_peaks(correlation, limits) / rates_hz[some]
     return delays
@@ -132,11 +132,18 @@ def _refined_peaks(correlation: np.ndarray, limits: np.ndarray) -> np.ndarray:
     sample either side and a parabola fitted to the finest peak (the values of interpolating the
     whole correlation, for a fraction of the work)."""
     n = correlation.shape[1]
-    lags = np.fft.fftfreq(n, d=1.0 / n).astype(int)  # whole samples, signed
+    # Only the lags searched, in the transform's order (0, 1, ..., then the negative ones).
+    reach = min(int(math.ceil(float(limits.max()))), (n - 1) // 2)
+    columns = np.r_[0 : reach + 1, n - reach : n]
+    lags = np.fft.fftfreq(n, d=1.0 / n).astype(int)[columns]  # whole samples, signed
     allowed = np.abs(lags) <= limits[:, None]
-    peaks = lags[np.argmax(np.where(allowed, np.abs(correlation), -1.0), axis=1)]
+    searched = np.abs(correlation[:, columns])
+    peaks = lags[np.argmax(np.where(allowed, searched, -1.0), axis=1)]
     # Each pair's correlation turned so that its peak comes first, then the fine lags' values.
-    turned = np.stack([np.roll(c, -peak) for c, peak in zip(correlation, peaks, strict=True)])
+    turned = np.empty_like(correlation)
+    for row, start in enumerate(peaks % n):
+        turned[row, : n - start] = correlation[row, start:]
+        turned[row, n - start :] = correlation[row, :start]
     fine = np.abs(turned @ _fine_kernel(n).T)
     rows = np.arange(len(correlation))
     index = np.clip(np.argmax(fine, axis=1), 1, fine.shape[1] - 2)
