@@ -75,7 +75,9 @@ def log_likelihood_grid(
     station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
     if precision is None:
         precision = own_precision(delays, len(stations))
-    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+    # Broadcast rather than meshed: each latitude's and longitude's sines are taken once, not
+    # at every point (the same values; most of a search's time with many receivers).
+    grid_lat, grid_lon = np.asarray(lats)[:, None], np.asarray(lons)[None, :]
     offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
     travel_us = np.stack(
         [
