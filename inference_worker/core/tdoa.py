@@ -43,6 +43,7 @@ from inference_worker.core.tdoa_search import (
     own_precision,
     plausible_chi2,
     refine,
+    travel_form,
     widened,
 )
 from inference_worker.core.time_differences import (
@@ -132,9 +133,10 @@ def locate(
         min(lon_values) - margin_m / per_deg_lon, max(lon_values) + margin_m / per_deg_lon, coarse
     )
     step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
-    starts = coarse_peaks(stations, delays, precision, lats, lons, candidates)
+    form = travel_form(len(stations), delays, precision)
+    starts = coarse_peaks(stations, delays, form, lats, lons, candidates)
     refined = [
-        refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+        refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
         for i, j in starts
     ]
     limit = plausible_chi2(precision, rank)
@@ -146,7 +148,7 @@ def locate(
     more = [p for p in more if all(max(abs(p[0] - i), abs(p[1] - j)) > 2 for i, j in starts)]
     while more:
         refined += [
-            refine(stations, delays, precision, (float(lats[i]), float(lons[j])), step, fine)
+            refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
             for i, j in more[:candidates]
         ]
         more = more[candidates:] if -2 * max(peak for peak, _, _ in refined) > limit else []

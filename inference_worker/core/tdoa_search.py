@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -61,12 +62,46 @@ def own_precision(delays: Sequence[PairDelay], stations: int) -> np.ndarray:
     return delays.precision() if isinstance(delays, Delays) else delay_precision(delays, stations)
 
 
+@dataclass(frozen=True)
+class TravelForm:
+    """The delays' chi2 under one precision as a function of the receivers' travel times ``t``:
+    ``|root (t - t0)|² + floor`` (:func:`travel_form`). Made once for a search's many grids:
+    making it is the one product over every pair."""
+
+    root: np.ndarray
+    t0: np.ndarray
+    floor: float
+
+
+def travel_form(stations: int, delays: Sequence[PairDelay], precision: np.ndarray) -> TravelForm:
+    """chi2 = r' W r for the pairs' residuals r = D t - d (D: pairs × receivers, t: every
+    receiver's travel time, d: the delays, W: the precision) is, with A = D' W D and t0 any
+    solution of A t0 = D' W d, |R (t - t0)|² + r0' W r0, R a square root of A and r0 the
+    residuals at t0: a few rows (A's rank, the receivers less one) × the receivers at every
+    point, so no array of every pair at every point is made (2 016 pairs of 64 receivers held
+    gigabytes)."""
+    design = pair_design([(pair.a, pair.b) for pair in delays], stations)
+    measured_us = np.array([pair.delay_s * 1e6 for pair in delays])
+    weighed = design.T @ precision  # receivers × pairs: the one product with every pair
+    values, vectors = np.linalg.eigh(weighed @ design)
+    kept = values > 1e-12 * float(values.max())
+    basis, values = vectors[:, kept], values[kept]
+    root = (basis * np.sqrt(values)).T
+    t0 = basis @ ((basis.T @ (weighed @ measured_us)) / values)
+    residual = design @ t0 - measured_us
+    return TravelForm(root, t0, float(residual @ precision @ residual))
+
+
+Weights = np.ndarray | TravelForm
+"""The delays' inverse covariance (µs⁻²), or its :class:`TravelForm` made beforehand."""
+
+
 def log_likelihood_grid(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
     lats: np.ndarray,
     lons: np.ndarray,
-    precision: np.ndarray | None = None,
+    precision: Weights | None = None,
     offsets_s: Sequence[float] | None = None,
 ) -> np.ndarray:
     """``-chi2/2`` of the delays at every point of a latitude × longitude grid.
@@ -75,6 +110,11 @@ def log_likelihood_grid(
     station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
     if precision is None:
         precision = own_precision(delays, len(stations))
+    form = (
+        precision
+        if isinstance(precision, TravelForm)
+        else travel_form(len(stations), delays, precision)
+    )
     # Broadcast rather than meshed: each latitude's and longitude's sines are taken once, not
     # at every point (the same values; most of a search's time with many receivers).
     grid_lat, grid_lon = np.asarray(lats)[:, None], np.asarray(lons)[None, :]
@@ -85,31 +125,15 @@ def log_likelihood_grid(
             for s, offset in zip(stations, offsets, strict=True)
         ]
     )
-    # chi2 = r' W r for the pairs' residuals r = D t - d (D: pairs × receivers, t: every
-    # receiver's travel time, d: the delays, W: the precision) is, with A = D' W D and t0 any
-    # solution of A t0 = D' W d, |R (t - t0)|² + r0' W r0, R a square root of A and r0 the
-    # residuals at t0: a few rows (A's rank, the receivers less one) × the receivers at every
-    # point, so no array of every pair at every point is made (2 016 pairs of 64 receivers
-    # held gigabytes).
-    design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
-    measured_us = np.array([pair.delay_s * 1e6 for pair in delays])
-    weighed = design.T @ precision  # receivers × pairs: the one product with every pair
-    values, vectors = np.linalg.eigh(weighed @ design)
-    kept = values > 1e-12 * float(values.max())
-    basis, values = vectors[:, kept], values[kept]
-    root = (basis * np.sqrt(values)).T
-    t0 = basis @ ((basis.T @ (weighed @ measured_us)) / values)
-    residual = design @ t0 - measured_us
-    floor = float(residual @ precision @ residual)
-    projected = np.tensordot(root, travel_us, axes=(1, 0))
-    projected -= (root @ t0).reshape(-1, *([1] * grid_lat.ndim))
-    return -0.5 * (np.sum(projected**2, axis=0) + floor)
+    projected = np.tensordot(form.root, travel_us, axes=(1, 0))
+    projected -= (form.root @ form.t0).reshape(-1, *([1] * grid_lat.ndim))
+    return -0.5 * (np.sum(projected**2, axis=0) + form.floor)
 
 
 def coarse_peaks(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
-    weights: np.ndarray,
+    weights: Weights,
     lats: np.ndarray,
     lons: np.ndarray,
     count: int,
@@ -182,7 +206,7 @@ def misfit_factor(
 def refine(
     stations: Sequence[Receiver],
     delays: Sequence[PairDelay],
-    precision: np.ndarray,
+    precision: Weights,
     centre: tuple[float, float],
     step: tuple[float, float],
     fine: int,

@@ -229,7 +229,7 @@ class Delays(Sequence[PairDelay]):
         ]
         precision = None
         if self._precision is not None and self._rank == len(self.pairs):
-            dropped = [row for row in range(len(self.pairs)) if row not in set(rows)]
+            dropped = sorted(set(range(len(self.pairs))) - set(rows))
             whole = self._precision
             across = whole[np.ix_(rows, dropped)]
             precision = whole[np.ix_(rows, rows)] - across @ np.linalg.solve(
