@@ -224,9 +224,10 @@ class Settings(BaseSettings):
     tdoa_max_receivers: int = Field(
         12,
         ge=3,
-        le=64,
-        description="Most receivers (WAV files) in one TDoA submission (a worker locates 30 s "
-        "of 64 in about 20 s of one core).",
+        le=32,
+        description="Most receivers (WAV files) in one TDoA submission. At most 32: when one "
+        "receiver's time is off, a worker locates the set without each receiver in turn; 30 s "
+        "of 32 take about 10 s of one core then, 64 about a minute, past the job time limit.",
     )
     tdoa_min_overlap_s: float = Field(
         2.0, gt=0, description="Shortest GPS time span all of a TDoA submission's files share."

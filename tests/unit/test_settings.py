@@ -32,6 +32,14 @@ def test_invalid_values_are_refused_with_the_variable_named(monkeypatch):
         load_settings()
 
 
+def test_tdoa_sets_are_bounded_by_what_a_worker_locates_within_its_time_limit(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_TDOA_MAX_RECEIVERS", "32")
+    assert load_settings().tdoa_max_receivers == 32
+    monkeypatch.setenv("HEIMDALL_TDOA_MAX_RECEIVERS", "64")
+    with pytest.raises(pydantic.ValidationError, match="tdoa_max_receivers"):
+        load_settings()
+
+
 def test_the_command_line_names_each_bad_variable_as_it_is_set(monkeypatch, capsys):
     """pydantic's report named fields (``worker_batch_size``), which nobody sets, over four
     lines a variable with a link; an API key's entry (it holds the key) is not repeated."""
