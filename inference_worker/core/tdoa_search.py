@@ -152,6 +152,8 @@ def widened(
     """The inverse covariance of the delays with every receiver's time widened by ``by_m`` of
     light travel: a grid whose points lie up to ``by_m`` from a crossing narrower than its step
     sees that crossing about as high as it is."""
+    if by_m <= 0:
+        return precision
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     blur_us = by_m / SPEED_OF_LIGHT_M_S * 1e6
     # (C + b² D D')⁺ by Woodbury's identity, W - W D (I / b² + D' W D)⁻¹ D' W: a system of

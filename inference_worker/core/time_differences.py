@@ -166,7 +166,8 @@ def _fine_kernel(n: int) -> np.ndarray:
 
 class Delays(Sequence[PairDelay]):
     """Every pair's delay, and the covariance of their errors (pairs share receivers and
-    windows, so their errors are not independent)."""
+    windows, so their errors are not independent). ``precision``: the covariance's inverse
+    where it is already known and of full rank (:meth:`without` passes it on)."""
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ def test_widened_weights_are_the_inverse_of_the_widened_covariance(rank):
     assert widened(stations, delays, precision, 250.0) == pytest.approx(
         expected, abs=1e-9 * abs(expected).max()
     )
+    assert widened(stations, delays, precision, 0.0) is precision  # nothing to widen by
 
 
 @pytest.mark.parametrize("rank", ["full", "receivers less one"])
