@@ -6,11 +6,14 @@ left out, so that every set is located, and more than five receivers placed 100-
 (twelve do not fit 300-1 000 km). Each set is timed through the estimator a worker runs for a
 TDoA job (:func:`inference_worker.core.tdoa.solve`: reading the files, their time bases, every
 pair's correlations and the position search). For each sample rate and receiver count it prints
-the median and the range of a set's time, how much of it the correlations took, and the peak
-of the allocations (numpy's included) while locating the first set, measured apart.
+the median and the range of a set's time, how much of it the correlations took, the peak
+of the allocations (numpy's included) while locating the first set, measured apart, and the
+median time of the same sets with one receiver's GPS time 30 µs off (``--one-off``, the
+default): the worst case, in which five or more receivers are located without each one in turn
+(what bounds ``HEIMDALL_TDOA_MAX_RECEIVERS``).
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
-        [--seconds 30] [--seed 3000]
+        [--seconds 30] [--seed 3000] [--no-one-off]
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
+from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav  # noqa: E402
 from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
+from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
 
 
 def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[float, float]:
@@ -53,6 +58,14 @@ def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[f
         return time.perf_counter() - t0, spent[0]
 
 
+def one_off(files: Sequence[bytes]) -> list[bytes]:
+    """The files with the middle receiver's GPS time the largest odd offset off."""
+    victim = len(files) // 2
+    wrong = read_kiwi_wav(files[victim])
+    shifted = write_kiwi_wav(wrong.iq, wrong.gps_s + max(ODD_OFFSETS_S), fix_age=wrong.fix_age)
+    return [shifted if k == victim else f for k, f in enumerate(files)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=count(1), default=5, help="sets per row")
@@ -60,11 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=int, nargs="+", default=[12_000, 20_250])
     parser.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
     parser.add_argument("--seed", type=int, default=3000, help="first set's seed")
+    parser.add_argument(
+        "--one-off",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the sets with one receiver's time off (the worst case)",
+    )
     args = parser.parse_args(argv)
 
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
-        f"{'correlations':>13} {'peak MB':>8}"
+        f"{'correlations':>13} {'peak MB':>8} {'one off s':>10}"
     )
     with threadpool_limits(limits=1):
         for rate in args.rates:
@@ -87,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                 times = np.array([timed_solve(s.files, s.stations) for s in sets])
                 median = float(np.median(times[:, 0]))
                 share = float(np.median(times[:, 1] / times[:, 0]))
+                off = "-"
+                if args.one_off:
+                    off_times = [timed_solve(one_off(s.files), s.stations)[0] for s in sets]
+                    off = f"{float(np.median(off_times)):.2f}"
                 print(
                     f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "
                     f"{median:>9.2f} {times[:, 0].min():>6.2f}–{times[:, 0].max():<6.2f} "
-                    f"{share:>12.0%} {peak_mb:>8.0f}",
+                    f"{share:>12.0%} {peak_mb:>8.0f} {off:>10}",
                     flush=True,
                 )
     return 0

@@ -156,3 +156,14 @@ def test_delays_that_agree_are_not_widened():
     solution = solve(recording.files, recording.stations)
     assert solution.likelihood.widened == 1.0
     assert describe_solution(solution, recording.stations)["sigma_scale"] == 1.0
+
+
+def test_the_tdoa_benchmark_times_a_set_with_one_receiver_off_too(capsys):
+    """The worst case (every receiver left out in turn) is what bounds the receivers a set may
+    have: the benchmark prints it beside the set as recorded."""
+    from tools.bench_tdoa import main as bench
+
+    assert bench(["--sets", "1", "--receivers", "5", "--rates", "12000", "--seconds", "6"]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[-3:] == ["one", "off", "s"]
+    assert row.split()[:3] == ["12000", "5", "10"] and float(row.split()[-1]) > 0
