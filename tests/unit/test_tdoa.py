@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.core import time_differences
+from inference_worker.core import correlation_peaks, time_differences
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
@@ -97,13 +97,13 @@ def test_a_20_25_khz_set_is_correlated_over_half_second_windows(monkeypatch):
     recs = [read_kiwi_wav(f) for f in recording.files]
     bases = [timebase(r) for r in recs]
     lengths: list[int] = []
-    correlate = time_differences._peak_delays
+    correlate = time_differences.peak_delays
 
     def counted(stretches, pairs, margin, *args):
         lengths.append(len(stretches[0]) - 2 * margin)  # the window itself
         return correlate(stretches, pairs, margin, *args)
 
-    monkeypatch.setattr(time_differences, "_peak_delays", counted)
+    monkeypatch.setattr(time_differences, "peak_delays", counted)
     truth = [
         geodesic_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
         for s in recording.stations
@@ -129,7 +129,7 @@ def test_a_short_common_span_is_cut_into_eight_shorter_windows():
 def test_pairs_correlated_a_few_at_a_time_give_the_same_delays(monkeypatch):
     recs, bases = recordings(seconds=3.0)
     together = pair_delays(recs, bases, STATIONS)
-    monkeypatch.setattr(time_differences, "_PAIRS_AT_ONCE", 2)  # three pairs: two batches
+    monkeypatch.setattr(correlation_peaks, "_PAIRS_AT_ONCE", 2)  # three pairs: two batches
     apart = pair_delays(recs, bases, STATIONS)
     assert [p.delay_s for p in apart] == pytest.approx([p.delay_s for p in together], abs=1e-15)
 
