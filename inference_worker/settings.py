@@ -208,10 +208,11 @@ class Settings(BaseSettings):
 
     # --- limits ---------------------------------------------------------------------------
     max_body_bytes: int = Field(
-        16 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         description="Largest accepted request body (HTTP 413 above), and the most the files of "
-        "a TDoA set may add up to through the producer client.",
+        "a TDoA set may add up to through the producer client. The default takes 12 "
+        "receivers' 30 s at 20.25 kHz (29.5 MB; 17.5 MB at 12 kHz).",
     )
     max_samples_per_receiver: int = Field(
         480_000,

@@ -40,6 +40,24 @@ def test_tdoa_sets_are_bounded_by_what_a_worker_locates_within_its_time_limit(mo
         load_settings()
 
 
+def test_the_default_body_bound_takes_the_default_most_receivers_30_s_each(monkeypatch):
+    """kiwirecorder's IQ modes record at 12 and 20.25 kHz; the README suggests about 30 s."""
+    import numpy as np
+
+    from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, write_kiwi_wav
+
+    monkeypatch.delenv("HEIMDALL_MAX_BODY_BYTES", raising=False)
+    monkeypatch.delenv("HEIMDALL_TDOA_MAX_RECEIVERS", raising=False)
+    settings = load_settings()
+    samples = 30 * 20_250
+    one = write_kiwi_wav(
+        np.zeros(samples, np.complex64),
+        np.arange(-(-samples // BLOCK_SAMPLES), dtype=float),
+        header_rate_hz=20_250,
+    )
+    assert settings.tdoa_max_receivers * len(one) <= settings.max_body_bytes
+
+
 def test_the_command_line_names_each_bad_variable_as_it_is_set(monkeypatch, capsys):
     """pydantic's report named fields (``worker_batch_size``), which nobody sets, over four
     lines a variable with a link; an API key's entry (it holds the key) is not repeated."""
