@@ -103,8 +103,9 @@ class Delays(Sequence[PairDelay]):
         precision: np.ndarray | None = None,
     ) -> None:
         self.pairs = pairs
-        self.covariance_us2 = covariance_us2
-        """``(pairs, pairs)``, in µs²."""
+        self.covariance_us2 = covariance_us2.view()
+        """``(pairs, pairs)``, in µs²; read-only, as the precision taken from it is kept."""
+        self.covariance_us2.flags.writeable = False
         self._precision = precision
         self._rank = len(pairs) if precision is not None else None
 

@@ -29,6 +29,16 @@ def test_delays_without_a_receiver_keep_the_others_pairs_and_their_covariance():
     assert (rest.covariance_us2 == covariance[np.ix_(kept, kept)]).all()
 
 
+def test_the_covariance_cannot_change_under_the_precision_taken_from_it():
+    covariance = np.eye(3)
+    delays = Delays(
+        [PairDelay(a, b, 0.0, 1e-6, 10, 10) for a, b in ((0, 1), (0, 2), (1, 2))], covariance
+    )
+    delays.precision()
+    with pytest.raises(ValueError, match="read-only"):
+        delays.covariance_us2[0, 0] = 4.0
+
+
 def test_the_precision_without_a_receiver_is_the_inverse_of_the_kept_covariance():
     """Taken from the whole precision (a block of an inverse), not inverted again."""
     rng = np.random.default_rng(3)
