@@ -10,7 +10,8 @@ each is refused with a message naming it; and puts one receiver's time 10 or 30 
 of four and five, counting fits beyond their bound, receivers left out (and whether each was
 the one off), uncertainties widened to fit and regions that hold the emitter; and leaves one
 receiver's GPS solution lapsed 100 or 200 s in sets of three to five, its time off by what the
-lapse allows (``CLOCK_DRIFT``), the lapse in its fix ages or hidden. Last,
+lapse allows (``CLOCK_DRIFT``), the lapse in its fix ages or hidden; and turns one receiver of
+four 1-9.5 Hz off the others' frequency, against the same sets in tune. Last,
 three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share
@@ -19,7 +20,8 @@ and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
-        [--lapsed-sets 20] [--share-trials 1500] [--receivers 3-5] [--seconds 30]
+        [--lapsed-sets 20] [--detuned-sets 20] [--share-trials 1500] [--receivers 3-5]
+        [--seconds 30]
 
 ``--receivers`` and ``--seconds`` set the main sets' receiver count and length (the other
 sections keep theirs).
@@ -46,17 +48,13 @@ from inference_worker.core.ellipse import distance_m  # noqa: E402
 from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
-from inference_worker.science.tdoa_faults import (  # noqa: E402
-    BAD_KINDS,
-    LAPSE_COUNTS,
-    LAPSES_S,
-    ODD_COUNTS,
-    ODD_OFFSETS_S,
-    one_bad_set,
-    one_lapsed_set,
-    one_odd_set,
-)
 from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
+from tools.tdoa_fault_report import (  # noqa: E402
+    bad_section,
+    detuned_section,
+    lapsed_section,
+    odd_section,
+)
 
 MEDIAN_BAR_M = 2_000.0
 COVERAGE_95_BAND = (0.92, 0.98)
@@ -175,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
             "sets of three, four and five with one receiver's GPS solution lapsed",
         ),
         (
+            "--detuned-sets",
+            20,
+            "--detuned-seed",
+            7300,
+            "sets of four with one receiver's frequency off the others'",
+        ),
+        (
             "--share-trials",
             1500,
             "--share-seed",
@@ -238,65 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  seed {r['seed']}: {r['refused']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
-    bad_ok = True
-    if args.bad_sets:
-        with ProcessPoolExecutor(args.processes) as pool:
-            bad = list(pool.map(one_bad_set, range(args.seed, args.seed + args.bad_sets)))
-        print(f"\nsets with one receiver's GPS time broken: {len(bad)}")
-        for kind in BAD_KINDS:
-            mine = [b for b in bad if b["kind"] == kind]
-            stages = sorted({str(b["refused_at"]) for b in mine})
-            named = sum(bool(b["names_receiver"]) for b in mine)
-            print(
-                f"  {kind}: {len(mine)} sets, refused at {', '.join(stages)}; message names "
-                f"the receiver in {named}"
-            )
-        bad_ok = all(b["refused_at"] and b["names_receiver"] for b in bad)
+    bad_ok = bad_section(args) if args.bad_sets else True
     if args.odd_sets:
-        jobs = [
-            (seed, receivers, offset)
-            for receivers in (4, 5)
-            for offset in ODD_OFFSETS_S
-            for seed in range(args.odd_seed, args.odd_seed + args.odd_sets)
-        ]
-        with ProcessPoolExecutor(args.processes) as pool:
-            odd = list(pool.map(one_odd_set, jobs))
-        print(f"\nsets with one receiver's GPS time off: {args.odd_sets} for each count and offset")
-        for receivers in (4, 5):
-            for offset in ODD_OFFSETS_S:
-                mine = [o for o in odd if o["receivers"] == receivers and o["offset"] == offset]
-                count_of = {key: sum(bool(o.get(key)) for o in mine) for key in ODD_COUNTS}
-                print(
-                    f"  {receivers} receivers, {offset * 1e6:2.0f} µs: fit beyond its bound "
-                    f"{count_of['beyond']}, a receiver left out {count_of['excluded']} (the one "
-                    f"off: {count_of['right_one']}), uncertainties widened "
-                    f"{count_of['widened']}, failed {count_of['failed']}; regions holding the "
-                    f"emitter {count_of['held']} ({count_of['held_before']} as measured)"
-                )
+        odd_section(args)
     if args.lapsed_sets:
-        cases = [
-            (r, lapse, told) for r in (3, 4, 5) for lapse in LAPSES_S for told in (False, True)
-        ]
-        seeds = range(args.lapsed_seed, args.lapsed_seed + args.lapsed_sets)
-        with ProcessPoolExecutor(args.processes) as pool:
-            lapsed = list(pool.map(one_lapsed_set, [(s, *c) for c in cases for s in seeds]))
-        print(
-            f"\nsets with one receiver's GPS solution lapsed, its time off by what the lapse "
-            f"allows: {args.lapsed_sets} for each count and lapse"
-        )
-        for receivers, lapse, told in cases:
-            mine = [
-                o
-                for o in lapsed
-                if (o["receivers"], o["lapse"], o["told"]) == (receivers, lapse, told)
-            ]
-            n = {key: sum(bool(o.get(key)) for o in mine) for key in LAPSE_COUNTS}
-            ages = "as recorded" if told else "hidden"
-            print(
-                f"  {receivers} receivers, {lapse} s, fix ages {ages}: regions holding the "
-                f"emitter {n['held']}; fit beyond its bound {n['beyond']}, widened "
-                f"{n['widened']}, a receiver left out {n['excluded']}, failed {n['failed']}"
-            )
+        lapsed_section(args)
+    if args.detuned_sets:
+        detuned_section(args)
     if args.share_trials:
         print(
             f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "

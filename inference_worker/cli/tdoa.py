@@ -219,6 +219,8 @@ def among(place: dict[str, Any]) -> str:
 
 STALE_FIX_S = 60
 """A GPS solution this old (seconds) or older is pointed out: its time was the receiver's own."""
+OFF_FREQUENCY_HZ = 0.3
+"""A receiver whose signal arrived this far (Hz) or further off the others' is pointed out."""
 
 
 def print_result(view: dict[str, Any]) -> None:
@@ -265,6 +267,12 @@ def print_result(view: dict[str, Any]) -> None:
                 f"stale GPS     {receiver['id']}: its GPS solution was up to "
                 f"{receiver['gps_fix_age_s']} s old; its time was carried by its own clock "
                 "meanwhile (its stamps counted, and its time's uncertainty grew, by that age)"
+            )
+        if abs(receiver.get("frequency_offset_hz", 0.0)) >= OFF_FREQUENCY_HZ:
+            print(
+                f"frequency     {receiver['id']}: heard {receiver['frequency_offset_hz']:+.2f} Hz "
+                "off the others (its clock after a GPS lapse, or Doppler); its windows were "
+                "turned back by that before correlating"
             )
     for pair in result["pairs"]:
         a, b = pair["receivers"]

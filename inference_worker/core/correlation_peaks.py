@@ -1,7 +1,8 @@
 """Each pair's delay over one window: the receivers' windows cross-correlated, each peak found
 on whole samples and refined below a sample (band-limited interpolation, then a parabola).
-Pure numpy and scipy; :mod:`inference_worker.core.time_differences` cuts the windows and turns
-their delays into the pairs' delays and covariance."""
+The windows are cut on GPS time here too (:func:`stretches_at`); pure numpy and scipy.
+:mod:`inference_worker.core.time_differences` turns their delays into the pairs' delays and
+covariance."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.fft
 
+from inference_worker.core.kiwi_wav import KiwiRecording, Timebase
+from inference_worker.core.recording_sets import TdoaError
+
 UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
 _PAIRS_AT_ONCE = 64
 """Pairs correlated together (the 2 016 pairs of 64 receivers at once held about a gigabyte)."""
+_MARGIN = 256
+"""Samples on each side of a window that are shifted with it and then dropped."""
 
 
 def peak_delays(
@@ -24,9 +30,11 @@ def peak_delays(
     margin: int,
     rates_hz: np.ndarray,
     max_lags_s: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Each pair ``(a, b)``'s delay of ``a`` behind ``b`` (seconds) over one window, from every
-    receiver's ``stretch``: the window and ``margin`` samples either side.
+    receiver's ``stretch``: the window and ``margin`` samples either side; and the complex
+    correlation at each peak (its phase turns from window to window where the two receivers'
+    frequencies differ).
 
     ``a``'s window (its stretch's middle) is correlated against ``b``'s whole stretch, so at
     every lag searched (at most ``margin``) each sample of the window meets one of the other;
@@ -42,19 +50,21 @@ def peak_delays(
     spectra, others = scipy.fft.fft(middles), np.conj(scipy.fft.fft(whole, n))
     first, second = np.asarray(pairs).T
     delays = np.empty(len(pairs))
+    values = np.empty(len(pairs), dtype=complex)
     for at in range(0, len(pairs), _PAIRS_AT_ONCE):
         some = slice(at, at + _PAIRS_AT_ONCE)
         correlation = scipy.fft.ifft(spectra[first[some]] * others[second[some]])
         limits = np.minimum(max_lags_s[some] * rates_hz[some], margin)
-        delays[some] = _refined_peaks(correlation, limits) / rates_hz[some]
-    return delays
+        lags, values[some] = _refined_peaks(correlation, limits)
+        delays[some] = lags / rates_hz[some]
+    return delays, values
 
 
-def _refined_peaks(correlation: np.ndarray, limits: np.ndarray) -> np.ndarray:
-    """Each row's lag (samples) at its correlation's peak within ``limits``: found on whole
-    samples, then the band-limited correlation evaluated ``UPSAMPLE`` times finer within a
-    sample either side and a parabola fitted to the finest peak (the values of interpolating the
-    whole correlation, for a fraction of the work)."""
+def _refined_peaks(correlation: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's lag (samples) at its correlation's peak within ``limits``, and the complex
+    correlation there: found on whole samples, then the band-limited correlation evaluated
+    ``UPSAMPLE`` times finer within a sample either side and a parabola fitted to the finest
+    peak (the values of interpolating the whole correlation, for a fraction of the work)."""
     n = correlation.shape[1]
     # Only the lags searched, in the transform's order (0, 1, ..., then the negative ones).
     reach = min(int(math.ceil(float(limits.max()))), (n - 1) // 2)
@@ -68,14 +78,15 @@ def _refined_peaks(correlation: np.ndarray, limits: np.ndarray) -> np.ndarray:
     for row, start in enumerate(peaks % n):
         turned[row, : n - start] = correlation[row, start:]
         turned[row, n - start :] = correlation[row, :start]
-    fine = np.abs(turned @ _fine_kernel(n).T)
+    values = turned @ _fine_kernel(n).T
+    fine = np.abs(values)
     rows = np.arange(len(correlation))
     index = np.clip(np.argmax(fine, axis=1), 1, fine.shape[1] - 2)
     left, centre, right = fine[rows, index - 1], fine[rows, index], fine[rows, index + 1]
     denominator = left - 2 * centre + right
     flat = denominator == 0
     offset = np.where(flat, 0.0, 0.5 * (left - right) / np.where(flat, 1.0, denominator))
-    return peaks + (index - UPSAMPLE + offset) / UPSAMPLE
+    return peaks + (index - UPSAMPLE + offset) / UPSAMPLE, values[rows, index]
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,3 +97,49 @@ def _fine_kernel(n: int) -> np.ndarray:
     ``sum(C[f] exp(2 pi i f (peak + s)))`` without a ramp to compute for every peak."""
     steps = np.arange(-UPSAMPLE, UPSAMPLE + 1) / UPSAMPLE
     return np.fft.fft(np.exp(2j * np.pi * np.outer(steps, np.fft.fftfreq(n))), axis=1)
+
+
+def stretches_at(
+    recordings: Sequence[KiwiRecording],
+    timebases: Sequence[Timebase],
+    centre_s: float,
+    size: int,
+    offsets_hz: np.ndarray | None = None,
+    epoch_s: float = 0.0,
+) -> list[np.ndarray]:
+    """Every receiver's ``size`` samples centred on GPS time ``centre_s`` (:func:`_window`),
+    each turned back by its frequency offset where one is given: by the phase its offset
+    gathers from GPS time ``epoch_s`` on, so that a window's correlation no longer turns
+    against the next one's either."""
+    stretches = [
+        _window(r, tb, centre_s, size) for r, tb in zip(recordings, timebases, strict=True)
+    ]
+    if offsets_hz is not None:
+        for stretch, base, offset in zip(stretches, timebases, offsets_hz, strict=True):
+            since = centre_s - epoch_s + (np.arange(size) - size / 2) / base.rate_hz
+            stretch *= np.exp(-2j * np.pi * offset * since)
+    return stretches
+
+
+def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
+    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
+    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
+    matters: receivers' rates differ by parts per million, which would skew windows that start
+    together by microseconds at their far end; centred, the skew averages out."""
+    position = (centre_s - base.t0_s) * base.rate_hz - length / 2
+    first = int(math.floor(position))
+    fraction = position - first
+    # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
+    # middle, or the ringing, at the same place in both windows of a pair, pulls their
+    # correlation's peak towards the lag the windows were cut at. The stretch is at least
+    # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
+    stretch = scipy.fft.next_fast_len(length + 2 * _MARGIN)
+    before = (stretch - length) // 2
+    after = stretch - length - before
+    samples = recording.iq[first - before : first + length + after].astype(np.complex128)
+    if first < before or len(samples) < length + before + after:
+        raise TdoaError("a window reaches past the end of a recording")
+    spectrum = np.fft.fft(samples)
+    frequencies = np.fft.fftfreq(len(samples))
+    shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
+    return shifted[before : before + length]

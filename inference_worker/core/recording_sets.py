@@ -24,6 +24,10 @@ _MIX = np.random.default_rng(0x4B495749).integers(1, 2**63, BLOCK_SAMPLES, dtype
 modulo 2**64."""
 
 
+class TdoaError(ValueError):
+    """The recordings cannot be located together; the message says why."""
+
+
 def too_few_sites(stations: Sequence[Receiver]) -> str | None:
     """Why these receivers cannot fix a position, or None: time differences need receivers at
     three or more places (receivers within :data:`SAME_SITE_M` of one another are one place)."""

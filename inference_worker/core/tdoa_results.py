@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import describe
 from inference_worker.core.likelihood_map import contour_features
@@ -17,6 +19,10 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
     receivers; the estimate, why it is the one chosen) and ellipses as for a model, the
     receivers' time bases, each pair's time difference, and the likelihood's contours."""
     likelihood, odd = solution.likelihood, solution.excluded
+    # Each receiver's frequency offset from the middle of the others', as its windows were
+    # turned back by it (known only relative to one another).
+    offsets = solution.pairs.offsets_hz
+    offsets = np.zeros(len(stations)) if offsets is None else offsets - np.median(offsets)
     return {
         **describe(solution.estimate),
         "among_receivers": likelihood.among[0],
@@ -31,8 +37,9 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
                 "stamp_residual_us": round(base.residual_s * 1e6, 3),
                 "rejected_blocks": base.rejected_blocks,
                 "gps_fix_age_s": base.fix_age_s,
+                "frequency_offset_hz": round(float(offset), 2) + 0.0,
             }
-            for station, base in zip(stations, solution.timebases, strict=True)
+            for station, base, offset in zip(stations, solution.timebases, offsets, strict=True)
         ],
         "pairs": [
             {

@@ -16,13 +16,21 @@ from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
-import scipy.fft
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.correlation_peaks import peak_delays
+from inference_worker.core.correlation_peaks import peak_delays, stretches_at
+from inference_worker.core.frequency_offsets import (
+    COARSE_HZ,
+    DRIFT_HZ,
+    FINE_HZ,
+    MAX_OFFSET_HZ,
+    SEARCH_WINDOWS,
+    frequency_offsets,
+    receiver_drifts,
+)
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
-from inference_worker.core.recording_sets import too_few_sites
+from inference_worker.core.recording_sets import TdoaError, too_few_sites
 
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
@@ -37,15 +45,9 @@ FEWEST_WINDOWS = 8
 shorter ones: how the windows' delays scatter is the delays' uncertainty, and from three
 windows (a 2 s span in 0.5 s windows) that scatter is a guess (95 % regions held 70 % of such
 sets)."""
-_MARGIN = 256
-"""Samples on each side of a window that are shifted with it and then dropped."""
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
-
-
-class TdoaError(ValueError):
-    """The recordings cannot be located together; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -66,30 +68,6 @@ def overlap(timebases: Sequence[Timebase]) -> tuple[float, float]:
     return start, end
 
 
-def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
-    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
-    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
-    matters: receivers' rates differ by parts per million, which would skew windows that start
-    together by microseconds at their far end; centred, the skew averages out."""
-    position = (centre_s - base.t0_s) * base.rate_hz - length / 2
-    first = int(math.floor(position))
-    fraction = position - first
-    # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
-    # middle, or the ringing, at the same place in both windows of a pair, pulls their
-    # correlation's peak towards the lag the windows were cut at. The stretch is at least
-    # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
-    stretch = scipy.fft.next_fast_len(length + 2 * _MARGIN)
-    before = (stretch - length) // 2
-    after = stretch - length - before
-    samples = recording.iq[first - before : first + length + after].astype(np.complex128)
-    if first < before or len(samples) < length + before + after:
-        raise TdoaError("a window reaches past the end of a recording")
-    spectrum = np.fft.fft(samples)
-    frequencies = np.fft.fftfreq(len(samples))
-    shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
-    return shifted[before : before + length]
-
-
 class Delays(Sequence[PairDelay]):
     """Every pair's delay, and the covariance of their errors (pairs share receivers and
     windows, so their errors are not independent). ``precision``: the covariance's inverse
@@ -101,8 +79,13 @@ class Delays(Sequence[PairDelay]):
         covariance_us2: np.ndarray,
         *,
         precision: np.ndarray | None = None,
+        offsets_hz: np.ndarray | None = None,
     ) -> None:
         self.pairs = pairs
+        self.offsets_hz = offsets_hz
+        """Each receiver's frequency offset (Hz) from the others' that its windows were turned
+        back by before correlating (:mod:`~inference_worker.core.frequency_offsets`); None:
+        not known (delays made by hand)."""
         self.covariance_us2 = covariance_us2.view()
         """``(pairs, pairs)``, in µs²; read-only, as the precision taken from it is kept."""
         self.covariance_us2.flags.writeable = False
@@ -165,7 +148,13 @@ class Delays(Sequence[PairDelay]):
             )
             precision = (precision + precision.T) / 2
             precision.flags.writeable = False
-        return Delays(pairs, self.covariance_us2[np.ix_(rows, rows)], precision=precision)
+        offsets = None if self.offsets_hz is None else np.delete(self.offsets_hz, receiver)
+        return Delays(
+            pairs,
+            self.covariance_us2[np.ix_(rows, rows)],
+            precision=precision,
+            offsets_hz=offsets,
+        )
 
 
 def pair_delays(
@@ -214,34 +203,52 @@ def pair_delays(
     )
     pair_rates = np.array([(timebases[a].rate_hz + timebases[b].rate_hz) / 2 for a, b in pairs])
     margin = int(math.ceil(float(np.max(max_lags * pair_rates)))) + 2  # the longest pair's
-    per_window = np.empty((len(pairs), count))
-    for k, centre_s in enumerate(centres):
-        stretches = [
-            _window(r, tb, centre_s, length + 2 * margin)
-            for r, tb in zip(recordings, timebases, strict=True)
-        ]
-        per_window[:, k] = peak_delays(stretches, pairs, margin, pair_rates, max_lags)
-    # A pair whose windows agree on no delay hears no common signal (one receiver's time or
-    # frequency is off): its windows' peaks scatter over the lags searched, hundreds of times
-    # more than a pair that shares the signal.
-    centre = np.median(per_window, axis=1, keepdims=True)
-    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
-    scatter_s = spread[:, 0]
-    coherent = (scatter_s < INCOHERENT_SHARE * max_lags) & (
-        scatter_s < INCOHERENT_RATIO * max(float(scatter_s.min()), 1e-6)
-    )
-    deaf = [
-        stations[k].id
-        for k in range(len(recordings))
-        if not any(coherent[row] for row, pair in enumerate(pairs) if k in pair)
+
+    def correlated(offsets_hz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        per_window, values = np.empty((len(pairs), count)), np.empty((len(pairs), count), complex)
+        for k, centre_s in enumerate(centres):
+            stretches = stretches_at(
+                recordings, timebases, centre_s, length + 2 * margin, offsets_hz, start
+            )
+            per_window[:, k], values[:, k] = peak_delays(
+                stretches, pairs, margin, pair_rates, max_lags
+            )
+        return per_window, values
+
+    per_window, values = correlated()
+    coherent = _coherent(per_window, max_lags)
+    # A receiver off the others' frequency: find by how much, and turn it back.
+    limits = np.zeros((len(recordings), len(recordings)))
+    for row, (a, b) in enumerate(pairs):
+        limits[a, b] = limits[b, a] = min(max_lags[row] * pair_rates[row], margin)
+    spread_out = centres[:: max(1, len(centres) // SEARCH_WINDOWS)][:SEARCH_WINDOWS]
+    windows = [
+        stretches_at(recordings, timebases, centre_s, length + 2 * margin)
+        for centre_s in spread_out
     ]
+    offsets = frequency_offsets(windows, margin, limits, float(np.median(pair_rates)))
+    turned = bool(np.any(np.abs(offsets) >= COARSE_HZ))
+    if turned:
+        per_window, values = correlated(offsets)
+        coherent = _coherent(per_window, max_lags)
+    else:
+        offsets = np.zeros(len(recordings))
+    drifts = receiver_drifts(values, pairs, coherent, len(recordings), window_s)
+    if np.any(np.abs(drifts) > (FINE_HZ if turned else DRIFT_HZ)):
+        offsets = offsets + drifts
+        per_window, values = correlated(offsets)
+        coherent = _coherent(per_window, max_lags)
+    deaf = [stations[k].id for k in _deaf(coherent, pairs, len(recordings))]
     if deaf:
         raise TdoaError(
             f"receiver(s) {', '.join(deaf)}: no signal in common with the others at the same GPS "
-            "time (is the recording's time, or its frequency, right?)"
+            f"time (is the recording's time right, and its frequency within {MAX_OFFSET_HZ:g} Hz "
+            "of the others'?)"
         )
     pairs = [pair for pair, ok in zip(pairs, coherent, strict=True) if ok]
-    per_window, centre, spread = per_window[coherent], centre[coherent], spread[coherent]
+    per_window = per_window[coherent]
+    centre = np.median(per_window, axis=1, keepdims=True)
+    spread = 1.4826 * np.median(np.abs(per_window - centre), axis=1, keepdims=True)
     # Only gross outliers go (a window where noise or a fade moved a peak far); trimming closer
     # would shrink the scatter below what the means really carry. A window off in any pair
     # goes for all, so that every pair's mean and the covariance use the same windows.
@@ -266,7 +273,27 @@ def pair_delays(
         PairDelay(a, b, float(means[row]), math.sqrt(covariance[row, row]) * 1e-6, used, count)
         for row, (a, b) in enumerate(pairs)
     ]
-    return Delays(delays, covariance)
+    return Delays(delays, covariance, offsets_hz=offsets)
+
+
+def _coherent(per_window: np.ndarray, max_lags: np.ndarray) -> np.ndarray:
+    """The pairs that hear a common signal. A pair whose windows agree on no delay hears none
+    (one receiver's time or frequency is off): its windows' peaks scatter over the lags
+    searched, hundreds of times more than a pair that shares the signal."""
+    centre = np.median(per_window, axis=1, keepdims=True)
+    scatter_s = 1.4826 * np.median(np.abs(per_window - centre), axis=1)
+    return (scatter_s < INCOHERENT_SHARE * max_lags) & (
+        scatter_s < INCOHERENT_RATIO * max(float(scatter_s.min()), 1e-6)
+    )
+
+
+def _deaf(coherent: np.ndarray, pairs: Sequence[tuple[int, int]], receivers: int) -> list[int]:
+    """The receivers in no pair that hears a common signal."""
+    return [
+        k
+        for k in range(receivers)
+        if not any(coherent[row] for row, pair in enumerate(pairs) if k in pair)
+    ]
 
 
 def pair_design(pairs: Sequence[tuple[int, int]], stations: int) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""TDoA sets with one receiver's GPS time at fault, for the evaluation
-(``tools/evaluate_tdoa.py``): broken (no time, no fix ever, 0.8 s off), which must be refused
-naming the receiver; off by microseconds, which the fit must notice or widen for; and a lapsed
-GPS solution, off by what its age allows, which the fix ages must account for.
+"""TDoA sets with one receiver at fault, for the evaluation (``tools/evaluate_tdoa.py``): its
+GPS time broken (no time, no fix ever, 0.8 s off), which must be refused naming the receiver;
+off by microseconds, which the fit must notice or widen for; a lapsed GPS solution, off by what
+its age allows, which the fix ages must account for; and its frequency off the others'.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from inference_worker.core.capture import CaptureError
+from inference_worker.core.ellipse import distance_m
 from inference_worker.core.kiwi_wav import (
     CLOCK_DRIFT,
     NEVER_HAD_FIX,
@@ -121,4 +122,40 @@ def one_lapsed_set(job: tuple[int, int, int, bool]) -> dict[str, object]:
         "widened": solution.likelihood.widened > 1,
         "excluded": solution.excluded is not None,
         "held": solution.holds(*recording.emitter, 0.95),
+    }
+
+
+DETUNES_HZ = (0.0, 1.0, 2.0, 5.0, 9.5)
+"""How far one receiver hears the signal off the others' in the detuned sets (Hz; 0: in tune,
+the same sets' yardstick)."""
+
+
+def one_detuned_set(job: tuple[int, float]) -> dict[str, object]:
+    """Four receivers over 20 s, one of them (drawn) hearing the signal ``offset`` Hz off the
+    others (up or down, drawn): its samples turned by that much, as a clock off after a GPS
+    lapse or a path's Doppler would. Located as it is: the error, whether the 95 % region holds
+    the emitter, and the offset the delays found for that receiver."""
+    seed, offset = job
+    rng = np.random.default_rng(seed)
+    recording = synthetic_set(rng, receivers=4, seconds=20.0)
+    victim = int(rng.integers(4))
+    offset *= 1 if rng.random() < 0.5 else -1
+    turned = read_kiwi_wav(recording.files[victim])
+    phase = 2.0 * np.pi * offset * np.arange(len(turned.iq)) / turned.header_rate_hz
+    files = list(recording.files)
+    files[victim] = write_kiwi_wav(
+        turned.iq * np.exp(1j * phase).astype(np.complex64), turned.gps_s, fix_age=turned.fix_age
+    )
+    row: dict[str, object] = {"seed": seed, "offset": abs(offset)}
+    try:
+        solution = solve(files, recording.stations)
+    except TdoaError:
+        return {**row, "failed": True}
+    found = solution.pairs.offsets_hz
+    relative = 0.0 if found is None else float(found[victim] - np.median(np.delete(found, victim)))
+    return {
+        **row,
+        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
+        "held": solution.holds(*recording.emitter, 0.95),
+        "found_within_0_1_hz": abs(relative - offset) <= 0.1,
     }

@@ -143,7 +143,10 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
         ],
         weight=0.93,
         among_receivers=True,
-        receivers=[{"id": "A", "gps_fix_age_s": 2}, {"id": "B", "gps_fix_age_s": 180}],
+        receivers=[
+            {"id": "A", "gps_fix_age_s": 2, "frequency_offset_hz": 0.1},
+            {"id": "B", "gps_fix_age_s": 180, "frequency_offset_hz": -2.04},
+        ],
         alternatives=[
             {"lat": 48.49, "lon": 7.39, "weight": 0.07, "among_receivers": False},
             {"lat": 46.0, "lon": 3.0, "weight": 0.01, "ellipses": {"95": {"semi_major_m": 2.4e6}}},
@@ -161,6 +164,8 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
     assert "beyond" not in out and "left out" not in out
     assert "stale GPS     B: its GPS solution was up to 180 s old" in out
     assert "stale GPS     A" not in out and "expected there" not in out
+    assert "frequency     B: heard -2.04 Hz off the others" in out
+    assert "frequency     A" not in out
     view["result"]["chosen_by"] = "among_receivers"
     print_job(view, as_json=False)
     assert "(weight 0.93, among the receivers, taken as the emitter was expected there; also" in (

@@ -1,0 +1,109 @@
+"""The sections of the TDoA evaluation (``tools/evaluate_tdoa.py``) with one receiver at fault
+(:mod:`inference_worker.science.tdoa_faults`): its GPS time broken, off by microseconds or
+lapsed, or its frequency off the others'. Each runs its sets in ``args.processes`` processes and
+prints a line a case."""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from inference_worker.science.tdoa_faults import (
+    BAD_KINDS,
+    DETUNES_HZ,
+    LAPSE_COUNTS,
+    LAPSES_S,
+    ODD_COUNTS,
+    ODD_OFFSETS_S,
+    one_bad_set,
+    one_detuned_set,
+    one_lapsed_set,
+    one_odd_set,
+)
+
+
+def bad_section(args: argparse.Namespace) -> bool:
+    """Sets with one receiver's GPS time broken; whether every one was refused naming it."""
+    with ProcessPoolExecutor(args.processes) as pool:
+        bad = list(pool.map(one_bad_set, range(args.seed, args.seed + args.bad_sets)))
+    print(f"\nsets with one receiver's GPS time broken: {len(bad)}")
+    for kind in BAD_KINDS:
+        mine = [b for b in bad if b["kind"] == kind]
+        stages = sorted({str(b["refused_at"]) for b in mine})
+        named = sum(bool(b["names_receiver"]) for b in mine)
+        print(
+            f"  {kind}: {len(mine)} sets, refused at {', '.join(stages)}; message names "
+            f"the receiver in {named}"
+        )
+    return all(b["refused_at"] and b["names_receiver"] for b in bad)
+
+
+def odd_section(args: argparse.Namespace) -> None:
+    """Sets of four and five with one receiver's time off by microseconds."""
+    jobs = [
+        (seed, receivers, offset)
+        for receivers in (4, 5)
+        for offset in ODD_OFFSETS_S
+        for seed in range(args.odd_seed, args.odd_seed + args.odd_sets)
+    ]
+    with ProcessPoolExecutor(args.processes) as pool:
+        odd = list(pool.map(one_odd_set, jobs))
+    print(f"\nsets with one receiver's GPS time off: {args.odd_sets} for each count and offset")
+    for receivers in (4, 5):
+        for offset in ODD_OFFSETS_S:
+            mine = [o for o in odd if o["receivers"] == receivers and o["offset"] == offset]
+            count_of = {key: sum(bool(o.get(key)) for o in mine) for key in ODD_COUNTS}
+            print(
+                f"  {receivers} receivers, {offset * 1e6:2.0f} µs: fit beyond its bound "
+                f"{count_of['beyond']}, a receiver left out {count_of['excluded']} (the one "
+                f"off: {count_of['right_one']}), uncertainties widened "
+                f"{count_of['widened']}, failed {count_of['failed']}; regions holding the "
+                f"emitter {count_of['held']} ({count_of['held_before']} as measured)"
+            )
+
+
+def lapsed_section(args: argparse.Namespace) -> None:
+    """Sets of three to five with one receiver's GPS solution lapsed, its fix ages as recorded
+    or hidden."""
+    cases = [(r, lapse, told) for r in (3, 4, 5) for lapse in LAPSES_S for told in (False, True)]
+    seeds = range(args.lapsed_seed, args.lapsed_seed + args.lapsed_sets)
+    with ProcessPoolExecutor(args.processes) as pool:
+        lapsed = list(pool.map(one_lapsed_set, [(s, *c) for c in cases for s in seeds]))
+    print(
+        f"\nsets with one receiver's GPS solution lapsed, its time off by what the lapse "
+        f"allows: {args.lapsed_sets} for each count and lapse"
+    )
+    for receivers, lapse, told in cases:
+        mine = [
+            o for o in lapsed if (o["receivers"], o["lapse"], o["told"]) == (receivers, lapse, told)
+        ]
+        n = {key: sum(bool(o.get(key)) for o in mine) for key in LAPSE_COUNTS}
+        ages = "as recorded" if told else "hidden"
+        print(
+            f"  {receivers} receivers, {lapse} s, fix ages {ages}: regions holding the "
+            f"emitter {n['held']}; fit beyond its bound {n['beyond']}, widened "
+            f"{n['widened']}, a receiver left out {n['excluded']}, failed {n['failed']}"
+        )
+
+
+def detuned_section(args: argparse.Namespace) -> None:
+    """Sets of four with one receiver's frequency off the others', against the same sets in
+    tune (the first offset, 0)."""
+    seeds = range(args.detuned_seed, args.detuned_seed + args.detuned_sets)
+    with ProcessPoolExecutor(args.processes) as pool:
+        rows = list(pool.map(one_detuned_set, [(s, o) for o in DETUNES_HZ for s in seeds]))
+    print(
+        f"\nsets of four over 20 s with one receiver's frequency off the others': "
+        f"{args.detuned_sets} for each offset, the same sets each time"
+    )
+    for offset in DETUNES_HZ:
+        mine = [r for r in rows if r["offset"] == offset]
+        errors = [float(r["error_m"]) for r in mine if "error_m" in r]  # type: ignore[arg-type]
+        median = f"{np.median(errors):,.0f} m" if errors else "-"
+        print(
+            f"  {offset:4.1f} Hz: located {len(errors)} of {len(mine)}, median error {median}, "
+            f"regions holding the emitter {sum(bool(r.get('held')) for r in mine)}, its offset "
+            f"found within 0.1 Hz in {sum(bool(r.get('found_within_0_1_hz')) for r in mine)}"
+        )
