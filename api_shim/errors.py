@@ -40,7 +40,10 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     code = (exc.name or "error").lower().replace(" ", "_")
     message = exc.description or exc.name
     if exc.code == 413:
-        message = f"request body larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+        message = (
+            f"request body larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes (the "
+            "server's HEIMDALL_MAX_BODY_BYTES)"
+        )
     if exc.code == 429:
         message = (
             f"rate limit of this API key reached ({exc.description}); "

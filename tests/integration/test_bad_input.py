@@ -176,7 +176,8 @@ def test_body_over_the_limit_is_413(client, settings, capture):
     body = b"\0" * (settings.max_body_bytes + 1)
     response = post_npy(client, body, capture_query(capture))
     assert response.status_code == 413
-    assert str(settings.max_body_bytes) in response.get_json()["error"]["message"]
+    message = response.get_json()["error"]["message"]
+    assert str(settings.max_body_bytes) in message and "HEIMDALL_MAX_BODY_BYTES" in message
 
 
 def test_unsupported_media_type_is_415(client):
