@@ -1,15 +1,15 @@
 """Receivers that hear one signal at slightly different frequencies: pure numpy and scipy.
 
 Each pair is correlated coherently over windows of ``T`` seconds, and a receiver whose signal
-arrives ``Δf`` off another's keeps ``|sinc(Δf T)|`` of their correlation: at 0.5 s, 64 % at
-1 Hz and nothing at 2 Hz, where that receiver seems to hear nothing in common with the others.
+arrives ``Δf`` off another's keeps ``|sinc(Δf T)|`` of their correlation: at 0.25 s, 64 % at
+2 Hz and nothing at 4 Hz, where that receiver seems to hear nothing in common with the others.
 A KiwiSDR whose GPS solution lapsed drifts in frequency as in time (0.1 ppm is 1 Hz at
 10 MHz), and skywave paths add Doppler shifts of their own. Two readings, each where the other
 is blind: :func:`frequency_offsets` searches each receiver's offset against another's within
-:data:`MAX_OFFSET_HZ`, coarsely (bins of about 2 Hz, cheap enough to run on every set), and
-:func:`receiver_drifts` reads the offsets below 1 Hz finely from how each pair's correlation
-turns from one window to the next (it cannot tell 0.5 Hz from 2.5). Where either finds one, the
-windows are correlated again with each receiver turned back by its own.
+:data:`MAX_OFFSET_HZ`, coarsely (bins of about 4 Hz, cheap enough to run on every set), and
+:func:`receiver_drifts` reads the offsets below 2 Hz finely from how each pair's correlation
+turns from one window to the next (0.25 s apart: it cannot tell 1 Hz from 5). Where either
+finds one, the windows are correlated again with each receiver turned back by its own.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ MAX_OFFSET_HZ = 10.0
 """The largest offset searched (1 ppm at 10 MHz)."""
 COARSE_HZ = 1.0
 """Offsets the search finds from this on are turned back before the fine reading (which reads
-an offset of 2 Hz as none)."""
+an offset of 4 Hz as none)."""
 DRIFT_HZ = 0.3
 """Receivers whose windows turn against the others' faster than this (Hz) are turned back: at
-that offset 0.5 s windows keep 96 % of their correlation."""
+that offset 0.25 s windows keep 99 % of their correlation."""
 FINE_HZ = 0.05
 """Where the search turned receivers back, what is left of their offsets is turned back too
 from this on (the search finds them to a few tenths of a hertz)."""
@@ -79,7 +79,7 @@ def frequency_offsets(
     either side, as :func:`~inference_worker.core.correlation_peaks.peak_delays` takes them);
     ``limits``: ``(receivers, receivers)``, the most lag (samples) searched between two. For each
     receiver the window is turned by every offset within :data:`MAX_OFFSET_HZ` (whole bins of
-    the correlation's transform, about 2 Hz at 0.5 s) and correlated with the reference's
+    the correlation's transform, about 4 Hz at 0.25 s) and correlated with the reference's
     stretch; the correlation's peak power, added up over the windows, peaks at the receiver's
     offset, refined by a parabola (to a few tenths of a hertz). The reference is the first
     receiver against which another stands out (:data:`STANDS_OUT`); it and any receiver that

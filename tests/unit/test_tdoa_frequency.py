@@ -67,8 +67,8 @@ def test_the_search_finds_an_offset_beyond_what_the_drift_can_read(offset_hz):
 
 @pytest.mark.parametrize("offset_hz", [0.0, 0.8, 2.0, 4.0, -7.5])
 def test_delays_are_true_with_one_receiver_off_the_others_frequency(offset_hz):
-    """At 2 and 4 Hz the 0.5 s windows kept nothing of that receiver's correlation: it was
-    refused as hearing no signal in common with the others."""
+    """At 4 Hz the 0.25 s windows keep nothing of that receiver's correlation (0.5 s windows
+    nothing at 2 and 4 Hz): it was refused as hearing no signal in common with the others."""
     recs, bases = recordings(seconds=12.0)
     recs[1] = turned(recs[1], offset_hz)
     delays = pair_delays(recs, bases, STATIONS)
