@@ -212,6 +212,10 @@ def pair_delays(
     pair_rates = np.array([(timebases[a].rate_hz + timebases[b].rate_hz) / 2 for a, b in pairs])
     margin = int(math.ceil(float(np.max(max_lags * pair_rates)))) + 2  # the longest pair's
 
+    # The frequency search's windows, spread over the span: kept from the first correlation.
+    searched = range(0, count, max(1, count // SEARCH_WINDOWS))[:SEARCH_WINDOWS]
+    windows: list[list[np.ndarray]] = []
+
     def correlated(offsets_hz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         per_window, values = np.empty((len(pairs), count)), np.empty((len(pairs), count), complex)
         for k, centre_s in enumerate(centres):
@@ -221,6 +225,8 @@ def pair_delays(
             per_window[:, k], values[:, k] = peak_delays(
                 stretches, pairs, margin, pair_rates, max_lags
             )
+            if offsets_hz is None and k in searched:
+                windows.append(stretches)
         return per_window, values
 
     per_window, values = correlated()
@@ -229,11 +235,6 @@ def pair_delays(
     limits = np.zeros((len(recordings), len(recordings)))
     for row, (a, b) in enumerate(pairs):
         limits[a, b] = limits[b, a] = min(max_lags[row] * pair_rates[row], margin)
-    spread_out = centres[:: max(1, len(centres) // SEARCH_WINDOWS)][:SEARCH_WINDOWS]
-    windows = [
-        stretches_at(recordings, timebases, centre_s, length + 2 * margin)
-        for centre_s in spread_out
-    ]
     offsets = frequency_offsets(windows, margin, limits, float(np.median(pair_rates)))
     turned = bool(np.any(np.abs(offsets) >= COARSE_HZ))
     if turned:
