@@ -11,7 +11,8 @@ of four and five, counting fits beyond their bound, receivers left out (and whet
 the one off), uncertainties widened to fit and regions that hold the emitter; and leaves one
 receiver's GPS solution lapsed 100 or 200 s in sets of three to five, its time off by what the
 lapse allows (``CLOCK_DRIFT``), the lapse in its fix ages or hidden; and turns one receiver of
-four 1-9.5 Hz off the others' frequency, against the same sets in tune. Last,
+four 1-9.5 Hz off the others' frequency, against the same sets in tune; and places two of three
+receivers 1-100 km apart, the third 500 km away. Last,
 three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share
@@ -20,7 +21,8 @@ and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
 every broken set refused.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
-        [--lapsed-sets 20] [--detuned-sets 20] [--share-trials 1500] [--receivers 3-5]
+        [--lapsed-sets 20] [--detuned-sets 20] [--close-sets 30] [--share-trials 1500]
+        [--receivers 3-5]
         [--seconds 30]
 
 ``--receivers`` and ``--seconds`` set the main sets' receiver count and length (the other
@@ -51,6 +53,7 @@ from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noq
 from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
 from tools.tdoa_fault_report import (  # noqa: E402
     bad_section,
+    close_section,
     detuned_section,
     lapsed_section,
     odd_section,
@@ -141,8 +144,8 @@ def line(name: str, s: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", type=count(1), default=300)
-    parser.add_argument("--processes", type=count(1), default=2)
+    parser.add_argument("--sets", type=count(1), default=300, help="main sets")
+    parser.add_argument("--processes", type=count(1), default=2, help="processes the sets run in")
     parser.add_argument("--seed", type=int, default=2026, help="first set's seed")
     parser.add_argument(
         "--receivers",
@@ -178,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
             "--detuned-seed",
             7300,
             "sets of four with one receiver's frequency off the others'",
+        ),
+        (
+            "--close-sets",
+            30,
+            "--close-seed",
+            7400,
+            "sets of three with two receivers close together",
         ),
         (
             "--share-trials",
@@ -250,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         lapsed_section(args)
     if args.detuned_sets:
         detuned_section(args)
+    if args.close_sets:
+        close_section(args)
     if args.share_trials:
         print(
             f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "

@@ -1,6 +1,6 @@
 """The sections of the TDoA evaluation (``tools/evaluate_tdoa.py``) with one receiver at fault
 (:mod:`inference_worker.science.tdoa_faults`): its GPS time broken, off by microseconds or
-lapsed, or its frequency off the others'. Each runs its sets in ``args.processes`` processes and
+lapsed, or its frequency off the others'; or too close to another. Each runs its sets in ``args.processes`` processes and
 prints a line a case."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import numpy as np
 
 from inference_worker.science.tdoa_faults import (
     BAD_KINDS,
+    CLOSE_APART_KM,
     DETUNES_HZ,
     LAPSE_COUNTS,
     LAPSES_S,
     ODD_COUNTS,
     ODD_OFFSETS_S,
     one_bad_set,
+    one_close_set,
     one_detuned_set,
     one_lapsed_set,
     one_odd_set,
@@ -106,4 +108,26 @@ def detuned_section(args: argparse.Namespace) -> None:
             f"  {offset:4.1f} Hz: located {len(errors)} of {len(mine)}, median error {median}, "
             f"regions holding the emitter {sum(bool(r.get('held')) for r in mine)}, its offset "
             f"found within 0.1 Hz in {sum(bool(r.get('found_within_0_1_hz')) for r in mine)}"
+        )
+
+
+def close_section(args: argparse.Namespace) -> None:
+    """Sets of three with two receivers close together, the third 500 km away."""
+    seeds = range(args.close_seed, args.close_seed + args.close_sets)
+    with ProcessPoolExecutor(args.processes) as pool:
+        rows = list(pool.map(one_close_set, [(s, k) for k in CLOSE_APART_KM for s in seeds]))
+    print(
+        f"\nsets of three over 30 s with two receivers close together, the third 500 km away: "
+        f"{args.close_sets} for each distance"
+    )
+    for apart in CLOSE_APART_KM:
+        mine = [r for r in rows if r["apart_km"] == apart]
+        errors = [float(r["error_m"]) for r in mine if "error_m" in r]  # type: ignore[arg-type]
+        median = f"{np.median(errors):,.0f} m" if errors else "-"
+        lines = sum(r.get("failed") == "line" for r in mine)
+        other = sum(bool(r.get("failed")) for r in mine) - lines
+        print(
+            f"  {apart:5.0f} km apart: located {len(errors)} of {len(mine)}, median error "
+            f"{median}, regions holding the emitter {sum(bool(r.get('held')) for r in mine)}; "
+            f"failed as a line {lines}, otherwise {other}"
         )

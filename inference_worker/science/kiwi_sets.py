@@ -128,6 +128,21 @@ def place_receivers(
     )
 
 
+def place_close_pair(
+    rng: np.random.Generator, apart_m: float, far_m: float = 500e3
+) -> tuple[Receiver, ...]:
+    """Three receivers around a random centre in Europe, two of them ``apart_m`` apart (two
+    KiwiSDRs of one town, or of one club a few km apart) and the third ``far_m`` from them."""
+    first = (rng.uniform(40.0, 56.0), rng.uniform(-5.0, 25.0))
+    bearing = float(rng.uniform(0.0, 360.0))
+    second = destination(*first, bearing, apart_m)
+    third = destination(*first, bearing + float(rng.uniform(45.0, 135.0)), far_m)
+    return tuple(
+        Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
+        for i, (lat, lon) in enumerate((first, second, third))
+    )
+
+
 def place_emitter(
     rng: np.random.Generator, stations: tuple[Receiver, ...], outside_share: float = 0.3
 ) -> tuple[tuple[float, float], float]:
@@ -189,12 +204,16 @@ def synthetic_set(
     clock_error_s: float = CLOCK_FLOOR_S,
     spacing_m: tuple[float, float] = (300e3, 1_000e3),
     sample_rate_hz: int = 12_000,
+    stations: tuple[Receiver, ...] | None = None,
 ) -> SyntheticSet:
     """One set of recordings of one emitter; see the module docstring for what varies.
     ``quirks``: True draws each with probability one half, or name the ones wanted.
     ``sample_rate_hz``: the headers' rate (a KiwiSDR records 12 000 or 20 250); each
-    receiver's true rate lies 1.0–1.3 Hz above it."""
-    stations = place_receivers(rng, receivers, spacing_m)
+    receiver's true rate lies 1.0–1.3 Hz above it. ``stations``: these receivers rather than
+    ``receivers`` placed ``spacing_m`` apart."""
+    if stations is None:
+        stations = place_receivers(rng, receivers, spacing_m)
+    receivers = len(stations)
     emitter, outside_km = place_emitter(rng, stations)
     kind = signal or str(rng.choice(SIGNALS))
     starts = GPS_START_S + rng.uniform(0.0, 5.0, receivers)

@@ -1,7 +1,8 @@
 """TDoA sets with one receiver at fault, for the evaluation (``tools/evaluate_tdoa.py``): its
 GPS time broken (no time, no fix ever, 0.8 s off), which must be refused naming the receiver;
 off by microseconds, which the fit must notice or widen for; a lapsed GPS solution, off by what
-its age allows, which the fix ages must account for; and its frequency off the others'.
+its age allows, which the fix ages must account for; its frequency off the others'; and two
+receivers of three a few km apart, which leave one useful baseline.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from inference_worker.core.kiwi_wav import (
 from inference_worker.core.tdoa import locate, solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.core.time_differences import TdoaError
-from inference_worker.science.kiwi_sets import synthetic_set
+from inference_worker.science.kiwi_sets import place_close_pair, synthetic_set
 
 BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
 
@@ -158,4 +159,28 @@ def one_detuned_set(job: tuple[int, float]) -> dict[str, object]:
         "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
         "held": solution.holds(*recording.emitter, 0.95),
         "found_within_0_1_hz": abs(relative - offset) <= 0.1,
+    }
+
+
+CLOSE_APART_KM = (1.0, 5.0, 20.0, 100.0)
+"""How far apart two of three receivers lie in the close sets (the third 500 km away)."""
+
+
+def one_close_set(job: tuple[int, float]) -> dict[str, object]:
+    """Three receivers over 30 s, two of them ``apart_km`` apart and the third 500 km away:
+    located, or failed (a line of positions rather than a point, or another reason), and
+    whether the 95 % region holds the emitter."""
+    seed, apart_km = job
+    rng = np.random.default_rng(seed)
+    stations = place_close_pair(rng, apart_km * 1e3)
+    recording = synthetic_set(rng, stations=stations, seconds=30.0)
+    row: dict[str, object] = {"seed": seed, "apart_km": apart_km}
+    try:
+        solution = solve(recording.files, recording.stations)
+    except TdoaError as exc:
+        return {**row, "failed": "line" if "line of positions" in str(exc) else str(exc)}
+    return {
+        **row,
+        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
+        "held": solution.holds(*recording.emitter, 0.95),
     }

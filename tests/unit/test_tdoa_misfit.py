@@ -20,7 +20,7 @@ from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
 from inference_worker.science.kiwi_sets import synthetic_set
-from inference_worker.science.tdoa_faults import one_lapsed_set
+from inference_worker.science.tdoa_faults import one_close_set, one_lapsed_set
 
 FIVE = (
     Receiver("A", 47.4, 8.5),
@@ -167,3 +167,11 @@ def test_the_tdoa_benchmark_times_a_set_with_one_receiver_off_too(capsys):
     header, row = capsys.readouterr().out.strip().splitlines()
     assert header.split()[-3:] == ["one", "off", "s"]
     assert row.split()[:3] == ["12000", "5", "10"] and float(row.split()[-1]) > 0
+
+
+def test_the_close_sets_count_a_line_as_a_line_and_locate_the_rest():
+    # The evaluation tells failures apart by the worker's message: a changed message must not
+    # move lines into "otherwise" unnoticed.
+    assert one_close_set((7401, 1.0))["failed"] == "line"
+    located = one_close_set((7400, 1.0))
+    assert located["held"] and float(located["error_m"]) > 10e3  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa import locate
 from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import TdoaError
-from inference_worker.science.kiwi_sets import place_receivers, spacing_for
+from inference_worker.science.kiwi_sets import place_close_pair, place_receivers, spacing_for
 from inference_worker.science.tdoa_shares import (
     PRIORS,
     Places,
@@ -60,6 +60,13 @@ def test_receivers_are_placed_as_spaced_up_to_the_most_a_set_may_have(count):
     ]
     assert len(stations) == count == len({s.id for s in stations})
     assert least * 0.99 <= min(distances) and max(distances) <= most * 1.01
+
+
+def test_a_close_pair_lies_as_far_apart_as_asked_and_the_third_far_from_both():
+    a, b, c = place_close_pair(np.random.default_rng(3), 5e3)
+    assert geodesic_m(a.lat, a.lon, b.lat, b.lon) == pytest.approx(5e3, rel=0.01)
+    assert geodesic_m(a.lat, a.lon, c.lat, c.lon) == pytest.approx(500e3, rel=0.01)
+    assert geodesic_m(b.lat, b.lon, c.lat, c.lon) > 490e3
 
 
 def test_the_shares_of_every_place_add_up_and_the_estimate_closes():
