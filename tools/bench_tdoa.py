@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
-from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav  # noqa: E402
-from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
+from inference_worker.core.kiwi_wav import read_kiwi_wav  # noqa: E402
+from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
 
 
@@ -61,8 +61,7 @@ def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[f
 def one_off(files: Sequence[bytes]) -> list[bytes]:
     """The files with the middle receiver's GPS time the largest odd offset off."""
     victim = len(files) // 2
-    wrong = read_kiwi_wav(files[victim])
-    shifted = write_kiwi_wav(wrong.iq, wrong.gps_s + max(ODD_OFFSETS_S), fix_age=wrong.fix_age)
+    shifted = rewritten(read_kiwi_wav(files[victim]), shift_s=max(ODD_OFFSETS_S))
     return [shifted if k == victim else f for k, f in enumerate(files)]
 
 

@@ -26,7 +26,12 @@ import numpy as np
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, great_circle_m
-from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, NO_RECENT_FIX, write_kiwi_wav
+from inference_worker.core.kiwi_wav import (
+    BLOCK_SAMPLES,
+    NO_RECENT_FIX,
+    KiwiRecording,
+    write_kiwi_wav,
+)
 from inference_worker.core.time_differences import CLOCK_FLOOR_S
 
 FINE_RATE_HZ = 96_000.0
@@ -55,6 +60,36 @@ class SyntheticSet:
     def positions(self) -> list[dict[str, float | str]]:
         """The ``receivers`` field of a submission."""
         return [{"id": s.id, "lat": s.lat, "lon": s.lon} for s in self.stations]
+
+    def files_with(self, index: int, data: bytes) -> list[bytes]:
+        """The set's files with receiver ``index``'s replaced by ``data``."""
+        return [data if k == index else f for k, f in enumerate(self.files)]
+
+
+def rewritten(
+    recording: KiwiRecording,
+    *,
+    shift_s: float = 0.0,
+    turn_hz: float = 0.0,
+    gps_s: np.ndarray | None = None,
+    fix_age: np.ndarray | None = None,
+) -> bytes:
+    """``recording`` written again with its header's rate and its blocks kept: its GPS stamps
+    ``shift_s`` later (or replaced by ``gps_s``), its samples turned ``turn_hz`` (the signal
+    heard that far higher, as by a clock off or along a path's Doppler), its fix ages replaced
+    by ``fix_age``."""
+    iq = recording.iq
+    if turn_hz:
+        phase = 2.0 * np.pi * turn_hz * np.arange(len(iq)) / recording.header_rate_hz
+        iq = iq * np.exp(1j * phase).astype(np.complex64)
+    starts = recording.block_start
+    return write_kiwi_wav(
+        iq,
+        (recording.gps_s if gps_s is None else gps_s) + shift_s,
+        header_rate_hz=recording.header_rate_hz,
+        fix_age=recording.fix_age if fix_age is None else fix_age,
+        block_samples=int(starts[1] - starts[0]) if len(starts) > 1 else len(iq),
+    )
 
 
 def destination(

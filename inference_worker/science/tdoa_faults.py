@@ -18,12 +18,11 @@ from inference_worker.core.kiwi_wav import (
     NEVER_HAD_FIX,
     NO_RECENT_FIX,
     read_kiwi_wav,
-    write_kiwi_wav,
 )
 from inference_worker.core.tdoa import locate, solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.core.time_differences import TdoaError
-from inference_worker.science.kiwi_sets import place_close_pair, synthetic_set
+from inference_worker.science.kiwi_sets import place_close_pair, rewritten, synthetic_set
 
 BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
 
@@ -35,15 +34,15 @@ def one_bad_set(seed: int) -> dict[str, object]:
     kind = BAD_KINDS[seed % len(BAD_KINDS)]
     victim = int(rng.integers(len(recording.stations)))
     original = read_kiwi_wav(recording.files[victim])
+    blocks = len(original.gps_s)
     if kind == "no GPS time":
-        bad = write_kiwi_wav(original.iq, np.full(len(original.gps_s), np.nan))
+        bad = rewritten(original, gps_s=np.full(blocks, np.nan))
     elif kind == "fix never acquired":
-        ages = np.full(len(original.gps_s), NEVER_HAD_FIX)
-        bad = write_kiwi_wav(original.iq, np.nan_to_num(original.gps_s), fix_age=ages)
+        never = np.full(blocks, NEVER_HAD_FIX)
+        bad = rewritten(original, gps_s=np.nan_to_num(original.gps_s), fix_age=never)
     else:
-        bad = write_kiwi_wav(original.iq, original.gps_s + 0.8)
-    files = list(recording.files)
-    files[victim] = bad
+        bad = rewritten(original, shift_s=0.8)
+    files = recording.files_with(victim, bad)
     fields = {"receivers": recording.positions(), "frequency_mhz": recording.frequency_hz / 1e6}
     name = recording.stations[victim].id
     try:
@@ -67,9 +66,8 @@ def one_odd_set(job: tuple[int, int, float]) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     recording = synthetic_set(rng, receivers=receivers, seconds=10.0)
     victim = int(rng.integers(receivers))
-    files = list(recording.files)
-    wrong = read_kiwi_wav(files[victim])
-    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + offset, fix_age=wrong.fix_age)
+    wrong = read_kiwi_wav(recording.files[victim])
+    files = recording.files_with(victim, rewritten(wrong, shift_s=offset))
     try:
         solution = solve(files, recording.stations)
     except TdoaError:
@@ -110,8 +108,7 @@ def one_lapsed_set(job: tuple[int, int, int, bool]) -> dict[str, object]:
     wrong = read_kiwi_wav(recording.files[victim])
     no_fix = wrong.fix_age >= NO_RECENT_FIX
     ages = np.where(no_fix, wrong.fix_age, lapse if told else 0).astype(np.uint8)
-    files = list(recording.files)
-    files[victim] = write_kiwi_wav(wrong.iq, wrong.gps_s + off, fix_age=ages)
+    files = recording.files_with(victim, rewritten(wrong, shift_s=off, fix_age=ages))
     row: dict[str, object] = {"receivers": receivers, "lapse": lapse, "told": told}
     try:
         solution = solve(files, recording.stations)
@@ -141,12 +138,8 @@ def one_detuned_set(job: tuple[int, float]) -> dict[str, object]:
     recording = synthetic_set(rng, receivers=4, seconds=20.0)
     victim = int(rng.integers(4))
     offset *= 1 if rng.random() < 0.5 else -1
-    turned = read_kiwi_wav(recording.files[victim])
-    phase = 2.0 * np.pi * offset * np.arange(len(turned.iq)) / turned.header_rate_hz
-    files = list(recording.files)
-    files[victim] = write_kiwi_wav(
-        turned.iq * np.exp(1j * phase).astype(np.complex64), turned.gps_s, fix_age=turned.fix_age
-    )
+    turned = rewritten(read_kiwi_wav(recording.files[victim]), turn_hz=offset)
+    files = recording.files_with(victim, turned)
     row: dict[str, object] = {"seed": seed, "offset": abs(offset)}
     try:
         solution = solve(files, recording.stations)

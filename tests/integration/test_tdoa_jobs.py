@@ -17,7 +17,7 @@ from inference_worker.cli.processes import wait_until
 from inference_worker.core.capture import CaptureError, CaptureTooLarge
 from inference_worker.core.ellipse import contains, distance_m, estimate_from_result
 from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
-from inference_worker.science.kiwi_sets import synthetic_set
+from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 from inference_worker.storage.schema import jobs
 from tests.helpers import piece_of
 from tests.integration.helpers import wait_final
@@ -99,9 +99,7 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
 def test_delays_that_fit_no_one_position_are_widened_and_counted(client, worker, recordings):
     # One receiver's time 10 µs off: four receivers cannot say which, so the job's delays are
     # widened to fit, and the worker counts the fit for the operators' alert.
-    files = list(recordings.files)
-    wrong = read_kiwi_wav(files[0])
-    files[0] = write_kiwi_wav(wrong.iq, wrong.gps_s + 10e-6, fix_age=wrong.fix_age)
+    files = recordings.files_with(0, rewritten(read_kiwi_wav(recordings.files[0]), shift_s=10e-6))
     view = wait_final(client, post_tdoa(client, recordings, files=files).get_json()["job_id"])
     assert view["status"] == "succeeded", view
     result = view["result"]

@@ -20,7 +20,7 @@ from inference_worker.core.time_differences import (
     TdoaError,
     pair_delays,
 )
-from inference_worker.science.kiwi_sets import QUIRKS, synthetic_set
+from inference_worker.science.kiwi_sets import QUIRKS, rewritten, synthetic_set
 
 STATIONS = (
     Receiver("north", 47.4, 8.5),  # about 300-700 km apart
@@ -282,8 +282,6 @@ def test_a_receiver_whose_time_is_off_is_named_not_located_against():
     recording = synthetic_set(
         np.random.default_rng(5), receivers=3, seconds=8.0, signal="modulated", quirks=False
     )
-    wrong = read_kiwi_wav(recording.files[1])
-    shifted = write_kiwi_wav(wrong.iq, wrong.gps_s + 0.8)
-    files = (recording.files[0], shifted, recording.files[2])
+    files = recording.files_with(1, rewritten(read_kiwi_wav(recording.files[1]), shift_s=0.8))
     with pytest.raises(TdoaError, match=f"{recording.stations[1].id}: no signal in common"):
         solve(files, recording.stations)

@@ -14,12 +14,12 @@ import pytest
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
-from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
+from inference_worker.core.kiwi_wav import read_kiwi_wav
 from inference_worker.core.tdoa import Solution, _widened_to_fit, locate, solve
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
-from inference_worker.science.kiwi_sets import synthetic_set
+from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 from inference_worker.science.tdoa_faults import one_close_set, one_lapsed_set
 
 FIVE = (
@@ -101,10 +101,8 @@ def test_a_lapsed_receivers_fix_ages_keep_its_region_honest():
 
 def shifted_by(recording, receiver: int, seconds: float) -> list[bytes]:
     """The set's files with one receiver's GPS stamps ``seconds`` off."""
-    files = list(recording.files)
-    wrong = read_kiwi_wav(files[receiver])
-    files[receiver] = write_kiwi_wav(wrong.iq, wrong.gps_s + seconds, fix_age=wrong.fix_age)
-    return files
+    wrong = read_kiwi_wav(recording.files[receiver])
+    return recording.files_with(receiver, rewritten(wrong, shift_s=seconds))
 
 
 def test_a_receiver_whose_delays_disagree_is_left_out_when_the_others_agree_without_it():
