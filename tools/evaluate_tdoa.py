@@ -6,27 +6,25 @@ receivers' own clock rates, ~1 µs stamp jitter and the quirks of real files. Ev
 through the same reader and estimator the worker runs. Prints the median error, how often the
 68 % and 95 % regions hold the truth (with a 95 % binomial interval), rows by signal, receiver
 count and inside/outside; then breaks one receiver's GPS time in further sets and checks that
-each is refused with a message naming it; and puts one receiver's time 10 or 30 µs off in sets
-of four and five, counting fits beyond their bound, receivers left out (and whether each was
-the one off), uncertainties widened to fit and regions that hold the emitter; and leaves one
-receiver's GPS solution lapsed 100 or 200 s in sets of three to five, its time off by what the
-lapse allows (``CLOCK_DRIFT``), the lapse in its fix ages or hidden; and turns one receiver of
-four 1-9.5 Hz off the others' frequency, against the same sets in tune; and places two of three
-receivers 1-100 km apart, the third 500 km away. Last,
-three-receiver likelihoods of delays drawn from their own model
+each is refused with a message naming it, or located by the others with it left out and named;
+and puts one receiver's time 10 or 30 µs off in sets of four and five, counting fits beyond
+their bound, receivers left out (and whether each was the one off), uncertainties widened to fit
+and regions that hold the emitter; and leaves one receiver's GPS solution lapsed 100 or 200 s in
+sets of three to five, its time off by what the lapse allows (``CLOCK_DRIFT``), the lapse in its
+fix ages or hidden; and turns one receiver of four 1-9.5 Hz off the others' frequency, against
+the same sets in tune; and places two of three receivers 1-100 km apart, the third 500 km away.
+Last, three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
-crossings (and with the emitter expected among the receivers), and how each place's share
-bears out, for emitters placed as the sets place them
-and spread evenly. Bars: median error <= 2 km, 95 % regions hold 95 ± 3 %,
-every broken set refused.
+crossings (and with the emitter expected among the receivers), and how each place's share bears
+out, for emitters placed as the sets place them and spread evenly. Bars: median error <= 2 km,
+95 % regions hold 95 ± 3 %, every broken set refused or its receiver left out.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
         [--lapsed-sets 20] [--detuned-sets 20] [--close-sets 30] [--share-trials 1500]
-        [--receivers 3-5]
-        [--seconds 30]
+        [--receivers 3-5] [--seconds 30] [--snr-db 10 30]
 
-``--receivers`` and ``--seconds`` set the main sets' receiver count and length (the other
-sections keep theirs).
+``--receivers``, ``--seconds`` and ``--snr-db`` set the main sets' receiver count, length and
+signal-to-noise ratios (the other sections keep theirs).
 """
 
 from __future__ import annotations
@@ -63,12 +61,16 @@ MEDIAN_BAR_M = 2_000.0
 COVERAGE_95_BAND = (0.92, 0.98)
 
 
-def one_set(job: tuple[int, int, int, float]) -> dict[str, object]:
-    seed, fewest, most, seconds = job
+def one_set(job: tuple[int, int, int, float, float, float]) -> dict[str, object]:
+    seed, fewest, most, seconds, *snr_db = job
     rng = np.random.default_rng(seed)
     receivers = int(rng.integers(fewest, most + 1))
     recording = synthetic_set(
-        rng, receivers=receivers, seconds=seconds, spacing_m=spacing_for(receivers)
+        rng,
+        receivers=receivers,
+        seconds=seconds,
+        spacing_m=spacing_for(receivers),
+        snr_db=(snr_db[0], snr_db[1]),
     )
     row: dict[str, object] = {
         "seed": seed,
@@ -158,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=number(2.5, 600.0), default=30.0, help="length of each recording"
     )
     parser.add_argument(
+        "--snr-db",
+        type=number(-30.0, 60.0),
+        nargs=2,
+        default=(10.0, 30.0),
+        metavar=("LO", "HI"),
+        help="each receiver's signal-to-noise ratio over its recorded band, drawn evenly (dB; default 10 30)",
+    )
+    parser.add_argument(
         "--bad-sets", type=count(0), default=30, help="sets with one receiver's GPS time broken"
     )
     sections = (
@@ -204,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)
+    if args.snr_db[0] > args.snr_db[1]:
+        parser.error("--snr-db: the lower first")
 
     started = time.monotonic()
     rows: list[dict[str, object]] = []
     seeds = range(args.seed, args.seed + args.sets)
     with ProcessPoolExecutor(args.processes) as pool:
-        jobs = [(seed, *args.receivers, args.seconds) for seed in seeds]
+        jobs = [(seed, *args.receivers, args.seconds, *args.snr_db) for seed in seeds]
         for row in pool.map(one_set, jobs):
             rows.append(row)
             done = len(rows)
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"median error <= {MEDIAN_BAR_M:,.0f} m: {'PASS' if median_ok else 'FAIL'}; "
         f"95 % regions hold 95 ± 3 %: {'PASS' if coverage_ok else 'FAIL'}; "
-        "broken GPS time refused with the receiver named: "
+        "broken GPS time refused or left out, the receiver named: "
         + (("PASS" if bad_ok else "FAIL") if args.bad_sets else "not measured (--bad-sets 0)")
     )
     return 0 if median_ok and coverage_ok and bad_ok else 1

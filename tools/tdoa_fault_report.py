@@ -6,6 +6,7 @@ prints a line a case."""
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -27,19 +28,27 @@ from inference_worker.science.tdoa_faults import (
 
 
 def bad_section(args: argparse.Namespace) -> bool:
-    """Sets with one receiver's GPS time broken; whether every one was refused naming it."""
+    """Sets with one receiver's GPS time broken; whether every one was refused naming it, or
+    located by the others with it left out."""
     with ProcessPoolExecutor(args.processes) as pool:
         bad = list(pool.map(one_bad_set, range(args.seed, args.seed + args.bad_sets)))
     print(f"\nsets with one receiver's GPS time broken: {len(bad)}")
     for kind in BAD_KINDS:
         mine = [b for b in bad if b["kind"] == kind]
-        stages = sorted({str(b["refused_at"]) for b in mine})
+        stages = Counter(str(b["outcome"]) for b in mine)
         named = sum(bool(b["names_receiver"]) for b in mine)
+        held = sum(bool(b.get("held")) for b in mine)
         print(
-            f"  {kind}: {len(mine)} sets, refused at {', '.join(stages)}; message names "
-            f"the receiver in {named}"
+            f"  {kind}: {len(mine)} sets: "
+            + ", ".join(f"{stage} {n}" for stage, n in sorted(stages.items()))
+            + f"; the message or the result names the receiver in {named}"
+            + (
+                f"; regions holding the emitter {held} of those left out"
+                if "left out" in stages
+                else ""
+            )
         )
-    return all(b["refused_at"] and b["names_receiver"] for b in bad)
+    return all(b["outcome"] and b["names_receiver"] for b in bad)
 
 
 def odd_section(args: argparse.Namespace) -> None:

@@ -268,7 +268,7 @@ def print_result(view: dict[str, Any]) -> None:
                 f"{receiver['gps_fix_age_s']} s old; its time was carried by its own clock "
                 "meanwhile (its stamps counted, and its time's uncertainty grew, by that age)"
             )
-        if abs(receiver.get("frequency_offset_hz", 0.0)) >= OFF_FREQUENCY_HZ:
+        if abs(receiver.get("frequency_offset_hz") or 0.0) >= OFF_FREQUENCY_HZ:
             print(
                 f"frequency     {receiver['id']}: heard {receiver['frequency_offset_hz']:+.2f} Hz "
                 "off the others (its clock after a GPS lapse, or Doppler); its windows were "

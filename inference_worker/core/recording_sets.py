@@ -1,5 +1,6 @@
 """What makes recordings unusable together as one TDoA set, whatever each is alone: receivers
-at fewer than three places, and one receiver's recording sent for two receivers.
+at fewer than three places, too short a common span, and one receiver's recording sent for two
+receivers.
 
 Pure numpy: the shim and the producer client check a set before it is accepted, the worker
 again before it locates one (its message may come from anywhere).
@@ -8,6 +9,7 @@ again before it locates one (its message may come from anywhere).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +56,18 @@ def too_few_sites(stations: Sequence[Receiver]) -> str | None:
 
 SHORTEST_BLOCK = 64
 """Recordings whose blocks are shorter than this (samples) are not compared."""
+
+
+def too_short(start: float, end: float, least_s: float) -> str | None:
+    """Why a common span from ``start`` to ``end`` is too short to correlate, or None. The span
+    is shown rounded down, so that 1.96 s is not said to be 2.0 s of 2 s needed."""
+    if end - start >= least_s:
+        return None
+    shown = math.floor(max(0.0, end - start) * 10) / 10
+    return (
+        f"the recordings overlap for {shown:.1f} s of GPS time; at least {least_s:g} s are "
+        "needed (record them at the same time)"
+    )
 
 
 def block_prints(recording: KiwiRecording) -> np.ndarray:

@@ -1,17 +1,10 @@
-"""Where an emitter is, from time differences of arrival: pure numpy and scipy.
-
-A likelihood over positions on the Earth (paths along the WGS84 ellipsoid, ground wave at the
-speed of light) that counts each receiver's error once, searched on a coarse grid (great circles
-on a sphere) whose best peaks are refined with the ellipsoid's paths; the best peak's mean and
-covariance give the estimate and the ellipses, and other peaks that explain the delays too are
-reported as alternatives (:mod:`inference_worker.core.tdoa_search` holds the search).
-:func:`solve` runs the whole method on KiwiSDR files
-(:mod:`inference_worker.core.time_differences` finds the delays;
-:mod:`inference_worker.core.tdoa_results` describes the solution as a job's result).
-
-Skywave (ionospheric) paths are longer than the ground path by an amount that depends on the
-layer height and the hop count: this model assumes ground wave, or skywave with similar
-geometry to every receiver.
+"""Locating an emitter from one KiwiSDR IQ WAV file per receiver: :func:`solve` reads the files
+and their time bases (:mod:`inference_worker.core.kiwi_wav`), finds the pairs' delays
+(:mod:`inference_worker.core.time_differences`), locates the emitter
+(:mod:`inference_worker.core.tdoa_locate`) and copes with receivers that do not fit: one that
+hears no signal in common with the others is left out, as is one whose delays disagree with
+the others', and delays that agree with no one position widen their uncertainties to fit.
+:mod:`inference_worker.core.tdoa_results` describes the solution as a job's result.
 """
 
 from __future__ import annotations
@@ -20,192 +13,27 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-import numpy as np
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import (
-    Estimate,
-    contains,
-    distance_m,
-    ellipse,
-    metres_per_degree,
+from inference_worker.core.ellipse import Estimate, contains
+from inference_worker.core.kiwi_wav import (
+    KiwiRecording,
+    KiwiWavError,
+    Timebase,
+    read_kiwi_wav,
+    timebase,
 )
-from inference_worker.core.kiwi_wav import KiwiWavError, Timebase, read_kiwi_wav, timebase
-from inference_worker.core.recording_sets import block_prints, repeated_recording
-from inference_worker.core.tdoa_search import (
-    Expectation,
-    among,
-    coarse_peaks,
-    log_mass,
-    misfit_factor,
-    own_precision,
-    plausible_chi2,
-    refine,
-    travel_form,
-    widened,
-)
+from inference_worker.core.recording_sets import block_prints, repeated_recording, too_few_sites
+from inference_worker.core.tdoa_locate import Likelihood, locate
+from inference_worker.core.tdoa_search import Expectation, misfit_factor
 from inference_worker.core.time_differences import (
+    NO_COMMON_SIGNAL,
+    DeafReceivers,
     Delays,
-    PairDelay,
     TdoaError,
     overlap,
     pair_delays,
 )
-
-Choice = Literal["likelihood", "among_receivers"]
-"""Why an estimate is the place it is (:attr:`Likelihood.chosen_by`)."""
-
-
-@dataclass(frozen=True)
-class Likelihood:
-    """The position likelihood on the refined grid (for maps and contours)."""
-
-    lats: np.ndarray
-    lons: np.ndarray
-    log_likelihood: np.ndarray
-    """``(len(lats), len(lons))``; 0 at the peak."""
-    chi2: float
-    """How badly the best position fits the delays: about the number of pairs minus 2 when the
-    delays and their uncertainties are right; far more means a receiver's time or position, or
-    the propagation, is not what the model assumes."""
-    chi2_bound: float
-    """The ``chi2`` that a right position exceeds one time in a thousand."""
-    widened: float = 1.0
-    """What every delay's variance was multiplied by for the likelihood, above 1 when the
-    delays agree with no one position (``chi2`` stays their fit as measured)."""
-    weight: float = 1.0
-    """The share of the likelihood's mass around the estimate (below 1 with alternatives)."""
-    alternatives: tuple[tuple[Estimate, float], ...] = ()
-    """Other places that explain the delays too, each with its share of the likelihood's mass
-    (at least 1 %). Three receivers can be met by two positions; a fourth settles it. The union
-    of every place's 95 % ellipse holds the emitter 95 % of the time."""
-    chosen_by: Choice = "likelihood"
-    """Why the estimate is the place it is: ``likelihood`` (the highest peak that closes), or
-    ``among_receivers`` (the emitter was expected among the receivers, and of the several places
-    the delays leave it alone lies there)."""
-    among: tuple[bool, ...] = ()
-    """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
-    every receiver of the job, any left out for their delays included."""
-
-
-def locate(
-    stations: Sequence[Receiver],
-    delays: Sequence[PairDelay],
-    *,
-    margin_m: float = 600_000.0,
-    coarse: int = 241,
-    fine: int = 161,
-    candidates: int = 4,
-    precision: np.ndarray | None = None,
-    expect: Expectation = "anywhere",
-    hull: Sequence[Receiver] | None = None,
-) -> tuple[Estimate, Likelihood]:
-    """The position that best explains the delays, with its covariance from the likelihood.
-
-    Searched over the stations' bounding box widened by ``margin_m``; the best few peaks of that
-    coarse grid are each refined on a fine grid (a coarse grid can miss a sharp peak between its
-    points and favour a broader wrong one), and the best refined peak that closes within the
-    area searched is the estimate. The best peaks of the likelihood widened by the coarse grid's
-    reach (:func:`~inference_worker.core.tdoa_search.widened`) are refined too, and more of
-    them while no refined peak fits the delays plausibly.
-    ``precision``: the delays' inverse covariance (µs⁻²) when not their own. ``expect``:
-    ``among_receivers`` makes the estimate the one place among the receivers (inside their hull)
-    when the delays leave several and exactly one lies there (and closes); the shares stay the
-    likelihood's. ``hull``: the receivers among which a place is judged to lie (``stations``
-    when None; all of a job's receivers where some are left out of ``stations``).
-
-    Raises:
-        TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
-            reaches further than ``margin_m``): the delays fix a line, not a position.
-    """
-    rank = None
-    if precision is None:
-        precision = own_precision(delays, len(stations))
-        rank = delays.rank() if isinstance(delays, Delays) else None
-    lat_values, lon_values = [s.lat for s in stations], [s.lon for s in stations]
-    per_deg_lat, per_deg_lon = metres_per_degree(float(np.mean(lat_values)))
-    lats = np.linspace(
-        min(lat_values) - margin_m / per_deg_lat, max(lat_values) + margin_m / per_deg_lat, coarse
-    )
-    lons = np.linspace(
-        min(lon_values) - margin_m / per_deg_lon, max(lon_values) + margin_m / per_deg_lon, coarse
-    )
-    step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
-    form = travel_form(len(stations), delays, precision)
-    starts = coarse_peaks(stations, delays, form, lats, lons, candidates)
-    refined = [
-        refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
-        for i, j in starts
-    ]
-    limit = plausible_chi2(precision, rank)
-    # A crossing narrower than the grid's step can lie between its points, ranked below broad
-    # peaks: the widened likelihood's best peaks are refined too, more while no peak fits.
-    reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
-    wide = widened(stations, delays, precision, reach_m)
-    more = coarse_peaks(stations, delays, wide, lats, lons, 32)
-    more = [p for p in more if all(max(abs(p[0] - i), abs(p[1] - j)) > 2 for i, j in starts)]
-    while more:
-        refined += [
-            refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
-            for i, j in more[:candidates]
-        ]
-        more = more[candidates:] if -2 * max(peak for peak, _, _ in refined) > limit else []
-    # The estimate is the highest closed peak (a peak reaching beyond the area searched is a
-    # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
-    # emitter rests on where emitters are expected, so both are reported with their shares, and
-    # an emitter expected among the receivers makes the place among them the estimate.
-    masses = [peak + log_mass(*grid) for peak, _, grid in refined]
-    ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
-    closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
-    if not closed:
-        reach_m = ellipse(refined[ranked[0]][1], 0.95).semi_major_m
-        raise TdoaError(
-            f"the delays do not fix a position: the likelihood stretches {reach_m / 1e3:,.0f} km "
-            f"(its 95 % ellipse's semi-major axis), further than the {margin_m / 1e3:,.0f} km "
-            "searched around the receivers; receivers close together or nearly on one line, or "
-            "an emitter far outside them, give a line of positions rather than a point"
-        )
-    top = max(masses)
-    weights = [math.exp(m - top) for m in masses]
-    kept = [closed[0]]
-    for k in (k for k in ranked if k != closed[0]):
-        one = refined[k][1]
-        if all(
-            distance_m(e.lat, e.lon, one.lat, one.lon)
-            > 3 * max(one.sigma_east_m, one.sigma_north_m, e.sigma_east_m, e.sigma_north_m)
-            for e in (refined[c][1] for c in kept)
-        ):
-            kept.append(k)  # a distinct peak, not the same one found from two grid points
-    total = sum(weights[k] for k in kept)
-    places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
-    chosen: int = kept[0]
-    chosen_by: Choice = "likelihood"
-    inside = {k for k in places if among(hull or stations, refined[k][1].lat, refined[k][1].lon)}
-    # Only where the delays leave several places: one place is the likelihood's choice alone.
-    if (
-        expect == "among_receivers"
-        and len(places) > 1
-        and len(inside) == 1
-        and min(inside) in closed
-    ):
-        chosen, chosen_by = min(inside), "among_receivers"
-    _, estimate, (grid_lats, grid_lons, grid_ll) = refined[chosen]
-    others = [k for k in places if k != chosen]
-    alternatives = tuple((refined[k][1], weights[k] / total) for k in others)
-    return estimate, Likelihood(
-        grid_lats,
-        grid_lons,
-        grid_ll,
-        chi2=-2 * refined[ranked[0]][0],
-        chi2_bound=limit,
-        weight=weights[chosen] / total,
-        alternatives=alternatives,
-        chosen_by=chosen_by,
-        among=tuple(k in inside for k in [chosen, *others]),
-    )
-
 
 DECISIVE_CHI2 = 2 * math.log(100.0)
 """How much worse (in chi2) another receiver's exclusion must fit for one to be left out: a
@@ -229,6 +57,9 @@ class Solution:
     timebases: list[Timebase]
     overlap_s: float
     excluded: Excluded | None = None
+    unheard: tuple[int, ...] = ()
+    """Receivers left out as sharing no signal with the others (the rest located without
+    them); ``pairs`` has none of theirs."""
 
     @property
     def chi2_bound(self) -> float:
@@ -240,6 +71,20 @@ class Solution:
         its alternatives (their union is the confidence region)."""
         places = [self.estimate, *(other for other, _ in self.likelihood.alternatives)]
         return any(contains(place, lat, lon, confidence) for place in places)
+
+    def renumbered(
+        self, numbers: Sequence[int], timebases: list[Timebase], unheard: Sequence[int]
+    ) -> Solution:
+        """This solution, found among some receivers (``numbers``: each one's index among all),
+        numbered among all: ``timebases`` every one's, ``unheard`` the ones left out."""
+        odd = self.excluded
+        return dataclasses.replace(
+            self,
+            pairs=self.pairs.renumbered(numbers, len(timebases)),
+            timebases=timebases,
+            excluded=None if odd is None else dataclasses.replace(odd, index=numbers[odd.index]),
+            unheard=tuple(sorted({*unheard, *(numbers[k] for k in self.unheard)})),
+        )
 
 
 def solve(
@@ -273,19 +118,54 @@ def solve(
     problem = repeated_recording(stations, [block_prints(r) for r in recordings])
     if problem:
         raise TdoaError(problem)
-    pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
-    estimate, likelihood = locate(stations, pairs, expect=expect)
+    return _solved(recordings, bases, stations, min_overlap_s, expect, stations)
+
+
+def _solved(
+    recordings: Sequence[KiwiRecording],
+    bases: list[Timebase],
+    stations: Sequence[Receiver],
+    min_overlap_s: float,
+    expect: Expectation,
+    hull: Sequence[Receiver],
+) -> Solution:
+    """:func:`solve` once the files are read; receivers that hear no signal in common with the
+    others are left out while three or more remain at three places or more."""
+    try:
+        pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s)
+    except DeafReceivers as deaf:
+        heard = [k for k in range(len(stations)) if k not in deaf.receivers]
+        if len(heard) < 3 or too_few_sites([stations[k] for k in heard]):
+            raise
+        try:
+            part = _solved(
+                [recordings[k] for k in heard],
+                [bases[k] for k in heard],
+                [stations[k] for k in heard],
+                min_overlap_s,
+                expect,
+                hull,
+            )
+        except DeafReceivers as more:  # too few left once more were left out: name them all
+            unheard = sorted({*deaf.receivers, *(heard[k] for k in more.receivers)})
+            names = ", ".join(stations[k].id for k in unheard)
+            raise DeafReceivers(f"receiver(s) {names}: {NO_COMMON_SIGNAL}", unheard) from None
+        return part.renumbered(heard, bases, deaf.receivers)
+    estimate, likelihood = locate(stations, pairs, expect=expect, hull=hull)
     start, end = overlap(bases)
     solution = Solution(estimate, likelihood, pairs, bases, end - start)
     if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
-        solution = _without_the_odd_one(solution, stations, expect)
+        solution = _without_the_odd_one(solution, stations, expect, hull)
     if solution.likelihood.chi2 > solution.chi2_bound:
-        return _widened_to_fit(solution, stations, expect)
+        return _widened_to_fit(solution, stations, expect, hull)
     return solution
 
 
 def _widened_to_fit(
-    solution: Solution, stations: Sequence[Receiver], expect: Expectation = "anywhere"
+    solution: Solution,
+    stations: Sequence[Receiver],
+    expect: Expectation = "anywhere",
+    hull: Sequence[Receiver] | None = None,
 ) -> Solution:
     """The solution with every delay's variance multiplied by how much worse the delays fit
     than their uncertainties allow, so that delays agreeing with no one position (and no one
@@ -296,7 +176,7 @@ def _widened_to_fit(
     factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon)
     try:
         estimate, likelihood = locate(
-            stations, solution.pairs, precision=measured / factor, expect=expect
+            stations, solution.pairs, precision=measured / factor, expect=expect, hull=hull
         )
     except TdoaError:
         raise TdoaError(
@@ -311,7 +191,10 @@ def _widened_to_fit(
 
 
 def _without_the_odd_one(
-    solution: Solution, stations: Sequence[Receiver], expect: Expectation = "anywhere"
+    solution: Solution,
+    stations: Sequence[Receiver],
+    expect: Expectation = "anywhere",
+    hull: Sequence[Receiver] | None = None,
 ) -> Solution:
     """The solution without the one receiver whose delays disagree with the others': the
     others fit a position plausibly without it, and leaving out any other receiver fits
@@ -322,7 +205,7 @@ def _without_the_odd_one(
         rest = [s for i, s in enumerate(stations) if i != k]
         subset = solution.pairs.without(k)
         try:
-            fits.append((k, *locate(rest, subset, expect=expect, hull=stations)))
+            fits.append((k, *locate(rest, subset, expect=expect, hull=hull or stations)))
         except TdoaError:
             continue
     fits.sort(key=lambda fit: fit[2].chi2)

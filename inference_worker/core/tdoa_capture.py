@@ -30,7 +30,12 @@ from inference_worker.core.capture import (
 )
 from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
-from inference_worker.core.recording_sets import block_prints, repeated_recording, too_few_sites
+from inference_worker.core.recording_sets import (
+    block_prints,
+    repeated_recording,
+    too_few_sites,
+    too_short,
+)
 from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
 from inference_worker.core.time_differences import overlap
 
@@ -174,11 +179,9 @@ def check_tdoa(
     if problem:
         raise CaptureError(problem)
     start, end = overlap(bases)
-    if end - start < limits.min_overlap_s:
-        raise CaptureError(
-            f"the recordings overlap for {max(0.0, end - start):.1f} s of GPS time; at least "
-            f"{limits.min_overlap_s:g} s are needed (record them at the same time)"
-        )
+    problem = too_short(start, end, limits.min_overlap_s)
+    if problem:
+        raise CaptureError(problem)
     if max(rates) > 1.01 * min(rates):  # 12 000 and 12 001 both occur in real headers
         raise CaptureError(
             f"the recordings' sample rates differ: {sorted(rates)} Hz (record every receiver "

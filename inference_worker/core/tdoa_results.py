@@ -12,6 +12,7 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import describe
 from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa import Solution
+from inference_worker.core.time_differences import NO_COMMON_SIGNAL
 
 
 def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
     # Each receiver's frequency offset from the middle of the others', as its windows were
     # turned back by it (known only relative to one another).
     offsets = solution.pairs.offsets_hz
-    offsets = np.zeros(len(stations)) if offsets is None else offsets - np.median(offsets)
+    offsets = np.zeros(len(stations)) if offsets is None else offsets - np.nanmedian(offsets)
     return {
         **describe(solution.estimate),
         "among_receivers": likelihood.among[0],
@@ -37,7 +38,9 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
                 "stamp_residual_us": round(base.residual_s * 1e6, 3),
                 "rejected_blocks": base.rejected_blocks,
                 "gps_fix_age_s": base.fix_age_s,
-                "frequency_offset_hz": round(float(offset), 2) + 0.0,
+                "frequency_offset_hz": round(float(offset), 2) + 0.0
+                if np.isfinite(offset)
+                else None,
             }
             for station, base, offset in zip(stations, solution.timebases, offsets, strict=True)
         ],
@@ -54,19 +57,26 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
         "fit_chi2": round(likelihood.chi2, 3),
         "fit_chi2_bound": round(solution.chi2_bound, 3),
         "sigma_scale": round(math.sqrt(likelihood.widened), 3),
-        "excluded": []
-        if odd is None
-        else [
-            {
-                "id": stations[odd.index].id,
-                "reason": (
-                    f"its delays disagree with the others': the fit's chi2 was "
-                    f"{odd.chi2_with:,.1f} with it (a right position exceeds "
-                    f"{odd.bound_with:.1f} one time in a thousand), {likelihood.chi2:.1f} "
-                    "without it; is its GPS time or its position right?"
-                ),
-            }
-        ],
+        "excluded": [
+            {"id": stations[k].id, "cause": "unheard", "reason": NO_COMMON_SIGNAL}
+            for k in solution.unheard
+        ]
+        + (
+            []
+            if odd is None
+            else [
+                {
+                    "id": stations[odd.index].id,
+                    "cause": "disagrees",
+                    "reason": (
+                        f"its delays disagree with the others': the fit's chi2 was "
+                        f"{odd.chi2_with:,.1f} with it (a right position exceeds "
+                        f"{odd.bound_with:.1f} one time in a thousand), {likelihood.chi2:.1f} "
+                        "without it; is its GPS time or its position right?"
+                    ),
+                }
+            ]
+        ),
         "weight": round(likelihood.weight, 4),
         "chosen_by": likelihood.chosen_by,
         "alternatives": [

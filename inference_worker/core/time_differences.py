@@ -30,7 +30,7 @@ from inference_worker.core.frequency_offsets import (
 )
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
-from inference_worker.core.recording_sets import TdoaError, too_few_sites
+from inference_worker.core.recording_sets import TdoaError, too_few_sites, too_short
 
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
@@ -56,6 +56,15 @@ sets)."""
 CLOCK_FLOOR_S = 0.3e-6
 """Timing error of a receiver that its stamps' scatter does not show (GPS receiver bias, the
 interpolation onto GPS time): added to every receiver's time-base uncertainty."""
+
+
+class DeafReceivers(TdoaError):
+    """Receivers in no pair that hears a common signal (``receivers``: their indices): a
+    receiver whose time or frequency is off, or that does not hear the emitter."""
+
+    def __init__(self, message: str, receivers: Sequence[int]) -> None:
+        super().__init__(message)
+        self.receivers = tuple(receivers)
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,17 @@ class Delays(Sequence[PairDelay]):
         assert self._rank is not None
         return self._rank
 
+    def renumbered(self, numbers: Sequence[int], receivers: int) -> Delays:
+        """These delays, found among some of ``receivers`` (``numbers``: each one's index among
+        all), numbered among all; the others' frequency offsets unknown (NaN)."""
+        pairs = [replace(p, a=numbers[p.a], b=numbers[p.b]) for p in self.pairs]
+        offsets = None
+        if self.offsets_hz is not None:
+            offsets = np.full(receivers, np.nan)
+            offsets[list(numbers)] = self.offsets_hz
+        whole = self._precision if self._rank == len(self.pairs) else None  # see __init__
+        return Delays(pairs, self.covariance_us2, precision=whole, offsets_hz=offsets)
+
     def without(self, receiver: int) -> Delays:
         """The pairs that do not involve ``receiver``, the receivers after it numbered one
         lower (as in the list of stations without it).
@@ -191,11 +211,9 @@ def pair_delays(
     if problem:
         raise TdoaError(problem)
     start, end = overlap(timebases)
-    if end - start < min_overlap_s:
-        raise TdoaError(
-            f"the recordings overlap for {max(0.0, end - start):.1f} s; at least "
-            f"{min_overlap_s:g} s are needed"
-        )
+    problem = too_short(start, end, min_overlap_s)
+    if problem:
+        raise TdoaError(problem)
     window_s = min(window_s, (end - start) / (FEWEST_WINDOWS + 1.01))
     length = int(window_s * float(np.median([base.rate_hz for base in timebases])))
     count = int((end - start) / window_s) - 1
@@ -247,12 +265,10 @@ def pair_delays(
         offsets = offsets + drifts
         per_window, values = correlated(offsets)
         coherent = _coherent(per_window, max_lags)
-    deaf = [stations[k].id for k in _deaf(coherent, pairs, len(recordings))]
+    deaf = _deaf(coherent, pairs, len(recordings))
     if deaf:
-        raise TdoaError(
-            f"receiver(s) {', '.join(deaf)}: no signal in common with the others at the same GPS "
-            f"time (is the recording's time right, and its frequency within {MAX_OFFSET_HZ:g} Hz "
-            "of the others'?)"
+        raise DeafReceivers(
+            f"receiver(s) {', '.join(stations[k].id for k in deaf)}: {NO_COMMON_SIGNAL}", deaf
         )
     pairs = [pair for pair, ok in zip(pairs, coherent, strict=True) if ok]
     per_window = per_window[coherent]
@@ -283,6 +299,12 @@ def pair_delays(
         for row, (a, b) in enumerate(pairs)
     ]
     return Delays(delays, covariance, offsets_hz=offsets)
+
+
+NO_COMMON_SIGNAL = (
+    "no signal in common with the others at the same GPS time (is the recording's time right, "
+    f"its frequency within {MAX_OFFSET_HZ:g} Hz of the others', and does it hear the emitter?)"
+)
 
 
 def _coherent(per_window: np.ndarray, max_lags: np.ndarray) -> np.ndarray:

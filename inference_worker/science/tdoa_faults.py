@@ -1,5 +1,6 @@
 """TDoA sets with one receiver at fault, for the evaluation (``tools/evaluate_tdoa.py``): its
-GPS time broken (no time, no fix ever, 0.8 s off), which must be refused naming the receiver;
+GPS time broken (no time, no fix ever, 0.8 s off), which must be refused naming the receiver or,
+where three or more others remain, left out of the located set (``Solution.unheard``);
 off by microseconds, which the fit must notice or widen for; a lapsed GPS solution, off by what
 its age allows, which the fix ages must account for; its frequency off the others'; and two
 receivers of three a few km apart, which leave one useful baseline.
@@ -19,8 +20,9 @@ from inference_worker.core.kiwi_wav import (
     NO_RECENT_FIX,
     read_kiwi_wav,
 )
-from inference_worker.core.tdoa import locate, solve
+from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
+from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import place_close_pair, rewritten, synthetic_set
 
@@ -47,11 +49,21 @@ def one_bad_set(seed: int) -> dict[str, object]:
     name = recording.stations[victim].id
     try:
         check_tdoa(files, recording.names, fields, TdoaLimits())
-        solve(files, recording.stations)
+        solution = solve(files, recording.stations)
     except (CaptureError, TdoaError) as exc:
-        stage = "submission (422)" if isinstance(exc, CaptureError) else "worker (job failed)"
-        return {"kind": kind, "refused_at": stage, "names_receiver": name in str(exc)}
-    return {"kind": kind, "refused_at": None, "names_receiver": False}
+        stage = (
+            "refused at submission (422)"
+            if isinstance(exc, CaptureError)
+            else "failed in the worker"
+        )
+        return {"kind": kind, "outcome": stage, "names_receiver": name in str(exc)}
+    left_out = victim in solution.unheard
+    return {
+        "kind": kind,
+        "outcome": "left out" if left_out else None,
+        "names_receiver": left_out,
+        "held": solution.holds(*recording.emitter, 0.95),
+    }
 
 
 ODD_OFFSETS_S = (0.0, 10e-6, 30e-6)

@@ -20,7 +20,7 @@ import numpy as np
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import distance_m, metres_per_degree
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
-from inference_worker.core.tdoa import locate
+from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
 from inference_worker.science.kiwi_sets import place_emitter, place_receivers
 

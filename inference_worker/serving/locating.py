@@ -100,10 +100,14 @@ def locate_tdoa(
 def tdoa_fit(result: dict[str, Any]) -> str:
     """How a TDoA result's delays fitted: ``plausible``; ``left_out`` (one receiver's delays
     disagreed with the others' and were left out); ``widened`` (they agreed with no one
-    position, and their uncertainties were widened to fit)."""
-    if result.get("excluded"):
+    position, and their uncertainties were widened to fit); ``unheard`` (plausibly, once
+    receivers that heard no signal in common with the others were left out)."""
+    causes = {left.get("cause", "disagrees") for left in result.get("excluded", [])}
+    if "disagrees" in causes:
         return "left_out"
-    return "widened" if result.get("sigma_scale", 1.0) > 1.0 else "plausible"
+    if result.get("sigma_scale", 1.0) > 1.0:
+        return "widened"
+    return "unheard" if causes else "plausible"
 
 
 def capture_features(

@@ -90,8 +90,9 @@ def _create_metrics() -> dict[str, Any]:
         "tdoa_fits": Counter(
             "heimdall_tdoa_fits_total",
             "TDoA jobs located, by how their delays fitted: plausible, left_out (one "
-            "receiver's disagreed and was left out) or widened (they agreed with no one "
-            "position; their uncertainties were widened to fit).",
+            "receiver's disagreed and was left out), widened (they agreed with no one "
+            "position; their uncertainties were widened to fit) or unheard (plausible once "
+            "receivers that heard no signal in common were left out).",
             ["fit"],
         ),
         "store_retries": Counter(

@@ -104,17 +104,38 @@ def test_delays_that_fit_no_one_position_are_widened_and_counted(client, worker,
     assert view["status"] == "succeeded", view
     result = view["result"]
     assert result["fit_chi2"] > result["fit_chi2_bound"] and result["sigma_scale"] > 1
+    wait_until("the worker to count the widened fit", lambda: fits_counted(worker, "widened"), 30)
+
+
+def fits_counted(worker, fit: str) -> bool:
+    """Whether the worker's metrics count a TDoA fit of this kind."""
     url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return any(
+        line.startswith(f'heimdall_tdoa_fits_total{{fit="{fit}"}}') and float(line.split()[-1])
+        for line in text.splitlines()
+    )
 
-    def widened_counted() -> bool:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        return any(
-            line.startswith('heimdall_tdoa_fits_total{fit="widened"}') and float(line.split()[-1])
-            for line in text.splitlines()
-        )
 
-    wait_until("the worker to count the widened fit", widened_counted, 30)
+def test_a_receiver_hearing_nothing_in_common_is_left_out_and_the_others_located(
+    client, worker, recordings
+):
+    # RX3's time 0.8 s off: it shares no signal with the others at the same GPS time, as a
+    # receiver that does not hear the emitter. The three others locate it (before: the job
+    # failed), the result naming the one left out and why.
+    files = recordings.files_with(2, rewritten(read_kiwi_wav(recordings.files[2]), shift_s=0.8))
+    view = wait_final(client, post_tdoa(client, recordings, files=files).get_json()["job_id"])
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert [left["id"] for left in result["excluded"]] == ["RX3"]
+    assert "no signal in common" in result["excluded"][0]["reason"]
+    assert [r["frequency_offset_hz"] for r in result["receivers"]] == [0.0, 0.0, None, 0.0]
+    assert all("RX3" not in pair["receivers"] for pair in result["pairs"])
+    assert len(result["pairs"]) == 3
+    lat, lon = recordings.emitter
+    assert contains(estimate_from_result(result), lat, lon, 0.95)
+    wait_until("the worker to count the fit", lambda: fits_counted(worker, "left_out"), 30)
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(

@@ -106,8 +106,15 @@ def test_a_document_with_an_encoded_part_reads_back_as_one_document():
     [
         ({"excluded": [], "sigma_scale": 1.0}, "plausible"),
         ({"excluded": [{"id": "RX2", "reason": "…"}], "sigma_scale": 1.0}, "left_out"),
+        ({"excluded": [{"id": "RX2", "cause": "unheard"}], "sigma_scale": 1.0}, "unheard"),
+        ({"excluded": [{"id": "RX2", "cause": "unheard"}], "sigma_scale": 2.0}, "widened"),
+        (
+            {"excluded": [{"id": "RX1", "cause": "unheard"}, {"id": "RX2", "cause": "disagrees"}]},
+            "left_out",
+        ),
         ({"excluded": [], "sigma_scale": 15.1}, "widened"),
         ({}, "plausible"),  # a result recorded before either field
+        # (an exclusion without a cause was recorded before unheard receivers were left out)
     ],
 )
 def test_a_tdoa_results_fit_is_named_for_the_metrics(fields, fit):

@@ -12,7 +12,8 @@ from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, timebase, write_kiwi_wav
 from inference_worker.core.likelihood_map import contour_features, render_png
-from inference_worker.core.tdoa import locate, solve
+from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.time_differences import (
     FEWEST_WINDOWS,
@@ -278,10 +279,54 @@ def test_the_likelihood_contours_of_a_gaussian_are_its_ellipses():
 
 def test_a_receiver_whose_time_is_off_is_named_not_located_against():
     """A receiver whose GPS time is wrong by most of a second shares no signal with the others
-    at the same GPS time: the set is refused naming it, rather than located from noise."""
+    at the same GPS time: a set of three is refused naming it, rather than located from noise
+    (two receivers fix no position)."""
     recording = synthetic_set(
         np.random.default_rng(5), receivers=3, seconds=8.0, signal="modulated", quirks=False
     )
     files = recording.files_with(1, rewritten(read_kiwi_wav(recording.files[1]), shift_s=0.8))
     with pytest.raises(TdoaError, match=f"{recording.stations[1].id}: no signal in common"):
         solve(files, recording.stations)
+
+
+def test_receivers_that_hear_nothing_in_common_are_left_out_while_three_remain():
+    # Two of five most of a second off (or deaf to the emitter): the three others locate it. Two
+    # of four:
+    # two remain, and the set is refused naming both.
+    recording = synthetic_set(
+        np.random.default_rng(10), receivers=5, seconds=8.0, signal="modulated", quirks=False
+    )
+    files = list(recording.files)
+    for k, off in ((1, 0.8), (3, -0.6)):  # apart from each other too
+        files[k] = rewritten(read_kiwi_wav(files[k]), shift_s=off)
+    solution = solve(files, recording.stations)
+    assert solution.unheard == (1, 3) and solution.excluded is None
+    assert {(p.a, p.b) for p in solution.pairs} == {(0, 2), (0, 4), (2, 4)}
+    assert len(solution.timebases) == 5 and solution.holds(*recording.emitter, 0.95)
+    three = solve([files[k] for k in (0, 2, 4)], [recording.stations[k] for k in (0, 2, 4)])
+    assert (solution.estimate.lat, solution.estimate.lon) == (
+        three.estimate.lat,
+        three.estimate.lon,
+    )
+    # Among the receivers is judged among all five: the emitter lies inside their hull only.
+    assert solution.likelihood.among == (True,) and three.likelihood.among == (False,)
+    result = describe_solution(solution, recording.stations)
+    assert [left["id"] for left in result["excluded"]] == ["RX2", "RX4"]
+    assert [r["frequency_offset_hz"] for r in result["receivers"]] == [0.0, None, 0.0, None, 0.0]
+    with pytest.raises(TdoaError, match="RX2, RX4: no signal in common"):
+        solve(files[:4], recording.stations[:4])
+
+
+def test_receivers_found_deaf_once_others_are_left_out_are_named_with_them(monkeypatch):
+    # Whether a pair hears a common signal is judged against the best pair, so leaving one
+    # receiver out can show another deaf; too few left then, the refusal names every one.
+    from inference_worker.core import tdoa
+
+    recording = synthetic_set(np.random.default_rng(3), receivers=4, seconds=4.0, quirks=False)
+
+    def deaf(recordings, bases, stations, **_):
+        raise tdoa.DeafReceivers("deaf", [1] if len(stations) == 4 else [0])
+
+    monkeypatch.setattr(tdoa, "pair_delays", deaf)
+    with pytest.raises(TdoaError, match="receiver.s. RX1, RX2: no signal in common"):
+        solve(recording.files, recording.stations)

@@ -240,3 +240,11 @@ def test_header_rates_of_12000_and_12001_are_both_accepted_but_other_modes_are_n
     files[0] = files[0][:24] + (20_250).to_bytes(4, "little") + files[0][28:]
     with pytest.raises(CaptureError, match="sample rates differ"):
         check_tdoa(files, recordings.names, fields(recordings), LIMITS)
+
+
+def test_a_span_too_short_is_never_shown_as_long_enough():
+    from inference_worker.core.recording_sets import too_short
+
+    assert too_short(100.0, 102.0, 2.0) is None
+    assert "overlap for 1.9 s of GPS time; at least 2 s" in str(too_short(100.0, 101.96, 2.0))
+    assert "overlap for 0.0 s" in str(too_short(100.0, 99.0, 2.0))  # none at all

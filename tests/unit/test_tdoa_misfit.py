@@ -15,7 +15,8 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, tdoa_feature_collection
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import read_kiwi_wav
-from inference_worker.core.tdoa import Solution, _widened_to_fit, locate, solve
+from inference_worker.core.tdoa import Solution, _widened_to_fit, solve
+from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
