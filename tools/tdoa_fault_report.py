@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -102,41 +103,56 @@ def lapsed_section(args: argparse.Namespace) -> None:
 def detuned_section(args: argparse.Namespace) -> None:
     """Sets of four with one receiver's frequency off the others', against the same sets in
     tune (the first offset, 0)."""
-    seeds = range(args.detuned_seed, args.detuned_seed + args.detuned_sets)
-    with ProcessPoolExecutor(args.processes) as pool:
-        rows = list(pool.map(one_detuned_set, [(s, o) for o in DETUNES_HZ for s in seeds]))
+    rows = _each_case(args, one_detuned_set, DETUNES_HZ, args.detuned_seed, args.detuned_sets)
     print(
         f"\nsets of four over 20 s with one receiver's frequency off the others': "
         f"{args.detuned_sets} for each offset, the same sets each time"
     )
     for offset in DETUNES_HZ:
         mine = [r for r in rows if r["offset"] == offset]
-        errors = [float(r["error_m"]) for r in mine if "error_m" in r]  # type: ignore[arg-type]
-        median = f"{np.median(errors):,.0f} m" if errors else "-"
         print(
-            f"  {offset:4.1f} Hz: located {len(errors)} of {len(mine)}, median error {median}, "
-            f"regions holding the emitter {sum(bool(r.get('held')) for r in mine)}, its offset "
-            f"found within 0.1 Hz in {sum(bool(r.get('found_within_0_1_hz')) for r in mine)}"
+            f"  {offset:4.1f} Hz: {_located(mine)}, its offset found within 0.1 Hz in "
+            f"{sum(bool(r.get('found_within_0_1_hz')) for r in mine)}"
         )
 
 
 def close_section(args: argparse.Namespace) -> None:
     """Sets of three with two receivers close together, the third 500 km away."""
-    seeds = range(args.close_seed, args.close_seed + args.close_sets)
-    with ProcessPoolExecutor(args.processes) as pool:
-        rows = list(pool.map(one_close_set, [(s, k) for k in CLOSE_APART_KM for s in seeds]))
+    rows = _each_case(args, one_close_set, CLOSE_APART_KM, args.close_seed, args.close_sets)
     print(
         f"\nsets of three over 30 s with two receivers close together, the third 500 km away: "
         f"{args.close_sets} for each distance"
     )
     for apart in CLOSE_APART_KM:
         mine = [r for r in rows if r["apart_km"] == apart]
-        errors = [float(r["error_m"]) for r in mine if "error_m" in r]  # type: ignore[arg-type]
-        median = f"{np.median(errors):,.0f} m" if errors else "-"
         lines = sum(r.get("failed") == "line" for r in mine)
         other = sum(bool(r.get("failed")) for r in mine) - lines
         print(
-            f"  {apart:5.0f} km apart: located {len(errors)} of {len(mine)}, median error "
-            f"{median}, regions holding the emitter {sum(bool(r.get('held')) for r in mine)}; "
-            f"failed as a line {lines}, otherwise {other}"
+            f"  {apart:5.0f} km apart: {_located(mine)}; failed as a line {lines}, otherwise "
+            f"{other}"
         )
+
+
+def _each_case(
+    args: argparse.Namespace,
+    one_set: Callable[[tuple[int, float]], dict[str, object]],
+    cases: Sequence[float],
+    first_seed: int,
+    sets: int,
+) -> list[dict[str, object]]:
+    """``one_set`` of each case for the seeds from ``first_seed`` on (the same sets each case),
+    in ``args.processes`` processes."""
+    jobs = [(seed, case) for case in cases for seed in range(first_seed, first_seed + sets)]
+    with ProcessPoolExecutor(args.processes) as pool:
+        return list(pool.map(one_set, jobs))
+
+
+def _located(rows: list[dict[str, object]]) -> str:
+    """How many of the sets were located, their median error and how many regions held the
+    emitter."""
+    errors = [float(r["error_m"]) for r in rows if "error_m" in r]  # type: ignore[arg-type]
+    median = f"{np.median(errors):,.0f} m" if errors else "-"
+    return (
+        f"located {len(errors)} of {len(rows)}, median error {median}, regions holding the "
+        f"emitter {sum(bool(r.get('held')) for r in rows)}"
+    )
