@@ -82,7 +82,7 @@ class Likelihood:
     the delays leave it alone lies there)."""
     among: tuple[bool, ...] = ()
     """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
-    every receiver of the job, any left out for their delays included."""
+    every receiver of the job, any left out (for their delays, or heard by no other) included."""
 
 
 def locate(

@@ -158,7 +158,8 @@ def one_detuned_set(job: tuple[int, float]) -> dict[str, object]:
     except TdoaError:
         return {**row, "failed": True}
     found = solution.pairs.offsets_hz
-    relative = 0.0 if found is None else float(found[victim] - np.median(np.delete(found, victim)))
+    others = None if found is None else np.nanmedian(np.delete(found, victim))
+    relative = 0.0 if found is None else float(found[victim] - others)
     return {
         **row,
         "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
