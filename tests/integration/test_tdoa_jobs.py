@@ -135,7 +135,7 @@ def test_a_receiver_hearing_nothing_in_common_is_left_out_and_the_others_located
     assert len(result["pairs"]) == 3
     lat, lon = recordings.emitter
     assert contains(estimate_from_result(result), lat, lon, 0.95)
-    wait_until("the worker to count the fit", lambda: fits_counted(worker, "left_out"), 30)
+    wait_until("the worker to count the fit", lambda: fits_counted(worker, "unheard"), 30)
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(
