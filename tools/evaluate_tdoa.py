@@ -12,7 +12,8 @@ their bound, receivers left out (and whether each was the one off), uncertaintie
 and regions that hold the emitter; and leaves one receiver's GPS solution lapsed 100 or 200 s in
 sets of three to five, its time off by what the lapse allows (``CLOCK_DRIFT``), the lapse in its
 fix ages or hidden; and turns one receiver of four 1-9.5 Hz off the others' frequency, against
-the same sets in tune; and places two of three receivers 1-100 km apart, the third 500 km away.
+the same sets in tune; and places two of three receivers 1-100 km apart, the third 500 km away;
+and lets three to five receivers hear the emitter by one ionospheric hop.
 Last, three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share bears
@@ -20,8 +21,8 @@ out, for emitters placed as the sets place them and spread evenly. Bars: median 
 95 % regions hold 95 ± 3 %, every broken set refused or its receiver left out.
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
-        [--lapsed-sets 20] [--detuned-sets 20] [--close-sets 30] [--share-trials 1500]
-        [--receivers 3-5] [--seconds 30] [--snr-db 10 30]
+        [--lapsed-sets 20] [--detuned-sets 20] [--close-sets 30] [--skywave-sets 15]
+        [--share-trials 1500] [--receivers 3-5] [--seconds 30] [--snr-db 10 30]
 
 ``--receivers``, ``--seconds`` and ``--snr-db`` set the main sets' receiver count, length and
 signal-to-noise ratios (the other sections keep theirs).
@@ -55,6 +56,7 @@ from tools.tdoa_fault_report import (  # noqa: E402
     detuned_section,
     lapsed_section,
     odd_section,
+    skywave_section,
 )
 
 MEDIAN_BAR_M = 2_000.0
@@ -200,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             "sets of three with two receivers close together",
         ),
         (
+            "--skywave-sets",
+            15,
+            "--skywave-seed",
+            7500,
+            "sets of three, four and five heard by skywave",
+        ),
+        (
             "--share-trials",
             1500,
             "--share-seed",
@@ -274,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         detuned_section(args)
     if args.close_sets:
         close_section(args)
+    if args.skywave_sets:
+        skywave_section(args)
     if args.share_trials:
         print(
             f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "

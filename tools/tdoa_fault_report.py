@@ -1,6 +1,7 @@
 """The sections of the TDoA evaluation (``tools/evaluate_tdoa.py``) with one receiver at fault
 (:mod:`inference_worker.science.tdoa_faults`): its GPS time broken, off by microseconds or
-lapsed, or its frequency off the others'; or too close to another. Each runs its sets in ``args.processes`` processes and
+lapsed, or its frequency off the others'; or too close to another; or every receiver hearing
+the emitter by skywave. Each runs its sets in ``args.processes`` processes and
 prints a line a case."""
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from inference_worker.science.tdoa_faults import (
     LAPSES_S,
     ODD_COUNTS,
     ODD_OFFSETS_S,
+    SKYWAVE_COUNTS,
     one_bad_set,
     one_close_set,
     one_detuned_set,
     one_lapsed_set,
     one_odd_set,
+    one_skywave_set,
 )
 
 
@@ -130,6 +133,23 @@ def close_section(args: argparse.Namespace) -> None:
         print(
             f"  {apart:5.0f} km apart: {_located(mine)}; failed as a line {lines}, otherwise "
             f"{other}"
+        )
+
+
+def skywave_section(args: argparse.Namespace) -> None:
+    """Sets of three to five hearing the emitter by one ionospheric hop."""
+    rows = _each_case(args, one_skywave_set, SKYWAVE_COUNTS, args.skywave_seed, args.skywave_sets)
+    print(
+        f"\nsets over 20 s heard by one hop off a layer 250-350 km high (the method assumes "
+        f"ground-wave paths): {args.skywave_sets} for each receiver count"
+    )
+    for receivers in SKYWAVE_COUNTS:
+        mine = [r for r in rows if r["receivers"] == receivers]
+        print(
+            f"  {receivers} receivers: {_located(mine)}; fits beyond their bound "
+            f"{sum(bool(r.get('noticed')) for r in mine)}, failed "
+            f"{sum(bool(r.get('failed')) for r in mine)}; cautioned at 10 MHz "
+            f"{sum(bool(r.get('cautioned')) for r in mine)}"
         )
 
 

@@ -261,6 +261,9 @@ def print_result(view: dict[str, Any]) -> None:
         )
     for left_out in result.get("excluded", []):
         print(f"left out      {left_out['id']}: {left_out['reason']}")
+    for caution in result.get("cautions", []):
+        where = f" ({', '.join(caution['receivers'])})" if caution.get("receivers") else ""
+        print(f"caution       {caution['code']}{where}: {caution['detail']}")
     for receiver in result.get("receivers", []):
         if receiver.get("gps_fix_age_s", 0) >= STALE_FIX_S:
             print(

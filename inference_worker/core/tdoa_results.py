@@ -9,16 +9,53 @@ from typing import Any
 import numpy as np
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.ellipse import describe
+from inference_worker.core.ellipse import describe, distance_m
 from inference_worker.core.likelihood_map import contour_features
 from inference_worker.core.tdoa import Solution
 from inference_worker.core.time_differences import NO_COMMON_SIGNAL
 
+SKYWAVE_FROM_MHZ = 2.0
+"""From this frequency up (HF and above) a signal's ground wave fades within tens of km over
+land: a receiver much further away hears it by the ionosphere, if at all."""
+GROUND_WAVE_REACH_M = 100e3
+"""How far from the estimate a receiver may lie, at ``SKYWAVE_FROM_MHZ`` and above, before the
+result cautions that it likely heard the emitter by skywave."""
 
-def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any]:
+
+def skywave_caution(
+    solution: Solution, stations: Sequence[Receiver], frequency_mhz: float | None
+) -> dict[str, Any] | None:
+    """A caution when receivers likely heard the emitter by skywave: at HF, further than a
+    ground wave reaches from the estimate. The method assumes ground-wave paths; a reflected
+    path is hundreds of km longer, and unequally so for each receiver, so the estimate can be
+    100 km or more off and its regions do not hold it (``tools/evaluate_tdoa.py``'s skywave
+    sets). None otherwise."""
+    if frequency_mhz is None or frequency_mhz < SKYWAVE_FROM_MHZ:
+        return None
+    at = solution.estimate
+    far = [s.id for s in stations if distance_m(at.lat, at.lon, s.lat, s.lon) > GROUND_WAVE_REACH_M]
+    if not far:
+        return None
+    return {
+        "code": "skywave",
+        "detail": (
+            f"at {frequency_mhz:g} MHz these receivers lie beyond a ground wave's reach "
+            f"(~{GROUND_WAVE_REACH_M / 1e3:.0f} km) of the estimate and likely heard it by the "
+            "ionosphere; the method assumes ground-wave paths, so the position can be 100 km or "
+            "more off and its ellipses do not hold it"
+        ),
+        "receivers": far,
+    }
+
+
+def describe_solution(
+    solution: Solution, stations: Sequence[Receiver], frequency_mhz: float | None = None
+) -> dict[str, Any]:
     """The JSON result of a TDoA job: the places (each saying whether it lies among the
     receivers; the estimate, why it is the one chosen) and ellipses as for a model, the
-    receivers' time bases, each pair's time difference, and the likelihood's contours."""
+    receivers' time bases, each pair's time difference, the likelihood's contours, and
+    ``cautions`` (weak evidence against the result, as in a model's quality block: receivers
+    likely hearing by skywave at ``frequency_mhz``)."""
     likelihood, odd = solution.likelihood, solution.excluded
     # Each receiver's frequency offset from the middle of the others', as its windows were
     # turned back by it (known only relative to one another).
@@ -83,6 +120,7 @@ def describe_solution(solution: Solution, stations: Sequence[Receiver]) -> dict[
             {**describe(o), "weight": round(w, 4), "among_receivers": inside}
             for (o, w), inside in zip(likelihood.alternatives, likelihood.among[1:], strict=True)
         ],
+        "cautions": [c for c in [skywave_caution(solution, stations, frequency_mhz)] if c],
         "likelihood_contours": contour_features(
             likelihood.lats, likelihood.lons, likelihood.log_likelihood
         ),

@@ -240,12 +240,15 @@ def synthetic_set(
     spacing_m: tuple[float, float] = (300e3, 1_000e3),
     sample_rate_hz: int = 12_000,
     stations: tuple[Receiver, ...] | None = None,
+    layer_height_m: float = 0.0,
 ) -> SyntheticSet:
     """One set of recordings of one emitter; see the module docstring for what varies.
     ``quirks``: True draws each with probability one half, or name the ones wanted.
     ``sample_rate_hz``: the headers' rate (a KiwiSDR records 12 000 or 20 250); each
     receiver's true rate lies 1.0–1.3 Hz above it. ``stations``: these receivers rather than
-    ``receivers`` placed ``spacing_m`` apart."""
+    ``receivers`` placed ``spacing_m`` apart. ``layer_height_m``: the signal reaches every
+    receiver by one hop off an ionospheric layer this high (:func:`one_hop_m`), not along the
+    ground (0), which the estimator assumes."""
     if stations is None:
         stations = place_receivers(rng, receivers, spacing_m)
     receivers = len(stations)
@@ -267,7 +270,10 @@ def synthetic_set(
     for index, station in enumerate(stations):
         rate = float(rng.uniform(sample_rate_hz + 1.0, sample_rate_hz + 1.3))
         n = int(seconds * rate) // BLOCK_SAMPLES * BLOCK_SAMPLES
-        delay = geodesic_m(station.lat, station.lon, *emitter) / SPEED_OF_LIGHT_M_S
+        ground = geodesic_m(station.lat, station.lon, *emitter)
+        delay = (
+            one_hop_m(ground, layer_height_m) if layer_height_m else ground
+        ) / SPEED_OF_LIGHT_M_S
         at = starts[index] + np.arange(n) / rate - delay
         received = np.interp(at, fine_t, source.real) + 1j * np.interp(at, fine_t, source.imag)
         received *= np.exp(1j * rng.uniform(0, 2 * np.pi))  # each receiver's own carrier phase
@@ -306,6 +312,16 @@ def synthetic_set(
         snr_db=tuple(snrs),
         quirks={q: stations[i].id for q, i in chosen.items()},
         outside_km=round(outside_km, 1),
+    )
+
+
+def one_hop_m(ground_m: float, height_m: float) -> float:
+    """The length of a path reflected once, half-way, by a layer ``height_m`` above a sphere of
+    the Earth's mean radius, between two points ``ground_m`` apart along the ground."""
+    radius = 6_371_008.8
+    half = ground_m / radius / 2
+    return 2 * math.sqrt(
+        radius**2 + (radius + height_m) ** 2 - 2 * radius * (radius + height_m) * math.cos(half)
     )
 
 

@@ -3,7 +3,8 @@ GPS time broken (no time, no fix ever, 0.8 s off), which must be refused naming 
 where three or more others remain, left out of the located set (``Solution.unheard``);
 off by microseconds, which the fit must notice or widen for; a lapsed GPS solution, off by what
 its age allows, which the fix ages must account for; its frequency off the others'; and two
-receivers of three a few km apart, which leave one useful baseline.
+receivers of three a few km apart, which leave one useful baseline; and every receiver hearing
+the emitter by skywave, which the method does not model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from inference_worker.core.kiwi_wav import (
 from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.core.tdoa_locate import locate
+from inference_worker.core.tdoa_results import skywave_caution
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import place_close_pair, rewritten, synthetic_set
 
@@ -189,4 +191,32 @@ def one_close_set(job: tuple[int, float]) -> dict[str, object]:
         **row,
         "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
         "held": solution.holds(*recording.emitter, 0.95),
+    }
+
+
+SKYWAVE_COUNTS = (3, 4, 5)
+"""Receivers a set in the skywave sets."""
+
+
+def one_skywave_set(job: tuple[int, float]) -> dict[str, object]:
+    """Three to five receivers over 20 s hearing the emitter by one hop off a layer 250-350 km
+    high (drawn), as at HF over these distances, where the method assumes ground-wave paths:
+    the error, whether the 95 % region holds the emitter, whether the fit noticed (beyond its
+    bound: widened, or a receiver left out) and whether the result cautions about skywave
+    (at 10 MHz)."""
+    seed, receivers = job
+    rng = np.random.default_rng(seed)
+    height = float(rng.uniform(250e3, 350e3))
+    recording = synthetic_set(rng, receivers=int(receivers), seconds=20.0, layer_height_m=height)
+    row: dict[str, object] = {"seed": seed, "receivers": receivers}
+    try:
+        solution = solve(recording.files, recording.stations)
+    except TdoaError:
+        return {**row, "failed": True}
+    return {
+        **row,
+        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
+        "held": solution.holds(*recording.emitter, 0.95),
+        "noticed": solution.likelihood.chi2 > solution.chi2_bound,
+        "cautioned": skywave_caution(solution, recording.stations, 10.0) is not None,
     }

@@ -82,7 +82,7 @@ def locate_tdoa(
     except TdoaError as exc:
         raise BadJob(str(exc)) from None
     t1 = time.perf_counter()
-    result = describe_solution(solution, stations)
+    result = describe_solution(solution, stations, message.frequency_mhz)
     estimate, likelihood = solution.estimate, solution.likelihood
     marks = [(estimate.lat, estimate.lon, "estimate")]
     marks += [(s.lat, s.lon, s.id) for s in stations]

@@ -76,6 +76,7 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
     assert contains(estimate_from_result(result), lat, lon, 0.95)
     assert "tdoa_ms" in view["timings"]
     assert result["fit_chi2"] <= result["fit_chi2_bound"] and result["excluded"] == []
+    assert result["cautions"] == []  # 77.5 kHz: a ground wave reaches every receiver
     assert result["sigma_scale"] == 1.0  # delays that fit are not widened
     assert result["among_receivers"] is (recordings.outside_km == 0)  # inside their hull
     # The stamp jump left that receiver's consistent part, not the whole receiver, out.
@@ -136,6 +137,16 @@ def test_a_receiver_hearing_nothing_in_common_is_left_out_and_the_others_located
     lat, lon = recordings.emitter
     assert contains(estimate_from_result(result), lat, lon, 0.95)
     wait_until("the worker to count the fit", lambda: fits_counted(worker, "unheard"), 30)
+
+
+def test_an_hf_sets_result_cautions_that_its_receivers_likely_heard_skywave(client, worker):
+    hf = synthetic_set(
+        np.random.default_rng(5), receivers=3, seconds=6.0, quirks=False, frequency_hz=10_000_000
+    )
+    view = wait_final(client, post_tdoa(client, hf).get_json()["job_id"])
+    assert view["status"] == "succeeded", view
+    cautions = view["result"]["cautions"]
+    assert [c["code"] for c in cautions] == ["skywave"] and "10 MHz" in cautions[0]["detail"]
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(

@@ -5,6 +5,7 @@ left out, or the regions widened."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -17,11 +18,11 @@ from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.kiwi_wav import read_kiwi_wav
 from inference_worker.core.tdoa import Solution, _widened_to_fit, solve
 from inference_worker.core.tdoa_locate import locate
-from inference_worker.core.tdoa_results import describe_solution
+from inference_worker.core.tdoa_results import describe_solution, skywave_caution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
-from inference_worker.science.kiwi_sets import rewritten, synthetic_set
-from inference_worker.science.tdoa_faults import one_close_set, one_lapsed_set
+from inference_worker.science.kiwi_sets import one_hop_m, rewritten, synthetic_set
+from inference_worker.science.tdoa_faults import one_close_set, one_lapsed_set, one_skywave_set
 
 FIVE = (
     Receiver("A", 47.4, 8.5),
@@ -174,3 +175,29 @@ def test_the_close_sets_count_a_line_as_a_line_and_locate_the_rest():
     assert one_close_set((7401, 1.0))["failed"] == "line"
     located = one_close_set((7400, 1.0))
     assert located["held"] and float(located["error_m"]) > 10e3  # type: ignore[arg-type]
+
+
+def test_one_hop_is_twice_the_slant_to_the_layer_above_the_midpoint():
+    assert one_hop_m(0.0, 300e3) == pytest.approx(600e3)
+    # 500 km apart under a layer 300 km high: about a flat Earth's 2 * hypot(250, 300) km
+    assert one_hop_m(500e3, 300e3) == pytest.approx(2 * math.hypot(250e3, 300e3), rel=0.02)
+
+
+def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave():
+    # Heard by one hop, three receivers' delays fit a place 100 km or more off as exactly as
+    # the ground-wave paths they assume: nothing in the fit tells; only the frequency and the
+    # distances can, and the result says so.
+    row = one_skywave_set((7500, 3))
+    assert float(row["error_m"]) > 20e3 and not row["held"] and not row["noticed"]  # type: ignore[arg-type]
+    assert row["cautioned"]
+    recording = synthetic_set(np.random.default_rng(11), receivers=4, seconds=6.0, quirks=False)
+    solution = solve(recording.files, recording.stations)
+    assert describe_solution(solution, recording.stations, 0.0775)["cautions"] == []  # LF
+    far = describe_solution(solution, recording.stations, 10.0)["cautions"]
+    assert [c["code"] for c in far] == ["skywave"] and len(far[0]["receivers"]) == 4
+    first = recording.stations[0]
+    at_first = dataclasses.replace(
+        solution, estimate=dataclasses.replace(solution.estimate, lat=first.lat, lon=first.lon)
+    )
+    caution = skywave_caution(at_first, recording.stations, 10.0)
+    assert caution is not None and first.id not in caution["receivers"]
