@@ -106,65 +106,81 @@ def lapsed_section(args: argparse.Namespace) -> None:
 def detuned_section(args: argparse.Namespace) -> None:
     """Sets of four with one receiver's frequency off the others', against the same sets in
     tune (the first offset, 0)."""
-    rows = _each_case(args, one_detuned_set, DETUNES_HZ, args.detuned_seed, args.detuned_sets)
-    print(
-        f"\nsets of four over 20 s with one receiver's frequency off the others': "
-        f"{args.detuned_sets} for each offset, the same sets each time"
+    _by_case(
+        args,
+        one_detuned_set,
+        DETUNES_HZ,
+        (args.detuned_seed, args.detuned_sets),
+        f"sets of four over 20 s with one receiver's frequency off the others': "
+        f"{args.detuned_sets} for each offset, the same sets each time",
+        lambda offset, mine: (
+            f"{offset:4.1f} Hz: {_located(mine)}, its offset found within 0.1 Hz in "
+            f"{_count(mine, 'found_within_0_1_hz')}"
+        ),
     )
-    for offset in DETUNES_HZ:
-        mine = [r for r in rows if r["offset"] == offset]
-        print(
-            f"  {offset:4.1f} Hz: {_located(mine)}, its offset found within 0.1 Hz in "
-            f"{sum(bool(r.get('found_within_0_1_hz')) for r in mine)}"
-        )
 
 
 def close_section(args: argparse.Namespace) -> None:
     """Sets of three with two receivers close together, the third 500 km away."""
-    rows = _each_case(args, one_close_set, CLOSE_APART_KM, args.close_seed, args.close_sets)
-    print(
-        f"\nsets of three over 30 s with two receivers close together, the third 500 km away: "
-        f"{args.close_sets} for each distance"
-    )
-    for apart in CLOSE_APART_KM:
-        mine = [r for r in rows if r["apart_km"] == apart]
+
+    def line(apart: float, mine: list[dict[str, object]]) -> str:
         lines = sum(r.get("failed") == "line" for r in mine)
-        other = sum(bool(r.get("failed")) for r in mine) - lines
-        print(
-            f"  {apart:5.0f} km apart: {_located(mine)}; failed as a line {lines}, otherwise "
-            f"{other}"
+        other = _count(mine, "failed") - lines
+        return (
+            f"{apart:5.0f} km apart: {_located(mine)}; failed as a line {lines}, otherwise {other}"
         )
+
+    _by_case(
+        args,
+        one_close_set,
+        CLOSE_APART_KM,
+        (args.close_seed, args.close_sets),
+        f"sets of three over 30 s with two receivers close together, the third 500 km away: "
+        f"{args.close_sets} for each distance",
+        line,
+    )
 
 
 def skywave_section(args: argparse.Namespace) -> None:
     """Sets of three to five hearing the emitter by one ionospheric hop."""
-    rows = _each_case(args, one_skywave_set, SKYWAVE_COUNTS, args.skywave_seed, args.skywave_sets)
-    print(
-        f"\nsets over 20 s heard by one hop off a layer 250-350 km high (the method assumes "
-        f"ground-wave paths): {args.skywave_sets} for each receiver count"
+    _by_case(
+        args,
+        one_skywave_set,
+        SKYWAVE_COUNTS,
+        (args.skywave_seed, args.skywave_sets),
+        f"sets over 20 s heard by one hop off a layer 250-350 km high (the method assumes "
+        f"ground-wave paths): {args.skywave_sets} for each receiver count",
+        lambda receivers, mine: (
+            f"{receivers} receivers: {_located(mine)}; fits beyond their bound "
+            f"{_count(mine, 'noticed')}, failed {_count(mine, 'failed')}; cautioned at 10 MHz "
+            f"{_count(mine, 'cautioned')}"
+        ),
     )
-    for receivers in SKYWAVE_COUNTS:
-        mine = [r for r in rows if r["receivers"] == receivers]
-        print(
-            f"  {receivers} receivers: {_located(mine)}; fits beyond their bound "
-            f"{sum(bool(r.get('noticed')) for r in mine)}, failed "
-            f"{sum(bool(r.get('failed')) for r in mine)}; cautioned at 10 MHz "
-            f"{sum(bool(r.get('cautioned')) for r in mine)}"
-        )
 
 
-def _each_case(
+def _by_case(
     args: argparse.Namespace,
     one_set: Callable[[tuple[int, float]], dict[str, object]],
     cases: Sequence[float],
-    first_seed: int,
-    sets: int,
-) -> list[dict[str, object]]:
-    """``one_set`` of each case for the seeds from ``first_seed`` on (the same sets each case),
-    in ``args.processes`` processes."""
-    jobs = [(seed, case) for case in cases for seed in range(first_seed, first_seed + sets)]
+    seeds: tuple[int, int],
+    heading: str,
+    line: Callable[[float, list[dict[str, object]]], str],
+) -> None:
+    """Runs ``one_set`` for each case on ``seeds`` (the first and how many: the same sets each
+    case) in ``args.processes`` processes, and prints ``heading`` and a ``line`` a case (the
+    second of each row's job is its case)."""
+    first, sets = seeds
+    jobs = [(seed, case) for case in cases for seed in range(first, first + sets)]
     with ProcessPoolExecutor(args.processes) as pool:
-        return list(pool.map(one_set, jobs))
+        rows = list(pool.map(one_set, jobs))
+    print(f"\n{heading}")
+    for case in cases:
+        mine = [row for (_, of), row in zip(jobs, rows, strict=True) if of == case]
+        print(f"  {line(case, mine)}")
+
+
+def _count(rows: list[dict[str, object]], key: str) -> int:
+    return sum(bool(r.get(key)) for r in rows)
 
 
 def _located(rows: list[dict[str, object]]) -> str:
