@@ -257,7 +257,7 @@ def feature_collection(
 
 def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
     """A TDoA result as GeoJSON: estimate (with ``sigma_scale``, ``among_receivers``,
-    ``chosen_by``), ellipses and receivers (from the result itself; one left out has
+    ``chosen_by``, ``cautions``), ellipses and receivers (from the result itself; one left out has
     ``excluded`` and its ``reason``), any alternative crossing (``alternative``, ``weight``,
     ``among_receivers``) and the likelihood's contours."""
     stations = [(r["id"], r["lat"], r["lon"]) for r in result["receivers"]]
@@ -279,7 +279,7 @@ def tdoa_feature_collection(result: dict[str, Any]) -> dict[str, Any]:
         if feature["properties"]["kind"] == "estimate" and "sigma_scale" in result:
             feature["properties"]["sigma_scale"] = result["sigma_scale"]
             if not feature["properties"].get("alternative"):
-                said = ("among_receivers", "chosen_by")
+                said = ("among_receivers", "chosen_by", "cautions")
                 feature["properties"].update({k: result[k] for k in said if k in result})
         if feature["properties"]["kind"] == "receiver" and name in left_out:
             feature["properties"].update(excluded=True, reason=left_out[name])

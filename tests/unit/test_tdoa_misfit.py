@@ -195,6 +195,13 @@ def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave
     assert describe_solution(solution, recording.stations, 0.0775)["cautions"] == []  # LF
     far = describe_solution(solution, recording.stations, 10.0)["cautions"]
     assert [c["code"] for c in far] == ["skywave"] and len(far[0]["receivers"]) == 4
+    described = describe_solution(solution, recording.stations, 10.0)
+    estimate = next(
+        f["properties"]
+        for f in tdoa_feature_collection(described)["features"]
+        if f["properties"]["kind"] == "estimate"
+    )
+    assert estimate["cautions"] == far  # the GeoJSON says so too
     first = recording.stations[0]
     at_first = dataclasses.replace(
         solution, estimate=dataclasses.replace(solution.estimate, lat=first.lat, lon=first.lon)
