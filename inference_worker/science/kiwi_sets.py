@@ -3,12 +3,12 @@ TDoA evaluation.
 
 A set is 3 or more receivers 300-1 000 km apart, an emitter inside their region or up to 300 km
 outside it, and one KiwiSDR IQ WAV file per receiver as ``kiwirecorder.py -m iq --kiwi-wav``
-writes them: the emitter's signal delayed by its travel time along the WGS84 geodesic, at
-10-30 dB SNR, sampled by each receiver's own clock (12 001.0-12 001.3 Hz), blocks stamped with
-~1 µs jitter and a fixed error of each receiver's GPS time (0.3 µs rms, what the estimator
-allows for), and the quirks real files show: receivers that start at different times and
-overlap in part, a first block stamped 0, a receiver whose stamps jump part-way, a fix lost
-for a block, a file cut mid-block with a wrong RIFF size.
+writes them: the emitter's signal delayed by its travel time along the WGS84 geodesic (or, when
+asked, by one hop off an ionospheric layer), at 10-30 dB SNR, sampled by each receiver's own
+clock (12 001.0-12 001.3 Hz), blocks stamped with ~1 µs jitter and a fixed error of each
+receiver's GPS time (0.3 µs rms, what the estimator allows for), and the quirks real files show:
+receivers that start at different times and overlap in part, a first block stamped 0, a receiver
+whose stamps jump part-way, a fix lost for a block, a file cut mid-block with a wrong RIFF size.
 
 The transmitted signal is made once on a fine grid (96 kHz) and read by every receiver at its
 own sample times (linear interpolation, 16 times finer than the signal's bandwidth), so delays
