@@ -25,15 +25,20 @@ result cautions that it likely heard the emitter by skywave."""
 def skywave_caution(
     solution: Solution, stations: Sequence[Receiver], frequency_mhz: float | None
 ) -> dict[str, Any] | None:
-    """A caution when receivers likely heard the emitter by skywave: at HF, further than a
-    ground wave reaches from the estimate. The method assumes ground-wave paths; a reflected
-    path is hundreds of km longer, and unequally so for each receiver, so the estimate can be
-    100 km or more off and its regions do not hold it (``tools/evaluate_tdoa.py``'s skywave
-    sets). None otherwise."""
+    """A caution when receivers the position rests on likely heard the emitter by skywave: at
+    HF, further than a ground wave reaches from the estimate (those left out are not named).
+    The method assumes ground-wave paths; a reflected path is hundreds of km longer, and
+    unequally so for each receiver, so the estimate can be 100 km or more off and its regions
+    do not hold it (``tools/evaluate_tdoa.py``'s skywave sets). None otherwise."""
     if frequency_mhz is None or frequency_mhz < SKYWAVE_FROM_MHZ:
         return None
-    at = solution.estimate
-    far = [s.id for s in stations if distance_m(at.lat, at.lon, s.lat, s.lon) > GROUND_WAVE_REACH_M]
+    at, odd = solution.estimate, solution.excluded
+    left_out = {*solution.unheard, *([] if odd is None else [odd.index])}
+    far = [
+        s.id
+        for k, s in enumerate(stations)
+        if k not in left_out and distance_m(at.lat, at.lon, s.lat, s.lon) > GROUND_WAVE_REACH_M
+    ]
     if not far:
         return None
     return {

@@ -208,3 +208,6 @@ def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave
     )
     caution = skywave_caution(at_first, recording.stations, 10.0)
     assert caution is not None and first.id not in caution["receivers"]
+    unheard_last = dataclasses.replace(solution, unheard=(3,))  # left out: not named
+    caution = skywave_caution(unheard_last, recording.stations, 10.0)
+    assert caution is not None and caution["receivers"] == ["RX1", "RX2", "RX3"]
