@@ -47,24 +47,18 @@ def drift_hz(values: np.ndarray, spacing_s: float) -> np.ndarray:
 
 
 def receiver_drifts(
-    values: np.ndarray,
-    pairs: Sequence[tuple[int, int]],
-    heard: np.ndarray,
-    receivers: int,
-    spacing_s: float,
+    values: np.ndarray, design: np.ndarray, heard: np.ndarray, spacing_s: float
 ) -> np.ndarray:
     """Each receiver's frequency offset (Hz, relative: they sum to zero over the receivers
-    heard), fitted by least squares to the drifts (:func:`drift_hz`) of the pairs ``heard``
-    (a pair's drift is its first receiver's offset less its second's); 0 where none is heard."""
+    heard), fitted by least squares to the drifts (:func:`drift_hz`) of the pairs ``heard``;
+    ``design``: the pairs' design (``pairs × receivers``, as
+    :func:`~inference_worker.core.time_differences.pair_design`: a pair's drift is its first
+    receiver's offset less its second's). 0 where none is heard."""
     rows = np.flatnonzero(heard)
     if not len(rows):
-        return np.zeros(receivers)
-    design = np.zeros((len(rows), receivers))
-    for row, pair in enumerate(rows):
-        a, b = pairs[int(pair)]
-        design[row, a], design[row, b] = 1.0, -1.0
+        return np.zeros(design.shape[1])
     drifts = drift_hz(values[rows], spacing_s)
-    return np.linalg.lstsq(design, drifts, rcond=None)[0]
+    return np.linalg.lstsq(design[rows], drifts, rcond=None)[0]
 
 
 def frequency_offsets(

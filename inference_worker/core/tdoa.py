@@ -62,6 +62,11 @@ class Solution:
     them); ``pairs`` has none of theirs."""
 
     @property
+    def left_out(self) -> set[int]:
+        """Every receiver the position does not rest on: unheard, or its delays disagreeing."""
+        return {*self.unheard, *([] if self.excluded is None else [self.excluded.index])}
+
+    @property
     def chi2_bound(self) -> float:
         """The fit's chi2 that a right position exceeds one time in a thousand."""
         return self.likelihood.chi2_bound

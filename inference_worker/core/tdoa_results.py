@@ -32,8 +32,7 @@ def skywave_caution(
     do not hold it (``tools/evaluate_tdoa.py``'s skywave sets). None otherwise."""
     if frequency_mhz is None or frequency_mhz < SKYWAVE_FROM_MHZ:
         return None
-    at, odd = solution.estimate, solution.excluded
-    left_out = {*solution.unheard, *([] if odd is None else [odd.index])}
+    at, left_out = solution.estimate, solution.left_out
     far = [
         s.id
         for k, s in enumerate(stations)

@@ -260,7 +260,7 @@ def pair_delays(
         coherent = _coherent(per_window, max_lags)
     else:
         offsets = np.zeros(len(recordings))
-    drifts = receiver_drifts(values, pairs, coherent, len(recordings), window_s)
+    drifts = receiver_drifts(values, pair_design(pairs, len(recordings)), coherent, window_s)
     if np.any(np.abs(drifts) > (FINE_HZ if turned else DRIFT_HZ)):
         offsets = offsets + drifts
         per_window, values = correlated(offsets)

@@ -12,7 +12,7 @@ from inference_worker.core.frequency_offsets import drift_hz, frequency_offsets,
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
 from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_results import describe_solution
-from inference_worker.core.time_differences import pair_delays
+from inference_worker.core.time_differences import pair_delays, pair_design
 
 from .test_tdoa import EMITTER, STATIONS, recordings
 
@@ -28,9 +28,11 @@ def test_a_pairs_drift_is_how_fast_its_correlation_turns_from_window_to_window()
     offsets = np.array([0.2, -0.3, 0.5])
     values = np.exp(2j * np.pi * np.outer([offsets[a] - offsets[b] for a, b in pairs], windows / 2))
     heard = np.array([True, True, True])
-    found = receiver_drifts(values, pairs, heard, 3, 0.5)
+    found = receiver_drifts(values, pair_design(pairs, 3), heard, 0.5)
     assert found - found.mean() == pytest.approx(offsets - offsets.mean())
-    assert receiver_drifts(values, pairs, ~heard, 3, 0.5) == pytest.approx([0.0, 0.0, 0.0])
+    assert receiver_drifts(values, pair_design(pairs, 3), ~heard, 0.5) == pytest.approx(
+        [0.0, 0.0, 0.0]
+    )
 
 
 def turned(recording, offset_hz: float):
