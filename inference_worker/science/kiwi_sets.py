@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, great_circle_m
+from inference_worker.core.geodesy import (
+    EARTH_RADIUS_M,
+    SPEED_OF_LIGHT_M_S,
+    geodesic_m,
+    great_circle_m,
+)
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
     NO_RECENT_FIX,
@@ -97,7 +102,7 @@ def destination(
 ) -> tuple[float, float]:
     """The point ``distance_m`` from (lat, lon) along ``bearing_deg`` on the sphere."""
     p1, l1, b = math.radians(lat), math.radians(lon), math.radians(bearing_deg)
-    d = distance_m / 6_371_008.8
+    d = distance_m / EARTH_RADIUS_M
     p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
     l2 = l1 + math.atan2(
         math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2)
@@ -153,10 +158,7 @@ def place_receivers(
             if fits(point, points):
                 points.append(point)
         if len(points) == count:
-            return tuple(
-                Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
-                for i, (lat, lon) in enumerate(points)
-            )
+            return _named(points)
     raise ValueError(
         f"could not place {count} receivers {spacing_m[0] / 1e3:g}-{spacing_m[1] / 1e3:g} km "
         "apart; widen the spacing"
@@ -172,9 +174,13 @@ def place_close_pair(
     bearing = float(rng.uniform(0.0, 360.0))
     second = destination(*first, bearing, apart_m)
     third = destination(*first, bearing + float(rng.uniform(45.0, 135.0)), far_m)
+    return _named([first, second, third])
+
+
+def _named(points: Sequence[tuple[float, float]]) -> tuple[Receiver, ...]:
+    """Receivers RX1, RX2, … at ``points`` (to 1 m)."""
     return tuple(
-        Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5))
-        for i, (lat, lon) in enumerate((first, second, third))
+        Receiver(f"RX{i + 1}", round(lat, 5), round(lon, 5)) for i, (lat, lon) in enumerate(points)
     )
 
 
@@ -318,7 +324,7 @@ def synthetic_set(
 def one_hop_m(ground_m: float, height_m: float) -> float:
     """The length of a path reflected once, half-way, by a layer ``height_m`` above a sphere of
     the Earth's mean radius, between two points ``ground_m`` apart along the ground."""
-    radius = 6_371_008.8
+    radius = EARTH_RADIUS_M
     half = ground_m / radius / 2
     return 2 * math.sqrt(
         radius**2 + (radius + height_m) ** 2 - 2 * radius * (radius + height_m) * math.cos(half)
