@@ -21,12 +21,17 @@ from inference_worker.core.kiwi_wav import (
     NO_RECENT_FIX,
     read_kiwi_wav,
 )
-from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa import Solution, solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.tdoa_results import skywave_caution
 from inference_worker.core.time_differences import TdoaError
-from inference_worker.science.kiwi_sets import place_close_pair, rewritten, synthetic_set
+from inference_worker.science.kiwi_sets import (
+    SyntheticSet,
+    place_close_pair,
+    rewritten,
+    synthetic_set,
+)
 
 BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
 
@@ -164,8 +169,7 @@ def one_detuned_set(job: tuple[int, float]) -> dict[str, object]:
     relative = 0.0 if found is None else float(found[victim] - others)
     return {
         **row,
-        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
-        "held": solution.holds(*recording.emitter, 0.95),
+        **_how_near(solution, recording),
         "found_within_0_1_hz": abs(relative - offset) <= 0.1,
     }
 
@@ -189,8 +193,7 @@ def one_close_set(job: tuple[int, float]) -> dict[str, object]:
         return {**row, "failed": "line" if "line of positions" in str(exc) else str(exc)}
     return {
         **row,
-        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
-        "held": solution.holds(*recording.emitter, 0.95),
+        **_how_near(solution, recording),
     }
 
 
@@ -215,8 +218,16 @@ def one_skywave_set(job: tuple[int, float]) -> dict[str, object]:
         return {**row, "failed": True}
     return {
         **row,
-        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
-        "held": solution.holds(*recording.emitter, 0.95),
+        **_how_near(solution, recording),
         "noticed": solution.likelihood.chi2 > solution.chi2_bound,
         "cautioned": skywave_caution(solution, recording.stations, 10.0) is not None,
+    }
+
+
+def _how_near(solution: Solution, recording: SyntheticSet) -> dict[str, object]:
+    """The estimate's error and whether the 95 % region holds the emitter."""
+    at = solution.estimate
+    return {
+        "error_m": distance_m(at.lat, at.lon, *recording.emitter),
+        "held": solution.holds(*recording.emitter, 0.95),
     }
