@@ -183,25 +183,46 @@ def _queue(settings: Settings, stack: ExitStack) -> Route:
 
 
 def match_positions(positions: Any, names: list[str]) -> list[dict[str, Any]]:
-    """The ``receivers`` field for files ``names``: a list is taken in file order; an object
-    is matched by the station in each kiwirecorder file name (or the file's stem)."""
+    """The ``receivers`` field for files ``names``: an object is matched by the station in each
+    kiwirecorder file name (or the file's stem), regardless of case; a list is taken in file
+    order, unless its ids are the stations the file names carry, listed in another order:
+    then it is matched by them too (the shim refuses a file sent for another's position)."""
+    stations = [_station_of(name) for name in names]
     if isinstance(positions, list):
         if len(positions) != len(names):
             fail(f"the positions file lists {len(positions)} receivers for {len(names)} files")
+        by_id = {
+            str(item["id"]).casefold(): item
+            for item in positions
+            if isinstance(item, dict) and "id" in item
+        }
+        if len(by_id) == len(names) and set(by_id) == {s.casefold() for s in stations}:
+            return [by_id[station.casefold()] for station in stations]
         return positions
     if not isinstance(positions, dict):
         fail("the positions file must hold a JSON list or object")
+    folded = {str(key).casefold(): key for key in positions}
     receivers = []
-    for name in names:
-        parsed = parse_file_name(name)
-        station = parsed.station if parsed and parsed.station else Path(name).stem
-        place = positions.get(station)
-        if place is None:
-            fail(f"the positions file has no receiver {station!r} (for {name})")
+    for name, station in zip(names, stations, strict=True):
+        key = station if station in positions else folded.get(station.casefold())
+        if key is None:
+            fail(
+                f"the positions file has no receiver {station!r} (for {name}); it has "
+                f"{', '.join(repr(str(k)) for k in positions) or 'none'}"
+            )
+        place = positions[key]
         if isinstance(place, list | tuple) and len(place) >= 2:
             place = {"lat": place[0], "lon": place[1]}
-        receivers.append({"id": station, **place})
+        if not isinstance(place, dict):
+            fail(f'the position of {key!r} must be {{"lat": …, "lon": …}} or [lat, lon]')
+        receivers.append({"id": str(key), **place})
     return receivers
+
+
+def _station_of(name: str) -> str:
+    """The station a kiwirecorder file name carries, or the file's name without ``.wav``."""
+    parsed = parse_file_name(name)
+    return parsed.station if parsed and parsed.station else Path(name).stem
 
 
 def frequency_from_names(names: list[str]) -> float:

@@ -151,6 +151,9 @@ def check_tdoa(
             f"{len(files)} capture file(s) for {len(stations)} receivers: send one file part "
             "named 'capture' per receiver, in the order of 'receivers'"
         )
+    problem = out_of_order([s.id for s in stations], names)
+    if problem:
+        raise CaptureError(problem)
     frequency_mhz = parse_number(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
@@ -198,6 +201,23 @@ def check_tdoa(
         overlap_s=end - start,
         expect_emitter=expectation,
     )
+
+
+def out_of_order(ids: Sequence[str], names: Sequence[str]) -> str | None:
+    """Why files and receivers are not in the same order, or None: a kiwirecorder file name
+    carries its station, and one sent for a receiver is named for another of the submission's
+    receivers (compared regardless of case). Its position would be another receiver's: with
+    three receivers the delays still fit, and the estimate is confidently wrong."""
+    known = {identity.casefold(): identity for identity in ids}
+    for identity, name in zip(ids, names, strict=True):
+        parsed = parse_file_name(name or "")
+        station = parsed.station.casefold() if parsed and parsed.station else None
+        if station is not None and station != identity.casefold() and station in known:
+            return (
+                f"the file sent for receiver {identity} ({name}) is named for receiver "
+                f"{known[station]}: send one file per receiver in the order of 'receivers'"
+            )
+    return None
 
 
 CLOCK_SLACK_S = 300.0

@@ -243,6 +243,7 @@ def test_an_emitter_expected_among_the_receivers_takes_the_place_there(client, w
         "expectation",
         "one_file_twice",
         "one_recording_cut_in_two",
+        "files_out_of_order",
     ],
 )
 def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, engine, case):
@@ -267,6 +268,9 @@ def test_bad_sets_are_refused_with_422_and_nothing_recorded(client, recordings, 
     elif case in ("one_file_twice", "one_recording_cut_in_two"):
         files[2] = files[0] if case == "one_file_twice" else piece_of(files[0], 0, 200)
         expected = "were sent the same recording"
+    elif case == "files_out_of_order":  # each file named for its station, two swapped
+        files[0], files[1], names[0], names[1] = files[1], files[0], names[1], names[0]
+        expected = f"is named for receiver {recordings.stations[1].id}"
     else:  # three of the four receivers given one site's position
         positions = recordings.positions()
         for k in (1, 2):

@@ -206,6 +206,23 @@ def test_a_prune_by_hand_says_how_far_it_has_come(capsys):
     ]
 
 
+def test_a_list_of_the_files_stations_in_another_order_is_matched_by_them():
+    names = [f"20261130T120000Z_77500_{s}_iq.wav" for s in ("A", "B", "C")]
+    listed = [{"id": s, "lat": 40.0 + k, "lon": 8.0} for k, s in enumerate(("b", "C", "A"))]
+    assert [r["id"] for r in match_positions(listed, names)] == ["A", "b", "C"]
+    other = [{"id": s, "lat": 40.0 + k, "lon": 8.0} for k, s in enumerate(("X", "C", "A"))]
+    assert match_positions(other, names) == other  # not the files' stations: in file order
+
+
+def test_a_station_missing_from_the_positions_is_named_with_those_there(capsys):
+    names = ["20261130T120000Z_77500_A_iq.wav", "20261130T120000Z_77500_B_iq.wav"]
+    assert match_positions({"a": [1.0, 2.0], "B": [3.0, 4.0]}, names)[0]["id"] == "a"
+    with pytest.raises(SystemExit):
+        match_positions({"A": [1.0, 2.0], "D": [3.0, 4.0]}, names)
+    told = capsys.readouterr().err
+    assert "no receiver 'B'" in told and "it has 'A', 'D'" in told
+
+
 def test_positions_are_matched_by_station_or_by_the_name_of_a_file_without_one():
     names = ["20200813T065220Z_77500_HB9_ODP_iq.wav", "rec/20200813T065220Z_77500_iq.wav"]
     positions = {"HB9_ODP": {"lat": 47.0, "lon": 8.0}, "20200813T065220Z_77500_iq": [45.0, 9.0]}

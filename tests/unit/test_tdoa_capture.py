@@ -13,7 +13,12 @@ from inference_worker.core.capture import CaptureError
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, FULL_SCALE, read_kiwi_wav, write_kiwi_wav
 from inference_worker.core.recording_sets import block_prints, repeated_recording
 from inference_worker.core.tdoa import solve
-from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa, parse_stations
+from inference_worker.core.tdoa_capture import (
+    TdoaLimits,
+    check_tdoa,
+    out_of_order,
+    parse_stations,
+)
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import synthetic_set
 from tasks.contract import MessageError, read_message
@@ -162,6 +167,17 @@ def test_recordings_of_another_frequency_are_refused(recordings):
     names[2] = names[2].replace(f"_{recordings.frequency_hz}_", "_198000_")
     with pytest.raises(CaptureError, match="198 kHz.*same frequency"):
         check_tdoa(recordings.files, names, fields(recordings), LIMITS)
+
+
+def test_files_named_for_other_receivers_of_the_set_are_refused(recordings):
+    ids = [s.id for s in recordings.stations]
+    names = [recordings.names[1], recordings.names[0], recordings.names[2]]
+    with pytest.raises(CaptureError, match=f"receiver {ids[0]} .* named for receiver {ids[1]}"):
+        check_tdoa(recordings.files, names, fields(recordings), LIMITS)
+    assert "named for" in str(out_of_order(["a", "B"], ["x_20261130T120000Z_77500_b_iq.wav", ""]))
+    # Names for stations the submission does not list, or none, say nothing of the order.
+    assert out_of_order(["a", "b"], ["20261130T120000Z_77500_c_iq.wav", "b.wav"]) is None
+    assert out_of_order(["a", "b"], ["20261130T120000Z_77500_iq.wav", ""]) is None
 
 
 def test_recordings_made_apart_by_their_names_are_refused_and_names_date_a_set(recordings):
