@@ -3,8 +3,9 @@ receivers' positions, the tuned frequency.
 
 Every refusal is a :class:`~inference_worker.core.capture.CaptureError` whose text names the
 receiver and says what is wrong: no usable GPS time, too short a common span, frequencies that
-do not match, one recording sent for two receivers (the same file, or pieces of it), positions
-that are not positions or fewer than three places.
+do not match, one recording sent for two receivers (the same file, or pieces of it), files
+named for other receivers of the set (sent in another order), positions that are not positions
+or fewer than three places.
 """
 
 from __future__ import annotations
