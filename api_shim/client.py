@@ -165,11 +165,13 @@ class ShimClient:
         job_id: str | None = None,
         capture_time: str | None = None,
         expect_emitter: str | None = None,
+        propagation: str | None = None,
     ) -> dict[str, Any]:
         """POST KiwiSDR IQ WAV files ``(file name, bytes)``, one per receiver in the order of
         ``receivers`` (``{"id", "lat", "lon"}``), as ``multipart/form-data``; returns the 202
         body. The job locates by time differences of arrival; ``expect_emitter``
-        (``among_receivers`` or ``anywhere``) says where the emitter is expected."""
+        (``among_receivers`` or ``anywhere``) says where the emitter is expected,
+        ``propagation`` (``skywave`` or ``ground``) how it reached the receivers."""
         fields: list[tuple[str, Any]] = [
             ("receivers", json.dumps(receivers)),
             ("frequency_mhz", repr(float(frequency_mhz))),
@@ -180,6 +182,8 @@ class ShimClient:
             fields.append(("capture_time", capture_time))
         if expect_emitter:
             fields.append(("expect_emitter", expect_emitter))
+        if propagation:
+            fields.append(("propagation", propagation))
         fields += [("capture", (name, data, "audio/wav")) for name, data in files]
         body, content_type = encode_multipart_formdata(fields)
         return self._accepted(*self._request("POST", "/predict", body, content_type))

@@ -98,6 +98,7 @@ def _message(capture: Capture | TdoaJob, common: dict[str, Any]) -> LocateMessag
             ),
             parts=tdoa.parts(),
             expect_emitter=tdoa.expect_emitter,
+            propagation=tdoa.propagation,
         )
     meta = capture.meta
     return LocateMessage(

@@ -18,6 +18,7 @@ from inference_worker.core.capture import (
     time_in_range,
 )
 from inference_worker.core.tdoa_search import Expectation
+from inference_worker.core.tdoa_skywave import Propagation
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 TASK_NAME = "heimdall.locate"
@@ -79,6 +80,9 @@ class LocateMessage(BaseModel):
     """Where the emitter is expected (``tdoa`` only): ``among_receivers`` makes the one place
     among the receivers the estimate when the delays leave several. Left out of the message
     when ``anywhere``, so that workers of releases before it read the message."""
+    propagation: Propagation = "ground"
+    """How the signal reached the receivers (``tdoa`` only): ``skywave`` locates with paths off
+    an ionospheric layer. Left out of the message when ``ground``, as ``expect_emitter``."""
 
     def to_json(self) -> dict[str, Any]:
         """The message as sent: a model capture's is what releases before TDoA sent, so that
@@ -86,6 +90,8 @@ class LocateMessage(BaseModel):
         left_out = {"method", "stations", "parts"} if self.method == "model" else set()
         if self.expect_emitter == "anywhere":
             left_out.add("expect_emitter")
+        if self.propagation == "ground":
+            left_out.add("propagation")
         return self.model_dump(mode="json", exclude=left_out)
 
     @field_validator("capture_time", "submitted_at")
@@ -101,8 +107,8 @@ class LocateMessage(BaseModel):
                 raise ValueError("a model capture names exactly 3 receivers")
             if self.stations is not None or self.parts is not None:
                 raise ValueError("stations and parts belong to tdoa captures")
-            if self.expect_emitter != "anywhere":
-                raise ValueError("expect_emitter belongs to tdoa captures")
+            if self.expect_emitter != "anywhere" or self.propagation != "ground":
+                raise ValueError("expect_emitter and propagation belong to tdoa captures")
             return self
         count = len(self.receivers)
         if self.stations is None or self.parts is None:

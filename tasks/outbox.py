@@ -83,6 +83,7 @@ ASKED = (
     "sample_rate_hz",
     "model",
     "expect_emitter",
+    "propagation",
 )
 """What a job asks beyond its capture's bytes: the same job id resubmitted with the same capture
 but any of these otherwise asks for another job. Not ``capture_time``: left out of a

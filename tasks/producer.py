@@ -118,6 +118,7 @@ class CaptureProducer:
         job_id: str | None = None,
         tenant: str | None = None,
         expect_emitter: str = "anywhere",
+        propagation: str = "ground",
     ) -> str:
         """Validate and enqueue a set to locate by time differences of arrival: one KiwiSDR IQ
         WAV file per receiver in ``files``, as ``(file name, bytes)`` (the name may be empty; a
@@ -125,6 +126,8 @@ class CaptureProducer:
         (``{"id", "lat", "lon", "height_m"?}``); returns the job id. ``expect_emitter``:
         ``among_receivers`` when the emitter is expected inside the receivers' hull (of two
         places that explain the delays alike, the one among them becomes the estimate).
+        ``propagation``: ``skywave`` to locate with paths by one hop off an ionospheric layer
+        (as at HF beyond ~100 km) rather than along the ground.
 
         The checks are the shim's for a multipart TDoA submission: every file read, its GPS
         time usable, a common span of ``HEIMDALL_TDOA_MIN_OVERLAP_S``, 3 to
@@ -143,6 +146,7 @@ class CaptureProducer:
             "capture_time": _iso(capture_time),
             "job_id": job_id,
             "expect_emitter": expect_emitter,
+            "propagation": propagation,
         }
         names = [name for name, _ in files]
         job = self.intake.check_tdoa([data for _, data in files], names, fields)

@@ -20,6 +20,7 @@ from inference_worker.cli.arguments import count, number
 from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_wav import parse_file_name
 from inference_worker.core.tdoa_search import EXPECTATIONS
+from inference_worker.core.tdoa_skywave import PROPAGATIONS
 from inference_worker.settings import Settings
 
 # The shim's client is imported where it is used: importing the shim package loads
@@ -49,6 +50,14 @@ def add_parser(sub: Any) -> None:
         default="anywhere",
         help="where the emitter is expected; among_receivers makes the place among them the "
         "estimate when the delays leave two (default: anywhere, the likelihood decides)",
+    )
+    tdoa.add_argument(
+        "--propagation",
+        choices=list(PROPAGATIONS),
+        default="ground",
+        help="with submit: how the signal reached the receivers; skywave locates with paths "
+        "by one hop off an ionospheric layer of unknown height, as at HF beyond ~100 km "
+        "(default: ground)",
     )
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
@@ -106,6 +115,7 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
             "frequency_mhz": frequency,
             "job_id": args.job_id,
             "expect_emitter": args.expect_emitter,
+            "propagation": args.propagation,
         }
         job_id = route.submit(files, fields)
         print(f"job {job_id} accepted", file=sys.stderr)
@@ -268,6 +278,11 @@ def print_result(view: dict[str, Any]) -> None:
         f"95%: {e95['semi_major_m']:,.0f} x {e95['semi_minor_m']:,.0f} m"
     )
     print(f"common span   {result['overlap_s']:.1f} s; fit chi2 {result['fit_chi2']:.2f}")
+    if result.get("propagation") == "skywave":
+        print(
+            f"skywave       one hop off a layer {result['layer_height_km']:g} km high "
+            f"(± {result['layer_height_sd_km'] or 0:g} km over the heights tried)"
+        )
     bound = result.get("fit_chi2_bound")
     if bound is not None and result["fit_chi2"] > bound:
         scale = result.get("sigma_scale", 1.0)

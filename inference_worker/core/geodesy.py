@@ -23,15 +23,33 @@ def geodesic_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return float(_WGS84.inv(lon1, lat1, lon2, lat2)[2])
 
 
-def ellipsoid_offsets(stations: Sequence[Receiver], lat: float, lon: float) -> list[float]:
-    """Seconds the WGS84 geodesic from each station to (lat, lon) takes beyond the sphere's
-    great circle: up to about 0.5 % of the distance (a microsecond every 300 m), and so slowly
-    varying that the value at a grid's centre holds across a refined grid."""
+def ellipsoid_offsets(
+    stations: Sequence[Receiver], lat: float, lon: float, layer_height_m: float = 0.0
+) -> list[float]:
+    """Seconds the path along the WGS84 geodesic from each station to (lat, lon) takes beyond
+    the path along the sphere's great circle (:func:`path_m` of each): up to about 0.5 % of the
+    distance (a microsecond every 300 m), and so slowly varying that the value at a grid's
+    centre holds across a refined grid."""
     return [
-        (geodesic_m(s.lat, s.lon, lat, lon) - float(great_circle_m(s.lat, s.lon, lat, lon)))
+        float(
+            path_m(geodesic_m(s.lat, s.lon, lat, lon), layer_height_m)
+            - path_m(great_circle_m(s.lat, s.lon, lat, lon), layer_height_m)
+        )
         / SPEED_OF_LIGHT_M_S
         for s in stations
     ]
+
+
+def path_m(ground_m: np.ndarray | float, layer_height_m: float = 0.0) -> np.ndarray | float:
+    """How far a signal travels between two points ``ground_m`` apart along the ground: that
+    distance along the ground (``layer_height_m`` 0: ground wave), or by one hop off a layer
+    ``layer_height_m`` high (skywave: up to the layer half-way, reflected, down again, over a
+    sphere of the Earth's mean radius)."""
+    if layer_height_m == 0:
+        return ground_m
+    radius, top = EARTH_RADIUS_M, EARTH_RADIUS_M + layer_height_m
+    half = np.asarray(ground_m) / radius / 2
+    return 2 * np.sqrt(radius**2 + top**2 - 2 * radius * top * np.cos(half))
 
 
 def great_circle_m(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarray | float):

@@ -14,8 +14,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import Estimate, contains
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S
 from inference_worker.core.kiwi_wav import (
     KiwiRecording,
     KiwiWavError,
@@ -26,6 +29,7 @@ from inference_worker.core.kiwi_wav import (
 from inference_worker.core.recording_sets import block_prints, repeated_recording, too_few_sites
 from inference_worker.core.tdoa_locate import Likelihood, locate
 from inference_worker.core.tdoa_search import Expectation, misfit_factor
+from inference_worker.core.tdoa_skywave import PATH_SPREAD_M, Propagation, layer_fits, same_place
 from inference_worker.core.time_differences import (
     NO_COMMON_SIGNAL,
     DeafReceivers,
@@ -98,12 +102,16 @@ def solve(
     *,
     min_overlap_s: float = 2.0,
     expect: Expectation = "anywhere",
+    propagation: Propagation = "ground",
 ) -> Solution:
     """Locate the emitter heard in one KiwiSDR IQ WAV file per station (in the same order).
 
     Delays that agree with no one position leave out the one receiver to blame when there is
     one, and otherwise widen their uncertainties until they fit. ``expect``: where the emitter
     is expected, which decides between places that explain the delays alike (:func:`locate`).
+    ``propagation``: ``skywave`` locates with paths by one hop off a layer of every height of
+    :data:`~inference_worker.core.tdoa_skywave.LAYER_HEIGHTS_M` and mixes them
+    (:func:`_over_heights`).
 
     Raises:
         TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
@@ -123,7 +131,7 @@ def solve(
     problem = repeated_recording(stations, [block_prints(r) for r in recordings])
     if problem:
         raise TdoaError(problem)
-    return _solved(recordings, bases, stations, min_overlap_s, expect, stations)
+    return _solved(recordings, bases, stations, min_overlap_s, expect, stations, propagation)
 
 
 def _solved(
@@ -133,6 +141,7 @@ def _solved(
     min_overlap_s: float,
     expect: Expectation,
     hull: Sequence[Receiver],
+    propagation: Propagation = "ground",
 ) -> Solution:
     """:func:`solve` once the files are read; receivers that hear no signal in common with the
     others are left out while three or more remain at three places or more."""
@@ -150,20 +159,70 @@ def _solved(
                 min_overlap_s,
                 expect,
                 hull,
+                propagation,
             )
         except DeafReceivers as more:  # too few left once more were left out: name them all
             unheard = sorted({*deaf.receivers, *(heard[k] for k in more.receivers)})
             names = ", ".join(stations[k].id for k in unheard)
             raise DeafReceivers(f"receiver(s) {names}: {NO_COMMON_SIGNAL}", unheard) from None
         return part.renumbered(heard, bases, deaf.receivers)
-    estimate, likelihood = locate(stations, pairs, expect=expect, hull=hull)
     start, end = overlap(bases)
-    solution = Solution(estimate, likelihood, pairs, bases, end - start)
+    if propagation == "skywave":
+        spread = pairs.with_receiver_spread(PATH_SPREAD_M / SPEED_OF_LIGHT_M_S, len(stations))
+        return _over_heights(stations, spread, bases, end - start, expect, hull)
+    return _fitted(stations, pairs, bases, end - start, expect, hull)
+
+
+def _fitted(
+    stations: Sequence[Receiver],
+    pairs: Delays,
+    bases: list[Timebase],
+    span_s: float,
+    expect: Expectation,
+    hull: Sequence[Receiver],
+    height_m: float = 0.0,
+) -> Solution:
+    """The delays located with paths off a layer ``height_m`` high (0: along the ground), the
+    one receiver to blame left out, or their uncertainties widened to fit."""
+    estimate, likelihood = locate(
+        stations, pairs, expect=expect, hull=hull, layer_height_m=height_m
+    )
+    solution = Solution(estimate, likelihood, pairs, bases, span_s)
     if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
         solution = _without_the_odd_one(solution, stations, expect, hull)
     if solution.likelihood.chi2 > solution.chi2_bound:
         return _widened_to_fit(solution, stations, expect, hull)
     return solution
+
+
+def _over_heights(
+    stations: Sequence[Receiver],
+    pairs: Delays,
+    bases: list[Timebase],
+    span_s: float,
+    expect: Expectation,
+    hull: Sequence[Receiver],
+) -> Solution:
+    """Skywave: the solution at the likeliest layer height (a receiver left out or the
+    uncertainties widened there as with ground wave), its estimate the mixture of the same
+    place over the heights the delays leave likely (:mod:`~inference_worker.core.
+    tdoa_skywave`); not mixed where the likeliest height's fit left a receiver out or widened
+    (the other heights' fits rest on other receivers or weights)."""
+    height, fits = layer_fits(stations, pairs, expect, hull)
+    solution = _fitted(stations, pairs, bases, span_s, expect, hull, height)
+    if solution.excluded is not None or solution.likelihood.widened > 1:
+        return solution
+    others = [place for place, _ in solution.likelihood.alternatives]
+    heights = np.array([fit[1].layer_height_m for _, fit in fits])
+    weights = np.array([weight for weight, _ in fits])
+    mean = float(weights @ heights)
+    likelihood = dataclasses.replace(
+        solution.likelihood,
+        layer_height_m=mean,
+        layer_height_sd_m=float(np.sqrt(weights @ (heights - mean) ** 2)),
+    )
+    estimate = same_place(solution.estimate, others, fits)
+    return dataclasses.replace(solution, estimate=estimate, likelihood=likelihood)
 
 
 def _widened_to_fit(
@@ -177,11 +236,17 @@ def _widened_to_fit(
     receiver to blame) give regions as wide as their disagreement, not falsely small ones
     (:func:`~inference_worker.core.tdoa_search.misfit_factor`)."""
     chi2, bound, at = solution.likelihood.chi2, solution.chi2_bound, solution.estimate
+    height = solution.likelihood.layer_height_m
     measured = solution.pairs.precision()
-    factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon)
+    factor = misfit_factor(stations, solution.pairs, measured, at.lat, at.lon, height)
     try:
         estimate, likelihood = locate(
-            stations, solution.pairs, precision=measured / factor, expect=expect, hull=hull
+            stations,
+            solution.pairs,
+            precision=measured / factor,
+            expect=expect,
+            hull=hull,
+            layer_height_m=height,
         )
     except TdoaError:
         raise TdoaError(
@@ -205,12 +270,19 @@ def _without_the_odd_one(
     others fit a position plausibly without it, and leaving out any other receiver fits
     implausibly or at least 100 times less likely (a receiver's time or position wrong).
     Otherwise ``solution`` as it is. Four or more must remain: any three fit some position."""
-    fits = []
+    fits, height = [], solution.likelihood.layer_height_m
     for k in range(len(stations)):
         rest = [s for i, s in enumerate(stations) if i != k]
         subset = solution.pairs.without(k)
         try:
-            fits.append((k, *locate(rest, subset, expect=expect, hull=hull or stations)))
+            fits.append(
+                (
+                    k,
+                    *locate(
+                        rest, subset, expect=expect, hull=hull or stations, layer_height_m=height
+                    ),
+                )
+            )
         except TdoaError:
             continue
     fits.sort(key=lambda fit: fit[2].chi2)

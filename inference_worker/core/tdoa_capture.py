@@ -38,6 +38,7 @@ from inference_worker.core.recording_sets import (
     too_short,
 )
 from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
+from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation
 from inference_worker.core.time_differences import overlap
 
 FREQUENCY_TOLERANCE_HZ = 500.0
@@ -65,6 +66,7 @@ class TdoaCapture:
     """The rate the files' headers claim (the true rates come from the GPS stamps)."""
     overlap_s: float
     expect_emitter: Expectation = "anywhere"
+    propagation: Propagation = "ground"
     """Where the emitter is expected (:data:`~inference_worker.core.tdoa_search.Expectation`)."""
 
     def payload(self) -> bytes:
@@ -134,6 +136,17 @@ def parse_expectation(value: object) -> Expectation:
     )
 
 
+def parse_propagation(value: object) -> Propagation:
+    """``propagation``: ``ground`` (when absent or empty) or ``skywave``."""
+    if value is None or value == "":
+        return "ground"
+    if isinstance(value, str) and value in PROPAGATIONS:
+        return cast(Propagation, value)
+    raise CaptureError(
+        f"propagation must be one of {', '.join(repr(p) for p in PROPAGATIONS)}; got {value!r}"
+    )
+
+
 def check_tdoa(
     files: Sequence[bytes],
     names: Sequence[str],
@@ -159,6 +172,7 @@ def check_tdoa(
         "frequency_mhz", fields.get("frequency_mhz"), low=0.001, high=MAX_FREQUENCY_MHZ
     )
     expectation = parse_expectation(fields.get("expect_emitter"))
+    propagation = parse_propagation(fields.get("propagation"))
     bases, lengths, rates, named, prints = [], [], [], [], []
     for data, name, station in zip(files, names, stations, strict=True):
         label = f"receiver {station.id}" + (f" ({name})" if name else "")
@@ -201,6 +215,7 @@ def check_tdoa(
         sample_rate_hz=float(np.median(rates)),
         overlap_s=end - start,
         expect_emitter=expectation,
+        propagation=propagation,
     )
 
 

@@ -7,9 +7,10 @@ on a sphere) whose best peaks are refined with the ellipsoid's paths; the best p
 covariance give the estimate and the ellipses, and other peaks that explain the delays too are
 reported as alternatives (:mod:`inference_worker.core.tdoa_search` holds the search's parts).
 
-Skywave (ionospheric) paths are longer than the ground path by an amount that depends on the
-layer height and the hop count: this model assumes ground wave, or skywave with similar
-geometry to every receiver.
+Paths run along the ground (ground wave), or by one hop off an ionospheric layer of a given
+height (skywave: longer than the ground path by an amount that depends on the height;
+:func:`inference_worker.core.tdoa.solve` tries a range of heights). Several hops are not
+modelled.
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ class Likelihood:
     among: tuple[bool, ...] = ()
     """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
     every receiver of the job, any left out (for their delays, or heard by no other) included."""
+    log_evidence: float = 0.0
+    """The log of the likelihood's mass over every place found (m², the likelihood 1 where its
+    log is 0): how well the paths assumed explain the delays, to weigh one layer height against
+    another."""
+    layer_height_m: float = 0.0
+    """The paths': 0 along the ground; else one hop off a layer this high (with skywave, the
+    mean of the heights tried, weighed by how likely each is)."""
+    layer_height_sd_m: float = 0.0
+    """With skywave, the standard deviation of the layer's height over the heights tried."""
 
 
 def locate(
@@ -96,6 +106,7 @@ def locate(
     precision: np.ndarray | None = None,
     expect: Expectation = "anywhere",
     hull: Sequence[Receiver] | None = None,
+    layer_height_m: float = 0.0,
 ) -> tuple[Estimate, Likelihood]:
     """The position that best explains the delays, with its covariance from the likelihood.
 
@@ -110,6 +121,7 @@ def locate(
     when the delays leave several and exactly one lies there (and closes); the shares stay the
     likelihood's. ``hull``: the receivers among which a place is judged to lie (``stations``
     when None; all of a job's receivers where some are left out of ``stations``).
+    ``layer_height_m``: the paths' (0: along the ground; else one hop off a layer that high).
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
@@ -129,9 +141,10 @@ def locate(
     )
     step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
     form = travel_form(len(stations), delays, precision)
-    starts = coarse_peaks(stations, delays, form, lats, lons, candidates)
+    height = layer_height_m
+    starts = coarse_peaks(stations, delays, form, lats, lons, candidates, height)
     refined = [
-        refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
+        refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine, height)
         for i, j in starts
     ]
     limit = plausible_chi2(precision, rank)
@@ -139,11 +152,11 @@ def locate(
     # peaks: the widened likelihood's best peaks are refined too, more while no peak fits.
     reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
     wide = widened(stations, delays, precision, reach_m)
-    more = coarse_peaks(stations, delays, wide, lats, lons, 32)
+    more = coarse_peaks(stations, delays, wide, lats, lons, 32, height)
     more = [p for p in more if all(max(abs(p[0] - i), abs(p[1] - j)) > 2 for i, j in starts)]
     while more:
         refined += [
-            refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine)
+            refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine, height)
             for i, j in more[:candidates]
         ]
         more = more[candidates:] if -2 * max(peak for peak, _, _ in refined) > limit else []
@@ -174,6 +187,7 @@ def locate(
         ):
             kept.append(k)  # a distinct peak, not the same one found from two grid points
     total = sum(weights[k] for k in kept)
+    evidence = top + math.log(total)
     places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
     chosen: int = kept[0]
     chosen_by: Choice = "likelihood"
@@ -199,4 +213,6 @@ def locate(
         alternatives=alternatives,
         chosen_by=chosen_by,
         among=tuple(k in inside for k in [chosen, *others]),
+        log_evidence=evidence,
+        layer_height_m=layer_height_m,
     )

@@ -29,8 +29,10 @@ def skywave_caution(
     HF, further than a ground wave reaches from the estimate (those left out are not named).
     The method assumes ground-wave paths; a reflected path is hundreds of km longer, and
     unequally so for each receiver, so the estimate can be 100 km or more off and its regions
-    do not hold it (``tools/evaluate_tdoa.py``'s skywave sets). None otherwise."""
-    if frequency_mhz is None or frequency_mhz < SKYWAVE_FROM_MHZ:
+    do not hold it (``tools/evaluate_tdoa.py``'s skywave sets). None otherwise, and where the
+    solution was located by skywave paths (``propagation`` ``skywave``)."""
+    modelled = solution.likelihood.layer_height_m > 0
+    if modelled or frequency_mhz is None or frequency_mhz < SKYWAVE_FROM_MHZ:
         return None
     at, left_out = solution.estimate, solution.left_out
     far = [
@@ -45,11 +47,15 @@ def skywave_caution(
         "detail": (
             f"at {frequency_mhz:g} MHz these receivers lie beyond a ground wave's reach "
             f"(~{GROUND_WAVE_REACH_M / 1e3:.0f} km) of the estimate and likely heard it by the "
-            "ionosphere; the method assumes ground-wave paths, so the position can be 100 km or "
-            "more off and its ellipses do not hold it"
+            "ionosphere; this job assumed ground-wave paths, so the position can be 100 km or "
+            "more off and its ellipses do not hold it: submit it with propagation=skywave"
         ),
         "receivers": far,
     }
+
+
+def _km(metres: float) -> float | None:
+    return round(metres / 1e3, 1) if metres > 0 else None
 
 
 def describe_solution(
@@ -69,6 +75,9 @@ def describe_solution(
         **describe(solution.estimate),
         "among_receivers": likelihood.among[0],
         "method": "tdoa",
+        "propagation": "skywave" if likelihood.layer_height_m > 0 else "ground",
+        "layer_height_km": _km(likelihood.layer_height_m),
+        "layer_height_sd_km": _km(likelihood.layer_height_sd_m),
         "overlap_s": round(solution.overlap_s, 3),
         "receivers": [
             {

@@ -26,6 +26,7 @@ from inference_worker.core.geodesy import (
     ellipsoid_offsets,
     geodesic_m,
     great_circle_m,
+    path_m,
 )
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
 
@@ -103,11 +104,14 @@ def log_likelihood_grid(
     lons: np.ndarray,
     precision: Weights | None = None,
     offsets_s: Sequence[float] | None = None,
+    layer_height_m: float = 0.0,
 ) -> np.ndarray:
     """``-chi2/2`` of the delays at every point of a latitude × longitude grid.
 
-    Travel times are great-circle distances over the speed of light, plus ``offsets_s`` (one per
-    station): what the ellipsoid adds near the grid's centre (:func:`ellipsoid_offsets`)."""
+    Travel times are the paths along great circles over the speed of light (``layer_height_m``
+    0: along the ground; else by one hop off a layer that high, :func:`path_m`), plus
+    ``offsets_s`` (one per station): what the ellipsoid adds near the grid's centre
+    (:func:`ellipsoid_offsets`)."""
     if precision is None:
         precision = own_precision(delays, len(stations))
     form = (
@@ -121,7 +125,12 @@ def log_likelihood_grid(
     offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
     travel_us = np.stack(
         [
-            (great_circle_m(s.lat, s.lon, grid_lat, grid_lon) / SPEED_OF_LIGHT_M_S + offset) * 1e6
+            (
+                path_m(great_circle_m(s.lat, s.lon, grid_lat, grid_lon), layer_height_m)
+                / SPEED_OF_LIGHT_M_S
+                + offset
+            )
+            * 1e6
             for s, offset in zip(stations, offsets, strict=True)
         ]
     )
@@ -137,10 +146,13 @@ def coarse_peaks(
     lats: np.ndarray,
     lons: np.ndarray,
     count: int,
+    layer_height_m: float = 0.0,
 ) -> list[tuple[int, int]]:
     """The grid points of the ``count`` highest local maxima of the likelihood under the
     delays' inverse covariance ``weights``, highest first."""
-    grid_ll = log_likelihood_grid(stations, delays, lats, lons, weights)
+    grid_ll = log_likelihood_grid(
+        stations, delays, lats, lons, weights, layer_height_m=layer_height_m
+    )
     peaks = scipy.ndimage.maximum_filter(grid_ll, size=5, mode="nearest") == grid_ll
     order = np.argsort(grid_ll[peaks])[::-1][:count]
     return [(int(i), int(j)) for i, j in np.argwhere(peaks)[order]]
@@ -186,6 +198,7 @@ def misfit_factor(
     precision: np.ndarray,
     lat: float,
     lon: float,
+    layer_height_m: float = 0.0,
 ) -> float:
     """How many times the delays' variance must grow for them to fit the position as well as
     their uncertainties allow: Birge's ratio, the chi2 over its degrees of freedom, or, when
@@ -193,7 +206,10 @@ def misfit_factor(
     degrees of freedom those times have beyond the position (receivers less three). One
     receiver's time off shows in those alone; Birge's ratio dilutes it with the pairs' many
     others (delays round a triangle of receivers that need not add up)."""
-    travel = [geodesic_m(s.lat, s.lon, lat, lon) / SPEED_OF_LIGHT_M_S for s in stations]
+    travel = [
+        float(path_m(geodesic_m(s.lat, s.lon, lat, lon), layer_height_m)) / SPEED_OF_LIGHT_M_S
+        for s in stations
+    ]
     residual = np.array([(travel[p.a] - travel[p.b] - p.delay_s) * 1e6 for p in delays])
     design = pair_design([(pair.a, pair.b) for pair in delays], len(stations))
     normal = design.T @ precision @ design
@@ -212,6 +228,7 @@ def refine(
     centre: tuple[float, float],
     step: tuple[float, float],
     fine: int,
+    layer_height_m: float = 0.0,
 ) -> Peak:
     """Zoom on one peak until the grid spans about six standard deviations of the likelihood
     each way, so its mean and covariance are those of the likelihood, not of the grid. The first
@@ -223,8 +240,10 @@ def refine(
     while zooms < 8:
         fine_lats = np.linspace(centre[0] - half[0], centre[0] + half[0], fine)
         fine_lons = np.linspace(centre[1] - half[1], centre[1] + half[1], fine)
-        offsets = ellipsoid_offsets(stations, *centre)
-        fine_ll = log_likelihood_grid(stations, delays, fine_lats, fine_lons, precision, offsets)
+        offsets = ellipsoid_offsets(stations, *centre, layer_height_m)
+        fine_ll = log_likelihood_grid(
+            stations, delays, fine_lats, fine_lons, precision, offsets, layer_height_m
+        )
         row, column = np.unravel_index(int(np.argmax(fine_ll)), fine_ll.shape)
         peak = float(fine_ll[row, column])
         fine_ll -= peak

@@ -149,6 +149,14 @@ class Delays(Sequence[PairDelay]):
         whole = self._precision if self._rank == len(self.pairs) else None  # see __init__
         return Delays(pairs, self.covariance_us2, precision=whole, offsets_hz=offsets)
 
+    def with_receiver_spread(self, sigma_s: float, receivers: int) -> Delays:
+        """These delays with each of ``receivers`` receivers' time uncertain by a further
+        ``sigma_s``, moving all its pairs alike (a skywave path's length, not known to better
+        than that); the pairs' own sigmas stay as measured."""
+        design = pair_design([(p.a, p.b) for p in self.pairs], receivers)
+        extra = (sigma_s * 1e6) ** 2 * (design @ design.T)
+        return Delays(self.pairs, self.covariance_us2 + extra, offsets_hz=self.offsets_hz)
+
     def without(self, receiver: int) -> Delays:
         """The pairs that do not involve ``receiver``, the receivers after it numbered one
         lower (as in the list of stations without it).

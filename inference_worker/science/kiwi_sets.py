@@ -30,6 +30,7 @@ from inference_worker.core.geodesy import (
     SPEED_OF_LIGHT_M_S,
     geodesic_m,
     great_circle_m,
+    path_m,
 )
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
@@ -247,14 +248,17 @@ def synthetic_set(
     sample_rate_hz: int = 12_000,
     stations: tuple[Receiver, ...] | None = None,
     layer_height_m: float = 0.0,
+    layer_spread_m: float = 0.0,
 ) -> SyntheticSet:
     """One set of recordings of one emitter; see the module docstring for what varies.
     ``quirks``: True draws each with probability one half, or name the ones wanted.
     ``sample_rate_hz``: the headers' rate (a KiwiSDR records 12 000 or 20 250); each
     receiver's true rate lies 1.0–1.3 Hz above it. ``stations``: these receivers rather than
     ``receivers`` placed ``spacing_m`` apart. ``layer_height_m``: the signal reaches every
-    receiver by one hop off an ionospheric layer this high (:func:`one_hop_m`), not along the
-    ground (0), which the estimator assumes."""
+    receiver by one hop off an ionospheric layer this high (:func:`~inference_worker.core.geodesy.
+    path_m`), not along the ground (0), which the estimator assumes unless told of skywave;
+    ``layer_spread_m``: each receiver's path reflected up to this much higher or lower (drawn),
+    as a real layer's height differs between its reflection points."""
     if stations is None:
         stations = place_receivers(rng, receivers, spacing_m)
     receivers = len(stations)
@@ -277,9 +281,10 @@ def synthetic_set(
         rate = float(rng.uniform(sample_rate_hz + 1.0, sample_rate_hz + 1.3))
         n = int(seconds * rate) // BLOCK_SAMPLES * BLOCK_SAMPLES
         ground = geodesic_m(station.lat, station.lon, *emitter)
-        delay = (
-            one_hop_m(ground, layer_height_m) if layer_height_m else ground
-        ) / SPEED_OF_LIGHT_M_S
+        height = layer_height_m
+        if layer_spread_m:
+            height += float(rng.uniform(-layer_spread_m, layer_spread_m))
+        delay = float(path_m(ground, height)) / SPEED_OF_LIGHT_M_S
         at = starts[index] + np.arange(n) / rate - delay
         received = np.interp(at, fine_t, source.real) + 1j * np.interp(at, fine_t, source.imag)
         received *= np.exp(1j * rng.uniform(0, 2 * np.pi))  # each receiver's own carrier phase
@@ -318,16 +323,6 @@ def synthetic_set(
         snr_db=tuple(snrs),
         quirks={q: stations[i].id for q, i in chosen.items()},
         outside_km=round(outside_km, 1),
-    )
-
-
-def one_hop_m(ground_m: float, height_m: float) -> float:
-    """The length of a path reflected once, half-way, by a layer ``height_m`` above a sphere of
-    the Earth's mean radius, between two points ``ground_m`` apart along the ground."""
-    radius = EARTH_RADIUS_M
-    half = ground_m / radius / 2
-    return 2 * math.sqrt(
-        radius**2 + (radius + height_m) ** 2 - 2 * radius * (radius + height_m) * math.cos(half)
     )
 
 

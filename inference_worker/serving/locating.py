@@ -78,7 +78,9 @@ def locate_tdoa(
     stations = [Receiver(s.id, s.lat, s.lon) for s in message.stations or ()]
     t0 = time.perf_counter()
     try:
-        solution = solve(files, stations, expect=message.expect_emitter)
+        solution = solve(
+            files, stations, expect=message.expect_emitter, propagation=message.propagation
+        )
     except TdoaError as exc:
         raise BadJob(str(exc)) from None
     t1 = time.perf_counter()

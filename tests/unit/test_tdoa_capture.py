@@ -245,8 +245,29 @@ def test_where_the_emitter_is_expected_is_checked_and_sent_only_when_said(record
     assert asked_otherwise(read_message(tdoa), told) == [
         "expect_emitter (first: 'anywhere', now: 'among_receivers')"
     ]
-    with pytest.raises(MessageError, match="expect_emitter belongs to tdoa"):
+    with pytest.raises(MessageError, match="expect_emitter and propagation belong to tdoa"):
         read_message({**base, "expect_emitter": "among_receivers"})
+
+
+def test_skywave_propagation_is_checked_and_sent_only_when_said(recordings):
+    assert check_tdoa(
+        recordings.files, recordings.names, fields(recordings), LIMITS
+    ).propagation == ("ground")
+    sky = fields(recordings, propagation="skywave")
+    assert check_tdoa(recordings.files, recordings.names, sky, LIMITS).propagation == "skywave"
+    with pytest.raises(CaptureError, match="propagation must be one of 'ground', 'skywave'"):
+        check_tdoa(
+            recordings.files, recordings.names, fields(recordings, propagation="sky"), LIMITS
+        )
+    base, tdoa = messages()
+    assert "propagation" not in read_message(tdoa).to_json()
+    told = read_message({**tdoa, "propagation": "skywave"})
+    assert told.to_json()["propagation"] == "skywave"
+    assert asked_otherwise(read_message(tdoa), told) == [
+        "propagation (first: 'ground', now: 'skywave')"
+    ]
+    with pytest.raises(MessageError, match="belong to tdoa"):
+        read_message({**base, "propagation": "skywave"})
 
 
 def test_header_rates_of_12000_and_12001_are_both_accepted_but_other_modes_are_not(recordings):

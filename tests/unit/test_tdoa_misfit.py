@@ -14,14 +14,14 @@ import pytest
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, tdoa_feature_collection
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, path_m
 from inference_worker.core.kiwi_wav import read_kiwi_wav
 from inference_worker.core.tdoa import Solution, _widened_to_fit, solve
 from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.tdoa_results import describe_solution, skywave_caution
 from inference_worker.core.tdoa_search import freedom, misfit_factor
 from inference_worker.core.time_differences import Delays, PairDelay, TdoaError, pair_design
-from inference_worker.science.kiwi_sets import one_hop_m, rewritten, synthetic_set
+from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 from inference_worker.science.tdoa_faults import one_close_set, one_lapsed_set, one_skywave_set
 
 FIVE = (
@@ -178,9 +178,12 @@ def test_the_close_sets_count_a_line_as_a_line_and_locate_the_rest():
 
 
 def test_one_hop_is_twice_the_slant_to_the_layer_above_the_midpoint():
-    assert one_hop_m(0.0, 300e3) == pytest.approx(600e3)
+    assert path_m(0.0, 300e3) == pytest.approx(600e3)
     # 500 km apart under a layer 300 km high: about a flat Earth's 2 * hypot(250, 300) km
-    assert one_hop_m(500e3, 300e3) == pytest.approx(2 * math.hypot(250e3, 300e3), rel=0.02)
+    assert path_m(500e3, 300e3) == pytest.approx(2 * math.hypot(250e3, 300e3), rel=0.02)
+    grounds = np.array([0.0, 500e3, 2_000e3])
+    assert np.allclose(path_m(grounds, 300e3), [float(path_m(float(g), 300e3)) for g in grounds])
+    assert path_m(grounds, 0.0) is grounds  # ground wave: the ground distance itself
 
 
 def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave():

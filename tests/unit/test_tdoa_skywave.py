@@ -1,0 +1,69 @@
+"""Skywave: a set heard by one hop off an ionospheric layer is located with such paths over the
+layer heights tried, its region wide enough to hold the emitter where ground-wave paths put it
+far off with a small one; a set heard along the ground is located as before unless asked."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inference_worker.core.ellipse import Estimate, contains, distance_m
+from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa_results import describe_solution
+from inference_worker.core.tdoa_skywave import LAYER_HEIGHTS_M, mixture
+from inference_worker.science.kiwi_sets import synthetic_set
+
+
+@pytest.fixture(scope="module")
+def heard_by_skywave():
+    return synthetic_set(
+        np.random.default_rng(5),
+        receivers=4,
+        seconds=6.0,
+        quirks=False,
+        frequency_hz=10_000_000,
+        layer_height_m=300e3,
+        layer_spread_m=10e3,
+    )
+
+
+def test_a_set_heard_by_skywave_is_located_with_skywave_paths(heard_by_skywave):
+    recording = heard_by_skywave
+    ground = solve(recording.files, recording.stations)
+    sky = solve(recording.files, recording.stations, propagation="skywave")
+    ground_error = distance_m(ground.estimate.lat, ground.estimate.lon, *recording.emitter)
+    sky_error = distance_m(sky.estimate.lat, sky.estimate.lon, *recording.emitter)
+    assert ground_error > 50e3 and not ground.holds(*recording.emitter, 0.95)
+    assert sky_error < ground_error / 3 and sky.holds(*recording.emitter, 0.95)
+    described = describe_solution(sky, recording.stations, 10.0)
+    assert described["propagation"] == "skywave" and described["cautions"] == []
+    low, high = LAYER_HEIGHTS_M[0] / 1e3, LAYER_HEIGHTS_M[-1] / 1e3
+    assert low <= described["layer_height_km"] <= high and described["layer_height_sd_km"] > 0
+    told = describe_solution(ground, recording.stations, 10.0)
+    assert told["propagation"] == "ground" and told["layer_height_km"] is None
+    assert "propagation=skywave" in told["cautions"][0]["detail"]
+
+
+def test_ground_wave_sets_are_located_as_before_unless_skywave_is_asked():
+    recording = synthetic_set(np.random.default_rng(11), receivers=4, seconds=6.0, quirks=False)
+    plain = solve(recording.files, recording.stations)
+    assert (
+        solve(recording.files, recording.stations, propagation="ground").estimate == plain.estimate
+    )
+    assert plain.likelihood.layer_height_m == 0.0
+
+
+def test_a_mixture_spans_its_parts_and_keeps_their_weights():
+    left = Estimate(45.0, 8.0, 1_000.0, 1_000.0)
+    right = Estimate(45.0, 8.0 + 20_000.0 / (111_195.0 * math.cos(math.radians(45.0))), 1e3, 1e3)
+    mixed = mixture([(1.0, left), (1.0, right)])
+    assert distance_m(mixed.lat, mixed.lon, left.lat, left.lon) == pytest.approx(10_000, rel=0.01)
+    assert mixed.sigma_east_m == pytest.approx(math.hypot(1_000, 10_000), rel=0.01)
+    assert mixed.sigma_north_m == pytest.approx(1_000, rel=0.01)
+    assert contains(mixed, right.lat, right.lon, 0.95) and contains(mixed, left.lat, left.lon, 0.95)
+    leaning = mixture([(3.0, left), (1.0, right)])
+    assert distance_m(leaning.lat, leaning.lon, left.lat, left.lon) == pytest.approx(
+        5_000, rel=0.01
+    )
