@@ -13,7 +13,9 @@ and regions that hold the emitter; and leaves one receiver's GPS solution lapsed
 sets of three to five, its time off by what the lapse allows (``CLOCK_DRIFT``), the lapse in its
 fix ages or hidden; and turns one receiver of four 1-9.5 Hz off the others' frequency, against
 the same sets in tune; and places two of three receivers 1-100 km apart, the third 500 km away;
-and lets three to five receivers hear the emitter by one ionospheric hop.
+and lets three to five receivers hear the emitter by one ionospheric hop (one layer height for
+every path, then each reflection up to 25 km higher or lower), located with ground-wave paths
+and with skywave paths (``propagation="skywave"``).
 Last, three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share bears

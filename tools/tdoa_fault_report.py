@@ -7,6 +7,7 @@ prints a line a case."""
 from __future__ import annotations
 
 import argparse
+import functools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -142,20 +143,35 @@ def close_section(args: argparse.Namespace) -> None:
 
 
 def skywave_section(args: argparse.Namespace) -> None:
-    """Sets of three to five hearing the emitter by one ionospheric hop."""
-    _by_case(
-        args,
-        one_skywave_set,
-        SKYWAVE_COUNTS,
-        (args.skywave_seed, args.skywave_sets),
-        f"sets over 20 s heard by one hop off a layer 250-350 km high (the method assumes "
-        f"ground-wave paths): {args.skywave_sets} for each receiver count",
-        lambda receivers, mine: (
-            f"{receivers} receivers: {_located(mine)}; fits beyond their bound "
-            f"{_count(mine, 'noticed')}, failed {_count(mine, 'failed')}; cautioned at 10 MHz "
-            f"{_count(mine, 'cautioned')}"
-        ),
-    )
+    """Sets of three to five hearing the emitter by one ionospheric hop, located with
+    ground-wave paths and with skywave paths; then the same with each path's reflection up to
+    25 km higher or lower, as a real layer's height differs between reflection points."""
+    for spread_km in (0, 25):
+        _by_case(
+            args,
+            functools.partial(one_skywave_set, spread_m=spread_km * 1e3),
+            SKYWAVE_COUNTS,
+            (args.skywave_seed, args.skywave_sets),
+            "sets over 20 s heard by one hop off a layer 250-350 km high"
+            + (
+                f", each path's reflection up to {spread_km} km higher or lower"
+                if spread_km
+                else ""
+            )
+            + f": {args.skywave_sets} for each receiver count",
+            lambda receivers, mine: (
+                f"{receivers} receivers, ground-wave paths (the default): {_located(mine)}; fits "
+                f"beyond their bound {_count(mine, 'noticed')}, failed {_count(mine, 'failed')}; "
+                f"cautioned at 10 MHz {_count(mine, 'cautioned')}\n"
+                f"    skywave paths (propagation=skywave): {_located(_sky(mine))}, 68 % regions "
+                f"{_count(mine, 'sky_held_68')}; failed {_count(mine, 'sky_failed')}"
+            ),
+        )
+
+
+def _sky(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The rows' skywave-path results under the names the ground-wave ones have."""
+    return [{k.removeprefix("sky_"): v for k, v in r.items() if k.startswith("sky_")} for r in rows]
 
 
 def _by_case(

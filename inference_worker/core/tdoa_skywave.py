@@ -49,7 +49,7 @@ def layer_fits(
     """The likeliest layer height, and the fits to mix with their weights (summing to 1).
 
     Raises:
-        TdoaError: no height gives a position (the last height's reason).
+        TdoaError: no height gives a position (the last height's reason, and the paths').
     """
     fits: dict[float, Fit | None] = {}
     failure: TdoaError | None = None
@@ -72,8 +72,11 @@ def layer_fits(
     grid = [(h, evidence(h)) for h in LAYER_HEIGHTS_M]
     best, top = max(grid, key=lambda point: point[1])
     if top == -math.inf:
-        assert failure is not None
-        raise failure
+        raise TdoaError(
+            f"{failure} (located with skywave paths off a layer {LAYER_HEIGHTS_M[0] / 1e3:.0f}-"
+            f"{LAYER_HEIGHTS_M[-1] / 1e3:.0f} km high, each path uncertain by "
+            f"{PATH_SPREAD_M / 1e3:.0f} km)"
+        )
     low, high = LAYER_HEIGHTS_M[0], LAYER_HEIGHTS_M[-1]
     found = scipy.optimize.minimize_scalar(
         lambda h: -evidence(float(h)),

@@ -201,17 +201,27 @@ SKYWAVE_COUNTS = (3, 4, 5)
 """Receivers a set in the skywave sets."""
 
 
-def one_skywave_set(job: tuple[int, float]) -> dict[str, object]:
+def one_skywave_set(job: tuple[int, float], spread_m: float = 0.0) -> dict[str, object]:
     """Three to five receivers over 20 s hearing the emitter by one hop off a layer 250-350 km
-    high (drawn), as at HF over these distances, where the method assumes ground-wave paths:
-    the error, whether the 95 % region holds the emitter, whether the fit noticed (beyond its
-    bound: widened, or a receiver left out) and whether the result cautions about skywave
-    (at 10 MHz)."""
+    high (drawn; each path's reflection ``spread_m`` higher or lower, drawn), as at HF over
+    these distances. Located with ground-wave paths (the default): the error, whether the 95 %
+    region holds the emitter, whether the fit noticed (beyond its bound: widened, or a receiver
+    left out) and whether the result cautions about skywave (at 10 MHz); and with skywave
+    paths (``propagation="skywave"``): the same, ``sky_`` before each, and whether its 68 %
+    region holds the emitter."""
     seed, receivers = job
     rng = np.random.default_rng(seed)
     height = float(rng.uniform(250e3, 350e3))
-    recording = synthetic_set(rng, receivers=int(receivers), seconds=20.0, layer_height_m=height)
+    recording = synthetic_set(
+        rng, receivers=int(receivers), seconds=20.0, layer_height_m=height, layer_spread_m=spread_m
+    )
     row: dict[str, object] = {"seed": seed, "receivers": receivers}
+    try:
+        sky = solve(recording.files, recording.stations, propagation="skywave")
+        row |= {f"sky_{k}": v for k, v in _how_near(sky, recording).items()}
+        row["sky_held_68"] = sky.holds(*recording.emitter, 0.6827)
+    except TdoaError:
+        row["sky_failed"] = True
     try:
         solution = solve(recording.files, recording.stations)
     except TdoaError:

@@ -147,6 +147,28 @@ def test_an_hf_sets_result_cautions_that_its_receivers_likely_heard_skywave(clie
     assert view["status"] == "succeeded", view
     cautions = view["result"]["cautions"]
     assert [c["code"] for c in cautions] == ["skywave"] and "10 MHz" in cautions[0]["detail"]
+    # Heard by skywave and asked to, the worker locates it with skywave paths: no caution then,
+    # the layer reported.
+    sky = synthetic_set(
+        np.random.default_rng(5),
+        receivers=4,
+        seconds=6.0,
+        quirks=False,
+        frequency_hz=10_000_000,
+        layer_height_m=300e3,
+    )
+    asked = post_tdoa(client, sky, propagation="skywave")
+    assert asked.status_code == 202, asked.get_json()
+    view = wait_final(client, asked.get_json()["job_id"])
+    assert view["status"] == "succeeded", view
+    result = view["result"]
+    assert result["propagation"] == "skywave" and result["cautions"] == []
+    assert 100 <= result["layer_height_km"] <= 450
+    refused = post_tdoa(client, hf, propagation="ionosphere")
+    assert (
+        refused.status_code == 422
+        and "propagation must be one of" in refused.get_json()["error"]["message"]
+    )
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(
