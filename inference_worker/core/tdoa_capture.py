@@ -127,24 +127,21 @@ def _coordinate(name: str, value: object, bound: float) -> float:
 
 def parse_expectation(value: object) -> Expectation:
     """``expect_emitter``: ``anywhere`` (when absent or empty) or ``among_receivers``."""
-    if value is None or value == "":
-        return "anywhere"
-    if isinstance(value, str) and value in EXPECTATIONS:
-        return cast(Expectation, value)
-    raise CaptureError(
-        f"expect_emitter must be one of {', '.join(repr(e) for e in EXPECTATIONS)}; got {value!r}"
-    )
+    return cast(Expectation, _one_of("expect_emitter", value, EXPECTATIONS))
 
 
 def parse_propagation(value: object) -> Propagation:
     """``propagation``: ``ground`` (when absent or empty) or ``skywave``."""
+    return cast(Propagation, _one_of("propagation", value, PROPAGATIONS))
+
+
+def _one_of(name: str, value: object, choices: Sequence[str]) -> str:
+    """A field ``value`` that must be one of ``choices``: the first when absent or empty."""
     if value is None or value == "":
-        return "ground"
-    if isinstance(value, str) and value in PROPAGATIONS:
-        return cast(Propagation, value)
-    raise CaptureError(
-        f"propagation must be one of {', '.join(repr(p) for p in PROPAGATIONS)}; got {value!r}"
-    )
+        return choices[0]
+    if isinstance(value, str) and value in choices:
+        return value
+    raise CaptureError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def check_tdoa(

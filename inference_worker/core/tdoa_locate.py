@@ -90,7 +90,8 @@ class Likelihood:
     another."""
     layer_height_m: float = 0.0
     """The paths': 0 along the ground; else one hop off a layer this high (with skywave, the
-    mean of the heights tried, weighed by how likely each is)."""
+    mean of the heights tried, weighed by how likely each is; the likeliest height where its
+    fit left a receiver out or widened the uncertainties, and the heights were not mixed)."""
     layer_height_sd_m: float = 0.0
     """With skywave, the standard deviation of the layer's height over the heights tried."""
 
