@@ -32,9 +32,10 @@ def add_parser(sub: Any) -> None:
         "tdoa",
         help="locate by time differences of arrival: submit KiwiSDR IQ WAV files, or the demo",
         description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] "
-        "[--expect-emitter among_receivers] | "
+        "[--expect-emitter among_receivers] [--propagation skywave] | "
         "demo [--sets N] [--out DIR] [--expect-emitter among_receivers]. The positions file is "
-        'a JSON list of {"id", "lat", "lon"} in the order of the files, or an object '
+        'a JSON list of {"id", "lat", "lon"} in the order of the files (matched by id where '
+        "the ids are the stations the file names carry), or an object "
         '{"STATION": {"lat", "lon"}} matched to kiwirecorder file names '
         "(DATE_FREQUENCY_STATION_iq.wav; a file without a station by its name less .wav).",
     )
