@@ -1,6 +1,6 @@
 """What makes recordings unusable together as one TDoA set, whatever each is alone: receivers
-at fewer than three places, too short a common span, and one receiver's recording sent for two
-receivers.
+at fewer than three places, too short a common span (:func:`overlap`: the GPS time every
+receiver covers), and one receiver's recording sent for two receivers.
 
 Pure numpy: the shim and the producer client check a set before it is accepted, the worker
 again before it locates one (its message may come from anywhere).
@@ -16,7 +16,7 @@ import numpy as np
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import great_circle_m
-from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording
+from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, KiwiRecording, Timebase
 
 SAME_SITE_M = 300.0
 """Receivers closer than this (1 µs of light travel, about their GPS stamps' jitter) are on one
@@ -56,6 +56,13 @@ def too_few_sites(stations: Sequence[Receiver]) -> str | None:
 
 SHORTEST_BLOCK = 64
 """Recordings whose blocks are shorter than this (samples) are not compared."""
+
+
+def overlap(timebases: Sequence[Timebase]) -> tuple[float, float]:
+    """The GPS time span every receiver covers."""
+    start = max(float(tb.time_of(tb.first_sample)) for tb in timebases)
+    end = min(float(tb.time_of(tb.end_sample - 1)) for tb in timebases)
+    return start, end
 
 
 def too_short(start: float, end: float, least_s: float) -> str | None:

@@ -26,7 +26,12 @@ from inference_worker.core.kiwi_wav import (
     read_kiwi_wav,
     timebase,
 )
-from inference_worker.core.recording_sets import block_prints, repeated_recording, too_few_sites
+from inference_worker.core.recording_sets import (
+    block_prints,
+    overlap,
+    repeated_recording,
+    too_few_sites,
+)
 from inference_worker.core.tdoa_locate import Likelihood, locate
 from inference_worker.core.tdoa_search import Expectation, misfit_factor
 from inference_worker.core.tdoa_skywave import PATH_SPREAD_M, Propagation, layer_fits, same_place
@@ -35,7 +40,6 @@ from inference_worker.core.time_differences import (
     DeafReceivers,
     Delays,
     TdoaError,
-    overlap,
     pair_delays,
 )
 

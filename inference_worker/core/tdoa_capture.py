@@ -33,13 +33,13 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
 from inference_worker.core.recording_sets import (
     block_prints,
+    overlap,
     repeated_recording,
     too_few_sites,
     too_short,
 )
 from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
 from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation
-from inference_worker.core.time_differences import overlap
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""

@@ -30,7 +30,7 @@ from inference_worker.core.frequency_offsets import (
 )
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
-from inference_worker.core.recording_sets import TdoaError, too_few_sites, too_short
+from inference_worker.core.recording_sets import TdoaError, overlap, too_few_sites, too_short
 
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
@@ -76,13 +76,6 @@ class PairDelay:
     sigma_s: float
     windows_used: int
     windows_total: int
-
-
-def overlap(timebases: Sequence[Timebase]) -> tuple[float, float]:
-    """The GPS time span every receiver covers."""
-    start = max(float(tb.time_of(tb.first_sample)) for tb in timebases)
-    end = min(float(tb.time_of(tb.end_sample - 1)) for tb in timebases)
-    return start, end
 
 
 class Delays(Sequence[PairDelay]):
@@ -150,9 +143,8 @@ class Delays(Sequence[PairDelay]):
         return Delays(pairs, self.covariance_us2, precision=whole, offsets_hz=offsets)
 
     def with_receiver_spread(self, sigma_s: float, receivers: int) -> Delays:
-        """These delays with each of ``receivers`` receivers' time uncertain by a further
-        ``sigma_s``, moving all its pairs alike (a skywave path's length, not known to better
-        than that); the pairs' own sigmas stay as measured."""
+        """These delays with each of ``receivers`` receivers' time uncertain by ``sigma_s``
+        more, moving all its pairs alike (a skywave path's length); the pairs' sigmas kept."""
         design = pair_design([(p.a, p.b) for p in self.pairs], receivers)
         extra = (sigma_s * 1e6) ** 2 * (design @ design.T)
         return Delays(self.pairs, self.covariance_us2 + extra, offsets_hz=self.offsets_hz)

@@ -1,5 +1,6 @@
-"""Helpers of the integration tests: one way to submit, to wait for a final job, to produce,
-to hold a job's row, the environment of a worker process, and a Redis server of a test's own."""
+"""Helpers of the integration tests: one way to submit (a capture, a TDoA set), to wait for a
+final job, to produce, to hold a job's row, the environment of a worker process, and a Redis
+server of a test's own."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import kombu
 import pytest
 import redis
 import sqlalchemy as sa
+from urllib3 import encode_multipart_formdata
 
 from inference_worker.cli.processes import settings_env, wait_until
 from inference_worker.serving.store_checks import Finding
@@ -44,6 +46,24 @@ def submit_npy(client, capture, headers: dict[str, str] | None = None, **query: 
         query_string=capture_query(capture, **query),
         headers=headers or {},
     )
+
+
+def post_tdoa(
+    client: Any, recordings: Any, files: Any = None, names: Any = None, **fields: Any
+) -> Any:
+    """POST a TDoA set (:class:`~inference_worker.science.kiwi_sets.SyntheticSet`) through the
+    test client as multipart, its files and names unless others are given."""
+    files = recordings.files if files is None else files
+    names = recordings.names if names is None else names
+    form = {
+        "receivers": json.dumps(recordings.positions()),
+        "frequency_mhz": str(recordings.frequency_hz / 1e6),
+        **fields,
+    }
+    parts: list[tuple[str, str | tuple[str, bytes, str]]] = list(form.items())
+    parts += [("capture", (n, f, "audio/wav")) for f, n in zip(files, names, strict=True)]
+    body, content_type = encode_multipart_formdata(parts)
+    return client.post("/predict", data=body, content_type=content_type)
 
 
 def wait_final(

@@ -11,7 +11,6 @@ import uuid
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from urllib3 import encode_multipart_formdata
 
 from inference_worker.cli.processes import wait_until
 from inference_worker.core.capture import CaptureError, CaptureTooLarge
@@ -20,7 +19,7 @@ from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
 from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 from inference_worker.storage.schema import jobs
 from tests.helpers import piece_of
-from tests.integration.helpers import wait_final
+from tests.integration.helpers import post_tdoa, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +32,6 @@ def recordings():
         signal="modulated",
         quirks=("zero_first_stamp", "stamp_jump", "lost_fix", "cut_short"),
     )
-
-
-def post_tdoa(client, recordings, files=None, names=None, **fields):
-    files = recordings.files if files is None else files
-    names = recordings.names if names is None else names
-    form = {
-        "receivers": json.dumps(recordings.positions()),
-        "frequency_mhz": str(recordings.frequency_hz / 1e6),
-        **fields,
-    }
-    parts: list[tuple[str, str | tuple[str, bytes, str]]] = list(form.items())
-    parts += [("capture", (n, f, "audio/wav")) for f, n in zip(files, names, strict=True)]
-    body, content_type = encode_multipart_formdata(parts)
-    return client.post("/predict", data=body, content_type=content_type)
 
 
 def count_jobs(engine, job_id: str) -> int:
@@ -137,38 +122,6 @@ def test_a_receiver_hearing_nothing_in_common_is_left_out_and_the_others_located
     lat, lon = recordings.emitter
     assert contains(estimate_from_result(result), lat, lon, 0.95)
     wait_until("the worker to count the fit", lambda: fits_counted(worker, "unheard"), 30)
-
-
-def test_an_hf_sets_result_cautions_that_its_receivers_likely_heard_skywave(client, worker):
-    hf = synthetic_set(
-        np.random.default_rng(5), receivers=3, seconds=6.0, quirks=False, frequency_hz=10_000_000
-    )
-    view = wait_final(client, post_tdoa(client, hf).get_json()["job_id"])
-    assert view["status"] == "succeeded", view
-    cautions = view["result"]["cautions"]
-    assert [c["code"] for c in cautions] == ["skywave"] and "10 MHz" in cautions[0]["detail"]
-    # Heard by skywave and asked to, the worker locates it with skywave paths: no caution then,
-    # the layer reported.
-    sky = synthetic_set(
-        np.random.default_rng(5),
-        receivers=4,
-        seconds=6.0,
-        quirks=False,
-        frequency_hz=10_000_000,
-        layer_height_m=300e3,
-    )
-    asked = post_tdoa(client, sky, propagation="skywave")
-    assert asked.status_code == 202, asked.get_json()
-    view = wait_final(client, asked.get_json()["job_id"])
-    assert view["status"] == "succeeded", view
-    result = view["result"]
-    assert result["propagation"] == "skywave" and result["cautions"] == []
-    assert 100 <= result["layer_height_km"] <= 450
-    refused = post_tdoa(client, hf, propagation="ionosphere")
-    assert (
-        refused.status_code == 422
-        and "propagation must be one of" in refused.get_json()["error"]["message"]
-    )
 
 
 def test_a_producer_enqueues_a_set_without_http_and_it_is_located(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.core import correlation_peaks, time_differences
+from inference_worker.core import correlation_peaks, recording_sets, time_differences
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
@@ -118,7 +118,7 @@ def test_a_short_common_span_is_cut_into_eight_shorter_windows():
     """Three 0.5 s windows of a 2 s span gave the delays' scatter from three samples (95 %
     regions held 70 % of such sets); eight shorter ones cover the same span."""
     recs, bases = recordings(seconds=3.0)
-    start, end = time_differences.overlap(bases)
+    start, end = recording_sets.overlap(bases)
     assert 2.0 < end - start < 0.5 * (FEWEST_WINDOWS + 1)
     pairs = pair_delays(recs, bases, STATIONS)
     assert all(p.windows_total == FEWEST_WINDOWS for p in pairs)
