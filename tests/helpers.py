@@ -12,6 +12,7 @@ import numpy as np
 
 from inference_worker.core.capture import iq_digest
 from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, read_kiwi_wav, write_kiwi_wav
+from inference_worker.science.kiwi_sets import SyntheticSet, synthetic_set
 
 if TYPE_CHECKING:  # the registry's modules load MLflow: only the tests that use it pay
     from inference_worker.serving.registry import ModelRegistry
@@ -102,3 +103,17 @@ def piece_of(data: bytes, first_block: int, blocks: int) -> bytes:
     samples = recording.iq[start : start + blocks * BLOCK_SAMPLES]
     stamps = recording.gps_s[first_block : first_block + blocks]
     return write_kiwi_wav(samples, stamps, fix_age=recording.fix_age[first_block:])
+
+
+def heard_by_skywave(spread_m: float = 0.0) -> SyntheticSet:
+    """Four receivers at 10 MHz over 6 s hearing the emitter by one hop off a layer 300 km high,
+    each path's reflection up to ``spread_m`` higher or lower."""
+    return synthetic_set(
+        np.random.default_rng(5),
+        receivers=4,
+        seconds=6.0,
+        quirks=False,
+        frequency_hz=10_000_000,
+        layer_height_m=300e3,
+        layer_spread_m=spread_m,
+    )

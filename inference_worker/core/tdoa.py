@@ -184,13 +184,12 @@ def _fitted(
     span_s: float,
     expect: Expectation,
     hull: Sequence[Receiver],
-    height_m: float = 0.0,
+    located: tuple[Estimate, Likelihood] | None = None,
 ) -> Solution:
-    """The delays located with paths off a layer ``height_m`` high (0: along the ground), the
-    one receiver to blame left out, or their uncertainties widened to fit."""
-    estimate, likelihood = locate(
-        stations, pairs, expect=expect, hull=hull, layer_height_m=height_m
-    )
+    """The delays located (along the ground, or ``located`` already: a skywave height's fit),
+    the one receiver to blame left out, or their uncertainties widened to fit (at the
+    fit's layer height)."""
+    estimate, likelihood = located or locate(stations, pairs, expect=expect, hull=hull)
     solution = Solution(estimate, likelihood, pairs, bases, span_s)
     if likelihood.chi2 > likelihood.chi2_bound and len(stations) >= 5:
         solution = _without_the_odd_one(solution, stations, expect, hull)
@@ -212,8 +211,8 @@ def _over_heights(
     place over the heights the delays leave likely (:mod:`~inference_worker.core.
     tdoa_skywave`); not mixed where the likeliest height's fit left a receiver out or widened
     (the other heights' fits rest on other receivers or weights)."""
-    height, fits = layer_fits(stations, pairs, expect, hull)
-    solution = _fitted(stations, pairs, bases, span_s, expect, hull, height)
+    likeliest, fits = layer_fits(stations, pairs, expect, hull)
+    solution = _fitted(stations, pairs, bases, span_s, expect, hull, likeliest)
     if solution.excluded is not None or solution.likelihood.widened > 1:
         return solution
     others = [place for place, _ in solution.likelihood.alternatives]

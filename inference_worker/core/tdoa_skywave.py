@@ -45,8 +45,9 @@ Fit = tuple[Estimate, Likelihood]
 
 def layer_fits(
     stations: Sequence[Receiver], pairs: Delays, expect: Expectation, hull: Sequence[Receiver]
-) -> tuple[float, list[tuple[float, Fit]]]:
-    """The likeliest layer height, and the fits to mix with their weights (summing to 1).
+) -> tuple[Fit, list[tuple[float, Fit]]]:
+    """The fit at the likeliest layer height, and the fits to mix with their weights (summing
+    to 1).
 
     Raises:
         TdoaError: no height gives a position (the last height's reason, and the paths').
@@ -94,7 +95,9 @@ def layer_fits(
         parts = [(math.exp(e - top), fits[h]) for h, e in grid if e > -math.inf]
     kept = [(w, fit) for w, fit in parts if fit is not None]
     total = sum(w for w, _ in kept)
-    return likeliest, [(w / total, fit) for w, fit in kept]
+    chosen = fit_at(likeliest)
+    assert chosen is not None  # the grid's best, or a height found to fit at least as well
+    return chosen, [(w / total, fit) for w, fit in kept]
 
 
 def _spread(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference_worker.science.kiwi_sets import synthetic_set
+from tests.helpers import heard_by_skywave
 from tests.integration.helpers import post_tdoa, wait_final
 
 
@@ -20,15 +21,7 @@ def test_an_hf_sets_result_cautions_that_its_receivers_likely_heard_skywave(clie
     assert [c["code"] for c in cautions] == ["skywave"] and "10 MHz" in cautions[0]["detail"]
     # Heard by skywave and asked to, the worker locates it with skywave paths: no caution then,
     # the layer reported.
-    sky = synthetic_set(
-        np.random.default_rng(5),
-        receivers=4,
-        seconds=6.0,
-        quirks=False,
-        frequency_hz=10_000_000,
-        layer_height_m=300e3,
-    )
-    asked = post_tdoa(client, sky, propagation="skywave")
+    asked = post_tdoa(client, heard_by_skywave(), propagation="skywave")
     assert asked.status_code == 202, asked.get_json()
     view = wait_final(client, asked.get_json()["job_id"])
     assert view["status"] == "succeeded", view

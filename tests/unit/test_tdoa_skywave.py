@@ -14,23 +14,11 @@ from inference_worker.core.tdoa import solve
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_skywave import LAYER_HEIGHTS_M, mixture
 from inference_worker.science.kiwi_sets import synthetic_set
+from tests.helpers import heard_by_skywave
 
 
-@pytest.fixture(scope="module")
-def heard_by_skywave():
-    return synthetic_set(
-        np.random.default_rng(5),
-        receivers=4,
-        seconds=6.0,
-        quirks=False,
-        frequency_hz=10_000_000,
-        layer_height_m=300e3,
-        layer_spread_m=10e3,
-    )
-
-
-def test_a_set_heard_by_skywave_is_located_with_skywave_paths(heard_by_skywave):
-    recording = heard_by_skywave
+def test_a_set_heard_by_skywave_is_located_with_skywave_paths():
+    recording = heard_by_skywave(spread_m=10e3)
     lat, lon = recording.emitter
     ground = solve(recording.files, recording.stations)
     sky = solve(recording.files, recording.stations, propagation="skywave")
