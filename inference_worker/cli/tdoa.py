@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
         help="locate by time differences of arrival: submit KiwiSDR IQ WAV files, or the demo",
         description="submit FILE.wav... --receivers POSITIONS.json [--frequency-mhz F] "
         "[--expect-emitter among_receivers] [--propagation skywave] | "
-        "demo [--sets N] [--out DIR] [--expect-emitter among_receivers]. The positions file is "
+        "demo [--sets N] [--out DIR] [--expect-emitter among_receivers] "
+        "[--propagation skywave]. The positions file is "
         'a JSON list of {"id", "lat", "lon"} in the order of the files (matched by id where '
         "the ids are the stations the file names carry), or an object "
         '{"STATION": {"lat", "lon"}} matched to kiwirecorder file names '
@@ -56,9 +57,9 @@ def add_parser(sub: Any) -> None:
         "--propagation",
         choices=list(PROPAGATIONS),
         default="ground",
-        help="with submit: how the signal reached the receivers; skywave locates with paths "
-        "by one hop off an ionospheric layer of unknown height, as at HF beyond ~100 km "
-        "(default: ground)",
+        help="how the signal reached the receivers; skywave locates with paths by one hop off "
+        "an ionospheric layer of unknown height, as at HF beyond ~100 km (with demo: the sets "
+        "are heard that way, at 10 MHz; default: ground)",
     )
     tdoa.add_argument("--job-id")
     tdoa.add_argument("--url", help="shim URL (default from settings)")
@@ -90,7 +91,11 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "demo":
         from inference_worker.cli.tdoa_demo import run_demo
 
-        raise SystemExit(run_demo(settings, args.sets, args.seed, args.out, args.expect_emitter))
+        raise SystemExit(
+            run_demo(
+                settings, args.sets, args.seed, args.out, args.expect_emitter, args.propagation
+            )
+        )
     if len(args.files) < 3 or args.receivers is None:
         fail("tdoa submit needs 3 or more WAV files and --receivers POSITIONS.json")
     paths = [Path(f) for f in args.files]

@@ -9,7 +9,7 @@ import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa_search import log_likelihood_grid
 from inference_worker.core.time_differences import PairDelay
 from inference_worker.settings import Settings
+
+if TYPE_CHECKING:
+    from inference_worker.science.kiwi_sets import SyntheticSet
 
 
 def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = None) -> bytes:
@@ -51,7 +54,8 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
     lats = np.linspace(min(lats_all) - margin / per_lat, max(lats_all) + margin / per_lat, 400)
     lons = np.linspace(min(lons_all) - margin / per_lon, max(lons_all) + margin / per_lon, 400)
     # Widen the likelihood so that the region it allows shows at this scale.
-    surface = log_likelihood_grid(stations, pairs, lats, lons) / 1e4
+    height_m = 1e3 * result.get("layer_height_km", 0.0)  # skywave: the likeliest layer's paths
+    surface = log_likelihood_grid(stations, pairs, lats, lons, layer_height_m=height_m) / 1e4
     points = [(s.lat, s.lon, s.id) for s in stations]
     points.append((result["lat"], result["lon"], "estimate"))
     points += [(p["lat"], p["lon"], f"also possible ({p['weight']:.2f})") for p in places[1:]]
@@ -60,35 +64,64 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
     return render_png(lats, lons, surface, points=points, size=640)
 
 
-def run_demo(
-    settings: Settings, sets: int, seed: int | None, out: Path, expect: str = "anywhere"
-) -> int:
-    from inference_worker.cli.demo import running_service
+SKYWAVE_FREQUENCY_HZ = 10_000_000
+"""The skywave demo's tuned frequency: HF, where one hop off the ionosphere carries."""
+LAYER_SPREAD_M = 10e3
+"""In the skywave demo, how much higher or lower than the layer each path is reflected."""
+
+
+def _simulated(rng: np.random.Generator, receivers: int, propagation: str) -> SyntheticSet:
+    """One demo set; with skywave, heard by one hop off a layer 250-350 km high (drawn), each
+    path's reflection up to ``LAYER_SPREAD_M`` higher or lower, at ``SKYWAVE_FREQUENCY_HZ``."""
     from inference_worker.science.kiwi_sets import synthetic_set
 
+    if propagation == "ground":
+        return synthetic_set(rng, receivers=receivers, signal=None)
+    return synthetic_set(
+        rng,
+        receivers=receivers,
+        frequency_hz=SKYWAVE_FREQUENCY_HZ,
+        layer_height_m=float(rng.uniform(250e3, 350e3)),
+        layer_spread_m=LAYER_SPREAD_M,
+    )
+
+
+def run_demo(
+    settings: Settings,
+    sets: int,
+    seed: int | None,
+    out: Path,
+    expect: str = "anywhere",
+    propagation: str = "ground",
+) -> int:
+    from inference_worker.cli.demo import running_service
+
     seed = int(time.time()) % 100_000 if seed is None else seed
-    print(f"writing {sets} synthetic sets to {out}/ (seed {seed}; --seed {seed} repeats them)")
+    heard = " heard by skywave" if propagation == "skywave" else ""
+    print(
+        f"writing {sets} synthetic sets{heard} to {out}/ (seed {seed}; --seed {seed} repeats them)"
+    )
     with ExitStack() as stack:
         client = running_service(settings, stack)
         client.timeout_s = 60
         rows, failed = [], 0
         for k in range(sets):
-            recording = synthetic_set(
-                np.random.default_rng(seed + k), receivers=3 + k % 3, signal=None
-            )
+            recording = _simulated(np.random.default_rng(seed + k), 3 + k % 3, propagation)
             folder = out / f"set-{seed + k}"
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in zip(recording.names, recording.files, strict=True):
                 (folder / name).write_bytes(data)
             (folder / "receivers.json").write_text(json.dumps(recording.positions(), indent=1))
-            (folder / "truth.json").write_text(
-                json.dumps({"lat": recording.emitter[0], "lon": recording.emitter[1]})
-            )
+            truth = {"lat": recording.emitter[0], "lon": recording.emitter[1]}
+            if propagation == "skywave":
+                truth["layer_height_km"] = recording.layer_height_m / 1e3
+            (folder / "truth.json").write_text(json.dumps(truth))
             accepted = client.submit_tdoa(
                 list(zip(recording.names, recording.files, strict=True)),
                 receivers=recording.positions(),
                 frequency_mhz=recording.frequency_hz / 1e6,
                 expect_emitter=expect,
+                propagation=propagation,
             )
             rows.append((accepted["job_id"], recording, folder))
         print(
@@ -123,6 +156,7 @@ def run_demo(
                     if result.get("chosen_by") == "among_receivers"
                     else ""
                 )
+                + _layer(result, recording)
             )
             for other in result["alternatives"]:
                 other_m = distance_m(other["lat"], other["lon"], *recording.emitter)
@@ -141,6 +175,12 @@ def run_demo(
                 else ""
             )
         )
+        if propagation == "skywave":
+            print(
+                "layer: the height of the reflecting layer the delays fit best, ± its spread, "
+                "and the simulated one (each path reflected up to "
+                f"{LAYER_SPREAD_M / 1e3:.0f} km higher or lower)"
+            )
         if errors:
             print(f"median error of these sets: {float(np.median(errors)):,.0f} m")
         if ambiguous and expect == "anywhere":
@@ -154,3 +194,13 @@ def run_demo(
             )
         print(f"maps: {out}/set-*/map.png (region) and likelihood.png (around the estimate)")
     return 0  # a set the service cannot locate is answered too: failed, saying why
+
+
+def _layer(result: dict[str, Any], recording: SyntheticSet) -> str:
+    """A skywave result's layer height beside the simulated one; nothing for ground waves."""
+    if result.get("propagation") != "skywave":
+        return ""
+    return (
+        f", layer {result['layer_height_km']:.0f} ± {result['layer_height_sd_km']:.0f} km "
+        f"(simulated {recording.layer_height_m / 1e3:.0f})"
+    )

@@ -62,6 +62,8 @@ class SyntheticSet:
     """Quirk -> the station that has it."""
     outside_km: float = 0.0
     """How far the emitter is outside the receivers' bounding region (0: inside)."""
+    layer_height_m: float = 0.0
+    """The reflecting layer's height where the set is heard by skywave (0: along the ground)."""
 
     def positions(self) -> list[dict[str, float | str]]:
         """The ``receivers`` field of a submission."""
@@ -323,6 +325,7 @@ def synthetic_set(
         snr_db=tuple(snrs),
         quirks={q: stations[i].id for q, i in chosen.items()},
         outside_km=round(outside_km, 1),
+        layer_height_m=layer_height_m,
     )
 
 

@@ -72,3 +72,24 @@ def test_the_tdoa_demo_prints_a_set_it_cannot_locate_as_the_service_answered_it(
     row = next(line for line in done.stdout.splitlines() if line.startswith("set-91858"))
     assert "failed: the delays do not fix a position" in row
     assert "failed: the service's answer for a set it cannot locate" in done.stdout
+
+
+def test_the_tdoa_demo_with_skywave_locates_its_sets_with_the_layer_it_heard_them_by(
+    own_queue, tmp_path
+):
+    local, _, _ = own_queue
+    args = ["tdoa", "demo", "--sets", "1", "--seed", "91858", "--propagation", "skywave"]
+    done = run_cli(local, tmp_path, *args)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "synthetic sets heard by skywave" in done.stdout
+    folder = tmp_path / "tdoa-demo" / "set-91858"
+    assert "_10000000_" in next(folder.glob("*_iq.wav")).name  # tuned to HF
+    simulated_km = json.loads((folder / "truth.json").read_text())["layer_height_km"]
+    assert 250 <= simulated_km <= 350
+    row = next(line for line in done.stdout.splitlines() if line.startswith("set-91858"))
+    assert " in " in row, row
+    layer = re.search(r"layer (\d+) ± (\d+) km \(simulated (\d+)\)", row)
+    assert layer and int(layer[3]) == round(simulated_km), row
+    assert abs(int(layer[1]) - simulated_km) < 3 * int(layer[2]), row
+    assert float(row.split()[6].rstrip("m")) < 100_000  # 36 km (ground-wave: ~130)
