@@ -10,10 +10,12 @@ the median and the range of a set's time, how much of it the correlations took, 
 of the allocations (numpy's included) while locating the first set, measured apart, and the
 median time of the same sets with one receiver's GPS time 30 µs off (``--one-off``, the
 default): the worst case, in which five or more receivers are located without each one in turn
-(what bounds ``HEIMDALL_TDOA_MAX_RECEIVERS``).
+(what bounds ``HEIMDALL_TDOA_MAX_RECEIVERS``). ``--propagation skywave``: the sets heard at
+10 MHz by one hop off a layer 300 km high and located with skywave paths, as a job with
+``propagation=skywave`` is.
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
-        [--seconds 30] [--seed 3000] [--no-one-off]
+        [--seconds 30] [--seed 3000] [--no-one-off] [--propagation skywave]
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
 from inference_worker.core.kiwi_wav import read_kiwi_wav  # noqa: E402
+from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
 
 
-def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[float, float]:
+def timed_solve(
+    files: Sequence[bytes], stations: Sequence[Receiver], propagation: Propagation = "ground"
+) -> tuple[float, float]:
     """Seconds for the whole estimate, and of them those spent in the pairs' correlations."""
     spent = [0.0]
     correlate = tdoa.pair_delays
@@ -54,7 +59,7 @@ def timed_solve(files: Sequence[bytes], stations: Sequence[Receiver]) -> tuple[f
 
     with mock.patch.object(tdoa, "pair_delays", counted):
         t0 = time.perf_counter()
-        tdoa.solve(files, stations)
+        tdoa.solve(files, stations, propagation=propagation)
         return time.perf_counter() - t0, spent[0]
 
 
@@ -78,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also time the sets with one receiver's time off (the worst case)",
     )
+    parser.add_argument(
+        "--propagation",
+        choices=PROPAGATIONS,
+        default="ground",
+        help="skywave: sets heard by one hop off a layer 300 km high, located with such paths",
+    )
     args = parser.parse_args(argv)
+    sky = args.propagation == "skywave"
 
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
@@ -95,19 +107,25 @@ def main(argv: list[str] | None = None) -> int:
                         quirks=False,
                         sample_rate_hz=rate,
                         spacing_m=spacing_for(receivers),
+                        frequency_hz=10_000_000 if sky else 77_500,
+                        layer_height_m=300e3 if sky else 0.0,
                     )
                     for k in range(args.sets)
                 ]
                 tracemalloc.start()  # on a call of its own: tracing slows every allocation
-                timed_solve(sets[0].files, sets[0].stations)  # caches filled, as in a worker
+                timed_solve(
+                    sets[0].files, sets[0].stations, args.propagation
+                )  # caches filled, as in a worker
                 peak_mb = tracemalloc.get_traced_memory()[1] / 1e6
                 tracemalloc.stop()
-                times = np.array([timed_solve(s.files, s.stations) for s in sets])
+                times = np.array([timed_solve(s.files, s.stations, args.propagation) for s in sets])
                 median = float(np.median(times[:, 0]))
                 share = float(np.median(times[:, 1] / times[:, 0]))
                 off = "-"
                 if args.one_off:
-                    off_times = [timed_solve(one_off(s.files), s.stations)[0] for s in sets]
+                    off_times = [
+                        timed_solve(one_off(s.files), s.stations, args.propagation)[0] for s in sets
+                    ]
                     off = f"{float(np.median(off_times)):.2f}"
                 print(
                     f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "

@@ -85,9 +85,9 @@ class Likelihood:
     """Whether the estimate, then each alternative, lies among the receivers: inside the hull of
     every receiver of the job, any left out (for their delays, or heard by no other) included."""
     log_evidence: float = 0.0
-    """The log of the likelihood's mass over every place found (m², the likelihood 1 where its
-    log is 0): how well the paths assumed explain the delays, to weigh one layer height against
-    another."""
+    """The log of the likelihood's mass over every place found that closes within the area
+    searched (m², the likelihood 1 where its log is 0): how well the paths assumed explain the
+    delays, to weigh one layer height against another."""
     layer_height_m: float = 0.0
     """The paths': 0 along the ground; else one hop off a layer this high (with skywave, the
     mean of the heights tried, weighed by how likely each is; the likeliest height where its
@@ -188,7 +188,9 @@ def locate(
         ):
             kept.append(k)  # a distinct peak, not the same one found from two grid points
     total = sum(weights[k] for k in kept)
-    evidence = top + math.log(total)
+    # Only the places that close: a line's mass is that of its Gaussian reaching beyond the
+    # area searched, and would come and go as the line counts as a distinct peak or not.
+    evidence = top + math.log(sum(weights[k] for k in kept if k in closed))
     places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
     chosen: int = kept[0]
     chosen_by: Choice = "likelihood"

@@ -79,15 +79,18 @@ def layer_fits(
             f"{PATH_SPREAD_M / 1e3:.0f} km)"
         )
     low, high = LAYER_HEIGHTS_M[0], LAYER_HEIGHTS_M[-1]
-    found = scipy.optimize.minimize_scalar(
-        lambda h: -evidence(float(h)),
-        bounds=(max(low, best - HEIGHT_STEP_M), min(high, best + HEIGHT_STEP_M)),
-        method="bounded",
-        options={"xatol": 100.0},
-    )
-    likeliest = float(found.x) if -found.fun >= top else best
-    spread = _spread(evidence, likeliest)
-    if spread is not None and spread < HEIGHT_STEP_M / 2:  # the height told apart: refined
+    likeliest, spread = best, _spread(evidence, best)
+    if spread is not None and spread < HEIGHT_STEP_M / 2:  # told apart: refined between points
+        found = scipy.optimize.minimize_scalar(
+            lambda h: -evidence(float(h)),
+            bounds=(max(low, best - HEIGHT_STEP_M), min(high, best + HEIGHT_STEP_M)),
+            method="bounded",
+            options={"xatol": 100.0},
+        )
+        if -found.fun >= top:
+            likeliest = float(found.x)
+            spread = _spread(evidence, likeliest)
+    if spread is not None and spread < HEIGHT_STEP_M / 2:  # the height told apart
         nodes = [(likeliest - math.sqrt(3) * spread, 1 / 6), (likeliest, 2 / 3)]
         nodes.append((likeliest + math.sqrt(3) * spread, 1 / 6))
         parts = [(w, fit_at(min(high, max(low, h)))) for h, w in nodes]

@@ -11,6 +11,7 @@ import pytest
 
 from inference_worker.core.ellipse import Estimate, contains, distance_m
 from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa_locate import locate
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.core.tdoa_skywave import LAYER_HEIGHTS_M, mixture
 from inference_worker.science.kiwi_sets import synthetic_set
@@ -33,6 +34,24 @@ def test_a_set_heard_by_skywave_is_located_with_skywave_paths():
     told = describe_solution(ground, recording.stations, 10.0)
     assert told["propagation"] == "ground" and told["layer_height_km"] is None
     assert "propagation=skywave" in told["cautions"][0]["detail"]
+
+
+def test_a_line_beyond_the_area_searched_does_not_weigh_a_layer_height():
+    # Three receivers whose delays leave, besides the emitter's place, a line reaching far
+    # beyond the area searched, counted as a peak of its own below ~243.7 km and not above:
+    # weighed by its mass, the likelihood of the heights fell 5 nepers there, and a height
+    # refined to that edge came out 244 ± 0.3 km against the simulated 264.
+    rng = np.random.default_rng(7501)
+    height_m = float(rng.uniform(250e3, 350e3))
+    recording = synthetic_set(rng, receivers=3, seconds=20.0, layer_height_m=height_m)
+    sky = solve(recording.files, recording.stations, propagation="skywave")
+    below, above = (
+        locate(recording.stations, sky.pairs, layer_height_m=h)[1].log_evidence
+        for h in (243.70e3, 243.77e3)
+    )
+    assert abs(above - below) < 0.01
+    assert sky.likelihood.layer_height_sd_m > 10e3
+    assert abs(sky.likelihood.layer_height_m - height_m) < 3 * sky.likelihood.layer_height_sd_m
 
 
 def test_ground_wave_sets_are_located_as_before_unless_skywave_is_asked():
