@@ -54,7 +54,7 @@ def overview_png(result: dict[str, Any], truth: tuple[float, float] | None = Non
     lats = np.linspace(min(lats_all) - margin / per_lat, max(lats_all) + margin / per_lat, 400)
     lons = np.linspace(min(lons_all) - margin / per_lon, max(lons_all) + margin / per_lon, 400)
     # Widen the likelihood so that the region it allows shows at this scale.
-    height_m = 1e3 * result.get("layer_height_km", 0.0)  # skywave: the likeliest layer's paths
+    height_m = 1e3 * (result.get("layer_height_km") or 0.0)  # skywave: the layer's paths
     surface = log_likelihood_grid(stations, pairs, lats, lons, layer_height_m=height_m) / 1e4
     points = [(s.lat, s.lon, s.id) for s in stations]
     points.append((result["lat"], result["lon"], "estimate"))
@@ -177,8 +177,9 @@ def run_demo(
         )
         if propagation == "skywave":
             print(
-                "layer: the height of the reflecting layer the delays fit best, ± its spread, "
-                "and the simulated one (each path reflected up to "
+                "layer: the reflecting layer's height found (the heights tried, weighed by how "
+                "well each explains the delays), ± its spread, and the simulated one (each path "
+                "reflected up to "
                 f"{LAYER_SPREAD_M / 1e3:.0f} km higher or lower)"
             )
         if errors:

@@ -33,12 +33,14 @@ from inference_worker.core.tdoa_search import (
     Expectation,
     among,
     coarse_peaks,
+    grid_estimate,
     log_mass,
     own_precision,
     plausible_chi2,
     refine,
     travel_form,
     widened,
+    within,
 )
 from inference_worker.core.time_differences import (
     Delays,
@@ -165,7 +167,6 @@ def locate(
     # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
     # emitter rests on where emitters are expected, so both are reported with their shares, and
     # an emitter expected among the receivers makes the place among them the estimate.
-    masses = [peak + log_mass(*grid) for peak, _, grid in refined]
     ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
     closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
     if not closed:
@@ -176,8 +177,17 @@ def locate(
             "searched around the receivers; receivers close together or nearly on one line, or "
             "an emitter far outside them, give a line of positions rather than a point"
         )
-    top = max(masses)
-    weights = [math.exp(m - top) for m in masses]
+    # A line is weighed, and placed, by its part inside the area searched: its whole grid's
+    # mass, reaching thousands of km beyond, would outweigh a closed place by its length alone.
+    masses = []
+    for k, (peak, _, grid) in enumerate(refined):
+        if k not in closed:
+            part = within(grid, lats, lons)
+            if part is None:  # the line runs outside the area searched: not a place here
+                masses.append(-math.inf)
+                continue
+            refined[k] = (peak, grid_estimate(*part), part)
+        masses.append(peak + log_mass(*refined[k][2]))
     kept = [closed[0]]
     for k in (k for k in ranked if k != closed[0]):
         one = refined[k][1]
@@ -187,10 +197,13 @@ def locate(
             for e in (refined[c][1] for c in kept)
         ):
             kept.append(k)  # a distinct peak, not the same one found from two grid points
+    top = max(masses[k] for k in kept)  # the shares relative to the heaviest place: none is 0/0
+    weights = [math.exp(m - top) for m in masses]
     total = sum(weights[k] for k in kept)
-    # Only the places that close: a line's mass is that of its Gaussian reaching beyond the
-    # area searched, and would come and go as the line counts as a distinct peak or not.
-    evidence = top + math.log(sum(weights[k] for k in kept if k in closed))
+    # Only the places that close weigh the paths assumed: a line would come and go as it
+    # counts as a distinct peak or not (in logs: a line can outweigh them past a float's range).
+    heaviest = max(masses[k] for k in kept if k in closed)
+    evidence = heaviest + math.log(sum(math.exp(masses[k] - heaviest) for k in kept if k in closed))
     places = [k for k in kept if k == kept[0] or weights[k] / total >= 0.01]
     chosen: int = kept[0]
     chosen_by: Choice = "likelihood"

@@ -36,7 +36,9 @@ that explain the delays alike), or ``among_receivers`` (inside their hull: of su
 one among the receivers is taken when exactly one lies there)."""
 EXPECTATIONS: tuple[str, ...] = get_args(Expectation)
 
-Peak = tuple[float, Estimate, tuple[np.ndarray, np.ndarray, np.ndarray]]
+Grid = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Latitudes, longitudes and the log-likelihood at each of their points."""
+Peak = tuple[float, Estimate, Grid]
 """A refined peak: its log-likelihood, the estimate, and its grid (peak at 0)."""
 
 
@@ -257,16 +259,26 @@ def refine(
         if all(0.5 < w / h < 1.5 for w, h in zip(wanted, half, strict=True)):
             break
         centre, half = (mean_lat, mean_lon), wanted
-    mean_lat, mean_lon, _, _, var_e, var_n, cov = moments(fine_lats, fine_lons, fine_ll)
+    return peak, grid_estimate(fine_lats, fine_lons, fine_ll), (fine_lats, fine_lons, fine_ll)
+
+
+def grid_estimate(lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray) -> Estimate:
+    """The mean and covariance of the likelihood on a grid, as an estimate."""
+    mean_lat, mean_lon, _, _, var_e, var_n, cov = moments(lats, lons, log_likelihood)
     sigma_e, sigma_n = math.sqrt(max(var_e, 1.0)), math.sqrt(max(var_n, 1.0))
-    estimate = Estimate(
-        lat=mean_lat,
-        lon=mean_lon,
-        sigma_east_m=sigma_e,
-        sigma_north_m=sigma_n,
-        rho=float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999)),
-    )
-    return peak, estimate, (fine_lats, fine_lons, fine_ll)
+    rho = float(np.clip(cov / (sigma_e * sigma_n), -0.999, 0.999))
+    return Estimate(mean_lat, mean_lon, sigma_e, sigma_n, rho)
+
+
+def within(grid: Grid, lats: np.ndarray, lons: np.ndarray) -> Grid | None:
+    """The part of a peak's grid inside the area ``lats`` × ``lons`` spans; None where less
+    than two of its points each way lie there."""
+    grid_lats, grid_lons, log_likelihood = grid
+    rows = (grid_lats >= lats.min()) & (grid_lats <= lats.max())
+    columns = (grid_lons >= lons.min()) & (grid_lons <= lons.max())
+    if rows.sum() < 2 or columns.sum() < 2:
+        return None
+    return grid_lats[rows], grid_lons[columns], log_likelihood[np.ix_(rows, columns)]
 
 
 def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:

@@ -86,12 +86,23 @@ def test_the_shares_of_every_place_add_up_and_the_estimate_closes():
     assert seen >= 5
 
 
-def test_a_line_heavier_than_a_crossing_stays_an_alternative():
+def test_a_line_is_weighed_by_its_part_in_the_area_searched_and_stays_an_alternative():
     # The crossing holds the emitter; the other "place" stretches beyond the area searched.
+    # Weighed by its whole grid, reaching thousands of km beyond, it took 0.97 of the mass.
     places = trial(1004, PRIORS[0])
     assert places is not None
-    assert places.nearest == 0
-    assert places.weights[1] > places.weights[0]
+    assert places.nearest == 0 and len(places.weights) == 2
+    assert places.weights[0] > 0.9 and places.weights[1] >= 0.01
+
+
+def test_a_place_far_lighter_than_a_line_is_still_weighed():
+    # The one closed place fits the delays far worse than the line does (its mass about
+    # e^-647 000 of the line's): its share is 0, and the likelihood's mass of the closed places
+    # no longer underflows to the log of 0.
+    stations, _, delays = drawn(1147, PRIORS[1])
+    _, likelihood = locate(stations, delays)
+    assert np.isfinite(likelihood.log_evidence)
+    assert likelihood.weight + sum(w for _, w in likelihood.alternatives) == pytest.approx(1.0)
 
 
 def test_an_emitter_expected_among_the_receivers_makes_the_place_there_the_estimate():
@@ -249,6 +260,8 @@ def test_the_demos_overview_marks_each_alternative():
             for p in delays
         ],
         "alternatives": [],
+        "propagation": "ground",
+        "layer_height_km": None,  # as a ground-wave result says it
     }
     alone = white_pixels(overview_png(result)).sum()
     result["alternatives"] = [{"lat": 46.5, "lon": 8.0, "weight": 0.3}]

@@ -36,7 +36,7 @@ def test_a_set_heard_by_skywave_is_located_with_skywave_paths():
     assert "propagation=skywave" in told["cautions"][0]["detail"]
 
 
-def test_a_line_beyond_the_area_searched_does_not_weigh_a_layer_height():
+def test_a_line_beyond_the_area_searched_neither_weighs_a_layer_height_nor_the_place():
     # Three receivers whose delays leave, besides the emitter's place, a line reaching far
     # beyond the area searched, counted as a peak of its own below ~243.7 km and not above:
     # weighed by its mass, the likelihood of the heights fell 5 nepers there, and a height
@@ -50,6 +50,10 @@ def test_a_line_beyond_the_area_searched_does_not_weigh_a_layer_height():
         for h in (243.70e3, 243.77e3)
     )
     assert abs(above - below) < 0.01
+    # Nor, weighed by its mass thousands of km beyond, is it a place 99 % likely in Canada.
+    assert sky.likelihood.weight > 0.5
+    for place, _ in sky.likelihood.alternatives:
+        assert distance_m(place.lat, place.lon, *recording.emitter) < 2_000e3
     assert sky.likelihood.layer_height_sd_m > 10e3
     assert abs(sky.likelihood.layer_height_m - height_m) < 3 * sky.likelihood.layer_height_sd_m
 
