@@ -34,7 +34,13 @@ from inference_worker.core.recording_sets import (
 )
 from inference_worker.core.tdoa_locate import Likelihood, locate
 from inference_worker.core.tdoa_search import Expectation, misfit_factor
-from inference_worker.core.tdoa_skywave import PATH_SPREAD_M, Propagation, layer_fits, same_place
+from inference_worker.core.tdoa_skywave import (
+    PATH_SPREAD_M,
+    Fit,
+    Propagation,
+    layer_fits,
+    same_place,
+)
 from inference_worker.core.time_differences import (
     NO_COMMON_SIGNAL,
     DeafReceivers,
@@ -115,7 +121,7 @@ def solve(
     is expected, which decides between places that explain the delays alike (:func:`locate`).
     ``propagation``: ``skywave`` locates with paths by one hop off a layer of every height of
     :data:`~inference_worker.core.tdoa_skywave.LAYER_HEIGHTS_M` and mixes them
-    (:func:`_over_heights`).
+    (:func:`_mixed`).
 
     Raises:
         TdoaError: a file is unusable (no GPS time, not a KiwiSDR IQ recording; the message
@@ -173,7 +179,8 @@ def _solved(
     start, end = overlap(bases)
     if propagation == "skywave":
         spread = pairs.with_receiver_spread(PATH_SPREAD_M / SPEED_OF_LIGHT_M_S, len(stations))
-        return _over_heights(stations, spread, bases, end - start, expect, hull)
+        likeliest, fits = layer_fits(stations, spread, expect, hull)
+        return _mixed(_fitted(stations, spread, bases, end - start, expect, hull, likeliest), fits)
     return _fitted(stations, pairs, bases, end - start, expect, hull)
 
 
@@ -198,21 +205,12 @@ def _fitted(
     return solution
 
 
-def _over_heights(
-    stations: Sequence[Receiver],
-    pairs: Delays,
-    bases: list[Timebase],
-    span_s: float,
-    expect: Expectation,
-    hull: Sequence[Receiver],
-) -> Solution:
+def _mixed(solution: Solution, fits: list[tuple[float, Fit]]) -> Solution:
     """Skywave: the solution at the likeliest layer height (a receiver left out or the
     uncertainties widened there as with ground wave), its estimate the mixture of the same
-    place over the heights the delays leave likely (:mod:`~inference_worker.core.
+    place over the heights the delays leave likely (``fits``, :mod:`~inference_worker.core.
     tdoa_skywave`); not mixed where the likeliest height's fit left a receiver out or widened
     (the other heights' fits rest on other receivers or weights)."""
-    likeliest, fits = layer_fits(stations, pairs, expect, hull)
-    solution = _fitted(stations, pairs, bases, span_s, expect, hull, likeliest)
     if solution.excluded is not None or solution.likelihood.widened > 1:
         return solution
     others = [place for place, _ in solution.likelihood.alternatives]
