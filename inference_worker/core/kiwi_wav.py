@@ -7,7 +7,8 @@ week, ``u32`` nanoseconds: the GPS time of the next block's first sample — and
 of 512 I/Q pairs of little-endian int16.
 
 The reader takes what real files hold: a RIFF size that is wrong or zero (a recording cut short),
-a last block cut mid-way, chunks it does not know, a first block stamped 0 (no time yet). The true
+a last block cut mid-way, a chunk whose size is damaged (read up to the next ``kiwi`` chunk),
+chunks it does not know, a first block stamped 0 (no time yet). The true
 sample rate differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
 (:func:`timebase`), which also leaves out single bad stamps and finds the consistent part of a
 file whose stamps jump. The writer makes test data.
@@ -100,12 +101,7 @@ def read_kiwi_wav(data: bytes) -> KiwiRecording:
     stamp_of_block: list[int] = []
     pending: tuple[int, int, int] | None = None
     while position + 8 <= len(data):  # the RIFF size is not trusted: real files lie
-        chunk_id, size = (
-            data[position : position + 4],
-            struct.unpack_from("<I", data, position + 4)[0],
-        )
-        body = data[position + 8 : position + 8 + size]
-        position += 8 + size + (size & 1)
+        chunk_id, body, position = _chunk(data, position)
         if chunk_id == b"fmt ":
             rate = _check_format(body)
         elif chunk_id == b"kiwi" and len(body) >= _KIWI.size:
@@ -141,6 +137,28 @@ def read_kiwi_wav(data: bytes) -> KiwiRecording:
         gps_s=gps,
         fix_age=fix_age,
     )
+
+
+_KIWI_HEADER = b"kiwi" + struct.pack("<I", _KIWI.size)
+
+
+def _chunk(data: bytes, position: int) -> tuple[bytes, bytes, int]:
+    """The id and body of the chunk at ``position``, and where the next one starts. A size that
+    is not trusted is mended: a ``kiwi`` chunk followed by a ``data`` chunk where its 10 bytes
+    end is 10 bytes long whatever its header says, and no chunk runs past the next ``kiwi``
+    chunk's header (a damaged size would otherwise swallow the rest of the file, its headers
+    read as samples)."""
+    chunk_id = data[position : position + 4]
+    size = struct.unpack_from("<I", data, position + 4)[0]
+    start = position + 8
+    if chunk_id == b"kiwi":
+        if size != _KIWI.size and data[start + _KIWI.size : start + _KIWI.size + 4] == b"data":
+            size = _KIWI.size
+    else:
+        following = data.find(_KIWI_HEADER, start, start + size)
+        if following >= 0:
+            return chunk_id, data[start:following], following
+    return chunk_id, data[start : start + size], start + size + (size & 1)
 
 
 def _check_format(body: bytes) -> int:

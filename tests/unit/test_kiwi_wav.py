@@ -144,6 +144,20 @@ def test_a_wrong_riff_size_and_a_file_cut_mid_block_are_read_anyway():
     assert timebase(read).rate_hz == pytest.approx(TRUE_RATE_HZ, abs=0.05)
 
 
+@pytest.mark.parametrize("chunk", [b"data", b"kiwi"])
+@pytest.mark.parametrize("size", [0xFFFF_FFFF, 3 * 4 * BLOCK_SAMPLES + 1])
+def test_a_damaged_chunk_size_loses_no_block(chunk, size):
+    iq, stamps = recording(blocks=10)
+    data = bytearray(write_kiwi_wav(iq, stamps))
+    third = [i for i in range(len(data)) if data[i : i + 4] == chunk][2]
+    data[third + 4 : third + 8] = struct.pack("<I", size)
+    read = read_kiwi_wav(bytes(data))
+    assert len(read.iq) == 10 * BLOCK_SAMPLES
+    assert np.abs(read.iq - iq).max() < 2 / 32_768  # no header read as samples
+    assert np.allclose(read.gps_s, stamps, atol=1e-9)
+    assert timebase(read).rejected_blocks == 0
+
+
 def test_unknown_chunks_are_skipped():
     iq, stamps = recording(blocks=4)
     data = write_kiwi_wav(iq, stamps)
