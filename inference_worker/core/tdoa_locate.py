@@ -128,7 +128,8 @@ def locate(
 
     Raises:
         TdoaError: the likelihood is not closed within the area searched (its 95 % ellipse
-            reaches further than ``margin_m``): the delays fix a line, not a position.
+            reaches further than ``margin_m``), or closes only where the delays do not fit
+            while a line fits them: the delays fix a line, not a position.
     """
     rank = None
     if precision is None:
@@ -169,6 +170,10 @@ def locate(
     # an emitter expected among the receivers makes the place among them the estimate.
     ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
     closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
+    # A place the delays do not fit is no place where a line fits them: it would be the
+    # estimate, its ellipse drawn by a chi2 of millions, thousands of km from the emitter.
+    if -2 * refined[ranked[0]][0] <= limit:
+        closed = [k for k in closed if -2 * refined[k][0] <= limit]
     if not closed:
         reach_m = ellipse(refined[ranked[0]][1], 0.95).semi_major_m
         raise TdoaError(
