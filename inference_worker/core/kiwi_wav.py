@@ -7,9 +7,9 @@ week, ``u32`` nanoseconds: the GPS time of the next block's first sample — and
 of 512 I/Q pairs of little-endian int16.
 
 The reader takes what real files hold: a RIFF size that is wrong or zero (a recording cut short),
-a last block cut mid-way, a chunk whose size is damaged (read up to the next ``kiwi`` chunk),
-chunks it does not know, a first block stamped 0 (no time yet). The true
-sample rate differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
+a last block cut mid-way, a chunk whose size is damaged (a block read up to the next ``kiwi``
+chunk), chunks it does not know, a first block stamped 0 (no time yet). The true sample rate
+differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
 (:func:`timebase`), which also leaves out single bad stamps and finds the consistent part of a
 file whose stamps jump. The writer makes test data.
 """
@@ -140,25 +140,35 @@ def read_kiwi_wav(data: bytes) -> KiwiRecording:
 
 
 _KIWI_HEADER = b"kiwi" + struct.pack("<I", _KIWI.size)
+_CHUNK_IDS = (b"kiwi", b"data", b"fmt ", b"LIST", b"JUNK", b"PAD ", b"fact", b"id3 ", b"cue ")
+"""Chunks a recording may hold: where a ``data`` chunk's size ends on none of them, the size is
+damaged."""
+_FARTHEST_BLOCK = 1 << 20
+"""How far past a damaged ``data`` chunk's size its end is looked for (bytes)."""
 
 
 def _chunk(data: bytes, position: int) -> tuple[bytes, bytes, int]:
     """The id and body of the chunk at ``position``, and where the next one starts. A size that
-    is not trusted is mended: a ``kiwi`` chunk followed by a ``data`` chunk where its 10 bytes
-    end is 10 bytes long whatever its header says, and no chunk runs past the next ``kiwi``
-    chunk's header (a damaged size would otherwise swallow the rest of the file, its headers
-    read as samples)."""
+    is not trusted is mended, a ``data`` chunk running to the next ``kiwi`` chunk's header as
+    kiwirecorder writes them: no chunk runs past that header (a size too large would swallow
+    the rest of the file, its headers read as samples), a ``data`` chunk whose size ends on no
+    chunk's header runs on to it (a size too small would lose the block's rest, and every later
+    block's time with it), and a ``kiwi`` chunk followed by a ``data`` chunk where its 10 bytes
+    end is 10 bytes long whatever its header says."""
     chunk_id = data[position : position + 4]
     size = struct.unpack_from("<I", data, position + 4)[0]
     start = position + 8
     if chunk_id == b"kiwi":
         if size != _KIWI.size and data[start + _KIWI.size : start + _KIWI.size + 4] == b"data":
             size = _KIWI.size
-    else:
-        following = data.find(_KIWI_HEADER, start, start + size)
-        if following >= 0:
-            return chunk_id, data[start:following], following
-    return chunk_id, data[start : start + size], start + size + (size & 1)
+        return chunk_id, data[start : start + size], start + size + (size & 1)
+    end = start + size + (size & 1)
+    following = data.find(_KIWI_HEADER, start, start + size)
+    if following < 0 and chunk_id == b"data" and data[end : end + 4] not in (b"", *_CHUNK_IDS):
+        following = data.find(_KIWI_HEADER, end, end + _FARTHEST_BLOCK)
+    if following >= 0:
+        return chunk_id, data[start:following], following
+    return chunk_id, data[start : start + size], end
 
 
 def _check_format(body: bytes) -> int:

@@ -145,7 +145,7 @@ def test_a_wrong_riff_size_and_a_file_cut_mid_block_are_read_anyway():
 
 
 @pytest.mark.parametrize("chunk", [b"data", b"kiwi"])
-@pytest.mark.parametrize("size", [0xFFFF_FFFF, 3 * 4 * BLOCK_SAMPLES + 1])
+@pytest.mark.parametrize("size", [0xFFFF_FFFF, 3 * 4 * BLOCK_SAMPLES + 1, 16, 0])
 def test_a_damaged_chunk_size_loses_no_block(chunk, size):
     iq, stamps = recording(blocks=10)
     data = bytearray(write_kiwi_wav(iq, stamps))
@@ -164,6 +164,11 @@ def test_unknown_chunks_are_skipped():
     extra = b"LIST" + struct.pack("<I", 5) + b"hello" + b"\0"
     spliced = data[:36] + extra + data[36:]
     assert len(read_kiwi_wav(spliced).iq) == 4 * BLOCK_SAMPLES
+    after_block = data.index(b"kiwi", 36 + 26)  # between the first block and the second's stamp
+    spliced = data[:after_block] + extra + data[after_block:]
+    read = read_kiwi_wav(spliced)
+    assert len(read.iq) == 4 * BLOCK_SAMPLES
+    assert np.abs(read.iq - iq).max() < 2 / 32_768
 
 
 @pytest.mark.parametrize(
