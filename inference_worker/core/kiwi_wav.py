@@ -158,10 +158,8 @@ def _chunk(data: bytes, position: int) -> tuple[bytes, bytes, int]:
     chunk_id = data[position : position + 4]
     size = struct.unpack_from("<I", data, position + 4)[0]
     start = position + 8
-    if chunk_id == b"kiwi":
-        if size != _KIWI.size and data[start + _KIWI.size : start + _KIWI.size + 4] == b"data":
-            size = _KIWI.size
-        return chunk_id, data[start : start + size], start + size + (size & 1)
+    if chunk_id == b"kiwi" and data[start + _KIWI.size : start + _KIWI.size + 4] == b"data":
+        size = _KIWI.size
     end = start + size + (size & 1)
     following = data.find(_KIWI_HEADER, start, start + size)
     if following < 0 and chunk_id == b"data" and data[end : end + 4] not in (b"", *_CHUNK_IDS):
