@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
@@ -156,6 +158,29 @@ def test_a_damaged_chunk_size_loses_no_block(chunk, size):
     assert np.abs(read.iq - iq).max() < 2 / 32_768  # no header read as samples
     assert np.allclose(read.gps_s, stamps, atol=1e-9)
     assert timebase(read).rejected_blocks == 0
+
+
+_SAMPLE_FILE = write_kiwi_wav(*recording(blocks=6))
+_HEADER_BYTES = [
+    i
+    for i in range(len(_SAMPLE_FILE))
+    if i < 44 or any(_SAMPLE_FILE[j : j + 4] in (b"kiwi", b"data") for j in range(i - 17, i + 1))
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.sampled_from(_HEADER_BYTES), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, len(_SAMPLE_FILE)),
+)
+def test_a_file_with_damaged_headers_is_read_or_refused_saying_why(changes, cut):
+    data = bytearray(_SAMPLE_FILE)
+    for position, value in changes:
+        data[position] = value
+    try:
+        timebase(read_kiwi_wav(bytes(data[:cut])))
+    except KiwiWavError:
+        pass  # a reason the user reads; anything else is a crash
 
 
 def test_unknown_chunks_are_skipped():
