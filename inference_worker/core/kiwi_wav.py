@@ -82,6 +82,9 @@ class Timebase:
     """The newest GPS solution among the kept stamps (seconds): the fit leans on the stamps of
     fresh solutions, and where none is fresh, ``CLOCK_DRIFT`` times this age is how far the
     whole time base may be off."""
+    recording_samples: int = 0
+    """How many samples the recording holds: those outside ``[first_sample, end_sample)`` have
+    no time consistent with the rest and are not used."""
 
     def time_of(self, sample: np.ndarray | float) -> np.ndarray | float:
         return self.t0_s + np.asarray(sample) / self.rate_hz
@@ -235,6 +238,7 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
         residual_s=float(np.sqrt(np.mean(residual**2))),
         fix_age_s=int(ages.max()),
         freshest_fix_s=int(ages.min()),
+        recording_samples=len(recording.iq),
     )
 
 

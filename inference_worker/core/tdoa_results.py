@@ -54,6 +54,35 @@ def skywave_caution(
     }
 
 
+UNUSED_S = 1.0
+"""How much of a receiver's recording may lie off its time base, unused, before the result
+cautions about it."""
+
+
+def unused_caution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any] | None:
+    """A caution naming the receivers more than ``UNUSED_S`` of whose recording was not used:
+    its stamps jump (samples lost on the way, or the receiver's time set again) or have no GPS
+    time, and only the longest stretch on one time base is used, so the position rests on less
+    than was sent. None where every recording was used (bar a block or a few)."""
+    unused = []
+    for station, base in zip(stations, solution.timebases, strict=True):
+        total_s = base.recording_samples / base.rate_hz
+        used_s = (base.end_sample - base.first_sample) / base.rate_hz
+        if total_s - used_s > UNUSED_S:
+            unused.append((station.id, used_s, total_s))
+    if not unused:
+        return None
+    return {
+        "code": "partly_unused",
+        "detail": (
+            "part of these recordings has no GPS time consistent with the rest (the stamps jump: "
+            "samples lost on the way or the time set again, or no fix) and was not used: "
+            + ", ".join(f"{name} {used:.1f} s of {total:.1f} s" for name, used, total in unused)
+        ),
+        "receivers": [name for name, _, _ in unused],
+    }
+
+
 def _km(metres: float) -> float | None:
     return round(metres / 1e3, 1) if metres > 0 else None
 
@@ -65,7 +94,7 @@ def describe_solution(
     receivers; the estimate, why it is the one chosen) and ellipses as for a model, the
     receivers' time bases, each pair's time difference, the likelihood's contours, and
     ``cautions`` (weak evidence against the result, as in a model's quality block: receivers
-    likely hearing by skywave at ``frequency_mhz``)."""
+    likely hearing by skywave at ``frequency_mhz``, recordings partly unused)."""
     likelihood, odd = solution.likelihood, solution.excluded
     # Each receiver's frequency offset from the middle of the others', as its windows were
     # turned back by it (known only relative to one another).
@@ -133,7 +162,14 @@ def describe_solution(
             {**describe(o), "weight": round(w, 4), "among_receivers": inside}
             for (o, w), inside in zip(likelihood.alternatives, likelihood.among[1:], strict=True)
         ],
-        "cautions": [c for c in [skywave_caution(solution, stations, frequency_mhz)] if c],
+        "cautions": [
+            c
+            for c in [
+                skywave_caution(solution, stations, frequency_mhz),
+                unused_caution(solution, stations),
+            ]
+            if c
+        ],
         "likelihood_contours": contour_features(
             likelihood.lats, likelihood.lons, likelihood.log_likelihood
         ),

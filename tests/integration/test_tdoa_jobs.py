@@ -61,12 +61,15 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
     assert contains(estimate_from_result(result), lat, lon, 0.95)
     assert "tdoa_ms" in view["timings"]
     assert result["fit_chi2"] <= result["fit_chi2_bound"] and result["excluded"] == []
-    assert result["cautions"] == []  # 77.5 kHz: a ground wave reaches every receiver
     assert result["sigma_scale"] == 1.0  # delays that fit are not widened
     assert result["among_receivers"] is (recordings.outside_km == 0)  # inside their hull
     # The stamp jump left that receiver's consistent part, not the whole receiver, out.
     jumped = recordings.quirks["stamp_jump"]
     assert next(r for r in result["receivers"] if r["id"] == jumped)["rejected_blocks"] > 0
+    # ... and the result says so; no skywave caution at 77.5 kHz (a ground wave reaches all).
+    assert [(c["code"], c["receivers"]) for c in result["cautions"]] == [
+        ("partly_unused", [jumped])
+    ]
     assert [r["gps_fix_age_s"] for r in result["receivers"]] == [0, 0, 0, 0]  # as written
     assert [r["frequency_offset_hz"] for r in result["receivers"]] == [0.0, 0.0, 0.0, 0.0]
 

@@ -214,3 +214,20 @@ def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave
     unheard_last = dataclasses.replace(solution, unheard=(3,))  # left out: not named
     caution = skywave_caution(unheard_last, recording.stations, 10.0)
     assert caution is not None and caution["receivers"] == ["RX1", "RX2", "RX3"]
+
+
+def test_a_recording_partly_off_its_time_base_is_cautioned_about_with_what_was_used():
+    # One receiver's stamps jump at 80-90 % of its recording: the stretch after the jump is
+    # not used, and the result says how much of each such recording was.
+    jumped = synthetic_set(
+        np.random.default_rng(5), receivers=3, seconds=20.0, quirks=["stamp_jump"]
+    )
+    result = describe_solution(solve(jumped.files, jumped.stations), jumped.stations)
+    (caution,) = result["cautions"]
+    assert caution["code"] == "partly_unused"
+    assert caution["receivers"] == [jumped.quirks["stamp_jump"]]
+    assert f"{jumped.quirks['stamp_jump']} 17.7 s of 20.0 s" in caution["detail"]
+    # A first block without time, a lost fix and a file cut short leave nothing unused.
+    quirky = ["zero_first_stamp", "cut_short", "lost_fix"]
+    other = synthetic_set(np.random.default_rng(5), receivers=3, seconds=20.0, quirks=quirky)
+    assert describe_solution(solve(other.files, other.stations), other.stations)["cautions"] == []
