@@ -168,12 +168,13 @@ def locate(
     # line: only an alternative). Three receivers' two crossings both fit exactly; which is the
     # emitter rests on where emitters are expected, so both are reported with their shares, and
     # an emitter expected among the receivers makes the place among them the estimate.
-    ranked = sorted(range(len(refined)), key=lambda k: -refined[k][0])
+    chi2 = [-2 * peak for peak, _, _ in refined]
+    ranked = sorted(range(len(refined)), key=lambda k: chi2[k])
     closed = [k for k in ranked if ellipse(refined[k][1], 0.95).semi_major_m <= margin_m]
     # A place the delays do not fit is no place where a line fits them: it would be the
     # estimate, its ellipse drawn by a chi2 of millions, thousands of km from the emitter.
-    if -2 * refined[ranked[0]][0] <= limit:
-        closed = [k for k in closed if -2 * refined[k][0] <= limit]
+    if chi2[ranked[0]] <= limit:
+        closed = [k for k in closed if chi2[k] <= limit]
     if not closed:
         reach_m = ellipse(refined[ranked[0]][1], 0.95).semi_major_m
         raise TdoaError(
@@ -228,7 +229,7 @@ def locate(
         grid_lats,
         grid_lons,
         grid_ll,
-        chi2=-2 * refined[ranked[0]][0],
+        chi2=chi2[ranked[0]],
         chi2_bound=limit,
         weight=weights[chosen] / total,
         alternatives=alternatives,
