@@ -11,7 +11,8 @@ a last block cut mid-way, a chunk whose size is damaged (a block read up to the 
 chunk), chunks it does not know, a first block stamped 0 (no time yet). The true sample rate
 differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
 (:func:`timebase`), which also leaves out single bad stamps and finds the consistent part of a
-file whose stamps jump. The writer makes test data.
+file whose stamps jump. :mod:`inference_worker.core.kiwi_chunks` walks the chunks. The writer
+makes test data.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from inference_worker.core.kiwi_chunks import KIWI_STAMP, NEVER_HAD_FIX, walk
+
 BLOCK_SAMPLES = 512
 NOMINAL_RATE_HZ = 12_000
-NEVER_HAD_FIX = 255
 NO_RECENT_FIX = 254
 GPS_WEEK_S = 604_800
 CLOCK_DRIFT = 1e-7
@@ -33,7 +35,6 @@ CLOCK_DRIFT = 1e-7
 0.1 ppm, an assumed bound on its sample clock's frequency error once corrections stop). A stamp
 whose solution is ``a`` seconds old may be off by ``CLOCK_DRIFT * a``, 6 µs after a minute."""
 FULL_SCALE = 32_768.0
-_KIWI = struct.Struct("<BBII")
 _FILENAME = re.compile(
     r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)(?:_(?P<station>[^/\\]+?))?_iq", re.I
 )
@@ -98,78 +99,35 @@ def read_kiwi_wav(data: bytes) -> KiwiRecording:
     """
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise KiwiWavError("not a WAV file (no RIFF/WAVE header)")
-    position, rate = 12, None
-    blocks: list[bytes] = []
-    stamps: list[tuple[int, int, int]] = []
-    stamp_of_block: list[int] = []
-    pending: tuple[int, int, int] | None = None
-    while position + 8 <= len(data):  # the RIFF size is not trusted: real files lie
-        chunk_id, body, position = _chunk(data, position)
-        if chunk_id == b"fmt ":
-            rate = _check_format(body)
-        elif chunk_id == b"kiwi" and len(body) >= _KIWI.size:
-            last, _, seconds, nanoseconds = _KIWI.unpack_from(body)
-            pending = (last, seconds, nanoseconds)
-        elif chunk_id == b"data":
-            whole = len(body) // 4 * 4  # a recording cut mid-block keeps its whole samples
-            if whole:
-                blocks.append(body[:whole])
-                stamps.append(pending if pending is not None else (NEVER_HAD_FIX, 0, 0))
-                stamp_of_block.append(pending is not None)
-            pending = None
+    formats, pieces, lengths, stamps = walk(data)
+    rate = None
+    for body in formats:
+        rate = _check_format(body)
     if rate is None:
         raise KiwiWavError("the WAV file has no fmt chunk")
-    if not blocks:
+    if not pieces:
         raise KiwiWavError("the WAV file holds no samples")
-    if not any(stamp_of_block):
+    stamp = np.concatenate(stamps)
+    stamped = stamp[:, 3] == 1
+    if not stamped.any():
         raise KiwiWavError(
             "the recording has no GPS timestamps: record it with kiwirecorder.py -m iq --kiwi-wav"
         )
-    raw = np.frombuffer(b"".join(blocks), dtype="<i2").astype(np.float32) / FULL_SCALE
-    lengths = np.array([len(b) // 4 for b in blocks])
-    fix_age = np.array([s[0] for s in stamps], dtype=np.uint8)
-    seconds = np.array([s[1] for s in stamps], dtype=np.float64)
-    nanoseconds = np.array([s[2] for s in stamps], dtype=np.float64)
+    raw = np.frombuffer(b"".join(pieces), dtype="<i2").astype(np.float32) / FULL_SCALE
+    block_lengths = np.concatenate(lengths)
+    fix_age = stamp[:, 0].astype(np.uint8)
+    seconds = stamp[:, 1].astype(np.float64)
+    nanoseconds = stamp[:, 2].astype(np.float64)
     gps = seconds + nanoseconds * 1e-9
     no_time = (seconds == 0) & (nanoseconds == 0) | (fix_age == NEVER_HAD_FIX)
-    gps[no_time | ~np.array(stamp_of_block)] = np.nan
+    gps[no_time | ~stamped] = np.nan
     return KiwiRecording(
         iq=raw.view(np.complex64),
         header_rate_hz=rate,
-        block_start=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        block_start=np.concatenate([[0], np.cumsum(block_lengths)[:-1]]).astype(np.int64),
         gps_s=gps,
         fix_age=fix_age,
     )
-
-
-_KIWI_HEADER = b"kiwi" + struct.pack("<I", _KIWI.size)
-_CHUNK_IDS = (b"kiwi", b"data", b"fmt ", b"LIST", b"JUNK", b"PAD ", b"fact", b"id3 ", b"cue ")
-"""Chunks a recording may hold: where a ``data`` chunk's size ends on none of them, the size is
-damaged."""
-_FARTHEST_BLOCK = 1 << 20
-"""How far past a damaged ``data`` chunk's size its end is looked for (bytes)."""
-
-
-def _chunk(data: bytes, position: int) -> tuple[bytes, bytes, int]:
-    """The id and body of the chunk at ``position``, and where the next one starts. A size that
-    is not trusted is mended, a ``data`` chunk running to the next ``kiwi`` chunk's header as
-    kiwirecorder writes them: no chunk runs past that header (a size too large would swallow
-    the rest of the file, its headers read as samples), a ``data`` chunk whose size ends on no
-    chunk's header runs on to it (a size too small would lose the block's rest, and every later
-    block's time with it), and a ``kiwi`` chunk followed by a ``data`` chunk where its 10 bytes
-    end is 10 bytes long whatever its header says."""
-    chunk_id = data[position : position + 4]
-    size = struct.unpack_from("<I", data, position + 4)[0]
-    start = position + 8
-    if chunk_id == b"kiwi" and data[start + _KIWI.size : start + _KIWI.size + 4] == b"data":
-        size = _KIWI.size
-    end = start + size + (size & 1)
-    following = data.find(_KIWI_HEADER, start, start + size)
-    if following < 0 and chunk_id == b"data" and data[end : end + 4] not in (b"", *_CHUNK_IDS):
-        following = data.find(_KIWI_HEADER, end, end + _FARTHEST_BLOCK)
-    if following >= 0:
-        return chunk_id, data[start:following], following
-    return chunk_id, data[start : start + size], end
 
 
 def _check_format(body: bytes) -> int:
@@ -305,8 +263,8 @@ def write_kiwi_wav(
         seconds, nanoseconds = (
             (0, 0) if not np.isfinite(stamp) else divmod(round(stamp * 1e9), 10**9)
         )
-        body += b"kiwi" + struct.pack("<I", _KIWI.size)
-        body += _KIWI.pack(int(ages[k]), 0, int(seconds) % GPS_WEEK_S, int(nanoseconds))
+        body += b"kiwi" + struct.pack("<I", KIWI_STAMP.size)
+        body += KIWI_STAMP.pack(int(ages[k]), 0, int(seconds) % GPS_WEEK_S, int(nanoseconds))
         chunk = pcm[k * block_samples * 4 : (k + 1) * block_samples * 4]
         body += b"data" + struct.pack("<I", len(chunk)) + chunk
     return b"RIFF" + struct.pack("<I", len(body)) + bytes(body)
