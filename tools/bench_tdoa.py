@@ -10,9 +10,11 @@ the median and the range of a set's time, how much of it the correlations took, 
 of the allocations (numpy's included) while locating the first set, measured apart, and the
 median time of the same sets with one receiver's GPS time 30 µs off (``--one-off``, the
 default): the worst case, in which five or more receivers are located without each one in turn
-(what bounds ``HEIMDALL_TDOA_MAX_RECEIVERS``). ``--propagation skywave``: the sets heard at
-10 MHz by one hop off a layer 300 km high and located with skywave paths, as a job with
-``propagation=skywave`` is.
+(what bounds ``HEIMDALL_TDOA_MAX_RECEIVERS``), and how many sets were not located, then, after a
+slash, how many of the one-off sets (their delays fix a line: timed too, as a failing job costs
+the worker as much). ``--propagation skywave``: the sets heard at 10 MHz by one hop off a layer
+300 km high and located with skywave paths, as a job with ``propagation=skywave`` is (three
+receivers' skywave delays fix a line more often).
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
         [--seconds 30] [--seed 3000] [--no-one-off] [--propagation skywave]
@@ -39,14 +41,16 @@ from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
 from inference_worker.core.kiwi_wav import read_kiwi_wav  # noqa: E402
 from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa: E402
+from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
 
 
 def timed_solve(
     files: Sequence[bytes], stations: Sequence[Receiver], propagation: Propagation = "ground"
-) -> tuple[float, float]:
-    """Seconds for the whole estimate, and of them those spent in the pairs' correlations."""
+) -> tuple[float, float, float]:
+    """Seconds for the whole estimate, of them those spent in the pairs' correlations, and 1
+    where the set was not located (a job failing as a line costs the worker too), else 0."""
     spent = [0.0]
     correlate = tdoa.pair_delays
 
@@ -59,8 +63,11 @@ def timed_solve(
 
     with mock.patch.object(tdoa, "pair_delays", counted):
         t0 = time.perf_counter()
-        tdoa.solve(files, stations, propagation=propagation)
-        return time.perf_counter() - t0, spent[0]
+        try:
+            tdoa.solve(files, stations, propagation=propagation)
+        except TdoaError:
+            return time.perf_counter() - t0, spent[0], 1.0
+        return time.perf_counter() - t0, spent[0], 0.0
 
 
 def one_off(files: Sequence[bytes]) -> list[bytes]:
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
-        f"{'correlations':>13} {'peak MB':>8} {'one off s':>10}"
+        f"{'correlations':>13} {'peak MB':>8} {'one off s':>10} {'failed':>7}"
     )
     with threadpool_limits(limits=1):
         for rate in args.rates:
@@ -121,16 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 times = np.array([timed_solve(s.files, s.stations, args.propagation) for s in sets])
                 median = float(np.median(times[:, 0]))
                 share = float(np.median(times[:, 1] / times[:, 0]))
-                off = "-"
+                off, failed = "-", f"{int(times[:, 2].sum())}"
                 if args.one_off:
                     off_times = [
-                        timed_solve(one_off(s.files), s.stations, args.propagation)[0] for s in sets
+                        timed_solve(one_off(s.files), s.stations, args.propagation) for s in sets
                     ]
-                    off = f"{float(np.median(off_times)):.2f}"
+                    off = f"{float(np.median([t[0] for t in off_times])):.2f}"
+                    failed += f" / {sum(int(t[2]) for t in off_times)}"
                 print(
                     f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "
                     f"{median:>9.2f} {times[:, 0].min():>6.2f}–{times[:, 0].max():<6.2f} "
-                    f"{share:>12.0%} {peak_mb:>8.0f} {off:>10}",
+                    f"{share:>12.0%} {peak_mb:>8.0f} {off:>10} {failed:>7}",
                     flush=True,
                 )
     return 0
