@@ -1,14 +1,16 @@
 """Distances on the Earth for time differences of arrival: great circles on a sphere (fast, for
 wide grids) and geodesics on the WGS84 ellipsoid (pyproj), which differ by up to ~0.5 % of a
-path: a microsecond of travel time every 300 m."""
+path: a microsecond of travel time every 300 m; and whether a place lies among receivers."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import pyproj
+import scipy.spatial
 
 from inference_worker.core.contract import Receiver
 
@@ -58,3 +60,39 @@ def great_circle_m(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - lon1)
     h = np.sin(dp / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:
+    """Whether a point lies among the receivers: inside their convex hull, drawn with great
+    circles for edges (a gnomonic projection about their centre makes great circles straight).
+    Of three receivers' two crossings, at most one is among them when the emitter is."""
+    centre, east, north, hull = _hull(tuple((s.lat, s.lon) for s in stations))
+    point = _unit(lat, lon)
+    if point @ centre <= 0 or hull is None:  # the far side of the Earth, or no inside
+        return False
+    return bool(hull.find_simplex([point @ east, point @ north] / (point @ centre)) >= 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _hull(
+    corners: tuple[tuple[float, float], ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, scipy.spatial.Delaunay | None]:
+    """The receivers' gnomonic projection (its centre, east and north) and their hull in it;
+    None for receivers on one great circle or at one site. Kept: every place a job finds is
+    judged among the same receivers."""
+    units = np.array([_unit(lat, lon) for lat, lon in corners])
+    centre = units.sum(axis=0)
+    centre /= np.linalg.norm(centre)
+    east = np.cross([0.0, 0.0, 1.0], centre)
+    east = east / np.linalg.norm(east) if np.linalg.norm(east) > 1e-9 else np.array([1.0, 0, 0])
+    north = np.cross(centre, east)
+    plane = np.array([[v @ east, v @ north] / (v @ centre) for v in units])
+    try:
+        return centre, east, north, scipy.spatial.Delaunay(plane)
+    except scipy.spatial.QhullError:
+        return centre, east, north, None
+
+
+def _unit(lat: float, lon: float) -> np.ndarray:
+    phi, lam = math.radians(lat), math.radians(lon)
+    return np.array([math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)])

@@ -29,16 +29,18 @@ from inference_worker.core.ellipse import (
     ellipse,
     metres_per_degree,
 )
+from inference_worker.core.geodesy import among
 from inference_worker.core.tdoa_search import (
     Expectation,
-    among,
     coarse_peaks,
     grid_estimate,
+    ground_grid,
     log_mass,
     own_precision,
     plausible_chi2,
     refine,
     travel_form,
+    travel_us,
     widened,
     within,
 )
@@ -146,7 +148,8 @@ def locate(
     step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
     form = travel_form(len(stations), delays, precision)
     height = layer_height_m
-    starts = coarse_peaks(stations, delays, form, lats, lons, candidates, height)
+    travel = travel_us(ground_grid(stations, lats, lons), height)
+    starts = coarse_peaks(travel, delays, form, candidates)
     refined = [
         refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine, height)
         for i, j in starts
@@ -156,7 +159,7 @@ def locate(
     # peaks: the widened likelihood's best peaks are refined too, more while no peak fits.
     reach_m = 0.5 * math.hypot(step[0] * per_deg_lat, step[1] * per_deg_lon)
     wide = widened(stations, delays, precision, reach_m)
-    more = coarse_peaks(stations, delays, wide, lats, lons, 32, height)
+    more = coarse_peaks(travel, delays, wide, 32)
     more = [p for p in more if all(max(abs(p[0] - i), abs(p[1] - j)) > 2 for i, j in starts)]
     while more:
         refined += [

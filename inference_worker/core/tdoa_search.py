@@ -8,6 +8,7 @@ its grid spans the likelihood's own spread, whose moments give the estimate.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from typing import Literal, get_args
 import numpy as np
 import scipy.ndimage
 import scipy.optimize
-import scipy.spatial
 import scipy.stats
 
 from inference_worker.core.contract import Receiver
@@ -116,45 +116,65 @@ def log_likelihood_grid(
     (:func:`ellipsoid_offsets`)."""
     if precision is None:
         precision = own_precision(delays, len(stations))
-    form = (
-        precision
-        if isinstance(precision, TravelForm)
-        else travel_form(len(stations), delays, precision)
-    )
     # Broadcast rather than meshed: each latitude's and longitude's sines are taken once, not
     # at every point (the same values; most of a search's time with many receivers).
     grid_lat, grid_lon = np.asarray(lats)[:, None], np.asarray(lons)[None, :]
-    offsets = offsets_s if offsets_s is not None else [0.0] * len(stations)
-    travel_us = np.stack(
+    ground = [great_circle_m(s.lat, s.lon, grid_lat, grid_lon) for s in stations]
+    travel = travel_us(ground, layer_height_m, offsets_s)
+    return _log_likelihood(travel, delays, precision)
+
+
+def ground_grid(stations: Sequence[Receiver], lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
+    """Each station's great-circle distance (m) to every point of a latitude × longitude grid,
+    ``(stations, len(lats), len(lons))``. The last grid's are kept: a skywave job searches the
+    same grid at every layer height."""
+    corners = tuple((s.lat, s.lon) for s in stations)
+    return _ground_grid(
+        corners, np.asarray(lats, float).tobytes(), np.asarray(lons, float).tobytes()
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _ground_grid(corners: tuple[tuple[float, float], ...], lats: bytes, lons: bytes) -> np.ndarray:
+    grid_lat, grid_lon = np.frombuffer(lats)[:, None], np.frombuffer(lons)[None, :]
+    ground = np.stack([great_circle_m(lat, lon, grid_lat, grid_lon) for lat, lon in corners])
+    ground.flags.writeable = False
+    return ground
+
+
+def travel_us(
+    ground_m: np.ndarray | Sequence[np.ndarray],
+    layer_height_m: float = 0.0,
+    offsets_s: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Each station's travel time (µs) over its ground distances ``ground_m`` (one array a
+    station: :func:`path_m`), plus its ``offsets_s``."""
+    offsets = offsets_s if offsets_s is not None else [0.0] * len(ground_m)
+    return np.stack(
         [
-            (
-                path_m(great_circle_m(s.lat, s.lon, grid_lat, grid_lon), layer_height_m)
-                / SPEED_OF_LIGHT_M_S
-                + offset
-            )
-            * 1e6
-            for s, offset in zip(stations, offsets, strict=True)
+            (path_m(ground, layer_height_m) / SPEED_OF_LIGHT_M_S + offset) * 1e6
+            for ground, offset in zip(ground_m, offsets, strict=True)
         ]
     )
-    projected = np.tensordot(form.root, travel_us, axes=(1, 0))
-    projected -= (form.root @ form.t0).reshape(-1, *([1] * grid_lat.ndim))
+
+
+def _log_likelihood(
+    travel: np.ndarray, delays: Sequence[PairDelay], weights: Weights
+) -> np.ndarray:
+    """``-chi2/2`` of the delays where the stations' travel times (µs) are ``travel``."""
+    form = weights if isinstance(weights, TravelForm) else travel_form(len(travel), delays, weights)
+    projected = np.tensordot(form.root, travel, axes=(1, 0))
+    projected -= (form.root @ form.t0).reshape(-1, *([1] * (travel.ndim - 1)))
     return -0.5 * (np.sum(projected**2, axis=0) + form.floor)
 
 
 def coarse_peaks(
-    stations: Sequence[Receiver],
-    delays: Sequence[PairDelay],
-    weights: Weights,
-    lats: np.ndarray,
-    lons: np.ndarray,
-    count: int,
-    layer_height_m: float = 0.0,
+    travel: np.ndarray, delays: Sequence[PairDelay], weights: Weights, count: int
 ) -> list[tuple[int, int]]:
     """The grid points of the ``count`` highest local maxima of the likelihood under the
-    delays' inverse covariance ``weights``, highest first."""
-    grid_ll = log_likelihood_grid(
-        stations, delays, lats, lons, weights, layer_height_m=layer_height_m
-    )
+    delays' inverse covariance ``weights``, highest first, on a grid where the stations'
+    travel times (µs) are ``travel``."""
+    grid_ll = _log_likelihood(travel, delays, weights)
     peaks = scipy.ndimage.maximum_filter(grid_ll, size=5, mode="nearest") == grid_ll
     order = np.argsort(grid_ll[peaks])[::-1][:count]
     return [(int(i), int(j)) for i, j in np.argwhere(peaks)[order]]
@@ -279,32 +299,6 @@ def within(grid: Grid, lats: np.ndarray, lons: np.ndarray) -> Grid | None:
     if rows.sum() < 2 or columns.sum() < 2:
         return None
     return grid_lats[rows], grid_lons[columns], log_likelihood[np.ix_(rows, columns)]
-
-
-def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:
-    """Whether a point lies among the receivers: inside their convex hull, drawn with great
-    circles for edges (a gnomonic projection about their centre makes great circles straight).
-    Of three receivers' two crossings, at most one is among them when the emitter is."""
-    corners = np.array([_unit(s.lat, s.lon) for s in stations])
-    centre = corners.sum(axis=0)
-    centre /= np.linalg.norm(centre)
-    east = np.cross([0.0, 0.0, 1.0], centre)
-    east = east / np.linalg.norm(east) if np.linalg.norm(east) > 1e-9 else np.array([1.0, 0, 0])
-    north = np.cross(centre, east)
-    point = _unit(lat, lon)
-    if point @ centre <= 0:  # the far side of the Earth
-        return False
-    plane = np.array([[v @ east, v @ north] / (v @ centre) for v in [*corners, point]])
-    try:
-        hull = scipy.spatial.Delaunay(plane[:-1])
-    except scipy.spatial.QhullError:  # receivers on one great circle or one site: no inside
-        return False
-    return bool(hull.find_simplex(plane[-1]) >= 0)
-
-
-def _unit(lat: float, lon: float) -> np.ndarray:
-    phi, lam = math.radians(lat), math.radians(lon)
-    return np.array([math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)])
 
 
 def log_mass(lats: np.ndarray, lons: np.ndarray, log_likelihood: np.ndarray) -> float:

@@ -18,10 +18,9 @@ from inference_worker.core.ellipse import (
     ellipse,
     tdoa_feature_collection,
 )
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
+from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, among, geodesic_m
 from inference_worker.core.likelihood_map import render_png
 from inference_worker.core.tdoa_locate import locate
-from inference_worker.core.tdoa_search import among
 from inference_worker.core.time_differences import TdoaError
 from inference_worker.science.kiwi_sets import place_close_pair, place_receivers, spacing_for
 from inference_worker.science.tdoa_shares import (

@@ -12,7 +12,14 @@ import pytest
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
-from inference_worker.core.tdoa_search import log_likelihood_grid, widened
+from inference_worker.core.tdoa_search import (
+    coarse_peaks,
+    ground_grid,
+    log_likelihood_grid,
+    own_precision,
+    travel_us,
+    widened,
+)
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
 
 from .test_tdoa import EMITTER, STATIONS, exact_delays
@@ -100,3 +107,18 @@ def test_the_grid_likelihood_is_every_pair_weighed_at_every_point(rank):
         assert grid[i, j] == pytest.approx(
             -0.5 * residual @ precision @ residual, rel=1e-9, abs=1e-6
         )
+
+
+@pytest.mark.parametrize("height", [0.0, 300e3])
+def test_the_coarse_search_sees_the_grid_likelihood_and_keeps_its_distances(height):
+    # The coarse grid's distances are kept for the next search of the same grid (a skywave job
+    # searches it at every layer height); the likelihood on them is the grid's.
+    lats, lons = np.linspace(43.0, 48.0, 41), np.linspace(5.0, 11.0, 43)
+    delays = exact_delays(STATIONS, EMITTER, 1e-6)
+    ground = ground_grid(STATIONS, lats, lons)
+    assert ground_grid(STATIONS, lats.copy(), lons.copy()) is ground
+    assert ground_grid(STATIONS[::-1], lats, lons) is not ground
+    precision = own_precision(delays, len(STATIONS))
+    grid = log_likelihood_grid(STATIONS, delays, lats, lons, precision, layer_height_m=height)
+    peaks = coarse_peaks(travel_us(ground, height), delays, precision, 3)
+    assert peaks[0] == np.unravel_index(int(np.argmax(grid)), grid.shape)
