@@ -15,8 +15,8 @@ fix ages or hidden; and turns one receiver of four 1-9.5 Hz off the others' freq
 the same sets in tune; and places two of three receivers 1-100 km apart, the third 500 km away;
 and lets three to five receivers hear the emitter by one ionospheric hop (one layer height for
 every path, then each reflection up to 25 km higher or lower), located with ground-wave paths
-and with skywave paths (``propagation="skywave"``).
-Last, three-receiver likelihoods of delays drawn from their own model
+and with skywave paths (``propagation="skywave"``); and loses three runs of one receiver's blocks
+on the way. Last, three-receiver likelihoods of delays drawn from their own model
 (``inference_worker.science.tdoa_shares``): how often the estimate is the right one of two
 crossings (and with the emitter expected among the receivers), and how each place's share bears
 out, for emitters placed as the sets place them and spread evenly. Bars: median error <= 2 km,
@@ -24,7 +24,7 @@ out, for emitters placed as the sets place them and spread evenly. Bars: median 
 
     python tools/evaluate_tdoa.py [--sets 300] [--processes 2] [--seed 2026] [--odd-sets 20]
         [--lapsed-sets 20] [--detuned-sets 20] [--close-sets 30] [--skywave-sets 15]
-        [--share-trials 1500] [--receivers 3-5] [--seconds 30] [--snr-db 10 30]
+        [--lost-sets 20] [--share-trials 1500] [--receivers 3-5] [--seconds 30] [--snr-db 10 30]
 
 ``--receivers``, ``--seconds`` and ``--snr-db`` set the main sets' receiver count, length and
 signal-to-noise ratios (the other sections keep theirs).
@@ -57,6 +57,7 @@ from tools.tdoa_fault_report import (  # noqa: E402
     close_section,
     detuned_section,
     lapsed_section,
+    lost_section,
     odd_section,
     skywave_section,
 )
@@ -211,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             "sets of three, four and five heard by skywave",
         ),
         (
+            "--lost-sets",
+            20,
+            "--lost-seed",
+            7600,
+            "sets of three, four and five with one receiver's blocks lost on the way",
+        ),
+        (
             "--share-trials",
             1500,
             "--share-seed",
@@ -287,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         close_section(args)
     if args.skywave_sets:
         skywave_section(args)
+    if args.lost_sets:
+        lost_section(args)
     if args.share_trials:
         print(
             f"\nthree receivers, delays from the likelihood's own model: {args.share_trials} "

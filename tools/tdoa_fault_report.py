@@ -1,13 +1,14 @@
 """The sections of the TDoA evaluation (``tools/evaluate_tdoa.py``) with one receiver at fault
 (:mod:`inference_worker.science.tdoa_faults`): its GPS time broken, off by microseconds or
-lapsed, or its frequency off the others'; or too close to another; or every receiver hearing
-the emitter by skywave. Each runs its sets in ``args.processes`` processes and
+lapsed, or its frequency off the others', or its blocks lost on the way; or too close to
+another; or every receiver hearing the emitter by skywave. Each runs its sets in ``args.processes`` processes and
 prints a line a case."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ from inference_worker.science.tdoa_faults import (
     one_close_set,
     one_detuned_set,
     one_lapsed_set,
+    one_lost_set,
     one_odd_set,
     one_skywave_set,
 )
@@ -172,6 +174,32 @@ def skywave_section(args: argparse.Namespace) -> None:
 def _sky(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """The rows' skywave-path results under the names the ground-wave ones have."""
     return [{k.removeprefix("sky_"): v for k, v in r.items() if k.startswith("sky_")} for r in rows]
+
+
+def lost_section(args: argparse.Namespace) -> None:
+    """Sets of three to five over 30 s with one receiver's blocks lost on the way."""
+
+    def line(receivers: float, mine: list[dict[str, object]]) -> str:
+        used = [r for r in mine if "used_s" in r]
+        return (
+            f"{receivers:.0f} receivers: {_located(mine)} (68 %: {_count(mine, 'held_68')}); of "
+            f"the lossy recording {_median(used, 'used_s'):.1f} s used of "
+            f"{_median(used, 'recorded_s'):.1f} s, {_median(used, 'windows'):.0f} windows"
+        )
+
+    _by_case(
+        args,
+        one_lost_set,
+        (3, 4, 5),
+        (args.lost_seed, args.lost_sets),
+        f"sets over 30 s with one receiver's blocks lost on the way (three runs of 1-5 s): "
+        f"{args.lost_sets} for each count",
+        line,
+    )
+
+
+def _median(rows: list[dict[str, object]], key: str) -> float:
+    return float(np.median([float(r[key]) for r in rows])) if rows else math.nan  # type: ignore[arg-type]
 
 
 def _by_case(

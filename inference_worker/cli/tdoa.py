@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from inference_worker.cli.arguments import count, number
 from inference_worker.core.ellipse import tdoa_feature_collection
-from inference_worker.core.kiwi_wav import parse_file_name
+from inference_worker.core.kiwi_names import parse_file_name
 from inference_worker.core.tdoa_search import EXPECTATIONS
 from inference_worker.core.tdoa_skywave import PROPAGATIONS
 from inference_worker.settings import Settings
@@ -312,6 +312,11 @@ def print_result(view: dict[str, Any]) -> None:
                 f"stale GPS     {receiver['id']}: its GPS solution was up to "
                 f"{receiver['gps_fix_age_s']} s old; its time was carried by its own clock "
                 "meanwhile (its stamps counted, and its time's uncertainty grew, by that age)"
+            )
+        if receiver.get("lost_s", 0.0) >= 0.1:
+            print(
+                f"blocks lost   {receiver['id']}: {receiver['lost_s']:.1f} s of its recording "
+                "never arrived (the stream stalled); no window was cut there"
             )
         if abs(receiver.get("frequency_offset_hz") or 0.0) >= OFF_FREQUENCY_HZ:
             print(

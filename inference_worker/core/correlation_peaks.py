@@ -121,23 +121,38 @@ def stretches_at(
     return stretches
 
 
-def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
-    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
-    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
-    matters: receivers' rates differ by parts per million, which would skew windows that start
-    together by microseconds at their far end; centred, the skew averages out."""
+def arrived(base: Timebase, centre_s: float, length: int) -> bool:
+    """Whether all of what :func:`_window` takes of a recording for a window arrived: none of
+    it where blocks were lost on the way."""
+    first, _, before, after = _placed(base, centre_s, length)
+    return base.recorded(first - before, first + length + after) is not None
+
+
+def _placed(base: Timebase, centre_s: float, length: int) -> tuple[int, float, int, int]:
+    """Where a window of ``length`` samples centred on GPS time ``centre_s`` starts (a whole
+    sample and the fraction beyond it), and the samples taken with it before and after."""
     position = (centre_s - base.t0_s) * base.rate_hz - length / 2
     first = int(math.floor(position))
-    fraction = position - first
     # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
     # middle, or the ringing, at the same place in both windows of a pair, pulls their
     # correlation's peak towards the lag the windows were cut at. The stretch is at least
     # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
     stretch = scipy.fft.next_fast_len(length + 2 * _MARGIN)
     before = (stretch - length) // 2
-    after = stretch - length - before
-    samples = recording.iq[first - before : first + length + after].astype(np.complex128)
-    if first < before or len(samples) < length + before + after:
+    return first, position - first, before, stretch - length - before
+
+
+def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
+    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
+    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
+    matters: receivers' rates differ by parts per million, which would skew windows that start
+    together by microseconds at their far end; centred, the skew averages out."""
+    first, fraction, before, after = _placed(base, centre_s, length)
+    start = base.recorded(first - before, first + length + after)
+    if start is None:
+        raise TdoaError("a window reaches where blocks of a recording were lost")
+    samples = recording.iq[start : start + before + length + after].astype(np.complex128)
+    if start < 0 or len(samples) < length + before + after:
         raise TdoaError("a window reaches past the end of a recording")
     spectrum = np.fft.fft(samples)
     frequencies = np.fft.fftfreq(len(samples))

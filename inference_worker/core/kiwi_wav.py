@@ -10,17 +10,16 @@ The reader takes what real files hold: a RIFF size that is wrong or zero (a reco
 a last block cut mid-way, a chunk whose size is damaged (a block read up to the next ``kiwi``
 chunk), chunks it does not know, a first block stamped 0 (no time yet). The true sample rate
 differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
-(:func:`timebase`), which also leaves out single bad stamps and finds the consistent part of a
-file whose stamps jump. :mod:`inference_worker.core.kiwi_chunks` walks the chunks. The writer
-makes test data.
+(:func:`timebase`), which also leaves out single bad stamps, bridges blocks lost on the way
+and finds the consistent part of a file whose stamps jump.
+:mod:`inference_worker.core.kiwi_chunks` walks the chunks. The writer makes test data.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
@@ -35,9 +34,6 @@ CLOCK_DRIFT = 1e-7
 0.1 ppm, an assumed bound on its sample clock's frequency error once corrections stop). A stamp
 whose solution is ``a`` seconds old may be off by ``CLOCK_DRIFT * a``, 6 µs after a minute."""
 FULL_SCALE = 32_768.0
-_FILENAME = re.compile(
-    r"(?P<start>\d{8}T\d{6}Z)_(?P<frequency>\d+)(?:_(?P<station>[^/\\]+?))?_iq", re.I
-)
 
 
 class KiwiWavError(ValueError):
@@ -63,7 +59,11 @@ class KiwiRecording:
 
 @dataclass(frozen=True)
 class Timebase:
-    """Sample index -> GPS time over the consistent part of a recording."""
+    """Sample index -> GPS time over the consistent part of a recording.
+
+    Where blocks were lost on the way (the stamps jump by a whole number of blocks and go on on
+    one line), the samples are counted as if they had arrived: a sample's index here is its
+    index in the recording plus the samples lost before it (:attr:`segments`)."""
 
     rate_hz: float
     t0_s: float
@@ -86,9 +86,40 @@ class Timebase:
     recording_samples: int = 0
     """How many samples the recording holds: those outside ``[first_sample, end_sample)`` have
     no time consistent with the rest and are not used."""
+    segments: tuple[tuple[int, int, int], ...] = ()
+    """Where blocks were lost: each stretch received whole as ``(first, end, lost)``, its
+    samples ``[first, end)`` (counted with the lost ones) the recording's ``[first - lost, end -
+    lost)``; between stretches, samples that did not arrive. Empty where none were lost."""
 
     def time_of(self, sample: np.ndarray | float) -> np.ndarray | float:
         return self.t0_s + np.asarray(sample) / self.rate_hz
+
+    def clock_sigma_s(self, floor_s: float) -> float:
+        """Uncertainty of this time base in the middle of its fitted span: its stamps'
+        scatter, ``floor_s`` (what the stamps do not show), and how far its time may have
+        drifted since its freshest GPS solution (:data:`CLOCK_DRIFT`)."""
+        blocks = max(1, self.used_samples // BLOCK_SAMPLES)
+        lapse = CLOCK_DRIFT * self.freshest_fix_s
+        return math.sqrt((self.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2 + lapse**2)
+
+    @property
+    def used_samples(self) -> int:
+        """How many of the recording's samples lie on this timebase."""
+        if not self.segments:
+            return self.end_sample - self.first_sample
+        return sum(end - first for first, end, _ in self.segments)
+
+    def recorded(self, start: int, stop: int) -> int | None:
+        """Where the samples ``[start, stop)`` (counted with the lost ones) lie in the
+        recording, or None where they do not all arrive (a stretch's outer edges open: past
+        them the recording itself ends)."""
+        if not self.segments:
+            return start
+        last = len(self.segments) - 1
+        for k, (first, end, lost) in enumerate(self.segments):
+            if (k == 0 or first <= start) and (k == last or stop <= end):
+                return start - lost
+        return None
 
 
 def read_kiwi_wav(data: bytes) -> KiwiRecording:
@@ -148,8 +179,10 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     Stamps of 0 or without a fix are left out. The stamps are walked in order: one that leaves
     the line and comes back to it within a few blocks is a bad stamp, left out of the fit while
     its samples stay (the line agreeing on both sides says none were lost); one after which the
-    line does not come back is a jump (lost samples, the receiver's time set again), and the
-    longest stretch between jumps is kept, as its own recording would be, instead of dropping
+    line does not come back is a jump. Where the stamps jump ahead by a whole number of blocks
+    and go on on one line, those blocks were lost on the way and the stretches either side are
+    joined (:attr:`Timebase.segments`); any other jump is the receiver's time set again, and
+    the longest chain of stretches is kept, as its own recording would be, instead of dropping
     the receiver. "On the line" means within ``tolerance_s`` or five times the stamps' own
     jitter, whichever is larger, so a stamp off by a tenth of a millisecond no longer pulls the
     fit by microseconds (hundreds of metres of range). The line is fitted with each stamp
@@ -176,27 +209,40 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
         raise KiwiWavError("the GPS stamps do not advance with the samples")
     offsets = gps[index] - start[index] / rate  # t0 implied by each stamp: flat on the line
     jitter = 1.4826 * float(np.median(np.abs(np.diff(offsets)))) / np.sqrt(2.0)
-    inliers, stretch = _consistent_stretch(offsets, max(tolerance_s, 5.0 * jitter))
+    gate_s = max(tolerance_s, 5.0 * jitter)
+    block = int(np.median(np.diff(recording.block_start))) if len(start) > 1 else BLOCK_SAMPLES
+    chain = max(
+        _chains(_stretches(offsets, gate_s), offsets, block / rate, gate_s),
+        key=lambda joined: sum(kept[-1] - kept[0] for kept, _ in joined),
+    )
+    inliers = np.concatenate([kept for kept, _ in chain]).astype(np.int64)
+    lost = np.concatenate([np.full(len(kept), blocks * block) for kept, blocks in chain])
     keep = index[inliers]
     if len(keep) < 2:
         raise KiwiWavError("the recording has fewer than two consistent GPS stamps")
     ages = recording.fix_age[keep].astype(np.float64)
     drift = np.hypot(max(jitter, 1e-7), CLOCK_DRIFT * ages)  # each stamp's own uncertainty
     weights = None if np.all(ages == ages[0]) else 1.0 / drift  # equal ages: a plain fit
-    slope, intercept = np.polyfit(start[keep], gps[keep], 1, w=weights)
-    residual = gps[keep] - (intercept + slope * start[keep])
-    first, last = int(index[stretch[0]]), int(index[stretch[1] - 1])
-    end = int(recording.block_start[last + 1]) if last + 1 < len(start) else len(recording.iq)
+    counted = start[keep] + lost  # as if the lost blocks had arrived
+    slope, intercept = np.polyfit(counted, gps[keep], 1, w=weights)
+    residual = gps[keep] - (intercept + slope * counted)
+    segments = []
+    for kept, blocks in chain:
+        first, last = int(index[kept[0]]), int(index[kept[-1]])
+        end = int(recording.block_start[last + 1]) if last + 1 < len(start) else len(recording.iq)
+        shift = blocks * block
+        segments.append((int(recording.block_start[first]) + shift, end + shift, shift))
     return Timebase(
         rate_hz=float(1.0 / slope),
         t0_s=float(intercept),
-        first_sample=int(recording.block_start[first]),
-        end_sample=end,
+        first_sample=segments[0][0],
+        end_sample=segments[-1][1],
         rejected_blocks=len(start) - len(keep),
         residual_s=float(np.sqrt(np.mean(residual**2))),
         fix_age_s=int(ages.max()),
         freshest_fix_s=int(ages.min()),
         recording_samples=len(recording.iq),
+        segments=tuple(segments) if len(segments) > 1 else (),
     )
 
 
@@ -205,10 +251,10 @@ LOOK_AHEAD_BLOCKS = 8
 taken as having jumped, rather than those stamps as bad."""
 
 
-def _consistent_stretch(offsets: np.ndarray, gate_s: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """The stamps (positions in ``offsets``) of the longest stretch on one line, and the
-    stretch's first and end position: stamps off the line that it comes back to are left out,
-    one it does not come back to after ``LOOK_AHEAD_BLOCKS`` ends the stretch."""
+def _stretches(offsets: np.ndarray, gate_s: float) -> list[list[int]]:
+    """The stamps (positions in ``offsets``) of each stretch on one line, in order: stamps off
+    the line that it comes back to are left out, one it does not come back to after
+    ``LOOK_AHEAD_BLOCKS`` ends the stretch."""
     stretches: list[list[int]] = []
     current: list[int] = []
     position = 0
@@ -226,8 +272,38 @@ def _consistent_stretch(offsets: np.ndarray, gate_s: float) -> tuple[np.ndarray,
         stretches.append(current)  # a jump: a new stretch starts here
         current = []
     stretches.append(current)
-    best = max(stretches, key=lambda kept: kept[-1] - kept[0] if kept else -1)
-    return np.asarray(best, dtype=np.int64), (best[0], best[-1] + 1)
+    return [kept for kept in stretches if kept]
+
+
+LONGEST_GAP_S = 600.0
+"""The most time blocks lost on the way may take for the stretches either side to be joined."""
+
+
+def _chains(
+    stretches: list[list[int]], offsets: np.ndarray, block_s: float, gate_s: float
+) -> list[list[tuple[list[int], int]]]:
+    """The stretches joined where blocks were lost between them: the later one's stamps jump
+    ahead by a whole number of blocks (the receiver's clock went on, its samples did not
+    arrive), each stretch with the blocks lost before it since its chain's first. A jump of
+    any other size is the receiver's time set again: which side is right cannot be told, and
+    the longest chain alone is used."""
+    chains: list[list[tuple[list[int], int]]] = []
+    for kept in stretches:
+        if chains:
+            before, lost = chains[-1][-1]
+            # Levels where the stretches meet: an error in the rate tilts each stretch's own.
+            jump_s = float(np.median(offsets[kept[:5]]) - np.median(offsets[before[-5:]]))
+            blocks = round(jump_s / block_s)
+            if (
+                min(len(before), len(kept)) >= 2
+                and 1 <= blocks
+                and blocks * block_s <= LONGEST_GAP_S
+                and abs(jump_s - blocks * block_s) < gate_s
+            ):
+                chains[-1].append((kept, lost + blocks))
+                continue
+        chains.append([(kept, 0)])
+    return chains
 
 
 def _unwrap_weeks(gps: np.ndarray) -> np.ndarray:
@@ -268,22 +344,3 @@ def write_kiwi_wav(
         chunk = pcm[k * block_samples * 4 : (k + 1) * block_samples * 4]
         body += b"data" + struct.pack("<I", len(chunk)) + chunk
     return b"RIFF" + struct.pack("<I", len(body)) + bytes(body)
-
-
-@dataclass(frozen=True)
-class KiwiFileName:
-    start: datetime
-    frequency_hz: int
-    station: str | None
-    """The ``--station`` part (it may hold underscores); None where the recorder was given
-    none."""
-
-
-def parse_file_name(name: str) -> KiwiFileName | None:
-    """What a kiwirecorder file name says (``20200813T065220Z_77500_HB9ODP_iq.wav``, or
-    ``20200813T065220Z_77500_iq.wav`` recorded without ``--station``), if it has that form."""
-    found = _FILENAME.search(name)
-    if found is None:
-        return None
-    start = datetime.strptime(found["start"].upper(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return KiwiFileName(start, int(found["frequency"]), found["station"])

@@ -30,7 +30,8 @@ from inference_worker.core.capture import (
     time_in_range,
 )
 from inference_worker.core.contract import Receiver
-from inference_worker.core.kiwi_wav import KiwiWavError, parse_file_name, read_kiwi_wav, timebase
+from inference_worker.core.kiwi_names import parse_file_name
+from inference_worker.core.kiwi_wav import KiwiWavError, read_kiwi_wav, timebase
 from inference_worker.core.recording_sets import (
     block_prints,
     overlap,

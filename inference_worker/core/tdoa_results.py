@@ -67,7 +67,7 @@ def unused_caution(solution: Solution, stations: Sequence[Receiver]) -> dict[str
     unused = []
     for station, base in zip(stations, solution.timebases, strict=True):
         total_s = base.recording_samples / base.rate_hz
-        used_s = (base.end_sample - base.first_sample) / base.rate_hz
+        used_s = base.used_samples / base.rate_hz
         if total_s - used_s > UNUSED_S:
             unused.append((station.id, used_s, total_s))
     if not unused:
@@ -116,6 +116,9 @@ def describe_solution(
                 "sample_rate_hz": round(base.rate_hz, 4),
                 "stamp_residual_us": round(base.residual_s * 1e6, 3),
                 "rejected_blocks": base.rejected_blocks,
+                "lost_s": round(
+                    (base.end_sample - base.first_sample - base.used_samples) / base.rate_hz, 3
+                ),
                 "gps_fix_age_s": base.fix_age_s,
                 "frequency_offset_hz": round(float(offset), 2) + 0.0
                 if np.isfinite(offset)

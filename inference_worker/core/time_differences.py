@@ -18,7 +18,7 @@ from typing import overload
 import numpy as np
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.correlation_peaks import peak_delays, stretches_at
+from inference_worker.core.correlation_peaks import arrived, peak_delays, stretches_at
 from inference_worker.core.frequency_offsets import (
     COARSE_HZ,
     DRIFT_HZ,
@@ -29,7 +29,7 @@ from inference_worker.core.frequency_offsets import (
     receiver_drifts,
 )
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
-from inference_worker.core.kiwi_wav import BLOCK_SAMPLES, CLOCK_DRIFT, KiwiRecording, Timebase
+from inference_worker.core.kiwi_wav import KiwiRecording, Timebase
 from inference_worker.core.recording_sets import TdoaError, overlap, too_few_sites, too_short
 
 OUTLIER_MADS = 5.0
@@ -216,8 +216,8 @@ def pair_delays(
         raise TdoaError(problem)
     window_s = min(window_s, (end - start) / (FEWEST_WINDOWS + 1.01))
     length = int(window_s * float(np.median([base.rate_hz for base in timebases])))
-    count = int((end - start) / window_s) - 1
-    centres = [start + (k + 1) * window_s for k in range(count)]
+    slots = int((end - start) / window_s) - 1
+    centres = [start + (k + 1) * window_s for k in range(slots)]
     pairs = list(itertools.combinations(range(len(recordings)), 2))
     max_lags = np.array(
         [
@@ -229,18 +229,26 @@ def pair_delays(
     )
     pair_rates = np.array([(timebases[a].rate_hz + timebases[b].rate_hz) / 2 for a, b in pairs])
     margin = int(math.ceil(float(np.max(max_lags * pair_rates)))) + 2  # the longest pair's
+    # Windows where blocks of a recording were lost on the way are left out; their values
+    # stay 0, so that the drifts read turns between neighbouring windows only.
+    present = np.flatnonzero(
+        [all(arrived(base, c, length + 2 * margin) for base in timebases) for c in centres]
+    )
+    count = len(present)
+    if count < 3:
+        raise TdoaError("the recordings' blocks that arrived overlap for less than 3 windows")
 
     # The frequency search's windows, spread over the span: kept from the first correlation.
-    searched = range(0, count, max(1, count // SEARCH_WINDOWS))[:SEARCH_WINDOWS]
+    searched = present[: count : max(1, count // SEARCH_WINDOWS)][:SEARCH_WINDOWS]
     windows: list[list[np.ndarray]] = []
 
     def correlated(offsets_hz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        per_window, values = np.empty((len(pairs), count)), np.empty((len(pairs), count), complex)
-        for k, centre_s in enumerate(centres):
+        per_window, values = np.empty((len(pairs), count)), np.zeros((len(pairs), slots), complex)
+        for column, k in enumerate(present):
             stretches = stretches_at(
-                recordings, timebases, centre_s, length + 2 * margin, offsets_hz, start
+                recordings, timebases, centres[k], length + 2 * margin, offsets_hz, start
             )
-            per_window[:, k], values[:, k] = peak_delays(
+            per_window[:, column], values[:, k] = peak_delays(
                 stretches, pairs, margin, pair_rates, max_lags
             )
             if offsets_hz is None and k in searched:
@@ -287,7 +295,7 @@ def pair_delays(
     shrink = min(1.0, len(pairs) / (len(pairs) + used))
     scatter = (1 - shrink) * scatter + shrink * np.diag(np.diag(scatter))
     design = pair_design(pairs, len(recordings))
-    clocks = np.array([_clock_sigma(tb, clock_floor_s) * 1e6 for tb in timebases])
+    clocks = np.array([tb.clock_sigma_s(clock_floor_s) * 1e6 for tb in timebases])
     # The scatter is itself estimated from the windows: with few windows for many pairs it
     # errs low as often as high, and what it misses widens the error of the means
     # (Hotelling's T²: about (n - 1) / (n - p - 1) for n windows and p pairs).
@@ -334,12 +342,3 @@ def pair_design(pairs: Sequence[tuple[int, int]], stations: int) -> np.ndarray:
     for row, (a, b) in enumerate(pairs):
         design[row, a], design[row, b] = 1.0, -1.0
     return design
-
-
-def _clock_sigma(base: Timebase, floor_s: float) -> float:
-    """Uncertainty of a receiver's time base in the middle of its fitted span: its stamps'
-    scatter, the floor, and how far its time may have drifted since its freshest GPS solution
-    (:data:`~inference_worker.core.kiwi_wav.CLOCK_DRIFT`)."""
-    blocks = max(1, (base.end_sample - base.first_sample) // BLOCK_SAMPLES)
-    lapse = CLOCK_DRIFT * base.freshest_fix_s
-    return math.sqrt((base.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2 + lapse**2)

@@ -8,7 +8,8 @@ asked, by one hop off an ionospheric layer), at 10-30 dB SNR, sampled by each re
 clock (12 001.0-12 001.3 Hz), blocks stamped with ~1 µs jitter and a fixed error of each
 receiver's GPS time (0.3 µs rms, what the estimator allows for), and the quirks real files show:
 receivers that start at different times and overlap in part, a first block stamped 0, a receiver
-whose stamps jump part-way, a fix lost for a block, a file cut mid-block with a wrong RIFF size.
+whose stamps jump part-way, a fix lost for a block, a file cut mid-block with a wrong RIFF size
+(:mod:`inference_worker.science.kiwi_quirks`; blocks lost on the way when asked for).
 
 The transmitted signal is made once on a fine grid (96 kHz) and read by every receiver at its
 own sample times (linear interpolation, 16 times finer than the signal's bandwidth), so delays
@@ -18,7 +19,6 @@ are not rounded to samples.
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -39,11 +39,16 @@ from inference_worker.core.kiwi_wav import (
     write_kiwi_wav,
 )
 from inference_worker.core.time_differences import CLOCK_FLOOR_S
+from inference_worker.science.kiwi_quirks import (
+    NAMED_QUIRKS,
+    choose_quirks,
+    cut_mid_block,
+    lost_blocks,
+)
 
 FINE_RATE_HZ = 96_000.0
 SIGNALS = ("keyed", "modulated")
 """The signals of the evaluation sets; ``morse`` (a slowly keyed carrier) can be asked for."""
-QUIRKS = ("zero_first_stamp", "stamp_jump", "lost_fix", "cut_short")
 GPS_START_S = 200_000.0
 """GPS seconds of the week the recordings start near."""
 
@@ -272,11 +277,11 @@ def synthetic_set(
     source_t0 = GPS_START_S - 0.05  # GPS time of the fine grid's first sample at the emitter
     fine_t = source_t0 + np.arange(len(source)) / FINE_RATE_HZ
     if isinstance(quirks, bool):
-        chosen = _choose_quirks(rng, receivers) if quirks else {}
+        chosen = choose_quirks(rng, receivers) if quirks else {}
     else:  # these quirks, each for one receiver
-        unknown = set(quirks) - set(QUIRKS)
+        unknown = set(quirks) - set(NAMED_QUIRKS)
         if unknown:
-            raise ValueError(f"unknown quirks {sorted(unknown)}; known: {', '.join(QUIRKS)}")
+            raise ValueError(f"unknown quirks {sorted(unknown)}; known: {', '.join(NAMED_QUIRKS)}")
         chosen = {quirk: int(rng.integers(receivers)) for quirk in quirks}
     files, names, snrs = [], [], []
     for index, station in enumerate(stations):
@@ -307,11 +312,13 @@ def synthetic_set(
         if "stamp_jump" in mine:  # a late stretch off by a fraction of a second
             jump_at = int(len(stamps) * rng.uniform(0.8, 0.9))
             stamps[jump_at:] += rng.uniform(0.05, 0.5)
+        if "lost_blocks" in mine:
+            received, stamps, ages = lost_blocks(rng, received, stamps, ages, rate)
         data = write_kiwi_wav(
             received.astype(np.complex64), stamps, fix_age=ages, header_rate_hz=sample_rate_hz
         )
         if "cut_short" in mine:
-            data = _cut_mid_block(data, rng)
+            data = cut_mid_block(data, rng)
         files.append(data)
         names.append(f"20261130T120000Z_{frequency_hz}_{station.id}_iq.wav")
         snrs.append(round(snr, 1))
@@ -327,14 +334,3 @@ def synthetic_set(
         outside_km=round(outside_km, 1),
         layer_height_m=layer_height_m,
     )
-
-
-def _choose_quirks(rng: np.random.Generator, receivers: int) -> dict[str, int]:
-    """Each quirk, with probability one half, for one receiver."""
-    return {quirk: int(rng.integers(receivers)) for quirk in QUIRKS if rng.uniform() < 0.5}
-
-
-def _cut_mid_block(data: bytes, rng: np.random.Generator) -> bytes:
-    """A recording stopped part-way through its last block, its RIFF size left as 0."""
-    cut = len(data) - int(rng.integers(100, 2_000))
-    return data[:4] + struct.pack("<I", 0) + data[8:cut]

@@ -144,8 +144,8 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
         weight=0.93,
         among_receivers=True,
         receivers=[
-            {"id": "A", "gps_fix_age_s": 2, "frequency_offset_hz": 0.1},
-            {"id": "B", "gps_fix_age_s": 180, "frequency_offset_hz": -2.04},
+            {"id": "A", "gps_fix_age_s": 2, "frequency_offset_hz": 0.1, "lost_s": 0.0},
+            {"id": "B", "gps_fix_age_s": 180, "frequency_offset_hz": -2.04, "lost_s": 7.25},
         ],
         alternatives=[
             {"lat": 48.49, "lon": 7.39, "weight": 0.07, "among_receivers": False},
@@ -166,6 +166,8 @@ def test_a_tdoa_job_prints_its_pairs_and_alternatives(capsys):
     assert "stale GPS     A" not in out and "expected there" not in out
     assert "frequency     B: heard -2.04 Hz off the others" in out
     assert "frequency     A" not in out
+    assert "blocks lost   B: 7.2 s of its recording never arrived" in out
+    assert "blocks lost   A" not in out
     view["result"]["chosen_by"] = "among_receivers"
     print_job(view, as_json=False)
     assert "(weight 0.93, among the receivers, taken as the emitter was expected there; also" in (

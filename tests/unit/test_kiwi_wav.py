@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference_worker.core.kiwi_names import parse_file_name
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
     CLOCK_DRIFT,
@@ -19,12 +20,11 @@ from inference_worker.core.kiwi_wav import (
     NEVER_HAD_FIX,
     NO_RECENT_FIX,
     KiwiWavError,
-    parse_file_name,
     read_kiwi_wav,
     timebase,
     write_kiwi_wav,
 )
-from inference_worker.core.time_differences import CLOCK_FLOOR_S, _clock_sigma
+from inference_worker.core.time_differences import CLOCK_FLOOR_S
 
 TRUE_RATE_HZ = 12_001.17
 T0_S = 345_600.25  # GPS seconds of the week of the first sample
@@ -262,8 +262,8 @@ def test_a_time_base_without_a_fresh_solution_is_as_uncertain_as_its_drift():
     fresh = timebase(read_kiwi_wav(write_kiwi_wav(iq, stamps)))
     assert stale.freshest_fix_s == 200 and fresh.freshest_fix_s == 0
     assert stale.t0_s == fresh.t0_s  # equal ages: the same plain fit
-    assert _clock_sigma(fresh, CLOCK_FLOOR_S) < 0.5e-6
-    assert _clock_sigma(stale, CLOCK_FLOOR_S) == pytest.approx(200 * CLOCK_DRIFT, rel=0.01)
+    assert fresh.clock_sigma_s(CLOCK_FLOOR_S) < 0.5e-6
+    assert stale.clock_sigma_s(CLOCK_FLOOR_S) == pytest.approx(200 * CLOCK_DRIFT, rel=0.01)
 
 
 def test_the_file_name_gives_start_frequency_and_station():

@@ -21,7 +21,8 @@ from inference_worker.core.time_differences import (
     TdoaError,
     pair_delays,
 )
-from inference_worker.science.kiwi_sets import QUIRKS, rewritten, synthetic_set
+from inference_worker.science.kiwi_quirks import QUIRKS
+from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 
 STATIONS = (
     Receiver("north", 47.4, 8.5),  # about 300-700 km apart
