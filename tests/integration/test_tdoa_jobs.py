@@ -72,6 +72,7 @@ def test_a_tdoa_set_is_located_and_recorded_like_any_job(
     ]
     assert [r["gps_fix_age_s"] for r in result["receivers"]] == [0, 0, 0, 0]  # as written
     assert [r["frequency_offset_hz"] for r in result["receivers"]] == [0.0, 0.0, 0.0, 0.0]
+    assert [r["lost_s"] for r in result["receivers"]] == [0.0, 0.0, 0.0, 0.0]  # a jump, no loss
 
     with_geojson = client.get(f"/jobs/{job_id}?include=geojson").get_json()
     kinds = [f["properties"]["kind"] for f in with_geojson["geojson"]["features"]]
