@@ -65,6 +65,22 @@ def overlap(timebases: Sequence[Timebase]) -> tuple[float, float]:
     return start, end
 
 
+def arrived_s(timebases: Sequence[Timebase]) -> float:
+    """How much GPS time every receiver's samples cover: the common span less the gaps where
+    any receiver's blocks were lost on the way."""
+    start, end = overlap(timebases)
+    common = [(start, end)]
+    for tb in (tb for tb in timebases if tb.segments):
+        spans = [
+            (float(tb.time_of(first)), float(tb.time_of(stop - 1)))
+            for first, stop, _ in tb.segments
+        ]
+        common = [
+            (max(a, c), min(b, d)) for a, b in common for c, d in spans if min(b, d) > max(a, c)
+        ]
+    return sum(b - a for a, b in common)
+
+
 def too_short(start: float, end: float, least_s: float) -> str | None:
     """Why a common span from ``start`` to ``end`` is too short to correlate, or None. The span
     is shown rounded down, so that 1.96 s is not said to be 2.0 s of 2 s needed."""

@@ -33,6 +33,7 @@ from inference_worker.core.contract import Receiver
 from inference_worker.core.kiwi_names import parse_file_name
 from inference_worker.core.kiwi_wav import KiwiWavError, read_kiwi_wav, timebase
 from inference_worker.core.recording_sets import (
+    arrived_s,
     block_prints,
     overlap,
     repeated_recording,
@@ -198,6 +199,13 @@ def check_tdoa(
     problem = too_short(start, end, limits.min_overlap_s)
     if problem:
         raise CaptureError(problem)
+    arrived = arrived_s(bases)
+    if arrived < limits.min_overlap_s:
+        raise CaptureError(
+            f"the recordings' blocks that arrived overlap for {math.floor(arrived * 10) / 10:.1f} "
+            f"s of GPS time (blocks were lost on the way); at least {limits.min_overlap_s:g} s "
+            "are needed"
+        )
     if max(rates) > 1.01 * min(rates):  # 12 000 and 12 001 both occur in real headers
         raise CaptureError(
             f"the recordings' sample rates differ: {sorted(rates)} Hz (record every receiver "

@@ -5,9 +5,12 @@ other size (the receiver's time set again) still keeps the longest stretch alone
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from inference_worker.core.capture import CaptureError
 from inference_worker.core.correlation_peaks import arrived
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
@@ -16,7 +19,9 @@ from inference_worker.core.kiwi_wav import (
     timebase,
     write_kiwi_wav,
 )
+from inference_worker.core.recording_sets import arrived_s, overlap
 from inference_worker.core.tdoa import solve
+from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
 from inference_worker.core.tdoa_results import describe_solution
 from inference_worker.science.kiwi_sets import synthetic_set
 
@@ -86,3 +91,24 @@ def test_a_set_with_blocks_lost_is_located_with_every_block_that_arrived():
     # The windows that reach into a gap are left out: fewer than the span holds.
     assert solution.pairs[0].windows_used < 0.9 * solution.overlap_s / 0.25
     assert solution.holds(*lost.emitter, 0.95)
+
+
+def test_a_submission_whose_blocks_that_arrived_overlap_too_little_is_refused():
+    # The recordings span 6 s together, but one lost 4.4 s of its blocks on the way: the shim
+    # refuses it (the worker would find too few windows), and says why.
+    sets = synthetic_set(np.random.default_rng(7), receivers=3, seconds=6.0, quirks=False)
+    whole = read_kiwi_wav(sets.files[1])
+    per_second = 12_000 / BLOCK_SAMPLES
+    kept = np.ones(len(whole.gps_s), bool)
+    kept[int(0.8 * per_second) : int(5.2 * per_second)] = False
+    blocks = whole.iq.reshape(len(kept), BLOCK_SAMPLES)[kept].ravel()
+    lossy = write_kiwi_wav(blocks, whole.gps_s[kept])
+    files = [sets.files[0], lossy, sets.files[2]]
+    base = timebase(read_kiwi_wav(lossy))
+    assert len(base.segments) == 2
+    bases = [timebase(read_kiwi_wav(f)) for f in files]
+    assert 1.0 < arrived_s(bases) < 2.0 < overlap(bases)[1] - overlap(bases)[0]
+    fields = {"receivers": json.dumps(sets.positions()), "frequency_mhz": 0.0775}
+    with pytest.raises(CaptureError, match=r"blocks that arrived overlap for 1\.\d s"):
+        check_tdoa(files, sets.names, fields, TdoaLimits(min_overlap_s=2.0))
+    assert check_tdoa(sets.files, sets.names, fields, TdoaLimits(min_overlap_s=2.0))
