@@ -95,9 +95,8 @@ class Timebase:
         return self.t0_s + np.asarray(sample) / self.rate_hz
 
     def clock_sigma_s(self, floor_s: float) -> float:
-        """Uncertainty of this time base in the middle of its fitted span: its stamps'
-        scatter, ``floor_s`` (what the stamps do not show), and how far its time may have
-        drifted since its freshest GPS solution (:data:`CLOCK_DRIFT`)."""
+        """Uncertainty of this time base mid-span: its stamps' scatter, ``floor_s`` (what they
+        do not show), and its drift since its freshest GPS solution (:data:`CLOCK_DRIFT`)."""
         blocks = max(1, self.used_samples // BLOCK_SAMPLES)
         lapse = CLOCK_DRIFT * self.freshest_fix_s
         return math.sqrt((self.residual_s / math.sqrt(blocks)) ** 2 + floor_s**2 + lapse**2)
@@ -108,6 +107,11 @@ class Timebase:
         if not self.segments:
             return self.end_sample - self.first_sample
         return sum(end - first for first, end, _ in self.segments)
+
+    @property
+    def lost_samples(self) -> int:
+        """How many samples of ``[first_sample, end_sample)`` never arrived (or are unused)."""
+        return self.end_sample - self.first_sample - self.used_samples
 
     def recorded(self, start: int, stop: int) -> int | None:
         """Where the samples ``[start, stop)`` (counted with the lost ones) lie in the

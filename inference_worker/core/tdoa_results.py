@@ -116,9 +116,7 @@ def describe_solution(
                 "sample_rate_hz": round(base.rate_hz, 4),
                 "stamp_residual_us": round(base.residual_s * 1e6, 3),
                 "rejected_blocks": base.rejected_blocks,
-                "lost_s": round(
-                    (base.end_sample - base.first_sample - base.used_samples) / base.rate_hz, 3
-                ),
+                "lost_s": round(base.lost_samples / base.rate_hz, 3),
                 "gps_fix_age_s": base.fix_age_s,
                 "frequency_offset_hz": round(float(offset), 2) + 0.0
                 if np.isfinite(offset)
