@@ -61,9 +61,9 @@ cautions about it."""
 
 def unused_caution(solution: Solution, stations: Sequence[Receiver]) -> dict[str, Any] | None:
     """A caution naming the receivers more than ``UNUSED_S`` of whose recording was not used:
-    its stamps jump (samples lost on the way, or the receiver's time set again) or have no GPS
-    time, and only the longest stretch on one time base is used, so the position rests on less
-    than was sent. None where every recording was used (bar a block or a few)."""
+    its stamps jump (the receiver's time set again; blocks lost on the way are bridged) or have
+    no GPS time, and only the longest stretch on one time base is used, so the position rests
+    on less than was sent. None where every recording was used (bar a block or a few)."""
     unused = []
     for station, base in zip(stations, solution.timebases, strict=True):
         total_s = base.recording_samples / base.rate_hz
@@ -76,7 +76,7 @@ def unused_caution(solution: Solution, stations: Sequence[Receiver]) -> dict[str
         "code": "partly_unused",
         "detail": (
             "part of these recordings has no GPS time consistent with the rest (the stamps jump: "
-            "samples lost on the way or the time set again, or no fix) and was not used: "
+            "the time set again, or no fix) and was not used: "
             + ", ".join(f"{name} {used:.1f} s of {total:.1f} s" for name, used, total in unused)
         ),
         "receivers": [name for name, _, _ in unused],
