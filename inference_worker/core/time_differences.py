@@ -232,7 +232,10 @@ def pair_delays(
     # Windows where blocks of a recording were lost on the way are left out; their values
     # stay 0, so that the drifts read turns between neighbouring windows only.
     present = np.flatnonzero(
-        [all(arrived(base, c, length + 2 * margin) for base in timebases) for c in centres]
+        [
+            all(arrived(base, c, length + 2 * margin) for base in timebases if base.segments)
+            for c in centres
+        ]
     )
     count = len(present)
     if count < 3:
