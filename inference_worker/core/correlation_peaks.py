@@ -1,6 +1,7 @@
 """Each pair's delay over one window: the receivers' windows cross-correlated, each peak found
 on whole samples and refined below a sample (band-limited interpolation, then a parabola).
-The windows are cut on GPS time here too (:func:`stretches_at`); pure numpy and scipy.
+The windows are cut here too (:func:`stretches_at`: at whole samples, what each starts off
+GPS time taken out of the delays); pure numpy and scipy.
 :mod:`inference_worker.core.time_differences` turns their delays into the pairs' delays and
 covariance."""
 
@@ -20,8 +21,6 @@ UPSAMPLE = 16
 """The cross-correlation is interpolated this many times finer than a sample."""
 _PAIRS_AT_ONCE = 64
 """Pairs correlated together (the 2 016 pairs of 64 receivers at once held about a gigabyte)."""
-_MARGIN = 256
-"""Samples on each side of a window that are shifted with it and then dropped."""
 
 
 def peak_delays(
@@ -30,11 +29,13 @@ def peak_delays(
     margin: int,
     rates_hz: np.ndarray,
     max_lags_s: np.ndarray,
+    fractions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each pair ``(a, b)``'s delay of ``a`` behind ``b`` (seconds) over one window, from every
     receiver's ``stretch``: the window and ``margin`` samples either side; and the complex
     correlation at each peak (its phase turns from window to window where the two receivers'
-    frequencies differ).
+    frequencies differ). ``fractions``: how far past each stretch's first sample its window
+    starts on GPS time (samples, :func:`stretches_at`), taken out of the pairs' delays.
 
     ``a``'s window (its stretch's middle) is correlated against ``b``'s whole stretch, so at
     every lag searched (at most ``margin``) each sample of the window meets one of the other;
@@ -57,6 +58,8 @@ def peak_delays(
         limits = np.minimum(max_lags_s[some] * rates_hz[some], margin)
         lags, values[some] = _refined_peaks(correlation, limits)
         delays[some] = lags / rates_hz[some]
+    if fractions is not None:
+        delays -= (fractions[first] - fractions[second]) / rates_hz
     return delays, values
 
 
@@ -106,55 +109,53 @@ def stretches_at(
     size: int,
     offsets_hz: np.ndarray | None = None,
     epoch_s: float = 0.0,
-) -> list[np.ndarray]:
-    """Every receiver's ``size`` samples centred on GPS time ``centre_s`` (:func:`_window`),
-    each turned back by its frequency offset where one is given: by the phase its offset
-    gathers from GPS time ``epoch_s`` on, so that a window's correlation no longer turns
-    against the next one's either."""
-    stretches = [
-        _window(r, tb, centre_s, size) for r, tb in zip(recordings, timebases, strict=True)
-    ]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every receiver's ``size`` samples centred on GPS time ``centre_s`` (:func:`_window`), and
+    how far past each one's first sample the window starts on GPS time (a fraction of a sample):
+    the stretches are cut at whole samples, and :func:`peak_delays` takes the fractions out of
+    the delays, which is what shifting each stretch onto GPS time would give, for none of the
+    work. Each is turned back by its frequency offset where one is given: by the phase its
+    offset gathers from GPS time ``epoch_s`` on (at its samples' own times), so that a window's
+    correlation no longer turns against the next one's either."""
+    cut = [_window(r, tb, centre_s, size) for r, tb in zip(recordings, timebases, strict=True)]
+    stretches = [stretch for stretch, _ in cut]
+    fractions = np.array([fraction for _, fraction in cut])
     if offsets_hz is not None:
-        for stretch, base, offset in zip(stretches, timebases, offsets_hz, strict=True):
-            since = centre_s - epoch_s + (np.arange(size) - size / 2) / base.rate_hz
+        for stretch, base, offset, fraction in zip(
+            stretches, timebases, offsets_hz, fractions, strict=True
+        ):
+            since = centre_s - epoch_s + (np.arange(size) - size / 2 - fraction) / base.rate_hz
             stretch *= np.exp(-2j * np.pi * offset * since)
-    return stretches
+    return stretches, fractions
 
 
 def arrived(base: Timebase, centre_s: float, length: int) -> bool:
     """Whether all of what :func:`_window` takes of a recording for a window arrived: none of
     it where blocks were lost on the way."""
-    first, _, before, after = _placed(base, centre_s, length)
-    return base.recorded(first - before, first + length + after) is not None
+    first, _ = _placed(base, centre_s, length)
+    return base.recorded(first, first + length) is not None
 
 
-def _placed(base: Timebase, centre_s: float, length: int) -> tuple[int, float, int, int]:
-    """Where a window of ``length`` samples centred on GPS time ``centre_s`` starts (a whole
-    sample and the fraction beyond it), and the samples taken with it before and after."""
+def _placed(base: Timebase, centre_s: float, length: int) -> tuple[int, float]:
+    """Where a window of ``length`` samples centred on GPS time ``centre_s`` starts: the whole
+    sample, and the fraction of a sample beyond it."""
     position = (centre_s - base.t0_s) * base.rate_hz - length / 2
     first = int(math.floor(position))
-    # The shift rings at the ends of what it is applied to: shift a longer stretch and keep its
-    # middle, or the ringing, at the same place in both windows of a pair, pulls their
-    # correlation's peak towards the lag the windows were cut at. The stretch is at least
-    # _MARGIN longer each side, to a length whose FFT is quick (a large prime factor is slow).
-    stretch = scipy.fft.next_fast_len(length + 2 * _MARGIN)
-    before = (stretch - length) // 2
-    return first, position - first, before, stretch - length - before
+    return first, position - first
 
 
-def _window(recording: KiwiRecording, base: Timebase, centre_s: float, length: int) -> np.ndarray:
-    """``length`` samples of one receiver centred on GPS time ``centre_s``: the nearest raw
-    samples, shifted by the remaining fraction of a sample in the frequency domain. Centring
-    matters: receivers' rates differ by parts per million, which would skew windows that start
-    together by microseconds at their far end; centred, the skew averages out."""
-    first, fraction, before, after = _placed(base, centre_s, length)
-    start = base.recorded(first - before, first + length + after)
+def _window(
+    recording: KiwiRecording, base: Timebase, centre_s: float, length: int
+) -> tuple[np.ndarray, float]:
+    """``length`` raw samples of one receiver from the one nearest below where a window
+    centred on GPS time ``centre_s`` starts, and the fraction of a sample it starts before.
+    Centring matters: receivers' rates differ by parts per million, which would skew windows
+    that start together by microseconds at their far end; centred, the skew averages out."""
+    first, fraction = _placed(base, centre_s, length)
+    start = base.recorded(first, first + length)
     if start is None:
         raise TdoaError("a window reaches where blocks of a recording were lost")
-    samples = recording.iq[start : start + before + length + after].astype(np.complex128)
-    if start < 0 or len(samples) < length + before + after:
+    samples = recording.iq[start : start + length].astype(np.complex128)
+    if start < 0 or len(samples) < length:
         raise TdoaError("a window reaches past the end of a recording")
-    spectrum = np.fft.fft(samples)
-    frequencies = np.fft.fftfreq(len(samples))
-    shifted = np.fft.ifft(spectrum * np.exp(2j * np.pi * frequencies * fraction))
-    return shifted[before : before + length]
+    return samples, fraction

@@ -248,11 +248,11 @@ def pair_delays(
     def correlated(offsets_hz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         per_window, values = np.empty((len(pairs), count)), np.zeros((len(pairs), slots), complex)
         for column, k in enumerate(present):
-            stretches = stretches_at(
+            stretches, fractions = stretches_at(
                 recordings, timebases, centres[k], length + 2 * margin, offsets_hz, start
             )
             per_window[:, column], values[:, k] = peak_delays(
-                stretches, pairs, margin, pair_rates, max_lags
+                stretches, pairs, margin, pair_rates, max_lags, fractions
             )
             if offsets_hz is None and k in searched:
                 windows.append(stretches)
