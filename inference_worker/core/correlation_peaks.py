@@ -147,8 +147,9 @@ def _placed(base: Timebase, centre_s: float, length: int) -> tuple[int, float]:
 def _window(
     recording: KiwiRecording, base: Timebase, centre_s: float, length: int
 ) -> tuple[np.ndarray, float]:
-    """``length`` raw samples of one receiver from the one nearest below where a window
-    centred on GPS time ``centre_s`` starts, and the fraction of a sample it starts before.
+    """``length`` raw samples of one receiver, from the last one at or before the GPS time
+    where a window centred on ``centre_s`` starts, and how far before it that sample lies (a
+    fraction of a sample).
     Centring matters: receivers' rates differ by parts per million, which would skew windows
     that start together by microseconds at their far end; centred, the skew averages out."""
     first, fraction = _placed(base, centre_s, length)
