@@ -81,15 +81,20 @@ def arrived_s(timebases: Sequence[Timebase]) -> float:
     return sum(b - a for a, b in common)
 
 
+def shown_s(seconds: float) -> str:
+    """A span as said to the user: rounded down to a tenth, so that 1.96 s of 2 s needed is not
+    said to be 2.0 s."""
+    return f"{math.floor(max(0.0, seconds) * 10) / 10:.1f}"
+
+
 def too_short(start: float, end: float, least_s: float) -> str | None:
     """Why a common span from ``start`` to ``end`` is too short to correlate, or None. The span
     is shown rounded down, so that 1.96 s is not said to be 2.0 s of 2 s needed."""
     if end - start >= least_s:
         return None
-    shown = math.floor(max(0.0, end - start) * 10) / 10
     return (
-        f"the recordings overlap for {shown:.1f} s of GPS time; at least {least_s:g} s are "
-        "needed (record them at the same time)"
+        f"the recordings overlap for {shown_s(end - start)} s of GPS time; at least "
+        f"{least_s:g} s are needed (record them at the same time)"
     )
 
 

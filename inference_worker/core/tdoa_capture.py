@@ -37,6 +37,7 @@ from inference_worker.core.recording_sets import (
     block_prints,
     overlap,
     repeated_recording,
+    shown_s,
     too_few_sites,
     too_short,
 )
@@ -202,7 +203,7 @@ def check_tdoa(
     arrived = arrived_s(bases)
     if arrived < limits.min_overlap_s:
         raise CaptureError(
-            f"the recordings' blocks that arrived overlap for {math.floor(arrived * 10) / 10:.1f} "
+            f"the recordings' blocks that arrived overlap for {shown_s(arrived)} "
             f"s of GPS time (blocks were lost on the way); at least {limits.min_overlap_s:g} s "
             "are needed"
         )

@@ -260,8 +260,7 @@ def one_lost_set(job: tuple[int, float]) -> dict[str, object]:
         return {"failed": True}
     base = solution.timebases[victim]
     return {
-        "error_m": distance_m(solution.estimate.lat, solution.estimate.lon, *recording.emitter),
-        "held": solution.holds(*recording.emitter, 0.95),
+        **_how_near(solution, recording),
         "held_68": solution.holds(*recording.emitter, 0.68),
         "used_s": base.used_samples / base.rate_hz,
         "recorded_s": base.recording_samples / base.rate_hz,
