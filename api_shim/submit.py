@@ -17,6 +17,7 @@ import numpy as np
 from flask import Response, g, jsonify, request, url_for
 
 from api_shim.auth import Audience, current_tenant
+from api_shim.bodies import multipart_form, request_body
 from api_shim.errors import ApiError, registry_unavailable
 from api_shim.read import find_job, job_response, wait_for_final, wait_seconds
 from api_shim.services import services
@@ -115,21 +116,17 @@ def submit_tdoa() -> Accepted:
     (KiwiSDR IQ WAV) and the fields ``receivers`` (JSON list of {id, lat, lon}, in the order of
     the files), ``frequency_mhz`` and optional ``job_id``, ``capture_time`` and
     ``expect_emitter``."""
-    uploads = request.files.getlist("capture")
+    form, parts = multipart_form()
+    uploads = [part for part in parts if part.name == "capture"]
     if not uploads:
         raise ApiError(
             422,
             "invalid_capture",
             "send one file part named 'capture' per receiver (KiwiSDR IQ WAV files)",
         )
-    try:
-        files = [upload.read() for upload in uploads]
-    finally:  # large parts are spooled to temporary files: give them back now
-        for upload in uploads:
-            upload.close()
-    names = [upload.filename or "" for upload in uploads]
+    files, names = [upload.data for upload in uploads], [upload.filename for upload in uploads]
     with refusals():  # too large: a body under the shim's bound holds less than the files
-        capture = services().intake.check_tdoa(files, names, request.form.to_dict())
+        capture = services().intake.check_tdoa(files, names, form)
     return accepted(capture)
 
 
@@ -154,27 +151,6 @@ def json_object_body(shape: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", f"body must be {shape}")
     return body
-
-
-def request_body() -> bytes:
-    """The request's body, read in one step where its length is known.
-
-    ``request.get_data`` reads 64 KiB at a time, and under gunicorn every step copies what the
-    server still holds: for a 288 kB capture that was about an eighth of the shim's CPU. The
-    stream still refuses a body over ``MAX_CONTENT_LENGTH`` (413) or cut short (400).
-    """
-    length = request.content_length
-    if not length:
-        return request.get_data(cache=False)
-    stream = request.stream
-    parts = []
-    while length > 0:
-        part = stream.read(length)
-        if not part:
-            break
-        parts.append(part)
-        length -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def npy_body() -> np.ndarray:

@@ -284,3 +284,34 @@ def test_an_unexpected_error_part_way_through_a_batch_keeps_what_it_accepted(
     assert calls == ids[:2]  # the capture after the error was not tried
     rows = JobStore(engine).batch(response.get_json()["batch_id"])
     assert [row["job_id"] for row in rows] == ids[:1]
+
+
+MULTIPART_PART = b'--b\r\nContent-Disposition: form-data; name="capture"; filename="a.wav"\r\n\r\n'
+
+
+def test_a_tdoa_body_that_is_no_readable_multipart_is_refused_saying_why(client, engine):
+    before = job_count(engine)
+    no_boundary = client.post("/predict", data=MULTIPART_PART, content_type="multipart/form-data")
+    assert no_boundary.status_code == 422, no_boundary.get_json()
+    assert no_boundary.get_json()["error"]["message"] == (
+        "the multipart/form-data body cannot be read: no boundary in its Content-Type"
+    )
+    cut = client.post(
+        "/predict", data=MULTIPART_PART + b"RIFF", content_type="multipart/form-data; boundary=b"
+    )
+    assert cut.status_code == 422, cut.get_json()
+    assert cut.get_json()["error"]["message"].startswith(
+        "the multipart/form-data body cannot be read: "
+    )
+    assert job_count(engine) == before
+
+
+def test_a_form_field_over_the_form_limit_is_413_naming_that_limit(client, app):
+    limit = app.config["MAX_FORM_MEMORY_SIZE"]
+    form = {"receivers": "x" * (limit + 1), "capture": (io.BytesIO(b"RIFF"), "a.wav")}
+    response = client.post("/predict", data=form, content_type="multipart/form-data")
+    assert response.status_code == 413, response.get_json()
+    assert response.get_json()["error"]["message"] == (
+        f"a form field is larger than {limit} bytes, or the form has more than "
+        f"{app.config['MAX_FORM_PARTS']} parts"
+    )
