@@ -28,14 +28,15 @@ _PAIR_HEAD = 8 + KIWI_STAMP.size + 8
 """A block's bytes before its samples: the ``kiwi`` chunk and the ``data`` chunk's header."""
 
 
-def walk(data: bytes) -> tuple[list[bytes], list[bytes], list[np.ndarray], list[np.ndarray]]:
-    """The bodies of the file's ``fmt `` chunks, and its blocks: their samples' bytes (whole
-    samples; a piece may hold several blocks), each block's sample count and each block's
-    stamp as ``(last, seconds, nanoseconds, stamped)`` (``stamped`` 0 where no ``kiwi`` chunk
+def walk(data: bytes) -> tuple[list[bytes], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The bodies of the file's ``fmt `` chunks, and its blocks: their samples as int16 views
+        of ``data`` (I and Q; whole samples; a piece may hold several blocks, one a row), each
+        block's sample count and each block's stamp as ``(last, seconds, nanoseconds, stamped)``
+        (``stamped`` 0 where no ``kiwi`` chunk
     came before the block: ``last`` is then :data:`NEVER_HAD_FIX`)."""
     position = 12
     formats: list[bytes] = []
-    pieces: list[bytes] = []
+    pieces: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     stamps: list[np.ndarray] = []
     pending: tuple[int, int, int] | None = None
@@ -44,7 +45,7 @@ def walk(data: bytes) -> tuple[list[bytes], list[bytes], list[np.ndarray], list[
         if run is not None:  # many blocks as kiwirecorder writes them, taken at once
             samples, run_stamps, position = run
             pieces.append(samples)
-            lengths.append(np.full(len(run_stamps), len(samples) // 4 // len(run_stamps)))
+            lengths.append(np.full(len(run_stamps), samples.shape[1] // 2))
             stamps.append(run_stamps)
             pending = None
             continue
@@ -57,7 +58,7 @@ def walk(data: bytes) -> tuple[list[bytes], list[bytes], list[np.ndarray], list[
         elif chunk_id == b"data":
             whole = len(body) // 4 * 4  # a recording cut mid-block keeps its whole samples
             if whole:
-                pieces.append(body[:whole])
+                pieces.append(np.frombuffer(body, "<i2", count=whole // 2))
                 lengths.append(np.array([whole // 4]))
                 stamp = (*pending, 1) if pending is not None else (NEVER_HAD_FIX, 0, 0, 0)
                 stamps.append(np.array([stamp], dtype=np.int64))
@@ -90,7 +91,7 @@ def _chunk(data: bytes, position: int) -> tuple[bytes, bytes, int]:
     return chunk_id, data[start : start + size], end
 
 
-def _regular_run(data: bytes, position: int) -> tuple[bytes, np.ndarray, int] | None:
+def _regular_run(data: bytes, position: int) -> tuple[np.ndarray, np.ndarray, int] | None:
     """The blocks from ``position`` on that are written as kiwirecorder writes them — a 10-byte
     ``kiwi`` chunk, then a ``data`` chunk of one size, again and again — read at once, as
     :func:`_chunk` would read them one by one: their samples, each one's stamp (as
@@ -120,12 +121,11 @@ def _regular_run(data: bytes, position: int) -> tuple[bytes, np.ndarray, int] | 
             break
     whole = matched if position + matched * pair == len(data) else matched - 1
     end = position + whole * pair
-    if data.count(_KIWI_HEADER, position, end) != whole:  # a header among a block's bytes
-        found = data.find(_KIWI_HEADER, position + 1, end)
-        while (found - position) % pair == 0:
-            found = data.find(_KIWI_HEADER, found + 1, end)
-        whole = (found - position) // pair
-        end = position + whole * pair
+    stray = _first_stray_header(
+        np.frombuffer(data, np.uint8, count=end - position, offset=position), pair
+    )
+    if stray is not None:  # a header among a block's bytes: a chunk ends there
+        whole = stray // pair
     if whole < 1:
         return None
     rows = np.frombuffer(data, np.uint8, count=whole * pair, offset=position).reshape(whole, pair)
@@ -133,4 +133,21 @@ def _regular_run(data: bytes, position: int) -> tuple[bytes, np.ndarray, int] | 
     stamps = np.column_stack(
         [stamp["last"], stamp["seconds"], stamp["nanoseconds"], np.ones(whole)]
     ).astype(np.int64)
-    return rows[:, _PAIR_HEAD:].tobytes(), stamps, end
+    return rows[:, _PAIR_HEAD:].view("<i2"), stamps, position + whole * pair
+
+
+def _first_stray_header(run: np.ndarray, pair: int) -> int | None:
+    """Where in ``run`` (bytes, blocks of ``pair`` bytes each starting with a ``kiwi`` chunk's
+    header) a ``kiwi`` chunk's header first lies anywhere but at a block's start, or None: the
+    candidates (a ``ki``) found as 16-bit words at even and at odd offsets, each then compared
+    whole. A header overlaps no other, so none reaches from one block into the next's header."""
+    ki = int.from_bytes(_KIWI_HEADER[:2], "little")
+    even = run[: len(run) // 2 * 2].view("<u2")
+    odd = run[1 : 1 + max(0, len(run) - 1) // 2 * 2].view("<u2")
+    candidates = np.concatenate([2 * np.flatnonzero(even == ki), 2 * np.flatnonzero(odd == ki) + 1])
+    candidates = candidates[(candidates % pair != 0) & (candidates <= len(run) - len(_KIWI_HEADER))]
+    if not candidates.size:
+        return None
+    windows = run[candidates[:, None] + np.arange(len(_KIWI_HEADER))]
+    found = candidates[(windows == np.frombuffer(_KIWI_HEADER, np.uint8)).all(axis=1)]
+    return int(found.min()) if found.size else None
