@@ -315,3 +315,18 @@ def test_a_form_field_over_the_form_limit_is_413_naming_that_limit(client, app):
         f"a form field is larger than {limit} bytes, or the form has more than "
         f"{app.config['MAX_FORM_PARTS']} parts"
     )
+
+
+def test_a_body_cut_short_of_its_length_is_400_and_nothing_is_accepted(client, engine, capture):
+    before = job_count(engine)
+    body = npy_bytes(capture.iq)
+    for content_type in ("application/x-npy", "multipart/form-data; boundary=b"):
+        response = client.post(
+            "/predict",
+            data=body,
+            content_type=content_type,
+            query_string=capture_query(capture),
+            environ_overrides={"CONTENT_LENGTH": str(len(body) + 10)},
+        )
+        assert response.status_code == 400, (content_type, response.get_json())
+    assert job_count(engine) == before
