@@ -19,6 +19,7 @@ from inference_worker.storage.reachability import (
     persistence_warning,
     probe_client,
     redact_url,
+    unbounded_warning,
 )
 from inference_worker.urls import redact_secrets
 
@@ -178,7 +179,11 @@ def check_redis(settings: Settings) -> list[Finding]:
         client.close()
     findings = [
         Finding("redis", "warn", f"{where} {problem}")
-        for problem in (persistence_warning(config), eviction_warning(config))
+        for problem in (
+            persistence_warning(config),
+            eviction_warning(config),
+            unbounded_warning(config),
+        )
         if problem
     ]
     limit = int(config.get("maxmemory") or 0)

@@ -62,6 +62,20 @@ def eviction_warning(config: Mapping[str | None, str | None]) -> str | None:
     )
 
 
+def unbounded_warning(config: Mapping[str | None, str | None]) -> str | None:
+    """What is wrong with a Redis whose ``CONFIG GET maxmemory*`` is ``config`` and that has no
+    ``maxmemory``: it never refuses a submission, so a backlog grows until the machine runs out
+    of memory and the kernel stops Redis, every waiting capture with it. None with a bound."""
+    if int(config.get("maxmemory") or 0):
+        return None
+    return (
+        "has no maxmemory: a backlog grows until the machine runs out of memory and the kernel "
+        "stops Redis, losing every waiting capture; set maxmemory (sized for the backlog to "
+        "ride out) with maxmemory-policy noeviction, so that a full Redis refuses submissions "
+        "(503) instead"
+    )
+
+
 def persistence_warning(config: Mapping[str | None, str | None]) -> str | None:
     """What a Redis whose ``CONFIG GET appendonly`` and ``CONFIG GET save`` are ``config`` loses
     when it stops: the captures waiting for a worker (their jobs then fail). None when it keeps

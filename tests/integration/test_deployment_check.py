@@ -73,7 +73,7 @@ def test_a_served_deployment_passes(
         ((), "warn", "keeps nothing on disk (appendonly no, no snapshots)"),
         (("--save", "60 1"), "warn", "keeps only snapshots (save 60 1)"),
         (
-            ("--appendonly", "yes", "--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"),
+            ("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"),
             "warn",
             "evicts keys when full (maxmemory-policy allkeys-lru)",
         ),
@@ -82,9 +82,17 @@ def test_a_served_deployment_passes(
 def test_redis_that_would_lose_captures_is_named(
     settings: Settings, tmp_path: Path, options: tuple[str, ...], level: str, words: str
 ) -> None:
-    with private_redis(tmp_path / "redis", *options) as url:
+    with private_redis(tmp_path / "redis", "--maxmemory", "64mb", *options) as url:
         findings = check_redis(settings.model_copy(update={"redis_url": url}))
     assert [(f.level, words in f.message) for f in findings] == [(level, True)], findings
+
+
+def test_a_redis_without_maxmemory_is_named(settings: Settings, tmp_path: Path) -> None:
+    """Without a bound Redis never refuses: a backlog grows until the kernel stops it."""
+    with private_redis(tmp_path / "redis", "--appendonly", "yes") as url:
+        findings = check_redis(settings.model_copy(update={"redis_url": url}))
+    assert [f.level for f in findings] == ["warn"], findings
+    assert "has no maxmemory: a backlog grows until the machine runs out" in findings[0].message
 
 
 def test_a_nearly_full_redis_is_named(settings: Settings, tmp_path: Path) -> None:
