@@ -3,8 +3,9 @@
 Werkzeug reads a body 64 KiB at a time, and under gunicorn every step copies what the server
 still holds; its form parser also spools every file part of over 500 kB to a temporary file on
 disk and back. A TDoA set's files (about 1.5 MB a receiver for 30 s) went through both: for 12
-receivers that was about half of the submission's time. Here the body is read at once and
-werkzeug's own multipart parser walks it in memory, with the same limits as ``request.files``.
+receivers that was about half of the shim's time for the submission (py-spy). Here the body
+is read at once and werkzeug's own multipart parser walks it in memory, with the same limits
+as ``request.files``.
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ _PAIR_HEAD = 8 + KIWI_STAMP.size + 8
 
 def walk(data: bytes) -> tuple[list[bytes], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The bodies of the file's ``fmt `` chunks, and its blocks: their samples as int16 views
-        of ``data`` (I and Q; whole samples; a piece may hold several blocks, one a row), each
-        block's sample count and each block's stamp as ``(last, seconds, nanoseconds, stamped)``
-        (``stamped`` 0 where no ``kiwi`` chunk
-    came before the block: ``last`` is then :data:`NEVER_HAD_FIX`)."""
+    of ``data`` (I and Q; whole samples; a piece may hold several blocks, one a row), each
+    block's sample count and each block's stamp as ``(last, seconds, nanoseconds, stamped)``
+    (``stamped`` 0 where no ``kiwi`` chunk came before the block: ``last`` is then
+    :data:`NEVER_HAD_FIX`)."""
     position = 12
     formats: list[bytes] = []
     pieces: list[np.ndarray] = []
