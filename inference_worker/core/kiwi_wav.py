@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference_worker.core.kiwi_chunks import KIWI_STAMP, NEVER_HAD_FIX, walk
+from inference_worker.core.kiwi_chunks import KIWI_STAMP, NEVER_HAD_FIX, scaled, walk
 
 BLOCK_SAMPLES = 512
 NOMINAL_RATE_HZ = 12_000
@@ -148,15 +148,7 @@ def read_kiwi_wav(data: bytes) -> KiwiRecording:
         raise KiwiWavError(
             "the recording has no GPS timestamps: record it with kiwirecorder.py -m iq --kiwi-wav"
         )
-    raw = np.empty(sum(piece.size for piece in pieces), np.float32)
-    done = 0
-    for piece in pieces:  # int16 to full scale 1.0 in one pass (exact: a power of two)
-        np.multiply(
-            piece,
-            np.float32(1 / FULL_SCALE),
-            out=raw[done : done + piece.size].reshape(piece.shape),
-        )
-        done += piece.size
+    raw = scaled(pieces, 1 / FULL_SCALE)  # exact: a power of two
     block_lengths = np.concatenate(lengths)
     fix_age = stamp[:, 0].astype(np.uint8)
     seconds = stamp[:, 1].astype(np.float64)
