@@ -25,7 +25,6 @@ def own_settings(base: Settings, stage: str) -> Settings:
 
 def drop(settings: Settings) -> None:
     import kombu
-    import redis
     import sqlalchemy as sa
 
     from tasks.app import dead_letter_queue_name
@@ -33,13 +32,23 @@ def drop(settings: Settings) -> None:
     with kombu.Connection(settings.broker_url) as connection:
         for name in (settings.queue, dead_letter_queue_name(settings.queue)):
             connection.default_channel.queue_delete(name)
-    client = redis.Redis.from_url(settings.redis_url)
-    for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
-        client.delete(key)
+    empty_prefix(settings)
     engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
     with engine.begin() as connection:
         connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{settings.database_schema}" CASCADE'))
     engine.dispose()
+
+
+def empty_prefix(settings: Settings) -> None:
+    """Delete every Redis key under the stage's own prefix (captures no worker took, results)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def prepare(settings: Settings) -> None:

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis
 from urllib3 import encode_multipart_formdata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
 from tools.bench_service import running_service  # noqa: E402
-from tools.bench_stages import drop, own_settings, prepare  # noqa: E402
+from tools.bench_stages import drop, empty_prefix, own_settings, prepare  # noqa: E402
 from tools.process_meter import CpuMeter, service_roots  # noqa: E402
 
 WARM_UP = 3
@@ -70,7 +69,6 @@ def main() -> None:
         f"{'rx':>3} {'MB':>6} {'median ms':>10} {'90th ms':>8} {'shim CPU ms':>12} "
         f"{'Redis':>6} {'RabbitMQ':>9} {'PostgreSQL':>11}"
     )
-    store = redis.Redis.from_url(settings.redis_url)
     try:
         with running_service(
             settings, api_workers, 0, Path(tempfile.mkdtemp(prefix="heimdall-bench-")), False
@@ -117,10 +115,8 @@ def main() -> None:
                     f"{per['Redis']:>6.1f} {per['RabbitMQ']:>9.1f} {per['PostgreSQL']:>11.1f}",
                     flush=True,
                 )
-                for key in store.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
-                    store.delete(key)  # the sets' files: no worker takes them here
+                empty_prefix(settings)  # the sets' files: no worker takes them here
     finally:
-        store.close()
         drop(settings)
 
 
