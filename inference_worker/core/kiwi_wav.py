@@ -259,12 +259,22 @@ def _stretches(offsets: np.ndarray, gate_s: float) -> list[list[int]]:
     """The stamps (positions in ``offsets``) of each stretch on one line, in order: stamps off
     the line that it comes back to are left out, one it does not come back to after
     ``LOOK_AHEAD_BLOCKS`` ends the stretch."""
+    # A stamp off the one before it breaks the run: between breaks every stamp is on the line
+    # of the one before it, and the walk takes such a run at once.
+    off_before = np.ones(len(offsets), bool)
+    off_before[1:] = ~(np.abs(np.diff(offsets)) < gate_s)
+    breaks = np.append(np.flatnonzero(off_before), len(offsets))
     stretches: list[list[int]] = []
     current: list[int] = []
     position = 0
     while position < len(offsets):
-        level = offsets[current[-1]] if current else None
-        if level is None or abs(offsets[position] - level) < gate_s:
+        if not current or (current[-1] == position - 1 and not off_before[position]):
+            run_end = int(breaks[np.searchsorted(breaks, position, side="right")])
+            current.extend(range(position, run_end))
+            position = run_end
+            continue
+        level = offsets[current[-1]]
+        if abs(offsets[position] - level) < gate_s:
             current.append(position)
             position += 1
             continue
