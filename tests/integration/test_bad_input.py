@@ -125,7 +125,11 @@ def test_json_nested_too_deeply_is_refused_as_bad_input_not_a_500(client, captur
         assert response.get_json()["error"]["message"] == (
             "body is not valid JSON (nested too deeply)"
         )
-    form = {"receivers": DEEP.decode(), "frequency_mhz": "14.1", "capture": (io.BytesIO(b"RIFF"), "a")}
+    form = {
+        "receivers": DEEP.decode(),
+        "frequency_mhz": "14.1",
+        "capture": (io.BytesIO(b"RIFF"), "a"),
+    }
     tdoa = client.post("/predict", data=form, content_type="multipart/form-data")
     assert tdoa.status_code == 422, tdoa.get_json()
     assert "receivers must be a JSON list" in tdoa.get_json()["error"]["message"]

@@ -81,6 +81,11 @@ def test_a_body_that_is_not_whole_multipart_says_why():
         parsed(body, "multipart/form-data")
     preamble = b"a preamble, which MIME allows\r\n" + body
     assert parsed(preamble, content_type) == werkzeug_parsed(preamble, content_type)
+    padded = body.replace(
+        b"Content-Disposition:", b"X-Padding: " + b"x" * 10_000 + b"\r\n" + b"Content-Disposition:"
+    )
+    with pytest.raises(ApiError, match="cannot be read: .*header"):
+        parsed(padded, content_type)  # a part's header line is bounded
     nameless = body.replace(b"Content-Disposition", b"Content-Description")
     with pytest.raises(ApiError, match="a part has no Content-Disposition header"):
         parsed(nameless, content_type)
