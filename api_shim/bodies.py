@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flask import current_app, request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser
+from werkzeug.http import parse_options_header
 
 from api_shim.errors import ApiError
 
@@ -95,7 +96,8 @@ class _Parts:
         self.field_value.extend(data[start:end])
 
     def header_end(self) -> None:
-        self.headers[self.field_name.decode("latin-1").lower()] = self.field_value.decode("latin-1")
+        name = self.field_name.decode("latin-1").lower()
+        self.headers[name] = self.field_value.decode("utf-8", "replace")
         self.field_name.clear()
         self.field_value.clear()
 
@@ -105,12 +107,8 @@ class _Parts:
         disposition = self.headers.get("content-disposition")
         if disposition is None:
             raise ValueError("a part has no Content-Disposition header")
-        _, options = parse_options_header(disposition)
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        filename = options.get(b"filename")
-        self.found.append(
-            (name, None if filename is None else filename.decode("utf-8", "replace"), self.pieces)
-        )
+        _, options = parse_options_header(disposition)  # as werkzeug reads it (filename*=)
+        self.found.append((options.get("name", ""), options.get("filename"), self.pieces))
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         # Written in one piece, the parser hands out the body itself; a piece of anything else

@@ -65,6 +65,18 @@ def test_fields_and_files_read_as_werkzeug_reads_them(fields, files, boundary):
     assert (fields_found, by_name) == werkzeug_parsed(body, content_type)
 
 
+def test_file_names_in_utf_8_or_as_rfc_2231_parameters_read_as_werkzeug_reads_them():
+    body, content_type = encode_multipart_formdata([("capture", ("a.wav", b"RIFF"))])
+    for disposition in (
+        'name="capture"; filename="Ørsted_iq.wav"',
+        "name=\"capture\"; filename*=UTF-8''%C3%98rsted_iq.wav",
+    ):
+        changed = body.replace(b'name="capture"; filename="a.wav"', disposition.encode("utf-8"))
+        found = parsed(changed, content_type)
+        assert found == werkzeug_parsed(changed, content_type)
+        assert found[1][0][1] == "Ørsted_iq.wav"
+
+
 def test_a_body_that_is_not_whole_multipart_says_why():
     body, content_type = encode_multipart_formdata([("capture", ("a.wav", b"RIFF"))])
     for cut, reason in [
