@@ -62,8 +62,8 @@ class _FormTooLarge(Exception):
 
 
 class _Parts:
-    """What the multipart parser's callbacks find in one body: each part's headers, name,
-    filename (None for a field) and pieces of data, each a view of the body."""
+    """What the multipart parser's callbacks find in one body: each part's name, filename
+    (None for a field) and data, as pieces that are views of the body."""
 
     def __init__(self, body: bytes, max_field_bytes: int | None, max_parts: int | None) -> None:
         self.body, self.view = body, memoryview(body)
