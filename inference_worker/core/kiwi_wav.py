@@ -12,7 +12,8 @@ chunk), chunks it does not know, a first block stamped 0 (no time yet). The true
 differs per receiver (about 12 001.0–12 001.3 Hz) and comes from the stamps
 (:func:`timebase`), which also leaves out single bad stamps, bridges blocks lost on the way
 and finds the consistent part of a file whose stamps jump.
-:mod:`inference_worker.core.kiwi_chunks` walks the chunks. The writer makes test data.
+:mod:`inference_worker.core.kiwi_chunks` walks the chunks, :mod:`inference_worker.core.kiwi_stamps`
+the stamps. The writer makes test data.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference_worker.core.kiwi_chunks import KIWI_STAMP, NEVER_HAD_FIX, scaled, walk
+from inference_worker.core.kiwi_stamps import GPS_WEEK_S, chains, stretches, unwrap_weeks
 
 BLOCK_SAMPLES = 512
 NOMINAL_RATE_HZ = 12_000
 NO_RECENT_FIX = 254
-GPS_WEEK_S = 604_800
 CLOCK_DRIFT = 1e-7
 """How fast a KiwiSDR's time may drift from GPS time between GPS solutions (seconds a second:
 0.1 ppm, an assumed bound on its sample clock's frequency error once corrections stop). A stamp
@@ -196,7 +197,7 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     Raises:
         KiwiWavError: fewer than two consistent stamped blocks.
     """
-    gps = _unwrap_weeks(recording.gps_s)
+    gps = unwrap_weeks(recording.gps_s)
     start = recording.block_start.astype(np.float64)
     usable = np.isfinite(gps) & (recording.fix_age != NO_RECENT_FIX)
     index = np.flatnonzero(usable)
@@ -216,7 +217,7 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
     gate_s = max(tolerance_s, 5.0 * jitter)
     block = int(np.median(np.diff(recording.block_start))) if len(start) > 1 else BLOCK_SAMPLES
     chain = max(
-        _chains(_stretches(offsets, gate_s), offsets, block / rate, gate_s),
+        chains(stretches(offsets, gate_s), offsets, block / rate, gate_s),
         key=lambda joined: sum(kept[-1] - kept[0] for kept, _ in joined),
     )
     inliers = np.concatenate([kept for kept, _ in chain]).astype(np.int64)
@@ -248,86 +249,6 @@ def timebase(recording: KiwiRecording, tolerance_s: float = 20e-6) -> Timebase:
         recording_samples=len(recording.iq),
         segments=tuple(segments) if len(segments) > 1 else (),
     )
-
-
-LOOK_AHEAD_BLOCKS = 8
-"""How many blocks a stamp off the line may be followed by others off it before the line is
-taken as having jumped, rather than those stamps as bad."""
-
-
-def _stretches(offsets: np.ndarray, gate_s: float) -> list[list[int]]:
-    """The stamps (positions in ``offsets``) of each stretch on one line, in order: stamps off
-    the line that it comes back to are left out, one it does not come back to after
-    ``LOOK_AHEAD_BLOCKS`` ends the stretch."""
-    # A stamp off the one before it breaks the run: between breaks every stamp is on the line
-    # of the one before it, and the walk takes such a run at once.
-    off_before = np.ones(len(offsets), bool)
-    off_before[1:] = ~(np.abs(np.diff(offsets)) < gate_s)
-    breaks = np.append(np.flatnonzero(off_before), len(offsets))
-    stretches: list[list[int]] = []
-    current: list[int] = []
-    position = 0
-    while position < len(offsets):
-        if not current or (current[-1] == position - 1 and not off_before[position]):
-            run_end = int(breaks[np.searchsorted(breaks, position, side="right")])
-            current.extend(range(position, run_end))
-            position = run_end
-            continue
-        level = offsets[current[-1]]
-        if abs(offsets[position] - level) < gate_s:
-            current.append(position)
-            position += 1
-            continue
-        ahead = offsets[position + 1 : position + 1 + LOOK_AHEAD_BLOCKS]
-        back = np.flatnonzero(np.abs(ahead - level) < gate_s)
-        if len(back):  # bad stamps: the line goes on after them
-            position += 1 + int(back[0])
-            continue
-        stretches.append(current)  # a jump: a new stretch starts here
-        current = []
-    stretches.append(current)
-    return [kept for kept in stretches if kept]
-
-
-LONGEST_GAP_S = 600.0
-"""The most time blocks lost on the way may take for the stretches either side to be joined."""
-
-
-def _chains(
-    stretches: list[list[int]], offsets: np.ndarray, block_s: float, gate_s: float
-) -> list[list[tuple[list[int], int]]]:
-    """The stretches joined where blocks were lost between them: the later one's stamps jump
-    ahead by a whole number of blocks (the receiver's clock went on, its samples did not
-    arrive), each stretch with the blocks lost before it since its chain's first. A jump of
-    any other size is the receiver's time set again: which side is right cannot be told, and
-    the longest chain alone is used."""
-    chains: list[list[tuple[list[int], int]]] = []
-    for kept in stretches:
-        if chains:
-            before, lost = chains[-1][-1]
-            # Levels where the stretches meet: an error in the rate tilts each stretch's own.
-            jump_s = float(np.median(offsets[kept[:5]]) - np.median(offsets[before[-5:]]))
-            blocks = round(jump_s / block_s)
-            if (
-                min(len(before), len(kept)) >= 2
-                and 1 <= blocks
-                and blocks * block_s <= LONGEST_GAP_S
-                and abs(jump_s - blocks * block_s) < gate_s
-            ):
-                chains[-1].append((kept, lost + blocks))
-                continue
-        chains.append([(kept, 0)])
-    return chains
-
-
-def _unwrap_weeks(gps: np.ndarray) -> np.ndarray:
-    """Seconds of the week continued past a week boundary (a recording across Sunday 00:00)."""
-    out = gps.copy()
-    finite = np.isfinite(out)
-    jumps = np.zeros(len(out))
-    jumps[finite] = np.concatenate([[0.0], np.diff(out[finite])])
-    out[finite] += GPS_WEEK_S * np.cumsum(jumps[finite] < -GPS_WEEK_S / 2)
-    return out
 
 
 def write_kiwi_wav(

@@ -12,9 +12,9 @@ import pytest
 
 from inference_worker.core.capture import CaptureError
 from inference_worker.core.correlation_peaks import arrived
+from inference_worker.core.kiwi_stamps import LONGEST_GAP_S
 from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
-    LONGEST_GAP_S,
     read_kiwi_wav,
     timebase,
     write_kiwi_wav,

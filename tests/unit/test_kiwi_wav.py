@@ -17,11 +17,9 @@ from inference_worker.core.kiwi_wav import (
     BLOCK_SAMPLES,
     CLOCK_DRIFT,
     GPS_WEEK_S,
-    LOOK_AHEAD_BLOCKS,
     NEVER_HAD_FIX,
     NO_RECENT_FIX,
     KiwiWavError,
-    _stretches,
     read_kiwi_wav,
     timebase,
     write_kiwi_wav,
@@ -122,46 +120,6 @@ def test_a_few_bad_stamps_in_a_row_keep_the_samples_around_them():
     assert (base.first_sample, base.end_sample) == (0, len(iq))
     assert base.rejected_blocks == 5
     assert base.t0_s == pytest.approx(T0_S, abs=2e-6)
-
-
-def walked_one_stamp_at_a_time(offsets: np.ndarray, gate_s: float) -> list[list[int]]:
-    """The stretches as the walk finds them stamp by stamp (what ``_stretches`` did before it
-    took runs of stamps on the line of the one before them at once)."""
-    stretches: list[list[int]] = []
-    current: list[int] = []
-    position = 0
-    while position < len(offsets):
-        level = offsets[current[-1]] if current else None
-        if level is None or abs(offsets[position] - level) < gate_s:
-            current.append(position)
-            position += 1
-            continue
-        ahead = offsets[position + 1 : position + 1 + LOOK_AHEAD_BLOCKS]
-        back = np.flatnonzero(np.abs(ahead - level) < gate_s)
-        if len(back):
-            position += 1 + int(back[0])
-            continue
-        stretches.append(current)
-        current = []
-    stretches.append(current)
-    return [kept for kept in stretches if kept]
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.5, -4.0]), st.integers(1, 12)),
-        min_size=1,
-        max_size=30,
-    ),
-    st.lists(st.floats(-0.9, 0.9), min_size=1, max_size=400),
-)
-def test_the_stamps_walk_finds_the_stretches_it_found_stamp_by_stamp(levels, jitter):
-    """Lines, jumps, single bad stamps and runs of them, stamps at the gate's edge: the walk
-    that takes runs at once keeps the same stamps in the same stretches."""
-    offsets = np.repeat([level for level, _ in levels], [count for _, count in levels])
-    offsets = offsets + np.resize(np.asarray(jitter), len(offsets))  # ±0.9: some past the gate
-    assert _stretches(offsets, 1.0) == walked_one_stamp_at_a_time(offsets, 1.0)
 
 
 def test_a_receiver_with_jittery_stamps_keeps_them_all():
