@@ -48,11 +48,12 @@ def submit_npy(client, capture, headers: dict[str, str] | None = None, **query: 
     )
 
 
-def post_tdoa(
-    client: Any, recordings: Any, files: Any = None, names: Any = None, **fields: Any
-) -> Any:
-    """POST a TDoA set (:class:`~inference_worker.science.kiwi_sets.SyntheticSet`) through the
-    test client as multipart, its files and names unless others are given."""
+def tdoa_form(
+    recordings: Any, files: Any = None, names: Any = None, **fields: Any
+) -> list[tuple[str, str | tuple[str, bytes, str]]]:
+    """A TDoA set's (:class:`~inference_worker.science.kiwi_sets.SyntheticSet`) form: its
+    positions, frequency and ``fields``, then a ``capture`` part per file (its own files and
+    names unless others are given)."""
     files = recordings.files if files is None else files
     names = recordings.names if names is None else names
     form = {
@@ -61,8 +62,14 @@ def post_tdoa(
         **fields,
     }
     parts: list[tuple[str, str | tuple[str, bytes, str]]] = list(form.items())
-    parts += [("capture", (n, f, "audio/wav")) for f, n in zip(files, names, strict=True)]
-    body, content_type = encode_multipart_formdata(parts)
+    return parts + [("capture", (n, f, "audio/wav")) for f, n in zip(files, names, strict=True)]
+
+
+def post_tdoa(
+    client: Any, recordings: Any, files: Any = None, names: Any = None, **fields: Any
+) -> Any:
+    """POST a TDoA set through the test client as multipart (:func:`tdoa_form`)."""
+    body, content_type = encode_multipart_formdata(tdoa_form(recordings, files, names, **fields))
     return client.post("/predict", data=body, content_type=content_type)
 
 

@@ -4,13 +4,16 @@ are refused with 422 and leave nothing behind."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 import uuid
+from contextlib import closing
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from urllib3 import encode_multipart_formdata
 
 from inference_worker.cli.processes import wait_until
 from inference_worker.core.capture import CaptureError, CaptureTooLarge
@@ -19,7 +22,7 @@ from inference_worker.core.kiwi_wav import read_kiwi_wav, write_kiwi_wav
 from inference_worker.science.kiwi_sets import rewritten, synthetic_set
 from inference_worker.storage.schema import jobs
 from tests.helpers import piece_of
-from tests.integration.helpers import post_tdoa, wait_final
+from tests.integration.helpers import post_tdoa, tdoa_form, wait_final
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +293,15 @@ def test_the_cli_submits_a_set_and_writes_its_map(
         ]  # fmt: skip
         with cli_process(args, tmp_path / "submit.log", env) as submit:
             assert submit.wait(timeout=120) == 0, (tmp_path / "submit.log").read_text()
+        # A body sent in chunks, without a Content-Length, reads the same.
+        body, content_type = encode_multipart_formdata(tdoa_form(recordings))
+        pieces = (body[at : at + 65_536] for at in range(0, len(body), 65_536))
+        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=60)) as connection:
+            connection.request(
+                "POST", "/predict", pieces, {"Content-Type": content_type}, encode_chunked=True
+            )
+            answer = connection.getresponse()
+            assert answer.status == 202, answer.read()
     output = (tmp_path / "submit.log").read_text()
     view, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])
     assert view["status"] == "succeeded"
