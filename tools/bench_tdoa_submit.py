@@ -6,11 +6,14 @@ machine's real RabbitMQ, Redis and PostgreSQL; one client posts synthetic KiwiSD
 (:mod:`inference_worker.science.kiwi_sets`, no quirks) of each receiver count, one at a time
 on a kept-alive connection, each multipart body encoded before its clock starts. Prints, per
 receiver count: the files' size, the submission's median and 90th percentile as the client
-sees it, and the CPU milliseconds per submission of the shim's processes and of Redis,
-RabbitMQ and PostgreSQL (every submission holds its files in Redis until a worker takes it:
-the stage's own prefix is emptied after each receiver count).
+sees it, the CPU milliseconds per submission of the shim's processes and of Redis, RabbitMQ
+and PostgreSQL (every submission holds its files in Redis until a worker takes it: the
+stage's own prefix is emptied after each receiver count), the memory the shim's processes
+faulted in per submission (near 0 where each reuses what it freed) and the resident memory of
+the largest after the row (it keeps what its largest request needed).
 
     python tools/bench_tdoa_submit.py [--submissions 30] [--receivers 3 5 12] [--seconds 30]
+        [--rate 12000|20250]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noq
 from inference_worker.settings import load_settings  # noqa: E402
 from tools.bench_service import running_service  # noqa: E402
 from tools.bench_stages import drop, empty_prefix, own_settings, prepare  # noqa: E402
-from tools.process_meter import CpuMeter, service_roots  # noqa: E402
+from tools.process_meter import CpuMeter, children, faulted_mb, rss_mb, service_roots  # noqa: E402
 
 WARM_UP = 3
 """Submissions of each receiver count sent before the clock starts, not counted."""
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--submissions", type=count(1), default=30, help="timed, per row")
     parser.add_argument("--receivers", type=count(3), nargs="+", default=[3, 5, 12])
     parser.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
+    parser.add_argument(
+        "--rate", type=int, choices=(12_000, 20_250), default=12_000, help="the files' IQ rate"
+    )
     parser.add_argument("--api-workers", type=count(1), default=None, help="shim processes")
     args = parser.parse_args()
     base = load_settings()
@@ -67,7 +73,7 @@ def main() -> None:
     )
     print(
         f"{'rx':>3} {'MB':>6} {'median ms':>10} {'90th ms':>8} {'shim CPU ms':>12} "
-        f"{'Redis':>6} {'RabbitMQ':>9} {'PostgreSQL':>11}"
+        f"{'Redis':>6} {'RabbitMQ':>9} {'PostgreSQL':>11} {'faulted MB':>11} {'RSS MB':>7}"
     )
     try:
         with running_service(
@@ -81,6 +87,7 @@ def main() -> None:
                     seconds=args.seconds,
                     quirks=False,
                     spacing_m=spacing_for(receivers),
+                    sample_rate_hz=args.rate,
                 )
                 fields = [
                     ("receivers", json.dumps(recordings.positions())),
@@ -97,6 +104,7 @@ def main() -> None:
                 for number in range(WARM_UP + args.submissions):
                     if number == WARM_UP:
                         meter.start()
+                        faulted = sum(map(faulted_mb, children(groups["shim"][0])))
                     job = ("job_id", f"bench-{receivers}-{number}-{time.time_ns()}")
                     body, content_type = encode_multipart_formdata([*fields, job, *files])
                     started = time.perf_counter()
@@ -106,13 +114,16 @@ def main() -> None:
                     if number >= WARM_UP:
                         times.append((time.perf_counter() - started) * 1e3)
                 meter.stop()
+                shim = children(groups["shim"][0])
+                faulted = (sum(map(faulted_mb, shim)) - faulted) / args.submissions
                 connection.close()
                 per = {name: 1e3 * s / args.submissions for name, s in meter.used.items()}
                 megabytes = sum(len(f) for f in recordings.files) / 1e6
                 print(
                     f"{receivers:>3} {megabytes:>6.1f} {np.median(times):>10.1f} "
                     f"{np.percentile(times, 90):>8.1f} {per['shim']:>12.1f} "
-                    f"{per['Redis']:>6.1f} {per['RabbitMQ']:>9.1f} {per['PostgreSQL']:>11.1f}",
+                    f"{per['Redis']:>6.1f} {per['RabbitMQ']:>9.1f} {per['PostgreSQL']:>11.1f} "
+                    f"{faulted:>11.1f} {max(map(rss_mb, shim), default=0.0):>7.0f}",
                     flush=True,
                 )
                 empty_prefix(settings)  # the sets' files: no worker takes them here

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLIENTS = "benchmark (clients)"
 """The meter's name for this process's own CPU (the load it generates, not the service's)."""
 
@@ -33,6 +34,15 @@ def tree_cpu_s(pid: int) -> float:
         return 0.0
     own = sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
     return own + sum(tree_cpu_s(child) for child in children(pid))
+
+
+def faulted_mb(pid: int) -> float:
+    """Memory one process has faulted in so far (its minor page faults, MB), 0 once it is gone:
+    what it took afresh from the system rather than reusing what it had freed."""
+    try:
+        return int(_stat(pid)[7]) * PAGE_BYTES / 2**20
+    except OSError:
+        return 0.0
 
 
 def rss_mb(pid: int) -> float:
