@@ -31,6 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the shim. Connections are opened lazily, on the first request that needs them."""
     settings = settings or load_settings()
     retain_freed_memory(settings.retain_freed_mb)  # this process and those forked from it
+    # A multipart body the parser cannot read is the client's 422, which says why (bodies.py);
+    # the parser would log each one as a warning too.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -10,7 +10,6 @@ with the limits ``request.files`` has.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,9 +21,6 @@ from api_shim.errors import ApiError
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
-
-# A body it cannot read is the client's 422, which says why; the parser would also log it.
-logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 def request_body() -> bytes:
