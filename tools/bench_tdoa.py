@@ -1,6 +1,7 @@
 """Benchmark: what locating one set of KiwiSDR recordings by time differences costs a worker.
 
-One process on one core (BLAS pinned to one thread), synthetic sets of the evaluation's kind
+One process on one core (BLAS pinned to one thread, freed memory kept as a worker process keeps
+it: ``--retain-mb``, 0 for the C library's defaults), synthetic sets of the evaluation's kind
 (``inference_worker.science.kiwi_sets``) made before the clock starts: the quirks of real files
 left out, so that every set is located, and more than five receivers placed 100-1 200 km apart
 (twelve do not fit 300-1 000 km). Each set is timed through the estimator a worker runs for a
@@ -17,7 +18,7 @@ the worker as much). ``--propagation skywave``: the sets heard at 10 MHz by one 
 receivers' skywave delays fix a line more often).
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
-        [--seconds 30] [--seed 3000] [--no-one-off] [--propagation skywave]
+        [--seconds 30] [--seed 3000] [--no-one-off] [--propagation skywave] [--retain-mb 256]
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
+from inference_worker.serving.memory import retain_freed_memory  # noqa: E402
+from inference_worker.settings import Settings  # noqa: E402
 
 
 def timed_solve(
@@ -96,8 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         default="ground",
         help="skywave: sets heard by one hop off a layer 300 km high, located with such paths",
     )
+    parser.add_argument(
+        "--retain-mb",
+        type=int,
+        default=Settings.model_fields["retain_freed_mb"].default,
+        help="freed memory kept, as a worker process keeps it (0: the C library's defaults)",
+    )
     args = parser.parse_args(argv)
     sky = args.propagation == "skywave"
+    kept = retain_freed_memory(args.retain_mb)
+    print(f"freed memory kept: {f'{args.retain_mb} MB' if kept else 'no (the C library defaults)'}")
 
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
