@@ -49,17 +49,37 @@ def path_m(ground_m: np.ndarray | float, layer_height_m: float = 0.0) -> np.ndar
     sphere of the Earth's mean radius)."""
     if layer_height_m == 0:
         return ground_m
+    return haversine_path_m(np.sin(np.asarray(ground_m) / EARTH_RADIUS_M / 2) ** 2, layer_height_m)
+
+
+def haversine_path_m(haversines: np.ndarray, layer_height_m: float = 0.0) -> np.ndarray:
+    """:func:`path_m` between points whose angle apart has the :func:`haversine`
+    ``haversines``: the great circle's length along the ground; by a skywave hop, from the
+    cosine of half the angle, ``sqrt(1 - haversine)``, so no arcsine nor cosine is taken (a
+    skywave search computes paths at every layer height on one grid of haversines)."""
+    h = np.asarray(haversines)
+    if layer_height_m == 0:
+        return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(h))
     radius, top = EARTH_RADIUS_M, EARTH_RADIUS_M + layer_height_m
-    half = np.asarray(ground_m) / radius / 2
-    return 2 * np.sqrt(radius**2 + top**2 - 2 * radius * top * np.cos(half))
+    # The slant's square R² + T² - 2 R T cos, written (T - R)² + 2 R T (1 - cos) with
+    # 1 - cos = h / (1 + cos): no difference of near-equal numbers for short paths.
+    slant = layer_height_m**2 + 2 * radius * top * h / (1 + np.sqrt(1 - h))
+    return 2 * np.sqrt(slant)
 
 
 def great_circle_m(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarray | float):
     """Great-circle distance in metres (haversine on a sphere of the Earth's mean radius)."""
+    return haversine_path_m(haversine(lat1, lon1, lat2, lon2))
+
+
+def haversine(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarray | float):
+    """The haversine of the angle between two points seen from the Earth's centre (the square
+    of the sine of half of it), in [0, 1]; ``lat2``, ``lon2`` broadcast, so each latitude's and
+    longitude's sines are taken once for a grid of them."""
     p1, p2 = math.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - lon1)
     h = np.sin(dp / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return np.clip(h, 0.0, 1.0)
 
 
 def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:

@@ -34,7 +34,7 @@ from inference_worker.core.tdoa_search import (
     Expectation,
     coarse_peaks,
     grid_estimate,
-    ground_grid,
+    haversine_grid,
     log_mass,
     own_precision,
     plausible_chi2,
@@ -148,7 +148,7 @@ def locate(
     step = (float(lats[1] - lats[0]), float(lons[1] - lons[0]))
     form = travel_form(len(stations), delays, precision)
     height = layer_height_m
-    travel = travel_us(ground_grid(stations, lats, lons), height)
+    travel = travel_us(haversine_grid(stations, lats, lons), height)
     starts = coarse_peaks(travel, delays, form, candidates)
     refined = [
         refine(stations, delays, form, (float(lats[i]), float(lons[j])), step, fine, height)

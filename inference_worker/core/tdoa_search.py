@@ -25,7 +25,8 @@ from inference_worker.core.geodesy import (
     SPEED_OF_LIGHT_M_S,
     ellipsoid_offsets,
     geodesic_m,
-    great_circle_m,
+    haversine,
+    haversine_path_m,
     path_m,
 )
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
@@ -119,41 +120,44 @@ def log_likelihood_grid(
     # Broadcast rather than meshed: each latitude's and longitude's sines are taken once, not
     # at every point (the same values; most of a search's time with many receivers).
     grid_lat, grid_lon = np.asarray(lats)[:, None], np.asarray(lons)[None, :]
-    ground = [great_circle_m(s.lat, s.lon, grid_lat, grid_lon) for s in stations]
-    travel = travel_us(ground, layer_height_m, offsets_s)
+    angles = [haversine(s.lat, s.lon, grid_lat, grid_lon) for s in stations]
+    travel = travel_us(angles, layer_height_m, offsets_s)
     return _log_likelihood(travel, delays, precision)
 
 
-def ground_grid(stations: Sequence[Receiver], lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
-    """Each station's great-circle distance (m) to every point of a latitude × longitude grid,
-    ``(stations, len(lats), len(lons))``. The last grid's are kept: a skywave job searches the
-    same grid at every layer height."""
+def haversine_grid(stations: Sequence[Receiver], lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
+    """``(stations, lats, lons)``: the :func:`~inference_worker.core.geodesy.haversine` of each
+    station's angle to each point of the grid (read-only), kept for the next call with the
+    same grid: a skywave job searches the same grid at every layer height."""
     corners = tuple((s.lat, s.lon) for s in stations)
-    return _ground_grid(
+    return _haversine_grid(
         corners, np.asarray(lats, float).tobytes(), np.asarray(lons, float).tobytes()
     )
 
 
 @functools.lru_cache(maxsize=1)
-def _ground_grid(corners: tuple[tuple[float, float], ...], lats: bytes, lons: bytes) -> np.ndarray:
+def _haversine_grid(
+    corners: tuple[tuple[float, float], ...], lats: bytes, lons: bytes
+) -> np.ndarray:
     grid_lat, grid_lon = np.frombuffer(lats)[:, None], np.frombuffer(lons)[None, :]
-    ground = np.stack([great_circle_m(lat, lon, grid_lat, grid_lon) for lat, lon in corners])
-    ground.flags.writeable = False
-    return ground
+    angles = np.stack([haversine(lat, lon, grid_lat, grid_lon) for lat, lon in corners])
+    angles.flags.writeable = False
+    return angles
 
 
 def travel_us(
-    ground_m: np.ndarray | Sequence[np.ndarray],
+    haversines: np.ndarray | Sequence[np.ndarray],
     layer_height_m: float = 0.0,
     offsets_s: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Each station's travel time (µs) over its ground distances ``ground_m`` (one array a
-    station: :func:`path_m`), plus its ``offsets_s``."""
-    offsets = offsets_s if offsets_s is not None else [0.0] * len(ground_m)
+    """Each station's travel time (µs) to the points whose angles from it have the
+    ``haversines`` (one array a station:
+    :func:`~inference_worker.core.geodesy.haversine_path_m`), plus its ``offsets_s``."""
+    offsets = offsets_s if offsets_s is not None else [0.0] * len(haversines)
     return np.stack(
         [
-            (path_m(ground, layer_height_m) / SPEED_OF_LIGHT_M_S + offset) * 1e6
-            for ground, offset in zip(ground_m, offsets, strict=True)
+            haversine_path_m(angles, layer_height_m) * (1e6 / SPEED_OF_LIGHT_M_S) + offset * 1e6
+            for angles, offset in zip(haversines, offsets, strict=True)
         ]
     )
 
@@ -318,13 +322,14 @@ def moments(
     normalized likelihood on a grid."""
     weights = np.exp(log_likelihood - log_likelihood.max())
     weights /= weights.sum()
-    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
-    mean_lat = float((weights * grid_lat).sum())
-    mean_lon = float((weights * grid_lon).sum())
-    d_lat, d_lon = grid_lat - mean_lat, grid_lon - mean_lon
-    var_lat, var_lon = float((weights * d_lat**2).sum()), float((weights * d_lon**2).sum())
+    # The grid is a product of its latitudes and longitudes: the weights summed along each
+    # give the means and variances, and one product of the pair the covariance.
+    by_lat, by_lon = weights.sum(axis=1), weights.sum(axis=0)
+    mean_lat, mean_lon = float(by_lat @ lats), float(by_lon @ lons)
+    d_lat, d_lon = lats - mean_lat, lons - mean_lon
+    var_lat, var_lon = float(by_lat @ d_lat**2), float(by_lon @ d_lon**2)
     per_deg_lat, per_deg_lon = metres_per_degree(mean_lat)
-    cov = float((weights * d_lat * d_lon).sum()) * per_deg_lat * per_deg_lon
+    cov = float(d_lat @ weights @ d_lon) * per_deg_lat * per_deg_lon
     return (
         mean_lat,
         mean_lon,

@@ -14,7 +14,15 @@ import pytest
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, tdoa_feature_collection
-from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m, path_m
+from inference_worker.core.geodesy import (
+    EARTH_RADIUS_M,
+    SPEED_OF_LIGHT_M_S,
+    geodesic_m,
+    great_circle_m,
+    haversine,
+    haversine_path_m,
+    path_m,
+)
 from inference_worker.core.kiwi_wav import read_kiwi_wav
 from inference_worker.core.tdoa import Solution, _widened_to_fit, solve
 from inference_worker.core.tdoa_locate import locate
@@ -198,6 +206,33 @@ def test_one_hop_is_twice_the_slant_to_the_layer_above_the_midpoint():
     grounds = np.array([0.0, 500e3, 2_000e3])
     assert np.allclose(path_m(grounds, 300e3), [float(path_m(float(g), 300e3)) for g in grounds])
     assert path_m(grounds, 0.0) is grounds  # ground wave: the ground distance itself
+
+
+@pytest.mark.parametrize("height", [0.0, 100e3, 300e3])
+def test_paths_from_haversines_are_the_paths_of_the_angles(height):
+    # A grid's paths come from each point's haversine without its angle: the same lengths as
+    # the angle's, from a metre apart to the far side of the Earth.
+    rng = np.random.default_rng(7)
+    lat1, lon1 = 45.5, 9.2
+    lats = np.r_[lat1 + np.array([1e-5, 1e-3, 0.1]), rng.uniform(-89, 89, 200)]
+    lons = np.r_[lon1 + np.array([0.0, 1e-3, 0.2]), rng.uniform(-180, 180, 200)]
+
+    def unit(lat, lon):
+        phi, lam = np.radians(lat), np.radians(lon)
+        return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
+
+    u, v = unit(lat1, lon1)[:, None], unit(lats, lons)
+    angle = np.arctan2(np.linalg.norm(np.cross(u, v, axis=0), axis=0), (u * v).sum(axis=0))
+    radius, top = EARTH_RADIUS_M, EARTH_RADIUS_M + height
+    expected = (
+        radius * angle
+        if height == 0
+        else 2 * np.sqrt(radius**2 + top**2 - 2 * radius * top * np.cos(angle / 2))
+    )
+    paths = haversine_path_m(haversine(lat1, lon1, lats, lons), height)
+    assert np.allclose(paths, expected, rtol=1e-9, atol=1e-3)
+    ground = great_circle_m(lat1, lon1, lats, lons)
+    assert np.allclose(path_m(ground, height), expected, rtol=1e-9, atol=1e-3)
 
 
 def test_receivers_beyond_a_ground_waves_reach_at_hf_are_cautioned_about_skywave():

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from inference_worker.core.contract import Receiver
+from inference_worker.core.ellipse import metres_per_degree
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.tdoa_search import (
     coarse_peaks,
-    ground_grid,
+    haversine_grid,
     log_likelihood_grid,
+    moments,
     own_precision,
     travel_us,
     widened,
@@ -110,15 +112,36 @@ def test_the_grid_likelihood_is_every_pair_weighed_at_every_point(rank):
 
 
 @pytest.mark.parametrize("height", [0.0, 300e3])
-def test_the_coarse_search_sees_the_grid_likelihood_and_keeps_its_distances(height):
-    # The coarse grid's distances are kept for the next search of the same grid (a skywave job
+def test_the_coarse_search_sees_the_grid_likelihood_and_keeps_its_angles(height):
+    # The coarse grid's angles are kept for the next search of the same grid (a skywave job
     # searches it at every layer height); the likelihood on them is the grid's.
     lats, lons = np.linspace(43.0, 48.0, 41), np.linspace(5.0, 11.0, 43)
     delays = exact_delays(STATIONS, EMITTER, 1e-6)
-    ground = ground_grid(STATIONS, lats, lons)
-    assert ground_grid(STATIONS, lats.copy(), lons.copy()) is ground
-    assert ground_grid(STATIONS[::-1], lats, lons) is not ground
+    angles = haversine_grid(STATIONS, lats, lons)
+    assert haversine_grid(STATIONS, lats.copy(), lons.copy()) is angles
+    assert haversine_grid(STATIONS[::-1], lats, lons) is not angles
     precision = own_precision(delays, len(STATIONS))
     grid = log_likelihood_grid(STATIONS, delays, lats, lons, precision, layer_height_m=height)
-    peaks = coarse_peaks(travel_us(ground, height), delays, precision, 3)
+    peaks = coarse_peaks(travel_us(angles, height), delays, precision, 3)
     assert peaks[0] == np.unravel_index(int(np.argmax(grid)), grid.shape)
+
+
+def test_a_grids_moments_are_those_of_its_points():
+    # Summed along the grid's rows and columns: the same moments as weighing every point.
+    rng = np.random.default_rng(11)
+    lats, lons = np.linspace(44.0, 44.4, 23), np.linspace(8.0, 8.7, 31)
+    grid_lat, grid_lon = np.meshgrid(lats, lons, indexing="ij")
+    tilted = ((grid_lat - 44.2) * 9 + (grid_lon - 8.3) * 4) ** 2 + (grid_lon - 8.4) ** 2 * 30
+    log_likelihood = -tilted * 40 + rng.normal(0, 0.1, tilted.shape)
+    weights = np.exp(log_likelihood - log_likelihood.max())
+    weights /= weights.sum()
+    mean_lat, mean_lon = (weights * grid_lat).sum(), (weights * grid_lon).sum()
+    d_lat, d_lon = grid_lat - mean_lat, grid_lon - mean_lon
+    var_lat, var_lon = (weights * d_lat**2).sum(), (weights * d_lon**2).sum()
+    got = moments(lats, lons, log_likelihood)
+    assert got[:4] == pytest.approx([mean_lat, mean_lon, var_lat**0.5, var_lon**0.5], rel=1e-12)
+    per_deg_lat, per_deg_lon = metres_per_degree(mean_lat)
+    expected = [var_lon * per_deg_lon**2, var_lat * per_deg_lat**2]
+    assert got[4:6] == pytest.approx(expected, rel=1e-9)
+    cov = (weights * d_lat * d_lon).sum() * per_deg_lat * per_deg_lon
+    assert got[6] == pytest.approx(cov, rel=1e-9) and abs(cov) > 1e-3 * (got[4] * got[5]) ** 0.5
