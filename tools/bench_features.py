@@ -33,8 +33,8 @@ from inference_worker.core.contract import ModelError, load_metadata  # noqa: E4
 from inference_worker.core.domain import assess, clipped_share  # noqa: E402
 from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
-from inference_worker.serving.memory import retain_freed_memory  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
+from tools.process_meter import add_retain_mb, retained  # noqa: E402
 
 KINDS = (
     ("12 kHz × 1 s", 12_000.0, 12_000),
@@ -107,9 +107,7 @@ def spread(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=count(1), default=60, help="calls per kind of capture")
-    parser.add_argument(
-        "--retain-mb", type=int, default=256, help="freed memory kept (0: the C library's)"
-    )
+    add_retain_mb(parser)
     parser.add_argument("--model", type=Path, default=ROOT / "inference_worker/models/reference")
     parser.add_argument(
         "--longest",
@@ -120,7 +118,7 @@ def main() -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # as a worker process is set up
-    kept = retain_freed_memory(args.retain_mb)
+    kept = retained(args.retain_mb)
     try:
         meta = load_metadata(args.model, verify=False)
     except ModelError as exc:
@@ -129,7 +127,7 @@ def main() -> int:
     fixed = replace(following, follow_carrier_hz=0.0)
     print(
         f"model {meta.name} {meta.version}; one thread; freed memory kept: "
-        f"{f'{args.retain_mb} MB' if kept else 'no (the C library defaults)'}; "
+        f"{kept}; "
         f"{args.calls} calls per kind, median (10th-90th percentile)",
         flush=True,
     )

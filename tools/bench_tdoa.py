@@ -45,8 +45,7 @@ from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
-from inference_worker.serving.memory import retain_freed_memory  # noqa: E402
-from inference_worker.settings import Settings  # noqa: E402
+from tools.process_meter import add_retain_mb, retained  # noqa: E402
 
 
 def timed_solve(
@@ -99,16 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         default="ground",
         help="skywave: sets heard by one hop off a layer 300 km high, located with such paths",
     )
-    parser.add_argument(
-        "--retain-mb",
-        type=int,
-        default=Settings.model_fields["retain_freed_mb"].default,
-        help="freed memory kept, as a worker process keeps it (0: the C library's defaults)",
-    )
+    add_retain_mb(parser)
     args = parser.parse_args(argv)
     sky = args.propagation == "skywave"
-    kept = retain_freed_memory(args.retain_mb)
-    print(f"freed memory kept: {f'{args.retain_mb} MB' if kept else 'no (the C library defaults)'}")
+    print(f"freed memory kept: {retained(args.retain_mb)}")
 
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "

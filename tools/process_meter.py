@@ -1,8 +1,11 @@
 """CPU and memory of this machine's processes, read from ``/proc`` (Linux): what the throughput
-benchmark meters its stages with."""
+benchmark meters its stages with; and the freed memory a benchmark's own process keeps, as a
+worker process keeps it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +127,24 @@ class CpuMeter:
 
     def per_job_ms(self, jobs: int) -> str:
         return ", ".join(f"{name} {1e3 * s / max(jobs, 1):.2f}" for name, s in self.used.items())
+
+
+def add_retain_mb(parser: argparse.ArgumentParser) -> None:
+    """``--retain-mb``: the freed memory a benchmark's process keeps, a worker's by default."""
+    from inference_worker.settings import Settings
+
+    parser.add_argument(
+        "--retain-mb",
+        type=int,
+        default=Settings.model_fields["retain_freed_mb"].default,
+        help="freed memory kept, as a worker process keeps it (0: the C library's defaults)",
+    )
+
+
+def retained(megabytes: int) -> str:
+    """Keep ``megabytes`` of freed memory in this process as a worker does, and say what it
+    keeps (glibc only)."""
+    from inference_worker.serving.memory import retain_freed_memory
+
+    kept = retain_freed_memory(megabytes)
+    return f"{megabytes} MB" if kept else "no (the C library defaults)"
