@@ -52,19 +52,33 @@ def path_m(ground_m: np.ndarray | float, layer_height_m: float = 0.0) -> np.ndar
     return haversine_path_m(np.sin(np.asarray(ground_m) / EARTH_RADIUS_M / 2) ** 2, layer_height_m)
 
 
-def haversine_path_m(haversines: np.ndarray, layer_height_m: float = 0.0) -> np.ndarray:
+def haversine_path_m(
+    haversines: np.ndarray, layer_height_m: float = 0.0, out: np.ndarray | None = None
+) -> np.ndarray:
     """:func:`path_m` between points whose angle apart has the :func:`haversine`
     ``haversines``: the great circle's length along the ground; by a skywave hop, from the
     cosine of half the angle, ``sqrt(1 - haversine)``, so no arcsine nor cosine is taken (a
-    skywave search computes paths at every layer height on one grid of haversines)."""
+    skywave search computes paths at every layer height on one grid of haversines). ``out``:
+    an array of the haversines' shape to write the paths into; every step is taken in place
+    (a job's search evaluates hundreds of grids)."""
     h = np.asarray(haversines)
+    path = np.empty(h.shape) if out is None else out
     if layer_height_m == 0:
-        return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(h))
+        np.sqrt(h, out=path)
+        np.arcsin(path, out=path)
+        path *= 2 * EARTH_RADIUS_M
+        return path[()] if out is None else path  # a scalar's path is a scalar
     radius, top = EARTH_RADIUS_M, EARTH_RADIUS_M + layer_height_m
     # The slant's square R² + T² - 2 R T cos, written (T - R)² + 2 R T (1 - cos) with
     # 1 - cos = h / (1 + cos): no difference of near-equal numbers for short paths.
-    slant = layer_height_m**2 + 2 * radius * top * h / (1 + np.sqrt(1 - h))
-    return 2 * np.sqrt(slant)
+    np.subtract(1, h, out=path)
+    np.sqrt(path, out=path)
+    path += 1
+    np.divide(2 * radius * top * h, path, out=path)
+    path += layer_height_m**2
+    np.sqrt(path, out=path)
+    path *= 2
+    return path[()] if out is None else path
 
 
 def great_circle_m(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarray | float):
@@ -78,8 +92,9 @@ def haversine(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarr
     longitude's sines are taken once for a grid of them."""
     p1, p2 = math.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - lon1)
-    h = np.sin(dp / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return np.clip(h, 0.0, 1.0)
+    h = math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    h = np.add(np.sin(dp / 2) ** 2, h, out=h if isinstance(h, np.ndarray) else None)
+    return np.clip(h, 0.0, 1.0, out=h if isinstance(h, np.ndarray) else None)
 
 
 def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:

@@ -154,12 +154,12 @@ def travel_us(
     ``haversines`` (one array a station:
     :func:`~inference_worker.core.geodesy.haversine_path_m`), plus its ``offsets_s``."""
     offsets = offsets_s if offsets_s is not None else [0.0] * len(haversines)
-    return np.stack(
-        [
-            haversine_path_m(angles, layer_height_m) * (1e6 / SPEED_OF_LIGHT_M_S) + offset * 1e6
-            for angles, offset in zip(haversines, offsets, strict=True)
-        ]
-    )
+    travel = np.empty((len(haversines), *np.shape(haversines[0])))
+    for row, angles, offset in zip(travel, haversines, offsets, strict=True):
+        haversine_path_m(angles, layer_height_m, out=row)
+        row *= 1e6 / SPEED_OF_LIGHT_M_S
+        row += offset * 1e6
+    return travel
 
 
 def _log_likelihood(

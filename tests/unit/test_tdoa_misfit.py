@@ -231,6 +231,11 @@ def test_paths_from_haversines_are_the_paths_of_the_angles(height):
     )
     paths = haversine_path_m(haversine(lat1, lon1, lats, lons), height)
     assert np.allclose(paths, expected, rtol=1e-9, atol=1e-3)
+    into = np.full(paths.shape, np.nan)  # written in place, as a search's grids are
+    assert haversine_path_m(haversine(lat1, lon1, lats, lons), height, out=into) is into
+    assert np.array_equal(into, paths)
+    one = haversine_path_m(haversine(lat1, lon1, float(lats[5]), float(lons[5])), height)
+    assert np.ndim(one) == 0 and one == paths[5]  # a point's path is a number, as before
     ground = great_circle_m(lat1, lon1, lats, lons)
     assert np.allclose(path_m(ground, height), expected, rtol=1e-9, atol=1e-3)
 
