@@ -59,9 +59,11 @@ def haversine_path_m(
     ``haversines``: the great circle's length along the ground; by a skywave hop, from the
     cosine of half the angle, ``sqrt(1 - haversine)``, so no arcsine nor cosine is taken (a
     skywave search computes paths at every layer height on one grid of haversines). ``out``:
-    an array of the haversines' shape to write the paths into; every step is taken in place
-    (a job's search evaluates hundreds of grids)."""
+    an array of the haversines' shape (not the haversines themselves) to write the paths into;
+    every step is taken in place (a job's search evaluates hundreds of grids)."""
     h = np.asarray(haversines)
+    if out is not None and np.may_share_memory(out, h):
+        raise ValueError("the paths cannot be written over their own haversines")
     path = np.empty(h.shape) if out is None else out
     if layer_height_m == 0:
         np.sqrt(h, out=path)
@@ -93,8 +95,8 @@ def haversine(lat1: float, lon1: float, lat2: np.ndarray | float, lon2: np.ndarr
     p1, p2 = math.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - lon1)
     h = math.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    h = np.add(np.sin(dp / 2) ** 2, h, out=h if isinstance(h, np.ndarray) else None)
-    return np.clip(h, 0.0, 1.0, out=h if isinstance(h, np.ndarray) else None)
+    grid = h if isinstance(h, np.ndarray) else None  # a grid's steps taken in place
+    return np.clip(np.add(np.sin(dp / 2) ** 2, h, out=grid), 0.0, 1.0, out=grid)
 
 
 def among(stations: Sequence[Receiver], lat: float, lon: float) -> bool:

@@ -234,6 +234,8 @@ def test_paths_from_haversines_are_the_paths_of_the_angles(height):
     into = np.full(paths.shape, np.nan)  # written in place, as a search's grids are
     assert haversine_path_m(haversine(lat1, lon1, lats, lons), height, out=into) is into
     assert np.array_equal(into, paths)
+    with pytest.raises(ValueError, match="own haversines"):
+        haversine_path_m(into, height, out=into)
     one = haversine_path_m(haversine(lat1, lon1, float(lats[5]), float(lons[5])), height)
     assert np.ndim(one) == 0 and one == paths[5]  # a point's path is a number, as before
     ground = great_circle_m(lat1, lon1, lats, lons)
