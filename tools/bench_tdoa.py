@@ -15,10 +15,13 @@ default): the worst case, in which five or more receivers are located without ea
 slash, how many of the one-off sets (their delays fix a line: timed too, as a failing job costs
 the worker as much). ``--propagation skywave``: the sets heard at 10 MHz by one hop off a layer
 300 km high and located with skywave paths, as a job with ``propagation=skywave`` is (three
-receivers' skywave delays fix a line more often).
+receivers' skywave delays fix a line more often). ``--deaf``: the median time of the same sets
+with the middle receiver deaf to the emitter (noise of its samples' power instead of them),
+which is found once every pair is correlated and left out (the rest located again).
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
-        [--seconds 30] [--seed 3000] [--no-one-off] [--propagation skywave] [--retain-mb 256]
+        [--seconds 30] [--seed 3000] [--no-one-off] [--deaf] [--propagation skywave]
+        [--retain-mb 256]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from inference_worker.core.kiwi_wav import read_kiwi_wav  # noqa: E402
 from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
-from inference_worker.science.tdoa_faults import ODD_OFFSETS_S  # noqa: E402
+from inference_worker.science.tdoa_faults import ODD_OFFSETS_S, deaf  # noqa: E402
 from tools.process_meter import add_retain_mb, retained  # noqa: E402
 
 
@@ -79,6 +82,12 @@ def one_off(files: Sequence[bytes]) -> list[bytes]:
     return [shifted if k == victim else f for k, f in enumerate(files)]
 
 
+def one_deaf(files: Sequence[bytes]) -> list[bytes]:
+    """The files with the middle receiver deaf to the emitter (noise of its samples' power)."""
+    victim = len(files) // 2
+    return [deaf(f, victim) if k == victim else f for k, f in enumerate(files)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=count(1), default=5, help="sets per row")
@@ -98,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         default="ground",
         help="skywave: sets heard by one hop off a layer 300 km high, located with such paths",
     )
+    parser.add_argument(
+        "--deaf",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also time the sets with one receiver deaf to the emitter (left out once found)",
+    )
     add_retain_mb(parser)
     args = parser.parse_args(argv)
     sky = args.propagation == "skywave"
@@ -106,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'rate':>8} {'rx':>3} {'pairs':>5} {'median s':>9} {'range s':>13} "
         f"{'correlations':>13} {'peak MB':>8} {'one off s':>10} {'failed':>7}"
+        + (f" {'one deaf s':>11}" if args.deaf else "")
     )
     with threadpool_limits(limits=1):
         for rate in args.rates:
@@ -139,10 +155,17 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     off = f"{float(np.median([t[0] for t in off_times])):.2f}"
                     failed += f" / {sum(int(t[2]) for t in off_times)}"
+                deaf_s = ""
+                if args.deaf:
+                    deaf_times = [
+                        timed_solve(one_deaf(s.files), s.stations, args.propagation)[0]
+                        for s in sets
+                    ]
+                    deaf_s = f" {float(np.median(deaf_times)):>11.2f}"
                 print(
                     f"{rate:>8} {receivers:>3} {receivers * (receivers - 1) // 2:>5} "
                     f"{median:>9.2f} {times[:, 0].min():>6.2f}–{times[:, 0].max():<6.2f} "
-                    f"{share:>12.0%} {peak_mb:>8.0f} {off:>10} {failed:>7}",
+                    f"{share:>12.0%} {peak_mb:>8.0f} {off:>10} {failed:>7}{deaf_s}",
                     flush=True,
                 )
     return 0

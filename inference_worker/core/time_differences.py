@@ -18,7 +18,7 @@ from typing import overload
 import numpy as np
 
 from inference_worker.core.contract import Receiver
-from inference_worker.core.correlation_peaks import arrived, peak_delays, stretches_at
+from inference_worker.core.correlation_peaks import arrived
 from inference_worker.core.frequency_offsets import (
     COARSE_HZ,
     DRIFT_HZ,
@@ -31,6 +31,7 @@ from inference_worker.core.frequency_offsets import (
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import KiwiRecording, Timebase
 from inference_worker.core.recording_sets import TdoaError, overlap, too_few_sites, too_short
+from inference_worker.core.window_correlations import Kept, WindowCorrelations, WindowLayout
 
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
@@ -193,6 +194,7 @@ def pair_delays(
     window_s: float = WINDOW_S,
     min_overlap_s: float = 2.0,
     clock_floor_s: float = CLOCK_FLOOR_S,
+    known: Kept | None = None,
 ) -> Delays:
     """Each pair's delay and the covariance of their errors, from windows of ``window_s`` (at
     the recordings' rate) over the common span.
@@ -200,7 +202,9 @@ def pair_delays(
     The covariance is that of the windows' mean delays, estimated from how the windows' delays
     scatter together (so that it holds whether a receiver's noise moves all its pairs alike or
     each pair's own), plus each receiver's time-base uncertainty (its stamps' scatter over their
-    number, and ``clock_floor_s``), which moves every pair of that receiver alike.
+    number, and ``clock_floor_s``), which moves every pair of that receiver alike. ``known``:
+    the windows' correlations of this set's pairs computed before (with more receivers, left
+    out since: :mod:`~inference_worker.core.window_correlations`), added to.
 
     Raises:
         TdoaError: fewer than 3 receivers or places, or too short a common span.
@@ -243,22 +247,12 @@ def pair_delays(
 
     # The frequency search's windows, spread over the span: kept from the first correlation.
     searched = present[: count : max(1, count // SEARCH_WINDOWS)][:SEARCH_WINDOWS]
-    windows: list[list[np.ndarray]] = []
-
-    def correlated(offsets_hz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        per_window, values = np.empty((len(pairs), count)), np.zeros((len(pairs), slots), complex)
-        for column, k in enumerate(present):
-            stretches, fractions = stretches_at(
-                recordings, timebases, centres[k], length + 2 * margin, offsets_hz, start
-            )
-            per_window[:, column], values[:, k] = peak_delays(
-                stretches, pairs, margin, pair_rates, max_lags, fractions
-            )
-            if offsets_hz is None and k in searched:
-                windows.append(stretches)
-        return per_window, values
-
+    layout = WindowLayout(start, centres, present, searched, length, margin)
+    correlated = WindowCorrelations(
+        recordings, timebases, layout, pairs, max_lags, pair_rates, known
+    )
     per_window, values = correlated()
+    windows = correlated.searched
     coherent = _coherent(per_window, max_lags)
     # A receiver off the others' frequency: find by how much, and turn it back.
     limits = np.zeros((len(recordings), len(recordings)))

@@ -4,8 +4,9 @@ where three or more others remain, left out of the located set (``Solution.unhea
 off by microseconds, which the fit must notice or widen for; a lapsed GPS solution, off by what
 its age allows, which the fix ages must account for; its frequency off the others'; and two
 receivers of three a few km apart, which leave one useful baseline; and every receiver hearing
-the emitter by skywave, which the method does not model; and one receiver's blocks lost on the
-way in three runs, which its time base must bridge.
+the emitter by skywave, which the method does not model; one receiver's blocks lost on the
+way in three runs, which its time base must bridge; and one receiver deaf to the emitter
+(:func:`deaf`), which must be left out as if it had not been sent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from inference_worker.core.kiwi_wav import (
     NEVER_HAD_FIX,
     NO_RECENT_FIX,
     read_kiwi_wav,
+    write_kiwi_wav,
 )
 from inference_worker.core.tdoa import Solution, solve
 from inference_worker.core.tdoa_capture import TdoaLimits, check_tdoa
@@ -35,6 +37,24 @@ from inference_worker.science.kiwi_sets import (
 )
 
 BAD_KINDS = ("no GPS time", "fix never acquired", "time off by 0.8 s")
+
+
+def deaf(data: bytes, seed: int) -> bytes:
+    """The KiwiSDR recording ``data`` with noise of its samples' power instead of them, its
+    stamps kept: a receiver that does not hear the emitter."""
+    recording = read_kiwi_wav(data)
+    rng = np.random.default_rng(seed)
+    n = len(recording.iq)
+    scale = float(np.std(recording.iq)) / np.sqrt(2)
+    noise = (rng.standard_normal(n) + 1j * rng.standard_normal(n)) * scale
+    starts = recording.block_start
+    return write_kiwi_wav(
+        noise.astype(np.complex64),
+        recording.gps_s,
+        header_rate_hz=recording.header_rate_hz,
+        fix_age=recording.fix_age,
+        block_samples=int(starts[1] - starts[0]) if len(starts) > 1 else n,
+    )
 
 
 def one_bad_set(seed: int) -> dict[str, object]:

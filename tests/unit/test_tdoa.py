@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.core import correlation_peaks, recording_sets, time_differences
+from inference_worker.core import correlation_peaks, recording_sets, window_correlations
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import contains, distance_m
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, geodesic_m
@@ -99,13 +99,13 @@ def test_a_20_25_khz_set_is_correlated_over_windows_as_long_as_at_12_khz(monkeyp
     recs = [read_kiwi_wav(f) for f in recording.files]
     bases = [timebase(r) for r in recs]
     lengths: list[int] = []
-    correlate = time_differences.peak_delays
+    correlate = window_correlations.peak_delays
 
     def counted(stretches, pairs, margin, *args):
         lengths.append(len(stretches[0]) - 2 * margin)  # the window itself
         return correlate(stretches, pairs, margin, *args)
 
-    monkeypatch.setattr(time_differences, "peak_delays", counted)
+    monkeypatch.setattr(window_correlations, "peak_delays", counted)
     truth = [
         geodesic_m(s.lat, s.lon, *recording.emitter) / SPEED_OF_LIGHT_M_S
         for s in recording.stations
