@@ -48,7 +48,7 @@ from inference_worker.core.time_differences import (
     TdoaError,
     pair_delays,
 )
-from inference_worker.core.window_correlations import Kept
+from inference_worker.core.window_correlations import KnownWindows
 
 DECISIVE_CHI2 = 2 * math.log(100.0)
 """How much worse (in chi2) another receiver's exclusion must fit for one to be left out: a
@@ -153,14 +153,14 @@ def _solved(
     expect: Expectation,
     hull: Sequence[Receiver],
     propagation: Propagation = "ground",
-    kept: Kept | None = None,
+    known: KnownWindows | None = None,
 ) -> Solution:
     """:func:`solve` once the files are read; receivers that hear no signal in common with the
     others are left out while three or more remain at three places or more (the others' pairs'
-    windows ``kept`` from the first correlation, where they lie as they lay)."""
-    kept = {} if kept is None else kept
+    windows ``known`` from the first correlation, where they lie as they lay)."""
+    known = {} if known is None else known
     try:
-        pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s, known=kept)
+        pairs = pair_delays(recordings, bases, stations, min_overlap_s=min_overlap_s, known=known)
     except DeafReceivers as deaf:
         heard = [k for k in range(len(stations)) if k not in deaf.receivers]
         if len(heard) < 3 or too_few_sites([stations[k] for k in heard]):
@@ -174,7 +174,7 @@ def _solved(
                 expect,
                 hull,
                 propagation,
-                kept,
+                known,
             )
         except DeafReceivers as more:  # too few left once more were left out: name them all
             unheard = sorted({*deaf.receivers, *(heard[k] for k in more.receivers)})

@@ -31,7 +31,7 @@ from inference_worker.core.frequency_offsets import (
 from inference_worker.core.geodesy import SPEED_OF_LIGHT_M_S, great_circle_m
 from inference_worker.core.kiwi_wav import KiwiRecording, Timebase
 from inference_worker.core.recording_sets import TdoaError, overlap, too_few_sites, too_short
-from inference_worker.core.window_correlations import Kept, WindowCorrelations, WindowLayout
+from inference_worker.core.window_correlations import KnownWindows, WindowCorrelations, WindowLayout
 
 OUTLIER_MADS = 5.0
 """A window whose delay is this many robust standard deviations from the pair's median is an
@@ -194,7 +194,7 @@ def pair_delays(
     window_s: float = WINDOW_S,
     min_overlap_s: float = 2.0,
     clock_floor_s: float = CLOCK_FLOOR_S,
-    known: Kept | None = None,
+    known: KnownWindows | None = None,
 ) -> Delays:
     """Each pair's delay and the covariance of their errors, from windows of ``window_s`` (at
     the recordings' rate) over the common span.

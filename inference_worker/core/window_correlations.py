@@ -19,7 +19,7 @@ import numpy as np
 from inference_worker.core.correlation_peaks import peak_delays, stretches_at
 from inference_worker.core.kiwi_wav import KiwiRecording, Timebase
 
-Kept = dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]]
+KnownWindows = dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]]
 """A pair's windows' delays and correlation values, by where the windows lie, which recordings
 and time bases the pair's are, and the two receivers' frequency offsets."""
 
@@ -45,8 +45,8 @@ class WindowLayout:
 class WindowCorrelations:
     """Each pair's delay (seconds) in each present window and its correlation value in each
     slot (:func:`~inference_worker.core.correlation_peaks.peak_delays`), for the receivers'
-    frequency offsets asked (none: as recorded). What is computed is added to ``kept``, and
-    what ``kept`` holds already is taken from it rather than correlated again."""
+    frequency offsets asked (none: as recorded). What is computed is added to ``known``, and
+    what ``known`` holds already is taken from it rather than correlated again."""
 
     def __init__(
         self,
@@ -56,11 +56,11 @@ class WindowCorrelations:
         pairs: Sequence[tuple[int, int]],
         max_lags_s: np.ndarray,
         rates_hz: np.ndarray,
-        kept: Kept | None = None,
+        known: KnownWindows | None = None,
     ) -> None:
         self.recordings, self.timebases, self.layout = recordings, timebases, layout
         self.pairs, self.max_lags_s, self.rates_hz = pairs, max_lags_s, rates_hz
-        self.kept: Kept = {} if kept is None else kept
+        self.known: KnownWindows = {} if known is None else known
         self._where = layout.key()
         self.searched: list[list[np.ndarray]] = []
         """Every receiver's stretches of the searched windows, as recorded (filled by the
@@ -73,12 +73,12 @@ class WindowCorrelations:
         per_window = np.empty((len(self.pairs), len(layout.present)))
         values = np.zeros((len(self.pairs), len(layout.centres)), complex)
         keys = [self._key(row, offsets_hz) for row in range(len(self.pairs))]
-        todo = [row for row, key in enumerate(keys) if key not in self.kept]
+        todo = [row for row, key in enumerate(keys) if key not in self.known]
         if todo:
             self._correlate(todo, offsets_hz)
         for row, key in enumerate(keys):
-            per_window[row], values[row, layout.present] = self.kept[key]
-        if offsets_hz is None and not self.searched:  # every pair kept: cut them alone
+            per_window[row], values[row, layout.present] = self.known[key]
+        if offsets_hz is None and not self.searched:  # every pair known: cut them alone
             every = range(len(self.recordings))
             self.searched = [self._cut(every, k, None)[0] for k in layout.searched]
         return per_window, values
@@ -106,7 +106,7 @@ class WindowCorrelations:
 
     def _correlate(self, todo: list[int], offsets_hz: np.ndarray | None) -> None:
         """Correlate the pairs of rows ``todo`` in every present window (only their receivers'
-        stretches cut), and keep what they give."""
+        stretches cut), and add what they give to what is known."""
         layout = self.layout
         receivers = sorted({k for row in todo for k in self.pairs[row]})
         local = {k: i for i, k in enumerate(receivers)}
@@ -127,4 +127,4 @@ class WindowCorrelations:
             if offsets_hz is None and whole and k in layout.searched:
                 self.searched.append(stretches)
         for i, row in enumerate(todo):
-            self.kept[self._key(row, offsets_hz)] = (found[i], turns[i])
+            self.known[self._key(row, offsets_hz)] = (found[i], turns[i])

@@ -69,7 +69,7 @@ def test_windows_correlated_with_other_frequency_offsets_are_correlated_again(co
     files = recording.files_with(2, rewritten(read_kiwi_wav(recording.files[2]), turn_hz=4.0))
     recordings = [read_kiwi_wav(f) for f in files]
     bases = [timebase(r) for r in recordings]
-    known: window_correlations.Kept = {}
+    known: window_correlations.KnownWindows = {}
     first = pair_delays(recordings, bases, recording.stations, known=known)
     assert first.offsets_hz is not None and abs(first.offsets_hz[2] - 4.0) < 0.1  # turned back
     assert len(known) > 3  # the three pairs kept once a pass
