@@ -17,7 +17,8 @@ the worker as much). ``--propagation skywave``: the sets heard at 10 MHz by one 
 300 km high and located with skywave paths, as a job with ``propagation=skywave`` is (three
 receivers' skywave delays fix a line more often). ``--deaf``: the median time of the same sets
 with the middle receiver deaf to the emitter (noise of its samples' power instead of them),
-which is found once every pair is correlated and left out (the rest located again).
+which is found once every pair is correlated and left out (the rest located again; a set of
+three then fails, two receivers left, and is timed as such).
 
     python tools/bench_tdoa.py [--sets 5] [--receivers 3 5 12] [--rates 12000 20250]
         [--seconds 30] [--seed 3000] [--no-one-off] [--deaf] [--propagation skywave]
