@@ -75,7 +75,7 @@ class WindowCorrelations:
         keys = [self._key(row, offsets_hz) for row in range(len(self.pairs))]
         todo = [row for row, key in enumerate(keys) if key not in self.known]
         if todo:
-            self._correlate(todo, offsets_hz)
+            self._correlate(todo, [keys[row] for row in todo], offsets_hz)
         for row, key in enumerate(keys):
             per_window[row], values[row, layout.present] = self.known[key]
         if offsets_hz is None and not self.searched:  # every pair known: cut them alone
@@ -104,15 +104,18 @@ class WindowCorrelations:
             layout.start_s,
         )
 
-    def _correlate(self, todo: list[int], offsets_hz: np.ndarray | None) -> None:
+    def _correlate(
+        self, todo: list[int], keys: list[tuple[object, ...]], offsets_hz: np.ndarray | None
+    ) -> None:
         """Correlate the pairs of rows ``todo`` in every present window (only their receivers'
-        stretches cut), and add what they give to what is known."""
+        stretches cut), and add what they give to what is known under their ``keys``."""
         layout = self.layout
         receivers = sorted({k for row in todo for k in self.pairs[row]})
         local = {k: i for i, k in enumerate(receivers)}
         pairs = [(local[self.pairs[row][0]], local[self.pairs[row][1]]) for row in todo]
         found = np.empty((len(todo), len(layout.present)))
         turns = np.empty((len(todo), len(layout.present)), complex)
+        search = offsets_hz is None and len(receivers) == len(self.recordings)
         for column, k in enumerate(layout.present):
             stretches, fractions = self._cut(receivers, k, offsets_hz)
             found[:, column], turns[:, column] = peak_delays(
@@ -123,8 +126,7 @@ class WindowCorrelations:
                 self.max_lags_s[todo],
                 fractions,
             )
-            whole = len(receivers) == len(self.recordings)
-            if offsets_hz is None and whole and k in layout.searched:
+            if search and k in layout.searched:
                 self.searched.append(stretches)
-        for i, row in enumerate(todo):
-            self.known[self._key(row, offsets_hz)] = (found[i], turns[i])
+        for i, key in enumerate(keys):
+            self.known[key] = (found[i], turns[i])
