@@ -51,6 +51,19 @@ def take_batches(
     return batches
 
 
+def fair_limit(waiting: int, running: int, processes: int, limit: int) -> int:
+    """The most items a batch started now takes: an even share, among the pool's ``processes``,
+    of the items ``waiting`` and those its busy processes are ``running``, at most ``limit``.
+
+    A burst smaller than a batch a process is then spread over the processes instead of going
+    mostly to the first one free (70 waiting after two lone jobs ran as batches of 64 and 4: the
+    burst took as long as 64 jobs on one process); under a backlog of at least a batch a process
+    the share is the whole ``limit`` and batches stay full.
+    """
+    share = -(-(max(0, waiting) + max(0, running)) // max(1, processes))
+    return max(1, min(limit, share))
+
+
 class AckRanges:
     """Which acknowledgements of one AMQP channel can travel as one ``multiple`` ack.
 

@@ -3,9 +3,11 @@ several waiting messages at once.
 
 Celery runs one message per pool call; each job then pays its own store round trips and its own
 trip through the pool. This strategy keeps the messages it receives (up to the prefetch window)
-and gives each idle pool process the waiting ones together (at most ``max_batch``); a message
-that arrives while a process is idle goes at once, alone. Each message is acknowledged only
-after the pool process reports its job recorded, so the guarantees of a lone task hold:
+and gives each idle pool process the waiting ones together (at most ``max_batch``, and at most
+an even share of the jobs waiting and running among the processes, so that a burst is spread
+over them); a message that arrives while a process is idle goes at once, alone. Each message
+is acknowledged only after the pool process reports its job recorded, so the guarantees of a
+lone task hold:
 
 * the pool process dies (SIGKILL, out of memory): every message of its batch is rejected with
   requeue, so RabbitMQ delivers it again and counts the delivery (the queue's delivery limit
@@ -34,7 +36,7 @@ from celery.exceptions import InvalidTaskError
 from kombu.exceptions import DecodeError
 from kombu.utils.json import object_hook
 
-from inference_worker.core.batching import AckRanges, take_batches
+from inference_worker.core.batching import AckRanges, fair_limit, take_batches
 from inference_worker.core.capture import capture_nbytes
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,8 @@ class BatchingStrategy:
         self.on_hard_limit = on_hard_limit
         self.waiting: list[Delivery] = []
         self.in_flight = 0
+        self.running = 0
+        """Messages in the batches in flight."""
         self.channel: Any = None
         self.ranges = AckRanges()
 
@@ -191,13 +195,14 @@ class BatchingStrategy:
         batches = take_batches(
             self.waiting,
             self.slots - self.in_flight,
-            self.limits.max_batch,
+            fair_limit(len(self.waiting), self.running, self.slots, self.limits.max_batch),
             lambda d: d.alone,
             size=lambda d: d.size,
             budget=self.limits.max_bytes,
         )
         for batch in batches:
             self.in_flight += 1
+            self.running += len(batch)
             for delivery in batch:
                 self._event("task-started", delivery.item[1])
             self.pool.apply_async(
@@ -257,6 +262,7 @@ class BatchingStrategy:
 
     def _done(self, batch: list[Delivery], verdicts: Any) -> None:
         self.in_flight -= 1
+        self.running -= len(batch)
         try:
             if not isinstance(verdicts, list) or len(verdicts) != len(batch):
                 log.error("batch handler answered %r; its messages go back to the queue", verdicts)
@@ -268,6 +274,7 @@ class BatchingStrategy:
     def _lost(self, batch: list[Delivery], failure: Any) -> None:
         """The pool lost the batch: its process died, or passed the hard time limit."""
         self.in_flight -= 1
+        self.running -= len(batch)
         exception = getattr(failure, "exception", failure)
         exception = getattr(exception, "exc", exception)  # billiard's ExceptionWithTraceback
         try:

@@ -11,7 +11,7 @@ from billiard.exceptions import WorkerLostError
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 
-from inference_worker.core.batching import AckRanges, take_batches
+from inference_worker.core.batching import AckRanges, fair_limit, take_batches
 from inference_worker.serving.batching import BatchingStrategy, BatchLimits, decode_body
 
 
@@ -62,6 +62,16 @@ def test_the_budget_and_the_limit_both_hold():
     batches = take_batches(waiting, 3, limit=4, alone=lambda _: False, size=int, budget=3)
     assert batches == [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
     assert waiting == [1]
+
+
+def test_a_burst_is_shared_among_the_processes_and_a_backlog_keeps_batches_full():
+    # two lone jobs running, 68 waiting: each process gets about half, not 64 and 4
+    assert fair_limit(68, running=1, processes=2, limit=64) == 35
+    assert fair_limit(33, running=35, processes=2, limit=64) == 34
+    # a backlog of two batches a process (the prefetch window): full batches
+    assert fair_limit(128, running=64, processes=2, limit=64) == 64
+    assert fair_limit(1, running=0, processes=2, limit=64) == 1
+    assert fair_limit(0, running=0, processes=0, limit=64) == 1
 
 
 def received(*tags: int) -> AckRanges:
@@ -169,3 +179,30 @@ def test_a_lost_batch_rejected_whole_does_not_stop_later_batches_travelling_in_o
     pool.calls[0]["lost"](WorkerLostError("killed"))  # 1 rejected; 2-5 start together
     pool.calls[1]["done"]([("ack", None)] * 4)
     assert channel.frames == [("reject", 1, True), ("ack", 5, True)]
+
+
+class TwoProcessPool(FakePool):
+    limit = 2
+
+
+def test_the_strategy_spreads_a_burst_over_its_processes_in_arrival_order():
+    channel, pool = FakeChannel(), TwoProcessPool()
+    consumer = SimpleNamespace(pool=pool, connection_errors=(), event_dispatcher=None)
+    strategy = BatchingStrategy(consumer, "t", BatchLimits(64, 1 << 30, None, None), print)
+    for tag in range(1, 71):
+        body = kombu.utils.json.dumps([[{"job_id": f"j{tag}"}], {}, {}]).encode()
+        message = kombu_message(body)
+        message.channel, message.delivery_tag = channel, tag
+        strategy(message, None, None, None, None)
+    # the first two went alone to the idle processes; 68 wait for them
+    assert [len(call["items"]) for call in pool.calls] == [1, 1]
+    pool.calls[0]["done"]([("ack", None)])
+    pool.calls[1]["done"]([("ack", None)])
+    sizes = [len(call["items"]) for call in pool.calls[2:]]
+    assert sizes == [35, 33]
+    ids = [item[0]["job_id"] for call in pool.calls for item in call["items"]]
+    assert ids == [f"j{tag}" for tag in range(1, 71)]
+    assert strategy.running == 68
+    pool.calls[2]["done"]([("ack", None)] * 35)
+    pool.calls[3]["lost"](WorkerLostError("killed"))
+    assert strategy.running == 0 and strategy.in_flight == 0
