@@ -56,8 +56,8 @@ def fair_limit(waiting: int, running: int, processes: int, limit: int) -> int:
     of the items ``waiting`` and those its busy processes are ``running``, at most ``limit``.
 
     A burst smaller than a batch a process is then spread over the processes instead of going
-    mostly to the first one free (70 waiting after two lone jobs ran as batches of 64 and 4: the
-    burst took as long as 64 jobs on one process); under a backlog of at least a batch a process
+    mostly to the first one free (a burst of 70, two lone jobs and 68 waiting, ran as batches of
+    64 and 4: as long as 64 jobs on one process); under a backlog of at least a batch a process
     the share is the whole ``limit`` and batches stay full.
     """
     share = -(-(max(0, waiting) + max(0, running)) // max(1, processes))
