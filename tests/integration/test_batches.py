@@ -51,6 +51,20 @@ def test_a_waiting_queue_is_taken_in_batches_and_each_job_recorded_once(
     assert sorted(count for _, count in logged) == [1] * 30
 
 
+def test_a_burst_is_shared_between_the_worker_processes(own_queue_factory, stores, simulator, rng):
+    """40 jobs waiting for a worker of two processes: whatever the order they arrive in, no
+    batch holds more than half of them (the first process free no longer takes all it finds)."""
+    local, _, start_worker = own_queue_factory(worker_batch_size=64)
+    jobs = stores[0]
+    base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+    job_ids = produce_new_captures(local, base, 40)
+    with start_worker("burst", concurrency=2):
+        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
+    assert [row["status"] for row in rows] == ["succeeded"] * 40, rows
+    sizes = [row["timings"]["batch_size"] for row in rows]
+    assert max(sizes) <= 20, sizes
+
+
 def test_batches_of_large_captures_stay_within_the_data_budget(
     own_queue_factory, stores, simulator, rng
 ):
