@@ -51,17 +51,22 @@ def test_a_waiting_queue_is_taken_in_batches_and_each_job_recorded_once(
     assert sorted(count for _, count in logged) == [1] * 30
 
 
+def batch_sizes(factory, jobs, base, count: int, concurrency: int, **settings) -> list[float]:
+    """Each job's batch size when ``count`` new captures wait for a new worker of
+    ``concurrency`` processes (with ``settings``); every job must succeed."""
+    local, _, start_worker = factory(**settings)
+    job_ids = produce_new_captures(local, base, count)
+    with start_worker("sizes", concurrency=concurrency):
+        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
+    assert [row["status"] for row in rows] == ["succeeded"] * count, rows
+    return [row["timings"]["batch_size"] for row in rows]
+
+
 def test_a_burst_is_shared_between_the_worker_processes(own_queue_factory, stores, simulator, rng):
     """40 jobs waiting for a worker of two processes: whatever the order they arrive in, no
     batch holds more than half of them (the first process free no longer takes all it finds)."""
-    local, _, start_worker = own_queue_factory(worker_batch_size=64)
-    jobs = stores[0]
     base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
-    job_ids = produce_new_captures(local, base, 40)
-    with start_worker("burst", concurrency=2):
-        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
-    assert [row["status"] for row in rows] == ["succeeded"] * 40, rows
-    sizes = [row["timings"]["batch_size"] for row in rows]
+    sizes = batch_sizes(own_queue_factory, stores[0], base, 40, 2, worker_batch_size=64)
     assert max(sizes) <= 20, sizes
 
 
@@ -69,14 +74,10 @@ def test_batches_of_large_captures_stay_within_the_data_budget(
     own_queue_factory, stores, simulator, rng
 ):
     # 12 kHz x 1 s: 288 000 bytes a capture, so a 1 MB budget holds three of them.
-    local, _, start_worker = own_queue_factory(worker_batch_size=8, worker_batch_mb=1)
-    jobs = stores[0]
     base = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0)
-    job_ids = produce_new_captures(local, base, 12)
-    with start_worker("budget", concurrency=1):
-        rows = [wait_final_row(jobs, job_id) for job_id in job_ids]
-    assert [row["status"] for row in rows] == ["succeeded"] * 12, rows
-    sizes = [row["timings"]["batch_size"] for row in rows]
+    sizes = batch_sizes(
+        own_queue_factory, stores[0], base, 12, 1, worker_batch_size=8, worker_batch_mb=1
+    )
     assert max(sizes) == 3, sizes
 
 
