@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference_worker.core.domain import assess
+from inference_worker.core.domain import Domain, assess, capture_outside_evidence
 from inference_worker.core.ellipse import decode_output
 from inference_worker.core.features import BandReport
 from inference_worker.science.datasets import Dataset, DatasetSpec, generate
@@ -100,3 +100,10 @@ def quality_flags(model: LocalizationModel, data: Dataset, params) -> tuple[np.n
         out_of_domain.append(block["in_domain"] is False)
         outside.append("outside_region" in codes)
     return np.asarray(out_of_domain), np.asarray(outside)
+
+
+def outside_evidences(domain: Domain, data: Dataset, params) -> np.ndarray:
+    """Per capture: the Bayes factor the ``outside_region`` caution compares with the domain's
+    threshold (NaN where no receiver hears a signal: such a capture is never cautioned)."""
+    values = [capture_outside_evidence(f, params, domain) for f in data.features_db]
+    return np.array([np.nan if v is None else v for v in values])

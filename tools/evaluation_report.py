@@ -259,21 +259,24 @@ def robustness_lines(rows: dict[str, dict], args: argparse.Namespace) -> list[st
         f"Bar: 95 % ellipses hold ≥ {100 * STRESS_BARS[0.95]:.0f} %, 68 % ellipses ≥ "
         f"{100 * STRESS_BARS[0.6827]:.0f} %. **out of domain**: captures whose quality block says "
         "so (any reason); **far outside flagged**: emitters more than 20 km outside the region "
-        "whose quality block says `outside_region` (a caution).",
+        "whose quality block says `outside_region` (a caution); **inside cautioned**: emitters "
+        "inside the region with that caution.",
         "",
-        "| condition | model median km | grid posterior km | model / posterior | box centre km | cov 39 % | cov 68 % | cov 95 % | out of domain | far outside flagged | bar |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "| condition | model median km | grid posterior km | model / posterior | box centre km | cov 39 % | cov 68 % | cov 95 % | out of domain | far outside flagged | inside cautioned | bar |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
     for name, row in rows.items():
         model, posterior = row["model"], row["grid posterior"]
         far = row["outside_flagged_far"]
         far_text = "—" if far is None else f"{100 * far:.1f} % of {row['far_count']}"
+        inside = row.get("outside_flagged_inside")
+        inside_text = "—" if inside is None else f"{100 * inside:.1f} %"
         lines.append(
             f"| {name}: {row['description']} | {model['median_km']:.2f} | {posterior['median_km']:.2f} | "
             f"{model['median_km'] / posterior['median_km']:.3f} | {row['box centre']['median_km']:.2f} | "
             f"{pct(model, 'coverage_39')} | {pct(model, 'coverage_68')} | {pct(model, 'coverage_95')} | "
             f"{100 * row['out_of_domain']:.1f} % | "
-            f"{far_text} | "
+            f"{far_text} | {inside_text} | "
             f"{'pass' if stress_passes(row) else '**FAIL**'} |"
         )
     return lines

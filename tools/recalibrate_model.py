@@ -8,8 +8,10 @@ default level by level (the sigma scale that makes the 1σ ellipse hold 39.35 %,
 the radii of each drawn ellipse, 68 % and 95 %, that makes it hold its level), or with
 ``--radii single`` one scale on the sigmas for all three. Writes the scale into the ONNX graph
 (the constants that carry the current scale) and ``model.json`` (new sha256, the scale, the
-radius factors, how they were fitted). ``--check`` only reports how the ellipses hold on the
-captures and what would fit, writing nothing.
+radius factors, how they were fitted), and the threshold of the ``outside_region`` caution
+fitted so that it marks a quarter of the captures of emitters inside the region (where at least
+100 are). ``--check`` only reports how the ellipses hold on the captures and what would fit,
+writing nothing.
 
     pip install -e '.[train]'
     python tools/recalibrate_model.py [--model inference_worker/models/reference]
@@ -46,7 +48,12 @@ from inference_worker.science.calibration import (  # noqa: E402
     level_spread,
     scale_spread,
 )
-from inference_worker.science.datasets import DatasetSpec, concatenate, generate  # noqa: E402
+from inference_worker.science.datasets import (  # noqa: E402
+    Dataset,
+    DatasetSpec,
+    concatenate,
+    generate,
+)
 from inference_worker.science.known_captures import (  # noqa: E402
     FEW_CAPTURES,
     KnownCapturesError,
@@ -60,8 +67,8 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
-from tools.evaluation_methods import DURATIONS, RATES, run_model  # noqa: E402
-from tools.model_calibration import label, write_scale  # noqa: E402
+from tools.evaluation_methods import DURATIONS, RATES, outside_evidences, run_model  # noqa: E402
+from tools.model_calibration import fit_caution, label, write_scale  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 CALIBRATION_SEED = 31_337
@@ -70,8 +77,11 @@ CALIBRATION_TERRAIN = 5_000
 TERRAINS = 4
 
 
-def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.ndarray:
-    """Squared Mahalanobis distance of each calibration capture's truth under the model."""
+def squared_distances(
+    model: LocalizationModel, specs: list[DatasetSpec]
+) -> tuple[np.ndarray, Dataset]:
+    """Squared Mahalanobis distance of each calibration capture's truth under the model, and
+    the captures."""
     started, parts = time.monotonic(), []
     for index, spec in enumerate(specs):
         parts.append(generate(spec, processes=2))
@@ -87,7 +97,7 @@ def squared_distances(model: LocalizationModel, specs: list[DatasetSpec]) -> np.
     assert network is not None
     method = run_model(model, data, CaptureSimulator.of(network))
     assert method.covariances is not None
-    return mahalanobis_squared(method.means, method.covariances, data.truth_m)
+    return mahalanobis_squared(method.means, method.covariances, data.truth_m), data
 
 
 def calibration_specs(network, features, world: str, count: int) -> list[DatasetSpec]:
@@ -190,19 +200,26 @@ def recalibrate(
     model = LocalizationModel(model_dir)
     features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
     specs = calibration_specs(network, features, world, count)
+    d2, data = squared_distances(model, specs)
     factor, scales, info = fit(
-        squared_distances(model, specs),
-        f"the simulated {world} world",
-        radii,
-        model.metadata.ellipse_radius_scales,
+        d2, f"the simulated {world} world", radii, model.metadata.ellipse_radius_scales
+    )
+    domain = model.metadata.domain
+    caution = (
+        None
+        if domain is None
+        else fit_caution(
+            domain, outside_evidences(domain, data, features), data.outside_m <= 0, data.outside_m
+        )
     )
     written = write_scale(
         model_dir,
         factor,
-        {"world": world, "seed": CALIBRATION_SEED, **info},
+        {"world": world, "seed": CALIBRATION_SEED, **info, "outside_caution": caution},
         radius_scales=scales,
         relabel=relabel,
         version=version,
+        outside_evidence=None if caution is None else caution["threshold"],
     )
     print(f"model version: {written}", flush=True)
     return factor
@@ -234,14 +251,21 @@ def recalibrate_on_known(
     factor, scales, info = fit(
         found.d2, str(captures_csv), radii, model.metadata.ellipse_radius_scales
     )
+    caution = fit_caution(model.metadata.domain, found.outside_evidence, found.inside)
     if not check:
         written = write_scale(
             model_dir,
             factor,
-            {"world": "known captures", "file": str(captures_csv), **info},
+            {
+                "world": "known captures",
+                "file": str(captures_csv),
+                **info,
+                "outside_caution": caution,
+            },
             radius_scales=scales,
             relabel=True,
             version=version,
+            outside_evidence=None if caution is None else caution["threshold"],
         )
         print(f"model version: {written}", flush=True)
     return factor

@@ -75,6 +75,7 @@ def robustness(
         estimates = grid.locate(data.power_dbm, sigma_db)
         out_of_domain, outside_flag = quality_flags(model, data, raw_params)
         far = data.outside_m > FAR_OUTSIDE_M
+        inside = data.outside_m <= 0
         rows[condition.name] = {
             "description": condition.description,
             "model": summarize(run_model(model, data, simulator), truth),
@@ -85,6 +86,7 @@ def robustness(
             "out_of_domain": float(out_of_domain.mean()),
             "outside_flagged_far": float(outside_flag[far].mean()) if far.any() else None,
             "far_count": int(far.sum()),
+            "outside_flagged_inside": float(outside_flag[inside].mean()) if inside.any() else None,
         }
         elapsed = time.monotonic() - started
         left = elapsed / (index + 1) * (len(conditions) - index - 1)
@@ -98,16 +100,18 @@ def robustness(
 
 def print_table(stress: dict[str, dict]) -> None:
     """One line per condition: the model's median error against the grid posterior's, its
-    coverage, the out-of-domain and far-outside flag rates, and the bar."""
+    coverage, the out-of-domain rate, the ``outside_region`` caution's rates far outside and
+    inside the region, and the bar."""
     print(
-        f"\n{'condition':<13} {'median km':>9} {'post km':>7} {'ratio':>6} {'cov68':>6} {'cov95':>6} {'ood':>6} {'far':>6}  bar"
+        f"\n{'condition':<13} {'median km':>9} {'post km':>7} {'ratio':>6} {'cov68':>6} {'cov95':>6} {'ood':>6} {'far':>6} {'in':>6}  bar"
     )
     for name, row in stress.items():
-        far = row["outside_flagged_far"]
+        far, inside = row["outside_flagged_far"], row.get("outside_flagged_inside")
         print(
             f"{name:<13} {row['model']['median_km']:9.2f} {row['grid posterior']['median_km']:7.2f} "
             f"{row['model']['median_km'] / row['grid posterior']['median_km']:6.3f} "
             f"{row['model']['coverage_68']:6.3f} {row['model']['coverage_95']:6.3f} "
-            f"{row['out_of_domain']:6.3f} {'—' if far is None else f'{far:6.3f}'}  "
+            f"{row['out_of_domain']:6.3f} {'—' if far is None else f'{far:6.3f}'} "
+            f"{'—' if inside is None else f'{inside:6.3f}'}  "
             f"{'pass' if stress_passes(row) else 'FAIL'}"
         )

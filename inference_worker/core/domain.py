@@ -12,11 +12,13 @@ outside the region. For every capture the worker checks what can be checked with
   loss and antenna gains change with it);
 * ``power_inconsistent``: no position and transmit power in the domain explain the powers;
 * ``outside_region``: the powers favour, under the domain's propagation model, a position
-  outside the region (Bayes factor of outside against inside above ``OUTSIDE_EVIDENCE``).
+  outside the region (Bayes factor of outside against inside above the domain's threshold,
+  fitted by the calibration tools to caution a quarter of the emitters inside).
   Three received powers with an unknown transmit power and several dB of shadowing say little
   about range, so this flag is weak evidence — it fires for about half of the emitters far
-  outside and a fifth of those inside — and is a *caution*: it is listed in ``cautions`` and
-  leaves ``in_domain`` as the other checks say. The evaluation tool measures both rates.
+  outside the packaged network's region and a quarter of those inside — and is a *caution*:
+  it is listed in ``cautions`` and leaves ``in_domain`` as the other checks say. The
+  evaluation tool measures both rates.
 
 Pure numpy: the grid posterior uses the same path-loss law as the simulator.
 """
@@ -44,8 +46,9 @@ EDGE_ROOM_HZ = 2_500.0
 """A signal centred closer than this to the edge of the band read loses part of itself."""
 OUTSIDE_EVIDENCE = 1.35
 """Bayes factor (posterior odds of outside over the prior odds) from which ``outside_region``
-is flagged; on simulated 48 kHz captures it flags ~53 % of emitters 20-40 km outside and ~20 %
-of emitters inside (the received powers say little more than that about range)."""
+is flagged by a model that records no threshold of its own; for the packaged network it flags
+~51 % of emitters 20-40 km outside and ~23 % of emitters inside on simulated 48 kHz captures
+(the received powers say little more than that about range)."""
 MISFIT_LIMIT = 13.8
 """Squared misfit (in units of the expected spread) past which powers are inconsistent:
 chi-square with 2 degrees of freedom at 0.1 %."""
@@ -99,6 +102,9 @@ class Domain:
     outside_share: float
     outside_scale_m: float
     outside_max_m: float
+    outside_evidence: float = OUTSIDE_EVIDENCE
+    """Bayes factor from which ``outside_region`` is flagged (fitted by the calibration tools:
+    ``inference_worker.science.calibration.fit_outside_evidence``)."""
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> Domain:
@@ -107,6 +113,9 @@ class Domain:
         values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         values.update({k: tuple(float(x) for x in data[k]) for k in pairs})
         values["region"] = tuple(float(x) for x in data["region"])
+        threshold = float(values.get("outside_evidence", OUTSIDE_EVIDENCE))
+        if not (math.isfinite(threshold) and threshold > 0.0):
+            raise ValueError(f"domain.outside_evidence must be a positive number, not {threshold}")
         return cls(**{**values, "receivers": receivers})
 
     def to_metadata(self) -> dict[str, Any]:
@@ -246,14 +255,9 @@ def assess(
                 f"{domain.frequency_mhz:g} MHz",
             )
     if domain is not None:
-        noise_dbfs = domain.noise_dbm_per_hz - domain.full_scale_dbm
-        noise = 10.0 ** (noise_dbfs / 10.0) * params.bandwidth_hz
-        total = 10.0 ** (band_power_dbfs(features, params) / 10.0)
-        heard = total > 1.25 * noise  # the signal adds at least a quarter of the noise
+        heard, power_dbm = received_power(features, params, domain)
         if not heard.any():
             flag("no_signal", "no receiver hears a signal above its noise floor")
-        signal = np.maximum(total - noise, 0.01 * noise)
-        power_dbm = 10.0 * np.log10(signal) + domain.full_scale_dbm
         misfit, outside = _position_evidence(power_dbm, domain)
         if heard.any() and misfit > MISFIT_LIMIT:
             flag(
@@ -262,7 +266,7 @@ def assess(
                 f"powers (misfit {misfit:.1f}, limit {MISFIT_LIMIT})",
             )
         evidence = outside_evidence(outside, domain.outside_share)
-        if heard.any() and evidence > OUTSIDE_EVIDENCE:
+        if heard.any() and evidence > domain.outside_evidence:
             flag(
                 "outside_region",
                 f"the powers favour a position outside the region (probability {outside:.2f} "
@@ -274,6 +278,30 @@ def assess(
         block["outside_probability"] = round(float(outside), 3)
     block["carrier_offset_hz"] = [round(float(f)) for f in band.signal_offset_hz]
     return block
+
+
+def received_power(
+    features: np.ndarray, params: FeatureParams, domain: Domain
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per receiver: whether it hears a signal above its noise floor, and the signal's power
+    (dBm; band power minus the domain's noise floor) read back from the features."""
+    noise_dbfs = domain.noise_dbm_per_hz - domain.full_scale_dbm
+    noise = 10.0 ** (noise_dbfs / 10.0) * params.bandwidth_hz
+    total = 10.0 ** (band_power_dbfs(features, params) / 10.0)
+    heard = total > 1.25 * noise  # the signal adds at least a quarter of the noise
+    signal = np.maximum(total - noise, 0.01 * noise)
+    return heard, 10.0 * np.log10(signal) + domain.full_scale_dbm
+
+
+def capture_outside_evidence(
+    features: np.ndarray, params: FeatureParams, domain: Domain
+) -> float | None:
+    """The Bayes factor of outside against inside that the ``outside_region`` caution compares
+    with the domain's threshold; None when no receiver hears a signal (nothing is cautioned)."""
+    heard, power_dbm = received_power(features, params, domain)
+    if not heard.any():
+        return None
+    return outside_evidence(_position_evidence(power_dbm, domain)[1], domain.outside_share)
 
 
 def outside_evidence(probability: float, prior_share: float) -> float:

@@ -36,6 +36,7 @@ from inference_worker.core.capture import (
     validate_iq,
 )
 from inference_worker.core.contract import ModelMetadata, model_input
+from inference_worker.core.domain import capture_outside_evidence
 from inference_worker.core.ellipse import (
     EstimateError,
     decode_output,
@@ -163,6 +164,11 @@ class Distances:
     error_km: np.ndarray
     out_of_domain: np.ndarray
     """Whether each capture's quality block says it is out of the model's domain."""
+    outside_evidence: np.ndarray
+    """The Bayes factor each capture's ``outside_region`` caution reads (NaN where nothing is
+    heard or the model records no domain)."""
+    inside: np.ndarray
+    """Whether each capture's transmitter lies inside the domain's region (all, without one)."""
 
 
 def squared_distances(
@@ -174,7 +180,8 @@ def squared_distances(
     service would refuse (naming its line)."""
     metadata = model.metadata
     limits = CaptureLimits()
-    d2, errors, outside = [], [], []
+    d2, errors, outside, evidence, inside = [], [], [], [], []
+    domain = metadata.domain
     started = time.monotonic()
     for index, capture in enumerate(captures):
         where = f"line {capture.line} ({capture.file.name})"
@@ -193,6 +200,23 @@ def squared_distances(
         d2.append(mahalanobis_squared(estimate, capture.lat, capture.lon))
         errors.append(distance_m(estimate.lat, estimate.lon, capture.lat, capture.lon) / 1e3)
         outside.append(quality["in_domain"] is False)
+        factor = (
+            None
+            if domain is None
+            else capture_outside_evidence(features, metadata.features, domain)
+        )
+        evidence.append(np.nan if factor is None else factor)
+        if domain is None:
+            inside.append(True)
+        else:
+            south, north, west, east = domain.region
+            inside.append(south <= capture.lat <= north and west <= capture.lon <= east)
         if progress is not None and ((index + 1) % 100 == 0 or index + 1 == len(captures)):
             progress(index + 1, len(captures), time.monotonic() - started)
-    return Distances(np.asarray(d2), np.asarray(errors), np.asarray(outside))
+    return Distances(
+        np.asarray(d2),
+        np.asarray(errors),
+        np.asarray(outside),
+        np.asarray(evidence, dtype=float),
+        np.asarray(inside, dtype=bool),
+    )

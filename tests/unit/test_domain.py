@@ -7,8 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from inference_worker.core.domain import Domain, assess, clipped_share
+from inference_worker.core.domain import (
+    OUTSIDE_EVIDENCE,
+    Domain,
+    assess,
+    capture_outside_evidence,
+    clipped_share,
+)
 from inference_worker.core.features import FeatureParams, analyse
+from inference_worker.science.calibration import OUTSIDE_CAUTION_SHARE, fit_outside_evidence
 from inference_worker.science.simulator import CaptureSimulator, SimulatorConfig
 from inference_worker.science.world import World, domain_of
 
@@ -44,7 +51,7 @@ def test_a_nominal_capture_inside_the_region_is_in_domain(simulator, domain):
     ]
     assert all(b["in_domain"] for b in blocks)
     assert not any(b["reasons"] for b in blocks)
-    # the weak outside-region evidence cautions about ~20 % of these, without deciding
+    # the weak outside-region evidence cautions about a quarter of these, without deciding
     assert all({c["code"] for c in b["cautions"]} <= {"outside_region"} for b in blocks)
     assert all(len(b["signal_power_dbm"]) == 3 for b in blocks)
 
@@ -136,3 +143,46 @@ def test_a_capture_far_from_the_models_frequency_is_flagged(simulator, domain):
     args = (features, band, np.zeros(3), PARAMS, capture.receivers, domain)
     assert "frequency" in codes(assess(*args, frequency_mhz=433.5))
     assert "frequency" not in codes(assess(*args, frequency_mhz=145.2))
+
+
+def test_a_domain_without_a_threshold_reads_the_default_and_a_bad_one_is_refused(domain):
+    data = domain.to_metadata()
+    assert data["outside_evidence"] == OUTSIDE_EVIDENCE
+    del data["outside_evidence"]  # a model.json written before the threshold was recorded
+    assert Domain.from_metadata(data).outside_evidence == OUTSIDE_EVIDENCE
+    assert Domain.from_metadata({**data, "outside_evidence": 1.2}).outside_evidence == 1.2
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="outside_evidence must be a positive number"):
+            Domain.from_metadata({**data, "outside_evidence": bad})
+
+
+def test_the_caution_reads_the_domains_own_threshold(simulator, domain):
+    rng = np.random.default_rng(9)
+    captures = [simulator.simulate(rng, sample_rate_hz=48_000.0, duration_s=0.3) for _ in range(30)]
+    evidence: list[float] = []
+    for capture in captures:
+        features, _ = analyse(capture.iq, capture.sample_rate_hz, PARAMS)
+        factor = capture_outside_evidence(features, PARAMS, domain)
+        assert factor is not None and factor > 0  # every capture is heard
+        evidence.append(factor)
+    threshold = float(np.median(evidence))
+    own = replace(domain, outside_evidence=threshold)
+    cautioned = ["outside_region" in codes(quality(c, own)) for c in captures]
+    # the same captures, the same evidence: cautioned exactly where it passes the threshold
+    assert cautioned == [e > threshold for e in evidence]
+    assert not any(
+        "outside_region" in codes(quality(c, replace(own, outside_evidence=1e9))) for c in captures
+    )
+
+
+def test_the_fitted_threshold_cautions_its_share_of_the_captures_inside():
+    evidence = np.random.default_rng(10).lognormal(0.0, 0.3, 2_000)
+    threshold = fit_outside_evidence(np.append(evidence, [np.nan, np.nan]))  # unheard: ignored
+    assert np.mean(evidence > threshold) == pytest.approx(OUTSIDE_CAUTION_SHARE, abs=1e-3)
+    assert np.mean(evidence > fit_outside_evidence(evidence, share=0.1)) == pytest.approx(
+        0.1, abs=1e-3
+    )
+    with pytest.raises(ValueError, match="no captures inside the region"):
+        fit_outside_evidence(np.array([np.nan]))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fit_outside_evidence(evidence, share=1.0)

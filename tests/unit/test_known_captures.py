@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from inference_worker.core.contract import file_sha256
-from inference_worker.science.calibration import coverage_at, scale_spread
+from inference_worker.science.calibration import (
+    OUTSIDE_CAUTION_SHARE,
+    coverage_at,
+    scale_spread,
+)
 from inference_worker.science.known_captures import (
     KnownCapturesError,
     load_known_captures,
@@ -145,6 +149,16 @@ def test_calibrating_on_a_harsher_world_makes_its_other_captures_hold(
     held_after = coverage_at(after, 1.0, radius_scales=radii)
     assert held_after[2] > held_before[2] and abs(held_after[2] - 0.95) < abs(held_before[2] - 0.95)
     assert abs(held_after[0] - 0.3935) < abs(held_before[0] - 0.3935)
+    # and the outside_region caution's threshold, to mark a quarter of the captures inside
+    caution = metadata["training"]["calibration"]["outside_caution"]
+    assert metadata["domain"]["outside_evidence"] == caution["threshold"]
+    domain = calibrated.metadata.domain
+    assert domain is not None and domain.outside_evidence == caution["threshold"]
+    found = squared_distances(calibrated, load_known_captures(calibration))
+    heard = found.outside_evidence[np.isfinite(found.outside_evidence)]
+    assert found.inside.all() and len(heard) == caution["inside_captures"] >= 100
+    marked = np.mean(heard > domain.outside_evidence)
+    assert marked == pytest.approx(OUTSIDE_CAUTION_SHARE, abs=0.02)
 
 
 def test_the_scale_spread_narrows_with_more_captures():
@@ -173,3 +187,25 @@ def test_two_models_under_one_version_label_never_share_cached_results():
 
     store = RedisStore(client=redis.Redis(), prefix="p:")  # never connects: keys only
     assert store.cache_key("2.0.0", "a" * 64, "f") != store.cache_key("2.0.0", "b" * 64, "f")
+
+
+def test_the_caution_is_fitted_only_where_there_is_enough_to_fit_it(simulator, capsys):
+    from inference_worker.science.world import World, domain_of
+    from tools.model_calibration import fit_caution
+
+    domain = domain_of(simulator, World())
+    rng = np.random.default_rng(11)
+    evidence = rng.lognormal(0.2, 0.2, 400)
+    outside_m = np.where(np.arange(400) < 300, 0.0, 30_000.0)
+    evidence[300:] += 0.5  # the emitters far outside give more evidence of it
+    evidence[:5] = np.nan  # unheard: not counted
+    record = fit_caution(domain, evidence, outside_m <= 0, outside_m)
+    assert record is not None and record["inside_captures"] == 295
+    assert record["inside_after"] == pytest.approx(OUTSIDE_CAUTION_SHARE, abs=0.01)
+    assert record["far_outside_captures"] == 100
+    assert record["far_outside_after"] >= record["inside_after"]
+    assert "captures inside the region" in capsys.readouterr().out
+    # too few captures inside, or a domain with no prior outside: the threshold stays
+    assert fit_caution(domain, evidence[:90], np.ones(90, bool)) is None
+    assert "its threshold stays 1.350" in capsys.readouterr().out
+    assert fit_caution(domain_of(simulator), evidence, outside_m <= 0) is None
