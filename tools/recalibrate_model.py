@@ -48,12 +48,7 @@ from inference_worker.science.calibration import (  # noqa: E402
     level_spread,
     scale_spread,
 )
-from inference_worker.science.datasets import (  # noqa: E402
-    Dataset,
-    DatasetSpec,
-    concatenate,
-    generate,
-)
+from inference_worker.science.datasets import Dataset, DatasetSpec, concatenate, generate  # noqa: E402
 from inference_worker.science.known_captures import (  # noqa: E402
     FEW_CAPTURES,
     KnownCapturesError,
@@ -251,7 +246,9 @@ def recalibrate_on_known(
     factor, scales, info = fit(
         found.d2, str(captures_csv), radii, model.metadata.ellipse_radius_scales
     )
-    caution = fit_caution(model.metadata.domain, found.outside_evidence, found.inside)
+    caution = fit_caution(
+        model.metadata.domain, found.outside_evidence, found.outside_m <= 0, found.outside_m
+    )
     if not check:
         written = write_scale(
             model_dir,

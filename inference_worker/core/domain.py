@@ -118,6 +118,14 @@ class Domain:
             raise ValueError(f"domain.outside_evidence must be a positive number, not {threshold}")
         return cls(**{**values, "receivers": receivers})
 
+    def outside_m(self, lat: float, lon: float) -> float:
+        """How far a position lies outside the region, in metres (0 inside)."""
+        south, north, west, east = self.region
+        m_lat, m_lon = metres_per_degree((south + north) / 2.0)
+        dx = max(west - lon, lon - east, 0.0) * m_lon
+        dy = max(south - lat, lat - north, 0.0) * m_lat
+        return math.hypot(dx, dy)
+
     def to_metadata(self) -> dict[str, Any]:
         data = asdict(self)
         data["receivers"] = [asdict(r) for r in self.receivers]

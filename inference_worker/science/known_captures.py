@@ -167,8 +167,9 @@ class Distances:
     outside_evidence: np.ndarray
     """The Bayes factor each capture's ``outside_region`` caution reads (NaN where nothing is
     heard or the model records no domain)."""
-    inside: np.ndarray
-    """Whether each capture's transmitter lies inside the domain's region (all, without one)."""
+    outside_m: np.ndarray
+    """How far each capture's transmitter lies outside the domain's region (0 inside; all 0
+    without a domain)."""
 
 
 def squared_distances(
@@ -180,7 +181,7 @@ def squared_distances(
     service would refuse (naming its line)."""
     metadata = model.metadata
     limits = CaptureLimits()
-    d2, errors, outside, evidence, inside = [], [], [], [], []
+    d2, errors, outside, evidence, beyond = [], [], [], [], []
     domain = metadata.domain
     started = time.monotonic()
     for index, capture in enumerate(captures):
@@ -206,11 +207,7 @@ def squared_distances(
             else capture_outside_evidence(features, metadata.features, domain)
         )
         evidence.append(np.nan if factor is None else factor)
-        if domain is None:
-            inside.append(True)
-        else:
-            south, north, west, east = domain.region
-            inside.append(south <= capture.lat <= north and west <= capture.lon <= east)
+        beyond.append(0.0 if domain is None else domain.outside_m(capture.lat, capture.lon))
         if progress is not None and ((index + 1) % 100 == 0 or index + 1 == len(captures)):
             progress(index + 1, len(captures), time.monotonic() - started)
     return Distances(
@@ -218,5 +215,5 @@ def squared_distances(
         np.asarray(errors),
         np.asarray(outside),
         np.asarray(evidence, dtype=float),
-        np.asarray(inside, dtype=bool),
+        np.asarray(beyond, dtype=float),
     )

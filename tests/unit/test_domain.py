@@ -186,3 +186,11 @@ def test_the_fitted_threshold_cautions_its_share_of_the_captures_inside():
         fit_outside_evidence(np.array([np.nan]))
     with pytest.raises(ValueError, match="between 0 and 1"):
         fit_outside_evidence(evidence, share=1.0)
+
+
+def test_how_far_a_position_lies_outside_the_region(domain):
+    south, north, west, east = domain.region
+    assert domain.outside_m((south + north) / 2, (west + east) / 2) == 0.0
+    assert domain.outside_m(north + 0.1, (west + east) / 2) == pytest.approx(11_120, rel=0.01)
+    corner = domain.outside_m(south - 0.1, east + 0.1)  # beyond a corner: both ways
+    assert corner == pytest.approx(np.hypot(11_120, 0.1 * 78_800), rel=0.02)
