@@ -47,7 +47,7 @@ EDGE_ROOM_HZ = 2_500.0
 OUTSIDE_EVIDENCE = 1.35
 """Bayes factor (posterior odds of outside over the prior odds) from which ``outside_region``
 is flagged by a model that records no threshold of its own; for the packaged network it flags
-~51 % of emitters 20-40 km outside and ~23 % of emitters inside on simulated 48 kHz captures
+~52 % of emitters 20-40 km outside and ~22 % of emitters inside on simulated 48 kHz captures
 (the received powers say little more than that about range)."""
 MISFIT_LIMIT = 13.8
 """Squared misfit (in units of the expected spread) past which powers are inconsistent:
