@@ -12,7 +12,10 @@ on captures of the nominal world by ``tools/recalibrate_model.py``: level by lev
 Training draws each capture's world around the nominal simulator (``--world robust``, the
 default): emitters outside the region, other path-loss exponents and shadowing, oscillator
 errors up to ±50 ppm, overloaded receivers, interference; see ``World``. The model's domain
-(network, region, Tx power range, band, propagation) is written to ``model.json``.
+(network, region, Tx power range, band, propagation, and the ``outside_region`` caution's
+threshold, fitted to mark a quarter of the calibration's emitters inside the region: the nominal
+captures of the recalibration, or with ``--calibrate robust`` the validation set's) is written
+to ``model.json``.
 
 Needs the ``train`` extra (PyTorch, CPU build):
 
@@ -64,7 +67,9 @@ from inference_worker.science.metrics import (  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World, domain_of  # noqa: E402
+from tools.evaluation_methods import outside_evidences  # noqa: E402
 from tools.localization_net import LocalizationNet, ServiceContract, decode, gaussian_nll  # noqa: E402
+from tools.model_calibration import fit_caution  # noqa: E402
 from tools.model_export import check_onnx_agrees, export  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
@@ -266,9 +271,23 @@ def main() -> int:
         "python": platform.python_version(),
         "minutes": round((time.monotonic() - started) / 60.0, 1),
     }
-    domain = domain_of(simulator, world).to_metadata()
+    domain = domain_of(simulator, world)
+    if args.calibrate == "robust" and world is not None:  # no recalibration below to fit it
+        evidence = outside_evidences(domain, val, RAW_DB)
+        caution = fit_caution(domain, evidence, val.outside_m <= 0, val.outside_m)
+        if caution is not None:
+            domain = replace(domain, outside_evidence=caution["threshold"])
+            training["outside_caution"] = caution
     out = export(
-        contract, args.out, params, simulator, sample, training, domain, args.name, args.version
+        contract,
+        args.out,
+        params,
+        simulator,
+        sample,
+        training,
+        domain.to_metadata(),
+        args.name,
+        args.version,
     )
     difference = check_onnx_agrees(out, contract, sample, simulator)
     print(
