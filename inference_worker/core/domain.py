@@ -278,7 +278,8 @@ def assess(
             flag(
                 "outside_region",
                 f"the powers favour a position outside the region (probability {outside:.2f} "
-                f"against {domain.outside_share:.2f} before the capture)",
+                f"against {domain.outside_share:.2f} before the capture: Bayes factor "
+                f"{evidence:.2f}, the model cautions from {domain.outside_evidence:.2f})",
                 caution=True,
             )
         block["in_domain"] = not reasons

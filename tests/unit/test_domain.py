@@ -170,6 +170,8 @@ def test_the_caution_reads_the_domains_own_threshold(simulator, domain):
     cautioned = ["outside_region" in codes(quality(c, own)) for c in captures]
     # the same captures, the same evidence: cautioned exactly where it passes the threshold
     assert cautioned == [e > threshold for e in evidence]
+    detail = next(c["detail"] for c in quality(captures[int(np.argmax(evidence))], own)["cautions"])
+    assert f"Bayes factor {max(evidence):.2f}, the model cautions from {threshold:.2f}" in detail
     assert not any(
         "outside_region" in codes(quality(c, replace(own, outside_evidence=1e9))) for c in captures
     )
