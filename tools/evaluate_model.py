@@ -109,6 +109,19 @@ def held_out_set(
     return concatenate(parts), np.asarray(world_of)
 
 
+def significant(value, digits: int = 6):
+    """``value`` with every float rounded to ``digits`` significant digits: the figures keep more
+    precision than the evaluation measures, and a run repeated on other threads (whose sums
+    differ in the last bits) writes the same ``model.json``."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: significant(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [significant(v, digits) for v in value]
+    return value
+
+
 def record_metrics(
     args: argparse.Namespace,
     groups: dict,
@@ -122,31 +135,33 @@ def record_metrics(
     sha256 are unchanged)."""
     path = args.model / "model.json"
     metadata = json.loads(path.read_text())
-    metadata["metrics"] = {
-        "evaluation": {
-            "held_out": "emitters in 1 km cells never used for training, in terrains never seen in training",
-            "terrains": args.worlds,
-            "per_cell": args.per_cell,
-            "seed": args.seed,
-            "rows": {
-                group: {
-                    "model": rows["model"],
-                    "grid_posterior": rows["grid posterior"],
-                    "ml_grid": rows["ML grid"],
-                    "box_centre": rows["box centre"],
-                }
-                for group, rows in groups.items()
+    metadata["metrics"] = significant(
+        {
+            "evaluation": {
+                "held_out": "emitters in 1 km cells never used for training, in terrains never seen in training",
+                "terrains": args.worlds,
+                "per_cell": args.per_cell,
+                "seed": args.seed,
+                "rows": {
+                    group: {
+                        "model": rows["model"],
+                        "grid_posterior": rows["grid posterior"],
+                        "ml_grid": rows["ML grid"],
+                        "box_centre": rows["box centre"],
+                    }
+                    for group, rows in groups.items()
+                },
+                "cramer_rao_median_km": crb["median_km"],
+                "out_of_domain_share": float(out_of_domain.mean()),
+                "passes_bar": all_pass,
             },
-            "cramer_rao_median_km": crb["median_km"],
-            "out_of_domain_share": float(out_of_domain.mean()),
-            "passes_bar": all_pass,
-        },
-        "robustness": {
-            "per_condition": args.per_condition,
-            "rows": stress,
-            "passes_bar": stress_pass,
-        },
-    }
+            "robustness": {
+                "per_condition": args.per_condition,
+                "rows": stress,
+                "passes_bar": stress_pass,
+            },
+        }
+    )
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     print(f"recorded the figures in {path}")
 

@@ -130,3 +130,22 @@ def test_a_level_by_level_fit_of_gaussian_errors_is_one_scale():
     found = fit_levels(d2)
     assert found.scale == pytest.approx(2.0, rel=0.03)
     assert all(f == pytest.approx(1.0, abs=0.03) for f in found.radius_scales.values())
+
+
+def test_recorded_figures_keep_six_significant_digits():
+    from tools.evaluate_model import significant
+
+    a = {
+        "rows": {"all": {"nll": 7.370002856798688, "count": 6000}},
+        "spread": [0.38866666666, None],
+    }
+    b = {
+        "rows": {"all": {"nll": 7.370002853323297, "count": 6000}},
+        "spread": [0.38866666667, None],
+    }
+    assert significant(a) == significant(b)  # runs that differ in the last bits write the same
+    assert significant(a) == {
+        "rows": {"all": {"nll": 7.37, "count": 6000}},
+        "spread": [0.388667, None],
+    }
+    assert significant({"tiny": 1.234567e-9, "flag": True}) == {"tiny": 1.23457e-9, "flag": True}
