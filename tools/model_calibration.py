@@ -15,6 +15,8 @@ from onnx import numpy_helper
 from inference_worker.core.contract import file_sha256
 from inference_worker.core.domain import Domain
 from inference_worker.science.calibration import OUTSIDE_CAUTION_SHARE, fit_outside_evidence
+from inference_worker.science.datasets import Dataset
+from tools.evaluation_methods import outside_evidences
 
 FEW_INSIDE = 100
 """Captures inside the region, heard, below which the caution's threshold is not fitted again."""
@@ -106,6 +108,15 @@ def fit_caution(
             )
     print(text, flush=True)
     return record
+
+
+def fit_caution_on(domain: Domain | None, data: Dataset, params) -> dict | None:
+    """:func:`fit_caution` on simulated captures (``params``: the features' parameters they
+    were computed with): each one's Bayes factor and how far its emitter lies outside."""
+    if domain is None:
+        return None
+    evidence = outside_evidences(domain, data, params)
+    return fit_caution(domain, evidence, data.outside_m <= 0, data.outside_m)
 
 
 def write_scale(

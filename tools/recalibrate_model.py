@@ -62,8 +62,8 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
-from tools.evaluation_methods import DURATIONS, RATES, outside_evidences, run_model  # noqa: E402
-from tools.model_calibration import fit_caution, label, write_scale  # noqa: E402
+from tools.evaluation_methods import DURATIONS, RATES, run_model  # noqa: E402
+from tools.model_calibration import fit_caution, fit_caution_on, label, write_scale  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 CALIBRATION_SEED = 31_337
@@ -199,14 +199,7 @@ def recalibrate(
     factor, scales, info = fit(
         d2, f"the simulated {world} world", radii, model.metadata.ellipse_radius_scales
     )
-    domain = model.metadata.domain
-    caution = (
-        None
-        if domain is None
-        else fit_caution(
-            domain, outside_evidences(domain, data, features), data.outside_m <= 0, data.outside_m
-        )
-    )
+    caution = fit_caution_on(model.metadata.domain, data, features)
     written = write_scale(
         model_dir,
         factor,

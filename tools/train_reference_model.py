@@ -67,9 +67,8 @@ from inference_worker.science.metrics import (  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World, domain_of  # noqa: E402
-from tools.evaluation_methods import outside_evidences  # noqa: E402
 from tools.localization_net import LocalizationNet, ServiceContract, decode, gaussian_nll  # noqa: E402
-from tools.model_calibration import fit_caution  # noqa: E402
+from tools.model_calibration import fit_caution_on  # noqa: E402
 from tools.model_export import check_onnx_agrees, export  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
@@ -273,8 +272,7 @@ def main() -> int:
     }
     domain = domain_of(simulator, world)
     if args.calibrate == "robust" and world is not None:  # no recalibration below to fit it
-        evidence = outside_evidences(domain, val, RAW_DB)
-        caution = fit_caution(domain, evidence, val.outside_m <= 0, val.outside_m)
+        caution = fit_caution_on(domain, val, RAW_DB)
         if caution is not None:
             domain = replace(domain, outside_evidence=caution["threshold"])
             training["outside_caution"] = caution
