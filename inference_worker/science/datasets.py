@@ -174,8 +174,9 @@ def generate(
             for part in pool.imap(_chunk, jobs):
                 done(part)
     else:
-        for job in jobs:
-            done(_chunk(job))
+        with threadpool_limits(1):  # as in a pool process; the caller's limits come back after
+            for job in jobs:
+                done(_chunk(job))
     return concatenate(parts)
 
 

@@ -4,6 +4,8 @@ its first correlation where they lie where they lay
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 
@@ -52,10 +54,15 @@ def test_a_deaf_receiver_is_left_out_as_if_never_sent(correlations, victim, agai
     assert (len(correlations) > first) == again
     rest = [k for k in range(4) if k != victim]
     alone = solve([files[k] for k in rest], [recording.stations[k] for k in rest])
-    assert [(p.delay_s, p.sigma_s) for p in solution.pairs] == [
-        (p.delay_s, p.sigma_s) for p in alone.pairs
-    ]
-    assert solution.estimate == alone.estimate
+    # the same to rounding: the windows kept from the first correlation went through the BLAS
+    # product batched with the deaf receiver's pairs, and its blocking of a larger batch can
+    # move a sum's last bit (it did with one BLAS thread on an AMD EPYC)
+    np.testing.assert_allclose(
+        [(p.delay_s, p.sigma_s) for p in solution.pairs],
+        [(p.delay_s, p.sigma_s) for p in alone.pairs],
+        rtol=1e-9,
+    )
+    np.testing.assert_allclose(astuple(solution.estimate), astuple(alone.estimate), rtol=1e-9)
 
 
 def test_windows_correlated_with_other_frequency_offsets_are_correlated_again(correlations):
