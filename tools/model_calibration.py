@@ -1,26 +1,40 @@
-"""Writing a new calibration into a model folder: the sigma scale in the constants of its ONNX
-graph, the drawn ellipses' radius factors, the ``outside_region`` caution's threshold and the
-fit's record in ``model.json``, and, for a model calibrated again, a version of its own."""
+"""Fitting a model's calibration and writing it into the model folder: the sigma scale (in the
+constants of its ONNX graph), the drawn ellipses' radius factors, the ``outside_region``
+caution's threshold and the share it marks, the fit's record in ``model.json``, and, for a model
+calibrated again, a version of its own."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from inference_worker.cli.arguments import number
 from inference_worker.core.contract import file_sha256
 from inference_worker.core.domain import Domain
-from inference_worker.science.calibration import OUTSIDE_CAUTION_SHARE, fit_outside_evidence
+from inference_worker.science.calibration import (
+    coverage_at,
+    fit_levels,
+    fit_outside_evidence,
+    fit_sigma_scale,
+    level_spread,
+    scale_spread,
+)
 from inference_worker.science.datasets import Dataset
+from inference_worker.science.known_captures import FEW_CAPTURES
+from inference_worker.serving.onnx_model import LocalizationModel
 from tools.evaluation_methods import outside_evidences
 
 FEW_INSIDE = 100
 """Captures inside the region, heard, below which the caution's threshold is not fitted again."""
 FAR_OUTSIDE_M = 20_000.0
+CAUTION_SHARE = number(0.01, 0.99)
+"""The argument type of ``--caution-share``."""
 
 
 def rescale_graph(path: Path, current: float, factor: float) -> int:
@@ -57,14 +71,82 @@ def calibrated_version(version: str, sha256: str) -> str:
     return f"{base}-cal.{sha256[:8]}"
 
 
+def levels(coverage: list[float]) -> str:
+    return " / ".join(f"{100 * c:.1f}" for c in coverage)
+
+
+RADII = ("levels", "single")
+"""How the ellipses are fitted: level by level (the default), or one scale on the sigmas."""
+
+
+def fit(
+    d2: np.ndarray, source: str, radii: str = "levels", current: dict[float, float] | None = None
+) -> tuple[float, dict[float, float], dict]:
+    """The scale on the sigmas and the factors on the drawn ellipses' radii that make the
+    ellipses hold their levels on ``d2`` (``current``: the model's factors now), with what they
+    change and how far they would move on other captures of the same world (bootstrap, 5-95 %).
+    Returns the scale, the radius factors by level (none with ``radii="single"``) and the record
+    of the fit."""
+    if radii == "single":
+        factor, scales = fit_sigma_scale(d2), {}
+        low, high = scale_spread(d2)
+        spread: dict = {"factor_spread": [low, high]}
+        fitted = f"scale x{factor:.4f} ({low:.3f}-{high:.3f})"
+    else:
+        found = fit_levels(d2)
+        factor, scales = found.scale, found.radius_scales
+        ranges = level_spread(d2)
+        spread = {
+            "factor_spread": list(ranges["scale"]),
+            "radius_scale_spread": {k: list(v) for k, v in ranges.items() if k != "scale"},
+        }
+        fitted = (
+            f"scale x{factor:.4f} ({ranges['scale'][0]:.3f}-{ranges['scale'][1]:.3f})"
+            + "".join(
+                f", {label(p)} % radii x{f:.3f} ({ranges[label(p)][0]:.3f}-{ranges[label(p)][1]:.3f})"
+                for p, f in scales.items()
+            )
+        )
+    before = coverage_at(d2, 1.0, radius_scales=current)
+    after = coverage_at(d2, factor, radius_scales=scales)
+    print(
+        f"on {source} ({len(d2)} captures) the ellipses hold {levels(before)} % (39/68/95); "
+        f"{fitted} -> {levels(after)} % (in brackets: 5-95 % over resamples of the captures)",
+        flush=True,
+    )
+    if len(d2) < FEW_CAPTURES:
+        print(
+            f"warning: {len(d2)} captures measure coverage only roughly (under {FEW_CAPTURES}, "
+            "the 95 % level is measured no better than ±1.5 points): record more if you can",
+            flush=True,
+        )
+    info = {
+        "captures": int(len(d2)),
+        "radii": radii,
+        "factor": factor,
+        **spread,
+        "coverage_before": before,
+        "coverage_after": after,
+    }
+    return factor, scales, info
+
+
+def caution_domain(model: LocalizationModel, share: float | None):
+    """The model's domain, with the share its caution is to be fitted to where one is given."""
+    domain = model.metadata.domain
+    if domain is None or share is None:
+        return domain
+    return replace(domain, outside_caution_share=share)
+
+
 def fit_caution(
     domain: Domain | None,
     evidence: np.ndarray,
     inside: np.ndarray,
     outside_m: np.ndarray | None = None,
 ) -> dict | None:
-    """The ``outside_region`` threshold that cautions :data:`OUTSIDE_CAUTION_SHARE` of the
-    calibration captures of emitters inside the region (``evidence``: each capture's Bayes
+    """The ``outside_region`` threshold that cautions the domain's ``outside_caution_share`` of
+    the calibration captures of emitters inside the region (``evidence``: each capture's Bayes
     factor, NaN where nothing is heard; ``inside``: its emitter lies in the region), printed
     with what the caution marks before and after, inside and (given ``outside_m``, each
     emitter's distance outside) more than 20 km outside. None, saying why, where it is not
@@ -80,10 +162,11 @@ def fit_caution(
             flush=True,
         )
         return None
-    threshold = fit_outside_evidence(values)
+    share = domain.outside_caution_share
+    threshold = fit_outside_evidence(values, share)
     old = domain.outside_evidence
     record: dict = {
-        "share": OUTSIDE_CAUTION_SHARE,
+        "share": share,
         "threshold": round(threshold, 4),
         "threshold_before": old,
         "inside_captures": int(len(values)),
@@ -91,7 +174,8 @@ def fit_caution(
         "inside_after": float(np.mean(values > threshold)),
     }
     text = (
-        f"outside_region caution: threshold {old:.3f} -> {threshold:.3f}; it marks "
+        f"outside_region caution, fitted to mark {100 * share:g} % inside: threshold "
+        f"{old:.3f} -> {threshold:.3f}; it marks "
         f"{100 * record['inside_before']:.1f} -> {100 * record['inside_after']:.1f} % of the "
         f"{len(values)} captures inside the region"
     )
@@ -127,17 +211,19 @@ def write_scale(
     radius_scales: dict[float, float] | None = None,
     relabel: bool = False,
     version: str | None = None,
-    outside_evidence: float | None = None,
+    caution: dict | None = None,
 ) -> str:
     """Multiply the model's sigma scale by ``factor`` in its ONNX graph and ``model.json``, and
     set its drawn ellipses' radius factors (none: drawn from the sigmas alone) and, where given,
-    its domain's ``outside_region`` threshold; with ``relabel``, give it a version of its own
+    its domain's ``outside_region`` threshold and the share it was fitted to (``caution``, as
+    :func:`fit_caution` returns it); with ``relabel``, give it a version of its own
     (``version``, else :func:`calibrated_version`) so that results, job records and the result
     cache never mix it with the model it was made from. Returns the version written."""
     metadata_path = model_dir / "model.json"
     metadata = json.loads(metadata_path.read_text())
-    if outside_evidence is not None and metadata.get("domain"):
-        metadata["domain"]["outside_evidence"] = round(float(outside_evidence), 4)
+    if caution is not None and metadata.get("domain"):
+        metadata["domain"]["outside_evidence"] = round(float(caution["threshold"]), 4)
+        metadata["domain"]["outside_caution_share"] = float(caution["share"])
     current = float(metadata["training"]["sigma_scale"])
     rescale_graph(model_dir / "model.onnx", current, factor)
     if radius_scales:

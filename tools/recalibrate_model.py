@@ -9,14 +9,14 @@ the radii of each drawn ellipse, 68 % and 95 %, that makes it hold its level), o
 ``--radii single`` one scale on the sigmas for all three. Writes the scale into the ONNX graph
 (the constants that carry the current scale) and ``model.json`` (new sha256, the scale, the
 radius factors, how they were fitted), and the threshold of the ``outside_region`` caution
-fitted so that it marks a quarter of the captures of emitters inside the region (where at least
-100 are). ``--check`` only reports how the ellipses hold on the captures and what would fit,
+fitted so that it marks a share of the captures of emitters inside the region (where at least
+100 are): the model's own ``outside_caution_share``, a quarter unless ``--caution-share`` set it. ``--check`` only reports how the ellipses hold on the captures and what would fit,
 writing nothing.
 
     pip install -e '.[train]'
     python tools/recalibrate_model.py [--model inference_worker/models/reference]
         [--network inference_worker/data/receivers.json] [--world nominal|robust] [--count 3000]
-        [--radii levels|single]
+        [--radii levels|single] [--caution-share 0.25]
     python tools/recalibrate_model.py --model DIR --captures known/captures.csv [--check]
 
 About a minute on 2 cores for simulated captures; a few seconds per thousand known captures.
@@ -41,16 +41,8 @@ from tools.requirements import keep_freed_memory, network_or_exit, require  # no
 
 require("onnx", "train", "rewriting the ONNX graph")
 
-from inference_worker.science.calibration import (  # noqa: E402
-    coverage_at,
-    fit_levels,
-    fit_sigma_scale,
-    level_spread,
-    scale_spread,
-)
 from inference_worker.science.datasets import Dataset, DatasetSpec, concatenate, generate  # noqa: E402
 from inference_worker.science.known_captures import (  # noqa: E402
-    FEW_CAPTURES,
     KnownCapturesError,
     load_known_captures,
 )
@@ -63,7 +55,15 @@ from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World  # noqa: E402
 from inference_worker.serving.onnx_model import LocalizationModel  # noqa: E402
 from tools.evaluation_methods import DURATIONS, RATES, run_model  # noqa: E402
-from tools.model_calibration import fit_caution, fit_caution_on, label, write_scale  # noqa: E402
+from tools.model_calibration import (  # noqa: E402
+    CAUTION_SHARE,
+    RADII,
+    caution_domain,
+    fit,
+    fit_caution,
+    fit_caution_on,
+    write_scale,
+)
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 CALIBRATION_SEED = 31_337
@@ -118,66 +118,6 @@ def calibration_specs(network, features, world: str, count: int) -> list[Dataset
     ]
 
 
-def levels(coverage: list[float]) -> str:
-    return " / ".join(f"{100 * c:.1f}" for c in coverage)
-
-
-RADII = ("levels", "single")
-"""How the ellipses are fitted: level by level (the default), or one scale on the sigmas."""
-
-
-def fit(
-    d2: np.ndarray, source: str, radii: str = "levels", current: dict[float, float] | None = None
-) -> tuple[float, dict[float, float], dict]:
-    """The scale on the sigmas and the factors on the drawn ellipses' radii that make the
-    ellipses hold their levels on ``d2`` (``current``: the model's factors now), with what they
-    change and how far they would move on other captures of the same world (bootstrap, 5-95 %).
-    Returns the scale, the radius factors by level (none with ``radii="single"``) and the record
-    of the fit."""
-    if radii == "single":
-        factor, scales = fit_sigma_scale(d2), {}
-        low, high = scale_spread(d2)
-        spread: dict = {"factor_spread": [low, high]}
-        fitted = f"scale x{factor:.4f} ({low:.3f}-{high:.3f})"
-    else:
-        found = fit_levels(d2)
-        factor, scales = found.scale, found.radius_scales
-        ranges = level_spread(d2)
-        spread = {
-            "factor_spread": list(ranges["scale"]),
-            "radius_scale_spread": {k: list(v) for k, v in ranges.items() if k != "scale"},
-        }
-        fitted = (
-            f"scale x{factor:.4f} ({ranges['scale'][0]:.3f}-{ranges['scale'][1]:.3f})"
-            + "".join(
-                f", {label(p)} % radii x{f:.3f} ({ranges[label(p)][0]:.3f}-{ranges[label(p)][1]:.3f})"
-                for p, f in scales.items()
-            )
-        )
-    before = coverage_at(d2, 1.0, radius_scales=current)
-    after = coverage_at(d2, factor, radius_scales=scales)
-    print(
-        f"on {source} ({len(d2)} captures) the ellipses hold {levels(before)} % (39/68/95); "
-        f"{fitted} -> {levels(after)} % (in brackets: 5-95 % over resamples of the captures)",
-        flush=True,
-    )
-    if len(d2) < FEW_CAPTURES:
-        print(
-            f"warning: {len(d2)} captures measure coverage only roughly (under {FEW_CAPTURES}, "
-            "the 95 % level is measured no better than ±1.5 points): record more if you can",
-            flush=True,
-        )
-    info = {
-        "captures": int(len(d2)),
-        "radii": radii,
-        "factor": factor,
-        **spread,
-        "coverage_before": before,
-        "coverage_after": after,
-    }
-    return factor, scales, info
-
-
 def recalibrate(
     model_dir: Path,
     network,
@@ -187,11 +127,13 @@ def recalibrate(
     radii: str = "levels",
     relabel: bool = False,
     version: str | None = None,
+    caution_share: float | None = None,
 ) -> float:
     """Fit the ellipses of the model in ``model_dir`` (``radii``: see :data:`RADII`) on
     ``count`` captures of the ``world`` (``nominal`` or ``robust``) and write them into its ONNX
-    graph and metadata (relabelled as in :func:`write_scale`); returns the factor applied to the
-    previous sigma scale."""
+    graph and metadata (relabelled as in :func:`write_scale`), with the caution's threshold
+    (fitted to ``caution_share``, else the model's own share); returns the factor applied to
+    the previous sigma scale."""
     model = LocalizationModel(model_dir)
     features = replace(model.metadata.features, mean_db=0.0, std_db=1.0)
     specs = calibration_specs(network, features, world, count)
@@ -199,7 +141,7 @@ def recalibrate(
     factor, scales, info = fit(
         d2, f"the simulated {world} world", radii, model.metadata.ellipse_radius_scales
     )
-    caution = fit_caution_on(model.metadata.domain, data, features)
+    caution = fit_caution_on(caution_domain(model, caution_share), data, features)
     written = write_scale(
         model_dir,
         factor,
@@ -207,7 +149,7 @@ def recalibrate(
         radius_scales=scales,
         relabel=relabel,
         version=version,
-        outside_evidence=None if caution is None else caution["threshold"],
+        caution=caution,
     )
     print(f"model version: {written}", flush=True)
     return factor
@@ -219,6 +161,7 @@ def recalibrate_on_known(
     check: bool,
     version: str | None = None,
     radii: str = "levels",
+    caution_share: float | None = None,
 ) -> float:
     """Fit the ellipses on the deployment's captures at known positions (and write them with a
     version of its own, unless ``check``); returns the factor on the sigma scale."""
@@ -240,7 +183,10 @@ def recalibrate_on_known(
         found.d2, str(captures_csv), radii, model.metadata.ellipse_radius_scales
     )
     caution = fit_caution(
-        model.metadata.domain, found.outside_evidence, found.outside_m <= 0, found.outside_m
+        caution_domain(model, caution_share),
+        found.outside_evidence,
+        found.outside_m <= 0,
+        found.outside_m,
     )
     if not check:
         written = write_scale(
@@ -255,7 +201,7 @@ def recalibrate_on_known(
             radius_scales=scales,
             relabel=True,
             version=version,
-            outside_evidence=None if caution is None else caution["threshold"],
+            caution=caution,
         )
         print(f"model version: {written}", flush=True)
     return factor
@@ -291,6 +237,13 @@ def main() -> int:
         "change nothing",
     )
     parser.add_argument(
+        "--caution-share",
+        type=CAUTION_SHARE,
+        help="share of the emitters inside the region the outside_region caution is fitted to "
+        "mark (default: the model's own, 0.25 unless set): more marks more emitters far "
+        "outside, and more inside",
+    )
+    parser.add_argument(
         "--version",
         help="version label of the recalibrated model (default: its own with -cal. and the "
         "first 8 hex digits of its new sha256, so results and the result cache never mix it "
@@ -305,7 +258,14 @@ def main() -> int:
     if args.captures is not None:
         started = time.monotonic()
         try:
-            recalibrate_on_known(args.model, args.captures, args.check, args.version, args.radii)
+            recalibrate_on_known(
+                args.model,
+                args.captures,
+                args.check,
+                args.version,
+                args.radii,
+                args.caution_share,
+            )
         except KnownCapturesError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -327,6 +287,7 @@ def main() -> int:
         radii=args.radii,
         relabel=True,
         version=args.version,
+        caution_share=args.caution_share,
     )
     print(
         f"wrote {args.model / 'model.onnx'} and model.json in {time.monotonic() - started:.0f} s; "

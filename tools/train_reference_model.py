@@ -13,9 +13,9 @@ Training draws each capture's world around the nominal simulator (``--world robu
 default): emitters outside the region, other path-loss exponents and shadowing, oscillator
 errors up to ±50 ppm, overloaded receivers, interference; see ``World``. The model's domain
 (network, region, Tx power range, band, propagation, and the ``outside_region`` caution's
-threshold, fitted to mark a quarter of the calibration's emitters inside the region: the nominal
-captures of the recalibration, or with ``--calibrate robust`` the validation set's) is written
-to ``model.json``.
+threshold, fitted to mark a quarter of the calibration's emitters inside the region — or the
+share ``--caution-share`` gives — on the nominal captures of the recalibration, or with
+``--calibrate robust`` the validation set's) is written to ``model.json``.
 
 Needs the ``train`` extra (PyTorch, CPU build):
 
@@ -68,7 +68,7 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World, domain_of  # noqa: E402
 from tools.localization_net import LocalizationNet, ServiceContract, decode, gaussian_nll  # noqa: E402
-from tools.model_calibration import fit_caution_on  # noqa: E402
+from tools.model_calibration import CAUTION_SHARE, fit_caution_on  # noqa: E402
 from tools.model_export import check_onnx_agrees, export  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
@@ -171,6 +171,12 @@ def main() -> int:
         help="how the final calibration fits the ellipses: levels (the sigmas to the 39 %% level, "
         "each drawn ellipse's radii to its own; default) or single (one scale on the sigmas)",
     )
+    parser.add_argument(
+        "--caution-share",
+        type=CAUTION_SHARE,
+        help="share of the emitters inside the region the outside_region caution is fitted to "
+        "mark (default 0.25): more marks more emitters far outside, and more inside",
+    )
     parser.add_argument("--name", default=MODEL_NAME, help="model name written to model.json")
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
@@ -271,6 +277,8 @@ def main() -> int:
         "minutes": round((time.monotonic() - started) / 60.0, 1),
     }
     domain = domain_of(simulator, world)
+    if args.caution_share is not None:
+        domain = replace(domain, outside_caution_share=args.caution_share)
     if args.calibrate == "robust" and world is not None:  # no recalibration below to fit it
         caution = fit_caution_on(domain, val, RAW_DB)
         if caution is not None:

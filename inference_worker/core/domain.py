@@ -13,7 +13,8 @@ outside the region. For every capture the worker checks what can be checked with
 * ``power_inconsistent``: no position and transmit power in the domain explain the powers;
 * ``outside_region``: the powers favour, under the domain's propagation model, a position
   outside the region (Bayes factor of outside against inside above the domain's threshold,
-  fitted by the calibration tools to caution a quarter of the emitters inside).
+  fitted by the calibration tools to caution a share of the emitters inside: a quarter unless
+  the domain's ``outside_caution_share`` says otherwise).
   Three received powers with an unknown transmit power and several dB of shadowing say little
   about range, so this flag is weak evidence — it fires for about half of the emitters far
   outside the packaged network's region and a quarter of those inside — and is a *caution*:
@@ -49,6 +50,8 @@ OUTSIDE_EVIDENCE = 1.35
 is flagged by a model that records no threshold of its own; for the packaged network it flags
 ~52 % of emitters 20-40 km outside and ~22 % of emitters inside on simulated 48 kHz captures
 (the received powers say little more than that about range)."""
+OUTSIDE_CAUTION_SHARE = 0.25
+"""Share of emitters inside the region a threshold is fitted to caution, unless a domain says."""
 MISFIT_LIMIT = 13.8
 """Squared misfit (in units of the expected spread) past which powers are inconsistent:
 chi-square with 2 degrees of freedom at 0.1 %."""
@@ -105,6 +108,8 @@ class Domain:
     outside_evidence: float = OUTSIDE_EVIDENCE
     """Bayes factor from which ``outside_region`` is flagged (fitted by the calibration tools:
     ``inference_worker.science.calibration.fit_outside_evidence``)."""
+    outside_caution_share: float = OUTSIDE_CAUTION_SHARE
+    """Share of emitters inside the region the threshold is fitted to caution."""
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> Domain:
@@ -116,6 +121,9 @@ class Domain:
         threshold = float(values.get("outside_evidence", OUTSIDE_EVIDENCE))
         if not (math.isfinite(threshold) and threshold > 0.0):
             raise ValueError(f"domain.outside_evidence must be a positive number, not {threshold}")
+        share = float(values.get("outside_caution_share", OUTSIDE_CAUTION_SHARE))
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"domain.outside_caution_share must lie between 0 and 1, not {share}")
         return cls(**{**values, "receivers": receivers})
 
     def outside_m(self, lat: float, lon: float) -> float:

@@ -22,18 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference_worker.core.domain import OUTSIDE_CAUTION_SHARE
 from inference_worker.core.ellipse import DEFAULT_LEVELS, scale_for_confidence
 from inference_worker.science.metrics import coverage_at
 
 COVERAGE_TOLERANCES = {0.3935: 0.03, 0.6827: 0.02, 0.95: 0.015}
 """How far each level's coverage may stray from the level (the evaluation's bar)."""
-OUTSIDE_CAUTION_SHARE = 0.25
-"""Share of the emitters inside the region that a model's own ``outside_region`` threshold is
-fitted to caution (:func:`fit_outside_evidence`). The Bayes factor's scale depends on the
-receivers' geometry: the fixed threshold 1.35 cautions 22 % of the packaged network's emitters
-inside and 52 % of those 20-40 km outside, but 4 % and 10 % on the Milano-Genova-Giovi network,
-where its fitted threshold (1.18) cautions 25 % and 42 %: fitted to the same share of emitters
-inside, the caution means the same on every network."""
 
 
 def fit_sigma_scale(d2: np.ndarray, tolerances: dict[float, float] = COVERAGE_TOLERANCES) -> float:
@@ -111,7 +105,11 @@ def fit_outside_evidence(
 ) -> float:
     """The ``outside_region`` threshold that cautions ``share`` of the captures of emitters
     inside the region whose Bayes factors are ``evidence_inside``: their ``1 - share`` quantile
-    (a capture is cautioned when its factor lies above it)."""
+    (a capture is cautioned when its factor lies above it). The factor's scale depends on the
+    receivers' geometry: the fixed threshold 1.35 cautions 22 % of the packaged network's
+    emitters inside and 52 % of those 20-40 km outside, but 4 % and 10 % on the
+    Milano-Genova-Giovi network, where its fitted threshold (1.18) cautions 25 % and 42 %: fitted
+    to the same share of emitters inside, the caution means the same on every network."""
     values = np.asarray(evidence_inside, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:

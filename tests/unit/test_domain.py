@@ -154,6 +154,15 @@ def test_a_domain_without_a_threshold_reads_the_default_and_a_bad_one_is_refused
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="outside_evidence must be a positive number"):
             Domain.from_metadata({**data, "outside_evidence": bad})
+    # the share the threshold is fitted to: a quarter unless the model.json says otherwise
+    assert data["outside_caution_share"] == OUTSIDE_CAUTION_SHARE == 0.25
+    del data["outside_caution_share"]
+    assert Domain.from_metadata(data).outside_caution_share == 0.25
+    share = {**data, "outside_caution_share": 0.4}
+    assert Domain.from_metadata(share).outside_caution_share == 0.4
+    for bad in (0.0, 1.0, -0.2, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="outside_caution_share must lie between 0 and 1"):
+            Domain.from_metadata({**data, "outside_caution_share": bad})
 
 
 def test_the_caution_reads_the_domains_own_threshold(simulator, domain):

@@ -159,6 +159,15 @@ def test_calibrating_on_a_harsher_world_makes_its_other_captures_hold(
     assert (found.outside_m == 0).all() and len(heard) == caution["inside_captures"] >= 100
     marked = np.mean(heard > domain.outside_evidence)
     assert marked == pytest.approx(OUTSIDE_CAUTION_SHARE, abs=0.02)
+    assert metadata["domain"]["outside_caution_share"] == caution["share"] == 0.25
+
+    # a share of the deployment's choosing is written with its threshold, and kept by a
+    # recalibration that names none
+    for share, written in ((0.4, 0.4), (None, 0.4)):
+        recalibrate_on_known(copy, calibration, check=False, caution_share=share)
+        domain = LocalizationModel(copy).metadata.domain
+        assert domain is not None and domain.outside_caution_share == written
+        assert np.mean(heard > domain.outside_evidence) == pytest.approx(0.4, abs=0.02)
 
 
 def test_the_scale_spread_narrows_with_more_captures():
@@ -209,3 +218,22 @@ def test_the_caution_is_fitted_only_where_there_is_enough_to_fit_it(simulator, c
     assert fit_caution(domain, evidence[:90], np.ones(90, bool)) is None
     assert "its threshold stays 1.350" in capsys.readouterr().out
     assert fit_caution(domain_of(simulator), evidence, outside_m <= 0) is None
+    # a domain's own share: more cautioned inside, and at least as many far outside
+    wider = fit_caution(
+        replace(domain, outside_caution_share=0.4), evidence, outside_m <= 0, outside_m
+    )
+    assert wider is not None and wider["share"] == 0.4
+    assert wider["inside_after"] == pytest.approx(0.4, abs=0.01)
+    assert wider["far_outside_after"] >= record["far_outside_after"]
+    assert "fitted to mark 40 % inside" in capsys.readouterr().out
+
+
+def test_the_caution_share_argument_refuses_what_cannot_be_fitted():
+    import argparse
+
+    from tools.model_calibration import CAUTION_SHARE
+
+    assert CAUTION_SHARE("0.33") == 0.33
+    for bad in ("0", "1", "-0.1", "nan", "a quarter"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            CAUTION_SHARE(bad)
