@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_worker.core.domain import Domain
 from inference_worker.core.ellipse import Estimate, describe
 from inference_worker.science.calibration import COVERAGE_TOLERANCES
 from inference_worker.science.datasets import Dataset
@@ -129,6 +130,7 @@ def write_report(
         "counted here).",
         "",
         *robustness_lines(stress, args),
+        *caution_lines(meta.domain),
         "",
         *[f"![{name}]({name})" for name in figures],
         "",
@@ -280,3 +282,20 @@ def robustness_lines(rows: dict[str, dict], args: argparse.Namespace) -> list[st
             f"{'pass' if stress_passes(row) else '**FAIL**'} |"
         )
     return lines
+
+
+def caution_lines(domain: Domain | None) -> list[str]:
+    """What the ``outside_region`` caution compared with, and the setting that moves it."""
+    if domain is None or domain.outside_share <= 0.0:
+        return []
+    return ["", caution_text(domain)]
+
+
+def caution_text(domain: Domain) -> str:
+    return (
+        f"The `outside_region` caution's threshold is {domain.outside_evidence:.3f} and its share "
+        f"{domain.outside_caution_share:g}: the calibration tools fit the threshold to mark that "
+        "share of the calibration's emitters inside the region (a model that records no "
+        "threshold keeps 1.35), and `tools/recalibrate_model.py --caution-share S` fits it to "
+        "another — a larger share marks more emitters far outside and more inside alike."
+    )

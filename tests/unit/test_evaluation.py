@@ -149,3 +149,18 @@ def test_recorded_figures_keep_six_significant_digits():
         "spread": [0.388667, None],
     }
     assert significant({"tiny": 1.234567e-9, "flag": True}) == {"tiny": 1.23457e-9, "flag": True}
+
+
+def test_the_report_says_the_cautions_threshold_and_share(simulator):
+    from dataclasses import replace
+
+    from inference_worker.science.world import World, domain_of
+    from tools.evaluation_report import caution_lines
+
+    domain = replace(
+        domain_of(simulator, World()), outside_evidence=1.126, outside_caution_share=0.4
+    )
+    _, text = caution_lines(domain)
+    assert "threshold is 1.126 and its share 0.4" in text and "--caution-share" in text
+    assert caution_lines(domain_of(simulator)) == []  # no prior outside the region: no caution
+    assert caution_lines(None) == []
