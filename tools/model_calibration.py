@@ -27,7 +27,6 @@ from inference_worker.science.calibration import (
 )
 from inference_worker.science.datasets import Dataset
 from inference_worker.science.known_captures import FEW_CAPTURES
-from inference_worker.serving.onnx_model import LocalizationModel
 from tools.evaluation_methods import outside_evidences
 
 FEW_INSIDE = 100
@@ -131,10 +130,17 @@ def fit(
     return factor, scales, info
 
 
-def caution_domain(model: LocalizationModel, share: float | None):
-    """The model's domain, with the share its caution is to be fitted to where one is given."""
-    domain = model.metadata.domain
-    if domain is None or share is None:
+def caution_domain(domain: Domain | None, share: float | None) -> Domain | None:
+    """``domain`` with the share its caution is to be fitted to, where one is given; a domain
+    with no prior outside its region never cautions, and is said to have nothing to fit."""
+    if share is None:
+        return domain
+    if domain is None or domain.outside_share <= 0.0:
+        print(
+            f"--caution-share {share:g}: the model records no prior outside its region, so its "
+            "outside_region caution never fires; there is no threshold to fit",
+            flush=True,
+        )
         return domain
     return replace(domain, outside_caution_share=share)
 

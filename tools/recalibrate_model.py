@@ -141,7 +141,7 @@ def recalibrate(
     factor, scales, info = fit(
         d2, f"the simulated {world} world", radii, model.metadata.ellipse_radius_scales
     )
-    caution = fit_caution_on(caution_domain(model, caution_share), data, features)
+    caution = fit_caution_on(caution_domain(model.metadata.domain, caution_share), data, features)
     written = write_scale(
         model_dir,
         factor,
@@ -183,7 +183,7 @@ def recalibrate_on_known(
         found.d2, str(captures_csv), radii, model.metadata.ellipse_radius_scales
     )
     caution = fit_caution(
-        caution_domain(model, caution_share),
+        caution_domain(model.metadata.domain, caution_share),
         found.outside_evidence,
         found.outside_m <= 0,
         found.outside_m,

@@ -228,6 +228,19 @@ def test_the_caution_is_fitted_only_where_there_is_enough_to_fit_it(simulator, c
     assert "fitted to mark 40 % inside" in capsys.readouterr().out
 
 
+def test_a_share_is_given_only_to_a_domain_whose_caution_can_fire(simulator, capsys):
+    from inference_worker.science.world import World, domain_of
+    from tools.model_calibration import caution_domain
+
+    robust = domain_of(simulator, World())
+    shared = caution_domain(robust, 0.4)
+    assert shared is not None and shared.outside_caution_share == 0.4
+    assert caution_domain(robust, None) is robust
+    nominal = domain_of(simulator)  # trained with no emitters outside: nothing to fit
+    assert caution_domain(nominal, 0.4) is nominal
+    assert "there is no threshold to fit" in capsys.readouterr().out
+
+
 def test_the_caution_share_argument_refuses_what_cannot_be_fitted():
     import argparse
 
