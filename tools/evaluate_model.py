@@ -61,7 +61,7 @@ from tools.evaluation_methods import (  # noqa: E402
 )
 from tools.evaluation_report import (  # noqa: E402
     Method,
-    caution_text,
+    caution_lines,
     passes,
     plot,
     stress_passes,
@@ -277,8 +277,8 @@ def main() -> int:
     print("robustness: each stress condition alone", flush=True)
     stress = robustness(model, network, simulator, raw_params, args)
     print_table(stress)
-    if model.metadata.domain is not None and model.metadata.domain.outside_share > 0:
-        print(caution_text(model.metadata.domain))
+    for line in caution_lines(model.metadata.domain):
+        print(line)
     stress_pass = all(stress_passes(row) for row in stress.values())
 
     args.report.mkdir(parents=True, exist_ok=True)

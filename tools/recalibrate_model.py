@@ -10,8 +10,9 @@ the radii of each drawn ellipse, 68 % and 95 %, that makes it hold its level), o
 (the constants that carry the current scale) and ``model.json`` (new sha256, the scale, the
 radius factors, how they were fitted), and the threshold of the ``outside_region`` caution
 fitted so that it marks a share of the captures of emitters inside the region (where at least
-100 are): the model's own ``outside_caution_share``, a quarter unless ``--caution-share`` set it. ``--check`` only reports how the ellipses hold on the captures and what would fit,
-writing nothing.
+100 are): the model's own ``outside_caution_share``, a quarter unless ``--caution-share`` set
+it. ``--check`` only reports how the ellipses hold on the captures and what would fit, writing
+nothing.
 
     pip install -e '.[train]'
     python tools/recalibrate_model.py [--model inference_worker/models/reference]

@@ -1,8 +1,8 @@
 """The sections of the TDoA evaluation (``tools/evaluate_tdoa.py``) with one receiver at fault
 (:mod:`inference_worker.science.tdoa_faults`): its GPS time broken, off by microseconds or
 lapsed, or its frequency off the others', or its blocks lost on the way; or too close to
-another; or every receiver hearing the emitter by skywave. Each runs its sets in ``args.processes`` processes and
-prints a line a case."""
+another; or every receiver hearing the emitter by skywave. Each runs its sets in
+``args.processes`` processes and prints a line a case."""
 
 from __future__ import annotations
 
