@@ -164,7 +164,9 @@ def fit_caution(
     if len(values) < FEW_INSIDE:
         print(
             f"outside_region caution: {len(values)} captures inside the region, heard (under "
-            f"{FEW_INSIDE}); its threshold stays {domain.outside_evidence:.3f}",
+            f"{FEW_INSIDE}): too few to fit the threshold that marks "
+            f"{100 * domain.outside_caution_share:g} % of them; it stays "
+            f"{domain.outside_evidence:.3f}",
             flush=True,
         )
         return None

@@ -216,7 +216,9 @@ def test_the_caution_is_fitted_only_where_there_is_enough_to_fit_it(simulator, c
     assert "captures inside the region" in capsys.readouterr().out
     # too few captures inside, or a domain with no prior outside: the threshold stays
     assert fit_caution(domain, evidence[:90], np.ones(90, bool)) is None
-    assert "its threshold stays 1.350" in capsys.readouterr().out
+    assert "too few to fit the threshold that marks 25 % of them; it stays 1.350" in (
+        capsys.readouterr().out
+    )
     assert fit_caution(domain_of(simulator), evidence, outside_m <= 0) is None
     # a domain's own share: more cautioned inside, and at least as many far outside
     wider = fit_caution(
