@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import onnx
@@ -27,11 +28,11 @@ from inference_worker.science.calibration import (
 )
 from inference_worker.science.datasets import Dataset
 from inference_worker.science.known_captures import FEW_CAPTURES
+from inference_worker.science.stress import FAR_OUTSIDE_M
 from tools.evaluation_methods import outside_evidences
 
 FEW_INSIDE = 100
 """Captures inside the region, heard, below which the caution's threshold is not fitted again."""
-FAR_OUTSIDE_M = 20_000.0
 CAUTION_SHARE = number(0.01, 0.99)
 """The argument type of ``--caution-share``."""
 
@@ -130,6 +131,10 @@ def fit(
     return factor, scales, info
 
 
+@overload
+def caution_domain(domain: Domain, share: float | None) -> Domain: ...
+@overload
+def caution_domain(domain: Domain | None, share: float | None) -> Domain | None: ...
 def caution_domain(domain: Domain | None, share: float | None) -> Domain | None:
     """``domain`` with the share its caution is to be fitted to, where one is given; a domain
     with no prior outside its region never cautions, and is said to have nothing to fit."""

@@ -13,7 +13,7 @@ from inference_worker.science.baselines import GridLocator
 from inference_worker.science.datasets import DatasetSpec, generate
 from inference_worker.science.network import Network
 from inference_worker.science.simulator import CaptureSimulator
-from inference_worker.science.stress import CONDITIONS, Condition
+from inference_worker.science.stress import CONDITIONS, FAR_OUTSIDE_M, Condition
 from inference_worker.serving.onnx_model import LocalizationModel
 from tools.evaluation_methods import (
     box_centre,
@@ -26,7 +26,6 @@ from tools.evaluation_report import Method, stress_passes
 
 STRESS_RATES = (48_000.0,)
 STRESS_DURATIONS = (0.3, 1.0)
-FAR_OUTSIDE_M = 20_000.0
 
 
 def robustness(

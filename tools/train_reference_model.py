@@ -68,7 +68,7 @@ from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.world import World, domain_of  # noqa: E402
 from tools.localization_net import LocalizationNet, ServiceContract, decode, gaussian_nll  # noqa: E402
-from tools.model_calibration import CAUTION_SHARE, fit_caution_on  # noqa: E402
+from tools.model_calibration import CAUTION_SHARE, caution_domain, fit_caution_on  # noqa: E402
 from tools.model_export import check_onnx_agrees, export  # noqa: E402
 
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "reference"
@@ -277,8 +277,7 @@ def main() -> int:
         "minutes": round((time.monotonic() - started) / 60.0, 1),
     }
     domain = domain_of(simulator, world)
-    if args.caution_share is not None:
-        domain = replace(domain, outside_caution_share=args.caution_share)
+    domain = caution_domain(domain, args.caution_share)
     if args.calibrate == "robust" and world is not None:  # no recalibration below to fit it
         caution = fit_caution_on(domain, val, RAW_DB)
         if caution is not None:

@@ -15,6 +15,9 @@ from inference_worker.science.simulator import SimulatorConfig
 
 OUTSIDE_M = 40_000.0
 """Emitters of the ``outside`` condition lie up to this far outside the region."""
+FAR_OUTSIDE_M = 20_000.0
+"""Emitters more than this far outside the region are the ones the ``outside_region`` caution
+is measured on (the evaluation's "far outside flagged", the calibration's report)."""
 
 
 @dataclass(frozen=True)
