@@ -166,7 +166,6 @@ class DomainGrid:
         dy = np.maximum(np.maximum(s - points[:, 1], points[:, 1] - n), 0.0)
         outside_m = np.hypot(dx, dy)
         self.outside = outside_m > 0
-        inside_area = (e - w) * (n - s)
         # Prior: uniform inside; outside, decaying with the distance, holding outside_share.
         prior = np.where(self.outside, np.exp(-outside_m / domain.outside_scale_m), 1.0)
         prior[outside_m > grow] = 0.0
@@ -176,7 +175,6 @@ class DomainGrid:
             prior[self.outside] *= domain.outside_share / out_mass
             prior[~self.outside] = (1.0 - domain.outside_share) / in_count
         self.log_prior = np.log(np.maximum(prior, 1e-300))
-        self.inside_area = inside_area
         heights = np.array([r.antenna_height_m for r in domain.receivers])
         fixed = np.array([r.gain_offset_db for r in domain.receivers]) + 20.0 * np.log10(
             heights / domain.reference_antenna_height_m
@@ -293,6 +291,8 @@ def assess(
         block["in_domain"] = not reasons
         block["signal_power_dbm"] = [round(float(p), 1) for p in power_dbm]
         block["outside_probability"] = round(float(outside), 3)
+        block["outside_evidence"] = round(float(evidence), 4) if heard.any() else None
+        block["outside_threshold"] = round(float(domain.outside_evidence), 4)
     block["carrier_offset_hz"] = [round(float(f)) for f in band.signal_offset_hz]
     return block
 

@@ -49,6 +49,10 @@ def assert_located(view: dict, capture) -> None:
     assert {c["code"] for c in quality["cautions"]} <= {"outside_region"}
     assert quality["in_domain"] is (not quality["reasons"])
     assert len(quality["carrier_offset_hz"]) == 3
+    # The caution's figures, as numbers: cautioned exactly where the evidence passes the line.
+    evidence, threshold = quality["outside_evidence"], quality["outside_threshold"]
+    assert evidence >= 0 and threshold > 0
+    assert ("outside_region" in {c["code"] for c in quality["cautions"]}) is (evidence > threshold)
 
 
 def test_json_capture_is_located_and_recorded_in_postgres_and_redis(

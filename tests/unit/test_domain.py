@@ -121,7 +121,7 @@ def test_without_a_domain_the_checks_that_need_none_still_run(simulator):
     capture = overloaded.simulate(np.random.default_rng(6), sample_rate_hz=12_000.0, duration_s=0.5)
     block = quality(capture, None)
     assert block["in_domain"] is None and "clipping" in codes(block)
-    assert "outside_probability" not in block
+    assert "outside_probability" not in block and "outside_evidence" not in block
 
 
 def test_silence_is_flagged_as_no_signal(domain):
@@ -131,6 +131,7 @@ def test_silence_is_flagged_as_no_signal(domain):
     features, band = analyse(iq.astype(np.complex64), 12_000.0, PARAMS)
     block = assess(features, band, np.zeros(3), PARAMS, ("a", "b", "c"), domain)
     assert "no_signal" in codes(block)
+    assert block["outside_evidence"] is None  # nothing heard: nothing to caution
 
 
 def test_nominal_config_is_the_default_world():
@@ -176,9 +177,13 @@ def test_the_caution_reads_the_domains_own_threshold(simulator, domain):
         evidence.append(factor)
     threshold = float(np.median(evidence))
     own = replace(domain, outside_evidence=threshold)
-    cautioned = ["outside_region" in codes(quality(c, own)) for c in captures]
+    blocks = [quality(c, own) for c in captures]
+    cautioned = ["outside_region" in codes(block) for block in blocks]
     # the same captures, the same evidence: cautioned exactly where it passes the threshold
     assert cautioned == [e > threshold for e in evidence]
+    # and the block says both as numbers, for a client that would draw its own line
+    assert [b["outside_evidence"] for b in blocks] == pytest.approx(evidence, abs=1e-4)
+    assert {b["outside_threshold"] for b in blocks} == {round(threshold, 4)}
     detail = next(c["detail"] for c in quality(captures[int(np.argmax(evidence))], own)["cautions"])
     assert f"Bayes factor {max(evidence):.2f}, the model cautions from {threshold:.2f}" in detail
     assert not any(
