@@ -170,9 +170,8 @@ class DomainGrid:
         prior = np.where(self.outside, np.exp(-outside_m / domain.outside_scale_m), 1.0)
         prior[outside_m > grow] = 0.0
         if domain.outside_share > 0 and self.outside.any():
-            out_mass = prior[self.outside].sum()
             in_count = (~self.outside).sum()
-            prior[self.outside] *= domain.outside_share / out_mass
+            prior[self.outside] *= domain.outside_share / prior[self.outside].sum()
             prior[~self.outside] = (1.0 - domain.outside_share) / in_count
         self.log_prior = np.log(np.maximum(prior, 1e-300))
         heights = np.array([r.antenna_height_m for r in domain.receivers])
@@ -291,8 +290,9 @@ def assess(
         block["in_domain"] = not reasons
         block["signal_power_dbm"] = [round(float(p), 1) for p in power_dbm]
         block["outside_probability"] = round(float(outside), 3)
-        block["outside_evidence"] = round(float(evidence), 4) if heard.any() else None
-        block["outside_threshold"] = round(float(domain.outside_evidence), 4)
+        # unrounded, so that a client comparing the two compares as the caution does
+        block["outside_evidence"] = float(evidence) if heard.any() else None
+        block["outside_threshold"] = float(domain.outside_evidence)
     block["carrier_offset_hz"] = [round(float(f)) for f in band.signal_offset_hz]
     return block
 
