@@ -68,7 +68,7 @@ from tools.evaluation_report import (  # noqa: E402
     write_report,
 )
 from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
-from tools.robustness_table import print_table, robustness  # noqa: E402
+from tools.robustness_table import outside_trade, print_table, print_trade, robustness  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
 DEFAULT_REPORT = ROOT / "docs" / "evaluation"
@@ -228,7 +228,7 @@ def main() -> int:
         "centroid": Method("centroid", weighted_centroid(simulator, data.power_dbm), None),
         "box centre": box_centre(simulator, len(truth)),
     }
-    out_of_domain, _ = quality_flags(model, data, raw_params)
+    out_of_domain, _, _ = quality_flags(model, data, raw_params)
     crb_m = crb_position_m(simulator, truth, sigma_db)
     crb = {
         "median_km": float(np.median(crb_m) / 1e3),
@@ -275,10 +275,14 @@ def main() -> int:
     )
 
     print("robustness: each stress condition alone", flush=True)
-    stress = robustness(model, network, simulator, raw_params, args)
+    evidence: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    stress = robustness(model, network, simulator, raw_params, args, evidence=evidence)
     print_table(stress)
     for line in caution_lines(model.metadata.domain):
         print(line)
+    domain = model.metadata.domain
+    trade = None if domain is None else outside_trade(evidence, domain.outside_evidence)
+    print_trade(trade)
     stress_pass = all(stress_passes(row) for row in stress.values())
 
     args.report.mkdir(parents=True, exist_ok=True)
@@ -295,6 +299,7 @@ def main() -> int:
         stress,
         float(out_of_domain.mean()),
         (len(RATES), len(DURATIONS)),
+        trade,
     )
     print(f"report: {args.report / 'README.md'} with {', '.join(figures)}")
 

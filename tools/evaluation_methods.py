@@ -84,10 +84,13 @@ def box_centre(simulator: CaptureSimulator, count: int) -> Method:
     return Method("box centre", np.tile([(west + east) / 2, (south + north) / 2], (count, 1)), None)
 
 
-def quality_flags(model: LocalizationModel, data: Dataset, params) -> tuple[np.ndarray, np.ndarray]:
-    """Per capture: out of the model's domain (any reason), and flagged ``outside_region`` (a
-    caution)."""
-    out_of_domain, outside = [], []
+def quality_flags(
+    model: LocalizationModel, data: Dataset, params
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per capture: out of the model's domain (any reason), flagged ``outside_region`` (a
+    caution), and the Bayes factor that caution compared (NaN where nothing is heard or the
+    model records no domain)."""
+    out_of_domain, outside, factors = [], [], []
     ids = model.metadata.receiver_ids
     for i in range(len(data.rate_hz)):
         band = BandReport(
@@ -99,7 +102,9 @@ def quality_flags(model: LocalizationModel, data: Dataset, params) -> tuple[np.n
         codes = {entry["code"] for entry in block["reasons"] + block["cautions"]}
         out_of_domain.append(block["in_domain"] is False)
         outside.append("outside_region" in codes)
-    return np.asarray(out_of_domain), np.asarray(outside)
+        factor = block.get("outside_evidence")
+        factors.append(np.nan if factor is None else factor)
+    return np.asarray(out_of_domain), np.asarray(outside), np.asarray(factors, dtype=float)
 
 
 def outside_evidences(domain: Domain, data: Dataset, params) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from inference_worker.core.domain import Domain
 from inference_worker.core.ellipse import Estimate, describe
-from inference_worker.science.calibration import COVERAGE_TOLERANCES
+from inference_worker.science.calibration import COVERAGE_TOLERANCES, Trade
 from inference_worker.science.datasets import Dataset
 from inference_worker.science.metrics import calibration_curve, coverage
 from inference_worker.science.simulator import CaptureSimulator
@@ -74,6 +74,7 @@ def write_report(
     stress: dict[str, dict],
     out_of_domain: float,
     cells: tuple[int, int],
+    trade: tuple[list[Trade], Trade] | None = None,
 ) -> None:
     """The Markdown report; ``cells``: how many sample rates and capture lengths were crossed."""
     meta = model.metadata
@@ -131,6 +132,7 @@ def write_report(
         "",
         *robustness_lines(stress, args),
         *caution_lines(meta.domain),
+        *trade_lines(trade, stress.get("outside", {}).get("far_count")),
         "",
         *[f"![{name}]({name})" for name in figures],
         "",
@@ -299,3 +301,30 @@ def caution_text(domain: Domain) -> str:
         "threshold keeps 1.35), and `tools/recalibrate_model.py --caution-share S` fits it to "
         "another — a larger share marks more emitters far outside and more inside alike."
     )
+
+
+def trade_rows(trade: tuple[list[Trade], Trade]) -> list[tuple[float, float, float, bool]]:
+    """The lines of a trade, strictest first, each marked whether it is the model's own."""
+    lines, own = trade
+    return [(*line, line == own) for line in sorted([*lines, own], reverse=True)]
+
+
+def trade_lines(trade: tuple[list[Trade], Trade] | None, far_count: int | None) -> list[str]:
+    """The report's table of what other lines on the caution's Bayes factor trade."""
+    if trade is None:
+        return []
+    rows = []
+    for threshold, inside, far, own in trade_rows(trade):
+        mark = " (the model's)" if own else ""
+        rows.append(f"| {threshold:.3f}{mark} | {100 * inside:.1f} % | {100 * far:.1f} % |")
+    return [
+        "",
+        "Each result carries the caution's Bayes factor (`outside_evidence`) beside the model's "
+        "threshold (`outside_threshold`), so a client may draw a line of its own. What a line "
+        "trades on these captures (the nominal condition's emitters, all inside, and the "
+        f"outside condition's {far_count} emitters more than 20 km out):",
+        "",
+        "| threshold | nominal emitters inside cautioned | emitters > 20 km outside cautioned |",
+        "| ---: | ---: | ---: |",
+        *rows,
+    ]

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from inference_worker.science.baselines import GridLocator
+from inference_worker.science.calibration import Trade, caution_trade, cautioned_share
 from inference_worker.science.datasets import DatasetSpec, generate
 from inference_worker.science.network import Network
 from inference_worker.science.simulator import CaptureSimulator
@@ -22,7 +23,7 @@ from tools.evaluation_methods import (
     run_model,
     summarize,
 )
-from tools.evaluation_report import Method, stress_passes
+from tools.evaluation_report import Method, stress_passes, trade_rows
 
 STRESS_RATES = (48_000.0,)
 STRESS_DURATIONS = (0.3, 1.0)
@@ -35,9 +36,12 @@ def robustness(
     raw_params,
     args: argparse.Namespace,
     conditions: tuple[Condition, ...] = CONDITIONS,
+    evidence: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, dict]:
     """The robustness table: each stress condition alone, the model against the grid posterior
-    that knows the condition, the box centre, coverage and the quality block's flags."""
+    that knows the condition, the box centre, coverage and the quality block's flags. With
+    ``evidence``, each condition's Bayes factors of the ``outside_region`` caution and its
+    emitters' distances outside the region are kept there too (see :func:`outside_trade`)."""
     started = time.monotonic()
     fading = fading_sigma_by_duration(network, 300, STRESS_DURATIONS, STRESS_RATES[0])
     rows: dict[str, dict] = {}
@@ -72,7 +76,9 @@ def robustness(
             stressed, spacing_m=1_000.0 if condition.grow_m else 500.0, grow_m=condition.grow_m
         )
         estimates = grid.locate(data.power_dbm, sigma_db)
-        out_of_domain, outside_flag = quality_flags(model, data, raw_params)
+        out_of_domain, outside_flag, factors = quality_flags(model, data, raw_params)
+        if evidence is not None:
+            evidence[condition.name] = (factors, data.outside_m)
         far = data.outside_m > FAR_OUTSIDE_M
         inside = data.outside_m <= 0
         rows[condition.name] = {
@@ -114,3 +120,34 @@ def print_table(stress: dict[str, dict]) -> None:
             f"{'—' if inside is None else f'{inside:6.3f}'}  "
             f"{'pass' if stress_passes(row) else 'FAIL'}"
         )
+
+
+def outside_trade(
+    evidence: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float
+) -> tuple[list[Trade], Trade] | None:
+    """What other lines on the ``outside_region`` Bayes factor would trade (a result carries
+    its factor, so a client may draw its own), on the nominal condition's emitters inside and
+    the outside condition's emitters more than 20 km out; and the model's own ``threshold``'s
+    line. None without both conditions, or where nothing inside is heard or nothing lies far."""
+    if "nominal" not in evidence or "outside" not in evidence:
+        return None
+    factors, outside_m = evidence["nominal"]
+    inside = factors[outside_m <= 0]
+    factors, outside_m = evidence["outside"]
+    far = factors[outside_m > FAR_OUTSIDE_M]
+    if not np.isfinite(inside).any() or far.size == 0:
+        return None
+    own = (threshold, cautioned_share(inside, threshold), cautioned_share(far, threshold))
+    return caution_trade(inside, far), own
+
+
+def print_trade(trade: tuple[list[Trade], Trade] | None) -> None:
+    if trade is None:
+        return
+    print(
+        "the caution at other lines (a threshold of a client's own on each result's "
+        "outside_evidence): nominal emitters inside / emitters > 20 km outside cautioned"
+    )
+    for threshold, inside, far, own in trade_rows(trade):
+        mark = "  (the model's)" if own else ""
+        print(f"  threshold {threshold:.3f}: {100 * inside:5.1f} % / {100 * far:5.1f} %{mark}")

@@ -117,3 +117,37 @@ def fit_outside_evidence(
     if not 0.0 < share < 1.0:
         raise ValueError(f"the share cautioned must lie between 0 and 1, not {share}")
     return float(np.quantile(values, 1.0 - share))
+
+
+CAUTION_TRADE_SHARES = (0.1, 0.2, 0.25, 1 / 3, 0.4, 0.5)
+"""The shares of the emitters inside at which the evaluation shows what a line costs."""
+
+Trade = tuple[float, float, float]
+"""A line on the caution's Bayes factor: (threshold, share inside cautioned, share far outside
+cautioned)."""
+
+
+def cautioned_share(evidence: np.ndarray, threshold: float) -> float:
+    """Share of the captures whose Bayes factor lies above ``threshold`` (NaN: nothing heard,
+    never cautioned)."""
+    values = np.asarray(evidence, dtype=float)
+    return float(np.mean(values > threshold)) if values.size else math.nan
+
+
+def caution_trade(
+    evidence_inside: np.ndarray,
+    evidence_far: np.ndarray,
+    shares: Sequence[float] = CAUTION_TRADE_SHARES,
+) -> list[Trade]:
+    """What other lines on the ``outside_region`` Bayes factor trade: for each share, the
+    threshold fitted to caution that share of the emitters inside, and the shares of
+    ``evidence_inside`` and of ``evidence_far`` (emitters far outside) it cautions. A result
+    carries its factor (``outside_evidence``), so a client may draw any of these lines."""
+    return [
+        (
+            threshold,
+            cautioned_share(evidence_inside, threshold),
+            cautioned_share(evidence_far, threshold),
+        )
+        for threshold in (fit_outside_evidence(evidence_inside, share) for share in shares)
+    ]

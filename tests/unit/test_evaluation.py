@@ -164,3 +164,35 @@ def test_the_report_says_the_cautions_threshold_and_share(simulator):
     assert "threshold is 1.126 and its share 0.4" in text and "--caution-share" in text
     assert caution_lines(domain_of(simulator)) == []  # no prior outside the region: no caution
     assert caution_lines(None) == []
+
+
+def test_other_lines_on_the_caution_trade_inside_against_far_outside():
+    """A client may draw its own line on a result's outside_evidence: the evaluation shows what
+    each line cautions of the emitters inside and of those far outside."""
+    from tools.evaluation_report import trade_lines
+    from tools.robustness_table import outside_trade
+
+    rng = np.random.default_rng(11)
+    inside = np.append(rng.lognormal(0.0, 0.3, 4_000), [np.nan] * 40)  # a few never heard
+    far = np.append(rng.lognormal(0.4, 0.3, 1_000), [np.nan] * 10)
+    evidence = {
+        "nominal": (inside, np.zeros(inside.size)),
+        "outside": (np.append(far, [9.9] * 50), np.append(np.full(far.size, 30e3), [10e3] * 50)),
+    }
+    trade = outside_trade(evidence, threshold=1.35)
+    assert trade is not None
+    lines, own = trade
+    shares = [inside_share for _, inside_share, _ in lines]
+    assert shares == pytest.approx([0.1, 0.2, 0.25, 1 / 3, 0.4, 0.5], abs=0.01)
+    thresholds = [threshold for threshold, _, _ in lines]
+    assert thresholds == sorted(thresholds, reverse=True)  # a larger share, a lower line
+    far_shares = [far_share for _, _, far_share in lines]
+    assert far_shares == sorted(far_shares) and far_shares[0] > shares[0]
+    # counted over every emitter 20 km out and more (unheard never cautioned; nearer ones not)
+    assert own == (1.35, np.mean(inside > 1.35), np.sum(far > 1.35) / far.size)
+    table = trade_lines(trade, far_count=far.size)
+    assert f"outside condition's {far.size} emitters" in " ".join(table)
+    assert sum("(the model's)" in row for row in table) == 1
+    assert len([row for row in table if row.startswith("| ")]) == 1 + 1 + 6 + 1
+    assert outside_trade({"nominal": evidence["nominal"]}, 1.35) is None
+    assert trade_lines(None, None) == []
