@@ -14,10 +14,11 @@ import numpy as np
 
 from inference_worker.core.domain import Domain
 from inference_worker.core.ellipse import Estimate, describe
-from inference_worker.science.calibration import COVERAGE_TOLERANCES, Trade
+from inference_worker.science.calibration import COVERAGE_TOLERANCES, Trades
 from inference_worker.science.datasets import Dataset
 from inference_worker.science.metrics import calibration_curve, coverage
 from inference_worker.science.simulator import CaptureSimulator
+from inference_worker.science.stress import FAR_OUTSIDE_M
 from inference_worker.serving.onnx_model import LocalizationModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,8 @@ MEDIAN_RATIO_BAR = 1.05
 COVERAGE_BARS = COVERAGE_TOLERANCES
 STRESS_BARS = {0.6827: 0.60, 0.95: 0.90}
 """Least coverage under each stress condition: ellipses may widen, not lie."""
+FAR_KM = FAR_OUTSIDE_M / 1e3
+"""How far outside the region an emitter is "far" (the caution's yardstick), in km."""
 
 
 @dataclass
@@ -74,7 +77,7 @@ def write_report(
     stress: dict[str, dict],
     out_of_domain: float,
     cells: tuple[int, int],
-    trade: tuple[list[Trade], Trade] | None = None,
+    trade: Trades | None = None,
 ) -> None:
     """The Markdown report; ``cells``: how many sample rates and capture lengths were crossed."""
     meta = model.metadata
@@ -262,7 +265,7 @@ def robustness_lines(rows: dict[str, dict], args: argparse.Namespace) -> list[st
         "oscillators' errors) — the yardstick; **box centre**: the region's centre every time. "
         f"Bar: 95 % ellipses hold ≥ {100 * STRESS_BARS[0.95]:.0f} %, 68 % ellipses ≥ "
         f"{100 * STRESS_BARS[0.6827]:.0f} %. **out of domain**: captures whose quality block says "
-        "so (any reason); **far outside flagged**: emitters more than 20 km outside the region "
+        f"so (any reason); **far outside flagged**: emitters more than {FAR_KM:g} km outside the region "
         "whose quality block says `outside_region` (a caution); **inside cautioned**: emitters "
         "inside the region with that caution.",
         "",
@@ -303,13 +306,13 @@ def caution_text(domain: Domain) -> str:
     )
 
 
-def trade_rows(trade: tuple[list[Trade], Trade]) -> list[tuple[float, float, float, bool]]:
+def trade_rows(trade: Trades) -> list[tuple[float, float, float, bool]]:
     """The lines of a trade, strictest first, each marked whether it is the model's own."""
     lines, own = trade
     return [(*line, line == own) for line in sorted([*lines, own], reverse=True)]
 
 
-def trade_lines(trade: tuple[list[Trade], Trade] | None, far_count: int | None) -> list[str]:
+def trade_lines(trade: Trades | None, far_count: int | None) -> list[str]:
     """The report's table of what other lines on the caution's Bayes factor trade."""
     if trade is None:
         return []
@@ -322,9 +325,9 @@ def trade_lines(trade: tuple[list[Trade], Trade] | None, far_count: int | None) 
         "Each result carries the caution's Bayes factor (`outside_evidence`) beside the model's "
         "threshold (`outside_threshold`), so a client may draw a line of its own. What a line "
         "trades on these captures (the nominal condition's emitters, all inside, and the "
-        f"outside condition's {far_count} emitters more than 20 km out):",
+        f"outside condition's {far_count} emitters more than {FAR_KM:g} km out):",
         "",
-        "| threshold | nominal emitters inside cautioned | emitters > 20 km outside cautioned |",
+        f"| threshold | nominal emitters inside cautioned | emitters > {FAR_KM:g} km outside cautioned |",
         "| ---: | ---: | ---: |",
         *rows,
     ]

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from inference_worker.science.baselines import GridLocator
-from inference_worker.science.calibration import Trade, caution_trade, cautioned_share
+from inference_worker.science.calibration import Trades, caution_trade, cautioned_share
 from inference_worker.science.datasets import DatasetSpec, generate
 from inference_worker.science.network import Network
 from inference_worker.science.simulator import CaptureSimulator
@@ -124,10 +124,10 @@ def print_table(stress: dict[str, dict]) -> None:
 
 def outside_trade(
     evidence: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float
-) -> tuple[list[Trade], Trade] | None:
+) -> Trades | None:
     """What other lines on the ``outside_region`` Bayes factor would trade (a result carries
     its factor, so a client may draw its own), on the nominal condition's emitters inside and
-    the outside condition's emitters more than 20 km out; and the model's own ``threshold``'s
+    the outside condition's emitters more than ``FAR_OUTSIDE_M`` out; and the model's own ``threshold``'s
     line. None without both conditions, or where nothing inside is heard or nothing lies far."""
     if "nominal" not in evidence or "outside" not in evidence:
         return None
@@ -141,12 +141,13 @@ def outside_trade(
     return caution_trade(inside, far), own
 
 
-def print_trade(trade: tuple[list[Trade], Trade] | None) -> None:
+def print_trade(trade: Trades | None) -> None:
     if trade is None:
         return
     print(
         "the caution at other lines (a threshold of a client's own on each result's "
-        "outside_evidence): nominal emitters inside / emitters > 20 km outside cautioned"
+        f"outside_evidence): nominal emitters inside / emitters > {FAR_OUTSIDE_M / 1e3:g} km "
+        "outside cautioned"
     )
     for threshold, inside, far, own in trade_rows(trade):
         mark = "  (the model's)" if own else ""

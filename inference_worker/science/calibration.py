@@ -125,6 +125,8 @@ CAUTION_TRADE_SHARES = (0.1, 0.2, 0.25, 1 / 3, 0.4, 0.5)
 Trade = tuple[float, float, float]
 """A line on the caution's Bayes factor: (threshold, share inside cautioned, share far outside
 cautioned)."""
+Trades = tuple[list[Trade], Trade]
+"""The lines :func:`caution_trade` gives, and the model's own threshold's."""
 
 
 def cautioned_share(evidence: np.ndarray, threshold: float) -> float:
