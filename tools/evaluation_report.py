@@ -307,9 +307,10 @@ def caution_text(domain: Domain) -> str:
 
 
 def trade_rows(trade: Trades) -> list[tuple[float, float, float, bool]]:
-    """The lines of a trade, strictest first, each marked whether it is the model's own."""
+    """The lines of a trade, strictest first (once each), each marked whether it is the
+    model's own."""
     lines, own = trade
-    return [(*line, line == own) for line in sorted([*lines, own], reverse=True)]
+    return [(*line, line == own) for line in sorted({*lines, own}, reverse=True)]
 
 
 def trade_lines(trade: Trades | None, far_count: int | None) -> list[str]:

@@ -19,6 +19,7 @@ from inference_worker.cli.arguments import number
 from inference_worker.core.contract import file_sha256
 from inference_worker.core.domain import Domain
 from inference_worker.science.calibration import (
+    caution_trade,
     coverage_at,
     fit_levels,
     fit_outside_evidence,
@@ -30,6 +31,7 @@ from inference_worker.science.datasets import Dataset
 from inference_worker.science.known_captures import FEW_CAPTURES
 from inference_worker.science.stress import FAR_OUTSIDE_M
 from tools.evaluation_methods import outside_evidences
+from tools.robustness_table import print_trade
 
 FEW_INSIDE = 100
 """Captures inside the region, heard, below which the caution's threshold is not fitted again."""
@@ -204,6 +206,9 @@ def fit_caution(
                 "outside"
             )
     print(text, flush=True)
+    if "far_outside_captures" in record:  # what other lines would trade on these captures
+        own = (old, record["inside_before"], record["far_outside_before"])
+        print_trade((caution_trade(values, far), own), inside="captures inside")
     return record
 
 

@@ -141,14 +141,17 @@ def outside_trade(
     return caution_trade(inside, far), own
 
 
-def print_trade(trade: Trades | None) -> None:
+def print_trade(trade: Trades | None, inside: str = "nominal emitters inside") -> None:
+    """The lines of a trade, one a line; ``inside``: what the first share counts."""
     if trade is None:
         return
     print(
         "the caution at other lines (a threshold of a client's own on each result's "
-        f"outside_evidence): nominal emitters inside / emitters > {FAR_OUTSIDE_M / 1e3:g} km "
-        "outside cautioned"
+        f"outside_evidence): {inside} / more than {FAR_OUTSIDE_M / 1e3:g} km outside cautioned"
     )
-    for threshold, inside, far, own in trade_rows(trade):
+    for threshold, share_inside, share_far, own in trade_rows(trade):
         mark = "  (the model's)" if own else ""
-        print(f"  threshold {threshold:.3f}: {100 * inside:5.1f} % / {100 * far:5.1f} %{mark}")
+        print(
+            f"  threshold {threshold:.3f}: {100 * share_inside:5.1f} % / {100 * share_far:5.1f} %"
+            f"{mark}"
+        )
