@@ -320,7 +320,7 @@ def trade_lines(trade: Trades | None, far_count: int | None) -> list[str]:
     rows = []
     for threshold, inside, far, own in trade_rows(trade):
         mark = " (the model's)" if own else ""
-        rows.append(f"| {threshold:.3f}{mark} | {100 * inside:.1f} % | {100 * far:.1f} % |")
+        rows.append(f"| {threshold:.4f}{mark} | {100 * inside:.1f} % | {100 * far:.1f} % |")
     return [
         "",
         "Each result carries the caution's Bayes factor (`outside_evidence`) beside the model's "

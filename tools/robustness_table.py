@@ -152,6 +152,6 @@ def print_trade(trade: Trades | None, inside: str = "nominal emitters inside") -
     for threshold, share_inside, share_far, own in trade_rows(trade):
         mark = "  (the model's)" if own else ""
         print(
-            f"  threshold {threshold:.3f}: {100 * share_inside:5.1f} % / {100 * share_far:5.1f} %"
+            f"  threshold {threshold:.4f}: {100 * share_inside:5.1f} % / {100 * share_far:5.1f} %"
             f"{mark}"
         )

@@ -218,8 +218,8 @@ def test_the_caution_is_fitted_only_where_there_is_enough_to_fit_it(simulator, c
     # and what other lines would trade on these captures, the model's own until now marked
     lines = [line for line in out.splitlines() if line.startswith("  threshold ")]
     assert len(lines) == 7 and sum("(the model's)" in line for line in lines) == 1
-    assert "threshold 1.350" in next(row for row in lines if "model's" in row)
-    assert any(f"threshold {record['threshold']:.3f}" in row for row in lines)  # the fitted one
+    assert "threshold 1.3500" in next(row for row in lines if "model's" in row)
+    assert any(f"threshold {record['threshold']:.4f}" in row for row in lines)  # the fitted one
     # too few captures inside, or a domain with no prior outside: the threshold stays
     assert fit_caution(domain, evidence[:90], np.ones(90, bool)) is None
     assert "too few to fit the threshold that marks 25 % of them; it stays 1.350" in (
