@@ -20,6 +20,7 @@ from inference_worker.core.contract import file_sha256
 from inference_worker.core.domain import Domain
 from inference_worker.science.calibration import (
     caution_trade,
+    cautioned_share,
     coverage_at,
     fit_levels,
     fit_outside_evidence,
@@ -185,8 +186,8 @@ def fit_caution(
         "threshold": round(threshold, 4),
         "threshold_before": old,
         "inside_captures": int(len(values)),
-        "inside_before": float(np.mean(values > old)),
-        "inside_after": float(np.mean(values > threshold)),
+        "inside_before": cautioned_share(values, old),
+        "inside_after": cautioned_share(values, threshold),
     }
     text = (
         f"outside_region caution, fitted to mark {100 * share:g} % inside: threshold "
@@ -198,8 +199,8 @@ def fit_caution(
         far = evidence[heard & (outside_m > FAR_OUTSIDE_M)]
         if len(far):
             record["far_outside_captures"] = int(len(far))
-            record["far_outside_before"] = float(np.mean(far > old))
-            record["far_outside_after"] = float(np.mean(far > threshold))
+            record["far_outside_before"] = cautioned_share(far, old)
+            record["far_outside_after"] = cautioned_share(far, threshold)
             text += (
                 f", {100 * record['far_outside_before']:.1f} -> "
                 f"{100 * record['far_outside_after']:.1f} % of the {len(far)} more than 20 km "

@@ -36,7 +36,6 @@ from inference_worker.core.capture import (
     validate_iq,
 )
 from inference_worker.core.contract import ModelMetadata, model_input
-from inference_worker.core.domain import capture_outside_evidence
 from inference_worker.core.ellipse import (
     EstimateError,
     decode_output,
@@ -201,11 +200,7 @@ def squared_distances(
         d2.append(mahalanobis_squared(estimate, capture.lat, capture.lon))
         errors.append(distance_m(estimate.lat, estimate.lon, capture.lat, capture.lon) / 1e3)
         outside.append(quality["in_domain"] is False)
-        factor = (
-            None
-            if domain is None
-            else capture_outside_evidence(features, metadata.features, domain)
-        )
+        factor = quality.get("outside_evidence")  # absent without a domain, None when unheard
         evidence.append(np.nan if factor is None else factor)
         beyond.append(0.0 if domain is None else domain.outside_m(capture.lat, capture.lon))
         if progress is not None and ((index + 1) % 100 == 0 or index + 1 == len(captures)):
