@@ -15,6 +15,7 @@ import io
 import json
 import math
 import re
+import reprlib
 import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,7 +214,9 @@ def decode_json_iq(value: object) -> np.ndarray:
         with np.errstate(over="ignore"):  # out-of-range values become inf, refused by validate_iq
             floats = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
-        raise CaptureError("iq_data rows must contain only numbers") from None
+        floats = None
+    if floats is None or floats.ndim != 2:  # rows of lists nest one level too deep
+        raise CaptureError("iq_data rows must contain only numbers")
     return np.ascontiguousarray(floats).view(IQ_DTYPE)
 
 
@@ -258,10 +261,13 @@ def parse_number(name: str, value: object, *, low: float, high: float) -> float:
         raise CaptureError(f"{name} is required and must be a number")
     try:
         number = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # a JSON integer past float's range (hundreds of digits)
+        number = math.inf
     except (TypeError, ValueError):
-        raise CaptureError(f"{name} must be a number; got {value!r}") from None
+        raise CaptureError(f"{name} must be a number; got {reprlib.repr(value)}") from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise CaptureError(f"{name} must be between {low:g} and {high:g}; got {value!r}")
+        got = reprlib.repr(value)
+        raise CaptureError(f"{name} must be between {low:g} and {high:g}; got {got}")
     return number
 
 
@@ -334,14 +340,3 @@ def parse_meta(
         receivers=parse_receivers(fields.get("receivers"), known_receivers),
         capture_time=parse_capture_time(fields.get("capture_time")),
     )
-
-
-def channel_order(capture_receivers: Sequence[str], model_receivers: Sequence[str]) -> list[int]:
-    """Row indices that put a capture's receivers into the model's receiver order."""
-    try:
-        return [list(capture_receivers).index(r) for r in model_receivers]
-    except ValueError:
-        raise CaptureError(
-            f"capture receivers {list(capture_receivers)} do not match the model's "
-            f"{list(model_receivers)}"
-        ) from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.core.capture import CaptureError, channel_order
+from inference_worker.core.capture import CaptureError
 from inference_worker.core.domain import Domain, assess, clipped_share
 from inference_worker.core.ellipse import DEFAULT_LEVELS, scale_for_confidence
 from inference_worker.core.features import FeatureParams, analyse
@@ -195,6 +195,17 @@ class ModelSummary:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model summary is malformed: {exc!r}") from None
+
+
+def channel_order(capture_receivers: Sequence[str], model_receivers: Sequence[str]) -> list[int]:
+    """Row indices that put a capture's receivers into the model's receiver order."""
+    try:
+        return [list(capture_receivers).index(r) for r in model_receivers]
+    except ValueError:
+        raise CaptureError(
+            f"capture receivers {list(capture_receivers)} do not match the model's "
+            f"{list(model_receivers)}"
+        ) from None
 
 
 def model_input(

@@ -121,9 +121,11 @@ def parse_stations(value: object, limits: TdoaLimits) -> tuple[list[Receiver], l
 
 
 def _coordinate(name: str, value: object, bound: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise CaptureError(f"{name} must be a number")
-    if not -bound <= value <= bound:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CaptureError(f"{name} must be a number")
+    if not -bound <= value <= bound:  # exact for an integer past float's range too
         raise CaptureError(f"{name} must be between -{bound:g} and {bound:g}")
     return float(value)
 

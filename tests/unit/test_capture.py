@@ -14,15 +14,16 @@ from inference_worker.core.capture import (
     CaptureError,
     CaptureLimits,
     CaptureTooLarge,
-    channel_order,
     decode_json_iq,
     decode_npy,
     iq_digest,
     parse_capture_time,
     parse_job_id,
+    parse_number,
     parse_receivers,
     validate_iq,
 )
+from inference_worker.core.contract import channel_order
 from tests.helpers import npy_with_header
 
 LIMITS = CaptureLimits(min_samples=512, max_samples=10_000)
@@ -199,6 +200,23 @@ def test_out_of_range_json_numbers_are_refused_as_infinite():
     huge = [[1e300, 0.0] * 600] * 3
     with pytest.raises(CaptureError, match="infinite"):
         validate_iq(decode_json_iq(huge), LIMITS)
+
+
+@pytest.mark.parametrize(
+    "rows", [[[[None], [None]]] * 3, [[[0.1, 0.2], [0.3, 0.4]]] * 3, [[0.1, [0.2]]] * 3]
+)
+def test_json_iq_rows_of_lists_are_refused_as_not_numbers(rows):
+    """Rows of lists of equal length made a 3-D array whose complex view failed: a 500."""
+    with pytest.raises(CaptureError, match="rows must contain only numbers"):
+        decode_json_iq(rows)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**309], ids=["1e400", "-1e400", "1e309"])
+def test_a_json_integer_past_floats_range_is_out_of_range_not_an_overflow(value):
+    """``float()`` of a JSON integer of hundreds of digits raised OverflowError: a 500. The
+    message shows the number cut short."""
+    with pytest.raises(CaptureError, match=r"between 1000 and 1e\+07; got -?1000+\.\.\.0+$"):
+        parse_number("sample_rate_hz", value, low=1_000, high=10_000_000)
 
 
 def test_the_submit_command_reads_a_file_as_the_shim_reads_a_body(tmp_path, capsys):

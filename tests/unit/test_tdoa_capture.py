@@ -71,6 +71,16 @@ def test_a_good_set_is_accepted_with_its_positions_and_common_span(recordings):
             '{"id": "c", "lat": 1, "lon": "x"}]',
             "receivers[2].lon must be a number",
         ),
+        (  # an integer past float's range: math.isfinite of it raised OverflowError (a 500)
+            '[{"id": "a", "lat": 1, "lon": 2}, {"id": "b", "lat": 1, "lon": 3}, '
+            '{"id": "c", "lat": 1, "lon": 1' + "0" * 400 + "}]",
+            "receivers[2].lon must be between",
+        ),
+        (
+            '[{"id": "a", "lat": NaN, "lon": 2}, {"id": "b", "lat": 1, "lon": 3}, '
+            '{"id": "c", "lat": 1, "lon": 4}]',
+            "receivers[0].lat must be a number",
+        ),
     ],
 )
 def test_bad_positions_are_refused_with_what_is_wrong(value, message):
