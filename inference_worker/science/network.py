@@ -5,6 +5,7 @@ own receivers")."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,15 @@ def load_network(path: Path = RECEIVERS_FILE) -> Network:
             )
             for e in entries
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{path}: every receiver needs an id, lat and lon ({exc!r})") from None
     if len({r.id for r in receivers}) != 3:
         raise ValueError(f"{path}: receiver ids must differ")
     for r in receivers:
         if not (-90.0 <= r.lat <= 90.0 and -180.0 <= r.lon <= 180.0) or r.antenna_height_m <= 0:
             raise ValueError(f"{path}: receiver {r.id!r} has an impossible position or height")
+        if not (math.isfinite(r.antenna_height_m) and math.isfinite(r.gain_offset_db)):
+            raise ValueError(f"{path}: receiver {r.id!r} has a height or gain that is no number")
     region = None
     if data.get("region") is not None:
         try:
@@ -77,11 +80,13 @@ def load_network(path: Path = RECEIVERS_FILE) -> Network:
                 float(box["west"]),
                 float(box["east"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{path}: region needs south, north, west, east ({exc!r})") from None
         south, north, west, east = region
-        if not (south < north and west < east):
-            raise ValueError(f"{path}: region must have south < north and west < east")
+        if not (-90.0 <= south < north <= 90.0 and -180.0 <= west < east <= 180.0):
+            raise ValueError(
+                f"{path}: region must have south < north and west < east, within ±90° and ±180°"
+            )
         if any(not (south <= r.lat <= north and west <= r.lon <= east) for r in receivers):
             raise ValueError(f"{path}: the region must hold the receivers")
     return Network(receivers, region, str(data.get("name", Path(path).stem)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -112,6 +113,12 @@ def test_without_a_region_the_receivers_box_grown_by_the_margin_is_used(tmp_path
         (MILANO, {"south": 44.5, "north": 45.7, "west": 8.5, "east": 9.6}, "hold the receivers"),
         (MILANO, {"south": 45.7, "north": 44.2, "west": 8.5, "east": 9.6}, "south < north"),
         (MILANO, {"south": 44.2}, "region needs"),
+        # Overflowing integers and numbers that are no numbers were a traceback or taken in.
+        ([*MILANO[:2], {**MILANO[2], "lat": 10**400}], None, "id, lat and lon"),
+        ([*MILANO[:2], {**MILANO[2], "antenna_height_m": math.inf}], None, "height or gain"),
+        ([*MILANO[:2], {**MILANO[2], "gain_offset_db": math.nan}], None, "height or gain"),
+        (MILANO, {"south": 44.2, "north": math.inf, "west": 8.5, "east": 9.6}, "within ±90"),
+        (MILANO, {"south": 44.2, "north": 45.7, "west": 8.5, "east": 10**400}, "region needs"),
     ],
 )
 def test_a_wrong_network_file_is_refused_with_what_is_wrong(tmp_path, receivers, region, message):
