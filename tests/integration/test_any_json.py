@@ -1,8 +1,9 @@
 """Any JSON value in any field of a request gets a 4xx that says what is wrong, never a 5xx.
 
 The OpenAPI fuzzing draws values the document allows; these draw what it does not (integers of
-hundreds of digits, lists nested in rows of numbers, objects where strings belong), where
-``float()`` overflowing or a 3-D array's complex view had been internal errors.
+hundreds of digits, lists nested in rows of numbers, objects where strings belong, file names
+of kiwirecorder's form whose stamp is no time), where ``float()`` overflowing, a 3-D array's
+complex view or ``strptime`` had been internal errors.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ POSITION = st.fixed_dictionaries(
     optional={"height_m": VALUES},
 )
 """A receiver's position of a good id and any coordinates (other ids: ``VALUES``)."""
+DIGITS = "0123456789"
+KIWI_NAMES = st.builds(
+    "{}T{}Z_{}_iq.wav".format,
+    st.text(DIGITS, min_size=8, max_size=8),
+    st.text(DIGITS, min_size=6, max_size=6),
+    st.text(DIGITS, min_size=1, max_size=14),
+)
+"""Names of kiwirecorder's form whose stamp need not be a time."""
 TDOA_FIELDS = ["frequency_mhz", "expect_emitter", "propagation", "capture_time", "job_id"]
 QUERY_FIELDS = [*CAPTURE_FIELDS[1:], "wait", "job_ids"]
 FUZZ = hypothesis.settings(
@@ -139,6 +148,12 @@ def test_any_text_as_a_job_id_or_a_wait(client):
     read()
 
 
+def post_tdoa(client, form: dict[str, str], name: str):
+    files = [("capture", (name, b"RIFF", "audio/wav"))] * 3
+    body, content_type = encode_multipart_formdata([*form.items(), *files])
+    return client.post("/predict", data=body, content_type=content_type)
+
+
 def test_any_json_in_a_tdoa_sets_positions_and_any_text_in_its_fields(client):
     @FUZZ
     @hypothesis.given(
@@ -147,8 +162,19 @@ def test_any_json_in_a_tdoa_sets_positions_and_any_text_in_its_fields(client):
     )
     def submit(positions, fields):
         form = {"receivers": json.dumps(positions), "frequency_mhz": "10", **fields}
-        files = [("capture", (f"{n}.wav", b"RIFF", "audio/wav")) for n in range(3)]
-        body, content_type = encode_multipart_formdata([*form.items(), *files])
-        answered(client.post("/predict", data=body, content_type=content_type), form)
+        answered(post_tdoa(client, form, "a.wav"), form)
+
+    submit()
+
+
+def test_any_name_for_a_tdoa_sets_files(client):
+    places = [("a", 45.0, 7.0), ("b", 45.5, 7.5), ("c", 45.0, 8.0)]
+    positions = [{"id": name, "lat": lat, "lon": lon} for name, lat, lon in places]
+    form = {"receivers": json.dumps(positions), "frequency_mhz": "0.01"}
+
+    @FUZZ
+    @hypothesis.given(KIWI_NAMES | st.text(min_size=1, max_size=30))
+    def submit(name):
+        answered(post_tdoa(client, form, name), name)
 
     submit()

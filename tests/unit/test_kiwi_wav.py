@@ -291,6 +291,20 @@ def test_every_form_kiwirecorder_names_a_file_gives_its_start_and_frequency(name
     assert found.frequency_hz == 77_500
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20201345T000000Z_77500_iq.wav",  # no 45th of the 13th month
+        "20200813T256000Z_77500_A_iq.wav",
+        "20200813T065220Z_" + "7" * 5_000 + "_iq.wav",  # past int()'s 4 300 digits
+        "\u0662\u0660\u0662\u0660\u0660\u0668\u0661\u0663T065220Z_77500_iq.wav",  # not ASCII
+    ],
+)
+def test_a_name_of_that_form_whose_stamp_is_no_time_is_not_kiwirecorders(name):
+    """Such a name in a TDoA set raised ValueError from ``strptime`` or ``int``: a 500."""
+    assert parse_file_name(name) is None
+
+
 def test_a_recording_written_again_keeps_its_header_rate_blocks_and_ages():
     # The evaluation's and the benchmark's faults rewrite one receiver's file: one written at
     # the header's default rate would no longer pass as a 20.25 kHz KiwiSDR's recording.
