@@ -276,16 +276,24 @@ def analyse(
     factor = decimation_factor(
         sample_rate_hz, params.reach_hz, transition_hz(params.bandwidth_hz, following)
     )
-    full_rate = float(sample_rate_hz)
-    if factor > 1:
+    full_rate, samples = float(sample_rate_hz), iq.shape[1]
+    short = samples // factor < params.min_samples  # known before a filter is designed: one
+    if factor > 1 and not short:  # for a rate no service accepts could take minutes
         iq = decimate(iq, decimator(full_rate, factor, params.reach_hz))
         sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape
     frame = n // params.n_frames
-    if frame < params.min_frame_samples:
+    if short or frame < params.min_frame_samples:
+        needed = params.min_samples * factor
+        if not short:  # the filter is designed: the exact figure
+            needed = min_samples_at(
+                full_rate, params.min_samples, params.bandwidth_hz, params.follow_carrier_hz
+            )
+        at = f" at {full_rate:g} Hz" if factor > 1 else ""
+        least = f"{needed}" if needed < 10**12 else f"{float(needed):.3g}"
         raise ValueError(
-            f"capture of {n} samples is too short: at least {params.min_samples} samples "
-            "per receiver are needed"
+            f"capture of {samples} samples{at} is too short: at least {least} samples per "
+            "receiver are needed"
         )
     frames = iq[:, : frame * params.n_frames].reshape(n_rx, params.n_frames, frame)
     window, window_power = frame_window(frame)

@@ -51,6 +51,8 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
         (lambda m: {**m, "capture_time": "9999-12-31T23:59:59-05:00"}, True, "capture_time"),
         (lambda m: {**m, "n_samples": 2**40}, True, "n_samples"),
         (lambda m: {**m, "sample_rate_hz": 1e308 * 10}, True, "sample_rate_hz"),
+        # no service accepts it: designing its decimation filter took minutes of a pool process
+        (lambda m: {**m, "sample_rate_hz": 1e12}, True, "too short"),
         (lambda m: {**m, "frequency_mhz": 1e300}, True, "frequency_mhz"),
         (lambda m: {**m, "receivers": ["torino", "montanaro", "gia\x00veno"]}, True, "receivers"),
     ],
@@ -63,6 +65,7 @@ def publish(settings, body, *, serializer: str = "json", job_id: str | None = No
         "unreadable-time",
         "huge-n",
         "inf-rate",
+        "absurd-rate",
         "huge-frequency",
         "nul-receiver",
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -179,11 +180,28 @@ def test_a_short_fast_capture_needs_the_samples_its_decimation_drops():
     needed = min_samples_at(192_000.0, *shortest)
     iq = np.stack([tone(192_000.0, needed / 192_000.0, 0.0, 1e-9, 1e-15, s) for s in range(3)])
     assert log_mel_spectrogram(iq, 192_000.0, PARAMS).shape == (3, 128, 32)
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ValueError, match=f"2612 samples at 192000 Hz .* at least {needed} "):
         log_mel_spectrogram(iq[:, : needed - 8], 192_000.0, PARAMS)
     for shorter_than_the_filter in (0, 3, 40):
         with pytest.raises(ValueError, match="too short"):
             log_mel_spectrogram(iq[:, :shorter_than_the_filter], 96_000.0, PARAMS)
+
+
+@pytest.mark.parametrize("rate", [1e9, 1e12, 1e300])
+def test_a_capture_too_short_for_its_rate_is_refused_before_a_filter_is_designed(rate, monkeypatch):
+    """A task message of a rate no service accepts (the shim stops at 10 MHz) had its pool
+    process design a decimation filter of millions of taps, for minutes, before the capture was
+    found too short."""
+    import inference_worker.core.features as features
+
+    def no_design(*args):
+        raise AssertionError("a decimation filter was designed")
+
+    monkeypatch.setattr(features, "decimator", no_design)
+    monkeypatch.setattr(features, "min_samples_at", no_design)
+    iq = np.ones((3, 480_000), dtype=np.complex64)
+    with pytest.raises(ValueError, match=re.escape(f"480000 samples at {rate:g} Hz is too short")):
+        log_mel_spectrogram(iq, rate, PARAMS)
 
 
 def band_power(features: np.ndarray, params: FeatureParams) -> np.ndarray:
