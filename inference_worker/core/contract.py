@@ -80,7 +80,7 @@ class ModelMetadata:
                 domain=Domain.from_metadata(data["domain"]) if data.get("domain") else None,
                 ellipse_radius_scales=radius_scales(data["outputs"].get("ellipse_radius_scales")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise ModelError(f"model metadata is malformed: {exc!r}") from None
 
     @classmethod

@@ -64,6 +64,23 @@ class FeatureParams:
     mean_db: float = -140.0
     std_db: float = 20.0
 
+    def __post_init__(self) -> None:
+        """Refuse values no features are computed with: when a model loads, not in its jobs."""
+        for name, value in asdict(self).items():
+            if name == "edge_shoulders":
+                fits = isinstance(value, bool)
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                fits = False
+            elif name in ("n_mels", "n_frames", "min_frame_samples"):
+                fits = isinstance(value, int) and value >= 1
+            elif name in ("floor_db", "mean_db"):  # levels: any finite number of dB
+                fits = math.isfinite(value)
+            else:  # widths and scales: positive; the carrier's reach may be 0 (a fixed band)
+                above = value >= 0 if name == "follow_carrier_hz" else value > 0
+                fits = math.isfinite(value) and above
+            if not fits:
+                raise ValueError(f"feature parameter {name} cannot be {value!r}")
+
     @property
     def reach_hz(self) -> float:
         """The farthest offset from the tuned frequency the features may read."""

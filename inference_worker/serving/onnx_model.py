@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.core.contract import ModelError, load_metadata, model_input
+from inference_worker.core.ellipse import decode_output, describe
 
 RUN_CHUNK = 16
 """Most captures one ONNX run takes: a run costs the same per capture at any batch size, but
@@ -78,8 +79,27 @@ class LocalizationModel:
             )
 
     def _warm_up(self) -> float:
+        """Run one made-up capture the whole way a job takes it (features, the domain's checks,
+        inference, ellipses): metadata that loads but cannot serve (a hand-edited parameter of
+        the wrong kind) refuses the model here, where a reload keeps the model served, instead
+        of failing each job; and the first job finds the caches built."""
+        metadata = self.metadata
+        rate = max(12_000.0, float(metadata.features.bandwidth_hz))
+        rng = np.random.default_rng(0)
+        n = int(rate)  # one second
+        noise = rng.normal(scale=1e-4, size=(2, len(metadata.receivers), n)).astype(np.float32)
+        tone = np.exp(2j * np.pi * 1_000.0 / rate * np.arange(n)).astype(np.complex64)
+        levels = 10.0 ** (-np.arange(1, len(metadata.receivers) + 1) / 2.0)  # unequal powers
+        iq = noise[0] + 1j * noise[1] + levels[:, None] * tone
         started = time.perf_counter()
-        self.predict(np.zeros((1, *self.input_shape), dtype=np.float32))
+        try:
+            features, quality = model_input(iq, rate, metadata.receiver_ids, metadata)
+            estimate = decode_output(self.predict(features[None])[0], metadata.outputs)
+            describe(estimate, radius_scales=metadata.ellipse_radius_scales)
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise ModelError(
+                f"model {metadata.name} {metadata.version} cannot locate a capture: {exc!r}"
+            ) from None
         return time.perf_counter() - started
 
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -62,6 +63,55 @@ def test_malformed_metadata_is_refused(model_dir, tmp_path, field, value):
     (copy / "model.json").write_text(json.dumps(metadata))
     with pytest.raises(ModelError, match="malformed"):
         load_metadata(copy)
+
+
+def edited_copy(model_dir: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the model folder with its ``model.json`` changed by ``edit``."""
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    metadata = json.loads((copy / "model.json").read_text())
+    edit(metadata)
+    (copy / "model.json").write_text(json.dumps(metadata))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("part", "name", "value", "fragment"),
+    [
+        ("features", "bandwidth_hz", "12000", "bandwidth_hz cannot be '12000'"),
+        ("features", "n_frames", 0, "n_frames cannot be 0"),
+        ("features", "std_db", 0.0, "std_db cannot be 0.0"),
+        ("features", "mean_db", "-140", "mean_db cannot be '-140'"),
+        ("features", "follow_carrier_hz", -1.0, "follow_carrier_hz cannot be -1.0"),
+        ("receivers", "lat", 10**400, "OverflowError"),
+    ],
+)
+def test_metadata_no_job_could_be_served_with_is_refused_when_it_loads(
+    model_dir, tmp_path, part, name, value, fragment
+):
+    """A hand-edited model.json of such values loaded, and then failed every job (a text for
+    a number, a zero frame count or scale) or raised OverflowError, a bare traceback."""
+
+    def edit(metadata):
+        target = metadata[part][0] if part == "receivers" else metadata[part]
+        target[name] = value
+
+    with pytest.raises(ModelError, match=f"malformed.*{re.escape(fragment)}"):
+        load_metadata(edited_copy(model_dir, tmp_path, edit))
+
+
+def test_metadata_that_loads_but_cannot_locate_a_capture_refuses_the_model(model_dir, tmp_path):
+    """The warm-up takes a made-up capture the whole way a job takes it: a domain receiver's
+    latitude written as text loaded, and failed each job's quality checks."""
+
+    def edit(metadata):
+        metadata["domain"]["receivers"][0]["lat"] = "45.0"
+
+    copy = edited_copy(model_dir, tmp_path, edit)
+    assert load_metadata(copy).domain is not None  # the metadata alone reads
+    with pytest.raises(ModelError, match="cannot locate a capture"):
+        LocalizationModel(copy)
+    assert LocalizationModel(model_dir).warmup_seconds > 0  # the packaged model locates it
 
 
 def test_build_tool_reproduces_the_committed_model(centroid_model_dir, tmp_path):
