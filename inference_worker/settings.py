@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     """Typed configuration shared by the worker, the HTTP shim and the CLI."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HEIMDALL_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="HEIMDALL_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,  # no setting means "without bound" by inf (0 does, where said)
     )
 
     # --- services -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from inference_worker.cli.main import main
-from inference_worker.settings import DEFAULT_MODEL_DIR, load_settings
+from inference_worker.settings import DEFAULT_MODEL_DIR, Settings, load_settings
 
 
 def test_defaults_point_at_the_local_services_and_the_packaged_model(monkeypatch):
@@ -29,6 +29,21 @@ def test_environment_overrides_defaults(monkeypatch):
 def test_invalid_values_are_refused_with_the_variable_named(monkeypatch):
     monkeypatch.setenv("HEIMDALL_WORKER_CONCURRENCY", "0")
     with pytest.raises(pydantic.ValidationError, match="worker_concurrency"):
+        load_settings()
+
+
+FLOAT_SETTINGS = [
+    name for name, field in Settings.model_fields.items() if field.annotation is float
+]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_no_number_setting_takes_an_infinity_or_nan(monkeypatch, name, value):
+    """``HEIMDALL_RETENTION_DAYS=inf`` was taken, and the hourly prune's ``timedelta`` of it
+    raised OverflowError; an infinite sample-rate bound lifted the bound on a job's work."""
+    monkeypatch.setenv(f"HEIMDALL_{name.upper()}", value)
+    with pytest.raises(pydantic.ValidationError, match=f"{name}[\\s\\S]*finite number"):
         load_settings()
 
 
