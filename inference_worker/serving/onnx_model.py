@@ -87,9 +87,10 @@ class LocalizationModel:
         rate = max(12_000.0, float(metadata.features.bandwidth_hz))
         rng = np.random.default_rng(0)
         n = int(rate)  # one second
-        noise = rng.normal(scale=1e-4, size=(2, len(metadata.receivers), n)).astype(np.float32)
+        # As loud as the simulator's captures get (features up to ~3 of the model's units).
+        noise = rng.normal(scale=1e-5, size=(2, len(metadata.receivers), n)).astype(np.float32)
         tone = np.exp(2j * np.pi * 1_000.0 / rate * np.arange(n)).astype(np.complex64)
-        levels = 10.0 ** (-np.arange(1, len(metadata.receivers) + 1) / 2.0)  # unequal powers
+        levels = 1e-3 * 10.0 ** (-np.arange(len(metadata.receivers)) / 2.0)  # unequal powers
         iq = noise[0] + 1j * noise[1] + levels[:, None] * tone
         started = time.perf_counter()
         try:
