@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from inference_worker.core.contract import ModelError, load_metadata
+from inference_worker.core.contract import ModelError
 from inference_worker.serving.aliases import CHALLENGER as CHALLENGER  # callers import them here
 from inference_worker.serving.aliases import CHAMPION, alias_refusal
 from inference_worker.serving.local_copies import LocalCopies, Pruned, RegisteredVersion
@@ -152,10 +152,13 @@ class ModelRegistry:
     # --- writing ----------------------------------------------------------------------------
     @_store_call
     def register(self, model_dir: Path, description: str = "") -> RegisteredVersion:
-        """Register a model folder as a new version (refused if its sha256 does not match)."""
+        """Register a model folder as a new version: refused, as a worker would refuse it, if
+        its sha256 does not match or it cannot locate a capture (its warm-up)."""
         from mlflow.exceptions import MlflowException
 
-        metadata = load_metadata(model_dir, verify=True)
+        from inference_worker.serving.onnx_model import LocalizationModel
+
+        metadata = LocalizationModel(model_dir).metadata
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
         experiment_id = (
             experiment.experiment_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,6 +77,19 @@ def test_a_folder_that_does_not_match_its_metadata_cannot_be_registered(
     (broken / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="sha256"):
         registry.register(broken)
+
+
+def test_a_model_no_worker_could_serve_cannot_be_registered(registry, model_dir, tmp_path):
+    """Its metadata reads, but a domain receiver's latitude as text fails the warm-up: it was
+    registered, and refused only when a reload asked the workers for it."""
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    metadata = json.loads((broken / "model.json").read_text())
+    metadata["domain"]["receivers"][0]["lat"] = "45.0"
+    (broken / "model.json").write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match="cannot locate a capture"):
+        registry.register(broken)
+    assert registry.versions() == []
 
 
 def test_unknown_versions_and_aliases_are_named(registry, model_dir):
