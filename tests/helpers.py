@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,3 +120,13 @@ def heard_by_skywave(spread_m: float = 0.0) -> SyntheticSet:
         layer_height_m=300e3,
         layer_spread_m=spread_m,
     )
+
+
+def edited_copy(model_dir: Path, copy: Path, edit: Callable[[dict[str, Any]], object]) -> Path:
+    """A copy of a model folder at ``copy`` with its ``model.json`` changed in place by
+    ``edit`` (a hand-edited model)."""
+    shutil.copytree(model_dir, copy)
+    metadata = json.loads((copy / "model.json").read_text())
+    edit(metadata)
+    (copy / "model.json").write_text(json.dumps(metadata))
+    return copy

@@ -294,8 +294,8 @@ def analyse(
         sample_rate_hz, params.reach_hz, transition_hz(params.bandwidth_hz, following)
     )
     full_rate, samples = float(sample_rate_hz), iq.shape[1]
-    short = samples // factor < params.min_samples  # known before a filter is designed: one
-    if factor > 1 and not short:  # for a rate no service accepts could take minutes
+    short = samples // factor < params.min_samples  # known before a filter (minutes at 1 THz)
+    if factor > 1 and not short:
         iq = decimate(iq, decimator(full_rate, factor, params.reach_hz))
         sample_rate_hz = sample_rate_hz / factor
     n_rx, n = iq.shape

@@ -94,7 +94,7 @@ class LocalizationModel:
         iq = noise[0] + 1j * noise[1] + levels[:, None] * tone
         started = time.perf_counter()
         try:
-            features, quality = model_input(iq, rate, metadata.receiver_ids, metadata)
+            features, _ = model_input(iq, rate, metadata.receiver_ids, metadata)
             estimate = decode_output(self.predict(features[None])[0], metadata.outputs)
             describe(estimate, radius_scales=metadata.ellipse_radius_scales)
         except (TypeError, ValueError, ArithmeticError, LookupError) as exc:

@@ -14,6 +14,7 @@ import pytest
 from inference_worker.core.capture import CaptureError
 from inference_worker.core.contract import ModelError, load_metadata, model_input
 from inference_worker.serving.onnx_model import LocalizationModel
+from tests.helpers import edited_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,26 +54,15 @@ def test_model_whose_sha256_does_not_match_is_refused(model_dir, tmp_path):
 )
 def test_malformed_metadata_is_refused(model_dir, tmp_path, field, value):
     """Whatever shape a field has, a broken model.json says so (never a bare traceback)."""
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    metadata = json.loads((copy / "model.json").read_text())
-    if value is None:
-        del metadata[field]
-    else:
-        metadata[field] = value
-    (copy / "model.json").write_text(json.dumps(metadata))
+
+    def edit(metadata):
+        if value is None:
+            del metadata[field]
+        else:
+            metadata[field] = value
+
     with pytest.raises(ModelError, match="malformed"):
-        load_metadata(copy)
-
-
-def edited_copy(model_dir: Path, tmp_path: Path, edit) -> Path:
-    """A copy of the model folder with its ``model.json`` changed by ``edit``."""
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    metadata = json.loads((copy / "model.json").read_text())
-    edit(metadata)
-    (copy / "model.json").write_text(json.dumps(metadata))
-    return copy
+        load_metadata(edited_copy(model_dir, tmp_path / "model", edit))
 
 
 @pytest.mark.parametrize(
@@ -97,7 +87,7 @@ def test_metadata_no_job_could_be_served_with_is_refused_when_it_loads(
         target[name] = value
 
     with pytest.raises(ModelError, match=f"malformed.*{re.escape(fragment)}"):
-        load_metadata(edited_copy(model_dir, tmp_path, edit))
+        load_metadata(edited_copy(model_dir, tmp_path / "model", edit))
 
 
 def test_metadata_that_loads_but_cannot_locate_a_capture_refuses_the_model(model_dir, tmp_path):
@@ -107,7 +97,7 @@ def test_metadata_that_loads_but_cannot_locate_a_capture_refuses_the_model(model
     def edit(metadata):
         metadata["domain"]["receivers"][0]["lat"] = "45.0"
 
-    copy = edited_copy(model_dir, tmp_path, edit)
+    copy = edited_copy(model_dir, tmp_path / "model", edit)
     assert load_metadata(copy).domain is not None  # the metadata alone reads
     with pytest.raises(ModelError, match="cannot locate a capture"):
         LocalizationModel(copy)
@@ -140,11 +130,9 @@ def test_build_tool_reproduces_the_committed_model(centroid_model_dir, tmp_path)
     ],
 )
 def test_ellipse_radius_scales_that_make_no_sense_are_refused(model_dir, tmp_path, given, message):
-    copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
-    metadata = json.loads((copy / "model.json").read_text())
-    metadata["outputs"]["ellipse_radius_scales"] = given
-    (copy / "model.json").write_text(json.dumps(metadata))
+    copy = edited_copy(
+        model_dir, tmp_path / "model", lambda m: m["outputs"].update(ellipse_radius_scales=given)
+    )
     with pytest.raises(ModelError, match=message):
         load_metadata(copy)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from inference_worker.serving.registry import (
 )
 from inference_worker.serving.registry_store import short_rest_reason
 from inference_worker.settings import load_settings
-from tests.helpers import embedded_registry
+from tests.helpers import edited_copy, embedded_registry
 
 
 @pytest.fixture
@@ -82,13 +81,12 @@ def test_a_folder_that_does_not_match_its_metadata_cannot_be_registered(
 def test_a_model_no_worker_could_serve_cannot_be_registered(registry, model_dir, tmp_path):
     """Its metadata reads, but a domain receiver's latitude as text fails the warm-up: it was
     registered, and refused only when a reload asked the workers for it."""
-    broken = tmp_path / "broken"
-    shutil.copytree(model_dir, broken)
-    metadata = json.loads((broken / "model.json").read_text())
-    metadata["domain"]["receivers"][0]["lat"] = "45.0"
-    (broken / "model.json").write_text(json.dumps(metadata))
+
+    def edit(metadata):
+        metadata["domain"]["receivers"][0]["lat"] = "45.0"
+
     with pytest.raises(ModelError, match="cannot locate a capture"):
-        registry.register(broken)
+        registry.register(edited_copy(model_dir, tmp_path / "broken", edit))
     assert registry.versions() == []
 
 
