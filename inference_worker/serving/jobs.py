@@ -43,6 +43,9 @@ class JobServices:
     model_version_id: int | None
     result_ttl_s: int
     cache_ttl_s: int
+    tdoa_max_receivers: int = 32
+    """Most receivers a TDoA job may name (``HEIMDALL_TDOA_MAX_RECEIVERS``, as producers check):
+    a message past it, from a producer that does not check, fails at once."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ def run_job(payload: object, services: JobServices, task_id: str | None = None) 
     use_cache = services.cache_ttl_s > 0 and not tdoa
     cached: dict[str, Any] | None
     try:
+        if tdoa and len(message.receivers) > services.tdoa_max_receivers:
+            raise BadJob(
+                f"{len(message.receivers)} receivers; a worker locates at most "
+                f"{services.tdoa_max_receivers} (HEIMDALL_TDOA_MAX_RECEIVERS)"
+            )
         t0 = time.perf_counter()
         blob, cached = services.redis.fetch_capture(
             message.blob_key, cache_key if use_cache else None

@@ -89,6 +89,7 @@ class ProcessRuntime:
             model_version_id=champion.model_version_id,
             result_ttl_s=settings.result_ttl_s,
             cache_ttl_s=settings.cache_ttl_s,
+            tdoa_max_receivers=settings.tdoa_max_receivers,
         )
         self._started_at = time.time()
         for target, args, name in (

@@ -3,6 +3,7 @@ nothing from the wire is executed, and the worker keeps serving."""
 
 from __future__ import annotations
 
+import hashlib
 import urllib.request
 import uuid
 
@@ -82,6 +83,26 @@ def test_bad_message_fails_its_job_with_the_reason(
     row = wait_final_row(stores[0], job_id)
     assert row is not None and row["status"] == "failed", row
     assert fragment in row["error"]
+
+
+def test_a_tdoa_message_of_more_receivers_than_workers_locate_fails_at_once(
+    worker, settings, stores, capture
+):
+    """A producer that does not check sent 40 receivers: the job's search would run to its time
+    limit; it fails before its recordings are read, saying the bound."""
+    _, store = stores
+    job_id = f"poison-{uuid.uuid4()}"
+    blob = b"RIFF" + bytes(3_996)  # never read
+    digest = hashlib.sha256(blob).hexdigest()
+    key = store.blob_key(job_id, digest)
+    store.put_blob(key, blob, 60)
+    names = [f"kiwi{i}" for i in range(40)]
+    stations = [{"id": n, "lat": 45.0 + i / 100, "lon": 7.0 + i / 50} for i, n in enumerate(names)]
+    message = {**capture_message(capture, job_id, key, iq_sha256=digest), "receivers": names}
+    publish(settings, {**message, "method": "tdoa", "stations": stations, "parts": [100] * 40})
+    row = wait_final_row(stores[0], job_id)
+    assert row is not None and row["status"] == "failed", row
+    assert f"40 receivers; a worker locates at most {settings.tdoa_max_receivers}" in row["error"]
 
 
 def test_pickle_payload_is_never_executed_and_the_worker_keeps_serving(
