@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_worker.api_keys import ApiKey, check_rate_limit
+from inference_worker.settings_checks import (
+    POSTGRESQL_TIMEOUT_MAX_S,
+    RULES,
+    WAIT_MAX_S,
+    YEAR_S,
+    public_url,
+)
 from inference_worker.urls import postgresql_url
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -135,12 +141,14 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: float = Field(
         30.0,
         ge=0,
+        le=WAIT_MAX_S,
         description="A job still running after this long is stopped and failed with the reason "
         "(0: no soft limit). The slowest accepted capture takes well under a second.",
     )
     task_time_limit_s: float = Field(
         60.0,
         gt=0,
+        le=WAIT_MAX_S,
         description="Hard limit: a job still running after this long (stuck in a model or a "
         "store call) has its worker process replaced and is failed with the reason.",
     )
@@ -152,25 +160,36 @@ class Settings(BaseSettings):
         "gone.",
     )
     relay_interval_s: float = Field(
-        5.0, gt=0, description="How often a worker looks for such submissions."
+        5.0,
+        ge=0.1,
+        le=WAIT_MAX_S,
+        description="How often a worker looks for such submissions (and prunes, hourly).",
     )
     stuck_after_s: float = Field(
         600.0,
         gt=0,
+        le=YEAR_S,
         description="A job not final this long after submission counts as stuck (metric, "
         "alert and `heimdall-inference jobs stuck`).",
     )
     retention_days: float = Field(
         14.0,
         ge=0,
+        le=36_500,
         description="Final jobs (and their inference logs) older than this are deleted by the "
         "workers, hourly; 0 keeps them forever. `heimdall-inference jobs prune` does it by hand.",
     )
     database_statement_timeout_s: float = Field(
-        15.0, gt=0, description="Longest a PostgreSQL statement may run before it is cancelled."
+        15.0,
+        ge=0.001,
+        le=POSTGRESQL_TIMEOUT_MAX_S,
+        description="Longest a PostgreSQL statement may run before it is cancelled.",
     )
     publish_confirm_timeout_s: float = Field(
-        5.0, gt=0, description="Longest a publish waits for RabbitMQ's confirm."
+        5.0,
+        ge=0.001,
+        le=WAIT_MAX_S,
+        description="Longest a publish waits for RabbitMQ's confirm.",
     )
 
     worker_metrics_port: int = Field(
@@ -203,11 +222,17 @@ class Settings(BaseSettings):
     blob_ttl_s: int = Field(
         86_400,
         ge=60,
+        le=YEAR_S,
         description="How long a submitted capture's IQ bytes are kept in Redis awaiting a worker.",
     )
-    result_ttl_s: int = Field(3_600, ge=1, description="How long a job result stays in Redis.")
+    result_ttl_s: int = Field(
+        3_600, ge=1, le=YEAR_S, description="How long a job result stays in Redis."
+    )
     cache_ttl_s: int = Field(
-        3_600, ge=0, description="Result cache lifetime for identical captures; 0 disables it."
+        3_600,
+        ge=0,
+        le=YEAR_S,
+        description="Result cache lifetime for identical captures; 0 disables it.",
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -278,43 +303,27 @@ class Settings(BaseSettings):
         return check_rate_limit(value)
 
     @model_validator(mode="after")
-    def _distinct_keys(self) -> Settings:
-        names = [k.name for k in self.api_keys]
-        digests = [k.digest for k in self.api_keys]
-        if len(set(names)) != len(names) or len(set(digests)) != len(digests):
-            raise ValueError("HEIMDALL_API_KEYS: key names and keys must be distinct")
-        return self
-
-    @model_validator(mode="after")
-    def _hard_limit_above_soft(self) -> Settings:
-        if self.task_soft_time_limit_s and self.task_time_limit_s <= self.task_soft_time_limit_s:
-            raise ValueError(
-                "HEIMDALL_TASK_TIME_LIMIT_S must be above HEIMDALL_TASK_SOFT_TIME_LIMIT_S"
-            )
+    def _consistent(self) -> Settings:
+        for rule in RULES:
+            if (reason := rule(self)) is not None:
+                raise ValueError(reason)
         return self
 
     @field_validator("api_public_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
-            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
-        return value.rstrip("/")
+        return public_url(value)
 
     @field_validator("redis_prefix")
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
 
-    @field_validator("database_url")
+    @field_validator("database_url", "registry_uri")
     @classmethod
-    def _job_store_driver(cls, value: str) -> str:
-        return postgresql_url(value, driver_required=True)
-
-    @field_validator("registry_uri")
-    @classmethod
-    def _registry_driver(cls, value: str) -> str:
-        return postgresql_url(value, driver_required=False)
+    def _postgresql_driver(cls, value: str, info: ValidationInfo) -> str:
+        # The job store is SQLAlchemy's (a driver named); MLflow takes either form.
+        return postgresql_url(value, driver_required=info.field_name == "database_url")
 
     @property
     def resolved_registry_uri(self) -> str:
@@ -332,14 +341,6 @@ class Settings(BaseSettings):
         # A database store has no place of its own for files: MLflow's default is ./mlruns,
         # wherever the command happened to run.
         return (self.data_dir / "mlflow" / "artifacts").resolve().as_uri()
-
-    @property
-    def model_file(self) -> Path:
-        return self.model_dir / "model.onnx"
-
-    @property
-    def model_metadata_file(self) -> Path:
-        return self.model_dir / "model.json"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -16,7 +16,7 @@ def test_defaults_point_at_the_local_services_and_the_packaged_model(monkeypatch
     assert settings.broker_url.startswith("amqp://")
     assert "127.0.0.1" in settings.redis_url
     assert settings.model_dir == DEFAULT_MODEL_DIR
-    assert settings.model_file.name == "model.onnx"
+    assert (settings.model_dir / "model.onnx").is_file()
 
 
 def test_environment_overrides_defaults(monkeypatch):
@@ -178,3 +178,66 @@ def test_env_example_lists_every_setting():
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     missing = [f for f in Settings.model_fields if f"HEIMDALL_{f.upper()}=" not in text]
     assert not missing, f".env.example lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        # 0.4 ms was rounded to a statement_timeout of 0: PostgreSQL's "no timeout"
+        ("DATABASE_STATEMENT_TIMEOUT_S", "0.0004", "greater than or equal to 0.001"),
+        # past 2^31 - 1 ms every connection failed: "invalid value for parameter"
+        ("DATABASE_STATEMENT_TIMEOUT_S", "3000000", "less than or equal to 2147483.647"),
+        # the relay spun, or its timed wait raised OverflowError and the relay thread ended
+        ("RELAY_INTERVAL_S", "1e-300", "greater than or equal to 0.1"),
+        ("RELAY_INTERVAL_S", "1e10", "less than or equal to 86400"),
+        ("PUBLISH_CONFIRM_TIMEOUT_S", "1e10", "less than or equal to 86400"),
+        ("TASK_TIME_LIMIT_S", "1e10", "less than or equal to 86400"),
+        # PostgreSQL's "timestamp out of range" in every count, prune and relay round
+        ("STUCK_AFTER_S", "1e12", "less than or equal to 31536000"),
+        ("RETENTION_DAYS", "1e7", "less than or equal to 36500"),
+        # Redis refuses an expiry past its range: every submission or result would fail
+        ("BLOB_TTL_S", str(10**20), "less than or equal to 31536000"),
+        ("RESULT_TTL_S", str(10**20), "less than or equal to 31536000"),
+        ("CACHE_TTL_S", str(10**20), "less than or equal to 31536000"),
+    ],
+)
+def test_values_the_services_would_fail_on_or_not_honour_are_refused(
+    monkeypatch, capsys, variable, value, why
+):
+    monkeypatch.setenv(f"HEIMDALL_{variable}", value)
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    assert capsys.readouterr().err.startswith(
+        f"error: invalid setting HEIMDALL_{variable}: Input should be {why}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        (
+            {"HEIMDALL_OUTBOX_GRACE_S": "600", "HEIMDALL_BLOB_TTL_S": "600"},
+            "HEIMDALL_OUTBOX_GRACE_S (600) must be below HEIMDALL_BLOB_TTL_S (600): an "
+            "interrupted submission's capture would be gone from Redis",
+        ),
+        (
+            {"HEIMDALL_MIN_SAMPLE_RATE_HZ": "2e7"},
+            "HEIMDALL_MIN_SAMPLE_RATE_HZ (2e+07) is above HEIMDALL_MAX_SAMPLE_RATE_HZ (1e+07): "
+            "no capture would be accepted",
+        ),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(monkeypatch, capsys, variables, reason):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    assert capsys.readouterr().err.startswith(f"error: invalid settings: {reason}")
+
+
+def test_the_longest_wait_a_setting_gives_is_one_a_thread_can_wait():
+    import threading
+
+    from inference_worker.settings_checks import WAIT_MAX_S
+
+    assert WAIT_MAX_S < threading.TIMEOUT_MAX
