@@ -47,6 +47,7 @@ class ApiPresence:
             "host": self.host,
             "url": self.url,
             "queue": self.shim.settings.queue,
+            "tdoa_max_receivers": self.shim.settings.tdoa_max_receivers,
             "model_version": model.version if model else None,
             "started_at": self.started_at,
             "seen_at": time.time(),

@@ -149,6 +149,7 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
     try:
         generation, _ = store.serving_state()
         workers = [w for w in store.workers() if w.get("queue") == settings.queue]
+        apis = [a for a in store.apis() if a.get("queue") == settings.queue]
     finally:
         store.client.close()
     if not workers:
@@ -198,6 +199,7 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
                 "moves them to it",
             )
         )
+    findings += _tdoa_bounds(settings, workers, apis)
     hosts = sorted({str(w["worker_id"]).rsplit(":", 1)[0] for w in workers})
     versions = sorted({_served(w) for w in workers})
     findings.insert(
@@ -210,6 +212,39 @@ def check_workers(settings: Settings, named: str | None = None) -> list[Finding]
         ),
     )
     return findings
+
+
+def _tdoa_bounds(
+    settings: Settings, workers: list[dict[str, Any]], apis: list[dict[str, Any]]
+) -> list[Finding]:
+    """A shim (or this host's producer client) that takes TDoA sets of more receivers than a
+    worker process runs: each worker fails such a job by its own ``HEIMDALL_TDOA_MAX_RECEIVERS``.
+    Processes of a release that does not announce its bound are left out."""
+    bounds = [(w["tdoa_max_receivers"], w) for w in workers if _announced(w)]
+    if not bounds:
+        return []
+    most, worker = min(bounds, key=lambda pair: pair[0])
+    takers = [
+        (a["tdoa_max_receivers"], f"the api at {a.get('url')}") for a in apis if _announced(a)
+    ]
+    takers.append((settings.tdoa_max_receivers, "a producer client with this host's settings"))
+    over = sorted({who: n for n, who in takers if n > most}.items())
+    if not over:
+        return []
+    named = "; ".join(f"{who} takes up to {n}" for who, n in over)
+    return [
+        Finding(
+            "workers",
+            "warn",
+            f"TDoA sets of more than {most} receivers are accepted and then fail: worker "
+            f"{worker['worker_id']} runs at most {most} (its HEIMDALL_TDOA_MAX_RECEIVERS), but "
+            f"{named}; set the same bound on every host",
+        )
+    ]
+
+
+def _announced(process: dict[str, Any]) -> bool:
+    return isinstance(process.get("tdoa_max_receivers"), int)
 
 
 def _served(worker: dict[str, Any]) -> str:

@@ -127,6 +127,7 @@ class ProcessRuntime:
         return {
             "worker_id": self.worker_id,
             "queue": self.settings.queue,
+            "tdoa_max_receivers": self.settings.tdoa_max_receivers,
             "model_version": champion.get("model_version"),
             "model_sha256": champion.get("sha256"),
             "started_at": self._started_at,

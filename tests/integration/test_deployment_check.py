@@ -300,3 +300,34 @@ def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
     assert strict.returncode == 1
     areas = [f.area for f in run_check(alone, "--skip", "api", "--skip", "workers")]
     assert areas and not {"api", "workers"} & set(areas)  # a host that runs no api, say
+
+
+def test_hosts_that_bound_tdoa_sets_differently_are_named(own_queue_factory, tmp_path: Path):
+    """A shim or producer that takes more receivers than a worker runs has those jobs failed
+    by the worker's own ``HEIMDALL_TDOA_MAX_RECEIVERS``: each process announces its bound."""
+    local, store, start_worker = own_queue_factory(tdoa_max_receivers=6)
+    with start_worker("bounded") as process:
+        wait_until(
+            "the worker's heartbeat",
+            lambda: any(w.get("queue") == local.queue for w in store.workers()),
+            60,
+            process,
+        )
+        [worker] = [w for w in store.workers() if w.get("queue") == local.queue]
+        assert worker["tdoa_max_receivers"] == 6
+        api = {"queue": local.queue, "host": "hx"}
+        store.api_heartbeat("hx:1", {**api, "url": "http://hx:8003", "tdoa_max_receivers": 8}, 30)
+        store.api_heartbeat("hx:2", {**api, "url": "http://hx:8004", "tdoa_max_receivers": 6}, 30)
+        store.api_heartbeat("hx:3", {**api, "url": "http://hx:8005"}, 30)  # an older release
+        here = local.model_copy(update={"tdoa_max_receivers": 12})
+        assert [(f.level, f.message) for f in check_workers(here)][1:] == [
+            (
+                "warn",
+                "TDoA sets of more than 6 receivers are accepted and then fail: worker "
+                f"{worker['worker_id']} runs at most 6 (its HEIMDALL_TDOA_MAX_RECEIVERS), but "
+                "a producer client with this host's settings takes up to 12; the api at "
+                "http://hx:8003 takes up to 8; set the same bound on every host",
+            )
+        ]
+        store.forget_api("hx:1")
+        assert [f.level for f in check_workers(local)] == ["ok"]
