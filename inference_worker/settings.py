@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from inference_worker.api_keys import ApiKey, check_rate_limit
 from inference_worker.settings_checks import (
     POSTGRESQL_TIMEOUT_MAX_S,
+    RETENTION_DAYS_MAX,
     RULES,
     WAIT_MAX_S,
     YEAR_S,
@@ -175,7 +176,7 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         14.0,
         ge=0,
-        le=36_500,
+        le=RETENTION_DAYS_MAX,
         description="Final jobs (and their inference logs) older than this are deleted by the "
         "workers, hourly; 0 keeps them forever. `heimdall-inference jobs prune` does it by hand.",
     )

@@ -13,9 +13,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 YEAR_S = 365 * 86_400
-"""The longest lifetime in Redis, or age of a job, a setting gives in seconds (the retention, in
-days, goes to a century): Redis's expiries and PostgreSQL's dates stop well short of what a
-float or an integer holds, and no deployment means a longer one."""
+"""The longest lifetime in Redis, or age of a job, a setting gives in seconds: Redis's expiries
+and PostgreSQL's dates stop well short of what a float or an integer holds, and no deployment
+means a longer one."""
+
+RETENTION_DAYS_MAX = 36_500
+"""The longest retention, in days (a century; PostgreSQL's dates reach back ~4 700 years)."""
 
 POSTGRESQL_TIMEOUT_MAX_S = 2_147_483.647
 """PostgreSQL's ``statement_timeout`` is a 32-bit count of milliseconds (~24.8 days): a larger one

@@ -11,9 +11,13 @@ from collections.abc import Callable
 def number(least: float, most: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
     """An argparse ``type``: a finite number from ``least`` (excluded with ``above``) to
     ``most``; anything else is refused with the range it must lie in."""
-    bound = f"more than {least:g}" if above else f"at least {least:g}"
+    bound = f"more than {_shown(least)}" if above else f"at least {_shown(least)}"
     if math.isfinite(most):
-        bound = f"from {least:g} to {most:g}" if not above else f"{bound} and at most {most:g}"
+        bound = (
+            f"from {_shown(least)} to {_shown(most)}"
+            if not above
+            else f"{bound} and at most {_shown(most)}"
+        )
 
     def parse(text: str) -> float:
         try:
@@ -26,6 +30,11 @@ def number(least: float, most: float = math.inf, *, above: bool = False) -> Call
         return value
 
     return parse
+
+
+def _shown(bound: float) -> str:
+    """A bound as written: whole ones in full (31536000, not 3.1536e+07)."""
+    return str(int(bound)) if bound == int(bound) else f"{bound:g}"
 
 
 def count(least: int = 1, most: int | None = None) -> Callable[[str], int]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from inference_worker.cli.arguments import count, number
 from inference_worker.settings import Settings
+from inference_worker.settings_checks import RETENTION_DAYS_MAX, YEAR_S
 
 
 def add_parser(sub: Any) -> None:
@@ -23,7 +24,7 @@ def add_parser(sub: Any) -> None:
     jobs.add_argument("job_ids", nargs="*", help="jobs to requeue or fail")
     jobs.add_argument(
         "--older-than",
-        type=number(0.0),
+        type=number(0.0, YEAR_S),
         help="seconds since submission that make a job stuck (default HEIMDALL_STUCK_AFTER_S)",
     )
     jobs.add_argument("--all-stuck", action="store_true", help="requeue or fail every stuck job")
@@ -36,7 +37,7 @@ def add_parser(sub: Any) -> None:
     jobs.add_argument("--reason", help="with fail: the error recorded on the job")
     jobs.add_argument(
         "--older-than-days",
-        type=number(0.0, above=True),
+        type=number(0.0, RETENTION_DAYS_MAX, above=True),
         help="with prune: delete final jobs older than this (default HEIMDALL_RETENTION_DAYS)",
     )
     jobs.add_argument("--json", action="store_true", help="with stuck: print JSON")

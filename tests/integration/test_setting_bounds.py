@@ -14,7 +14,12 @@ import sqlalchemy as sa
 
 from inference_worker.serving.recovery import Upkeep
 from inference_worker.settings import Settings, load_settings
-from inference_worker.settings_checks import POSTGRESQL_TIMEOUT_MAX_S, WAIT_MAX_S, YEAR_S
+from inference_worker.settings_checks import (
+    POSTGRESQL_TIMEOUT_MAX_S,
+    RETENTION_DAYS_MAX,
+    WAIT_MAX_S,
+    YEAR_S,
+)
 from inference_worker.storage.engine import create_engine
 from inference_worker.storage.maintenance import JobMaintenance
 from tasks.app import create_celery, dead_letter_queue_name, publisher
@@ -55,10 +60,10 @@ def test_statement_timeouts_at_either_bound_are_the_connections_own(settings, ti
 
 def test_the_oldest_ages_the_settings_allow_are_queries_postgresql_answers(engine):
     """Past them, every count of stuck jobs, relay round and prune was PostgreSQL's "timestamp
-    out of range"."""
+    out of range" (`jobs stuck --older-than` and `jobs prune --older-than-days` take the same)."""
     settings = load_settings(
         stuck_after_s=YEAR_S,
-        retention_days=bound("retention_days", "le"),
+        retention_days=RETENTION_DAYS_MAX,
         blob_ttl_s=YEAR_S,
         outbox_grace_s=YEAR_S - 1,
     )

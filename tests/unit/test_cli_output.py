@@ -107,9 +107,18 @@ def test_a_count_range_is_one_number_or_the_lower_first_within_its_bounds():
         (["flower", "--port", "0"], "--port: 0 is too few: give at least 1"),
         (["api", "--workers", "0"], "--workers: 0 is too few"),
         (["worker", "--concurrency", "-2"], "--concurrency: -2 is too few"),
+        # ages past PostgreSQL's dates reached it, and came back as a traceback
+        (
+            ["jobs", "stuck", "--older-than", "1e12"],
+            "--older-than: 1e12 is out of range: give a number from 0 to 31536000",
+        ),
+        (
+            ["jobs", "prune", "--older-than-days", "1e9"],
+            "--older-than-days: 1e9 is out of range: give a number more than 0 and at most 36500",
+        ),
     ],
 )
-def test_servers_refuse_ports_and_process_counts_they_cannot_use(capsys, args, refusal):
+def test_commands_refuse_numbers_they_cannot_use(capsys, args, refusal):
     """A port past 65535 reached gunicorn's bind as a traceback; a count of 0 processes fell
     back to the settings' without a word."""
     with pytest.raises(SystemExit) as exited:
