@@ -182,13 +182,13 @@ class Settings(BaseSettings):
     )
     database_statement_timeout_s: float = Field(
         15.0,
-        ge=0.001,
+        ge=0.1,
         le=POSTGRESQL_TIMEOUT_MAX_S,
         description="Longest a PostgreSQL statement may run before it is cancelled.",
     )
     publish_confirm_timeout_s: float = Field(
         5.0,
-        ge=0.001,
+        ge=0.1,
         le=WAIT_MAX_S,
         description="Longest a publish waits for RabbitMQ's confirm.",
     )
