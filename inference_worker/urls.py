@@ -36,4 +36,14 @@ def postgresql_url(url: str, *, driver_required: bool) -> str:
             f"the driver {driver[1:]!r} is not installed: the service talks to PostgreSQL "
             "through psycopg2 (write postgresql://... or postgresql+psycopg2://...)"
         )
-    return "postgresql+psycopg2://" + url[found.end() :]
+    normal = "postgresql+psycopg2://" + url[found.end() :]
+    from sqlalchemy.engine import make_url  # here: a process that reads no URL skips the import
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(normal)
+    except (ArgumentError, ValueError) as exc:  # a port that is no number, say
+        raise ValueError(
+            f"is not a URL the PostgreSQL driver can read ({redact_secrets(str(exc))})"
+        ) from None
+    return normal

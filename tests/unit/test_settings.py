@@ -151,6 +151,21 @@ def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatc
     assert "HEIMDALL_DATABASE_URL: must be a PostgreSQL URL" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("variable", ["HEIMDALL_DATABASE_URL", "HEIMDALL_REGISTRY_URI"])
+def test_a_postgresql_url_the_driver_cannot_read_is_named_without_the_password(
+    monkeypatch, capsys, variable
+):
+    """A port that is no number was a traceback from SQLAlchemy's URL parser at start."""
+    monkeypatch.setenv(variable, "postgresql://svc:s3cret@db:abc/heimdall")
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: invalid setting {variable}: is not a URL the PostgreSQL driver can read ("
+    )
+    assert err.endswith(") (got 'postgresql://***@db:abc/heimdall')\n") and "s3cret" not in err
+
+
 def test_redis_prefix_always_ends_with_a_colon():
     assert load_settings(redis_prefix="svc").redis_prefix == "svc:"
 
