@@ -21,7 +21,7 @@ from inference_worker.settings_checks import (
     RULES,
     WAIT_MAX_S,
     YEAR_S,
-    public_url,
+    service_url,
 )
 from inference_worker.urls import postgresql_url
 
@@ -310,10 +310,10 @@ class Settings(BaseSettings):
                 raise ValueError(reason)
         return self
 
-    @field_validator("api_public_url")
+    @field_validator("api_public_url", "broker_url", "redis_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        return public_url(value)
+    def _service_url(cls, value: str, info: ValidationInfo) -> str:
+        return service_url(str(info.field_name), value)
 
     @field_validator("redis_prefix")
     @classmethod

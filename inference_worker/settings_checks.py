@@ -67,8 +67,25 @@ def rate_bounds_in_order(s: Any) -> str | None:
 RULES = (distinct_keys, hard_limit_above_soft, grace_within_blob_lifetime, rate_bounds_in_order)
 
 
-def public_url(value: str) -> str:
-    """``HEIMDALL_API_PUBLIC_URL``: empty, or an http(s) URL with a host (its last ``/`` cut)."""
+def service_url(field: str, value: str) -> str:
+    """A URL the service's clients can read, or a ValueError saying why (a port that is no
+    number was a traceback when a process started):
+
+    - ``api_public_url``: empty, or an http(s) URL with a host (its last ``/`` cut);
+    - ``redis_url``: as redis-py reads it (``redis://``, ``rediss://``, ``unix://``);
+    - ``broker_url``: RabbitMQ's, as kombu reads it (``amqp://`` or ``amqps://``).
+    """
+    if field == "redis_url":
+        from redis.connection import parse_url
+
+        parse_url(value)
+        return value
+    if field == "broker_url":
+        from kombu.utils.url import url_to_parts
+
+        if url_to_parts(value).scheme not in ("amqp", "amqps", "pyamqp"):
+            raise ValueError("must be a RabbitMQ URL (amqp://user:password@host:5672/vhost)")
+        return value
     parts = urlsplit(value)
     if value and (parts.scheme not in ("http", "https") or not parts.hostname):
         raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")

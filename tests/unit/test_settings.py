@@ -166,6 +166,36 @@ def test_a_postgresql_url_the_driver_cannot_read_is_named_without_the_password(
     assert err.endswith(") (got 'postgresql://***@db:abc/heimdall')\n") and "s3cret" not in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("HEIMDALL_BROKER_URL", "amqp://svc:s3cret@mq:abc//", "Port could not be cast to integer"),
+        ("HEIMDALL_BROKER_URL", "redis://127.0.0.1:6379/0", "must be a RabbitMQ URL"),
+        ("HEIMDALL_BROKER_URL", "rabbit.example", "must be a RabbitMQ URL"),
+        ("HEIMDALL_REDIS_URL", "redis://:s3cret@cache:abc/0", "Port could not be cast to integer"),
+        ("HEIMDALL_REDIS_URL", "cache.example:6379", "Redis URL must specify one of the following"),
+    ],
+)
+def test_a_service_url_its_client_cannot_read_is_refused_at_start(
+    monkeypatch, capsys, variable, value, reason
+):
+    """A port that is no number was a traceback when the api or Flower started (the reachability
+    message itself parsed the URL); a Redis URL without its scheme stopped every command."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit):
+        main(["migrate"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid setting {variable}: {reason}") and "s3cret" not in err
+
+
+def test_an_unreadable_url_is_still_printed_without_its_credentials():
+    from inference_worker.storage.reachability import redact_url
+
+    assert redact_url("amqp://svc:s3cret@mq:abc//") == "amqp://***@mq:abc//"
+    assert redact_url("postgresql://svc:s3cret@db/x") == "postgresql://svc:***@db/x"
+    assert redact_url("nonsense") == "nonsense"
+
+
 def test_redis_prefix_always_ends_with_a_colon():
     assert load_settings(redis_prefix="svc").redis_prefix == "svc:"
 
