@@ -16,12 +16,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_worker.api_keys import ApiKey, check_rate_limit
 from inference_worker.settings_checks import (
+    CHECKED,
     POSTGRESQL_TIMEOUT_MAX_S,
     RETENTION_DAYS_MAX,
     RULES,
     WAIT_MAX_S,
     YEAR_S,
-    service_url,
+    checked,
 )
 from inference_worker.urls import postgresql_url
 
@@ -310,21 +311,20 @@ class Settings(BaseSettings):
                 raise ValueError(reason)
         return self
 
-    @field_validator("api_public_url", "broker_url", "redis_url")
+    @field_validator(*CHECKED)
     @classmethod
-    def _service_url(cls, value: str, info: ValidationInfo) -> str:
-        return service_url(str(info.field_name), value)
+    def _checked(cls, value: str, info: ValidationInfo) -> str:
+        return checked(str(info.field_name), value)
 
     @field_validator("redis_prefix")
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
 
-    @field_validator("database_url", "registry_uri")
+    @field_validator("database_url")
     @classmethod
-    def _postgresql_driver(cls, value: str, info: ValidationInfo) -> str:
-        # The job store is SQLAlchemy's (a driver named); MLflow takes either form.
-        return postgresql_url(value, driver_required=info.field_name == "database_url")
+    def _job_store_driver(cls, value: str) -> str:
+        return postgresql_url(value, driver_required=True)
 
     @property
     def resolved_registry_uri(self) -> str:

@@ -9,8 +9,12 @@ the settings raise it, and the command line prints it naming the variables.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
+
+from inference_worker.urls import postgresql_url
 
 YEAR_S = 365 * 86_400
 """The longest lifetime in Redis, or age of a job, a setting gives in seconds: Redis's expiries
@@ -67,26 +71,103 @@ def rate_bounds_in_order(s: Any) -> str | None:
 RULES = (distinct_keys, hard_limit_above_soft, grace_within_blob_lifetime, rate_bounds_in_order)
 
 
-def service_url(field: str, value: str) -> str:
-    """A URL the service's clients can read, or a ValueError saying why (a port that is no
-    number was a traceback when a process started):
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What MLflow takes as an alias (ASCII here), no longer than a job's model reference."""
+RESERVED_ALIAS = re.compile(r"latest|v[0-9]+", re.IGNORECASE)
+"""Names MLflow keeps for itself: the newest version, and a version by number."""
+QUEUE_BYTES_MAX = 255 - len(".dead")
+"""RabbitMQ's longest queue name, less its dead-letter queue's suffix."""
+REGISTRY_SCHEMES = ("sqlite", "postgresql", "http", "https", "databricks", "databricks-uc")
+"""The registry stores this service's MLflow client reaches: MLflow 3 no longer takes a folder
+(its file store), and no other database driver is installed."""
+
+
+def alias_refusal(alias: str) -> str | None:
+    """Why ``alias`` cannot name a registry version, or ``None``."""
+    if not ALIAS_PATTERN.fullmatch(alias) or alias.isdigit():
+        return f"alias {alias!r}: an alias is 1-64 of A-Z a-z 0-9 _ - (not a number)"
+    if RESERVED_ALIAS.fullmatch(alias):
+        return f"alias {alias!r} is reserved by the registry (latest, v<number>)"
+    return None
+
+
+def checked(field: str, value: str) -> str:
+    """A text setting the service's clients can use, or a ValueError saying why (each was a
+    traceback, or a failure later, in the process that first used it):
 
     - ``api_public_url``: empty, or an http(s) URL with a host (its last ``/`` cut);
     - ``redis_url``: as redis-py reads it (``redis://``, ``rediss://``, ``unix://``);
-    - ``broker_url``: RabbitMQ's, as kombu reads it (``amqp://`` or ``amqps://``).
+    - ``broker_url``: RabbitMQ's, as kombu reads it (``amqp://`` or ``amqps://``);
+    - ``registry_uri``: empty (the embedded SQLite registry) or a store of
+      :data:`REGISTRY_SCHEMES` (a PostgreSQL URL in the installed driver's form);
+    - ``queue``: a name RabbitMQ takes, with its dead-letter queue's;
+    - ``model_name`` and ``model_alias``: names the MLflow registry takes.
     """
-    if field == "redis_url":
-        from redis.connection import parse_url
+    return _CHECKS[field](value)
 
-        parse_url(value)
-        return value
-    if field == "broker_url":
-        from kombu.utils.url import url_to_parts
 
-        if url_to_parts(value).scheme not in ("amqp", "amqps", "pyamqp"):
-            raise ValueError("must be a RabbitMQ URL (amqp://user:password@host:5672/vhost)")
-        return value
+def _redis_url(value: str) -> str:
+    from redis.connection import parse_url
+
+    parse_url(value)
+    return value
+
+
+def _broker_url(value: str) -> str:
+    from kombu.utils.url import url_to_parts
+
+    if url_to_parts(value).scheme not in ("amqp", "amqps", "pyamqp"):
+        raise ValueError("must be a RabbitMQ URL (amqp://user:password@host:5672/vhost)")
+    return value
+
+
+def _registry_uri(value: str) -> str:
+    value = postgresql_url(value, driver_required=False)
+    scheme = value.split("://", 1)[0].split("+", 1)[0] if "://" in value else value
+    if value and scheme not in REGISTRY_SCHEMES:
+        raise ValueError(
+            "must be empty (an embedded SQLite registry in HEIMDALL_DATA_DIR), sqlite:///path, "
+            "postgresql://..., an MLflow server's http(s)://... or databricks"
+        )
+    return value
+
+
+def _queue(value: str) -> str:
+    if not value or len(value.encode()) > QUEUE_BYTES_MAX:
+        raise ValueError(f"a queue name is 1-{QUEUE_BYTES_MAX} bytes (RabbitMQ's 255 less .dead)")
+    if value.startswith("amq."):
+        raise ValueError("names starting with amq. are RabbitMQ's own")
+    return value
+
+
+def _model_name(value: str) -> str:
+    if not value or "/" in value or ":" in value:
+        raise ValueError("a registered model's name is not empty and holds no / or :")
+    return value
+
+
+def _model_alias(value: str) -> str:
+    if (refusal := alias_refusal(value)) is not None:
+        raise ValueError(refusal)
+    return value
+
+
+def _public_url(value: str) -> str:
     parts = urlsplit(value)
     if value and (parts.scheme not in ("http", "https") or not parts.hostname):
         raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
     return value.rstrip("/")
+
+
+_CHECKS: dict[str, Callable[[str], str]] = {  # CHECKED, below, names its keys
+    "api_public_url": _public_url,
+    "redis_url": _redis_url,
+    "broker_url": _broker_url,
+    "registry_uri": _registry_uri,
+    "queue": _queue,
+    "model_name": _model_name,
+    "model_alias": _model_alias,
+}
+
+CHECKED = tuple(_CHECKS)
+"""The settings :func:`checked` checks."""

@@ -130,7 +130,13 @@ def test_postgresql_urls_in_their_common_forms_mean_the_installed_driver(given):
 
 
 def test_registry_uris_of_other_stores_are_left_as_they_are():
-    for uri in ("", "http://mlflow:5000", "sqlite:////srv/mlflow.db", "databricks"):
+    for uri in (
+        "",
+        "http://mlflow:5000",
+        "https://m.example/x",
+        "sqlite:////srv/mlflow.db",
+        "databricks",
+    ):
         assert load_settings(registry_uri=uri).registry_uri == uri
 
 
@@ -144,6 +150,9 @@ def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatc
         "error: invalid setting HEIMDALL_DATABASE_URL: the driver 'psycopg' is not installed: the "
         "service talks to PostgreSQL through psycopg2 (write postgresql://... or "
         "postgresql+psycopg2://...) (got 'postgresql+psycopg://***@db/heimdall')\n"
+        "error: invalid setting HEIMDALL_REGISTRY_URI: must be empty (an embedded SQLite registry "
+        "in HEIMDALL_DATA_DIR), sqlite:///path, postgresql://..., an MLflow server's "
+        "http(s)://... or databricks (got 'mysql://***@db/mlflow')\n"
     )
     monkeypatch.setenv("HEIMDALL_DATABASE_URL", "redis://127.0.0.1:6379/0")
     with pytest.raises(SystemExit):
@@ -174,13 +183,27 @@ def test_a_postgresql_url_the_driver_cannot_read_is_named_without_the_password(
         ("HEIMDALL_BROKER_URL", "rabbit.example", "must be a RabbitMQ URL"),
         ("HEIMDALL_REDIS_URL", "redis://:s3cret@cache:abc/0", "Port could not be cast to integer"),
         ("HEIMDALL_REDIS_URL", "cache.example:6379", "Redis URL must specify one of the following"),
+        # MLflow 3's folder store raises at first use; no MySQL driver is installed
+        ("HEIMDALL_REGISTRY_URI", "file:///srv/mlruns", "must be empty (an embedded SQLite"),
+        ("HEIMDALL_REGISTRY_URI", "./mlruns", "must be empty (an embedded SQLite"),
+        ("HEIMDALL_REGISTRY_URI", "mysql://svc:s3cret@db/mlflow", "must be empty (an embedded"),
+        # RabbitMQ refused an empty name; one past 255 bytes broke the AMQP frame (struct.error)
+        ("HEIMDALL_QUEUE", "", "a queue name is 1-250 bytes (RabbitMQ's 255 less .dead)"),
+        ("HEIMDALL_QUEUE", "q" * 251, "a queue name is 1-250 bytes"),
+        ("HEIMDALL_QUEUE", "amq.jobs", "names starting with amq. are RabbitMQ's own"),
+        # MLflow's own traceback at the first registry call, or at the first registration
+        ("HEIMDALL_MODEL_NAME", "", "a registered model's name is not empty and holds no / or :"),
+        ("HEIMDALL_MODEL_NAME", "team/model", "a registered model's name is not empty"),
+        ("HEIMDALL_MODEL_ALIAS", "best model", "alias 'best model': an alias is 1-64 of"),
+        ("HEIMDALL_MODEL_ALIAS", "latest", "alias 'latest' is reserved by the registry"),
     ],
 )
-def test_a_service_url_its_client_cannot_read_is_refused_at_start(
+def test_a_url_or_name_its_service_cannot_use_is_refused_at_start(
     monkeypatch, capsys, variable, value, reason
 ):
     """A port that is no number was a traceback when the api or Flower started (the reachability
-    message itself parsed the URL); a Redis URL without its scheme stopped every command."""
+    message itself parsed the URL); a Redis URL without its scheme stopped every command; the
+    others were tracebacks where they were first used."""
     monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit):
         main(["migrate"])
