@@ -18,8 +18,10 @@ from inference_worker.api_keys import ApiKey, check_rate_limit
 from inference_worker.settings_checks import (
     CHECKED,
     POSTGRESQL_TIMEOUT_MAX_S,
+    PROCESSES_MAX,
     RETENTION_DAYS_MAX,
     RULES,
+    THREADS_MAX,
     WAIT_MAX_S,
     YEAR_S,
     checked,
@@ -59,12 +61,8 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
         description="PostgreSQL schema holding the service's tables (created if missing).",
     )
-    redis_prefix: str = Field(
-        "heimdall:", description="Prefix of every Redis key the service writes."
-    )
-    queue: str = Field(
-        "heimdall.inference", description="RabbitMQ queue the inference tasks travel on."
-    )
+    redis_prefix: str = Field("heimdall:", description="Prefix of every Redis key written.")
+    queue: str = Field("heimdall.inference", description="RabbitMQ queue of the inference tasks.")
 
     # --- model ----------------------------------------------------------------------------
     model_source: Literal["dir", "registry"] = Field(
@@ -79,9 +77,7 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("heimdall-localization", description="Registered model name.")
     model_alias: str = Field("champion", description="Registry alias the workers serve.")
-    data_dir: Path = Field(
-        Path("var"), description="Local data folder (embedded registry, model cache)."
-    )
+    data_dir: Path = Field(Path("var"), description="Local data (embedded registry, model cache).")
     registry_uri: str = Field(
         "",
         description="MLflow registry store, e.g. postgresql://... or http://mlflow:5000; "
@@ -93,10 +89,10 @@ class Settings(BaseSettings):
         "reads, or empty: data_dir/mlflow/artifacts; with an MLflow server, its artifact proxy).",
     )
     onnx_intra_op_threads: int = Field(
-        1, ge=1, description="onnxruntime intra-op threads per worker process."
+        1, ge=1, le=THREADS_MAX, description="onnxruntime intra-op threads per worker process."
     )
     onnx_inter_op_threads: int = Field(
-        1, ge=1, description="onnxruntime inter-op threads per worker process."
+        1, ge=1, le=THREADS_MAX, description="onnxruntime inter-op threads per worker process."
     )
     retain_freed_mb: int = Field(
         256,
@@ -110,6 +106,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         2,
         ge=1,
+        le=PROCESSES_MAX,
         description="Worker processes (prefork pool) started by `heimdall-inference worker`.",
     )
     worker_batch_size: int = Field(
@@ -278,7 +275,9 @@ class Settings(BaseSettings):
         "https://host/path), as its processes announce it in Redis for `heimdall-inference "
         "check`; empty: the address it listens on, this host's name where that is every address.",
     )
-    api_workers: int = Field(2, ge=1, description="gunicorn worker processes of the shim.")
+    api_workers: int = Field(
+        2, ge=1, le=PROCESSES_MAX, description="gunicorn worker processes of the shim."
+    )
     max_wait_s: float = Field(
         30.0,
         gt=0,
@@ -288,15 +287,14 @@ class Settings(BaseSettings):
     api_threads: int = Field(
         16,
         ge=1,
+        le=THREADS_MAX,
         description="Threads per shim process (gunicorn gthread): while one request waits on "
         "PostgreSQL, Redis, RabbitMQ or a job (?wait=), another runs. 1: synchronous workers.",
     )
     api_access_log: bool = Field(
         False,
-        description="Log every HTTP request of the shim to stdout (gunicorn's access log). Off "
-        "by default, as in gunicorn: at hundreds of requests a second the line costs the shim "
-        "about a twentieth of its CPU, and the Prometheus metrics count requests by endpoint and "
-        "status.",
+        description="Log every HTTP request of the shim to stdout (gunicorn's access log); off by "
+        "default: at hundreds a second the line costs a twentieth of the shim's CPU.",
     )
 
     @field_validator("api_rate_limit")

@@ -28,6 +28,12 @@ POSTGRESQL_TIMEOUT_MAX_S = 2_147_483.647
 """PostgreSQL's ``statement_timeout`` is a 32-bit count of milliseconds (~24.8 days): a larger one
 makes every connection fail."""
 
+PROCESSES_MAX = 256
+"""The most processes of one kind a host starts (a typo of a few more digits forked without end)."""
+
+THREADS_MAX = 1_024
+"""The most threads of one kind a process starts."""
+
 WAIT_MAX_S = 86_400.0
 """The longest a thread waits between two rounds of its work, or for one confirm: far below what
 a thread's timed wait takes (``threading.TIMEOUT_MAX``, ~292 years here)."""

@@ -17,6 +17,7 @@ from inference_worker.cli.processes import ProcessFailed
 from inference_worker.cli.serve import cmd_api, cmd_flower, cmd_migrate, cmd_worker
 from inference_worker.cli.settings_errors import describe_invalid, describe_unparsable
 from inference_worker.settings import Settings, load_settings
+from inference_worker.settings_checks import PROCESSES_MAX
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     worker = sub.add_parser("worker", help="start a Celery worker (one ONNX session per process)")
-    worker.add_argument("--concurrency", type=count(), help="worker processes (default: settings)")
+    worker.add_argument(
+        "--concurrency", type=count(1, PROCESSES_MAX), help="worker processes (default: settings)"
+    )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
     worker.add_argument("--hostname", help="Celery node name (default heimdall-<pid>@<host>)")
     worker.set_defaults(func=cmd_worker)
@@ -41,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="start the HTTP shim under gunicorn")
     api.add_argument("--host")
     api.add_argument("--port", type=PORT)
-    api.add_argument("--workers", type=count(), help="gunicorn processes (default: settings)")
+    api.add_argument(
+        "--workers", type=count(1, PROCESSES_MAX), help="gunicorn processes (default: settings)"
+    )
     api.set_defaults(func=cmd_api)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")

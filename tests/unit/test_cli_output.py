@@ -107,6 +107,11 @@ def test_a_count_range_is_one_number_or_the_lower_first_within_its_bounds():
         (["flower", "--port", "0"], "--port: 0 is too few: give at least 1"),
         (["api", "--workers", "0"], "--workers: 0 is too few"),
         (["worker", "--concurrency", "-2"], "--concurrency: -2 is too few"),
+        (
+            ["worker", "--concurrency", "20000"],
+            "--concurrency: 20000 is too many: give at most 256",
+        ),
+        (["api", "--workers", "20000"], "--workers: 20000 is too many: give at most 256"),
         # ages past PostgreSQL's dates reached it, and came back as a traceback
         (
             ["jobs", "stuck", "--older-than", "1e12"],

@@ -269,6 +269,11 @@ def test_env_example_lists_every_setting():
         ("BLOB_TTL_S", str(10**20), "less than or equal to 31536000"),
         ("RESULT_TTL_S", str(10**20), "less than or equal to 31536000"),
         ("CACHE_TTL_S", str(10**20), "less than or equal to 31536000"),
+        # a few digits too many forked (or started threads) without end
+        ("WORKER_CONCURRENCY", "20000", "less than or equal to 256"),
+        ("API_WORKERS", "20000", "less than or equal to 256"),
+        ("API_THREADS", "160000", "less than or equal to 1024"),
+        ("ONNX_INTRA_OP_THREADS", "10000", "less than or equal to 1024"),
     ],
 )
 def test_values_the_services_would_fail_on_or_not_honour_are_refused(
