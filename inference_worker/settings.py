@@ -294,7 +294,7 @@ class Settings(BaseSettings):
     api_access_log: bool = Field(
         False,
         description="Log every HTTP request of the shim to stdout (gunicorn's access log); off by "
-        "default: at hundreds a second the line costs a twentieth of the shim's CPU.",
+        "default: at hundreds of requests a second it costs a twentieth of the shim's CPU.",
     )
 
     @field_validator("api_rate_limit")

@@ -1,6 +1,6 @@
 """Checks of the settings beyond one field's type: the bounds shared by several, the checks
-across settings and those of a URL. A value the services would take and then fail on, or
-silently not honour, is refused when the settings load.
+across settings, and those of the URLs and names the service's clients read. A value the
+services would take and then fail on, or silently not honour, is refused when the settings load.
 
 Each rule across settings takes the settings (:class:`~inference_worker.settings.Settings`, not
 imported: it imports this module) and returns the reason a combination is refused, or ``None``;
@@ -22,7 +22,7 @@ and PostgreSQL's dates stop well short of what a float or an integer holds, and 
 means a longer one."""
 
 RETENTION_DAYS_MAX = 36_500
-"""The longest retention, in days (a century; PostgreSQL's dates reach back ~4 700 years)."""
+"""The longest retention, in days (a century; PostgreSQL's dates reach back to 4713 BC)."""
 
 POSTGRESQL_TIMEOUT_MAX_S = 2_147_483.647
 """PostgreSQL's ``statement_timeout`` is a 32-bit count of milliseconds (~24.8 days): a larger one

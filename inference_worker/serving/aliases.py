@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference_worker.settings_checks import (
+from inference_worker.settings_checks import (  # callers import it here
     alias_refusal as alias_refusal,
-)  # callers import it here
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

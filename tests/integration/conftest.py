@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import kombu
 import pytest
 import redis
 import sqlalchemy as sa
@@ -25,8 +24,13 @@ from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.reachability import unreachable_services
 from inference_worker.storage.redis_store import RedisStore, connect
-from tasks.app import dead_letter_queue_name
-from tests.integration.helpers import free_port, migrated_schema, queue_consumers, worker_env
+from tests.integration.helpers import (
+    delete_queues,
+    free_port,
+    migrated_schema,
+    queue_consumers,
+    worker_env,
+)
 from tests.integration.registry_helpers import closed_port, own_registry_database
 
 pytestmark = pytest.mark.integration
@@ -84,11 +88,7 @@ def stores(
 @pytest.fixture(scope="session")
 def queue_cleanup(settings: Settings) -> Iterator[None]:
     yield
-    with kombu.Connection(settings.broker_url) as connection:
-        channel = connection.default_channel
-        for name in (settings.queue, dead_letter_queue_name(settings.queue)):
-            channel.queue_delete(name)
-        channel.exchange_delete(settings.queue)
+    delete_queues(settings.broker_url, settings.queue)
 
 
 @pytest.fixture(scope="session")
@@ -165,11 +165,7 @@ def own_queue_factory(
         return local, store, start_worker
 
     yield make
-    with kombu.Connection(settings.broker_url) as connection:
-        for local in made:
-            connection.default_channel.queue_delete(local.queue)
-            connection.default_channel.queue_delete(dead_letter_queue_name(local.queue))
-            connection.default_channel.exchange_delete(local.queue)
+    delete_queues(settings.broker_url, *(local.queue for local in made))
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import create_engine, migrate
 from inference_worker.storage.redis_store import RedisStore
+from tasks.app import dead_letter_queue_name
 from tasks.contract import wait_until_final
 from tests.helpers import capture_query, npy_bytes
 
@@ -100,6 +101,17 @@ def job_row(jobs: JobStore, job_id: str) -> dict[str, Any]:
     row = jobs.get(job_id)
     assert row is not None, f"no row for job {job_id}"
     return row
+
+
+def delete_queues(broker_url: str, *queues: str) -> None:
+    """Delete each of the service's queues a test declared: the queue, its dead-letter queue and
+    its exchange."""
+    with kombu.Connection(broker_url) as connection:
+        channel = connection.default_channel
+        for queue in queues:
+            channel.queue_delete(queue)
+            channel.queue_delete(dead_letter_queue_name(queue))
+            channel.exchange_delete(queue)
 
 
 def queue_consumers(broker_url: str, queue: str) -> int:

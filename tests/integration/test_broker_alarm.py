@@ -31,10 +31,10 @@ from api_shim.client import ShimClient, ShimError, ShimUnreachable
 from inference_worker.cli.processes import cli_process, stop, wait_until
 from inference_worker.serving.store_checks import check_broker
 from inference_worker.storage.database import JobStore
-from tasks.app import create_celery, dead_letter_queue_name, publisher
+from tasks.app import create_celery, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
-from tests.integration.helpers import free_port, job_row, produce, worker_env
+from tests.integration.helpers import delete_queues, free_port, job_row, produce, worker_env
 from tests.integration.service_control import cannot_run, require_opt_in, restore_services
 
 CLIENT_TIMEOUT_S = 30.0
@@ -282,8 +282,5 @@ def test_a_publish_on_a_connection_the_broker_closed_reconnects(settings):
             waiting = connection.default_channel.queue_declare(queue, passive=True).message_count
         assert waiting == 2
     finally:
-        with kombu.Connection(settings.broker_url) as connection:
-            connection.default_channel.queue_delete(queue)
-            connection.default_channel.queue_delete(dead_letter_queue_name(queue))
-            connection.default_channel.exchange_delete(queue)
+        delete_queues(settings.broker_url, queue)
         app.close()

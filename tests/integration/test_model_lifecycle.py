@@ -20,7 +20,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import kombu
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -34,9 +33,8 @@ from inference_worker.serving.registry import CHALLENGER, CHAMPION, open_registr
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.schema import jobs
 from inference_worker.storage.statuses import FINAL_STATUSES
-from tasks.app import dead_letter_queue_name
 from tests.helpers import json_body
-from tests.integration.helpers import free_port, worker_env
+from tests.integration.helpers import delete_queues, free_port, worker_env
 
 ADMIN = "lifecycle-admin-token"
 SUBMIT_INTERVAL_S = 0.03
@@ -85,10 +83,7 @@ def lifecycle(settings, engine, redis_client, tmp_path_factory):
 
         wait_until("the registry worker", all_workers_current, 60, process)
         yield lc, app, all_workers_current
-    with kombu.Connection(lc.broker_url) as connection:
-        connection.default_channel.queue_delete(lc.queue)
-        connection.default_channel.queue_delete(dead_letter_queue_name(lc.queue))
-        connection.default_channel.exchange_delete(lc.queue)
+    delete_queues(lc.broker_url, lc.queue)
 
 
 def start_load(app, capture) -> tuple[Load, threading.Thread]:

@@ -22,9 +22,10 @@ from inference_worker.settings_checks import (
 )
 from inference_worker.storage.engine import create_engine
 from inference_worker.storage.maintenance import JobMaintenance
-from tasks.app import create_celery, dead_letter_queue_name, publisher
+from tasks.app import create_celery, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
+from tests.integration.helpers import delete_queues
 
 
 def bound(name: str, side: str) -> float:
@@ -106,8 +107,5 @@ def test_a_publish_waits_the_longest_confirm_timeout(settings):
             waiting = connection.default_channel.queue_declare(queue, passive=True).message_count
         assert waiting == 1
     finally:
-        with kombu.Connection(settings.broker_url) as connection:
-            connection.default_channel.queue_delete(queue)
-            connection.default_channel.queue_delete(dead_letter_queue_name(queue))
-            connection.default_channel.exchange_delete(queue)
+        delete_queues(settings.broker_url, queue)
         app.close()

@@ -9,6 +9,17 @@ from inference_worker.cli.main import main
 from inference_worker.settings import DEFAULT_MODEL_DIR, Settings, load_settings
 
 
+def refused_at_start(monkeypatch, capsys, variables: dict[str, str]) -> str:
+    """What the command line says of ``variables`` (it must refuse them, exit code 2). The
+    command is ``check``, which changes nothing should a value be taken after all."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["check"])
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_defaults_point_at_the_local_services_and_the_packaged_model(monkeypatch):
     for name in ("HEIMDALL_BROKER_URL", "HEIMDALL_REDIS_URL", "HEIMDALL_MODEL_DIR"):
         monkeypatch.delenv(name, raising=False)
@@ -165,10 +176,9 @@ def test_a_postgresql_url_the_driver_cannot_read_is_named_without_the_password(
     monkeypatch, capsys, variable
 ):
     """A port that is no number was a traceback from SQLAlchemy's URL parser at start."""
-    monkeypatch.setenv(variable, "postgresql://svc:s3cret@db:abc/heimdall")
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    err = capsys.readouterr().err
+    err = refused_at_start(
+        monkeypatch, capsys, {variable: "postgresql://svc:s3cret@db:abc/heimdall"}
+    )
     assert err.startswith(
         f"error: invalid setting {variable}: is not a URL the PostgreSQL driver can read ("
     )
@@ -204,10 +214,7 @@ def test_a_url_or_name_its_service_cannot_use_is_refused_at_start(
     """A port that is no number was a traceback when the api or Flower started (the reachability
     message itself parsed the URL); a Redis URL without its scheme stopped every command; the
     others were tracebacks where they were first used."""
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    err = capsys.readouterr().err
+    err = refused_at_start(monkeypatch, capsys, {variable: value})
     assert err.startswith(f"error: invalid setting {variable}: {reason}") and "s3cret" not in err
 
 
@@ -279,12 +286,8 @@ def test_env_example_lists_every_setting():
 def test_values_the_services_would_fail_on_or_not_honour_are_refused(
     monkeypatch, capsys, variable, value, why
 ):
-    monkeypatch.setenv(f"HEIMDALL_{variable}", value)
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    assert capsys.readouterr().err.startswith(
-        f"error: invalid setting HEIMDALL_{variable}: Input should be {why}"
-    )
+    err = refused_at_start(monkeypatch, capsys, {f"HEIMDALL_{variable}": value})
+    assert err.startswith(f"error: invalid setting HEIMDALL_{variable}: Input should be {why}")
 
 
 @pytest.mark.parametrize(
@@ -303,11 +306,8 @@ def test_values_the_services_would_fail_on_or_not_honour_are_refused(
     ],
 )
 def test_settings_that_contradict_each_other_are_refused(monkeypatch, capsys, variables, reason):
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    assert capsys.readouterr().err.startswith(f"error: invalid settings: {reason}")
+    err = refused_at_start(monkeypatch, capsys, variables)
+    assert err.startswith(f"error: invalid settings: {reason}")
 
 
 def test_the_longest_wait_a_setting_gives_is_one_a_thread_can_wait():
