@@ -6,6 +6,7 @@ likelihood for each."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -97,6 +98,12 @@ def run_demo(
     from inference_worker.cli.demo import running_service
 
     seed = int(time.time()) % 100_000 if seed is None else seed
+    try:  # before a worker and a shim are started for it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        print(f"error: cannot write the sets to {out}/: {why}", file=sys.stderr)
+        return 2
     heard = " heard by skywave" if propagation == "skywave" else ""
     print(
         f"writing {sets} synthetic sets{heard} to {out}/ (seed {seed}; --seed {seed} repeats them)"

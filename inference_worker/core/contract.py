@@ -89,7 +89,9 @@ class ModelMetadata:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ModelError(f"model metadata not found: {path}") from None
-        except json.JSONDecodeError as exc:
+        except OSError as exc:  # the folder is a file, or the file a folder or not readable
+            raise ModelError(f"model metadata {path} cannot be read: {exc.strerror}") from None
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested past reason
             raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
         return cls.from_json(data)
 

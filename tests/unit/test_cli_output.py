@@ -247,3 +247,20 @@ def test_positions_are_matched_by_station_or_by_the_name_of_a_file_without_one()
         {"id": "HB9_ODP", "lat": 47.0, "lon": 8.0},
         {"id": "20200813T065220Z_77500_iq", "lat": 45.0, "lon": 9.0},
     ]
+
+
+def test_the_tdoa_demo_refuses_an_output_it_cannot_write_before_starting_anything(tmp_path, capsys):
+    """``tdoa demo --out`` a file, or a folder it cannot make, was a traceback after the demo had
+    started a worker and a shim."""
+    from inference_worker.cli.tdoa_demo import run_demo
+    from inference_worker.settings import load_settings
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert run_demo(load_settings(), 1, 1, a_file) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: cannot write the sets to {a_file}/: it is not a folder\n"
+    )
+    assert run_demo(load_settings(), 1, 1, a_file / "under") == 2
+    assert capsys.readouterr().err.endswith("under/: Not a directory\n")

@@ -47,6 +47,37 @@ def test_model_whose_sha256_does_not_match_is_refused(model_dir, tmp_path):
         LocalizationModel(copy)
 
 
+def unreadable_model(tmp_path: Path, kind: str) -> Path:
+    """A model folder whose model.json cannot be read as JSON, of one ``kind``."""
+    if kind == "a-file-for-the-folder":
+        (tmp_path / "model").write_text("{}")
+        return tmp_path / "model"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if kind == "a-folder-for-the-file":
+        (folder / "model.json").mkdir()
+    elif kind == "not-utf-8":
+        (folder / "model.json").write_bytes(b"\xff\xfe{}")
+    else:  # nested past the JSON parser's recursion
+        (folder / "model.json").write_text("[" * 100_000)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("a-file-for-the-folder", "cannot be read: Not a directory"),
+        ("a-folder-for-the-file", "cannot be read: Is a directory"),
+        ("not-utf-8", "is not JSON: 'utf-8' codec can't decode"),
+        ("nested-too-deep", "is not JSON: maximum recursion depth exceeded"),
+    ],
+)
+def test_a_model_json_that_cannot_be_read_is_refused_saying_why(tmp_path, kind, why):
+    """``models register /dev/null`` (and such a HEIMDALL_MODEL_DIR) was a traceback."""
+    with pytest.raises(ModelError, match=re.escape(why)):
+        load_metadata(unreadable_model(tmp_path, kind))
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("receivers", None), ("features", [12_000]), ("domain", [1]), ("outputs", "mean")],
