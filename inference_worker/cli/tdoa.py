@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from inference_worker.cli.arguments import count, number
+from inference_worker.core.capture import parse_json
 from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_names import parse_file_name
 from inference_worker.core.tdoa_search import EXPECTATIONS
@@ -101,9 +102,9 @@ def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:
     paths = [Path(f) for f in args.files]
     for path in paths:
         if not path.is_file():
-            fail(f"no such file: {path}")
+            fail(f"no such file: {path}" if not path.exists() else f"not a file: {path}")
     try:
-        positions = json.loads(args.receivers.read_text())
+        positions = parse_json(args.receivers.read_text())
     except (OSError, ValueError) as exc:
         fail(f"cannot read the positions file {args.receivers}: {exc}")
     receivers = match_positions(positions, [p.name for p in paths])

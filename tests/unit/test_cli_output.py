@@ -264,3 +264,23 @@ def test_the_tdoa_demo_refuses_an_output_it_cannot_write_before_starting_anythin
     )
     assert run_demo(load_settings(), 1, 1, a_file / "under") == 2
     assert capsys.readouterr().err.endswith("under/: Not a directory\n")
+
+
+def test_tdoa_submit_names_a_positions_file_or_a_recording_it_cannot_read(tmp_path, capsys):
+    """Positions nested past the JSON parser's depth were a RecursionError traceback; a folder
+    given as a recording was "no such file". Both are refused before anything is sent."""
+    from inference_worker.cli.main import main
+
+    wavs = [tmp_path / f"20261130T120000Z_77500_RX{k}_iq.wav" for k in (1, 2, 3)]
+    for wav in wavs:
+        wav.write_bytes(b"RIFF")
+    deep = tmp_path / "receivers.json"
+    deep.write_text("[" * 100_000)
+    for files, refusal in (
+        (wavs, f"error: cannot read the positions file {deep}: nested too deeply\n"),
+        ([tmp_path] * 3, f"error: not a file: {tmp_path}\n"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["tdoa", "submit", *map(str, files), "--receivers", str(deep)])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err == refusal
