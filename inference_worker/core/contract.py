@@ -91,7 +91,7 @@ class ModelMetadata:
             raise ModelError(f"model metadata not found: {path}") from None
         except OSError as exc:  # the folder is a file, or the file a folder or not readable
             raise ModelError(f"model metadata {path} cannot be read: {exc.strerror}") from None
-        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested past reason
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep
             raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
         return cls.from_json(data)
 
