@@ -116,6 +116,10 @@ def _redis_url(value: str) -> str:
     from redis.connection import parse_url
 
     parse_url(value)
+    parts = urlsplit(value)
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():  # redis-py reads it as 0
+        raise ValueError(f"the database {database!r} is no number (redis://host:6379/0)")
     return value
 
 

@@ -193,6 +193,8 @@ def test_a_postgresql_url_the_driver_cannot_read_is_named_without_the_password(
         ("HEIMDALL_BROKER_URL", "rabbit.example", "must be a RabbitMQ URL"),
         ("HEIMDALL_REDIS_URL", "redis://:s3cret@cache:abc/0", "Port could not be cast to integer"),
         ("HEIMDALL_REDIS_URL", "cache.example:6379", "Redis URL must specify one of the following"),
+        # redis-py took it as database 0 without a word
+        ("HEIMDALL_REDIS_URL", "redis://cache:6379/jobs", "the database 'jobs' is no number"),
         # MLflow 3's folder store raises at first use; no MySQL driver is installed
         ("HEIMDALL_REGISTRY_URI", "file:///srv/mlruns", "must be empty (an embedded SQLite"),
         ("HEIMDALL_REGISTRY_URI", "./mlruns", "must be empty (an embedded SQLite"),
