@@ -87,13 +87,15 @@ def test_the_default_body_bound_takes_the_default_most_receivers_30_s_each(monke
 def test_the_command_line_names_each_bad_variable_as_it_is_set(monkeypatch, capsys):
     """pydantic's report named fields (``worker_batch_size``), which nobody sets, over four
     lines a variable with a link; an API key's entry (it holds the key) is not repeated."""
-    monkeypatch.setenv("HEIMDALL_WORKER_BATCH_SIZE", "abc")
-    monkeypatch.setenv("HEIMDALL_MAX_DELIVERIES", "0")
-    monkeypatch.setenv("HEIMDALL_API_KEYS", '[{"name": "lab", "key": "short-s3cret"}]')
-    with pytest.raises(SystemExit) as exit_:
-        main(["migrate"])
-    assert exit_.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = refused_at_start(
+        monkeypatch,
+        capsys,
+        {
+            "HEIMDALL_WORKER_BATCH_SIZE": "abc",
+            "HEIMDALL_MAX_DELIVERIES": "0",
+            "HEIMDALL_API_KEYS": '[{"name": "lab", "key": "short-s3cret"}]',
+        },
+    ).splitlines()
     assert lines[:2] == [
         "error: invalid setting HEIMDALL_WORKER_BATCH_SIZE: Input should be a valid integer, "
         "unable to parse string as an integer (got 'abc')",
@@ -107,18 +109,12 @@ def test_the_command_line_names_each_bad_variable_as_it_is_set(monkeypatch, caps
 
 
 def test_settings_checked_together_and_unparsable_lists_are_named_as_set(monkeypatch, capsys):
-    monkeypatch.setenv("HEIMDALL_TASK_TIME_LIMIT_S", "10")
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    assert capsys.readouterr().err == (
+    assert refused_at_start(monkeypatch, capsys, {"HEIMDALL_TASK_TIME_LIMIT_S": "10"}) == (
         "error: invalid settings: HEIMDALL_TASK_TIME_LIMIT_S must be above "
         "HEIMDALL_TASK_SOFT_TIME_LIMIT_S\n"
     )
     monkeypatch.delenv("HEIMDALL_TASK_TIME_LIMIT_S")
-    monkeypatch.setenv("HEIMDALL_API_KEYS", "not json")
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    assert capsys.readouterr().err.startswith(
+    assert refused_at_start(monkeypatch, capsys, {"HEIMDALL_API_KEYS": "not json"}).startswith(
         "error: invalid settings: HEIMDALL_API_KEYS is not valid JSON (Expecting value"
     )
 
@@ -152,12 +148,11 @@ def test_registry_uris_of_other_stores_are_left_as_they_are():
 
 
 def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatch, capsys):
-    monkeypatch.setenv("HEIMDALL_DATABASE_URL", "postgresql+psycopg://svc:s3cret@db/heimdall")
-    monkeypatch.setenv("HEIMDALL_REGISTRY_URI", "mysql://svc:s3cret@db/mlflow")
-    with pytest.raises(SystemExit) as exit_:
-        main(["migrate"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == (
+    given = {
+        "HEIMDALL_DATABASE_URL": "postgresql+psycopg://svc:s3cret@db/heimdall",
+        "HEIMDALL_REGISTRY_URI": "mysql://svc:s3cret@db/mlflow",
+    }
+    assert refused_at_start(monkeypatch, capsys, given) == (
         "error: invalid setting HEIMDALL_DATABASE_URL: the driver 'psycopg' is not installed: the "
         "service talks to PostgreSQL through psycopg2 (write postgresql://... or "
         "postgresql+psycopg2://...) (got 'postgresql+psycopg://***@db/heimdall')\n"
@@ -165,10 +160,10 @@ def test_a_driver_that_is_not_installed_is_named_without_the_password(monkeypatc
         "in HEIMDALL_DATA_DIR), sqlite:///path, postgresql://..., an MLflow server's "
         "http(s)://... or databricks (got 'mysql://***@db/mlflow')\n"
     )
-    monkeypatch.setenv("HEIMDALL_DATABASE_URL", "redis://127.0.0.1:6379/0")
-    with pytest.raises(SystemExit):
-        main(["migrate"])
-    assert "HEIMDALL_DATABASE_URL: must be a PostgreSQL URL" in capsys.readouterr().err
+    refusal = refused_at_start(
+        monkeypatch, capsys, {"HEIMDALL_DATABASE_URL": "redis://127.0.0.1:6379/0"}
+    )
+    assert "HEIMDALL_DATABASE_URL: must be a PostgreSQL URL" in refusal
 
 
 @pytest.mark.parametrize("variable", ["HEIMDALL_DATABASE_URL", "HEIMDALL_REGISTRY_URI"])
