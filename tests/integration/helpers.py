@@ -116,12 +116,22 @@ def delete_queues(broker_url: str, *queues: str) -> None:
 
 def queue_consumers(broker_url: str, queue: str) -> int:
     """How many consumers RabbitMQ has on ``queue`` (0 while it is not declared)."""
+    return _queue_counts(broker_url, queue)[1]
+
+
+def queue_messages(broker_url: str, queue: str) -> int:
+    """How many messages wait in ``queue`` (0 while it is not declared)."""
+    return _queue_counts(broker_url, queue)[0]
+
+
+def _queue_counts(broker_url: str, queue: str) -> tuple[int, int]:
     with kombu.Connection(broker_url, connect_timeout=5) as connection:
         channel = connection.channel()
         try:
-            return int(channel.queue_declare(queue, passive=True).consumer_count)
+            declared = channel.queue_declare(queue, passive=True)
+            return int(declared.message_count), int(declared.consumer_count)
         except amqp.exceptions.NotFound:
-            return 0
+            return 0, 0
         finally:
             if channel.is_open:
                 channel.close()

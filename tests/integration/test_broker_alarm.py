@@ -23,7 +23,6 @@ import time
 import uuid
 from dataclasses import replace
 
-import kombu
 import numpy as np
 import pytest
 
@@ -34,7 +33,14 @@ from inference_worker.storage.database import JobStore
 from tasks.app import create_celery, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
-from tests.integration.helpers import delete_queues, free_port, job_row, produce, worker_env
+from tests.integration.helpers import (
+    delete_queues,
+    free_port,
+    job_row,
+    produce,
+    queue_messages,
+    worker_env,
+)
 from tests.integration.service_control import cannot_run, require_opt_in, restore_services
 
 CLIENT_TIMEOUT_S = 30.0
@@ -278,9 +284,7 @@ def test_a_publish_on_a_connection_the_broker_closed_reconnects(settings):
             capture_output=True,
         )
         publish(read_message(task_message(np.ones((3, 4), np.complex64), "second", "blob:2nd")))
-        with kombu.Connection(settings.broker_url) as connection:
-            waiting = connection.default_channel.queue_declare(queue, passive=True).message_count
-        assert waiting == 2
+        assert queue_messages(settings.broker_url, queue) == 2
     finally:
         delete_queues(settings.broker_url, queue)
         app.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import kombu
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -25,7 +24,7 @@ from inference_worker.storage.maintenance import JobMaintenance
 from tasks.app import create_celery, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
-from tests.integration.helpers import delete_queues
+from tests.integration.helpers import delete_queues, queue_messages
 
 
 def bound(name: str, side: str) -> float:
@@ -103,9 +102,7 @@ def test_a_publish_waits_the_longest_confirm_timeout(settings):
     publish = publisher(app, queue, bound("publish_confirm_timeout_s", "le"))
     try:
         publish(read_message(task_message(np.ones((3, 4), np.complex64), "bounds", "blob:b")))
-        with kombu.Connection(settings.broker_url) as connection:
-            waiting = connection.default_channel.queue_declare(queue, passive=True).message_count
-        assert waiting == 1
+        assert queue_messages(settings.broker_url, queue) == 1
     finally:
         delete_queues(settings.broker_url, queue)
         app.close()
