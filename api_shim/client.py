@@ -41,16 +41,35 @@ def _decoded(payload: bytes) -> Any:
         return payload.decode(errors="replace")
 
 
+def _shown(body: Any) -> str:
+    """A body in a message: empty, or its start (an error page can be long)."""
+    if body is None:
+        return "an empty body"
+    text = body if isinstance(body, str) else json.dumps(body)
+    return repr(text if len(text) <= 120 else text[:117] + "...")
+
+
 class ShimError(RuntimeError):
     """The shim answered with an error: ``status`` and the decoded ``body``, read as the error's
-    message, code and status (``no job with id 'x' (HTTP 404, job_not_found)``)."""
+    message, code and status (``no job with id 'x' (HTTP 404, job_not_found)``). An answer not
+    in the shim's form (another server at that address, a proxy's error page) says where it came
+    from (``request``: ``http://host:port (GET /jobs/x)``) and what it was."""
 
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: Any,
+        request: str = "",
+        expected: str = "",
+        hint: str = "is `heimdall-inference api` serving there?",
+    ) -> None:
         error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict) and "message" in error:
+        if not expected and isinstance(error, dict) and "message" in error:
             text = f"{error['message']} (HTTP {status}, {error.get('code', 'error')})"
         else:
-            text = f"HTTP {status}: {body}"
+            what = expected or "an error in the shim's form"
+            text = f"{request or 'the shim'} answered HTTP {status} with {_shown(body)}, not {what}"
+            text += f": {hint}" if hint else ""
         super().__init__(text)
         self.status, self.body = status, body
 
@@ -113,6 +132,25 @@ class ShimClient:
         response = self._send(method, path, *more)
         return response.status, _decoded(response.data)
 
+    def _where(self, method: str, path: str) -> str:
+        return f"{self.base_url} ({method} {path.split('?')[0]})"
+
+    def _view(self, method: str, path: str, *more: Any) -> dict[str, Any]:
+        """A job as the shim shows one, carrying ``job_id`` and ``status``: a submission's 202
+        body (``queued``, or final for a capture answered from the result cache), or the 200
+        body of ``GET /jobs/<id>`` and of a submission with ``wait`` that finished in time. The
+        shim's error, or an answer not in its form, is raised as :class:`ShimError`."""
+        status, body = self._request(method, path, *more)
+        if status not in (200, 202):
+            raise ShimError(status, body, self._where(method, path))
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("job_id"), str)
+            and isinstance(body.get("status"), str)
+        ):
+            raise ShimError(status, body, self._where(method, path), "a job as the shim shows one")
+        return body
+
     def health(self, timeout_s: float | None = None) -> tuple[int, Any]:
         """``GET /health``: its status and body (``timeout_s``: this request's, else the
         client's)."""
@@ -130,7 +168,7 @@ class ShimClient:
         wait_s: float = 0.0,
     ) -> dict[str, Any]:
         """POST a ``(3, n)`` complex64 array as ``application/x-npy``; returns the 202 body, or
-        with ``wait_s`` the job's view once it is final (see :meth:`_accepted`)."""
+        with ``wait_s`` the job's view once it is final (see :meth:`_view`)."""
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(iq, dtype=np.complex64), allow_pickle=False)
         query = {
@@ -143,18 +181,14 @@ class ShimClient:
         if capture_time:
             query["capture_time"] = capture_time
         path = _predict_path(query, wait_s)
-        return self._accepted(
-            *self._request("POST", path, buffer.getvalue(), "application/x-npy", _timeout(wait_s))
-        )
+        return self._view("POST", path, buffer.getvalue(), "application/x-npy", _timeout(wait_s))
 
     def submit_json(self, document: dict[str, Any], wait_s: float = 0.0) -> dict[str, Any]:
         """POST a JSON submission as documented in the README; returns the 202 body, or with
-        ``wait_s`` the job's view once it is final (see :meth:`_accepted`)."""
+        ``wait_s`` the job's view once it is final (see :meth:`_view`)."""
         body = json.dumps(document).encode()
         path = _predict_path({}, wait_s)
-        return self._accepted(
-            *self._request("POST", path, body, "application/json", _timeout(wait_s))
-        )
+        return self._view("POST", path, body, "application/json", _timeout(wait_s))
 
     def submit_tdoa(
         self,
@@ -186,13 +220,17 @@ class ShimClient:
             fields.append(("propagation", propagation))
         fields += [("capture", (name, data, "audio/wav")) for name, data in files]
         body, content_type = encode_multipart_formdata(fields)
-        return self._accepted(*self._request("POST", "/predict", body, content_type))
+        return self._view("POST", "/predict", body, content_type)
 
     def job_map(self, job_id: str) -> bytes:
         """The PNG of a TDoA job's likelihood (``GET /jobs/<id>/map.png``)."""
-        response = self._send("GET", f"/jobs/{urllib.parse.quote(job_id, safe='')}/map.png")
+        path = f"/jobs/{urllib.parse.quote(job_id, safe='')}/map.png"
+        response = self._send("GET", path)
         if response.status != 200:
-            raise ShimError(response.status, _decoded(response.data))
+            raise ShimError(response.status, _decoded(response.data), self._where("GET", path))
+        if not response.data.startswith(b"\x89PNG\r\n\x1a\n"):
+            where = self._where("GET", path)
+            raise ShimError(200, _decoded(response.data), where, "a PNG picture")
         return bytes(response.data)
 
     @staticmethod
@@ -214,15 +252,6 @@ class ShimClient:
             **extra,
         }
 
-    @staticmethod
-    def _accepted(status: int, body: Any) -> dict[str, Any]:
-        """The 202 body (``status`` queued, or final for a capture answered from the result
-        cache), or after a submission with ``wait_s`` that finished in time, the 200 body: the
-        job's view as :meth:`job` returns it. Both carry ``job_id`` and ``status``."""
-        if status not in (200, 202):
-            raise ShimError(status, body)
-        return dict(body)
-
     def job(self, job_id: str, wait_s: float = 0.0, include: str | None = None) -> dict[str, Any]:
         """The job as ``GET /jobs/<id>`` shows it; with ``wait_s``, once it is final or after that
         many seconds (the shim holds the request: no polling); ``include="geojson"`` adds the
@@ -233,10 +262,7 @@ class ShimClient:
             query["include"] = include
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        status, body = self._request("GET", path)
-        if status != 200:
-            raise ShimError(status, body)
-        return dict(body)
+        return self._view("GET", path)
 
     def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until the job is final (long-poll); raises TimeoutError after ``timeout_s``."""

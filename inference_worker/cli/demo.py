@@ -5,6 +5,7 @@ Uses a running shim and worker when there are some; otherwise starts them and st
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,7 @@ from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import ModelError, load_metadata
 from inference_worker.core.ellipse import distance_m, inside_drawn_ellipse
 from inference_worker.science.simulator import CaptureSimulator
+from inference_worker.serving.api_check import a_key
 from inference_worker.settings import Settings
 
 # (sample rate, duration, submission format): the rates real receivers deliver and the
@@ -46,11 +48,28 @@ process holding the port without answering HTTP cost 10 s a probe before."""
 
 
 def _health(client: ShimClient) -> dict | None:
+    """The shim's ``/health`` with its checks; None while nothing answers at its address.
+
+    Raises:
+        ShimError: something else answers there, or the shim shows its checks to a caller
+            with a key only and the demo has none.
+    """
     try:
         status, body = client.health(timeout_s=HEALTH_PROBE_S)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return None
-    return body if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("checks"), dict):
+        return body
+    where = f"{client.base_url} (GET /health)"
+    if isinstance(body, dict) and list(body) == ["status"]:  # what a caller without a key sees
+        raise ShimError(
+            status,
+            body,
+            where,
+            "its checks",
+            "it shows them to a caller with a key: set HEIMDALL_API_KEY to one of its keys",
+        )
+    raise ShimError(status, body, where, "the shim's health")
 
 
 @contextmanager
@@ -67,7 +86,11 @@ def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
     when none run."""
     bootstrap.require_services(settings)
     bootstrap.migrate_database(settings)
-    client = ShimClient(f"http://{settings.api_host}:{settings.api_port}", timeout_s=10)
+    client = ShimClient(
+        f"http://{settings.api_host}:{settings.api_port}",
+        timeout_s=10,
+        api_key=os.environ.get("HEIMDALL_API_KEY") or a_key(settings),
+    )
     health = _health(client)
     if health is None:
         api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))

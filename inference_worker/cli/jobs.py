@@ -114,7 +114,8 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
     except ShimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"submitted job {accepted['job_id']} ({accepted['status_url']})")
+    where = accepted.get("status_url")
+    print(f"submitted job {accepted['job_id']}" + (f" ({where})" if where else ""))
     if not args.no_wait:
         print_job(client.wait(accepted["job_id"], timeout_s=args.timeout), args.json)
 

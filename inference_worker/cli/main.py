@@ -4,11 +4,14 @@ read jobs, manage models, run the demo."""
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from api_shim.client import ShimError
 from inference_worker.cli import bootstrap, check, tdoa, upkeep
 from inference_worker.cli.arguments import PORT, count, number
 from inference_worker.cli.jobs import cmd_status, cmd_submit
@@ -130,6 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (``| head`` read what it wanted): its pipe polls as
+    failed. Then stdout is pointed at /dev/null, as the Python documentation advises, so that
+    the interpreter's last flush fails no more."""
+    if sys.stdout is None:  # started with stdout closed: print() writes nowhere
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture)
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # a failed pipe is reported whatever was asked
+    if not any(event & select.POLLERR for _, event in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
+
+
+def _flushed() -> bool:
+    """Whether what is left in stdout's buffer reached it; where its reader has gone, stdout
+    is pointed at /dev/null (see :func:`_stdout_gone`)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -144,6 +177,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     bootstrap.configure_logging(settings.worker_loglevel)
     try:
         args.func(settings, args)
+    except SystemExit:  # a command's own status (the demo's): kept, stdout's reader gone or not
+        _flushed()
+        raise
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # stop quietly, as a filter does
+            raise SystemExit(1) from None
+        print(f"error: {exc}", file=sys.stderr)  # a socket's
+        raise SystemExit(2) from None
+    except ShimError as exc:  # the shim's answer while waiting on a job (or not the shim's)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except ConnectionError as exc:  # the shim did not answer (its client says where and why)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -158,3 +202,5 @@ def main(argv: Sequence[str] | None = None) -> None:
             later = f" (it goes on: `heimdall-inference status {exc.job_id}` shows it)"
         print(f"error: {exc}{later}", file=sys.stderr)
         raise SystemExit(1) from None
+    if not _flushed():  # what it printed last never reached a reader
+        raise SystemExit(1)

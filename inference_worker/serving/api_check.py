@@ -54,7 +54,7 @@ def check_api(settings: Settings) -> list[Finding]:
         if host == here and urlsplit(url).port == settings.api_port:
             continue  # the api the settings describe, asked at their address
         others.setdefault(url, host)
-    key = _a_key(settings)
+    key = a_key(settings)
     asked = [own] + [u for u, host in others.items() if host == here or not _loopback_url(u)]
     with ThreadPoolExecutor(max_workers=min(8, len(asked))) as pool:
         replies = pool.map(lambda url: _health(url, key, settings), asked)
@@ -159,8 +159,9 @@ def _health(base: str, key: str | None, settings: Settings) -> Finding | str:
     return Finding("api", level, f"{url} answers {state}{said}")
 
 
-def _a_key(settings: Settings) -> str | None:
-    """A key the api takes, from this host's settings: the admin token, or a plain key."""
+def a_key(settings: Settings) -> str | None:
+    """A key the api takes, from this host's settings: the admin token, or a plain key (the
+    check and the demo call an api whose settings may differ from theirs)."""
     if settings.admin_token.get_secret_value():
         return settings.admin_token.get_secret_value()
     return next((k.key.get_secret_value() for k in settings.api_keys if k.key is not None), None)

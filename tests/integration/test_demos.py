@@ -4,6 +4,7 @@ stops what it started."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -12,12 +13,14 @@ import sys
 from tests.integration.helpers import free_port, worker_env
 
 
-def run_cli(local, tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(local, tmp_path, *args: str, **more: str) -> subprocess.CompletedProcess[str]:
     env = {
         **worker_env(local),
         "HEIMDALL_API_PORT": str(free_port()),  # nothing answers there: the demo starts a shim
         "HEIMDALL_WORKER_METRICS_PORT": str(free_port()),
+        **more,
     }
+    env.pop("HEIMDALL_API_KEY", None)  # the demo finds a key in this host's settings
     return subprocess.run(
         [sys.executable, "-m", "inference_worker.cli", *args],
         env=env,
@@ -40,6 +43,27 @@ def test_the_demo_locates_simulated_captures_and_answers_the_repeat_from_the_cac
     assert "simulating 2 captures with seed 7" in out
     assert out.count("succeeded") >= 3  # two captures and the repeat of the first
     assert "stopping a worker" in out and "stopping the HTTP shim" in out
+
+
+def test_the_demo_on_a_host_whose_shim_takes_keys_calls_it_with_one_of_them(own_queue, tmp_path):
+    """With ``HEIMDALL_API_KEYS`` set the demo's shim showed its checks to a caller with a key
+    only, and the demo, sending none, ended in ``KeyError: 'checks'``."""
+    local, _, _ = own_queue
+    key = "demo-key-0123456789"
+    plain = json.dumps([{"name": "demo", "key": key}])
+    done = run_cli(local, tmp_path, "demo", "--captures", "1", HEIMDALL_API_KEYS=plain)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("succeeded") >= 2  # the capture and its repeat
+
+    hashed = json.dumps([{"name": "demo", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}])
+    done = run_cli(local, tmp_path, "demo", "--captures", "1", HEIMDALL_API_KEYS=hashed)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "not its checks: it shows them to a caller with a key: set HEIMDALL_API_KEY" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_the_tdoa_demo_writes_its_sets_locates_them_and_draws_their_maps(own_queue, tmp_path):

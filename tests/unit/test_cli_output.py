@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from api_shim.client import ShimError
 from inference_worker.cli.arguments import count, count_range, number
 from inference_worker.cli.jobs import print_job
 from inference_worker.cli.main import build_parser
@@ -54,13 +53,6 @@ def test_a_position_in_the_domain_prints_no_verdict(capsys):
         out = capsys.readouterr().out
         assert "95% ellipse: 18.4 x 15.1 km" in out
         assert "domain" not in out and "reason" not in out and "caution" not in out
-
-
-def test_a_shim_error_reads_as_its_message_code_and_status():
-    body = {"error": {"code": "job_not_found", "message": "no job with id 'x'"}}
-    assert str(ShimError(404, body)) == "no job with id 'x' (HTTP 404, job_not_found)"
-    assert str(ShimError(502, "<html>Bad Gateway</html>")) == "HTTP 502: <html>Bad Gateway</html>"
-    assert ShimError(404, body).body == body
 
 
 def test_number_arguments_are_refused_outside_their_range_naming_it():
