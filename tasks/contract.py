@@ -17,8 +17,7 @@ from inference_worker.core.capture import (
     RECEIVER_ID_PATTERN,
     time_in_range,
 )
-from inference_worker.core.tdoa_search import Expectation
-from inference_worker.core.tdoa_skywave import Propagation
+from inference_worker.core.tdoa_kinds import Expectation, Propagation
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 TASK_NAME = "heimdall.locate"

@@ -45,7 +45,7 @@ from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.core import tdoa  # noqa: E402
 from inference_worker.core.contract import Receiver  # noqa: E402
 from inference_worker.core.kiwi_wav import read_kiwi_wav  # noqa: E402
-from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation  # noqa: E402
+from inference_worker.core.tdoa_kinds import PROPAGATIONS, Propagation  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S, deaf  # noqa: E402

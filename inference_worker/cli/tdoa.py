@@ -20,8 +20,7 @@ from inference_worker.cli.arguments import count, number
 from inference_worker.core.capture import parse_json
 from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_names import parse_file_name
-from inference_worker.core.tdoa_search import EXPECTATIONS
-from inference_worker.core.tdoa_skywave import PROPAGATIONS
+from inference_worker.core.tdoa_kinds import EXPECTATIONS, PROPAGATIONS
 from inference_worker.settings import Settings
 
 # The shim's client is imported where it is used: importing the shim package loads

@@ -32,12 +32,12 @@ from inference_worker.core.recording_sets import (
     repeated_recording,
     too_few_sites,
 )
+from inference_worker.core.tdoa_kinds import Expectation, Propagation
 from inference_worker.core.tdoa_locate import Likelihood, locate
-from inference_worker.core.tdoa_search import Expectation, misfit_factor
+from inference_worker.core.tdoa_search import misfit_factor
 from inference_worker.core.tdoa_skywave import (
     PATH_SPREAD_M,
     Fit,
-    Propagation,
     layer_fits,
     same_place,
 )

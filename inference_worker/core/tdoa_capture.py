@@ -41,8 +41,7 @@ from inference_worker.core.recording_sets import (
     too_few_sites,
     too_short,
 )
-from inference_worker.core.tdoa_search import EXPECTATIONS, Expectation
-from inference_worker.core.tdoa_skywave import PROPAGATIONS, Propagation
+from inference_worker.core.tdoa_kinds import EXPECTATIONS, PROPAGATIONS, Expectation, Propagation
 
 FREQUENCY_TOLERANCE_HZ = 500.0
 """How far the tuned frequency in a file's name may be from the submission's."""

@@ -30,8 +30,8 @@ from inference_worker.core.ellipse import (
     metres_per_degree,
 )
 from inference_worker.core.geodesy import among
+from inference_worker.core.tdoa_kinds import Expectation
 from inference_worker.core.tdoa_search import (
-    Expectation,
     coarse_peaks,
     grid_estimate,
     haversine_grid,

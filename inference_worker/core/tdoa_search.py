@@ -12,7 +12,6 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 import scipy.ndimage
@@ -30,12 +29,6 @@ from inference_worker.core.geodesy import (
     path_m,
 )
 from inference_worker.core.time_differences import Delays, PairDelay, pair_design
-
-Expectation = Literal["anywhere", "among_receivers"]
-"""Where the emitter is expected: ``anywhere`` (the likelihood alone decides between places
-that explain the delays alike), or ``among_receivers`` (inside their hull: of such places, the
-one among the receivers is taken when exactly one lies there)."""
-EXPECTATIONS: tuple[str, ...] = get_args(Expectation)
 
 Grid = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Latitudes, longitudes and the log-likelihood at each of their points."""

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
 
 import numpy as np
 import scipy.optimize
 
 from inference_worker.core.contract import Receiver
 from inference_worker.core.ellipse import Estimate, distance_m, metres_per_degree
+from inference_worker.core.tdoa_kinds import Expectation
 from inference_worker.core.tdoa_locate import Likelihood, locate
-from inference_worker.core.tdoa_search import Expectation
 from inference_worker.core.time_differences import Delays, TdoaError
 
-Propagation = Literal["ground", "skywave"]
-"""How the signal reached the receivers: along the ground (ground wave), or by one hop off an
-ionospheric layer whose height is not known (skywave, as at HF beyond ~100 km)."""
-PROPAGATIONS: tuple[str, ...] = get_args(Propagation)
 LAYER_HEIGHTS_M = tuple(float(h) for h in np.arange(100e3, 450e3 + 1, 25e3))
 """The layer heights a skywave job is located at: the E layer's ~100 km to the F2 layer's
 ~450 km."""
