@@ -164,6 +164,14 @@ class JobWaitTimeout(TimeoutError):
         self.job_id = job_id
 
 
+class JobWaitInterrupted(KeyboardInterrupt):
+    """Ctrl-C while waiting for a job: the wait ends, the job goes on (``job_id``)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 def wait_until_final(
     fetch: Callable[[], dict[str, Any] | None], job_id: str, timeout_s: float, interval_s: float
 ) -> dict[str, Any]:
@@ -171,13 +179,19 @@ def wait_until_final(
 
     Raises:
         JobWaitTimeout: the job is not final within ``timeout_s`` (a ``TimeoutError``).
+        JobWaitInterrupted: Ctrl-C while waiting (a ``KeyboardInterrupt``).
     """
     deadline = time.monotonic() + timeout_s
-    while True:
-        view = fetch()
-        if view is not None and view["status"] in FINAL_STATUSES:
-            return view
-        if time.monotonic() > deadline:
-            status = view["status"] if view else "not finished"
-            raise JobWaitTimeout(job_id, f"job {job_id} still {status} after {timeout_s:g} s")
-        time.sleep(interval_s)
+    try:
+        while True:
+            view = fetch()
+            if view is not None and view["status"] in FINAL_STATUSES:
+                return view
+            if time.monotonic() > deadline:
+                status = view["status"] if view else "not finished"
+                raise JobWaitTimeout(job_id, f"job {job_id} still {status} after {timeout_s:g} s")
+            time.sleep(interval_s)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, JobWaitInterrupted):  # a wait within this one's fetch
+            raise
+        raise JobWaitInterrupted(job_id) from None

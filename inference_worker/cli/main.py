@@ -194,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ProcessFailed as exc:  # a shim or worker a demo started (its log's tail is printed)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C: what the service accepted goes on
+        from tasks.contract import JobWaitInterrupted
+
+        later = ""
+        if isinstance(exc, JobWaitInterrupted):
+            job = exc.job_id
+            later = f": job {job} goes on (`heimdall-inference status {job}` shows it)"
+        print(f"interrupted{later}", file=sys.stderr)
+        raise SystemExit(130) from None
     except TimeoutError as exc:  # a wait for a job ran out (the job goes on), or a socket's
         from tasks.contract import JobWaitTimeout
 
