@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from inference_worker.science.files import staged_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RECEIVERS_FILE = ROOT / "inference_worker" / "data" / "receivers.json"
 DEFAULT_OUT = ROOT / "inference_worker" / "models" / "centroid"
@@ -67,9 +69,15 @@ def build_graph(receivers: list[dict]) -> onnx.ModelProto:
 
 
 def write_model(out: Path) -> Path:
+    """Write the model into ``out``, in its place only once whole (see :func:`staged_folder`)."""
+    with staged_folder(out) as work:
+        _write_model(work)
+    return out
+
+
+def _write_model(out: Path) -> None:
     receivers = json.loads(RECEIVERS_FILE.read_text())["receivers"]
     model = build_graph(receivers)
-    out.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString(deterministic=True)
     (out / "model.onnx").write_bytes(data)
     metadata = {
@@ -99,7 +107,6 @@ def write_model(out: Path) -> Path:
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     (out / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    return out
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ from inference_worker.science.datasets import (  # noqa: E402
     concatenate,
     generate,
 )
+from inference_worker.science.files import replace_text  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE, Network  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
@@ -163,7 +164,7 @@ def record_metrics(
             },
         }
     )
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    replace_text(path, json.dumps(metadata, indent=2) + "\n")  # a model.json is never half new
     print(f"recorded the figures in {path}")
 
 

@@ -29,6 +29,7 @@ from inference_worker.science.calibration import (
     scale_spread,
 )
 from inference_worker.science.datasets import Dataset
+from inference_worker.science.files import staged_folder
 from inference_worker.science.known_captures import FEW_CAPTURES
 from inference_worker.science.stress import FAR_OUTSIDE_M
 from tools.evaluation_methods import outside_evidences
@@ -238,6 +239,19 @@ def write_scale(
     :func:`fit_caution` returns it); with ``relabel``, give it a version of its own
     (``version``, else :func:`calibrated_version`) so that results, job records and the result
     cache never mix it with the model it was made from. Returns the version written."""
+    with staged_folder(model_dir, copy=True) as work:  # the old model stays whole until done
+        return _write_scale(work, factor, calibration, radius_scales, relabel, version, caution)
+
+
+def _write_scale(
+    model_dir: Path,
+    factor: float,
+    calibration: dict,
+    radius_scales: dict[float, float] | None,
+    relabel: bool,
+    version: str | None,
+    caution: dict | None,
+) -> str:
     metadata_path = model_dir / "model.json"
     metadata = json.loads(metadata_path.read_text())
     if caution is not None and metadata.get("domain"):

@@ -58,6 +58,7 @@ from inference_worker.science.datasets import (  # noqa: E402
     generate,
     print_progress,
 )
+from inference_worker.science.files import staged_folder  # noqa: E402
 from inference_worker.science.metrics import (  # noqa: E402
     covariance_from_sigmas,
     coverage,
@@ -181,6 +182,8 @@ def main() -> int:
     parser.add_argument("--version", default=VERSION, help="model version written to model.json")
     parser.add_argument("--no-cache", action="store_true", help="simulate data sets again")
     args = parser.parse_args()
+    if args.out.exists() and not args.out.is_dir():  # said now, not after the training
+        parser.error(f"--out {args.out} is not a folder")
     keep_freed_memory()
     network = network_or_exit(args.network)
 
@@ -283,33 +286,37 @@ def main() -> int:
         if caution is not None:
             domain = replace(domain, outside_evidence=caution["threshold"])
             training["outside_caution"] = caution
-    out = export(
-        contract,
-        args.out,
-        params,
-        simulator,
-        sample,
-        training,
-        domain.to_metadata(),
-        args.name,
-        args.version,
-    )
-    difference = check_onnx_agrees(out, contract, sample, simulator)
-    print(
-        f"PyTorch vs onnxruntime on 256 inputs: position within {difference['position_m']:.2f} m, "
-        f"sigmas within {difference['sigma_relative']:.1e} (relative), rho within {difference['rho']:.1e}"
-    )
-    if (
-        difference["position_m"] > 1.0
-        or difference["sigma_relative"] > 1e-4
-        or difference["rho"] > 1e-4
-    ):
-        print("error: the exported model does not reproduce PyTorch", file=sys.stderr)
-        return 1
-    if args.calibrate == "nominal" and world is not None:
-        from tools.recalibrate_model import recalibrate
+    # Written beside --out and put in its place once checked and calibrated: a model there
+    # (served from HEIMDALL_MODEL_DIR, say) stays whole if this run stops or fails.
+    with staged_folder(args.out) as work:
+        export(
+            contract,
+            work,
+            params,
+            simulator,
+            sample,
+            training,
+            domain.to_metadata(),
+            args.name,
+            args.version,
+        )
+        difference = check_onnx_agrees(work, contract, sample, simulator)
+        print(
+            f"PyTorch vs onnxruntime on 256 inputs: position within {difference['position_m']:.2f} m, "
+            f"sigmas within {difference['sigma_relative']:.1e} (relative), rho within {difference['rho']:.1e}"
+        )
+        if (
+            difference["position_m"] > 1.0
+            or difference["sigma_relative"] > 1e-4
+            or difference["rho"] > 1e-4
+        ):
+            print("error: the exported model does not reproduce PyTorch", file=sys.stderr)
+            raise SystemExit(1)  # nothing is written to --out
+        if args.calibrate == "nominal" and world is not None:
+            from tools.recalibrate_model import recalibrate
 
-        recalibrate(out, network, "nominal", 9_600, radii=args.radii)
+            recalibrate(work, network, "nominal", 9_600, radii=args.radii)
+    out = args.out
     print(
         f"wrote {out / 'model.onnx'} ({(out / 'model.onnx').stat().st_size / 1e6:.2f} MB) and model.json "
         f"in {(time.monotonic() - started) / 60:.1f} min"

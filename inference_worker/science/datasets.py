@@ -10,6 +10,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from inference_worker.core.domain import clipped_share
 from inference_worker.core.features import FeatureParams, analyse
 from inference_worker.science.baselines import measured_power_dbm
+from inference_worker.science.files import replace_file
 from inference_worker.science.network import Network, load_network
 from inference_worker.science.simulator import CaptureSimulator, HeldOutCells, SimulatorConfig
 from inference_worker.science.world import World
@@ -98,7 +100,9 @@ class Dataset:
     reach_hz: np.ndarray  # (n,) how far the band could move
 
     def save(self, path: str) -> None:
-        np.savez(path, **self.__dict__)
+        """Write the arrays to ``path`` (``.npz``) in one step: an interrupted save leaves no
+        file that a later run would take for a cache."""
+        replace_file(Path(path), lambda file: np.savez(file, **self.__dict__))
 
     @classmethod
     def load(cls, path: str) -> Dataset:
