@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.baselines import (  # noqa: E402
     GridLocator,
     crb_position_m,
@@ -174,17 +175,19 @@ def main() -> int:
     parser.add_argument(
         "--network", type=Path, default=RECEIVERS_FILE, help="the model's network file"
     )
-    parser.add_argument("--per-cell", type=int, default=500, help="captures per rate and length")
     parser.add_argument(
-        "--per-condition", type=int, default=400, help="captures per stress condition"
+        "--per-cell", type=count(1), default=500, help="captures per rate and length"
+    )
+    parser.add_argument(
+        "--per-condition", type=count(1), default=400, help="captures per stress condition"
     )
     parser.add_argument(
         "--worlds",
-        type=int,
+        type=count(1),
         default=4,
         help="simulated terrains to evaluate in, none seen in training",
     )
-    parser.add_argument("--seed", type=int, default=2027)
+    parser.add_argument("--seed", type=count(0), default=2027)
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT)
     parser.add_argument("--no-record", action="store_true", help="leave model.json unchanged")
     args = parser.parse_args()

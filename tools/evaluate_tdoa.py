@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=count(1), default=300, help="main sets")
     parser.add_argument("--processes", type=count(1), default=2, help="processes the sets run in")
-    parser.add_argument("--seed", type=int, default=2026, help="first set's seed")
+    parser.add_argument("--seed", type=count(0), default=2026, help="first set's seed")
     parser.add_argument(
         "--receivers",
         type=count_range(3, 64),
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for option, many, seed_option, first, what in sections:
         parser.add_argument(option, type=count(0), default=many, help=what)
         parser.add_argument(
-            seed_option, type=int, default=first, help=f"first seed of those {what}"
+            seed_option, type=count(0), default=first, help=f"first seed of those {what}"
         )
     parser.add_argument("--json", type=Path, help="also write every set's row here")
     args = parser.parse_args(argv)

@@ -42,6 +42,7 @@ from tools.requirements import keep_freed_memory, network_or_exit, require  # no
 
 require("onnx", "train", "rewriting the ONNX graph")
 
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.datasets import Dataset, DatasetSpec, concatenate, generate  # noqa: E402
 from inference_worker.science.known_captures import (  # noqa: E402
     KnownCapturesError,
@@ -218,7 +219,7 @@ def main() -> int:
         default="nominal",
         help="the world the ellipses should hold their levels in (default: nominal)",
     )
-    parser.add_argument("--count", type=int, default=9_600, help="calibration captures")
+    parser.add_argument("--count", type=count(1), default=9_600, help="calibration captures")
     parser.add_argument(
         "--radii",
         choices=RADII,

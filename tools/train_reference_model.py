@@ -49,6 +49,7 @@ require("torch", "train", "training")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.core.features import FeatureParams  # noqa: E402
 from inference_worker.science.calibration import fit_sigma_scale  # noqa: E402
 from inference_worker.science.datasets import (  # noqa: E402
@@ -136,13 +137,14 @@ def fit_scale(outputs: tuple[np.ndarray, ...], truth: np.ndarray) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=40_000, help="training captures")
-    parser.add_argument("--validation", type=int, default=5_000, help="validation captures")
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    # Refused here, not by PyTorch or numpy after minutes of simulating captures.
+    parser.add_argument("--train", type=count(1), default=40_000, help="training captures")
+    parser.add_argument("--validation", type=count(1), default=5_000, help="validation captures")
+    parser.add_argument("--epochs", type=count(1), default=16)
+    parser.add_argument("--batch", type=count(1), default=256)
+    parser.add_argument("--lr", type=number(0.0, above=True), default=2e-3)
+    parser.add_argument("--seed", type=count(0), default=1)
+    parser.add_argument("--threads", type=count(1), default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--network",

@@ -1,0 +1,44 @@
+"""The training and evaluation tools refuse numbers they cannot use before any work, naming the
+argument and its range: each was a traceback from PyTorch or numpy, some after minutes of
+simulating captures (``--epochs 0``, ``--batch 0``, a negative seed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "refusal"),
+    [
+        ("train_reference_model", ["--epochs", "0"], "argument --epochs: 0 is too few"),
+        ("train_reference_model", ["--lr", "nan"], "argument --lr: nan is out of range"),
+        ("evaluate_model", ["--per-condition", "0"], "argument --per-condition: 0 is too few"),
+        ("recalibrate_model", ["--count", "0"], "argument --count: 0 is too few"),
+        ("evaluate_tdoa", ["--seed", "-1"], "argument --seed: -1 is too few"),
+        ("simulate_known_captures", ["--duration", "0"], "argument --duration: 0 is out of"),
+        (
+            "simulate_known_captures",
+            ["--rate", "1000", "--duration", "0.1"],
+            "make 100 samples: the service takes 512 to 480000 a receiver",
+        ),
+    ],
+)
+def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(tool, args, refusal, tmp_path):
+    if tool == "train_reference_model":
+        pytest.importorskip("torch", reason="the train extra is not installed")
+    out = ["--out", str(tmp_path / "out")] if tool == "simulate_known_captures" else []
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args, *out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert refusal in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
