@@ -69,7 +69,7 @@ from tools.evaluation_report import (  # noqa: E402
     stress_passes,
     write_report,
 )
-from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require, run  # noqa: E402
 from tools.robustness_table import outside_trade, print_table, print_trade, robustness  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "inference_worker" / "models" / "reference"
@@ -316,4 +316,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

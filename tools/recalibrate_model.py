@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require, run  # noqa: E402
 
 require("onnx", "train", "rewriting the ONNX graph")
 
@@ -299,4 +299,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from inference_worker.science.network import Network
@@ -47,3 +48,15 @@ def keep_freed_memory() -> None:
     from inference_worker.serving.memory import retain_freed_memory
 
     retain_freed_memory(TOOLS_RETAIN_FREED_MB)
+
+
+def run(main: Callable[[], int | None]) -> NoReturn:
+    """Run a tool's ``main`` and exit with its status; Ctrl-C ends it with one line and exit
+    code 130, not a traceback (a model or a dataset cache it was writing is left as it was:
+    :mod:`inference_worker.science.files`)."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(status)

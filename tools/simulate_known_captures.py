@@ -31,7 +31,7 @@ from inference_worker.science.known_captures import write_known_captures  # noqa
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatedCapture  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
-from tools.requirements import keep_freed_memory, network_or_exit  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, run  # noqa: E402
 
 TERRAIN = 9_000
 """Default terrain: none of training's, the evaluation's or the calibration's."""
@@ -101,4 +101,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

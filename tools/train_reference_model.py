@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.requirements import keep_freed_memory, network_or_exit, require  # noqa: E402
+from tools.requirements import keep_freed_memory, network_or_exit, require, run  # noqa: E402
 
 require("torch", "train", "training")
 import torch  # noqa: E402
@@ -332,4 +332,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -7,6 +7,7 @@ so the result does not depend on how many processes made it.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -174,7 +175,10 @@ def generate(
             progress(sum(len(p.rate_hz) for p in parts), spec.count, time.monotonic() - started)
 
     if processes > 1:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        # Ctrl-C reaches the whole process group: the pool's processes leave it to this one,
+        # which stops them (one line from the tool, not a traceback from each process).
+        ignore = (signal.signal, (signal.SIGINT, signal.SIG_IGN))
+        with multiprocessing.get_context("fork").Pool(processes, *ignore) as pool:
             for part in pool.imap(_chunk, jobs):
                 done(part)
     else:

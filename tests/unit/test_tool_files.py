@@ -7,7 +7,11 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +111,32 @@ def test_a_recalibration_that_fails_after_rewriting_the_graph_leaves_the_model_w
     metadata = json.loads((model / "model.json").read_text())
     assert version == "9.9.9" == load_metadata(model, verify=True).version
     assert metadata["training"]["calibration"] == {"world": "test"}
+
+
+def test_ctrl_c_during_a_recalibration_ends_it_in_one_line_and_leaves_the_model_whole(
+    model_dir, tmp_path
+):
+    """Each process of the simulation's pool printed its own KeyboardInterrupt traceback, and
+    the tool one more."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    tool = Path(__file__).resolve().parents[2] / "tools" / "recalibrate_model.py"
+    process = subprocess.Popen(
+        [sys.executable, str(tool), "--model", str(model)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 120
+    while len(children.read_text().split()) < 2:  # its pool simulates the captures
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert err == "\ninterrupted\n"
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
