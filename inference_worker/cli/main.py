@@ -147,8 +147,14 @@ def _stdout_gone() -> bool:
     poller.register(fd, 0)  # a failed pipe is reported whatever was asked
     if not any(event & select.POLLERR for _, event in poller.poll(0)):
         return False
-    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    _to_devnull(fd)
     return True
+
+
+def _to_devnull(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _flushed() -> bool:
@@ -158,7 +164,7 @@ def _flushed() -> bool:
         if sys.stdout is not None:
             sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull(sys.stdout.fileno())
         return False
     return True
 
