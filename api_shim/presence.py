@@ -19,10 +19,10 @@ from typing import Any
 from flask import Flask
 
 from api_shim.services import ShimServices
-from inference_worker.serving.api_check import base_url
 from inference_worker.serving.heartbeat import beat_until
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.redis_store import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
+from inference_worker.urls import base_url
 
 log = logging.getLogger(__name__)
 EXTENSION = "heimdall-presence"

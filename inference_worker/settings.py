@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP shim ------------------------------------------------------------------------
-    api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on.")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP shim listens on (IPv6: ::1).")
     api_port: int = Field(8003, ge=1, le=65535, description="Port the HTTP shim listens on.")
     api_public_url: str = Field(
         "",

@@ -1,5 +1,5 @@
-"""Service URLs as operators write them: PostgreSQL's common forms, and credentials kept out of
-what is printed."""
+"""Service URLs as operators write them: PostgreSQL's common forms, the api's address (an IPv6
+one in brackets), and credentials kept out of what is printed."""
 
 from __future__ import annotations
 
@@ -47,3 +47,21 @@ def postgresql_url(url: str, *, driver_required: bool) -> str:
             f"is not a URL the PostgreSQL driver can read ({redact_secrets(str(exc))})"
         ) from None
     return normal
+
+
+WILDCARDS = ("", "0.0.0.0", "::")
+"""The hosts a server listens on to listen on every address."""
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as URLs and gunicorn's bind take it: an IPv6 address in brackets
+    (``[::1]:8003``; ``::1:8003`` read as no port)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def base_url(host: str, port: int, wildcard_as: str = "127.0.0.1") -> str:
+    """``http://host:port`` of an api listening on ``host``; one listening everywhere is
+    reached as ``wildcard_as`` (by default from its own host)."""
+    return f"http://{host_port(wildcard_as if host in WILDCARDS else host, port)}"

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from api_shim.client import LONG_POLL_S, ShimClient, ShimError  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
+from inference_worker.urls import base_url  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
 
@@ -86,7 +87,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 def main() -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=f"http://{settings.api_host}:{settings.api_port}")
+    parser.add_argument("--url", default=base_url(settings.api_host, settings.api_port))
     parser.add_argument("--clients", type=int, default=100, help="concurrent clients")
     parser.add_argument(
         "--preset",

@@ -47,8 +47,9 @@ def require_free_address(host: str, port: int, server: str) -> None:
     traceback."""
     import socket
 
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    try:  # an IPv6 address may come in brackets, as in a URL
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = found[0]
     except (socket.gaierror, UnicodeError) as exc:
         print(f"error: {server} cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -24,6 +24,7 @@ from inference_worker.core.ellipse import distance_m, inside_drawn_ellipse
 from inference_worker.science.simulator import CaptureSimulator
 from inference_worker.serving.api_check import a_key
 from inference_worker.settings import Settings
+from inference_worker.urls import base_url
 
 # (sample rate, duration, submission format): the rates real receivers deliver and the
 # handoff's 192 kHz, lengths from 0.1 s to 1 s.
@@ -87,7 +88,7 @@ def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
     bootstrap.require_services(settings)
     bootstrap.migrate_database(settings)
     client = ShimClient(
-        f"http://{settings.api_host}:{settings.api_port}",
+        base_url(settings.api_host, settings.api_port),
         timeout_s=10,
         api_key=os.environ.get("HEIMDALL_API_KEY") or a_key(settings),
     )

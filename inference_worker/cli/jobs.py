@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_worker.settings import Settings
+from inference_worker.urls import base_url
 
 
 def read_capture(args: argparse.Namespace) -> Any:
@@ -108,7 +109,7 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
         return
     from api_shim.client import ShimClient, ShimError
 
-    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    client = ShimClient(args.url or base_url(settings.api_host, settings.api_port))
     try:
         accepted = client.submit_npy(iq, **fields)
     except ShimError as exc:
@@ -123,7 +124,7 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
     from api_shim.client import ShimClient, ShimError
 
-    client = ShimClient(args.url or f"http://{settings.api_host}:{settings.api_port}")
+    client = ShimClient(args.url or base_url(settings.api_host, settings.api_port))
     try:
         print_job(client.job(args.job_id), args.json)
     except ShimError as exc:

@@ -9,6 +9,7 @@ import sys
 
 from inference_worker.cli import bootstrap
 from inference_worker.settings import Settings
+from inference_worker.urls import host_port
 
 log = logging.getLogger("heimdall")
 
@@ -67,7 +68,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     class ShimServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("bind", host_port(host, port))
             self.cfg.set("workers", workers)
             self.cfg.set("threads", settings.api_threads)
             self.cfg.set("worker_class", "gthread" if settings.api_threads > 1 else "sync")

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from inference_worker.serving.store_checks import Finding, Level
 from inference_worker.settings import Settings
+from inference_worker.urls import base_url
 
 API_TIMEOUT_S = 5.0
 """How long an api has to answer ``/health``, which asks every store and the registry."""
-WILDCARDS = ("", "0.0.0.0", "::")
 
 
 def loopback(host: str) -> bool:
@@ -30,16 +30,6 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a name: it may resolve to any address
         return False
-
-
-def base_url(host: str, port: int, wildcard_as: str) -> str:
-    """``http://host:port`` of an api listening on ``host``; one listening everywhere is
-    reached as ``wildcard_as``."""
-    if host in WILDCARDS:
-        host = wildcard_as
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 def check_api(settings: Settings) -> list[Finding]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from inference_worker.serving.api_check import base_url, loopback
+from inference_worker.serving.api_check import loopback
+from inference_worker.urls import base_url, host_port
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,18 @@ def test_an_api_is_reached_at_the_address_it_listens_on(host: str, expected: str
 )
 def test_loopback_addresses_reach_only_their_own_host(host: str, only_here: bool) -> None:
     assert loopback(host) is only_here
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("::1", "[::1]:8003"),  # "::1:8003" is read as no port (gunicorn, urllib3)
+        ("[::1]", "[::1]:8003"),
+        ("127.0.0.1", "127.0.0.1:8003"),
+        ("api.example.org", "api.example.org:8003"),
+    ],
+)
+def test_a_host_and_port_are_written_with_an_ipv6_address_in_brackets(host, expected):
+    assert host_port(host, 8003) == expected
+    assert base_url(host, 8003) == f"http://{expected}"
+    assert base_url("0.0.0.0", 8003) == "http://127.0.0.1:8003"  # reached from its own host
