@@ -16,8 +16,21 @@ def read_capture(args: argparse.Namespace) -> Any:
     import numpy as np
 
     path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.raw:
-        raw = np.fromfile(path, dtype="<c8")
+        size = np.dtype("<c8").itemsize
+        if len(data) % size:  # np.fromfile dropped the rest without a word
+            print(
+                f"error: {path} holds {len(data)} bytes, not a whole number of complex64 values "
+                f"({size} bytes each)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        raw = np.frombuffer(data, dtype="<c8")
         if raw.size % 3:
             print(f"error: {path} holds {raw.size} complex64 values, not 3 x n", file=sys.stderr)
             raise SystemExit(2)
@@ -25,10 +38,7 @@ def read_capture(args: argparse.Namespace) -> Any:
     from inference_worker.core.capture import CaptureError, decode_npy
 
     try:
-        return decode_npy(path.read_bytes())  # the shim's own reader: the same errors
-    except OSError as exc:
-        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return decode_npy(data)  # the shim's own reader: the same errors
     except CaptureError as exc:
         print(f"error: {path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import numpy as np
 import pytest
 
 from inference_worker.cli.arguments import count, count_range, number
@@ -276,3 +277,22 @@ def test_tdoa_submit_names_a_positions_file_or_a_recording_it_cannot_read(tmp_pa
             main(["tdoa", "submit", *map(str, files), "--receivers", str(deep)])
         assert exit_.value.code == 2
         assert capsys.readouterr().err == refusal
+
+
+def test_submit_refuses_a_raw_file_of_no_whole_values_or_one_it_cannot_read(tmp_path, capsys):
+    """``--raw`` dropped a trailing part of a value without a word (``np.fromfile``), and a file
+    it could not read was a traceback (the ``.npy`` form said so already)."""
+    from inference_worker.cli.main import main
+
+    ragged = tmp_path / "ragged.c64"
+    ragged.write_bytes(np.ones((3, 1000), "<c8").tobytes() + b"tail")
+    fields = ["--sample-rate", "12000", "--frequency-mhz", "145", "--receivers", "a,b,c"]
+    for path, refusal in (
+        (ragged, f"{ragged} holds 24004 bytes, not a whole number of complex64 values (8 bytes"),
+        (tmp_path, f"cannot read {tmp_path}: [Errno 21] Is a directory"),
+        (tmp_path / "none", f"cannot read {tmp_path / 'none'}: [Errno 2] No such file"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["submit", str(path), "--raw", *fields])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: {refusal}")
