@@ -4,6 +4,7 @@ simulating captures (``--epochs 0``, ``--batch 0``, a negative seed)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +30,24 @@ ROOT = Path(__file__).resolve().parents[2]
         ),
     ],
 )
-def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(tool, args, refusal, tmp_path):
+def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(
+    tool, args, refusal, tmp_path, model_dir
+):
     if tool == "train_reference_model":
         pytest.importorskip("torch", reason="the train extra is not installed")
-    out = ["--out", str(tmp_path / "out")] if tool == "simulate_known_captures" else []
+    # Everything a tool would write goes under tmp_path, should one take the number after all:
+    # by default the model tools rewrite the packaged model.
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    where = {
+        "train_reference_model": ["--out", str(tmp_path / "out")],
+        "simulate_known_captures": ["--out", str(tmp_path / "out")],
+        "recalibrate_model": ["--model", str(model)],
+        "evaluate_model": ["--model", str(model), "--report", str(tmp_path / "out"), "--no-record"],
+        "evaluate_tdoa": [],
+    }[tool]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args, *out],
+        [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args, *where],
         capture_output=True,
         text=True,
         timeout=120,
