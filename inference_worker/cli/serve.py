@@ -108,7 +108,7 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
     app.start(
         [
             "flower",
-            f"--address={address}",
+            f"--address={address.strip('[]')}",  # tornado takes an IPv6 address bare
             f"--port={port}",
             f"--basic-auth={credentials}",
         ]
