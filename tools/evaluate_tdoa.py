@@ -52,6 +52,7 @@ from inference_worker.core.tdoa import solve  # noqa: E402
 from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_shares import PRIORS, Places, reliability, trial  # noqa: E402
+from tools.requirements import run  # noqa: E402
 from tools.tdoa_fault_report import (  # noqa: E402
     bad_section,
     close_section,
@@ -339,4 +340,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)
