@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from inference_worker.settings import Settings
+from inference_worker.urls import base_url
+
+if TYPE_CHECKING:
+    from api_shim.client import ShimClient
 
 log = logging.getLogger(__name__)
+
+
+def shim_client(settings: Settings, url: str | None) -> ShimClient:
+    """A client of the shim at ``url`` (``--url``), else where this host's settings put it."""
+    from api_shim.client import ShimClient
+
+    return ShimClient(url or base_url(settings.api_host, settings.api_port))
 
 
 def configure_logging(level: str) -> None:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inference_worker.cli.bootstrap import shim_client
 from inference_worker.settings import Settings
-from inference_worker.urls import base_url
 
 
 def read_capture(args: argparse.Namespace) -> Any:
@@ -117,9 +117,9 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
                 return
             print_job(producer.wait(job_id, timeout_s=args.timeout), args.json)
         return
-    from api_shim.client import ShimClient, ShimError
+    from api_shim.client import ShimError
 
-    client = ShimClient(args.url or base_url(settings.api_host, settings.api_port))
+    client = shim_client(settings, args.url)
     try:
         accepted = client.submit_npy(iq, **fields)
     except ShimError as exc:
@@ -132,9 +132,9 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
-    from api_shim.client import ShimClient, ShimError
+    from api_shim.client import ShimError
 
-    client = ShimClient(args.url or base_url(settings.api_host, settings.api_port))
+    client = shim_client(settings, args.url)
     try:
         print_job(client.job(args.job_id), args.json)
     except ShimError as exc:

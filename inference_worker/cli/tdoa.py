@@ -22,10 +22,6 @@ from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_names import parse_file_name
 from inference_worker.core.tdoa_kinds import EXPECTATIONS, PROPAGATIONS
 from inference_worker.settings import Settings
-from inference_worker.urls import base_url
-
-# The shim's client is imported where it is used: importing the shim package loads
-# prometheus_client, which must not happen before a worker has set up its metrics directory.
 
 
 def add_parser(sub: Any) -> None:
@@ -159,9 +155,10 @@ class Route:
 
 
 def _shim(settings: Settings, args: argparse.Namespace) -> Route:
-    from api_shim.client import ShimClient, ShimError
+    from api_shim.client import ShimError
+    from inference_worker.cli.bootstrap import shim_client
 
-    client = ShimClient(args.url or base_url(settings.api_host, settings.api_port))
+    client = shim_client(settings, args.url)
 
     def submit(files: list[tuple[str, bytes]], fields: dict[str, Any]) -> str:
         try:  # an unreachable shim is reported by the command line's entry point
