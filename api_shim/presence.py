@@ -1,19 +1,22 @@
 """Each shim process beats in Redis, as worker processes do, so that ``heimdall-inference check``
-on any host finds every api of the deployment and asks each one's ``/health``.
+on any host finds every api of the deployment and asks each one's ``/health``; and ends its
+requests' waits for jobs when it is told to stop.
 
-Started in each gunicorn process once it has loaded the app, and forgotten when the process
-exits, by ``heimdall-inference api`` and by ``config/gunicorn.conf.py``; an app served otherwise
-(a test client, another WSGI server) beats only where its server calls :func:`start_beating`
-after the fork and :func:`stop_beating` at exit.
+Started in each gunicorn process once it has loaded the app (:func:`process_started`), and
+forgotten when the process exits (:func:`stop_beating`), by ``heimdall-inference api`` and by
+``config/gunicorn.conf.py``; an app served otherwise (a test client, another WSGI server) beats
+only where its server calls them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 from flask import Flask
@@ -83,6 +86,32 @@ def start_beating(app: object, host: str, port: int) -> None:
     presence = ApiPresence(shim, url)
     app.extensions[EXTENSION] = presence
     presence.start()
+
+
+def end_waits_on_term(app: object) -> None:
+    """On SIGTERM (gunicorn stopping this process gracefully: a shutdown, a reload), end the
+    requests that wait for a job at once, each answering its job as it is (the client asks
+    again), before gunicorn's own handler lets the requests in flight finish. A waiting request
+    otherwise held the stop for up to its whole wait, and past gunicorn's graceful timeout
+    (30 s) lost its connection with no answer."""
+    if not isinstance(app, Flask):
+        return
+    shim: ShimServices = app.extensions["heimdall"]
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        # not in the handler itself: releasing takes locks the interrupted code may hold
+        threading.Thread(target=shim.finished.release, daemon=True).start()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def process_started(app: object, host: str, port: int) -> None:
+    """gunicorn's ``post_worker_init``: beat, and end waits on SIGTERM."""
+    start_beating(app, host, port)
+    end_waits_on_term(app)
 
 
 def stop_beating(app: object) -> None:

@@ -8,11 +8,13 @@
 import os
 
 from inference_worker.core.features import load_signal_maths
+from inference_worker.urls import host_port
 
 load_signal_maths()  # in the master, before it forks: every process inherits it
 
 host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
-bind = f"{host}:{os.environ.get('HEIMDALL_API_PORT', '8003')}"
+port = int(os.environ.get("HEIMDALL_API_PORT", "8003"))
+bind = host_port(host, port)  # [::1]:8003 for an IPv6 address
 workers = int(os.environ.get("HEIMDALL_API_WORKERS", "2"))
 threads = int(os.environ.get("HEIMDALL_API_THREADS", "16"))
 worker_class = "gthread" if threads > 1 else "sync"
@@ -21,10 +23,10 @@ graceful_timeout = 30  # SIGTERM lets requests in flight finish
 accesslog = "-"
 
 
-def post_worker_init(worker):  # each process beats in Redis: `heimdall-inference check` finds it
-    from api_shim.presence import start_beating
+def post_worker_init(worker):  # beats in Redis (`heimdall-inference check`), ends waits on SIGTERM
+    from api_shim.presence import process_started
 
-    start_beating(worker.wsgi, host, int(bind.rsplit(":", 1)[1]))
+    process_started(worker.wsgi, host, port)
 
 
 def worker_exit(server, worker):

@@ -52,7 +52,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
     from api_shim.app import create_app
-    from api_shim.presence import start_beating, stop_beating
+    from api_shim.presence import process_started, stop_beating
     from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
@@ -78,8 +78,10 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set(
                 "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)
             )
-            # each process beats in Redis, so `check` on any host finds it
-            self.cfg.set("post_worker_init", lambda worker: start_beating(worker.wsgi, host, port))
+            # each process beats in Redis, so `check` on any host finds it, and ends its
+            # requests' waits for jobs on SIGTERM
+            started = lambda worker: process_started(worker.wsgi, host, port)  # noqa: E731
+            self.cfg.set("post_worker_init", started)
             self.cfg.set("worker_exit", lambda _server, worker: stop_beating(worker.wsgi))
 
         def load(self):  # the WSGI app gunicorn serves

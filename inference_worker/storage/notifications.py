@@ -30,18 +30,21 @@ class FinishedJobs:
         self._owner: int | None = None
         self._subscribed = threading.Event()
         self._closed = threading.Event()
+        self._released = threading.Event()
 
     def wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
-        """Block until ``job_id`` is announced final, ``is_final()`` says so, or the timeout;
-        returns whether it was announced (or found) final."""
+        """Block until ``job_id`` is announced final, ``is_final()`` says so, the timeout, or
+        :meth:`release`; returns whether it was announced (or found) final."""
         self._ensure_listening()
         event = threading.Event()
         with self._lock:
             self._waiting.setdefault(job_id, []).append(event)
         try:
+            if self._released.is_set():  # after registering: a release in between is not missed
+                return is_final()
             # Subscribed before looking: a job finishing in between is not missed.
             self._subscribed.wait(min(timeout_s, 1.0))
-            return is_final() or event.wait(timeout_s)
+            return is_final() or (event.wait(timeout_s) and not self._released.is_set())
         finally:
             with self._lock:
                 events = self._waiting.get(job_id, [])
@@ -57,6 +60,16 @@ class FinishedJobs:
             self._owner = os.getpid()
             self._subscribed.clear()
         threading.Thread(target=self._listen, name="heimdall-finished-jobs", daemon=True).start()
+
+    def release(self) -> None:
+        """End every wait now, and each later one at once (its caller then reads the job as it
+        is): for a process shutting down, so that a request waiting for a job does not hold it
+        for up to its whole wait and then lose its connection."""
+        self._released.set()
+        with self._lock:
+            events = [event for events in self._waiting.values() for event in events]
+        for event in events:
+            event.set()
 
     def close(self) -> None:
         """Stop listening (within a second): for an app that ends before its process does."""

@@ -1,13 +1,16 @@
 """The shim as gunicorn runs it: SIGTERM lets a request in flight finish (its capture is accepted
-and answered, then the server exits), and a burst of first requests on every thread is served."""
+and answered, then the server exits) and ends requests waiting for a job with the job as it is;
+a burst of first requests on every thread is served."""
 
 from __future__ import annotations
 
 import json
 import signal
 import socket
+import threading
 import time
 import urllib.parse
+import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import npy_bytes
@@ -60,6 +63,60 @@ def test_sigterm_lets_the_request_in_flight_finish(
         assert job["status"] == "queued"
         api.wait(timeout=35)  # then it stops (gunicorn's graceful timeout is 30 s)
     assert not listening()
+
+
+def test_sigterm_ends_waits_for_jobs_with_the_job_as_it_is(
+    settings, engine, queue_cleanup, capture, tmp_path
+):
+    """A request waiting for a job (``GET /jobs/<id>?wait=``, ``POST /predict?wait=``) does not
+    hold a stopping shim: it answers the job as it is (queued: no worker consumes here) and the
+    shim exits; the waits, longer than gunicorn's graceful timeout, would otherwise have been
+    cut off with no answer."""
+    from api_shim.client import ShimClient
+
+    port = free_port()
+    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "HEIMDALL_MAX_WAIT_S": "120"}
+    url = f"http://127.0.0.1:{port}"
+    fields = {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+    }
+    answers: dict[str, object] = {}
+
+    def answer(name: str, call) -> None:
+        try:
+            answers[name] = call()
+        except Exception as exc:  # the assertion below shows it
+            answers[name] = exc
+
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        client = ShimClient(url, timeout_s=150)
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
+        job_id = client.submit_npy(capture.iq, **fields)["job_id"]
+
+        def read() -> tuple[int, str]:
+            with urllib.request.urlopen(f"{url}/jobs/{job_id}?wait=100", timeout=150) as reply:
+                return reply.status, json.loads(reply.read())["status"]
+
+        def submit() -> tuple[str, str]:
+            view = client.submit_npy(capture.iq * 2, **fields, wait_s=100)
+            return view["job_id"], view["status"]
+
+        waiters = [
+            threading.Thread(target=answer, args=("read", read)),
+            threading.Thread(target=answer, args=("submit", submit)),
+        ]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(2.0)  # both requests are waiting
+        api.send_signal(signal.SIGTERM)
+        for waiter in waiters:
+            waiter.join(timeout=150)
+        api.wait(timeout=35)
+    assert answers["read"] == (200, "queued"), answers
+    submitted = answers["submit"]
+    assert isinstance(submitted, tuple) and submitted[1] == "queued", answers
 
 
 def test_a_burst_of_first_requests_on_every_thread_is_answered(
