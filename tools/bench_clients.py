@@ -38,11 +38,14 @@ class Load:
     answered: int = 0
     """Submissions whose 202 already carried the final result (a cached capture)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when the run is interrupted: clients take no more jobs, and a request that fails
+    then (the shim being stopped under it) ends its client quietly."""
     _local: threading.local = field(default_factory=threading.local)
 
     def _take(self) -> int | None:
         with self.lock:
-            if self.done >= self.jobs:
+            if self.done >= self.jobs or self.stop.is_set():
                 return None
             self.done += 1
             return self.done
@@ -68,6 +71,13 @@ class Load:
         raise AssertionError("unreachable")
 
     def client(self) -> None:
+        try:
+            self._client()
+        except Exception:
+            if not self.stop.is_set():
+                raise
+
+    def _client(self) -> None:
         while (number := self._take()) is not None:
             body = self.bodies[number % len(self.bodies)]
             started = time.perf_counter()
@@ -88,21 +98,30 @@ class Load:
                     with self.lock:
                         self.answered += 1
                 continue
-            while True:
+            while not self.stop.is_set():
                 status, raw = self._request("GET", f"/jobs/{self.id_prefix}-{number}?wait=10")
                 view = json.loads(raw) if status == 200 else {}
                 if view.get("status") in ("succeeded", "failed"):
                     break
                 time.sleep(0.002)  # a shim without long-poll answers at once
+            else:
+                return
             self.end_to_end_ms.append((time.perf_counter() - started) * 1e3)
 
     def run(self, clients: int) -> float:
-        threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        """Seconds ``clients`` clients took to do the jobs. Ctrl-C stops them taking more and
+        is raised at once; the clients are daemon threads, so one still waiting on an answer
+        does not keep the benchmark from ending."""
+        threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
         return time.perf_counter() - started
 
 

@@ -35,6 +35,7 @@ from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
 from tools.process_meter import add_retain_mb, retained  # noqa: E402
+from tools.requirements import run  # noqa: E402
 
 KINDS = (
     ("12 kHz × 1 s", 12_000.0, 12_000),
@@ -153,4 +154,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

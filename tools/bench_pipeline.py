@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ _MODEL: Any = None
 def _init_bare(model_dir: str, retain_freed_mb: int) -> None:
     global _MODEL
     from threadpoolctl import threadpool_limits
+
+    # Ctrl-C reaches the whole process group: the pool's processes leave it to the benchmark,
+    # which stops them (one line, not a traceback from each process)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from inference_worker.serving.memory import retain_freed_memory
     from inference_worker.serving.onnx_model import LocalizationModel
@@ -136,9 +141,11 @@ def print_worker_path(found: dict[str, Any], bare: float | None, bare_cpu_ms: fl
         f"  CPU ms per job (while draining, boot excluded): {found['cpu'].per_job_ms(metered)}",
         flush=True,
     )
-    if bare:
-        used = found["cpu"].used
-        all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
+    used = found["cpu"].used
+    all_ms = 1e3 * sum(s for n, s in used.items() if n != CLIENTS) / max(metered, 1)
+    if bare and not all_ms:
+        print("  too few jobs drained while metered to tell the ceiling (give more --jobs)")
+    elif bare:
         cores = os.cpu_count() or 1
         print(
             f"  in all {all_ms:.2f} ms CPU per job against the bare pipeline's "

@@ -11,24 +11,26 @@ No worker runs: only the submission path is measured; the benchmark's queue is d
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import kombu
 import numpy as np
-import redis
-import sqlalchemy as sa
 
-from api_shim.client import ShimClient
-from inference_worker.cli.processes import cli_process, wait_until
-from inference_worker.science.simulator import CaptureSimulator
-from inference_worker.settings import load_settings
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api_shim.client import ShimClient  # noqa: E402
+from inference_worker.cli import bootstrap  # noqa: E402
+from inference_worker.cli.arguments import count  # noqa: E402
+from inference_worker.cli.processes import cli_process, settings_env, wait_until  # noqa: E402
+from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
+from inference_worker.settings import PROCESSES_MAX, load_settings  # noqa: E402
+from tools.bench_stages import drop, own_settings  # noqa: E402
+from tools.requirements import add_capture_size, capture_samples, run  # noqa: E402
 
 
 def free_port() -> int:
@@ -43,22 +45,22 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=300, help="submissions per format")
-    parser.add_argument("--rate", type=float, default=12_000.0, help="sample rate, Hz")
-    parser.add_argument("--duration", type=float, default=1.0, help="capture length, s")
-    parser.add_argument("--api-workers", type=int, default=1, help="gunicorn workers of the shim")
+    parser.add_argument("--count", type=count(1), default=300, help="submissions per format")
+    add_capture_size(parser, 12_000.0, 1.0)
+    parser.add_argument(
+        "--api-workers",
+        type=count(1, PROCESSES_MAX),
+        default=1,
+        help="gunicorn workers of the shim",
+    )
     args = parser.parse_args()
+    capture_samples(parser, args)
 
     base = load_settings()
-    tag = uuid.uuid4().hex[:8]
+    bootstrap.require_services(base)
+    settings = own_settings(base, "u")  # its own queue, keys and schema, removed at the end
     port = free_port()
-    env = {
-        **os.environ,
-        "HEIMDALL_QUEUE": f"heimdall.bench.{tag}",
-        "HEIMDALL_REDIS_PREFIX": f"heimdall-bench:{tag}:",
-        "HEIMDALL_DATABASE_SCHEMA": f"bench_{tag}",
-        "HEIMDALL_API_PORT": str(port),
-    }
+    env = {**settings_env(settings), "HEIMDALL_API_PORT": str(port)}
     client = ShimClient(f"http://127.0.0.1:{port}", timeout_s=10)
     simulator = CaptureSimulator()
     rng = np.random.default_rng(0)
@@ -71,7 +73,7 @@ def main() -> int:
         f"capture: 3 receivers x {captures[0].iq.shape[1]} samples "
         f"({args.rate / 1e3:g} kHz, {args.duration:g} s, {size_mb:.2f} MB complex64)"
     )
-    log_path = Path(tempfile.gettempdir()) / f"heimdall-bench-{tag}.log"
+    log_path = Path(tempfile.gettempdir()) / f"heimdall-bench-{settings.queue}.log"
     results: dict[str, list[float]] = {"npy": [], "json (base64)": []}
     try:
         with cli_process(["api", "--workers", str(args.api_workers)], log_path, env) as shim:
@@ -96,7 +98,7 @@ def main() -> int:
                     if (i + 1) % 100 == 0:
                         print(f"  {form}: {i + 1}/{args.count + 10}", file=sys.stderr, flush=True)
     finally:
-        _clean(base.broker_url, base.redis_url, base.database_url, env)
+        drop(settings)
 
     print(f"\nsubmission latency over HTTP, {args.count} submissions per format (ms)")
     print(f"{'format':<15} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'mean':>7}")
@@ -116,21 +118,5 @@ def _up(client: ShimClient) -> bool:
         return False
 
 
-def _clean(broker_url: str, redis_url: str, database_url: str, env: dict[str, str]) -> None:
-    with kombu.Connection(broker_url) as connection:
-        connection.default_channel.queue_delete(env["HEIMDALL_QUEUE"])
-        connection.default_channel.exchange_delete(env["HEIMDALL_QUEUE"])
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=env["HEIMDALL_REDIS_PREFIX"] + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(f'DROP SCHEMA IF EXISTS "{env["HEIMDALL_DATABASE_SCHEMA"]}" CASCADE')
-        )
-    engine.dispose()
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

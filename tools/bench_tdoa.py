@@ -50,6 +50,7 @@ from inference_worker.core.time_differences import TdoaError  # noqa: E402
 from inference_worker.science.kiwi_sets import rewritten, spacing_for, synthetic_set  # noqa: E402
 from inference_worker.science.tdoa_faults import ODD_OFFSETS_S, deaf  # noqa: E402
 from tools.process_meter import add_retain_mb, retained  # noqa: E402
+from tools.requirements import RECORDING_S, run  # noqa: E402
 
 
 def timed_solve(
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=count(1), default=5, help="sets per row")
     parser.add_argument("--receivers", type=count(3), nargs="+", default=[3, 5, 12])
-    parser.add_argument("--rates", type=int, nargs="+", default=[12_000, 20_250])
-    parser.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
+    parser.add_argument(
+        "--rates", type=count(1_000, 192_000), nargs="+", default=[12_000, 20_250], help="Hz"
+    )
+    parser.add_argument("--seconds", type=RECORDING_S, default=30.0, help="each recording's length")
     parser.add_argument("--seed", type=int, default=3000, help="first set's seed")
     parser.add_argument(
         "--one-off",
@@ -173,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -39,15 +39,26 @@ from inference_worker.settings import load_settings  # noqa: E402
 from tools.bench_service import running_service  # noqa: E402
 from tools.bench_stages import drop, empty_prefix, own_settings, prepare  # noqa: E402
 from tools.process_meter import CpuMeter, children, faulted_mb, rss_mb, service_roots  # noqa: E402
+from tools.requirements import RECORDING_ALL_LOCATED_S, run  # noqa: E402
 
 WARM_UP = 3
 """Submissions of each receiver count sent before the clock starts, not counted."""
 
 
 def post(connection: http.client.HTTPConnection, body: bytes, content_type: str) -> int:
+    """The status of one submission; a refusal ends the benchmark with the shim's reason."""
     connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
     response = connection.getresponse()
-    response.read()
+    answer = response.read()
+    if response.status != 202:
+        try:
+            reason = json.loads(answer)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = answer[:300].decode(errors="replace")
+        print(
+            f"error: the shim refused a submission ({response.status}): {reason}", file=sys.stderr
+        )
+        raise SystemExit(1)
     return response.status
 
 
@@ -55,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--submissions", type=count(1), default=30, help="timed, per row")
     parser.add_argument("--receivers", type=count(3), nargs="+", default=[3, 5, 12])
-    parser.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
+    parser.add_argument(
+        "--seconds", type=RECORDING_ALL_LOCATED_S, default=30.0, help="each recording's length"
+    )
     parser.add_argument(
         "--rate", type=int, choices=(12_000, 20_250), default=12_000, help="the files' IQ rate"
     )
@@ -108,9 +121,7 @@ def main() -> None:
                     job = ("job_id", f"bench-{receivers}-{number}-{time.time_ns()}")
                     body, content_type = encode_multipart_formdata([*fields, job, *files])
                     started = time.perf_counter()
-                    status = post(connection, body, content_type)
-                    if status != 202:
-                        raise SystemExit(f"a submission of {receivers} receivers got {status}")
+                    post(connection, body, content_type)
                     if number >= WARM_UP:
                         times.append((time.perf_counter() - started) * 1e3)
                 meter.stop()
@@ -132,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

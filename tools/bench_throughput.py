@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from inference_worker.cli import bootstrap  # noqa: E402
 from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
-from inference_worker.settings import load_settings  # noqa: E402
+from inference_worker.settings import PROCESSES_MAX, load_settings  # noqa: E402
 from tools.bench_clients import npy, pct  # noqa: E402
 from tools.bench_pipeline import bare_pipeline, print_worker_path, worker_path  # noqa: E402
 from tools.bench_service import (  # noqa: E402
@@ -59,21 +59,30 @@ from tools.bench_service import (  # noqa: E402
     shim_and_service,
 )
 from tools.bench_stages import ratio_to  # noqa: E402
-from tools.requirements import require  # noqa: E402
+from tools.requirements import require, run  # noqa: E402
 
+STAGES = ("bare", "worker", "shim", "minimal", "service", "service-wait", "idle")
+STAGES_LEAST_JOBS = 10
+"""Fewest jobs a stage (the idle stage times a fifth of them: two at least)."""
 PRESETS = {"12k": (12_000.0, 1.0), "12k-short": (12_000.0, 0.25), "192k": (192_000.0, 0.25)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="12k")
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs per stage")
-    parser.add_argument("--clients", type=int, default=16, help="closed-loop HTTP clients")
-    parser.add_argument("--processes", type=int, help="worker processes (default: settings)")
-    parser.add_argument("--api-workers", type=int, help="shim processes (default: settings)")
+    parser.add_argument(
+        "--jobs", type=count(STAGES_LEAST_JOBS), default=2000, help="jobs per stage"
+    )
+    parser.add_argument("--clients", type=count(1), default=16, help="closed-loop HTTP clients")
+    parser.add_argument(
+        "--processes", type=count(1, PROCESSES_MAX), help="worker processes (default: settings)"
+    )
+    parser.add_argument(
+        "--api-workers", type=count(1, PROCESSES_MAX), help="shim processes (default: settings)"
+    )
     parser.add_argument(
         "--stages",
-        default="bare,worker,shim,minimal,service,service-wait,idle",
+        default=",".join(STAGES),
         help="comma-separated: bare, worker, shim, minimal (the shim's yardstick: the same work "
         "in a minimal handler), service, service-wait (one request a job: POST /predict?wait=), "
         "idle (one client)",
@@ -92,16 +101,19 @@ def main() -> int:
         "alternate): gunicorn (the shim's), granian (the 'dev' extra)",
     )
     args = parser.parse_args()
-    servers = args.minimal_servers.split(",")
-    unknown = sorted(set(servers) - set(MINIMAL_SERVERS))
-    if unknown:
-        known = ", ".join(MINIMAL_SERVERS)
-        parser.error(f"unknown --minimal-servers {', '.join(unknown)}; known: {known}")
+
+    def names(option: str, text: str, known: tuple[str, ...]) -> list[str]:
+        given = text.split(",")
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            parser.error(f"unknown {option} {', '.join(unknown)}; known: {', '.join(known)}")
+        return given
+
+    servers = names("--minimal-servers", args.minimal_servers, MINIMAL_SERVERS)
     if "granian" in servers:
         require("granian", "dev", "serving the minimal handler with granian")
-
+    stages = set(names("--stages", args.stages, STAGES))
     base = load_settings()
-    stages = set(args.stages.split(","))
     if stages - {"bare"}:  # every other stage runs against the stores and the broker
         bootstrap.require_services(base)
     processes = args.processes or base.worker_concurrency
@@ -235,4 +247,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -24,6 +24,7 @@ from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.core.domain import band_power_dbfs  # noqa: E402
 from inference_worker.core.features import FeatureParams, analyse  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatorConfig  # noqa: E402
+from tools.requirements import run  # noqa: E402
 
 BASE = replace(FeatureParams(), mean_db=0.0, std_db=1.0)
 BANDS = {
@@ -78,4 +79,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

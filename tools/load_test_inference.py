@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api_shim.client import LONG_POLL_S, ShimClient, ShimError  # noqa: E402
+from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
 from inference_worker.urls import base_url  # noqa: E402
+from tools.requirements import run  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
 
@@ -72,6 +74,43 @@ def require_local(url: str) -> None:
         )
 
 
+def run_clients(client: Callable[[int], None], clients: int, stop: threading.Event) -> bool:
+    """Run ``clients`` clients to their end; returns whether Ctrl-C cut the run short. The
+    first Ctrl-C sets ``stop`` (no more submissions) and waits for the jobs in flight, so the
+    report covers what was sent; a second one quits at once. A client's unexpected error is
+    raised here once they have all ended."""
+    failures: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            client(index)
+        except Exception as exc:
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    interrupted = False
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        print(
+            "\ninterrupted: no more submissions; waiting for the jobs in flight "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    return interrupted
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None}
@@ -88,7 +127,7 @@ def main() -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=base_url(settings.api_host, settings.api_port))
-    parser.add_argument("--clients", type=int, default=100, help="concurrent clients")
+    parser.add_argument("--clients", type=count(1), default=100, help="concurrent clients")
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -97,13 +136,16 @@ def main() -> int:
     )
     parser.add_argument(
         "--duplicates",
-        type=float,
+        type=number(0.0, 1.0),
         default=0.1,
         help="share of submissions that resend an earlier capture unchanged",
     )
-    parser.add_argument("--count", type=int, default=1000, help="captures to submit in all")
-    parser.add_argument("--seconds", type=float, default=300.0, help="stop submitting after this")
-    parser.add_argument("--job-timeout", type=float, default=60.0)
+    parser.add_argument("--count", type=count(1), default=1000, help="captures to submit in all")
+    positive = number(0.0, above=True)
+    parser.add_argument(
+        "--seconds", type=positive, default=300.0, help="stop submitting after this"
+    )
+    parser.add_argument("--job-timeout", type=positive, default=60.0)
     parser.add_argument(
         "--one-request",
         action="store_true",
@@ -155,7 +197,7 @@ def main() -> int:
         local = random.Random(args.seed * 1000 + index)
         own = ShimClient(args.url, timeout_s=30)
         receivers = list(pool[0].receivers)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             with counter_lock:
                 number = next(counter, None)
                 if number is None:
@@ -200,7 +242,7 @@ def main() -> int:
                     if len(tally.error_samples) < 10:
                         tally.error_samples.append(f"job failed: {view['error']}")
 
-    stop_progress = threading.Event()
+    stop_progress, stop = threading.Event(), threading.Event()
 
     def progress() -> None:
         while not stop_progress.wait(2.0):
@@ -214,8 +256,7 @@ def main() -> int:
 
     reporter = threading.Thread(target=progress, daemon=True)
     reporter.start()
-    with ThreadPoolExecutor(max_workers=args.clients) as executor:
-        list(executor.map(one_client, range(args.clients)))
+    interrupted = run_clients(one_client, args.clients, stop)
     stop_progress.set()
     elapsed = time.monotonic() - started
 
@@ -229,6 +270,7 @@ def main() -> int:
         "duration_s": duration,
         "duplicates": args.duplicates,
         "elapsed_s": elapsed,
+        "interrupted": interrupted,
         "submitted": tally.submitted,
         "succeeded": tally.succeeded,
         "failed_jobs": tally.failed_jobs,
@@ -248,9 +290,9 @@ def main() -> int:
             f"{values[k]:8.1f}" if values[k] is not None else f"{'-':>8}"
             for k in ("p50", "p95", "p99", "max")
         )
-        return f"{name:<28} {cells}"
+        return f"{name:<32} {cells}"
 
-    print(f"\n{'latency (ms)':<28} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+    print(f"\n{'latency (ms)':<32} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
     print(row("submission", report["submission_ms"]))
     print(row("end to end (server clock)", report["end_to_end_ms_server"]))
     how = "one request" if args.one_request else "long-poll"
@@ -260,9 +302,11 @@ def main() -> int:
         f"{tally.succeeded} succeeded, {tally.failed_jobs} failed, {tally.errors} errors; "
         f"cache hit rate {report['cache_hit_rate']:.1%} (duplicates sent: {args.duplicates:.0%})"
     )
-    print(f"report: {args.report}")
+    print(f"report: {args.report}" + (" (interrupted: a partial run)" if interrupted else ""))
+    if interrupted:
+        return 130
     return 0 if tally.errors == 0 and tally.failed_jobs == 0 else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

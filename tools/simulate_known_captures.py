@@ -25,13 +25,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference_worker.cli.arguments import count, number  # noqa: E402
-from inference_worker.core.capture import CaptureLimits  # noqa: E402
+from inference_worker.cli.arguments import count  # noqa: E402
 from inference_worker.science.known_captures import write_known_captures  # noqa: E402
 from inference_worker.science.network import RECEIVERS_FILE  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator, SimulatedCapture  # noqa: E402
 from inference_worker.science.stress import CONDITIONS  # noqa: E402
-from tools.requirements import keep_freed_memory, network_or_exit, run  # noqa: E402
+from tools.requirements import (  # noqa: E402
+    add_capture_size,
+    capture_samples,
+    keep_freed_memory,
+    network_or_exit,
+    run,
+)
 
 TERRAIN = 9_000
 """Default terrain: none of training's, the evaluation's or the calibration's."""
@@ -47,22 +52,12 @@ def main() -> int:
         help="the world of the deployment: the simulator's, changed by this stress condition",
     )
     parser.add_argument("--count", type=count(1), default=400)
-    limits = CaptureLimits()  # the service's own: no capture it would refuse
-    rates = number(limits.min_sample_rate_hz, limits.max_sample_rate_hz)
-    parser.add_argument("--rate", type=rates, default=12_000.0, help="sample rate, Hz")
-    parser.add_argument(
-        "--duration", type=number(0.0, above=True), default=0.5, help="capture length, s"
-    )
+    add_capture_size(parser, 12_000.0, 0.5)
     parser.add_argument("--seed", type=count(0), default=1)
     parser.add_argument("--terrain", type=count(0), default=TERRAIN, help="shadowing field's seed")
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     args = parser.parse_args()
-    samples = round(args.rate * args.duration)
-    if not limits.min_samples <= samples <= limits.max_samples:
-        parser.error(
-            f"--rate {args.rate:g} and --duration {args.duration:g} make {samples} samples: the "
-            f"service takes {limits.min_samples} to {limits.max_samples} a receiver"
-        )
+    capture_samples(parser, args)
     keep_freed_memory()
     network = network_or_exit(args.network)
     simulator = CaptureSimulator.of(network)

@@ -69,7 +69,8 @@ def cli_process(
 ) -> AbstractContextManager[subprocess.Popen]:
     """Run ``heimdall-inference ARGS`` in its own process group, output to ``log_path``.
 
-    On an error inside the block the log's tail is printed; the process is always stopped.
+    On an error inside the block the log's tail is printed (not on Ctrl-C or an exit that
+    says why); the process is always stopped.
     """
     return managed_process([sys.executable, "-m", "inference_worker.cli", *args], log_path, env)
 
@@ -89,6 +90,8 @@ def managed_process(
         )
     try:
         yield process
+    except (KeyboardInterrupt, SystemExit):  # asked to stop, or said why: no log to show
+        raise
     except BaseException:
         tail = log_path.read_bytes()[-3000:].decode(errors="replace")
         print(f"--- last lines of {log_path} ---\n{tail}", file=sys.stderr, flush=True)

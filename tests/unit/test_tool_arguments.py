@@ -1,6 +1,8 @@
-"""The training and evaluation tools refuse numbers they cannot use before any work, naming the
-argument and its range: each was a traceback from PyTorch or numpy, some after minutes of
-simulating captures (``--epochs 0``, ``--batch 0``, a negative seed)."""
+"""The training, evaluation and benchmark tools refuse numbers they cannot use before any work,
+naming the argument and its range: each was a traceback from PyTorch or numpy, some after
+minutes of simulating captures (``--epochs 0``, ``--batch 0``, a negative seed), or a benchmark
+that ran with another number than the one given (``--processes 0``) or ran nothing (a misspelt
+stage)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
             ["--rate", "1000", "--duration", "0.1"],
             "make 100 samples: the service takes 512 to 480000 a receiver",
         ),
+        ("bench_throughput", ["--jobs", "0"], "argument --jobs: 0 is too few: give at least 10"),
+        ("bench_throughput", ["--stages", "bare,serivce"], "unknown --stages serivce; known:"),
+        ("bench_throughput", ["--processes", "0"], "argument --processes: 0 is too few"),
+        ("bench_submit", ["--duration", "-1"], "argument --duration: -1 is out of range"),
+        ("bench_submit", ["--rate", "192000", "--duration", "5"], "make 960000 samples"),
+        ("bench_tdoa", ["--seconds", "0"], "argument --seconds: 0 is out of range"),
+        ("bench_tdoa", ["--rates", "0"], "argument --rates: 0 is too few"),
+        ("load_test_inference", ["--clients", "0"], "argument --clients: 0 is too few"),
+        ("load_test_inference", ["--duplicates", "2"], "argument --duplicates: 2 is out of"),
     ],
 )
 def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(
@@ -44,8 +55,7 @@ def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(
         "simulate_known_captures": ["--out", str(tmp_path / "out")],
         "recalibrate_model": ["--model", str(model)],
         "evaluate_model": ["--model", str(model), "--report", str(tmp_path / "out"), "--no-record"],
-        "evaluate_tdoa": [],
-    }[tool]
+    }.get(tool, [])
     done = subprocess.run(
         [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args, *where],
         capture_output=True,
