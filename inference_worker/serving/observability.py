@@ -9,6 +9,7 @@ process serves them on ``HEIMDALL_WORKER_METRICS_PORT``; the shim serves its own
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -24,19 +25,52 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+METRICS_DIR_PREFIX = "heimdall-metrics-"
+
+
 def prepare_multiprocess_dir(name: str) -> Path:
-    """Point prometheus_client at a fresh per-service directory (before it is imported)."""
-    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    path = (
-        Path(configured)
-        if configured
-        else Path(tempfile.gettempdir()) / f"heimdall-metrics-{name}-{os.getpid()}"
-    )
-    if path.exists():
+    """Point prometheus_client at a fresh directory of this service process's own (before it
+    is imported), removed when the process exits.
+
+    It lies in ``PROMETHEUS_MULTIPROC_DIR`` where that is set (a volume for metrics, say), else
+    in the temporary folder, named ``heimdall-metrics-NAME-PID``: nothing else in a configured
+    folder is touched (it was emptied before, and a worker and an api given the same one wiped
+    each other's samples and then reported them summed), and folders left by processes that
+    were killed (no exit to remove them) are removed by the next service to start there.
+    """
+    parent = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir())
+    _remove_dead_dirs(parent)
+    path = parent / f"{METRICS_DIR_PREFIX}{name}-{os.getpid()}"
+    if path.exists():  # a pid used again
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # the service's processes inherit it
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in a forked process (gunicorn's workers exit too)
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
     return path
+
+
+def _remove_dead_dirs(parent: Path) -> None:
+    """Remove the metrics folders under ``parent`` of service processes no longer running."""
+    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if folder.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _metrics() -> dict[str, Any]:
