@@ -53,15 +53,24 @@ def wait_until(
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """SIGTERM the process group (a warm shutdown), SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+    """SIGTERM the process, as a supervisor stops a service: a worker's warm shutdown (its pool
+    finishes the jobs in hand), gunicorn's graceful one. SIGKILL its group if it lingers, and
+    whatever of its group outlives it.
+
+    Not SIGTERM to the whole group: a worker's pool processes, told to stop at the same moment
+    as their parent, died mid-job ("a batch of 1 jobs was lost", its messages redelivered).
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    except ProcessLookupError:  # the group ended with it, as it should
+        pass
+    process.wait()
 
 
 def cli_process(

@@ -71,3 +71,36 @@ def test_no_accepted_job_is_lost_when_a_worker_stops(
     )
     assert statuses == {"succeeded": len(job_ids)}
     assert len(results) == len(job_ids) and set(results.values()) == {1}
+
+
+def test_stopping_a_worker_as_the_tools_do_lets_the_job_in_hand_finish(
+    own_queue_factory, centroid_model_dir, engine, simulator, rng, tmp_path
+):
+    """``cli/processes.stop`` (the demo's, the benchmarks' and the tests' way to stop a worker)
+    sends SIGTERM to the worker as a supervisor does: its pool finishes the job in hand, which
+    is recorded once, on its first delivery, with no other worker to take it. SIGTERM to the
+    whole process group killed the pool process mid-job instead."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from inference_worker.cli.processes import stop
+    from inference_worker.storage.database import JobStore
+    from tests.integration.slow_model import LOUD_GAIN, write_slow_model
+
+    slow = write_slow_model(centroid_model_dir, tmp_path / "slow-model", 2e6)  # seconds a job
+    local, store, start_worker = own_queue_factory(model_dir=slow)
+    client = create_app(local).test_client()
+    capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+    loud = replace(capture, iq=capture.iq * np.complex64(LOUD_GAIN))
+    rows = JobStore(engine)
+    with start_worker("stopped") as worker:
+        wait_until("the worker", lambda: bool(store.workers()), 60, worker)
+        job_id = submit_npy(client, loud).get_json()["job_id"]
+        wait_until("the job in hand", lambda: rows.get(job_id)["status"] == "running", 30)
+        stop(worker)
+        log = (tmp_path / "stopped.log").read_text()
+    row = rows.get(job_id)
+    assert row is not None and row["status"] == "succeeded", row
+    assert row["attempts"] == 1
+    assert "lost" not in log and "exited with 'signal 15" not in log
