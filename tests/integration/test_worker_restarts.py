@@ -97,7 +97,9 @@ def test_stopping_a_worker_as_the_tools_do_lets_the_job_in_hand_finish(
     with start_worker("stopped") as worker:
         wait_until("the worker", lambda: bool(store.workers()), 60, worker)
         job_id = submit_npy(client, loud).get_json()["job_id"]
-        wait_until("the job in hand", lambda: rows.get(job_id)["status"] == "running", 30)
+        wait_until(
+            "the job in hand", lambda: (rows.get(job_id) or {}).get("status") == "running", 30
+        )
         stop(worker)
         log = (tmp_path / "stopped.log").read_text()
     row = rows.get(job_id)
