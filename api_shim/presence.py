@@ -104,6 +104,9 @@ def end_waits_on_term(app: object) -> None:
         threading.Thread(target=shim.finished.release, daemon=True).start()
         if callable(previous):
             previous(signum, frame)
+        elif previous == signal.SIG_DFL:  # a server with no handler of its own: end as it would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_term)
 

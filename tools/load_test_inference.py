@@ -37,7 +37,7 @@ from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import load_settings  # noqa: E402
 from inference_worker.urls import base_url  # noqa: E402
-from tools.requirements import run  # noqa: E402
+from tools.requirements import Terminated, run  # noqa: E402
 
 PRESETS = {"12k": (12_000.0, 1.0), "192k": (192_000.0, 0.25)}
 
@@ -77,7 +77,7 @@ def require_local(url: str) -> None:
 def run_clients(client: Callable[[int], None], clients: int, stop: threading.Event) -> bool:
     """Run ``clients`` clients to their end; returns whether Ctrl-C cut the run short. The
     first Ctrl-C sets ``stop`` (no more submissions) and waits for the jobs in flight, so the
-    report covers what was sent; a second one quits at once. A client's unexpected error is
+    report covers what was sent; a second one, or SIGTERM, quits at once. A client's unexpected error is
     raised here once they have all ended."""
     failures: list[BaseException] = []
 
@@ -95,6 +95,8 @@ def run_clients(client: Callable[[int], None], clients: int, stop: threading.Eve
     try:
         for thread in threads:
             thread.join()
+    except Terminated:  # SIGTERM: a scheduler wants it gone now, not after the jobs in flight
+        raise
     except KeyboardInterrupt:
         interrupted = True
         stop.set()

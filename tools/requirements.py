@@ -57,7 +57,6 @@ def network_or_exit(path: Path) -> Network:
 def add_capture_size(parser: argparse.ArgumentParser, rate_hz: float, duration_s: float) -> None:
     """``--rate`` and ``--duration`` of the captures a tool makes: a rate the service takes, a
     positive length (:func:`capture_samples` checks the two together)."""
-    from inference_worker.cli.arguments import number
     from inference_worker.core.capture import CaptureLimits
 
     limits = CaptureLimits()  # the service's own: no capture it would refuse

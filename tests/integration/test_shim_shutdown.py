@@ -65,17 +65,16 @@ def test_sigterm_lets_the_request_in_flight_finish(
     assert not listening()
 
 
-def test_sigterm_ends_waits_for_jobs_with_the_job_as_it_is(
-    settings, engine, queue_cleanup, capture, tmp_path
-):
+def test_sigterm_ends_waits_for_jobs_with_the_job_as_it_is(own_queue, capture, tmp_path):
     """A request waiting for a job (``GET /jobs/<id>?wait=``, ``POST /predict?wait=``) does not
     hold a stopping shim: it answers the job as it is (queued: no worker consumes here) and the
     shim exits; the waits, longer than gunicorn's graceful timeout, would otherwise have been
     cut off with no answer."""
     from api_shim.client import ShimClient
 
+    local, _, _ = own_queue  # a queue no worker consumes: the jobs stay queued
     port = free_port()
-    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "HEIMDALL_MAX_WAIT_S": "120"}
+    env = {**worker_env(local), "HEIMDALL_API_PORT": str(port), "HEIMDALL_MAX_WAIT_S": "120"}
     url = f"http://127.0.0.1:{port}"
     fields = {
         "sample_rate_hz": capture.sample_rate_hz,
