@@ -19,6 +19,8 @@ from tasks.contract import wait_until_final
 
 LONG_POLL_S = 25.0
 """Longest single ?wait= the client asks for (the shim allows up to HEIMDALL_MAX_WAIT_S)."""
+REACH_AGAIN_S = 0.5
+"""Pause before asking a shim that stopped answering a wait again."""
 
 
 def _predict_path(query: dict[str, str], wait_s: float) -> str:
@@ -265,12 +267,27 @@ class ShimClient:
         return self._view("GET", path)
 
     def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Wait until the job is final (long-poll); raises TimeoutError after ``timeout_s``."""
+        """Wait until the job is final (long-poll); raises TimeoutError after ``timeout_s``.
+
+        A shim that answered this wait and then stops answering (restarted: a stopping shim
+        ends its waits with the job as it is, and the next one takes a moment to listen) is
+        asked again every :data:`REACH_AGAIN_S` until the deadline; one that never answered
+        raises :class:`ShimUnreachable` at once."""
         longest = max(1.0, min(LONG_POLL_S, self.timeout_s - 5.0))
         deadline = time.monotonic() + timeout_s
+        answered = False
 
-        def fetch() -> dict[str, Any]:
+        def fetch() -> dict[str, Any] | None:
+            nonlocal answered
             left = deadline - time.monotonic()
-            return self.job(job_id, wait_s=max(0.0, min(longest, left)))
+            try:
+                view = self.job(job_id, wait_s=max(0.0, min(longest, left)))
+            except ShimUnreachable:
+                if not answered or left < REACH_AGAIN_S:
+                    raise
+                time.sleep(REACH_AGAIN_S)
+                return None
+            answered = True
+            return view
 
         return wait_until_final(fetch, job_id, timeout_s, interval_s=0.0)

@@ -146,3 +146,48 @@ def test_a_burst_of_first_requests_on_every_thread_is_answered(
         with ThreadPoolExecutor(32) as pool:
             statuses = list(pool.map(submit, range(32)))
     assert len(statuses) == 32 and set(statuses) <= {"queued", "succeeded"}, statuses
+
+
+def test_a_client_waiting_through_a_shim_restart_gets_its_result(own_queue, capture, tmp_path):
+    """``ShimClient.wait`` (the command line's) rides a restart: the stopping shim answers its
+    wait with the job as it is, the client asks again until a shim listens once more, and gets
+    the result once a worker has located the job. It failed with the refused connection."""
+    from api_shim.client import ShimClient
+
+    local, _, start_worker = own_queue  # no worker until the shim is back
+    port = free_port()
+    env = {**worker_env(local), "HEIMDALL_API_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    client = ShimClient(url, timeout_s=30)
+    outcome: dict[str, object] = {}
+
+    def wait(job_id: str) -> None:
+        try:
+            outcome["view"] = client.wait(job_id, timeout_s=120)
+        except Exception as exc:  # the assertion below shows it
+            outcome["error"] = exc
+
+    with cli_process(["api", "--workers", "1"], tmp_path / "first.log", env) as api:
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
+        job_id = client.submit_npy(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=list(capture.receivers),
+        )["job_id"]
+        waiter = threading.Thread(target=wait, args=(job_id,))
+        waiter.start()
+        time.sleep(1.5)  # waiting on the shim
+        api.send_signal(signal.SIGTERM)
+        api.wait(timeout=35)
+    time.sleep(2.0)  # no shim listens: the client keeps asking
+    assert waiter.is_alive(), outcome
+    with (
+        cli_process(["api", "--workers", "1"], tmp_path / "second.log", env) as again,
+        start_worker("after"),
+    ):
+        wait_until("the shim again", lambda: shim_answers(url), 60, again)
+        waiter.join(timeout=120)
+    assert "error" not in outcome, outcome
+    view = outcome["view"]
+    assert isinstance(view, dict) and view["status"] == "succeeded", view
