@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 def number(least: float, most: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
@@ -75,3 +77,9 @@ def count_range(least: int, most: int) -> Callable[[str], tuple[int, int]]:
         return first, last
 
     return parse
+
+
+def fail(message: str) -> NoReturn:
+    """End a command that cannot go on with what it was given: ``error: MESSAGE``, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from inference_worker.cli.arguments import count, number
+from inference_worker.cli.arguments import count, fail, number
 from inference_worker.core.capture import parse_json
 from inference_worker.core.ellipse import tdoa_feature_collection
 from inference_worker.core.kiwi_names import parse_file_name
@@ -77,11 +77,6 @@ def add_parser(sub: Any) -> None:
     tdoa.add_argument("--seed", type=int, help="with demo: first set's seed")
     tdoa.add_argument("--out", type=Path, default=Path("tdoa-demo"), help="with demo: folder")
     tdoa.set_defaults(func=cmd_tdoa)
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def cmd_tdoa(settings: Settings, args: argparse.Namespace) -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from inference_worker.cli.arguments import count, number
+from inference_worker.cli.arguments import count, fail, number
 from inference_worker.settings import Settings
 from inference_worker.settings_checks import RETENTION_DAYS_MAX, YEAR_S
 
@@ -166,8 +166,3 @@ class PruneProgress:
             self.shown = now
             rate = deleted / max(now - self.started, 1e-9)
             print(f"  deleted {deleted} so far ({rate:.0f} a second)", file=sys.stderr, flush=True)
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
