@@ -5,6 +5,7 @@ Uses a running shim and worker when there are some; otherwise starts them and st
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import tempfile
@@ -73,9 +74,17 @@ def _health(client: ShimClient) -> dict | None:
     raise ShimError(status, body, where, "the shim's health")
 
 
+@functools.cache
+def _log_folder() -> Path:
+    """A folder of this run's own for the logs of what it starts (made private by mkdtemp): a
+    fixed name in the shared temporary folder failed where another user's run had left its log
+    there, and would have followed a link planted in its place."""
+    return Path(tempfile.mkdtemp(prefix="heimdall-demo-"))
+
+
 @contextmanager
 def _started(args: list[str], name: str) -> Iterator[subprocess.Popen]:
-    log_path = Path(tempfile.gettempdir()) / f"heimdall-demo-{args[0]}.log"
+    log_path = _log_folder() / f"{args[0]}.log"
     _say(f"starting {name}: heimdall-inference {' '.join(args)} (log: {log_path})")
     with cli_process(args, log_path) as process:
         yield process

@@ -35,10 +35,18 @@ def test_the_demo_locates_simulated_captures_and_answers_the_repeat_from_the_cac
     own_queue, tmp_path
 ):
     local, _, _ = own_queue
-    done = run_cli(local, tmp_path, "demo", "--captures", "2", "--seed", "7")
+    # The logs' former fixed names, taken (by another user's run, say): the demo's own go
+    # into a folder of this run's.
+    temporary = tmp_path / "tmp"
+    for taken in ("heimdall-demo-api.log", "heimdall-demo-worker.log"):
+        (temporary / taken).mkdir(parents=True)
+    done = run_cli(local, tmp_path, "demo", "--captures", "2", "--seed", "7", TMPDIR=str(temporary))
 
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    [logs] = [p for p in temporary.glob("heimdall-demo-*") if not p.name.endswith(".log")]
+    assert {p.name for p in logs.iterdir()} == {"api.log", "worker.log"}
+    assert logs.stat().st_mode & 0o077 == 0  # private to the user who ran it
     assert "starting the HTTP shim" in out and "starting a worker" in out
     assert "simulating 2 captures with seed 7" in out
     assert out.count("succeeded") >= 3  # two captures and the repeat of the first
