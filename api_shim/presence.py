@@ -75,6 +75,15 @@ class ApiPresence:
             pass
 
 
+def control_socket(port: int) -> str:
+    """Where the gunicorn master serving on ``port`` listens for ``gunicornc``: gunicorn's own
+    folder (``$XDG_RUNTIME_DIR``, else ``~/.gunicorn``), a name of this port's. gunicorn's one
+    default name for every master made a second shim on a host take the first one's socket
+    (``gunicornc`` then reached the wrong one) and remove it when it stopped."""
+    folder = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".gunicorn")
+    return os.path.join(folder, f"heimdall-api-{port}.ctl")
+
+
 def start_beating(app: object, host: str, port: int) -> None:
     """Beat for the shim process serving ``app`` on ``host:port``, announcing the settings'
     ``api_public_url`` or that address (one listening everywhere named by this host's name); not

@@ -7,6 +7,7 @@
 
 import os
 
+from api_shim import presence
 from inference_worker.core.features import load_signal_maths
 from inference_worker.urls import host_port
 
@@ -20,6 +21,7 @@ threads = int(os.environ.get("HEIMDALL_API_THREADS", "16"))
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = 60
 graceful_timeout = 30  # SIGTERM lets requests in flight finish
+control_socket = presence.control_socket(port)  # one of this port's for `gunicornc -s PATH`
 accesslog = "-"
 
 

@@ -52,7 +52,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
     from api_shim.app import create_app
-    from api_shim.presence import process_started, stop_beating
+    from api_shim.presence import control_socket, process_started, stop_beating
     from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
@@ -74,6 +74,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             self.cfg.set("worker_class", "gthread" if settings.api_threads > 1 else "sync")
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("control_socket", control_socket(port))  # `gunicornc -s PATH`
             self.cfg.set("accesslog", "-" if settings.api_access_log else None)
             self.cfg.set(
                 "child_exit", lambda _server, worker: observability.mark_process_dead(worker.pid)

@@ -14,7 +14,7 @@ import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import npy_bytes
-from tests.integration.helpers import free_port, shim_answers, worker_env
+from tests.integration.helpers import child_pids, free_port, shim_answers, worker_env
 
 
 def test_sigterm_lets_the_request_in_flight_finish(
@@ -191,3 +191,43 @@ def test_a_client_waiting_through_a_shim_restart_gets_its_result(own_queue, capt
     assert "error" not in outcome, outcome
     view = outcome["view"]
     assert isinstance(view, dict) and view["status"] == "succeeded", view
+
+
+def test_two_shims_on_a_host_each_keep_a_control_socket_of_their_own(
+    settings, engine, queue_cleanup, tmp_path
+):
+    """gunicorn's control socket (``gunicornc``) is named by the shim's port: with gunicorn's
+    one default name a second shim took the first one's socket and removed it when it stopped,
+    leaving the first with none (and ``gunicornc`` reaching the wrong one meanwhile)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    ports = [free_port(), free_port()]
+    envs = [
+        {**worker_env(settings), "HEIMDALL_API_PORT": str(p), "XDG_RUNTIME_DIR": str(runtime)}
+        for p in ports
+    ]
+
+    def workers_of(port: int) -> list[int]:
+        gunicornc = Path(sys.executable).with_name("gunicornc")
+        shown = subprocess.run(
+            [str(gunicornc), "-s", str(runtime / f"heimdall-api-{port}.ctl")]
+            + ["-c", "show workers", "-j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return [worker["pid"] for worker in json.loads(shown.stdout)["workers"]]
+
+    with cli_process(["api", "--workers", "1"], tmp_path / "first.log", envs[0]) as first:
+        wait_until("the first shim", lambda: shim_answers(f"http://127.0.0.1:{ports[0]}"), 60)
+        with cli_process(["api", "--workers", "1"], tmp_path / "second.log", envs[1]) as second:
+            wait_until("the second", lambda: shim_answers(f"http://127.0.0.1:{ports[1]}"), 60)
+            assert workers_of(ports[0]) != workers_of(ports[1])
+            assert set(workers_of(ports[1])) <= set(child_pids(second.pid))
+        assert set(workers_of(ports[0])) <= set(child_pids(first.pid))  # still its own
+    assert list(runtime.iterdir()) == []  # each removed its own as it stopped
