@@ -15,6 +15,15 @@ from typing import BinaryIO
 
 
 def _umask() -> int:
+    """This process's umask, read where Linux shows it (setting it to read it, the only way
+    elsewhere, is not safe beside threads that create files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -22,14 +31,19 @@ def _umask() -> int:
 
 def replace_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write`` into a file beside it, then rename that over ``path``.
-    The file gets the mode a new file gets (not a temporary file's 0600)."""
+    The file keeps the mode it had, or gets the mode a new file gets (not a temporary file's
+    0600)."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -43,6 +43,12 @@ def test_a_file_replaced_is_the_old_one_or_the_new_one_never_a_part(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not a temporary file's 0600
+    fresh = tmp_path / "fresh.json"
+    replace_text(fresh, "new")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~mask  # as a new file gets
+    path.chmod(0o640)  # an operator's choice outlives a rewrite
+    replace_text(path, "newer")
+    assert path.read_text() == "newer" and stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_an_interrupted_dataset_save_leaves_no_cache_a_later_run_would_read(tmp_path, monkeypatch):
