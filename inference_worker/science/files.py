@@ -5,6 +5,7 @@ the new one that a worker, the registry or the next run would take for whole.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import tempfile
@@ -78,8 +79,30 @@ def staged_folder(out: Path, *, copy: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if out.exists() and exchange(work, out):  # one step: ``out`` is never missing
+        shutil.rmtree(work, ignore_errors=True)  # the former folder, now at ``work``
+        return
     previous = work.with_name(work.name.replace(".partial-", ".previous-"))
     if out.exists():
         out.rename(previous)
     work.rename(out)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux's ``renameat2`` with ``RENAME_EXCHANGE``); False
+    where the system or the file system cannot, the paths left as they were."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a C library before glibc 2.28
+        return False
+    path, directory = ctypes.c_char_p, ctypes.c_int
+    renameat2.argtypes = [directory, path, directory, path, ctypes.c_uint]
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    return done == 0

@@ -19,7 +19,7 @@ import pytest
 
 from inference_worker.core.contract import load_metadata
 from inference_worker.science.datasets import Dataset
-from inference_worker.science.files import replace_file, replace_text, staged_folder
+from inference_worker.science.files import exchange, replace_file, replace_text, staged_folder
 
 
 def _left_beside(path: Path) -> list[str]:
@@ -146,3 +146,18 @@ def test_ctrl_c_during_a_recalibration_ends_it_in_one_line_and_leaves_the_model_
     assert err == "\ninterrupted\n"
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_two_folders_are_swapped_in_one_step_or_left_as_they_were(tmp_path):
+    """The staged folder takes its target's place in one step where the system can swap two
+    paths (Linux): the target is never missing, as it was between two renames."""
+    old, new = tmp_path / "model", tmp_path / ".model.partial-x"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "model.json").write_text(text)
+    if not exchange(new, old):
+        pytest.skip("this system cannot swap two paths in one step")
+    assert (old / "model.json").read_text() == "new"
+    assert (new / "model.json").read_text() == "old"
+    assert not exchange(tmp_path / "missing", old)  # refused: nothing moved
+    assert (old / "model.json").read_text() == "new"
