@@ -19,7 +19,7 @@ def _umask() -> int:
     """This process's umask, read where Linux shows it (setting it to read it, the only way
     elsewhere, is not safe beside threads that create files)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
