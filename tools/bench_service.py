@@ -179,6 +179,7 @@ def server_command(server: str, workers: int, threads: int, port: int) -> list[s
             *(sys.executable, "-m", "gunicorn", "--workers", str(workers)),
             *("--threads", str(threads), "--worker-class", "gthread" if threads > 1 else "sync"),
             *("--bind", f"127.0.0.1:{port}", "--timeout", "60", "tools.minimal_shim:app"),
+            "--no-control-socket",  # not the default one another gunicorn on this host may hold
         ]
     if server == "granian":
         return [
