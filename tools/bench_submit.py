@@ -1,6 +1,7 @@
 """Benchmark: how long the HTTP shim takes to accept a capture (validate, store, record, publish).
 
-Starts its own shim (gunicorn, real RabbitMQ/Redis/PostgreSQL of this machine) on a free port,
+Starts its own shim (gunicorn, real RabbitMQ/Redis/PostgreSQL of this machine) as the throughput
+benchmark does (`tools/bench_service.running_service`, its logs in a folder of its own),
 with a queue, key prefix and database schema of its own that it removes afterwards, then posts
 captures one after another over HTTP and prints latency percentiles per submission format.
 No worker runs: only the submission path is measured; the benchmark's queue is deleted at the end.
@@ -11,7 +12,6 @@ No worker runs: only the submission path is measured; the benchmark's queue is d
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,17 +26,11 @@ sys.path.insert(0, str(ROOT))
 from api_shim.client import ShimClient  # noqa: E402
 from inference_worker.cli import bootstrap  # noqa: E402
 from inference_worker.cli.arguments import count  # noqa: E402
-from inference_worker.cli.processes import cli_process, settings_env, wait_until  # noqa: E402
 from inference_worker.science.simulator import CaptureSimulator  # noqa: E402
 from inference_worker.settings import PROCESSES_MAX, load_settings  # noqa: E402
+from tools.bench_service import running_service  # noqa: E402
 from tools.bench_stages import drop, own_settings  # noqa: E402
 from tools.requirements import add_capture_size, capture_samples, run  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,9 +53,6 @@ def main() -> int:
     base = load_settings()
     bootstrap.require_services(base)
     settings = own_settings(base, "u")  # its own queue, keys and schema, removed at the end
-    port = free_port()
-    env = {**settings_env(settings), "HEIMDALL_API_PORT": str(port)}
-    client = ShimClient(f"http://127.0.0.1:{port}", timeout_s=10)
     simulator = CaptureSimulator()
     rng = np.random.default_rng(0)
     captures = [
@@ -73,11 +64,11 @@ def main() -> int:
         f"capture: 3 receivers x {captures[0].iq.shape[1]} samples "
         f"({args.rate / 1e3:g} kHz, {args.duration:g} s, {size_mb:.2f} MB complex64)"
     )
-    log_path = Path(tempfile.gettempdir()) / f"heimdall-bench-{settings.queue}.log"
+    logs = Path(tempfile.mkdtemp(prefix="heimdall-bench-"))
     results: dict[str, list[float]] = {"npy": [], "json (base64)": []}
     try:
-        with cli_process(["api", "--workers", str(args.api_workers)], log_path, env) as shim:
-            wait_until("the shim", lambda: _up(client), 30, shim)
+        with running_service(settings, args.api_workers, 0, logs, False) as (port, _):
+            client = ShimClient(f"http://127.0.0.1:{port}", timeout_s=10)
             for form, latencies in results.items():
                 for i in range(args.count + 10):
                     capture = captures[i % len(captures)]
@@ -109,13 +100,6 @@ def main() -> int:
             f"{statistics.fmean(latencies):7.2f}"
         )
     return 0
-
-
-def _up(client: ShimClient) -> bool:
-    try:
-        return client.health()[0] in (200, 503)
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":
