@@ -203,7 +203,12 @@ def check_redis(settings: Settings) -> list[Finding]:
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 def check_database(settings: Settings) -> list[Finding]:
-    from inference_worker.storage.engine import engine_for, known_revisions, schema_revision
+    from inference_worker.storage.engine import (
+        UnknownMigration,
+        engine_for,
+        known_revisions,
+        schema_revision,
+    )
     from inference_worker.storage.maintenance import JobMaintenance
 
     schema = settings.database_schema
@@ -226,15 +231,7 @@ def check_database(settings: Settings) -> list[Finding]:
                 )
             ]
         if revision not in known:
-            return [
-                Finding(
-                    "postgresql",
-                    "fail",
-                    f"the job schema {schema!r} is at migration {revision}, which this release "
-                    f"does not know (its newest is {known[-1]}): a newer release migrated it; "
-                    "run that release here",
-                )
-            ]
+            return [Finding("postgresql", "fail", str(UnknownMigration(schema, revision)))]
         findings = []
         if revision != known[-1]:
             findings.append(

@@ -77,10 +77,26 @@ def engine_for(settings: Settings, *, role: str = "heimdall", pool_size: int = 5
     )
 
 
+class UnknownMigration(RuntimeError):
+    """The job schema is at a migration this release does not know: a newer release migrated
+    it (this one may not downgrade it, nor work on its tables)."""
+
+    def __init__(self, schema: str, revision: str) -> None:
+        newest = known_revisions()[-1]
+        super().__init__(
+            f"the job schema {schema!r} is at migration {revision}, which this release does "
+            f"not know (its newest is {newest}): a newer release migrated it; run that release "
+            "here"
+        )
+
+
 def migrate(engine: Engine, schema: str) -> None:
     """Create the schema if needed and bring it to the newest revision.
 
     Safe to call from many processes at once: a PostgreSQL advisory lock serializes them.
+
+    Raises:
+        UnknownMigration: the schema is at a migration of a newer release.
     """
     lock_id = zlib.crc32(f"heimdall-migrate:{schema}".encode())
     with engine.connect() as connection:
@@ -95,6 +111,9 @@ def migrate(engine: Engine, schema: str) -> None:
             if exists is None:
                 connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             connection.commit()
+            revision = _revision(connection, schema)
+            if revision is not None and revision not in known_revisions():
+                raise UnknownMigration(schema, revision)
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS_DIR))
             config.attributes["connection"] = connection
@@ -111,13 +130,17 @@ def migrate(engine: Engine, schema: str) -> None:
 def schema_revision(engine: Engine, schema: str) -> str | None:
     """The migration the job schema ``schema`` is at; None when it was never migrated."""
     with engine.connect() as connection:
-        table = connection.execute(
-            sa.text("SELECT to_regclass(:table)"), {"table": f'"{schema}".alembic_version'}
-        ).scalar()
-        if table is None:
-            return None
-        found = connection.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version'))
-        return found.scalar()
+        return _revision(connection, schema)
+
+
+def _revision(connection: sa.Connection, schema: str) -> str | None:
+    table = connection.execute(
+        sa.text("SELECT to_regclass(:table)"), {"table": f'"{schema}".alembic_version'}
+    ).scalar()
+    if table is None:
+        return None
+    found = connection.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version'))
+    return found.scalar()
 
 
 def known_revisions() -> list[str]:

@@ -85,3 +85,23 @@ def test_a_database_that_takes_no_writes_is_named_without_a_wrong_remedy(
     done = run_migrate(settings, url, f"{settings.database_schema}_standby")
     assert done.returncode == 2, done.stderr
     assert "read-only transaction" in done.stderr and "grant" not in done.stderr
+
+
+def test_a_schema_a_newer_release_migrated_is_named_and_left_as_it_is(settings):
+    """An older release started on a schema a newer one had migrated (a rollback): `migrate`,
+    and with it every service's start, ended in Alembic's traceback; it is one line now, and
+    the schema keeps the newer release's migration."""
+    schema = f"{settings.database_schema}_newer"
+    with migrated_schema(settings.database_url, schema) as engine:
+        with engine.connect() as connection:
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999_newer'"))
+        done = run_migrate(settings, settings.database_url, schema)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"the job schema '{schema}' is at migration 9999_newer, which this release " in (
+            done.stderr
+        )
+        assert "a newer release migrated it; run that release here" in done.stderr
+        with engine.connect() as connection:
+            kept = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            assert kept.scalar() == "9999_newer"
