@@ -97,15 +97,16 @@ class Terminated(KeyboardInterrupt):
     the tool started is stopped and removed on the way out."""
 
 
-def _terminated(owner: int) -> Callable[[int, FrameType | None], None]:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != owner:  # a forked pool process: it ends as it would have
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
-    return handle
+
+def _default_sigterm() -> None:
+    """In a forked process (a pool's): SIGTERM ends it, as by default. The tool's handler would
+    only set a flag that the process's main thread reads when it next runs Python code: a pool
+    process blocked waiting for its next task, with the signal taken by another of its threads,
+    never did, and the pool's ``terminate`` waited for it for ever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:
@@ -113,7 +114,8 @@ def run(main: Callable[[], int | None]) -> NoReturn:
     code 130, SIGTERM with exit code 143, not a traceback, after the processes, queues, keys and
     schemas it started are stopped and removed (a model or a dataset cache it was writing is
     left as it was: :mod:`inference_worker.science.files`)."""
-    signal.signal(signal.SIGTERM, _terminated(os.getpid()))
+    signal.signal(signal.SIGTERM, _terminated)
+    os.register_at_fork(after_in_child=_default_sigterm)
     try:
         status = main()
     except Terminated:
