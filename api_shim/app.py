@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["heimdall"] = build_services(settings)
+    app.extensions["heimdall"] = services = build_services(settings)
+    services.work_slots.install(app)  # first: every later hook runs in a slot
 
     keyring = KeyRing(settings)
     if not keyring.keys_required:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import time
 import urllib.parse
@@ -15,6 +16,7 @@ import numpy as np
 import urllib3
 from urllib3 import encode_multipart_formdata
 
+from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.contract import wait_until_final
 
 LONG_POLL_S = 25.0
@@ -33,6 +35,24 @@ def _predict_path(query: dict[str, str], wait_s: float) -> str:
 def _timeout(wait_s: float) -> float | None:
     """A request that waits ``wait_s`` on the shim needs that much more time to answer."""
     return None if wait_s <= 0 else wait_s + 10.0
+
+
+def _job_path(job_id: str, wait_s: float, include: str | None = None) -> str:
+    """``/jobs/<id>`` with its query string: ``wait`` when the request waits, ``include``."""
+    path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
+    query = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
+    if include:
+        query["include"] = include
+    return path + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
+def _seconds(header: str | None) -> float:
+    """A ``Retry-After`` in seconds (0 for none, or for a date or text: asked again at once)."""
+    try:
+        seconds = float(header or 0)
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), 60.0) if math.isfinite(seconds) else 0.0
 
 
 def _decoded(payload: bytes) -> Any:
@@ -142,7 +162,13 @@ class ShimClient:
         body (``queued``, or final for a capture answered from the result cache), or the 200
         body of ``GET /jobs/<id>`` and of a submission with ``wait`` that finished in time. The
         shim's error, or an answer not in its form, is raised as :class:`ShimError`."""
-        status, body = self._request(method, path, *more)
+        return self._view_and_pause(method, path, *more)[0]
+
+    def _view_and_pause(self, method: str, path: str, *more: Any) -> tuple[dict[str, Any], float]:
+        """:meth:`_view`, and the seconds the shim asks to be left before the next request (its
+        ``Retry-After``: a wait it held none for; 0 without one)."""
+        response = self._send(method, path, *more)
+        status, body = response.status, _decoded(response.data)
         if status not in (200, 202):
             raise ShimError(status, body, self._where(method, path))
         if not (
@@ -151,7 +177,7 @@ class ShimClient:
             and isinstance(body.get("status"), str)
         ):
             raise ShimError(status, body, self._where(method, path), "a job as the shim shows one")
-        return body
+        return body, _seconds(response.headers.get("Retry-After"))
 
     def health(self, timeout_s: float | None = None) -> tuple[int, Any]:
         """``GET /health``: its status and body (``timeout_s``: this request's, else the
@@ -258,13 +284,7 @@ class ShimClient:
         """The job as ``GET /jobs/<id>`` shows it; with ``wait_s``, once it is final or after that
         many seconds (the shim holds the request: no polling); ``include="geojson"`` adds the
         result as GeoJSON."""
-        path = f"/jobs/{urllib.parse.quote(job_id, safe='')}"
-        query = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
-        if include:
-            query["include"] = include
-        if query:
-            path += "?" + urllib.parse.urlencode(query)
-        return self._view("GET", path)
+        return self._view("GET", _job_path(job_id, wait_s, include))
 
     def wait(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Wait until the job is final (long-poll); raises TimeoutError after ``timeout_s``.
@@ -272,7 +292,8 @@ class ShimClient:
         A shim that answered this wait and then stops answering (restarted: a stopping shim
         ends its waits with the job as it is, and the next one takes a moment to listen) is
         asked again every :data:`REACH_AGAIN_S` until the deadline; one that never answered
-        raises :class:`ShimUnreachable` at once."""
+        raises :class:`ShimUnreachable` at once. A shim that held no wait (as many held as it
+        may) is asked again after its ``Retry-After``."""
         longest = max(1.0, min(LONG_POLL_S, self.timeout_s - 5.0))
         deadline = time.monotonic() + timeout_s
         answered = False
@@ -280,14 +301,17 @@ class ShimClient:
         def fetch() -> dict[str, Any] | None:
             nonlocal answered
             left = deadline - time.monotonic()
+            path = _job_path(job_id, max(0.0, min(longest, left)))
             try:
-                view = self.job(job_id, wait_s=max(0.0, min(longest, left)))
+                view, pause = self._view_and_pause("GET", path)
             except ShimUnreachable:
                 if not answered or left < REACH_AGAIN_S:
                     raise
                 time.sleep(REACH_AGAIN_S)
                 return None
             answered = True
+            if pause and view["status"] not in FINAL_STATUSES:
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             return view
 
         return wait_until_final(fetch, job_id, timeout_s, interval_s=0.0)

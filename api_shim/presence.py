@@ -84,6 +84,14 @@ def control_socket(port: int) -> str:
     return os.path.join(folder, f"heimdall-api-{port}.ctl")
 
 
+def server_threads(threads: int, max_waits: int) -> tuple[int, str]:
+    """gunicorn's threads and worker class for a shim process: ``threads`` for requests' work
+    and ``max_waits`` more for requests waiting for jobs (``?wait=``), so that waiting clients
+    never take the threads submissions need; synchronous workers where that is one thread."""
+    total = threads + max_waits
+    return total, "gthread" if total > 1 else "sync"
+
+
 def start_beating(app: object, host: str, port: int) -> None:
     """Beat for the shim process serving ``app`` on ``host:port``, announcing the settings'
     ``api_public_url`` or that address (one listening everywhere named by this host's name); not

@@ -17,9 +17,14 @@ from api_shim.errors import ApiError, unavailable
 from api_shim.services import services
 from inference_worker.core.capture import JOB_ID_PATTERN
 from inference_worker.core.ellipse import feature_collection, tdoa_feature_collection
+from inference_worker.serving import observability
 from inference_worker.storage.errors import TRANSIENT_ERRORS
+from inference_worker.storage.notifications import WaitDeclined
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
+
+WAIT_AGAIN_AFTER_S = 1
+"""``Retry-After`` of a wait answered at once because the process held as many as it may."""
 
 
 def create_blueprint() -> Audience:
@@ -123,13 +128,23 @@ def get_job(job_id: str) -> tuple[Response, int]:
     wait_s = wait_seconds()
     view, cached = find_job(job_id, pending=wait_s > 0)
     if wait_s and view["status"] not in FINAL_STATUSES:
-        view, cached = wait_for_final(job_id, wait_s)
+        try:
+            view, cached = wait_for_final(job_id, wait_s)
+        except WaitDeclined:  # as many waits held as the process may: the job as it stands
+            response = job_response(view, cached)
+            response.headers["Retry-After"] = str(WAIT_AGAIN_AFTER_S)
+            return response, 200
     return job_response(view, cached), 200
 
 
 def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | None]:
     """Hold until the job is final (woken by the worker's announcement) or ``wait_s`` passes;
-    then its view as :func:`find_job` gives it."""
+    then its view as :func:`find_job` gives it.
+
+    Raises:
+        WaitDeclined: the process holds as many waits as it may (``HEIMDALL_API_MAX_WAITS``);
+            counted in ``heimdall_api_waits_declined_total``.
+    """
     shim = services()
     seen: list[tuple[dict[str, Any] | None, bytes]] = []
 
@@ -146,7 +161,12 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
         seen.append((view, value))
         return True
 
-    shim.finished.wait(job_id, wait_s, announced)
+    shim.work_slots.give_up()
+    try:
+        shim.finished.wait(job_id, wait_s, announced)
+    except WaitDeclined:
+        observability.record_wait_declined()
+        raise
     if seen or announced():  # woken: the final view is in Redis (unless Redis is full or down)
         view, value = seen[-1]
         if view is not None:

@@ -12,6 +12,7 @@ from celery import Celery
 from flask import current_app
 
 from api_shim.model_info import ModelInfo
+from api_shim.work_slots import WorkSlots
 from inference_worker.core.contract import ModelError, ModelSummary, load_metadata
 from inference_worker.core.features import load_signal_maths
 from inference_worker.serving.registry import (
@@ -44,6 +45,7 @@ class ShimServices:
     intake: Intake
     finished: FinishedJobs
     model_info: ModelInfo
+    work_slots: WorkSlots
 
     @property
     def model(self) -> ModelSummary:
@@ -87,8 +89,9 @@ def build_services(settings: Settings) -> ShimServices:
         celery,
         served,
         intake,
-        FinishedJobs(store),
+        FinishedJobs(store, settings.api_max_waits),
         ModelInfo(settings, store),
+        WorkSlots(settings.api_threads),
     )
 
 

@@ -30,6 +30,7 @@ from inference_worker.core.capture import (
 )
 from inference_worker.serving import observability
 from inference_worker.serving.registry import RegistryUnavailable
+from inference_worker.storage.notifications import WaitDeclined
 from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.captures import Capture, TdoaJob
 from tasks.intake import Accepted, JobConflict, ModelRequestError, ServiceUnavailable
@@ -200,8 +201,8 @@ def finished_view(accepted: Accepted, wait_s: float) -> tuple[dict[str, Any], by
             view, cached = find_job(accepted.job_id)
         else:
             view, cached = wait_for_final(accepted.job_id, wait_s)
-    except ApiError:  # a store is down: the job is accepted all the same
-        return None
+    except (ApiError, WaitDeclined):  # a store is down, or the process holds as many waits
+        return None  # as it may: the job is accepted all the same (the 202 says where to ask)
     return (view, cached) if view["status"] in FINAL_STATUSES else None
 
 

@@ -17,8 +17,10 @@ host = os.environ.get("HEIMDALL_API_HOST", "0.0.0.0")
 port = int(os.environ.get("HEIMDALL_API_PORT", "8003"))
 bind = host_port(host, port)  # [::1]:8003 for an IPv6 address
 workers = int(os.environ.get("HEIMDALL_API_WORKERS", "2"))
-threads = int(os.environ.get("HEIMDALL_API_THREADS", "16"))
-worker_class = "gthread" if threads > 1 else "sync"
+threads, worker_class = presence.server_threads(  # waits for jobs have threads of their own
+    int(os.environ.get("HEIMDALL_API_THREADS", "16")),
+    int(os.environ.get("HEIMDALL_API_MAX_WAITS", "64")),
+)
 timeout = 60
 graceful_timeout = 30  # SIGTERM lets requests in flight finish
 control_socket = presence.control_socket(port)  # one of this port's for `gunicornc -s PATH`

@@ -228,10 +228,7 @@ class Settings(BaseSettings):
         3_600, ge=1, le=YEAR_S, description="How long a job result stays in Redis."
     )
     cache_ttl_s: int = Field(
-        3_600,
-        ge=0,
-        le=YEAR_S,
-        description="Result cache lifetime for identical captures; 0 disables it.",
+        3_600, ge=0, le=YEAR_S, description="Result cache lifetime for identical captures; 0: none."
     )
 
     # --- limits ---------------------------------------------------------------------------
@@ -243,9 +240,7 @@ class Settings(BaseSettings):
         "receivers' 30 s at 20.25 kHz (29.5 MB; 17.5 MB at 12 kHz).",
     )
     max_samples_per_receiver: int = Field(
-        480_000,
-        ge=1_000,
-        description="Longest accepted capture, in samples per receiver (2.5 s at 192 kHz).",
+        480_000, ge=1_000, description="Longest accepted capture (samples a row; 2.5 s at 192 kHz)."
     )
     max_batch_captures: int = Field(
         32, ge=1, description="Most captures in one POST /predict-batch (HTTP 413 above)."
@@ -288,8 +283,15 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=THREADS_MAX,
-        description="Threads per shim process (gunicorn gthread): while one request waits on "
-        "PostgreSQL, Redis, RabbitMQ or a job (?wait=), another runs. 1: synchronous workers.",
+        description="Threads per shim process (gunicorn gthread) for requests' work: while one "
+        "waits on PostgreSQL, Redis or RabbitMQ, another runs. 1 (and api_max_waits 0): sync.",
+    )
+    api_max_waits: int = Field(
+        64,
+        ge=0,
+        le=THREADS_MAX,
+        description="Waits for jobs (?wait=) a shim process holds at once, on threads of their "
+        "own beside api_threads; one more answers at once (Retry-After: 1). 0: none held.",
     )
     api_access_log: bool = Field(
         False,

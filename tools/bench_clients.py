@@ -62,6 +62,7 @@ class Load:
             try:
                 connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
+                self._local.retry_after = float(response.getheader("Retry-After") or 0)
                 return response.status, response.read()
             except (http.client.HTTPException, ConnectionError):
                 connection.close()
@@ -103,7 +104,9 @@ class Load:
                 view = json.loads(raw) if status == 200 else {}
                 if view.get("status") in ("succeeded", "failed"):
                     break
-                time.sleep(0.002)  # a shim without long-poll answers at once
+                # a shim holding as many waits as it may asks for a pause; one without long-poll
+                # answers at once
+                time.sleep(self._local.retry_after or 0.002)
             else:
                 return
             self.end_to_end_ms.append((time.perf_counter() - started) * 1e3)

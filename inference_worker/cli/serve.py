@@ -52,7 +52,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
     from api_shim.app import create_app
-    from api_shim.presence import control_socket, process_started, stop_beating
+    from api_shim.presence import (
+        control_socket,
+        process_started,
+        server_threads,
+        stop_beating,
+    )
     from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
@@ -70,8 +75,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", host_port(host, port))
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", settings.api_threads)
-            self.cfg.set("worker_class", "gthread" if settings.api_threads > 1 else "sync")
+            threads, worker_class = server_threads(settings.api_threads, settings.api_max_waits)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", worker_class)
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("control_socket", control_socket(port))  # `gunicornc -s PATH`

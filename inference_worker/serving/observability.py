@@ -142,6 +142,11 @@ def _create_metrics() -> dict[str, Any]:
             ["endpoint", "status"],
             buckets=LATENCY_BUCKETS,
         ),
+        "waits_declined": Counter(
+            "heimdall_api_waits_declined_total",
+            "Waits for jobs (?wait=) a shim process answered at once because it held as many as "
+            "it may (HEIMDALL_API_MAX_WAITS): clients then ask again after Retry-After.",
+        ),
         "batch_captures": Counter(
             "heimdall_batch_captures_total",
             "Captures of POST /predict-batch by the status each would have had alone (a batch "
@@ -190,6 +195,10 @@ def record_store_retry(store: str) -> None:
 
 def record_submission(endpoint: str, status: int, seconds: float) -> None:
     _metrics()["submission"].labels(endpoint, str(status)).observe(seconds)
+
+
+def record_wait_declined() -> None:
+    _metrics()["waits_declined"].inc()
 
 
 def record_batch_captures(statuses: Iterable[int]) -> None:

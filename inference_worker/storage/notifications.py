@@ -16,15 +16,22 @@ log = logging.getLogger(__name__)
 RECONNECT_PAUSE_S = 1.0
 
 
+class WaitDeclined(Exception):
+    """The process already holds as many waits as it may: the caller answers at once."""
+
+
 class FinishedJobs:
     """Wakes waiters when a job's id is published on the store's done channel.
 
     The thread starts on first use in each process (after a fork) and reconnects by itself; while
-    Redis is down a waiter simply waits out its timeout, then reads the job as it is.
+    Redis is down a waiter simply waits out its timeout, then reads the job as it is. At most
+    ``most_waits`` waits are held at once (each holds its caller's thread).
     """
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, most_waits: int = 64) -> None:
         self.store = store
+        self.most_waits = most_waits
+        self._slots = threading.BoundedSemaphore(most_waits) if most_waits else None
         self._waiting: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
         self._owner: int | None = None
@@ -34,7 +41,19 @@ class FinishedJobs:
 
     def wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
         """Block until ``job_id`` is announced final, ``is_final()`` says so, the timeout, or
-        :meth:`release`; returns whether it was announced (or found) final."""
+        :meth:`release`; returns whether it was announced (or found) final.
+
+        Raises:
+            WaitDeclined: ``most_waits`` waits are held already (nothing was waited for).
+        """
+        if self._slots is None or not self._slots.acquire(blocking=False):
+            raise WaitDeclined
+        try:
+            return self._wait(job_id, timeout_s, is_final)
+        finally:
+            self._slots.release()
+
+    def _wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
         self._ensure_listening()
         event = threading.Event()
         with self._lock:

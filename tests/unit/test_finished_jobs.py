@@ -1,5 +1,6 @@
 """Waiting for jobs (:class:`FinishedJobs`) ends for a process shutting down: waits in progress
-end when released, later ones at once, each saying whether its job is final."""
+end when released, later ones at once, each saying whether its job is final; a process holds
+at most its bound of waits at once, and declines the next."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 import time
 from typing import Any
 
-from inference_worker.storage.notifications import FinishedJobs
+import pytest
+
+from inference_worker.storage.notifications import FinishedJobs, WaitDeclined
 
 
 class QuietPubSub:
@@ -52,3 +55,28 @@ def test_release_ends_waits_in_progress_and_later_ones():
     assert finished.wait("b", 60, lambda: True) is True  # a final job is still said final
     assert finished.wait("c", 60, lambda: False) is False
     finished.close()
+
+
+def test_waits_beyond_the_bound_are_declined_and_a_slot_freed_is_taken_again():
+    finished = FinishedJobs(QuietStore(), most_waits=2)  # type: ignore[arg-type]
+    results: list[bool] = []
+    waiters = [
+        threading.Thread(target=lambda: results.append(finished.wait("held", 1.5, lambda: False)))
+        for _ in range(2)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(0.3)
+    with pytest.raises(WaitDeclined):  # two held already: the third is not waited for
+        finished.wait("third", 60, lambda: False)
+    for waiter in waiters:  # both time out, freeing their slots
+        waiter.join(timeout=10)
+    assert results == [False, False]
+    assert finished.wait("again", 60, lambda: True) is True  # a freed slot is taken again
+    finished.close()
+
+
+def test_no_waits_allowed_declines_every_one():
+    finished = FinishedJobs(QuietStore(), most_waits=0)  # type: ignore[arg-type]
+    with pytest.raises(WaitDeclined):
+        finished.wait("a", 60, lambda: True)

@@ -1,0 +1,77 @@
+"""Clients waiting for jobs (``?wait=``) leave a shim process the threads its other requests
+need: the waits have threads of their own, at most ``HEIMDALL_API_MAX_WAITS`` of them held at
+once; the next wait is answered at once with the job as it stands and ``Retry-After``, which
+the Python client honours. Each wait used to hold one of ``HEIMDALL_API_THREADS``: as many
+waiting clients as threads stalled every submission and health check until their waits ran
+out (a backlog or a stopped worker keeps every wait to its end)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+from inference_worker.cli.processes import cli_process, wait_until
+from tests.integration.helpers import free_port, shim_answers, worker_env
+
+
+def test_waits_beyond_the_bound_are_answered_at_once_and_leave_submissions_their_threads(
+    own_queue, capture, tmp_path
+):
+    from api_shim.client import ShimClient
+
+    local, _, start_worker = own_queue  # no worker until the end: the jobs stay queued
+    port = free_port()
+    env = {
+        **worker_env(local),
+        "HEIMDALL_API_PORT": str(port),
+        "HEIMDALL_API_THREADS": "2",
+        "HEIMDALL_API_MAX_WAITS": "2",
+    }
+    url = f"http://127.0.0.1:{port}"
+    fields = {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+    }
+    client = ShimClient(url, timeout_s=60)
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
+        job_id = client.submit_npy(capture.iq, **fields)["job_id"]
+        held: list[str] = []
+
+        def hold() -> None:
+            with urllib.request.urlopen(f"{url}/jobs/{job_id}?wait=25", timeout=60) as reply:
+                held.append(json.loads(reply.read())["status"])
+
+        holders = [threading.Thread(target=hold) for _ in range(2)]
+        for holder in holders:
+            holder.start()
+        time.sleep(2.0)  # both are waiting
+
+        with urllib.request.urlopen(f"{url}/jobs/{job_id}?wait=25", timeout=60) as reply:
+            third = (reply.status, reply.headers.get("Retry-After"), json.loads(reply.read()))
+        # the other requests meet free threads while both waits are held
+        resubmitted = client.submit_npy(capture.iq * 2, **fields)
+        health_status, _ = client.health()
+        assert all(holder.is_alive() for holder in holders), "answered only once a wait ended"
+        assert third[:2] == (200, "1") and third[2]["status"] == "queued", third
+        assert resubmitted["status"] == "queued" and health_status in (200, 503)
+        assert declined(url) >= 1
+
+        with start_worker("worker"):
+            view = client.wait(job_id, timeout_s=60)  # asked again after each Retry-After
+            for holder in holders:
+                holder.join(timeout=60)
+    assert view["status"] == "succeeded", view
+    assert held == ["succeeded", "succeeded"], held  # woken when the worker finished the job
+
+
+def declined(url: str) -> float:
+    """The shim's ``heimdall_api_waits_declined_total``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("heimdall_api_waits_declined_total "):
+                return float(line.split()[1])
+    return 0.0
