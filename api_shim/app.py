@@ -38,7 +38,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["heimdall"] = services = build_services(settings)
-    services.work_slots.install(app)  # first: every later hook runs in a slot
 
     keyring = KeyRing(settings)
     if not keyring.keys_required:
@@ -46,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_access(app, keyring)
     if keyring.keys_required or keyring.admin_possible:
         install_rate_limits(app, settings)  # limits are per key: without keys there are none
+    services.work_slots.install(app)  # after the access checks: a refused request takes none
     register_error_handlers(app)
     for module in (submit, read, operate, infra):
         app.register_blueprint(module.create_blueprint())

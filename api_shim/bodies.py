@@ -11,10 +11,11 @@ with the limits ``request.files`` has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
-from flask import current_app, request
+from flask import current_app, g, request
 from python_multipart.multipart import MultipartParser
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import parse_options_header
 
 from api_shim.errors import ApiError
@@ -23,17 +24,64 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 
+PREFETCHED = "heimdall_body"
+"""The request context's copy of a body read before the request took a work slot."""
+
+
 def request_body() -> bytes:
-    """The request's body, read in one step where its length is known.
+    """The request's body, read in one step where its length is known (once: a body read
+    before the request took its work slot is handed over).
 
     ``request.get_data`` reads 64 KiB at a time, and under gunicorn every step copies what the
     server still holds: for a 288 kB capture that was about an eighth of the shim's CPU. The
-    stream still refuses a body over ``MAX_CONTENT_LENGTH`` (413) or cut short (400).
+    stream still refuses a body over ``MAX_CONTENT_LENGTH`` (413) or cut short (400), and one
+    that stops arriving for ``HEIMDALL_API_BODY_STALL_S`` is refused with 408: a client stalled
+    half way (a dead link, a producer stopped mid-upload whose connection stays open) held its
+    shim thread for as long as TCP kept the connection, and forty such uploads stalled a
+    default shim for good.
     """
+    if PREFETCHED in g:
+        return g.pop(PREFETCHED)
     length = request.content_length
     if not length:
         return request.get_data(cache=False)
-    stream = request.stream
+    connection = request.environ.get("gunicorn.socket")
+    if connection is None:  # another server, or a test client: no socket to time
+        return _read(request.stream, length)
+    stall_s = current_app.extensions["heimdall"].settings.api_body_stall_s
+    was = connection.gettimeout()
+    connection.settimeout(stall_s)
+    try:
+        return _read(request.stream, length)
+    except ClientDisconnected as exc:  # werkzeug's stream turns the socket's timeout into it
+        if not isinstance(exc.__context__, TimeoutError):
+            raise
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"no part of the request body arrived for {stall_s:g} s; send it again",
+        ) from None
+    finally:
+        connection.settimeout(was)
+
+
+PREFETCH_MAX_BYTES = 8 << 20
+"""Largest body read before its request takes a work slot (a `.npy` capture of three receivers
+at 192 kHz up to 1.8 s; 12 kHz × 1 s is 0.29 MB): a process's waiting threads
+(``HEIMDALL_API_MAX_WAITS``) could otherwise each hold a body of up to
+``HEIMDALL_MAX_BODY_BYTES`` at once; a larger one (a TDoA set) is read in its slot, as before."""
+
+
+def prefetch_body() -> None:
+    """Read a submission's body now (before it takes a work slot: a slow upload then holds no
+    slot), for :func:`request_body` to hand over (the other endpoints' small JSON bodies are
+    read by Flask's ``get_json``)."""
+    length = request.content_length
+    if request.blueprint == "submit" and length and length <= PREFETCH_MAX_BYTES:
+        setattr(g, PREFETCHED, request_body())
+
+
+def _read(stream: IO[bytes], length: int) -> bytes:
     parts = []
     while length > 0:
         part = stream.read(length)

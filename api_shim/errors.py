@@ -33,6 +33,8 @@ def _api_error(exc: ApiError | Denied) -> tuple[Response, int]:
     response, status = error_response(exc.status, exc.code, exc.message)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="heimdall"'
+    if status == 408:  # the rest of the body may still come: the connection cannot serve more
+        response.headers["Connection"] = "close"
     return response, status
 
 

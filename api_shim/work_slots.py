@@ -14,6 +14,8 @@ import threading
 
 from flask import Flask, g
 
+from api_shim.bodies import prefetch_body
+
 HELD = "heimdall_work_slot"
 """The request context's mark that the request holds a slot."""
 
@@ -23,11 +25,13 @@ class WorkSlots:
         self._slots = threading.Semaphore(count)
 
     def install(self, app: Flask) -> None:
-        """Take a slot before any other of the app's hooks, give it back at the request's end."""
-        app.before_request_funcs.setdefault(None, []).insert(0, self._take)
+        """Take a slot after the app's access checks and once the request's body has arrived
+        (a slow upload holds a thread, not a slot); give it back at the request's end."""
+        app.before_request(self._take)
         app.teardown_request(self._give_back)
 
     def _take(self) -> None:
+        prefetch_body()
         self._slots.acquire()
         setattr(g, HELD, True)
 

@@ -49,8 +49,7 @@ class Settings(BaseSettings):
         "amqp://guest:guest@127.0.0.1:5672//", description="RabbitMQ URL (AMQP 0-9-1)."
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="Redis holding capture blobs, results and the result cache.",
+        "redis://127.0.0.1:6379/0", description="Redis: capture blobs, results, the result cache."
     )
     database_url: str = Field(
         "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
@@ -98,16 +97,13 @@ class Settings(BaseSettings):
         256,
         ge=0,
         le=1024,
-        description="Freed memory (MB) a worker or shim process keeps for its "
-        "next batches and uploads (glibc; see serving/memory.py); 0: the C library's defaults.",
+        description="Freed memory (MB) a worker or shim process keeps for its next batches and "
+        "uploads (glibc; see serving/memory.py); 0: the C library's defaults.",
     )
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(
-        2,
-        ge=1,
-        le=PROCESSES_MAX,
-        description="Worker processes (prefork pool) started by `heimdall-inference worker`.",
+        2, ge=1, le=PROCESSES_MAX, description="Pool processes of `heimdall-inference worker`."
     )
     worker_batch_size: int = Field(
         64,
@@ -292,6 +288,9 @@ class Settings(BaseSettings):
         le=THREADS_MAX,
         description="Waits for jobs (?wait=) a shim process holds at once, on threads of their "
         "own beside api_threads; one more answers at once (Retry-After: 1). 0: none held.",
+    )
+    api_body_stall_s: float = Field(
+        30.0, gt=0, le=WAIT_MAX_S, description="Longest a request body may stop arriving (408)."
     )
     api_access_log: bool = Field(
         False,

@@ -1,18 +1,23 @@
-"""Clients waiting for jobs (``?wait=``) leave a shim process the threads its other requests
-need: the waits have threads of their own, at most ``HEIMDALL_API_MAX_WAITS`` of them held at
-once; the next wait is answered at once with the job as it stands and ``Retry-After``, which
-the Python client honours. Each wait used to hold one of ``HEIMDALL_API_THREADS``: as many
-waiting clients as threads stalled every submission and health check until their waits ran
-out (a backlog or a stopped worker keeps every wait to its end)."""
+"""Clients waiting for jobs (``?wait=``), and uploads that stall, leave a shim process the threads
+its other requests need: the waits have threads of their own, at most ``HEIMDALL_API_MAX_WAITS``
+of them held at once; the next wait is answered at once with the job as it stands and
+``Retry-After``, which the Python client honours. Each wait used to hold one of
+``HEIMDALL_API_THREADS``: as many waiting clients as threads stalled every submission and health
+check until their waits ran out (a backlog or a stopped worker keeps every wait to its end). An
+upload that stops arriving holds a thread but no work slot, and is answered 408 after
+``HEIMDALL_API_BODY_STALL_S``; it held its thread for as long as TCP kept the connection."""
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
+from tests.helpers import npy_bytes
 from tests.integration.helpers import free_port, shim_answers, worker_env
 
 
@@ -75,3 +80,52 @@ def declined(url: str) -> float:
             if line.startswith("heimdall_api_waits_declined_total "):
                 return float(line.split()[1])
     return 0.0
+
+
+def test_stalled_uploads_hold_no_work_slot_and_are_answered_408(own_queue, capture, tmp_path):
+    from api_shim.client import ShimClient
+
+    local, _, _ = own_queue
+    port = free_port()
+    env = {
+        **worker_env(local),
+        "HEIMDALL_API_PORT": str(port),
+        "HEIMDALL_API_THREADS": "2",
+        "HEIMDALL_API_MAX_WAITS": "2",
+        "HEIMDALL_API_BODY_STALL_S": "8",
+    }
+    url = f"http://127.0.0.1:{port}"
+    body = npy_bytes(capture.iq)
+    head = (
+        "POST /predict?sample_rate_hz=12000&frequency_mhz=145.5&receivers="
+        f"{','.join(capture.receivers)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+        try:
+            for connection in stalled:
+                connection.sendall(head + body[:1000])  # then nothing more
+            time.sleep(1.0)
+            status, _ = ShimClient(url, timeout_s=6).health()  # a thread and a slot are free
+            waiting, _, _ = select.select(stalled, [], [], 0)
+            assert not waiting, "a stalled upload was answered before the health check"
+            assert status in (200, 503)
+            answers = [read_answer(connection) for connection in stalled]
+        finally:
+            for connection in stalled:
+                connection.close()
+    for answer in answers:
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert b" 408 " in status_line, answer[:300]
+        error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == "body_timeout" and "for 8 s" in error["message"], error
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """Everything the shim sends until it closes the connection."""
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
