@@ -2,7 +2,8 @@
 of threads gunicorn gives the process (that many and ``HEIMDALL_API_MAX_WAITS`` more, so that
 requests waiting for jobs never take the threads submissions need).
 
-A request takes a slot before anything else and gives it back when it ends; one that waits for
+A request takes a slot once the app's access checks have let it through and a submission's
+body has arrived (``bodies.prefetch_body``), and gives it back when it ends; one that waits for
 a job gives it back before it waits. Without the bound, a process's extra threads all worked
 at once under load: more submissions in flight than PostgreSQL connections in the pool, whose
 overflow connections were opened and closed for each (the shim's CPU a job +15-20 %).

@@ -37,16 +37,25 @@ class QuietStore:
         return "done"
 
 
-def test_release_ends_waits_in_progress_and_later_ones():
-    finished = FinishedJobs(QuietStore())  # type: ignore[arg-type]
+def waiting(finished: FinishedJobs, count: int, timeout_s: float) -> tuple[list, list[bool]]:
+    """``count`` threads waiting for a job that never finishes, started and given time to
+    wait; and the list their waits' results go to."""
     results: list[bool] = []
     waiters = [
-        threading.Thread(target=lambda: results.append(finished.wait("a", 60, lambda: False)))
-        for _ in range(3)
+        threading.Thread(
+            target=lambda: results.append(finished.wait("held", timeout_s, lambda: False))
+        )
+        for _ in range(count)
     ]
     for waiter in waiters:
         waiter.start()
     time.sleep(0.3)
+    return waiters, results
+
+
+def test_release_ends_waits_in_progress_and_later_ones():
+    finished = FinishedJobs(QuietStore())  # type: ignore[arg-type]
+    waiters, results = waiting(finished, 3, 60)
     finished.release()
     for waiter in waiters:
         waiter.join(timeout=10)
@@ -59,14 +68,7 @@ def test_release_ends_waits_in_progress_and_later_ones():
 
 def test_waits_beyond_the_bound_are_declined_and_a_slot_freed_is_taken_again():
     finished = FinishedJobs(QuietStore(), most_waits=2)  # type: ignore[arg-type]
-    results: list[bool] = []
-    waiters = [
-        threading.Thread(target=lambda: results.append(finished.wait("held", 1.5, lambda: False)))
-        for _ in range(2)
-    ]
-    for waiter in waiters:
-        waiter.start()
-    time.sleep(0.3)
+    waiters, results = waiting(finished, 2, 1.5)
     with pytest.raises(WaitDeclined):  # two held already: the third is not waited for
         finished.wait("third", 60, lambda: False)
     for waiter in waiters:  # both time out, freeing their slots
