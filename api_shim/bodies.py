@@ -10,6 +10,7 @@ with the limits ``request.files`` has.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -78,6 +79,7 @@ def prefetch_body() -> None:
     read by Flask's ``get_json``)."""
     length = request.content_length
     if request.blueprint == "submit" and length and length <= PREFETCH_MAX_BYTES:
+        g.started = time.perf_counter()  # its time counts from here (the upload, a slot's wait)
         setattr(g, PREFETCHED, request_body())
 
 

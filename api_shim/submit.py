@@ -51,7 +51,7 @@ def create_blueprint() -> Audience:
 
 
 def _start_timer() -> None:
-    g.started = time.perf_counter()
+    g.setdefault("started", time.perf_counter())  # set where its body began to be read
 
 
 def _refuse_encoded_bodies() -> None:

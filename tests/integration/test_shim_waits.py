@@ -74,10 +74,14 @@ def test_waits_beyond_the_bound_are_answered_at_once_and_leave_submissions_their
 
 
 def declined(url: str) -> float:
-    """The shim's ``heimdall_api_waits_declined_total``."""
+    return metric(url, "heimdall_api_waits_declined_total")
+
+
+def metric(url: str, sample: str) -> float:
+    """The value of one of the shim's samples (``name{labels}`` as the shim writes it)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
-            if line.startswith("heimdall_api_waits_declined_total "):
+            if line.startswith(sample + " "):
                 return float(line.split()[1])
     return 0.0
 
@@ -113,9 +117,13 @@ def test_stalled_uploads_hold_no_work_slot_and_are_answered_408(own_queue, captu
             assert not waiting, "a stalled upload was answered before the health check"
             assert status in (200, 503)
             answers = [read_answer(connection) for connection in stalled]
+            timed_out = metric(
+                url, 'heimdall_submission_seconds_count{endpoint="predict",status="408"}'
+            )
         finally:
             for connection in stalled:
                 connection.close()
+    assert timed_out == 3  # counted among the submissions, as refused
     for answer in answers:
         status_line, _, rest = answer.partition(b"\r\n")
         assert b" 408 " in status_line, answer[:300]
