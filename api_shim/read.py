@@ -8,6 +8,7 @@ were none.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -163,7 +164,7 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
 
     shim.work_slots.give_up()
     try:
-        shim.finished.wait(job_id, wait_s, announced)
+        shim.finished.wait(job_id, wait_s, announced, client_gone)
     except WaitDeclined:
         observability.record_wait_declined()
         raise
@@ -172,6 +173,21 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
         if view is not None:
             return _checked(job_id, view), value
     return find_job(job_id)
+
+
+def client_gone() -> bool:
+    """Whether the client of the request in hand closed its connection (nothing more to read,
+    and the end of it read): its wait then ends, freeing its place. A server that does not
+    hand over its socket (a test client) never says so."""
+    connection = request.environ.get("gunicorn.socket")
+    if connection is None:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):  # open, nothing sent: still waiting
+        return False
+    except OSError:  # reset, or closed under us
+        return True
 
 
 def job_response(view: dict[str, Any], cached: bytes | None) -> Response:

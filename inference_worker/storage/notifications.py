@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,9 @@ from inference_worker.storage.redis_store import RedisStore
 log = logging.getLogger(__name__)
 
 RECONNECT_PAUSE_S = 1.0
+ABANDONED_CHECK_S = 1.0
+"""How often a wait asks whether its client is still there: one that went away (a client
+timeout shorter than its wait) held its place among the process's waits to the end."""
 
 
 class WaitDeclined(Exception):
@@ -39,9 +43,16 @@ class FinishedJobs:
         self._closed = threading.Event()
         self._released = threading.Event()
 
-    def wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
-        """Block until ``job_id`` is announced final, ``is_final()`` says so, the timeout, or
-        :meth:`release`; returns whether it was announced (or found) final.
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        is_final: Callable[[], bool],
+        abandoned: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Block until ``job_id`` is announced final, ``is_final()`` says so, the timeout,
+        :meth:`release`, or ``abandoned()`` (asked every :data:`ABANDONED_CHECK_S`: the client
+        went away) says so; returns whether it was announced (or found) final.
 
         Raises:
             WaitDeclined: ``most_waits`` waits are held already (nothing was waited for).
@@ -49,11 +60,17 @@ class FinishedJobs:
         if self._slots is None or not self._slots.acquire(blocking=False):
             raise WaitDeclined
         try:
-            return self._wait(job_id, timeout_s, is_final)
+            return self._wait(job_id, timeout_s, is_final, abandoned)
         finally:
             self._slots.release()
 
-    def _wait(self, job_id: str, timeout_s: float, is_final: Callable[[], bool]) -> bool:
+    def _wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        is_final: Callable[[], bool],
+        abandoned: Callable[[], bool],
+    ) -> bool:
         self._ensure_listening()
         event = threading.Event()
         with self._lock:
@@ -63,7 +80,15 @@ class FinishedJobs:
                 return is_final()
             # Subscribed before looking: a job finishing in between is not missed.
             self._subscribed.wait(min(timeout_s, 1.0))
-            return is_final() or (event.wait(timeout_s) and not self._released.is_set())
+            if is_final():
+                return True
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                if event.wait(min(left, ABANDONED_CHECK_S)):
+                    return not self._released.is_set()
+                if abandoned():
+                    return False
+            return False
         finally:
             with self._lock:
                 events = self._waiting.get(job_id, [])

@@ -137,3 +137,34 @@ def read_answer(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         answer += chunk
     return answer
+
+
+def test_a_wait_whose_client_went_away_frees_its_place(own_queue, capture, tmp_path):
+    """A client that gives up before its wait ends (an HTTP timeout shorter than the wait) no
+    longer holds its place among the process's waits to the end: the next client's wait is held,
+    not answered at once."""
+    from api_shim.client import ShimClient
+
+    local, _, _ = own_queue
+    port = free_port()
+    env = {**worker_env(local), "HEIMDALL_API_PORT": str(port), "HEIMDALL_API_MAX_WAITS": "1"}
+    url = f"http://127.0.0.1:{port}"
+    with cli_process(["api", "--workers", "1"], tmp_path / "api.log", env) as api:
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
+        job_id = ShimClient(url).submit_npy(
+            capture.iq,
+            sample_rate_hz=capture.sample_rate_hz,
+            frequency_mhz=capture.frequency_mhz,
+            receivers=list(capture.receivers),
+        )["job_id"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as impatient:
+            impatient.sendall(f"GET /jobs/{job_id}?wait=25 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(1.0)  # its wait is held
+        time.sleep(2.5)  # gone: its wait ends at the next check
+        with urllib.request.urlopen(f"{url}/jobs/{job_id}?wait=1", timeout=30) as reply:
+            retry_after, status = (
+                reply.headers.get("Retry-After"),
+                json.loads(reply.read())["status"],
+            )
+        assert retry_after is None and status == "queued", (retry_after, status)
+        assert declined(url) == 0

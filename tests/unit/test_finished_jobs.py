@@ -82,3 +82,21 @@ def test_no_waits_allowed_declines_every_one():
     finished = FinishedJobs(QuietStore(), most_waits=0)  # type: ignore[arg-type]
     with pytest.raises(WaitDeclined):
         finished.wait("a", 60, lambda: True)
+
+
+def test_a_wait_whose_client_went_away_ends_and_frees_its_place():
+    finished = FinishedJobs(QuietStore(), most_waits=1)  # type: ignore[arg-type]
+    gone = threading.Event()
+    results: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: results.append(finished.wait("a", 60, lambda: False, gone.is_set))
+    )
+    waiter.start()
+    time.sleep(0.3)
+    with pytest.raises(WaitDeclined):  # its one place is held
+        finished.wait("b", 60, lambda: False)
+    gone.set()
+    waiter.join(timeout=10)  # within a check or two, not after its 60 s
+    assert not waiter.is_alive() and results == [False]
+    assert finished.wait("b", 60, lambda: True) is True
+    finished.close()
