@@ -83,6 +83,7 @@ def migrate_database(settings: Settings) -> None:
     create the schema or its tables, a standby that takes no writes) is one line, exit code 2."""
     import sqlalchemy.exc
 
+    from inference_worker.cli.arguments import fail
     from inference_worker.storage.engine import UnknownMigration, engine_for, migrate
     from inference_worker.storage.errors import DatabaseReadOnly
 
@@ -90,8 +91,7 @@ def migrate_database(settings: Settings) -> None:
     try:
         migrate(engine, settings.database_schema)
     except UnknownMigration as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(exc))
     except (
         sqlalchemy.exc.ProgrammingError,  # a right refused
         sqlalchemy.exc.InternalError,  # the server's own fault

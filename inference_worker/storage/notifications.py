@@ -34,7 +34,6 @@ class FinishedJobs:
 
     def __init__(self, store: RedisStore, most_waits: int = 64) -> None:
         self.store = store
-        self.most_waits = most_waits
         self._slots = threading.BoundedSemaphore(most_waits) if most_waits else None
         self._waiting: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
