@@ -7,6 +7,7 @@ Public, so that the commands, the demo and the tools share one start-up procedur
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,40 @@ def require_free_address(host: str, port: int, server: str) -> None:
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
+
+
+def handed_listeners() -> list[int]:
+    """The listening sockets' descriptors this process was handed instead of binding: by
+    systemd's socket activation (``LISTEN_FDS`` for this pid) or by a shim's master executing a
+    new one on SIGUSR2 (``GUNICORN_FD``). gunicorn serves on them; the address is taken."""
+    from gunicorn import systemd
+
+    count = systemd.listen_fds(unset_environment=False)
+    if count:
+        return list(range(systemd.SD_LISTEN_FDS_START, systemd.SD_LISTEN_FDS_START + count))
+    if os.environ.get("GUNICORN_PID") and os.environ.get("GUNICORN_FD"):
+        return [int(fd) for fd in os.environ["GUNICORN_FD"].split(",")]
+    return []
+
+
+def warn_other_address(handed: list[int], host: str, port: int) -> None:
+    """Warn when none of the sockets handed to the shim is on the port its settings name (the
+    address it announces for ``heimdall-inference check``)."""
+    import socket
+
+    places = []  # ports, or the paths of Unix sockets
+    for fd in handed:
+        with socket.socket(fileno=os.dup(fd)) as handed_socket:
+            name = handed_socket.getsockname()
+        places.append(name[1] if isinstance(name, tuple) else name)
+    if port not in places:
+        log.warning(
+            "the shim serves on %s, the socket(s) it was handed, not on %s:%d as its settings "
+            "say (HEIMDALL_API_PORT): `heimdall-inference check` looks for it there",
+            ", ".join(map(str, places)),
+            host,
+            port,
+        )
 
 
 def migrate_database(settings: Settings) -> None:

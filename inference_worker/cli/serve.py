@@ -50,6 +50,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
     observability.prepare_multiprocess_dir("api")
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
     from api_shim.app import create_app
     from api_shim.presence import (
@@ -63,7 +64,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     workers = args.workers or settings.api_workers
-    bootstrap.require_free_address(host, port, "the shim")
+    handed = bootstrap.handed_listeners()  # systemd's socket, or the former master's
+    if handed:
+        bootstrap.warn_other_address(handed, host, port)
+    else:
+        bootstrap.require_free_address(host, port, "the shim")
     bootstrap.require_services(settings)
     bootstrap.migrate_database(settings)
     bootstrap.declare_queues(settings)
@@ -93,6 +98,23 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
         def load(self):  # the WSGI app gunicorn serves
             return create_app(settings)
+
+        def run(self) -> None:
+            try:
+                ShimArbiter(self).run()
+            except RuntimeError as exc:  # a setting gunicorn refuses, as its own run says
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(1) from None
+
+    class ShimArbiter(Arbiter):
+        def maybe_promote_master(self) -> None:
+            """A master executed on SIGUSR2 takes its control socket back once the former master
+            has exited: stopping, the former one removed the path both had listened on."""
+            executed = self.master_pid != 0
+            super().maybe_promote_master()
+            if executed and self.master_pid == 0 and hasattr(self, "_start_control_server"):
+                self._stop_control_server()
+                self._start_control_server()
 
     ShimServer().run()
 

@@ -36,9 +36,14 @@ def prepare_multiprocess_dir(name: str) -> Path:
     in the temporary folder, named ``heimdall-metrics-NAME-PID``: nothing else in a configured
     folder is touched (it was emptied before, and a worker and an api given the same one wiped
     each other's samples and then reported them summed), and folders left by processes that
-    were killed (no exit to remove them) are removed by the next service to start there.
+    were killed (no exit to remove them) are removed by the next service to start there. A
+    process that executes itself again (Celery's worker on SIGHUP, the shim's master on SIGUSR2)
+    finds its own folder in the variable: it starts beside it, not inside it (inside, the former
+    master's exit removed the new one's samples with its own).
     """
     parent = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir())
+    if parent.name.startswith(METRICS_DIR_PREFIX):
+        parent = parent.parent
     _remove_dead_dirs(parent)
     path = parent / f"{METRICS_DIR_PREFIX}{name}-{os.getpid()}"
     if path.exists():  # a pid used again

@@ -34,3 +34,19 @@ def test_a_service_takes_a_folder_of_its_own_and_clears_only_dead_ones(tmp_path,
     assert (tmp_path / "notes.txt").read_text() == "not the service's"
     assert not stale.exists()  # its process is gone
     assert (live / "counter_1.db").exists() and (other / "counter_1.db").exists()
+
+
+def test_a_process_executed_again_starts_beside_its_former_folder(tmp_path, monkeypatch):
+    """Celery's worker executes itself again on SIGHUP (same pid) and the shim's master on
+    SIGUSR2 (a new one, while the former serves on): each inherits the variable pointing at the
+    former folder, and its own goes beside it, never inside."""
+    former = tmp_path / "heimdall-metrics-api-1"  # the master that executed the new one
+    former.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(former))
+
+    path = prepare_multiprocess_dir("api")
+
+    assert path == tmp_path / f"heimdall-metrics-api-{os.getpid()}"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(path))  # as after Celery's restart
+    (path / "counter_1.db").write_bytes(b"")
+    assert prepare_multiprocess_dir("api") == path and not (path / "counter_1.db").exists()
