@@ -42,6 +42,7 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         allow_inf_nan=False,  # no setting means "without bound" by inf (0 does, where said)
+        protected_namespaces=(),  # model_source and the like: pydantic before 2.10 warned
     )
 
     # --- services -------------------------------------------------------------------------
