@@ -54,3 +54,24 @@ def test_a_host_and_port_are_written_with_an_ipv6_address_in_brackets(host, expe
     assert host_port(host, 8003) == expected
     assert base_url(host, 8003) == f"http://{expected}"
     assert base_url("0.0.0.0", 8003) == "http://127.0.0.1:8003"  # reached from its own host
+
+
+def test_a_shim_handed_a_socket_off_its_settings_port_says_so(caplog, monkeypatch) -> None:
+    """A socket systemd or a former master hands over is served as it is; one on another port
+    than the settings name is named in a warning (``check`` looks for the shim there)."""
+    import os
+    import socket
+
+    from inference_worker.cli.bootstrap import handed_listeners, warn_other_address
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setenv("GUNICORN_PID", str(os.getpid()))
+        monkeypatch.setenv("GUNICORN_FD", str(listening.fileno()))
+        assert handed_listeners() == [listening.fileno()]
+        warn_other_address([listening.fileno()], "127.0.0.1", port)
+        assert not caplog.records
+        warn_other_address([listening.fileno()], "127.0.0.1", port + 1)
+        assert f"serves on {port}" in caplog.text and listening.fileno() != -1  # still open
