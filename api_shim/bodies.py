@@ -10,6 +10,7 @@ with the limits ``request.files`` has.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
@@ -46,7 +47,7 @@ def request_body() -> bytes:
     length = request.content_length
     if not length:
         return request.get_data(cache=False)
-    connection = request.environ.get("gunicorn.socket")
+    connection = client_connection()
     if connection is None:  # another server, or a test client: no socket to time
         return _read(request.stream, length)
     stall_s = current_app.extensions["heimdall"].settings.api_body_stall_s
@@ -64,6 +65,27 @@ def request_body() -> bytes:
         ) from None
     finally:
         connection.settimeout(was)
+
+
+def client_connection() -> socket.socket | None:
+    """The request's connection to its client, where the server hands it over (gunicorn);
+    ``None`` under another server or a test client."""
+    return request.environ.get("gunicorn.socket")
+
+
+def client_gone() -> bool:
+    """Whether the client of the request in hand closed its connection (nothing more to read,
+    and the end of it read): its wait then ends, freeing its place. A server that does not
+    hand over its socket (a test client) never says so."""
+    connection = client_connection()
+    if connection is None:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):  # open, nothing sent: still waiting
+        return False
+    except OSError:  # reset, or closed under us
+        return True
 
 
 PREFETCH_MAX_BYTES = 8 << 20

@@ -8,12 +8,12 @@ were none.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 from flask import Response, jsonify, request
 
 from api_shim.auth import Audience, may_read
+from api_shim.bodies import client_gone
 from api_shim.errors import ApiError, unavailable
 from api_shim.services import services
 from inference_worker.core.capture import JOB_ID_PATTERN
@@ -173,21 +173,6 @@ def wait_for_final(job_id: str, wait_s: float) -> tuple[dict[str, Any], bytes | 
         if view is not None:
             return _checked(job_id, view), value
     return find_job(job_id)
-
-
-def client_gone() -> bool:
-    """Whether the client of the request in hand closed its connection (nothing more to read,
-    and the end of it read): its wait then ends, freeing its place. A server that does not
-    hand over its socket (a test client) never says so."""
-    connection = request.environ.get("gunicorn.socket")
-    if connection is None:
-        return False
-    try:
-        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):  # open, nothing sent: still waiting
-        return False
-    except OSError:  # reset, or closed under us
-        return True
 
 
 def job_response(view: dict[str, Any], cached: bytes | None) -> Response:
