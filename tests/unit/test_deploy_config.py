@@ -1,10 +1,12 @@
-"""Deployment files users run as they are: the compose file and the alerting rules."""
+"""Deployment files users run as they are: the image, the compose file and the alerting rules."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,55 @@ def test_alerting_rules_pass_promtool():
 def test_alerting_rules_fire_as_their_tests_expect():
     """``config/prometheus/alerts_test.yml``: series in, alerts out, as promtool evaluates them."""
     promtool("test", "rules", str(ROOT / "config/prometheus/alerts_test.yml"))
+
+
+def test_image_installs_from_what_the_dockerfile_copies(tmp_path):
+    """The image's ``pip install .`` sees only the files the Dockerfile copies: a wheel built
+    from those alone carries the licence, the packaged models, the migrations and the API's
+    document, and every module of the three packages (a file the build or the service reads,
+    left out of a ``COPY``, fails here)."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    install = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install"))
+    context = tmp_path / "app"
+    context.mkdir()
+    for line in lines[:install]:
+        if line.startswith("COPY "):
+            *sources, target = line.split()[1:]
+            for source in sources:
+                path = ROOT / source
+                into = context / (path.name if target.endswith("/") else target.rstrip("/"))
+                if path.is_dir():
+                    shutil.copytree(path, into, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(path, into)
+    out = tmp_path / "dist"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import setuptools.build_meta as b; print(b.build_wheel({str(out)!r}))",
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with zipfile.ZipFile(out / done.stdout.split()[-1]) as wheel:
+        names = set(wheel.namelist())
+    modules = [
+        path.relative_to(ROOT).as_posix()
+        for package in ("inference_worker", "api_shim", "tasks")
+        for path in (ROOT / package).rglob("*.py")
+    ]
+    assert [name for name in modules if name not in names] == []
+    wanted = [
+        "inference_worker/models/reference/model.onnx",
+        "inference_worker/models/reference/model.json",
+        "inference_worker/data/receivers.json",
+        "inference_worker/storage/migrations/env.py",
+        "inference_worker/storage/migrations/script.py.mako",
+        "inference_worker/storage/migrations/versions/0001_jobs_models_logs.py",
+        "api_shim/openapi.json",
+    ]
+    assert [name for name in wanted if name not in names] == []
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
