@@ -1,6 +1,7 @@
 """The shim replaced without refusing a connection: SIGUSR2 executes a new master on the same
 listening socket (a new release, new settings), SIGTERM then lets the former one go; and started
-by systemd's socket activation on the address its settings name."""
+by systemd's socket activation on the address its settings name; and its processes restarted by
+SIGHUP, as often as one likes."""
 
 from __future__ import annotations
 
@@ -127,3 +128,41 @@ def test_systemd_socket_activation_on_the_settings_address(settings, queue_clean
         wait_until("the shim", lambda: shim_answers(f"http://127.0.0.1:{port}"), 60, api)
         assert api.poll() is None
     assert "cannot listen" not in (tmp_path / "api.log").read_text()
+
+
+def _held(pid: int) -> tuple[int, int]:
+    """Open descriptors and threads of process ``pid``."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _replaced(master: int, former: set[int]) -> bool:
+    """Whether ``master``'s eight processes are all new, none of ``former`` left."""
+    now = set(child_pids(master))
+    return len(now) == 8 and not now & former
+
+
+def test_sighup_restarts_the_shims_processes_and_the_master_keeps_nothing_of_them(
+    settings, queue_cleanup, tmp_path
+):
+    """SIGHUP forks every shim process afresh, back to back: the master holds the descriptors
+    and threads it held before, however often (gunicorn 26.0 left its control socket's thread
+    and descriptors behind at each such fork, until the master could open nothing)."""
+    port = free_port()
+    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "XDG_RUNTIME_DIR": str(tmp_path)}
+    url = f"http://127.0.0.1:{port}"
+    with cli_process(["api", "--workers", "8"], tmp_path / "api.log", env) as api:
+        wait_until("the shim", lambda: shim_answers(url) and len(child_pids(api.pid)) == 8, 60, api)
+        time.sleep(2.0)  # every process set up
+        before = _held(api.pid)
+        for _ in range(5):
+            former = set(child_pids(api.pid))
+            api.send_signal(signal.SIGHUP)
+            wait_until(
+                "the shim's processes replaced",
+                lambda: _replaced(api.pid, former),  # noqa: B023
+                60,
+                api,
+            )
+        time.sleep(2.0)  # the last ones set up
+        assert shim_answers(url)
+        assert _held(api.pid) == before
