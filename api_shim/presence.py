@@ -3,7 +3,8 @@ on any host finds every api of the deployment and asks each one's ``/health``; a
 requests' waits for jobs when it is told to stop.
 
 Started in each gunicorn process once it has loaded the app (:func:`process_started`), and
-forgotten when the process exits (:func:`stop_beating`), by ``heimdall-inference api`` and by
+forgotten when the process exits (:func:`process_exiting`, which also closes its broker
+connections), by ``heimdall-inference api`` and by
 ``config/gunicorn.conf.py``; an app served otherwise (a test client, another WSGI server) beats
 only where its server calls them.
 """
@@ -26,6 +27,7 @@ from inference_worker.serving.heartbeat import beat_until
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.redis_store import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 from inference_worker.urls import base_url
+from tasks.app import close_app
 
 log = logging.getLogger(__name__)
 EXTENSION = "heimdall-presence"
@@ -138,3 +140,12 @@ def stop_beating(app: object) -> None:
     presence = app.extensions.get(EXTENSION) if isinstance(app, Flask) else None
     if isinstance(presence, ApiPresence):
         presence.stop()
+
+
+def process_exiting(app: object) -> None:
+    """gunicorn's ``worker_exit``: stop beating, and close the process's broker connections as
+    RabbitMQ expects (dropped with the process, each stop was logged there as a warning)."""
+    stop_beating(app)
+    if isinstance(app, Flask):
+        shim: ShimServices = app.extensions["heimdall"]
+        close_app(shim.celery)

@@ -33,7 +33,7 @@ def post_worker_init(worker):  # beats in Redis (`heimdall-inference check`), en
     process_started(worker.wsgi, host, port)
 
 
-def worker_exit(server, worker):
-    from api_shim.presence import stop_beating
+def worker_exit(server, worker):  # stops beating, closes its broker connections
+    from api_shim.presence import process_exiting
 
-    stop_beating(worker.wsgi)
+    process_exiting(worker.wsgi)

@@ -33,7 +33,9 @@ def blocked_reason(broker_url: str, timeout: float = 2.0) -> str | None:
 
     Only a connection that publishes hears an alarm, so this one publishes the probe's message
     (no queue takes it) on a connection of its own, twice: the first may be read before the
-    broker blocks the connection, the second is not. Nothing else on the broker is touched.
+    broker blocks the connection, the second is not. Nothing else on the broker is touched; once
+    it has answered, the connection is closed with the handshake RabbitMQ expects (dropped
+    without one, it was logged there as a warning at every health check).
 
     Raises:
         TimeoutError: neither a confirm nor a block came within ``timeout`` seconds.
@@ -48,8 +50,13 @@ def blocked_reason(broker_url: str, timeout: float = 2.0) -> str | None:
     connection = kombu.Connection(
         broker_url,
         connect_timeout=timeout,
-        transport_options={"on_blocked": lambda reason: heard.append(reason or "blocked")},
+        transport_options={
+            "on_blocked": lambda reason: heard.append(reason or "blocked"),
+            "read_timeout": timeout,  # the closing handshake below waits no longer
+            "write_timeout": timeout,
+        },
     )
+    answered = False
     try:
         channel = connection.connection.channel()
         channel.confirm_select()
@@ -67,9 +74,13 @@ def blocked_reason(broker_url: str, timeout: float = 2.0) -> str | None:
                 connection.connection.drain_events(timeout=left)
             if heard:
                 return heard[0]
+        answered = True
         return None
     finally:
-        connection.collect()  # no closing handshake: a blocked broker does not read it
+        if answered:  # with the closing handshake: RabbitMQ warns of a connection dropped
+            connection.close()  # without one ("client unexpectedly closed TCP connection")
+        else:
+            connection.collect()  # without: a blocked or silent broker does not read it
 
 
 class BrokerBlocked(kombu.exceptions.KombuError):

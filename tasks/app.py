@@ -204,6 +204,29 @@ def create_celery(
     return app
 
 
+def close_app(app: Celery, timeout_s: float = 1.0) -> None:
+    """Close the broker connections of ``app`` with the closing handshake RabbitMQ expects, then
+    the app. Celery's own ``close`` only forgets them: open until collected, then dropped
+    (RabbitMQ logged "client unexpectedly closed TCP connection" at every stop of a process that
+    had published). Each waits at most ``timeout_s`` for the broker's answer. While the broker
+    blocks publishing (:func:`broker_alarm`) it reads nothing: they are dropped without a word."""
+    pool = app.pool
+    blocked = broker_alarm(app).reason is not None
+
+    def close(connection: object) -> None:
+        if not isinstance(connection, kombu.Connection):
+            return  # a place in the pool never filled
+        if connection.connected and not blocked:
+            connection.connection.transport.sock.settimeout(timeout_s)
+            connection.close()  # not release: a pooled connection's puts it back in the pool
+        else:
+            connection.collect()
+
+    pool.collect_resource = close  # this pool only: its own collect drops each connection
+    pool.force_close_all()
+    app.close()
+
+
 def broker_alarm(app: Celery) -> BrokerAlarm:
     """What the process's connections of ``app`` (made by :func:`create_celery`) heard of
     RabbitMQ's resource alarms."""

@@ -55,9 +55,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from api_shim.app import create_app
     from api_shim.presence import (
         control_socket,
+        process_exiting,
         process_started,
         server_threads,
-        stop_beating,
     )
     from inference_worker.core.features import load_signal_maths
 
@@ -94,7 +94,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             # requests' waits for jobs on SIGTERM
             started = lambda worker: process_started(worker.wsgi, host, port)  # noqa: E731
             self.cfg.set("post_worker_init", started)
-            self.cfg.set("worker_exit", lambda _server, worker: stop_beating(worker.wsgi))
+            self.cfg.set("worker_exit", lambda _server, worker: process_exiting(worker.wsgi))
 
         def load(self):  # the WSGI app gunicorn serves
             return create_app(settings)
