@@ -217,10 +217,13 @@ def close_app(app: Celery, timeout_s: float = 1.0) -> None:
         if not isinstance(connection, kombu.Connection):
             return  # a place in the pool never filled
         if connection.connected and not blocked:
-            connection.connection.transport.sock.settimeout(timeout_s)
-            connection.close()  # not release: a pooled connection's puts it back in the pool
-        else:
-            connection.collect()
+            try:
+                connection.connection.transport.sock.settimeout(timeout_s)
+                connection.close()  # not release: a pooled connection's puts it back in the pool
+                return
+            except OSError:  # its socket already gone: nothing to say goodbye on
+                pass
+        connection.collect()
 
     pool.collect_resource = close  # this pool only: its own collect drops each connection
     pool.force_close_all()
