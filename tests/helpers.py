@@ -45,6 +45,15 @@ def capture_query(capture, **extra: object) -> dict[str, Any]:
     }
 
 
+def capture_fields(capture) -> dict[str, Any]:
+    """The metadata of ``capture`` as the Python client's submissions take it."""
+    return {
+        "sample_rate_hz": capture.sample_rate_hz,
+        "frequency_mhz": capture.frequency_mhz,
+        "receivers": list(capture.receivers),
+    }
+
+
 def json_body(capture, **extra: object) -> dict[str, Any]:
     """A JSON submission of ``capture`` (IQ in base64)."""
     return {

@@ -19,7 +19,12 @@ import celery
 import celery.worker.consumer
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, bootsteps
-from celery.signals import task_postrun, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from inference_worker.serving import observability
 from inference_worker.serving.batching import (
@@ -38,7 +43,7 @@ from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
 from tasks.alarm import BrokerBlocked
-from tasks.app import broker_alarm, create_celery, publisher
+from tasks.app import broker_alarm, close_app, create_celery, publisher
 from tasks.contract import TASK_NAME, read_message
 
 log = logging.getLogger(__name__)
@@ -286,6 +291,11 @@ def create_worker_app(settings: Settings) -> Celery:
     )
     worker_process_init.connect(runtime.start, weak=False)
     worker_process_shutdown.connect(runtime.stop, weak=False)
+    # Celery never closes the connections its processes published on (the relay's, a batch
+    # sent back): closed as RabbitMQ expects, not dropped with the process.
+    close = lambda **_: close_app(app)  # noqa: E731
+    worker_process_shutdown.connect(close, weak=False)
+    worker_shutdown.connect(close, weak=False)
     observability.connect_worker_signals()
     return app
 

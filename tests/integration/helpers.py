@@ -174,6 +174,16 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return settings_env(settings)
 
 
+def shim_env(settings: Settings, port: int, runtime_dir: Path) -> dict[str, str]:
+    """The environment of a shim on ``port`` with the settings of ``settings``, its control
+    socket in ``runtime_dir`` (a test's own, not the host's)."""
+    return {
+        **worker_env(settings),
+        "HEIMDALL_API_PORT": str(port),
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+    }
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes ``pid`` started (a prefork pool's or gunicorn's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

@@ -11,14 +11,26 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
 from inference_worker.cli.processes import cli_process, wait_until
-from tests.integration.helpers import free_port, shim_answers, worker_env
+from tests.helpers import capture_fields
+from tests.integration.helpers import (
+    free_port,
+    shim_answers,
+    shim_env,
+    wait_final_row,
+    worker_env,
+)
 from tests.integration.service_control import cannot_run
+
+REPO = Path(__file__).resolve().parents[2]
 
 ACCEPTED = re.compile(r"accepting AMQP connection (<[\d.]+>)")
 CLOSED = re.compile(r"closing AMQP connection (<[\d.]+>)")  # with the handshake or without
@@ -49,6 +61,17 @@ def _new_connections(before: str, after: str) -> tuple[set[str], set[str], set[s
     return accepted, accepted & set(CLOSED.findall(after)), accepted & set(DROPPED.findall(after))
 
 
+def _settled(before: str, broker_log) -> tuple[set[str], set[str], set[str]]:
+    """:func:`_new_connections` once RabbitMQ has logged each one's close (it logs a close as it
+    sees it), or as they stand after 20 s."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        accepted, closed, dropped = _new_connections(before, broker_log())
+        if accepted == closed or time.monotonic() > deadline:
+            return accepted, closed, dropped
+        time.sleep(0.5)
+
+
 def test_health_checks_submissions_and_a_stop_leave_no_dropped_connection(
     own_queue, capture, broker_log, tmp_path
 ):
@@ -57,13 +80,9 @@ def test_health_checks_submissions_and_a_stop_leave_no_dropped_connection(
 
     local, _, _ = own_queue  # no worker consumes: the jobs stay queued
     port = free_port()
-    env = {**worker_env(local), "HEIMDALL_API_PORT": str(port), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = shim_env(local, port, tmp_path)
     url = f"http://127.0.0.1:{port}"
-    fields = {
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-    }
+    fields = capture_fields(capture)
     before = broker_log()
     with cli_process(["api", "--workers", "2"], tmp_path / "api.log", env) as api:
         wait_until("the shim", lambda: shim_answers(url), 60, api)
@@ -75,12 +94,7 @@ def test_health_checks_submissions_and_a_stop_leave_no_dropped_connection(
             client.submit_npy(capture.iq, **fields)
     with CaptureProducer(settings=local) as producer:  # the producer client's, closed as it ends
         producer.submit(capture.iq, **fields)
-    deadline = time.monotonic() + 20.0  # RabbitMQ logs a close as it sees it
-    while True:
-        accepted, closed, dropped = _new_connections(before, broker_log())
-        if accepted == closed or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    accepted, closed, dropped = _settled(before, broker_log)
     # three health checks, the shim's publishing connections, the producer client's
     assert len(accepted) >= 5
     assert not accepted - closed, f"{len(accepted - closed)} of {len(accepted)} left open"
@@ -107,3 +121,33 @@ def test_while_the_broker_blocks_publishing_its_connections_are_dropped(settings
         return ours is not None and ours.group(1) in DROPPED.findall(log)
 
     wait_until("RabbitMQ to log the connection dropped", dropped, 20)
+
+
+def test_a_worker_whose_relay_published_stops_with_no_dropped_connection(
+    own_queue_factory, engine, broker_log
+):
+    """Celery never closes the connections its app's pool holds: the worker's relay published
+    on one, which went with the process."""
+    from inference_worker.storage.database import JobStore
+    from tests.integration.crashing_submit import KILLED
+
+    local, store, start_worker = own_queue_factory(outbox_grace_s=1.0, relay_interval_s=0.5)
+    job_id = f"goodbye-{uuid.uuid4().hex[:12]}"
+    before = broker_log()
+    with start_worker("relay") as worker:
+        wait_until("the worker", lambda: bool(store.workers()), 60, worker)
+        # a shim killed after storing the capture, before publishing: the relay publishes it
+        planted = subprocess.run(
+            [sys.executable, "-m", "tests.integration.crashing_submit", "shim", "after_capture"]
+            + [job_id, str(uuid.uuid4().int % 10**6)],  # a capture no cache answers
+            env=worker_env(local),
+            cwd=REPO,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        assert planted.returncode == KILLED, planted.stderr[-2000:]
+        assert wait_final_row(JobStore(engine), job_id)["status"] == "succeeded"
+    accepted, closed, dropped = _settled(before, broker_log)
+    assert accepted and not accepted - closed, f"{len(accepted - closed)} left open"
+    assert not dropped, f"{len(dropped)} of {len(accepted)} dropped without the handshake"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
-from tests.integration.helpers import child_pids, free_port, job_row, shim_answers, worker_env
+from tests.helpers import capture_fields
+from tests.integration.helpers import child_pids, free_port, job_row, shim_answers, shim_env
 
 
 def _running(pid: int) -> bool:
@@ -38,13 +39,9 @@ def test_sigusr2_then_sigterm_replace_the_shim_with_no_submission_refused(
 
     local, _, _ = own_queue  # no worker consumes: the jobs stay queued
     port = free_port()
-    env = {**worker_env(local), "HEIMDALL_API_PORT": str(port), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = shim_env(local, port, tmp_path)
     url = f"http://127.0.0.1:{port}"
-    fields = {
-        "sample_rate_hz": capture.sample_rate_hz,
-        "frequency_mhz": capture.frequency_mhz,
-        "receivers": list(capture.receivers),
-    }
+    fields = capture_fields(capture)
     accepted: list[str] = []
     refused: list[BaseException] = []
     done = threading.Event()
@@ -110,7 +107,7 @@ def test_systemd_socket_activation_on_the_settings_address(settings, queue_clean
     """systemd listens on the shim's address and hands the socket over: the shim serves on it
     instead of refusing to start on an address another process holds."""
     port = free_port()
-    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = shim_env(settings, port, tmp_path)
     passed = [f"--setenv={name}" for name in env]  # it hands its children nothing else
     command = [
         "systemd-socket-activate",
@@ -148,7 +145,7 @@ def test_sighup_restarts_the_shims_processes_and_the_master_keeps_nothing_of_the
     and threads it held before, however often (gunicorn 26.0 left its control socket's thread
     and descriptors behind at each such fork, until the master could open nothing)."""
     port = free_port()
-    env = {**worker_env(settings), "HEIMDALL_API_PORT": str(port), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = shim_env(settings, port, tmp_path)
     url = f"http://127.0.0.1:{port}"
     with cli_process(["api", "--workers", "8"], tmp_path / "api.log", env) as api:
         wait_until("the shim", lambda: shim_answers(url) and len(child_pids(api.pid)) == 8, 60, api)
