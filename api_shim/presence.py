@@ -27,7 +27,6 @@ from inference_worker.serving.heartbeat import beat_until
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.redis_store import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 from inference_worker.urls import base_url
-from tasks.app import close_app
 
 log = logging.getLogger(__name__)
 EXTENSION = "heimdall-presence"
@@ -148,4 +147,4 @@ def process_exiting(app: object) -> None:
     stop_beating(app)
     if isinstance(app, Flask):
         shim: ShimServices = app.extensions["heimdall"]
-        close_app(shim.celery)
+        shim.celery.close()

@@ -140,6 +140,36 @@ def _delete_if_idle(connection: kombu.Connection, queue: str) -> None:
                 continue
 
 
+class HeimdallCelery(Celery):
+    """Celery whose ``close`` closes its pool's broker connections with the handshake RabbitMQ
+    expects. Celery's own only forgets them, to be dropped later: RabbitMQ logged "client
+    unexpectedly closed TCP connection" at every stop of a process that had published."""
+
+    close_timeout_s = 1.0  # how long each connection waits for the broker's answer
+
+    def close(self) -> None:
+        """While the broker blocks publishing (:func:`broker_alarm`) it reads nothing: the
+        connections are then dropped without a word."""
+        blocked = broker_alarm(self).reason is not None
+
+        def close(connection: object) -> None:
+            if not isinstance(connection, kombu.Connection):
+                return  # a place in the pool never filled
+            if connection.connected and not blocked:
+                try:
+                    connection.connection.transport.sock.settimeout(self.close_timeout_s)
+                    connection.close()  # not release: a pooled connection's goes back
+                    return
+                except OSError:  # its socket already gone: nothing to say goodbye on
+                    pass
+            connection.collect()
+
+        pool = self.pool
+        pool.collect_resource = close  # this pool only: its own collect drops each connection
+        pool.force_close_all()
+        super().close()
+
+
 def create_celery(
     broker_url: str,
     queue: str,
@@ -152,9 +182,10 @@ def create_celery(
     JSON only (nothing else is accepted), late acks with requeue when a worker dies, prefetch 1
     (the worker raises it to fill its batches), a durable quorum queue with a delivery limit and
     a dead-letter queue, persistent messages and publisher confirms. Results are not kept by
-    Celery: the worker writes them to PostgreSQL and Redis itself.
+    Celery: the worker writes them to PostgreSQL and Redis itself. Its ``close`` says goodbye
+    to the broker (:class:`HeimdallCelery`).
     """
-    app = Celery(main, set_as_current=False)
+    app = HeimdallCelery(main, set_as_current=False)
     alarm = BrokerAlarm(broker_url)
     app.conf.update(
         broker_url=broker_url,
@@ -202,32 +233,6 @@ def create_celery(
         enable_utc=True,
     )
     return app
-
-
-def close_app(app: Celery, timeout_s: float = 1.0) -> None:
-    """Close the broker connections of ``app`` with the closing handshake RabbitMQ expects, then
-    the app. Celery's own ``close`` only forgets them: open until collected, then dropped
-    (RabbitMQ logged "client unexpectedly closed TCP connection" at every stop of a process that
-    had published). Each waits at most ``timeout_s`` for the broker's answer. While the broker
-    blocks publishing (:func:`broker_alarm`) it reads nothing: they are dropped without a word."""
-    pool = app.pool
-    blocked = broker_alarm(app).reason is not None
-
-    def close(connection: object) -> None:
-        if not isinstance(connection, kombu.Connection):
-            return  # a place in the pool never filled
-        if connection.connected and not blocked:
-            try:
-                connection.connection.transport.sock.settimeout(timeout_s)
-                connection.close()  # not release: a pooled connection's puts it back in the pool
-                return
-            except OSError:  # its socket already gone: nothing to say goodbye on
-                pass
-        connection.collect()
-
-    pool.collect_resource = close  # this pool only: its own collect drops each connection
-    pool.force_close_all()
-    app.close()
 
 
 def broker_alarm(app: Celery) -> BrokerAlarm:

@@ -24,7 +24,7 @@ from inference_worker.core.capture import CaptureLimits
 from inference_worker.settings import Settings, load_settings
 from inference_worker.storage.notifications import FinishedJobs
 from inference_worker.storage.redis_store import RedisStore, connect
-from tasks.app import close_app, create_celery, publisher
+from tasks.app import create_celery, publisher
 from tasks.contract import wait_until_final
 from tasks.intake import Intake
 from tasks.served import ServedModelCache
@@ -173,7 +173,7 @@ class CaptureProducer:
 
     def close(self) -> None:
         self.store.client.close()
-        close_app(self.celery)
+        self.celery.close()
 
     def __enter__(self) -> CaptureProducer:
         return self

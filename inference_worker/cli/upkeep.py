@@ -106,7 +106,7 @@ def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> int:
     from inference_worker.serving import recovery
     from inference_worker.storage.errors import STORE_ERRORS
     from tasks.alarm import BrokerBlocked
-    from tasks.app import close_app, create_celery, publisher
+    from tasks.app import create_celery, publisher
     from tasks.intake import UNAVAILABLE_ERRORS, describe_broker_refusal
 
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
@@ -128,7 +128,7 @@ def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> int:
             published += outcome == recovery.PUBLISHED_AGAIN
             print(f"{job_id}: {outcome}")
     finally:
-        close_app(app)
+        app.close()
     return published
 
 

@@ -43,7 +43,7 @@ from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
 from tasks.alarm import BrokerBlocked
-from tasks.app import broker_alarm, close_app, create_celery, publisher
+from tasks.app import broker_alarm, create_celery, publisher
 from tasks.contract import TASK_NAME, read_message
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def create_worker_app(settings: Settings) -> Celery:
     worker_process_shutdown.connect(runtime.stop, weak=False)
     # Celery never closes the connections its processes published on (the relay's, a batch
     # sent back): closed as RabbitMQ expects, not dropped with the process.
-    close = lambda **_: close_app(app)  # noqa: E731
+    close = lambda **_: app.close()  # noqa: E731
     worker_process_shutdown.connect(close, weak=False)
     worker_shutdown.connect(close, weak=False)
     observability.connect_worker_signals()

@@ -104,7 +104,7 @@ def test_health_checks_submissions_and_a_stop_leave_no_dropped_connection(
 def test_while_the_broker_blocks_publishing_its_connections_are_dropped(settings, broker_log):
     """A blocked broker reads nothing, a closing handshake included: the connections are
     dropped rather than each waiting for an answer that does not come."""
-    from tasks.app import broker_alarm, close_app, create_celery
+    from tasks.app import broker_alarm, create_celery
 
     app = create_celery(settings.broker_url, settings.queue)
     connection = app.pool.acquire(block=True)
@@ -112,7 +112,8 @@ def test_while_the_broker_blocks_publishing_its_connections_are_dropped(settings
     connection.release()  # back into the pool, connected
     port = connection.connection.transport.sock.getsockname()[1]
     broker_alarm(app).reason = "memory"  # as a blocked connection would have told it
-    close_app(app, timeout_s=30.0)
+    app.close_timeout_s = 30.0  # a handshake waited for would show
+    app.close()
     assert not connection.connected
 
     def dropped() -> bool:
