@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import amqp.exceptions
-import kombu
 from celery import Celery
 from flask import Response, jsonify
 from prometheus_client.core import GaugeMetricFamily
@@ -30,14 +28,12 @@ from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import redact_secrets
-from tasks.alarm import blocked_reason
 from tasks.app import broker_alarm, dead_letter_queue_name
+from tasks.probe import BrokerProbe
 
 log = logging.getLogger(__name__)
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-HEALTH_PUBLISH_TIMEOUT_S = 2.0
-"""How long RabbitMQ has to confirm a health check's message (or say it blocks it)."""
 
 
 def create_blueprint() -> Audience:
@@ -62,7 +58,7 @@ def worker_models(worker: dict[str, Any]) -> dict[str, Any]:
 def health() -> tuple[Response, int]:
     shim = services()
     checks = {
-        "broker": timed_check(lambda: broker_takes_messages(shim.settings, shim.celery)),
+        "broker": timed_check(lambda: broker_takes_messages(shim.celery, shim.broker_probe)),
         "redis": timed_check(shim.store.ping),
         "database": timed_check(shim.jobs.ping),
     }
@@ -109,22 +105,23 @@ def metrics() -> Response:
     shim = services()
     settings = shim.settings
     collectors = (
-        QueueDepth(settings.broker_url, settings.queue),
+        QueueDepth(shim.broker_probe, settings.queue),
         StuckJobs(shim.maintenance, settings.stuck_after_s),
     )
     body, content_type = observability.render(collectors)
     return Response(body, content_type=content_type)
 
 
-def broker_takes_messages(settings: Settings, celery: Celery) -> None:
+def broker_takes_messages(celery: Celery, probe: BrokerProbe) -> None:
     """RabbitMQ answers and takes publishes. It tells of a memory or disk alarm only a
-    connection that publishes, so a health check publishes (two empty messages no queue takes)
-    while this process knows of no alarm: a load balancer learns of one before a submission
-    meets it, and the submissions that follow are refused at once. During an alarm the
-    alarm's probe is asked instead: health checks also learn when it is over."""
+    connection that publishes, so a health check publishes (two empty messages no queue takes,
+    on the connection the process keeps for its checks) while this process knows of no alarm:
+    a load balancer learns of one before a submission meets it, and the submissions that follow
+    are refused at once. During an alarm the alarm's probe is asked instead: health checks also
+    learn when it is over."""
     alarm = broker_alarm(celery)
     if alarm.reason is None:
-        reason = blocked_reason(settings.broker_url, timeout=HEALTH_PUBLISH_TIMEOUT_S)
+        reason = probe.blocked_reason()
         if reason is not None:
             alarm.heard_blocked(reason)
     alarm.check()
@@ -183,8 +180,8 @@ class QueueDepth:
     """Collector of the ready messages and consumers of the inference queue and its dead-letter
     queue, asked of RabbitMQ at scrape time."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
-        self.broker_url, self.queue = broker_url, queue
+    def __init__(self, probe: BrokerProbe, queue: str) -> None:
+        self.probe, self.queue = probe, queue
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         messages = GaugeMetricFamily(
@@ -195,22 +192,14 @@ class QueueDepth:
         consumers = GaugeMetricFamily(
             "heimdall_queue_consumers", "Consumers of each queue.", labels=["queue"]
         )
-        try:
-            with kombu.Connection(self.broker_url, connect_timeout=1) as connection:
-                for name in (self.queue, dead_letter_queue_name(self.queue)):
-                    channel = connection.channel()
-                    try:
-                        declared = channel.queue_declare(name, passive=True)
-                    except amqp.exceptions.NotFound:
-                        continue  # not declared yet (no worker has started)
-                    finally:
-                        if channel.is_open:
-                            channel.close()
-                    messages.add_metric([name], declared.message_count)
-                    consumers.add_metric([name], declared.consumer_count)
+        try:  # a queue not declared yet (no worker has started) is left out
+            depths = self.probe.queue_depths((self.queue, dead_letter_queue_name(self.queue)))
         except Exception as exc:  # a scrape never fails because the broker is down
             log.debug("queue depth unavailable: %s", redact_secrets(str(exc)))
             return
+        for name, (ready, consuming) in depths.items():
+            messages.add_metric([name], ready)
+            consumers.add_metric([name], consuming)
         yield messages
         yield consumers
 

@@ -148,3 +148,4 @@ def process_exiting(app: object) -> None:
     if isinstance(app, Flask):
         shim: ShimServices = app.extensions["heimdall"]
         shim.celery.close()
+        shim.broker_probe.close()

@@ -31,7 +31,12 @@ from inference_worker.storage.redis_store import RedisStore, connect
 from tasks.app import create_celery, publisher
 from tasks.intake import Intake, ModelRequestError, ResolveModel
 from tasks.outbox import DeferredMarks
+from tasks.probe import BrokerProbe
 from tasks.served import ServedModelCache
+
+BROKER_PROBE_TIMEOUT_S = 2.0
+"""How long RabbitMQ has to answer a health check (confirm its message, or say it blocks it)
+or a metrics scrape's question."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class ShimServices:
     finished: FinishedJobs
     model_info: ModelInfo
     work_slots: WorkSlots
+    broker_probe: BrokerProbe
+    """The connection the health checks and metrics scrapes ask RabbitMQ on."""
 
     @property
     def model(self) -> ModelSummary:
@@ -92,6 +99,7 @@ def build_services(settings: Settings) -> ShimServices:
         FinishedJobs(store, settings.api_max_waits),
         ModelInfo(settings, store),
         WorkSlots(settings.api_threads),
+        BrokerProbe(settings.broker_url, timeout=BROKER_PROBE_TIMEOUT_S),
     )
 
 

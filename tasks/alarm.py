@@ -7,13 +7,13 @@ waited for its confirm would hold a submission for as long as the alarm lasts; i
 the block, stops waiting, and refuses the next publishes at once. It cannot ask the broker
 whether the alarm is over without publishing, so a probe of its own (one small message that no
 queue takes, on a connection of its own) is blocked in its place and hears when it ends.
+:mod:`tasks.probe` asks the same of a broker not known to block.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,61 +26,6 @@ log = logging.getLogger(__name__)
 PROBE_ROUTING_KEY = "heimdall.broker-alarm-probe"
 """Where the probe's message goes on the default exchange: no queue by that name, so the broker
 drops it (and confirms it) once it reads it."""
-
-
-def blocked_reason(broker_url: str, timeout: float = 2.0) -> str | None:
-    """Why RabbitMQ blocks publishing now (its words), or None: it takes publishes.
-
-    Only a connection that publishes hears an alarm, so this one publishes the probe's message
-    (no queue takes it) on a connection of its own, twice: the first may be read before the
-    broker blocks the connection, the second is not. Nothing else on the broker is touched; once
-    it has answered, the connection is closed with the handshake RabbitMQ expects (dropped
-    without one, it was logged there as a warning at every health check).
-
-    Raises:
-        TimeoutError: neither a confirm nor a block came within ``timeout`` seconds.
-    """
-    heard: list[str] = []
-    confirmed = 0
-
-    def on_confirm(*_: object) -> None:
-        nonlocal confirmed
-        confirmed += 1
-
-    connection = kombu.Connection(
-        broker_url,
-        connect_timeout=timeout,
-        transport_options={
-            "on_blocked": lambda reason: heard.append(reason or "blocked"),
-            "read_timeout": timeout,  # the closing handshake below waits no longer
-            "write_timeout": timeout,
-        },
-    )
-    answered = False
-    try:
-        channel = connection.connection.channel()
-        channel.confirm_select()
-        channel.events["basic_ack"].add(on_confirm)
-        channel.events["basic_nack"].add(on_confirm)
-        deadline = time.monotonic() + timeout
-        for sent in (1, 2):
-            channel.basic_publish(
-                amqp.Message(b"", delivery_mode=1), exchange="", routing_key=PROBE_ROUTING_KEY
-            )
-            while confirmed < sent and not heard:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no confirm of a message in {timeout:g} s")
-                connection.connection.drain_events(timeout=left)
-            if heard:
-                return heard[0]
-        answered = True
-        return None
-    finally:
-        if answered:  # with the closing handshake: RabbitMQ warns of a connection dropped
-            connection.close()  # without one ("client unexpectedly closed TCP connection")
-        else:
-            connection.collect()  # without: a blocked or silent broker does not read it
 
 
 class BrokerBlocked(kombu.exceptions.KombuError):

@@ -103,7 +103,7 @@ def check_broker(settings: Settings) -> list[Finding]:
 
 def _alarm_findings(broker_url: str, where: str) -> list[Finding]:
     """A memory or disk alarm in effect (a failure), or a broker too slow to tell (a warning)."""
-    from tasks.alarm import blocked_reason
+    from tasks.probe import blocked_reason
 
     try:
         reason = blocked_reason(broker_url, timeout=ALARM_PROBE_TIMEOUT_S)

@@ -137,6 +137,30 @@ def _queue_counts(broker_url: str, queue: str) -> tuple[int, int]:
                 channel.close()
 
 
+def close_at_broker(local_port: int) -> None:
+    """Have RabbitMQ close the connection whose client end is ``local_port`` (as an operator's
+    ``rabbitmqctl close_connection`` would): only that connection is touched."""
+    if shutil.which("rabbitmqctl") is None:  # a laptop without it skips; CI must have it
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("rabbitmqctl is not installed")
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    ).stdout
+    ours = [
+        line.split()[0] for line in listing.splitlines() if line.split()[1:] == [str(local_port)]
+    ]
+    assert len(ours) == 1, listing
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_connection", ours[0], "closed by a test"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+
+
 def shim_answers(base_url: str) -> bool:
     """Whether a shim process answers ``GET /health`` (with any status) at ``base_url``."""
     try:

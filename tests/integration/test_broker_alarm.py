@@ -34,6 +34,7 @@ from tasks.app import create_celery, publisher
 from tasks.contract import read_message
 from tests.helpers import task_message
 from tests.integration.helpers import (
+    close_at_broker,
     delete_queues,
     free_port,
     job_row,
@@ -259,30 +260,13 @@ def test_a_publish_on_a_connection_the_broker_closed_reconnects(settings):
     """A pooled connection RabbitMQ has closed (a restart, an operator's ``close_connection``)
     is found gone when a publish first listens to it for an alarm; the publish's own retries
     reconnect, as they did before it listened. Only this test's own connection is closed."""
-    if shutil.which("rabbitmqctl") is None:  # a laptop without it skips; CI must have it
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("rabbitmqctl is not installed")
     queue = f"{settings.queue}.reconnect{uuid.uuid4().hex[:6]}"
     app = create_celery(settings.broker_url, queue)
     publish = publisher(app, queue)
     try:
         publish(read_message(task_message(np.ones((3, 4), np.complex64), "first", "blob:first")))
         with app.producer_or_acquire() as producer:
-            port = producer.connection.connection.sock.getsockname()[1]
-        listing = subprocess.run(
-            ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
-            check=True,
-            timeout=60,
-            capture_output=True,
-            text=True,
-        ).stdout
-        ours = [line.split()[0] for line in listing.splitlines() if line.split()[1:] == [str(port)]]
-        assert len(ours) == 1, listing
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_connection", ours[0], "closed by a test"],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
+            close_at_broker(producer.connection.connection.sock.getsockname()[1])
         publish(read_message(task_message(np.ones((3, 4), np.complex64), "second", "blob:2nd")))
         assert queue_messages(settings.broker_url, queue) == 2
     finally:

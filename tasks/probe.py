@@ -1,0 +1,204 @@
+"""The connection a process keeps for asking RabbitMQ how it is.
+
+A shim process's health checks ask whether the broker takes publishes, and its metrics scrapes
+how deep the queues are. Each used to open a connection of its own and close it: three lines in
+RabbitMQ's log for every check (accepting, authenticated, closing), every few seconds under a
+load balancer and a Prometheus, and the connection churn RabbitMQ asks its clients to avoid.
+A :class:`BrokerProbe` keeps one connection between questions. One found gone when asked (the
+broker restarted, or closed it) is replaced at once and the question asked again there; one
+that RabbitMQ blocks is dropped, the next question opening another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import amqp
+import kombu
+
+from tasks.alarm import PROBE_ROUTING_KEY
+
+log = logging.getLogger(__name__)
+
+Answer = TypeVar("Answer")
+
+
+class _Line:
+    """The kept connection, its channels and what the broker said on it. Its callbacks hold
+    this and not the probe, so a probe dropped unclosed (an app a test made) is collected and
+    its finalizer lets the connection go."""
+
+    def __init__(self) -> None:
+        self.connection: kombu.Connection | None = None
+        self.confirming: amqp.Channel | None = None  # the probe's publishes, confirmed
+        self.asking: amqp.Channel | None = None  # passive declares (a missing queue closes it)
+        self.confirmed = 0
+        self.blocked: str | None = None
+
+    def heard_blocked(self, reason: str) -> None:
+        self.blocked = reason or "blocked"
+
+    def heard_unblocked(self) -> None:
+        self.blocked = None
+
+    def heard_confirm(self, *_: object) -> None:
+        self.confirmed += 1
+
+    def let_go(self, *, goodbye: bool = False) -> None:
+        connection, self.connection = self.connection, None
+        self.confirming = self.asking = None
+        if connection is None:
+            return
+        if goodbye and self.blocked is None and connection.connected:
+            try:
+                connection.close()
+                return
+            except OSError:  # its socket already gone: nothing to say goodbye on
+                pass
+        connection.collect()  # a blocked broker reads nothing, a handshake included
+
+
+class BrokerProbe:
+    """One connection to the broker at ``broker_url``, kept for the questions of one process.
+
+    Questions are asked one at a time (a thread waits at most ``timeout`` seconds for its
+    turn), and each waits at most ``timeout`` seconds for the broker's answer.
+    """
+
+    def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
+        self.broker_url, self.timeout = broker_url, timeout
+        self.connections_opened = 0
+        self._lock = threading.Lock()
+        self._line = _Line()
+        weakref.finalize(self, self._line.let_go)
+
+    def blocked_reason(self) -> str | None:
+        """Why RabbitMQ blocks publishing now (its words), or None: it takes publishes.
+
+        Only a connection that publishes hears an alarm, so this publishes the probe's message
+        (no queue takes it: the broker drops and confirms it), twice: the first may be read
+        before the broker blocks the connection, the second is not. Nothing else on the broker
+        is touched.
+
+        Raises:
+            TimeoutError: neither a confirm nor a block came within ``timeout`` seconds.
+        """
+        return self._ask(self._publish_twice)
+
+    def queue_depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Ready messages and consumers of each queue of ``names`` the broker has (a queue not
+        declared yet is left out)."""
+        return self._ask(lambda: self._depths(names))
+
+    def close(self) -> None:
+        """Close the connection with the closing handshake RabbitMQ expects (dropped without
+        one, it logs a warning), waiting at most ``timeout`` seconds for its answer."""
+        with self._lock:
+            self._line.let_go(goodbye=True)
+
+    def _ask(self, question: Callable[[], Answer]) -> Answer:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise TimeoutError(f"another question to RabbitMQ has waited {self.timeout:g} s")
+        line = self._line
+        try:
+            kept = line.connection is not None
+            while True:
+                if line.connection is None:
+                    self._connect()
+                try:
+                    answer = question()
+                except Exception as exc:  # the connection's state is unknown: never reused
+                    line.let_go()
+                    if not kept:
+                        raise
+                    kept = False  # gone since the last question: ask once more, on a new one
+                    log.debug("the kept broker connection is gone (%s); opening another", exc)
+                    continue
+                if line.blocked is not None:  # a blocked connection is read no more
+                    line.let_go()
+                return answer
+        finally:
+            self._lock.release()
+
+    def _connect(self) -> None:
+        line = self._line
+        line.connection = kombu.Connection(
+            self.broker_url,
+            connect_timeout=self.timeout,
+            transport_options={
+                "on_blocked": line.heard_blocked,
+                "on_unblocked": line.heard_unblocked,
+                "read_timeout": self.timeout,  # a closing handshake waits no longer
+                "write_timeout": self.timeout,
+            },
+        )
+        line.blocked, line.confirmed = None, 0
+        self.connections_opened += 1
+        try:
+            channel = line.connection.connection.channel()
+            channel.confirm_select()
+        except Exception:
+            line.let_go()
+            raise
+        channel.events["basic_ack"].add(line.heard_confirm)
+        channel.events["basic_nack"].add(line.heard_confirm)
+        line.confirming = channel
+
+    def _publish_twice(self) -> str | None:
+        line = self._line
+        assert line.connection is not None and line.confirming is not None
+        transport = line.connection.connection
+        _read(transport)  # what the broker said since the last question
+        deadline = time.monotonic() + self.timeout
+        for _ in (1, 2):
+            if line.blocked is not None:
+                break
+            wanted = line.confirmed + 1
+            line.confirming.basic_publish(
+                amqp.Message(b"", delivery_mode=1), exchange="", routing_key=PROBE_ROUTING_KEY
+            )
+            while line.confirmed < wanted and line.blocked is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no confirm of a message in {self.timeout:g} s")
+                transport.drain_events(timeout=left)
+        return line.blocked
+
+    def _depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        line = self._line
+        assert line.connection is not None
+        _read(line.connection.connection)
+        found: dict[str, tuple[int, int]] = {}
+        for name in names:
+            if line.asking is None or not line.asking.is_open:
+                line.asking = line.connection.connection.channel()
+            try:
+                _, messages, consumers = line.asking.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                line.asking = None  # the broker closed the channel that asked
+                continue
+            found[name] = (messages, consumers)
+        return found
+
+
+def _read(transport: Any) -> None:
+    """Read what the broker has sent (a block, its end, a close) without waiting."""
+    try:
+        while True:
+            transport.drain_events(timeout=0)
+    except TimeoutError:
+        pass
+
+
+def blocked_reason(broker_url: str, timeout: float = 2.0) -> str | None:
+    """:meth:`BrokerProbe.blocked_reason`, asked once on a connection closed after it."""
+    probe = BrokerProbe(broker_url, timeout)
+    try:
+        return probe.blocked_reason()
+    finally:
+        probe.close()

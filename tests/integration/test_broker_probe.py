@@ -1,0 +1,90 @@
+"""The connection a shim process keeps for asking RabbitMQ how it is (health checks, queue
+depths): one connection for every question, replaced unseen when the broker has closed it."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import uuid
+
+import kombu
+import pytest
+
+from tasks.probe import BrokerProbe
+from tests.integration.helpers import close_at_broker, delete_queues
+
+
+@pytest.fixture
+def probe(settings):
+    probe = BrokerProbe(settings.broker_url)
+    yield probe
+    probe.close()
+
+
+@pytest.fixture
+def queue_of_three(settings):
+    """A queue holding three messages and no consumer."""
+    name = f"{settings.queue}.depth{uuid.uuid4().hex[:6]}"
+    with kombu.Connection(settings.broker_url) as connection:
+        queue = kombu.Queue(name, routing_key=name, durable=False)
+        producer = connection.Producer()
+        for n in range(3):
+            producer.publish({"n": n}, routing_key=name, declare=[queue])
+    yield name
+    delete_queues(settings.broker_url, name)
+
+
+def kept_port(probe: BrokerProbe) -> int:
+    sock: socket.socket = probe._line.connection.connection.sock  # type: ignore[union-attr]
+    return sock.getsockname()[1]
+
+
+def test_health_questions_and_queue_depths_share_one_connection(probe, queue_of_three):
+    missing = f"{queue_of_three}.never-declared"
+    assert probe.blocked_reason() is None
+    port = kept_port(probe)
+    for _ in range(4):
+        assert probe.blocked_reason() is None
+        depths = probe.queue_depths([queue_of_three, missing, queue_of_three])
+        assert depths == {queue_of_three: (3, 0)}  # a queue not declared is left out
+    assert probe.connections_opened == 1
+    assert kept_port(probe) == port
+
+
+def test_a_connection_the_broker_closed_is_replaced_without_a_failed_question(
+    probe, queue_of_three
+):
+    """A broker restart, or an operator closing connections, is not a failed health check."""
+    assert probe.blocked_reason() is None
+    close_at_broker(kept_port(probe))
+    assert probe.blocked_reason() is None
+    assert probe.connections_opened == 2
+    close_at_broker(kept_port(probe))
+    assert probe.queue_depths([queue_of_three]) == {queue_of_three: (3, 0)}
+    assert probe.connections_opened == 3
+
+
+def test_a_socket_gone_under_the_probe_is_replaced(probe):
+    assert probe.blocked_reason() is None
+    probe._line.connection.connection.sock.shutdown(socket.SHUT_RDWR)
+    assert probe.blocked_reason() is None
+    assert probe.connections_opened == 2
+
+
+def test_a_broker_that_refuses_fails_each_question_and_the_next_tries_again(refusing_port):
+    probe = BrokerProbe(f"amqp://guest:guest@127.0.0.1:{refusing_port}//", timeout=0.5)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            probe.blocked_reason()
+    assert probe.connections_opened == 2
+    probe.close()
+
+
+def test_a_probe_dropped_unclosed_lets_its_connection_go(settings):
+    """An app made and dropped (as tests do) leaves no socket open behind it."""
+    probe = BrokerProbe(settings.broker_url)
+    assert probe.blocked_reason() is None
+    sock = probe._line.connection.connection.sock  # type: ignore[union-attr]
+    del probe
+    gc.collect()
+    assert sock.fileno() == -1
