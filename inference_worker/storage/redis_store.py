@@ -278,11 +278,15 @@ class RedisStore:
         return int(pipeline.execute()[-1])
 
     # --- heartbeats of worker and api processes --------------------------------------------
+    # Each process's beat is a key with a TTL; a set of its kind names the processes that have
+    # beaten, so a reader asks for those keys alone. Found by SCAN, a reader walked the whole
+    # keyspace (results, the cache, captures): /health took 177 ms with 100 000 keys in Redis
+    # and a second with 500 000.
     def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: int) -> None:
         self._beat("worker", worker_id, info, ttl_s)
 
     def forget_worker(self, worker_id: str) -> None:
-        self.client.delete(self._beat_key("worker", worker_id))
+        self._forget("worker", worker_id)
 
     def workers(self) -> list[dict[str, Any]]:
         return self._beating("worker")
@@ -291,7 +295,7 @@ class RedisStore:
         self._beat("api", api_id, info, ttl_s)
 
     def forget_api(self, api_id: str) -> None:
-        self.client.delete(self._beat_key("api", api_id))
+        self._forget("api", api_id)
 
     def apis(self) -> list[dict[str, Any]]:
         return self._beating("api")
@@ -299,10 +303,31 @@ class RedisStore:
     def _beat_key(self, kind: str, member: str) -> str:
         return f"{self.prefix}{kind}:{member}"
 
+    def _beaters_key(self, kind: str) -> str:
+        return f"{self.prefix}beating:{kind}"
+
     def _beat(self, kind: str, member: str, info: dict[str, Any], ttl_s: int) -> None:
-        self.client.set(self._beat_key(kind, member), json.dumps(info), ex=ttl_s)
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.set(self._beat_key(kind, member), json.dumps(info), ex=ttl_s)
+        pipeline.sadd(self._beaters_key(kind), member)
+        pipeline.expire(self._beaters_key(kind), ttl_s)  # gone when the last process is
+        pipeline.execute()
+
+    def _forget(self, kind: str, member: str) -> None:
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.delete(self._beat_key(kind, member))
+        pipeline.srem(self._beaters_key(kind), member)
+        pipeline.execute()
 
     def _beating(self, kind: str) -> list[dict[str, Any]]:
-        keys = list(self.client.scan_iter(match=self._beat_key(kind, "*"), count=100))
-        values = self.client.mget(keys) if keys else []
+        """The beats not expired. A process whose beat has expired (one that died) leaves the
+        set here."""
+        found = self.client.smembers(self._beaters_key(kind))
+        members = sorted(m.decode() if isinstance(m, bytes) else m for m in found)
+        if not members:
+            return []
+        values = self.client.mget([self._beat_key(kind, m) for m in members])
+        gone = [m for m, v in zip(members, values, strict=True) if v is None]
+        if gone:
+            self.client.srem(self._beaters_key(kind), *gone)
         return [json.loads(v) for v in values if v is not None]

@@ -216,8 +216,8 @@ def child_pids(pid: int) -> list[int]:
 
 def forget_workers(store: RedisStore) -> None:
     """Drop heartbeats a killed worker left behind (they expire after a few seconds anyway)."""
-    for key in store.client.scan_iter(match=f"{store.prefix}worker:*"):
-        store.client.delete(key)
+    for worker in store.workers():
+        store.forget_worker(worker["worker_id"])
 
 
 def hold_row(connection: sa.Connection, job_id: str) -> int:
