@@ -66,8 +66,9 @@ class _Line:
 class BrokerProbe:
     """One connection to the broker at ``broker_url``, kept for the questions of one process.
 
-    Questions are asked one at a time (a thread waits at most ``timeout`` seconds for its
-    turn), and each waits at most ``timeout`` seconds for the broker's answer.
+    Questions are asked one at a time. A question has ``timeout`` seconds in all for its turn,
+    for a new connection where one is needed and for the broker's answer (a question already
+    begun on a kept connection found gone has what is left of them on the next).
     """
 
     def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
@@ -93,7 +94,7 @@ class BrokerProbe:
     def queue_depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
         """Ready messages and consumers of each queue of ``names`` the broker has (a queue not
         declared yet is left out)."""
-        return self._ask(lambda: self._depths(names))
+        return self._ask(lambda _: self._depths(names))
 
     def close(self) -> None:
         """Close the connection with the closing handshake RabbitMQ expects (dropped without
@@ -101,35 +102,40 @@ class BrokerProbe:
         with self._lock:
             self._line.let_go(goodbye=True)
 
-    def _ask(self, question: Callable[[], Answer]) -> Answer:
+    def _ask(self, question: Callable[[float], Answer]) -> Answer:
+        deadline = time.monotonic() + self.timeout
         if not self._lock.acquire(timeout=self.timeout):
-            raise TimeoutError(f"another question to RabbitMQ has waited {self.timeout:g} s")
+            raise TimeoutError(f"RabbitMQ did not answer the question before in {self.timeout:g} s")
         line = self._line
         try:
             kept = line.connection is not None
             while True:
-                if line.connection is None:
-                    self._connect()
                 try:
-                    answer = question()
+                    if line.connection is None:
+                        self._connect(deadline)
+                    answer = question(deadline)
                 except Exception as exc:  # the connection's state is unknown: never reused
                     line.let_go()
-                    if not kept:
-                        raise
-                    kept = False  # gone since the last question: ask once more, on a new one
-                    log.debug("the kept broker connection is gone (%s); opening another", exc)
-                    continue
+                    if kept:  # gone since the last question: ask once more, on a new one
+                        kept = False
+                        log.debug("the kept broker connection is gone (%s); opening another", exc)
+                        continue
+                    if isinstance(exc, TimeoutError):
+                        raise TimeoutError(
+                            f"RabbitMQ did not answer within {self.timeout:g} s"
+                        ) from exc
+                    raise
                 if line.blocked is not None:  # a blocked connection is read no more
                     line.let_go()
                 return answer
         finally:
             self._lock.release()
 
-    def _connect(self) -> None:
+    def _connect(self, deadline: float) -> None:
         line = self._line
         line.connection = kombu.Connection(
             self.broker_url,
-            connect_timeout=self.timeout,
+            connect_timeout=_left(deadline),
             transport_options={
                 "on_blocked": line.heard_blocked,
                 "on_unblocked": line.heard_unblocked,
@@ -139,22 +145,17 @@ class BrokerProbe:
         )
         line.blocked, line.confirmed = None, 0
         self.connections_opened += 1
-        try:
-            channel = line.connection.connection.channel()
-            channel.confirm_select()
-        except Exception:
-            line.let_go()
-            raise
+        channel = line.connection.connection.channel()
+        channel.confirm_select()
         channel.events["basic_ack"].add(line.heard_confirm)
         channel.events["basic_nack"].add(line.heard_confirm)
         line.confirming = channel
 
-    def _publish_twice(self) -> str | None:
+    def _publish_twice(self, deadline: float) -> str | None:
         line = self._line
         assert line.connection is not None and line.confirming is not None
         transport = line.connection.connection
         _read(transport)  # what the broker said since the last question
-        deadline = time.monotonic() + self.timeout
         for _ in (1, 2):
             if line.blocked is not None:
                 break
@@ -163,10 +164,7 @@ class BrokerProbe:
                 amqp.Message(b"", delivery_mode=1), exchange="", routing_key=PROBE_ROUTING_KEY
             )
             while line.confirmed < wanted and line.blocked is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no confirm of a message in {self.timeout:g} s")
-                transport.drain_events(timeout=left)
+                transport.drain_events(timeout=_left(deadline))
         return line.blocked
 
     def _depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -184,6 +182,18 @@ class BrokerProbe:
                 continue
             found[name] = (messages, consumers)
         return found
+
+
+def _left(deadline: float) -> float:
+    """The seconds left until ``deadline``.
+
+    Raises:
+        TimeoutError: none are.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("RabbitMQ did not answer in time")
+    return left
 
 
 def _read(transport: Any) -> None:

@@ -88,3 +88,13 @@ def test_a_probe_dropped_unclosed_lets_its_connection_go(settings):
     del probe
     gc.collect()
     assert sock.fileno() == -1
+
+
+def test_a_broker_that_accepts_and_never_answers_fails_the_question_saying_so():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are accepted by the kernel; nothing is ever said
+        probe = BrokerProbe(f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}//", 0.5)
+        with pytest.raises(TimeoutError, match="did not answer within 0.5 s"):
+            probe.blocked_reason()
+        probe.close()
