@@ -30,6 +30,8 @@ class ReplyParser(DefaultParser):  # type: ignore[misc,valid-type]  # hiredis or
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10
 """A process beats every ``HEARTBEAT_INTERVAL_S``; one silent for ``HEARTBEAT_TTL_S`` is gone."""
+BEATERS_TTL_S = 86_400
+"""How long the set naming the processes that beat outlives the last beat."""
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -310,7 +312,9 @@ class RedisStore:
         pipeline = self.client.pipeline(transaction=False)
         pipeline.set(self._beat_key(kind, member), json.dumps(info), ex=ttl_s)
         pipeline.sadd(self._beaters_key(kind), member)
-        pipeline.expire(self._beaters_key(kind), ttl_s)  # gone when the last process is
+        # a day past the last beat, the set of a deployment no longer running goes too; never
+        # shorter than a beat of another process (their lifetimes may differ)
+        pipeline.expire(self._beaters_key(kind), max(ttl_s, BEATERS_TTL_S))
         pipeline.execute()
 
     def _forget(self, kind: str, member: str) -> None:
