@@ -6,6 +6,8 @@ that needs them.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Celery
@@ -34,6 +36,9 @@ from tasks.outbox import DeferredMarks
 from tasks.probe import BrokerProbe
 from tasks.served import ServedModelCache
 
+ALIAS_RECHECK_S = 5.0
+"""How long an alias a submission named is taken as still there without asking the registry
+again (two registry reads a submission otherwise)."""
 BROKER_PROBE_TIMEOUT_S = 2.0
 """How long RabbitMQ has to answer a health check (confirm its message, or say it blocks it)
 or a metrics scrape's question."""
@@ -103,19 +108,24 @@ def build_services(settings: Settings) -> ShimServices:
     )
 
 
-def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel:
+def model_resolver(
+    settings: Settings, served: ServedModelCache, clock: Callable[[], float] = time.monotonic
+) -> ResolveModel:
     """Refuse a requested model that the registry (or the served folder) does not have.
 
     A version number the registry once answered for is not asked again (a version is not
-    renumbered; opening the registry cost a submission ~8 ms); while the registry does not
-    answer, a version or alias with a verified copy on this host is accepted, as a worker
-    would serve it.
+    renumbered; opening the registry cost a submission ~8 ms), nor an alias for
+    ``ALIAS_RECHECK_S`` (an alias removed meanwhile fails its jobs at the worker, naming it);
+    while the registry does not answer, a version or alias with a verified copy on this host is
+    accepted, as a worker would serve it.
     """
     known: set[str] = set()
+    aliases_seen: dict[str, float] = {}
 
     def resolve(reference: str) -> None:
         if settings.model_source == "registry":
-            if reference in known:
+            seen = aliases_seen.get(reference)
+            if reference in known or (seen is not None and clock() - seen < ALIAS_RECHECK_S):
                 return
             try:
                 open_registry(settings).resolve(reference)
@@ -129,6 +139,8 @@ def model_resolver(settings: Settings, served: ServedModelCache) -> ResolveModel
             else:
                 if reference.isdigit():
                     known.add(reference)
+                else:
+                    aliases_seen[reference] = clock()
             return
         summary = served.current()
         version = summary.version if summary else None

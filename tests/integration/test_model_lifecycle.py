@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from api_shim.app import create_app
+from api_shim.services import ALIAS_RECHECK_S, model_resolver
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import load_metadata
 from inference_worker.serving.models import choose_alias
@@ -33,6 +34,7 @@ from inference_worker.serving.registry import CHALLENGER, CHAMPION, open_registr
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.schema import jobs
 from inference_worker.storage.statuses import FINAL_STATUSES
+from tasks.intake import ModelRequestError
 from tests.helpers import json_body
 from tests.integration.helpers import delete_queues, free_port, worker_env
 
@@ -336,3 +338,20 @@ def test_a_version_registered_from_the_command_line_is_mirrored_with_its_alias(
         registry = open_registry(settings)
         if "cli-registered" in registry.aliases():
             registry.remove_alias("cli-registered")
+
+
+def test_an_alias_a_submission_names_is_asked_of_the_registry_once_a_while(lifecycle):
+    """Two registry reads a submission while a client names an alias: an alias found is taken
+    as there for ``ALIAS_RECHECK_S``, and asked again after it."""
+    settings, app, _ = lifecycle
+    now = [1000.0]
+    resolve = model_resolver(settings, app.extensions["heimdall"].served, clock=lambda: now[0])
+    registry = open_registry(settings)
+    registry.set_alias("passing", registry.versions()[0].version)
+    resolve("passing")
+    registry.remove_alias("passing")
+    now[0] += ALIAS_RECHECK_S - 0.5
+    resolve("passing")  # not asked again: still taken as there
+    now[0] += 1.0
+    with pytest.raises(ModelRequestError, match="passing"):
+        resolve("passing")
