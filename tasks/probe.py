@@ -67,8 +67,9 @@ class BrokerProbe:
     """One connection to the broker at ``broker_url``, kept for the questions of one process.
 
     Questions are asked one at a time. A question has ``timeout`` seconds in all for its turn,
-    for a new connection where one is needed and for the broker's answer (a question already
-    begun on a kept connection found gone has what is left of them on the next).
+    for a new connection where one is needed and for the confirms of a health check's messages
+    (a question begun on a kept connection found gone has what is left of them on the next);
+    each passive declare of a scrape waits at most ``timeout`` for its answer.
     """
 
     def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
