@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +62,15 @@ def run_jobs(items: Sequence[tuple[object, str | None]], services: JobServices) 
             batch.append((index, message))
     if batch:
         outcomes.update(_run_model_jobs(batch, services, started))
-    return [outcomes[index] for index in range(len(items))]
+    done = [outcomes[index] for index in range(len(items))]
+    counts = Counter(outcome.status for outcome in done)
+    log.info(
+        "batch of %d job%s: %s",
+        len(done),
+        "" if len(done) == 1 else "s",
+        ", ".join(f"{count} {status}" for status, count in sorted(counts.items())),
+    )
+    return done
 
 
 def _run_model_jobs(
@@ -171,5 +180,4 @@ def _run_model_jobs(
         )
     if finished:
         redis.finish_many(finished)
-    log.info("batch of %d jobs: %d succeeded", len(batch), len(finished))
     return outcomes

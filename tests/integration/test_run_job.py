@@ -3,6 +3,7 @@ and the real ONNX model."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -204,7 +205,7 @@ def test_a_batch_delivered_twice_records_one_result_per_job(services, simulator,
         assert log_rows(engine, message["job_id"]) == 1
 
 
-def test_bad_jobs_fail_alone_and_the_rest_of_the_batch_succeeds(services, simulator, rng):
+def test_bad_jobs_fail_alone_and_the_rest_of_the_batch_succeeds(services, simulator, rng, caplog):
     good = queue_job(services, simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=1.0))
     missing = queue_job(
         services,
@@ -216,9 +217,13 @@ def test_bad_jobs_fail_alone_and_the_rest_of_the_batch_succeeds(services, simula
     services.redis.put_blob(tampered["blob_key"], tampered_capture.iq[:, ::-1].copy().tobytes(), 60)
     unreadable = {**queue_job(services, tampered_capture), "n_samples": "many"}
 
-    outcomes = run_jobs([(m, m["job_id"]) for m in (good, missing, tampered, unreadable)], services)
+    with caplog.at_level(logging.INFO, logger="inference_worker.serving.job_batches"):
+        outcomes = run_jobs(
+            [(m, m["job_id"]) for m in (good, missing, tampered, unreadable)], services
+        )
 
     assert [o.status for o in outcomes] == ["succeeded", "failed", "failed", "failed"]
+    assert "batch of 4 jobs: 3 failed, 1 succeeded" in caplog.messages  # the batch's line
     assert "missing" in str(outcomes[1].error)
     assert "sha256" in str(outcomes[2].error)
     assert "n_samples" in str(outcomes[3].error)
