@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -267,17 +268,23 @@ def produce(settings: Settings, capture, **extra: object) -> str:
 
 
 @contextmanager
-def private_redis(folder: Path, *options: str) -> Iterator[str]:
-    """A Redis server of this test's own (no snapshots), with ``options``; its URL."""
+def private_redis(folder: Path, *options: str, unix_socket: bool = False) -> Iterator[str]:
+    """A Redis server of this test's own (no snapshots), with ``options``; its URL (with
+    ``unix_socket``, of the Unix socket it listens on instead of a port)."""
     server = shutil.which("redis-server")
     if server is None:  # a laptop without it skips; CI must have it
         (pytest.fail if os.environ.get("CI") else pytest.skip)("redis-server is not installed")
-    port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
+    # a short folder of its own: a socket's path holds at most ~107 bytes, a test's may not
+    sock = Path(tempfile.mkdtemp(prefix="heimdall-redis-")) / "redis.sock"
+    port = 0 if unix_socket else free_port()
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if unix_socket:
+        command += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
     command += ["--appendonly", "no", "--dir", str(folder), *options]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
+    client = redis.Redis(unix_socket_path=str(sock)) if unix_socket else redis.Redis(port=port)
+    where = f"its socket {sock}" if unix_socket else f"port {port}"
 
     def answers() -> bool:
         try:
@@ -288,12 +295,13 @@ def private_redis(folder: Path, *options: str) -> Iterator[str]:
             return True
 
     try:
-        wait_until(f"a Redis on port {port}", answers, 30, process)
-        yield f"redis://127.0.0.1:{port}/0"
+        wait_until(f"a Redis on {where}", answers, 30, process)
+        yield f"unix://{sock}?db=0" if unix_socket else f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
         process.terminate()
         process.wait(timeout=30)
+        shutil.rmtree(sock.parent, ignore_errors=True)
 
 
 def in_area(findings: list[Finding], area: str) -> list[tuple[str, str]]:

@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from inference_worker.serving.job_batches import run_jobs
 from inference_worker.serving.jobs import JobServices, run_job
 from inference_worker.serving.onnx_model import LocalizationModel
+from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.schema import inference_logs
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message, iq_digest
+from tests.integration.helpers import private_redis
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +286,20 @@ def test_a_batch_and_published_marks_on_the_same_jobs_never_deadlock(services, c
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_batch_runs_with_redis_over_a_unix_socket(services, simulator, rng, tmp_path):
+    """``unix://`` is a Redis URL the settings take: a batch fetches its capture and records
+    its result over one, and a worker's beat is read back (redis-py 7.2.0 and 8.0.0 failed
+    every command on such a connection, which the dependency's range leaves out)."""
+    with private_redis(tmp_path, unix_socket=True) as url:
+        store = RedisStore(connect(url), "heimdall-unix:")
+        local = replace(services, redis=store)
+        capture = simulator.simulate(rng, sample_rate_hz=12_000.0, duration_s=0.25)
+        message = queue_job(local, capture)
+        [outcome] = run_jobs([(message, message["job_id"])], local)
+        assert outcome.status == "succeeded", outcome.error
+        assert store.client.get(store.result_key(message["job_id"])) is not None
+        store.heartbeat("host:1", {"worker_id": "host:1"}, 10)
+        assert [w["worker_id"] for w in store.workers()] == ["host:1"]
+        store.client.close()
