@@ -209,6 +209,12 @@ def shim_env(settings: Settings, port: int, runtime_dir: Path) -> dict[str, str]
     }
 
 
+def shim_on_free_port(settings: Settings, runtime_dir: Path) -> tuple[int, dict[str, str], str]:
+    """A free port, the environment of a shim on it (:func:`shim_env`) and its base URL."""
+    port = free_port()
+    return port, shim_env(settings, port, runtime_dir), f"http://127.0.0.1:{port}"
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes ``pid`` started (a prefork pool's or gunicorn's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

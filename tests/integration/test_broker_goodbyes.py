@@ -23,9 +23,8 @@ import pytest
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import capture_fields
 from tests.integration.helpers import (
-    free_port,
     shim_answers,
-    shim_env,
+    shim_on_free_port,
     wait_final_row,
     worker_env,
 )
@@ -80,9 +79,7 @@ def test_health_checks_submissions_and_a_stop_leave_no_dropped_connection(
     from tasks.producer import CaptureProducer
 
     local, _, _ = own_queue  # no worker consumes: the jobs stay queued
-    port = free_port()
-    env = shim_env(local, port, tmp_path)
-    url = f"http://127.0.0.1:{port}"
+    _, env, url = shim_on_free_port(local, tmp_path)
     fields = capture_fields(capture)
     before = broker_log()
     with cli_process(["api", "--workers", "2"], tmp_path / "api.log", env) as api:

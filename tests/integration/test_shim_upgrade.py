@@ -19,7 +19,7 @@ import pytest
 
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
 from tests.helpers import capture_fields
-from tests.integration.helpers import child_pids, free_port, job_row, shim_answers, shim_env
+from tests.integration.helpers import child_pids, job_row, shim_answers, shim_on_free_port
 
 
 def _running(pid: int) -> bool:
@@ -38,9 +38,7 @@ def test_sigusr2_then_sigterm_replace_the_shim_with_no_submission_refused(
     from api_shim.client import ShimClient
 
     local, _, _ = own_queue  # no worker consumes: the jobs stay queued
-    port = free_port()
-    env = shim_env(local, port, tmp_path)
-    url = f"http://127.0.0.1:{port}"
+    port, env, url = shim_on_free_port(local, tmp_path)
     fields = capture_fields(capture)
     accepted: list[str] = []
     refused: list[BaseException] = []
@@ -106,8 +104,7 @@ def test_sigusr2_then_sigterm_replace_the_shim_with_no_submission_refused(
 def test_systemd_socket_activation_on_the_settings_address(settings, queue_cleanup, tmp_path):
     """systemd listens on the shim's address and hands the socket over: the shim serves on it
     instead of refusing to start on an address another process holds."""
-    port = free_port()
-    env = shim_env(settings, port, tmp_path)
+    port, env, url = shim_on_free_port(settings, tmp_path)
     passed = [f"--setenv={name}" for name in env]  # it hands its children nothing else
     command = [
         "systemd-socket-activate",
@@ -122,7 +119,7 @@ def test_systemd_socket_activation_on_the_settings_address(settings, queue_clean
     ]
     with managed_process(command, tmp_path / "api.log", {**os.environ, **env}) as api:
         # it starts the shim on the first connection and that connection waits for it
-        wait_until("the shim", lambda: shim_answers(f"http://127.0.0.1:{port}"), 60, api)
+        wait_until("the shim", lambda: shim_answers(url), 60, api)
         assert api.poll() is None
     assert "cannot listen" not in (tmp_path / "api.log").read_text()
 
@@ -144,9 +141,7 @@ def test_sighup_restarts_the_shims_processes_and_the_master_keeps_nothing_of_the
     """SIGHUP forks every shim process afresh, back to back: the master holds the descriptors
     and threads it held before, however often (gunicorn 26.0 left its control socket's thread
     and descriptors behind at each such fork, until the master could open nothing)."""
-    port = free_port()
-    env = shim_env(settings, port, tmp_path)
-    url = f"http://127.0.0.1:{port}"
+    _, env, url = shim_on_free_port(settings, tmp_path)
     with cli_process(["api", "--workers", "8"], tmp_path / "api.log", env) as api:
         wait_until("the shim", lambda: shim_answers(url) and len(child_pids(api.pid)) == 8, 60, api)
         time.sleep(2.0)  # every process set up
