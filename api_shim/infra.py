@@ -153,8 +153,8 @@ def model_check(settings: Settings, store: RedisStore) -> dict[str, Any]:
             return {"ok": False, "error": outage, "workers": []}
     except (ModelError, RegistryError) as exc:
         return {"ok": False, "error": str(exc), "workers": []}
-    try:
-        metadata = load_metadata(model_dir, verify=True)
+    try:  # a registry's copy was verified as it was found
+        metadata = load_metadata(model_dir, verify=settings.model_source != "registry")
         workers = serving_workers(settings, store)
     except ModelError as exc:
         return {"ok": False, "error": str(exc), "workers": []}

@@ -117,6 +117,14 @@ class LocalCopies:
         """Keep what the registry's aliases name (written only when that changed)."""
         self._keep(self.root / ALIASES_FILE, {"aliases": aliases})
 
+    def remember_aliases_of(self, version: str, aliases: list[str]) -> None:
+        """Keep that ``aliases`` name ``version``, and that no other alias does (one version
+        read with its aliases; written only when that changed)."""
+        known = self.last_read_aliases()
+        named = {a: v for a, v in known.items() if v != version} | dict.fromkeys(aliases, version)
+        if named != known:
+            self.remember_aliases(named)
+
     def remember_version(self, found: RegisteredVersion) -> None:
         """Keep the registry's record of a version whose copy was just verified."""
         record = {k: v for k, v in found.to_json().items() if k != "aliases"}  # aliases move
@@ -131,12 +139,17 @@ class LocalCopies:
         """
         model_dir = self.target(version) / "model"
         try:
-            actual = file_sha256(model_dir / "model.onnx")
+            actual = file_sha256(model_dir / "model.onnx")  # read once: both checks use it
             if actual != sha256:
                 raise ModelError(
                     f"version {version}: model.onnx has sha256 {actual}, the registry says {sha256}"
                 )
-            load_metadata(model_dir, verify=True)
+            described = load_metadata(model_dir, verify=False).sha256
+            if described != actual:
+                raise ModelError(
+                    f"version {version}: model.onnx has sha256 {actual}, model.json says "
+                    f"{described}"
+                )
         except (ModelError, FileNotFoundError) as exc:
             shutil.rmtree(self.target(version), ignore_errors=True)
             raise ModelError(f"{self.root.name} version {version} refused: {exc}") from None

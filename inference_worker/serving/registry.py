@@ -133,7 +133,12 @@ class ModelRegistry:
             raise RegistryError(
                 f"{self.name}: no version or alias {reference!r} ({exc.error_code})"
             ) from None
-        aliases = [a for a, v in self.aliases().items() if str(v) == str(found.version)]
+        version = str(found.version)
+        aliases = [str(a) for a in found.aliases or ()]  # read with the version, in one call
+        if reference.isdigit() or reference in aliases:
+            self.copies.remember_aliases_of(version, aliases)
+        else:  # a store that does not list a version's aliases with it: read them all
+            aliases = [a for a, v in self.aliases().items() if v == version]
         return self._describe(found, aliases)
 
     @staticmethod
@@ -346,5 +351,12 @@ def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool
             settings.model_alias,
         )
         return model_dir
-    log.info("serving %s version %s (%s)", settings.model_name, found.version, settings.model_alias)
+    # Said once as a process starts; every health check and model view also asks.
+    log.log(
+        logging.INFO if bootstrap else logging.DEBUG,
+        "serving %s version %s (%s)",
+        settings.model_name,
+        found.version,
+        settings.model_alias,
+    )
     return model_dir

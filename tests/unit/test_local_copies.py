@@ -8,6 +8,7 @@ held its jobs until the registry came back, though a verified copy of the champi
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,45 @@ def test_an_alias_is_known_as_the_registry_last_named_it(registry, centroid_mode
     assert registry.copies.last_known(second.version)[0].version == second.version
 
 
+def test_a_version_is_read_with_its_aliases_in_one_call(registry, centroid_model_dir, monkeypatch):
+    """Every health check resolves the served alias: the registered model (every alias and
+    version) was read a second time to name the version's aliases, which it comes with."""
+    registry.set_alias(CHALLENGER, "1")
+    second = registry.register(centroid_model_dir)
+    whole_reads = []
+    read_whole = registry.client.get_registered_model
+
+    def counted(*args):
+        whole_reads.append(args)
+        return read_whole(*args)
+
+    monkeypatch.setattr(registry.client, "get_registered_model", counted)
+    found, _ = registry.fetch(CHAMPION)
+    assert (found.version, found.aliases, whole_reads) == ("1", (CHALLENGER, CHAMPION), [])
+    assert registry.copies.last_read_aliases() == {CHALLENGER: "1", CHAMPION: "1"}
+    registry.client.set_registered_model_alias(registry.name, CHAMPION, second.version)
+    registry.client.delete_registered_model_alias(registry.name, CHALLENGER)
+    whole_reads.clear()  # (MLflow's own, moving the aliases)
+    assert registry.resolve("1").aliases == ()  # neither names it now: neither is kept
+    assert registry.copies.last_read_aliases() == {}
+    assert registry.resolve(CHAMPION).version == second.version
+    assert registry.copies.last_read_aliases() == {CHAMPION: second.version}
+    assert whole_reads == []
+
+
+def test_a_store_that_does_not_list_a_version_s_aliases_is_asked_for_them(registry, monkeypatch):
+    by_alias = registry.client.get_model_version_by_alias
+
+    def without_aliases(*args):
+        found = by_alias(*args)
+        found.aliases = []
+        return found
+
+    monkeypatch.setattr(registry.client, "get_model_version_by_alias", without_aliases)
+    assert registry.resolve(CHAMPION).aliases == (CHAMPION,)
+    assert registry.copies.last_read_aliases() == {CHAMPION: "1"}
+
+
 def test_nothing_is_known_of_a_version_never_fetched_or_of_another_registry(registry):
     registry.aliases()
     with pytest.raises(NotKnownHere, match="version 1"):
@@ -93,6 +133,16 @@ def test_a_copy_changed_on_disk_is_refused_and_removed(registry):
     assert not model_dir.exists()
     with pytest.raises(NotKnownHere):
         registry.copies.last_known(CHAMPION)
+
+
+def test_a_copy_whose_metadata_names_another_file_is_refused(registry):
+    _, model_dir = registry.fetch(CHAMPION)
+    described = json.loads((model_dir / "model.json").read_text())
+    described["sha256"] = "0" * 64
+    (model_dir / "model.json").write_text(json.dumps(described))
+    with pytest.raises(ModelError, match="model.json says 0000"):
+        registry.copies.last_known(CHAMPION)
+    assert not model_dir.exists()
 
 
 def test_a_registry_that_does_not_answer_leaves_the_copy_only_where_asked(tmp_path, model_dir):
