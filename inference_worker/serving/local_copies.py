@@ -258,6 +258,16 @@ def cache_dir(settings: Any) -> Path:
     return Path(settings.data_dir) / "model-cache"
 
 
+def copy_refusal(version: str, folder: Path, exc: Exception) -> str:
+    """One line for a download that could not be kept on this host (MLflow lists each file's
+    failure on lines of its own: the last says why)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    said = f"version {version} cannot be kept in {folder}: {lines[-1] if lines else exc}"
+    if "No space left" in said:
+        said += " (`heimdall-inference models prune-cache` frees this host's older copies)"
+    return said
+
+
 def last_known_copy(
     settings: Any, reference: str, outage: RegistryUnavailable
 ) -> tuple[RegisteredVersion, Path]:

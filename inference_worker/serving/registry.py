@@ -23,7 +23,12 @@ from typing import Any, ParamSpec, TypeVar
 from inference_worker.core.contract import ModelError
 from inference_worker.serving.aliases import CHALLENGER as CHALLENGER  # callers import them here
 from inference_worker.serving.aliases import CHAMPION, alias_refusal
-from inference_worker.serving.local_copies import LocalCopies, Pruned, RegisteredVersion
+from inference_worker.serving.local_copies import (
+    LocalCopies,
+    Pruned,
+    RegisteredVersion,
+    copy_refusal,
+)
 from inference_worker.serving.local_copies import (  # callers import them here
     cache_dir as cache_dir,
 )
@@ -133,12 +138,11 @@ class ModelRegistry:
             raise RegistryError(
                 f"{self.name}: no version or alias {reference!r} ({exc.error_code})"
             ) from None
-        version = str(found.version)
         aliases = [str(a) for a in found.aliases or ()]  # read with the version, in one call
         if reference.isdigit() or reference in aliases:
-            self.copies.remember_aliases_of(version, aliases)
+            self.copies.remember_aliases_of(str(found.version), aliases)
         else:  # a store that does not list a version's aliases with it: read them all
-            aliases = [a for a, v in self.aliases().items() if v == version]
+            aliases = [a for a, v in self.aliases().items() if v == str(found.version)]
         return self._describe(found, aliases)
 
     @staticmethod
@@ -315,16 +319,6 @@ def open_registry(settings: Any) -> ModelRegistry:
     )
 
 
-def copy_refusal(version: str, folder: Path, exc: Exception) -> str:
-    """One line for a download that could not be kept on this host (MLflow lists each file's
-    failure on lines of its own: the last says why)."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    said = f"version {version} cannot be kept in {folder}: {lines[-1] if lines else exc}"
-    if "No space left" in said:
-        said += " (`heimdall-inference models prune-cache` frees this host's older copies)"
-    return said
-
-
 def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool = False) -> Path:
     """The model folder to serve: ``model_dir``, or the verified copy of the registry alias.
 
@@ -351,12 +345,6 @@ def serving_model_dir(settings: Any, *, bootstrap: bool = False, fall_back: bool
             settings.model_alias,
         )
         return model_dir
-    # Said once as a process starts; every health check and model view also asks.
-    log.log(
-        logging.INFO if bootstrap else logging.DEBUG,
-        "serving %s version %s (%s)",
-        settings.model_name,
-        found.version,
-        settings.model_alias,
-    )
+    said = f"serving {settings.model_name} version {found.version} ({settings.model_alias})"
+    log.log(logging.INFO if bootstrap else logging.DEBUG, said)  # health checks ask too
     return model_dir

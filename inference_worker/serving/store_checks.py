@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import amqp.exceptions
 import kombu
@@ -23,9 +23,13 @@ from inference_worker.storage.reachability import (
 )
 from inference_worker.urls import redact_secrets
 
+if TYPE_CHECKING:
+    from inference_worker.storage.engine import ConnectionUse
+
 Level = Literal["ok", "warn", "fail"]
 FULL_FRACTION = 0.8
-"""Redis this full of its ``maxmemory`` is worth a warning: a full one refuses submissions."""
+"""Redis this full of its ``maxmemory`` is worth a warning: a full one refuses submissions;
+so is a PostgreSQL with this share of the connections it allows open."""
 ALARM_PROBE_TIMEOUT_S = 2.0
 """How long the broker has to confirm the probe's message or say that it blocks it."""
 
@@ -205,6 +209,7 @@ def check_redis(settings: Settings) -> list[Finding]:
 def check_database(settings: Settings) -> list[Finding]:
     from inference_worker.storage.engine import (
         UnknownMigration,
+        connection_use,
         engine_for,
         known_revisions,
         schema_revision,
@@ -262,6 +267,19 @@ def check_database(settings: Settings) -> list[Finding]:
                         "submission: `heimdall-inference jobs stuck` says what is known of each",
                     )
                 )
-        return findings
+        return findings + _connection_findings(connection_use(engine), settings)
     finally:
         engine.dispose()
+
+
+def _connection_findings(use: ConnectionUse, settings: Settings) -> list[Finding]:
+    if use.open < FULL_FRACTION * use.allowed:
+        return []
+    message = (
+        f"{redact_url(settings.database_url)} has {use.open} of the {use.allowed} connections "
+        f"it allows open ({use.ours} of them heimdall's processes'): when none is left, the "
+        "next process's connection is refused (too many clients) and its submissions or jobs "
+        "wait; raise max_connections, or run fewer shim processes or threads "
+        f"(HEIMDALL_API_WORKERS, HEIMDALL_API_THREADS: each shim process keeps up to threads + 1)"
+    )
+    return [Finding("postgresql", "warn", message)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -131,6 +132,35 @@ def schema_revision(engine: Engine, schema: str) -> str | None:
     """The migration the job schema ``schema`` is at; None when it was never migrated."""
     with engine.connect() as connection:
         return _revision(connection, schema)
+
+
+@dataclass(frozen=True)
+class ConnectionUse:
+    """The server's client connections: how many are open, how many it allows roles without
+    superuser rights, and how many of the open ones heimdall's processes hold (by the
+    ``application_name`` each names itself with)."""
+
+    open: int
+    allowed: int
+    ours: int
+
+
+def connection_use(engine: Engine) -> ConnectionUse:
+    """How many connections the database server has open and allows (every database's)."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"
+                " current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                # PostgreSQL 16 and later reserve some for roles granted pg_use_reserved_connections
+                " - coalesce(nullif(current_setting('reserved_connections', true), ''), '0')::int,"
+                " count(*) FILTER (WHERE backend_type = 'client backend'"
+                " AND application_name LIKE 'heimdall%')"
+                " FROM pg_stat_activity"
+            )
+        ).one()
+    return ConnectionUse(open=row[0], allowed=row[1], ours=row[2])
 
 
 def _revision(connection: sa.Connection, schema: str) -> str | None:

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,19 +23,14 @@ from inference_worker.serving.deployment_check import (
     check_workers,
 )
 from inference_worker.serving.registry import serving_model_dir
-from inference_worker.serving.store_checks import check_broker, check_database, check_redis
+from inference_worker.serving.store_checks import check_broker, check_redis
 from inference_worker.settings import Settings
-from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import known_revisions
 from inference_worker.storage.redis_store import RedisStore
 from tasks.app import dead_letter_queue_name, declare_queues
-from tasks.contract import read_message
-from tasks.outbox import record_job
-from tests.helpers import capture_message
 from tests.integration.helpers import (
     free_port,
     in_area,
-    migrated_schema,
     private_redis,
     run_check,
     worker_env,
@@ -104,31 +98,6 @@ def test_a_nearly_full_redis_is_named(settings: Settings, tmp_path: Path) -> Non
         findings = check_redis(settings.model_copy(update={"redis_url": url}))
     assert len(findings) == 1 and findings[0].level == "warn", findings
     assert "of its maxmemory: when full, submissions are refused (503)" in findings[0].message
-
-
-def test_schema_missing_behind_ahead_and_stuck_jobs(settings: Settings, capture) -> None:
-    schema = f"{settings.database_schema}_chk{uuid.uuid4().hex[:6]}"
-    local = settings.model_copy(update={"database_schema": schema, "stuck_after_s": 0.0})
-    [(level, message)] = in_area(check_database(local), "postgresql")
-    assert level == "fail" and "has no tables yet: run `heimdall-inference migrate`" in message
-
-    with migrated_schema(local.database_url, schema) as engine:
-        assert in_area(check_database(local), "postgresql")[0][0] == "ok"
-        record_job(JobStore(engine), read_message(capture_message(capture, "waits", "k")))
-        time.sleep(0.01)
-        [_, (level, message)] = in_area(check_database(local), "postgresql")
-        assert level == "warn" and message.startswith("1 job(s) not final 0 s after submission")
-
-        older, newest = known_revisions()[-2:]
-        with engine.connect() as connection:
-            update = sa.text("UPDATE alembic_version SET version_num = :v")
-            connection.execute(update, {"v": older})
-            [(level, message)] = in_area(check_database(local), "postgresql")
-            assert level == "warn"
-            assert f"at migration {older}, this release's is {newest}: run" in message
-            connection.execute(update, {"v": "9999"})
-            [(level, message)] = in_area(check_database(local), "postgresql")
-            assert level == "fail" and "which this release does not know" in message
 
 
 def test_queues_undeclared_of_other_arguments_and_dead_letters(settings: Settings) -> None:
