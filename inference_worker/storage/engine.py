@@ -146,17 +146,21 @@ class ConnectionUse:
 
 
 def connection_use(engine: Engine) -> ConnectionUse:
-    """How many connections the database server has open and allows (every database's)."""
+    """How many connections the database server has open and allows (every database's).
+
+    A role without ``pg_read_all_stats`` sees no ``backend_type`` for other roles' sessions:
+    those are counted as clients (the logical replication launcher among them, one too many).
+    """
+    client = "(backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))"
     with engine.connect() as connection:
         row = connection.execute(
             sa.text(
-                "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"
+                f"SELECT count(*) FILTER (WHERE {client}),"
                 " current_setting('max_connections')::int"
                 " - current_setting('superuser_reserved_connections')::int"
                 # PostgreSQL 16 and later reserve some for roles granted pg_use_reserved_connections
                 " - coalesce(nullif(current_setting('reserved_connections', true), ''), '0')::int,"
-                " count(*) FILTER (WHERE backend_type = 'client backend'"
-                " AND application_name LIKE 'heimdall%')"
+                f" count(*) FILTER (WHERE {client} AND application_name LIKE 'heimdall%')"
                 " FROM pg_stat_activity"
             )
         ).one()

@@ -15,7 +15,7 @@ from inference_worker.serving import store_checks
 from inference_worker.serving.store_checks import check_database
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import known_revisions
+from inference_worker.storage.engine import connection_use, known_revisions
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message
@@ -84,3 +84,29 @@ def near_the_limit(settings: Settings, allowed: int, monkeypatch: pytest.MonkeyP
     assert counts[0][1] == counts[1][1] == allowed
     assert counts[0][2] >= 1 and counts[1][2] >= 3 + 1  # the check's own, and those held
     assert all(open_ >= ours for open_, _, ours in counts)
+
+
+def test_a_role_that_cannot_see_other_roles_sessions_still_counts_them(settings: Settings) -> None:
+    """PostgreSQL hides other roles' ``backend_type`` from a role without pg_read_all_stats: a
+    deployment connecting as its own role counted only its own sessions."""
+    role = f"heimdall_chk_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+    url = sa.make_url(settings.database_url).set(username=role, password=None)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+    plain = sa.create_engine(url)
+    named = sa.create_engine(settings.database_url, connect_args={"application_name": "heimdall-t"})
+    held = [named.connect() for _ in range(3)]  # heimdall's, of a role the plain one is not
+    try:
+        seen_by_all, seen_by_plain = connection_use(admin), connection_use(plain)
+    finally:
+        for connection in held:
+            connection.close()
+        named.dispose()
+        plain.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()
+    assert seen_by_plain.allowed == seen_by_all.allowed
+    assert seen_by_all.ours >= 3 and abs(seen_by_plain.ours - seen_by_all.ours) <= 2
+    assert abs(seen_by_plain.open - seen_by_all.open) <= 3  # sessions come and go meanwhile
