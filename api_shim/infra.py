@@ -24,6 +24,7 @@ from inference_worker.serving.registry import (
     serving_model_dir,
 )
 from inference_worker.settings import Settings
+from inference_worker.storage.engine import connection_use
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore
@@ -107,6 +108,7 @@ def metrics() -> Response:
     collectors = (
         QueueDepth(shim.broker_probe, settings.queue),
         StuckJobs(shim.maintenance, settings.stuck_after_s),
+        DatabaseConnections(shim.maintenance),
     )
     body, content_type = observability.render(collectors)
     return Response(body, content_type=content_type)
@@ -221,4 +223,33 @@ class StuckJobs:
             "heimdall_jobs_stuck",
             f"Jobs not final {self.stuck_after_s:g} s after submission (HEIMDALL_STUCK_AFTER_S).",
             value=count,
+        )
+
+
+class DatabaseConnections:
+    """Collector of the PostgreSQL server's open connections (all of them, and heimdall's) and
+    of how many it allows, asked at scrape time: past them it refuses the next process's."""
+
+    def __init__(self, maintenance: JobMaintenance) -> None:
+        self.maintenance = maintenance
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            use = connection_use(self.maintenance.engine)
+        except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down
+            log.debug("database connections unavailable: %s", redact_secrets(str(exc)))
+            return
+        open_ = GaugeMetricFamily(
+            "heimdall_database_connections",
+            "Client connections the PostgreSQL server has open: all, and heimdall's processes'.",
+            labels=["owner"],
+        )
+        open_.add_metric(["all"], use.open)
+        open_.add_metric(["heimdall"], use.ours)
+        yield open_
+        yield GaugeMetricFamily(
+            "heimdall_database_connections_allowed",
+            "Client connections the PostgreSQL server allows (max_connections less those "
+            "reserved for superusers).",
+            value=use.allowed,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,6 +110,15 @@ def test_shim_metrics_are_prometheus_text_with_submissions_and_queue_depth(clien
     assert response.status_code == 200 and response.mimetype == "text/plain"
     assert 'heimdall_submission_seconds_count{endpoint="predict",status="202"}' in text
     assert "heimdall_queue_messages{" in text and "heimdall_queue_consumers{" in text
+    gauges = {
+        name: float(value)
+        for name, value in re.findall(r"^(heimdall_database_connections\S*) (\S+)$", text, re.M)
+    }
+    everyone, ours = (
+        gauges[f'heimdall_database_connections{{owner="{owner}"}}'] for owner in ("all", "heimdall")
+    )
+    assert everyone >= ours >= 1  # the scrape's own connection among heimdall's
+    assert gauges["heimdall_database_connections_allowed"] > everyone
 
 
 def test_worker_serves_job_metrics_from_all_its_processes(client, worker, capture, settings):
