@@ -139,9 +139,9 @@ class ModelRegistry:
                 f"{self.name}: no version or alias {reference!r} ({exc.error_code})"
             ) from None
         aliases = [str(a) for a in found.aliases or ()]  # read with the version, in one call
-        if reference.isdigit() or reference in aliases:
+        if reference in aliases or (reference.isdigit() and aliases):
             self.copies.remember_aliases_of(str(found.version), aliases)
-        else:  # a store that does not list a version's aliases with it: read them all
+        else:  # none listed: a version no alias names, or a store that lists none with it
             aliases = [a for a, v in self.aliases().items() if v == str(found.version)]
         return self._describe(found, aliases)
 

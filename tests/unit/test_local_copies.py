@@ -81,24 +81,32 @@ def test_a_version_is_read_with_its_aliases_in_one_call(registry, centroid_model
     registry.client.set_registered_model_alias(registry.name, CHAMPION, second.version)
     registry.client.delete_registered_model_alias(registry.name, CHALLENGER)
     whole_reads.clear()  # (MLflow's own, moving the aliases)
-    assert registry.resolve("1").aliases == ()  # neither names it now: neither is kept
-    assert registry.copies.last_read_aliases() == {}
     assert registry.resolve(CHAMPION).version == second.version
-    assert registry.copies.last_read_aliases() == {CHAMPION: second.version}
+    # challenger, removed since, is kept as last read until a reading shows it gone
+    assert registry.copies.last_read_aliases() == {CHALLENGER: "1", CHAMPION: second.version}
     assert whole_reads == []
+    assert registry.resolve("1").aliases == ()  # a version no alias names: all are read
+    assert registry.copies.last_read_aliases() == {CHAMPION: second.version}
+    assert len(whole_reads) == 1
 
 
 def test_a_store_that_does_not_list_a_version_s_aliases_is_asked_for_them(registry, monkeypatch):
-    by_alias = registry.client.get_model_version_by_alias
+    """What this host keeps of the aliases (to serve through an outage) is not forgotten."""
+    for read in ("get_model_version_by_alias", "get_model_version"):
+        monkeypatch.setattr(registry.client, read, without_aliases(getattr(registry.client, read)))
+    assert registry.resolve(CHAMPION).aliases == (CHAMPION,)
+    assert registry.copies.last_read_aliases() == {CHAMPION: "1"}
+    assert registry.resolve("1").aliases == (CHAMPION,)
+    assert registry.copies.last_read_aliases() == {CHAMPION: "1"}
 
-    def without_aliases(*args):
-        found = by_alias(*args)
+
+def without_aliases(read):
+    def read_without(*args):
+        found = read(*args)
         found.aliases = []
         return found
 
-    monkeypatch.setattr(registry.client, "get_model_version_by_alias", without_aliases)
-    assert registry.resolve(CHAMPION).aliases == (CHAMPION,)
-    assert registry.copies.last_read_aliases() == {CHAMPION: "1"}
+    return read_without
 
 
 def test_nothing_is_known_of_a_version_never_fetched_or_of_another_registry(registry):
