@@ -107,8 +107,7 @@ def metrics() -> Response:
     settings = shim.settings
     collectors = (
         QueueDepth(shim.broker_probe, settings.queue),
-        StuckJobs(shim.maintenance, settings.stuck_after_s),
-        DatabaseConnections(shim.maintenance),
+        DatabaseGauges(shim.maintenance, settings.stuck_after_s),
     )
     body, content_type = observability.render(collectors)
     return Response(body, content_type=content_type)
@@ -206,47 +205,35 @@ class QueueDepth:
         yield consumers
 
 
-class StuckJobs:
-    """Collector of the jobs not final ``stuck_after_s`` after submission, asked of PostgreSQL at
-    scrape time (an index on unfinished jobs keeps it cheap)."""
+class DatabaseGauges:
+    """Collector of what PostgreSQL says at scrape time: the jobs not final ``stuck_after_s``
+    after submission (an index on unfinished jobs keeps it cheap), and the server's open
+    connections (all of them, and heimdall's) against how many it allows — past them it refuses
+    the next process's. One attempt a scrape: a database down costs it one connect timeout."""
 
     def __init__(self, maintenance: JobMaintenance, stuck_after_s: float) -> None:
         self.maintenance, self.stuck_after_s = maintenance, stuck_after_s
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            count = self.maintenance.count_not_final(self.stuck_after_s)
+            stuck = self.maintenance.count_not_final(self.stuck_after_s)
+            use = connection_use(self.maintenance.engine)
         except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down
-            log.debug("stuck jobs unavailable: %s", redact_secrets(str(exc)))
+            log.debug("database gauges unavailable: %s", redact_secrets(str(exc)))
             return
         yield GaugeMetricFamily(
             "heimdall_jobs_stuck",
             f"Jobs not final {self.stuck_after_s:g} s after submission (HEIMDALL_STUCK_AFTER_S).",
-            value=count,
+            value=stuck,
         )
-
-
-class DatabaseConnections:
-    """Collector of the PostgreSQL server's open connections (all of them, and heimdall's) and
-    of how many it allows, asked at scrape time: past them it refuses the next process's."""
-
-    def __init__(self, maintenance: JobMaintenance) -> None:
-        self.maintenance = maintenance
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            use = connection_use(self.maintenance.engine)
-        except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down
-            log.debug("database connections unavailable: %s", redact_secrets(str(exc)))
-            return
-        open_ = GaugeMetricFamily(
+        connections = GaugeMetricFamily(
             "heimdall_database_connections",
             "Client connections the PostgreSQL server has open: all, and heimdall's processes'.",
             labels=["owner"],
         )
-        open_.add_metric(["all"], use.open)
-        open_.add_metric(["heimdall"], use.ours)
-        yield open_
+        connections.add_metric(["all"], use.open)
+        connections.add_metric(["heimdall"], use.ours)
+        yield connections
         yield GaugeMetricFamily(
             "heimdall_database_connections_allowed",
             "Client connections the PostgreSQL server allows (max_connections less those "
