@@ -122,17 +122,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_metadata(model_dir: Path, *, verify: bool = True) -> ModelMetadata:
-    """Read a model folder's metadata; with ``verify`` also check the ONNX file's sha256."""
+def load_metadata(
+    model_dir: Path, *, verify: bool = True, digest: str | None = None
+) -> ModelMetadata:
+    """Read a model folder's metadata; with ``verify`` also check the ONNX file's sha256
+    (``digest``: the file's, where the caller has just read it, so it is not read again)."""
     metadata = ModelMetadata.load(model_dir / "model.json")
     if verify:
         onnx_file = model_dir / "model.onnx"
-        if not onnx_file.is_file():
+        if digest is None and not onnx_file.is_file():
             raise ModelError(f"model file not found: {onnx_file}")
-        actual = file_sha256(onnx_file)
+        actual = digest or file_sha256(onnx_file)
         if actual != metadata.sha256:
             raise ModelError(
-                f"model file {onnx_file} has sha256 {actual}, metadata says {metadata.sha256}"
+                f"model file {onnx_file} has sha256 {actual}, model.json says {metadata.sha256}"
             )
     return metadata
 
