@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 ALIASES_FILE = "aliases.json"
 VERSION_FILE = "version.json"
 LOCK_FILE = ".lock"
+ALIASES_LOCK_FILE = ".aliases.lock"
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,24 @@ class LocalCopies:
     def remember_aliases_of(self, version: str, aliases: list[str]) -> None:
         """Keep that ``aliases`` name ``version``, and that no other alias does (one version
         read with its aliases; written only when that changed)."""
+
+        def merged(known: dict[str, str]) -> dict[str, str]:
+            return {a: v for a, v in known.items() if v != version} | dict.fromkeys(
+                aliases, version
+            )
+
         known = self.last_read_aliases()
-        named = {a: v for a, v in known.items() if v != version} | dict.fromkeys(aliases, version)
-        if named != known:
-            self.remember_aliases(named)
+        if merged(known) == known:  # the usual case: nothing to write, no lock taken
+            return
+        try:  # read again under the lock: another process's merge since is kept, not lost
+            with self._aliases_locked():
+                self.remember_aliases(merged(self.last_read_aliases()))
+        except OSError as exc:
+            log.warning(
+                "cannot keep %s (needed to serve while the registry is down): %s",
+                self.root / ALIASES_FILE,
+                exc,
+            )
 
     def remember_version(self, found: RegisteredVersion) -> None:
         """Keep the registry's record of a version whose copy was just verified."""
@@ -169,6 +184,18 @@ class LocalCopies:
             raise NotKnownHere(f"no verified copy of version {version} on this host")
         found = RegisteredVersion.from_json(record, () if reference.isdigit() else (reference,))
         return found, self.verify(version, found.sha256)
+
+    @contextlib.contextmanager
+    def _aliases_locked(self) -> Iterator[None]:
+        """Hold the lock of ``aliases.json``'s merges (its own: a merge never waits on a copy
+        being fetched)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.root / ALIASES_LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)
 
     @contextlib.contextmanager
     def locked(self, *, exclusive: bool = False) -> Iterator[None]:

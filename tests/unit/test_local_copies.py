@@ -7,10 +7,12 @@ held its jobs until the registry came back, though a verified copy of the champi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,31 @@ def test_a_copy_this_host_cannot_keep_is_refused_in_one_line(registry, monkeypat
     assert said.startswith("version 1 cannot be kept in ") and "\n" not in said
     assert "No space left on device" in said and "models prune-cache" in said
     assert not [p for p in registry.copies.root.iterdir() if p.is_dir()]  # nothing half kept
+
+
+def test_two_processes_remembering_aliases_at_once_keep_both(tmp_path, monkeypatch):
+    """Each merge of one version's aliases reads, merges and writes ``aliases.json``: two at
+    once both read the file before either wrote, and the second write lost the first's alias
+    (a process starting in a later outage then served what the lost alias named before)."""
+    copies = LocalCopies(tmp_path / "heimdall", "sqlite:///registry.db")
+    copies.remember_aliases({"champion": "1"})
+    both_read = threading.Barrier(2, timeout=1.0)
+    read = LocalCopies.last_read_aliases
+
+    def slow_read(self: LocalCopies) -> dict[str, str]:
+        known = read(self)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()  # under the lock only one reader gets here before the other writes
+        return known
+
+    monkeypatch.setattr(LocalCopies, "last_read_aliases", slow_read)
+    merges = [
+        threading.Thread(target=copies.remember_aliases_of, args=("2", ["champion"])),
+        threading.Thread(target=copies.remember_aliases_of, args=("3", ["challenger"])),
+    ]
+    for merge in merges:
+        merge.start()
+    for merge in merges:
+        merge.join()
+    monkeypatch.undo()
+    assert copies.last_read_aliases() == {"champion": "2", "challenger": "3"}
