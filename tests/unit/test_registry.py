@@ -217,7 +217,7 @@ def test_processes_fetching_a_version_together_each_get_a_verified_copy(tmp_path
     local = Path(done[0].stdout.strip())
     assert (local / "model.onnx").read_bytes() == (model_dir / "model.onnx").read_bytes()
     kept = sorted(p.name for p in local.parent.parent.iterdir())
-    assert kept == [".lock", "1", "aliases.json"]  # no download left behind
+    assert kept == [".aliases.lock", ".lock", "1", "aliases.json"]  # no download left behind
 
 
 @pytest.mark.parametrize(
