@@ -32,17 +32,18 @@ def cached_answer(
     store: RedisStore, served: ServedModelCache, message: LocateMessage, cache_ttl_s: int
 ) -> CachedAnswer | None:
     """The serving model's cached result for this capture, if the job is the champion's and
-    the capture was located already (one Redis round trip); ``None`` otherwise, or when Redis
-    does not answer (the usual path then says what is down)."""
+    the capture was located already (one Redis round trip); ``None`` otherwise.
+
+    Raises:
+        Any error of Redis's (:data:`STORE_ERRORS`): a Redis that cannot be read cannot take
+            the capture either, so the submission is refused before its row is written.
+    """
     summary = served.current()
     if summary is None or message.model or message.method != "model" or cache_ttl_s <= 0:
         return None
     started = time.perf_counter()
     key = store.cache_key(summary.version, summary.sha256, capture_fingerprint(message))
-    try:
-        fraction, cached = store.cached_answer(key)
-    except STORE_ERRORS:
-        return None
+    fraction, cached = store.cached_answer(key)
     if cached is None or challenger_share(message.job_id) < fraction:
         return None  # not seen, or this job goes to the challenger
     lookup_ms = round((time.perf_counter() - started) * 1e3, 3)

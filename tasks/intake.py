@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import amqp.exceptions
 import kombu.exceptions
 import numpy as np
+import redis.exceptions
 
 from inference_worker.core.capture import (
     CaptureError,
@@ -242,7 +243,10 @@ class Intake:
         status, created = "queued", True
         pending = None  # a note of the new job while it waits, stored beside its capture
         if self.jobs is not None:
-            answer = cached_answer(self.store, self.served, message, self.settings.cache_ttl_s)
+            try:
+                answer = cached_answer(self.store, self.served, message, self.settings.cache_ttl_s)
+            except STORE_ERRORS as exc:  # nothing written yet: refused at once
+                self._refuse(job_id, blob_key, False, exc)
             row, created = self._record(message, answer)
             status = row["status"]
             if created and answer is not None:
@@ -328,22 +332,30 @@ class Intake:
         """Answer a submission the stores or the broker could not take, having withdrawn what
         it left (``withdraw``: its row and capture are this submission's own)."""
         if withdraw:
-            self._withdraw(job_id, blob_key)
+            self._withdraw(job_id, blob_key, exc)
         reason = describe_unavailable(exc) if isinstance(exc, STORE_ERRORS) else None
         reason = reason or describe_broker_refusal(exc)
         log.error("could not accept job %s, %s: %s: %s", job_id, reason, type(exc).__name__, exc)
         raise ServiceUnavailable(f"{reason}; retry later") from None
 
-    def _withdraw(self, job_id: str, blob_key: str) -> None:
-        undo: list[Callable[[], None]] = [
-            lambda: self.store.delete_blob(blob_key),
-            lambda: self.store.delete_pending_note(job_id),
-        ]
+    def _withdraw(self, job_id: str, blob_key: str, cause: BaseException) -> None:
+        """Remove what the submission left: its row, then its capture and note in Redis —
+        unless Redis is what did not answer (it would cost the client one more timeout; they
+        expire on their own)."""
         if self.jobs is not None:
-            jobs = self.jobs
-            undo.append(lambda: jobs.delete_queued(job_id))
-        for step in undo:
             try:
-                step()
+                self.jobs.delete_queued(job_id)
             except Exception as exc:  # best effort: the original failure is what the client hears
                 log.warning("could not withdraw job %s: %s: %s", job_id, type(exc).__name__, exc)
+        if isinstance(cause, redis.exceptions.TimeoutError):
+            return
+        try:
+            self.store.withdraw(blob_key, job_id)
+        except Exception as exc:  # best effort, as above
+            log.warning(
+                "job %s withdrawn; its capture stays in Redis until it expires (%d s): %s: %s",
+                job_id,
+                self.settings.blob_ttl_s,
+                type(exc).__name__,
+                exc,
+            )

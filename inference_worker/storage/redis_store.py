@@ -173,12 +173,15 @@ class RedisStore:
     def result_key(self, job_id: str) -> str:
         return f"{self.prefix}result:{job_id}"
 
-    def delete_pending_note(self, job_id: str) -> None:
-        """Drop the note a job was given when it was accepted (see :meth:`put_blob_and_note`),
-        unless its final view replaced it (a submission withdrawn after its capture was
-        stored)."""
+    def withdraw(self, blob_key: str, job_id: str) -> None:
+        """Drop what a withdrawn submission stored: its capture, and the note it was given (see
+        :meth:`put_blob_and_note`) unless its final view replaced it. One round trip, and one
+        more where the note is there to drop."""
         key = self.result_key(job_id)
-        value = self.client.get(key)
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.delete(blob_key)
+        pipeline.get(key)
+        value = pipeline.execute()[1]
         if value is not None and json.loads(value).get("status") not in FINAL_STATUSES:
             self.client.delete(key)
 

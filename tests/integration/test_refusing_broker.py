@@ -21,6 +21,7 @@ import pytest
 
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
+from inference_worker.core.capture import iq_digest
 from inference_worker.storage.database import JobStore
 from tests.helpers import capture_query, npy_bytes
 from tests.integration.helpers import submit_npy, worker_env
@@ -80,6 +81,9 @@ def test_a_full_queue_refusing_a_task_is_a_broker_unavailable_and_keeps_nothing(
         message = response.get_json()["error"]["message"]
         assert message.startswith("the message broker refused the job (its queue may be full)")
         assert JobStore(engine).get(refused_id) is None
+        store = app.extensions["heimdall"].store  # nor its capture, nor the note it waited with
+        assert not store.has_blob(store.blob_key(refused_id, iq_digest(variant.iq)))
+        assert store.get_result_json(refused_id) is None
         lift()
         accepted = submit_npy(client, variant, job_id=refused_id)
         assert accepted.status_code == 202, accepted.get_json()

@@ -1,0 +1,100 @@
+"""A Redis that stops answering without closing its connections (paused, behind a network that
+drops packets) costs a submission one timeout of the store's, not four.
+
+Before: a submission asked Redis for a cached result (a timeout, swallowed), wrote its row,
+stored the capture (a second timeout), then withdrew the capture and the job's note one round
+trip each (two more, each logged): 20 s before the client heard 503, a shim thread held as long.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from api_shim.app import create_app
+from inference_worker.storage.database import JobStore
+from tests.integration.helpers import private_redis, submit_npy
+
+
+@contextmanager
+def paused(redis_url: str) -> Iterator[None]:
+    """The Redis at ``redis_url`` stopped (``SIGSTOP``): it keeps its connections and answers
+    nothing until the block ends."""
+    pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def shim_on_own_redis(own_queue_factory, tmp_path: Path):
+    with private_redis(tmp_path / "redis") as redis_url:
+        local, _, _ = own_queue_factory(redis_url=redis_url)
+        app = create_app(local)
+        try:
+            yield app, redis_url
+        finally:
+            app.extensions["heimdall"].jobs.engine.dispose()
+
+
+def count_round_trips(app, monkeypatch) -> list[str]:
+    """The Redis commands (and pipelines) the shim's store sends from now on."""
+    client = app.extensions["heimdall"].store.client
+    sent: list[str] = []
+    execute, pipeline = client.execute_command, client.pipeline
+
+    def command(*args, **options):
+        sent.append(str(args[0]))
+        return execute(*args, **options)
+
+    def counted_pipeline(*args, **options):
+        made = pipeline(*args, **options)
+        run = made.execute
+
+        def counted(*more, **also):
+            sent.append("pipeline")
+            return run(*more, **also)
+
+        made.execute = counted
+        return made
+
+    monkeypatch.setattr(client, "execute_command", command)
+    monkeypatch.setattr(client, "pipeline", counted_pipeline)
+    return sent
+
+
+@pytest.mark.parametrize("model", [None, "champion"], ids=["cache-read", "named-model"])
+def test_a_silent_redis_costs_a_submission_one_wait(
+    shim_on_own_redis, engine, capture, monkeypatch, caplog, model
+):
+    """Whether the submission reads the result cache first (the champion's jobs) or not (a job
+    naming its model), Redis is waited on once; the 503 names Redis, no row is left, and one
+    line says so (the withdrawal of what Redis may hold is not attempted: it expires)."""
+    app, redis_url = shim_on_own_redis
+    client = app.test_client()
+    asked = {} if model is None else {"model": model}
+    warm = submit_npy(client, capture, **asked)
+    assert warm.status_code == 202, warm.get_json()
+    sent = count_round_trips(app, monkeypatch)
+    other = replace(capture, iq=capture.iq * np.complex64(1.0 + 1e-4))
+    job_id = f"silent-redis-{model or 'cache'}"
+    with paused(redis_url), caplog.at_level("WARNING"):
+        refused = submit_npy(client, other, job_id=job_id, **asked)
+    assert refused.status_code == 503, refused.get_json()
+    assert refused.get_json()["error"]["message"] == "Redis is unavailable; retry later"
+    assert JobStore(engine).get(job_id) is None
+    assert len(sent) == 1, sent
+    said = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"could not accept job {job_id}, Redis"), said
+    again = submit_npy(client, other, job_id=job_id, **asked)  # Redis back: accepted as new
+    assert again.status_code == 202, again.get_json()
