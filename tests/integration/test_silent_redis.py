@@ -45,6 +45,7 @@ def shim_on_own_redis(own_queue_factory, tmp_path: Path):
             yield app, redis_url
         finally:
             app.extensions["heimdall"].jobs.engine.dispose()
+            app.extensions["heimdall"].store.client.close()
 
 
 def count_round_trips(app, monkeypatch) -> list[str]:

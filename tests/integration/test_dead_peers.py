@@ -1,11 +1,14 @@
-"""A PostgreSQL whose host died or went behind a network that drops its packets sends no reset:
-without keepalives or a TCP user timeout, a statement sent to it waited ~15 min (Linux's
-retransmissions) and an idle pooled connection 2 h before failing — a shim thread or a worker
-held as long, since the statement timeout is the server's to enforce. Every connection of the
-job store now has libpq's keepalives and user timeout set (``engine.DEAD_PEER``), unless the
-database URL sets its own. (Dropping packets needs a netfilter or netem this machine's kernel
-does not have: the test reads the options on the connection's socket, where the kernel acts
-on them.)"""
+"""A store whose host died or went behind a network that drops its packets sends no reset.
+
+PostgreSQL: without keepalives or a TCP user timeout, a statement sent to it waited ~15 min
+(Linux's retransmissions) and an idle pooled connection 2 h before failing — a shim thread or a
+worker held as long, since the statement timeout is the server's to enforce. Redis: commands
+time out after 5 s, but the shim's connection listening for finished jobs only reads, and
+listened to a dead peer as long as the shim ran (each ``?wait=`` then lasted its whole wait).
+Every connection of both now has TCP keepalives and a user timeout set (``DEAD_PEER``), unless
+a PostgreSQL URL sets its own. (Dropping packets needs a netfilter or netem this machine's
+kernel does not have: the tests read the options on the connections' sockets, where the kernel
+acts on them.)"""
 
 from __future__ import annotations
 
@@ -17,6 +20,15 @@ import sqlalchemy as sa
 
 from inference_worker.settings import Settings
 from inference_worker.storage.engine import create_engine
+from inference_worker.storage.redis_store import connect
+
+GIVE_UP_IN_SECONDS = {
+    "keepalive": 1,
+    "idle": 5,
+    "interval": 2,
+    "count": 3,
+    "user_timeout_ms": 10_000,
+}
 
 
 @contextmanager
@@ -44,13 +56,7 @@ def test_job_store_connections_give_up_on_a_silent_peer_within_seconds(settings:
     engine = create_engine(settings.database_url, settings.database_schema)
     try:
         with tcp_socket_of(engine) as sock:
-            assert options(sock) == {
-                "keepalive": 1,
-                "idle": 5,
-                "interval": 2,
-                "count": 3,
-                "user_timeout_ms": 10_000,
-            }
+            assert options(sock) == GIVE_UP_IN_SECONDS
     finally:
         engine.dispose()
 
@@ -64,3 +70,23 @@ def test_a_database_url_s_own_tcp_settings_are_kept(settings: Settings):
             assert (got["idle"], got["user_timeout_ms"]) == (30, 10_000)
     finally:
         engine.dispose()
+
+
+def test_redis_connections_and_the_finished_jobs_listener_give_up_on_a_silent_peer(
+    settings: Settings,
+):
+    client = connect(settings.redis_url)
+    listener = client.pubsub(ignore_subscribe_messages=True)  # as FinishedJobs listens
+    try:
+        client.ping()
+        listener.subscribe("heimdall-test-dead-peers")
+        used = client.connection_pool.get_connection()
+        try:
+            assert listener.connection is not None
+            for sock in (used._sock, listener.connection._sock):
+                assert sock is not None and options(sock) == GIVE_UP_IN_SECONDS
+        finally:
+            client.connection_pool.release(used)
+    finally:
+        listener.close()
+        client.close()
