@@ -1,5 +1,6 @@
 """A Redis that stops answering without closing its connections (paused, behind a network that
-drops packets) costs a submission one timeout of the store's, not four.
+drops packets) costs a submission one timeout of the store's, not four, and a health check one,
+not two.
 
 Before: a submission asked Redis for a cached result (a timeout, swallowed), wrote its row,
 stored the capture (a second timeout), then withdrew the capture and the job's note one round
@@ -99,3 +100,27 @@ def test_a_silent_redis_costs_a_submission_one_wait(
     assert len(said) == 1 and said[0].startswith(f"could not accept job {job_id}, Redis"), said
     again = submit_npy(client, other, job_id=job_id, **asked)  # Redis back: accepted as new
     assert again.status_code == 202, again.get_json()
+
+
+def test_health_waits_on_a_silent_redis_once_and_says_so(shim_on_own_redis, monkeypatch):
+    """``/health`` asked Redis again for the workers' heartbeats after its ping had timed out
+    (10 s in all); ``/health/model`` answered such a Redis with a 500."""
+    app, redis_url = shim_on_own_redis
+    client = app.test_client()
+    assert client.get("/health").get_json()["checks"]["redis"]["ok"] is True
+    sent = count_round_trips(app, monkeypatch)
+    with paused(redis_url):
+        health = client.get("/health")
+        assert len(sent) == 1, sent
+        model = client.get("/health/model")
+    assert health.status_code == 503
+    checks = health.get_json()["checks"]
+    assert checks["redis"]["ok"] is False and checks["redis"]["error"].startswith("TimeoutError")
+    assert checks["model"] == {
+        "ok": False,
+        "error": "cannot read worker heartbeats: Redis did not answer",
+        "workers": [],
+    }
+    assert model.status_code == 503, model.get_json()
+    [problem] = model.get_json()["problems"]
+    assert problem.startswith("cannot read worker heartbeats: TimeoutError")
