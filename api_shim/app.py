@@ -12,6 +12,7 @@ stores the IQ and publishes the task.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask
 from flask_limiter import Limiter
@@ -23,6 +24,7 @@ from api_shim.errors import register_error_handlers
 from api_shim.services import build_services
 from inference_worker.serving.memory import retain_freed_memory
 from inference_worker.settings import Settings, load_settings
+from inference_worker.storage.redis_store import connect
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,15 @@ def install_rate_limits(app: Flask, settings: Settings) -> None:
         principal = current_principal()
         return f"key:{principal.name}" if principal else f"addr:{get_remote_address()}"
 
+    # The store's timeouts, and the breaker of a Redis that stopped answering: a limit checked
+    # on a silent Redis waited out redis-py's defaults (no read timeout) on every request.
+    pool: Any = connect(settings.redis_url).connection_pool
     limiter = Limiter(
         key_func=rate_limited_key,
         application_limits=[lambda: principal_limit(settings)],
         application_limits_exempt_when=lambda: current_principal() is None,
         storage_uri=settings.redis_url,
+        storage_options={"connection_pool": pool},
         key_prefix=f"{settings.redis_prefix}ratelimit",
         strategy="fixed-window",
         headers_enabled=True,

@@ -10,6 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from api_shim.auth import Denied
 from inference_worker.serving.registry import RegistryUnavailable
+from inference_worker.storage.errors import TRANSIENT_ERRORS, unavailable_store
+from inference_worker.urls import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ def _registry_unavailable(exc: RegistryUnavailable) -> tuple[Response, int]:
     return _api_error(registry_unavailable(exc))
 
 
+def _store_unavailable(exc: Exception) -> tuple[Response, int]:
+    """A store down where no endpoint said what it means there: 503 naming it, not a 500."""
+    log.warning("%s: %s: %s", unavailable_store(exc), type(exc).__name__, redact_secrets(str(exc)))
+    return _api_error(unavailable(unavailable_store(exc)))
+
+
 def _unexpected(exc: Exception) -> tuple[Response, int]:
     log.exception("unhandled error")
     return error_response(500, "internal_error", "internal error; the event was logged")
@@ -74,4 +82,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(Denied, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(RegistryUnavailable, _registry_unavailable)
+    for error in TRANSIENT_ERRORS:
+        if issubclass(error, Exception):
+            app.register_error_handler(error, _store_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from socket import TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_USER_TIMEOUT
 from typing import Any
 
 import redis
 from redis.connection import DefaultParser, Encoder, PythonRespSerializer
 
 from inference_worker.storage.errors import PersistenceError
+from inference_worker.storage.redis_silence import DEAD_PEER, breaker_for
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 # Commands are packed by redis-py's own serializer, which sends a large value (a capture) as it
@@ -35,12 +35,6 @@ BEATERS_TTL_S = 86_400
 """How long the set naming the processes that beat outlives the last beat."""
 
 
-DEAD_PEER = {TCP_KEEPIDLE: 5, TCP_KEEPINTVL: 2, TCP_KEEPCNT: 3, TCP_USER_TIMEOUT: 10_000}
-"""A Redis over TCP whose host died, or behind a network that drops packets, is given up in ~10 s
-(see ``engine.DEAD_PEER``): the connection listening for finished jobs only reads, and listened
-to such a peer as long as the shim ran (each ``?wait=`` then lasted its whole wait)."""
-
-
 def connect(redis_url: str) -> redis.Redis:
     over_tcp = not redis_url.startswith("unix:")
     return redis.Redis.from_url(
@@ -50,6 +44,7 @@ def connect(redis_url: str) -> redis.Redis:
         health_check_interval=30,
         command_packer=_PACKER,
         parser_class=ReplyParser,
+        retry=breaker_for(redis_url),  # a Redis that stopped answering is waited on once a while
         **({"socket_keepalive": True, "socket_keepalive_options": DEAD_PEER} if over_tcp else {}),
     )
 

@@ -1,0 +1,83 @@
+"""The window a Redis that stopped answering is left alone for (pure logic: a clock of the
+test's own, calls that time out or answer)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import redis.exceptions
+
+from inference_worker.storage.redis_silence import TRIAL_S, SilenceBreaker, breaker_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def silent() -> None:
+    raise redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379")
+
+
+def test_a_timeout_makes_the_next_calls_fail_at_once_until_the_window_ends():
+    clock, asked = Clock(), []
+    breaker = SilenceBreaker(quiet_s=5.0, clock=clock)
+    with pytest.raises(redis.exceptions.TimeoutError, match="Timeout reading"):
+        breaker.call_with_retry(silent, lambda error: None)
+    clock.now += 4.9
+    with pytest.raises(redis.exceptions.TimeoutError, match=r"did not answer 4\.9 s ago"):
+        breaker.call_with_retry(lambda: asked.append(1), lambda error: None)
+    assert asked == []  # not asked: the call failed without waiting
+    clock.now += 0.2
+    assert breaker.call_with_retry(lambda: "answered", lambda error: None) == "answered"
+    assert breaker.call_with_retry(lambda: "again", lambda error: None) == "again"
+
+
+def test_one_call_tries_again_while_the_others_still_fail_at_once():
+    clock = Clock()
+    breaker = SilenceBreaker(quiet_s=5.0, clock=clock)
+    with pytest.raises(redis.exceptions.TimeoutError):
+        breaker.call_with_retry(silent, lambda error: None)
+    clock.now += 6.0
+    others: list[str] = []
+
+    def trial() -> str:  # while it waits on Redis, another thread's call
+        with pytest.raises(redis.exceptions.TimeoutError, match="did not answer"):
+            breaker.call_with_retry(lambda: others.append("asked"), lambda error: None)
+        raise redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379")
+
+    with pytest.raises(redis.exceptions.TimeoutError, match="Timeout reading"):
+        breaker.call_with_retry(trial, lambda error: None)
+    assert others == []
+    clock.now += 4.0  # the trial's silence opened a new window
+    with pytest.raises(redis.exceptions.TimeoutError, match="did not answer"):
+        breaker.call_with_retry(lambda: None, lambda error: None)
+
+
+def test_a_trial_answered_with_a_refusal_closes_the_window_and_a_lost_trial_expires():
+    clock = Clock()
+    breaker = SilenceBreaker(quiet_s=5.0, clock=clock)
+    with pytest.raises(redis.exceptions.TimeoutError):
+        breaker.call_with_retry(silent, lambda error: None)
+    clock.now += 5.0
+
+    def refused() -> None:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        breaker.call_with_retry(refused, lambda error: None)
+    assert breaker.call_with_retry(lambda: 1, lambda error: None) == 1
+    breaker.closed_until = clock.now + TRIAL_S  # a trial whose thread never came back
+    clock.now += TRIAL_S
+    assert breaker.call_with_retry(lambda: 2, lambda error: None) == 2
+
+
+def test_connections_share_their_client_s_breaker_and_clients_of_one_redis_share_one():
+    breaker = breaker_for("redis://127.0.0.1:1/0")
+    assert copy.deepcopy(breaker) is breaker  # redis-py copies each connection's policy
+    assert breaker_for("redis://127.0.0.1:1/0") is breaker
+    assert breaker_for("redis://127.0.0.1:2/0") is not breaker
