@@ -37,11 +37,17 @@ def test_a_timeout_makes_the_next_calls_fail_at_once_until_the_window_ends():
     assert breaker.call_with_retry(lambda: "again", lambda error: None) == "again"
 
 
-def test_one_call_tries_again_while_the_others_still_fail_at_once():
-    clock = Clock()
+def silenced(clock: Clock) -> SilenceBreaker:
+    """A breaker whose last call timed out (a window of 5 s from ``clock.now``)."""
     breaker = SilenceBreaker(quiet_s=5.0, clock=clock)
     with pytest.raises(redis.exceptions.TimeoutError):
         breaker.call_with_retry(silent, lambda error: None)
+    return breaker
+
+
+def test_one_call_tries_again_while_the_others_still_fail_at_once():
+    clock = Clock()
+    breaker = silenced(clock)
     clock.now += 6.0
     others: list[str] = []
 
@@ -60,9 +66,7 @@ def test_one_call_tries_again_while_the_others_still_fail_at_once():
 
 def test_a_trial_answered_with_a_refusal_closes_the_window_and_a_lost_trial_expires():
     clock = Clock()
-    breaker = SilenceBreaker(quiet_s=5.0, clock=clock)
-    with pytest.raises(redis.exceptions.TimeoutError):
-        breaker.call_with_retry(silent, lambda error: None)
+    breaker = silenced(clock)
     clock.now += 5.0
 
     def refused() -> None:
