@@ -21,12 +21,13 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, NoReturn
 
 import amqp.exceptions
-import kombu.exceptions
 import numpy as np
 import redis.exceptions
+from kombu.exceptions import KombuError
 
 from inference_worker.core.capture import (
     CaptureError,
@@ -61,12 +62,7 @@ ResolveModel = Callable[[str], None]
 :class:`ModelRequestError`."""
 
 MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-UNAVAILABLE_ERRORS = (
-    *STORE_ERRORS,
-    kombu.exceptions.KombuError,
-    amqp.exceptions.AMQPError,
-    OSError,
-)
+UNAVAILABLE_ERRORS = (*STORE_ERRORS, KombuError, amqp.exceptions.AMQPError, OSError)
 """What a submission meets when a store or the broker is down: nothing is accepted (503)."""
 
 
@@ -339,23 +335,13 @@ class Intake:
         raise ServiceUnavailable(f"{reason}; retry later") from None
 
     def _withdraw(self, job_id: str, blob_key: str, cause: BaseException) -> None:
-        """Remove what the submission left: its row, then its capture and note in Redis —
-        unless Redis is what did not answer (it would cost the client one more timeout; they
-        expire on their own)."""
-        if self.jobs is not None:
+        """Remove what the submission left: its row, then its capture and note in Redis, unless
+        Redis is what did not answer (one more timeout for the client; they expire)."""
+        steps = [] if self.jobs is None else [("row", partial(self.jobs.delete_queued, job_id))]
+        if not isinstance(cause, redis.exceptions.TimeoutError):
+            steps.append(("capture and note", partial(self.store.withdraw, blob_key, job_id)))
+        for what, step in steps:
             try:
-                self.jobs.delete_queued(job_id)
+                step()
             except Exception as exc:  # best effort: the original failure is what the client hears
-                log.warning("could not withdraw job %s: %s: %s", job_id, type(exc).__name__, exc)
-        if isinstance(cause, redis.exceptions.TimeoutError):
-            return
-        try:
-            self.store.withdraw(blob_key, job_id)
-        except Exception as exc:  # best effort, as above
-            log.warning(
-                "job %s withdrawn; its capture stays in Redis until it expires (%d s): %s: %s",
-                job_id,
-                self.settings.blob_ttl_s,
-                type(exc).__name__,
-                exc,
-            )
+                log.warning("could not withdraw the %s of job %s: %r", what, job_id, exc)
