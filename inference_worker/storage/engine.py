@@ -13,23 +13,10 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from inference_worker.settings import Settings
+from inference_worker.storage.dead_peers import LIBPQ_OPTIONS
 from inference_worker.storage.errors import as_read_only
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-DEAD_PEER = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
-"""libpq's TCP settings of every connection, where the database URL sets none of its own: a
-server whose host died or went behind a dropped network (no reset ever comes) is given up
-after ~10 s of unanswered keepalives or unacknowledged data, where Linux's defaults waited 2 h
-(an idle connection) or ~15 min (a statement sent) — the statement timeout is the server's,
-and a server that cannot be reached never enforces it. A server merely slow still acknowledges
-both: its statements run to the statement timeout."""
 
 
 def create_engine(
@@ -45,7 +32,7 @@ def create_engine(
     Connections name their process (``application_name``: role and pid), so an operator sees in
     ``pg_stat_activity`` which worker or shim process holds which connection. No statement runs
     longer than ``statement_timeout_s``: a hung database turns into an error that is retried;
-    one that cannot be reached, after :data:`DEAD_PEER`'s ~10 s.
+    one that cannot be reached, after ~10 s (:mod:`~inference_worker.storage.dead_peers`).
 
     Connections run in autocommit: every state change of a job is one statement, so BEGIN and
     COMMIT would only add round trips. Code that needs a transaction asks for one
@@ -53,7 +40,7 @@ def create_engine(
     """
     timeout_ms = statement_timeout_s * 1e3
     given = sa.engine.make_url(database_url).query
-    dead_peer = {name: value for name, value in DEAD_PEER.items() if name not in given}
+    dead_peer = {name: value for name, value in LIBPQ_OPTIONS.items() if name not in given}
     engine = sa.create_engine(
         database_url,
         pool_size=pool_size,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from socket import TCP_KEEPCNT, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_USER_TIMEOUT
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -21,12 +20,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 T = TypeVar("T")
-
-DEAD_PEER = {TCP_KEEPIDLE: 5, TCP_KEEPINTVL: 2, TCP_KEEPCNT: 3, TCP_USER_TIMEOUT: 10_000}
-"""A Redis over TCP whose host died, or behind a network that drops packets, is given up in ~10 s
-(see ``engine.DEAD_PEER``): the connection listening for finished jobs only reads, and listened
-to such a peer as long as the shim ran (each ``?wait=`` then lasted its whole wait)."""
-
 
 QUIET_S = 5.0
 """How long after a call timed out the client's calls fail without asking Redis."""

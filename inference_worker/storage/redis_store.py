@@ -10,8 +10,9 @@ from typing import Any
 import redis
 from redis.connection import DefaultParser, Encoder, PythonRespSerializer
 
+from inference_worker.storage.dead_peers import SOCKET_OPTIONS
 from inference_worker.storage.errors import PersistenceError
-from inference_worker.storage.redis_silence import DEAD_PEER, breaker_for
+from inference_worker.storage.redis_silence import breaker_for
 from inference_worker.storage.statuses import FINAL_STATUSES
 
 # Commands are packed by redis-py's own serializer, which sends a large value (a capture) as it
@@ -45,7 +46,11 @@ def connect(redis_url: str) -> redis.Redis:
         command_packer=_PACKER,
         parser_class=ReplyParser,
         retry=breaker_for(redis_url),  # a Redis that stopped answering is waited on once a while
-        **({"socket_keepalive": True, "socket_keepalive_options": DEAD_PEER} if over_tcp else {}),
+        **(
+            {"socket_keepalive": True, "socket_keepalive_options": SOCKET_OPTIONS}
+            if over_tcp
+            else {}
+        ),
     )
 
 

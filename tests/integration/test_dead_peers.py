@@ -5,10 +5,10 @@ PostgreSQL: without keepalives or a TCP user timeout, a statement sent to it wai
 worker held as long, since the statement timeout is the server's to enforce. Redis: commands
 time out after 5 s, but the shim's connection listening for finished jobs only reads, and
 listened to a dead peer as long as the shim ran (each ``?wait=`` then lasted its whole wait).
-Every connection of both now has TCP keepalives and a user timeout set (``DEAD_PEER``), unless
-a PostgreSQL URL sets its own. (Dropping packets needs a netfilter or netem this machine's
-kernel does not have: the tests read the options on the connections' sockets, where the kernel
-acts on them.)"""
+Every connection of both now has TCP keepalives and a user timeout set
+(``storage.dead_peers``), unless a PostgreSQL URL sets its own. (Dropping packets needs a
+netfilter or netem this machine's kernel does not have: the tests read the options on the
+connections' sockets, where the kernel acts on them.)"""
 
 from __future__ import annotations
 
