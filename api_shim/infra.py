@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from inference_worker.serving.registry import (
     serving_model_dir,
 )
 from inference_worker.settings import Settings
+from inference_worker.storage.database_silence import answered_within
 from inference_worker.storage.engine import connection_use
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
@@ -35,6 +37,9 @@ from tasks.probe import BrokerProbe
 log = logging.getLogger(__name__)
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+HEALTH_DATABASE_S = 2.0
+"""How long a health check or a scrape waits for PostgreSQL (as for RabbitMQ): a database that
+answers nothing costs a load balancer's probe this, not the statement timeout."""
 
 
 def create_blueprint() -> Audience:
@@ -61,7 +66,7 @@ def health() -> tuple[Response, int]:
     checks = {
         "broker": timed_check(lambda: broker_takes_messages(shim.celery, shim.broker_probe)),
         "redis": timed_check(shim.store.ping),
-        "database": timed_check(shim.jobs.ping),
+        "database": timed_check(shim.jobs.ping, within_s=HEALTH_DATABASE_S),
     }
     # Heartbeats are read from the Redis just asked: one that did not answer is not waited on
     # twice (a Redis that stopped answering cost /health two timeouts, 10 s).
@@ -138,10 +143,13 @@ def broker_takes_messages(celery: Celery, probe: BrokerProbe) -> None:
 NO_HEARTBEATS = "cannot read worker heartbeats: "
 
 
-def timed_check(probe: Callable[[], Any]) -> dict[str, Any]:
+def timed_check(probe: Callable[[], Any], within_s: float | None = None) -> dict[str, Any]:
+    """Whether ``probe`` succeeds, and how long it took; a database it asks is given up on after
+    ``within_s`` (default: its statement timeout's limit)."""
     started = time.perf_counter()
     try:
-        probe()
+        with nullcontext() if within_s is None else answered_within(within_s):
+            probe()
     except Exception as exc:  # a health check reports any failure, whatever its type
         return {"ok": False, "error": redact_secrets(f"{type(exc).__name__}: {exc}")}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
@@ -231,8 +239,9 @@ class DatabaseGauges:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            stuck = self.maintenance.count_not_final(self.stuck_after_s)
-            use = connection_use(self.maintenance.engine)
+            with answered_within(HEALTH_DATABASE_S):
+                stuck = self.maintenance.count_not_final(self.stuck_after_s)
+                use = connection_use(self.maintenance.engine)
         except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down
             log.debug("database gauges unavailable: %s", redact_secrets(str(exc)))
             return

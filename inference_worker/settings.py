@@ -179,7 +179,8 @@ class Settings(BaseSettings):
         15.0,
         ge=0.1,
         le=POSTGRESQL_TIMEOUT_MAX_S,
-        description="Longest a PostgreSQL statement may run before it is cancelled.",
+        description="Longest a PostgreSQL statement may run before it is cancelled; a server "
+        "that answers nothing (paused, stalled) is given up on 2 s later.",
     )
     publish_confirm_timeout_s: float = Field(
         5.0,

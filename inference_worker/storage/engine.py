@@ -13,6 +13,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from inference_worker.settings import Settings
+from inference_worker.storage import database_silence
 from inference_worker.storage.dead_peers import LIBPQ_OPTIONS
 from inference_worker.storage.errors import as_read_only
 
@@ -32,7 +33,9 @@ def create_engine(
     Connections name their process (``application_name``: role and pid), so an operator sees in
     ``pg_stat_activity`` which worker or shim process holds which connection. No statement runs
     longer than ``statement_timeout_s``: a hung database turns into an error that is retried;
-    one that cannot be reached, after ~10 s (:mod:`~inference_worker.storage.dead_peers`).
+    one that cannot be reached, after ~10 s (:mod:`~inference_worker.storage.dead_peers`); one
+    that stops answering, :data:`~.database_silence.REPLY_MARGIN_S` after the statement timeout
+    (:mod:`~inference_worker.storage.database_silence`).
 
     Connections run in autocommit: every state change of a job is one statement, so BEGIN and
     COMMIT would only add round trips. Code that needs a transaction asks for one
@@ -41,6 +44,10 @@ def create_engine(
     timeout_ms = statement_timeout_s * 1e3
     given = sa.engine.make_url(database_url).query
     dead_peer = {name: value for name, value in LIBPQ_OPTIONS.items() if name not in given}
+    database_silence.install()
+    answering = database_silence.connection_class(
+        statement_timeout_s + database_silence.REPLY_MARGIN_S
+    )
     engine = sa.create_engine(
         database_url,
         pool_size=pool_size,
@@ -55,6 +62,7 @@ def create_engine(
             "options": f"-csearch_path={schema} -cstatement_timeout={round(timeout_ms)}",
             "connect_timeout": 3,
             "application_name": f"{role} pid {os.getpid()}",
+            "connection_factory": answering,
             **dead_peer,
         },
     )

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from inference_worker.storage.database_silence import DatabaseSilent
 from inference_worker.storage.errors import as_read_only
 from inference_worker.storage.job_sql import PREPARED_NAMES
 
@@ -98,8 +99,8 @@ def run(engine: Engine, work: Callable[[Connection], T]) -> T:
         with engine.connect() as connection:
             return work(connection)
     except sa.exc.DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
+        if not exc.connection_invalidated or isinstance(exc.orig, DatabaseSilent):
+            raise  # a server that answers nothing is not asked again on another connection
     with engine.connect() as connection:
         return work(connection)
 
@@ -146,7 +147,7 @@ def driver_rows(
             dead = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
             if dead:
                 raw.invalidate(exc)
-            if dead and attempt <= pooled:
+            if dead and attempt <= pooled and not isinstance(exc, DatabaseSilent):
                 continue
             raise as_read_only(
                 sa.exc.DBAPIError.instance(

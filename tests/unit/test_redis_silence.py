@@ -8,7 +8,8 @@ import copy
 import pytest
 import redis.exceptions
 
-from inference_worker.storage.redis_silence import TRIAL_S, SilenceBreaker, breaker_for
+from inference_worker.storage.redis_silence import SilenceBreaker, breaker_for
+from inference_worker.storage.silence import TRIAL_S
 
 
 class Clock:
@@ -75,7 +76,7 @@ def test_a_trial_answered_with_a_refusal_closes_the_window_and_a_lost_trial_expi
     with pytest.raises(redis.exceptions.ConnectionError):
         breaker.call_with_retry(refused, lambda error: None)
     assert breaker.call_with_retry(lambda: 1, lambda error: None) == 1
-    breaker.closed_until = clock.now + TRIAL_S  # a trial whose thread never came back
+    breaker.window.closed_until = clock.now + TRIAL_S  # a trial whose thread never came back
     clock.now += TRIAL_S
     assert breaker.call_with_retry(lambda: 2, lambda error: None) == 2
 

@@ -1,0 +1,183 @@
+"""A PostgreSQL that stops answering fails a statement after a deadline, instead of never.
+
+A server paused, stalled or swapping out keeps its connections: the kernel still acknowledges
+what is sent and answers keepalives, so neither the dead-peer settings
+(:mod:`~inference_worker.storage.dead_peers`) nor the server's own statement timeout ever end a
+wait, and libpq waits for an answer without a limit: each shim request and each worker's job
+that met such a server was held until it answered again (a submission and ``/health`` waited
+past 70 s, their threads with them).
+
+So every psycopg2 connection of the process waits through :func:`wait` (psycopg2's wait
+callback, which runs libpq in non-blocking mode): a connection of the service's engines gives
+up on a statement :data:`REPLY_MARGIN_S` after the statement timeout the server would have
+enforced (a server merely slow answers with its own error first), and a connection being made
+gives up after the URL's ``connect_timeout`` (libpq's limit, which it no longer enforces
+itself in this mode) for each host named. Giving up closes the connection (psycopg2 does so
+when its callback fails); SQLAlchemy then discards it, and the error is a transient store
+error like any other disconnection. A caller that needs its answer sooner (a health check)
+sets its own limit with :func:`answered_within`. After a silence, the service's calls to that
+server fail at once for a while (:mod:`~inference_worker.storage.silence`), as Redis's do.
+
+A statement given up on may still run when the server wakes: libpq sent it before it waited.
+A job's row written that way is the one a dying shim leaves, which the relay finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import lru_cache
+
+import psycopg2
+import psycopg2.extensions as pg
+
+from inference_worker.storage.silence import SilenceWindow, StoreSilent
+
+log = logging.getLogger(__name__)
+
+REPLY_MARGIN_S = 2.0
+"""How much longer than the statement timeout a statement is waited on."""
+
+_limit: ContextVar[float | None] = ContextVar("heimdall_database_reply_limit", default=None)
+
+
+class DatabaseSilent(psycopg2.OperationalError):
+    """PostgreSQL answered nothing within the limit (the connection is closed)."""
+
+
+class AnsweringConnection(pg.connection):
+    """A psycopg2 connection whose statements are waited on at most ``reply_within_s``."""
+
+    reply_within_s: float | None = None
+
+
+@lru_cache(maxsize=16)
+def connection_class(reply_within_s: float) -> type[AnsweringConnection]:
+    """The connection class (psycopg2's ``connection_factory``) of an engine whose statements
+    are given up on after ``reply_within_s``."""
+    return type(
+        "AnsweringConnection", (AnsweringConnection,), {"reply_within_s": float(reply_within_s)}
+    )
+
+
+@contextmanager
+def answered_within(seconds: float) -> Iterator[None]:
+    """Statements run in the block (this thread's) are given up on after ``seconds`` (at most
+    their connection's own limit)."""
+    token = _limit.set(seconds)
+    try:
+        yield
+    finally:
+        _limit.reset(token)
+
+
+def connect_limit_s(dsn: str) -> float | None:
+    """How long libpq itself would wait to make a connection of ``dsn``: ``connect_timeout``
+    (at least 2 s, as libpq reads it) for each host named; ``None`` without one."""
+    parameters = pg.parse_dsn(dsn)
+    try:
+        timeout = int(parameters.get("connect_timeout", 0))
+    except ValueError:
+        return None
+    if timeout <= 0:
+        return None
+    hosts = max(1, len(str(parameters.get("host", "")).split(",")))
+    return float(max(timeout, 2) * hosts)
+
+
+def reply_limit_s(connection: pg.connection) -> float | None:
+    """How long ``connection`` waits for its server now: while it is being made, libpq's connect
+    limit; then its class's statement limit (``None``: a connection the service did not make
+    waits as libpq did); either at most the caller's own (:func:`answered_within`)."""
+    if connection.status == pg.STATUS_SETUP:
+        own = connect_limit_s(connection.dsn)
+    else:
+        own = getattr(connection, "reply_within_s", None)
+    asked = _limit.get()
+    if own is None or asked is None:
+        return own
+    return min(own, asked)
+
+
+_WINDOWS: dict[tuple[str, str, str], SilenceWindow] = {}
+
+
+@lru_cache(maxsize=64)
+def window_of(dsn: str) -> SilenceWindow:
+    """The process's window (:mod:`~inference_worker.storage.silence`) of the server and
+    database a connection string names: every engine of the process learns from one silence."""
+    parameters = pg.parse_dsn(dsn)
+    server = tuple(parameters.get(name, "") for name in ("host", "port", "dbname"))
+    return _WINDOWS.setdefault(server, SilenceWindow("PostgreSQL"))
+
+
+def wait(connection: pg.connection) -> None:
+    """psycopg2's wait callback: poll the connection until libpq is done, giving up (raising
+    :class:`DatabaseSilent`) once :func:`reply_limit_s` has passed without an answer. A
+    connection of the service's also fails at once while its server's window is closed."""
+    limit = reply_limit_s(connection)
+    if not isinstance(connection, AnsweringConnection):
+        _poll(connection, limit)
+        return
+    window = window_of(connection.dsn)
+    try:
+        trial = window.admit()
+    except StoreSilent as exc:
+        raise DatabaseSilent(str(exc)) from None
+    try:
+        _poll(connection, limit)
+    except DatabaseSilent:
+        window.went_silent()
+        raise
+    except psycopg2.Error:
+        window.answered(trial)  # a refusal is an answer
+        raise
+    window.answered(trial)
+
+
+def _poll(connection: pg.connection, limit: float | None) -> None:
+    doing = "connecting" if connection.status == pg.STATUS_SETUP else "a statement"
+    deadline = None if limit is None else time.monotonic() + limit
+    waiting, fd = select.poll(), -1
+    while True:
+        state = connection.poll()
+        if state == pg.POLL_OK:
+            return
+        if connection.fileno() != fd:  # a new socket: libpq moved on to the next host
+            waiting, fd = select.poll(), connection.fileno()
+        if state == pg.POLL_READ:
+            waiting.register(fd, select.POLLIN)
+        elif state == pg.POLL_WRITE:
+            waiting.register(fd, select.POLLOUT)
+        else:
+            raise psycopg2.OperationalError(f"unexpected state from psycopg2's poll: {state!r}")
+        if deadline is None:
+            waiting.poll()
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0 or not waiting.poll(left * 1e3):
+            raise DatabaseSilent(
+                f"PostgreSQL answered nothing in {limit:g} s ({doing}): it is paused, stalled "
+                "or cut off; the connection is closed"
+            )
+
+
+def install() -> None:
+    """Make :func:`wait` the process's wait callback (once; each process that connects calls
+    it). Another library's callback (a coroutine library's) is left in place, with a warning:
+    its waits have no limit."""
+    current = pg.get_wait_callback()
+    if current is wait:
+        return
+    if current is not None:
+        log.warning(
+            "psycopg2 already has a wait callback (%r): a PostgreSQL that stops answering is "
+            "waited on without a limit",
+            current,
+        )
+        return
+    pg.set_wait_callback(wait)

@@ -1,0 +1,65 @@
+"""How long a PostgreSQL connection waits for its server (pure logic: the limits read from a
+connection string, its class and the caller's own)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import psycopg2.extensions as pg
+import pytest
+
+from inference_worker.storage.database_silence import (
+    AnsweringConnection,
+    answered_within,
+    connect_limit_s,
+    connection_class,
+    reply_limit_s,
+    window_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "limit"),
+    [
+        ("host=db connect_timeout=3", 3.0),
+        ("host=db connect_timeout=1", 2.0),  # libpq reads less than 2 as 2
+        ("host=primary,standby connect_timeout=3", 6.0),  # libpq gives each host its own
+        ("host=db connect_timeout=0", None),  # 0: libpq waits without a limit
+        ("host=db", None),
+        ("host=db connect_timeout=soon", None),  # libpq refuses it itself
+    ],
+)
+def test_a_connection_is_waited_on_as_long_as_libpq_would(dsn, limit):
+    assert connect_limit_s(dsn) == limit
+
+
+def connection(status: int, reply_within_s: float | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        status=status, dsn="host=db connect_timeout=3", reply_within_s=reply_within_s
+    )
+
+
+def test_a_statement_waits_its_class_limit_or_the_callers_shorter_one():
+    ready = connection(pg.STATUS_READY, reply_within_s=17.0)
+    assert reply_limit_s(ready) == 17.0
+    with answered_within(2.0):
+        assert reply_limit_s(ready) == 2.0
+        assert reply_limit_s(connection(pg.STATUS_SETUP)) == 2.0  # connecting, too
+    with answered_within(30.0):
+        assert reply_limit_s(ready) == 17.0  # never longer than the connection's own
+    assert reply_limit_s(ready) == 17.0
+
+
+def test_a_connection_the_service_did_not_make_waits_as_before():
+    assert reply_limit_s(connection(pg.STATUS_READY)) is None
+    with answered_within(2.0):
+        assert reply_limit_s(connection(pg.STATUS_READY)) is None
+
+
+def test_each_limit_has_one_class_and_each_server_one_window():
+    made = connection_class(17.0)
+    assert issubclass(made, AnsweringConnection) and made.reply_within_s == 17.0
+    assert connection_class(17.0) is made
+    one = window_of("host=db port=5432 dbname=jobs application_name=a")
+    assert window_of("host=db port=5432 dbname=jobs application_name=b") is one
+    assert window_of("host=db port=5433 dbname=jobs") is not one
