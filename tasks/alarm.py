@@ -84,15 +84,16 @@ class BrokerAlarm:
     def listen(self, connection: kombu.Connection) -> None:
         """Read what the broker has said on ``connection`` (a block, its end), without waiting.
 
-        A connection found gone (the broker restarted, or closed it) is left to the publish,
-        whose retries reconnect.
+        A connection not open, or found gone (the broker restarted, or closed it), is left to
+        the publish, whose retries reconnect (connecting here would wait out a silent broker's
+        connect timeout twice, kombu's two attempts, before the publish's own).
 
         Raises:
             BrokerBlocked: (``sent`` False) RabbitMQ blocks publishing.
         """
         try:
-            transport_connection = connection.connection
-            while True:
+            transport_connection = connection.connection if connection.connected else None
+            while transport_connection is not None:
                 transport_connection.drain_events(timeout=0)
         except TimeoutError:
             pass

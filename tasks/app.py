@@ -20,19 +20,12 @@ from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, Queue
 
 from tasks.alarm import BrokerAlarm, BrokerBlocked
+from tasks.broker_silence import PUBLISH_RETRY_POLICY, publishing_to
 from tasks.contract import TASK_NAME, LocateMessage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_LIMIT = 5
-
-PUBLISH_RETRY_POLICY = {
-    # Give the broker ~3 s to come back before a submission is answered with 503.
-    "max_retries": 4,
-    "interval_start": 0.1,
-    "interval_step": 0.4,
-    "interval_max": 1.0,
-}
 
 
 class QueueMismatch(RuntimeError):
@@ -257,7 +250,8 @@ def publisher(
     queue again and publish once more.
 
     While RabbitMQ blocks publishing (a memory or disk alarm) it refuses at once rather than
-    wait for a confirm that comes only when the alarm clears (:mod:`tasks.alarm`).
+    wait for a confirm that comes only when the alarm clears (:mod:`tasks.alarm`); after the
+    broker did not answer in time, for a while (:mod:`tasks.broker_silence`).
 
     Raises:
         Unroutable: the task came back a second time.
@@ -301,7 +295,7 @@ def publisher(
         )
         returned.discard(job_id)  # left by an earlier publish of this job that then failed
         alarm.check()
-        with app.producer_or_acquire() as producer:
+        with publishing_to(app.conf.broker_url), app.producer_or_acquire() as producer:
             # Heard on this channel, and on any a reconnection inside the publish opens
             # (kombu adds a producer's ``on_return`` to each channel it revives on).
             producer.on_return = on_return

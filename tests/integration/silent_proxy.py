@@ -44,15 +44,21 @@ class SilentProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            self.speaking.wait()  # a silent server's kernel accepts; nothing answers
-            self.connections += 1
-            try:
-                server = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            self.sockets += [client, server]
-            threading.Thread(target=self._pass, args=(client, server), daemon=True).start()
+            self.connections += 1  # counted as the kernel accepts it, silent or not
+            self.sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        self.speaking.wait()  # a silent server's kernel accepts; nothing answers
+        try:
+            server = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        self.sockets.append(server)
+        for sock in (client, server):  # small messages go on at once, as from a server
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pass(client, server)
 
     def _pass(self, client: socket.socket, server: socket.socket) -> None:
         peer = {client: server, server: client}

@@ -18,6 +18,7 @@ class ReplayedConnection:
 
     connection_errors = (ConnectionResetError,)
     channel_errors = ()
+    connected = True
 
     def __init__(self, notices: list[Callable[[], None]], gone: bool = False) -> None:
         self.notices = list(notices)
@@ -75,3 +76,13 @@ def test_a_connection_found_gone_is_left_to_the_publish_to_reconnect():
     alarm = BrokerAlarm("amqp://unused")
     alarm.listen(replayed([], gone=True))
     assert alarm.reason is None
+
+
+def test_a_connection_not_open_is_left_to_the_publish_to_open():
+    """Opening it here waited out a silent broker's connect timeout twice (kombu's two
+    attempts) before the publish's own."""
+    alarm = BrokerAlarm("amqp://unused")
+    closed = ReplayedConnection([lambda: pytest.fail("read a connection not open")])
+    closed.connected = False
+    alarm.listen(cast(kombu.Connection, closed))
+    assert closed.notices and alarm.reason is None
