@@ -13,9 +13,9 @@ from contextlib import contextmanager
 
 
 class SilentProxy:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, listen_on: str = "127.0.0.1") -> None:
         self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_on, 0))
         self.port = self.listener.getsockname()[1]
         self.speaking = threading.Event()
         self.speaking.set()

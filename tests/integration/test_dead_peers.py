@@ -6,9 +6,9 @@ worker held as long, since the statement timeout is the server's to enforce. Red
 time out after 5 s, but the shim's connection listening for finished jobs only reads, and
 listened to a dead peer as long as the shim ran (each ``?wait=`` then lasted its whole wait).
 Every connection of both now has TCP keepalives and a user timeout set
-(``storage.dead_peers``), unless a PostgreSQL URL sets its own. (Dropping packets needs a
-netfilter or netem this machine's kernel does not have: the tests read the options on the
-connections' sockets, where the kernel acts on them.)"""
+(``storage.dead_peers``), unless a PostgreSQL URL sets its own. These tests read the options
+on the connections' sockets, where the kernel acts on them; ``test_dead_host`` cuts a link of
+its own under a statement and sees the kernel give up."""
 
 from __future__ import annotations
 
