@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 HEALTH_DATABASE_S = 2.0
-"""How long a health check or a scrape waits for PostgreSQL (as for RabbitMQ): a database that
-answers nothing costs a load balancer's probe this, not the statement timeout."""
+"""How long a health check or a scrape waits for PostgreSQL, the job database's or a model
+registry's (as for RabbitMQ): one that answers nothing costs a load balancer's probe this, not
+the statement timeout."""
 
 
 def create_blueprint() -> Audience:
@@ -70,7 +71,8 @@ def health() -> tuple[Response, int]:
     }
     # Heartbeats are read from the Redis just asked: one that did not answer is not waited on
     # twice (a Redis that stopped answering cost /health two timeouts, 10 s).
-    model = model_check(shim.settings, shim.store, redis_answers=checks["redis"]["ok"])
+    with answered_within(HEALTH_DATABASE_S):  # a registry's database, too
+        model = model_check(shim.settings, shim.store, redis_answers=checks["redis"]["ok"])
     stores_ok = all(c["ok"] for c in checks.values())
     status = "ok" if stores_ok and model["ok"] else ("degraded" if stores_ok else "unavailable")
     body = {"status": status, "checks": {**checks, "model": model}}

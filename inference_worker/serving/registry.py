@@ -87,7 +87,7 @@ class ModelRegistry:
         self.shown_uri = redact_secrets(uri)
         self.uri = store_uri(uri)
         self.copies = LocalCopies(cache_dir / name, self.shown_uri)
-        with opening(self.uri) as first, self.answering():
+        with opening(self.uri) as first, store_failures(self.shown_uri, limited=not first):
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             if first:  # the registry's half is set up on its first call: one here, in turn
                 self.client.search_registered_models(max_results=1)

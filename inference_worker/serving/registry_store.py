@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from inference_worker.storage.database_silence import answered_within
 from inference_worker.urls import redact_secrets
 
 
@@ -34,6 +35,9 @@ class RegistryUnavailable(RegistryError):
 
 
 PROBE_TIMEOUT_S = 3.0
+REPLY_S = 10.0
+"""How long a statement to a PostgreSQL store is waited on (as a request to an MLflow server,
+``MLFLOW_HTTP_REQUEST_TIMEOUT``): one that stopped answering held a health check without end."""
 """How long the registry's store may take to accept a connection before it counts as down."""
 
 MLFLOW_DEFAULTS = {
@@ -227,11 +231,14 @@ def opening(uri: str) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def store_failures(shown_uri: str) -> Iterator[None]:
+def store_failures(shown_uri: str, *, limited: bool = True) -> Iterator[None]:
     """MLflow's errors of a store that stopped answering as :class:`RegistryUnavailable`, and an
-    answer that is not MLflow's as :class:`RegistryError`."""
+    answer that is not MLflow's as :class:`RegistryError`. With ``limited``, a PostgreSQL store
+    that answers nothing is given up on after :data:`REPLY_S` (not when MLflow sets its tables
+    up: a migration may take longer)."""
     try:
-        yield
+        with answered_within(REPLY_S) if limited else contextlib.nullcontext():
+            yield
     except RegistryError:
         raise
     except Exception as exc:

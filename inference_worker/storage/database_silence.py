@@ -67,8 +67,9 @@ def connection_class(reply_within_s: float) -> type[AnsweringConnection]:
 @contextmanager
 def answered_within(seconds: float) -> Iterator[None]:
     """Statements run in the block (this thread's) are given up on after ``seconds`` (at most
-    their connection's own limit)."""
-    token = _limit.set(seconds)
+    their connection's own limit, or an enclosing block's)."""
+    enclosing = _limit.get()
+    token = _limit.set(seconds if enclosing is None else min(seconds, enclosing))
     try:
         yield
     finally:
@@ -92,15 +93,14 @@ def connect_limit_s(dsn: str) -> float | None:
 def reply_limit_s(connection: pg.connection) -> float | None:
     """How long ``connection`` waits for its server now: while it is being made, libpq's connect
     limit; then its class's statement limit (``None``: a connection the service did not make
-    waits as libpq did); either at most the caller's own (:func:`answered_within`)."""
+    waits as libpq did); either at most the caller's own (:func:`answered_within`), which
+    applies to any connection (an MLflow store's)."""
     if connection.status == pg.STATUS_SETUP:
         own = connect_limit_s(connection.dsn)
     else:
         own = getattr(connection, "reply_within_s", None)
-    asked = _limit.get()
-    if own is None or asked is None:
-        return own
-    return min(own, asked)
+    limits = [limit for limit in (own, _limit.get()) if limit is not None]
+    return min(limits) if limits else None
 
 
 _WINDOWS: dict[tuple[str, str, str], SilenceWindow] = {}
@@ -118,10 +118,11 @@ def window_of(dsn: str) -> SilenceWindow:
 def wait(connection: pg.connection) -> None:
     """psycopg2's wait callback: poll the connection until libpq is done, giving up (raising
     :class:`DatabaseSilent`) once :func:`reply_limit_s` has passed without an answer. A
-    connection of the service's also fails at once while its server's window is closed."""
+    connection of the service's, or any with a caller's limit, also fails at once while its
+    server's window is closed."""
     limit = reply_limit_s(connection)
-    if not isinstance(connection, AnsweringConnection):
-        _poll(connection, limit)
+    if not isinstance(connection, AnsweringConnection) and _limit.get() is None:
+        _poll(connection, limit)  # another library's connection, waited on as libpq did
         return
     window = window_of(connection.dsn)
     try:

@@ -52,12 +52,12 @@ class SilentProxy:
         self.speaking.wait()  # a silent server's kernel accepts; nothing answers
         try:
             server = socket.create_connection(self.target)
-        except OSError:
+            self.sockets.append(server)
+            for sock in (client, server):  # small messages go on at once, as from a server
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the server, or the client meanwhile, is gone
             client.close()
             return
-        self.sockets.append(server)
-        for sock in (client, server):  # small messages go on at once, as from a server
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pass(client, server)
 
     def _pass(self, client: socket.socket, server: socket.socket) -> None:

@@ -47,13 +47,17 @@ def test_a_statement_waits_its_class_limit_or_the_callers_shorter_one():
         assert reply_limit_s(connection(pg.STATUS_SETUP)) == 2.0  # connecting, too
     with answered_within(30.0):
         assert reply_limit_s(ready) == 17.0  # never longer than the connection's own
+        with answered_within(1.0):
+            assert reply_limit_s(ready) == 1.0
+    with answered_within(2.0), answered_within(10.0):  # nor than an enclosing block's
+        assert reply_limit_s(ready) == 2.0
     assert reply_limit_s(ready) == 17.0
 
 
-def test_a_connection_the_service_did_not_make_waits_as_before():
+def test_a_connection_the_service_did_not_make_waits_as_before_unless_its_caller_says():
     assert reply_limit_s(connection(pg.STATUS_READY)) is None
-    with answered_within(2.0):
-        assert reply_limit_s(connection(pg.STATUS_READY)) is None
+    with answered_within(10.0):  # an MLflow store's, asked by the registry
+        assert reply_limit_s(connection(pg.STATUS_READY)) == 10.0
 
 
 def test_each_limit_has_one_class_and_each_server_one_window():
