@@ -35,10 +35,10 @@ class RegistryUnavailable(RegistryError):
 
 
 PROBE_TIMEOUT_S = 3.0
+"""How long the registry's store may take to accept a connection before it counts as down."""
 REPLY_S = 10.0
 """How long a statement to a PostgreSQL store is waited on (as a request to an MLflow server,
 ``MLFLOW_HTTP_REQUEST_TIMEOUT``): one that stopped answering held a health check without end."""
-"""How long the registry's store may take to accept a connection before it counts as down."""
 
 MLFLOW_DEFAULTS = {
     # MLflow's own defaults retry a server that does not answer 7 times with a backoff factor
