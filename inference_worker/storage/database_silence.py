@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 REPLY_MARGIN_S = 2.0
 """How much longer than the statement timeout a statement is waited on."""
+LONGEST_POLL_S = 3_600.0
+"""The longest single wait: ``poll`` takes at most 2^31 - 1 ms (~24.8 days), a statement timeout
+at PostgreSQL's bound plus the margin is longer."""
 
 _limit: ContextVar[float | None] = ContextVar("heimdall_database_reply_limit", default=None)
 
@@ -160,11 +163,12 @@ def _poll(connection: pg.connection, limit: float | None) -> None:
             waiting.poll()
             continue
         left = deadline - time.monotonic()
-        if left <= 0 or not waiting.poll(left * 1e3):
+        if left <= 0:
             raise DatabaseSilent(
                 f"PostgreSQL answered nothing in {limit:g} s ({doing}): it is paused, stalled "
                 "or cut off; the connection is closed"
             )
+        waiting.poll(min(left, LONGEST_POLL_S) * 1e3)  # then libpq is asked again
 
 
 def install() -> None:

@@ -3,13 +3,17 @@ connection string, its class and the caller's own)."""
 
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 
 import psycopg2.extensions as pg
 import pytest
 
+from inference_worker.settings_checks import POSTGRESQL_TIMEOUT_MAX_S
 from inference_worker.storage.database_silence import (
+    REPLY_MARGIN_S,
     AnsweringConnection,
+    _poll,
     answered_within,
     connect_limit_s,
     connection_class,
@@ -67,3 +71,35 @@ def test_each_limit_has_one_class_and_each_server_one_window():
     one = window_of("host=db port=5432 dbname=jobs application_name=a")
     assert window_of("host=db port=5432 dbname=jobs application_name=b") is one
     assert window_of("host=db port=5433 dbname=jobs") is not one
+
+
+class Answering:
+    """A connection whose answer is already waiting on its socket: libpq reads it on the second
+    poll."""
+
+    status = pg.STATUS_READY
+    dsn = "host=db"
+
+    def __init__(self, reply_within_s: float) -> None:
+        self.reply_within_s = reply_within_s
+        self.mine, self.server = socket.socketpair()
+        self.server.sendall(b"answer")
+        self.states = [pg.POLL_READ, pg.POLL_OK]
+
+    def poll(self) -> int:
+        return self.states.pop(0)
+
+    def fileno(self) -> int:
+        return self.mine.fileno()
+
+
+def test_a_limit_past_what_one_poll_takes_is_waited_in_parts():
+    """A statement timeout at PostgreSQL's bound (~24.8 days) plus the margin passed the
+    longest wait ``poll`` takes (2^31 - 1 ms): every statement failed with ``OverflowError``."""
+    answering = Answering(POSTGRESQL_TIMEOUT_MAX_S + REPLY_MARGIN_S)
+    try:
+        _poll(answering, reply_limit_s(answering))
+    finally:
+        answering.mine.close()
+        answering.server.close()
+    assert answering.states == []
