@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import kombu.exceptions
 
-from inference_worker.storage.silence import SilenceWindow, StoreSilent
+from inference_worker.storage.silence import StoreSilent, window_for
 
 
 class BrokerSilent(kombu.exceptions.OperationalError):
@@ -41,20 +41,20 @@ PUBLISH_RETRY_POLICY = {
 }
 
 
-def timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was raised from, a timeout (kombu raises its own error for the
-    socket's)."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling, in turn (kombu raises its own
+    errors for py-amqp's and the socket's; a chain may loop back on itself)."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, TimeoutError):
-            return True
+        yield cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    return False
 
 
-_BY_URL: dict[str, SilenceWindow] = {}
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised from, a timeout."""
+    return any(isinstance(cause, TimeoutError) for cause in causes(exc))
 
 
 @contextmanager
@@ -65,7 +65,7 @@ def publishing_to(broker_url: str) -> Iterator[None]:
     Raises:
         BrokerSilent: the broker did not answer a moment ago.
     """
-    window = _BY_URL.setdefault(broker_url, SilenceWindow("RabbitMQ"))
+    window = window_for("RabbitMQ", broker_url)
     try:
         trial = window.admit()
     except StoreSilent as exc:

@@ -47,6 +47,7 @@ from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.alarm import BrokerBlocked
 from tasks.answers import CachedAnswer, announce_answered, cached_answer
 from tasks.app import Unroutable
+from tasks.broker_silence import causes
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage
 from tasks.outbox import asked_otherwise, new_job, stored_message
@@ -71,9 +72,7 @@ def describe_broker_refusal(exc: BaseException) -> str:
     message (kombu raises its own error from py-amqp's ``MessageNacked``): a queue at its
     ``max-length`` rejecting publishes, a quorum queue without a majority), or it blocks
     publishing (a memory or disk alarm)."""
-    cause: BaseException | None = exc
-    seen: set[int] = set()
-    while cause is not None and id(cause) not in seen:  # a chain may loop back on itself
+    for cause in causes(exc):
         if isinstance(cause, amqp.exceptions.MessageNacked):
             return "the message broker refused the job (its queue may be full)"
         if isinstance(cause, Unroutable):
@@ -83,8 +82,6 @@ def describe_broker_refusal(exc: BaseException) -> str:
                 "the message broker refuses new messages while it is low on memory or disk "
                 "(a RabbitMQ resource alarm)"
             )
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
     return "the message broker is unavailable"
 
 

@@ -35,7 +35,7 @@ from functools import lru_cache
 import psycopg2
 import psycopg2.extensions as pg
 
-from inference_worker.storage.silence import SilenceWindow, StoreSilent
+from inference_worker.storage.silence import SilenceWindow, StoreSilent, window_for
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,12 @@ def reply_limit_s(connection: pg.connection) -> float | None:
     return min(limits) if limits else None
 
 
-_WINDOWS: dict[tuple[str, str, str], SilenceWindow] = {}
-
-
 @lru_cache(maxsize=64)
 def window_of(dsn: str) -> SilenceWindow:
     """The process's window (:mod:`~inference_worker.storage.silence`) of the server and
     database a connection string names: every engine of the process learns from one silence."""
-    parameters = pg.parse_dsn(dsn)
-    server = tuple(parameters.get(name, "") for name in ("host", "port", "dbname"))
-    return _WINDOWS.setdefault(server, SilenceWindow("PostgreSQL"))
+    server = pg.parse_dsn(dsn)
+    return window_for("PostgreSQL", tuple(server.get(k, "") for k in ("host", "port", "dbname")))
 
 
 def wait(connection: pg.connection) -> None:

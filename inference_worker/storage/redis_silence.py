@@ -13,7 +13,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from inference_worker.storage.silence import QUIET_S, SilenceWindow, StoreSilent
+from inference_worker.storage.silence import QUIET_S, SilenceWindow, StoreSilent, window_for
 
 T = TypeVar("T")
 
@@ -23,9 +23,14 @@ class SilenceBreaker(Retry):
     own default for a connection), and the window of the Redis. Connections copy their policy;
     this one is shared by all of them (a copy is itself)."""
 
-    def __init__(self, quiet_s: float = QUIET_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        quiet_s: float = QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
+        window: SilenceWindow | None = None,
+    ):
         super().__init__(NoBackoff(), 0)
-        self.window = SilenceWindow("Redis", quiet_s, clock)
+        self.window = window or SilenceWindow("Redis", quiet_s, clock)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SilenceBreaker:
         return self
@@ -55,4 +60,6 @@ _BY_URL: dict[str, SilenceBreaker] = {}
 def breaker_for(redis_url: str) -> SilenceBreaker:
     """The process's breaker for the Redis at ``redis_url``: every client of it (the job store,
     the rate limits) learns from the same silence, so a request that meets both waits once."""
-    return _BY_URL.setdefault(redis_url, SilenceBreaker())
+    if redis_url not in _BY_URL:
+        _BY_URL[redis_url] = SilenceBreaker(window=window_for("Redis", redis_url))
+    return _BY_URL[redis_url]

@@ -5,8 +5,9 @@ them (paused, a stalled host, a network that drops its packets) makes each call 
 timeout. Under load every shim thread then waits in turn and the shim stops answering anything.
 So after a call times out, calls to that store fail at once (saying so) for :data:`QUIET_S`;
 then one call tries the store again while the others still fail at once, and its answer closes
-or reopens the window. Redis (:mod:`~inference_worker.storage.redis_silence`) and PostgreSQL
-(:mod:`~inference_worker.storage.database_silence`) each keep one window a server a process.
+or reopens the window. Redis (:mod:`~inference_worker.storage.redis_silence`), PostgreSQL
+(:mod:`~inference_worker.storage.database_silence`) and RabbitMQ (``tasks.broker_silence``) each
+have one window a server a process (:func:`window_for`).
 """
 
 from __future__ import annotations
@@ -63,3 +64,12 @@ class SilenceWindow:
         """A call got an answer (a refusal too): after a trial, calls go to the store again."""
         if trial:
             self.closed_until = 0.0
+
+
+_WINDOWS: dict[tuple[str, object], SilenceWindow] = {}
+
+
+def window_for(store: str, server: object) -> SilenceWindow:
+    """The process's window of one server of ``store`` (its URL, or host, port and database):
+    every client of it in the process learns from the same silence."""
+    return _WINDOWS.setdefault((store, server), SilenceWindow(store))
