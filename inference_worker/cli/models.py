@@ -121,7 +121,7 @@ def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) ->
     from inference_worker.cli.bootstrap import migrate_database
     from inference_worker.storage.database import JobStore
     from inference_worker.storage.engine import engine_for
-    from inference_worker.storage.errors import TRANSIENT_ERRORS
+    from inference_worker.storage.errors import TRANSIENT_ERRORS, describe_failure
     from inference_worker.storage.redis_store import RedisStore, connect
 
     migrate_database(settings)
@@ -130,7 +130,8 @@ def with_stores(settings: Settings, use: Callable[[JobStore, RedisStore], T]) ->
     try:
         return use(JobStore(engine), store)
     except TRANSIENT_ERRORS as exc:
-        print(f"error: a store is unavailable: {exc}", file=sys.stderr)
+        urls = {"database_url": settings.database_url, "redis_url": settings.redis_url}
+        print(f"error: {describe_failure(exc, **urls)}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         store.client.close()

@@ -48,7 +48,11 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
     import sqlalchemy.exc
 
     from inference_worker.serving import recovery
-    from inference_worker.storage.errors import STORE_ERRORS, describe_missing_schema
+    from inference_worker.storage.errors import (
+        STORE_ERRORS,
+        describe_failure,
+        describe_missing_schema,
+    )
 
     older_than = args.older_than if args.older_than is not None else settings.stuck_after_s
     stores = recovery.open_stores(settings, role="heimdall-cli")
@@ -90,7 +94,8 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> None:
             if changed < len(job_ids):  # scripts learn that some job was left as it was
                 raise SystemExit(1)
     except STORE_ERRORS as exc:
-        fail(f"a store is unavailable: {exc}")
+        urls = {"database_url": settings.database_url, "redis_url": settings.redis_url}
+        fail(describe_failure(exc, **urls))
     except sqlalchemy.exc.ProgrammingError as exc:
         missing = describe_missing_schema(exc, settings.database_schema)
         if missing is None:

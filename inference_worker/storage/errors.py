@@ -97,3 +97,18 @@ def describe_unavailable(exc: BaseException) -> str:
     if isinstance(exc, STORE_FULL_ERRORS):
         return "Redis is full"
     return f"{unavailable_store(exc)} is unavailable"
+
+
+def describe_failure(exc: BaseException, *, database_url: str, redis_url: str) -> str:
+    """What an operator is told when a command meets a store that fails: the store, where it
+    was asked (the URL without its password) and the first line of the driver's reason —
+    SQLAlchemy's wrapping (the driver's class, the statement, a link to its docs) left out."""
+    from inference_worker.storage.reachability import redact_url  # it imports this module
+
+    redis_failed = store_name(exc) == "redis"
+    where = redact_url(redis_url if redis_failed else database_url)
+    state = "is full" if isinstance(exc, STORE_FULL_ERRORS) else "is unavailable"
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    reason = lines[0] if lines else type(cause).__name__
+    return f"{unavailable_store(exc)} at {where} {state}: {reason}"

@@ -20,6 +20,7 @@ from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message, iq_digest
 from tests.integration.helpers import job_row, wait_final_row, worker_env
+from tests.integration.registry_helpers import closed_port
 
 
 @pytest.fixture
@@ -151,3 +152,43 @@ def test_more_stuck_jobs_than_a_listing_shows_are_counted_and_all_acted_on(own_s
     out = cli(local, "jobs", "fail", "--all-stuck", "--reason", "test", "--older-than", "0")
     assert out.count(": failed") == 1_001, out[-500:]
     assert "no job is unfinished" in cli(local, "jobs", "stuck", "--older-than", "0")
+
+
+def test_a_store_that_is_down_is_named_in_one_line(own_schema, capture):
+    """The operators' tools name the store that failed, where they asked it (its password
+    hidden) and the driver's reason, in one line: not SQLAlchemy's wrapping, nor its link."""
+    local, store, _, engine = own_schema
+    message = capture_message(capture, "stuck-asking-redis", store.blob_key("x", "y"))
+    record_job(JobStore(engine), read_message(message), published=False)  # Redis is asked of it
+    with closed_port() as port:
+        for variable, url, named in (
+            (
+                "HEIMDALL_DATABASE_URL",
+                f"postgresql+psycopg2://postgres:hidden@127.0.0.1:{port}/test",
+                f"the job database at postgresql+psycopg2://postgres:***@127.0.0.1:{port}/test",
+            ),
+            (
+                "HEIMDALL_REDIS_URL",
+                f"redis://127.0.0.1:{port}/0",
+                f"Redis at redis://127.0.0.1:{port}/0",
+            ),
+        ):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "inference_worker.cli",
+                    "jobs",
+                    "stuck",
+                    "--older-than",
+                    "0",
+                ],
+                env={**worker_env(local), variable: url},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert done.stderr.startswith(f"error: {named} is unavailable: "), done.stderr
+            assert "refused" in done.stderr.lower() and "hidden" not in done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
