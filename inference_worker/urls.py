@@ -13,6 +13,17 @@ def redact_secrets(text: str) -> str:
     return URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
+def redact_url(url: str) -> str:
+    """A URL safe to print: the password, if any, replaced (the user too, where SQLAlchemy
+    cannot read the URL)."""
+    import sqlalchemy as sa  # loaded when first needed: not every caller of this module uses it
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):  # no URL, or a port that is no number
+        return redact_secrets(url)
+
+
 _POSTGRESQL_SCHEME = re.compile(r"^(postgres|postgresql)(\+[\w]+)?://", re.IGNORECASE)
 
 

@@ -18,10 +18,9 @@ from inference_worker.storage.reachability import (
     eviction_warning,
     persistence_warning,
     probe_client,
-    redact_url,
     unbounded_warning,
 )
-from inference_worker.urls import redact_secrets
+from inference_worker.urls import redact_secrets, redact_url
 
 if TYPE_CHECKING:
     from inference_worker.storage.engine import ConnectionUse

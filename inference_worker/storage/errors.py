@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis
 import sqlalchemy.exc
 
+from inference_worker.urls import redact_url
+
 
 class PersistenceError(redis.exceptions.ResponseError):
     """Redis refusing writes because its last snapshot failed (``MISCONF``, with
@@ -103,8 +105,6 @@ def describe_failure(exc: BaseException, *, database_url: str, redis_url: str) -
     """What an operator is told when a command meets a store that fails: the store, where it
     was asked (the URL without its password) and the first line of the driver's reason —
     SQLAlchemy's wrapping (the driver's class, the statement, a link to its docs) left out."""
-    from inference_worker.storage.reachability import redact_url  # it imports this module
-
     redis_failed = store_name(exc) == "redis"
     where = redact_url(redis_url if redis_failed else database_url)
     state = "is full" if isinstance(exc, STORE_FULL_ERRORS) else "is unavailable"

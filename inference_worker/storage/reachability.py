@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from inference_worker.settings import Settings
 from inference_worker.storage.errors import PersistenceError
 from inference_worker.storage.redis_store import ReplyParser
-from inference_worker.urls import redact_secrets
+from inference_worker.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,6 @@ def probe_database(database_url: str) -> None:
             connection.execute(sa.text("SELECT 1"))
     finally:
         engine.dispose()
-
-
-def redact_url(url: str) -> str:
-    """A URL safe to print: the password, if any, replaced (the user too, where SQLAlchemy
-    cannot read the URL)."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):  # no URL, or a port that is no number
-        return redact_secrets(url)
 
 
 def unreachable_services(settings: Settings) -> dict[str, str]:

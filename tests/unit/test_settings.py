@@ -216,7 +216,7 @@ def test_a_url_or_name_its_service_cannot_use_is_refused_at_start(
 
 
 def test_an_unreadable_url_is_still_printed_without_its_credentials():
-    from inference_worker.storage.reachability import redact_url
+    from inference_worker.urls import redact_url
 
     assert redact_url("amqp://svc:s3cret@mq:abc//") == "amqp://***@mq:abc//"
     assert redact_url("postgresql://svc:s3cret@db/x") == "postgresql://svc:***@db/x"
