@@ -28,6 +28,7 @@ from inference_worker.storage.database_silence import answered_within
 from inference_worker.storage.engine import connection_use
 from inference_worker.storage.errors import TRANSIENT_ERRORS
 from inference_worker.storage.maintenance import JobMaintenance
+from inference_worker.storage.redis_silence import ping_within
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import redact_secrets
 from tasks.app import broker_alarm, dead_letter_queue_name
@@ -36,10 +37,10 @@ from tasks.probe import BrokerProbe
 log = logging.getLogger(__name__)
 
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-HEALTH_DATABASE_S = 2.0
-"""How long a health check or a scrape waits for PostgreSQL, the job database's or a model
-registry's (as for RabbitMQ): one that answers nothing costs a load balancer's probe this, not
-the statement timeout."""
+HEALTH_STORE_S = 2.0
+"""How long a health check or a scrape waits for PostgreSQL (the job database's or a model
+registry's) or for Redis's answer to PING (as for RabbitMQ): one that answers nothing costs a
+load balancer's probe this, not the statement or the socket timeout."""
 
 
 def create_blueprint() -> Audience:
@@ -63,10 +64,10 @@ def worker_models(worker: dict[str, Any]) -> dict[str, Any]:
 
 def health() -> tuple[Response, int]:
     shim = services()
-    with answered_within(HEALTH_DATABASE_S):  # the job database's statements, a registry's
+    with answered_within(HEALTH_STORE_S):  # the job database's statements, a registry's
         checks = {
             "broker": timed_check(lambda: broker_takes_messages(shim.celery, shim.broker_probe)),
-            "redis": timed_check(shim.store.ping),
+            "redis": timed_check(lambda: ping_within(shim.store.client, HEALTH_STORE_S)),
             "database": timed_check(shim.jobs.ping),
         }
         # Heartbeats are read from the Redis just asked: one that did not answer is not waited
@@ -237,7 +238,7 @@ class DatabaseGauges:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with answered_within(HEALTH_DATABASE_S):
+            with answered_within(HEALTH_STORE_S):
                 stuck = self.maintenance.count_not_final(self.stuck_after_s)
                 use = connection_use(self.maintenance.engine)
         except TRANSIENT_ERRORS as exc:  # a scrape never fails because the database is down

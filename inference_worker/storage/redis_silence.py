@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import redis
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -63,3 +64,28 @@ def breaker_for(redis_url: str) -> SilenceBreaker:
     if redis_url not in _BY_URL:
         _BY_URL[redis_url] = SilenceBreaker(window=window_for("Redis", redis_url))
     return _BY_URL[redis_url]
+
+
+def ping_within(client: redis.Redis, seconds: float) -> None:
+    """PING the Redis of ``client``, waiting ``seconds`` at most for its answer (a health
+    check's limit, shorter than the socket timeout), through the client's window as its other
+    calls: within the window it fails at once, and a silence met here opens it."""
+    pool = client.connection_pool
+
+    def ask() -> None:
+        connection = pool.get_connection()
+        try:
+            # No health check of its own first: it would wait the socket timeout.
+            connection.send_command("PING", check_health=False)
+            if not connection.can_read(timeout=seconds):
+                connection.disconnect()
+                raise redis.exceptions.TimeoutError(f"Redis did not answer PING in {seconds:g} s")
+            connection.read_response()
+        finally:
+            pool.release(connection)
+
+    policy = client.get_retry()
+    if isinstance(policy, SilenceBreaker):
+        policy.call_with_retry(ask, lambda error: None)
+    else:
+        ask()
