@@ -46,11 +46,10 @@ from inference_worker.storage.redis_store import RedisStore
 from inference_worker.storage.statuses import FINAL_STATUSES
 from tasks.alarm import BrokerBlocked
 from tasks.answers import CachedAnswer, announce_answered, cached_answer
-from tasks.app import Unroutable
-from tasks.broker_silence import causes
 from tasks.captures import Capture, TdoaJob, build_message, capture_limits
 from tasks.contract import LocateMessage
 from tasks.outbox import asked_otherwise, new_job, stored_message
+from tasks.publish_failures import UNCONFIRMED, describe_broker_refusal, may_have_reached
 from tasks.served import ServedModelCache
 
 log = logging.getLogger(__name__)
@@ -65,24 +64,6 @@ ResolveModel = Callable[[str], None]
 MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 UNAVAILABLE_ERRORS = (*STORE_ERRORS, KombuError, amqp.exceptions.AMQPError, OSError)
 """What a submission meets when a store or the broker is down: nothing is accepted (503)."""
-
-
-def describe_broker_refusal(exc: BaseException) -> str:
-    """What a client is told when a publish fails: the broker is unreachable, or it nacked the
-    message (kombu raises its own error from py-amqp's ``MessageNacked``): a queue at its
-    ``max-length`` rejecting publishes, a quorum queue without a majority), or it blocks
-    publishing (a memory or disk alarm)."""
-    for cause in causes(exc):
-        if isinstance(cause, amqp.exceptions.MessageNacked):
-            return "the message broker refused the job (its queue may be full)"
-        if isinstance(cause, Unroutable):
-            return "the message broker has no queue for the job"
-        if isinstance(cause, BrokerBlocked):
-            return (
-                "the message broker refuses new messages while it is low on memory or disk "
-                "(a RabbitMQ resource alarm)"
-            )
-    return "the message broker is unavailable"
 
 
 class ModelRequestError(CaptureError):
@@ -262,22 +243,21 @@ class Intake:
                 self.store.put_blob_and_note(blob_key, payload, self.settings.blob_ttl_s, pending)
             else:
                 self.store.put_blob(blob_key, payload, self.settings.blob_ttl_s)
-            self.publish(message)
-        except BrokerBlocked as exc:
-            if not (exc.sent and self.jobs is not None):
-                # Not sent: nothing of it reached the broker. Sent, with no row to relay it
-                # from (a producer): the capture stays for the task that may still arrive.
-                self._refuse(job_id, blob_key, created and not exc.sent, exc)
-            # Written before RabbitMQ blocked it: the task is delivered when the alarm clears,
-            # and its row, unconfirmed, is the relay's to publish again if it is not.
-            log.warning(
-                "job %s: RabbitMQ blocked its task before confirming it (a resource alarm); "
-                "it runs once the alarm clears",
-                job_id,
-            )
-            return Accepted(job_id, status, created=created)
         except UNAVAILABLE_ERRORS as exc:
             self._refuse(job_id, blob_key, created, exc)
+        try:
+            self.publish(message)
+        except UNAVAILABLE_ERRORS as exc:
+            sent = may_have_reached(exc)
+            if not (sent and self.jobs is not None):
+                # Not sent: nothing of it reached the broker. Perhaps sent, with no row to relay
+                # it from (a producer): the capture stays for the task that may still arrive.
+                self._refuse(job_id, blob_key, created and not sent, exc)
+            # The task may be at the broker, unconfirmed: it runs when RabbitMQ delivers it,
+            # and its row, unpublished, is the relay's to publish again if it is not.
+            # Withdrawn, the task arriving late would fail the job ("capture data is missing").
+            log.warning("job %s: %s", job_id, UNCONFIRMED[isinstance(exc, BrokerBlocked)])
+            return Accepted(job_id, status, created=created)
         if self.mark_published is not None:
             try:
                 self.mark_published(job_id)

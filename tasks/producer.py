@@ -94,8 +94,10 @@ class CaptureProducer:
             inference_worker.core.capture.CaptureError: the capture is invalid, or the
                 ``batch_id`` or ``tenant`` (letters, digits, "._:-"; nothing sent).
             tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down or refusing work
-                (nothing accepted; in a RabbitMQ memory or disk alarm, a task already read by
-                RabbitMQ still arrives after it: submit again with the same ``job_id``).
+                (nothing accepted; a task RabbitMQ may have had all the same — read before a
+                memory or disk alarm blocked publishing, or sent before the broker stopped
+                answering — still arrives, its capture kept for it: submit again with the same
+                ``job_id``).
         """
         fields = {
             "sample_rate_hz": sample_rate_hz,
@@ -137,8 +139,10 @@ class CaptureProducer:
             inference_worker.core.capture.CaptureError: the set is refused, naming the receiver
                 (nothing sent).
             tasks.intake.ServiceUnavailable: Redis or RabbitMQ is down or refusing work
-                (nothing accepted; in a RabbitMQ memory or disk alarm, a task already read by
-                RabbitMQ still arrives after it: submit again with the same ``job_id``).
+                (nothing accepted; a task RabbitMQ may have had all the same — read before a
+                memory or disk alarm blocked publishing, or sent before the broker stopped
+                answering — still arrives, its capture kept for it: submit again with the same
+                ``job_id``).
         """
         fields = {
             "receivers": [dict(r) for r in receivers],

@@ -112,7 +112,8 @@ def requeue(settings: Settings, stores: Any, job_ids: list[str]) -> int:
     from inference_worker.storage.errors import STORE_ERRORS
     from tasks.alarm import BrokerBlocked
     from tasks.app import create_celery, publisher
-    from tasks.intake import UNAVAILABLE_ERRORS, describe_broker_refusal
+    from tasks.intake import UNAVAILABLE_ERRORS
+    from tasks.publish_failures import describe_broker_refusal
 
     app = create_celery(settings.broker_url, settings.queue, delivery_limit=settings.max_deliveries)
     publish = publisher(app, settings.queue, settings.publish_confirm_timeout_s)

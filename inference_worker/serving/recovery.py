@@ -27,8 +27,9 @@ from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.statuses import FINAL_STATUSES
 from inference_worker.storage.views import job_view
 from tasks.contract import LocateMessage
-from tasks.intake import UNAVAILABLE_ERRORS, describe_broker_refusal
+from tasks.intake import UNAVAILABLE_ERRORS
 from tasks.outbox import stored_message
+from tasks.publish_failures import describe_broker_refusal
 
 log = logging.getLogger(__name__)
 
