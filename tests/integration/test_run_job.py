@@ -17,7 +17,7 @@ from inference_worker.serving.onnx_model import LocalizationModel
 from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.schema import inference_logs
 from tasks.contract import read_message
-from tasks.outbox import record_job
+from tasks.outbox import record_job, start_job
 from tests.helpers import capture_message, iq_digest
 from tests.integration.helpers import private_redis
 
@@ -303,3 +303,33 @@ def test_a_batch_runs_with_redis_over_a_unix_socket(services, simulator, rng, tm
         store.heartbeat("host:1", {"worker_id": "host:1"}, 10)
         assert [w["worker_id"] for w in store.workers()] == ["host:1"]
         store.client.close()
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one-job", "batch"])
+def test_a_redelivery_gives_redis_the_final_view_its_recording_did_not(services, capture, alone):
+    """The delivery that recorded a job's result may not have reached Redis after it (Redis did
+    not answer; or PostgreSQL, silent, ran the result statement the worker had given up on
+    once it woke): Redis kept the note of a queued job for the result's lifetime, and every
+    wait for the job lasted its whole length. The next delivery finds the job final and
+    writes its view to Redis, dropping the capture."""
+    message = queue_job(services, capture, store_blob=False)
+    job_id, key = message["job_id"], message["blob_key"]
+    note = {"job_id": job_id, "status": "queued", "tenant": None}
+    services.redis.put_blob_and_note(key, capture.iq.tobytes(), 60, (job_id, note, 60))
+    # What the first delivery did before Redis was out of its reach: the result, recorded.
+    start_job(services.jobs, read_message(message))
+    result = {"lat": 45.0, "lon": 7.6}
+    recorded = services.jobs.succeed(
+        job_id,
+        result=result,
+        model_version="2.1.0",
+        model_version_id=None,
+        cache_hit=False,
+        timings={},
+    )
+    assert recorded is not None and services.redis.get_result(job_id) is None  # the note
+    outcome = run_job(message, services) if alone else run_jobs([(message, None)], services)[0]
+    assert outcome.status == "duplicate"
+    view = services.redis.get_result(job_id)
+    assert view is not None and view["status"] == "succeeded" and view["result"] == result
+    assert not services.redis.has_blob(key)
