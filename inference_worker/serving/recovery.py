@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 Publish = Callable[[LocateMessage], None]
 CAPTURE_GONE = (
     "the submission was interrupted before its task was published, and its capture is no "
-    "longer in Redis; submit the capture again"
+    "longer in Redis; submit the capture again under a new job id (this one stays failed)"
 )
+"""Why the relay fails such a job. Resubmitted under the same id, the failed job is what
+comes back (``created: false``), as for any job id in use."""
 PRUNE_EVERY_S = 3_600.0
 PRUNE_BATCH = 5_000
 PRUNE_BATCHES_A_ROUND = 20

@@ -139,6 +139,7 @@ def test_a_submission_killed_at_any_step_ends_final_with_one_result_at_most(
     # A shim killed before it stored the capture: the relay fails the job with the reason.
     alone = job_row(job_store, "crash-shim-after_row-alone")
     assert alone["status"] == "failed" and "interrupted" in alone["error"]
+    assert "under a new job id" in alone["error"]  # its id is taken by the failed job
 
 
 def test_killing_shim_processes_during_a_burst_leaves_no_job_unfinished(
