@@ -63,7 +63,8 @@ ResolveModel = Callable[[str], None]
 
 MODEL_REF_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 UNAVAILABLE_ERRORS = (*STORE_ERRORS, KombuError, amqp.exceptions.AMQPError, OSError)
-"""What a submission meets when a store or the broker is down: nothing is accepted (503)."""
+"""What a submission meets when a store or the broker is down: nothing is accepted (503), but
+a task the broker may have had all the same (:func:`~tasks.publish_failures.may_have_reached`)."""
 
 
 class ModelRequestError(CaptureError):
@@ -200,7 +201,9 @@ class Intake:
             JobConflict: the client's job id exists with different IQ, or the same IQ asking
                 otherwise (another model, frequency, receivers or expectation), or another
                 tenant's.
-            ServiceUnavailable: a store or the broker is down or full; nothing is left behind.
+            ServiceUnavailable: a store or the broker is down or full; nothing is left behind
+                but a producer's capture whose task may still arrive (a shim's such job is
+                accepted: its row is the relay's).
         """
         job_id = capture.job_id or str(uuid.uuid4())
         payload = capture.payload()
