@@ -5,6 +5,7 @@ the client's calls fail at once with the same ``TimeoutError``, saying so.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,7 +23,13 @@ T = TypeVar("T")
 class SilenceBreaker(Retry):
     """redis-py's retry policy for every connection of one client: no retries (as redis-py's
     own default for a connection), and the window of the Redis. Connections copy their policy;
-    this one is shared by all of them (a copy is itself)."""
+    this one is shared by all of them (a copy is itself).
+
+    redis-py calls its policy again within a call — to connect, to check a new or long idle
+    connection's health — and those inner calls are the outer call's: they pass without the
+    window. Refused as others, they failed the very call that tried Redis again after a
+    silence, so a process with no live connection left (all dropped at their timeouts, or new:
+    a worker process forked meanwhile) never reached Redis again."""
 
     def __init__(
         self,
@@ -32,6 +39,7 @@ class SilenceBreaker(Retry):
     ):
         super().__init__(NoBackoff(), 0)
         self.window = window or SilenceWindow("Redis", quiet_s, clock)
+        self._calling = threading.local()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SilenceBreaker:
         return self
@@ -39,10 +47,13 @@ class SilenceBreaker(Retry):
     def call_with_retry(
         self, do: Callable[[], T], fail: Callable[..., Any], *more: Any, **also: Any
     ) -> T:
+        if getattr(self._calling, "now", False):  # within a call of this thread: its part
+            return super().call_with_retry(do, fail, *more, **also)
         try:
             trial = self.window.admit()
         except StoreSilent as exc:
             raise redis.exceptions.TimeoutError(str(exc)) from None
+        self._calling.now = True
         try:
             result = super().call_with_retry(do, fail, *more, **also)
         except redis.exceptions.TimeoutError:
@@ -51,6 +62,8 @@ class SilenceBreaker(Retry):
         except BaseException:
             self.window.answered(trial)  # a refusal is an answer
             raise
+        finally:
+            self._calling.now = False
         self.window.answered(trial)
         return result
 

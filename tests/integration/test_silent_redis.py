@@ -26,6 +26,8 @@ from api_shim.app import create_app
 from inference_worker.api_keys import ApiKey
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
+from inference_worker.storage.redis_silence import breaker_for
+from inference_worker.storage.redis_store import connect
 from tests.integration.helpers import private_redis, submit_npy
 
 
@@ -176,3 +178,23 @@ def test_after_one_wait_requests_that_can_answer_without_redis_do_so_at_once(
     assert "Redis did not answer" in redis_check["error"], redis_check  # failed, not waited
     assert models.status_code == 503, models.get_json()
     assert models.get_json()["error"]["message"] == "Redis is unavailable"
+
+
+def test_a_process_with_no_connection_left_reaches_redis_again_after_a_silence(tmp_path: Path):
+    """redis-py connects, and checks a new connection's health, within the call that tries
+    Redis again after a silence; the breaker refused those inner calls as it refuses others
+    while a call is trying, so that call failed, and the next one, and so on: a process with
+    no live connection left (dropped at their timeouts, or new in a worker process forked
+    meanwhile) never reached Redis again — 742 jobs stuck in a soak with faults."""
+    with private_redis(tmp_path / "redis") as redis_url:
+        first = connect(redis_url)
+        first.ping()
+        with paused(redis_url), pytest.raises(redis.exceptions.TimeoutError):
+            first.get("k")  # the socket timeout: the window closes, the connection is dropped
+        window = breaker_for(redis_url).window
+        wait_until("the window's end", lambda: window.clock() >= window.closed_until, 20)
+        fresh = connect(redis_url)  # connections of its own, none made yet
+        assert fresh.get("k") is None
+        assert first.get("k") is None
+        fresh.close()
+        first.close()

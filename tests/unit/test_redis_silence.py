@@ -4,6 +4,7 @@ test's own, calls that time out or answer)."""
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import redis.exceptions
@@ -53,8 +54,18 @@ def test_one_call_tries_again_while_the_others_still_fail_at_once():
     others: list[str] = []
 
     def trial() -> str:  # while it waits on Redis, another thread's call
-        with pytest.raises(redis.exceptions.TimeoutError, match="did not answer"):
-            breaker.call_with_retry(lambda: others.append("asked"), lambda error: None)
+        refused: list[str] = []
+
+        def other() -> None:
+            try:
+                breaker.call_with_retry(lambda: others.append("asked"), lambda error: None)
+            except redis.exceptions.TimeoutError as exc:
+                refused.append(str(exc))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert len(refused) == 1 and "did not answer" in refused[0]
         raise redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379")
 
     with pytest.raises(redis.exceptions.TimeoutError, match="Timeout reading"):
@@ -63,6 +74,23 @@ def test_one_call_tries_again_while_the_others_still_fail_at_once():
     clock.now += 4.0  # the trial's silence opened a new window
     with pytest.raises(redis.exceptions.TimeoutError, match="did not answer"):
         breaker.call_with_retry(lambda: None, lambda error: None)
+
+
+def test_the_calls_redis_py_makes_within_a_call_are_that_call_s():
+    """redis-py connects and checks a connection's health through the same policy, within the
+    call: the trial's own inner calls pass, and its answer opens the window."""
+    clock = Clock()
+    breaker = silenced(clock)
+    clock.now += 6.0
+    inner: list[str] = []
+
+    def trial() -> str:
+        breaker.call_with_retry(lambda: inner.append("connected"), lambda error: None)
+        return "answered"
+
+    assert breaker.call_with_retry(trial, lambda error: None) == "answered"
+    assert inner == ["connected"]
+    assert breaker.call_with_retry(lambda: "open", lambda error: None) == "open"
 
 
 def test_a_trial_answered_with_a_refusal_closes_the_window_and_a_lost_trial_expires():
