@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.silent_proxy import SilentProxy
+from tools.silent_relay import SilentProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = """

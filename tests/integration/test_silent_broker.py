@@ -3,7 +3,7 @@ a submission one timeout, the next submissions none for a while, and a health ch
 connection attempt.
 
 The broker is the real one, reached through a relay that goes silent
-(:class:`~tests.integration.silent_proxy.SilentProxy`). Before: a publish that timed out was
+(:class:`~tools.silent_relay.SilentProxy`). Before: a publish that timed out was
 retried by kombu, each reconnection waiting out the connect timeout for a handshake that never
 came (27 s before a submission's ``503``), and the health check's probe connected twice.
 """
@@ -24,7 +24,7 @@ from inference_worker.storage.database import JobStore
 from tasks.intake import ServiceUnavailable
 from tasks.producer import CaptureProducer
 from tests.integration.helpers import job_row, submit_npy, wait_final_row
-from tests.integration.silent_proxy import SilentProxy
+from tools.silent_relay import SilentProxy
 
 
 @pytest.fixture

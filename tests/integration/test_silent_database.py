@@ -3,7 +3,7 @@ is given up on after a limit, not waited on forever; then the service's calls to
 for a while, and no job already accepted is lost.
 
 The database is the real one, reached through a relay that goes silent
-(:class:`~tests.integration.silent_proxy.SilentProxy`). Before: a statement sent to such a server
+(:class:`~tools.silent_relay.SilentProxy`). Before: a statement sent to such a server
 waited until it answered again (the kernel acknowledges what is sent, so neither keepalives nor
 the server's statement timeout end the wait): a submission and ``/health`` were held past 70 s.
 """
@@ -21,7 +21,7 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.database_silence import DatabaseSilent
 from inference_worker.storage.engine import create_engine
 from tests.integration.helpers import produce, submit_npy
-from tests.integration.silent_proxy import SilentProxy
+from tools.silent_relay import SilentProxy
 
 STATEMENT_TIMEOUT_S = 0.5
 """The tests' statement timeout: a statement is given up on 2 s after it (2.5 s)."""

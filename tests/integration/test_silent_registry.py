@@ -20,7 +20,7 @@ from api_shim.app import create_app
 from inference_worker.serving import registry_store
 from inference_worker.serving.registry import RegistryUnavailable, open_registry
 from tests.integration.registry_helpers import ADMIN, in_registry_mode
-from tests.integration.silent_proxy import SilentProxy
+from tools.silent_relay import SilentProxy
 
 GAVE_UP = r"does not answer: .*PostgreSQL (answered nothing in 1 s|did not answer)"
 

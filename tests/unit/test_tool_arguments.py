@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
         ("bench_tdoa", ["--rates", "0"], "argument --rates: 0 is too few"),
         ("load_test_inference", ["--clients", "0"], "argument --clients: 0 is too few"),
         ("load_test_inference", ["--duplicates", "2"], "argument --duplicates: 2 is out of"),
+        ("chaos_soak", ["--clients", "0"], "argument --clients: 0 is too few"),
+        ("chaos_soak", ["--faults", "kill-everything"], "unknown --faults kill-everything; known:"),
     ],
 )
 def test_a_tool_refuses_a_number_it_cannot_use_before_it_starts(
