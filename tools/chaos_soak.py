@@ -31,7 +31,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -62,6 +63,14 @@ LONG_SILENT_S = 20.0
 """Past the statement limit (15 s and 2 s): the worker and the shim give statements up."""
 
 
+def credentials_of(broker: Any) -> str:
+    """The ``user:password@`` of a kombu connection's URL, quoted; none where it names none
+    (RabbitMQ's defaults then apply)."""
+    if not broker.userid:
+        return ""
+    return f"{quote(broker.userid, safe='')}:{quote(broker.password or '', safe='')}@"
+
+
 class Relays:
     """A relay for each store, and the settings that reach them through it."""
 
@@ -87,8 +96,8 @@ class Relays:
                 "redis_url": urlunsplit(
                     redis_parts._replace(netloc=f"{redis_netloc}127.0.0.1:{self.redis.port}")
                 ),
-                "broker_url": f"amqp://{broker.userid}:{broker.password}@127.0.0.1:"
-                f"{self.rabbitmq.port}/{broker.virtual_host}",
+                "broker_url": f"amqp://{credentials_of(broker)}127.0.0.1:{self.rabbitmq.port}/"
+                f"{broker.virtual_host}",
             }
         )
 
