@@ -7,12 +7,9 @@ afterwards) reach PostgreSQL, Redis and RabbitMQ through relays that can go sile
 stalled host). Closed-loop clients submit fresh 12 kHz × 1 s captures under job ids of their own,
 retrying a refused one under the same id as a careful client does. Every few seconds one fault,
 drawn at random: a worker pool process or a shim process killed, a store silent for a while
-(PostgreSQL also past its statement limit), RabbitMQ back as a host that restarted. Then the
-relays speak again, every accepted job is waited for, and its row and its copy in Redis read.
-
-Prints the faults as they happen, then what became of the accepted jobs and of the submissions
-the clients gave up on. Exit status 1 when an accepted job did not succeed, or Redis still holds
-the note of a queued job for a final one (every wait for it would last its whole length).
+(PostgreSQL also past its statement limit), RabbitMQ back as a host that restarted. Then every
+accepted job is waited for, and its row and its copy in Redis read: exit status 1 when one did
+not succeed, or Redis still holds the note of a queued job for a final one.
 """
 
 from __future__ import annotations
@@ -42,13 +39,13 @@ sys.path.insert(0, str(ROOT))
 from api_shim.client import ShimClient, ShimError  # noqa: E402
 from inference_worker.cli.arguments import count, number  # noqa: E402
 from inference_worker.settings import Settings, load_settings  # noqa: E402
+from inference_worker.storage.statuses import FINAL_STATUSES  # noqa: E402
 from tools.bench_service import running_service  # noqa: E402
 from tools.bench_stages import drop, own_settings, prepare  # noqa: E402
 from tools.process_meter import children  # noqa: E402
 from tools.requirements import run  # noqa: E402
 from tools.silent_relay import SilentProxy  # noqa: E402
 
-FINAL = ("succeeded", "failed")
 FAULTS = (
     "kill-worker-process",
     "kill-shim-process",
@@ -235,7 +232,7 @@ def read_back(
     stale = 0
     for job_id in tally.accepted:
         copy = store.get_result_json(job_id)
-        stale += copy is not None and json.loads(copy).get("status") not in FINAL
+        stale += copy is not None and json.loads(copy).get("status") not in FINAL_STATUSES
     store.client.close()
     engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
     rows: dict[str, str] = {}
