@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions as pg
@@ -53,9 +54,18 @@ class DatabaseSilent(psycopg2.OperationalError):
 
 
 class AnsweringConnection(pg.connection):
-    """A psycopg2 connection whose statements are waited on at most ``reply_within_s``."""
+    """A psycopg2 connection whose statements are waited on at most ``reply_within_s``. While
+    its server's window is closed it is refused before its socket is opened (a silent server's
+    kernel would take the connection and leave it half open)."""
 
     reply_within_s: float | None = None
+
+    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            window_of(dsn).refuse_while_closed()
+        except StoreSilent as exc:
+            raise DatabaseSilent(str(exc)) from None
+        super().__init__(dsn, *args, **kwargs)
 
 
 @lru_cache(maxsize=16)

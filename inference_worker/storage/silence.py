@@ -47,13 +47,23 @@ class SilenceWindow:
         if not self.closed_until:
             return False
         now = self.clock()
-        if now < self.closed_until:
+        self.refuse_while_closed(now)
+        self.closed_until = now + TRIAL_S  # the others fail at once meanwhile
+        return True
+
+    def refuse_while_closed(self, now: float | None = None) -> None:
+        """What :meth:`admit` refuses, asked without taking the trial: before a call that
+        :meth:`admit` itself (a connection, before its socket is even opened).
+
+        Raises:
+            StoreSilent: the window is closed.
+        """
+        now = self.clock() if now is None else now
+        if self.closed_until and now < self.closed_until:
             raise StoreSilent(
                 f"{self.store} did not answer {now - self.silent_since:.1f} s ago; it is asked "
                 f"again {self.quiet_s:g} s after that"
             )
-        self.closed_until = now + TRIAL_S  # the others fail at once meanwhile
-        return True
 
     def went_silent(self) -> None:
         """A call timed out: calls fail at once for :attr:`quiet_s`."""

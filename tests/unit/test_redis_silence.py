@@ -10,7 +10,7 @@ import pytest
 import redis.exceptions
 
 from inference_worker.storage.redis_silence import SilenceBreaker, breaker_for
-from inference_worker.storage.silence import TRIAL_S
+from inference_worker.storage.silence import TRIAL_S, SilenceWindow, StoreSilent
 
 
 class Clock:
@@ -114,3 +114,18 @@ def test_connections_share_their_client_s_breaker_and_clients_of_one_redis_share
     assert copy.deepcopy(breaker) is breaker  # redis-py copies each connection's policy
     assert breaker_for("redis://127.0.0.1:1/0") is breaker
     assert breaker_for("redis://127.0.0.1:2/0") is not breaker
+
+
+def test_a_window_refuses_before_a_call_without_taking_its_trial():
+    """A connection is refused before its socket opens while the window is closed; asking so
+    does not take the trial that the call itself will take."""
+    clock = Clock()
+    window = SilenceWindow("PostgreSQL", 5.0, clock)
+    window.refuse_while_closed()  # open: nothing to refuse
+    window.went_silent()
+    clock.now += 4.0
+    with pytest.raises(StoreSilent, match=r"did not answer 4\.0 s ago"):
+        window.refuse_while_closed()
+    clock.now += 2.0
+    window.refuse_while_closed()  # due for a trial: let through, the trial not taken
+    assert window.admit() is True
