@@ -64,10 +64,19 @@ class SilentProxy:
         self.speaking.wait()  # a silent server's kernel accepts; nothing answers
         try:
             server = socket.create_connection(self.target)
-            self.sockets.append(server)
+        except OSError:  # the server is gone
+            client.close()
+            return
+        self.sockets.append(server)
+        try:
             for sock in (client, server):  # small messages go on at once, as from a server
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # the server, or the client meanwhile, is gone
+        except OSError:  # the client is gone meanwhile (or the relay closed it)
+            server.close()
+            client.close()
+            return
+        if self.closing.is_set():  # closed meanwhile (a silence ends with close): not left open
+            server.close()
             client.close()
             return
         self._pass(client, server)
@@ -106,5 +115,6 @@ class SilentProxy:
         server.close()
         while not self.closing.is_set() and not ready.select(timeout=0.1):
             pass
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
+        if not self.closing.is_set():  # else closed already
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
