@@ -14,6 +14,7 @@ import redis
 import sqlalchemy.exc
 
 from inference_worker.settings import Settings
+from inference_worker.storage.errors import first_line
 from inference_worker.storage.reachability import (
     eviction_warning,
     persistence_warning,
@@ -46,9 +47,7 @@ def guarded(area: str, check: Callable[[], list[Finding]]) -> list[Finding]:
     try:
         return check()
     except Exception as exc:  # whatever stopped it is what the operator needs to read
-        text = str(exc).strip()
-        first_line = text.splitlines()[0] if text else type(exc).__name__
-        return [Finding(area, "fail", redact_secrets(first_line))]
+        return [Finding(area, "fail", redact_secrets(first_line(exc)))]
 
 
 # --- RabbitMQ ---------------------------------------------------------------------------------
@@ -221,9 +220,8 @@ def check_database(settings: Settings) -> list[Finding]:
         try:
             revision = schema_revision(engine, schema)
         except sqlalchemy.exc.OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             where = redact_url(settings.database_url)
-            return [Finding("postgresql", "fail", f"{where} is not reachable: {reason}")]
+            return [Finding("postgresql", "fail", f"{where} is not reachable: {first_line(exc)}")]
         known = known_revisions()
         if revision is None:
             return [

@@ -108,7 +108,13 @@ def describe_failure(exc: BaseException, *, database_url: str, redis_url: str) -
     redis_failed = store_name(exc) == "redis"
     where = redact_url(redis_url if redis_failed else database_url)
     state = "is full" if isinstance(exc, STORE_FULL_ERRORS) else "is unavailable"
+    return f"{unavailable_store(exc)} at {where} {state}: {first_line(exc)}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's reason — the driver's own where SQLAlchemy wraps one (its
+    class, the statement and a link to its docs left out) — or the class's name when it has no
+    text."""
     cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    reason = lines[0] if lines else type(cause).__name__
-    return f"{unavailable_store(exc)} at {where} {state}: {reason}"
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

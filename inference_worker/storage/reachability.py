@@ -10,7 +10,7 @@ import redis
 import sqlalchemy as sa
 
 from inference_worker.settings import Settings
-from inference_worker.storage.errors import PersistenceError
+from inference_worker.storage.errors import PersistenceError, first_line
 from inference_worker.storage.redis_store import ReplyParser
 from inference_worker.urls import redact_url
 
@@ -118,8 +118,5 @@ def unreachable_services(settings: Settings) -> dict[str, str]:
         try:
             probe(url)
         except Exception as exc:  # any failure means "not reachable"; the message says which
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
-            failures[name] = f"{name} at {redact_url(url)} is not reachable: {first_line}"
+            failures[name] = f"{name} at {redact_url(url)} is not reachable: {first_line(exc)}"
     return failures

@@ -19,7 +19,7 @@ from inference_worker.serving.dead_letters import (
 )
 from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.serving.worker import with_store_retries
-from inference_worker.storage.errors import DatabaseReadOnly, as_read_only
+from inference_worker.storage.errors import DatabaseReadOnly, as_read_only, first_line
 from inference_worker.storage.redis_store import ReplyParser
 
 JOB = "acq-0001"
@@ -229,3 +229,14 @@ def test_a_letter_the_database_refuses_for_its_values_does_not_hold_the_queue(mo
     down = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
     assert consume_with(refused) == "ack"
     assert consume_with(down) == "requeue"
+
+
+def test_an_error_is_told_by_the_first_line_of_the_drivers_own_reason():
+    """Operators' messages quote one line: the driver's, not SQLAlchemy's wrapping of it (its
+    class, the statement, a link), and the class's name where an error has no text."""
+    wrapped = sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, DriverError("08006", "connection to server failed\nIs the server up?")
+    )
+    assert first_line(wrapped) == "connection to server failed"
+    assert first_line(ConnectionRefusedError()) == "ConnectionRefusedError"
+    assert first_line(TimeoutError("  \ntimed out after 2 s\n")) == "timed out after 2 s"
