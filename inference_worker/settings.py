@@ -26,7 +26,6 @@ from inference_worker.settings_checks import (
     YEAR_S,
     checked,
 )
-from inference_worker.urls import postgresql_url
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "reference"
@@ -63,6 +62,13 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("heimdall:", description="Prefix of every Redis key written.")
     queue: str = Field("heimdall.inference", description="RabbitMQ queue of the inference tasks.")
+    start_wait_s: float = Field(
+        60.0,
+        ge=0,
+        le=WAIT_MAX_S,
+        description="How long the worker, the shim and Flower wait at start for a service that "
+        "does not answer (restarting, failing over) before exiting with status 2; 0: at once.",
+    )
 
     # --- model ----------------------------------------------------------------------------
     model_source: Literal["dir", "registry"] = Field(
@@ -316,16 +322,6 @@ class Settings(BaseSettings):
     @classmethod
     def _checked(cls, value: str, info: ValidationInfo) -> str:
         return checked(str(info.field_name), value)
-
-    @field_validator("redis_prefix")
-    @classmethod
-    def _prefix_ends_with_colon(cls, value: str) -> str:
-        return value if value.endswith(":") else value + ":"
-
-    @field_validator("database_url")
-    @classmethod
-    def _job_store_driver(cls, value: str) -> str:
-        return postgresql_url(value, driver_required=True)
 
     @property
     def resolved_registry_uri(self) -> str:

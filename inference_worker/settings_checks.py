@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,7 +108,9 @@ def checked(field: str, value: str) -> str:
     - ``registry_uri``: empty (the embedded SQLite registry) or a store of
       :data:`REGISTRY_SCHEMES` (a PostgreSQL URL in the installed driver's form);
     - ``queue``: a name RabbitMQ takes, with its dead-letter queue's;
-    - ``model_name`` and ``model_alias``: names the MLflow registry takes.
+    - ``model_name`` and ``model_alias``: names the MLflow registry takes;
+    - ``database_url``: PostgreSQL's, in SQLAlchemy's form with the installed driver;
+    - ``redis_prefix``: ending with ``:`` (added where it does not).
     """
     return _CHECKS[field](value)
 
@@ -177,6 +180,8 @@ _CHECKS: dict[str, Callable[[str], str]] = {  # CHECKED, below, names its keys
     "queue": _queue,
     "model_name": _model_name,
     "model_alias": _model_alias,
+    "database_url": partial(postgresql_url, driver_required=True),
+    "redis_prefix": lambda value: value if value.endswith(":") else value + ":",
 }
 
 CHECKED = tuple(_CHECKS)

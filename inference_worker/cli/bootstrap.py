@@ -39,19 +39,40 @@ def configure_logging(level: str) -> None:
     )
 
 
-def require_services(settings: Settings) -> None:
+def require_services(settings: Settings, wait_s: float = 0.0) -> None:
+    """Return once RabbitMQ, Redis and PostgreSQL answer; else say which do not and why, keep
+    asking for up to ``wait_s`` (a store restarting or failing over), then exit with status 2
+    naming them."""
+    import time
+
     from inference_worker.storage.reachability import unreachable_services
 
-    failures = unreachable_services(settings)
-    if failures:
-        for message in failures.values():
-            print(f"error: {message}", file=sys.stderr)
-        print(
-            "Start the missing service(s) or point HEIMDALL_BROKER_URL / HEIMDALL_REDIS_URL / "
-            "HEIMDALL_DATABASE_URL at running ones.",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    deadline = time.monotonic() + wait_s
+    told: dict[str, str] = {}
+    waited_for: set[str] = set()
+    while failures := unreachable_services(settings):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for name, message in failures.items():
+            if told.get(name) != message:
+                print(f"waiting up to {left:.0f} s more: {message}", file=sys.stderr, flush=True)
+        told = failures
+        waited_for.update(failures)
+        time.sleep(min(1.0, left))
+    else:
+        for name in sorted(waited_for):
+            print(f"{name} answers now", file=sys.stderr, flush=True)
+        return
+    for message in failures.values():
+        print(f"error: {message}", file=sys.stderr)
+    waited = f" (waited {wait_s:g} s: HEIMDALL_START_WAIT_S)" if wait_s else ""
+    print(
+        f"Start the missing service(s){waited} or point HEIMDALL_BROKER_URL / HEIMDALL_REDIS_URL "
+        "/ HEIMDALL_DATABASE_URL at running ones.",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
 
 
 def require_free_address(host: str, port: int, server: str) -> None:

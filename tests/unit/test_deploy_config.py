@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,17 @@ def test_compose_runs_every_part_of_the_service():
     ):
         assert f"\n  {service}" in text
     assert "noeviction" in text  # waiting captures are never evicted
+
+
+def test_compose_starts_each_service_again_when_it_dies():
+    """A killed worker or shim loses no accepted job, but only a restart policy brings it back
+    (and one started before its stores answer exits at once, naming the store)."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = text.split("\nservices:\n")[1].split("\nvolumes:\n")[0]
+    blocks = dict(re.findall(r"^  ([\w-]+):\n((?:(?:    .*)?\n)*)", services, re.MULTILINE))
+    assert {"worker", "api"} <= blocks.keys()
+    for name, block in blocks.items():
+        assert "\n    restart: unless-stopped\n" in block, f"{name} has no restart policy"
 
 
 def promtool(*args: str) -> str:

@@ -1,0 +1,94 @@
+"""A worker or shim started while a store does not answer (restarting, failing over, silent)
+waits for it up to ``HEIMDALL_START_WAIT_S``, saying which and why, then starts; past that it
+exits with status 2 naming the store, as it did at once before. Under a supervisor that starts
+it again, exiting at once left the service down for as long as some store was silent at each
+try: in a soak of overlapping faults (`tools/chaos_soak.py --overlap --every 3 8 --seed 13`)
+the restarted worker and shim failed 11 and 14 starts in a row, the shim's clients refused 271
+times meanwhile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from api_shim.app import create_app
+from inference_worker.cli.processes import wait_until
+from inference_worker.storage.database import JobStore
+from tests.integration.helpers import free_port, submit_npy, wait_final_row, worker_env
+from tools.silent_relay import SilentProxy
+
+
+@pytest.fixture
+def redis_relay(settings) -> Iterator[SilentProxy]:
+    parts = urlsplit(settings.redis_url)
+    relay = SilentProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    yield relay
+    relay.close()
+
+
+def through(settings, relay: SilentProxy) -> str:
+    parts = urlsplit(settings.redis_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{relay.port}" if credentials else f"127.0.0.1:{relay.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_a_worker_started_while_redis_is_silent_waits_for_it_then_serves(
+    own_queue_factory, redis_relay, settings, engine, capture, tmp_path
+):
+    local, _, start_worker = own_queue_factory(
+        redis_url=through(settings, redis_relay), start_wait_s=90.0
+    )
+    log = tmp_path / "waiting.log"
+    redis_relay.speaking.clear()
+    try:
+        with start_worker("waiting") as worker:
+            wait_until("the worker to say it waits", lambda: "waiting up to" in log.read_text(), 60)
+            assert worker.poll() is None
+            assert "Redis at redis://127.0.0.1:" in log.read_text()
+            redis_relay.speaking.set()
+            wait_until("the worker to start", lambda: "Redis answers now" in log.read_text(), 60)
+            app = create_app(local)
+            try:
+                submitted = submit_npy(app.test_client(), capture)
+                assert submitted.status_code == 202, submitted.get_json()
+                row = wait_final_row(JobStore(engine), submitted.get_json()["job_id"])
+                assert row["status"] == "succeeded", row
+            finally:
+                app.extensions["heimdall"].jobs.engine.dispose()
+    finally:
+        redis_relay.speaking.set()
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 2.0])
+def test_a_shim_whose_database_does_not_answer_exits_naming_it_once_its_wait_is_over(
+    settings, refusing_port, wait_s
+):
+    env = {
+        **worker_env(settings),
+        "HEIMDALL_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{refusing_port}/x",
+        "HEIMDALL_START_WAIT_S": str(wait_s),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", "api", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    named = f"PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:{refusing_port}/x is not"
+    assert f"error: {named} reachable: " in done.stderr
+    lines = done.stderr.splitlines()
+    if wait_s:
+        assert lines[0].startswith(f"waiting up to 2 s more: {named} reachable"), lines[0]
+        assert "(waited 2 s: HEIMDALL_START_WAIT_S)" in done.stderr
+    else:
+        assert "waiting" not in done.stderr
