@@ -6,8 +6,9 @@ afterwards) reach PostgreSQL, Redis and RabbitMQ through relays that can go sile
 (``tools/silent_relay.py``: connections kept open, nothing passed, as a paused server or a
 stalled host). Closed-loop clients submit fresh 12 kHz × 1 s captures under job ids of their own,
 retrying a refused one under the same id as a careful client does. Every few seconds one fault,
-drawn at random: a worker pool process or a shim process killed, a store silent for a while
-(PostgreSQL also past its statement limit), RabbitMQ back as a host that restarted. Then every
+drawn at random (``tools/chaos_faults.py``): a worker pool process or a shim process killed, the
+whole worker or shim killed and started again, a store silent for a while (also past its
+statement and socket limits), or back as a host that restarted. Then every
 accepted job is waited for, and its row and its copy in Redis read: exit status 1 when one did
 not succeed, or Redis still holds the note of a queued job for a final one.
 """
@@ -16,20 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -42,68 +38,8 @@ from inference_worker.settings import Settings, load_settings  # noqa: E402
 from inference_worker.storage.statuses import FINAL_STATUSES  # noqa: E402
 from tools.bench_service import running_service  # noqa: E402
 from tools.bench_stages import drop, own_settings, prepare  # noqa: E402
-from tools.process_meter import children  # noqa: E402
+from tools.chaos_faults import FAULTS, Relays, Restarts, fault_loop  # noqa: E402
 from tools.requirements import run  # noqa: E402
-from tools.silent_relay import SilentProxy  # noqa: E402
-
-FAULTS = (
-    "kill-worker-process",
-    "kill-shim-process",
-    "silent-postgresql",
-    "long-silent-postgresql",
-    "silent-redis",
-    "silent-rabbitmq",
-    "restarted-rabbitmq",
-)
-SILENT_S = 8.0
-LONG_SILENT_S = 20.0
-"""Past the statement limit (15 s and 2 s): the worker and the shim give statements up."""
-
-
-def credentials_of(broker: Any) -> str:
-    """The ``user:password@`` of a kombu connection's URL, quoted; none where it names none
-    (RabbitMQ's defaults then apply)."""
-    if not broker.userid:
-        return ""
-    return f"{quote(broker.userid, safe='')}:{quote(broker.password or '', safe='')}@"
-
-
-class Relays:
-    """A relay for each store, and the settings that reach them through it."""
-
-    def __init__(self, settings: Settings) -> None:
-        import kombu
-        import sqlalchemy as sa
-
-        if settings.redis_url.startswith("unix:"):
-            raise SystemExit("error: a Redis over a unix socket cannot be relayed; use TCP")
-        database = sa.make_url(settings.database_url)
-        redis_parts = urlsplit(settings.redis_url)
-        broker = kombu.Connection(settings.broker_url)
-        self.postgresql = SilentProxy(database.host or "127.0.0.1", database.port or 5432)
-        self.redis = SilentProxy(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379)
-        self.rabbitmq = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-        credentials = redis_parts.netloc.rpartition("@")[0]
-        redis_netloc = f"{credentials}@" if credentials else ""
-        self.settings = settings.model_copy(
-            update={
-                "database_url": database.set(
-                    host="127.0.0.1", port=self.postgresql.port
-                ).render_as_string(hide_password=False),
-                "redis_url": urlunsplit(
-                    redis_parts._replace(netloc=f"{redis_netloc}127.0.0.1:{self.redis.port}")
-                ),
-                "broker_url": f"amqp://{credentials_of(broker)}127.0.0.1:{self.rabbitmq.port}/"
-                f"{broker.virtual_host}",
-            }
-        )
-
-    def all(self) -> tuple[SilentProxy, ...]:
-        return (self.postgresql, self.redis, self.rabbitmq)
-
-    def close(self) -> None:
-        for relay in self.all():
-            relay.close()
 
 
 @dataclass
@@ -147,64 +83,6 @@ def submit_loop(
         else:
             with tally.lock:
                 tally.given_up.append(job_id)
-
-
-def fault_loop(
-    relays: Relays,
-    groups: dict[str, list[int]],
-    faults: list[str],
-    every_s: tuple[float, float],
-    stop: threading.Event,
-    started: float,
-    rng: random.Random,
-) -> None:
-    """One fault at a time, each after a random pause; the stores speak again at the end."""
-
-    def silent(relay: SilentProxy, seconds: float, restart: bool = False) -> Callable[[], None]:
-        def apply() -> None:
-            relay.speaking.clear()
-            stop.wait(seconds)
-            if restart:
-                relay.restarted()
-            else:
-                relay.speaking.set()
-
-        return apply
-
-    def kill_child(group: str) -> Callable[[], None]:
-        def apply() -> None:
-            found = children(groups[group][0])
-            if found:
-                os.kill(rng.choice(found), signal.SIGKILL)
-
-        return apply
-
-    actions = {
-        "kill-worker-process": ("a worker pool process killed", kill_child("workers")),
-        "kill-shim-process": ("a shim process killed", kill_child("shim")),
-        "silent-postgresql": (
-            f"PostgreSQL silent {SILENT_S:g} s",
-            silent(relays.postgresql, SILENT_S),
-        ),
-        "long-silent-postgresql": (
-            f"PostgreSQL silent {LONG_SILENT_S:g} s",
-            silent(relays.postgresql, LONG_SILENT_S),
-        ),
-        "silent-redis": (f"Redis silent {SILENT_S:g} s", silent(relays.redis, SILENT_S)),
-        "silent-rabbitmq": (f"RabbitMQ silent {SILENT_S:g} s", silent(relays.rabbitmq, SILENT_S)),
-        "restarted-rabbitmq": (
-            f"RabbitMQ silent {SILENT_S:g} s, then back as a restarted host",
-            silent(relays.rabbitmq, SILENT_S, restart=True),
-        ),
-    }
-    try:
-        while not stop.wait(rng.uniform(*every_s)):
-            what, apply = actions[rng.choice(faults)]
-            print(f"  {time.monotonic() - started:6.1f} s  {what}", flush=True)
-            apply()
-    finally:
-        for relay in relays.all():
-            relay.speaking.set()
 
 
 def read_back(
@@ -272,6 +150,12 @@ def main() -> int:
     parser.add_argument(
         "--drain-s", type=positive, default=300.0, help="how long to wait for the last jobs"
     )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="start each fault while the ones before still last (never two on one store or "
+        "process group)",
+    )
     parser.add_argument("--seed", type=count(0), default=None)
     args = parser.parse_args()
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
@@ -292,14 +176,18 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="heimdall-chaos-"))
     print(
         f"{args.clients} clients for {args.seconds:g} s, a fault every {args.every[0]:g}-"
-        f"{args.every[1]:g} s among {', '.join(faults)} (seed {seed}); logs: {log_dir}",
+        f"{args.every[1]:g} s{', overlapping' if args.overlap else ''} among "
+        f"{', '.join(faults)} (seed {seed}); logs: {log_dir}",
         flush=True,
     )
     prepare(settings)
     relays = Relays(settings)
     tally = Tally()
     try:
-        with running_service(relays.settings, 2, 2, log_dir, True) as (port, groups):
+        with (
+            running_service(relays.settings, 2, 2, log_dir, True) as (port, groups),
+            Restarts(relays.settings, port, groups, log_dir) as restarts,
+        ):
             url = f"http://127.0.0.1:{port}"
             stop = threading.Event()
             started = time.monotonic()
@@ -311,7 +199,16 @@ def main() -> int:
             ]
             faulting = threading.Thread(
                 target=fault_loop,
-                args=(relays, groups, faults, tuple(args.every), stop, started, rng),
+                args=(
+                    relays,
+                    restarts,
+                    faults,
+                    tuple(args.every),
+                    stop,
+                    started,
+                    rng,
+                    args.overlap,
+                ),
             )
             for thread in (*threads, faulting):
                 thread.start()
