@@ -40,28 +40,29 @@ def configure_logging(level: str) -> None:
 
 
 def require_services(settings: Settings, wait_s: float = 0.0) -> None:
-    """Return once RabbitMQ, Redis and PostgreSQL answer; else say which do not and why, keep
-    asking for up to ``wait_s`` (a store restarting or failing over), then exit with status 2
-    naming them."""
+    """Return once RabbitMQ, Redis and PostgreSQL have each answered; else say which do not and
+    why, keep asking those for up to ``wait_s`` (a store restarting or failing over: each need
+    answer once, not all at the same moment), then exit with status 2 naming them."""
     import time
 
-    from inference_worker.storage.reachability import unreachable_services
+    from inference_worker.storage.reachability import SERVICES, unreachable_services
 
     deadline = time.monotonic() + wait_s
     told: dict[str, str] = {}
-    waited_for: set[str] = set()
-    while failures := unreachable_services(settings):
+    asking = list(SERVICES)
+    while failures := unreachable_services(settings, asking):
         left = deadline - time.monotonic()
         if left <= 0:
             break
         for name, message in failures.items():
             if told.get(name) != message:
                 print(f"waiting up to {left:.0f} s more: {message}", file=sys.stderr, flush=True)
-        told = failures
-        waited_for.update(failures)
+        for name in set(told) - set(failures):
+            print(f"{name} answers now", file=sys.stderr, flush=True)
+        told, asking = failures, list(failures)
         time.sleep(min(1.0, left))
     else:
-        for name in sorted(waited_for):
+        for name in told:
             print(f"{name} answers now", file=sys.stderr, flush=True)
         return
     for message in failures.values():

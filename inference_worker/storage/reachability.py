@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import kombu
 import redis
@@ -106,15 +106,19 @@ def probe_database(database_url: str) -> None:
         engine.dispose()
 
 
-def unreachable_services(settings: Settings) -> dict[str, str]:
-    """Name -> why, for each of RabbitMQ, Redis and PostgreSQL that does not answer."""
+SERVICES = ("RabbitMQ", "Redis", "PostgreSQL")
+
+
+def unreachable_services(settings: Settings, names: Iterable[str] = SERVICES) -> dict[str, str]:
+    """Name -> why, for each of ``names`` (of :data:`SERVICES`) that does not answer."""
     probes: dict[str, tuple[Callable[[str], None], str]] = {
         "RabbitMQ": (probe_broker, settings.broker_url),
         "Redis": (probe_redis, settings.redis_url),
         "PostgreSQL": (probe_database, settings.database_url),
     }
     failures = {}
-    for name, (probe, url) in probes.items():
+    for name in names:
+        probe, url = probes[name]
         try:
             probe(url)
         except Exception as exc:  # any failure means "not reachable"; the message says which
