@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from inference_worker.settings import Settings
@@ -18,6 +19,20 @@ if TYPE_CHECKING:
     from api_shim.client import ShimClient
 
 log = logging.getLogger(__name__)
+
+
+def _start_errors() -> tuple[type[BaseException], ...]:
+    import amqp.exceptions
+    import kombu.exceptions
+
+    from inference_worker.storage.errors import TRANSIENT_ERRORS
+
+    return (
+        *TRANSIENT_ERRORS,
+        kombu.exceptions.OperationalError,  # RabbitMQ not answering a connection
+        amqp.exceptions.RecoverableConnectionError,
+        TimeoutError,  # a socket's, on a connection RabbitMQ stopped answering
+    )
 
 
 def shim_client(settings: Settings, url: str | None) -> ShimClient:
@@ -74,6 +89,43 @@ def require_services(settings: Settings, wait_s: float = 0.0) -> None:
         file=sys.stderr,
     )
     raise SystemExit(2)
+
+
+def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) -> None:
+    """What a serving process does before it serves: wait for the services
+    (:func:`require_services`), then each of ``steps`` in turn. A store that stops answering
+    during a step (it answered a moment before) is waited for within the same
+    ``HEIMDALL_START_WAIT_S`` and the step tried again — each is idempotent — instead of ending
+    the start in a traceback; past the wait, one line naming the store, exit code 2."""
+    import time
+
+    import redis
+    import sqlalchemy.exc
+
+    from inference_worker.storage.errors import first_line
+
+    deadline = time.monotonic() + settings.start_wait_s
+    require_services(settings, settings.start_wait_s)
+    for step in steps:
+        while True:
+            try:
+                step(settings)
+                break
+            except _start_errors() as exc:
+                store = (
+                    "Redis"
+                    if isinstance(exc, redis.RedisError)
+                    else "PostgreSQL"
+                    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError)
+                    else "RabbitMQ"
+                )
+                what = f"{store} did not answer ({step.__name__.replace('_', ' ')}): "
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    print(f"error: {what}{first_line(exc)}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                print(f"waiting up to {left:.0f} s more: {what}{first_line(exc)}", file=sys.stderr)
+                time.sleep(min(1.0, left))
 
 
 def require_free_address(host: str, port: int, server: str) -> None:

@@ -20,11 +20,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     observability.prepare_multiprocess_dir("worker")
     from inference_worker.serving.worker import create_worker_app
 
-    bootstrap.require_services(settings, settings.start_wait_s)
-    bootstrap.check_model(settings)
-    bootstrap.migrate_database(settings)
-    bootstrap.declare_queues(settings)
-    bootstrap.announce_model(settings)
+    bootstrap.start_up(
+        settings,
+        [
+            bootstrap.check_model,
+            bootstrap.migrate_database,
+            bootstrap.declare_queues,
+            bootstrap.announce_model,
+        ],
+    )
     if settings.worker_metrics_port:
         try:
             observability.start_worker_exporter(settings.worker_metrics_port)
@@ -69,11 +73,15 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         bootstrap.warn_other_address(handed, host, port)
     else:
         bootstrap.require_free_address(host, port, "the shim")
-    bootstrap.require_services(settings, settings.start_wait_s)
-    bootstrap.migrate_database(settings)
-    bootstrap.declare_queues(settings)
-    bootstrap.prepare_registry(settings)
-    bootstrap.announce_model(settings)
+    bootstrap.start_up(
+        settings,
+        [
+            bootstrap.migrate_database,
+            bootstrap.declare_queues,
+            bootstrap.prepare_registry,
+            bootstrap.announce_model,
+        ],
+    )
     load_signal_maths()  # once, before gunicorn binds and forks: every process inherits it
 
     class ShimServer(BaseApplication):
@@ -127,7 +135,7 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
     address = args.address or settings.flower_address
     port = args.port or settings.flower_port
     bootstrap.require_free_address(address, port, "Flower")
-    bootstrap.require_services(settings, settings.start_wait_s)
+    bootstrap.start_up(settings, [])
     credentials = settings.flower_basic_auth.get_secret_value()
     if not credentials:
         credentials = f"admin:{secrets.token_urlsafe(12)}"

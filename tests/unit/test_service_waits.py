@@ -3,7 +3,9 @@ replaced; ``tests/integration/test_start_wait.py`` waits for a real silent Redis
 
 from __future__ import annotations
 
+import kombu.exceptions
 import pytest
+import sqlalchemy.exc
 
 from inference_worker.cli import bootstrap
 from inference_worker.settings import load_settings
@@ -51,3 +53,53 @@ def test_without_a_wait_a_service_that_does_not_answer_ends_the_start_at_once(mo
     err = capsys.readouterr().err
     assert err.startswith("error: RabbitMQ at amqp://h is not reachable: refused\n")
     assert "waiting" not in err and "HEIMDALL_START_WAIT_S" not in err
+
+
+def test_a_store_that_stops_answering_during_a_step_is_waited_for_and_the_step_run_again(
+    monkeypatch, capsys
+):
+    """It answered the probe and went silent a moment later: the start ended in a traceback."""
+    scripted(monkeypatch, [{}])
+    calls = []
+
+    def migrate_database(settings) -> None:
+        calls.append(settings.database_schema)
+        if len(calls) == 1:
+            silent = Exception("PostgreSQL answered nothing in 3 s (connecting)\nmore")
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, silent)
+
+    bootstrap.start_up(load_settings(start_wait_s=60), [migrate_database])
+    assert len(calls) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("waiting up to ")
+    assert err.endswith(
+        " s more: PostgreSQL did not answer (migrate database): PostgreSQL answered nothing in "
+        "3 s (connecting)\n"
+    )
+
+
+def test_past_the_wait_a_store_that_stops_answering_during_a_step_ends_the_start_in_a_line(
+    monkeypatch, capsys
+):
+    scripted(monkeypatch, [{}])
+
+    def declare_queues(settings) -> None:
+        raise kombu.exceptions.OperationalError("timed out")
+
+    with pytest.raises(SystemExit) as exited:
+        bootstrap.start_up(load_settings(start_wait_s=0), [declare_queues])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: RabbitMQ did not answer (declare queues): timed out\n"
+
+
+def test_an_error_that_waiting_does_not_mend_is_not_waited_for(monkeypatch):
+    scripted(monkeypatch, [{}])
+    calls = []
+
+    def check_model(settings) -> None:
+        calls.append(1)
+        raise ValueError("a fault of the step's own")
+
+    with pytest.raises(ValueError):
+        bootstrap.start_up(load_settings(start_wait_s=60), [check_model])
+    assert calls == [1]
