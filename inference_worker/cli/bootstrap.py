@@ -105,6 +105,7 @@ def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) ->
     from inference_worker.storage.errors import first_line
 
     deadline = time.monotonic() + settings.start_wait_s
+    said: tuple[str, int] = ("", 0)
     require_services(settings, settings.start_wait_s)
     for step in steps:
         while True:
@@ -124,7 +125,11 @@ def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) ->
                 if left <= 0:
                     print(f"error: {what}{first_line(exc)}", file=sys.stderr)
                     raise SystemExit(2) from None
-                print(f"waiting up to {left:.0f} s more: {what}{first_line(exc)}", file=sys.stderr)
+                if (what, int(left) // 10) != said:  # a line a step, and one every 10 s
+                    said = (what, int(left) // 10)
+                    print(
+                        f"waiting up to {left:.0f} s more: {what}{first_line(exc)}", file=sys.stderr
+                    )
                 time.sleep(min(1.0, left))
 
 

@@ -25,6 +25,7 @@ from inference_worker.storage.errors import (
     DATABASE_ERRORS,
     INPUT_ERRORS,
     TRANSIENT_ERRORS,
+    first_line,
     store_name,
 )
 from inference_worker.storage.redis_store import RedisStore
@@ -162,7 +163,9 @@ def dead_letter_step(
                 )
             except (*TRANSIENT_ERRORS, *DATABASE_ERRORS) as exc:  # a job must end recorded:
                 # whatever keeps the stores from it is waited out (an outage, a server fault)
-                log.warning("cannot record dead-lettered job %s yet: %s", letter.job_id, exc)
+                log.warning(
+                    "cannot record dead-lettered job %s yet: %s", letter.job_id, first_line(exc)
+                )
                 observability.record_store_retry(store_name(exc))
                 time.sleep(STORE_RETRY_PAUSE_S)  # the stores are down: do not spin
                 message.requeue()

@@ -21,7 +21,7 @@ from typing import Any
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
 from inference_worker.storage.engine import engine_for
-from inference_worker.storage.errors import STORE_ERRORS
+from inference_worker.storage.errors import STORE_ERRORS, first_line
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore, connect
 from inference_worker.storage.statuses import FINAL_STATUSES
@@ -164,7 +164,7 @@ class Upkeep:
             try:
                 self.run_once()
             except STORE_ERRORS as exc:
-                log.warning("upkeep postponed, a store is unavailable: %s", exc)
+                log.warning("upkeep postponed, a store is unavailable: %s", first_line(exc))
             except UNAVAILABLE_ERRORS as exc:  # the broker: down, or blocking in an alarm
                 log.warning("upkeep postponed, %s: %s", describe_broker_refusal(exc), exc)
             except Exception:  # the thread must outlive any bug in one round

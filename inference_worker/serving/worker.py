@@ -41,7 +41,7 @@ from inference_worker.serving.recovery import Stores, Upkeep, open_stores, recor
 from inference_worker.serving.registry import RegistryUnavailable
 from inference_worker.serving.runtime import ProcessRuntime
 from inference_worker.settings import Settings
-from inference_worker.storage.errors import TRANSIENT_ERRORS, store_name
+from inference_worker.storage.errors import TRANSIENT_ERRORS, first_line, store_name
 from tasks.alarm import BrokerBlocked
 from tasks.app import broker_alarm, create_celery, publisher
 from tasks.contract import TASK_NAME, read_message
@@ -87,7 +87,7 @@ def with_store_retries(
                 attempt + 1,
                 attempts,
                 delay,
-                exc,
+                first_line(exc),
             )
             observability.record_store_retry(
                 "registry" if isinstance(exc, RegistryUnavailable) else store_name(exc)
@@ -187,7 +187,11 @@ def create_worker_app(settings: Settings) -> Celery:
         """A long outage: publish a fresh copy of each message at the back of the queue (its
         delivery count starts again, so an outage never dead-letters a job) and acknowledge
         the old one; the worker takes other work meanwhile."""
-        log.warning("stores still unavailable; %d jobs go back to the queue: %s", len(items), exc)
+        log.warning(
+            "stores still unavailable; %d jobs go back to the queue: %s",
+            len(items),
+            first_line(exc),
+        )
         verdicts: list[Verdict] = []
         for payload, _ in items:
             try:

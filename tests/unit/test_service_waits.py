@@ -78,6 +78,24 @@ def test_a_store_that_stops_answering_during_a_step_is_waited_for_and_the_step_r
     )
 
 
+def test_a_store_silent_for_several_tries_of_a_step_is_told_once_every_ten_seconds(
+    monkeypatch, capsys
+):
+    """The service's own window after a silence refuses each try for 5 s with a new age
+    ("did not answer 1.0 s ago", "2.0 s ago"...): a line a try filled the log."""
+    scripted(monkeypatch, [{}])
+    tries = []
+
+    def declare_queues(settings) -> None:
+        tries.append(1)
+        if len(tries) < 6:
+            raise kombu.exceptions.OperationalError(f"did not answer {len(tries)}.0 s ago")
+
+    bootstrap.start_up(load_settings(start_wait_s=60), [declare_queues])
+    assert len(tries) == 6
+    assert capsys.readouterr().err.count("waiting up to") == 1
+
+
 def test_past_the_wait_a_store_that_stops_answering_during_a_step_ends_the_start_in_a_line(
     monkeypatch, capsys
 ):
