@@ -54,35 +54,63 @@ def configure_logging(level: str) -> None:
     )
 
 
-def require_services(settings: Settings, wait_s: float = 0.0) -> None:
+class StartWait:
+    """The one deadline of a start's waits (``HEIMDALL_START_WAIT_S``) and what was said about
+    them: a line for each new reason, again every 10 s while it lasts, not one a try."""
+
+    def __init__(self, wait_s: float) -> None:
+        import time
+
+        self.wait_s = wait_s
+        self.deadline = time.monotonic() + wait_s
+        self.said: dict[str, int] = {}
+
+    def left(self) -> float:
+        import time
+
+        return self.deadline - time.monotonic()
+
+    def tell(self, key: str, reason: str) -> bool:
+        """Say that the start waits for ``key`` (and why); False, saying nothing, once the wait
+        is over."""
+        left = self.left()
+        if left <= 0:
+            return False
+        if self.said.get(key) != int(left) // 10:
+            self.said[key] = int(left) // 10
+            print(f"waiting up to {left:.0f} s more: {reason}", file=sys.stderr, flush=True)
+        return True
+
+    def pause(self) -> None:
+        import time
+
+        time.sleep(max(0.0, min(1.0, self.left())))
+
+
+def require_services(
+    settings: Settings, wait_s: float = 0.0, waiting: StartWait | None = None
+) -> None:
     """Return once RabbitMQ, Redis and PostgreSQL have each answered; else say which do not and
     why, keep asking those for up to ``wait_s`` (a store restarting or failing over: each need
     answer once, not all at the same moment), then exit with status 2 naming them."""
-    import time
-
     from inference_worker.storage.reachability import SERVICES, unreachable_services
 
-    deadline = time.monotonic() + wait_s
-    told: dict[str, str] = {}
-    asking = list(SERVICES)
-    while failures := unreachable_services(settings, asking):
-        left = deadline - time.monotonic()
-        if left <= 0:
+    waiting = waiting or StartWait(wait_s)
+    told: list[str] = []  # the services that did not answer the last time they were asked
+    while failures := unreachable_services(settings, told or SERVICES):
+        if not all([waiting.tell(message, message) for message in failures.values()]):
             break
-        for name, message in failures.items():
-            if told.get(name) != message:
-                print(f"waiting up to {left:.0f} s more: {message}", file=sys.stderr, flush=True)
         for name in set(told) - set(failures):
             print(f"{name} answers now", file=sys.stderr, flush=True)
-        told, asking = failures, list(failures)
-        time.sleep(min(1.0, left))
+        told = list(failures)
+        waiting.pause()
     else:
         for name in told:
             print(f"{name} answers now", file=sys.stderr, flush=True)
         return
     for message in failures.values():
         print(f"error: {message}", file=sys.stderr)
-    waited = f" (waited {wait_s:g} s: HEIMDALL_START_WAIT_S)" if wait_s else ""
+    waited = f" (waited {waiting.wait_s:g} s: HEIMDALL_START_WAIT_S)" if waiting.wait_s else ""
     print(
         f"Start the missing service(s){waited} or point HEIMDALL_BROKER_URL / HEIMDALL_REDIS_URL "
         "/ HEIMDALL_DATABASE_URL at running ones.",
@@ -97,40 +125,24 @@ def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) ->
     during a step (it answered a moment before) is waited for within the same
     ``HEIMDALL_START_WAIT_S`` and the step tried again — each is idempotent — instead of ending
     the start in a traceback; past the wait, one line naming the store, exit code 2."""
-    import time
+    from inference_worker.storage.errors import TRANSIENT_ERRORS, first_line, store_name
 
-    import redis
-    import sqlalchemy.exc
-
-    from inference_worker.storage.errors import first_line
-
-    deadline = time.monotonic() + settings.start_wait_s
-    said: tuple[str, int] = ("", 0)
-    require_services(settings, settings.start_wait_s)
+    waiting = StartWait(settings.start_wait_s)
+    require_services(settings, waiting=waiting)
     for step in steps:
         while True:
             try:
                 step(settings)
                 break
             except _start_errors() as exc:
-                store = (
-                    "Redis"
-                    if isinstance(exc, redis.RedisError)
-                    else "PostgreSQL"
-                    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError)
-                    else "RabbitMQ"
-                )
+                store = "RabbitMQ"  # kombu's and amqp's errors, the others are the stores'
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    store = {"redis": "Redis", "postgresql": "PostgreSQL"}[store_name(exc)]
                 what = f"{store} did not answer ({step.__name__.replace('_', ' ')}): "
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if not waiting.tell(what, what + first_line(exc)):
                     print(f"error: {what}{first_line(exc)}", file=sys.stderr)
                     raise SystemExit(2) from None
-                if (what, int(left) // 10) != said:  # a line a step, and one every 10 s
-                    said = (what, int(left) // 10)
-                    print(
-                        f"waiting up to {left:.0f} s more: {what}{first_line(exc)}", file=sys.stderr
-                    )
-                time.sleep(min(1.0, left))
+                waiting.pause()
 
 
 def require_free_address(host: str, port: int, server: str) -> None:
