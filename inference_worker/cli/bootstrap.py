@@ -92,12 +92,16 @@ def require_services(
 ) -> None:
     """Return once RabbitMQ, Redis and PostgreSQL have each answered; else say which do not and
     why, keep asking those for up to ``wait_s`` (a store restarting or failing over: each need
-    answer once, not all at the same moment), then exit with status 2 naming them."""
-    from inference_worker.storage.reachability import SERVICES, unreachable_services
+    answer once, not all at the same moment), then exit with status 2 naming them. A service
+    that answers with a refusal (a password, a database it does not have) ends the start at
+    once: waiting would not change it."""
+    from inference_worker.storage.reachability import SERVICES, Refused, unreachable_services
 
     waiting = waiting or StartWait(wait_s)
     told: list[str] = []  # the services that did not answer the last time they were asked
     while failures := unreachable_services(settings, told or SERVICES):
+        if any(isinstance(message, Refused) for message in failures.values()):
+            break
         if not all([waiting.tell(message, message) for message in failures.values()]):
             break
         for name in set(told) - set(failures):
@@ -110,7 +114,12 @@ def require_services(
         return
     for message in failures.values():
         print(f"error: {message}", file=sys.stderr)
-    waited = f" (waited {waiting.wait_s:g} s: HEIMDALL_START_WAIT_S)" if waiting.wait_s else ""
+    refused = [isinstance(message, Refused) for message in failures.values()]
+    if all(refused):
+        raise SystemExit(2)  # each refusal says what to change
+    waited = ""
+    if waiting.wait_s and not any(refused):
+        waited = f" (waited {waiting.wait_s:g} s: HEIMDALL_START_WAIT_S)"
     print(
         f"Start the missing service(s){waited} or point HEIMDALL_BROKER_URL / HEIMDALL_REDIS_URL "
         "/ HEIMDALL_DATABASE_URL at running ones.",

@@ -19,6 +19,7 @@ from inference_worker.storage.reachability import (
     eviction_warning,
     persistence_warning,
     probe_client,
+    unanswered,
     unbounded_warning,
 )
 from inference_worker.urls import redact_secrets, redact_url
@@ -59,7 +60,8 @@ def check_broker(settings: Settings) -> list[Finding]:
         try:
             connection.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # kombu raises what the transport raised
-            return [Finding("rabbitmq", "fail", f"{where} is not reachable: {exc}")]
+            reason = unanswered("RabbitMQ", settings.broker_url, exc)
+            return [Finding("rabbitmq", "fail", reason)]
         queue = settings.queue
         blocked = _alarm_findings(settings.broker_url, where)
         counts = _queue_counts(connection, queue)
@@ -160,7 +162,7 @@ def check_redis(settings: Settings) -> list[Finding]:
         except PersistenceError as exc:
             return [Finding("redis", "fail", f"{where} refuses writes: {exc}")]
         except redis.exceptions.RedisError as exc:
-            return [Finding("redis", "fail", f"{where} is not reachable: {exc}")]
+            return [Finding("redis", "fail", unanswered("Redis", settings.redis_url, exc))]
         try:
             config = {
                 **client.config_get("maxmemory*"),
@@ -220,8 +222,8 @@ def check_database(settings: Settings) -> list[Finding]:
         try:
             revision = schema_revision(engine, schema)
         except sqlalchemy.exc.OperationalError as exc:
-            where = redact_url(settings.database_url)
-            return [Finding("postgresql", "fail", f"{where} is not reachable: {first_line(exc)}")]
+            reason = unanswered("PostgreSQL", settings.database_url, exc)
+            return [Finding("postgresql", "fail", reason)]
         known = known_revisions()
         if revision is None:
             return [

@@ -108,9 +108,55 @@ def probe_database(database_url: str) -> None:
 
 SERVICES = ("RabbitMQ", "Redis", "PostgreSQL")
 
+_PG_REFUSALS = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",  # the database or the role
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "is not permitted to log in",
+)
+"""What PostgreSQL says, at connection, of a refusal that waiting does not end (libpq gives no
+SQLSTATE for it: the text is all there is; a server that says it in another language is waited
+for as a silence)."""
+
+
+class Refused(str):
+    """Why a service that answered refused this one: credentials, a database or virtual host it
+    does not have, a permission. Waiting does not change it, unlike a silence."""
+
+
+def refusal_remedy(name: str, exc: BaseException) -> str | None:
+    """What to change when ``exc`` is ``name``'s refusal of this service's connection; None when
+    it is a silence, a restart or anything else that may pass."""
+    import amqp.exceptions
+
+    if isinstance(exc, amqp.exceptions.AccessRefused):
+        return "check the user and password in HEIMDALL_BROKER_URL"
+    if isinstance(exc, amqp.exceptions.NotAllowed):
+        return "the virtual host in HEIMDALL_BROKER_URL must exist and let its user in"
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.NoPermissionError):
+        return "check the user and password in HEIMDALL_REDIS_URL"
+    if isinstance(exc, redis.exceptions.ResponseError) and "DB index" in str(exc):
+        return "choose a database number the server has in HEIMDALL_REDIS_URL"
+    reason = first_line(exc)
+    if name == "PostgreSQL" and any(phrase in reason for phrase in _PG_REFUSALS):
+        return "check the role, password and database in HEIMDALL_DATABASE_URL"
+    return None
+
+
+def unanswered(name: str, url: str, exc: BaseException) -> str:
+    """Why ``name`` at ``url`` did not serve this service, from the URL on: a :class:`Refused`
+    with what to change, or a silence."""
+    remedy = refusal_remedy(name, exc)
+    if remedy:
+        return Refused(f"{redact_url(url)} refused: {first_line(exc)} ({remedy})")
+    return f"{redact_url(url)} is not reachable: {first_line(exc)}"
+
 
 def unreachable_services(settings: Settings, names: Iterable[str] = SERVICES) -> dict[str, str]:
-    """Name -> why, for each of ``names`` (of :data:`SERVICES`) that does not answer."""
+    """Name -> why (:func:`unanswered`), for each of ``names`` (of :data:`SERVICES`) that does
+    not answer or refuses this service."""
     probes: dict[str, tuple[Callable[[str], None], str]] = {
         "RabbitMQ": (probe_broker, settings.broker_url),
         "Redis": (probe_redis, settings.redis_url),
@@ -121,6 +167,7 @@ def unreachable_services(settings: Settings, names: Iterable[str] = SERVICES) ->
         probe, url = probes[name]
         try:
             probe(url)
-        except Exception as exc:  # any failure means "not reachable"; the message says which
-            failures[name] = f"{name} at {redact_url(url)} is not reachable: {first_line(exc)}"
+        except Exception as exc:  # any failure means "not served"; the message says why
+            reason = unanswered(name, url, exc)
+            failures[name] = type(reason)(f"{name} at {reason}")  # a refusal stays one
     return failures

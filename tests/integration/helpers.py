@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import amqp.exceptions
 import kombu
@@ -102,6 +103,25 @@ def job_row(jobs: JobStore, job_id: str) -> dict[str, Any]:
     row = jobs.get(job_id)
     assert row is not None, f"no row for job {job_id}"
     return row
+
+
+def refusing_settings(settings: Settings) -> Settings:
+    """``settings`` whose stores each answer with a refusal: a wrong RabbitMQ password, a Redis
+    user that does not exist, a database PostgreSQL does not have."""
+
+    def elsewhere(url: str, user: str | None = None, path: str | None = None) -> str:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}@{parts.hostname}{port}" if user else parts.netloc
+        return parts._replace(netloc=netloc, path=parts.path if path is None else path).geturl()
+
+    return settings.model_copy(
+        update={
+            "broker_url": elsewhere(settings.broker_url, user="guest:not-its-password"),
+            "redis_url": elsewhere(settings.redis_url, user="heimdall-nobody:pw"),
+            "database_url": elsewhere(settings.database_url, path="/heimdall_no_such_db"),
+        }
+    )
 
 
 def delete_queues(broker_url: str, *queues: str) -> None:

@@ -23,7 +23,7 @@ from inference_worker.serving.deployment_check import (
     check_workers,
 )
 from inference_worker.serving.registry import serving_model_dir
-from inference_worker.serving.store_checks import check_broker, check_redis
+from inference_worker.serving.store_checks import check_broker, check_database, check_redis
 from inference_worker.settings import Settings
 from inference_worker.storage.engine import known_revisions
 from inference_worker.storage.redis_store import RedisStore
@@ -32,6 +32,7 @@ from tests.integration.helpers import (
     free_port,
     in_area,
     private_redis,
+    refusing_settings,
     run_check,
     worker_env,
 )
@@ -245,6 +246,22 @@ def test_the_registry_champion_and_its_outage(settings: Settings, tmp_path: Path
     shutil.rmtree(tmp_path / "model-cache" / "heimdall-localization" / "1")
     [(level, message)] = in_area(run_check(local), "model")
     assert level == "fail" and message.endswith("this host holds no copy to serve")
+
+
+def test_a_store_that_refuses_the_check_is_named_with_the_setting_to_change(
+    settings: Settings,
+) -> None:
+    """A password or a database that is wrong is not a store down: the line says what to change."""
+    refusing = refusing_settings(settings)
+    for check, area, setting in [
+        (check_broker, "rabbitmq", "HEIMDALL_BROKER_URL"),
+        (check_redis, "redis", "HEIMDALL_REDIS_URL"),
+        (check_database, "postgresql", "HEIMDALL_DATABASE_URL"),
+    ]:
+        (finding,) = check(refusing)
+        assert (finding.area, finding.level) == (area, "fail"), finding
+        assert " refused: " in finding.message and setting in finding.message, finding
+        assert "not-its-password" not in finding.message
 
 
 def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(

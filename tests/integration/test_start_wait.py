@@ -4,7 +4,8 @@ exits with status 2 naming the store, as it did at once before. Under a supervis
 it again, exiting at once left the service down for as long as some store was silent at each
 try: in a soak of overlapping faults (`tools/chaos_soak.py --overlap --every 3 8 --seed 13`)
 the restarted worker and shim failed 11 and 14 starts in a row, the shim's clients refused 271
-times meanwhile.
+times meanwhile. A store that answers with a refusal (a password, a database it does not have)
+is not waited for: the start ends at once, saying what to change.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import pytest
 from api_shim.app import create_app
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
-from tests.integration.helpers import free_port, submit_npy, wait_final_row, worker_env
+from tests.integration.helpers import (
+    free_port,
+    refusing_settings,
+    submit_npy,
+    wait_final_row,
+    worker_env,
+)
 from tools.silent_relay import SilentProxy
 
 
@@ -92,3 +99,30 @@ def test_a_shim_whose_database_does_not_answer_exits_naming_it_once_its_wait_is_
         assert "(waited 2 s: HEIMDALL_START_WAIT_S)" in done.stderr
     else:
         assert "waiting" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("HEIMDALL_BROKER_URL", "broker_url"),
+        ("HEIMDALL_REDIS_URL", "redis_url"),
+        ("HEIMDALL_DATABASE_URL", "database_url"),
+    ],
+)
+def test_a_store_that_refuses_the_shim_ends_its_start_at_once_saying_what_to_change(
+    settings, setting, field
+):
+    refused = getattr(refusing_settings(settings), field)
+    env = {**worker_env(settings), setting: refused, "HEIMDALL_START_WAIT_S": "60"}
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", "api", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "waiting" not in done.stderr and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ") and " refused: " in line, line
+    assert line.endswith(f"{setting})"), line

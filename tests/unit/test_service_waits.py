@@ -121,3 +121,33 @@ def test_an_error_that_waiting_does_not_mend_is_not_waited_for(monkeypatch):
     with pytest.raises(ValueError):
         bootstrap.start_up(load_settings(start_wait_s=60), [check_model])
     assert calls == [1]
+
+
+def test_a_service_that_refuses_ends_the_start_at_once_saying_what_to_change(monkeypatch, capsys):
+    refusal = reachability.Refused(
+        "Redis at redis://u:***@h/0 refused: WRONGPASS (check the user and password in "
+        "HEIMDALL_REDIS_URL)"
+    )
+    asked = scripted(monkeypatch, [{"Redis": refusal}])
+    with pytest.raises(SystemExit) as exited:
+        bootstrap.require_services(load_settings(), wait_s=60)
+    assert exited.value.code == 2 and len(asked) == 1
+    assert capsys.readouterr().err == f"error: {refusal}\n"
+
+
+def test_a_refusal_beside_a_silence_ends_the_start_at_once_naming_both(monkeypatch, capsys):
+    asked = scripted(
+        monkeypatch,
+        [
+            {
+                "RabbitMQ": reachability.Refused("RabbitMQ at amqp://h refused: ACCESS_REFUSED"),
+                "PostgreSQL": "PostgreSQL at postgresql://h is not reachable: timeout",
+            }
+        ],
+    )
+    with pytest.raises(SystemExit):
+        bootstrap.require_services(load_settings(), wait_s=60)
+    err = capsys.readouterr().err
+    assert len(asked) == 1 and "waiting" not in err and "waited" not in err
+    assert "error: RabbitMQ at amqp://h refused: ACCESS_REFUSED\n" in err
+    assert "error: PostgreSQL at postgresql://h is not reachable: timeout\n" in err
