@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,11 +116,34 @@ def radius_scales(given: Any) -> dict[float, float]:
     return scales
 
 
+_SETTLED_NS = 2_000_000_000
+"""A file unchanged this long is taken as settled: the kernel stamps a file's times from a clock
+that moves in steps of milliseconds, so one rewritten within a step of being read, at the same
+size, could keep the times it was read at."""
+_DIGESTS: dict[tuple[int, ...], str] = {}
+"""sha256 by a settled file's device, inode, size and times, as this process last read it."""
+_DIGESTS_KEPT = 64
+
+
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The sha256 of ``path``'s content. Read again only when its device, inode, size or times
+    have changed since this process last read it, as git's index does: the model folder is
+    checked at each health check and each reload, and a model file is megabytes. A write, a
+    copy or a rename over it changes its change time, which no program sets."""
     with path.open("rb") as stream:
+        seen = os.fstat(stream.fileno())
+        identity = (seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        if identity in _DIGESTS:
+            return _DIGESTS[identity]
+        digest = hashlib.sha256()
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
+        after = os.fstat(stream.fileno())
+    settled = time.time_ns() - max(seen.st_mtime_ns, seen.st_ctime_ns) > _SETTLED_NS
+    if settled and (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == identity[2:]:
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            del _DIGESTS[next(iter(_DIGESTS))]
+        _DIGESTS[identity] = digest.hexdigest()
     return digest.hexdigest()
 
 
