@@ -49,9 +49,10 @@ def check_deployment(settings: Settings, skip: Collection[str] = ()) -> list[Fin
     findings += run("postgresql", lambda: check_database(settings))
     named: list[str] = []  # the champion workers should serve, when the model check knows it
     findings += run("model", lambda: check_model(settings, named))
-    if not any(f.level == "fail" for f in redis_findings):
+    redis_answers = not any(f.level == "fail" for f in redis_findings)
+    if redis_answers:
         findings += run("workers", lambda: check_workers(settings, next(iter(named), None)))
-    findings += run("api", lambda: check_api(settings))
+    findings += run("api", lambda: check_api(settings, redis_answers=redis_answers))
     findings += run("host", lambda: check_host(settings))
     return findings
 

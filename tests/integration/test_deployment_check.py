@@ -264,6 +264,30 @@ def test_a_store_that_refuses_the_check_is_named_with_the_setting_to_change(
         assert "not-its-password" not in finding.message
 
 
+def test_a_silent_redis_is_waited_on_once_not_by_each_check_that_reads_it(
+    settings: Settings,
+) -> None:
+    """The workers' and apis' heartbeats are in Redis: once its own check found it silent, each
+    read of them would wait out its timeout again (5 s each, a check of 7.8 s in all before)."""
+    from urllib.parse import urlsplit
+
+    from tools.silent_relay import SilentProxy
+
+    parts = urlsplit(settings.redis_url)
+    relay = SilentProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    relay.speaking.clear()
+    try:
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1" if credentials else "127.0.0.1"
+        silent = parts._replace(netloc=f"{netloc}:{relay.port}").geturl()
+        findings = check_deployment(settings.model_copy(update={"redis_url": silent}))
+    finally:
+        relay.close()
+    assert [f.level for f in findings if f.area == "redis"] == ["fail"], findings
+    assert "workers" not in {f.area for f in findings} and "api" in {f.area for f in findings}
+    assert relay.connections == 1  # the redis check's own
+
+
 def test_the_command_exits_1_on_a_failure_and_on_a_warning_when_strict(
     settings: Settings, engine: sa.Engine
 ) -> None:
