@@ -73,21 +73,25 @@ def test_a_worker_started_while_redis_is_silent_waits_for_it_then_serves(
         redis_relay.speaking.set()
 
 
+def shim_started(settings, **env: str) -> subprocess.CompletedProcess[str]:
+    """``heimdall-inference api`` started with ``env`` over the session's settings, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "inference_worker.cli", "api", "--port", str(free_port())],
+        env={**worker_env(settings), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize("wait_s", [0.0, 2.0])
 def test_a_shim_whose_database_does_not_answer_exits_naming_it_once_its_wait_is_over(
     settings, refusing_port, wait_s
 ):
-    env = {
-        **worker_env(settings),
-        "HEIMDALL_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{refusing_port}/x",
-        "HEIMDALL_START_WAIT_S": str(wait_s),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "inference_worker.cli", "api", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = shim_started(
+        settings,
+        HEIMDALL_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1:{refusing_port}/x",
+        HEIMDALL_START_WAIT_S=str(wait_s),
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -113,14 +117,7 @@ def test_a_store_that_refuses_the_shim_ends_its_start_at_once_saying_what_to_cha
     settings, setting, field
 ):
     refused = getattr(refusing_settings(settings), field)
-    env = {**worker_env(settings), setting: refused, "HEIMDALL_START_WAIT_S": "60"}
-    done = subprocess.run(
-        [sys.executable, "-m", "inference_worker.cli", "api", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = shim_started(settings, **{setting: refused, "HEIMDALL_START_WAIT_S": "60"})
     assert done.returncode == 2, done.stderr
     assert "waiting" not in done.stderr and "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
