@@ -68,3 +68,12 @@ def test_a_file_just_written_is_read_each_time(tmp_path, reads):
     contract.file_sha256(model)
     contract.file_sha256(model)
     assert len(reads) == 2
+
+
+def test_the_digests_kept_are_bounded(tmp_path, reads, monkeypatch):
+    later(monkeypatch, 10)
+    for n in range(contract._DIGESTS_KEPT + 5):
+        model = tmp_path / f"model-{n}.onnx"
+        model.write_bytes(b"w" * n)
+        contract.file_sha256(model)
+    assert 0 < len(contract._DIGESTS) <= contract._DIGESTS_KEPT
