@@ -133,8 +133,10 @@ def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) ->
     (:func:`require_services`), then each of ``steps`` in turn. A store that stops answering
     during a step (it answered a moment before) is waited for within the same
     ``HEIMDALL_START_WAIT_S`` and the step tried again — each is idempotent — instead of ending
-    the start in a traceback; past the wait, one line naming the store, exit code 2."""
+    the start in a traceback; past the wait, one line naming the store, exit code 2. A store
+    that refuses the step (a password changed since the services answered) ends it at once."""
     from inference_worker.storage.errors import TRANSIENT_ERRORS, first_line, store_name
+    from inference_worker.storage.reachability import refusal_remedy
 
     waiting = StartWait(settings.start_wait_s)
     require_services(settings, waiting=waiting)
@@ -147,7 +149,13 @@ def start_up(settings: Settings, steps: Sequence[Callable[[Settings], None]]) ->
                 store = "RabbitMQ"  # kombu's and amqp's errors, the others are the stores'
                 if isinstance(exc, TRANSIENT_ERRORS):
                     store = {"redis": "Redis", "postgresql": "PostgreSQL"}[store_name(exc)]
-                what = f"{store} did not answer ({step.__name__.replace('_', ' ')}): "
+                doing = step.__name__.replace("_", " ")
+                remedy = refusal_remedy(store, exc)
+                if remedy:
+                    reason = f"{first_line(exc)} ({remedy})"
+                    print(f"error: {store} refused ({doing}): {reason}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                what = f"{store} did not answer ({doing}): "
                 if not waiting.tell(what, what + first_line(exc)):
                     print(f"error: {what}{first_line(exc)}", file=sys.stderr)
                     raise SystemExit(2) from None

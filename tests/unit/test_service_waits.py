@@ -151,3 +151,23 @@ def test_a_refusal_beside_a_silence_ends_the_start_at_once_naming_both(monkeypat
     assert len(asked) == 1 and "waiting" not in err and "waited" not in err
     assert "error: RabbitMQ at amqp://h refused: ACCESS_REFUSED\n" in err
     assert "error: PostgreSQL at postgresql://h is not reachable: timeout\n" in err
+
+
+def test_a_store_that_refuses_a_step_ends_the_start_at_once(monkeypatch, capsys):
+    """The services answered the probe; the password changed before the migration."""
+    import redis.exceptions
+
+    scripted(monkeypatch, [{}])
+    calls = []
+
+    def migrate_database(settings) -> None:
+        calls.append(1)
+        raise redis.exceptions.AuthenticationError("invalid username-password pair")
+
+    with pytest.raises(SystemExit) as exited:
+        bootstrap.start_up(load_settings(start_wait_s=60), [migrate_database])
+    assert exited.value.code == 2 and calls == [1]
+    assert capsys.readouterr().err == (
+        "error: Redis refused (migrate database): invalid username-password pair (check the "
+        "user and password in HEIMDALL_REDIS_URL)\n"
+    )
