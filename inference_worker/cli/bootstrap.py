@@ -100,7 +100,8 @@ def require_services(
     waiting = waiting or StartWait(wait_s)
     told: list[str] = []  # the services that did not answer the last time they were asked
     while failures := unreachable_services(settings, told or SERVICES):
-        if any(isinstance(message, Refused) for message in failures.values()):
+        refused = [isinstance(message, Refused) for message in failures.values()]
+        if any(refused):
             break
         if not all([waiting.tell(message, message) for message in failures.values()]):
             break
@@ -114,7 +115,6 @@ def require_services(
         return
     for message in failures.values():
         print(f"error: {message}", file=sys.stderr)
-    refused = [isinstance(message, Refused) for message in failures.values()]
     if all(refused):
         raise SystemExit(2)  # each refusal says what to change
     waited = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+import amqp.exceptions
 import kombu
 import redis
 import sqlalchemy as sa
@@ -129,8 +130,6 @@ class Refused(str):
 def refusal_remedy(name: str, exc: BaseException) -> str | None:
     """What to change when ``exc`` is ``name``'s refusal of this service's connection; None when
     it is a silence, a restart or anything else that may pass."""
-    import amqp.exceptions
-
     if isinstance(exc, amqp.exceptions.AccessRefused):
         return "check the user and password in HEIMDALL_BROKER_URL"
     if isinstance(exc, amqp.exceptions.NotAllowed):
