@@ -68,8 +68,9 @@ class BrokerProbe:
 
     Questions are asked one at a time. A question has ``timeout`` seconds in all for its turn,
     for a new connection where one is needed and for the confirms of a health check's messages
-    (a question begun on a kept connection found gone has what is left of them on the next);
-    each passive declare of a scrape waits at most ``timeout`` for its answer.
+    (a question begun on a kept connection found gone has what is left of them on the next),
+    the passive declares of a scrape included: a broker slow to answer the first is not waited
+    for again, whole, for each of the others.
     """
 
     def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
@@ -95,7 +96,7 @@ class BrokerProbe:
     def queue_depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
         """Ready messages and consumers of each queue of ``names`` the broker has (a queue not
         declared yet is left out)."""
-        return self._ask(lambda _: self._depths(names))
+        return self._ask(lambda deadline: self._depths(names, deadline))
 
     def close(self) -> None:
         """Close the connection with the closing handshake RabbitMQ expects (dropped without
@@ -170,16 +171,18 @@ class BrokerProbe:
                 transport.drain_events(timeout=_left(deadline))
         return line.blocked
 
-    def _depths(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    def _depths(self, names: Iterable[str], deadline: float) -> dict[str, tuple[int, int]]:
         line = self._line
         assert line.connection is not None
-        _read(line.connection.connection)
+        connection = line.connection.connection
+        _read(connection)
         found: dict[str, tuple[int, int]] = {}
         for name in names:
-            if line.asking is None or not line.asking.is_open:
-                line.asking = line.connection.connection.channel()
-            try:
-                _, messages, consumers = line.asking.queue_declare(name, passive=True)
+            try:  # each answer waited for until the question's deadline, not its own 2 s
+                with connection.transport.having_timeout(_left(deadline)):
+                    if line.asking is None or not line.asking.is_open:
+                        line.asking = connection.channel()
+                    _, messages, consumers = line.asking.queue_declare(name, passive=True)
             except amqp.exceptions.NotFound:
                 line.asking = None  # the broker closed the channel that asked
                 continue

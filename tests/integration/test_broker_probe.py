@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import gc
 import socket
+import threading
+import time
 import uuid
+from unittest import mock
 
+import amqp
 import kombu
 import pytest
 
 from tasks.probe import BrokerProbe
 from tests.integration.helpers import close_at_broker, delete_queues
+from tools.silent_relay import SilentProxy
 
 
 @pytest.fixture
@@ -97,4 +102,37 @@ def test_a_broker_that_accepts_and_never_answers_fails_the_question_saying_so():
         probe = BrokerProbe(f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}//", 0.5)
         with pytest.raises(TimeoutError, match="did not answer within 0.5 s"):
             probe.blocked_reason()
+        probe.close()
+
+
+def test_a_scrape_waits_for_all_its_answers_within_one_timeout(settings, queue_of_three):
+    """A broker slow to answer the first of a scrape's declares and then silent costs the
+    scrape the probe's timeout, not the timeout again for each queue it asks about (a scrape
+    asked about two queues waited up to twice 2 s)."""
+    broker = kombu.Connection(settings.broker_url)
+    relay = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    url = f"amqp://{broker.userid}:{broker.password}@127.0.0.1:{relay.port}/{broker.virtual_host}"
+    probe = BrokerProbe(url, timeout=2.0)
+    asked = 0
+    declare = amqp.Channel.queue_declare
+
+    def slow_then_silent(channel, *args, **kwargs):
+        nonlocal asked
+        asked += 1
+        relay.speaking.clear()  # the first answered after 1.5 s, the second never
+        if asked == 1:
+            threading.Timer(1.5, relay.speaking.set).start()
+        return declare(channel, *args, **kwargs)
+
+    try:
+        assert probe.queue_depths([queue_of_three]) == {queue_of_three: (3, 0)}
+        with mock.patch.object(amqp.Channel, "queue_declare", slow_then_silent):
+            began = time.monotonic()
+            with pytest.raises(TimeoutError, match="did not answer within 2 s"):
+                probe.queue_depths([queue_of_three, queue_of_three])
+            took = time.monotonic() - began
+        assert asked == 2
+        assert took < 2.8, f"the scrape took {took:.1f} s"  # 3.5 s before
+    finally:
+        relay.close()
         probe.close()
