@@ -189,10 +189,14 @@ class Settings(BaseSettings):
         "that answers nothing (paused, stalled) is given up on 2 s later.",
     )
     publish_confirm_timeout_s: float = Field(
-        5.0,
-        ge=0.1,
-        le=WAIT_MAX_S,
-        description="Longest a publish waits for RabbitMQ's confirm.",
+        5.0, ge=0.1, le=WAIT_MAX_S, description="Longest a publish waits for RabbitMQ's confirm."
+    )
+    broker_heartbeat_s: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="AMQP heartbeat of a worker's connection to RabbitMQ: a broker that stops "
+        "answering is given up on after about two, by both sides; 0: none.",
     )
 
     worker_metrics_port: int = Field(
