@@ -38,6 +38,7 @@ from kombu.utils.json import object_hook
 
 from inference_worker.core.batching import AckRanges, fair_limit, take_batches
 from inference_worker.core.capture import capture_nbytes
+from inference_worker.storage.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -222,43 +223,62 @@ class BatchingStrategy:
         return self.ranges
 
     def _settle(self, settled: list[tuple[Delivery, str]]) -> None:
-        """Send each message's verdict to the broker, in order: the rejects, then the acks, as
-        one ``multiple`` ack where the channel allows it (one frame instead of one a job).
+        """Send each message's verdict to the broker, channel by channel, in order: the
+        rejects, then the acks, as one ``multiple`` ack where the channel allows it (one frame
+        instead of one a job).
 
         The frames are written here, in the order chosen, rather than through Celery's ack
         callbacks, which the event loop runs in no set order: a ``multiple`` ack sent before a
-        reject it reaches over would acknowledge that message and close the channel.
+        reject it reaches over would acknowledge that message and close the channel. Messages
+        whose connection has gone (the broker restarted, or was given up on) cannot be settled:
+        the broker delivers them again, and a job already final is acknowledged then as a
+        duplicate. That is said in one line for them all (kombu logged each as critical, with
+        its traceback: 73 of them after one lost connection).
         """
-        errors = self.connection_errors
-        acks = [d for d, verdict in settled if verdict == "ack"]
-        rejects = [(d, verdict) for d, verdict in settled if verdict != "ack"]
-        try:
-            for delivery, verdict in rejects:
-                requeue = verdict == "requeue"
-                delivery.message.reject_log_error(log, errors, requeue)
-                fate = "delivered again" if requeue else "dead-lettered"
+        unsettled, reason = 0, ""
+        # Every channel the batch touched learns of its rejects, acks or not: a tag left
+        # unsettled there would stop every later range.
+        for ranges in {id(d.ranges): d.ranges for d, _ in settled}.values():
+            own = [(d, verdict) for d, verdict in settled if d.ranges is ranges]
+            try:
+                self._settle_on(ranges, own)
+            except self.connection_errors as exc:
+                unsettled, reason = unsettled + len(own), reason or first_line(exc)
+        now = time.monotonic()
+        for delivery, verdict in settled:
+            if verdict == "ack":
+                runtime = now - delivery.received_at
+                self._event("task-succeeded", delivery.item[1], result="", runtime=runtime)
+            else:
+                fate = "delivered again" if verdict == "requeue" else "dead-lettered"
                 self._event(
                     "task-failed", delivery.item[1], exception=f"message {fate}", traceback=""
                 )
-            # Every channel the batch touched learns of its rejects, acks or not: a tag left
-            # unsettled there would stop every later range.
-            for ranges in {id(d.ranges): d.ranges for d, _ in settled}.values():
-                own = [d for d in acks if d.ranges is ranges]
-                top, alone = ranges.plan(
-                    [d.message.delivery_tag for d in own],
-                    [d.message.delivery_tag for d, _ in rejects if d.ranges is ranges],
-                )
-                by_tag = {d.message.delivery_tag: d for d in own}
-                if top is not None:
-                    by_tag[top].message.ack_log_error(log, errors, multiple=True)
-                for tag in alone:
-                    by_tag[tag].message.ack_log_error(log, errors)
-            now = time.monotonic()
-            for delivery in acks:
-                runtime = now - delivery.received_at
-                self._event("task-succeeded", delivery.item[1], result="", runtime=runtime)
-        except BrokenPipeError:  # the connection is gone: the broker delivers them again
-            log.warning("lost the broker connection while settling %d messages", len(settled))
+        if unsettled:
+            log.warning(
+                "%d of %d messages not settled: the broker connection they came on is gone "
+                "(%s); RabbitMQ delivers them again",
+                unsettled,
+                len(settled),
+                reason,
+            )
+
+    @staticmethod
+    def _settle_on(ranges: AckRanges, settled: list[tuple[Delivery, str]]) -> None:
+        """The verdicts of one channel's messages: the rejects, then the acks."""
+        acks = [d for d, verdict in settled if verdict == "ack"]
+        rejects = [(d, verdict) for d, verdict in settled if verdict != "ack"]
+        for delivery, verdict in rejects:
+            delivery.message.reject(requeue=verdict == "requeue")
+        top, alone = ranges.plan(
+            [d.message.delivery_tag for d in acks],
+            [d.message.delivery_tag for d, _ in rejects],
+        )
+        by_tag = {d.message.delivery_tag: d for d in acks}
+        if top is not None:
+            by_tag[top].message.ack(multiple=True)
+        for tag in alone:
+            by_tag[tag].message.ack()
 
     def _done(self, batch: list[Delivery], verdicts: Any) -> None:
         self.in_flight -= 1

@@ -1,10 +1,13 @@
 """Batch formation (nothing waits for company, batches stay within their limit and order), which
 acknowledgements travel as one `multiple` ack, and task bodies decoded as kombu decodes them."""
 
+import logging
 import pickle
 from datetime import datetime
 from types import SimpleNamespace
 
+import amqp.exceptions
+import kombu
 import kombu.utils.json
 import pytest
 from billiard.exceptions import WorkerLostError
@@ -206,3 +209,43 @@ def test_the_strategy_spreads_a_burst_over_its_processes_in_arrival_order():
     pool.calls[2]["done"]([("ack", None)] * 35)
     pool.calls[3]["lost"](WorkerLostError("killed"))
     assert strategy.running == 0 and strategy.in_flight == 0
+
+
+class GoneChannel(FakeChannel):
+    """A channel whose connection has gone: every frame fails as py-amqp fails it."""
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        raise amqp.exceptions.RecoverableConnectionError("connection already closed")
+
+    def basic_reject(self, tag: int, requeue: bool) -> None:
+        raise amqp.exceptions.RecoverableConnectionError("connection already closed")
+
+
+def test_messages_of_a_gone_connection_are_left_in_one_line_and_the_new_one_settles(caplog):
+    """After a lost connection the batches in flight finish with messages of the old channel:
+    kombu logged each unsettled message as critical with its traceback."""
+    gone, channel, pool = GoneChannel(), FakeChannel(), FakePool()
+    errors = kombu.Connection("amqp://").connection_errors  # py-amqp's, as a worker has them
+    consumer = SimpleNamespace(pool=pool, connection_errors=errors, event_dispatcher=None)
+    strategy = BatchingStrategy(consumer, "t", BatchLimits(8, 1 << 30, None, None), print)
+    body = kombu.utils.json.dumps([[{"job_id": "j"}], {}, {}]).encode()
+    for on, tag in [(gone, 1), (gone, 2), (channel, 1), (channel, 2)]:
+        message = kombu_message(body)
+        message.channel, message.delivery_tag = on, tag
+        strategy(message, None, None, None, None)
+    # 1 of the gone channel went alone; the other three wait for it, then go together
+    with caplog.at_level(logging.INFO, logger="inference_worker.serving.batching"):
+        pool.calls[0]["done"]([("ack", None)])
+        pool.calls[1]["done"]([("requeue", None), ("ack", None), ("ack", None)])
+    assert channel.frames == [("ack", 2, True)]
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        (
+            "WARNING",
+            f"{n} of {m} messages not settled: the broker connection they came on is "
+            "gone (connection already closed); RabbitMQ delivers "
+            "them again",
+            None,
+        )
+        for n, m in [(1, 1), (1, 3)]
+    ]
