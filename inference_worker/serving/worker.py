@@ -12,6 +12,7 @@ import functools
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ import celery
 import celery.worker.consumer
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, bootsteps
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import (
     task_postrun,
     worker_process_init,
@@ -109,6 +111,17 @@ class Consumer(celery.worker.consumer.Consumer):
     nothing from a blocked connection: workers could not drain the backlog that had set the
     alarm off. An event is worth no wait: its connection publishes without confirms.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The tasks in hand when a connection is lost run on, as set (tasks/app.py); Celery
+        # warns of that setting's coming default at every lost connection all the same, in 7
+        # lines. Made after Celery's logging set its warnings to "always": this comes first.
+        warnings.filterwarnings(
+            "ignore",
+            r"\s*In Celery 5\.1 we introduced an optional breaking change",
+            CPendingDeprecationWarning,
+        )
+        super().__init__(*args, **kwargs)
 
     def shutdown(self) -> None:
         # A connection RabbitMQ blocks in an alarm reads no closing handshake: the events

@@ -50,11 +50,9 @@ def test_jobs_sent_to_a_worker_cut_off_from_its_broker_go_to_another_soon(
             with start_direct("direct"):
                 done = wait_final_row(JobStore(engine), job_id, 75)
                 took = time.monotonic() - silent_since
-            given_up = [
-                line
-                for line in (tmp_path / "cut-off.log").read_text().splitlines()
-                if "Too many heartbeats missed" in line
-            ]
+            log = (tmp_path / "cut-off.log").read_text()
     assert done["status"] == "succeeded", done["error"]
     print(f"the job succeeded {took:.1f} s after the broker went silent")
-    assert given_up, "the worker cut off did not give its broker up"
+    assert "Too many heartbeats missed" in log, "the worker cut off did not give its broker up"
+    # Celery's warning of a setting's coming default, set here (tasks/app.py): not repeated
+    assert "optional breaking change" not in log
