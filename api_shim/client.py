@@ -94,6 +94,14 @@ class ShimError(RuntimeError):
             text += f": {hint}" if hint else ""
         super().__init__(text)
         self.status, self.body = status, body
+        self.retry_after = 0.0
+        """The answer's ``Retry-After`` in seconds, where :meth:`ShimClient._view` read one."""
+
+    @property
+    def starting(self) -> bool:
+        """The shim is starting: it waits for its stores before it serves (``503 starting``)."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return self.status == 503 and isinstance(error, dict) and error.get("code") == "starting"
 
 
 class ShimUnreachable(ConnectionError):
@@ -170,7 +178,9 @@ class ShimClient:
         response = self._send(method, path, *more)
         status, body = response.status, _decoded(response.data)
         if status not in (200, 202):
-            raise ShimError(status, body, self._where(method, path))
+            error = ShimError(status, body, self._where(method, path))
+            error.retry_after = _seconds(response.headers.get("Retry-After"))
+            raise error
         if not (
             isinstance(body, dict)
             and isinstance(body.get("job_id"), str)
@@ -292,7 +302,8 @@ class ShimClient:
         A shim that answered this wait and then stops answering (restarted: a stopping shim
         ends its waits with the job as it is, and the next one takes a moment to listen) is
         asked again every :data:`REACH_AGAIN_S` until the deadline; one that never answered
-        raises :class:`ShimUnreachable` at once. A shim that held no wait (as many held as it
+        raises :class:`ShimUnreachable` at once. A shim starting (it waits for its stores) is
+        asked again after its ``Retry-After``. A shim that held no wait (as many held as it
         may) is asked again after its ``Retry-After``."""
         longest = max(1.0, min(LONG_POLL_S, self.timeout_s - 5.0))
         deadline = time.monotonic() + timeout_s
@@ -308,6 +319,11 @@ class ShimClient:
                 if not answered or left < REACH_AGAIN_S:
                     raise
                 time.sleep(REACH_AGAIN_S)
+                return None
+            except ShimError as exc:  # a shim starting again is asked again when it says
+                if not exc.starting or left < exc.retry_after:
+                    raise
+                time.sleep(exc.retry_after)
                 return None
             answered = True
             if pause and view["status"] not in FINAL_STATUSES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -166,25 +167,32 @@ def require_free_address(host: str, port: int, server: str) -> None:
     """Refuse, in one line with exit code 2, to start ``server`` on an address another process
     listens on: gunicorn would retry for five seconds and give up, Flower would end in a
     traceback."""
-    import socket
+    bound_socket(host, port, server).close()
 
+
+def bound_socket(host: str, port: int, server: str, family: int = 0) -> socket.socket:
+    """A socket bound to ``host:port`` as ``server`` binds it, of the first address ``host``
+    resolves to in ``family`` (0: any); an address taken, or one that does not resolve, is
+    refused in one line with exit code 2."""
     try:  # an IPv6 address may come in brackets, as in a URL
-        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host.strip("[]"), port, family, socket.SOCK_STREAM)
         family, kind, proto, _, address = found[0]
     except (socket.gaierror, UnicodeError) as exc:
         print(f"error: {server} cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            print(
-                f"error: {server} cannot listen on {host}:{port}: {exc.strerror or exc} "
-                "(another process holds it? choose another with --port)",
-                file=sys.stderr,
-            )
-            raise SystemExit(2) from None
+    bound = socket.socket(family, kind, proto)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+    try:
+        bound.bind(address)
+    except OSError as exc:
+        bound.close()
+        print(
+            f"error: {server} cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(another process holds it? choose another with --port)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    return bound
 
 
 def handed_listeners() -> list[int]:
@@ -204,8 +212,6 @@ def handed_listeners() -> list[int]:
 def warn_other_address(handed: list[int], host: str, port: int) -> None:
     """Warn when none of the sockets handed to the shim is on the port its settings name (the
     address it announces for ``heimdall-inference check``)."""
-    import socket
-
     places = []  # ports, or the paths of Unix sockets
     for fd in handed:
         with socket.socket(fileno=os.dup(fd)) as handed_socket:

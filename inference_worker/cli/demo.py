@@ -50,7 +50,8 @@ process holding the port without answering HTTP cost 10 s a probe before."""
 
 
 def _health(client: ShimClient) -> dict | None:
-    """The shim's ``/health`` with its checks; None while nothing answers at its address.
+    """The shim's ``/health`` with its checks; None while nothing answers at its address, or
+    a shim still starting (it answers ``starting`` while it waits for its stores).
 
     Raises:
         ShimError: something else answers there, or the shim shows its checks to a caller
@@ -62,6 +63,8 @@ def _health(client: ShimClient) -> dict | None:
         return None
     if isinstance(body, dict) and isinstance(body.get("checks"), dict):
         return body
+    if isinstance(body, dict) and body.get("status") == "starting":
+        return None
     where = f"{client.base_url} (GET /health)"
     if isinstance(body, dict) and list(body) == ["status"]:  # what a caller without a key sees
         raise ShimError(

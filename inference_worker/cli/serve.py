@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -63,6 +64,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         process_started,
         server_threads,
     )
+    from api_shim.starting import BACKLOG, answering_starting, gunicorn_family
     from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
@@ -71,22 +73,33 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     handed = bootstrap.handed_listeners()  # systemd's socket, or the former master's
     if handed:
         bootstrap.warn_other_address(handed, host, port)
+        starting: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        bind = host_port(host, port)  # unused: gunicorn serves on the sockets handed to it
     else:
-        bootstrap.require_free_address(host, port, "the shim")
-    bootstrap.start_up(
-        settings,
-        [
-            bootstrap.migrate_database,
-            bootstrap.declare_queues,
-            bootstrap.prepare_registry,
-            bootstrap.announce_model,
-        ],
-    )
-    load_signal_maths()  # once, before gunicorn binds and forks: every process inherits it
+        # The address is taken now, as gunicorn would bind it, and answered "starting" (503)
+        # while the stores are waited for; gunicorn then serves on the same socket.
+        listener = bootstrap.bound_socket(host, port, "the shim", gunicorn_family(host))
+        listener.listen(BACKLOG)
+        starting = answering_starting(listener)
+        bind = f"fd://{listener.fileno()}"
+    with starting:
+        bootstrap.start_up(
+            settings,
+            [
+                bootstrap.migrate_database,
+                bootstrap.declare_queues,
+                bootstrap.prepare_registry,
+                bootstrap.announce_model,
+            ],
+        )
+        load_signal_maths()  # once, before gunicorn forks: every process inherits it
+    if not handed:
+        listener.detach()  # gunicorn's now: it closes the descriptor itself
 
     class ShimServer(BaseApplication):
         def load_config(self) -> None:
-            self.cfg.set("bind", host_port(host, port))
+            self.cfg.set("bind", bind)
+            self.cfg.set("backlog", BACKLOG)
             self.cfg.set("workers", workers)
             threads, worker_class = server_threads(settings.api_threads, settings.api_max_waits)
             self.cfg.set("threads", threads)

@@ -146,6 +146,8 @@ def _health(base: str, key: str | None, settings: Settings) -> Finding | str:
         said = " (its reasons are shown to a caller with a key: set HEIMDALL_ADMIN_TOKEN)"
     if state == "ok":
         return Finding("api", "ok", f"{url} answers: ok")
+    if state == "starting":
+        return Finding("api", "warn", f"{url} answers starting: it waits for its stores to serve")
     level: Level = "fail" if status >= 500 else "warn"
     return Finding("api", level, f"{url} answers {state}{said}")
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -32,6 +33,7 @@ from tests.integration.helpers import (
     worker_env,
 )
 from tests.integration.registry_helpers import closed_port, own_registry_database
+from tools.silent_relay import SilentProxy
 
 pytestmark = pytest.mark.integration
 WORKER_START_TIMEOUT_S = 60
@@ -184,3 +186,12 @@ def registry_database(settings: Settings, engine: sa.Engine) -> Iterator[tuple[s
 def refusing_port() -> Iterator[int]:
     with closed_port() as port:
         yield port
+
+
+@pytest.fixture
+def redis_relay(settings: Settings) -> Iterator[SilentProxy]:
+    """A relay to the session's Redis that can go silent (:func:`helpers.redis_through`)."""
+    parts = urlsplit(settings.redis_url)
+    relay = SilentProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    yield relay
+    relay.close()

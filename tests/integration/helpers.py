@@ -35,6 +35,7 @@ from inference_worker.storage.redis_store import RedisStore
 from tasks.app import dead_letter_queue_name
 from tasks.contract import wait_until_final
 from tests.helpers import capture_query, npy_bytes
+from tools.silent_relay import SilentProxy
 
 FINAL_WAIT_S = 60.0
 """How long a job may take before a test calls it stuck (a hang, not a speed goal)."""
@@ -182,13 +183,26 @@ def close_at_broker(local_port: int) -> None:
     )
 
 
+def redis_through(settings: Settings, relay: SilentProxy) -> str:
+    """The Redis URL of ``settings`` reaching it through ``relay`` (``redis_relay``)."""
+    parts = urlsplit(settings.redis_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{relay.port}" if credentials else f"127.0.0.1:{relay.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
 def shim_answers(base_url: str) -> bool:
-    """Whether a shim process answers ``GET /health`` (with any status) at ``base_url``."""
+    """Whether a shim process answers ``GET /health`` (with any status) at ``base_url``, past
+    its start (while it waits for its stores it answers ``starting``)."""
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=5):
             return True
-    except urllib.error.HTTPError:
-        return True
+    except urllib.error.HTTPError as answer:
+        try:
+            body = json.loads(answer.read())
+        except ValueError:  # not JSON: not a starting shim's answer
+            return True
+        return not (isinstance(body, dict) and body.get("status") == "starting")
     except OSError:
         return False
 

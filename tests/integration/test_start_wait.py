@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,27 +20,12 @@ from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
 from tests.integration.helpers import (
     free_port,
+    redis_through,
     refusing_settings,
     submit_npy,
     wait_final_row,
     worker_env,
 )
-from tools.silent_relay import SilentProxy
-
-
-@pytest.fixture
-def redis_relay(settings) -> Iterator[SilentProxy]:
-    parts = urlsplit(settings.redis_url)
-    relay = SilentProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    yield relay
-    relay.close()
-
-
-def through(settings, relay: SilentProxy) -> str:
-    parts = urlsplit(settings.redis_url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{relay.port}" if credentials else f"127.0.0.1:{relay.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 @pytest.mark.timeout(180, method="thread")
@@ -50,7 +33,7 @@ def test_a_worker_started_while_redis_is_silent_waits_for_it_then_serves(
     own_queue_factory, redis_relay, settings, engine, capture, tmp_path
 ):
     local, _, start_worker = own_queue_factory(
-        redis_url=through(settings, redis_relay), start_wait_s=90.0
+        redis_url=redis_through(settings, redis_relay), start_wait_s=90.0
     )
     log = tmp_path / "waiting.log"
     redis_relay.speaking.clear()

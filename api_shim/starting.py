@@ -1,0 +1,91 @@
+"""What a shim answers while it starts.
+
+``heimdall-inference api`` waits for its stores (``HEIMDALL_START_WAIT_S``, up to 60 s) and runs
+its start-up steps before gunicorn serves. Its address used to be free meanwhile: every client
+and load balancer was refused a connection, as if no shim were there (214 of the 355 refusals of
+a chaos soak). The shim now takes its address first and answers every request meanwhile with
+``503`` (``{"status": "starting", "error": {"code": "starting", ...}}``, ``Retry-After: 1``);
+gunicorn then serves on the same socket, so a connection waiting in its backlog as the start
+ends is gunicorn's, not refused.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+BACKLOG = 2048
+"""Connections the listening socket holds until they are accepted (gunicorn's default)."""
+RETRY_AFTER_S = 1
+BODY_LIMIT = 64 << 20
+"""The most of a request's body read (and dropped) before answering: a connection closed on
+unread data is reset, and a reset can lose the answer on its way."""
+BODY_STALL_S = 10.0
+"""A client whose request stops arriving for this long is left (it holds a thread)."""
+
+STARTING = json.dumps(
+    {
+        "status": "starting",
+        "error": {
+            "code": "starting",
+            "message": "the shim is starting: it waits for its stores and prepares them; "
+            "retry shortly",
+        },
+    }
+).encode()
+
+
+def starting_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Every request's answer while the shim starts, after reading its body."""
+    body = environ["wsgi.input"]
+    left = min(int(environ.get("CONTENT_LENGTH") or 0), BODY_LIMIT)
+    while left > 0 and (chunk := body.read(min(left, 1 << 16))):
+        left -= len(chunk)
+    start_response(
+        "503 SERVICE UNAVAILABLE",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(STARTING))),
+            ("Retry-After", str(RETRY_AFTER_S)),
+            ("Connection", "close"),
+        ],
+    )
+    return [STARTING]
+
+
+class _Quiet(WSGIRequestHandler):
+    """Werkzeug's handler without a line for every request, giving up on a stalled one."""
+
+    timeout = BODY_STALL_S
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def gunicorn_family(host: str) -> int:
+    """The address family gunicorn binds ``host`` in: IPv6 for an IPv6 address, else IPv4 (a
+    name such as ``localhost`` is bound as IPv4)."""
+    return socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+
+
+@contextmanager
+def answering_starting(listener: socket.socket) -> Iterator[None]:
+    """Answer every request on ``listener`` (bound and listening) with ``503 starting`` while
+    the block runs; the socket is left listening, with what waits in its backlog."""
+    host, port = listener.getsockname()[:2]
+    server = make_server(
+        host, port, starting_app, threaded=True, request_handler=_Quiet, fd=listener.fileno()
+    )
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()  # the accepting loop ends; requests in hand finish on their threads
+        thread.join()
