@@ -321,9 +321,10 @@ class ShimClient:
                 time.sleep(REACH_AGAIN_S)
                 return None
             except ShimError as exc:  # a shim starting again is asked again when it says
-                if not exc.starting or left < exc.retry_after:
+                pause = max(exc.retry_after, REACH_AGAIN_S)
+                if not exc.starting or left < pause:
                     raise
-                time.sleep(exc.retry_after)
+                time.sleep(pause)
                 return None
             answered = True
             if pause and view["status"] not in FINAL_STATUSES:

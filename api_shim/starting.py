@@ -42,11 +42,15 @@ STARTING = json.dumps(
 
 
 def starting_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Every request's answer while the shim starts, after reading its body."""
+    """Every request's answer while the shim starts, after reading its body (as much of it as
+    comes: a length that does not parse, a client that stalls, get the answer all the same)."""
     body = environ["wsgi.input"]
-    left = min(int(environ.get("CONTENT_LENGTH") or 0), BODY_LIMIT)
-    while left > 0 and (chunk := body.read(min(left, 1 << 16))):
-        left -= len(chunk)
+    try:
+        left = min(int(environ.get("CONTENT_LENGTH") or 0), BODY_LIMIT)
+        while left > 0 and (chunk := body.read(min(left, 1 << 16))):
+            left -= len(chunk)
+    except (ValueError, OSError):  # OSError: the handler's timeout, a connection gone
+        pass
     start_response(
         "503 SERVICE UNAVAILABLE",
         [

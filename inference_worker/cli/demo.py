@@ -50,8 +50,8 @@ process holding the port without answering HTTP cost 10 s a probe before."""
 
 
 def _health(client: ShimClient) -> dict | None:
-    """The shim's ``/health`` with its checks; None while nothing answers at its address, or
-    a shim still starting (it answers ``starting`` while it waits for its stores).
+    """The shim's ``/health`` with its checks, ``{"status": "starting"}`` from a shim waiting
+    for its stores; None while nothing answers at its address.
 
     Raises:
         ShimError: something else answers there, or the shim shows its checks to a caller
@@ -64,7 +64,7 @@ def _health(client: ShimClient) -> dict | None:
     if isinstance(body, dict) and isinstance(body.get("checks"), dict):
         return body
     if isinstance(body, dict) and body.get("status") == "starting":
-        return None
+        return {"status": "starting"}
     where = f"{client.base_url} (GET /health)"
     if isinstance(body, dict) and list(body) == ["status"]:  # what a caller without a key sees
         raise ShimError(
@@ -104,21 +104,28 @@ def running_service(settings: Settings, stack: ExitStack) -> ShimClient:
         timeout_s=10,
         api_key=os.environ.get("HEIMDALL_API_KEY") or a_key(settings),
     )
+
+    def serving() -> bool:
+        return "checks" in (_health(client) or {})
+
     health = _health(client)
     if health is None:
         api_process = stack.enter_context(_started(["api", "--workers", "1"], "the HTTP shim"))
         wait_until(
             "the HTTP shim",  # a shim that exited is not probed again (a probe may wait)
-            lambda: api_process.poll() is None and _health(client) is not None,
+            lambda: api_process.poll() is None and serving(),
             30,
             api_process,
         )
+    elif "checks" not in health:
+        _say(f"waiting for the HTTP shim starting at {client.base_url}")
+        wait_until("the HTTP shim", serving, 90)
     else:
         _say(f"using the HTTP shim already running at {client.base_url}")
 
     def worker_ready() -> bool:  # serving, if from its host's copies while the registry is down
-        body = _health(client)
-        return bool(body and body["checks"]["model"]["workers"])
+        body = _health(client) or {}
+        return bool("checks" in body and body["checks"]["model"]["workers"])
 
     if not worker_ready():
         worker = stack.enter_context(_started(["worker", "--concurrency", "1"], "a worker"))
