@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import kombu
 import pytest
 import redis
 import sqlalchemy as sa
@@ -186,6 +187,15 @@ def registry_database(settings: Settings, engine: sa.Engine) -> Iterator[tuple[s
 def refusing_port() -> Iterator[int]:
     with closed_port() as port:
         yield port
+
+
+@pytest.fixture
+def broker_relay(settings: Settings) -> Iterator[SilentProxy]:
+    """A relay to the session's RabbitMQ that can go silent (:func:`helpers.broker_through`)."""
+    broker = kombu.Connection(settings.broker_url)
+    relay = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    yield relay
+    relay.close()
 
 
 @pytest.fixture

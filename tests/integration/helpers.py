@@ -183,6 +183,13 @@ def close_at_broker(local_port: int) -> None:
     )
 
 
+def broker_through(settings: Settings, relay: SilentProxy) -> str:
+    """The broker URL of ``settings`` reaching RabbitMQ through ``relay`` (``broker_relay``)."""
+    broker = kombu.Connection(settings.broker_url)
+    credentials = f"{broker.userid}:{broker.password}"
+    return f"amqp://{credentials}@127.0.0.1:{relay.port}/{broker.virtual_host}"
+
+
 def redis_through(settings: Settings, relay: SilentProxy) -> str:
     """The Redis URL of ``settings`` reaching it through ``relay`` (``redis_relay``)."""
     parts = urlsplit(settings.redis_url)

@@ -8,32 +8,19 @@ twenty-five. The broker is the real one, reached through a relay that goes silen
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import kombu
 import pytest
 
 from inference_worker.cli.processes import wait_until
 from inference_worker.storage.database import JobStore
-from tests.integration.helpers import produce, queue_consumers, wait_final_row
-from tools.silent_relay import SilentProxy
-
-
-@pytest.fixture
-def relay(settings) -> Iterator[SilentProxy]:
-    broker = kombu.Connection(settings.broker_url)
-    proxy = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    yield proxy
-    proxy.close()
+from tests.integration.helpers import broker_through, produce, queue_consumers, wait_final_row
 
 
 @pytest.mark.timeout(240, method="thread")
 def test_jobs_sent_to_a_worker_cut_off_from_its_broker_go_to_another_soon(
-    own_queue_factory, relay, settings, engine, capture, tmp_path
+    own_queue_factory, broker_relay, settings, engine, capture, tmp_path
 ):
-    broker = kombu.Connection(settings.broker_url)
-    url = f"amqp://{broker.userid}:{broker.password}@127.0.0.1:{relay.port}/{broker.virtual_host}"
-    cut_off, _, start_cut_off = own_queue_factory(broker_url=url)
+    cut_off, _, start_cut_off = own_queue_factory(broker_url=broker_through(settings, broker_relay))
     # the same queue and Redis keys, on the broker itself
     direct, _, start_direct = own_queue_factory(
         queue=cut_off.queue, redis_prefix=cut_off.redis_prefix
@@ -44,7 +31,7 @@ def test_jobs_sent_to_a_worker_cut_off_from_its_broker_go_to_another_soon(
 
     with start_cut_off("cut-off"):
         wait_until("the worker consumes", lambda: consumers() == 1, 60)
-        with relay.silent():
+        with broker_relay.silent():
             job_id = produce(direct, capture)  # delivered to the worker cut off: it may take more
             silent_since = time.monotonic()
             with start_direct("direct"):

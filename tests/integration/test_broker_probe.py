@@ -15,8 +15,7 @@ import kombu
 import pytest
 
 from tasks.probe import BrokerProbe
-from tests.integration.helpers import close_at_broker, delete_queues
-from tools.silent_relay import SilentProxy
+from tests.integration.helpers import broker_through, close_at_broker, delete_queues
 
 
 @pytest.fixture
@@ -105,14 +104,14 @@ def test_a_broker_that_accepts_and_never_answers_fails_the_question_saying_so():
         probe.close()
 
 
-def test_a_scrape_waits_for_all_its_answers_within_one_timeout(settings, queue_of_three):
+def test_a_scrape_waits_for_all_its_answers_within_one_timeout(
+    settings, queue_of_three, broker_relay
+):
     """A broker slow to answer the first of a scrape's declares and then silent costs the
     scrape the probe's timeout, not the timeout again for each queue it asks about (a scrape
     asked about two queues waited up to twice 2 s)."""
-    broker = kombu.Connection(settings.broker_url)
-    relay = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    url = f"amqp://{broker.userid}:{broker.password}@127.0.0.1:{relay.port}/{broker.virtual_host}"
-    probe = BrokerProbe(url, timeout=2.0)
+    relay = broker_relay
+    probe = BrokerProbe(broker_through(settings, relay), timeout=2.0)
     asked = 0
     declare = amqp.Channel.queue_declare
 
@@ -134,5 +133,4 @@ def test_a_scrape_waits_for_all_its_answers_within_one_timeout(settings, queue_o
         assert asked == 2
         assert took < 2.8, f"the scrape took {took:.1f} s"  # 3.5 s before
     finally:
-        relay.close()
         probe.close()

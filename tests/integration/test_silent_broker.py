@@ -10,10 +10,8 @@ came (27 s before a submission's ``503``), and the health check's probe connecte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
-import kombu
 import numpy as np
 import pytest
 
@@ -23,22 +21,18 @@ from inference_worker.core.capture import iq_digest
 from inference_worker.storage.database import JobStore
 from tasks.intake import ServiceUnavailable
 from tasks.producer import CaptureProducer
-from tests.integration.helpers import job_row, submit_npy, wait_final_row
+from tests.integration.helpers import broker_through, job_row, submit_npy, wait_final_row
 from tools.silent_relay import SilentProxy
 
 
 @pytest.fixture
-def proxy(settings) -> Iterator[SilentProxy]:
-    broker = kombu.Connection(settings.broker_url)
-    relay = SilentProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    yield relay
-    relay.close()
+def proxy(broker_relay: SilentProxy) -> SilentProxy:
+    return broker_relay
 
 
 @pytest.fixture
 def shim_through(own_queue_factory, proxy, settings):
-    broker = kombu.Connection(settings.broker_url)
-    url = f"amqp://{broker.userid}:{broker.password}@127.0.0.1:{proxy.port}/{broker.virtual_host}"
+    url = broker_through(settings, proxy)
     local, _, start_worker = own_queue_factory(broker_url=url, publish_confirm_timeout_s=1.0)
     app = create_app(local)
     yield app, start_worker
@@ -111,8 +105,7 @@ def test_a_producer_leaves_the_capture_of_a_task_that_may_arrive(
     it raises, and keeps the capture for the task that may still arrive (the relay here may
     pass the publish on, or drop it with its connection); resubmitted under the same id, as
     the client is told, the job runs once, either way."""
-    broker = kombu.Connection(settings.broker_url)
-    url = f"amqp://{broker.userid}:{broker.password}@127.0.0.1:{proxy.port}/{broker.virtual_host}"
+    url = broker_through(settings, proxy)
     local, store, start_worker = own_queue_factory(broker_url=url, publish_confirm_timeout_s=1.0)
     producer = CaptureProducer(settings=local)
     fields = {"sample_rate_hz": capture.sample_rate_hz, "frequency_mhz": capture.frequency_mhz}
