@@ -84,6 +84,7 @@ class ShimError(RuntimeError):
         request: str = "",
         expected: str = "",
         hint: str = "is `heimdall-inference api` serving there?",
+        retry_after: float = 0.0,
     ) -> None:
         error = body.get("error") if isinstance(body, dict) else None
         if not expected and isinstance(error, dict) and "message" in error:
@@ -94,8 +95,8 @@ class ShimError(RuntimeError):
             text += f": {hint}" if hint else ""
         super().__init__(text)
         self.status, self.body = status, body
-        self.retry_after = 0.0
-        """The answer's ``Retry-After`` in seconds, where :meth:`ShimClient._view` read one."""
+        self.retry_after = retry_after
+        """The answer's ``Retry-After`` in seconds (0: none read)."""
 
     @property
     def starting(self) -> bool:
@@ -178,9 +179,8 @@ class ShimClient:
         response = self._send(method, path, *more)
         status, body = response.status, _decoded(response.data)
         if status not in (200, 202):
-            error = ShimError(status, body, self._where(method, path))
-            error.retry_after = _seconds(response.headers.get("Retry-After"))
-            raise error
+            pause = _seconds(response.headers.get("Retry-After"))
+            raise ShimError(status, body, self._where(method, path), retry_after=pause)
         if not (
             isinstance(body, dict)
             and isinstance(body.get("job_id"), str)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from inference_worker.cli import bootstrap
 from inference_worker.settings import Settings
@@ -64,25 +65,20 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         process_started,
         server_threads,
     )
-    from api_shim.starting import BACKLOG, answering_starting, gunicorn_family
+    from api_shim.starting import BACKLOG
     from inference_worker.core.features import load_signal_maths
 
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     workers = args.workers or settings.api_workers
     handed = bootstrap.handed_listeners()  # systemd's socket, or the former master's
-    if handed:
+    address: contextlib.AbstractContextManager[str]
+    if handed:  # gunicorn serves on the sockets handed to it, whatever its bind says
         bootstrap.warn_other_address(handed, host, port)
-        starting: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        bind = host_port(host, port)  # unused: gunicorn serves on the sockets handed to it
+        address = contextlib.nullcontext(host_port(host, port))
     else:
-        # The address is taken now, as gunicorn would bind it, and answered "starting" (503)
-        # while the stores are waited for; gunicorn then serves on the same socket.
-        listener = bootstrap.bound_socket(host, port, "the shim", gunicorn_family(host))
-        listener.listen(BACKLOG)
-        starting = answering_starting(listener)
-        bind = f"fd://{listener.fileno()}"
-    with starting:
+        address = _held_address(host, port)
+    with address as bind:
         bootstrap.start_up(
             settings,
             [
@@ -93,8 +89,6 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
             ],
         )
         load_signal_maths()  # once, before gunicorn forks: every process inherits it
-    if not handed:
-        listener.detach()  # gunicorn's now: it closes the descriptor itself
 
     class ShimServer(BaseApplication):
         def load_config(self) -> None:
@@ -138,6 +132,20 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
                 self._start_control_server()
 
     ShimServer().run()
+
+
+@contextlib.contextmanager
+def _held_address(host: str, port: int) -> Iterator[str]:
+    """The shim's address, taken now as gunicorn would bind it and answered "starting" (503)
+    while the block waits for the stores; yields gunicorn's bind for the same socket, which is
+    gunicorn's after the block (it closes the descriptor itself)."""
+    from api_shim.starting import BACKLOG, answering_starting, gunicorn_family
+
+    listener = bootstrap.bound_socket(host, port, "the shim", gunicorn_family(host))
+    listener.listen(BACKLOG)
+    with answering_starting(listener):
+        yield f"fd://{listener.fileno()}"
+    listener.detach()
 
 
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:
