@@ -26,7 +26,7 @@ from inference_worker.serving.registry import (
 )
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import engine_for
+from inference_worker.storage.engine import engine_for, shim_pool
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.notifications import FinishedJobs
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -80,7 +80,7 @@ def build_services(settings: Settings) -> ShimServices:
     # A connection for each request thread and one for the thread that marks jobs published:
     # with fewer, the pool's overflow connections were closed on return and opened again for
     # the next request (a new PostgreSQL backend every few jobs under load).
-    engine = engine_for(settings, role="heimdall-api", pool_size=settings.api_threads + 1)
+    engine = engine_for(settings, role="heimdall-api", pool_size=shim_pool(settings))
     jobs = JobStore(engine)
     store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     served = ServedModelCache(store, fallback=started_with)

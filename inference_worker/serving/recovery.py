@@ -20,7 +20,7 @@ from typing import Any
 
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import engine_for
+from inference_worker.storage.engine import UPKEEP_POOL, engine_for
 from inference_worker.storage.errors import STORE_ERRORS, first_line
 from inference_worker.storage.maintenance import JobMaintenance
 from inference_worker.storage.redis_store import RedisStore, connect
@@ -58,7 +58,7 @@ class Stores:
 
 
 def open_stores(settings: Settings, role: str) -> Stores:
-    engine = engine_for(settings, role=role, pool_size=2)
+    engine = engine_for(settings, role=role, pool_size=UPKEEP_POOL)
     redis = RedisStore(connect(settings.redis_url), settings.redis_prefix)
     return Stores(JobStore(engine), redis, JobMaintenance(engine))
 

@@ -23,7 +23,7 @@ from inference_worker.serving.models import ModelUnavailable, ServedModels
 from inference_worker.serving.registry import CHAMPION
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import engine_for
+from inference_worker.storage.engine import WORKER_POOL, engine_for
 from inference_worker.storage.errors import STORE_ERRORS
 from inference_worker.storage.redis_store import (
     HEARTBEAT_INTERVAL_S,
@@ -77,7 +77,7 @@ class ProcessRuntime:
         threadpool_limits(1)
         retain_freed_memory(settings.retain_freed_mb)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        jobs = JobStore(engine_for(settings, role="heimdall-worker", pool_size=2))
+        jobs = JobStore(engine_for(settings, role="heimdall-worker", pool_size=WORKER_POOL))
         store = RedisStore(connect(settings.redis_url), settings.redis_prefix)
         self.served = ServedModels(settings, jobs, store)
         self.served.refresh()

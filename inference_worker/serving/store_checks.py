@@ -209,6 +209,7 @@ def check_redis(settings: Settings) -> list[Finding]:
 def check_database(settings: Settings) -> list[Finding]:
     from inference_worker.storage.engine import (
         UnknownMigration,
+        connection_need,
         connection_use,
         engine_for,
         known_revisions,
@@ -225,6 +226,7 @@ def check_database(settings: Settings) -> list[Finding]:
             reason = unanswered("PostgreSQL", settings.database_url, exc)
             return [Finding("postgresql", "fail", reason)]
         known = known_revisions()
+        use = connection_use(engine)
         if revision is None:
             return [
                 Finding(
@@ -253,7 +255,9 @@ def check_database(settings: Settings) -> list[Finding]:
                     "postgresql",
                     "ok",
                     f"{redact_url(settings.database_url)}: the job schema {schema!r} is at "
-                    f"migration {revision}",
+                    f"migration {revision}; {use.open} of the {use.allowed} connections it "
+                    f"allows are open, this host's settings keep up to "
+                    f"{connection_need(settings).total}",
                 )
             )
             stuck = JobMaintenance(engine).count_not_final(settings.stuck_after_s)
@@ -266,19 +270,46 @@ def check_database(settings: Settings) -> list[Finding]:
                         "submission: `heimdall-inference jobs stuck` says what is known of each",
                     )
                 )
-        return findings + _connection_findings(connection_use(engine), settings)
+        return findings + _connection_findings(use, settings)
     finally:
         engine.dispose()
 
 
 def _connection_findings(use: ConnectionUse, settings: Settings) -> list[Finding]:
-    if use.open < FULL_FRACTION * use.allowed:
-        return []
-    message = (
-        f"{redact_url(settings.database_url)} has {use.open} of the {use.allowed} connections "
-        f"it allows open ({use.ours} of them heimdall's processes'): when none is left, the "
-        "next process's connection is refused (too many clients) and its submissions or jobs "
-        "wait; raise max_connections, or run fewer shim processes or threads "
-        f"(HEIMDALL_API_WORKERS, HEIMDALL_API_THREADS: each shim process keeps up to threads + 1)"
-    )
-    return [Finding("postgresql", "warn", message)]
+    from inference_worker.storage.engine import UPKEEP_POOL, WORKER_POOL, connection_need, shim_pool
+
+    findings = []
+    need = connection_need(settings)
+    others = use.open - use.ours
+    room = use.allowed - others
+    if need.total > room:
+        findings.append(
+            Finding(
+                "postgresql",
+                "warn",
+                f"this host's settings let heimdall's processes keep up to {need.total} "
+                f"connections to {redact_url(settings.database_url)} (the shim's "
+                f"{settings.api_workers} × {shim_pool(settings)}: HEIMDALL_API_WORKERS × "
+                f"(HEIMDALL_API_THREADS + 1); the worker's {UPKEEP_POOL} + "
+                f"{settings.worker_concurrency} × {WORKER_POOL}: its main process and "
+                f"HEIMDALL_WORKER_CONCURRENCY pool processes), more than the {room} the server "
+                f"leaves them (it allows {use.allowed}, other clients hold {others}): under "
+                "load a process's next connection is refused (too many clients) and its "
+                "submissions or jobs wait; raise max_connections, or lower "
+                "HEIMDALL_API_WORKERS or HEIMDALL_API_THREADS",
+            )
+        )
+    if use.open >= FULL_FRACTION * use.allowed:
+        findings.append(
+            Finding(
+                "postgresql",
+                "warn",
+                f"{redact_url(settings.database_url)} has {use.open} of the {use.allowed} "
+                f"connections it allows open ({use.ours} of them heimdall's processes'): when "
+                "none is left, the next process's connection is refused (too many clients) and "
+                "its submissions or jobs wait; raise max_connections, or run fewer shim "
+                "processes or threads (HEIMDALL_API_WORKERS, HEIMDALL_API_THREADS: each shim "
+                "process keeps up to threads + 1)",
+            )
+        )
+    return findings

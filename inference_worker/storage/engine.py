@@ -147,6 +147,41 @@ def schema_revision(engine: Engine, schema: str) -> str | None:
         return _revision(connection, schema)
 
 
+UPKEEP_POOL = 2
+"""Connections a worker's main process keeps (its relay of unconfirmed submissions and its
+upkeep), as do the ``jobs`` commands."""
+WORKER_POOL = 2
+"""Connections a worker's pool process keeps (its batches' statements, its reload's reads)."""
+
+
+def shim_pool(settings: Settings) -> int:
+    """Connections a shim process keeps: one for each request thread, one for its gauges."""
+    return settings.api_threads + 1
+
+
+@dataclass(frozen=True)
+class ConnectionNeed:
+    """The connections one host's service keeps at most, by its settings: the shim's
+    processes' and the worker's (its main process and its pool processes). Each process may
+    open a few more for a moment (its pool's overflow) and closes them."""
+
+    shim: int
+    worker: int
+
+    @property
+    def total(self) -> int:
+        return self.shim + self.worker
+
+
+def connection_need(settings: Settings) -> ConnectionNeed:
+    """What :class:`ConnectionNeed` the settings give (``HEIMDALL_API_WORKERS`` ×
+    (``HEIMDALL_API_THREADS`` + 1); ``HEIMDALL_WORKER_CONCURRENCY`` × 2 + 2)."""
+    return ConnectionNeed(
+        shim=settings.api_workers * shim_pool(settings),
+        worker=UPKEEP_POOL + settings.worker_concurrency * WORKER_POOL,
+    )
+
+
 @dataclass(frozen=True)
 class ConnectionUse:
     """The server's client connections: how many are open, how many it allows roles without

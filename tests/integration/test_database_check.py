@@ -15,7 +15,7 @@ from inference_worker.serving import store_checks
 from inference_worker.serving.store_checks import check_database
 from inference_worker.settings import Settings
 from inference_worker.storage.database import JobStore
-from inference_worker.storage.engine import connection_use, known_revisions
+from inference_worker.storage.engine import connection_need, connection_use, known_revisions
 from tasks.contract import read_message
 from tasks.outbox import record_job
 from tests.helpers import capture_message
@@ -57,6 +57,37 @@ def test_a_database_near_its_connection_limit_is_named(settings: Settings, monke
         reserved = connection.execute(sa.text("SHOW superuser_reserved_connections")).scalar_one()
         allowed = int(limit) - int(reserved)
         near_the_limit(local, allowed, monkeypatch)
+
+
+def test_settings_keeping_more_connections_than_the_server_leaves_are_named(
+    settings: Settings,
+) -> None:
+    """A host whose shim processes and threads add up to more connections than the server
+    leaves heimdall is told so before a load finds the limit (too many clients)."""
+    schema = f"{settings.database_schema}_chk{uuid.uuid4().hex[:6]}"
+    local = settings.model_copy(update={"database_schema": schema})
+    with migrated_schema(local.database_url, schema):
+        [(level, message)] = in_area(check_database(local), "postgresql")
+        kept = connection_need(local).total
+        assert level == "ok" and f"this host's settings keep up to {kept}" in message, message
+        shown = re.search(r"of the (\d+) connections it allows", message)
+        assert shown, message
+        allowed = int(shown[1])
+        many = local.model_copy(update={"api_workers": 4, "api_threads": allowed // 4 + 1})
+        [(level, message)] = [
+            (level, message)
+            for level, message in in_area(check_database(many), "postgresql")
+            if level != "ok"
+        ]
+    kept = connection_need(many).total
+    assert kept > allowed and level == "warn", message
+    found = re.search(
+        rf"keep up to {kept} connections .* more than the (\d+) the server leaves them "
+        rf"\(it allows {allowed}, other clients hold (\d+)\)",
+        message,
+    )
+    assert found and int(found[1]) + int(found[2]) == allowed, message
+    assert "lower HEIMDALL_API_WORKERS or HEIMDALL_API_THREADS" in message
 
 
 def near_the_limit(settings: Settings, allowed: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,3 +97,30 @@ def test_exit_code_and_output(
             word = {"ok": "ok   ", "warn": "warn ", "fail": "FAIL "}[levels[0]]
             assert out.splitlines()[0] == f"{word} area0      said 0"
             assert err.startswith(f"check: {levels.count('ok')} ok,")
+
+
+def test_the_connections_a_hosts_settings_keep_are_weighed_against_what_the_server_leaves(
+    tmp_path: Path,
+) -> None:
+    """Each shim process keeps threads + 1 connections, each worker pool process 2 and a
+    worker's main process 2: six shim processes of 16 threads keep more than a default
+    PostgreSQL (100, 3 reserved) leaves once other clients hold a few."""
+    from inference_worker.serving.store_checks import _connection_findings
+    from inference_worker.storage.engine import ConnectionUse, connection_need
+
+    defaults = load_settings(data_dir=tmp_path)
+    assert connection_need(defaults).total == 2 * 17 + 2 + 2 * 2 == 40
+    use = ConnectionUse(open=12, allowed=97, ours=4)  # 8 held by other clients: 89 left
+    assert _connection_findings(use, defaults) == []
+    six = load_settings(data_dir=tmp_path, api_workers=6)
+    [finding] = _connection_findings(use, six)
+    assert finding.level == "warn"
+    assert "keep up to 108 connections" in finding.message
+    assert "the shim's 6 × 17" in finding.message and "the worker's 2 + 2 × 2" in finding.message
+    assert "more than the 89 the server leaves them (it allows 97, other clients hold 8)" in (
+        finding.message
+    )
+    fitting = load_settings(data_dir=tmp_path, api_workers=5, worker_concurrency=3)
+    assert connection_need(fitting).total == 5 * 17 + 2 + 3 * 2 == 93
+    assert [f.level for f in _connection_findings(use, fitting)] == ["warn"]
+    assert _connection_findings(ConnectionUse(open=4, allowed=97, ours=4), fitting) == []
