@@ -43,10 +43,18 @@ STARTING = json.dumps(
 
 def starting_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Every request's answer while the shim starts, after reading its body (as much of it as
-    comes: a length that does not parse, a client that stalls, get the answer all the same)."""
+    comes: a length that does not parse, a client that stalls, get the answer all the same).
+
+    A chunked body (werkzeug's server marks its input as ending where the body does) is read
+    to its end: werkzeug drains what is left after the answer only while more arrives within
+    10 ms, and a client sending its chunks more slowly met a closed connection (a broken pipe)
+    instead of the answer."""
     body = environ["wsgi.input"]
     try:
-        left = min(int(environ.get("CONTENT_LENGTH") or 0), BODY_LIMIT)
+        length = (
+            BODY_LIMIT if environ.get("wsgi.input_terminated") else environ.get("CONTENT_LENGTH")
+        )
+        left = min(int(length or 0), BODY_LIMIT)
         while left > 0 and (chunk := body.read(min(left, 1 << 16))):
             left -= len(chunk)
     except (ValueError, OSError):  # OSError: the handler's timeout, a connection gone

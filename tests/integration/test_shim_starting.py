@@ -6,12 +6,17 @@ were there (214 of the 355 refusals of a chaos soak, `tools/chaos_soak.py --over
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
+from api_shim.starting import BACKLOG, answering_starting
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.integration.helpers import redis_through, shim_answers, shim_on_free_port
 
@@ -58,3 +63,32 @@ def test_a_shim_waiting_for_redis_answers_starting_then_serves_on_the_same_addre
             assert "Listening at: http://127.0.0.1:" in log.read_text()
     finally:
         redis_relay.speaking.set()
+
+
+def test_slow_uploads_are_read_before_the_starting_answer() -> None:
+    """An upload arriving in pieces, chunked or of a given length, gets ``503 starting``: a
+    chunked one sent more slowly than werkzeug's 10 ms drain met a broken pipe instead."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
+    port = listener.getsockname()[1]
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(64):  # 4 MiB: more than the connection's buffers hold unread
+            time.sleep(0.02)
+            yield b"x" * 65_536
+
+    try:
+        with answering_starting(listener):
+            for chunked in (True, False):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                headers = {} if chunked else {"Content-Length": str(64 * 65_536)}
+                try:
+                    connection.request(
+                        "POST", "/predict", body=pieces(), headers=headers, encode_chunked=chunked
+                    )
+                    response = connection.getresponse()
+                    said = json.loads(response.read())
+                finally:
+                    connection.close()
+                assert response.status == 503 and said["status"] == "starting", chunked
+    finally:
+        listener.close()

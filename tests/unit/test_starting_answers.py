@@ -33,6 +33,15 @@ def test_every_request_is_answered_starting_after_its_body_is_read():
     assert upload.tell() == 200_000  # read whole: a connection closed on unread data is reset
 
 
+def test_a_chunked_body_is_read_to_its_end():
+    """werkzeug's server gives a chunked body as an input that ends where the body does, with
+    no length: it is read whole as well."""
+    upload = io.BytesIO(b"x" * 300_000)
+    status, _, body = answer({"wsgi.input": upload, "wsgi.input_terminated": True})
+    assert status.startswith("503") and body["status"] == "starting"
+    assert upload.tell() == 300_000
+
+
 def test_a_length_that_does_not_parse_or_a_stalled_body_still_gets_the_answer():
     for environ in (
         {"wsgi.input": io.BytesIO(b"abc"), "CONTENT_LENGTH": "three"},
