@@ -6,16 +6,19 @@ and load balancer was refused a connection, as if no shim were there (214 of the
 a chaos soak). The shim now takes its address first and answers every request meanwhile with
 ``503`` (``{"status": "starting", "error": {"code": "starting", ...}}``, ``Retry-After: 1``);
 gunicorn then serves on the same socket, so a connection waiting in its backlog as the start
-ends is gunicorn's, not refused.
+ends is gunicorn's, not refused. Sockets systemd hands a shim are answered the same way
+(:func:`answering_handed`); those a former master hands over on ``SIGUSR2`` are not: it serves
+on them meanwhile.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -88,9 +91,11 @@ def gunicorn_family(host: str) -> int:
 
 @contextmanager
 def answering_starting(listener: socket.socket) -> Iterator[None]:
-    """Answer every request on ``listener`` (bound and listening) with ``503 starting`` while
-    the block runs; the socket is left listening, with what waits in its backlog."""
-    host, port = listener.getsockname()[:2]
+    """Answer every request on ``listener`` (bound and listening: TCP or a Unix socket) with
+    ``503 starting`` while the block runs; the socket is left listening, with what waits in its
+    backlog."""
+    name = listener.getsockname()
+    host, port = (f"unix://{name}", 0) if listener.family == socket.AF_UNIX else name[:2]
     server = make_server(
         host, port, starting_app, threaded=True, request_handler=_Quiet, fd=listener.fileno()
     )
@@ -101,3 +106,14 @@ def answering_starting(listener: socket.socket) -> Iterator[None]:
     finally:
         server.shutdown()  # the accepting loop ends; requests in hand finish on their threads
         thread.join()
+
+
+@contextmanager
+def answering_handed(descriptors: list[int]) -> Iterator[None]:
+    """:func:`answering_starting` on listening sockets this process was handed (systemd's socket
+    activation), which stay open and listening for gunicorn."""
+    with ExitStack() as stack:
+        for descriptor in descriptors:
+            listener = stack.enter_context(socket.socket(fileno=os.dup(descriptor)))
+            stack.enter_context(answering_starting(listener))
+        yield

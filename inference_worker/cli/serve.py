@@ -75,7 +75,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     address: contextlib.AbstractContextManager[str]
     if handed:  # gunicorn serves on the sockets handed to it, whatever its bind says
         bootstrap.warn_other_address(handed, host, port)
-        address = contextlib.nullcontext(host_port(host, port))
+        bind = host_port(host, port)
+        if os.environ.get("GUNICORN_PID"):  # a former master serves on them meanwhile
+            address = contextlib.nullcontext(bind)
+        else:  # systemd's, answered "starting" as the shim's own socket is
+            address = _answering_handed(handed, bind)
     else:
         address = _held_address(host, port)
     with address as bind:
@@ -146,6 +150,16 @@ def _held_address(host: str, port: int) -> Iterator[str]:
     with answering_starting(listener):
         yield f"fd://{listener.fileno()}"
     listener.detach()
+
+
+@contextlib.contextmanager
+def _answering_handed(handed: list[int], bind: str) -> Iterator[str]:
+    """``bind``, the sockets systemd handed the shim answered "starting" (503) while the block
+    waits for the stores; they stay gunicorn's to serve on."""
+    from api_shim.starting import answering_handed
+
+    with answering_handed(handed):
+        yield bind
 
 
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,16 +19,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from api_shim.starting import BACKLOG, answering_starting
-from inference_worker.cli.processes import cli_process, wait_until
+from api_shim.starting import BACKLOG, answering_handed, answering_starting
+from inference_worker.cli.processes import cli_process, managed_process, wait_until
 from tests.integration.helpers import redis_through, shim_answers, shim_on_free_port
 
 
-def answer(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, dict, dict]:
+def answer(
+    url: str, method: str = "GET", body: bytes | None = None, timeout_s: float = 10.0
+) -> tuple[int, dict, dict]:
     """Status, JSON body and headers of one request; OSError where nothing answers."""
     request = urllib.request.Request(url, data=body, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read()), dict(error.headers)
@@ -65,6 +70,49 @@ def test_a_shim_waiting_for_redis_answers_starting_then_serves_on_the_same_addre
         redis_relay.speaking.set()
 
 
+@pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="no systemd")
+@pytest.mark.timeout(180, method="thread")
+def test_a_socket_systemd_hands_a_starting_shim_is_answered_starting(
+    settings, redis_relay, tmp_path
+):
+    """Under socket activation a shim waiting for its stores left its clients in the socket's
+    backlog, unanswered for up to ``HEIMDALL_START_WAIT_S``; it answers them as it answers on
+    its own socket. (Sockets a former master hands over on SIGUSR2 are left to it: it serves.)"""
+    redis_url = redis_through(settings, redis_relay)
+    local = settings.model_copy(update={"redis_url": redis_url, "start_wait_s": 90.0})
+    port, env, url = shim_on_free_port(local, tmp_path)
+    command = [
+        "systemd-socket-activate",
+        f"--listen=127.0.0.1:{port}",
+        *[f"--setenv={name}" for name in env],  # it hands its children nothing else
+        sys.executable,
+        "-m",
+        "inference_worker.cli",
+        "api",
+        "--workers",
+        "1",
+    ]
+    log = tmp_path / "api.log"
+    redis_relay.speaking.clear()
+    try:
+        with managed_process(command, log, {**os.environ, **env}) as shim:
+            wait_until("systemd's socket", lambda: "Listening on" in log.read_text(), 30, shim)
+            # the first connection starts the shim, and waits for it to import
+            status, answered, headers = answer(url + "/health", timeout_s=60)
+            assert status == 503 and answered["status"] == "starting", answered
+            assert headers["Retry-After"] == "1"
+            status, answered, _ = answer(url + "/predict", "POST", b"\0" * 300_000)
+            assert status == 503 and answered["status"] == "starting", answered
+            wait_until("the shim to say it waits", lambda: "waiting up to" in log.read_text(), 30)
+            assert shim.poll() is None
+            redis_relay.speaking.set()
+            wait_until("the shim to serve", lambda: shim_answers(url), 60, shim)
+            status, health, _ = answer(url + "/health")
+            assert status == 200, health
+    finally:
+        redis_relay.speaking.set()
+
+
 def test_slow_uploads_are_read_before_the_starting_answer() -> None:
     """An upload arriving in pieces, chunked or of a given length, gets ``503 starting``: a
     chunked one sent more slowly than werkzeug's 10 ms drain met a broken pipe instead."""
@@ -92,3 +140,39 @@ def test_slow_uploads_are_read_before_the_starting_answer() -> None:
                 assert response.status == 503 and said["status"] == "starting", chunked
     finally:
         listener.close()
+
+
+def test_handed_unix_and_ipv6_sockets_are_answered_and_left_listening(tmp_path) -> None:
+    """systemd may hand a Unix socket (``ListenStream=/run/…``) or an IPv6 one: each is
+    answered ``starting`` and still listens afterwards, for gunicorn."""
+
+    class OverUnix(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(str(tmp_path / "api.sock"))
+
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "api.sock"))
+    unix.listen(BACKLOG)
+    try:
+        ipv6 = socket.create_server(("::1", 0), family=socket.AF_INET6, backlog=BACKLOG)
+    except OSError:  # a host without IPv6
+        ipv6 = None
+    listeners = [unix] + ([ipv6] if ipv6 else [])
+    connections: list[http.client.HTTPConnection] = [OverUnix("localhost", timeout=10)]
+    if ipv6:
+        connections.append(http.client.HTTPConnection("::1", ipv6.getsockname()[1], timeout=10))
+    try:
+        with answering_handed([listener.fileno() for listener in listeners]):
+            for connection in connections:
+                connection.request("GET", "/health")
+                response = connection.getresponse()
+                assert response.status == 503
+                assert json.loads(response.read())["status"] == "starting"
+                connection.close()
+        for listener in listeners:  # still listening: a connection waits in its backlog
+            with socket.socket(listener.family) as waiting:
+                waiting.connect(listener.getsockname())
+    finally:
+        for listener in listeners:
+            listener.close()
