@@ -155,7 +155,9 @@ WORKER_POOL = 2
 
 
 def shim_pool(settings: Settings) -> int:
-    """Connections a shim process keeps: one for each request thread, one for its gauges."""
+    """Connections a shim process keeps: one for each request thread, one for the thread that
+    marks jobs published (``api_shim/services.py``). Its processes' count comes from the
+    settings: ``check`` does not see an ``api --workers`` given on the command line."""
     return settings.api_threads + 1
 
 
