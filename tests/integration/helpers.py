@@ -256,6 +256,22 @@ def shim_on_free_port(settings: Settings, runtime_dir: Path) -> tuple[int, dict[
     return port, shim_env(settings, port, runtime_dir), f"http://127.0.0.1:{port}"
 
 
+def socket_activated_shim(port: int, env: dict[str, str]) -> list[str]:
+    """The command that has systemd's ``systemd-socket-activate`` listen on ``port`` and start
+    a one-process shim with ``env`` on the first connection, handing it the socket."""
+    return [
+        "systemd-socket-activate",
+        f"--listen=127.0.0.1:{port}",
+        *[f"--setenv={name}" for name in env],  # it hands its children nothing else
+        sys.executable,
+        "-m",
+        "inference_worker.cli",
+        "api",
+        "--workers",
+        "1",
+    ]
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes ``pid`` started (a prefork pool's or gunicorn's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,12 @@ import pytest
 
 from api_shim.starting import BACKLOG, answering_handed, answering_starting
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
-from tests.integration.helpers import redis_through, shim_answers, shim_on_free_port
+from tests.integration.helpers import (
+    redis_through,
+    shim_answers,
+    shim_on_free_port,
+    socket_activated_shim,
+)
 
 
 def answer(
@@ -81,17 +85,7 @@ def test_a_socket_systemd_hands_a_starting_shim_is_answered_starting(
     redis_url = redis_through(settings, redis_relay)
     local = settings.model_copy(update={"redis_url": redis_url, "start_wait_s": 90.0})
     port, env, url = shim_on_free_port(local, tmp_path)
-    command = [
-        "systemd-socket-activate",
-        f"--listen=127.0.0.1:{port}",
-        *[f"--setenv={name}" for name in env],  # it hands its children nothing else
-        sys.executable,
-        "-m",
-        "inference_worker.cli",
-        "api",
-        "--workers",
-        "1",
-    ]
+    command = socket_activated_shim(port, env)
     log = tmp_path / "api.log"
     redis_relay.speaking.clear()
     try:

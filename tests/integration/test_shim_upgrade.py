@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +18,13 @@ import pytest
 
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
 from tests.helpers import capture_fields
-from tests.integration.helpers import child_pids, job_row, shim_answers, shim_on_free_port
+from tests.integration.helpers import (
+    child_pids,
+    job_row,
+    shim_answers,
+    shim_on_free_port,
+    socket_activated_shim,
+)
 
 
 def _running(pid: int) -> bool:
@@ -105,18 +110,7 @@ def test_systemd_socket_activation_on_the_settings_address(settings, queue_clean
     """systemd listens on the shim's address and hands the socket over: the shim serves on it
     instead of refusing to start on an address another process holds."""
     port, env, url = shim_on_free_port(settings, tmp_path)
-    passed = [f"--setenv={name}" for name in env]  # it hands its children nothing else
-    command = [
-        "systemd-socket-activate",
-        f"--listen=127.0.0.1:{port}",
-        *passed,
-        sys.executable,
-        "-m",
-        "inference_worker.cli",
-        "api",
-        "--workers",
-        "1",
-    ]
+    command = socket_activated_shim(port, env)
     with managed_process(command, tmp_path / "api.log", {**os.environ, **env}) as api:
         # it starts the shim on the first connection and that connection waits for it
         wait_until("the shim", lambda: shim_answers(url), 60, api)
