@@ -131,3 +131,62 @@ def test_image_installs_from_what_the_dockerfile_copies(tmp_path):
     ]
     assert [name for name in wanted if name not in names] == []
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+
+
+UNITS = ROOT / "config/systemd"
+
+
+def unit(name: str) -> dict[str, str]:
+    """A systemd unit file's settings as ``Section.Key`` → value (comments left out)."""
+    settings, section = {}, ""
+    for line in (UNITS / name).read_text().splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[f"{section}.{key.strip()}"] = value.strip()
+    return settings
+
+
+def test_systemd_units_pass_systemd_analyze(tmp_path):
+    """The units as systemd reads them, with this environment's ``heimdall-inference`` where
+    they name /opt/heimdall's: no unknown key, no value it ignores, every command there."""
+    command = _tool_or_skip(["systemd-analyze"])
+    ours = str(Path(sys.executable).parent / "heimdall-inference")
+    for path in UNITS.iterdir():
+        text = path.read_text().replace("/opt/heimdall/.venv/bin/heimdall-inference", ours)
+        (tmp_path / path.name).write_text(text)
+    done = subprocess.run(
+        [*command, "verify", *sorted(str(path) for path in tmp_path.iterdir())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "heimdall" in line]
+    assert done.returncode == 0 and said == [], done.stdout + done.stderr
+
+
+def test_systemd_units_run_the_service_as_the_readme_says():
+    """Each process started again when it dies, stopped at its main process (the pool's jobs
+    finished, not killed), given longer to stop than it takes; the socket on the shim's default
+    address with gunicorn's backlog."""
+    from api_shim.starting import BACKLOG
+    from inference_worker.settings import Settings
+
+    host, port = (Settings.model_fields[name].default for name in ("api_host", "api_port"))
+    socket_unit = unit("heimdall-api.socket")
+    assert socket_unit["Socket.ListenStream"] == f"{host}:{port}"
+    assert socket_unit["Socket.Backlog"] == str(BACKLOG)
+    commands = {}
+    for name in ("heimdall-worker.service", "heimdall-api.service", "heimdall-flower.service"):
+        service = unit(name)
+        assert service["Service.Restart"] == "always" and service["Service.RestartSec"] == "2"
+        assert service["Service.WorkingDirectory"] == "/opt/heimdall", name
+        program, command = service["Service.ExecStart"].split()
+        assert program == "/opt/heimdall/.venv/bin/heimdall-inference", name
+        commands[command] = service
+    assert commands.keys() == {"worker", "api", "flower"}
+    for command, longest_stop_s in (("worker", 60), ("api", 30)):  # compose's grace; gunicorn's
+        assert commands[command]["Service.KillMode"] == "mixed", command
+        assert int(commands[command]["Service.TimeoutStopSec"]) >= longest_stop_s, command
+    assert unit("heimdall-api.service")["Unit.Requires"] == "heimdall-api.socket"
