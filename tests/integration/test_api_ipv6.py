@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from inference_worker.cli.processes import cli_process, wait_until
-from tests.integration.helpers import free_port, shim_answers, worker_env
+from tests.integration.helpers import free_port, worker_env
+from tests.integration.shim_processes import shim_answers
 
 
 def _ipv6_loopback() -> bool:

@@ -22,13 +22,9 @@ import pytest
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import capture_fields
-from tests.integration.helpers import (
-    shim_answers,
-    shim_on_free_port,
-    wait_final_row,
-    worker_env,
-)
+from tests.integration.helpers import wait_final_row, worker_env
 from tests.integration.service_control import cannot_run
+from tests.integration.shim_processes import shim_answers, shim_on_free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,15 +27,14 @@ from inference_worker.storage.schema import inference_logs, jobs
 from tests.helpers import capture_query, npy_bytes
 from tests.integration.crashing_submit import KILLED, STEPS, capture_for
 from tests.integration.helpers import (
-    child_pids,
     free_port,
     job_row,
     produce,
-    shim_answers,
     submit_npy,
     wait_final_row,
     worker_env,
 )
+from tests.integration.shim_processes import child_pids, shim_answers
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = [

@@ -19,14 +19,8 @@ from inference_worker.storage.job_sql import START_MANY
 from inference_worker.storage.pooled import prepared_form
 from inference_worker.storage.schema import inference_logs
 from tasks.app import QueueMismatch, declare_queues, inference_queue
-from tests.integration.helpers import (
-    blocked_on,
-    child_pids,
-    hold_row,
-    job_row,
-    submit_npy,
-    wait_final,
-)
+from tests.integration.helpers import blocked_on, hold_row, job_row, submit_npy, wait_final
+from tests.integration.shim_processes import child_pids
 
 DELIVERY_LIMIT = 2
 STARTING = f"EXECUTE {prepared_form(START_MANY).name}("

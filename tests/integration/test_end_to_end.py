@@ -16,13 +16,8 @@ from inference_worker.core.ellipse import distance_m
 from inference_worker.storage.schema import inference_logs, jobs
 from inference_worker.storage.views import job_view
 from tests.helpers import json_body
-from tests.integration.helpers import (
-    free_port,
-    shim_answers,
-    submit_npy,
-    wait_final,
-    worker_env,
-)
+from tests.integration.helpers import free_port, submit_npy, wait_final, worker_env
+from tests.integration.shim_processes import shim_answers
 
 
 def assert_located(view: dict, capture) -> None:

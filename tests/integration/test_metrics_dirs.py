@@ -7,7 +7,8 @@ from __future__ import annotations
 import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
-from tests.integration.helpers import free_port, shim_answers, worker_env
+from tests.integration.helpers import free_port, worker_env
+from tests.integration.shim_processes import shim_answers
 
 
 def answers(url: str) -> bool:

@@ -18,7 +18,8 @@ import pytest
 
 from inference_worker.cli import bootstrap
 from inference_worker.cli.processes import managed_process, wait_until
-from tests.integration.helpers import free_port, shim_answers
+from tests.integration.helpers import free_port
+from tests.integration.shim_processes import shim_answers
 from tools.bench_service import MINIMAL_SERVERS, ROOT, server_command
 from tools.minimal_shim import libpq_form
 

@@ -32,8 +32,9 @@ from inference_worker.storage.database import JobStore
 from inference_worker.storage.redis_store import RedisStore
 from inference_worker.urls import postgresql_url
 from tests.helpers import json_body
-from tests.integration.helpers import child_pids, migrated_schema, produce, wait_final_row
+from tests.integration.helpers import migrated_schema, produce, wait_final_row
 from tests.integration.registry_helpers import ADMIN, bootstrapped, in_registry_mode, switch
+from tests.integration.shim_processes import child_pids
 
 
 def test_the_shim_answers_503_while_the_registry_is_down_and_recovers(

@@ -14,7 +14,8 @@ import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import npy_bytes
-from tests.integration.helpers import child_pids, free_port, shim_answers, worker_env
+from tests.integration.helpers import free_port, worker_env
+from tests.integration.shim_processes import child_pids, shim_answers
 
 
 def test_sigterm_lets_the_request_in_flight_finish(

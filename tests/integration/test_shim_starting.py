@@ -20,12 +20,8 @@ import pytest
 
 from api_shim.starting import BACKLOG, answering_handed, answering_starting
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
-from tests.integration.helpers import (
-    redis_through,
-    shim_answers,
-    shim_on_free_port,
-    socket_activated_shim,
-)
+from tests.integration.helpers import redis_through
+from tests.integration.shim_processes import shim_answers, shim_on_free_port, socket_activated_shim
 
 
 def answer(

@@ -18,9 +18,9 @@ import pytest
 
 from inference_worker.cli.processes import cli_process, managed_process, wait_until
 from tests.helpers import capture_fields
-from tests.integration.helpers import (
+from tests.integration.helpers import job_row
+from tests.integration.shim_processes import (
     child_pids,
-    job_row,
     shim_answers,
     shim_on_free_port,
     socket_activated_shim,

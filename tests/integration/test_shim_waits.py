@@ -18,7 +18,8 @@ import urllib.request
 
 from inference_worker.cli.processes import cli_process, wait_until
 from tests.helpers import npy_bytes
-from tests.integration.helpers import free_port, shim_answers, worker_env
+from tests.integration.helpers import free_port, worker_env
+from tests.integration.shim_processes import shim_answers
 
 
 def test_waits_beyond_the_bound_are_answered_at_once_and_leave_submissions_their_threads(

@@ -271,7 +271,8 @@ def test_the_cli_submits_a_set_and_writes_its_map(
 ):
     """``heimdall-inference tdoa submit`` against a real shim process."""
     from inference_worker.cli.processes import cli_process, wait_until
-    from tests.integration.helpers import free_port, shim_answers, worker_env
+    from tests.integration.helpers import free_port, worker_env
+    from tests.integration.shim_processes import shim_answers
 
     for name, data in zip(recordings.names, recordings.files, strict=True):
         (tmp_path / name).write_bytes(data)
