@@ -101,8 +101,13 @@ class ShimError(RuntimeError):
     @property
     def starting(self) -> bool:
         """The shim is starting: it waits for its stores before it serves (``503 starting``)."""
-        error = self.body.get("error") if isinstance(self.body, dict) else None
-        return self.status == 503 and isinstance(error, dict) and error.get("code") == "starting"
+        return self.status == 503 and starting_answer(self.body)
+
+
+def starting_answer(body: object) -> bool:
+    """Whether ``body`` is a starting shim's answer to any request (``{"status": "starting",
+    ...}``: it waits for its stores before it serves)."""
+    return isinstance(body, dict) and body.get("status") == "starting"
 
 
 class ShimUnreachable(ConnectionError):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from api_shim.client import ShimClient, ShimError
+from api_shim.client import ShimClient, ShimError, starting_answer
 from inference_worker.cli import bootstrap
 from inference_worker.cli.processes import cli_process, wait_until
 from inference_worker.core.contract import ModelError, load_metadata
@@ -63,7 +63,7 @@ def _health(client: ShimClient) -> dict | None:
         return None
     if isinstance(body, dict) and isinstance(body.get("checks"), dict):
         return body
-    if isinstance(body, dict) and body.get("status") == "starting":
+    if starting_answer(body):
         return {"status": "starting"}
     where = f"{client.base_url} (GET /health)"
     if isinstance(body, dict) and list(body) == ["status"]:  # what a caller without a key sees

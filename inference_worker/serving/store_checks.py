@@ -226,7 +226,6 @@ def check_database(settings: Settings) -> list[Finding]:
             reason = unanswered("PostgreSQL", settings.database_url, exc)
             return [Finding("postgresql", "fail", reason)]
         known = known_revisions()
-        use = connection_use(engine)
         if revision is None:
             return [
                 Finding(
@@ -239,6 +238,7 @@ def check_database(settings: Settings) -> list[Finding]:
         if revision not in known:
             return [Finding("postgresql", "fail", str(UnknownMigration(schema, revision)))]
         findings = []
+        use = connection_use(engine)
         if revision != known[-1]:
             findings.append(
                 Finding(

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from api_shim.client import starting_answer
 from inference_worker.settings import Settings
 from tests.integration.helpers import free_port, worker_env
 
@@ -41,7 +42,7 @@ def shim_answers(base_url: str) -> bool:
             body = json.loads(answer.read())
         except ValueError:  # not JSON: not a starting shim's answer
             return True
-        return not (isinstance(body, dict) and body.get("status") == "starting")
+        return not starting_answer(body)
     except OSError:
         return False
 
